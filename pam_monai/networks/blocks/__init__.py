@@ -1,0 +1,32 @@
+"""Building blocks: the paper's FPA and RFNA blocks and the baselines' attention modules.
+
+``ATTENTIONS`` maps a name to an attention module with the contract
+``Module(spatial_dims, channels) -> (x -> x-shaped tensor)`` (timm's ``create_attn`` style), so a
+network takes ``attention="cbam"`` and tests iterate over every entry.
+"""
+
+from .attention_gate import AttentionGate
+from .cbam import CBAM
+from .convolutions import DEFAULT_ACT, DEFAULT_NORM, DoubleConv, conv_norm_act
+from .fpa import FPABlock
+from .global_context import GlobalContext
+from .rfna import RFNABlock
+from .scse import SCSE
+
+ATTENTIONS = {"scse": SCSE, "cbam": CBAM, "gc": GlobalContext}
+ENCODER_BLOCKS = {"conv": DoubleConv, "fpa": FPABlock, "rfna": RFNABlock}
+
+__all__ = [
+    "ATTENTIONS",
+    "CBAM",
+    "DEFAULT_ACT",
+    "DEFAULT_NORM",
+    "ENCODER_BLOCKS",
+    "SCSE",
+    "AttentionGate",
+    "DoubleConv",
+    "FPABlock",
+    "GlobalContext",
+    "RFNABlock",
+    "conv_norm_act",
+]

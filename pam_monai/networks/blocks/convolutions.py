@@ -1,0 +1,135 @@
+"""Convolution building blocks shared by every network of the paper.
+
+The paper's backbone (REFERENCE.md section 2) uses bias-free 3x3 convolutions, each followed by
+instance normalisation (affine) and ReLU; a block is two of them and down-samples with the stride
+of its first convolution (no max-pooling).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import nn
+
+__all__ = [
+    "DEFAULT_ACT",
+    "DEFAULT_NORM",
+    "DoubleConv",
+    "check_normalisable",
+    "conv_norm_act",
+    "interp_mode",
+    "resize_to",
+]
+
+DEFAULT_NORM: tuple = ("instance", {"affine": True})
+DEFAULT_ACT: tuple = ("relu", {"inplace": True})
+
+
+def conv_norm_act(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    norm: tuple | str | None = DEFAULT_NORM,
+    act: tuple | str | None = DEFAULT_ACT,
+    bias: bool = False,
+) -> Convolution:
+    """A bias-free ``conv -> norm -> act`` with "same" padding (``padding = dilation * (k - 1) / 2``).
+
+    ``norm=None`` and ``act=None`` give a plain convolution (still wrapped by MONAI's
+    ``Convolution`` so that state-dict keys are uniform).
+    """
+    conv_only = norm is None and act is None
+    return Convolution(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        strides=stride,
+        kernel_size=kernel_size,
+        act=act,
+        norm=norm,
+        dilation=dilation,
+        groups=groups,
+        bias=bias,
+        conv_only=conv_only,
+    )
+
+
+class DoubleConv(nn.Sequential):
+    """``conv(in -> out, stride) -> conv(out -> out)``, each followed by norm and activation.
+
+    This is the ``double_conv`` of the 3-stage U-Net in "Learning To Pay Attention To Mistakes"
+    (Xu et al., BMVC 2020, https://arxiv.org/abs/2007.15131); ``dilation`` gives the D6/D9 U-Net
+    variants of the paper's Table 6.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels.
+        stride: stride of the first convolution (2 down-samples).
+        dilation: dilation of both convolutions.
+        norm: MONAI norm factory argument, e.g. ``("instance", {"affine": True})``.
+        act: MONAI activation factory argument, e.g. ``("relu", {"inplace": True})``.
+
+    Example::
+
+        >>> block = DoubleConv(2, 4, 32, stride=2)
+        >>> block(torch.zeros(1, 4, 64, 64)).shape
+        torch.Size([1, 32, 32, 32])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        norm: tuple | str | None = DEFAULT_NORM,
+        act: tuple | str | None = DEFAULT_ACT,
+    ) -> None:
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        super().__init__()
+        self.add_module(
+            "conv1",
+            conv_norm_act(spatial_dims, in_channels, out_channels, 3, stride, dilation, norm=norm, act=act),
+        )
+        self.add_module(
+            "conv2",
+            conv_norm_act(spatial_dims, out_channels, out_channels, 3, 1, dilation, norm=norm, act=act),
+        )
+
+
+def interp_mode(spatial_dims: int) -> str:
+    """The linear interpolation mode of a dimensionality (bilinear in 2D, trilinear in 3D)."""
+    return "bilinear" if spatial_dims == 2 else "trilinear"
+
+
+def resize_to(x: torch.Tensor, like: torch.Tensor, mode: str) -> torch.Tensor:
+    """Linearly up-sample ``x`` to the spatial size of ``like`` (``align_corners=True``, as the paper's code).
+
+    Interpolating to the target's size rather than by a fixed factor keeps every encoder level
+    aligned with its skip connection for input sizes that are not multiples of 8.
+    """
+    return F.interpolate(x, size=like.shape[2:], mode=mode, align_corners=True)
+
+
+def check_normalisable(shape: list[int], factor: int, where: str) -> None:
+    """Refuse, with a clear message, an input that ``factor``-fold down-sampling shrinks to one element.
+
+    Instance normalisation cannot normalise a single spatial element in training (PyTorch raises
+    a cryptic error deep inside the network); this names the block and the minimum size instead.
+    """
+    n = 1
+    for s in shape:
+        n *= (s + factor - 1) // factor
+    if n <= 1:
+        raise ValueError(
+            f"{where}: an input of spatial size {shape} is down-sampled {factor}x to a single element, which instance "
+            f"normalisation cannot normalise in training; use inputs larger than {factor} along at least one axis."
+        )

@@ -1,0 +1,68 @@
+"""One name -> constructor table for every network of the paper (timm's registry style).
+
+Bundle configs and tests iterate over :data:`NETWORKS`, so a network registered here is
+trained, evaluated and tested everywhere without new code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .nets import AttentionUNet3, CBAMUNet3, DilatedUNet3, FPAUNet, GCUNet3, RFNAUNet, SCSEUNet3, UNet3
+
+__all__ = ["NETWORKS", "NetworkSpec", "get_network"]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    cls: type[nn.Module]
+    defaults: dict = field(default_factory=dict)
+    description: str = ""
+    paper_params: int | None = None  # parameters at spatial_dims=2, in_channels=4, out_channels=1
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    "unet": NetworkSpec(UNet3, {}, "3-stage U-Net (the paper's backbone)", 3_129_248),
+    "wunet": NetworkSpec(UNet3, {"features": (64, 128, 256, 512)}, "3-stage U-Net at width 64", 12_506_944),
+    "d6unet": NetworkSpec(DilatedUNet3, {"dilation": 6}, "U-Net with dilation 6 in c2-c4", 3_129_248),
+    "d9unet": NetworkSpec(DilatedUNet3, {"dilation": 9}, "U-Net with dilation 9 in c2-c4", 3_129_248),
+    "aunet": NetworkSpec(AttentionUNet3, {}, "Attention U-Net (additive skip gates)", 3_161_843),
+    "cscunet": NetworkSpec(SCSEUNet3, {}, "U-Net with concurrent spatial and channel SE", 3_140_448),
+    "cbamunet": NetworkSpec(CBAMUNet3, {}, "U-Net with CBAM", 3_142_942),
+    "gcnunet": NetworkSpec(GCUNet3, {}, "U-Net with global context blocks", 3_157_264),
+    "fpa": NetworkSpec(FPAUNet, {}, "False Positive Attention U-Net (the paper)", 4_231_584),
+    "rfna": NetworkSpec(RFNAUNet, {}, "Reverse False Negative Attention U-Net (the paper)", None),
+}
+
+
+def get_network(
+    name: str, spatial_dims: int = 2, in_channels: int = 4, out_channels: int = 1, **options
+) -> nn.Module:
+    """Build a registered network by name.
+
+    Args:
+        name: one of :data:`NETWORKS` (case-insensitive): ``unet wunet d6unet d9unet aunet cscunet
+            cbamunet gcnunet fpa rfna``.
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels (1 for binary segmentation).
+        options: network options overriding the registered defaults (e.g. ``dilation=6`` for
+            ``fpa``, ``ratio=4`` for ``rfna``, ``norm=("instance", {"affine": True})``).
+
+    Example::
+
+        >>> net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, dilation=6)
+    """
+    key = str(name).lower()
+    if key not in NETWORKS:
+        raise ValueError(f"Unknown network {name!r}; registered networks: {', '.join(NETWORKS)}.")
+    spec = NETWORKS[key]
+    kwargs = {**spec.defaults, **options}
+    try:
+        return spec.cls(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs
+        )
+    except TypeError as e:
+        raise TypeError(f"get_network({name!r}): bad option for {spec.cls.__name__}: {e}") from e

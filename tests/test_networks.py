@@ -1,0 +1,207 @@
+"""One parameterised test suite over every registered network (segmentation_models_pytorch style)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from pam_monai.networks import NETWORKS, FPABlock, RFNABlock, as_foreground, get_network, loss_for
+from pam_monai.networks.nets import RFNAUNet
+
+# narrow widths keep the CPU suite fast; 16 keeps the global-context bottleneck (C/8) above one
+# channel, where LayerNorm would be degenerate
+SMALL = {"features": (16, 16, 32, 32)}
+# RFNA's branch down-samples the bridge 8x more: 72 keeps its coarsest map above one element
+SHAPES = {2: (2, 3, 72, 72), 3: (1, 3, 72, 40, 8)}
+ODD = {2: (2, 3, 75, 83), 3: (1, 3, 67, 45, 11)}
+CASES = [(name, dims) for name in NETWORKS for dims in (2, 3)]
+
+
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_parameter_count_matches_paper(name):
+    net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1)
+    expected = NETWORKS[name].paper_params
+    if name == "rfna":
+        # documented in the README: the paper's Figure 3 as drawn, W_r4 a full 3x3 conv 4C -> C
+        expected = 9_253_280
+    assert abs(n_params(net) - expected) <= 0.01 * expected, (name, n_params(net), expected)
+
+
+@pytest.mark.parametrize("name,dims", CASES)
+def test_shape_backward_reaches_every_parameter(name, dims):
+    torch.manual_seed(0)
+    # leaky ReLU: a ReLU that happens to be dead at init would zero a gradient that does reach
+    leaky = ("leakyrelu", {"negative_slope": 0.1})
+    net = get_network(name, spatial_dims=dims, in_channels=3, out_channels=2, act=leaky, **SMALL)
+    x = torch.randn(*SHAPES[dims])
+    y = net(x)
+    assert y.shape == (x.shape[0], 2, *x.shape[2:])
+    (y * torch.randn_like(y)).sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, f"{name}: no gradient reaches {missing}"
+    # a bias followed by instance norm is cancelled by the mean subtraction (Attention U-Net's
+    # W_g / W_x / psi): its gradient is exactly zero by construction; every other one must move
+    dead = [
+        n
+        for n, p in net.named_parameters()
+        if not torch.any(p.grad != 0) and not (n.endswith("conv.bias") and ".gate" in f".{n}")
+    ]
+    assert not dead, f"{name}: zero gradient for {dead}"
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name,dims", CASES)
+def test_odd_input_sizes_are_handled(name, dims):
+    net = get_network(name, spatial_dims=dims, in_channels=3, out_channels=1, **SMALL)
+    x = torch.randn(*ODD[dims])
+    y = net(x)
+    assert y.shape == (x.shape[0], 1, *x.shape[2:])
+    y.mean().backward()
+
+
+@pytest.mark.parametrize("name,dims", CASES)
+def test_torchscript_and_eval_determinism(name, dims):
+    torch.manual_seed(1)
+    net = get_network(name, spatial_dims=dims, in_channels=3, out_channels=1, **SMALL).eval()
+    x = torch.randn(*SHAPES[dims])
+    with torch.no_grad():
+        a, b = net(x), net(x)
+        scripted = torch.jit.script(net)
+        c = scripted(x)
+    assert torch.equal(a, b), "eval mode must be deterministic"
+    torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+
+
+def test_too_small_input_is_refused_with_a_clear_message():
+    net = get_network("rfna", spatial_dims=2, in_channels=3, out_channels=1, **SMALL)
+    with pytest.raises(ValueError, match=r"RFNABlock\(ratio=8\).*single element"):
+        net(torch.randn(2, 3, 64, 64))
+    net = get_network("unet", spatial_dims=2, in_channels=3, out_channels=1, **SMALL)
+    with pytest.raises(ValueError, match="UNet3.*single element"):
+        net(torch.randn(2, 3, 8, 8))
+
+
+def test_unknown_network_and_bad_option():
+    with pytest.raises(ValueError, match="Unknown network 'nope'.*fpa"):
+        get_network("nope")
+    with pytest.raises(TypeError, match="bad option for FPAUNet"):
+        get_network("fpa", ratio=4)
+
+
+# --- the ablation knobs (paper Figure 7) -----------------------------------------------------
+
+
+def attention_params(block: torch.nn.Module) -> int:
+    return n_params(block) - n_params(block.main)
+
+
+@pytest.mark.parametrize("dilation", [6, 9, 12])
+@pytest.mark.parametrize("depthwise,expansion", [(True, 2), (True, 4), (True, 8), (False, 1), (False, 2)])
+def test_fpa_ablation_knobs(dilation, depthwise, expansion):
+    cin, cout = 8, 16
+    block = FPABlock(2, cin, cout, stride=2, dilation=dilation, depthwise=depthwise, expansion=expansion)
+    mid = expansion * cout
+    per_conv = 9 * mid if depthwise else 9 * mid * mid
+    expected = cin * mid + 2 * (per_conv + 2 * mid) + mid * cout
+    assert attention_params(block) == expected
+    assert block.dilated1.conv.dilation == (dilation, dilation)
+    y = block(torch.randn(1, cin, 30, 30))
+    assert y.shape == (1, cout, 15, 15)
+
+
+def test_fpa_default_branch_formula_and_shared_option():
+    block = FPABlock(2, 32, 64)
+    assert attention_params(block) == 4 * 32 * 64 + 88 * 64 + 4 * 64 * 64  # REFERENCE.md section 3
+    shared = FPABlock(2, 32, 64, shared=True)
+    assert shared.dilated2.conv is shared.dilated1.conv
+    assert attention_params(block) - attention_params(shared) == 9 * 4 * 64  # one conv fewer
+    shared(torch.randn(1, 32, 20, 20)).sum().backward()
+    assert shared.dilated1.conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("ratio,n_down", [(2, 1), (4, 2), (8, 3)])
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_rfna_ratio_ablation(ratio, n_down, depthwise):
+    block = RFNABlock(2, 8, 16, stride=1, ratio=ratio, depthwise=depthwise)
+    assert len(block.down) == n_down  # W_r1 (+ W_r2 (+ W_r3)), each down-sampling by 2
+    x = torch.randn(1, 8, 40, 40)
+    feats = block.down(block.main(x))
+    assert feats.shape[-1] == 40 // ratio
+    assert block(x).shape == (1, 16, 40, 40)
+    with pytest.raises(ValueError, match="ratio"):
+        RFNABlock(2, 8, 16, ratio=16)
+
+
+def test_attention_branches_change_the_output():
+    """Y = F * A + F: the attention branch must matter (not silently bypassed)."""
+    torch.manual_seed(0)
+    for block in (FPABlock(2, 4, 8), RFNABlock(2, 4, 8)):
+        block.eval()
+        x = torch.randn(1, 4, 32, 32)
+        with torch.no_grad():
+            f = block.main(x)
+            y = block(x)
+        assert not torch.allclose(y, f)
+        ratio = torch.where(f.abs() > 1e-3, y / f, torch.ones_like(f))
+        assert ratio.min() >= 1 - 1e-4 and ratio.max() <= 2 + 1e-4
+
+
+# --- RFNA's reversed labels ------------------------------------------------------------------
+
+
+def toy_batch(n: int, size: int, generator: torch.Generator):
+    """Bright discs (foreground ~15% of the image) on a noisy background."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images, labels = [], []
+    for _ in range(n):
+        cy, cx = torch.randint(size // 4, 3 * size // 4, (2,), generator=generator)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= (size // 5) ** 2).float()
+        images.append(mask * 2.0 + 0.3 * torch.randn(size, size, generator=generator))
+        labels.append(mask)
+    return torch.stack(images)[:, None], torch.stack(labels)[:, None]
+
+
+def test_rfna_trains_on_reversed_labels_and_infers_foreground():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    net = RFNAUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8, 16, 32))
+    base = DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    loss_fn = loss_for(net, base)
+    assert loss_fn is not base  # RFNA gets the reversed-label loss, plain nets do not
+    assert loss_for(get_network("unet"), base) is base
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for _ in range(40):
+        x, y = toy_batch(4, 72, g)
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+    # the loss really is the paper's: Dice of the reversed probabilities against reversed labels
+    x, y = toy_batch(4, 72, g)
+    out = net(x)
+    torch.testing.assert_close(loss_fn(out, y), base(-out, 1 - y))
+    net.eval()
+    with torch.no_grad():
+        mask = (torch.sigmoid(net(x)) > 0.5).float()
+    inter = (mask * y).sum()
+    iou = inter / (mask.sum() + y.sum() - inter)
+    assert iou > 0.6, f"RFNA's inference path must return the foreground, IoU {iou:.3f}"
+    # the raw head predicts the reversed labels: background where its sigmoid > 0.5
+    raw = RFNAUNet(
+        spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8, 16, 32), foreground_output=False
+    )
+    raw.load_state_dict(net.state_dict())
+    raw.eval()
+    with torch.no_grad():
+        raw_logits = raw(x)
+        torch.testing.assert_close(as_foreground(raw)(x), net(x))
+    torch.testing.assert_close(raw_logits, -net(x))
+    reversed_mask = (torch.sigmoid(raw_logits) > 0.5).float()
+    background = 1 - y
+    inter = (reversed_mask * background).sum()
+    assert inter / (reversed_mask.sum() + background.sum() - inter) > 0.8  # it marks the background
