@@ -1,0 +1,485 @@
+"""pam_monai.metrics: hand-computed cases, a brute-force HD95 reference, MONAI/Ignite wrappers."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import cdist
+
+import pam_monai.metrics as M
+from pam_monai.metrics import (
+    FNRateMetric,
+    FPRateMetric,
+    HD95Metric,
+    IoUMetric,
+    MaskMetric,
+    case_metrics,
+    dice,
+    directed_surface_distances,
+    fn_rate,
+    fp_rate,
+    hd95,
+    image_diagonal,
+    iou,
+    summarize,
+)
+from pam_monai.metrics import paper_protocol as pp
+
+FUNCS = {"iou": iou, "dice": dice, "hd95": hd95, "fp_rate": fp_rate, "fn_rate": fn_rate}
+
+
+# --- an independent brute-force reference of medpy's hd95 (connectivity 1) --------------------
+def ref_surface_points(mask: np.ndarray, spacing) -> np.ndarray:
+    """Foreground voxels with a face neighbour that is background or outside the image."""
+    padded = np.pad(mask, 1, constant_values=False)
+    points = []
+    for idx in np.argwhere(mask):
+        p = idx + 1
+        for axis in range(mask.ndim):
+            for step in (-1, 1):
+                q = p.copy()
+                q[axis] += step
+                if not padded[tuple(q)]:
+                    points.append(idx)
+                    break
+            else:
+                continue
+            break
+    return np.asarray(points, dtype=float) * np.asarray(spacing, dtype=float)
+
+
+def ref_hd95(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
+    spacing = [1.0] * a.ndim if spacing is None else spacing
+    pa, pb = ref_surface_points(a, spacing), ref_surface_points(b, spacing)
+    d = cdist(pa, pb)
+    return float(np.percentile(np.concatenate([d.min(axis=1), d.min(axis=0)]), 95))
+
+
+def box(shape, *ranges) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[tuple(slice(lo, hi) for lo, hi in ranges)] = True
+    return m
+
+
+def random_masks(rng, shape, density):
+    return rng.random(shape) < density, rng.random(shape) < density
+
+
+# --- hand-computed cases -----------------------------------------------------------------------
+def test_square_shifted_by_three_pixels():
+    # 10x10 squares, 70 overlapping pixels, union 130, 900 - 100 = 800 background pixels
+    a, b = box((30, 30), (5, 15), (5, 15)), box((30, 30), (5, 15), (8, 18))
+    assert iou(a, b) == pytest.approx(7 / 13)
+    assert dice(a, b) == pytest.approx(0.7)
+    assert fp_rate(a, b) == pytest.approx(30 / 800)
+    assert fn_rate(a, b) == pytest.approx(0.3)
+    # per direction the 36 border distances are 14x0, 4x1, 4x2, 14x3; the union's 95th
+    # percentile (index 67.45 of 72 sorted values) falls in the 3s
+    assert hd95(a, b) == pytest.approx(3.0)
+    assert hd95(a, b) == pytest.approx(ref_hd95(a, b))
+    d_ab, d_ba = directed_surface_distances(a, b)
+    assert sorted(d_ab.tolist()) == [0.0] * 14 + [1.0] * 4 + [2.0] * 4 + [3.0] * 14
+    assert sorted(d_ba.tolist()) == sorted(d_ab.tolist())
+
+
+def test_cube_shifted_3d():
+    a, b = box((10, 10, 10), (2, 6), (2, 6), (2, 6)), box((10, 10, 10), (3, 7), (3, 7), (2, 6))
+    assert iou(a, b) == pytest.approx(36 / 92)
+    assert dice(a, b) == pytest.approx(72 / 128)
+    assert fp_rate(a, b) == pytest.approx(28 / 936)
+    assert fn_rate(a, b) == pytest.approx(28 / 64)
+    assert hd95(a, b) == pytest.approx(ref_hd95(a, b))
+    assert hd95(a, b, spacing=(0.7, 1.3, 2.0)) == pytest.approx(ref_hd95(a, b, (0.7, 1.3, 2.0)))
+
+
+def test_identical_masks_have_zero_distance():
+    a = np.random.default_rng(0).random((12, 9, 7)) < 0.3
+    assert hd95(a, a) == 0.0
+    assert iou(a, a) == dice(a, a) == 1.0
+    assert fp_rate(a, a) == fn_rate(a, a) == 0.0
+
+
+def test_single_voxels_at_known_distance():
+    a, b = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    a[2, 3], b[5, 7] = True, True
+    assert hd95(a, b) == pytest.approx(5.0)
+    assert hd95(a, b, spacing=(2.5, 1.0)) == pytest.approx(math.hypot(3 * 2.5, 4))  # 8.5
+    c, d = np.zeros((4, 4, 4), bool), np.zeros((4, 4, 4), bool)
+    c[0, 0, 0], d[1, 2, 2] = True, True
+    assert hd95(c, d) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_anisotropic_spacing_scales_a_shift_along_its_axis(axis):
+    # two full planes 4 voxels apart along `axis`: every surface distance is 4 * spacing[axis]
+    a, b = np.zeros((9, 8, 7), bool), np.zeros((9, 8, 7), bool)
+    a[(slice(None),) * axis + (2,)] = True
+    b[(slice(None),) * axis + (6,)] = True
+    spacing = [0.7, 1.9, 3.1]
+    spacing[axis] = 2.5
+    assert hd95(a, b) == pytest.approx(4.0)
+    assert hd95(a, b, spacing=spacing) == pytest.approx(10.0)
+    assert hd95(a, b, spacing=2.5) == pytest.approx(10.0)
+
+
+# --- empty-mask rule ---------------------------------------------------------------------------
+def test_empty_mask_rule():
+    empty, lesion = np.zeros((20, 30, 25), bool), box((20, 30, 25), (5, 9), (5, 9), (5, 9))
+    diag = math.sqrt(20**2 + 30**2 + 25**2)
+    both = case_metrics(empty, empty)
+    assert both == {
+        "iou": 1.0,
+        "dice": 1.0,
+        "hd95": 0.0,
+        "fp_rate": 0.0,
+        "fn_rate": 0.0,
+        "target_empty": True,
+        "pred_empty": True,
+    }
+    missed = case_metrics(empty, lesion)  # prediction empty, target not
+    assert missed == {
+        "iou": 0.0,
+        "dice": 0.0,
+        "hd95": pytest.approx(diag),
+        "fp_rate": 0.0,
+        "fn_rate": 1.0,
+        "target_empty": False,
+        "pred_empty": True,
+    }
+    spurious = case_metrics(lesion, empty)  # target empty, prediction not
+    assert spurious == {
+        "iou": 0.0,
+        "dice": 0.0,
+        "hd95": pytest.approx(diag),
+        "fp_rate": 64 / empty.size,
+        "fn_rate": 0.0,
+        "target_empty": True,
+        "pred_empty": False,
+    }
+    for pred, target in [(empty, empty), (empty, lesion), (lesion, empty)]:
+        row = case_metrics(pred, target, spacing=(1.0, 2.0, 0.5))
+        for name, fn in FUNCS.items():
+            assert fn(pred, target, spacing=(1.0, 2.0, 0.5)) == row[name]
+    assert hd95(empty, lesion, spacing=(1.0, 2.0, 0.5)) == pytest.approx(math.sqrt(20**2 + 60**2 + 12.5**2))
+    full = np.ones((4, 5), bool)  # N = 0: no background, so no false positive is possible
+    assert fp_rate(full, full) == 0.0 and fn_rate(full, full) == 0.0 and iou(full, full) == 1.0
+    assert hd95(empty, lesion, empty_value=123.0) == 123.0
+    assert hd95(empty, empty, empty_value=123.0) == 0.0
+
+
+def test_brats_volume_diagonal():
+    empty, lesion = np.zeros((155, 240, 240), bool), np.zeros((155, 240, 240), bool)
+    lesion[70:80, 100:110, 100:110] = True
+    assert image_diagonal((155, 240, 240)) == pytest.approx(373.13, abs=0.01)
+    assert hd95(lesion, empty) == pytest.approx(math.sqrt(155**2 + 240**2 + 240**2))
+
+
+def test_directed_distances_need_two_masks():
+    with pytest.raises(ValueError, match="non-empty"):
+        directed_surface_distances(np.zeros((4, 4)), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="same shape"):
+        iou(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="spacing"):
+        hd95(np.ones((4, 4)), np.ones((4, 4)), spacing=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="spacing"):
+        hd95(np.ones((4, 4)), np.ones((4, 4)), spacing=0.0)
+
+
+# --- inputs ------------------------------------------------------------------------------------
+def test_numpy_and_torch_inputs_of_any_dtype_agree():
+    rng = np.random.default_rng(1)
+    a, b = random_masks(rng, (11, 13, 6), 0.3)
+    expected = case_metrics(a, b, spacing=(1.0, 1.5, 3.0))
+    probs = np.where(a, 0.51, 0.5)  # 0.5 itself is background
+    variants = [
+        (a.astype(np.uint8), b.astype(np.int64) * 4),  # label maps (e.g. BraTS ET = 4)
+        (a.astype(np.float32), b.astype(np.float64)),
+        (probs, b),
+        (torch.from_numpy(a), torch.from_numpy(b)),
+        (torch.from_numpy(probs).float(), torch.from_numpy(b).to(torch.uint8)),
+    ]
+    for pred, target in variants:
+        assert case_metrics(pred, target, spacing=(1.0, 1.5, 3.0)) == expected
+        for name, fn in FUNCS.items():
+            assert fn(pred, target, spacing=(1.0, 1.5, 3.0)) == expected[name]
+
+
+# --- cropping is exact -------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_cropped_equals_uncropped(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(8, 20, size=int(rng.integers(2, 4))))
+    a, b = np.zeros(shape, bool), np.zeros(shape, bool)
+    # small blobs somewhere (sometimes on the image border) in a larger empty image
+    for m in (a, b):
+        lo = [int(rng.integers(0, n - 3)) for n in shape]
+        region = tuple(slice(x, x + int(rng.integers(2, 6))) for x in lo)
+        m[region] = rng.random(m[region].shape) < 0.7
+        m[tuple(x.start for x in region)] = True
+    spacing = rng.uniform(0.3, 3.0, size=len(shape))
+    cropped = directed_surface_distances(a, b, spacing, crop=True)
+    full = directed_surface_distances(a, b, spacing, crop=False)
+    for c, f in zip(cropped, full):
+        np.testing.assert_array_equal(c, f)
+    assert (
+        hd95(a, b, spacing, crop=True)
+        == hd95(a, b, spacing, crop=False)
+        == pytest.approx(ref_hd95(a, b, spacing))
+    )
+
+
+def test_same_distances_as_monai_which_takes_the_larger_directed_percentile():
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(3)
+    for spacing in (None, (0.8, 1.7, 2.5)):
+        a, b = random_masks(rng, (14, 12, 10), 0.25)
+        d_ab, d_ba = directed_surface_distances(a, b, spacing)
+        ours = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
+        theirs = compute_hausdorff_distance(
+            torch.from_numpy(a)[None, None],
+            torch.from_numpy(b)[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=spacing,
+        ).item()
+        assert theirs == pytest.approx(ours, rel=1e-5)
+
+
+# --- property-based ----------------------------------------------------------------------------
+@st.composite
+def mask_pairs(draw):
+    ndim = draw(st.sampled_from([2, 3]))
+    shape = tuple(draw(st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim)))
+    size = int(np.prod(shape))
+    bits = st.lists(st.booleans(), min_size=size, max_size=size)
+    empty_or_bits = st.one_of(st.just([False] * size), st.just([True] * size), bits)
+    a = np.array(draw(empty_or_bits), bool).reshape(shape)
+    b = np.array(draw(empty_or_bits), bool).reshape(shape)
+    spacing = tuple(draw(st.lists(st.floats(0.1, 5.0), min_size=ndim, max_size=ndim)))
+    return a, b, spacing
+
+
+@settings(max_examples=60, deadline=None)
+@given(mask_pairs())
+def test_properties(pair):
+    a, b, spacing = pair
+    row = case_metrics(a, b, spacing)
+    for name in ("iou", "dice", "fp_rate", "fn_rate"):
+        assert 0.0 <= row[name] <= 1.0
+        assert row[name] == FUNCS[name](a, b, spacing)
+    assert math.isfinite(row["hd95"]) and row["hd95"] >= 0.0
+    assert hd95(b, a, spacing) == row["hd95"]
+    assert iou(b, a) == row["iou"] and dice(b, a) == row["dice"]
+    if a.any() and b.any():
+        assert row["hd95"] == pytest.approx(ref_hd95(a, b, spacing))
+    if b.any():  # a missed lesion never scores better than any prediction
+        missed = case_metrics(np.zeros_like(b), b, spacing)
+        assert missed["hd95"] >= row["hd95"]
+        assert missed["iou"] <= row["iou"] and missed["dice"] <= row["dice"]
+        assert missed["fn_rate"] >= row["fn_rate"]
+
+
+# --- summary -----------------------------------------------------------------------------------
+def test_summarize_counts_empty_cases():
+    rng = np.random.default_rng(4)
+    lesion = box((8, 8), (2, 5), (2, 5))
+    cases = [
+        (lesion, lesion),
+        (np.zeros((8, 8)), lesion),
+        (np.zeros((8, 8)), np.zeros((8, 8))),
+        random_masks(rng, (8, 8), 0.4),
+    ]
+    rows = [case_metrics(p, t) for p, t in cases]
+    s = summarize(rows)
+    assert (s["count"], s["target_empty"], s["pred_empty"], s["both_empty"]) == (4, 1, 2, 1)
+    ious = np.array([r["iou"] for r in rows])
+    assert s["iou"] == {
+        "mean": pytest.approx(ious.mean()),
+        "std": pytest.approx(ious.std()),
+        "median": pytest.approx(np.median(ious)),
+        "count": 4,
+    }
+    assert s["hd95"]["mean"] == pytest.approx((0 + math.hypot(8, 8) + 0 + rows[3]["hd95"]) / 4)
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    assert summarize(columns) == s
+
+
+def test_summarize_refuses_to_hide_cases():
+    with pytest.raises(ValueError, match="target_empty"):
+        summarize([{"iou": 0.5}])
+    with pytest.raises(ValueError, match="NaN"):
+        summarize({"hd95": [1.0, float("nan")], "target_empty": [False, True], "pred_empty": [False, False]})
+    with pytest.raises(ValueError, match="same keys"):
+        summarize(
+            [
+                {"iou": 1.0, "target_empty": False, "pred_empty": False},
+                {"target_empty": False, "pred_empty": False},
+            ]
+        )
+
+
+# --- MONAI metric classes and Ignite handlers --------------------------------------------------
+def batch():
+    """Three 2D cases (B x 1 x H x W): a shifted square, a missed lesion, a correct empty case."""
+    pred, target = torch.zeros(3, 1, 12, 12), torch.zeros(3, 1, 12, 12)
+    target[0, 0, 2:6, 2:6] = 1
+    pred[0, 0, 3:7, 2:6] = 0.9  # probabilities
+    target[1, 0, 5:9, 5:9] = 1
+    return pred, target
+
+
+@pytest.mark.parametrize(
+    "cls,name",
+    [(IoUMetric, "iou"), (HD95Metric, "hd95"), (FPRateMetric, "fp_rate"), (FNRateMetric, "fn_rate")],
+)
+def test_monai_metric_classes(cls, name):
+    pred, target = batch()
+    expected = [FUNCS[name](pred[i, 0], target[i, 0]) for i in range(3)]
+    metric = cls()
+    values = metric(pred[:2], target[:2])
+    metric(list(pred[2:]), list(target[2:]))  # a list of channel-first tensors works too
+    assert values.shape == (2, 1)
+    assert metric.get_buffer()[:, 0].tolist() == pytest.approx(expected)
+    assert metric.aggregate().item() == pytest.approx(np.mean(expected))
+    assert metric.aggregate("none")[:, 0].tolist() == pytest.approx(expected)
+    metric.reset()
+    metric(pred[:1], target[:1])
+    assert metric.aggregate().item() == pytest.approx(expected[0])
+
+
+def test_hd95_metric_spacing_channels_and_errors():
+    pred, target = batch()
+    two = torch.cat([pred, target], dim=1), torch.cat([target, target], dim=1)  # B x 2 channels
+    metric = HD95Metric(spacing=(2.0, 0.5))
+    values = metric(*two)
+    assert values.shape == (3, 2)
+    assert values[0, 0].item() == pytest.approx(hd95(pred[0, 0], target[0, 0], spacing=(2.0, 0.5)))
+    assert values[1, 0].item() == pytest.approx(math.hypot(24.0, 6.0))  # missed lesion: diagonal
+    assert values[:, 1].tolist() == [0.0, 0.0, 0.0]
+    per_sample = [(1.0, 1.0), (3.0, 3.0), (1.0, 1.0)]
+    assert metric(*two, spacing=per_sample)[1, 0].item() == pytest.approx(math.hypot(36.0, 36.0))
+    assert HD95Metric(empty_value=50.0)(pred, target)[1, 0].item() == 50.0
+    with pytest.raises(ValueError, match="metric_name"):
+        MaskMetric("accuracy")
+    with pytest.raises(ValueError, match="empty_value"):
+        MaskMetric("iou", empty_value=1.0)
+    with pytest.raises(ValueError, match="B x C"):
+        IoUMetric()(pred, target[:, :, :6])
+    with pytest.raises(ValueError, match="nothing to aggregate"):
+        IoUMetric().aggregate()
+
+
+def test_ignite_handlers_in_an_engine():
+    from ignite.engine import Engine
+    from monai.handlers import from_engine
+
+    from pam_monai.metrics.handlers import HD95, FNRateHandler, IoUHandler, MaskMetricHandler
+
+    pred, target = batch()
+    data = [{"pred": pred[:2], "label": target[:2]}, {"pred": pred[2:], "label": target[2:]}]
+    engine = Engine(lambda engine, item: item)
+    transform = from_engine(["pred", "label"])
+    IoUHandler(output_transform=transform).attach(engine, "iou")
+    HD95(spacing=0.5, output_transform=transform).attach(engine, "hd95")
+    FNRateHandler(output_transform=transform).attach(engine, "fn_rate")
+    MaskMetricHandler("dice", output_transform=transform).attach(engine, "dice")
+    engine.run(data, max_epochs=1)
+    rows = [case_metrics(pred[i, 0], target[i, 0], spacing=0.5) for i in range(3)]
+    for name in ("iou", "hd95", "fn_rate", "dice"):
+        assert engine.state.metrics[name] == pytest.approx(np.mean([r[name] for r in rows]))
+    assert engine.state.metric_details["iou"][:, 0].tolist() == pytest.approx([r["iou"] for r in rows])
+
+
+def test_handler_from_bundle_config():
+    from monai.bundle import ConfigParser
+
+    from pam_monai.metrics.handlers import IoUHandler
+
+    parser = ConfigParser(
+        {
+            "metric": {
+                "_target_": "pam_monai.metrics.handlers.IoUHandler",
+                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            }
+        }
+    )
+    handler = parser.get_parsed_content("metric")
+    assert isinstance(handler, IoUHandler)
+    assert handler.metric_fn.metric_name == "iou"
+
+
+# --- paper protocol ----------------------------------------------------------------------------
+def test_paper_protocol_and_authors_code_definitions():
+    # 8 x 8 x 3 volume, slices on the last axis: [both empty, correct 2x2 lesion, missed lesion]
+    pred, target = np.zeros((8, 8, 3), bool), np.zeros((8, 8, 3), bool)
+    target[2:4, 2:4, 1:] = True
+    pred[2:4, 2:4, 1] = True
+    honest = pp.paper_protocol_metrics(pred, target, axis=-1, spacing=(0.5, 2.0, 3.0))
+    assert (honest["count"], honest["target_empty"], honest["pred_empty"]) == (3, 1, 2)
+    assert honest["iou"]["mean"] == pytest.approx(2 / 3)
+    assert honest["fn_rate"]["mean"] == pytest.approx(1 / 3)
+    assert honest["hd95"]["mean"] == pytest.approx(math.hypot(4.0, 16.0) / 3)  # in-plane diagonal
+    authors = pp.authors_code_metrics(pred, target, axis=-1)
+    # "IoU": empty slice (bg 1 + fg 0) / 2; perfect slice 1; missed slice (120/124 + 0) / 2
+    assert authors["authors_code_iou"] == pytest.approx((0.5 + 1.0 + 60 / 124) / 3)
+    assert authors["authors_code_fn_rate"] == pytest.approx(2 / 3)  # the empty slice counts as 1.0
+    assert authors["authors_code_fp_rate"] == 0.0
+    assert (authors["authors_code_hd95"], authors["authors_code_hd95_slices"]) == (0.0, 1)
+    assert pp.authors_code_metrics(np.moveaxis(pred, -1, 0), np.moveaxis(target, -1, 0), axis=0) == authors
+
+
+def test_authors_code_hd95_uses_all_foreground_pixels():
+    filled = box((9, 9), (1, 8), (1, 8))
+    outline = filled & ~box((9, 9), (2, 7), (2, 7))
+    # same surface, so the honest HD95 is 0; over all pixels the 7x7 square's interior rings sit
+    # 1 (16 px), 2 (8 px) and 3 (1 px) from the outline: 48 zeros, 16 ones, 8 twos, one 3 -> 2.0
+    assert hd95(filled, outline) == 0.0
+    assert pp.authors_code_hd95(filled, outline) == pytest.approx(2.0)
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        a, b = random_masks(rng, (10, 12), 0.2)
+        d = cdist(np.argwhere(a), np.argwhere(b))  # brute force over all foreground pixels
+        expected = np.percentile(np.concatenate([d.min(axis=1), d.min(axis=0)]), 95)
+        assert pp.authors_code_hd95(a, b) == pytest.approx(expected)
+    single = np.zeros((9, 9), bool)
+    single[4, 4] = True
+    assert pp.authors_code_hd95(filled, single) is None
+    assert pp.authors_code_fn_rate(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
+    assert pp.authors_code_iou(np.zeros((4, 4)), np.zeros((4, 4))) == 0.5
+    with pytest.raises(ValueError, match="3D"):
+        pp.paper_protocol_metrics(filled, outline)
+
+
+# --- docs and benchmark ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "module", ["masks", "overlap", "surface", "summary", "monai_metrics", "paper_protocol"]
+)
+def test_docstring_examples(module):
+    import importlib
+
+    mod = importlib.import_module(f"pam_monai.metrics.{module}")
+    result = doctest.testmod(mod, extraglobs={"np": np})
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_package_docstring_example():
+    result = doctest.testmod(M)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_benchmark_runs_on_a_small_volume():
+    from benchmarks.hd95_bench import bench_hd95, lesion_pair
+
+    r = bench_hd95(repeats=1, shape=(50, 64, 64))
+    pred, target = lesion_pair((50, 64, 64))
+    d_ab, d_ba = directed_surface_distances(pred, target)
+    assert r["ours_hd95"] == hd95(pred, target)
+    assert r["monai_hd95"] == pytest.approx(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), rel=1e-5)
+    assert r["ours_s"] > 0 and r["monai_s"] > 0
