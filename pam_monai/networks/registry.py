@@ -38,7 +38,12 @@ NETWORKS: dict[str, NetworkSpec] = {
 
 
 def get_network(
-    name: str, spatial_dims: int = 2, in_channels: int = 4, out_channels: int = 1, **options
+    name: str,
+    spatial_dims: int = 2,
+    in_channels: int = 4,
+    out_channels: int = 1,
+    options: dict | None = None,
+    **kwargs,
 ) -> nn.Module:
     """Build a registered network by name.
 
@@ -48,8 +53,9 @@ def get_network(
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output channels (1 for binary segmentation).
-        options: network options overriding the registered defaults (e.g. ``dilation=6`` for
-            ``fpa``, ``ratio=4`` for ``rfna``, ``norm=("instance", {"affine": True})``).
+        options: network options overriding the registered defaults, as a dict (what bundle
+            configs pass as ``network_options``) and/or as keyword arguments (e.g. ``dilation=6``
+            for ``fpa``, ``ratio=4`` for ``rfna``, ``norm=("instance", {"affine": True})``).
 
     Example::
 
@@ -59,7 +65,7 @@ def get_network(
     if key not in NETWORKS:
         raise ValueError(f"Unknown network {name!r}; registered networks: {', '.join(NETWORKS)}.")
     spec = NETWORKS[key]
-    kwargs = {**spec.defaults, **options}
+    kwargs = {**spec.defaults, **(options or {}), **kwargs}
     try:
         return spec.cls(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs

@@ -1,0 +1,244 @@
+"""Write the MONAI bundles in ``bundles/`` from the templates beside this file.
+
+Every bundle shares the same workflow; only its task (data set, Table 2 settings) and network
+differ. The workflow is written ONCE here (``train.json``, ``evaluate.json``, ``inference.json``,
+``multi_gpu_train.json``, ``logging.conf``) and rendered into each bundle, so that each bundle
+stays self-contained for the MONAI model zoo while nothing is copied by hand. A test fails when
+a committed bundle differs from what this writes.
+
+    python -m pam_monai.bundle_templates.build            # (re)write bundles/
+    python -m pam_monai.bundle_templates.build --check    # exit 1 if bundles/ is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..data import DATASETS
+
+HERE = Path(__file__).parent
+CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
+NETWORKS = {
+    "fpa": "False Positive Attention (FPA)",
+    "rfna": "Reverse False Negative Attention (RFNA)",
+}
+TASKS = {
+    "brats": {
+        "modality": "MR",
+        "target": "enhancing tumour (label 4)",
+        "data_source": "BraTS 2018 training set, HGG cases (https://www.med.upenn.edu/sbia/brats2018/data.html)",
+        "data_type": "nibabel",
+        "channel_def": {"0": "FLAIR", "1": "T1", "2": "T1ce", "3": "T2"},
+        "format": "magnitude",
+    },
+    "isles": {
+        "modality": "CT",
+        "target": "ischaemic stroke lesion",
+        "data_source": "ISLES 2018 training set (https://www.isles-challenge.org/ISLES2018/)",
+        "data_type": "nibabel",
+        "channel_def": {"0": "CBF", "1": "MTT", "2": "CBV", "3": "Tmax"},
+        "format": "magnitude",
+    },
+    "cityscapes": {
+        "modality": "RGB",
+        "target": "vehicles (labelIds 26-33)",
+        "data_source": "CityScapes leftImg8bit and gtFine (https://www.cityscapes-dataset.com/)",
+        "data_type": "png",
+        "channel_def": {"0": "R", "1": "G", "2": "B"},
+        "format": "RGB",
+    },
+}
+SCHEMA = (
+    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+)
+PAPER = (
+    "Mou-Cheng Xu, Neil P. Oxtoby, Daniel C. Alexander, Joseph Jacob. Learning To Pay Attention To Mistakes. "
+    "BMVC 2020. https://arxiv.org/abs/2007.15131"
+)
+
+
+def bundle_names() -> list[str]:
+    return [f"{task}_{net}" for task in TASKS for net in NETWORKS]
+
+
+def variables(task: str, network: str) -> dict:
+    spec = DATASETS[task]
+    name = f"{task}_{network}"
+    return {
+        "bundle_root": f"bundles/{name}",
+        "task": task,
+        "network_name": network,
+        "dataset_dir": "$os.path.join(@bundle_root, 'data')",
+        "epochs": spec.epochs,
+        "batch_size": spec.batch_size,
+        "learning_rate": spec.lr,
+        "in_channels": spec.in_channels,
+    }
+
+
+def render(template, values: dict):
+    """Replace every string ``"@@key"`` in a JSON template by ``values[key]`` (keeping its type)."""
+    if isinstance(template, dict):
+        return {k: render(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [render(v, values) for v in template]
+    if isinstance(template, str) and template.startswith("@@"):
+        return values[template[2:]]
+    return template
+
+
+def metadata(task: str, network: str) -> dict:
+    import monai
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    spec = DATASETS[task]
+    info = TASKS[task]
+    h, w = spec.spatial_size
+    return {
+        "schema": SCHEMA,
+        "version": __version__,
+        "changelog": {__version__: "first release of the pam-monai bundles"},
+        "monai_version": monai.__version__.split("+")[0],
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": numpy.__version__,
+        "required_packages_version": {
+            "pam-monai": __version__,
+            "nibabel": "5.0.0",
+            "pytorch-ignite": "0.4.11",
+            "tensorboard": "2.12.0",
+        },
+        "supported_apps": {},
+        "name": f"{spec.title} {network.upper()}",
+        "task": f"2D binary segmentation of the {info['target']} ({spec.title})",
+        "description": (
+            f"{NETWORKS[network]} U-Net of 'Learning To Pay Attention To Mistakes' (BMVC 2020) trained on "
+            f"{spec.title} axial slices; every baseline of the paper runs from this bundle with --network_name."
+        ),
+        "authors": "pam-monai contributors",
+        "copyright": "Copyright (c) pam-monai contributors",
+        "data_source": info["data_source"],
+        "data_type": info["data_type"],
+        "image_classes": f"{spec.in_channels} channels ({', '.join(info['channel_def'].values())}), "
+        f"{'z-scored over non-zero voxels, centre-cropped' if spec.volumetric else 'scaled to [0, 1], resized'} "
+        f"to {h}x{w}",
+        "label_classes": f"single channel: 1 = {info['target']}, 0 = everything else",
+        "pred_classes": f"single channel logit of the {info['target']} (foreground polarity, also for RFNA)",
+        "eval_metrics": {"val_iou": "per-case foreground IoU on the validation split"},
+        "intended_use": "Research only: not for clinical use.",
+        "references": [PAPER],
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": info["format"],
+                    "modality": info["modality"],
+                    "num_channels": spec.in_channels,
+                    "spatial_shape": [h, w],
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": False,
+                    "channel_def": info["channel_def"],
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 1,
+                    "spatial_shape": [h, w],
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": False,
+                    "channel_def": {"0": f"{info['target']} logit"},
+                }
+            },
+        },
+    }
+
+
+def bundle_files(task: str, network: str) -> dict[str, str]:
+    """Relative path -> text of every file of one bundle."""
+    values = variables(task, network)
+    files = {}
+    for name in CONFIGS:
+        template = json.loads((HERE / name).read_text())
+        files[f"configs/{name}"] = json.dumps(render(template, values), indent=4) + "\n"
+    files["configs/metadata.json"] = json.dumps(metadata(task, network), indent=4) + "\n"
+    files["configs/logging.conf"] = (HERE / "logging.conf").read_text()
+    files["docs/README.md"] = (HERE / "README.md.in").read_text().format(**_doc_values(task, network))
+    files["LICENSE"] = (HERE / "LICENSE.in").read_text()
+    return files
+
+
+def _doc_values(task: str, network: str) -> dict:
+    spec = DATASETS[task]
+    h, w = spec.spatial_size
+    return {
+        "name": f"{task}_{network}",
+        "title": spec.title,
+        "network": NETWORKS[network],
+        "network_name": network,
+        "task": task,
+        "target": TASKS[task]["target"],
+        "channels": ", ".join(TASKS[task]["channel_def"].values()),
+        "in_channels": spec.in_channels,
+        "shape": f"{spec.in_channels}x{h}x{w}",
+        "epochs": spec.epochs,
+        "batch_size": spec.batch_size,
+        "lr": spec.lr,
+        "split": spec.split,
+        "paper": PAPER,
+    }
+
+
+# metadata records the installed versions: the check compares everything else exactly
+_VOLATILE = ("monai_version", "pytorch_version", "numpy_version")
+
+
+def _comparable(path: str, text: str) -> str:
+    if path.endswith("metadata.json"):
+        data = json.loads(text)
+        for key in _VOLATILE:
+            data.pop(key, None)
+        return json.dumps(data, sort_keys=True)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", default="bundles", help="where the bundles go (default: bundles)")
+    parser.add_argument(
+        "--check", action="store_true", help="report out-of-date files and exit 1, write nothing"
+    )
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    stale = []
+    for task in TASKS:
+        for network in NETWORKS:
+            for rel, text in bundle_files(task, network).items():
+                path = root / f"{task}_{network}" / rel
+                current = path.read_text() if path.is_file() else None
+                if current is not None and _comparable(rel, current) == _comparable(rel, text):
+                    continue
+                stale.append(path)
+                if not args.check:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(text)
+    if args.check:
+        for path in stale:
+            print(f"out of date: {path} (run python -m pam_monai.bundle_templates.build)")
+        return 1 if stale else 0
+    print(f"wrote {len(stale)} files under {root}/" if stale else f"{root}/ is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The pieces the bundles' workflows are built from: data preparation, batch preparation,
+slice-wise inference, per-case metrics, checkpoints, progress and run set-up."""
+
+from .batch import FlipPrepareBatch
+from .checkpoint import BestCheckpoint, TrainingCheckpoint, atomic_save, load_checkpoint
+from .data import CaseDataset, prepare_data, voxel_spacing
+from .handlers import CaseMetrics, NonFiniteLossGuard, atomic_write_text
+from .infer import CasePredictor, find_inference_cases, safe_output_path, validate_case
+from .inferer import SliceWiseInferer
+from .progress import ProgressBar
+from .runtime import fast_network, setup_run
+
+__all__ = [
+    "BestCheckpoint",
+    "CaseDataset",
+    "CaseMetrics",
+    "CasePredictor",
+    "FlipPrepareBatch",
+    "NonFiniteLossGuard",
+    "ProgressBar",
+    "SliceWiseInferer",
+    "TrainingCheckpoint",
+    "atomic_save",
+    "atomic_write_text",
+    "fast_network",
+    "find_inference_cases",
+    "load_checkpoint",
+    "prepare_data",
+    "safe_output_path",
+    "setup_run",
+    "validate_case",
+    "voxel_spacing",
+]

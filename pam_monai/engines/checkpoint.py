@@ -1,0 +1,242 @@
+"""Checkpoints that survive interruptions: atomic writes, the last and the best, exact resume.
+
+* :class:`TrainingCheckpoint` (on the trainer) writes ``checkpoint_last.pt`` after every epoch:
+  model, optimiser, the trainer's epoch and iteration, and every RNG state that the next epoch
+  draws from (torch CPU and CUDA, NumPy, Python, the data loader's shuffle generator), through a
+  temporary file and an ``os.replace``, so a run killed at any moment (SIGKILL included) leaves
+  the previous complete checkpoint. With ``resume=True`` it loads that checkpoint before the
+  first epoch, and the resumed run ends where an uninterrupted one would.
+* :class:`BestCheckpoint` (on the evaluator) writes ``model.pt`` (the model's state dict, what
+  ``ckpt_export`` and ``inference.json`` load) when the key metric improves, and remembers the
+  best value in ``model.json`` so that a resumed run keeps comparing against it.
+
+Everything is loaded with ``torch.load(..., weights_only=True)``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["BestCheckpoint", "TrainingCheckpoint", "atomic_save", "load_checkpoint"]
+
+log = logging.getLogger("pam_monai")
+
+LAST = "checkpoint_last.pt"
+BEST = "model.pt"
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``), naming the file when it is unreadable."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, corrupt or not a plain-tensor checkpoint
+        raise RuntimeError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    for attr in ("module", "_orig_mod"):
+        while isinstance(getattr(network, attr, None), torch.nn.Module):
+            network = getattr(network, attr)
+    return network
+
+
+def _rng_state(engine: Engine) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": np_state[0],
+            "pos": np_state[2],
+            "has_gauss": np_state[3],
+            "gauss": np_state[4],
+            "state": torch.from_numpy(np_state[1].astype(np.int64)),
+        },
+        "python": _python_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    generator = getattr(getattr(engine, "data_loader", None), "generator", None)
+    if generator is not None:
+        state["loader"] = generator.get_state()
+    return state
+
+
+def _python_state() -> dict:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _set_rng_state(engine: Engine, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator = getattr(getattr(engine, "data_loader", None), "generator", None)
+    if generator is not None and "loader" in state:
+        generator.set_state(state["loader"])
+
+
+class TrainingCheckpoint:
+    """Save the whole training state atomically after every epoch; resume from it on request.
+
+    Args:
+        ckpt_dir: folder of ``checkpoint_last.pt``.
+        network: the trained network (DDP / compiled wrappers are unwrapped).
+        optimizer: its optimiser.
+        scheduler: an optional learning-rate scheduler.
+        resume: load ``checkpoint_last.pt`` (when it exists) before training starts.
+        save_rank0_only: under ``torch.distributed``, only rank 0 writes.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler=None,
+        resume: bool = False,
+        save_rank0_only: bool = True,
+    ) -> None:
+        self.path = Path(ckpt_dir) / LAST
+        self.network = network
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.resume = bool(resume)
+        self.save_rank0_only = save_rank0_only
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+
+    def _writer(self) -> bool:
+        if not self.save_rank0_only or not torch.distributed.is_initialized():
+            return True
+        return torch.distributed.get_rank() == 0
+
+    def save(self, engine: Engine) -> None:
+        if not self._writer():
+            return
+        state = {
+            "model": _unwrap(self.network).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": {
+                "epoch": engine.state.epoch,
+                "iteration": engine.state.iteration,
+                "max_epochs": engine.state.max_epochs,
+            },
+            "rng": _rng_state(engine),
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        atomic_save(state, self.path)
+
+    def load(self, engine: Engine) -> None:
+        if not self.path.is_file():
+            log.warning("resume: no checkpoint at %s; training from the start", self.path)
+            return
+        state = load_checkpoint(self.path)
+        _unwrap(self.network).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        engine.state.epoch = int(state["trainer"]["epoch"])
+        engine.state.iteration = int(state["trainer"]["iteration"])
+        _set_rng_state(engine, state["rng"])
+        log.info(
+            "resumed from %s at epoch %d (iteration %d) of %d",
+            self.path,
+            engine.state.epoch,
+            engine.state.iteration,
+            engine.state.max_epochs,
+        )
+        if engine.state.epoch >= engine.state.max_epochs:
+            log.info("resume: the checkpoint already completed all %d epochs", engine.state.max_epochs)
+            engine.terminate()
+
+
+class BestCheckpoint:
+    """Write the model's state dict to ``model.pt`` whenever ``metric_name`` improves (higher is better).
+
+    Args:
+        ckpt_dir: folder of ``model.pt`` and ``model.json``.
+        network: the evaluated network.
+        metric_name: key in the evaluator's ``state.metrics`` (``"val_iou"``).
+        mode: ``"max"`` or ``"min"``.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        metric_name: str = "val_iou",
+        mode: str = "max",
+        resume: bool = False,
+        save_rank0_only: bool = True,
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.path = Path(ckpt_dir) / BEST
+        self.network = network
+        self.metric_name = metric_name
+        self.mode = mode
+        self.save_rank0_only = save_rank0_only
+        # a new run starts its own comparison; a resumed run continues the interrupted one's
+        self.best_value = self._stored_best() if resume else None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _stored_best(self) -> float | None:
+        meta = self.path.with_suffix(".json")
+        if meta.is_file() and self.path.is_file():
+            return float(json.loads(meta.read_text())["value"])
+        return None
+
+    def __call__(self, engine: Engine) -> None:
+        if self.save_rank0_only and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
+        value = float(engine.state.metrics[self.metric_name])
+        best = self.best_value
+        if best is not None and not (value > best if self.mode == "max" else value < best):
+            return
+        self.best_value = value
+        atomic_save(_unwrap(self.network).state_dict(), self.path)
+        from .handlers import atomic_write_text
+
+        atomic_write_text(
+            self.path.with_suffix(".json"), json.dumps({"metric": self.metric_name, "value": value}) + "\n"
+        )
+        log.info("new best %s %.4f: saved %s", self.metric_name, value, self.path)

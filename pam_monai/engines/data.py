@@ -1,0 +1,125 @@
+"""Data for the bundles' workflows: find (or synthesise) the data set, split it, and serve
+whole preprocessed cases to evaluators and inference.
+
+Training reads 2-D slices from :class:`pam_monai.data.SliceDataset`; validation, evaluation and
+inference work per CASE (a whole volume, predicted slice by slice), so that every metric is an
+honest per-case metric in physical units.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import build_datalist, ensure_dataset, get_spec, get_split, load_datalist, preprocess_case
+
+__all__ = ["CaseDataset", "prepare_data", "voxel_spacing"]
+
+log = logging.getLogger("pam_monai")
+
+
+def prepare_data(
+    dataset: str,
+    dataset_dir: str | os.PathLike,
+    data_list_file_path: str | os.PathLike | None = None,
+    fold: int = 0,
+    synthetic_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    check: bool = True,
+) -> dict:
+    """Locate the data set, build or read its datalist, and return its three splits.
+
+    Args:
+        dataset: "brats", "isles" or "cityscapes".
+        dataset_dir: the folder the challenge's download was unpacked into. When it holds no
+            case, a small SYNTHETIC stand-in is generated (into ``synthetic_dir``, default
+            ``<dataset_dir>/synthetic_<dataset>``) and a warning says so.
+        data_list_file_path: a decathlon-format datalist (paths relative to ``dataset_dir``);
+            empty or missing: built from the cases found in ``dataset_dir``.
+        fold: the BRATS cross-validation fold (test = ``fold``, validation = ``fold + 1``).
+        synthetic_dir: where a synthetic stand-in goes.
+        seed: seed of the synthetic stand-in and of the datalist's split.
+        check: validate every case with :func:`pam_monai.data.check_dataset` before any work and
+            refuse with one list of all problems.
+
+    Returns:
+        ``{"root": Path, "synthetic": bool, "datalist": dict, "train": [...], "val": [...], "test": [...]}``
+        with absolute paths in every item.
+    """
+    spec = get_spec(dataset)
+    root, synthetic = ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir)
+    if synthetic:
+        log.warning(
+            "%s: training on a SYNTHETIC stand-in in %s (no data set in %s)", spec.name, root, dataset_dir
+        )
+    path = Path(data_list_file_path) if data_list_file_path else None
+    if path is not None and path.is_file() and not synthetic:
+        datalist = load_datalist(path, root)
+    else:
+        if path is not None and not synthetic and not path.is_file():
+            log.warning("%s: datalist %s not found; building one from %s", spec.name, path, root)
+        datalist = load_datalist(build_datalist(spec.name, root, seed=seed), root)
+    if check:
+        from ..data import check_dataset
+
+        check_dataset(spec.name, root, progress=True).raise_if_failed()
+    splits = {s: get_split(spec.name, datalist, s, fold=fold) for s in ("train", "val", "test")}
+    for name, items in splits.items():
+        if not items:
+            raise ValueError(f"{spec.name}: the {name} split of fold {fold} is empty ({root})")
+    log.info("%s: %s train / %s val / %s test cases from %s", spec.name, *map(len, splits.values()), root)
+    return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **splits}
+
+
+def voxel_spacing(affine: np.ndarray | None, ndim: int) -> tuple[float, ...]:
+    """Voxel sizes along the array axes from a NIfTI affine (1.0 per axis without one)."""
+    if affine is None:
+        return (1.0,) * ndim
+    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[:ndim])
+
+
+class CaseDataset(torch.utils.data.Dataset):
+    """Whole preprocessed cases: ``image`` (``C x H x W x D``, or ``C x H x W`` for CityScapes),
+    ``label`` (``1 x ...`` in {0, 1}, when the item has one), ``case``, ``spacing`` (per axis, mm)
+    and ``index`` (position in ``items``, to map a prediction back to its input files).
+
+    Cases are preprocessed on first access and kept (``cache=True``): a validation set is read
+    once per training run, not once per epoch.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[dict],
+        dataset: str = "brats",
+        foreground_label: int | Sequence[int] | None = None,
+        cache: bool = True,
+    ) -> None:
+        self.items = [dict(it) for it in items]
+        self.spec = get_spec(dataset)
+        self.foreground_label = foreground_label
+        self._cache: dict[int, dict] = {} if cache else None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        case = preprocess_case(self.spec, self.items[index], self.foreground_label)
+        ndim = case["image"].ndim - 1
+        out = {
+            "image": torch.from_numpy(np.ascontiguousarray(case["image"], dtype=np.float32)),
+            "case": case["case"],
+            "spacing": torch.tensor(voxel_spacing(case["affine"], ndim), dtype=torch.float64),
+            "index": index,
+        }
+        if case["label"] is not None:
+            out["label"] = torch.from_numpy(np.ascontiguousarray(case["label"], dtype=np.float32))
+        if self._cache is not None:
+            self._cache[index] = out
+        return out

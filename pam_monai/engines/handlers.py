@@ -1,0 +1,147 @@
+"""Ignite handlers of the bundles: per-case metrics, a NaN guard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+from ..metrics import case_metrics, summarize
+
+__all__ = ["CaseMetrics", "NonFiniteLossGuard", "atomic_write_text"]
+
+log = logging.getLogger("pam_monai")
+
+METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+class CaseMetrics:
+    """Per-case IoU, Dice, HD95 (in the case's physical units), FP rate and FN rate for an evaluator.
+
+    On every iteration it reads the binarised ``pred`` and the ``label`` of each case of the batch
+    (and the case's ``spacing``), computes :func:`pam_monai.metrics.case_metrics`, and at the end
+    of the run puts the means into ``engine.state.metrics`` as ``<prefix>iou``, ``<prefix>hd95``,
+    ... (so checkpoint savers and stats handlers see them) and, with ``output_dir``, writes
+    ``metrics.csv`` (one row per case) and ``summary.json`` (mean, std, median, counts of empty
+    cases).
+
+    Args:
+        prefix: prefix of the metric names in ``engine.state.metrics`` (``"val_"``).
+        output_dir: where to write the per-case CSV and the summary; None writes nothing.
+        empty_value: HD95 of a case where exactly one mask is empty (None: the image diagonal).
+    """
+
+    def __init__(
+        self, prefix: str = "val_", output_dir: str | None = None, empty_value: float | None = None
+    ) -> None:
+        self.prefix = prefix
+        self.output_dir = output_dir
+        self.empty_value = empty_value
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        # first in line at EPOCH_COMPLETED, so savers and loggers see the new values
+        engine._event_handlers[Events.EPOCH_COMPLETED].insert(0, (self._complete, (engine,), {}))
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _update(self, engine: Engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        batch = engine.state.batch
+        for i, item in enumerate(items):
+            pred = item["pred"].detach().cpu().numpy()[0]
+            label = item["label"].detach().cpu().numpy()[0]
+            spacing = None
+            if isinstance(batch, dict) and "spacing" in batch:
+                spacing = tuple(float(s) for s in batch["spacing"][i][: pred.ndim])
+            case = batch["case"][i] if isinstance(batch, dict) and "case" in batch else str(len(self.rows))
+            row = {"case": case, **case_metrics(pred, label, spacing=spacing, empty_value=self.empty_value)}
+            self.rows.append(row)
+
+    def _complete(self, engine: Engine) -> None:
+        if not self.rows:
+            return
+        summary = summarize(self.rows)
+        for name in METRICS:
+            engine.state.metrics[f"{self.prefix}{name}"] = summary[name]["mean"]
+        engine.state.metrics[f"{self.prefix}empty_targets"] = summary["target_empty"]
+        engine.state.metrics[f"{self.prefix}missed_cases"] = sum(
+            1 for r in self.rows if r["pred_empty"] and not r["target_empty"]
+        )
+        self.summary = summary
+        if self.output_dir:
+            self.write(self.output_dir)
+
+    def write(self, output_dir: str | os.PathLike) -> None:
+        out = Path(output_dir)
+        fields = ["case", *METRICS, "target_empty", "pred_empty"]
+        lines = [",".join(fields)]
+        for r in self.rows:
+            lines.append(",".join(_csv(r[k]) for k in fields))
+        atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+        log.info("wrote per-case metrics of %d cases to %s", len(self.rows), out / "metrics.csv")
+
+
+def _csv(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+class NonFiniteLossGuard:
+    """Stop training at the first non-finite loss, naming the epoch, iteration and batch.
+
+    The run raises ``FloatingPointError`` before the optimiser's next step is checkpointed, so
+    the last checkpoint on disk is the last good one.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = (
+            output[0]["loss"]
+            if isinstance(output, list)
+            else output.get("loss")
+            if isinstance(output, dict)
+            else output
+        )
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            batch = engine.state.batch
+            cases = ""
+            if isinstance(batch, dict) and "case" in batch:
+                cases = f" (cases {list(batch['case'])})"
+            raise FloatingPointError(
+                f"non-finite loss {value} at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
+                f"(batch {engine.state.epoch_iteration} of the epoch){cases}; the last good checkpoint is kept"
+            )

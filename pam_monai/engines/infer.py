@@ -1,0 +1,221 @@
+"""Whole-case inference: the published layout in, masks in the input's grid out.
+
+For BRATS and ISLES a case's NIfTI volumes are preprocessed as in training, predicted slice by
+slice with the 2-D network, thresholded in FOREGROUND polarity (RFNA included, see
+:mod:`pam_monai.networks.polarity`), put back into the original grid (the inverse of the centre
+crop) and written as ``<output_dir>/<case>_seg.nii.gz`` with the input's affine and shape. For
+CityScapes each frame becomes ``<output_dir>/<frame>_vehicles.png`` at the original resolution
+(0 background, 255 vehicle). Every case is validated before any is predicted, and every file is
+written through a temporary file and a rename: a failed or interrupted run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
+from ..networks.polarity import as_foreground
+from .checkpoint import load_checkpoint
+from .inferer import SliceWiseInferer
+
+__all__ = ["CasePredictor", "find_inference_cases", "safe_output_path", "validate_case"]
+
+log = logging.getLogger("pam_monai")
+
+
+def safe_output_path(output_dir: str | os.PathLike, case: str, suffix: str) -> Path:
+    """``<output_dir>/<case><suffix>``, refusing case IDs that would escape ``output_dir``."""
+    if (
+        not case
+        or case in (".", "..")
+        or "/" in case
+        or "\\" in case
+        or os.path.isabs(case)
+        or ".." in Path(case).parts
+    ):
+        raise ValueError(f"unsafe case ID {case!r}: it would write outside the output folder {output_dir}")
+    out = Path(output_dir).resolve()
+    path = (out / f"{case}{suffix}").resolve()
+    if path.parent != out:
+        raise ValueError(f"unsafe case ID {case!r}: it would write outside the output folder {output_dir}")
+    return path
+
+
+def find_inference_cases(dataset: str, input_dir: str | os.PathLike, **scan_options) -> list[dict]:
+    """Items of every case under ``input_dir`` in the published layout; labels are optional.
+
+    Raises ``ValueError`` listing every case with a missing channel (naming the expected file).
+    """
+    spec = get_spec(dataset)
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: input folder not found")
+    result = scan_cases(spec.name, root, **scan_options)
+    problems = [
+        str(p) for p in result.problems if p.file != spec.label_name and "label" not in p.message.lower()
+    ]
+    items = []
+    for case in result.cases:
+        missing = [name for name, path in case.channels.items() if path is None]
+        if missing:
+            problems += [f"{case.case}: {case.expected.get(m, m)}: missing modality {m!r}" for m in missing]
+            continue
+        item = case.to_item()
+        items.append(item)
+    problems = list(dict.fromkeys(problems))
+    if problems:
+        raise ValueError(f"{spec.name}: cannot infer on {root}:\n" + "\n".join(problems))
+    if not items:
+        raise ValueError(
+            f"{spec.name}: no case found in {root} (expected the published layout, see the README)"
+        )
+    return items
+
+
+def validate_case(dataset: str, case: dict) -> list[str]:
+    """Problems of a loaded case (a :func:`pam_monai.data.load_case` dict) that inference refuses."""
+    spec = get_spec(dataset)
+    image = case["image"]
+    name = case["case"]
+    files = case.get("files") or [f"channel {c}" for c in spec.channels]
+    problems = []
+    want = 4 if spec.volumetric else 3
+    if image.ndim != want:
+        problems.append(
+            f"{name}: expected {want - 1}-D images of {spec.in_channels} channels, got array shape {image.shape}"
+        )
+        return problems
+    if spec.volumetric:
+        for c, channel in enumerate(image):
+            label = Path(files[c]).name if c < len(files) else spec.channels[c]
+            if not np.isfinite(channel).all():
+                problems.append(f"{name}: {label}: {int((~np.isfinite(channel)).sum())} NaN or Inf voxels")
+            elif not np.any(channel):
+                problems.append(f"{name}: {label}: modality is all zeros")
+        crop = spec.crop_size
+        if crop is not None and any(s < c for s, c in zip(image.shape[1:3], crop)):
+            problems.append(
+                f"{name}: volume of in-plane size {image.shape[1:3]} is smaller than the {crop[0]}x{crop[1]} crop"
+            )
+    return problems
+
+
+def _atomic_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(nib.Nifti1Image(array, affine), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _atomic_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class CasePredictor:
+    """Predict every case and write masks in the input's grid.
+
+    Args:
+        network: the trained 2-D network (its output polarity is handled).
+        items: datalist items (``case``, ``image``), e.g. from :func:`find_inference_cases`.
+        dataset: "brats", "isles" or "cityscapes".
+        output_dir: where the masks go (created).
+        device: where to run the network.
+        ckpt_path: a ``model.pt`` state dict to load first (``weights_only=True``); None keeps the weights.
+        threshold: foreground probability threshold.
+        slice_batch_size: slices per network call.
+        amp: bf16 autocast on the GPU.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        items: Sequence[dict],
+        dataset: str,
+        output_dir: str,
+        device: str | torch.device = "cpu",
+        ckpt_path: str | None = None,
+        threshold: float = 0.5,
+        slice_batch_size: int = 64,
+        amp: bool = False,
+    ) -> None:
+        self.network = network
+        self.items = list(items)
+        self.spec = get_spec(dataset)
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device)
+        self.ckpt_path = ckpt_path
+        self.threshold = float(threshold)
+        self.inferer = SliceWiseInferer(slice_batch_size)
+        self.amp = bool(amp) and self.device.type == "cuda"
+
+    def output_path(self, case: str) -> Path:
+        suffix = "_seg.nii.gz" if self.spec.volumetric else "_vehicles.png"
+        return safe_output_path(self.output_dir, case, suffix)
+
+    def run(self) -> list[Path]:
+        if self.ckpt_path:
+            state = load_checkpoint(self.ckpt_path)
+            self.network.load_state_dict(state.get("model", state) if "model" in state else state)
+        network = as_foreground(self.network).to(self.device).eval()
+        # validate everything first: no output at all unless every case is usable
+        for item in self.items:
+            self.output_path(str(item.get("case", "")))
+        loaded, problems = [], []
+        for item in self.items:
+            try:
+                case = load_case(self.spec, item)
+            except Exception as e:  # unreadable, truncated, mismatched shapes
+                problems.append(f"{item.get('case')}: {e}")
+                continue
+            images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
+            case["files"] = list(images)
+            problems += validate_case(self.spec.name, case)
+            loaded.append(case)
+        if problems:
+            raise ValueError(
+                f"{self.spec.name}: refusing to infer; fix these inputs first:\n" + "\n".join(problems)
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for case in tqdm(loaded, desc=f"{self.spec.name}: inference", unit="case"):
+            pre = preprocess_case(self.spec, case)
+            image = torch.from_numpy(np.ascontiguousarray(pre["image"], dtype=np.float32))[None].to(
+                self.device
+            )
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.inferer(image, network)
+            mask = (torch.sigmoid(logits.float()) > self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
+            mask = restore_prediction(self.spec, mask, case["original_shape"])
+            path = self.output_path(case["case"])
+            if self.spec.volumetric:
+                _atomic_nifti(mask, case["affine"], path)
+            else:
+                _atomic_png((mask > 0).astype(np.uint8) * 255, path)
+            written.append(path)
+            log.info("%s: %d foreground voxels -> %s", case["case"], int(mask.sum()), path)
+        return written
