@@ -1,0 +1,258 @@
+"""Validate a data set before a long training run.
+
+:func:`check_dataset` reads every file of every case, collects *all* problems (one bad case does
+not hide the others) and summarises each case after preprocessing. Problems name the case, the
+file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 't1'``:
+
+- layout: data folder missing or empty, empty case folder, missing or ambiguous channel or label;
+- files: unreadable or truncated, not an RGB image (CityScapes);
+- geometry: shape or affine of a channel or the label differing from the first channel;
+- values: NaN or Inf voxels, label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
+  {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33), non-integer labels.
+
+Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
+channel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .files import UnreadableFile, load_nifti, load_png
+from .layout import Problem, scan_cases
+from .ops import crop_or_pad_center
+from .preprocess import preprocess_case
+from .specs import DatasetSpec, get_spec
+
+__all__ = ["CaseSummary", "CheckReport", "check_dataset", "check_label_values"]
+
+
+@dataclass
+class CaseSummary:
+    """One case after preprocessing (``shape`` is None when the case could not be read)."""
+
+    case: str
+    shape: tuple[int, ...] | None = None  # preprocessed image, C x h x w [x D]
+    foreground: int | None = None  # foreground voxels at full resolution
+    foreground_slices: int | None = None  # axial slices with foreground (CityScapes: 1 or 0)
+    foreground_kept: int | None = None  # foreground voxels after the crop / resize
+    ok: bool = True
+
+    @property
+    def inside_crop(self) -> bool | None:
+        """Whether the crop keeps all foreground (None for resized CityScapes frames)."""
+        if (
+            self.foreground is None
+            or self.foreground_kept is None
+            or self.shape is None
+            or len(self.shape) == 3
+        ):
+            return None
+        return self.foreground_kept == self.foreground
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    root: str
+    cases: list[CaseSummary] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self, case: str) -> CaseSummary:
+        return next(c for c in self.cases if c.case == case)
+
+    def format(self) -> str:
+        """The per-case table, then warnings and problems, then a one-line verdict."""
+        volumetric = get_spec(self.dataset).volumetric
+        head = (
+            "case",
+            "status",
+            "shape after preprocessing",
+            "fg voxels" if volumetric else "fg pixels",
+            "fg slices" if volumetric else "fg after resize",
+            "inside crop" if volumetric else "",
+        )
+        rows = [head]
+        for c in self.cases:
+
+            def n(v):
+                return "-" if v is None else f"{v:,}"
+
+            shape = "x".join(map(str, c.shape)) if c.shape else "-"
+            last = {True: "yes", False: "NO", None: "-"}[c.inside_crop] if volumetric else ""
+            rows.append(
+                (
+                    c.case,
+                    "ok" if c.ok else "FAILED",
+                    shape,
+                    n(c.foreground),
+                    n(c.foreground_slices if volumetric else c.foreground_kept),
+                    last,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = [
+            "  ".join(
+                v.rjust(w) if i in (3, 4) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))
+            ).rstrip()
+            for r in rows
+        ]
+        lines.insert(1, "-" * len(lines[0]))
+        lines += [f"WARNING {w}" for w in self.warnings]
+        lines += [f"ERROR {p}" for p in self.problems]
+        failed = sum(not c.ok for c in self.cases)
+        verdict = "OK" if self.ok else "FAILED"
+        lines.append(
+            f"{verdict}: {self.dataset} under {self.root}: {len(self.cases)} cases, {failed} with problems, "
+            f"{len(self.problems)} problems, {len(self.warnings)} warnings"
+        )
+        return "\n".join(lines)
+
+    def raise_if_failed(self) -> None:
+        """Raise ``ValueError`` listing the problems (for training scripts that check up front)."""
+        if not self.ok:
+            raise ValueError("data check failed:\n" + "\n".join(str(p) for p in self.problems))
+
+
+def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
+    """None when every value of ``label`` is an integer in ``allowed``, else the message."""
+    values = np.unique(label)
+    if np.issubdtype(values.dtype, np.floating):
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            return f"non-integer label values {fractional[:5].tolist()}"
+    bad = sorted(set(values.tolist()) - set(allowed))
+    if bad:
+        shown = ", ".join(str(int(b) if float(b).is_integer() else b) for b in bad[:10])
+        return f"unexpected label values {shown} (allowed {', '.join(map(str, allowed))})"
+    return None
+
+
+def _nonfinite(data: np.ndarray) -> str | None:
+    if not np.issubdtype(data.dtype, np.floating):
+        return None
+    nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+    if nan or inf:
+        return f"{nan:,} NaN and {inf:,} Inf voxels"
+    return None
+
+
+def _read(
+    spec: DatasetSpec, case, fg_labels, allowed
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, list, list]:
+    """Read and check every file of a case: ``(arrays by name, affine, problems, warnings)``;
+    problems and warnings are ``(file name, message)`` pairs."""
+    problems, warnings = [], []
+    arrays: dict[str, np.ndarray] = {}
+    reference = None  # (file name, shape, affine) of the first readable file
+    for name, path in case.files().items():
+        is_label = name == case.label_name
+        try:
+            data, affine = load_nifti(path) if spec.volumetric else (load_png(path), None)
+        except UnreadableFile as e:
+            problems.append((path.name, str(e)))
+            continue
+        if not spec.volumetric:
+            expected_ndim = 2 if is_label else 3
+            if data.ndim != expected_ndim or (not is_label and data.shape[-1] != 3):
+                problems.append(
+                    (
+                        path.name,
+                        f"expected {'a single-channel label map' if is_label else 'an RGB image'}, got shape {data.shape}",
+                    )
+                )
+                continue
+        shape = data.shape if spec.volumetric else data.shape[:2]
+        if reference is None:
+            reference = (path.name, shape, affine)
+        elif shape != reference[1]:
+            problems.append((path.name, f"shape {shape} differs from {reference[0]} {reference[1]}"))
+            continue
+        elif spec.volumetric and not np.allclose(affine, reference[2], atol=1e-3):
+            diff = np.abs(affine - reference[2]).max()
+            problems.append(
+                (path.name, f"affine differs from {reference[0]} (largest difference {diff:.3g})")
+            )
+        bad = _nonfinite(data) or (check_label_values(data, allowed) if is_label else None)
+        if bad:
+            problems.append((path.name, bad))
+        elif spec.volumetric and not is_label and not np.any(data):
+            warnings.append((path.name, "all voxels are zero"))
+        arrays[name] = data
+    return arrays, (reference[2] if reference else None), problems, warnings
+
+
+def _summarise(
+    spec: DatasetSpec, case, arrays: dict[str, np.ndarray], affine, fg_labels
+) -> tuple[CaseSummary, list]:
+    label = arrays[case.label_name]
+    channels = [arrays[name] for name in case.channels]
+    image = np.stack(channels) if spec.volumetric else np.moveaxis(channels[0], -1, 0)
+    loaded = {
+        "case": case.case,
+        "image": image,
+        "label": label,
+        "affine": affine,
+        "original_shape": label.shape,
+    }
+    pre = preprocess_case(spec, loaded, fg_labels)
+    fg = np.isin(label, fg_labels)
+    summary = CaseSummary(case.case, shape=tuple(pre["image"].shape), foreground=int(fg.sum()))
+    if spec.volumetric:
+        summary.foreground_slices = int(fg.any(axis=(0, 1)).sum())
+        summary.foreground_kept = int(crop_or_pad_center(fg, (*spec.spatial_size, -1)).sum())
+    else:
+        summary.foreground_slices = int(fg.any())
+        summary.foreground_kept = int(pre["label"].sum())
+    warnings = []
+    if summary.foreground == 0:
+        warnings.append((case.label.name, "no foreground (label " + ",".join(map(str, fg_labels)) + ")"))
+    elif summary.inside_crop is False:
+        lost = summary.foreground - summary.foreground_kept
+        warnings.append((case.label.name, f"{lost:,} foreground voxels lie outside the centre crop"))
+    return summary, warnings
+
+
+def check_dataset(
+    dataset: str | DatasetSpec,
+    root: str | os.PathLike,
+    foreground_label: int | Sequence[int] | None = None,
+    progress: bool = False,
+    **scan_options,
+) -> CheckReport:
+    """Check every case of ``dataset`` under ``root`` and return a :class:`CheckReport`
+    (``report.ok``, ``report.problems``, ``report.format()``, ``report.raise_if_failed()``).
+
+    ``scan_options`` go to the reader: ``grades="HGG,LGG"`` (BRATS), ``subset="TESTING"`` (ISLES),
+    ``splits=("train", "val")`` (CityScapes).
+    """
+    spec = get_spec(dataset)
+    fg_labels, allowed = spec.resolve_labels(foreground_label)
+    scan = scan_cases(spec, root, **scan_options)
+    report = CheckReport(spec.name, str(root), problems=list(scan.problems))
+    failed_in_scan = {p.case for p in scan.problems}
+    cases = scan.cases
+    if progress:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc=f"{spec.name}: checking", unit="case")
+    for case in cases:
+        arrays, affine, problems, warnings = _read(spec, case, fg_labels, allowed)
+        if problems or case.case in failed_in_scan or not case.complete:
+            summary = CaseSummary(case.case, ok=False)
+        else:
+            summary, more = _summarise(spec, case, arrays, affine, fg_labels)
+            warnings += more
+        report.problems += [Problem(case.case, f, m) for f, m in problems]
+        report.warnings += [Problem(case.case, f, m) for f, m in warnings]
+        report.cases.append(summary)
+    return report

@@ -1,0 +1,92 @@
+"""CityScapes reader.
+
+Published layout (``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` unpacked into
+one root)::
+
+    <root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    <root>/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+
+A frame is one case, named ``<city>_<seq>_<frame>``. A root without ``leftImg8bit``/``gtFine``
+is read flat: frames whose image and labelIds lie side by side in the root or in its
+sub-folders (split unknown).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .layout import CaseFiles, Problem, ScanResult
+
+__all__ = ["IMAGE_SUFFIX", "LABEL_SUFFIX", "LAYOUT", "scan"]
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+LAYOUT = "<root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png and <root>/gtFine/<split>/<city>/*_gtFine_labelIds.png"
+
+
+def _frames(folder: Path, suffix: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {f.name[: -len(suffix)]: f for f in folder.iterdir() if f.is_file() and f.name.endswith(suffix)}
+
+
+def _pair(
+    images: dict[str, Path], labels: dict[str, Path], folder: Path, split: str, problems: list[Problem]
+) -> list[CaseFiles]:
+    cases = []
+    for frame in sorted(set(images) | set(labels)):
+        case = CaseFiles(
+            case=frame,
+            folder=folder,
+            channels={"leftImg8bit": images.get(frame)},
+            label=labels.get(frame),
+            expected={"leftImg8bit": frame + IMAGE_SUFFIX, "labelIds": frame + LABEL_SUFFIX},
+            label_name="labelIds",
+            meta={"city": frame.split("_")[0]},
+            group=split,
+        )
+        for name in case.missing:
+            problems.append(
+                Problem(
+                    frame,
+                    case.expected[name],
+                    f"missing {'image' if name == 'leftImg8bit' else 'label'} '{name}'",
+                )
+            )
+        cases.append(case)
+    return cases
+
+
+def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")) -> ScanResult:
+    """Find every CityScapes frame under ``root`` (see the module docstring)."""
+    root = Path(root)
+    splits = tuple(splits.split(",")) if isinstance(splits, str) else tuple(splits)
+    if not root.is_dir():
+        return ScanResult([], [Problem(root.name, str(root), "data folder does not exist")])
+    cases: list[CaseFiles] = []
+    problems: list[Problem] = []
+    if (root / "leftImg8bit").is_dir() or (root / "gtFine").is_dir():
+        for split in splits:
+            img_dir, lbl_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+            cities = sorted(
+                {d.name for base in (img_dir, lbl_dir) if base.is_dir() for d in base.iterdir() if d.is_dir()}
+            )
+            for city in cities:
+                images, labels = _frames(img_dir / city, IMAGE_SUFFIX), _frames(lbl_dir / city, LABEL_SUFFIX)
+                if not images and not labels:
+                    problems.append(Problem(city, str(img_dir / city), "empty folder"))
+                cases += _pair(images, labels, img_dir / city, split, problems)
+    else:
+        for folder in [root, *sorted(d for d in root.iterdir() if d.is_dir())]:
+            cases += _pair(_frames(folder, IMAGE_SUFFIX), _frames(folder, LABEL_SUFFIX), folder, "", problems)
+    if not cases and not problems:
+        problems.append(
+            Problem(
+                root.name,
+                str(root),
+                f"empty folder: no frames of split(s) {', '.join(splits)} (expected {LAYOUT})",
+            )
+        )
+    return ScanResult(cases, problems)

@@ -1,0 +1,89 @@
+"""Command-line entry points (``python -m pam_monai datalist|synth|check``, run by Python Fire)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def datalist(
+    dataset: str,
+    output: str,
+    root: str | None = None,
+    case_ids: str | None = None,
+    seed: int = 0,
+    n_folds: int = 5,
+    grades: str = "HGG",
+    val_city: str | None = None,
+    skip_incomplete: bool = False,
+) -> None:
+    """Write a decathlon-format datalist (paths relative to ROOT) with the paper's split.
+
+    Args:
+        dataset: brats, isles or cityscapes.
+        output: the JSON file to write.
+        root: the data root in the published layout.
+        case_ids: BRATS only, instead of --root: a '<GRADE> <case ID>' text file.
+        seed: seed of the split.
+        n_folds: BRATS cross-validation folds.
+        grades: BRATS grades, "HGG" or "HGG,LGG".
+        val_city: CityScapes train city held out for validation (default: chosen by the seed).
+        skip_incomplete: leave incomplete cases out instead of failing.
+    """
+    from .datalist import build_datalist, write_datalist
+
+    data = build_datalist(
+        dataset,
+        root,
+        seed=seed,
+        n_folds=n_folds,
+        grades=grades,
+        case_ids=case_ids,
+        val_city=val_city,
+        skip_incomplete=skip_incomplete,
+    )
+    path = write_datalist(data, output)
+    counts = ", ".join(f"{k} {len(data[k])}" for k in ("training", "validation", "test") if k in data)
+    print(f"wrote {path}: {data['dataset']} ({counts}; {data['split']}, seed {seed})")
+
+
+def synth(dataset: str, output: str, cases: int | None = None, seed: int = 0, **options) -> None:
+    """Write a small synthetic data set in the published layout (deterministic for a seed).
+
+    Args:
+        dataset: brats, isles or cityscapes.
+        output: the data root to create.
+        cases: BRATS / ISLES cases, or CityScapes frames per city (defaults 5, 10, 2).
+        seed: random seed.
+        options: brats --slices (155) --lgg_cases (0); isles --max_slices (8) --compress;
+            cityscapes --size "(512,256)" --train_cities (3) --val_cities (1).
+    """
+    from .synthetic import synth as generate
+
+    path = generate(dataset, output, cases=cases, seed=seed, **options)
+    print(f"wrote synthetic {dataset} to {path}")
+
+
+def check(
+    dataset: str, root: str, foreground_label: int | None = None, grades: str = "HGG", quiet: bool = False
+) -> None:
+    """Check every case under ROOT; print a per-case summary; exit 1 on any problem.
+
+    Args:
+        dataset: brats, isles or cityscapes.
+        root: the data root in the published layout.
+        foreground_label: BRATS enhancing tumour label: 4 (2018, default) or 3 (BraTS 2021+).
+        grades: BRATS grades, "HGG" or "HGG,LGG".
+        quiet: print only warnings, problems and the verdict.
+    """
+    from .checker import check_dataset
+
+    options = {"grades": grades} if dataset.lower() == "brats" else {}
+    report = check_dataset(dataset, root, foreground_label=foreground_label, progress=not quiet, **options)
+    text = report.format()
+    if quiet:
+        text = "\n".join(
+            line for line in text.splitlines() if line.startswith(("WARNING", "ERROR", "OK", "FAILED"))
+        )
+    print(text)
+    if not report.ok:
+        sys.exit(1)

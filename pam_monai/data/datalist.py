@@ -1,0 +1,265 @@
+"""Datalists in MONAI's decathlon JSON format, and the paper's splits.
+
+Paths in a datalist are **relative to the data root** (POSIX separators), so one file serves any
+machine: resolve them with ``monai.data.load_decathlon_datalist(file, data_list_key=...,
+base_dir=root)`` or with :func:`get_split` / :func:`load_datalist` and ``root=...``.
+
+Splits (all deterministic, independent of file-system order and of numpy's random streams: each
+case is ranked by ``sha256("<seed>:<case ID>")``):
+
+- BRATS: 5-fold case-wise cross-validation. Cases are ranked, then dealt round-robin into folds
+  (so fold sizes differ by at most one); every ``training`` entry carries its ``fold``. For fold
+  ``k``: test = fold ``k``, validation = fold ``(k + 1) % 5``, training = the other three.
+- ISLES: ranked cases cut 0.7 / 0.1 / 0.2 into ``training`` / ``validation`` / ``test``
+  (with 3 or more cases, validation and test get at least one each).
+- CityScapes: ``training`` = frames of the 'train' cities except one, ``validation`` = the held-out
+  city (``val_city``, by default the first train city in hash order), ``test`` = the 'val' split.
+
+Each entry has ``case``, ``image`` (the channel files in ``channels`` order; a single RGB file for
+CityScapes) and ``label``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .layout import scan_cases
+from .specs import DatasetSpec, get_spec
+
+__all__ = ["build_datalist", "get_split", "load_datalist", "rank_cases", "split_cases", "write_datalist"]
+
+SPLIT_KEYS = {
+    "train": "training",
+    "training": "training",
+    "val": "validation",
+    "validation": "validation",
+    "test": "test",
+}
+
+
+def rank_cases(cases: Sequence[str], seed: int = 0) -> list[str]:
+    """Cases in a seeded pseudo-random order that depends only on the IDs and the seed."""
+    return sorted(cases, key=lambda c: (hashlib.sha256(f"{seed}:{c}".encode()).hexdigest(), c))
+
+
+def split_cases(
+    cases: Sequence[str], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> dict[str, list[str]]:
+    """Seeded random split of case IDs into ``training`` / ``validation`` / ``test`` by
+    ``fractions`` (rounded half up; with 3 or more cases validation and test get one at least)."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    ranked = rank_cases(cases, seed)
+    n = len(ranked)
+    n_test = max(1, int(fractions[2] * n + 0.5)) if n >= 3 else 0
+    n_val = max(1, int(fractions[1] * n + 0.5)) if n >= 3 else 0
+    n_train = n - n_val - n_test
+    return {
+        "training": ranked[:n_train],
+        "validation": ranked[n_train : n_train + n_val],
+        "test": ranked[n_train + n_val :],
+    }
+
+
+def _header(spec: DatasetSpec, **extra) -> dict:
+    fg = spec.foreground_labels
+    values = str(fg[0]) if len(fg) == 1 else f"{fg[0]}-{fg[-1]}"
+    return {
+        "name": spec.title,
+        "dataset": spec.name,
+        "description": f"{spec.title}; paths relative to the data root",
+        "tensorImageSize": "4D" if spec.volumetric else "3D",
+        "channels": list(spec.channels),
+        "modality": {str(i): c for i, c in enumerate(spec.channels)},
+        "labels": {"0": "background", "1": f"{spec.target} (label {values})"},
+        **extra,
+    }
+
+
+def _assign_folds(items: list[dict], n_folds: int, seed: int) -> list[dict]:
+    fold_of = {case: i % n_folds for i, case in enumerate(rank_cases([it["case"] for it in items], seed))}
+    return [{**it, "fold": fold_of[it["case"]]} for it in sorted(items, key=lambda it: it["case"])]
+
+
+def _brats_items_from_ids(case_ids: Sequence[str], grade: str = "HGG") -> list[dict]:
+    from .brats import MODALITIES
+
+    return [
+        {
+            "case": c,
+            "image": [f"{grade}/{c}/{c}_{m}.nii.gz" for m in MODALITIES],
+            "label": f"{grade}/{c}/{c}_seg.nii.gz",
+        }
+        for c in case_ids
+    ]
+
+
+def build_datalist(
+    dataset: str | DatasetSpec,
+    root: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    n_folds: int = 5,
+    grades: str | Sequence[str] = ("HGG",),
+    case_ids: str | os.PathLike | None = None,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    val_city: str | None = None,
+    skip_incomplete: bool = False,
+) -> dict:
+    """Discover the cases under ``root`` and split them (see the module docstring).
+
+    Args:
+        dataset: "brats", "isles" or "cityscapes".
+        root: the data root in the published layout.
+        seed: seed of the case ranking.
+        n_folds: BRATS folds.
+        grades: BRATS grades ("HGG" by default, "HGG,LGG" for both).
+        case_ids: BRATS only, instead of ``root``: a ``<GRADE> <case ID>`` text file; entries get
+            the published paths ``<GRADE>/<case>/<case>_<mod>.nii.gz`` without looking at disk.
+        fractions: ISLES training / validation / test fractions.
+        val_city: CityScapes train city held out for validation.
+        skip_incomplete: leave incomplete cases out instead of raising ``ValueError``.
+
+    Returns:
+        the decathlon dict: metadata plus ``training`` (BRATS: all cases, each with ``fold``) or
+        ``training`` / ``validation`` / ``test`` lists, paths relative to ``root``.
+    """
+    spec = get_spec(dataset)
+    if case_ids is not None:
+        if spec.name != "brats":
+            raise ValueError("case_ids is only for BRATS")
+        from .brats import parse_grades, read_case_ids
+
+        items = []
+        for grade in parse_grades(grades):
+            items += _brats_items_from_ids(read_case_ids(case_ids, grade), grade)
+        source = f"case IDs of {Path(case_ids).name}"
+    else:
+        if root is None:
+            raise ValueError("give the data root (or, for BRATS, case_ids)")
+        options = {"grades": grades} if spec.name == "brats" else {}
+        if spec.name == "cityscapes":
+            options = {"splits": ("train", "val")}
+        result = scan_cases(spec, root, **options)
+        incomplete = [c for c in result.cases if not c.complete]
+        if not result.cases or (incomplete and not skip_incomplete):
+            problems = "\n  ".join(str(p) for p in result.problems[:20])
+            raise ValueError(
+                f"{spec.name} data under {root} have problems (run `python -m pam_monai check`):\n  {problems}"
+            )
+        complete = [c for c in result.cases if c.complete]
+        items = [c.to_item(relative_to=root) for c in complete]
+        groups = [c.group for c in complete]
+        source = "discovered under the data root"
+    meta = {"seed": seed, "source": source}
+
+    if spec.name == "brats":
+        training = _assign_folds(items, n_folds, seed)
+        header = _header(spec, split=f"{n_folds}-fold case-wise cross-validation", n_folds=n_folds, **meta)
+        return {**header, "numTraining": len(training), "training": training}
+
+    if spec.name == "isles":
+        parts = split_cases([it["case"] for it in items], fractions, seed)
+        out = _header(spec, split="random case split " + "/".join(map(str, fractions)), **meta)
+        for key, cases in parts.items():
+            chosen = set(cases)
+            out[key] = [it for it in items if it["case"] in chosen]  # discovery order (case number)
+        out["numTraining"] = len(out["training"])
+        return out
+
+    # cityscapes
+    train = [it for it, g in zip(items, groups) if g == "train"]
+    test = [it for it, g in zip(items, groups) if g == "val"]
+    cities = sorted({it["city"] for it in train})
+    if len(cities) < 2:
+        raise ValueError(
+            f"need 'train' frames of at least two cities under {root} to hold one out for validation, found {cities}"
+        )
+    held_out = val_city if val_city is not None else rank_cases(cities, seed)[0]
+    if held_out not in cities:
+        raise ValueError(f"val_city {held_out!r} is not a 'train' city: {cities}")
+    out = _header(
+        spec,
+        split="train cities minus one held out for validation; 'val' cities as test",
+        val_city=held_out,
+        **meta,
+    )
+    out["training"] = [it for it in train if it["city"] != held_out]
+    out["validation"] = [it for it in train if it["city"] == held_out]
+    out["test"] = test
+    out["numTraining"] = len(out["training"])
+    return out
+
+
+def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
+    """Write a datalist as indented JSON (creating the folder) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(datalist, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _resolve(value, root: Path):
+    if isinstance(value, list):
+        return [_resolve(v, root) for v in value]
+    return os.path.normpath(os.path.join(root, value))
+
+
+def load_datalist(datalist: dict | str | os.PathLike, root: str | os.PathLike | None = None) -> dict:
+    """Read a datalist (a dict, or a JSON file) and, with ``root``, make its ``image`` and
+    ``label`` paths absolute (as MONAI's ``load_decathlon_datalist(base_dir=root)`` does)."""
+    if not isinstance(datalist, dict):
+        datalist = json.loads(Path(datalist).read_text())
+    if root is None:
+        return datalist
+    root = Path(root)
+    out = dict(datalist)
+    for key in ("training", "validation", "test"):
+        if key in out:
+            out[key] = [
+                {k: (_resolve(v, root) if k in ("image", "label") else v) for k, v in it.items()}
+                for it in out[key]
+            ]
+    return out
+
+
+def get_split(
+    dataset: str | DatasetSpec,
+    datalist: dict | str | os.PathLike,
+    split: str,
+    fold: int = 0,
+    root: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Entries of one split: ``split`` in "train", "val", "test".
+
+    BRATS (cross-validation): test = fold ``fold``, val = fold ``(fold + 1) % n_folds``, train =
+    the remaining folds. ISLES and CityScapes: the datalist's fixed ``training`` /
+    ``validation`` / ``test`` lists (``fold`` is ignored). Paths are made absolute with ``root``.
+    """
+    spec = get_spec(dataset)
+    key = SPLIT_KEYS.get(split)
+    if key is None:
+        raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
+    data = load_datalist(datalist, root)
+    if spec.name == "brats":
+        entries = data["training"]
+        n_folds = int(data.get("n_folds", 5))
+        if not 0 <= fold < n_folds:
+            raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+        if any("fold" not in e for e in entries):
+            raise ValueError("BRATS datalist entries need a 'fold' field (build it with build_datalist)")
+        test, val = fold, (fold + 1) % n_folds
+        if key == "test":
+            return [e for e in entries if e["fold"] == test]
+        if key == "validation":
+            return [e for e in entries if e["fold"] == val]
+        return [e for e in entries if e["fold"] not in (test, val)]
+    if key not in data:
+        raise ValueError(f"datalist has no '{key}' list")
+    return list(data[key])

@@ -1,0 +1,103 @@
+"""Reading and writing the files of the three data sets (NIfTI through nibabel, PNG through PIL).
+
+All readers raise :class:`UnreadableFile` with the underlying reason for anything that cannot be
+read completely (missing, not a NIfTI/PNG, truncated, corrupt), so callers can report one clean
+message per file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "UnreadableFile",
+    "is_nifti",
+    "load_nifti",
+    "load_png",
+    "save_atomic_npy",
+    "strip_nifti_suffix",
+]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
+
+
+class UnreadableFile(Exception):
+    """A file exists (or should) but cannot be read completely."""
+
+
+def _unreadable(e: Exception) -> UnreadableFile:
+    reason = " ".join(str(e).split())  # one line, whatever the library put in its message
+    return UnreadableFile(f"unreadable or truncated file ({type(e).__name__}: {reason})")
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a whole NIfTI file (.nii or .nii.gz): ``(voxel array in its stored dtype, 4x4 affine)``.
+
+    The array keeps nibabel's voxel order (no reorientation) and applies the header's scaling
+    (``scl_slope``) when there is one, as ``nibabel`` does.
+    """
+    try:
+        img = nib.load(os.fspath(path))
+        data = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except FileNotFoundError as e:
+        raise UnreadableFile(f"file not found ({e.strerror})") from e
+    except Exception as e:  # nibabel raises many types: ImageFileError, EOFError, zlib.error, OSError...
+        raise _unreadable(e) from e
+    return data, affine
+
+
+def load_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG into a numpy array: ``H x W`` for a label map, ``H x W x 3`` for an RGB image."""
+    from PIL import Image
+
+    try:
+        with Image.open(os.fspath(path)) as im:
+            im.load()
+            if im.mode in ("RGBA", "P", "CMYK"):
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except FileNotFoundError as e:
+        raise UnreadableFile(f"file not found ({e.strerror})") from e
+    except Exception as e:
+        raise _unreadable(e) from e
+
+
+def save_atomic_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (.npy) so that readers never see a half-written file.
+
+    The array goes to a temporary file in the same folder first, which then replaces ``path``
+    with :func:`os.replace` (atomic on POSIX and Windows). Concurrent writers of the same content
+    are harmless: the last rename wins.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,150 @@
+"""Whole-case loading and preprocessing, shared by the slice cache (training) and inference.
+
+- :func:`load_case`: read a datalist item's files into arrays, as stored.
+- :func:`preprocess_case`: the paper's preprocessing of that case, once per volume.
+- :func:`restore_prediction`: put a prediction made on the preprocessed grid back into the
+  original grid (inverse crop, or resize for CityScapes), to save it with the input's affine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .files import load_nifti, load_png
+from .ops import binarize, crop_or_pad_center, nonzero_stats, normalize_nonzero, resize_2d, uncrop_center
+from .specs import DatasetSpec, get_spec
+
+__all__ = ["load_case", "preprocess_case", "restore_prediction"]
+
+
+def _name(item: dict) -> str:
+    if "case" in item:
+        return str(item["case"])
+    first = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
+    return Path(first).name
+
+
+def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
+    """Read the files of one datalist item (absolute paths, or relative to the working folder).
+
+    Returns a dict with
+
+    - ``image``: ``C x H x W x D`` for BRATS/ISLES (channels in the spec's order, the files' own
+      dtype, e.g. int16) or ``3 x H x W`` uint8 for CityScapes;
+    - ``label``: the label map as stored (``H x W x D`` or ``H x W``), or None without a label;
+    - ``affine``: the 4x4 affine of the first channel (None for PNGs);
+    - ``original_shape``: the spatial shape; ``case``: the case ID.
+
+    Raises ``ValueError`` naming the file when channels or label disagree in shape.
+    (:func:`pam_monai.data.check_dataset` reports every such problem up front.)
+    """
+    spec = get_spec(dataset)
+    case = _name(item)
+    label = None
+    if spec.volumetric:
+        paths = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
+        if len(paths) != spec.in_channels:
+            raise ValueError(
+                f"{case}: expected {spec.in_channels} channel files {spec.channels}, got {len(paths)}"
+            )
+        arrays, affine = [], None
+        for path in paths:
+            data, aff = load_nifti(path)
+            if arrays and data.shape != arrays[0].shape:
+                raise ValueError(
+                    f"{case}: {os.path.basename(path)}: shape {data.shape} differs from {arrays[0].shape}"
+                )
+            arrays.append(data)
+            affine = aff if affine is None else affine
+        image = np.stack(arrays)
+        if item.get("label") is not None:
+            label, _ = load_nifti(item["label"])
+            if label.shape != image.shape[1:]:
+                raise ValueError(
+                    f"{case}: {os.path.basename(item['label'])}: shape {label.shape} differs from {image.shape[1:]}"
+                )
+    else:
+        rgb = load_png(item["image"])
+        if rgb.ndim != 3 or rgb.shape[-1] != 3:
+            raise ValueError(
+                f"{case}: {os.path.basename(item['image'])}: expected an RGB image, got shape {rgb.shape}"
+            )
+        image, affine = np.moveaxis(rgb, -1, 0), None
+        if item.get("label") is not None:
+            label = load_png(item["label"])
+            if label.shape != image.shape[1:]:
+                raise ValueError(
+                    f"{case}: {os.path.basename(item['label'])}: shape {label.shape} differs from {image.shape[1:]}"
+                )
+    return {
+        "case": case,
+        "image": image,
+        "label": label,
+        "affine": affine,
+        "original_shape": tuple(image.shape[1:]),
+    }
+
+
+def preprocess_case(
+    dataset: str | DatasetSpec,
+    case: dict,
+    foreground_label: int | Sequence[int] | None = None,
+) -> dict:
+    """The paper's preprocessing of one whole case (a :func:`load_case` dict, or a datalist item,
+    which is loaded first).
+
+    BRATS / ISLES: z-score each channel over its non-zero voxels of the whole volume, centre crop
+    (or zero-pad) in-plane to the spec's ``crop_size`` (axial axis unchanged), binarise the label.
+    CityScapes: scale RGB to [0, 1], resize to 128 x 256 (``area``; labels ``nearest-exact``),
+    binarise vehicles (labelIds 26-33).
+
+    Returns ``image`` float32 (``C x h x w x D`` or ``C x h x w``), ``label`` float32 in {0, 1}
+    with one channel (None without a label), and ``affine``, ``original_shape``, ``case`` and
+    ``foreground_labels`` for the way back (:func:`restore_prediction`).
+    """
+    spec = get_spec(dataset)
+    if not isinstance(case.get("image"), np.ndarray):
+        case = load_case(spec, case)
+    fg, _ = spec.resolve_labels(foreground_label)
+    image, label = case["image"], case["label"]
+    if spec.volumetric:
+        size = (*spec.spatial_size, -1)
+        # statistics over the whole volume, applied to the crop only: the same as normalising
+        # first and cropping after, for a fraction of the work
+        stats = [nonzero_stats(channel) for channel in image]
+        image = normalize_nonzero(crop_or_pad_center(image, size), stats)
+        if label is not None:
+            label = binarize(crop_or_pad_center(label, size), fg)[None].astype(np.float32)
+    else:
+        image = resize_2d(image.astype(np.float32) / np.float32(255.0), spec.spatial_size, "area")
+        if label is not None:
+            label = binarize(resize_2d(label[None], spec.spatial_size, "nearest-exact"), fg).astype(
+                np.float32
+            )
+    return {
+        "case": case["case"],
+        "image": image,
+        "label": label,
+        "affine": case["affine"],
+        "original_shape": case["original_shape"],
+        "foreground_labels": fg,
+    }
+
+
+def restore_prediction(
+    dataset: str | DatasetSpec, prediction: np.ndarray, original_shape: Sequence[int]
+) -> np.ndarray:
+    """Map a prediction on the preprocessed grid (``... x h x w [x D]``) back to the case's
+    original spatial shape: the inverse centre crop (zeros outside) for BRATS/ISLES, a
+    nearest-neighbour resize for CityScapes masks."""
+    spec = get_spec(dataset)
+    if spec.volumetric:
+        return uncrop_center(prediction, original_shape)
+    lead = prediction.shape[:-2]
+    flat = prediction.reshape(-1, *prediction.shape[-2:])
+    out = resize_2d(flat, tuple(original_shape), "nearest-exact")
+    return out.reshape(*lead, *original_shape).astype(prediction.dtype)

@@ -1,0 +1,168 @@
+"""What each data set is: channel order, label rule, preprocessing geometry and default split.
+
+``DATASETS`` maps a name ("brats", "isles", "cityscapes") to a :class:`DatasetSpec`. Everything
+else in :mod:`pam_monai.data` reads its facts from here, so a channel order or a crop size is
+written down exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DATASETS", "DatasetSpec", "get_spec"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Facts about one data set.
+
+    Attributes:
+        name: registry key.
+        title: human-readable name.
+        target: what the binary foreground is.
+        channels: the image channels in the order they are stacked (the datalist's ``image``
+            list follows this order for the NIfTI data sets; CityScapes has one RGB file).
+        label_name: what the label file is called in the layout (BRATS ``seg``, ISLES ``OT``,
+            CityScapes ``labelIds``).
+        volumetric: True for 3-D volumes sliced axially, False for 2-D images.
+        crop_size: in-plane centre crop (pad when smaller) of volumes, (H, W) = (axis 0, axis 1)
+            of the NIfTI voxel array.
+        resize: (H, W) of 2-D images after resizing (CityScapes: 128 x 256, i.e. 256 wide).
+        foreground_labels: label values that make the binary target's foreground by default.
+        label_values: every label value the data set may contain under its default convention.
+        flip_axis: the tensor axis of a ``C x H x W`` sample (or ``B x C x H x W`` batch) that a
+            horizontal (left-right) flip reverses: -2 for BRATS and ISLES, whose NIfTI axis 0 is
+            the patient's left-right axis; -1 (image width) for CityScapes.
+        split: the default split, in words.
+        epochs, batch_size, lr: the paper's Table 2 training settings.
+    """
+
+    name: str
+    title: str
+    target: str
+    channels: tuple[str, ...]
+    label_name: str
+    volumetric: bool
+    crop_size: tuple[int, int] | None
+    resize: tuple[int, int] | None
+    foreground_labels: tuple[int, ...]
+    label_values: tuple[int, ...]
+    flip_axis: int
+    split: str
+    epochs: int
+    batch_size: int
+    lr: float
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def spatial_size(self) -> tuple[int, int]:
+        """(H, W) of one preprocessed 2-D sample."""
+        size = self.crop_size if self.volumetric else self.resize
+        assert size is not None
+        return size
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``C x H x W`` of one preprocessed 2-D training sample (the paper's input shape)."""
+        return (self.in_channels, *self.spatial_size)
+
+    def resolve_labels(
+        self, foreground_label: int | Sequence[int] | None = None
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Return ``(foreground_labels, allowed_label_values)`` for a foreground choice.
+
+        Only BRATS has a choice: the enhancing tumour is label 4 up to BraTS 2020 and label 3 from
+        BraTS 2021 on (where the label set becomes {0, 1, 2, 3}). ``None`` keeps the default.
+        """
+        if foreground_label is None:
+            return self.foreground_labels, self.label_values
+        fg = tuple(int(v) for v in np.atleast_1d(foreground_label))
+        if self.name == "brats":
+            if fg == (4,):
+                return fg, (0, 1, 2, 4)
+            if fg == (3,):
+                return fg, (0, 1, 2, 3)
+            raise ValueError(
+                f"BRATS enhancing tumour is label 4 (2018) or 3 (BraTS 2021+), got {foreground_label!r}"
+            )
+        if not set(fg) <= set(self.label_values):
+            raise ValueError(f"{self.name}: foreground {fg} not among its label values {self.label_values}")
+        return fg, self.label_values
+
+    def foreground(
+        self, label: np.ndarray, foreground_label: int | Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Boolean foreground mask of a label array."""
+        fg, _ = self.resolve_labels(foreground_label)
+        return np.isin(label, fg)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "brats": DatasetSpec(
+        name="brats",
+        title="BRATS 2018 (HGG), enhancing tumour",
+        target="enhancing tumour",
+        channels=("flair", "t1", "t1ce", "t2"),
+        label_name="seg",
+        volumetric=True,
+        crop_size=(160, 160),
+        resize=None,
+        foreground_labels=(4,),
+        label_values=(0, 1, 2, 4),
+        flip_axis=-2,
+        split="5-fold case-wise cross-validation: test = fold k, validation = fold (k+1) % 5, training = the other three",
+        epochs=80,
+        batch_size=50,
+        lr=1e-4,
+    ),
+    "isles": DatasetSpec(
+        name="isles",
+        title="ISLES 2018 (CT perfusion), stroke lesion",
+        target="stroke lesion",
+        channels=("CBF", "MTT", "CBV", "Tmax"),
+        label_name="OT",
+        volumetric=True,
+        crop_size=(224, 224),
+        resize=None,
+        foreground_labels=(1,),
+        label_values=(0, 1),
+        flip_axis=-2,
+        split="seeded random case split 0.7 / 0.1 / 0.2 (training / validation / test)",
+        epochs=60,
+        batch_size=80,
+        lr=1e-3,
+    ),
+    "cityscapes": DatasetSpec(
+        name="cityscapes",
+        title="CityScapes, vehicles (labelIds 26-33) vs background",
+        target="vehicle",
+        channels=("R", "G", "B"),
+        label_name="labelIds",
+        volumetric=False,
+        crop_size=None,
+        resize=(128, 256),
+        foreground_labels=tuple(range(26, 34)),
+        label_values=tuple(range(0, 34)),
+        flip_axis=-1,
+        split="'train' cities for training with one city held out for validation; 'val' cities as the test set",
+        epochs=100,
+        batch_size=8,
+        lr=2e-4,
+    ),
+}
+
+
+def get_spec(dataset: str | DatasetSpec) -> DatasetSpec:
+    """Look a data set up by name (case-insensitive); a spec passes through."""
+    if isinstance(dataset, DatasetSpec):
+        return dataset
+    key = str(dataset).lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[key]

@@ -1,0 +1,156 @@
+"""The paper's preprocessing as MONAI dictionary transforms, for users' own configs.
+
+- :class:`NormalizeNonZerod`: ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, float32:
+  per channel z-score over the non-zero voxels, zeros stay zero, zero variance divides by 1.
+- :class:`CenterCropOrPadd`: ``ResizeWithPadOrCrop`` on the first ``len(roi_size)`` spatial axes
+  only (other spatial axes, e.g. the axial one of a volume, keep their size), so one config works
+  for 2-D slices and 3-D volumes.
+- :class:`BinarizeLabeld`: float32 ``1`` where the label is one of ``foreground``, else ``0``.
+- Random horizontal flips: MONAI's ``RandFlipd(prob=0.5, spatial_axis=...)`` per sample, or
+  :func:`~pam_monai.data.ops.random_flip_batch` on collated batches (any device).
+
+:func:`get_preprocess_transforms` composes the whole chain for a data set from its file paths.
+It is the readable reference that the fast numpy path (:mod:`.ops`, :mod:`.preprocess`) is
+tested against; training uses :class:`~pam_monai.data.slices.SliceDataset` instead, because
+per-slice MONAI chains cost ~6 ms per slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    RandFlipd,
+    Resized,
+    ResizeWithPadOrCrop,
+    ScaleIntensityRanged,
+)
+from monai.utils import convert_to_tensor
+
+from .specs import DatasetSpec, get_spec
+
+__all__ = [
+    "BinarizeLabeld",
+    "CenterCropOrPadd",
+    "NormalizeNonZerod",
+    "get_preprocess_transforms",
+    "get_train_transforms",
+]
+
+
+class NormalizeNonZerod(NormalizeIntensityd):
+    """Per-channel z-score over the non-zero voxels (float32), guarding zero variance.
+
+    MONAI's ``NormalizeIntensityd(keys, nonzero=True, channel_wise=True)``: zeros (background)
+    stay zero, a channel of one constant non-zero value becomes 0 there (std 0 -> divide by 1),
+    an all-zero channel is unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(
+            keys, nonzero=True, channel_wise=True, dtype=np.float32, allow_missing_keys=allow_missing_keys
+        )
+
+
+class CenterCropOrPadd(MapTransform):
+    """Centre crop (or zero-pad when smaller) the first ``len(roi_size)`` spatial axes.
+
+    Wraps MONAI's ``ResizeWithPadOrCrop``; spatial axes beyond ``roi_size`` keep their size, so
+    ``roi_size=(160, 160)`` crops a ``C x 240 x 240`` slice and a ``C x 240 x 240 x 155`` volume
+    alike (BRATS rows and columns 40:200).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, roi_size: Sequence[int], allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.roi_size = tuple(int(s) for s in roi_size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            extra = d[key].ndim - 1 - len(self.roi_size)
+            d[key] = ResizeWithPadOrCrop(spatial_size=(*self.roi_size, *([-1] * extra)))(d[key])
+        return d
+
+
+class BinarizeLabeld(MapTransform):
+    """Binary float32 target: 1 where the label is one of ``foreground`` (e.g. ``(4,)`` for the
+    BRATS 2018 enhancing tumour, ``(3,)`` from BraTS 2021, ``range(26, 34)`` for CityScapes
+    vehicles), 0 elsewhere."""
+
+    def __init__(
+        self, keys: KeysCollection, foreground: int | Sequence[int], allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.foreground = tuple(int(v) for v in np.atleast_1d(np.asarray(foreground)))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = convert_to_tensor(d[key])
+            fg = torch.as_tensor(self.foreground, dtype=label.dtype, device=label.device)
+            d[key] = torch.isin(label, fg).to(torch.float32)
+        return d
+
+
+def get_preprocess_transforms(
+    dataset: str | DatasetSpec,
+    foreground_label: int | Sequence[int] | None = None,
+    keys: tuple[str, str] = ("image", "label"),
+) -> Compose:
+    """The paper's preprocessing of one datalist item as a MONAI chain (load -> normalise ->
+    crop/resize -> binarise). Output: image ``C x H x W x D`` (volumes; ``C x H x W`` for
+    CityScapes) float32, label ``1 x ...`` float32 in {0, 1}.
+
+    This is the readable reference; training uses :class:`~pam_monai.data.slices.SliceDataset`,
+    which computes the same result once per volume with numpy (a test checks they agree).
+    """
+    spec = get_spec(dataset)
+    image_key, label_key = keys
+    fg, _ = spec.resolve_labels(foreground_label)
+    if spec.volumetric:
+        return Compose(
+            [
+                LoadImaged(keys, image_only=True, ensure_channel_first=True, reader="NibabelReader"),
+                EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+                NormalizeNonZerod(image_key),
+                CenterCropOrPadd(keys, roi_size=spec.spatial_size),
+                BinarizeLabeld(label_key, foreground=fg),
+            ]
+        )
+    return Compose(
+        [
+            LoadImaged(keys, image_only=True, reader="PILReader", reverse_indexing=False),
+            EnsureChannelFirstd(image_key, channel_dim=-1),
+            EnsureChannelFirstd(label_key, channel_dim="no_channel"),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+            ScaleIntensityRanged(image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
+            Resized(image_key, spatial_size=spec.spatial_size, mode="area"),
+            Resized(label_key, spatial_size=spec.spatial_size, mode="nearest-exact"),
+            BinarizeLabeld(label_key, foreground=fg),
+        ]
+    )
+
+
+def get_train_transforms(
+    dataset: str | DatasetSpec,
+    foreground_label: int | Sequence[int] | None = None,
+    keys: tuple[str, str] = ("image", "label"),
+    flip_prob: float = 0.5,
+) -> Compose:
+    """:func:`get_preprocess_transforms` plus the paper's random horizontal (left-right) flip."""
+    spec = get_spec(dataset)
+    chain = get_preprocess_transforms(spec, foreground_label, keys)
+    # the flip axis as a spatial index of the loaded array (axis 0 of the NIfTI volume; image width)
+    spatial_axis = 0 if spec.volumetric else 1
+    return Compose([*chain.transforms, RandFlipd(keys, prob=flip_prob, spatial_axis=spatial_axis)])

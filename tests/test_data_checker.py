@@ -1,0 +1,219 @@
+"""The data checker: every bad input gives a message naming case, file and problem (pam_monai.data.checker)."""
+
+import gzip
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from pam_monai.cli import main as cli
+from pam_monai.data import check_dataset, synth
+from pam_monai.data.checker import check_label_values
+
+A, B, C = "Brats18_SYN_001_1", "Brats18_SYN_002_1", "Brats18_SYN_003_1"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pristine")
+    return {
+        "brats": synth("brats", base / "brats", cases=3, slices=4),
+        "isles": synth("isles", base / "isles", cases=2, max_slices=2),
+        "cityscapes": synth("cityscapes", base / "city", cases=1, size=(64, 32)),
+    }
+
+
+@pytest.fixture
+def brats(pristine, tmp_path):
+    root = tmp_path / "brats"
+    shutil.copytree(pristine["brats"], root)
+    return root
+
+
+def case_file(root, case, name):
+    return root / "HGG" / case / f"{case}_{name}.nii.gz"
+
+
+def rewrite(path, data=None, affine=None):
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj) if data is None else data
+    nib.save(nib.Nifti1Image(data, img.affine if affine is None else affine), str(path))
+
+
+def messages(report):
+    return [str(p) for p in report.problems]
+
+
+def test_clean_synthetic_set_passes_with_a_summary(pristine):
+    report = check_dataset("brats", pristine["brats"])
+    assert report.ok, report.format()
+    for case in (A, B, C):
+        seg = np.asanyarray(nib.load(case_file(pristine["brats"], case, "seg")).dataobj)
+        s = report.summary(case)
+        assert s.shape == (4, 160, 160, 4)
+        assert s.foreground == int((seg == 4).sum()) > 0
+        assert s.foreground_slices == int((seg == 4).any(axis=(0, 1)).sum())
+        assert s.inside_crop is True
+
+
+def test_missing_modality(brats):
+    case_file(brats, A, "t1").unlink()
+    report = check_dataset("brats", brats)
+    assert messages(report) == [f"{A}: {A}_t1.nii.gz: missing modality 't1'"]
+    assert not report.summary(A).ok and report.summary(B).ok
+
+
+def test_missing_label(brats):
+    case_file(brats, B, "seg").unlink()
+    assert messages(check_dataset("brats", brats)) == [f"{B}: {B}_seg.nii.gz: missing label 'seg'"]
+
+
+def test_truncated_and_garbage_files(brats):
+    path = case_file(brats, A, "flair")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    case_file(brats, B, "t2").write_bytes(gzip.compress(b"this is not a NIfTI file"))
+    report = check_dataset("brats", brats)
+    (trunc, garbage) = messages(report)
+    assert trunc.startswith(f"{A}: {A}_flair.nii.gz: unreadable or truncated file")
+    assert garbage.startswith(f"{B}: {B}_t2.nii.gz: unreadable or truncated file")
+
+
+def test_mismatched_shape(brats):
+    path = case_file(brats, A, "t2")
+    rewrite(path, np.asanyarray(nib.load(path).dataobj)[..., :3])
+    assert messages(check_dataset("brats", brats)) == [
+        f"{A}: {A}_t2.nii.gz: shape (240, 240, 3) differs from {A}_flair.nii.gz (240, 240, 4)"
+    ]
+
+
+def test_mismatched_affine(brats):
+    path = case_file(brats, B, "t1ce")
+    affine = nib.load(path).affine.copy()
+    affine[0, 3] += 2.0
+    rewrite(path, affine=affine)
+    assert messages(check_dataset("brats", brats)) == [
+        f"{B}: {B}_t1ce.nii.gz: affine differs from {B}_flair.nii.gz (largest difference 2)"
+    ]
+
+
+def test_nan_and_inf_voxels(brats):
+    path = case_file(brats, A, "flair")
+    data = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
+    data[100, 100, 1] = np.nan
+    rewrite(path, data)
+    path = case_file(brats, C, "t1")
+    data = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
+    data[100, 100, 1:3] = np.inf
+    rewrite(path, data)
+    assert messages(check_dataset("brats", brats)) == [
+        f"{A}: {A}_flair.nii.gz: 1 NaN and 0 Inf voxels",
+        f"{C}: {C}_t1.nii.gz: 0 NaN and 2 Inf voxels",
+    ]
+
+
+def test_unexpected_label_values(brats):
+    path = case_file(brats, A, "seg")
+    seg = np.asanyarray(nib.load(path).dataobj).copy()
+    seg[0, 0, 0] = 7
+    rewrite(path, seg)
+    path = case_file(brats, B, "seg")
+    seg = np.asanyarray(nib.load(path).dataobj).copy()
+    seg[seg == 4] = 3  # BraTS 2021 convention in a 2018 set
+    rewrite(path, seg)
+    assert messages(check_dataset("brats", brats)) == [
+        f"{A}: {A}_seg.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 4)",
+        f"{B}: {B}_seg.nii.gz: unexpected label values 3 (allowed 0, 1, 2, 4)",
+    ]
+    # under the 2021 convention, case B is fine and A still is not
+    report = check_dataset("brats", brats, foreground_label=3)
+    assert report.summary(B).ok and not report.summary(A).ok
+
+
+def test_non_integer_label(brats):
+    path = case_file(brats, C, "seg")
+    seg = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
+    seg[1, 1, 1] = 0.5
+    rewrite(path, seg)
+    assert messages(check_dataset("brats", brats)) == [f"{C}: {C}_seg.nii.gz: non-integer label values [0.5]"]
+
+
+def test_empty_case_folder_and_empty_root(brats, tmp_path):
+    shutil.rmtree(brats / "HGG" / C)
+    (brats / "HGG" / C).mkdir()
+    report = check_dataset("brats", brats)
+    assert messages(report) == [f"{C}: {brats / 'HGG' / C}: empty folder"]
+    assert len(report.cases) == 3 and not report.summary(C).ok
+    (tmp_path / "nothing").mkdir()
+    (msg,) = messages(check_dataset("brats", tmp_path / "nothing"))
+    assert msg.startswith(f"nothing: {tmp_path / 'nothing'}: empty folder: no HGG case folders")
+    (msg,) = messages(check_dataset("brats", tmp_path / "absent"))
+    assert msg == f"absent: {tmp_path / 'absent'}: data folder does not exist"
+
+
+def test_one_bad_case_does_not_hide_the_others_and_the_command_fails(brats, capsys):
+    case_file(brats, A, "t1").unlink()
+    seg = case_file(brats, C, "seg")
+    data = np.asanyarray(nib.load(seg).dataobj).copy()
+    data[5, 5, 0] = 7
+    rewrite(seg, data)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["check", "--dataset", "brats", "--root", str(brats), "--quiet"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert f"ERROR {A}: {A}_t1.nii.gz: missing modality 't1'" in out
+    assert f"ERROR {C}: {C}_seg.nii.gz: unexpected label values 7" in out
+    assert "FAILED: brats" in out and "3 cases, 2 with problems" in out
+
+
+def test_check_command_succeeds_on_clean_data(pristine, capsys):
+    cli(["check", "--dataset", "brats", "--root", str(pristine["brats"])])
+    out = capsys.readouterr().out
+    assert "4x160x160x4" in out and out.rstrip().splitlines()[-1].startswith("OK: brats")
+
+
+def test_isles_problems(pristine, tmp_path):
+    root = tmp_path / "isles"
+    shutil.copytree(pristine["isles"], root)
+    (ot,) = (root / "TRAINING" / "case_1").glob("SMIR.Brain.XX.O.OT.*")
+    shutil.rmtree(ot)
+    (cbf,) = (root / "TRAINING" / "case_2").glob("SMIR.Brain.XX.O.CT_CBF.*/*.nii")
+    cbf.write_bytes(cbf.read_bytes()[:1000])
+    report = check_dataset("isles", root)
+    missing, truncated = messages(report)
+    assert missing == "case_1: SMIR.Brain.XX.O.OT.<id>/SMIR.Brain.XX.O.OT.<id>.nii: missing lesion mask 'OT'"
+    assert truncated.startswith(f"case_2: {cbf.name}: unreadable or truncated file (OSError: Expected")
+    assert "\n" not in truncated
+
+
+def test_cityscapes_problems(pristine, tmp_path):
+    root = tmp_path / "city"
+    shutil.copytree(pristine["cityscapes"], root)
+    frame = "aachen_000000_000019"
+    (root / "gtFine" / "train" / "aachen" / f"{frame}_gtFine_labelIds.png").unlink()
+    label = root / "gtFine" / "train" / "bochum" / "bochum_000000_000019_gtFine_labelIds.png"
+    lab = np.array(Image.open(label))
+    lab[0, 0] = 40
+    Image.fromarray(lab).save(label)
+    image = root / "leftImg8bit" / "val" / "frankfurt" / "frankfurt_000000_000019_leftImg8bit.png"
+    Image.fromarray(np.array(Image.open(image))[:16]).save(image)
+    report = check_dataset("cityscapes", root)
+    assert messages(report) == [
+        f"{frame}: {frame}_gtFine_labelIds.png: missing label 'labelIds'",
+        "bochum_000000_000019: bochum_000000_000019_gtFine_labelIds.png: unexpected label values 40 "
+        "(allowed " + ", ".join(map(str, range(34))) + ")",
+        "frankfurt_000000_000019: frankfurt_000000_000019_gtFine_labelIds.png: shape (32, 64) differs from "
+        "frankfurt_000000_000019_leftImg8bit.png (16, 64)",
+    ]
+    ok = report.summary("bremen_000000_000019")
+    assert ok.ok and ok.shape == (3, 128, 256)
+
+
+def test_check_label_values():
+    assert check_label_values(np.array([0, 1, 2, 4], np.uint8), (0, 1, 2, 4)) is None
+    assert (
+        check_label_values(np.array([0, 5, 9], np.int16), (0, 1))
+        == "unexpected label values 5, 9 (allowed 0, 1)"
+    )

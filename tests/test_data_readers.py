@@ -1,0 +1,194 @@
+"""Readers of the published layouts, datalists and splits (pam_monai.data.{brats,isles,cityscapes,datalist})."""
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from monai.data import load_decathlon_datalist
+
+from pam_monai.cli import main as cli
+from pam_monai.data import (
+    build_datalist,
+    discover_cases,
+    get_split,
+    load_datalist,
+    scan_cases,
+    synth,
+    write_datalist,
+)
+from pam_monai.data.brats import read_case_ids
+from pam_monai.data.datalist import rank_cases, split_cases
+
+REPO = Path(__file__).parents[1]
+CANONICAL = REPO / "data_lists" / "brats2018_hgg_5fold.json"
+
+
+@pytest.fixture(scope="module")
+def brats_root(tmp_path_factory):
+    return synth("brats", tmp_path_factory.mktemp("brats"), cases=3, slices=4, lgg_cases=1)
+
+
+@pytest.fixture(scope="module")
+def isles_root(tmp_path_factory):
+    return synth("isles", tmp_path_factory.mktemp("isles"), cases=4, max_slices=2)
+
+
+@pytest.fixture(scope="module")
+def city_root(tmp_path_factory):
+    return synth("cityscapes", tmp_path_factory.mktemp("city"), cases=2, size=(64, 32))
+
+
+def test_brats_reader_hgg_only_by_default_in_channel_order(brats_root):
+    items = discover_cases("brats", brats_root)
+    assert [it["case"] for it in items] == ["Brats18_SYN_001_1", "Brats18_SYN_002_1", "Brats18_SYN_003_1"]
+    for it in items:
+        assert [Path(p).name for p in it["image"]] == [
+            f"{it['case']}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")
+        ]
+        assert Path(it["label"]).name == f"{it['case']}_seg.nii.gz"
+        assert all(Path(p).is_file() for p in [*it["image"], it["label"]])
+    both = discover_cases("brats", brats_root, grades="HGG,LGG")
+    assert len(both) == 4 and both[-1]["case"] == "Brats18_SYNL_001_1"
+
+
+def test_brats_reader_accepts_a_flat_root_and_plain_nii(brats_root, tmp_path):
+    import nibabel as nib
+
+    flat = tmp_path / "flat"
+    shutil.copytree(brats_root / "HGG" / "Brats18_SYN_001_1", flat / "Brats18_SYN_001_1")
+    t2 = flat / "Brats18_SYN_001_1" / "Brats18_SYN_001_1_t2.nii.gz"
+    nib.save(nib.load(t2), str(t2.with_name("Brats18_SYN_001_1_t2.nii")))
+    t2.unlink()
+    (flat / "notes").mkdir()  # a folder without NIfTI files is not a case
+    (flat / "notes" / "readme.txt").write_text("x")
+    items = discover_cases("brats", flat, relative=True)
+    assert len(items) == 1
+    assert items[0]["image"][3] == "Brats18_SYN_001_1/Brats18_SYN_001_1_t2.nii"
+
+
+def test_isles_reader_layout_channel_order_and_nii_gz(isles_root, tmp_path):
+    items = discover_cases("isles", isles_root)
+    assert [it["case"] for it in items] == ["case_1", "case_2", "case_3", "case_4"]
+    for it in items:
+        mods = [Path(p).parent.name.split(".")[4] for p in it["image"]]
+        assert mods == ["CT_CBF", "CT_MTT", "CT_CBV", "CT_Tmax"]  # the paper's CBF, MTT, CBV, TMAX
+        assert Path(it["label"]).name.startswith("SMIR.Brain.XX.O.OT.") and it["label"].endswith(".nii")
+    gz = synth("isles", tmp_path / "gz", cases=1, max_slices=2, compress=True)
+    (item,) = discover_cases("isles", gz)
+    assert all(p.endswith(".nii.gz") for p in [*item["image"], item["label"]])
+
+
+def test_cityscapes_reader_pairs_images_and_labels(city_root):
+    result = scan_cases("cityscapes", city_root)
+    assert not result.problems
+    assert Counter(c.group for c in result.cases) == {"train": 6, "val": 2}
+    for c in result.cases:
+        assert c.channels["leftImg8bit"].name == f"{c.case}_leftImg8bit.png"
+        assert c.label.name == f"{c.case}_gtFine_labelIds.png"
+        assert c.label.parent.parts[-3:] == ("gtFine", c.group, c.meta["city"])
+
+
+def test_brats_folds_are_deterministic_balanced_and_case_wise(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text(
+        "# comment\n" + "".join(f"HGG Brats18_X_{i}_1\n" for i in range(23)) + "LGG Brats18_Y_1_1\n"
+    )
+    a = build_datalist("brats", case_ids=ids)
+    b = build_datalist("brats", case_ids=ids)
+    assert a == b
+    assert len(a["training"]) == 23  # HGG only
+    assert sorted(Counter(e["fold"] for e in a["training"]).values()) == [4, 4, 5, 5, 5]
+    other = build_datalist("brats", case_ids=ids, seed=1)
+    assert [e["fold"] for e in other["training"]] != [e["fold"] for e in a["training"]]
+    for fold in range(5):
+        test, val, train = (get_split("brats", a, s, fold=fold) for s in ("test", "val", "train"))
+        assert {e["fold"] for e in test} == {fold} and {e["fold"] for e in val} == {(fold + 1) % 5}
+        cases = [e["case"] for e in test + val + train]
+        assert sorted(cases) == sorted(e["case"] for e in a["training"])  # disjoint and complete
+
+
+def test_brats_datalist_from_disk_matches_the_one_from_ids(brats_root, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"HGG Brats18_SYN_00{i}_1\n" for i in (1, 2, 3)))
+    from_disk = build_datalist("brats", brats_root)
+    from_ids = build_datalist("brats", case_ids=ids)
+    assert from_disk["training"] == from_ids["training"]  # same relative paths, same folds
+
+
+def test_written_datalist_loads_with_monai(brats_root, isles_root, city_root, tmp_path):
+    for name, root in (("brats", brats_root), ("isles", isles_root), ("cityscapes", city_root)):
+        path = write_datalist(build_datalist(name, root), tmp_path / f"{name}.json")
+        for key in ("training", "validation", "test"):
+            if key not in json.loads(path.read_text()):
+                continue
+            entries = load_decathlon_datalist(path, data_list_key=key, base_dir=root)
+            ours = load_datalist(path, root=root)[key]
+            assert [e["image"] for e in entries] == [e["image"] for e in ours]
+            for e in entries:
+                files = e["image"] if isinstance(e["image"], list) else [e["image"]]
+                assert all(Path(f).is_file() for f in [*files, e["label"]])
+
+
+def test_isles_split_fractions():
+    cases = [f"case_{i}" for i in range(1, 95)]  # ISLES 2018 has 94 training cases
+    parts = split_cases(cases, seed=0)
+    assert {k: len(v) for k, v in parts.items()} == {"training": 66, "validation": 9, "test": 19}
+    assert sorted(sum(parts.values(), [])) == sorted(cases)
+    assert split_cases(cases, seed=0) == parts and split_cases(cases, seed=1) != parts
+
+
+def test_isles_datalist_split(isles_root):
+    d = build_datalist("isles", isles_root)
+    assert [len(d[k]) for k in ("training", "validation", "test")] == [2, 1, 1]
+    assert get_split("isles", d, "val") == d["validation"]
+    absolute = get_split("isles", d, "test", root=isles_root)
+    assert Path(absolute[0]["image"][0]).is_file()
+
+
+def test_cityscapes_datalist_holds_out_one_train_city(city_root):
+    d = build_datalist("cityscapes", city_root)
+    held = d["val_city"]
+    assert held == rank_cases(["aachen", "bochum", "bremen"], 0)[0]
+    assert {e["city"] for e in d["validation"]} == {held}
+    assert held not in {e["city"] for e in d["training"]} and len(d["training"]) == 4
+    assert {e["city"] for e in d["test"]} == {"frankfurt"}
+    assert all(isinstance(e["image"], str) and e["image"].startswith("leftImg8bit/") for e in d["training"])
+    fixed = build_datalist("cityscapes", city_root, val_city="bochum")
+    assert {e["city"] for e in fixed["validation"]} == {"bochum"}
+
+
+def test_incomplete_cases_stop_the_datalist(brats_root, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(brats_root, root)
+    (root / "HGG" / "Brats18_SYN_002_1" / "Brats18_SYN_002_1_t1.nii.gz").unlink()
+    with pytest.raises(ValueError, match="Brats18_SYN_002_1_t1.nii.gz: missing modality 't1'"):
+        build_datalist("brats", root)
+    d = build_datalist("brats", root, skip_incomplete=True)
+    assert [e["case"] for e in d["training"]] == ["Brats18_SYN_001_1", "Brats18_SYN_003_1"]
+
+
+def test_datalist_command(city_root, tmp_path, capsys):
+    out = tmp_path / "lists" / "city.json"
+    cli(["datalist", "--dataset", "cityscapes", "--root", str(city_root), "--output", str(out)])
+    assert "training 4, validation 2, test 2" in capsys.readouterr().out
+    assert json.loads(out.read_text())["dataset"] == "cityscapes"
+
+
+def test_canonical_brats_list_is_what_the_command_makes(tmp_path):
+    d = json.loads(CANONICAL.read_text())
+    entries = d["training"]
+    assert len(entries) == 210 and len({e["case"] for e in entries}) == 210
+    assert sorted(Counter(e["fold"] for e in entries).values()) == [42] * 5
+    for e in entries:
+        c = e["case"]
+        assert e["image"] == [f"HGG/{c}/{c}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")]
+        assert e["label"] == f"HGG/{c}/{c}_seg.nii.gz"
+    ids_file = REPO.parent / "shared" / "data" / "brats2018_training_case_ids.txt"
+    if not ids_file.is_file():
+        pytest.skip("case ID list not found in ../shared/data")
+    assert sorted(e["case"] for e in entries) == sorted(read_case_ids(ids_file))
+    out = tmp_path / "again.json"
+    cli(["datalist", "--dataset", "brats", "--case_ids", str(ids_file), "--output", str(out)])
+    assert json.loads(out.read_text()) == d

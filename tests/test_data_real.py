@@ -1,0 +1,134 @@
+"""Readers, checker, preprocessing and inference round trip on the real samples in ../shared/data
+(skipped when that folder is absent; the facts come from ../shared/data/README.md)."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pam_monai.cli import main as cli
+from pam_monai.data import (
+    SliceDataset,
+    build_datalist,
+    check_dataset,
+    get_preprocess_transforms,
+    load_case,
+    preprocess_case,
+    restore_prediction,
+)
+from pam_monai.data.checker import check_label_values
+from pam_monai.data.files import load_nifti
+
+BRATS_FACTS = {  # case: (enhancing tumour voxels, slices with enhancing tumour, seg dtype)
+    "Brats18_2013_2_1": (21_677, 40, np.int16),
+    "Brats18_TCIA05_396_1": (16_998, 46, np.uint8),
+}
+
+
+@pytest.fixture(scope="module")
+def brats_root(shared_data):
+    return shared_data / "brats2018"
+
+
+@pytest.fixture(scope="module")
+def brats_report(brats_root):
+    return check_dataset("brats", brats_root)
+
+
+def test_brats_datalist_has_both_cases_with_four_modalities_in_order(brats_root, tmp_path):
+    out = tmp_path / "brats.json"
+    cli(["datalist", "--dataset", "brats", "--root", str(brats_root), "--output", str(out)])
+    entries = json.loads(out.read_text())["training"]
+    assert [e["case"] for e in entries] == sorted(BRATS_FACTS)
+    for e in entries:
+        c = e["case"]
+        assert e["image"] == [f"{c}/{c}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")]
+        assert all((brats_root / p).is_file() for p in [*e["image"], e["label"]])
+        assert "fold" in e
+
+
+def test_brats_checker_reports_the_known_enhancing_tumour(brats_report):
+    assert brats_report.ok, brats_report.format()
+    assert not brats_report.warnings
+    for case, (voxels, slices, _) in BRATS_FACTS.items():
+        s = brats_report.summary(case)
+        assert (s.foreground, s.foreground_slices, s.inside_crop) == (voxels, slices, True)
+        assert s.shape == (4, 160, 160, 155)
+    table = brats_report.format()
+    assert "21,677" in table and "16,998" in table
+
+
+def test_brats_seg_dtypes_are_int16_and_uint8(brats_root):
+    for case, (*_, dtype) in BRATS_FACTS.items():
+        seg, _ = load_nifti(brats_root / case / f"{case}_seg.nii.gz")
+        assert seg.dtype == dtype and set(np.unique(seg).tolist()) == {0, 1, 2, 4}
+
+
+def test_brats_preprocess_slices_and_inverse(brats_root, tmp_path):
+    item = build_datalist("brats", brats_root)["training"][1]  # Brats18_TCIA05_396_1
+    item = {
+        **item,
+        "image": [str(brats_root / p) for p in item["image"]],
+        "label": str(brats_root / item["label"]),
+    }
+    case = load_case("brats", item)
+    pre = preprocess_case("brats", case)
+    ref = get_preprocess_transforms("brats")(dict(item))
+    np.testing.assert_allclose(pre["image"], np.asarray(ref["image"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(pre["label"], np.asarray(ref["label"]))
+    assert pre["label"].sum() == 16_998
+
+    # inference path: a prediction on the crop goes back into the 240 x 240 x 155 grid, same affine
+    back = restore_prediction("brats", pre["label"][0].astype(np.uint8), case["original_shape"])
+    path = tmp_path / "pred.nii.gz"
+    nib.save(nib.Nifti1Image(back, case["affine"]), str(path))
+    saved, affine = load_nifti(path)
+    assert saved.shape == (240, 240, 155)
+    np.testing.assert_array_equal(affine, load_nifti(item["image"][0])[1])
+    np.testing.assert_array_equal(saved, (case["label"] == 4).astype(np.uint8))
+
+    ds = SliceDataset([item], "brats", keep_background_fraction=0.5, progress=False)
+    assert len(ds) == 46 + int(np.floor(0.5 * (155 - 46) + 0.5))
+    assert sum(float(ds[i]["label"].sum()) for i in range(len(ds))) == 16_998
+
+
+def test_cityscapes_vehicle_pixels_and_resized_mask(shared_data):
+    root = shared_data / "cityscapes"
+    report = check_dataset("cityscapes", root)
+    assert report.ok, report.format()
+    full = report.summary("frankfurt_000001_058914")
+    assert full.foreground == 34_028 and full.shape == (3, 128, 256)
+    small = report.summary("frankfurt_000000_000294")
+    assert small.foreground == small.foreground_kept == 1_802  # already 256 x 128: unchanged
+
+    folder = root / "frankfurt_000001_058914"
+    item = {
+        "case": "frankfurt_000001_058914",
+        "image": str(folder / "frankfurt_000001_058914_leftImg8bit.png"),
+        "label": str(folder / "frankfurt_000001_058914_gtFine_labelIds.png"),
+    }
+    case = load_case("cityscapes", item)
+    vehicles = (case["label"] >= 26) & (case["label"] <= 33)
+    assert vehicles.sum() == 34_028 and case["label"].shape == (1024, 2048)
+    pre = preprocess_case("cityscapes", case)
+    assert pre["image"].shape == (3, 128, 256) and pre["label"].shape == (1, 128, 256)
+    # the 8x smaller mask samples the full one at the centres of 8 x 8 blocks
+    np.testing.assert_array_equal(pre["label"][0], vehicles[4::8, 4::8])
+    assert abs(pre["label"].sum() * 64 - 34_028) < 0.1 * 34_028
+    # and the image is the 8 x 8 block mean, scaled to [0, 1]
+    rgb = case["image"].astype(np.float64) / 255
+    blocks = rgb.reshape(3, 128, 8, 256, 8).mean(axis=(2, 4))
+    np.testing.assert_allclose(pre["image"], blocks, atol=1e-5)
+    ref = get_preprocess_transforms("cityscapes")(dict(item))
+    np.testing.assert_allclose(pre["image"], np.asarray(ref["image"]), atol=1e-6)
+    np.testing.assert_array_equal(pre["label"], np.asarray(ref["label"]))
+
+
+def test_isles22_mask_through_the_nifti_reader(shared_data):
+    mask, affine = load_nifti(
+        shared_data / "isles2022" / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_msk.nii.gz"
+    )
+    assert mask.shape == (112, 112, 73) and affine.shape == (4, 4)
+    assert check_label_values(mask, (0, 1)) is None
+    assert int((mask == 1).sum()) == 523

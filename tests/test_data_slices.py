@@ -1,0 +1,162 @@
+"""Volume preprocessing, the slice cache and the 2-D slice dataset (pam_monai.data.{preprocess,slices})."""
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pam_monai.data import (
+    SliceDataset,
+    discover_cases,
+    get_preprocess_transforms,
+    load_case,
+    preprocess_case,
+    restore_prediction,
+    synth,
+)
+from pam_monai.data.files import load_nifti
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("synthetic")
+    return {
+        "brats": synth("brats", base / "brats", cases=2, slices=12),
+        "isles": synth("isles", base / "isles", cases=2, max_slices=3),
+        "cityscapes": synth("cityscapes", base / "city", cases=1, size=(128, 64)),
+    }
+
+
+@pytest.fixture(scope="module")
+def items(roots):
+    return {name: discover_cases(name, root) for name, root in roots.items()}
+
+
+@pytest.mark.parametrize("name", ["brats", "isles", "cityscapes"])
+def test_numpy_preprocessing_equals_the_monai_chain(items, name):
+    for item in items[name]:
+        ours = preprocess_case(name, item)
+        ref = get_preprocess_transforms(name)(dict(item))
+        np.testing.assert_allclose(ours["image"], np.asarray(ref["image"]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(ours["label"], np.asarray(ref["label"]))
+        assert ours["label"].sum() > 0 or name == "cityscapes"
+
+
+@pytest.mark.parametrize(
+    "name, shape", [("brats", (4, 160, 160)), ("isles", (4, 224, 224)), ("cityscapes", (3, 128, 256))]
+)
+def test_slice_dataset_gives_the_papers_shapes(items, name, shape):
+    ds = SliceDataset(items[name], name, progress=False)
+    assert len(ds) > 0
+    for i in range(len(ds)):
+        s = ds[i]
+        assert tuple(s["image"].shape) == shape and s["image"].dtype == torch.float32
+        assert tuple(s["label"].shape) == (1, *shape[1:]) and s["label"].dtype == torch.float32
+        assert set(s["label"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_slice_selection_keeps_foreground_and_a_fraction_of_the_rest(items):
+    brats = items["brats"]
+    full = SliceDataset(brats, "brats", keep_background_fraction=1.0, progress=False)
+    assert len(full) == 2 * 12
+    half = SliceDataset(brats, "brats", keep_background_fraction=0.5, seed=0, progress=False)
+    expected = 0
+    for item in brats:
+        et = load_nifti(item["label"])[0] == 4
+        per_slice = et.any(axis=(0, 1))
+        expected += int(per_slice.sum()) + int(np.floor(0.5 * (~per_slice).sum() + 0.5))
+    assert len(half) == expected < len(full)
+    chosen = {half.slice_info(i) for i in range(len(half))}
+    for v, item in enumerate(brats):
+        fg_slices = np.flatnonzero((load_nifti(item["label"])[0] == 4).any(axis=(0, 1)))
+        assert {(half.cases[v], int(z)) for z in fg_slices} <= chosen  # every foreground slice kept
+    again = SliceDataset(brats, "brats", seed=0, progress=False)
+    assert [again.slice_info(i) for i in range(len(again))] == [half.slice_info(i) for i in range(len(half))]
+    other = [SliceDataset(brats, "brats", seed=s, progress=False) for s in (1, 2, 3)]
+    assert any({o.slice_info(i) for i in range(len(o))} != chosen for o in other)
+    half.resample(5)
+    assert len(half) == expected
+
+
+def test_slices_equal_the_preprocessed_volume(items, tmp_path):
+    item = items["brats"][0]
+    vol = preprocess_case("brats", item)
+    exact = SliceDataset([item], "brats", cache_dtype="float32", keep_background_fraction=1.0, progress=False)
+    half = SliceDataset([item], "brats", cache_dir=tmp_path, keep_background_fraction=1.0, progress=False)
+    for z in range(vol["image"].shape[-1]):
+        assert exact.slice_info(z) == (item["case"], z)
+        np.testing.assert_array_equal(exact[z]["image"].numpy(), vol["image"][..., z])
+        np.testing.assert_array_equal(exact[z]["label"].numpy(), vol["label"][..., z])
+        # float16 cache: z-scores of a few units keep ~3 significant digits
+        np.testing.assert_allclose(half[z]["image"].numpy(), vol["image"][..., z], atol=1e-2, rtol=1e-3)
+
+
+def test_disk_cache_is_written_once_and_memory_mapped(items, tmp_path, monkeypatch):
+    brats = items["brats"]
+    first = SliceDataset(brats, "brats", cache_dir=tmp_path, progress=False)
+    files = sorted(p.name for p in (tmp_path / "brats").iterdir())
+    assert len(files) == 3 * len(brats) and not [f for f in files if f.endswith(".tmp")]
+    assert first.cache_bytes == 2 * 12 * (4 * 160 * 160 * 2 + 160 * 160)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("preprocessed again despite the cache")
+
+    monkeypatch.setattr("pam_monai.data.slices.preprocess_case", fail)
+    second = SliceDataset(brats, "brats", cache_dir=tmp_path, progress=False)
+    assert all(isinstance(a, np.memmap) for a in second._images)
+    torch.testing.assert_close(second[3]["image"], first[3]["image"])
+    # workers get file names, not copies of the volumes
+    assert len(pickle.dumps(second)) < 20_000
+    clone = pickle.loads(pickle.dumps(second))
+    torch.testing.assert_close(clone[5]["label"], second[5]["label"])
+    with pytest.raises(AssertionError, match="preprocessed again"):  # other settings, other files
+        SliceDataset(brats, "brats", cache_dir=tmp_path, cache_dtype="float32", progress=False)
+
+
+def test_dataloader_workers_read_the_cache(items, tmp_path):
+    ds = SliceDataset(items["brats"], "brats", cache_dir=tmp_path, progress=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    n = sum(batch["image"].shape[0] for batch in loader)
+    assert n == len(ds)
+
+
+def test_getitem_is_a_cheap_slice(items):
+    ds = SliceDataset(items["brats"], "brats", keep_background_fraction=1.0, progress=False)
+    start = time.perf_counter()
+    for _ in range(5):
+        for i in range(len(ds)):
+            ds[i]
+    per_item = (time.perf_counter() - start) / (5 * len(ds))
+    assert per_item < 2e-3, f"{per_item * 1e3:.2f} ms per slice"  # a MONAI chain takes ~6 ms
+
+
+def test_restore_prediction_undoes_the_crop(items):
+    item = items["brats"][1]
+    case = load_case("brats", item)
+    pre = preprocess_case("brats", case)
+    back = restore_prediction("brats", pre["label"][0], case["original_shape"])
+    assert back.shape == case["original_shape"] == (240, 240, 12)
+    np.testing.assert_array_equal(back, (case["label"] == 4).astype(np.float32))
+    np.testing.assert_array_equal(pre["affine"], load_nifti(item["image"][0])[1])
+    city = load_case("cityscapes", items["cityscapes"][0])
+    small = preprocess_case("cityscapes", city)["label"]
+    assert restore_prediction("cityscapes", small, city["original_shape"]).shape == (1, 64, 128)
+
+
+def test_foreground_label_3_for_brats_2021(items, tmp_path):
+    import nibabel as nib
+
+    item = dict(items["brats"][0])
+    seg = nib.load(item["label"])
+    data = np.asanyarray(seg.dataobj).copy()
+    data[data == 4] = 3
+    item["label"] = str(tmp_path / "seg2021.nii.gz")
+    nib.save(nib.Nifti1Image(data, seg.affine), item["label"])
+    new = preprocess_case("brats", item, foreground_label=3)["label"]
+    old = preprocess_case("brats", items["brats"][0])["label"]
+    np.testing.assert_array_equal(new, old)
+    assert new.sum() > 0
+    with pytest.raises(ValueError, match="label 4 .* or 3"):
+        preprocess_case("brats", item, foreground_label=2)

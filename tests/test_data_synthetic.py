@@ -1,0 +1,199 @@
+"""Synthetic stand-ins: exact layouts, determinism, fading boundaries, ensure_dataset and the round trip
+synth -> datalist -> check -> transforms (pam_monai.data.synthetic)."""
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from pam_monai.cli import main as cli
+from pam_monai.data import (
+    DATASETS,
+    SliceDataset,
+    check_dataset,
+    ensure_dataset,
+    get_preprocess_transforms,
+    get_split,
+    random_flip_batch,
+    synth,
+)
+from pam_monai.data.synthetic import BRATS_AFFINE, MARKER
+
+SMALL = {
+    "brats": {"cases": 2, "slices": 6},
+    "isles": {"cases": 3, "max_slices": 3},
+    "cityscapes": {"cases": 1, "size": (96, 48)},
+}
+
+
+def array_digest(root: Path) -> str:
+    """Hash of every voxel/pixel array (and its path), not of the file bytes."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MARKER):
+        h.update(str(path.relative_to(root)).encode())
+        data = np.asanyarray(nib.load(path).dataobj) if ".nii" in path.name else np.asarray(Image.open(path))
+        h.update(data.dtype.str.encode() + str(data.shape).encode() + data.tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", ["brats", "isles", "cityscapes"])
+def test_deterministic_for_a_seed(name, tmp_path):
+    a = array_digest(synth(name, tmp_path / "a", seed=3, **SMALL[name]))
+    b = array_digest(synth(name, tmp_path / "b", seed=3, **SMALL[name]))
+    c = array_digest(synth(name, tmp_path / "c", seed=4, **SMALL[name]))
+    assert a == b != c
+
+
+def test_brats_files_layout_and_headers(tmp_path):
+    root = synth("brats", tmp_path, cases=2, slices=5, lgg_cases=1)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.nii.gz"))
+    pattern = re.compile(r"^(HGG|LGG)/(Brats18_\w+_1)/\2_(flair|t1|t1ce|t2|seg)\.nii\.gz$")
+    assert len(files) == 15 and all(pattern.match(f) for f in files)
+    seg_dtypes = []
+    for path in root.rglob("*.nii.gz"):
+        img = nib.load(path)
+        assert img.shape == (240, 240, 5)
+        np.testing.assert_array_equal(img.affine, BRATS_AFFINE)
+        assert img.header.get_zooms() == (1.0, 1.0, 1.0)
+        if path.name.endswith("_seg.nii.gz"):
+            seg_dtypes.append(img.get_data_dtype())
+        else:
+            assert img.get_data_dtype() == np.int16
+    assert set(seg_dtypes) == {np.dtype(np.int16), np.dtype(np.uint8)}  # as BraTS ships them
+    lgg = np.asanyarray(nib.load(next(root.glob("LGG/*/*_seg.nii.gz"))).dataobj)
+    assert not (lgg == 4).any() and (lgg == 2).any()  # LGG: no enhancing tumour
+
+
+def test_isles_files_layout(tmp_path):
+    root = synth("isles", tmp_path, cases=1, max_slices=3)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    pattern = re.compile(r"^TRAINING/case_1/(SMIR\.Brain\.XX\.O\.(\w+)\.(\d+))/\1\.nii$")
+    mods = sorted(pattern.match(f).group(2) for f in files)
+    assert mods == sorted(["CT", "CT_CBF", "CT_CBV", "CT_MTT", "CT_Tmax", "CT_4DPWI", "OT"])
+    pwi = nib.load(next(root.rglob("*CT_4DPWI*.nii")))
+    ot = nib.load(next(root.rglob("*.OT.*.nii")))
+    assert (
+        pwi.ndim == 4 and pwi.shape[:3] == ot.shape and ot.shape[:2] == (256, 256) and 2 <= ot.shape[2] <= 3
+    )
+
+
+def test_cityscapes_files_layout(tmp_path):
+    root = synth("cityscapes", tmp_path, cases=2, size=(64, 32), train_cities=2, val_cities=1)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))
+    assert len(files) == 12
+    for f in files:
+        assert re.match(
+            r"^(leftImg8bit|gtFine)/(train|val)/([a-z]+)/\3_\d{6}_000019_(leftImg8bit|gtFine_labelIds)\.png$",
+            f,
+        )
+        assert f.startswith("leftImg8bit") == f.endswith("_leftImg8bit.png")
+        assert Image.open(root / f).mode == ("RGB" if f.startswith("leftImg8bit") else "L")
+
+
+def test_brats_enhancing_tumour_fades_towards_its_outline(tmp_path):
+    """The outer rim of the enhancing tumour hardly differs from the brain around it, its inner part
+    does: the periphery a network misses."""
+    root = synth("brats", tmp_path, cases=1, slices=24)
+    case = next((root / "HGG").iterdir())
+    seg = np.asanyarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj)
+    t1ce = np.asanyarray(nib.load(case / f"{case.name}_t1ce.nii.gz").dataobj).astype(np.float32)
+    et = seg == 4
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # neighbours within the axial slice
+    outer = et & ndimage.binary_dilation(seg == 2, in_plane)  # enhancing voxels touching the oedema
+    inner = et & ndimage.binary_dilation(seg == 1, in_plane)  # touching the necrotic core
+    brain = (t1ce > 0) & (seg == 0)
+    contrast_outer = t1ce[outer].mean() - t1ce[brain].mean()
+    contrast_inner = t1ce[inner].mean() - t1ce[brain].mean()
+    noise = t1ce[brain].std()
+    assert contrast_inner > 2 * noise  # clearly visible
+    assert contrast_outer < 0.5 * noise  # invisible under the noise
+    assert outer.sum() > 0.1 * et.sum()  # a rim worth missing, not a few voxels
+
+
+def test_cityscapes_vehicles_fade_into_the_road(tmp_path):
+    root = synth("cityscapes", tmp_path, cases=3, size=(256, 128), train_cities=2)
+    rims, cores = [], []
+    for label_path in root.rglob("*_labelIds.png"):
+        label = np.asarray(Image.open(label_path))
+        image = np.asarray(
+            Image.open(
+                str(label_path)
+                .replace("gtFine", "leftImg8bit", 1)
+                .replace("_gtFine_labelIds", "_leftImg8bit")
+            )
+        ).astype(float)
+        vehicle = (label >= 26) & (label <= 33)
+        if vehicle.sum() < 200:
+            continue
+        road = image[label == 7].mean(axis=0)
+        rim = vehicle & ~ndimage.binary_erosion(vehicle, iterations=2)
+        core = ndimage.binary_erosion(vehicle, iterations=6)
+        rims.append(np.abs(image[rim] - road).mean())
+        cores.append(np.abs(image[core] - road).mean())
+    assert rims and np.mean(rims) < 0.5 * np.mean(cores)
+
+
+def test_ensure_dataset_generates_once_warns_and_keeps_real_data(tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.WARNING)
+    root, synthetic = ensure_dataset("brats", tmp_path / "data", cases=2, slices=4)
+    assert synthetic and root == tmp_path / "data" / "synthetic_brats"
+    assert "SYNTHETIC" in caplog.text
+    assert json.loads((root / MARKER).read_text())["options"] == {"cases": 2, "slices": 4}
+    assert len(list((root / "HGG").iterdir())) == 2
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]  # no temp folder left
+
+    def fail(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr("pam_monai.data.synthetic.synth", fail)
+    caplog.clear()
+    assert ensure_dataset("brats", tmp_path / "data", cases=2, slices=4) == (root, True)
+    assert "SYNTHETIC" in caplog.text
+    with pytest.raises(AssertionError, match="generated again"):  # other parameters: a new stand-in
+        ensure_dataset("brats", tmp_path / "data", cases=3, slices=4)
+    monkeypatch.undo()
+
+    real = synth("brats", tmp_path / "real", cases=1, slices=4)  # "real" data: no marker
+    assert ensure_dataset("brats", real) == (real, False)
+    assert ensure_dataset("brats", root) == (root, True)  # pointing at a stand-in still says so
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [("brats", (4, 160, 160)), ("isles", (4, 224, 224)), ("cityscapes", (3, 128, 256))],
+)
+def test_round_trip_synth_datalist_check_transforms(name, shape, tmp_path, capsys):
+    root, out = tmp_path / name, tmp_path / f"{name}.json"
+    opts = {
+        "brats": ["--cases", "5", "--slices", "6"],
+        "isles": ["--cases", "4", "--max_slices", "2"],
+        "cityscapes": ["--cases", "1", "--size", "(128,64)"],
+    }[name]
+    cli(["synth", "--dataset", name, "--output", str(root), *opts])
+    cli(["datalist", "--dataset", name, "--root", str(root), "--output", str(out)])
+    cli(["check", "--dataset", name, "--root", str(root)])  # exits 1 on a problem
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith(f"OK: {name}")
+    assert check_dataset(name, root).ok
+
+    train = get_split(name, out, "train", fold=0, root=root)
+    test = get_split(name, out, "test", fold=0, root=root)
+    assert train and test and not {e["case"] for e in train} & {e["case"] for e in test}
+    ds = SliceDataset(train, name, progress=False)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    batch = random_flip_batch(next(iter(loader)), spatial_axis=DATASETS[name].flip_axis)
+    assert tuple(batch["image"].shape[1:]) == shape and tuple(batch["label"].shape[1:]) == (1, *shape[1:])
+    assert set(torch.unique(batch["label"]).tolist()) <= {0.0, 1.0}
+    ref = get_preprocess_transforms(name)(dict(test[0]))
+    assert tuple(ref["image"].shape[:3]) == shape
+    assert set(torch.unique(torch.as_tensor(ref["label"])).tolist()) <= {0.0, 1.0}
