@@ -183,7 +183,7 @@ def test_isles_problems(pristine, tmp_path):
     cbf.write_bytes(cbf.read_bytes()[:1000])
     report = check_dataset("isles", root)
     missing, truncated = messages(report)
-    assert missing == "case_1: SMIR.Brain.XX.O.OT.<id>/SMIR.Brain.XX.O.OT.<id>.nii: missing lesion mask 'OT'"
+    assert missing == "case_1: SMIR.Brain.XX.O.OT.<id>/SMIR.Brain.XX.O.OT.<id>.nii: missing label 'OT'"
     assert truncated.startswith(f"case_2: {cbf.name}: unreadable or truncated file (OSError: Expected")
     assert "\n" not in truncated
 

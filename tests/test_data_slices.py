@@ -123,13 +123,31 @@ def test_dataloader_workers_read_the_cache(items, tmp_path):
 
 
 def test_getitem_is_a_cheap_slice(items):
+    """__getitem__ is an array slice: far cheaper than a per-slice MONAI chain (timed side by side,
+    best of three, so that a busy machine slows both alike)."""
+    from monai.transforms import Compose, NormalizeIntensity, ResizeWithPadOrCrop
+
     ds = SliceDataset(items["brats"], "brats", keep_background_fraction=1.0, progress=False)
-    start = time.perf_counter()
-    for _ in range(5):
-        for i in range(len(ds)):
-            ds[i]
-    per_item = (time.perf_counter() - start) / (5 * len(ds))
-    assert per_item < 2e-3, f"{per_item * 1e3:.2f} ms per slice"  # a MONAI chain takes ~6 ms
+    chain = Compose([NormalizeIntensity(nonzero=True, channel_wise=True), ResizeWithPadOrCrop((160, 160))])
+    raw = torch.from_numpy(np.random.default_rng(0).integers(0, 500, size=(4, 240, 240)).astype(np.float32))
+
+    def best(fn, n):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in range(n):
+                fn(i)
+            times.append((time.perf_counter() - start) / n)
+        return min(times)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # intra-op threads on a busy 2-core machine slow MONAI down erratically
+    try:
+        ours = best(lambda i: ds[i], len(ds))
+        theirs = best(lambda i: chain(raw), 5)
+    finally:
+        torch.set_num_threads(threads)
+    assert 5 * ours < theirs, f"{ours * 1e3:.2f} ms per slice vs {theirs * 1e3:.2f} ms for a MONAI chain"
 
 
 def test_restore_prediction_undoes_the_crop(items):

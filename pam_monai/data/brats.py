@@ -84,7 +84,6 @@ def scan(root: str | os.PathLike, grades: str | Sequence[str] = ("HGG",)) -> Sca
                 folder=folder,
                 channels=found,
                 label=label,
-                expected={n: f"{case}_{n}.nii.gz" for n in (*MODALITIES, "seg")},
                 label_name="seg",
                 group=grade,
             )

@@ -146,9 +146,7 @@ def _nonfinite(data: np.ndarray) -> str | None:
     return None
 
 
-def _read(
-    spec: DatasetSpec, case, fg_labels, allowed
-) -> tuple[dict[str, np.ndarray], np.ndarray | None, list, list]:
+def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.ndarray | None, list, list]:
     """Read and check every file of a case: ``(arrays by name, affine, problems, warnings)``;
     problems and warnings are ``(file name, message)`` pairs."""
     problems, warnings = [], []
@@ -246,7 +244,7 @@ def check_dataset(
 
         cases = tqdm(cases, desc=f"{spec.name}: checking", unit="case")
     for case in cases:
-        arrays, affine, problems, warnings = _read(spec, case, fg_labels, allowed)
+        arrays, affine, problems, warnings = _read(spec, case, allowed)
         if problems or case.case in failed_in_scan or not case.complete:
             summary = CaseSummary(case.case, ok=False)
         else:

@@ -37,25 +37,22 @@ def _pair(
 ) -> list[CaseFiles]:
     cases = []
     for frame in sorted(set(images) | set(labels)):
-        case = CaseFiles(
-            case=frame,
-            folder=folder,
-            channels={"leftImg8bit": images.get(frame)},
-            label=labels.get(frame),
-            expected={"leftImg8bit": frame + IMAGE_SUFFIX, "labelIds": frame + LABEL_SUFFIX},
-            label_name="labelIds",
-            meta={"city": frame.split("_")[0]},
-            group=split,
-        )
-        for name in case.missing:
-            problems.append(
-                Problem(
-                    frame,
-                    case.expected[name],
-                    f"missing {'image' if name == 'leftImg8bit' else 'label'} '{name}'",
-                )
+        image, label = images.get(frame), labels.get(frame)
+        if image is None:
+            problems.append(Problem(frame, frame + IMAGE_SUFFIX, "missing image 'leftImg8bit'"))
+        if label is None:
+            problems.append(Problem(frame, frame + LABEL_SUFFIX, "missing label 'labelIds'"))
+        cases.append(
+            CaseFiles(
+                case=frame,
+                folder=folder,
+                channels={"leftImg8bit": image},
+                label=label,
+                label_name="labelIds",
+                meta={"city": frame.split("_")[0]},
+                group=split,
             )
-        cases.append(case)
+        )
     return cases
 
 

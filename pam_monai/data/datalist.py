@@ -142,8 +142,6 @@ def build_datalist(
         if root is None:
             raise ValueError("give the data root (or, for BRATS, case_ids)")
         options = {"grades": grades} if spec.name == "brats" else {}
-        if spec.name == "cityscapes":
-            options = {"splits": ("train", "val")}
         result = scan_cases(spec, root, **options)
         incomplete = [c for c in result.cases if not c.complete]
         if not result.cases or (incomplete and not skip_incomplete):

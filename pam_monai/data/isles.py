@@ -67,7 +67,7 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
                 by_mod.setdefault(m["mod"].lower(), []).append(d)
         found: dict[str, Path | None] = {}
         for name, mod in (*CHANNEL_MODALITIES.items(), (LABEL_MODALITY, LABEL_MODALITY)):
-            what = "lesion mask 'OT'" if name == LABEL_MODALITY else f"modality '{name}'"
+            what = "label 'OT'" if name == LABEL_MODALITY else f"modality '{name}'"
             expected = f"SMIR.Brain.XX.O.{mod}.<id>/SMIR.Brain.XX.O.{mod}.<id>.nii"
             folders_for_mod = by_mod.get(mod.lower(), [])
             candidates = [f for d in folders_for_mod for f in _modality_file(d)]
@@ -87,9 +87,6 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
                 folder=folder,
                 channels=found,
                 label=label,
-                expected={
-                    n: f"SMIR.Brain.XX.O.{m}.<id>.nii" for n, m in (*CHANNEL_MODALITIES.items(), ("OT", "OT"))
-                },
                 label_name=LABEL_MODALITY,
                 group=subset,
             )

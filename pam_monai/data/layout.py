@@ -37,8 +37,7 @@ class CaseFiles:
     """The files of one case as found on disk.
 
     ``channels`` maps each channel name of the spec (CityScapes: the single ``leftImg8bit``
-    image) to its file, or to ``None`` when it is missing; ``expected`` holds the file name each
-    would have in the published layout (used in messages).
+    image) to its file, or to ``None`` when it is missing.
 
     Items carry only the ``case`` ID and plain metadata such as the CityScapes ``city``: MONAI's
     ``load_decathlon_datalist`` turns any string that names an existing path under its
@@ -49,7 +48,6 @@ class CaseFiles:
     folder: Path
     channels: dict[str, Path | None]
     label: Path | None
-    expected: dict[str, str]
     label_name: str
     meta: dict[str, str] = field(default_factory=dict)  # copied into the datalist item
     group: str = ""  # BRATS grade, CityScapes split; not copied (see build_datalist)

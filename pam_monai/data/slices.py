@@ -97,7 +97,7 @@ class SliceDataset(torch.utils.data.Dataset):
         workers = min(4, os.cpu_count() or 1) if num_workers is None else max(int(num_workers), 1)
         bar = tqdm(
             total=len(self.items),
-            desc=f"{self.spec.name}: preprocessing volumes",
+            desc=f"{self.spec.name}: preparing volumes",
             unit="case",
             disable=not progress,
         )

@@ -72,13 +72,15 @@ def _fade(r: np.ndarray, edge: float = 0.8) -> np.ndarray:
 
 
 def _radius(
-    grids: list[np.ndarray], centre, radii, rng: np.random.Generator, wobble: float = 0.1
+    grids: list[np.ndarray], centre, radii, rng: np.random.Generator, wobble: float = 0.15
 ) -> np.ndarray:
-    """Normalised ellipsoidal distance (1 on the boundary) with a smooth irregular outline."""
-    r2 = sum(((g - c) / s) ** 2 for g, c, s in zip(grids, centre, radii))
+    """Normalised ellipsoidal distance (1 on the boundary) with a smooth irregular outline: the
+    in-plane radius varies by ``wobble`` with the angle, in every axial slice alike."""
+    in_plane = np.sqrt(sum(((g - c) / s) ** 2 for g, c, s in zip(grids[:2], centre[:2], radii[:2])))
     angle = np.arctan2(grids[1] - centre[1], grids[0] - centre[0])
     k, phase = rng.integers(2, 5), rng.uniform(0, 2 * np.pi)
-    return np.sqrt(r2) * (1.0 + wobble * np.sin(k * angle + phase))
+    in_plane = in_plane * (1.0 + wobble * np.sin(k * angle + phase))
+    return np.sqrt(in_plane**2 + ((grids[2] - centre[2]) / radii[2]) ** 2)
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, spacing_code: int = 1) -> None:
@@ -178,10 +180,10 @@ def _isles_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[
         rng.uniform(0.3, 0.7) * (nz - 1),
     )
     rad = rng.uniform(14, 30)
-    radii = (rad * rng.uniform(0.8, 1.2), rad * rng.uniform(0.8, 1.2), max(0.7 * nz, 1.0))
+    radii = (rad * rng.uniform(0.8, 1.2), rad * rng.uniform(0.8, 1.2), max(0.4 * nz, 1.0))
     r = _radius([x, y, z], centre, radii, rng)
     lesion = (r < 1.0) & brain
-    f = np.where(brain, _fade(r), 0.0)
+    f = np.where(brain, _fade(r, edge=1.0), 0.0)
     maps = {  # MOD: (normal level, relative change at the lesion centre)
         "CT_CBF": (50.0, -0.8),
         "CT_CBV": (3.5, -0.7),
