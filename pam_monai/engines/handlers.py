@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
@@ -74,13 +75,18 @@ class CaseMetrics:
         output = engine.state.output
         items = output if isinstance(output, list) else [output]
         batch = engine.state.batch
-        for i, item in enumerate(items):
-            pred = item["pred"].detach().cpu().numpy()[0]
-            label = item["label"].detach().cpu().numpy()[0]
-            spacing = None
-            if isinstance(batch, dict) and "spacing" in batch:
-                spacing = tuple(float(s) for s in batch["spacing"][i][: pred.ndim])
-            case = batch["case"][i] if isinstance(batch, dict) and "case" in batch else str(len(self.rows))
+        # MONAI decollates the batch into a list of per-case dicts; a collated dict also works
+        metas = batch if isinstance(batch, list) else [_pick(batch, i) for i in range(len(items))]
+        for item, meta in zip(items, metas):
+            pred = _numpy(item["pred"])
+            label = _numpy(item["label"])
+            if pred.shape[0] == 1:  # one channel: the binary mask
+                pred, label = pred[0], label[0]
+            spacing = meta.get("spacing")
+            spacing = (
+                None if spacing is None else tuple(float(s) for s in _numpy(spacing).ravel()[: pred.ndim])
+            )
+            case = str(meta.get("case", len(self.rows)))
             row = {"case": case, **case_metrics(pred, label, spacing=spacing, empty_value=self.empty_value)}
             self.rows.append(row)
 
@@ -106,7 +112,30 @@ class CaseMetrics:
             lines.append(",".join(_csv(r[k]) for k in fields))
         atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
         atomic_write_text(out / "summary.json", json.dumps(self.summary, indent=2) + "\n")
-        log.info("wrote per-case metrics of %d cases to %s", len(self.rows), out / "metrics.csv")
+        s = self.summary
+        parts = [f"{m} {s[m]['mean']:.4g} +- {s[m]['std']:.3g}" for m in METRICS]
+        log.info(
+            "%d cases (%d with an empty target, %d with an empty prediction): %s; per-case rows in %s",
+            s["count"],
+            s["target_empty"],
+            s["pred_empty"],
+            ", ".join(parts),
+            out / "metrics.csv",
+        )
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _pick(batch, i: int) -> dict:
+    if not isinstance(batch, dict):
+        return {}
+    out = {}
+    for k in ("case", "spacing"):
+        if k in batch:
+            out[k] = batch[k][i]
+    return out
 
 
 def _csv(value) -> str:

@@ -1,0 +1,247 @@
+"""Every bundle: generated configs up to date, model-zoo checks, and train -> evaluate -> infer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, run
+
+from pam_monai.bundle_templates.build import bundle_names
+from pam_monai.bundle_templates.build import main as build_bundles
+from pam_monai.data import discover_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SCHEMA = SHARED / "schema" / "meta_schema_20240725.json"
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
+BUNDLES = bundle_names()
+# small and fast on 2 CPU cores; the workflow is the real one
+SMALL = {
+    "epochs": 1,
+    "batch_size": 8,
+    "num_workers": 0,
+    "network_options": {"features": [8, 16, 32, 64]},
+}
+
+
+def configs(name: str, *files: str) -> list[str]:
+    return [str(ROOT / "bundles" / name / "configs" / f) for f in files]
+
+
+def run_bundle(workflow: str, config_file, **overrides) -> None:
+    run(workflow, config_file=config_file, logging_file=False, **overrides)
+
+
+def test_bundles_are_generated_from_the_templates():
+    assert build_bundles(["--root", str(ROOT / "bundles"), "--check"]) == 0
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_layout_and_overridable_ids(name):
+    root = ROOT / "bundles" / name
+    for rel in (
+        "configs/metadata.json",
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/inference.json",
+        "configs/multi_gpu_train.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+    ):
+        assert (root / rel).is_file(), rel
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    for key in (
+        "bundle_root",
+        "dataset_dir",
+        "data_list_file_path",
+        "ckpt_dir",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "num_workers",
+        "device",
+        "network_name",
+        "training",
+        "run",
+    ):
+        assert key in parser, f"{name}: train.json has no '{key}'"
+    task, net = name.split("_")
+    assert parser["task"] == task and parser["network_name"] == net
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/schema not present")
+@pytest.mark.parametrize("name", BUNDLES)
+def test_verify_metadata_offline(name, tmp_path):
+    from monai.bundle import verify_metadata
+
+    # verify_metadata raises on a schema violation; the existing schema file is used, nothing downloads
+    verify_metadata(meta_file=configs(name, "metadata.json")[0], filepath=str(SCHEMA), hash_val=SCHEMA_MD5)
+
+
+@pytest.mark.parametrize("name", ["brats_fpa", "isles_rfna", "cityscapes_fpa"])
+def test_verify_net_in_out(name):
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=configs(name, "metadata.json")[0],
+        config_file=configs(name, "train.json")[0],
+        device="cpu",
+        n=1,
+        any=1,
+        network_options=SMALL["network_options"],
+    )
+
+
+def nifti(path: Path):
+    img = nib.load(str(path))
+    return img.shape, img.affine
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUNDLES)
+def test_train_evaluate_infer(name, tmp_path):
+    task, _ = name.split("_")
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), **SMALL}
+    run_bundle("training", configs(name, "train.json"), **common)
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_last.pt").is_file()
+    state = torch.load(models / "model.pt", weights_only=True)
+    assert any(k.endswith("weight") for k in state)
+
+    run_bundle("evaluating", configs(name, "train.json", "evaluate.json"), **common)
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty"
+    assert len(rows) >= 2
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["count"] == len(rows) - 1 and "target_empty" in summary
+    for metric in ("iou", "hd95", "fp_rate", "fn_rate"):
+        assert np.isfinite(summary[metric]["mean"])
+
+    synthetic = tmp_path / "synthetic_data"
+    out = tmp_path / "predictions"
+    run_bundle(
+        "inferring",
+        configs(name, "inference.json"),
+        bundle_root=str(tmp_path),
+        input_dir=str(synthetic),
+        output_dir=str(out),
+        network_options=SMALL["network_options"],
+    )
+    written = sorted(out.iterdir())
+    assert written, "inference wrote nothing"
+    if task == "cityscapes":
+        from PIL import Image
+
+        frames = sorted(synthetic.glob("leftImg8bit/*/*/*_leftImg8bit.png"))
+        assert len(written) == len(frames)
+        for png in written:
+            frame = next(f for f in frames if f.name.replace("_leftImg8bit.png", "") in png.name)
+            mask = np.asarray(Image.open(png))
+            assert mask.shape == np.asarray(Image.open(frame)).shape[:2]
+            assert set(np.unique(mask)) <= {0, 255}
+    else:
+        sources = {it["case"]: it["image"][0] for it in discover_cases(task, synthetic)}
+        assert len(written) == len(sources)
+        for seg in written:
+            shape, affine = nifti(Path(sources[seg.name.replace("_seg.nii.gz", "")]))
+            out_shape, out_affine = nifti(seg)
+            assert out_shape == shape
+            np.testing.assert_allclose(out_affine, affine)
+            assert set(np.unique(np.asarray(nib.load(str(seg)).dataobj))) <= {0, 1}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "data" / "brats2018").is_dir(), reason="../shared/data not present")
+def test_inference_on_real_brats_keeps_shape_and_affine(tmp_path):
+    name = "brats_rfna"
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), **SMALL}
+    run_bundle("training", configs(name, "train.json"), **common)
+    out = tmp_path / "real"
+    run_bundle(
+        "inferring",
+        configs(name, "inference.json"),
+        bundle_root=str(tmp_path),
+        input_dir=str(SHARED / "data" / "brats2018"),
+        output_dir=str(out),
+        network_options=SMALL["network_options"],
+    )
+    for case in ("Brats18_2013_2_1", "Brats18_TCIA05_396_1"):
+        shape, affine = nifti(SHARED / "data" / "brats2018" / case / f"{case}_flair.nii.gz")
+        out_shape, out_affine = nifti(out / f"{case}_seg.nii.gz")
+        assert out_shape == shape == (240, 240, 155)
+        np.testing.assert_allclose(out_affine, affine)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["brats_fpa", "brats_rfna"])
+def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
+    from monai.bundle import ckpt_export
+
+    from pam_monai.networks import get_network
+
+    net = get_network(
+        name.split("_")[1], spatial_dims=2, in_channels=4, out_channels=1, options=SMALL["network_options"]
+    ).eval()
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    ts = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(ckpt),
+        meta_file=configs(name, "metadata.json")[0],
+        config_file=configs(name, "train.json")[0],
+        network_options=SMALL["network_options"],
+    )
+    scripted = torch.jit.load(str(ts))
+    x = torch.randn(2, 4, 160, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
+    name = "brats_fpa"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(configs(name, "train.json", "multi_gpu_train.json")),
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(tmp_path / "data"),
+        "--epochs",
+        "1",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--network_options",
+        json.dumps(SMALL["network_options"]),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    errors = [line for line in log.splitlines() if "Error" in line or "error" in line]
+    assert proc.returncode == 0, "\n".join(errors[-30:]) + log[-3000:]
+    assert (tmp_path / "models" / "checkpoint_last.pt").is_file()
+    assert "val_iou" in proc.stdout + proc.stderr
