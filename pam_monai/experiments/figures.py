@@ -1,0 +1,406 @@
+"""Figures like the paper's, as PNG (matplotlib, Agg backend, written atomically).
+
+- :func:`attention_figure` (Figure 4): input slice, then the channel-averaged attention map of
+  the deepest encoder block (the ``bridge`` FPA / RFNA block) of each attention network.
+- :func:`overlay_figure` (Figures 5, 6): per chosen case, the input slice with the ground truth,
+  then each network's prediction on it: TP green, FN red, FP blue, zoomed to the lesion.
+- :func:`ablation_figure` (Figure 7): IoU and HD95 per FPA / RFNA configuration, grouped by
+  depthwise / full convolutions, x = dilation (FPA) or down-sampling ratio (RFNA), one bar per
+  channel expansion, error bars = sample std over runs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ablation_figure",
+    "attention_figure",
+    "display_slice",
+    "make_figures",
+    "overlay_figure",
+    "save_png",
+]
+
+FIGURE_NETWORKS_MAX = 8
+
+TP_COLOUR = (0.1, 0.85, 0.1)
+FN_COLOUR = (0.95, 0.1, 0.1)
+FP_COLOUR = (0.15, 0.35, 1.0)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG through a temporary file and a rename (no half-written PNG), then close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        _pyplot().close(fig)
+    return path
+
+
+def display_slice(image: np.ndarray) -> np.ndarray:
+    """A displayable 2-D image from one preprocessed slice ``C x H x W``: channel 0 (FLAIR for
+    BRATS, CBF for ISLES) as grey values, or RGB for 3 channels of CityScapes; robust min-max."""
+
+    def scale(a: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(a, (1, 99))
+        return np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
+
+    if image.shape[0] == 3:
+        return np.stack([scale(c) for c in image], axis=-1)
+    return scale(image[0])
+
+
+def _rgb(grey: np.ndarray) -> np.ndarray:
+    return grey if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=-1)
+
+
+def overlay(grey: np.ndarray, pred: np.ndarray, target: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """RGB image: ``grey`` with TP green, FN red and FP blue blended in."""
+    out = _rgb(grey).astype(float).copy()
+    for mask, colour in (
+        (pred & target, TP_COLOUR),
+        (~pred & target, FN_COLOUR),
+        (pred & ~target, FP_COLOUR),
+    ):
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(colour)
+    return out
+
+
+def _window(masks: Sequence[np.ndarray], shape: tuple[int, int], margin: int = 12, min_size: int = 48):
+    """A square window around the union of ``masks`` (the whole image when they are empty)."""
+    union = np.zeros(shape, bool)
+    for m in masks:
+        union |= m
+    if not union.any():
+        return 0, shape[0], 0, shape[1]
+    rows, cols = np.nonzero(union)
+    size = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 + 2 * margin
+    size = min(max(size, min_size), min(shape))
+    cr, cc = (rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2
+    r0 = int(np.clip(cr - size // 2, 0, shape[0] - size))
+    c0 = int(np.clip(cc - size // 2, 0, shape[1] - size))
+    return r0, r0 + size, c0, c0 + size
+
+
+def overlay_figure(
+    rows: Sequence[dict],
+    networks: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Figures 5 / 6: one row per case.
+
+    Args:
+        rows: per case ``{"case": str, "slice": int, "image": C x H x W, "target": H x W bool,
+            "preds": {network: H x W bool}, "iou": {network: float}}`` (``iou``: per-case 3-D IoU).
+        networks: column order (labels of ``preds``).
+        path: the PNG to write.
+        title: figure title.
+    """
+    plt = _pyplot()
+    from matplotlib.patches import Patch, Rectangle
+
+    n_rows, n_cols = len(rows), len(networks) + 1
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.5 * n_rows + 0.6), squeeze=False)
+    for i, row in enumerate(rows):
+        grey = display_slice(row["image"])
+        target = row["target"]
+        r0, r1, c0, c1 = _window([target, *row["preds"].values()], target.shape)
+        ax = axes[i, 0]
+        ax.imshow(_rgb(grey), interpolation="nearest")
+        if target.any():
+            ax.contour(target, levels=[0.5], colors=[TP_COLOUR], linewidths=0.8)
+        ax.add_patch(
+            Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="yellow", lw=0.8, ls="--")
+        )
+        ax.set_title(f"{row['case']}\nslice {row['slice']}, ground truth", fontsize=7)
+        for j, net in enumerate(networks, start=1):
+            ax = axes[i, j]
+            img = overlay(grey, row["preds"][net], target)[r0:r1, c0:c1]
+            ax.imshow(img, interpolation="nearest")
+            iou = row.get("iou", {}).get(net)
+            ax.set_title(f"{net}" + (f"\ncase IoU {100 * iou:.1f} %" if iou is not None else ""), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [
+        Patch(color=TP_COLOUR, label="TP"),
+        Patch(color=FN_COLOUR, label="FN"),
+        Patch(color=FP_COLOUR, label="FP"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_png(fig, path)
+
+
+def attention_figure(
+    image: np.ndarray,
+    target: np.ndarray,
+    maps: dict[str, np.ndarray],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Figure 4: the input slice, then each network's channel-averaged bridge attention map.
+
+    Args:
+        image: the slice ``C x H x W``.
+        target: its ground truth ``H x W`` (drawn as a contour on every panel).
+        maps: network label -> attention map (``h x w``, any resolution; shown stretched to ``H x W``).
+        path: the PNG to write.
+    """
+    plt = _pyplot()
+    n = len(maps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.0), squeeze=False)
+    h, w = target.shape
+    ax = axes[0, 0]
+    ax.imshow(_rgb(display_slice(image)), interpolation="nearest")
+    if target.any():
+        ax.contour(target, levels=[0.5], colors=[TP_COLOUR], linewidths=0.8)
+    ax.set_title("input + ground truth", fontsize=8)
+    for ax, (name, amap) in zip(axes[0, 1:], maps.items()):
+        im = ax.imshow(amap, cmap="jet", extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
+        if target.any():
+            ax.contour(target, levels=[0.5], colors="white", linewidths=0.6)
+        ax.set_title(f"{name}\nbridge attention {amap.shape[0]}x{amap.shape[1]}", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def ablation_figure(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Figure 7: one row per block (FPA, RFNA), panels IoU and HD95 x depthwise / full convolutions.
+
+    Args:
+        records: per variant ``{"network": "fpa"|"rfna", "axis": "dilation"|"ratio", "x": int,
+            "depthwise": bool, "expansion": int, "iou": [per-run means], "hd95": [per-run means]}``.
+        path: the PNG to write.
+    """
+    plt = _pyplot()
+    blocks = [b for b in ("fpa", "rfna") if any(r["network"] == b for r in records)]
+    if not blocks:
+        raise ValueError("no FPA / RFNA variant to plot")
+    panels = [("iou", True), ("iou", False), ("hd95", True), ("hd95", False)]
+    fig, axes = plt.subplots(len(blocks), 4, figsize=(14, 3.2 * len(blocks)), squeeze=False)
+    letter = iter("abcdefghijklmnop")
+    for i, block in enumerate(blocks):
+        recs = [r for r in records if r["network"] == block]
+        axis_name = recs[0]["axis"]
+        xs = sorted({r["x"] for r in recs})
+        for j, (metric, depthwise) in enumerate(panels):
+            ax = axes[i, j]
+            group = [r for r in recs if r["depthwise"] == depthwise]
+            conv = "depthwise" if depthwise else "full"
+            ax.set_title(f"({next(letter)}) {block.upper()}, {conv} convs", fontsize=9)
+            if not group:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            expansions = sorted({r["expansion"] for r in group})
+            width = 0.8 / len(expansions)
+            for k, e in enumerate(expansions):
+                label = f"expansion {e}"
+                for x_i, x in enumerate(xs):
+                    found = [r for r in group if r["expansion"] == e and r["x"] == x]
+                    if not found:
+                        continue
+                    vals = np.asarray(found[0][metric], dtype=float) * (100 if metric == "iou" else 1)
+                    err = vals.std(ddof=1) if vals.size > 1 else 0.0
+                    ax.bar(
+                        x_i + (k - (len(expansions) - 1) / 2) * width,
+                        vals.mean(),
+                        width,
+                        yerr=err,
+                        color=f"C{k}",
+                        capsize=2,
+                        label=label,
+                    )
+                    label = None  # one legend entry per expansion
+            ax.set_xticks(range(len(xs)))
+            ax.set_xticklabels([str(x) for x in xs])
+            ax.set_xlabel(axis_name)
+            ax.set_ylabel("IoU (%)" if metric == "iou" else "HD95 (mm)")
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+# ----------------------------------------------------------------------------- from a grid
+def _representative(runs, finished_labels: set, seeds, fold):
+    """Per variant label, its finished run of the first seed on ``fold`` (else another seed)."""
+    out = {}
+    for run in runs:
+        if run.fold != fold or not run.finished():
+            continue
+        label = run.variant.label
+        if label not in out or (run.seed == seeds[0] and out[label].seed != seeds[0]):
+            out[label] = run
+    return {k: v for k, v in out.items() if k in finished_labels}
+
+
+def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) -> list[Path]:
+    """Write the grid's figures into ``ctx.output``; returns the paths written.
+
+    fig5 and fig4 use the first fold's test cases and, per network, its run of the first seed;
+    fig7 is written when the grid has two or more variants of FPA or RFNA.
+    """
+    try:
+        _pyplot()
+    except ImportError:
+        import logging
+
+        logging.getLogger("pam_monai.experiments").warning(
+            "figures: matplotlib is not installed; no figure written"
+        )
+        return []
+    import torch
+
+    from ..engines import CaseDataset
+    from ..metrics import case_metrics
+    from .predict import attention_map, load_network, predict_case
+
+    written: list[Path] = []
+    fold = folds[0]
+    finished_labels = {r.variant for r in results}
+    reps = _representative(runs, finished_labels, seeds, fold)
+    order = [lab for lab in dict.fromkeys(r.variant.label for r in runs) if lab in reps]
+    if networks:
+        missing = [n for n in networks if n not in reps]
+        if missing:
+            raise ValueError(f"figure_networks {missing}: no finished run on fold {fold} (have {order})")
+        order = list(networks)
+    elif len(order) > FIGURE_NETWORKS_MAX:
+        order = order[:FIGURE_NETWORKS_MAX]
+    if not order:
+        return written
+
+    ds = CaseDataset(ctx.fold_data[fold]["test"], ctx.dataset)
+    by_case = {ds[i]["case"]: i for i in range(len(ds))}
+    if cases:
+        unknown = [c for c in cases if c not in by_case]
+        if unknown:
+            raise ValueError(f"figure_cases {unknown} are not test cases of fold {fold}: {sorted(by_case)}")
+        chosen = list(cases)
+    else:
+        fg = {c: float(ds[i]["label"].sum()) for c, i in by_case.items() if "label" in ds[i]}
+        chosen = [c for c in sorted(fg, key=lambda c: -fg[c]) if fg[c] > 0][:2] or sorted(fg)[:1]
+
+    def best_slice(label: np.ndarray) -> int | None:
+        if label.ndim == 2:
+            return None
+        return int(np.argmax(label.reshape(-1, label.shape[-1]).sum(0)))
+
+    def take(arr, k):  # the k-th axial slice of ``... x H x W x D`` (2-D images: unchanged)
+        return arr if k is None else arr[..., k]
+
+    nets = {}
+    for lab in order:
+        run = reps[lab]
+        nets[lab] = load_network(
+            run.variant.network, run.options, ctx.spec.in_channels, run.model, ctx.device
+        )
+
+    rows = []
+    for case in chosen:
+        sample = ds[by_case[case]]
+        image = sample["image"].numpy()
+        label = sample["label"][0].numpy() > 0.5
+        k = best_slice(label)
+        spacing = tuple(float(s) for s in sample["spacing"])
+        preds, ious = {}, {}
+        for lab, net in nets.items():
+            pred = predict_case(net, sample["image"], ctx.slice_batch_size, ctx.device)
+            ious[lab] = case_metrics(pred, label, spacing=spacing)["iou"]
+            preds[lab] = take(pred, k)
+        rows.append(
+            {
+                "case": case,
+                "slice": k if k is not None else 0,
+                "image": take(image, k),
+                "target": take(label, k),
+                "preds": preds,
+                "iou": ious,
+            }
+        )
+    title = f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to the lesion)"
+    written.append(overlay_figure(rows, order, ctx.output / "fig5_overlays.png", title=title))
+
+    # Figure 4: bridge attention of every FPA / RFNA variant (first chosen case, its best slice)
+    row = rows[0]
+    maps = {}
+    for lab, net in nets.items():
+        a = attention_map(net, torch.as_tensor(row["image"]).to(ctx.device))
+        if a is not None:
+            maps[lab] = a
+    if maps:
+        title = f"{row['case']} slice {row['slice']}: channel-mean attention of the deepest encoder block"
+        if any(reps[lab].variant.network == "rfna" for lab in maps):
+            title += " (RFNA is trained on reversed labels)"
+        written.append(
+            attention_figure(row["image"], row["target"], maps, ctx.output / "fig4_attention.png", title)
+        )
+
+    # Figure 7: per FPA / RFNA configuration
+    records = []
+    by_variant: dict[str, list] = {}
+    for r in results:
+        by_variant.setdefault(r.variant, []).append(r)
+    for rs in by_variant.values():
+        r0 = rs[0]
+        axis = r0.extra.get("axis")
+        if axis is None:
+            continue
+        opts = r0.extra["ablation"]
+        records.append(
+            {
+                "network": r0.network,
+                "axis": axis,
+                "x": opts[axis],
+                "depthwise": bool(opts["depthwise"]),
+                "expansion": opts["expansion"],
+                "iou": [r.mean("iou") for r in rs],
+                "hd95": [r.mean("hd95") for r in rs],
+            }
+        )
+    counts = {b: sum(rec["network"] == b for rec in records) for b in ("fpa", "rfna")}
+    records = [rec for rec in records if counts[rec["network"]] >= 2]
+    if records:
+        written.append(
+            ablation_figure(
+                records, ctx.output / "fig7_ablation.png", title=f"{ctx.dataset}: FPA / RFNA configurations"
+            )
+        )
+    return written

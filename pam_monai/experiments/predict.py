@@ -1,0 +1,170 @@
+"""Inference on a finished run's test cases, for what the bundle's evaluation does not write:
+the paper protocol (per-slice aggregation) and the figures (overlays, attention maps).
+
+The prediction is the bundle evaluator's: ``models/model.pt`` (best validation IoU) in the run's
+network, every axial slice through :class:`pam_monai.engines.SliceWiseInferer`, foreground where
+``sigmoid(logit) >= 0.5`` (RFNA returns foreground logits), on the preprocessed grid that
+``eval/metrics.csv`` is computed on.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, load_checkpoint
+from ..metrics import case_metrics
+from ..metrics.paper_protocol import authors_code_metrics, paper_protocol_metrics
+from ..networks import get_network
+
+__all__ = [
+    "PAPER_PROTOCOL_FIELDS",
+    "attention_map",
+    "load_network",
+    "paper_protocol_rows",
+    "predict_case",
+    "read_paper_protocol",
+    "write_paper_protocol",
+]
+
+PAPER_PROTOCOL_FIELDS = (
+    "case",
+    "slices",
+    "target_empty_slices",
+    "pred_empty_slices",
+    "iou",
+    "dice",
+    "hd95",
+    "fp_rate",
+    "fn_rate",
+    "authors_iou",
+    "authors_hd95",
+    "authors_hd95_slices",
+    "authors_fp_rate",
+    "authors_fn_rate",
+    "case_iou",
+)
+
+
+def load_network(
+    network: str, options: dict, in_channels: int, ckpt: str | os.PathLike, device="cpu"
+) -> torch.nn.Module:
+    """The run's network with the weights of ``ckpt`` (``models/model.pt``), in eval mode."""
+    net = get_network(network, spatial_dims=2, in_channels=in_channels, out_channels=1, options=options)
+    net.load_state_dict(load_checkpoint(ckpt, map_location="cpu"))
+    return net.to(device).eval()
+
+
+@torch.no_grad()
+def predict_case(
+    net: torch.nn.Module, image: torch.Tensor, slice_batch_size: int = 32, device="cpu"
+) -> np.ndarray:
+    """Binary foreground mask (``H x W [x D]``, bool) of one preprocessed case ``C x H x W [x D]``."""
+    logits = SliceWiseInferer(slice_batch_size)(image[None].to(device), net)
+    # the bundle's post-processing: Activationsd(sigmoid) + AsDiscreted(threshold=0.5), i.e. >= 0.5
+    return (torch.sigmoid(logits[0, 0].float()) >= 0.5).cpu().numpy()
+
+
+def paper_protocol_rows(
+    net: torch.nn.Module, dataset: CaseDataset, slice_batch_size: int = 32, device="cpu"
+) -> list[dict]:
+    """Per test case: per-slice means with the project's definitions and with the authors' code's.
+
+    ``iou`` .. ``fn_rate`` are the means over the case's axial slices of the honest metrics
+    (empty-mask rule included, HD95 in-plane in mm); ``authors_*`` are the authors' code's
+    (defective) definitions, ``authors_hd95`` over its ``authors_hd95_slices`` eligible slices
+    (empty when none); ``case_iou`` is the per-case 3-D IoU of the same prediction (it equals the
+    evaluator's ``metrics.csv`` value: a check that this is the bundle's prediction).
+    """
+    rows = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if "label" not in sample:
+            raise ValueError(f"{sample['case']}: a test case without a label")
+        pred = predict_case(net, sample["image"], slice_batch_size, device)
+        label = sample["label"][0].numpy() > 0.5
+        if pred.ndim != 3:
+            raise ValueError(
+                "the paper protocol needs volumes (per-slice aggregation); 2-D images have one 'slice'"
+            )
+        spacing = tuple(float(s) for s in sample["spacing"][:3])
+        honest = paper_protocol_metrics(pred, label, axis=-1, spacing=spacing)
+        authors = authors_code_metrics(pred, label, axis=-1)
+        rows.append(
+            {
+                "case": sample["case"],
+                "slices": honest["count"],
+                "target_empty_slices": honest["target_empty"],
+                "pred_empty_slices": honest["pred_empty"],
+                **{m: honest[m]["mean"] for m in ("iou", "dice", "hd95", "fp_rate", "fn_rate")},
+                "authors_iou": authors["authors_code_iou"],
+                "authors_hd95": authors["authors_code_hd95"],
+                "authors_hd95_slices": authors["authors_code_hd95_slices"],
+                "authors_fp_rate": authors["authors_code_fp_rate"],
+                "authors_fn_rate": authors["authors_code_fn_rate"],
+                "case_iou": case_metrics(pred, label, spacing=spacing)["iou"],
+            }
+        )
+    return rows
+
+
+def write_paper_protocol(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PAPER_PROTOCOL_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(
+            {
+                k: "" if r[k] is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
+                for k in PAPER_PROTOCOL_FIELDS
+            }
+        )
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_paper_protocol(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        row: dict = {"case": r["case"]}
+        for k in PAPER_PROTOCOL_FIELDS[1:]:
+            if k.endswith("slices") or k == "slices":
+                row[k] = int(r[k])
+            else:
+                row[k] = float(r[k]) if r[k] != "" else None
+        out.append(row)
+    return out
+
+
+@torch.no_grad()
+def attention_map(net: torch.nn.Module, image2d: torch.Tensor, block: str = "bridge") -> np.ndarray | None:
+    """Channel-averaged attention map of ``net.<block>`` (an FPA / RFNA block) for one slice.
+
+    The block's input is caught with a forward pre-hook during a normal forward pass; FPA's
+    attention is computed from that input (``block.attention(x)``), RFNA's from its main branch's
+    output (``block.attention(block.main(x))``), as in their ``forward``. Returns the map
+    (``h x w`` at the block's resolution, values in (0, 1)) or None when the block has no
+    ``attention`` method (a network without FPA / RFNA).
+    """
+    module = getattr(net, block, None)
+    if module is None or not callable(getattr(module, "attention", None)):
+        return None
+    caught: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda m, args: caught.append(args[0]))
+    try:
+        net(image2d[None])
+    finally:
+        handle.remove()
+    x = caught[0]
+    from ..networks import RFNABlock
+
+    a = module.attention(module.main(x)) if isinstance(module, RFNABlock) else module.attention(x)
+    return a[0].mean(0).float().cpu().numpy()

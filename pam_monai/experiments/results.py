@@ -1,0 +1,341 @@
+"""Tables of an experiment: ``results.csv`` (one row per run and case) and ``results.md``.
+
+Aggregation, as in the paper's tables: each run's metrics are first averaged over its test
+cases, then the table shows mean +- sample std (ddof=1) of those per-run means over the runs
+(seeds x folds) of each network. The per-case metrics are the project's honest ones (see
+:mod:`pam_monai.metrics`): foreground IoU, symmetric surface HD95 in mm, FP/N, FN/P, per 3-D case.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..engines import atomic_write_text
+
+__all__ = [
+    "RESULT_FIELDS",
+    "RunResult",
+    "format_mean_std",
+    "markdown_report",
+    "read_case_metrics",
+    "results_csv",
+]
+
+RESULT_FIELDS = (
+    "dataset",
+    "network",
+    "variant",
+    "options",
+    "seed",
+    "fold",
+    "case",
+    "iou",
+    "dice",
+    "hd95",
+    "fp_rate",
+    "fn_rate",
+    "target_empty",
+    "pred_empty",
+    "params",
+)
+METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
+
+
+def _bool(text: str) -> bool:
+    t = str(text).strip().lower()
+    if t in ("true", "1"):
+        return True
+    if t in ("false", "0"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def read_case_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a run's ``eval/metrics.csv`` (written by :class:`pam_monai.engines.CaseMetrics`)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no case")
+    out = []
+    for r in rows:
+        row = {"case": r["case"], **{m: float(r[m]) for m in METRICS}}
+        row["target_empty"] = _bool(r["target_empty"])
+        row["pred_empty"] = _bool(r["pred_empty"])
+        out.append(row)
+    return out
+
+
+@dataclass
+class RunResult:
+    """One finished run: its identity and its per-case rows (and paper-protocol rows, if any)."""
+
+    dataset: str
+    network: str
+    variant: str
+    options: dict
+    seed: int
+    fold: int
+    params: int
+    cases: list[dict]
+    paper_protocol: list[dict] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def mean(self, metric: str) -> float:
+        return float(np.mean([c[metric] for c in self.cases]))
+
+    @property
+    def empty_targets(self) -> int:
+        return sum(c["target_empty"] for c in self.cases)
+
+    @property
+    def missed(self) -> int:
+        return sum(c["pred_empty"] and not c["target_empty"] for c in self.cases)
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def results_csv(runs: Sequence[RunResult]) -> str:
+    """``results.csv``: one row per (run, case), columns :data:`RESULT_FIELDS`."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RESULT_FIELDS)
+    for r in runs:
+        opts = json.dumps(r.options, sort_keys=True, separators=(",", ":"))
+        for c in r.cases:
+            writer.writerow(
+                [r.dataset, r.network, r.variant, opts, r.seed, r.fold, c["case"]]
+                + [_cell(c[m]) for m in METRICS]
+                + [_cell(c["target_empty"]), _cell(c["pred_empty"]), r.params]
+            )
+    return buf.getvalue()
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    if value != 0 and abs(value) < 10 ** (-digits):
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}"
+
+
+def format_mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``"66.48 ± 1.04"``: mean ± sample std (ddof=1); one value: ``"66.48 ± n/a"``.
+
+    Values below ``10**-digits`` (in the scaled unit) are written in scientific notation, so a
+    tiny FP rate shows as ``3.2e-03`` rather than ``0.00``.
+    """
+    v = np.asarray(values, dtype=float) * scale
+    if v.size == 0:
+        return "n/a"
+    std = _fmt(float(v.std(ddof=1)), digits) if v.size > 1 else "n/a"
+    return f"{_fmt(float(v.mean()), digits)} ± {std}"
+
+
+def _range(values: Sequence[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _groups(runs: Sequence[RunResult], order: Sequence[str]) -> list[tuple[str, list[RunResult]]]:
+    by: dict[str, list[RunResult]] = {}
+    for r in runs:
+        by.setdefault(r.variant, []).append(r)
+    return [(v, by[v]) for v in order if v in by]
+
+
+def _pooled(rows: Sequence[dict], key: str, weight: str) -> float | None:
+    w = np.asarray([r[weight] for r in rows if r[key] is not None], dtype=float)
+    v = np.asarray([r[key] for r in rows if r[key] is not None], dtype=float)
+    if w.sum() == 0:
+        return None
+    return float((v * w).sum() / w.sum())
+
+
+def paper_protocol_means(run: RunResult) -> dict:
+    """A run's per-slice means, pooled over all slices of all its test cases (the paper protocol)."""
+    rows = run.paper_protocol or []
+    out = {m: _pooled(rows, m, "slices") for m in METRICS}
+    out.update(
+        {
+            "authors_iou": _pooled(rows, "authors_iou", "slices"),
+            "authors_hd95": _pooled(rows, "authors_hd95", "authors_hd95_slices"),
+            "authors_fp_rate": _pooled(rows, "authors_fp_rate", "slices"),
+            "authors_fn_rate": _pooled(rows, "authors_fn_rate", "slices"),
+            "slices": sum(r["slices"] for r in rows),
+            "target_empty_slices": sum(r["target_empty_slices"] for r in rows),
+            "authors_hd95_slices": sum(r["authors_hd95_slices"] for r in rows),
+        }
+    )
+    return out
+
+
+def markdown_report(
+    runs: Sequence[RunResult],
+    *,
+    dataset: str,
+    dataset_title: str,
+    synthetic: bool,
+    data_root: str,
+    order: Sequence[str],
+    planned: int,
+    command: str | None = None,
+    settings: dict | None = None,
+    paper_protocol: bool = False,
+    figures: Sequence[str] = (),
+) -> str:
+    """``results.md``: the paper's table layout over the finished ``runs``."""
+    lines: list[str] = []
+    data = f"**SYNTHETIC** stand-in for {dataset_title}" if synthetic else dataset_title
+    lines.append(f"# Results: {dataset} ({'SYNTHETIC data' if synthetic else 'real data'})")
+    lines.append("")
+    if synthetic:
+        lines.append(
+            f"> Data: {data} ({data_root}). These numbers test the pipeline; they say nothing about "
+            "the real data set or the paper's claims."
+        )
+    else:
+        lines.append(f"> Data: {data} ({data_root}).")
+    lines.append("")
+    lines.append(
+        "Honest per-case metrics (each test case = one 3-D volume, on the preprocessed grid the "
+        "networks see): foreground IoU (Jaccard), HD95 = 95th percentile of the symmetric surface "
+        "distance in mm, FP rate = FP / N (N = target background voxels), FN rate = FN / P "
+        "(P = target foreground voxels); empty masks follow the documented rule of "
+        "`pam_monai.metrics` (no case is ever dropped). Each run's metrics are averaged over its "
+        "test cases first; the table gives mean ± sample std (ddof=1) of those per-run means over "
+        "the runs (seeds x folds) of each network."
+    )
+    lines.append("")
+    done = len(runs)
+    lines.append(
+        f"Runs finished: {done} of {planned}." + ("" if done == planned else " **The grid is incomplete.**")
+    )
+    if command:
+        lines.append("")
+        lines.append(f"Command: `{command}`")
+    if settings:
+        lines.append("")
+        lines.append("Settings: " + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sorted(settings.items())))
+    lines.append("")
+    if not runs:
+        lines.append("No finished run yet.")
+        return "\n".join(lines) + "\n"
+
+    lines.append(
+        "| Networks | IoU (%) | HD95 (mm) | FP (%) | FN (%) | Params (M) | runs | cases/run | empty targets/run | missed cases |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    groups = _groups(runs, order)
+    for variant, rs in groups:
+        cells = [
+            format_mean_std([r.mean("iou") for r in rs], 100),
+            format_mean_std([r.mean("hd95") for r in rs]),
+            format_mean_std([r.mean("fp_rate") for r in rs], 100),
+            format_mean_std([r.mean("fn_rate") for r in rs], 100),
+            f"{rs[0].params / 1e6:.2f}",
+            str(len(rs)),
+            _range([len(r.cases) for r in rs]),
+            _range([r.empty_targets for r in rs]),
+            str(sum(r.missed for r in rs)),
+        ]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "`missed cases`: cases with target foreground and an empty prediction, summed over runs "
+        "(each scores IoU 0, FN rate 100 %, HD95 = the image diagonal)."
+    )
+    lines.append("")
+    lines.append("### Per run (means over the run's test cases)")
+    lines.append("")
+    lines.append("| Networks | seed | fold | IoU (%) | Dice (%) | HD95 (mm) | FP (%) | FN (%) | cases |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for variant, rs in groups:
+        for r in sorted(rs, key=lambda r: (r.fold, r.seed)):
+            lines.append(
+                f"| {variant} | {r.seed} | {r.fold} | {_fmt(100 * r.mean('iou'))} | {_fmt(100 * r.mean('dice'))} | "
+                f"{_fmt(r.mean('hd95'))} | {_fmt(100 * r.mean('fp_rate'))} | {_fmt(100 * r.mean('fn_rate'))} | {len(r.cases)} |"
+            )
+
+    if paper_protocol:
+        lines += ["", *_paper_protocol_section(groups)]
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _paper_protocol_section(groups) -> list[str]:
+    lines = [
+        "## PAPER PROTOCOL: per-slice aggregation (for comparison with the paper only)",
+        "",
+        "> NOT the project's result. Every axial slice of every test case is scored on its own "
+        "and the scores are averaged over all slices of the run (pooled over cases), as the "
+        "paper's tables do; then mean ± sample std over runs. Slices without tumour dominate "
+        "these means, so they are not comparable with the per-case table above.",
+        "",
+    ]
+    missing = [v for v, rs in groups if any(r.paper_protocol is None for r in rs)]
+    if missing:
+        lines.append(f"Not available for: {', '.join(missing)} (no paper-protocol file).")
+        lines.append("")
+    groups = [(v, rs) for v, rs in groups if all(r.paper_protocol is not None for r in rs)]
+    if not groups:
+        return lines
+    means = {v: [paper_protocol_means(r) for r in rs] for v, rs in groups}
+
+    def col(v: str, key: str, scale: float = 1.0) -> str:
+        vals = [m[key] for m in means[v] if m[key] is not None]
+        return format_mean_std(vals, scale) if vals else "n/a"
+
+    lines.append(
+        "### (a) Per slice, project definitions (empty-mask rule per slice: a slice where both "
+        "masks are empty scores IoU 1, HD95 0; HD95 in-plane, mm)"
+    )
+    lines.append("")
+    lines.append(
+        "| Networks | IoU (%) | HD95 (mm) | FP (%) | FN (%) | slices/run | empty-target slices/run |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for v, _ in groups:
+        m = means[v]
+        lines.append(
+            f"| {v} | {col(v, 'iou', 100)} | {col(v, 'hd95')} | {col(v, 'fp_rate', 100)} | {col(v, 'fn_rate', 100)} | "
+            f"{_range([x['slices'] for x in m])} | {_range([x['target_empty_slices'] for x in m])} |"
+        )
+    lines.append("")
+    lines.append(
+        "### (b) Per slice, the authors' code's definitions (DEFECTIVE, REFERENCE.md section 7): "
+        "IoU = mean of background and foreground Dice; HD95 in pixels over all foreground pixels, "
+        "only on slices where both masks have > 1 pixel; FN rate 1.0 on slices without tumour"
+    )
+    lines.append("")
+    lines.append("| Networks | IoU (%) | HD95 (px) | FP (%) | FN (%) | HD95 slices/run |")
+    lines.append("|---|---|---|---|---|---|")
+    for v, _ in groups:
+        m = means[v]
+        lines.append(
+            f"| {v} | {col(v, 'authors_iou', 100)} | {col(v, 'authors_hd95')} | {col(v, 'authors_fp_rate', 100)} | "
+            f"{col(v, 'authors_fn_rate', 100)} | {_range([x['authors_hd95_slices'] for x in m])} |"
+        )
+    return lines
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_text(path, text)
+
+
+def finite_or_none(x) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)

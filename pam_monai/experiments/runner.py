@@ -1,0 +1,762 @@
+"""The experiment runner: train and evaluate every (network, seed, fold) through the bundle,
+resume a half-finished grid, and write the paper's tables and figures.
+
+    python -m pam_monai experiment --dataset brats --networks fpa,unet --seeds 2 --epochs 2 --output DIR
+    python -m pam_monai experiment --preset table6 --seeds 3 --output DIR
+    python -m pam_monai experiment --networks 'fpa[dilation=6,depthwise=false,expansion=2]' --output DIR
+
+Layout of ``DIR``::
+
+    experiment.json                      the grid and its settings (rewritten by every call)
+    runs.jsonl                           one line per run started / finished / failed / interrupted
+    runs/<variant>/seed<k>/fold<f>/      a run's bundle_root: models/, eval/metrics.csv, done.json
+    results.csv  results.md              one row per (run, case); the paper's table layout
+    fig4_attention.png fig5_overlays.png fig7_ablation.png
+    synthetic_data/  cache/              synthetic stand-in (when DIR/data holds no data set), slice cache
+
+A run is finished when its ``eval/metrics.csv`` and its ``done.json`` exist; ``done.json`` is
+written last, atomically, with the run's parameters. Re-running the same command skips finished
+runs, resumes an interrupted one from ``models/checkpoint_last.pt`` (the bundle's
+``resume=True``), and redoes a run that left no checkpoint. A finished run made with other
+settings (``--epochs`` ...) is an error, not silently mixed into the table.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import re
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import get_spec
+from ..engines import atomic_write_text
+from .results import RunResult, markdown_report, read_case_metrics, results_csv
+from .variants import (
+    ABLATION_AXIS,
+    Variant,
+    ablation_options,
+    effective_options,
+    parse_networks,
+    preset_networks,
+)
+
+__all__ = ["ExperimentResult", "Run", "experiment", "run_experiment"]
+
+log = logging.getLogger("pam_monai.experiments")
+
+MARKER = "done.json"
+STARTED = "run.json"
+VERSION = 1
+# bundle ids the runner sets itself for every run
+RESERVED = ("bundle_root", "network_name", "seed", "fold", "resume", "data", "data_seed", "task")
+# overrides that do not change a run's result (not compared when resuming)
+NO_EFFECT = ("num_workers", "device", "cache_dir", "synthetic_dir", "logging_file")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (variant, seed, fold) of the grid; ``dir`` is its bundle_root."""
+
+    variant: Variant
+    seed: int
+    fold: int
+    root: Path
+    options: dict = field(hash=False, compare=False, default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "runs" / self.variant.dirname / f"seed{self.seed}" / f"fold{self.fold}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.label} seed {self.seed} fold {self.fold}"
+
+    @property
+    def marker(self) -> Path:
+        return self.dir / MARKER
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.dir / "eval" / "metrics.csv"
+
+    @property
+    def paper_protocol_csv(self) -> Path:
+        return self.dir / "eval" / "paper_protocol.csv"
+
+    @property
+    def checkpoint_last(self) -> Path:
+        return self.dir / "models" / "checkpoint_last.pt"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "models" / "model.pt"
+
+    def finished(self) -> bool:
+        return self.marker.is_file() and self.metrics_csv.is_file()
+
+    def identity(self, settings: dict) -> dict:
+        """What done.json / run.json record and what a later call must match."""
+        return _jsonable(
+            {
+                "network": self.variant.network,
+                "variant": self.variant.label,
+                "options": self.options,
+                "seed": self.seed,
+                "fold": self.fold,
+                "settings": settings,
+            }
+        )
+
+
+@dataclass
+class ExperimentResult:
+    """What :func:`run_experiment` did: runs executed now, runs found finished, files written
+    (``finished``: the runs finished when it returned)."""
+
+    output: Path
+    runs: list[Run]
+    finished: list[Run]
+    executed: list[Run]
+    skipped: list[Run]
+    failed: list[tuple[Run, str]]
+    results_csv: Path | None
+    results_md: Path | None
+    figures: list[Path]
+    synthetic: bool
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == len(self.runs)
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _as_list(value, name: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            out += _as_list(v, name)
+        return out
+    if isinstance(value, int):
+        return [value]
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _seeds(seeds) -> list[int]:
+    """``3`` -> [0, 1, 2] (a count); ``[0, 5]`` or ``"0,5"`` -> those seeds."""
+    if isinstance(seeds, bool):
+        raise ValueError(f"seeds: expected a count or a list, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        return list(range(seeds))
+    if isinstance(seeds, str) and "," not in seeds and seeds.strip().isdigit():
+        return _seeds(int(seeds))
+    out = [int(s) for s in _as_list(seeds, "seeds")]
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"seeds: expected a count or distinct seeds, got {seeds!r}")
+    return out
+
+
+def _folds(folds, dataset: str) -> list[int]:
+    if str(folds).strip().lower() == "all":
+        out = list(range(5)) if dataset == "brats" else [0]
+    else:
+        out = [int(f) for f in _as_list(folds, "folds")]
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"folds: expected distinct fold numbers or 'all', got {folds!r}")
+    if dataset == "brats":
+        bad = [f for f in out if not 0 <= f < 5]
+        if bad:
+            raise ValueError(f"brats folds are 0..4, got {bad}")
+    elif out != [0]:
+        raise ValueError(f"{dataset} has one fixed split (fold 0 only), got folds {out}")
+    return out
+
+
+def _variants(networks, preset) -> list[Variant]:
+    specs: list[str] = []
+    if preset:
+        for p in _as_list(preset, "preset"):
+            specs += preset_networks(p)
+    if networks is not None:
+        specs += [networks] if isinstance(networks, str) else [str(n) for n in networks]
+    if not specs:
+        specs = ["fpa", "rfna"]
+    return parse_networks(specs)
+
+
+def bundle_configs(dataset: str, output: Path) -> tuple[Path, Path]:
+    """``(train.json, evaluate.json)`` of the data set's bundle: the repository's
+    ``bundles/<dataset>_fpa/configs`` when present, else rendered from the templates into
+    ``<output>/bundle/configs`` (an installed package has no ``bundles/``)."""
+    import pam_monai
+
+    configs = Path(pam_monai.__file__).resolve().parents[1] / "bundles" / f"{dataset}_fpa" / "configs"
+    if not ((configs / "train.json").is_file() and (configs / "evaluate.json").is_file()):
+        from ..bundle_templates.build import bundle_files
+
+        target = output / "bundle"
+        for rel, text in bundle_files(dataset, "fpa").items():
+            atomic_write_text(target / rel, text)
+        configs = target / "configs"
+    return configs / "train.json", configs / "evaluate.json"
+
+
+def _device_expr(device: str) -> str:
+    device = str(device).strip()
+    if not re.fullmatch(r"[a-z]+(:\d+)?", device):
+        raise ValueError(f"device: expected e.g. 'cpu' or 'cuda:0', got {device!r}")
+    return f"$torch.device('{device}')"
+
+
+def _append_event(path: Path, **event) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}) + "\n")
+
+
+def _count_params(variant: Variant, options: dict, in_channels: int) -> int:
+    from ..networks import get_network
+
+    net = get_network(
+        variant.network, spatial_dims=2, in_channels=in_channels, out_channels=1, options=options
+    )
+    return sum(p.numel() for p in net.parameters())
+
+
+class _Bundle:
+    """Runs the bundle's training and evaluation in this process (MONAI ``ConfigWorkflow``)."""
+
+    def __init__(self, train_json: Path, evaluate_json: Path) -> None:
+        self.train_json = train_json
+        self.evaluate_json = evaluate_json
+
+    def _workflow(self, files: Sequence[Path], run_id: str, overrides: dict, resume: bool = False):
+        from monai.bundle import ConfigWorkflow
+
+        wf = ConfigWorkflow(
+            config_file=[str(f) for f in files],
+            meta_file=str(files[0].parent / "metadata.json"),
+            logging_file=False,
+            run_id=run_id,
+            workflow_type=None,
+            **overrides,
+        )
+        parser = wf.parser
+        # the split and the synthetic stand-in follow data_seed, not the training seed, so that
+        # the seeds of a grid repeat training on the SAME data (the bundle passes seed=@seed)
+        data_expr = parser.get("data")
+        if not isinstance(data_expr, str) or "seed=@seed" not in data_expr:
+            raise RuntimeError(f"{files[0]}: cannot find 'seed=@seed' in the 'data' expression {data_expr!r}")
+        parser["data"] = data_expr.replace("seed=@seed", "seed=@data_seed")
+        if resume:
+            # BestCheckpoint must keep comparing against the interrupted run's best value
+            for i, h in enumerate(parser.get("validate#handlers", [])):
+                if isinstance(h, dict) and str(h.get("_target_", "")).endswith("BestCheckpoint"):
+                    parser[f"validate#handlers#{i}#resume"] = True
+        return wf
+
+    def _run(self, files: Sequence[Path], run_id: str, overrides: dict, resume: bool = False) -> None:
+        wf = self._workflow(files, run_id, overrides, resume)
+        wf.initialize()
+        try:
+            wf.run()
+        finally:
+            wf.finalize()
+            del wf
+            gc.collect()
+
+    def train(self, overrides: dict, resume: bool) -> None:
+        self._run([self.train_json], "training", {**overrides, "resume": resume}, resume=resume)
+
+    def evaluate(self, overrides: dict) -> None:
+        self._run([self.train_json, self.evaluate_json], "evaluating", overrides)
+
+
+def _execute(run: Run, bundle: _Bundle, overrides: dict, identity: dict, ctx: _Context) -> dict:
+    """Train, evaluate (and score the paper protocol of) one run; write its marker last."""
+    started = time.time()
+    resume = False
+    if run.dir.is_dir():
+        prior = run.dir / STARTED
+        same = prior.is_file() and json.loads(prior.read_text()).get("identity") == identity
+        if same and run.checkpoint_last.is_file():
+            resume = True
+        else:
+            for sub in ("models", "eval"):
+                shutil.rmtree(run.dir / sub, ignore_errors=True)
+            for name in (MARKER, STARTED):
+                (run.dir / name).unlink(missing_ok=True)
+    atomic_write_text(
+        run.dir / STARTED,
+        json.dumps({"identity": identity, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n",
+    )
+    run_overrides = {
+        **overrides,
+        "bundle_root": str(run.dir),
+        "network_name": run.variant.network,
+        "network_options": run.options,
+        "seed": run.seed,
+        "fold": run.fold,
+    }
+    bundle.train(run_overrides, resume=resume)
+    if not run.model.is_file():
+        raise RuntimeError(f"{run.name}: training wrote no {run.model}")
+    bundle.evaluate(run_overrides)
+    if not run.metrics_csv.is_file():
+        raise RuntimeError(f"{run.name}: evaluation wrote no {run.metrics_csv}")
+    if ctx.paper_protocol and ctx.spec.volumetric:
+        _score_paper_protocol(run, ctx)
+    cases = read_case_metrics(run.metrics_csv)
+    done = {
+        **identity,
+        "params": ctx.params[run.variant],
+        "resumed": resume,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seconds": round(time.time() - started, 2),
+        "test_cases": len(cases),
+        "test_iou_mean": sum(c["iou"] for c in cases) / len(cases),
+        "version": VERSION,
+    }
+    atomic_write_text(run.marker, json.dumps(done, indent=2) + "\n")  # LAST: the run is finished
+    return done
+
+
+@dataclass
+class _Context:
+    dataset: str
+    spec: Any
+    output: Path
+    fold_data: dict
+    params: dict
+    paper_protocol: bool
+    device: str
+    slice_batch_size: int
+
+
+def _score_paper_protocol(run: Run, ctx: _Context) -> None:
+    from ..engines import CaseDataset
+    from .predict import load_network, paper_protocol_rows, write_paper_protocol
+
+    net = load_network(run.variant.network, run.options, ctx.spec.in_channels, run.model, ctx.device)
+    ds = CaseDataset(ctx.fold_data[run.fold]["test"], ctx.dataset)
+    write_paper_protocol(
+        paper_protocol_rows(net, ds, ctx.slice_batch_size, ctx.device), run.paper_protocol_csv
+    )
+
+
+def _check_finished(run: Run, identity: dict) -> None:
+    done = json.loads(run.marker.read_text())
+    recorded = {k: done.get(k) for k in identity}
+    if recorded != identity:
+        diff = [k for k in identity if recorded.get(k) != identity[k]]
+        detail = ""
+        if "settings" in diff:
+            a, b = recorded.get("settings") or {}, identity["settings"]
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            detail = "; settings differ in " + ", ".join(
+                f"{k}: {a.get(k)!r} (done) vs {b.get(k)!r} (now)" for k in keys
+            )
+        raise ValueError(
+            f"{run.dir} was finished with other parameters ({', '.join(diff)}{detail}). "
+            "Use a new --output for new settings, or delete that run to redo it."
+        )
+
+
+def run_experiment(
+    dataset: str = "brats",
+    networks: str | Iterable[str] | None = None,
+    seeds: int | Iterable[int] = 1,
+    folds: int | str | Iterable[int] = "0",
+    output: str = "experiments/run",
+    preset: str | None = None,
+    paper_protocol: bool = False,
+    figures: bool = True,
+    data_seed: int = 0,
+    max_runs: int | None = None,
+    keep_going: bool = False,
+    threads: int | None = None,
+    figure_cases: str | Iterable[str] | None = None,
+    figure_networks: str | Iterable[str] | None = None,
+    command: str | None = None,
+    **overrides,
+) -> ExperimentResult:
+    """The runner behind :func:`experiment` (same arguments); returns what it did."""
+    import torch
+
+    dataset = str(dataset).lower()
+    spec = get_spec(dataset)
+    variants = _variants(networks, preset)
+    seed_list = _seeds(seeds)
+    fold_list = _folds(folds, dataset)
+    output_dir = Path(output).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    bad = sorted(set(overrides) & set(RESERVED))
+    if bad:
+        raise ValueError(
+            f"{bad}: set by the runner for each run (use --seeds, --folds, --networks, --data_seed)"
+        )
+    threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run_grid(
+            dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
+            output_dir=output_dir, paper_protocol=bool(paper_protocol), figures=bool(figures),
+            data_seed=int(data_seed), max_runs=max_runs, keep_going=bool(keep_going),
+            figure_cases=figure_cases, figure_networks=figure_networks, command=command, overrides=overrides,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_grid(
+    *,
+    dataset,
+    spec,
+    variants,
+    seed_list,
+    fold_list,
+    output_dir,
+    paper_protocol,
+    figures,
+    data_seed,
+    max_runs,
+    keep_going,
+    figure_cases,
+    figure_networks,
+    command,
+    overrides,
+) -> ExperimentResult:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..engines import prepare_data
+
+    global_options = dict(overrides.pop("network_options", None) or {})
+    overrides.setdefault("dataset_dir", str(output_dir / "data"))
+    overrides.setdefault("synthetic_dir", str(output_dir / "synthetic_data"))
+    overrides.setdefault("cache_dir", str(output_dir / "cache"))
+    for key in ("dataset_dir", "synthetic_dir", "cache_dir", "data_list_file_path"):
+        if overrides.get(key):
+            overrides[key] = str(Path(overrides[key]).resolve())
+    device = (
+        str(overrides["device"])
+        if "device" in overrides
+        else ("cuda:0" if torch.cuda.is_available() else "cpu")
+    )
+    bundle_overrides = {**overrides, "data_seed": int(data_seed)}
+    if "device" in bundle_overrides:
+        bundle_overrides["device"] = _device_expr(bundle_overrides["device"])
+    settings = _jsonable(
+        {
+            "dataset": dataset,
+            "data_seed": int(data_seed),
+            **{k: v for k, v in overrides.items() if k not in NO_EFFECT},
+        }
+    )
+
+    runs = [
+        Run(v, s, f, output_dir, effective_options(v, global_options))
+        for v in variants
+        for f in fold_list
+        for s in seed_list
+    ]
+    params = {v: _count_params(v, effective_options(v, global_options), spec.in_channels) for v in variants}
+
+    fold_data = {
+        f: prepare_data(
+            dataset,
+            overrides["dataset_dir"],
+            overrides.get("data_list_file_path") or None,
+            fold=f,
+            synthetic_dir=overrides["synthetic_dir"],
+            seed=int(data_seed),
+            check=False,
+        )
+        for f in fold_list
+    }
+    synthetic = any(d["synthetic"] for d in fold_data.values())
+    data_root = str(fold_data[fold_list[0]]["root"])
+    ctx = _Context(
+        dataset,
+        spec,
+        output_dir,
+        fold_data,
+        params,
+        bool(paper_protocol),
+        device,
+        int(overrides.get("batch_size", 32)),
+    )
+    atomic_write_text(
+        output_dir / "experiment.json",
+        json.dumps(
+            _jsonable(
+                {
+                    "command": command,
+                    "dataset": dataset,
+                    "synthetic": synthetic,
+                    "data_root": data_root,
+                    "networks": [v.label for v in variants],
+                    "seeds": seed_list,
+                    "folds": fold_list,
+                    "network_options": global_options,
+                    "settings": settings,
+                    "runs": len(runs),
+                }
+            ),
+            indent=2,
+        )
+        + "\n",
+    )
+
+    skipped, pending = [], []
+    for run in runs:
+        if run.finished():
+            _check_finished(run, run.identity(settings))
+            skipped.append(run)
+        else:
+            pending.append(run)
+    if max_runs is not None:
+        pending = pending[: max(int(max_runs), 0)]
+    log.info(
+        "experiment %s: %d runs (%d networks x %d seeds x %d folds); %d finished, %d to run now",
+        output_dir,
+        len(runs),
+        len(variants),
+        len(seed_list),
+        len(fold_list),
+        len(skipped),
+        len(pending),
+    )
+    if synthetic:
+        log.warning(
+            "experiment: the data are a SYNTHETIC stand-in (%s); results say nothing about %s",
+            data_root,
+            spec.title,
+        )
+
+    bundle = _Bundle(*bundle_configs(dataset, output_dir))
+    events = output_dir / "runs.jsonl"
+    executed: list[Run] = []
+    failed: list[tuple[Run, str]] = []
+    bar = tqdm(total=len(runs), initial=len(skipped), desc="experiment", unit="run", file=sys.stderr)
+    try:
+        for i, run in enumerate(pending, start=1):
+            identity = run.identity(settings)
+            log.info(
+                "experiment: run %d/%d now (%d of %d in the grid): %s -> %s",
+                i,
+                len(pending),
+                len(skipped) + i,
+                len(runs),
+                run.name,
+                run.dir,
+            )
+            _append_event(events, event="start", run=str(run.dir.relative_to(output_dir)))
+            try:
+                done = _execute(run, bundle, bundle_overrides, identity, ctx)
+            except KeyboardInterrupt:
+                _append_event(events, event="interrupted", run=str(run.dir.relative_to(output_dir)))
+                log.warning(
+                    "experiment: interrupted during %s; re-run the same command to continue", run.name
+                )
+                raise
+            except Exception as e:
+                _append_event(events, event="failed", run=str(run.dir.relative_to(output_dir)), error=repr(e))
+                if not keep_going:
+                    raise
+                log.error(
+                    "experiment: %s failed (%s: %s); going on (--keep_going)", run.name, type(e).__name__, e
+                )
+                failed.append((run, f"{type(e).__name__}: {e}"))
+                continue
+            executed.append(run)
+            _append_event(
+                events, event="done", run=str(run.dir.relative_to(output_dir)), seconds=done["seconds"]
+            )
+            log.info(
+                "experiment: finished %s in %.1f s%s: test IoU %.4f over %d cases",
+                run.name,
+                done["seconds"],
+                " (resumed)" if done["resumed"] else "",
+                done["test_iou_mean"],
+                done["test_cases"],
+            )
+            bar.update(1)
+    finally:
+        bar.close()
+
+    finished = [r for r in runs if r.finished()]
+    if paper_protocol and spec.volumetric:
+        for run in finished:
+            if not run.paper_protocol_csv.is_file():
+                log.info("experiment: paper protocol of %s (inference on its test cases)", run.name)
+                _score_paper_protocol(run, ctx)
+    elif paper_protocol:
+        log.warning(
+            "experiment: %s cases are single 2-D images: the per-slice protocol equals the per-case one",
+            dataset,
+        )
+
+    results = [_run_result(run, ctx, paper_protocol and spec.volumetric) for run in finished]
+    csv_path = atomic_write_text(output_dir / "results.csv", results_csv(results))
+    figure_paths: list[Path] = []
+    if figures and finished:
+        from .figures import make_figures
+
+        figure_paths = make_figures(
+            runs=runs,
+            results=results,
+            ctx=ctx,
+            seeds=seed_list,
+            folds=fold_list,
+            cases=_as_list(figure_cases, "figure_cases") or None,
+            networks=[v.label for v in parse_networks(figure_networks)] if figure_networks else None,
+        )
+    md = markdown_report(
+        results,
+        dataset=dataset,
+        dataset_title=spec.title,
+        synthetic=synthetic,
+        data_root=data_root,
+        order=[v.label for v in variants],
+        planned=len(runs),
+        command=command,
+        settings={**settings, "network_options": global_options} if global_options else settings,
+        paper_protocol=paper_protocol and spec.volumetric,
+        figures=[p.name for p in figure_paths],
+    )
+    md_path = atomic_write_text(output_dir / "results.md", md)
+    log.info(
+        "experiment: %d of %d runs finished; wrote %s and %s", len(finished), len(runs), csv_path, md_path
+    )
+    result = ExperimentResult(
+        output_dir, runs, finished, executed, skipped, failed, csv_path, md_path, figure_paths, synthetic
+    )
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} run(s) failed (results of the others are in {md_path}): "
+            + "; ".join(f"{r.name}: {e}" for r, e in failed)
+        )
+    return result
+
+
+def _run_result(run: Run, ctx: _Context, with_paper_protocol: bool) -> RunResult:
+    from .predict import read_paper_protocol
+
+    pp = None
+    if with_paper_protocol and run.paper_protocol_csv.is_file():
+        pp = read_paper_protocol(run.paper_protocol_csv)
+    return RunResult(
+        dataset=ctx.dataset,
+        network=run.variant.network,
+        variant=run.variant.label,
+        options=run.options,
+        seed=run.seed,
+        fold=run.fold,
+        params=ctx.params[run.variant],
+        cases=read_case_metrics(run.metrics_csv),
+        paper_protocol=pp,
+        extra={"ablation": ablation_options(run.variant), "axis": ABLATION_AXIS.get(run.variant.network)},
+    )
+
+
+def experiment(
+    dataset: str = "brats",
+    networks: str | None = None,
+    seeds: int = 1,
+    folds: str = "0",
+    output: str = "experiments/run",
+    preset: str | None = None,
+    paper_protocol: bool = False,
+    figures: bool = True,
+    data_seed: int = 0,
+    max_runs: int | None = None,
+    keep_going: bool = False,
+    threads: int | None = None,
+    figure_cases: str | None = None,
+    figure_networks: str | None = None,
+    **overrides,
+) -> str:
+    """Train and evaluate every (network, seed, fold) through the data set's bundle, then write
+    ``results.csv``, ``results.md`` and the figures into ``output``. Re-running the same command
+    continues an interrupted grid: finished runs are skipped, an interrupted run is resumed from
+    its last checkpoint.
+
+    Args:
+        dataset: brats (5-fold cross-validation), isles or cityscapes (one fixed split).
+        networks: comma-separated registry names, each optionally with options:
+            ``fpa,rfna,unet`` or ``'fpa[dilation=6,depthwise=false,expansion=2]'``. Default
+            ``fpa,rfna`` (or only the preset's networks when --preset is given).
+        seeds: a number of seeds (3 -> seeds 0, 1, 2) or a list ``0,5``. Seeds repeat the
+            training on the same split.
+        folds: BRATS folds, e.g. ``0`` or ``0,1,2,3,4`` or ``all``.
+        output: experiment folder (see the module docstring for its layout).
+        preset: the paper's experiments: table5, table6, fig7_fpa, fig7_rfna (networks given as
+            well are added after the preset's).
+        paper_protocol: also score every test slice on its own and add the PAPER PROTOCOL
+            tables (per-slice aggregation, clearly labelled; for comparison with the paper only).
+        figures: write fig4_attention.png, fig5_overlays.png and (for FPA / RFNA variants)
+            fig7_ablation.png (needs matplotlib).
+        data_seed: seed of the datalist's split and of a synthetic stand-in (the same for every run).
+        max_runs: run at most this many of the unfinished runs now, then write the tables.
+        keep_going: after a failed run, go on with the next one (and fail at the end).
+        threads: torch CPU threads (on a busy CPU, 1 can be several times faster than the default).
+        figure_cases: case IDs for fig5 (default: the two test cases of the first fold with the
+            most foreground).
+        figure_networks: networks (labels) for fig5 (default: every network of the grid, at most 8).
+        **overrides: passed to every bundle run: --epochs, --batch_size, --learning_rate,
+            --num_workers, --dataset_dir (default OUTPUT/data; without a data set there, a
+            SYNTHETIC stand-in is generated), --data_list_file_path, --device (cpu, cuda:0),
+            --deterministic, --network_options '{"features": [8, 16, 32, 64]}' (for every
+            network; a wider network such as wunet keeps its width ratio) ...
+
+    Returns:
+        the path of results.md.
+    """
+    _setup_logging()
+    cmd = "python -m pam_monai " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if _from_cli() else None
+    result = run_experiment(
+        dataset=dataset,
+        networks=networks,
+        seeds=seeds,
+        folds=folds,
+        output=output,
+        preset=preset,
+        paper_protocol=paper_protocol,
+        figures=figures,
+        data_seed=data_seed,
+        max_runs=max_runs,
+        keep_going=keep_going,
+        threads=threads,
+        figure_cases=figure_cases,
+        figure_networks=figure_networks,
+        command=cmd,
+        **overrides,
+    )
+    return str(result.results_md)
+
+
+def _from_cli() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "experiment"
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,407 @@
+"""The experiment runner: variants and presets, tables, figures, and an interrupted grid that
+resumes (real bundle training on a small synthetic BRATS set)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pam_monai.experiments import PRESETS, effective_options, parse_networks, parse_variant, run_experiment
+from pam_monai.experiments import runner as runner_module
+from pam_monai.experiments.results import (
+    RESULT_FIELDS,
+    RunResult,
+    format_mean_std,
+    markdown_report,
+    paper_protocol_means,
+    results_csv,
+)
+from pam_monai.networks import get_network
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = {"features": [8, 16, 32, 64]}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """1 intra-op thread: on a busy 2-core machine, 2 threads make small convolutions ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- variants, presets
+def test_variant_parsing_is_canonical():
+    a = parse_variant("FPA[expansion=2, dilation=6,depthwise=false]")
+    b = parse_variant("fpa[depthwise=false,dilation=6,expansion=2]")
+    assert a == b
+    assert a.network == "fpa"
+    assert a.options_dict == {"depthwise": False, "dilation": 6, "expansion": 2}
+    assert a.label == "fpa[depthwise=false,dilation=6,expansion=2]"
+    assert a.dirname == "fpa-depthwise_false-dilation_6-expansion_2"
+    assert parse_variant("unet").label == "unet" and parse_variant("unet").dirname == "unet"
+    lists = parse_networks("unet[features=[8,16,32,64]],rfna[ratio=4],unet[features=[8,16,32,64]]")
+    assert [v.label for v in lists] == ["unet[features=[8,16,32,64]]", "rfna[ratio=4]"]
+    assert lists[0].options_dict == {"features": [8, 16, 32, 64]}
+    assert [v.label for v in parse_networks(("fpa", "unet"))] == ["fpa", "unet"]  # what Fire gives for fpa,unet
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nonet", "unknown network"),
+        ("fpa[ratio=4]", "unknown option"),
+        ("fpa[dilation]", "not key=value"),
+        ("fpa[dilation=6", "unbalanced"),
+        ("fpa[dilation=6,dilation=9]", "given twice"),
+    ],
+)
+def test_variant_parsing_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_networks(text)
+
+
+def test_presets_are_the_papers_experiments():
+    assert set(PRESETS["table5"]) == {"fpa", "rfna", "unet", "aunet", "cscunet", "gcnunet", "cbamunet"}
+    assert PRESETS["table6"] == ["unet", "wunet", "d6unet", "d9unet"]
+    for preset, key, values in (("fig7_fpa", "dilation", {6, 9, 12}), ("fig7_rfna", "ratio", {2, 4, 8})):
+        variants = parse_networks(PRESETS[preset])
+        assert len(variants) == 15 == len({v.dirname for v in variants})
+        combos = {(v.options_dict[key], v.options_dict["depthwise"], v.options_dict["expansion"]) for v in variants}
+        expected = {(x, True, e) for x in values for e in (2, 4, 8)} | {(x, False, e) for x in values for e in (1, 2)}
+        assert combos == expected
+    # every configuration builds, and depthwise / full attention branches differ in size
+    for preset in ("fig7_fpa", "fig7_rfna", "table6"):
+        sizes = {}
+        for v in parse_networks(PRESETS[preset]):
+            net = get_network(v.network, 2, 4, 1, options=effective_options(v, TINY))
+            sizes[v.label] = sum(p.numel() for p in net.parameters())
+        if preset.startswith("fig7"):
+            assert len(set(sizes.values())) > 1
+    assert sizes["wunet"] > 3 * sizes["unet"]  # a small WUnet is still twice as wide
+
+
+def test_effective_options_keep_wunets_width_ratio():
+    assert effective_options(parse_variant("unet"), TINY) == TINY
+    assert effective_options(parse_variant("wunet"), TINY) == {"features": [16, 32, 64, 128]}
+    assert effective_options(parse_variant("wunet[features=[4,8,16,32]]"), TINY) == {"features": [4, 8, 16, 32]}
+    assert effective_options(parse_variant("fpa[dilation=6]"), TINY) == {**TINY, "dilation": 6}
+    assert effective_options(parse_variant("wunet"), None) == {}
+
+
+def test_seeds_and_folds():
+    assert runner_module._seeds(3) == [0, 1, 2]
+    assert runner_module._seeds("0,5") == [0, 5]
+    assert runner_module._seeds((1, 4)) == [1, 4]
+    assert runner_module._folds("all", "brats") == [0, 1, 2, 3, 4]
+    assert runner_module._folds((0, 2), "brats") == [0, 2]
+    with pytest.raises(ValueError):
+        runner_module._seeds(0)
+    with pytest.raises(ValueError, match="one fixed split"):
+        runner_module._folds("0,1", "isles")
+    with pytest.raises(ValueError):
+        runner_module._folds(5, "brats")
+
+
+# ----------------------------------------------------------------------------- tables
+def _run(variant: str, seed: int, ious, fold: int = 0, pp=None) -> RunResult:
+    cases = [
+        {"case": f"c{i}", "iou": v, "dice": 2 * v / (1 + v), "hd95": 10.0 * (i + 1), "fp_rate": 1e-5,
+         "fn_rate": 1 - v, "target_empty": False, "pred_empty": v == 0}
+        for i, v in enumerate(ious)
+    ]
+    net = variant.split("[")[0]
+    return RunResult("brats", net, variant, {}, seed, fold, 1_234_567, cases, paper_protocol=pp)
+
+
+def test_table_averages_cases_per_run_then_runs():
+    # run A: cases 1, 0, 0 -> 1/3; run B: one case 0.5. Per-run first: (33.33 + 50) / 2 = 41.67,
+    # sample std 11.79. (Pooling the four cases would give 37.50.)
+    runs = [_run("fpa", 0, [1.0, 0.0, 0.0]), _run("fpa", 1, [0.5]), _run("unet", 0, [0.25])]
+    md = markdown_report(
+        runs, dataset="brats", dataset_title="BRATS", synthetic=True, data_root="/x", order=["unet", "fpa"], planned=5
+    )
+    rows = [line for line in md.splitlines() if line.startswith("| fpa |") or line.startswith("| unet |")]
+    assert rows[0].startswith("| unet | 25.00 ± n/a |")  # grid order; one run has no std
+    assert rows[1].startswith("| fpa | 41.67 ± 11.79 |")
+    assert rows[1].endswith("| 1.23 | 2 | 1-3 | 0 | 2 |")  # params (M), runs, cases/run, empty targets, missed
+    assert "| 1.0e-03 ± 0.00 |" in rows[1]  # FP rate 1e-5 = 0.001 %: scientific notation, not 0.00
+    assert "SYNTHETIC" in md and "Runs finished: 3 of 5" in md and "incomplete" in md
+    assert "Honest per-case metrics" in md and "ddof=1" in md
+    assert "PAPER PROTOCOL" not in md
+
+
+def test_format_mean_std():
+    assert format_mean_std([0.5, 0.7], 100) == "60.00 ± 14.14"
+    assert format_mean_std([2.0]) == "2.00 ± n/a"
+    assert format_mean_std([]) == "n/a"
+
+
+def test_paper_protocol_is_pooled_over_slices_and_labelled():
+    pp_a = [
+        {"case": "a", "slices": 10, "target_empty_slices": 8, "pred_empty_slices": 8, "iou": 1.0, "dice": 1.0,
+         "hd95": 0.0, "fp_rate": 0.0, "fn_rate": 0.0, "authors_iou": 0.6, "authors_hd95": 4.0,
+         "authors_hd95_slices": 1, "authors_fp_rate": 0.0, "authors_fn_rate": 0.9, "case_iou": 1.0},
+        {"case": "b", "slices": 30, "target_empty_slices": 20, "pred_empty_slices": 20, "iou": 0.6, "dice": 0.7,
+         "hd95": 2.0, "fp_rate": 0.0, "fn_rate": 0.2, "authors_iou": 0.5, "authors_hd95": None,
+         "authors_hd95_slices": 0, "authors_fp_rate": 0.0, "authors_fn_rate": 0.8, "case_iou": 0.5},
+    ]
+    means = paper_protocol_means(_run("fpa", 0, [1.0, 0.5], pp=pp_a))
+    assert means["iou"] == pytest.approx((10 * 1.0 + 30 * 0.6) / 40)
+    assert means["authors_hd95"] == pytest.approx(4.0)  # the case without an eligible slice adds nothing
+    assert means["slices"] == 40 and means["target_empty_slices"] == 28
+    md = markdown_report(
+        [_run("fpa", 0, [1.0, 0.5], pp=pp_a)], dataset="brats", dataset_title="BRATS", synthetic=False,
+        data_root="/x", order=["fpa"], planned=1, paper_protocol=True,
+    )
+    assert "PAPER PROTOCOL" in md and "DEFECTIVE" in md and "NOT the project's result" in md
+    assert "| fpa | 70.00 ± n/a |" in md  # (a) per-slice project definitions
+    assert "SYNTHETIC" not in md
+
+
+def test_results_csv_columns():
+    text = results_csv([_run("fpa[dilation=6]", 2, [0.5, 0.25], fold=3)])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(rows[0]) == RESULT_FIELDS
+    assert [r["case"] for r in rows] == ["c0", "c1"]
+    assert rows[0]["network"] == "fpa" and rows[0]["variant"] == "fpa[dilation=6]"
+    assert rows[0]["seed"] == "2" and rows[0]["fold"] == "3" and rows[0]["params"] == "1234567"
+    assert float(rows[1]["iou"]) == 0.25 and rows[0]["target_empty"] == "False"
+    assert json.loads(rows[0]["options"]) == {}
+
+
+# ----------------------------------------------------------------------------- figures
+def test_attention_map_is_the_bridge_attention_used_in_forward():
+    from pam_monai.experiments.predict import attention_map
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 128, 128)  # RFNA (ratio 8) needs a 16 x 16 bridge
+    for name in ("fpa", "rfna"):
+        net = get_network(name, 2, 4, 1, options=TINY).eval()
+        amap = attention_map(net, x)
+        assert amap.shape == (16, 16)  # the bridge works at 1/8 of the input
+        assert np.all((amap > 0) & (amap < 1))
+        # the same map is what the bridge multiplies its features with: Y = F * A + F
+        seen = {}
+        hook = net.bridge.register_forward_hook(lambda m, a, y, seen=seen: seen.update(x=a[0], y=y))
+        with torch.no_grad():
+            net(x[None])
+            f = net.bridge.main(seen["x"])
+            a = net.bridge.attention(f if name == "rfna" else seen["x"])
+        hook.remove()
+        torch.testing.assert_close(seen["y"], f * a + f)
+        np.testing.assert_allclose(amap, a[0].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    assert attention_map(get_network("unet", 2, 4, 1, options=TINY).eval(), x) is None
+
+
+def test_overlay_colours():
+    from pam_monai.experiments.figures import FN_COLOUR, FP_COLOUR, TP_COLOUR, overlay
+
+    grey = np.zeros((2, 2))
+    pred = np.array([[True, True], [False, False]])
+    target = np.array([[True, False], [True, False]])
+    out = overlay(grey, pred, target, alpha=1.0)
+    np.testing.assert_allclose(out[0, 0], TP_COLOUR)
+    np.testing.assert_allclose(out[0, 1], FP_COLOUR)
+    np.testing.assert_allclose(out[1, 0], FN_COLOUR)
+    np.testing.assert_allclose(out[1, 1], 0.0)
+
+
+def test_ablation_figure_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pam_monai.experiments.figures import ablation_figure
+
+    records = [
+        {"network": "fpa", "axis": "dilation", "x": d, "depthwise": dw, "expansion": e,
+         "iou": [0.5 + 0.01 * d, 0.52], "hd95": [10.0, 12.0]}
+        for d in (6, 9) for dw, e in ((True, 2), (True, 4), (False, 1))
+    ]
+    records.append({"network": "rfna", "axis": "ratio", "x": 8, "depthwise": True, "expansion": 4,
+                    "iou": [0.6], "hd95": [9.0]})
+    path = ablation_figure(records, tmp_path / "fig7.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert [p.name for p in tmp_path.iterdir()] == ["fig7.png"]  # no temporary file left behind
+
+
+# ----------------------------------------------------------------------------- the runner, end to end
+GRID = {
+    "dataset": "brats",
+    "networks": "fpa,unet",
+    "seeds": 2,
+    "epochs": 1,
+    "batch_size": 8,
+    "num_workers": 0,
+    "network_options": TINY,
+    "threads": 1,  # 1 intra-op thread: several times faster than 2 on a busy 2-core machine
+    "paper_protocol": True,
+}
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """Run the 2 networks x 2 seeds grid the hard way: one run (max_runs=1); then a call that is
+    interrupted (KeyboardInterrupt) while evaluating its first run, after that run's training;
+    then the call that completes the grid. Returns what each call did."""
+    from pam_monai.data import ensure_dataset
+
+    tmp = tmp_path_factory.mktemp("experiment")
+    data, synthetic = ensure_dataset("brats", tmp / "none", output=tmp / "synthetic_brats", slices=8)
+    assert synthetic
+    out = tmp / "exp"
+    common = {**GRID, "output": str(out), "dataset_dir": str(data)}
+    calls = {}
+    first = run_experiment(**common, max_runs=1, figures=False)
+    calls["first"] = first
+    calls["markers"] = {r.dir: r.marker.read_text() for r in first.executed}
+
+    real_evaluate = runner_module._Bundle.evaluate
+
+    def interrupt(self, overrides):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner_module._Bundle, "evaluate", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(**common)
+    assert runner_module._Bundle.evaluate is real_evaluate
+    calls["last"] = run_experiment(**common)
+    calls["out"] = out
+    calls["data"] = data
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiment_grid")
+def test_interrupted_grid_resumes_only_the_remaining_runs(grid):
+    first, last = grid["first"], grid["last"]
+    assert len(first.runs) == 4
+    assert [r.name for r in first.executed] == ["fpa seed 0 fold 0"]
+    assert not first.complete and first.results_md.is_file()
+    # the re-run skips the finished run and does only the other three
+    assert [r.name for r in last.skipped] == ["fpa seed 0 fold 0"]
+    assert [r.name for r in last.executed] == ["fpa seed 1 fold 0", "unet seed 0 fold 0", "unet seed 1 fold 0"]
+    assert last.complete
+    for d, text in grid["markers"].items():
+        assert (d / "done.json").read_text() == text  # untouched
+    # the run interrupted after its training was resumed from its checkpoint, not retrained
+    resumed = json.loads((last.runs[1].dir / "done.json").read_text())
+    assert resumed["resumed"] is True and resumed["seed"] == 1 and resumed["network"] == "fpa"
+    assert [json.loads((r.dir / "done.json").read_text())["resumed"] for r in last.runs[2:]] == [False, False]
+    events = [json.loads(line) for line in (grid["out"] / "runs.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "done", "start", "interrupted"] + ["start", "done"] * 3
+    assert sum(e["event"] == "start" and e["run"] == "runs/fpa/seed0/fold0" for e in events) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiment_grid")
+def test_grid_results_csv_and_md(grid):
+    last, out = grid["last"], grid["out"]
+    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    assert tuple(rows[0]) == RESULT_FIELDS
+    runs = {(r["variant"], r["seed"], r["fold"]) for r in rows}
+    assert runs == {(n, s, "0") for n in ("fpa", "unet") for s in ("0", "1")}
+    # results.csv carries the bundle evaluator's per-case rows, unchanged
+    for run in last.runs:
+        own = list(csv.DictReader(open(run.metrics_csv, newline="")))
+        mine = [r for r in rows if (r["variant"], int(r["seed"])) == (run.variant.label, run.seed)]
+        assert [r["case"] for r in mine] == [r["case"] for r in own]
+        for a, b in zip(mine, own):
+            for m in ("iou", "hd95", "fp_rate", "fn_rate"):
+                assert float(a[m]) == pytest.approx(float(b[m]), rel=1e-5)
+    params = {r["variant"]: int(r["params"]) for r in rows}
+    assert params["fpa"] == sum(p.numel() for p in get_network("fpa", 2, 4, 1, options=TINY).parameters())
+
+    md = (out / "results.md").read_text()
+    assert "SYNTHETIC" in md and "Runs finished: 4 of 4" in md
+    for net in ("fpa", "unet"):
+        per_run = [np.mean([float(r["iou"]) for r in rows if (r["variant"], r["seed"]) == (net, s)]) for s in "01"]
+        assert f"| {net} | {format_mean_std(per_run, 100)} |" in md
+    assert "PAPER PROTOCOL" in md
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiment_grid")
+def test_grid_paper_protocol_uses_the_evaluated_predictions(grid):
+    from pam_monai.experiments.predict import read_paper_protocol
+
+    for run in grid["last"].runs:
+        own = {r["case"]: float(r["iou"]) for r in csv.DictReader(open(run.metrics_csv, newline=""))}
+        pp = read_paper_protocol(run.paper_protocol_csv)
+        assert {r["case"] for r in pp} == set(own)
+        for r in pp:
+            # the runner's own inference reproduces the evaluator's per-case IoU exactly
+            assert r["case_iou"] == pytest.approx(own[r["case"]], rel=1e-5, abs=1e-9)
+            assert r["slices"] == 8
+            assert 0 <= r["authors_iou"] <= 1 and 0 <= r["iou"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiment_grid")
+def test_grid_figures(grid):
+    pytest.importorskip("matplotlib")
+    out = grid["out"]
+    names = sorted(p.name for p in grid["last"].figures)
+    assert names == ["fig4_attention.png", "fig5_overlays.png"]  # no fig7: one variant per block
+    for name in names:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({name})" in (out / "results.md").read_text()
+    assert not list(out.glob(".*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiment_grid")
+def test_finished_runs_with_other_settings_are_refused(grid):
+    out = grid["out"]
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/done.json")}
+    with pytest.raises(ValueError, match="epochs"):
+        run_experiment(**{**GRID, "epochs": 2}, output=str(out), dataset_dir=str(grid["data"]), figures=False)
+    with pytest.raises(ValueError, match="set by the runner"):
+        run_experiment(**GRID, output=str(out), seed=3)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/done.json")} == before
+    # a finished grid re-run does nothing but rewrite the tables
+    again = run_experiment(**GRID, output=str(out), dataset_dir=str(grid["data"]), figures=False)
+    assert again.executed == [] and len(again.skipped) == 4
+
+
+def test_device_override_is_a_torch_device_expression():
+    assert runner_module._device_expr("cuda:0") == "$torch.device('cuda:0')"
+    assert runner_module._device_expr("cpu") == "$torch.device('cpu')"
+    with pytest.raises(ValueError):
+        runner_module._device_expr("cpu'); import os; ('")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiment_grid")
+def test_keep_going_and_max_runs(grid, tmp_path, monkeypatch):
+    """Grid logic without training: a fake run writes what a bundle run writes; unet fails."""
+
+    def fake_execute(run, bundle, overrides, identity, ctx):
+        if run.variant.network == "unet":
+            raise RuntimeError("boom")
+        run.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+        run.metrics_csv.write_text(
+            "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n"
+            f"c1,{0.5 + 0.1 * run.seed},0.6,3.0,0.001,0.2,False,False\n"
+        )
+        done = {**identity, "params": 1, "resumed": False, "seconds": 0.0, "test_cases": 1, "test_iou_mean": 0.5}
+        run.marker.write_text(json.dumps(done))
+        return done
+
+    monkeypatch.setattr(runner_module, "_execute", fake_execute)
+    common = {**GRID, "paper_protocol": False, "figures": False, "output": str(tmp_path), "dataset_dir": str(grid["data"])}
+    partial = run_experiment(**common, max_runs=1)
+    assert [r.name for r in partial.executed] == ["fpa seed 0 fold 0"] and not partial.complete
+    with pytest.raises(RuntimeError, match="boom"):  # fail fast by default
+        run_experiment(**common)
+    with pytest.raises(RuntimeError, match=r"2 run\(s\) failed"):
+        run_experiment(**common, keep_going=True)
+    md = (tmp_path / "results.md").read_text()
+    assert "Runs finished: 2 of 4" in md and "| fpa | 55.00 ± 7.07 |" in md and "| unet |" not in md
+    events = [json.loads(line)["event"] for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert events.count("failed") == 3 and events.count("done") == 2
