@@ -8,7 +8,7 @@ from .handlers import CaseMetrics, NonFiniteLossGuard, atomic_write_text
 from .infer import CasePredictor, find_inference_cases, safe_output_path, validate_case
 from .inferer import SliceWiseInferer
 from .progress import ProgressBar
-from .runtime import fast_network, setup_run
+from .runtime import as_bool, fast_network, setup_run
 
 __all__ = [
     "BestCheckpoint",
@@ -20,6 +20,7 @@ __all__ = [
     "ProgressBar",
     "SliceWiseInferer",
     "TrainingCheckpoint",
+    "as_bool",
     "atomic_save",
     "atomic_write_text",
     "fast_network",

@@ -6,6 +6,7 @@ import torch
 from monai.engines import PrepareBatch
 
 from ..data import random_flip_batch
+from .runtime import as_bool
 
 __all__ = ["FlipPrepareBatch"]
 
@@ -26,7 +27,7 @@ class FlipPrepareBatch(PrepareBatch):
     def __init__(self, prob: float = 0.5, spatial_axis: int = -1, channels_last: bool = False) -> None:
         self.prob = float(prob)
         self.spatial_axis = int(spatial_axis)
-        self.channels_last = bool(channels_last)
+        self.channels_last = as_bool(channels_last)
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         image = batchdata["image"].to(device=device, non_blocking=non_blocking)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .runtime import as_bool
+
 __all__ = ["BestCheckpoint", "TrainingCheckpoint", "atomic_save", "load_checkpoint"]
 
 log = logging.getLogger("pam_monai")
@@ -133,7 +135,7 @@ class TrainingCheckpoint:
         self.network = network
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.resume = bool(resume)
+        self.resume = as_bool(resume)
         self.save_rank0_only = save_rank0_only
 
     def attach(self, engine: Engine) -> None:
@@ -214,7 +216,7 @@ class BestCheckpoint:
         self.mode = mode
         self.save_rank0_only = save_rank0_only
         # a new run starts its own comparison; a resumed run continues the interrupted one's
-        self.best_value = self._stored_best() if resume else None
+        self.best_value = self._stored_best() if as_bool(resume) else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)

@@ -170,7 +170,9 @@ class NonFiniteLossGuard:
             cases = ""
             if isinstance(batch, dict) and "case" in batch:
                 cases = f" (cases {list(batch['case'])})"
+            length = engine.state.epoch_length or engine.state.iteration
+            in_epoch = (engine.state.iteration - 1) % length + 1
             raise FloatingPointError(
                 f"non-finite loss {value} at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
-                f"(batch {engine.state.epoch_iteration} of the epoch){cases}; the last good checkpoint is kept"
+                f"(batch {in_epoch} of the epoch){cases}; the last good checkpoint is kept"
             )

@@ -66,7 +66,10 @@ def find_inference_cases(dataset: str, input_dir: str | os.PathLike, **scan_opti
     for case in result.cases:
         missing = [name for name, path in case.channels.items() if path is None]
         if missing:
-            problems += [f"{case.case}: {case.expected.get(m, m)}: missing modality {m!r}" for m in missing]
+            named = any(p.case == case.case for p in result.problems)
+            problems += (
+                [] if named else [f"{case.case}: {case.folder}: missing modality {m!r}" for m in missing]
+            )
             continue
         item = case.to_item()
         items.append(item)
@@ -106,6 +109,18 @@ def validate_case(dataset: str, case: dict) -> list[str]:
                 f"{name}: volume of in-plane size {image.shape[1:3]} is smaller than the {crop[0]}x{crop[1]} crop"
             )
     return problems
+
+
+def _affine_problems(case: str, files: Sequence[str]) -> list[str]:
+    """Modalities on different grids (same shape, other affine) would be silently misaligned."""
+    import nibabel as nib
+
+    affines = [nib.load(str(f)).affine for f in files]
+    return [
+        f"{case}: {Path(f).name}: affine differs from {Path(files[0]).name}'s (modalities on different grids)"
+        for f, a in zip(files[1:], affines[1:])
+        if not np.allclose(a, affines[0], atol=1e-3)
+    ]
 
 
 def _atomic_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -195,6 +210,7 @@ class CasePredictor:
             images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
             case["files"] = list(images)
             problems += validate_case(self.spec.name, case)
+            problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
             loaded.append(case)
         if problems:
             raise ValueError(

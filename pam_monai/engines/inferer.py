@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from monai.inferers import Inferer
 
+from .runtime import as_bool
+
 __all__ = ["SliceWiseInferer"]
 
 
@@ -27,7 +29,7 @@ class SliceWiseInferer(Inferer):
         if slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be >= 1, got {slice_batch_size}")
         self.slice_batch_size = int(slice_batch_size)
-        self.channels_last = bool(channels_last)
+        self.channels_last = as_bool(channels_last)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         if inputs.ndim == 4:

@@ -7,9 +7,22 @@ import os
 
 import torch
 
-__all__ = ["fast_network", "setup_run"]
+__all__ = ["as_bool", "fast_network", "setup_run"]
 
 log = logging.getLogger("pam_monai")
+
+
+def as_bool(value) -> bool:
+    """A command-line flag as a bool: ``--resume true`` arrives as the string "true" (Fire parses
+    only ``True``/``False``), and a plain ``bool("false")`` would be True."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean flag: {value!r} (use true or false)")
+    return bool(value)
 
 
 def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False) -> None:
@@ -24,6 +37,7 @@ def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False) ->
     """
     from monai.utils import set_determinism
 
+    deterministic, fast = as_bool(deterministic), as_bool(fast)
     set_determinism(seed=seed, use_deterministic_algorithms=deterministic or None)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -38,6 +52,6 @@ def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False) ->
 
 def fast_network(network: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
     """The network in the fast path's memory layout (channels-last for 2-D convolutions)."""
-    if channels_last:
+    if as_bool(channels_last):
         network = network.to(memory_format=torch.channels_last)
     return network

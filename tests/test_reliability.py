@@ -1,0 +1,298 @@
+"""Interrupted runs, corrupt checkpoints, non-finite losses and bad inputs at inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pam_monai.data import synth
+from pam_monai.engines import (
+    CasePredictor,
+    atomic_save,
+    find_inference_cases,
+    load_checkpoint,
+    safe_output_path,
+)
+from pam_monai.networks import get_network
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "bundles" / "brats_fpa" / "configs" / "train.json")
+INFER = str(ROOT / "bundles" / "brats_fpa" / "configs" / "inference.json")
+SMALL = {"features": [8, 16, 32, 64]}
+
+# all training runs here share one xdist worker: they compare weights across runs
+pytestmark = pytest.mark.xdist_group("reliability")
+
+
+def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        TRAIN,
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(data / "none"),
+        "--synthetic_dir",
+        str(data / "synthetic"),
+        "--epochs",
+        str(epochs),
+        "--batch_size",
+        "8",
+        "--num_workers",
+        "0",
+        "--deterministic",
+        "true",
+        "--network_options",
+        json.dumps(SMALL),
+        "--resume",
+        "true" if resume else "false",
+    ]
+
+
+def run_training(root: Path, data: Path, epochs: int, resume: bool = False) -> str:
+    proc = subprocess.run(
+        train_cmd(root, data, epochs, resume), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+def weights(root: Path) -> dict:
+    return load_checkpoint(root / "models" / "checkpoint_last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ in {different[:5]}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reliability_data")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data) -> Path:
+    """An uninterrupted 2-epoch run in deterministic mode."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run_training(root, data, epochs=2)
+    return root
+
+
+@pytest.mark.slow
+def test_deterministic_mode_repeats_exactly(reference, data, tmp_path):
+    run_training(tmp_path, data, epochs=2)
+    assert_same_weights(weights(tmp_path), weights(reference))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(reference, data, tmp_path):
+    proc = subprocess.Popen(
+        train_cmd(tmp_path, data, epochs=2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = tmp_path / "models" / "checkpoint_last.pt"
+    deadline = time.time() + 300
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert last.is_file(), "no checkpoint was written"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = load_checkpoint(last)  # complete and loadable, whatever the moment of the kill
+    assert state["trainer"]["epoch"] in (1, 2)
+    out = run_training(tmp_path, data, epochs=2, resume=True)
+    assert "resume" in out
+    assert_same_weights(weights(tmp_path), weights(reference))
+
+
+@pytest.mark.slow
+def test_truncated_temporary_checkpoint_resumes_from_the_last_complete_one(
+    reference, data, tmp_path, monkeypatch
+):
+    run_training(tmp_path, data, epochs=1)
+    models = tmp_path / "models"
+    complete = (models / "checkpoint_last.pt").read_bytes()
+    # 1. what a kill in the middle of a write leaves: a truncated temporary file beside the checkpoint
+    (models / ".checkpoint_last.pt.k1ll3d.tmp").write_bytes(complete[: len(complete) // 3])
+    # 2. a write that fails half-way through never touches the existing checkpoint
+    real_save = torch.save
+
+    def half_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(len(complete) // 2)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"model": {}}, models / "checkpoint_last.pt")
+    monkeypatch.undo()
+    assert (models / "checkpoint_last.pt").read_bytes() == complete
+    assert not [
+        p for p in models.iterdir() if p.name.startswith(".checkpoint_last.pt.") and "k1ll3d" not in p.name
+    ]
+    # 3. a truncated file in place of the checkpoint is refused by name, not half-loaded
+    broken = models / "broken.pt"
+    broken.write_bytes(complete[: len(complete) // 2])
+    with pytest.raises(RuntimeError, match="broken.pt: cannot load checkpoint"):
+        load_checkpoint(broken)
+    broken.unlink()
+    run_training(tmp_path, data, epochs=2, resume=True)
+    assert_same_weights(weights(tmp_path), weights(reference))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_step_and_keeps_the_last_good_checkpoint(reference, data, tmp_path):
+    import shutil
+
+    shutil.copytree(reference / "models", tmp_path / "models")
+    before = (tmp_path / "models" / "checkpoint_last.pt").read_bytes()
+    cmd = train_cmd(tmp_path, data, epochs=3, resume=True) + [
+        "--loss",
+        "$lambda x, y: (x * float('nan')).mean()",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "non-finite loss nan at epoch 3, iteration" in proc.stderr + proc.stdout
+    assert "(batch 1 of the epoch)" in proc.stderr + proc.stdout
+    assert (tmp_path / "models" / "checkpoint_last.pt").read_bytes() == before
+    state = load_checkpoint(tmp_path / "models" / "checkpoint_last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(RuntimeError, match="evil.pt: cannot load checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("case", ["../escape", "/etc/passwd", "a/b", "..", ""])
+def test_output_paths_never_escape_the_output_folder(case, tmp_path):
+    with pytest.raises(ValueError, match="unsafe case ID"):
+        safe_output_path(tmp_path, case, "_seg.nii.gz")
+    assert safe_output_path(tmp_path, "Brats18_2013_2_1", "_seg.nii.gz").parent == tmp_path.resolve()
+
+
+# --- bad input at inference ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def cases(tmp_path) -> Path:
+    root = tmp_path / "brats"
+    synth("brats", root, cases=2, seed=1, slices=4)
+    return root
+
+
+def predict(root: Path, out: Path) -> None:
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    CasePredictor(net, find_inference_cases("brats", root), "brats", str(out)).run()
+
+
+def first_case(root: Path) -> tuple[str, Path]:
+    folder = sorted(p for p in root.rglob("Brats18_*") if p.is_dir())[0]
+    return folder.name, folder
+
+
+def rewrite(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(array, img.affine if affine is None else affine), str(path))
+
+
+def corrupt(kind: str, root: Path) -> tuple[str, str]:
+    case, folder = first_case(root)
+    t1 = folder / f"{case}_t1.nii.gz"
+    data = np.asarray(nib.load(str(t1)).dataobj).astype(np.float32)
+    if kind == "missing modality":
+        t1.unlink()
+        return case, "missing modality 't1'"
+    if kind == "wrong dimensionality":
+        rewrite(t1, data[..., 0])
+        return case, "shape"
+    if kind == "mismatched grid":
+        rewrite(t1, data, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+        return case, "affine differs"
+    if kind == "nan":
+        data[100, 100, 1] = np.nan
+        data[101, 100, 1] = np.inf
+        rewrite(t1, data)
+        return case, "2 NaN or Inf voxels"
+    if kind == "all-zero modality":
+        rewrite(t1, np.zeros_like(data))
+        return case, "modality is all zeros"
+    if kind == "smaller than the crop":
+        for mod in ("flair", "t1", "t1ce", "t2", "seg"):
+            p = folder / f"{case}_{mod}.nii.gz"
+            rewrite(p, np.asarray(nib.load(str(p)).dataobj)[40:190, 40:190])
+        return case, "smaller than the 160x160 crop"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing modality",
+        "wrong dimensionality",
+        "mismatched grid",
+        "nan",
+        "all-zero modality",
+        "smaller than the crop",
+    ],
+)
+def test_bad_input_at_inference_is_refused_by_name_and_writes_nothing(kind, cases, tmp_path):
+    case, message = corrupt(kind, cases)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as err:
+        predict(cases, out)
+    text = str(err.value)
+    assert case in text and message in text, text
+    if kind not in ("missing modality", "smaller than the crop"):
+        assert f"{case}_t1.nii.gz" in text, text
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_inference_command_exits_non_zero_on_bad_input(cases, tmp_path):
+    corrupt("nan", cases)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inferring",
+        "--config_file",
+        INFER,
+        "--bundle_root",
+        str(tmp_path),
+        "--input_dir",
+        str(cases),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        "",
+        "--network_options",
+        json.dumps(SMALL),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "NaN or Inf voxels" in proc.stderr + proc.stdout
+    assert not out.exists() or not any(out.iterdir())
