@@ -245,3 +245,18 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     assert proc.returncode == 0, "\n".join(errors[-30:]) + log[-3000:]
     assert (tmp_path / "models" / "checkpoint_last.pt").is_file()
     assert "val_iou" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_tracking(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    name = "cityscapes_fpa"
+    run("training", config_file=configs(name, "train.json")[0], logging_file=False, tracking="mlflow",
+        bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "data"), **SMALL)
+    db = tmp_path / "eval" / "mlruns.db"
+    assert db.is_file()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs, "no MLflow run was recorded"
+    logged = set().union(*(r.data.metrics for r in runs))
+    assert {"val_iou", "val_hd95", "val_fp_rate", "val_fn_rate"} <= logged, logged
