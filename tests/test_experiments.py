@@ -49,7 +49,10 @@ def test_variant_parsing_is_canonical():
     lists = parse_networks("unet[features=[8,16,32,64]],rfna[ratio=4],unet[features=[8,16,32,64]]")
     assert [v.label for v in lists] == ["unet[features=[8,16,32,64]]", "rfna[ratio=4]"]
     assert lists[0].options_dict == {"features": [8, 16, 32, 64]}
-    assert [v.label for v in parse_networks(("fpa", "unet"))] == ["fpa", "unet"]  # what Fire gives for fpa,unet
+    assert [v.label for v in parse_networks(("fpa", "unet"))] == [
+        "fpa",
+        "unet",
+    ]  # what Fire gives for fpa,unet
 
 
 @pytest.mark.parametrize(
@@ -73,8 +76,12 @@ def test_presets_are_the_papers_experiments():
     for preset, key, values in (("fig7_fpa", "dilation", {6, 9, 12}), ("fig7_rfna", "ratio", {2, 4, 8})):
         variants = parse_networks(PRESETS[preset])
         assert len(variants) == 15 == len({v.dirname for v in variants})
-        combos = {(v.options_dict[key], v.options_dict["depthwise"], v.options_dict["expansion"]) for v in variants}
-        expected = {(x, True, e) for x in values for e in (2, 4, 8)} | {(x, False, e) for x in values for e in (1, 2)}
+        combos = {
+            (v.options_dict[key], v.options_dict["depthwise"], v.options_dict["expansion"]) for v in variants
+        }
+        expected = {(x, True, e) for x in values for e in (2, 4, 8)} | {
+            (x, False, e) for x in values for e in (1, 2)
+        }
         assert combos == expected
     # every configuration builds, and depthwise / full attention branches differ in size
     for preset in ("fig7_fpa", "fig7_rfna", "table6"):
@@ -90,7 +97,9 @@ def test_presets_are_the_papers_experiments():
 def test_effective_options_keep_wunets_width_ratio():
     assert effective_options(parse_variant("unet"), TINY) == TINY
     assert effective_options(parse_variant("wunet"), TINY) == {"features": [16, 32, 64, 128]}
-    assert effective_options(parse_variant("wunet[features=[4,8,16,32]]"), TINY) == {"features": [4, 8, 16, 32]}
+    assert effective_options(parse_variant("wunet[features=[4,8,16,32]]"), TINY) == {
+        "features": [4, 8, 16, 32]
+    }
     assert effective_options(parse_variant("fpa[dilation=6]"), TINY) == {**TINY, "dilation": 6}
     assert effective_options(parse_variant("wunet"), None) == {}
 
@@ -112,8 +121,16 @@ def test_seeds_and_folds():
 # ----------------------------------------------------------------------------- tables
 def _run(variant: str, seed: int, ious, fold: int = 0, pp=None) -> RunResult:
     cases = [
-        {"case": f"c{i}", "iou": v, "dice": 2 * v / (1 + v), "hd95": 10.0 * (i + 1), "fp_rate": 1e-5,
-         "fn_rate": 1 - v, "target_empty": False, "pred_empty": v == 0}
+        {
+            "case": f"c{i}",
+            "iou": v,
+            "dice": 2 * v / (1 + v),
+            "hd95": 10.0 * (i + 1),
+            "fp_rate": 1e-5,
+            "fn_rate": 1 - v,
+            "target_empty": False,
+            "pred_empty": v == 0,
+        }
         for i, v in enumerate(ious)
     ]
     net = variant.split("[")[0]
@@ -125,12 +142,20 @@ def test_table_averages_cases_per_run_then_runs():
     # sample std 11.79. (Pooling the four cases would give 37.50.)
     runs = [_run("fpa", 0, [1.0, 0.0, 0.0]), _run("fpa", 1, [0.5]), _run("unet", 0, [0.25])]
     md = markdown_report(
-        runs, dataset="brats", dataset_title="BRATS", synthetic=True, data_root="/x", order=["unet", "fpa"], planned=5
+        runs,
+        dataset="brats",
+        dataset_title="BRATS",
+        synthetic=True,
+        data_root="/x",
+        order=["unet", "fpa"],
+        planned=5,
     )
     rows = [line for line in md.splitlines() if line.startswith("| fpa |") or line.startswith("| unet |")]
     assert rows[0].startswith("| unet | 25.00 ± n/a |")  # grid order; one run has no std
     assert rows[1].startswith("| fpa | 41.67 ± 11.79 |")
-    assert rows[1].endswith("| 1.23 | 2 | 1-3 | 0 | 2 |")  # params (M), runs, cases/run, empty targets, missed
+    assert rows[1].endswith(
+        "| 1.23 | 2 | 1-3 | 0 | 2 |"
+    )  # params (M), runs, cases/run, empty targets, missed
     assert "| 1.0e-03 ± 0.00 |" in rows[1]  # FP rate 1e-5 = 0.001 %: scientific notation, not 0.00
     assert "SYNTHETIC" in md and "Runs finished: 3 of 5" in md and "incomplete" in md
     assert "Honest per-case metrics" in md and "ddof=1" in md
@@ -145,20 +170,54 @@ def test_format_mean_std():
 
 def test_paper_protocol_is_pooled_over_slices_and_labelled():
     pp_a = [
-        {"case": "a", "slices": 10, "target_empty_slices": 8, "pred_empty_slices": 8, "iou": 1.0, "dice": 1.0,
-         "hd95": 0.0, "fp_rate": 0.0, "fn_rate": 0.0, "authors_iou": 0.6, "authors_hd95": 4.0,
-         "authors_hd95_slices": 1, "authors_fp_rate": 0.0, "authors_fn_rate": 0.9, "case_iou": 1.0},
-        {"case": "b", "slices": 30, "target_empty_slices": 20, "pred_empty_slices": 20, "iou": 0.6, "dice": 0.7,
-         "hd95": 2.0, "fp_rate": 0.0, "fn_rate": 0.2, "authors_iou": 0.5, "authors_hd95": None,
-         "authors_hd95_slices": 0, "authors_fp_rate": 0.0, "authors_fn_rate": 0.8, "case_iou": 0.5},
+        {
+            "case": "a",
+            "slices": 10,
+            "target_empty_slices": 8,
+            "pred_empty_slices": 8,
+            "iou": 1.0,
+            "dice": 1.0,
+            "hd95": 0.0,
+            "fp_rate": 0.0,
+            "fn_rate": 0.0,
+            "authors_iou": 0.6,
+            "authors_hd95": 4.0,
+            "authors_hd95_slices": 1,
+            "authors_fp_rate": 0.0,
+            "authors_fn_rate": 0.9,
+            "case_iou": 1.0,
+        },
+        {
+            "case": "b",
+            "slices": 30,
+            "target_empty_slices": 20,
+            "pred_empty_slices": 20,
+            "iou": 0.6,
+            "dice": 0.7,
+            "hd95": 2.0,
+            "fp_rate": 0.0,
+            "fn_rate": 0.2,
+            "authors_iou": 0.5,
+            "authors_hd95": None,
+            "authors_hd95_slices": 0,
+            "authors_fp_rate": 0.0,
+            "authors_fn_rate": 0.8,
+            "case_iou": 0.5,
+        },
     ]
     means = paper_protocol_means(_run("fpa", 0, [1.0, 0.5], pp=pp_a))
     assert means["iou"] == pytest.approx((10 * 1.0 + 30 * 0.6) / 40)
     assert means["authors_hd95"] == pytest.approx(4.0)  # the case without an eligible slice adds nothing
     assert means["slices"] == 40 and means["target_empty_slices"] == 28
     md = markdown_report(
-        [_run("fpa", 0, [1.0, 0.5], pp=pp_a)], dataset="brats", dataset_title="BRATS", synthetic=False,
-        data_root="/x", order=["fpa"], planned=1, paper_protocol=True,
+        [_run("fpa", 0, [1.0, 0.5], pp=pp_a)],
+        dataset="brats",
+        dataset_title="BRATS",
+        synthetic=False,
+        data_root="/x",
+        order=["fpa"],
+        planned=1,
+        paper_protocol=True,
     )
     assert "PAPER PROTOCOL" in md and "DEFECTIVE" in md and "NOT the project's result" in md
     assert "| fpa | 70.00 ± n/a |" in md  # (a) per-slice project definitions
@@ -218,12 +277,29 @@ def test_ablation_figure_png(tmp_path):
     from pam_monai.experiments.figures import ablation_figure
 
     records = [
-        {"network": "fpa", "axis": "dilation", "x": d, "depthwise": dw, "expansion": e,
-         "iou": [0.5 + 0.01 * d, 0.52], "hd95": [10.0, 12.0]}
-        for d in (6, 9) for dw, e in ((True, 2), (True, 4), (False, 1))
+        {
+            "network": "fpa",
+            "axis": "dilation",
+            "x": d,
+            "depthwise": dw,
+            "expansion": e,
+            "iou": [0.5 + 0.01 * d, 0.52],
+            "hd95": [10.0, 12.0],
+        }
+        for d in (6, 9)
+        for dw, e in ((True, 2), (True, 4), (False, 1))
     ]
-    records.append({"network": "rfna", "axis": "ratio", "x": 8, "depthwise": True, "expansion": 4,
-                    "iou": [0.6], "hd95": [9.0]})
+    records.append(
+        {
+            "network": "rfna",
+            "axis": "ratio",
+            "x": 8,
+            "depthwise": True,
+            "expansion": 4,
+            "iou": [0.6],
+            "hd95": [9.0],
+        }
+    )
     path = ablation_figure(records, tmp_path / "fig7.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in tmp_path.iterdir()] == ["fig7.png"]  # no temporary file left behind
@@ -285,7 +361,11 @@ def test_interrupted_grid_resumes_only_the_remaining_runs(grid):
     assert not first.complete and first.results_md.is_file()
     # the re-run skips the finished run and does only the other three
     assert [r.name for r in last.skipped] == ["fpa seed 0 fold 0"]
-    assert [r.name for r in last.executed] == ["fpa seed 1 fold 0", "unet seed 0 fold 0", "unet seed 1 fold 0"]
+    assert [r.name for r in last.executed] == [
+        "fpa seed 1 fold 0",
+        "unet seed 0 fold 0",
+        "unet seed 1 fold 0",
+    ]
     assert last.complete
     for d, text in grid["markers"].items():
         assert (d / "done.json").read_text() == text  # untouched
@@ -320,7 +400,9 @@ def test_grid_results_csv_and_md(grid):
     md = (out / "results.md").read_text()
     assert "SYNTHETIC" in md and "Runs finished: 4 of 4" in md
     for net in ("fpa", "unet"):
-        per_run = [np.mean([float(r["iou"]) for r in rows if (r["variant"], r["seed"]) == (net, s)]) for s in "01"]
+        per_run = [
+            np.mean([float(r["iou"]) for r in rows if (r["variant"], r["seed"]) == (net, s)]) for s in "01"
+        ]
         assert f"| {net} | {format_mean_std(per_run, 100)} |" in md
     assert "PAPER PROTOCOL" in md
 
@@ -364,9 +446,13 @@ def test_finished_runs_with_other_settings_are_refused(grid):
     with pytest.raises(ValueError, match="set by the runner"):
         run_experiment(**GRID, output=str(out), seed=3)
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/done.json")} == before
-    # a finished grid re-run does nothing but rewrite the tables
+    # a finished grid re-run trains nothing; a missing paper-protocol file is recomputed from model.pt
+    pp = grid["last"].runs[2].paper_protocol_csv
+    text = pp.read_text()
+    pp.unlink()
     again = run_experiment(**GRID, output=str(out), dataset_dir=str(grid["data"]), figures=False)
     assert again.executed == [] and len(again.skipped) == 4
+    assert pp.read_text() == text
 
 
 def test_device_override_is_a_torch_device_expression():
@@ -389,12 +475,25 @@ def test_keep_going_and_max_runs(grid, tmp_path, monkeypatch):
             "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n"
             f"c1,{0.5 + 0.1 * run.seed},0.6,3.0,0.001,0.2,False,False\n"
         )
-        done = {**identity, "params": 1, "resumed": False, "seconds": 0.0, "test_cases": 1, "test_iou_mean": 0.5}
+        done = {
+            **identity,
+            "params": 1,
+            "resumed": False,
+            "seconds": 0.0,
+            "test_cases": 1,
+            "test_iou_mean": 0.5,
+        }
         run.marker.write_text(json.dumps(done))
         return done
 
     monkeypatch.setattr(runner_module, "_execute", fake_execute)
-    common = {**GRID, "paper_protocol": False, "figures": False, "output": str(tmp_path), "dataset_dir": str(grid["data"])}
+    common = {
+        **GRID,
+        "paper_protocol": False,
+        "figures": False,
+        "output": str(tmp_path),
+        "dataset_dir": str(grid["data"]),
+    }
     partial = run_experiment(**common, max_runs=1)
     assert [r.name for r in partial.executed] == ["fpa seed 0 fold 0"] and not partial.complete
     with pytest.raises(RuntimeError, match="boom"):  # fail fast by default
@@ -405,3 +504,43 @@ def test_keep_going_and_max_runs(grid, tmp_path, monkeypatch):
     assert "Runs finished: 2 of 4" in md and "| fpa | 55.00 ± 7.07 |" in md and "| unet |" not in md
     events = [json.loads(line)["event"] for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert events.count("failed") == 3 and events.count("done") == 2
+
+
+def test_overlay_window_is_twice_the_lesion():
+    from pam_monai.experiments.figures import _window
+
+    target = np.zeros((160, 160), bool)
+    target[70:100, 60:90] = True  # a 30-pixel lesion
+    speck = np.zeros_like(target)
+    speck[5, 150] = True  # a far false positive does not widen the window
+    r0, r1, c0, c1 = _window(target, [speck])
+    assert r1 - r0 == c1 - c0 == 60
+    assert r0 <= 70 and r1 >= 100 and c0 <= 60 and c1 >= 90
+    assert _window(np.zeros((8, 8), bool), [np.zeros((8, 8), bool)]) == (0, 8, 0, 8)
+    small = np.zeros((160, 160), bool)
+    small[0:2, 0:2] = True
+    assert _window(small, []) == (0, 48, 0, 48)  # at least 48 pixels, kept inside the image
+
+
+def test_table_distance_unit_for_2d_images():
+    md = markdown_report(
+        [_run("fpa", 0, [0.5])],
+        dataset="cityscapes",
+        dataset_title="CityScapes",
+        synthetic=False,
+        data_root="/x",
+        order=["fpa"],
+        planned=1,
+        distance_unit="px",
+    )
+    assert "| HD95 (px) |" in md and "one image" in md and "(mm)" not in md
+
+
+def test_cli_help_starts_nothing(tmp_path, monkeypatch, capsys):
+    from pam_monai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner_module, "run_experiment", lambda **kw: pytest.fail("--help started a grid"))
+    main(["experiment", "--help"])
+    assert "Usage: python -m pam_monai experiment" in capsys.readouterr().out  # printed through Fire
+    assert list(tmp_path.iterdir()) == []

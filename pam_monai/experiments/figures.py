@@ -43,6 +43,12 @@ def _pyplot():
     return plt
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save ``fig`` as PNG through a temporary file and a rename (no half-written PNG), then close it."""
     path = Path(path)
@@ -51,6 +57,7 @@ def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a figure is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -90,16 +97,21 @@ def overlay(grey: np.ndarray, pred: np.ndarray, target: np.ndarray, alpha: float
     return out
 
 
-def _window(masks: Sequence[np.ndarray], shape: tuple[int, int], margin: int = 12, min_size: int = 48):
-    """A square window around the union of ``masks`` (the whole image when they are empty)."""
-    union = np.zeros(shape, bool)
-    for m in masks:
-        union |= m
-    if not union.any():
+def _window(target: np.ndarray, preds: Sequence[np.ndarray], min_size: int = 48) -> tuple[int, int, int, int]:
+    """A square window twice the size of the lesion (at least ``min_size``), centred on it; on
+    the predictions when the target is empty; the whole image when all are empty. False
+    positives far from the lesion fall outside it: the first column shows the whole slice."""
+    shape = target.shape
+    mask = target
+    if not mask.any():
+        mask = np.zeros(shape, bool)
+        for p in preds:
+            mask |= p
+    if not mask.any():
         return 0, shape[0], 0, shape[1]
-    rows, cols = np.nonzero(union)
-    size = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 + 2 * margin
-    size = min(max(size, min_size), min(shape))
+    rows, cols = np.nonzero(mask)
+    extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    size = min(max(2 * extent, min_size), min(shape))
     cr, cc = (rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2
     r0 = int(np.clip(cr - size // 2, 0, shape[0] - size))
     c0 = int(np.clip(cc - size // 2, 0, shape[1] - size))
@@ -129,7 +141,7 @@ def overlay_figure(
     for i, row in enumerate(rows):
         grey = display_slice(row["image"])
         target = row["target"]
-        r0, r1, c0, c1 = _window([target, *row["preds"].values()], target.shape)
+        r0, r1, c0, c1 = _window(target, list(row["preds"].values()))
         ax = axes[i, 0]
         ax.imshow(_rgb(grey), interpolation="nearest")
         if target.any():
@@ -137,7 +149,8 @@ def overlay_figure(
         ax.add_patch(
             Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="yellow", lw=0.8, ls="--")
         )
-        ax.set_title(f"{row['case']}\nslice {row['slice']}, ground truth", fontsize=7)
+        where = f"slice {row['slice']}, " if row.get("slice") is not None else ""
+        ax.set_title(f"{row['case']}\n{where}ground truth", fontsize=7)
         for j, net in enumerate(networks, start=1):
             ax = axes[i, j]
             img = overlay(grey, row["preds"][net], target)[r0:r1, c0:c1]
@@ -348,14 +361,14 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         rows.append(
             {
                 "case": case,
-                "slice": k if k is not None else 0,
+                "slice": k,
                 "image": take(image, k),
                 "target": take(label, k),
                 "preds": preds,
                 "iou": ious,
             }
         )
-    title = f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to the lesion)"
+    title = f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU over the whole case)"
     written.append(overlay_figure(rows, order, ctx.output / "fig5_overlays.png", title=title))
 
     # Figure 4: bridge attention of every FPA / RFNA variant (first chosen case, its best slice)
@@ -366,7 +379,8 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         if a is not None:
             maps[lab] = a
     if maps:
-        title = f"{row['case']} slice {row['slice']}: channel-mean attention of the deepest encoder block"
+        where = f" slice {row['slice']}" if row["slice"] is not None else ""
+        title = f"{row['case']}{where}: channel-mean attention of the deepest encoder block"
         if any(reps[lab].variant.network == "rfna" for lab in maps):
             title += " (RFNA is trained on reversed labels)"
         written.append(

@@ -195,8 +195,10 @@ def markdown_report(
     settings: dict | None = None,
     paper_protocol: bool = False,
     figures: Sequence[str] = (),
+    distance_unit: str = "mm",
 ) -> str:
-    """``results.md``: the paper's table layout over the finished ``runs``."""
+    """``results.md``: the paper's table layout over the finished ``runs`` (``distance_unit``:
+    of HD95, "mm" for volumes with a header, "px" for CityScapes' PNGs)."""
     lines: list[str] = []
     data = f"**SYNTHETIC** stand-in for {dataset_title}" if synthetic else dataset_title
     lines.append(f"# Results: {dataset} ({'SYNTHETIC data' if synthetic else 'real data'})")
@@ -209,10 +211,11 @@ def markdown_report(
     else:
         lines.append(f"> Data: {data} ({data_root}).")
     lines.append("")
+    case = "one 3-D volume" if distance_unit == "mm" else "one image"
     lines.append(
-        "Honest per-case metrics (each test case = one 3-D volume, on the preprocessed grid the "
+        f"Honest per-case metrics (each test case = {case}, on the preprocessed grid the "
         "networks see): foreground IoU (Jaccard), HD95 = 95th percentile of the symmetric surface "
-        "distance in mm, FP rate = FP / N (N = target background voxels), FN rate = FN / P "
+        f"distance in {distance_unit}, FP rate = FP / N (N = target background voxels), FN rate = FN / P "
         "(P = target foreground voxels); empty masks follow the documented rule of "
         "`pam_monai.metrics` (no case is ever dropped). Each run's metrics are averaged over its "
         "test cases first; the table gives mean ± sample std (ddof=1) of those per-run means over "
@@ -235,7 +238,8 @@ def markdown_report(
         return "\n".join(lines) + "\n"
 
     lines.append(
-        "| Networks | IoU (%) | HD95 (mm) | FP (%) | FN (%) | Params (M) | runs | cases/run | empty targets/run | missed cases |"
+        f"| Networks | IoU (%) | HD95 ({distance_unit}) | FP (%) | FN (%) | Params (M) | runs | cases/run "
+        "| empty targets/run | missed cases |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     groups = _groups(runs, order)
@@ -260,7 +264,9 @@ def markdown_report(
     lines.append("")
     lines.append("### Per run (means over the run's test cases)")
     lines.append("")
-    lines.append("| Networks | seed | fold | IoU (%) | Dice (%) | HD95 (mm) | FP (%) | FN (%) | cases |")
+    lines.append(
+        f"| Networks | seed | fold | IoU (%) | Dice (%) | HD95 ({distance_unit}) | FP (%) | FN (%) | cases |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for variant, rs in groups:
         for r in sorted(rs, key=lambda r: (r.fold, r.seed)):

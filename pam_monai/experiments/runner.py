@@ -24,6 +24,7 @@ settings (``--epochs`` ...) is an error, not silently mixed into the table.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import re
@@ -382,7 +383,7 @@ def run_experiment(
     networks: str | Iterable[str] | None = None,
     seeds: int | Iterable[int] = 1,
     folds: int | str | Iterable[int] = "0",
-    output: str = "experiments/run",
+    output: str = "outputs/experiment",
     preset: str | None = None,
     paper_protocol: bool = False,
     figures: bool = True,
@@ -640,6 +641,7 @@ def _run_grid(
         settings={**settings, "network_options": global_options} if global_options else settings,
         paper_protocol=paper_protocol and spec.volumetric,
         figures=[p.name for p in figure_paths],
+        distance_unit="mm" if spec.volumetric else "px",
     )
     md_path = atomic_write_text(output_dir / "results.md", md)
     log.info(
@@ -681,7 +683,7 @@ def experiment(
     networks: str | None = None,
     seeds: int = 1,
     folds: str = "0",
-    output: str = "experiments/run",
+    output: str = "outputs/experiment",
     preset: str | None = None,
     paper_protocol: bool = False,
     figures: bool = True,
@@ -729,6 +731,11 @@ def experiment(
     Returns:
         the path of results.md.
     """
+    if overrides.pop("help", None) or overrides.pop("h", None):
+        # Fire hands --help to a function with **kwargs as an argument: never start a grid for it
+        return "Usage: python -m pam_monai experiment [--flags]\n\n" + inspect.cleandoc(
+            experiment.__doc__ or ""
+        )
     _setup_logging()
     cmd = "python -m pam_monai " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if _from_cli() else None
     result = run_experiment(
