@@ -544,3 +544,48 @@ def test_cli_help_starts_nothing(tmp_path, monkeypatch, capsys):
     main(["experiment", "--help"])
     assert "Usage: python -m pam_monai experiment" in capsys.readouterr().out  # printed through Fire
     assert list(tmp_path.iterdir()) == []
+
+
+def _fake_execute_with_weights(run, bundle, overrides, identity, ctx):
+    """What a bundle run leaves behind, without training: random weights, a made-up metrics row."""
+    net = get_network(run.variant.network, 2, 4, 1, options=run.options)
+    run.model.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), run.model)
+    run.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+    iou = 0.1 + 0.01 * len(run.variant.label) + 0.05 * run.seed
+    run.metrics_csv.write_text(
+        "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n"
+        f"Brats18_SYN_005_1,{iou},0.5,7.0,0.01,0.3,False,False\n"
+    )
+    done = {**identity, "params": 1, "resumed": False, "seconds": 0.0, "test_cases": 1, "test_iou_mean": iou}
+    run.marker.write_text(json.dumps(done))
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("experiment_grid")
+def test_figures_of_an_ablation_grid(grid, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(runner_module, "_execute", _fake_execute_with_weights)
+    result = run_experiment(
+        **{
+            **GRID,
+            "paper_protocol": False,
+            "networks": "fpa[dilation=6],fpa[depthwise=false,dilation=12,expansion=1],rfna[ratio=4],rfna,unet",
+        },
+        output=str(tmp_path),
+        dataset_dir=str(grid["data"]),
+    )
+    names = sorted(p.name for p in result.figures)
+    assert names == ["fig4_attention.png", "fig5_overlays.png", "fig7_ablation.png"]
+    for p in result.figures:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+    md = (tmp_path / "results.md").read_text()
+    assert "| fpa[depthwise=false,dilation=12,expansion=1] |" in md and "| unet |" in md
+    with pytest.raises(ValueError, match="figure_networks"):
+        run_experiment(
+            **{**GRID, "paper_protocol": False, "networks": "unet"},
+            output=str(tmp_path / "b"),
+            dataset_dir=str(grid["data"]),
+            figure_networks="fpa",
+        )
