@@ -8,11 +8,11 @@ message per file.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from ..atomic import atomic_path
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -25,8 +25,6 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
 
 
 class UnreadableFile(Exception):
@@ -85,19 +83,7 @@ def load_png(path: str | os.PathLike) -> np.ndarray:
 def save_atomic_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` (.npy) so that readers never see a half-written file.
 
-    The array goes to a temporary file in the same folder first, which then replaces ``path``
-    with :func:`os.replace` (atomic on POSIX and Windows). Concurrent writers of the same content
-    are harmless: the last rename wins.
+    Concurrent writers of the same content are harmless: the last rename wins.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".npy.tmp") as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)

@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from ..atomic import atomic_path, atomic_write_text
 from .runtime import as_bool
 
 __all__ = ["BestCheckpoint", "TrainingCheckpoint", "atomic_save", "load_checkpoint"]
@@ -38,20 +38,11 @@ BEST = "model.pt"
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -236,8 +227,6 @@ class BestCheckpoint:
             return
         self.best_value = value
         atomic_save(_unwrap(self.network).state_dict(), self.path)
-        from .handlers import atomic_write_text
-
         atomic_write_text(
             self.path.with_suffix(".json"), json.dumps({"metric": self.metric_name, "value": value}) + "\n"
         )

@@ -6,13 +6,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from ..atomic import atomic_write_text
 from ..metrics import case_metrics, summarize
 
 __all__ = ["CaseMetrics", "NonFiniteLossGuard", "atomic_write_text"]
@@ -20,22 +20,6 @@ __all__ = ["CaseMetrics", "NonFiniteLossGuard", "atomic_write_text"]
 log = logging.getLogger("pam_monai")
 
 METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 class CaseMetrics:

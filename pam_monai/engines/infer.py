@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_path
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..networks.polarity import as_foreground
 from .checkpoint import load_checkpoint
@@ -123,32 +123,18 @@ def _affine_problems(case: str, files: Sequence[str]) -> list[str]:
     ]
 
 
-def _atomic_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     import nibabel as nib
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(nib.Nifti1Image(array, affine), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(nib.Nifti1Image(array, affine), str(tmp))
 
 
-def _atomic_png(array: np.ndarray, path: Path) -> None:
+def _save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class CasePredictor:
@@ -229,9 +215,9 @@ class CasePredictor:
             mask = restore_prediction(self.spec, mask, case["original_shape"])
             path = self.output_path(case["case"])
             if self.spec.volumetric:
-                _atomic_nifti(mask, case["affine"], path)
+                _save_nifti(mask, case["affine"], path)
             else:
-                _atomic_png((mask > 0).astype(np.uint8) * 255, path)
+                _save_png((mask > 0).astype(np.uint8) * 255, path)
             written.append(path)
             log.info("%s: %d foreground voxels -> %s", case["case"], int(mask.sum()), path)
         return written

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 __all__ = [
     "ablation_figure",
@@ -43,29 +44,14 @@ def _pyplot():
     return plt
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG through a temporary file and a rename (no half-written PNG), then close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    """Save ``fig`` as PNG atomically (no half-written PNG), then close it."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a figure is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def display_slice(image: np.ndarray) -> np.ndarray:

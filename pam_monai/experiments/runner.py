@@ -245,7 +245,7 @@ class _Bundle:
         self.train_json = train_json
         self.evaluate_json = evaluate_json
 
-    def _workflow(self, files: Sequence[Path], run_id: str, overrides: dict, resume: bool = False):
+    def _workflow(self, files: Sequence[Path], run_id: str, overrides: dict):
         from monai.bundle import ConfigWorkflow
 
         wf = ConfigWorkflow(
@@ -256,22 +256,10 @@ class _Bundle:
             workflow_type=None,
             **overrides,
         )
-        parser = wf.parser
-        # the split and the synthetic stand-in follow data_seed, not the training seed, so that
-        # the seeds of a grid repeat training on the SAME data (the bundle passes seed=@seed)
-        data_expr = parser.get("data")
-        if not isinstance(data_expr, str) or "seed=@seed" not in data_expr:
-            raise RuntimeError(f"{files[0]}: cannot find 'seed=@seed' in the 'data' expression {data_expr!r}")
-        parser["data"] = data_expr.replace("seed=@seed", "seed=@data_seed")
-        if resume:
-            # BestCheckpoint must keep comparing against the interrupted run's best value
-            for i, h in enumerate(parser.get("validate#handlers", [])):
-                if isinstance(h, dict) and str(h.get("_target_", "")).endswith("BestCheckpoint"):
-                    parser[f"validate#handlers#{i}#resume"] = True
         return wf
 
     def _run(self, files: Sequence[Path], run_id: str, overrides: dict, resume: bool = False) -> None:
-        wf = self._workflow(files, run_id, overrides, resume)
+        wf = self._workflow(files, run_id, overrides)
         wf.initialize()
         try:
             wf.run()

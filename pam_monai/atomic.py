@@ -1,0 +1,53 @@
+"""Atomic file writes: a temporary file in the target's folder, then ``os.replace``.
+
+Every checkpoint, cache file, metric table, mask and figure the project writes goes through
+:func:`atomic_path`, so an interrupted run (SIGKILL included) leaves either the previous complete
+file or the new complete file, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_text"]
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
+
+    ``suffix`` lets writers that infer the format from the name (nibabel, PIL) see the right one.
+    The file gets the usual permissions (``0666 & ~umask``; ``mkstemp`` alone makes it 0600).
+    On any exception the temporary file is removed and ``path`` is untouched.
+
+    Example::
+
+        with atomic_path("out/model.pt") as tmp:
+            torch.save(state, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
