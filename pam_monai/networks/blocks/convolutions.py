@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from .fastconv import make_fast_conv
+
 __all__ = [
     "DEFAULT_ACT",
     "DEFAULT_NORM",
@@ -44,7 +46,7 @@ def conv_norm_act(
     ``Convolution`` so that state-dict keys are uniform).
     """
     conv_only = norm is None and act is None
-    return Convolution(
+    block = Convolution(
         spatial_dims,
         in_channels,
         out_channels,
@@ -57,6 +59,9 @@ def conv_norm_act(
         bias=bias,
         conv_only=conv_only,
     )
+    if spatial_dims == 2 and ((dilation > 1 and groups > 1) or (kernel_size == 1 and stride > 1)):
+        make_fast_conv(block.conv)  # a fast CPU route for these two kinds; same parameters and function
+    return block
 
 
 class DoubleConv(nn.Sequential):

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# One prepared GPU benchmark run (H100), about 7 minutes including torch.compile warm-ups.
+#
+# Run from the repository root on the GPU machine:
+#
+#     OUT=/some/folder bash benchmarks/gpu_check.sh
+#
+# The machine has PyTorch but not MONAI and friends: wheels in .whl/ (monai, pytorch-ignite,
+# nibabel, fire, termcolor) are installed into /tmp/site first, when present.
+#
+# Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
+# fails or hangs (a compilation, say) costs only its own time box and the others still run; the
+# stages share one budget (BUDGET_S seconds, default 420) and are ordered by importance:
+#   1. eager: unet, fpa, rfna, aunet in fp32 and in the eager fast path (bf16 + channels-last +
+#      fast norm + fused AdamW), batch 50 x 4 x 160 x 160
+#   2-4. the full fast path (+ torch.compile) for fpa, unet, rfna, each in its own process
+#   5. data pipeline (DataLoader with 0/4/8 workers and DeviceSliceLoader), whole-volume
+#      inference (unet, fpa, rfna; fp32 and eager fast) and HD95 vs MONAI
+#   6. if time is left: fast aunet, then fast unet and fpa at batch 128 (one process each)
+# Then the per-stage JSON files are merged (U-Net ratios across stages: same card, same run) into
+# $OUT/gpu_check.json, the tables printed, and everything logged to $OUT/gpu_check.log; the
+# per-stage files travel as $OUT/stages.tar.gz (3 files in $OUT in all).
+#
+# Environment: OUT (default outputs/gpu_check), BUDGET_S (420), PY (python3), DEVICE (cuda),
+# QUICK=1 (tiny shapes on any device: checks this script's Python path, e.g. on a CPU).
+set -u
+
+START=$(date +%s)
+OUT=${OUT:-outputs/gpu_check}
+BUDGET_S=${BUDGET_S:-420}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:-0}
+WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+export PYTHONUNBUFFERED=1
+
+log() { echo "$@" | tee -a "$LOG"; }
+elapsed() { echo $(($(date +%s) - START)); }
+left() { echo $((BUDGET_S - $(elapsed))); }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    log "== installing $(ls .whl/*.whl | wc -l) wheels into /tmp/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+# the budget counts from here (the install is not a benchmark stage)
+START=$(date +%s)
+
+{ nvidia-smi || echo "nvidia-smi: not available"; } 2>&1 | tee -a "$LOG"
+"$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
+import os, sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda,
+      "| cudnn", torch.backends.cudnn.version(), "| cpus", os.cpu_count())
+if torch.cuda.is_available():
+    print("gpu:", torch.cuda.get_device_name(0))
+for m in ("monai", "ignite", "nibabel", "fire", "scipy", "tqdm", "pam_monai"):
+    try:
+        mod = __import__(m)
+        print(f"{m} {getattr(mod, '__version__', '?')}")
+    except Exception as e:  # report, do not stop: the stages record their own errors
+        print(f"{m}: NOT importable: {e}")
+EOF
+
+if [ "$QUICK" = "1" ]; then
+    COMMON=(--device "$DEVICE" --quick)
+    BIG=(--quick)
+else
+    COMMON=(--device "$DEVICE" --batch 50 --size 160 --steps 20 --warmup 5)
+    BIG=(--batch 128 --size 160 --steps 10 --warmup 4)
+fi
+
+JSONS=()
+# stage NAME LIMIT_S ARGS...: one bench process, time-boxed by LIMIT_S and by what is left of the budget
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    local l
+    l=$(left)
+    if ((l < 30)); then
+        log "== SKIP $name: ${l}s of the budget left"
+        return
+    fi
+    ((limit > l)) && limit=$l
+    log "== $name (time box ${limit}s, $(elapsed)s elapsed)"
+    timeout -k 15 "$limit" "$PY" -m pam_monai bench "$@" --output "$WORK/$name.json" >"$WORK/$name.log" 2>&1
+    local rc=$?
+    cat "$WORK/$name.log" >>"$LOG"
+    tail -n 25 "$WORK/$name.log"
+    if ((rc == 124 || rc == 137)); then
+        log "== $name: TIMED OUT after ${limit}s"
+    elif ((rc != 0)); then
+        log "== $name: FAILED (exit $rc)"
+    fi
+    [ -f "$WORK/$name.json" ] && JSONS+=("$WORK/$name.json")
+}
+
+stage eager 100 "${COMMON[@]}" --networks unet,fpa,rfna,aunet --modes fp32,fast-compile --stages train
+SOLO=(--modes fast --stages train --reference=False)
+stage fast_fpa 150 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
+stage fast_unet 150 "${COMMON[@]}" --networks unet "${SOLO[@]}"
+stage fast_rfna 150 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
+stage data_infer_hd95 120 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32,fast-compile \
+    --stages data,infer,hd95 --data_cases 3 --data_workers 0,4,8
+stage fast_aunet 120 "${COMMON[@]}" --networks aunet "${SOLO[@]}"
+stage fast_unet_b128 120 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
+stage fast_fpa_b128 120 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
+
+log "== merged results ($(elapsed)s elapsed)"
+"$PY" -c "import sys; from pam_monai.bench import merge; merge(*sys.argv[2:], output=sys.argv[1])" \
+    "$OUT/gpu_check.json" "${JSONS[@]}" 2>&1 | tee -a "$LOG"
+tar -czf "$OUT/stages.tar.gz" -C "$WORK" . 2>/dev/null
+rm -rf "$WORK"
+log "== done in $(elapsed)s"

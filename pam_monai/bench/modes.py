@@ -1,0 +1,76 @@
+"""Benchmark modes: which parts of the fast path a measurement switches on.
+
+A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32``, ``fast``,
+``fast-compile`` (the fast path in eager mode), ``fp32+norm``. Flags:
+
+- ``amp``: bf16 autocast of the forward pass (the loss is computed in fp32);
+- ``cl``: channels-last network and inputs;
+- ``norm``: the fusible instance norm (:func:`pam_monai.engines.runtime.use_fast_norm`);
+- ``compile``: ``torch.compile`` of the network (forward and backward);
+- ``fused``: fused AdamW.
+
+``fast`` is the fast path of the device: on CUDA every flag; on the CPU only ``norm`` and
+``fused``, because bf16 (without AMX), channels-last (ANCHORS.md) and compilation (about a minute
+per network on 2 cores) make CPU steps slower or the benchmark too long there; add them with
+``fast+amp+cl+compile`` to measure them anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+__all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
+
+FLAGS = ("amp", "cl", "norm", "compile", "fused")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One benchmark setting (see the module docstring)."""
+
+    name: str
+    amp: bool = False
+    cl: bool = False
+    norm: bool = False
+    compile: bool = False
+    fused: bool = False
+
+    def flags(self) -> dict:
+        d = asdict(self)
+        d.pop("name")
+        return d
+
+    def describe(self) -> str:
+        on = [f for f in FLAGS if getattr(self, f)]
+        return "+".join(on) if on else "plain fp32"
+
+
+def _base(name: str, device_type: str) -> dict:
+    if name == "fp32":
+        return {}
+    if name == "bf16":
+        return {"amp": True}
+    if name == "fast":
+        if device_type == "cuda":
+            return dict.fromkeys(FLAGS, True)
+        return {"norm": True, "fused": True}
+    raise ValueError(f"unknown mode {name!r}: a mode is fp32, bf16 or fast, with +flag / -flag from {FLAGS}")
+
+
+def parse_mode(text: str, device_type: str) -> Mode:
+    """``"fast-compile"`` -> ``Mode(name="fast-compile", amp=True, cl=True, norm=True, fused=True)`` on CUDA."""
+    text = str(text).strip()
+    parts = re.split(r"([+-])", text)
+    flags = _base(parts[0], device_type)
+    for sign, flag in zip(parts[1::2], parts[2::2]):
+        if flag not in FLAGS:
+            raise ValueError(f"mode {text!r}: unknown flag {flag!r} (flags: {', '.join(FLAGS)})")
+        flags[flag] = sign == "+"
+    return Mode(name=text, **flags)
+
+
+def parse_modes(modes, device_type: str) -> list[Mode]:
+    """A comma-separated string (or a list) of modes."""
+    items = modes.split(",") if isinstance(modes, str) else list(modes)
+    return [parse_mode(m, device_type) for m in items if str(m).strip()]

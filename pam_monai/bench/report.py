@@ -1,0 +1,198 @@
+"""Tables and JSON of benchmark results; merging the results of several runs (the GPU script)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+__all__ = ["format_report", "merge", "write_json"]
+
+
+def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return none
+    return format(v, spec)
+
+
+def _bytes(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 2**30:.2f} GiB" if v >= 2**30 else f"{v / 2**20:.0f} MiB"
+
+
+def _train_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| network | mode | params | batch | step ms (median) | slices/s | peak memory | cost x U-Net (median; min; rounds) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("error") and "slices_per_s" not in r:
+            lines.append(
+                f"| {r['network']} | {r['mode']} | {r.get('params', 0):,} | {r.get('batch')} | error | - | - | {r['error'][:80]} |"
+            )
+            continue
+        rounds = r.get("cost_vs_unet_rounds") or []
+        spread = f"{min(rounds):.2f}-{max(rounds):.2f}" if len(rounds) > 1 else "-"
+        cost = (
+            f"{_fmt(r.get('cost_vs_unet'), '.2f')}; {_fmt(r.get('cost_vs_unet_min'), '.2f')}; {spread}"
+            if r.get("cost_vs_unet") is not None
+            else "-"
+        )
+        lines.append(
+            f"| {r['network']} | {r['mode']} | {r['params']:,} | {r['batch']} | {_fmt(r.get('step_ms_median'))} "
+            f"| {_fmt(r.get('slices_per_s'), ',.0f')} | {_bytes(r.get('peak_bytes'))} | {cost} |"
+        )
+    return lines
+
+
+def _data_table(data: dict, train_rate: float | None) -> list[str]:
+    lines = [
+        f"synthetic BRATS: {data.get('cases')} cases x {data.get('slices_per_case')} slices, {data.get('samples', '?')} "
+        f"training slices; per-volume preparation once: {_fmt(data.get('prepare_s_per_case'), '.2f')} s per case",
+        "",
+        "| loader (+ FlipPrepareBatch on the device) | slices/s delivered | vs fastest training step |",
+        "|---|---|---|",
+    ]
+    for e in data.get("loaders", []):
+        rate = e.get("slices_per_s")
+        vs = f"{rate / train_rate:.2f}x" if rate and train_rate else "-"
+        lines.append(
+            f"| {e['loader']} | {_fmt(rate, ',.0f') if rate else 'error: ' + str(e.get('error'))[:60]} | {vs} |"
+        )
+    if train_rate:
+        lines.append(f"(fastest training step in these results: {train_rate:,.0f} slices/s)")
+    return lines
+
+
+def _infer_table(rows: list[dict]) -> list[str]:
+    lines = ["| network | mode | volume | seconds (median) | slices/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        vol = "x".join(map(str, r.get("volume", [])))
+        if r.get("error"):
+            lines.append(f"| {r['network']} | {r['mode']} | {vol} | error: {r['error'][:60]} | - |")
+        else:
+            lines.append(
+                f"| {r['network']} | {r['mode']} | {vol} | {_fmt(r.get('seconds_median'), '.3f')} "
+                f"| {_fmt(r.get('slices_per_s'), ',.0f')} |"
+            )
+    return lines
+
+
+def fastest_train_rate(train: list[dict]) -> float | None:
+    rates = [r["slices_per_s"] for r in train if r.get("slices_per_s")]
+    return max(rates) if rates else None
+
+
+def format_report(result: dict) -> str:
+    """A plain-text report (markdown tables) of a :func:`pam_monai.bench.bench` result."""
+    meta = result.get("meta", {})
+    out = [
+        f"device: {meta.get('device_name', meta.get('device'))} | torch {meta.get('torch')} | "
+        f"threads {meta.get('threads')} | {meta.get('date', '')}",
+    ]
+    train = result.get("train") or []
+    if train:
+        r0 = train[0]
+        out += [
+            "",
+            f"## Training step (forward + soft Dice + backward + AdamW), batch {r0.get('batch')} x "
+            f"{'x'.join(map(str, r0.get('size', [])))}",
+            "",
+            *_train_table(train),
+            "",
+            "cost x U-Net: step time / the 3-stage U-Net's step time in the same mode and run "
+            "(median ratio; ratio of minimum times; range of per-round ratios).",
+        ]
+        modes = {r["mode"]: r.get("flags") for r in train}
+        out.append("modes: " + "; ".join(f"{m} = {_describe(f)}" for m, f in modes.items()))
+    if result.get("data"):
+        out += ["", "## Data pipeline", "", *_data_table(result["data"], fastest_train_rate(train))]
+    if result.get("infer"):
+        out += ["", "## Whole-volume inference (crop, slices through the network, threshold, un-crop)", ""]
+        out += _infer_table(result["infer"])
+    h = result.get("hd95")
+    if h:
+        shape = "x".join(map(str, h.get("shape", [])))
+        out += ["", f"## HD95 on a {shape} pair with a tumour-sized lesion (CPU)", ""]
+        if h.get("error"):
+            out.append(f"error: {h['error']}")
+        else:
+            out += [
+                "| implementation | seconds (median) | HD95 |",
+                "|---|---|---|",
+                f"| pam_monai.metrics.hd95 | {h['ours_s']:.4f} | {h['ours_hd95']:.3f} |",
+                f"| MONAI compute_hausdorff_distance(percentile=95) | {h['monai_s']:.4f} | {h['monai_hd95']:.3f} |",
+                f"speed-up: {h['speedup']:.1f}x (lesion {h['voxels_target']} voxels)",
+            ]
+    errors = result.get("errors") or []
+    if errors:
+        out += ["", "## Errors", ""] + [f"- {e}" for e in errors]
+    return "\n".join(out)
+
+
+def _describe(flags: dict | None) -> str:
+    if not flags:
+        return "?"
+    on = [k for k, v in flags.items() if v]
+    return "+".join(on) if on else "plain fp32"
+
+
+def write_json(result: dict, path: str | os.PathLike) -> Path:
+    """Write ``result`` as JSON (atomically: temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def merge(*paths: str | os.PathLike, output: str | os.PathLike | None = None) -> dict:
+    """Merge bench JSON files (one per GPU-script stage) into one result, recompute the U-Net
+    ratios across them (same card, same script run) and print the report.
+
+    Args:
+        paths: JSON files written by ``python -m pam_monai bench --output ...``.
+        output: where to write the merged JSON (optional).
+    """
+    merged: dict = {"meta": {}, "train": [], "infer": [], "errors": [], "sources": []}
+    for p in paths:
+        try:
+            r = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as e:
+            merged["errors"].append(f"{p}: {e}")
+            continue
+        source = len(merged["sources"])
+        merged["sources"].append(str(p))
+        merged["meta"] = merged["meta"] or r.get("meta", {})
+        merged["train"] += [{**row, "source": source} for row in r.get("train") or []]
+        merged["infer"] += r.get("infer") or []
+        merged["errors"] += r.get("errors") or []
+        for key in ("data", "hd95"):
+            if r.get(key):
+                merged[key] = r[key]
+
+    # the U-Net of the same mode, batch and size is the reference: from the same file when it has
+    # one (its ratios were measured side by side), else from another stage of the same run
+    def key(row: dict) -> tuple:
+        return row["mode"], row["batch"], tuple(row.get("size") or ())
+
+    unets = [r for r in merged["train"] if r["network"] == "unet" and r.get("step_ms_median")]
+    for r in merged["train"]:
+        if not r.get("step_ms_median"):
+            continue
+        same = [u for u in unets if key(u) == key(r)]
+        u = next((u for u in same if u["source"] == r["source"]), same[0] if same else None)
+        if u is None:
+            continue
+        r["cost_vs_unet"] = r["step_ms_median"] / u["step_ms_median"]
+        r["cost_vs_unet_min"] = r["step_ms_min"] / u["step_ms_min"]
+        if u["source"] != r["source"]:
+            r.pop("cost_vs_unet_rounds", None)
+            r["reference"] = f"unet of {merged['sources'][u['source']]}"
+    if output:
+        write_json(merged, output)
+    print(format_report(merged))
+    return merged

@@ -1,0 +1,262 @@
+"""Training-step throughput: forward, batch-pooled soft Dice on sigmoid, backward, AdamW step.
+
+The step is the bundles' step (``pam_monai.networks.loss_for`` around MONAI's
+``DiceLoss(sigmoid=True, batch=True, smooth_nr=1, smooth_dr=1)``, AdamW) on random inputs of a
+fixed shape. Networks are measured in one process so that their ratios share the machine's state;
+on the CPU the (network, mode) pairs are interleaved in ``rounds`` so that a burst of load from
+another process hits all of them alike, and the spread of the per-round ratios is reported.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from .modes import Mode
+
+__all__ = ["TrainCase", "bench_train", "make_case"]
+
+log = logging.getLogger("pam_monai.bench")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_kib() -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) of this process in KiB (Linux), else None."""
+    try:
+        text = open("/proc/self/status").read()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
+        hwm = int(re.search(r"VmHWM:\s+(\d+)", text).group(1))
+        return rss, hwm
+    except (OSError, AttributeError):
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class TrainCase:
+    """One (network, mode) under measurement."""
+
+    network: str
+    mode: Mode
+    params: int
+    step: object  # callable running one training step
+    device: torch.device
+    times: list = field(default_factory=list)
+    round_medians: list = field(default_factory=list)
+    peak_bytes: int | None = None
+    peak_kind: str = "-"
+    warmup_s: float = 0.0
+    error: str | None = None
+
+
+def make_case(
+    name: str,
+    mode: Mode,
+    device: torch.device,
+    batch: int,
+    size: int,
+    seed: int = 0,
+    compile_mode: str | None = None,
+) -> TrainCase:
+    """Build network, loss, optimizer and data for one (network, mode) and return its step."""
+    from monai.losses import DiceLoss
+
+    from ..engines.runtime import fast_network
+    from ..networks import get_network, loss_for
+
+    torch.manual_seed(seed)
+    net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1)
+    params = sum(p.numel() for p in net.parameters())
+    net = fast_network(net.to(device), channels_last=mode.cl, fast_norm=mode.norm)
+    net.train()
+    loss_fn = loss_for(net, DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0))
+    opt_kwargs = {"lr": 1e-4, "weight_decay": 1e-5}
+    if mode.fused:
+        opt_kwargs["fused"] = True
+    opt = torch.optim.AdamW(net.parameters(), **opt_kwargs)
+    model = torch.compile(net, mode=compile_mode) if mode.compile else net
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, size, size, generator=g).to(device)
+    y = (torch.rand(batch, 1, size, size, generator=g) > 0.9).float().to(device)
+    if mode.cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp_dtype = torch.bfloat16
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=mode.amp):
+            out = model(x)
+        loss = loss_fn(out.float(), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return TrainCase(network=name, mode=mode, params=params, step=step, device=device)
+
+
+def _timed_steps(case: TrainCase, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        _sync(case.device)
+        t = time.perf_counter()
+        case.step()
+        _sync(case.device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _warm(case: TrainCase, warmup: int) -> None:
+    try:
+        t = time.perf_counter()
+        for _ in range(max(warmup, 1)):
+            case.step()
+        _sync(case.device)
+        case.warmup_s = time.perf_counter() - t
+    except Exception as e:
+        case.error = f"warm-up: {type(e).__name__}: {e}"
+        log.error("train %s/%s: %s\n%s", case.network, case.mode.name, case.error, traceback.format_exc())
+
+
+def _measure(case: TrainCase, steps: int) -> None:
+    device = case.device
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            times = _timed_steps(case, steps)
+            case.peak_bytes = max(case.peak_bytes or 0, torch.cuda.max_memory_allocated(device))
+            case.peak_kind = "torch.cuda.max_memory_allocated"
+        else:
+            before = _rss_kib() if _reset_peak_rss() else None
+            times = _timed_steps(case, steps)
+            after = _rss_kib()
+            if before and after:
+                case.peak_bytes = max(case.peak_bytes or 0, max(after[1] - before[0], 0) * 1024)
+                case.peak_kind = "peak RSS growth during the steps (approximate)"
+        case.times.extend(times)
+        case.round_medians.append(statistics.median(times))
+    except Exception as e:
+        case.error = f"step: {type(e).__name__}: {e}"
+        log.error("train %s/%s: %s\n%s", case.network, case.mode.name, case.error, traceback.format_exc())
+
+
+def _build(
+    name: str, mode: Mode, device: torch.device, batch: int, size: int, seed: int, compile_mode
+) -> TrainCase:
+    try:
+        return make_case(name, mode, device, batch, size, seed, compile_mode)
+    except Exception as e:  # one bad pair must not stop the others
+        log.error("train %s/%s: build failed: %s\n%s", name, mode.name, e, traceback.format_exc())
+        case = TrainCase(network=name, mode=mode, params=0, step=None, device=device)
+        case.error = f"build: {type(e).__name__}: {e}"
+        return case
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_train(
+    networks: list[str],
+    modes: list[Mode],
+    device: torch.device,
+    batch: int,
+    size: int,
+    steps: int,
+    warmup: int,
+    rounds: int = 1,
+    seed: int = 0,
+    compile_mode: str | None = None,
+) -> list[dict]:
+    """Measure every (network, mode); returns one result dict per pair (see :func:`summarise`).
+
+    On CUDA (or with ``rounds=1``) the pairs run one after the other, each alone in memory, so
+    that ``torch.cuda.max_memory_allocated`` is its own peak. On the CPU with ``rounds > 1`` all
+    pairs are built first and their timed steps interleaved round by round.
+    """
+    pairs = [(name, mode) for mode in modes for name in networks]
+    if device.type == "cuda" or rounds <= 1:
+        results = []
+        for name, mode in pairs:
+            case = _build(name, mode, device, batch, size, seed, compile_mode)
+            if not case.error:
+                _warm(case, warmup)
+            for _ in range(max(rounds, 1)):
+                if not case.error:
+                    _measure(case, steps)
+            case.step = None
+            results.append(case)
+            _free(device)
+            log.info("train %s/%s done", name, mode.name)
+        return summarise(results, batch, size)
+    cases = [_build(name, mode, device, batch, size, seed, compile_mode) for name, mode in pairs]
+    for case in cases:
+        if not case.error:
+            _warm(case, warmup)
+    for _ in range(rounds):
+        for case in cases:
+            if not case.error:
+                _measure(case, steps)
+    for case in cases:
+        case.step = None
+    _free(device)
+    return summarise(cases, batch, size)
+
+
+def summarise(cases: list[TrainCase], batch: int, size: int) -> list[dict]:
+    """Per case: median/min step time, slices/s, peak memory, and the cost relative to the U-Net
+    of the same mode (ratio of median step times; also of minimum times, and per round)."""
+    ref = {c.mode.name: c for c in cases if c.network == "unet" and not c.error and c.times}
+    out = []
+    for c in cases:
+        r = {
+            "network": c.network,
+            "mode": c.mode.name,
+            "flags": c.mode.flags(),
+            "params": c.params,
+            "batch": batch,
+            "size": [4, size, size],
+            "steps": len(c.times),
+            "rounds": len(c.round_medians),
+            "warmup_s": round(c.warmup_s, 3),
+            "error": c.error,
+        }
+        if c.times:
+            med, best = statistics.median(c.times), min(c.times)
+            r.update(
+                step_ms_median=med * 1e3,
+                step_ms_min=best * 1e3,
+                step_ms_p75=sorted(c.times)[int(0.75 * (len(c.times) - 1))] * 1e3,
+                slices_per_s=batch / med,
+                peak_bytes=c.peak_bytes,
+                peak_kind=c.peak_kind,
+            )
+            u = ref.get(c.mode.name)
+            if u is not None:
+                r["cost_vs_unet"] = med / statistics.median(u.times)
+                r["cost_vs_unet_min"] = best / min(u.times)
+                if len(c.round_medians) == len(u.round_medians) and c.round_medians:
+                    per_round = [a / b for a, b in zip(c.round_medians, u.round_medians)]
+                    r["cost_vs_unet_rounds"] = per_round
+        out.append(r)
+    return out

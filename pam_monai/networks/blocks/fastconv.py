@@ -1,0 +1,163 @@
+"""2-D convolutions that are fast on the CPU too: FPA's dilated depthwise and strided 1x1 convolutions.
+
+FPA's attention branch runs two 3x3 depthwise convolutions of dilation 6-12 over 4x-widened
+tensors. On the GPU these are grouped convolutions, which cuDNN handles well, and nothing here
+changes that. On the CPU, oneDNN (PyTorch's CPU convolution backend) has fast depthwise kernels
+only for dilation 1 in the backward pass (and up to 6 in the forward pass): a dilation-9 depthwise
+convolution of a 4 x 256 x 40 x 40 tensor measured 16 ms forward and 46 ms forward + backward on
+one core against 2.5 and 4 ms at dilation 1 (``benchmarks/README.md``), and the dilated ones were
+the largest item of FPA's CPU training step in ``torch.profiler``.
+
+A 3x3 depthwise convolution is a sum of 9 per-channel scaled shifted copies of its input, so
+:class:`FastConv2d` computes it as 9 fused multiply-adds (``addcmul_``) of shifted regions, each
+vectorised over batch, channels and pixels, and skips the taps that only see zero padding (at
+dilation 9 on a 10 x 10 map the 8 off-centre taps each reach one row, column or pixel; on an
+8 x 8 map only the centre tap is left). Its backward pass is the same: 9 multiply-adds for the input gradient and 9 multiply-sums for
+the weight gradient. Same products, same sums, another order: the same function to rounding.
+Measured 3.8 / 19 ms forward / forward + backward against 16 / 46 ms on one core
+(4 x 256 x 40 x 40, dilation 9).
+
+It also runs a strided 1x1 convolution without padding (FPA's attention-branch entry, RFNA's
+``W_r1``) as a 1x1 convolution of the sub-sampled input, ``conv(x[..., ::s, ::s])``, the same
+function: oneDNN's strided 1x1 path measured 11.6 ms forward against 1.7 ms for the sub-sampled
+one (4 x 32 x 80 x 80 -> 256 channels, one core).
+
+Both routes are also taken for bf16 (CPU autocast; the taps then compute in the weight's fp32),
+which avoids two faults of PyTorch 2.13's oneDNN CPU kernels on channels-last bf16 tensors seen
+here: a heap corruption in the backward of a strided 1x1 convolution (``double free or
+corruption``, reproduced with plain ``F.conv2d``) and, in about one FPA training step in ten,
+weight gradients of 1e30 from the dilated depthwise backward.
+
+:class:`FastConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) that takes these routes
+for float CPU tensors in eager mode only; on CUDA, under ``torch.compile`` and in TorchScript it is
+a plain ``nn.Conv2d`` (grouped convolution for cuDNN).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FastConv2d", "make_fast_conv"]
+
+
+def _taps(h: int, w: int, d: int) -> list[tuple[int, int, tuple[slice, slice], tuple[slice, slice]]]:
+    """The taps ``(ki, kj)`` of a 3x3 kernel of dilation ``d`` that reach inside an ``h x w`` image,
+    with the output region each one writes (``dst``) and the input region it reads (``src``)."""
+    taps = []
+    for ki in range(3):
+        oi = (ki - 1) * d
+        if abs(oi) >= h:
+            continue
+        for kj in range(3):
+            oj = (kj - 1) * d
+            if abs(oj) >= w:
+                continue
+            dst = (slice(max(0, -oi), h - max(0, oi)), slice(max(0, -oj), w - max(0, oj)))
+            src = (slice(max(0, oi), h - max(0, -oi)), slice(max(0, oj), w - max(0, -oj)))
+            taps.append((ki, kj, dst, src))
+    return taps
+
+
+class _TapDepthwiseConv(torch.autograd.Function):
+    """``conv2d(x, w, padding=d, dilation=d, groups=C)`` (3x3, stride 1) as a sum over its 9 taps:
+    each tap is one fused multiply-add of a shifted region of ``x`` into the output, vectorised over
+    batch, channels and pixels; taps that only see zero padding are skipped."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
+        # bf16 / fp16 inputs (autocast) are computed in the weight's precision
+        x = x.to(torch.promote_types(x.dtype, weight.dtype)).contiguous()
+        wv = weight.view(1, -1, 3, 3)
+        y = x * wv[:, :, 1:2, 1:2]
+        for ki, kj, dst, src in _taps(x.shape[2], x.shape[3], d):
+            if (ki, kj) != (1, 1):
+                y[:, :, dst[0], dst[1]].addcmul_(x[:, :, src[0], src[1]], wv[:, :, ki : ki + 1, kj : kj + 1])
+        ctx.save_for_backward(x, weight)
+        ctx.d = d
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype).contiguous()
+        wv = weight.view(1, -1, 3, 3)
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = grad * wv[:, :, 1:2, 1:2] if need_x else None
+        grad_w = (
+            torch.zeros((weight.shape[0], 3, 3), dtype=weight.dtype, device=weight.device) if need_w else None
+        )
+        for ki, kj, dst, src in _taps(x.shape[2], x.shape[3], ctx.d):
+            g_dst, x_src = grad[:, :, dst[0], dst[1]], x[:, :, src[0], src[1]]
+            if grad_w is not None:
+                grad_w[:, ki, kj] = (g_dst * x_src).sum((0, 2, 3))
+            if grad_x is not None and (ki, kj) != (1, 1):
+                grad_x[:, :, src[0], src[1]].addcmul_(g_dst, wv[:, :, ki : ki + 1, kj : kj + 1])
+        return grad_x, grad_w.view_as(weight) if grad_w is not None else None, None
+
+
+class FastConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` with fast CPU routes for dilated depthwise 3x3 and strided 1x1 convolutions
+    (see the module docstring); identical parameters, state dict and function.
+
+    Example::
+
+        >>> conv = FastConv2d(64, 64, 3, padding=9, dilation=9, groups=64, bias=False)
+        >>> x = torch.randn(2, 64, 40, 40)
+        >>> torch.allclose(conv(x), torch.nn.functional.conv2d(x, conv.weight, None, 1, 9, 9, 64), atol=1e-5)
+        True
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(input, self.weight, self.bias)
+        return self._eager_forward(input)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = self._route(x)
+        if route == "tap":
+            y = _TapDepthwiseConv.apply(x, self.weight, self.dilation[0])
+            return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        if route == "subsample":
+            s0, s1 = self.stride
+            return F.conv2d(x[:, :, ::s0, ::s1], self.weight, self.bias, 1, 0, 1, self.groups)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _route(self, x: torch.Tensor) -> str:
+        if (
+            x.device.type != "cpu"
+            or x.dim() != 4
+            or self.padding_mode != "zeros"
+            or torch.compiler.is_compiling()
+        ):
+            return ""
+        if (
+            self.kernel_size == (1, 1)
+            and self.stride != (1, 1)
+            and self.padding == (0, 0)
+            and self.dilation == (1, 1)
+        ):
+            return "subsample"
+        d = self.dilation[0]
+        if (
+            d > 1
+            and self.dilation[1] == d
+            and self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (d, d)
+            and self.groups == self.in_channels == self.out_channels
+        ):
+            return "tap"
+        return ""
+
+
+def make_fast_conv(conv: nn.Module) -> nn.Module:
+    """Turn a 2-D ``nn.Conv2d`` into a :class:`FastConv2d` in place (the same object, parameters
+    and initialisation; only ``forward`` differs). Other modules are returned unchanged."""
+    if type(conv) is nn.Conv2d:
+        conv.__class__ = FastConv2d
+    return conv

@@ -1,0 +1,105 @@
+"""``python -m pam_monai bench``: structure of its tables and JSON (a tiny CPU run; no timing checks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pam_monai.bench import format_report, merge, parse_modes, run_bench
+from pam_monai.bench.modes import parse_mode
+
+
+def test_modes_parse_per_device():
+    fast_gpu = parse_mode("fast", "cuda")
+    assert fast_gpu.amp and fast_gpu.cl and fast_gpu.norm and fast_gpu.compile and fast_gpu.fused
+    fast_cpu = parse_mode("fast", "cpu")
+    assert fast_cpu.norm and fast_cpu.fused and not (fast_cpu.amp or fast_cpu.cl or fast_cpu.compile)
+    eager = parse_mode("fast-compile", "cuda")
+    assert eager.amp and eager.cl and not eager.compile
+    assert parse_mode("fp32+norm", "cpu").flags() == {
+        "amp": False,
+        "cl": False,
+        "norm": True,
+        "compile": False,
+        "fused": False,
+    }
+    assert [m.name for m in parse_modes("fp32,bf16", "cpu")] == ["fp32", "bf16"]
+    with pytest.raises(ValueError, match="unknown flag"):
+        parse_mode("fast+turbo", "cpu")
+    with pytest.raises(ValueError, match="unknown mode"):
+        parse_mode("fp64", "cpu")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    result = run_bench(device="cpu", quick=True, modes="fp32,fast", output=str(out))
+    return result, out
+
+
+def test_quick_cpu_bench_writes_every_section(quick_run):
+    result, out = quick_run
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"meta", "train", "data", "infer", "hd95", "errors"}
+    assert saved["errors"] == []
+    meta = saved["meta"]
+    assert meta["device"] == "cpu" and meta["settings"]["quick"] is True
+    assert {"torch", "threads", "cpu", "stage_seconds"} <= set(meta)
+
+    train = saved["train"]
+    assert [(r["network"], r["mode"]) for r in train] == [
+        ("unet", "fp32"),
+        ("fpa", "fp32"),
+        ("unet", "fast"),
+        ("fpa", "fast"),
+    ]
+    for r in train:
+        assert r["error"] is None
+        assert r["params"] > 0 and r["batch"] == 2 and r["size"] == [4, 32, 32]
+        assert r["step_ms_median"] > 0 and r["slices_per_s"] > 0
+        assert r["cost_vs_unet"] > 0 and len(r["cost_vs_unet_rounds"]) == r["rounds"]
+        assert r["flags"]["norm"] == (r["mode"] == "fast")
+    assert [r["cost_vs_unet"] for r in train if r["network"] == "unet"] == [1.0, 1.0]
+
+    loaders = saved["data"]["loaders"]
+    assert [e["loader"] for e in loaders] == [
+        "DataLoader(num_workers=0)",
+        "DataLoader(num_workers=2)",
+        "DeviceSliceLoader",
+    ]
+    assert all(e["slices_per_s"] > 0 and "error" not in e for e in loaders)
+    assert saved["data"]["samples"] > 0 and saved["data"]["prepare_s"] > 0
+
+    (infer,) = saved["infer"]
+    assert infer["error"] is None and infer["seconds_median"] > 0 and infer["volume"] == [4, 48, 48, 4]
+
+    hd95 = saved["hd95"]
+    assert hd95["ours_s"] > 0 and hd95["monai_s"] > 0 and hd95["speedup"] > 0
+
+    # the printed report has every table
+    text = format_report(result)
+    for heading in ("## Training step", "## Data pipeline", "## Whole-volume inference", "## HD95"):
+        assert heading in text
+    assert "| fpa | fast |" in text
+
+
+def test_merge_recomputes_ratios_across_stage_files(quick_run, tmp_path):
+    result, out = quick_run
+    # split the quick run into a U-Net file and an FPA file, as the GPU script writes them
+    unet = {**result, "train": [dict(r) for r in result["train"] if r["network"] == "unet"], "data": None}
+    fpa = {**result, "train": [dict(r) for r in result["train"] if r["network"] == "fpa"], "hd95": None}
+    for r in fpa["train"]:
+        r.pop("cost_vs_unet", None)
+    paths = []
+    for name, part in (("unet", unet), ("fpa", fpa)):
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(part, default=str))
+        paths.append(p)
+    merged = merge(*paths, output=tmp_path / "merged.json")
+    assert json.loads((tmp_path / "merged.json").read_text())["sources"] == [str(p) for p in paths]
+    by = {(r["network"], r["mode"]): r for r in merged["train"]}
+    for mode in ("fp32", "fast"):
+        expected = by[("fpa", mode)]["step_ms_median"] / by[("unet", mode)]["step_ms_median"]
+        assert by[("fpa", mode)]["cost_vs_unet"] == pytest.approx(expected)
+    assert merged["data"] and merged["hd95"]

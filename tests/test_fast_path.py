@@ -1,0 +1,278 @@
+"""The fast path computes the same function as the plain path (CPU; no timing here).
+
+- ``FastInstanceNorm`` == ``nn.InstanceNorm`` (forward and gradients, 2-D and 3-D, both kernels);
+- ``FastConv2d``'s CPU routes == ``nn.Conv2d`` (dilated depthwise by taps, strided 1x1 by
+  sub-sampling), in float64, and TorchScript still works;
+- a network on the fast path (fast norm, channels-last, bf16 autocast) agrees with the fp32 plain
+  path within bf16 tolerance: outputs, and one training step's loss, gradients and weights;
+- ``DeviceSliceLoader`` serves every sample once per epoch in a reproducible order;
+- ``torch.compile`` of a small network on the CPU (only with PAM_MONAI_TEST_COMPILE=1: a cold
+  compile takes about a minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from torch import nn
+
+from pam_monai.engines.runtime import DeviceSliceLoader, fast_network, use_fast_norm
+from pam_monai.networks import NETWORKS, get_network, loss_for
+from pam_monai.networks.blocks import (
+    FAST_NORM,
+    FastConv2d,
+    FastInstanceNorm2d,
+    FastInstanceNorm3d,
+    fast_norm_of,
+)
+
+
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+# ----------------------------------------------------------------------------- fast instance norm
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("impl", ["group_norm", "var_mean"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_fast_norm_equals_instance_norm(dims, impl, affine):
+    torch.manual_seed(0)
+    shape = (3, 5, 9, 7) if dims == 2 else (2, 4, 5, 6, 7)
+    ref = (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(shape[1], affine=affine)
+    fast = (FastInstanceNorm2d if dims == 2 else FastInstanceNorm3d)(shape[1], affine=affine, impl=impl)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 2.0)
+            ref.bias.normal_()
+        fast.load_state_dict(ref.state_dict())
+    assert set(fast.state_dict()) == set(ref.state_dict())
+    x = (torch.randn(shape) * 3 + 1).double()
+    ref, fast = ref.double(), fast.double()
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(shape, dtype=torch.float64)
+    y_ref, y_fast = ref(x1), fast(x2)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-10)
+    (y_ref * g).sum().backward()
+    (y_fast * g).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-9, atol=1e-9)
+    if affine:
+        torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_fast_norm_keeps_channels_last_and_bf16():
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    norm = FastInstanceNorm2d(8, affine=True, impl="var_mean")
+    y = norm(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    yb = norm(x.bfloat16())
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb.float(), y, rtol=0.02, atol=0.02)
+
+
+def test_fast_norm_option_keeps_every_network_and_its_state_dict():
+    assert fast_norm_of(("instance", {"affine": True})) == FAST_NORM
+    assert fast_norm_of("batch") == "batch"
+    x = torch.randn(1, 4, 72, 72)
+    for name in NETWORKS:
+        torch.manual_seed(0)
+        plain = get_network(name)
+        fast = get_network(name, norm=FAST_NORM)
+        assert n_params(fast) == n_params(plain), name
+        assert fast.state_dict().keys() == plain.state_dict().keys(), name
+        fast.load_state_dict(plain.state_dict())
+        if name in ("unet", "fpa"):
+            with torch.no_grad():
+                torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_use_fast_norm_swaps_in_place_and_keeps_parameters():
+    torch.manual_seed(0)
+    net = get_network("aunet")  # affine norms in the blocks, non-affine ones in the gates
+    params = list(net.parameters())
+    x = torch.randn(2, 4, 40, 40)
+    with torch.no_grad():
+        before = net(x)
+    out = fast_network(net, fast_norm=True)
+    assert out is net
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in net.modules())
+    assert all(a is b for a, b in zip(params, net.parameters()))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=1e-4, atol=1e-4)
+    assert use_fast_norm(net) is net  # idempotent
+
+
+# ----------------------------------------------------------------------------- fast CPU convolutions
+@pytest.mark.parametrize("dilation", [2, 6, 9, 12])
+@pytest.mark.parametrize("hw", [(5, 7), (10, 10), (23, 17), (40, 40)])
+def test_tap_route_equals_dilated_depthwise_conv(dilation, hw):
+    torch.manual_seed(0)
+    c = 6
+    conv = FastConv2d(c, c, 3, padding=dilation, dilation=dilation, groups=c, bias=True).double()
+    x = torch.randn(3, c, *hw, dtype=torch.float64, requires_grad=True)
+    assert conv._route(x) == "tap"
+    y = conv(x)
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref, b_ref = conv.weight.detach().clone().requires_grad_(), conv.bias.detach().clone().requires_grad_()
+    y_ref = F.conv2d(x_ref, w_ref, b_ref, 1, dilation, dilation, c)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(conv.weight.grad, w_ref.grad)
+    torch.testing.assert_close(conv.bias.grad, b_ref.grad)
+
+
+@pytest.mark.parametrize("stride,hw", [(2, (9, 8)), (2, (10, 10)), (3, (11, 7))])
+def test_subsample_route_equals_strided_pointwise_conv(stride, hw):
+    torch.manual_seed(0)
+    conv = FastConv2d(5, 7, 1, stride=stride, bias=False).double()
+    x = torch.randn(2, 5, *hw, dtype=torch.float64, requires_grad=True)
+    assert conv._route(x) == "subsample"
+    y = conv(x)
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = F.conv2d(x_ref, conv.weight, None, stride)
+    torch.testing.assert_close(y, y_ref)
+    y.backward(torch.ones_like(y))
+    y_ref.backward(torch.ones_like(y_ref))
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_fast_routes_keep_the_network_function_and_torchscript():
+    torch.manual_seed(0)
+    net = get_network("fpa").double()
+    fast_convs = [m for m in net.modules() if isinstance(m, FastConv2d)]
+    assert len(fast_convs) == 11  # 3 strided 1x1 + 8 dilated depthwise
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if isinstance(m, FastConv2d):
+            m.__class__ = nn.Conv2d
+    x = torch.randn(2, 4, 83, 77, dtype=torch.float64)
+    y, y_ref = net(x), plain(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    for (name, p), q in zip(net.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
+    scripted = torch.jit.script(net.float().eval())
+    xf = x.float()[:1]
+    torch.testing.assert_close(scripted(xf), net(xf), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the whole fast path
+def _step(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """One training step as the bundles do it; returns (loss, gradients, updated weights)."""
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-5)
+    loss_fn = loss_for(net, DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out = net(x)
+    loss = loss_fn(out.float(), y)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in net.parameters()])
+    opt.step()
+    return float(loss.detach()), grads, torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+@pytest.mark.parametrize("name", ["fpa", "rfna"])
+def test_fast_path_agrees_with_the_plain_fp32_path(name):
+    torch.manual_seed(0)
+    size = 72  # RFNA needs more than 64 pixels on one axis
+    plain = get_network(name, features=(8, 16, 16, 32))
+    fast = fast_network(copy.deepcopy(plain), channels_last=True, fast_norm=True)
+    fast_bf16 = fast_network(copy.deepcopy(plain), channels_last=True, fast_norm=True)
+    plain_bf16 = copy.deepcopy(plain)  # bf16 autocast alone: what "bf16 tolerance" means
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, size, size, generator=g)
+    y = (torch.rand(2, 1, size, size, generator=g) > 0.8).float()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    # outputs (eval mode, no gradients)
+    for net in (plain, fast, fast_bf16):
+        net.eval()
+    with torch.no_grad():
+        ref = plain(x)
+        torch.testing.assert_close(fast(x_cl), ref, rtol=1e-4, atol=1e-4)  # fast norm + channels-last, fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fast_bf16(x_cl).float()
+    assert (out - ref).norm() / ref.norm() < 0.05
+    assert ((out > 0) == (ref > 0)).float().mean() > 0.97
+
+    # one training step
+    for net in (plain, fast, fast_bf16, plain_bf16):
+        net.train()
+    loss_ref, g_ref, w_ref = _step(plain, x, y, amp=False)
+    loss_fast, g_fast, w_fast = _step(fast, x_cl, y, amp=False)
+    assert abs(loss_fast - loss_ref) < 1e-5
+    assert (g_fast - g_ref).norm() / g_ref.norm() < 1e-4  # the same function: fp32 rounding only
+    # Adam's first step is about lr * sign(grad), which amplifies rounding where a gradient is ~0
+    assert ((w_fast - w_ref).abs() < 1e-5).float().mean() > 0.99
+    assert (w_fast - w_ref).abs().max() <= 2 * 1e-3 + 1e-6
+
+    loss_b, g_b, w_b = _step(fast_bf16, x_cl, y, amp=True)
+    loss_p, g_p, w_p = _step(plain_bf16, x, y, amp=True)
+    assert abs(loss_b - loss_ref) < 5e-3
+    # gradients at initialisation are small and bf16 moves them noticeably (cosine about 0.95 for
+    # FPA with plain autocast); the fast path must not move them further than plain autocast does
+    cos_b, cos_p = (F.cosine_similarity(gr, g_ref, dim=0).item() for gr in (g_b, g_p))
+    assert cos_b > 0.9 and cos_b > cos_p - 0.02, (cos_b, cos_p)
+    # AdamW's first step moves each weight by about lr * sign(grad): the weights agree where the
+    # gradient signs do, and none can differ by more than two steps
+    assert (w_b - w_ref).abs().max() <= 2 * 1e-3 + 1e-6
+    agree_b, agree_p = (((w - w_ref).abs() < 1e-5).float().mean().item() for w in (w_b, w_p))
+    assert agree_b > 0.7 and agree_b > agree_p - 0.03, (agree_b, agree_p)
+
+
+@pytest.mark.skipif(
+    os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
+    reason="a cold torch.compile takes about a minute on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",
+)
+def test_compiled_fast_network_matches_eager():
+    torch.manual_seed(0)
+    net = fast_network(get_network("fpa", features=(4, 8, 8, 8)), fast_norm=True)
+    compiled = torch.compile(net)
+    x = torch.randn(2, 4, 32, 32)
+    y, y_ref = compiled(x), net(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    y.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+# ----------------------------------------------------------------------------- device-resident loader
+class _Samples(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": torch.full((2, 3, 3), float(i)), "label": torch.full((1, 3, 3), float(i % 2))}
+
+
+def test_device_slice_loader_serves_each_sample_once_per_epoch():
+    loader = DeviceSliceLoader(_Samples(23), batch_size=5, device="cpu", chunk=4, seed=3)
+    assert len(loader) == 5
+    seen = []
+    for batch in loader:
+        assert batch["image"].dtype == torch.float32 and batch["label"].dtype == torch.float32
+        assert batch["image"].shape[1:] == (2, 3, 3)
+        ids = batch["image"][:, 0, 0, 0].long()
+        torch.testing.assert_close(batch["label"][:, 0, 0, 0], (ids % 2).float())
+        seen += ids.tolist()
+    assert sorted(seen) == list(range(23))
+    second = torch.cat([b["image"][:, 0, 0, 0] for b in loader]).long().tolist()
+    assert second != seen  # a new order each epoch
+    loader.set_epoch(0)
+    assert torch.cat([b["image"][:, 0, 0, 0] for b in loader]).long().tolist() == seen  # resumable
+    dropped = DeviceSliceLoader(_Samples(23), batch_size=5, drop_last=True, shuffle=False)
+    assert len(dropped) == 4
+    assert torch.cat([b["image"][:, 0, 0, 0] for b in dropped]).long().tolist() == list(range(20))
