@@ -13,9 +13,10 @@
 # stages share one budget (BUDGET_S seconds, default 420) and are ordered by importance:
 #   1. eager: unet, fpa, rfna, aunet in fp32 and in the eager fast path (bf16 + channels-last +
 #      fast norm + fused AdamW), batch 50 x 4 x 160 x 160
-#   2-4. the full fast path (+ torch.compile) for fpa, unet, rfna, each in its own process
-#   5. data pipeline (DataLoader with 0/4/8 workers and DeviceSliceLoader), whole-volume
+#   2-3. the full fast path (+ torch.compile) for fpa, then unet, each in its own process
+#   4. data pipeline (DataLoader with 0/4/8 workers and DeviceSliceLoader), whole-volume
 #      inference (unet, fpa, rfna; fp32 and eager fast) and HD95 vs MONAI
+#   5. the full fast path for rfna
 #   6. if time is left: fast aunet, then fast unet and fpa at batch 128 (one process each)
 # Then the per-stage JSON files are merged (U-Net ratios across stages: same card, same run) into
 # $OUT/gpu_check.json, the tables printed, and everything logged to $OUT/gpu_check.log; the
@@ -67,8 +68,8 @@ for m in ("monai", "ignite", "nibabel", "fire", "scipy", "tqdm", "pam_monai"):
 EOF
 
 if [ "$QUICK" = "1" ]; then
-    COMMON=(--device "$DEVICE" --quick)
-    BIG=(--quick)
+    COMMON=(--device "$DEVICE" --quick --size 72) # RFNA needs more than 64 pixels
+    BIG=(--quick --size 72)
 else
     COMMON=(--device "$DEVICE" --batch 50 --size 160 --steps 20 --warmup 5)
     BIG=(--batch 128 --size 160 --steps 10 --warmup 4)
@@ -101,11 +102,11 @@ stage() {
 
 stage eager 100 "${COMMON[@]}" --networks unet,fpa,rfna,aunet --modes fp32,fast-compile --stages train
 SOLO=(--modes fast --stages train --reference=False)
-stage fast_fpa 150 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
+stage fast_fpa 200 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
 stage fast_unet 150 "${COMMON[@]}" --networks unet "${SOLO[@]}"
-stage fast_rfna 150 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
-stage data_infer_hd95 120 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32,fast-compile \
+stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32,fast-compile \
     --stages data,infer,hd95 --data_cases 3 --data_workers 0,4,8
+stage fast_rfna 150 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
 stage fast_aunet 120 "${COMMON[@]}" --networks aunet "${SOLO[@]}"
 stage fast_unet_b128 120 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa_b128 120 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"

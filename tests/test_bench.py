@@ -23,6 +23,7 @@ def test_modes_parse_per_device():
         "norm": True,
         "compile": False,
         "fused": False,
+        "refconv": False,
     }
     assert [m.name for m in parse_modes("fp32,bf16", "cpu")] == ["fp32", "bf16"]
     with pytest.raises(ValueError, match="unknown flag"):

@@ -105,6 +105,9 @@ def test_use_fast_norm_swaps_in_place_and_keeps_parameters():
     with torch.no_grad():
         torch.testing.assert_close(net(x), before, rtol=1e-4, atol=1e-4)
     assert use_fast_norm(net) is net  # idempotent
+    scripted = torch.jit.script(net.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
 
 
 # ----------------------------------------------------------------------------- fast CPU convolutions

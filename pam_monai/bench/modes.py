@@ -7,7 +7,9 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 - ``cl``: channels-last network and inputs;
 - ``norm``: the fusible instance norm (:func:`pam_monai.engines.runtime.use_fast_norm`);
 - ``compile``: ``torch.compile`` of the network (forward and backward);
-- ``fused``: fused AdamW.
+- ``fused``: fused AdamW;
+- ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
+  plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
 ``fast`` is the fast path of the device: on CUDA every flag; on the CPU only ``norm`` and
 ``fused``, because bf16 (without AMX), channels-last (ANCHORS.md) and compilation (about a minute
@@ -22,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
 
-FLAGS = ("amp", "cl", "norm", "compile", "fused")
+FLAGS = ("amp", "cl", "norm", "compile", "fused", "refconv")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Mode:
     norm: bool = False
     compile: bool = False
     fused: bool = False
+    refconv: bool = False
 
     def flags(self) -> dict:
         d = asdict(self)
@@ -53,7 +56,7 @@ def _base(name: str, device_type: str) -> dict:
         return {"amp": True}
     if name == "fast":
         if device_type == "cuda":
-            return dict.fromkeys(FLAGS, True)
+            return {"amp": True, "cl": True, "norm": True, "compile": True, "fused": True}
         return {"norm": True, "fused": True}
     raise ValueError(f"unknown mode {name!r}: a mode is fp32, bf16 or fast, with +flag / -flag from {FLAGS}")
 

@@ -21,7 +21,7 @@ import torch
 
 from .modes import Mode
 
-__all__ = ["TrainCase", "bench_train", "make_case"]
+__all__ = ["TrainCase", "bench_train", "build_network", "make_case"]
 
 log = logging.getLogger("pam_monai.bench")
 
@@ -68,6 +68,20 @@ class TrainCase:
     error: str | None = None
 
 
+def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Module:
+    """A registered 2-D BRATS network (4 -> 1 channels) on ``device`` in the layout and norm of ``mode``."""
+    from ..engines.runtime import fast_network
+    from ..networks import get_network
+    from ..networks.blocks import FastConv2d
+
+    net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1)
+    if mode.refconv:  # the blocks' reference implementation: plain nn.Conv2d everywhere
+        for m in net.modules():
+            if isinstance(m, FastConv2d):
+                m.__class__ = torch.nn.Conv2d
+    return fast_network(net.to(device), channels_last=mode.cl, fast_norm=mode.norm)
+
+
 def make_case(
     name: str,
     mode: Mode,
@@ -80,13 +94,11 @@ def make_case(
     """Build network, loss, optimizer and data for one (network, mode) and return its step."""
     from monai.losses import DiceLoss
 
-    from ..engines.runtime import fast_network
-    from ..networks import get_network, loss_for
+    from ..networks import loss_for
 
     torch.manual_seed(seed)
-    net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1)
+    net = build_network(name, mode, device)
     params = sum(p.numel() for p in net.parameters())
-    net = fast_network(net.to(device), channels_last=mode.cl, fast_norm=mode.norm)
     net.train()
     loss_fn = loss_for(net, DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0))
     opt_kwargs = {"lr": 1e-4, "weight_decay": 1e-5}

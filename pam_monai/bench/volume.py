@@ -40,8 +40,7 @@ def bench_volume(
     """Time whole-volume inference per (network, mode); see the module docstring."""
     from ..data import crop_or_pad_center, uncrop_center
     from ..engines import SliceWiseInferer
-    from ..engines.runtime import fast_network
-    from ..networks import get_network
+    from .train import build_network
 
     rng = np.random.default_rng(seed)
     case = rng.standard_normal((4, *volume), dtype=np.float32)
@@ -59,8 +58,7 @@ def bench_volume(
             }
             try:
                 torch.manual_seed(seed)
-                net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1).to(device).eval()
-                net = fast_network(net, channels_last=mode.cl, fast_norm=mode.norm)
+                net = build_network(name, mode, device).eval()
                 inferer = SliceWiseInferer(slice_batch_size=slice_batch_size, channels_last=mode.cl)
 
                 def run(net=net, inferer=inferer, mode=mode) -> np.ndarray:
