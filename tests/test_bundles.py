@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser, run
 
 from pam_monai.bundle_templates.build import bundle_names
 from pam_monai.bundle_templates.build import main as build_bundles
-from pam_monai.data import discover_cases
+from pam_monai.data import DATASETS, discover_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -88,7 +88,7 @@ def test_verify_metadata_offline(name, tmp_path):
     verify_metadata(meta_file=configs(name, "metadata.json")[0], filepath=str(SCHEMA), hash_val=SCHEMA_MD5)
 
 
-@pytest.mark.parametrize("name", ["brats_fpa", "isles_rfna", "cityscapes_fpa"])
+@pytest.mark.parametrize("name", BUNDLES)
 def test_verify_net_in_out(name):
     from monai.bundle import verify_net_in_out
 
@@ -184,14 +184,16 @@ def test_inference_on_real_brats_keeps_shape_and_affine(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["brats_fpa", "brats_rfna"])
+@pytest.mark.parametrize("name", BUNDLES)
 def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
     from monai.bundle import ckpt_export
 
     from pam_monai.networks import get_network
 
+    task, network = name.split("_")
+    spec = DATASETS[task]
     net = get_network(
-        name.split("_")[1], spatial_dims=2, in_channels=4, out_channels=1, options=SMALL["network_options"]
+        network, spatial_dims=2, in_channels=spec.in_channels, out_channels=1, options=SMALL["network_options"]
     ).eval()
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
@@ -205,7 +207,7 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
         network_options=SMALL["network_options"],
     )
     scripted = torch.jit.load(str(ts))
-    x = torch.randn(2, 4, 160, 160)
+    x = torch.randn(2, *spec.sample_shape)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
 
