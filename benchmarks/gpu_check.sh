@@ -11,12 +11,14 @@
 # Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
 # fails or hangs (a compilation, say) costs only its own time box and the others still run; the
 # stages share one budget (BUDGET_S seconds, default 420) and are ordered by importance:
-#   1. eager: unet, fpa, rfna, aunet in fp32 and in the eager fast path (bf16 + channels-last +
-#      fast norm + fused AdamW), batch 50 x 4 x 160 x 160
-#   2-3. the full fast path (+ torch.compile) for fpa, then unet, each in its own process
+#   1. eager: unet, fpa, rfna, aunet in fp32, then in the eager fast path (bf16 + fusible norm +
+#      fused AdamW), batch 50 x 4 x 160 x 160 (one process each)
+#   2-3. the full fast path (+ torch.compile) for fpa, then unet, each in its own process, with a
+#      torch.profiler summary of 3 steps (top kernels, time per kind of work)
 #   4. data pipeline (DataLoader with 0/4/8 workers and DeviceSliceLoader), whole-volume
 #      inference (unet, fpa, rfna; fp32 and eager fast) and HD95 vs MONAI
-#   5. the full fast path for rfna
+#   5. FPA on the fast path with its dilated depthwise convolutions as fused taps (fast+taps: an
+#      experiment against cuDNN's grouped convolutions), then the full fast path for rfna
 #   6. if time is left: fast aunet, then fast unet and fpa at batch 128 (one process each)
 # Then the per-stage JSON files are merged (U-Net ratios across stages: same card, same run) into
 # $OUT/gpu_check.json, the tables printed, and everything logged to $OUT/gpu_check.log; the
@@ -100,12 +102,14 @@ stage() {
     [ -f "$WORK/$name.json" ] && JSONS+=("$WORK/$name.json")
 }
 
-stage eager 100 "${COMMON[@]}" --networks unet,fpa,rfna,aunet --modes fp32,fast-compile --stages train
-SOLO=(--modes fast --stages train --reference=False)
+stage eager_fp32 70 "${COMMON[@]}" --networks unet,fpa,rfna,aunet --modes fp32 --stages train
+stage eager_fast 80 "${COMMON[@]}" --networks unet,fpa,rfna,aunet --modes fast-compile --stages train
+SOLO=(--modes fast --stages train --reference=False --profile 3)
 stage fast_fpa 200 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
 stage fast_unet 150 "${COMMON[@]}" --networks unet "${SOLO[@]}"
 stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32,fast-compile \
     --stages data,infer,hd95 --data_cases 3 --data_workers 0,4,8
+stage fast_fpa_taps 150 "${COMMON[@]}" --networks fpa --modes fast+taps --stages train --reference=False --profile 3
 stage fast_rfna 150 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
 stage fast_aunet 120 "${COMMON[@]}" --networks aunet "${SOLO[@]}"
 stage fast_unet_b128 120 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"

@@ -12,17 +12,19 @@ from pam_monai.bench.modes import parse_mode
 
 def test_modes_parse_per_device():
     fast_gpu = parse_mode("fast", "cuda")
-    assert fast_gpu.amp and fast_gpu.cl and fast_gpu.norm and fast_gpu.compile and fast_gpu.fused
+    assert fast_gpu.amp and fast_gpu.norm and fast_gpu.compile and fast_gpu.fused and not fast_gpu.cl
+    assert parse_mode("fast+cl", "cuda").cl
     fast_cpu = parse_mode("fast", "cpu")
     assert fast_cpu.norm and fast_cpu.fused and not (fast_cpu.amp or fast_cpu.cl or fast_cpu.compile)
     eager = parse_mode("fast-compile", "cuda")
-    assert eager.amp and eager.cl and not eager.compile
+    assert eager.amp and eager.norm and not eager.compile
     assert parse_mode("fp32+norm", "cpu").flags() == {
         "amp": False,
         "cl": False,
         "norm": True,
         "compile": False,
         "fused": False,
+        "taps": False,
         "refconv": False,
     }
     assert [m.name for m in parse_modes("fp32,bf16", "cpu")] == ["fp32", "bf16"]

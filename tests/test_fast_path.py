@@ -30,6 +30,7 @@ from pam_monai.networks.blocks import (
     FastInstanceNorm3d,
     fast_norm_of,
 )
+from pam_monai.networks.blocks.fastconv import dilated_depthwise_taps, use_tap_convs
 
 
 def n_params(net: nn.Module) -> int:
@@ -130,6 +131,21 @@ def test_tap_route_equals_dilated_depthwise_conv(dilation, hw):
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(conv.weight.grad, w_ref.grad)
     torch.testing.assert_close(conv.bias.grad, b_ref.grad)
+
+
+@pytest.mark.parametrize("dilation,hw", [(2, (5, 7)), (9, (10, 10)), (9, (8, 8)), (6, (23, 17))])
+def test_functional_taps_equal_dilated_depthwise_conv(dilation, hw):
+    """The form that FastConv2d.taps uses on CUDA and under torch.compile."""
+    torch.manual_seed(0)
+    c = 5
+    x = torch.randn(2, c, *hw, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = dilated_depthwise_taps(x, w, dilation)
+    y_ref = F.conv2d(x, w, None, 1, dilation, dilation, c)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(y_ref, (x, w), g))
+    assert dilated_depthwise_taps(x.bfloat16(), w, dilation).dtype == torch.bfloat16  # as autocast would
 
 
 @pytest.mark.parametrize("stride,hw", [(2, (9, 8)), (2, (10, 10)), (3, (11, 7))])
@@ -238,15 +254,20 @@ def test_fast_path_agrees_with_the_plain_fp32_path(name):
     os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
     reason="a cold torch.compile takes about a minute on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",
 )
-def test_compiled_fast_network_matches_eager():
+@pytest.mark.parametrize("taps", [False, True])
+def test_compiled_fast_network_matches_eager(taps):
     torch.manual_seed(0)
     net = fast_network(get_network("fpa", features=(4, 8, 8, 8)), fast_norm=True)
+    use_tap_convs(net, taps)
     compiled = torch.compile(net)
-    x = torch.randn(2, 4, 32, 32)
+    x = torch.randn(2, 4, 40, 40)
     y, y_ref = compiled(x), net(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
-    y.sum().backward()
-    assert all(p.grad is not None for p in net.parameters())
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, list(net.parameters()), g)
+    grads_ref = torch.autograd.grad(y_ref, list(net.parameters()), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- device-resident loader

@@ -160,6 +160,7 @@ def run_bench(
     hd95_repeats: int = 3,
     hd95_shape: str = "155,240,240",
     compile_mode: str | None = None,
+    profile: int = 0,
     threads: int | None = None,
     reference: bool = True,
     seed: int = 0,
@@ -197,6 +198,9 @@ def run_bench(
         hd95_repeats: timed HD95 runs per implementation.
         hd95_shape: volume shape of the HD95 pair.
         compile_mode: ``torch.compile`` mode (default: PyTorch's default mode).
+        profile: after the timed steps, profile this many steps per (network, mode) with
+            ``torch.profiler`` and report the top CUDA kernels (CPU: ATen ops) and the time per
+            kind of work (convolutions, reductions, element-wise, up-sampling, copies, optimizer).
         threads: ``torch.set_num_threads`` (default: PyTorch's choice).
         reference: add the 3-stage ``unet`` to the training networks as the reference of the cost
             ratios (``--reference=False``: only the named networks, e.g. one compiled network per
@@ -277,14 +281,30 @@ def run_bench(
     if "train" in stage_list:
         from .train import bench_train
 
+        def save_partial(rows: list[dict]) -> None:  # a killed stage keeps its finished pairs
+            result["train"] = rows
+            if output:
+                write_json(result, output)
+
         result["train"] = (
             guarded(
                 "train",
                 lambda: bench_train(
-                    net_list, mode_list, dev, batch, size, steps, warmup, rounds, seed, compile_mode
+                    net_list,
+                    mode_list,
+                    dev,
+                    batch,
+                    size,
+                    steps,
+                    warmup,
+                    rounds,
+                    seed,
+                    compile_mode,
+                    profile=int(profile),
+                    on_result=save_partial,
                 ),
             )
-            or []
+            or result["train"]
         )
         result["errors"] += [
             f"train {r['network']}/{r['mode']}: {r['error']}" for r in result["train"] if r.get("error")

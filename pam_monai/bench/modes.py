@@ -8,13 +8,17 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 - ``norm``: the fusible instance norm (:func:`pam_monai.engines.runtime.use_fast_norm`);
 - ``compile``: ``torch.compile`` of the network (forward and backward);
 - ``fused``: fused AdamW;
+- ``taps``: FPA's dilated depthwise convolutions as a sum of taps also on CUDA / when compiled
+  (``pam_monai.networks.blocks.fastconv.use_tap_convs``; an experiment, off in ``fast``);
 - ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
-``fast`` is the fast path of the device: on CUDA every flag; on the CPU only ``norm`` and
-``fused``, because bf16 (without AMX), channels-last (ANCHORS.md) and compilation (about a minute
-per network on 2 cores) make CPU steps slower or the benchmark too long there; add them with
-``fast+amp+cl+compile`` to measure them anyway.
+``fast`` is the fast path of the device, as the bundles' ``fast`` flag sets it: on CUDA
+``amp+norm+compile+fused`` (channels-last made every network slower in the H100 measurement of
+2026-11-26: U-Net 2,577 against 3,099 slices/s, FPA 904 against 1,481; ``fast+cl`` measures it);
+on the CPU only ``norm`` and ``fused``, because bf16 (without AMX), channels-last (ANCHORS.md)
+and compilation (about a minute per network on 2 cores) make CPU steps slower or the benchmark
+too long there; add them with ``fast+amp+cl+compile`` to measure them anyway.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
 
-FLAGS = ("amp", "cl", "norm", "compile", "fused", "refconv")
+FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "refconv")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Mode:
     norm: bool = False
     compile: bool = False
     fused: bool = False
+    taps: bool = False
     refconv: bool = False
 
     def flags(self) -> dict:
@@ -56,13 +61,13 @@ def _base(name: str, device_type: str) -> dict:
         return {"amp": True}
     if name == "fast":
         if device_type == "cuda":
-            return {"amp": True, "cl": True, "norm": True, "compile": True, "fused": True}
+            return {"amp": True, "norm": True, "compile": True, "fused": True}
         return {"norm": True, "fused": True}
     raise ValueError(f"unknown mode {name!r}: a mode is fp32, bf16 or fast, with +flag / -flag from {FLAGS}")
 
 
 def parse_mode(text: str, device_type: str) -> Mode:
-    """``"fast-compile"`` -> ``Mode(name="fast-compile", amp=True, cl=True, norm=True, fused=True)`` on CUDA."""
+    """``"fast-compile"`` -> ``Mode(name="fast-compile", amp=True, norm=True, fused=True)`` on CUDA."""
     text = str(text).strip()
     parts = re.split(r"([+-])", text)
     flags = _base(parts[0], device_type)

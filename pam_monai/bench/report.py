@@ -126,6 +126,18 @@ def format_report(result: dict) -> str:
                 f"| MONAI compute_hausdorff_distance(percentile=95) | {h['monai_s']:.4f} | {h['monai_hd95']:.3f} |",
                 f"speed-up: {h['speedup']:.1f}x (lesion {h['voxels_target']} voxels)",
             ]
+    profiled = [r for r in train if r.get("profile") and not r["profile"].get("error")]
+    if profiled:
+        out += ["", "## Where the step's time goes (torch.profiler)"]
+        for r in profiled:
+            p = r["profile"]
+            groups = ", ".join(f"{g} {ms:.2f}" for g, ms in p["groups"].items())
+            out += ["", f"{r['network']} / {r['mode']}: {p['total_ms']:.2f} {p['unit']}; {groups}", ""]
+            out += ["| ms/step | share | calls/step | kernel or op |", "|---|---|---|---|"]
+            out += [
+                f"| {k['ms']:.3f} | {100 * k['share']:.1f}% | {k['calls']} | `{k['name'][:70]}` |"
+                for k in p["top"][:6]
+            ]
     errors = result.get("errors") or []
     if errors:
         out += ["", "## Errors", ""] + [f"- {e}" for e in errors]
@@ -176,8 +188,15 @@ def merge(*paths: str | os.PathLike, output: str | os.PathLike | None = None) ->
 
     # the U-Net of the same mode, batch and size is the reference: from the same file when it has
     # one (its ratios were measured side by side), else from another stage of the same run
+    # flags that leave the U-Net unchanged (it has no FastConv2d) do not split the reference
     def key(row: dict) -> tuple:
-        return row["mode"], row["batch"], tuple(row.get("size") or ())
+        flags = row.get("flags")
+        mode = (
+            tuple(sorted(k for k, v in flags.items() if v and k not in ("taps", "refconv")))
+            if flags
+            else row["mode"]
+        )
+        return mode, row["batch"], tuple(row.get("size") or ())
 
     unets = [r for r in merged["train"] if r["network"] == "unet" and r.get("step_ms_median")]
     for r in merged["train"]:

@@ -66,6 +66,7 @@ class TrainCase:
     peak_kind: str = "-"
     warmup_s: float = 0.0
     error: str | None = None
+    profile: dict | None = None
 
 
 def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Module:
@@ -73,12 +74,15 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
     from ..engines.runtime import fast_network
     from ..networks import get_network
     from ..networks.blocks import FastConv2d
+    from ..networks.blocks.fastconv import use_tap_convs
 
     net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1)
     if mode.refconv:  # the blocks' reference implementation: plain nn.Conv2d everywhere
         for m in net.modules():
             if isinstance(m, FastConv2d):
                 m.__class__ = torch.nn.Conv2d
+    elif mode.taps:
+        use_tap_convs(net)
     return fast_network(net.to(device), channels_last=mode.cl, fast_norm=mode.norm)
 
 
@@ -170,6 +174,84 @@ def _measure(case: TrainCase, steps: int) -> None:
         log.error("train %s/%s: %s\n%s", case.network, case.mode.name, case.error, traceback.format_exc())
 
 
+def _progress(case: TrainCase, what: str) -> None:
+    """One line per finished piece of work, flushed: a stage killed by its time box still shows how far it got."""
+    med = f"{statistics.median(case.times) * 1e3:.1f} ms/step" if case.times else ""
+    err = f" ERROR {case.error}" if case.error else ""
+    print(
+        f"[bench] train {case.network}/{case.mode.name}: {what} (warm-up {case.warmup_s:.1f} s) {med}{err}",
+        flush=True,
+    )
+
+
+def _kernel_group(name: str) -> str:
+    n = name.lower()
+    if any(
+        k in n
+        for k in ("conv", "cudnn", "xmma", "implicit", "dgrad", "wgrad", "fprop", "sm90", "cutlass", "gemm")
+    ):
+        return "convolution / GEMM"
+    if "upsample" in n or "interp" in n or "index_put" in n or "scatter" in n or "atomic" in n:
+        return "up-sampling / scatter"
+    if "triton_red" in n or "triton_per" in n or "reduce" in n or "norm" in n or "var_mean" in n:
+        return "reductions (norms, loss)"
+    if "triton_poi" in n or "elementwise" in n or "vectorized" in n:
+        return "element-wise"
+    if "cat" in n or "copy" in n or "transpose" in n or "memcpy" in n or "nchw" in n or "nhwc" in n:
+        return "copies / layout"
+    if "adam" in n or "foreach" in n:
+        return "optimizer"
+    return "other"
+
+
+def profile_steps(case: TrainCase, steps: int, top: int = 15) -> dict:
+    """``torch.profiler`` over ``steps`` training steps: the ``top`` kernels (CUDA) or ATen ops (CPU)
+    by self time per step, and the time per kind of work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = case.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    _sync(case.device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            case.step()
+        _sync(case.device)
+    rows = []
+    for e in prof.key_averages():
+        if cuda:
+            t = getattr(e, "self_device_time_total", None)
+            if t is None:
+                t = getattr(e, "self_cuda_time_total", 0)
+            if getattr(e, "device_type", None) is not None and "CUDA" not in str(e.device_type):
+                continue
+        else:
+            if not e.key.startswith("aten::"):
+                continue
+            t = e.self_cpu_time_total
+        if t and t > 0:
+            rows.append((t / 1e3 / steps, e.key, e.count // max(steps, 1)))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows) or 1.0
+    groups: dict[str, float] = {}
+    for ms, name, _ in rows:
+        g = _kernel_group(name)
+        groups[g] = groups.get(g, 0.0) + ms
+    return {
+        "unit": "ms per step (self " + ("CUDA kernel" if cuda else "CPU") + " time)",
+        "total_ms": total,
+        "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "top": [{"name": n[:120], "ms": ms, "share": ms / total, "calls": c} for ms, n, c in rows[:top]],
+    }
+
+
+def _profile(case: TrainCase, steps: int) -> None:
+    try:
+        case.profile = profile_steps(case, steps)
+    except Exception as e:
+        log.error("train %s/%s: profile failed: %s", case.network, case.mode.name, e)
+        case.profile = {"error": f"{type(e).__name__}: {e}"}
+
+
 def _build(
     name: str, mode: Mode, device: torch.device, batch: int, size: int, seed: int, compile_mode
 ) -> TrainCase:
@@ -199,12 +281,17 @@ def bench_train(
     rounds: int = 1,
     seed: int = 0,
     compile_mode: str | None = None,
+    profile: int = 0,
+    on_result=None,
 ) -> list[dict]:
     """Measure every (network, mode); returns one result dict per pair (see :func:`summarise`).
 
     On CUDA (or with ``rounds=1``) the pairs run one after the other, each alone in memory, so
-    that ``torch.cuda.max_memory_allocated`` is its own peak. On the CPU with ``rounds > 1`` all
-    pairs are built first and their timed steps interleaved round by round.
+    that ``torch.cuda.max_memory_allocated`` is its own peak, and ``on_result(rows)`` is called with
+    the rows so far after each pair (the caller saves them: a time box that kills the process keeps
+    what was done). On the CPU with ``rounds > 1`` all pairs are built first and their timed steps
+    interleaved round by round. ``profile > 0`` adds a ``torch.profiler`` summary of that many
+    steps per pair (after the timed ones).
     """
     pairs = [(name, mode) for mode in modes for name in networks]
     if device.type == "cuda" or rounds <= 1:
@@ -213,23 +300,34 @@ def bench_train(
             case = _build(name, mode, device, batch, size, seed, compile_mode)
             if not case.error:
                 _warm(case, warmup)
+                _progress(case, "warm")
             for _ in range(max(rounds, 1)):
                 if not case.error:
                     _measure(case, steps)
+            if profile and not case.error:
+                _profile(case, profile)
+            _progress(case, "done")
             case.step = None
             results.append(case)
             _free(device)
-            log.info("train %s/%s done", name, mode.name)
+            if on_result is not None:
+                on_result(summarise(results, batch, size))
         return summarise(results, batch, size)
     cases = [_build(name, mode, device, batch, size, seed, compile_mode) for name, mode in pairs]
     for case in cases:
         if not case.error:
             _warm(case, warmup)
-    for _ in range(rounds):
+            _progress(case, "warm")
+    for r in range(rounds):
         for case in cases:
             if not case.error:
                 _measure(case, steps)
+        print(f"[bench] train: round {r + 1}/{rounds} done", flush=True)
+        if on_result is not None:
+            on_result(summarise(cases, batch, size))
     for case in cases:
+        if profile and not case.error:
+            _profile(case, profile)
         case.step = None
     _free(device)
     return summarise(cases, batch, size)
@@ -253,6 +351,8 @@ def summarise(cases: list[TrainCase], batch: int, size: int) -> list[dict]:
             "warmup_s": round(c.warmup_s, 3),
             "error": c.error,
         }
+        if c.profile is not None:
+            r["profile"] = c.profile
         if c.times:
             med, best = statistics.median(c.times), min(c.times)
             r.update(

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FastConv2d", "make_fast_conv"]
+__all__ = ["FastConv2d", "dilated_depthwise_taps", "make_fast_conv", "use_tap_convs"]
 
 
 def _taps(h: int, w: int, d: int) -> list[tuple[int, int, tuple[slice, slice], tuple[slice, slice]]]:
@@ -99,9 +99,33 @@ class _TapDepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w.view_as(weight) if grad_w is not None else None, None
 
 
+def dilated_depthwise_taps(x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
+    """``conv2d(x, weight, padding=d, dilation=d, groups=C)`` (3x3, stride 1) as a sum of its taps,
+    in plain differentiable tensor operations (zero padding, 9 shifted slices, multiply-adds).
+
+    The form for ``torch.compile``: inductor fuses the forward into one element-wise kernel and the
+    backward into element-wise and reduction kernels, instead of cuDNN's grouped convolution
+    (depthwise kernels, the backward ones above all, are often far from memory speed). The weight is
+    cast to ``x``'s dtype, as autocast casts a convolution's.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    xp = F.pad(x, (d, d, d, d))
+    wv = weight.to(x.dtype).view(1, -1, 3, 3)
+    y = x * wv[:, :, 1:2, 1:2]
+    for ki, kj, _dst, _src in _taps(h, w, d):
+        if (ki, kj) != (1, 1):
+            y = y + xp[:, :, ki * d : ki * d + h, kj * d : kj * d + w] * wv[:, :, ki : ki + 1, kj : kj + 1]
+    return y
+
+
 class FastConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` with fast CPU routes for dilated depthwise 3x3 and strided 1x1 convolutions
     (see the module docstring); identical parameters, state dict and function.
+
+    ``taps = True`` (:func:`use_tap_convs`) also computes a dilated depthwise convolution as a sum of
+    taps (:func:`dilated_depthwise_taps`) on CUDA and under ``torch.compile``, where it is otherwise
+    cuDNN's grouped convolution: an experiment for the GPU fast path (``--modes fast+taps`` in the
+    benchmark), off by default.
 
     Example::
 
@@ -110,6 +134,8 @@ class FastConv2d(nn.Conv2d):
         >>> torch.allclose(conv(x), torch.nn.functional.conv2d(x, conv.weight, None, 1, 9, 9, 64), atol=1e-5)
         True
     """
+
+    taps: bool = False
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -125,7 +151,23 @@ class FastConv2d(nn.Conv2d):
         if route == "subsample":
             s0, s1 = self.stride
             return F.conv2d(x[:, :, ::s0, ::s1], self.weight, self.bias, 1, 0, 1, self.groups)
+        if self.taps and x.dim() == 4 and self._dilated_depthwise():
+            y = dilated_depthwise_taps(x, self.weight, self.dilation[0])
+            return y if self.bias is None else y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _dilated_depthwise(self) -> bool:
+        d = self.dilation[0]
+        return (
+            d > 1
+            and self.dilation[1] == d
+            and self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (d, d)
+            and self.padding_mode == "zeros"
+            and self.groups == self.in_channels == self.out_channels
+        )
 
     @torch.jit.unused
     def _route(self, x: torch.Tensor) -> str:
@@ -143,15 +185,7 @@ class FastConv2d(nn.Conv2d):
             and self.dilation == (1, 1)
         ):
             return "subsample"
-        d = self.dilation[0]
-        if (
-            d > 1
-            and self.dilation[1] == d
-            and self.kernel_size == (3, 3)
-            and self.stride == (1, 1)
-            and self.padding == (d, d)
-            and self.groups == self.in_channels == self.out_channels
-        ):
+        if self._dilated_depthwise():
             return "tap"
         return ""
 
@@ -162,3 +196,11 @@ def make_fast_conv(conv: nn.Module) -> nn.Module:
     if type(conv) is nn.Conv2d:
         conv.__class__ = FastConv2d
     return conv
+
+
+def use_tap_convs(network: nn.Module, on: bool = True) -> nn.Module:
+    """Set :attr:`FastConv2d.taps` on every ``FastConv2d`` of ``network`` (see the class); returns it."""
+    for m in network.modules():
+        if isinstance(m, FastConv2d):
+            m.taps = bool(on)
+    return network
