@@ -52,7 +52,7 @@ def prepare_data(
         with absolute paths in every item.
     """
     spec = get_spec(dataset)
-    root, synthetic = ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir)
+    root, synthetic = _rank0_first(lambda: ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir))
     if synthetic:
         log.warning(
             "%s: training on a SYNTHETIC stand-in in %s (no data set in %s)", spec.name, root, dataset_dir
@@ -74,6 +74,20 @@ def prepare_data(
             raise ValueError(f"{spec.name}: the {name} split of fold {fold} is empty ({root})")
     log.info("%s: %s train / %s val / %s test cases from %s", spec.name, *map(len, splits.values()), root)
     return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **splits}
+
+
+def _rank0_first(fn):
+    """Under ``torch.distributed``, let rank 0 do ``fn`` (e.g. generate the synthetic stand-in)
+    before the other ranks, which then find its result instead of racing to write it."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return fn()
+    if dist.get_rank() == 0:
+        result = fn()
+        dist.barrier()
+        return result
+    dist.barrier()
+    return fn()
 
 
 def voxel_spacing(affine: np.ndarray | None, ndim: int) -> tuple[float, ...]:
