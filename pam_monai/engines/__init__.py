@@ -1,10 +1,10 @@
 """The pieces the bundles' workflows are built from: data preparation, batch preparation,
 slice-wise inference, per-case metrics, checkpoints, progress and run set-up."""
 
+from ..atomic import atomic_write_text
 from .batch import FlipPrepareBatch
 from .checkpoint import BestCheckpoint, TrainingCheckpoint, atomic_save, load_checkpoint
 from .data import CaseDataset, prepare_data, voxel_spacing
-from ..atomic import atomic_write_text
 from .handlers import CaseMetrics, NonFiniteLossGuard
 from .infer import CasePredictor, find_inference_cases, safe_output_path, validate_case
 from .inferer import SliceWiseInferer
