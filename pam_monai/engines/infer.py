@@ -181,7 +181,8 @@ class CasePredictor:
     def run(self) -> list[Path]:
         if self.ckpt_path:
             state = load_checkpoint(self.ckpt_path)
-            self.network.load_state_dict(state.get("model", state) if "model" in state else state)
+            # model.pt is a bare state dict; checkpoint_last.pt holds it under "model"
+            self.network.load_state_dict(state.get("model", state))
         network = as_foreground(self.network).to(self.device).eval()
         # validate everything first: no output at all unless every case is usable
         for item in self.items:
