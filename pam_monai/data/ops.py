@@ -156,9 +156,10 @@ def random_flip_batch(
     first = batch[present[0]]
     n = first.shape[0]
     draw = torch.rand(n, generator=generator, device=generator.device if generator is not None else "cpu")
-    flip = (draw < prob).to(first.device)
-    if not bool(flip.any()):
+    chosen = draw < prob
+    if not bool(chosen.any()):  # decided where the draw lives (CPU): no device sync per step
         return out
+    flip = chosen.to(first.device, non_blocking=True)
     axes = [int(a) for a in np.atleast_1d(spatial_axis)]
     for key in present:
         x = batch[key]

@@ -26,6 +26,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..atomic import atomic_path, atomic_write_text
+from ..networks.polarity import unwrap_network
 from .runtime import as_bool
 
 __all__ = ["BestCheckpoint", "TrainingCheckpoint", "atomic_save", "load_checkpoint"]
@@ -51,13 +52,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, corrupt or not a plain-tensor checkpoint
         raise RuntimeError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from e
-
-
-def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    for attr in ("module", "_orig_mod"):
-        while isinstance(getattr(network, attr, None), torch.nn.Module):
-            network = getattr(network, attr)
-    return network
 
 
 def _rng_state(engine: Engine) -> dict:
@@ -143,7 +137,7 @@ class TrainingCheckpoint:
         if not self._writer():
             return
         state = {
-            "model": _unwrap(self.network).state_dict(),
+            "model": unwrap_network(self.network).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "trainer": {
                 "epoch": engine.state.epoch,
@@ -161,7 +155,7 @@ class TrainingCheckpoint:
             log.warning("resume: no checkpoint at %s; training from the start", self.path)
             return
         state = load_checkpoint(self.path)
-        _unwrap(self.network).load_state_dict(state["model"])
+        unwrap_network(self.network).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -226,7 +220,7 @@ class BestCheckpoint:
         if best is not None and not (value > best if self.mode == "max" else value < best):
             return
         self.best_value = value
-        atomic_save(_unwrap(self.network).state_dict(), self.path)
+        atomic_save(unwrap_network(self.network).state_dict(), self.path)
         atomic_write_text(
             self.path.with_suffix(".json"), json.dumps({"metric": self.metric_name, "value": value}) + "\n"
         )

@@ -22,24 +22,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ForegroundOutput", "ReversedLabelLoss", "as_foreground", "loss_for", "trains_on_reversed_labels"]
+__all__ = [
+    "ForegroundOutput",
+    "ReversedLabelLoss",
+    "as_foreground",
+    "loss_for",
+    "trains_on_reversed_labels",
+    "unwrap_network",
+]
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    # DistributedDataParallel / DataParallel / torch.compile wrappers keep the real network inside
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers."""
     for attr in ("module", "_orig_mod"):
-        while hasattr(network, attr) and isinstance(getattr(network, attr), nn.Module):
+        while isinstance(getattr(network, attr, None), nn.Module):
             network = getattr(network, attr)
     return network
 
 
 def trains_on_reversed_labels(network: nn.Module) -> bool:
     """Whether the network is trained on reversed labels (RFNA)."""
-    return bool(getattr(_unwrap(network), "train_on_reversed_labels", False))
+    return bool(getattr(unwrap_network(network), "train_on_reversed_labels", False))
 
 
 def output_polarity(network: nn.Module) -> str:
-    return str(getattr(_unwrap(network), "output_polarity", "foreground"))
+    return str(getattr(unwrap_network(network), "output_polarity", "foreground"))
 
 
 class ReversedLabelLoss(nn.Module):
