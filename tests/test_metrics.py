@@ -234,6 +234,34 @@ def test_cropped_equals_uncropped(seed):
     )
 
 
+@pytest.mark.parametrize("route", ["ball", "brute_force", "kd_tree"])
+@pytest.mark.parametrize("gap", [0, 3, 11])
+def test_every_distance_route_is_exact(monkeypatch, route, gap):
+    """The ball search, and its brute-force and KD-tree fallbacks, against a scipy distance transform."""
+    from scipy import ndimage
+
+    import pam_monai.metrics.surface as surface
+
+    if route != "ball":  # a tiny ball leaves most voxels to the fallback under test
+        monkeypatch.setattr(surface, "BALL_RADIUS", 1.0)
+        monkeypatch.setattr(surface, "BRUTE_FORCE_PAIRS", 1 << 40 if route == "brute_force" else 0)
+        surface._ball.cache_clear()
+    rng = np.random.default_rng(gap)
+    a, b = np.zeros((16, 18, 30 + gap), bool), np.zeros((16, 18, 30 + gap), bool)
+    a[3:13, 2:15, 2:14] = rng.random((10, 13, 12)) < 0.8
+    b[2:14, 4:16, 12 + gap : 26 + gap] = rng.random((12, 12, 14)) < 0.8
+    for spacing in ((1.0, 1.0, 1.0), (0.8, 1.7, 2.5)):
+        d_ab, d_ba = directed_surface_distances(a, b, spacing)
+        sa, sb = surface._surface(a), surface._surface(b)
+        np.testing.assert_allclose(
+            d_ab, ndimage.distance_transform_edt(~sb, sampling=spacing)[sa], rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            d_ba, ndimage.distance_transform_edt(~sa, sampling=spacing)[sb], rtol=1e-12
+        )
+    surface._ball.cache_clear()
+
+
 def test_same_distances_as_monai_which_takes_the_larger_directed_percentile():
     from monai.metrics import compute_hausdorff_distance
 
@@ -483,3 +511,48 @@ def test_benchmark_runs_on_a_small_volume():
     assert r["ours_hd95"] == hd95(pred, target)
     assert r["monai_hd95"] == pytest.approx(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), rel=1e-5)
     assert r["ours_s"] > 0 and r["monai_s"] > 0
+
+
+def test_benchmark_pair_from_a_real_brats_lesion(shared_data):
+    """The real enhancing tumour gives a pair on BraTS's grid; ours agrees with MONAI's distances."""
+    from benchmarks.hd95_bench import bench_hd95, brats_lesion_pair
+
+    seg = next((shared_data / "brats2018").glob("*/*_seg.nii.gz"))
+    pred, target = brats_lesion_pair(seg)
+    assert pred.shape == target.shape == (155, 240, 240)
+    assert target.sum() > 10_000 and pred.any() and (pred != target).any()
+    r = bench_hd95(repeats=1, shape=(50, 64, 64), segs=[seg])["lesions"][0]
+    d_ab, d_ba = directed_surface_distances(pred, target)
+    assert r["name"] == seg.name.split("_seg")[0] and r["voxels_target"] == int(target.sum())
+    assert r["ours_hd95"] == hd95(pred, target)
+    assert r["monai_hd95"] == pytest.approx(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), rel=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    st.sampled_from(["float32", "float64", "int16", "uint8", "bool"]),
+    st.integers(1, 20),
+    st.integers(0, 2**31 - 1),
+)
+def test_foreground_box_equals_the_box_of_the_thresholded_mask(shape, dtype, block, seed):
+    from pam_monai.metrics.masks import as_mask, bounding_box, foreground_box
+
+    rng = np.random.default_rng(seed)
+    x = np.where(rng.random(shape) < 0.02, rng.uniform(-1.0, 2.0, shape), 0.0)
+    x[rng.random(shape) < 0.01] = np.nan  # NaN is background, as in `as_mask`
+    x = (
+        x.astype(bool)
+        if dtype == "bool"
+        else np.nan_to_num(x).astype(dtype)
+        if "int" in dtype
+        else x.astype(dtype)
+    )
+    assert foreground_box(x, block) == bounding_box(as_mask(x))
+
+
+def test_hd95_of_tensors_in_dtypes_numpy_lacks():
+    a, b = torch.zeros(9, 10, 11), torch.zeros(9, 10, 11)
+    a[2:6, 3:7, 1:5], b[3:7, 3:8, 2:6] = 1, 1
+    expected = hd95(a.numpy(), b.numpy())
+    assert hd95(a.bfloat16(), b.bfloat16()) == hd95(a.half(), b.half()) == hd95(a.bool(), b) == expected > 0

@@ -11,10 +11,16 @@ Definition (``medpy.metric.binary.hd95`` with connectivity 1):
 MONAI's ``compute_hausdorff_distance(percentile=95)`` instead takes the larger of the two
 directed 95th percentiles; the distances are the same, the figure differs by a few percent.
 
-Speed: both masks are cropped to the bounding box of their union before the erosion and the
-distance transforms. This is exact, not an approximation: outside that box both masks are
-background, as the erosion already assumes outside the image, and every surface voxel of B lies
-inside the box, so the distance transform on the box gives exact distances to B's surface.
+Speed: the bounding box of each mask's foreground is found without writing a volume-sized mask
+(:func:`~pam_monai.metrics.masks.foreground_box`), and only the union box is thresholded, eroded
+and searched. Cropping is exact, not an approximation: outside that box both masks are
+background, as the erosion already assumes outside the image. The directed distances are then
+found without a distance transform: surface voxels sit mostly within a few voxels of the other
+surface, so each looks up the other surface at the offsets of a small ball in order of
+increasing physical length (one vectorised gather per distance shell); the first shell that
+hits gives the exact distance. The few voxels left beyond the ball get exact distances by brute
+force or a KD-tree. On a 155x240x240 BraTS volume this takes 6-10 ms on 2 CPU cores, 10-13x
+less than MONAI 1.6.1's ``compute_hausdorff_distance`` (``benchmarks/hd95_bench.py``).
 
 Empty masks (BraTS 2023 evaluation): both empty -> 0.0; exactly one empty -> ``empty_value``,
 by default the image diagonal in physical units (:func:`pam_monai.metrics.image_diagonal`,
@@ -23,31 +29,129 @@ by default the image diagonal in physical units (:func:`pam_monai.metrics.image_
 
 from __future__ import annotations
 
-import numpy as np
-from scipy import ndimage
+from functools import lru_cache
 
-from .masks import bounding_box, image_diagonal, mask_pair, normalize_spacing
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .masks import array_pair, as_mask, foreground_box, image_diagonal, normalize_spacing
 
 __all__ = ["directed_surface_distances", "hd95"]
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    cross = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask ^ ndimage.binary_erosion(mask, structure=cross, border_value=0)
+    """Surface voxels: foreground with a face neighbour in the background or outside the image."""
+    inner = mask.copy()
+    for axis in range(mask.ndim):
+        inner[_along(axis, mask.ndim, slice(1, None))] &= mask[_along(axis, mask.ndim, slice(None, -1))]
+        inner[_along(axis, mask.ndim, slice(None, -1))] &= mask[_along(axis, mask.ndim, slice(1, None))]
+        inner[_along(axis, mask.ndim, 0)] = False
+        inner[_along(axis, mask.ndim, -1)] = False
+    return mask ^ inner
 
 
-def _directed(a: np.ndarray, b: np.ndarray, sp: tuple[float, ...], crop: bool):
-    """Directed distance sets of two masks, or ``None`` when either is empty."""
-    box_a, box_b = bounding_box(a), bounding_box(b)
+def _along(axis: int, ndim: int, index) -> tuple:
+    return (slice(None),) * axis + (index,) + (slice(None),) * (ndim - axis - 1)
+
+
+#: Radius of the offset ball, in units of the smallest voxel spacing (257 offsets when isotropic).
+BALL_RADIUS = 4.0
+#: Brute force over at most this many (left-over voxel, surface voxel) pairs, else a KD-tree.
+BRUTE_FORCE_PAIRS = 1 << 18
+
+
+@lru_cache(maxsize=32)
+def _ball(sp: tuple[float, ...]) -> tuple[list[tuple[float, np.ndarray]], list[int]]:
+    """The ball's shells in order of physical length, as ``(length, offsets)``, and its reach per axis.
+
+    Each shell of several offsets is padded to a multiple of 8 by repeating its first one, so that
+    the ``bool`` lookups of a voxel read as whole 64-bit words (one comparison per 8 lookups).
+    """
+    radius = BALL_RADIUS * min(sp)
+    reach = [int(radius // s) for s in sp]
+    grids = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
+    offsets = np.stack([g.ravel() for g in grids], axis=1)
+    lengths = _lengths(offsets, sp)
+    keep = lengths <= radius
+    order = np.argsort(lengths[keep], kind="stable")
+    offsets, lengths = offsets[keep][order], lengths[keep][order]
+    # one shell per distinct length (a relative tolerance groups lengths equal up to rounding)
+    bounds = np.r_[np.flatnonzero(np.r_[True, np.diff(lengths) > 1e-9 * lengths[1:]]), len(lengths)]
+    shells = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        shell = offsets[lo:hi]
+        if len(shell) > 1:
+            shell = np.concatenate([shell, shell[:1].repeat(-len(shell) % 8, axis=0)])
+        shells.append((float(lengths[lo]), shell))
+    return shells, reach
+
+
+def _lengths(diffs: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
+    """Physical lengths of integer voxel offsets (one formula, so equal offsets give equal floats)."""
+    return np.sqrt(((diffs * np.asarray(sp)) ** 2).sum(axis=-1))
+
+
+def _nearest(index: np.ndarray, dst: np.ndarray, dst_index: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
+    """Exact physical distances from voxels to the nearest voxel of ``dst``.
+
+    Args:
+        index: flat indices of the source voxels in ``dst``'s (padded) grid.
+        dst: the other surface, zero-padded by the ball's reach (so no lookup leaves the array).
+        dst_index: flat indices of ``dst``'s voxels.
+        sp: voxel spacing.
+    """
+    shells, _ = _ball(sp)
+    flat, strides = dst.ravel(), np.asarray(dst.strides, dtype=np.intp)  # bool: strides in voxels
+    out = np.empty(len(index))
+    pending = np.arange(len(index))
+    for shell, (length, offsets) in enumerate(shells):
+        if len(offsets) == 1:
+            hit = flat[index + offsets[0] @ strides]
+        else:
+            words = flat[index[:, None] + offsets @ strides].view(np.uint64)
+            hit = words[:, 0] != 0 if words.shape[1] == 1 else words.any(axis=1)
+        out[pending[hit]] = length
+        pending, index = pending[~hit], index[~hit]
+        # far apart masks: most voxels are beyond distance one, go to the exact fallback at once
+        if not pending.size or (shell == 1 and 2 * pending.size > len(out)):
+            break
+    if pending.size:
+        coords = lambda i: np.stack(np.unravel_index(i, dst.shape), axis=1)  # noqa: E731
+        out[pending] = _far_distances(coords(index), coords(dst_index), sp)
+    return out
+
+
+def _far_distances(points: np.ndarray, targets: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
+    if len(points) * len(targets) <= BRUTE_FORCE_PAIRS:
+        chunk = max(1, BRUTE_FORCE_PAIRS // (4 * len(targets)))
+        return np.concatenate(
+            [
+                _lengths(points[i : i + chunk, None] - targets[None], sp).min(axis=1)
+                for i in range(0, len(points), chunk)
+            ]
+        )
+    spacing = np.asarray(sp)
+    nearest = cKDTree(targets * spacing).query(points * spacing)[1]
+    return _lengths(points - targets[nearest], sp)  # the same formula as the other routes
+
+
+def _directed(x: np.ndarray, y: np.ndarray, sp: tuple[float, ...], crop: bool, boxes=None):
+    """Directed distance sets of two masks (any dtype, foreground > 0.5), ``None`` when either is empty.
+
+    ``boxes``: a list that receives the two foreground boxes (so a caller can tell which is empty).
+    """
+    box_a, box_b = foreground_box(x), foreground_box(y)
+    if boxes is not None:
+        boxes += [box_a, box_b]
     if box_a is None or box_b is None:
         return None
-    if crop:
+    if crop:  # only the union box is ever thresholded
         box = tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(box_a, box_b))
-        a, b = a[box], b[box]
-    sa, sb = _surface(a), _surface(b)
-    d_ab = ndimage.distance_transform_edt(~sb, sampling=sp)[sa]
-    d_ba = ndimage.distance_transform_edt(~sa, sampling=sp)[sb]
-    return d_ab, d_ba
+        x, y = x[box], y[box]
+    pad = [(r, r) for r in _ball(sp)[1]]
+    sa, sb = np.pad(_surface(as_mask(x)), pad), np.pad(_surface(as_mask(y)), pad)
+    ia, ib = np.flatnonzero(sa), np.flatnonzero(sb)
+    return _nearest(ia, sb, ib, sp), _nearest(ib, sa, ia, sp)
 
 
 def directed_surface_distances(
@@ -74,7 +178,7 @@ def directed_surface_distances(
         >>> directed_surface_distances(a, b, spacing=(2.0, 1.0))[0].tolist()
         [6.0]
     """
-    a, b = mask_pair(pred, target)
+    a, b = array_pair(pred, target)
     dists = _directed(a, b, normalize_spacing(spacing, a.ndim), crop)
     if dists is None:
         raise ValueError("surface distances need two non-empty masks.")
@@ -102,14 +206,15 @@ def hd95(pred, target, spacing=None, empty_value: float | None = None, crop: boo
         >>> round(hd95(a, np.zeros((8, 8))), 3)  # one empty: the 8x8 diagonal
         11.314
     """
-    a, b = mask_pair(pred, target)
+    a, b = array_pair(pred, target)
     return _hd95(a, b, normalize_spacing(spacing, a.ndim), empty_value, crop)
 
 
-def _hd95(a: np.ndarray, b: np.ndarray, sp: tuple[float, ...], empty_value: float | None, crop: bool = True):
-    dists = _directed(a, b, sp, crop)
+def _hd95(x: np.ndarray, y: np.ndarray, sp: tuple[float, ...], empty_value: float | None, crop: bool = True):
+    boxes: list = []
+    dists = _directed(x, y, sp, crop, boxes)
     if dists is not None:
         return float(np.percentile(np.concatenate(dists), 95))
-    if not (a.any() or b.any()):
+    if boxes == [None, None]:
         return 0.0
-    return float(image_diagonal(a.shape, sp) if empty_value is None else empty_value)
+    return float(image_diagonal(x.shape, sp) if empty_value is None else empty_value)
