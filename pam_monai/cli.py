@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in COMMANDS:
         # resolve the real function so that --help shows its own docstring and arguments
         module, func = COMMANDS[argv[0]].split(":")
-        fire.Fire(getattr(importlib.import_module(module), func), command=argv[1:], name=f"pam_monai {argv[0]}")
+        fire.Fire(
+            getattr(importlib.import_module(module), func), command=argv[1:], name=f"pam_monai {argv[0]}"
+        )
         return
     fire.Fire({name: _lazy(t) for name, t in COMMANDS.items()}, command=argv, name="pam_monai")

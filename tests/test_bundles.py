@@ -194,7 +194,11 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
     task, network = name.split("_")
     spec = DATASETS[task]
     net = get_network(
-        network, spatial_dims=2, in_channels=spec.in_channels, out_channels=1, options=SMALL["network_options"]
+        network,
+        spatial_dims=2,
+        in_channels=spec.in_channels,
+        out_channels=1,
+        options=SMALL["network_options"],
     ).eval()
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
@@ -254,8 +258,15 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
 def test_mlflow_tracking(tmp_path):
     mlflow = pytest.importorskip("mlflow")
     name = "cityscapes_fpa"
-    run("training", config_file=configs(name, "train.json")[0], logging_file=False, tracking="mlflow",
-        bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "data"), **SMALL)
+    run(
+        "training",
+        config_file=configs(name, "train.json")[0],
+        logging_file=False,
+        tracking="mlflow",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        **SMALL,
+    )
     db = tmp_path / "eval" / "mlruns.db"
     assert db.is_file()
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")

@@ -52,7 +52,9 @@ def prepare_data(
         with absolute paths in every item.
     """
     spec = get_spec(dataset)
-    root, synthetic = _rank0_first(lambda: ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir))
+    root, synthetic = _rank0_first(
+        lambda: ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir)
+    )
     if synthetic:
         log.warning(
             "%s: training on a SYNTHETIC stand-in in %s (no data set in %s)", spec.name, root, dataset_dir
