@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser, run
 from pam_monai.bundle_templates.build import bundle_names
 from pam_monai.bundle_templates.build import main as build_bundles
 from pam_monai.data import DATASETS, discover_cases
+from pam_monai.engines import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -219,39 +220,53 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
 
 @pytest.mark.slow
 def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
+    """Two ranks (gloo), the samples held on the device, sharded by the DistributedSampler; then a
+    resumed second epoch, which every rank must load (a rank that did not would fall out of step)."""
     name = "brats_fpa"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        str(configs(name, "train.json", "multi_gpu_train.json")),
-        "--bundle_root",
-        str(tmp_path),
-        "--dataset_dir",
-        str(tmp_path / "data"),
-        "--epochs",
-        "1",
-        "--batch_size",
-        "4",
-        "--num_workers",
-        "0",
-        "--network_options",
-        json.dumps(SMALL["network_options"]),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    errors = [line for line in log.splitlines() if "Error" in line or "error" in line]
-    assert proc.returncode == 0, "\n".join(errors[-30:]) + log[-3000:]
+
+    def torchrun(epochs: int, resume: bool) -> str:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            str(configs(name, "train.json", "multi_gpu_train.json")),
+            "--bundle_root",
+            str(tmp_path),
+            "--dataset_dir",
+            str(tmp_path / "data"),
+            "--epochs",
+            str(epochs),
+            "--resume",
+            str(resume).lower(),
+            "--device_data",
+            "true",
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--network_options",
+            json.dumps(SMALL["network_options"]),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        log = proc.stdout + proc.stderr
+        errors = [line for line in log.splitlines() if "Error" in line or "error" in line]
+        assert proc.returncode == 0, "\n".join(errors[-30:]) + log[-3000:]
+        return log
+
+    log = torchrun(1, False)
     assert (tmp_path / "models" / "checkpoint_last.pt").is_file()
-    assert "val_iou" in proc.stdout + proc.stderr
+    assert "val_iou" in log and "training samples held on cpu" in log
+    torchrun(2, True)
+    state = load_checkpoint(tmp_path / "models" / "checkpoint_last.pt")
+    assert state["trainer"]["epoch"] == 2
 
 
 @pytest.mark.slow

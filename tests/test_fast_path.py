@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +23,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-from pam_monai.engines.runtime import DeviceSliceLoader, fast_network, use_fast_norm
+from pam_monai.engines.loaders import DeviceSliceLoader
+from pam_monai.engines.runtime import fast_network, use_fast_norm
 from pam_monai.networks import NETWORKS, get_network, loss_for
 from pam_monai.networks.blocks import (
     FAST_NORM,
@@ -300,3 +303,56 @@ def test_device_slice_loader_serves_each_sample_once_per_epoch():
     dropped = DeviceSliceLoader(_Samples(23), batch_size=5, drop_last=True, shuffle=False)
     assert len(dropped) == 4
     assert torch.cat([b["image"][:, 0, 0, 0] for b in dropped]).long().tolist() == list(range(20))
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_device_loader_serves_the_dataloaders_batches_with_the_same_sampler(replicas):
+    """One sampler, two loaders: the same batches epoch after epoch, on every rank (torchrun)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from pam_monai.engines.loaders import LoaderEpoch, slice_loader
+
+    data = _Samples(23)
+    for rank in range(replicas):
+        samplers = [DistributedSampler(data, num_replicas=replicas, rank=rank, seed=5) for _ in range(2)]
+        plain = DataLoader(data, batch_size=4, sampler=samplers[0], shuffle=False)
+        device = slice_loader(data, 4, device="cpu", device_data=True, sampler=samplers[1])
+        assert isinstance(device, DeviceSliceLoader) and len(device) == len(plain) == math.ceil(
+            len(samplers[0]) / 4
+        )
+        epochs = []
+        for epoch in (1, 2, 1):
+            samplers[0].set_epoch(epoch)  # what MONAI's workflow does for a DataLoader ...
+            engine = SimpleNamespace(state=SimpleNamespace(epoch=epoch))
+            LoaderEpoch(device)(engine)  # ... and LoaderEpoch for the device loader
+            got = [(b["image"], b["label"]) for b in device]
+            want = [(b["image"], b["label"]) for b in plain]
+            assert len(got) == len(want)
+            for (gi, gl), (wi, wl) in zip(got, want):
+                torch.testing.assert_close(gi, wi, rtol=0, atol=0)
+                torch.testing.assert_close(gl, wl, rtol=0, atol=0)
+            epochs.append(torch.cat([g[0][:, 0, 0, 0] for g in got]).tolist())
+        assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
+
+
+def test_slice_loader_choices_and_the_handler_leaves_dataloaders_alone():
+    from ignite.engine import Engine, Events
+    from torch.utils.data import DataLoader
+
+    from pam_monai.engines.loaders import LoaderEpoch, device_data_bytes, slice_loader
+
+    data = _Samples(7)
+    assert isinstance(slice_loader(data, 2, "cpu", device_data="auto"), DataLoader)  # auto: GPUs only
+    assert isinstance(slice_loader(data, 2, "cpu", device_data="false"), DataLoader)
+    loader = slice_loader(data, 2, "cpu", device_data="true")
+    assert isinstance(loader, DeviceSliceLoader)
+    assert loader.images.dtype == torch.float32  # a dataset without cache_dtype keeps float32
+    assert device_data_bytes(data) == loader.nbytes == 7 * (2 * 9 * 4 + 9)
+    with pytest.raises(ValueError, match="not a boolean"):
+        slice_loader(data, 2, "cpu", device_data="sometimes")
+    engine = Engine(lambda e, b: None)
+    LoaderEpoch(DataLoader(data)).attach(engine)
+    assert not engine.has_event_handler(LoaderEpoch.__call__, Events.EPOCH_STARTED)
+    handler = LoaderEpoch(loader)
+    handler.attach(engine)
+    assert engine.has_event_handler(handler, Events.EPOCH_STARTED)

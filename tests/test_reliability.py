@@ -34,7 +34,7 @@ SMALL = {"features": [8, 16, 32, 64]}
 pytestmark = pytest.mark.xdist_group("reliability")
 
 
-def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False) -> list[str]:
+def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -61,12 +61,13 @@ def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False) -> list
         json.dumps(SMALL),
         "--resume",
         "true" if resume else "false",
+        *extra,
     ]
 
 
-def run_training(root: Path, data: Path, epochs: int, resume: bool = False) -> str:
+def run_training(root: Path, data: Path, epochs: int, resume: bool = False, *extra: str) -> str:
     proc = subprocess.run(
-        train_cmd(root, data, epochs, resume), cwd=ROOT, capture_output=True, text=True, timeout=600
+        train_cmd(root, data, epochs, resume, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout + proc.stderr
@@ -98,6 +99,16 @@ def reference(tmp_path_factory, data) -> Path:
 @pytest.mark.slow
 def test_deterministic_mode_repeats_exactly(reference, data, tmp_path):
     run_training(tmp_path, data, epochs=2)
+    assert_same_weights(weights(tmp_path), weights(reference))
+
+
+@pytest.mark.slow
+def test_samples_held_on_the_device_train_and_resume_exactly_like_the_dataloader(reference, data, tmp_path):
+    """``--device_data true`` (DeviceSliceLoader, here on the CPU) serves the DataLoader's batches
+    in the same order: one epoch, then a resumed second one, ends on the reference's weights."""
+    out = run_training(tmp_path, data, 1, False, "--device_data", "true")
+    assert "training samples held on cpu" in out
+    run_training(tmp_path, data, 2, True, "--device_data", "true")
     assert_same_weights(weights(tmp_path), weights(reference))
 
 

@@ -7,7 +7,7 @@ The real pipeline on a synthetic BRATS set (``pam_monai.data.synth``, full 240 x
 - a ``torch.utils.data.DataLoader`` (``num_workers`` = each of ``workers``; shuffled; pinned memory
   on CUDA), then :class:`~pam_monai.engines.FlipPrepareBatch` (copy to the device, random flips and
   channels-last there), as the bundles' ``train.json`` does; or
-- :class:`~pam_monai.engines.runtime.DeviceSliceLoader` (the samples copied to the device once,
+- :class:`~pam_monai.engines.loaders.DeviceSliceLoader` (the samples copied to the device once,
   batches gathered there), then the same ``FlipPrepareBatch``.
 
 A rate counts the slices of the batches handed to the training step, after one warm-up epoch,
@@ -76,7 +76,7 @@ def bench_data(
     """Measure the slice pipeline; see the module docstring. Returns a dict of rates per loader."""
     from ..data import SliceDataset, build_datalist, get_spec, load_datalist, synth
     from ..engines import FlipPrepareBatch
-    from ..engines.runtime import DeviceSliceLoader
+    from ..engines.loaders import DeviceSliceLoader
 
     spec = get_spec("brats")
     tmp = Path(tempfile.mkdtemp(prefix="pam_bench_data_", dir=workdir))

@@ -1,5 +1,5 @@
 """The pieces the bundles' workflows are built from: data preparation, batch preparation,
-slice-wise inference, per-case metrics, checkpoints, progress and run set-up."""
+training loaders, slice-wise inference, per-case metrics, checkpoints, progress and run set-up."""
 
 from ..atomic import atomic_write_text
 from .batch import FlipPrepareBatch
@@ -8,6 +8,7 @@ from .data import CaseDataset, prepare_data, voxel_spacing
 from .handlers import CaseMetrics, NonFiniteLossGuard
 from .infer import CasePredictor, find_inference_cases, safe_output_path, validate_case
 from .inferer import SliceWiseInferer
+from .loaders import DeviceSliceLoader, LoaderEpoch, slice_loader
 from .progress import ProgressBar
 from .runtime import as_bool, fast_network, setup_run
 
@@ -16,7 +17,9 @@ __all__ = [
     "CaseDataset",
     "CaseMetrics",
     "CasePredictor",
+    "DeviceSliceLoader",
     "FlipPrepareBatch",
+    "LoaderEpoch",
     "NonFiniteLossGuard",
     "ProgressBar",
     "SliceWiseInferer",
@@ -30,6 +33,7 @@ __all__ = [
     "prepare_data",
     "safe_output_path",
     "setup_run",
+    "slice_loader",
     "validate_case",
     "voxel_spacing",
 ]

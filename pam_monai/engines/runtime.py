@@ -4,19 +4,18 @@ The fast path (``fast: true`` in the bundles, the default where a GPU is present
 benchmark and TF32 (:func:`setup_run`), bf16 autocast and ``torch.compile`` (the trainer's ``amp``
 and ``compile``), fused AdamW, channels-last tensors and the fusible instance norm
 (:func:`fast_network`), and batches sampled from tensors already on the device
-(:class:`DeviceSliceLoader`). ``tests/test_fast_path.py`` checks that it computes the same function
+(:class:`~pam_monai.engines.loaders.DeviceSliceLoader`). ``tests/test_fast_path.py`` checks that it computes the same function
 as the plain fp32 path; ``python -m pam_monai bench`` measures it."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
 from torch import nn
 
-__all__ = ["DeviceSliceLoader", "as_bool", "fast_network", "setup_run", "use_fast_norm"]
+__all__ = ["as_bool", "fast_network", "setup_run", "use_fast_norm"]
 
 log = logging.getLogger("pam_monai")
 
@@ -108,93 +107,3 @@ def fast_network(network: nn.Module, channels_last: bool = False, fast_norm: boo
     if as_bool(channels_last):
         network = network.to(memory_format=torch.channels_last)
     return network
-
-
-class DeviceSliceLoader:
-    """Random batches of a slice dataset, sampled from tensors held on the training device.
-
-    :class:`~pam_monai.data.SliceDataset` already does the per-volume work once (load,
-    normalise, crop, cache); this copies its samples to ``device`` once (images as ``float16``,
-    which is the dataset's cache precision, labels as ``uint8``) and then serves each batch with one
-    ``index_select`` on the device: no per-sample Python, no worker processes, no host-to-device
-    copy per step. The per-step augmentation (random flips) stays with
-    :class:`~pam_monai.engines.FlipPrepareBatch`, on the same device.
-
-    It iterates like a ``DataLoader`` (``len()`` batches per epoch, dict batches of ``float32``
-    ``image`` / ``label``). Each epoch's order is drawn from ``(seed, epoch)``, so a resumed run can
-    :meth:`set_epoch` and continue with the same order.
-
-    Memory: ``samples x C x H x W x 2`` bytes for the images (BRATS: 205 kB per slice, about 6 GB
-    for every training slice of BraTS 2018 at the paper's background fraction).
-
-    Args:
-        dataset: a map-style dataset of ``{"image", "label"}`` tensors of fixed shapes.
-        batch_size: samples per batch.
-        device: where the samples live and the batches are made.
-        shuffle: a new random order each epoch (else dataset order).
-        drop_last: drop the last incomplete batch.
-        seed: seed of the orders.
-        image_dtype: storage dtype of the images on the device.
-        chunk: samples gathered per host-to-device copy while filling.
-    """
-
-    def __init__(
-        self,
-        dataset,
-        batch_size: int,
-        device: str | torch.device = "cpu",
-        shuffle: bool = True,
-        drop_last: bool = False,
-        seed: int = 0,
-        image_dtype: torch.dtype = torch.float16,
-        chunk: int = 512,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = len(dataset)
-        if n == 0:
-            raise ValueError("DeviceSliceLoader: the dataset is empty")
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.shuffle = as_bool(shuffle)
-        self.drop_last = as_bool(drop_last)
-        self.seed = int(seed)
-        self.epoch = 0
-        first = dataset[0]
-        self.images = torch.empty((n, *first["image"].shape), dtype=image_dtype, device=self.device)
-        self.labels = torch.empty((n, *first["label"].shape), dtype=torch.uint8, device=self.device)
-        for start in range(0, n, chunk):  # chunks of samples, one stacked copy each
-            stop = min(n, start + chunk)
-            samples = [dataset[i] for i in range(start, stop)]
-            self.images[start:stop].copy_(torch.stack([s["image"] for s in samples]), non_blocking=False)
-            self.labels[start:stop].copy_(torch.stack([s["label"] for s in samples]), non_blocking=False)
-
-    def __len__(self) -> int:
-        n = self.images.shape[0]
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.images.shape[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` on the next iteration (exact resume)."""
-        self.epoch = int(epoch)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """The sample order of ``epoch`` (on the device)."""
-        n = self.num_samples
-        if not self.shuffle:
-            return torch.arange(n, device=self.device)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(n, generator=g).to(self.device)
-
-    def __iter__(self):
-        order = self.order(self.epoch)
-        self.epoch += 1
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield {
-                "image": self.images.index_select(0, idx).float(),
-                "label": self.labels.index_select(0, idx).float(),
-            }
