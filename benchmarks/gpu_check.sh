@@ -10,16 +10,20 @@
 #
 # Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
 # fails or hangs (a compilation, say) costs only its own time box and the others still run; the
-# stages share one budget (BUDGET_S seconds, default 420) and are ordered by importance:
-#   1. eager: unet, fpa, rfna, aunet in fp32, then in the eager fast path (bf16 + fusible norm +
-#      fused AdamW), batch 50 x 4 x 160 x 160 (one process each)
-#   2-3. the full fast path (+ torch.compile) for fpa, then unet, each in its own process, with a
-#      torch.profiler summary of 3 steps (top kernels, time per kind of work)
-#   4. data pipeline (DataLoader with 0/4/8 workers and DeviceSliceLoader), whole-volume
-#      inference (unet, fpa, rfna; fp32 and eager fast) and HD95 vs MONAI
-#   5. FPA on the fast path with its dilated depthwise convolutions as fused taps (fast+taps: an
-#      experiment against cuDNN's grouped convolutions), then the full fast path for rfna
-#   6. if time is left: fast aunet, then fast unet and fpa at batch 128 (one process each)
+# stages share one budget (BUDGET_S seconds, default 420) and are ordered by what the next step
+# needs most (the first H100 run measured the rates; what is missing is WHERE the time goes):
+#   1-2. the fast path (bf16 + fusible norm + torch.compile + fused AdamW) for fpa, then unet,
+#      each in its own process, with a torch.profiler summary of 3 steps (top kernels, time per
+#      kind of work)
+#   3-4. the same with channels-last (fast+cl: slower on the first run; the profile says whether
+#      the norms' reductions, the up-sampling's backward or the dilated depthwise convolutions
+#      are to blame), fpa then unet
+#   5. fpa with its dilated depthwise convolutions as fused taps (fast+taps), profiled
+#   6. rfna on the fast path
+#   7. unet on the fast path with inductor's layout optimisation off (--inductor)
+#   8. eager fp32 unet, fpa, rfna (the plain baseline of the ratios)
+#   9. data pipeline, whole-volume inference and HD95 vs MONAI
+#   10. if time is left: fast unet and fpa at batch 128
 # Then the per-stage JSON files are merged (U-Net ratios across stages: same card, same run) into
 # $OUT/gpu_check.json, the tables printed, and everything logged to $OUT/gpu_check.log; the
 # per-stage files travel as $OUT/stages.tar.gz (3 files in $OUT in all).
@@ -102,16 +106,18 @@ stage() {
     [ -f "$WORK/$name.json" ] && JSONS+=("$WORK/$name.json")
 }
 
-stage eager_fp32 70 "${COMMON[@]}" --networks unet,fpa,rfna,aunet --modes fp32 --stages train
-stage eager_fast 80 "${COMMON[@]}" --networks unet,fpa,rfna,aunet --modes fast-compile --stages train
 SOLO=(--modes fast --stages train --reference=False --profile 3)
 stage fast_fpa 200 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
 stage fast_unet 150 "${COMMON[@]}" --networks unet "${SOLO[@]}"
-stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32,fast-compile \
-    --stages data,infer,hd95 --data_cases 3 --data_workers 0,4,8
+CL=(--modes fast+cl --stages train --reference=False --profile 3)
+stage fast_cl_fpa 150 "${COMMON[@]}" --networks fpa "${CL[@]}"
+stage fast_cl_unet 120 "${COMMON[@]}" --networks unet "${CL[@]}"
 stage fast_fpa_taps 150 "${COMMON[@]}" --networks fpa --modes fast+taps --stages train --reference=False --profile 3
 stage fast_rfna 150 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
-stage fast_aunet 120 "${COMMON[@]}" --networks aunet "${SOLO[@]}"
+stage fast_unet_nolayout 120 "${COMMON[@]}" --networks unet "${SOLO[@]}" --inductor layout_optimization=False
+stage eager_fp32 70 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32 --stages train
+stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa --modes fp32 \
+    --stages data,infer,hd95 --data_cases 3 --data_workers 0,8
 stage fast_unet_b128 120 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa_b128 120 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
 

@@ -106,3 +106,24 @@ def test_merge_recomputes_ratios_across_stage_files(quick_run, tmp_path):
         expected = by[("fpa", mode)]["step_ms_median"] / by[("unet", mode)]["step_ms_median"]
         assert by[("fpa", mode)]["cost_vs_unet"] == pytest.approx(expected)
     assert merged["data"] and merged["hd95"]
+
+
+def test_inductor_settings_are_applied_recorded_and_checked():
+    from torch._inductor import config
+
+    from pam_monai.bench import apply_inductor_settings
+
+    before = (config.split_reductions, config.triton.cudagraphs)
+    try:
+        applied = apply_inductor_settings(
+            f"split_reductions={not before[0]}, triton.cudagraphs={not before[1]}"
+        )
+        assert applied == {"split_reductions": not before[0], "triton.cudagraphs": not before[1]}
+        assert (config.split_reductions, config.triton.cudagraphs) == (not before[0], not before[1])
+        assert apply_inductor_settings(("split_reductions=True",)) == {"split_reductions": True}
+        with pytest.raises(ValueError, match="name=value"):
+            apply_inductor_settings("split_reductions")
+        with pytest.raises(ValueError, match="no setting .triton.nothing."):
+            apply_inductor_settings("triton.nothing=1")
+    finally:
+        config.split_reductions, config.triton.cudagraphs = before

@@ -138,6 +138,44 @@ def load_hd95_bench():
     return module
 
 
+def apply_inductor_settings(spec: str | dict | None) -> dict:
+    """Set ``torch._inductor.config`` entries from ``"name=value,..."`` (values as Python literals).
+
+    Returns the settings applied, for the record. Unknown names are refused with the name.
+
+    Example:
+        >>> apply_inductor_settings(None)
+        {}
+    """
+    if not spec:
+        return {}
+    import ast
+
+    from torch._inductor import config
+
+    if isinstance(spec, dict):
+        pairs = spec.items()
+    else:  # Fire may hand over "a=1,b=2" as a string or a tuple of strings
+        items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+        pairs = [str(item).split("=", 1) for item in items if str(item).strip()]
+        bad = [item for item in pairs if len(item) != 2]
+        if bad:
+            raise ValueError(f"--inductor: expected name=value pairs, got {'='.join(bad[0])!r}")
+    applied = {}
+    for name, text in pairs:
+        name = name.strip()
+        value = ast.literal_eval(text.strip()) if isinstance(text, str) else text
+        owner, _, attr = name.rpartition(".")
+        target = config
+        for part in owner.split(".") if owner else []:
+            target = getattr(target, part, None)
+        if target is None or not hasattr(target, attr):
+            raise ValueError(f"--inductor: torch._inductor.config has no setting {name!r}")
+        setattr(target, attr, value)
+        applied[name] = value
+    return applied
+
+
 def run_bench(
     device: str = "auto",
     networks: str | None = None,
@@ -161,6 +199,7 @@ def run_bench(
     hd95_shape: str = "155,240,240",
     hd95_segs: str | None = None,
     compile_mode: str | None = None,
+    inductor: str | None = None,
     profile: int = 0,
     threads: int | None = None,
     reference: bool = True,
@@ -201,6 +240,9 @@ def run_bench(
         hd95_segs: comma-separated BraTS ``*_seg.nii.gz`` files: their enhancing tumours give
             further HD95 pairs with real lesion shapes.
         compile_mode: ``torch.compile`` mode (default: PyTorch's default mode).
+        inductor: ``torch._inductor.config`` settings for the compiled modes, comma-separated
+            ``name=value`` pairs (Python literals), e.g. ``layout_optimization=False`` or
+            ``triton.cudagraphs=True``; recorded in the JSON's ``meta``.
         profile: after the timed steps, profile this many steps per (network, mode) with
             ``torch.profiler`` and report the top CUDA kernels (CPU: ATen ops) and the time per
             kind of work (convolutions, reductions, element-wise, up-sampling, copies, optimizer).
@@ -247,6 +289,7 @@ def run_bench(
         vol, crop = (48, 48, 4), 32
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    inductor_settings = apply_inductor_settings(inductor)
     settings = {
         "batch": batch,
         "size": size,
@@ -258,6 +301,7 @@ def run_bench(
         "modes": [m.name for m in mode_list],
         "quick": bool(quick),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "inductor": inductor_settings,
     }
     result: dict = {
         "meta": _meta(dev, settings),
@@ -284,8 +328,18 @@ def run_bench(
     if "train" in stage_list:
         from .train import bench_train
 
+        def tagged(rows: list[dict]) -> list[dict]:
+            # compiled rows under other inductor settings are their own mode (and U-Net reference)
+            label = ",".join(f"{k}={v}" for k, v in inductor_settings.items())
+            for r in rows:
+                if label and (r.get("flags") or {}).get("compile") and "inductor" not in r:
+                    r["inductor"] = dict(inductor_settings)
+                    r["mode"] = f"{r['mode']} [{label}]"
+                    r["flags"] = {**r["flags"], f"inductor:{label}": True}
+            return rows
+
         def save_partial(rows: list[dict]) -> None:  # a killed stage keeps its finished pairs
-            result["train"] = rows
+            result["train"] = tagged(rows)
             if output:
                 write_json(result, output)
 
@@ -309,6 +363,7 @@ def run_bench(
             )
             or result["train"]
         )
+        result["train"] = tagged(result["train"])
         result["errors"] += [
             f"train {r['network']}/{r['mode']}: {r['error']}" for r in result["train"] if r.get("error")
         ]
