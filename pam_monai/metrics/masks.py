@@ -181,17 +181,17 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return (first, *bounding_box(mask[first].any(axis=0)))
 
 
-def foreground_box(x: np.ndarray, block: int = 16) -> tuple[slice, ...] | None:
-    """:func:`bounding_box` of ``x > 0.5`` without writing the whole mask.
+def foreground_box(x: np.ndarray) -> tuple[slice, ...] | None:
+    """:func:`bounding_box` of ``x > 0.5`` without writing a mask of the whole array.
 
-    A float volume is thresholded ``block`` slices (along the first axis) at a time into one
-    reused buffer; slices without foreground cost one pass over their values and nothing more.
-    A lesion in a BraTS volume is found about twice as fast as by ``as_mask`` then
-    ``bounding_box``, and no volume-sized array is allocated.
+    The extent along the first axis comes from each slice's maximum (a reduction that reads the
+    values once and writes nothing; NaN is ignored, as ``as_mask`` counts it as background); only
+    the slab between the first and the last slice with foreground is thresholded. On a BraTS
+    volume this is about twice as fast as ``as_mask`` then ``bounding_box``, and no volume-sized
+    array is allocated.
 
     Args:
-        x: a numpy array (any dtype; ``bool`` masks go straight to :func:`bounding_box`).
-        block: slices thresholded at a time.
+        x: a numpy array (any real dtype; ``bool`` masks go straight to :func:`bounding_box`).
 
     Returns:
         One ``slice`` per axis, or ``None`` when nothing is above 0.5.
@@ -202,19 +202,10 @@ def foreground_box(x: np.ndarray, block: int = 16) -> tuple[slice, ...] | None:
     """
     if x.dtype == bool or x.ndim < 2:
         return bounding_box(as_mask(x))
-    n = x.shape[0]
-    buf = np.empty((min(block, n), *x.shape[1:]), dtype=bool)
-    rows = np.zeros(n, dtype=bool)
-    proj = np.zeros(x.shape[1:], dtype=bool)
-    for start in range(0, n, block):
-        chunk = buf[: min(block, n - start)]
-        np.greater(x[start : start + len(chunk)], 0.5, out=chunk)
-        flat = chunk.reshape(len(chunk), -1)
-        found = (flat.view(np.uint64) if flat.shape[1] % 8 == 0 else flat).any(axis=1)
-        if found.any():
-            rows[start : start + len(chunk)] = found
-            proj |= chunk.any(axis=0)
-    idx = np.flatnonzero(rows)
+    rows = x.reshape(x.shape[0], -1)
+    peak = np.fmax.reduce(rows, axis=1) if np.issubdtype(x.dtype, np.floating) else rows.max(axis=1)
+    idx = np.flatnonzero(peak > 0.5)
     if not idx.size:
         return None
-    return (slice(int(idx[0]), int(idx[-1]) + 1), *bounding_box(proj))
+    first = slice(int(idx[0]), int(idx[-1]) + 1)
+    return (first, *bounding_box((x[first] > 0.5).any(axis=0)))
