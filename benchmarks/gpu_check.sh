@@ -15,15 +15,17 @@
 #   1-2. the fast path (bf16 + fusible norm + torch.compile + fused AdamW) for fpa, then unet,
 #      each in its own process, with a torch.profiler summary of 3 steps (top kernels, time per
 #      kind of work)
-#   3-4. the same with channels-last (fast+cl: slower on the first run; the profile says whether
-#      the norms' reductions, the up-sampling's backward or the dilated depthwise convolutions
-#      are to blame), fpa then unet
-#   5. fpa with its dilated depthwise convolutions as fused taps (fast+taps), profiled
-#   6. rfna on the fast path
-#   7. unet on the fast path with inductor's layout optimisation off (--inductor)
-#   8. eager fp32 unet, fpa, rfna (the plain baseline of the ratios)
-#   9. data pipeline, whole-volume inference and HD95 vs MONAI
-#   10. if time is left: fast unet and fpa at batch 128
+#   3. unet and fpa on the fast path with the decoders' up-sampling as gathers (fast+gather): the
+#      compiled backward of F.interpolate scatters with atomics (four index_put per up-sampling)
+#   4-5. fpa, then unet, on the fast path with channels-last (fast+cl: slower on the first run;
+#      the profile says whether the norms' reductions, the up-sampling's backward or the dilated
+#      depthwise convolutions are to blame)
+#   6. fpa with its dilated depthwise convolutions as fused taps (fast+taps), profiled
+#   7. rfna on the fast path
+#   8. unet on the fast path with inductor's layout optimisation off (--inductor)
+#   9. eager fp32 unet, fpa, rfna (the plain baseline of the ratios)
+#   10. data pipeline, whole-volume inference and HD95 vs MONAI
+#   11. if time is left: fast unet and fpa at batch 128
 # Then the per-stage JSON files are merged (U-Net ratios across stages: same card, same run) into
 # $OUT/gpu_check.json, the tables printed, and everything logged to $OUT/gpu_check.log; the
 # per-stage files travel as $OUT/stages.tar.gz (3 files in $OUT in all).
@@ -109,6 +111,7 @@ stage() {
 SOLO=(--modes fast --stages train --reference=False --profile 3)
 stage fast_fpa 200 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
 stage fast_unet 150 "${COMMON[@]}" --networks unet "${SOLO[@]}"
+stage fast_gather 200 "${COMMON[@]}" --networks unet,fpa --modes fast+gather --stages train --reference=False --profile 3
 CL=(--modes fast+cl --stages train --reference=False --profile 3)
 stage fast_cl_fpa 150 "${COMMON[@]}" --networks fpa "${CL[@]}"
 stage fast_cl_unet 120 "${COMMON[@]}" --networks unet "${CL[@]}"

@@ -25,8 +25,10 @@ def test_modes_parse_per_device():
         "compile": False,
         "fused": False,
         "taps": False,
+        "gather": False,
         "refconv": False,
     }
+    assert parse_mode("fast+gather", "cuda").gather and not parse_mode("fast", "cuda").gather
     assert [m.name for m in parse_modes("fp32,bf16", "cpu")] == ["fp32", "bf16"]
     with pytest.raises(ValueError, match="unknown flag"):
         parse_mode("fast+turbo", "cpu")

@@ -356,3 +356,57 @@ def test_slice_loader_choices_and_the_handler_leaves_dataloaders_alone():
     handler = LoaderEpoch(loader)
     handler.attach(engine)
     assert engine.has_event_handler(handler, Events.EPOCH_STARTED)
+
+
+RESIZES = [
+    ((2, 3, 5, 7), (9, 13)),
+    ((1, 2, 20, 20), (40, 40)),  # the U-Net's factor 2
+    ((1, 2, 3, 3), (20, 20)),  # RFNA's large factors
+    ((1, 1, 1, 4), (5, 9)),  # a single input row
+    ((1, 1, 4, 6), (1, 3)),  # a single output row
+    ((1, 2, 9, 8), (4, 5)),  # down-sampling
+    ((1, 2, 3, 4, 5), (6, 7, 11)),  # trilinear
+]
+
+
+@pytest.mark.parametrize("shape,size", RESIZES)
+def test_gather_resize_is_interpolate_with_an_exactly_transposed_backward(shape, size):
+    from pam_monai.networks.blocks.resize import linear_resize
+
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    ref = F.interpolate(x, size=size, mode=mode, align_corners=True)
+    out = linear_resize(x, size)
+    g = torch.randn_like(ref)
+    # PyTorch computes the interpolation positions in float32: equal to that rounding
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=0, atol=1e-6
+    )
+    assert torch.autograd.gradcheck(lambda t: linear_resize(t, size), (x,))
+    half = linear_resize(x.detach().bfloat16(), size)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref.detach().float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["unet", "fpa", "rfna"])
+def test_networks_with_the_gather_resize_compute_the_same_function(name):
+    from pam_monai.networks.blocks.resize import LinearResize, use_gather_resize
+
+    torch.manual_seed(0)
+    net = get_network(
+        name, spatial_dims=2, in_channels=4, out_channels=1, options={"features": [8, 16, 32, 64]}
+    )
+    other = use_gather_resize(copy.deepcopy(net))
+    assert any(isinstance(m, LinearResize) and m.gather for m in other.modules())
+    x = torch.randn(2, 4, 72, 72)  # RFNA's deepest attention branch needs 9 x 9 at 1/8
+    outs, grads = [], []
+    for model in (net, other):
+        model.zero_grad()
+        y = model(x)
+        y.square().mean().backward()
+        outs.append(y.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert net.state_dict().keys() == other.state_dict().keys()

@@ -10,6 +10,9 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 - ``fused``: fused AdamW;
 - ``taps``: FPA's dilated depthwise convolutions as a sum of taps also on CUDA / when compiled
   (``pam_monai.networks.blocks.fastconv.use_tap_convs``; an experiment, off in ``fast``);
+- ``gather``: the decoders' up-sampling with a gather-only backward pass instead of
+  ``F.interpolate``, whose compiled backward scatters with atomics
+  (``pam_monai.networks.blocks.resize.use_gather_resize``; an experiment, off in ``fast``);
 - ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
@@ -28,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
 
-FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "refconv")
+FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "refconv")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Mode:
     compile: bool = False
     fused: bool = False
     taps: bool = False
+    gather: bool = False
     refconv: bool = False
 
     def flags(self) -> dict:

@@ -15,6 +15,7 @@ from .fastconv import FastConv2d
 from .fpa import FPABlock
 from .global_context import GlobalContext
 from .norm import FAST_NORM, FastInstanceNorm, FastInstanceNorm2d, FastInstanceNorm3d, fast_norm_of
+from .resize import LinearResize
 from .rfna import RFNABlock
 from .scse import SCSE
 
@@ -37,6 +38,7 @@ __all__ = [
     "FastInstanceNorm2d",
     "FastInstanceNorm3d",
     "GlobalContext",
+    "LinearResize",
     "RFNABlock",
     "conv_norm_act",
     "fast_norm_of",

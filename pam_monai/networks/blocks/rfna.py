@@ -31,9 +31,8 @@ from .convolutions import (
     DoubleConv,
     check_normalisable,
     conv_norm_act,
-    interp_mode,
-    resize_to,
 )
+from .resize import LinearResize
 
 __all__ = ["RFNABlock"]
 
@@ -86,14 +85,14 @@ class RFNABlock(nn.Module):
             layers.append(conv_norm_act(spatial_dims, mid, mid, 3, 2, groups=groups, norm=norm, act=act))
         self.down = nn.Sequential(*layers)
         self.project = conv_norm_act(spatial_dims, mid, out_channels, 3, norm=None, act=None)  # W_r4
-        self.mode = interp_mode(spatial_dims)
+        self.up = LinearResize(spatial_dims)
         self.ratio = ratio
 
     def attention(self, f: torch.Tensor) -> torch.Tensor:
         """The attention map ``A`` computed from the main branch's output ``f``."""
         if self.training:
             check_normalisable(list(f.shape[2:]), self.ratio, f"RFNABlock(ratio={self.ratio})")
-        return torch.sigmoid(self.project(resize_to(self.down(f), f, self.mode)) + f)
+        return torch.sigmoid(self.project(self.up(self.down(f), f)) + f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.main(x)

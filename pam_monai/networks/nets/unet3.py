@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from ..blocks import ATTENTIONS, DEFAULT_ACT, DEFAULT_NORM, AttentionGate, DoubleConv, FPABlock, RFNABlock
-from ..blocks.convolutions import check_normalisable, conv_norm_act, interp_mode, resize_to
+from ..blocks.convolutions import check_normalisable, conv_norm_act
+from ..blocks.resize import LinearResize
 
 __all__ = ["UNet3", "ENCODER_LEVELS", "ATTENTION_POSITIONS"]
 
@@ -147,7 +148,7 @@ class UNet3(nn.Module):
 
         self.spatial_dims = spatial_dims
         self.skip_first = bool(skip_gate)  # Attention U-Net concatenates [gated skip, up]
-        self.mode = interp_mode(spatial_dims)
+        self.up = LinearResize(spatial_dims)
         self.output_sign = float(output_sign)
         self.name = type(self).__name__
 
@@ -162,11 +163,11 @@ class UNet3(nn.Module):
         e3 = self.att_c3(self.c3(e2))
         e4 = self.att_c4(self.c4(e3))
         b = self.att_bridge(self.bridge(e4))
-        up = resize_to(b, e3, self.mode)
+        up = self.up(b, e3)
         y = self.att_d3(self.d3(self._merge(up, self.gate3(e3, up))))
-        up = resize_to(y, e2, self.mode)
+        up = self.up(y, e2)
         y = self.att_d2(self.d2(self._merge(up, self.gate2(e2, up))))
-        up = resize_to(y, e1, self.mode)
+        up = self.up(y, e1)
         y = self.att_d1(self.d1(self._merge(up, self.gate1(e1, up))))
         out = self.head(y)
         if self.output_sign != 1.0:
