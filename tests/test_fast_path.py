@@ -257,11 +257,14 @@ def test_fast_path_agrees_with_the_plain_fp32_path(name):
     os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
     reason="a cold torch.compile takes about a minute on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",
 )
-@pytest.mark.parametrize("taps", [False, True])
-def test_compiled_fast_network_matches_eager(taps):
+@pytest.mark.parametrize("taps,gather", [(False, False), (True, False), (False, True)])
+def test_compiled_fast_network_matches_eager(taps, gather):
+    from pam_monai.networks.blocks.resize import use_gather_resize
+
     torch.manual_seed(0)
     net = fast_network(get_network("fpa", features=(4, 8, 8, 8)), fast_norm=True)
     use_tap_convs(net, taps)
+    use_gather_resize(net, gather)
     compiled = torch.compile(net)
     x = torch.randn(2, 4, 40, 40)
     y, y_ref = compiled(x), net(x)
