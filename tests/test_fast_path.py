@@ -413,3 +413,16 @@ def test_networks_with_the_gather_resize_compute_the_same_function(name):
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
     assert net.state_dict().keys() == other.state_dict().keys()
+
+
+def test_samples_that_do_not_fit_on_the_device_are_refused_with_their_size(monkeypatch):
+    import pam_monai.engines.loaders as loaders
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(loaders, "DeviceSliceLoader", out_of_memory)
+    with pytest.raises(
+        RuntimeError, match=r"7 training samples \(0.00 GB\) do not fit on cpu; use device_data=auto"
+    ):
+        loaders.slice_loader(_Samples(7), 2, "cpu", device_data=True)

@@ -195,7 +195,14 @@ def slice_loader(
     else:
         use_device, why = as_bool(device_data), f"device_data={device_data}"
     if use_device:
-        loader = DeviceSliceLoader(dataset, batch_size, device=device, seed=seed, sampler=sampler)
+        try:
+            loader = DeviceSliceLoader(dataset, batch_size, device=device, seed=seed, sampler=sampler)
+        except torch.OutOfMemoryError as e:
+            need = device_data_bytes(dataset) / 1e9
+            raise RuntimeError(
+                f"device_data: the {len(dataset)} training samples ({need:.2f} GB) do not fit on {device}; "
+                "use device_data=auto or false (a DataLoader)"
+            ) from e
         log.info("training samples held on %s: %.2f GB (%s)", device, loader.nbytes / 1e9, why)
         return loader
     log.info("training samples loaded by a DataLoader with %d workers (%s)", int(num_workers), why)
