@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
 
 from .runtime import as_bool
 
@@ -115,11 +116,14 @@ class DeviceSliceLoader:
         dtype = image_dtype or _storage_dtype(dataset)
         self.images = torch.empty((n, *first["image"].shape), dtype=dtype, device=self.device)
         self.labels = torch.empty((n, *first["label"].shape), dtype=torch.uint8, device=self.device)
-        for start in range(0, n, chunk):  # chunks of samples, one stacked copy each
-            stop = min(n, start + chunk)
-            samples = [dataset[i] for i in range(start, stop)]
-            self.images[start:stop].copy_(torch.stack([s["image"] for s in samples]))
-            self.labels[start:stop].copy_(torch.stack([s["label"] for s in samples]))
+        # chunks of samples, one stacked copy each; a bar when it takes a while (BraTS: ~20k slices)
+        with tqdm(total=n, desc=f"samples to {self.device}", unit="slice", disable=n < 4 * chunk) as bar:
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                samples = [dataset[i] for i in range(start, stop)]
+                self.images[start:stop].copy_(torch.stack([s["image"] for s in samples]))
+                self.labels[start:stop].copy_(torch.stack([s["label"] for s in samples]))
+                bar.update(stop - start)
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else self.num_samples
