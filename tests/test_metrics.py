@@ -245,7 +245,6 @@ def test_every_distance_route_is_exact(monkeypatch, route, gap):
     if route != "ball":  # a tiny ball leaves most voxels to the fallback under test
         monkeypatch.setattr(surface, "BALL_RADIUS", 1.0)
         monkeypatch.setattr(surface, "BRUTE_FORCE_PAIRS", 1 << 40 if route == "brute_force" else 0)
-        surface._ball.cache_clear()
     rng = np.random.default_rng(gap)
     a, b = np.zeros((16, 18, 30 + gap), bool), np.zeros((16, 18, 30 + gap), bool)
     a[3:13, 2:15, 2:14] = rng.random((10, 13, 12)) < 0.8
@@ -259,7 +258,6 @@ def test_every_distance_route_is_exact(monkeypatch, route, gap):
         np.testing.assert_allclose(
             d_ba, ndimage.distance_transform_edt(~sa, sampling=spacing)[sb], rtol=1e-12
         )
-    surface._ball.cache_clear()
 
 
 def test_same_distances_as_monai_which_takes_the_larger_directed_percentile():

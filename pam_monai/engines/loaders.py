@@ -9,8 +9,8 @@ uses the device when it is a GPU and the samples take at most a quarter of its f
 
 Both serve the same batches in the same order when they share a sampler (the bundles pass a
 ``DistributedSampler``, one replica on one GPU, one shard per rank under ``torchrun``), so the
-switch changes speed, not the run: ``tests/test_bundles.py`` trains with both and compares the
-weights. :class:`LoaderEpoch` hands the epoch to the sampler of a device loader, as MONAI's
+switch changes speed, not the run: ``tests/test_reliability.py`` trains with both and compares
+the weights. :class:`LoaderEpoch` hands the epoch to the sampler of a device loader, as MONAI's
 workflow does for a ``DataLoader``'s ``DistributedSampler`` (resume depends on it).
 """
 

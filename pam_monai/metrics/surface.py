@@ -61,13 +61,13 @@ BRUTE_FORCE_PAIRS = 1 << 18
 
 
 @lru_cache(maxsize=32)
-def _ball(sp: tuple[float, ...]) -> tuple[list[tuple[float, np.ndarray]], list[int]]:
+def _ball(sp: tuple[float, ...], radius_voxels: float) -> tuple[list[tuple[float, np.ndarray]], list[int]]:
     """The ball's shells in order of physical length, as ``(length, offsets)``, and its reach per axis.
 
     Each shell of several offsets is padded to a multiple of 8 by repeating its first one, so that
     the ``bool`` lookups of a voxel read as whole 64-bit words (one comparison per 8 lookups).
     """
-    radius = BALL_RADIUS * min(sp)
+    radius = radius_voxels * min(sp)
     reach = [int(radius // s) for s in sp]
     grids = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
     offsets = np.stack([g.ravel() for g in grids], axis=1)
@@ -91,16 +91,18 @@ def _lengths(diffs: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
     return np.sqrt(((diffs * np.asarray(sp)) ** 2).sum(axis=-1))
 
 
-def _nearest(index: np.ndarray, dst: np.ndarray, dst_index: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
+def _nearest(
+    index: np.ndarray, dst: np.ndarray, dst_index: np.ndarray, shells: list, sp: tuple[float, ...]
+) -> np.ndarray:
     """Exact physical distances from voxels to the nearest voxel of ``dst``.
 
     Args:
         index: flat indices of the source voxels in ``dst``'s (padded) grid.
         dst: the other surface, zero-padded by the ball's reach (so no lookup leaves the array).
         dst_index: flat indices of ``dst``'s voxels.
+        shells: the ball's shells (:func:`_ball`).
         sp: voxel spacing.
     """
-    shells, _ = _ball(sp)
     flat, strides = dst.ravel(), np.asarray(dst.strides, dtype=np.intp)  # bool: strides in voxels
     out = np.empty(len(index))
     pending = np.arange(len(index))
@@ -116,9 +118,12 @@ def _nearest(index: np.ndarray, dst: np.ndarray, dst_index: np.ndarray, sp: tupl
         if not pending.size or (shell == 1 and 2 * pending.size > len(out)):
             break
     if pending.size:
-        coords = lambda i: np.stack(np.unravel_index(i, dst.shape), axis=1)  # noqa: E731
-        out[pending] = _far_distances(coords(index), coords(dst_index), sp)
+        out[pending] = _far_distances(_coords(index, dst.shape), _coords(dst_index, dst.shape), sp)
     return out
+
+
+def _coords(flat_index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack(np.unravel_index(flat_index, shape), axis=1)
 
 
 def _far_distances(points: np.ndarray, targets: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
@@ -135,23 +140,17 @@ def _far_distances(points: np.ndarray, targets: np.ndarray, sp: tuple[float, ...
     return _lengths(points - targets[nearest], sp)  # the same formula as the other routes
 
 
-def _directed(x: np.ndarray, y: np.ndarray, sp: tuple[float, ...], crop: bool, boxes=None):
-    """Directed distance sets of two masks (any dtype, foreground > 0.5), ``None`` when either is empty.
-
-    ``boxes``: a list that receives the two foreground boxes (so a caller can tell which is empty).
-    """
-    box_a, box_b = foreground_box(x), foreground_box(y)
-    if boxes is not None:
-        boxes += [box_a, box_b]
-    if box_a is None or box_b is None:
-        return None
+def _directed(x: np.ndarray, y: np.ndarray, box_a: tuple, box_b: tuple, sp: tuple[float, ...], crop: bool):
+    """Directed distance sets of two non-empty masks (any dtype, foreground > 0.5) given their
+    foreground boxes (:func:`~pam_monai.metrics.masks.foreground_box`)."""
     if crop:  # only the union box is ever thresholded
         box = tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(box_a, box_b))
         x, y = x[box], y[box]
-    pad = [(r, r) for r in _ball(sp)[1]]
+    shells, reach = _ball(sp, BALL_RADIUS)
+    pad = [(r, r) for r in reach]
     sa, sb = np.pad(_surface(as_mask(x)), pad), np.pad(_surface(as_mask(y)), pad)
     ia, ib = np.flatnonzero(sa), np.flatnonzero(sb)
-    return _nearest(ia, sb, ib, sp), _nearest(ib, sa, ia, sp)
+    return _nearest(ia, sb, ib, shells, sp), _nearest(ib, sa, ia, shells, sp)
 
 
 def directed_surface_distances(
@@ -179,10 +178,10 @@ def directed_surface_distances(
         [6.0]
     """
     a, b = array_pair(pred, target)
-    dists = _directed(a, b, normalize_spacing(spacing, a.ndim), crop)
-    if dists is None:
+    box_a, box_b = foreground_box(a), foreground_box(b)
+    if box_a is None or box_b is None:
         raise ValueError("surface distances need two non-empty masks.")
-    return dists
+    return _directed(a, b, box_a, box_b, normalize_spacing(spacing, a.ndim), crop)
 
 
 def hd95(pred, target, spacing=None, empty_value: float | None = None, crop: bool = True) -> float:
@@ -211,10 +210,9 @@ def hd95(pred, target, spacing=None, empty_value: float | None = None, crop: boo
 
 
 def _hd95(x: np.ndarray, y: np.ndarray, sp: tuple[float, ...], empty_value: float | None, crop: bool = True):
-    boxes: list = []
-    dists = _directed(x, y, sp, crop, boxes)
-    if dists is not None:
-        return float(np.percentile(np.concatenate(dists), 95))
-    if boxes == [None, None]:
+    box_a, box_b = foreground_box(x), foreground_box(y)
+    if box_a is not None and box_b is not None:
+        return float(np.percentile(np.concatenate(_directed(x, y, box_a, box_b, sp, crop)), 95))
+    if box_a is None and box_b is None:
         return 0.0
     return float(image_diagonal(x.shape, sp) if empty_value is None else empty_value)

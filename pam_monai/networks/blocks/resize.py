@@ -48,16 +48,16 @@ def _positions(n: int, m: int, device: torch.device) -> tuple[torch.Tensor, torc
 def _transposed(n: int, m: int, device: torch.device):
     """The backward pass's gathers: for each input ``j``, the outputs whose lower index is ``j``
     (weights ``1 - w``) and those whose upper index is ``j`` (weights ``w``), ``n x k`` each."""
-    lo, _, w = _positions(n, m, device)
     if n == 1 or m == 1:
         idx = (
             torch.arange(m, device=device).view(1, m)
             if n == 1
             else torch.zeros(n, 1, dtype=torch.long, device=device)
         )
-        first = (torch.arange(n, device=device) == 0).float().view(n, 1)
-        lower = (1.0 - w[idx]) * first
+        # weight 1 (w is 0 everywhere) into input 0 only
+        lower = (torch.arange(n, device=device) == 0).float().view(n, 1).expand(n, idx.shape[1])
         return idx, lower, idx, torch.zeros_like(lower)
+    _, _, w = _positions(n, m, device)
     j = torch.arange(n + 1, device=device)
     start = torch.div(j * (m - 1) + (n - 2), n - 1, rounding_mode="floor").clamp(max=m)  # ceil(j (m-1)/(n-1))
     count = start[1:] - start[:-1]  # outputs whose lower index is j
@@ -68,7 +68,7 @@ def _transposed(n: int, m: int, device: torch.device):
     # the outputs whose upper index is j are those whose lower index is j - 1 (none for j = 0)
     upper_idx = torch.cat([lower_idx[:1], lower_idx[:-1]])
     upper_ok = torch.cat([torch.zeros_like(count[:1]), count[:-1]])
-    upper = torch.where((steps < upper_ok[:, None]) & (j[:-1, None] > 0), w[upper_idx], 0.0)
+    upper = torch.where(steps < upper_ok[:, None], w[upper_idx], 0.0)
     return lower_idx, lower, upper_idx, upper
 
 
