@@ -31,7 +31,8 @@
 # per-stage files travel as $OUT/stages.tar.gz (3 files in $OUT in all).
 #
 # Environment: OUT (default outputs/gpu_check), BUDGET_S (420), PY (python3), DEVICE (cuda),
-# QUICK=1 (tiny shapes on any device: checks this script's Python path, e.g. on a CPU).
+# QUICK=1 (tiny shapes on any device: checks this script's Python path, e.g. on a CPU),
+# ONLY="name name ..." (run only these stages, in the script's order).
 set -u
 
 START=$(date +%s)
@@ -40,6 +41,7 @@ BUDGET_S=${BUDGET_S:-420}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
+ONLY=${ONLY:-}
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -88,6 +90,9 @@ JSONS=()
 stage() {
     local name=$1 limit=$2
     shift 2
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then
+        return
+    fi
     local l
     l=$(left)
     if ((l < 30)); then
@@ -96,7 +101,13 @@ stage() {
     fi
     ((limit > l)) && limit=$l
     log "== $name (time box ${limit}s, $(elapsed)s elapsed)"
-    timeout -k 15 "$limit" "$PY" -m pam_monai bench "$@" --output "$WORK/$name.json" >"$WORK/$name.log" 2>&1
+    if [ "$1" = "--script" ]; then # a benchmark script of its own: --script FILE ARGS...
+        local script=$2
+        shift 2
+        timeout -k 15 "$limit" "$PY" "$script" "$@" --output "$WORK/$name.data" >"$WORK/$name.log" 2>&1
+    else
+        timeout -k 15 "$limit" "$PY" -m pam_monai bench "$@" --output "$WORK/$name.json" >"$WORK/$name.log" 2>&1
+    fi
     local rc=$?
     cat "$WORK/$name.log" >>"$LOG"
     tail -n 25 "$WORK/$name.log"
@@ -116,6 +127,9 @@ CL=(--modes fast+cl --stages train --reference=False --profile 3)
 stage fast_cl_fpa 150 "${COMMON[@]}" --networks fpa "${CL[@]}"
 stage fast_cl_unet 120 "${COMMON[@]}" --networks unet "${CL[@]}"
 stage fast_fpa_taps 150 "${COMMON[@]}" --networks fpa --modes fast+taps --stages train --reference=False --profile 3
+stage norm_blocks 150 --script benchmarks/norm_gpu_bench.py $([ "$QUICK" = "1" ] && echo --repeats 2 --batch 2 --levels 8x16 --device "$DEVICE")
+stage fast_unet_cudagraphs 120 "${COMMON[@]}" --networks unet "${SOLO[@]}" --compile_mode reduce-overhead
+stage fast_unet_cdt 150 "${COMMON[@]}" --networks unet "${SOLO[@]}" --inductor coordinate_descent_tuning=True
 stage fast_rfna 150 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
 stage fast_unet_nolayout 120 "${COMMON[@]}" --networks unet "${SOLO[@]}" --inductor layout_optimization=False
 stage eager_fp32 70 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32 --stages train

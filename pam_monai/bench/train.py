@@ -207,7 +207,7 @@ def _kernel_group(name: str) -> str:
     return "other"
 
 
-def profile_steps(case: TrainCase, steps: int, top: int = 15) -> dict:
+def profile_steps(case: TrainCase, steps: int, top: int = 30) -> dict:
     """``torch.profiler`` over ``steps`` training steps: the ``top`` kernels (CUDA) or ATen ops (CPU)
     by self time per step, and the time per kind of work."""
     from torch.profiler import ProfilerActivity, profile
