@@ -117,9 +117,23 @@ stage() {
         log "== $name: FAILED (exit $rc)"
     fi
     [ -f "$WORK/$name.json" ] && JSONS+=("$WORK/$name.json")
+    # after every stage: a call cut short still brings back what was measured
+    tar -czf "$OUT/stages.tar.gz" -C "$WORK" . 2>/dev/null
 }
 
 SOLO=(--modes fast --stages train --reference=False --profile 3)
+# the channels-last fast path with the up-sampling as matrix products (run 2 of 2026-11-26:
+# channels-last halves the convolutions' time, but F.interpolate's compiled backward scatters
+# with atomics, 6.7 ms of the U-Net's 15.8 ms step in channels-last)
+MM=(--stages train --reference=False --profile 2)
+stage cl_mm_unet 110 "${COMMON[@]}" --networks unet --modes fast+cl+mm "${MM[@]}"
+stage cl_mm_fpa 130 "${COMMON[@]}" --networks fpa --modes fast+cl+mm "${MM[@]}"
+stage cl_mm_taps_fpa 130 "${COMMON[@]}" --networks fpa --modes fast+cl+mm+taps "${MM[@]}"
+stage cl_mm_rfna 120 "${COMMON[@]}" --networks rfna --modes fast+cl+mm "${MM[@]}"
+stage cl_gather_unet 110 "${COMMON[@]}" --networks unet --modes fast+cl+gather "${MM[@]}"
+stage cl_mm_unet_cudagraphs 110 "${COMMON[@]}" --networks unet --modes fast+cl+mm "${MM[@]}" --compile_mode reduce-overhead
+stage cl_mm_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet --modes fast+cl+mm "${MM[@]}"
+# the contiguous-layout fast path and its experiments (run 1 of 2026-11-26)
 stage fast_fpa 200 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
 stage fast_unet 150 "${COMMON[@]}" --networks unet "${SOLO[@]}"
 stage fast_gather 200 "${COMMON[@]}" --networks unet,fpa --modes fast+gather --stages train --reference=False --profile 3

@@ -26,6 +26,7 @@ def test_modes_parse_per_device():
         "fused": False,
         "taps": False,
         "gather": False,
+        "mm": False,
         "refconv": False,
     }
     assert parse_mode("fast+gather", "cuda").gather and not parse_mode("fast", "cuda").gather

@@ -13,6 +13,8 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 - ``gather``: the decoders' up-sampling with a gather-only backward pass instead of
   ``F.interpolate``, whose compiled backward scatters with atomics
   (``pam_monai.networks.blocks.resize.use_gather_resize``; an experiment, off in ``fast``);
+- ``mm``: the decoders' up-sampling as matrix products (``matmul_resize``: GEMMs forward and
+  backward, in the tensors' memory layout; ``pam_monai.networks.blocks.resize.use_matmul_resize``);
 - ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
@@ -31,7 +33,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
 
-FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "refconv")
+FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "mm", "refconv")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Mode:
     fused: bool = False
     taps: bool = False
     gather: bool = False
+    mm: bool = False
     refconv: bool = False
 
     def flags(self) -> dict:

@@ -29,7 +29,14 @@ from torch import nn
 
 from .convolutions import interp_mode
 
-__all__ = ["LinearResize", "linear_resize", "use_gather_resize"]
+__all__ = [
+    "LinearResize",
+    "linear_resize",
+    "matmul_resize",
+    "use_gather_resize",
+    "use_matmul_resize",
+    "use_resize",
+]
 
 
 def _positions(n: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,6 +140,90 @@ def linear_resize(x: torch.Tensor, size) -> torch.Tensor:
     return y.to(x.dtype)
 
 
+_MATRICES: dict = {}
+
+
+def _matrix_values(n: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # output i sits at p = i (n - 1) / (m - 1) and reads input j with weight max(0, 1 - |p - j|),
+    # here in integers: max(0, (m - 1) - |i (n - 1) - j (m - 1)|) / (m - 1), exact
+    if m == 1:  # PyTorch's scale is 0: the one output reads input 0
+        return (torch.arange(n, device=device) == 0).to(dtype).view(1, n)
+    i = torch.arange(m, device=device).view(m, 1)
+    j = torch.arange(n, device=device).view(1, n)
+    num = ((m - 1) - (i * (n - 1) - j * (m - 1)).abs()).clamp(min=0)
+    return (num.double() / (m - 1)).to(dtype)
+
+
+def _matrix(n: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The ``m x n`` matrix of a 1-D linear interpolation (``align_corners=True``) from ``n`` to
+    ``m`` samples (at most two non-zeros per row, the weights of :func:`_positions`).
+
+    Eagerly cached per size; under ``torch.compile`` a few index operations of the graph that
+    inductor computes on the device (no host-to-device copy, no cache in the traced code)."""
+    if torch.compiler.is_compiling():
+        return _matrix_values(n, m, dtype, device)
+    key = (n, m, dtype, str(device))
+    mat = _MATRICES.get(key)
+    if mat is None:
+        if len(_MATRICES) > 64:
+            _MATRICES.clear()
+        mat = _MATRICES[key] = _matrix_values(n, m, dtype, device)
+    return mat
+
+
+def _matmul_axis(x: torch.Tensor, dim: int, m: int) -> torch.Tensor:
+    """Interpolate axis ``dim`` of ``x`` to ``m`` samples as one (batched) matrix product in
+    ``x``'s memory layout: the axes stored before ``dim`` are the batch, those after it the columns,
+    so no operand is copied and the result keeps ``x``'s memory format (channels-last too)."""
+    n = x.shape[dim]
+    mat = _matrix(n, m, x.dtype, x.device)
+    # axes in memory order (outermost first); ties (size-1 axes) keep their logical order
+    order = sorted(range(x.ndim), key=lambda a: (-x.stride(a), a))
+    xp = x.permute(order)
+    if not xp.is_contiguous():  # not a dense layout: one copy, then as contiguous
+        xp = xp.contiguous()
+    q = order.index(dim)
+    shape = list(xp.shape)
+    before = 1
+    for s in shape[:q]:
+        before *= s
+    after = 1
+    for s in shape[q + 1 :]:
+        after *= s
+    if after == 1:  # the axis is the innermost one: one plain matrix product
+        y = xp.reshape(before, n) @ mat.t()
+    else:
+        y = torch.matmul(mat, xp.reshape(before, n, after))
+    shape[q] = m
+    inverse = [order.index(a) for a in range(x.ndim)]
+    return y.view(shape).permute(inverse)
+
+
+def matmul_resize(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear" / "trilinear", align_corners=True)`` as one matrix
+    product per axis (the interpolation matrices have two non-zeros per row): forward and backward
+    are dense GEMMs on tensor cores, with no scatter, no atomics and no gathers, in the input's
+    memory layout (channels-last stays channels-last). For the GPU fast path.
+
+    It computes in ``x``'s dtype, outside autocast: exact to float32 rounding for float32 inputs;
+    for bf16 inputs the weights and the intermediate are bf16 too, an error of the order of bf16's
+    rounding (``2^-8`` relative), the tolerance of the bf16 fast path.
+
+    Example:
+        >>> x = torch.randn(2, 3, 5, 7)
+        >>> ref = F.interpolate(x, size=(9, 13), mode="bilinear", align_corners=True)
+        >>> torch.allclose(matmul_resize(x, (9, 13)), ref, atol=1e-5)
+        True
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        y = x
+        for axis, m in enumerate(size):
+            dim = axis + 2
+            if y.shape[dim] != m:
+                y = _matmul_axis(y, dim, int(m))
+    return y
+
+
 class LinearResize(nn.Module):
     """Up-sample ``x`` to the spatial size of ``like``: bilinear (2-D) or trilinear (3-D),
     ``align_corners=True``, as the paper's code. No parameters.
@@ -140,8 +231,10 @@ class LinearResize(nn.Module):
     Args:
         spatial_dims: 2 or 3.
 
-    ``gather = True`` (:func:`use_gather_resize`) computes it with :func:`linear_resize` outside
-    TorchScript (an experiment for the GPU fast path); otherwise ``F.interpolate``.
+    ``impl`` chooses the implementation outside TorchScript: ``"interpolate"`` (``F.interpolate``,
+    the default), ``"gather"`` (:func:`linear_resize`, :func:`use_gather_resize`) or ``"matmul"``
+    (:func:`matmul_resize`, :func:`use_matmul_resize`: the GPU fast path with channels-last).
+    TorchScript always runs ``F.interpolate``.
 
     Example::
 
@@ -150,14 +243,19 @@ class LinearResize(nn.Module):
         torch.Size([1, 8, 20, 20])
     """
 
-    gather: bool = False
+    impl: str = "interpolate"
+    IMPLS = ("interpolate", "gather", "matmul")
 
     def __init__(self, spatial_dims: int) -> None:
         super().__init__()
         self.mode = interp_mode(spatial_dims)
 
+    @property
+    def gather(self) -> bool:
+        return self.impl == "gather"
+
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, align_corners=True"
+        return f"mode={self.mode!r}, align_corners=True, impl={self.impl!r}"
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -166,14 +264,28 @@ class LinearResize(nn.Module):
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if self.gather:
+        if self.impl == "gather":
             return linear_resize(x, like.shape[2:])
+        if self.impl == "matmul":
+            return matmul_resize(x, like.shape[2:])
         return F.interpolate(x, size=like.shape[2:], mode=self.mode, align_corners=True)
 
 
-def use_gather_resize(network: nn.Module, on: bool = True) -> nn.Module:
-    """Set :attr:`LinearResize.gather` on every ``LinearResize`` of ``network``; returns it."""
+def use_resize(network: nn.Module, impl: str = "interpolate") -> nn.Module:
+    """Set :attr:`LinearResize.impl` on every ``LinearResize`` of ``network``; returns it."""
+    if impl not in LinearResize.IMPLS:
+        raise ValueError(f"resize implementation must be one of {LinearResize.IMPLS}, got {impl!r}")
     for m in network.modules():
         if isinstance(m, LinearResize):
-            m.gather = bool(on)
+            m.impl = impl
     return network
+
+
+def use_gather_resize(network: nn.Module, on: bool = True) -> nn.Module:
+    """Every ``LinearResize`` of ``network`` as :func:`linear_resize` (``on=False``: ``F.interpolate``)."""
+    return use_resize(network, "gather" if on else "interpolate")
+
+
+def use_matmul_resize(network: nn.Module, on: bool = True) -> nn.Module:
+    """Every ``LinearResize`` of ``network`` as :func:`matmul_resize` (``on=False``: ``F.interpolate``)."""
+    return use_resize(network, "matmul" if on else "interpolate")
