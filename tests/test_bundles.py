@@ -163,6 +163,56 @@ def test_train_evaluate_infer(name, tmp_path):
             assert set(np.unique(np.asarray(nib.load(str(seg)).dataobj))) <= {0, 1}
 
 
+def test_gpu_fast_path_switches_compute_the_plain_training_step(tmp_path):
+    """The bundle's GPU fast-path structure (channels-last batches and network, fusible norm,
+    up-sampling as matrix products, dilated convolutions as taps; bf16 and compilation aside),
+    resolved from train.json on the CPU, computes the plain configuration's loss and gradients on
+    the same batch with the same weights: the switches change the speed, not the function."""
+    from pam_monai.networks.blocks.fastconv import FastConv2d
+    from pam_monai.networks.blocks.norm import FastInstanceNorm
+    from pam_monai.networks.blocks.resize import LinearResize
+
+    name = "brats_fpa"
+    results = {}
+    for label, fast in (("plain", False), ("fast", True)):
+        parser = ConfigParser()
+        parser.read_config(configs(name, "train.json")[0])
+        parser.update(
+            {
+                "bundle_root": str(tmp_path),
+                "dataset_dir": str(tmp_path / "data"),
+                **SMALL,
+                "channels_last": fast,
+                "fast_norm": fast,
+                "resize": "matmul" if fast else "interpolate",
+                "tap_convs": fast,
+                "device_data": False,
+            }
+        )
+        parser.parse()
+        network = parser.get_parsed_content("network")
+        if label == "fast":
+            assert any(isinstance(m, FastInstanceNorm) for m in network.modules())
+            assert all(m.impl == "matmul" for m in network.modules() if isinstance(m, LinearResize))
+            assert any(getattr(m, "taps", False) for m in network.modules() if isinstance(m, FastConv2d))
+            assert next(p for p in network.parameters() if p.ndim == 4).is_contiguous(
+                memory_format=torch.channels_last
+            )
+            network.load_state_dict(results["plain"]["state"])
+        loader = parser.get_parsed_content("train#dataloader")
+        prepare = parser.get_parsed_content("train#prepare_batch")
+        torch.manual_seed(0)  # the same flips
+        x, y = prepare(next(iter(loader)), torch.device("cpu"))[:2]
+        assert x.is_contiguous(memory_format=torch.channels_last) == fast
+        loss = parser.get_parsed_content("loss")(network(x), y)
+        grads = torch.autograd.grad(loss, list(network.parameters()))
+        results[label] = {"state": network.state_dict(), "loss": loss.detach(), "grads": grads, "x": x}
+    torch.testing.assert_close(results["fast"]["x"], results["plain"]["x"])
+    torch.testing.assert_close(results["fast"]["loss"], results["plain"]["loss"], rtol=1e-5, atol=1e-6)
+    for g, ref in zip(results["fast"]["grads"], results["plain"]["grads"]):
+        torch.testing.assert_close(g, ref, rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "data" / "brats2018").is_dir(), reason="../shared/data not present")
 def test_inference_on_real_brats_keeps_shape_and_affine(tmp_path):

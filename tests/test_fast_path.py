@@ -257,16 +257,19 @@ def test_fast_path_agrees_with_the_plain_fp32_path(name):
     os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
     reason="a cold torch.compile takes about a minute on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",
 )
-@pytest.mark.parametrize("taps,gather", [(False, False), (True, False), (False, True)])
-def test_compiled_fast_network_matches_eager(taps, gather):
-    from pam_monai.networks.blocks.resize import use_gather_resize
-
+@pytest.mark.parametrize(
+    "taps,resize,cl",
+    [(False, "interpolate", False), (True, "interpolate", False), (False, "gather", False), (True, "matmul", True)],
+)
+def test_compiled_fast_network_matches_eager(taps, resize, cl):
     torch.manual_seed(0)
-    net = fast_network(get_network("fpa", features=(4, 8, 8, 8)), fast_norm=True)
-    use_tap_convs(net, taps)
-    use_gather_resize(net, gather)
+    net = fast_network(
+        get_network("fpa", features=(4, 8, 8, 8)), fast_norm=True, channels_last=cl, resize=resize, taps=taps
+    )
     compiled = torch.compile(net)
     x = torch.randn(2, 4, 40, 40)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
     y, y_ref = compiled(x), net(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
     g = torch.randn_like(y)
@@ -392,16 +395,55 @@ def test_gather_resize_is_interpolate_with_an_exactly_transposed_backward(shape,
     torch.testing.assert_close(half.float(), ref.detach().float(), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("shape,size", RESIZES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_matmul_resize_is_interpolate_and_keeps_the_memory_layout(shape, size, layout):
+    from pam_monai.networks.blocks.resize import matmul_resize
+
+    x = torch.randn(*shape, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+    x.requires_grad_(True)
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    ref = F.interpolate(x, size=size, mode=mode, align_corners=True)
+    out = matmul_resize(x, size)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=0, atol=1e-6
+    )
+    assert torch.autograd.gradcheck(lambda t: matmul_resize(t, size), (x,))
+    # no copy into another layout: the result is stored as the input is
+    fmt = torch.contiguous_format
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    assert out.is_contiguous(memory_format=fmt)
+    # bf16 (the fast path): bf16 weights and intermediate, errors of bf16's order; autocast does not reach it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = matmul_resize(x.detach().float().bfloat16(), size)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref.detach().float(), rtol=2e-2, atol=2e-2)
+    assert matmul_resize(x.detach().float(), size).dtype == torch.float32
+
+
+def test_resize_implementations_are_checked():
+    from pam_monai.networks.blocks.resize import LinearResize, use_resize
+
+    with pytest.raises(ValueError, match="one of"):
+        use_resize(LinearResize(2), "nearest")
+
+
+@pytest.mark.parametrize("impl", ["gather", "matmul"])
 @pytest.mark.parametrize("name", ["unet", "fpa", "rfna"])
-def test_networks_with_the_gather_resize_compute_the_same_function(name):
-    from pam_monai.networks.blocks.resize import LinearResize, use_gather_resize
+def test_networks_with_another_resize_compute_the_same_function(name, impl):
+    from pam_monai.networks.blocks.resize import LinearResize, use_resize
 
     torch.manual_seed(0)
     net = get_network(
         name, spatial_dims=2, in_channels=4, out_channels=1, options={"features": [8, 16, 32, 64]}
     )
-    other = use_gather_resize(copy.deepcopy(net))
-    assert any(isinstance(m, LinearResize) and m.gather for m in other.modules())
+    other = use_resize(copy.deepcopy(net), impl)
+    assert any(isinstance(m, LinearResize) and m.impl == impl for m in other.modules())
     x = torch.randn(2, 4, 72, 72)  # RFNA's deepest attention branch needs 9 x 9 at 1/8
     outs, grads = [], []
     for model in (net, other):

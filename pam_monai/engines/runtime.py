@@ -93,15 +93,38 @@ def use_fast_norm(network: nn.Module) -> nn.Module:
     return network
 
 
-def fast_network(network: nn.Module, channels_last: bool = False, fast_norm: bool = False) -> nn.Module:
-    """The network on the fast path: channels-last parameters for 2-D convolutions and/or the
-    fusible instance norm (:func:`use_fast_norm`). Both keep the function and the state dict.
+def fast_network(
+    network: nn.Module,
+    channels_last: bool = False,
+    fast_norm: bool = False,
+    resize: str | None = None,
+    taps: bool = False,
+) -> nn.Module:
+    """The network on the fast path. Every option keeps the function and the state dict.
 
     Args:
         network: a network (already on its device).
         channels_last: convert to ``torch.channels_last`` (for GPUs; slower on CPUs).
         fast_norm: swap ``nn.InstanceNorm`` for :class:`~pam_monai.networks.blocks.norm.FastInstanceNorm`.
+        resize: the decoders' bilinear up-sampling (:class:`~pam_monai.networks.blocks.resize.LinearResize`):
+            ``"interpolate"`` (``F.interpolate``), ``"matmul"`` (GEMMs in the tensors' layout: the
+            GPU fast path with channels-last, whose ``F.interpolate`` backward scatters with atomics)
+            or ``"gather"``; ``None`` leaves the network's choice.
+        taps: FPA's dilated depthwise convolutions as fused sums of taps also on the GPU and under
+            ``torch.compile`` (:func:`~pam_monai.networks.blocks.fastconv.use_tap_convs`), instead of
+            cuDNN's grouped kernels (slow at dilation 9, in channels-last above all).
+
+    Example::
+
+        >>> net = fast_network(get_network("fpa"), channels_last=True, fast_norm=True, resize="matmul", taps=True)
     """
+    from ..networks.blocks.fastconv import use_tap_convs
+    from ..networks.blocks.resize import use_resize
+
+    if resize is not None:
+        network = use_resize(network, str(resize))
+    if as_bool(taps):
+        network = use_tap_convs(network)
     if as_bool(fast_norm):
         network = use_fast_norm(network)
     if as_bool(channels_last):
