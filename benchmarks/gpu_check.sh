@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark run (H100), about 7 minutes including torch.compile warm-ups.
+# One prepared GPU benchmark run (H100 / H200), about 7 minutes including torch.compile warm-ups.
 #
 # Run from the repository root on the GPU machine:
 #
@@ -11,21 +11,9 @@
 # Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
 # fails or hangs (a compilation, say) costs only its own time box and the others still run; the
 # stages share one budget (BUDGET_S seconds, default 420) and are ordered by what the next step
-# needs most (the first H100 run measured the rates; what is missing is WHERE the time goes):
-#   1-2. the fast path (bf16 + fusible norm + torch.compile + fused AdamW) for fpa, then unet,
-#      each in its own process, with a torch.profiler summary of 3 steps (top kernels, time per
-#      kind of work)
-#   3. unet and fpa on the fast path with the decoders' up-sampling as gathers (fast+gather): the
-#      compiled backward of F.interpolate scatters with atomics (four index_put per up-sampling)
-#   4-5. fpa, then unet, on the fast path with channels-last (fast+cl: slower on the first run;
-#      the profile says whether the norms' reductions, the up-sampling's backward or the dilated
-#      depthwise convolutions are to blame)
-#   6. fpa with its dilated depthwise convolutions as fused taps (fast+taps), profiled
-#   7. rfna on the fast path
-#   8. unet on the fast path with inductor's layout optimisation off (--inductor)
-#   9. eager fp32 unet, fpa, rfna (the plain baseline of the ratios)
-#   10. data pipeline, whole-volume inference and HD95 vs MONAI
-#   11. if time is left: fast unet and fpa at batch 128
+# needs most (see benchmarks/README.md, "H200, runs 1 and 2"): the fast path with CUDA graphs
+# (unet, fpa, rfna), the fast path as the bundles run it (rfna, unet, fpa), batch 128, the fp32
+# baseline, data / inference / HD95; earlier experiments run only when named in ONLY.
 # Then the per-stage JSON files are merged (U-Net ratios across stages: same card, same run) into
 # $OUT/gpu_check.json, the tables printed, and everything logged to $OUT/gpu_check.log; the
 # per-stage files travel as $OUT/stages.tar.gz (3 files in $OUT in all).
@@ -121,36 +109,39 @@ stage() {
     tar -czf "$OUT/stages.tar.gz" -C "$WORK" . 2>/dev/null
 }
 
-SOLO=(--modes fast --stages train --reference=False --profile 3)
-# the channels-last fast path with the up-sampling as matrix products (run 2 of 2026-11-26:
-# channels-last halves the convolutions' time, but F.interpolate's compiled backward scatters
-# with atomics, 6.7 ms of the U-Net's 15.8 ms step in channels-last)
-MM=(--stages train --reference=False --profile 2)
-stage cl_mm_unet 110 "${COMMON[@]}" --networks unet --modes fast+cl+mm "${MM[@]}"
-stage cl_mm_fpa 130 "${COMMON[@]}" --networks fpa --modes fast+cl+mm "${MM[@]}"
-stage cl_mm_taps_fpa 130 "${COMMON[@]}" --networks fpa --modes fast+cl+mm+taps "${MM[@]}"
-stage cl_mm_rfna 120 "${COMMON[@]}" --networks rfna --modes fast+cl+mm "${MM[@]}"
-stage cl_gather_unet 110 "${COMMON[@]}" --networks unet --modes fast+cl+gather "${MM[@]}"
-stage cl_mm_unet_cudagraphs 110 "${COMMON[@]}" --networks unet --modes fast+cl+mm "${MM[@]}" --compile_mode reduce-overhead
-stage cl_mm_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet --modes fast+cl+mm "${MM[@]}"
-# the contiguous-layout fast path and its experiments (run 1 of 2026-11-26)
-stage fast_fpa 200 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
-stage fast_unet 150 "${COMMON[@]}" --networks unet "${SOLO[@]}"
-stage fast_gather 200 "${COMMON[@]}" --networks unet,fpa --modes fast+gather --stages train --reference=False --profile 3
-CL=(--modes fast+cl --stages train --reference=False --profile 3)
-stage fast_cl_fpa 150 "${COMMON[@]}" --networks fpa "${CL[@]}"
-stage fast_cl_unet 120 "${COMMON[@]}" --networks unet "${CL[@]}"
-stage fast_fpa_taps 150 "${COMMON[@]}" --networks fpa --modes fast+taps --stages train --reference=False --profile 3
-stage norm_blocks 150 --script benchmarks/norm_gpu_bench.py $([ "$QUICK" = "1" ] && echo --repeats 2 --batch 2 --levels 8x16 --device "$DEVICE")
-stage fast_unet_cudagraphs 120 "${COMMON[@]}" --networks unet "${SOLO[@]}" --compile_mode reduce-overhead
-stage fast_unet_cdt 150 "${COMMON[@]}" --networks unet "${SOLO[@]}" --inductor coordinate_descent_tuning=True
-stage fast_rfna 150 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
-stage fast_unet_nolayout 120 "${COMMON[@]}" --networks unet "${SOLO[@]}" --inductor layout_optimization=False
-stage eager_fp32 70 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32 --stages train
+# extra NAME ...: a stage that runs only when ONLY names it
+extra() {
+    [[ " $ONLY " == *" $1 "* ]] && stage "$@"
+}
+
+TRAIN=(--stages train --reference=False --profile 2)
+SOLO=(--modes fast "${TRAIN[@]}")
+CG=(--compile_mode reduce-overhead)
+# 1. the fast path (since run 2: bf16 + channels-last + fusible norm + up-sampling as GEMMs +
+#    FPA's dilated convolutions as taps + compile + fused AdamW) with CUDA graphs: run 2 found the
+#    U-Net host-bound (8.2 ms of kernels in a 14.7 ms step), so launches are what is left to remove
+stage cg_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
+stage cg_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
+stage cg_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}" "${CG[@]}"
+# 2. the fast path without CUDA graphs (the bundles' default), RFNA first (not yet measured)
+stage fast_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
+stage fast_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}"
+stage fast_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
+# 3. a larger batch spreads the launches over more slices
+stage fast_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
+stage fast_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
+# 4. the plain baseline and the rest of the suite
+stage eager_fp32 90 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32 --stages train
 stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa --modes fp32 \
     --stages data,infer,hd95 --data_cases 3 --data_workers 0,8
-stage fast_unet_b128 120 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
-stage fast_fpa_b128 120 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
+# 5. earlier experiments, by name with ONLY=... (runs 1 and 2 of 2026-11-26 on an H200)
+extra prev_fast_unet 150 "${COMMON[@]}" --networks unet --modes fast-cl-mm-taps "${TRAIN[@]}"
+extra prev_fast_fpa 200 "${COMMON[@]}" --networks fpa --modes fast-cl-mm-taps "${TRAIN[@]}"
+extra cl_unet 120 "${COMMON[@]}" --networks unet --modes fast-mm-taps "${TRAIN[@]}"
+extra cl_gather_unet 110 "${COMMON[@]}" --networks unet --modes fast-mm+gather "${TRAIN[@]}"
+extra cl_mm_cudnn_fpa 130 "${COMMON[@]}" --networks fpa --modes fast-taps "${TRAIN[@]}"
+extra norm_blocks 150 --script benchmarks/norm_gpu_bench.py $([ "$QUICK" = "1" ] && echo --repeats 2 --batch 2 --levels 8x16 --device "$DEVICE")
+extra fast_unet_cdt 150 "${COMMON[@]}" --networks unet --modes fast "${TRAIN[@]}" --inductor coordinate_descent_tuning=True
 
 log "== merged results ($(elapsed)s elapsed)"
 "$PY" -c "import sys; from pam_monai.bench import merge; merge(*sys.argv[2:], output=sys.argv[1])" \

@@ -129,16 +129,33 @@ def main(argv=None) -> int:
                 ms, err = float("nan"), f"{type(e).__name__}: {e}"[:200]
             gbs = 6 * nbytes / (ms * 1e-3) / 1e9 if ms == ms else float("nan")
             rows.append(
-                {"level": lv, "variant": norm, "layout": layout, "compiled": compiled, "ms": ms, "error": err,
-                 "build_s": round(time.perf_counter() - t0, 1)}
+                {
+                    "level": lv,
+                    "variant": norm,
+                    "layout": layout,
+                    "compiled": compiled,
+                    "ms": ms,
+                    "error": err,
+                    "build_s": round(time.perf_counter() - t0, 1),
+                }
             )
-            print(f"| {lv} | {norm} | {layout} | {compiled} | {ms:.3f} | {gbs:.0f} |" + (f" {err}" if err else ""),
-                  flush=True)
+            print(
+                f"| {lv} | {norm} | {layout} | {compiled} | {ms:.3f} | {gbs:.0f} |"
+                + (f" {err}" if err else ""),
+                flush=True,
+            )
             torch._dynamo.reset()
     if a.output:
         with open(a.output, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}, f,
-                      indent=1)
+            json.dump(
+                {
+                    "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+                    "torch": torch.__version__,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

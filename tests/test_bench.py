@@ -12,8 +12,10 @@ from pam_monai.bench.modes import parse_mode
 
 def test_modes_parse_per_device():
     fast_gpu = parse_mode("fast", "cuda")
-    assert fast_gpu.amp and fast_gpu.norm and fast_gpu.compile and fast_gpu.fused and not fast_gpu.cl
-    assert parse_mode("fast+cl", "cuda").cl
+    assert fast_gpu.amp and fast_gpu.norm and fast_gpu.compile and fast_gpu.fused
+    assert fast_gpu.cl and fast_gpu.mm and fast_gpu.taps and not fast_gpu.gather
+    previous = parse_mode("fast-cl-mm-taps", "cuda")  # the CUDA fast path before run 2 on the H200
+    assert not (previous.cl or previous.mm or previous.taps) and previous.compile
     fast_cpu = parse_mode("fast", "cpu")
     assert fast_cpu.norm and fast_cpu.fused and not (fast_cpu.amp or fast_cpu.cl or fast_cpu.compile)
     eager = parse_mode("fast-compile", "cuda")

@@ -33,7 +33,7 @@ from pam_monai.networks.blocks import (
     FastInstanceNorm3d,
     fast_norm_of,
 )
-from pam_monai.networks.blocks.fastconv import dilated_depthwise_taps, use_tap_convs
+from pam_monai.networks.blocks.fastconv import dilated_depthwise_taps
 
 
 def n_params(net: nn.Module) -> int:
@@ -259,7 +259,12 @@ def test_fast_path_agrees_with_the_plain_fp32_path(name):
 )
 @pytest.mark.parametrize(
     "taps,resize,cl",
-    [(False, "interpolate", False), (True, "interpolate", False), (False, "gather", False), (True, "matmul", True)],
+    [
+        (False, "interpolate", False),
+        (True, "interpolate", False),
+        (False, "gather", False),
+        (True, "matmul", True),
+    ],
 )
 def test_compiled_fast_network_matches_eager(taps, resize, cl):
     torch.manual_seed(0)

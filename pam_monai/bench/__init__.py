@@ -329,8 +329,12 @@ def run_bench(
         from .train import bench_train
 
         def tagged(rows: list[dict]) -> list[dict]:
-            # compiled rows under other inductor settings are their own mode (and U-Net reference)
-            label = ",".join(f"{k}={v}" for k, v in inductor_settings.items())
+            # compiled rows under other inductor settings or another torch.compile mode are their
+            # own mode (and U-Net reference)
+            parts = [f"{k}={v}" for k, v in inductor_settings.items()]
+            if compile_mode:
+                parts.insert(0, f"mode={compile_mode}")
+            label = ",".join(parts)
             for r in rows:
                 if label and (r.get("flags") or {}).get("compile") and "inductor" not in r:
                     r["inductor"] = dict(inductor_settings)

@@ -68,7 +68,15 @@ def _base(name: str, device_type: str) -> dict:
         return {"amp": True}
     if name == "fast":
         if device_type == "cuda":
-            return {"amp": True, "cl": True, "norm": True, "compile": True, "fused": True, "mm": True, "taps": True}
+            return {
+                "amp": True,
+                "cl": True,
+                "norm": True,
+                "compile": True,
+                "fused": True,
+                "mm": True,
+                "taps": True,
+            }
         return {"norm": True, "fused": True}
     raise ValueError(f"unknown mode {name!r}: a mode is fp32, bf16 or fast, with +flag / -flag from {FLAGS}")
 

@@ -245,6 +245,7 @@ class LinearResize(nn.Module):
 
     impl: str = "interpolate"
     IMPLS = ("interpolate", "gather", "matmul")
+    __jit_unused_properties__ = ["gather"]  # TorchScript always runs F.interpolate
 
     def __init__(self, spatial_dims: int) -> None:
         super().__init__()
