@@ -19,9 +19,11 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
 ``fast`` is the fast path of the device, as the bundles' ``fast`` flag sets it: on CUDA
-``amp+norm+compile+fused`` (channels-last made every network slower in the H100 measurement of
-2026-11-26: U-Net 2,577 against 3,099 slices/s, FPA 904 against 1,481; ``fast+cl`` measures it);
-on the CPU only ``norm`` and ``fused``, because bf16 (without AMX), channels-last (ANCHORS.md)
+``amp+cl+norm+compile+fused+mm+taps``. Channels-last alone made every network slower (H100 and
+H200, 2026-11-26) because ``F.interpolate``'s compiled backward scatters with atomics, slower
+still in channels-last; with the up-sampling as GEMMs (``mm``) it halves the U-Net's kernel time
+(H200: 8.2 against 13.3 ms per step) and with FPA's dilated convolutions as taps FPA is fastest
+too (24.5 against 32.3 ms); ``fast-cl-mm-taps`` is the CUDA fast path before that. On the CPU only ``norm`` and ``fused``, because bf16 (without AMX), channels-last (ANCHORS.md)
 and compilation (about a minute per network on 2 cores) make CPU steps slower or the benchmark
 too long there; add them with ``fast+amp+cl+compile`` to measure them anyway.
 """
