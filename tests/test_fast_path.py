@@ -209,8 +209,11 @@ def test_fast_path_agrees_with_the_plain_fp32_path(name):
     torch.manual_seed(0)
     size = 72  # RFNA needs more than 64 pixels on one axis
     plain = get_network(name, features=(8, 16, 16, 32))
-    fast = fast_network(copy.deepcopy(plain), channels_last=True, fast_norm=True)
-    fast_bf16 = fast_network(copy.deepcopy(plain), channels_last=True, fast_norm=True)
+    # the GPU fast path's structure (compilation aside): channels-last, fusible norm, up-sampling
+    # as matrix products (bf16 weights under autocast), dilated convolutions as taps
+    options = {"channels_last": True, "fast_norm": True, "resize": "matmul", "taps": True}
+    fast = fast_network(copy.deepcopy(plain), **options)
+    fast_bf16 = fast_network(copy.deepcopy(plain), **options)
     plain_bf16 = copy.deepcopy(plain)  # bf16 autocast alone: what "bf16 tolerance" means
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, size, size, generator=g)
