@@ -384,54 +384,40 @@ RESIZES = [
 
 
 @pytest.mark.parametrize("shape,size", RESIZES)
-def test_gather_resize_is_interpolate_with_an_exactly_transposed_backward(shape, size):
-    from pam_monai.networks.blocks.resize import linear_resize
+@pytest.mark.parametrize(
+    "impl,layout", [("gather", "contiguous"), ("matmul", "contiguous"), ("matmul", "channels_last")]
+)
+def test_resize_implementations_are_interpolate_with_an_exactly_transposed_backward(
+    shape, size, impl, layout
+):
+    from pam_monai.networks.blocks.resize import linear_resize, matmul_resize
 
-    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    resize = {"gather": linear_resize, "matmul": matmul_resize}[impl]
+    x = torch.randn(*shape, dtype=torch.float64)
+    fmt = torch.contiguous_format
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    x = x.contiguous(memory_format=fmt).requires_grad_(True)
     mode = "bilinear" if len(size) == 2 else "trilinear"
     ref = F.interpolate(x, size=size, mode=mode, align_corners=True)
-    out = linear_resize(x, size)
+    out = resize(x, size)
     g = torch.randn_like(ref)
     # PyTorch computes the interpolation positions in float32: equal to that rounding
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
     torch.testing.assert_close(
         torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=0, atol=1e-6
     )
-    assert torch.autograd.gradcheck(lambda t: linear_resize(t, size), (x,))
-    half = linear_resize(x.detach().bfloat16(), size)
-    assert half.dtype == torch.bfloat16
-    torch.testing.assert_close(half.float(), ref.detach().float(), rtol=1e-2, atol=1e-2)
-
-
-@pytest.mark.parametrize("shape,size", RESIZES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_matmul_resize_is_interpolate_and_keeps_the_memory_layout(shape, size, layout):
-    from pam_monai.networks.blocks.resize import matmul_resize
-
-    x = torch.randn(*shape, dtype=torch.float64)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
-    x.requires_grad_(True)
-    mode = "bilinear" if len(size) == 2 else "trilinear"
-    ref = F.interpolate(x, size=size, mode=mode, align_corners=True)
-    out = matmul_resize(x, size)
-    g = torch.randn_like(ref)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
-    torch.testing.assert_close(
-        torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=0, atol=1e-6
-    )
-    assert torch.autograd.gradcheck(lambda t: matmul_resize(t, size), (x,))
-    # no copy into another layout: the result is stored as the input is
-    fmt = torch.contiguous_format
-    if layout == "channels_last":
-        fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-    assert out.is_contiguous(memory_format=fmt)
-    # bf16 (the fast path): bf16 weights and intermediate, errors of bf16's order; autocast does not reach it
+    assert torch.autograd.gradcheck(lambda t: resize(t, size), (x,))
+    if impl == "matmul":  # no copy into another layout: the result is stored as the input is
+        assert out.is_contiguous(memory_format=fmt)
+    # bf16 (the fast path; matmul: bf16 weights and intermediate, errors of bf16's order), under
+    # autocast, which must not change the dtype
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        half = matmul_resize(x.detach().float().bfloat16(), size)
+        half = resize(x.detach().float().bfloat16(), size)
     assert half.dtype == torch.bfloat16
-    torch.testing.assert_close(half.float(), ref.detach().float(), rtol=2e-2, atol=2e-2)
-    assert matmul_resize(x.detach().float(), size).dtype == torch.float32
+    tol = 1e-2 if impl == "gather" else 2e-2
+    torch.testing.assert_close(half.float(), ref.detach().float(), rtol=tol, atol=tol)
+    assert resize(x.detach().float(), size).dtype == torch.float32
 
 
 def test_resize_implementations_are_checked():
