@@ -142,7 +142,11 @@ def format_report(result: dict) -> str:
         for r in profiled:
             p = r["profile"]
             groups = ", ".join(f"{g} {ms:.2f}" for g, ms in p["groups"].items())
-            out += ["", f"{r['network']} / {r['mode']}: {p['total_ms']:.2f} {p['unit']}; {groups}", ""]
+            busy = ""
+            if "CUDA" in p["unit"] and r.get("step_ms_median"):
+                # kernels that fill well under the step mean the host cannot launch them faster
+                busy = f" ({100 * p['total_ms'] / r['step_ms_median']:.0f}% of the {r['step_ms_median']:.1f} ms step)"
+            out += ["", f"{r['network']} / {r['mode']}: {p['total_ms']:.2f} {p['unit']}{busy}; {groups}", ""]
             out += ["| ms/step | share | calls/step | kernel or op |", "|---|---|---|---|"]
             out += [
                 f"| {k['ms']:.3f} | {100 * k['share']:.1f}% | {k['calls']} | `{k['name'][:70]}` |"

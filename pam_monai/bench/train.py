@@ -193,18 +193,37 @@ def _progress(case: TrainCase, what: str) -> None:
 
 def _kernel_group(name: str) -> str:
     n = name.lower()
-    if any(
-        k in n
-        for k in ("conv", "cudnn", "xmma", "implicit", "dgrad", "wgrad", "fprop", "sm90", "cutlass", "gemm")
-    ):
+    # inductor's kernels first: their names list the fused ops ("convolution_backward" included)
+    if n.startswith("triton_"):
+        if "index_put" in n or "scatter" in n:
+            return "up-sampling / scatter"
+        if n.startswith(("triton_red", "triton_per")):
+            return "reductions (norms, loss)"
+        return "element-wise"
+    if any(k in n for k in ("nchwtonhwc", "nhwctonchw", "tensortransform", "memcpy", "copy_kernel")):
+        return "copies / layout"
+    conv_keys = (
+        "conv",
+        "cudnn",
+        "xmma",
+        "implicit",
+        "dgrad",
+        "wgrad",
+        "fprop",
+        "sm90",
+        "cutlass",
+        "gemm",
+        "nvjet",
+    )
+    if any(k in n for k in conv_keys):
         return "convolution / GEMM"
     if "upsample" in n or "interp" in n or "index_put" in n or "scatter" in n or "atomic" in n:
         return "up-sampling / scatter"
-    if "triton_red" in n or "triton_per" in n or "reduce" in n or "norm" in n or "var_mean" in n:
+    if "reduce" in n or "norm" in n or "var_mean" in n:
         return "reductions (norms, loss)"
-    if "triton_poi" in n or "elementwise" in n or "vectorized" in n:
+    if "elementwise" in n or "vectorized" in n:
         return "element-wise"
-    if "cat" in n or "copy" in n or "transpose" in n or "memcpy" in n or "nchw" in n or "nhwc" in n:
+    if "cat" in n or "copy" in n or "transpose" in n:
         return "copies / layout"
     if "adam" in n or "foreach" in n:
         return "optimizer"
