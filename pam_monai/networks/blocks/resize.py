@@ -1,4 +1,4 @@
-"""Linear up-sampling of a decoder level to its skip connection's size, and an atomic-free variant.
+"""Linear up-sampling of a decoder level to its skip connection's size, and atomic-free variants.
 
 The paper's networks up-sample with bilinear (3-D: trilinear) interpolation, ``align_corners=True``,
 to the size of the skip connection (:func:`~pam_monai.networks.blocks.convolutions.resize_to`).
@@ -16,9 +16,14 @@ with no scatter, no atomics and no zero-filled buffers; inductor fuses it into t
 it. Interpolation positions and weights come from integer arithmetic, so the backward pass is the
 exact transpose of the forward pass (``torch.autograd.gradcheck`` in float64).
 
-It is an experiment for the GPU fast path (``--modes fast+gather`` in ``python -m pam_monai
-bench``), off by default: :func:`use_gather_resize` switches it on per network. In TorchScript
-and by default every :class:`LinearResize` calls ``F.interpolate``.
+:func:`matmul_resize` computes it as one matrix product per axis (the interpolation matrix has
+two non-zeros per row), in the tensor's own memory layout, so forward and backward are GEMMs on
+tensor cores. It is the GPU fast path's up-sampling (``fast_network(resize="matmul")``, the
+bundles' ``resize``): on an H200 with channels-last tensors the compiled ``F.interpolate`` backward
+took 6.6 ms of the U-Net's 15.8 ms of kernels per step, the GEMMs about 0.2 ms
+(``benchmarks/README.md``). :func:`linear_resize` is an experiment (``--modes fast-mm+gather`` in
+``python -m pam_monai bench``), not yet measured. In TorchScript and by default every
+:class:`LinearResize` calls ``F.interpolate``.
 """
 
 from __future__ import annotations
