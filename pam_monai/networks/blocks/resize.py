@@ -20,8 +20,8 @@ exact transpose of the forward pass (``torch.autograd.gradcheck`` in float64).
 two non-zeros per row), in the tensor's own memory layout, so forward and backward are GEMMs on
 tensor cores. It is the GPU fast path's up-sampling (``fast_network(resize="matmul")``, the
 bundles' ``resize``): on an H200 with channels-last tensors the compiled ``F.interpolate`` backward
-took 6.6 ms of the U-Net's 15.8 ms of kernels per step, the GEMMs about 0.2 ms
-(``benchmarks/README.md``). :func:`linear_resize` is an experiment (``--modes fast-mm+gather`` in
+took 6.6 ms of the U-Net's 15.8 ms of kernels per step; as GEMMs its two largest kernels took
+0.13 and 0.10 ms and no other was among the 30 largest of the step (``benchmarks/README.md``). :func:`linear_resize` is an experiment (``--modes fast-mm+gather`` in
 ``python -m pam_monai bench``), not yet measured. In TorchScript and by default every
 :class:`LinearResize` calls ``F.interpolate``.
 """
