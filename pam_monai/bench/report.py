@@ -145,7 +145,10 @@ def format_report(result: dict) -> str:
             busy = ""
             if "CUDA" in p["unit"] and r.get("step_ms_median"):
                 # kernels that fill well under the step mean the host cannot launch them faster
-                busy = f" ({100 * p['total_ms'] / r['step_ms_median']:.0f}% of the {r['step_ms_median']:.1f} ms step)"
+                busy = f" ({100 * p['total_ms'] / r['step_ms_median']:.0f}% of the {r['step_ms_median']:.1f} ms step"
+                if r.get("host_ms_median"):
+                    busy += f"; the host issues a step in {r['host_ms_median']:.1f} ms"
+                busy += ")"
             out += ["", f"{r['network']} / {r['mode']}: {p['total_ms']:.2f} {p['unit']}{busy}; {groups}", ""]
             out += ["| ms/step | share | calls/step | kernel or op |", "|---|---|---|---|"]
             out += [

@@ -61,6 +61,7 @@ class TrainCase:
     step: object  # callable running one training step
     device: torch.device
     times: list = field(default_factory=list)
+    host_times: list = field(default_factory=list)
     round_medians: list = field(default_factory=list)
     peak_bytes: int | None = None
     peak_kind: str = "-"
@@ -142,8 +143,12 @@ def _timed_steps(case: TrainCase, n: int) -> list[float]:
         _sync(case.device)
         t = time.perf_counter()
         case.step()
+        issued = time.perf_counter()
         _sync(case.device)
         times.append(time.perf_counter() - t)
+        # CUDA runs asynchronously: the time until step() returns is the host's share (launches);
+        # close to the step's time means the GPU waits for the host
+        case.host_times.append(issued - t)
     return times
 
 
@@ -381,6 +386,8 @@ def summarise(cases: list[TrainCase], batch: int, size: int) -> list[dict]:
             r["profile"] = c.profile
         if c.times:
             med, best = statistics.median(c.times), min(c.times)
+            if c.device.type == "cuda" and c.host_times:
+                r["host_ms_median"] = statistics.median(c.host_times) * 1e3
             r.update(
                 step_ms_median=med * 1e3,
                 step_ms_min=best * 1e3,
