@@ -137,19 +137,24 @@ def _run(variant: str, seed: int, ious, fold: int = 0, pp=None) -> RunResult:
     return RunResult("brats", net, variant, {}, seed, fold, 1_234_567, cases, paper_protocol=pp)
 
 
+def _report(runs, **kwargs) -> str:
+    """``markdown_report`` of ``runs`` with a test's defaults (BRATS, real data, one planned run)."""
+    args = {
+        "dataset": "brats",
+        "dataset_title": "BRATS",
+        "synthetic": False,
+        "data_root": "/x",
+        "order": ["fpa"],
+        "planned": 1,
+    }
+    return markdown_report(runs, **{**args, **kwargs})
+
+
 def test_table_averages_cases_per_run_then_runs():
     # run A: cases 1, 0, 0 -> 1/3; run B: one case 0.5. Per-run first: (33.33 + 50) / 2 = 41.67,
     # sample std 11.79. (Pooling the four cases would give 37.50.)
     runs = [_run("fpa", 0, [1.0, 0.0, 0.0]), _run("fpa", 1, [0.5]), _run("unet", 0, [0.25])]
-    md = markdown_report(
-        runs,
-        dataset="brats",
-        dataset_title="BRATS",
-        synthetic=True,
-        data_root="/x",
-        order=["unet", "fpa"],
-        planned=5,
-    )
+    md = _report(runs, synthetic=True, order=["unet", "fpa"], planned=5)
     rows = [line for line in md.splitlines() if line.startswith("| fpa |") or line.startswith("| unet |")]
     assert rows[0].startswith("| unet | 25.00 ± n/a |")  # grid order; one run has no std
     assert rows[1].startswith("| fpa | 41.67 ± 11.79 |")
@@ -209,16 +214,7 @@ def test_paper_protocol_is_pooled_over_slices_and_labelled():
     assert means["iou"] == pytest.approx((10 * 1.0 + 30 * 0.6) / 40)
     assert means["authors_hd95"] == pytest.approx(4.0)  # the case without an eligible slice adds nothing
     assert means["slices"] == 40 and means["target_empty_slices"] == 28
-    md = markdown_report(
-        [_run("fpa", 0, [1.0, 0.5], pp=pp_a)],
-        dataset="brats",
-        dataset_title="BRATS",
-        synthetic=False,
-        data_root="/x",
-        order=["fpa"],
-        planned=1,
-        paper_protocol=True,
-    )
+    md = _report([_run("fpa", 0, [1.0, 0.5], pp=pp_a)], paper_protocol=True)
     assert "PAPER PROTOCOL" in md and "DEFECTIVE" in md and "NOT the project's result" in md
     assert "| fpa | 70.00 ± n/a |" in md  # (a) per-slice project definitions
     assert "SYNTHETIC" not in md
@@ -523,15 +519,8 @@ def test_overlay_window_is_twice_the_lesion():
 
 
 def test_table_distance_unit_for_2d_images():
-    md = markdown_report(
-        [_run("fpa", 0, [0.5])],
-        dataset="cityscapes",
-        dataset_title="CityScapes",
-        synthetic=False,
-        data_root="/x",
-        order=["fpa"],
-        planned=1,
-        distance_unit="px",
+    md = _report(
+        [_run("fpa", 0, [0.5])], dataset="cityscapes", dataset_title="CityScapes", distance_unit="px"
     )
     assert "| HD95 (px) |" in md and "one image" in md and "(mm)" not in md
 

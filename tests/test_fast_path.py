@@ -3,11 +3,14 @@
 - ``FastInstanceNorm`` == ``nn.InstanceNorm`` (forward and gradients, 2-D and 3-D, both kernels);
 - ``FastConv2d``'s CPU routes == ``nn.Conv2d`` (dilated depthwise by taps, strided 1x1 by
   sub-sampling), in float64, and TorchScript still works;
-- a network on the fast path (fast norm, channels-last, bf16 autocast) agrees with the fp32 plain
-  path within bf16 tolerance: outputs, and one training step's loss, gradients and weights;
-- ``DeviceSliceLoader`` serves every sample once per epoch in a reproducible order;
-- ``torch.compile`` of a small network on the CPU (only with PAM_MONAI_TEST_COMPILE=1: a cold
-  compile takes about a minute on 2 CPU cores).
+- the up-sampling's implementations (gather, matrix products) == ``F.interpolate``, in float64,
+  both memory layouts, and networks using them compute the same function;
+- a network on the fast path (fast norm, channels-last, matrix-product up-sampling, taps, bf16
+  autocast) agrees with the fp32 plain path within bf16 tolerance: outputs, and one training
+  step's loss, gradients and weights;
+- ``DeviceSliceLoader`` serves the ``DataLoader``'s batches in the same order;
+- ``torch.compile`` of a small network on the CPU == eager (only with PAM_MONAI_TEST_COMPILE=1: a
+  cold compile takes about a minute on 2 CPU cores).
 """
 
 from __future__ import annotations

@@ -301,6 +301,7 @@ def run_bench(
         "modes": [m.name for m in mode_list],
         "quick": bool(quick),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "compile_mode": compile_mode,
         "inductor": inductor_settings,
     }
     result: dict = {

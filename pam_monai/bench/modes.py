@@ -12,9 +12,9 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
   (``pam_monai.networks.blocks.fastconv.use_tap_convs``; an experiment, off in ``fast``);
 - ``gather``: the decoders' up-sampling with a gather-only backward pass instead of
   ``F.interpolate``, whose compiled backward scatters with atomics
-  (``pam_monai.networks.blocks.resize.use_gather_resize``; an experiment, off in ``fast``);
+  (``pam_monai.networks.blocks.resize.linear_resize``; an experiment, off in ``fast``);
 - ``mm``: the decoders' up-sampling as matrix products (``matmul_resize``: GEMMs forward and
-  backward, in the tensors' memory layout; ``pam_monai.networks.blocks.resize.use_matmul_resize``);
+  backward, in the tensors' memory layout; ``pam_monai.networks.blocks.resize.matmul_resize``);
 - ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 

@@ -123,7 +123,7 @@ def bench_data(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 entry["build_s"] = time.perf_counter() - t
-                entry["device_bytes"] = int(dl.images.nbytes + dl.labels.nbytes)
+                entry["device_bytes"] = int(dl.nbytes)
                 entry.update(_rate(lambda: iter(dl), prepare, device, min_batches, min_seconds))
                 del dl
             except Exception as e:

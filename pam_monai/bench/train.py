@@ -75,23 +75,18 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
     from ..engines.runtime import fast_network
     from ..networks import get_network
     from ..networks.blocks import FastConv2d
-    from ..networks.blocks.fastconv import use_tap_convs
-    from ..networks.blocks.resize import use_gather_resize, use_matmul_resize
 
+    if mode.gather and mode.mm:
+        raise ValueError(f"mode {mode.name!r}: gather and mm are two implementations of one up-sampling")
     net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1)
     if mode.refconv:  # the blocks' reference implementation: plain nn.Conv2d everywhere
         for m in net.modules():
             if isinstance(m, FastConv2d):
                 m.__class__ = torch.nn.Conv2d
-    elif mode.taps:
-        use_tap_convs(net)
-    if mode.gather and mode.mm:
-        raise ValueError(f"mode {mode.name!r}: gather and mm are two implementations of one up-sampling")
-    if mode.gather:
-        use_gather_resize(net)
-    if mode.mm:
-        use_matmul_resize(net)
-    return fast_network(net.to(device), channels_last=mode.cl, fast_norm=mode.norm)
+    resize = "gather" if mode.gather else "matmul" if mode.mm else None
+    return fast_network(
+        net.to(device), channels_last=mode.cl, fast_norm=mode.norm, resize=resize, taps=mode.taps
+    )
 
 
 def make_case(

@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 from ..atomic import atomic_write_text
 from ..metrics import case_metrics, summarize
 
-__all__ = ["CaseMetrics", "NonFiniteLossGuard", "atomic_write_text"]
+__all__ = ["CaseMetrics", "NonFiniteLossGuard"]
 
 log = logging.getLogger("pam_monai")
 

@@ -2,10 +2,12 @@
 
 The fast path (``fast: true`` in the bundles, the default where a GPU is present) is: cuDNN
 benchmark and TF32 (:func:`setup_run`), bf16 autocast and ``torch.compile`` (the trainer's ``amp``
-and ``compile``), fused AdamW, channels-last tensors and the fusible instance norm
-(:func:`fast_network`), and batches sampled from tensors already on the device
-(:class:`~pam_monai.engines.loaders.DeviceSliceLoader`). ``tests/test_fast_path.py`` checks that it computes the same function
-as the plain fp32 path; ``python -m pam_monai bench`` measures it."""
+and ``compile``), fused AdamW, and in :func:`fast_network` channels-last tensors, the fusible
+instance norm, the up-sampling as matrix products and FPA's dilated convolutions as fused taps;
+batches come from tensors already on the device
+(:class:`~pam_monai.engines.loaders.DeviceSliceLoader`). ``tests/test_fast_path.py`` checks that
+it computes the same function as the plain fp32 path; ``python -m pam_monai bench`` measures it.
+"""
 
 from __future__ import annotations
 
@@ -116,6 +118,7 @@ def fast_network(
 
     Example::
 
+        >>> from pam_monai.networks import get_network
         >>> net = fast_network(get_network("fpa"), channels_last=True, fast_norm=True, resize="matmul", taps=True)
     """
     from ..networks.blocks.fastconv import use_tap_convs

@@ -1,8 +1,7 @@
 """2-D convolutions that are fast on the CPU too: FPA's dilated depthwise and strided 1x1 convolutions.
 
 FPA's attention branch runs two 3x3 depthwise convolutions of dilation 6-12 over 4x-widened
-tensors. On the GPU these are grouped convolutions, which cuDNN handles well, and nothing here
-changes that. On the CPU, oneDNN (PyTorch's CPU convolution backend) has fast depthwise kernels
+tensors. On the CPU, oneDNN (PyTorch's CPU convolution backend) has fast depthwise kernels
 only for dilation 1 in the backward pass (and up to 6 in the forward pass): the dilated ones
 were the largest item of FPA's CPU training step in ``torch.profiler`` (a dilation-9 depthwise
 convolution of 4 x 256 x 40 x 40: 8.6 ms forward, 33 ms forward + backward on one core, against
@@ -30,8 +29,11 @@ corruption``, reproduced with plain ``F.conv2d``) and, in about one FPA training
 weight gradients of 1e30 from the dilated depthwise backward.
 
 :class:`FastConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) that takes these routes
-for CPU tensors in eager mode only; on CUDA, under ``torch.compile`` and in TorchScript it is a
-plain ``nn.Conv2d`` (grouped convolution for cuDNN).
+for CPU tensors in eager mode only. On the GPU, PyTorch's and cuDNN's grouped kernels at dilation 9
+are slow too (an H200 profile: 13.4 ms of FPA's 30.5 ms step contiguous, worse in channels-last),
+so the GPU fast path (:func:`use_tap_convs`, ``fast_network(taps=True)``) computes them as
+:func:`dilated_depthwise_taps`, plain tensor operations that ``torch.compile`` fuses. In
+TorchScript it is a plain ``nn.Conv2d``.
 """
 
 from __future__ import annotations
@@ -124,8 +126,8 @@ class FastConv2d(nn.Conv2d):
 
     ``taps = True`` (:func:`use_tap_convs`) also computes a dilated depthwise convolution as a sum of
     taps (:func:`dilated_depthwise_taps`) on CUDA and under ``torch.compile``, where it is otherwise
-    cuDNN's grouped convolution: an experiment for the GPU fast path (``--modes fast+taps`` in the
-    benchmark), off by default.
+    a grouped convolution: the GPU fast path's choice (``fast_network(taps=True)``, the bundles'
+    ``tap_convs``), off by default for the module.
 
     Example::
 

@@ -21,27 +21,22 @@ two non-zeros per row), in the tensor's own memory layout, so forward and backwa
 tensor cores. It is the GPU fast path's up-sampling (``fast_network(resize="matmul")``, the
 bundles' ``resize``): on an H200 with channels-last tensors the compiled ``F.interpolate`` backward
 took 6.6 ms of the U-Net's 15.8 ms of kernels per step; as GEMMs its two largest kernels took
-0.13 and 0.10 ms and no other was among the 30 largest of the step (``benchmarks/README.md``). :func:`linear_resize` is an experiment (``--modes fast-mm+gather`` in
-``python -m pam_monai bench``), not yet measured. In TorchScript and by default every
-:class:`LinearResize` calls ``F.interpolate``.
+0.13 and 0.10 ms and no other was among the 30 largest of the step (``benchmarks/README.md``).
+:func:`linear_resize` is an experiment (``--modes fast-mm+gather`` in ``python -m pam_monai
+bench``), not yet measured. :func:`use_resize` sets a network's choice; in TorchScript and by
+default every :class:`LinearResize` calls ``F.interpolate``.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .convolutions import interp_mode
+from .convolutions import interp_mode, resize_to
 
-__all__ = [
-    "LinearResize",
-    "linear_resize",
-    "matmul_resize",
-    "use_gather_resize",
-    "use_matmul_resize",
-    "use_resize",
-]
+__all__ = ["LinearResize", "linear_resize", "matmul_resize", "use_resize"]
 
 
 def _positions(n: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,12 +184,7 @@ def _matmul_axis(x: torch.Tensor, dim: int, m: int) -> torch.Tensor:
         xp = xp.contiguous()
     q = order.index(dim)
     shape = list(xp.shape)
-    before = 1
-    for s in shape[:q]:
-        before *= s
-    after = 1
-    for s in shape[q + 1 :]:
-        after *= s
+    before, after = math.prod(shape[:q]), math.prod(shape[q + 1 :])
     if after == 1:  # the axis is the innermost one: one plain matrix product
         y = xp.reshape(before, n) @ mat.t()
     else:
@@ -236,10 +226,10 @@ class LinearResize(nn.Module):
     Args:
         spatial_dims: 2 or 3.
 
-    ``impl`` chooses the implementation outside TorchScript: ``"interpolate"`` (``F.interpolate``,
-    the default), ``"gather"`` (:func:`linear_resize`, :func:`use_gather_resize`) or ``"matmul"``
-    (:func:`matmul_resize`, :func:`use_matmul_resize`: the GPU fast path with channels-last).
-    TorchScript always runs ``F.interpolate``.
+    ``impl`` (set with :func:`use_resize`) chooses the implementation outside TorchScript:
+    ``"interpolate"`` (:func:`~pam_monai.networks.blocks.convolutions.resize_to`, i.e.
+    ``F.interpolate``; the default), ``"gather"`` (:func:`linear_resize`) or ``"matmul"``
+    (:func:`matmul_resize`: the GPU fast path with channels-last). TorchScript always interpolates.
 
     Example::
 
@@ -250,31 +240,23 @@ class LinearResize(nn.Module):
 
     impl: str = "interpolate"
     IMPLS = ("interpolate", "gather", "matmul")
-    __jit_unused_properties__ = ["gather"]  # TorchScript always runs F.interpolate
 
     def __init__(self, spatial_dims: int) -> None:
         super().__init__()
         self.mode = interp_mode(spatial_dims)
-
-    @property
-    def gather(self) -> bool:
-        return self.impl == "gather"
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, align_corners=True, impl={self.impl!r}"
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return F.interpolate(x, size=like.shape[2:], mode=self.mode, align_corners=True)
+            return resize_to(x, like, self.mode)
         return self._eager_forward(x, like)
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if self.impl == "gather":
-            return linear_resize(x, like.shape[2:])
-        if self.impl == "matmul":
-            return matmul_resize(x, like.shape[2:])
-        return F.interpolate(x, size=like.shape[2:], mode=self.mode, align_corners=True)
+        resize = {"gather": linear_resize, "matmul": matmul_resize}.get(self.impl)
+        return resize_to(x, like, self.mode) if resize is None else resize(x, like.shape[2:])
 
 
 def use_resize(network: nn.Module, impl: str = "interpolate") -> nn.Module:
@@ -285,13 +267,3 @@ def use_resize(network: nn.Module, impl: str = "interpolate") -> nn.Module:
         if isinstance(m, LinearResize):
             m.impl = impl
     return network
-
-
-def use_gather_resize(network: nn.Module, on: bool = True) -> nn.Module:
-    """Every ``LinearResize`` of ``network`` as :func:`linear_resize` (``on=False``: ``F.interpolate``)."""
-    return use_resize(network, "gather" if on else "interpolate")
-
-
-def use_matmul_resize(network: nn.Module, on: bool = True) -> nn.Module:
-    """Every ``LinearResize`` of ``network`` as :func:`matmul_resize` (``on=False``: ``F.interpolate``)."""
-    return use_resize(network, "matmul" if on else "interpolate")
