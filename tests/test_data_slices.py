@@ -178,3 +178,12 @@ def test_foreground_label_3_for_brats_2021(items, tmp_path):
     assert new.sum() > 0
     with pytest.raises(ValueError, match="label 4 .* or 3"):
         preprocess_case("brats", item, foreground_label=2)
+
+
+def test_a_training_set_without_foreground_is_refused(items, caplog):
+    """A label convention that does not match (BraTS 2018 labels with BraTS 2021's foreground
+    label 3 here: the synthetic cases have no label 3) must not train on empty targets."""
+    with pytest.raises(
+        ValueError, match=r"none of the 2 training cases has a voxel of foreground label\(s\) \[3\]"
+    ):
+        SliceDataset(items["brats"][:2], "brats", foreground_label=3, progress=False)

@@ -197,3 +197,20 @@ def test_round_trip_synth_datalist_check_transforms(name, shape, tmp_path, capsy
     ref = get_preprocess_transforms(name)(dict(test[0]))
     assert tuple(ref["image"].shape[:3]) == shape
     assert set(torch.unique(torch.as_tensor(ref["label"])).tolist()) <= {0.0, 1.0}
+
+
+def test_ensure_dataset_refuses_a_folder_in_another_layout(tmp_path):
+    """Someone's own data (here a Decathlon-style folder) is an error naming the layout, never a
+    silent synthetic stand-in; a missing or empty folder still gets the stand-in."""
+    own = tmp_path / "own"
+    (own / "imagesTr").mkdir(parents=True)
+    (own / "imagesTr" / "case_0.nii.gz").write_bytes(b"")
+    (own / "dataset.json").write_text("{}")
+    with pytest.raises(
+        ValueError, match=r"no complete case in the published isles layout.*\n.*TRAINING/case_<n>"
+    ):
+        ensure_dataset("isles", own, cases=2, max_slices=3)
+    assert not (own / "synthetic_isles").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ensure_dataset("isles", empty, cases=2, max_slices=3) == (empty / "synthetic_isles", True)

@@ -307,3 +307,66 @@ def test_inference_command_exits_non_zero_on_bad_input(cases, tmp_path):
     assert proc.returncode != 0
     assert "NaN or Inf voxels" in proc.stderr + proc.stdout
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
+    from pam_monai.engines import prepare_data
+
+    with pytest.raises(FileNotFoundError, match="datalist .*missing.json not found"):
+        prepare_data("brats", tmp_path / "data", tmp_path / "missing.json", synthetic_dir=tmp_path / "s")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": []}))
+    with pytest.raises(ValueError, match="holds no data set .*would ignore the datalist"):
+        prepare_data("brats", tmp_path / "none", datalist, synthetic_dir=tmp_path / "s")
+
+
+def test_check_run_names_every_mismatch_and_refuses_real_weights_on_synthetic_data(tmp_path):
+    from pam_monai.engines import check_run
+
+    weights = tmp_path / "model.pt"
+    with pytest.raises(FileNotFoundError, match="no trained weights"):
+        check_run(weights, {})
+    atomic_save({}, weights)
+    assert check_run(weights, {"network_name": "fpa"}) is None  # no record: weights from elsewhere
+    record = {
+        "task": "brats",
+        "network_name": "fpa",
+        "network_options": {"features": [8, 16, 32, 64]},
+        "in_channels": 4,
+        "data_root": "/data/brats",
+        "synthetic": False,
+    }
+    (tmp_path / "model.json").write_text(json.dumps({"metric": "val_iou", "value": 0.5, "run": record}))
+    same = {k: record[k] for k in ("task", "network_name", "network_options", "in_channels")}
+    assert check_run(weights, same, {"synthetic": False, "root": "/data/brats"}) == record
+    with pytest.raises(ValueError) as err:
+        check_run(
+            weights,
+            {**same, "network_name": "rfna", "network_options": {}},
+            {"synthetic": True, "root": "/s"},
+        )
+    text = str(err.value)
+    assert (
+        "network_name: the weights were trained with 'fpa', this run has 'rfna' (pass --network_name 'fpa')"
+        in text
+    )
+    assert """(pass --network_options '{"features": [8, 16, 32, 64]}')""" in text
+    assert "trained on /data/brats" in text and "SYNTHETIC stand-in in /s (pass --dataset_dir)" in text
+
+
+def test_evaluation_and_inference_share_one_threshold():
+    """A logit of exactly 0 (probability 0.5) is background everywhere: the bundles' evaluation
+    post-processing, inference and the experiments' predictions (MONAI's AsDiscreted keeps >= 0.5)."""
+    from monai.bundle import ConfigParser
+
+    from pam_monai.engines import foreground_mask
+
+    logits = torch.tensor([[[-2.0, 0.0], [1e-4, 3.0]]])
+    expected = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
+    assert torch.equal(foreground_mask(logits).float(), expected)
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    post = parser.get_parsed_content("validate#postprocessing")
+    assert torch.equal(torch.as_tensor(post({"pred": logits})["pred"]), expected)
+    with pytest.raises(ValueError, match="threshold"):
+        foreground_mask(logits, 1.5)

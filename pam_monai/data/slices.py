@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zlib
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from .preprocess import preprocess_case
 from .specs import DatasetSpec, get_spec
 
 __all__ = ["CACHE_VERSION", "SliceDataset"]
+
+log = logging.getLogger("pam_monai")
 
 CACHE_VERSION = 1  # bump when preprocessing changes, to invalidate old cache files
 _PARTS = ("image", "label", "fg")  # cache files per case; "fg" (per-slice foreground counts) is written last
@@ -110,7 +113,30 @@ class SliceDataset(torch.utils.data.Dataset):
         self._images = [v[0] for v in volumes]
         self._labels = [v[1] for v in volumes]
         self.foreground_per_slice = [np.asarray(v[2]) for v in volumes]
+        self._check_foreground()
         self.resample(seed)
+
+    def _check_foreground(self) -> None:
+        """Refuse a training set without any foreground voxel: a label convention that does not
+        match (BraTS 2021+ labels the enhancing tumour 3, not 4; a mask saved as 0/255 through a
+        datalist) would otherwise train on empty targets without a word."""
+        empty = [c for c, fg in zip(self.cases, self.foreground_per_slice) if int(fg.sum()) == 0]
+        if self.cases and len(empty) == len(self.cases):
+            raise ValueError(
+                f"{self.spec.name}: none of the {len(self.cases)} training cases has a voxel of foreground label(s) "
+                f"{list(self.foreground_labels)} inside the preprocessed grid (e.g. {', '.join(empty[:3])}); check the "
+                "label convention (foreground_label; BraTS 2021+ labels the enhancing tumour 3) and the label files "
+                "(`python -m pam_monai check`)"
+            )
+        if empty:
+            log.warning(
+                "%s: %d of %d training cases have no foreground (%s%s)",
+                self.spec.name,
+                len(empty),
+                len(self.cases),
+                ", ".join(empty[:5]),
+                ", ..." if len(empty) > 5 else "",
+            )
 
     # ------------------------------------------------------------------ cache
     def cache_paths(self, item: dict) -> dict[str, Path] | None:

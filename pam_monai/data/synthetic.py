@@ -328,6 +328,23 @@ def _has_cases(dataset: str, root: Path) -> bool:
     return root.is_dir() and any(c.complete for c in scan_cases(dataset, root).cases)
 
 
+def _refuse_foreign_folder(dataset: str, dataset_dir: Path, target: Path) -> None:
+    """Raise when ``dataset_dir`` holds anything besides the stand-in's own folder."""
+    if not dataset_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in dataset_dir.iterdir() if p.resolve() != target.resolve())
+    if not foreign:
+        return
+    problems = [str(p) for p in scan_cases(dataset, dataset_dir).problems][:5]
+    raise ValueError(
+        f"{dataset}: {dataset_dir} holds {len(foreign)} entries ({', '.join(foreign[:5])}"
+        f"{', ...' if len(foreign) > 5 else ''}) but no complete case in the published {dataset} layout "
+        "(see pam_monai/data/README.md; `python -m pam_monai check` lists every problem):\n"
+        + "\n".join(problems)
+        + "\nPoint dataset_dir at the data set's root, or at a missing or empty folder for a synthetic stand-in."
+    )
+
+
 def ensure_dataset(
     dataset: str,
     dataset_dir: str | os.PathLike,
@@ -337,8 +354,13 @@ def ensure_dataset(
     **options,
 ) -> tuple[Path, bool]:
     """Return ``(root, synthetic)``: ``dataset_dir`` itself when it holds the data set (at least
-    one complete case), else a synthetic stand-in, generated once into ``output`` (default
-    ``<dataset_dir>/synthetic_<dataset>``) and reused while its parameters are unchanged.
+    one complete case), else, when ``dataset_dir`` does not exist or is empty, a synthetic stand-in,
+    generated once into ``output`` (default ``<dataset_dir>/synthetic_<dataset>``) and reused while
+    its parameters are unchanged.
+
+    A ``dataset_dir`` that holds files but no case in the published layout (someone's own data,
+    a wrong sub-folder) is an error that names the expected layout: training on a stand-in
+    instead would succeed silently on the wrong data.
 
     Small by default (``ENSURE_DEFAULTS``, e.g. 5 BRATS cases of 240 x 240 x 16) so that an
     epoch of 2-D training takes seconds on a CPU. A WARNING is logged whenever synthetic data is
@@ -358,6 +380,7 @@ def ensure_dataset(
             )
         return dataset_dir, synthetic
     target = Path(output) if output is not None else dataset_dir / f"synthetic_{spec.name}"
+    _refuse_foreign_folder(spec.name, dataset_dir, target)
     opts = {**ENSURE_DEFAULTS[spec.name], **options}
     if cases is not None:
         opts["cases"] = int(cases)

@@ -3,12 +3,13 @@ training loaders, slice-wise inference, per-case metrics, checkpoints, progress 
 
 from ..atomic import atomic_write_text
 from .batch import FlipPrepareBatch
-from .checkpoint import BestCheckpoint, TrainingCheckpoint, atomic_save, load_checkpoint
+from .checkpoint import BestCheckpoint, TrainingCheckpoint, atomic_save, check_run, load_checkpoint
 from .data import CaseDataset, prepare_data, voxel_spacing
 from .handlers import CaseMetrics, NonFiniteLossGuard
 from .infer import CasePredictor, find_inference_cases, safe_output_path, validate_case
 from .inferer import SliceWiseInferer
 from .loaders import DeviceSliceLoader, LoaderEpoch, slice_loader
+from .postprocessing import ForegroundMaskd, foreground_mask
 from .progress import ProgressBar
 from .runtime import as_bool, fast_network, setup_run
 
@@ -19,6 +20,7 @@ __all__ = [
     "CasePredictor",
     "DeviceSliceLoader",
     "FlipPrepareBatch",
+    "ForegroundMaskd",
     "LoaderEpoch",
     "NonFiniteLossGuard",
     "ProgressBar",
@@ -27,8 +29,10 @@ __all__ = [
     "as_bool",
     "atomic_save",
     "atomic_write_text",
+    "check_run",
     "fast_network",
     "find_inference_cases",
+    "foreground_mask",
     "load_checkpoint",
     "prepare_data",
     "safe_output_path",

@@ -8,7 +8,10 @@
   first epoch, and the resumed run ends where an uninterrupted one would.
 * :class:`BestCheckpoint` (on the evaluator) writes ``model.pt`` (the model's state dict, what
   ``ckpt_export`` and ``inference.json`` load) when the key metric improves, and remembers the
-  best value in ``model.json`` so that a resumed run keeps comparing against it.
+  best value in ``model.json`` so that a resumed run keeps comparing against it, beside what the
+  weights belong to (task, network, options, input channels, training data): evaluation and
+  inference check it first (:func:`check_run`) and name any mismatch instead of failing inside
+  ``load_state_dict``, or scoring a model on data it was not meant for.
 
 Everything is loaded with ``torch.load(..., weights_only=True)``: a checkpoint cannot run code.
 """
@@ -29,7 +32,7 @@ from ..atomic import atomic_path, atomic_write_text
 from ..networks.polarity import unwrap_network
 from .runtime import as_bool
 
-__all__ = ["BestCheckpoint", "TrainingCheckpoint", "atomic_save", "load_checkpoint"]
+__all__ = ["BestCheckpoint", "TrainingCheckpoint", "atomic_save", "check_run", "load_checkpoint"]
 
 log = logging.getLogger("pam_monai")
 
@@ -182,6 +185,11 @@ class BestCheckpoint:
         network: the evaluated network.
         metric_name: key in the evaluator's ``state.metrics`` (``"val_iou"``).
         mode: ``"max"`` or ``"min"``.
+        resume: continue comparing against the stored best value.
+        save_rank0_only: under ``torch.distributed``, only rank 0 writes.
+        run_info: what the weights belong to, written to ``model.json`` under ``"run"`` (the bundles:
+            ``task``, ``network_name``, ``network_options``, ``in_channels``, ``data_root``,
+            ``synthetic``); :func:`check_run` compares against it.
     """
 
     def __init__(
@@ -192,6 +200,7 @@ class BestCheckpoint:
         mode: str = "max",
         resume: bool = False,
         save_rank0_only: bool = True,
+        run_info: dict | None = None,
     ) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -200,6 +209,7 @@ class BestCheckpoint:
         self.metric_name = metric_name
         self.mode = mode
         self.save_rank0_only = save_rank0_only
+        self.run_info = _jsonable(run_info) if run_info else None
         # a new run starts its own comparison; a resumed run continues the interrupted one's
         self.best_value = self._stored_best() if as_bool(resume) else None
 
@@ -221,7 +231,52 @@ class BestCheckpoint:
             return
         self.best_value = value
         atomic_save(unwrap_network(self.network).state_dict(), self.path)
-        atomic_write_text(
-            self.path.with_suffix(".json"), json.dumps({"metric": self.metric_name, "value": value}) + "\n"
-        )
+        meta = {"metric": self.metric_name, "value": value}
+        if self.run_info:
+            meta["run"] = self.run_info
+        atomic_write_text(self.path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
         log.info("new best %s %.4f: saved %s", self.metric_name, value, self.path)
+
+
+def _jsonable(obj):
+    """Plain JSON types (paths and other objects as strings)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def check_run(ckpt_path: str | os.PathLike, expected: dict, data: dict | None = None) -> dict | None:
+    """Check that the weights in ``ckpt_path`` belong to this run before they are loaded.
+
+    Compares ``expected`` (the bundle's ``task``, ``network_name``, ``network_options``,
+    ``in_channels``) with the ``"run"`` record that training wrote beside the weights
+    (``model.json``), and refuses to score a model trained on real data on a synthetic stand-in
+    (``data``: :func:`pam_monai.engines.prepare_data`'s result). Raises ``ValueError`` naming every
+    mismatch and the override that fixes it; returns the record (None when there is none, e.g.
+    weights from elsewhere, which are then loaded unchecked).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained weights here (train first, or set ckpt_dir / ckpt_path)")
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        return None
+    try:
+        record = json.loads(meta_path.read_text()).get("run")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{meta_path}: unreadable ({e})") from e
+    if not record:
+        return None
+    expected = _jsonable(expected)
+    problems = [
+        f"{key}: the weights were trained with {record[key]!r}, this run has {expected[key]!r}"
+        f" (pass --{key} '{json.dumps(record[key]) if isinstance(record[key], (dict, list)) else record[key]}')"
+        for key in ("task", "network_name", "network_options", "in_channels")
+        if key in record and key in expected and record[key] != expected[key]
+    ]
+    if data is not None and data.get("synthetic") and record.get("synthetic") is False:
+        problems.append(
+            f"data: the weights were trained on {record.get('data_root')}, but this run found no data set and "
+            f"would score them on a SYNTHETIC stand-in in {data.get('root')} (pass --dataset_dir)"
+        )
+    if problems:
+        raise ValueError(f"{path}: these weights do not belong to this run:\n" + "\n".join(problems))
+    return record

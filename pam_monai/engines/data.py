@@ -36,11 +36,13 @@ def prepare_data(
 
     Args:
         dataset: "brats", "isles" or "cityscapes".
-        dataset_dir: the folder the challenge's download was unpacked into. When it holds no
-            case, a small SYNTHETIC stand-in is generated (into ``synthetic_dir``, default
-            ``<dataset_dir>/synthetic_<dataset>``) and a warning says so.
-        data_list_file_path: a decathlon-format datalist (paths relative to ``dataset_dir``);
-            empty or missing: built from the cases found in ``dataset_dir``.
+        dataset_dir: the folder the challenge's download was unpacked into. When it does not exist
+            or is empty, a small SYNTHETIC stand-in is generated (into ``synthetic_dir``, default
+            ``<dataset_dir>/synthetic_<dataset>``) and a warning says so; a folder with other
+            content than the published layout is an error (:func:`pam_monai.data.ensure_dataset`).
+        data_list_file_path: a decathlon-format datalist (paths relative to ``dataset_dir``) of
+            cases in the published layout; empty: built from the cases found in ``dataset_dir``.
+            A path that does not exist, or a datalist with a synthetic stand-in, is an error.
         fold: the BRATS cross-validation fold (test = ``fold``, validation = ``fold + 1``).
         synthetic_dir: where a synthetic stand-in goes.
         seed: seed of the synthetic stand-in and of the datalist's split.
@@ -52,19 +54,27 @@ def prepare_data(
         with absolute paths in every item.
     """
     spec = get_spec(dataset)
+    path = Path(data_list_file_path) if data_list_file_path else None
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"{spec.name}: datalist {path} not found (data_list_file_path)")
     root, synthetic = _rank0_first(
         lambda: ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir)
     )
     if synthetic:
+        if path is not None:
+            raise ValueError(
+                f"{spec.name}: datalist {path} given, but {dataset_dir} holds no data set (a synthetic "
+                "stand-in would ignore the datalist); set dataset_dir to the folder its paths are relative to"
+            )
         log.warning(
-            "%s: training on a SYNTHETIC stand-in in %s (no data set in %s)", spec.name, root, dataset_dir
+            "%s: using a SYNTHETIC stand-in in %s (no data set in %s); results say nothing about real data",
+            spec.name,
+            root,
+            dataset_dir,
         )
-    path = Path(data_list_file_path) if data_list_file_path else None
-    if path is not None and path.is_file() and not synthetic:
+    if path is not None:
         datalist = load_datalist(path, root)
     else:
-        if path is not None and not synthetic and not path.is_file():
-            log.warning("%s: datalist %s not found; building one from %s", spec.name, path, root)
         datalist = load_datalist(build_datalist(spec.name, root, seed=seed), root)
     if check:
         from ..data import check_dataset

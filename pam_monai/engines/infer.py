@@ -25,6 +25,7 @@ from ..data import get_spec, load_case, preprocess_case, restore_prediction, sca
 from ..networks.polarity import as_foreground
 from .checkpoint import load_checkpoint
 from .inferer import SliceWiseInferer
+from .postprocessing import foreground_mask
 
 __all__ = ["CasePredictor", "find_inference_cases", "safe_output_path", "validate_case"]
 
@@ -147,7 +148,7 @@ class CasePredictor:
         output_dir: where the masks go (created).
         device: where to run the network.
         ckpt_path: a ``model.pt`` state dict to load first (``weights_only=True``); None keeps the weights.
-        threshold: foreground probability threshold.
+        threshold: foreground probability threshold (strict: ``sigmoid(logit) > threshold``, as evaluation).
         slice_batch_size: slices per network call.
         amp: bf16 autocast on the GPU.
     """
@@ -212,7 +213,7 @@ class CasePredictor:
             )
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.inferer(image, network)
-            mask = (torch.sigmoid(logits.float()) > self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
+            mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
             mask = restore_prediction(self.spec, mask, case["original_shape"])
             path = self.output_path(case["case"])
             if self.spec.volumetric:

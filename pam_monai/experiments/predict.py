@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, load_checkpoint
+from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, foreground_mask, load_checkpoint
 from ..metrics import case_metrics
 from ..metrics.paper_protocol import authors_code_metrics, paper_protocol_metrics
 from ..networks import get_network
@@ -66,8 +66,8 @@ def predict_case(
 ) -> np.ndarray:
     """Binary foreground mask (``H x W [x D]``, bool) of one preprocessed case ``C x H x W [x D]``."""
     logits = SliceWiseInferer(slice_batch_size)(image[None].to(device), net)
-    # the bundle's post-processing: Activationsd(sigmoid) + AsDiscreted(threshold=0.5), i.e. >= 0.5
-    return (torch.sigmoid(logits[0, 0].float()) >= 0.5).cpu().numpy()
+    # the bundles' rule (ForegroundMaskd): sigmoid(logit) > 0.5
+    return foreground_mask(logits[0, 0]).cpu().numpy()
 
 
 def paper_protocol_rows(

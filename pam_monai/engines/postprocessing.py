@@ -1,0 +1,56 @@
+"""Foreground masks from logits: ONE rule for validation, evaluation, inference and the experiments.
+
+A voxel is foreground when its foreground probability is strictly above the threshold,
+``sigmoid(logit) > 0.5``, i.e. ``logit > 0``. A logit of exactly 0 (no evidence either way; common
+where a bias-free head sees all-zero features after a ReLU) is background. REFERENCE.md section 4
+states RFNA's rule the same way: foreground where the reversed-label probability is below 0.5.
+MONAI's ``AsDiscreted(threshold=0.5)`` keeps ``>= 0.5`` and would call such voxels foreground, so
+the bundles use :class:`ForegroundMaskd` instead: evaluation and inference then give identical
+masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+__all__ = ["ForegroundMaskd", "foreground_mask"]
+
+
+def foreground_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Boolean mask ``sigmoid(logits) > threshold`` (computed in float32; foreground-polarity logits).
+
+    Example::
+
+        >>> foreground_mask(torch.tensor([-1.0, 0.0, 1e-3]))
+        tensor([False, False,  True])
+    """
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+    return torch.sigmoid(logits.float()) > float(threshold)
+
+
+class ForegroundMaskd(MapTransform):
+    """Dictionary transform: replace logits under ``keys`` by the float 0/1 mask of :func:`foreground_mask`
+    (MONAI meta data kept), the bundles' post-processing in place of ``Activationsd(sigmoid=True)`` +
+    ``AsDiscreted(threshold=0.5)``, which thresholds with ``>=``."""
+
+    def __init__(
+        self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        foreground_mask(torch.zeros(1), threshold)  # validate the threshold now
+        self.threshold = float(threshold)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            mask = foreground_mask(x, self.threshold).to(torch.float32)
+            if hasattr(x, "copy_meta_from"):  # MetaTensor: keep the affine and friends
+                mask = type(x)(mask, meta=x.meta, applied_operations=x.applied_operations)
+            d[key] = mask
+        return d
