@@ -179,6 +179,17 @@ def test_train_evaluate_infer(name, tmp_path):
             assert out_shape == shape
             np.testing.assert_allclose(out_affine, affine)
             assert set(np.unique(np.asarray(nib.load(str(seg)).dataobj))) <= {0, 1}
+        # evaluation and inference: the same masks, scored on the case's own grid
+        from pam_monai.data import get_spec
+        from pam_monai.metrics import case_metrics
+
+        fg = get_spec(task).resolve_labels(None)[0]
+        labels = {it["case"]: it["label"] for it in discover_cases(task, synthetic)}
+        for row in rows[1:]:
+            case, iou = row.split(",")[:2]
+            mask = np.asarray(nib.load(str(out / f"{case}_seg.nii.gz")).dataobj) > 0
+            label = np.isin(np.asarray(nib.load(labels[case]).dataobj), fg)
+            assert case_metrics(mask, label)["iou"] == pytest.approx(float(iou), rel=1e-4, abs=1e-6), case
 
 
 def test_gpu_fast_path_switches_compute_the_plain_training_step(tmp_path):

@@ -555,3 +555,39 @@ def test_hd95_of_tensors_in_dtypes_numpy_lacks():
     a[2:6, 3:7, 1:5], b[3:7, 3:8, 2:6] = 1, 1
     expected = hd95(a.numpy(), b.numpy())
     assert hd95(a.bfloat16(), b.bfloat16()) == hd95(a.half(), b.half()) == hd95(a.bool(), b) == expected > 0
+
+
+def test_case_metrics_score_on_the_case_grid_not_the_crop():
+    """Foreground outside the network's centre crop is missed, and rates and distances refer to the
+    image as acquired: CaseMetrics puts the prediction back into the case's grid (label_full)."""
+    from ignite.engine import Engine
+
+    from pam_monai.data.ops import crop_or_pad_center
+    from pam_monai.engines import CaseMetrics
+
+    full = np.zeros((20, 20, 3), np.uint8)
+    full[0:4, 0:4] = 1  # outside the 10 x 10 centre crop
+    full[8:12, 8:12] = 1  # inside
+    crop = crop_or_pad_center(full[None], (10, 10, -1)).astype(np.float32)
+    pred = torch.from_numpy(crop)  # perfect inside the crop
+    label = torch.from_numpy(crop)
+
+    def run(with_full: bool) -> dict:
+        meta = {"case": "c", "spacing": torch.tensor([1.0, 1.0, 2.0])}
+        if with_full:
+            meta["label_full"] = torch.from_numpy(full[None])
+        engine = Engine(lambda engine, batch: [{"pred": pred, "label": label}])
+        metrics = CaseMetrics(prefix="")
+        metrics.attach(engine)
+        engine.run([[meta]], max_epochs=1)
+        return metrics.rows[0]
+
+    cropped, whole = run(False), run(True)
+    assert cropped["fn_rate"] == 0.0 and cropped["iou"] == 1.0
+    assert whole["fn_rate"] == pytest.approx(0.5) and whole["iou"] == pytest.approx(0.5)
+    assert whole["fp_rate"] == 0.0
+    assert whole["hd95"] > 0
+    # the same as scoring the prediction put back by hand
+    back = np.zeros_like(full)
+    back[5:15, 5:15] = crop[0]
+    assert whole == {"case": "c", **case_metrics(back, full, spacing=(1.0, 1.0, 2.0))}

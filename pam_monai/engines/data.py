@@ -114,6 +114,11 @@ class CaseDataset(torch.utils.data.Dataset):
     ``label`` (``1 x ...`` in {0, 1}, when the item has one), ``case``, ``spacing`` (per axis, mm)
     and ``index`` (position in ``items``, to map a prediction back to its input files).
 
+    BRATS / ISLES cases whose grid the centre crop (or pad) changed also carry ``label_full``
+    (``1 x`` the case's own grid, uint8): :class:`~pam_monai.engines.CaseMetrics` scores the
+    prediction there, put back in place, so foreground outside the crop counts as missed and
+    rates and distances refer to the image as acquired, not to the network's crop.
+
     Cases are preprocessed on first access and kept (``cache=True``): a validation set is read
     once per training run, not once per epoch.
     """
@@ -146,6 +151,9 @@ class CaseDataset(torch.utils.data.Dataset):
         }
         if case["label"] is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(case["label"], dtype=np.float32))
+        full = case.get("label_full")
+        if full is not None and tuple(full.shape) != tuple(case["label"].shape[1:]):
+            out["label_full"] = torch.from_numpy(np.ascontiguousarray(full[None], dtype=np.uint8))
         if self._cache is not None:
             self._cache[index] = out
         return out

@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..atomic import atomic_write_text
+from ..data.ops import uncrop_center
 from ..metrics import case_metrics, summarize
 
 __all__ = ["CaseMetrics", "NonFiniteLossGuard"]
@@ -26,7 +27,9 @@ class CaseMetrics:
     """Per-case IoU, Dice, HD95 (in the case's physical units), FP rate and FN rate for an evaluator.
 
     On every iteration it reads the binarised ``pred`` and the ``label`` of each case of the batch
-    (and the case's ``spacing``), computes :func:`pam_monai.metrics.case_metrics`, and at the end
+    (and the case's ``spacing``; with a ``label_full`` in the batch, see
+    :class:`~pam_monai.engines.CaseDataset`, the prediction is put back into the case's own grid,
+    zeros outside the crop, and scored against that label), computes :func:`pam_monai.metrics.case_metrics`, and at the end
     of the run puts the means into ``engine.state.metrics`` as ``<prefix>iou``, ``<prefix>hd95``,
     ... (so checkpoint savers and stats handlers see them) and, with ``output_dir``, writes
     ``metrics.csv`` (one row per case) and ``summary.json`` (mean, std, median, counts of empty
@@ -66,6 +69,11 @@ class CaseMetrics:
             label = _numpy(item["label"])
             if pred.shape[0] == 1:  # one channel: the binary mask
                 pred, label = pred[0], label[0]
+            full = meta.get("label_full")
+            if full is not None:  # score on the case's own grid (see CaseDataset)
+                full = _numpy(full)
+                full = full.reshape(full.shape[-pred.ndim :])
+                pred, label = uncrop_center(pred, full.shape), full
             spacing = meta.get("spacing")
             spacing = (
                 None if spacing is None else tuple(float(s) for s in _numpy(spacing).ravel()[: pred.ndim])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.ops import uncrop_center
 from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, foreground_mask, load_checkpoint
 from ..metrics import case_metrics
 from ..metrics.paper_protocol import authors_code_metrics, paper_protocol_metrics
@@ -75,11 +76,11 @@ def paper_protocol_rows(
 ) -> list[dict]:
     """Per test case: per-slice means with the project's definitions and with the authors' code's.
 
-    ``iou`` .. ``fn_rate`` are the means over the case's axial slices of the honest metrics
-    (empty-mask rule included, HD95 in-plane in mm); ``authors_*`` are the authors' code's
+    ``iou`` .. ``fn_rate`` are the means over the case's axial slices (of the network's crop, as the
+    paper evaluated) of the honest metrics (empty-mask rule included, HD95 in-plane in mm); ``authors_*`` are the authors' code's
     (defective) definitions, ``authors_hd95`` over its ``authors_hd95_slices`` eligible slices
-    (empty when none); ``case_iou`` is the per-case 3-D IoU of the same prediction (it equals the
-    evaluator's ``metrics.csv`` value: a check that this is the bundle's prediction).
+    (empty when none); ``case_iou`` is the per-case 3-D IoU of the same prediction on the case's own
+    grid (it equals the evaluator's ``metrics.csv`` value: a check that this is the bundle's prediction).
     """
     rows = []
     for i in range(len(dataset)):
@@ -107,10 +108,19 @@ def paper_protocol_rows(
                 "authors_hd95_slices": authors["authors_code_hd95_slices"],
                 "authors_fp_rate": authors["authors_code_fp_rate"],
                 "authors_fn_rate": authors["authors_code_fn_rate"],
-                "case_iou": case_metrics(pred, label, spacing=spacing)["iou"],
+                "case_iou": _case_iou(pred, label, sample, spacing),
             }
         )
     return rows
+
+
+def _case_iou(pred: np.ndarray, label: np.ndarray, sample: dict, spacing) -> float:
+    """The evaluator's per-case IoU: on the case's own grid when the crop changed it (CaseMetrics)."""
+    full = sample.get("label_full")
+    if full is not None:
+        full = full[0].numpy() > 0
+        pred, label = uncrop_center(pred, full.shape), full
+    return case_metrics(pred, label, spacing=spacing)["iou"]
 
 
 def write_paper_protocol(rows: Sequence[dict], path: str | os.PathLike) -> Path:
