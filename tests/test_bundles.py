@@ -300,10 +300,12 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
 @pytest.mark.slow
 def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     """Two ranks (gloo), the samples held on the device, sharded by the DistributedSampler; then a
-    resumed second epoch, which every rank must load (a rank that did not would fall out of step)."""
+    resumed second epoch, which every rank must load (a rank that did not would fall out of step),
+    ending with the weights of an uninterrupted two-epoch run: each rank resumes its own random
+    state (only rank 0 validates), and validation draws nothing from the training's generators."""
     name = "brats_fpa"
 
-    def torchrun(epochs: int, resume: bool) -> str:
+    def torchrun(epochs: int, resume: bool, root: Path = tmp_path) -> str:
         cmd = [
             sys.executable,
             "-m",
@@ -317,9 +319,11 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
             "--config_file",
             str(configs(name, "train.json", "multi_gpu_train.json")),
             "--bundle_root",
-            str(tmp_path),
+            str(root),
             "--dataset_dir",
-            str(tmp_path / "data"),
+            str(root / "data"),
+            "--deterministic",
+            "true",
             "--epochs",
             str(epochs),
             "--resume",
@@ -346,6 +350,10 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     torchrun(2, True)
     state = load_checkpoint(tmp_path / "models" / "checkpoint_last.pt")
     assert state["trainer"]["epoch"] == 2
+    torchrun(2, False, tmp_path / "uninterrupted")
+    whole = load_checkpoint(tmp_path / "uninterrupted" / "models" / "checkpoint_last.pt")
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.slow

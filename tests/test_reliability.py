@@ -326,6 +326,7 @@ def test_check_run_names_every_mismatch_and_refuses_real_weights_on_synthetic_da
     weights = tmp_path / "model.pt"
     with pytest.raises(FileNotFoundError, match="no trained weights"):
         check_run(weights, {})
+    assert check_run("", {}) is None  # no checkpoint to load (inference keeps the weights it has)
     atomic_save({}, weights)
     assert check_run(weights, {"network_name": "fpa"}) is None  # no record: weights from elsewhere
     record = {

@@ -98,6 +98,39 @@ def _set_rng_state(engine: Engine, state: dict) -> None:
         generator.set_state(state["loader"])
 
 
+def _world() -> tuple[int, int] | None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def _gather_per_rank(rng: dict) -> list[dict] | None:
+    """Every rank's random state (under ``torch.distributed``): the ranks' states differ (e.g. only
+    rank 0 validates), and a resumed rank must continue from its own."""
+    if _world() is None:
+        return None
+    states: list = [None] * _world()[1]
+    torch.distributed.all_gather_object(states, rng)
+    return states
+
+
+def _own_rng(state: dict) -> dict:
+    world = _world()
+    per_rank = state.get("rng_per_rank")
+    if world is not None and per_rank is not None:
+        if len(per_rank) != world[1]:
+            log.warning(
+                "resume: the checkpoint holds the random states of %d ranks, this run has %d; every rank "
+                "resumes rank 0's (the run continues, but not exactly as an uninterrupted one)",
+                len(per_rank),
+                world[1],
+            )
+            return state["rng"]
+        return per_rank[world[0]]
+    return state["rng"]
+
+
 class TrainingCheckpoint:
     """Save the whole training state atomically after every epoch; resume from it on request.
 
@@ -107,7 +140,8 @@ class TrainingCheckpoint:
         optimizer: its optimiser.
         scheduler: an optional learning-rate scheduler.
         resume: load ``checkpoint_last.pt`` (when it exists) before training starts.
-        save_rank0_only: under ``torch.distributed``, only rank 0 writes.
+        save_rank0_only: under ``torch.distributed``, only rank 0 writes (the random states of
+            every rank are gathered into it, so every rank must run :meth:`save`).
     """
 
     def __init__(
@@ -137,6 +171,8 @@ class TrainingCheckpoint:
         return torch.distributed.get_rank() == 0
 
     def save(self, engine: Engine) -> None:
+        rng = _rng_state(engine)
+        per_rank = _gather_per_rank(rng)  # every rank takes part; only the writer keeps the list
         if not self._writer():
             return
         state = {
@@ -147,8 +183,10 @@ class TrainingCheckpoint:
                 "iteration": engine.state.iteration,
                 "max_epochs": engine.state.max_epochs,
             },
-            "rng": _rng_state(engine),
+            "rng": rng,
         }
+        if per_rank is not None:
+            state["rng_per_rank"] = per_rank
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         atomic_save(state, self.path)
@@ -164,7 +202,7 @@ class TrainingCheckpoint:
             self.scheduler.load_state_dict(state["scheduler"])
         engine.state.epoch = int(state["trainer"]["epoch"])
         engine.state.iteration = int(state["trainer"]["iteration"])
-        _set_rng_state(engine, state["rng"])
+        _set_rng_state(engine, _own_rng(state))
         log.info(
             "resumed from %s at epoch %d (iteration %d) of %d",
             self.path,
@@ -243,7 +281,7 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def check_run(ckpt_path: str | os.PathLike, expected: dict, data: dict | None = None) -> dict | None:
+def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | None = None) -> dict | None:
     """Check that the weights in ``ckpt_path`` belong to this run before they are loaded.
 
     Compares ``expected`` (the bundle's ``task``, ``network_name``, ``network_options``,
@@ -251,8 +289,11 @@ def check_run(ckpt_path: str | os.PathLike, expected: dict, data: dict | None = 
     (``model.json``), and refuses to score a model trained on real data on a synthetic stand-in
     (``data``: :func:`pam_monai.engines.prepare_data`'s result). Raises ``ValueError`` naming every
     mismatch and the override that fixes it; returns the record (None when there is none, e.g.
-    weights from elsewhere, which are then loaded unchecked).
+    weights from elsewhere, which are then loaded unchecked, or when ``ckpt_path`` is empty: no
+    weights are loaded).
     """
+    if not ckpt_path:
+        return None
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained weights here (train first, or set ckpt_dir / ckpt_path)")
