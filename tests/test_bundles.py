@@ -262,6 +262,13 @@ def test_inference_on_real_brats_keeps_shape_and_affine(tmp_path):
         out_shape, out_affine = nifti(out / f"{case}_seg.nii.gz")
         assert out_shape == shape == (240, 240, 155)
         np.testing.assert_allclose(out_affine, affine)
+        ref = nib.load(str(SHARED / "data" / "brats2018" / case / f"{case}_flair.nii.gz")).header
+        hdr = nib.load(str(out / f"{case}_seg.nii.gz")).header
+        assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == (
+            int(ref["qform_code"]),
+            int(ref["sform_code"]),
+        )
+        assert hdr.get_xyzt_units() == ref.get_xyzt_units()
 
 
 @pytest.mark.slow
@@ -376,3 +383,20 @@ def test_mlflow_tracking(tmp_path):
     assert runs, "no MLflow run was recorded"
     logged = set().union(*(r.data.metrics for r in runs))
     assert {"val_iou", "val_hd95", "val_fp_rate", "val_fn_rate"} <= logged, logged
+
+
+def test_bundle_root_resolves_from_the_repository_and_from_the_bundle_folder(monkeypatch):
+    """The documented commands run from the repository's root; a downloaded bundle runs from its own folder."""
+    name = BUNDLES[0]
+    for cwd, config, expected in [
+        (ROOT, f"bundles/{name}/configs/inference.json", f"bundles/{name}"),
+        (ROOT / "bundles" / name, "configs/inference.json", "."),
+    ]:
+        monkeypatch.chdir(cwd)
+        parser = ConfigParser()
+        parser.read_config(config)
+        assert parser.get_parsed_content("bundle_root") == expected
+        assert (
+            Path(parser.get_parsed_content("ckpt_path")).resolve()
+            == ROOT / "bundles" / name / "models" / "model.pt"
+        )

@@ -77,7 +77,9 @@ def variables(task: str, network: str) -> dict:
     spec = DATASETS[task]
     name = f"{task}_{network}"
     return {
-        "bundle_root": f"bundles/{name}",
+        # the repository's layout when run from its root (the documented commands), else the
+        # current folder: a downloaded bundle runs from its own folder (or pass --bundle_root)
+        "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
         "task": task,
         "network_name": network,
         "dataset_dir": "$os.path.join(@bundle_root, 'data')",
@@ -118,9 +120,10 @@ def metadata(task: str, network: str) -> dict:
         "numpy_version": numpy.__version__,
         "required_packages_version": {
             "pam-monai": __version__,
-            "nibabel": "5.0.0",
-            "pytorch-ignite": "0.4.11",
-            "tensorboard": "2.12.0",
+            # the versions the bundles are tested with
+            "nibabel": "5.4.2",
+            "pytorch-ignite": "0.5.5",
+            "tensorboard": "2.21.0",
         },
         "supported_apps": {},
         "name": f"{spec.title} {network.upper()}",
@@ -150,7 +153,8 @@ def metadata(task: str, network: str) -> dict:
                     "num_channels": spec.in_channels,
                     "spatial_shape": [h, w],
                     "dtype": "float32",
-                    "value_range": [],
+                    # CityScapes: RGB scaled to [0, 1]; MRI: z-scores (unbounded)
+                    "value_range": [0, 1] if task == "cityscapes" else [],
                     "is_patch_data": False,
                     "channel_def": info["channel_def"],
                 }

@@ -124,11 +124,20 @@ def _affine_problems(case: str, files: Sequence[str]) -> list[str]:
     ]
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, reference: str | None = None) -> None:
+    """Save ``array`` with ``affine``; with a ``reference`` image, also its qform / sform codes and
+    units (the mask then reads back in any tool exactly as its input does)."""
     import nibabel as nib
 
+    img = nib.Nifti1Image(array, affine)
+    if reference is not None:
+        ref = nib.load(str(reference)).header
+        if isinstance(ref, nib.Nifti1Header):
+            img.set_qform(affine, code=int(ref["qform_code"]))
+            img.set_sform(affine, code=int(ref["sform_code"]))
+            img.header.set_xyzt_units(*ref.get_xyzt_units())
     with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(nib.Nifti1Image(array, affine), str(tmp))
+        nib.save(img, str(tmp))
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -217,7 +226,7 @@ class CasePredictor:
             mask = restore_prediction(self.spec, mask, case["original_shape"])
             path = self.output_path(case["case"])
             if self.spec.volumetric:
-                _save_nifti(mask, case["affine"], path)
+                _save_nifti(mask, case["affine"], path, reference=case["files"][0])
             else:
                 _save_png((mask > 0).astype(np.uint8) * 255, path)
             written.append(path)
