@@ -135,6 +135,23 @@ def test_train_evaluate_infer(name, tmp_path):
 
     synthetic = tmp_path / "synthetic_data"
     out = tmp_path / "predictions"
+    if task == "isles":  # an external test set: a datalist with a test list alone
+        from pam_monai.data import build_datalist
+
+        external = {"test": build_datalist(task, synthetic)["test"][:1]}
+        (tmp_path / "external.json").write_text(json.dumps(external))
+        run_bundle(
+            "evaluating",
+            configs(name, "train.json", "evaluate.json"),
+            **{
+                **common,
+                "dataset_dir": str(synthetic),
+                "data_list_file_path": str(tmp_path / "external.json"),
+            },
+            output_dir=str(tmp_path / "external"),
+        )
+        rows_external = (tmp_path / "external" / "metrics.csv").read_text().splitlines()
+        assert [r.split(",")[0] for r in rows_external[1:]] == [external["test"][0]["case"]]
     if name == "brats_fpa":  # weights of another shape: refused by name before any loading
         with pytest.raises(Exception) as err:
             run_bundle(

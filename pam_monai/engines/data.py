@@ -31,6 +31,7 @@ def prepare_data(
     synthetic_dir: str | os.PathLike | None = None,
     seed: int = 0,
     check: bool = True,
+    splits: Sequence[str] = ("train", "val", "test"),
 ) -> dict:
     """Locate the data set, build or read its datalist, and return its three splits.
 
@@ -48,6 +49,8 @@ def prepare_data(
         seed: seed of the synthetic stand-in and of the datalist's split.
         check: validate every case with :func:`pam_monai.data.check_dataset` before any work and
             refuse with one list of all problems.
+        splits: the splits that must hold cases (evaluation needs only its own, so a datalist of
+            an external test set with a ``test`` list alone will do); the others may be empty.
 
     Returns:
         ``{"root": Path, "synthetic": bool, "datalist": dict, "train": [...], "val": [...], "test": [...]}``
@@ -60,7 +63,9 @@ def prepare_data(
     root, synthetic = _rank0_first(
         lambda: ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir)
     )
-    if synthetic:
+    # a stand-in because dataset_dir held nothing (not a stand-in that dataset_dir points at)
+    fallback = synthetic and Path(root).resolve() != Path(dataset_dir).resolve()
+    if fallback:
         if path is not None:
             raise ValueError(
                 f"{spec.name}: datalist {path} given, but {dataset_dir} holds no data set (a synthetic "
@@ -80,12 +85,22 @@ def prepare_data(
         from ..data import check_dataset
 
         check_dataset(spec.name, root, progress=True).raise_if_failed()
-    splits = {s: get_split(spec.name, datalist, s, fold=fold) for s in ("train", "val", "test")}
-    for name, items in splits.items():
-        if not items:
-            raise ValueError(f"{spec.name}: the {name} split of fold {fold} is empty ({root})")
-    log.info("%s: %s train / %s val / %s test cases from %s", spec.name, *map(len, splits.values()), root)
-    return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **splits}
+    unknown = set(splits) - {"train", "val", "test"}
+    if unknown:
+        raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
+    result = {}
+    for name in ("train", "val", "test"):
+        try:
+            result[name] = get_split(spec.name, datalist, name, fold=fold)
+        except ValueError:  # e.g. a datalist without that list
+            if name in splits:
+                raise
+            result[name] = []
+        if name in splits and not result[name]:
+            where = path or root
+            raise ValueError(f"{spec.name}: the {name} split of fold {fold} is empty ({where})")
+    log.info("%s: %s train / %s val / %s test cases from %s", spec.name, *map(len, result.values()), root)
+    return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **result}
 
 
 def _rank0_first(fn):
