@@ -371,6 +371,8 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     log = torchrun(1, False)
     assert (tmp_path / "models" / "checkpoint_last.pt").is_file()
     assert "val_iou" in log and "training samples held on cpu" in log
+    writers = {f.name.split(".")[-2] for f in (tmp_path / "eval").glob("events.out.tfevents.*")}
+    assert len(writers) == 1, f"TensorBoard files of several processes: {writers}"  # rank 0 only
     torchrun(2, True)
     state = load_checkpoint(tmp_path / "models" / "checkpoint_last.pt")
     assert state["trainer"]["epoch"] == 2
