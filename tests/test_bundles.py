@@ -152,15 +152,10 @@ def test_train_evaluate_infer(name, tmp_path):
         )
         rows_external = (tmp_path / "external" / "metrics.csv").read_text().splitlines()
         assert [r.split(",")[0] for r in rows_external[1:]] == [external["test"][0]["case"]]
+    infer = {"bundle_root": str(tmp_path), "input_dir": str(synthetic), "output_dir": str(out)}
     if name == "brats_fpa":  # weights of another shape: refused by name before any loading
         with pytest.raises(Exception) as err:
-            run_bundle(
-                "inferring",
-                configs(name, "inference.json"),
-                bundle_root=str(tmp_path),
-                input_dir=str(synthetic),
-                output_dir=str(out),
-            )
+            run_bundle("inferring", configs(name, "inference.json"), **infer)
         chain, e = [], err.value
         while e is not None:  # MONAI wraps the check's ValueError in a RuntimeError
             chain.append(str(e))
@@ -168,12 +163,7 @@ def test_train_evaluate_infer(name, tmp_path):
         assert any("network_options: the weights were trained with" in m for m in chain), chain
         assert not out.exists()
     run_bundle(
-        "inferring",
-        configs(name, "inference.json"),
-        bundle_root=str(tmp_path),
-        input_dir=str(synthetic),
-        output_dir=str(out),
-        network_options=SMALL["network_options"],
+        "inferring", configs(name, "inference.json"), **infer, network_options=SMALL["network_options"]
     )
     written = sorted(out.iterdir())
     assert written, "inference wrote nothing"
