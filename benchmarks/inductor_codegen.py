@@ -8,6 +8,11 @@ timed and nothing runs on a GPU: the graphs are traced and run on the CPU, their
 rewritten to CUDA, and inductor's CUDA code generation runs on fake CUDA tensors with the device
 queries patched to an H100 (132 SMs, sm_90).
 
+Caveat: the graphs are traced and partitioned on the CPU, so decompositions, recomputation
+choices and some memory layouts are the CPU's (e.g. a concatenation that comes out NCHW here
+where a CUDA trace may keep channels-last): read kernel structure from it, take layouts and
+timings from a GPU profile (``python -m pam_monai bench --profile``).
+
 Needs ``triton`` (``pip install triton``; not a dependency of the project). It patches private
 PyTorch internals: written against torch 2.13 and triton 3.9, it may need adjusting for others.
 
