@@ -41,6 +41,15 @@ def run_bundle(workflow: str, config_file, **overrides) -> None:
     run(workflow, config_file=config_file, logging_file=False, **overrides)
 
 
+def error_chain(error: BaseException) -> list[str]:
+    """The messages of an exception and its causes (MONAI wraps a config expression's error)."""
+    chain = []
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def test_bundles_are_generated_from_the_templates():
     assert build_bundles(["--root", str(ROOT / "bundles"), "--check"]) == 0
 
@@ -72,6 +81,7 @@ def test_bundle_layout_and_overridable_ids(name):
         "num_workers",
         "device",
         "network_name",
+        "foreground_label",
         "training",
         "run",
     ):
@@ -156,10 +166,7 @@ def test_train_evaluate_infer(name, tmp_path):
     if name == "brats_fpa":  # weights of another shape: refused by name before any loading
         with pytest.raises(Exception) as err:
             run_bundle("inferring", configs(name, "inference.json"), **infer)
-        chain, e = [], err.value
-        while e is not None:  # MONAI wraps the check's ValueError in a RuntimeError
-            chain.append(str(e))
-            e = e.__cause__ or e.__context__
+        chain = error_chain(err.value)
         assert any("network_options: the weights were trained with" in m for m in chain), chain
         assert not out.exists()
     run_bundle(
@@ -409,3 +416,27 @@ def test_bundle_root_resolves_from_the_repository_and_from_the_bundle_folder(mon
             Path(parser.get_parsed_content("ckpt_path")).resolve()
             == ROOT / "bundles" / name / "models" / "model.pt"
         )
+
+
+@pytest.mark.slow
+def test_brats_2021_labels_train_with_foreground_label_3(tmp_path):
+    """BraTS 2021+ labels the enhancing tumour 3 (labels {0, 1, 2, 3}): refused by default (no
+    foreground), trained with --foreground_label 3 (the check accepts that year's label set)."""
+    from pam_monai.data import synth
+
+    data = synth("brats", tmp_path / "brats2021", cases=4, slices=6)
+    for seg in data.rglob("*_seg.nii.gz"):
+        img = nib.load(str(seg))
+        labels = np.asarray(img.dataobj).copy()
+        labels[labels == 4] = 3
+        nib.save(nib.Nifti1Image(labels, img.affine), str(seg))
+    common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(data), **SMALL}
+    with pytest.raises(Exception) as err:
+        run_bundle("training", configs("brats_fpa", "train.json"), **common)
+    chain = error_chain(err.value)
+    assert any(
+        "unexpected label values 3 (allowed 0, 1, 2, 4; BraTS 2021+ labels: pass foreground_label=3" in m
+        for m in chain
+    ), chain
+    run_bundle("training", configs("brats_fpa", "train.json"), **common, foreground_label=3)
+    assert (tmp_path / "run" / "models" / "model.pt").is_file()

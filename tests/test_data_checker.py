@@ -125,7 +125,8 @@ def test_unexpected_label_values(brats):
     rewrite(path, seg)
     assert messages(check_dataset("brats", brats)) == [
         f"{A}: {A}_seg.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 4)",
-        f"{B}: {B}_seg.nii.gz: unexpected label values 3 (allowed 0, 1, 2, 4)",
+        f"{B}: {B}_seg.nii.gz: unexpected label values 3 (allowed 0, 1, 2, 4; "
+        "BraTS 2021+ labels: pass foreground_label=3 (bundles: --foreground_label 3))",
     ]
     # under the 2021 convention, case B is fine and A still is not
     report = check_dataset("brats", brats, foreground_label=3)

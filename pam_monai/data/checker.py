@@ -133,7 +133,10 @@ def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
     bad = sorted(set(values.tolist()) - set(allowed))
     if bad:
         shown = ", ".join(str(int(b) if float(b).is_integer() else b) for b in bad[:10])
-        return f"unexpected label values {shown} (allowed {', '.join(map(str, allowed))})"
+        hint = ""
+        if tuple(allowed) == (0, 1, 2, 4) and bad == [3]:  # BRATS 2018 rules on BraTS 2021+ labels
+            hint = "; BraTS 2021+ labels: pass foreground_label=3 (bundles: --foreground_label 3)"
+        return f"unexpected label values {shown} (allowed {', '.join(map(str, allowed))}{hint})"
     return None
 
 

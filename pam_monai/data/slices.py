@@ -125,8 +125,8 @@ class SliceDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"{self.spec.name}: none of the {len(self.cases)} training cases has a voxel of foreground label(s) "
                 f"{list(self.foreground_labels)} inside the preprocessed grid (e.g. {', '.join(empty[:3])}); check the "
-                "label convention (foreground_label; BraTS 2021+ labels the enhancing tumour 3) and the label files "
-                "(`python -m pam_monai check`)"
+                "label convention (the bundles' --foreground_label; BraTS 2021+ labels the enhancing tumour 3; a binary "
+                "0/1 mask belongs in the ISLES layout, see the README) and the label files (`python -m pam_monai check`)"
             )
         if empty:
             log.warning(

@@ -32,6 +32,7 @@ def prepare_data(
     seed: int = 0,
     check: bool = True,
     splits: Sequence[str] = ("train", "val", "test"),
+    foreground_label: int | Sequence[int] | None = None,
 ) -> dict:
     """Locate the data set, build or read its datalist, and return its three splits.
 
@@ -51,6 +52,8 @@ def prepare_data(
             refuse with one list of all problems.
         splits: the splits that must hold cases (evaluation needs only its own, so a datalist of
             an external test set with a ``test`` list alone will do); the others may be empty.
+        foreground_label: BRATS: the enhancing tumour's label, 4 (2018, default) or 3 (BraTS
+            2021+); the check then accepts that year's label set.
 
     Returns:
         ``{"root": Path, "synthetic": bool, "datalist": dict, "train": [...], "val": [...], "test": [...]}``
@@ -84,7 +87,7 @@ def prepare_data(
     if check:
         from ..data import check_dataset
 
-        check_dataset(spec.name, root, progress=True).raise_if_failed()
+        check_dataset(spec.name, root, foreground_label, progress=True).raise_if_failed()
     unknown = set(splits) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
