@@ -213,4 +213,5 @@ def test_ensure_dataset_refuses_a_folder_in_another_layout(tmp_path):
     assert not (own / "synthetic_isles").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"")  # hidden files do not count
     assert ensure_dataset("isles", empty, cases=2, max_slices=3) == (empty / "synthetic_isles", True)

@@ -316,8 +316,26 @@ def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
         prepare_data("brats", tmp_path / "data", tmp_path / "missing.json", synthetic_dir=tmp_path / "s")
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": []}))
-    with pytest.raises(ValueError, match="holds no data set .*would ignore the datalist"):
+    with pytest.raises(ValueError, match="dataset_dir .*none does not exist"):
         prepare_data("brats", tmp_path / "none", datalist, synthetic_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # refused before any stand-in is generated
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no data set .*would ignore the datalist"):
+        prepare_data("brats", tmp_path / "empty", datalist, synthetic_dir=tmp_path / "s")
+
+
+def test_inference_names_weights_that_do_not_fit_the_network(cases, tmp_path):
+    weights = tmp_path / "model.pt"
+    atomic_save(get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1).state_dict(), weights)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    predictor = CasePredictor(
+        net, find_inference_cases("brats", cases), "brats", str(tmp_path / "out"), ckpt_path=str(weights)
+    )
+    with pytest.raises(
+        ValueError, match=r"model.pt: these weights do not fit FPAUNet .*network_name and network_options"
+    ):
+        predictor.run()
+    assert not (tmp_path / "out").exists()
 
 
 def test_check_run_names_every_mismatch_and_refuses_real_weights_on_synthetic_data(tmp_path):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .files import is_nifti, strip_nifti_suffix
-from .layout import CaseFiles, Problem, ScanResult, find_one
+from .layout import CaseFiles, Problem, ScanResult, find_one, nothing_found
 from .specs import DATASETS
 
 __all__ = ["GRADES", "LAYOUT", "MODALITIES", "parse_grades", "read_case_ids", "scan"]
@@ -59,7 +59,12 @@ def scan(root: str | os.PathLike, grades: str | Sequence[str] = ("HGG",)) -> Sca
     if not folders:
         where = "/".join(grades)
         return ScanResult(
-            [], [Problem(root.name, str(root), f"empty folder: no {where} case folders (expected {LAYOUT})")]
+            [],
+            [
+                Problem(
+                    root.name, str(root), nothing_found(root, f"no {where} case folders (expected {LAYOUT})")
+                )
+            ],
         )
     cases, problems = [], []
     for grade, folder in folders:

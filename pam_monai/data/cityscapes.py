@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .layout import CaseFiles, Problem, ScanResult
+from .layout import CaseFiles, Problem, ScanResult, nothing_found
 
 __all__ = ["IMAGE_SUFFIX", "LABEL_SUFFIX", "LAYOUT", "scan"]
 
@@ -83,7 +83,7 @@ def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")
             Problem(
                 root.name,
                 str(root),
-                f"empty folder: no frames of split(s) {', '.join(splits)} (expected {LAYOUT})",
+                nothing_found(root, f"no frames of split(s) {', '.join(splits)} (expected {LAYOUT})"),
             )
         )
     return ScanResult(cases, problems)

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from .files import is_nifti
-from .layout import CaseFiles, Problem, ScanResult, find_one
+from .layout import CaseFiles, Problem, ScanResult, find_one, nothing_found
 from .specs import DATASETS
 
 __all__ = ["CHANNEL_MODALITIES", "LABEL_MODALITY", "LAYOUT", "scan"]
@@ -52,7 +52,8 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
     )
     if not folders:
         return ScanResult(
-            [], [Problem(root.name, str(base), f"empty folder: no case_<n> folders (expected {LAYOUT})")]
+            [],
+            [Problem(root.name, str(base), nothing_found(base, f"no case_<n> folders (expected {LAYOUT})"))],
         )
     cases, problems = [], []
     for folder in folders:

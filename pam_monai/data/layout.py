@@ -134,3 +134,10 @@ def find_one(
         names = ", ".join(sorted(f.name for f in candidates))
         return None, Problem(case, expected, f"several files for {what}: {names}")
     return None, Problem(case, expected, f"missing {what}")
+
+
+def nothing_found(folder: Path, what: str) -> str:
+    """The message for a folder without any case of the layout: "empty folder: ..." only when it
+    is empty (a folder of other files is someone's other layout, not an empty one)."""
+    empty = folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith("."))
+    return ("empty folder: " if empty else "") + what

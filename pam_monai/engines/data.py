@@ -63,6 +63,11 @@ def prepare_data(
     path = Path(data_list_file_path) if data_list_file_path else None
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"{spec.name}: datalist {path} not found (data_list_file_path)")
+    if path is not None and not Path(dataset_dir).is_dir():  # refuse before generating a stand-in
+        raise ValueError(
+            f"{spec.name}: datalist {path} given, but dataset_dir {dataset_dir} does not exist; set dataset_dir "
+            "to the folder its paths are relative to"
+        )
     root, synthetic = _rank0_first(
         lambda: ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir)
     )

@@ -58,7 +58,7 @@ def find_inference_cases(dataset: str, input_dir: str | os.PathLike, **scan_opti
     spec = get_spec(dataset)
     root = Path(input_dir)
     if not root.is_dir():
-        raise ValueError(f"{root}: input folder not found")
+        raise ValueError(f"{root}: input folder not found (the bundles take it as --input_dir)")
     result = scan_cases(spec.name, root, **scan_options)
     problems = [
         str(p) for p in result.problems if p.file != spec.label_name and "label" not in p.message.lower()
@@ -192,7 +192,15 @@ class CasePredictor:
         if self.ckpt_path:
             state = load_checkpoint(self.ckpt_path)
             # model.pt is a bare state dict; checkpoint_last.pt holds it under "model"
-            self.network.load_state_dict(state.get("model", state))
+            try:
+                self.network.load_state_dict(state.get("model", state))
+            except RuntimeError as e:  # another network or other options than at training
+                first = str(e).splitlines()[:3]
+                raise ValueError(
+                    f"{self.ckpt_path}: these weights do not fit {type(self.network).__name__} as built here; pass "
+                    "the network_name and network_options the weights were trained with\n" + "\n".join(first)
+                ) from None
+
         network = as_foreground(self.network).to(self.device).eval()
         # validate everything first: no output at all unless every case is usable
         for item in self.items:
