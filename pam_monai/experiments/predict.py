@@ -3,8 +3,9 @@ the paper protocol (per-slice aggregation) and the figures (overlays, attention 
 
 The prediction is the bundle evaluator's: ``models/model.pt`` (best validation IoU) in the run's
 network, every axial slice through :class:`pam_monai.engines.SliceWiseInferer`, foreground where
-``sigmoid(logit) >= 0.5`` (RFNA returns foreground logits), on the preprocessed grid that
-``eval/metrics.csv`` is computed on.
+``sigmoid(logit) > 0.5`` (RFNA returns foreground logits; :func:`pam_monai.engines.foreground_mask`),
+on the network's grid; ``case_iou`` puts it back into the case's own grid, where
+``eval/metrics.csv`` is computed.
 """
 
 from __future__ import annotations

@@ -212,9 +212,14 @@ def markdown_report(
         lines.append(f"> Data: {data} ({data_root}).")
     lines.append("")
     case = "one 3-D volume" if distance_unit == "mm" else "one image"
+    grid = (
+        "on the case's own grid: the prediction put back into the acquired volume, zeros outside the "
+        "networks' centre crop"
+        if distance_unit == "mm"
+        else "at the networks' resolution"
+    )
     lines.append(
-        f"Honest per-case metrics (each test case = {case}, on the preprocessed grid the "
-        "networks see): foreground IoU (Jaccard), HD95 = 95th percentile of the symmetric surface "
+        f"Honest per-case metrics (each test case = {case}, {grid}): foreground IoU (Jaccard), HD95 = 95th percentile of the symmetric surface "
         f"distance in {distance_unit}, FP rate = FP / N (N = target background voxels), FN rate = FN / P "
         "(P = target foreground voxels); empty masks follow the documented rule of "
         "`pam_monai.metrics` (no case is ever dropped). Each run's metrics are averaged over its "
