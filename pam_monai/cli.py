@@ -29,17 +29,59 @@ def _lazy(target: str):
     return call
 
 
+def unknown_flags(func, args: list[str]) -> list[str]:
+    """The ``--flags`` in ``args`` that ``func`` does not take (Fire would report them only after
+    running the command). Functions with ``**options`` pass unknown flags on and check them there."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    unknown = []
+    for token in args:
+        if token == "--":  # Fire's own flags follow
+            break
+        if not token.startswith("--") or len(token) == 2:
+            continue
+        key = token[2:].split("=", 1)[0].replace("-", "_")
+        if key == "help" or key in params or (key.startswith("no") and key[2:] in params):
+            continue
+        unknown.append(token.split("=", 1)[0])
+    return unknown
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost cause (MONAI wraps a config expression's error in a RuntimeError)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Dispatch; refuse unknown flags before any work, and report the usual failures of a run (bad
+    values, missing or foreign files) as one ``error:`` line with exit code 1 instead of a
+    traceback (``PAM_MONAI_TRACEBACK=1`` shows it)."""
+    import os
     import sys
 
     import fire
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        # resolve the real function so that --help shows its own docstring and arguments
-        module, func = COMMANDS[argv[0]].split(":")
-        fire.Fire(
-            getattr(importlib.import_module(module), func), command=argv[1:], name=f"pam_monai {argv[0]}"
-        )
+    if not (argv and argv[0] in COMMANDS):
+        fire.Fire({name: _lazy(t) for name, t in COMMANDS.items()}, command=argv, name="pam_monai")
         return
-    fire.Fire({name: _lazy(t) for name, t in COMMANDS.items()}, command=argv, name="pam_monai")
+    name = f"pam_monai {argv[0]}"
+    # resolve the real function so that --help shows its own docstring and arguments
+    module, func = COMMANDS[argv[0]].split(":")
+    target = getattr(importlib.import_module(module), func)
+    bad = unknown_flags(target, argv[1:])
+    if bad:
+        sys.exit(f"{name}: error: unknown flag(s) {', '.join(bad)} (see python -m {name} --help)")
+    try:
+        fire.Fire(target, command=argv[1:], name=name)
+    except (ValueError, OSError, RuntimeError) as e:
+        if os.environ.get("PAM_MONAI_TRACEBACK"):
+            raise
+        cause = _root_cause(e)
+        message = str(e) if cause is e else f"{str(cause) or type(cause).__name__}"
+        sys.exit(f"{name}: error: {message}\n(PAM_MONAI_TRACEBACK=1 shows the traceback)")

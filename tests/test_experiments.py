@@ -578,3 +578,36 @@ def test_figures_of_an_ablation_grid(grid, tmp_path, monkeypatch):
             dataset_dir=str(grid["data"]),
             figure_networks="fpa",
         )
+
+
+def test_cli_refuses_unknown_flags_before_any_work_and_reports_errors_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """A misspelt flag must not run the command first (Fire reports it only afterwards) nor reach a
+    bundle unchecked (``--epoch`` for ``--epochs`` trained the default 80 epochs); usual failures are
+    one ``error:`` line and exit code 1, not a traceback."""
+    from pam_monai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    import functools
+
+    import pam_monai.bench
+
+    @functools.wraps(pam_monai.bench.bench)  # same signature, so the flag check sees the real one
+    def must_not_run(*args, **kwargs):
+        pytest.fail("bench ran with a bad flag")
+
+    monkeypatch.setattr(pam_monai.bench, "bench", must_not_run)
+    with pytest.raises(SystemExit, match=r"pam_monai bench: error: unknown flag\(s\) --bogus"):
+        main(["bench", "--stages", "hd95", "--bogus", "3"])
+    with pytest.raises(SystemExit, match=r"unknown flag\(s\) --folds"):
+        main(
+            ["datalist", "--dataset", "brats", "--root", str(tmp_path), "--output", "dl.json", "--folds", "0"]
+        )
+    assert not (tmp_path / "dl.json").exists()
+    monkeypatch.setattr(runner_module, "_run_grid", lambda **kw: pytest.fail("the grid started"))
+    with pytest.raises(SystemExit, match=r"unknown option\(s\) --epoch \(did you mean --epochs\?\)"):
+        main(["experiment", "--dataset", "brats", "--networks", "unet", "--epoch", "1", "--output", "out"])
+    with pytest.raises(SystemExit) as err:
+        main(["check", "--dataset", "bratz", "--root", str(tmp_path)])
+    assert str(err.value).startswith("pam_monai check: error: unknown dataset 'bratz'")

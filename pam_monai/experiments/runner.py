@@ -216,6 +216,27 @@ def bundle_configs(dataset: str, output: Path) -> tuple[Path, Path]:
     return configs / "train.json", configs / "evaluate.json"
 
 
+def _check_overrides(overrides: dict, *configs: Path) -> None:
+    """Refuse options that are not ids of the bundle's configs (``--epoch`` for ``--epochs`` would
+    otherwise be passed along and ignored, and the grid would train with the default)."""
+    import difflib
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    known = [k for k in parser.get() if isinstance(k, str)]
+    unknown = [k for k in overrides if k not in parser]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f"--{k}" + (f" (did you mean --{close[0]}?)" if close else ""))
+        raise ValueError(
+            f"unknown option(s) {', '.join(hints)}: neither the runner's nor an id of the bundle ({configs[0]})"
+        )
+
+
 def _device_expr(device: str) -> str:
     device = str(device).strip()
     if not re.fullmatch(r"[a-z]+(:\d+)?", device):
@@ -399,6 +420,7 @@ def run_experiment(
         raise ValueError(
             f"{bad}: set by the runner for each run (use --seeds, --folds, --networks, --data_seed)"
         )
+    _check_overrides(overrides, *bundle_configs(dataset, output_dir))
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
