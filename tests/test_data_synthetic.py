@@ -179,6 +179,7 @@ def test_round_trip_synth_datalist_check_transforms(name, shape, tmp_path, capsy
         "cityscapes": ["--cases", "1", "--size", "(128,64)"],
     }[name]
     cli(["synth", "--dataset", name, "--output", str(root), *opts])
+    assert ensure_dataset(name, root) == (root, True)  # marked: runs on it say SYNTHETIC
     cli(["datalist", "--dataset", name, "--root", str(root), "--output", str(out)])
     cli(["check", "--dataset", name, "--root", str(root)])  # exits 1 on a problem
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith(f"OK: {name}")

@@ -57,10 +57,24 @@ def synth(dataset: str, output: str, cases: int | None = None, seed: int = 0, **
         options: brats --slices (155) --lgg_cases (0); isles --max_slices (8) --compress;
             cityscapes --size "(512,256)" --train_cities (3) --val_cities (1).
     """
+    import json
+
+    from .synthetic import MARKER
     from .synthetic import synth as generate
 
+    if cases is not None and int(cases) < 1:
+        raise ValueError(f"cases must be at least 1, got {cases}")
     path = generate(dataset, output, cases=cases, seed=seed, **options)
-    print(f"wrote synthetic {dataset} to {path}")
+    # marked as synthetic, so that training, evaluation and the experiment tables say so
+    params = {
+        "dataset": dataset,
+        "seed": int(seed),
+        "cases": cases,
+        "options": options,
+        "source": "pam_monai synth",
+    }
+    (path / MARKER).write_text(json.dumps(params, indent=2, default=str) + "\n")
+    print(f"wrote synthetic {dataset} to {path} (marked SYNTHETIC by {MARKER})")
 
 
 def check(
