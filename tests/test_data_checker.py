@@ -218,3 +218,11 @@ def test_check_label_values():
         check_label_values(np.array([0, 5, 9], np.int16), (0, 1))
         == "unexpected label values 5, 9 (allowed 0, 1)"
     )
+
+
+def test_a_volume_without_slices_is_a_problem_not_a_crash(brats):
+    """A 240 x 240 x 0 file (e.g. written by a converter that lost the slices) is reported per case."""
+    path = case_file(brats, A, "t1")
+    rewrite(path, np.zeros((240, 240, 0), np.int16))
+    msgs = messages(check_dataset("brats", brats))
+    assert any(m.startswith(f"{A}: {A}_t1.nii.gz: expected a non-empty 3-D volume") for m in msgs), msgs

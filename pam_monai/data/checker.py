@@ -173,6 +173,9 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 )
                 continue
         shape = data.shape if spec.volumetric else data.shape[:2]
+        if 0 in shape or (spec.volumetric and len(shape) != 3):
+            problems.append((path.name, f"expected a non-empty 3-D volume, got shape {tuple(shape)}"))
+            continue
         if reference is None:
             reference = (path.name, shape, affine)
         elif shape != reference[1]:
