@@ -132,3 +132,13 @@ def test_inductor_settings_are_applied_recorded_and_checked():
             apply_inductor_settings("triton.nothing=1")
     finally:
         config.split_reductions, config.triton.cudagraphs = before
+
+
+def test_bench_command_exits_non_zero_when_a_measurement_failed(tmp_path):
+    """The guarded stages keep going, but a run with a failure must not look like a success."""
+    from pam_monai.bench import bench
+
+    out = tmp_path / "b.json"
+    with pytest.raises(SystemExit, match=r"1 measurement\(s\) failed"):
+        bench(device="cpu", stages="hd95", hd95_shape="40,100", output=str(out))
+    assert json.loads(out.read_text())["errors"]

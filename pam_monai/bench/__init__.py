@@ -431,5 +431,10 @@ def run_bench(
 
 @functools.wraps(run_bench)
 def bench(*args, **kwargs) -> None:
-    """The command line's ``bench``: :func:`run_bench` without a return value (which Fire would print)."""
-    run_bench(*args, **kwargs)
+    """The command line's ``bench``: :func:`run_bench` without a return value (which Fire would
+    print); exits with code 1 when a measurement failed (the tables and the JSON still hold the rest)."""
+    result = run_bench(*args, **kwargs)
+    if result["errors"]:
+        raise SystemExit(
+            f"bench: {len(result['errors'])} measurement(s) failed (see 'Errors' above and in the JSON)"
+        )
