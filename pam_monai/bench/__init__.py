@@ -265,11 +265,21 @@ def run_bench(
         torch.set_num_threads(int(threads))
     dev = _device(device)
     d = dict(DEFAULTS["quick" if quick else ("cuda" if dev.type == "cuda" else "cpu")])
-    batch = int(batch or d["batch"])
-    size = int(size or d["size"])
-    steps = int(steps or d["steps"])
+    batch = int(d["batch"] if batch is None else batch)
+    size = int(d["size"] if size is None else size)
+    steps = int(d["steps"] if steps is None else steps)
     warmup = int(d["warmup"] if warmup is None else warmup)
-    rounds = int(rounds or (1 if dev.type == "cuda" else d["rounds"]))
+    rounds = int((1 if dev.type == "cuda" else d["rounds"]) if rounds is None else rounds)
+    for name, value, least in (
+        ("batch", batch, 1),
+        ("size", size, 8),
+        ("steps", steps, 1),
+        ("rounds", rounds, 1),
+    ):
+        if value < least:  # a 0 used to fall back to the default without a word
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
     stage_list = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
     bad = [s for s in stage_list if s not in STAGES]
     if bad:
