@@ -17,6 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .modes import Mode
@@ -386,7 +387,7 @@ def summarise(cases: list[TrainCase], batch: int, size: int) -> list[dict]:
             r.update(
                 step_ms_median=med * 1e3,
                 step_ms_min=best * 1e3,
-                step_ms_p75=sorted(c.times)[int(0.75 * (len(c.times) - 1))] * 1e3,
+                step_ms_p75=float(np.percentile(c.times, 75)) * 1e3,  # interpolated: never below the median
                 slices_per_s=batch / med,
                 peak_bytes=c.peak_bytes,
                 peak_kind=c.peak_kind,
