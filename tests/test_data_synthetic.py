@@ -216,3 +216,26 @@ def test_ensure_dataset_refuses_a_folder_in_another_layout(tmp_path):
     empty.mkdir()
     (empty / ".DS_Store").write_bytes(b"")  # hidden files do not count
     assert ensure_dataset("isles", empty, cases=2, max_slices=3) == (empty / "synthetic_isles", True)
+
+
+def test_synth_and_datalist_refuse_what_would_silently_go_wrong(tmp_path):
+    """synth into a folder with data would replace its cases; fewer than 3 folds leave a split empty."""
+    root = tmp_path / "brats"
+    cli(["synth", "--dataset", "brats", "--output", str(root), "--cases", "3", "--slices", "4"])
+    with pytest.raises(SystemExit, match="already holds files; choose an empty folder or pass --overwrite"):
+        cli(["synth", "--dataset", "brats", "--output", str(root), "--cases", "1", "--slices", "2"])
+    with pytest.raises(SystemExit, match="n_folds must be at least 3"):
+        cli(
+            [
+                "datalist",
+                "--dataset",
+                "brats",
+                "--root",
+                str(root),
+                "--output",
+                str(tmp_path / "d.json"),
+                "--n_folds",
+                "2",
+            ]
+        )
+    assert not (tmp_path / "d.json").exists()

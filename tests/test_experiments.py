@@ -611,3 +611,10 @@ def test_cli_refuses_unknown_flags_before_any_work_and_reports_errors_in_one_lin
     with pytest.raises(SystemExit) as err:
         main(["check", "--dataset", "bratz", "--root", str(tmp_path)])
     assert str(err.value).startswith("pam_monai check: error: unknown dataset 'bratz'")
+
+
+def test_paper_protocol_for_2d_images_is_refused_not_dropped(tmp_path):
+    with pytest.raises(ValueError, match="--paper_protocol aggregates the slices of 3-D cases"):
+        runner_module.run_experiment(
+            dataset="cityscapes", networks="unet", output=str(tmp_path), paper_protocol=True
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def datalist(
@@ -46,7 +47,9 @@ def datalist(
     print(f"wrote {path}: {data['dataset']} ({counts}; {data['split']}, seed {seed})")
 
 
-def synth(dataset: str, output: str, cases: int | None = None, seed: int = 0, **options) -> None:
+def synth(
+    dataset: str, output: str, cases: int | None = None, seed: int = 0, overwrite: bool = False, **options
+) -> None:
     """Write a small synthetic data set in the published layout (deterministic for a seed).
 
     Args:
@@ -54,6 +57,8 @@ def synth(dataset: str, output: str, cases: int | None = None, seed: int = 0, **
         output: the data root to create.
         cases: BRATS / ISLES cases, or CityScapes frames per city (defaults 5, 10, 2).
         seed: random seed.
+        overwrite: write into a folder that already holds files (its cases of the same names are
+            replaced); refused by default.
         options: brats --slices (155) --lgg_cases (0); isles --max_slices (8) --compress;
             cityscapes --size "(512,256)" --train_cities (3) --val_cities (1).
     """
@@ -64,6 +69,9 @@ def synth(dataset: str, output: str, cases: int | None = None, seed: int = 0, **
 
     if cases is not None and int(cases) < 1:
         raise ValueError(f"cases must be at least 1, got {cases}")
+    out = Path(output)
+    if not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise FileExistsError(f"{out} already holds files; choose an empty folder or pass --overwrite")
     path = generate(dataset, output, cases=cases, seed=seed, **options)
     # marked as synthetic, so that training, evaluation and the experiment tables say so
     params = {

@@ -128,6 +128,8 @@ def build_datalist(
         the decathlon dict: metadata plus ``training`` (BRATS: all cases, each with ``fold``) or
         ``training`` / ``validation`` / ``test`` lists, paths relative to ``root``.
     """
+    if int(n_folds) < 3:  # test, validation and training each take at least one fold
+        raise ValueError(f"n_folds must be at least 3 (test, validation and training folds), got {n_folds}")
     spec = get_spec(dataset)
     if case_ids is not None:
         if spec.name != "brats":

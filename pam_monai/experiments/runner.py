@@ -420,6 +420,11 @@ def run_experiment(
         raise ValueError(
             f"{bad}: set by the runner for each run (use --seeds, --folds, --networks, --data_seed)"
         )
+    if paper_protocol and not spec.volumetric:
+        raise ValueError(
+            f"--paper_protocol aggregates the slices of 3-D cases; {dataset} cases are single images, whose "
+            "per-image table is the paper's protocol already"
+        )
     _check_overrides(overrides, *bundle_configs(dataset, output_dir))
     threads_before = torch.get_num_threads()
     if threads:
