@@ -169,6 +169,16 @@ def test_train_evaluate_infer(name, tmp_path):
         chain = error_chain(err.value)
         assert any("network_options: the weights were trained with" in m for m in chain), chain
         assert not out.exists()
+        # weights without their model.json (copied alone): still named, by their keys and shapes
+        (models / "model.json").rename(models / "model.json.bak")
+        with pytest.raises(Exception) as err:
+            run_bundle(
+                "evaluating",
+                configs(name, "train.json", "evaluate.json"),
+                **{**common, "network_options": {}},
+            )
+        assert any("these weights do not fit FPAUNet as built here" in m for m in error_chain(err.value))
+        (models / "model.json.bak").rename(models / "model.json")
     run_bundle(
         "inferring", configs(name, "inference.json"), **infer, network_options=SMALL["network_options"]
     )

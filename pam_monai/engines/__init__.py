@@ -3,7 +3,14 @@ training loaders, slice-wise inference, per-case metrics, checkpoints, progress 
 
 from ..atomic import atomic_write_text
 from .batch import FlipPrepareBatch
-from .checkpoint import BestCheckpoint, TrainingCheckpoint, atomic_save, check_run, load_checkpoint
+from .checkpoint import (
+    BestCheckpoint,
+    TrainingCheckpoint,
+    atomic_save,
+    check_run,
+    check_weights,
+    load_checkpoint,
+)
 from .data import CaseDataset, prepare_data, voxel_spacing
 from .handlers import CaseMetrics, NonFiniteLossGuard
 from .infer import CasePredictor, find_inference_cases, safe_output_path, validate_case
@@ -30,6 +37,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "check_run",
+    "check_weights",
     "fast_network",
     "find_inference_cases",
     "foreground_mask",

@@ -32,7 +32,14 @@ from ..atomic import atomic_path, atomic_write_text
 from ..networks.polarity import unwrap_network
 from .runtime import as_bool
 
-__all__ = ["BestCheckpoint", "TrainingCheckpoint", "atomic_save", "check_run", "load_checkpoint"]
+__all__ = [
+    "BestCheckpoint",
+    "TrainingCheckpoint",
+    "atomic_save",
+    "check_run",
+    "check_weights",
+    "load_checkpoint",
+]
 
 log = logging.getLogger("pam_monai")
 
@@ -321,3 +328,24 @@ def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | 
     if problems:
         raise ValueError(f"{path}: these weights do not belong to this run:\n" + "\n".join(problems))
     return record
+
+
+def check_weights(ckpt_path: str | os.PathLike, network: torch.nn.Module) -> dict:
+    """Load the state dict in ``ckpt_path`` (``model.pt``, or ``checkpoint_last.pt``'s ``"model"``) and
+    check that it fits ``network`` as built; returns it. Raises ``ValueError`` naming the file, the
+    counts of missing, unexpected and mis-shaped entries and the likely cause (another
+    ``network_name`` or ``network_options``) instead of ``load_state_dict``'s page of keys."""
+    state = load_checkpoint(ckpt_path)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = unwrap_network(network).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shaped:
+        example = (shaped or missing or unexpected)[0]
+        raise ValueError(
+            f"{ckpt_path}: these weights do not fit {type(unwrap_network(network)).__name__} as built here "
+            f"({len(missing)} missing, {len(unexpected)} unexpected and {len(shaped)} mis-shaped entries, e.g. "
+            f"{example!r}); pass the network_name and network_options the weights were trained with"
+        )
+    return state

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..atomic import atomic_path
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..networks.polarity import as_foreground
-from .checkpoint import load_checkpoint
+from .checkpoint import check_weights
 from .inferer import SliceWiseInferer
 from .postprocessing import foreground_mask
 
@@ -190,17 +190,8 @@ class CasePredictor:
 
     def run(self) -> list[Path]:
         if self.ckpt_path:
-            state = load_checkpoint(self.ckpt_path)
             # model.pt is a bare state dict; checkpoint_last.pt holds it under "model"
-            try:
-                self.network.load_state_dict(state.get("model", state))
-            except RuntimeError as e:  # another network or other options than at training
-                first = str(e).splitlines()[:3]
-                raise ValueError(
-                    f"{self.ckpt_path}: these weights do not fit {type(self.network).__name__} as built here; pass "
-                    "the network_name and network_options the weights were trained with\n" + "\n".join(first)
-                ) from None
-
+            self.network.load_state_dict(check_weights(self.ckpt_path, self.network))
         network = as_foreground(self.network).to(self.device).eval()
         # validate everything first: no output at all unless every case is usable
         for item in self.items:
