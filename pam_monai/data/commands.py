@@ -64,14 +64,14 @@ def synth(
     """
     import json
 
+    from .layout import visible_entries
     from .synthetic import MARKER
     from .synthetic import synth as generate
 
     if cases is not None and int(cases) < 1:
         raise ValueError(f"cases must be at least 1, got {cases}")
-    out = Path(output)
-    if not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise FileExistsError(f"{out} already holds files; choose an empty folder or pass --overwrite")
+    if not overwrite and visible_entries(Path(output)):
+        raise FileExistsError(f"{output} already holds files; choose an empty folder or pass --overwrite")
     path = generate(dataset, output, cases=cases, seed=seed, **options)
     # marked as synthetic, so that training, evaluation and the experiment tables say so
     params = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .specs import get_spec
 
-__all__ = ["CaseFiles", "Problem", "ScanResult", "discover_cases", "scan_cases"]
+__all__ = ["CaseFiles", "Problem", "ScanResult", "discover_cases", "scan_cases", "visible_entries"]
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,13 @@ def find_one(
     return None, Problem(case, expected, f"missing {what}")
 
 
+def visible_entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that are not hidden (``.DS_Store`` and the like); [] when it does not exist."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
 def nothing_found(folder: Path, what: str) -> str:
     """The message for a folder without any case of the layout: "empty folder: ..." only when it
     is empty (a folder of other files is someone's other layout, not an empty one)."""
-    empty = folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith("."))
-    return ("empty folder: " if empty else "") + what
+    return ("" if visible_entries(folder) else "empty folder: ") + what

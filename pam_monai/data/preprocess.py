@@ -103,19 +103,15 @@ def preprocess_case(
     binarise vehicles (labelIds 26-33).
 
     Returns ``image`` float32 (``C x h x w x D`` or ``C x h x w``), ``label`` float32 in {0, 1}
-    with one channel (None without a label), ``label_full`` (BRATS / ISLES: the binarised label on
-    the case's own grid, uint8, for metrics there; None otherwise), and ``affine``,
-    ``original_shape``, ``case`` and ``foreground_labels`` for the way back
-    (:func:`restore_prediction`).
+    with one channel (None without a label), and ``affine``, ``original_shape``, ``case`` and
+    ``foreground_labels`` for the way back (:func:`restore_prediction`).
     """
     spec = get_spec(dataset)
     if not isinstance(case.get("image"), np.ndarray):
         case = load_case(spec, case)
     fg, _ = spec.resolve_labels(foreground_label)
     image, label = case["image"], case["label"]
-    label_full = None
     if spec.volumetric:
-        label_full = binarize(label, fg) if label is not None else None
         size = (*spec.spatial_size, -1)
         # statistics over the whole volume, applied to the crop only: the same as normalising
         # first and cropping after, for a fraction of the work
@@ -133,7 +129,6 @@ def preprocess_case(
         "case": case["case"],
         "image": image,
         "label": label,
-        "label_full": label_full,
         "affine": case["affine"],
         "original_shape": case["original_shape"],
         "foreground_labels": fg,

@@ -34,7 +34,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .layout import scan_cases
+from .layout import scan_cases, visible_entries
 from .specs import get_spec
 
 __all__ = [
@@ -331,13 +331,7 @@ def _has_cases(dataset: str, root: Path) -> bool:
 def _refuse_foreign_folder(dataset: str, dataset_dir: Path, target: Path) -> None:
     """Raise when ``dataset_dir`` holds anything besides the stand-in's own folder (hidden files
     such as ``.DS_Store`` aside)."""
-    if not dataset_dir.is_dir():
-        return
-    foreign = sorted(
-        p.name
-        for p in dataset_dir.iterdir()
-        if p.resolve() != target.resolve() and not p.name.startswith(".")
-    )
+    foreign = [p.name for p in visible_entries(dataset_dir) if p.resolve() != target.resolve()]
     if not foreign:
         return
     problems = [str(p) for p in scan_cases(dataset, dataset_dir).problems][:5]

@@ -115,9 +115,10 @@ def _world() -> tuple[int, int] | None:
 def _gather_per_rank(rng: dict) -> list[dict] | None:
     """Every rank's random state (under ``torch.distributed``): the ranks' states differ (e.g. only
     rank 0 validates), and a resumed rank must continue from its own."""
-    if _world() is None:
+    world = _world()
+    if world is None:
         return None
-    states: list = [None] * _world()[1]
+    states: list = [None] * world[1]
     torch.distributed.all_gather_object(states, rng)
     return states
 

@@ -16,9 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import build_datalist, ensure_dataset, get_spec, get_split, load_datalist, preprocess_case
+from ..data import (
+    build_datalist,
+    ensure_dataset,
+    get_spec,
+    get_split,
+    load_case,
+    load_datalist,
+    preprocess_case,
+)
+from ..data.ops import binarize, uncrop_center
 
-__all__ = ["CaseDataset", "prepare_data", "voxel_spacing"]
+__all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
 
 log = logging.getLogger("pam_monai")
 
@@ -111,6 +120,17 @@ def prepare_data(
     return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **result}
 
 
+def on_case_grid(pred: np.ndarray, label: np.ndarray, label_full=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(pred, label)`` to score: with a :class:`CaseDataset` ``label_full`` (the case's own grid,
+    optionally with a leading channel axis), the prediction put back into that grid (zeros outside
+    the crop) and that label; else both unchanged."""
+    if label_full is None:
+        return pred, label
+    full = np.asarray(label_full.cpu() if isinstance(label_full, torch.Tensor) else label_full)
+    full = full.reshape(full.shape[-pred.ndim :]) > 0
+    return uncrop_center(pred, full.shape), full
+
+
 def _rank0_first(fn):
     """Under ``torch.distributed``, let rank 0 do ``fn`` (e.g. generate the synthetic stand-in)
     before the other ranks, which then find its result instead of racing to write it."""
@@ -164,7 +184,8 @@ class CaseDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        case = preprocess_case(self.spec, self.items[index], self.foreground_label)
+        loaded = load_case(self.spec, self.items[index])
+        case = preprocess_case(self.spec, loaded, self.foreground_label)
         ndim = case["image"].ndim - 1
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(case["image"], dtype=np.float32)),
@@ -174,9 +195,9 @@ class CaseDataset(torch.utils.data.Dataset):
         }
         if case["label"] is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(case["label"], dtype=np.float32))
-        full = case.get("label_full")
-        if full is not None and tuple(full.shape) != tuple(case["label"].shape[1:]):
-            out["label_full"] = torch.from_numpy(np.ascontiguousarray(full[None], dtype=np.uint8))
+            if self.spec.volumetric and tuple(loaded["label"].shape) != tuple(case["label"].shape[1:]):
+                full = binarize(loaded["label"], case["foreground_labels"])
+                out["label_full"] = torch.from_numpy(full[None])
         if self._cache is not None:
             self._cache[index] = out
         return out

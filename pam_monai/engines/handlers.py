@@ -13,8 +13,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..atomic import atomic_write_text
-from ..data.ops import uncrop_center
 from ..metrics import case_metrics, summarize
+from .data import on_case_grid
 
 __all__ = ["CaseMetrics", "NonFiniteLossGuard"]
 
@@ -69,11 +69,7 @@ class CaseMetrics:
             label = _numpy(item["label"])
             if pred.shape[0] == 1:  # one channel: the binary mask
                 pred, label = pred[0], label[0]
-            full = meta.get("label_full")
-            if full is not None:  # score on the case's own grid (see CaseDataset)
-                full = _numpy(full)
-                full = full.reshape(full.shape[-pred.ndim :])
-                pred, label = uncrop_center(pred, full.shape), full
+            pred, label = on_case_grid(pred, label, meta.get("label_full"))
             spacing = meta.get("spacing")
             spacing = (
                 None if spacing is None else tuple(float(s) for s in _numpy(spacing).ravel()[: pred.ndim])

@@ -28,9 +28,13 @@ def foreground_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tenso
         >>> foreground_mask(torch.tensor([-1.0, 0.0, 1e-3]))
         tensor([False, False,  True])
     """
+    return torch.sigmoid(logits.float()) > _probability(threshold)
+
+
+def _probability(threshold: float) -> float:
     if not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
-    return torch.sigmoid(logits.float()) > float(threshold)
+    return float(threshold)
 
 
 class ForegroundMaskd(MapTransform):
@@ -42,8 +46,7 @@ class ForegroundMaskd(MapTransform):
         self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        foreground_mask(torch.zeros(1), threshold)  # validate the threshold now
-        self.threshold = float(threshold)
+        self.threshold = _probability(threshold)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.ops import uncrop_center
 from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, foreground_mask, load_checkpoint
+from ..engines.data import on_case_grid
 from ..metrics import case_metrics
 from ..metrics.paper_protocol import authors_code_metrics, paper_protocol_metrics
 from ..networks import get_network
@@ -109,19 +109,12 @@ def paper_protocol_rows(
                 "authors_hd95_slices": authors["authors_code_hd95_slices"],
                 "authors_fp_rate": authors["authors_code_fp_rate"],
                 "authors_fn_rate": authors["authors_code_fn_rate"],
-                "case_iou": _case_iou(pred, label, sample, spacing),
+                "case_iou": case_metrics(
+                    *on_case_grid(pred, label, sample.get("label_full")), spacing=spacing
+                )["iou"],
             }
         )
     return rows
-
-
-def _case_iou(pred: np.ndarray, label: np.ndarray, sample: dict, spacing) -> float:
-    """The evaluator's per-case IoU: on the case's own grid when the crop changed it (CaseMetrics)."""
-    full = sample.get("label_full")
-    if full is not None:
-        full = full[0].numpy() > 0
-        pred, label = uncrop_center(pred, full.shape), full
-    return case_metrics(pred, label, spacing=spacing)["iou"]
 
 
 def write_paper_protocol(rows: Sequence[dict], path: str | os.PathLike) -> Path:
