@@ -8,7 +8,8 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
 - files: unreadable or truncated, not an RGB image (CityScapes);
 - geometry: shape or affine of a channel or the label differing from the first channel;
 - values: NaN or Inf voxels, label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
-  {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33), non-integer labels.
+  {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33; own data: the
+  values of its ``dataset.json``), non-integer labels.
 
 Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
 channel.
@@ -62,6 +63,7 @@ class CheckReport:
     cases: list[CaseSummary] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    volumetric: bool = True
 
     @property
     def ok(self) -> bool:
@@ -72,7 +74,7 @@ class CheckReport:
 
     def format(self) -> str:
         """The per-case table, then warnings and problems, then a one-line verdict."""
-        volumetric = get_spec(self.dataset).volumetric
+        volumetric = self.volumetric
         head = (
             "case",
             "status",
@@ -237,12 +239,13 @@ def check_dataset(
     (``report.ok``, ``report.problems``, ``report.format()``, ``report.raise_if_failed()``).
 
     ``scan_options`` go to the reader: ``grades="HGG,LGG"`` (BRATS), ``subset="TESTING"`` (ISLES),
-    ``splits=("train", "val")`` (CityScapes).
+    ``splits=("train", "val")`` (CityScapes). ``dataset="nnunet"``: own data, described by
+    ``<root>/dataset.json`` (:mod:`pam_monai.data.nnunet`).
     """
-    spec = get_spec(dataset)
+    spec = get_spec(dataset, root=root)
     fg_labels, allowed = spec.resolve_labels(foreground_label)
     scan = scan_cases(spec, root, **scan_options)
-    report = CheckReport(spec.name, str(root), problems=list(scan.problems))
+    report = CheckReport(spec.name, str(root), problems=list(scan.problems), volumetric=spec.volumetric)
     failed_in_scan = {p.case for p in scan.problems}
     cases = scan.cases
     if progress:

@@ -20,7 +20,7 @@ def datalist(
     """Write a decathlon-format datalist (paths relative to ROOT) with the paper's split.
 
     Args:
-        dataset: brats, isles or cityscapes.
+        dataset: brats, isles, cityscapes or nnunet (own data in the nnU-Net v2 raw layout).
         output: the JSON file to write.
         root: the data root in the published layout.
         case_ids: BRATS only, instead of --root: a '<GRADE> <case ID>' text file.
@@ -53,14 +53,15 @@ def synth(
     """Write a small synthetic data set in the published layout (deterministic for a seed).
 
     Args:
-        dataset: brats, isles or cityscapes.
+        dataset: brats, isles, cityscapes or nnunet (own data: the nnU-Net v2 raw layout).
         output: the data root to create.
-        cases: BRATS / ISLES cases, or CityScapes frames per city (defaults 5, 10, 2).
+        cases: BRATS / ISLES / own-data cases, or CityScapes frames per city (defaults 5, 10, 2, 6).
         seed: random seed.
         overwrite: write into a folder that already holds files (its cases of the same names are
             replaced); refused by default.
         options: brats --slices (155) --lgg_cases (0); isles --max_slices (8) --compress;
-            cityscapes --size "(512,256)" --train_cities (3) --val_cities (1).
+            cityscapes --size "(512,256)" --train_cities (3) --val_cities (1); nnunet --size "(90,84)"
+            --slices (12) --test_cases (1).
     """
     import json
 
@@ -86,14 +87,19 @@ def synth(
 
 
 def check(
-    dataset: str, root: str, foreground_label: int | None = None, grades: str = "HGG", quiet: bool = False
+    dataset: str,
+    root: str,
+    foreground_label: int | str | None = None,
+    grades: str = "HGG",
+    quiet: bool = False,
 ) -> None:
     """Check every case under ROOT; print a per-case summary; exit 1 on any problem.
 
     Args:
-        dataset: brats, isles or cityscapes.
+        dataset: brats, isles, cityscapes or nnunet (own data: ROOT holds its dataset.json).
         root: the data root in the published layout.
-        foreground_label: BRATS enhancing tumour label: 4 (2018, default) or 3 (BraTS 2021+).
+        foreground_label: BRATS enhancing tumour label: 4 (2018, default) or 3 (BraTS 2021+); own
+            data: label values or names of its dataset.json (default every non-zero label).
         grades: BRATS grades, "HGG" or "HGG,LGG".
         quiet: print only warnings, problems and the verdict.
     """

@@ -7,7 +7,7 @@ base_dir=root)`` or with :func:`get_split` / :func:`load_datalist` and ``root=..
 Splits (all deterministic, independent of file-system order and of numpy's random streams: each
 case is ranked by ``sha256("<seed>:<case ID>")``):
 
-- BRATS: 5-fold case-wise cross-validation. Cases are ranked, then dealt round-robin into folds
+- BRATS and own data (``nnunet``): 5-fold case-wise cross-validation. Cases are ranked, then dealt round-robin into folds
   (so fold sizes differ by at most one); every ``training`` entry carries its ``fold``. For fold
   ``k``: test = fold ``k``, validation = fold ``(k + 1) % 5``, training = the other three.
 - ISLES: ranked cases cut 0.7 / 0.1 / 0.2 into ``training`` / ``validation`` / ``test``
@@ -31,6 +31,8 @@ from .layout import scan_cases
 from .specs import DatasetSpec, get_spec
 
 __all__ = ["build_datalist", "get_split", "load_datalist", "rank_cases", "split_cases", "write_datalist"]
+
+FOLDED = ("brats", "nnunet")  # case-wise cross-validation; the others have fixed lists
 
 SPLIT_KEYS = {
     "train": "training",
@@ -76,6 +78,7 @@ def _header(spec: DatasetSpec, **extra) -> dict:
         "channels": list(spec.channels),
         "modality": {str(i): c for i, c in enumerate(spec.channels)},
         "labels": {"0": "background", "1": f"{spec.target} (label {values})"},
+        **({"label_names": {n: list(v) for n, v in spec.label_names}} if spec.label_names else {}),
         **extra,
     }
 
@@ -113,7 +116,7 @@ def build_datalist(
     """Discover the cases under ``root`` and split them (see the module docstring).
 
     Args:
-        dataset: "brats", "isles" or "cityscapes".
+        dataset: "brats", "isles", "cityscapes" or "nnunet" (own data, nnU-Net v2 raw layout).
         root: the data root in the published layout.
         seed: seed of the case ranking.
         n_folds: BRATS folds.
@@ -130,7 +133,7 @@ def build_datalist(
     """
     if int(n_folds) < 3:  # test, validation and training each take at least one fold
         raise ValueError(f"n_folds must be at least 3 (test, validation and training folds), got {n_folds}")
-    spec = get_spec(dataset)
+    spec = get_spec(dataset, root=root)
     if case_ids is not None:
         if spec.name != "brats":
             raise ValueError("case_ids is only for BRATS")
@@ -157,7 +160,7 @@ def build_datalist(
         source = "discovered under the data root"
     meta = {"seed": seed, "source": source}
 
-    if spec.name == "brats":
+    if spec.name in FOLDED:
         training = _assign_folds(items, n_folds, seed)
         header = _header(spec, split=f"{n_folds}-fold case-wise cross-validation", n_folds=n_folds, **meta)
         return {**header, "numTraining": len(training), "training": training}
@@ -238,7 +241,7 @@ def get_split(
 ) -> list[dict]:
     """Entries of one split: ``split`` in "train", "val", "test".
 
-    BRATS (cross-validation): test = fold ``fold``, val = fold ``(fold + 1) % n_folds``, train =
+    BRATS and own data (cross-validation): test = fold ``fold``, val = fold ``(fold + 1) % n_folds``, train =
     the remaining folds. ISLES and CityScapes: the datalist's fixed ``training`` /
     ``validation`` / ``test`` lists (``fold`` is ignored). Paths are made absolute with ``root``.
     """
@@ -247,13 +250,15 @@ def get_split(
     if key is None:
         raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
     data = load_datalist(datalist, root)
-    if spec.name == "brats":
+    if spec.name in FOLDED:
         entries = data["training"]
         n_folds = int(data.get("n_folds", 5))
         if not 0 <= fold < n_folds:
             raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
         if any("fold" not in e for e in entries):
-            raise ValueError("BRATS datalist entries need a 'fold' field (build it with build_datalist)")
+            raise ValueError(
+                f"{spec.name}: datalist entries need a 'fold' field (build it with build_datalist)"
+            )
         test, val = fold, (fold + 1) % n_folds
         if key == "test":
             return [e for e in entries if e["fold"] == test]

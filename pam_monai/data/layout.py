@@ -97,10 +97,18 @@ class ScanResult:
     problems: list[Problem]
 
 
-def scan_cases(dataset: str, root: str | os.PathLike, **options) -> ScanResult:
-    """Walk ``root`` in the layout of ``dataset``; ``options`` go to the reader (e.g. ``grades``
-    for BRATS, ``subset`` for ISLES, ``splits`` for CityScapes)."""
+def scan_cases(dataset, root: str | os.PathLike, **options) -> ScanResult:
+    """Walk ``root`` in the layout of ``dataset`` (a name or a spec); ``options`` go to the reader
+    (e.g. ``grades`` for BRATS, ``subset`` for ISLES and own data, ``splits`` for CityScapes)."""
+    if isinstance(dataset, str) and dataset.lower() == "nnunet":  # its own dataset.json says the rest
+        from .nnunet import scan
+
+        return scan(root, **options)
     spec = get_spec(dataset)
+    if spec.name == "nnunet":
+        from .nnunet import scan
+
+        return scan(root, channels=spec.channels, **options)
     if spec.name == "brats":
         from .brats import scan
     elif spec.name == "isles":
@@ -110,7 +118,7 @@ def scan_cases(dataset: str, root: str | os.PathLike, **options) -> ScanResult:
     return scan(root, **options)
 
 
-def discover_cases(dataset: str, root: str | os.PathLike, *, relative: bool = False, **options) -> list[dict]:
+def discover_cases(dataset, root: str | os.PathLike, *, relative: bool = False, **options) -> list[dict]:
     """Datalist items (absolute paths, or relative to ``root`` with ``relative=True``) of the
     complete cases under ``root``; incomplete cases are left out with a warning (run the checker,
     ``python -m pam_monai check``, to see every problem)."""

@@ -7,8 +7,9 @@ written down exactly once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,6 +39,12 @@ class DatasetSpec:
             the patient's left-right axis; -1 (image width) for CityScapes.
         split: the default split, in words.
         epochs, batch_size, lr: the paper's Table 2 training settings.
+        label_names: named labels (``(name, values)`` pairs) that ``foreground_label`` may use
+            instead of numbers (own data: the nnU-Net ``dataset.json`` labels).
+        inference_fit: what inference does with a volume whose in-plane size is not the crop:
+            ``"crop"`` (the paper's data sets: larger ones are centre-cropped, smaller ones
+            refused) or ``"pad"`` (own data, whose crop is at least the training volumes'
+            size: smaller ones are zero-padded, larger ones refused, as their rim would be lost).
     """
 
     name: str
@@ -55,6 +62,8 @@ class DatasetSpec:
     epochs: int
     batch_size: int
     lr: float
+    label_names: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    inference_fit: str = "crop"
 
     @property
     def in_channels(self) -> int:
@@ -82,7 +91,7 @@ class DatasetSpec:
         """
         if foreground_label is None:
             return self.foreground_labels, self.label_values
-        fg = tuple(int(v) for v in np.atleast_1d(foreground_label))
+        fg = self._label_values_of(foreground_label)
         if self.name == "brats":
             if fg == (4,):
                 return fg, (0, 1, 2, 4)
@@ -93,7 +102,51 @@ class DatasetSpec:
             )
         if not set(fg) <= set(self.label_values):
             raise ValueError(f"{self.name}: foreground {fg} not among its label values {self.label_values}")
+        if 0 in fg and self.label_names:
+            raise ValueError(f"{self.name}: label 0 is the background, it cannot be the foreground")
         return fg, self.label_values
+
+    def _label_values_of(self, foreground_label) -> tuple[int, ...]:
+        """Label values of a number, a label name, or a list of them (own data's names)."""
+        items = (
+            list(foreground_label)
+            if isinstance(foreground_label, (list, tuple, np.ndarray))
+            else [foreground_label]
+        )
+        names = {name.lower(): values for name, values in self.label_names}
+        values: list[int] = []
+        for item in items:
+            if isinstance(item, str) and item.strip().lower() in names:
+                values += names[item.strip().lower()]
+                continue
+            try:
+                number = float(item)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not number.is_integer():
+                known = (
+                    f"; its labels: {', '.join(repr(n) for n, _ in self.label_names)}"
+                    if self.label_names
+                    else ""
+                )
+                raise ValueError(f"{self.name}: unknown foreground label {item!r}{known}")
+            values.append(int(number))
+        return tuple(sorted(set(values)))
+
+    def with_crop(self, crop_size: Sequence[int] | None) -> DatasetSpec:
+        """This spec with another in-plane crop (volumetric data sets only); None keeps it."""
+        if crop_size is None:
+            return self
+        size = tuple(int(v) for v in np.atleast_1d(crop_size))
+        if not self.volumetric:
+            raise ValueError(
+                f"{self.name}: crop_size applies to volumes; images are resized to {self.resize}"
+            )
+        if len(size) != 2 or min(size) < 16:
+            raise ValueError(
+                f"{self.name}: crop_size must be two in-plane sizes of at least 16, got {crop_size!r}"
+            )
+        return replace(self, crop_size=size)
 
     def foreground(
         self, label: np.ndarray, foreground_label: int | Sequence[int] | None = None
@@ -158,11 +211,26 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def get_spec(dataset: str | DatasetSpec) -> DatasetSpec:
-    """Look a data set up by name (case-insensitive); a spec passes through."""
+def get_spec(
+    dataset: str | DatasetSpec,
+    root: str | os.PathLike | None = None,
+    crop_size: Sequence[int] | None = None,
+) -> DatasetSpec:
+    """Look a data set up by name (case-insensitive); a spec passes through.
+
+    ``"nnunet"`` (own data in the nnU-Net v2 raw layout) is read from ``<root>/dataset.json``
+    (:func:`pam_monai.data.nnunet.nnunet_spec`); ``root`` is ignored for the paper's data sets.
+    ``crop_size`` replaces the in-plane crop of a volumetric data set.
+    """
     if isinstance(dataset, DatasetSpec):
-        return dataset
+        return dataset.with_crop(crop_size)
     key = str(dataset).lower()
+    if key == "nnunet":
+        if root is None:
+            raise ValueError("nnunet: own data is described by its dataset.json; pass the data set's root")
+        from .nnunet import nnunet_spec
+
+        return nnunet_spec(root, crop_size=crop_size)
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[key]
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted([*DATASETS, 'nnunet'])}")
+    return DATASETS[key].with_crop(crop_size)

@@ -17,6 +17,8 @@ seed gives the same voxel arrays.
 - ISLES: ``TRAINING/case_<n>/SMIR.Brain.XX.O.<MOD>.<id>/SMIR.Brain.XX.O.<MOD>.<id>.nii`` for CT,
   CT_CBF, CT_CBV, CT_MTT, CT_Tmax, CT_4DPWI (4-D) and OT, 256 x 256 x (2..``max_slices``),
   0.9 x 0.9 x 5 mm; the lesion lowers CBF and CBV and raises MTT and Tmax.
+- Own data (``nnunet``): the nnU-Net v2 raw layout, two channels and four labels (see
+  :func:`synth_nnunet`); never generated as a stand-in, only by ``synth``.
 - CityScapes: ``leftImg8bit/<split>/<city>/<frame>_leftImg8bit.png`` (RGB) and
   ``gtFine/<split>/<city>/<frame>_gtFine_labelIds.png`` with sky, building, vegetation, road,
   sidewalk, ego-vehicle and vehicles of labelIds 26-33.
@@ -45,6 +47,7 @@ __all__ = [
     "synth_brats",
     "synth_cityscapes",
     "synth_isles",
+    "synth_nnunet",
 ]
 
 log = logging.getLogger(__name__)
@@ -311,20 +314,66 @@ def synth_cityscapes(
     return output
 
 
+# ----------------------------------------------------------------------------- own data (nnU-Net)
+def synth_nnunet(
+    output: str | os.PathLike,
+    cases: int = 6,
+    seed: int = 0,
+    size: tuple[int, int] = (90, 84),
+    slices: int = 12,
+    test_cases: int = 1,
+) -> Path:
+    """Write ``cases`` training cases (and ``test_cases`` unlabelled ones in ``imagesTs``) in the
+    nnU-Net v2 raw layout: two channels ("T2", "ADC", from the BRATS generator's t2 and t1), labels
+    background 0, necrosis 1, oedema 2, enhancing 3 and the region "tumour core" [1, 3]. Its
+    in-plane size is not a multiple of 16, so the default crop pads."""
+    output = Path(output)
+    shape = (int(size[0]), int(size[1]), int(slices))
+    affine = np.diag([1.2, 1.2, 3.0, 1.0])
+    for i in range(cases + test_cases):
+        case = f"SYN_{i + 1:03d}"
+        images, label = _brats_case(np.random.default_rng([seed, 4, i]), shape, enhancing=True)
+        subset = "imagesTr" if i < cases else "imagesTs"
+        for c, name in enumerate(("t2", "t1")):
+            _save_nifti(images[name], affine, output / subset / f"{case}_{c:04d}.nii.gz")
+        if i < cases:
+            _save_nifti(
+                np.where(label == 4, 3, label).astype(np.uint8),
+                affine,
+                output / "labelsTr" / f"{case}.nii.gz",
+            )
+    meta = {
+        "name": "Dataset900_SyntheticTumour",
+        "channel_names": {"0": "T2", "1": "ADC"},
+        "labels": {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3, "tumour core": [1, 3]},
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
+    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return output
+
+
 # ----------------------------------------------------------------------------- entry points
 def synth(
     dataset: str, output: str | os.PathLike, cases: int | None = None, seed: int = 0, **options
 ) -> Path:
     """Write a synthetic ``dataset`` into ``output`` (see the module docstring; ``cases`` defaults
-    to 5 BRATS cases, 10 ISLES cases, 2 CityScapes frames per city)."""
-    spec = get_spec(dataset)
-    gen = {"brats": synth_brats, "isles": synth_isles, "cityscapes": synth_cityscapes}[spec.name]
+    to 5 BRATS cases, 10 ISLES cases, 2 CityScapes frames per city, 6 own-data cases)."""
+    generators = {
+        "brats": synth_brats,
+        "isles": synth_isles,
+        "cityscapes": synth_cityscapes,
+        "nnunet": synth_nnunet,
+    }
+    if str(dataset).lower() not in generators:
+        get_spec(dataset)  # names the known data sets
+    gen = generators[str(dataset).lower()]
     if cases is not None:
         options["cases"] = int(cases)
     return gen(output, seed=seed, **options)
 
 
-def _has_cases(dataset: str, root: Path) -> bool:
+def _has_cases(dataset, root: Path) -> bool:
     return root.is_dir() and any(c.complete for c in scan_cases(dataset, root).cases)
 
 
@@ -366,9 +415,9 @@ def ensure_dataset(
     used. Generation goes to a temporary folder renamed into place, so an interrupted run never
     leaves a half-written stand-in.
     """
-    spec = get_spec(dataset)
+    spec = get_spec(dataset, root=dataset_dir)
     dataset_dir = Path(dataset_dir)
-    if _has_cases(spec.name, dataset_dir):
+    if _has_cases(spec, dataset_dir):
         synthetic = (dataset_dir / MARKER).is_file()
         if synthetic:
             log.warning(
@@ -378,6 +427,9 @@ def ensure_dataset(
                 MARKER,
             )
         return dataset_dir, synthetic
+    if spec.name not in ENSURE_DEFAULTS:  # own data: never a stand-in
+        problems = "\n".join(str(p) for p in scan_cases(spec, dataset_dir).problems[:5])
+        raise ValueError(f"{spec.name}: no complete case in {dataset_dir}:\n{problems}")
     target = Path(output) if output is not None else dataset_dir / f"synthetic_{spec.name}"
     _refuse_foreign_folder(spec.name, dataset_dir, target)
     opts = {**ENSURE_DEFAULTS[spec.name], **options}

@@ -293,7 +293,8 @@ def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | 
     """Check that the weights in ``ckpt_path`` belong to this run before they are loaded.
 
     Compares ``expected`` (the bundle's ``task``, ``network_name``, ``network_options``,
-    ``in_channels``) with the ``"run"`` record that training wrote beside the weights
+    ``in_channels``, ``crop_size``, ``foreground_label``; keys missing on either side are not
+    compared) with the ``"run"`` record that training wrote beside the weights
     (``model.json``), and refuses to score a model trained on real data on a synthetic stand-in
     (``data``: :func:`pam_monai.engines.prepare_data`'s result). Raises ``ValueError`` naming every
     mismatch and the override that fixes it; returns the record (None when there is none, e.g.
@@ -318,7 +319,7 @@ def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | 
     problems = [
         f"{key}: the weights were trained with {record[key]!r}, this run has {expected[key]!r}"
         f" (pass --{key} '{json.dumps(record[key]) if isinstance(record[key], (dict, list)) else record[key]}')"
-        for key in ("task", "network_name", "network_options", "in_channels")
+        for key in ("task", "network_name", "network_options", "in_channels", "crop_size", "foreground_label")
         if key in record and key in expected and record[key] != expected[key]
     ]
     if data is not None and data.get("synthetic") and record.get("synthetic") is False:

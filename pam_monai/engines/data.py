@@ -33,7 +33,7 @@ log = logging.getLogger("pam_monai")
 
 
 def prepare_data(
-    dataset: str,
+    dataset,
     dataset_dir: str | os.PathLike,
     data_list_file_path: str | os.PathLike | None = None,
     fold: int = 0,
@@ -46,7 +46,8 @@ def prepare_data(
     """Locate the data set, build or read its datalist, and return its three splits.
 
     Args:
-        dataset: "brats", "isles" or "cityscapes".
+        dataset: "brats", "isles", "cityscapes", "nnunet" (own data in the nnU-Net v2 raw layout,
+            never replaced by a stand-in) or a :class:`~pam_monai.data.DatasetSpec`.
         dataset_dir: the folder the challenge's download was unpacked into. When it does not exist
             or is empty, a small SYNTHETIC stand-in is generated (into ``synthetic_dir``, default
             ``<dataset_dir>/synthetic_<dataset>``) and a warning says so; a folder with other
@@ -68,7 +69,7 @@ def prepare_data(
         ``{"root": Path, "synthetic": bool, "datalist": dict, "train": [...], "val": [...], "test": [...]}``
         with absolute paths in every item.
     """
-    spec = get_spec(dataset)
+    spec = get_spec(dataset, root=dataset_dir)
     path = Path(data_list_file_path) if data_list_file_path else None
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"{spec.name}: datalist {path} not found (data_list_file_path)")
@@ -77,9 +78,7 @@ def prepare_data(
             f"{spec.name}: datalist {path} given, but dataset_dir {dataset_dir} does not exist; set dataset_dir "
             "to the folder its paths are relative to"
         )
-    root, synthetic = _rank0_first(
-        lambda: ensure_dataset(spec.name, dataset_dir, seed=seed, output=synthetic_dir)
-    )
+    root, synthetic = _rank0_first(lambda: ensure_dataset(spec, dataset_dir, seed=seed, output=synthetic_dir))
     # a stand-in because dataset_dir held nothing (not a stand-in that dataset_dir points at)
     fallback = synthetic and Path(root).resolve() != Path(dataset_dir).resolve()
     if fallback:
@@ -97,18 +96,18 @@ def prepare_data(
     if path is not None:
         datalist = load_datalist(path, root)
     else:
-        datalist = load_datalist(build_datalist(spec.name, root, seed=seed), root)
+        datalist = load_datalist(build_datalist(spec, root, seed=seed), root)
     if check:
         from ..data import check_dataset
 
-        check_dataset(spec.name, root, foreground_label, progress=True).raise_if_failed()
+        check_dataset(spec, root, foreground_label, progress=True).raise_if_failed()
     unknown = set(splits) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
     result = {}
     for name in ("train", "val", "test"):
         try:
-            result[name] = get_split(spec.name, datalist, name, fold=fold)
+            result[name] = get_split(spec, datalist, name, fold=fold)
         except ValueError:  # e.g. a datalist without that list
             if name in splits:
                 raise
@@ -169,7 +168,7 @@ class CaseDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         items: Sequence[dict],
-        dataset: str = "brats",
+        dataset="brats",
         foreground_label: int | Sequence[int] | None = None,
         cache: bool = True,
     ) -> None:

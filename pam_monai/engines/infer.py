@@ -50,16 +50,22 @@ def safe_output_path(output_dir: str | os.PathLike, case: str, suffix: str) -> P
     return path
 
 
-def find_inference_cases(dataset: str, input_dir: str | os.PathLike, **scan_options) -> list[dict]:
+def find_inference_cases(dataset, input_dir: str | os.PathLike, **scan_options) -> list[dict]:
     """Items of every case under ``input_dir`` in the published layout; labels are optional.
+
+    Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
+    when there is no ``imagesTs``) or any folder of ``<case>_<XXXX>.nii.gz`` images.
 
     Raises ``ValueError`` listing every case with a missing channel (naming the expected file).
     """
-    spec = get_spec(dataset)
     root = Path(input_dir)
     if not root.is_dir():
         raise ValueError(f"{root}: input folder not found (the bundles take it as --input_dir)")
-    result = scan_cases(spec.name, root, **scan_options)
+    spec = get_spec(dataset, root=root)
+    if spec.name == "nnunet" and "subset" not in scan_options and (root / "dataset.json").is_file():
+        scan_options["subset"] = "imagesTs" if (root / "imagesTs").is_dir() else "imagesTr"
+        log.info("%s: predicting %s", root, root / scan_options["subset"])
+    result = scan_cases(spec, root, **scan_options)
     problems = [
         str(p) for p in result.problems if p.file != spec.label_name and "label" not in p.message.lower()
     ]
@@ -84,7 +90,7 @@ def find_inference_cases(dataset: str, input_dir: str | os.PathLike, **scan_opti
     return items
 
 
-def validate_case(dataset: str, case: dict) -> list[str]:
+def validate_case(dataset, case: dict) -> list[str]:
     """Problems of a loaded case (a :func:`pam_monai.data.load_case` dict) that inference refuses."""
     spec = get_spec(dataset)
     image = case["image"]
@@ -105,9 +111,22 @@ def validate_case(dataset: str, case: dict) -> list[str]:
             elif not np.any(channel):
                 problems.append(f"{name}: {label}: modality is all zeros")
         crop = spec.crop_size
-        if crop is not None and any(s < c for s, c in zip(image.shape[1:3], crop)):
+        if (
+            crop is not None
+            and spec.inference_fit == "crop"
+            and any(s < c for s, c in zip(image.shape[1:3], crop))
+        ):
             problems.append(
                 f"{name}: volume of in-plane size {image.shape[1:3]} is smaller than the {crop[0]}x{crop[1]} crop"
+            )
+        if (
+            crop is not None
+            and spec.inference_fit == "pad"
+            and any(s > c for s, c in zip(image.shape[1:3], crop))
+        ):
+            problems.append(
+                f"{name}: volume of in-plane size {image.shape[1:3]} is larger than the {crop[0]}x{crop[1]} crop "
+                "the model was trained with (its rim would not be predicted); train with a larger crop_size"
             )
     return problems
 
@@ -205,7 +224,7 @@ class CasePredictor:
                 continue
             images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
             case["files"] = list(images)
-            problems += validate_case(self.spec.name, case)
+            problems += validate_case(self.spec, case)
             problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
             loaded.append(case)
         if problems:

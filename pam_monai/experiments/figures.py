@@ -306,7 +306,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     if not order:
         return written
 
-    ds = CaseDataset(ctx.fold_data[fold]["test"], ctx.dataset)
+    ds = CaseDataset(ctx.fold_data[fold]["test"], ctx.spec, ctx.foreground_label)
     by_case = {ds[i]["case"]: i for i in range(len(ds))}
     if cases:
         unknown = [c for c in cases if c not in by_case]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import get_spec
+from ..data.datalist import FOLDED
 from ..engines import atomic_write_text
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
 from .variants import (
@@ -173,15 +174,15 @@ def _seeds(seeds) -> list[int]:
 
 def _folds(folds, dataset: str) -> list[int]:
     if str(folds).strip().lower() == "all":
-        out = list(range(5)) if dataset == "brats" else [0]
+        out = list(range(5)) if dataset in FOLDED else [0]
     else:
         out = [int(f) for f in _as_list(folds, "folds")]
     if not out or len(set(out)) != len(out):
         raise ValueError(f"folds: expected distinct fold numbers or 'all', got {folds!r}")
-    if dataset == "brats":
+    if dataset in FOLDED:
         bad = [f for f in out if not 0 <= f < 5]
         if bad:
-            raise ValueError(f"brats folds are 0..4, got {bad}")
+            raise ValueError(f"{dataset} folds are 0..4, got {bad}")
     elif out != [0]:
         raise ValueError(f"{dataset} has one fixed split (fold 0 only), got folds {out}")
     return out
@@ -205,6 +206,7 @@ def bundle_configs(dataset: str, output: Path) -> tuple[Path, Path]:
     ``<output>/bundle/configs`` (an installed package has no ``bundles/``)."""
     import pam_monai
 
+    dataset = "brats" if dataset == "nnunet" else dataset  # own data: the volumetric workflow, --task nnunet
     configs = Path(pam_monai.__file__).resolve().parents[1] / "bundles" / f"{dataset}_fpa" / "configs"
     if not ((configs / "train.json").is_file() and (configs / "evaluate.json").is_file()):
         from ..bundle_templates.build import bundle_files
@@ -356,6 +358,7 @@ class _Context:
     paper_protocol: bool
     device: str
     slice_batch_size: int
+    foreground_label: Any = None  # the bundle's --foreground_label: the scored target is the trained one
 
 
 def _score_paper_protocol(run: Run, ctx: _Context) -> None:
@@ -363,7 +366,7 @@ def _score_paper_protocol(run: Run, ctx: _Context) -> None:
     from .predict import load_network, paper_protocol_rows, write_paper_protocol
 
     net = load_network(run.variant.network, run.options, ctx.spec.in_channels, run.model, ctx.device)
-    ds = CaseDataset(ctx.fold_data[run.fold]["test"], ctx.dataset)
+    ds = CaseDataset(ctx.fold_data[run.fold]["test"], ctx.spec, ctx.foreground_label)
     write_paper_protocol(
         paper_protocol_rows(net, ds, ctx.slice_batch_size, ctx.device), run.paper_protocol_csv
     )
@@ -409,7 +412,9 @@ def run_experiment(
     import torch
 
     dataset = str(dataset).lower()
-    spec = get_spec(dataset)
+    if dataset == "nnunet" and not overrides.get("dataset_dir"):
+        raise ValueError("own data (--dataset nnunet): pass --dataset_dir, the folder with its dataset.json")
+    spec = get_spec(dataset, root=overrides.get("dataset_dir"), crop_size=overrides.get("crop_size"))
     variants = _variants(networks, preset)
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
@@ -476,6 +481,8 @@ def _run_grid(
         else ("cuda:0" if torch.cuda.is_available() else "cpu")
     )
     bundle_overrides = {**overrides, "data_seed": int(data_seed)}
+    if spec.name == "nnunet":
+        bundle_overrides["task"] = "nnunet"
     if "device" in bundle_overrides:
         bundle_overrides["device"] = _device_expr(bundle_overrides["device"])
     settings = _jsonable(
@@ -496,7 +503,7 @@ def _run_grid(
 
     fold_data = {
         f: prepare_data(
-            dataset,
+            spec,
             overrides["dataset_dir"],
             overrides.get("data_list_file_path") or None,
             fold=f,
@@ -517,6 +524,7 @@ def _run_grid(
         bool(paper_protocol),
         device,
         int(overrides.get("batch_size", 32)),
+        overrides.get("foreground_label"),
     )
     atomic_write_text(
         output_dir / "experiment.json",
@@ -716,7 +724,9 @@ def experiment(
     its last checkpoint.
 
     Args:
-        dataset: brats (5-fold cross-validation), isles or cityscapes (one fixed split).
+        dataset: brats (5-fold cross-validation), isles or cityscapes (one fixed split), or nnunet:
+            own data in the nnU-Net v2 raw layout (5-fold; --dataset_dir is its folder with
+            dataset.json; --foreground_label picks labels by value or name, --crop_size the crop).
         networks: comma-separated registry names, each optionally with options:
             ``fpa,rfna,unet`` or ``'fpa[dilation=6,depthwise=false,expansion=2]'``. Default
             ``fpa,rfna`` (or only the preset's networks when --preset is given).

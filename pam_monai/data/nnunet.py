@@ -1,0 +1,235 @@
+"""Your own data, in the nnU-Net v2 raw layout (dataset name ``"nnunet"``).
+
+Many groups already keep their data this way (https://github.com/MIC-DKFZ/nnUNet,
+``documentation/dataset_format.md``), and the layout says everything the pipeline needs, so no
+reader has to be written per data set::
+
+    <root>/dataset.json
+    <root>/imagesTr/<case>_0000.nii.gz, <case>_0001.nii.gz, ...   one file per channel
+    <root>/labelsTr/<case>.nii.gz                                  integer label map
+    <root>/imagesTs/<case>_0000.nii.gz, ...                        optional, no labels
+
+``dataset.json`` gives ``channel_names`` (``{"0": "T2", "1": "ADC"}``: the channel count and
+order), ``labels`` (``{"background": 0, "lesion": 1, "oedema": 2}``; region lists such as
+``"whole tumour": [1, 2, 3]`` are names for several values) and ``file_ending`` (``.nii.gz`` or
+``.nii``; other formats are refused by name).
+
+The binary target is every non-zero label by default; ``foreground_label`` picks values or label
+names (``"lesion"``, ``[1, 2]``, ``["lesion", "oedema"]``). Volumes are sliced along their third
+array axis, as for BRATS. The in-plane crop defaults to the largest in-plane size among the
+training images rounded up to a multiple of 16, so training only pads and never cuts foreground;
+``crop_size`` sets another. Inference pads smaller volumes and refuses larger ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from .layout import CaseFiles, Problem, ScanResult, nothing_found, visible_entries
+from .specs import DATASETS, DatasetSpec
+
+__all__ = ["DATASET_JSON", "ENDINGS", "default_crop", "nnunet_spec", "read_dataset_json", "scan"]
+
+DATASET_JSON = "dataset.json"
+ENDINGS = (".nii.gz", ".nii")
+LABEL_NAME = "label"  # the label's key among a case's files
+CROP_MULTIPLE = 16
+_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
+
+
+def read_dataset_json(root: str | os.PathLike) -> dict:
+    """``<root>/dataset.json``, checked: ``channel_names`` numbered 0..n-1, ``labels`` with
+    ``background`` 0 and integer values, a NIfTI ``file_ending``. Errors name the file and the key."""
+    path = Path(root) / DATASET_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"nnunet: {path} not found: own data needs the nnU-Net v2 raw layout (dataset.json, imagesTr/, "
+            "labelsTr/; see pam_monai/data/nnunet.py)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    channels = meta.get("channel_names", meta.get("modality"))  # "modality": nnU-Net v1's key
+    if not isinstance(channels, dict) or not channels:
+        raise ValueError(f'{path}: \'channel_names\' must map channel numbers to names, e.g. {{"0": "T2"}}')
+    try:
+        numbers = sorted(int(k) for k in channels)
+    except ValueError:
+        raise ValueError(f"{path}: 'channel_names' keys must be numbers, got {sorted(channels)}") from None
+    if numbers != list(range(len(numbers))):
+        raise ValueError(f"{path}: 'channel_names' must be numbered 0..{len(numbers) - 1}, got {numbers}")
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(
+            f'{path}: \'labels\' must map label names to values, e.g. {{"background": 0, "lesion": 1}}'
+        )
+    table = []
+    for name, value in labels.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(
+                f"{path}: label {name!r}: expected a non-negative integer or a list of them, got {value!r}"
+            )
+        table.append((str(name), tuple(values)))
+    if dict(table).get("background") != (0,):
+        raise ValueError(f"{path}: 'labels' must have \"background\": 0")
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in ENDINGS:
+        raise ValueError(
+            f"{path}: file_ending {ending!r} is not supported; convert the images to NIfTI ({', '.join(ENDINGS)})"
+        )
+    return {
+        "name": str(meta.get("name") or Path(root).resolve().name),
+        "channels": tuple(str(channels[str(i)] if str(i) in channels else channels[i]) for i in numbers),
+        "labels": tuple(table),
+        "file_ending": ending,
+    }
+
+
+def _unique(names: Sequence[str]) -> tuple[str, ...]:
+    """Channel names as keys: a repeated name gets its channel number."""
+    return tuple(n if list(names).count(n) == 1 else f"{n} ({i:04d})" for i, n in enumerate(names))
+
+
+def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int, int]:
+    """The largest in-plane size among ``<root>/imagesTr/*_0000<ending>`` (headers only), rounded up
+    to a multiple of 16."""
+    import nibabel as nib
+
+    files = sorted((Path(root) / "imagesTr").glob(f"*_0000{ending}"))
+    if not files:
+        raise ValueError(
+            f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} (the crop is sized from "
+            "them; pass crop_size to go without)"
+        )
+    sizes = []
+    for f in files:
+        shape = nib.load(str(f)).shape
+        if len(shape) != 3:
+            raise ValueError(f"nnunet: {f}: expected a 3-D volume, got shape {tuple(shape)}")
+        sizes.append(shape[:2])
+    up = lambda v: -(-int(v) // CROP_MULTIPLE) * CROP_MULTIPLE  # noqa: E731
+    return up(max(s[0] for s in sizes)), up(max(s[1] for s in sizes))
+
+
+def nnunet_spec(root: str | os.PathLike, crop_size: Sequence[int] | None = None) -> DatasetSpec:
+    """The :class:`DatasetSpec` of the nnU-Net v2 raw data set under ``root`` (see the module)."""
+    meta = read_dataset_json(root)
+    labels = meta["labels"]
+    values = tuple(sorted({v for _, vs in labels for v in vs}))
+    foreground = tuple(v for v in values if v != 0)
+    if not foreground:
+        raise ValueError(
+            f"nnunet: {Path(root) / DATASET_JSON}: 'labels' has no foreground label besides background"
+        )
+    named = ", ".join(n for n, vs in labels if n != "background" and len(vs) == 1) or "foreground"
+    crop = (
+        tuple(int(v) for v in crop_size) if crop_size is not None else default_crop(root, meta["file_ending"])
+    )
+    paper = DATASETS["brats"]  # training defaults until the user sets them
+    spec = DatasetSpec(
+        name="nnunet",
+        title=f"{meta['name']} (own data, nnU-Net layout)",
+        target=named,
+        channels=_unique(meta["channels"]),
+        label_name=LABEL_NAME,
+        volumetric=True,
+        crop_size=crop,
+        resize=None,
+        foreground_labels=foreground,
+        label_values=values,
+        flip_axis=-2,
+        split=paper.split,
+        epochs=paper.epochs,
+        batch_size=paper.batch_size,
+        lr=paper.lr,
+        label_names=labels,
+        inference_fit="pad",
+    )
+    return spec.with_crop(crop)  # validates the size
+
+
+def scan(
+    root: str | os.PathLike,
+    subset: str = "imagesTr",
+    channels: Sequence[str] | None = None,
+) -> ScanResult:
+    """Cases under ``root``: a data set root (``dataset.json``; ``subset`` ``imagesTr`` with
+    ``labelsTr``, or ``imagesTs``) or, with ``channels``, a folder of ``<case>_<XXXX>.nii[.gz]``
+    images alone (inference input, labels optional)."""
+    root = Path(root)
+    problems: list[Problem] = []
+    if (root / DATASET_JSON).is_file():
+        meta = read_dataset_json(root)
+        names, endings = _unique(meta["channels"]), (meta["file_ending"],)
+        images = root / subset
+        labels = root / subset.replace("images", "labels")
+    elif channels is not None:
+        names, endings, images, labels = tuple(channels), ENDINGS, root, None
+    else:
+        read_dataset_json(root)  # raises, naming the missing file
+        raise AssertionError
+    if not images.is_dir() or not visible_entries(images):
+        what = (
+            f"no {subset} images (<case>_0000{endings[0]})"
+            if images != root
+            else "no <case>_0000.nii.gz image"
+        )
+        found_what = nothing_found(images, what) if images.is_dir() else f"missing folder: {what}"
+        return ScanResult([], [Problem(root.name, images.name, found_what)])
+    found: dict[str, dict[int, Path]] = {}
+    for path in visible_entries(images):
+        m = _FILE.match(path.name)
+        if path.is_dir():
+            continue
+        if not m or m["ending"] not in endings:
+            problems.append(
+                Problem(
+                    path.name,
+                    path.name,
+                    f"not an image file name <case>_<XXXX>{endings[0]} (channel number XXXX)",
+                )
+            )
+            continue
+        index = int(m["channel"])
+        if index >= len(names):
+            problems.append(
+                Problem(
+                    m["case"], path.name, f"channel {index:04d}, but dataset.json names {len(names)} channels"
+                )
+            )
+            continue
+        found.setdefault(m["case"], {})[index] = path
+    cases = []
+    for case in sorted(found):
+        chans = {name: found[case].get(i) for i, name in enumerate(names)}
+        for i, name in enumerate(names):
+            if chans[name] is None:
+                problems.append(
+                    Problem(case, f"{case}_{i:04d}{endings[0]}", f"missing channel {i} ({name!r})")
+                )
+        label = None
+        if labels is not None:
+            for ending in endings:
+                if (labels / f"{case}{ending}").is_file():
+                    label = labels / f"{case}{ending}"
+            if label is None and labels.is_dir():
+                problems.append(Problem(case, f"{labels.name}/{case}{endings[0]}", "missing label"))
+            elif label is None and subset == "imagesTr":
+                problems.append(
+                    Problem(case, f"{labels.name}/{case}{endings[0]}", "missing label (no labelsTr folder)")
+                )
+        cases.append(CaseFiles(case, images, chans, label, LABEL_NAME))
+    if labels is not None and labels.is_dir():
+        for path in visible_entries(labels):
+            case = next((path.name[: -len(e)] for e in endings if path.name.endswith(e)), None)
+            if case is not None and case not in found:
+                problems.append(Problem(case, f"{labels.name}/{path.name}", "label without images"))
+    return ScanResult(cases, problems)

@@ -1,0 +1,265 @@
+"""Own data in the nnU-Net v2 raw layout: reader, spec, checker, datalist, and the bundles'
+train -> evaluate -> infer with ``--task nnunet``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pam_monai.data import SliceDataset, build_datalist, check_dataset, get_spec, get_split, scan_cases, synth
+from pam_monai.engines import prepare_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"epochs": 1, "batch_size": 8, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
+
+
+@pytest.fixture(scope="module")
+def own_root(tmp_path_factory) -> Path:
+    return synth("nnunet", tmp_path_factory.mktemp("own") / "Dataset900_Tumour", cases=6, slices=8)
+
+
+def copy(root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(root, tmp_path / root.name))
+
+
+def error_chain(error: BaseException) -> list[str]:
+    chain = []
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def test_spec_comes_from_dataset_json(own_root):
+    spec = get_spec("nnunet", root=own_root)
+    assert spec.channels == ("T2", "ADC") and spec.in_channels == 2
+    # 90 x 84 training images: the crop is the largest size rounded up to 16, so training only pads
+    assert spec.crop_size == (96, 96) and spec.inference_fit == "pad"
+    assert spec.foreground_labels == (1, 2, 3) and spec.label_values == (0, 1, 2, 3)
+    assert spec.resolve_labels("oedema")[0] == (2,)
+    assert spec.resolve_labels("Tumour Core")[0] == (1, 3)  # a region, case-insensitive
+    assert spec.resolve_labels(["necrosis", 2])[0] == (1, 2)
+    with pytest.raises(ValueError, match="unknown foreground label 'tumor'; its labels: 'background'"):
+        spec.resolve_labels("tumor")
+    with pytest.raises(ValueError, match="label 0 is the background"):
+        spec.resolve_labels(0)
+    assert get_spec("nnunet", root=own_root, crop_size=[128, 112]).crop_size == (128, 112)
+    with pytest.raises(ValueError, match="pass the data set's root"):
+        get_spec("nnunet")
+
+
+def test_reader_checker_and_folds(own_root):
+    scan = scan_cases("nnunet", own_root)
+    assert not scan.problems and [c.case for c in scan.cases] == [f"SYN_{i:03d}" for i in range(1, 7)]
+    first = scan.cases[0].to_item()
+    assert [Path(p).name for p in first["image"]] == ["SYN_001_0000.nii.gz", "SYN_001_0001.nii.gz"]
+    assert Path(first["label"]).name == "SYN_001.nii.gz"
+    report = check_dataset("nnunet", own_root, foreground_label="enhancing")
+    assert report.ok, report.format()
+    assert report.summary("SYN_001").shape == (2, 96, 96, 8)
+    assert "2x96x96x8" in report.format()
+    datalist = build_datalist("nnunet", own_root)
+    assert datalist["dataset"] == "nnunet" and {e["fold"] for e in datalist["training"]} == set(range(5))
+    spec = get_spec("nnunet", root=own_root)
+    splits = {s: get_split(spec, datalist, s, fold=0, root=own_root) for s in ("train", "val", "test")}
+    cases = [e["case"] for s in splits.values() for e in s]
+    assert sorted(cases) == [c.case for c in scan.cases]  # every case once
+    ds = SliceDataset(splits["train"], spec, foreground_label="tumour core")
+    sample = ds[0]
+    assert tuple(sample["image"].shape) == (2, 96, 96) and tuple(sample["label"].shape) == (1, 96, 96)
+
+
+def test_layout_mistakes_are_named(own_root, tmp_path):
+    root = copy(own_root, tmp_path)
+    (root / "imagesTr" / "SYN_002_0001.nii.gz").unlink()  # a missing channel
+    shutil.copy(root / "imagesTr" / "SYN_003_0000.nii.gz", root / "imagesTr" / "SYN_003_0002.nii.gz")
+    (root / "labelsTr" / "SYN_004.nii.gz").unlink()  # a missing label
+    shutil.copy(root / "labelsTr" / "SYN_001.nii.gz", root / "labelsTr" / "SYN_099.nii.gz")
+    (root / "imagesTr" / "notes.txt").write_text("x")
+    seg = nib.load(str(root / "labelsTr" / "SYN_005.nii.gz"))
+    bad = np.asarray(seg.dataobj).copy()
+    bad[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(bad, seg.affine), str(root / "labelsTr" / "SYN_005.nii.gz"))
+    report = check_dataset("nnunet", root)
+    problems = {str(p) for p in report.problems}
+    assert "SYN_002: SYN_002_0001.nii.gz: missing channel 1 ('ADC')" in problems
+    assert "SYN_003: SYN_003_0002.nii.gz: channel 0002, but dataset.json names 2 channels" in problems
+    assert "SYN_004: labelsTr/SYN_004.nii.gz: missing label" in problems
+    assert "SYN_099: labelsTr/SYN_099.nii.gz: label without images" in problems
+    assert any(p.startswith("notes.txt: notes.txt: not an image file name") for p in problems)
+    assert "SYN_005: SYN_005.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 3)" in problems
+    assert not report.ok
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"channel_names": None}, "'channel_names' must map channel numbers to names"),
+        ({"channel_names": {"0": "T2", "2": "ADC"}}, "'channel_names' must be numbered 0..1, got [0, 2]"),
+        ({"labels": {"lesion": 1}}, "'labels' must have \"background\": 0"),
+        ({"labels": {"background": 0, "lesion": "one"}}, "label 'lesion': expected a non-negative integer"),
+        ({"labels": {"background": 0}}, "'labels' has no foreground label besides background"),
+        ({"file_ending": ".png"}, "file_ending '.png' is not supported; convert the images to NIfTI"),
+    ],
+)
+def test_dataset_json_mistakes_are_named(own_root, tmp_path, change, message):
+    root = tmp_path / "own"
+    root.mkdir()
+    meta = json.loads((own_root / "dataset.json").read_text())
+    meta.update({k: v for k, v in change.items() if v is not None})
+    for k in [k for k, v in change.items() if v is None]:
+        meta.pop(k)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        get_spec("nnunet", root=root, crop_size=[96, 96])
+    assert message in str(err.value) and str(root / "dataset.json") in str(err.value)
+
+
+def test_own_data_is_never_replaced_by_a_stand_in(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"dataset.json not found: own data needs the nnU-Net v2 raw layout"
+    ):
+        prepare_data("nnunet", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}})
+    )
+    with pytest.raises(ValueError, match="imagesTr: no training image <case>_0000.nii.gz"):
+        prepare_data("nnunet", tmp_path / "empty", synthetic_dir=tmp_path / "synthetic")
+    spec = get_spec("nnunet", root=tmp_path / "empty", crop_size=[64, 64])
+    with pytest.raises(
+        ValueError, match="(?s)no complete case in .*empty: imagesTr: missing folder: no imagesTr images"
+    ):
+        prepare_data(spec, tmp_path / "empty", synthetic_dir=tmp_path / "synthetic")
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_repeated_channel_names_stay_apart(own_root, tmp_path):
+    root = copy(own_root, tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "MR", "1": "MR"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    spec = get_spec("nnunet", root=root)
+    assert spec.channels == ("MR (0000)", "MR (0001)")
+    assert check_dataset(spec, root).ok
+
+
+def test_bundle_trains_evaluates_and_infers_on_own_data(own_root, tmp_path):
+    """Any volumetric bundle takes own data with --task nnunet: 2 channels, the crop and the
+    labels from dataset.json; masks in each input's grid; the crop and the target are recorded
+    and checked."""
+    from monai.bundle import run
+
+    def bundle(workflow, *files, **overrides):
+        config = [str(ROOT / "bundles" / "isles_rfna" / "configs" / f) for f in files]
+        run(workflow, config_file=config, logging_file=False, **overrides)
+
+    root = copy(own_root, tmp_path)
+    common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(root), "task": "nnunet", **SMALL}
+    bundle("training", "train.json", **common, foreground_label="tumour core")
+    record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
+    assert record["task"] == "nnunet" and record["in_channels"] == 2
+    assert record["crop_size"] == [96, 96] and record["foreground_label"] == [1, 3]
+
+    # scoring against another target than the one trained is refused, naming the override
+    with pytest.raises(Exception) as err:
+        bundle("evaluating", "train.json", "evaluate.json", **common)
+    assert any(
+        "foreground_label: the weights were trained with [1, 3], this run has [1, 2, 3]" in m
+        for m in error_chain(err.value)
+    )
+    bundle("evaluating", "train.json", "evaluate.json", **common, foreground_label="tumour core")
+    rows = (tmp_path / "run" / "eval" / "metrics.csv").read_text().splitlines()
+    assert len(rows) >= 2 and all(np.isfinite(float(r.split(",")[1])) for r in rows[1:])
+
+    infer = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(root), "task": "nnunet"}
+    out = tmp_path / "run" / "predictions"
+    nets = {"network_options": SMALL["network_options"]}
+    bundle("inferring", "inference.json", **infer, **nets)  # the root: its imagesTs
+    seg = nib.load(str(out / "SYN_007_seg.nii.gz"))
+    image = nib.load(str(root / "imagesTs" / "SYN_007_0000.nii.gz"))
+    assert seg.shape == image.shape == (90, 84, 8)
+    np.testing.assert_allclose(seg.affine, image.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
+
+    # any folder of <case>_<XXXX> images; another crop than trained is refused by name
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for f in (root / "imagesTr").glob("SYN_001_*"):
+        shutil.copy(f, folder / f.name)
+    bundle(
+        "inferring", "inference.json", **infer, **nets, input_dir=str(folder), output_dir=str(tmp_path / "p2")
+    )
+    assert nib.load(str(tmp_path / "p2" / "SYN_001_seg.nii.gz")).shape == (90, 84, 8)
+    with pytest.raises(Exception) as err:
+        bundle("inferring", "inference.json", **infer, **nets, input_dir=str(folder), crop_size=[112, 112])
+    assert any(
+        "crop_size: the weights were trained with [96, 96], this run has [112, 112] (pass --crop_size '[96, 96]')"
+        in m
+        for m in error_chain(err.value)
+    )
+
+    # a volume larger than the trained crop would lose its rim: refused, nothing written
+    big = tmp_path / "big"
+    big.mkdir()
+    for c in (0, 1):
+        src = nib.load(str(folder / f"SYN_001_{c:04d}.nii.gz"))
+        data = np.pad(np.asarray(src.dataobj), ((10, 10), (10, 10), (0, 0)))
+        nib.save(nib.Nifti1Image(data, src.affine), str(big / f"BIG_{c:04d}.nii.gz"))
+    with pytest.raises(Exception) as err:
+        bundle(
+            "inferring",
+            "inference.json",
+            **infer,
+            **nets,
+            input_dir=str(big),
+            output_dir=str(tmp_path / "p3"),
+        )
+    assert any(
+        "BIG: volume of in-plane size (110, 104) is larger than the 96x96 crop" in m
+        for m in error_chain(err.value)
+    )
+    assert not (tmp_path / "p3").exists()
+
+
+def test_experiment_on_own_data_scores_the_trained_target(own_root, tmp_path):
+    """``experiment --dataset nnunet``: the grid runs through the volumetric bundle with
+    --task nnunet, and every score (the bundle's evaluation, the paper-protocol table) is on the
+    target it trained (--foreground_label), not on the data set's default."""
+    import csv
+
+    from pam_monai.experiments import run_experiment
+
+    out = tmp_path / "exp"
+    result = run_experiment(
+        dataset="nnunet",
+        networks="fpa",
+        output=str(out),
+        paper_protocol=True,
+        figures=False,
+        dataset_dir=str(own_root),
+        foreground_label="tumour core",
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        network_options={"features": [8, 16, 32, 64]},
+    )
+    assert result is not None
+    run = out / "runs" / "fpa" / "seed0" / "fold0"
+    assert json.loads((run / "models" / "model.json").read_text())["run"]["foreground_label"] == [1, 3]
+    with open(run / "eval" / "metrics.csv") as f:
+        evaluated = {r["case"]: float(r["iou"]) for r in csv.DictReader(f)}
+    protocol = next(out.rglob("*paper_protocol*.csv"))
+    with open(protocol) as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["case"] for r in rows} == set(evaluated)
+    for r in rows:
+        assert float(r["case_iou"]) == pytest.approx(evaluated[r["case"]], abs=1e-6), r["case"]
+    assert "own data, nnU-Net layout" in (out / "results.md").read_text()
+    with pytest.raises(ValueError, match="pass --dataset_dir"):
+        run_experiment(dataset="nnunet", output=str(tmp_path / "e2"))
