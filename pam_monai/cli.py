@@ -13,6 +13,7 @@ COMMANDS = {
     "datalist": "pam_monai.data.commands:datalist",
     "synth": "pam_monai.data.commands:synth",
     "check": "pam_monai.data.commands:check",
+    "convert_msd": "pam_monai.data.commands:convert_msd",
     "experiment": "pam_monai.experiments.runner:experiment",
     "bench": "pam_monai.bench:bench",
 }

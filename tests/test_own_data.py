@@ -263,3 +263,64 @@ def test_experiment_on_own_data_scores_the_trained_target(own_root, tmp_path):
     assert "own data, nnU-Net layout" in (out / "results.md").read_text()
     with pytest.raises(ValueError, match="pass --dataset_dir"):
         run_experiment(dataset="nnunet", output=str(tmp_path / "e2"))
+
+
+def test_msd_task_converts_to_the_nnunet_layout(tmp_path, capsys):
+    """A Medical Segmentation Decathlon task (4-D images, labels keyed by number, macOS ``._``
+    files) is named as such by the reader and converted exactly by ``convert_msd``."""
+    from pam_monai.cli import main
+
+    task = tmp_path / "Task99_Tiny"
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    images = {}
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (task / sub).mkdir(parents=True)
+    for case in ("tiny_001", "tiny_002", "tiny_010"):
+        data = rng.normal(size=(20, 18, 5, 3)).astype(np.float32)
+        sub = "imagesTs" if case == "tiny_010" else "imagesTr"
+        nib.save(nib.Nifti1Image(data, affine), str(task / sub / f"{case}.nii.gz"))
+        images[case] = data
+        if sub == "imagesTr":
+            label = (data[..., 0] > 1).astype(np.uint8) + (data[..., 1] > 1.5)
+            nib.save(nib.Nifti1Image(label, affine), str(task / "labelsTr" / f"{case}.nii.gz"))
+    (task / "imagesTr" / "._tiny_001.nii.gz").write_bytes(b"\0\5\26\7 macOS resource fork")
+    meta = {
+        "name": "Tiny",
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "tumour"},
+        "training": [
+            {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+            for c in ("tiny_001", "tiny_002")
+        ],
+        "test": ["./imagesTs/tiny_010.nii.gz"],
+    }
+    (task / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match="a Medical Segmentation Decathlon task .* python -m pam_monai convert_msd"
+    ):
+        get_spec("nnunet", root=task)
+
+    out = tmp_path / "Dataset099_Tiny"
+    main(["convert_msd", "--task_dir", str(task), "--output", str(out)])
+    assert "2 training cases, channels FLAIR, T1w, T2w" in capsys.readouterr().out
+    spec = get_spec("nnunet", root=out)
+    assert spec.channels == ("FLAIR", "T1w", "T2w") and spec.label_names[1:] == (
+        ("edema", (1,)),
+        ("tumour", (2,)),
+    )
+    assert spec.crop_size == (32, 32)
+    report = check_dataset(spec, out)
+    assert report.ok and len(report.cases) == 2, report.format()
+    for case, data in images.items():
+        sub = "imagesTs" if case == "tiny_010" else "imagesTr"
+        for c in range(3):
+            img = nib.load(str(out / sub / f"{case}_{c:04d}.nii.gz"))
+            np.testing.assert_array_equal(np.asarray(img.dataobj), data[..., c])
+            np.testing.assert_allclose(img.affine, affine)
+    assert (out / "labelsTr" / "tiny_001.nii.gz").read_bytes() == (
+        task / "labelsTr" / "tiny_001.nii.gz"
+    ).read_bytes()
+    with pytest.raises(SystemExit) as exit_:  # the output exists: refused, one error line
+        main(["convert_msd", "--task_dir", str(task), "--output", str(out)])
+    assert "already exists; choose a new folder" in str(exit_.value.code)

@@ -1,7 +1,8 @@
-"""Command-line entry points (``python -m pam_monai datalist|synth|check``, run by Python Fire)."""
+"""Command-line entry points (``python -m pam_monai datalist|synth|check|convert_msd``, run by Python Fire)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -63,7 +64,6 @@ def synth(
             cityscapes --size "(512,256)" --train_cities (3) --val_cities (1); nnunet --size "(90,84)"
             --slices (12) --test_cases (1).
     """
-    import json
 
     from .layout import visible_entries
     from .synthetic import MARKER
@@ -84,6 +84,24 @@ def synth(
     }
     (path / MARKER).write_text(json.dumps(params, indent=2, default=str) + "\n")
     print(f"wrote synthetic {dataset} to {path} (marked SYNTHETIC by {MARKER})")
+
+
+def convert_msd(task_dir: str, output: str) -> None:
+    """Convert a Medical Segmentation Decathlon task (e.g. Task01_BrainTumour, as monai.apps.DecathlonDataset
+    downloads it) into the nnU-Net v2 raw layout that --dataset nnunet and the bundles' --task nnunet read.
+
+    Args:
+        task_dir: the MSD task folder (dataset.json, imagesTr/, labelsTr/, imagesTs/).
+        output: the new data set folder (must not exist).
+    """
+    from .msd import convert_msd as convert
+
+    path = convert(task_dir, output)
+    meta = json.loads((path / "dataset.json").read_text())
+    print(
+        f"wrote {path}: {meta['numTraining']} training cases, channels {', '.join(meta['channel_names'].values())}, "
+        f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {path}"
+    )
 
 
 def check(

@@ -56,6 +56,13 @@ def read_dataset_json(root: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not readable JSON ({e})") from e
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    from .msd import is_msd_dataset_json
+
+    if is_msd_dataset_json(meta):
+        raise ValueError(
+            f"{path}: a Medical Segmentation Decathlon task (4-D images, labels keyed by number); convert it "
+            f"once: python -m pam_monai convert_msd --task_dir {Path(root)} --output <new folder>"
+        )
     channels = meta.get("channel_names", meta.get("modality"))  # "modality": nnU-Net v1's key
     if not isinstance(channels, dict) or not channels:
         raise ValueError(f'{path}: \'channel_names\' must map channel numbers to names, e.g. {{"0": "T2"}}')

@@ -1,0 +1,143 @@
+"""Medical Segmentation Decathlon (MSD) tasks -> the nnU-Net v2 raw layout (own data, ``nnunet``).
+
+MSD tasks (``Task01_BrainTumour`` ... ``Task10_Colon``, also what ``monai.apps.DecathlonDataset``
+downloads) keep every channel of a case in one 4-D NIfTI file and number their labels the other
+way round (``{"0": "background", "1": "edema"}``). :func:`convert_msd` writes the same cases as
+one 3-D file per channel with an nnU-Net v2 ``dataset.json``, which the ``nnunet`` reader, the
+bundles (``--task nnunet``) and the experiments read. Only the cases listed in the task's
+``dataset.json`` are converted, so the macOS ``._*`` files of the MSD archives are ignored.
+Voxel data and affines are kept exactly; the output appears by a rename only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["convert_msd", "is_msd_dataset_json"]
+
+
+def is_msd_dataset_json(meta: dict) -> bool:
+    """True for an MSD ``dataset.json``: labels keyed by number, cases listed in ``training``."""
+    labels = meta.get("labels")
+    return (
+        isinstance(labels, dict)
+        and bool(labels)
+        and all(str(k).isdigit() for k in labels)
+        and isinstance(meta.get("training"), list)
+    )
+
+
+def _case_id(path: str) -> str:
+    name = Path(path).name
+    for ending in (".nii.gz", ".nii"):
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    raise ValueError(f"{path}: not a NIfTI file (.nii.gz or .nii)")
+
+
+def _save(volume: np.ndarray, like, path: Path) -> None:
+    """Save one 3-D channel with the 4-D file's affine, qform / sform codes and units."""
+    import nibabel as nib
+
+    out = nib.Nifti1Image(volume, like.affine)
+    header = like.header
+    if isinstance(header, nib.Nifti1Header):
+        out.set_qform(like.affine, code=int(header["qform_code"]))
+        out.set_sform(like.affine, code=int(header["sform_code"]))
+        out.header.set_xyzt_units(*header.get_xyzt_units())
+    nib.save(out, str(path))
+
+
+def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress: bool = True) -> Path:
+    """Convert the MSD task under ``task_dir`` into the nnU-Net v2 raw layout at ``output`` (which
+    must not exist yet) and return it. Training cases go to ``imagesTr`` / ``labelsTr``, the
+    ``test`` list to ``imagesTs``. Raises ``ValueError`` naming the file for a missing or
+    unreadable case, a label whose grid differs from its image, or a non-MSD ``dataset.json``."""
+    import nibabel as nib
+    from tqdm import tqdm
+
+    task_dir, output = Path(task_dir), Path(output)
+    meta_path = task_dir / "dataset.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path} not found: expected an MSD task folder (e.g. Task01_BrainTumour)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{meta_path}: not readable JSON ({e})") from e
+    if not is_msd_dataset_json(meta):
+        raise ValueError(
+            f"{meta_path}: not an MSD dataset.json (labels keyed by number and a 'training' list); an nnU-Net v2 "
+            "data set needs no conversion"
+        )
+    if output.exists():
+        raise FileExistsError(f"{output} already exists; choose a new folder")
+    modality = meta.get("modality") or {"0": "image"}
+    channels = {str(i): str(modality[k]) for i, k in enumerate(sorted(modality, key=int))}
+    labels = {
+        str(name): int(value) for value, name in sorted(meta["labels"].items(), key=lambda kv: int(kv[0]))
+    }
+    if labels.get("background", 0) != 0 or 0 not in labels.values():
+        raise ValueError(f"{meta_path}: label 0 must be the background, got {meta['labels']}")
+    labels = {("background" if v == 0 else n): v for n, v in labels.items()}
+    jobs = [("imagesTr", e["image"], e.get("label")) for e in meta["training"]]
+    jobs += [("imagesTs", e if isinstance(e, str) else e["image"], None) for e in meta.get("test", [])]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if meta.get("test") else ()):
+            (tmp / sub).mkdir()
+        for subset, image, label in tqdm(
+            jobs, desc=f"{task_dir.name}: converting", unit="case", disable=not progress
+        ):
+            source = task_dir / image
+            case = _case_id(image)
+            try:
+                img = nib.load(str(source))
+                data = np.asarray(img.dataobj)
+            except Exception as e:
+                raise ValueError(f"{source}: unreadable ({e})") from e
+            volumes = [data] if data.ndim == 3 else list(np.moveaxis(data, -1, 0)) if data.ndim == 4 else []
+            if len(volumes) != len(channels):
+                raise ValueError(
+                    f"{source}: expected {len(channels)} channel(s) ({', '.join(channels.values())}), got shape {data.shape}"
+                )
+            for c, volume in enumerate(volumes):
+                _save(np.ascontiguousarray(volume), img, tmp / subset / f"{case}_{c:04d}.nii.gz")
+            if label is not None:
+                lab_path = task_dir / label
+                try:
+                    lab = nib.load(str(lab_path))
+                except Exception as e:
+                    raise ValueError(f"{lab_path}: unreadable ({e})") from e
+                if tuple(lab.shape) != tuple(volumes[0].shape):
+                    raise ValueError(
+                        f"{lab_path}: shape {tuple(lab.shape)} differs from the image's {volumes[0].shape}"
+                    )
+                target = tmp / "labelsTr" / f"{case}.nii.gz"
+                if lab_path.name.endswith(".nii.gz"):
+                    shutil.copyfile(lab_path, target)  # exactly as shipped
+                else:
+                    nib.save(lab, str(target))
+        new_meta = {
+            "name": meta.get("name") or task_dir.name,
+            "description": meta.get("description", ""),
+            "channel_names": channels,
+            "labels": labels,
+            "numTraining": len(meta["training"]),
+            "file_ending": ".nii.gz",
+            "converted_from": f"MSD {task_dir.name} by pam_monai convert_msd",
+        }
+        (tmp / "dataset.json").write_text(json.dumps(new_meta, indent=2) + "\n")
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
