@@ -16,6 +16,7 @@ COMMANDS = {
     "convert_msd": "pam_monai.data.commands:convert_msd",
     "experiment": "pam_monai.experiments.runner:experiment",
     "bench": "pam_monai.bench:bench",
+    "bundle": "pam_monai.bundle_templates.own_data:bundle",
 }
 
 

@@ -324,3 +324,56 @@ def test_msd_task_converts_to_the_nnunet_layout(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # the output exists: refused, one error line
         main(["convert_msd", "--task_dir", str(task), "--output", str(out)])
     assert "already exists; choose a new folder" in str(exit_.value.code)
+
+
+def test_own_data_bundle_trains_without_overrides_and_infers_from_images_alone(
+    own_root, tmp_path, monkeypatch
+):
+    """``python -m pam_monai bundle``: a self-contained bundle whose configs carry the data set's
+    channels, labels, crop and target; its metadata passes the schema; a copy infers on images
+    alone (no data set, no dataset.json) and writes into its own folder."""
+    from monai.bundle import run, verify_metadata, verify_net_in_out
+
+    from pam_monai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["bundle", "--dataset_dir", str(own_root), "--output", "bundles/tumour_rfna", "--network", "rfna",
+          "--foreground_label", "tumour core"])  # fmt: skip
+    bundle = tmp_path / "bundles" / "tumour_rfna"
+    configs = bundle / "configs"
+    schema = ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"
+    if schema.is_file():
+        verify_metadata(
+            meta_file=str(configs / "metadata.json"),
+            filepath=str(schema),
+            hash_val="06954cad2cc5d3784e72077ac76f0fc8",
+        )
+    meta = json.loads((configs / "metadata.json").read_text())
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == 2 and image["spatial_shape"] == [96, 96]
+    assert image["channel_def"] == {"0": "T2", "1": "ADC"}
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "train.json"), device="cpu", n=1, any=1,
+                      network_options=SMALL["network_options"])  # fmt: skip
+    assert "trained to segment the tumour core (labels 1, 3)" in (bundle / "docs" / "README.md").read_text()
+
+    run("training", config_file=str(configs / "train.json"), logging_file=False, **SMALL)  # no data overrides
+    record = json.loads((bundle / "models" / "model.json").read_text())["run"]
+    assert record["foreground_label"] == [1, 3] and record["crop_size"] == [96, 96]
+    assert record["data_root"] == str(own_root.resolve())
+
+    # shared: a copy elsewhere, run from its own folder, on a folder of images, without the data set
+    deployed = Path(shutil.copytree(bundle, tmp_path / "elsewhere" / "tumour_rfna"))
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for f in (own_root / "imagesTs").iterdir():
+        shutil.copy(f, incoming / f.name)
+    monkeypatch.chdir(deployed)
+    run("inferring", config_file="configs/inference.json", logging_file=False, input_dir=str(incoming),
+        dataset_dir=str(tmp_path / "no_such_data"), network_options=SMALL["network_options"])  # fmt: skip
+    seg = nib.load(str(deployed / "predictions" / "SYN_007_seg.nii.gz"))
+    assert seg.shape == nib.load(str(incoming / "SYN_007_0000.nii.gz")).shape
+    assert not (bundle / "predictions").exists()  # the copy used its own folder, not the original's
+    with pytest.raises(SystemExit) as exit_:
+        main(["bundle", "--dataset_dir", str(own_root), "--output", str(bundle)])
+    assert "already holds files; choose a new folder or pass --overwrite" in str(exit_.value.code)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DATASETS
+from ..data import DATASETS, DatasetSpec
 
 HERE = Path(__file__).parent
 CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
@@ -73,16 +74,35 @@ def bundle_names() -> list[str]:
     return [f"{task}_{net}" for task in TASKS for net in NETWORKS]
 
 
-def variables(task: str, network: str) -> dict:
-    spec = DATASETS[task]
-    name = f"{task}_{network}"
+@dataclass(frozen=True)
+class BundleTask:
+    """What a bundle is about: ``task`` (the configs' data set name), its spec, the model-zoo
+    facts of ``TASKS``, the bundle name's prefix and where it lives relative to the working folder."""
+
+    task: str
+    spec: DatasetSpec
+    info: dict
+    prefix: str
+    folder: str = "bundles"
+    dataset_dir: str = "$os.path.join(@bundle_root, 'data')"
+
+
+def as_task(task: str | BundleTask) -> BundleTask:
+    return task if isinstance(task, BundleTask) else BundleTask(task, DATASETS[task], TASKS[task], task)
+
+
+def variables(task: str | BundleTask, network: str) -> dict:
+    bt = as_task(task)
+    spec = bt.spec
+    name = f"{bt.prefix}_{network}"
+    where = f"{bt.folder}/{name}"
     return {
         # the repository's layout when run from its root (the documented commands), else the
         # current folder: a downloaded bundle runs from its own folder (or pass --bundle_root)
-        "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
-        "task": task,
+        "bundle_root": f"$'{where}' if os.path.isdir('{where}/configs') else '.'",
+        "task": bt.task,
         "network_name": network,
-        "dataset_dir": "$os.path.join(@bundle_root, 'data')",
+        "dataset_dir": bt.dataset_dir,
         "epochs": spec.epochs,
         "batch_size": spec.batch_size,
         "learning_rate": spec.lr,
@@ -101,15 +121,15 @@ def render(template, values: dict):
     return template
 
 
-def metadata(task: str, network: str) -> dict:
+def metadata(task: str | BundleTask, network: str) -> dict:
     import monai
     import numpy
     import torch
 
     from .. import __version__
 
-    spec = DATASETS[task]
-    info = TASKS[task]
+    bt = as_task(task)
+    spec, info = bt.spec, bt.info
     h, w = spec.spatial_size
     return {
         "schema": SCHEMA,
@@ -154,7 +174,7 @@ def metadata(task: str, network: str) -> dict:
                     "spatial_shape": [h, w],
                     "dtype": "float32",
                     # CityScapes: RGB scaled to [0, 1]; MRI: z-scores (unbounded)
-                    "value_range": [0, 1] if task == "cityscapes" else [],
+                    "value_range": [0, 1] if bt.task == "cityscapes" else [],
                     "is_patch_data": False,
                     "channel_def": info["channel_def"],
                 }
@@ -175,7 +195,7 @@ def metadata(task: str, network: str) -> dict:
     }
 
 
-def bundle_files(task: str, network: str) -> dict[str, str]:
+def bundle_files(task: str | BundleTask, network: str) -> dict[str, str]:
     """Relative path -> text of every file of one bundle."""
     values = variables(task, network)
     files = {}
@@ -189,17 +209,41 @@ def bundle_files(task: str, network: str) -> dict[str, str]:
     return files
 
 
-def _doc_values(task: str, network: str) -> dict:
-    spec = DATASETS[task]
+PAPER_GENERATED = (
+    "This bundle is generated from `pam_monai/bundle_templates/` (run\n"
+    "`python -m pam_monai.bundle_templates.build`): edit the templates, not these files."
+)
+PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). When it does
+not exist or is empty, training runs on a small **synthetic stand-in** generated on the fly (into
+`synthetic_data/`) and the log says so; a folder with other content (data in another layout) is
+an error that names the expected layout, and so is a `data_list_file_path` that does not exist or
+a training set without any foreground voxel (a label convention that does not match). Split: {split}. Every case is checked before training
+(`python -m pam_monai check --dataset {task} --root DIR` prints the same report).
+
+**Own data**: this bundle also trains, evaluates and infers on a data set in the nnU-Net v2 raw
+layout (`dataset.json`, `imagesTr/<case>_0000.nii.gz`, ..., `labelsTr/<case>.nii.gz`; any channel
+count and integer labels) with `--task nnunet --dataset_dir DIR`, plus `--foreground_label` (values or
+label names; default every non-zero label) and `--crop_size "[h, w]"` (default: the largest training
+image, rounded up to 16). Channels, crop and target are recorded in `models/model.json` and checked
+by evaluation and inference. `python -m pam_monai bundle --dataset_dir DIR --output NAME_{network_name}`
+makes a bundle of its own for such a data set (its configs carry channels, labels, crop and target).
+See the project README, "Your own data"."""
+
+
+def _doc_values(task: str | BundleTask, network: str) -> dict:
+    bt = as_task(task)
+    spec = bt.spec
     h, w = spec.spatial_size
-    return {
-        "name": f"{task}_{network}",
+    name = f"{bt.prefix}_{network}"
+    values = {
+        "name": name,
+        "where": f"{bt.folder}/{name}",
         "title": spec.title,
         "network": NETWORKS[network],
         "network_name": network,
-        "task": task,
-        "target": TASKS[task]["target"],
-        "channels": ", ".join(TASKS[task]["channel_def"].values()),
+        "task": bt.task,
+        "target": bt.info["target"],
+        "channels": ", ".join(bt.info["channel_def"].values()),
         "in_channels": spec.in_channels,
         "shape": f"{spec.in_channels}x{h}x{w}",
         "epochs": spec.epochs,
@@ -208,11 +252,17 @@ def _doc_values(task: str, network: str) -> dict:
         "split": spec.split,
         "paper": PAPER,
         "measured": MEASURED.get(
-            f"{task}_{network}",
+            name,
             "not timed at full size; the test suite runs this bundle's training, evaluation and inference "
             "with a narrow network on every commit",
         ),
+        "defaults": "paper Table 2 defaults",
+        "generated": PAPER_GENERATED,
     }
+    values["data_section"] = bt.info.get("data_section", PAPER_DATA).format(**values)
+    values["generated"] = bt.info.get("generated", PAPER_GENERATED).format(**values)
+    values["defaults"] = bt.info.get("defaults", values["defaults"])
+    return values
 
 
 # metadata records the installed versions: the check compares everything else exactly

@@ -7,6 +7,7 @@ See ``pam_monai/data/README.md`` for channel orders, splits and cache costs.
 from .checker import CaseSummary, CheckReport, check_dataset
 from .datalist import build_datalist, get_split, load_datalist, write_datalist
 from .layout import CaseFiles, Problem, discover_cases, scan_cases
+from .nnunet import nnunet_spec
 from .ops import crop_or_pad_center, normalize_nonzero, random_flip_batch, uncrop_center
 from .preprocess import load_case, preprocess_case, restore_prediction
 from .slices import SliceDataset
@@ -54,6 +55,7 @@ __all__ = [
     "get_train_transforms",
     "load_case",
     "load_datalist",
+    "nnunet_spec",
     "normalize_nonzero",
     "preprocess_case",
     "random_flip_batch",

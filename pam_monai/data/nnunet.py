@@ -32,7 +32,15 @@ from pathlib import Path
 from .layout import CaseFiles, Problem, ScanResult, nothing_found, visible_entries
 from .specs import DATASETS, DatasetSpec
 
-__all__ = ["DATASET_JSON", "ENDINGS", "default_crop", "nnunet_spec", "read_dataset_json", "scan"]
+__all__ = [
+    "DATASET_JSON",
+    "ENDINGS",
+    "as_dataset_json",
+    "default_crop",
+    "nnunet_spec",
+    "read_dataset_json",
+    "scan",
+]
 
 DATASET_JSON = "dataset.json"
 ENDINGS = (".nii.gz", ".nii")
@@ -41,19 +49,25 @@ CROP_MULTIPLE = 16
 _FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
 
 
-def read_dataset_json(root: str | os.PathLike) -> dict:
-    """``<root>/dataset.json``, checked: ``channel_names`` numbered 0..n-1, ``labels`` with
-    ``background`` 0 and integer values, a NIfTI ``file_ending``. Errors name the file and the key."""
-    path = Path(root) / DATASET_JSON
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"nnunet: {path} not found: own data needs the nnU-Net v2 raw layout (dataset.json, imagesTr/, "
-            "labelsTr/; see pam_monai/data/nnunet.py)"
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e})") from e
+def read_dataset_json(root: str | os.PathLike | dict) -> dict:
+    """``<root>/dataset.json`` (or its content, a dict: a bundle made for own data carries it),
+    checked: ``channel_names`` numbered 0..n-1, ``labels`` with ``background`` 0 and integer values,
+    a NIfTI ``file_ending``. Errors name the file and the key. Returns ``name``, ``channels``,
+    ``labels`` (``(name, values)`` pairs) and ``file_ending``."""
+    if isinstance(root, dict):
+        meta, path = root, "dataset.json (given as a dict)"
+        root = meta.get("name") or "own data"
+    else:
+        path = Path(root) / DATASET_JSON
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"nnunet: {path} not found: own data needs the nnU-Net v2 raw layout (dataset.json, imagesTr/, "
+                "labelsTr/; see pam_monai/data/nnunet.py)"
+            )
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not readable JSON ({e})") from e
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object")
     from .msd import is_msd_dataset_json
@@ -126,15 +140,31 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     return up(max(s[0] for s in sizes)), up(max(s[1] for s in sizes))
 
 
-def nnunet_spec(root: str | os.PathLike, crop_size: Sequence[int] | None = None) -> DatasetSpec:
-    """The :class:`DatasetSpec` of the nnU-Net v2 raw data set under ``root`` (see the module)."""
+def as_dataset_json(meta: dict) -> dict:
+    """:func:`read_dataset_json`'s result back in ``dataset.json`` form (what a bundle embeds)."""
+    return {
+        "name": meta["name"],
+        "channel_names": {str(i): c for i, c in enumerate(meta["channels"])},
+        "labels": {n: (list(v) if len(v) > 1 else v[0]) for n, v in meta["labels"]},
+        "file_ending": meta["file_ending"],
+    }
+
+
+def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None = None) -> DatasetSpec:
+    """The :class:`DatasetSpec` of the nnU-Net v2 raw data set under ``root`` (see the module), or
+    of a ``dataset.json`` content given as a dict (then ``crop_size`` is needed: there are no
+    training images to size it from)."""
+    if isinstance(root, dict) and crop_size is None:
+        raise ValueError("nnunet: a dataset.json given as a dict needs crop_size")
     meta = read_dataset_json(root)
     labels = meta["labels"]
     values = tuple(sorted({v for _, vs in labels for v in vs}))
     foreground = tuple(v for v in values if v != 0)
     if not foreground:
         raise ValueError(
-            f"nnunet: {Path(root) / DATASET_JSON}: 'labels' has no foreground label besides background"
+            f"nnunet: {'dataset.json (given as a dict)' if isinstance(root, dict) else Path(root) / DATASET_JSON}: "
+            "'labels' has no foreground "
+            "label besides background"
         )
     named = ", ".join(n for n, vs in labels if n != "background" and len(vs) == 1) or "foreground"
     crop = (

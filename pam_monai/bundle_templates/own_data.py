@@ -1,0 +1,163 @@
+"""A self-contained MONAI bundle for your own data set (nnU-Net v2 raw layout).
+
+``python -m pam_monai bundle --dataset_dir DIR --network fpa --output bundles/lesion_fpa`` renders
+the same workflow as the paper's bundles (``pam_monai/bundle_templates/``) with ``task``
+``nnunet``, and writes into the configs what the data set says: its ``dataset.json`` (channels and
+labels), the crop and the target. The bundle therefore trains on ``DIR`` without overrides, and
+its inference needs only the images to segment (no training data, no ``dataset.json``): what a
+model shared through the model zoo needs. Its ``metadata.json`` describes the inputs (channel
+names, shape) and passes the schema check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..data.layout import visible_entries
+from ..data.nnunet import as_dataset_json, nnunet_spec, read_dataset_json
+from .build import NETWORKS, BundleTask, bundle_files
+
+__all__ = ["bundle", "own_data_bundle"]
+
+GENERATED = (
+    "This bundle was made for own data by `python -m pam_monai bundle` from `{dataset_dir}` (nnU-Net v2\n"
+    "raw layout). Its configs carry that data set's `dataset.json` (channels and labels), the crop and the\n"
+    "target, so inference needs only the images to segment."
+)
+DATA = """`dataset_dir` is `{dataset_dir}`: `dataset.json`, `imagesTr/<case>_XXXX.nii.gz` (channels {channels}),
+`labelsTr/<case>.nii.gz`. Target: {target} (`foreground_label` {foreground}); in-plane crop {crop}
+(`crop_size`; volumes are padded to it, inference refuses larger ones). Split: {split}. Every case
+is checked before training (`python -m pam_monai check --dataset nnunet --root {dataset_dir}`
+prints the same report); own data is never replaced by a synthetic stand-in. To train on another
+data set, make a bundle for it."""
+
+
+def own_data_bundle(
+    dataset_dir: str | os.PathLike,
+    network: str,
+    output: str | os.PathLike,
+    foreground_label=None,
+    crop_size: Sequence[int] | None = None,
+    modality: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the bundle (``configs/``, ``docs/README.md``, ``LICENSE``) into ``output`` and return it.
+
+    Args:
+        dataset_dir: the data set in the nnU-Net v2 raw layout.
+        network: ``fpa`` or ``rfna`` (any other network of the registry trains from the bundle
+            with ``--network_name``).
+        output: the bundle folder; its name is the bundle's name. An existing non-empty folder is
+            refused unless ``overwrite``.
+        foreground_label: label values or names of ``dataset.json`` (default: every non-zero label).
+        crop_size: in-plane crop (default: the largest training image, rounded up to 16).
+        modality: for ``metadata.json`` (default: the channel names).
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {network!r}")
+    dataset_dir = Path(dataset_dir).resolve()
+    output = Path(output)
+    if visible_entries(output) and not overwrite:
+        raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
+    meta = read_dataset_json(dataset_dir)
+    spec = nnunet_spec(dataset_dir, crop_size=crop_size)
+    foreground, _ = spec.resolve_labels(foreground_label)
+    exact = [n for n, v in spec.label_names if tuple(sorted(v)) == foreground]  # a region's own name
+    target = (
+        exact[0] if exact else ", ".join(n for n, v in spec.label_names if len(v) == 1 and v[0] in foreground)
+    )
+    channel_def = {str(i): c for i, c in enumerate(spec.channels)}
+    name = output.name
+    prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
+    if not suffix:
+        raise ValueError(
+            f"the bundle folder's name must end in _{network} (e.g. lesion_{network}), got {name!r}"
+        )
+    info = {
+        "modality": modality or ", ".join(spec.channels),
+        "target": f"{target or 'foreground'} (labels {', '.join(map(str, foreground))})",
+        "data_source": f"own data: {meta['name']} (nnU-Net v2 raw layout)",
+        "data_type": "nibabel",
+        "channel_def": channel_def,
+        "format": "magnitude",
+        "generated": GENERATED.replace("{dataset_dir}", str(dataset_dir)),
+        "data_section": DATA.replace("{dataset_dir}", str(dataset_dir))
+        .replace("{foreground}", json.dumps(list(foreground)))
+        .replace("{crop}", "x".join(map(str, spec.crop_size))),
+        "defaults": "defaults: the paper's BRATS settings",
+    }
+    # bundle_root: the folder as seen from here when it is below the working folder (the documented
+    # commands), else "." (run from the bundle's own folder, or pass --bundle_root): never an
+    # absolute path, which a copied or shared bundle would keep writing to
+    relative = os.path.relpath(output.resolve(), Path.cwd())
+    folder = Path(relative).parent.as_posix() if not relative.startswith("..") else None
+    task = BundleTask("nnunet", spec, info, prefix, folder=folder or ".", dataset_dir=str(dataset_dir))
+    files = bundle_files(task, network)
+    embedded = {
+        "dataset_json": as_dataset_json(meta),
+        "crop_size": list(spec.crop_size),
+        "spec": "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size)",
+        **({} if folder else {"bundle_root": "."}),
+    }
+    for config, extra in (
+        ("train.json", {**embedded, "foreground_label": list(foreground)}),
+        ("inference.json", embedded),
+    ):
+        data = json.loads(files[f"configs/{config}"])
+        data.update(extra)
+        files[f"configs/{config}"] = json.dumps(data, indent=4) + "\n"
+    # written next to the target and renamed into place: an interrupted run leaves no half bundle
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output.parent))
+    try:
+        for rel, text in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text)
+        if output.exists():
+            for rel in files:  # replace the bundle's own files, keep models/ and eval/
+                (output / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / rel, output / rel)
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def bundle(
+    dataset_dir: str,
+    output: str,
+    network: str = "fpa",
+    foreground_label=None,
+    crop_size=None,
+    modality: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Make a self-contained MONAI bundle for your own data set (nnU-Net v2 raw layout): its configs
+    carry the data set's channels, labels, crop and target, so it trains on DATASET_DIR without
+    overrides and infers on new images alone.
+
+    Args:
+        dataset_dir: the data set (dataset.json, imagesTr/, labelsTr/).
+        output: the bundle folder, named <name>_<network>, e.g. bundles/lesion_fpa.
+        network: fpa or rfna (every baseline still trains from it with --network_name).
+        foreground_label: label values or names of dataset.json, e.g. lesion or "[1, 2]" (default:
+            every non-zero label).
+        crop_size: in-plane crop "[h, w]" (default: the largest training image, rounded up to 16).
+        modality: for metadata.json (default: the channel names).
+        overwrite: rewrite the configs of an existing bundle folder (models/ are kept).
+    """
+    path = own_data_bundle(dataset_dir, network, output, foreground_label, crop_size, modality, overwrite)
+    config = json.loads((path / "configs" / "train.json").read_text())
+    run = "python -m monai.bundle run training --config_file"
+    if config["bundle_root"] == ".":  # outside the working folder: it runs from its own folder
+        print(f"wrote {path}; train: cd {path} && {run} configs/train.json")
+    else:
+        print(f"wrote {path}; train: {run} {path}/configs/train.json")
