@@ -81,6 +81,9 @@ def test_layout_mistakes_are_named(own_root, tmp_path):
     (root / "labelsTr" / "SYN_004.nii.gz").unlink()  # a missing label
     shutil.copy(root / "labelsTr" / "SYN_001.nii.gz", root / "labelsTr" / "SYN_099.nii.gz")
     (root / "imagesTr" / "notes.txt").write_text("x")
+    (root / "imagesTr" / "._SYN_001_0000.nii.gz").write_bytes(
+        b"\0\5\26\7 macOS resource fork"
+    )  # hidden: not a case
     seg = nib.load(str(root / "labelsTr" / "SYN_005.nii.gz"))
     bad = np.asarray(seg.dataobj).copy()
     bad[0, 0, 0] = 7
@@ -93,7 +96,28 @@ def test_layout_mistakes_are_named(own_root, tmp_path):
     assert "SYN_099: labelsTr/SYN_099.nii.gz: label without images" in problems
     assert any(p.startswith("notes.txt: notes.txt: not an image file name") for p in problems)
     assert "SYN_005: SYN_005.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 3)" in problems
+    assert not any("._SYN" in p for p in problems)
     assert not report.ok
+
+
+def test_without_channel_files_the_check_still_reports_what_it_sees(own_root, tmp_path):
+    """No <case>_0000 file to size the crop from (MSD-style names): the check lists every file
+    instead of stopping at the crop."""
+    root = copy(own_root, tmp_path)
+    for f in (root / "imagesTr").glob("*_0001.nii.gz"):
+        f.unlink()
+    for f in (root / "imagesTr").glob("*_0000.nii.gz"):
+        f.rename(f.with_name(f.name.replace("_0000", "")))
+    report = check_dataset("nnunet", root)
+    problems = [str(p) for p in report.problems]
+    assert (
+        not report.ok
+        and "SYN_001.nii.gz: SYN_001.nii.gz: not an image file name <case>_<XXXX>.nii.gz" in problems[0]
+    )
+    assert (
+        "no readable 3-D training image <case>_0000.nii.gz" in problems[-1]
+        or "no training image" in problems[-1]
+    )
 
 
 @pytest.mark.parametrize(
@@ -105,6 +129,10 @@ def test_layout_mistakes_are_named(own_root, tmp_path):
         ({"labels": {"background": 0, "lesion": "one"}}, "label 'lesion': expected a non-negative integer"),
         ({"labels": {"background": 0}}, "'labels' has no foreground label besides background"),
         ({"file_ending": ".png"}, "file_ending '.png' is not supported; convert the images to NIfTI"),
+        (
+            {"labels": {"background": 0, "lesion": 1, "ignore": 2}},
+            "the 'ignore' label (nnU-Net's unannotated voxels) is not supported",
+        ),
     ],
 )
 def test_dataset_json_mistakes_are_named(own_root, tmp_path, change, message):
@@ -118,6 +146,22 @@ def test_dataset_json_mistakes_are_named(own_root, tmp_path, change, message):
     with pytest.raises(ValueError) as err:
         get_spec("nnunet", root=root, crop_size=[96, 96])
     assert message in str(err.value) and str(root / "dataset.json") in str(err.value)
+
+
+def test_nnunet_v1_labels_and_a_file_ending_without_dot_are_read(own_root, tmp_path):
+    root = copy(own_root, tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta.pop("channel_names")
+    meta.update(
+        modality={"0": "T2", "1": "ADC"},  # nnU-Net v1 keys: value -> name
+        labels={"0": "background", "1": "necrosis", "2": "oedema", "3": "enhancing"},
+        file_ending="nii.gz",
+        training=[{"image": "./imagesTr/SYN_001.nii.gz", "label": "./labelsTr/SYN_001.nii.gz"}],
+    )
+    (root / "dataset.json").write_text(json.dumps(meta))
+    spec = get_spec("nnunet", root=root)
+    assert spec.channels == ("T2", "ADC") and spec.resolve_labels("oedema")[0] == (2,)
+    assert check_dataset(spec, root).ok
 
 
 def test_own_data_is_never_replaced_by_a_stand_in(tmp_path):
@@ -165,6 +209,7 @@ def test_bundle_trains_evaluates_and_infers_on_own_data(own_root, tmp_path):
     record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
     assert record["task"] == "nnunet" and record["in_channels"] == 2
     assert record["crop_size"] == [96, 96] and record["foreground_label"] == [1, 3]
+    assert record["dataset_json"]["channel_names"] == {"0": "T2", "1": "ADC"}
 
     # scoring against another target than the one trained is refused, naming the override
     with pytest.raises(Exception) as err:
@@ -204,27 +249,25 @@ def test_bundle_trains_evaluates_and_infers_on_own_data(own_root, tmp_path):
         for m in error_chain(err.value)
     )
 
-    # a volume larger than the trained crop would lose its rim: refused, nothing written
+    # a volume larger than the trained crop: its centre is predicted, the rim is background (as
+    # evaluation scores it); and the model runs without its training data (model.json has the
+    # channels, labels and crop)
     big = tmp_path / "big"
     big.mkdir()
     for c in (0, 1):
         src = nib.load(str(folder / f"SYN_001_{c:04d}.nii.gz"))
-        data = np.pad(np.asarray(src.dataobj), ((10, 10), (10, 10), (0, 0)))
+        data = np.pad(np.asarray(src.dataobj), ((10, 10), (10, 10), (0, 0)), mode="reflect")
         nib.save(nib.Nifti1Image(data, src.affine), str(big / f"BIG_{c:04d}.nii.gz"))
-    with pytest.raises(Exception) as err:
-        bundle(
-            "inferring",
-            "inference.json",
-            **infer,
-            **nets,
-            input_dir=str(big),
-            output_dir=str(tmp_path / "p3"),
-        )
-    assert any(
-        "BIG: volume of in-plane size (110, 104) is larger than the 96x96 crop" in m
-        for m in error_chain(err.value)
+    shutil.rmtree(root)
+    no_data = {**infer, "dataset_dir": str(tmp_path / "no_such_data")}
+    bundle(
+        "inferring", "inference.json", **no_data, **nets, input_dir=str(big), output_dir=str(tmp_path / "p3")
     )
-    assert not (tmp_path / "p3").exists()
+    mask = np.asarray(nib.load(str(tmp_path / "p3" / "BIG_seg.nii.gz")).dataobj)
+    assert mask.shape == (110, 104, 8)
+    rim = np.ones(mask.shape, bool)
+    rim[7:103, 4:100] = False  # the centre 96 x 96
+    assert not mask[rim].any()
 
 
 def test_experiment_on_own_data_scores_the_trained_target(own_root, tmp_path):
@@ -263,6 +306,11 @@ def test_experiment_on_own_data_scores_the_trained_target(own_root, tmp_path):
     assert "own data, nnU-Net layout" in (out / "results.md").read_text()
     with pytest.raises(ValueError, match="pass --dataset_dir"):
         run_experiment(dataset="nnunet", output=str(tmp_path / "e2"))
+    with pytest.raises(ValueError, match="unknown foreground label 'tumor'; its labels"):  # before any run
+        run_experiment(
+            dataset="nnunet", output=str(tmp_path / "e3"), dataset_dir=str(own_root), foreground_label="tumor"
+        )
+    assert not (tmp_path / "e3" / "runs").exists()
 
 
 def test_msd_task_converts_to_the_nnunet_layout(tmp_path, capsys):

@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .files import UnreadableFile, load_nifti, load_png
 from .layout import Problem, scan_cases
+from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
 from .preprocess import preprocess_case
 from .specs import DatasetSpec, get_spec
@@ -242,7 +244,12 @@ def check_dataset(
     ``splits=("train", "val")`` (CityScapes). ``dataset="nnunet"``: own data, described by
     ``<root>/dataset.json`` (:mod:`pam_monai.data.nnunet`).
     """
-    spec = get_spec(dataset, root=root)
+    try:
+        spec = get_spec(dataset, root=root)
+    except NoTrainingImages as e:  # own data without a usable <case>_0000 image: say what the scan sees
+        scan = scan_cases(dataset, root, **scan_options)
+        problems = [*scan.problems, Problem(Path(root).name, "imagesTr", str(e))]
+        return CheckReport("nnunet", str(root), problems=problems)
     fg_labels, allowed = spec.resolve_labels(foreground_label)
     scan = scan_cases(spec, root, **scan_options)
     report = CheckReport(spec.name, str(root), problems=list(scan.problems), volumetric=spec.volumetric)

@@ -110,6 +110,7 @@ def check(
     foreground_label: int | str | None = None,
     grades: str = "HGG",
     quiet: bool = False,
+    crop_size: tuple[int, int] | None = None,
 ) -> None:
     """Check every case under ROOT; print a per-case summary; exit 1 on any problem.
 
@@ -120,10 +121,15 @@ def check(
             data: label values or names of its dataset.json (default every non-zero label).
         grades: BRATS grades, "HGG" or "HGG,LGG".
         quiet: print only warnings, problems and the verdict.
+        crop_size: the in-plane crop "[h, w]" to check against (own data: default the largest
+            training image rounded up to 16; the paper's data sets: theirs).
     """
     from .checker import check_dataset
+    from .specs import get_spec
 
     options = {"grades": grades} if dataset.lower() == "brats" else {}
+    if crop_size is not None:
+        dataset = get_spec(dataset, root=root, crop_size=crop_size)
     report = check_dataset(dataset, root, foreground_label=foreground_label, progress=not quiet, **options)
     text = report.format()
     if quiet:

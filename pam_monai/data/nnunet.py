@@ -35,17 +35,20 @@ from .specs import DATASETS, DatasetSpec
 __all__ = [
     "DATASET_JSON",
     "ENDINGS",
+    "NoTrainingImages",
     "as_dataset_json",
     "default_crop",
     "nnunet_spec",
     "read_dataset_json",
     "scan",
+    "spec_dataset_json",
 ]
 
 DATASET_JSON = "dataset.json"
 ENDINGS = (".nii.gz", ".nii")
 LABEL_NAME = "label"  # the label's key among a case's files
 CROP_MULTIPLE = 16
+TITLE_SUFFIX = " (own data, nnU-Net layout)"
 _FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
 
 
@@ -72,11 +75,15 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         raise ValueError(f"{path}: expected a JSON object")
     from .msd import is_msd_dataset_json
 
-    if is_msd_dataset_json(meta):
+    if is_msd_dataset_json(meta) and _holds_4d_cases(root, meta):
         raise ValueError(
             f"{path}: a Medical Segmentation Decathlon task (4-D images, labels keyed by number); convert it "
             f"once: python -m pam_monai convert_msd --task_dir {Path(root)} --output <new folder>"
         )
+    labels = meta.get("labels")
+    if isinstance(labels, dict) and labels and all(str(k).isdigit() for k in labels):
+        # nnU-Net v1 (and MSD) write {"0": "background", "1": "lesion"}: value -> name
+        labels = {str(name): int(value) for value, name in labels.items()}
     channels = meta.get("channel_names", meta.get("modality"))  # "modality": nnU-Net v1's key
     if not isinstance(channels, dict) or not channels:
         raise ValueError(f'{path}: \'channel_names\' must map channel numbers to names, e.g. {{"0": "T2"}}')
@@ -86,7 +93,6 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         raise ValueError(f"{path}: 'channel_names' keys must be numbers, got {sorted(channels)}") from None
     if numbers != list(range(len(numbers))):
         raise ValueError(f"{path}: 'channel_names' must be numbered 0..{len(numbers) - 1}, got {numbers}")
-    labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise ValueError(
             f'{path}: \'labels\' must map label names to values, e.g. {{"background": 0, "lesion": 1}}'
@@ -101,7 +107,13 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         table.append((str(name), tuple(values)))
     if dict(table).get("background") != (0,):
         raise ValueError(f"{path}: 'labels' must have \"background\": 0")
-    ending = meta.get("file_ending", ".nii.gz")
+    if "ignore" in dict(table):
+        raise ValueError(
+            f"{path}: the 'ignore' label (nnU-Net's unannotated voxels) is not supported: the Dice loss and every "
+            "metric would count those voxels; annotate them, or give them the background value"
+        )
+    ending = str(meta.get("file_ending", ".nii.gz")).lower()
+    ending = ending if ending.startswith(".") else f".{ending}"  # "nii.gz" is NIfTI too
     if ending not in ENDINGS:
         raise ValueError(
             f"{path}: file_ending {ending!r} is not supported; convert the images to NIfTI ({', '.join(ENDINGS)})"
@@ -114,6 +126,20 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     }
 
 
+def _holds_4d_cases(root, meta: dict) -> bool:
+    """An MSD task keeps each case in one file named as its ``training`` entry says (an nnU-Net v1
+    set, with the same kind of ``dataset.json``, has ``<case>_0000`` files instead)."""
+    if isinstance(root, dict) or not meta.get("training"):
+        return False
+    first = meta["training"][0]
+    image = first.get("image") if isinstance(first, dict) else None
+    return isinstance(image, str) and (Path(root) / image).is_file()
+
+
+class NoTrainingImages(ValueError):
+    """No ``<case>_0000`` training image to size the default crop from."""
+
+
 def _unique(names: Sequence[str]) -> tuple[str, ...]:
     """Channel names as keys: a repeated name gets its channel number."""
     return tuple(n if list(names).count(n) == 1 else f"{n} ({i:04d})" for i, n in enumerate(names))
@@ -124,18 +150,26 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     to a multiple of 16."""
     import nibabel as nib
 
-    files = sorted((Path(root) / "imagesTr").glob(f"*_0000{ending}"))
+    # hidden files (macOS "._" copies) are not images; unreadable ones are the checker's to report
+    files = [p for p in visible_entries(Path(root) / "imagesTr") if p.name.endswith(f"_0000{ending}")]
     if not files:
-        raise ValueError(
+        raise NoTrainingImages(
             f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} (the crop is sized from "
             "them; pass crop_size to go without)"
         )
     sizes = []
     for f in files:
-        shape = nib.load(str(f)).shape
-        if len(shape) != 3:
-            raise ValueError(f"nnunet: {f}: expected a 3-D volume, got shape {tuple(shape)}")
-        sizes.append(shape[:2])
+        try:
+            shape = nib.load(str(f)).shape
+        except Exception:  # noqa: BLE001 - the checker names unreadable files; size from the others
+            continue
+        if len(shape) == 3:  # other shapes: the checker's to report too
+            sizes.append(shape[:2])
+    if not sizes:
+        raise NoTrainingImages(
+            f"nnunet: {Path(root) / 'imagesTr'}: no readable 3-D training image <case>_0000{ending} to size "
+            "the crop from (run python -m pam_monai check; pass crop_size to go without)"
+        )
     up = lambda v: -(-int(v) // CROP_MULTIPLE) * CROP_MULTIPLE  # noqa: E731
     return up(max(s[0] for s in sizes)), up(max(s[1] for s in sizes))
 
@@ -147,6 +181,18 @@ def as_dataset_json(meta: dict) -> dict:
         "channel_names": {str(i): c for i, c in enumerate(meta["channels"])},
         "labels": {n: (list(v) if len(v) > 1 else v[0]) for n, v in meta["labels"]},
         "file_ending": meta["file_ending"],
+    }
+
+
+def spec_dataset_json(spec: DatasetSpec) -> dict | None:
+    """What a model trained on own data records of its data set (channels and labels, in
+    ``dataset.json`` form) so that inference needs no training data; None for the paper's sets."""
+    if spec.name != "nnunet":
+        return None
+    return {
+        "name": spec.title.removesuffix(TITLE_SUFFIX),
+        "channel_names": {str(i): c for i, c in enumerate(spec.channels)},
+        "labels": {n: (list(v) if len(v) > 1 else v[0]) for n, v in spec.label_names},
     }
 
 
@@ -173,7 +219,7 @@ def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None 
     paper = DATASETS["brats"]  # training defaults until the user sets them
     spec = DatasetSpec(
         name="nnunet",
-        title=f"{meta['name']} (own data, nnU-Net layout)",
+        title=f"{meta['name']}{TITLE_SUFFIX}",
         target=named,
         channels=_unique(meta["channels"]),
         label_name=LABEL_NAME,
@@ -239,7 +285,9 @@ def scan(
         if index >= len(names):
             problems.append(
                 Problem(
-                    m["case"], path.name, f"channel {index:04d}, but dataset.json names {len(names)} channels"
+                    m["case"],
+                    path.name,
+                    f"channel {index:04d}, but dataset.json names {len(names)} channel{'s' if len(names) > 1 else ''}",
                 )
             )
             continue

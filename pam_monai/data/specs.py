@@ -43,8 +43,9 @@ class DatasetSpec:
             instead of numbers (own data: the nnU-Net ``dataset.json`` labels).
         inference_fit: what inference does with a volume whose in-plane size is not the crop:
             ``"crop"`` (the paper's data sets: larger ones are centre-cropped, smaller ones
-            refused) or ``"pad"`` (own data, whose crop is at least the training volumes'
-            size: smaller ones are zero-padded, larger ones refused, as their rim would be lost).
+            refused) or ``"pad"`` (own data, whose default crop is at least the training volumes'
+            size: smaller ones are zero-padded, larger ones centre-cropped with a warning, as
+            evaluation scores them).
     """
 
     name: str

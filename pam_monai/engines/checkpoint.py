@@ -289,6 +289,17 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def read_run_record(ckpt_path: str | os.PathLike) -> dict | None:
+    """The ``"run"`` record that training wrote beside ``ckpt_path`` (``model.json``), or None."""
+    meta_path = Path(ckpt_path).with_suffix(".json")
+    if not meta_path.is_file():
+        return None
+    try:
+        return json.loads(meta_path.read_text()).get("run") or None
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{meta_path}: unreadable ({e})") from e
+
+
 def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | None = None) -> dict | None:
     """Check that the weights in ``ckpt_path`` belong to this run before they are loaded.
 
@@ -306,26 +317,26 @@ def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained weights here (train first, or set ckpt_dir / ckpt_path)")
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
-        return None
-    try:
-        record = json.loads(meta_path.read_text()).get("run")
-    except (OSError, ValueError, AttributeError) as e:
-        raise ValueError(f"{meta_path}: unreadable ({e})") from e
+    record = read_run_record(path)
     if not record:
         return None
     expected = _jsonable(expected)
+
+    def fix(key) -> str:
+        if key == "in_channels":  # channels follow the data set: no override of their own
+            return "the data set (--task, --dataset_dir) they were trained on"
+        value = record[key]
+        return f"--{key} '{json.dumps(value) if isinstance(value, (dict, list)) else value}'"
+
     problems = [
-        f"{key}: the weights were trained with {record[key]!r}, this run has {expected[key]!r}"
-        f" (pass --{key} '{json.dumps(record[key]) if isinstance(record[key], (dict, list)) else record[key]}')"
+        f"{key}: the weights were trained with {record[key]!r}, this run has {expected[key]!r} (pass {fix(key)})"
         for key in ("task", "network_name", "network_options", "in_channels", "crop_size", "foreground_label")
         if key in record and key in expected and record[key] != expected[key]
     ]
     if data is not None and data.get("synthetic") and record.get("synthetic") is False:
         problems.append(
-            f"data: the weights were trained on {record.get('data_root')}, but this run found no data set and "
-            f"would score them on a SYNTHETIC stand-in in {data.get('root')} (pass --dataset_dir)"
+            f"data: the weights were trained on {record.get('data_root')}, but this run's data in {data.get('root')} "
+            "are SYNTHETIC (a stand-in, or a set marked synthetic.json); pass --dataset_dir of real data"
         )
     if problems:
         raise ValueError(f"{path}: these weights do not belong to this run:\n" + "\n".join(problems))

@@ -22,12 +22,13 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
+from ..data.layout import visible_entries
 from ..networks.polarity import as_foreground
-from .checkpoint import check_weights
+from .checkpoint import check_weights, read_run_record
 from .inferer import SliceWiseInferer
 from .postprocessing import foreground_mask
 
-__all__ = ["CasePredictor", "find_inference_cases", "safe_output_path", "validate_case"]
+__all__ = ["CasePredictor", "find_inference_cases", "inference_spec", "safe_output_path", "validate_case"]
 
 log = logging.getLogger("pam_monai")
 
@@ -50,6 +51,24 @@ def safe_output_path(output_dir: str | os.PathLike, case: str, suffix: str) -> P
     return path
 
 
+def inference_spec(task, dataset_dir=None, crop_size=None, ckpt_path=None):
+    """The data spec inference runs with. The paper's data sets: by name. Own data (``nnunet``):
+    the crop and the channels and labels that training recorded beside the weights
+    (``model.json``) unless given, so a trained model segments new images without its training
+    data (``dataset_dir``'s ``dataset.json`` is read when there is one)."""
+    if not (isinstance(task, str) and task.lower() == "nnunet"):
+        return get_spec(task, root=dataset_dir, crop_size=crop_size)
+    from ..data.nnunet import nnunet_spec
+
+    record = (read_run_record(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None) or {}
+    crop = crop_size if crop_size is not None else record.get("crop_size")
+    if dataset_dir and (Path(dataset_dir) / "dataset.json").is_file():
+        return nnunet_spec(dataset_dir, crop_size=crop)
+    if record.get("dataset_json") and crop is not None:
+        return nnunet_spec(record["dataset_json"], crop_size=crop)
+    return get_spec(task, root=dataset_dir, crop_size=crop)  # names the missing dataset.json
+
+
 def find_inference_cases(dataset, input_dir: str | os.PathLike, **scan_options) -> list[dict]:
     """Items of every case under ``input_dir`` in the published layout; labels are optional.
 
@@ -63,7 +82,7 @@ def find_inference_cases(dataset, input_dir: str | os.PathLike, **scan_options) 
         raise ValueError(f"{root}: input folder not found (the bundles take it as --input_dir)")
     spec = get_spec(dataset, root=root)
     if spec.name == "nnunet" and "subset" not in scan_options and (root / "dataset.json").is_file():
-        scan_options["subset"] = "imagesTs" if (root / "imagesTs").is_dir() else "imagesTr"
+        scan_options["subset"] = "imagesTs" if visible_entries(root / "imagesTs") else "imagesTr"
         log.info("%s: predicting %s", root, root / scan_options["subset"])
     result = scan_cases(spec, root, **scan_options)
     problems = [
@@ -118,15 +137,6 @@ def validate_case(dataset, case: dict) -> list[str]:
         ):
             problems.append(
                 f"{name}: volume of in-plane size {image.shape[1:3]} is smaller than the {crop[0]}x{crop[1]} crop"
-            )
-        if (
-            crop is not None
-            and spec.inference_fit == "pad"
-            and any(s > c for s, c in zip(image.shape[1:3], crop))
-        ):
-            problems.append(
-                f"{name}: volume of in-plane size {image.shape[1:3]} is larger than the {crop[0]}x{crop[1]} crop "
-                "the model was trained with (its rim would not be predicted); train with a larger crop_size"
             )
     return problems
 
@@ -225,6 +235,14 @@ class CasePredictor:
             images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
             case["files"] = list(images)
             problems += validate_case(self.spec, case)
+            if self.spec.inference_fit == "pad" and self.spec.crop_size is not None:
+                size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
+                if any(s > c for s, c in zip(size, crop)):  # as evaluation scores it: the rim is background
+                    log.warning(
+                        "%s: in-plane size %s is larger than the %dx%d crop the model was trained with: only the "
+                        "centre %dx%d is predicted, the rim is background (train with a larger crop_size)",
+                        case["case"], size, *crop, *crop,
+                    )  # fmt: skip
             problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
             loaded.append(case)
         if problems:

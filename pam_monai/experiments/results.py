@@ -213,8 +213,8 @@ def markdown_report(
     lines.append("")
     case = "one 3-D volume" if distance_unit == "mm" else "one image"
     grid = (
-        "on the case's own grid: the prediction put back into the acquired volume, zeros outside the "
-        "networks' centre crop"
+        "on the case's own grid: the prediction put back into the acquired volume (the networks' "
+        "centre crop or padding undone; zeros outside a crop)"
         if distance_unit == "mm"
         else "at the networks' resolution"
     )

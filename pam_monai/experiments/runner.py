@@ -415,6 +415,7 @@ def run_experiment(
     if dataset == "nnunet" and not overrides.get("dataset_dir"):
         raise ValueError("own data (--dataset nnunet): pass --dataset_dir, the folder with its dataset.json")
     spec = get_spec(dataset, root=overrides.get("dataset_dir"), crop_size=overrides.get("crop_size"))
+    spec.resolve_labels(overrides.get("foreground_label"))  # a label typo: refused before any run
     variants = _variants(networks, preset)
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
