@@ -31,7 +31,7 @@ GENERATED = (
 )
 DATA = """`dataset_dir` is `{dataset_dir}`: `dataset.json`, `imagesTr/<case>_XXXX.nii.gz` (channels {channels}),
 `labelsTr/<case>.nii.gz`. Target: {target} (`foreground_label` {foreground}); in-plane crop {crop}
-(`crop_size`; volumes are padded to it, inference refuses larger ones). Split: {split}. Every case
+(`crop_size`; volumes are padded to it, larger ones centre-cropped with a warning). Split: {split}. Every case
 is checked before training (`python -m pam_monai check --dataset nnunet --root {dataset_dir}`
 prints the same report); own data is never replaced by a synthetic stand-in. To train on another
 data set, make a bundle for it."""

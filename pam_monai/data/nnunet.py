@@ -18,7 +18,10 @@ The binary target is every non-zero label by default; ``foreground_label`` picks
 names (``"lesion"``, ``[1, 2]``, ``["lesion", "oedema"]``). Volumes are sliced along their third
 array axis, as for BRATS. The in-plane crop defaults to the largest in-plane size among the
 training images rounded up to a multiple of 16, so training only pads and never cuts foreground;
-``crop_size`` sets another. Inference pads smaller volumes and refuses larger ones.
+``crop_size`` sets another. Inference pads smaller volumes and centre-crops larger ones with a
+warning (their rim is background, as evaluation scores them). nnU-Net v1 files (``modality``,
+labels keyed by number) are read too; the ``ignore`` label (unannotated voxels) is refused, as the
+loss and the metrics would count them; an MSD task (4-D images) is named, see :mod:`.msd`.
 """
 
 from __future__ import annotations
