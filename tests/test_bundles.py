@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import error_chain
 from monai.bundle import ConfigParser, run
 
 from pam_monai.bundle_templates.build import bundle_names
@@ -39,15 +40,6 @@ def configs(name: str, *files: str) -> list[str]:
 
 def run_bundle(workflow: str, config_file, **overrides) -> None:
     run(workflow, config_file=config_file, logging_file=False, **overrides)
-
-
-def error_chain(error: BaseException) -> list[str]:
-    """The messages of an exception and its causes (MONAI wraps a config expression's error)."""
-    chain = []
-    while error is not None:
-        chain.append(str(error))
-        error = error.__cause__ or error.__context__
-    return chain
 
 
 def test_bundles_are_generated_from_the_templates():

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import error_chain
 
 from pam_monai.data import SliceDataset, build_datalist, check_dataset, get_spec, get_split, scan_cases, synth
 from pam_monai.engines import prepare_data
@@ -25,14 +26,6 @@ def own_root(tmp_path_factory) -> Path:
 
 def copy(root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(root, tmp_path / root.name))
-
-
-def error_chain(error: BaseException) -> list[str]:
-    chain = []
-    while error is not None:
-        chain.append(str(error))
-        error = error.__cause__ or error.__context__
-    return chain
 
 
 def test_spec_comes_from_dataset_json(own_root):
