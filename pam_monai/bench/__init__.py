@@ -218,8 +218,8 @@ def run_bench(
         networks: comma-separated registered networks or ``all`` (default ``unet,fpa,rfna``;
             ``unet,fpa`` with ``quick``, as RFNA needs inputs over 64 pixels); the 3-stage ``unet``
             is always added as the reference of the cost ratios.
-        modes: comma-separated modes (``fp32``, ``bf16``, ``fast``, with ``+flag``/``-flag``: see
-            :mod:`pam_monai.bench.modes`).
+        modes: comma-separated modes (``fp32``, ``bf16``, ``fast``, with ``+flag``/``-flag``; see
+            the module pam_monai.bench.modes).
         batch: slices per training step (CUDA 50, the paper's BRATS batch; CPU 4).
         size: slice height and width (CUDA 160, the paper's BRATS crop; CPU 80).
         steps: timed steps per round (CUDA 20, CPU 3).
