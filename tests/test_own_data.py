@@ -84,7 +84,7 @@ def test_layout_mistakes_are_named(own_root, tmp_path):
     report = check_dataset("nnunet", root)
     problems = {str(p) for p in report.problems}
     assert "SYN_002: SYN_002_0001.nii.gz: missing channel 1 ('ADC')" in problems
-    assert "SYN_003: SYN_003_0002.nii.gz: channel 0002, but dataset.json names 2 channels" in problems
+    assert "SYN_003: SYN_003_0002.nii.gz: channel 0002, but the data set has 2 channels" in problems
     assert "SYN_004: labelsTr/SYN_004.nii.gz: missing label" in problems
     assert "SYN_099: labelsTr/SYN_099.nii.gz: label without images" in problems
     assert any(p.startswith("notes.txt: notes.txt: not an image file name") for p in problems)
@@ -418,3 +418,73 @@ def test_own_data_bundle_trains_without_overrides_and_infers_from_images_alone(
     with pytest.raises(SystemExit) as exit_:
         main(["bundle", "--dataset_dir", str(own_root), "--output", str(bundle)])
     assert "already holds files; choose a new folder or pass --overwrite" in str(exit_.value.code)
+
+
+def test_own_data_bundle_paths_names_and_data_set_mismatch(own_root, tmp_path, monkeypatch):
+    """Made outside the working folder: bundle_root "." and a README whose commands run from the
+    bundle's folder; quotes in paths refused; a one-number crop is square; a bundle pointed at a
+    data set with other labels is refused by name."""
+    from monai.bundle import run
+
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = own_data_bundle(own_root, "fpa", tmp_path / "shared" / "tumour_fpa", crop_size=112)
+    train = json.loads((out / "configs" / "train.json").read_text())
+    assert train["bundle_root"] == "." and train["crop_size"] == [112, 112]
+    readme = (out / "docs" / "README.md").read_text()
+    assert "--config_file configs/train.json" in readme and "./tumour_fpa/" not in readme
+    assert "Run the commands below from the bundle's own folder" in readme
+    assert "--dataset_dir /path/to/data" not in readme and "BraTS 2021+" not in readme
+    with pytest.raises(ValueError, match="paths with quotes"):
+        own_data_bundle(own_root, "fpa", work / "bob's_fpa")
+    here = work / "lesion_fpa"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    own_data_bundle(own_root, "fpa", ".")  # "." is the folder's own name
+    assert "# lesion_fpa: " in (here / "docs" / "README.md").read_text()
+
+    other = copy(own_root, tmp_path / "other")
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "core": 1, "rim": 2, "active": 3}
+    (other / "dataset.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(out)
+    with pytest.raises(Exception) as err:
+        run("training", config_file="configs/train.json", logging_file=False, dataset_dir=str(other), **SMALL)
+    assert any(
+        "describes another data set than this run's spec (labels:" in m for m in error_chain(err.value)
+    )
+
+
+def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
+    from pam_monai.data.msd import convert_msd
+
+    task = tmp_path / "Task98_CT"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    img = nib.Nifti1Image(np.arange(20 * 18 * 4, dtype=np.int16).reshape(20, 18, 4), np.eye(4))
+    img.header.set_slope_inter(1.0, -1024.0)  # CT stored with an intercept: kept as stored
+    nib.save(img, str(task / "imagesTr" / "ct_001.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(np.zeros((20, 18, 4), np.uint8), np.eye(4)), str(task / "labelsTr" / "ct_001.nii.gz")
+    )
+    meta = {
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "liver"},
+        "training": [{"image": "./imagesTr/ct_001.nii.gz", "label": "./labelsTr/ct_001.nii.gz"}],
+        "test": [],
+    }
+    (task / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="a Medical Segmentation Decathlon task \\(one file per case"):
+        get_spec("nnunet", root=task)
+    (tmp_path / "out").mkdir()  # an empty folder made beforehand is fine
+    out = convert_msd(task, tmp_path / "out", progress=False)
+    converted = out / "imagesTr" / "ct_001_0000.nii.gz"
+    assert converted.read_bytes() == (task / "imagesTr" / "ct_001.nii.gz").read_bytes()
+    assert get_spec("nnunet", root=out).channels == ("CT",)
+    (task / "labelsTr" / "ct_001.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="ct_001.nii.gz: listed in dataset.json but missing"):
+        convert_msd(task, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()

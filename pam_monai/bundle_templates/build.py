@@ -70,6 +70,10 @@ MEASURED = {
 }
 
 
+def channel_count(n: int) -> str:
+    return f"{n} channel" if n == 1 else f"{n} channels"
+
+
 def bundle_names() -> list[str]:
     return [f"{task}_{net}" for task in TASKS for net in NETWORKS]
 
@@ -156,7 +160,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
         "copyright": "Copyright (c) pam-monai contributors",
         "data_source": info["data_source"],
         "data_type": info["data_type"],
-        "image_classes": f"{spec.in_channels} channels ({', '.join(info['channel_def'].values())}), "
+        "image_classes": f"{channel_count(spec.in_channels)} ({', '.join(info['channel_def'].values())}), "
         f"{'z-scored over non-zero voxels, centre-cropped' if spec.volumetric else 'scaled to [0, 1], resized'} "
         f"to {h}x{w}",
         "label_classes": f"single channel: 1 = {info['target']}, 0 = everything else",
@@ -213,6 +217,9 @@ PAPER_GENERATED = (
     "This bundle is generated from `pam_monai/bundle_templates/` (run\n"
     "`python -m pam_monai.bundle_templates.build`): edit the templates, not these files."
 )
+PAPER_RUN_FROM = """The commands below run from the project's root; from this bundle's
+own folder (e.g. after `monai.bundle download`) `bundle_root` is `.`, and from anywhere else pass
+`--bundle_root path/to/{name}`."""
 PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). When it does
 not exist or is empty, training runs on a small **synthetic stand-in** generated on the fly (into
 `synthetic_data/`) and the log says so; a folder with other content (data in another layout) is
@@ -245,6 +252,7 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "target": bt.info["target"],
         "channels": ", ".join(bt.info["channel_def"].values()),
         "in_channels": spec.in_channels,
+        "channel_count": channel_count(spec.in_channels),
         "shape": f"{spec.in_channels}x{h}x{w}",
         "epochs": spec.epochs,
         "batch_size": spec.batch_size,
@@ -257,11 +265,18 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
             "with a narrow network on every commit",
         ),
         "defaults": "paper Table 2 defaults",
-        "generated": PAPER_GENERATED,
+        "data_flag": " \\\n    --dataset_dir /path/to/data",
+        "fg_note": " (BraTS 2021+: 3)",
+        "run_from": PAPER_RUN_FROM,
     }
-    values["data_section"] = bt.info.get("data_section", PAPER_DATA).format(**values)
-    values["generated"] = bt.info.get("generated", PAPER_GENERATED).format(**values)
-    values["defaults"] = bt.info.get("defaults", values["defaults"])
+    for key in ("defaults", "data_flag", "fg_note", "measured"):  # own data bundles say their own
+        values[key] = bt.info.get(key, values[key])
+    for key, default in (
+        ("data_section", PAPER_DATA),
+        ("generated", PAPER_GENERATED),
+        ("run_from", PAPER_RUN_FROM),
+    ):
+        values[key] = bt.info.get(key, default).format(**values)
     return values
 
 

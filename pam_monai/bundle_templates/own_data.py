@@ -62,6 +62,10 @@ def own_data_bundle(
         raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {network!r}")
     dataset_dir = Path(dataset_dir).resolve()
     output = Path(output)
+    if any(c in str(output.resolve()) + str(dataset_dir) for c in "'\\\n"):  # they go into config expressions
+        raise ValueError(
+            f"paths with quotes, backslashes or newlines cannot go into a bundle's configs: {output}"
+        )
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
     meta = read_dataset_json(dataset_dir)
@@ -72,7 +76,7 @@ def own_data_bundle(
         exact[0] if exact else ", ".join(n for n, v in spec.label_names if len(v) == 1 and v[0] in foreground)
     )
     channel_def = {str(i): c for i, c in enumerate(spec.channels)}
-    name = output.name
+    name = output.resolve().name  # "." is the current folder's name
     prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
     if not suffix:
         raise ValueError(
@@ -90,14 +94,26 @@ def own_data_bundle(
         .replace("{foreground}", json.dumps(list(foreground)))
         .replace("{crop}", "x".join(map(str, spec.crop_size))),
         "defaults": "defaults: the paper's BRATS settings",
+        "data_flag": "",
+        "fg_note": " (values or names of the data set's labels)",
+        "measured": "not timed (made for own data)",
     }
     # bundle_root: the folder as seen from here when it is below the working folder (the documented
     # commands), else "." (run from the bundle's own folder, or pass --bundle_root): never an
     # absolute path, which a copied or shared bundle would keep writing to
     relative = os.path.relpath(output.resolve(), Path.cwd())
-    folder = Path(relative).parent.as_posix() if not relative.startswith("..") else None
+    folder = Path(relative).parent.as_posix() if not relative.startswith("..") and relative != "." else None
+    info["run_from"] = (
+        "The commands below run from the folder the bundle was made in; from the bundle's own folder\n"
+        "`bundle_root` is `.`, and from anywhere else pass `--bundle_root path/to/{name}`."
+        if folder
+        else "Run the commands below from the bundle's own folder (`bundle_root` is `.`), or pass\n"
+        "`--bundle_root path/to/{name}`."
+    )
     task = BundleTask("nnunet", spec, info, prefix, folder=folder or ".", dataset_dir=str(dataset_dir))
     files = bundle_files(task, network)
+    if not folder:  # run from its own folder: the README's paths are relative to it
+        files["docs/README.md"] = files["docs/README.md"].replace(f"./{name}/", "")
     embedded = {
         "dataset_json": as_dataset_json(meta),
         "crop_size": list(spec.crop_size),

@@ -77,7 +77,7 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
             f"{meta_path}: not an MSD dataset.json (labels keyed by number and a 'training' list); an nnU-Net v2 "
             "data set needs no conversion"
         )
-    if output.exists():
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} already exists; choose a new folder")
     modality = meta.get("modality") or {"0": "image"}
     channels = {str(i): str(modality[k]) for i, k in enumerate(sorted(modality, key=int))}
@@ -99,6 +99,8 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
         ):
             source = task_dir / image
             case = _case_id(image)
+            if not source.is_file():
+                raise FileNotFoundError(f"{source}: listed in {meta_path.name} but missing")
             try:
                 img = nib.load(str(source))
                 data = np.asarray(img.dataobj)
@@ -109,10 +111,16 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
                 raise ValueError(
                     f"{source}: expected {len(channels)} channel(s) ({', '.join(channels.values())}), got shape {data.shape}"
                 )
-            for c, volume in enumerate(volumes):
+            if data.ndim == 3 and source.name.endswith(".nii.gz"):  # one channel: the file as shipped
+                shutil.copyfile(source, tmp / subset / f"{case}_0000.nii.gz")
+            for c, volume in enumerate(
+                volumes if data.ndim == 4 or not source.name.endswith(".nii.gz") else []
+            ):
                 _save(np.ascontiguousarray(volume), img, tmp / subset / f"{case}_{c:04d}.nii.gz")
             if label is not None:
                 lab_path = task_dir / label
+                if not lab_path.is_file():
+                    raise FileNotFoundError(f"{lab_path}: listed in {meta_path.name} but missing")
                 try:
                     lab = nib.load(str(lab_path))
                 except Exception as e:
@@ -136,6 +144,8 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
             "converted_from": f"MSD {task_dir.name} by pam_monai convert_msd",
         }
         (tmp / "dataset.json").write_text(json.dumps(new_meta, indent=2) + "\n")
+        if output.exists():  # an empty folder the user made
+            output.rmdir()
         os.replace(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

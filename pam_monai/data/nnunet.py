@@ -42,6 +42,7 @@ __all__ = [
     "as_dataset_json",
     "default_crop",
     "nnunet_spec",
+    "check_same_data_set",
     "read_dataset_json",
     "scan",
     "spec_dataset_json",
@@ -80,7 +81,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
 
     if is_msd_dataset_json(meta) and _holds_4d_cases(root, meta):
         raise ValueError(
-            f"{path}: a Medical Segmentation Decathlon task (4-D images, labels keyed by number); convert it "
+            f"{path}: a Medical Segmentation Decathlon task (one file per case, labels keyed by number); convert it "
             f"once: python -m pam_monai convert_msd --task_dir {Path(root)} --output <new folder>"
         )
     labels = meta.get("labels")
@@ -157,8 +158,8 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     files = [p for p in visible_entries(Path(root) / "imagesTr") if p.name.endswith(f"_0000{ending}")]
     if not files:
         raise NoTrainingImages(
-            f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} (the crop is sized from "
-            "them; pass crop_size to go without)"
+            f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} to size the crop from; "
+            f"python -m pam_monai check --dataset nnunet --root {root} lists what is there"
         )
     sizes = []
     for f in files:
@@ -171,7 +172,7 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     if not sizes:
         raise NoTrainingImages(
             f"nnunet: {Path(root) / 'imagesTr'}: no readable 3-D training image <case>_0000{ending} to size "
-            "the crop from (run python -m pam_monai check; pass crop_size to go without)"
+            f"the crop from; python -m pam_monai check --dataset nnunet --root {root} names the problems"
         )
     up = lambda v: -(-int(v) // CROP_MULTIPLE) * CROP_MULTIPLE  # noqa: E731
     return up(max(s[0] for s in sizes)), up(max(s[1] for s in sizes))
@@ -185,6 +186,22 @@ def as_dataset_json(meta: dict) -> dict:
         "labels": {n: (list(v) if len(v) > 1 else v[0]) for n, v in meta["labels"]},
         "file_ending": meta["file_ending"],
     }
+
+
+def check_same_data_set(spec: DatasetSpec, root: str | os.PathLike) -> None:
+    """Refuse a data set whose ``dataset.json`` names other channels or labels than ``spec`` (a
+    bundle made for one data set, pointed at another, would read its labels by the wrong names)."""
+    if spec.name != "nnunet" or not (Path(root) / DATASET_JSON).is_file():
+        return
+    meta = read_dataset_json(root)
+    theirs = {"channels": _unique(meta["channels"]), "labels": tuple(meta["labels"])}
+    ours = {"channels": spec.channels, "labels": spec.label_names}
+    diff = [f"{k}: {theirs[k]} there, {ours[k]} here" for k in ours if tuple(theirs[k]) != tuple(ours[k])]
+    if diff:
+        raise ValueError(
+            f"nnunet: {Path(root) / DATASET_JSON} describes another data set than this run's spec ({'; '.join(diff)}); "
+            "make a bundle for it (python -m pam_monai bundle) or run a paper bundle with --task nnunet"
+        )
 
 
 def spec_dataset_json(spec: DatasetSpec) -> dict | None:
@@ -217,7 +234,9 @@ def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None 
         )
     named = ", ".join(n for n, vs in labels if n != "background" and len(vs) == 1) or "foreground"
     crop = (
-        tuple(int(v) for v in crop_size) if crop_size is not None else default_crop(root, meta["file_ending"])
+        DATASETS["brats"].with_crop(crop_size).crop_size
+        if crop_size is not None
+        else default_crop(root, meta["file_ending"])
     )
     paper = DATASETS["brats"]  # training defaults until the user sets them
     spec = DatasetSpec(
@@ -290,7 +309,7 @@ def scan(
                 Problem(
                     m["case"],
                     path.name,
-                    f"channel {index:04d}, but dataset.json names {len(names)} channel{'s' if len(names) > 1 else ''}",
+                    f"channel {index:04d}, but the data set has {len(names)} channel{'s' if len(names) > 1 else ''}",
                 )
             )
             continue

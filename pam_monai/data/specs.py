@@ -139,6 +139,7 @@ class DatasetSpec:
         if crop_size is None:
             return self
         size = tuple(int(v) for v in np.atleast_1d(crop_size))
+        size = size * 2 if len(size) == 1 else size  # one number: a square crop
         if not self.volumetric:
             raise ValueError(
                 f"{self.name}: crop_size applies to volumes; images are resized to {self.resize}"

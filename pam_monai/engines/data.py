@@ -25,6 +25,7 @@ from ..data import (
     load_datalist,
     preprocess_case,
 )
+from ..data.nnunet import check_same_data_set
 from ..data.ops import binarize, uncrop_center
 
 __all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
@@ -93,6 +94,7 @@ def prepare_data(
             root,
             dataset_dir,
         )
+    check_same_data_set(spec, root)
     if path is not None:
         datalist = load_datalist(path, root)
     else:
