@@ -370,7 +370,12 @@ def test_check_run_names_every_mismatch_and_refuses_real_weights_on_synthetic_da
         in text
     )
     assert """(pass --network_options '{"features": [8, 16, 32, 64]}')""" in text
-    assert "trained on /data/brats" in text and "SYNTHETIC stand-in in /s (pass --dataset_dir)" in text
+    assert "trained on /data/brats" in text
+    assert "this run's data in /s are SYNTHETIC" in text and "pass --dataset_dir of real data" in text
+    with pytest.raises(
+        ValueError, match=r"in_channels: .* \(pass the data set \(--task, --dataset_dir\) they were"
+    ):
+        check_run(weights, {**same, "in_channels": 2})
 
 
 def test_evaluation_and_inference_share_one_threshold():
