@@ -132,3 +132,46 @@ def test_isles22_mask_through_the_nifti_reader(shared_data):
     assert mask.shape == (112, 112, 73) and affine.shape == (4, 4)
     assert check_label_values(mask, (0, 1)) is None
     assert int((mask == 1).sum()) == 523
+
+
+def test_real_brats_as_own_data_gives_the_brats_readers_facts(brats_root, tmp_path):
+    """The two real BraTS 2018 cases in the nnU-Net v2 raw layout (links, nothing copied):
+    the own-data path sees the same enhancing tumour as the BRATS reader, and preprocesses the
+    case to the same arrays at the same crop."""
+    from pam_monai.data import get_spec, scan_cases
+
+    root = tmp_path / "Dataset518_BraTS2018"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    modalities = ("flair", "t1", "t1ce", "t2")
+    for case in BRATS_FACTS:
+        for c, m in enumerate(modalities):
+            (root / "imagesTr" / f"{case}_{c:04d}.nii.gz").symlink_to(
+                brats_root / case / f"{case}_{m}.nii.gz"
+            )
+        (root / "labelsTr" / f"{case}.nii.gz").symlink_to(brats_root / case / f"{case}_seg.nii.gz")
+    labels = {"background": 0, "necrosis": 1, "edema": 2, "enhancing tumour": 4}
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": dict(enumerate(modalities)), "labels": labels, "file_ending": ".nii.gz"})
+    )
+    spec = get_spec("nnunet", root=root, crop_size=160)
+    assert get_spec("nnunet", root=root).crop_size == (240, 240)  # the default: the whole 240 x 240 slice
+    report = check_dataset(spec, root, foreground_label="enhancing tumour")
+    assert report.ok, report.format()
+    for case, (voxels, slices, _) in BRATS_FACTS.items():
+        summary = report.summary(case)
+        assert (summary.foreground, summary.foreground_slices) == (voxels, slices)
+        assert summary.shape == (4, 160, 160, 155)
+    item = next(c for c in scan_cases(spec, root).cases if c.case == "Brats18_2013_2_1").to_item()
+    ours = preprocess_case(spec, item, "enhancing tumour")
+    folder = brats_root / "Brats18_2013_2_1"
+    theirs = preprocess_case(
+        "brats",
+        {
+            "case": "Brats18_2013_2_1",
+            "image": [str(folder / f"Brats18_2013_2_1_{m}.nii.gz") for m in modalities],
+            "label": str(folder / "Brats18_2013_2_1_seg.nii.gz"),
+        },
+    )
+    np.testing.assert_array_equal(ours["image"], theirs["image"])
+    np.testing.assert_array_equal(ours["label"], theirs["label"])
