@@ -488,3 +488,17 @@ def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
     with pytest.raises(FileNotFoundError, match="ct_001.nii.gz: listed in dataset.json but missing"):
         convert_msd(task, tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists()
+
+
+def test_an_external_test_set_of_own_data_needs_only_a_test_list(own_root, tmp_path):
+    """Cross-validated data sets (own data, BRATS) take an explicit ``test`` list, as the bundles'
+    README says for external test sets; the other splits may be missing."""
+    items = [c.to_item(relative_to=own_root) for c in scan_cases("nnunet", own_root).cases[:2]]
+    (tmp_path / "external.json").write_text(json.dumps({"test": items}))
+    spec = get_spec("nnunet", root=own_root)
+    data = prepare_data(spec, own_root, tmp_path / "external.json", splits=["test"])
+    assert (
+        [e["case"] for e in data["test"]] == ["SYN_001", "SYN_002"] and not data["train"] and not data["val"]
+    )
+    with pytest.raises(ValueError, match="datalist has no 'training' list"):
+        prepare_data(spec, own_root, tmp_path / "external.json")  # training needs its folds

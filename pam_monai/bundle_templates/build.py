@@ -269,7 +269,8 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "fg_note": " (BraTS 2021+: 3)",
         "run_from": PAPER_RUN_FROM,
     }
-    for key in ("defaults", "data_flag", "fg_note", "measured"):  # own data bundles say their own
+    values["measured_line"] = f"One epoch on a fresh clone without data (`--epochs 1`): {values['measured']}."
+    for key in ("defaults", "data_flag", "fg_note", "measured_line"):  # own data bundles say their own
         values[key] = bt.info.get(key, values[key])
     for key, default in (
         ("data_section", PAPER_DATA),

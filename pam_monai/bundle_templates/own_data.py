@@ -32,8 +32,8 @@ GENERATED = (
 DATA = """`dataset_dir` is `{dataset_dir}`: `dataset.json`, `imagesTr/<case>_XXXX.nii.gz` (channels {channels}),
 `labelsTr/<case>.nii.gz`. Target: {target} (`foreground_label` {foreground}); in-plane crop {crop}
 (`crop_size`; volumes are padded to it, larger ones centre-cropped with a warning). Split: {split}. Every case
-is checked before training (`python -m pam_monai check --dataset nnunet --root {dataset_dir}`
-prints the same report); own data is never replaced by a synthetic stand-in. To train on another
+is checked before training (`python -m pam_monai check --dataset nnunet --root {dataset_dir}
+--foreground_label '{foreground}'` prints the same report); own data is never replaced by a synthetic stand-in. To train on another
 data set, make a bundle for it."""
 
 
@@ -96,7 +96,7 @@ def own_data_bundle(
         "defaults": "defaults: the paper's BRATS settings",
         "data_flag": "",
         "fg_note": " (values or names of the data set's labels)",
-        "measured": "not timed (made for own data)",
+        "measured_line": "",
     }
     # bundle_root: the folder as seen from here when it is below the working folder (the documented
     # commands), else "." (run from the bundle's own folder, or pass --bundle_root): never an

@@ -26,7 +26,7 @@ def datalist(
         root: the data root in the published layout.
         case_ids: BRATS only, instead of --root: a '<GRADE> <case ID>' text file.
         seed: seed of the split.
-        n_folds: BRATS cross-validation folds.
+        n_folds: cross-validation folds (BRATS and own data).
         grades: BRATS grades, "HGG" or "HGG,LGG".
         val_city: CityScapes train city held out for validation (default: chosen by the seed).
         skip_incomplete: leave incomplete cases out instead of failing.
@@ -117,12 +117,12 @@ def check(
     Args:
         dataset: brats, isles, cityscapes or nnunet (own data: ROOT holds its dataset.json).
         root: the data root in the published layout.
-        foreground_label: BRATS enhancing tumour label: 4 (2018, default) or 3 (BraTS 2021+); own
-            data: label values or names of its dataset.json (default every non-zero label).
+        foreground_label: the BRATS enhancing tumour label, 4 (2018, default) or 3 (BraTS 2021+); for
+            own data, label values or names of its dataset.json (default every non-zero label).
         grades: BRATS grades, "HGG" or "HGG,LGG".
         quiet: print only warnings, problems and the verdict.
-        crop_size: the in-plane crop "[h, w]" to check against (own data: default the largest
-            training image rounded up to 16; the paper's data sets: theirs).
+        crop_size: the in-plane crop "[h, w]" to check against; for own data the default is the
+            largest training image rounded up to 16, for the paper's data sets their own crop.
     """
     from .checker import check_dataset
     from .specs import get_spec

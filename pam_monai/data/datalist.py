@@ -242,7 +242,8 @@ def get_split(
     """Entries of one split: ``split`` in "train", "val", "test".
 
     BRATS and own data (cross-validation): test = fold ``fold``, val = fold ``(fold + 1) % n_folds``, train =
-    the remaining folds. ISLES and CityScapes: the datalist's fixed ``training`` /
+    the remaining folds; an explicit ``test`` (or ``validation``) list in the datalist, e.g. an
+    external test set, is used as it is. ISLES and CityScapes: the datalist's fixed ``training`` /
     ``validation`` / ``test`` lists (``fold`` is ignored). Paths are made absolute with ``root``.
     """
     spec = get_spec(dataset)
@@ -250,7 +251,11 @@ def get_split(
     if key is None:
         raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
     data = load_datalist(datalist, root)
+    if spec.name in FOLDED and key != "training" and key in data:
+        return list(data[key])  # an explicit list (an external test set) beside or instead of the folds
     if spec.name in FOLDED:
+        if "training" not in data:
+            raise ValueError(f"{spec.name}: datalist has no 'training' list (nor a '{key}' list)")
         entries = data["training"]
         n_folds = int(data.get("n_folds", 5))
         if not 0 <= fold < n_folds:

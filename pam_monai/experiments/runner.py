@@ -749,8 +749,8 @@ def experiment(
             most foreground).
         figure_networks: networks (labels) for fig5 (default: every network of the grid, at most 8).
         **overrides: passed to every bundle run: --epochs, --batch_size, --learning_rate,
-            --num_workers, --dataset_dir (default OUTPUT/data; without a data set there, a
-            SYNTHETIC stand-in is generated), --data_list_file_path, --device (cpu, cuda:0),
+            --num_workers, --dataset_dir (default OUTPUT/data; for the paper's data sets a
+            SYNTHETIC stand-in is generated when it holds none; own data needs it), --data_list_file_path, --device (cpu, cuda:0),
             --deterministic, --network_options '{"features": [8, 16, 32, 64]}' (for every
             network; a wider network such as wunet keeps its width ratio) ...
 
