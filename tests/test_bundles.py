@@ -442,3 +442,22 @@ def test_brats_2021_labels_train_with_foreground_label_3(tmp_path):
     ), chain
     run_bundle("training", configs("brats_fpa", "train.json"), **common, foreground_label=3)
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
+
+
+def test_an_installed_package_carries_the_bundle_templates():
+    """A wheel (not an editable install) has no bundles/: `python -m pam_monai bundle` and the
+    experiment runner render from the templates, so every template file must be package data."""
+    import fnmatch
+
+    from setuptools.config.setupcfg import read_configuration
+
+    patterns = read_configuration(str(ROOT / "setup.cfg"))["options"].get("package_data", {})
+    templates = ROOT / "pam_monai" / "bundle_templates"
+    data = [p.name for p in templates.iterdir() if p.is_file() and p.suffix != ".py"]
+    assert data, "no template files found"
+    missing = [
+        name
+        for name in data
+        if not any(fnmatch.fnmatch(name, pat) for pat in patterns.get("pam_monai.bundle_templates", []))
+    ]
+    assert not missing, f"not package data: {missing}"
