@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.layout import visible_entries
-from ..data.nnunet import as_dataset_json, nnunet_spec, read_dataset_json
+from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_json
 from .build import NETWORKS, BundleTask, bundle_files
 
 __all__ = ["bundle", "own_data_bundle"]
@@ -68,13 +68,8 @@ def own_data_bundle(
         )
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
-    meta = read_dataset_json(dataset_dir)
     spec = nnunet_spec(dataset_dir, crop_size=crop_size)
     foreground, _ = spec.resolve_labels(foreground_label)
-    exact = [n for n, v in spec.label_names if tuple(sorted(v)) == foreground]  # a region's own name
-    target = (
-        exact[0] if exact else ", ".join(n for n, v in spec.label_names if len(v) == 1 and v[0] in foreground)
-    )
     channel_def = {str(i): c for i, c in enumerate(spec.channels)}
     name = output.resolve().name  # "." is the current folder's name
     prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
@@ -84,8 +79,8 @@ def own_data_bundle(
         )
     info = {
         "modality": modality or ", ".join(spec.channels),
-        "target": f"{target or 'foreground'} (labels {', '.join(map(str, foreground))})",
-        "data_source": f"own data: {meta['name']} (nnU-Net v2 raw layout)",
+        "target": f"{label_title(spec.label_names, foreground)} (labels {', '.join(map(str, foreground))})",
+        "data_source": f"own data: {spec.title.removesuffix(TITLE_SUFFIX)} (nnU-Net v2 raw layout)",
         "data_type": "nibabel",
         "channel_def": channel_def,
         "format": "magnitude",
@@ -115,7 +110,7 @@ def own_data_bundle(
     if not folder:  # run from its own folder: the README's paths are relative to it
         files["docs/README.md"] = files["docs/README.md"].replace(f"./{name}/", "")
     embedded = {
-        "dataset_json": as_dataset_json(meta),
+        "dataset_json": spec_dataset_json(spec),
         "crop_size": list(spec.crop_size),
         "spec": "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size)",
         **({} if folder else {"bundle_root": "."}),

@@ -39,10 +39,10 @@ __all__ = [
     "DATASET_JSON",
     "ENDINGS",
     "NoTrainingImages",
-    "as_dataset_json",
-    "default_crop",
-    "nnunet_spec",
     "check_same_data_set",
+    "default_crop",
+    "label_title",
+    "nnunet_spec",
     "read_dataset_json",
     "scan",
     "spec_dataset_json",
@@ -178,16 +178,6 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     return up(max(s[0] for s in sizes)), up(max(s[1] for s in sizes))
 
 
-def as_dataset_json(meta: dict) -> dict:
-    """:func:`read_dataset_json`'s result back in ``dataset.json`` form (what a bundle embeds)."""
-    return {
-        "name": meta["name"],
-        "channel_names": {str(i): c for i, c in enumerate(meta["channels"])},
-        "labels": {n: (list(v) if len(v) > 1 else v[0]) for n, v in meta["labels"]},
-        "file_ending": meta["file_ending"],
-    }
-
-
 def check_same_data_set(spec: DatasetSpec, root: str | os.PathLike) -> None:
     """Refuse a data set whose ``dataset.json`` names other channels or labels than ``spec`` (a
     bundle made for one data set, pointed at another, would read its labels by the wrong names)."""
@@ -204,9 +194,18 @@ def check_same_data_set(spec: DatasetSpec, root: str | os.PathLike) -> None:
         )
 
 
+def label_title(label_names, foreground: Sequence[int]) -> str:
+    """Words for a target: the name of the label or region that is exactly ``foreground``, else the
+    names of its single labels."""
+    exact = [n for n, v in label_names if tuple(sorted(v)) == tuple(foreground)]
+    singles = [n for n, v in label_names if len(v) == 1 and v[0] in foreground and n != "background"]
+    return exact[0] if exact else ", ".join(singles) or "foreground"
+
+
 def spec_dataset_json(spec: DatasetSpec) -> dict | None:
-    """What a model trained on own data records of its data set (channels and labels, in
-    ``dataset.json`` form) so that inference needs no training data; None for the paper's sets."""
+    """The data set's channels and labels in ``dataset.json`` form: what a model trained on own data
+    records (``model.json``) and an own-data bundle embeds, so that inference needs no training
+    data; None for the paper's sets."""
     if spec.name != "nnunet":
         return None
     return {
@@ -232,21 +231,15 @@ def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None 
             "'labels' has no foreground "
             "label besides background"
         )
-    named = ", ".join(n for n, vs in labels if n != "background" and len(vs) == 1) or "foreground"
-    crop = (
-        DATASETS["brats"].with_crop(crop_size).crop_size
-        if crop_size is not None
-        else default_crop(root, meta["file_ending"])
-    )
     paper = DATASETS["brats"]  # training defaults until the user sets them
     spec = DatasetSpec(
         name="nnunet",
         title=f"{meta['name']}{TITLE_SUFFIX}",
-        target=named,
+        target=label_title(labels, foreground),
         channels=_unique(meta["channels"]),
         label_name=LABEL_NAME,
         volumetric=True,
-        crop_size=crop,
+        crop_size=None,  # set (and checked) by with_crop below
         resize=None,
         foreground_labels=foreground,
         label_values=values,
@@ -258,7 +251,7 @@ def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None 
         label_names=labels,
         inference_fit="pad",
     )
-    return spec.with_crop(crop)  # validates the size
+    return spec.with_crop(crop_size if crop_size is not None else default_crop(root, meta["file_ending"]))
 
 
 def scan(
