@@ -168,6 +168,15 @@ def test_own_data_is_never_replaced_by_a_stand_in(tmp_path):
     )
     with pytest.raises(ValueError, match="imagesTr: no training image <case>_0000.nii.gz"):
         prepare_data("nnunet", tmp_path / "empty", synthetic_dir=tmp_path / "synthetic")
+    with pytest.raises(
+        ValueError, match="imagesTr: no training case with its label to take the CT channels'"
+    ):
+        get_spec(
+            "nnunet", root=tmp_path / "empty", crop_size=[64, 64]
+        )  # CT needs the training set's statistics
+    (tmp_path / "empty" / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "MR"}, "labels": {"background": 0, "liver": 1}})
+    )
     spec = get_spec("nnunet", root=tmp_path / "empty", crop_size=[64, 64])
     with pytest.raises(
         ValueError, match="(?s)no complete case in .*empty: imagesTr: missing folder: no imagesTr images"
@@ -467,9 +476,9 @@ def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
     img = nib.Nifti1Image(np.arange(20 * 18 * 4, dtype=np.int16).reshape(20, 18, 4), np.eye(4))
     img.header.set_slope_inter(1.0, -1024.0)  # CT stored with an intercept: kept as stored
     nib.save(img, str(task / "imagesTr" / "ct_001.nii.gz"))
-    nib.save(
-        nib.Nifti1Image(np.zeros((20, 18, 4), np.uint8), np.eye(4)), str(task / "labelsTr" / "ct_001.nii.gz")
-    )
+    liver = np.zeros((20, 18, 4), np.uint8)
+    liver[5:10, 4:12, 1:3] = 1
+    nib.save(nib.Nifti1Image(liver, np.eye(4)), str(task / "labelsTr" / "ct_001.nii.gz"))
     meta = {
         "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "liver"},
@@ -483,7 +492,15 @@ def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
     out = convert_msd(task, tmp_path / "out", progress=False)
     converted = out / "imagesTr" / "ct_001_0000.nii.gz"
     assert converted.read_bytes() == (task / "imagesTr" / "ct_001.nii.gz").read_bytes()
-    assert get_spec("nnunet", root=out).channels == ("CT",)
+    spec = get_spec("nnunet", root=out)
+    assert spec.channels == ("CT",)
+    # CT: the training foreground's statistics, in Hounsfield units (the stored intercept applied)
+    hu = np.arange(20 * 18 * 4).reshape(20, 18, 4)[liver > 0] - 1024.0
+    norm = spec.channel_norms[0]
+    assert (
+        norm.scheme == "ct" and norm.mean == pytest.approx(hu.mean()) and norm.std == pytest.approx(hu.std())
+    )
+    assert (norm.lower, norm.upper) == pytest.approx((np.percentile(hu, 0.5), np.percentile(hu, 99.5)))
     (task / "labelsTr" / "ct_001.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match="ct_001.nii.gz: listed in dataset.json but missing"):
         convert_msd(task, tmp_path / "out2", progress=False)

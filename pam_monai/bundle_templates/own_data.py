@@ -118,6 +118,7 @@ def own_data_bundle(
     for config, extra in (
         ("train.json", {**embedded, "foreground_label": list(foreground)}),
         ("inference.json", embedded),
+        ("evaluate.json", {"spec": embedded["spec"]}),  # the template's reads model.json instead
     ):
         data = json.loads(files[f"configs/{config}"])
         data.update(extra)

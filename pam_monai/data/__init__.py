@@ -19,6 +19,7 @@ from .synthetic import ensure_dataset, synth
 _MONAI = (
     "BinarizeLabeld",
     "CenterCropOrPadd",
+    "NormalizeChannelsd",
     "NormalizeNonZerod",
     "get_preprocess_transforms",
     "get_train_transforms",
@@ -41,6 +42,7 @@ __all__ = [
     "CenterCropOrPadd",
     "CheckReport",
     "DatasetSpec",
+    "NormalizeChannelsd",
     "NormalizeNonZerod",
     "Problem",
     "SliceDataset",

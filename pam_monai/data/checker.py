@@ -66,6 +66,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     volumetric: bool = True
+    normalization: list[str] = field(default_factory=list)  # own data: each channel's scheme
 
     @property
     def ok(self) -> bool:
@@ -111,6 +112,7 @@ class CheckReport:
             for r in rows
         ]
         lines.insert(1, "-" * len(lines[0]))
+        lines += self.normalization
         lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"ERROR {p}" for p in self.problems]
         failed = sum(not c.ok for c in self.cases)
@@ -253,6 +255,11 @@ def check_dataset(
     fg_labels, allowed = spec.resolve_labels(foreground_label)
     scan = scan_cases(spec, root, **scan_options)
     report = CheckReport(spec.name, str(root), problems=list(scan.problems), volumetric=spec.volumetric)
+    if spec.normalization:
+        report.normalization = [
+            f"channel {i} {name!r}: {norm.describe()}"
+            for i, (name, norm) in enumerate(zip(spec.channels, spec.normalization))
+        ]
     failed_in_scan = {p.case for p in scan.problems}
     cases = scan.cases
     if progress:

@@ -62,7 +62,7 @@ def synth(
             replaced); refused by default.
         options: brats --slices (155) --lgg_cases (0); isles --max_slices (8) --compress;
             cityscapes --size "(512,256)" --train_cities (3) --val_cities (1); nnunet --size "(90,84)"
-            --slices (12) --test_cases (1).
+            --slices (12) --test_cases (1) --ct (one CT channel in HU).
     """
 
     from .layout import visible_entries

@@ -22,6 +22,12 @@ training images rounded up to a multiple of 16, so training only pads and never 
 warning (their rim is background, as evaluation scores them). nnU-Net v1 files (``modality``,
 labels keyed by number) are read too; the ``ignore`` label (unannotated voxels) is refused, as the
 loss and the metrics would count them; an MSD task (4-D images) is named, see :mod:`.msd`.
+
+Channel names choose the intensity normalisation as in nnU-Net (:mod:`.intensity`): ``"CT"``
+channels are clipped and standardised with the training set's foreground statistics (nnU-Net's
+``dataset_fingerprint.json`` beside ``dataset.json`` when it is there, else computed once per
+process), ``"noNorm"``, ``"rescale_to_0_1"``, ``"rgb_to_0_1"`` as named, every other name the
+paper's per-volume z-score.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from .intensity import PROPERTIES_KEY, channel_norms, foreground_intensity_properties, scheme_of
 from .layout import CaseFiles, Problem, ScanResult, nothing_found, visible_entries
 from .specs import DATASETS, DatasetSpec
 
@@ -41,6 +48,7 @@ __all__ = [
     "NoTrainingImages",
     "check_same_data_set",
     "default_crop",
+    "intensity_properties",
     "label_title",
     "nnunet_spec",
     "read_dataset_json",
@@ -49,6 +57,7 @@ __all__ = [
 ]
 
 DATASET_JSON = "dataset.json"
+FINGERPRINT_JSON = "dataset_fingerprint.json"  # nnU-Net's, copied from nnUNet_preprocessed/DatasetXXX
 ENDINGS = (".nii.gz", ".nii")
 LABEL_NAME = "label"  # the label's key among a case's files
 CROP_MULTIPLE = 16
@@ -60,7 +69,8 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     """``<root>/dataset.json`` (or its content, a dict: a bundle made for own data carries it),
     checked: ``channel_names`` numbered 0..n-1, ``labels`` with ``background`` 0 and integer values,
     a NIfTI ``file_ending``. Errors name the file and the key. Returns ``name``, ``channels``,
-    ``labels`` (``(name, values)`` pairs) and ``file_ending``."""
+    ``labels`` (``(name, values)`` pairs), ``file_ending`` and ``intensity_properties`` (CT
+    statistics a trained model recorded, or None)."""
     if isinstance(root, dict):
         meta, path = root, "dataset.json (given as a dict)"
         root = meta.get("name") or "own data"
@@ -122,11 +132,15 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         raise ValueError(
             f"{path}: file_ending {ending!r} is not supported; convert the images to NIfTI ({', '.join(ENDINGS)})"
         )
+    properties = meta.get(PROPERTIES_KEY)
+    if properties is not None and not isinstance(properties, dict):
+        raise ValueError(f"{path}: {PROPERTIES_KEY!r} must map channel numbers to statistics")
     return {
         "name": str(meta.get("name") or Path(root).resolve().name),
         "channels": tuple(str(channels[str(i)] if str(i) in channels else channels[i]) for i in numbers),
         "labels": tuple(table),
         "file_ending": ending,
+        "intensity_properties": properties,
     }
 
 
@@ -141,12 +155,19 @@ def _holds_4d_cases(root, meta: dict) -> bool:
 
 
 class NoTrainingImages(ValueError):
-    """No ``<case>_0000`` training image to size the default crop from."""
+    """No usable training case: no ``<case>_0000`` image to size the default crop from, or no
+    readable case with foreground to take the CT channels' statistics from."""
 
 
 def _unique(names: Sequence[str]) -> tuple[str, ...]:
     """Channel names as keys: a repeated name gets its channel number."""
     return tuple(n if list(names).count(n) == 1 else f"{n} ({i:04d})" for i, n in enumerate(names))
+
+
+def _original(names: Sequence[str]) -> tuple[str, ...]:
+    """Undo :func:`_unique`: the names as ``dataset.json`` gave them (a CT channel stays CT)."""
+    stripped = [re.sub(rf" \({i:04d}\)$", "", n) for i, n in enumerate(names)]
+    return tuple(s if stripped.count(s) > 1 else n for s, n in zip(stripped, names))
 
 
 def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int, int]:
@@ -208,17 +229,91 @@ def spec_dataset_json(spec: DatasetSpec) -> dict | None:
     data; None for the paper's sets."""
     if spec.name != "nnunet":
         return None
-    return {
+    meta = {
         "name": spec.title.removesuffix(TITLE_SUFFIX),
-        "channel_names": {str(i): c for i, c in enumerate(spec.channels)},
+        "channel_names": {str(i): c for i, c in enumerate(_original(spec.channels))},
         "labels": {n: (list(v) if len(v) > 1 else v[0]) for n, v in spec.label_names},
     }
+    ct = {
+        str(i): {"mean": n.mean, "std": n.std, "percentile_00_5": n.lower, "percentile_99_5": n.upper}
+        for i, n in enumerate(spec.channel_norms)
+        if n.scheme == "ct"
+    }
+    if ct:  # the statistics training normalised with: evaluation and inference use the same
+        meta[PROPERTIES_KEY] = ct
+    return meta
 
 
-def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None = None) -> DatasetSpec:
+_PROPERTIES_CACHE: dict = {}
+
+
+def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> dict:
+    """The CT channels' foreground intensity statistics of the data set under ``root``: nnU-Net's
+    ``dataset_fingerprint.json`` when it is beside ``dataset.json``, else computed from every
+    training case with its label (once per process and state of the files; a progress bar)."""
+    root = Path(root)
+    meta = meta or read_dataset_json(root)
+    ct = [i for i, name in enumerate(meta["channels"]) if scheme_of(name) == "ct"]
+    fingerprint = root / FINGERPRINT_JSON
+    if fingerprint.is_file():
+        try:
+            found = json.loads(fingerprint.read_text())[PROPERTIES_KEY]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{fingerprint}: no readable {PROPERTIES_KEY!r} ({e!r})") from e
+        return {str(i): found[str(i)] for i in ct if str(i) in found}
+    result = scan(root, "imagesTr")
+    names = _unique(meta["channels"])
+    cases = [
+        ([c.channels[names[i]] if i in ct else None for i in range(len(names))], c.label)
+        for c in result.cases
+        if c.label is not None and all(c.channels[names[i]] is not None for i in ct)
+    ]
+    stamp = tuple(
+        (str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
+        for files, label in cases
+        for f in [label, *(files[i] for i in ct)]
+    )
+    key = (str(root.resolve()), tuple(ct), stamp)
+    if not cases:
+        raise NoTrainingImages(
+            f"nnunet: {root / 'imagesTr'}: no training case with its label to take the CT channels' intensity "
+            f"statistics from; python -m pam_monai check --dataset nnunet --root {root} names the problems"
+        )
+    if key not in _PROPERTIES_CACHE:
+        from tqdm.auto import tqdm
+
+        from .files import UnreadableFile, load_nifti
+
+        def load(path):
+            try:
+                return load_nifti(path)[0]  # header scaling applied, as training reads it
+            except UnreadableFile:
+                return None  # the checker names it; training refuses the data set until it is fixed
+
+        def progress(items):
+            return tqdm(
+                items, desc=f"nnunet: CT intensity statistics of {len(items)} training cases", unit="case"
+            )
+
+        try:
+            _PROPERTIES_CACHE[key] = foreground_intensity_properties(cases, ct, load, progress=progress)
+        except ValueError as e:  # the checker's report says why (unreadable files, empty labels)
+            raise NoTrainingImages(
+                f"nnunet: {root}: CT intensity statistics: {e}; python -m pam_monai check --dataset nnunet "
+                f"--root {root} names the problems"
+            ) from None
+    return _PROPERTIES_CACHE[key]
+
+
+def nnunet_spec(
+    root: str | os.PathLike | dict,
+    crop_size: Sequence[int] | None = None,
+    intensity: dict | None = None,
+) -> DatasetSpec:
     """The :class:`DatasetSpec` of the nnU-Net v2 raw data set under ``root`` (see the module), or
     of a ``dataset.json`` content given as a dict (then ``crop_size`` is needed: there are no
-    training images to size it from)."""
+    training images to size it from). ``intensity``: the CT channels' statistics to use (a trained
+    model's, from ``model.json``) instead of the data set's."""
     if isinstance(root, dict) and crop_size is None:
         raise ValueError("nnunet: a dataset.json given as a dict needs crop_size")
     meta = read_dataset_json(root)
@@ -231,6 +326,8 @@ def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None 
             "'labels' has no foreground "
             "label besides background"
         )
+    # the crop first: without training images its message is the one to read
+    crop = crop_size if crop_size is not None else default_crop(root, meta["file_ending"])
     paper = DATASETS["brats"]  # training defaults until the user sets them
     spec = DatasetSpec(
         name="nnunet",
@@ -250,8 +347,19 @@ def nnunet_spec(root: str | os.PathLike | dict, crop_size: Sequence[int] | None 
         lr=paper.lr,
         label_names=labels,
         inference_fit="pad",
+        normalization=_norms(root, meta, intensity),
     )
-    return spec.with_crop(crop_size if crop_size is not None else default_crop(root, meta["file_ending"]))
+    return spec.with_crop(crop)
+
+
+def _norms(root, meta: dict, intensity: dict | None) -> tuple:
+    if not any(scheme_of(name) == "ct" for name in meta["channels"]):
+        return channel_norms(meta["channels"])
+    where = "dataset.json (given as a dict)" if isinstance(root, dict) else str(Path(root) / DATASET_JSON)
+    properties = intensity or meta["intensity_properties"]
+    if properties is None and not isinstance(root, dict):
+        properties = intensity_properties(root, meta)
+    return channel_norms(meta["channels"], properties, where=where)
 
 
 def scan(

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import load_nifti, load_png
-from .ops import binarize, crop_or_pad_center, nonzero_stats, normalize_nonzero, resize_2d, uncrop_center
+from .intensity import normalize_channels, volume_stats
+from .ops import binarize, crop_or_pad_center, resize_2d, uncrop_center
 from .specs import DatasetSpec, get_spec
 
 __all__ = ["load_case", "preprocess_case", "restore_prediction"]
@@ -99,6 +100,8 @@ def preprocess_case(
 
     BRATS / ISLES: z-score each channel over its non-zero voxels of the whole volume, centre crop
     (or zero-pad) in-plane to the spec's ``crop_size`` (axial axis unchanged), binarise the label.
+    Own data: each channel as its name says (:mod:`.intensity`: CT clipped and standardised with the
+    training set's statistics, ...); padding is 0 after normalisation.
     CityScapes: scale RGB to [0, 1], resize to 128 x 256 (``area``; labels ``nearest-exact``),
     binarise vehicles (labelIds 26-33).
 
@@ -113,10 +116,13 @@ def preprocess_case(
     image, label = case["image"], case["label"]
     if spec.volumetric:
         size = (*spec.spatial_size, -1)
+        inside = tuple(min(n, s) for n, s in zip(image.shape[1:3], spec.spatial_size))
         # statistics over the whole volume, applied to the crop only: the same as normalising
-        # first and cropping after, for a fraction of the work
-        stats = [nonzero_stats(channel) for channel in image]
-        image = normalize_nonzero(crop_or_pad_center(image, size), stats)
+        # first and cropping after, for a fraction of the work; padding after normalising keeps
+        # it 0 whatever the scheme (z-score leaves zeros at 0 anyway)
+        stats = volume_stats(image, spec.channel_norms)
+        cropped = crop_or_pad_center(image, (*inside, -1))
+        image = crop_or_pad_center(normalize_channels(cropped, spec.channel_norms, stats), size)
         if label is not None:
             label = binarize(crop_or_pad_center(label, size), fg)[None].astype(np.float32)
     else:

@@ -154,6 +154,8 @@ class SliceDataset(torch.utils.data.Dataset):
             "size": list(self.spec.spatial_size),
             "dtype": self.cache_dtype.str,
         }
+        if self.spec.normalization:  # own data's schemes and CT statistics (absent: the z-score)
+            key["normalization"] = [list(n) for n in self.spec.normalization]
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
         case = "".join(
             ch if ch.isalnum() or ch in "._-" else "_" for ch in str(item.get("case", Path(files[0]).name))

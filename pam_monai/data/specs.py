@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .intensity import ChannelNorm
+
 __all__ = ["DATASETS", "DatasetSpec", "get_spec"]
 
 
@@ -46,6 +48,9 @@ class DatasetSpec:
             refused) or ``"pad"`` (own data, whose default crop is at least the training volumes'
             size: smaller ones are zero-padded, larger ones centre-cropped with a warning, as
             evaluation scores them).
+        normalization: one :class:`~.intensity.ChannelNorm` per channel (own data: chosen by the
+            channel names, CT with the training set's statistics); empty: the paper's per-volume
+            z-score over non-zero voxels for every channel.
     """
 
     name: str
@@ -65,10 +70,16 @@ class DatasetSpec:
     lr: float
     label_names: tuple[tuple[str, tuple[int, ...]], ...] = ()
     inference_fit: str = "crop"
+    normalization: tuple[ChannelNorm, ...] = ()
 
     @property
     def in_channels(self) -> int:
         return len(self.channels)
+
+    @property
+    def channel_norms(self) -> tuple[ChannelNorm, ...]:
+        """The normalisation of each channel (:attr:`normalization`, or z-score for all)."""
+        return self.normalization or (ChannelNorm(),) * self.in_channels
 
     @property
     def spatial_size(self) -> tuple[int, int]:

@@ -315,6 +315,14 @@ def synth_cityscapes(
 
 
 # ----------------------------------------------------------------------------- own data (nnU-Net)
+def _hounsfield(t2: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A CT-like int16 volume from the BRATS generator's t2 (tissue level 400): 0.1 HU per unit
+    inside the body, air (-1000 HU) with scanner noise outside."""
+    body = t2 > 0
+    air = rng.normal(-1000.0, 8.0, t2.shape)
+    return np.rint(np.where(body, 0.1 * t2.astype(np.float32), air)).astype(np.int16)
+
+
 def synth_nnunet(
     output: str | os.PathLike,
     cases: int = 6,
@@ -322,11 +330,14 @@ def synth_nnunet(
     size: tuple[int, int] = (90, 84),
     slices: int = 12,
     test_cases: int = 1,
+    ct: bool = False,
 ) -> Path:
     """Write ``cases`` training cases (and ``test_cases`` unlabelled ones in ``imagesTs``) in the
     nnU-Net v2 raw layout: two channels ("T2", "ADC", from the BRATS generator's t2 and t1), labels
     background 0, necrosis 1, oedema 2, enhancing 3 and the region "tumour core" [1, 3]. Its
-    in-plane size is not a multiple of 16, so the default crop pads."""
+    in-plane size is not a multiple of 16, so the default crop pads. ``ct``: one "CT" channel in
+    Hounsfield units instead (air -1000 around a soft-tissue body of about 40 HU, the lesion
+    brighter), which is normalised with the training set's statistics."""
     output = Path(output)
     shape = (int(size[0]), int(size[1]), int(slices))
     affine = np.diag([1.2, 1.2, 3.0, 1.0])
@@ -334,7 +345,9 @@ def synth_nnunet(
         case = f"SYN_{i + 1:03d}"
         images, label = _brats_case(np.random.default_rng([seed, 4, i]), shape, enhancing=True)
         subset = "imagesTr" if i < cases else "imagesTs"
-        for c, name in enumerate(("t2", "t1")):
+        if ct:
+            images = {"ct": _hounsfield(images["t2"], np.random.default_rng([seed, 5, i]))}
+        for c, name in enumerate(("ct",) if ct else ("t2", "t1")):
             _save_nifti(images[name], affine, output / subset / f"{case}_{c:04d}.nii.gz")
         if i < cases:
             _save_nifti(
@@ -344,7 +357,7 @@ def synth_nnunet(
             )
     meta = {
         "name": "Dataset900_SyntheticTumour",
-        "channel_names": {"0": "T2", "1": "ADC"},
+        "channel_names": {"0": "CT"} if ct else {"0": "T2", "1": "ADC"},
         "labels": {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3, "tumour core": [1, 3]},
         "numTraining": cases,
         "file_ending": ".nii.gz",

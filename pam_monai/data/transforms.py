@@ -2,6 +2,9 @@
 
 - :class:`NormalizeNonZerod`: ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, float32:
   per channel z-score over the non-zero voxels, zeros stay zero, zero variance divides by 1.
+- :class:`NormalizeChannelsd`: own data's normalisation per channel (:mod:`.intensity`) from MONAI
+  pieces: CT is ``ScaleIntensityRange(clip=True)`` onto the standardised range, ``rescale_to_0_1``
+  is ``ScaleIntensity``, the z-score is ``NormalizeIntensity(nonzero=True)``.
 - :class:`CenterCropOrPadd`: ``ResizeWithPadOrCrop`` on the first ``len(roi_size)`` spatial axes
   only (other spatial axes, e.g. the axial one of a volume, keep their size), so one config works
   for 2-D slices and 3-D volumes.
@@ -28,19 +31,24 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     MapTransform,
+    NormalizeIntensity,
     NormalizeIntensityd,
     RandFlipd,
     Resized,
     ResizeWithPadOrCrop,
+    ScaleIntensity,
+    ScaleIntensityRange,
     ScaleIntensityRanged,
 )
 from monai.utils import convert_to_tensor
 
+from .intensity import ChannelNorm
 from .specs import DatasetSpec, get_spec
 
 __all__ = [
     "BinarizeLabeld",
     "CenterCropOrPadd",
+    "NormalizeChannelsd",
     "NormalizeNonZerod",
     "get_preprocess_transforms",
     "get_train_transforms",
@@ -59,6 +67,43 @@ class NormalizeNonZerod(NormalizeIntensityd):
         super().__init__(
             keys, nonzero=True, channel_wise=True, dtype=np.float32, allow_missing_keys=allow_missing_keys
         )
+
+
+def _channel_transform(norm: ChannelNorm):
+    if norm.scheme == "zscore":
+        return NormalizeIntensity(nonzero=True, dtype=np.float32)
+    if norm.scheme == "ct":  # clip to [lower, upper] and map it onto the standardised range
+        lo, hi = ((v - norm.mean) / norm.std for v in (norm.lower, norm.upper))
+        return ScaleIntensityRange(norm.lower, norm.upper, lo, hi, clip=True, dtype=np.float32)
+    if norm.scheme == "rescale_to_0_1":
+        return ScaleIntensity(minv=0.0, maxv=1.0, dtype=np.float32)
+    if norm.scheme == "rgb_to_0_1":
+        return ScaleIntensityRange(0.0, 255.0, 0.0, 1.0, dtype=np.float32)
+    return lambda x: x  # nonorm
+
+
+class NormalizeChannelsd(MapTransform):
+    """Normalise each channel as its :class:`~pam_monai.data.intensity.ChannelNorm` says (a
+    spec's ``channel_norms``; own data: chosen by the channel names, as nnU-Net does)."""
+
+    def __init__(
+        self, keys: KeysCollection, norms: Sequence[ChannelNorm], allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.norms = tuple(ChannelNorm(*n) for n in norms)
+        self.transforms = [_channel_transform(n) for n in self.norms]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = convert_to_tensor(d[key], dtype=torch.float32, track_meta=True)
+            if image.shape[0] != len(self.norms):
+                raise ValueError(f"{key}: {image.shape[0]} channels, but {len(self.norms)} normalisations")
+            out = image.clone()  # keeps the MetaTensor's affine
+            for c, transform in enumerate(self.transforms):
+                out[c : c + 1] = convert_to_tensor(transform(image[c : c + 1]), dtype=torch.float32)
+            d[key] = out
+        return d
 
 
 class CenterCropOrPadd(MapTransform):
@@ -123,7 +168,9 @@ def get_preprocess_transforms(
             [
                 LoadImaged(keys, image_only=True, ensure_channel_first=True, reader="NibabelReader"),
                 EnsureTyped(keys, dtype=torch.float32, track_meta=True),
-                NormalizeNonZerod(image_key),
+                NormalizeChannelsd(image_key, spec.normalization)
+                if spec.normalization
+                else NormalizeNonZerod(image_key),
                 CenterCropOrPadd(keys, roi_size=spec.spatial_size),
                 BinarizeLabeld(label_key, foreground=fg),
             ]

@@ -52,18 +52,22 @@ def safe_output_path(output_dir: str | os.PathLike, case: str, suffix: str) -> P
 
 
 def inference_spec(task, dataset_dir=None, crop_size=None, ckpt_path=None):
-    """The data spec inference runs with. The paper's data sets: by name. Own data (``nnunet``):
-    the crop and the channels and labels that training recorded beside the weights
-    (``model.json``) unless given, so a trained model segments new images without its training
-    data (``dataset_dir``'s ``dataset.json`` is read when there is one)."""
+    """The data spec evaluation and inference run with. The paper's data sets: by name. Own data
+    (``nnunet``): the crop, the channels and labels and the CT intensity statistics that training
+    recorded beside the weights (``model.json``) unless given, so a trained model segments new
+    images without its training data and normalises them as in training (``dataset_dir``'s
+    ``dataset.json`` is read when there is one)."""
     if not (isinstance(task, str) and task.lower() == "nnunet"):
         return get_spec(task, root=dataset_dir, crop_size=crop_size)
+    from ..data.intensity import PROPERTIES_KEY
     from ..data.nnunet import nnunet_spec
 
     record = (read_run_record(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None) or {}
     crop = crop_size if crop_size is not None else record.get("crop_size")
+    # CT channels: the statistics the model was trained with, not those of the data at hand
+    intensity = (record.get("dataset_json") or {}).get(PROPERTIES_KEY)
     if dataset_dir and (Path(dataset_dir) / "dataset.json").is_file():
-        return nnunet_spec(dataset_dir, crop_size=crop)
+        return nnunet_spec(dataset_dir, crop_size=crop, intensity=intensity)
     if record.get("dataset_json") and crop is not None:
         return nnunet_spec(record["dataset_json"], crop_size=crop)
     return get_spec(task, root=dataset_dir, crop_size=crop)  # names the missing dataset.json

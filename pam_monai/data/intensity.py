@@ -1,0 +1,195 @@
+"""Intensity normalisation per image channel, as nnU-Net chooses it from the channel's name.
+
+The paper's data sets z-score every channel over its non-zero voxels, volume by volume (BRATS
+MRI, ISLES perfusion maps). Own data names its channels in ``dataset.json`` and, as in nnU-Net
+(``nnunetv2/preprocessing/normalization``), a channel's name picks its scheme (case-insensitive):
+
+- ``"CT"``: clip to the 0.5 and 99.5 percentiles of the **training set's foreground voxels**
+  (label > 0), then subtract their mean and divide by their standard deviation: Hounsfield units
+  mean the same in every scan, so the statistics are the data set's, not the volume's;
+- ``"noNorm"``: the stored values (float32);
+- ``"rescale_to_0_1"``: per volume, ``(x - min) / (max - min)``;
+- ``"rgb_to_0_1"``: ``x / 255``;
+- any other name (``"T2"``, ``"ADC"``, ``"zscore"``): the paper's per-volume z-score over non-zero
+  voxels (nnU-Net's ``zscore`` uses the whole volume unless its plans mask it; ours always masks,
+  as for BRATS).
+
+The CT statistics are nnU-Net's ``foreground_intensity_properties_per_channel`` (the same keys);
+they are read from ``<root>/dataset_fingerprint.json`` when nnU-Net's file is there, else
+computed once per process from ``imagesTr`` and ``labelsTr`` (at most 100,000 seeded samples of
+each case's foreground, as nnU-Net samples), and recorded with a trained model (``model.json``)
+so that evaluation and inference normalise exactly as training did.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from .ops import nonzero_stats
+
+__all__ = [
+    "PROPERTIES_KEY",
+    "SCHEMES",
+    "ChannelNorm",
+    "channel_norms",
+    "foreground_intensity_properties",
+    "normalize_channels",
+    "scheme_of",
+    "volume_stats",
+]
+
+PROPERTIES_KEY = "foreground_intensity_properties_per_channel"  # nnU-Net's fingerprint key
+SCHEMES = ("zscore", "ct", "nonorm", "rescale_to_0_1", "rgb_to_0_1")
+SAMPLES_PER_CASE = 100_000
+SEED = 1234  # nnU-Net's fingerprint seed
+
+
+class ChannelNorm(NamedTuple):
+    """How one channel is normalised: ``scheme`` (one of :data:`SCHEMES`) and, for ``"ct"``, the
+    clip range and the mean and standard deviation of the training set's foreground voxels."""
+
+    scheme: str = "zscore"
+    lower: float | None = None
+    upper: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    def describe(self) -> str:
+        if self.scheme == "ct":
+            return (
+                f"CT: clip to [{self.lower:.6g}, {self.upper:.6g}], then (x - {self.mean:.6g}) / {self.std:.6g} "
+                "(training foreground)"
+            )
+        return {
+            "zscore": "z-score over the volume's non-zero voxels",
+            "nonorm": "as stored",
+            "rescale_to_0_1": "rescaled to [0, 1] per volume",
+            "rgb_to_0_1": "divided by 255",
+        }[self.scheme]
+
+
+def scheme_of(channel_name: str) -> str:
+    """nnU-Net's scheme for a channel name (case-insensitive; unknown names: ``"zscore"``)."""
+    key = str(channel_name).casefold()
+    return key if key in SCHEMES else "zscore"
+
+
+def channel_norms(
+    channel_names: Sequence[str], properties: Mapping[str, Mapping[str, float]] | None = None, where: str = ""
+) -> tuple[ChannelNorm, ...]:
+    """One :class:`ChannelNorm` per channel; ``properties`` (nnU-Net's per-channel foreground
+    intensity properties, keyed ``"0"``, ``"1"``, ...) is needed for every CT channel."""
+    norms = []
+    for i, name in enumerate(channel_names):
+        scheme = scheme_of(name)
+        if scheme != "ct":
+            norms.append(ChannelNorm(scheme))
+            continue
+        entry = (properties or {}).get(str(i))
+        keys = ("percentile_00_5", "percentile_99_5", "mean", "std")
+        if not isinstance(entry, Mapping) or not all(k in entry for k in keys):
+            raise ValueError(
+                f"{where or 'dataset.json'}: channel {i} ({name!r}) is CT, whose normalisation needs the training "
+                f"foreground's intensity statistics: {PROPERTIES_KEY}[{str(i)!r}] with {', '.join(keys)}"
+            )
+        lower, upper, mean, std = (float(entry[k]) for k in keys)
+        if not all(np.isfinite([lower, upper, mean, std])) or upper < lower:
+            raise ValueError(
+                f"{where or 'dataset.json'}: {PROPERTIES_KEY}[{str(i)!r}]: not usable ({dict(entry)})"
+            )
+        norms.append(ChannelNorm("ct", lower, upper, mean, std if std > 0 else 1.0))
+    return tuple(norms)
+
+
+def volume_stats(image: np.ndarray, norms: Sequence[ChannelNorm]) -> list:
+    """What the per-volume schemes need from the whole volume (``C x ...``), computed once before
+    a crop: ``(mean, std)`` of the non-zero voxels (``zscore``), ``(min, max)``
+    (``rescale_to_0_1``), None for the others."""
+    stats = []
+    for channel, norm in zip(image, norms):
+        if norm.scheme == "zscore":
+            stats.append(nonzero_stats(channel))
+        elif norm.scheme == "rescale_to_0_1":
+            stats.append((float(channel.min()), float(channel.max())))
+        else:
+            stats.append(None)
+    return stats
+
+
+def normalize_channels(
+    image: np.ndarray, norms: Sequence[ChannelNorm], stats: Sequence | None = None
+) -> np.ndarray:
+    """Normalise a channel-first array (float32 result) channel by channel; ``stats`` from
+    :func:`volume_stats` of the whole volume when ``image`` is a crop of it."""
+    if len(norms) != image.shape[0]:
+        raise ValueError(f"{image.shape[0]} channels, but {len(norms)} normalisations")
+    stats = volume_stats(image, norms) if stats is None else stats
+    out = np.asarray(image, dtype=np.float32).copy()
+    for c, (norm, s) in enumerate(zip(norms, stats)):
+        x = out[c]
+        if norm.scheme == "zscore":
+            if s is not None:
+                mask = x != 0
+                x[mask] = (x[mask] - np.float32(s[0])) / np.float32(s[1])
+        elif norm.scheme == "ct":
+            np.clip(x, norm.lower, norm.upper, out=x)
+            x -= np.float32(norm.mean)
+            x /= np.float32(norm.std)
+        elif norm.scheme == "rescale_to_0_1":
+            lo, hi = s
+            x -= np.float32(lo)
+            x /= np.float32(hi - lo) if hi > lo else np.float32(1.0)
+        elif norm.scheme == "rgb_to_0_1":
+            x /= np.float32(255.0)
+        elif norm.scheme != "nonorm":
+            raise ValueError(f"unknown normalisation {norm.scheme!r}; one of {SCHEMES}")
+    return out
+
+
+def foreground_intensity_properties(
+    cases: Iterable[tuple[Sequence[str | os.PathLike], str | os.PathLike]],
+    channels: Sequence[int],
+    load: Callable[[str | os.PathLike], np.ndarray],
+    samples_per_case: int = SAMPLES_PER_CASE,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> dict[str, dict[str, float]]:
+    """nnU-Net's ``foreground_intensity_properties_per_channel`` of ``channels``: statistics of the
+    image values where the label is > 0, over every ``(channel files, label file)`` case (at
+    most ``samples_per_case`` seeded samples of each case's foreground, without replacement).
+    Cases without foreground add nothing; raises ``ValueError`` when none has any."""
+    rng = np.random.default_rng(SEED)
+    samples: dict[int, list[np.ndarray]] = {c: [] for c in channels}
+    cases = list(cases)
+    for files, label_file in progress(cases) if progress else cases:
+        label = load(label_file)
+        images = {c: load(files[c]) for c in channels} if label is not None else {}
+        if label is None or any(v is None or v.shape != label.shape for v in images.values()):
+            continue  # unreadable or mis-shaped: the data checker names it
+        where = np.flatnonzero(np.asarray(label).reshape(-1) > 0)
+        if where.size == 0:
+            continue
+        if where.size > samples_per_case:
+            where = np.sort(rng.choice(where, samples_per_case, replace=False))
+        for c in channels:
+            samples[c].append(np.asarray(images[c]).reshape(-1)[where].astype(np.float64))
+    if not cases or not samples[channels[0]]:
+        raise ValueError(
+            "no readable training case has a foreground voxel (label > 0) to take CT statistics from"
+        )
+    out = {}
+    for c in channels:
+        v = np.concatenate(samples[c])
+        out[str(c)] = {
+            "max": float(v.max()),
+            "mean": float(v.mean()),
+            "median": float(np.median(v)),
+            "min": float(v.min()),
+            "percentile_00_5": float(np.percentile(v, 0.5)),
+            "percentile_99_5": float(np.percentile(v, 99.5)),
+            "std": float(v.std()),
+        }
+    return out

@@ -1,0 +1,183 @@
+"""Intensity normalisation per channel (pam_monai.data.intensity): nnU-Net's schemes chosen by
+channel name, CT with the training set's foreground statistics, recorded with the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pam_monai.data import (
+    SliceDataset,
+    get_preprocess_transforms,
+    get_spec,
+    preprocess_case,
+    scan_cases,
+    synth,
+)
+from pam_monai.data.intensity import (
+    PROPERTIES_KEY,
+    ChannelNorm,
+    channel_norms,
+    normalize_channels,
+    scheme_of,
+)
+from pam_monai.data.ops import normalize_nonzero
+from pam_monai.data.transforms import NormalizeChannelsd
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"epochs": 1, "batch_size": 8, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
+
+
+@pytest.fixture(scope="module")
+def ct_root(tmp_path_factory) -> Path:
+    return synth("nnunet", tmp_path_factory.mktemp("ct") / "Dataset901_CT", cases=5, slices=6, ct=True)
+
+
+def test_channel_names_choose_the_scheme():
+    assert [scheme_of(n) for n in ("CT", "ct", "noNorm", "rescale_to_0_1", "RGB_to_0_1", "T2", "zscore")] == [
+        "ct",
+        "ct",
+        "nonorm",
+        "rescale_to_0_1",
+        "rgb_to_0_1",
+        "zscore",
+        "zscore",
+    ]
+    with pytest.raises(
+        ValueError, match=r"channel 1 \('CT'\) is CT, .*foreground_intensity_properties_per_channel\['1'\]"
+    ):
+        channel_norms(["T2", "CT"], {"0": {"mean": 1.0}}, where="x/dataset.json")
+
+
+def test_each_scheme_numpy_and_monai_agree():
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 300, (5, 12, 10, 3)).astype(np.float32)
+    image[0, :3] = 0  # zeros stay zero under the z-score
+    norms = (
+        ChannelNorm("zscore"),
+        ChannelNorm("ct", -100.0, 200.0, 50.0, 40.0),
+        ChannelNorm("nonorm"),
+        ChannelNorm("rescale_to_0_1"),
+        ChannelNorm("rgb_to_0_1"),
+    )
+    out = normalize_channels(image, norms)
+    np.testing.assert_allclose(out[0], normalize_nonzero(image[:1])[0])
+    np.testing.assert_allclose(out[1], (np.clip(image[1], -100, 200) - 50) / 40, rtol=1e-6)
+    np.testing.assert_array_equal(out[2], image[2])
+    lo, hi = image[3].min(), image[3].max()
+    np.testing.assert_allclose(out[3], (image[3] - lo) / (hi - lo), atol=1e-6)
+    assert out[3].min() == 0 and out[3].max() == pytest.approx(1)
+    np.testing.assert_allclose(out[4], image[4] / 255, rtol=1e-6)
+    monai = NormalizeChannelsd("image", norms)({"image": torch.from_numpy(image)})["image"]
+    np.testing.assert_allclose(np.asarray(monai), out, rtol=1e-5, atol=1e-5)
+
+
+def test_ct_statistics_come_from_the_training_foreground(ct_root, tmp_path):
+    spec = get_spec("nnunet", root=ct_root)
+    cases = scan_cases(spec, ct_root).cases
+    values = np.concatenate(
+        [
+            np.asarray(nib.load(str(c.channels["CT"])).dataobj)[
+                np.asarray(nib.load(str(c.label)).dataobj) > 0
+            ]
+            for c in cases
+        ]
+    ).astype(np.float64)
+    norm = spec.channel_norms[0]
+    assert norm.scheme == "ct"
+    assert (norm.lower, norm.upper, norm.mean, norm.std) == pytest.approx(
+        (np.percentile(values, 0.5), np.percentile(values, 99.5), values.mean(), values.std())
+    )
+    # air (-1000 HU) is clipped to the lower bound; the padding is 0 after normalisation
+    pre = preprocess_case(spec, cases[0].to_item())
+    assert pre["image"].shape == (1, 96, 96, 6)  # 90 x 84 padded
+    ct = np.asarray(nib.load(str(cases[0].channels["CT"])).dataobj).astype(np.float32)
+    inside = pre["image"][0, 3:93, 6:90]
+    np.testing.assert_allclose(
+        inside, (np.clip(ct, norm.lower, norm.upper) - norm.mean) / norm.std, rtol=1e-5, atol=1e-5
+    )
+    assert not pre["image"][0, :3].any() and not pre["image"][0, :, :6].any()
+    ref = get_preprocess_transforms(spec)(dict(cases[0].to_item()))
+    np.testing.assert_allclose(np.asarray(ref["image"]), pre["image"], atol=1e-5)
+
+    # nnU-Net's own fingerprint beside dataset.json is used as it is
+    root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
+    stats = {"0": {"mean": 100.0, "std": 20.0, "percentile_00_5": 10.0, "percentile_99_5": 300.0}}
+    (root / "dataset_fingerprint.json").write_text(json.dumps({PROPERTIES_KEY: stats}))
+    assert get_spec("nnunet", root=root).channel_norms[0] == ChannelNorm("ct", 10.0, 300.0, 100.0, 20.0)
+    # the slice cache is keyed by the statistics: other statistics, other cache files
+    items = [c.to_item() for c in cases[:1]]
+    a = SliceDataset(items, spec, cache_dir=tmp_path / "cache", progress=False)
+    b = SliceDataset(items, get_spec("nnunet", root=root), cache_dir=tmp_path / "cache", progress=False)
+    assert a.cache_paths(items[0])["image"] != b.cache_paths(items[0])["image"]
+    assert not np.allclose(a[0]["image"].numpy(), b[0]["image"].numpy())
+
+
+def test_unreadable_files_are_the_checkers_to_name(ct_root, tmp_path):
+    from pam_monai.data import check_dataset
+
+    root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
+    label = root / "labelsTr" / "SYN_002.nii.gz"
+    label.write_bytes(label.read_bytes()[:200])  # truncated
+    spec = get_spec("nnunet", root=root)  # statistics of the four readable cases
+    assert spec.channel_norms[0] != get_spec("nnunet", root=ct_root).channel_norms[0]
+    report = check_dataset("nnunet", root, progress=False)
+    assert not report.ok and any(
+        "SYN_002.nii.gz" in str(p) and "unreadable" in str(p) for p in report.problems
+    )
+    assert report.normalization[0].startswith("channel 0 'CT': CT: clip to [")
+    for f in (root / "labelsTr").iterdir():
+        f.write_bytes(f.read_bytes()[:200])
+    report = check_dataset("nnunet", root, progress=False)  # no statistics at all: a report, not a crash
+    assert not report.ok and any(
+        "CT intensity statistics: no readable training case" in str(p) for p in report.problems
+    )
+
+
+def test_the_model_keeps_the_statistics_it_was_trained_with(ct_root, tmp_path):
+    """Training records the CT statistics (model.json); evaluation and inference normalise with
+    them even when the data set's own statistics have changed since."""
+    from monai.bundle import ConfigParser, run
+
+    configs = ROOT / "bundles" / "brats_fpa" / "configs"
+    root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
+    common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(root), "task": "nnunet"}
+    run("training", config_file=str(configs / "train.json"), logging_file=False, **common, **SMALL)
+    trained = get_spec("nnunet", root=root).channel_norms
+    record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
+    assert record["dataset_json"]["channel_names"] == {"0": "CT"}
+    assert channel_norms(["CT"], record["dataset_json"][PROPERTIES_KEY]) == trained
+
+    # new cases make other statistics: the data set now says another normalisation ...
+    for f in (root / "imagesTr").glob("SYN_001_*"):
+        img = nib.load(str(f))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) + 300, img.affine), str(f))
+    assert get_spec("nnunet", root=root).channel_norms != trained
+
+    def spec_of(*files):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        parser.update({**common, **SMALL})
+        return parser.get_parsed_content("spec")
+
+    # ... but evaluation and inference use the model's
+    assert spec_of("train.json", "evaluate.json").channel_norms == trained
+    assert spec_of("inference.json").channel_norms == trained
+    run(
+        "evaluating",
+        config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
+        logging_file=False,
+        **common,
+        **SMALL,
+    )
+    assert (tmp_path / "run" / "eval" / "metrics.csv").is_file()
+    nets = {"network_options": SMALL["network_options"]}
+    run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **common, **nets)
+    seg = nib.load(str(tmp_path / "run" / "predictions" / "SYN_006_seg.nii.gz"))
+    assert seg.shape == (90, 84, 6)
