@@ -121,7 +121,10 @@ def test_without_channel_files_the_check_still_reports_what_it_sees(own_root, tm
         ({"labels": {"lesion": 1}}, "'labels' must have \"background\": 0"),
         ({"labels": {"background": 0, "lesion": "one"}}, "label 'lesion': expected a non-negative integer"),
         ({"labels": {"background": 0}}, "'labels' has no foreground label besides background"),
-        ({"file_ending": ".png"}, "file_ending '.png' is not supported; convert the images to NIfTI"),
+        (
+            {"file_ending": ".mha"},
+            "file_ending '.mha' is not supported; convert the images to NIfTI (.nii.gz, .nii) or, for 2-D",
+        ),
         (
             {"labels": {"background": 0, "lesion": 1, "ignore": 2}},
             "the 'ignore' label (nnU-Net's unannotated voxels) is not supported",

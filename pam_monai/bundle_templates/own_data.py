@@ -29,9 +29,8 @@ GENERATED = (
     "raw layout). Its configs carry that data set's `dataset.json` (channels and labels), the crop and the\n"
     "target, so inference needs only the images to segment."
 )
-DATA = """`dataset_dir` is `{dataset_dir}`: `dataset.json`, `imagesTr/<case>_XXXX.nii.gz` (channels {channels}),
-`labelsTr/<case>.nii.gz`. Target: {target} (`foreground_label` {foreground}); in-plane crop {crop}
-(`crop_size`; volumes are padded to it, larger ones centre-cropped with a warning). Split: {split}. Every case
+DATA = """`dataset_dir` is `{dataset_dir}`: `dataset.json`, `imagesTr/<case>_XXXX{ending}` (channels {channels}),
+`labelsTr/<case>{ending}`. Target: {target} (`foreground_label` {foreground}); {geometry}. Split: {split}. Every case
 is checked before training (`python -m pam_monai check --dataset nnunet --root {dataset_dir}
 --foreground_label '{foreground}'` prints the same report); own data is never replaced by a synthetic stand-in. To train on another
 data set, make a bundle for it."""
@@ -81,13 +80,21 @@ def own_data_bundle(
         "modality": modality or ", ".join(spec.channels),
         "target": f"{label_title(spec.label_names, foreground)} (labels {', '.join(map(str, foreground))})",
         "data_source": f"own data: {spec.title.removesuffix(TITLE_SUFFIX)} (nnU-Net v2 raw layout)",
-        "data_type": "nibabel",
+        "data_type": "nibabel" if spec.volumetric else "png",
         "channel_def": channel_def,
         "format": "magnitude",
         "generated": GENERATED.replace("{dataset_dir}", str(dataset_dir)),
         "data_section": DATA.replace("{dataset_dir}", str(dataset_dir))
         .replace("{foreground}", json.dumps(list(foreground)))
-        .replace("{crop}", "x".join(map(str, spec.crop_size))),
+        .replace("{ending}", spec.file_ending)
+        .replace(
+            "{geometry}",
+            f"in-plane crop {'x'.join(map(str, spec.crop_size))} (`crop_size`; volumes are padded to it, larger ones "
+            "centre-cropped with a warning)"
+            if spec.volumetric
+            else f"images resized to {'x'.join(map(str, spec.crop_size))} (`crop_size`; predictions are resized back "
+            "and scored on each image's pixels)",
+        ),
         "defaults": "defaults: the paper's BRATS settings",
         "data_flag": "",
         "fg_note": " (values or names of the data set's labels)",

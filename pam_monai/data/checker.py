@@ -164,19 +164,19 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
     for name, path in case.files().items():
         is_label = name == case.label_name
         try:
-            data, affine = load_nifti(path) if spec.volumetric else (load_png(path), None)
+            data, affine = load_nifti(path) if spec.volumetric else (load_png(path, label=is_label), None)
         except UnreadableFile as e:
             problems.append((path.name, str(e)))
             continue
         if not spec.volumetric:
-            expected_ndim = 2 if is_label else 3
-            if data.ndim != expected_ndim or (not is_label and data.shape[-1] != 3):
-                problems.append(
-                    (
-                        path.name,
-                        f"expected {'a single-channel label map' if is_label else 'an RGB image'}, got shape {data.shape}",
-                    )
+            # CityScapes and own colour images: RGB; own grey images: one channel per file
+            colour = not is_label and (spec.name != "nnunet" or spec.image_files < spec.in_channels)
+            expected_ndim = 3 if colour else 2
+            if data.ndim != expected_ndim or (colour and data.shape[-1] != 3):
+                what = (
+                    "a single-channel label map" if is_label else "an RGB image" if colour else "a grey image"
                 )
+                problems.append((path.name, f"expected {what}, got shape {data.shape}"))
                 continue
         shape = data.shape if spec.volumetric else data.shape[:2]
         if 0 in shape or (spec.volumetric and len(shape) != 3):
@@ -206,7 +206,10 @@ def _summarise(
 ) -> tuple[CaseSummary, list]:
     label = arrays[case.label_name]
     channels = [arrays[name] for name in case.channels]
-    image = np.stack(channels) if spec.volumetric else np.moveaxis(channels[0], -1, 0)
+    if spec.volumetric:
+        image = np.stack(channels)
+    else:  # colour files give three channels, grey ones one
+        image = np.concatenate([c[None] if c.ndim == 2 else np.moveaxis(c, -1, 0) for c in channels])
     loaded = {
         "case": case.case,
         "image": image,

@@ -64,14 +64,16 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return data, affine
 
 
-def load_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG into a numpy array: ``H x W`` for a label map, ``H x W x 3`` for an RGB image."""
+def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
+    """Read a PNG (or BMP, TIFF) into a numpy array: ``H x W`` for a label map or a grey image,
+    ``H x W x 3`` for a colour image (RGBA, palette and CMYK images are converted to RGB). With
+    ``label``, a palette image gives its palette indices: they are the label values."""
     from PIL import Image
 
     try:
         with Image.open(os.fspath(path)) as im:
             im.load()
-            if im.mode in ("RGBA", "P", "CMYK"):
+            if im.mode in ("RGBA", "P", "CMYK", "YCbCr") and not (label and im.mode == "P"):
                 im = im.convert("RGB")
             return np.asarray(im)
     except FileNotFoundError as e:

@@ -65,9 +65,9 @@ class ChannelNorm(NamedTuple):
                 "(training foreground)"
             )
         return {
-            "zscore": "z-score over the volume's non-zero voxels",
+            "zscore": "z-score over each case's non-zero values",
             "nonorm": "as stored",
-            "rescale_to_0_1": "rescaled to [0, 1] per volume",
+            "rescale_to_0_1": "rescaled to [0, 1] per case",
             "rgb_to_0_1": "divided by 255",
         }[self.scheme]
 

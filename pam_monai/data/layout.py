@@ -108,7 +108,7 @@ def scan_cases(dataset, root: str | os.PathLike, **options) -> ScanResult:
     if spec.name == "nnunet":
         from .nnunet import scan
 
-        return scan(root, channels=spec.channels, **options)
+        return scan(root, spec=spec, **options)
     if spec.name == "brats":
         from .brats import scan
     elif spec.name == "isles":

@@ -12,7 +12,15 @@ reader has to be written per data set::
 ``dataset.json`` gives ``channel_names`` (``{"0": "T2", "1": "ADC"}``: the channel count and
 order), ``labels`` (``{"background": 0, "lesion": 1, "oedema": 2}``; region lists such as
 ``"whole tumour": [1, 2, 3]`` are names for several values) and ``file_ending`` (``.nii.gz`` or
-``.nii``; other formats are refused by name).
+``.nii`` for volumes; ``.png``, ``.bmp`` or ``.tif`` for 2-D images; other formats are refused by
+name).
+
+2-D images (photographs, endoscopy, dermoscopy, X-ray, ultrasound) are cases of their own, as
+CityScapes frames: a grey file per channel, or, as nnU-Net reads natural images, one colour file
+``<case>_0000.png`` for three channels (e.g. ``{"0": "R", "1": "G", "2": "B"}``); labels are
+grey (or palette) PNGs of label values. They are resized to one size (by default the training
+images' median height and width, the longer side at most 256, rounded up to 16; ``crop_size``
+sets another), predictions are resized back, and metrics and masks are on each image's pixels.
 
 The binary target is every non-zero label by default; ``foreground_label`` picks values or label
 names (``"lesion"``, ``[1, 2]``, ``["lesion", "oedema"]``). Volumes are sliced along their third
@@ -38,6 +46,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .intensity import PROPERTIES_KEY, channel_norms, foreground_intensity_properties, scheme_of
 from .layout import CaseFiles, Problem, ScanResult, nothing_found, visible_entries
 from .specs import DATASETS, DatasetSpec
@@ -59,10 +69,11 @@ __all__ = [
 DATASET_JSON = "dataset.json"
 FINGERPRINT_JSON = "dataset_fingerprint.json"  # nnU-Net's, copied from nnUNet_preprocessed/DatasetXXX
 ENDINGS = (".nii.gz", ".nii")
+ENDINGS_2D = (".png", ".bmp", ".tif")  # nnU-Net's 2-D image files (NaturalImage2DIO)
 LABEL_NAME = "label"  # the label's key among a case's files
 CROP_MULTIPLE = 16
 TITLE_SUFFIX = " (own data, nnU-Net layout)"
-_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
+_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii|\.png|\.bmp|\.tif)$")
 
 
 def read_dataset_json(root: str | os.PathLike | dict) -> dict:
@@ -128,10 +139,14 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         )
     ending = str(meta.get("file_ending", ".nii.gz")).lower()
     ending = ending if ending.startswith(".") else f".{ending}"  # "nii.gz" is NIfTI too
-    if ending not in ENDINGS:
+    if ending not in ENDINGS + ENDINGS_2D:
         raise ValueError(
-            f"{path}: file_ending {ending!r} is not supported; convert the images to NIfTI ({', '.join(ENDINGS)})"
+            f"{path}: file_ending {ending!r} is not supported; convert the images to NIfTI ({', '.join(ENDINGS)}) "
+            f"or, for 2-D images, to {', '.join(ENDINGS_2D)}"
         )
+    image_files = meta.get("image_files")  # a trained 2-D model's record: one RGB file per case
+    if image_files is not None and not (isinstance(image_files, int) and 1 <= image_files <= len(numbers)):
+        raise ValueError(f"{path}: 'image_files' must be a number of files per case, got {image_files!r}")
     properties = meta.get(PROPERTIES_KEY)
     if properties is not None and not isinstance(properties, dict):
         raise ValueError(f"{path}: {PROPERTIES_KEY!r} must map channel numbers to statistics")
@@ -141,6 +156,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         "labels": tuple(table),
         "file_ending": ending,
         "intensity_properties": properties,
+        "image_files": image_files,
     }
 
 
@@ -199,6 +215,72 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     return up(max(s[0] for s in sizes)), up(max(s[1] for s in sizes))
 
 
+def is_2d(meta: dict) -> bool:
+    """Whether a :func:`read_dataset_json` result describes 2-D images (PNG, BMP, TIFF)."""
+    return meta["file_ending"] in ENDINGS_2D
+
+
+COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")  # read as three channels (load_png)
+MAX_SIDE_2D = 256  # default resize of 2-D images: the median size, the longer side at most this
+
+
+def _training_images_2d(root, ending: str) -> list[Path]:
+    files = [p for p in visible_entries(Path(root) / "imagesTr") if p.name.endswith(f"_0000{ending}")]
+    if not files:
+        raise NoTrainingImages(
+            f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} to size the images from; "
+            f"python -m pam_monai check --dataset nnunet --root {root} lists what is there"
+        )
+    return files
+
+
+def image_files_2d(root, meta: dict) -> int:
+    """Image files per case of a 2-D set: 1 when ``<case>_0000`` is a colour image holding the three
+    channels of ``channel_names`` (as nnU-Net reads RGB files), else one grey file per channel."""
+    if meta.get("image_files"):
+        return int(meta["image_files"])
+    if isinstance(root, dict):
+        return len(meta["channels"])
+    from PIL import Image
+
+    for f in _training_images_2d(root, meta["file_ending"]):
+        try:
+            with Image.open(f) as im:
+                colour = im.mode in COLOUR_MODES
+        except Exception:  # noqa: BLE001 - the checker names unreadable files
+            continue
+        if colour and len(meta["channels"]) != 3:
+            raise ValueError(
+                f"nnunet: {f}: a colour image (3 channels), but {Path(root) / DATASET_JSON} names "
+                f"{len(meta['channels'])} channel(s) {list(meta['channels'])}; name three (e.g. R, G, B) or save grey images"
+            )
+        return 1 if colour else len(meta["channels"])
+    return len(meta["channels"])
+
+
+def default_size_2d(root, ending: str) -> tuple[int, int]:
+    """The default size 2-D images are resized to: the training images' median height and width
+    (headers only), scaled so that the longer side is at most 256 and rounded up to 16."""
+    from PIL import Image
+
+    sizes = []
+    for f in _training_images_2d(root, ending):
+        try:
+            with Image.open(f) as im:
+                sizes.append(im.size[::-1])  # (height, width)
+        except Exception:  # noqa: BLE001 - the checker names unreadable files
+            continue
+    if not sizes:
+        raise NoTrainingImages(
+            f"nnunet: {Path(root) / 'imagesTr'}: no readable training image <case>_0000{ending} to size the images "
+            f"from; python -m pam_monai check --dataset nnunet --root {root} names the problems"
+        )
+    h, w = (float(np.median([s[i] for s in sizes])) for i in (0, 1))
+    scale = min(1.0, MAX_SIDE_2D / max(h, w))
+    up = lambda v: max(CROP_MULTIPLE, -(-round(v * scale) // CROP_MULTIPLE) * CROP_MULTIPLE)  # noqa: E731
+    return up(h), up(w)
+
+
 def check_same_data_set(spec: DatasetSpec, root: str | os.PathLike) -> None:
     """Refuse a data set whose ``dataset.json`` names other channels or labels than ``spec`` (a
     bundle made for one data set, pointed at another, would read its labels by the wrong names)."""
@@ -241,6 +323,9 @@ def spec_dataset_json(spec: DatasetSpec) -> dict | None:
     }
     if ct:  # the statistics training normalised with: evaluation and inference use the same
         meta[PROPERTIES_KEY] = ct
+    if not spec.volumetric:  # 2-D images: their file type and how many files hold the channels
+        meta["file_ending"] = spec.file_ending
+        meta["image_files"] = spec.image_files or len(spec.channels)
     return meta
 
 
@@ -261,6 +346,8 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{fingerprint}: no readable {PROPERTIES_KEY!r} ({e!r})") from e
         return {str(i): found[str(i)] for i in ct if str(i) in found}
+    if is_2d(meta) and image_files_2d(root, meta) != len(meta["channels"]):
+        raise ValueError(f"nnunet: {root / DATASET_JSON}: a CT channel cannot be part of a colour image")
     result = scan(root, "imagesTr")
     names = _unique(meta["channels"])
     cases = [
@@ -282,11 +369,11 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
     if key not in _PROPERTIES_CACHE:
         from tqdm.auto import tqdm
 
-        from .files import UnreadableFile, load_nifti
+        from .files import UnreadableFile, load_nifti, load_png
 
         def load(path):
-            try:
-                return load_nifti(path)[0]  # header scaling applied, as training reads it
+            try:  # NIfTI: header scaling applied, as training reads it
+                return load_png(path) if is_2d(meta) else load_nifti(path)[0]
             except UnreadableFile:
                 return None  # the checker names it; training refuses the data set until it is fixed
 
@@ -326,8 +413,12 @@ def nnunet_spec(
             "'labels' has no foreground "
             "label besides background"
         )
+    flat = is_2d(meta)
     # the crop first: without training images its message is the one to read
-    crop = crop_size if crop_size is not None else default_crop(root, meta["file_ending"])
+    if crop_size is not None:
+        crop = crop_size
+    else:
+        crop = (default_size_2d if flat else default_crop)(root, meta["file_ending"])
     paper = DATASETS["brats"]  # training defaults until the user sets them
     spec = DatasetSpec(
         name="nnunet",
@@ -335,19 +426,21 @@ def nnunet_spec(
         target=label_title(labels, foreground),
         channels=_unique(meta["channels"]),
         label_name=LABEL_NAME,
-        volumetric=True,
-        crop_size=None,  # set (and checked) by with_crop below
+        volumetric=not flat,
+        crop_size=None,  # set (and checked) by with_crop below; 2-D: the resize too
         resize=None,
         foreground_labels=foreground,
         label_values=values,
-        flip_axis=-2,
+        flip_axis=-1 if flat else -2,  # 2-D images: their width, as CityScapes
         split=paper.split,
         epochs=paper.epochs,
         batch_size=paper.batch_size,
         lr=paper.lr,
         label_names=labels,
-        inference_fit="pad",
+        inference_fit="resize" if flat else "pad",
         normalization=_norms(root, meta, intensity),
+        image_files=image_files_2d(root, meta) if flat else 0,
+        file_ending=meta["file_ending"],
     )
     return spec.with_crop(crop)
 
@@ -366,27 +459,36 @@ def scan(
     root: str | os.PathLike,
     subset: str = "imagesTr",
     channels: Sequence[str] | None = None,
+    spec: DatasetSpec | None = None,
 ) -> ScanResult:
     """Cases under ``root``: a data set root (``dataset.json``; ``subset`` ``imagesTr`` with
-    ``labelsTr``, or ``imagesTs``) or, with ``channels``, a folder of ``<case>_<XXXX>.nii[.gz]``
-    images alone (inference input, labels optional)."""
+    ``labelsTr``, or ``imagesTs``) or, with ``channels`` or a ``spec``, a folder of
+    ``<case>_<XXXX>.nii[.gz]`` (2-D specs: ``.png``, ``.bmp``, ``.tif``) images alone (inference
+    input, labels optional). A 2-D set whose three channels are one colour image has one file
+    per case, ``<case>_0000``."""
     root = Path(root)
     problems: list[Problem] = []
     if (root / DATASET_JSON).is_file():
         meta = read_dataset_json(root)
         names, endings = _unique(meta["channels"]), (meta["file_ending"],)
+        files = image_files_2d(root, meta) if is_2d(meta) else len(names)
         images = root / subset
         labels = root / subset.replace("images", "labels")
-    elif channels is not None:
-        names, endings, images, labels = tuple(channels), ENDINGS, root, None
+    elif spec is not None or channels is not None:
+        names = tuple(spec.channels if spec is not None else channels)
+        flat = spec is not None and not spec.volumetric
+        endings = ENDINGS_2D if flat else ENDINGS
+        files = (spec.image_files or len(names)) if flat else len(names)
+        images, labels = root, None
     else:
         read_dataset_json(root)  # raises, naming the missing file
         raise AssertionError
+    keys = names if files == len(names) else ("+".join(names),)  # one colour file: one key
     if not images.is_dir() or not visible_entries(images):
         what = (
             f"no {subset} images (<case>_0000{endings[0]})"
             if images != root
-            else "no <case>_0000.nii.gz image"
+            else f"no <case>_0000{endings[0]} image"
         )
         found_what = nothing_found(images, what) if images.is_dir() else f"missing folder: {what}"
         return ScanResult([], [Problem(root.name, images.name, found_what)])
@@ -405,23 +507,22 @@ def scan(
             )
             continue
         index = int(m["channel"])
-        if index >= len(names):
-            problems.append(
-                Problem(
-                    m["case"],
-                    path.name,
-                    f"channel {index:04d}, but the data set has {len(names)} channel{'s' if len(names) > 1 else ''}",
-                )
+        if index >= len(keys):
+            what = (
+                f"but the data set has {len(names)} channel{'s' if len(names) > 1 else ''}"
+                if len(keys) == len(names)
+                else f"but the data set's {len(names)} channels are one colour image <case>_0000"
             )
+            problems.append(Problem(m["case"], path.name, f"channel {index:04d}, {what}"))
             continue
         found.setdefault(m["case"], {})[index] = path
     cases = []
     for case in sorted(found):
-        chans = {name: found[case].get(i) for i, name in enumerate(names)}
-        for i, name in enumerate(names):
-            if chans[name] is None:
+        chans = {key: found[case].get(i) for i, key in enumerate(keys)}
+        for i, key in enumerate(keys):
+            if chans[key] is None:
                 problems.append(
-                    Problem(case, f"{case}_{i:04d}{endings[0]}", f"missing channel {i} ({name!r})")
+                    Problem(case, f"{case}_{i:04d}{endings[0]}", f"missing channel {i} ({key!r})")
                 )
         label = None
         if labels is not None:

@@ -35,7 +35,7 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
     Returns a dict with
 
     - ``image``: ``C x H x W x D`` for BRATS/ISLES (channels in the spec's order, the files' own
-      dtype, e.g. int16) or ``3 x H x W`` uint8 for CityScapes;
+      dtype, e.g. int16) or ``3 x H x W`` uint8 for CityScapes (own 2-D images: ``C x H x W``);
     - ``label``: the label map as stored (``H x W x D`` or ``H x W``), or None without a label;
     - ``affine``: the 4x4 affine of the first channel (None for PNGs);
     - ``original_shape``: the spatial shape; ``case``: the case ID.
@@ -68,6 +68,16 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
                 raise ValueError(
                     f"{case}: {os.path.basename(item['label'])}: shape {label.shape} differs from {image.shape[1:]}"
                 )
+    elif spec.name == "nnunet":  # own 2-D images: grey files, one per channel, or one colour file
+        image = _load_images_2d(spec, case, item["image"])
+        affine = None
+        if item.get("label") is not None:
+            label = load_png(item["label"], label=True)
+            if label.shape != image.shape[1:]:
+                raise ValueError(
+                    f"{case}: {os.path.basename(item['label'])}: expected a label map of shape {image.shape[1:]}, "
+                    f"got {label.shape}"
+                )
     else:
         rgb = load_png(item["image"])
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
@@ -90,6 +100,27 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
     }
 
 
+def _load_images_2d(spec: DatasetSpec, case: str, image) -> np.ndarray:
+    """``C x H x W`` from a case's 2-D image files (a grey file is one channel, a colour one three)."""
+    paths = image if isinstance(image, (list, tuple)) else [image]
+    arrays = []
+    for path in paths:
+        data = load_png(path)
+        data = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
+        if arrays and data.shape[1:] != arrays[0].shape[1:]:
+            raise ValueError(
+                f"{case}: {os.path.basename(path)}: size {data.shape[1:]} differs from {arrays[0].shape[1:]}"
+            )
+        arrays.append(data)
+    image = np.concatenate(arrays)
+    if image.shape[0] != spec.in_channels:
+        raise ValueError(
+            f"{case}: {', '.join(os.path.basename(p) for p in paths)}: {image.shape[0]} channel(s), but the data set "
+            f"has {spec.in_channels} {list(spec.channels)}"
+        )
+    return image
+
+
 def preprocess_case(
     dataset: str | DatasetSpec,
     case: dict,
@@ -103,7 +134,9 @@ def preprocess_case(
     Own data: each channel as its name says (:mod:`.intensity`: CT clipped and standardised with the
     training set's statistics, ...); padding is 0 after normalisation.
     CityScapes: scale RGB to [0, 1], resize to 128 x 256 (``area``; labels ``nearest-exact``),
-    binarise vehicles (labelIds 26-33).
+    binarise vehicles (labelIds 26-33). Own 2-D images: normalise each channel as its name says,
+    resize to the spec's size (``area`` when shrinking, ``bilinear`` when enlarging; labels
+    ``nearest-exact``).
 
     Returns ``image`` float32 (``C x h x w x D`` or ``C x h x w``), ``label`` float32 in {0, 1}
     with one channel (None without a label), and ``affine``, ``original_shape``, ``case`` and
@@ -126,7 +159,13 @@ def preprocess_case(
         if label is not None:
             label = binarize(crop_or_pad_center(label, size), fg)[None].astype(np.float32)
     else:
-        image = resize_2d(image.astype(np.float32) / np.float32(255.0), spec.spatial_size, "area")
+        if spec.normalization:  # own 2-D images: each channel as its name says
+            image = normalize_channels(image, spec.channel_norms)
+        else:  # CityScapes: RGB / 255
+            image = image.astype(np.float32) / np.float32(255.0)
+        # 'area' averages when shrinking (CityScapes); own images smaller than the size are interpolated
+        smaller = spec.name == "nnunet" and any(n < s for n, s in zip(image.shape[1:], spec.spatial_size))
+        image = resize_2d(image, spec.spatial_size, "bilinear" if smaller else "area")
         if label is not None:
             label = binarize(resize_2d(label[None], spec.spatial_size, "nearest-exact"), fg).astype(
                 np.float32

@@ -47,10 +47,14 @@ class DatasetSpec:
             ``"crop"`` (the paper's data sets: larger ones are centre-cropped, smaller ones
             refused) or ``"pad"`` (own data, whose default crop is at least the training volumes'
             size: smaller ones are zero-padded, larger ones centre-cropped with a warning, as
-            evaluation scores them).
+            evaluation scores them); ``"resize"`` (own 2-D images: resized to the trained size and
+            the prediction back).
         normalization: one :class:`~.intensity.ChannelNorm` per channel (own data: chosen by the
             channel names, CT with the training set's statistics); empty: the paper's per-volume
             z-score over non-zero voxels for every channel.
+        image_files: image files per case (own 2-D images: 1 when one RGB file holds the three
+            channels); 0: one file per channel (CityScapes: its single RGB file, by its reader).
+        file_ending: own data's image file type (``.nii.gz``, ``.png``, ...); empty for the paper's.
     """
 
     name: str
@@ -71,6 +75,8 @@ class DatasetSpec:
     label_names: tuple[tuple[str, tuple[int, ...]], ...] = ()
     inference_fit: str = "crop"
     normalization: tuple[ChannelNorm, ...] = ()
+    image_files: int = 0
+    file_ending: str = ""
 
     @property
     def in_channels(self) -> int:
@@ -146,12 +152,14 @@ class DatasetSpec:
         return tuple(sorted(set(values)))
 
     def with_crop(self, crop_size: Sequence[int] | None) -> DatasetSpec:
-        """This spec with another in-plane crop (volumetric data sets only); None keeps it."""
+        """This spec with another in-plane crop (volumetric data sets), or for own 2-D images
+        another size to resize them to; None keeps it."""
         if crop_size is None:
             return self
         size = tuple(int(v) for v in np.atleast_1d(crop_size))
         size = size * 2 if len(size) == 1 else size  # one number: a square crop
-        if not self.volumetric:
+        resized = not self.volumetric and self.name == "nnunet"  # own 2-D images: the resize
+        if not self.volumetric and not resized:
             raise ValueError(
                 f"{self.name}: crop_size applies to volumes; images are resized to {self.resize}"
             )
@@ -159,7 +167,7 @@ class DatasetSpec:
             raise ValueError(
                 f"{self.name}: crop_size must be two in-plane sizes of at least 16, got {crop_size!r}"
             )
-        return replace(self, crop_size=size)
+        return replace(self, crop_size=size, resize=size if resized else self.resize)
 
     def foreground(
         self, label: np.ndarray, foreground_label: int | Sequence[int] | None = None

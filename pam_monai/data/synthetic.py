@@ -323,6 +323,39 @@ def _hounsfield(t2: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.rint(np.where(body, 0.1 * t2.astype(np.float32), air)).astype(np.int16)
 
 
+def _synth_nnunet_2d(output: Path, cases: int, seed: int, size: tuple[int, int], test_cases: int) -> Path:
+    from PIL import Image
+
+    for i in range(cases + test_cases):
+        rng = np.random.default_rng([seed, 6, i])
+        h, w = (int(v) + int(rng.integers(-8, 9)) for v in size)  # sizes differ, as photographs do
+        y, x = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+        centre = (rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w)
+        radii = (rng.uniform(0.12, 0.25) * h, rng.uniform(0.12, 0.25) * w)
+        r = _radius([y, x, np.zeros_like(y)], (*centre, 0.0), (*radii, 1.0), rng)
+        skin = np.array([200.0, 150.0, 120.0]) * (1 + 0.05 * np.sin(x / 9.0 + rng.uniform(0, 6)))[..., None]
+        lesion = np.array([90.0, 50.0, 40.0])
+        weight = _fade(r)[..., None]
+        rgb = skin * (1 - weight) + lesion * weight + rng.normal(0, 6, (h, w, 3))
+        case, subset = f"SYN_{i + 1:03d}", "imagesTr" if i < cases else "imagesTs"
+        (output / subset).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB").save(
+            output / subset / f"{case}_0000.png"
+        )
+        if i < cases:
+            (output / "labelsTr").mkdir(parents=True, exist_ok=True)
+            Image.fromarray((r < 1.0).astype(np.uint8), "L").save(output / "labelsTr" / f"{case}.png")
+    meta = {
+        "name": "Dataset902_SyntheticLesion2D",
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": cases,
+        "file_ending": ".png",
+    }
+    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return output
+
+
 def synth_nnunet(
     output: str | os.PathLike,
     cases: int = 6,
@@ -331,14 +364,19 @@ def synth_nnunet(
     slices: int = 12,
     test_cases: int = 1,
     ct: bool = False,
+    two_d: bool = False,
 ) -> Path:
     """Write ``cases`` training cases (and ``test_cases`` unlabelled ones in ``imagesTs``) in the
     nnU-Net v2 raw layout: two channels ("T2", "ADC", from the BRATS generator's t2 and t1), labels
     background 0, necrosis 1, oedema 2, enhancing 3 and the region "tumour core" [1, 3]. Its
     in-plane size is not a multiple of 16, so the default crop pads. ``ct``: one "CT" channel in
     Hounsfield units instead (air -1000 around a soft-tissue body of about 40 HU, the lesion
-    brighter), which is normalised with the training set's statistics."""
+    brighter), which is normalised with the training set's statistics. ``two_d``: 2-D colour images
+    instead (``<case>_0000.png`` holding channels R, G, B, sizes around ``size``; labels background 0,
+    lesion 1), as nnU-Net keeps natural images."""
     output = Path(output)
+    if two_d:
+        return _synth_nnunet_2d(output, cases, seed, size, test_cases)
     shape = (int(size[0]), int(size[1]), int(slices))
     affine = np.diag([1.2, 1.2, 3.0, 1.0])
     for i in range(cases + test_cases):

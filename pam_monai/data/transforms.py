@@ -34,6 +34,7 @@ from monai.transforms import (
     NormalizeIntensity,
     NormalizeIntensityd,
     RandFlipd,
+    Resize,
     Resized,
     ResizeWithPadOrCrop,
     ScaleIntensity,
@@ -106,6 +107,25 @@ class NormalizeChannelsd(MapTransform):
         return d
 
 
+class ResizeImaged(MapTransform):
+    """MONAI's ``Resize`` to ``spatial_size`` with ``area`` when shrinking and ``bilinear`` when
+    enlarging (own 2-D images of varying size)."""
+
+    def __init__(
+        self, keys: KeysCollection, spatial_size: Sequence[int], allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = tuple(int(v) for v in spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            smaller = any(n < s for n, s in zip(d[key].shape[1:], self.spatial_size))
+            mode = "bilinear" if smaller else "area"
+            d[key] = Resize(self.spatial_size, mode=mode, anti_aliasing=False)(d[key])
+        return d
+
+
 class CenterCropOrPadd(MapTransform):
     """Centre crop (or zero-pad when smaller) the first ``len(roi_size)`` spatial axes.
 
@@ -172,6 +192,19 @@ def get_preprocess_transforms(
                 if spec.normalization
                 else NormalizeNonZerod(image_key),
                 CenterCropOrPadd(keys, roi_size=spec.spatial_size),
+                BinarizeLabeld(label_key, foreground=fg),
+            ]
+        )
+    if spec.name == "nnunet":  # own 2-D images: grey files stacked as channels, or one colour file
+        return Compose(
+            [
+                LoadImaged(keys, image_only=True, reader="PILReader", reverse_indexing=False),
+                EnsureChannelFirstd(image_key),  # the reader's metadata: colour, grey, or grey files stacked
+                EnsureChannelFirstd(label_key, channel_dim="no_channel"),
+                EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+                NormalizeChannelsd(image_key, spec.channel_norms),
+                ResizeImaged(image_key, spatial_size=spec.spatial_size),
+                Resized(label_key, spatial_size=spec.spatial_size, mode="nearest-exact"),
                 BinarizeLabeld(label_key, foreground=fg),
             ]
         )

@@ -26,7 +26,7 @@ from ..data import (
     preprocess_case,
 )
 from ..data.nnunet import check_same_data_set
-from ..data.ops import binarize, uncrop_center
+from ..data.ops import binarize, resize_2d, uncrop_center
 
 __all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
 
@@ -121,14 +121,20 @@ def prepare_data(
     return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **result}
 
 
-def on_case_grid(pred: np.ndarray, label: np.ndarray, label_full=None) -> tuple[np.ndarray, np.ndarray]:
+def on_case_grid(
+    pred: np.ndarray, label: np.ndarray, label_full=None, restore: str = "crop"
+) -> tuple[np.ndarray, np.ndarray]:
     """``(pred, label)`` to score: with a :class:`CaseDataset` ``label_full`` (the case's own grid,
-    optionally with a leading channel axis), the prediction put back into that grid (zeros outside
-    the crop) and that label; else both unchanged."""
+    optionally with a leading channel axis), the prediction put back into that grid and that
+    label; else both unchanged. ``restore``: ``"crop"`` (zeros outside the centre crop) or
+    ``"resize"`` (own 2-D images: nearest-neighbour resize back, as inference writes them)."""
     if label_full is None:
         return pred, label
     full = np.asarray(label_full.cpu() if isinstance(label_full, torch.Tensor) else label_full)
     full = full.reshape(full.shape[-pred.ndim :]) > 0
+    if restore == "resize":
+        back = resize_2d(np.asarray(pred, dtype=np.float32)[None], full.shape, "nearest-exact")[0]
+        return (back > 0.5).astype(pred.dtype), full
     return uncrop_center(pred, full.shape), full
 
 
@@ -161,7 +167,10 @@ class CaseDataset(torch.utils.data.Dataset):
     BRATS / ISLES cases whose grid the centre crop (or pad) changed also carry ``label_full``
     (``1 x`` the case's own grid, uint8): :class:`~pam_monai.engines.CaseMetrics` scores the
     prediction there, put back in place, so foreground outside the crop counts as missed and
-    rates and distances refer to the image as acquired, not to the network's crop.
+    rates and distances refer to the image as acquired, not to the network's crop. Own 2-D
+    images that were resized carry it too, with ``restore`` = ``"resize"``: the prediction is
+    resized back (nearest neighbour) and scored on the image's pixels. (CityScapes is scored on
+    the 128 x 256 grid, as the paper does.)
 
     Cases are preprocessed on first access and kept (``cache=True``): a validation set is read
     once per training run, not once per epoch.
@@ -196,9 +205,13 @@ class CaseDataset(torch.utils.data.Dataset):
         }
         if case["label"] is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(case["label"], dtype=np.float32))
-            if self.spec.volumetric and tuple(loaded["label"].shape) != tuple(case["label"].shape[1:]):
+            resized = self.spec.name == "nnunet" and not self.spec.volumetric  # own 2-D images
+            if (self.spec.volumetric or resized) and tuple(loaded["label"].shape) != tuple(
+                case["label"].shape[1:]
+            ):
                 full = binarize(loaded["label"], case["foreground_labels"])
                 out["label_full"] = torch.from_numpy(full[None])
+                out["restore"] = "resize" if resized else "crop"
         if self._cache is not None:
             self._cache[index] = out
         return out

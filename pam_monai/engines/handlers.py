@@ -69,7 +69,7 @@ class CaseMetrics:
             label = _numpy(item["label"])
             if pred.shape[0] == 1:  # one channel: the binary mask
                 pred, label = pred[0], label[0]
-            pred, label = on_case_grid(pred, label, meta.get("label_full"))
+            pred, label = on_case_grid(pred, label, meta.get("label_full"), meta.get("restore", "crop"))
             spacing = meta.get("spacing")
             spacing = (
                 None if spacing is None else tuple(float(s) for s in _numpy(spacing).ravel()[: pred.ndim])

@@ -218,7 +218,13 @@ class CasePredictor:
         self.amp = bool(amp) and self.device.type == "cuda"
 
     def output_path(self, case: str) -> Path:
-        suffix = "_seg.nii.gz" if self.spec.volumetric else "_vehicles.png"
+        suffix = (
+            "_seg.nii.gz"
+            if self.spec.volumetric
+            else "_seg.png"
+            if self.spec.name == "nnunet"
+            else "_vehicles.png"
+        )
         return safe_output_path(self.output_dir, case, suffix)
 
     def run(self) -> list[Path]:
@@ -267,6 +273,8 @@ class CasePredictor:
             path = self.output_path(case["case"])
             if self.spec.volumetric:
                 _save_nifti(mask, case["affine"], path, reference=case["files"][0])
+            elif self.spec.name == "nnunet":  # own 2-D images: 0 / 1, as a label map
+                _save_png((mask > 0).astype(np.uint8), path)
             else:
                 _save_png((mask > 0).astype(np.uint8) * 255, path)
             written.append(path)

@@ -196,9 +196,11 @@ def markdown_report(
     paper_protocol: bool = False,
     figures: Sequence[str] = (),
     distance_unit: str = "mm",
+    resized_back: bool = False,
 ) -> str:
     """``results.md``: the paper's table layout over the finished ``runs`` (``distance_unit``:
-    of HD95, "mm" for volumes with a header, "px" for CityScapes' PNGs)."""
+    of HD95, "mm" for volumes with a header, "px" for 2-D images; ``resized_back``: own 2-D images,
+    scored on their own pixels)."""
     lines: list[str] = []
     data = f"**SYNTHETIC** stand-in for {dataset_title}" if synthetic else dataset_title
     lines.append(f"# Results: {dataset} ({'SYNTHETIC data' if synthetic else 'real data'})")
@@ -216,6 +218,8 @@ def markdown_report(
         "on the case's own grid: the prediction put back into the acquired volume (the networks' "
         "centre crop or padding undone; zeros outside a crop)"
         if distance_unit == "mm"
+        else "on the image's own pixels: the prediction resized back from the networks' resolution"
+        if resized_back
         else "at the networks' resolution"
     )
     lines.append(

@@ -666,6 +666,7 @@ def _run_grid(
         paper_protocol=paper_protocol and spec.volumetric,
         figures=[p.name for p in figure_paths],
         distance_unit="mm" if spec.volumetric else "px",
+        resized_back=spec.name == "nnunet" and not spec.volumetric,
     )
     md_path = atomic_write_text(output_dir / "results.md", md)
     log.info(

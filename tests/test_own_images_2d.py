@@ -1,0 +1,176 @@
+"""Own 2-D images in the nnU-Net layout (PNG/BMP/TIFF): one colour file or grey files per case,
+resized to one size, predictions resized back and scored on each image's pixels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import error_chain
+from PIL import Image
+
+from pam_monai.data import (
+    check_dataset,
+    get_preprocess_transforms,
+    get_spec,
+    preprocess_case,
+    scan_cases,
+    synth,
+)
+from pam_monai.engines.data import CaseDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"epochs": 1, "batch_size": 4, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
+
+
+@pytest.fixture(scope="module")
+def colour_root(tmp_path_factory) -> Path:
+    return synth("nnunet", tmp_path_factory.mktemp("own2d") / "Dataset902_Lesion", cases=6, two_d=True)
+
+
+def grey_set(root: Path, cases: int = 4) -> Path:
+    """Two grey channels (16-bit ultrasound-like and an 8-bit map) and palette label PNGs."""
+    rng = np.random.default_rng(1)
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    for i in range(cases):
+        h, w = 70 + 3 * i, 60
+        Image.fromarray(rng.integers(1, 60000, (h, w)).astype(np.uint16)).save(
+            root / "imagesTr" / f"US{i}_0000.png"
+        )
+        Image.fromarray(rng.integers(0, 255, (h, w)).astype(np.uint8)).save(
+            root / "imagesTr" / f"US{i}_0001.png"
+        )
+        label = np.zeros((h, w), np.uint8)
+        label[20:40, 10:30], label[50:55, 40:50] = 1, 2
+        pal = Image.fromarray(label, "P")
+        pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)  # shown red / green; values 1 / 2
+        pal.save(root / "labelsTr" / f"US{i}.png")
+    meta = {
+        "channel_names": {"0": "US", "1": "rescale_to_0_1"},
+        "labels": {"background": 0, "cyst": 1, "vessel": 2},
+        "file_ending": ".png",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_colour_images_are_one_file_of_three_channels(colour_root):
+    spec = get_spec("nnunet", root=colour_root)
+    assert not spec.volumetric and spec.channels == ("R", "G", "B") and spec.image_files == 1
+    # median size of 6 images around 90 x 84 (+-8), rounded up to 16; the width is flipped
+    assert spec.crop_size == spec.resize == (96, 96) and spec.flip_axis == -1 and spec.file_ending == ".png"
+    assert get_spec("nnunet", root=colour_root, crop_size=64).resize == (64, 64)
+    scan = scan_cases(spec, colour_root)
+    assert not scan.problems and len(scan.cases) == 6
+    item = scan.cases[0].to_item()
+    assert Path(item["image"]).name == "SYN_001_0000.png" and Path(item["label"]).name == "SYN_001.png"
+    report = check_dataset("nnunet", colour_root)
+    assert report.ok and report.summary("SYN_001").shape == (3, 96, 96), report.format()
+    pre = preprocess_case(spec, item)
+    assert pre["image"].shape == (3, 96, 96) and pre["label"].shape == (1, 96, 96)
+    original = np.asarray(Image.open(item["label"]))
+    assert pre["original_shape"] == original.shape and pre["label"].sum() > 0
+    ref = get_preprocess_transforms(spec)(dict(item))  # the MONAI chain, the readable reference
+    np.testing.assert_allclose(np.asarray(ref["image"]), pre["image"], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ref["label"]), pre["label"])
+
+
+def test_grey_files_are_one_channel_each_and_palette_labels_their_indices(tmp_path):
+    root = grey_set(tmp_path / "Dataset903_US")
+    spec = get_spec("nnunet", root=root)
+    assert spec.image_files == 2 and spec.crop_size == (80, 64)  # median 74.5 x 60, rounded up
+    assert [n.scheme for n in spec.channel_norms] == ["zscore", "rescale_to_0_1"]
+    report = check_dataset(spec, root, foreground_label="cyst")
+    assert report.ok, report.format()
+    assert report.summary("US0").foreground == 400  # the palette indices are the label values
+    item = scan_cases(spec, root).cases[1].to_item()
+    pre = preprocess_case(spec, item, foreground_label="vessel")
+    ref = get_preprocess_transforms(spec, foreground_label="vessel")(dict(item))
+    np.testing.assert_allclose(np.asarray(ref["image"]), pre["image"], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ref["label"]), pre["label"])
+    assert pre["image"].shape == (2, 80, 64) and 0 <= pre["image"][1].min() and pre["image"][1].max() <= 1
+
+
+def test_2d_layout_mistakes_are_named(colour_root, tmp_path):
+    root = Path(shutil.copytree(colour_root, tmp_path / colour_root.name))
+    shutil.copy(root / "imagesTr" / "SYN_002_0000.png", root / "imagesTr" / "SYN_002_0001.png")
+    Image.open(root / "labelsTr" / "SYN_003.png").resize((40, 40)).save(root / "labelsTr" / "SYN_003.png")
+    report = check_dataset("nnunet", root)
+    text = report.format()
+    assert "channel 0001, but the data set's 3 channels are one colour image <case>_0000" in text
+    assert "SYN_003.png" in text and "differs" in text
+    # a colour image where dataset.json names two channels
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "R", "1": "G"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match=r"SYN_001_0000.png: a colour image \(3 channels\), but .* names 2 channel"
+    ):
+        get_spec("nnunet", root=root)
+    # grey files expected, a colour one found
+    grey = grey_set(tmp_path / "Dataset904_US")
+    shutil.copy(root / "imagesTr" / "SYN_001_0000.png", grey / "imagesTr" / "US1_0001.png")
+    report = check_dataset("nnunet", grey)
+    assert any("US1_0001.png" in str(p) and "expected a grey image" in str(p) for p in report.problems)
+
+
+def test_bundle_trains_evaluates_and_infers_on_2d_images(colour_root, tmp_path):
+    from monai.bundle import run
+
+    configs = ROOT / "bundles" / "brats_rfna" / "configs"
+    common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(colour_root), "task": "nnunet"}
+    run("training", config_file=str(configs / "train.json"), logging_file=False, **common, **SMALL)
+    record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
+    assert record["crop_size"] == [96, 96] and record["in_channels"] == 3
+    assert record["dataset_json"]["file_ending"] == ".png" and record["dataset_json"]["image_files"] == 1
+
+    # evaluation scores each image on its own pixels: the prediction is resized back
+    spec = get_spec("nnunet", root=colour_root)
+    sample = CaseDataset([scan_cases(spec, colour_root).cases[0].to_item()], spec)[0]
+    assert sample["restore"] == "resize" and tuple(sample["label_full"].shape[1:]) != (96, 96)
+    evaluate = [str(configs / "train.json"), str(configs / "evaluate.json")]
+    run("evaluating", config_file=evaluate, logging_file=False, **common, **SMALL)
+    rows = (tmp_path / "run" / "eval" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(np.isfinite(float(r.split(",")[1])) for r in rows[1:])
+
+    # masks at each input's size, 0 / 1; from images alone, without the training data
+    nets = {"network_options": SMALL["network_options"]}
+    run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **common, **nets)
+    mask = np.asarray(Image.open(tmp_path / "run" / "predictions" / "SYN_007_seg.png"))
+    image = Image.open(colour_root / "imagesTs" / "SYN_007_0000.png")
+    assert mask.shape == image.size[::-1] and set(np.unique(mask)) <= {0, 1}
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    image.resize((130, 70)).save(folder / "NEW_0000.png")
+    no_data = {**common, "dataset_dir": str(tmp_path / "no_such_data")}
+    out = tmp_path / "p2"
+    run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **no_data, **nets,
+        input_dir=str(folder), output_dir=str(out))  # fmt: skip
+    assert np.asarray(Image.open(out / "NEW_seg.png")).shape == (70, 130)
+    # a grey image for a colour model is refused by name
+    image.convert("L").save(folder / "GREY_0000.png")
+    with pytest.raises(Exception) as err:
+        run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **no_data, **nets,
+            input_dir=str(folder), output_dir=str(tmp_path / "p3"))  # fmt: skip
+    assert any("GREY_0000.png: 1 channel(s), but the data set has 3" in m for m in error_chain(err.value))
+
+
+def test_own_bundle_and_experiment_on_2d_images(colour_root, tmp_path):
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+    from pam_monai.experiments import run_experiment
+
+    bundle = own_data_bundle(colour_root, "fpa", tmp_path / "lesion_fpa")
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [96, 96]
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "imagesTr/<case>_XXXX.png" in readme and "images resized to 96x96" in readme
+
+    out = tmp_path / "exp"
+    run_experiment(dataset="nnunet", networks="fpa", output=str(out), figures=False,
+                   dataset_dir=str(colour_root), **SMALL)  # fmt: skip
+    results = (out / "results.md").read_text()
+    assert "on the image's own pixels" in results and "HD95 (px)" in results
