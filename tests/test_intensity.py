@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import error_chain
 
 from pam_monai.data import (
     SliceDataset,
@@ -136,7 +137,9 @@ def test_unreadable_files_are_the_checkers_to_name(ct_root, tmp_path):
         f.write_bytes(f.read_bytes()[:200])
     report = check_dataset("nnunet", root, progress=False)  # no statistics at all: a report, not a crash
     assert not report.ok and any(
-        "CT intensity statistics: no readable training case" in str(p) for p in report.problems
+        "CT intensity statistics: none of the 5 training cases gives foreground values (label > 0) to take CT statistics from: 5 unreadable or mis-shaped, 0 with an empty label"
+        in str(p)
+        for p in report.problems
     )
 
 
@@ -181,3 +184,119 @@ def test_the_model_keeps_the_statistics_it_was_trained_with(ct_root, tmp_path):
     run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **common, **nets)
     seg = nib.load(str(tmp_path / "run" / "predictions" / "SYN_006_seg.nii.gz"))
     assert seg.shape == (90, 84, 6)
+
+    # resuming with the changed data would switch statistics part-way: refused by name
+    with pytest.raises(Exception) as err:
+        run(
+            "training",
+            config_file=str(configs / "train.json"),
+            logging_file=False,
+            **common,
+            **SMALL,
+            resume=True,
+        )
+    assert any("CT statistics: the weights were trained with {'0'" in m for m in error_chain(err.value))
+
+    # a model whose record has no CT statistics (trained before CT normalisation) is refused
+    meta_path = tmp_path / "run" / "models" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["run"]["dataset_json"][PROPERTIES_KEY]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(Exception) as err:
+        run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **common, **nets)
+    assert any(
+        "CT statistics: the weights were trained with none (the per-volume z-score" in m
+        for m in error_chain(err.value)
+    )
+
+
+def test_own_bundle_keeps_the_statistics_of_its_model(ct_root, tmp_path):
+    """A bundle made again after the data changed still evaluates and infers with the statistics
+    its model was trained with (model.json), not the ones it now embeds."""
+    from monai.bundle import ConfigParser
+
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+
+    root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
+    bundle = own_data_bundle(root, "fpa", tmp_path / "ct_fpa")
+    trained = get_spec("nnunet", root=root).channel_norms
+    models = bundle / "models"
+    models.mkdir()
+    record = {
+        "task": "nnunet",
+        "dataset_json": json.loads((bundle / "configs" / "train.json").read_text())["dataset_json"],
+    }
+    (models / "model.json").write_text(json.dumps({"metric": "val_iou", "value": 0.5, "run": record}))
+    (models / "model.pt").write_bytes(b"")  # present; not loaded here
+    for f in (root / "imagesTr").glob("SYN_001_*"):
+        img = nib.load(str(f))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) + 300, img.affine), str(f))
+    own_data_bundle(root, "fpa", bundle, overwrite=True)  # now embeds other statistics
+    embedded = json.loads((bundle / "configs" / "train.json").read_text())["dataset_json"][PROPERTIES_KEY]
+    assert embedded != record["dataset_json"][PROPERTIES_KEY]
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "Intensities\n(each channel: CT: clip to [" in readme
+
+    def spec_of(*files):
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / f) for f in files])
+        parser.update({"bundle_root": str(bundle)})
+        return parser.get_parsed_content("spec")
+
+    assert spec_of("train.json", "evaluate.json").channel_norms == trained
+    assert spec_of("inference.json").channel_norms == trained
+    assert spec_of("train.json").channel_norms != trained  # training a new model: the data's own
+
+
+@pytest.mark.parametrize(
+    "fingerprint, message",
+    [
+        ("not json", "dataset_fingerprint.json: not readable JSON"),
+        ({"spacings": []}, "no 'foreground_intensity_properties_per_channel' mapping channel numbers"),
+        ({PROPERTIES_KEY: {"1": {}}}, r"has no entry for CT channel\(s\) \[0\]; it has \['1'\]"),
+        (
+            {PROPERTIES_KEY: {"0": {"mn": 1, "sd": 2}}},
+            r"dataset_fingerprint.json: channel 0 \('CT'\) is CT.*found \['mn', 'sd'\]",
+        ),
+        (
+            {PROPERTIES_KEY: {"0": {"mean": None, "std": 1, "percentile_00_5": 0, "percentile_99_5": 1}}},
+            "must be numbers",
+        ),
+        (
+            {PROPERTIES_KEY: {"0": {"mean": 0, "std": -5, "percentile_00_5": 0, "percentile_99_5": 1}}},
+            "std >= 0",
+        ),
+    ],
+)
+def test_fingerprint_mistakes_are_named(ct_root, tmp_path, fingerprint, message):
+    root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
+    text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint)
+    (root / "dataset_fingerprint.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        get_spec("nnunet", root=root)
+
+
+def test_ct_statistics_are_needed_only_to_normalise(ct_root, tmp_path):
+    from pam_monai.data import build_datalist, check_dataset
+
+    root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
+    for f in (root / "labelsTr").iterdir():  # every label empty: no statistics to take
+        img = nib.load(str(f))
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), str(f))
+    assert len(build_datalist("nnunet", root)["training"]) == 5  # listing cases needs none
+    report = check_dataset("nnunet", root)
+    assert not report.ok and any(
+        "none of the 5 training cases gives foreground values (label > 0) to take CT statistics from: 0 unreadable "
+        "or mis-shaped, 5 with an empty label" in str(p)
+        for p in report.problems
+    )
+
+
+def test_monai_ct_clip_with_equal_bounds():
+    """One foreground value: the clip range is a point; numpy and the MONAI chain agree."""
+    norm = ChannelNorm("ct", 40.0, 40.0, 40.0, 1.0)
+    image = np.array([[[-1000.0, 40.0, 100.0]]], np.float32)
+    out = normalize_channels(image, [norm])
+    monai = NormalizeChannelsd("image", [norm])({"image": torch.from_numpy(image)})["image"]
+    np.testing.assert_array_equal(out, np.zeros_like(image))
+    np.testing.assert_array_equal(np.asarray(monai), out)

@@ -125,6 +125,26 @@ def render(template, values: dict):
     return template
 
 
+def _preprocessing(spec: DatasetSpec) -> str:
+    """The image preprocessing in words, for ``image_classes``."""
+    geometry = "centre-cropped" if spec.volumetric else "resized"
+    if not spec.normalization:  # the paper's data sets
+        return (
+            f"z-scored over non-zero voxels, {geometry}"
+            if spec.volumetric
+            else f"scaled to [0, 1], {geometry}"
+        )
+    return f"{normalisation_words(spec)}; {geometry}"
+
+
+def normalisation_words(spec: DatasetSpec) -> str:
+    """Own data's normalisation of each channel, in words (one phrase when all channels share it)."""
+    words = [n.describe() for n in spec.channel_norms]
+    if len(set(words)) == 1:
+        return f"each channel: {words[0]}"
+    return "; ".join(f"{name}: {w}" for name, w in zip(spec.channels, words))
+
+
 def metadata(task: str | BundleTask, network: str) -> dict:
     import monai
     import numpy
@@ -161,8 +181,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
         "data_source": info["data_source"],
         "data_type": info["data_type"],
         "image_classes": f"{channel_count(spec.in_channels)} ({', '.join(info['channel_def'].values())}), "
-        f"{'z-scored over non-zero voxels, centre-cropped' if spec.volumetric else 'scaled to [0, 1], resized'} "
-        f"to {h}x{w}",
+        f"{_preprocessing(spec)} to {h}x{w}",
         "label_classes": f"single channel: 1 = {info['target']}, 0 = everything else",
         "pred_classes": f"single channel logit of the {info['target']} (foreground polarity, also for RFNA)",
         "eval_metrics": {"val_iou": "per-case foreground IoU on the validation split"},

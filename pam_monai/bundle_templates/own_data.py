@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..data.layout import visible_entries
 from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_json
-from .build import NETWORKS, BundleTask, bundle_files
+from .build import NETWORKS, BundleTask, bundle_files, normalisation_words
 
 __all__ = ["bundle", "own_data_bundle"]
 
@@ -30,7 +30,9 @@ GENERATED = (
     "target, so inference needs only the images to segment."
 )
 DATA = """`dataset_dir` is `{dataset_dir}`: `dataset.json`, `imagesTr/<case>_XXXX{ending}` (channels {channels}),
-`labelsTr/<case>{ending}`. Target: {target} (`foreground_label` {foreground}); {geometry}. Split: {split}. Every case
+`labelsTr/<case>{ending}`. Target: {target} (`foreground_label` {foreground}); {geometry}. Intensities
+({normalisation}) follow the channel names, as in nnU-Net; CT statistics are those this bundle was made
+with, and a trained model's own (`models/model.json`) in evaluation and inference. Split: {split}. Every case
 is checked before training (`python -m pam_monai check --dataset nnunet --root {dataset_dir}
 --foreground_label '{foreground}'` prints the same report); own data is never replaced by a synthetic stand-in. To train on another
 data set, make a bundle for it."""
@@ -87,6 +89,7 @@ def own_data_bundle(
         "data_section": DATA.replace("{dataset_dir}", str(dataset_dir))
         .replace("{foreground}", json.dumps(list(foreground)))
         .replace("{ending}", spec.file_ending)
+        .replace("{normalisation}", normalisation_words(spec))
         .replace(
             "{geometry}",
             f"in-plane crop {'x'.join(map(str, spec.crop_size))} (`crop_size`; volumes are padded to it, larger ones "
@@ -122,10 +125,16 @@ def own_data_bundle(
         "spec": "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size)",
         **({} if folder else {"bundle_root": "."}),
     }
+    recorded = (
+        "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size, "
+        "intensity=pam_monai.engines.recorded_intensity({ckpt}))"
+    )
     for config, extra in (
         ("train.json", {**embedded, "foreground_label": list(foreground)}),
-        ("inference.json", embedded),
-        ("evaluate.json", {"spec": embedded["spec"]}),  # the template's reads model.json instead
+        # evaluation and inference: CT statistics from model.json (those the weights were trained
+        # with), else the embedded ones; check_run refuses weights trained with others
+        ("inference.json", {**embedded, "spec": recorded.format(ckpt="@ckpt_path")}),
+        ("evaluate.json", {"spec": recorded.format(ckpt="os.path.join(@ckpt_dir, 'model.pt')")}),
     ):
         data = json.loads(files[f"configs/{config}"])
         data.update(extra)

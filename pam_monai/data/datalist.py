@@ -133,7 +133,12 @@ def build_datalist(
     """
     if int(n_folds) < 3:  # test, validation and training each take at least one fold
         raise ValueError(f"n_folds must be at least 3 (test, validation and training folds), got {n_folds}")
-    spec = get_spec(dataset, root=root)
+    if isinstance(dataset, str) and dataset.lower() == "nnunet":  # listing cases needs no CT statistics
+        from .nnunet import nnunet_spec
+
+        spec = nnunet_spec(root, statistics=False)
+    else:
+        spec = get_spec(dataset, root=root)
     if case_ids is not None:
         if spec.name != "brats":
             raise ValueError("case_ids is only for BRATS")

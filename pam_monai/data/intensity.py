@@ -16,9 +16,11 @@ MRI, ISLES perfusion maps). Own data names its channels in ``dataset.json`` and,
 
 The CT statistics are nnU-Net's ``foreground_intensity_properties_per_channel`` (the same keys);
 they are read from ``<root>/dataset_fingerprint.json`` when nnU-Net's file is there, else
-computed once per process from ``imagesTr`` and ``labelsTr`` (at most 100,000 seeded samples of
-each case's foreground, as nnU-Net samples), and recorded with a trained model (``model.json``)
-so that evaluation and inference normalise exactly as training did.
+computed once per process from ``imagesTr`` and ``labelsTr``, and recorded with a trained model
+(``model.json``) so that evaluation and inference normalise exactly as training did. nnU-Net draws
+10e7 / (number of cases) samples with replacement from each case's foreground; we take at most
+100,000 seeded samples without replacement (all of a smaller foreground), so computed figures
+agree with nnU-Net's to sampling precision, not digit for digit.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class ChannelNorm(NamedTuple):
     std: float | None = None
 
     def describe(self) -> str:
+        if self.scheme == "ct" and self.mean is None:
+            return (
+                "CT: clipped and standardised with the training foreground's statistics (not computed here)"
+            )
         if self.scheme == "ct":
             return (
                 f"CT: clip to [{self.lower:.6g}, {self.upper:.6g}], then (x - {self.mean:.6g}) / {self.std:.6g} "
@@ -79,27 +85,41 @@ def scheme_of(channel_name: str) -> str:
 
 
 def channel_norms(
-    channel_names: Sequence[str], properties: Mapping[str, Mapping[str, float]] | None = None, where: str = ""
+    channel_names: Sequence[str],
+    properties: Mapping[str, Mapping[str, float]] | None = None,
+    where: str = "",
+    unknown: bool = False,
 ) -> tuple[ChannelNorm, ...]:
     """One :class:`ChannelNorm` per channel; ``properties`` (nnU-Net's per-channel foreground
-    intensity properties, keyed ``"0"``, ``"1"``, ...) is needed for every CT channel."""
+    intensity properties, keyed ``"0"``, ``"1"``, ...) is needed for every CT channel, unless
+    ``unknown`` (CT channels without statistics: named, but they cannot normalise). A standard
+    deviation of 0 (one foreground value) divides by 1 (nnU-Net: by 1e-8)."""
     norms = []
+    where = where or "dataset.json"
+    keys = ("percentile_00_5", "percentile_99_5", "mean", "std")
     for i, name in enumerate(channel_names):
         scheme = scheme_of(name)
-        if scheme != "ct":
+        if scheme != "ct" or unknown:
             norms.append(ChannelNorm(scheme))
             continue
-        entry = (properties or {}).get(str(i))
-        keys = ("percentile_00_5", "percentile_99_5", "mean", "std")
+        entry = properties.get(str(i)) if isinstance(properties, Mapping) else None
         if not isinstance(entry, Mapping) or not all(k in entry for k in keys):
+            found = sorted(entry) if isinstance(entry, Mapping) else entry
             raise ValueError(
-                f"{where or 'dataset.json'}: channel {i} ({name!r}) is CT, whose normalisation needs the training "
-                f"foreground's intensity statistics: {PROPERTIES_KEY}[{str(i)!r}] with {', '.join(keys)}"
+                f"{where}: channel {i} ({name!r}) is CT, whose normalisation needs the training foreground's "
+                f"intensity statistics: {PROPERTIES_KEY}[{str(i)!r}] with {', '.join(keys)}; found {found!r}"
             )
-        lower, upper, mean, std = (float(entry[k]) for k in keys)
-        if not all(np.isfinite([lower, upper, mean, std])) or upper < lower:
+        given = {k: entry[k] for k in keys}
+        try:
+            lower, upper, mean, std = (float(given[k]) for k in keys)
+        except (TypeError, ValueError):
             raise ValueError(
-                f"{where or 'dataset.json'}: {PROPERTIES_KEY}[{str(i)!r}]: not usable ({dict(entry)})"
+                f"{where}: {PROPERTIES_KEY}[{str(i)!r}]: {', '.join(keys)} must be numbers, got {given}"
+            ) from None
+        if not all(np.isfinite([lower, upper, mean, std])) or upper < lower or std < 0:
+            raise ValueError(
+                f"{where}: {PROPERTIES_KEY}[{str(i)!r}]: not usable (finite numbers with percentile_00_5 <= "
+                f"percentile_99_5 and std >= 0 needed): {given}"
             )
         norms.append(ChannelNorm("ct", lower, upper, mean, std if std > 0 else 1.0))
     return tuple(norms)
@@ -136,6 +156,8 @@ def normalize_channels(
                 mask = x != 0
                 x[mask] = (x[mask] - np.float32(s[0])) / np.float32(s[1])
         elif norm.scheme == "ct":
+            if norm.mean is None:
+                raise ValueError(f"channel {c}: CT without the training foreground's statistics")
             np.clip(x, norm.lower, norm.upper, out=x)
             x -= np.float32(norm.mean)
             x /= np.float32(norm.std)
@@ -153,24 +175,28 @@ def normalize_channels(
 def foreground_intensity_properties(
     cases: Iterable[tuple[Sequence[str | os.PathLike], str | os.PathLike]],
     channels: Sequence[int],
-    load: Callable[[str | os.PathLike], np.ndarray],
+    load: Callable[[str | os.PathLike], np.ndarray | None],
     samples_per_case: int = SAMPLES_PER_CASE,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict[str, dict[str, float]]:
     """nnU-Net's ``foreground_intensity_properties_per_channel`` of ``channels``: statistics of the
     image values where the label is > 0, over every ``(channel files, label file)`` case (at
     most ``samples_per_case`` seeded samples of each case's foreground, without replacement).
-    Cases without foreground add nothing; raises ``ValueError`` when none has any."""
+    ``load`` returns None for a file it cannot read; such cases, mis-shaped ones and those without
+    foreground add nothing; raises ``ValueError`` with their counts when none is left."""
     rng = np.random.default_rng(SEED)
     samples: dict[int, list[np.ndarray]] = {c: [] for c in channels}
     cases = list(cases)
+    unusable = empty = 0
     for files, label_file in progress(cases) if progress else cases:
         label = load(label_file)
         images = {c: load(files[c]) for c in channels} if label is not None else {}
         if label is None or any(v is None or v.shape != label.shape for v in images.values()):
-            continue  # unreadable or mis-shaped: the data checker names it
+            unusable += 1  # unreadable or mis-shaped: the data checker names it
+            continue
         where = np.flatnonzero(np.asarray(label).reshape(-1) > 0)
         if where.size == 0:
+            empty += 1
             continue
         if where.size > samples_per_case:
             where = np.sort(rng.choice(where, samples_per_case, replace=False))
@@ -178,7 +204,8 @@ def foreground_intensity_properties(
             samples[c].append(np.asarray(images[c]).reshape(-1)[where].astype(np.float64))
     if not cases or not samples[channels[0]]:
         raise ValueError(
-            "no readable training case has a foreground voxel (label > 0) to take CT statistics from"
+            f"none of the {len(cases)} training cases gives foreground values (label > 0) to take CT statistics "
+            f"from: {unusable} unreadable or mis-shaped, {empty} with an empty label"
         )
     out = {}
     for c in channels:

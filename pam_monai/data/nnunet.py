@@ -342,10 +342,22 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
     fingerprint = root / FINGERPRINT_JSON
     if fingerprint.is_file():
         try:
-            found = json.loads(fingerprint.read_text())[PROPERTIES_KEY]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{fingerprint}: no readable {PROPERTIES_KEY!r} ({e!r})") from e
-        return {str(i): found[str(i)] for i in ct if str(i) in found}
+            data = json.loads(fingerprint.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{fingerprint}: not readable JSON ({e})") from None
+        found = data.get(PROPERTIES_KEY) if isinstance(data, dict) else None
+        if not isinstance(found, dict):
+            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(
+                f"{fingerprint}: no {PROPERTIES_KEY!r} mapping channel numbers to statistics (nnU-Net v2's "
+                f"dataset fingerprint); found {keys}"
+            )
+        missing = [i for i in ct if str(i) not in found]
+        if missing:
+            raise ValueError(
+                f"{fingerprint}: {PROPERTIES_KEY!r} has no entry for CT channel(s) {missing}; it has {sorted(found)}"
+            )
+        return {str(i): found[str(i)] for i in ct}
     if is_2d(meta) and image_files_2d(root, meta) != len(meta["channels"]):
         raise ValueError(f"nnunet: {root / DATASET_JSON}: a CT channel cannot be part of a colour image")
     result = scan(root, "imagesTr")
@@ -384,11 +396,8 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
 
         try:
             _PROPERTIES_CACHE[key] = foreground_intensity_properties(cases, ct, load, progress=progress)
-        except ValueError as e:  # the checker's report says why (unreadable files, empty labels)
-            raise NoTrainingImages(
-                f"nnunet: {root}: CT intensity statistics: {e}; python -m pam_monai check --dataset nnunet "
-                f"--root {root} names the problems"
-            ) from None
+        except ValueError as e:
+            raise NoTrainingImages(f"nnunet: {root}: CT intensity statistics: {e}") from None
     return _PROPERTIES_CACHE[key]
 
 
@@ -396,11 +405,13 @@ def nnunet_spec(
     root: str | os.PathLike | dict,
     crop_size: Sequence[int] | None = None,
     intensity: dict | None = None,
+    statistics: bool = True,
 ) -> DatasetSpec:
     """The :class:`DatasetSpec` of the nnU-Net v2 raw data set under ``root`` (see the module), or
     of a ``dataset.json`` content given as a dict (then ``crop_size`` is needed: there are no
     training images to size it from). ``intensity``: the CT channels' statistics to use (a trained
-    model's, from ``model.json``) instead of the data set's."""
+    model's, from ``model.json``) instead of the data set's; ``statistics=False`` leaves them
+    uncomputed (a spec for listing cases, not for normalising them)."""
     if isinstance(root, dict) and crop_size is None:
         raise ValueError("nnunet: a dataset.json given as a dict needs crop_size")
     meta = read_dataset_json(root)
@@ -438,20 +449,32 @@ def nnunet_spec(
         lr=paper.lr,
         label_names=labels,
         inference_fit="resize" if flat else "pad",
-        normalization=_norms(root, meta, intensity),
+        normalization=_norms(root, meta, intensity, statistics),
         image_files=image_files_2d(root, meta) if flat else 0,
         file_ending=meta["file_ending"],
     )
     return spec.with_crop(crop)
 
 
-def _norms(root, meta: dict, intensity: dict | None) -> tuple:
+def _norms(root, meta: dict, intensity: dict | None, statistics: bool) -> tuple:
     if not any(scheme_of(name) == "ct" for name in meta["channels"]):
         return channel_norms(meta["channels"])
-    where = "dataset.json (given as a dict)" if isinstance(root, dict) else str(Path(root) / DATASET_JSON)
-    properties = intensity or meta["intensity_properties"]
-    if properties is None and not isinstance(root, dict):
+    if not statistics:  # e.g. a datalist: CT channels named, their statistics not needed
+        return channel_norms(meta["channels"], unknown=True)
+    # where the statistics come from, for the error messages
+    if intensity:
+        properties, where = intensity, "model.json (the statistics the model was trained with)"
+    elif meta["intensity_properties"] is not None or isinstance(root, dict):
+        properties = meta["intensity_properties"]
+        where = "dataset.json (given as a dict)" if isinstance(root, dict) else str(Path(root) / DATASET_JSON)
+    else:
         properties = intensity_properties(root, meta)
+        fingerprint = Path(root) / FINGERPRINT_JSON
+        where = (
+            str(fingerprint)
+            if fingerprint.is_file()
+            else f"the statistics computed from {Path(root) / 'labelsTr'}"
+        )
     return channel_norms(meta["channels"], properties, where=where)
 
 

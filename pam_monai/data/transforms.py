@@ -3,8 +3,8 @@
 - :class:`NormalizeNonZerod`: ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, float32:
   per channel z-score over the non-zero voxels, zeros stay zero, zero variance divides by 1.
 - :class:`NormalizeChannelsd`: own data's normalisation per channel (:mod:`.intensity`) from MONAI
-  pieces: CT is ``ScaleIntensityRange(clip=True)`` onto the standardised range, ``rescale_to_0_1``
-  is ``ScaleIntensity``, the z-score is ``NormalizeIntensity(nonzero=True)``.
+  pieces: CT is a clip and ``NormalizeIntensity(subtrahend=mean, divisor=std)``,
+  ``rescale_to_0_1`` is ``ScaleIntensity``, the z-score is ``NormalizeIntensity(nonzero=True)``.
 - :class:`CenterCropOrPadd`: ``ResizeWithPadOrCrop`` on the first ``len(roi_size)`` spatial axes
   only (other spatial axes, e.g. the axial one of a volume, keep their size), so one config works
   for 2-D slices and 3-D volumes.
@@ -73,9 +73,9 @@ class NormalizeNonZerod(NormalizeIntensityd):
 def _channel_transform(norm: ChannelNorm):
     if norm.scheme == "zscore":
         return NormalizeIntensity(nonzero=True, dtype=np.float32)
-    if norm.scheme == "ct":  # clip to [lower, upper] and map it onto the standardised range
-        lo, hi = ((v - norm.mean) / norm.std for v in (norm.lower, norm.upper))
-        return ScaleIntensityRange(norm.lower, norm.upper, lo, hi, clip=True, dtype=np.float32)
+    if norm.scheme == "ct":  # clip to [lower, upper], then standardise
+        standardise = NormalizeIntensity(subtrahend=norm.mean, divisor=norm.std, dtype=np.float32)
+        return lambda x: standardise(torch.clamp(x, norm.lower, norm.upper))
     if norm.scheme == "rescale_to_0_1":
         return ScaleIntensity(minv=0.0, maxv=1.0, dtype=np.float32)
     if norm.scheme == "rgb_to_0_1":

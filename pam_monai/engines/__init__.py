@@ -13,7 +13,14 @@ from .checkpoint import (
 )
 from .data import CaseDataset, prepare_data, voxel_spacing
 from .handlers import CaseMetrics, NonFiniteLossGuard
-from .infer import CasePredictor, find_inference_cases, inference_spec, safe_output_path, validate_case
+from .infer import (
+    CasePredictor,
+    find_inference_cases,
+    inference_spec,
+    recorded_intensity,
+    safe_output_path,
+    validate_case,
+)
 from .inferer import SliceWiseInferer
 from .loaders import DeviceSliceLoader, LoaderEpoch, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
@@ -41,6 +48,7 @@ __all__ = [
     "fast_network",
     "find_inference_cases",
     "inference_spec",
+    "recorded_intensity",
     "foreground_mask",
     "load_checkpoint",
     "prepare_data",

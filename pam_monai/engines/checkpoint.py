@@ -29,6 +29,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..atomic import atomic_path, atomic_write_text
+from ..data.intensity import PROPERTIES_KEY
 from ..networks.polarity import unwrap_network
 from .runtime import as_bool
 
@@ -235,7 +236,8 @@ class BestCheckpoint:
         save_rank0_only: under ``torch.distributed``, only rank 0 writes.
         run_info: what the weights belong to, written to ``model.json`` under ``"run"`` (the bundles:
             ``task``, ``network_name``, ``network_options``, ``in_channels``, ``data_root``,
-            ``synthetic``); :func:`check_run` compares against it.
+            ``synthetic``); :func:`check_run` compares against it, and a resumed run (``resume``)
+            is refused when it differs from the interrupted run's record.
     """
 
     def __init__(
@@ -256,7 +258,10 @@ class BestCheckpoint:
         self.mode = mode
         self.save_rank0_only = save_rank0_only
         self.run_info = _jsonable(run_info) if run_info else None
-        # a new run starts its own comparison; a resumed run continues the interrupted one's
+        # a new run starts its own comparison; a resumed run continues the interrupted one's, and
+        # only with the same settings and data (crop, target, CT statistics: check_run names them)
+        if as_bool(resume) and self.run_info and self.path.is_file():
+            check_run(self.path, self.run_info)
         self.best_value = self._stored_best() if as_bool(resume) else None
 
     def attach(self, engine: Engine) -> None:
@@ -304,8 +309,8 @@ def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | 
     """Check that the weights in ``ckpt_path`` belong to this run before they are loaded.
 
     Compares ``expected`` (the bundle's ``task``, ``network_name``, ``network_options``,
-    ``in_channels``, ``crop_size``, ``foreground_label``; keys missing on either side are not
-    compared) with the ``"run"`` record that training wrote beside the weights
+    ``in_channels``, ``crop_size``, ``foreground_label``, and own data's CT statistics; keys missing
+    on either side are not compared) with the ``"run"`` record that training wrote beside the weights
     (``model.json``), and refuses to score a model trained on real data on a synthetic stand-in
     (``data``: :func:`pam_monai.engines.prepare_data`'s result). Raises ``ValueError`` naming every
     mismatch and the override that fixes it; returns the record (None when there is none, e.g.
@@ -333,6 +338,14 @@ def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | 
         for key in ("task", "network_name", "network_options", "in_channels", "crop_size", "foreground_label")
         if key in record and key in expected and record[key] != expected[key]
     ]
+    if record.get("dataset_json") and expected.get("dataset_json"):  # own data: CT channels' statistics
+        trained, here = (d["dataset_json"].get(PROPERTIES_KEY) for d in (record, expected))
+        if trained != here:
+            problems.append(
+                f"CT statistics: the weights were trained with {trained or 'none (the per-volume z-score of versions before CT normalisation)'}, "
+                f"this run normalises with {here} (the data set changed since training: restore it, or train "
+                "anew in another bundle_root)"
+            )
     if data is not None and data.get("synthetic") and record.get("synthetic") is False:
         problems.append(
             f"data: the weights were trained on {record.get('data_root')}, but this run's data in {data.get('root')} "

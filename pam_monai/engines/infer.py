@@ -28,7 +28,14 @@ from .checkpoint import check_weights, read_run_record
 from .inferer import SliceWiseInferer
 from .postprocessing import foreground_mask
 
-__all__ = ["CasePredictor", "find_inference_cases", "inference_spec", "safe_output_path", "validate_case"]
+__all__ = [
+    "CasePredictor",
+    "find_inference_cases",
+    "inference_spec",
+    "recorded_intensity",
+    "safe_output_path",
+    "validate_case",
+]
 
 log = logging.getLogger("pam_monai")
 
@@ -59,18 +66,25 @@ def inference_spec(task, dataset_dir=None, crop_size=None, ckpt_path=None):
     ``dataset.json`` is read when there is one)."""
     if not (isinstance(task, str) and task.lower() == "nnunet"):
         return get_spec(task, root=dataset_dir, crop_size=crop_size)
-    from ..data.intensity import PROPERTIES_KEY
     from ..data.nnunet import nnunet_spec
 
     record = (read_run_record(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None) or {}
     crop = crop_size if crop_size is not None else record.get("crop_size")
     # CT channels: the statistics the model was trained with, not those of the data at hand
-    intensity = (record.get("dataset_json") or {}).get(PROPERTIES_KEY)
+    intensity = recorded_intensity(ckpt_path)
     if dataset_dir and (Path(dataset_dir) / "dataset.json").is_file():
         return nnunet_spec(dataset_dir, crop_size=crop, intensity=intensity)
     if record.get("dataset_json") and crop is not None:
         return nnunet_spec(record["dataset_json"], crop_size=crop)
     return get_spec(task, root=dataset_dir, crop_size=crop)  # names the missing dataset.json
+
+
+def recorded_intensity(ckpt_path) -> dict | None:
+    """The CT channels' statistics a model was trained with (its ``model.json``), or None."""
+    from ..data.intensity import PROPERTIES_KEY
+
+    record = (read_run_record(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None) or {}
+    return (record.get("dataset_json") or {}).get(PROPERTIES_KEY)
 
 
 def find_inference_cases(dataset, input_dir: str | os.PathLike, **scan_options) -> list[dict]:
