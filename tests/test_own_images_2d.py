@@ -103,6 +103,13 @@ def test_2d_layout_mistakes_are_named(colour_root, tmp_path):
     text = report.format()
     assert "channel 0001, but the data set's 3 channels are one colour image <case>_0000" in text
     assert "SYN_003.png" in text and "differs" in text
+    # masks saved for viewing (0 / 255), as ISIC and Kvasir ship them
+    mask = np.asarray(Image.open(root / "labelsTr" / "SYN_004.png"))
+    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(root / "labelsTr" / "SYN_004.png")
+    assert (
+        'a 0 / 255 mask: name 255 in dataset.json\'s labels (e.g. "lesion": 255)'
+        in check_dataset("nnunet", root).format()
+    )
     # a colour image where dataset.json names two channels
     meta = json.loads((root / "dataset.json").read_text())
     meta["channel_names"] = {"0": "R", "1": "G"}

@@ -142,6 +142,8 @@ def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
         hint = ""
         if tuple(allowed) == (0, 1, 2, 4) and bad == [3]:  # BRATS 2018 rules on BraTS 2021+ labels
             hint = "; BraTS 2021+ labels: pass foreground_label=3 (bundles: --foreground_label 3)"
+        elif bad == [255] and set(values.tolist()) <= {0, 255}:  # masks saved for viewing (ISIC, Kvasir)
+            hint = '; a 0 / 255 mask: name 255 in dataset.json\'s labels (e.g. "lesion": 255), or save the masks as 0 / 1'
         return f"unexpected label values {shown} (allowed {', '.join(map(str, allowed))}{hint})"
     return None
 
