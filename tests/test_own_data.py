@@ -122,8 +122,8 @@ def test_without_channel_files_the_check_still_reports_what_it_sees(own_root, tm
         ({"labels": {"background": 0, "lesion": "one"}}, "label 'lesion': expected a non-negative integer"),
         ({"labels": {"background": 0}}, "'labels' has no foreground label besides background"),
         (
-            {"file_ending": ".mha"},
-            "file_ending '.mha' is not supported; convert the images to NIfTI (.nii.gz, .nii) or, for 2-D",
+            {"file_ending": ".jpg"},
+            "file_ending '.jpg' is not supported; volumes: .nii.gz, .nii, .mha, .nrrd; 2-D images: .png, .bmp, .tif",
         ),
         (
             {"labels": {"background": 0, "lesion": 1, "ignore": 2}},
@@ -522,3 +522,50 @@ def test_an_external_test_set_of_own_data_needs_only_a_test_list(own_root, tmp_p
     )
     with pytest.raises(ValueError, match="datalist has no 'training' list"):
         prepare_data(spec, own_root, tmp_path / "external.json")  # training needs its folds
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd"])
+def test_metaimage_and_nrrd_volumes_read_as_their_nifti(own_root, tmp_path, ending):
+    """The same data set written as MetaImage / NRRD (SimpleITK) gives the NIfTI set's spec, arrays
+    and checks; a model infers on those files and writes its masks in their format, on their grid."""
+    import SimpleITK as sitk
+
+    from pam_monai.data import load_case, preprocess_case
+    from pam_monai.data.files import load_volume
+
+    root = tmp_path / "Dataset905_MHA"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        for f in (own_root / sub).glob("*.nii.gz"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(sitk.ReadImage(str(f)), str(root / sub / f.name.replace(".nii.gz", ending)))
+    meta = json.loads((own_root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ending}))
+    nifti, other = get_spec("nnunet", root=own_root), get_spec("nnunet", root=root)
+    assert other.crop_size == nifti.crop_size and other.channels == nifti.channels
+    assert check_dataset(other, root).ok
+    for a, b in zip(scan_cases(nifti, own_root).cases[:2], scan_cases(other, root).cases[:2]):
+        x, y = load_case(nifti, a.to_item()), load_case(other, b.to_item())
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_allclose(x["affine"], y["affine"], atol=1e-6)
+        np.testing.assert_array_equal(preprocess_case(nifti, x)["image"], preprocess_case(other, y)["image"])
+
+    from monai.bundle import run
+
+    configs = ROOT / "bundles" / "brats_fpa" / "configs"
+    common = {"bundle_root": str(tmp_path / "run"), "task": "nnunet"}
+    run(
+        "training",
+        config_file=str(configs / "train.json"),
+        logging_file=False,
+        dataset_dir=str(own_root),
+        **common,
+        **SMALL,
+    )
+    nets = {"network_options": SMALL["network_options"]}
+    for data, out in ((own_root, "p_nii"), (root, "p_other")):
+        run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **common, **nets,
+            dataset_dir=str(data), output_dir=str(tmp_path / out))  # fmt: skip
+    a, affine_a = load_volume(tmp_path / "p_nii" / "SYN_007_seg.nii.gz")
+    b, affine_b = load_volume(tmp_path / "p_other" / f"SYN_007_seg{ending}")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(affine_a, affine_b, atol=1e-6)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import UnreadableFile, load_nifti, load_png
+from .files import UnreadableFile, load_png, load_volume
 from .layout import Problem, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
@@ -166,7 +166,7 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
     for name, path in case.files().items():
         is_label = name == case.label_name
         try:
-            data, affine = load_nifti(path) if spec.volumetric else (load_png(path, label=is_label), None)
+            data, affine = load_volume(path) if spec.volumetric else (load_png(path, label=is_label), None)
         except UnreadableFile as e:
             problems.append((path.name, str(e)))
             continue

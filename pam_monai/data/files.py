@@ -1,4 +1,5 @@
-"""Reading and writing the files of the three data sets (NIfTI through nibabel, PNG through PIL).
+"""Reading and writing the files of the data sets (NIfTI through nibabel, PNG through PIL; own
+volumes in MetaImage ``.mha`` or NRRD through SimpleITK, in nibabel's voxel order and affine).
 
 All readers raise :class:`UnreadableFile` with the underlying reason for anything that cannot be
 read completely (missing, not a NIfTI/PNG, truncated, corrupt), so callers can report one clean
@@ -16,12 +17,19 @@ from ..atomic import atomic_path
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "SITK_SUFFIXES",
+    "VOLUME_SUFFIXES",
     "UnreadableFile",
     "is_nifti",
     "load_nifti",
     "load_png",
+    "load_volume",
     "save_atomic_npy",
+    "save_sitk_like",
     "strip_nifti_suffix",
+    "volume_affine",
+    "volume_shape",
+    "volume_suffix",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -62,6 +70,89 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # nibabel raises many types: ImageFileError, EOFError, zlib.error, OSError...
         raise _unreadable(e) from e
     return data, affine
+
+
+SITK_SUFFIXES = (".mha", ".nrrd")  # read and written through SimpleITK (own data)
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def volume_suffix(path: str | os.PathLike) -> str:
+    """The volume file type of ``path`` (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``), or ``""``."""
+    name = str(path).lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), "")
+
+
+def _sitk_affine(image) -> np.ndarray:
+    """The RAS voxel-to-world affine of a SimpleITK image (SimpleITK's world is LPS), in the
+    voxel order of :func:`load_volume` (x, y, z), as nibabel's affine of the same image."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    return affine
+
+
+def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a whole 3-D volume: NIfTI through nibabel (:func:`load_nifti`), MetaImage (``.mha``)
+    and NRRD through SimpleITK, as ``(voxel array in x, y, z order, 4x4 RAS affine)``: the array
+    and affine nibabel would give for the same image written as NIfTI."""
+    if not str(path).lower().endswith(SITK_SUFFIXES):
+        return load_nifti(path)
+    import SimpleITK as sitk
+
+    if not os.path.exists(path):
+        raise UnreadableFile("file not found (No such file or directory)")
+    try:
+        image = sitk.ReadImage(os.fspath(path))
+    except Exception as e:  # SimpleITK raises RuntimeError for anything it cannot read
+        raise _unreadable(e) from e
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise UnreadableFile(
+            f"expected a 3-D single-component volume, got {image.GetDimension()}-D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
+        )
+    return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0)), _sitk_affine(image)
+
+
+def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The voxel shape of a volume file (x, y, z), from its header only."""
+    if not str(path).lower().endswith(SITK_SUFFIXES):
+        return tuple(nib.load(os.fspath(path)).shape)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    reader.ReadImageInformation()
+    return tuple(int(v) for v in reader.GetSize())
+
+
+def volume_affine(path: str | os.PathLike) -> np.ndarray:
+    """The RAS affine of a volume file, from its header only (see :func:`load_volume`)."""
+    if not str(path).lower().endswith(SITK_SUFFIXES):
+        return np.asarray(nib.load(os.fspath(path)).affine, dtype=np.float64)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    reader.ReadImageInformation()
+    return _sitk_affine(reader)
+
+
+def save_sitk_like(array: np.ndarray, reference: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Write ``array`` (x, y, z, as :func:`load_volume` reads) to ``path`` (``.mha`` / ``.nrrd``)
+    atomically, on the grid of the ``reference`` volume (origin, spacing, direction)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(reference))
+    reader.ReadImageInformation()
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    image.SetOrigin(reader.GetOrigin())
+    image.SetSpacing(reader.GetSpacing())
+    image.SetDirection(reader.GetDirection())
+    with atomic_path(path, suffix=volume_suffix(path)) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
 def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:

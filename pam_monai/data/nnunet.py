@@ -12,8 +12,9 @@ reader has to be written per data set::
 ``dataset.json`` gives ``channel_names`` (``{"0": "T2", "1": "ADC"}``: the channel count and
 order), ``labels`` (``{"background": 0, "lesion": 1, "oedema": 2}``; region lists such as
 ``"whole tumour": [1, 2, 3]`` are names for several values) and ``file_ending`` (``.nii.gz`` or
-``.nii`` for volumes; ``.png``, ``.bmp`` or ``.tif`` for 2-D images; other formats are refused by
-name).
+``.nii`` for volumes, read by nibabel, or ``.mha`` / ``.nrrd``, read by SimpleITK in nibabel's
+voxel order and RAS affine, their masks written in the same format on the same grid; ``.png``,
+``.bmp`` or ``.tif`` for 2-D images; other formats are refused by name).
 
 2-D images (photographs, endoscopy, dermoscopy, X-ray, ultrasound) are cases of their own, as
 CityScapes frames: a grey file per channel, or, as nnU-Net reads natural images, one colour file
@@ -68,12 +69,14 @@ __all__ = [
 
 DATASET_JSON = "dataset.json"
 FINGERPRINT_JSON = "dataset_fingerprint.json"  # nnU-Net's, copied from nnUNet_preprocessed/DatasetXXX
-ENDINGS = (".nii.gz", ".nii")
+ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")  # volumes: NIfTI (nibabel), MetaImage and NRRD (SimpleITK)
 ENDINGS_2D = (".png", ".bmp", ".tif")  # nnU-Net's 2-D image files (NaturalImage2DIO)
 LABEL_NAME = "label"  # the label's key among a case's files
 CROP_MULTIPLE = 16
 TITLE_SUFFIX = " (own data, nnU-Net layout)"
-_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii|\.png|\.bmp|\.tif)$")
+_FILE = re.compile(
+    r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii|\.mha|\.nrrd|\.png|\.bmp|\.tif)$"
+)
 
 
 def read_dataset_json(root: str | os.PathLike | dict) -> dict:
@@ -141,8 +144,8 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     ending = ending if ending.startswith(".") else f".{ending}"  # "nii.gz" is NIfTI too
     if ending not in ENDINGS + ENDINGS_2D:
         raise ValueError(
-            f"{path}: file_ending {ending!r} is not supported; convert the images to NIfTI ({', '.join(ENDINGS)}) "
-            f"or, for 2-D images, to {', '.join(ENDINGS_2D)}"
+            f"{path}: file_ending {ending!r} is not supported; volumes: {', '.join(ENDINGS)}; 2-D images: "
+            f"{', '.join(ENDINGS_2D)}"
         )
     image_files = meta.get("image_files")  # a trained 2-D model's record: one RGB file per case
     if image_files is not None and not (isinstance(image_files, int) and 1 <= image_files <= len(numbers)):
@@ -189,7 +192,7 @@ def _original(names: Sequence[str]) -> tuple[str, ...]:
 def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int, int]:
     """The largest in-plane size among ``<root>/imagesTr/*_0000<ending>`` (headers only), rounded up
     to a multiple of 16."""
-    import nibabel as nib
+    from .files import volume_shape
 
     # hidden files (macOS "._" copies) are not images; unreadable ones are the checker's to report
     files = [p for p in visible_entries(Path(root) / "imagesTr") if p.name.endswith(f"_0000{ending}")]
@@ -201,7 +204,7 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     sizes = []
     for f in files:
         try:
-            shape = nib.load(str(f)).shape
+            shape = volume_shape(f)
         except Exception:  # noqa: BLE001 - the checker names unreadable files; size from the others
             continue
         if len(shape) == 3:  # other shapes: the checker's to report too
@@ -381,11 +384,11 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
     if key not in _PROPERTIES_CACHE:
         from tqdm.auto import tqdm
 
-        from .files import UnreadableFile, load_nifti, load_png
+        from .files import UnreadableFile, load_png, load_volume
 
         def load(path):
             try:  # NIfTI: header scaling applied, as training reads it
-                return load_png(path) if is_2d(meta) else load_nifti(path)[0]
+                return load_png(path) if is_2d(meta) else load_volume(path)[0]
             except UnreadableFile:
                 return None  # the checker names it; training refuses the data set until it is fixed
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import load_nifti, load_png
+from .files import load_png, load_volume
 from .intensity import normalize_channels, volume_stats
 from .ops import binarize, crop_or_pad_center, resize_2d, uncrop_center
 from .specs import DatasetSpec, get_spec
@@ -54,7 +54,7 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
             )
         arrays, affine = [], None
         for path in paths:
-            data, aff = load_nifti(path)
+            data, aff = load_volume(path)
             if arrays and data.shape != arrays[0].shape:
                 raise ValueError(
                     f"{case}: {os.path.basename(path)}: shape {data.shape} differs from {arrays[0].shape}"
@@ -63,7 +63,7 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
             affine = aff if affine is None else affine
         image = np.stack(arrays)
         if item.get("label") is not None:
-            label, _ = load_nifti(item["label"])
+            label, _ = load_volume(item["label"])
             if label.shape != image.shape[1:]:
                 raise ValueError(
                     f"{case}: {os.path.basename(item['label'])}: shape {label.shape} differs from {image.shape[1:]}"

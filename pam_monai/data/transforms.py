@@ -168,6 +168,12 @@ class BinarizeLabeld(MapTransform):
         return d
 
 
+def _volume_reader(spec: DatasetSpec) -> str:
+    from .files import SITK_SUFFIXES
+
+    return "ITKReader" if spec.file_ending in SITK_SUFFIXES else "NibabelReader"
+
+
 def get_preprocess_transforms(
     dataset: str | DatasetSpec,
     foreground_label: int | Sequence[int] | None = None,
@@ -186,7 +192,8 @@ def get_preprocess_transforms(
     if spec.volumetric:
         return Compose(
             [
-                LoadImaged(keys, image_only=True, ensure_channel_first=True, reader="NibabelReader"),
+                # own .mha / .nrrd volumes: MONAI's ITKReader (needs the itk package), as SimpleITK reads them
+                LoadImaged(keys, image_only=True, ensure_channel_first=True, reader=_volume_reader(spec)),
                 EnsureTyped(keys, dtype=torch.float32, track_meta=True),
                 NormalizeChannelsd(image_key, spec.normalization)
                 if spec.normalization

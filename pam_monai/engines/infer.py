@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
+from ..data.files import NIFTI_SUFFIXES, SITK_SUFFIXES, save_sitk_like, volume_affine, volume_suffix
 from ..data.layout import visible_entries
 from ..networks.polarity import as_foreground
 from .checkpoint import check_weights, read_run_record
@@ -159,11 +160,14 @@ def validate_case(dataset, case: dict) -> list[str]:
     return problems
 
 
+def _first(item: dict) -> str:
+    image = item.get("image")
+    return str(image[0] if isinstance(image, (list, tuple)) else image)
+
+
 def _affine_problems(case: str, files: Sequence[str]) -> list[str]:
     """Modalities on different grids (same shape, other affine) would be silently misaligned."""
-    import nibabel as nib
-
-    affines = [nib.load(str(f)).affine for f in files]
+    affines = [volume_affine(f) for f in files]
     return [
         f"{case}: {Path(f).name}: affine differs from {Path(files[0]).name}'s (modalities on different grids)"
         for f, a in zip(files[1:], affines[1:])
@@ -172,12 +176,12 @@ def _affine_problems(case: str, files: Sequence[str]) -> list[str]:
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, reference: str | None = None) -> None:
-    """Save ``array`` with ``affine``; with a ``reference`` image, also its qform / sform codes and
-    units (the mask then reads back in any tool exactly as its input does)."""
+    """Save ``array`` with ``affine``; with a NIfTI ``reference`` image, also its qform / sform codes
+    and units (the mask then reads back in any tool exactly as its input does)."""
     import nibabel as nib
 
     img = nib.Nifti1Image(array, affine)
-    if reference is not None:
+    if reference is not None and volume_suffix(reference) in NIFTI_SUFFIXES:
         ref = nib.load(str(reference)).header
         if isinstance(ref, nib.Nifti1Header):
             img.set_qform(affine, code=int(ref["qform_code"]))
@@ -231,14 +235,17 @@ class CasePredictor:
         self.inferer = SliceWiseInferer(slice_batch_size)
         self.amp = bool(amp) and self.device.type == "cuda"
 
-    def output_path(self, case: str) -> Path:
-        suffix = (
-            "_seg.nii.gz"
-            if self.spec.volumetric
-            else "_seg.png"
-            if self.spec.name == "nnunet"
-            else "_vehicles.png"
-        )
+    def output_path(self, case: str, source: str | os.PathLike | None = None) -> Path:
+        """Where the mask of ``case`` goes; a volume's mask has its input's file type (``source``:
+        the case's first image; MetaImage and NRRD masks stay MetaImage and NRRD)."""
+        if self.spec.volumetric:
+            suffix = (
+                f"_seg{volume_suffix(source)}"
+                if source and volume_suffix(source) in SITK_SUFFIXES
+                else "_seg.nii.gz"
+            )
+        else:
+            suffix = "_seg.png" if self.spec.name == "nnunet" else "_vehicles.png"
         return safe_output_path(self.output_dir, case, suffix)
 
     def run(self) -> list[Path]:
@@ -248,7 +255,7 @@ class CasePredictor:
         network = as_foreground(self.network).to(self.device).eval()
         # validate everything first: no output at all unless every case is usable
         for item in self.items:
-            self.output_path(str(item.get("case", "")))
+            self.output_path(str(item.get("case", "")), _first(item))
         loaded, problems = [], []
         for item in self.items:
             try:
@@ -284,8 +291,10 @@ class CasePredictor:
                 logits = self.inferer(image, network)
             mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
             mask = restore_prediction(self.spec, mask, case["original_shape"])
-            path = self.output_path(case["case"])
-            if self.spec.volumetric:
+            path = self.output_path(case["case"], case["files"][0])
+            if self.spec.volumetric and volume_suffix(path) in SITK_SUFFIXES:
+                save_sitk_like(mask, case["files"][0], path)
+            elif self.spec.volumetric:
                 _save_nifti(mask, case["affine"], path, reference=case["files"][0])
             elif self.spec.name == "nnunet":  # own 2-D images: 0 / 1, as a label map
                 _save_png((mask > 0).astype(np.uint8), path)
