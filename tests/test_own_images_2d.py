@@ -83,7 +83,8 @@ def test_grey_files_are_one_channel_each_and_palette_labels_their_indices(tmp_pa
     root = grey_set(tmp_path / "Dataset903_US")
     spec = get_spec("nnunet", root=root)
     assert spec.image_files == 2 and spec.crop_size == (80, 64)  # median 74.5 x 60, rounded up
-    assert [n.scheme for n in spec.channel_norms] == ["zscore", "rescale_to_0_1"]
+    # "US": the z-score, over all pixels for 2-D images
+    assert [n.scheme for n in spec.channel_norms] == ["zscore_all", "rescale_to_0_1"]
     report = check_dataset(spec, root, foreground_label="cyst")
     assert report.ok, report.format()
     assert report.summary("US0").foreground == 400  # the palette indices are the label values
@@ -158,6 +159,14 @@ def test_bundle_trains_evaluates_and_infers_on_2d_images(colour_root, tmp_path):
     run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **no_data, **nets,
         input_dir=str(folder), output_dir=str(out))  # fmt: skip
     assert np.asarray(Image.open(out / "NEW_seg.png")).shape == (70, 130)
+    # a data set folder with dataset.json and imagesTs only (no training images)
+    ts_only = tmp_path / "ts_only"
+    (ts_only / "imagesTs").mkdir(parents=True)
+    shutil.copy(colour_root / "dataset.json", ts_only / "dataset.json")
+    shutil.copy(colour_root / "imagesTs" / "SYN_007_0000.png", ts_only / "imagesTs" / "SYN_007_0000.png")
+    run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **nets,
+        **{**common, "dataset_dir": str(ts_only)}, output_dir=str(tmp_path / "p_ts"))  # fmt: skip
+    assert (tmp_path / "p_ts" / "SYN_007_seg.png").is_file()
     # a grey image for a colour model is refused by name
     image.convert("L").save(folder / "GREY_0000.png")
     with pytest.raises(Exception) as err:
@@ -181,3 +190,57 @@ def test_own_bundle_and_experiment_on_2d_images(colour_root, tmp_path):
                    dataset_dir=str(colour_root), **SMALL)  # fmt: skip
     results = (out / "results.md").read_text()
     assert "on the image's own pixels" in results and "HD95 (px)" in results
+
+
+def test_2d_review_cases(colour_root, tmp_path):
+    """What a review with real-world 2-D sets found: names without _0000, one grey image among
+    colour ones, foreground lost in the resize, upper-case file types, black pixels."""
+    # ISIC-style names (no _0000): the check lists them instead of failing on the default size
+    isic = Path(shutil.copytree(colour_root, tmp_path / "isic"))
+    for f in (isic / "imagesTr").glob("*_0000.png"):
+        f.rename(f.with_name(f.name.replace("_0000", "")))
+    report = check_dataset("nnunet", isic)
+    assert not report.ok and "SYN_001.png: not an image file name <case>_<XXXX>.png" in report.format()
+
+    # one grey image sorted first: the colour layout holds (majority), the odd file is named
+    mixed = Path(shutil.copytree(colour_root, tmp_path / "mixed"))
+    first = mixed / "imagesTr" / "SYN_001_0000.png"
+    Image.open(first).convert("L").save(first)
+    report = check_dataset("nnunet", mixed)
+    assert [str(p) for p in report.problems] == [
+        next(
+            str(p)
+            for p in report.problems
+            if "SYN_001_0000.png" in str(p) and "expected an RGB image" in str(p)
+        )
+    ]
+
+    # foreground that vanishes in the resize is a warning that names the remedy
+    tiny = Path(shutil.copytree(colour_root, tmp_path / "tiny"))
+    label = tiny / "labelsTr" / "SYN_002.png"
+    small = np.zeros(np.asarray(Image.open(label)).shape, np.uint8)
+    small[40, 40] = 1
+    Image.fromarray(small).save(label)
+    report = check_dataset(get_spec("nnunet", root=tiny, crop_size=16), tiny)
+    assert any("all 1 foreground pixels vanish in the resize to 16x16" in str(w) for w in report.warnings)
+
+    # .PNG files of a .png data set are its images; a .jpg is named as a file type
+    upper = Path(shutil.copytree(colour_root, tmp_path / "upper"))
+    for f in [*(upper / "imagesTr").iterdir(), *(upper / "labelsTr").iterdir()]:
+        f.rename(f.with_suffix(".PNG"))
+    Image.open(upper / "imagesTr" / "SYN_001_0000.PNG").save(upper / "imagesTr" / "SYN_009_0000.jpg")
+    report = check_dataset("nnunet", upper)
+    assert report.summary("SYN_001").shape == (3, 96, 96)
+    assert [str(p) for p in report.problems] == [
+        "SYN_009: SYN_009_0000.jpg: file type '.jpg' is not this data set's (.png)"
+    ], report.format()
+
+    # photographs: the z-score runs over all pixels, so black is data (not left at 0)
+    spec = get_spec("nnunet", root=colour_root)
+    assert {n.scheme for n in spec.channel_norms} == {"zscore_all"}
+    item = scan_cases(spec, colour_root).cases[0].to_item()
+    image = np.asarray(Image.open(item["image"])).copy()
+    image[:10, :10] = 0  # a black corner
+    Image.fromarray(image).save(tmp_path / "black_0000.png")
+    pre = preprocess_case(spec, {"case": "black", "image": str(tmp_path / "black_0000.png")})
+    assert (pre["image"][:, :8, :8] < -2).all()  # far below the mean, not 0

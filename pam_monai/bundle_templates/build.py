@@ -247,11 +247,14 @@ a training set without any foreground voxel (a label convention that does not ma
 (`python -m pam_monai check --dataset {task} --root DIR` prints the same report).
 
 **Own data**: this bundle also trains, evaluates and infers on a data set in the nnU-Net v2 raw
-layout (`dataset.json`, `imagesTr/<case>_0000.nii.gz`, ..., `labelsTr/<case>.nii.gz`; any channel
-count and integer labels) with `--task nnunet --dataset_dir DIR`, plus `--foreground_label` (values or
-label names; default every non-zero label) and `--crop_size "[h, w]"` (default: the largest training
-image, rounded up to 16). Channels, crop and target are recorded in `models/model.json` and checked
-by evaluation and inference. `python -m pam_monai bundle --dataset_dir DIR --output NAME_{network_name}`
+layout (`dataset.json`, `imagesTr/<case>_0000.nii.gz`, ..., `labelsTr/<case>.nii.gz`, or `.mha` /
+`.nrrd` volumes, or 2-D `.png` / `.bmp` / `.tif` images; any channel count and integer labels) with
+`--task nnunet --dataset_dir DIR`, plus `--foreground_label` (values or label names; default every
+non-zero label) and `--crop_size "[h, w]"` (volumes: the in-plane crop, default the largest training
+image rounded up to 16; 2-D images: the size they are resized to, default their median size with the
+longer side at most 256). Channels are normalised as their names say (`CT` with the training
+foreground's statistics). Channels, crop, target and CT statistics are recorded in
+`models/model.json` and checked by evaluation and inference. `python -m pam_monai bundle --dataset_dir DIR --output NAME_{network_name}`
 makes a bundle of its own for such a data set (its configs carry channels, labels, crop and target).
 See the project README, "Your own data"."""
 

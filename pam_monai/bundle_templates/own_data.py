@@ -56,7 +56,8 @@ def own_data_bundle(
         output: the bundle folder; its name is the bundle's name. An existing non-empty folder is
             refused unless ``overwrite``.
         foreground_label: label values or names of ``dataset.json`` (default: every non-zero label).
-        crop_size: in-plane crop (default: the largest training image, rounded up to 16).
+        crop_size: in-plane crop of volumes (default: the largest training image, rounded up to 16),
+            or the size 2-D images are resized to (default: their median size, longer side <= 256).
         modality: for ``metadata.json`` (default: the channel names).
     """
     if network not in NETWORKS:
@@ -178,7 +179,9 @@ def bundle(
         network: fpa or rfna (every baseline still trains from it with --network_name).
         foreground_label: label values or names of dataset.json, e.g. lesion or "[1, 2]" (default:
             every non-zero label).
-        crop_size: in-plane crop "[h, w]" (default: the largest training image, rounded up to 16).
+        crop_size: in-plane crop "[h, w]" of volumes, by default the largest training image rounded
+            up to 16, or the size 2-D images are resized to, by default their median size with the
+            longer side at most 256.
         modality: for metadata.json (default: the channel names).
         overwrite: rewrite the configs of an existing bundle folder (models/ are kept).
     """

@@ -231,6 +231,15 @@ def _summarise(
     warnings = []
     if summary.foreground == 0:
         warnings.append((case.label.name, "no foreground (label " + ",".join(map(str, fg_labels)) + ")"))
+    elif spec.name == "nnunet" and not spec.volumetric and summary.foreground_kept == 0:
+        h, w = spec.spatial_size
+        warnings.append(
+            (
+                case.label.name,
+                f"all {summary.foreground:,} foreground pixels vanish in the resize to {h}x{w}: the case trains and "
+                'scores as empty; a larger --crop_size "[h, w]" keeps them',
+            )
+        )
     elif summary.inside_crop is False:
         lost = summary.foreground - summary.foreground_kept
         warnings.append((case.label.name, f"{lost:,} foreground voxels lie outside the centre crop"))

@@ -121,8 +121,10 @@ def check(
             own data, label values or names of its dataset.json (default every non-zero label).
         grades: BRATS grades, "HGG" or "HGG,LGG".
         quiet: print only warnings, problems and the verdict.
-        crop_size: the in-plane crop "[h, w]" to check against; for own data the default is the
-            largest training image rounded up to 16, for the paper's data sets their own crop.
+        crop_size: the in-plane crop "[h, w]" to check against, or for own 2-D images the size they
+            are resized to. Defaults are the largest training volume rounded up to 16 for own
+            volumes, the median image size with the longer side at most 256 for own 2-D images, and
+            the paper's data sets' own crops.
     """
     from .checker import check_dataset
     from .specs import get_spec

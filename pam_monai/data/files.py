@@ -157,7 +157,8 @@ def save_sitk_like(array: np.ndarray, reference: str | os.PathLike, path: str | 
 
 def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
     """Read a PNG (or BMP, TIFF) into a numpy array: ``H x W`` for a label map or a grey image,
-    ``H x W x 3`` for a colour image (RGBA, palette and CMYK images are converted to RGB). With
+    ``H x W x 3`` for a colour image (RGBA, palette and CMYK images are converted to RGB, grey with
+    alpha to grey). With
     ``label``, a palette image gives its palette indices: they are the label values."""
     from PIL import Image
 
@@ -166,6 +167,8 @@ def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
             im.load()
             if im.mode in ("RGBA", "P", "CMYK", "YCbCr") and not (label and im.mode == "P"):
                 im = im.convert("RGB")
+            elif im.mode == "LA":  # grey with alpha: the grey
+                im = im.convert("L")
             return np.asarray(im)
     except FileNotFoundError as e:
         raise UnreadableFile(f"file not found ({e.strerror})") from e

@@ -11,8 +11,9 @@ MRI, ISLES perfusion maps). Own data names its channels in ``dataset.json`` and,
 - ``"rescale_to_0_1"``: per volume, ``(x - min) / (max - min)``;
 - ``"rgb_to_0_1"``: ``x / 255``;
 - any other name (``"T2"``, ``"ADC"``, ``"zscore"``): the paper's per-volume z-score over non-zero
-  voxels (nnU-Net's ``zscore`` uses the whole volume unless its plans mask it; ours always masks,
-  as for BRATS).
+  voxels for volumes (nnU-Net's ``zscore`` uses the whole volume unless its plans mask it; ours
+  masks, as for BRATS, whose background is 0 outside the head); for 2-D images a z-score over all
+  of the image's pixels (``"zscore_all"``: black pixels of a photograph are data, not background).
 
 The CT statistics are nnU-Net's ``foreground_intensity_properties_per_channel`` (the same keys);
 they are read from ``<root>/dataset_fingerprint.json`` when nnU-Net's file is there, else
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 PROPERTIES_KEY = "foreground_intensity_properties_per_channel"  # nnU-Net's fingerprint key
-SCHEMES = ("zscore", "ct", "nonorm", "rescale_to_0_1", "rgb_to_0_1")
+SCHEMES = ("zscore", "ct", "nonorm", "rescale_to_0_1", "rgb_to_0_1", "zscore_all")
 SAMPLES_PER_CASE = 100_000
 SEED = 1234  # nnU-Net's fingerprint seed
 
@@ -72,6 +73,7 @@ class ChannelNorm(NamedTuple):
             )
         return {
             "zscore": "z-score over each case's non-zero values",
+            "zscore_all": "z-score over all of each case's values",
             "nonorm": "as stored",
             "rescale_to_0_1": "rescaled to [0, 1] per case",
             "rgb_to_0_1": "divided by 255",
@@ -127,12 +129,16 @@ def channel_norms(
 
 def volume_stats(image: np.ndarray, norms: Sequence[ChannelNorm]) -> list:
     """What the per-volume schemes need from the whole volume (``C x ...``), computed once before
-    a crop: ``(mean, std)`` of the non-zero voxels (``zscore``), ``(min, max)``
-    (``rescale_to_0_1``), None for the others."""
+    a crop: ``(mean, std)`` of the non-zero voxels (``zscore``) or of all (``zscore_all``),
+    ``(min, max)`` (``rescale_to_0_1``), None for the others."""
     stats = []
     for channel, norm in zip(image, norms):
         if norm.scheme == "zscore":
             stats.append(nonzero_stats(channel))
+        elif norm.scheme == "zscore_all":
+            values = channel.astype(np.float64, copy=False)
+            std = float(values.std())
+            stats.append((float(values.mean()), std if std > 0 else 1.0))
         elif norm.scheme == "rescale_to_0_1":
             stats.append((float(channel.min()), float(channel.max())))
         else:
@@ -155,6 +161,9 @@ def normalize_channels(
             if s is not None:
                 mask = x != 0
                 x[mask] = (x[mask] - np.float32(s[0])) / np.float32(s[1])
+        elif norm.scheme == "zscore_all":
+            x -= np.float32(s[0])
+            x /= np.float32(s[1])
         elif norm.scheme == "ct":
             if norm.mean is None:
                 raise ValueError(f"channel {c}: CT without the training foreground's statistics")

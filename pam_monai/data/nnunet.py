@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .intensity import PROPERTIES_KEY, channel_norms, foreground_intensity_properties, scheme_of
+from .intensity import PROPERTIES_KEY, ChannelNorm, channel_norms, foreground_intensity_properties, scheme_of
 from .layout import CaseFiles, Problem, ScanResult, nothing_found, visible_entries
 from .specs import DATASETS, DatasetSpec
 
@@ -74,9 +74,15 @@ ENDINGS_2D = (".png", ".bmp", ".tif")  # nnU-Net's 2-D image files (NaturalImage
 LABEL_NAME = "label"  # the label's key among a case's files
 CROP_MULTIPLE = 16
 TITLE_SUFFIX = " (own data, nnU-Net layout)"
-_FILE = re.compile(
-    r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii|\.mha|\.nrrd|\.png|\.bmp|\.tif)$"
+_FILE = re.compile(  # any file type: one this data set does not use is named as such
+    r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.[A-Za-z0-9]+)$"
 )
+
+
+def _named(path: Path, channel: int, ending: str) -> bool:
+    """Whether ``path`` is a ``<case>_<channel>`` image of the file type ``ending`` (any case:
+    ``.PNG`` files of a ``.png`` data set are its images, as on a case-insensitive disk)."""
+    return path.name.lower().endswith(f"_{channel:04d}{ending.lower()}")
 
 
 def read_dataset_json(root: str | os.PathLike | dict) -> dict:
@@ -140,9 +146,9 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
             f"{path}: the 'ignore' label (nnU-Net's unannotated voxels) is not supported: the Dice loss and every "
             "metric would count those voxels; annotate them, or give them the background value"
         )
-    ending = str(meta.get("file_ending", ".nii.gz")).lower()
+    ending = str(meta.get("file_ending", ".nii.gz"))
     ending = ending if ending.startswith(".") else f".{ending}"  # "nii.gz" is NIfTI too
-    if ending not in ENDINGS + ENDINGS_2D:
+    if ending.lower() not in ENDINGS + ENDINGS_2D:
         raise ValueError(
             f"{path}: file_ending {ending!r} is not supported; volumes: {', '.join(ENDINGS)}; 2-D images: "
             f"{', '.join(ENDINGS_2D)}"
@@ -195,7 +201,7 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
     from .files import volume_shape
 
     # hidden files (macOS "._" copies) are not images; unreadable ones are the checker's to report
-    files = [p for p in visible_entries(Path(root) / "imagesTr") if p.name.endswith(f"_0000{ending}")]
+    files = [p for p in visible_entries(Path(root) / "imagesTr") if _named(p, 0, ending)]
     if not files:
         raise NoTrainingImages(
             f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} to size the crop from; "
@@ -220,7 +226,7 @@ def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int,
 
 def is_2d(meta: dict) -> bool:
     """Whether a :func:`read_dataset_json` result describes 2-D images (PNG, BMP, TIFF)."""
-    return meta["file_ending"] in ENDINGS_2D
+    return meta["file_ending"].lower() in ENDINGS_2D
 
 
 COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")  # read as three channels (load_png)
@@ -228,7 +234,7 @@ MAX_SIDE_2D = 256  # default resize of 2-D images: the median size, the longer s
 
 
 def _training_images_2d(root, ending: str) -> list[Path]:
-    files = [p for p in visible_entries(Path(root) / "imagesTr") if p.name.endswith(f"_0000{ending}")]
+    files = [p for p in visible_entries(Path(root) / "imagesTr") if _named(p, 0, ending)]
     if not files:
         raise NoTrainingImages(
             f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} to size the images from; "
@@ -238,27 +244,38 @@ def _training_images_2d(root, ending: str) -> list[Path]:
 
 
 def image_files_2d(root, meta: dict) -> int:
-    """Image files per case of a 2-D set: 1 when ``<case>_0000`` is a colour image holding the three
-    channels of ``channel_names`` (as nnU-Net reads RGB files), else one grey file per channel."""
+    """Image files per case of a 2-D set: 1 when ``<case>_0000`` files are colour images holding the
+    three channels of ``channel_names`` (as nnU-Net reads RGB files), else one grey file per channel.
+    Decided by the majority of up to 25 ``_0000`` images (``imagesTr``, else ``imagesTs``), so one odd
+    image (or a stray ``_0001`` file) is named by the checker instead of making every other case
+    look wrong."""
     if meta.get("image_files"):
         return int(meta["image_files"])
+    n = len(meta["channels"])
     if isinstance(root, dict):
-        return len(meta["channels"])
+        return n
     from PIL import Image
 
-    for f in _training_images_2d(root, meta["file_ending"]):
-        try:
-            with Image.open(f) as im:
-                colour = im.mode in COLOUR_MODES
-        except Exception:  # noqa: BLE001 - the checker names unreadable files
-            continue
-        if colour and len(meta["channels"]) != 3:
-            raise ValueError(
-                f"nnunet: {f}: a colour image (3 channels), but {Path(root) / DATASET_JSON} names "
-                f"{len(meta['channels'])} channel(s) {list(meta['channels'])}; name three (e.g. R, G, B) or save grey images"
-            )
-        return 1 if colour else len(meta["channels"])
-    return len(meta["channels"])
+    ending = meta["file_ending"]
+    for folder in ("imagesTr", "imagesTs"):
+        entries = visible_entries(Path(root) / folder)
+        votes = []
+        for f in [p for p in entries if _named(p, 0, ending)][:25]:
+            try:
+                with Image.open(f) as im:
+                    votes.append((im.mode in COLOUR_MODES, f))
+            except Exception:  # noqa: BLE001 - the checker names unreadable files
+                continue
+        if votes:
+            colour = 2 * sum(v for v, _ in votes) > len(votes)
+            if colour and n != 3:
+                first = next(f for v, f in votes if v)
+                raise ValueError(
+                    f"nnunet: {first}: a colour image (3 channels), but {Path(root) / DATASET_JSON} names {n} "
+                    f"channel(s) {list(meta['channels'])}; name three (e.g. R, G, B) or save grey images"
+                )
+            return 1 if colour else n
+    return n  # no image to look at: the checker says so
 
 
 def default_size_2d(root, ending: str) -> tuple[int, int]:
@@ -452,14 +469,17 @@ def nnunet_spec(
         lr=paper.lr,
         label_names=labels,
         inference_fit="resize" if flat else "pad",
-        normalization=_norms(root, meta, intensity, statistics),
+        normalization=_norms(root, meta, intensity, statistics, flat),
         image_files=image_files_2d(root, meta) if flat else 0,
         file_ending=meta["file_ending"],
     )
     return spec.with_crop(crop)
 
 
-def _norms(root, meta: dict, intensity: dict | None, statistics: bool) -> tuple:
+def _norms(root, meta: dict, intensity: dict | None, statistics: bool, flat: bool = False) -> tuple:
+    if flat:  # 2-D images: the z-score over all pixels (a photograph's black is data, not background)
+        norms = _norms(root, meta, intensity, statistics)
+        return tuple(ChannelNorm("zscore_all") if n.scheme == "zscore" else n for n in norms)
     if not any(scheme_of(name) == "ct" for name in meta["channels"]):
         return channel_norms(meta["channels"])
     if not statistics:  # e.g. a datalist: CT channels named, their statistics not needed
@@ -519,16 +539,26 @@ def scan(
         found_what = nothing_found(images, what) if images.is_dir() else f"missing folder: {what}"
         return ScanResult([], [Problem(root.name, images.name, found_what)])
     found: dict[str, dict[int, Path]] = {}
+    accepted = {e.lower() for e in endings}
     for path in visible_entries(images):
         m = _FILE.match(path.name)
         if path.is_dir():
             continue
-        if not m or m["ending"] not in endings:
+        if not m:
             problems.append(
                 Problem(
                     path.name,
                     path.name,
                     f"not an image file name <case>_<XXXX>{endings[0]} (channel number XXXX)",
+                )
+            )
+            continue
+        if m["ending"].lower() not in accepted:
+            problems.append(
+                Problem(
+                    m["case"],
+                    path.name,
+                    f"file type {m['ending']!r} is not this data set's ({', '.join(endings)})",
                 )
             )
             continue
@@ -552,9 +582,11 @@ def scan(
                 )
         label = None
         if labels is not None:
-            for ending in endings:
+            seen = [p.name[len(case) + 5 :] for p in found[case].values()]  # the images' own endings
+            for ending in dict.fromkeys([*seen, *endings]):
                 if (labels / f"{case}{ending}").is_file():
                     label = labels / f"{case}{ending}"
+                    break
             if label is None and labels.is_dir():
                 problems.append(Problem(case, f"{labels.name}/{case}{endings[0]}", "missing label"))
             elif label is None and subset == "imagesTr":
@@ -564,7 +596,9 @@ def scan(
         cases.append(CaseFiles(case, images, chans, label, LABEL_NAME))
     if labels is not None and labels.is_dir():
         for path in visible_entries(labels):
-            case = next((path.name[: -len(e)] for e in endings if path.name.endswith(e)), None)
+            case = next(
+                (path.name[: -len(e)] for e in endings if path.name.lower().endswith(e.lower())), None
+            )
             if case is not None and case not in found:
                 problems.append(Problem(case, f"{labels.name}/{path.name}", "label without images"))
     return ScanResult(cases, problems)

@@ -122,11 +122,24 @@ class SliceDataset(torch.utils.data.Dataset):
         datalist) would otherwise train on empty targets without a word."""
         empty = [c for c, fg in zip(self.cases, self.foreground_per_slice) if int(fg.sum()) == 0]
         if self.cases and len(empty) == len(self.cases):
+            if self.spec.name == "nnunet":  # own data: its dataset.json names the labels
+                advice = (
+                    "the bundles' --foreground_label takes the values or names of dataset.json's labels"
+                    + (
+                        "; small foreground may vanish in the resize: a larger --crop_size keeps it"
+                        if not self.spec.volumetric
+                        else ""
+                    )
+                )
+            else:
+                advice = (
+                    "the bundles' --foreground_label; BraTS 2021+ labels the enhancing tumour 3; a binary 0/1 mask "
+                    "belongs in the ISLES layout, see the README"
+                )
             raise ValueError(
                 f"{self.spec.name}: none of the {len(self.cases)} training cases has a voxel of foreground label(s) "
                 f"{list(self.foreground_labels)} inside the preprocessed grid (e.g. {', '.join(empty[:3])}); check the "
-                "label convention (the bundles' --foreground_label; BraTS 2021+ labels the enhancing tumour 3; a binary "
-                "0/1 mask belongs in the ISLES layout, see the README) and the label files (`python -m pam_monai check`)"
+                f"label convention ({advice}) and the label files (`python -m pam_monai check`)"
             )
         if empty:
             log.warning(

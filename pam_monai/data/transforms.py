@@ -73,6 +73,8 @@ class NormalizeNonZerod(NormalizeIntensityd):
 def _channel_transform(norm: ChannelNorm):
     if norm.scheme == "zscore":
         return NormalizeIntensity(nonzero=True, dtype=np.float32)
+    if norm.scheme == "zscore_all":
+        return NormalizeIntensity(nonzero=False, dtype=np.float32)
     if norm.scheme == "ct":  # clip to [lower, upper], then standardise
         standardise = NormalizeIntensity(subtrahend=norm.mean, divisor=norm.std, dtype=np.float32)
         return lambda x: standardise(torch.clamp(x, norm.lower, norm.upper))
@@ -171,7 +173,7 @@ class BinarizeLabeld(MapTransform):
 def _volume_reader(spec: DatasetSpec) -> str:
     from .files import SITK_SUFFIXES
 
-    return "ITKReader" if spec.file_ending in SITK_SUFFIXES else "NibabelReader"
+    return "ITKReader" if spec.file_ending.lower() in SITK_SUFFIXES else "NibabelReader"
 
 
 def get_preprocess_transforms(

@@ -261,7 +261,8 @@ class CasePredictor:
             try:
                 case = load_case(self.spec, item)
             except Exception as e:  # unreadable, truncated, mismatched shapes
-                problems.append(f"{item.get('case')}: {e}")
+                name = str(item.get("case"))
+                problems.append(str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}")
                 continue
             images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
             case["files"] = list(images)
@@ -275,14 +276,16 @@ class CasePredictor:
                         case["case"], size, *crop, *crop,
                     )  # fmt: skip
             problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
-            loaded.append(case)
+            loaded.append(item)  # read again below: memory stays one case, however many there are
         if problems:
             raise ValueError(
                 f"{self.spec.name}: refusing to infer; fix these inputs first:\n" + "\n".join(problems)
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for case in tqdm(loaded, desc=f"{self.spec.name}: inference", unit="case"):
+        for item in tqdm(loaded, desc=f"{self.spec.name}: inference", unit="case"):
+            case = load_case(self.spec, item)
+            case["files"] = [_first(item)]
             pre = preprocess_case(self.spec, case)
             image = torch.from_numpy(np.ascontiguousarray(pre["image"], dtype=np.float32))[None].to(
                 self.device
