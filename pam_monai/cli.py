@@ -14,6 +14,7 @@ COMMANDS = {
     "synth": "pam_monai.data.commands:synth",
     "check": "pam_monai.data.commands:check",
     "convert_msd": "pam_monai.data.commands:convert_msd",
+    "convert_dicom": "pam_monai.data.commands:convert_dicom",
     "experiment": "pam_monai.experiments.runner:experiment",
     "bench": "pam_monai.bench:bench",
     "bundle": "pam_monai.bundle_templates.own_data:bundle",

@@ -176,10 +176,10 @@ def test_bundle_trains_evaluates_and_infers_on_2d_images(colour_root, tmp_path):
 
 
 def test_own_bundle_and_experiment_on_2d_images(colour_root, tmp_path):
+    from monai.bundle import verify_metadata, verify_net_in_out
+
     from pam_monai.bundle_templates.own_data import own_data_bundle
     from pam_monai.experiments import run_experiment
-
-    from monai.bundle import verify_metadata, verify_net_in_out
 
     bundle = own_data_bundle(colour_root, "fpa", tmp_path / "lesion_fpa")
     configs = bundle / "configs"

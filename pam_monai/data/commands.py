@@ -1,4 +1,5 @@
-"""Command-line entry points (``python -m pam_monai datalist|synth|check|convert_msd``, run by Python Fire)."""
+"""Command-line entry points (``python -m pam_monai datalist|synth|check|convert_msd|convert_dicom``, run by
+Python Fire)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,24 @@ def convert_msd(task_dir: str, output: str) -> None:
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels {', '.join(meta['channel_names'].values())}, "
         f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {path}"
+    )
+
+
+def convert_dicom(input_dir: str, output: str, channel: int = 0) -> None:
+    """Convert every 3-D DICOM series under INPUT_DIR (any depth) into OUTPUT/<case>_<XXXX>.nii.gz, the image files
+    an own-data model segments (--input_dir OUTPUT) or a data set's imagesTs.
+
+    Args:
+        input_dir: a folder of DICOM files, e.g. a PACS export (several series and sub-folders are fine).
+        output: the folder of the NIfTI images (created; dicom_series.json there says which series each case is).
+        channel: the channel number XXXX of these series; convert a study's other series (e.g. ADC after T2) into the
+            same OUTPUT with the next number, and each patient's series join one case.
+    """
+    from .dicom import convert_dicom as convert
+
+    written = convert(input_dir, output, channel=channel)
+    print(
+        f"wrote {len(written)} image(s) into {output} (channel {int(channel):04d}); sources: {Path(output) / 'dicom_series.json'}"
     )
 
 
