@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pam_monai.data.dicom import convert_dicom
+from pam_monai.data.dicom import convert_dicom, keep_locale
 from pam_monai.data.files import load_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,8 @@ def write_series(
         s.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, i)))))
         s.SetMetaData("0020|0013", str(i + 1))
         writer.SetFileName(str(folder / f"s{number}_{i:03d}.dcm"))
-        writer.Execute(s)
+        with keep_locale():  # GDCM's writer would leave the process in the "C" locale
+            writer.Execute(s)
 
 
 def test_series_become_cases_with_their_voxels_and_geometry(tmp_path):
@@ -83,6 +84,15 @@ def test_series_become_cases_with_their_voxels_and_geometry(tmp_path):
         convert_dicom(tmp_path / "export", out, progress=False)
     with pytest.raises(ValueError, match="no DICOM series found"):
         convert_dicom(tmp_path / "imagesTs", tmp_path / "x", progress=False)
+
+
+def test_writing_dicom_keeps_the_locale(tmp_path):
+    import locale
+
+    before = locale.getpreferredencoding(False)
+    write_series(np.zeros((2, 4, 4), np.int16), tmp_path / "dcm", "anon", 1)
+    convert_dicom(tmp_path / "dcm", tmp_path / "o", progress=False)
+    assert locale.getpreferredencoding(False) == before
 
 
 def test_convert_dicom_command(tmp_path):

@@ -16,7 +16,9 @@ warning: a 2-D image belongs in a 2-D data set (PNG).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import locale
 import logging
 import os
 import re
@@ -26,7 +28,7 @@ from ..atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger("pam_monai")
 
-__all__ = ["RECORD", "convert_dicom", "find_series"]
+__all__ = ["RECORD", "convert_dicom", "find_series", "keep_locale"]
 
 RECORD = "dicom_series.json"
 _TAGS = {
@@ -36,6 +38,17 @@ _TAGS = {
     "modality": "0008|0060",
     "study_date": "0008|0020",
 }
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """Restore the C library's locale after GDCM: its DICOM writer sets ``LC_CTYPE`` to "C", after
+    which Python decodes subprocess output and opens text files as ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def find_series(input_dir: str | os.PathLike) -> list[tuple[str, list[str]]]:
@@ -75,7 +88,8 @@ def convert_dicom(
         raise ValueError(f"{input_dir}: not a folder of DICOM files")
     if not 0 <= int(channel) <= 9999:
         raise ValueError(f"channel must be 0..9999, got {channel}")
-    series = find_series(input_dir)
+    with keep_locale():
+        series = find_series(input_dir)
     if not series:
         raise ValueError(f"{input_dir}: no DICOM series found (GDCM reads none of its files)")
     record_path = output / RECORD
@@ -96,7 +110,8 @@ def convert_dicom(
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
         try:
-            image = reader.Execute()
+            with keep_locale():
+                image = reader.Execute()
         except RuntimeError as e:
             log.warning(
                 "dicom: %s: series %s unreadable, skipped (%s)",
