@@ -235,7 +235,7 @@ def test_own_bundle_keeps_the_statistics_of_its_model(ct_root, tmp_path):
     embedded = json.loads((bundle / "configs" / "train.json").read_text())["dataset_json"][PROPERTIES_KEY]
     assert embedded != record["dataset_json"][PROPERTIES_KEY]
     readme = (bundle / "docs" / "README.md").read_text()
-    assert "Intensities\n(each channel: CT: clip to [" in readme
+    assert "Intensities (each channel: CT: clip to [" in readme and "a trained model's own" in readme
 
     def spec_of(*files):
         parser = ConfigParser()

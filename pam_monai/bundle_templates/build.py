@@ -167,6 +167,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
             # the versions the bundles are tested with
             "nibabel": "5.4.2",
             "pytorch-ignite": "0.5.5",
+            **({"SimpleITK": "2.5.7"} if spec.file_ending.lower() in (".mha", ".nrrd") else {}),
             "tensorboard": "2.21.0",
         },
         "supported_apps": {},
@@ -174,7 +175,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
         "task": f"2D binary segmentation of the {info['target']} ({spec.title})",
         "description": (
             f"{NETWORKS[network]} U-Net of 'Learning To Pay Attention To Mistakes' (BMVC 2020) trained on "
-            f"{spec.title} axial slices; every baseline of the paper runs from this bundle with --network_name."
+            f"{spec.title} {'axial slices' if spec.volumetric else 'images'}; every baseline of the paper runs from this bundle with --network_name."
         ),
         "authors": "pam-monai contributors",
         "copyright": "Copyright (c) pam-monai contributors",

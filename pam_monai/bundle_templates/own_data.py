@@ -30,12 +30,24 @@ GENERATED = (
     "target, so inference needs only the images to segment."
 )
 DATA = """`dataset_dir` is `{dataset_dir}`: `dataset.json`, `imagesTr/<case>_XXXX{ending}` (channels {channels}),
-`labelsTr/<case>{ending}`. Target: {target} (`foreground_label` {foreground}); {geometry}. Intensities
-({normalisation}) follow the channel names, as in nnU-Net; CT statistics are those this bundle was made
-with, and a trained model's own (`models/model.json`) in evaluation and inference. Split: {split}. Every case
-is checked before training (`python -m pam_monai check --dataset nnunet --root {dataset_dir}
---foreground_label '{foreground}'` prints the same report); own data is never replaced by a synthetic stand-in. To train on another
-data set, make a bundle for it."""
+`labelsTr/<case>{ending}`. Target: {target} (`foreground_label` {foreground}); {geometry}. {intensities}. Split: {split}. Every case
+is checked before training; this prints the same report:
+
+```bash
+python -m pam_monai check --dataset nnunet --root '{dataset_dir}' --foreground_label '{foreground}'
+```
+
+Own data is never replaced by a synthetic stand-in. To train on another data set, make a bundle for it."""
+
+
+def _intensities(spec) -> str:
+    words = f"Intensities ({normalisation_words(spec)}) follow the channel names, as in nnU-Net"
+    if any(n.scheme == "ct" for n in spec.channel_norms):
+        words += (
+            "; the CT statistics are those this bundle was made with, and in evaluation and inference a trained "
+            "model's own (`models/model.json`)"
+        )
+    return words
 
 
 def own_data_bundle(
@@ -83,14 +95,18 @@ def own_data_bundle(
         "modality": modality or ", ".join(spec.channels),
         "target": f"{label_title(spec.label_names, foreground)} (labels {', '.join(map(str, foreground))})",
         "data_source": f"own data: {spec.title.removesuffix(TITLE_SUFFIX)} (nnU-Net v2 raw layout)",
-        "data_type": "nibabel" if spec.volumetric else "png",
+        "data_type": "png"
+        if not spec.volumetric
+        else "itk"
+        if spec.file_ending.lower() in (".mha", ".nrrd")
+        else "nibabel",
         "channel_def": channel_def,
         "format": "magnitude",
         "generated": GENERATED.replace("{dataset_dir}", str(dataset_dir)),
         "data_section": DATA.replace("{dataset_dir}", str(dataset_dir))
         .replace("{foreground}", json.dumps(list(foreground)))
         .replace("{ending}", spec.file_ending)
-        .replace("{normalisation}", normalisation_words(spec))
+        .replace("{intensities}", _intensities(spec))
         .replace(
             "{geometry}",
             f"in-plane crop {'x'.join(map(str, spec.crop_size))} (`crop_size`; volumes are padded to it, larger ones "
@@ -164,8 +180,8 @@ def bundle(
     dataset_dir: str,
     output: str,
     network: str = "fpa",
-    foreground_label=None,
-    crop_size=None,
+    foreground_label: str | None = None,
+    crop_size: list | None = None,
     modality: str | None = None,
     overwrite: bool = False,
 ) -> None:
@@ -181,7 +197,7 @@ def bundle(
             every non-zero label).
         crop_size: in-plane crop "[h, w]" of volumes, by default the largest training image rounded
             up to 16, or the size 2-D images are resized to, by default their median size with the
-            longer side at most 256.
+            longer side at most 256, rounded up to 16.
         modality: for metadata.json (default: the channel names).
         overwrite: rewrite the configs of an existing bundle folder (models/ are kept).
     """

@@ -57,13 +57,14 @@ def synth(
     Args:
         dataset: brats, isles, cityscapes or nnunet (own data: the nnU-Net v2 raw layout).
         output: the data root to create.
-        cases: BRATS / ISLES / own-data cases, or CityScapes frames per city (defaults 5, 10, 2, 6).
+        cases: cases (default 5 for BRATS, 10 for ISLES, 6 for own data) or CityScapes frames per city (default 2).
         seed: random seed.
         overwrite: write into a folder that already holds files (its cases of the same names are
             replaced); refused by default.
         options: brats --slices (155) --lgg_cases (0); isles --max_slices (8) --compress;
-            cityscapes --size "(512,256)" --train_cities (3) --val_cities (1); nnunet --size "(90,84)"
-            --slices (12) --test_cases (1) --ct (one CT channel in HU).
+            cityscapes --size "(512,256)" (width, height) --train_cities (3) --val_cities (1); nnunet
+            --size "(90,84)" (height, width) --slices (12) --test_cases (1), and --ct (one CT channel in
+            Hounsfield units) or --two_d (2-D colour PNG images, label lesion).
     """
 
     from .layout import visible_entries
@@ -126,10 +127,10 @@ def convert_dicom(input_dir: str, output: str, channel: int = 0) -> None:
 def check(
     dataset: str,
     root: str,
-    foreground_label: int | str | None = None,
+    foreground_label: str | None = None,
     grades: str = "HGG",
     quiet: bool = False,
-    crop_size: tuple[int, int] | None = None,
+    crop_size: list | None = None,
 ) -> None:
     """Check every case under ROOT; print a per-case summary; exit 1 on any problem.
 
@@ -141,9 +142,9 @@ def check(
         grades: BRATS grades, "HGG" or "HGG,LGG".
         quiet: print only warnings, problems and the verdict.
         crop_size: the in-plane crop "[h, w]" to check against, or for own 2-D images the size they
-            are resized to. Defaults are the largest training volume rounded up to 16 for own
-            volumes, the median image size with the longer side at most 256 for own 2-D images, and
-            the paper's data sets' own crops.
+            are resized to, e.g. "[128, 128]". Defaults are the largest in-plane size of the training
+            volumes rounded up to 16 for own volumes, the median image size with the longer side at
+            most 256 rounded up to 16 for own 2-D images, and the paper's data sets' own crops.
     """
     from .checker import check_dataset
     from .specs import get_spec

@@ -101,6 +101,16 @@ def _brats_items_from_ids(case_ids: Sequence[str], grade: str = "HGG") -> list[d
     ]
 
 
+def _listing_spec(dataset, root) -> DatasetSpec:
+    """The spec for listing and splitting cases: own data (``"nnunet"`` and its ``root``) without
+    computing CT statistics, which only normalising needs."""
+    if isinstance(dataset, str) and dataset.lower() == "nnunet" and root is not None:
+        from .nnunet import nnunet_spec
+
+        return nnunet_spec(root, statistics=False)
+    return get_spec(dataset, root=root)
+
+
 def build_datalist(
     dataset: str | DatasetSpec,
     root: str | os.PathLike | None = None,
@@ -133,12 +143,7 @@ def build_datalist(
     """
     if int(n_folds) < 3:  # test, validation and training each take at least one fold
         raise ValueError(f"n_folds must be at least 3 (test, validation and training folds), got {n_folds}")
-    if isinstance(dataset, str) and dataset.lower() == "nnunet":  # listing cases needs no CT statistics
-        from .nnunet import nnunet_spec
-
-        spec = nnunet_spec(root, statistics=False)
-    else:
-        spec = get_spec(dataset, root=root)
+    spec = _listing_spec(dataset, root)
     if case_ids is not None:
         if spec.name != "brats":
             raise ValueError("case_ids is only for BRATS")
@@ -251,7 +256,7 @@ def get_split(
     external test set, is used as it is. ISLES and CityScapes: the datalist's fixed ``training`` /
     ``validation`` / ``test`` lists (``fold`` is ignored). Paths are made absolute with ``root``.
     """
-    spec = get_spec(dataset)
+    spec = _listing_spec(dataset, root)
     key = SPLIT_KEYS.get(split)
     if key is None:
         raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")

@@ -25,6 +25,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import ImageReader
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -41,7 +42,7 @@ from monai.transforms import (
     ScaleIntensityRange,
     ScaleIntensityRanged,
 )
-from monai.utils import convert_to_tensor
+from monai.utils import MetaKeys, SpaceKeys, convert_to_tensor, ensure_tuple
 
 from .intensity import ChannelNorm
 from .specs import DatasetSpec, get_spec
@@ -170,10 +171,37 @@ class BinarizeLabeld(MapTransform):
         return d
 
 
-def _volume_reader(spec: DatasetSpec) -> str:
+class SimpleITKVolumeReader(ImageReader):
+    """MONAI image reader of MetaImage / NRRD volumes through SimpleITK (MONAI's own ITKReader
+    needs the ``itk`` package): the arrays and RAS affine of :func:`~pam_monai.data.files.load_volume`,
+    i.e. what ``NibabelReader`` gives for the same image as NIfTI; several files stack as channels."""
+
+    def verify_suffix(self, filename) -> bool:
+        from .files import SITK_SUFFIXES
+
+        return all(str(f).lower().endswith(SITK_SUFFIXES) for f in ensure_tuple(filename))
+
+    def read(self, data, **kwargs):
+        from .files import load_volume
+
+        return [load_volume(f) for f in ensure_tuple(data)]
+
+    def get_data(self, img):
+        arrays, affine = [a for a, _ in img], img[0][1]
+        meta = {
+            MetaKeys.AFFINE: affine,
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(arrays[0].shape),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: 0 if len(arrays) > 1 else "no_channel",
+            MetaKeys.SPACE: SpaceKeys.RAS,
+        }
+        return (np.stack(arrays) if len(arrays) > 1 else arrays[0]), meta
+
+
+def _volume_reader(spec: DatasetSpec):
     from .files import SITK_SUFFIXES
 
-    return "ITKReader" if spec.file_ending.lower() in SITK_SUFFIXES else "NibabelReader"
+    return SimpleITKVolumeReader() if spec.file_ending.lower() in SITK_SUFFIXES else "NibabelReader"
 
 
 def get_preprocess_transforms(
@@ -194,7 +222,7 @@ def get_preprocess_transforms(
     if spec.volumetric:
         return Compose(
             [
-                # own .mha / .nrrd volumes: MONAI's ITKReader (needs the itk package), as SimpleITK reads them
+                # own .mha / .nrrd volumes: SimpleITK, as the numpy path reads them
                 LoadImaged(keys, image_only=True, ensure_channel_first=True, reader=_volume_reader(spec)),
                 EnsureTyped(keys, dtype=torch.float32, track_meta=True),
                 NormalizeChannelsd(image_key, spec.normalization)
