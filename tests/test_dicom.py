@@ -19,9 +19,19 @@ UID = "1.2.826.0.1.3680043.2.1125.9."
 
 
 def write_series(
-    vol, folder: Path, patient: str, number: int, spacing=(0.8, 0.7, 2.5), origin=(-100.0, -90.0, 30.0)
+    vol,
+    folder: Path,
+    patient: str,
+    number: int,
+    spacing=(0.8, 0.7, 2.5),
+    origin=(-100.0, -90.0, 30.0),
+    study: str | None = None,
+    positions=None,
+    slices=None,
 ):
-    """A DICOM series of ``vol`` (z, y, x), one file per slice, as a scanner export holds it."""
+    """A DICOM series of ``vol`` (z, y, x), one file per slice, as a scanner export holds it;
+    ``positions``: other ImagePositionPatient per slice (a missing slice, tilt); ``slices``: which
+    slices to write into ``folder`` (a series spread over folders)."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(vol)
     image.SetSpacing(spacing)
@@ -30,19 +40,20 @@ def write_series(
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     tags = {
-        "0020|000e": f"{UID}{patient.encode().hex()}.{number}",
-        "0020|000d": f"{UID}{patient.encode().hex()}",
+        "0020|000e": f"{UID}{patient.encode().hex()}1.{number}",
+        "0020|000d": study or f"{UID}{patient.encode().hex()}1",
         "0010|0020": patient,
         "0020|0011": str(number),
         "0008|0060": "CT",
         "0008|103e": f"series {number}",
         "0020|0037": "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))),
     }
-    for i in range(image.GetDepth()):
+    for i in range(image.GetDepth()) if slices is None else slices:
         s = image[:, :, i]
         for tag, value in tags.items():
             s.SetMetaData(tag, value)
-        s.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, i)))))
+        position = image.TransformIndexToPhysicalPoint((0, 0, i)) if positions is None else positions[i]
+        s.SetMetaData("0020|0032", "\\".join(map(str, position)))
         s.SetMetaData("0020|0013", str(i + 1))
         writer.SetFileName(str(folder / f"s{number}_{i:03d}.dcm"))
         with keep_locale():  # GDCM's writer would leave the process in the "C" locale
@@ -115,3 +126,51 @@ def test_convert_dicom_command(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "wrote 1 image(s)" in result.stdout and (tmp_path / "o" / "anon_0000.nii.gz").is_file()
+
+
+def test_series_that_would_convert_wrongly_are_skipped_by_name(tmp_path, caplog):
+    vol = np.arange(6 * 8 * 8, dtype=np.int16).reshape(6, 8, 8)
+    export = tmp_path / "export"
+    write_series(vol, export / "gap", "GAP", 1)
+    (export / "gap" / "s1_003.dcm").unlink()  # a missing slice
+    z = [30.0, 30.0, 32.5, 32.5, 35.0, 35.0]  # two volumes in one series (b-values)
+    write_series(vol, export / "dwi", "DWI", 1, positions=[(-100.0, -90.0, v) for v in z])
+    tilt = [(-100.0, -90.0 + 1.0 * i, 30.0 + 2.5 * i) for i in range(6)]  # gantry tilt
+    write_series(vol, export / "tilt", "TILT", 1, positions=tilt)
+    write_series(vol, export / "good", "", 1)  # no patient ID: named after its study
+    write_series(vol, export / "split" / "a", "SPLIT", 1, slices=[0, 1, 2])  # one series, two folders
+    write_series(vol, export / "split" / "b", "SPLIT", 1, slices=[3, 4, 5])
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        written = convert_dicom(export, out, progress=False)
+    names = sorted(p.name for p in written)
+    assert len(names) == 2 and "SPLIT_0000.nii.gz" in names and names[1].startswith("study-"), names
+    np.testing.assert_array_equal(load_volume(out / "SPLIT_0000.nii.gz")[0], vol.transpose(2, 1, 0))
+    text = caplog.text
+    assert "gap: series 1 (series 1) not converted: irregular slice spacing" in text
+    assert "several volumes in one series (repeated slice positions" in text
+    assert "slices shifted sideways along the stack (gantry tilt)" in text
+
+    # a channel-1 series joins only a case of its own study on the same grid
+    write_series(vol, tmp_path / "adc" / "ok", "SPLIT", 2)  # SPLIT's study: joins
+    write_series(vol, tmp_path / "adc" / "other", "SPLIT", 3, study=f"{UID}999")  # another study
+    write_series(vol[:, :4], tmp_path / "adc" / "grid", "SPLIT", 4)  # SPLIT's study, another grid
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        written = convert_dicom(tmp_path / "adc", out, channel=1, progress=False)
+    assert [p.name for p in written] == ["SPLIT_0001.nii.gz"]
+    assert "no case of channel 0000 from its study" in caplog.text
+    assert "already have channel 0001 or lie on another grid" in caplog.text
+
+
+def test_a_converted_folder_is_ready_for_inference(tmp_path):
+    from pam_monai.data.nnunet import nnunet_spec
+    from pam_monai.engines import find_inference_cases
+
+    write_series(np.zeros((3, 8, 8), np.int16), tmp_path / "dcm", "P1", 1)
+    convert_dicom(tmp_path / "dcm", tmp_path / "cases", progress=False)
+    spec = nnunet_spec(
+        {"channel_names": {"0": "MR"}, "labels": {"background": 0, "lesion": 1}}, crop_size=[16, 16]
+    )
+    items = find_inference_cases(spec, tmp_path / "cases")  # dicom_series.json beside the images is no case
+    assert [i["case"] for i in items] == ["P1"]

@@ -34,6 +34,8 @@ def datalist(
     """
     from .datalist import build_datalist, write_datalist
 
+    # Fire turns an all-digit folder name (a study date, 20240101) into a number
+    root, output = (None if root is None else str(root)), str(output)
     data = build_datalist(
         dataset,
         root,
@@ -71,6 +73,7 @@ def synth(
     from .synthetic import MARKER
     from .synthetic import synth as generate
 
+    output = str(output)  # an all-digit folder name arrives as a number from Fire
     if cases is not None and int(cases) < 1:
         raise ValueError(f"cases must be at least 1, got {cases}")
     if not overwrite and visible_entries(Path(output)):
@@ -98,7 +101,7 @@ def convert_msd(task_dir: str, output: str) -> None:
     """
     from .msd import convert_msd as convert
 
-    path = convert(task_dir, output)
+    path = convert(str(task_dir), str(output))
     meta = json.loads((path / "dataset.json").read_text())
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels {', '.join(meta['channel_names'].values())}, "
@@ -118,7 +121,8 @@ def convert_dicom(input_dir: str, output: str, channel: int = 0) -> None:
     """
     from .dicom import convert_dicom as convert
 
-    written = convert(input_dir, output, channel=channel)
+    # str(): Fire turns an all-digit folder name (a study date, 20240101) into a number
+    written = convert(str(input_dir), str(output), channel=channel)
     print(
         f"wrote {len(written)} image(s) into {output} (channel {int(channel):04d}); sources: {Path(output) / 'dicom_series.json'}"
     )
@@ -149,6 +153,7 @@ def check(
     from .checker import check_dataset
     from .specs import get_spec
 
+    root = str(root)  # an all-digit folder name arrives as a number from Fire
     options = {"grades": grades} if dataset.lower() == "brats" else {}
     if crop_size is not None:
         dataset = get_spec(dataset, root=root, crop_size=crop_size)

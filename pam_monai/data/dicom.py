@@ -1,28 +1,38 @@
 """DICOM series (what a scanner or a PACS export gives) into the nnU-Net layout's image files.
 
-Every 3-D series found under a folder (any depth; several series per folder are told apart by
-their Series Instance UID, as GDCM groups them) becomes one case, ``<case>_<XXXX>.nii.gz``,
-read by SimpleITK with its orientation, spacing and the rescale slope / intercept applied (CT in
-Hounsfield units). The case is named after the patient ID (made safe for file names; a patient's
-further series get ``-2``, ``-3``, ...); ``dicom_series.json`` beside the images records which
-series each case came from. A trained own-data model then segments them: ``--input_dir`` the
-output folder, or make it a data set's ``imagesTs``.
+Every 3-D series found under a folder (any depth; files are grouped by their Series Instance UID
+across folders, as GDCM identifies series) becomes one case, ``<case>_<XXXX>.nii.gz``, read by
+SimpleITK with its orientation, spacing and the rescale slope / intercept applied (CT in
+Hounsfield units). The case is named after the patient ID (made safe for file names; without a
+readable ID, after the study: ``study-<hash>``; a patient's further series get ``-2``, ``-3``,
+...); ``dicom_series.json`` beside the images records which series each case came from. A trained
+own-data model then segments them: ``--input_dir`` the output folder, or make it a data set's
+``imagesTs``.
+
+Series that would convert to a wrong volume are skipped with a warning naming them, never
+written: single images (a 2-D image belongs in a 2-D data set), several volumes in one series
+(repeated slice positions: diffusion b-values, echoes, phases), irregular slice spacing (a
+missing slice) and sheared stacks (gantry tilt); resample or split those first.
 
 Several channels of one study (e.g. MR T2 and ADC) are separate series: convert the folder of each
-into the same output with its ``channel`` (0, then 1, ...); a patient's series of channel 1 joins
-that patient's case of channel 0. Single-image series (an X-ray, one slice) are skipped with a
-warning: a 2-D image belongs in a 2-D data set (PNG).
+into the same output with its ``channel`` (0, then 1, ...). A series of channel 1 joins the case of
+channel 0 from the same study (Study Instance UID) on the same grid; one without such a case is
+skipped with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import locale
 import logging
 import os
 import re
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 
@@ -33,41 +43,150 @@ __all__ = ["RECORD", "convert_dicom", "find_series", "keep_locale"]
 RECORD = "dicom_series.json"
 _TAGS = {
     "patient": "0010|0020",
+    "study_uid": "0020|000d",
     "series_number": "0020|0011",
     "description": "0008|103e",
     "modality": "0008|0060",
     "study_date": "0008|0020",
 }
+_POSITION, _ORIENTATION = "0020|0032", "0020|0037"
 
 
 @contextlib.contextmanager
 def keep_locale():
-    """Restore the C library's locale after GDCM: its DICOM writer sets ``LC_CTYPE`` to "C", after
-    which Python decodes subprocess output and opens text files as ASCII."""
+    """Restore the C library's locale and ITK's warning display after GDCM: its DICOM writer sets
+    ``LC_CTYPE`` to "C", after which Python decodes subprocess output and opens text files as
+    ASCII; and GDCM prints a warning for every non-DICOM file it looks at."""
+    import SimpleITK as sitk
+
     saved = locale.setlocale(locale.LC_ALL)
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         yield
     finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
         locale.setlocale(locale.LC_ALL, saved)
 
 
-def find_series(input_dir: str | os.PathLike) -> list[tuple[str, list[str]]]:
-    """``(series UID, its files in slice order)`` of every DICOM series under ``input_dir``."""
+def _header(path: str) -> dict[str, str]:
     import SimpleITK as sitk
 
-    found = []
-    for folder, _, files in sorted(os.walk(input_dir)):
-        if not files:
-            continue
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
-            names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid)
-            if names:
-                found.append((uid, list(names)))
-    return found
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return {k: reader.GetMetaData(k).strip() for k in (_POSITION, _ORIENTATION) if reader.HasMetaDataKey(k)}
+
+
+def _numbers(text: str) -> np.ndarray | None:
+    try:
+        return np.asarray([float(v) for v in text.split("\\")], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _sorted_along_normal(files: list[str]) -> list[str]:
+    """Files of one series from several folders, in slice order (along the slice normal)."""
+    headers = [_header(f) for f in files]
+    orientation = _numbers(headers[0].get(_ORIENTATION, ""))
+    if orientation is None or orientation.size != 6:
+        return sorted(files)
+    normal = np.cross(orientation[:3], orientation[3:])
+    keys = []
+    for h in headers:
+        p = _numbers(h.get(_POSITION, ""))
+        keys.append(float(p @ normal) if p is not None and p.size == 3 else 0.0)
+    return [f for _, f in sorted(zip(keys, files))]
+
+
+def find_series(input_dir: str | os.PathLike) -> list[tuple[str, list[str]]]:
+    """``(series UID, its files in slice order)`` of every DICOM series under ``input_dir``; a
+    series whose files lie in several folders is one series."""
+    import SimpleITK as sitk
+
+    by_uid: dict[str, list[list[str]]] = defaultdict(list)
+    with keep_locale():
+        for folder, _, files in sorted(os.walk(str(input_dir))):
+            if not files:
+                continue
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
+                names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid)
+                if names:
+                    by_uid[uid].append(list(names))
+        return [
+            (uid, parts[0] if len(parts) == 1 else _sorted_along_normal([f for p in parts for f in p]))
+            for uid, parts in by_uid.items()
+        ]
+
+
+def _geometry_problem(reader, n: int) -> str | None:
+    """Why the slices of a series do not make one regular volume, or None (also when the tags
+    needed to tell are missing)."""
+    if not reader.HasMetaDataKey(0, _ORIENTATION):
+        return None
+    orientation = _numbers(reader.GetMetaData(0, _ORIENTATION))
+    positions = [
+        _numbers(reader.GetMetaData(i, _POSITION)) if reader.HasMetaDataKey(i, _POSITION) else None
+        for i in range(n)
+    ]
+    if orientation is None or orientation.size != 6 or any(p is None or p.size != 3 for p in positions):
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    offsets = np.asarray(positions) - positions[0]
+    along = offsets @ normal
+    steps = np.diff(along)
+    if np.any(np.abs(steps) < 1e-3):
+        return "several volumes in one series (repeated slice positions: b-values, echoes or phases); split it first"
+    step = float(np.median(steps))
+    if np.max(np.abs(steps - step)) > 0.01 * abs(step) + 1e-3:
+        return (
+            f"irregular slice spacing ({np.min(np.abs(steps)):.4g} to {np.max(np.abs(steps)):.4g} mm: a missing "
+            "slice?); resample it first"
+        )
+    sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    if np.max(sideways) > 0.01 * np.max(np.abs(along)) + 1e-3:
+        return "slices shifted sideways along the stack (gantry tilt); resample it first"
+    return None
+
+
+def _tag(reader, tag: str) -> str:
+    return reader.GetMetaData(0, tag).strip() if reader.HasMetaDataKey(0, tag) else ""
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text.strip()).strip("-.") or "case"
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text.strip()).strip("-.")
+
+
+def _grid(image) -> dict:
+    return {
+        "size": list(image.GetSize()),
+        "spacing": [round(v, 6) for v in image.GetSpacing()],
+        "origin": [round(v, 4) for v in image.GetOrigin()],
+        "direction": [round(v, 6) for v in image.GetDirection()],
+    }
+
+
+def _same_grid(a: dict, b: dict) -> bool:
+    return (
+        a["size"] == b["size"]
+        and np.allclose(a["spacing"], b["spacing"], atol=1e-3)
+        and np.allclose(a["origin"], b["origin"], atol=1e-2)
+        and np.allclose(a["direction"], b["direction"], atol=1e-4)
+    )
+
+
+def _compact(image):
+    """int16 when the values fit (CT read as int32 after the rescale), float32 for float64."""
+    import SimpleITK as sitk
+
+    pixel = image.GetPixelID()
+    if pixel in (sitk.sitkInt32, sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64):
+        values = sitk.GetArrayViewFromImage(image)
+        if values.size and values.min() >= -32768 and values.max() <= 32767:
+            return sitk.Cast(image, sitk.sitkInt16)
+    if pixel == sitk.sitkFloat64:
+        return sitk.Cast(image, sitk.sitkFloat32)
+    return image
 
 
 def convert_dicom(
@@ -78,31 +197,39 @@ def convert_dicom(
 ) -> list[Path]:
     """Write every 3-D DICOM series under ``input_dir`` as ``<output>/<case>_<channel:04d>.nii.gz``
     (see the module) and ``<output>/dicom_series.json``; returns the written images. Raises
-    ``ValueError`` naming the folder when no DICOM series is found. Series that ``dicom_series.json``
-    lists as converted are skipped (a re-run adds only new ones); an existing image file is never
-    replaced."""
+    ``ValueError`` naming the folder when no DICOM series is found. Series that
+    ``dicom_series.json`` lists as converted are skipped (a re-run adds only new ones); an existing
+    image file is never replaced."""
     import SimpleITK as sitk
 
-    input_dir, output = Path(input_dir), Path(output)
+    input_dir, output = Path(str(input_dir)), Path(str(output))
     if not input_dir.is_dir():
         raise ValueError(f"{input_dir}: not a folder of DICOM files")
     if not 0 <= int(channel) <= 9999:
         raise ValueError(f"channel must be 0..9999, got {channel}")
-    with keep_locale():
-        series = find_series(input_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    if not os.access(output, os.W_OK):
+        raise PermissionError(f"{output}: not writable")
+    series = find_series(input_dir)
     if not series:
         raise ValueError(f"{input_dir}: no DICOM series found (GDCM reads none of its files)")
     record_path = output / RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    used = {c for c in record}
+    key = f"{int(channel):04d}"
+    done = {
+        e["series_uid"]
+        for r in record.values()
+        for e in r.values()
+        if isinstance(e, dict) and "series_uid" in e
+    }
     written: list[Path] = []
     iterator = series
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(series, desc="dicom: converting series", unit="series")
-    done = {entry["series_uid"] for r in record.values() for k, entry in r.items() if isinstance(entry, dict)}
     for uid, files in iterator:
+        where = Path(files[0]).parent
         if uid in done:  # converted by an earlier run into this folder: a re-run adds only new series
             log.info("dicom: series %s was converted before, skipped", uid)
             continue
@@ -114,56 +241,57 @@ def convert_dicom(
                 image = reader.Execute()
         except RuntimeError as e:
             log.warning(
-                "dicom: %s: series %s unreadable, skipped (%s)",
-                Path(files[0]).parent,
-                uid,
-                str(e).splitlines()[-1],
+                "dicom: %s: series %s unreadable, skipped (%s)", where, uid, str(e).strip().splitlines()[-1]
             )
             continue
-        tags = {
-            k: (reader.GetMetaData(0, t).strip() if reader.HasMetaDataKey(0, t) else "")
-            for k, t in _TAGS.items()
-        }
+        tags = {k: _tag(reader, t) for k, t in _TAGS.items()}
+        label = f"{where}: series {tags['series_number'] or uid} ({tags['description'] or 'no description'})"
         if image.GetDimension() != 3 or image.GetSize()[2] < 2:
-            log.warning(
-                "dicom: %s: series %s (%s) is a single image, skipped: 2-D images belong in a 2-D data set",
-                Path(files[0]).parent,
-                tags["series_number"] or uid,
-                tags["description"],
-            )
+            log.warning("dicom: %s is a single image, skipped: 2-D images belong in a 2-D data set", label)
             continue
-        key = f"{int(channel):04d}"
-        # another channel of a patient converted before joins its case; else a new case
-        case = next(
-            (
-                c
-                for c in sorted(record)
-                if record[c].get("patient") == tags["patient"] and key not in record[c]
-            ),
-            None,
-        )
-        if case is None:
-            base = _safe(tags["patient"] or "patient")
+        problem = _geometry_problem(reader, len(files))
+        if problem:
+            log.warning("dicom: %s not converted: %s", label, problem)
+            continue
+        grid = _grid(image)
+        if int(channel) == 0:
+            base = (
+                _safe(tags["patient"])
+                or "study-" + hashlib.sha1((tags["study_uid"] or uid).encode()).hexdigest()[:8]
+            )
+            used = set(record)
             case, n = base, 1
             while case in used:
                 n += 1
                 case = f"{base}-{n}"
-        used.add(case)
+        else:  # another channel: the case of channel 0 of the same study, on the same grid
+            case = next(
+                (
+                    c
+                    for c in sorted(record)
+                    if record[c].get("study_uid") == tags["study_uid"]
+                    and key not in record[c]
+                    and "0000" in record[c]
+                    and _same_grid(record[c]["0000"], grid)
+                ),
+                None,
+            )
+            if case is None:
+                same_study = [c for c in sorted(record) if record[c].get("study_uid") == tags["study_uid"]]
+                why = (
+                    f"the study's case(s) {same_study} already have channel {key} or lie on another grid"
+                    if same_study
+                    else "no case of channel 0000 from its study (Study Instance UID) was converted into this folder"
+                )
+                log.warning("dicom: %s not converted as channel %s: %s", label, key, why)
+                continue
         path = output / f"{case}_{key}.nii.gz"
         if path.exists():
             raise FileExistsError(f"{path} exists: convert into an empty folder, or as another channel")
-        output.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=".nii.gz") as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        record.setdefault(case, {"patient": tags["patient"]})
-        record[case][key] = {
-            "folder": str(Path(files[0]).parent),
-            "series_uid": uid,
-            "slices": len(files),
-            "size": list(image.GetSize()),
-            "spacing": [round(v, 6) for v in image.GetSpacing()],
-            **tags,
-        }
+        with atomic_path(path, suffix=".nii.gz") as tmp, keep_locale():
+            sitk.WriteImage(_compact(image), str(tmp), useCompression=True)
+        record.setdefault(case, {"patient": tags["patient"], "study_uid": tags["study_uid"]})
+        record[case][key] = {"folder": str(where), "series_uid": uid, "slices": len(files), **grid, **tags}
         written.append(path)
         atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     return written

@@ -542,7 +542,7 @@ def scan(
     accepted = {e.lower() for e in endings}
     for path in visible_entries(images):
         m = _FILE.match(path.name)
-        if path.is_dir():
+        if path.is_dir() or path.name == "dicom_series.json":  # convert_dicom's record of its sources
             continue
         if not m:
             problems.append(
