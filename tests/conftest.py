@@ -23,3 +23,23 @@ def error_chain(error: BaseException) -> list[str]:
         chain.append(str(error))
         error = error.__cause__ or error.__context__
     return chain
+
+
+def verify_bundle(configs: Path, network_options: dict) -> dict:
+    """A bundle's ``metadata.json`` against the MONAI schema (``../shared/schema``, when present) and
+    its network against the shapes the metadata declares; returns the metadata."""
+    import json
+
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    schema = Path(__file__).parents[1].parent / "shared" / "schema" / "meta_schema_20240725.json"
+    if schema.is_file():
+        verify_metadata(
+            meta_file=str(configs / "metadata.json"),
+            filepath=str(schema),
+            hash_val="06954cad2cc5d3784e72077ac76f0fc8",
+        )
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "train.json"), device="cpu", n=1, any=1,
+                      network_options=network_options)  # fmt: skip
+    return json.loads((configs / "metadata.json").read_text())

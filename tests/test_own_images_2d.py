@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import error_chain
+from conftest import error_chain, verify_bundle
 from PIL import Image
 
 from pam_monai.data import (
@@ -176,24 +176,11 @@ def test_bundle_trains_evaluates_and_infers_on_2d_images(colour_root, tmp_path):
 
 
 def test_own_bundle_and_experiment_on_2d_images(colour_root, tmp_path):
-    from monai.bundle import verify_metadata, verify_net_in_out
-
     from pam_monai.bundle_templates.own_data import own_data_bundle
     from pam_monai.experiments import run_experiment
 
     bundle = own_data_bundle(colour_root, "fpa", tmp_path / "lesion_fpa")
-    configs = bundle / "configs"
-    schema = ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"
-    if schema.is_file():
-        verify_metadata(
-            meta_file=str(configs / "metadata.json"),
-            filepath=str(schema),
-            hash_val="06954cad2cc5d3784e72077ac76f0fc8",
-        )
-    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
-                      config_file=str(configs / "train.json"), device="cpu", n=1, any=1,
-                      network_options=SMALL["network_options"])  # fmt: skip
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta = verify_bundle(bundle / "configs", SMALL["network_options"])
     assert meta["data_type"] == "png" and "z-score over all of each case's values" in meta["image_classes"]
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [96, 96]
     readme = (bundle / "docs" / "README.md").read_text()
