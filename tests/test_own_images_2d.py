@@ -245,3 +245,12 @@ def test_2d_review_cases(colour_root, tmp_path):
     Image.fromarray(image).save(tmp_path / "black_0000.png")
     pre = preprocess_case(spec, {"case": "black", "image": str(tmp_path / "black_0000.png")})
     assert (pre["image"][:, :8, :8] < -2).all()  # far below the mean, not 0
+
+    # RGBA images (endoscopy exports) read as RGB, by the numpy path and the MONAI chain alike
+    Image.open(item["image"]).convert("RGBA").save(tmp_path / "rgba_0000.png")
+    rgba = {"case": "rgba", "image": str(tmp_path / "rgba_0000.png"), "label": item["label"]}
+    pre = preprocess_case(spec, rgba)
+    np.testing.assert_allclose(
+        np.asarray(get_preprocess_transforms(spec)(dict(rgba))["image"]), pre["image"], atol=1e-5
+    )
+    np.testing.assert_allclose(pre["image"], preprocess_case(spec, item)["image"], atol=1e-5)

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import ImageReader
+from monai.data import ImageReader, PILReader
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -198,6 +198,13 @@ class SimpleITKVolumeReader(ImageReader):
         return (np.stack(arrays) if len(arrays) > 1 else arrays[0]), meta
 
 
+def _as_rgb_or_grey(image):
+    """PIL image modes as :func:`~pam_monai.data.files.load_png` reads them."""
+    if image.mode in ("RGBA", "P", "CMYK", "YCbCr"):
+        return image.convert("RGB")
+    return image.convert("L") if image.mode == "LA" else image
+
+
 def _volume_reader(spec: DatasetSpec):
     from .files import SITK_SUFFIXES
 
@@ -235,7 +242,14 @@ def get_preprocess_transforms(
     if spec.name == "nnunet":  # own 2-D images: grey files stacked as channels, or one colour file
         return Compose(
             [
-                LoadImaged(keys, image_only=True, reader="PILReader", reverse_indexing=False),
+                # images as load_png reads them (RGBA, palette, CMYK -> RGB; grey + alpha -> grey);
+                # labels as stored (a palette label's indices are its values)
+                LoadImaged(
+                    image_key,
+                    image_only=True,
+                    reader=PILReader(converter=_as_rgb_or_grey, reverse_indexing=False),
+                ),
+                LoadImaged(label_key, image_only=True, reader="PILReader", reverse_indexing=False),
                 EnsureChannelFirstd(image_key),  # the reader's metadata: colour, grey, or grey files stacked
                 EnsureChannelFirstd(label_key, channel_dim="no_channel"),
                 EnsureTyped(keys, dtype=torch.float32, track_meta=True),
