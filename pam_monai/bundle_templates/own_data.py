@@ -142,16 +142,16 @@ def own_data_bundle(
         "spec": "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size)",
         **({} if folder else {"bundle_root": "."}),
     }
+    # evaluation and inference: CT statistics from model.json (those the weights were trained with),
+    # else the embedded ones; check_run refuses weights trained with others
     recorded = (
         "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size, "
-        "intensity=pam_monai.engines.recorded_intensity({ckpt}))"
+        "intensity=pam_monai.engines.recorded_intensity(@ckpt_path))"
     )
     for config, extra in (
         ("train.json", {**embedded, "foreground_label": list(foreground)}),
-        # evaluation and inference: CT statistics from model.json (those the weights were trained
-        # with), else the embedded ones; check_run refuses weights trained with others
-        ("inference.json", {**embedded, "spec": recorded.format(ckpt="@ckpt_path")}),
-        ("evaluate.json", {"spec": recorded.format(ckpt="os.path.join(@ckpt_dir, 'model.pt')")}),
+        ("inference.json", {**embedded, "spec": recorded}),
+        ("evaluate.json", {"spec": recorded}),
     ):
         data = json.loads(files[f"configs/{config}"])
         data.update(extra)

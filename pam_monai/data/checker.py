@@ -28,7 +28,7 @@ from .files import UnreadableFile, load_png, load_volume
 from .layout import Problem, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
-from .preprocess import preprocess_case
+from .preprocess import channels_first_2d, preprocess_case
 from .specs import DatasetSpec, get_spec
 
 __all__ = ["CaseSummary", "CheckReport", "check_dataset", "check_label_values"]
@@ -210,8 +210,8 @@ def _summarise(
     channels = [arrays[name] for name in case.channels]
     if spec.volumetric:
         image = np.stack(channels)
-    else:  # colour files give three channels, grey ones one
-        image = np.concatenate([c[None] if c.ndim == 2 else np.moveaxis(c, -1, 0) for c in channels])
+    else:
+        image = channels_first_2d(channels)
     loaded = {
         "case": case.case,
         "image": image,

@@ -20,6 +20,7 @@ __all__ = [
     "SITK_SUFFIXES",
     "VOLUME_SUFFIXES",
     "UnreadableFile",
+    "as_read_mode",
     "is_nifti",
     "load_nifti",
     "load_png",
@@ -115,28 +116,28 @@ def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0)), _sitk_affine(image)
 
 
-def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """The voxel shape of a volume file (x, y, z), from its header only."""
-    if not str(path).lower().endswith(SITK_SUFFIXES):
-        return tuple(nib.load(os.fspath(path)).shape)
+def _sitk_header(path: str | os.PathLike):
+    """A SimpleITK reader that has read ``path``'s header only (size, spacing, origin, direction)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(os.fspath(path))
     reader.ReadImageInformation()
-    return tuple(int(v) for v in reader.GetSize())
+    return reader
+
+
+def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The voxel shape of a volume file (x, y, z), from its header only."""
+    if not str(path).lower().endswith(SITK_SUFFIXES):
+        return tuple(nib.load(os.fspath(path)).shape)
+    return tuple(int(v) for v in _sitk_header(path).GetSize())
 
 
 def volume_affine(path: str | os.PathLike) -> np.ndarray:
     """The RAS affine of a volume file, from its header only (see :func:`load_volume`)."""
     if not str(path).lower().endswith(SITK_SUFFIXES):
         return np.asarray(nib.load(os.fspath(path)).affine, dtype=np.float64)
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(os.fspath(path))
-    reader.ReadImageInformation()
-    return _sitk_affine(reader)
+    return _sitk_affine(_sitk_header(path))
 
 
 def save_sitk_like(array: np.ndarray, reference: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -144,15 +145,24 @@ def save_sitk_like(array: np.ndarray, reference: str | os.PathLike, path: str | 
     atomically, on the grid of the ``reference`` volume (origin, spacing, direction)."""
     import SimpleITK as sitk
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(os.fspath(reference))
-    reader.ReadImageInformation()
+    reader = _sitk_header(reference)
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
     image.SetOrigin(reader.GetOrigin())
     image.SetSpacing(reader.GetSpacing())
     image.SetDirection(reader.GetDirection())
     with atomic_path(path, suffix=volume_suffix(path)) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")  # PIL modes read as three channels
+
+
+def as_read_mode(image, label: bool = False):
+    """A PIL image in the mode :func:`load_png` gives: RGBA, palette, CMYK and YCbCr images as RGB,
+    grey with alpha as grey; with ``label``, a palette image stays its indices (the label values)."""
+    if image.mode != "RGB" and image.mode in COLOUR_MODES and not (label and image.mode == "P"):
+        return image.convert("RGB")
+    return image.convert("L") if image.mode == "LA" else image
 
 
 def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
@@ -165,11 +175,7 @@ def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
     try:
         with Image.open(os.fspath(path)) as im:
             im.load()
-            if im.mode in ("RGBA", "P", "CMYK", "YCbCr") and not (label and im.mode == "P"):
-                im = im.convert("RGB")
-            elif im.mode == "LA":  # grey with alpha: the grey
-                im = im.convert("L")
-            return np.asarray(im)
+            return np.asarray(as_read_mode(im, label))
     except FileNotFoundError as e:
         raise UnreadableFile(f"file not found ({e.strerror})") from e
     except Exception as e:

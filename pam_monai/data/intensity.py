@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .ops import nonzero_stats
+from .ops import nonzero_stats, zscore_nonzero_
 
 __all__ = [
     "PROPERTIES_KEY",
@@ -158,9 +158,7 @@ def normalize_channels(
     for c, (norm, s) in enumerate(zip(norms, stats)):
         x = out[c]
         if norm.scheme == "zscore":
-            if s is not None:
-                mask = x != 0
-                x[mask] = (x[mask] - np.float32(s[0])) / np.float32(s[1])
+            zscore_nonzero_(x, s)
         elif norm.scheme == "zscore_all":
             x -= np.float32(s[0])
             x /= np.float32(s[1])

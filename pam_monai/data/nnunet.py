@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import COLOUR_MODES
 from .intensity import PROPERTIES_KEY, ChannelNorm, channel_norms, foreground_intensity_properties, scheme_of
 from .layout import CaseFiles, Problem, ScanResult, nothing_found, visible_entries
 from .specs import DATASETS, DatasetSpec
@@ -195,33 +196,49 @@ def _original(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(s if stripped.count(s) > 1 else n for s, n in zip(stripped, names))
 
 
+def _round_up(v: float) -> int:
+    """Up to a multiple of 16 (at least 16)."""
+    return max(CROP_MULTIPLE, -(-round(v) // CROP_MULTIPLE) * CROP_MULTIPLE)
+
+
+def _training_sizes(root, ending: str, size_of, kind: str = "") -> list[tuple[int, int]]:
+    """``(height, width)`` of every readable ``<root>/imagesTr/<case>_0000<ending>`` (``size_of``
+    reads a header; None for a file of another kind). Hidden files (macOS "._" copies) are not
+    images; unreadable ones are the checker's to report, so they are skipped here."""
+    folder = Path(root) / "imagesTr"
+    files = [p for p in visible_entries(folder) if _named(p, 0, ending)]
+    advice = f"python -m pam_monai check --dataset nnunet --root {root}"
+    if not files:
+        raise NoTrainingImages(
+            f"nnunet: {folder}: no training image <case>_0000{ending} to size the crop from; {advice} lists what is there"
+        )
+    sizes = []
+    for f in files:
+        try:
+            size = size_of(f)
+        except Exception:  # noqa: BLE001 - named by the checker
+            continue
+        if size is not None:
+            sizes.append(size)
+    if not sizes:
+        raise NoTrainingImages(
+            f"nnunet: {folder}: no readable {kind}training image <case>_0000{ending} to size the crop from; {advice} "
+            "names the problems"
+        )
+    return sizes
+
+
 def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int, int]:
     """The largest in-plane size among ``<root>/imagesTr/*_0000<ending>`` (headers only), rounded up
     to a multiple of 16."""
     from .files import volume_shape
 
-    # hidden files (macOS "._" copies) are not images; unreadable ones are the checker's to report
-    files = [p for p in visible_entries(Path(root) / "imagesTr") if _named(p, 0, ending)]
-    if not files:
-        raise NoTrainingImages(
-            f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} to size the crop from; "
-            f"python -m pam_monai check --dataset nnunet --root {root} lists what is there"
-        )
-    sizes = []
-    for f in files:
-        try:
-            shape = volume_shape(f)
-        except Exception:  # noqa: BLE001 - the checker names unreadable files; size from the others
-            continue
-        if len(shape) == 3:  # other shapes: the checker's to report too
-            sizes.append(shape[:2])
-    if not sizes:
-        raise NoTrainingImages(
-            f"nnunet: {Path(root) / 'imagesTr'}: no readable 3-D training image <case>_0000{ending} to size "
-            f"the crop from; python -m pam_monai check --dataset nnunet --root {root} names the problems"
-        )
-    up = lambda v: -(-int(v) // CROP_MULTIPLE) * CROP_MULTIPLE  # noqa: E731
-    return up(max(s[0] for s in sizes)), up(max(s[1] for s in sizes))
+    def in_plane(path):
+        shape = volume_shape(path)
+        return shape[:2] if len(shape) == 3 else None  # other shapes: the checker's to report
+
+    sizes = _training_sizes(root, ending, in_plane, kind="3-D ")
+    return _round_up(max(s[0] for s in sizes)), _round_up(max(s[1] for s in sizes))
 
 
 def is_2d(meta: dict) -> bool:
@@ -229,18 +246,7 @@ def is_2d(meta: dict) -> bool:
     return meta["file_ending"].lower() in ENDINGS_2D
 
 
-COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")  # read as three channels (load_png)
 MAX_SIDE_2D = 256  # default resize of 2-D images: the median size, the longer side at most this
-
-
-def _training_images_2d(root, ending: str) -> list[Path]:
-    files = [p for p in visible_entries(Path(root) / "imagesTr") if _named(p, 0, ending)]
-    if not files:
-        raise NoTrainingImages(
-            f"nnunet: {Path(root) / 'imagesTr'}: no training image <case>_0000{ending} to size the images from; "
-            f"python -m pam_monai check --dataset nnunet --root {root} lists what is there"
-        )
-    return files
 
 
 def image_files_2d(root, meta: dict) -> int:
@@ -283,22 +289,14 @@ def default_size_2d(root, ending: str) -> tuple[int, int]:
     (headers only), scaled so that the longer side is at most 256 and rounded up to 16."""
     from PIL import Image
 
-    sizes = []
-    for f in _training_images_2d(root, ending):
-        try:
-            with Image.open(f) as im:
-                sizes.append(im.size[::-1])  # (height, width)
-        except Exception:  # noqa: BLE001 - the checker names unreadable files
-            continue
-    if not sizes:
-        raise NoTrainingImages(
-            f"nnunet: {Path(root) / 'imagesTr'}: no readable training image <case>_0000{ending} to size the images "
-            f"from; python -m pam_monai check --dataset nnunet --root {root} names the problems"
-        )
+    def size(path):
+        with Image.open(path) as im:
+            return im.size[::-1]  # (height, width)
+
+    sizes = _training_sizes(root, ending, size)
     h, w = (float(np.median([s[i] for s in sizes])) for i in (0, 1))
     scale = min(1.0, MAX_SIDE_2D / max(h, w))
-    up = lambda v: max(CROP_MULTIPLE, -(-round(v * scale) // CROP_MULTIPLE) * CROP_MULTIPLE)  # noqa: E731
-    return up(h), up(w)
+    return _round_up(h * scale), _round_up(w * scale)
 
 
 def check_same_data_set(spec: DatasetSpec, root: str | os.PathLike) -> None:
@@ -477,28 +475,32 @@ def nnunet_spec(
 
 
 def _norms(root, meta: dict, intensity: dict | None, statistics: bool, flat: bool = False) -> tuple:
-    if flat:  # 2-D images: the z-score over all pixels (a photograph's black is data, not background)
-        norms = _norms(root, meta, intensity, statistics)
-        return tuple(ChannelNorm("zscore_all") if n.scheme == "zscore" else n for n in norms)
-    if not any(scheme_of(name) == "ct" for name in meta["channels"]):
-        return channel_norms(meta["channels"])
-    if not statistics:  # e.g. a datalist: CT channels named, their statistics not needed
-        return channel_norms(meta["channels"], unknown=True)
-    # where the statistics come from, for the error messages
-    if intensity:
-        properties, where = intensity, "model.json (the statistics the model was trained with)"
-    elif meta["intensity_properties"] is not None or isinstance(root, dict):
-        properties = meta["intensity_properties"]
-        where = "dataset.json (given as a dict)" if isinstance(root, dict) else str(Path(root) / DATASET_JSON)
+    """Each channel's :class:`ChannelNorm` (CT statistics: see :func:`_ct_properties`); 2-D images
+    take the z-score over all pixels (a photograph's black is data, not background)."""
+    if not statistics or not any(scheme_of(name) == "ct" for name in meta["channels"]):
+        # no CT channel, or a spec for listing cases (a datalist): no statistics needed
+        norms = channel_norms(meta["channels"], unknown=True)
     else:
-        properties = intensity_properties(root, meta)
-        fingerprint = Path(root) / FINGERPRINT_JSON
-        where = (
-            str(fingerprint)
-            if fingerprint.is_file()
-            else f"the statistics computed from {Path(root) / 'labelsTr'}"
-        )
-    return channel_norms(meta["channels"], properties, where=where)
+        norms = channel_norms(meta["channels"], *_ct_properties(root, meta, intensity))
+    return tuple(ChannelNorm("zscore_all") if flat and n.scheme == "zscore" else n for n in norms)
+
+
+def _ct_properties(root, meta: dict, intensity: dict | None) -> tuple[dict | None, str]:
+    """The CT statistics and where they come from (for error messages): a trained model's, the
+    dataset.json's own, nnU-Net's fingerprint, or computed from the training cases."""
+    if intensity:
+        return intensity, "model.json (the statistics the model was trained with)"
+    if meta["intensity_properties"] is not None or isinstance(root, dict):
+        where = "dataset.json (given as a dict)" if isinstance(root, dict) else str(Path(root) / DATASET_JSON)
+        return meta["intensity_properties"], where
+    properties = intensity_properties(root, meta)
+    fingerprint = Path(root) / FINGERPRINT_JSON
+    where = (
+        str(fingerprint)
+        if fingerprint.is_file()
+        else f"the statistics computed from {Path(root) / 'labelsTr'}"
+    )
+    return properties, where
 
 
 def scan(

@@ -31,6 +31,7 @@ __all__ = [
     "random_flip_batch",
     "resize_2d",
     "uncrop_center",
+    "zscore_nonzero_",
 ]
 
 
@@ -55,12 +56,16 @@ def normalize_nonzero(
     """
     out = np.asarray(image, dtype=np.float32).copy()
     for c in range(out.shape[0]):
-        s = nonzero_stats(image[c]) if stats is None else stats[c]
-        if s is None:
-            continue
-        mask = out[c] != 0
-        out[c][mask] = (out[c][mask] - np.float32(s[0])) / np.float32(s[1])
+        zscore_nonzero_(out[c], nonzero_stats(image[c]) if stats is None else stats[c])
     return out
+
+
+def zscore_nonzero_(channel: np.ndarray, stats: tuple[float, float] | None) -> None:
+    """In place on one float32 channel: ``(x - mean) / std`` where ``x != 0`` (None: unchanged)."""
+    if stats is None:
+        return
+    mask = channel != 0
+    channel[mask] = (channel[mask] - np.float32(stats[0])) / np.float32(stats[1])
 
 
 def center_offsets(size: int, target: int) -> tuple[int, int, int]:

@@ -100,19 +100,24 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
     }
 
 
+def channels_first_2d(arrays) -> np.ndarray:
+    """``C x H x W`` from a case's 2-D images as read (``H x W`` grey: one channel, ``H x W x 3``
+    colour: three), in file order."""
+    return np.concatenate([a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0) for a in arrays])
+
+
 def _load_images_2d(spec: DatasetSpec, case: str, image) -> np.ndarray:
     """``C x H x W`` from a case's 2-D image files (a grey file is one channel, a colour one three)."""
     paths = image if isinstance(image, (list, tuple)) else [image]
     arrays = []
     for path in paths:
         data = load_png(path)
-        data = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
-        if arrays and data.shape[1:] != arrays[0].shape[1:]:
+        if arrays and data.shape[:2] != arrays[0].shape[:2]:
             raise ValueError(
-                f"{case}: {os.path.basename(path)}: size {data.shape[1:]} differs from {arrays[0].shape[1:]}"
+                f"{case}: {os.path.basename(path)}: size {data.shape[:2]} differs from {arrays[0].shape[:2]}"
             )
         arrays.append(data)
-    image = np.concatenate(arrays)
+    image = channels_first_2d(arrays)
     if image.shape[0] != spec.in_channels:
         raise ValueError(
             f"{case}: {', '.join(os.path.basename(p) for p in paths)}: {image.shape[0]} channel(s), but the data set "

@@ -44,6 +44,7 @@ from monai.transforms import (
 )
 from monai.utils import MetaKeys, SpaceKeys, convert_to_tensor, ensure_tuple
 
+from .files import as_read_mode
 from .intensity import ChannelNorm
 from .specs import DatasetSpec, get_spec
 
@@ -198,13 +199,6 @@ class SimpleITKVolumeReader(ImageReader):
         return (np.stack(arrays) if len(arrays) > 1 else arrays[0]), meta
 
 
-def _as_rgb_or_grey(image):
-    """PIL image modes as :func:`~pam_monai.data.files.load_png` reads them."""
-    if image.mode in ("RGBA", "P", "CMYK", "YCbCr"):
-        return image.convert("RGB")
-    return image.convert("L") if image.mode == "LA" else image
-
-
 def _volume_reader(spec: DatasetSpec):
     from .files import SITK_SUFFIXES
 
@@ -247,7 +241,7 @@ def get_preprocess_transforms(
                 LoadImaged(
                     image_key,
                     image_only=True,
-                    reader=PILReader(converter=_as_rgb_or_grey, reverse_indexing=False),
+                    reader=PILReader(converter=as_read_mode, reverse_indexing=False),
                 ),
                 LoadImaged(label_key, image_only=True, reader="PILReader", reverse_indexing=False),
                 EnsureChannelFirstd(image_key),  # the reader's metadata: colour, grey, or grey files stacked

@@ -69,10 +69,10 @@ def inference_spec(task, dataset_dir=None, crop_size=None, ckpt_path=None):
         return get_spec(task, root=dataset_dir, crop_size=crop_size)
     from ..data.nnunet import nnunet_spec
 
-    record = (read_run_record(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None) or {}
+    record = _record(ckpt_path)
     crop = crop_size if crop_size is not None else record.get("crop_size")
     # CT channels: the statistics the model was trained with, not those of the data at hand
-    intensity = recorded_intensity(ckpt_path)
+    intensity = _intensity(record)
     if dataset_dir and (Path(dataset_dir) / "dataset.json").is_file():
         return nnunet_spec(dataset_dir, crop_size=crop, intensity=intensity)
     if record.get("dataset_json") and crop is not None:
@@ -82,9 +82,16 @@ def inference_spec(task, dataset_dir=None, crop_size=None, ckpt_path=None):
 
 def recorded_intensity(ckpt_path) -> dict | None:
     """The CT channels' statistics a model was trained with (its ``model.json``), or None."""
+    return _intensity(_record(ckpt_path))
+
+
+def _record(ckpt_path) -> dict:
+    return (read_run_record(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None) or {}
+
+
+def _intensity(record: dict) -> dict | None:
     from ..data.intensity import PROPERTIES_KEY
 
-    record = (read_run_record(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None) or {}
     return (record.get("dataset_json") or {}).get(PROPERTIES_KEY)
 
 
@@ -256,7 +263,7 @@ class CasePredictor:
         # validate everything first: no output at all unless every case is usable
         for item in self.items:
             self.output_path(str(item.get("case", "")), _first(item))
-        loaded, problems = [], []
+        usable, problems = [], []
         for item in self.items:
             try:
                 case = load_case(self.spec, item)
@@ -276,16 +283,15 @@ class CasePredictor:
                         case["case"], size, *crop, *crop,
                     )  # fmt: skip
             problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
-            loaded.append(item)  # read again below: memory stays one case, however many there are
+            usable.append(item)  # read again below: memory stays one case, however many there are
         if problems:
             raise ValueError(
                 f"{self.spec.name}: refusing to infer; fix these inputs first:\n" + "\n".join(problems)
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for item in tqdm(loaded, desc=f"{self.spec.name}: inference", unit="case"):
-            case = load_case(self.spec, item)
-            case["files"] = [_first(item)]
+        for item in tqdm(usable, desc=f"{self.spec.name}: inference", unit="case"):
+            case, source = load_case(self.spec, item), _first(item)
             pre = preprocess_case(self.spec, case)
             image = torch.from_numpy(np.ascontiguousarray(pre["image"], dtype=np.float32))[None].to(
                 self.device
@@ -294,11 +300,11 @@ class CasePredictor:
                 logits = self.inferer(image, network)
             mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
             mask = restore_prediction(self.spec, mask, case["original_shape"])
-            path = self.output_path(case["case"], case["files"][0])
+            path = self.output_path(case["case"], source)
             if self.spec.volumetric and volume_suffix(path) in SITK_SUFFIXES:
-                save_sitk_like(mask, case["files"][0], path)
+                save_sitk_like(mask, source, path)
             elif self.spec.volumetric:
-                _save_nifti(mask, case["affine"], path, reference=case["files"][0])
+                _save_nifti(mask, case["affine"], path, reference=source)
             elif self.spec.name == "nnunet":  # own 2-D images: 0 / 1, as a label map
                 _save_png((mask > 0).astype(np.uint8), path)
             else:
