@@ -125,10 +125,6 @@ def test_without_channel_files_the_check_still_reports_what_it_sees(own_root, tm
             {"file_ending": ".jpg"},
             "file_ending '.jpg' is not supported; volumes: .nii.gz, .nii, .mha, .nrrd; 2-D images: .png, .bmp, .tif",
         ),
-        (
-            {"labels": {"background": 0, "lesion": 1, "ignore": 2}},
-            "the 'ignore' label (nnU-Net's unannotated voxels) is not supported",
-        ),
     ],
 )
 def test_dataset_json_mistakes_are_named(own_root, tmp_path, change, message):

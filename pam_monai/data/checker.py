@@ -43,6 +43,8 @@ class CaseSummary:
     foreground: int | None = None  # foreground voxels at full resolution
     foreground_slices: int | None = None  # axial slices with foreground (CityScapes: 1 or 0)
     foreground_kept: int | None = None  # foreground voxels after the crop / resize
+    unannotated: int | None = None  # voxels of the 'ignore' label (own data with sparse annotations)
+    voxels: int | None = None  # voxels of the label map
     ok: bool = True
 
     @property
@@ -113,6 +115,13 @@ class CheckReport:
         ]
         lines.insert(1, "-" * len(lines[0]))
         lines += self.normalization
+        sparse = [c for c in self.cases if c.unannotated is not None]
+        if sparse:
+            share = sum(c.unannotated for c in sparse) / max(sum(c.voxels for c in sparse), 1)
+            lines.append(
+                f"sparse annotations: {share:.1%} of the label voxels are unannotated ('ignore'); the loss and the "
+                "metrics leave them out"
+            )
         lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"ERROR {p}" for p in self.problems]
         failed = sum(not c.ok for c in self.cases)
@@ -227,9 +236,18 @@ def _summarise(
         summary.foreground_kept = int(crop_or_pad_center(fg, (*spec.spatial_size, -1)).sum())
     else:
         summary.foreground_slices = int(fg.any())
-        summary.foreground_kept = int(pre["label"].sum())
+        summary.foreground_kept = int((pre["label"] == 1).sum())  # IGNORE (unannotated) is not foreground
+    if spec.ignore_label is not None:
+        summary.unannotated, summary.voxels = int((label == spec.ignore_label).sum()), int(label.size)
     warnings = []
-    if summary.foreground == 0:
+    if spec.ignore_label is not None and summary.unannotated == summary.voxels:
+        warnings.append(
+            (
+                case.label.name,
+                f"no annotated voxel (all 'ignore', {spec.ignore_label}): not trained on, not scored",
+            )
+        )
+    elif summary.foreground == 0:
         warnings.append((case.label.name, "no foreground (label " + ",".join(map(str, fg_labels)) + ")"))
     elif spec.name == "nnunet" and not spec.volumetric and summary.foreground_kept == 0:
         h, w = spec.spatial_size

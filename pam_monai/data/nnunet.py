@@ -29,8 +29,13 @@ array axis, as for BRATS. The in-plane crop defaults to the largest in-plane siz
 training images rounded up to a multiple of 16, so training only pads and never cuts foreground;
 ``crop_size`` sets another. Inference pads smaller volumes and centre-crops larger ones with a
 warning (their rim is background, as evaluation scores them). nnU-Net v1 files (``modality``,
-labels keyed by number) are read too; the ``ignore`` label (unannotated voxels) is refused, as the
-loss and the metrics would count them; an MSD task (4-D images) is named, see :mod:`.msd`.
+labels keyed by number) are read too; an MSD task (4-D images) is named, see :mod:`.msd`.
+
+Sparse annotations: nnU-Net's ``"ignore"`` label (the highest label value) marks unannotated voxels.
+They are neither foreground nor background: the loss and every metric leave them out (the binary
+target holds :data:`~.ops.IGNORE` there), slices without an annotated voxel are not trained on, and
+metrics are computed over the annotated voxels only (a prediction inside the unannotated region is
+neither a false positive nor a true one).
 
 Channel names choose the intensity normalisation as in nnU-Net (:mod:`.intensity`): ``"CT"``
 channels are clipped and standardised with the training set's foreground statistics (nnU-Net's
@@ -142,11 +147,14 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         table.append((str(name), tuple(values)))
     if dict(table).get("background") != (0,):
         raise ValueError(f"{path}: 'labels' must have \"background\": 0")
-    if "ignore" in dict(table):
-        raise ValueError(
-            f"{path}: the 'ignore' label (nnU-Net's unannotated voxels) is not supported: the Dice loss and every "
-            "metric would count those voxels; annotate them, or give them the background value"
-        )
+    ignore = dict(table).get("ignore")
+    if ignore is not None:  # nnU-Net v2's rules for unannotated voxels
+        others = {v for n, vs in table if n != "ignore" for v in vs}
+        if len(ignore) != 1 or ignore[0] == 0 or ignore[0] in others or ignore[0] < max(others):
+            raise ValueError(
+                f"{path}: 'ignore' must be one value, the highest label value and in no other label or region "
+                f"(as nnU-Net requires), got {list(ignore)} beside {sorted(others)}"
+            )
     ending = str(meta.get("file_ending", ".nii.gz"))
     ending = ending if ending.startswith(".") else f".{ending}"  # "nii.gz" is NIfTI too
     if ending.lower() not in ENDINGS + ENDINGS_2D:
@@ -167,6 +175,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         "file_ending": ending,
         "intensity_properties": properties,
         "image_files": image_files,
+        "ignore": ignore[0] if ignore else None,
     }
 
 
@@ -319,7 +328,9 @@ def label_title(label_names, foreground: Sequence[int]) -> str:
     """Words for a target: the name of the label or region that is exactly ``foreground``, else the
     names of its single labels."""
     exact = [n for n, v in label_names if tuple(sorted(v)) == tuple(foreground)]
-    singles = [n for n, v in label_names if len(v) == 1 and v[0] in foreground and n != "background"]
+    singles = [
+        n for n, v in label_names if len(v) == 1 and v[0] in foreground and n not in ("background", "ignore")
+    ]
     return exact[0] if exact else ", ".join(singles) or "foreground"
 
 
@@ -435,7 +446,7 @@ def nnunet_spec(
     meta = read_dataset_json(root)
     labels = meta["labels"]
     values = tuple(sorted({v for _, vs in labels for v in vs}))
-    foreground = tuple(v for v in values if v != 0)
+    foreground = tuple(v for v in values if v not in (0, meta["ignore"]))
     if not foreground:
         raise ValueError(
             f"nnunet: {'dataset.json (given as a dict)' if isinstance(root, dict) else Path(root) / DATASET_JSON}: "
@@ -470,6 +481,7 @@ def nnunet_spec(
         normalization=_norms(root, meta, intensity, statistics, flat),
         image_files=image_files_2d(root, meta) if flat else 0,
         file_ending=meta["file_ending"],
+        ignore_label=meta["ignore"],
     )
     return spec.with_crop(crop)
 

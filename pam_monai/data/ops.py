@@ -11,7 +11,7 @@ and on collated batches for flips. :mod:`.transforms` offers the same steps as M
   ``n // 2 - size // 2``; padding ``(size - n) // 2`` before, the rest after).
 - :func:`resize_2d`: ``torch.nn.functional.interpolate`` on a ``C x H x W`` array, as MONAI's
   ``Resize`` does (CityScapes: ``area`` for images, ``nearest-exact`` for labels).
-- :func:`binarize`: uint8 foreground mask.
+- :func:`binarize`: uint8 foreground mask (``IGNORE`` where the label is unannotated).
 - :func:`random_flip_batch`: per-sample random flips of a collated batch, on any device.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "IGNORE",
     "binarize",
     "center_offsets",
     "crop_or_pad_center",
@@ -134,9 +135,19 @@ def resize_2d(array: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray
     return torch.nn.functional.interpolate(t, size=tuple(size), mode=mode, **kwargs)[0].numpy()
 
 
-def binarize(label: np.ndarray, foreground: Sequence[int]) -> np.ndarray:
-    """uint8 mask: 1 where ``label`` is one of ``foreground``."""
-    return np.isin(label, np.asarray(foreground)).astype(np.uint8)
+# The binary target's value for unannotated voxels (nnU-Net's "ignore" label). It is above 1 on
+# purpose: code that forgets it counts those voxels as foreground, which tests see at once,
+# instead of quietly calling them background.
+IGNORE = 2
+
+
+def binarize(label: np.ndarray, foreground: Sequence[int], ignore: int | None = None) -> np.ndarray:
+    """uint8 mask: 1 where ``label`` is one of ``foreground``, :data:`IGNORE` where it is the
+    ``ignore`` label value (unannotated voxels, which the loss and the metrics leave out), else 0."""
+    out = np.isin(label, np.asarray(foreground)).astype(np.uint8)
+    if ignore is not None:
+        out[np.asarray(label) == ignore] = IGNORE
+    return out
 
 
 def random_flip_batch(

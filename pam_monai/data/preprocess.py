@@ -144,7 +144,8 @@ def preprocess_case(
     ``nearest-exact``).
 
     Returns ``image`` float32 (``C x h x w x D`` or ``C x h x w``), ``label`` float32 in {0, 1}
-    with one channel (None without a label), and ``affine``, ``original_shape``, ``case`` and
+    with one channel (:data:`~.ops.IGNORE` on unannotated voxels of a set with an ``ignore``
+    label; None without a label), and ``affine``, ``original_shape``, ``case`` and
     ``foreground_labels`` for the way back (:func:`restore_prediction`).
     """
     spec = get_spec(dataset)
@@ -161,8 +162,10 @@ def preprocess_case(
         stats = volume_stats(image, spec.channel_norms)
         cropped = crop_or_pad_center(image, (*inside, -1))
         image = crop_or_pad_center(normalize_channels(cropped, spec.channel_norms, stats), size)
-        if label is not None:
-            label = binarize(crop_or_pad_center(label, size), fg)[None].astype(np.float32)
+        if label is not None:  # padding is not annotated where the data set marks unannotated voxels
+            label = binarize(crop_or_pad_center(label, size, spec.ignore_label or 0), fg, spec.ignore_label)[
+                None
+            ].astype(np.float32)
     else:
         if spec.normalization:  # own 2-D images: each channel as its name says
             image = normalize_channels(image, spec.channel_norms)
@@ -172,9 +175,9 @@ def preprocess_case(
         smaller = spec.name == "nnunet" and any(n < s for n, s in zip(image.shape[1:], spec.spatial_size))
         image = resize_2d(image, spec.spatial_size, "bilinear" if smaller else "area")
         if label is not None:
-            label = binarize(resize_2d(label[None], spec.spatial_size, "nearest-exact"), fg).astype(
-                np.float32
-            )
+            label = binarize(
+                resize_2d(label[None], spec.spatial_size, "nearest-exact"), fg, spec.ignore_label
+            ).astype(np.float32)
     return {
         "case": case["case"],
         "image": image,

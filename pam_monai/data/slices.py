@@ -12,6 +12,7 @@ OS page cache instead of recomputing or copying them. Without it they stay in me
 
 Which slices: every slice with foreground plus a seeded ``keep_background_fraction`` of the
 others, drawn per case (the authors kept all enhancing-tumour slices and half of the rest).
+Slices without an annotated voxel (own data with an ``ignore`` label) teach nothing and are left out.
 :meth:`SliceDataset.resample` draws another background subset, e.g. per epoch.
 CityScapes frames are single-slice "volumes"; all of them are kept.
 """
@@ -32,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from .files import save_atomic_npy
+from .ops import IGNORE
 from .preprocess import preprocess_case
 from .specs import DatasetSpec, get_spec
 
@@ -50,7 +52,7 @@ def _item_files(item: dict) -> list[str]:
 
 class SliceDataset(torch.utils.data.Dataset):
     """Axial 2-D slices (or CityScapes frames) as ``{"image": C x H x W float32, "label":
-    1 x H x W float32 in {0, 1}}`` tensors in the paper's shapes (BRATS 4 x 160 x 160, ISLES
+    1 x H x W float32 in {0, 1} (and ``IGNORE`` on unannotated voxels)}`` tensors in the paper's shapes (BRATS 4 x 160 x 160, ISLES
     4 x 224 x 224, CityScapes 3 x 128 x 256).
 
     Args:
@@ -113,6 +115,13 @@ class SliceDataset(torch.utils.data.Dataset):
         self._images = [v[0] for v in volumes]
         self._labels = [v[1] for v in volumes]
         self.foreground_per_slice = [np.asarray(v[2]) for v in volumes]
+        # slices with an annotated voxel (all, unless the data set marks unannotated voxels)
+        self.annotated_per_slice = [
+            np.ones(len(fg), bool)
+            if self.spec.ignore_label is None
+            else (np.asarray(lab).reshape(len(fg), -1) != IGNORE).any(1)
+            for lab, fg in zip(self._labels, self.foreground_per_slice)
+        ]
         self._check_foreground()
         self.resample(seed)
 
@@ -167,6 +176,8 @@ class SliceDataset(torch.utils.data.Dataset):
             "size": list(self.spec.spatial_size),
             "dtype": self.cache_dtype.str,
         }
+        if self.spec.ignore_label is not None:  # (absent otherwise: earlier caches stay valid)
+            key["ignore"] = self.spec.ignore_label
         if self.spec.normalization:  # own data's schemes and CT statistics (absent: the z-score)
             key["normalization"] = [list(n) for n in self.spec.normalization]
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
@@ -187,7 +198,7 @@ class SliceDataset(torch.utils.data.Dataset):
             image, label = image[None], label[None]
         image = np.ascontiguousarray(image, dtype=self.cache_dtype)
         label = np.ascontiguousarray(label, dtype=np.uint8)
-        fg = label.reshape(label.shape[0], -1).sum(1, dtype=np.int64)
+        fg = (label.reshape(label.shape[0], -1) == 1).sum(1, dtype=np.int64)  # IGNORE is not foreground
         if paths is None:
             return image, label, fg
         for part, array in zip(_PARTS, (image, label, fg)):
@@ -215,10 +226,12 @@ class SliceDataset(torch.utils.data.Dataset):
         not change the slices of the others)."""
         self.seed = int(seed)
         index = []
-        for v, (case, fg) in enumerate(zip(self.cases, self.foreground_per_slice)):
-            keep = np.arange(len(fg))
+        for v, (case, fg, annotated) in enumerate(
+            zip(self.cases, self.foreground_per_slice, self.annotated_per_slice)
+        ):
+            keep = np.flatnonzero(annotated)
             if self.spec.volumetric and self.keep_background_fraction < 1.0:
-                background = np.flatnonzero(fg == 0)
+                background = np.flatnonzero((fg == 0) & annotated)
                 rng = np.random.default_rng([self.seed, zlib.crc32(case.encode())])
                 n_keep = int(np.floor(self.keep_background_fraction * len(background) + 0.5))  # half up
                 chosen = rng.choice(background, size=n_keep, replace=False)
@@ -252,6 +265,7 @@ class SliceDataset(torch.utils.data.Dataset):
             "cases": len(self.cases),
             "slices": int(sum(len(f) for f in self.foreground_per_slice)),
             "foreground_slices": int(sum(int((f > 0).sum()) for f in self.foreground_per_slice)),
+            "unannotated_slices": int(sum(int((~a).sum()) for a in self.annotated_per_slice)),
             "samples": len(self),
             "cache_bytes": self.cache_bytes,
         }

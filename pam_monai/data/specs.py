@@ -55,6 +55,9 @@ class DatasetSpec:
         image_files: image files per case (own 2-D images: 1 when one RGB file holds the three
             channels); 0: one file per channel (CityScapes: its single RGB file, by its reader).
         file_ending: own data's image file type (``.nii.gz``, ``.png``, ...); empty for the paper's.
+        ignore_label: the label value of unannotated voxels (own data: nnU-Net's ``"ignore"``
+            label); the binary target marks them :data:`~.ops.IGNORE` and the loss and the
+            metrics leave them out. None: every voxel is annotated.
     """
 
     name: str
@@ -77,6 +80,7 @@ class DatasetSpec:
     normalization: tuple[ChannelNorm, ...] = ()
     image_files: int = 0
     file_ending: str = ""
+    ignore_label: int | None = None
 
     @property
     def in_channels(self) -> int:
@@ -122,6 +126,11 @@ class DatasetSpec:
             raise ValueError(f"{self.name}: foreground {fg} not among its label values {self.label_values}")
         if 0 in fg and self.label_names:
             raise ValueError(f"{self.name}: label 0 is the background, it cannot be the foreground")
+        if self.ignore_label is not None and self.ignore_label in fg:
+            raise ValueError(
+                f"{self.name}: label {self.ignore_label} is the 'ignore' label (unannotated voxels), it cannot be the "
+                "foreground"
+            )
         return fg, self.label_values
 
     def _label_values_of(self, foreground_label) -> tuple[int, ...]:

@@ -8,7 +8,8 @@
 - :class:`CenterCropOrPadd`: ``ResizeWithPadOrCrop`` on the first ``len(roi_size)`` spatial axes
   only (other spatial axes, e.g. the axial one of a volume, keep their size), so one config works
   for 2-D slices and 3-D volumes.
-- :class:`BinarizeLabeld`: float32 ``1`` where the label is one of ``foreground``, else ``0``.
+- :class:`BinarizeLabeld`: float32 ``1`` where the label is one of ``foreground``, ``IGNORE`` (2) where
+  it is the ``ignore`` label (unannotated), else ``0``.
 - Random horizontal flips: MONAI's ``RandFlipd(prob=0.5, spatial_axis=...)`` per sample, or
   :func:`~pam_monai.data.ops.random_flip_batch` on collated batches (any device).
 
@@ -46,6 +47,7 @@ from monai.utils import MetaKeys, SpaceKeys, convert_to_tensor, ensure_tuple
 
 from .files import as_read_mode
 from .intensity import ChannelNorm
+from .ops import IGNORE
 from .specs import DatasetSpec, get_spec
 
 __all__ = [
@@ -131,7 +133,8 @@ class ResizeImaged(MapTransform):
 
 
 class CenterCropOrPadd(MapTransform):
-    """Centre crop (or zero-pad when smaller) the first ``len(roi_size)`` spatial axes.
+    """Centre crop (or pad with ``pad_value``, default 0, when smaller) the first ``len(roi_size)``
+    spatial axes.
 
     Wraps MONAI's ``ResizeWithPadOrCrop``; spatial axes beyond ``roi_size`` keep their size, so
     ``roi_size=(160, 160)`` crops a ``C x 240 x 240`` slice and a ``C x 240 x 240 x 155`` volume
@@ -139,36 +142,51 @@ class CenterCropOrPadd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, roi_size: Sequence[int], allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        roi_size: Sequence[int],
+        pad_value: float = 0,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.roi_size = tuple(int(s) for s in roi_size)
+        self.pad_value = pad_value
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             extra = d[key].ndim - 1 - len(self.roi_size)
-            d[key] = ResizeWithPadOrCrop(spatial_size=(*self.roi_size, *([-1] * extra)))(d[key])
+            size = (*self.roi_size, *([-1] * extra))
+            d[key] = ResizeWithPadOrCrop(spatial_size=size, value=self.pad_value)(d[key])
         return d
 
 
 class BinarizeLabeld(MapTransform):
     """Binary float32 target: 1 where the label is one of ``foreground`` (e.g. ``(4,)`` for the
     BRATS 2018 enhancing tumour, ``(3,)`` from BraTS 2021, ``range(26, 34)`` for CityScapes
-    vehicles), 0 elsewhere."""
+    vehicles), :data:`~pam_monai.data.ops.IGNORE` where it is ``ignore`` (unannotated voxels of
+    own data), 0 elsewhere."""
 
     def __init__(
-        self, keys: KeysCollection, foreground: int | Sequence[int], allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        foreground: int | Sequence[int],
+        ignore: int | None = None,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.foreground = tuple(int(v) for v in np.atleast_1d(np.asarray(foreground)))
+        self.ignore = ignore
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             label = convert_to_tensor(d[key])
             fg = torch.as_tensor(self.foreground, dtype=label.dtype, device=label.device)
-            d[key] = torch.isin(label, fg).to(torch.float32)
+            out = torch.isin(label, fg).to(torch.float32)
+            if self.ignore is not None:
+                out = out.masked_fill(label == self.ignore, float(IGNORE))
+            d[key] = out
         return d
 
 
@@ -229,8 +247,10 @@ def get_preprocess_transforms(
                 NormalizeChannelsd(image_key, spec.normalization)
                 if spec.normalization
                 else NormalizeNonZerod(image_key),
-                CenterCropOrPadd(keys, roi_size=spec.spatial_size),
-                BinarizeLabeld(label_key, foreground=fg),
+                CenterCropOrPadd(image_key, roi_size=spec.spatial_size),
+                # padding is not annotated: the ignore label's value where the data set has one
+                CenterCropOrPadd(label_key, roi_size=spec.spatial_size, pad_value=spec.ignore_label or 0),
+                BinarizeLabeld(label_key, foreground=fg, ignore=spec.ignore_label),
             ]
         )
     if spec.name == "nnunet":  # own 2-D images: grey files stacked as channels, or one colour file
@@ -250,7 +270,7 @@ def get_preprocess_transforms(
                 NormalizeChannelsd(image_key, spec.channel_norms),
                 ResizeImaged(image_key, spatial_size=spec.spatial_size),
                 Resized(label_key, spatial_size=spec.spatial_size, mode="nearest-exact"),
-                BinarizeLabeld(label_key, foreground=fg),
+                BinarizeLabeld(label_key, foreground=fg, ignore=spec.ignore_label),
             ]
         )
     return Compose(
@@ -262,7 +282,7 @@ def get_preprocess_transforms(
             ScaleIntensityRanged(image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
             Resized(image_key, spatial_size=spec.spatial_size, mode="area"),
             Resized(label_key, spatial_size=spec.spatial_size, mode="nearest-exact"),
-            BinarizeLabeld(label_key, foreground=fg),
+            BinarizeLabeld(label_key, foreground=fg, ignore=spec.ignore_label),
         ]
     )
 

@@ -131,7 +131,7 @@ def on_case_grid(
     if label_full is None:
         return pred, label
     full = np.asarray(label_full.cpu() if isinstance(label_full, torch.Tensor) else label_full)
-    full = full.reshape(full.shape[-pred.ndim :]) > 0
+    full = full.reshape(full.shape[-pred.ndim :])  # 0/1, and IGNORE on unannotated voxels
     if restore == "resize":
         back = resize_2d(np.asarray(pred, dtype=np.float32)[None], full.shape, "nearest-exact")[0]
         return (back > 0.5).astype(pred.dtype), full
@@ -209,7 +209,7 @@ class CaseDataset(torch.utils.data.Dataset):
             if (self.spec.volumetric or resized) and tuple(loaded["label"].shape) != tuple(
                 case["label"].shape[1:]
             ):
-                full = binarize(loaded["label"], case["foreground_labels"])
+                full = binarize(loaded["label"], case["foreground_labels"], self.spec.ignore_label)
                 out["label_full"] = torch.from_numpy(full[None])
                 out["restore"] = "resize" if resized else "crop"
         if self._cache is not None:

@@ -13,14 +13,28 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..atomic import atomic_write_text
-from ..metrics import case_metrics, summarize
+from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
 
-__all__ = ["CaseMetrics", "NonFiniteLossGuard"]
+__all__ = ["CaseMetrics", "NonFiniteLossGuard", "score_case"]
 
 log = logging.getLogger("pam_monai")
 
 METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
+
+
+def score_case(
+    pred, label, label_full=None, restore: str = "crop", spacing=None, empty_value: float | None = None
+) -> dict:
+    """:func:`pam_monai.metrics.case_metrics` of a prediction on the case's own grid
+    (:func:`~pam_monai.engines.data.on_case_grid`), over its annotated voxels when the label marks
+    unannotated ones (:func:`pam_monai.metrics.split_ignored`); None for a case without any
+    annotated voxel (nothing to score)."""
+    pred, label = on_case_grid(pred, label, label_full, restore)
+    target, annotated = split_ignored(label)
+    if annotated is not None and not annotated.any():
+        return None
+    return case_metrics(pred, target, spacing=spacing, empty_value=empty_value, annotated=annotated)
 
 
 class CaseMetrics:
@@ -29,7 +43,8 @@ class CaseMetrics:
     On every iteration it reads the binarised ``pred`` and the ``label`` of each case of the batch
     (and the case's ``spacing``; with a ``label_full`` in the batch, see
     :class:`~pam_monai.engines.CaseDataset`, the prediction is put back into the case's own grid,
-    zeros outside the crop, and scored against that label), computes :func:`pam_monai.metrics.case_metrics`, and at the end
+    zeros outside the crop, and scored against that label), computes :func:`pam_monai.metrics.case_metrics`
+    (over the annotated voxels only, where the label marks unannotated ones), and at the end
     of the run puts the means into ``engine.state.metrics`` as ``<prefix>iou``, ``<prefix>hd95``,
     ... (so checkpoint savers and stats handlers see them) and, with ``output_dir``, writes
     ``metrics.csv`` (one row per case) and ``summary.json`` (mean, std, median, counts of empty
@@ -69,14 +84,18 @@ class CaseMetrics:
             label = _numpy(item["label"])
             if pred.shape[0] == 1:  # one channel: the binary mask
                 pred, label = pred[0], label[0]
-            pred, label = on_case_grid(pred, label, meta.get("label_full"), meta.get("restore", "crop"))
             spacing = meta.get("spacing")
             spacing = (
                 None if spacing is None else tuple(float(s) for s in _numpy(spacing).ravel()[: pred.ndim])
             )
             case = str(meta.get("case", len(self.rows)))
-            row = {"case": case, **case_metrics(pred, label, spacing=spacing, empty_value=self.empty_value)}
-            self.rows.append(row)
+            scores = score_case(
+                pred, label, meta.get("label_full"), meta.get("restore", "crop"), spacing, self.empty_value
+            )
+            if scores is None:
+                log.warning("%s: no annotated voxel (all 'ignore'): not scored", case)
+                continue
+            self.rows.append({"case": case, **scores})
 
     def _complete(self, engine: Engine) -> None:
         if not self.rows:

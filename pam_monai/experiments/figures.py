@@ -288,7 +288,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     import torch
 
     from ..engines import CaseDataset
-    from ..metrics import case_metrics
+    from ..metrics import case_metrics, split_ignored
     from .predict import attention_map, load_network, predict_case
 
     written: list[Path] = []
@@ -314,7 +314,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
             raise ValueError(f"figure_cases {unknown} are not test cases of fold {fold}: {sorted(by_case)}")
         chosen = list(cases)
     else:
-        fg = {c: float(ds[i]["label"].sum()) for c, i in by_case.items() if "label" in ds[i]}
+        fg = {c: float((ds[i]["label"] == 1).sum()) for c, i in by_case.items() if "label" in ds[i]}
         chosen = [c for c in sorted(fg, key=lambda c: -fg[c]) if fg[c] > 0][:2] or sorted(fg)[:1]
 
     def best_slice(label: np.ndarray) -> int | None:
@@ -336,13 +336,14 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     for case in chosen:
         sample = ds[by_case[case]]
         image = sample["image"].numpy()
-        label = sample["label"][0].numpy() > 0.5
+        label, annotated = split_ignored(sample["label"][0].numpy())  # sparse annotations: their voxels only
+        label = label > 0.5
         k = best_slice(label)
         spacing = tuple(float(s) for s in sample["spacing"])
         preds, ious = {}, {}
         for lab, net in nets.items():
             pred = predict_case(net, sample["image"], ctx.slice_batch_size, ctx.device)
-            ious[lab] = case_metrics(pred, label, spacing=spacing)["iou"]
+            ious[lab] = case_metrics(pred, label, spacing=spacing, annotated=annotated)["iou"]
             preds[lab] = take(pred, k)
         rows.append(
             {

@@ -11,6 +11,7 @@ on the network's grid; ``case_iou`` puts it back into the case's own grid, where
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +20,12 @@ import numpy as np
 import torch
 
 from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, foreground_mask, load_checkpoint
-from ..engines.data import on_case_grid
-from ..metrics import case_metrics
+from ..engines.handlers import score_case
+from ..metrics import split_ignored
 from ..metrics.paper_protocol import authors_code_metrics, paper_protocol_metrics
 from ..networks import get_network
+
+log = logging.getLogger("pam_monai")
 
 __all__ = [
     "PAPER_PROTOCOL_FIELDS",
@@ -89,14 +92,21 @@ def paper_protocol_rows(
         if "label" not in sample:
             raise ValueError(f"{sample['case']}: a test case without a label")
         pred = predict_case(net, sample["image"], slice_batch_size, device)
-        label = sample["label"][0].numpy() > 0.5
+        label, annotated = split_ignored(sample["label"][0].numpy())  # sparse annotations: their voxels only
         if pred.ndim != 3:
             raise ValueError(
                 "the paper protocol needs volumes (per-slice aggregation); 2-D images have one 'slice'"
             )
         spacing = tuple(float(s) for s in sample["spacing"][:3])
-        honest = paper_protocol_metrics(pred, label, axis=-1, spacing=spacing)
-        authors = authors_code_metrics(pred, label, axis=-1)
+        case_scores = score_case(pred, sample["label"][0].numpy(), sample.get("label_full"), spacing=spacing)
+        if case_scores is None:
+            log.warning("%s: no annotated voxel (all 'ignore'): not scored", sample["case"])
+            continue
+        honest = paper_protocol_metrics(pred, label, axis=-1, spacing=spacing, annotated=annotated)
+        # the authors' definitions know no unannotated voxels: a prediction there is left out
+        authors = authors_code_metrics(
+            pred if annotated is None else (pred > 0.5) & annotated, label, axis=-1
+        )
         rows.append(
             {
                 "case": sample["case"],
@@ -109,9 +119,7 @@ def paper_protocol_rows(
                 "authors_hd95_slices": authors["authors_code_hd95_slices"],
                 "authors_fp_rate": authors["authors_code_fp_rate"],
                 "authors_fn_rate": authors["authors_code_fn_rate"],
-                "case_iou": case_metrics(
-                    *on_case_grid(pred, label, sample.get("label_full")), spacing=spacing
-                )["iou"],
+                "case_iou": case_scores["iou"],
             }
         )
     return rows

@@ -33,13 +33,14 @@ Example:
 from .masks import as_mask, image_diagonal
 from .monai_metrics import FNRateMetric, FPRateMetric, HD95Metric, IoUMetric, MaskMetric
 from .overlap import confusion_counts, dice, fn_rate, fp_rate, iou
-from .summary import METRIC_NAMES, case_metrics, summarize
+from .summary import METRIC_NAMES, case_metrics, split_ignored, summarize
 from .surface import directed_surface_distances, hd95
 
 __all__ = [
     "METRIC_NAMES",
     "as_mask",
     "case_metrics",
+    "split_ignored",
     "confusion_counts",
     "dice",
     "directed_surface_distances",

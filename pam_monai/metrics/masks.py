@@ -4,6 +4,10 @@ Inputs are binary masks given as numpy arrays or torch tensors of any dtype. A v
 foreground where its value is greater than 0.5: that is the non-zero voxels of a ``bool``,
 integer (labels >= 1) or 0/1 float mask, and the usual 0.5 threshold for probabilities.
 Negative values count as background.
+
+A binary target of sparsely annotated data (nnU-Net's ``ignore`` label) holds
+:data:`pam_monai.data.ops.IGNORE` (2) on unannotated voxels: :func:`split_ignored` turns it into
+the target and the mask of annotated voxels that :func:`~pam_monai.metrics.case_metrics` takes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 __all__ = [
     "as_mask",
+    "split_ignored",
     "mask_pair",
     "array_pair",
     "normalize_spacing",
@@ -40,6 +45,21 @@ def as_mask(x: np.ndarray | torch.Tensor) -> np.ndarray:
     """
     x = _as_array(x)
     return x if x.dtype == bool else x > 0.5
+
+
+def split_ignored(target) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(target, annotated)``: a binary target that may mark unannotated voxels with
+    :data:`~pam_monai.data.ops.IGNORE` as a ``bool`` target (1 = foreground) and the ``bool`` mask of
+    the annotated voxels, or ``(target, None)`` when every voxel is annotated."""
+    from ..data.ops import IGNORE
+
+    x = _as_array(target)
+    if x.dtype == bool:
+        return x, None
+    unannotated = x == IGNORE
+    if not unannotated.any():
+        return x, None
+    return x == 1, ~unannotated
 
 
 def mask_pair(pred, target) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,9 @@ spatial`` tensors (or lists of ``C x spatial`` tensors), binary or probabilities
 value > 0.5), usually ``C = 1``. Every channel is scored as its own binary mask, so drop a
 background channel before. Values follow the package's empty-mask rule, so they are never NaN
 and ``aggregate()`` is a plain mean over every sample: a missed lesion is counted, not skipped.
+A reference that marks unannotated voxels (:data:`pam_monai.data.ops.IGNORE`, sparse annotations)
+is scored over its annotated voxels (:func:`~pam_monai.metrics.case_metrics`); a sample without any
+annotated voxel is NaN, which MONAI's reductions leave out.
 
 Example:
     >>> import torch
@@ -24,7 +27,9 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction, prepare_spacing
 from monai.utils import MetricReduction
 
+from .masks import split_ignored
 from .overlap import dice, fn_rate, fp_rate, iou
+from .summary import case_metrics
 from .surface import hd95
 
 __all__ = ["MaskMetric", "IoUMetric", "HD95Metric", "FPRateMetric", "FNRateMetric"]
@@ -84,7 +89,14 @@ class MaskMetric(CumulativeIterationMetric):
         pred, ref = y_pred.detach().cpu(), y.detach().cpu()
         out = np.empty((batch, channels))
         for b, c in np.ndindex(batch, channels):
-            out[b, c] = fn(pred[b, c], ref[b, c], spacing=spacings[b], **extra)
+            target, annotated = split_ignored(ref[b, c])
+            if annotated is None:
+                out[b, c] = fn(pred[b, c], ref[b, c], spacing=spacings[b], **extra)
+            elif not annotated.any():
+                out[b, c] = np.nan  # nothing annotated: not scored
+            else:
+                row = case_metrics(pred[b, c], target, spacings[b], self.empty_value, annotated=annotated)
+                out[b, c] = row[self.metric_name]
         return torch.as_tensor(out, dtype=torch.float32, device=y_pred.device)
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:

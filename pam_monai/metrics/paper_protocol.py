@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .masks import mask_pair, normalize_spacing
+from .masks import as_mask, mask_pair, normalize_spacing
 from .overlap import _counts, _ratio, fp_rate
 from .summary import case_metrics, summarize
 
@@ -43,7 +43,7 @@ def _slices(pred, target, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)
 
 
-def paper_protocol_metrics(pred, target, axis: int = -1, spacing=None) -> dict:
+def paper_protocol_metrics(pred, target, axis: int = -1, spacing=None, annotated=None) -> dict:
     """Honest per-slice metrics of a volume, summarised over its 2D slices (paper protocol).
 
     Args:
@@ -51,6 +51,8 @@ def paper_protocol_metrics(pred, target, axis: int = -1, spacing=None) -> dict:
         target: reference binary volume of the same shape.
         axis: slice axis (-1: the last axis, axial for MONAI-loaded H x W x D volumes).
         spacing: 3D voxel spacing; the two in-plane values are used for HD95.
+        annotated: optional mask of the annotated voxels (sparse annotations): each slice is
+            scored over them (:func:`case_metrics`), slices without any are left out.
 
     Returns:
         :func:`summarize` over the slices: ``count`` (slices), ``target_empty`` and
@@ -64,7 +66,12 @@ def paper_protocol_metrics(pred, target, axis: int = -1, spacing=None) -> dict:
     a, b = _slices(pred, target, axis)
     sp = normalize_spacing(spacing, 3)
     in_plane = sp[: axis % 3] + sp[axis % 3 + 1 :]
-    return summarize([case_metrics(p, t, spacing=in_plane) for p, t in zip(a, b)])
+    if annotated is None:
+        return summarize([case_metrics(p, t, spacing=in_plane) for p, t in zip(a, b)])
+    valid = np.moveaxis(as_mask(annotated), axis, 0)
+    return summarize(
+        [case_metrics(p, t, spacing=in_plane, annotated=v) for p, t, v in zip(a, b, valid) if v.any()]
+    )
 
 
 def authors_code_iou(pred, target) -> float:

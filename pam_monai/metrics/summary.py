@@ -6,16 +6,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .masks import mask_pair, normalize_spacing
+from .masks import as_mask, mask_pair, normalize_spacing, split_ignored
 from .overlap import _counts, _ratio
 from .surface import _hd95
 
-__all__ = ["METRIC_NAMES", "case_metrics", "summarize"]
+__all__ = ["METRIC_NAMES", "case_metrics", "split_ignored", "summarize"]
 
 METRIC_NAMES = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
 
 
-def case_metrics(pred, target, spacing=None, empty_value: float | None = None) -> dict:
+def case_metrics(pred, target, spacing=None, empty_value: float | None = None, annotated=None) -> dict:
     """IoU, Dice, HD95, FP rate and FN rate of one case, with its empty-mask flags.
 
     Same values as the single functions (:func:`pam_monai.metrics.iou`, ...), with the masks
@@ -26,6 +26,11 @@ def case_metrics(pred, target, spacing=None, empty_value: float | None = None) -
         target: reference binary mask of the same shape.
         spacing: voxel spacing for HD95, a number or one value per axis (default 1.0).
         empty_value: HD95 when exactly one mask is empty (``None`` -> image diagonal).
+        annotated: optional mask of the annotated voxels (sparse annotations, see
+            :func:`split_ignored`): the metrics are those of the annotated voxels alone, as
+            nnU-Net scores data with an ``ignore`` label: a predicted voxel outside them is neither
+            a false nor a true positive, and they are not in the FP rate's negatives; HD95 is
+            between the surfaces of the two masks restricted to them.
 
     Returns:
         ``{"iou", "dice", "hd95", "fp_rate", "fn_rate": float, "target_empty", "pred_empty": bool}``,
@@ -39,7 +44,15 @@ def case_metrics(pred, target, spacing=None, empty_value: float | None = None) -
     """
     a, b = mask_pair(pred, target)
     sp = normalize_spacing(spacing, a.ndim)
+    unannotated = 0
+    if annotated is not None:
+        valid = as_mask(annotated)
+        if valid.shape != a.shape:
+            raise ValueError(f"annotated mask has shape {valid.shape}, the masks {a.shape}")
+        a, b = a & valid, b & valid
+        unannotated = int(valid.size - np.count_nonzero(valid))
     tp, fp, fn, tn = _counts(a, b)
+    tn -= unannotated  # those voxels are background in both masks now, but not negatives
     return {
         "iou": _ratio(tp, tp + fp + fn, 1.0),
         "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),

@@ -7,7 +7,7 @@ bundle configs.
 
 from .blocks import ATTENTIONS, CBAM, SCSE, AttentionGate, DoubleConv, FPABlock, GlobalContext, RFNABlock
 from .nets import AttentionUNet3, CBAMUNet3, DilatedUNet3, FPAUNet, GCUNet3, RFNAUNet, SCSEUNet3, UNet3
-from .polarity import ReversedLabelLoss, as_foreground, loss_for, trains_on_reversed_labels
+from .polarity import IgnoredVoxelsLoss, ReversedLabelLoss, as_foreground, loss_for, trains_on_reversed_labels
 from .registry import NETWORKS, NetworkSpec, get_network
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "NetworkSpec",
     "RFNABlock",
     "RFNAUNet",
+    "IgnoredVoxelsLoss",
     "ReversedLabelLoss",
     "SCSEUNet3",
     "UNet3",

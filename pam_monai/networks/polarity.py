@@ -15,6 +15,10 @@ reversal is part of the model's contract, in two pieces:
 
 Networks declare what they need with two attributes: ``train_on_reversed_labels`` (bool) and
 ``output_polarity`` (``"foreground"`` or ``"reversed"``); networks without them are plain.
+
+Unannotated voxels (own data with nnU-Net's ``ignore`` label; their target value is
+:data:`pam_monai.data.ops.IGNORE`) stay unannotated under the reversal: ``loss_for(...,
+ignore=True)`` leaves them out of the loss (:class:`IgnoredVoxelsLoss`) in either polarity.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.ops import IGNORE
+
 __all__ = [
     "ForegroundOutput",
+    "IgnoredVoxelsLoss",
     "ReversedLabelLoss",
     "as_foreground",
     "loss_for",
@@ -63,25 +70,56 @@ class ReversedLabelLoss(nn.Module):
         >>> loss = ReversedLabelLoss(DiceLoss(sigmoid=True, batch=True))
     """
 
-    def __init__(self, loss: nn.Module, input_is_foreground: bool = True) -> None:
+    def __init__(self, loss: nn.Module, input_is_foreground: bool = True, ignore: bool = False) -> None:
         super().__init__()
         self.loss = loss
         self.input_is_foreground = input_is_foreground
+        self.ignore = ignore  # targets may hold IGNORE, which stays IGNORE
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         reversed_logits = -input if self.input_is_foreground else input
-        return self.loss(reversed_logits, 1.0 - target)
+        reversed_target = 1.0 - target
+        if self.ignore:
+            reversed_target = torch.where(target == IGNORE, target, reversed_target)
+        return self.loss(reversed_logits, reversed_target)
 
 
-def loss_for(network: nn.Module, loss: nn.Module) -> nn.Module:
+class IgnoredVoxelsLoss(nn.Module):
+    """``loss`` over the annotated voxels only: where the target is :data:`~pam_monai.data.ops.IGNORE`
+    the logit becomes ``-inf`` and the target 0, i.e. certain and correct background. A Dice loss on
+    sigmoid probabilities then gets nothing from those voxels (in its intersection and its sums:
+    the same value as MONAI's ``MaskedDiceLoss`` with the annotated voxels as mask) and no gradient
+    flows through them. Voxel-averaged losses (BCE) would count them in the mean's denominator.
+
+    Example::
+
+        >>> from monai.losses import DiceLoss
+        >>> loss = IgnoredVoxelsLoss(DiceLoss(sigmoid=True, batch=True))
+    """
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ignored = target == IGNORE
+        return self.loss(input.masked_fill(ignored, float("-inf")), target.masked_fill(ignored, 0.0))
+
+
+def loss_for(network: nn.Module, loss: nn.Module, ignore: bool = False) -> nn.Module:
     """The training loss for ``network``: ``loss`` itself, or wrapped in :class:`ReversedLabelLoss` for RFNA.
 
     Bundle configs build their loss with this, so that ``--network_name rfna`` trains exactly as
-    the paper does without a separate config.
+    the paper does without a separate config. ``ignore``: the targets mark unannotated voxels
+    (the data set has an ``ignore`` label), which the loss leaves out (:class:`IgnoredVoxelsLoss`).
     """
+    if ignore:
+        loss = IgnoredVoxelsLoss(loss)
     if not trains_on_reversed_labels(network):
         return loss
-    return ReversedLabelLoss(loss, input_is_foreground=output_polarity(network) == "foreground")
+    return ReversedLabelLoss(
+        loss, input_is_foreground=output_polarity(network) == "foreground", ignore=ignore
+    )
 
 
 class ForegroundOutput(nn.Module):

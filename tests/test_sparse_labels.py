@@ -1,0 +1,241 @@
+"""Sparse annotations: nnU-Net's ``ignore`` label (unannotated voxels) is left out of the binary
+target's foreground, the training slices, the loss and every metric."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pam_monai.data import SliceDataset, build_datalist, check_dataset, get_spec, get_split, synth
+from pam_monai.data.ops import IGNORE, binarize
+from pam_monai.data.preprocess import preprocess_case
+from pam_monai.data.transforms import get_preprocess_transforms
+from pam_monai.metrics import case_metrics, split_ignored
+from pam_monai.metrics.paper_protocol import paper_protocol_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORE_VALUE = 4  # the synthetic set's labels are 0..3
+SMALL = {"epochs": 1, "batch_size": 8, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
+
+
+def train_items(root: Path) -> list[dict]:
+    return get_split("nnunet", build_datalist("nnunet", root), "train", fold=0, root=root)
+
+
+def unannotated(shape) -> np.ndarray:
+    """What the sparse copy leaves unannotated: every odd slice and a band of rows in all slices."""
+    mask = np.zeros(shape, bool)
+    mask[..., 1::2] = True
+    mask[:20] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def sparse_root(tmp_path_factory) -> Path:
+    root = synth("nnunet", tmp_path_factory.mktemp("sparse") / "Dataset901_Sparse", cases=6, slices=8)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"]["ignore"] = IGNORE_VALUE
+    (root / "dataset.json").write_text(json.dumps(meta))
+    for f in sorted((root / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(str(f))
+        label = np.asarray(img.dataobj).copy()
+        label[unannotated(label.shape)] = IGNORE_VALUE
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), img.affine), str(f))
+    return root
+
+
+def test_ignore_label_in_the_spec(sparse_root):
+    spec = get_spec("nnunet", root=sparse_root)
+    assert spec.ignore_label == IGNORE_VALUE
+    assert spec.foreground_labels == (1, 2, 3) and IGNORE_VALUE in spec.label_values
+    assert spec.target == "necrosis, oedema, enhancing"
+    with pytest.raises(ValueError, match="label 4 is the 'ignore' label"):
+        spec.resolve_labels("ignore")
+    assert binarize(np.array([0, 1, 3, 4]), (1, 3), IGNORE_VALUE).tolist() == [0, 1, 1, IGNORE]
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ({"background": 0, "lesion": 1, "ignore": [2, 3]}, "'ignore' must be one value"),
+        ({"background": 0, "ignore": 1, "lesion": 2}, "the highest label value"),
+        ({"background": 0, "lesion": 1, "ignore": 2, "all": [1, 2]}, "in no other label or region"),
+    ],
+)
+def test_ignore_label_mistakes_are_named(sparse_root, tmp_path, labels, message):
+    meta = json.loads((sparse_root / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    with pytest.raises(ValueError, match=message) as err:
+        get_spec("nnunet", root=tmp_path, crop_size=[96, 96])
+    assert str(tmp_path / "dataset.json") in str(err.value)
+
+
+def test_binary_target_numpy_and_monai_chain_mark_unannotated_voxels(sparse_root):
+    spec = get_spec("nnunet", root=sparse_root)
+    item = train_items(sparse_root)[0]
+    ours = preprocess_case(spec, item)["label"]
+    theirs = get_preprocess_transforms(spec)(dict(item))["label"]
+    np.testing.assert_array_equal(ours, np.asarray(theirs))
+    raw = np.asarray(nib.load(item["label"]).dataobj)
+    crop = np.ones((1, 96, 96, 8), bool)  # the padding is not annotated either
+    crop[0, 3:93, 6:90] = unannotated(raw.shape)  # the 90 x 84 image centred in the 96 x 96 crop
+    assert set(np.unique(ours)) == {0, 1, IGNORE}
+    np.testing.assert_array_equal(ours == IGNORE, crop)
+
+
+def test_training_slices_leave_out_unannotated_ones(sparse_root):
+    items = train_items(sparse_root)
+    ds = SliceDataset(
+        items, get_spec("nnunet", root=sparse_root), keep_background_fraction=1.0, progress=False
+    )
+    summary = ds.summary()
+    assert summary["unannotated_slices"] == 4 * len(items)  # the odd slices of each case
+    assert len(ds) == summary["slices"] - summary["unannotated_slices"]
+    served = {ds.slice_info(i)[1] for i in range(len(ds))}
+    assert served == {0, 2, 4, 6}
+    for i in range(len(ds)):
+        label = ds[i]["label"]
+        assert (label != IGNORE).any() and set(torch.unique(label).tolist()) <= {0.0, 1.0, float(IGNORE)}
+    # foreground counts are the annotated foreground's, not the IGNORE values'
+    case = ds.cases.index(Path(items[0]["label"]).name.split(".")[0])
+    raw = np.asarray(nib.load(items[0]["label"]).dataobj)
+    expected = np.isin(raw, (1, 2, 3)).sum(axis=(0, 1))
+    np.testing.assert_array_equal(ds.foreground_per_slice[case], expected)
+
+
+@pytest.mark.parametrize("network", ["unet", "rfna"])
+def test_loss_is_masked_dice_over_annotated_voxels(network):
+    from monai.losses import DiceLoss, MaskedDiceLoss
+
+    from pam_monai.networks import get_network, loss_for
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 1, 16, 16, generator=g, requires_grad=True)
+    target = (torch.rand(4, 1, 16, 16, generator=g) > 0.6).float()
+    ignored = torch.rand(4, 1, 16, 16, generator=g) > 0.7
+    net = get_network(network, spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8, 16, 32))
+    dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    loss = loss_for(net, dice, ignore=True)(logits, target.masked_fill(ignored, IGNORE))
+    # the paper's RFNA loss is Dice on the reversed probabilities and labels
+    sign, want = (-1.0, 1.0 - target) if network == "rfna" else (1.0, target)
+    masked = MaskedDiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    reference = masked(sign * logits, want.masked_fill(ignored, 0.0), (~ignored).float())
+    torch.testing.assert_close(loss, reference)
+    loss.backward()
+    assert logits.grad[ignored].abs().max() == 0 and logits.grad[~ignored].abs().max() > 0
+    # whatever the network says on unannotated voxels does not change the loss
+    other = logits.detach().masked_fill(ignored, 30.0)
+    torch.testing.assert_close(
+        loss_for(net, dice, ignore=True)(other, target.masked_fill(ignored, IGNORE)), loss
+    )
+
+
+def test_metrics_count_annotated_voxels_only():
+    rng = np.random.default_rng(0)
+    pred = rng.random((12, 10, 4)) > 0.5
+    truth = rng.random((12, 10, 4)) > 0.6
+    annotated = rng.random((12, 10, 4)) > 0.3
+    annotated[..., 3] = False  # one slice without annotation
+    target = np.where(annotated, truth, IGNORE).astype(np.uint8)
+    t, valid = split_ignored(target)
+    np.testing.assert_array_equal(valid, annotated)
+    row = case_metrics(pred, t, annotated=valid)
+    p, y = pred[annotated], truth[annotated]  # the annotated voxels as a flat list, by hand
+    tp, fp, fn, tn = (p & y).sum(), (p & ~y).sum(), (~p & y).sum(), (~p & ~y).sum()
+    assert row["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert row["fp_rate"] == pytest.approx(fp / (fp + tn))
+    assert row["fn_rate"] == pytest.approx(fn / (tp + fn))
+    # a prediction anywhere on unannotated voxels changes nothing
+    assert case_metrics(pred | ~annotated, t, annotated=valid) == row
+    assert case_metrics(pred, t)["fp_rate"] != row["fp_rate"]  # (without the mask it would)
+    per_slice = paper_protocol_metrics(pred, t, annotated=valid)
+    assert per_slice["count"] == 3  # the unannotated slice is not scored
+    first = case_metrics(pred[..., 0], t[..., 0], annotated=valid[..., 0])
+    assert per_slice["iou"]["median"] == pytest.approx(
+        np.median([case_metrics(pred[..., k], t[..., k], annotated=valid[..., k])["iou"] for k in range(3)])
+    )
+    assert first["iou"] >= 0
+    assert split_ignored(truth.astype(np.uint8))[1] is None  # every voxel annotated: no mask
+
+
+def test_checker_names_a_case_without_annotation(sparse_root, tmp_path):
+    root = Path(shutil.copytree(sparse_root, tmp_path / sparse_root.name))
+    f = root / "labelsTr" / "SYN_002.nii.gz"
+    img = nib.load(str(f))
+    nib.save(nib.Nifti1Image(np.full(img.shape, IGNORE_VALUE, np.uint8), img.affine), str(f))
+    report = check_dataset("nnunet", root)
+    assert [(w.case, w.message) for w in report.warnings] == [
+        ("SYN_002", "no annotated voxel (all 'ignore', 4): not trained on, not scored")
+    ]
+    assert "unannotated" in report.format()
+
+
+def test_bundle_trains_and_scores_sparse_annotations(sparse_root, tmp_path):
+    """Training runs on the annotated voxels, and the evaluator's per-case metrics are exactly
+    those of the inference masks over the annotated voxels (computed here by hand)."""
+    from monai.bundle import run
+
+    configs = ROOT / "bundles" / "isles_fpa" / "configs"
+    common = {
+        "bundle_root": str(tmp_path / "run"),
+        "dataset_dir": str(sparse_root),
+        "task": "nnunet",
+        **SMALL,
+    }
+    run("training", config_file=str(configs / "train.json"), logging_file=False, **common)
+    record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
+    assert record["dataset_json"]["labels"]["ignore"] == IGNORE_VALUE
+    files = [str(configs / "train.json"), str(configs / "evaluate.json")]
+    run("evaluating", config_file=files, logging_file=False, **common)
+    lines = (tmp_path / "run" / "eval" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = {r.split(",")[0]: dict(zip(header, r.split(","))) for r in lines[1:]}
+    assert rows
+
+    folder = tmp_path / "test_images"
+    folder.mkdir()
+    for case in rows:
+        for f in (sparse_root / "imagesTr").glob(f"{case}_*"):
+            shutil.copy(f, folder / f.name)
+    out = tmp_path / "predictions"
+    run(
+        "inferring",
+        config_file=str(configs / "inference.json"),
+        logging_file=False,
+        bundle_root=str(tmp_path / "run"),
+        task="nnunet",
+        dataset_dir=str(sparse_root),
+        input_dir=str(folder),
+        output_dir=str(out),
+        network_options=SMALL["network_options"],
+    )
+    differs = False
+    for case, row in rows.items():
+        pred = np.asarray(nib.load(str(out / f"{case}_seg.nii.gz")).dataobj) > 0
+        raw = np.asarray(nib.load(str(sparse_root / "labelsTr" / f"{case}.nii.gz")).dataobj)
+        valid = raw != IGNORE_VALUE
+        p, y = pred[valid], np.isin(raw, (1, 2, 3))[valid]
+        tp, fp, fn, tn = (p & y).sum(), (p & ~y).sum(), (~p & y).sum(), (~p & ~y).sum()
+        assert float(row["iou"]) == pytest.approx(tp / (tp + fp + fn), rel=1e-5)
+        assert float(row["fp_rate"]) == pytest.approx(fp / (fp + tn), rel=1e-5)
+        # counting the unannotated voxels as background would have given other figures
+        everywhere = case_metrics(pred, np.isin(raw, (1, 2, 3)))
+        differs |= abs(everywhere["fp_rate"] - float(row["fp_rate"])) > 1e-3
+    assert differs
+
+
+def test_monai_metric_scores_annotated_voxels():
+    from pam_monai.metrics import MaskMetric
+
+    pred = torch.tensor([[[[1.0, 1.0, 0.0, 1.0]]], [[[1.0, 0.0, 0.0, 0.0]]]])
+    ref = torch.tensor([[[[1.0, IGNORE, 1.0, 0.0]]], [[[IGNORE] * 4]]])
+    metric = MaskMetric("iou", reduction="none")
+    values = metric(pred, ref)
+    assert values[0, 0].item() == pytest.approx(1 / 3) and torch.isnan(values[1, 0])
+    assert MaskMetric("iou")(pred[:1], ref[:1]).item() == pytest.approx(1 / 3)
