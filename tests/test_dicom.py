@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pam_monai.data.dicom import convert_dicom, keep_locale
+from pam_monai.data.dicom import convert_dicom, find_series, keep_locale
 from pam_monai.data.files import load_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,30 @@ def test_series_become_cases_with_their_voxels_and_geometry(tmp_path):
         convert_dicom(tmp_path / "export", out, progress=False)
     with pytest.raises(ValueError, match="no DICOM series found"):
         convert_dicom(tmp_path / "imagesTs", tmp_path / "x", progress=False)
+
+
+def test_series_of_a_flat_folder_in_slice_order(tmp_path):
+    """One export folder: two series, file names out of slice order, a series without a Series
+    Instance UID and files that are no DICOM; each series gets its own files along the normal."""
+    vol = np.zeros((5, 6, 6), np.int16)
+    flat = tmp_path / "flat"
+    write_series(vol, flat, "A", 2)  # slice i at z = 30 + 2.5 i
+    write_series(vol, flat, "A", 1, positions=[(-100.0, -90.0, 30.0 - 2.5 * i) for i in range(5)])
+    order = [3, 0, 4, 1, 2]  # file k holds slice order[k]
+    for number in (1, 2):
+        for k, i in enumerate(order):
+            (flat / f"s{number}_{i:03d}.dcm").rename(flat / f"x{number}_{k}.dcm")
+    write_series(vol, flat, "A", 3)
+    uid = f"{UID}{b'A'.hex()}1.3".encode()
+    for f in flat.glob("s3_*.dcm"):  # blank UID (GDCM's identifier ""): skipped, not a series ""
+        f.write_bytes(f.read_bytes().replace(uid, b" " * len(uid)))
+    (flat / "README.txt").write_text("not DICOM\n")
+    (flat / "dicom_series.json").write_text("{}\n")
+    series = find_series(flat)
+    assert [u for u, _ in series] == [f"{UID}{b'A'.hex()}1.1", f"{UID}{b'A'.hex()}1.2"]  # by UID
+    assert [Path(f).name for f in series[0][1]] == [f"x1_{order.index(i)}.dcm" for i in (4, 3, 2, 1, 0)]
+    assert [Path(f).name for f in series[1][1]] == [f"x2_{order.index(i)}.dcm" for i in range(5)]
+    assert all(Path(f).parent == flat for _, files in series for f in files)
 
 
 def test_writing_dicom_keeps_the_locale(tmp_path):

@@ -1,9 +1,9 @@
 """DICOM series (what a scanner or a PACS export gives) into the nnU-Net layout's image files.
 
 Every 3-D series found under a folder (any depth; files are grouped by their Series Instance UID
-across folders, as GDCM identifies series) becomes one case, ``<case>_<XXXX>.nii.gz``, read by
-SimpleITK with its orientation, spacing and the rescale slope / intercept applied (CT in
-Hounsfield units). The case is named after the patient ID (made safe for file names; without a
+across folders, as GDCM identifies series; each file's header is read once) becomes one case,
+``<case>_<XXXX>.nii.gz``, read by SimpleITK with its orientation, spacing and the rescale slope /
+intercept applied (CT in Hounsfield units). The case is named after the patient ID (made safe for file names; without a
 readable ID, after the study: ``study-<hash>``; a patient's further series get ``-2``, ``-3``,
 ...); ``dicom_series.json`` beside the images records which series each case came from. A trained
 own-data model then segments them: ``--input_dir`` the output folder, or make it a data set's
@@ -49,7 +49,7 @@ _TAGS = {
     "modality": "0008|0060",
     "study_date": "0008|0020",
 }
-_POSITION, _ORIENTATION = "0020|0032", "0020|0037"
+_POSITION, _ORIENTATION, _SERIES = "0020|0032", "0020|0037", "0020|000e"
 
 
 @contextlib.contextmanager
@@ -69,12 +69,7 @@ def keep_locale():
         locale.setlocale(locale.LC_ALL, saved)
 
 
-def _header(path: str) -> dict[str, str]:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
+def _header(reader) -> dict[str, str]:
     return {k: reader.GetMetaData(k).strip() for k in (_POSITION, _ORIENTATION) if reader.HasMetaDataKey(k)}
 
 
@@ -85,38 +80,73 @@ def _numbers(text: str) -> np.ndarray | None:
         return None
 
 
-def _sorted_along_normal(files: list[str]) -> list[str]:
+def _sorted_along_normal(files: list[str], headers: dict[str, dict[str, str]]) -> list[str]:
     """Files of one series from several folders, in slice order (along the slice normal)."""
-    headers = [_header(f) for f in files]
-    orientation = _numbers(headers[0].get(_ORIENTATION, ""))
+    orientation = _numbers(headers[files[0]].get(_ORIENTATION, ""))
     if orientation is None or orientation.size != 6:
         return sorted(files)
     normal = np.cross(orientation[:3], orientation[3:])
     keys = []
-    for h in headers:
-        p = _numbers(h.get(_POSITION, ""))
+    for f in files:
+        p = _numbers(headers[f].get(_POSITION, ""))
         keys.append(float(p @ normal) if p is not None and p.size == 3 else 0.0)
     return [f for _, f in sorted(zip(keys, files))]
 
 
+def _gdcm_order(slices: list[tuple[str, tuple, tuple]]) -> list[str]:
+    """``(file, origin, direction)`` of one folder's files of a series in GDCM's order
+    (``gdcm::SerieHelper::OrderFileList``, what ``GetGDCMSeriesFileNames`` returned): along the normal
+    of the first file's orientation when no two positions coincide, else by file name. Geometry as
+    ITK reads it (GDCM's scan used a Secondary Capture's only once ITK had read a DICOM image)."""
+    d = slices[0][2]  # ITK's direction, row-major: its columns are the row and column cosines
+    c = (d[0], d[3], d[6], d[1], d[4], d[7])
+    normal = (c[1] * c[5] - c[2] * c[4], c[2] * c[3] - c[0] * c[5], c[0] * c[4] - c[1] * c[3])
+    dist = {f: normal[0] * o[0] + normal[1] * o[1] + normal[2] * o[2] for f, o, _ in slices}
+    if len(set(dist.values())) == len(dist):  # exact comparison, as GDCM's
+        return sorted(dist, key=dist.get)
+    return sorted(dist)
+
+
 def find_series(input_dir: str | os.PathLike) -> list[tuple[str, list[str]]]:
-    """``(series UID, its files in slice order)`` of every DICOM series under ``input_dir``; a
-    series whose files lie in several folders is one series."""
+    """``(series UID, its files in slice order)`` of every DICOM series under ``input_dir``, folder
+    by folder (sorted), by UID within a folder; a series whose files lie in several folders is one
+    series. Files that are no DICOM image, or have no Series Instance UID, are skipped. Each header
+    is read once (``GetGDCMSeriesFileNames`` re-reads the whole folder for each series in it)."""
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")  # DICOM only, as GDCM's scan: no PNG or NIfTI read as a slice
     by_uid: dict[str, list[list[str]]] = defaultdict(list)
+    headers: dict[str, dict[str, str]] = {}
     with keep_locale():
-        for folder, _, files in sorted(os.walk(str(input_dir))):
-            if not files:
-                continue
-            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
-                names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid)
-                if names:
-                    by_uid[uid].append(list(names))
-        return [
-            (uid, parts[0] if len(parts) == 1 else _sorted_along_normal([f for p in parts for f in p]))
-            for uid, parts in by_uid.items()
-        ]
+        for folder, _, names in sorted(os.walk(str(input_dir))):
+            # as gdcm::Directory lists a folder: regular files, not hidden ones, in directory order
+            # (the first file's orientation gives GDCM's slice normal)
+            in_folder: dict[str, list[tuple[str, tuple, tuple]]] = defaultdict(list)
+            for name in names:
+                path = os.path.join(folder, name)
+                if name.startswith(".") or not os.path.isfile(path):
+                    continue
+                reader.SetFileName(path)
+                try:
+                    reader.ReadImageInformation()
+                except RuntimeError:  # not DICOM, or no image in it
+                    continue
+                # GDCM's series identifier: the UID without characters other than [A-Za-z0-9.]
+                uid = (
+                    re.sub(r"[^A-Za-z0-9.]", "", reader.GetMetaData(_SERIES))
+                    if reader.HasMetaDataKey(_SERIES)
+                    else ""
+                )
+                if uid and reader.GetDimension() == 3:  # GDCMImageIO's always is; the guard for origin[2]
+                    in_folder[uid].append((path, reader.GetOrigin(), reader.GetDirection()))
+                    headers[path] = _header(reader)
+            for uid in sorted(in_folder):  # GDCM's order: a std::map by UID
+                by_uid[uid].append(_gdcm_order(in_folder[uid]))
+    return [
+        (uid, parts[0] if len(parts) == 1 else _sorted_along_normal([f for p in parts for f in p], headers))
+        for uid, parts in by_uid.items()
+    ]
 
 
 def _geometry_problem(reader, n: int) -> str | None:
