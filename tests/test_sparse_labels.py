@@ -29,7 +29,7 @@ def train_items(root: Path) -> list[dict]:
 
 
 def unannotated(shape) -> np.ndarray:
-    """What the sparse copy leaves unannotated: every odd slice and a band of rows in all slices."""
+    """What ``synth(..., sparse=True)`` leaves unannotated: every odd slice and 20 rows of the others."""
     mask = np.zeros(shape, bool)
     mask[..., 1::2] = True
     mask[:20] = True
@@ -38,16 +38,9 @@ def unannotated(shape) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sparse_root(tmp_path_factory) -> Path:
-    root = synth("nnunet", tmp_path_factory.mktemp("sparse") / "Dataset901_Sparse", cases=6, slices=8)
-    meta = json.loads((root / "dataset.json").read_text())
-    meta["labels"]["ignore"] = IGNORE_VALUE
-    (root / "dataset.json").write_text(json.dumps(meta))
-    for f in sorted((root / "labelsTr").glob("*.nii.gz")):
-        img = nib.load(str(f))
-        label = np.asarray(img.dataobj).copy()
-        label[unannotated(label.shape)] = IGNORE_VALUE
-        nib.save(nib.Nifti1Image(label.astype(np.uint8), img.affine), str(f))
-    return root
+    return synth(
+        "nnunet", tmp_path_factory.mktemp("sparse") / "Dataset901_Sparse", cases=6, slices=8, sparse=True
+    )
 
 
 def test_ignore_label_in_the_spec(sparse_root):

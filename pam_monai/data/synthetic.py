@@ -356,6 +356,9 @@ def _synth_nnunet_2d(output: Path, cases: int, seed: int, size: tuple[int, int],
     return output
 
 
+SPARSE_IGNORE = 4  # the 'ignore' label of synth_nnunet(sparse=True)
+
+
 def synth_nnunet(
     output: str | os.PathLike,
     cases: int = 6,
@@ -365,6 +368,7 @@ def synth_nnunet(
     test_cases: int = 1,
     ct: bool = False,
     two_d: bool = False,
+    sparse: bool = False,
 ) -> Path:
     """Write ``cases`` training cases (and ``test_cases`` unlabelled ones in ``imagesTs``) in the
     nnU-Net v2 raw layout: two channels ("T2", "ADC", from the BRATS generator's t2 and t1), labels
@@ -373,9 +377,12 @@ def synth_nnunet(
     Hounsfield units instead (air -1000 around a soft-tissue body of about 40 HU, the lesion
     brighter), which is normalised with the training set's statistics. ``two_d``: 2-D colour images
     instead (``<case>_0000.png`` holding channels R, G, B, sizes around ``size``; labels background 0,
-    lesion 1), as nnU-Net keeps natural images."""
+    lesion 1), as nnU-Net keeps natural images. ``sparse``: sparse annotations, the label "ignore"
+    (4) on every odd slice and on the first 20 rows of the others (volumes only)."""
     output = Path(output)
     if two_d:
+        if sparse:
+            raise ValueError("synth: sparse annotations are written for volumes only")
         return _synth_nnunet_2d(output, cases, seed, size, test_cases)
     shape = (int(size[0]), int(size[1]), int(slices))
     affine = np.diag([1.2, 1.2, 3.0, 1.0])
@@ -388,11 +395,11 @@ def synth_nnunet(
         for c, name in enumerate(("ct",) if ct else ("t2", "t1")):
             _save_nifti(images[name], affine, output / subset / f"{case}_{c:04d}.nii.gz")
         if i < cases:
-            _save_nifti(
-                np.where(label == 4, 3, label).astype(np.uint8),
-                affine,
-                output / "labelsTr" / f"{case}.nii.gz",
-            )
+            label = np.where(label == 4, 3, label).astype(np.uint8)
+            if sparse:
+                label[..., 1::2] = SPARSE_IGNORE
+                label[:20] = SPARSE_IGNORE
+            _save_nifti(label, affine, output / "labelsTr" / f"{case}.nii.gz")
     meta = {
         "name": "Dataset900_SyntheticTumour",
         "channel_names": {"0": "CT"} if ct else {"0": "T2", "1": "ADC"},
@@ -400,6 +407,8 @@ def synth_nnunet(
         "numTraining": cases,
         "file_ending": ".nii.gz",
     }
+    if sparse:
+        meta["labels"]["ignore"] = SPARSE_IGNORE
     (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return output
 
