@@ -254,3 +254,17 @@ def test_2d_review_cases(colour_root, tmp_path):
         np.asarray(get_preprocess_transforms(spec)(dict(rgba))["image"]), pre["image"], atol=1e-5
     )
     np.testing.assert_allclose(pre["image"], preprocess_case(spec, item)["image"], atol=1e-5)
+
+
+def test_exif_orientation_is_named_by_the_checker(colour_root, tmp_path):
+    """Photographs read as stored (as nnU-Net reads them); one that viewers show turned is named,
+    since its mask may have been drawn on the turned view."""
+    root = Path(shutil.copytree(colour_root, tmp_path / colour_root.name))
+    path = root / "imagesTr" / "SYN_002_0000.png"
+    with Image.open(path) as im:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        im.save(path, exif=exif)
+    report = check_dataset("nnunet", root)
+    assert [(w.case, w.file) for w in report.warnings] == [("SYN_002", "SYN_002_0000.png")]
+    assert "EXIF orientation 6: photo viewers show it turned 90 degrees" in report.warnings[0].message

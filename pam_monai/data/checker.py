@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import UnreadableFile, load_png, load_volume
+from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume
 from .layout import Problem, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
@@ -208,6 +208,14 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             problems.append((path.name, bad))
         elif spec.volumetric and not is_label and not np.any(data):
             warnings.append((path.name, "all voxels are zero"))
+        if not spec.volumetric and spec.name == "nnunet" and (turn := exif_orientation(path)):
+            warnings.append(
+                (
+                    path.name,
+                    f"EXIF orientation {turn}: photo viewers show it {EXIF_TURNS[turn]}, training reads it as stored "
+                    "(as nnU-Net does); its label must match the stored pixels",
+                )
+            )
         arrays[name] = data
     return arrays, (reference[2] if reference else None), problems, warnings
 

@@ -182,6 +182,31 @@ def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
         raise _unreadable(e) from e
 
 
+_EXIF_ORIENTATION = 0x0112
+EXIF_TURNS = {
+    2: "mirrored",
+    3: "turned 180 degrees",
+    4: "flipped",
+    5: "mirrored and turned",
+    6: "turned 90 degrees",
+    7: "flipped and turned",
+    8: "turned 270 degrees",
+}
+
+
+def exif_orientation(path: str | os.PathLike) -> int | None:
+    """The EXIF orientation tag of an image file (2..8: viewers turn or mirror it), None when it
+    has none or 1 (as stored). Images are read as stored, as nnU-Net reads them."""
+    from PIL import Image
+
+    try:
+        with Image.open(os.fspath(path)) as im:
+            value = im.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - unreadable files are named by whoever reads them
+        return None
+    return int(value) if value in EXIF_TURNS else None
+
+
 def save_atomic_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` (.npy) so that readers never see a half-written file.
 
