@@ -232,3 +232,18 @@ def test_monai_metric_scores_annotated_voxels():
     values = metric(pred, ref)
     assert values[0, 0].item() == pytest.approx(1 / 3) and torch.isnan(values[1, 0])
     assert MaskMetric("iou")(pred[:1], ref[:1]).item() == pytest.approx(1 / 3)
+
+
+def test_case_metrics_without_any_annotated_case_says_so():
+    """A validation / test split whose cases are all unannotated has nothing to score: a named
+    error, not a KeyError in the checkpoint saver (validation) or a run without metrics.csv (evaluation)."""
+    from ignite.engine import Engine
+
+    from pam_monai.engines import CaseMetrics
+
+    label = torch.full((1, 8, 8), float(IGNORE))
+    batch = [{"case": "SYN_009", "spacing": torch.ones(2)}]
+    engine = Engine(lambda e, b: [{"pred": torch.ones(1, 8, 8), "label": label}])
+    CaseMetrics(prefix="val_").attach(engine)
+    with pytest.raises(ValueError, match=r"val: none of its 1 case\(s\) \(SYN_009\) has an annotated voxel"):
+        engine.run([batch], max_epochs=1)

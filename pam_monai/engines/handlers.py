@@ -63,6 +63,7 @@ class CaseMetrics:
         self.output_dir = output_dir
         self.empty_value = empty_value
         self.rows: list[dict] = []
+        self.unscored: list[str] = []  # cases without an annotated voxel (sparse annotations)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -72,6 +73,7 @@ class CaseMetrics:
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
+        self.unscored = []
 
     def _update(self, engine: Engine) -> None:
         output = engine.state.output
@@ -94,10 +96,17 @@ class CaseMetrics:
             )
             if scores is None:
                 log.warning("%s: no annotated voxel (all 'ignore'): not scored", case)
+                self.unscored.append(case)
                 continue
             self.rows.append({"case": case, **scores})
 
     def _complete(self, engine: Engine) -> None:
+        if not self.rows and self.unscored:  # else no metric at all: a KeyError in the checkpoint saver
+            raise ValueError(
+                f"{self.prefix.rstrip('_') or 'evaluation'}: none of its {len(self.unscored)} case(s) "
+                f"({', '.join(self.unscored[:5])}{', ...' if len(self.unscored) > 5 else ''}) has an annotated voxel "
+                "(all 'ignore'): nothing to score; annotate one of them or choose another fold / split"
+            )
         if not self.rows:
             return
         summary = summarize(self.rows)
