@@ -247,3 +247,31 @@ def test_case_metrics_without_any_annotated_case_says_so():
     CaseMetrics(prefix="val_").attach(engine)
     with pytest.raises(ValueError, match=r"val: none of its 1 case\(s\) \(SYN_009\) has an annotated voxel"):
         engine.run([batch], max_epochs=1)
+
+
+def test_authors_code_metrics_leave_unannotated_slices_and_voxels_out():
+    """The paper protocol's (b) columns: an unannotated slice is no slice without tumour (FN rate
+    1.0, IoU 0.5 there), and an unannotated voxel is no true negative."""
+    from pam_monai.metrics.paper_protocol import authors_code_metrics
+
+    rng = np.random.default_rng(1)
+    pred = rng.random((12, 10, 4)) > 0.5
+    truth = rng.random((12, 10, 4)) > 0.6
+    annotated = rng.random((12, 10, 4)) > 0.3
+    annotated[..., 3] = False
+    t, valid = split_ignored(np.where(annotated, truth, IGNORE).astype(np.uint8))
+    row = authors_code_metrics(pred, t, annotated=valid)
+    assert row["slices"] == 3
+    fp, fn, iou = [], [], []
+    for k in range(3):
+        p, y = pred[..., k][annotated[..., k]], truth[..., k][annotated[..., k]]
+        tp, f_p, f_n, tn = (p & y).sum(), (p & ~y).sum(), (~p & y).sum(), (~p & ~y).sum()
+        fp.append(f_p / (f_p + tn))
+        fn.append(f_n / (tp + f_n))
+        iou.append((2 * tp / (2 * tp + f_p + f_n) + 2 * tn / (2 * tn + f_p + f_n)) / 2)
+    assert row["authors_code_fp_rate"] == pytest.approx(np.mean(fp))
+    assert row["authors_code_fn_rate"] == pytest.approx(np.mean(fn))
+    assert row["authors_code_iou"] == pytest.approx(np.mean(iou))
+    # a prediction anywhere on unannotated voxels changes nothing
+    assert authors_code_metrics(pred | ~annotated, t, annotated=valid) == row
+    assert authors_code_metrics(pred, truth) == authors_code_metrics(pred, truth, annotated=np.ones_like(truth))

@@ -103,10 +103,8 @@ def paper_protocol_rows(
             log.warning("%s: no annotated voxel (all 'ignore'): not scored", sample["case"])
             continue
         honest = paper_protocol_metrics(pred, label, axis=-1, spacing=spacing, annotated=annotated)
-        # the authors' definitions know no unannotated voxels: a prediction there is left out
-        authors = authors_code_metrics(
-            pred if annotated is None else (pred > 0.5) & annotated, label, axis=-1
-        )
+        # the authors' definitions over the annotated voxels and slices, as the honest ones above
+        authors = authors_code_metrics(pred, label, axis=-1, annotated=annotated)
         rows.append(
             {
                 "case": sample["case"],

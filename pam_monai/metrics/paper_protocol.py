@@ -134,13 +134,17 @@ def authors_code_fn_rate(pred, target) -> float:
     return _ratio(fn, tp + fn, 1.0)
 
 
-def authors_code_metrics(pred, target, axis: int = -1) -> dict:
+def authors_code_metrics(pred, target, axis: int = -1, annotated=None) -> dict:
     """Per-slice means with the authors' code's definitions (paper protocol). DEFECTIVE.
 
     Args:
         pred: predicted binary volume (numpy or torch, foreground = value > 0.5).
         target: reference binary volume of the same shape.
         axis: slice axis (-1: the last axis).
+        annotated: optional mask of the annotated voxels (sparse annotations): slices without any
+            are left out (else each would score FN rate 1.0 and IoU 0.5), and the counts of the
+            others are over their annotated pixels (unannotated pixels are no true negatives);
+            HD95 is between the two masks restricted to them.
 
     Returns:
         ``{"slices", "authors_code_iou", "authors_code_hd95", "authors_code_hd95_slices",
@@ -153,13 +157,22 @@ def authors_code_metrics(pred, target, axis: int = -1) -> dict:
         0.6666666666666666
     """
     a, b = _slices(pred, target, axis)
-    pairs = list(zip(a, b))
+    pairs = counted = list(zip(a, b))
+    if annotated is not None:
+        valid = [v for v in np.moveaxis(as_mask(annotated), axis, 0)]
+        if len(valid) != len(pairs) or valid[0].shape != a[0].shape:
+            raise ValueError(f"annotated mask has shape {np.shape(annotated)}, the masks {np.shape(pred)}")
+        keep = [k for k, v in enumerate(valid) if v.any()]
+        pairs = [(a[k] & valid[k], b[k] & valid[k]) for k in keep]  # 2-D, for HD95
+        counted = [(a[k][valid[k]], b[k][valid[k]]) for k in keep]  # the annotated pixels, for the counts
+        if not keep:
+            raise ValueError("authors_code_metrics: no slice with an annotated voxel")
     hds = [h for h in (authors_code_hd95(p, t) for p, t in pairs) if h is not None]
     return {
         "slices": len(pairs),
-        "authors_code_iou": float(np.mean([authors_code_iou(p, t) for p, t in pairs])),
+        "authors_code_iou": float(np.mean([authors_code_iou(p, t) for p, t in counted])),
         "authors_code_hd95": float(np.mean(hds)) if hds else None,
         "authors_code_hd95_slices": len(hds),
-        "authors_code_fp_rate": float(np.mean([fp_rate(p, t) for p, t in pairs])),
-        "authors_code_fn_rate": float(np.mean([authors_code_fn_rate(p, t) for p, t in pairs])),
+        "authors_code_fp_rate": float(np.mean([fp_rate(p, t) for p, t in counted])),
+        "authors_code_fn_rate": float(np.mean([authors_code_fn_rate(p, t) for p, t in counted])),
     }
