@@ -228,10 +228,19 @@ def test_monai_metric_scores_annotated_voxels():
 
     pred = torch.tensor([[[[1.0, 1.0, 0.0, 1.0]]], [[[1.0, 0.0, 0.0, 0.0]]]])
     ref = torch.tensor([[[[1.0, IGNORE, 1.0, 0.0]]], [[[IGNORE] * 4]]])
-    metric = MaskMetric("iou", reduction="none")
+    metric = MaskMetric("iou", reduction="none", ignore=True)
     values = metric(pred, ref)
     assert values[0, 0].item() == pytest.approx(1 / 3) and torch.isnan(values[1, 0])
-    assert MaskMetric("iou")(pred[:1], ref[:1]).item() == pytest.approx(1 / 3)
+    assert MaskMetric("iou", ignore=True)(pred[:1], ref[:1]).item() == pytest.approx(1 / 3)
+    # without ignore=True a label map's value 2 is foreground, as for the functions (pam_monai.metrics.iou)
+    from pam_monai.metrics import IoUMetric, iou
+    from pam_monai.metrics.handlers import IoUHandler
+
+    labels = torch.tensor([[[[0.0, 2.0, 2.0, 0.0]]]])
+    ones = torch.tensor([[[[1.0, 1.0, 1.0, 0.0]]]])
+    assert IoUMetric()(ones, labels).item() == pytest.approx(iou(ones, labels)) == pytest.approx(2 / 3)
+    assert IoUMetric(ignore=True)(ones, labels).item() == 0.0  # (all unannotated but one background voxel)
+    assert IoUHandler(ignore=True).metric_fn.ignore and not IoUHandler().metric_fn.ignore
 
 
 def test_case_metrics_without_any_annotated_case_says_so():

@@ -42,6 +42,7 @@ class MaskMetricHandler(IgniteMetricHandler):
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``, e.g.
             ``monai.handlers.from_engine(["pred", "label"])``.
         save_details: store per-case values in ``engine.state.metric_details``.
+        ignore: the label marks unannotated voxels (``IGNORE``): score the annotated ones only.
 
     Example:
         >>> from monai.handlers import from_engine
@@ -56,8 +57,11 @@ class MaskMetricHandler(IgniteMetricHandler):
         reduction: MetricReduction | str = MetricReduction.MEAN,
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
+        ignore: bool = False,
     ) -> None:
-        metric_fn = MaskMetric(metric_name, spacing=spacing, empty_value=empty_value, reduction=reduction)
+        metric_fn = MaskMetric(
+            metric_name, spacing=spacing, empty_value=empty_value, reduction=reduction, ignore=ignore
+        )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 
@@ -65,10 +69,18 @@ class IoUHandler(MaskMetricHandler):
     """Mean foreground IoU over cases; arguments as :class:`MaskMetricHandler`."""
 
     def __init__(
-        self, reduction=MetricReduction.MEAN, output_transform: Callable = lambda x: x, save_details=True
+        self,
+        reduction=MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details=True,
+        ignore: bool = False,
     ):
         super().__init__(
-            "iou", reduction=reduction, output_transform=output_transform, save_details=save_details
+            "iou",
+            reduction=reduction,
+            output_transform=output_transform,
+            save_details=save_details,
+            ignore=ignore,
         )
 
 
@@ -82,18 +94,27 @@ class HD95Handler(MaskMetricHandler):
         reduction=MetricReduction.MEAN,
         output_transform: Callable = lambda x: x,
         save_details=True,
+        ignore: bool = False,
     ):
-        super().__init__("hd95", spacing, empty_value, reduction, output_transform, save_details)
+        super().__init__("hd95", spacing, empty_value, reduction, output_transform, save_details, ignore)
 
 
 class FPRateHandler(MaskMetricHandler):
     """Mean FP rate (FP/N) over cases; arguments as :class:`MaskMetricHandler`."""
 
     def __init__(
-        self, reduction=MetricReduction.MEAN, output_transform: Callable = lambda x: x, save_details=True
+        self,
+        reduction=MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details=True,
+        ignore: bool = False,
     ):
         super().__init__(
-            "fp_rate", reduction=reduction, output_transform=output_transform, save_details=save_details
+            "fp_rate",
+            reduction=reduction,
+            output_transform=output_transform,
+            save_details=save_details,
+            ignore=ignore,
         )
 
 
@@ -101,10 +122,18 @@ class FNRateHandler(MaskMetricHandler):
     """Mean FN rate (FN/P) over cases; arguments as :class:`MaskMetricHandler`."""
 
     def __init__(
-        self, reduction=MetricReduction.MEAN, output_transform: Callable = lambda x: x, save_details=True
+        self,
+        reduction=MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details=True,
+        ignore: bool = False,
     ):
         super().__init__(
-            "fn_rate", reduction=reduction, output_transform=output_transform, save_details=save_details
+            "fn_rate",
+            reduction=reduction,
+            output_transform=output_transform,
+            save_details=save_details,
+            ignore=ignore,
         )
 
 

@@ -5,9 +5,11 @@ spatial`` tensors (or lists of ``C x spatial`` tensors), binary or probabilities
 value > 0.5), usually ``C = 1``. Every channel is scored as its own binary mask, so drop a
 background channel before. Values follow the package's empty-mask rule, so they are never NaN
 and ``aggregate()`` is a plain mean over every sample: a missed lesion is counted, not skipped.
-A reference that marks unannotated voxels (:data:`pam_monai.data.ops.IGNORE`, sparse annotations)
-is scored over its annotated voxels (:func:`~pam_monai.metrics.case_metrics`); a sample without any
-annotated voxel is NaN, which MONAI's reductions leave out.
+With ``ignore=True`` the reference may mark unannotated voxels (:data:`pam_monai.data.ops.IGNORE`,
+sparse annotations, as :class:`~pam_monai.data.transforms.BinarizeLabeld` writes them): each sample
+is scored over its annotated voxels (:func:`~pam_monai.metrics.case_metrics`), and one without any
+annotated voxel is NaN, which MONAI's reductions leave out. Without it (the default) every value
+> 0.5 is foreground, so a label map (values 1, 2, ...) scores as the functions do.
 
 Example:
     >>> import torch
@@ -48,6 +50,8 @@ class MaskMetric(CumulativeIterationMetric):
         empty_value: HD95 when exactly one mask is empty; ``None`` -> image diagonal.
         reduction: MONAI reduction for :meth:`aggregate` (``"mean"``, ``"mean_batch"``,
             ``"none"``, ...).
+        ignore: the reference marks unannotated voxels with ``IGNORE`` (2): score the annotated
+            voxels only (own data with nnU-Net's ``ignore`` label).
 
     Example:
         >>> import torch
@@ -62,6 +66,7 @@ class MaskMetric(CumulativeIterationMetric):
         spacing=None,
         empty_value: float | None = None,
         reduction: MetricReduction | str = MetricReduction.MEAN,
+        ignore: bool = False,
     ) -> None:
         super().__init__()
         if metric_name not in _FUNCTIONS:
@@ -72,6 +77,7 @@ class MaskMetric(CumulativeIterationMetric):
         self.spacing = spacing
         self.empty_value = empty_value
         self.reduction = reduction
+        self.ignore = bool(ignore)
 
     def _compute_tensor(
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
@@ -89,7 +95,7 @@ class MaskMetric(CumulativeIterationMetric):
         pred, ref = y_pred.detach().cpu(), y.detach().cpu()
         out = np.empty((batch, channels))
         for b, c in np.ndindex(batch, channels):
-            target, annotated = split_ignored(ref[b, c])
+            target, annotated = split_ignored(ref[b, c]) if self.ignore else (ref[b, c], None)
             if annotated is None:
                 out[b, c] = fn(pred[b, c], ref[b, c], spacing=spacings[b], **extra)
             elif not annotated.any():
@@ -118,8 +124,8 @@ class MaskMetric(CumulativeIterationMetric):
 class IoUMetric(MaskMetric):
     """Foreground IoU (Jaccard) per sample; see :class:`MaskMetric`."""
 
-    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
-        super().__init__("iou", reduction=reduction)
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, ignore: bool = False) -> None:
+        super().__init__("iou", reduction=reduction, ignore=ignore)
 
 
 class HD95Metric(MaskMetric):
@@ -130,19 +136,20 @@ class HD95Metric(MaskMetric):
         spacing=None,
         empty_value: float | None = None,
         reduction: MetricReduction | str = MetricReduction.MEAN,
+        ignore: bool = False,
     ) -> None:
-        super().__init__("hd95", spacing=spacing, empty_value=empty_value, reduction=reduction)
+        super().__init__("hd95", spacing=spacing, empty_value=empty_value, reduction=reduction, ignore=ignore)
 
 
 class FPRateMetric(MaskMetric):
     """False-positive rate FP/N per sample; see :class:`MaskMetric`."""
 
-    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
-        super().__init__("fp_rate", reduction=reduction)
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, ignore: bool = False) -> None:
+        super().__init__("fp_rate", reduction=reduction, ignore=ignore)
 
 
 class FNRateMetric(MaskMetric):
     """False-negative rate FN/P per sample; see :class:`MaskMetric`."""
 
-    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
-        super().__init__("fn_rate", reduction=reduction)
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, ignore: bool = False) -> None:
+        super().__init__("fn_rate", reduction=reduction, ignore=ignore)
