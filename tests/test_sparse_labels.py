@@ -284,3 +284,19 @@ def test_authors_code_metrics_leave_unannotated_slices_and_voxels_out():
     # a prediction anywhere on unannotated voxels changes nothing
     assert authors_code_metrics(pred | ~annotated, t, annotated=valid) == row
     assert authors_code_metrics(pred, truth) == authors_code_metrics(pred, truth, annotated=np.ones_like(truth))
+
+
+def test_overlay_colours_annotated_pixels_only():
+    """Figure 5 on sparse annotations: a prediction on unannotated pixels is no false positive
+    (it is not coloured), as the metrics count it."""
+    from pam_monai.experiments.figures import FP_COLOUR, TP_COLOUR, overlay
+
+    grey = np.full((2, 3), 0.5)
+    pred = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    target = np.array([[1, 0, 0], [0, 0, 0]], bool)
+    annotated = np.array([[1, 1, 1], [0, 0, 0]], bool)
+    out = overlay(grey, pred, target, alpha=1.0, annotated=annotated)
+    np.testing.assert_allclose(out[0, 0], TP_COLOUR)
+    np.testing.assert_allclose(out[0, 1], FP_COLOUR)
+    np.testing.assert_allclose(out[1, 0], [0.5, 0.5, 0.5])  # predicted, but unannotated
+    np.testing.assert_allclose(overlay(grey, pred, target, alpha=1.0)[1, 0], FP_COLOUR)

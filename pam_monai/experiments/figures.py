@@ -71,9 +71,14 @@ def _rgb(grey: np.ndarray) -> np.ndarray:
     return grey if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=-1)
 
 
-def overlay(grey: np.ndarray, pred: np.ndarray, target: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """RGB image: ``grey`` with TP green, FN red and FP blue blended in."""
+def overlay(
+    grey: np.ndarray, pred: np.ndarray, target: np.ndarray, alpha: float = 0.6, annotated: np.ndarray | None = None
+) -> np.ndarray:
+    """RGB image: ``grey`` with TP green, FN red and FP blue blended in; with ``annotated`` (sparse
+    annotations) only there: a prediction on unannotated pixels is none of them (left grey)."""
     out = _rgb(grey).astype(float).copy()
+    if annotated is not None:
+        pred, target = pred & annotated, target & annotated
     for mask, colour in (
         (pred & target, TP_COLOUR),
         (~pred & target, FN_COLOUR),
@@ -114,7 +119,9 @@ def overlay_figure(
 
     Args:
         rows: per case ``{"case": str, "slice": int, "image": C x H x W, "target": H x W bool,
-            "preds": {network: H x W bool}, "iou": {network: float}}`` (``iou``: per-case 3-D IoU).
+            "preds": {network: H x W bool}, "iou": {network: float}}`` (``iou``: per-case 3-D IoU),
+            and ``"annotated": H x W bool`` for sparse annotations (outside it nothing is coloured;
+            its border dotted on the ground truth).
         networks: column order (labels of ``preds``).
         path: the PNG to write.
         title: figure title.
@@ -132,6 +139,9 @@ def overlay_figure(
         ax.imshow(_rgb(grey), interpolation="nearest")
         if target.any():
             ax.contour(target, levels=[0.5], colors=[TP_COLOUR], linewidths=0.8)
+        annotated = row.get("annotated")
+        if annotated is not None and not annotated.all():  # sparse annotations: their border
+            ax.contour(annotated, levels=[0.5], colors=["white"], linewidths=0.6, linestyles="dotted")
         ax.add_patch(
             Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="yellow", lw=0.8, ls="--")
         )
@@ -139,7 +149,7 @@ def overlay_figure(
         ax.set_title(f"{row['case']}\n{where}ground truth", fontsize=7)
         for j, net in enumerate(networks, start=1):
             ax = axes[i, j]
-            img = overlay(grey, row["preds"][net], target)[r0:r1, c0:c1]
+            img = overlay(grey, row["preds"][net], target, annotated=row.get("annotated"))[r0:r1, c0:c1]
             ax.imshow(img, interpolation="nearest")
             iou = row.get("iou", {}).get(net)
             ax.set_title(f"{net}" + (f"\ncase IoU {100 * iou:.1f} %" if iou is not None else ""), fontsize=7)
@@ -351,11 +361,14 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
                 "slice": k,
                 "image": take(image, k),
                 "target": take(label, k),
+                "annotated": None if annotated is None else take(annotated, k),
                 "preds": preds,
                 "iou": ious,
             }
         )
     title = f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU over the whole case)"
+    if any(r["annotated"] is not None for r in rows):
+        title += "\nsparse annotations: scored and coloured on the annotated voxels only (their border dotted)"
     written.append(overlay_figure(rows, order, ctx.output / "fig5_overlays.png", title=title))
 
     # Figure 4: bridge attention of every FPA / RFNA variant (first chosen case, its best slice)
