@@ -59,6 +59,8 @@ def test_ignore_label_in_the_spec(sparse_root):
         ({"background": 0, "lesion": 1, "ignore": [2, 3]}, "'ignore' must be one value"),
         ({"background": 0, "ignore": 1, "lesion": 2}, "the highest label value"),
         ({"background": 0, "lesion": 1, "ignore": 2, "all": [1, 2]}, "in no other label or region"),
+        ({"background": 0, "lesion": 1, "ignore": 0}, "it is 0, the background"),
+        ({"background": 0, "lesion": 1, "Ignore": 2}, "label 'Ignore': unannotated voxels are the label named exactly"),
     ],
 )
 def test_ignore_label_mistakes_are_named(sparse_root, tmp_path, labels, message):

@@ -147,13 +147,30 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         table.append((str(name), tuple(values)))
     if dict(table).get("background") != (0,):
         raise ValueError(f"{path}: 'labels' must have \"background\": 0")
+    near = [n for n, _ in table if n != "ignore" and n.strip().lower() in ("ignore", "ignored")]
+    if near:  # else trained as foreground: nnU-Net knows unannotated voxels by this exact name only
+        raise ValueError(
+            f"{path}: label {near[0]!r}: unannotated voxels are the label named exactly \"ignore\" (as in nnU-Net); "
+            "as written it is a foreground label"
+        )
     ignore = dict(table).get("ignore")
     if ignore is not None:  # nnU-Net v2's rules for unannotated voxels
         others = {v for n, vs in table if n != "ignore" for v in vs}
-        if len(ignore) != 1 or ignore[0] == 0 or ignore[0] in others or ignore[0] < max(others):
+        why = (
+            "it is several values"
+            if len(ignore) != 1
+            else "it is 0, the background"
+            if ignore[0] == 0
+            else "it is in another label or region too"
+            if ignore[0] in others
+            else "it is not the highest label value"
+            if ignore[0] < max(others)
+            else None
+        )
+        if why:
             raise ValueError(
                 f"{path}: 'ignore' must be one value, the highest label value and in no other label or region "
-                f"(as nnU-Net requires), got {list(ignore)} beside {sorted(others)}"
+                f"(as nnU-Net requires; {why}), got {list(ignore)} beside {sorted(others)}"
             )
     ending = str(meta.get("file_ending", ".nii.gz"))
     ending = ending if ending.startswith(".") else f".{ending}"  # "nii.gz" is NIfTI too
