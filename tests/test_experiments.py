@@ -618,3 +618,9 @@ def test_paper_protocol_for_2d_images_is_refused_not_dropped(tmp_path):
         runner_module.run_experiment(
             dataset="cityscapes", networks="unet", output=str(tmp_path), paper_protocol=True
         )
+
+
+def test_report_says_sparse_annotations_are_scored_on_annotated_voxels():
+    runs = [_run("fpa", 0, [0.5])]
+    assert "Sparse annotations" in _report(runs, sparse=True)
+    assert "Sparse annotations" not in _report(runs)

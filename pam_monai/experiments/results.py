@@ -197,10 +197,12 @@ def markdown_report(
     figures: Sequence[str] = (),
     distance_unit: str = "mm",
     resized_back: bool = False,
+    sparse: bool = False,
 ) -> str:
     """``results.md``: the paper's table layout over the finished ``runs`` (``distance_unit``:
     of HD95, "mm" for volumes with a header, "px" for 2-D images; ``resized_back``: own 2-D images,
-    scored on their own pixels)."""
+    scored on their own pixels; ``sparse``: the data set marks unannotated voxels, which every
+    metric leaves out)."""
     lines: list[str] = []
     data = f"**SYNTHETIC** stand-in for {dataset_title}" if synthetic else dataset_title
     lines.append(f"# Results: {dataset} ({'SYNTHETIC data' if synthetic else 'real data'})")
@@ -230,6 +232,14 @@ def markdown_report(
         "test cases first; the table gives mean ± sample std (ddof=1) of those per-run means over "
         "the runs (seeds x folds) of each network."
     )
+    if sparse:
+        lines.append("")
+        lines.append(
+            "Sparse annotations (dataset.json's `ignore` label): every metric, the paper protocol's "
+            "included, is computed over the annotated voxels only (a prediction on an unannotated voxel is "
+            "neither a false nor a true positive; N and P count annotated voxels); slices without an "
+            "annotated voxel are not scored, nor is a test case without any (a WARNING names it)."
+        )
     lines.append("")
     done = len(runs)
     lines.append(

@@ -667,6 +667,7 @@ def _run_grid(
         figures=[p.name for p in figure_paths],
         distance_unit="mm" if spec.volumetric else "px",
         resized_back=spec.name == "nnunet" and not spec.volumetric,
+        sparse=spec.ignore_label is not None,
     )
     md_path = atomic_write_text(output_dir / "results.md", md)
     log.info(
