@@ -302,3 +302,15 @@ def test_overlay_colours_annotated_pixels_only():
     np.testing.assert_allclose(out[0, 1], FP_COLOUR)
     np.testing.assert_allclose(out[1, 0], [0.5, 0.5, 0.5])  # predicted, but unannotated
     np.testing.assert_allclose(overlay(grey, pred, target, alpha=1.0)[1, 0], FP_COLOUR)
+
+
+def test_own_data_bundle_embeds_and_documents_the_ignore_label(sparse_root, tmp_path):
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+
+    out = own_data_bundle(sparse_root, "rfna", tmp_path / "sparse_rfna")
+    for name in ("train.json", "inference.json"):
+        config = json.loads((out / "configs" / name).read_text())
+        assert config["dataset_json"]["labels"]["ignore"] == IGNORE_VALUE
+    readme = (out / "docs" / "README.md").read_text()
+    assert f"Sparse annotations: label {IGNORE_VALUE} (`ignore`) marks unannotated voxels" in readme
+    assert "annotated voxels only (a test case without any is not scored).\n\n## Training" in readme

@@ -120,6 +120,15 @@ def own_data_bundle(
         "fg_note": " (values or names of the data set's labels)",
         "measured_line": "",
     }
+    if spec.ignore_label is not None:
+        body = info["data_section"].rstrip("\n")
+        info["data_section"] = (
+            body
+            + f"\n\nSparse annotations: label {spec.ignore_label} (`ignore`) marks unannotated voxels. The Dice loss "
+            "leaves them out, slices without an annotated voxel are not trained on, and every metric of the "
+            "evaluation counts annotated voxels only (a test case without any is not scored)."
+            + info["data_section"][len(body) :]
+        )
     # bundle_root: the folder as seen from here when it is below the working folder (the documented
     # commands), else "." (run from the bundle's own folder, or pass --bundle_root): never an
     # absolute path, which a copied or shared bundle would keep writing to
