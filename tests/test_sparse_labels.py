@@ -60,7 +60,10 @@ def test_ignore_label_in_the_spec(sparse_root):
         ({"background": 0, "ignore": 1, "lesion": 2}, "the highest label value"),
         ({"background": 0, "lesion": 1, "ignore": 2, "all": [1, 2]}, "in no other label or region"),
         ({"background": 0, "lesion": 1, "ignore": 0}, "it is 0, the background"),
-        ({"background": 0, "lesion": 1, "Ignore": 2}, "label 'Ignore': unannotated voxels are the label named exactly"),
+        (
+            {"background": 0, "lesion": 1, "Ignore": 2},
+            "label 'Ignore': unannotated voxels are the label named exactly",
+        ),
     ],
 )
 def test_ignore_label_mistakes_are_named(sparse_root, tmp_path, labels, message):
@@ -285,7 +288,9 @@ def test_authors_code_metrics_leave_unannotated_slices_and_voxels_out():
     assert row["authors_code_iou"] == pytest.approx(np.mean(iou))
     # a prediction anywhere on unannotated voxels changes nothing
     assert authors_code_metrics(pred | ~annotated, t, annotated=valid) == row
-    assert authors_code_metrics(pred, truth) == authors_code_metrics(pred, truth, annotated=np.ones_like(truth))
+    assert authors_code_metrics(pred, truth) == authors_code_metrics(
+        pred, truth, annotated=np.ones_like(truth)
+    )
 
 
 def test_overlay_colours_annotated_pixels_only():

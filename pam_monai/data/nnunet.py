@@ -150,7 +150,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     near = [n for n, _ in table if n != "ignore" and n.strip().lower() in ("ignore", "ignored")]
     if near:  # else trained as foreground: nnU-Net knows unannotated voxels by this exact name only
         raise ValueError(
-            f"{path}: label {near[0]!r}: unannotated voxels are the label named exactly \"ignore\" (as in nnU-Net); "
+            f'{path}: label {near[0]!r}: unannotated voxels are the label named exactly "ignore" (as in nnU-Net); '
             "as written it is a foreground label"
         )
     ignore = dict(table).get("ignore")

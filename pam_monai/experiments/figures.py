@@ -72,7 +72,11 @@ def _rgb(grey: np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    grey: np.ndarray, pred: np.ndarray, target: np.ndarray, alpha: float = 0.6, annotated: np.ndarray | None = None
+    grey: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    alpha: float = 0.6,
+    annotated: np.ndarray | None = None,
 ) -> np.ndarray:
     """RGB image: ``grey`` with TP green, FN red and FP blue blended in; with ``annotated`` (sparse
     annotations) only there: a prediction on unannotated pixels is none of them (left grey)."""
@@ -368,7 +372,9 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         )
     title = f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU over the whole case)"
     if any(r["annotated"] is not None for r in rows):
-        title += "\nsparse annotations: scored and coloured on the annotated voxels only (their border dotted)"
+        title += (
+            "\nsparse annotations: scored and coloured on the annotated voxels only (their border dotted)"
+        )
     written.append(overlay_figure(rows, order, ctx.output / "fig5_overlays.png", title=title))
 
     # Figure 4: bridge attention of every FPA / RFNA variant (first chosen case, its best slice)
