@@ -319,3 +319,20 @@ def test_own_data_bundle_embeds_and_documents_the_ignore_label(sparse_root, tmp_
     readme = (out / "docs" / "README.md").read_text()
     assert f"Sparse annotations: label {IGNORE_VALUE} (`ignore`) marks unannotated voxels" in readme
     assert "annotated voxels only (a test case without any is not scored).\n\n## Training" in readme
+
+
+def test_ct_statistics_come_from_annotated_foreground(tmp_path):
+    from pam_monai.data.nnunet import intensity_properties
+
+    root = synth("nnunet", tmp_path / "Dataset903_SparseCT", cases=3, slices=4, ct=True, sparse=True)
+    values = []
+    for f in sorted((root / "labelsTr").glob("*.nii.gz")):
+        label = np.asarray(nib.load(str(f)).dataobj)
+        image = np.asarray(nib.load(str(root / "imagesTr" / f"{f.name[:-7]}_0000.nii.gz")).get_fdata())
+        values.append(image[(label > 0) & (label != IGNORE_VALUE)])
+    v = np.concatenate(values)  # fewer than 100,000 voxels per case: every one is sampled
+    stats = intensity_properties(root)["0"]
+    assert stats["mean"] == pytest.approx(v.mean()) and stats["percentile_00_5"] == pytest.approx(
+        np.percentile(v, 0.5)
+    )
+    assert stats["mean"] > 0  # soft tissue and lesion, not the air (-1000 HU) that 'ignore' also covers

@@ -185,10 +185,13 @@ def foreground_intensity_properties(
     load: Callable[[str | os.PathLike], np.ndarray | None],
     samples_per_case: int = SAMPLES_PER_CASE,
     progress: Callable[[Iterable], Iterable] | None = None,
+    ignore: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """nnU-Net's ``foreground_intensity_properties_per_channel`` of ``channels``: statistics of the
     image values where the label is > 0, over every ``(channel files, label file)`` case (at
     most ``samples_per_case`` seeded samples of each case's foreground, without replacement).
+    ``ignore``: the label value of unannotated voxels, which are not foreground here (nnU-Net counts
+    them, so that a sparsely annotated CT set would take its window from air and tissue alike).
     ``load`` returns None for a file it cannot read; such cases, mis-shaped ones and those without
     foreground add nothing; raises ``ValueError`` with their counts when none is left."""
     rng = np.random.default_rng(SEED)
@@ -201,7 +204,8 @@ def foreground_intensity_properties(
         if label is None or any(v is None or v.shape != label.shape for v in images.values()):
             unusable += 1  # unreadable or mis-shaped: the data checker names it
             continue
-        where = np.flatnonzero(np.asarray(label).reshape(-1) > 0)
+        flat = np.asarray(label).reshape(-1)
+        where = np.flatnonzero((flat > 0) & (flat != ignore) if ignore is not None else flat > 0)
         if where.size == 0:
             empty += 1
             continue

@@ -418,7 +418,7 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
         for files, label in cases
         for f in [label, *(files[i] for i in ct)]
     )
-    key = (str(root.resolve()), tuple(ct), stamp)
+    key = (str(root.resolve()), tuple(ct), meta["ignore"], stamp)
     if not cases:
         raise NoTrainingImages(
             f"nnunet: {root / 'imagesTr'}: no training case with its label to take the CT channels' intensity "
@@ -441,7 +441,9 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
             )
 
         try:
-            _PROPERTIES_CACHE[key] = foreground_intensity_properties(cases, ct, load, progress=progress)
+            _PROPERTIES_CACHE[key] = foreground_intensity_properties(
+                cases, ct, load, progress=progress, ignore=meta["ignore"]
+            )
         except ValueError as e:
             raise NoTrainingImages(f"nnunet: {root}: CT intensity statistics: {e}") from None
     return _PROPERTIES_CACHE[key]
