@@ -401,6 +401,20 @@ def test_grid_results_csv_and_md(grid):
         ]
         assert f"| {net} | {format_mean_std(per_run, 100)} |" in md
     assert "PAPER PROTOCOL" in md
+    # fpa against the default reference, unet, case by case (seeds averaged)
+    assert "## Paired comparison with unet (per test case)" in md
+    compared = list(csv.DictReader(open(out / "comparison.csv", newline="")))
+    iou = next(r for r in compared if r["metric"] == "iou")
+    per_case = {
+        net: {
+            c: np.mean([float(r["iou"]) for r in rows if (r["variant"], r["case"]) == (net, c)])
+            for c in {r["case"] for r in rows}
+        }
+        for net in ("fpa", "unet")
+    }
+    diff = np.mean([per_case["fpa"][c] - per_case["unet"][c] for c in per_case["fpa"]])
+    assert (iou["network"], iou["reference"], int(iou["cases"])) == ("fpa", "unet", len(per_case["fpa"]))
+    assert float(iou["mean_difference"]) == pytest.approx(diff, rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.slow

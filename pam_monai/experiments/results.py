@@ -198,11 +198,13 @@ def markdown_report(
     distance_unit: str = "mm",
     resized_back: bool = False,
     sparse: bool = False,
+    comparison: tuple[str, Sequence[dict]] | None = None,
 ) -> str:
     """``results.md``: the paper's table layout over the finished ``runs`` (``distance_unit``:
     of HD95, "mm" for volumes with a header, "px" for 2-D images; ``resized_back``: own 2-D images,
     scored on their own pixels; ``sparse``: the data set marks unannotated voxels, which every
-    metric leaves out)."""
+    metric leaves out; ``comparison``: ``(reference, rows)`` of
+    :func:`~.compare.paired_comparison`, a section after the per-run table)."""
     lines: list[str] = []
     data = f"**SYNTHETIC** stand-in for {dataset_title}" if synthetic else dataset_title
     lines.append(f"# Results: {dataset} ({'SYNTHETIC data' if synthetic else 'real data'})")
@@ -294,6 +296,10 @@ def markdown_report(
                 f"{_fmt(r.mean('hd95'))} | {_fmt(100 * r.mean('fp_rate'))} | {_fmt(100 * r.mean('fn_rate'))} | {len(r.cases)} |"
             )
 
+    if comparison is not None:
+        from .compare import comparison_section
+
+        lines += ["", *comparison_section(comparison[1], comparison[0], distance_unit)]
     if paper_protocol:
         lines += ["", *_paper_protocol_section(groups)]
     if figures:

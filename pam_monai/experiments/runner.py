@@ -11,6 +11,7 @@ Layout of ``DIR``::
     runs.jsonl                           one line per run started / finished / failed / interrupted
     runs/<variant>/seed<k>/fold<f>/      a run's bundle_root: models/, eval/metrics.csv, done.json
     results.csv  results.md              one row per (run, case); the paper's table layout
+    comparison.csv                       paired per-case comparison with --reference (see .compare)
     fig4_attention.png fig5_overlays.png fig7_ablation.png
     synthetic_data/  cache/              synthetic stand-in (when DIR/data holds no data set), slice cache
 
@@ -40,6 +41,7 @@ from typing import Any
 from ..data import get_spec
 from ..data.datalist import FOLDED
 from ..engines import atomic_write_text
+from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
 from .variants import (
     ABLATION_AXIS,
@@ -405,6 +407,7 @@ def run_experiment(
     threads: int | None = None,
     figure_cases: str | Iterable[str] | None = None,
     figure_networks: str | Iterable[str] | None = None,
+    reference: str | None = None,
     command: str | None = None,
     **overrides,
 ) -> ExperimentResult:
@@ -417,6 +420,9 @@ def run_experiment(
     spec = get_spec(dataset, root=overrides.get("dataset_dir"), crop_size=overrides.get("crop_size"))
     spec.resolve_labels(overrides.get("foreground_label"))  # a label typo: refused before any run
     variants = _variants(networks, preset)
+    labels = [v.label for v in variants]
+    if reference is not None and str(reference) not in labels:
+        raise ValueError(f"--reference {reference!r} is not one of the grid's networks {labels}")
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
     output_dir = Path(output).resolve()
@@ -441,6 +447,7 @@ def run_experiment(
             output_dir=output_dir, paper_protocol=bool(paper_protocol), figures=bool(figures),
             data_seed=int(data_seed), max_runs=max_runs, keep_going=bool(keep_going),
             figure_cases=figure_cases, figure_networks=figure_networks, command=command, overrides=overrides,
+            reference=None if reference is None else str(reference),
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)
@@ -463,6 +470,7 @@ def _run_grid(
     figure_networks,
     command,
     overrides,
+    reference=None,
 ) -> ExperimentResult:
     import torch
     from tqdm.auto import tqdm
@@ -653,13 +661,19 @@ def _run_grid(
             cases=_as_list(figure_cases, "figure_cases") or None,
             networks=[v.label for v in parse_networks(figure_networks)] if figure_networks else None,
         )
+    order = [v.label for v in variants]
+    reference = reference or default_reference(order)
+    comparison = None
+    if reference is not None and finished:
+        comparison = (reference, paired_comparison(results, reference, order))
+        atomic_write_text(output_dir / "comparison.csv", comparison_csv(comparison[1]))
     md = markdown_report(
         results,
         dataset=dataset,
         dataset_title=spec.title,
         synthetic=synthetic,
         data_root=data_root,
-        order=[v.label for v in variants],
+        order=order,
         planned=len(runs),
         command=command,
         settings={**settings, "network_options": global_options} if global_options else settings,
@@ -668,6 +682,7 @@ def _run_grid(
         distance_unit="mm" if spec.volumetric else "px",
         resized_back=spec.name == "nnunet" and not spec.volumetric,
         sparse=spec.ignore_label is not None,
+        comparison=comparison,
     )
     md_path = atomic_write_text(output_dir / "results.md", md)
     log.info(
@@ -719,6 +734,7 @@ def experiment(
     threads: int | None = None,
     figure_cases: str | None = None,
     figure_networks: str | None = None,
+    reference: str | None = None,
     **overrides,
 ) -> str:
     """Train and evaluate every (network, seed, fold) through the data set's bundle, then write
@@ -750,6 +766,8 @@ def experiment(
         figure_cases: case IDs for fig5 (default: the two test cases of the first fold with the
             most foreground).
         figure_networks: networks (labels) for fig5 (default: every network of the grid, at most 8).
+        reference: the network (label) every other is compared with, case by case, in results.md's
+            paired comparison and comparison.csv (default: unet when in the grid, else the first).
         **overrides: passed to every bundle run: --epochs, --batch_size, --learning_rate,
             --num_workers, --dataset_dir (default OUTPUT/data; for the paper's data sets a
             SYNTHETIC stand-in is generated when it holds none; own data needs it), --data_list_file_path, --device (cpu, cuda:0),
@@ -781,6 +799,7 @@ def experiment(
         threads=threads,
         figure_cases=figure_cases,
         figure_networks=figure_networks,
+        reference=reference,
         command=cmd,
         **overrides,
     )
