@@ -21,8 +21,6 @@ make the per-case means steadier; they do not add cases).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -155,17 +153,9 @@ def paired_comparison(
 
 def comparison_csv(rows: Sequence[dict]) -> str:
     """``comparison.csv``: the rows of :func:`paired_comparison` (empty cells for missing p-values)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COMPARISON_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow(
-            {
-                k: "" if r[k] is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
-                for k in COMPARISON_FIELDS
-            }
-        )
-    return buf.getvalue()
+    from .results import rows_csv
+
+    return rows_csv(rows, COMPARISON_FIELDS)
 
 
 def _p(p: float | None) -> str:

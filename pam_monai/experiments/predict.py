@@ -124,19 +124,9 @@ def paper_protocol_rows(
 
 
 def write_paper_protocol(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    import io
+    from .results import rows_csv
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PAPER_PROTOCOL_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow(
-            {
-                k: "" if r[k] is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
-                for k in PAPER_PROTOCOL_FIELDS
-            }
-        )
-    return atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, rows_csv(rows, PAPER_PROTOCOL_FIELDS))
 
 
 def read_paper_protocol(path: str | os.PathLike) -> list[dict]:

@@ -109,6 +109,16 @@ def _cell(value) -> str:
     return str(value)
 
 
+def rows_csv(rows: Sequence[dict], fields: Sequence[str]) -> str:
+    """CSV text of dict rows in ``fields`` order: floats with 6 significant digits, None empty."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if r[k] is None else _cell(r[k]) for k in fields})
+    return buf.getvalue()
+
+
 def results_csv(runs: Sequence[RunResult]) -> str:
     """``results.csv``: one row per (run, case), columns :data:`RESULT_FIELDS`."""
     buf = io.StringIO()
