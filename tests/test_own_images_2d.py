@@ -157,8 +157,11 @@ def test_bundle_trains_evaluates_and_infers_on_2d_images(colour_root, tmp_path):
     no_data = {**common, "dataset_dir": str(tmp_path / "no_such_data")}
     out = tmp_path / "p2"
     run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **no_data, **nets,
-        input_dir=str(folder), output_dir=str(out))  # fmt: skip
-    assert np.asarray(Image.open(out / "NEW_seg.png")).shape == (70, 130)
+        input_dir=str(folder), output_dir=str(out), save_probabilities=True)  # fmt: skip
+    new_mask = np.asarray(Image.open(out / "NEW_seg.png"))
+    prob = np.load(out / "NEW_prob.npy")  # resized back as the mask is: prob > 0.5 is the mask
+    assert new_mask.shape == prob.shape == (70, 130) and prob.dtype == np.float32
+    np.testing.assert_array_equal(prob > 0.5, new_mask > 0)
     # a data set folder with dataset.json and imagesTs only (no training images)
     ts_only = tmp_path / "ts_only"
     (ts_only / "imagesTs").mkdir(parents=True)

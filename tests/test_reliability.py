@@ -394,3 +394,27 @@ def test_evaluation_and_inference_share_one_threshold():
     assert torch.equal(torch.as_tensor(post({"pred": logits})["pred"]), expected)
     with pytest.raises(ValueError, match="threshold"):
         foreground_mask(logits, 1.5)
+
+
+@pytest.mark.parametrize("network", ["fpa", "rfna"])
+def test_saved_probabilities_are_the_masks_numbers(network, cases, tmp_path):
+    """``save_probabilities``: float32 foreground probabilities (RFNA too) on the mask's grid, 0
+    outside the crop, and ``prob > threshold`` is exactly the mask, at any threshold."""
+    net = get_network(network, spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    items = find_inference_cases("brats", cases)
+    first = CasePredictor(net, items, "brats", str(tmp_path / "a"), save_probabilities=True).run()
+    case = items[0]["case"]
+    prob = np.asarray(nib.load(str(tmp_path / "a" / f"{case}_prob.nii.gz")).dataobj)
+    seg = nib.load(str(tmp_path / "a" / f"{case}_seg.nii.gz"))
+    assert len(first) == 2 * len(items) and prob.dtype == np.float32 and prob.shape == seg.shape
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "a" / f"{case}_prob.nii.gz")).affine, seg.affine)
+    assert prob.min() >= 0 and prob.max() <= 1 and not prob[:40].any()  # BRATS crop: rows 40:200
+    np.testing.assert_array_equal(prob > 0.5, np.asarray(seg.dataobj) > 0)
+    # the same at a threshold that splits this case's voxels
+    threshold = float(np.median(prob[40:200, 40:200]))
+    CasePredictor(net, items, "brats", str(tmp_path / "b"), threshold=threshold).run()
+    mask = np.asarray(nib.load(str(tmp_path / "b" / f"{case}_seg.nii.gz")).dataobj) > 0
+    assert 0 < mask.sum() < mask.size
+    np.testing.assert_array_equal(prob > threshold, mask)
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        CasePredictor(net, items, "brats", str(tmp_path / "c"), threshold=1.5)

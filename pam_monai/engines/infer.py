@@ -22,12 +22,19 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
-from ..data.files import NIFTI_SUFFIXES, SITK_SUFFIXES, save_sitk_like, volume_affine, volume_suffix
+from ..data.files import (
+    NIFTI_SUFFIXES,
+    SITK_SUFFIXES,
+    save_atomic_npy,
+    save_sitk_like,
+    volume_affine,
+    volume_suffix,
+)
 from ..data.layout import visible_entries
 from ..networks.polarity import as_foreground
 from .checkpoint import check_weights, read_run_record
 from .inferer import SliceWiseInferer
-from .postprocessing import foreground_mask
+from .postprocessing import _probability, foreground_mask
 
 __all__ = [
     "CasePredictor",
@@ -218,6 +225,10 @@ class CasePredictor:
         threshold: foreground probability threshold (strict: ``sigmoid(logit) > threshold``, as evaluation).
         slice_batch_size: slices per network call.
         amp: bf16 autocast on the GPU.
+        save_probabilities: also write each case's foreground probability (float32, foreground
+            polarity for RFNA too) on the mask's grid: ``<case>_prob`` with the mask's file type for
+            volumes (0 outside the network's crop), ``<case>_prob.npy`` (H x W) for 2-D images, so
+            that ``prob > threshold`` is exactly the mask (for ensembles, other thresholds, calibration).
     """
 
     def __init__(
@@ -231,6 +242,7 @@ class CasePredictor:
         threshold: float = 0.5,
         slice_batch_size: int = 64,
         amp: bool = False,
+        save_probabilities: bool = False,
     ) -> None:
         self.network = network
         self.items = list(items)
@@ -241,16 +253,18 @@ class CasePredictor:
         self.threshold = float(threshold)
         self.inferer = SliceWiseInferer(slice_batch_size)
         self.amp = bool(amp) and self.device.type == "cuda"
+        self.save_probabilities = bool(save_probabilities)
+        _probability(self.threshold)  # refused here, before any case is read
 
-    def output_path(self, case: str, source: str | os.PathLike | None = None) -> Path:
-        """Where the mask of ``case`` goes; a volume's mask has its input's file type (``source``:
-        the case's first image; MetaImage and NRRD masks stay MetaImage and NRRD)."""
+    def output_path(self, case: str, source: str | os.PathLike | None = None, kind: str = "seg") -> Path:
+        """Where the mask (``kind="seg"``) or the probability map (``"prob"``) of ``case`` goes; a
+        volume's outputs have its input's file type (``source``: the case's first image; MetaImage
+        and NRRD stay MetaImage and NRRD)."""
         if self.spec.volumetric:
-            suffix = (
-                f"_seg{volume_suffix(source)}"
-                if source and volume_suffix(source) in SITK_SUFFIXES
-                else "_seg.nii.gz"
-            )
+            ending = volume_suffix(source) if source and volume_suffix(source) in SITK_SUFFIXES else ".nii.gz"
+            suffix = f"_{kind}{ending}"
+        elif kind == "prob":
+            suffix = "_prob.npy"
         else:
             suffix = "_seg.png" if self.spec.name == "nnunet" else "_vehicles.png"
         return safe_output_path(self.output_dir, case, suffix)
@@ -310,5 +324,23 @@ class CasePredictor:
             else:
                 _save_png((mask > 0).astype(np.uint8) * 255, path)
             written.append(path)
+            if self.save_probabilities:  # the mask's own numbers: sigmoid in float32, put back the same way
+                prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+                written.append(
+                    self._save_probabilities(
+                        restore_prediction(self.spec, prob, case["original_shape"]), case, source
+                    )
+                )
             log.info("%s: %d foreground voxels -> %s", case["case"], int(mask.sum()), path)
         return written
+
+    def _save_probabilities(self, prob: np.ndarray, case: dict, source) -> Path:
+        path = self.output_path(case["case"], source, kind="prob")
+        prob = np.ascontiguousarray(prob, dtype=np.float32)
+        if self.spec.volumetric and volume_suffix(path) in SITK_SUFFIXES:
+            save_sitk_like(prob, source, path)
+        elif self.spec.volumetric:
+            _save_nifti(prob, case["affine"], path, reference=source)
+        else:
+            save_atomic_npy(path, prob)
+        return path
