@@ -18,6 +18,7 @@ COMMANDS = {
     "experiment": "pam_monai.experiments.runner:experiment",
     "bench": "pam_monai.bench:bench",
     "bundle": "pam_monai.bundle_templates.own_data:bundle",
+    "ensemble": "pam_monai.engines.ensemble:ensemble",
 }
 
 

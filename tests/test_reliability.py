@@ -418,3 +418,30 @@ def test_saved_probabilities_are_the_masks_numbers(network, cases, tmp_path):
     np.testing.assert_array_equal(prob > threshold, mask)
     with pytest.raises(ValueError, match="threshold must be a probability"):
         CasePredictor(net, items, "brats", str(tmp_path / "c"), threshold=1.5)
+
+
+def test_ensemble_averages_saved_probabilities(cases, tmp_path):
+    from pam_monai.cli import main
+    from pam_monai.engines.ensemble import ensemble_probabilities
+
+    items = find_inference_cases("brats", cases)
+    for name in ("fpa", "rfna"):
+        net = get_network(name, spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+        CasePredictor(net, items, "brats", str(tmp_path / name), save_probabilities=True).run()
+    a, b, out = tmp_path / "fpa", tmp_path / "rfna", tmp_path / "ens"
+    main(["ensemble", "--inputs", f"{a},{b}", "--output", str(out), "--threshold", "0.4"])
+    for item in items:
+        case = item["case"]
+        pa, pb = (np.asarray(nib.load(str(d / f"{case}_prob.nii.gz")).dataobj) for d in (a, b))
+        mean = nib.load(str(out / f"{case}_prob.nii.gz"))
+        np.testing.assert_allclose(np.asarray(mean.dataobj), (pa.astype(np.float64) + pb) / 2, atol=1e-7)
+        seg = nib.load(str(out / f"{case}_seg.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(seg.dataobj) > 0, np.asarray(mean.dataobj) > 0.4)
+        np.testing.assert_array_equal(seg.affine, nib.load(str(a / f"{case}_seg.nii.gz")).affine)
+    # inputs that do not hold the same cases are refused before anything is written
+    (b / f"{items[0]['case']}_prob.nii.gz").unlink()
+    with pytest.raises(ValueError, match=r"1 case\(s\) missing \(" + items[0]["case"]):
+        ensemble_probabilities([a, b], tmp_path / "ens2")
+    assert not (tmp_path / "ens2").exists()
+    with pytest.raises(ValueError, match="at least two input folders"):
+        ensemble_probabilities([a], tmp_path / "ens3")

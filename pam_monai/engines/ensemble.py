@@ -1,0 +1,132 @@
+"""Ensembles of saved predictions: the mean foreground probability of several models.
+
+Inference with ``--save_probabilities true`` writes ``<case>_prob`` beside each mask (see
+:class:`~pam_monai.engines.CasePredictor`). ``python -m pam_monai ensemble --inputs a,b,c --output
+d`` averages the probability maps of the same cases in every input folder (e.g. the five fold
+models of a cross-validation, or FPA and RFNA) and writes, in the inputs' format and grid, the
+mean probability ``<case>_prob`` and its mask ``<case>_seg`` (``mean > threshold``; CityScapes:
+``<case>_vehicles.png``, 0 / 255, as its inference writes it). Everything is checked before anything
+is written: every input must hold the same cases, on the same grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.files import SITK_SUFFIXES, load_volume, save_atomic_npy, save_sitk_like
+from .infer import _save_nifti, _save_png, safe_output_path
+from .postprocessing import _probability
+
+__all__ = ["ensemble", "ensemble_probabilities"]
+
+log = logging.getLogger("pam_monai")
+
+PROB_ENDINGS = ("_prob.nii.gz", "_prob.nii", "_prob.mha", "_prob.nrrd", "_prob.npy")
+
+
+def _prob_files(folder: Path) -> dict[str, Path]:
+    """``case -> probability file`` of one inference output folder."""
+    found = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        ending = next((e for e in PROB_ENDINGS if path.name.endswith(e)), None)
+        if ending is not None and not path.name.startswith("."):
+            found[path.name[: -len(ending)]] = path
+    return found
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    if path.suffix == ".npy":
+        return np.load(path).astype(np.float32), None
+    data, affine = load_volume(path)
+    return np.asarray(data, dtype=np.float32), affine
+
+
+def ensemble_probabilities(
+    inputs: Sequence[str | os.PathLike], output: str | os.PathLike, threshold: float = 0.5
+) -> list[Path]:
+    """Average the ``<case>_prob`` files of the same cases in every folder of ``inputs`` into
+    ``output`` (see the module); returns the files written."""
+    folders = [Path(i) for i in inputs]
+    if len(folders) < 2:
+        raise ValueError(f"ensemble: give at least two input folders, got {[str(f) for f in folders]}")
+    threshold = _probability(threshold)
+    files = [_prob_files(f) for f in folders]
+    empty = [str(f) for f, found in zip(folders, files) if not found]
+    if empty:
+        raise ValueError(
+            f"ensemble: no <case>_prob file in {', '.join(empty)} (run inference with --save_probabilities true)"
+        )
+    cases = sorted(files[0])
+    problems = []
+    for folder, found in zip(folders[1:], files[1:]):
+        missing, extra = sorted(set(cases) - set(found)), sorted(set(found) - set(cases))
+        if missing or extra:
+            problems.append(
+                f"{folder}: {len(missing)} case(s) missing ({', '.join(missing[:5])}), {len(extra)} not in "
+                f"{folders[0]} ({', '.join(extra[:5])})"
+            )
+        problems += [
+            f"{found[c]}: another file type than {files[0][c].name}"
+            for c in cases
+            if c in found and found[c].name[len(c) :] != files[0][c].name[len(c) :]
+        ]
+    if problems:
+        raise ValueError("ensemble: the inputs do not hold the same predictions:\n" + "\n".join(problems))
+    out = Path(output)
+    written: list[Path] = []
+    for case in tqdm(cases, desc="ensemble", unit="case"):
+        first = files[0][case]
+        arrays = [_read(found[case]) for found in files]
+        reference, affine = arrays[0]
+        for (array, other_affine), found in zip(arrays[1:], files[1:]):
+            if array.shape != reference.shape or (
+                affine is not None and not np.allclose(other_affine, affine, atol=1e-3)
+            ):
+                raise ValueError(f"ensemble: {found[case]} is on another grid than {first}")
+        mean = np.mean([a for a, _ in arrays], axis=0, dtype=np.float64).astype(np.float32)
+        mask = (mean > threshold).astype(np.uint8)
+        ending = first.name[len(case) + len("_prob") :]
+        out.mkdir(parents=True, exist_ok=True)
+        prob_path = safe_output_path(out, case, f"_prob{ending}")
+        if ending == ".npy":  # 2-D images: the mask as their inference writes it
+            vehicles = (first.parent / f"{case}_vehicles.png").is_file()
+            seg_path = safe_output_path(out, case, "_vehicles.png" if vehicles else "_seg.png")
+            save_atomic_npy(prob_path, mean)
+            _save_png(mask * (255 if vehicles else 1), seg_path)
+        elif ending in SITK_SUFFIXES:
+            seg_path = safe_output_path(out, case, f"_seg{ending}")
+            save_sitk_like(mean, first, prob_path)
+            save_sitk_like(mask, first, seg_path)
+        else:
+            seg_path = safe_output_path(out, case, f"_seg{ending}")
+            _save_nifti(mean, affine, prob_path, reference=str(first))
+            _save_nifti(mask, affine, seg_path, reference=str(first))
+        written += [prob_path, seg_path]
+        log.info(
+            "%s: mean of %d models, %d foreground voxels -> %s", case, len(arrays), int(mask.sum()), seg_path
+        )
+    return written
+
+
+def ensemble(inputs: str | Sequence[str], output: str, threshold: float = 0.5) -> str:
+    """Average the foreground probabilities that several models' inference saved
+    (``--save_probabilities true``) and write the mean and its mask.
+
+    Args:
+        inputs: inference output folders, comma-separated (``preds/fold0,preds/fold1``), each with
+            the ``<case>_prob`` files of the same cases.
+        output: folder for the ensemble's ``<case>_prob`` and ``<case>_seg`` files (the inputs' format).
+        threshold: the mask is ``mean probability > threshold``.
+
+    Returns:
+        the output folder.
+    """
+    folders = [s.strip() for s in inputs.split(",")] if isinstance(inputs, str) else [str(i) for i in inputs]
+    written = ensemble_probabilities([f for f in folders if f], output, threshold)
+    return f"{len(written) // 2} cases -> {output}"
