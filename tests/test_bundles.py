@@ -74,10 +74,15 @@ def test_bundle_layout_and_overridable_ids(name):
         "device",
         "network_name",
         "foreground_label",
+        "threshold",
         "training",
         "run",
     ):
         assert key in parser, f"{name}: train.json has no '{key}'"
+    assert parser.get_parsed_content("validate#postprocessing", instantiate=True).threshold == 0.5
+    infer = ConfigParser()
+    infer.read_config(str(root / "configs" / "inference.json"))
+    assert infer["threshold"] == 0.5 and infer["save_probabilities"] is False
     task, net = name.split("_")
     assert parser["task"] == task and parser["network_name"] == net
 
