@@ -638,3 +638,56 @@ def test_report_says_sparse_annotations_are_scored_on_annotated_voxels():
     runs = [_run("fpa", 0, [0.5])]
     assert "Sparse annotations" in _report(runs, sparse=True)
     assert "Sparse annotations" not in _report(runs)
+
+
+def test_reference_flags_and_a_stale_comparison(tmp_path, monkeypatch):
+    """Grid logic without training (a fake run writes what a bundle run writes): --reference is
+    read as --networks reads a network ('FPA' is fpa), "false" from the command line is False, and
+    a grid of one network removes the comparison.csv an earlier grid left in the folder."""
+    from pam_monai.data import ensure_dataset
+    from pam_monai.experiments import figures as figures_module
+
+    data, _ = ensure_dataset("brats", tmp_path / "none", output=tmp_path / "synthetic_brats", slices=8)
+
+    def fake_execute(run, bundle, overrides, identity, ctx):
+        run.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+        rows = [
+            f"c{i},{0.5 + 0.01 * i + 0.1 * (run.variant.network == 'fpa')},0.6,3.0,0.001,0.2,False,False"
+            for i in range(3)
+        ]
+        run.metrics_csv.write_text(
+            "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n" + "\n".join(rows) + "\n"
+        )
+        done = {
+            **identity,
+            "params": 1,
+            "resumed": False,
+            "seconds": 0.0,
+            "test_cases": 3,
+            "test_iou_mean": 0.5,
+        }
+        run.marker.write_text(json.dumps(done))
+        return done
+
+    def no_figures(**kwargs):
+        raise AssertionError("figures='false' made figures")
+
+    monkeypatch.setattr(runner_module, "_execute", fake_execute)
+    monkeypatch.setattr(figures_module, "make_figures", no_figures)
+    common = {
+        **GRID,
+        "seeds": 1,
+        "paper_protocol": "false",
+        "figures": "false",
+        "output": str(tmp_path / "exp"),
+    }
+    common["dataset_dir"] = str(data)
+    with pytest.raises(ValueError, match="not one of the grid's networks"):
+        run_experiment(**{**common, "networks": "fpa,unet"}, reference="fpa[dilation=6]")
+    run_experiment(**{**common, "networks": "fpa,unet"}, reference="FPA")
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "comparison.csv", newline="")))
+    assert {r["reference"] for r in rows} == {"fpa"} and {r["network"] for r in rows} == {"unet"}
+    assert "## Paired comparison with fpa" in (tmp_path / "exp" / "results.md").read_text()
+    run_experiment(**{**common, "networks": "fpa"}, reference="fpa")
+    assert not (tmp_path / "exp" / "comparison.csv").exists()
+    assert "Paired comparison" not in (tmp_path / "exp" / "results.md").read_text()

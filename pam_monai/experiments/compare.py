@@ -3,8 +3,10 @@
 The table of ``results.md`` gives mean +- std over runs; two networks whose ranges overlap may
 still differ consistently case by case, and a difference of means may come from one case. Here
 the unit is the test case. A network's metric of a case is averaged over its seeds (every seed
-tests the same cases), cases are paired by ``(fold, case)`` with the reference network, and for
-each other network and metric this gives:
+tests the same cases), cases are paired by case ID with the reference network (a case tested in
+several folds, as an external ``test`` list in the datalist is, counts once: its folds are averaged
+like its seeds, so that no case enters the test more than once), and for each other network and
+metric this gives:
 
 - the mean of the per-case differences (network - reference) with a 95 % percentile bootstrap
   interval (10,000 resamples of the cases, seeded: the same figures on every run);
@@ -64,19 +66,24 @@ def default_reference(order: Sequence[str]) -> str | None:
     return "unet" if "unet" in order else order[0]
 
 
-def _per_case(runs, variant: str, metric: str) -> dict[tuple[int, str], float]:
-    """``(fold, case) -> metric`` of ``variant``, averaged over its seeds."""
-    values: dict[tuple[int, str], list[float]] = defaultdict(list)
+def _per_case(runs, variant: str, metric: str) -> dict[str, float]:
+    """``case -> metric`` of ``variant``, averaged over the runs (seeds, and folds when a case is
+    tested in several folds) that scored it. The key is the case ID, not ``(fold, case)``: with a
+    fixed test list every fold tests the same cases, and counting a case once per fold would
+    treat 5 scores of one case as 5 independent cases (p-values and intervals far too small)."""
+    values: dict[str, list[float]] = defaultdict(list)
     for r in runs:
         if r.variant == variant:
             for c in r.cases:
-                values[(r.fold, c["case"])].append(float(c[metric]))
+                values[str(c["case"])].append(float(c[metric]))
     return {k: float(np.mean(v)) for k, v in values.items()}
 
 
-def _bootstrap_ci(d: np.ndarray, resamples: int = BOOTSTRAP, seed: int = SEED) -> tuple[float, float]:
-    if d.size == 1:
-        return float(d[0]), float(d[0])
+def _bootstrap_ci(
+    d: np.ndarray, resamples: int = BOOTSTRAP, seed: int = SEED
+) -> tuple[float | None, float | None]:
+    if d.size < 2:  # one case: no interval (a resample of one value is that value)
+        return None, None
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
@@ -179,7 +186,8 @@ def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str 
         f"## Paired comparison with {reference} (per test case)",
         "",
         f"Each network's metric of a test case is averaged over its seeds and paired with {reference}'s on the "
-        "same case. Difference = network - reference (mean over cases, 95 % bootstrap interval); better / equal "
+        "same case (a case tested in several folds counts once). Difference = network - reference (mean over "
+        "cases, 95 % bootstrap interval; IoU, FP and FN in percentage points); better / equal "
         "/ worse counts cases (IoU: higher is better; HD95, FP, FN: lower is better); p = two-sided Wilcoxon "
         "signed-rank test over the cases, Holm-adjusted over the networks per metric. Seed-to-seed training "
         "variance is not part of the test (`pam_monai/experiments/compare.py`).",
@@ -188,24 +196,30 @@ def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str 
     if not rows:
         return [*lines, "No network shares a scored test case with the reference."]
     lines.append(
-        f"| Networks | metric | cases | network | {reference} | difference [95 % CI] | better / equal / worse | p | p (Holm) |"
+        f"| Networks | metric | cases | network mean | {reference} mean | difference [95 % CI] | better / equal / worse | p | p (Holm) |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         scale = 100.0 if r["metric"] != "hd95" else 1.0
 
-        def f(v: float, scale: float = scale) -> str:
-            return _fmt(scale * v)  # a tiny FP rate as 3.2e-03, not 0.00
+        def f(v: float | None, scale: float = scale) -> str:
+            return "n/a" if v is None else _fmt(scale * v)  # a tiny FP rate as 3.2e-03, not 0.00
 
         lines.append(
             f"| {r['network']} | {names[r['metric']]} | {r['cases']} | {f(r['mean_network'])} | {f(r['mean_reference'])} "
             f"| {f(r['mean_difference'])} [{f(r['ci_low'])}, {f(r['ci_high'])}] | {r['better']} / {r['equal']} / "
             f"{r['worse']} | {_p(r['wilcoxon_p'])} | {_p(r['holm_p'])} |"
         )
-    if any(r["cases"] < 6 for r in rows):
+    if any(r["better"] + r["worse"] < 6 for r in rows):
         lines += [
             "",
-            "With fewer than 6 cases no two-sided Wilcoxon p-value can fall below 0.05: add folds or test cases "
-            "before reading these p-values.",
+            "With fewer than 6 cases that differ (equal cases do not count in Wilcoxon's test) no two-sided "
+            "p-value can fall below 0.05: add folds or test cases before reading these p-values.",
+        ]
+    if any(r["cases"] < 20 for r in rows):
+        lines += [
+            "",
+            "With fewer than 20 cases the percentile bootstrap interval is too narrow (it covers the true mean "
+            "difference in about 83 % of samples of 5 cases and 89 % of 10, not 95 %); no interval for 1 case.",
         ]
     return lines

@@ -40,7 +40,7 @@ from typing import Any
 
 from ..data import get_spec
 from ..data.datalist import FOLDED
-from ..engines import atomic_write_text
+from ..engines import as_bool, atomic_write_text
 from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
 from .variants import (
@@ -419,10 +419,19 @@ def run_experiment(
         raise ValueError("own data (--dataset nnunet): pass --dataset_dir, the folder with its dataset.json")
     spec = get_spec(dataset, root=overrides.get("dataset_dir"), crop_size=overrides.get("crop_size"))
     spec.resolve_labels(overrides.get("foreground_label"))  # a label typo: refused before any run
+    # "--figures false" arrives from the command line as the string "false" (Fire parses only
+    # True / False), and bool("false") is True
+    paper_protocol, figures, keep_going = as_bool(paper_protocol), as_bool(figures), as_bool(keep_going)
     variants = _variants(networks, preset)
     labels = [v.label for v in variants]
-    if reference is not None and str(reference) not in labels:
-        raise ValueError(f"--reference {reference!r} is not one of the grid's networks {labels}")
+    if reference is not None:
+        try:  # the label as --networks spells it: 'FPA', 'fpa[dilation=6,depthwise=false]' (options sorted)
+            canonical = [v.label for v in parse_networks(str(reference))]
+        except ValueError:
+            canonical = []
+        if len(canonical) != 1 or canonical[0] not in labels:
+            raise ValueError(f"--reference {reference!r} is not one of the grid's networks {labels}")
+        reference = canonical[0]
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
     output_dir = Path(output).resolve()
@@ -444,8 +453,8 @@ def run_experiment(
     try:
         return _run_grid(
             dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
-            output_dir=output_dir, paper_protocol=bool(paper_protocol), figures=bool(figures),
-            data_seed=int(data_seed), max_runs=max_runs, keep_going=bool(keep_going),
+            output_dir=output_dir, paper_protocol=paper_protocol, figures=figures,
+            data_seed=int(data_seed), max_runs=max_runs, keep_going=keep_going,
             figure_cases=figure_cases, figure_networks=figure_networks, command=command, overrides=overrides,
             reference=None if reference is None else str(reference),
         )  # fmt: skip
@@ -662,11 +671,13 @@ def _run_grid(
             networks=[v.label for v in parse_networks(figure_networks)] if figure_networks else None,
         )
     order = [v.label for v in variants]
-    reference = reference or default_reference(order)
+    reference = (reference or default_reference(order)) if len(order) > 1 else None
     comparison = None
     if reference is not None and finished:
         comparison = (reference, paired_comparison(results, reference, order))
         atomic_write_text(output_dir / "comparison.csv", comparison_csv(comparison[1]))
+    else:  # no comparison this time: a comparison.csv of an earlier grid in this folder would contradict results.md
+        (output_dir / "comparison.csv").unlink(missing_ok=True)
     md = markdown_report(
         results,
         dataset=dataset,
