@@ -445,3 +445,22 @@ def test_ensemble_averages_saved_probabilities(cases, tmp_path):
     assert not (tmp_path / "ens2").exists()
     with pytest.raises(ValueError, match="at least two input folders"):
         ensemble_probabilities([a], tmp_path / "ens3")
+
+
+def test_save_probabilities_and_threshold_from_the_command_line(cases, tmp_path):
+    """The monai.bundle CLI passes ``--save_probabilities false`` as the string "false" (bool("false")
+    is True) and a mistyped threshold as a string: both are read, or refused, before any output."""
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    items = find_inference_cases("brats", cases)
+    for text, expected in (("false", False), ("False", False), ("0", False), ("true", True), (True, True)):
+        assert (
+            CasePredictor(
+                net, items, "brats", str(tmp_path / "a"), save_probabilities=text
+            ).save_probabilities
+            is expected
+        )
+    with pytest.raises(ValueError, match="not a boolean"):
+        CasePredictor(net, items, "brats", str(tmp_path / "a"), save_probabilities="maybe")
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        CasePredictor(net, items, "brats", str(tmp_path / "a"), threshold="abc")
+    assert not (tmp_path / "a").exists()

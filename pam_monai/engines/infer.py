@@ -35,6 +35,7 @@ from ..networks.polarity import as_foreground
 from .checkpoint import check_weights, read_run_record
 from .inferer import SliceWiseInferer
 from .postprocessing import _probability, foreground_mask
+from .runtime import as_bool
 
 __all__ = [
     "CasePredictor",
@@ -250,10 +251,15 @@ class CasePredictor:
         self.output_dir = Path(output_dir)
         self.device = torch.device(device)
         self.ckpt_path = ckpt_path
-        self.threshold = float(threshold)
+        try:
+            self.threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}") from None
         self.inferer = SliceWiseInferer(slice_batch_size)
         self.amp = bool(amp) and self.device.type == "cuda"
-        self.save_probabilities = bool(save_probabilities)
+        # --save_probabilities false arrives from the monai.bundle CLI as the string "false" (Fire
+        # parses only True / False), and bool("false") is True
+        self.save_probabilities = as_bool(save_probabilities)
         _probability(self.threshold)  # refused here, before any case is read
 
     def output_path(self, case: str, source: str | os.PathLike | None = None, kind: str = "seg") -> Path:
@@ -324,6 +330,14 @@ class CasePredictor:
             else:
                 _save_png((mask > 0).astype(np.uint8) * 255, path)
             written.append(path)
+            stale = self.output_path(case["case"], source, kind="prob")
+            if not self.save_probabilities and stale.exists():
+                log.warning(
+                    "%s: %s is from an earlier run and was not rewritten: it may not match this mask "
+                    "(run with --save_probabilities true to rewrite it, or delete it)",
+                    case["case"],
+                    stale,
+                )
             if self.save_probabilities:  # the mask's own numbers: sigmoid in float32, put back the same way
                 prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
                 written.append(
