@@ -129,3 +129,9 @@ def test_default_reference():
     assert default_reference(["fpa", "rfna", "unet"]) == "unet"
     assert default_reference(["fpa", "rfna"]) == "fpa"
     assert default_reference(["fpa"]) is None
+
+
+def test_non_finite_metrics_are_refused_by_case():
+    runs = [run("unet", 0, 0, {"a": 0.5, "b": 0.5}), run("fpa", 0, 0, {"a": float("nan"), "b": 0.5})]
+    with pytest.raises(ValueError, match=r"iou of fpa or unet is not finite for case\(s\) \['a'\]"):
+        paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou",))

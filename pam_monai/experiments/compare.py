@@ -132,6 +132,11 @@ def paired_comparison(
                 continue
             a = np.array([mine[k] for k in keys])
             b = np.array([ref[k] for k in keys])
+            bad = [k for k, x, y in zip(keys, a, b) if not (np.isfinite(x) and np.isfinite(y))]
+            if bad:  # the metrics are never NaN by their empty-mask rule: a table edited by hand?
+                raise ValueError(
+                    f"paired comparison: {metric} of {variant} or {reference} is not finite for case(s) {bad[:5]}"
+                )
             d = a - b
             sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
             low, high = _bootstrap_ci(d)
