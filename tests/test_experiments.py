@@ -472,6 +472,25 @@ def test_device_override_is_a_torch_device_expression():
         runner_module._device_expr("cpu'); import os; ('")
 
 
+def fake_finish(run, identity: dict, rows: list[str]) -> dict:
+    """What a finished bundle run leaves (``eval/metrics.csv`` rows, then ``done.json``), for grid
+    tests that do not train."""
+    run.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+    run.metrics_csv.write_text(
+        "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n" + "\n".join(rows) + "\n"
+    )
+    done = {
+        **identity,
+        "params": 1,
+        "resumed": False,
+        "seconds": 0.0,
+        "test_cases": len(rows),
+        "test_iou_mean": 0.5,
+    }
+    run.marker.write_text(json.dumps(done))
+    return done
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("experiment_grid")
 def test_keep_going_and_max_runs(grid, tmp_path, monkeypatch):
@@ -480,21 +499,7 @@ def test_keep_going_and_max_runs(grid, tmp_path, monkeypatch):
     def fake_execute(run, bundle, overrides, identity, ctx):
         if run.variant.network == "unet":
             raise RuntimeError("boom")
-        run.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
-        run.metrics_csv.write_text(
-            "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n"
-            f"c1,{0.5 + 0.1 * run.seed},0.6,3.0,0.001,0.2,False,False\n"
-        )
-        done = {
-            **identity,
-            "params": 1,
-            "resumed": False,
-            "seconds": 0.0,
-            "test_cases": 1,
-            "test_iou_mean": 0.5,
-        }
-        run.marker.write_text(json.dumps(done))
-        return done
+        return fake_finish(run, identity, [f"c1,{0.5 + 0.1 * run.seed},0.6,3.0,0.001,0.2,False,False"])
 
     monkeypatch.setattr(runner_module, "_execute", fake_execute)
     common = {
@@ -650,24 +655,11 @@ def test_reference_flags_and_a_stale_comparison(tmp_path, monkeypatch):
     data, _ = ensure_dataset("brats", tmp_path / "none", output=tmp_path / "synthetic_brats", slices=8)
 
     def fake_execute(run, bundle, overrides, identity, ctx):
-        run.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
         rows = [
             f"c{i},{0.5 + 0.01 * i + 0.1 * (run.variant.network == 'fpa')},0.6,3.0,0.001,0.2,False,False"
             for i in range(3)
         ]
-        run.metrics_csv.write_text(
-            "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n" + "\n".join(rows) + "\n"
-        )
-        done = {
-            **identity,
-            "params": 1,
-            "resumed": False,
-            "seconds": 0.0,
-            "test_cases": 3,
-            "test_iou_mean": 0.5,
-        }
-        run.marker.write_text(json.dumps(done))
-        return done
+        return fake_finish(run, identity, rows)
 
     def no_figures(**kwargs):
         raise AssertionError("figures='false' made figures")
