@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "pam_monai.bench:bench",
     "bundle": "pam_monai.bundle_templates.own_data:bundle",
     "ensemble": "pam_monai.engines.ensemble:ensemble",
+    "score": "pam_monai.engines.score:score",
 }
 
 

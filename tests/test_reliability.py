@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pam_monai.engines import (
     load_checkpoint,
     safe_output_path,
 )
+from pam_monai.metrics import case_metrics
 from pam_monai.networks import get_network
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -464,3 +466,45 @@ def test_save_probabilities_and_threshold_from_the_command_line(cases, tmp_path)
     with pytest.raises(ValueError, match="threshold must be a probability"):
         CasePredictor(net, items, "brats", str(tmp_path / "a"), threshold="abc")
     assert not (tmp_path / "a").exists()
+
+
+def test_score_any_folder_of_masks(cases, tmp_path):
+    """``pam_monai score``: masks of any origin (ours, nnU-Net's <case>.nii.gz label maps) scored on
+    their label's grid by the evaluator's rules; masks off the grid or of unknown cases are refused."""
+    from pam_monai.cli import main
+    from pam_monai.engines.score import score_predictions
+
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    items = find_inference_cases("brats", cases)
+    out = tmp_path / "preds"
+    CasePredictor(net, items, "brats", str(out), save_probabilities=True, threshold=0.45).run()
+    main(["score", "--predictions", str(out), "--dataset", "brats", "--dataset_dir", str(cases)])
+    table = list(csv.DictReader(open(out / "metrics" / "metrics.csv", newline="")))
+    assert [r["case"] for r in table] == sorted(i["case"] for i in items)
+    for row in table:
+        folder = next(p for p in cases.rglob(row["case"]) if p.is_dir())
+        label = nib.load(str(folder / f"{row['case']}_seg.nii.gz"))
+        mask = nib.load(str(out / f"{row['case']}_seg.nii.gz"))
+        spacing = tuple(float(s) for s in np.sqrt((label.affine[:3, :3] ** 2).sum(0)))
+        expected = case_metrics(np.asarray(mask.dataobj), np.asarray(label.dataobj) == 4, spacing=spacing)
+        for metric in ("iou", "hd95", "fp_rate", "fn_rate"):
+            assert float(row[metric]) == pytest.approx(expected[metric], rel=1e-5, abs=1e-9)
+    # nnU-Net's naming and label maps: with label_map, only the target's label (4) is foreground
+    other = tmp_path / "nnunet_preds"
+    other.mkdir()
+    case = table[0]["case"]
+    folder = next(p for p in cases.rglob(case) if p.is_dir())
+    label = nib.load(str(folder / f"{case}_seg.nii.gz"))
+    nib.save(label, str(other / f"{case}.nii.gz"))  # the reference itself, all its labels
+    perfect = score_predictions(other, "brats", cases, tmp_path / "s1", label_map=True)
+    assert perfect["iou"]["mean"] == 1.0
+    assert score_predictions(other, "brats", cases, tmp_path / "s2")["iou"]["mean"] < 1.0  # non-zero: 1, 2, 4
+    # a mask on another grid, and one of a case the data set does not have, are refused by name
+    data = np.asarray(label.dataobj)
+    nib.save(nib.Nifti1Image(data[:-1], label.affine), str(other / f"{case}.nii.gz"))
+    with pytest.raises(ValueError, match=f"{case}.nii.gz: shape .* differs from its label"):
+        score_predictions(other, "brats", cases, tmp_path / "s3")
+    nib.save(label, str(other / f"{case}.nii.gz"))
+    nib.save(label, str(other / "Brats18_NOPE_1_seg.nii.gz"))
+    with pytest.raises(ValueError, match="have no labelled case .*Brats18_NOPE_1"):
+        score_predictions(other, "brats", cases, tmp_path / "s4")

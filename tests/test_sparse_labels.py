@@ -226,6 +226,16 @@ def test_bundle_trains_and_scores_sparse_annotations(sparse_root, tmp_path):
         everywhere = case_metrics(pred, np.isin(raw, (1, 2, 3)))
         differs |= abs(everywhere["fp_rate"] - float(row["fp_rate"])) > 1e-3
     assert differs
+    # the inference masks scored by `pam_monai score` give the evaluator's table
+    from pam_monai.engines.score import score_predictions
+
+    score_predictions(out, "nnunet", sparse_root, tmp_path / "scored")
+    scored = (tmp_path / "scored" / "metrics.csv").read_text().splitlines()
+    assert scored[0] == lines[0]
+    for line in scored[1:]:
+        mine = dict(zip(header, line.split(",")))
+        for metric in ("iou", "dice", "hd95", "fp_rate", "fn_rate"):
+            assert float(mine[metric]) == pytest.approx(float(rows[mine["case"]][metric]), rel=1e-5, abs=1e-9)
 
 
 def test_monai_metric_scores_annotated_voxels():

@@ -16,7 +16,7 @@ from ..atomic import atomic_write_text
 from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
 
-__all__ = ["CaseMetrics", "NonFiniteLossGuard", "score_case"]
+__all__ = ["CaseMetrics", "NonFiniteLossGuard", "score_case", "write_case_metrics"]
 
 log = logging.getLogger("pam_monai")
 
@@ -121,23 +121,30 @@ class CaseMetrics:
             self.write(self.output_dir)
 
     def write(self, output_dir: str | os.PathLike) -> None:
-        out = Path(output_dir)
-        fields = ["case", *METRICS, "target_empty", "pred_empty"]
-        lines = [",".join(fields)]
-        for r in self.rows:
-            lines.append(",".join(_csv(r[k]) for k in fields))
-        atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
-        atomic_write_text(out / "summary.json", json.dumps(self.summary, indent=2) + "\n")
-        s = self.summary
-        parts = [f"{m} {s[m]['mean']:.4g} +- {s[m]['std']:.3g}" for m in METRICS]
-        log.info(
-            "%d cases (%d with an empty target, %d with an empty prediction): %s; per-case rows in %s",
-            s["count"],
-            s["target_empty"],
-            s["pred_empty"],
-            ", ".join(parts),
-            out / "metrics.csv",
-        )
+        write_case_metrics(self.rows, output_dir, self.summary)
+
+
+def write_case_metrics(rows: list[dict], output_dir: str | os.PathLike, summary: dict | None = None) -> dict:
+    """``metrics.csv`` (one row per case) and ``summary.json`` (:func:`pam_monai.metrics.summarize`)
+    of per-case rows into ``output_dir``, atomically, and a log line; returns the summary."""
+    out = Path(output_dir)
+    summary = summary if summary is not None else summarize(rows)
+    fields = ["case", *METRICS, "target_empty", "pred_empty"]
+    lines = [",".join(fields)]
+    for r in rows:
+        lines.append(",".join(_csv(r[k]) for k in fields))
+    atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    parts = [f"{m} {summary[m]['mean']:.4g} +- {summary[m]['std']:.3g}" for m in METRICS]
+    log.info(
+        "%d cases (%d with an empty target, %d with an empty prediction): %s; per-case rows in %s",
+        summary["count"],
+        summary["target_empty"],
+        summary["pred_empty"],
+        ", ".join(parts),
+        out / "metrics.csv",
+    )
+    return summary
 
 
 def _numpy(x):

@@ -1,0 +1,170 @@
+"""Score any folder of predicted masks against a data set's labels with the project's metrics.
+
+``python -m pam_monai score --dataset brats --dataset_dir /data/brats --predictions preds`` reads
+every mask in ``preds`` (this project's ``<case>_seg.nii.gz`` / ``.mha`` / ``.nrrd`` /
+``<case>_seg.png`` / ``<case>_vehicles.png``, or nnU-Net's ``<case>.nii.gz`` / ``<case>.png``), finds
+the case's label in the data set, and writes ``metrics.csv`` and ``summary.json`` exactly as the
+bundles' evaluation does (:class:`~pam_monai.engines.CaseMetrics`): per-case IoU, Dice, HD95 in the
+label's physical units, FP and FN rates on the label's own grid, over the annotated voxels of
+sparsely annotated data. So an ensemble, another tool's output (nnU-Net, the authors' code) or a
+colleague's masks are scored by the same rules as the bundles' models.
+
+Masks: any non-zero value is foreground (0/1 or 0/255); with ``label_map=True`` the predictions are
+label maps with the data set's label values, and the same foreground labels as the target are
+taken. A mask must lie on its label's grid (shape, and for volumes the affine): it is refused by
+name otherwise, as are masks whose case has no label in the data set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data import get_spec, scan_cases
+from ..data.files import load_png, load_volume
+from ..data.layout import visible_entries
+from ..data.ops import binarize
+from ..metrics import case_metrics, split_ignored
+from .data import voxel_spacing
+from .handlers import write_case_metrics
+from .runtime import as_bool
+
+__all__ = ["score", "score_predictions"]
+
+log = logging.getLogger("pam_monai")
+
+_VOLUME_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
+_OUR_SUFFIXES = ("_seg", "_vehicles")
+
+
+def _case_of(name: str, volumetric: bool) -> str | None:
+    """The case ID of a mask file name, None for other files (probability maps, records)."""
+    endings = _VOLUME_ENDINGS if volumetric else (".png",)
+    ending = next((e for e in endings if name.lower().endswith(e)), None)
+    if ending is None or name.startswith("."):
+        return None
+    stem = name[: -len(ending)]
+    if stem.endswith("_prob"):
+        return None
+    for suffix in _OUR_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def score_predictions(
+    predictions: str | os.PathLike,
+    dataset: str = "brats",
+    dataset_dir: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    foreground_label: int | Sequence[int] | None = None,
+    label_map: bool = False,
+    empty_value: float | None = None,
+    **scan_options,
+) -> dict:
+    """Score the masks in ``predictions`` against the labels under ``dataset_dir`` (see the module)
+    and write ``metrics.csv`` and ``summary.json`` into ``output`` (default
+    ``<predictions>/metrics``); returns the summary."""
+    spec = get_spec(dataset, root=dataset_dir)
+    fg, _ = spec.resolve_labels(foreground_label)
+    folder = Path(predictions)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"score: {folder}: no such folder of predicted masks")
+    masks = {}
+    for path in visible_entries(folder):
+        case = _case_of(path.name, spec.volumetric) if path.is_file() else None
+        if case is not None:
+            if case in masks:
+                raise ValueError(
+                    f"score: {folder}: two masks of case {case!r}: {masks[case].name}, {path.name}"
+                )
+            masks[case] = path
+    if not masks:
+        kind = "<case>_seg.nii.gz (.nii, .mha, .nrrd)" if spec.volumetric else "<case>_seg.png"
+        raise ValueError(f"score: {folder}: no mask file ({kind}, or nnU-Net's <case> naming)")
+    labels = {
+        c.case: c.label for c in scan_cases(spec, dataset_dir, **scan_options).cases if c.label is not None
+    }
+    unknown = sorted(set(masks) - set(labels))
+    if unknown:
+        raise ValueError(
+            f"score: {len(unknown)} mask(s) in {folder} have no labelled case in {dataset_dir} "
+            f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): another data set or split?"
+        )
+    unscored = len(labels) - len(masks)
+    if unscored:
+        log.info(
+            "score: %d labelled case(s) of %s have no mask in %s (not scored)", unscored, dataset_dir, folder
+        )
+    rows, skipped = [], []
+    for case in tqdm(sorted(masks), desc="score", unit="case"):
+        label_path, mask_path = labels[case], masks[case]
+        if spec.volumetric:
+            label, affine = load_volume(label_path)
+            pred, pred_affine = load_volume(mask_path)
+        else:
+            label, affine = load_png(label_path, label=True), None
+            pred, pred_affine = load_png(mask_path, label=True), None
+        if pred.shape != label.shape or (
+            affine is not None and not np.allclose(pred_affine, affine, atol=1e-3)
+        ):
+            what = f"shape {pred.shape}" if pred.shape != label.shape else "affine"
+            raise ValueError(
+                f"score: {mask_path}: {what} differs from its label {label_path} (shape {label.shape}): a mask must "
+                "lie on its label's grid"
+            )
+        foreground = np.isin(pred, fg) if label_map else np.asarray(pred) != 0
+        target, annotated = split_ignored(binarize(label, fg, spec.ignore_label))
+        if annotated is not None and not annotated.any():
+            skipped.append(case)
+            continue
+        spacing = voxel_spacing(affine, label.ndim)
+        rows.append(
+            {"case": case, **case_metrics(foreground, target, spacing, empty_value, annotated=annotated)}
+        )
+    if skipped:
+        log.warning("score: no annotated voxel (all 'ignore'), not scored: %s", ", ".join(skipped))
+    if not rows:
+        raise ValueError(f"score: none of the {len(masks)} masks' cases has an annotated voxel")
+    return write_case_metrics(rows, Path(output) if output is not None else folder / "metrics")
+
+
+def score(
+    predictions: str,
+    dataset: str = "brats",
+    dataset_dir: str | None = None,
+    output: str | None = None,
+    foreground_label=None,
+    label_map: bool = False,
+    empty_value: float | None = None,
+) -> str:
+    """Score a folder of predicted masks against a data set's labels with the bundles' evaluation
+    rules (per-case IoU, Dice, HD95, FP and FN rates on each label's own grid) and write
+    metrics.csv and summary.json.
+
+    Args:
+        predictions: folder of masks: <case>_seg.nii.gz (.nii, .mha, .nrrd; 2-D: <case>_seg.png,
+            CityScapes <case>_vehicles.png) or nnU-Net's <case>.nii.gz / <case>.png.
+        dataset: brats, isles, cityscapes or nnunet (own data; its dataset.json names the labels).
+        dataset_dir: the data set's root (the labels).
+        output: where metrics.csv and summary.json go (default <predictions>/metrics).
+        foreground_label: the target's labels (values or own data's names), as in the bundles.
+        label_map: the masks are label maps with the data set's label values (e.g. nnU-Net's
+            multi-label output): the same foreground labels are taken; default: non-zero is foreground.
+        empty_value: HD95 when exactly one mask is empty (default: the image diagonal).
+
+    Returns:
+        a line with the number of cases and where the tables went.
+    """
+    if dataset_dir is None:
+        raise ValueError("score: pass --dataset_dir, the data set with the labels")
+    out = Path(output) if output is not None else Path(predictions) / "metrics"
+    summary = score_predictions(
+        predictions, dataset, dataset_dir, out, foreground_label, as_bool(label_map), empty_value
+    )
+    return f"{summary['count']} cases scored -> {out / 'metrics.csv'}, {out / 'summary.json'}"
