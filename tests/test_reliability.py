@@ -449,6 +449,46 @@ def test_ensemble_averages_saved_probabilities(cases, tmp_path):
         ensemble_probabilities([a], tmp_path / "ens3")
 
 
+def test_ensemble_refuses_what_would_lose_or_misweigh_data(tmp_path):
+    """Output into an input folder (it would overwrite that model's maps), the same folder twice,
+    two maps of one case, grids that differ (refused before any case is written), unreadable
+    maps named; ``.nii`` maps give readable ``.nii`` outputs; a non-numeric threshold is named."""
+    from pam_monai.engines.ensemble import ensemble, ensemble_probabilities
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, value in ((a, 0.2), (b, 0.6)):
+        folder.mkdir()
+        for case in ("c1", "c2"):
+            nib.save(
+                nib.Nifti1Image(np.full((4, 5, 3), value, np.float32), affine),
+                str(folder / f"{case}_prob.nii"),
+            )
+    out = tmp_path / "ens"
+    ensemble(f"{a},{b}", str(out), threshold=0.3)
+    mean = nib.load(str(out / "c1_prob.nii"))  # uncompressed, as its name says
+    np.testing.assert_allclose(np.asarray(mean.dataobj), 0.4, atol=1e-6)
+    assert np.asarray(nib.load(str(out / "c1_seg.nii")).dataobj).all()
+    with pytest.raises(ValueError, match="is one of the inputs"):
+        ensemble_probabilities([a, b], a)
+    with pytest.raises(ValueError, match="given twice"):
+        ensemble_probabilities([a, tmp_path / "." / "a"], tmp_path / "x")
+    with pytest.raises(ValueError, match="no such input folder"):
+        ensemble_probabilities([a, tmp_path / "nope"], tmp_path / "x")
+    with pytest.raises(ValueError, match="threshold must be a probability.*'abc'"):
+        ensemble_probabilities([a, b], tmp_path / "x", threshold="abc")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 2), np.float32), affine), str(b / "c2_prob.nii"))
+    with pytest.raises(ValueError, match="c2_prob.nii is on another grid"):
+        ensemble_probabilities([a, b], tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # c1 was fine, and not written either
+    (b / "c2_prob.nii").write_bytes(b"not a volume")
+    with pytest.raises(ValueError, match="c2_prob.nii: unreadable"):
+        ensemble_probabilities([a, b], tmp_path / "x")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), affine), str(b / "c2_prob.nii.gz"))
+    with pytest.raises(ValueError, match="two probability files of case 'c2'"):
+        ensemble_probabilities([a, b], tmp_path / "x")
+
+
 def test_save_probabilities_and_threshold_from_the_command_line(cases, tmp_path):
     """The monai.bundle CLI passes ``--save_probabilities false`` as the string "false" (bool("false")
     is True) and a mistyped threshold as a string: both are read, or refused, before any output."""

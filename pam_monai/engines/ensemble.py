@@ -6,7 +6,9 @@ d`` averages the probability maps of the same cases in every input folder (e.g. 
 models of a cross-validation, or FPA and RFNA) and writes, in the inputs' format and grid, the
 mean probability ``<case>_prob`` and its mask ``<case>_seg`` (``mean > threshold``; CityScapes:
 ``<case>_vehicles.png``, 0 / 255, as its inference writes it). Everything is checked before anything
-is written: every input must hold the same cases, on the same grid.
+is written: every input must hold the same cases, on the same grid (from the files' headers); an
+input folder given twice, and an output folder that is one of the inputs (its maps would be
+overwritten), are refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data.files import SITK_SUFFIXES, load_volume, save_atomic_npy, save_sitk_like
+from ..data.files import (
+    SITK_SUFFIXES,
+    UnreadableFile,
+    load_volume,
+    save_atomic_npy,
+    save_sitk_like,
+    volume_affine,
+    volume_shape,
+)
 from .infer import _save_nifti, _save_png, safe_output_path
 from .postprocessing import _probability
 
@@ -31,20 +41,39 @@ PROB_ENDINGS = ("_prob.nii.gz", "_prob.nii", "_prob.mha", "_prob.nrrd", "_prob.n
 
 
 def _prob_files(folder: Path) -> dict[str, Path]:
-    """``case -> probability file`` of one inference output folder."""
-    found = {}
+    """``case -> probability file`` of one inference output folder (two of one case are refused)."""
+    found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()) if folder.is_dir() else ():
         ending = next((e for e in PROB_ENDINGS if path.name.endswith(e)), None)
         if ending is not None and not path.name.startswith("."):
-            found[path.name[: -len(ending)]] = path
+            case = path.name[: -len(ending)]
+            if case in found:
+                raise ValueError(
+                    f"ensemble: {folder}: two probability files of case {case!r}: {found[case].name}, "
+                    f"{path.name} (keep one)"
+                )
+            found[case] = path
     return found
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    if path.suffix == ".npy":
-        return np.load(path).astype(np.float32), None
-    data, affine = load_volume(path)
+    try:
+        if path.suffix == ".npy":
+            return np.load(path).astype(np.float32), None
+        data, affine = load_volume(path)
+    except (UnreadableFile, OSError, ValueError) as e:
+        raise ValueError(f"ensemble: {path}: {e}") from None
     return np.asarray(data, dtype=np.float32), affine
+
+
+def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray | None]:
+    """The shape and affine of a probability file, from its header only."""
+    try:
+        if path.suffix == ".npy":
+            return tuple(np.load(path, mmap_mode="r").shape), None
+        return tuple(volume_shape(path)), volume_affine(path)
+    except Exception as e:  # nibabel, SimpleITK and NumPy raise many types
+        raise ValueError(f"ensemble: {path}: unreadable ({' '.join(str(e).split())})") from None
 
 
 def ensemble_probabilities(
@@ -52,10 +81,25 @@ def ensemble_probabilities(
 ) -> list[Path]:
     """Average the ``<case>_prob`` files of the same cases in every folder of ``inputs`` into
     ``output`` (see the module); returns the files written."""
-    folders = [Path(i) for i in inputs]
+    folders = [Path(str(i)) for i in inputs]
     if len(folders) < 2:
         raise ValueError(f"ensemble: give at least two input folders, got {[str(f) for f in folders]}")
     threshold = _probability(threshold)
+    missing_folders = [str(f) for f in folders if not f.is_dir()]
+    if missing_folders:
+        raise ValueError(f"ensemble: no such input folder: {', '.join(missing_folders)}")
+    resolved = [f.resolve() for f in folders]
+    twice = sorted({str(f) for f, r in zip(folders, resolved) if resolved.count(r) > 1})
+    if twice:
+        raise ValueError(
+            f"ensemble: the same input folder given twice ({', '.join(twice)}): it would weigh double"
+        )
+    out = Path(str(output))
+    if out.resolve() in resolved:
+        raise ValueError(
+            f"ensemble: the output folder {out} is one of the inputs: its probability maps and masks would "
+            "be overwritten by the ensemble's; choose another --output"
+        )
     files = [_prob_files(f) for f in folders]
     empty = [str(f) for f, found in zip(folders, files) if not found]
     if empty:
@@ -78,24 +122,42 @@ def ensemble_probabilities(
         ]
     if problems:
         raise ValueError("ensemble: the inputs do not hold the same predictions:\n" + "\n".join(problems))
-    out = Path(output)
+    for case in cases:  # every grid, from the headers, before anything is written
+        shape, affine = _grid(files[0][case])
+        for found in files[1:]:
+            other_shape, other_affine = _grid(found[case])
+            if other_shape != shape or (
+                affine is not None and not np.allclose(other_affine, affine, atol=1e-3)
+            ):
+                problems.append(f"{found[case]} is on another grid than {files[0][case]}")
+    if problems:
+        raise ValueError("ensemble: the inputs are not on the same grids:\n" + "\n".join(problems))
+    stale = sorted(
+        {
+            p.name[: -len(e)]
+            for p in (out.iterdir() if out.is_dir() else ())
+            for e in PROB_ENDINGS
+            if p.name.endswith(e)
+        }
+        - set(cases)
+    )
+    if stale:
+        log.warning(
+            "ensemble: %s holds the outputs of %d other case(s) from an earlier run (%s%s); they are left as they are",
+            out, len(stale), ", ".join(stale[:5]), ", ..." if len(stale) > 5 else "",
+        )  # fmt: skip
     written: list[Path] = []
     for case in tqdm(cases, desc="ensemble", unit="case"):
         first = files[0][case]
         arrays = [_read(found[case]) for found in files]
         reference, affine = arrays[0]
-        for (array, other_affine), found in zip(arrays[1:], files[1:]):
-            if array.shape != reference.shape or (
-                affine is not None and not np.allclose(other_affine, affine, atol=1e-3)
-            ):
-                raise ValueError(f"ensemble: {found[case]} is on another grid than {first}")
         mean = np.mean([a for a, _ in arrays], axis=0, dtype=np.float64).astype(np.float32)
         mask = (mean > threshold).astype(np.uint8)
         ending = first.name[len(case) + len("_prob") :]
         out.mkdir(parents=True, exist_ok=True)
         prob_path = safe_output_path(out, case, f"_prob{ending}")
         if ending == ".npy":  # 2-D images: the mask as their inference writes it
-            vehicles = (first.parent / f"{case}_vehicles.png").is_file()
+            vehicles = any((found[case].parent / f"{case}_vehicles.png").is_file() for found in files)
             seg_path = safe_output_path(out, case, "_vehicles.png" if vehicles else "_seg.png")
             save_atomic_npy(prob_path, mean)
             _save_png(mask * (255 if vehicles else 1), seg_path)
@@ -127,6 +189,10 @@ def ensemble(inputs: str | Sequence[str], output: str, threshold: float = 0.5) -
     Returns:
         the output folder.
     """
-    folders = [s.strip() for s in inputs.split(",")] if isinstance(inputs, str) else [str(i) for i in inputs]
-    written = ensemble_probabilities([f for f in folders if f], output, threshold)
+    # Fire turns "a,b" into a tuple, and all-digit names into numbers
+    if isinstance(inputs, (list, tuple)):
+        folders = [str(i) for i in inputs]
+    else:
+        folders = [s.strip() for s in str(inputs).split(",")]
+    written = ensemble_probabilities([f for f in folders if f], str(output), threshold)
     return f"{len(written) // 2} cases -> {output}"

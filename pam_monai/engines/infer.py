@@ -202,7 +202,8 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, reference: st
             img.set_qform(affine, code=int(ref["qform_code"]))
             img.set_sform(affine, code=int(ref["sform_code"]))
             img.header.set_xyzt_units(*ref.get_xyzt_units())
-    with atomic_path(path, suffix=".nii.gz") as tmp:
+    # nibabel compresses by the name: a .nii stays uncompressed, as its name says
+    with atomic_path(path, suffix=".nii" if str(path).endswith(".nii") else ".nii.gz") as tmp:
         nib.save(img, str(tmp))
 
 

@@ -32,9 +32,13 @@ def foreground_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tenso
 
 
 def _probability(threshold: float) -> float:
-    if not 0.0 < float(threshold) < 1.0:
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}") from None
+    if not 0.0 < value < 1.0:
         raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
-    return float(threshold)
+    return value
 
 
 class ForegroundMaskd(MapTransform):
