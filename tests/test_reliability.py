@@ -489,6 +489,41 @@ def test_ensemble_refuses_what_would_lose_or_misweigh_data(tmp_path):
         ensemble_probabilities([a, b], tmp_path / "x")
 
 
+def test_score_refuses_what_it_would_mis_score(cases, tmp_path):
+    """Binary masks under --label_map (all would be empty), images taken for masks, unreadable
+    masks named; own data's test labels (labelsTs) are found."""
+    from pam_monai.engines.score import score_predictions
+
+    items = find_inference_cases("brats", cases)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    out = tmp_path / "preds"
+    CasePredictor(net, items, "brats", str(out), threshold=0.3).run()
+    with pytest.raises(ValueError, match=r"--label_map: no mask holds a foreground label \[4\]"):
+        score_predictions(out, "brats", cases, tmp_path / "s1", label_map=True)
+    case = items[0]["case"]
+    mask = out / f"{case}_seg.nii.gz"
+    mask.write_bytes(mask.read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"{case}_seg.nii.gz: unreadable"):
+        score_predictions(out, "brats", cases, tmp_path / "s2")
+    # own data: the images of a folder taken for masks; a test set's labels in labelsTs
+    own = tmp_path / "own"
+    synth("nnunet", own, cases=2, slices=4, test_cases=1)
+    images = tmp_path / "images"
+    images.mkdir()
+    for f in (own / "imagesTr").glob("SYN_001_*"):
+        (images / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ValueError, match=r"SYN_001_0000, .* look like images"):
+        score_predictions(images, "nnunet", own, tmp_path / "s3")
+    (own / "labelsTs").mkdir()
+    test_case = next((own / "imagesTs").glob("*_0000.nii.gz")).name[: -len("_0000.nii.gz")]
+    label = own / "labelsTs" / f"{test_case}.nii.gz"
+    label.write_bytes(next((own / "labelsTr").glob("*.nii.gz")).read_bytes())
+    preds = tmp_path / "test_preds"
+    preds.mkdir()
+    (preds / f"{test_case}.nii.gz").write_bytes(label.read_bytes())
+    assert score_predictions(preds, "nnunet", own, tmp_path / "s4")["iou"]["mean"] == 1.0
+
+
 def test_save_probabilities_and_threshold_from_the_command_line(cases, tmp_path):
     """The monai.bundle CLI passes ``--save_probabilities false`` as the string "false" (bool("false")
     is True) and a mistyped threshold as a string: both are read, or refused, before any output."""

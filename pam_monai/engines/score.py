@@ -12,13 +12,20 @@ colleague's masks are scored by the same rules as the bundles' models.
 Masks: any non-zero value is foreground (0/1 or 0/255); with ``label_map=True`` the predictions are
 label maps with the data set's label values, and the same foreground labels as the target are
 taken. A mask must lie on its label's grid (shape, and for volumes the affine): it is refused by
-name otherwise, as are masks whose case has no label in the data set.
+name otherwise, as are masks whose case has no label in the data set. Own data: the labels of
+``labelsTr``, and of ``labelsTs`` where there is one (a test set's masks).
+
+CityScapes: masks are scored at the label's full resolution (as inference writes them, 2048 x 1024
+on the real data), whereas the bundles' evaluation scores the network's 256 x 128 output, as the
+paper does: the overlap metrics of the same model differ slightly, and HD95 (in pixels) scales with
+the resolution (8x on the real data); compare ``score`` results with ``score`` results.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data import get_spec, scan_cases
-from ..data.files import load_png, load_volume
+from ..data.files import UnreadableFile, load_png, load_volume
 from ..data.layout import visible_entries
 from ..data.ops import binarize
 from ..metrics import case_metrics, split_ignored
@@ -55,6 +62,13 @@ def _case_of(name: str, volumetric: bool) -> str | None:
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem
+
+
+def _read(path: Path, volumetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        return load_volume(path) if volumetric else (load_png(path, label=True), None)
+    except UnreadableFile as e:
+        raise ValueError(f"score: {path}: {e}") from None
 
 
 def score_predictions(
@@ -87,29 +101,40 @@ def score_predictions(
     if not masks:
         kind = "<case>_seg.nii.gz (.nii, .mha, .nrrd)" if spec.volumetric else "<case>_seg.png"
         raise ValueError(f"score: {folder}: no mask file ({kind}, or nnU-Net's <case> naming)")
+    scans = [scan_options]
+    if spec.name == "nnunet" and "subset" not in scan_options and (Path(dataset_dir) / "labelsTs").is_dir():
+        scans.append({**scan_options, "subset": "imagesTs"})  # a test set's labels
     labels = {
-        c.case: c.label for c in scan_cases(spec, dataset_dir, **scan_options).cases if c.label is not None
+        c.case: c.label
+        for options in scans
+        for c in scan_cases(spec, dataset_dir, **options).cases
+        if c.label is not None
     }
     unknown = sorted(set(masks) - set(labels))
     if unknown:
+        images = [u for u in unknown if re.fullmatch(r"(.+)_\d{4}", u) and u[:-5] in labels]
+        hint = (
+            f"; {', '.join(images[:3])}{', ...' if len(images) > 3 else ''} look like images (<case>_XXXX), "
+            "not masks"
+            if images
+            else ": another data set or split?"
+        )
         raise ValueError(
             f"score: {len(unknown)} mask(s) in {folder} have no labelled case in {dataset_dir} "
-            f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): another data set or split?"
+            f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}){hint}"
         )
     unscored = len(labels) - len(masks)
     if unscored:
         log.info(
             "score: %d labelled case(s) of %s have no mask in %s (not scored)", unscored, dataset_dir, folder
         )
-    rows, skipped = [], []
+    if spec.name == "cityscapes":
+        log.info("score: CityScapes masks are scored at the labels' full resolution (evaluation: 256 x 128)")
+    rows, skipped, values, no_label = [], [], set(), []
     for case in tqdm(sorted(masks), desc="score", unit="case"):
         label_path, mask_path = labels[case], masks[case]
-        if spec.volumetric:
-            label, affine = load_volume(label_path)
-            pred, pred_affine = load_volume(mask_path)
-        else:
-            label, affine = load_png(label_path, label=True), None
-            pred, pred_affine = load_png(mask_path, label=True), None
+        label, affine = _read(label_path, spec.volumetric)
+        pred, pred_affine = _read(mask_path, spec.volumetric)
         if pred.shape != label.shape or (
             affine is not None and not np.allclose(pred_affine, affine, atol=1e-3)
         ):
@@ -119,6 +144,11 @@ def score_predictions(
                 "lie on its label's grid"
             )
         foreground = np.isin(pred, fg) if label_map else np.asarray(pred) != 0
+        if label_map:
+            present = np.unique(pred)
+            values.update(int(v) for v in present[:16])
+            if present.any() and not foreground.any():
+                no_label.append(case)
         target, annotated = split_ignored(binarize(label, fg, spec.ignore_label))
         if annotated is not None and not annotated.any():
             skipped.append(case)
@@ -126,6 +156,17 @@ def score_predictions(
         spacing = voxel_spacing(affine, label.ndim)
         rows.append(
             {"case": case, **case_metrics(foreground, target, spacing, empty_value, annotated=annotated)}
+        )
+    if label_map and no_label and len(no_label) == len(masks) and values <= {0, 1, 255}:
+        raise ValueError(
+            f"score: --label_map: no mask holds a foreground label {list(fg)}, their values are "
+            f"{sorted(values)}: binary masks? (without --label_map any non-zero value is foreground)"
+        )
+    if no_label:
+        log.warning(
+            "score: label maps without a foreground label %s but other labels: %s",
+            list(fg),
+            ", ".join(no_label),
         )
     if skipped:
         log.warning("score: no annotated voxel (all 'ignore'), not scored: %s", ", ".join(skipped))
@@ -163,8 +204,13 @@ def score(
     """
     if dataset_dir is None:
         raise ValueError("score: pass --dataset_dir, the data set with the labels")
-    out = Path(output) if output is not None else Path(predictions) / "metrics"
+    # Fire gives all-digit folder names as numbers
+    predictions, dataset_dir = str(predictions), str(dataset_dir)
+    out = Path(str(output)) if output is not None else Path(predictions) / "metrics"
     summary = score_predictions(
         predictions, dataset, dataset_dir, out, foreground_label, as_bool(label_map), empty_value
     )
-    return f"{summary['count']} cases scored -> {out / 'metrics.csv'}, {out / 'summary.json'}"
+    note = ""
+    if get_spec(dataset).name == "cityscapes":
+        note = " (CityScapes: at the labels' full resolution; the bundles' evaluation scores 256 x 128)"
+    return f"{summary['count']} cases scored -> {out / 'metrics.csv'}, {out / 'summary.json'}{note}"
