@@ -124,8 +124,8 @@ def score_predictions(
             f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}){hint}"
         )
     unscored = len(labels) - len(masks)
-    if unscored:
-        log.info(
+    if unscored:  # a WARNING: a comparison over fewer cases than another is no comparison
+        log.warning(
             "score: %d labelled case(s) of %s have no mask in %s (not scored)", unscored, dataset_dir, folder
         )
     if spec.name == "cityscapes":
