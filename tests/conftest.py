@@ -4,8 +4,11 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 # real sample cases (BraTS, ISLES'22, Cityscapes) kept outside the repository: ../shared/data
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+# bundle overrides for a one-epoch run of a quarter-width network on the own-data sets of the tests
+SMALL_RUN = {"epochs": 1, "batch_size": 8, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import error_chain
+from conftest import ROOT, SMALL_RUN, error_chain
 
 from pam_monai.data import (
     SliceDataset,
@@ -29,9 +29,6 @@ from pam_monai.data.intensity import (
     scheme_of,
 )
 from pam_monai.data.transforms import NormalizeChannelsd
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"epochs": 1, "batch_size": 8, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +150,7 @@ def test_the_model_keeps_the_statistics_it_was_trained_with(ct_root, tmp_path):
     configs = ROOT / "bundles" / "brats_fpa" / "configs"
     root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
     common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(root), "task": "nnunet"}
-    run("training", config_file=str(configs / "train.json"), logging_file=False, **common, **SMALL)
+    run("training", config_file=str(configs / "train.json"), logging_file=False, **common, **SMALL_RUN)
     trained = get_spec("nnunet", root=root).channel_norms
     record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
     assert record["dataset_json"]["channel_names"] == {"0": "CT"}
@@ -168,7 +165,7 @@ def test_the_model_keeps_the_statistics_it_was_trained_with(ct_root, tmp_path):
     def spec_of(*files):
         parser = ConfigParser()
         parser.read_config([str(configs / f) for f in files])
-        parser.update({**common, **SMALL})
+        parser.update({**common, **SMALL_RUN})
         return parser.get_parsed_content("spec")
 
     # ... but evaluation and inference use the model's
@@ -179,10 +176,10 @@ def test_the_model_keeps_the_statistics_it_was_trained_with(ct_root, tmp_path):
         config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
         logging_file=False,
         **common,
-        **SMALL,
+        **SMALL_RUN,
     )
     assert (tmp_path / "run" / "eval" / "metrics.csv").is_file()
-    nets = {"network_options": SMALL["network_options"]}
+    nets = {"network_options": SMALL_RUN["network_options"]}
     run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **common, **nets)
     seg = nib.load(str(tmp_path / "run" / "predictions" / "SYN_006_seg.nii.gz"))
     assert seg.shape == (90, 84, 6)
@@ -194,7 +191,7 @@ def test_the_model_keeps_the_statistics_it_was_trained_with(ct_root, tmp_path):
             config_file=str(configs / "train.json"),
             logging_file=False,
             **common,
-            **SMALL,
+            **SMALL_RUN,
             resume=True,
         )
     assert any("CT statistics: the weights were trained with {'0'" in m for m in error_chain(err.value))

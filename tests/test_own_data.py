@@ -10,13 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import error_chain, verify_bundle
+from conftest import ROOT, SMALL_RUN, error_chain, verify_bundle
 
 from pam_monai.data import SliceDataset, build_datalist, check_dataset, get_spec, get_split, scan_cases, synth
 from pam_monai.engines import prepare_data
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"epochs": 1, "batch_size": 8, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +202,7 @@ def test_bundle_trains_evaluates_and_infers_on_own_data(own_root, tmp_path):
         run(workflow, config_file=config, logging_file=False, **overrides)
 
     root = copy(own_root, tmp_path)
-    common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(root), "task": "nnunet", **SMALL}
+    common = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(root), "task": "nnunet", **SMALL_RUN}
     bundle("training", "train.json", **common, foreground_label="tumour core")
     record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
     assert record["task"] == "nnunet" and record["in_channels"] == 2
@@ -225,7 +222,7 @@ def test_bundle_trains_evaluates_and_infers_on_own_data(own_root, tmp_path):
 
     infer = {"bundle_root": str(tmp_path / "run"), "dataset_dir": str(root), "task": "nnunet"}
     out = tmp_path / "run" / "predictions"
-    nets = {"network_options": SMALL["network_options"]}
+    nets = {"network_options": SMALL_RUN["network_options"]}
     bundle("inferring", "inference.json", **infer, **nets)  # the root: its imagesTs
     seg = nib.load(str(out / "SYN_007_seg.nii.gz"))
     image = nib.load(str(root / "imagesTs" / "SYN_007_0000.nii.gz"))
@@ -390,13 +387,15 @@ def test_own_data_bundle_trains_without_overrides_and_infers_from_images_alone(
           "--foreground_label", "tumour core"])  # fmt: skip
     bundle = tmp_path / "bundles" / "tumour_rfna"
     configs = bundle / "configs"
-    meta = verify_bundle(configs, SMALL["network_options"])
+    meta = verify_bundle(configs, SMALL_RUN["network_options"])
     image = meta["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == 2 and image["spatial_shape"] == [96, 96]
     assert image["channel_def"] == {"0": "T2", "1": "ADC"}
     assert "trained to segment the tumour core (labels 1, 3)" in (bundle / "docs" / "README.md").read_text()
 
-    run("training", config_file=str(configs / "train.json"), logging_file=False, **SMALL)  # no data overrides
+    run(
+        "training", config_file=str(configs / "train.json"), logging_file=False, **SMALL_RUN
+    )  # no data overrides
     record = json.loads((bundle / "models" / "model.json").read_text())["run"]
     assert record["foreground_label"] == [1, 3] and record["crop_size"] == [96, 96]
     assert record["data_root"] == str(own_root.resolve())
@@ -409,7 +408,7 @@ def test_own_data_bundle_trains_without_overrides_and_infers_from_images_alone(
         shutil.copy(f, incoming / f.name)
     monkeypatch.chdir(deployed)
     run("inferring", config_file="configs/inference.json", logging_file=False, input_dir=str(incoming),
-        dataset_dir=str(tmp_path / "no_such_data"), network_options=SMALL["network_options"])  # fmt: skip
+        dataset_dir=str(tmp_path / "no_such_data"), network_options=SMALL_RUN["network_options"])  # fmt: skip
     seg = nib.load(str(deployed / "predictions" / "SYN_007_seg.nii.gz"))
     assert seg.shape == nib.load(str(incoming / "SYN_007_0000.nii.gz")).shape
     assert not (bundle / "predictions").exists()  # the copy used its own folder, not the original's
@@ -450,7 +449,13 @@ def test_own_data_bundle_paths_names_and_data_set_mismatch(own_root, tmp_path, m
     (other / "dataset.json").write_text(json.dumps(meta))
     monkeypatch.chdir(out)
     with pytest.raises(Exception) as err:
-        run("training", config_file="configs/train.json", logging_file=False, dataset_dir=str(other), **SMALL)
+        run(
+            "training",
+            config_file="configs/train.json",
+            logging_file=False,
+            dataset_dir=str(other),
+            **SMALL_RUN,
+        )
     assert any(
         "describes another data set than this run's spec (labels:" in m for m in error_chain(err.value)
     )
@@ -550,9 +555,9 @@ def test_metaimage_and_nrrd_volumes_read_as_their_nifti(own_root, tmp_path, endi
         logging_file=False,
         dataset_dir=str(own_root),
         **common,
-        **SMALL,
+        **SMALL_RUN,
     )
-    nets = {"network_options": SMALL["network_options"]}
+    nets = {"network_options": SMALL_RUN["network_options"]}
     for data, out in ((own_root, "p_nii"), (root, "p_other")):
         run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **common, **nets,
             dataset_dir=str(data), output_dir=str(tmp_path / out))  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import error_chain, verify_bundle
+from conftest import ROOT, SMALL_RUN, error_chain, verify_bundle
 from PIL import Image
 
 from pam_monai.data import (
@@ -22,8 +22,7 @@ from pam_monai.data import (
 )
 from pam_monai.engines.data import CaseDataset
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"epochs": 1, "batch_size": 4, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
+SMALL = {**SMALL_RUN, "batch_size": 4}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, SMALL_RUN
 
 from pam_monai.data import SliceDataset, build_datalist, check_dataset, get_spec, get_split, synth
 from pam_monai.data.ops import IGNORE, binarize
@@ -19,9 +20,7 @@ from pam_monai.data.transforms import get_preprocess_transforms
 from pam_monai.metrics import case_metrics, split_ignored
 from pam_monai.metrics.paper_protocol import paper_protocol_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 IGNORE_VALUE = 4  # the synthetic set's labels are 0..3
-SMALL = {"epochs": 1, "batch_size": 8, "num_workers": 0, "network_options": {"features": [8, 16, 32, 64]}}
 
 
 def train_items(root: Path) -> list[dict]:
@@ -184,7 +183,7 @@ def test_bundle_trains_and_scores_sparse_annotations(sparse_root, tmp_path):
         "bundle_root": str(tmp_path / "run"),
         "dataset_dir": str(sparse_root),
         "task": "nnunet",
-        **SMALL,
+        **SMALL_RUN,
     }
     run("training", config_file=str(configs / "train.json"), logging_file=False, **common)
     record = json.loads((tmp_path / "run" / "models" / "model.json").read_text())["run"]
@@ -211,7 +210,7 @@ def test_bundle_trains_and_scores_sparse_annotations(sparse_root, tmp_path):
         dataset_dir=str(sparse_root),
         input_dir=str(folder),
         output_dir=str(out),
-        network_options=SMALL["network_options"],
+        network_options=SMALL_RUN["network_options"],
     )
     differs = False
     for case, row in rows.items():

@@ -22,15 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.files import (
-    SITK_SUFFIXES,
     UnreadableFile,
     load_volume,
-    save_atomic_npy,
-    save_sitk_like,
     volume_affine,
     volume_shape,
 )
-from .infer import _save_nifti, _save_png, safe_output_path
+from .infer import safe_output_path, save_prediction
 from .postprocessing import _probability
 
 __all__ = ["ensemble", "ensemble_probabilities"]
@@ -150,25 +147,21 @@ def ensemble_probabilities(
     for case in tqdm(cases, desc="ensemble", unit="case"):
         first = files[0][case]
         arrays = [_read(found[case]) for found in files]
-        reference, affine = arrays[0]
+        affine = arrays[0][1]
         mean = np.mean([a for a, _ in arrays], axis=0, dtype=np.float64).astype(np.float32)
         mask = (mean > threshold).astype(np.uint8)
         ending = first.name[len(case) + len("_prob") :]
         out.mkdir(parents=True, exist_ok=True)
         prob_path = safe_output_path(out, case, f"_prob{ending}")
-        if ending == ".npy":  # 2-D images: the mask as their inference writes it
-            vehicles = any((found[case].parent / f"{case}_vehicles.png").is_file() for found in files)
-            seg_path = safe_output_path(out, case, "_vehicles.png" if vehicles else "_seg.png")
-            save_atomic_npy(prob_path, mean)
-            _save_png(mask * (255 if vehicles else 1), seg_path)
-        elif ending in SITK_SUFFIXES:
-            seg_path = safe_output_path(out, case, f"_seg{ending}")
-            save_sitk_like(mean, first, prob_path)
-            save_sitk_like(mask, first, seg_path)
-        else:
-            seg_path = safe_output_path(out, case, f"_seg{ending}")
-            _save_nifti(mean, affine, prob_path, reference=str(first))
-            _save_nifti(mask, affine, seg_path, reference=str(first))
+        seg_suffix, scale = f"_seg{ending}", 1
+        if ending == ".npy":  # 2-D images: the mask as their inference writes it (CityScapes: 0 / 255)
+            if any((found[case].parent / f"{case}_vehicles.png").is_file() for found in files):
+                seg_suffix, scale = "_vehicles.png", 255
+            else:
+                seg_suffix = "_seg.png"
+        seg_path = safe_output_path(out, case, seg_suffix)
+        save_prediction(mean, prob_path, first, affine)
+        save_prediction(mask * np.uint8(scale), seg_path, first, affine)
         written += [prob_path, seg_path]
         log.info(
             "%s: mean of %d models, %d foreground voxels -> %s", case, len(arrays), int(mask.sum()), seg_path

@@ -43,6 +43,7 @@ __all__ = [
     "inference_spec",
     "recorded_intensity",
     "safe_output_path",
+    "save_prediction",
     "validate_case",
 ]
 
@@ -207,6 +208,25 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, reference: st
         nib.save(img, str(tmp))
 
 
+def save_prediction(
+    array: np.ndarray, path: Path, reference: str | os.PathLike, affine: np.ndarray | None
+) -> Path:
+    """Write a mask or probability map as ``path``'s file type says, on the grid of ``reference``
+    (the case's first image, or a map written before): MetaImage / NRRD through SimpleITK with its
+    origin, spacing and direction; NIfTI with ``affine`` and its qform / sform codes; 2-D ``.png``
+    (uint8, values as given) and ``.npy``. Atomic, as every output."""
+    name = str(path).lower()
+    if name.endswith(".npy"):
+        save_atomic_npy(path, array)
+    elif name.endswith(".png"):
+        _save_png(array, path)
+    elif volume_suffix(path) in SITK_SUFFIXES:
+        save_sitk_like(array, reference, path)
+    else:
+        _save_nifti(array, affine, path, reference=str(reference))
+    return path
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -322,40 +342,22 @@ class CasePredictor:
             mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
             mask = restore_prediction(self.spec, mask, case["original_shape"])
             path = self.output_path(case["case"], source)
-            if self.spec.volumetric and volume_suffix(path) in SITK_SUFFIXES:
-                save_sitk_like(mask, source, path)
-            elif self.spec.volumetric:
-                _save_nifti(mask, case["affine"], path, reference=source)
-            elif self.spec.name == "nnunet":  # own 2-D images: 0 / 1, as a label map
-                _save_png((mask > 0).astype(np.uint8), path)
-            else:
-                _save_png((mask > 0).astype(np.uint8) * 255, path)
-            written.append(path)
-            stale = self.output_path(case["case"], source, kind="prob")
-            if not self.save_probabilities and stale.exists():
+            # CityScapes' vehicle masks are 0 / 255 PNGs; everything else 0 / 1 (own PNGs: a label map)
+            scale = 255 if not self.spec.volumetric and self.spec.name != "nnunet" else 1
+            written.append(save_prediction(mask * np.uint8(scale), path, source, case["affine"]))
+            prob_path = self.output_path(case["case"], source, kind="prob")
+            if not self.save_probabilities and prob_path.exists():
                 log.warning(
                     "%s: %s is from an earlier run and was not rewritten: it may not match this mask "
                     "(run with --save_probabilities true to rewrite it, or delete it)",
                     case["case"],
-                    stale,
+                    prob_path,
                 )
             if self.save_probabilities:  # the mask's own numbers: sigmoid in float32, put back the same way
                 prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
-                written.append(
-                    self._save_probabilities(
-                        restore_prediction(self.spec, prob, case["original_shape"]), case, source
-                    )
+                prob = np.ascontiguousarray(
+                    restore_prediction(self.spec, prob, case["original_shape"]), np.float32
                 )
+                written.append(save_prediction(prob, prob_path, source, case["affine"]))
             log.info("%s: %d foreground voxels -> %s", case["case"], int(mask.sum()), path)
         return written
-
-    def _save_probabilities(self, prob: np.ndarray, case: dict, source) -> Path:
-        path = self.output_path(case["case"], source, kind="prob")
-        prob = np.ascontiguousarray(prob, dtype=np.float32)
-        if self.spec.volumetric and volume_suffix(path) in SITK_SUFFIXES:
-            save_sitk_like(prob, source, path)
-        elif self.spec.volumetric:
-            _save_nifti(prob, case["affine"], path, reference=source)
-        else:
-            save_atomic_npy(path, prob)
-        return path

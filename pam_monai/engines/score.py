@@ -36,9 +36,8 @@ from ..data import get_spec, scan_cases
 from ..data.files import UnreadableFile, load_png, load_volume
 from ..data.layout import visible_entries
 from ..data.ops import binarize
-from ..metrics import case_metrics, split_ignored
 from .data import voxel_spacing
-from .handlers import write_case_metrics
+from .handlers import score_case, write_case_metrics
 from .runtime import as_bool
 
 __all__ = ["score", "score_predictions"]
@@ -149,14 +148,15 @@ def score_predictions(
             values.update(int(v) for v in present[:16])
             if present.any() and not foreground.any():
                 no_label.append(case)
-        target, annotated = split_ignored(binarize(label, fg, spec.ignore_label))
-        if annotated is not None and not annotated.any():
+        # the evaluator's scoring, on the label's own grid already (no crop to undo)
+        target = binarize(label, fg, spec.ignore_label)
+        scores = score_case(
+            foreground, target, spacing=voxel_spacing(affine, label.ndim), empty_value=empty_value
+        )
+        if scores is None:  # nothing annotated
             skipped.append(case)
             continue
-        spacing = voxel_spacing(affine, label.ndim)
-        rows.append(
-            {"case": case, **case_metrics(foreground, target, spacing, empty_value, annotated=annotated)}
-        )
+        rows.append({"case": case, **scores})
     if label_map and no_label and len(no_label) == len(masks) and values <= {0, 1, 255}:
         raise ValueError(
             f"score: --label_map: no mask holds a foreground label {list(fg)}, their values are "
