@@ -36,7 +36,6 @@ __all__ = [
     "paired_comparison",
 ]
 
-METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
 HIGHER_IS_BETTER = {"iou": True, "dice": True, "hd95": False, "fp_rate": False, "fn_rate": False}
 BOOTSTRAP = 10_000
 SEED = 0
