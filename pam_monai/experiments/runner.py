@@ -456,7 +456,7 @@ def run_experiment(
             output_dir=output_dir, paper_protocol=paper_protocol, figures=figures,
             data_seed=int(data_seed), max_runs=max_runs, keep_going=keep_going,
             figure_cases=figure_cases, figure_networks=figure_networks, command=command, overrides=overrides,
-            reference=None if reference is None else str(reference),
+            reference=reference,
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)
