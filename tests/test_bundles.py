@@ -328,6 +328,19 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_multi_gpu_config_disables_the_writers_it_means(name):
+    """multi_gpu_train.json turns rank > 0's TensorBoard writers off by list position: those
+    positions must hold TensorBoard handlers (a handler inserted before them would shift them)."""
+    parser = ConfigParser()
+    parser.read_config(configs(name, "train.json", "multi_gpu_train.json"))
+    overrides = json.loads(Path(configs(name, "multi_gpu_train.json")[0]).read_text())
+    disabled = [k[: -len("#_disabled_")] for k in overrides if k.endswith("#_disabled_")]
+    assert len(disabled) == 2, disabled
+    for handler in disabled:
+        assert parser[handler + "#_target_"] == "TensorBoardStatsHandler", (handler, parser[handler])
+
+
 @pytest.mark.slow
 def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     """Two ranks (gloo), the samples held on the device, sharded by the DistributedSampler; then a

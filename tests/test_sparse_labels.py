@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SMALL_RUN
+from conftest import ROOT, SMALL_RUN, error_chain
 
 from pam_monai.data import SliceDataset, build_datalist, check_dataset, get_spec, get_split, synth
 from pam_monai.data.ops import IGNORE, binarize
@@ -235,6 +235,31 @@ def test_bundle_trains_and_scores_sparse_annotations(sparse_root, tmp_path):
         mine = dict(zip(header, line.split(",")))
         for metric in ("iou", "dice", "hd95", "fp_rate", "fn_rate"):
             assert float(mine[metric]) == pytest.approx(float(rows[mine["case"]][metric]), rel=1e-5, abs=1e-9)
+
+
+def test_a_loss_that_would_learn_unannotated_voxels_is_refused_before_training(sparse_root, tmp_path):
+    """A config whose loss was rewritten without ``loss_for(..., ignore=True)`` would train on the
+    IGNORE targets (value 2) as foreground: the trainer refuses before the first step."""
+    from monai.bundle import run
+
+    configs = ROOT / "bundles" / "isles_fpa" / "configs"
+    with pytest.raises(Exception) as err:  # MONAI wraps it in the failed expression's RuntimeError
+        run(
+            "training",
+            config_file=str(configs / "train.json"),
+            logging_file=False,
+            bundle_root=str(tmp_path / "run"),
+            dataset_dir=str(sparse_root),
+            task="nnunet",
+            loss="$monai.losses.DiceLoss(sigmoid=True, batch=True)",
+            **SMALL_RUN,
+        )
+    chain = error_chain(err.value)
+    assert any(
+        "unannotated voxels (dataset.json label 'ignore': 4), but the training loss DiceLoss" in m
+        for m in chain
+    ), chain
+    assert not (tmp_path / "run" / "models" / "checkpoint_last.pt").exists()
 
 
 def test_monai_metric_scores_annotated_voxels():

@@ -12,7 +12,7 @@ from .checkpoint import (
     load_checkpoint,
 )
 from .data import CaseDataset, prepare_data, voxel_spacing
-from .handlers import CaseMetrics, NonFiniteLossGuard
+from .handlers import CaseMetrics, IgnoredVoxelsCheck, NonFiniteLossGuard
 from .infer import (
     CasePredictor,
     find_inference_cases,
@@ -35,6 +35,7 @@ __all__ = [
     "DeviceSliceLoader",
     "FlipPrepareBatch",
     "ForegroundMaskd",
+    "IgnoredVoxelsCheck",
     "LoaderEpoch",
     "NonFiniteLossGuard",
     "ProgressBar",

@@ -1,4 +1,4 @@
-"""Ignite handlers of the bundles: per-case metrics, a NaN guard."""
+"""Ignite handlers of the bundles: per-case metrics, a NaN guard, the sparse-label loss check."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..atomic import atomic_write_text
 from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
 
-__all__ = ["CaseMetrics", "NonFiniteLossGuard", "score_case", "write_case_metrics"]
+__all__ = ["CaseMetrics", "IgnoredVoxelsCheck", "NonFiniteLossGuard", "score_case", "write_case_metrics"]
 
 log = logging.getLogger("pam_monai")
 
@@ -166,6 +166,42 @@ def _csv(value) -> str:
         return f"{value:.6g}"
     text = str(value)
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+class IgnoredVoxelsCheck:
+    """Refuse, before the first step, to train on a data set with unannotated voxels (nnU-Net's
+    ``ignore`` label) with a loss that does not leave them out.
+
+    Their targets hold :data:`pam_monai.data.ops.IGNORE` (2), which a plain Dice loss would take
+    for a foreground of weight 2: a config whose ``loss`` was rewritten without
+    ``pam_monai.networks.loss_for(..., ignore=True)`` would train on them silently. Checked once at
+    ``STARTED`` (nothing per step).
+
+    Args:
+        ignore_label: the data set's ignore label value (``@spec.ignore_label``), None for fully
+            annotated data (nothing to check).
+    """
+
+    def __init__(self, ignore_label: int | None = None) -> None:
+        self.ignore_label = ignore_label
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.ignore_label is None:
+            return
+        from ..networks.polarity import IgnoredVoxelsLoss
+
+        loss = getattr(engine, "loss_function", None)
+        modules = loss.modules() if isinstance(loss, torch.nn.Module) else ()
+        if not any(isinstance(m, IgnoredVoxelsLoss) for m in modules):
+            raise ValueError(
+                f"the data set marks unannotated voxels (dataset.json label 'ignore': {self.ignore_label}), "
+                f"but the training loss {type(loss).__name__} does not leave them out and would learn "
+                "them as foreground; build it with pam_monai.networks.loss_for(network, loss, ignore=True) "
+                "(as the bundles' train.json does)"
+            )
 
 
 class NonFiniteLossGuard:
