@@ -239,3 +239,25 @@ def test_synth_and_datalist_refuse_what_would_silently_go_wrong(tmp_path):
             ]
         )
     assert not (tmp_path / "d.json").exists()
+
+
+def test_interrupted_synth_command_leaves_a_marked_set(tmp_path, monkeypatch):
+    """`pam_monai synth` killed half-way must not leave cases that later pass for real data."""
+    from pam_monai.data import commands
+
+    out = tmp_path / "brats"
+    real_save, calls = nib.save, [0]
+
+    def flaky(img, path):
+        calls[0] += 1
+        if calls[0] > 12:  # a few cases written, then the run is interrupted
+            raise KeyboardInterrupt("interrupted")
+        real_save(img, path)
+
+    monkeypatch.setattr(nib, "save", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        commands.synth("brats", str(out), cases=3, slices=4)
+    monkeypatch.undo()
+    assert ensure_dataset("brats", out) == (out, True)
+    commands.synth("brats", str(tmp_path / "whole"), cases=1, slices=4)
+    assert json.loads((tmp_path / "whole" / MARKER).read_text())["source"] == "pam_monai synth"

@@ -70,6 +70,7 @@ def synth(
             the 'ignore' label 4 on every odd slice and the first 20 rows of the others).
     """
 
+    from ..atomic import atomic_write_text
     from .layout import visible_entries
     from .synthetic import MARKER
     from .synthetic import synth as generate
@@ -79,8 +80,9 @@ def synth(
         raise ValueError(f"cases must be at least 1, got {cases}")
     if not overwrite and visible_entries(Path(output)):
         raise FileExistsError(f"{output} already holds files; choose an empty folder or pass --overwrite")
-    path = generate(dataset, output, cases=cases, seed=seed, **options)
-    # marked as synthetic, so that training, evaluation and the experiment tables say so
+    # marked as synthetic, so that training, evaluation and the experiment tables say so; the
+    # marker goes first (atomically), so that an interrupted run never leaves unmarked cases that
+    # would later pass for real data
     params = {
         "dataset": dataset,
         "seed": int(seed),
@@ -88,7 +90,8 @@ def synth(
         "options": options,
         "source": "pam_monai synth",
     }
-    (path / MARKER).write_text(json.dumps(params, indent=2, default=str) + "\n")
+    atomic_write_text(Path(output) / MARKER, json.dumps(params, indent=2, default=str) + "\n")
+    path = generate(dataset, output, cases=cases, seed=seed, **options)
     print(f"wrote synthetic {dataset} to {path} (marked SYNTHETIC by {MARKER})")
 
 
