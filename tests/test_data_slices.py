@@ -16,6 +16,7 @@ from pam_monai.data import (
     restore_prediction,
     synth,
 )
+from pam_monai.data import build_datalist, get_split, load_datalist
 from pam_monai.data.files import load_nifti
 
 
@@ -187,3 +188,31 @@ def test_a_training_set_without_foreground_is_refused(items, caplog):
         ValueError, match=r"none of the 2 training cases has a voxel of foreground label\(s\) \[3\]"
     ):
         SliceDataset(items["brats"][:2], "brats", foreground_label=3, progress=False)
+
+
+def test_float16_cache_refuses_intensities_beyond_its_range(tmp_path):
+    """A 'noNorm' channel of raw values above 65504 would be cached as inf by the float16 default."""
+    import json
+
+    import nibabel as nib
+
+    from pam_monai.data.specs import get_spec
+
+    root = tmp_path / "Dataset905_Raw"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = rng.integers(60000, 120000, (32, 32, 4)).astype(np.int32)
+        label = np.zeros((32, 32, 4), np.uint8)
+        label[10:20, 10:20] = 1
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "imagesTr" / f"C{i}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"C{i}.nii.gz"))
+    meta = {"channel_names": {"0": "noNorm"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 3}))
+    spec = get_spec("nnunet", root=root)
+    train = get_split(spec, load_datalist(build_datalist(spec, root), root), "train")
+    with pytest.raises(ValueError, match=r"C\d_0000.nii.gz: .*float16"):
+        SliceDataset(train, spec, progress=False)
+    exact = SliceDataset(train, spec, progress=False, cache_dtype="float32")
+    assert float(exact[0]["image"].max()) > 65504 and bool(torch.isfinite(exact[0]["image"]).all())

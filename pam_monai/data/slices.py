@@ -196,6 +196,14 @@ class SliceDataset(torch.utils.data.Dataset):
             image, label = np.moveaxis(image, -1, 0), np.moveaxis(label, -1, 0)
         else:
             image, label = image[None], label[None]
+        if self.cache_dtype == np.float16 and image.size:
+            peak = float(np.nanmax(np.abs(image)))
+            if peak > float(np.finfo(np.float16).max):  # would be cached as inf, silently
+                raise ValueError(
+                    f"{_item_files(item)[0]}: preprocessed intensities reach {peak:g}, beyond float16's range "
+                    f"(65504), so the float16 slice cache would hold inf; normalise the channel (e.g. not "
+                    f"'noNorm') or pass cache_dtype='float32'"
+                )
         image = np.ascontiguousarray(image, dtype=self.cache_dtype)
         label = np.ascontiguousarray(label, dtype=np.uint8)
         fg = (label.reshape(label.shape[0], -1) == 1).sum(1, dtype=np.int64)  # IGNORE is not foreground
