@@ -192,3 +192,27 @@ def test_canonical_brats_list_is_what_the_command_makes(tmp_path):
     out = tmp_path / "again.json"
     cli(["datalist", "--dataset", "brats", "--case_ids", str(ids_file), "--output", str(out)])
     assert json.loads(out.read_text()) == d
+
+
+def test_write_datalist_leaves_no_temporary_file_and_uses_a_unique_one(tmp_path, monkeypatch):
+    """A failed rename leaves nothing behind; two writers (torchrun ranks) never share a temporary file."""
+    import os
+
+    from pam_monai.bench.report import write_json
+
+    for write in (write_datalist, write_json):
+        target = tmp_path / f"{write.__name__}.json"
+        write({"a": 1}, target)
+        seen = []
+
+        def failing_replace(src, dst):
+            seen.append(os.path.basename(src))
+            raise OSError("rename failed")
+
+        monkeypatch.setattr(os, "replace", failing_replace)
+        with pytest.raises(OSError, match="rename failed"):
+            write({"a": 2}, target)
+        monkeypatch.undo()
+        assert json.loads(target.read_text()) == {"a": 1}
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+        assert seen and seen[0] != f".{target.name}.tmp"  # not a fixed name shared by every writer

@@ -170,12 +170,9 @@ def _describe(flags: dict | None) -> str:
 
 def write_json(result: dict, path: str | os.PathLike) -> Path:
     """Write ``result`` as JSON (atomically: temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    from ..atomic import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def merge(*paths: str | os.PathLike, output: str | os.PathLike | None = None) -> dict:

@@ -210,12 +210,10 @@ def build_datalist(
 
 def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     """Write a datalist as indented JSON (creating the folder) and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(datalist, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    from ..atomic import atomic_write_text
+
+    # a unique temporary file: two ranks or processes writing the same datalist never collide
+    return atomic_write_text(path, json.dumps(datalist, indent=2) + "\n")
 
 
 def _resolve(value, root: Path):
