@@ -205,7 +205,7 @@ def test_write_datalist_leaves_no_temporary_file_and_uses_a_unique_one(tmp_path,
         write({"a": 1}, target)
         seen = []
 
-        def failing_replace(src, dst):
+        def failing_replace(src, dst, seen=seen):
             seen.append(os.path.basename(src))
             raise OSError("rename failed")
 

@@ -9,14 +9,16 @@ import torch
 
 from pam_monai.data import (
     SliceDataset,
+    build_datalist,
     discover_cases,
     get_preprocess_transforms,
+    get_split,
     load_case,
+    load_datalist,
     preprocess_case,
     restore_prediction,
     synth,
 )
-from pam_monai.data import build_datalist, get_split, load_datalist
 from pam_monai.data.files import load_nifti
 
 
@@ -86,6 +88,7 @@ def test_slices_equal_the_preprocessed_volume(items, tmp_path):
     vol = preprocess_case("brats", item)
     exact = SliceDataset([item], "brats", cache_dtype="float32", keep_background_fraction=1.0, progress=False)
     half = SliceDataset([item], "brats", cache_dir=tmp_path, keep_background_fraction=1.0, progress=False)
+    assert half.cache_dtype == np.float16  # the default for z-scored channels
     for z in range(vol["image"].shape[-1]):
         assert exact.slice_info(z) == (item["case"], z)
         np.testing.assert_array_equal(exact[z]["image"].numpy(), vol["image"][..., z])
@@ -191,7 +194,8 @@ def test_a_training_set_without_foreground_is_refused(items, caplog):
 
 
 def test_float16_cache_refuses_intensities_beyond_its_range(tmp_path):
-    """A 'noNorm' channel of raw values above 65504 would be cached as inf by the float16 default."""
+    """A 'noNorm' channel of raw values above 65504: float16 would cache inf, so it is refused
+    (naming the file), and the default cache of such a channel is float32."""
     import json
 
     import nibabel as nib
@@ -208,11 +212,17 @@ def test_float16_cache_refuses_intensities_beyond_its_range(tmp_path):
         label[10:20, 10:20] = 1
         nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "imagesTr" / f"C{i}_0000.nii.gz"))
         nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"C{i}.nii.gz"))
-    meta = {"channel_names": {"0": "noNorm"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {"0": "noNorm"},
+        "labels": {"background": 0, "lesion": 1},
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 3}))
     spec = get_spec("nnunet", root=root)
     train = get_split(spec, load_datalist(build_datalist(spec, root), root), "train")
     with pytest.raises(ValueError, match=r"C\d_0000.nii.gz: .*float16"):
-        SliceDataset(train, spec, progress=False)
-    exact = SliceDataset(train, spec, progress=False, cache_dtype="float32")
-    assert float(exact[0]["image"].max()) > 65504 and bool(torch.isfinite(exact[0]["image"]).all())
+        SliceDataset(train, spec, progress=False, cache_dtype="float16")
+    # the default keeps stored values in float32 (what the bundles use)
+    default = SliceDataset(train, spec, progress=False)
+    assert default.cache_dtype == np.float32
+    assert float(default[0]["image"].max()) > 65504 and bool(torch.isfinite(default[0]["image"]).all())

@@ -65,9 +65,11 @@ class SliceDataset(torch.utils.data.Dataset):
             slices are always kept); 1.0 keeps every slice. Volumes only.
         seed: seed of the background-slice draw.
         foreground_label: BRATS enhancing-tumour label, 4 (2018, default) or 3 (BraTS 2021+).
-        cache_dtype: dtype of the cached images: float16 (default) halves memory and disk; the
-            z-scores lose nothing that matters for training (relative error < 5e-4). float32
-            gives exactly :func:`~pam_monai.data.preprocess_case`'s values.
+        cache_dtype: dtype of the cached images: float16 halves memory and disk; the z-scores
+            lose nothing that matters for training (relative error < 5e-4). float32 gives exactly
+            :func:`~pam_monai.data.preprocess_case`'s values. None (default): float16, unless a
+            channel keeps its stored values (``"noNorm"``: any range, which float16 would round
+            or turn into inf above 65504), then float32.
         num_workers: threads preprocessing cases in parallel (decompression and numpy release
             the GIL); None = up to 4, as many as CPU cores.
         progress: show a tqdm progress bar while preparing the cases.
@@ -81,7 +83,7 @@ class SliceDataset(torch.utils.data.Dataset):
         keep_background_fraction: float = 0.5,
         seed: int = 0,
         foreground_label: int | Sequence[int] | None = None,
-        cache_dtype: str | np.dtype = "float16",
+        cache_dtype: str | np.dtype | None = None,
         num_workers: int | None = None,
         progress: bool = True,
     ) -> None:
@@ -94,6 +96,9 @@ class SliceDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{it.get('case', it['image'])}: a training item needs a label")
         self.keep_background_fraction = float(keep_background_fraction)
         self.foreground_labels, _ = self.spec.resolve_labels(foreground_label)
+        if cache_dtype is None:
+            stored = any(norm.scheme == "nonorm" for norm in self.spec.channel_norms)
+            cache_dtype = "float32" if stored else "float16"
         self.cache_dtype = np.dtype(cache_dtype)
         if self.cache_dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
             raise ValueError(f"cache_dtype must be float16 or float32, got {cache_dtype}")
