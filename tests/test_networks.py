@@ -77,13 +77,36 @@ def test_torchscript_and_eval_determinism(name, dims):
     torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
 
 
-def test_too_small_input_is_refused_with_a_clear_message():
-    net = get_network("rfna", spatial_dims=2, in_channels=3, out_channels=1, **SMALL)
-    with pytest.raises(ValueError, match=r"RFNABlock\(ratio=8\).*single element"):
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_too_small_input_is_refused_with_a_clear_message(mode):
+    """Instance norm cannot normalise one element, in evaluation too: the network names its own
+    minimum input size (RFNA's attention branch goes 8x deeper than the bridge) before PyTorch's
+    message from deep inside."""
+    net = get_network("rfna", spatial_dims=2, in_channels=3, out_channels=1, **SMALL).train(mode == "train")
+    with pytest.raises(ValueError, match=r"RFNAUNet.*\[64, 64\] is down-sampled 64x to a single element"):
         net(torch.randn(2, 3, 64, 64))
-    net = get_network("unet", spatial_dims=2, in_channels=3, out_channels=1, **SMALL)
-    with pytest.raises(ValueError, match="UNet3.*single element"):
-        net(torch.randn(2, 3, 8, 8))
+    assert net(torch.randn(1, 3, 65, 17)).shape == (1, 1, 65, 17)
+    net = get_network("unet", spatial_dims=2, in_channels=3, out_channels=1, **SMALL).train(mode == "train")
+    with pytest.raises(ValueError, match=r"UNet3.*\[7, 7\] is down-sampled 8x to a single element"):
+        net(torch.randn(2, 3, 7, 7))
+    assert net(torch.randn(1, 3, 9, 3)).shape == (1, 1, 9, 3)
+    block = RFNABlock(2, 3, 8, stride=1, ratio=8).train(mode == "train")
+    with pytest.raises(ValueError, match=r"RFNABlock\(ratio=8\).*\[8, 8\] is down-sampled 8x"):
+        block(torch.randn(1, 3, 8, 8))
+    assert RFNABlock(2, 3, 8, stride=1, ratio=2).train(mode == "train")(torch.randn(1, 3, 2, 2)).shape == (
+        1,
+        8,
+        2,
+        2,
+    )
+
+
+def test_networks_with_running_statistics_take_any_size():
+    """With batch norm (running statistics) a 1x1 bottleneck is fine in evaluation: no refusal."""
+    net = get_network("unet", spatial_dims=2, in_channels=3, out_channels=1, norm="batch", **SMALL).eval()
+    assert net.min_input_factor == 0
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 7, 7)).shape == (1, 1, 7, 7)
 
 
 def test_unknown_network_and_bad_option():

@@ -20,6 +20,7 @@ __all__ = [
     "DoubleConv",
     "check_normalisable",
     "conv_norm_act",
+    "normalises_with_input_statistics",
     "interp_mode",
     "resize_to",
 ]
@@ -124,11 +125,21 @@ def resize_to(x: torch.Tensor, like: torch.Tensor, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[2:], mode=mode, align_corners=True)
 
 
+def normalises_with_input_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` holds an instance norm that normalises with its input's own statistics
+    (no running statistics): in training and in evaluation alike, it cannot normalise one element."""
+    return any(
+        isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats
+        for m in module.modules()
+    )
+
+
 def check_normalisable(shape: list[int], factor: int, where: str) -> None:
     """Refuse, with a clear message, an input that ``factor``-fold down-sampling shrinks to one element.
 
-    Instance normalisation cannot normalise a single spatial element in training (PyTorch raises
-    a cryptic error deep inside the network); this names the block and the minimum size instead.
+    Instance normalisation cannot normalise a single spatial element (PyTorch raises a cryptic
+    error deep inside the network, in evaluation too); this names the network or block and the
+    minimum size of its input instead.
     """
     n = 1
     for s in shape:
@@ -136,5 +147,5 @@ def check_normalisable(shape: list[int], factor: int, where: str) -> None:
     if n <= 1:
         raise ValueError(
             f"{where}: an input of spatial size {shape} is down-sampled {factor}x to a single element, which instance "
-            f"normalisation cannot normalise in training; use inputs larger than {factor} along at least one axis."
+            f"normalisation cannot normalise; use inputs larger than {factor} along at least one axis."
         )

@@ -31,6 +31,7 @@ from .convolutions import (
     DoubleConv,
     check_normalisable,
     conv_norm_act,
+    normalises_with_input_statistics,
 )
 from .resize import LinearResize
 
@@ -87,11 +88,13 @@ class RFNABlock(nn.Module):
         self.project = conv_norm_act(spatial_dims, mid, out_channels, 3, norm=None, act=None)  # W_r4
         self.up = LinearResize(spatial_dims)
         self.ratio = ratio
+        # W_r2 and W_r3 normalise at 1/4 and 1/8 of the block's scale (W_r1 has no norm)
+        self.norm_factor = ratio if ratio > 2 and normalises_with_input_statistics(self.down) else 1
 
     def attention(self, f: torch.Tensor) -> torch.Tensor:
         """The attention map ``A`` computed from the main branch's output ``f``."""
-        if self.training:
-            check_normalisable(list(f.shape[2:]), self.ratio, f"RFNABlock(ratio={self.ratio})")
+        if self.norm_factor > 1:
+            check_normalisable(list(f.shape[2:]), self.norm_factor, f"RFNABlock(ratio={self.ratio})")
         return torch.sigmoid(self.project(self.up(self.down(f), f)) + f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..blocks import ATTENTIONS, DEFAULT_ACT, DEFAULT_NORM, AttentionGate, DoubleConv, FPABlock, RFNABlock
-from ..blocks.convolutions import check_normalisable, conv_norm_act
+from ..blocks.convolutions import check_normalisable, conv_norm_act, normalises_with_input_statistics
 from ..blocks.resize import LinearResize
 
 __all__ = ["UNet3", "ENCODER_LEVELS", "ATTENTION_POSITIONS"]
@@ -151,13 +151,18 @@ class UNet3(nn.Module):
         self.up = LinearResize(spatial_dims)
         self.output_sign = float(output_sign)
         self.name = type(self).__name__
+        # the smallest down-sampling at which some instance norm would see one element: the
+        # bridge's 1/8, or deeper inside an encoder block (RFNA's attention branch)
+        scales = {"c1": 1, "c2": 2, "c3": 4, "c4": 8, "bridge": 8}
+        factor = max(scale * int(getattr(getattr(self, n), "norm_factor", 1)) for n, scale in scales.items())
+        self.min_input_factor = factor if normalises_with_input_statistics(self) else 0
 
     def _merge(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return torch.cat([skip, up], dim=1) if self.skip_first else torch.cat([up, skip], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            check_normalisable(list(x.shape[2:]), 8, self.name)
+        if self.min_input_factor > 0:
+            check_normalisable(list(x.shape[2:]), self.min_input_factor, self.name)
         e1 = self.att_c1(self.c1(x))
         e2 = self.att_c2(self.c2(e1))
         e3 = self.att_c3(self.c3(e2))
