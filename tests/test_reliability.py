@@ -380,6 +380,34 @@ def test_check_run_names_every_mismatch_and_refuses_real_weights_on_synthetic_da
         check_run(weights, {**same, "in_channels": 2})
 
 
+def test_best_model_and_its_record_interrupted_between_the_two_writes(tmp_path):
+    """model.pt and model.json are two renames: the record names its weights (SHA-256), so that
+    new weights beside an older run's record are refused by evaluation and inference, while a
+    resumed training carries on from the recorded best value."""
+    from types import SimpleNamespace
+
+    from pam_monai.engines import BestCheckpoint, check_run
+
+    net = get_network("unet", spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8))
+    record = {"task": "brats", "network_name": "unet"}
+    best = BestCheckpoint(str(tmp_path), net, run_info=record)
+    best(SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": 0.4})))
+    assert check_run(tmp_path / "model.pt", record) == record
+    # a later best: the weights are renamed into place, then the run is killed before its record
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    atomic_save(net.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(
+        ValueError, match=r"model.json describes other weights than .*model.pt .*--resume true"
+    ):
+        check_run(tmp_path / "model.pt", record)
+    resumed = BestCheckpoint(str(tmp_path), net, run_info=record, resume=True)
+    assert resumed.best_value == pytest.approx(0.4)
+    resumed(SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": 0.5})))
+    assert check_run(tmp_path / "model.pt", record) == record  # both saved again: they agree
+    assert json.loads((tmp_path / "model.json").read_text())["value"] == 0.5
+
+
 def test_evaluation_and_inference_share_one_threshold():
     """A logit of exactly 0 (probability 0.5) is background everywhere: the bundles' evaluation
     post-processing, inference and the experiments' predictions (MONAI's AsDiscreted keeps >= 0.5)."""

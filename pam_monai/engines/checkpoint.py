@@ -18,6 +18,7 @@ Everything is loaded with ``torch.load(..., weights_only=True)``: a checkpoint c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -261,7 +262,9 @@ class BestCheckpoint:
         # a new run starts its own comparison; a resumed run continues the interrupted one's, and
         # only with the same settings and data (crop, target, CT statistics: check_run names them)
         if as_bool(resume) and self.run_info and self.path.is_file():
-            check_run(self.path, self.run_info)
+            # weights newer than their record (killed between the two writes) need no refusal here:
+            # the resumed epoch is validated again and saves both when it beats the recorded best
+            check_run(self.path, self.run_info, verify=False)
         self.best_value = self._stored_best() if as_bool(resume) else None
 
     def attach(self, engine: Engine) -> None:
@@ -282,7 +285,9 @@ class BestCheckpoint:
             return
         self.best_value = value
         atomic_save(unwrap_network(self.network).state_dict(), self.path)
-        meta = {"metric": self.metric_name, "value": value}
+        # two files cannot be renamed at once: the record names the weights it describes, so that
+        # weights and a record of other weights (a run killed between the two writes) are told apart
+        meta = {"metric": self.metric_name, "value": value, "weights_sha256": file_sha256(self.path)}
         if self.run_info:
             meta["run"] = self.run_info
         atomic_write_text(self.path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
@@ -294,18 +299,44 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def read_run_record(ckpt_path: str | os.PathLike) -> dict | None:
-    """The ``"run"`` record that training wrote beside ``ckpt_path`` (``model.json``), or None."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_run_record(ckpt_path: str | os.PathLike, verify: bool = True) -> dict | None:
+    """The ``"run"`` record that training wrote beside ``ckpt_path`` (``model.json``), or None.
+
+    Raises ``ValueError`` when the record names other weights than those in ``ckpt_path`` (its
+    ``weights_sha256``: a training killed between writing the weights and their record, or weights
+    replaced by hand; ``verify=False`` skips the check); records without a checksum (earlier
+    versions) are taken as they are.
+    """
     meta_path = Path(ckpt_path).with_suffix(".json")
     if not meta_path.is_file():
         return None
     try:
-        return json.loads(meta_path.read_text()).get("run") or None
+        meta = json.loads(meta_path.read_text())
+        record = meta.get("run") or None
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"{meta_path}: unreadable ({e})") from e
+    expected = meta.get("weights_sha256")
+    if verify and expected and Path(ckpt_path).is_file() and file_sha256(ckpt_path) != expected:
+        raise ValueError(
+            f"{meta_path} describes other weights than {ckpt_path} (a training interrupted while saving its "
+            "best model, or weights replaced by hand): resume the training (--resume true) to save both again, "
+            f"or delete {meta_path.name} to load these weights without their record"
+        )
+    return record
 
 
-def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | None = None) -> dict | None:
+def check_run(
+    ckpt_path: str | os.PathLike | None, expected: dict, data: dict | None = None, verify: bool = True
+) -> dict | None:
     """Check that the weights in ``ckpt_path`` belong to this run before they are loaded.
 
     Compares ``expected`` (the bundle's ``task``, ``network_name``, ``network_options``,
@@ -322,7 +353,7 @@ def check_run(ckpt_path: str | os.PathLike | None, expected: dict, data: dict | 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained weights here (train first, or set ckpt_dir / ckpt_path)")
-    record = read_run_record(path)
+    record = read_run_record(path, verify=verify)
     if not record:
         return None
     expected = _jsonable(expected)

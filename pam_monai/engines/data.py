@@ -145,9 +145,10 @@ def _rank0_first(fn):
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return fn()
     if dist.get_rank() == 0:
-        result = fn()
-        dist.barrier()
-        return result
+        try:
+            return fn()
+        finally:  # on an error too: the others then meet it themselves instead of waiting for a timeout
+            dist.barrier()
     dist.barrier()
     return fn()
 
