@@ -211,6 +211,6 @@ def score(
         predictions, dataset, dataset_dir, out, foreground_label, as_bool(label_map), empty_value
     )
     note = ""
-    if get_spec(dataset).name == "cityscapes":
+    if str(dataset).lower() == "cityscapes":  # own data's spec needs its root: the name says enough
         note = " (CityScapes: at the labels' full resolution; the bundles' evaluation scores 256 x 128)"
     return f"{summary['count']} cases scored -> {out / 'metrics.csv'}, {out / 'summary.json'}{note}"

@@ -1,0 +1,22 @@
+"""`pam_monai score --dataset nnunet` (the CLI function) scores own data and returns without error."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from pam_monai.data import synth
+from pam_monai.engines.score import score
+
+
+def test_score_cli_function_on_own_data(tmp_path):
+    root = synth("nnunet", tmp_path / "Dataset901_Score", cases=2, slices=4)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for label in sorted((root / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(label)
+        mask = (np.asanyarray(img.dataobj) > 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, img.affine), preds / label.name.replace(".nii.gz", "_seg.nii.gz"))
+    line = score(str(preds), dataset="nnunet", dataset_dir=str(root))
+    assert line.startswith("2 cases scored")
+    assert (preds / "metrics" / "metrics.csv").is_file()
