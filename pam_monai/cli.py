@@ -56,9 +56,14 @@ def unknown_flags(func, args: list[str]) -> list[str]:
 
 
 def _root_cause(error: BaseException) -> BaseException:
-    """The innermost cause (MONAI wraps a config expression's error in a RuntimeError)."""
+    """The innermost cause (MONAI wraps a config expression's error in a RuntimeError), except that
+    an error whose message already quotes its cause is the one to show: it names the file or the
+    value that the cause (e.g. a ``JSONDecodeError``) does not."""
     while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
-        error = error.__cause__ or error.__context__
+        cause = error.__cause__ or error.__context__
+        if str(cause) and str(cause) in str(error):
+            break
+        error = cause
     return error
 
 

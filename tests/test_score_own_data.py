@@ -20,3 +20,16 @@ def test_score_cli_function_on_own_data(tmp_path):
     line = score(str(preds), dataset="nnunet", dataset_dir=str(root))
     assert line.startswith("2 cases scored")
     assert (preds / "metrics" / "metrics.csv").is_file()
+
+
+def test_cli_error_keeps_the_file_name_of_a_broken_dataset_json(tmp_path, capsys):
+    import pytest
+
+    from pam_monai.cli import main
+
+    root = tmp_path / "Dataset902_Broken"
+    root.mkdir()
+    (root / "dataset.json").write_text('{"channel_names": {"0": "T2"},}')
+    with pytest.raises(SystemExit) as e:
+        main(["check", "--dataset", "nnunet", "--root", str(root)])
+    assert str(root / "dataset.json") in str(e.value) and "not readable JSON" in str(e.value)
