@@ -33,3 +33,26 @@ def test_cli_error_keeps_the_file_name_of_a_broken_dataset_json(tmp_path, capsys
     with pytest.raises(SystemExit) as e:
         main(["check", "--dataset", "nnunet", "--root", str(root)])
     assert str(root / "dataset.json") in str(e.value) and "not readable JSON" in str(e.value)
+
+
+def test_score_warns_when_label_maps_are_read_as_binary_masks(tmp_path, caplog):
+    import logging
+
+    from pam_monai.engines.score import score_predictions
+
+    root = synth("nnunet", tmp_path / "Dataset903_Maps", cases=2, slices=4)  # labels 1, 2, 3
+    preds = tmp_path / "maps"
+    preds.mkdir()
+    for label in sorted((root / "labelsTr").glob("*.nii.gz")):  # nnU-Net's output: label maps
+        img = nib.load(label)
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj).astype(np.uint8), img.affine), preds / label.name)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        score_predictions(preds, "nnunet", root, tmp_path / "out", foreground_label="enhancing")
+    assert "pass --label_map true" in caplog.text and "2 mask(s) hold values besides 0 / 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        summary = score_predictions(preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True)
+        assert summary["iou"]["mean"] == 1.0
+        # every label is the target: non-zero is the target either way, nothing to warn about
+        assert score_predictions(preds, "nnunet", root, tmp_path / "o3")["iou"]["mean"] == 1.0
+    assert "--label_map true" not in caplog.text

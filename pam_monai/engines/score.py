@@ -129,7 +129,7 @@ def score_predictions(
         )
     if spec.name == "cityscapes":
         log.info("score: CityScapes masks are scored at the labels' full resolution (evaluation: 256 x 128)")
-    rows, skipped, values, no_label = [], [], set(), []
+    rows, skipped, values, no_label, label_maps = [], [], set(), [], []
     for case in tqdm(sorted(masks), desc="score", unit="case"):
         label_path, mask_path = labels[case], masks[case]
         label, affine = _read(label_path, spec.volumetric)
@@ -142,6 +142,10 @@ def score_predictions(
                 f"score: {mask_path}: {what} differs from its label {label_path} (shape {label.shape}): a mask must "
                 "lie on its label's grid"
             )
+        if not label_map:  # a label map read as a binary mask: every label counts as the target
+            others = {float(v) for v in np.unique(pred)} - {0.0, 1.0, 255.0} - {float(v) for v in fg}
+            if others:
+                label_maps.append(f"{case} ({', '.join(f'{v:g}' for v in sorted(others)[:4])})")
         foreground = np.isin(pred, fg) if label_map else np.asarray(pred) != 0
         if label_map:
             present = np.unique(pred)
@@ -167,6 +171,15 @@ def score_predictions(
             "score: label maps without a foreground label %s but other labels: %s",
             list(fg),
             ", ".join(no_label),
+        )
+    if label_maps:
+        log.warning(
+            "score: %d mask(s) hold values besides 0 / 1 that are not the target %s, yet count as the target "
+            "(every non-zero value does without --label_map): %s; label maps (nnU-Net's output)? pass "
+            "--label_map true",
+            len(label_maps),
+            list(fg),
+            ", ".join(label_maps[:5]) + (", ..." if len(label_maps) > 5 else ""),
         )
     if skipped:
         log.warning("score: no annotated voxel (all 'ignore'), not scored: %s", ", ".join(skipped))
