@@ -157,6 +157,23 @@ def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
     return None
 
 
+def slice_axis_problem(affine) -> str | None:
+    """Own volumes are sliced along array axis 2: a volume whose thickest voxel axis is another one
+    (an export with the slice axis first) would be cut through its thick axis. Says so, or None."""
+    if affine is None:
+        return None
+    spacing = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(0))
+    thick = int(np.argmax(spacing))
+    if thick == 2 or spacing[thick] < 2 * spacing[2]:
+        return None
+    shown = " x ".join(f"{v:.3g}" for v in spacing)
+    return (
+        f"voxel spacing {shown} mm: its thickest axis is array axis {thick}, but volumes are sliced along array "
+        f"axis 2 ({spacing[2]:.3g} mm), so its 2-D slices cut through the thick axis; store it with the thick "
+        "(slice) axis third, as the training cases"
+    )
+
+
 def _nonfinite(data: np.ndarray) -> str | None:
     if not np.issubdtype(data.dtype, np.floating):
         return None
@@ -248,6 +265,9 @@ def _summarise(
     if spec.ignore_label is not None:
         summary.unannotated, summary.voxels = int((label == spec.ignore_label).sum()), int(label.size)
     warnings = []
+    thick = slice_axis_problem(affine) if spec.name == "nnunet" and spec.volumetric else None
+    if thick:
+        warnings.append((next(p.name for p in case.channels.values() if p is not None), thick))
     if spec.ignore_label is not None and summary.unannotated == summary.voxels:
         warnings.append(
             (

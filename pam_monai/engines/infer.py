@@ -323,6 +323,11 @@ class CasePredictor:
                         "centre %dx%d is predicted, the rim is background (train with a larger crop_size)",
                         case["case"], size, *crop, *crop,
                     )  # fmt: skip
+            if self.spec.name == "nnunet" and self.spec.volumetric:
+                from ..data.checker import slice_axis_problem
+
+                if thick := slice_axis_problem(case["affine"]):
+                    log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, thick)
             problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
             usable.append(item)  # read again below: memory stays one case, however many there are
         if problems:
