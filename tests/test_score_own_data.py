@@ -35,8 +35,8 @@ def test_cli_error_keeps_the_file_name_of_a_broken_dataset_json(tmp_path, capsys
     assert str(root / "dataset.json") in str(e.value) and "not readable JSON" in str(e.value)
 
 
-def test_score_warns_when_label_maps_are_read_as_binary_masks(tmp_path, caplog):
-    import logging
+def test_score_refuses_to_guess_how_to_read_label_maps(tmp_path):
+    import pytest
 
     from pam_monai.engines.score import score_predictions
 
@@ -46,13 +46,15 @@ def test_score_warns_when_label_maps_are_read_as_binary_masks(tmp_path, caplog):
     for label in sorted((root / "labelsTr").glob("*.nii.gz")):  # nnU-Net's output: label maps
         img = nib.load(label)
         nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj).astype(np.uint8), img.affine), preds / label.name)
-    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+    with pytest.raises(ValueError, match=r"values 2 besides 0 / 1 and the target \[3\].*--label_map true"):
         score_predictions(preds, "nnunet", root, tmp_path / "out", foreground_label="enhancing")
-    assert "pass --label_map true" in caplog.text and "2 mask(s) hold values besides 0 / 1" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pam_monai"):
-        summary = score_predictions(preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True)
-        assert summary["iou"]["mean"] == 1.0
-        # every label is the target: non-zero is the target either way, nothing to warn about
-        assert score_predictions(preds, "nnunet", root, tmp_path / "o3")["iou"]["mean"] == 1.0
-    assert "--label_map true" not in caplog.text
+    summary = score_predictions(
+        preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True
+    )
+    assert summary["iou"]["mean"] == 1.0
+    everything = score_predictions(
+        preds, "nnunet", root, tmp_path / "o4", foreground_label="enhancing", label_map=False
+    )
+    assert everything["iou"]["mean"] < 1.0  # every label counted, as asked
+    # every label is the target: non-zero is the target either way, nothing to ask
+    assert score_predictions(preds, "nnunet", root, tmp_path / "o3")["iou"]["mean"] == 1.0

@@ -11,7 +11,9 @@ colleague's masks are scored by the same rules as the bundles' models.
 
 Masks: any non-zero value is foreground (0/1 or 0/255); with ``label_map=True`` the predictions are
 label maps with the data set's label values, and the same foreground labels as the target are
-taken. A mask must lie on its label's grid (shape, and for volumes the affine): it is refused by
+taken. Masks holding other values than 0, 1, 255 and the target's are refused unless
+``label_map`` says how to read them (``False``: every non-zero value is foreground), since the two
+readings of a label map give different metrics. A mask must lie on its label's grid (shape, and for volumes the affine): it is refused by
 name otherwise, as are masks whose case has no label in the data set. Own data: the labels of
 ``labelsTr``, and of ``labelsTs`` where there is one (a test set's masks).
 
@@ -76,7 +78,7 @@ def score_predictions(
     dataset_dir: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
     foreground_label: int | Sequence[int] | None = None,
-    label_map: bool = False,
+    label_map: bool | None = None,
     empty_value: float | None = None,
     **scan_options,
 ) -> dict:
@@ -129,7 +131,7 @@ def score_predictions(
         )
     if spec.name == "cityscapes":
         log.info("score: CityScapes masks are scored at the labels' full resolution (evaluation: 256 x 128)")
-    rows, skipped, values, no_label, label_maps = [], [], set(), [], []
+    rows, skipped, values, no_label = [], [], set(), []
     for case in tqdm(sorted(masks), desc="score", unit="case"):
         label_path, mask_path = labels[case], masks[case]
         label, affine = _read(label_path, spec.volumetric)
@@ -142,10 +144,14 @@ def score_predictions(
                 f"score: {mask_path}: {what} differs from its label {label_path} (shape {label.shape}): a mask must "
                 "lie on its label's grid"
             )
-        if not label_map:  # a label map read as a binary mask: every label counts as the target
-            others = {float(v) for v in np.unique(pred)} - {0.0, 1.0, 255.0} - {float(v) for v in fg}
+        if label_map is None:  # a label map read as a binary mask would count every label as the target
+            others = sorted({float(v) for v in np.unique(pred)} - {0.0, 1.0, 255.0} - {float(v) for v in fg})
             if others:
-                label_maps.append(f"{case} ({', '.join(f'{v:g}' for v in sorted(others)[:4])})")
+                raise ValueError(
+                    f"score: {mask_path}: values {', '.join(f'{v:g}' for v in others[:4])} besides 0 / 1 and the "
+                    f"target {list(fg)}: a label map (nnU-Net's output)? pass --label_map true to score its "
+                    "target labels, or --label_map false to count every non-zero value as foreground"
+                )
         foreground = np.isin(pred, fg) if label_map else np.asarray(pred) != 0
         if label_map:
             present = np.unique(pred)
@@ -172,15 +178,6 @@ def score_predictions(
             list(fg),
             ", ".join(no_label),
         )
-    if label_maps:
-        log.warning(
-            "score: %d mask(s) hold values besides 0 / 1 that are not the target %s, yet count as the target "
-            "(every non-zero value does without --label_map): %s; label maps (nnU-Net's output)? pass "
-            "--label_map true",
-            len(label_maps),
-            list(fg),
-            ", ".join(label_maps[:5]) + (", ..." if len(label_maps) > 5 else ""),
-        )
     if skipped:
         log.warning("score: no annotated voxel (all 'ignore'), not scored: %s", ", ".join(skipped))
     if not rows:
@@ -194,7 +191,7 @@ def score(
     dataset_dir: str | None = None,
     output: str | None = None,
     foreground_label=None,
-    label_map: bool = False,
+    label_map: bool | None = None,
     empty_value: float | None = None,
 ) -> str:
     """Score a folder of predicted masks against a data set's labels with the bundles' evaluation
@@ -208,8 +205,10 @@ def score(
         dataset_dir: the data set's root (the labels).
         output: where metrics.csv and summary.json go (default <predictions>/metrics).
         foreground_label: the target's labels (values or own data's names), as in the bundles.
-        label_map: the masks are label maps with the data set's label values (e.g. nnU-Net's
-            multi-label output): the same foreground labels are taken; default: non-zero is foreground.
+        label_map: true: the masks are label maps with the data set's label values (e.g. nnU-Net's
+            multi-label output), the same foreground labels are taken; false: any non-zero value is
+            foreground; default: non-zero is foreground, and masks with other values than 0, 1, 255
+            and the target's are refused (say which reading is meant).
         empty_value: HD95 when exactly one mask is empty (default: the image diagonal).
 
     Returns:
@@ -221,7 +220,13 @@ def score(
     predictions, dataset_dir = str(predictions), str(dataset_dir)
     out = Path(str(output)) if output is not None else Path(predictions) / "metrics"
     summary = score_predictions(
-        predictions, dataset, dataset_dir, out, foreground_label, as_bool(label_map), empty_value
+        predictions,
+        dataset,
+        dataset_dir,
+        out,
+        foreground_label,
+        None if label_map is None else as_bool(label_map),
+        empty_value,
     )
     note = ""
     if str(dataset).lower() == "cityscapes":  # own data's spec needs its root: the name says enough
