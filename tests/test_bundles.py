@@ -328,6 +328,24 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+def test_bundle_root_is_the_bundle_or_refused(tmp_path, monkeypatch):
+    """Run from the repository root, a bundle's outputs go into bundles/<name>; from the bundle's own
+    folder into "."; from anywhere else the run is refused instead of writing into that folder."""
+    from pam_monai.engines import bundle_root
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    monkeypatch.chdir(ROOT)
+    assert parser.get_parsed_content("bundle_root") == "bundles/brats_fpa"
+    monkeypatch.chdir(ROOT / "bundles" / "brats_fpa")
+    assert parser.get_parsed_content("bundle_root", lazy=False) == "."
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=rf"bundle_root: {tmp_path} is not a bundle's folder .*nor bundles/x/configs"
+    ):
+        bundle_root("bundles/x")
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 def test_multi_gpu_config_disables_the_writers_it_means(name):
     """multi_gpu_train.json turns rank > 0's TensorBoard writers off by list position: those

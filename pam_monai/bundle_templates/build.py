@@ -103,7 +103,7 @@ def variables(task: str | BundleTask, network: str) -> dict:
     return {
         # the repository's layout when run from its root (the documented commands), else the
         # current folder: a downloaded bundle runs from its own folder (or pass --bundle_root)
-        "bundle_root": f"$'{where}' if os.path.isdir('{where}/configs') else '.'",
+        "bundle_root": f"$pam_monai.engines.bundle_root('{where}')",
         "task": bt.task,
         "network_name": network,
         "dataset_dir": bt.dataset_dir,
@@ -239,7 +239,8 @@ PAPER_GENERATED = (
 )
 PAPER_RUN_FROM = """The commands below run from the project's root; from this bundle's
 own folder (e.g. after `monai.bundle download`) `bundle_root` is `.`, and from anywhere else pass
-`--bundle_root path/to/{name}`."""
+`--bundle_root path/to/{name}` (without it such a run is refused rather than writing `models/` into
+the working folder)."""
 PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). When it does
 not exist or is empty, training runs on a small **synthetic stand-in** generated on the fly (into
 `synthetic_data/`) and the log says so; a folder with other content (data in another layout) is

@@ -139,7 +139,7 @@ def own_data_bundle(
         "`bundle_root` is `.`, and from anywhere else pass `--bundle_root path/to/{name}`."
         if folder
         else "Run the commands below from the bundle's own folder (`bundle_root` is `.`), or pass\n"
-        "`--bundle_root path/to/{name}`."
+        "`--bundle_root path/to/{name}` (a run from another folder without it is refused)."
     )
     task = BundleTask("nnunet", spec, info, prefix, folder=folder or ".", dataset_dir=str(dataset_dir))
     files = bundle_files(task, network)
@@ -149,7 +149,7 @@ def own_data_bundle(
         "dataset_json": spec_dataset_json(spec),
         "crop_size": list(spec.crop_size),
         "spec": "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size)",
-        **({} if folder else {"bundle_root": "."}),
+        **({} if folder else {"bundle_root": "$pam_monai.engines.bundle_root()"}),
     }
     # evaluation and inference: CT statistics from model.json (those the weights were trained with),
     # else the embedded ones; check_run refuses weights trained with others
@@ -213,7 +213,9 @@ def bundle(
     path = own_data_bundle(dataset_dir, network, output, foreground_label, crop_size, modality, overwrite)
     config = json.loads((path / "configs" / "train.json").read_text())
     run = "python -m monai.bundle run training --config_file"
-    if config["bundle_root"] == ".":  # outside the working folder: it runs from its own folder
+    if (
+        config["bundle_root"] == "$pam_monai.engines.bundle_root()"
+    ):  # outside the working folder: run from its own
         print(f"wrote {path}; train: cd {path} && {run} configs/train.json")
     else:
         print(f"wrote {path}; train: {run} {path}/configs/train.json")

@@ -25,7 +25,7 @@ from .inferer import SliceWiseInferer
 from .loaders import DeviceSliceLoader, LoaderEpoch, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
 from .progress import ProgressBar
-from .runtime import as_bool, fast_network, setup_run
+from .runtime import as_bool, bundle_root, fast_network, setup_run
 
 __all__ = [
     "BestCheckpoint",
@@ -42,6 +42,7 @@ __all__ = [
     "SliceWiseInferer",
     "TrainingCheckpoint",
     "as_bool",
+    "bundle_root",
     "atomic_save",
     "atomic_write_text",
     "check_run",

@@ -1,4 +1,4 @@
-"""Run set-up: seeds, the deterministic mode and the GPU fast path.
+"""Run set-up: the bundle's folder, seeds, the deterministic mode and the GPU fast path.
 
 The fast path (``fast: true`` in the bundles, the default where a GPU is present) is: cuDNN
 benchmark and TF32 (:func:`setup_run`), bf16 autocast and ``torch.compile`` (the trainer's ``amp``
@@ -17,9 +17,27 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["as_bool", "fast_network", "setup_run", "use_fast_norm"]
+__all__ = ["as_bool", "bundle_root", "fast_network", "setup_run", "use_fast_norm"]
 
 log = logging.getLogger("pam_monai")
+
+
+def bundle_root(where: str | None = None) -> str:
+    """The bundle's folder, where its ``models/``, ``eval/`` and ``cache/`` go: ``where`` (its place
+    below the working folder, e.g. ``bundles/brats_fpa``, the documented commands) when it is
+    there, else ``.`` when the working folder is a bundle (holds ``configs/``: a downloaded
+    bundle run from its own folder). Anywhere else this refuses, rather than filling the working
+    folder with another bundle's outputs: pass ``--bundle_root``."""
+    if where and os.path.isdir(os.path.join(where, "configs")):
+        return where
+    if os.path.isdir("configs"):
+        return "."
+    raise ValueError(
+        f"bundle_root: {os.getcwd()} is not a bundle's folder (no configs/ here"
+        + (f", nor {where}/configs below it" if where else "")
+        + "), and models/, eval/ and cache/ would be written here: run from the bundle's own folder or "
+        "pass --bundle_root path/to/the/bundle"
+    )
 
 
 def as_bool(value) -> bool:
