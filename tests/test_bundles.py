@@ -500,3 +500,21 @@ def test_an_installed_package_carries_the_bundle_templates():
         if not any(fnmatch.fnmatch(name, pat) for pat in patterns.get("pam_monai.bundle_templates", []))
     ]
     assert not missing, f"not package data: {missing}"
+
+
+@pytest.mark.parametrize("name", ["brats_fpa", "cityscapes_rfna"])
+def test_device_override_as_a_plain_string(name):
+    """``--device cpu`` on the command line arrives as the string ``'cpu'``, not a ``torch.device``:
+    every expression that reads ``@device`` must accept both (as MONAI's engines and
+    ``Module.to`` do)."""
+    for files, ids in (
+        (("train.json",), ("optimizer", "network")),
+        (("train.json", "multi_gpu_train.json"), ("network#device_ids",)),
+        (("inference.json",), ("network",)),
+    ):
+        parser = ConfigParser()
+        parser.read_config(configs(name, *files))
+        parser["device"] = "cpu"
+        parser["network_options"] = SMALL["network_options"]
+        for id_ in ids:
+            parser.get_parsed_content(id_)
