@@ -614,3 +614,33 @@ def test_score_any_folder_of_masks(cases, tmp_path):
     nib.save(label, str(other / "Brats18_NOPE_1_seg.nii.gz"))
     with pytest.raises(ValueError, match="have no labelled case .*Brats18_NOPE_1"):
         score_predictions(other, "brats", cases, tmp_path / "s4")
+
+
+def test_resume_with_another_epoch_length_is_refused(tmp_path):
+    """A checkpoint saved at epoch 1 after 8 iterations, resumed by a run with 4 iterations per
+    epoch (another ``batch_size``): ignite would take iteration 8 as the end of epoch 2 and finish
+    at once, without training and with exit status 0; the resume must refuse and name the cause."""
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def step(engine, batch):
+        return 0.0
+
+    first = Engine(step)
+    TrainingCheckpoint(str(tmp_path), net, opt).attach(first)
+    first.run(list(range(8)), max_epochs=1)  # 8 iterations per epoch
+    assert (tmp_path / "checkpoint_last.pt").is_file()
+
+    second = Engine(step)
+    TrainingCheckpoint(str(tmp_path), net, opt, resume=True).attach(second)
+    with pytest.raises(ValueError, match="batch_size"):
+        second.run(list(range(4)), max_epochs=2)  # 4 iterations per epoch
+
+    same = Engine(step)
+    TrainingCheckpoint(str(tmp_path), net, opt, resume=True).attach(same)
+    same.run(list(range(8)), max_epochs=2)
+    assert (same.state.epoch, same.state.iteration) == (2, 16)

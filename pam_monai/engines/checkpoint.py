@@ -206,12 +206,23 @@ class TrainingCheckpoint:
             log.warning("resume: no checkpoint at %s; training from the start", self.path)
             return
         state = load_checkpoint(self.path)
+        epoch, iteration = int(state["trainer"]["epoch"]), int(state["trainer"]["iteration"])
+        epoch_length = engine.state.epoch_length
+        if epoch_length and epoch and iteration != epoch * epoch_length:
+            # ignite counts epochs by iterations: another epoch length would end the run at once
+            # (or train a wrong number of epochs) without a word
+            raise ValueError(
+                f"{self.path}: resume: the checkpoint took {iteration} iterations in {epoch} epoch(s), this run "
+                f"takes {epoch_length} per epoch: "
+                "resume with the interrupted run's batch_size (and data), or train anew (--resume false "
+                "or another --ckpt_dir)"
+            )
         unwrap_network(self.network).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
-        engine.state.epoch = int(state["trainer"]["epoch"])
-        engine.state.iteration = int(state["trainer"]["iteration"])
+        engine.state.epoch = epoch
+        engine.state.iteration = iteration
         _set_rng_state(engine, _own_rng(state))
         log.info(
             "resumed from %s at epoch %d (iteration %d) of %d",
