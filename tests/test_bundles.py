@@ -329,8 +329,9 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
 
 
 def test_bundle_root_is_the_bundle_or_refused(tmp_path, monkeypatch):
-    """Run from the repository root, a bundle's outputs go into bundles/<name>; from the bundle's own
-    folder into "."; from anywhere else the run is refused instead of writing into that folder."""
+    """A bundle's outputs go into the bundle whose config monai.bundle was given; in-process, into
+    bundles/<name> from the repository root, "." from the bundle's own folder, and anywhere else
+    the run is refused instead of writing into that folder."""
     from pam_monai.engines import bundle_root
 
     parser = ConfigParser()
@@ -344,6 +345,26 @@ def test_bundle_root_is_the_bundle_or_refused(tmp_path, monkeypatch):
         ValueError, match=rf"bundle_root: {tmp_path} is not a bundle's folder .*nor bundles/x/configs"
     ):
         bundle_root("bundles/x")
+    # `python -m monai.bundle run ... --config_file <copy>/configs/train.json`: the copy, wherever it runs from
+    import monai.bundle.__main__ as cli
+
+    monkeypatch.chdir(ROOT)
+    copy = tmp_path / "elsewhere" / "brats_fpa" / "configs"
+    for argv in (
+        [cli.__file__, "run", "training", "--config_file", str(copy / "train.json")],
+        [
+            cli.__file__,
+            "run",
+            "evaluating",
+            f"--config_file=['{copy / 'train.json'}','{copy / 'evaluate.json'}']",
+        ],
+    ):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert bundle_root("bundles/brats_fpa") == str(copy.parent)
+    monkeypatch.setattr(
+        sys, "argv", ["pytest", "--config_file", str(copy / "train.json")]
+    )  # not monai.bundle
+    assert bundle_root("bundles/brats_fpa") == "bundles/brats_fpa"
 
 
 @pytest.mark.parametrize("name", BUNDLES)

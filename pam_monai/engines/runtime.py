@@ -11,8 +11,11 @@ it computes the same function as the plain fp32 path; ``python -m pam_monai benc
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,12 +25,36 @@ __all__ = ["as_bool", "bundle_root", "fast_network", "setup_run", "use_fast_norm
 log = logging.getLogger("pam_monai")
 
 
+def _config_files_on_command_line() -> list[str]:
+    """The ``--config_file`` of a ``python -m monai.bundle ...`` command (torchrun's too), else []."""
+    argv = sys.argv
+    if not argv or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return []
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        return [str(v) for v in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
+    return []
+
+
 def bundle_root(where: str | None = None) -> str:
-    """The bundle's folder, where its ``models/``, ``eval/`` and ``cache/`` go: ``where`` (its place
-    below the working folder, e.g. ``bundles/brats_fpa``, the documented commands) when it is
-    there, else ``.`` when the working folder is a bundle (holds ``configs/``: a downloaded
-    bundle run from its own folder). Anywhere else this refuses, rather than filling the working
-    folder with another bundle's outputs: pass ``--bundle_root``."""
+    """The bundle's folder, where its ``models/``, ``eval/`` and ``cache/`` go: the folder above the
+    ``configs/`` of the config file that ``python -m monai.bundle`` was given (as MONAI finds a
+    bundle's ``metadata.json`` and ``logging.conf``); else ``where`` (its place below the working
+    folder, e.g. ``bundles/brats_fpa``) when it is there, or ``.`` when the working folder is a
+    bundle (holds ``configs/``: a downloaded bundle run from its own folder). Anywhere else this
+    refuses, rather than filling the working folder with a bundle's outputs: pass ``--bundle_root``."""
+    files = _config_files_on_command_line()
+    if files and Path(files[0]).parent.name == "configs":
+        return str(Path(files[0]).parent.parent)
     if where and os.path.isdir(os.path.join(where, "configs")):
         return where
     if os.path.isdir("configs"):
