@@ -49,6 +49,8 @@ def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False, *extra:
         str(root),
         "--dataset_dir",
         str(data / "none"),
+        "--synthetic_stand_in",  # this test's dataset_dir is not the bundle's default one
+        "true",
         "--synthetic_dir",
         str(data / "synthetic"),
         "--epochs",
@@ -324,6 +326,11 @@ def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no data set .*would ignore the datalist"):
         prepare_data("brats", tmp_path / "empty", datalist, synthetic_dir=tmp_path / "s")
+    # a dataset_dir named explicitly (not the bundle's default) must hold the data set: no stand-in
+    for folder, what in ((tmp_path / "typo", "does not exist"), (tmp_path / "empty", "is empty")):
+        with pytest.raises(FileNotFoundError, match=f"brats: dataset_dir .*{folder.name} {what}: .*a typo"):
+            prepare_data("brats", folder, synthetic_dir=tmp_path / "s2", stand_in="false")
+    assert not (tmp_path / "s2").exists()
 
 
 def test_inference_names_weights_that_do_not_fit_the_network(cases, tmp_path):

@@ -242,9 +242,10 @@ PAPER_RUN_FROM = """The commands below run from the project's root. `python -m m
 in Python (`monai.bundle.run`) `bundle_root` is `bundles/{name}` from the project's root or `.` from
 the bundle's own folder, and elsewhere pass `bundle_root` (a run without it is refused rather than
 writing into the working folder)."""
-PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). When it does
-not exist or is empty, training runs on a small **synthetic stand-in** generated on the fly (into
-`synthetic_data/`) and the log says so; a folder with other content (data in another layout) is
+PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). Without
+`--dataset_dir` (and no `data/` in the bundle), training runs on a small **synthetic stand-in**
+generated on the fly (into `synthetic_data/`) and the log says so; a `--dataset_dir` that does not
+exist or is empty is an error (a typo, a disk not mounted), and a folder with other content (data in another layout) is
 an error that names the expected layout, and so is a `data_list_file_path` that does not exist or
 a training set without any foreground voxel (a label convention that does not match). Split: {split}. Every case is checked before training
 (`python -m pam_monai check --dataset {task} --root DIR` prints the same report).

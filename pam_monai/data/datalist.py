@@ -252,7 +252,7 @@ def get_split(
     BRATS and own data (cross-validation): test = fold ``fold``, val = fold ``(fold + 1) % n_folds``, train =
     the remaining folds; an explicit ``test`` (or ``validation``) list in the datalist, e.g. an
     external test set, is used as it is. ISLES and CityScapes: the datalist's fixed ``training`` /
-    ``validation`` / ``test`` lists (``fold`` is ignored). Paths are made absolute with ``root``.
+    ``validation`` / ``test`` lists (``fold`` must be 0). Paths are made absolute with ``root``.
     """
     spec = _listing_spec(dataset, root)
     key = SPLIT_KEYS.get(split)
@@ -278,6 +278,11 @@ def get_split(
         if key == "validation":
             return [e for e in entries if e["fold"] == val]
         return [e for e in entries if e["fold"] not in (test, val)]
+    if fold != 0:  # not ignored in silence: five "folds" would be five runs on one split
+        raise ValueError(
+            f"{spec.name}: fold {fold}: this data set has one fixed split (training / validation / test lists, no "
+            "folds); another random split: --data_seed"
+        )
     if key not in data:
         raise ValueError(f"datalist has no '{key}' list")
     return list(data[key])

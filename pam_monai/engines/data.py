@@ -25,8 +25,10 @@ from ..data import (
     load_datalist,
     preprocess_case,
 )
+from ..data.layout import visible_entries
 from ..data.nnunet import check_same_data_set
 from ..data.ops import binarize, resize_2d, uncrop_center
+from .runtime import as_bool
 
 __all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
 
@@ -43,6 +45,7 @@ def prepare_data(
     check: bool = True,
     splits: Sequence[str] = ("train", "val", "test"),
     foreground_label: int | Sequence[int] | None = None,
+    stand_in: bool = True,
 ) -> dict:
     """Locate the data set, build or read its datalist, and return its three splits.
 
@@ -65,6 +68,9 @@ def prepare_data(
             an external test set with a ``test`` list alone will do); the others may be empty.
         foreground_label: BRATS: the enhancing tumour's label, 4 (2018, default) or 3 (BraTS
             2021+); the check then accepts that year's label set.
+        stand_in: whether a missing or empty ``dataset_dir`` may be replaced by the stand-in (the
+            bundles: only their default ``<bundle_root>/data``; a ``--dataset_dir`` naming a missing
+            or empty folder is a typo or an unmounted disk, refused before any training).
 
     Returns:
         ``{"root": Path, "synthetic": bool, "datalist": dict, "train": [...], "val": [...], "test": [...]}``
@@ -78,6 +84,13 @@ def prepare_data(
         raise ValueError(
             f"{spec.name}: datalist {path} given, but dataset_dir {dataset_dir} does not exist; set dataset_dir "
             "to the folder its paths are relative to"
+        )
+    if not as_bool(stand_in) and spec.name != "nnunet" and not visible_entries(Path(dataset_dir)):
+        raise FileNotFoundError(
+            f"{spec.name}: dataset_dir {dataset_dir} "
+            + ("is empty" if Path(dataset_dir).is_dir() else "does not exist")
+            + ": pass the folder of the published layout (a typo? a disk not mounted?), or leave dataset_dir "
+            "out to run on a synthetic stand-in"
         )
     root, synthetic = _rank0_first(lambda: ensure_dataset(spec, dataset_dir, seed=seed, output=synthetic_dir))
     # a stand-in because dataset_dir held nothing (not a stand-in that dataset_dir points at)

@@ -487,6 +487,7 @@ def _run_grid(
     from ..engines import prepare_data
 
     global_options = dict(overrides.pop("network_options", None) or {})
+    stand_in = not overrides.get("dataset_dir")  # a --dataset_dir given must hold the data set
     overrides.setdefault("dataset_dir", str(output_dir / "data"))
     overrides.setdefault("synthetic_dir", str(output_dir / "synthetic_data"))
     overrides.setdefault("cache_dir", str(output_dir / "cache"))
@@ -498,7 +499,7 @@ def _run_grid(
         if "device" in overrides
         else ("cuda:0" if torch.cuda.is_available() else "cpu")
     )
-    bundle_overrides = {**overrides, "data_seed": int(data_seed)}
+    bundle_overrides = {**overrides, "data_seed": int(data_seed), "synthetic_stand_in": stand_in}
     if spec.name == "nnunet":
         bundle_overrides["task"] = "nnunet"
     if "device" in bundle_overrides:
@@ -528,6 +529,7 @@ def _run_grid(
             synthetic_dir=overrides["synthetic_dir"],
             seed=int(data_seed),
             check=False,
+            stand_in=stand_in,
         )
         for f in fold_list
     }
