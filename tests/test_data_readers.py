@@ -145,6 +145,9 @@ def test_isles_datalist_split(isles_root):
     assert get_split("isles", d, "val") == d["validation"]
     absolute = get_split("isles", d, "test", root=isles_root)
     assert Path(absolute[0]["image"][0]).is_file()
+    # one fixed split: another fold would silently be the same split (five "folds" = five runs on it)
+    with pytest.raises(ValueError, match=r"isles: fold 3: this data set has one fixed split .*--data_seed"):
+        get_split("isles", d, "train", fold=3)
 
 
 def test_cityscapes_datalist_holds_out_one_train_city(city_root):
