@@ -415,6 +415,49 @@ def test_best_model_and_its_record_interrupted_between_the_two_writes(tmp_path):
     assert json.loads((tmp_path / "model.json").read_text())["value"] == 0.5
 
 
+def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):
+    """A resumed optimiser keeps the checkpoint's learning rate (PyTorch's rule): a WARNING says so
+    when the run asked for another; a new run that will replace another network's model says so;
+    weights trained on a synthetic stand-in scored on real data are named."""
+    import logging
+    from types import SimpleNamespace
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import BestCheckpoint, TrainingCheckpoint, check_run
+
+    net = torch.nn.Linear(2, 1)
+
+    def train(lr: float, resume: bool) -> Engine:
+        optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
+        engine = Engine(lambda e, b: optimizer.step())
+        TrainingCheckpoint(str(tmp_path), net, optimizer, resume=resume).attach(engine)
+        engine.run([0, 1], max_epochs=2 if resume else 1)
+        return engine
+
+    train(1e-3, resume=False)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        train(1e-3, resume=True)
+        assert "learning rate" not in caplog.text
+        (tmp_path / "checkpoint_last.pt").unlink()
+        train(1e-3, resume=False)
+        train(5e-4, resume=True)
+    assert "continues with the checkpoint's learning rate 0.001, not this run's 0.0005" in caplog.text
+
+    caplog.clear()
+    record = {"task": "brats", "network_name": "fpa", "synthetic": True, "data_root": "/s"}
+    BestCheckpoint(str(tmp_path), net, run_info=record)(
+        SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": 0.3}))
+    )
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        BestCheckpoint(str(tmp_path), net, run_info=record)  # the same network again: nothing to say
+        assert "replaces it" not in caplog.text
+        BestCheckpoint(str(tmp_path), net, run_info={**record, "network_name": "aunet"})
+        assert "holds a model trained with network_name 'fpa'; this run replaces it" in caplog.text
+        check_run(tmp_path / "model.pt", record, {"synthetic": False, "root": "/data/brats"})
+    assert "trained on a SYNTHETIC stand-in (/s); their scores on /data/brats" in caplog.text
+
+
 def test_evaluation_and_inference_share_one_threshold():
     """A logit of exactly 0 (probability 0.5) is background everywhere: the bundles' evaluation
     post-processing, inference and the experiments' predictions (MONAI's AsDiscreted keeps >= 0.5)."""

@@ -218,7 +218,16 @@ class TrainingCheckpoint:
                 "or another --ckpt_dir)"
             )
         unwrap_network(self.network).load_state_dict(state["model"])
+        asked = [group.get("lr") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        kept = [group.get("lr") for group in self.optimizer.param_groups]
+        if asked != kept:  # PyTorch restores the optimiser's own settings: say so, not in silence
+            log.warning(
+                "resume: the optimiser continues with the checkpoint's learning rate %s, not this run's %s "
+                "(train anew, --resume false, to use another)",
+                kept[0] if len(set(kept)) == 1 else kept,
+                asked[0] if len(set(asked)) == 1 else asked,
+            )
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         engine.state.epoch = epoch
@@ -276,6 +285,20 @@ class BestCheckpoint:
             # weights newer than their record (killed between the two writes) need no refusal here:
             # the resumed epoch is validated again and saves both when it beats the recorded best
             check_run(self.path, self.run_info, verify=False)
+        elif self.run_info and self.path.is_file():  # a new run replaces another model: say so once
+            previous = read_run_record(self.path, verify=False) or {}
+            changed = [
+                k
+                for k in ("network_name", "network_options", "task")
+                if k in previous and previous[k] != self.run_info.get(k)
+            ]
+            if changed:
+                log.warning(
+                    "%s holds a model trained with %s; this run replaces it at its first validation (another "
+                    "--ckpt_dir keeps both)",
+                    self.path,
+                    ", ".join(f"{k} {previous[k]!r}" for k in changed),
+                )
         self.best_value = self._stored_best() if as_bool(resume) else None
 
     def attach(self, engine: Engine) -> None:
@@ -395,6 +418,14 @@ def check_run(
         )
     if problems:
         raise ValueError(f"{path}: these weights do not belong to this run:\n" + "\n".join(problems))
+    if data is not None and data.get("synthetic") is False and record.get("synthetic") is True:
+        log.warning(
+            "%s: these weights were trained on a SYNTHETIC stand-in (%s); their scores on %s say nothing about "
+            "a model trained on it",
+            path,
+            record.get("data_root"),
+            data.get("root"),
+        )
     return record
 
 
