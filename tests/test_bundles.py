@@ -328,6 +328,24 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundles_have_monai_workflow_properties(name):
+    """Every required property of MONAI's train and infer workflows (what BundleWorkflow and the
+    model zoo's property check look up) has its config id in the bundle."""
+    from monai.bundle.properties import InferProperties, TrainProperties
+    from monai.utils import BundleProperty, BundlePropertyConfig
+
+    for files, table in ((("train.json",), TrainProperties), (("inference.json",), InferProperties)):
+        parser = ConfigParser()
+        parser.read_config(configs(name, *files))
+        missing = [
+            prop[BundlePropertyConfig.ID]
+            for prop in table.values()
+            if prop[BundleProperty.REQUIRED] and prop[BundlePropertyConfig.ID] not in parser
+        ]
+        assert not missing, (files, missing)
+
+
 def test_bundle_root_is_the_bundle_or_refused(tmp_path, monkeypatch):
     """A bundle's outputs go into the bundle whose config monai.bundle was given; in-process, into
     bundles/<name> from the repository root, "." from the bundle's own folder, and anywhere else

@@ -251,6 +251,7 @@ class CasePredictor:
             polarity for RFNA too) on the mask's grid: ``<case>_prob`` with the mask's file type for
             volumes (0 outside the network's crop), ``<case>_prob.npy`` (H x W) for 2-D images, so
             that ``prob > threshold`` is exactly the mask (for ensembles, other thresholds, calibration).
+        inferer: the slice-wise inferer (default: a :class:`SliceWiseInferer` of ``slice_batch_size``).
     """
 
     def __init__(
@@ -265,6 +266,7 @@ class CasePredictor:
         slice_batch_size: int = 64,
         amp: bool = False,
         save_probabilities: bool = False,
+        inferer: SliceWiseInferer | None = None,
     ) -> None:
         self.network = network
         self.items = list(items)
@@ -276,7 +278,7 @@ class CasePredictor:
             self.threshold = float(threshold)
         except (TypeError, ValueError):
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}") from None
-        self.inferer = SliceWiseInferer(slice_batch_size)
+        self.inferer = inferer if inferer is not None else SliceWiseInferer(slice_batch_size)
         self.amp = bool(amp) and self.device.type == "cuda"
         # --save_probabilities false arrives from the monai.bundle CLI as the string "false" (Fire
         # parses only True / False), and bool("false") is True
