@@ -130,6 +130,7 @@ def preprocess_case(
     dataset: str | DatasetSpec,
     case: dict,
     foreground_label: int | Sequence[int] | None = None,
+    whole: bool = False,
 ) -> dict:
     """The paper's preprocessing of one whole case (a :func:`load_case` dict, or a datalist item,
     which is loaded first).
@@ -143,6 +144,10 @@ def preprocess_case(
     resize to the spec's size (``area`` when shrinking, ``bilinear`` when enlarging; labels
     ``nearest-exact``).
 
+    ``whole``: volumes larger in-plane than the crop keep their size (only smaller axes are padded):
+    own data's evaluation and inference segment them whole, with a sliding window of the crop's
+    size (:class:`~pam_monai.engines.SliceWiseInferer`'s ``roi_size``).
+
     Returns ``image`` float32 (``C x h x w x D`` or ``C x h x w``), ``label`` float32 in {0, 1}
     with one channel (:data:`~.ops.IGNORE` on unannotated voxels of a set with an ``ignore``
     label; None without a label), and ``affine``, ``original_shape``, ``case`` and
@@ -154,8 +159,11 @@ def preprocess_case(
     fg, _ = spec.resolve_labels(foreground_label)
     image, label = case["image"], case["label"]
     if spec.volumetric:
-        size = (*spec.spatial_size, -1)
-        inside = tuple(min(n, s) for n, s in zip(image.shape[1:3], spec.spatial_size))
+        fit = spec.spatial_size
+        if whole:
+            fit = tuple(max(n, s) for n, s in zip(image.shape[1:3], fit))
+        size = (*fit, -1)
+        inside = tuple(min(n, s) for n, s in zip(image.shape[1:3], fit))
         # statistics over the whole volume, applied to the crop only: the same as normalising
         # first and cropping after, for a fraction of the work; padding after normalising keeps
         # it 0 whatever the scheme (z-score leaves zeros at 0 anyway)

@@ -209,7 +209,10 @@ class CaseDataset(torch.utils.data.Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         loaded = load_case(self.spec, self.items[index])
-        case = preprocess_case(self.spec, loaded, self.foreground_label)
+        # own volumes larger than the crop are segmented whole (a sliding window of the crop)
+        case = preprocess_case(
+            self.spec, loaded, self.foreground_label, whole=self.spec.inference_fit == "pad"
+        )
         ndim = case["image"].ndim - 1
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(case["image"], dtype=np.float32)),

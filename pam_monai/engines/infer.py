@@ -278,7 +278,9 @@ class CasePredictor:
             self.threshold = float(threshold)
         except (TypeError, ValueError):
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}") from None
-        self.inferer = inferer if inferer is not None else SliceWiseInferer(slice_batch_size)
+        if inferer is None:
+            inferer = SliceWiseInferer(slice_batch_size, roi_size=self.spec.crop_size)
+        self.inferer = inferer
         self.amp = bool(amp) and self.device.type == "cuda"
         # --save_probabilities false arrives from the monai.bundle CLI as the string "false" (Fire
         # parses only True / False), and bool("false") is True
@@ -319,11 +321,11 @@ class CasePredictor:
             problems += validate_case(self.spec, case)
             if self.spec.inference_fit == "pad" and self.spec.crop_size is not None:
                 size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
-                if any(s > c for s, c in zip(size, crop)):  # as evaluation scores it: the rim is background
-                    log.warning(
-                        "%s: in-plane size %s is larger than the %dx%d crop the model was trained with: only the "
-                        "centre %dx%d is predicted, the rim is background (train with a larger crop_size)",
-                        case["case"], size, *crop, *crop,
+                if any(s > c for s, c in zip(size, crop)):
+                    log.info(
+                        "%s: in-plane size %s is larger than the %dx%d crop the model was trained with: "
+                        "segmented whole, with a sliding window of the crop",
+                        case["case"], size, *crop,
                     )  # fmt: skip
             if self.spec.name == "nnunet" and self.spec.volumetric:
                 from ..data.checker import slice_axis_problem
@@ -340,7 +342,7 @@ class CasePredictor:
         written = []
         for item in tqdm(usable, desc=f"{self.spec.name}: inference", unit="case"):
             case, source = load_case(self.spec, item), _first(item)
-            pre = preprocess_case(self.spec, case)
+            pre = preprocess_case(self.spec, case, whole=self.spec.inference_fit == "pad")
             image = torch.from_numpy(np.ascontiguousarray(pre["image"], dtype=np.float32))[None].to(
                 self.device
             )

@@ -356,7 +356,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         spacing = tuple(float(s) for s in sample["spacing"])
         preds, ious = {}, {}
         for lab, net in nets.items():
-            pred = predict_case(net, sample["image"], ctx.slice_batch_size, ctx.device)
+            pred = predict_case(net, sample["image"], ctx.slice_batch_size, ctx.device, ctx.spec.crop_size)
             ious[lab] = case_metrics(pred, label, spacing=spacing, annotated=annotated)["iou"]
             preds[lab] = take(pred, k)
         rows.append(

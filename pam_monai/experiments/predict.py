@@ -67,10 +67,11 @@ def load_network(
 
 @torch.no_grad()
 def predict_case(
-    net: torch.nn.Module, image: torch.Tensor, slice_batch_size: int = 32, device="cpu"
+    net: torch.nn.Module, image: torch.Tensor, slice_batch_size: int = 32, device="cpu", roi_size=None
 ) -> np.ndarray:
-    """Binary foreground mask (``H x W [x D]``, bool) of one preprocessed case ``C x H x W [x D]``."""
-    logits = SliceWiseInferer(slice_batch_size)(image[None].to(device), net)
+    """Binary foreground mask (``H x W [x D]``, bool) of one preprocessed case ``C x H x W [x D]``
+    (slices larger than ``roi_size``, the trained crop, through a sliding window, as the bundles)."""
+    logits = SliceWiseInferer(slice_batch_size, roi_size=roi_size)(image[None].to(device), net)
     # the bundles' rule (ForegroundMaskd): sigmoid(logit) > 0.5
     return foreground_mask(logits[0, 0]).cpu().numpy()
 
@@ -91,7 +92,7 @@ def paper_protocol_rows(
         sample = dataset[i]
         if "label" not in sample:
             raise ValueError(f"{sample['case']}: a test case without a label")
-        pred = predict_case(net, sample["image"], slice_batch_size, device)
+        pred = predict_case(net, sample["image"], slice_batch_size, device, dataset.spec.crop_size)
         label, annotated = split_ignored(sample["label"][0].numpy())  # sparse annotations: their voxels only
         if pred.ndim != 3:
             raise ValueError(
