@@ -46,8 +46,8 @@ class DatasetSpec:
         inference_fit: what inference does with a volume whose in-plane size is not the crop:
             ``"crop"`` (the paper's data sets: larger ones are centre-cropped, smaller ones
             refused) or ``"pad"`` (own data, whose default crop is at least the training volumes'
-            size: smaller ones are zero-padded, larger ones centre-cropped with a warning, as
-            evaluation scores them); ``"resize"`` (own 2-D images: resized to the trained size and
+            size: smaller ones are zero-padded, larger ones segmented whole by a sliding window of
+            the crop, in evaluation too); ``"resize"`` (own 2-D images: resized to the trained size and
             the prediction back).
         normalization: one :class:`~.intensity.ChannelNorm` per channel (own data: chosen by the
             channel names, CT with the training set's statistics); empty: the paper's per-volume
