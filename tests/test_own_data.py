@@ -603,3 +603,39 @@ def test_volumes_larger_than_the_crop_are_segmented_whole(tmp_path):
         (logits[0, 0] > 0).numpy(), sample["label"][0].numpy(), sample.get("label_full"), "crop"
     )
     np.testing.assert_array_equal(pred, preprocess_case(spec, train[0], whole=True)["image"][0] > 0)
+
+
+def test_cases_stored_in_another_orientation_are_named(tmp_path, caplog):
+    """Own volumes reach the network as stored: check names a case whose affine's orientation
+    differs from most cases', training records the usual one, and inference names new images
+    stored otherwise."""
+    import logging
+
+    from pam_monai.data.checker import usual_orientation
+    from pam_monai.engines import CasePredictor, atomic_save, find_inference_cases
+    from pam_monai.networks import get_network
+
+    root = synth("nnunet", tmp_path / "Dataset932_Turned", cases=5, slices=3, test_cases=1)
+    flipped = sorted((root / "imagesTr").glob("SYN_002_*")) + [root / "labelsTr" / "SYN_002.nii.gz"]
+    for path in flipped + sorted((root / "imagesTs").glob("*.nii.gz")):
+        img = nib.load(str(path))
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine  # the same voxels, labelled LPS
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), lps), str(path))
+    report = check_dataset("nnunet", root)
+    turned = [w for w in report.warnings if "orientation LPS, but 4 of the 5 cases are RAS" in w.message]
+    assert [w.case for w in turned] == ["SYN_002"]
+    assert "orientation (affine axis codes): RAS 4, LPS 1" in report.format()
+    spec = get_spec("nnunet", root=root)
+    assert usual_orientation(spec, get_split(spec, build_datalist(spec, root), "train", root=root)) == "RAS"
+
+    net = get_network(
+        "unet", spatial_dims=2, in_channels=2, out_channels=1, options=SMALL_RUN["network_options"]
+    )
+    atomic_save(net.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(
+        json.dumps({"metric": "val_iou", "value": 0.1, "run": {"orientation": "RAS"}})
+    )
+    items = find_inference_cases(spec, root / "imagesTs")
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        CasePredictor(net, items, spec, str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt")).run()
+    assert "SYN_006: SYN_006_0000.nii.gz: orientation LPS, but the training cases are RAS" in caplog.text

@@ -18,13 +18,15 @@ channel.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume
+from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
 from .layout import Problem, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
@@ -45,6 +47,7 @@ class CaseSummary:
     foreground_kept: int | None = None  # foreground voxels after the crop / resize
     unannotated: int | None = None  # voxels of the 'ignore' label (own data with sparse annotations)
     voxels: int | None = None  # voxels of the label map
+    orientation: str | None = None  # own volumes: the axis codes of the affine, e.g. "RAS"
     ok: bool = True
 
     @property
@@ -115,6 +118,11 @@ class CheckReport:
         ]
         lines.insert(1, "-" * len(lines[0]))
         lines += self.normalization
+        oriented = Counter(c.orientation for c in self.cases if c.orientation)
+        if oriented:
+            lines.append(
+                "orientation (affine axis codes): " + ", ".join(f"{o} {n}" for o, n in oriented.most_common())
+            )
         sparse = [c for c in self.cases if c.unannotated is not None]
         if sparse:
             share = sum(c.unannotated for c in sparse) / max(sum(c.voxels for c in sparse), 1)
@@ -155,6 +163,34 @@ def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
             hint = '; a 0 / 255 mask: name 255 in dataset.json\'s labels (e.g. "lesion": 255), or save the masks as 0 / 1'
         return f"unexpected label values {shown} (allowed {', '.join(map(str, allowed))}{hint})"
     return None
+
+
+def orientation(affine) -> str:
+    """The axis codes of a volume's affine (nibabel's convention), e.g. ``"RAS"`` or ``"LPS"``."""
+    return "".join(nib.orientations.aff2axcodes(np.asarray(affine, dtype=float)))
+
+
+def usual_orientation(dataset: str | DatasetSpec, items: Sequence[dict]) -> str | None:
+    """The most common orientation of own volumes among datalist ``items`` (their first image's
+    header), which training records in ``model.json`` so that inference can name cases stored
+    otherwise; None for the paper's data sets and 2-D images."""
+    spec = get_spec(dataset)
+    if spec.name != "nnunet" or not spec.volumetric or not items:
+        return None
+    first = [it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"] for it in items]
+    return Counter(orientation(volume_affine(f)) for f in first).most_common(1)[0][0]
+
+
+def orientation_problem(case_orientation: str, usual: str, usual_of: str) -> str | None:
+    """Own volumes reach the 2-D network as stored (training flips left-right only): a case stored
+    in another orientation than ``usual`` is seen turned or mirrored. Says so, or None."""
+    if not case_orientation or not usual or case_orientation == usual:
+        return None
+    return (
+        f"orientation {case_orientation}, but {usual_of} are {usual}: its slices reach the network turned or "
+        "mirrored against those (training flips left-right only); store every case in one orientation (e.g. "
+        "nibabel's as_closest_canonical, or SimpleITK's DICOMOrient)"
+    )
 
 
 def slice_axis_problem(affine) -> str | None:
@@ -265,6 +301,8 @@ def _summarise(
     if spec.ignore_label is not None:
         summary.unannotated, summary.voxels = int((label == spec.ignore_label).sum()), int(label.size)
     warnings = []
+    if spec.name == "nnunet" and spec.volumetric and affine is not None:
+        summary.orientation = orientation(affine)
     thick = slice_axis_problem(affine) if spec.name == "nnunet" and spec.volumetric else None
     if thick:
         warnings.append((next(p.name for p in case.channels.values() if p is not None), thick))
@@ -336,4 +374,13 @@ def check_dataset(
         report.problems += [Problem(case.case, f, m) for f, m in problems]
         report.warnings += [Problem(case.case, f, m) for f, m in warnings]
         report.cases.append(summary)
+    oriented = Counter(c.orientation for c in report.cases if c.orientation)
+    if len(oriented) > 1:
+        usual, count = oriented.most_common(1)[0]
+        for c in report.cases:
+            problem = orientation_problem(
+                c.orientation, usual, f"{count} of the {sum(oriented.values())} cases"
+            )
+            if problem:
+                report.warnings.append(Problem(c.case, "image", problem))
     return report

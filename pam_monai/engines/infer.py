@@ -309,6 +309,8 @@ class CasePredictor:
         for item in self.items:
             self.output_path(str(item.get("case", "")), _first(item))
         usable, problems = [], []
+        # the orientation the model was trained on (own volumes: model.json), to name cases stored otherwise
+        trained = (read_run_record(self.ckpt_path) or {}).get("orientation") if self.ckpt_path else None
         for item in self.items:
             try:
                 case = load_case(self.spec, item)
@@ -328,10 +330,13 @@ class CasePredictor:
                         case["case"], size, *crop,
                     )  # fmt: skip
             if self.spec.name == "nnunet" and self.spec.volumetric:
-                from ..data.checker import slice_axis_problem
+                from ..data.checker import orientation, orientation_problem, slice_axis_problem
 
                 if thick := slice_axis_problem(case["affine"]):
                     log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, thick)
+                turned = orientation_problem(orientation(case["affine"]), trained, "the training cases")
+                if turned:
+                    log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, turned)
             problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
             usable.append(item)  # read again below: memory stays one case, however many there are
         if problems:
