@@ -89,6 +89,14 @@ def inference_spec(task, dataset_dir=None, crop_size=None, ckpt_path=None):
     return get_spec(task, root=dataset_dir, crop_size=crop)  # names the missing dataset.json
 
 
+def recorded(ckpt_path, key: str, default=None):
+    """``key`` of the run record beside the weights (``model.json``: ``network_name``,
+    ``network_options``, ...), or ``default`` when there is no record or no such key: the bundles'
+    evaluation and inference build the network the weights were trained as, unless overridden."""
+    value = _record(ckpt_path).get(key)
+    return default if value is None else value
+
+
 def recorded_intensity(ckpt_path) -> dict | None:
     """The CT channels' statistics a model was trained with (its ``model.json``), or None."""
     return _intensity(_record(ckpt_path))
