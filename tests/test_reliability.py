@@ -458,6 +458,25 @@ def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):
     assert "trained on a SYNTHETIC stand-in (/s); their scores on /data/brats" in caplog.text
 
 
+def test_training_says_how_many_steps_it_holds(caplog):
+    """A run on real data with few optimiser steps (a small own data set at the paper's BRATS
+    defaults) is warned about; a synthetic smoke run is not."""
+    import logging
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingPlan
+
+    for synthetic in (False, True):
+        engine = Engine(lambda e, b: None)
+        TrainingPlan(synthetic=synthetic, min_steps=100).attach(engine)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pam_monai"):
+            engine.run(range(10), max_epochs=3)
+        assert "10 optimiser steps per epoch x 3 epochs = 30" in caplog.text
+        assert ("only 30 optimiser steps in all" in caplog.text) is not synthetic
+
+
 def test_evaluation_and_inference_share_one_threshold():
     """A logit of exactly 0 (probability 0.5) is background everywhere: the bundles' evaluation
     post-processing, inference and the experiments' predictions (MONAI's AsDiscreted keeps >= 0.5)."""

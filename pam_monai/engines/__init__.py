@@ -12,7 +12,7 @@ from .checkpoint import (
     load_checkpoint,
 )
 from .data import CaseDataset, prepare_data, voxel_spacing
-from .handlers import CaseMetrics, IgnoredVoxelsCheck, NonFiniteLossGuard
+from .handlers import CaseMetrics, IgnoredVoxelsCheck, NonFiniteLossGuard, TrainingPlan
 from .infer import (
     CasePredictor,
     find_inference_cases,
@@ -42,6 +42,7 @@ __all__ = [
     "ProgressBar",
     "SliceWiseInferer",
     "TrainingCheckpoint",
+    "TrainingPlan",
     "as_bool",
     "bundle_root",
     "atomic_save",

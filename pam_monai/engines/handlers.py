@@ -16,7 +16,14 @@ from ..atomic import atomic_write_text
 from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
 
-__all__ = ["CaseMetrics", "IgnoredVoxelsCheck", "NonFiniteLossGuard", "score_case", "write_case_metrics"]
+__all__ = [
+    "CaseMetrics",
+    "IgnoredVoxelsCheck",
+    "NonFiniteLossGuard",
+    "TrainingPlan",
+    "score_case",
+    "write_case_metrics",
+]
 
 log = logging.getLogger("pam_monai")
 
@@ -201,6 +208,46 @@ class IgnoredVoxelsCheck:
                 f"but the training loss {type(loss).__name__} does not leave them out and would learn "
                 "them as foreground; build it with pam_monai.networks.loss_for(network, loss, ignore=True) "
                 "(as the bundles' train.json does)"
+            )
+
+
+class TrainingPlan:
+    """Say at the start how much training the run holds: slices, optimiser steps per epoch and in
+    all; a WARNING when real data gives fewer than ``min_steps`` steps (the paper's defaults, 80
+    epochs at batch 50, suit BRATS' ~17,000 training slices; a small own data set gets a few
+    hundred steps from them, and nnU-Net trains 250,000).
+
+    Args:
+        synthetic: the data are a synthetic stand-in (no warning: a smoke run).
+        min_steps: fewer optimiser steps than this on real data are warned about.
+    """
+
+    def __init__(self, synthetic: bool = False, min_steps: int = 2000) -> None:
+        self.synthetic = bool(synthetic)
+        self.min_steps = int(min_steps)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        per_epoch, epochs = engine.state.epoch_length or 0, engine.state.max_epochs or 0
+        loader = getattr(engine, "data_loader", None)
+        slices = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
+        total = per_epoch * epochs
+        log.info(
+            "training: %s%d optimiser steps per epoch x %d epochs = %d",
+            f"{slices:,} slices, " if slices is not None else "",
+            per_epoch,
+            epochs,
+            total,
+        )
+        if not self.synthetic and 0 < total < self.min_steps:
+            log.warning(
+                "training: only %d optimiser steps in all (%d per epoch x %d epochs): too few to train a network of "
+                "this size well; raise --epochs (or lower --batch_size)",
+                total,
+                per_epoch,
+                epochs,
             )
 
 
