@@ -214,7 +214,7 @@ class IgnoredVoxelsCheck:
 class TrainingPlan:
     """Say at the start how much training the run holds: slices, optimiser steps per epoch and in
     all; a WARNING when real data gives fewer than ``min_steps`` steps (the paper's defaults, 80
-    epochs at batch 50, suit BRATS' ~17,000 training slices; a small own data set gets a few
+    epochs at batch 50, suit BRATS' ~12,600 training slices per fold, ~20,000 steps; a small own data set gets a few
     hundred steps from them, and nnU-Net trains 250,000).
 
     Args:
