@@ -639,3 +639,24 @@ def test_cases_stored_in_another_orientation_are_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         CasePredictor(net, items, spec, str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt")).run()
     assert "SYN_006: SYN_006_0000.nii.gz: orientation LPS, but the training cases are RAS" in caplog.text
+
+
+def test_dataset_json_typos_and_a_wrong_case_count_are_named(own_root, tmp_path):
+    """A mistyped key would be ignored and its default taken (``file_endings``: .nii.gz assumed);
+    nnU-Net refuses a numTraining that is not the number of training cases."""
+    root = copy(own_root, tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    for typo, key in (("chanel_names", "channel_names"), ("file_endings", "file_ending")):
+        wrong = {(typo if k == key else k): v for k, v in meta.items()}
+        (root / "dataset.json").write_text(json.dumps(wrong))
+        with pytest.raises(ValueError, match=rf"dataset.json: key '{typo}': did you mean '{key}'\?"):
+            get_spec("nnunet", root=root)
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": meta["numTraining"] + 3}))
+    report = check_dataset("nnunet", root)
+    stated = meta["numTraining"] + 3
+    assert any(
+        f"numTraining is {stated}, but imagesTr holds {meta['numTraining']} cases" in w.message
+        for w in report.warnings
+    )
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert not any("numTraining" in w.message for w in check_dataset("nnunet", root).warnings)

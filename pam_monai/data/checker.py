@@ -374,6 +374,19 @@ def check_dataset(
         report.problems += [Problem(case.case, f, m) for f, m in problems]
         report.warnings += [Problem(case.case, f, m) for f, m in warnings]
         report.cases.append(summary)
+    if spec.name == "nnunet" and not scan_options:  # nnU-Net checks dataset.json's count of training cases
+        from .nnunet import read_dataset_json
+
+        stated = read_dataset_json(root).get("num_training")
+        if isinstance(stated, int) and stated != len(report.cases):
+            report.warnings.append(
+                Problem(
+                    Path(root).name,
+                    "dataset.json",
+                    f"numTraining is {stated}, but imagesTr holds {len(report.cases)} cases (nnU-Net refuses this "
+                    "data set until they agree)",
+                )
+            )
     oriented = Counter(c.orientation for c in report.cases if c.orientation)
     if len(oriented) > 1:
         usual, count = oriented.most_common(1)[0]

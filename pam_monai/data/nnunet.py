@@ -46,6 +46,7 @@ paper's per-volume z-score.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -91,6 +92,10 @@ def _named(path: Path, channel: int, ending: str) -> bool:
     return path.name.lower().endswith(f"_{channel:04d}{ending.lower()}")
 
 
+# the keys whose absence changes what is read: a near miss of one of them is a typo
+ESSENTIAL_KEYS = ("channel_names", "labels", "file_ending", "numTraining")
+
+
 def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     """``<root>/dataset.json`` (or its content, a dict: a bundle made for own data carries it),
     checked: ``channel_names`` numbered 0..n-1, ``labels`` with ``background`` 0 and integer values,
@@ -120,6 +125,10 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
             f"{path}: a Medical Segmentation Decathlon task (one file per case, labels keyed by number); convert it "
             f"once: python -m pam_monai convert_msd --task_dir {Path(root)} --output <new folder>"
         )
+    for key in meta:  # a mistyped key would be ignored and its default taken in silence
+        near = difflib.get_close_matches(str(key), [k for k in ESSENTIAL_KEYS if k not in meta], n=1, cutoff=0.8)
+        if near:
+            raise ValueError(f"{path}: key {key!r}: did you mean {near[0]!r}? ({near[0]!r} is not there)")
     labels = meta.get("labels")
     if isinstance(labels, dict) and labels and all(str(k).isdigit() for k in labels):
         # nnU-Net v1 (and MSD) write {"0": "background", "1": "lesion"}: value -> name
@@ -193,6 +202,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         "intensity_properties": properties,
         "image_files": image_files,
         "ignore": ignore[0] if ignore else None,
+        "num_training": meta.get("numTraining"),
     }
 
 
