@@ -660,3 +660,17 @@ def test_dataset_json_typos_and_a_wrong_case_count_are_named(own_root, tmp_path)
     )
     (root / "dataset.json").write_text(json.dumps(meta))
     assert not any("numTraining" in w.message for w in check_dataset("nnunet", root).warnings)
+
+
+def test_check_verdict_counts_cases_the_scan_refused(own_root, tmp_path):
+    """A case whose files have another ending than dataset.json's is a problem of the scan, not of
+    a read case: the verdict still counts it among the cases with problems."""
+    root = copy(own_root, tmp_path)
+    for path in sorted((root / "imagesTr").glob("SYN_001_*.nii.gz")):
+        img = nib.load(str(path))
+        nib.save(img, str(path).replace(".nii.gz", ".nii"))
+        path.unlink()
+    report = check_dataset("nnunet", root)
+    assert not report.ok and "SYN_001" in {p.case for p in report.problems}
+    verdict = report.format().splitlines()[-1]
+    assert verdict.startswith("FAILED") and " 0 with problems" not in verdict, verdict

@@ -132,7 +132,8 @@ class CheckReport:
             )
         lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"ERROR {p}" for p in self.problems]
-        failed = sum(not c.ok for c in self.cases)
+        # cases that failed, and names the scan found problems with (files outside any complete case)
+        failed = len({c.case for c in self.cases if not c.ok} | {p.case for p in self.problems})
         verdict = "OK" if self.ok else "FAILED"
         lines.append(
             f"{verdict}: {self.dataset} under {self.root}: {len(self.cases)} cases, {failed} with problems, "

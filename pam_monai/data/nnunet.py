@@ -126,7 +126,9 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
             f"once: python -m pam_monai convert_msd --task_dir {Path(root)} --output <new folder>"
         )
     for key in meta:  # a mistyped key would be ignored and its default taken in silence
-        near = difflib.get_close_matches(str(key), [k for k in ESSENTIAL_KEYS if k not in meta], n=1, cutoff=0.8)
+        near = difflib.get_close_matches(
+            str(key), [k for k in ESSENTIAL_KEYS if k not in meta], n=1, cutoff=0.8
+        )
         if near:
             raise ValueError(f"{path}: key {key!r}: did you mean {near[0]!r}? ({near[0]!r} is not there)")
     labels = meta.get("labels")

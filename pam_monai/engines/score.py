@@ -124,10 +124,14 @@ def score_predictions(
             f"score: {len(unknown)} mask(s) in {folder} have no labelled case in {dataset_dir} "
             f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}){hint}"
         )
-    unscored = len(labels) - len(masks)
+    unscored = sorted(set(labels) - set(masks))
     if unscored:  # a WARNING: a comparison over fewer cases than another is no comparison
         log.warning(
-            "score: %d labelled case(s) of %s have no mask in %s (not scored)", unscored, dataset_dir, folder
+            "score: %d labelled case(s) of %s have no mask in %s (not scored): %s",
+            len(unscored),
+            dataset_dir,
+            folder,
+            ", ".join(unscored[:10]) + (", ..." if len(unscored) > 10 else ""),
         )
     if spec.name == "cityscapes":
         log.info("score: CityScapes masks are scored at the labels' full resolution (evaluation: 256 x 128)")
