@@ -110,6 +110,17 @@ def test_2d_layout_mistakes_are_named(colour_root, tmp_path):
         'a 0 / 255 mask: name 255 in dataset.json\'s labels (e.g. "lesion": 255)'
         in check_dataset("nnunet", root).format()
     )
+    # labels drawn in colour (an RGB label PNG): named, with what nnU-Net reads instead
+    label = np.asarray(Image.open(root / "labelsTr" / "SYN_002.png"))
+    Image.fromarray(np.stack([label * 255] * 3, -1).astype(np.uint8)).save(root / "labelsTr" / "SYN_002.png")
+    assert (
+        "SYN_002.png: expected a single-channel label map, got shape"
+        in check_dataset("nnunet", root).format()
+    )
+    assert (
+        "a colour drawing of the labels: store each pixel's label value"
+        in check_dataset("nnunet", root).format()
+    )
     # a colour image where dataset.json names two channels
     meta = json.loads((root / "dataset.json").read_text())
     meta["channel_names"] = {"0": "R", "1": "G"}

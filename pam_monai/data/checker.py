@@ -241,7 +241,13 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 what = (
                     "a single-channel label map" if is_label else "an RGB image" if colour else "a grey image"
                 )
-                problems.append((path.name, f"expected {what}, got shape {data.shape}"))
+                hint = (
+                    " (a colour drawing of the labels: store each pixel's label value in a grey or palette PNG, as "
+                    "nnU-Net reads them)"
+                    if is_label and data.ndim == 3
+                    else ""
+                )
+                problems.append((path.name, f"expected {what}, got shape {data.shape}{hint}"))
                 continue
         shape = data.shape if spec.volumetric else data.shape[:2]
         if 0 in shape or (spec.volumetric and len(shape) != 3):

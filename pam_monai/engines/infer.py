@@ -381,5 +381,6 @@ class CasePredictor:
                     restore_prediction(self.spec, prob, case["original_shape"]), np.float32
                 )
                 written.append(save_prediction(prob, prob_path, source, case["affine"]))
-            log.info("%s: %d foreground voxels -> %s", case["case"], int(mask.sum()), path)
+            unit = "voxels" if self.spec.volumetric else "pixels"
+            log.info("%s: %d foreground %s -> %s", case["case"], int(mask.sum()), unit, path)
         return written
