@@ -674,3 +674,18 @@ def test_check_verdict_counts_cases_the_scan_refused(own_root, tmp_path):
     assert not report.ok and "SYN_001" in {p.case for p in report.problems}
     verdict = report.format().splitlines()[-1]
     assert verdict.startswith("FAILED") and " 0 with problems" not in verdict, verdict
+
+
+def test_training_refuses_with_one_list_of_layout_and_content_problems(own_root, tmp_path):
+    """A missing label file (the layout) and NaN voxels (the contents) come in one refusal, not
+    one after the other."""
+    root = copy(own_root, tmp_path)
+    (root / "labelsTr" / "SYN_001.nii.gz").unlink()
+    path = root / "imagesTr" / "SYN_002_0000.nii.gz"
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    with pytest.raises(ValueError) as err:
+        prepare_data("nnunet", root)
+    assert "SYN_001" in str(err.value) and "NaN" in str(err.value), str(err.value)

@@ -108,14 +108,14 @@ def prepare_data(
             dataset_dir,
         )
     check_same_data_set(spec, root)
+    if check:  # first: one list of every problem, the layout's (files, names) and the contents' alike
+        from ..data import check_dataset
+
+        check_dataset(spec, root, foreground_label, progress=True).raise_if_failed()
     if path is not None:
         datalist = load_datalist(path, root)
     else:
         datalist = load_datalist(build_datalist(spec, root, seed=seed), root)
-    if check:
-        from ..data import check_dataset
-
-        check_dataset(spec, root, foreground_label, progress=True).raise_if_failed()
     unknown = set(splits) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
