@@ -285,6 +285,23 @@ def test_bad_input_at_inference_is_refused_by_name_and_writes_nothing(kind, case
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("kind", ["wrong dimensionality", "mismatched grid", "nan", "all-zero modality"])
+def test_skip_invalid_segments_the_other_cases(kind, cases, tmp_path, caplog):
+    """--skip_invalid: one bad scan in a folder no longer blocks the others; it is named, not segmented."""
+    import logging
+
+    bad, message = corrupt(kind, cases)
+    out = tmp_path / "out"
+    items = find_inference_cases("brats", cases)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        written = CasePredictor(net, items, "brats", str(out), skip_invalid="true").run()
+    names = sorted(p.name for p in written)
+    assert names == [f"{it['case']}_seg.nii.gz" for it in items if it["case"] != bad]
+    assert "skipping 1 input problem(s) (--skip_invalid)" in caplog.text and bad in caplog.text
+    assert message in caplog.text
+
+
 def test_inference_command_exits_non_zero_on_bad_input(cases, tmp_path):
     corrupt("nan", cases)
     out = tmp_path / "out"

@@ -260,6 +260,8 @@ class CasePredictor:
             volumes (0 outside the network's crop), ``<case>_prob.npy`` (H x W) for 2-D images, so
             that ``prob > threshold`` is exactly the mask (for ensembles, other thresholds, calibration).
         inferer: the slice-wise inferer (default: a :class:`SliceWiseInferer` of ``slice_batch_size``).
+        skip_invalid: segment the usable cases and skip those with an input problem (a WARNING lists
+            them); default: refuse them all, writing nothing, until every input is fixed.
     """
 
     def __init__(
@@ -275,6 +277,7 @@ class CasePredictor:
         amp: bool = False,
         save_probabilities: bool = False,
         inferer: SliceWiseInferer | None = None,
+        skip_invalid: bool = False,
     ) -> None:
         self.network = network
         self.items = list(items)
@@ -289,6 +292,7 @@ class CasePredictor:
         if inferer is None:
             inferer = SliceWiseInferer(slice_batch_size, roi_size=self.spec.crop_size)
         self.inferer = inferer
+        self.skip_invalid = as_bool(skip_invalid)
         self.amp = bool(amp) and self.device.type == "cuda"
         # --save_probabilities false arrives from the monai.bundle CLI as the string "false" (Fire
         # parses only True / False), and bool("false") is True
@@ -313,10 +317,10 @@ class CasePredictor:
             # model.pt is a bare state dict; checkpoint_last.pt holds it under "model"
             self.network.load_state_dict(check_weights(self.ckpt_path, self.network))
         network = as_foreground(self.network).to(self.device).eval()
-        # validate everything first: no output at all unless every case is usable
+        # validate everything first: no output at all unless every case is usable (or skip_invalid)
         for item in self.items:
             self.output_path(str(item.get("case", "")), _first(item))
-        usable, problems = [], []
+        usable, problems, skipped = [], [], []
         # the orientation the model was trained on (own volumes: model.json), to name cases stored otherwise
         trained = (read_run_record(self.ckpt_path) or {}).get("orientation") if self.ckpt_path else None
         for item in self.items:
@@ -324,11 +328,12 @@ class CasePredictor:
                 case = load_case(self.spec, item)
             except Exception as e:  # unreadable, truncated, mismatched shapes
                 name = str(item.get("case"))
-                problems.append(str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}")
+                found = [str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}"]
+                (skipped if self.skip_invalid else problems).extend(found)
                 continue
             images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
             case["files"] = list(images)
-            problems += validate_case(self.spec, case)
+            found = validate_case(self.spec, case)
             if self.spec.inference_fit == "pad" and self.spec.crop_size is not None:
                 size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
                 if any(s > c for s, c in zip(size, crop)):
@@ -345,11 +350,25 @@ class CasePredictor:
                 turned = orientation_problem(orientation(case["affine"]), trained, "the training cases")
                 if turned:
                     log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, turned)
-            problems += _affine_problems(case["case"], images) if self.spec.volumetric else []
+            found += _affine_problems(case["case"], images) if self.spec.volumetric else []
+            if found and self.skip_invalid:
+                skipped += found
+                continue
+            problems += found
             usable.append(item)  # read again below: memory stays one case, however many there are
+        if skipped:
+            log.warning(
+                "%s: skipping %d input problem(s) (--skip_invalid), their cases get no mask:\n%s",
+                self.spec.name,
+                len(skipped),
+                "\n".join(skipped),
+            )
+            if not usable:
+                raise ValueError(f"{self.spec.name}: no usable case to infer; every input has a problem (above)")
         if problems:
             raise ValueError(
-                f"{self.spec.name}: refusing to infer; fix these inputs first:\n" + "\n".join(problems)
+                f"{self.spec.name}: refusing to infer; fix these inputs first (or pass --skip_invalid true to "
+                "segment the others):\n" + "\n".join(problems)
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         written = []
