@@ -326,6 +326,24 @@ def test_ckpt_export_torchscript_matches_eager(name, tmp_path):
     x = torch.randn(2, *spec.sample_shape)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
+    # from inference.json the network is the one model.json names: no options to repeat
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(net.state_dict(), models / "model.pt")
+    record = {"task": task, "network_name": network, "network_options": SMALL["network_options"]}
+    (models / "model.json").write_text(json.dumps({"metric": "val_iou", "value": 0.5, "run": record}))
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "recorded.ts"),
+        ckpt_file=str(models / "model.pt"),
+        meta_file=configs(name, "metadata.json")[0],
+        config_file=configs(name, "inference.json")[0],
+        bundle_root=str(tmp_path),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.jit.load(str(tmp_path / "recorded.ts"))(x), net(x), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", BUNDLES)
@@ -383,6 +401,15 @@ def test_bundle_root_is_the_bundle_or_refused(tmp_path, monkeypatch):
         sys, "argv", ["pytest", "--config_file", str(copy / "train.json")]
     )  # not monai.bundle
     assert bundle_root("bundles/brats_fpa") == "bundles/brats_fpa"
+    # in Python: the bundle whose configs MONAI's workflow runs (monai.bundle.run / load), from anywhere
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.chdir(tmp_path)
+    workflow = ConfigWorkflow(
+        config_file=configs("brats_fpa", "inference.json"), workflow_type="infer", logging_file=False
+    )
+    workflow.initialize()
+    assert Path(workflow.bundle_root) == ROOT / "bundles" / "brats_fpa"
 
 
 @pytest.mark.parametrize("name", BUNDLES)

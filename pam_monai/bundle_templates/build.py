@@ -237,11 +237,10 @@ PAPER_GENERATED = (
     "This bundle is generated from `pam_monai/bundle_templates/` (run\n"
     "`python -m pam_monai.bundle_templates.build`): edit the templates, not these files."
 )
-PAPER_RUN_FROM = """The commands below run from the project's root. `python -m monai.bundle` writes
-`models/`, `eval/` and `cache/` into the bundle whose `configs/` it was given, wherever it runs from;
-in Python (`monai.bundle.run`) `bundle_root` is `bundles/{name}` from the project's root or `.` from
-the bundle's own folder, and elsewhere pass `bundle_root` (a run without it is refused rather than
-writing into the working folder)."""
+PAPER_RUN_FROM = """The commands below run from the project's root; from anywhere else, MONAI's
+workflows (`python -m monai.bundle run`, `monai.bundle.run` / `load` in Python) write `models/`,
+`eval/` and `cache/` into the bundle whose `configs/` they run (`--bundle_root` sets another
+folder)."""
 PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). Without
 `--dataset_dir` (and no `data/` in the bundle), training runs on a small **synthetic stand-in**
 generated on the fly (into `synthetic_data/`) and the log says so; a `--dataset_dir` that does not

@@ -138,9 +138,8 @@ def own_data_bundle(
         "The commands below run from the folder the bundle was made in; from the bundle's own folder\n"
         "`bundle_root` is `.`, and from anywhere else pass `--bundle_root path/to/{name}`."
         if folder
-        else "Run the commands below from the bundle's own folder (`bundle_root` is `.`); from elsewhere\n"
-        "`python -m monai.bundle` writes into the bundle whose `configs/` it is given, and in Python\n"
-        "(`monai.bundle.run`) pass `bundle_root` (a run without it is refused)."
+        else "Run the commands below from the bundle's own folder; from anywhere else MONAI's workflows\n"
+        "write into the bundle whose `configs/` they run (`--bundle_root` sets another folder)."
     )
     task = BundleTask("nnunet", spec, info, prefix, folder=folder or ".", dataset_dir=str(dataset_dir))
     files = bundle_files(task, network)

@@ -45,14 +45,34 @@ def _config_files_on_command_line() -> list[str]:
     return []
 
 
+def _running_workflow_configs() -> Path | None:
+    """The ``configs/`` folder of the MONAI ``ConfigWorkflow`` whose config is being evaluated (found
+    on the call stack: ``monai.bundle run``, ``monai.bundle.load`` and friends build one; MONAI
+    itself takes the bundle's root from it for ``sys.path``), or None."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigWorkflow):
+            root = Path(owner.config_root_path)
+            return root if root.name == "configs" else None
+        frame = frame.f_back
+    return None
+
+
 def bundle_root(where: str | None = None) -> str:
     """The bundle's folder, where its ``models/``, ``eval/`` and ``cache/`` go: the folder above the
-    ``configs/`` of the config file that ``python -m monai.bundle`` was given (as MONAI finds a
-    bundle's ``metadata.json`` and ``logging.conf``); else ``where`` (its place below the working
+    ``configs/`` of the config that MONAI's workflow runs (``monai.bundle run`` / ``load``, in a
+    shell or in Python), or that ``python -m monai.bundle`` was given (as MONAI finds a bundle's
+    ``metadata.json`` and ``logging.conf``); else ``where`` (its place below the working
     folder, e.g. ``bundles/brats_fpa``) when it is there, or ``.`` when the working folder is a
     bundle (holds ``configs/``: a downloaded bundle run from its own folder). Anywhere else this
     refuses, rather than filling the working folder with a bundle's outputs: pass ``--bundle_root``."""
-    files = _config_files_on_command_line()
+    configs = _running_workflow_configs()
+    if configs is not None:
+        return str(configs.parent)
+    files = _config_files_on_command_line()  # e.g. ckpt_export, which parses without a workflow
     if files and Path(files[0]).parent.name == "configs":
         return str(Path(files[0]).parent.parent)
     if where and os.path.isdir(os.path.join(where, "configs")):
