@@ -58,3 +58,24 @@ def test_score_refuses_to_guess_how_to_read_label_maps(tmp_path):
     assert everything["iou"]["mean"] < 1.0  # every label counted, as asked
     # every label is the target: non-zero is the target either way, nothing to ask
     assert score_predictions(preds, "nnunet", root, tmp_path / "o3")["iou"]["mean"] == 1.0
+
+
+def test_score_refuses_a_label_map_whose_only_other_label_is_1(tmp_path):
+    """A label map holding label 1 beside the target 3 (no 2 predicted in it) is no binary mask:
+    reading it as one counts label 1 as the target."""
+    import pytest
+
+    from pam_monai.engines.score import score_predictions
+
+    root = synth("nnunet", tmp_path / "Dataset904_Maps", cases=2, slices=4)  # labels 1, 2, 3
+    preds = tmp_path / "maps"
+    preds.mkdir()
+    for label in sorted((root / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(label)
+        data = np.asanyarray(img.dataobj).astype(np.uint8)
+        data[data == 2] = 1  # values 0, 1, 3
+        nib.save(nib.Nifti1Image(data, img.affine), preds / label.name)
+    with pytest.raises(ValueError, match=r"values 1, 3: a binary mask holds one non-zero value.*--label_map true"):
+        score_predictions(preds, "nnunet", root, tmp_path / "out", foreground_label="enhancing")
+    summary = score_predictions(preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True)
+    assert summary["iou"]["mean"] == 1.0
