@@ -198,3 +198,23 @@ def test_a_converted_folder_is_ready_for_inference(tmp_path):
     )
     items = find_inference_cases(spec, tmp_path / "cases")  # dicom_series.json beside the images is no case
     assert [i["case"] for i in items] == ["P1"]
+
+
+def test_slices_with_their_own_rescale_slope_keep_their_values(tmp_path):
+    """A series whose first slice has an integral slope and the others 0.5: the others' HU values
+    are kept (they were truncated to the first slice's integer pixel type)."""
+    raw = np.random.default_rng(1).integers(0, 3000, (3, 6, 5)).astype(np.int16)
+    folder = tmp_path / "pet"
+    write_series(raw, folder, "PET", 1)  # written with slope 1, intercept 0 (stored as given)
+    files = sorted(folder.iterdir())
+    stored = [np.frombuffer(f.read_bytes()[-raw[0].nbytes :], np.int16).reshape(6, 5) for f in files]
+    for f in files[1:]:  # the slope element (implicit VR: tag, length 2, "1 "), as ".5"
+        data = f.read_bytes()
+        element = b"\x28\x00\x53\x10\x02\x00\x00\x00"
+        at = data.index(element) + len(element)
+        f.write_bytes(data[:at] + b".5" + data[at + 2 :])
+    written = convert_dicom(folder, tmp_path / "out", progress=False)
+    volume = load_volume(written[0])[0]
+    np.testing.assert_array_equal(volume[..., 0], stored[0].T)
+    for i in (1, 2):
+        np.testing.assert_allclose(volume[..., i], stored[i].T * 0.5)

@@ -179,6 +179,15 @@ def _geometry_problem(reader, n: int) -> str | None:
     return None
 
 
+def _varying_rescale(reader, n: int) -> bool:
+    """Whether the slices' Rescale Slope / Intercept differ (PET, some CT exports)."""
+    values = {
+        tuple(reader.GetMetaData(i, t).strip() if reader.HasMetaDataKey(i, t) else "" for t in ("0028|1052", "0028|1053"))
+        for i in range(n)
+    }
+    return len({tuple(float(v) if v else None for v in pair) for pair in values}) > 1
+
+
 def _tag(reader, tag: str) -> str:
     return reader.GetMetaData(0, tag).strip() if reader.HasMetaDataKey(0, tag) else ""
 
@@ -274,6 +283,11 @@ def convert_dicom(
                 "dicom: %s: series %s unreadable, skipped (%s)", where, uid, str(e).strip().splitlines()[-1]
             )
             continue
+        if _varying_rescale(reader, len(files)) and image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+            # the first slice's rescale gave the pixel type: slices with another slope would be truncated
+            reader.SetOutputPixelType(sitk.sitkFloat64)
+            with keep_locale():
+                image = reader.Execute()
         tags = {k: _tag(reader, t) for k, t in _TAGS.items()}
         label = f"{where}: series {tags['series_number'] or uid} ({tags['description'] or 'no description'})"
         if image.GetDimension() != 3 or image.GetSize()[2] < 2:
