@@ -159,6 +159,8 @@ def test_series_that_would_convert_wrongly_are_skipped_by_name(tmp_path, caplog)
     (export / "gap" / "s1_003.dcm").unlink()  # a missing slice
     z = [30.0, 30.0, 32.5, 32.5, 35.0, 35.0]  # two volumes in one series (b-values)
     write_series(vol, export / "dwi", "DWI", 1, positions=[(-100.0, -90.0, v) for v in z])
+    z = [30.0, 32.5, 35.0, 30.0, 32.5, 35.0]  # the same, files volume after volume
+    write_series(vol, export / "dwi2", "DWI2", 1, positions=[(-100.0, -90.0, v) for v in z])
     tilt = [(-100.0, -90.0 + 1.0 * i, 30.0 + 2.5 * i) for i in range(6)]  # gantry tilt
     write_series(vol, export / "tilt", "TILT", 1, positions=tilt)
     write_series(vol, export / "good", "", 1)  # no patient ID: named after its study
@@ -172,7 +174,8 @@ def test_series_that_would_convert_wrongly_are_skipped_by_name(tmp_path, caplog)
     np.testing.assert_array_equal(load_volume(out / "SPLIT_0000.nii.gz")[0], vol.transpose(2, 1, 0))
     text = caplog.text
     assert "gap: series 1 (series 1) not converted: irregular slice spacing" in text
-    assert "several volumes in one series (repeated slice positions" in text
+    assert "dwi: series 1 (series 1) not converted: several volumes in one series (repeated slice positions" in text
+    assert "dwi2: series 1 (series 1) not converted: several volumes in one series (repeated slice positions" in text
     assert "slices shifted sideways along the stack (gantry tilt)" in text
 
     # a channel-1 series joins only a case of its own study on the same grid
