@@ -4,6 +4,7 @@ train -> evaluate -> infer with ``--task nnunet``."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -492,6 +493,9 @@ def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
         get_spec("nnunet", root=task)
     (tmp_path / "out").mkdir()  # an empty folder made beforehand is fine
     out = convert_msd(task, tmp_path / "out", progress=False)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it, not private (mkdtemp's 0700)
     converted = out / "imagesTr" / "ct_001_0000.nii.gz"
     assert converted.read_bytes() == (task / "imagesTr" / "ct_001.nii.gz").read_bytes()
     spec = get_spec("nnunet", root=out)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import _UMASK
+
 __all__ = ["convert_msd", "is_msd_dataset_json"]
 
 
@@ -92,6 +94,7 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700: the data set would be private
         for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if meta.get("test") else ()):
             (tmp / sub).mkdir()
         for subset, image, label in tqdm(
