@@ -166,12 +166,16 @@ def test_series_that_would_convert_wrongly_are_skipped_by_name(tmp_path, caplog)
     write_series(vol, export / "good", "", 1)  # no patient ID: named after its study
     write_series(vol, export / "split" / "a", "SPLIT", 1, slices=[0, 1, 2])  # one series, two folders
     write_series(vol, export / "split" / "b", "SPLIT", 1, slices=[3, 4, 5])
+    write_series(vol, export / "split2" / "b", "SPLIT2", 1, slices=[0, 1, 2])  # folders against slice order
+    write_series(vol, export / "split2" / "a", "SPLIT2", 1, slices=[3, 4, 5])
     out = tmp_path / "out"
     with caplog.at_level("WARNING", logger="pam_monai"):
         written = convert_dicom(export, out, progress=False)
     names = sorted(p.name for p in written)
-    assert len(names) == 2 and "SPLIT_0000.nii.gz" in names and names[1].startswith("study-"), names
+    assert len(names) == 3 and {"SPLIT_0000.nii.gz", "SPLIT2_0000.nii.gz"} < set(names), names
+    assert names[2].startswith("study-"), names
     np.testing.assert_array_equal(load_volume(out / "SPLIT_0000.nii.gz")[0], vol.transpose(2, 1, 0))
+    np.testing.assert_array_equal(load_volume(out / "SPLIT2_0000.nii.gz")[0], vol.transpose(2, 1, 0))
     text = caplog.text
     assert "gap: series 1 (series 1) not converted: irregular slice spacing" in text
     assert "dwi: series 1 (series 1) not converted: several volumes in one series (repeated slice positions" in text
