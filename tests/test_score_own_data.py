@@ -79,3 +79,33 @@ def test_score_refuses_a_label_map_whose_only_other_label_is_1(tmp_path):
         score_predictions(preds, "nnunet", root, tmp_path / "out", foreground_label="enhancing")
     summary = score_predictions(preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True)
     assert summary["iou"]["mean"] == 1.0
+
+
+def test_score_gives_hd95_in_the_labels_physical_units(tmp_path):
+    """Own data on a 1.2 x 1.2 x 3 mm grid: HD95 in mm, as the evaluation scores it (the BRATS tests'
+    1 mm grid cannot tell millimetres from voxels)."""
+    import csv
+
+    import pytest
+
+    from pam_monai.engines.score import score_predictions
+    from pam_monai.metrics import case_metrics
+
+    root = synth("nnunet", tmp_path / "Dataset905_Spacing", cases=2, slices=4)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for label in sorted((root / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(label)
+        mask = np.roll(np.asanyarray(img.dataobj) > 0, (2, 1), axis=(0, 2)).astype(np.uint8)  # off by 2 x 1 voxels
+        nib.save(nib.Nifti1Image(mask, img.affine), preds / label.name.replace(".nii.gz", "_seg.nii.gz"))
+    score_predictions(preds, "nnunet", root, tmp_path / "out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "metrics.csv", newline="")))
+    assert len(rows) == 2
+    for row in rows:
+        img = nib.load(root / "labelsTr" / f"{row['case']}.nii.gz")
+        spacing = tuple(float(s) for s in np.sqrt((img.affine[:3, :3] ** 2).sum(0)))
+        assert spacing[2] != spacing[0]
+        pred = np.asanyarray(nib.load(preds / f"{row['case']}_seg.nii.gz").dataobj) > 0
+        expected = case_metrics(pred, np.asanyarray(img.dataobj) > 0, spacing=spacing)["hd95"]
+        assert float(row["hd95"]) == pytest.approx(expected, rel=1e-5)
+        assert expected != pytest.approx(case_metrics(pred, np.asanyarray(img.dataobj) > 0)["hd95"], rel=1e-3)
