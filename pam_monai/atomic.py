@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "sibling_temp_dir"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
@@ -51,3 +51,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def sibling_temp_dir(target: str | os.PathLike) -> Path:
+    """A new empty folder beside ``target`` (hidden), to fill and then rename into place, with the
+    usual permissions (``0777 & ~umask``: ``mkdtemp`` alone makes it 0700, so a data set or bundle
+    renamed from it would be private to its writer)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp

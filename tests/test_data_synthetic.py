@@ -261,3 +261,20 @@ def test_interrupted_synth_command_leaves_a_marked_set(tmp_path, monkeypatch):
     assert ensure_dataset("brats", out) == (out, True)
     commands.synth("brats", str(tmp_path / "whole"), cases=1, slices=4)
     assert json.loads((tmp_path / "whole" / MARKER).read_text())["source"] == "pam_monai synth"
+
+
+def test_folders_renamed_into_place_get_the_usual_permissions(tmp_path):
+    """A stand-in data set and an own-data bundle are written in a temporary folder and renamed:
+    they get mkdir's permissions, not mkdtemp's 0700 (private to the writer on a shared machine)."""
+    import os
+
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+    from pam_monai.data import ensure_dataset
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    root, _ = ensure_dataset("isles", tmp_path / "none", output=tmp_path / "standin", max_slices=2)
+    own = synth("nnunet", tmp_path / "Dataset950_Perm", cases=3, slices=2)
+    bundle = own_data_bundle(own, "fpa", tmp_path / "perm_fpa")
+    for folder in (Path(root), bundle):
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, (folder, oct(folder.stat().st_mode))

@@ -178,8 +178,14 @@ def test_series_that_would_convert_wrongly_are_skipped_by_name(tmp_path, caplog)
     np.testing.assert_array_equal(load_volume(out / "SPLIT2_0000.nii.gz")[0], vol.transpose(2, 1, 0))
     text = caplog.text
     assert "gap: series 1 (series 1) not converted: irregular slice spacing" in text
-    assert "dwi: series 1 (series 1) not converted: several volumes in one series (repeated slice positions" in text
-    assert "dwi2: series 1 (series 1) not converted: several volumes in one series (repeated slice positions" in text
+    assert (
+        "dwi: series 1 (series 1) not converted: several volumes in one series (repeated slice positions"
+        in text
+    )
+    assert (
+        "dwi2: series 1 (series 1) not converted: several volumes in one series (repeated slice positions"
+        in text
+    )
     assert "slices shifted sideways along the stack (gantry tilt)" in text
 
     # a channel-1 series joins only a case of its own study on the same grid

@@ -75,9 +75,13 @@ def test_score_refuses_a_label_map_whose_only_other_label_is_1(tmp_path):
         data = np.asanyarray(img.dataobj).astype(np.uint8)
         data[data == 2] = 1  # values 0, 1, 3
         nib.save(nib.Nifti1Image(data, img.affine), preds / label.name)
-    with pytest.raises(ValueError, match=r"values 1, 3: a binary mask holds one non-zero value.*--label_map true"):
+    with pytest.raises(
+        ValueError, match=r"values 1, 3: a binary mask holds one non-zero value.*--label_map true"
+    ):
         score_predictions(preds, "nnunet", root, tmp_path / "out", foreground_label="enhancing")
-    summary = score_predictions(preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True)
+    summary = score_predictions(
+        preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True
+    )
     assert summary["iou"]["mean"] == 1.0
 
 
@@ -96,7 +100,9 @@ def test_score_gives_hd95_in_the_labels_physical_units(tmp_path):
     preds.mkdir()
     for label in sorted((root / "labelsTr").glob("*.nii.gz")):
         img = nib.load(label)
-        mask = np.roll(np.asanyarray(img.dataobj) > 0, (2, 1), axis=(0, 2)).astype(np.uint8)  # off by 2 x 1 voxels
+        mask = np.roll(np.asanyarray(img.dataobj) > 0, (2, 1), axis=(0, 2)).astype(
+            np.uint8
+        )  # off by 2 x 1 voxels
         nib.save(nib.Nifti1Image(mask, img.affine), preds / label.name.replace(".nii.gz", "_seg.nii.gz"))
     score_predictions(preds, "nnunet", root, tmp_path / "out")
     rows = list(csv.DictReader(open(tmp_path / "out" / "metrics.csv", newline="")))

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import sibling_temp_dir
 from ..data.layout import visible_entries
 from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_json
 from .build import NETWORKS, BundleTask, bundle_files, normalisation_words
@@ -166,8 +166,7 @@ def own_data_bundle(
         data.update(extra)
         files[f"configs/{config}"] = json.dumps(data, indent=4) + "\n"
     # written next to the target and renamed into place: an interrupted run leaves no half bundle
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output.parent))
+    tmp = sibling_temp_dir(output)
     try:
         for rel, text in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -165,7 +165,9 @@ def _geometry_problem(reader, n: int) -> str | None:
     offsets = np.asarray(positions) - positions[0]
     along = offsets @ normal
     steps = np.diff(along)
-    if np.any(np.abs(steps) < 1e-3) or np.any(np.abs(along[:, None] - along[None, :])[np.triu_indices(n, 1)] < 1e-3):
+    if np.any(np.abs(steps) < 1e-3) or np.any(
+        np.abs(along[:, None] - along[None, :])[np.triu_indices(n, 1)] < 1e-3
+    ):
         # repeated positions, also when the files come volume after volume (30, 32.5, 35, 30, ...)
         return "several volumes in one series (repeated slice positions: b-values, echoes or phases); split it first"
     step = float(np.median(steps))
@@ -183,7 +185,10 @@ def _geometry_problem(reader, n: int) -> str | None:
 def _varying_rescale(reader, n: int) -> bool:
     """Whether the slices' Rescale Slope / Intercept differ (PET, some CT exports)."""
     values = {
-        tuple(reader.GetMetaData(i, t).strip() if reader.HasMetaDataKey(i, t) else "" for t in ("0028|1052", "0028|1053"))
+        tuple(
+            reader.GetMetaData(i, t).strip() if reader.HasMetaDataKey(i, t) else ""
+            for t in ("0028|1052", "0028|1053")
+        )
         for i in range(n)
     }
     return len({tuple(float(v) if v else None for v in pair) for pair in values}) > 1
@@ -284,7 +289,10 @@ def convert_dicom(
                 "dicom: %s: series %s unreadable, skipped (%s)", where, uid, str(e).strip().splitlines()[-1]
             )
             continue
-        if _varying_rescale(reader, len(files)) and image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        if _varying_rescale(reader, len(files)) and image.GetPixelID() not in (
+            sitk.sitkFloat32,
+            sitk.sitkFloat64,
+        ):
             # the first slice's rescale gave the pixel type: slices with another slope would be truncated
             reader.SetOutputPixelType(sitk.sitkFloat64)
             with keep_locale():

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import _UMASK
+from ..atomic import sibling_temp_dir
 
 __all__ = ["convert_msd", "is_msd_dataset_json"]
 
@@ -91,10 +90,8 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
     labels = {("background" if v == 0 else n): v for n, v in labels.items()}
     jobs = [("imagesTr", e["image"], e.get("label")) for e in meta["training"]]
     jobs += [("imagesTs", e if isinstance(e, str) else e["image"], None) for e in meta.get("test", [])]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp = sibling_temp_dir(output)
     try:
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700: the data set would be private
         for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if meta.get("test") else ()):
             (tmp / sub).mkdir()
         for subset, image, label in tqdm(

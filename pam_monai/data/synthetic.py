@@ -30,12 +30,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from ..atomic import sibling_temp_dir
 from .layout import scan_cases, visible_entries
 from .specs import get_spec
 
@@ -504,8 +504,7 @@ def ensure_dataset(
         raise FileExistsError(
             f"{target} exists, holds no {spec.name} cases and was not generated here; remove it or pass output="
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = sibling_temp_dir(target)
     try:
         synth(spec.name, tmp, seed=seed, **opts)
         (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n")

@@ -364,7 +364,9 @@ class CasePredictor:
                 "\n".join(skipped),
             )
             if not usable:
-                raise ValueError(f"{self.spec.name}: no usable case to infer; every input has a problem (above)")
+                raise ValueError(
+                    f"{self.spec.name}: no usable case to infer; every input has a problem (above)"
+                )
         if problems:
             raise ValueError(
                 f"{self.spec.name}: refusing to infer; fix these inputs first (or pass --skip_invalid true to "
