@@ -368,6 +368,40 @@ def test_msd_task_converts_to_the_nnunet_layout(tmp_path, capsys):
         main(["convert_msd", "--task_dir", str(task), "--output", str(out)])
     assert "already exists; choose a new folder" in str(exit_.value.code)
 
+    # tasks that would convert into a broken data set: refused, naming the file and the entry
+    from pam_monai.data.msd import convert_msd
+
+    def refused(change, message, label_affine=None):
+        if label_affine is not None:
+            nib.save(
+                nib.Nifti1Image(np.zeros((20, 18, 5), np.uint8), label_affine),
+                str(task / "labelsTr" / "tiny_002.nii.gz"),
+            )
+        (task / "dataset.json").write_text(json.dumps(change(json.loads(json.dumps(meta)))))
+        with pytest.raises(ValueError, match=message):
+            convert_msd(task, tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+
+    refused(
+        lambda m: {**m, "training": m["training"] + m["training"][:1]},
+        r"listed more than once: \['tiny_001'\]",
+    )
+    refused(
+        lambda m: {**m, "labels": {"0": "background", "1": "tumour", "2": "tumour"}},
+        r"label name\(s\) \['tumour'\]",
+    )
+    refused(
+        lambda m: {**m, "training": [{"image": "./imagesTr/tiny_001.nii.gz"}]},
+        "training entries without a 'label'",
+    )
+    shifted = affine.copy()
+    shifted[0, 3] = 50.0
+    refused(
+        lambda m: m,
+        r"tiny_002.nii.gz: its affine differs from its image's \(largest difference 50\)",
+        shifted,
+    )
+
 
 def test_own_data_bundle_trains_without_overrides_and_infers_from_images_alone(
     own_root, tmp_path, monkeypatch

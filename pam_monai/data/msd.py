@@ -82,12 +82,23 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
         raise FileExistsError(f"{output} already exists; choose a new folder")
     modality = meta.get("modality") or {"0": "image"}
     channels = {str(i): str(modality[k]) for i, k in enumerate(sorted(modality, key=int))}
+    names = [str(name) for _, name in sorted(meta["labels"].items(), key=lambda kv: int(kv[0]))]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # nnU-Net's labels map names to values: one of them would be lost
+        raise ValueError(f"{meta_path}: label name(s) {twice} given to several values; name each value once")
     labels = {
         str(name): int(value) for value, name in sorted(meta["labels"].items(), key=lambda kv: int(kv[0]))
     }
     if labels.get("background", 0) != 0 or 0 not in labels.values():
         raise ValueError(f"{meta_path}: label 0 must be the background, got {meta['labels']}")
     labels = {("background" if v == 0 else n): v for n, v in labels.items()}
+    unlabelled = [e.get("image") for e in meta["training"] if not e.get("label")]
+    if unlabelled:
+        raise ValueError(f"{meta_path}: training entries without a 'label': {unlabelled[:3]}")
+    cases = [_case_id(e["image"]) for e in meta["training"]]
+    repeated = sorted({c for c in cases if cases.count(c) > 1})
+    if repeated:  # one would overwrite the other, and numTraining would count it twice
+        raise ValueError(f"{meta_path}: training case(s) listed more than once: {repeated[:5]}")
     jobs = [("imagesTr", e["image"], e.get("label")) for e in meta["training"]]
     jobs += [("imagesTs", e if isinstance(e, str) else e["image"], None) for e in meta.get("test", [])]
     tmp = sibling_temp_dir(output)
@@ -128,6 +139,12 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
                 if tuple(lab.shape) != tuple(volumes[0].shape):
                     raise ValueError(
                         f"{lab_path}: shape {tuple(lab.shape)} differs from the image's {volumes[0].shape}"
+                    )
+                if not np.allclose(lab.affine, img.affine, atol=1e-3):
+                    worst = float(np.abs(lab.affine - img.affine).max())
+                    raise ValueError(
+                        f"{lab_path}: its affine differs from its image's (largest difference {worst:g}): a label "
+                        "must lie on its image's grid"
                     )
                 target = tmp / "labelsTr" / f"{case}.nii.gz"
                 if lab_path.name.endswith(".nii.gz"):
