@@ -322,7 +322,11 @@ def test_msd_task_converts_to_the_nnunet_layout(tmp_path, capsys):
     for case in ("tiny_001", "tiny_002", "tiny_010"):
         data = rng.normal(size=(20, 18, 5, 3)).astype(np.float32)
         sub = "imagesTs" if case == "tiny_010" else "imagesTr"
-        nib.save(nib.Nifti1Image(data, affine), str(task / sub / f"{case}.nii.gz"))
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(affine, code=1)  # scanner codes and units, which the conversion must keep
+        img.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm", "sec")
+        nib.save(img, str(task / sub / f"{case}.nii.gz"))
         images[case] = data
         if sub == "imagesTr":
             label = (data[..., 0] > 1).astype(np.uint8) + (data[..., 1] > 1.5)
@@ -361,6 +365,8 @@ def test_msd_task_converts_to_the_nnunet_layout(tmp_path, capsys):
             img = nib.load(str(out / sub / f"{case}_{c:04d}.nii.gz"))
             np.testing.assert_array_equal(np.asarray(img.dataobj), data[..., c])
             np.testing.assert_allclose(img.affine, affine)
+            assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == (1, 1)
+            assert img.header.get_xyzt_units() == ("mm", "sec")
     assert (out / "labelsTr" / "tiny_001.nii.gz").read_bytes() == (
         task / "labelsTr" / "tiny_001.nii.gz"
     ).read_bytes()

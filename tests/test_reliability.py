@@ -601,6 +601,10 @@ def test_ensemble_refuses_what_would_lose_or_misweigh_data(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), affine), str(b / "c2_prob.nii.gz"))
     with pytest.raises(ValueError, match="two probability files of case 'c2'"):
         ensemble_probabilities([a, b], tmp_path / "x")
+    (b / "c2_prob.nii.gz").unlink()
+    nib.save(nib.Nifti1Image(np.full((4, 5, 3), 200, np.uint8), affine), str(b / "c2_prob.nii"))  # 0-255
+    with pytest.raises(ValueError, match=r"c2_prob.nii: values 200 to 200 are not probabilities \(0 to 1\)"):
+        ensemble_probabilities([a, b], tmp_path / "y")
 
 
 def test_score_refuses_what_it_would_mis_score(cases, tmp_path):

@@ -5,10 +5,11 @@ Inference with ``--save_probabilities true`` writes ``<case>_prob`` beside each 
 d`` averages the probability maps of the same cases in every input folder (e.g. the five fold
 models of a cross-validation, or FPA and RFNA) and writes, in the inputs' format and grid, the
 mean probability ``<case>_prob`` and its mask ``<case>_seg`` (``mean > threshold``; CityScapes:
-``<case>_vehicles.png``, 0 / 255, as its inference writes it). Everything is checked before anything
-is written: every input must hold the same cases, on the same grid (from the files' headers); an
-input folder given twice, and an output folder that is one of the inputs (its maps would be
-overwritten), are refused.
+``<case>_vehicles.png``, 0 / 255, as its inference writes it). Before anything is written every
+input must hold the same cases, on the same grid (from the files' headers); an input folder given
+twice, and an output folder that is one of the inputs (its maps would be overwritten), are refused.
+A map whose body cannot be read, or whose values are not probabilities (0 to 1), stops the run
+when its case comes (the cases before it are written, each whole).
 """
 
 from __future__ import annotations
@@ -147,6 +148,13 @@ def ensemble_probabilities(
     for case in tqdm(cases, desc="ensemble", unit="case"):
         first = files[0][case]
         arrays = [_read(found[case]) for found in files]
+        for (array, _), found in zip(arrays, files):
+            low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+            if not (0.0 <= low and high <= 1.0):  # e.g. a 0-255 map: its mean would be no probability
+                raise ValueError(
+                    f"ensemble: {found[case]}: values {low:g} to {high:g} are not probabilities (0 to 1); the "
+                    "maps of inference's --save_probabilities are"
+                )
         affine = arrays[0][1]
         mean = np.mean([a for a, _ in arrays], axis=0, dtype=np.float64).astype(np.float32)
         mask = (mean > threshold).astype(np.uint8)
