@@ -248,6 +248,19 @@ def _device_expr(device: str) -> str:
     return f"$torch.device('{device}')"
 
 
+def _describe(e: BaseException) -> str:
+    """``Type: message`` of ``e``, with the exception that caused it (MONAI wraps a bundle's error
+    as "Failed to evaluate ConfigExpression"; the cause names the file or the setting), found as
+    the command line's one-line error finds it."""
+    from ..cli import _root_cause
+
+    text = f"{type(e).__name__}: {e}"
+    root = _root_cause(e)
+    if root is not e:
+        text += f" (caused by {type(root).__name__}: {root})"
+    return " ".join(text.split())  # one line: MONAI's message holds a newline
+
+
 def _append_event(path: Path, **event) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
@@ -546,6 +559,15 @@ def _run_grid(
         int(overrides.get("batch_size", 32)),
         overrides.get("foreground_label"),
     )
+    skipped, pending = [], []
+    for run in runs:
+        if run.finished():
+            _check_finished(run, run.identity(settings))
+            skipped.append(run)
+        else:
+            pending.append(run)
+    # only now: a call refused above (a finished run made with other settings) must not rewrite
+    # the record of the grid that is on disk
     atomic_write_text(
         output_dir / "experiment.json",
         json.dumps(
@@ -567,14 +589,6 @@ def _run_grid(
         )
         + "\n",
     )
-
-    skipped, pending = [], []
-    for run in runs:
-        if run.finished():
-            _check_finished(run, run.identity(settings))
-            skipped.append(run)
-        else:
-            pending.append(run)
     if max_runs is not None:
         pending = pending[: max(int(max_runs), 0)]
     log.info(
@@ -621,13 +635,12 @@ def _run_grid(
                 )
                 raise
             except Exception as e:
-                _append_event(events, event="failed", run=str(run.dir.relative_to(output_dir)), error=repr(e))
+                why = _describe(e)
+                _append_event(events, event="failed", run=str(run.dir.relative_to(output_dir)), error=why)
                 if not keep_going:
                     raise
-                log.error(
-                    "experiment: %s failed (%s: %s); going on (--keep_going)", run.name, type(e).__name__, e
-                )
-                failed.append((run, f"{type(e).__name__}: {e}"))
+                log.error("experiment: %s failed (%s); going on (--keep_going)", run.name, why)
+                failed.append((run, why))
                 continue
             executed.append(run)
             _append_event(
