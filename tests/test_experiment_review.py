@@ -67,3 +67,23 @@ def test_failed_run_is_reported_by_its_root_cause(common, tmp_path, monkeypatch)
     events = [json.loads(x) for x in (tmp_path / "exp" / "runs.jsonl").read_text().splitlines()]
     failed = [e for e in events if e["event"] == "failed"]
     assert failed and "FileExistsError" in failed[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("figure_cases", "nope", "figure_cases"),
+        ("figure_networks", "unett", "unett"),
+        ("figure_networks", "fpa", "fpa"),
+    ],
+)
+def test_figure_flags_are_checked_before_any_training(common, tmp_path, monkeypatch, flag, value, message):
+    """A typo in --figure_cases / --figure_networks was found only after the whole grid had trained,
+    and then no results.md was written."""
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained before checking the figure flags")
+
+    monkeypatch.setattr(runner_module, "_execute", must_not_train)
+    with pytest.raises(ValueError, match=message):
+        run_experiment(**{**common, "figures": True}, **{flag: value})

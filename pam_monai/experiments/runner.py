@@ -261,6 +261,24 @@ def _describe(e: BaseException) -> str:
     return " ".join(text.split())  # one line: MONAI's message holds a newline
 
 
+def _check_figure_flags(cases, networks, labels: list[str], test_items: Sequence[dict], fold: int) -> None:
+    """Refuse --figure_networks / --figure_cases that the figures would refuse, before any training
+    (the figures are drawn after the whole grid, and their error stopped results.md from being written)."""
+    from ..data.preprocess import _name
+
+    if networks:
+        wanted = [v.label for v in parse_networks(networks)]
+        missing = [n for n in wanted if n not in labels]
+        if missing:
+            raise ValueError(f"--figure_networks {missing}: not networks of the grid {labels}")
+    wanted_cases = _as_list(cases, "figure_cases")
+    if wanted_cases:
+        known = [_name(item) for item in test_items]
+        unknown = [c for c in wanted_cases if c not in known]
+        if unknown:
+            raise ValueError(f"--figure_cases {unknown} are not test cases of fold {fold}: {sorted(known)}")
+
+
 def _append_event(path: Path, **event) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
@@ -546,6 +564,14 @@ def _run_grid(
         )
         for f in fold_list
     }
+    if figures:
+        _check_figure_flags(
+            figure_cases,
+            figure_networks,
+            [v.label for v in variants],
+            fold_data[fold_list[0]]["test"],
+            fold_list[0],
+        )
     synthetic = any(d["synthetic"] for d in fold_data.values())
     data_root = str(fold_data[fold_list[0]]["root"])
     ctx = _Context(
