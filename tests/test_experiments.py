@@ -683,3 +683,76 @@ def test_reference_flags_and_a_stale_comparison(tmp_path, monkeypatch):
     run_experiment(**{**common, "networks": "fpa"}, reference="fpa")
     assert not (tmp_path / "exp" / "comparison.csv").exists()
     assert "Paired comparison" not in (tmp_path / "exp" / "results.md").read_text()
+
+
+# runner bookkeeping: refused calls, failed runs and figure flags, checked without training
+@pytest.fixture
+def small_grid(tmp_path):
+    from pam_monai.data import ensure_dataset
+
+    data, _ = ensure_dataset("brats", tmp_path / "none", output=tmp_path / "synthetic_brats", slices=8)
+    return {
+        "dataset": "brats",
+        "networks": "unet",
+        "epochs": 1,
+        "batch_size": 8,
+        "num_workers": 0,
+        "network_options": {"features": [8, 16, 32, 64]},
+        "figures": False,
+        "dataset_dir": str(data),
+        "output": str(tmp_path / "exp"),
+    }
+
+
+def test_refused_call_leaves_experiment_json_alone(small_grid, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    run_experiment(**small_grid)
+    record = tmp_path / "exp" / "experiment.json"
+    before = record.read_text()
+    assert json.loads(before)["settings"]["epochs"] == 1
+    with pytest.raises(ValueError, match="epochs"):
+        run_experiment(**{**small_grid, "epochs": 2})
+    # the grid on disk was made with epochs=1: its record must still say so
+    assert record.read_text() == before
+
+
+def test_failed_run_is_reported_by_its_root_cause(small_grid, tmp_path, monkeypatch):
+    def fail(run, b, o, identity, ctx):
+        try:
+            raise FileExistsError(17, "File exists", str(run.dir / "models"))
+        except FileExistsError as e:
+            raise RuntimeError('Failed to evaluate ConfigExpression: "$...run()"') from e
+
+    monkeypatch.setattr(runner_module, "_execute", fail)
+    with pytest.raises(RuntimeError) as info:
+        run_experiment(**small_grid, keep_going=True)
+    assert "FileExistsError" in str(info.value) and "models" in str(info.value)
+    events = [json.loads(x) for x in (tmp_path / "exp" / "runs.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["event"] == "failed"]
+    assert failed and "FileExistsError" in failed[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("figure_cases", "nope", "figure_cases"),
+        ("figure_networks", "unett", "unett"),
+        ("figure_networks", "fpa", "fpa"),
+    ],
+)
+def test_figure_flags_are_checked_before_any_training(
+    small_grid, tmp_path, monkeypatch, flag, value, message
+):
+    """A typo in --figure_cases / --figure_networks was found only after the whole grid had trained,
+    and then no results.md was written."""
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained before checking the figure flags")
+
+    monkeypatch.setattr(runner_module, "_execute", must_not_train)
+    with pytest.raises(ValueError, match=message):
+        run_experiment(**{**small_grid, "figures": True}, **{flag: value})
