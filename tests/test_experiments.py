@@ -756,3 +756,48 @@ def test_figure_flags_are_checked_before_any_training(
     monkeypatch.setattr(runner_module, "_execute", must_not_train)
     with pytest.raises(ValueError, match=message):
         run_experiment(**{**small_grid, "figures": True}, **{flag: value})
+
+
+def test_one_network_spelled_twice_is_refused():
+    """fpa and fpa[dilation=9] (its default) are one network: trained twice and shown twice, and
+    one of them hid the other in Figure 7."""
+    with pytest.raises(ValueError, match=r"'fpa' and 'fpa\[dilation=9\]' are the same network"):
+        runner_module._variants("fpa,fpa[dilation=9]", None)
+    assert [v.label for v in runner_module._variants("fpa,fpa[shared=true]", None)] == [
+        "fpa",
+        "fpa[shared=true]",
+    ]
+
+
+def test_changed_network_options_are_named_in_the_refusal(small_grid, monkeypatch):
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    run_experiment(**small_grid)
+    with pytest.raises(
+        ValueError,
+        match=r"options differ in features: \[8, 16, 32, 64\] \(done\) vs \[4, 8, 16, 32\] \(now\)",
+    ):
+        run_experiment(**{**small_grid, "network_options": {"features": [4, 8, 16, 32]}})
+
+
+def test_ablation_figure_keeps_every_configuration(tmp_path, monkeypatch):
+    """Variants that differ only in FPA's parameter sharing get bars of their own; one run gets no
+    error bar (a standard deviation needs two); 2-D images' HD95 is in pixels."""
+    from pam_monai.experiments import figures
+
+    captured = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: captured.append(fig) or path)
+    base = {"network": "fpa", "axis": "dilation", "x": 9, "depthwise": True, "expansion": 4, "hd95": [3.0]}
+    records = [{**base, "iou": [0.5]}, {**base, "shared": True, "iou": [0.52]}]
+    figures.ablation_figure(records, tmp_path / "fig7.png", hd95_unit="px")
+    iou_panel = captured[0].axes[0]
+    assert sorted(round(p.get_height(), 3) for p in iou_panel.patches) == [50.0, 52.0]
+    assert [t.get_text() for t in iou_panel.get_legend().get_texts()] == [
+        "expansion 4",
+        "expansion 4, shared",
+    ]
+    assert not iou_panel.lines  # no error bar from a single run
+    assert captured[0].axes[2].get_ylabel() == "HD95 (px)"

@@ -211,13 +211,17 @@ def attention_figure(
     return save_png(fig, path)
 
 
-def ablation_figure(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+def ablation_figure(
+    records: Sequence[dict], path: str | os.PathLike, title: str = "", hd95_unit: str = "mm"
+) -> Path:
     """Figure 7: one row per block (FPA, RFNA), panels IoU and HD95 x depthwise / full convolutions.
 
     Args:
         records: per variant ``{"network": "fpa"|"rfna", "axis": "dilation"|"ratio", "x": int,
-            "depthwise": bool, "expansion": int, "iou": [per-run means], "hd95": [per-run means]}``.
+            "depthwise": bool, "expansion": int, "shared": bool (optional), "iou": [per-run means],
+            "hd95": [per-run means]}``.
         path: the PNG to write.
+        hd95_unit: "mm", or "px" for 2-D images without a physical spacing (CityScapes).
     """
     plt = _pyplot()
     blocks = [b for b in ("fpa", "rfna") if any(r["network"] == b for r in records)]
@@ -240,30 +244,35 @@ def ablation_figure(records: Sequence[dict], path: str | os.PathLike, title: str
                 ax.set_xticks([])
                 ax.set_yticks([])
                 continue
-            expansions = sorted({r["expansion"] for r in group})
-            width = 0.8 / len(expansions)
-            for k, e in enumerate(expansions):
-                label = f"expansion {e}"
+            # one series per expansion (and FPA's parameter sharing): no configuration hides another
+            series = sorted({(r["expansion"], r.get("shared", False)) for r in group})
+            width = 0.8 / len(series)
+            for k, (e, shared) in enumerate(series):
+                label = f"expansion {e}" + (", shared" if shared else "")
                 for x_i, x in enumerate(xs):
-                    found = [r for r in group if r["expansion"] == e and r["x"] == x]
+                    found = [
+                        r
+                        for r in group
+                        if r["expansion"] == e and r.get("shared", False) == shared and r["x"] == x
+                    ]
                     if not found:
                         continue
                     vals = np.asarray(found[0][metric], dtype=float) * (100 if metric == "iou" else 1)
-                    err = vals.std(ddof=1) if vals.size > 1 else 0.0
                     ax.bar(
-                        x_i + (k - (len(expansions) - 1) / 2) * width,
+                        x_i + (k - (len(series) - 1) / 2) * width,
                         vals.mean(),
                         width,
-                        yerr=err,
+                        # a standard deviation needs two runs: one run gets no error bar, not a zero one
+                        yerr=vals.std(ddof=1) if vals.size > 1 else None,
                         color=f"C{k}",
                         capsize=2,
                         label=label,
                     )
-                    label = None  # one legend entry per expansion
+                    label = None  # one legend entry per series
             ax.set_xticks(range(len(xs)))
             ax.set_xticklabels([str(x) for x in xs])
             ax.set_xlabel(axis_name)
-            ax.set_ylabel("IoU (%)" if metric == "iou" else "HD95 (mm)")
+            ax.set_ylabel("IoU (%)" if metric == "iou" else f"HD95 ({hd95_unit})")
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -411,6 +420,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
                 "x": opts[axis],
                 "depthwise": bool(opts["depthwise"]),
                 "expansion": opts["expansion"],
+                "shared": bool(opts.get("shared", False)),  # FPA's one dilated conv applied twice
                 "iou": [r.mean("iou") for r in rs],
                 "hd95": [r.mean("hd95") for r in rs],
             }
@@ -420,7 +430,10 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     if records:
         written.append(
             ablation_figure(
-                records, ctx.output / "fig7_ablation.png", title=f"{ctx.dataset}: FPA / RFNA configurations"
+                records,
+                ctx.output / "fig7_ablation.png",
+                title=f"{ctx.dataset}: FPA / RFNA configurations",
+                hd95_unit="mm" if ctx.spec.volumetric else "px",
             )
         )
     return written

@@ -230,7 +230,8 @@ def markdown_report(
     case = "one 3-D volume" if distance_unit == "mm" else "one image"
     grid = (
         "on the case's own grid: the prediction put back into the acquired volume (the networks' "
-        "centre crop or padding undone; zeros outside a crop)"
+        "centre crop or padding undone; zeros outside a crop; own volumes larger than the crop are "
+        "segmented whole by a sliding window)"
         if distance_unit == "mm"
         else "on the image's own pixels: the prediction resized back from the networks' resolution"
         if resized_back

@@ -199,7 +199,19 @@ def _variants(networks, preset) -> list[Variant]:
         specs += [networks] if isinstance(networks, str) else [str(n) for n in networks]
     if not specs:
         specs = ["fpa", "rfna"]
-    return parse_networks(specs)
+    variants = parse_networks(specs)
+    # two spellings of one network (fpa, fpa[dilation=9]: 9 is its default) would train it twice and
+    # be shown as two networks; one of them would also hide the other in Figure 7
+    seen: dict[str, str] = {}
+    for v in variants:
+        key = json.dumps([v.network, ablation_options(v)], sort_keys=True, default=str)
+        if key in seen:
+            raise ValueError(
+                f"--networks: {seen[key]!r} and {v.label!r} are the same network (the same options once its "
+                "defaults are filled in); list it once"
+            )
+        seen[key] = v.label
+    return variants
 
 
 def bundle_configs(dataset: str, output: Path) -> tuple[Path, Path]:
@@ -411,12 +423,13 @@ def _check_finished(run: Run, identity: dict) -> None:
     if recorded != identity:
         diff = [k for k in identity if recorded.get(k) != identity[k]]
         detail = ""
-        if "settings" in diff:
-            a, b = recorded.get("settings") or {}, identity["settings"]
-            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            detail = "; settings differ in " + ", ".join(
-                f"{k}: {a.get(k)!r} (done) vs {b.get(k)!r} (now)" for k in keys
-            )
+        for part in ("settings", "options"):  # what differs inside them, by key
+            if part in diff and isinstance(identity[part], dict):
+                a, b = recorded.get(part) or {}, identity[part]
+                keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                detail += f"; {part} differ in " + ", ".join(
+                    f"{k}: {a.get(k)!r} (done) vs {b.get(k)!r} (now)" for k in keys
+                )
         raise ValueError(
             f"{run.dir} was finished with other parameters ({', '.join(diff)}{detail}). "
             "Use a new --output for new settings, or delete that run to redo it."
