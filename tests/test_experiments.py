@@ -647,7 +647,7 @@ def test_report_says_sparse_annotations_are_scored_on_annotated_voxels():
 
 def test_reference_flags_and_a_stale_comparison(tmp_path, monkeypatch):
     """Grid logic without training (a fake run writes what a bundle run writes): --reference is
-    read as --networks reads a network ('FPA' is fpa), "false" from the command line is False, and
+    read as --networks reads a network ('FPA[dilation=9]' is fpa), "false" from the command line is False, and
     a grid of one network removes the comparison.csv an earlier grid left in the folder."""
     from pam_monai.data import ensure_dataset
     from pam_monai.experiments import figures as figures_module
@@ -676,7 +676,10 @@ def test_reference_flags_and_a_stale_comparison(tmp_path, monkeypatch):
     common["dataset_dir"] = str(data)
     with pytest.raises(ValueError, match="not one of the grid's networks"):
         run_experiment(**{**common, "networks": "fpa,unet"}, reference="fpa[dilation=6]")
-    run_experiment(**{**common, "networks": "fpa,unet"}, reference="FPA")
+    with pytest.raises(ValueError, match="--max_runs must be 0 or more, got -1"):
+        run_experiment(**{**common, "networks": "fpa,unet"}, max_runs=-1)
+    # any spelling of the network: 9 is fpa's default dilation
+    run_experiment(**{**common, "networks": "fpa,unet"}, reference="FPA[dilation=9]")
     rows = list(csv.DictReader(open(tmp_path / "exp" / "comparison.csv", newline="")))
     assert {r["reference"] for r in rows} == {"fpa"} and {r["network"] for r in rows} == {"unet"}
     assert "## Paired comparison with fpa" in (tmp_path / "exp" / "results.md").read_text()

@@ -190,6 +190,15 @@ def _folds(folds, dataset: str) -> list[int]:
     return out
 
 
+def _network_key(variant: Variant) -> str:
+    """A network with its options once the defaults are filled in: two spellings of one network agree."""
+    return json.dumps([variant.network, ablation_options(variant)], sort_keys=True, default=str)
+
+
+def _same_network(a: Variant, b: Variant) -> bool:
+    return _network_key(a) == _network_key(b)
+
+
 def _variants(networks, preset) -> list[Variant]:
     specs: list[str] = []
     if preset:
@@ -204,7 +213,7 @@ def _variants(networks, preset) -> list[Variant]:
     # be shown as two networks; one of them would also hide the other in Figure 7
     seen: dict[str, str] = {}
     for v in variants:
-        key = json.dumps([v.network, ablation_options(v)], sort_keys=True, default=str)
+        key = _network_key(v)
         if key in seen:
             raise ValueError(
                 f"--networks: {seen[key]!r} and {v.label!r} are the same network (the same options once its "
@@ -468,14 +477,17 @@ def run_experiment(
     paper_protocol, figures, keep_going = as_bool(paper_protocol), as_bool(figures), as_bool(keep_going)
     variants = _variants(networks, preset)
     labels = [v.label for v in variants]
+    if max_runs is not None and int(max_runs) < 0:
+        raise ValueError(f"--max_runs must be 0 or more, got {max_runs}")
     if reference is not None:
-        try:  # the label as --networks spells it: 'FPA', 'fpa[dilation=6,depthwise=false]' (options sorted)
-            canonical = [v.label for v in parse_networks(str(reference))]
+        try:  # any spelling of a grid network: 'FPA', 'fpa[dilation=9]' for fpa (9 is its default)
+            asked = parse_networks(str(reference))
         except ValueError:
-            canonical = []
-        if len(canonical) != 1 or canonical[0] not in labels:
+            asked = []
+        same = [v.label for v in variants if len(asked) == 1 and _same_network(v, asked[0])]
+        if not same:
             raise ValueError(f"--reference {reference!r} is not one of the grid's networks {labels}")
-        reference = canonical[0]
+        reference = same[0]
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
     output_dir = Path(output).resolve()
