@@ -134,7 +134,8 @@ def overlay_figure(
     from matplotlib.patches import Patch, Rectangle
 
     n_rows, n_cols = len(rows), len(networks) + 1
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.5 * n_rows + 0.6), squeeze=False)
+    # each row: a square image and a two-line title above it (2.5 per row let titles overlap the row above)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.9 * n_rows + 0.6), squeeze=False)
     for i, row in enumerate(rows):
         grey = display_slice(row["image"])
         target = row["target"]
