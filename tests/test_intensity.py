@@ -299,3 +299,18 @@ def test_monai_ct_clip_with_equal_bounds():
     monai = NormalizeChannelsd("image", [norm])({"image": torch.from_numpy(image)})["image"]
     np.testing.assert_array_equal(out, np.zeros_like(image))
     np.testing.assert_array_equal(np.asarray(monai), out)
+
+
+def test_a_ct_foreground_of_one_intensity_is_named(ct_root, tmp_path):
+    """Clipped to [v, v], every voxel of the channel normalises to 0: the checker says so."""
+    from pam_monai.data import check_dataset
+
+    root = Path(shutil.copytree(ct_root, tmp_path / ct_root.name))
+    for image in sorted((root / "imagesTr").glob("*_0000.nii.gz")):
+        img = nib.load(str(image))
+        nib.save(nib.Nifti1Image(np.full(img.shape, 250, np.int16), img.affine), str(image))
+    report = check_dataset("nnunet", root)
+    assert any("the training foreground holds one intensity (250)" in w.message for w in report.warnings), (
+        report.format()
+    )
+    assert not any("one intensity" in w.message for w in check_dataset("nnunet", ct_root).warnings)

@@ -365,6 +365,16 @@ def check_dataset(
             f"channel {i} {name!r}: {norm.describe()}"
             for i, (name, norm) in enumerate(zip(spec.channels, spec.normalization))
         ]
+        for i, (name, norm) in enumerate(zip(spec.channels, spec.normalization)):
+            if norm.scheme == "ct" and norm.lower is not None and norm.lower == norm.upper:
+                report.warnings.append(
+                    Problem(
+                        Path(root).name,
+                        f"channel {i} {name!r}",
+                        f"the training foreground holds one intensity ({norm.lower:g}): clipped to it, every voxel "
+                        "normalises to 0 and the channel carries nothing; do the labels lie on these images?",
+                    )
+                )
     failed_in_scan = {p.case for p in scan.problems}
     cases = scan.cases
     if progress:
