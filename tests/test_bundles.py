@@ -584,3 +584,25 @@ def test_device_override_as_a_plain_string(name):
         parser["network_options"] = SMALL["network_options"]
         for id_ in ids:
             parser.get_parsed_content(id_)
+
+
+def test_readme_load_call_gives_the_network(tmp_path, monkeypatch):
+    """The bundle README's Python line, monai.bundle.load(name, bundle_dir=..., workflow_type=...),
+    gives the network: MONAI reads configs/<workflow_type>.json, so a type without such a file
+    ("infer": there is no infer.json) returns a bare state dict instead, with a warning."""
+    import re
+    import shutil
+
+    import monai.bundle
+
+    from pam_monai.networks import get_network
+
+    text = (ROOT / "pam_monai" / "bundle_templates" / "README.md.in").read_text()
+    workflow_type = re.search(r'monai\.bundle\.load\(name, bundle_dir=\.\.\., workflow_type="(\w+)"\)', text)[1]
+    shutil.copytree(ROOT / "bundles" / "brats_fpa", tmp_path / "brats_fpa", ignore=shutil.ignore_patterns("models"))
+    (tmp_path / "brats_fpa" / "models").mkdir()
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1)
+    torch.save(net.state_dict(), tmp_path / "brats_fpa" / "models" / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    loaded = monai.bundle.load("brats_fpa", bundle_dir=str(tmp_path), workflow_type=workflow_type)
+    assert isinstance(loaded, torch.nn.Module), type(loaded)
