@@ -734,3 +734,35 @@ def test_resume_with_another_epoch_length_is_refused(tmp_path):
     TrainingCheckpoint(str(tmp_path), net, opt, resume=True).attach(same)
     same.run(list(range(8)), max_epochs=2)
     assert (same.state.epoch, same.state.iteration) == (2, 16)
+
+
+def test_skip_invalid_skips_a_case_missing_a_modality(cases, tmp_path, caplog):
+    """--skip_invalid covers a missing modality too (README: inference refuses it, --skip_invalid
+    segments the others): inference.json's case list skips that case instead of refusing the folder."""
+    import logging
+
+    from monai.bundle import ConfigParser
+
+    bad, _ = corrupt("missing modality", cases)
+    root = Path(__file__).resolve().parents[1]
+    parser = ConfigParser()
+    parser.read_config(str(root / "bundles" / "brats_fpa" / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "input_dir": str(cases), "skip_invalid": "true"})
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        items = parser.get_parsed_content("dataset")
+    assert [it["case"] for it in items] and bad not in [it["case"] for it in items]
+    assert "--skip_invalid" in caplog.text and bad in caplog.text
+    parser = ConfigParser()
+    parser.read_config(str(root / "bundles" / "brats_fpa" / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "input_dir": str(cases)})
+    with pytest.raises(Exception) as err:  # the default still refuses the folder
+        parser.get_parsed_content("dataset")
+    assert bad in error_text(err.value)
+
+
+def error_text(e: BaseException) -> str:
+    parts = []
+    while e is not None:
+        parts.append(str(e))
+        e = e.__cause__ or e.__context__
+    return "\n".join(parts)

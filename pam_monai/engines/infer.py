@@ -112,13 +112,17 @@ def _intensity(record: dict) -> dict | None:
     return (record.get("dataset_json") or {}).get(PROPERTIES_KEY)
 
 
-def find_inference_cases(dataset, input_dir: str | os.PathLike, **scan_options) -> list[dict]:
+def find_inference_cases(
+    dataset, input_dir: str | os.PathLike, skip_invalid: bool = False, **scan_options
+) -> list[dict]:
     """Items of every case under ``input_dir`` in the published layout; labels are optional.
 
     Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
     when there is no ``imagesTs``) or any folder of ``<case>_<XXXX>.nii.gz`` images.
 
-    Raises ``ValueError`` listing every case with a missing channel (naming the expected file).
+    Raises ``ValueError`` listing every case with a missing channel (naming the expected file);
+    with ``skip_invalid`` (inference's ``--skip_invalid``) those cases are left out and named in a
+    WARNING instead.
     """
     root = Path(input_dir)
     if not root.is_dir():
@@ -143,7 +147,17 @@ def find_inference_cases(dataset, input_dir: str | os.PathLike, **scan_options) 
         item = case.to_item()
         items.append(item)
     problems = list(dict.fromkeys(problems))
-    if problems:
+    if problems and as_bool(skip_invalid):
+        named = {p.case for p in result.problems}
+        items = [it for it in items if it.get("case") not in named]
+        log.warning(
+            "%s: skipping %d input problem(s) in %s (--skip_invalid), their cases get no mask:\n%s",
+            spec.name,
+            len(problems),
+            root,
+            "\n".join(problems),
+        )
+    elif problems:
         raise ValueError(f"{spec.name}: cannot infer on {root}:\n" + "\n".join(problems))
     if not items:
         raise ValueError(
