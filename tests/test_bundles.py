@@ -598,8 +598,12 @@ def test_readme_load_call_gives_the_network(tmp_path, monkeypatch):
     from pam_monai.networks import get_network
 
     text = (ROOT / "pam_monai" / "bundle_templates" / "README.md.in").read_text()
-    workflow_type = re.search(r'monai\.bundle\.load\(name, bundle_dir=\.\.\., workflow_type="(\w+)"\)', text)[1]
-    shutil.copytree(ROOT / "bundles" / "brats_fpa", tmp_path / "brats_fpa", ignore=shutil.ignore_patterns("models"))
+    workflow_type = re.search(r'monai\.bundle\.load\(name, bundle_dir=\.\.\., workflow_type="(\w+)"\)', text)[
+        1
+    ]
+    shutil.copytree(
+        ROOT / "bundles" / "brats_fpa", tmp_path / "brats_fpa", ignore=shutil.ignore_patterns("models")
+    )
     (tmp_path / "brats_fpa" / "models").mkdir()
     net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1)
     torch.save(net.state_dict(), tmp_path / "brats_fpa" / "models" / "model.pt")

@@ -633,11 +633,15 @@ def test_volumes_larger_than_the_crop_are_segmented_whole(tmp_path):
     spec = get_spec("nnunet", root=root, crop_size=(32, 32))
 
     class Pointwise(torch.nn.Module):
+        seen: set = set()
+
         def forward(self, x):
+            self.seen.add(tuple(x.shape[-2:]))
             return 10.0 * x[:, :1]
 
     items = find_inference_cases(spec, root / "imagesTr")
     CasePredictor(Pointwise(), items, spec, str(tmp_path / "out")).run()
+    assert Pointwise.seen == {(32, 32)}  # the network sees windows of the trained size only
     for item in items:
         expected = preprocess_case(spec, item, whole=True)["image"][0] > 0
         assert expected.shape == (52, 44, 3)  # nothing cut
@@ -654,6 +658,20 @@ def test_volumes_larger_than_the_crop_are_segmented_whole(tmp_path):
         (logits[0, 0] > 0).numpy(), sample["label"][0].numpy(), sample.get("label_full"), "crop"
     )
     np.testing.assert_array_equal(pred, preprocess_case(spec, train[0], whole=True)["image"][0] > 0)
+
+    # with spatial context (a 3x3 mean): each slice is MONAI's Gaussian-blended sliding window of it
+    from monai.inferers import sliding_window_inference
+
+    context = torch.nn.Conv2d(2, 1, 3, padding=1, bias=False)
+    torch.nn.init.constant_(context.weight, 1 / 18)
+    volume = sample["image"][None]
+    with torch.no_grad():
+        ours = SliceWiseInferer(2, roi_size=(32, 32))(volume, context)
+        for k in range(volume.shape[-1]):
+            by_hand = sliding_window_inference(
+                volume[..., k], (32, 32), 4, context, overlap=0.5, mode="gaussian"
+            )
+            torch.testing.assert_close(ours[..., k], by_hand, rtol=1e-5, atol=1e-6)
 
 
 def test_cases_stored_in_another_orientation_are_named(tmp_path, caplog):
