@@ -61,7 +61,9 @@ def _root_cause(error: BaseException) -> BaseException:
     value that the cause (e.g. a ``JSONDecodeError``) does not."""
     while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
         cause = error.__cause__ or error.__context__
-        if str(cause) and str(cause) in str(error):
+        # (MONAI's "Failed to evaluate ConfigExpression: ..." quotes the expression, which may hold a
+        # short cause such as KeyError('train') by chance: never stop at it)
+        if str(cause) and str(cause) in str(error) and not str(error).startswith("Failed to evaluate"):
             break
         error = cause
     return error

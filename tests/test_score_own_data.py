@@ -115,3 +115,24 @@ def test_score_gives_hd95_in_the_labels_physical_units(tmp_path):
         expected = case_metrics(pred, np.asanyarray(img.dataobj) > 0, spacing=spacing)["hd95"]
         assert float(row["hd95"]) == pytest.approx(expected, rel=1e-5)
         assert expected != pytest.approx(case_metrics(pred, np.asanyarray(img.dataobj) > 0)["hd95"], rel=1e-3)
+
+
+def test_cli_root_cause_looks_past_monai_wrappers():
+    """MONAI's "Failed to evaluate ConfigExpression" quotes the expression, which may contain a
+    short cause by chance (KeyError('train') in "@data['train']"): the cause is still shown."""
+    from pam_monai.cli import _root_cause
+
+    try:
+        try:
+            raise KeyError("train")
+        except KeyError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression: $@data['train']") from e
+    except RuntimeError as wrapped:
+        assert isinstance(_root_cause(wrapped), KeyError)
+    try:  # an error that names the file of its cause is kept (dataset.json's JSON error)
+        try:
+            raise ValueError("Expecting value: line 1 column 2")
+        except ValueError as e:
+            raise ValueError("x/dataset.json: not readable JSON (Expecting value: line 1 column 2)") from e
+    except ValueError as named:
+        assert "dataset.json" in str(_root_cause(named))
