@@ -758,3 +758,31 @@ def test_training_refuses_with_one_list_of_layout_and_content_problems(own_root,
     with pytest.raises(ValueError) as err:
         prepare_data("nnunet", root)
     assert "SYN_001" in str(err.value) and "NaN" in str(err.value), str(err.value)
+
+
+def test_own_bundle_evaluates_and_infers_with_the_crop_it_was_trained_with(own_root, tmp_path):
+    """A training run's --crop_size is the model's (model.json): evaluation and inference of the
+    own-data bundle need no repeating it; another explicit crop is still refused by name."""
+    from monai.bundle import run
+
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+
+    bundle = own_data_bundle(own_root, "fpa", tmp_path / "crop_fpa")
+    configs = bundle / "configs"
+    common = {"bundle_root": str(bundle), "logging_file": False}
+    run("training", config_file=str(configs / "train.json"), crop_size=[64, 64], **common, **SMALL_RUN)
+    record = json.loads((bundle / "models" / "model.json").read_text())["run"]
+    assert record["crop_size"] == [64, 64]
+    files = [str(configs / "train.json"), str(configs / "evaluate.json")]
+    run("evaluating", config_file=files, **common)  # the network, too, as model.json names it
+    assert (bundle / "eval" / "metrics.csv").is_file()
+    run(
+        "inferring",
+        config_file=str(configs / "inference.json"),
+        **common,
+        input_dir=str(own_root / "imagesTs"),
+    )
+    assert any((bundle / "predictions").glob("*_seg.nii.gz"))
+    with pytest.raises(Exception) as err:
+        run("inferring", config_file=str(configs / "inference.json"), **common, crop_size=[96, 96])
+    assert any("crop_size: the weights were trained with [64, 64]" in m for m in error_chain(err.value))

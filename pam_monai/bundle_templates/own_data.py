@@ -151,16 +151,17 @@ def own_data_bundle(
         "spec": "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size)",
         **({} if folder else {"bundle_root": "$pam_monai.engines.bundle_root()"}),
     }
-    # evaluation and inference: CT statistics from model.json (those the weights were trained with),
-    # else the embedded ones; check_run refuses weights trained with others
+    # evaluation and inference: the crop and CT statistics from model.json (those the weights were
+    # trained with: a --crop_size of training needs no repeating), else the embedded ones; an
+    # explicit --crop_size wins, and check_run refuses weights trained with another
     recorded = (
-        "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size, "
-        "intensity=pam_monai.engines.recorded_intensity(@ckpt_path))"
+        "$pam_monai.data.nnunet_spec(@dataset_json, crop_size=@crop_size or pam_monai.engines.recorded(@ckpt_path, "
+        f"'crop_size', {list(spec.crop_size)}), intensity=pam_monai.engines.recorded_intensity(@ckpt_path))"
     )
     for config, extra in (
         ("train.json", {**embedded, "foreground_label": list(foreground)}),
-        ("inference.json", {**embedded, "spec": recorded}),
-        ("evaluate.json", {"spec": recorded}),
+        ("inference.json", {**embedded, "spec": recorded, "crop_size": None}),
+        ("evaluate.json", {"spec": recorded, "crop_size": None}),
     ):
         data = json.loads(files[f"configs/{config}"])
         data.update(extra)
