@@ -770,6 +770,12 @@ def test_one_network_spelled_twice_is_refused():
         "fpa",
         "fpa[shared=true]",
     ]
+    small = {"features": [8, 16, 32, 64]}  # the grid's --network_options make these two one network
+    with pytest.raises(
+        ValueError, match=r"'unet' and 'unet\[features=\[8,16,32,64\]\]' are the same network"
+    ):
+        runner_module._variants("unet,unet[features=[8,16,32,64]]", None, small)
+    assert len(runner_module._variants("unet,unet[features=[8,16,32,64]]", None)) == 2
 
 
 def test_changed_network_options_are_named_in_the_refusal(small_grid, monkeypatch):

@@ -362,8 +362,9 @@ def read_run_record(ckpt_path: str | os.PathLike, verify: bool = True) -> dict |
     if verify and expected and Path(ckpt_path).is_file() and file_sha256(ckpt_path) != expected:
         raise ValueError(
             f"{meta_path} describes other weights than {ckpt_path} (a training interrupted while saving its "
-            "best model, or weights replaced by hand): resume the training (--resume true) to save both again, "
-            f"or delete {meta_path.name} to load these weights without their record"
+            "best model, or weights replaced by hand): resume the training (--resume true) when it has epochs left "
+            f"and beats its recorded best again, or delete {meta_path.name} to load these weights without their "
+            "record"
         )
     return record
 

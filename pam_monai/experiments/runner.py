@@ -190,16 +190,18 @@ def _folds(folds, dataset: str) -> list[int]:
     return out
 
 
-def _network_key(variant: Variant) -> str:
-    """A network with its options once the defaults are filled in: two spellings of one network agree."""
-    return json.dumps([variant.network, ablation_options(variant)], sort_keys=True, default=str)
+def _network_key(variant: Variant, global_options: dict | None = None) -> str:
+    """A network with its options once the defaults (and the grid's --network_options) are filled
+    in: two spellings of one network agree."""
+    options = {**ablation_options(variant), **effective_options(variant, global_options)}
+    return json.dumps([variant.network, options], sort_keys=True, default=str)
 
 
-def _same_network(a: Variant, b: Variant) -> bool:
-    return _network_key(a) == _network_key(b)
+def _same_network(a: Variant, b: Variant, global_options: dict | None = None) -> bool:
+    return _network_key(a, global_options) == _network_key(b, global_options)
 
 
-def _variants(networks, preset) -> list[Variant]:
+def _variants(networks, preset, global_options: dict | None = None) -> list[Variant]:
     specs: list[str] = []
     if preset:
         for p in _as_list(preset, "preset"):
@@ -213,7 +215,7 @@ def _variants(networks, preset) -> list[Variant]:
     # be shown as two networks; one of them would also hide the other in Figure 7
     seen: dict[str, str] = {}
     for v in variants:
-        key = _network_key(v)
+        key = _network_key(v, global_options)
         if key in seen:
             raise ValueError(
                 f"--networks: {seen[key]!r} and {v.label!r} are the same network (the same options once its "
@@ -475,7 +477,9 @@ def run_experiment(
     # "--figures false" arrives from the command line as the string "false" (Fire parses only
     # True / False), and bool("false") is True
     paper_protocol, figures, keep_going = as_bool(paper_protocol), as_bool(figures), as_bool(keep_going)
-    variants = _variants(networks, preset)
+    global_options = overrides.get("network_options")
+    global_options = global_options if isinstance(global_options, dict) else None
+    variants = _variants(networks, preset, global_options)
     labels = [v.label for v in variants]
     if max_runs is not None and int(max_runs) < 0:
         raise ValueError(f"--max_runs must be 0 or more, got {max_runs}")
@@ -484,7 +488,7 @@ def run_experiment(
             asked = parse_networks(str(reference))
         except ValueError:
             asked = []
-        same = [v.label for v in variants if len(asked) == 1 and _same_network(v, asked[0])]
+        same = [v.label for v in variants if len(asked) == 1 and _same_network(v, asked[0], global_options)]
         if not same:
             raise ValueError(f"--reference {reference!r} is not one of the grid's networks {labels}")
         reference = same[0]
