@@ -810,3 +810,19 @@ def test_ablation_figure_keeps_every_configuration(tmp_path, monkeypatch):
     ]
     assert not iou_panel.lines  # no error bar from a single run
     assert captured[0].axes[2].get_ylabel() == "HD95 (px)"
+
+
+def test_figure_networks_take_any_spelling_of_a_grid_network(small_grid, monkeypatch):
+    from pam_monai.experiments import figures as figures_module
+
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    asked = []
+    monkeypatch.setattr(figures_module, "make_figures", lambda **kw: asked.append(kw["networks"]) or [])
+    run_experiment(
+        **{**small_grid, "figures": True, "networks": "fpa,unet"}, figure_networks="FPA[dilation=9]"
+    )
+    assert asked == [["fpa"]]

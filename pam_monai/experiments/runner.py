@@ -492,6 +492,11 @@ def run_experiment(
         if not same:
             raise ValueError(f"--reference {reference!r} is not one of the grid's networks {labels}")
         reference = same[0]
+    if figure_networks:  # any spelling of a grid network, as --reference (unknown ones are refused below)
+        asked = parse_networks(figure_networks)
+        figure_networks = [
+            next((v.label for v in variants if _same_network(v, a, global_options)), a.label) for a in asked
+        ]
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
     output_dir = Path(output).resolve()
