@@ -127,7 +127,13 @@ def render(template, values: dict):
 
 def _preprocessing(spec: DatasetSpec) -> str:
     """The image preprocessing in words, for ``image_classes``."""
-    geometry = "centre-cropped" if spec.volumetric else "resized"
+    geometry = (
+        "zero-padded (larger slices: sliding windows) in-plane"
+        if spec.volumetric and spec.inference_fit == "pad"
+        else "centre-cropped"
+        if spec.volumetric
+        else "resized"
+    )
     if not spec.normalization:  # the paper's data sets
         return (
             f"z-scored over non-zero voxels, {geometry}"
