@@ -167,6 +167,24 @@ def test_table_averages_cases_per_run_then_runs():
     assert "PAPER PROTOCOL" not in md
 
 
+def test_comparison_over_unequal_runs_is_flagged():
+    """An incomplete grid: fpa's per-case values are means over 2 seeds, unet's over 1."""
+    from pam_monai.experiments.compare import paired_comparison
+
+    runs = [_run("fpa", 0, [0.6, 0.5]), _run("fpa", 1, [0.7, 0.4]), _run("unet", 0, [0.5, 0.5])]
+    rows = paired_comparison(runs, "unet", ["fpa", "unet"])
+    md = _report(runs, order=["fpa", "unet"], planned=4, comparison=("unet", rows))
+    assert "means over different numbers of finished runs (fpa 2, unet 1)" in md
+    complete = [*runs, _run("unet", 1, [0.5, 0.6])]
+    md = _report(
+        complete,
+        order=["fpa", "unet"],
+        planned=4,
+        comparison=("unet", paired_comparison(complete, "unet", ["fpa", "unet"])),
+    )
+    assert "different numbers of finished runs" not in md
+
+
 def test_format_mean_std():
     assert format_mean_std([0.5, 0.7], 100) == "60.00 ± 14.14"
     assert format_mean_std([2.0]) == "2.00 ± n/a"

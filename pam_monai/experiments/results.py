@@ -311,6 +311,15 @@ def markdown_report(
         from .compare import comparison_section
 
         lines += ["", *comparison_section(comparison[1], comparison[0], distance_unit)]
+        compared = {comparison[0]} | {row["network"] for row in comparison[1]}
+        counts = {variant: len(rs) for variant, rs in groups if variant in compared}
+        if len(set(counts.values())) > 1:  # an incomplete grid: per-case values over unequal runs
+            lines += [
+                "",
+                "> The compared networks' per-case values are means over different numbers of finished runs ("
+                + ", ".join(f"{v} {n}" for v, n in counts.items())
+                + "): re-run the command to finish the grid before reading the comparison.",
+            ]
     if paper_protocol:
         lines += ["", *_paper_protocol_section(groups)]
     if figures:
