@@ -175,3 +175,28 @@ def test_real_brats_as_own_data_gives_the_brats_readers_facts(brats_root, tmp_pa
     )
     np.testing.assert_array_equal(ours["image"], theirs["image"])
     np.testing.assert_array_equal(ours["label"], theirs["label"])
+
+
+def test_inference_into_a_brats_case_folder_refuses_to_overwrite_its_label(brats_root, tmp_path):
+    """A BraTS case folder holds the ground truth <case>_seg.nii.gz, the very name of the masks:
+    inference with --output_dir at that folder must not write over the label."""
+    import shutil
+
+    import torch
+
+    from pam_monai.engines.infer import CasePredictor, find_inference_cases
+
+    root = tmp_path / "brats"
+    shutil.copytree(brats_root / "Brats18_2013_2_1", root / "Brats18_2013_2_1")
+    case_dir = root / "Brats18_2013_2_1"
+    label = case_dir / "Brats18_2013_2_1_seg.nii.gz"
+    before = label.read_bytes()
+    items = find_inference_cases("brats", root)
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x[:, :1]) - 1
+
+    with pytest.raises(ValueError, match="refusing to overwrite .*Brats18_2013_2_1_seg.nii.gz"):
+        CasePredictor(Zero(), items, "brats", str(case_dir)).run()
+    assert label.read_bytes() == before

@@ -332,8 +332,20 @@ class CasePredictor:
             self.network.load_state_dict(check_weights(self.ckpt_path, self.network))
         network = as_foreground(self.network).to(self.device).eval()
         # validate everything first: no output at all unless every case is usable (or skip_invalid)
+        input_dirs = set()
         for item in self.items:
-            self.output_path(str(item.get("case", "")), _first(item))
+            images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
+            input_dirs.update(Path(f).resolve().parent for f in images)
+        for item in self.items:
+            for kind in ("seg", "prob") if self.save_probabilities else ("seg",):
+                out = self.output_path(str(item.get("case", "")), _first(item), kind)
+                # a BraTS case folder holds <case>_seg.nii.gz, the ground truth: never write over a file
+                # that lies among the input images
+                if out.exists() and out.parent in input_dirs:
+                    raise ValueError(
+                        f"{self.spec.name}: refusing to overwrite {out}: it lies in a folder of input images "
+                        "(a BraTS label <case>_seg.nii.gz?); pass another --output_dir"
+                    )
         usable, problems, skipped = [], [], []
         # the orientation the model was trained on (own volumes: model.json), to name cases stored otherwise
         trained = (read_run_record(self.ckpt_path) or {}).get("orientation") if self.ckpt_path else None
