@@ -200,3 +200,20 @@ def test_inference_into_a_brats_case_folder_refuses_to_overwrite_its_label(brats
     with pytest.raises(ValueError, match="refusing to overwrite .*Brats18_2013_2_1_seg.nii.gz"):
         CasePredictor(Zero(), items, "brats", str(case_dir)).run()
     assert label.read_bytes() == before
+
+
+def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(shared_data, tmp_path):
+    """The ISLES'22 case is not in the ISLES 2018 layout: the bundles' refusal must not advise
+    pointing --dataset_dir at a missing or empty folder, which the bundles refuse as well."""
+    import shutil
+
+    from pam_monai.engines.data import prepare_data
+
+    root = tmp_path / "isles2022"
+    shutil.copytree(shared_data / "isles2022", root)
+    with pytest.raises(ValueError) as err:
+        prepare_data("isles", str(root), "", synthetic_dir=str(tmp_path / "s"), stand_in=False)
+    msg = str(err.value)
+    assert "sub-strokecase0009" in msg and "TRAINING/case_<n>" in msg
+    assert "at a missing or empty folder for a synthetic stand-in" not in msg
+    assert "--task nnunet" in msg

@@ -449,7 +449,9 @@ def _refuse_foreign_folder(dataset: str, dataset_dir: Path, target: Path) -> Non
         f"{', ...' if len(foreign) > 5 else ''}) but no complete case in the published {dataset} layout "
         "(see pam_monai/data/README.md; `python -m pam_monai check` lists every problem):\n"
         + "\n".join(problems)
-        + "\nPoint dataset_dir at the data set's root, or at a missing or empty folder for a synthetic stand-in."
+        + "\nPoint dataset_dir at the data set's root (own data in another layout: the nnU-Net raw layout, "
+        "--task nnunet); a synthetic stand-in is used only when dataset_dir is left at the bundle's own data/ "
+        "(a --dataset_dir that is missing or empty is refused)"
     )
 
 
