@@ -217,3 +217,14 @@ def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(share
     assert "sub-strokecase0009" in msg and "TRAINING/case_<n>" in msg
     assert "at a missing or empty folder for a synthetic stand-in" not in msg
     assert "--task nnunet" in msg
+
+
+def test_empty_split_of_the_two_real_brats_cases_says_why_and_how_to_fix(brats_root, tmp_path):
+    """Two cases cannot fill 5 folds' train, validation and test splits: the refusal says how
+    many cases there are, in which folds, and names data_list_file_path."""
+    from pam_monai.engines.data import prepare_data
+
+    with pytest.raises(ValueError) as err:
+        prepare_data("brats", str(brats_root), "", synthetic_dir=str(tmp_path / "s"), stand_in=False, check=False)
+    msg = str(err.value)
+    assert "split of fold 0 is empty" in msg and "2 case(s)" in msg and "data_list_file_path" in msg

@@ -129,7 +129,16 @@ def prepare_data(
             result[name] = []
         if name in splits and not result[name]:
             where = path or root
-            raise ValueError(f"{spec.name}: the {name} split of fold {fold} is empty ({where})")
+            entries = datalist.get("training", []) if isinstance(datalist, dict) else []
+            folds = sorted({e.get("fold") for e in entries if isinstance(e, dict) and e.get("fold") is not None})
+            hint = ""
+            if folds:
+                hint = (
+                    f": {len(entries)} case(s) in folds {folds} (fold k: test = k, validation = k + 1, training = "
+                    "the others), so a case is needed in each; pass a datalist with a `fold` per case "
+                    "(data_list_file_path) to choose the splits yourself"
+                )
+            raise ValueError(f"{spec.name}: the {name} split of fold {fold} is empty ({where}){hint}")
     log.info("%s: %s train / %s val / %s test cases from %s", spec.name, *map(len, result.values()), root)
     return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **result}
 
