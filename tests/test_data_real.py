@@ -228,3 +228,12 @@ def test_empty_split_of_the_two_real_brats_cases_says_why_and_how_to_fix(brats_r
         prepare_data("brats", str(brats_root), "", synthetic_dir=str(tmp_path / "s"), stand_in=False, check=False)
     msg = str(err.value)
     assert "split of fold 0 is empty" in msg and "2 case(s)" in msg and "data_list_file_path" in msg
+
+
+def test_cityscapes_frames_outside_the_split_folders_are_refused_with_the_layout(shared_data):
+    """`check` accepts the real frames in plain folders, but the splits need leftImg8bit/{train,val}/<city>:
+    the refusal names that layout instead of only 'found []'."""
+    with pytest.raises(ValueError) as err:
+        build_datalist("cityscapes", shared_data / "cityscapes", seed=0)
+    msg = str(err.value)
+    assert "2 frame(s)" in msg and "leftImg8bit/{train,val}/<city>" in msg

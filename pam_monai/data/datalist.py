@@ -190,7 +190,10 @@ def build_datalist(
     cities = sorted({it["city"] for it in train})
     if len(cities) < 2:
         raise ValueError(
-            f"need 'train' frames of at least two cities under {root} to hold one out for validation, found {cities}"
+            f"need 'train' frames of at least two cities under {root} to hold one out for validation, found "
+            f"{cities or 'none'} ({len(items)} frame(s) in all): the splits come from the published layout "
+            "<root>/leftImg8bit/{train,val}/<city>/<frame>_leftImg8bit.png with <root>/gtFine/{train,val}/<city>/"
+            "<frame>_gtFine_labelIds.png; frames in other folders are no split's"
         )
     held_out = val_city if val_city is not None else rank_cases(cities, seed)[0]
     if held_out not in cities:
