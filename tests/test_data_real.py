@@ -225,7 +225,9 @@ def test_empty_split_of_the_two_real_brats_cases_says_why_and_how_to_fix(brats_r
     from pam_monai.engines.data import prepare_data
 
     with pytest.raises(ValueError) as err:
-        prepare_data("brats", str(brats_root), "", synthetic_dir=str(tmp_path / "s"), stand_in=False, check=False)
+        prepare_data(
+            "brats", str(brats_root), "", synthetic_dir=str(tmp_path / "s"), stand_in=False, check=False
+        )
     msg = str(err.value)
     assert "split of fold 0 is empty" in msg and "2 case(s)" in msg and "data_list_file_path" in msg
 

@@ -302,6 +302,34 @@ def test_skip_invalid_segments_the_other_cases(kind, cases, tmp_path, caplog):
     assert message in caplog.text
 
 
+def test_brats_cases_stored_in_another_orientation_are_named(cases, tmp_path, caplog):
+    """BraTS ships LPS; a copy reoriented (e.g. to RAS by a MONAI pipeline) reaches the network
+    turned: training records the usual orientation and inference names such cases, with the fix."""
+    import logging
+
+    from pam_monai.data.checker import orientation, usual_orientation
+
+    train = find_inference_cases("brats", cases)
+    stored = usual_orientation("brats", train)
+    assert stored == orientation(nib.load(str(train[0]["image"][0])).affine)
+    other = "RAS" if stored != "RAS" else "LPS"
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    atomic_save(net.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(
+        json.dumps({"metric": "val_iou", "value": 0.1, "run": {"orientation": other}})
+    )
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        CasePredictor(
+            net,
+            find_inference_cases("brats", cases),
+            "brats",
+            str(tmp_path / "out"),
+            ckpt_path=str(tmp_path / "model.pt"),
+        ).run()
+    assert f"orientation {stored}, but the training cases are {other}" in caplog.text
+    assert f"axcodes2ornt('{other}')" in caplog.text
+
+
 def test_inference_command_exits_non_zero_on_bad_input(cases, tmp_path):
     corrupt("nan", cases)
     out = tmp_path / "out"

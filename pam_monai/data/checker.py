@@ -172,25 +172,26 @@ def orientation(affine) -> str:
 
 
 def usual_orientation(dataset: str | DatasetSpec, items: Sequence[dict]) -> str | None:
-    """The most common orientation of own volumes among datalist ``items`` (their first image's
+    """The most common orientation of the volumes among datalist ``items`` (their first image's
     header), which training records in ``model.json`` so that inference can name cases stored
-    otherwise; None for the paper's data sets and 2-D images."""
+    otherwise (BraTS as shipped: LPS); None for 2-D images."""
     spec = get_spec(dataset)
-    if spec.name != "nnunet" or not spec.volumetric or not items:
+    if not spec.volumetric or not items:
         return None
     first = [it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"] for it in items]
     return Counter(orientation(volume_affine(f)) for f in first).most_common(1)[0][0]
 
 
 def orientation_problem(case_orientation: str, usual: str, usual_of: str) -> str | None:
-    """Own volumes reach the 2-D network as stored (training flips left-right only): a case stored
+    """Volumes reach the 2-D network as stored (training flips left-right only): a case stored
     in another orientation than ``usual`` is seen turned or mirrored. Says so, or None."""
     if not case_orientation or not usual or case_orientation == usual:
         return None
     return (
         f"orientation {case_orientation}, but {usual_of} are {usual}: its slices reach the network turned or "
-        "mirrored against those (training flips left-right only); store every case in one orientation (e.g. "
-        "nibabel's as_closest_canonical, or SimpleITK's DICOMOrient)"
+        f"mirrored against those (training flips left-right only); store it as {usual} (nibabel: "
+        f"img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt('{usual}'))); SimpleITK: "
+        f"DICOMOrient to the LPS-based code of the same axes)"
     )
 
 
@@ -308,7 +309,7 @@ def _summarise(
     if spec.ignore_label is not None:
         summary.unannotated, summary.voxels = int((label == spec.ignore_label).sum()), int(label.size)
     warnings = []
-    if spec.name == "nnunet" and spec.volumetric and affine is not None:
+    if spec.volumetric and affine is not None:
         summary.orientation = orientation(affine)
     thick = slice_axis_problem(affine) if spec.name == "nnunet" and spec.volumetric else None
     if thick:

@@ -347,7 +347,7 @@ class CasePredictor:
                         "(a BraTS label <case>_seg.nii.gz?); pass another --output_dir"
                     )
         usable, problems, skipped = [], [], []
-        # the orientation the model was trained on (own volumes: model.json), to name cases stored otherwise
+        # the orientation the model was trained on (volumes: model.json), to name cases stored otherwise
         trained = (read_run_record(self.ckpt_path) or {}).get("orientation") if self.ckpt_path else None
         for item in self.items:
             try:
@@ -368,10 +368,11 @@ class CasePredictor:
                         "segmented whole, with a sliding window of the crop",
                         case["case"], size, *crop,
                     )  # fmt: skip
-            if self.spec.name == "nnunet" and self.spec.volumetric:
+            if self.spec.volumetric:
                 from ..data.checker import orientation, orientation_problem, slice_axis_problem
 
-                if thick := slice_axis_problem(case["affine"]):
+                thick = slice_axis_problem(case["affine"]) if self.spec.name == "nnunet" else None
+                if thick:
                     log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, thick)
                 turned = orientation_problem(orientation(case["affine"]), trained, "the training cases")
                 if turned:
