@@ -53,6 +53,17 @@ def test_brats_reader_hgg_only_by_default_in_channel_order(brats_root):
     assert len(both) == 4 and both[-1]["case"] == "Brats18_SYNL_001_1"
 
 
+def test_brats_reader_names_a_single_case_folder_given_as_the_root(brats_root):
+    from pam_monai.data.brats import scan
+
+    folder = next(p for p in sorted(brats_root.rglob("Brats18_*")) if p.is_dir())
+    problems = scan(folder).problems
+    assert (
+        len(problems) == 1
+        and f"{folder} is one case's folder: point at the folder that holds" in problems[0].message
+    )
+
+
 def test_brats_reader_accepts_a_flat_root_and_plain_nii(brats_root, tmp_path):
     import nibabel as nib
 

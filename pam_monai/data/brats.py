@@ -58,14 +58,11 @@ def scan(root: str | os.PathLike, grades: str | Sequence[str] = ("HGG",)) -> Sca
     folders = _case_folders(root, grades)
     if not folders:
         where = "/".join(grades)
-        return ScanResult(
-            [],
-            [
-                Problem(
-                    root.name, str(root), nothing_found(root, f"no {where} case folders (expected {LAYOUT})")
-                )
-            ],
-        )
+        message = f"no {where} case folders (expected {LAYOUT}, or <root>/<case>/...)"
+        if any(is_nifti(f.name) and f.name.startswith(f"{root.name}_") for f in root.iterdir()):
+            # a single case's own folder: the root is the folder that holds the case folders
+            message = f"{root} is one case's folder: point at the folder that holds the case folders ({root.parent})"
+        return ScanResult([], [Problem(root.name, str(root), nothing_found(root, message))])
     cases, problems = [], []
     for grade, folder in folders:
         case = folder.name

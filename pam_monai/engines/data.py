@@ -130,7 +130,9 @@ def prepare_data(
         if name in splits and not result[name]:
             where = path or root
             entries = datalist.get("training", []) if isinstance(datalist, dict) else []
-            folds = sorted({e.get("fold") for e in entries if isinstance(e, dict) and e.get("fold") is not None})
+            folds = sorted(
+                {e.get("fold") for e in entries if isinstance(e, dict) and e.get("fold") is not None}
+            )
             hint = ""
             if folds:
                 hint = (
