@@ -57,6 +57,10 @@ def test_brats_checker_reports_the_known_enhancing_tumour(brats_report):
         assert s.shape == (4, 160, 160, 155)
     table = brats_report.format()
     assert "21,677" in table and "16,998" in table
+    # BraTS 2018 as shipped: 1 mm isotropic (../shared/data/README.md), stored LPS
+    assert (
+        "voxel spacing (mm): 1x1x1 (2 cases)" in table and "orientation (affine axis codes): LPS 2" in table
+    )
 
 
 def test_brats_seg_dtypes_are_int16_and_uint8(brats_root):

@@ -47,7 +47,8 @@ class CaseSummary:
     foreground_kept: int | None = None  # foreground voxels after the crop / resize
     unannotated: int | None = None  # voxels of the 'ignore' label (own data with sparse annotations)
     voxels: int | None = None  # voxels of the label map
-    orientation: str | None = None  # own volumes: the axis codes of the affine, e.g. "RAS"
+    orientation: str | None = None  # volumes: the axis codes of the affine, e.g. "RAS"
+    spacing: str | None = None  # volumes: voxel sizes along the array axes, mm (e.g. "1x1x1")
     ok: bool = True
 
     @property
@@ -118,6 +119,11 @@ class CheckReport:
         ]
         lines.insert(1, "-" * len(lines[0]))
         lines += self.normalization
+        spaced = Counter(c.spacing for c in self.cases if c.spacing)
+        if spaced:
+            lines.append(
+                "voxel spacing (mm): " + ", ".join(f"{v} ({n} cases)" for v, n in spaced.most_common(5))
+            )
         oriented = Counter(c.orientation for c in self.cases if c.orientation)
         if oriented:
             lines.append(
@@ -311,6 +317,8 @@ def _summarise(
     warnings = []
     if spec.volumetric and affine is not None:
         summary.orientation = orientation(affine)
+        sizes = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(0))
+        summary.spacing = "x".join(f"{v:.3g}" for v in sizes)
     thick = slice_axis_problem(affine) if spec.name == "nnunet" and spec.volumetric else None
     if thick:
         warnings.append((next(p.name for p in case.channels.values() if p is not None), thick))
