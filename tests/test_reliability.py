@@ -721,7 +721,9 @@ def test_score_any_folder_of_masks(cases, tmp_path):
     assert perfect["iou"]["mean"] == 1.0
     non_zero = score_predictions(other, "brats", cases, tmp_path / "s2", label_map=False)
     assert non_zero["iou"]["mean"] < 1.0  # 1, 2 and 4 counted
-    with pytest.raises(ValueError, match=rf"{case}.nii.gz: values 2 besides 0 / 1 .*--label_map true"):
+    with pytest.raises(
+        ValueError, match=rf"{case}.nii.gz: values 1, 2, 4, where a binary mask holds one .*--label_map true"
+    ):
         score_predictions(other, "brats", cases, tmp_path / "s3")  # which reading? not guessed
     # a mask on another grid, and one of a case the data set does not have, are refused by name
     data = np.asarray(label.dataobj)

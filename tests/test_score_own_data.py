@@ -46,7 +46,10 @@ def test_score_refuses_to_guess_how_to_read_label_maps(tmp_path):
     for label in sorted((root / "labelsTr").glob("*.nii.gz")):  # nnU-Net's output: label maps
         img = nib.load(label)
         nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj).astype(np.uint8), img.affine), preds / label.name)
-    with pytest.raises(ValueError, match=r"values 2 besides 0 / 1 and the target \[3\].*--label_map true"):
+    with pytest.raises(
+        ValueError,
+        match=r"values 1, 2, 3, where a binary mask holds one \(1 or 255\) and the target is \[3\].*--label_map true",
+    ):
         score_predictions(preds, "nnunet", root, tmp_path / "out", foreground_label="enhancing")
     summary = score_predictions(
         preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True
@@ -75,9 +78,7 @@ def test_score_refuses_a_label_map_whose_only_other_label_is_1(tmp_path):
         data = np.asanyarray(img.dataobj).astype(np.uint8)
         data[data == 2] = 1  # values 0, 1, 3
         nib.save(nib.Nifti1Image(data, img.affine), preds / label.name)
-    with pytest.raises(
-        ValueError, match=r"values 1, 3: a binary mask holds one non-zero value.*--label_map true"
-    ):
+    with pytest.raises(ValueError, match=r"values 1, 3, where a binary mask holds one.*--label_map true"):
         score_predictions(preds, "nnunet", root, tmp_path / "out", foreground_label="enhancing")
     summary = score_predictions(
         preds, "nnunet", root, tmp_path / "o2", foreground_label="enhancing", label_map=True

@@ -201,12 +201,17 @@ def orientation_problem(case_orientation: str, usual: str, usual_of: str) -> str
     )
 
 
+def _spacing(affine) -> np.ndarray:
+    """Voxel sizes along the array axes (mm) from an affine."""
+    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(0))
+
+
 def slice_axis_problem(affine) -> str | None:
     """Own volumes are sliced along array axis 2: a volume whose thickest voxel axis is another one
     (an export with the slice axis first) would be cut through its thick axis. Says so, or None."""
     if affine is None:
         return None
-    spacing = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(0))
+    spacing = _spacing(affine)
     thick = int(np.argmax(spacing))
     if thick == 2 or spacing[thick] < 2 * spacing[2]:
         return None
@@ -317,8 +322,7 @@ def _summarise(
     warnings = []
     if spec.volumetric and affine is not None:
         summary.orientation = orientation(affine)
-        sizes = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(0))
-        summary.spacing = "x".join(f"{v:.3g}" for v in sizes)
+        summary.spacing = "x".join(f"{v:.3g}" for v in _spacing(affine))
     thick = slice_axis_problem(affine) if spec.name == "nnunet" and spec.volumetric else None
     if thick:
         warnings.append((next(p.name for p in case.channels.values() if p is not None), thick))

@@ -165,9 +165,7 @@ def _geometry_problem(reader, n: int) -> str | None:
     offsets = np.asarray(positions) - positions[0]
     along = offsets @ normal
     steps = np.diff(along)
-    if np.any(np.abs(steps) < 1e-3) or np.any(
-        np.abs(along[:, None] - along[None, :])[np.triu_indices(n, 1)] < 1e-3
-    ):
+    if np.any(np.abs(along[:, None] - along[None, :])[np.triu_indices(n, 1)] < 1e-3):
         # repeated positions, also when the files come volume after volume (30, 32.5, 35, 30, ...)
         return "several volumes in one series (repeated slice positions: b-values, echoes or phases); split it first"
     step = float(np.median(steps))

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
+from ..data.checker import orientation, orientation_problem, slice_axis_problem
 from ..data.files import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
@@ -198,9 +199,13 @@ def validate_case(dataset, case: dict) -> list[str]:
     return problems
 
 
-def _first(item: dict) -> str:
+def _images(item: dict) -> list[str]:
     image = item.get("image")
-    return str(image[0] if isinstance(image, (list, tuple)) else image)
+    return [str(f) for f in image] if isinstance(image, (list, tuple)) else [str(image)]
+
+
+def _first(item: dict) -> str:
+    return _images(item)[0]
 
 
 def _affine_problems(case: str, files: Sequence[str]) -> list[str]:
@@ -299,10 +304,7 @@ class CasePredictor:
         self.output_dir = Path(output_dir)
         self.device = torch.device(device)
         self.ckpt_path = ckpt_path
-        try:
-            self.threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}") from None
+        self.threshold = _probability(threshold)  # refused here, before any case is read
         if inferer is None:
             inferer = SliceWiseInferer(slice_batch_size, roi_size=self.spec.crop_size)
         self.inferer = inferer
@@ -311,7 +313,6 @@ class CasePredictor:
         # --save_probabilities false arrives from the monai.bundle CLI as the string "false" (Fire
         # parses only True / False), and bool("false") is True
         self.save_probabilities = as_bool(save_probabilities)
-        _probability(self.threshold)  # refused here, before any case is read
 
     def output_path(self, case: str, source: str | os.PathLike | None = None, kind: str = "seg") -> Path:
         """Where the mask (``kind="seg"``) or the probability map (``"prob"``) of ``case`` goes; a
@@ -332,10 +333,7 @@ class CasePredictor:
             self.network.load_state_dict(check_weights(self.ckpt_path, self.network))
         network = as_foreground(self.network).to(self.device).eval()
         # validate everything first: no output at all unless every case is usable (or skip_invalid)
-        input_dirs = set()
-        for item in self.items:
-            images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
-            input_dirs.update(Path(f).resolve().parent for f in images)
+        input_dirs = {Path(f).resolve().parent for item in self.items for f in _images(item)}
         for item in self.items:
             for kind in ("seg", "prob") if self.save_probabilities else ("seg",):
                 out = self.output_path(str(item.get("case", "")), _first(item), kind)
@@ -348,7 +346,7 @@ class CasePredictor:
                     )
         usable, problems, skipped = [], [], []
         # the orientation the model was trained on (volumes: model.json), to name cases stored otherwise
-        trained = (read_run_record(self.ckpt_path) or {}).get("orientation") if self.ckpt_path else None
+        trained = recorded(self.ckpt_path, "orientation")
         for item in self.items:
             try:
                 case = load_case(self.spec, item)
@@ -357,8 +355,8 @@ class CasePredictor:
                 found = [str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}"]
                 (skipped if self.skip_invalid else problems).extend(found)
                 continue
-            images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
-            case["files"] = list(images)
+            images = _images(item)
+            case["files"] = images
             found = validate_case(self.spec, case)
             if self.spec.inference_fit == "pad" and self.spec.crop_size is not None:
                 size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
@@ -369,8 +367,6 @@ class CasePredictor:
                         case["case"], size, *crop,
                     )  # fmt: skip
             if self.spec.volumetric:
-                from ..data.checker import orientation, orientation_problem, slice_axis_problem
-
                 thick = slice_axis_problem(case["affine"]) if self.spec.name == "nnunet" else None
                 if thick:
                     log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, thick)

@@ -57,22 +57,17 @@ class SliceWiseInferer(Inferer):
             )
         b, c, h, w, d = inputs.shape
         slices = inputs.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)  # B*D x C x H x W
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            return network(self._layout(x), *args, **kwargs)
+
         if self.roi_size is not None and (h > self.roi_size[0] or w > self.roi_size[1]):
-            outs = [
-                sliding_window_inference(
-                    chunk,
-                    self.roi_size,
-                    self.slice_batch_size,
-                    lambda x: network(self._layout(x), *args, **kwargs),
-                    overlap=self.overlap,
-                    mode="gaussian",
-                )
-                for chunk in slices.split(self.slice_batch_size)
-            ]
+            run = lambda chunk: sliding_window_inference(  # noqa: E731
+                chunk, self.roi_size, self.slice_batch_size, call, overlap=self.overlap, mode="gaussian"
+            )
         else:
-            outs = [
-                network(self._layout(chunk), *args, **kwargs) for chunk in slices.split(self.slice_batch_size)
-            ]
+            run = call
+        outs = [run(chunk) for chunk in slices.split(self.slice_batch_size)]
         out = torch.cat(outs)
         return out.reshape(b, d, out.shape[1], h, w).permute(0, 2, 3, 4, 1).contiguous()
 

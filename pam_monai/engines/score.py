@@ -148,22 +148,16 @@ def score_predictions(
                 f"score: {mask_path}: {what} differs from its label {label_path} (shape {label.shape}): a mask must "
                 "lie on its label's grid"
             )
-        if label_map is None:  # a label map read as a binary mask would count every label as the target
+        if (
+            label_map is None
+        ):  # the two readings differ unless a binary mask (one value, 1 or 255) or targets only
             present = {float(v) for v in np.unique(pred)} - {0.0}
-            others = sorted(present - {1.0, 255.0} - {float(v) for v in fg})
-            outside = sorted(present - {float(v) for v in fg})
-            if not others and outside and len(present) > 1:  # 1 (or 255) beside a target label: a label map
+            if not (present <= {1.0} or present <= {255.0} or present <= {float(v) for v in fg}):
                 raise ValueError(
-                    f"score: {mask_path}: values {', '.join(f'{v:g}' for v in sorted(present)[:4])}: a binary mask "
-                    f"holds one non-zero value, so this is a label map (nnU-Net's output) with labels besides the "
-                    f"target {list(fg)}; pass --label_map true to score its target labels, or --label_map false "
-                    "to count every non-zero value as foreground"
-                )
-            if others:
-                raise ValueError(
-                    f"score: {mask_path}: values {', '.join(f'{v:g}' for v in others[:4])} besides 0 / 1 and the "
-                    f"target {list(fg)}: a label map (nnU-Net's output)? pass --label_map true to score its "
-                    "target labels, or --label_map false to count every non-zero value as foreground"
+                    f"score: {mask_path}: values {', '.join(f'{v:g}' for v in sorted(present)[:5])}, where a binary "
+                    f"mask holds one (1 or 255) and the target is {list(fg)}: a label map (nnU-Net's output)? pass "
+                    "--label_map true to score its target labels, or --label_map false to count every non-zero "
+                    "value as foreground"
                 )
         foreground = np.isin(pred, fg) if label_map else np.asarray(pred) != 0
         if label_map:

@@ -197,8 +197,17 @@ def _network_key(variant: Variant, global_options: dict | None = None) -> str:
     return json.dumps([variant.network, options], sort_keys=True, default=str)
 
 
-def _same_network(a: Variant, b: Variant, global_options: dict | None = None) -> bool:
-    return _network_key(a, global_options) == _network_key(b, global_options)
+def _grid_label(spec: str, variants: Sequence[Variant], global_options: dict | None = None) -> str | None:
+    """The grid's label of one network however it is spelled ('FPA', 'fpa[dilation=9]' for fpa:
+    9 is its default), or None when it is not in the grid."""
+    try:
+        asked = parse_networks(spec)
+    except ValueError:
+        return None
+    if len(asked) != 1:
+        return None
+    key = _network_key(asked[0], global_options)
+    return next((v.label for v in variants if _network_key(v, global_options) == key), None)
 
 
 def _variants(networks, preset, global_options: dict | None = None) -> list[Variant]:
@@ -484,18 +493,13 @@ def run_experiment(
     if max_runs is not None and int(max_runs) < 0:
         raise ValueError(f"--max_runs must be 0 or more, got {max_runs}")
     if reference is not None:
-        try:  # any spelling of a grid network: 'FPA', 'fpa[dilation=9]' for fpa (9 is its default)
-            asked = parse_networks(str(reference))
-        except ValueError:
-            asked = []
-        same = [v.label for v in variants if len(asked) == 1 and _same_network(v, asked[0], global_options)]
-        if not same:
+        label = _grid_label(str(reference), variants, global_options)
+        if label is None:
             raise ValueError(f"--reference {reference!r} is not one of the grid's networks {labels}")
-        reference = same[0]
-    if figure_networks:  # any spelling of a grid network, as --reference (unknown ones are refused below)
-        asked = parse_networks(figure_networks)
+        reference = label
+    if figure_networks:  # unknown ones are refused with the figure cases, before any training
         figure_networks = [
-            next((v.label for v in variants if _same_network(v, a, global_options)), a.label) for a in asked
+            _grid_label(a.label, variants, global_options) or a.label for a in parse_networks(figure_networks)
         ]
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
