@@ -432,32 +432,69 @@ def test_check_run_names_every_mismatch_and_refuses_real_weights_on_synthetic_da
         check_run(weights, {**same, "in_channels": 2})
 
 
-def test_best_model_and_its_record_interrupted_between_the_two_writes(tmp_path):
-    """model.pt and model.json are two renames: the record names its weights (SHA-256), so that
-    new weights beside an older run's record are refused by evaluation and inference, while a
-    resumed training carries on from the recorded best value."""
+def test_best_model_and_its_record_interrupted_between_the_two_writes(tmp_path, monkeypatch):
+    """model.pt and model.json are two renames: the new record waits beside them (pending, naming
+    its weights by SHA-256) until the weights are in place, so a run killed at either step leaves a
+    pair that evaluation reads right and that a resumed run completes; weights replaced by hand
+    beside another record are refused."""
     from types import SimpleNamespace
 
     from pam_monai.engines import BestCheckpoint, check_run
+    from pam_monai.engines import checkpoint as ckpt
+
+    class Killed(BaseException):
+        pass
+
+    def validated(best, value):
+        best(SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": value})))
+
+    def stored(name="model.json"):
+        return json.loads((tmp_path / name).read_text())["value"]
 
     net = get_network("unet", spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8))
     record = {"task": "brats", "network_name": "unet"}
     best = BestCheckpoint(str(tmp_path), net, run_info=record)
-    best(SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": 0.4})))
+    validated(best, 0.4)
     assert check_run(tmp_path / "model.pt", record) == record
-    # a later best: the weights are renamed into place, then the run is killed before its record
+    first = (tmp_path / "model.pt").read_bytes()
+
+    # killed after the new weights are in place, before their record is
     with torch.no_grad():
         next(net.parameters()).add_(1.0)
-    atomic_save(net.state_dict(), tmp_path / "model.pt")
-    with pytest.raises(
-        ValueError, match=r"model.json describes other weights than .*model.pt .*--resume true"
-    ):
-        check_run(tmp_path / "model.pt", record)
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "_commit_record", lambda path: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            validated(best, 0.5)
+    assert (tmp_path / "model.pt").read_bytes() != first and stored() == 0.4
+    assert check_run(tmp_path / "model.pt", record) == record  # the pending record describes them
     resumed = BestCheckpoint(str(tmp_path), net, run_info=record, resume=True)
-    assert resumed.best_value == pytest.approx(0.4)
-    resumed(SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": 0.5})))
-    assert check_run(tmp_path / "model.pt", record) == record  # both saved again: they agree
-    assert json.loads((tmp_path / "model.json").read_text())["value"] == 0.5
+    assert resumed.best_value == pytest.approx(0.5) and stored() == 0.5
+    assert not (tmp_path / "model.json.pending").exists()
+
+    # killed after the pending record, before the weights' rename: the old pair stands
+    saved = (tmp_path / "model.pt").read_bytes()
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    real_write = ckpt.atomic_write_text
+
+    def write_then_die(path, text):
+        real_write(path, text)
+        raise Killed()
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "atomic_write_text", write_then_die)
+        with pytest.raises(Killed):
+            validated(resumed, 0.6)
+    assert (tmp_path / "model.pt").read_bytes() == saved and stored("model.json.pending") == 0.6
+    assert check_run(tmp_path / "model.pt", record) == record
+    resumed = BestCheckpoint(str(tmp_path), net, run_info=record, resume=True)
+    assert resumed.best_value == pytest.approx(0.5) and not (tmp_path / "model.json.pending").exists()
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temporary left
+
+    # weights replaced by hand beside the record of others: refused by name
+    atomic_save(net.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model.json describes other weights than .*model.pt .*delete model.json"):
+        check_run(tmp_path / "model.pt", record)
 
 
 def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):

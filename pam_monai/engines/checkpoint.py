@@ -49,12 +49,17 @@ LAST = "checkpoint_last.pt"
 BEST = "model.pt"
 
 
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+def _save_synced(obj, path: Path) -> None:
+    with open(path, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    with atomic_path(path) as tmp:
+        _save_synced(obj, tmp)
     return Path(path)
 
 
@@ -281,6 +286,8 @@ class BestCheckpoint:
         self.run_info = _jsonable(run_info) if run_info else None
         # a new run starts its own comparison; a resumed run continues the interrupted one's, and
         # only with the same settings and data (crop, target, CT statistics: check_run names them)
+        if as_bool(resume):
+            settle_record(self.path)
         if as_bool(resume) and self.run_info and self.path.is_file():
             # weights newer than their record (killed between the two writes) need no refusal here:
             # the resumed epoch is validated again and saves both when it beats the recorded best
@@ -318,19 +325,63 @@ class BestCheckpoint:
         if best is not None and not (value > best if self.mode == "max" else value < best):
             return
         self.best_value = value
-        atomic_save(unwrap_network(self.network).state_dict(), self.path)
-        # two files cannot be renamed at once: the record names the weights it describes, so that
-        # weights and a record of other weights (a run killed between the two writes) are told apart
-        meta = {"metric": self.metric_name, "value": value, "weights_sha256": file_sha256(self.path)}
-        if self.run_info:
-            meta["run"] = self.run_info
-        atomic_write_text(self.path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
+        # two files cannot be renamed at once: the new record (naming its weights by SHA-256) is
+        # written first as model.json.pending, then the weights are renamed into place, then the
+        # record; a run killed between any two steps leaves a pair that readers resolve
+        # (read_run_record) and a resumed run completes (settle_record)
+        with atomic_path(self.path) as tmp:
+            _save_synced(unwrap_network(self.network).state_dict(), tmp)
+            meta = {"metric": self.metric_name, "value": value, "weights_sha256": file_sha256(tmp)}
+            if self.run_info:
+                meta["run"] = self.run_info
+            atomic_write_text(_pending(self.path), json.dumps(meta, indent=1) + "\n")
+        _commit_record(self.path)
         log.info("new best %s %.4f: saved %s", self.metric_name, value, self.path)
 
 
 def _jsonable(obj):
     """Plain JSON types (paths and other objects as strings)."""
     return json.loads(json.dumps(obj, default=str))
+
+
+def _pending(ckpt_path: str | os.PathLike) -> Path:
+    """Where the record of weights being saved waits until the weights are in place."""
+    return Path(ckpt_path).with_suffix(".json.pending")
+
+
+def _commit_record(ckpt_path: str | os.PathLike) -> None:
+    os.replace(_pending(ckpt_path), Path(ckpt_path).with_suffix(".json"))
+
+
+def _record_path(ckpt_path: str | os.PathLike) -> Path:
+    """The record that describes the weights in ``ckpt_path``: ``model.json``, or the pending one
+    when a run was killed after renaming the weights it names into place (read only: no writes)."""
+    pending = _pending(ckpt_path)
+    if pending.is_file() and Path(ckpt_path).is_file():
+        try:
+            named = json.loads(pending.read_text()).get("weights_sha256")
+        except (OSError, ValueError, AttributeError):
+            named = None  # a pending record is written atomically; anything else is not ours to use
+        if named and named == file_sha256(ckpt_path):
+            return pending
+    return Path(ckpt_path).with_suffix(".json")
+
+
+def settle_record(ckpt_path: str | os.PathLike) -> None:
+    """Complete or undo a best-model save that was interrupted (see :meth:`BestCheckpoint.__call__`):
+    a pending record whose weights are in place becomes ``model.json``; one whose weights never
+    arrived is removed (``model.json`` still describes the weights there)."""
+    pending = _pending(ckpt_path)
+    if not pending.is_file():
+        return
+    try:
+        if _record_path(ckpt_path) == pending:
+            _commit_record(ckpt_path)
+            log.info("completed the interrupted save of %s: %s now describes it", ckpt_path, pending.with_suffix(""))
+        else:
+            pending.unlink()
+    except FileNotFoundError:  # another rank settled it first
+        pass
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -350,7 +401,7 @@ def read_run_record(ckpt_path: str | os.PathLike, verify: bool = True) -> dict |
     replaced by hand; ``verify=False`` skips the check); records without a checksum (earlier
     versions) are taken as they are.
     """
-    meta_path = Path(ckpt_path).with_suffix(".json")
+    meta_path = _record_path(ckpt_path)
     if not meta_path.is_file():
         return None
     try:
@@ -361,10 +412,9 @@ def read_run_record(ckpt_path: str | os.PathLike, verify: bool = True) -> dict |
     expected = meta.get("weights_sha256")
     if verify and expected and Path(ckpt_path).is_file() and file_sha256(ckpt_path) != expected:
         raise ValueError(
-            f"{meta_path} describes other weights than {ckpt_path} (a training interrupted while saving its "
-            "best model, or weights replaced by hand): resume the training (--resume true) when it has epochs left "
-            f"and beats its recorded best again, or delete {meta_path.name} to load these weights without their "
-            "record"
+            f"{meta_path} describes other weights than {ckpt_path} (weights replaced by hand, or saved by an "
+            f"earlier version interrupted between its two writes): delete {meta_path.name} to load these weights "
+            "without their record, or train them again"
         )
     return record
 
