@@ -493,7 +493,9 @@ def test_best_model_and_its_record_interrupted_between_the_two_writes(tmp_path, 
 
     # weights replaced by hand beside the record of others: refused by name
     atomic_save(net.state_dict(), tmp_path / "model.pt")
-    with pytest.raises(ValueError, match=r"model.json describes other weights than .*model.pt .*delete model.json"):
+    with pytest.raises(
+        ValueError, match=r"model.json describes other weights than .*model.pt .*delete model.json"
+    ):
         check_run(tmp_path / "model.pt", record)
 
 

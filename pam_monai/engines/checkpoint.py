@@ -377,7 +377,11 @@ def settle_record(ckpt_path: str | os.PathLike) -> None:
     try:
         if _record_path(ckpt_path) == pending:
             _commit_record(ckpt_path)
-            log.info("completed the interrupted save of %s: %s now describes it", ckpt_path, pending.with_suffix(""))
+            log.info(
+                "completed the interrupted save of %s: %s now describes it",
+                ckpt_path,
+                pending.with_suffix(""),
+            )
         else:
             pending.unlink()
     except FileNotFoundError:  # another rank settled it first
