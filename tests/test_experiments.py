@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -844,3 +846,47 @@ def test_figure_networks_take_any_spelling_of_a_grid_network(small_grid, monkeyp
         **{**small_grid, "figures": True, "networks": "fpa,unet"}, figure_networks="FPA[dilation=9]"
     )
     assert asked == [["fpa"]]
+
+
+def test_a_moved_grid_continues(small_grid, tmp_path, monkeypatch):
+    """Settings recorded paths inside the experiment's folder (its stand-in data) as absolute: a grid
+    moved elsewhere refused its finished runs and retrained its interrupted one from scratch."""
+    resumed = []
+
+    def train(self, overrides, resume):
+        resumed.append(resume)
+        models = Path(overrides["bundle_root"]) / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        for name in ("model.pt", "checkpoint_last.pt"):
+            (models / name).write_bytes(b"weights")
+
+    def evaluate(self, overrides):
+        metrics = Path(overrides["bundle_root"]) / "eval" / "metrics.csv"
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(
+            "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\nc1,0.5,0.6,3.0,0.001,0.2,False,False\n"
+        )
+
+    def interrupted(self, overrides):
+        raise KeyboardInterrupt
+
+    first = tmp_path / "first"
+    shutil.copytree(small_grid["dataset_dir"], first / "data")  # the data inside the grid's folder
+    grid = {**small_grid, "output": str(first), "dataset_dir": str(first / "data")}
+    monkeypatch.setattr(runner_module._Bundle, "train", train)
+    monkeypatch.setattr(runner_module._Bundle, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(**grid)
+    assert json.loads((first / "experiment.json").read_text())["settings"]["dataset_dir"] == "<output>/data"
+
+    monkeypatch.setattr(runner_module._Bundle, "evaluate", evaluate)
+    second = tmp_path / "second"
+    first.rename(second)
+    done = run_experiment(**{**grid, "output": str(second), "dataset_dir": str(second / "data")})
+    assert [r.name for r in done.executed] == ["unet seed 0 fold 0"] and resumed == [False, True]
+
+    third = tmp_path / "third"
+    second.rename(third)
+    more = run_experiment(**{**grid, "output": str(third), "dataset_dir": str(third / "data"), "seeds": 2})
+    assert [r.name for r in more.skipped] == ["unet seed 0 fold 0"]
+    assert [r.name for r in more.executed] == ["unet seed 1 fold 0"]

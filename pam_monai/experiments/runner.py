@@ -28,6 +28,7 @@ import gc
 import inspect
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -143,6 +144,35 @@ class ExperimentResult:
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
+
+
+OUTPUT = "<output>"
+
+
+def _portable(settings: dict, root: Path) -> dict:
+    """``settings`` with absolute paths inside the experiment's folder written as ``<output>/...``,
+    so that a grid moved or copied elsewhere still matches its finished and interrupted runs (a
+    stand-in data set lives in the folder); recorded absolute paths of earlier versions map the same."""
+    base = Path(root).resolve()
+
+    def portable(value):
+        if not (isinstance(value, str) and os.path.isabs(value)):
+            return value
+        try:
+            rel = Path(value).resolve().relative_to(base)
+        except ValueError:
+            return value
+        return f"{OUTPUT}/{rel.as_posix()}" if rel.parts else OUTPUT
+
+    return {k: portable(v) for k, v in settings.items()} if isinstance(settings, dict) else settings
+
+
+def _recorded_identity(record: dict, run: Run) -> dict:
+    """The identity a run's ``done.json`` / ``run.json`` holds, its settings made portable."""
+    record = dict(record or {})
+    if "settings" in record:
+        record["settings"] = _portable(record["settings"], run.root)
+    return record
 
 
 def _as_list(value, name: str) -> list:
@@ -369,7 +399,10 @@ def _execute(run: Run, bundle: _Bundle, overrides: dict, identity: dict, ctx: _C
     resume = False
     if run.dir.is_dir():
         prior = run.dir / STARTED
-        same = prior.is_file() and json.loads(prior.read_text()).get("identity") == identity
+        same = (
+            prior.is_file()
+            and _recorded_identity(json.loads(prior.read_text()).get("identity"), run) == identity
+        )
         if same and run.checkpoint_last.is_file():
             resume = True
         else:
@@ -438,7 +471,7 @@ def _score_paper_protocol(run: Run, ctx: _Context) -> None:
 
 
 def _check_finished(run: Run, identity: dict) -> None:
-    done = json.loads(run.marker.read_text())
+    done = _recorded_identity(json.loads(run.marker.read_text()), run)
     recorded = {k: done.get(k) for k in identity}
     if recorded != identity:
         diff = [k for k in identity if recorded.get(k) != identity[k]]
@@ -573,12 +606,15 @@ def _run_grid(
         bundle_overrides["task"] = "nnunet"
     if "device" in bundle_overrides:
         bundle_overrides["device"] = _device_expr(bundle_overrides["device"])
-    settings = _jsonable(
-        {
-            "dataset": dataset,
-            "data_seed": int(data_seed),
-            **{k: v for k, v in overrides.items() if k not in NO_EFFECT},
-        }
+    settings = _portable(
+        _jsonable(
+            {
+                "dataset": dataset,
+                "data_seed": int(data_seed),
+                **{k: v for k, v in overrides.items() if k not in NO_EFFECT},
+            }
+        ),
+        output_dir,
     )
 
     runs = [
