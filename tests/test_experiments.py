@@ -890,3 +890,36 @@ def test_a_moved_grid_continues(small_grid, tmp_path, monkeypatch):
     more = run_experiment(**{**grid, "output": str(third), "dataset_dir": str(third / "data"), "seeds": 2})
     assert [r.name for r in more.skipped] == ["unet seed 0 fold 0"]
     assert [r.name for r in more.executed] == ["unet seed 1 fold 0"]
+
+
+def test_one_call_per_grid_and_killed_runs_are_recorded(small_grid, tmp_path, monkeypatch):
+    """Two calls on one grid trained the same runs into the same folders; a SIGKILLed call left a
+    `start` without an end in runs.jsonl, which read as still running."""
+    import fcntl
+
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "runs.jsonl").write_text(
+        json.dumps({"event": "start", "run": "runs/unet/seed0/fold0"})
+        + "\n"
+        + '{"event": "do'  # cut by the kill
+    )
+    with open(out / ".experiment.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another call, running
+        with pytest.raises(RuntimeError, match=r"another experiment call is running this grid"):
+            run_experiment(**small_grid)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    run_experiment(**small_grid)
+    events = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()[2:]]
+    assert [(e["event"], e["run"]) for e in events] == [
+        ("killed", "runs/unet/seed0/fold0"),
+        ("start", "runs/unet/seed0/fold0"),
+        ("done", "runs/unet/seed0/fold0"),
+    ]
+    run_experiment(**small_grid)  # nothing to close or run now
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 5

@@ -9,6 +9,8 @@ Layout of ``DIR``::
 
     experiment.json                      the grid and its settings (rewritten by every call)
     runs.jsonl                           one line per run started / finished / failed / interrupted
+                                         (killed: found by the next call)
+    .experiment.lock                     held by the running call: a second call on DIR is refused
     runs/<variant>/seed<k>/fold<f>/      a run's bundle_root: models/, eval/metrics.csv, done.json
     results.csv  results.md              one row per (run, case); the paper's table layout
     comparison.csv                       paired per-case comparison with --reference (see .compare)
@@ -24,6 +26,7 @@ settings (``--epochs`` ...) is an error, not silently mixed into the table.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import json
@@ -343,8 +346,59 @@ def _check_figure_flags(cases, networks, labels: list[str], test_items: Sequence
 
 def _append_event(path: Path, **event) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}) + "\n")
+    with open(path, "a+b") as f:
+        # a line cut by a kill must not swallow the next event
+        cut = f.tell() > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}) + "\n"
+        f.write((b"\n" if cut else b"") + line.encode())
+
+
+def _close_killed_runs(path: Path) -> list[str]:
+    """Runs whose last event in ``runs.jsonl`` is ``start`` belong to a call that was killed (SIGKILL,
+    power loss: no ``interrupted`` event could be written); record that, once, and return them. Only
+    called under the grid's lock, when no other call can be running them."""
+    if not path.is_file():
+        return []
+    last = {}
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line cut by the kill
+            continue
+        if isinstance(event, dict) and "run" in event:
+            last[event["run"]] = event.get("event")
+    killed = [run for run, event in last.items() if event == "start"]
+    for run in killed:
+        _append_event(path, event="killed", run=run, note="no end event: the call running it was killed")
+    return killed
+
+
+@contextlib.contextmanager
+def _grid_lock(output_dir: Path):
+    """One call at a time per grid: a second one would train the same runs into the same folders."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): as before
+        yield
+        return
+    with open(output_dir / ".experiment.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "its process id unknown"
+            raise RuntimeError(
+                f"{output_dir}: another experiment call is running this grid ({holder}); wait for it to "
+                "finish, or use another --output"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _count_params(variant: Variant, options: dict, in_channels: int) -> int:
@@ -553,13 +607,14 @@ def run_experiment(
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        return _run_grid(
-            dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
-            output_dir=output_dir, paper_protocol=paper_protocol, figures=figures,
-            data_seed=int(data_seed), max_runs=max_runs, keep_going=keep_going,
-            figure_cases=figure_cases, figure_networks=figure_networks, command=command, overrides=overrides,
-            reference=reference,
-        )  # fmt: skip
+        with _grid_lock(output_dir):
+            return _run_grid(
+                dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
+                output_dir=output_dir, paper_protocol=paper_protocol, figures=figures,
+                data_seed=int(data_seed), max_runs=max_runs, keep_going=keep_going,
+                figure_cases=figure_cases, figure_networks=figure_networks, command=command,
+                overrides=overrides, reference=reference,
+            )  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)
 
@@ -710,6 +765,12 @@ def _run_grid(
 
     bundle = _Bundle(*bundle_configs(dataset, output_dir))
     events = output_dir / "runs.jsonl"
+    killed = _close_killed_runs(events)
+    if killed:
+        log.warning(
+            "experiment: %s: killed by an earlier call (no end event); resumed or redone now",
+            ", ".join(killed),
+        )
     executed: list[Run] = []
     failed: list[tuple[Run, str]] = []
     bar = tqdm(total=len(runs), initial=len(skipped), desc="experiment", unit="run", file=sys.stderr)
