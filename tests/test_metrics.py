@@ -402,6 +402,21 @@ def test_hd95_metric_spacing_channels_and_errors():
         IoUMetric().aggregate()
 
 
+def test_hd95_metric_takes_spacing_as_the_functions_do():
+    """(1, 1, 2.5) mixes int and float, which MONAI's prepare_spacing refuses on its own; a tensor
+    (a batch's spacing) too: the metric takes them as hd95 does."""
+    rng = np.random.default_rng(0)
+    pred = torch.as_tensor(rng.random((2, 1, 9, 8, 5)) < 0.2)
+    target = torch.as_tensor(rng.random((2, 1, 9, 8, 5)) < 0.2)
+    expected = [hd95(pred[i, 0], target[i, 0], spacing=(1.0, 1.0, 2.5)) for i in range(2)]
+    for spacing in ((1, 1, 2.5), [1, 1.0, 2.5], torch.tensor([1.0, 1.0, 2.5]), np.array([1, 1, 2.5])):
+        assert HD95Metric(spacing=spacing)(pred, target)[:, 0].tolist() == pytest.approx(expected)
+        assert HD95Metric()(pred, target, spacing=spacing)[:, 0].tolist() == pytest.approx(expected)
+    per_sample = [(1, 1, 2.5), (2, 2.0, 1)]
+    value = HD95Metric(spacing=per_sample)(pred, target)[1, 0].item()
+    assert value == pytest.approx(hd95(pred[1, 0], target[1, 0], spacing=(2.0, 2.0, 1.0)))
+
+
 def test_ignite_handlers_in_an_engine():
     from ignite.engine import Engine
     from monai.handlers import from_engine

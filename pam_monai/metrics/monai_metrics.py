@@ -91,7 +91,9 @@ class MaskMetric(CumulativeIterationMetric):
         fn = _FUNCTIONS[self.metric_name]
         extra = {"empty_value": self.empty_value} if self.metric_name == "hd95" else {}
         batch, channels = y_pred.shape[:2]
-        spacings = prepare_spacing(kwargs.get("spacing", self.spacing), batch, y_pred.ndim - 2)
+        spacings = prepare_spacing(
+            _float_spacing(kwargs.get("spacing", self.spacing)), batch, y_pred.ndim - 2
+        )
         pred, ref = y_pred.detach().cpu(), y.detach().cpu()
         out = np.empty((batch, channels))
         for b, c in np.ndindex(batch, channels):
@@ -119,6 +121,20 @@ class MaskMetric(CumulativeIterationMetric):
             raise ValueError(f"nothing to aggregate: the buffer is {data!r}; call the metric first.")
         value, _ = do_metric_reduction(data.clone(), reduction or self.reduction)
         return value
+
+
+def _float_spacing(spacing):
+    """``spacing`` with every number a Python float, for MONAI's ``prepare_spacing``, which refuses
+    a sequence mixing ``int`` and ``float`` (``(1, 1, 2.5)``) and tensors; the functions take both."""
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.detach().cpu().numpy()
+    if isinstance(spacing, np.ndarray):
+        return spacing.astype(float).tolist()
+    if isinstance(spacing, (int, float, np.number)) and not isinstance(spacing, bool):
+        return float(spacing)
+    if isinstance(spacing, (list, tuple)):
+        return [_float_spacing(s) for s in spacing]
+    return spacing
 
 
 class IoUMetric(MaskMetric):
