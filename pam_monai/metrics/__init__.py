@@ -2,7 +2,7 @@
 
 Every function takes ``(pred, target, spacing=None)``: binary 2D or 3D masks as numpy arrays or
 torch tensors of any dtype (foreground = value > 0.5, i.e. the non-zero voxels of a binary or
-label mask) and returns a float. HD95 is the symmetric surface HD95 of the BraTS / medpy
+label mask) and returns a float. HD95 is the symmetric surface HD95 of the medpy
 convention in physical units (``spacing`` per axis, default 1.0); the other metrics are ratios of
 voxel counts.
 

@@ -1,4 +1,4 @@
-"""Symmetric surface HD95 in physical units (BraTS / medpy convention), cropped for speed.
+"""Symmetric surface HD95 in physical units (medpy convention), cropped for speed.
 
 Definition (``medpy.metric.binary.hd95`` with connectivity 1):
 
@@ -10,6 +10,9 @@ Definition (``medpy.metric.binary.hd95`` with connectivity 1):
 
 MONAI's ``compute_hausdorff_distance(percentile=95)`` instead takes the larger of the two
 directed 95th percentiles; the distances are the same, the figure differs by a few percent.
+The BraTS 2023 evaluation (whose empty-mask rule is the one below) uses DeepMind's surface-distance
+``compute_robust_hausdorff``: the larger of the two directed 95th percentiles, each weighted by
+surface-element area, closer to MONAI's statistic than to this one.
 
 Speed: the bounding box of each mask's foreground is found without writing a volume-sized mask
 (:func:`~pam_monai.metrics.masks.foreground_box`), and only the union box is thresholded, eroded
