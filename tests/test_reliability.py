@@ -190,6 +190,69 @@ def test_non_finite_loss_stops_with_step_and_keeps_the_last_good_checkpoint(refe
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_loss_is_read_every_n_iterations_and_a_nan_is_still_named(monkeypatch):
+    """Reading a CUDA loss waits for the GPU: the guard, the loss log and the progress bar read it
+    at the first, every n-th and the last iteration of an epoch only, and the guard still names
+    the first non-finite loss (iteration, batch, cases) before the epoch can be checkpointed."""
+    from ignite.engine import Engine, Events
+
+    from pam_monai.engines import EveryIterations, NonFiniteLossGuard, ProgressBar
+
+    def trainer(losses, check_every):
+        engine = Engine(
+            lambda e, b: {"loss": torch.tensor(losses[e.state.iteration - 1], requires_grad=True)}
+        )
+        NonFiniteLossGuard(check_every=check_every).attach(engine)
+        saved = []
+        engine.add_event_handler(
+            Events.EPOCH_COMPLETED, lambda e: saved.append(e.state.epoch)
+        )  # a checkpoint
+        return engine, saved
+
+    every = EveryIterations(10)
+    hits = []
+    probe = Engine(lambda e, b: None)
+    probe.add_event_handler(
+        Events.ITERATION_COMPLETED(event_filter=every), lambda e: hits.append(e.state.iteration)
+    )
+    probe.run(range(25), max_epochs=2)
+    assert hits == [1, 10, 20, 25, 26, 35, 45, 50]
+
+    reads = []
+    real = NonFiniteLossGuard.check
+    monkeypatch.setattr(
+        NonFiniteLossGuard, "check", lambda self, e: reads.append(e.state.iteration) or real(self, e)
+    )
+    losses = [1.0] * 50
+    engine, saved = trainer(losses, 10)
+    engine.run([{"case": [f"c{i}"]} for i in range(25)], max_epochs=2)
+    assert saved == [1, 2] and reads == [1, 10, 20, 25, 25, 26, 35, 45, 50, 50]  # + once at each epoch's end
+
+    losses[27] = float("nan")  # iteration 28: epoch 2, batch 3
+    losses[30] = float("inf")
+    engine, saved = trainer(losses, 10)
+    with pytest.raises(FloatingPointError) as info:
+        engine.run([{"case": [f"c{i}"]} for i in range(25)], max_epochs=2)
+    assert str(info.value).startswith(
+        "non-finite loss nan at epoch 2, iteration 28 (batch 3 of the epoch) (cases ['c2'])"
+    )
+    assert engine.state.iteration == 35 and saved == [1]
+    losses[27] = losses[30] = 1.0
+    losses[49] = float("nan")  # the last iteration: found at the epoch's end, before its checkpoint
+    engine, saved = trainer(losses, 100)
+    with pytest.raises(FloatingPointError, match="iteration 50 "):
+        engine.run([{"case": [f"c{i}"]} for i in range(25)], max_epochs=2)
+    assert saved == [1]
+
+    shown = []
+    bar = ProgressBar(loss_every=10)
+    engine = Engine(lambda e, b: {"loss": torch.tensor(float(e.state.iteration))})
+    bar.attach(engine)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: shown.append(bar.pbar.postfix))
+    engine.run(range(12), max_epochs=1)
+    assert shown[0] == "loss=1" and shown[8] == "loss=1" and shown[9] == "loss=10" and shown[11] == "loss=12"
+
+
 def test_checkpoints_load_with_weights_only(tmp_path):
     class Evil:
         def __reduce__(self):

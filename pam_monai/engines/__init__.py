@@ -12,7 +12,14 @@ from .checkpoint import (
     load_checkpoint,
 )
 from .data import CaseDataset, prepare_data, voxel_spacing
-from .handlers import CaseMetrics, IgnoredVoxelsCheck, NonFiniteLossGuard, TrainingPlan
+from .handlers import (
+    CaseMetrics,
+    EveryIterations,
+    IgnoredVoxelsCheck,
+    NonFiniteLossGuard,
+    TrainingPlan,
+    loss_of,
+)
 from .infer import (
     CasePredictor,
     find_inference_cases,
@@ -34,6 +41,7 @@ __all__ = [
     "CaseMetrics",
     "CasePredictor",
     "DeviceSliceLoader",
+    "EveryIterations",
     "FlipPrepareBatch",
     "ForegroundMaskd",
     "IgnoredVoxelsCheck",
@@ -56,6 +64,7 @@ __all__ = [
     "recorded_intensity",
     "foreground_mask",
     "load_checkpoint",
+    "loss_of",
     "prepare_data",
     "safe_output_path",
     "setup_run",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -18,9 +17,11 @@ from .data import on_case_grid
 
 __all__ = [
     "CaseMetrics",
+    "EveryIterations",
     "IgnoredVoxelsCheck",
     "NonFiniteLossGuard",
     "TrainingPlan",
+    "loss_of",
     "score_case",
     "write_case_metrics",
 ]
@@ -251,34 +252,94 @@ class TrainingPlan:
             )
 
 
+class EveryIterations:
+    """An Ignite event filter for ``ITERATION_COMPLETED``: the first iteration of each epoch, every
+    ``n``-th of the epoch and its last.
+
+    The bundles' loss logging and NaN check read the loss through it (``log_every``): reading a
+    CUDA tensor's value waits for the GPU, and once per iteration that leaves the GPU idle while
+    the host prepares the next step; every ``n`` iterations costs one wait per ``n`` steps.
+    """
+
+    def __init__(self, n: int = 1) -> None:
+        self.n = max(int(n), 1)
+
+    def __call__(self, engine: Engine, event_num: int | None = None) -> bool:
+        length = engine.state.epoch_length or 0
+        i = (engine.state.iteration - 1) % length + 1 if length else engine.state.iteration
+        return i == 1 or i % self.n == 0 or i == length
+
+    def __repr__(self) -> str:
+        return f"EveryIterations({self.n})"
+
+
+def loss_of(output):
+    """The training loss in an Ignite trainer's output (detached): MONAI's dict, or the list of
+    per-case dicts of a trainer that decollates (a loss handler's ``output_transform``)."""
+    loss = (
+        output[0]["loss"]
+        if isinstance(output, list)
+        else output.get("loss")
+        if isinstance(output, dict)
+        else output
+    )
+    return loss.detach() if isinstance(loss, torch.Tensor) else loss
+
+
 class NonFiniteLossGuard:
     """Stop training at the first non-finite loss, naming the epoch, iteration and batch.
 
     The run raises ``FloatingPointError`` before the optimiser's next step is checkpointed, so
     the last checkpoint on disk is the last good one.
+
+    Args:
+        check_every: read the loss on the host every ``check_every`` iterations (and at the end
+            of each epoch, before the checkpoint), not after every step: in between, the first
+            non-finite loss, its iteration and its batch's cases are kept on the device without
+            waiting for it (:class:`EveryIterations`). 1 checks every iteration.
     """
+
+    def __init__(self, check_every: int = 1) -> None:
+        self.due = EveryIterations(check_every)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._first = None  # iteration of the first non-finite loss (-1: none), on the loss's device
+        self._value = None
+        self._cases: dict[int, list] = {}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        # attached before the checkpoint handlers: an epoch with a non-finite loss is never saved
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
 
     def __call__(self, engine: Engine) -> None:
-        output = engine.state.output
-        loss = (
-            output[0]["loss"]
-            if isinstance(output, list)
-            else output.get("loss")
-            if isinstance(output, dict)
-            else output
+        loss = loss_of(engine.state.output)
+        loss = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        loss = loss.float().reshape(())
+        if self._first is None:
+            self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._value = torch.zeros((), device=loss.device)
+        new = torch.logical_and(~torch.isfinite(loss), self._first < 0)  # no host-device wait here
+        self._first.masked_fill_(new, engine.state.iteration)
+        self._value = torch.where(new, loss, self._value)
+        batch = engine.state.batch
+        if isinstance(batch, dict) and "case" in batch:
+            self._cases[engine.state.iteration] = list(batch["case"])
+        if self.due(engine):
+            self.check(engine)
+
+    def check(self, engine: Engine) -> None:
+        if self._first is None:
+            return
+        first, value, cases = int(self._first), float(self._value), self._cases
+        self._reset()
+        if first < 0:
+            return
+        length = engine.state.epoch_length or engine.state.iteration
+        in_epoch = (first - 1) % length + 1
+        named = f" (cases {cases[first]})" if first in cases else ""
+        raise FloatingPointError(
+            f"non-finite loss {value} at epoch {(first - 1) // length + 1}, iteration {first} "
+            f"(batch {in_epoch} of the epoch){named}; the last good checkpoint is kept"
         )
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        if not math.isfinite(value):
-            batch = engine.state.batch
-            cases = ""
-            if isinstance(batch, dict) and "case" in batch:
-                cases = f" (cases {list(batch['case'])})"
-            length = engine.state.epoch_length or engine.state.iteration
-            in_epoch = (engine.state.iteration - 1) % length + 1
-            raise FloatingPointError(
-                f"non-finite loss {value} at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
-                f"(batch {in_epoch} of the epoch){cases}; the last good checkpoint is kept"
-            )

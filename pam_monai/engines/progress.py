@@ -5,22 +5,41 @@ from __future__ import annotations
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 
+from .handlers import EveryIterations, loss_of
+
 __all__ = ["ProgressBar"]
 
 
 def _loss(output) -> dict:
-    out = output[0] if isinstance(output, list) else output
-    if isinstance(out, dict) and "loss" in out:
-        return {"loss": float(out["loss"])}
-    return {}
+    try:
+        return {"loss": float(loss_of(output))}
+    except (KeyError, IndexError, TypeError, ValueError):  # an engine without a scalar loss
+        return {}
 
 
 class ProgressBar(_IgniteProgressBar):
-    """Ignite's tqdm progress bar with the running loss, attachable by MONAI's handler lists."""
+    """Ignite's tqdm progress bar with the running loss, attachable by MONAI's handler lists.
 
-    def __init__(self, desc: str = "train", persist: bool = True, **kwargs) -> None:
+    Args:
+        desc: the bar's label.
+        persist: keep the finished bar on screen.
+        loss_every: read the loss for the bar every ``loss_every`` iterations (the bar itself
+            moves every iteration): reading a CUDA loss waits for the GPU
+            (:class:`~pam_monai.engines.EveryIterations`).
+    """
+
+    def __init__(self, desc: str = "train", persist: bool = True, loss_every: int = 1, **kwargs) -> None:
         super().__init__(persist=persist, desc=desc, **kwargs)
+        self.loss_every = EveryIterations(loss_every)
 
     def attach(self, engine: Engine, *args, **kwargs) -> None:  # MONAI calls attach(engine)
-        kwargs.setdefault("output_transform", _loss)
+        if "output_transform" not in kwargs:
+            shown: dict = {}
+
+            def transform(output) -> dict:
+                if self.loss_every(engine):
+                    shown.update(_loss(output))
+                return dict(shown)
+
+            kwargs["output_transform"] = transform
         super().attach(engine, *args, **kwargs)
