@@ -1,0 +1,128 @@
+"""The networks compute REFERENCE.md's layer tables: an independent functional re-statement
+(plain ``torch.nn.functional`` on the modules' own weights) must give the same output.
+
+Parameter counts and shapes cannot see wiring mistakes such as the authors' decoder defect
+(REFERENCE.md section 7: the bottleneck up-sampled and centre-cropped, so the decoder sees half
+of it, zoomed and misaligned), a swapped concatenation order, a missing residual or a wrong
+stride/dilation: these tests do.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pam_monai.networks import get_network
+
+SMALL = {"features": (8, 16, 16, 32)}
+
+
+def _conv(p: dict, name: str, x, stride=1, dilation=1, groups=1, pad=True):
+    w = p[f"{name}.conv.weight"]
+    padding = dilation * (w.shape[-1] - 1) // 2 if pad else 0
+    return F.conv2d(x, w, p.get(f"{name}.conv.bias"), stride, padding, dilation, groups)
+
+
+def _cna(p, name, x, stride=1, dilation=1, groups=1):
+    """conv -> InstanceNorm(affine) -> ReLU, REFERENCE.md section 2."""
+    y = _conv(p, name, x, stride, dilation, groups)
+    y = F.instance_norm(y, weight=p[f"{name}.adn.N.weight"], bias=p[f"{name}.adn.N.bias"], eps=1e-5)
+    return F.relu(y)
+
+
+def _double(p, name, x, stride=1, dilation=1):
+    return _cna(p, f"{name}.conv2", _cna(p, f"{name}.conv1", x, stride, dilation), 1, dilation)
+
+
+def _up(x, like):
+    """Bilinear, align_corners=True, to the skip's size: the WHOLE bottleneck, nothing cropped."""
+    return F.interpolate(x, size=like.shape[2:], mode="bilinear", align_corners=True)
+
+
+def _fpa(p, name, x, stride, dilation=9):
+    f = _double(p, f"{name}.main", x, stride)
+    a = _conv(p, f"{name}.expand", x, stride)  # no norm or activation after the first 1x1
+    a = _cna(p, f"{name}.dilated1", a, 1, dilation, a.shape[1])
+    a = _cna(p, f"{name}.dilated2", a, 1, dilation, a.shape[1])
+    a = torch.sigmoid(_conv(p, f"{name}.squeeze", a))
+    return f * a + f
+
+
+def _rfna(p, name, x, stride):
+    f = _double(p, f"{name}.main", x, stride)
+    a = _conv(p, f"{name}.down.0", f, 2)  # W_r1: 1x1 to 4C, down-sampling x2
+    a = _cna(p, f"{name}.down.1", a, 2, 1, a.shape[1])  # W_r2: depthwise 3x3, x2
+    a = _cna(p, f"{name}.down.2", a, 2, 1, a.shape[1])  # W_r3: depthwise 3x3, x2 (8 in all)
+    a = _conv(p, f"{name}.project", _up(a, f))  # W_r4 after bilinear up-sampling back
+    a = torch.sigmoid(a + f)
+    return f * a + f
+
+
+def _gate(p, name, x, g):
+    def conv_in(n, t):
+        return F.instance_norm(_conv(p, f"{name}.{n}", t), eps=1e-5)  # non-affine
+
+    psi = torch.sigmoid(conv_in("psi", F.relu(conv_in("w_g", g) + conv_in("w_x", x))))
+    return psi * x + x
+
+
+def reference_forward(net: torch.nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
+    p = dict(net.named_parameters())
+    dil = {"unet": 1, "d6unet": 6, "d9unet": 9}.get(kind, 1)
+
+    def enc(name, t, stride):
+        if kind == "fpa" and name != "c1":
+            return _fpa(p, name, t, stride)
+        if kind == "rfna" and name != "c1":
+            return _rfna(p, name, t, stride)
+        return _double(p, name, t, stride, dil if name in ("c2", "c3", "c4") else 1)
+
+    e1 = enc("c1", x, 1)
+    e2 = enc("c2", e1, 2)
+    e3 = enc("c3", e2, 2)
+    e4 = enc("c4", e3, 2)
+    y = enc("bridge", e4, 1)
+    for level, skip in (("3", e3), ("2", e2), ("1", e1)):
+        up = _up(y, skip)
+        if kind == "aunet":  # gated skip first, gating = the up-sampled deeper decoder tensor
+            merged = torch.cat([_gate(p, f"gate{level}", skip, up), up], 1)
+        else:  # [up-sampled, skip]
+            merged = torch.cat([up, skip], 1)
+        y = _double(p, f"d{level}", merged)
+    out = F.conv2d(y, p["head.conv.weight"])
+    return -out if kind == "rfna" else out  # RFNA returns foreground logits (negated head)
+
+
+@pytest.mark.parametrize("kind", ["unet", "d6unet", "d9unet", "fpa", "rfna", "aunet"])
+def test_network_computes_the_reference_layer_table(kind):
+    torch.manual_seed(0)
+    net = get_network(kind, spatial_dims=2, in_channels=3, out_channels=1, **SMALL).eval()
+    with torch.no_grad():
+        for prm in net.parameters():  # non-trivial affine norms and biases
+            prm.add_(0.1 * torch.randn_like(prm))
+        x = torch.randn(2, 3, 72, 80)
+        torch.testing.assert_close(net(x), reference_forward(net, kind, x), rtol=1e-4, atol=1e-4)
+
+
+def test_the_decoder_sees_the_whole_bottleneck():
+    """A change in a corner of the bottleneck reaches the output at that corner (the authors'
+    centre-cropping decoder drops the bottleneck's border)."""
+    torch.manual_seed(0)
+    net = get_network("unet", spatial_dims=2, in_channels=3, out_channels=1, **SMALL).eval()
+    x = torch.randn(1, 3, 64, 64)
+
+    def bump(module, args, out):
+        out = out.clone()
+        out[..., 0, 0] += 5.0
+        return out
+
+    with torch.no_grad():
+        base = net(x)
+        handle = net.bridge.register_forward_hook(bump)
+        try:
+            bumped = net(x)
+        finally:
+            handle.remove()
+    diff = (bumped - base).abs()[0, 0]
+    assert diff[:8, :8].max() > 1e-3, "a bottleneck corner must reach the output's corner"
