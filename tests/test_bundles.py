@@ -610,3 +610,31 @@ def test_readme_load_call_gives_the_network(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     loaded = monai.bundle.load("brats_fpa", bundle_dir=str(tmp_path), workflow_type=workflow_type)
     assert isinstance(loaded, torch.nn.Module), type(loaded)
+
+
+@pytest.mark.parametrize("foreground_output", [True, False])
+def test_validation_and_evaluation_score_the_foreground_whatever_rfna_returns(foreground_output):
+    """REFERENCE.md section 4: whatever RFNA is trained on, every metric is in foreground polarity.
+    An RFNA built with ``foreground_output=False`` (the authors' raw reversed logits, reachable with
+    ``--network_options``) still trains right (``loss_for``); its validation (which picks
+    ``model.pt``) and evaluation must threshold the FOREGROUND logits too, not the background."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_rfna", "train.json"))
+    parser.update(
+        {
+            "device": "cpu",
+            "fast": False,
+            "network_options": {**SMALL["network_options"], "foreground_output": foreground_output},
+        }
+    )
+    raw = parser.get_parsed_content("network")
+    scored = parser.get_parsed_content("validate#evaluator#network")
+    reference = parser.get_parsed_content("network_def", instantiate=True)  # a second instance
+    reference.load_state_dict(raw.state_dict())
+    x = torch.randn(1, 4, 72, 72)
+    with torch.no_grad():
+        foreground = reference.eval()(x) if foreground_output else -reference.eval()(x)
+        torch.testing.assert_close(scored.eval()(x), foreground)
+    multi = ConfigParser()
+    multi.read_config(configs("brats_rfna", "train.json", "multi_gpu_train.json"))
+    assert "as_foreground(" in multi["validate#evaluator#network"]  # DDP needs a process group to build

@@ -923,3 +923,19 @@ def test_one_call_per_grid_and_killed_runs_are_recorded(small_grid, tmp_path, mo
     ]
     run_experiment(**small_grid)  # nothing to close or run now
     assert len((out / "runs.jsonl").read_text().splitlines()) == 5
+
+
+def test_predict_case_masks_the_foreground_whatever_rfna_returns():
+    """The paper protocol's and the figures' predictions are foreground masks also for an RFNA
+    built with ``foreground_output=False`` (raw reversed logits), as the bundles' inference."""
+    from pam_monai.experiments.predict import predict_case
+
+    torch.manual_seed(0)
+    options = {"features": (4, 8, 8, 16)}
+    fg = get_network("rfna", 2, 2, 1, **options).eval()
+    raw = get_network("rfna", 2, 2, 1, foreground_output=False, **options).eval()
+    raw.load_state_dict(fg.state_dict())
+    image = torch.randn(2, 72, 72, 3)
+    expected = predict_case(fg, image)
+    assert 0 < expected.sum() < expected.size  # a mask that tells the polarities apart
+    np.testing.assert_array_equal(predict_case(raw, image), expected)

@@ -23,7 +23,7 @@ from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, foregrou
 from ..engines.handlers import score_case
 from ..metrics import split_ignored
 from ..metrics.paper_protocol import authors_code_metrics, paper_protocol_metrics
-from ..networks import get_network
+from ..networks import as_foreground, get_network
 
 log = logging.getLogger("pam_monai")
 
@@ -71,7 +71,8 @@ def predict_case(
 ) -> np.ndarray:
     """Binary foreground mask (``H x W [x D]``, bool) of one preprocessed case ``C x H x W [x D]``
     (slices larger than ``roi_size``, the trained crop, through a sliding window, as the bundles)."""
-    logits = SliceWiseInferer(slice_batch_size, roi_size=roi_size)(image[None].to(device), net)
+    # foreground polarity whatever the network returns (RFNA built with foreground_output=False)
+    logits = SliceWiseInferer(slice_batch_size, roi_size=roi_size)(image[None].to(device), as_foreground(net))
     # the bundles' rule (ForegroundMaskd): sigmoid(logit) > 0.5
     return foreground_mask(logits[0, 0]).cpu().numpy()
 
