@@ -638,3 +638,42 @@ def test_validation_and_evaluation_score_the_foreground_whatever_rfna_returns(fo
     multi = ConfigParser()
     multi.read_config(configs("brats_rfna", "train.json", "multi_gpu_train.json"))
     assert "as_foreground(" in multi["validate#evaluator#network"]  # DDP needs a process group to build
+
+
+# paper Table 2 (epochs, batch, lr) and REFERENCE.md section 6 (crop / size, channels, foreground)
+RECIPES = {
+    "brats": (80, 50, 1e-4, (160, 160), ("flair", "t1", "t1ce", "t2"), (4,)),
+    "isles": (60, 80, 1e-3, (224, 224), ("CBF", "MTT", "CBV", "Tmax"), (1,)),
+    "cityscapes": (100, 8, 2e-4, (128, 256), ("R", "G", "B"), tuple(range(26, 34))),
+}
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_training_recipe_is_the_papers(name):
+    """Each bundle trains as the paper's Table 2 and the authors' code: AdamW (weight decay 1e-5),
+    soft Dice on the sigmoid pooled over the batch with smoothing 1 (on reversed labels for RFNA),
+    random horizontal flips, every foreground slice plus half of the others, the paper's inputs."""
+    from monai.losses import DiceLoss
+
+    from pam_monai.networks import ReversedLabelLoss
+
+    task, net = name.split("_")
+    epochs, batch, lr, size, channels, foreground = RECIPES[task]
+    parser = ConfigParser()
+    parser.read_config(configs(name, "train.json"))
+    parser.update({"device": "cpu", "fast": False, "network_options": SMALL["network_options"]})
+    assert (parser["epochs"], parser["batch_size"], parser["learning_rate"]) == (epochs, batch, lr)
+    optimizer = parser.get_parsed_content("optimizer")
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["lr"] == lr and optimizer.defaults["weight_decay"] == 1e-5
+    loss = parser.get_parsed_content("loss")
+    assert isinstance(loss, ReversedLabelLoss) == (net == "rfna")
+    dice = loss.loss if net == "rfna" else loss
+    assert type(dice) is DiceLoss and dice.sigmoid and dice.batch
+    assert (dice.smooth_nr, dice.smooth_dr, dice.squared_pred, dice.jaccard) == (1.0, 1.0, False, False)
+    flips = parser.get_parsed_content("train#prepare_batch")
+    spec = parser.get_parsed_content("spec")
+    assert flips.prob == 0.5 and flips.spatial_axis == spec.flip_axis == (-1 if task == "cityscapes" else -2)
+    assert parser["keep_background_fraction"] == 0.5 and parser["threshold"] == 0.5
+    assert (spec.spatial_size, spec.channels, spec.foreground_labels) == (size, channels, foreground)
+    assert parser["network_def"]["out_channels"] == 1  # one logit, sigmoid outside the network
