@@ -868,6 +868,40 @@ def test_resume_with_another_epoch_length_is_refused(tmp_path):
     assert (same.state.epoch, same.state.iteration) == (2, 16)
 
 
+def test_resume_with_another_process_count_names_it(tmp_path):
+    """A checkpoint of a 2-process torchrun run (multi_gpu_train.json) resumed by one process: the
+    DistributedSampler gave each rank half the slices, so the epoch length doubles with the same
+    batch_size; the refusal must name the process count, not tell the user to change a batch_size
+    that did not change."""
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingCheckpoint
+    from pam_monai.engines.checkpoint import load_checkpoint
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def step(engine, batch):
+        return 0.0
+
+    first = Engine(step)
+    TrainingCheckpoint(str(tmp_path), net, opt).attach(first)
+    first.run(list(range(4)), max_epochs=1)  # one rank's share: 4 iterations per epoch
+    path = tmp_path / "checkpoint_last.pt"
+    state = load_checkpoint(path)
+    state["rng_per_rank"] = [state["rng"], state["rng"]]  # what rank 0 writes under torchrun with 2 ranks
+    for record in (True, False):  # checkpoints with the recorded process count, and older ones without
+        if record:
+            state["trainer"]["world_size"] = 2
+        else:
+            state["trainer"].pop("world_size", None)
+        torch.save(state, path)
+        second = Engine(step)
+        TrainingCheckpoint(str(tmp_path), net, opt, resume=True).attach(second)
+        with pytest.raises(ValueError, match=r"written by 2 training process\(es\), this run has 1.*nproc_per_node=2"):
+            second.run(list(range(8)), max_epochs=2)  # the whole data set in one process
+
+
 def test_skip_invalid_skips_a_case_missing_a_modality(cases, tmp_path, caplog):
     """--skip_invalid covers a missing modality too (README: inference refuses it, --skip_invalid
     segments the others): inference.json's case list skips that case instead of refusing the folder."""

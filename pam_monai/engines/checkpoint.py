@@ -119,6 +119,20 @@ def _world() -> tuple[int, int] | None:
     return None
 
 
+def _world_size() -> int:
+    world = _world()
+    return 1 if world is None else world[1]
+
+
+def _saved_world_size(state: dict) -> int:
+    """How many processes wrote a checkpoint: recorded since ``world_size`` was, else the count of
+    per-rank random states (only written under ``torch.distributed``)."""
+    saved = state.get("trainer", {}).get("world_size")
+    if saved:
+        return int(saved)
+    return len(state.get("rng_per_rank") or ()) or 1
+
+
 def _gather_per_rank(rng: dict) -> list[dict] | None:
     """Every rank's random state (under ``torch.distributed``): the ranks' states differ (e.g. only
     rank 0 validates), and a resumed rank must continue from its own."""
@@ -197,6 +211,7 @@ class TrainingCheckpoint:
                 "epoch": engine.state.epoch,
                 "iteration": engine.state.iteration,
                 "max_epochs": engine.state.max_epochs,
+                "world_size": _world_size(),
             },
             "rng": rng,
         }
@@ -216,10 +231,23 @@ class TrainingCheckpoint:
         if epoch_length and epoch and iteration != epoch * epoch_length:
             # ignite counts epochs by iterations: another epoch length would end the run at once
             # (or train a wrong number of epochs) without a word
+            saved_world, world = _saved_world_size(state), _world_size()
+            if saved_world != world:  # torchrun's DistributedSampler gives each process its share
+                how = (
+                    f"torchrun --nproc_per_node={saved_world} with multi_gpu_train.json"
+                    if saved_world > 1
+                    else "train.json alone, without torchrun"
+                )
+                cause = (
+                    f"the checkpoint was written by {saved_world} training process(es), this run has {world} "
+                    f"(the epoch length follows the process count): resume with {saved_world} ({how}) and the "
+                    "same batch_size"
+                )
+            else:
+                cause = "resume with the interrupted run's batch_size (and data)"
             raise ValueError(
                 f"{self.path}: resume: the checkpoint took {iteration} iterations in {epoch} epoch(s), this run "
-                f"takes {epoch_length} per epoch: "
-                "resume with the interrupted run's batch_size (and data), or train anew (--resume false "
+                f"takes {epoch_length} per epoch: {cause}, or train anew (--resume false "
                 "or another --ckpt_dir)"
             )
         unwrap_network(self.network).load_state_dict(state["model"])
