@@ -322,6 +322,9 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
             p = folder / f"{case}_{mod}.nii.gz"
             rewrite(p, np.asarray(nib.load(str(p)).dataobj)[40:190, 40:190])
         return case, "smaller than the 160x160 crop"
+    if kind == "truncated file":  # a copy cut short: which of the four files is the user to replace?
+        t1.write_bytes(t1.read_bytes()[:2000])
+        return case, "unreadable or truncated file"
     raise AssertionError(kind)
 
 
@@ -334,6 +337,7 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
         "nan",
         "all-zero modality",
         "smaller than the crop",
+        "truncated file",
     ],
 )
 def test_bad_input_at_inference_is_refused_by_name_and_writes_nothing(kind, cases, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import load_png, load_volume
+from .files import UnreadableFile, load_png, load_volume
 from .intensity import normalize_channels, volume_stats
 from .ops import binarize, crop_or_pad_center, resize_2d, uncrop_center
 from .specs import DatasetSpec, get_spec
@@ -27,6 +27,16 @@ def _name(item: dict) -> str:
         return str(item["case"])
     first = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
     return Path(first).name
+
+
+def _read(reader, case: str, path, **kwargs):
+    """``reader(path)``, an unreadable file named: ``<case>: <file>: unreadable or truncated ...``
+    (inference lists its problems by case; with several channel files the reason alone does not
+    say which one to replace)."""
+    try:
+        return reader(path, **kwargs)
+    except UnreadableFile as e:
+        raise UnreadableFile(f"{case}: {os.path.basename(os.fspath(path))}: {e}") from e
 
 
 def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
@@ -54,7 +64,7 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
             )
         arrays, affine = [], None
         for path in paths:
-            data, aff = load_volume(path)
+            data, aff = _read(load_volume, case, path)
             if arrays and data.shape != arrays[0].shape:
                 raise ValueError(
                     f"{case}: {os.path.basename(path)}: shape {data.shape} differs from {arrays[0].shape}"
@@ -63,7 +73,7 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
             affine = aff if affine is None else affine
         image = np.stack(arrays)
         if item.get("label") is not None:
-            label, _ = load_volume(item["label"])
+            label, _ = _read(load_volume, case, item["label"])
             if label.shape != image.shape[1:]:
                 raise ValueError(
                     f"{case}: {os.path.basename(item['label'])}: shape {label.shape} differs from {image.shape[1:]}"
@@ -72,21 +82,21 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
         image = _load_images_2d(spec, case, item["image"])
         affine = None
         if item.get("label") is not None:
-            label = load_png(item["label"], label=True)
+            label = _read(load_png, case, item["label"], label=True)
             if label.shape != image.shape[1:]:
                 raise ValueError(
                     f"{case}: {os.path.basename(item['label'])}: expected a label map of shape {image.shape[1:]}, "
                     f"got {label.shape}"
                 )
     else:
-        rgb = load_png(item["image"])
+        rgb = _read(load_png, case, item["image"])
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
             raise ValueError(
                 f"{case}: {os.path.basename(item['image'])}: expected an RGB image, got shape {rgb.shape}"
             )
         image, affine = np.moveaxis(rgb, -1, 0), None
         if item.get("label") is not None:
-            label = load_png(item["label"])
+            label = _read(load_png, case, item["label"])
             if label.shape != image.shape[1:]:
                 raise ValueError(
                     f"{case}: {os.path.basename(item['label'])}: shape {label.shape} differs from {image.shape[1:]}"
@@ -111,7 +121,7 @@ def _load_images_2d(spec: DatasetSpec, case: str, image) -> np.ndarray:
     paths = image if isinstance(image, (list, tuple)) else [image]
     arrays = []
     for path in paths:
-        data = load_png(path)
+        data = _read(load_png, case, path)
         if arrays and data.shape[:2] != arrays[0].shape[:2]:
             raise ValueError(
                 f"{case}: {os.path.basename(path)}: size {data.shape[:2]} differs from {arrays[0].shape[:2]}"
