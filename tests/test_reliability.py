@@ -253,6 +253,42 @@ def test_loss_is_read_every_n_iterations_and_a_nan_is_still_named(monkeypatch):
     assert shown[0] == "loss=1" and shown[8] == "loss=1" and shown[9] == "loss=10" and shown[11] == "loss=12"
 
 
+SPAWNED_GUARD = """
+import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from ignite.engine import Engine
+from pam_monai.engines import NonFiniteLossGuard
+
+def run(rank, folder):
+    dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2)
+    def step(engine, batch):
+        bad = rank == 1 and engine.state.iteration == 3
+        return {"loss": torch.tensor(float("nan") if bad else 1.0)}
+    engine = Engine(step)
+    NonFiniteLossGuard(check_every=4).attach(engine)
+    try:
+        engine.run(range(8), max_epochs=1)
+        message = "finished"
+    except FloatingPointError as e:
+        message = str(e)
+    open(f"{folder}/rank{rank}.txt", "w").write(message)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1],), nprocs=2)
+"""
+
+
+def test_a_non_finite_loss_in_one_process_stops_every_process(tmp_path):
+    """Under torchrun each process checks its own loss: one that stopped alone left the others
+    waiting in their next gradient all-reduce until the process group's timeout."""
+    script = tmp_path / "guard.py"
+    script.write_text(SPAWNED_GUARD)
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=ROOT)
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert messages[1].startswith("non-finite loss nan at epoch 1, iteration 3 (batch 3 of the epoch)")
+    assert messages[0].startswith("non-finite loss in another process at epoch 1, iteration 3")
+
+
 def test_checkpoints_load_with_weights_only(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -902,7 +938,9 @@ def test_resume_with_another_process_count_names_it(tmp_path):
         torch.save(state, path)
         second = Engine(step)
         TrainingCheckpoint(str(tmp_path), net, opt, resume=True).attach(second)
-        with pytest.raises(ValueError, match=r"written by 2 training process\(es\), this run has 1.*nproc_per_node=2"):
+        with pytest.raises(
+            ValueError, match=r"written by 2 training process\(es\), this run has 1.*nproc_per_node=2"
+        ):
             second.run(list(range(8)), max_epochs=2)  # the whole data set in one process
 
 

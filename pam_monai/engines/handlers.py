@@ -332,14 +332,22 @@ class NonFiniteLossGuard:
     def check(self, engine: Engine) -> None:
         if self._first is None:
             return
-        first, value, cases = int(self._first), float(self._value), self._cases
+        first = self._first
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process checks at the same iterations: all stop together (a process that
+            # stopped alone would leave the others waiting in their next gradient all-reduce)
+            first = torch.where(first < 0, torch.iinfo(torch.long).max, first)
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+            first = torch.where(first == torch.iinfo(torch.long).max, -1, first)
+        first, own, value, cases = int(first), int(self._first), float(self._value), self._cases
         self._reset()
         if first < 0:
             return
         length = engine.state.epoch_length or engine.state.iteration
         in_epoch = (first - 1) % length + 1
         named = f" (cases {cases[first]})" if first in cases else ""
+        where = f"non-finite loss {value}" if own == first else "non-finite loss in another process"
         raise FloatingPointError(
-            f"non-finite loss {value} at epoch {(first - 1) // length + 1}, iteration {first} "
+            f"{where} at epoch {(first - 1) // length + 1}, iteration {first} "
             f"(batch {in_epoch} of the epoch){named}; the last good checkpoint is kept"
         )
