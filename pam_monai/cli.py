@@ -15,6 +15,7 @@ COMMANDS = {
     "check": "pam_monai.data.commands:check",
     "convert_msd": "pam_monai.data.commands:convert_msd",
     "convert_dicom": "pam_monai.data.commands:convert_dicom",
+    "convert_isles22": "pam_monai.data.commands:convert_isles22",
     "experiment": "pam_monai.experiments.runner:experiment",
     "bench": "pam_monai.bench:bench",
     "bundle": "pam_monai.bundle_templates.own_data:bundle",

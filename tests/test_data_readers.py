@@ -230,3 +230,62 @@ def test_write_datalist_leaves_no_temporary_file_and_uses_a_unique_one(tmp_path,
         assert json.loads(target.read_text()) == {"a": 1}
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
         assert seen and seen[0] != f".{target.name}.tmp"  # not a fixed name shared by every writer
+
+
+def test_isles22_bids_layout_converts_and_refuses_by_file(tmp_path):
+    """ISLES 2022 in its BIDS layout (rawdata/ + derivatives/): cases with a mask train, one without
+    goes to imagesTs; a missing ADC and an ADC on another grid are named by case and file."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from pam_monai.data.isles22 import convert_isles22
+
+    def save(path, shape=(8, 9, 5), affine=None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = (np.arange(np.prod(shape)).reshape(shape) % 3).astype(np.float32)
+        nib.save(
+            nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine), str(path)
+        )
+
+    root = tmp_path / "ISLES-2022"
+    for n in (1, 2, 3):
+        case = f"sub-strokecase{n:04d}"
+        save(root / "rawdata" / case / "ses-0001" / "dwi" / f"{case}_ses-0001_dwi.nii.gz")
+        save(root / "rawdata" / case / "ses-0001" / "dwi" / f"{case}_ses-0001_adc.nii.gz")
+        save(
+            root / "rawdata" / case / "ses-0001" / "anat" / f"{case}_ses-0001_FLAIR.nii.gz", shape=(20, 20, 3)
+        )
+        if n < 3:
+            save(root / "derivatives" / case / "ses-0001" / f"{case}_ses-0001_msk.nii.gz")
+    out = convert_isles22(root, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
+        f"sub-strokecase000{n}_000{c}.nii.gz" for n in (1, 2) for c in (0, 1)
+    ]
+    assert sorted(p.name for p in (out / "imagesTs").iterdir()) == [
+        "sub-strokecase0003_0000.nii.gz",
+        "sub-strokecase0003_0001.nii.gz",
+    ]
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
+    with pytest.raises(FileExistsError, match="already exists"):
+        convert_isles22(root, out, progress=False)
+
+    adc = (
+        root
+        / "rawdata"
+        / "sub-strokecase0002"
+        / "ses-0001"
+        / "dwi"
+        / "sub-strokecase0002_ses-0001_adc.nii.gz"
+    )
+    save(adc, shape=(8, 9, 6))
+    with pytest.raises(
+        ValueError, match=r"sub-strokecase0002_ses-0001_adc.nii.gz: its grid \(\(8, 9, 6\)\) differs"
+    ):
+        convert_isles22(root, tmp_path / "out2", progress=False)
+    adc.unlink()
+    with pytest.raises(ValueError, match=r"sub-strokecase0002: no adc file"):
+        convert_isles22(root, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists() and [p.name for p in tmp_path.iterdir()] != []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out2")]  # no half-written folder

@@ -221,6 +221,45 @@ def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(share
     assert "sub-strokecase0009" in msg and "TRAINING/case_<n>" in msg
     assert "at a missing or empty folder for a synthetic stand-in" not in msg
     assert "--task nnunet" in msg
+    assert (
+        f"look like ISLES 2022 (MRI, BIDS), not ISLES 2018 (CT perfusion): convert them with python -m pam_monai convert_isles22 --root {root}"
+        in msg
+    )
+
+
+def test_isles22_case_converts_to_own_data(shared_data, tmp_path):
+    """The real ISLES'22 case through convert_isles22: DWI and ADC copied as shipped, the mask as
+    label 'lesion', FLAIR (another grid) left out; the result reads as own data (523 voxels)."""
+    from pam_monai.data import get_spec
+    from pam_monai.data.isles22 import convert_isles22
+    from pam_monai.engines.data import prepare_data
+
+    case = shared_data / "isles2022" / "sub-strokecase0009"
+    out = convert_isles22(shared_data / "isles2022", tmp_path / "isles22", progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "DWI", "1": "ADC"} and meta["labels"] == {
+        "background": 0,
+        "lesion": 1,
+    }
+    assert meta["numTraining"] == 1
+    assert (out / "imagesTr" / "sub-strokecase0009_0000.nii.gz").read_bytes() == (
+        case / "sub-strokecase0009_ses-0001_dwi.nii.gz"
+    ).read_bytes()
+    assert (out / "imagesTr" / "sub-strokecase0009_0001.nii.gz").read_bytes() == (
+        case / "sub-strokecase0009_ses-0001_adc.nii.gz"
+    ).read_bytes()
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
+        "sub-strokecase0009_0000.nii.gz",
+        "sub-strokecase0009_0001.nii.gz",
+    ]
+    spec = get_spec("nnunet", root=out)
+    assert spec.channels == ("DWI", "ADC")
+    with pytest.raises(
+        ValueError, match="fold"
+    ):  # one case cannot fill five folds: named, as for any own set
+        prepare_data(spec, str(out), "", synthetic_dir=str(tmp_path / "s"), stand_in=False)
+    label = nib.load(str(out / "labelsTr" / "sub-strokecase0009.nii.gz")).get_fdata()
+    assert int((label > 0).sum()) == 523
 
 
 def test_empty_split_of_the_two_real_brats_cases_says_why_and_how_to_fix(brats_root, tmp_path):

@@ -1,5 +1,5 @@
-"""Command-line entry points (``python -m pam_monai datalist|synth|check|convert_msd|convert_dicom``, run by
-Python Fire)."""
+"""Command-line entry points (``python -m pam_monai datalist|synth|check|convert_msd|convert_dicom|convert_isles22``,
+run by Python Fire)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,25 @@ def convert_msd(task_dir: str, output: str) -> None:
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels {', '.join(meta['channel_names'].values())}, "
         f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {path}"
+    )
+
+
+def convert_isles22(root: str, output: str) -> None:
+    """Convert the ISLES 2022 data set (BIDS: rawdata/ and derivatives/, MRI) into the nnU-Net v2 raw layout that
+    --dataset nnunet and the bundles' --task nnunet read: DWI and ADC as channels 0 and 1, the lesion mask as label
+    'lesion' (FLAIR is left out: it lies on another grid).
+
+    Args:
+        root: the ISLES 2022 folder (files are found at any depth, sub-strokecase<n>_ses-<k>_{dwi,adc,msk}.nii.gz).
+        output: the new data set folder (must not exist).
+    """
+    from .isles22 import convert_isles22 as convert
+
+    path = convert(str(root), str(output))
+    meta = json.loads((path / "dataset.json").read_text())
+    print(
+        f"wrote {path}: {meta['numTraining']} training cases, channels DWI, ADC, label 'lesion'; next: python -m "
+        f"pam_monai check --dataset nnunet --root {path}, then train with --task nnunet --dataset_dir {path}"
     )
 
 

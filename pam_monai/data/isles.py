@@ -51,10 +51,14 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
         (d for d in base.iterdir() if d.is_dir() and _CASE.match(d.name)), key=lambda d: int(d.name[5:])
     )
     if not folders:
-        return ScanResult(
-            [],
-            [Problem(root.name, str(base), nothing_found(base, f"no case_<n> folders (expected {LAYOUT})"))],
-        )
+        what = f"no case_<n> folders (expected {LAYOUT})"
+        if (base / "rawdata").is_dir() or any(base.glob("sub-strokecase*")):
+            what += (
+                "; these look like ISLES 2022 (MRI, BIDS), not ISLES 2018 (CT perfusion): convert them with "
+                f"python -m pam_monai convert_isles22 --root {root} --output DIR, then train with --task nnunet "
+                "--dataset_dir DIR --foreground_label lesion"
+            )
+        return ScanResult([], [Problem(root.name, str(base), nothing_found(base, what))])
     cases, problems = [], []
     for folder in folders:
         case = folder.name
