@@ -412,6 +412,32 @@ def test_bundle_root_is_the_bundle_or_refused(tmp_path, monkeypatch):
     assert Path(workflow.bundle_root) == ROOT / "bundles" / "brats_fpa"
 
 
+def test_compiled_trainer_keeps_static_shapes():
+    """An epoch's last batch is smaller: torch.compile's default then recompiles the network with a
+    symbolic batch size and runs every later full batch through that graph (more host work per
+    launch, in a step bound by launches); the bundles compile static graphs (one per batch size)."""
+    import torch
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    for mode in (None, "reduce-overhead"):
+        parser["compile_mode"] = mode
+        kwargs = parser.get_parsed_content("train#trainer#compile_kwargs", instantiate=True)
+        assert kwargs == ({"dynamic": False} if mode is None else {"dynamic": False, "mode": mode})
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.extend(tuple(t.shape) for t in example_inputs if t.dim() == 4 and t.shape[-1] == 8)
+        return gm.forward
+
+    torch._dynamo.reset()
+    net = torch.compile(torch.nn.Conv2d(4, 1, 3), backend=backend, dynamic=kwargs["dynamic"])
+    for batch in (4, 4, 3, 4):
+        net(torch.randn(batch, 4, 8, 8))
+    assert graphs == [(4, 4, 8, 8), (3, 4, 8, 8)]  # no graph with a symbolic batch size
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 def test_multi_gpu_config_disables_the_writers_it_means(name):
     """multi_gpu_train.json turns rank > 0's TensorBoard writers off by list position: those
