@@ -6,13 +6,14 @@
 #     OUT=/some/folder bash benchmarks/gpu_check.sh
 #
 # The machine has PyTorch but not MONAI and friends: wheels in .whl/ (monai, pytorch-ignite,
-# nibabel, fire, termcolor) are installed into /tmp/site first, when present.
+# nibabel, fire, termcolor; tensorboard and its dependencies for the bundle stage) are installed
+# into /tmp/site first, when present.
 #
 # Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
 # fails or hangs (a compilation, say) costs only its own time box and the others still run; the
 # stages share one budget (BUDGET_S seconds, default 420) and are ordered by what the next step
 # needs most (see benchmarks/README.md, "H200, runs 1 and 2"): the fast path with CUDA graphs
-# (unet, fpa, rfna), rfna as the bundles run it, batch 128 with CUDA graphs, the fast path
+# (unet, fpa, rfna), the bundle's whole training loop (fpa), rfna as the bundles run it, batch 128 with CUDA graphs, the fast path
 # without them (unet, fpa; batch 128), the fp32 baseline, data / inference / HD95; earlier
 # experiments run only when named in ONLY. A 15-minute device lease fits two calls: the first
 # with the default order (BUDGET_S=420), the second with ONLY= naming what the first left out.
@@ -44,7 +45,11 @@ left() { echo $((BUDGET_S - $(elapsed))); }
 
 if ls .whl/*.whl >/dev/null 2>&1; then
     log "== installing $(ls .whl/*.whl | wc -l) wheels into /tmp/site"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
+    # one at a time: a wheel for another Python (grpcio is built per version) costs only itself
+    for whl in .whl/*.whl; do
+        "$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$whl" 2>&1 |
+            tee -a "$LOG" | grep -q . && log "   ($whl: see above)"
+    done
     export PYTHONPATH=/tmp/site:$PWD
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -59,7 +64,7 @@ print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", 
       "| cudnn", torch.backends.cudnn.version(), "| cpus", os.cpu_count())
 if torch.cuda.is_available():
     print("gpu:", torch.cuda.get_device_name(0))
-for m in ("monai", "ignite", "nibabel", "fire", "scipy", "tqdm", "pam_monai"):
+for m in ("monai", "ignite", "nibabel", "fire", "scipy", "tqdm", "tensorboard", "pam_monai"):
     try:
         mod = __import__(m)
         print(f"{m} {getattr(mod, '__version__', '?')}")
@@ -125,20 +130,24 @@ CG=(--compile_mode reduce-overhead)
 stage cg_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
 stage cg_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
 stage cg_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}" "${CG[@]}"
-# 2. RFNA on the fast path without CUDA graphs (the bundles' default; not yet measured)
+# 2. the bundle's whole training loop (brats train.json as monai.bundle runs it: the loader, the
+#    flips, MONAI's iteration, the handlers; no validation), FPA with log_every 1 (the loss read
+#    after every step) and 10 (the default), beside the bare steps above
+stage bundle_fpa 170 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96
+# 3. RFNA on the fast path without CUDA graphs (the bundles' default; not yet measured)
 stage fast_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
-# 3. a larger batch spreads the launches over more slices (with and without CUDA graphs)
+# 4. a larger batch spreads the launches over more slices (with and without CUDA graphs)
 stage cg_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
 stage cg_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
 stage fast_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
 stage fast_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
-# 4. the plain baseline and the rest of the suite
+# 5. the plain baseline and the rest of the suite
 stage eager_fp32 90 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32 --stages train
 stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa --modes fp32 \
     --stages data,infer,hd95 --data_cases 3 --data_workers 0,8
-# 5. earlier experiments, by name with ONLY=... (runs 1 and 2 of 2026-11-26 on an H200)
+# 6. earlier experiments, by name with ONLY=... (runs 1 and 2 of 2026-11-26 on an H200)
 extra prev_fast_unet 150 "${COMMON[@]}" --networks unet --modes fast-cl-mm-taps "${TRAIN[@]}"
 extra prev_fast_fpa 200 "${COMMON[@]}" --networks fpa --modes fast-cl-mm-taps "${TRAIN[@]}"
 extra cl_unet 120 "${COMMON[@]}" --networks unet --modes fast-mm-taps "${TRAIN[@]}"

@@ -49,7 +49,8 @@ def quick_run(tmp_path_factory):
 def test_quick_cpu_bench_writes_every_section(quick_run):
     result, out = quick_run
     saved = json.loads(out.read_text())
-    assert set(saved) == {"meta", "train", "data", "infer", "hd95", "errors"}
+    assert set(saved) == {"meta", "train", "data", "infer", "hd95", "bundle", "errors"}
+    assert saved["bundle"] == []  # not a default stage
     assert saved["errors"] == []
     meta = saved["meta"]
     assert meta["device"] == "cpu" and meta["settings"]["quick"] is True
@@ -90,6 +91,27 @@ def test_quick_cpu_bench_writes_every_section(quick_run):
     for heading in ("## Training step", "## Data pipeline", "## Whole-volume inference", "## HD95"):
         assert heading in text
     assert "| fpa | fast |" in text
+
+
+def test_bundle_stage_times_the_bundles_training_loop(tmp_path):
+    """The stage runs the BRATS bundle's train.json through MONAI's workflow and counts every
+    training slice of each timed epoch (MONAI decollates the batch into a list of slices)."""
+    out = tmp_path / "bench.json"
+    result = run_bench(
+        device="cpu", quick=True, stages="bundle", networks="unet", bundle_log_every="1,10", output=str(out)
+    )
+    rows = json.loads(out.read_text())["bundle"]
+    assert result["errors"] == [] and [(r["network"], r["log_every"]) for r in rows] == [
+        ("unet", 1),
+        ("unet", 10),
+    ]
+    for r in rows:
+        assert (
+            r["loader"] == "DataLoader" and r["fast"] is False and r["size"] == [32, 32] and r["batch"] == 2
+        )
+        assert r["epochs_timed"] == 1 and r["slices_timed"] == r["samples"] > 0 and r["slices_per_s"] > 0
+        assert r["iterations_per_epoch"] == -(-r["samples"] // 2)
+    assert "## The bundle's training loop" in format_report(result)
 
 
 def test_merge_recomputes_ratios_across_stage_files(quick_run, tmp_path):

@@ -26,7 +26,7 @@ __all__ = ["Mode", "bench", "format_report", "merge", "parse_modes", "run_bench"
 
 log = logging.getLogger("pam_monai.bench")
 
-STAGES = ("train", "data", "infer", "hd95")
+STAGES = ("train", "data", "infer", "hd95", "bundle")
 
 # defaults per device: (batch, size, steps, warmup, rounds)
 DEFAULTS = {
@@ -198,6 +198,11 @@ def run_bench(
     hd95_repeats: int = 3,
     hd95_shape: str = "155,240,240",
     hd95_segs: str | None = None,
+    bundle_log_every: str = "1,10",
+    bundle_epochs: int | None = None,
+    bundle_cases: int = 8,
+    bundle_slices: int = 64,
+    bundle_fast: bool | None = None,
     compile_mode: str | None = None,
     inductor: str | None = None,
     profile: int = 0,
@@ -225,7 +230,8 @@ def run_bench(
         steps: timed steps per round (CUDA 20, CPU 3).
         warmup: untimed steps first (CUDA 5: ``torch.compile`` compiles here; CPU 2).
         rounds: CPU: rounds of interleaved timed steps over all (network, mode) pairs (4).
-        stages: comma-separated subset of ``train,data,infer,hd95``.
+        stages: comma-separated subset of ``train,data,infer,hd95,bundle`` (``bundle``: the BRATS
+            bundle's whole training loop, :mod:`pam_monai.bench.trainer`; not in the default).
         infer_networks: networks for whole-volume inference (CUDA: ``networks``; CPU: ``fpa``).
         infer_modes: modes for inference (CUDA: ``modes``; CPU: ``fp32``).
         infer_repeats: timed inference runs (median reported).
@@ -239,6 +245,11 @@ def run_bench(
         hd95_shape: volume shape of the HD95 pair.
         hd95_segs: comma-separated BraTS ``*_seg.nii.gz`` files: their enhancing tumours give
             further HD95 pairs with real lesion shapes.
+        bundle_log_every: stage ``bundle``: the bundle's ``log_every`` values to compare, comma-separated.
+        bundle_epochs: stage ``bundle``: epochs per run, all but the first timed (CUDA 4, CPU 3, quick 2).
+        bundle_cases: stage ``bundle``: synthetic BRATS cases (3 of 5 train).
+        bundle_slices: stage ``bundle``: axial slices per synthetic case.
+        bundle_fast: stage ``bundle``: the bundle's ``fast`` (default: its own, CUDA available).
         compile_mode: ``torch.compile`` mode (default: PyTorch's default mode).
         inductor: ``torch._inductor.config`` settings for the compiled modes, comma-separated
             ``name=value`` pairs (Python literals), e.g. ``layout_optimization=False`` or
@@ -320,6 +331,7 @@ def run_bench(
         "data": None,
         "infer": [],
         "hd95": None,
+        "bundle": [],
         "errors": [],
     }
     timings = {}
@@ -429,6 +441,36 @@ def run_bench(
         result["hd95"] = guarded(
             "hd95", lambda: load_hd95_bench().bench_hd95(repeats=reps, shape=shape, segs=segs)
         )
+    if "bundle" in stage_list:
+        from .trainer import bench_bundle
+
+        def save_bundle(rows: list[dict]) -> None:
+            result["bundle"] = rows
+            if output:
+                write_json(result, output)
+
+        result["bundle"] = (
+            guarded(
+                "bundle",
+                lambda: bench_bundle(
+                    net_list,
+                    dev,
+                    batch,
+                    size,
+                    log_every=_ints(bundle_log_every),
+                    epochs=int(bundle_epochs or (2 if quick else 4 if dev.type == "cuda" else 3)),
+                    cases=5 if quick else int(bundle_cases),
+                    slices=12 if quick else int(bundle_slices),
+                    fast=bundle_fast,
+                    seed=seed,
+                    on_result=save_bundle,
+                ),
+            )
+            or result["bundle"]
+        )
+        result["errors"] += [
+            f"bundle {r['network']}/{r['mode']}: {r['error']}" for r in result["bundle"] if r.get("error")
+        ]
     result["meta"]["stage_seconds"] = timings
     if output:
         path = write_json(result, output)

@@ -80,6 +80,41 @@ def _infer_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _bundle_table(rows: list[dict], train: list[dict]) -> list[str]:
+    lines = [
+        "| network | log_every | fast | loader | batch | iterations/epoch | slices/s (epochs after the first) | vs its training step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "slices_per_s" not in r:
+            lines.append(
+                f"| {r['network']} | {r.get('log_every')} | - | - | {r.get('batch')} | - | error | {r.get('error', '')[:80]} |"
+            )
+            continue
+        # the step of the same network, batch and crop in the mode the bundle ran (fast or plain)
+        same = [
+            t
+            for t in train
+            if t["network"] == r["network"]
+            and t.get("batch") == r["batch"]
+            and list(t.get("size") or [])[-2:] == list(r["size"])
+            and t.get("slices_per_s")
+            and t["mode"].split(" [")[0] == ("fast" if r["fast"] else "fp32")
+        ]
+        same.sort(key=lambda t: "[" in t["mode"])  # the bundles' own compile mode first
+        vs = f"{r['slices_per_s'] / same[0]['slices_per_s']:.2f}x of {same[0]['mode']}" if same else "-"
+        lines.append(
+            f"| {r['network']} | {r['log_every']} | {'yes' if r['fast'] else 'no'} | {r['loader']} | {r['batch']} | "
+            f"{r['iterations_per_epoch']} | {r['slices_per_s']:,.0f} | {vs} |"
+        )
+    lines += [
+        "",
+        "Whole epochs of the bundle's trainer (batch fetch, flips, MONAI's iteration, handlers; no validation), "
+        "against the bare training step of the same network in the same run.",
+    ]
+    return lines
+
+
 def fastest_train_rate(train: list[dict]) -> float | None:
     rates = [r["slices_per_s"] for r in train if r.get("slices_per_s")]
     return max(rates) if rates else None
@@ -155,6 +190,13 @@ def format_report(result: dict) -> str:
                 f"| {k['ms']:.3f} | {100 * k['share']:.1f}% | {k['calls']} | `{k['name'][:70]}` |"
                 for k in p["top"][:6]
             ]
+    if result.get("bundle"):
+        out += [
+            "",
+            "## The bundle's training loop (brats train.json through monai.bundle's ConfigWorkflow)",
+            "",
+        ]
+        out += _bundle_table(result["bundle"], train)
     errors = result.get("errors") or []
     if errors:
         out += ["", "## Errors", ""] + [f"- {e}" for e in errors]
@@ -195,6 +237,8 @@ def merge(*paths: str | os.PathLike, output: str | os.PathLike | None = None) ->
         merged["meta"] = merged["meta"] or r.get("meta", {})
         merged["train"] += [{**row, "source": source} for row in r.get("train") or []]
         merged["infer"] += r.get("infer") or []
+        merged.setdefault("bundle", [])
+        merged["bundle"] += r.get("bundle") or []
         merged["errors"] += r.get("errors") or []
         for key in ("data", "hd95"):
             if r.get(key):
