@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "sibling_temp_dir"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write_text", "sibling_temp_dir"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
@@ -62,3 +63,27 @@ def sibling_temp_dir(target: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     return tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield a new empty folder beside ``target`` (:func:`sibling_temp_dir`); when the block
+    succeeds it is renamed to ``target``, so a folder appears complete or not at all. An existing
+    ``target`` must be an empty folder (a user's ``mkdir``), or anything with ``replace=True``. On
+    any exception the temporary folder is removed and ``target`` is untouched.
+
+    Example::
+
+        with atomic_dir("Dataset001") as tmp:
+            (tmp / "dataset.json").write_text(...)
+    """
+    target = Path(target)
+    tmp = sibling_temp_dir(target)
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink() and (replace or not any(target.iterdir())):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

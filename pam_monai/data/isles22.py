@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import sibling_temp_dir
+from ..atomic import atomic_dir
 
 __all__ = ["convert_isles22", "find_isles22_cases"]
 
@@ -89,9 +89,8 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
     ]
     if problems:
         raise ValueError(f"{root}: incomplete cases:\n" + "\n".join(problems))
-    tmp = sibling_temp_dir(output)
     training = 0
-    try:
+    with atomic_dir(output) as tmp:  # appears complete or not at all
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir()
         for case, files in tqdm(
@@ -133,10 +132,4 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
             "converted_from": f"ISLES 2022 {root.name} by pam_monai convert_isles22",
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if output.exists():  # an empty folder the user made
-            output.rmdir()
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import sibling_temp_dir
+from ..atomic import atomic_dir
 
 __all__ = ["convert_msd", "is_msd_dataset_json"]
 
@@ -101,8 +101,7 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
         raise ValueError(f"{meta_path}: training case(s) listed more than once: {repeated[:5]}")
     jobs = [("imagesTr", e["image"], e.get("label")) for e in meta["training"]]
     jobs += [("imagesTs", e if isinstance(e, str) else e["image"], None) for e in meta.get("test", [])]
-    tmp = sibling_temp_dir(output)
-    try:
+    with atomic_dir(output) as tmp:  # appears complete or not at all
         for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if meta.get("test") else ()):
             (tmp / sub).mkdir()
         for subset, image, label in tqdm(
@@ -161,10 +160,4 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
             "converted_from": f"MSD {task_dir.name} by pam_monai convert_msd",
         }
         (tmp / "dataset.json").write_text(json.dumps(new_meta, indent=2) + "\n")
-        if output.exists():  # an empty folder the user made
-            output.rmdir()
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output

@@ -29,13 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from ..atomic import sibling_temp_dir
+from ..atomic import atomic_dir
 from .layout import scan_cases, visible_entries
 from .specs import get_spec
 
@@ -506,16 +505,9 @@ def ensure_dataset(
         raise FileExistsError(
             f"{target} exists, holds no {spec.name} cases and was not generated here; remove it or pass output="
         )
-    tmp = sibling_temp_dir(target)
-    try:
+    with atomic_dir(target, replace=True) as tmp:
         synth(spec.name, tmp, seed=seed, **opts)
         (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.warning(
         "%s: no data in %s; generated a SYNTHETIC stand-in in %s (%s)", spec.name, dataset_dir, target, opts
     )
