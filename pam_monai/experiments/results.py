@@ -375,8 +375,8 @@ def _paper_protocol_section(groups) -> list[str]:
     lines.append("")
     lines.append(
         "> The authors' test slices were every slice with tumour and half of the others; these means "
-        "are over every slice of the crop, so slices without tumour (IoU 0.5 and FN rate 1.0 here "
-        "when predicted empty) weigh more than in the paper's tables: compare networks, not values."
+        "are over every slice of the crop, so slices without tumour (FN rate 1.0 and IoU at most 0.5 "
+        "by these definitions) weigh more than in the paper's tables: compare networks, not values."
     )
     lines.append("")
     lines.append("| Networks | IoU (%) | HD95 (px) | FP (%) | FN (%) | HD95 slices/run |")
