@@ -266,7 +266,7 @@ def run(rank, folder):
     engine = Engine(step)
     NonFiniteLossGuard(check_every=4).attach(engine)
     try:
-        engine.run(range(8), max_epochs=1)
+        engine.run([{"case": [f"rank{rank}_c{i}"]} for i in range(8)], max_epochs=1)
         message = "finished"
     except FloatingPointError as e:
         message = str(e)
@@ -285,8 +285,13 @@ def test_a_non_finite_loss_in_one_process_stops_every_process(tmp_path):
     script.write_text(SPAWNED_GUARD)
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=ROOT)
     messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
-    assert messages[1].startswith("non-finite loss nan at epoch 1, iteration 3 (batch 3 of the epoch)")
-    assert messages[0].startswith("non-finite loss in another process at epoch 1, iteration 3")
+    assert messages[1].startswith(
+        "non-finite loss nan at epoch 1, iteration 3 (batch 3 of the epoch) (cases ['rank1_c2'])"
+    )
+    # the other process names no cases: its own batch of that iteration had a finite loss
+    assert messages[0].startswith(
+        "non-finite loss in another process at epoch 1, iteration 3 (batch 3 of the epoch); "
+    )
 
 
 def test_checkpoints_load_with_weights_only(tmp_path):

@@ -345,7 +345,8 @@ class NonFiniteLossGuard:
             return
         length = engine.state.epoch_length or engine.state.iteration
         in_epoch = (first - 1) % length + 1
-        named = f" (cases {cases[first]})" if first in cases else ""
+        # this process's batch of that iteration is named only when its own loss was the bad one
+        named = f" (cases {cases[first]})" if own == first and first in cases else ""
         where = f"non-finite loss {value}" if own == first else "non-finite loss in another process"
         raise FloatingPointError(
             f"{where} at epoch {(first - 1) // length + 1}, iteration {first} "
