@@ -46,9 +46,10 @@ left() { echo $((BUDGET_S - $(elapsed))); }
 if ls .whl/*.whl >/dev/null 2>&1; then
     log "== installing $(ls .whl/*.whl | wc -l) wheels into /tmp/site"
     # one at a time: a wheel for another Python (grpcio is built per version) costs only itself
+    # (pip's whole message, console and log: a `| grep -q .` ending the pipe cut it short by SIGPIPE)
     for whl in .whl/*.whl; do
-        "$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$whl" 2>&1 |
-            tee -a "$LOG" | grep -q . && log "   ($whl: see above)"
+        said=$("$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$whl" 2>&1)
+        [ -n "$said" ] && log "$said" && log "   ($whl: see above)"
     done
     export PYTHONPATH=/tmp/site:$PWD
 else
