@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import error_chain
 from monai.bundle import ConfigParser, run
+from monai.engines.utils import IterationEvents
 
 from pam_monai.bundle_templates.build import bundle_names
 from pam_monai.bundle_templates.build import main as build_bundles
@@ -703,3 +704,52 @@ def test_training_recipe_is_the_papers(name):
     assert parser["keep_background_fraction"] == 0.5 and parser["threshold"] == 0.5
     assert (spec.spatial_size, spec.channels, spec.foreground_labels) == (size, channels, foreground)
     assert parser["network_def"]["out_channels"] == 1  # one logit, sigmoid outside the network
+
+
+def test_trainer_leaves_the_loss_on_the_device_between_reads(tmp_path):
+    """log_every exists so that the loss is not read on the host (a GPU wait) after every step;
+    MONAI's trainer decollates its output by default, and decollating a 0-d tensor calls .item().
+    The bundles' trainer keeps MONAI's per-sample lists (for handlers such as --tracking mlflow)
+    with the loss a tensor in them, read by the handlers every log_every only."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    from pam_monai.engines import loss_of
+
+    workflow = ConfigWorkflow(
+        config_file=configs("brats_fpa", "train.json"),
+        workflow_type="train",
+        logging_file=False,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        **{**SMALL, "batch_size": 1, "network_name": "unet", "crop_size": [32, 32], "val_interval": 2},
+    )
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    seen = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: seen.append((type(e.state.output).__name__, type(loss_of(e.state.output)).__name__)),
+    )
+    losses, reads = [], []
+    trainer.add_event_handler(
+        IterationEvents.LOSS_COMPLETED, lambda e: losses.append(e.state.output["loss"].data_ptr())
+    )
+    real_item = torch.Tensor.item
+
+    def item(self):  # reads of this step's loss on the host (the CPU optimiser reads its step counter)
+        if losses and self.data_ptr() == losses[-1]:
+            reads.append(trainer.state.iteration)
+        return real_item(self)
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: setattr(torch.Tensor, "item", item))
+    try:
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED(once=12), lambda e: setattr(torch.Tensor, "item", real_item)
+        )
+        trainer.run()
+    finally:
+        torch.Tensor.item = real_item
+    assert len(seen) >= 12 and set(seen) == {("list", "Tensor")}
+    # the default log_every 10: the loss is read at iterations 1 and 10 (log, bar), not in between
+    assert sorted(set(reads)) == [1, 10], reads

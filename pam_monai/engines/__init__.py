@@ -14,6 +14,7 @@ from .checkpoint import (
 from .data import CaseDataset, prepare_data, voxel_spacing
 from .handlers import (
     CaseMetrics,
+    DecollateKeepingLoss,
     EveryIterations,
     IgnoredVoxelsCheck,
     NonFiniteLossGuard,
@@ -40,6 +41,7 @@ __all__ = [
     "CaseDataset",
     "CaseMetrics",
     "CasePredictor",
+    "DecollateKeepingLoss",
     "DeviceSliceLoader",
     "EveryIterations",
     "FlipPrepareBatch",

@@ -17,6 +17,7 @@ from .data import on_case_grid
 
 __all__ = [
     "CaseMetrics",
+    "DecollateKeepingLoss",
     "EveryIterations",
     "IgnoredVoxelsCheck",
     "NonFiniteLossGuard",
@@ -284,6 +285,40 @@ def loss_of(output):
         else output
     )
     return loss.detach() if isinstance(loss, torch.Tensor) else loss
+
+
+class DecollateKeepingLoss:
+    """MONAI's decollation of a trainer's batch and output (``decollate=True``) without its read
+    of the loss on the host after every step.
+
+    MONAI's trainers turn their batch and output into lists of per-sample dicts after each step,
+    and the 0-d loss into a Python float: on a GPU a wait for the step to finish, every step. The
+    bundles' trainer runs with ``decollate=False`` and this handler instead: the same lists (MONAI's
+    ``from_engine([...], first=True)`` handlers, e.g. ``--tracking mlflow``, work unchanged), with
+    the loss kept a detached 0-d tensor in every item, read by the handlers that log it
+    (``log_every``).
+    """
+
+    def __init__(self) -> None:
+        from monai.transforms import Decollated
+
+        self.decollate = Decollated(keys=None, detach=True)
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if isinstance(engine.state.batch, (list, dict)):
+            engine.state.batch = self.decollate(engine.state.batch)
+        output = engine.state.output
+        if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
+            loss = output["loss"].detach()
+            items = self.decollate({k: v for k, v in output.items() if k != "loss"})
+            engine.state.output = [{**item, "loss": loss} for item in items]
+        elif isinstance(output, (list, dict)):
+            engine.state.output = self.decollate(output)
 
 
 class NonFiniteLossGuard:
