@@ -169,6 +169,48 @@ def test_subsample_route_equals_strided_pointwise_conv(stride, hw):
     torch.testing.assert_close(x.grad, x_ref.grad)
 
 
+def test_subsample_route_is_also_taken_under_compile(monkeypatch):
+    """Under torch.compile a strided 1x1 convolution is still computed on the sub-sampled input:
+    the compiled graph's own strided 1x1 backward (oneDNN) corrupts the heap for channels-last fp32
+    CPU tensors (``--fast true`` on the CPU: a segmentation fault in the cityscapes bundle's first
+    step). The taps stay eager-only."""
+    pointwise = FastConv2d(8, 16, 1, stride=2, bias=False)
+    dilated = FastConv2d(6, 6, 3, padding=9, dilation=9, groups=6, bias=False)
+    x8 = torch.randn(1, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    x6 = torch.randn(1, 6, 10, 10)
+    assert pointwise._route(x8) == "subsample" and dilated._route(x6) == "tap"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert pointwise._route(x8) == "subsample"
+    assert dilated._route(x6) == ""
+
+
+@pytest.mark.skipif(
+    os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
+    reason="torch.compile on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",
+)
+def test_compiled_strided_pointwise_conv_in_channels_last_runs_its_backward():
+    """In a subprocess: the fault it guards against kills the process (double free or corruption)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from pam_monai.networks.blocks.fastconv import FastConv2d\n"
+        "conv = FastConv2d(8, 64, 1, stride=2, bias=False).to(memory_format=torch.channels_last)\n"
+        "x = torch.randn(4, 8, 80, 80).contiguous(memory_format=torch.channels_last).requires_grad_()\n"
+        "c = torch.compile(conv, dynamic=False)\n"
+        "for _ in range(3):\n"
+        "    y = c(x)\n"
+        "    gx, gw = torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))\n"
+        "ref = torch.nn.functional.conv2d(x.detach().contiguous(), conv.weight.detach(), None, 2)\n"
+        "assert torch.allclose(y, ref, atol=1e-5)\n"
+        "gw_ref = torch.einsum('nchw->c', x.detach()[:, :, ::2, ::2]).view(1, 8, 1, 1).expand(64, 8, 1, 1)\n"
+        "assert torch.allclose(gw, gw_ref, rtol=1e-4, atol=1e-3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
 def test_fast_routes_keep_the_network_function_and_torchscript():
     torch.manual_seed(0)
     net = get_network("fpa").double()

@@ -29,7 +29,9 @@ corruption``, reproduced with plain ``F.conv2d``) and, in about one FPA training
 weight gradients of 1e30 from the dilated depthwise backward.
 
 :class:`FastConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) that takes these routes
-for CPU tensors in eager mode only. On the GPU, PyTorch's and cuDNN's grouped kernels at dilation 9
+for CPU tensors: the taps in eager mode only, the sub-sampling under ``torch.compile`` too (it is plain
+tensor operations, and the compiled graph's own strided 1x1 backward is oneDNN's, which corrupts the
+heap for channels-last fp32 tensors as well: ``--fast true`` on the CPU crashed there). On the GPU, PyTorch's and cuDNN's grouped kernels at dilation 9
 are slow too (an H200 profile: 13.4 ms of FPA's 30.5 ms step contiguous, worse in channels-last),
 so the GPU fast path (:func:`use_tap_convs`, ``fast_network(taps=True)``) computes them as
 :func:`dilated_depthwise_taps`, plain tensor operations that ``torch.compile`` fuses. In
@@ -173,12 +175,7 @@ class FastConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _route(self, x: torch.Tensor) -> str:
-        if (
-            x.device.type != "cpu"
-            or x.dim() != 4
-            or self.padding_mode != "zeros"
-            or torch.compiler.is_compiling()
-        ):
+        if x.device.type != "cpu" or x.dim() != 4 or self.padding_mode != "zeros":
             return ""
         if (
             self.kernel_size == (1, 1)
@@ -186,8 +183,11 @@ class FastConv2d(nn.Conv2d):
             and self.padding == (0, 0)
             and self.dilation == (1, 1)
         ):
+            # also under torch.compile (plain tensor operations): the compiled graph's strided 1x1
+            # convolution backward is oneDNN's, which corrupts the heap for channels-last fp32
+            # tensors too (4 x 8 x 80 x 80 -> 64 channels, PyTorch 2.13: 'double free or corruption')
             return "subsample"
-        if self._dilated_depthwise():
+        if self._dilated_depthwise() and not torch.compiler.is_compiling():
             return "tap"
         return ""
 
