@@ -439,6 +439,22 @@ def test_compiled_trainer_keeps_static_shapes():
     torch._dynamo.reset()
 
 
+def test_amp_and_compile_flags_from_the_command_line_are_booleans():
+    """``--amp false`` / ``--compile false`` arrive as the strings "false" (Fire parses only
+    True/False), which MONAI's trainer and evaluator took as true: a run that asked for eager fp32
+    compiled the network (and autocast it on a GPU)."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    for value, want in (("false", False), ("true", True), (False, False), (True, True)):
+        parser["amp"], parser["compile"] = value, value
+        for key in ("train#trainer#amp", "train#trainer#compile", "validate#evaluator#amp"):
+            got = parser.get_parsed_content(key, instantiate=False)
+            assert got is want, (key, value, got)
+    parser["fast"], parser["compile"], parser["amp"] = "true", "false", "$pam_monai.engines.as_bool(@fast)"
+    assert parser.get_parsed_content("train#trainer#compile", instantiate=False) is False
+    assert parser.get_parsed_content("train#trainer#amp", instantiate=False) is True
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 def test_multi_gpu_config_disables_the_writers_it_means(name):
     """multi_gpu_train.json turns rank > 0's TensorBoard writers off by list position: those

@@ -309,7 +309,7 @@ class CasePredictor:
             inferer = SliceWiseInferer(slice_batch_size, roi_size=self.spec.crop_size)
         self.inferer = inferer
         self.skip_invalid = as_bool(skip_invalid)
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.amp = as_bool(amp) and self.device.type == "cuda"
         # --save_probabilities false arrives from the monai.bundle CLI as the string "false" (Fire
         # parses only True / False), and bool("false") is True
         self.save_probabilities = as_bool(save_probabilities)
