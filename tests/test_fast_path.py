@@ -301,6 +301,29 @@ def test_fast_path_agrees_with_the_plain_fp32_path(name):
     assert agree_b > 0.7 and agree_b > agree_p - 0.03, (agree_b, agree_p)
 
 
+@pytest.mark.parametrize("name", ["unet", "fpa", "rfna"])
+def test_channels_last_fast_network_in_3d(name):
+    """fast_network(channels_last=True) of a 3-D network: channels_last_3d weights (Module.to with
+    torch.channels_last refused the 5-D weights: 'required rank 4 tensor'), the same function."""
+    torch.manual_seed(0)
+    net = get_network(name, spatial_dims=3, in_channels=2, options={"features": [2, 4, 4, 8]}).double()
+    fast = fast_network(copy.deepcopy(net), channels_last=True, fast_norm=True, resize="matmul", taps=True)
+    weights = [p for p in fast.parameters() if p.dim() == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+    assert fast.state_dict().keys() == net.state_dict().keys()
+    x = torch.randn(1, 2, 66, 9, 7, dtype=torch.float64)  # RFNA: more than 64 along one axis
+    y_ref = net(x)
+    y = fast(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, list(fast.parameters()), g)
+    grads_ref = torch.autograd.grad(y_ref, list(net.parameters()), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    flat = fast_network(get_network("unet", options={"features": [2, 4, 4, 8]}), channels_last=True)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in flat.parameters() if p.dim() == 4)
+
+
 @pytest.mark.skipif(
     os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
     reason="a cold torch.compile takes about a minute on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",

@@ -171,7 +171,8 @@ def fast_network(
 
     Args:
         network: a network (already on its device).
-        channels_last: convert to ``torch.channels_last`` (for GPUs; slower on CPUs).
+        channels_last: convert to ``torch.channels_last`` (3-D networks: ``torch.channels_last_3d``;
+            for GPUs; slower on CPUs).
         fast_norm: swap ``nn.InstanceNorm`` for :class:`~pam_monai.networks.blocks.norm.FastInstanceNorm`.
         resize: the decoders' bilinear up-sampling (:class:`~pam_monai.networks.blocks.resize.LinearResize`):
             ``"interpolate"`` (``F.interpolate``), ``"matmul"`` (GEMMs in the tensors' layout: the
@@ -196,5 +197,10 @@ def fast_network(
     if as_bool(fast_norm):
         network = use_fast_norm(network)
     if as_bool(channels_last):
-        network = network.to(memory_format=torch.channels_last)
+        # channels-last for 2-D networks' 4-D weights, its 3-D form for 3-D networks' 5-D ones
+        # (``Module.to(memory_format=torch.channels_last)`` refuses a 5-D weight)
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        network = network._apply(
+            lambda t: t.contiguous(memory_format=formats[t.dim()]) if t.dim() in formats else t
+        )
     return network
