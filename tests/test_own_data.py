@@ -676,7 +676,7 @@ def test_volumes_larger_than_the_crop_are_segmented_whole(tmp_path):
 
 def test_cases_stored_in_another_orientation_are_named(tmp_path, caplog):
     """Own volumes reach the network as stored: check names a case whose affine's orientation
-    differs from most cases', training records the usual one, and inference names new images
+    differs from most cases', training names it too (its log), records the usual one, and inference names new images
     stored otherwise."""
     import logging
 
@@ -695,6 +695,13 @@ def test_cases_stored_in_another_orientation_are_named(tmp_path, caplog):
     assert [w.case for w in turned] == ["SYN_002"]
     assert "orientation (affine axis codes): RAS 4, LPS 1" in report.format()
     spec = get_spec("nnunet", root=root)
+    # training (and evaluation) check every case first and log what check prints beside its table
+    with caplog.at_level(logging.INFO, logger="pam_monai"):
+        prepare_data(spec, root)
+    assert "orientation (affine axis codes): RAS 4, LPS 1" in caplog.text
+    assert "voxel spacing (mm): " in caplog.text
+    assert "SYN_002: image: orientation LPS, but 4 of the 5 cases are RAS" in caplog.text
+    caplog.clear()
     assert usual_orientation(spec, get_split(spec, build_datalist(spec, root), "train", root=root)) == "RAS"
 
     net = get_network(

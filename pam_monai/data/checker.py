@@ -119,16 +119,7 @@ class CheckReport:
         ]
         lines.insert(1, "-" * len(lines[0]))
         lines += self.normalization
-        spaced = Counter(c.spacing for c in self.cases if c.spacing)
-        if spaced:
-            lines.append(
-                "voxel spacing (mm): " + ", ".join(f"{v} ({n} cases)" for v, n in spaced.most_common(5))
-            )
-        oriented = Counter(c.orientation for c in self.cases if c.orientation)
-        if oriented:
-            lines.append(
-                "orientation (affine axis codes): " + ", ".join(f"{o} {n}" for o, n in oriented.most_common())
-            )
+        lines += self.geometry_lines()
         sparse = [c for c in self.cases if c.unannotated is not None]
         if sparse:
             share = sum(c.unannotated for c in sparse) / max(sum(c.voxels for c in sparse), 1)
@@ -146,6 +137,37 @@ class CheckReport:
             f"{len(self.problems)} problems, {len(self.warnings)} warnings"
         )
         return "\n".join(lines)
+
+    def geometry_lines(self) -> list[str]:
+        """The voxel spacings and orientations (affine axis codes) of the volumes, one line each."""
+        lines = []
+        spaced = Counter(c.spacing for c in self.cases if c.spacing)
+        if spaced:
+            lines.append(
+                "voxel spacing (mm): " + ", ".join(f"{v} ({n} cases)" for v, n in spaced.most_common(5))
+            )
+        oriented = Counter(c.orientation for c in self.cases if c.orientation)
+        if oriented:
+            lines.append(
+                "orientation (affine axis codes): " + ", ".join(f"{o} {n}" for o, n in oriented.most_common())
+            )
+        return lines
+
+    def log(self, logger, max_warnings: int = 10) -> None:
+        """Log the spacings and orientations (INFO) and the warnings (WARNING, at most
+        ``max_warnings``; ``python -m pam_monai check`` lists them all), as training does."""
+        for line in self.geometry_lines():
+            logger.info("%s: %s", self.dataset, line)
+        for w in self.warnings[:max_warnings]:
+            logger.warning("%s: %s", self.dataset, w)
+        if len(self.warnings) > max_warnings:
+            logger.warning(
+                "%s: %d more warnings: python -m pam_monai check --dataset %s --root %s lists them all",
+                self.dataset,
+                len(self.warnings) - max_warnings,
+                self.dataset,
+                self.root,
+            )
 
     def raise_if_failed(self) -> None:
         """Raise ``ValueError`` listing the problems (for training scripts that check up front)."""

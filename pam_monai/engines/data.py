@@ -111,7 +111,9 @@ def prepare_data(
     if check:  # first: one list of every problem, the layout's (files, names) and the contents' alike
         from ..data import check_dataset
 
-        check_dataset(spec, root, foreground_label, progress=True).raise_if_failed()
+        report = check_dataset(spec, root, foreground_label, progress=True)
+        report.raise_if_failed()
+        report.log(log)  # what check prints beside the table: spacings, orientations, warnings
     if path is not None:
         datalist = load_datalist(path, root)
     else:
