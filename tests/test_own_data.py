@@ -472,6 +472,9 @@ def test_own_data_bundle_paths_names_and_data_set_mismatch(own_root, tmp_path, m
     assert "--config_file configs/train.json" in readme and "./tumour_fpa/" not in readme
     assert "Run the commands below from the bundle's own folder" in readme
     assert "--dataset_dir /path/to/data" not in readme and "BraTS 2021+" not in readme
+    # larger volumes: what evaluation and inference do (CasePredictor's sliding window), not a crop
+    assert "sliding window of the crop in evaluation and inference" in readme
+    assert "centre-cropped with a warning" not in readme
     # run from elsewhere: MONAI's workflow runs the bundle's own configs, so its outputs go there
     from monai.bundle import ConfigWorkflow
 

@@ -109,8 +109,9 @@ def own_data_bundle(
         .replace("{intensities}", _intensities(spec))
         .replace(
             "{geometry}",
-            f"in-plane crop {'x'.join(map(str, spec.crop_size))} (`crop_size`; volumes are padded to it, larger ones "
-            "centre-cropped with a warning)"
+            f"in-plane crop {'x'.join(map(str, spec.crop_size))} (`crop_size`; smaller volumes are zero-padded to it; "
+            "larger ones are centre-cropped for training (`check` warns when that cuts foreground) and segmented "
+            "whole by a sliding window of the crop in evaluation and inference)"
             if spec.volumetric
             else f"images resized to {'x'.join(map(str, spec.crop_size))} (`crop_size`; predictions are resized back "
             "and scored on each image's pixels)",
