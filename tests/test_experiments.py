@@ -925,6 +925,32 @@ def test_one_call_per_grid_and_killed_runs_are_recorded(small_grid, tmp_path, mo
     assert len((out / "runs.jsonl").read_text().splitlines()) == 5
 
 
+def test_a_run_finished_before_its_call_was_killed_is_not_recorded_as_killed(small_grid, tmp_path, monkeypatch, caplog):
+    """A call SIGKILLed after a run's done.json but before its `done` event: the next call skipped
+    the finished run, yet recorded it as `killed` (its last event for good) and warned that it was
+    "resumed or redone now"."""
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    out = tmp_path / "exp"
+    run_experiment(**small_grid)
+    events_file = out / "runs.jsonl"
+    lines = events_file.read_text().splitlines()
+    assert [json.loads(x)["event"] for x in lines] == ["start", "done"]
+    events_file.write_text(lines[0] + "\n")  # killed between done.json and the `done` event
+    with caplog.at_level("WARNING", logger="pam_monai.experiments"):
+        again = run_experiment(**small_grid)
+    assert [r.name for r in again.skipped] == ["unet seed 0 fold 0"] and not again.executed
+    events = [json.loads(x) for x in events_file.read_text().splitlines()]
+    assert [(e["event"], e["run"]) for e in events] == [
+        ("start", "runs/unet/seed0/fold0"),
+        ("done", "runs/unet/seed0/fold0"),
+    ]
+    assert "killed by an earlier call" not in caplog.text
+
+
 def test_predict_case_masks_the_foreground_whatever_rfna_returns():
     """The paper protocol's and the figures' predictions are foreground masks also for an RFNA
     built with ``foreground_output=False`` (raw reversed logits), as the bundles' inference."""

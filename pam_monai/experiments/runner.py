@@ -355,8 +355,11 @@ def _append_event(path: Path, **event) -> None:
 
 def _close_killed_runs(path: Path) -> list[str]:
     """Runs whose last event in ``runs.jsonl`` is ``start`` belong to a call that was killed (SIGKILL,
-    power loss: no ``interrupted`` event could be written); record that, once, and return them. Only
-    called under the grid's lock, when no other call can be running them."""
+    power loss: no ``interrupted`` event could be written); record that, once, and return them. A run
+    that finished (its ``done.json`` and metrics are in place) before the kill took its call, between
+    its marker and its ``done`` event, gets that ``done`` event instead: it was not killed, and is
+    neither resumed nor redone. Only called under the grid's lock, when no other call can be running
+    them."""
     if not path.is_file():
         return []
     last = {}
@@ -367,8 +370,21 @@ def _close_killed_runs(path: Path) -> list[str]:
             continue
         if isinstance(event, dict) and "run" in event:
             last[event["run"]] = event.get("event")
-    killed = [run for run, event in last.items() if event == "start"]
-    for run in killed:
+    killed = []
+    for run, event in last.items():
+        if event != "start":
+            continue
+        folder = path.parent / run
+        if (folder / MARKER).is_file() and (folder / "eval" / "metrics.csv").is_file():
+            try:
+                seconds = json.loads((folder / MARKER).read_text()).get("seconds")
+            except (OSError, ValueError, AttributeError):
+                seconds = None
+            _append_event(
+                path, event="done", run=run, seconds=seconds, note="finished before the call running it was killed"
+            )
+            continue
+        killed.append(run)
         _append_event(path, event="killed", run=run, note="no end event: the call running it was killed")
     return killed
 
