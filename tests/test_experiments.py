@@ -925,7 +925,9 @@ def test_one_call_per_grid_and_killed_runs_are_recorded(small_grid, tmp_path, mo
     assert len((out / "runs.jsonl").read_text().splitlines()) == 5
 
 
-def test_a_run_finished_before_its_call_was_killed_is_not_recorded_as_killed(small_grid, tmp_path, monkeypatch, caplog):
+def test_a_run_finished_before_its_call_was_killed_is_not_recorded_as_killed(
+    small_grid, tmp_path, monkeypatch, caplog
+):
     """A call SIGKILLed after a run's done.json but before its `done` event: the next call skipped
     the finished run, yet recorded it as `killed` (its last event for good) and warned that it was
     "resumed or redone now"."""

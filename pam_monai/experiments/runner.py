@@ -381,7 +381,11 @@ def _close_killed_runs(path: Path) -> list[str]:
             except (OSError, ValueError, AttributeError):
                 seconds = None
             _append_event(
-                path, event="done", run=run, seconds=seconds, note="finished before the call running it was killed"
+                path,
+                event="done",
+                run=run,
+                seconds=seconds,
+                note="finished before the call running it was killed",
             )
             continue
         killed.append(run)
