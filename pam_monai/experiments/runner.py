@@ -69,6 +69,11 @@ RESERVED = ("bundle_root", "network_name", "seed", "fold", "resume", "data", "da
 NO_EFFECT = ("num_workers", "device", "cache_dir", "synthetic_dir", "logging_file")
 
 
+def _finished(run_dir: Path) -> bool:
+    """A run is finished when its ``eval/metrics.csv`` and its ``done.json`` exist."""
+    return (run_dir / MARKER).is_file() and (run_dir / "eval" / "metrics.csv").is_file()
+
+
 @dataclass(frozen=True)
 class Run:
     """One (variant, seed, fold) of the grid; ``dir`` is its bundle_root."""
@@ -108,7 +113,7 @@ class Run:
         return self.dir / "models" / "model.pt"
 
     def finished(self) -> bool:
-        return self.marker.is_file() and self.metrics_csv.is_file()
+        return _finished(self.dir)
 
     def identity(self, settings: dict) -> dict:
         """What done.json / run.json record and what a later call must match."""
@@ -375,7 +380,7 @@ def _close_killed_runs(path: Path) -> list[str]:
         if event != "start":
             continue
         folder = path.parent / run
-        if (folder / MARKER).is_file() and (folder / "eval" / "metrics.csv").is_file():
+        if _finished(folder):
             try:
                 seconds = json.loads((folder / MARKER).read_text()).get("seconds")
             except (OSError, ValueError, AttributeError):
