@@ -3,21 +3,44 @@
 Every checkpoint, cache file, metric table, mask and figure the project writes goes through
 :func:`atomic_path`, so an interrupted run (SIGKILL included) leaves either the previous complete
 file or the new complete file, never half of one.
+
+A SIGKILL leaves the temporary file behind. Its name carries the writer's process ID and host
+(``.model.pt.pid4242@node1.k3j_9xq2.tmp``), so :func:`remove_orphaned_temps` can remove, at the
+next start, the temporary files of writers that are gone, and never one still being written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write_text", "sibling_temp_dir"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write_text", "remove_orphaned_temps", "sibling_temp_dir"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_TAG = re.compile(r"^\..+\.pid(\d+)@([A-Za-z0-9_-]+)\.")
+
+
+def _prefix(name: str) -> str:
+    # the PID is read at each call: a forked DataLoader worker writes with its own
+    return f".{name}.pid{os.getpid()}@{_HOST}."
+
+
+def _writer_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -35,7 +58,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_prefix(path.name), suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -60,7 +83,7 @@ def sibling_temp_dir(target: str | os.PathLike) -> Path:
     renamed from it would be private to its writer)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target.name), dir=target.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     return tmp
 
@@ -87,3 +110,30 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_orphaned_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files and folders that killed writers left in ``folder`` (and its
+    subfolders with ``recursive``); return what was removed.
+
+    Only names written by :func:`atomic_path` / :func:`sibling_temp_dir` on this host whose writer
+    process no longer exists are touched: a write in progress (this process's or another's), a
+    file of another host (a shared file system) and every other file are left alone. A PID that
+    was reused since keeps its orphan, which is harmless.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.rglob(".*") if recursive else folder.glob(".*")):
+        m = _TAG.match(entry.name)
+        if any(entry.is_relative_to(gone) for gone in removed):  # inside a folder removed above
+            continue
+        if m is None or m.group(2) != _HOST or not _writer_gone(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

@@ -979,3 +979,63 @@ def error_text(e: BaseException) -> str:
         parts.append(str(e))
         e = e.__cause__ or e.__context__
     return "\n".join(parts)
+
+
+def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILL mid-write leaves the writer's temporary file; the next start removes it (it would
+    pile up under repeated preemption), never a write in progress nor another host's file."""
+    from ignite.engine import Engine
+
+    from pam_monai.atomic import atomic_path, remove_orphaned_temps
+    from pam_monai.engines import TrainingCheckpoint
+
+    models = tmp_path / "models"
+    models.mkdir()
+    writer = (
+        "import sys, time\n"
+        "from pam_monai.atomic import atomic_path, sibling_temp_dir\n"
+        "d = sibling_temp_dir(sys.argv[1] + '/converted')\n"
+        "(d / 'a.nii.gz').write_bytes(b'x')\n"
+        "with atomic_path(sys.argv[1] + '/checkpoint_last.pt') as tmp:\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    print(tmp.name, d.name, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer, str(models)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    orphans = proc.stdout.readline().split()
+    assert remove_orphaned_temps(models) == []  # the writer is alive: its files stay
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert sorted(p.name for p in models.iterdir()) == sorted(orphans)
+    assert all(f"pid{proc.pid}@" in name for name in orphans)
+
+    other_host = models / f".checkpoint_last.pt.pid{proc.pid}@elsewhere.abcd1234.tmp"
+    other_host.write_bytes(b"x")
+    untagged = models / ".checkpoint_last.pt.k1ll3d.tmp"  # not ours to judge
+    untagged.write_bytes(b"x")
+    net = torch.nn.Linear(1, 1)
+    handler = TrainingCheckpoint(str(models), net, torch.optim.SGD(net.parameters(), lr=0.1))
+    with atomic_path(models / "model.pt") as live:  # this process's write in progress
+        live.write_bytes(b"y")
+        engine = Engine(lambda e, b: None)
+        handler.attach(engine)
+        engine.run([0], max_epochs=1)
+        assert live.is_file()
+    left = sorted(p.name for p in models.iterdir())
+    assert left == sorted(["model.pt", "checkpoint_last.pt", other_host.name, untagged.name]), left
+
+    # the experiment grid sweeps its whole output folder (under its lock) the same way
+    from pam_monai.atomic import _HOST
+
+    nested = tmp_path / "runs" / "fpa" / "seed0" / "fold0" / "eval"
+    nested.mkdir(parents=True)
+    dead_dir = nested / f".masks.pid{proc.pid}@{_HOST}.q1w2e3r4"
+    (dead_dir / "sub").mkdir(parents=True)
+    (dead_dir / "sub" / f".x.pid{proc.pid}@{_HOST}.zzzzzzzz.tmp").write_bytes(b"x")
+    kept = nested / ".hidden_user_file"
+    kept.write_bytes(b"x")
+    assert remove_orphaned_temps(tmp_path / "runs") == []  # not recursive: nothing at the top
+    assert remove_orphaned_temps(tmp_path / "runs", recursive=True) == [dead_dir]
+    assert sorted(p.name for p in nested.iterdir()) == [kept.name]

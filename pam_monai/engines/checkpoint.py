@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data.intensity import PROPERTIES_KEY
 from ..networks.polarity import unwrap_network
 from .runtime import as_bool
@@ -171,6 +171,9 @@ class TrainingCheckpoint:
         resume: load ``checkpoint_last.pt`` (when it exists) before training starts.
         save_rank0_only: under ``torch.distributed``, only rank 0 writes (the random states of
             every rank are gathered into it, so every rank must run :meth:`save`).
+
+    When training starts, the temporary files of killed saves in ``ckpt_dir`` are removed
+    (:func:`~pam_monai.atomic.remove_orphaned_temps`).
     """
 
     def __init__(
@@ -190,9 +193,17 @@ class TrainingCheckpoint:
         self.save_rank0_only = save_rank0_only
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.remove_orphans)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
+
+    def remove_orphans(self, engine: Engine | None = None) -> None:
+        """Remove what writers killed mid-save left in the checkpoint folder (a few MB a kill;
+        they would pile up under repeated preemption). Writes in progress are left alone."""
+        if self._writer():
+            for path in remove_orphaned_temps(self.path.parent):
+                log.info("removed %s, left by a killed writer", path)
 
     def _writer(self) -> bool:
         if not self.save_rank0_only or not torch.distributed.is_initialized():

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED
 from ..engines import as_bool, atomic_write_text
@@ -795,6 +796,11 @@ def _run_grid(
         log.warning(
             "experiment: %s: killed by an earlier call (no end event); resumed or redone now",
             ", ".join(killed),
+        )
+    orphans = remove_orphaned_temps(output_dir, recursive=True)
+    if orphans:  # a killed call's half-written checkpoints, tables and masks
+        log.info(
+            "experiment: removed %d temporary file(s) of killed writers under %s", len(orphans), output_dir
         )
     executed: list[Run] = []
     failed: list[tuple[Run, str]] = []
