@@ -154,6 +154,24 @@ def test_functional_taps_equal_dilated_depthwise_conv(dilation, hw):
     assert dilated_depthwise_taps(x.bfloat16(), w, dilation).dtype == torch.bfloat16  # as autocast would
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bf16_taps_are_summed_in_fp32_and_rounded_once(compiled):
+    """As a convolution kernel accumulates (inductor's fused kernel does by itself): eager, each
+    bf16 operation would round, 9 roundings leaving most outputs a unit or more off."""
+    torch.manual_seed(0)
+    c, d = 16, 6
+    x = torch.randn(2, c, 20, 20).bfloat16()
+    w = torch.randn(c, 1, 3, 3)
+    # eager uses autocast's bf16 weight; inductor drops the weight's bf16 round trip (fp32 weight)
+    weight = w.double() if compiled else w.bfloat16().double()
+    exact = F.conv2d(x.double(), weight, None, 1, d, d, c)
+    taps = torch.compile(dilated_depthwise_taps, dynamic=False) if compiled else dilated_depthwise_taps
+    y = taps(x, w, d)
+    assert y.dtype == torch.bfloat16
+    off = (y.double() != exact.bfloat16().double()).float().mean().item()
+    assert off < 0.01, f"{off:.1%} of the outputs are not the rounded exact sum"
+
+
 @pytest.mark.parametrize("stride,hw", [(2, (9, 8)), (2, (10, 10)), (3, (11, 7))])
 def test_subsample_route_equals_strided_pointwise_conv(stride, hw):
     torch.manual_seed(0)

@@ -111,15 +111,24 @@ def dilated_depthwise_taps(x: torch.Tensor, weight: torch.Tensor, d: int) -> tor
     backward into element-wise and reduction kernels, instead of cuDNN's grouped convolution
     (depthwise kernels, the backward ones above all, are often far from memory speed). The weight is
     cast to ``x``'s dtype, as autocast casts a convolution's.
+
+    A bf16 / fp16 ``x`` is summed in fp32 and rounded once, as a convolution kernel accumulates.
+    Compiled, inductor fuses the taps into one kernel that computes in fp32 by itself (CUDA and
+    CPU; an explicit upcast there made the CUDA code store fp32 copies: 30 % more bytes in
+    ``benchmarks/inductor_codegen.py``). Eager, each operation would round its result (more than
+    half the outputs of a bf16 sum off by one unit or more), so there the sum is cast explicitly.
     """
     h, w = x.shape[-2], x.shape[-1]
+    dtype = x.dtype
+    if dtype in (torch.bfloat16, torch.float16) and not torch.compiler.is_compiling():
+        x = x.float()
     xp = F.pad(x, (d, d, d, d))
-    wv = weight.to(x.dtype).view(1, -1, 3, 3)
+    wv = weight.to(dtype).to(x.dtype).view(1, -1, 3, 3)  # the weight autocast would use
     y = x * wv[:, :, 1:2, 1:2]
     for ki, kj, _dst, _src in _taps(h, w, d):
         if (ki, kj) != (1, 1):
             y = y + xp[:, :, ki * d : ki * d + h, kj * d : kj * d + w] * wv[:, :, ki : ki + 1, kj : kj + 1]
-    return y
+    return y.to(dtype)
 
 
 class FastConv2d(nn.Conv2d):
