@@ -16,9 +16,34 @@ metric this gives:
 - in how many cases the network is better, equal or worse (IoU and Dice: higher is better; HD95,
   FP rate and FN rate: lower is better).
 
-Training-seed variance is not part of the test: a small p says the difference is consistent over
+Training-seed variance is not part of that test: a small p says the difference is consistent over
 the test cases for these trained models, not that it would survive other trainings (more seeds
-make the per-case means steadier; they do not add cases).
+make the per-case means steadier; they do not add cases). The seed dimension is reported beside it,
+as a description of the trainings rather than a second test:
+
+- every trained seed of the network is paired with every trained seed of the reference (all
+  ``S x S'`` pairings) and each pairing gets its own mean per-case difference, on the same cases as
+  the pooled row (a seed's case tested in several folds averaged over its folds first); the rows
+  give the number of seeds of each side, the pairings' smallest and largest difference, in how many
+  pairings the network is better / worse, and a verdict: ``better in all`` / ``worse in all`` (the
+  sign survived every retraining seen: the network's worst seed beats, or loses to, the reference's
+  best one), ``equal in all``, ``mixed`` (not the same sign in every pairing: which network is
+  better depends on which trainings are compared), or ``unknown (1 seed)`` when either network has
+  a single seed (its training variance is unknown; the seed columns are then left empty rather than
+  show a one-value range).
+
+Why all pairings: a seed number shared by two architectures shares the sample order but no weights,
+so pairing seed k with seed k is an arbitrary choice that another numbering would change, and
+pairing each seed with the seed-averaged reference hides the reference's own training variance. All
+pairings use every training of both networks, work with unequal seed counts, and the share of
+pairings where the network is better is the Mann-Whitney estimate of P(a training of the network
+beats a training of the reference), the "probability of outperforming" that Bouthillier et al.
+("Accounting for variance in machine learning benchmarks", MLSys 2021) ask benchmarks to report. Why not a two-level (seeds, then cases) bootstrap interval: with the
+usual 2 to 5 seeds, resampling seeds sees only a handful of distinct combinations and
+underestimates the seed variance by the factor (n - 1) / n (2 seeds: half), so it would print a
+narrower interval than the trainings justify. The pairings share trainings (each seed is in several),
+so their count is not a test: with 2 or 3 seeds a side, ``better in all`` says the sign held in these
+trainings, which a per-case p-value alone cannot say.
 """
 
 from __future__ import annotations
@@ -54,7 +79,17 @@ COMPARISON_FIELDS = (
     "worse",
     "wilcoxon_p",
     "holm_p",
+    # the seed dimension (see the module docstring): appended, the columns above keep their meaning
+    "seeds_network",
+    "seeds_reference",
+    "seed_pairs",
+    "seed_diff_min",
+    "seed_diff_max",
+    "seed_pairs_better",
+    "seed_pairs_worse",
+    "across_seeds",
 )
+UNKNOWN_SEEDS = "unknown (1 seed)"
 
 
 def default_reference(order: Sequence[str]) -> str | None:
@@ -76,6 +111,55 @@ def _per_case(runs, variant: str, metric: str) -> dict[str, float]:
             for c in r.cases:
                 values[str(c["case"])].append(float(c[metric]))
     return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+def _per_seed_case(runs, variant: str, metric: str) -> dict[int, dict[str, float]]:
+    """``seed -> case -> metric`` of ``variant``: one training seed's value of a case, averaged over
+    the folds of that seed that tested it (a fixed test list is tested in every fold)."""
+    values: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if r.variant == variant:
+            for c in r.cases:
+                values[int(r.seed)][str(c["case"])].append(float(c[metric]))
+    return {s: {k: float(np.mean(v)) for k, v in cases.items()} for s, cases in values.items()}
+
+
+def _across_seeds(
+    mine: dict[int, dict[str, float]], ref: dict[int, dict[str, float]], keys: Sequence[str], sign: float
+) -> dict:
+    """The seed columns of a row: every seed of the network paired with every seed of the
+    reference, the mean difference over ``keys`` (the pooled row's cases) that both seeds scored."""
+    out = {"seeds_network": len(mine), "seeds_reference": len(ref)}
+    empty = dict.fromkeys(
+        ("seed_pairs", "seed_diff_min", "seed_diff_max", "seed_pairs_better", "seed_pairs_worse")
+    )
+    if len(mine) < 2 or len(ref) < 2:  # a single training: its variance is unknown, no range to show
+        return {**out, **empty, "across_seeds": UNKNOWN_SEEDS}
+    diffs = []
+    for s in sorted(mine):
+        for t in sorted(ref):
+            common = [k for k in keys if k in mine[s] and k in ref[t]]
+            if common:
+                diffs.append(float(np.mean([mine[s][k] - ref[t][k] for k in common])))
+    if not diffs:
+        return {**out, **empty, "across_seeds": UNKNOWN_SEEDS}
+    d = np.asarray(diffs)
+    better, worse = int(np.sum(sign * d > 0)), int(np.sum(sign * d < 0))
+    if better == d.size or worse == d.size or better + worse == 0:
+        verdict = (
+            "better in all" if better == d.size else "worse in all" if worse == d.size else "equal in all"
+        )
+    else:
+        verdict = "mixed"
+    return {
+        **out,
+        "seed_pairs": int(d.size),
+        "seed_diff_min": float(d.min()),
+        "seed_diff_max": float(d.max()),
+        "seed_pairs_better": better,
+        "seed_pairs_worse": worse,
+        "across_seeds": verdict,
+    }
 
 
 def _bootstrap_ci(
@@ -115,7 +199,8 @@ def paired_comparison(
     """One row per (metric, network other than ``reference``) with the fields of
     :data:`COMPARISON_FIELDS` (``runs``: :class:`~.results.RunResult` objects; ``order``: the
     networks in table order). Only the cases that both networks scored are paired; a network
-    without any such case is left out."""
+    without any such case is left out. The ``seed*`` and ``across_seeds`` fields pair every seed of
+    the network with every seed of the reference (see the module docstring)."""
     unknown = [m for m in metrics if m not in HIGHER_IS_BETTER]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; known: {list(HIGHER_IS_BETTER)}")
@@ -123,6 +208,7 @@ def paired_comparison(
     rows = []
     for metric in metrics:
         ref = _per_case(runs, reference, metric)
+        ref_seeds = _per_seed_case(runs, reference, metric)
         block = []
         for variant in variants:
             mine = _per_case(runs, variant, metric)
@@ -154,6 +240,7 @@ def paired_comparison(
                     "equal": int(np.sum(d == 0)),
                     "worse": int(np.sum(sign * d < 0)),
                     "wilcoxon_p": _wilcoxon(d) if len(keys) > 1 else None,
+                    **_across_seeds(_per_seed_case(runs, variant, metric), ref_seeds, keys, sign),
                 }
             )
         for row, adjusted in zip(block, holm([r["wilcoxon_p"] for r in block])):
@@ -194,7 +281,8 @@ def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str 
         "cases, 95 % bootstrap interval; IoU, FP and FN in percentage points); better / equal "
         "/ worse counts cases (IoU: higher is better; HD95, FP, FN: lower is better); p = two-sided Wilcoxon "
         "signed-rank test over the cases, Holm-adjusted over the networks per metric. Seed-to-seed training "
-        "variance is not part of the test (`pam_monai/experiments/compare.py`).",
+        "variance is not part of this test: the table after it asks whether the difference survives "
+        "retraining (`pam_monai/experiments/compare.py`).",
         "",
     ]
     if not rows:
@@ -225,5 +313,54 @@ def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str 
             "",
             "With fewer than 20 cases the percentile bootstrap interval is too narrow (it covers the true mean "
             "difference in about 83 % of samples of 5 cases and 89 % of 10, not 95 %); no interval for 1 case.",
+        ]
+    return [*lines, "", *_seed_section(rows, reference, names)]
+
+
+def _seed_section(rows: Sequence[dict], reference: str, names: dict[str, str]) -> list[str]:
+    """The ``results.md`` lines of the seed dimension: one line when no network has 2 seeds."""
+    from .results import _fmt
+
+    lines = [f"### Across training seeds: does the difference survive retraining? (vs {reference})", ""]
+    if all(r["across_seeds"] == UNKNOWN_SEEDS for r in rows):
+        seeds = sorted({r["seeds_network"] for r in rows} | {r["seeds_reference"] for r in rows})
+        return [
+            *lines,
+            f"{'1 seed' if seeds == [1] else 'Fewer than 2 seeds on a side'}: training variance unknown. The "
+            "comparison above is over test cases for these trained models only; whether a difference survives "
+            "another training cannot be told from one (run the grid with `--seeds 3` or more).",
+        ]
+    lines += [
+        f"Every seed of a network is paired with every seed of {reference} (seed numbers of two networks share "
+        "the sample order but no weights, so no pairing by number is more right than another) and each pairing "
+        "gets the mean per-case difference (network - reference) over the cases above. `better in all` / "
+        "`worse in all`: the sign held in every pairing, i.e. the network's worst seed beats (or loses to) "
+        f"{reference}'s best one; `mixed`: not the same sign in every pairing, so a small p "
+        "above does not make the difference a property of the network. The pairings share trainings, so "
+        "their count describes these seeds; it is not a test.",
+        "",
+        "| Networks | metric | seeds (network / reference) | difference per seed pairing, min .. max "
+        "| pairings better / worse | across seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        scale = 100.0 if r["metric"] != "hd95" else 1.0
+        seeds = f"{r['seeds_network']} / {r['seeds_reference']}"
+        if r["across_seeds"] == UNKNOWN_SEEDS:
+            cells = ["n/a", "n/a", "1 seed: training variance unknown"]
+        else:
+            cells = [
+                f"{_fmt(scale * r['seed_diff_min'])} .. {_fmt(scale * r['seed_diff_max'])}",
+                f"{r['seed_pairs_better']} / {r['seed_pairs_worse']} of {r['seed_pairs']}",
+                r["across_seeds"],
+            ]
+        lines.append(f"| {r['network']} | {names[r['metric']]} | {seeds} | " + " | ".join(cells) + " |")
+    if any(
+        r["across_seeds"] != UNKNOWN_SEEDS and min(r["seeds_network"], r["seeds_reference"]) < 3 for r in rows
+    ):
+        lines += [
+            "",
+            "With 2 seeds of a network its range and count rest on 2 trainings: a weak description of the "
+            "training variance; 3 or more seeds per network give a fairer picture.",
         ]
     return lines
