@@ -135,3 +135,96 @@ def test_non_finite_metrics_are_refused_by_case():
     runs = [run("unet", 0, 0, {"a": 0.5, "b": 0.5}), run("fpa", 0, 0, {"a": float("nan"), "b": 0.5})]
     with pytest.raises(ValueError, match=r"iou of fpa or unet is not finite for case\(s\) \['a'\]"):
         paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou",))
+
+
+# the seed dimension: does a difference survive retraining?
+def _shifted(base: dict[str, float], shift: float) -> dict[str, float]:
+    return {c: v + shift for c, v in base.items()}
+
+
+BASE = {f"c{i}": 0.3 + 0.04 * i for i in range(10)}
+
+
+def test_better_on_every_case_for_one_seed_but_worse_for_another_is_not_a_consistent_win():
+    """fpa's seed 0 beats unet on every case, its seed 1 loses on every case: the seed-averaged
+    per-case test sees 10 of 10 cases better (p = 0.002), yet the sign depends on the training."""
+    runs = [run("unet", 0, 0, BASE), run("unet", 1, 0, BASE)]
+    runs += [run("fpa", 0, 0, _shifted(BASE, 0.1)), run("fpa", 1, 0, _shifted(BASE, -0.05))]
+    (iou,) = paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou",))
+    assert (iou["better"], iou["worse"]) == (10, 0) and iou["wilcoxon_p"] < 0.01  # the per-case view
+    assert (iou["seeds_network"], iou["seeds_reference"], iou["seed_pairs"]) == (2, 2, 4)
+    assert (iou["seed_pairs_better"], iou["seed_pairs_worse"]) == (2, 2)
+    assert iou["seed_diff_min"] == pytest.approx(-0.05) and iou["seed_diff_max"] == pytest.approx(0.1)
+    assert iou["across_seeds"] == "mixed"
+    lines = comparison_section([iou], "unet")
+    assert "| fpa | IoU (%) | 2 / 2 | -5.00 .. 10.00 | 2 / 2 of 4 | mixed |" in lines
+    assert not any("better in all" in line and line.startswith("| fpa") for line in lines)
+    table = list(csv.DictReader(io.StringIO(comparison_csv([iou]))))
+    assert table[0]["across_seeds"] == "mixed" and table[0]["seed_pairs_worse"] == "2"
+
+
+def test_better_for_every_seed_is_a_consistent_win_whatever_the_seed_numbers():
+    """Every fpa seed beats every unet seed (IoU higher, HD95 lower): `better in all`, also when the
+    two networks were trained with different seed numbers and with unequal seed counts."""
+    runs = [run("unet", 5, 0, BASE, hd95=6.0), run("unet", 6, 0, _shifted(BASE, 0.02), hd95=5.0)]
+    runs += [
+        run("fpa", s, 0, _shifted(BASE, shift), hd95=hd)
+        for s, shift, hd in ((0, 0.05, 4.0), (1, 0.08, 3.0), (2, 0.04, 4.5))
+    ]
+    iou, hd = paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou", "hd95"))
+    assert (iou["seed_pairs"], iou["seed_pairs_better"], iou["seed_pairs_worse"]) == (6, 6, 0)
+    assert iou["seed_diff_min"] == pytest.approx(0.02) and iou["seed_diff_max"] == pytest.approx(0.08)
+    assert iou["across_seeds"] == "better in all"
+    assert hd["seed_diff_min"] == pytest.approx(-3.0) and hd["seed_diff_max"] == pytest.approx(-0.5)
+    assert (hd["seed_pairs_better"], hd["across_seeds"]) == (6, "better in all")  # lower is better
+    lines = comparison_section([iou, hd], "unet")
+    assert "| fpa | IoU (%) | 3 / 2 | 2.00 .. 8.00 | 6 / 0 of 6 | better in all |" in lines
+    assert "| fpa | HD95 (mm) | 3 / 2 | -3.00 .. -0.50 | 6 / 0 of 6 | better in all |" in lines
+    # worse everywhere is the mirror image
+    (rev,) = paired_comparison(runs, "fpa", ["fpa", "unet"], metrics=("iou",))
+    assert (rev["seed_pairs_worse"], rev["across_seeds"]) == (6, "worse in all")
+
+
+def test_every_seed_is_paired_with_every_seed_not_seed_k_with_seed_k():
+    """Matched by number, fpa's seed k beats unet's seed k by 5 points twice; but fpa's seed 1 loses
+    to unet's seed 0: the sign depends on which trainings are compared."""
+    runs = [run("unet", 0, 0, _shifted(BASE, 0.05)), run("unet", 1, 0, _shifted(BASE, -0.05))]
+    runs += [run("fpa", 0, 0, _shifted(BASE, 0.1)), run("fpa", 1, 0, BASE)]
+    (iou,) = paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou",))
+    assert (iou["seed_pairs"], iou["seed_pairs_better"], iou["seed_pairs_worse"]) == (4, 3, 1)
+    assert iou["across_seeds"] == "mixed"
+
+
+def test_a_seed_is_averaged_over_its_folds_before_pairing():
+    """A fixed test list tested in two folds: each seed's value of a case is the mean over its folds,
+    and the pairings use the pooled row's cases."""
+    runs = []
+    for fold in (0, 1):
+        runs += [run("unet", s, fold, BASE) for s in (0, 1)]
+        # seed 0: +0.1 in fold 0, -0.04 in fold 1 (mean +0.03); seed 1: +0.02 in both folds
+        runs.append(run("fpa", 0, fold, _shifted(BASE, 0.1 if fold == 0 else -0.04)))
+        runs.append(run("fpa", 1, fold, _shifted(BASE, 0.02)))
+    (iou,) = paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou",))
+    assert iou["cases"] == 10 and iou["seed_pairs"] == 4
+    assert iou["seed_diff_min"] == pytest.approx(0.02) and iou["seed_diff_max"] == pytest.approx(0.03)
+    assert iou["across_seeds"] == "better in all"
+
+
+def test_one_seed_says_training_variance_is_unknown_without_a_range():
+    runs = [run("unet", 0, 0, BASE), run("fpa", 0, 0, _shifted(BASE, 0.1))]
+    (iou,) = paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou",))
+    assert (iou["seeds_network"], iou["seeds_reference"], iou["across_seeds"]) == (1, 1, "unknown (1 seed)")
+    for key in ("seed_pairs", "seed_diff_min", "seed_diff_max", "seed_pairs_better", "seed_pairs_worse"):
+        assert iou[key] is None
+    lines = comparison_section([iou], "unet")
+    assert any(line.startswith("1 seed: training variance unknown.") for line in lines)
+    assert not any("pairings better / worse" in line for line in lines)  # no table of one-value ranges
+    table = list(csv.DictReader(io.StringIO(comparison_csv([iou]))))
+    assert table[0]["seed_diff_min"] == "" and table[0]["across_seeds"] == "unknown (1 seed)"
+    # one network with 2 seeds and one with 1: a table, the single-seed row says why it has no range
+    runs += [run("rfna", s, 0, _shifted(BASE, 0.1 + 0.01 * s)) for s in (0, 1)]
+    runs.append(run("unet", 1, 0, BASE))
+    rows = paired_comparison(runs, "unet", ["unet", "fpa", "rfna"], metrics=("iou",))
+    lines = comparison_section(rows, "unet")
+    assert "| fpa | IoU (%) | 1 / 2 | n/a | n/a | 1 seed: training variance unknown |" in lines
+    assert "| rfna | IoU (%) | 2 / 2 | 10.00 .. 11.00 | 4 / 0 of 4 | better in all |" in lines
