@@ -702,7 +702,21 @@ def test_reference_flags_and_a_stale_comparison(tmp_path, monkeypatch):
     run_experiment(**{**common, "networks": "fpa,unet"}, reference="FPA[dilation=9]")
     rows = list(csv.DictReader(open(tmp_path / "exp" / "comparison.csv", newline="")))
     assert {r["reference"] for r in rows} == {"fpa"} and {r["network"] for r in rows} == {"unet"}
-    assert "## Paired comparison with fpa" in (tmp_path / "exp" / "results.md").read_text()
+    md = (tmp_path / "exp" / "results.md").read_text()
+    assert "## Paired comparison with fpa" in md
+    # one seed: the seed dimension says so, with no range
+    assert {(r["across_seeds"], r["seed_diff_min"]) for r in rows} == {("unknown (1 seed)", "")}
+    assert "1 seed: training variance unknown." in md
+    # two seeds: every runs/fpa/seed<k>/ paired with every runs/unet/seed<k>/ (fpa +0.1 IoU in each)
+    run_experiment(**{**common, "networks": "fpa,unet", "seeds": 2, "output": str(tmp_path / "exp2")})
+    rows2 = list(csv.DictReader(open(tmp_path / "exp2" / "comparison.csv", newline="")))
+    iou = next(r for r in rows2 if r["metric"] == "iou")
+    seeds = [
+        iou[k] for k in ("network", "seeds_network", "seeds_reference", "seed_pairs", "seed_pairs_better")
+    ]
+    assert seeds == ["fpa", "2", "2", "4", "4"] and iou["across_seeds"] == "better in all"
+    md2 = (tmp_path / "exp2" / "results.md").read_text()
+    assert "| fpa | IoU (%) | 2 / 2 | 10.00 .. 10.00 | 4 / 0 of 4 | better in all |" in md2
     run_experiment(**{**common, "networks": "fpa"}, reference="fpa")
     assert not (tmp_path / "exp" / "comparison.csv").exists()
     assert "Paired comparison" not in (tmp_path / "exp" / "results.md").read_text()
