@@ -13,7 +13,8 @@ Layout of ``DIR``::
     .experiment.lock                     held by the running call: a second call on DIR is refused
     runs/<variant>/seed<k>/fold<f>/      a run's bundle_root: models/, eval/metrics.csv, done.json
     results.csv  results.md              one row per (run, case); the paper's table layout
-    comparison.csv                       paired per-case comparison with --reference (see .compare)
+    comparison.csv                       paired per-case comparison with --reference, and whether
+                                         it holds in every pairing of seeds (see .compare)
     fig4_attention.png fig5_overlays.png fig7_ablation.png
     synthetic_data/  cache/              synthetic stand-in (when DIR/data holds no data set), slice cache
 
@@ -968,7 +969,8 @@ def experiment(
             ``fpa,rfna,unet`` or ``'fpa[dilation=6,depthwise=false,expansion=2]'``. Default
             ``fpa,rfna`` (or only the preset's networks when --preset is given).
         seeds: a number of seeds (3 -> seeds 0, 1, 2) or a list ``0,5``. Seeds repeat the
-            training on the same split.
+            training on the same split; with 2 or more per network the paired comparison also says
+            whether a difference holds in every pairing of seeds (1 seed: training variance unknown).
         folds: BRATS folds, e.g. ``0`` or ``0,1,2,3,4`` or ``all``.
         output: experiment folder (see the module docstring for its layout).
         preset: the paper's experiments: table5, table6, fig7_fpa, fig7_rfna (networks given as
@@ -984,8 +986,9 @@ def experiment(
         figure_cases: case IDs for fig5 (default: the two test cases of the first fold with the
             most foreground).
         figure_networks: networks (labels) for fig5 (default: every network of the grid, at most 8).
-        reference: the network (label) every other is compared with, case by case, in results.md's
-            paired comparison and comparison.csv (default: unet when in the grid, else the first).
+        reference: the network (label) every other is compared with, case by case and seed pairing
+            by seed pairing, in results.md's paired comparison and comparison.csv (default: unet
+            when in the grid, else the first).
         **overrides: passed to every bundle run: --epochs, --batch_size, --learning_rate,
             --num_workers, --dataset_dir (default OUTPUT/data; for the paper's data sets a
             SYNTHETIC stand-in is generated when it holds none; own data needs it), --data_list_file_path, --device (cpu, cuda:0),
