@@ -22,8 +22,9 @@ make the per-case means steadier; they do not add cases). The seed dimension is 
 as a description of the trainings rather than a second test:
 
 - every trained seed of the network is paired with every trained seed of the reference (all
-  ``S x S'`` pairings) and each pairing gets its own mean per-case difference, on the same cases as
-  the pooled row (a seed's case tested in several folds averaged over its folds first); the rows
+  ``S x S'`` pairings) and each pairing gets its own mean per-case difference, on the cases of the
+  pooled row that both seeds scored (all of them in a finished grid; a seed's case tested in several
+  folds averaged over its folds first); the rows
   give the number of seeds of each side, the pairings' smallest and largest difference, in how many
   pairings the network is better / worse, and a verdict: ``better in all`` / ``worse in all`` (the
   sign survived every retraining seen: the network's worst seed beats, or loses to, the reference's
