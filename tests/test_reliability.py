@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,6 +186,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_the_last_good_checkpoint(refe
     assert proc.returncode != 0
     assert "non-finite loss nan at epoch 3, iteration" in proc.stderr + proc.stdout
     assert "(batch 1 of the epoch)" in proc.stderr + proc.stdout
+    assert re.search(r"\(samples: Brats18_SYN_\d+_1 slice \d+, ", proc.stderr + proc.stdout)  # its slices
     assert (tmp_path / "models" / "checkpoint_last.pt").read_bytes() == before
     state = load_checkpoint(tmp_path / "models" / "checkpoint_last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -251,6 +253,56 @@ def test_loss_is_read_every_n_iterations_and_a_nan_is_still_named(monkeypatch):
     engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: shown.append(bar.pbar.postfix))
     engine.run(range(12), max_epochs=1)
     assert shown[0] == "loss=1" and shown[8] == "loss=1" and shown[9] == "loss=10" and shown[11] == "loss=12"
+
+
+@pytest.mark.parametrize("loader_kind", ["dataloader", "device", "device_shuffle"])
+def test_a_non_finite_loss_names_the_slices_of_its_batch(loader_kind):
+    """Batches of slices carry no case names: the guard works them out from the sampler's order
+    when the run stops (nothing recorded per step), for a DataLoader and the device loader alike."""
+    from ignite.engine import Engine, Events
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from pam_monai.engines import DeviceSliceLoader, LoaderEpoch, NonFiniteLossGuard, batch_samples
+
+    class Slices(torch.utils.data.Dataset):
+        def __len__(self):
+            return 23
+
+        def __getitem__(self, i):  # the image says which sample it is
+            return {"image": torch.full((1, 2, 2), float(i)), "label": torch.zeros(1, 2, 2)}
+
+        def slice_info(self, i):
+            return f"case{i // 10}", i % 10
+
+    data, bad = Slices(), 17
+    sampler = (
+        None if loader_kind == "device_shuffle" else DistributedSampler(data, 1, 0, shuffle=True, seed=3)
+    )
+    if loader_kind == "dataloader":
+        loader = DataLoader(data, batch_size=4, sampler=sampler)
+    else:
+        loader = DeviceSliceLoader(data, 4, sampler=sampler, seed=3)
+    seen = {}
+
+    def step(engine, batch):
+        ids = batch["image"][:, 0, 0, 0].long().tolist()
+        seen[engine.state.iteration] = ids
+        return {"loss": torch.tensor(float("nan") if engine.state.epoch == 2 and bad in ids else 1.0)}
+
+    engine = Engine(step)
+    NonFiniteLossGuard(check_every=3, loader=loader).attach(engine)
+    if sampler is not None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch))
+    if loader_kind != "dataloader":
+        LoaderEpoch(loader).attach(engine)
+    with pytest.raises(FloatingPointError) as info:
+        engine.run(loader, max_epochs=3)
+    first = min(i for i, ids in seen.items() if i > 6 and bad in ids)
+    expected = ", ".join(f"case{i // 10} slice {i % 10}" for i in seen[first])
+    assert f"(batch {first - 6} of the epoch) (samples: {expected})" in str(info.value)
+    assert "case1 slice 7" in expected
+    assert batch_samples(loader, 0) is None and batch_samples(object(), 1) is None
 
 
 SPAWNED_GUARD = """

@@ -31,7 +31,7 @@ from .infer import (
     validate_case,
 )
 from .inferer import SliceWiseInferer
-from .loaders import DeviceSliceLoader, LoaderEpoch, slice_loader
+from .loaders import DeviceSliceLoader, LoaderEpoch, batch_samples, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
 from .progress import ProgressBar
 from .runtime import as_bool, bundle_root, fast_network, setup_run
@@ -54,6 +54,7 @@ __all__ = [
     "TrainingCheckpoint",
     "TrainingPlan",
     "as_bool",
+    "batch_samples",
     "bundle_root",
     "atomic_save",
     "atomic_write_text",

@@ -332,10 +332,15 @@ class NonFiniteLossGuard:
             of each epoch, before the checkpoint), not after every step: in between, the first
             non-finite loss, its iteration and its batch's cases are kept on the device without
             waiting for it (:class:`EveryIterations`). 1 checks every iteration.
+        loader: the training loader; its batch of the bad iteration is then named by its slices
+            (:func:`~pam_monai.engines.loaders.batch_samples`, worked out from the sampler's
+            order when the run stops: nothing per step). Without it, a batch is named only when
+            it carries a ``case`` key.
     """
 
-    def __init__(self, check_every: int = 1) -> None:
+    def __init__(self, check_every: int = 1, loader=None) -> None:
         self.due = EveryIterations(check_every)
+        self.loader = loader
         self._reset()
 
     def _reset(self) -> None:
@@ -381,7 +386,14 @@ class NonFiniteLossGuard:
         length = engine.state.epoch_length or engine.state.iteration
         in_epoch = (first - 1) % length + 1
         # this process's batch of that iteration is named only when its own loss was the bad one
-        named = f" (cases {cases[first]})" if own == first and first in cases else ""
+        named = ""
+        if own == first and first in cases:
+            named = f" (cases {cases[first]})"
+        elif own == first and self.loader is not None:
+            from .loaders import batch_samples
+
+            samples = batch_samples(self.loader, in_epoch)
+            named = f" (samples: {', '.join(samples)})" if samples else ""
         where = f"non-finite loss {value}" if own == first else "non-finite loss in another process"
         raise FloatingPointError(
             f"{where} at epoch {(first - 1) // length + 1}, iteration {first} "

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .runtime import as_bool
 
-__all__ = ["DeviceSliceLoader", "LoaderEpoch", "device_data_bytes", "slice_loader"]
+__all__ = ["DeviceSliceLoader", "LoaderEpoch", "batch_samples", "device_data_bytes", "slice_loader"]
 
 log = logging.getLogger("pam_monai")
 
@@ -112,6 +112,7 @@ class DeviceSliceLoader:
         self.seed = int(seed)
         self.sampler = sampler
         self.epoch = 0
+        self.dataset = dataset  # the host samples' names (batch_samples), not their data
         first = dataset[0]
         dtype = image_dtype or _storage_dtype(dataset)
         self.images = torch.empty((n, *first["image"].shape), dtype=dtype, device=self.device)
@@ -220,6 +221,34 @@ def slice_loader(
         persistent_workers=int(num_workers) > 0,
         generator=torch.Generator().manual_seed(int(seed)),
     )
+
+
+def batch_samples(loader, batch: int) -> list[str] | None:
+    """The samples of batch ``batch`` (1-based) of ``loader``'s current epoch, named by the
+    dataset's ``slice_info`` (``"Brats18_2013_2_1 slice 77"``), or None when that cannot be told.
+
+    Worked out afterwards from the sampler's order, which a ``DistributedSampler`` (the bundles')
+    or a sequential order fixes for the epoch: nothing is recorded per step, so a training that
+    stops on a non-finite loss can name the slices that produced it at no cost to the others. A
+    ``DataLoader`` shuffling with its own generator has moved on: None.
+    """
+    dataset = getattr(loader, "dataset", None)
+    sampler = getattr(loader, "sampler", None)
+    info = getattr(dataset, "slice_info", None)
+    size = getattr(loader, "batch_size", None)
+    if info is None or not size or batch < 1:
+        return None
+    if sampler is not None and (
+        isinstance(sampler, torch.utils.data.SequentialSampler) or hasattr(sampler, "set_epoch")
+    ):
+        order = [int(i) for i in sampler]
+    elif isinstance(loader, DeviceSliceLoader) and sampler is None:
+        # without a sampler its epoch counter moved on when the epoch's iteration began
+        order = loader.order(loader.epoch - 1).tolist()
+    else:
+        return None
+    picked = order[(batch - 1) * size : batch * size]
+    return [f"{case} slice {z}" for case, z in map(info, picked)] or None
 
 
 def _fits_on_device(dataset, device: torch.device, max_fraction: float) -> tuple[bool, str]:
