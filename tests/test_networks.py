@@ -228,3 +228,34 @@ def test_rfna_trains_on_reversed_labels_and_infers_foreground():
     background = 1 - y
     inter = (reversed_mask * background).sum()
     assert inter / (reversed_mask.sum() + background.sum() - inter) > 0.8  # it marks the background
+
+
+# --- docs --------------------------------------------------------------------------------------
+NETWORK_MODULES = [
+    "blocks.attention_gate",
+    "blocks.cbam",
+    "blocks.convolutions",
+    "blocks.fastconv",
+    "blocks.fpa",
+    "blocks.global_context",
+    "blocks.norm",
+    "blocks.resize",
+    "blocks.rfna",
+    "blocks.scse",
+    "nets.baselines",
+    "nets.pam",
+    "nets.unet3",
+    "polarity",
+    "registry",
+]
+
+
+@pytest.mark.parametrize("module", NETWORK_MODULES)
+def test_docstring_examples_run(module):
+    """Every ``>>>`` example runs as written, with only its module's own imports (as a user pastes it)."""
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"pam_monai.networks.{module}")
+    result = doctest.testmod(mod)
+    assert result.failed == 0

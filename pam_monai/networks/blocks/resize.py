@@ -127,6 +127,7 @@ def linear_resize(x: torch.Tensor, size) -> torch.Tensor:
         The resized tensor, in ``x``'s dtype.
 
     Example:
+        >>> import torch.nn.functional as F
         >>> x = torch.randn(2, 3, 5, 7)
         >>> ref = F.interpolate(x, size=(9, 13), mode="bilinear", align_corners=True)
         >>> torch.allclose(linear_resize(x, (9, 13)), ref, atol=1e-6)
@@ -205,6 +206,7 @@ def matmul_resize(x: torch.Tensor, size) -> torch.Tensor:
     rounding (``2^-8`` relative), the tolerance of the bf16 fast path.
 
     Example:
+        >>> import torch.nn.functional as F
         >>> x = torch.randn(2, 3, 5, 7)
         >>> ref = F.interpolate(x, size=(9, 13), mode="bilinear", align_corners=True)
         >>> torch.allclose(matmul_resize(x, (9, 13)), ref, atol=1e-5)

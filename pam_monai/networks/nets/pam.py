@@ -28,6 +28,7 @@ class FPAUNet(UNet3):
 
     Example::
 
+        >>> import torch
         >>> net = FPAUNet(spatial_dims=2, in_channels=4, out_channels=1)
         >>> net(torch.randn(1, 4, 160, 160)).shape
         torch.Size([1, 1, 160, 160])
@@ -76,6 +77,7 @@ class RFNAUNet(UNet3):
 
     Example::
 
+        >>> import torch
         >>> net = RFNAUNet(spatial_dims=2, in_channels=4, out_channels=1)
         >>> net(torch.randn(1, 4, 160, 160)).shape
         torch.Size([1, 1, 160, 160])
