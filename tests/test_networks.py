@@ -7,7 +7,8 @@ import torch
 from monai.losses import DiceLoss
 
 from pam_monai.networks import NETWORKS, FPABlock, RFNABlock, as_foreground, get_network, loss_for
-from pam_monai.networks.nets import RFNAUNet
+from pam_monai.networks.blocks import CBAM, SCSE, AttentionGate, DoubleConv, GlobalContext, LinearResize
+from pam_monai.networks.nets import RFNAUNet, UNet3
 
 # narrow widths keep the CPU suite fast; 16 keeps the global-context bottleneck (C/8) above one
 # channel, where LayerNorm would be degenerate
@@ -114,6 +115,37 @@ def test_unknown_network_and_bad_option():
         get_network("nope")
     with pytest.raises(TypeError, match="bad option for FPAUNet"):
         get_network("fpa", ratio=4)
+
+
+BAD_ARGUMENTS = [
+    # (constructor, message): every block and network names itself and the bad argument
+    (lambda: CBAM(4, 64), r"CBAM: spatial_dims must be 2 or 3, got 4"),
+    (lambda: CBAM(2, 64, reduction=0), r"CBAM: reduction must be >= 1, got 0"),
+    (lambda: CBAM(2, 64, spatial_kernel=4), r"CBAM: spatial_kernel must be odd"),
+    (lambda: SCSE(1, 64), r"SCSE: spatial_dims must be 2 or 3, got 1"),
+    (lambda: SCSE(2, 64, reduction=0), r"SCSE: reduction must be >= 1, got 0"),
+    (lambda: GlobalContext(4, 64), r"GlobalContext: spatial_dims must be 2 or 3, got 4"),
+    (lambda: GlobalContext(2, 64, reduction=0), r"GlobalContext: reduction must be >= 1, got 0"),
+    (lambda: AttentionGate(4, 64, 128), r"AttentionGate: spatial_dims must be 2 or 3, got 4"),
+    (lambda: AttentionGate(2, 0, 128), r"AttentionGate: channels must be >= 1, got 0"),
+    (lambda: LinearResize(1), r"LinearResize: spatial_dims must be 2 or 3, got 1"),
+    (lambda: DoubleConv(2, 4, 8, dilation=0), r"DoubleConv: dilation must be >= 1, got 0"),
+    (lambda: FPABlock(4, 32, 64), r"FPABlock: spatial_dims must be 2 or 3, got 4"),
+    (lambda: FPABlock(2, 32, 64, stride=0), r"FPABlock: stride must be >= 1, got 0"),
+    (lambda: RFNABlock(1, 32, 64), r"RFNABlock: spatial_dims must be 2 or 3, got 1"),
+    (lambda: get_network("d6unet", dilation=0), r"DilatedUNet3: dilation must be >= 1, got 0"),
+    (lambda: get_network("unet", spatial_dims=4), r"UNet3: spatial_dims must be 2 or 3, got 4"),
+    (lambda: get_network("unet", features=(0, 64, 128, 256)), r"UNet3: features\[0\] must be >= 1"),
+    (lambda: UNet3(encoder_options={"dilation": 6}), r"UNet3: encoder_options .* 'conv', which takes none"),
+    (lambda: UNet3(attention_positions=("c1",)), r"UNet3: attention_positions \('c1',\) given without"),
+    (lambda: UNet3(attention="cbam", attention_positions=("c9",)), r"UNet3: attention_positions: unknown"),
+]
+
+
+@pytest.mark.parametrize("build,message", BAD_ARGUMENTS)
+def test_bad_arguments_raise_a_value_error_naming_the_block(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
 
 
 # --- the ablation knobs (paper Figure 7) -----------------------------------------------------

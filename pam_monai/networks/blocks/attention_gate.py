@@ -15,7 +15,7 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from .convolutions import DEFAULT_ACT, conv_norm_act
+from .convolutions import DEFAULT_ACT, check_positive, check_spatial_dims, conv_norm_act
 
 __all__ = ["AttentionGate"]
 
@@ -48,6 +48,8 @@ class AttentionGate(nn.Module):
         act: tuple | str | None = DEFAULT_ACT,
     ) -> None:
         super().__init__()
+        check_spatial_dims(spatial_dims, "AttentionGate")
+        check_positive("AttentionGate", channels=channels, gate_channels=gate_channels)
         inner = max(channels // 2, 1)
         self.w_g = conv_norm_act(spatial_dims, gate_channels, inner, 1, norm=norm, act=None, bias=True)
         self.w_x = conv_norm_act(spatial_dims, channels, inner, 1, norm=norm, act=None, bias=True)

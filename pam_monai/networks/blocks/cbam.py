@@ -15,7 +15,7 @@ import torch
 from monai.networks.layers.factories import Pool
 from torch import nn
 
-from .convolutions import DEFAULT_ACT, conv_norm_act
+from .convolutions import DEFAULT_ACT, check_positive, check_spatial_dims, conv_norm_act
 
 __all__ = ["CBAM"]
 
@@ -47,6 +47,10 @@ class CBAM(nn.Module):
         act: tuple | str = DEFAULT_ACT,
     ) -> None:
         super().__init__()
+        check_spatial_dims(spatial_dims, "CBAM")
+        check_positive("CBAM", channels=channels, reduction=reduction)
+        if spatial_kernel % 2 != 1:
+            raise ValueError(f"CBAM: spatial_kernel must be odd (same padding), got {spatial_kernel!r}.")
         hidden = max(channels // reduction, 1)
         self.avg_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.max_pool = Pool[Pool.ADAPTIVEMAX, spatial_dims](1)

@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_NORM",
     "DoubleConv",
     "check_normalisable",
+    "check_positive",
+    "check_spatial_dims",
     "conv_norm_act",
     "normalises_with_input_statistics",
     "interp_mode",
@@ -27,6 +29,19 @@ __all__ = [
 
 DEFAULT_NORM: tuple = ("instance", {"affine": True})
 DEFAULT_ACT: tuple = ("relu", {"inplace": True})
+
+
+def check_spatial_dims(spatial_dims: int, where: str) -> None:
+    """Refuse a ``spatial_dims`` other than 2 or 3 with a message that names the block."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"{where}: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+
+
+def check_positive(where: str, **values: int) -> None:
+    """Refuse (with a message that names the block and the argument) any value below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{where}: {name} must be >= 1, got {value!r}.")
 
 
 def conv_norm_act(
@@ -98,8 +113,8 @@ class DoubleConv(nn.Sequential):
         norm: tuple | str | None = DEFAULT_NORM,
         act: tuple | str | None = DEFAULT_ACT,
     ) -> None:
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        check_spatial_dims(spatial_dims, type(self).__name__)
+        check_positive(type(self).__name__, stride=stride, dilation=dilation)
         super().__init__()
         self.add_module(
             "conv1",

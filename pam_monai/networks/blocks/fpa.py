@@ -23,7 +23,14 @@ import torch
 from monai.networks.blocks import ADN
 from torch import nn
 
-from .convolutions import DEFAULT_ACT, DEFAULT_NORM, DoubleConv, conv_norm_act
+from .convolutions import (
+    DEFAULT_ACT,
+    DEFAULT_NORM,
+    DoubleConv,
+    check_positive,
+    check_spatial_dims,
+    conv_norm_act,
+)
 
 __all__ = ["FPABlock"]
 
@@ -68,10 +75,8 @@ class FPABlock(nn.Module):
         act: tuple | str | None = DEFAULT_ACT,
     ) -> None:
         super().__init__()
-        if dilation < 1 or expansion < 1:
-            raise ValueError(
-                f"FPABlock: dilation and expansion must be >= 1, got {dilation} and {expansion}."
-            )
+        check_spatial_dims(spatial_dims, "FPABlock")
+        check_positive("FPABlock", stride=stride, dilation=dilation, expansion=expansion)
         mid = expansion * out_channels
         groups = mid if depthwise else 1
         self.main = DoubleConv(spatial_dims, in_channels, out_channels, stride=stride, norm=norm, act=act)

@@ -17,7 +17,7 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from .convolutions import DEFAULT_ACT, conv_norm_act
+from .convolutions import DEFAULT_ACT, check_positive, check_spatial_dims, conv_norm_act
 
 __all__ = ["GlobalContext"]
 
@@ -41,6 +41,8 @@ class GlobalContext(nn.Module):
         self, spatial_dims: int, channels: int, reduction: int = 8, act: tuple | str = DEFAULT_ACT
     ) -> None:
         super().__init__()
+        check_spatial_dims(spatial_dims, "GlobalContext")
+        check_positive("GlobalContext", channels=channels, reduction=reduction)
         hidden = max(channels // reduction, 1)
         self.spatial_dims = spatial_dims
         self.key = conv_norm_act(spatial_dims, channels, 1, 1, norm=None, act=None)

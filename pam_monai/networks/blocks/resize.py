@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from .convolutions import interp_mode, resize_to
+from .convolutions import check_spatial_dims, interp_mode, resize_to
 
 __all__ = ["LinearResize", "linear_resize", "matmul_resize", "use_resize"]
 
@@ -245,6 +245,7 @@ class LinearResize(nn.Module):
 
     def __init__(self, spatial_dims: int) -> None:
         super().__init__()
+        check_spatial_dims(spatial_dims, "LinearResize")
         self.mode = interp_mode(spatial_dims)
 
     def extra_repr(self) -> str:

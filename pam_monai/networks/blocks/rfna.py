@@ -30,6 +30,8 @@ from .convolutions import (
     DEFAULT_NORM,
     DoubleConv,
     check_normalisable,
+    check_positive,
+    check_spatial_dims,
     conv_norm_act,
     normalises_with_input_statistics,
 )
@@ -74,10 +76,10 @@ class RFNABlock(nn.Module):
         act: tuple | str | None = DEFAULT_ACT,
     ) -> None:
         super().__init__()
+        check_spatial_dims(spatial_dims, "RFNABlock")
         if ratio not in RATIOS:
             raise ValueError(f"RFNABlock: ratio must be one of {RATIOS}, got {ratio}.")
-        if expansion < 1:
-            raise ValueError(f"RFNABlock: expansion must be >= 1, got {expansion}.")
+        check_positive("RFNABlock", stride=stride, expansion=expansion)
         mid = expansion * out_channels
         groups = mid if depthwise else 1
         self.main = DoubleConv(spatial_dims, in_channels, out_channels, stride=stride, norm=norm, act=act)

@@ -13,7 +13,7 @@ import torch
 from monai.networks.layers.factories import Pool
 from torch import nn
 
-from .convolutions import DEFAULT_ACT, conv_norm_act
+from .convolutions import DEFAULT_ACT, check_positive, check_spatial_dims, conv_norm_act
 
 __all__ = ["SCSE"]
 
@@ -37,6 +37,8 @@ class SCSE(nn.Module):
         self, spatial_dims: int, channels: int, reduction: int = 8, act: tuple | str = DEFAULT_ACT
     ) -> None:
         super().__init__()
+        check_spatial_dims(spatial_dims, "SCSE")
+        check_positive("SCSE", channels=channels, reduction=reduction)
         hidden = max(channels // reduction, 1)
         self.spatial = conv_norm_act(spatial_dims, channels, 1, 1, norm=None, act=None)
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)

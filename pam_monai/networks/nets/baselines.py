@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..blocks import DEFAULT_ACT, DEFAULT_NORM
+from ..blocks.convolutions import check_positive
 from .unet3 import UNet3
 
 __all__ = ["AttentionUNet3", "CBAMUNet3", "DilatedUNet3", "GCUNet3", "SCSEUNet3"]
@@ -40,6 +41,7 @@ class DilatedUNet3(UNet3):
         norm: tuple | str | None = DEFAULT_NORM,
         act: tuple | str | None = DEFAULT_ACT,
     ) -> None:
+        check_positive("DilatedUNet3", dilation=dilation)
         super().__init__(
             spatial_dims,
             in_channels,

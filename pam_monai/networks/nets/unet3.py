@@ -29,7 +29,13 @@ import torch
 from torch import nn
 
 from ..blocks import ATTENTIONS, DEFAULT_ACT, DEFAULT_NORM, AttentionGate, DoubleConv, FPABlock, RFNABlock
-from ..blocks.convolutions import check_normalisable, conv_norm_act, normalises_with_input_statistics
+from ..blocks.convolutions import (
+    check_normalisable,
+    check_positive,
+    check_spatial_dims,
+    conv_norm_act,
+    normalises_with_input_statistics,
+)
 from ..blocks.resize import LinearResize
 
 __all__ = ["UNet3", "ENCODER_LEVELS", "ATTENTION_POSITIONS"]
@@ -100,20 +106,39 @@ class UNet3(nn.Module):
         output_sign: float = 1.0,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        where = type(self).__name__
+        check_spatial_dims(spatial_dims, where)
         if len(features) != 4:
-            raise ValueError(f"features must give 4 widths (c1, c2, c3, c4/bridge), got {tuple(features)}.")
+            raise ValueError(
+                f"{where}: features must give 4 widths (c1, c2, c3, c4/bridge), got {tuple(features)}."
+            )
+        check_positive(where, in_channels=in_channels, out_channels=out_channels)
+        check_positive(where, **{f"features[{i}]": int(f) for i, f in enumerate(features)})
         if encoder_block not in ENCODER_LEVELS:
-            raise ValueError(f"encoder_block must be one of {sorted(ENCODER_LEVELS)}, got {encoder_block!r}.")
+            raise ValueError(
+                f"{where}: encoder_block must be one of {sorted(ENCODER_LEVELS)}, got {encoder_block!r}."
+            )
+        options = dict(encoder_options or {})
+        if encoder_block == "conv" and options:
+            # a plain encoder has no options: a silently ignored dilation would train another network
+            raise ValueError(
+                f"{where}: encoder_options {options} given for encoder_block 'conv', which takes none."
+            )
         if attention is not None and attention not in ATTENTIONS:
-            raise ValueError(f"attention must be None or one of {sorted(ATTENTIONS)}, got {attention!r}.")
+            raise ValueError(
+                f"{where}: attention must be None or one of {sorted(ATTENTIONS)}, got {attention!r}."
+            )
+        if attention is None and attention_positions:
+            raise ValueError(
+                f"{where}: attention_positions {tuple(attention_positions)} given without an attention module."
+            )
         positions = tuple(attention_positions or (ATTENTION_POSITIONS[attention] if attention else ()))
         unknown = set(positions) - set(LEVELS)
         if unknown:
-            raise ValueError(f"attention_positions: unknown block names {sorted(unknown)}; valid: {LEVELS}.")
+            raise ValueError(
+                f"{where}: attention_positions: unknown block names {sorted(unknown)}; valid: {LEVELS}."
+            )
         f1, f2, f3, f4 = (int(f) for f in features)
-        options = dict(encoder_options or {})
         swapped = ENCODER_LEVELS[encoder_block]
 
         def encoder(name: str, cin: int, cout: int, stride: int) -> nn.Module:
