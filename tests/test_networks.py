@@ -7,7 +7,15 @@ import torch
 from monai.losses import DiceLoss
 
 from pam_monai.networks import NETWORKS, FPABlock, RFNABlock, as_foreground, get_network, loss_for
-from pam_monai.networks.blocks import CBAM, SCSE, AttentionGate, DoubleConv, GlobalContext, LinearResize
+from pam_monai.networks.blocks import (
+    ATTENTIONS,
+    CBAM,
+    SCSE,
+    AttentionGate,
+    DoubleConv,
+    GlobalContext,
+    LinearResize,
+)
 from pam_monai.networks.nets import RFNAUNet, UNet3
 
 # narrow widths keep the CPU suite fast; 16 keeps the global-context bottleneck (C/8) above one
@@ -146,6 +154,23 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_raise_a_value_error_naming_the_block(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+@pytest.mark.parametrize("name,dims", [(name, dims) for name in ATTENTIONS for dims in (2, 3)])
+def test_every_registered_attention_module(name, dims):
+    """The ``ATTENTIONS`` contract: ``(spatial_dims, channels, act=...)``, shape-preserving, every
+    parameter trained, TorchScript-able; a newly registered module is tested here automatically."""
+    torch.manual_seed(0)
+    module = ATTENTIONS[name](dims, 16, act=("leakyrelu", {"negative_slope": 0.1}))
+    x = torch.randn((2, 16, 9, 7, 5)[: dims + 2], requires_grad=True)
+    y = module(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    assert x.grad is not None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    scripted = torch.jit.script(module.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), module(x))
 
 
 # --- the ablation knobs (paper Figure 7) -----------------------------------------------------

@@ -1,8 +1,8 @@
 """Building blocks: the paper's FPA and RFNA blocks and the baselines' attention modules.
 
 ``ATTENTIONS`` maps a name to an attention module with the contract
-``Module(spatial_dims, channels) -> (x -> x-shaped tensor)`` (timm's ``create_attn`` style), so a
-network takes ``attention="cbam"`` and tests iterate over every entry.
+``Module(spatial_dims, channels, act=...) -> (x -> x-shaped tensor)`` (timm's ``create_attn`` style),
+so a network takes ``attention="cbam"`` and ``tests/test_networks.py`` iterates over every entry.
 
 Importing this package registers the MONAI norm ``"instance_fast"`` (:mod:`.norm`): the function of
 ``nn.InstanceNorm`` in a form that ``torch.compile`` fuses, e.g. ``norm=FAST_NORM``.
@@ -20,14 +20,12 @@ from .rfna import RFNABlock
 from .scse import SCSE
 
 ATTENTIONS = {"scse": SCSE, "cbam": CBAM, "gc": GlobalContext}
-ENCODER_BLOCKS = {"conv": DoubleConv, "fpa": FPABlock, "rfna": RFNABlock}
 
 __all__ = [
     "ATTENTIONS",
     "CBAM",
     "DEFAULT_ACT",
     "DEFAULT_NORM",
-    "ENCODER_BLOCKS",
     "FAST_NORM",
     "SCSE",
     "AttentionGate",
