@@ -173,6 +173,27 @@ def test_every_registered_attention_module(name, dims):
         torch.testing.assert_close(scripted(x), module(x))
 
 
+def test_attention_gates_take_their_norm_as_an_argument():
+    """The gates' norm is a factory argument like every other block's (default: the authors'
+    non-affine instance norm), not hard-coded."""
+
+    def gate_norms(net):
+        return {
+            type(m).__name__
+            for g in (net.gate1, net.gate2, net.gate3)
+            for m in g.modules()
+            if "Norm" in type(m).__name__
+        }
+
+    default = get_network("aunet", **SMALL)
+    assert gate_norms(default) == {"InstanceNorm2d"}
+    assert not default.gate1.w_x.adn.N.affine
+    assert gate_norms(get_network("aunet", gate_norm="batch", **SMALL)) == {"BatchNorm2d"}
+    assert gate_norms(
+        get_network("aunet", spatial_dims=3, gate_norm=("group", {"num_groups": 1}), **SMALL)
+    ) == {"GroupNorm"}
+
+
 # --- the ablation knobs (paper Figure 7) -----------------------------------------------------
 
 

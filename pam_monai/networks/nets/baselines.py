@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..blocks import DEFAULT_ACT, DEFAULT_NORM
+from ..blocks.attention_gate import GATE_NORM
 from ..blocks.convolutions import check_positive
 from .unet3 import UNet3
 
@@ -60,6 +61,8 @@ class AttentionUNet3(UNet3):
 
     Args:
         spatial_dims, in_channels, out_channels, features, norm, act: as :class:`UNet3`.
+        gate_norm: MONAI norm factory argument of the gates (default: the authors' non-affine
+            instance norm, ``("instance", {"affine": False})``).
 
     Example::
 
@@ -77,9 +80,17 @@ class AttentionUNet3(UNet3):
         features: Sequence[int] = (32, 64, 128, 256),
         norm: tuple | str | None = DEFAULT_NORM,
         act: tuple | str | None = DEFAULT_ACT,
+        gate_norm: tuple | str | None = GATE_NORM,
     ) -> None:
         super().__init__(
-            spatial_dims, in_channels, out_channels, features, skip_gate=True, norm=norm, act=act
+            spatial_dims,
+            in_channels,
+            out_channels,
+            features,
+            skip_gate=True,
+            norm=norm,
+            act=act,
+            gate_norm=gate_norm,
         )
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..blocks import ATTENTIONS, DEFAULT_ACT, DEFAULT_NORM, AttentionGate, DoubleConv, FPABlock, RFNABlock
+from ..blocks.attention_gate import GATE_NORM
 from ..blocks.convolutions import (
     check_normalisable,
     check_positive,
@@ -78,10 +79,12 @@ class UNet3(nn.Module):
             of ``attention_positions``.
         attention_positions: block names among ``c1 c2 c3 c4 bridge d3 d2 d1``; default: the paper's.
         skip_gate: additive attention gates on the skip connections (Attention U-Net).
-        norm: MONAI norm factory argument of every block.
+        norm: MONAI norm factory argument of every block but the attention gates.
         act: MONAI activation factory argument of every block.
         output_sign: ``-1.0`` negates the head's output (RFNA: a network trained on reversed labels
             that returns foreground logits, see :mod:`pam_monai.networks.polarity`).
+        gate_norm: MONAI norm factory argument of the attention gates (``skip_gate``); default
+            the authors' non-affine instance norm.
 
     Example::
 
@@ -104,6 +107,7 @@ class UNet3(nn.Module):
         norm: tuple | str | None = DEFAULT_NORM,
         act: tuple | str | None = DEFAULT_ACT,
         output_sign: float = 1.0,
+        gate_norm: tuple | str | None = GATE_NORM,
     ) -> None:
         super().__init__()
         where = type(self).__name__
@@ -167,9 +171,10 @@ class UNet3(nn.Module):
                 else nn.Identity()
             )
             self.add_module(f"att_{name}", att)
-        self.gate3 = AttentionGate(spatial_dims, f3, f4, act=act) if skip_gate else _NoGate()
-        self.gate2 = AttentionGate(spatial_dims, f2, f3, act=act) if skip_gate else _NoGate()
-        self.gate1 = AttentionGate(spatial_dims, f1, f2, act=act) if skip_gate else _NoGate()
+        gate = {"norm": gate_norm, "act": act}
+        self.gate3 = AttentionGate(spatial_dims, f3, f4, **gate) if skip_gate else _NoGate()
+        self.gate2 = AttentionGate(spatial_dims, f2, f3, **gate) if skip_gate else _NoGate()
+        self.gate1 = AttentionGate(spatial_dims, f1, f2, **gate) if skip_gate else _NoGate()
 
         self.spatial_dims = spatial_dims
         self.skip_first = bool(skip_gate)  # Attention U-Net concatenates [gated skip, up]
