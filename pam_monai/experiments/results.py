@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -392,7 +391,3 @@ def _paper_protocol_section(groups) -> list[str]:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_text(path, text)
-
-
-def finite_or_none(x) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)

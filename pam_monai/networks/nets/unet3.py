@@ -181,8 +181,9 @@ class UNet3(nn.Module):
         self.up = LinearResize(spatial_dims)
         self.output_sign = float(output_sign)
         self.name = type(self).__name__
-        # the smallest down-sampling at which some instance norm would see one element: the
-        # bridge's 1/8, or deeper inside an encoder block (RFNA's attention branch)
+        # the largest down-sampling factor at which an instance norm normalises (the bridge's 8, or
+        # more inside an encoder block: RFNA's attention branch); forward refuses an input that this
+        # factor shrinks to one element, which such a norm cannot normalise
         scales = {"c1": 1, "c2": 2, "c3": 4, "c4": 8, "bridge": 8}
         factor = max(scale * int(getattr(getattr(self, n), "norm_factor", 1)) for n, scale in scales.items())
         self.min_input_factor = factor if normalises_with_input_statistics(self) else 0
