@@ -98,25 +98,14 @@ class FastInstanceNorm(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim < 3 or x.shape[1] != self.num_features:
+            channels = x.shape[1] if x.ndim > 1 else -1
             raise ValueError(
-                "FastInstanceNorm("
-                + str(self.num_features)
-                + ") expects N x C x *spatial with C = "
-                + str(self.num_features)
-                + ", got a "
-                + str(x.ndim)
-                + "-D input with shape[1] = "
-                + str(x.shape[1] if x.ndim > 1 else -1)
+                f"FastInstanceNorm({self.num_features}) expects N x C x *spatial with C = {self.num_features}, "
+                f"got a {x.ndim}-D input with shape[1] = {channels}"
             )
         if self.spatial_dims > 0 and x.ndim != self.spatial_dims + 2:
             raise ValueError(
-                "FastInstanceNorm"
-                + str(self.spatial_dims)
-                + "d expects a "
-                + str(self.spatial_dims + 2)
-                + "-D input, got "
-                + str(x.ndim)
-                + "-D"
+                f"FastInstanceNorm{self.spatial_dims}d expects a {self.spatial_dims + 2}-D input, got {x.ndim}-D"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
