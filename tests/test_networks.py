@@ -194,6 +194,19 @@ def test_attention_gates_take_their_norm_as_an_argument():
     ) == {"GroupNorm"}
 
 
+def test_attention_positions_none_is_the_paper_s_and_empty_is_none():
+    def placed(net):
+        return [
+            n
+            for n in ("c1", "c2", "c3", "c4", "bridge", "d3", "d2", "d1")
+            if not isinstance(getattr(net, f"att_{n}"), torch.nn.Identity)
+        ]
+
+    assert placed(get_network("cbamunet", **SMALL)) == ["c1", "c2", "c3", "bridge", "d3", "d2", "d1"]
+    assert placed(get_network("cbamunet", attention_positions=["d1"], **SMALL)) == ["d1"]
+    assert placed(get_network("cbamunet", attention_positions=[], **SMALL)) == []
+
+
 # --- the ablation knobs (paper Figure 7) -----------------------------------------------------
 
 

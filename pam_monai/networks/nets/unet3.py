@@ -77,7 +77,7 @@ class UNet3(nn.Module):
             (``"dilated"``: ``dilation``; ``"fpa"``: see :class:`FPABlock`; ``"rfna"``: see :class:`RFNABlock`).
         attention: ``None``, ``"scse"``, ``"cbam"`` or ``"gc"``: attention module after the blocks
             of ``attention_positions``.
-        attention_positions: block names among ``c1 c2 c3 c4 bridge d3 d2 d1``; default: the paper's.
+        attention_positions: block names among ``c1 c2 c3 c4 bridge d3 d2 d1``; ``None``: the paper's.
         skip_gate: additive attention gates on the skip connections (Attention U-Net).
         norm: MONAI norm factory argument of every block but the attention gates.
         act: MONAI activation factory argument of every block.
@@ -136,7 +136,10 @@ class UNet3(nn.Module):
             raise ValueError(
                 f"{where}: attention_positions {tuple(attention_positions)} given without an attention module."
             )
-        positions = tuple(attention_positions or (ATTENTION_POSITIONS[attention] if attention else ()))
+        if attention_positions is not None:  # an empty sequence means no module, not the default
+            positions = tuple(attention_positions)
+        else:
+            positions = ATTENTION_POSITIONS[attention] if attention else ()
         unknown = set(positions) - set(LEVELS)
         if unknown:
             raise ValueError(
