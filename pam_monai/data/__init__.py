@@ -9,7 +9,7 @@ from .datalist import build_datalist, get_split, load_datalist, write_datalist
 from .layout import CaseFiles, Problem, discover_cases, scan_cases
 from .nnunet import nnunet_spec
 from .ops import crop_or_pad_center, normalize_nonzero, random_flip_batch, uncrop_center
-from .preprocess import load_case, preprocess_case, restore_prediction
+from .preprocess import load_case, preprocess_case, restore_mask, restore_prediction
 from .slices import SliceDataset
 from .specs import DATASETS, DatasetSpec, get_spec
 from .synthetic import ensure_dataset, synth
@@ -61,6 +61,7 @@ __all__ = [
     "normalize_nonzero",
     "preprocess_case",
     "random_flip_batch",
+    "restore_mask",
     "restore_prediction",
     "scan_cases",
     "synth",

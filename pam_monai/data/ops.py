@@ -11,6 +11,8 @@ and on collated batches for flips. :mod:`.transforms` offers the same steps as M
   ``n // 2 - size // 2``; padding ``(size - n) // 2`` before, the rest after).
 - :func:`resize_2d`: ``torch.nn.functional.interpolate`` on a ``C x H x W`` array, as MONAI's
   ``Resize`` does (CityScapes: ``area`` for images, ``nearest-exact`` for labels).
+- :func:`resize_probabilities`: the way back of 2-D predictions: foreground probabilities resized
+  bilinearly to the image's own size (cut at the threshold there, not before).
 - :func:`binarize`: uint8 foreground mask (``IGNORE`` where the label is unannotated).
 - :func:`random_flip_batch`: per-sample random flips of a collated batch, on any device.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "normalize_nonzero",
     "random_flip_batch",
     "resize_2d",
+    "resize_probabilities",
     "uncrop_center",
     "zscore_nonzero_",
 ]
@@ -133,6 +136,29 @@ def resize_2d(array: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray
     t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
     kwargs = {"align_corners": False} if mode in ("linear", "bilinear", "bicubic") else {}
     return torch.nn.functional.interpolate(t, size=tuple(size), mode=mode, **kwargs)[0].numpy()
+
+
+def resize_probabilities(probabilities, size: tuple[int, int]) -> np.ndarray:
+    """Foreground probabilities ``... x h x w`` (numpy or torch, on any device) resized
+    bilinearly to ``... x size[0] x size[1]``: float32 numpy, within [0, 1].
+
+    The way back of a 2-D prediction made on a downsized grid (CityScapes' 128 x 256, own 2-D
+    images): the mask is ``resize_probabilities(p, size) > threshold`` on the image's own pixels,
+    as mmsegmentation and nnU-Net do, instead of a nearest-neighbour resize of the mask cut on the
+    small grid (8 x 8 pixel steps along every boundary of a 1024 x 2048 frame). Always on the CPU
+    (``align_corners=False``, as :func:`resize_2d`): inference and evaluation give the same mask for
+    the same probabilities, bit for bit.
+    """
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.detach().float().cpu().numpy()
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    lead, size = probabilities.shape[:-2], tuple(int(n) for n in size)
+    if tuple(probabilities.shape[-2:]) == size:
+        return np.clip(probabilities, 0.0, 1.0)  # a new array: the caller's stays as it is
+    flat = probabilities.reshape(-1, *probabilities.shape[-2:])
+    out = resize_2d(flat, size, "bilinear").reshape(*lead, *size)
+    # a convex combination of values in [0, 1], but float rounding may step past 1 by an ulp
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 # The binary target's value for unannotated voxels (nnU-Net's "ignore" label). It is above 1 on

@@ -3,7 +3,9 @@
 - :func:`load_case`: read a datalist item's files into arrays, as stored.
 - :func:`preprocess_case`: the paper's preprocessing of that case, once per volume.
 - :func:`restore_prediction`: put a prediction made on the preprocessed grid back into the
-  original grid (inverse crop, or resize for CityScapes), to save it with the input's affine.
+  original grid (inverse crop for volumes; for 2-D images a bilinear resize of the foreground
+  probabilities), to save it with the input's affine; :func:`restore_mask`: its mask, cut at the
+  threshold on the original grid.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import numpy as np
 
 from .files import UnreadableFile, load_png, load_volume
 from .intensity import normalize_channels, volume_stats
-from .ops import binarize, crop_or_pad_center, resize_2d, uncrop_center
+from .ops import binarize, crop_or_pad_center, resize_2d, resize_probabilities, uncrop_center
 from .specs import DatasetSpec, get_spec
 
-__all__ = ["load_case", "preprocess_case", "restore_prediction"]
+__all__ = ["load_case", "preprocess_case", "restore_mask", "restore_prediction"]
 
 
 def _name(item: dict) -> str:
@@ -161,7 +163,7 @@ def preprocess_case(
     Returns ``image`` float32 (``C x h x w x D`` or ``C x h x w``), ``label`` float32 in {0, 1}
     with one channel (:data:`~.ops.IGNORE` on unannotated voxels of a set with an ``ignore``
     label; None without a label), and ``affine``, ``original_shape``, ``case`` and
-    ``foreground_labels`` for the way back (:func:`restore_prediction`).
+    ``foreground_labels`` for the way back (:func:`restore_prediction`, :func:`restore_mask`).
     """
     spec = get_spec(dataset)
     if not isinstance(case.get("image"), np.ndarray):
@@ -210,12 +212,35 @@ def restore_prediction(
     dataset: str | DatasetSpec, prediction: np.ndarray, original_shape: Sequence[int]
 ) -> np.ndarray:
     """Map a prediction on the preprocessed grid (``... x h x w [x D]``) back to the case's
-    original spatial shape: the inverse centre crop (zeros outside) for BRATS/ISLES, a
-    nearest-neighbour resize for CityScapes masks."""
+    original spatial shape: the inverse centre crop (zeros outside, dtype kept) for volumes
+    (BRATS, ISLES, own volumes), a bilinear resize (float32, :func:`~.ops.resize_probabilities`)
+    for 2-D images (CityScapes, own PNGs).
+
+    For 2-D images pass foreground *probabilities* and cut the result at the threshold on the
+    original grid (:func:`restore_mask`): that is how inference writes its masks and probability
+    maps and how evaluation scores own 2-D images on their pixels. A 0/1 mask cut on the small
+    grid comes back blurred at its steps (values between 0 and 1), not as a smooth outline."""
     spec = get_spec(dataset)
     if spec.volumetric:
         return uncrop_center(prediction, original_shape)
-    lead = prediction.shape[:-2]
-    flat = prediction.reshape(-1, *prediction.shape[-2:])
-    out = resize_2d(flat, tuple(original_shape), "nearest-exact")
-    return out.reshape(*lead, *original_shape).astype(prediction.dtype)
+    return resize_probabilities(prediction, tuple(original_shape))
+
+
+def restore_mask(
+    dataset: str | DatasetSpec,
+    probabilities: np.ndarray,
+    original_shape: Sequence[int],
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """The uint8 0/1 mask on the case's original grid of foreground ``probabilities`` on the
+    preprocessed grid: ``restore_prediction(probabilities) > threshold``.
+
+    2-D images: the probabilities resized bilinearly to the image's size and cut there (smooth
+    outlines, not the 8 x 8 pixel steps of a nearest-neighbour resize of the small mask on a
+    CityScapes frame). Volumes: cut on the network's grid and uncropped, the same mask without a
+    float copy of the acquired volume."""
+    spec = get_spec(dataset)
+    if spec.volumetric:
+        cut = (np.asarray(probabilities) > threshold).astype(np.uint8)
+        return uncrop_center(cut, original_shape)
+    return (restore_prediction(spec, probabilities, original_shape) > threshold).astype(np.uint8)

@@ -5,8 +5,11 @@ slice with the 2-D network, thresholded in FOREGROUND polarity (RFNA included, s
 :mod:`pam_monai.networks.polarity`), put back into the original grid (the inverse of the centre
 crop) and written as ``<output_dir>/<case>_seg.nii.gz`` with the input's affine and shape. For
 CityScapes each frame becomes ``<output_dir>/<frame>_vehicles.png`` at the original resolution
-(0 background, 255 vehicle). Every case is validated before any is predicted, and every file is
-written through a temporary file and a rename: a failed or interrupted run leaves no partial output.
+(0 background, 255 vehicle): the network's foreground probabilities on its 128 x 256 grid are
+resized bilinearly to the frame and cut at the threshold there (own 2-D images alike), so
+outlines are smooth, not 8 x 8 pixel steps. Every case is validated before any is predicted, and
+every file is written through a temporary file and a rename: a failed or interrupted run leaves no
+partial output.
 """
 
 from __future__ import annotations
@@ -276,8 +279,9 @@ class CasePredictor:
         amp: bf16 autocast on the GPU.
         save_probabilities: also write each case's foreground probability (float32, foreground
             polarity for RFNA too) on the mask's grid: ``<case>_prob`` with the mask's file type for
-            volumes (0 outside the network's crop), ``<case>_prob.npy`` (H x W) for 2-D images, so
-            that ``prob > threshold`` is exactly the mask (for ensembles, other thresholds, calibration).
+            volumes (0 outside the network's crop), ``<case>_prob.npy`` (H x W) for 2-D images (resized
+            bilinearly to the image, the map the mask is cut from), so that ``prob > threshold`` is
+            exactly the mask (for ensembles, other thresholds, calibration).
         inferer: the slice-wise inferer (default: a :class:`SliceWiseInferer` of ``slice_batch_size``).
         skip_invalid: segment the usable cases and skip those with an input problem (a WARNING lists
             them); default: refuse them all, writing nothing, until every input is fixed.
@@ -405,8 +409,13 @@ class CasePredictor:
             )
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.inferer(image, network)
-            mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
-            mask = restore_prediction(self.spec, mask, case["original_shape"])
+            shape, prob = case["original_shape"], None
+            if self.spec.volumetric:  # cut on the network's grid, uncropped (no float copy of the volume)
+                mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
+                mask = restore_prediction(self.spec, mask, shape)
+            else:  # 2-D: probabilities resized bilinearly to the image's pixels and cut there
+                prob = restore_prediction(self.spec, torch.sigmoid(logits.float())[0, 0], shape)
+                mask = (prob > self.threshold).astype(np.uint8)
             path = self.output_path(case["case"], source)
             # CityScapes' vehicle masks are 0 / 255 PNGs; everything else 0 / 1 (own PNGs: a label map)
             scale = 255 if not self.spec.volumetric and self.spec.name != "nnunet" else 1
@@ -420,10 +429,11 @@ class CasePredictor:
                     prob_path,
                 )
             if self.save_probabilities:  # the mask's own numbers: sigmoid in float32, put back the same way
-                prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
-                prob = np.ascontiguousarray(
-                    restore_prediction(self.spec, prob, case["original_shape"]), np.float32
-                )
+                if prob is None:  # volumes: uncropped, zeros outside the crop
+                    prob = restore_prediction(
+                        self.spec, torch.sigmoid(logits.float())[0, 0].cpu().numpy(), shape
+                    )
+                prob = np.ascontiguousarray(prob, np.float32)
                 written.append(save_prediction(prob, prob_path, source, case["affine"]))
             unit = "voxels" if self.spec.volumetric else "pixels"
             log.info("%s: %d foreground %s -> %s", case["case"], int(mask.sum()), unit, path)
