@@ -27,7 +27,7 @@ from ..data import (
 )
 from ..data.layout import visible_entries
 from ..data.nnunet import check_same_data_set
-from ..data.ops import binarize, resize_2d, uncrop_center
+from ..data.ops import binarize, resize_probabilities, uncrop_center
 from .runtime import as_bool
 
 __all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
@@ -148,19 +148,25 @@ def prepare_data(
 
 
 def on_case_grid(
-    pred: np.ndarray, label: np.ndarray, label_full=None, restore: str = "crop"
+    pred: np.ndarray, label: np.ndarray, label_full=None, restore: str = "crop", threshold: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(pred, label)`` to score: with a :class:`CaseDataset` ``label_full`` (the case's own grid,
     optionally with a leading channel axis), the prediction put back into that grid and that
     label; else both unchanged. ``restore``: ``"crop"`` (zeros outside the centre crop) or
-    ``"resize"`` (own 2-D images: nearest-neighbour resize back, as inference writes them)."""
+    ``"resize"`` (own 2-D images). For ``"resize"`` a ``pred`` already on the image's pixels is
+    scored as it is (the bundles' :class:`~pam_monai.engines.ForegroundMaskd` cut it there, as
+    inference does); one on the network's grid is taken as foreground probabilities, resized
+    bilinearly and cut at ``threshold`` on the image's pixels (:func:`pam_monai.data.restore_mask`;
+    a 0/1 mask cut on the small grid would come back with the resize's steps: pass probabilities)."""
     if label_full is None:
         return pred, label
     full = np.asarray(label_full.cpu() if isinstance(label_full, torch.Tensor) else label_full)
     full = full.reshape(full.shape[-pred.ndim :])  # 0/1, and IGNORE on unannotated voxels
     if restore == "resize":
-        back = resize_2d(np.asarray(pred, dtype=np.float32)[None], full.shape, "nearest-exact")[0]
-        return (back > 0.5).astype(pred.dtype), full
+        if tuple(pred.shape) == tuple(full.shape):
+            return pred, full
+        back = resize_probabilities(pred, full.shape)
+        return (back > threshold).astype(pred.dtype), full
     return uncrop_center(pred, full.shape), full
 
 
@@ -195,9 +201,11 @@ class CaseDataset(torch.utils.data.Dataset):
     (``1 x`` the case's own grid, uint8): :class:`~pam_monai.engines.CaseMetrics` scores the
     prediction there, put back in place, so foreground outside the crop counts as missed and
     rates and distances refer to the image as acquired, not to the network's crop. Own 2-D
-    images that were resized carry it too, with ``restore`` = ``"resize"``: the prediction is
-    resized back (nearest neighbour) and scored on the image's pixels. (CityScapes is scored on
-    the 128 x 256 grid, as the paper does.)
+    images that were resized carry it too, with ``restore`` = ``"resize"``: the bundles'
+    post-processing (:class:`~pam_monai.engines.ForegroundMaskd`) resizes the foreground
+    probabilities bilinearly to the image's pixels and cuts them there, as inference writes its
+    masks, and the mask is scored on those pixels. (CityScapes is scored on the 128 x 256 grid,
+    as the paper does.)
 
     Cases are preprocessed on first access and kept (``cache=True``): a validation set is read
     once per training run, not once per epoch.

@@ -52,7 +52,9 @@ class CaseMetrics:
     On every iteration it reads the binarised ``pred`` and the ``label`` of each case of the batch
     (and the case's ``spacing``; with a ``label_full`` in the batch, see
     :class:`~pam_monai.engines.CaseDataset`, the prediction is put back into the case's own grid,
-    zeros outside the crop, and scored against that label), computes :func:`pam_monai.metrics.case_metrics`
+    zeros outside the crop, and scored against that label; a resized own 2-D image's ``pred``
+    arrives on its own pixels already, cut there by :class:`~pam_monai.engines.ForegroundMaskd`
+    from bilinearly resized probabilities, as inference cuts it), computes :func:`pam_monai.metrics.case_metrics`
     (over the annotated voxels only, where the label marks unannotated ones), and at the end
     of the run puts the means into ``engine.state.metrics`` as ``<prefix>iou``, ``<prefix>hd95``,
     ... (so checkpoint savers and stats handlers see them) and, with ``output_dir``, writes

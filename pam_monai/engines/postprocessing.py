@@ -7,15 +7,24 @@ states RFNA's rule the same way: foreground where the reversed-label probability
 MONAI's ``AsDiscreted(threshold=0.5)`` keeps ``>= 0.5`` and would call such voxels foreground, so
 the bundles use :class:`ForegroundMaskd` instead: evaluation and inference then give identical
 masks.
+
+Own 2-D images that were resized for the network (a :class:`~pam_monai.engines.CaseDataset` case
+with ``restore`` = ``"resize"`` and a ``label_full``) are cut on their own pixels, as inference
+cuts them: the probabilities resized bilinearly to the image's size
+(:func:`pam_monai.data.ops.resize_probabilities`), then ``> threshold``. Cutting on the small grid
+and resizing the mask (nearest neighbour) would put steps of the resize factor along every outline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+
+from ..data.ops import resize_probabilities
 
 __all__ = ["ForegroundMaskd", "foreground_mask"]
 
@@ -44,7 +53,14 @@ def _probability(threshold: float) -> float:
 class ForegroundMaskd(MapTransform):
     """Dictionary transform: replace logits under ``keys`` by the float 0/1 mask of :func:`foreground_mask`
     (MONAI meta data kept), the bundles' post-processing in place of ``Activationsd(sigmoid=True)`` +
-    ``AsDiscreted(threshold=0.5)``, which thresholds with ``>=``."""
+    ``AsDiscreted(threshold=0.5)``, which thresholds with ``>=``.
+
+    A resized own 2-D image (the data carries ``restore`` = ``"resize"`` and ``label_full``, see
+    :class:`~pam_monai.engines.CaseDataset`; MONAI's evaluators hand the post-processing the
+    batch's entries too) gets its mask on its own pixels: ``sigmoid(logits)`` resized bilinearly
+    to ``label_full``'s height and width and cut there, exactly as inference writes the mask
+    (:func:`pam_monai.data.restore_mask`). :class:`~pam_monai.engines.CaseMetrics` then scores
+    it as it is."""
 
     def __init__(
         self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False
@@ -54,10 +70,29 @@ class ForegroundMaskd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
+        own = own_grid(d)
         for key in self.key_iterator(d):
             x = d[key]
-            mask = foreground_mask(x, self.threshold).to(torch.float32)
+            if (
+                own is not None and tuple(x.shape[-2:]) != own
+            ):  # probabilities to the image's pixels, cut there
+                prob = resize_probabilities(torch.sigmoid(x.float()), own)
+                mask = torch.from_numpy((prob > self.threshold).astype(np.float32)).to(x.device)
+            else:
+                mask = foreground_mask(x, self.threshold).to(torch.float32)
             if hasattr(x, "copy_meta_from"):  # MetaTensor: keep the affine and friends
                 mask = type(x)(mask, meta=x.meta, applied_operations=x.applied_operations)
             d[key] = mask
         return d
+
+
+def own_grid(data: Mapping) -> tuple[int, int] | None:
+    """The image's own height and width when ``data`` is a resized 2-D case (``restore`` =
+    ``"resize"``, with a ``label_full``), else None. A collated batch's ``restore`` is a list."""
+    restore, full = data.get("restore"), data.get("label_full")
+    if full is None:
+        return None
+    restore = restore if isinstance(restore, (list, tuple)) else [restore]
+    if not restore or any(r != "resize" for r in restore):
+        return None
+    return tuple(int(n) for n in full.shape[-2:])
