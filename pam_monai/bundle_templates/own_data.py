@@ -114,7 +114,7 @@ def own_data_bundle(
             "whole by a sliding window of the crop in evaluation and inference)"
             if spec.volumetric
             else f"images resized to {'x'.join(map(str, spec.crop_size))} (`crop_size`; predictions are resized back "
-            "and scored on each image's pixels)",
+            "(probabilities, bilinearly, cut at the threshold there) and scored on each image's pixels)",
         ),
         "defaults": "defaults: the paper's BRATS settings",
         "data_flag": "",

@@ -21,7 +21,8 @@ CityScapes frames: a grey file per channel, or, as nnU-Net reads natural images,
 ``<case>_0000.png`` for three channels (e.g. ``{"0": "R", "1": "G", "2": "B"}``); labels are
 grey (or palette) PNGs of label values. They are resized to one size (by default the training
 images' median height and width, the longer side at most 256, rounded up to 16; ``crop_size``
-sets another), predictions are resized back, and metrics and masks are on each image's pixels.
+sets another), predictions are resized back (the foreground probabilities, bilinearly, cut at the
+threshold on the image's pixels), and metrics and masks are on each image's pixels.
 
 The binary target is every non-zero label by default; ``foreground_label`` picks values or label
 names (``"lesion"``, ``[1, 2]``, ``["lesion", "oedema"]``). Volumes are sliced along their third

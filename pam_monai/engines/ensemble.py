@@ -9,7 +9,10 @@ mean probability ``<case>_prob`` and its mask ``<case>_seg`` (``mean > threshold
 input must hold the same cases, on the same grid (from the files' headers); an input folder given
 twice, and an output folder that is one of the inputs (its maps would be overwritten), are refused.
 A map whose body cannot be read, or whose values are not probabilities (0 to 1), stops the run
-when its case comes (the cases before it are written, each whole).
+when its case comes (the cases before it are written, each whole). 2-D maps are the networks'
+probabilities resized bilinearly to the image (what inference cuts its masks from): a bilinear
+resize is linear, so the mean of the maps is the resize of the mean on the networks' grid, and
+the ensemble's mask is cut on the image's pixels as a single model's is.
 """
 
 from __future__ import annotations

@@ -232,7 +232,8 @@ def markdown_report(
         "centre crop or padding undone; zeros outside a crop; own volumes larger than the crop are "
         "segmented whole by a sliding window)"
         if distance_unit == "mm"
-        else "on the image's own pixels: the prediction resized back from the networks' resolution"
+        else "on the image's own pixels: the networks' probabilities resized back bilinearly from their "
+        "resolution and cut there"
         if resized_back
         else "at the networks' resolution"
     )
