@@ -73,9 +73,7 @@ class ForegroundMaskd(MapTransform):
         own = own_grid(d)
         for key in self.key_iterator(d):
             x = d[key]
-            if (
-                own is not None and tuple(x.shape[-2:]) != own
-            ):  # probabilities to the image's pixels, cut there
+            if own is not None and tuple(x.shape[-2:]) != own:  # to the image's pixels, cut there
                 prob = resize_probabilities(torch.sigmoid(x.float()), own)
                 mask = torch.from_numpy((prob > self.threshold).astype(np.float32)).to(x.device)
             else:
