@@ -1033,6 +1033,12 @@ def error_text(e: BaseException) -> str:
     return "\n".join(parts)
 
 
+def _host() -> str:
+    from pam_monai.atomic import _HOST
+
+    return _HOST
+
+
 def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
     """A SIGKILL mid-write leaves the writer's temporary file; the next start removes it (it would
     pile up under repeated preemption), never a write in progress nor another host's file."""
@@ -1078,8 +1084,19 @@ def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_pa
     left = sorted(p.name for p in models.iterdir())
     assert left == sorted(["model.pt", "checkpoint_last.pt", other_host.name, untagged.name]), left
 
+    # a slice dataset sweeps its cache folder (half-written preprocessed volumes) the same way
+    from pam_monai.data import SliceDataset, discover_cases
+
+    cases = discover_cases("brats", synth("brats", tmp_path / "raw", cases=1, slices=4))
+    cache = tmp_path / "cache" / "brats"
+    cache.mkdir(parents=True)
+    dead_npy = cache / f".Brats18_SYN_001_1-x.image.npy.pid{proc.pid}@{_host()}.a1b2c3d4.npy.tmp"
+    dead_npy.write_bytes(b"half")
+    SliceDataset(cases, "brats", cache_dir=tmp_path / "cache", progress=False)
+    assert not dead_npy.exists() and any(cache.glob("*.npy"))
+
     # the experiment grid sweeps its whole output folder (under its lock) the same way
-    from pam_monai.atomic import _HOST
+    _HOST = _host()
 
     nested = tmp_path / "runs" / "fpa" / "seed0" / "fold0" / "eval"
     nested.mkdir(parents=True)

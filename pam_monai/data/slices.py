@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import remove_orphaned_temps
 from .files import save_atomic_npy
 from .ops import IGNORE
 from .preprocess import preprocess_case
@@ -104,6 +105,9 @@ class SliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"cache_dtype must be float16 or float32, got {cache_dtype}")
         self.cache_dir = Path(cache_dir) / self.spec.name if cache_dir is not None else None
         self.cases = [str(it.get("case", Path(_item_files(it)[0]).name)) for it in self.items]
+        if self.cache_dir is not None:  # a killed preparation's half-written volumes (large)
+            for path in remove_orphaned_temps(self.cache_dir):
+                log.info("removed %s, left by a killed writer", path)
         workers = min(4, os.cpu_count() or 1) if num_workers is None else max(int(num_workers), 1)
         bar = tqdm(
             total=len(self.items),
