@@ -769,3 +769,31 @@ def test_trainer_leaves_the_loss_on_the_device_between_reads(tmp_path):
     assert len(seen) >= 12 and set(seen) == {("list", "Tensor")}
     # the default log_every 10: the loss is read at iterations 1 and 10 (log, bar), not in between
     assert sorted(set(reads)) == [1, 10], reads
+
+
+@pytest.mark.slow
+def test_network_def_overrides_are_recorded_as_trained(tmp_path):
+    """MONAI's own override of the network's arguments (``--network_def#options``, ``--network_def#name``)
+    trains that network; model.json must record it, not the untouched ``network_options`` /
+    ``network_name`` ids, or evaluation, inference and ckpt_export build another network from the
+    record and refuse the weights."""
+    small = {k: v for k, v in SMALL.items() if k != "network_options"}
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data")}
+    run_bundle(
+        "training",
+        configs("brats_fpa", "train.json"),
+        **common,
+        **small,
+        **{"network_def#options": SMALL["network_options"], "network_def#name": "unet"},
+    )
+    record = json.loads((tmp_path / "models" / "model.json").read_text())["run"]
+    assert record["network_name"] == "unet" and record["network_options"] == SMALL["network_options"]
+    out = tmp_path / "predictions"
+    run_bundle(
+        "inferring",
+        configs("brats_fpa", "inference.json"),
+        bundle_root=str(tmp_path),
+        input_dir=str(tmp_path / "synthetic_data"),
+        output_dir=str(out),
+    )
+    assert sorted(out.glob("*_seg.nii.gz"))
