@@ -518,6 +518,19 @@ def test_inference_command_exits_non_zero_on_bad_input(cases, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_inference_on_a_folder_in_another_layout_names_the_expected_one(tmp_path):
+    """An --input_dir without a single case says which layout was expected (and, for ISLES 2022
+    files given to an ISLES 2018 bundle, the converter), even where that message mentions labels."""
+    isles22 = tmp_path / "isles22" / "sub-strokecase0001"
+    isles22.mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no case found in .*\n.*ISLES 2022.*convert_isles22"):
+        find_inference_cases("isles", isles22.parent)
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"no case found in .*\n.*expected <root>/leftImg8bit/"):
+        find_inference_cases("cityscapes", tmp_path / "frames")
+
+
 def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
     from pam_monai.engines import prepare_data
 

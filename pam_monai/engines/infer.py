@@ -163,9 +163,10 @@ def find_inference_cases(
         )
     elif problems:
         raise ValueError(f"{spec.name}: cannot infer on {root}:\n" + "\n".join(problems))
-    if not items:
+    if not items:  # every problem the scan named says why (a layout message may mention labels)
         raise ValueError(
             f"{spec.name}: no case found in {root} (expected the published layout, see the README)"
+            + "".join(f"\n{p}" for p in dict.fromkeys(str(p) for p in result.problems))
         )
     return items
 
