@@ -86,6 +86,24 @@ def test_torchscript_and_eval_determinism(name, dims):
     torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_traced_torchscript_saves_and_takes_other_sizes(name):
+    """``monai.bundle ckpt_export --use_trace True`` (and ONNX export) trace the bundle's network:
+    the traced module must save, load and compute the eager function at another size too."""
+    import io
+
+    torch.manual_seed(2)
+    net = get_network(name, spatial_dims=2, in_channels=3, out_channels=1, **SMALL).eval()
+    x, other = torch.randn(1, 3, 72, 72), torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.trace(net, x), buffer)
+        buffer.seek(0)
+        traced = torch.jit.load(buffer)
+        for t in (x, other):
+            torch.testing.assert_close(traced(t), net(t), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_too_small_input_is_refused_with_a_clear_message(mode):
     """Instance norm cannot normalise one element, in evaluation too: the network names its own

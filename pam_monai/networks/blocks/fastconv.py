@@ -35,7 +35,7 @@ heap for channels-last fp32 tensors as well: ``--fast true`` on the CPU crashed 
 are slow too (an H200 profile: 13.4 ms of FPA's 30.5 ms step contiguous, worse in channels-last),
 so the GPU fast path (:func:`use_tap_convs`, ``fast_network(taps=True)``) computes them as
 :func:`dilated_depthwise_taps`, plain tensor operations that ``torch.compile`` fuses. In
-TorchScript it is a plain ``nn.Conv2d``.
+TorchScript (scripted or traced) it is a plain ``nn.Conv2d``.
 """
 
 from __future__ import annotations
@@ -157,6 +157,10 @@ class FastConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            # torch.jit.trace (ckpt_export --use_trace, ONNX export) records the plain convolution:
+            # an autograd Function cannot be exported, and which taps run depends on the traced size
+            return self._conv_forward(x, self.weight, self.bias)
         route = self._route(x)
         if route == "tap":
             y = _TapDepthwiseConv.apply(x, self.weight, self.dilation[0])
