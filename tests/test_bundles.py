@@ -797,3 +797,22 @@ def test_network_def_overrides_are_recorded_as_trained(tmp_path):
         output_dir=str(out),
     )
     assert sorted(out.glob("*_seg.nii.gz"))
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_readme_names_the_masks_inference_writes(name, tmp_path):
+    """A model-zoo user reads the bundle's README, not infer.py: it names the mask files inference
+    writes and their foreground value (CityScapes' PNGs are 0 / 255, the volumes' masks 0 / 1)."""
+    import re
+    import types
+
+    from pam_monai.data import get_spec
+    from pam_monai.engines import CasePredictor
+
+    task = name.split("_")[0]
+    text = (ROOT / "bundles" / name / "docs" / "README.md").read_text()
+    said = re.search(r"mask is `<(?:case|frame)>(_\w+\.[\w.]+)`[^,]*, uint8, (\d+) = ", text)
+    assert said, f"{name}: the README does not say which files inference writes"
+    predictor = types.SimpleNamespace(spec=get_spec(task), output_dir=str(tmp_path))
+    assert CasePredictor.output_path(predictor, "x").name == "x" + said[1]
+    assert int(said[2]) == (255 if task == "cityscapes" else 1)

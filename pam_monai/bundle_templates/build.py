@@ -268,6 +268,18 @@ makes a bundle of its own for such a data set (its configs carry channels, label
 See the project README, "Your own data"."""
 
 
+def _masks(bt: BundleTask) -> str:
+    """The files inference writes, as :meth:`pam_monai.engines.CasePredictor.output_path` names them."""
+    if bt.spec.volumetric:
+        return (
+            "each case's mask is `<case>_seg.nii.gz` (`.mha` / `.nrrd` for such inputs), uint8, 1 = "
+            f"{bt.info['target']}, 0 elsewhere"
+        )
+    if bt.spec.name == "nnunet":
+        return f"each image's mask is `<case>_seg.png`, uint8, 1 = {bt.info['target']}, 0 elsewhere"
+    return f"each frame's mask is `<frame>_vehicles.png`, uint8, 255 = {bt.info['target']}, 0 elsewhere"
+
+
 def _doc_values(task: str | BundleTask, network: str) -> dict:
     bt = as_task(task)
     spec = bt.spec
@@ -299,6 +311,7 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "data_flag": " \\\n    --dataset_dir /path/to/data",
         "fg_note": " (BraTS 2021+: 3)",
         "run_from": PAPER_RUN_FROM,
+        "masks": _masks(bt),
     }
     values["measured_line"] = f"One epoch on a fresh clone without data (`--epochs 1`): {values['measured']}."
     for key in ("defaults", "data_flag", "fg_note", "measured_line"):  # own data bundles say their own
