@@ -551,6 +551,18 @@ def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
     assert not (tmp_path / "s2").exists()
 
 
+def test_a_broken_datalist_file_is_named(tmp_path):
+    """A hand-edited --data_list_file_path that is not JSON (or not an object of lists) is named:
+    a bare JSONDecodeError ('line 2 column 1') does not say which file."""
+    from pam_monai.data import load_datalist
+
+    path = tmp_path / "external.json"
+    for text, what in (('{"test": [\n', "Expecting value"), ("[]", "got list")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"{path}: not a JSON datalist \(.*{what}"):
+            load_datalist(path, tmp_path)
+
+
 def test_inference_names_weights_that_do_not_fit_the_network(cases, tmp_path):
     weights = tmp_path / "model.pt"
     atomic_save(get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1).state_dict(), weights)

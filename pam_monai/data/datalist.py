@@ -229,7 +229,15 @@ def load_datalist(datalist: dict | str | os.PathLike, root: str | os.PathLike | 
     """Read a datalist (a dict, or a JSON file) and, with ``root``, make its ``image`` and
     ``label`` paths absolute (as MONAI's ``load_decathlon_datalist(base_dir=root)`` does)."""
     if not isinstance(datalist, dict):
-        datalist = json.loads(Path(datalist).read_text())
+        path = Path(datalist)
+        try:
+            datalist = json.loads(path.read_text())
+        except ValueError as e:  # a hand-edited datalist: name the file, not only the line
+            raise ValueError(f"{path}: not a JSON datalist ({e})") from e
+        if not isinstance(datalist, dict):
+            raise ValueError(
+                f"{path}: not a JSON datalist (an object of case lists, got {type(datalist).__name__})"
+            )
     if root is None:
         return datalist
     root = Path(root)
