@@ -4,9 +4,11 @@ Every checkpoint, cache file, metric table, mask and figure the project writes g
 :func:`atomic_path`, so an interrupted run (SIGKILL included) leaves either the previous complete
 file or the new complete file, never half of one.
 
-A SIGKILL leaves the temporary file behind. Its name carries the writer's process ID and host
-(``.model.pt.pid4242@node1.k3j_9xq2.tmp``), so :func:`remove_orphaned_temps` can remove, at the
-next start, the temporary files of writers that are gone, and never one still being written.
+A SIGKILL leaves the temporary file behind. Its name carries the writer's process ID, host and
+PID namespace (``.model.pt.pid4242@node1-ns4026531836.k3j_9xq2.tmp``), so
+:func:`remove_orphaned_temps` can remove, at the next start, the temporary files of writers that
+are gone, and never one still being written (containers with host networking share the host name
+but not the process IDs: a writer in another container is never judged by this one's).
 """
 
 from __future__ import annotations
@@ -24,13 +26,25 @@ __all__ = ["atomic_dir", "atomic_path", "atomic_write_text", "remove_orphaned_te
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
-_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-_TAG = re.compile(r"^\..+\.pid(\d+)@([A-Za-z0-9_-]+)\.")
+
+
+def _host_tag() -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+    try:  # process IDs are per PID namespace (container), which a host name does not tell
+        return f"{host}-ns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux
+        return host
+
+
+_HOST = _host_tag()
+# exactly what _prefix + tempfile.mkstemp / mkdtemp make: 8 random [a-z0-9_], then the suffix
+_TAG = re.compile(r"^\..+\.pid(\d+)@([A-Za-z0-9_-]+)\.[a-z0-9_]{8}(?:\..*)?$", re.DOTALL)
+_NAME_MAX = 100  # of the target's name in a temporary name (file systems allow 255 bytes in all)
 
 
 def _prefix(name: str) -> str:
     # the PID is read at each call: a forked DataLoader worker writes with its own
-    return f".{name}.pid{os.getpid()}@{_HOST}."
+    return f".{name[:_NAME_MAX]}.pid{os.getpid()}@{_HOST}."
 
 
 def _writer_gone(pid: int) -> bool:
@@ -118,8 +132,10 @@ def remove_orphaned_temps(folder: str | os.PathLike, recursive: bool = False) ->
 
     Only names written by :func:`atomic_path` / :func:`sibling_temp_dir` on this host whose writer
     process no longer exists are touched: a write in progress (this process's or another's), a
-    file of another host (a shared file system) and every other file are left alone. A PID that
-    was reused since keeps its orphan, which is harmless.
+    file of another host or container (a shared file system) and every other file are left alone,
+    and so is an orphan that cannot be removed (a read-only folder, another user's file in a
+    sticky folder), which does not stop the caller. A PID that was reused since keeps its orphan,
+    which is harmless.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -131,9 +147,14 @@ def remove_orphaned_temps(folder: str | os.PathLike, recursive: bool = False) ->
             continue
         if m is None or m.group(2) != _HOST or not _writer_gone(int(m.group(1))):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        except FileNotFoundError:  # removed meanwhile by another sweep
+            pass
+        except OSError:  # a read-only cache, another user's file in a sticky folder: not ours to remove
+            continue
         removed.append(entry)
     return removed

@@ -1133,3 +1133,57 @@ def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_pa
     assert remove_orphaned_temps(tmp_path / "runs") == []  # not recursive: nothing at the top
     assert remove_orphaned_temps(tmp_path / "runs", recursive=True) == [dead_dir]
     assert sorted(p.name for p in nested.iterdir()) == [kept.name]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_orphan_that_cannot_be_removed_does_not_stop_the_start(tmp_path, monkeypatch):
+    """A read-only cache or another user's orphan in a sticky folder: the sweep leaves it and goes
+    on (a training, a slice dataset and an experiment call start with it); it raised before."""
+    from pam_monai.atomic import _HOST, remove_orphaned_temps
+
+    pid = _dead_pid()
+    stuck = tmp_path / f".model.pt.pid{pid}@{_HOST}.abcdefgh.tmp"
+    gone = tmp_path / f".checkpoint_last.pt.pid{pid}@{_HOST}.ijklmnop.tmp"
+    stuck.write_bytes(b"x")
+    gone.write_bytes(b"x")
+    unlink = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self.name == stuck.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert remove_orphaned_temps(tmp_path) == [gone]
+    assert stuck.exists() and not gone.exists()
+
+
+def test_temporary_names_tell_containers_apart_and_spare_look_alike_user_files(tmp_path):
+    """Containers with host networking share the host name, not the process IDs: a live writer
+    of another container must not look dead here. A user's file that only resembles a temporary
+    name (no 8-character random part) is not one. A long target name still fits NAME_MAX."""
+    import socket
+
+    from pam_monai.atomic import _HOST, atomic_path, remove_orphaned_temps
+
+    if os.path.exists("/proc/self/ns/pid"):
+        assert _HOST.endswith(f"-ns{os.stat('/proc/self/ns/pid').st_ino}"), _HOST
+    pid = _dead_pid()
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+    other_container = tmp_path / f".model.pt.pid{pid}@{host}.abcdefgh.tmp"
+    user_file = tmp_path / f".notes.pid{pid}@{_HOST}.txt"
+    orphan = tmp_path / f".model.pt.pid{pid}@{_HOST}.abcdefgh.tmp"
+    for f in (other_container, user_file, orphan):
+        f.write_bytes(b"x")
+    assert remove_orphaned_temps(tmp_path) == [orphan]
+    assert other_container.exists() and user_file.exists()
+
+    long_name = "c" * 240 + ".nii.gz"  # 247 bytes: a valid name, its temporary name must be too
+    with atomic_path(tmp_path / long_name, suffix=".nii.gz") as tmp:
+        tmp.write_bytes(b"y")
+    assert (tmp_path / long_name).read_bytes() == b"y"
