@@ -224,3 +224,7 @@ def test_on_case_grid_restores_probabilities_of_the_small_grid():
     assert same is pred
     cut, _ = on_case_grid(prob, label, truth[None], "resize", threshold=0.9)
     assert 0 < cut.sum() < pred.sum()
+    # a prediction with its channel axis (1 x h x w), as the docstring allows: the same mask
+    chan, chan_full = on_case_grid(prob[None], label[None], truth[None], "resize")
+    assert chan.shape == chan_full.shape == (1, 512, 1024)
+    np.testing.assert_array_equal(chan[0], pred)

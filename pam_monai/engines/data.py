@@ -165,7 +165,7 @@ def on_case_grid(
     if restore == "resize":
         if tuple(pred.shape) == tuple(full.shape):
             return pred, full
-        back = resize_probabilities(pred, full.shape)
+        back = resize_probabilities(pred, full.shape[-2:])  # a leading channel axis kept
         return (back > threshold).astype(pred.dtype), full
     return uncrop_center(pred, full.shape), full
 
