@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -928,7 +930,18 @@ def test_one_call_per_grid_and_killed_runs_are_recorded(small_grid, tmp_path, mo
         with pytest.raises(RuntimeError, match=r"another experiment call is running this grid"):
             run_experiment(**small_grid)
         fcntl.flock(held, fcntl.LOCK_UN)
+    # the killed call's half-written checkpoint: the next call removes it (its writer is gone)
+    from pam_monai.atomic import _HOST
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = (
+        out / "runs" / "unet" / "seed0" / "fold0" / "models" / f".model.pt.pid{dead.pid}@{_HOST}.abcdefgh.tmp"
+    )
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half")
     run_experiment(**small_grid)
+    assert not orphan.exists()
     events = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()[2:]]
     assert [(e["event"], e["run"]) for e in events] == [
         ("killed", "runs/unet/seed0/fold0"),
