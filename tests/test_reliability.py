@@ -1120,6 +1120,15 @@ def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_pa
     SliceDataset(cases, "brats", cache_dir=tmp_path / "cache", progress=False)
     assert not dead_npy.exists() and any(cache.glob("*.npy"))
 
+    # inference sweeps its output folder (masks of a killed run) before writing
+    out = tmp_path / "predictions"
+    out.mkdir()
+    dead_mask = out / f".Brats18_SYN_001_1_seg.nii.gz.pid{proc.pid}@{_host()}.z9y8x7w6.nii.gz"
+    dead_mask.write_bytes(b"half")
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    CasePredictor(net, find_inference_cases("brats", tmp_path / "raw"), "brats", str(out)).run()
+    assert not dead_mask.exists() and (out / "Brats18_SYN_001_1_seg.nii.gz").is_file()
+
     # the experiment grid sweeps its whole output folder (under its lock) the same way
     _HOST = _host()
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..data.checker import orientation, orientation_problem, slice_axis_problem
 from ..data.files import (
@@ -401,6 +401,8 @@ class CasePredictor:
                 "segment the others):\n" + "\n".join(problems)
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_orphaned_temps(self.output_dir):  # masks a killed run left half-written
+            log.info("removed %s, left by a killed writer", path)
         written = []
         for item in tqdm(usable, desc=f"{self.spec.name}: inference", unit="case"):
             case, source = load_case(self.spec, item), _first(item)
