@@ -548,3 +548,78 @@ def test_samples_that_do_not_fit_on_the_device_are_refused_with_their_size(monke
         RuntimeError, match=r"7 training samples \(0.00 GB\) do not fit on cpu; use device_data=auto"
     ):
         loaders.slice_loader(_Samples(7), 2, "cpu", device_data=True)
+
+
+# --- whole-volume inference with freed memory kept in the process (CPU) -----------------------
+
+
+def test_reuse_freed_memory_gives_the_same_logits():
+    """``reuse_freed_memory`` changes where tensors live, not what is computed: FPA's logits are
+    bit-identical inside and outside the block, nested blocks keep it on until the outermost ends,
+    and a disabled block is a no-op."""
+    from pam_monai.engines import memory
+
+    torch.manual_seed(0)
+    net = get_network(
+        "fpa", spatial_dims=2, in_channels=4, out_channels=1, options={"features": [8, 16, 32, 64]}
+    )
+    x = torch.randn(6, 4, 48, 48)
+    with torch.no_grad():
+        plain = net.eval()(x)
+        with memory.reuse_freed_memory() as on:
+            with memory.reuse_freed_memory() as inner:
+                assert inner == on
+            assert memory._depth == (1 if on else 0)
+            kept = [net(x) for _ in range(2)]
+        assert memory._depth == 0
+        with memory.reuse_freed_memory(False) as off:
+            assert off is False and memory._depth == 0
+    if memory._LIBC is not None:
+        assert on is True
+    for y in kept:
+        assert torch.equal(y, plain)
+
+
+def _predict_twice(root, tmp_path, options=None):
+    import nibabel as nib
+    import numpy as np
+
+    from pam_monai.engines import CasePredictor, find_inference_cases
+
+    items = find_inference_cases("brats", root)
+    out = {}
+    for reuse in (False, True):
+        torch.manual_seed(0)
+        net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=options or {})
+        d = tmp_path / f"reuse_{reuse}"
+        CasePredictor(net, items, "brats", str(d), save_probabilities=True, reuse_memory=reuse).run()
+        out[reuse] = {f.name: np.asarray(nib.load(str(f)).dataobj) for f in sorted(d.glob("*.nii.gz"))}
+    assert out[False].keys() == out[True].keys() and len(out[True]) == 2 * len(items)
+    for name, array in out[False].items():
+        assert array.dtype == out[True][name].dtype
+        np.testing.assert_array_equal(
+            out[True][name], array, err_msg=name
+        )  # masks and probabilities, bit for bit
+    return out
+
+
+def test_case_predictor_reuse_memory_same_masks(tmp_path):
+    """CasePredictor's memory reuse on the CPU (the default) writes the very masks and
+    probabilities of the C library's defaults (synthetic BRATS cases)."""
+    from pam_monai.data.commands import synth
+
+    root = tmp_path / "brats"
+    synth("brats", root, cases=2, seed=1, slices=6)
+    _predict_twice(root, tmp_path, {"features": [8, 16, 32, 64]})
+
+
+def test_case_predictor_reuse_memory_same_masks_real_brats(shared_data, tmp_path):
+    """The same on a real BraTS 2018 case (240 x 240 x 155, all 155 slices; a quarter-width FPA
+    keeps the test short): not one voxel of the mask, not one bit of the probabilities changes."""
+    import shutil
+
+    root = tmp_path / "brats"
+    shutil.copytree(shared_data / "brats2018" / "Brats18_2013_2_1", root / "Brats18_2013_2_1")
+    out = _predict_twice(root, tmp_path, {"features": [8, 16, 32, 64]})
+    mask = out[True]["Brats18_2013_2_1_seg.nii.gz"]
+    assert mask.shape == (240, 240, 155) and 0 < mask.sum() < 160 * 160 * 155

@@ -38,6 +38,7 @@ from ..data.layout import visible_entries
 from ..networks.polarity import as_foreground
 from .checkpoint import check_weights, read_run_record
 from .inferer import SliceWiseInferer
+from .memory import reuse_freed_memory
 from .postprocessing import _probability, foreground_mask
 from .runtime import as_bool
 
@@ -286,6 +287,12 @@ class CasePredictor:
         inferer: the slice-wise inferer (default: a :class:`SliceWiseInferer` of ``slice_batch_size``).
         skip_invalid: segment the usable cases and skip those with an input problem (a WARNING lists
             them); default: refuse them all, writing nothing, until every input is fixed.
+        reuse_memory: on the CPU, keep freed memory in the process while the cases are predicted
+            (:func:`~pam_monai.engines.memory.reuse_freed_memory`): every network call then reuses
+            the pages of the one before instead of mapping and zeroing fresh ones (glibc hands
+            each block of more than 128 KiB-32 MiB back to the kernel at once). The same masks,
+            bit for bit; 1.3-1.6x faster whole-volume FPA inference on 2 cores
+            (``benchmarks/README.md``). False: the C library's defaults.
     """
 
     def __init__(
@@ -302,6 +309,7 @@ class CasePredictor:
         save_probabilities: bool = False,
         inferer: SliceWiseInferer | None = None,
         skip_invalid: bool = False,
+        reuse_memory: bool = True,
     ) -> None:
         self.network = network
         self.items = list(items)
@@ -314,6 +322,7 @@ class CasePredictor:
             inferer = SliceWiseInferer(slice_batch_size, roi_size=self.spec.crop_size)
         self.inferer = inferer
         self.skip_invalid = as_bool(skip_invalid)
+        self.reuse_memory = as_bool(reuse_memory)
         self.amp = as_bool(amp) and self.device.type == "cuda"
         # --save_probabilities false arrives from the monai.bundle CLI as the string "false" (Fire
         # parses only True / False), and bool("false") is True
@@ -403,41 +412,45 @@ class CasePredictor:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for path in remove_orphaned_temps(self.output_dir):  # masks a killed run left half-written
             log.info("removed %s, left by a killed writer", path)
+        # CPU: the network's tensors of hundreds of MB reuse freed pages (same masks, faster)
         written = []
-        for item in tqdm(usable, desc=f"{self.spec.name}: inference", unit="case"):
-            case, source = load_case(self.spec, item), _first(item)
-            pre = preprocess_case(self.spec, case, whole=self.spec.inference_fit == "pad")
-            image = torch.from_numpy(np.ascontiguousarray(pre["image"], dtype=np.float32))[None].to(
-                self.device
+        with reuse_freed_memory(self.reuse_memory and self.device.type == "cpu"):
+            for item in tqdm(usable, desc=f"{self.spec.name}: inference", unit="case"):
+                written += self._predict(network, item)
+        return written
+
+    def _predict(self, network: torch.nn.Module, item: dict) -> list[Path]:
+        """Predict one usable case; the paths written (mask, then probabilities if asked)."""
+        written = []
+        case, source = load_case(self.spec, item), _first(item)
+        pre = preprocess_case(self.spec, case, whole=self.spec.inference_fit == "pad")
+        image = torch.from_numpy(np.ascontiguousarray(pre["image"], dtype=np.float32))[None].to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.inferer(image, network)
+        shape, prob = case["original_shape"], None
+        if self.spec.volumetric:  # cut on the network's grid, uncropped (no float copy of the volume)
+            mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
+            mask = restore_prediction(self.spec, mask, shape)
+        else:  # 2-D: probabilities resized bilinearly to the image's pixels and cut there
+            prob = restore_prediction(self.spec, torch.sigmoid(logits.float())[0, 0], shape)
+            mask = (prob > self.threshold).astype(np.uint8)
+        path = self.output_path(case["case"], source)
+        # CityScapes' vehicle masks are 0 / 255 PNGs; everything else 0 / 1 (own PNGs: a label map)
+        scale = 255 if not self.spec.volumetric and self.spec.name != "nnunet" else 1
+        written.append(save_prediction(mask * np.uint8(scale), path, source, case["affine"]))
+        prob_path = self.output_path(case["case"], source, kind="prob")
+        if not self.save_probabilities and prob_path.exists():
+            log.warning(
+                "%s: %s is from an earlier run and was not rewritten: it may not match this mask "
+                "(run with --save_probabilities true to rewrite it, or delete it)",
+                case["case"],
+                prob_path,
             )
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.inferer(image, network)
-            shape, prob = case["original_shape"], None
-            if self.spec.volumetric:  # cut on the network's grid, uncropped (no float copy of the volume)
-                mask = foreground_mask(logits, self.threshold)[0, 0].cpu().numpy().astype(np.uint8)
-                mask = restore_prediction(self.spec, mask, shape)
-            else:  # 2-D: probabilities resized bilinearly to the image's pixels and cut there
-                prob = restore_prediction(self.spec, torch.sigmoid(logits.float())[0, 0], shape)
-                mask = (prob > self.threshold).astype(np.uint8)
-            path = self.output_path(case["case"], source)
-            # CityScapes' vehicle masks are 0 / 255 PNGs; everything else 0 / 1 (own PNGs: a label map)
-            scale = 255 if not self.spec.volumetric and self.spec.name != "nnunet" else 1
-            written.append(save_prediction(mask * np.uint8(scale), path, source, case["affine"]))
-            prob_path = self.output_path(case["case"], source, kind="prob")
-            if not self.save_probabilities and prob_path.exists():
-                log.warning(
-                    "%s: %s is from an earlier run and was not rewritten: it may not match this mask "
-                    "(run with --save_probabilities true to rewrite it, or delete it)",
-                    case["case"],
-                    prob_path,
-                )
-            if self.save_probabilities:  # the mask's own numbers: sigmoid in float32, put back the same way
-                if prob is None:  # volumes: uncropped, zeros outside the crop
-                    prob = restore_prediction(
-                        self.spec, torch.sigmoid(logits.float())[0, 0].cpu().numpy(), shape
-                    )
-                prob = np.ascontiguousarray(prob, np.float32)
-                written.append(save_prediction(prob, prob_path, source, case["affine"]))
-            unit = "voxels" if self.spec.volumetric else "pixels"
-            log.info("%s: %d foreground %s -> %s", case["case"], int(mask.sum()), unit, path)
+        if self.save_probabilities:  # the mask's own numbers: sigmoid in float32, put back the same way
+            if prob is None:  # volumes: uncropped, zeros outside the crop
+                prob = restore_prediction(self.spec, torch.sigmoid(logits.float())[0, 0].cpu().numpy(), shape)
+            prob = np.ascontiguousarray(prob, np.float32)
+            written.append(save_prediction(prob, prob_path, source, case["affine"]))
+        unit = "voxels" if self.spec.volumetric else "pixels"
+        log.info("%s: %d foreground %s -> %s", case["case"], int(mask.sum()), unit, path)
         return written
