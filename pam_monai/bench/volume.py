@@ -7,6 +7,9 @@ all 155 axial slices through the network with :class:`~pam_monai.engines.SliceWi
 at 0 (``sigmoid > 0.5``), copy the mask back and un-crop it to ``240 x 240 x 155``. Median of
 ``repeats`` runs after one warm-up run. The fast mode runs bf16 autocast, channels-last and the
 fusible norm in eager mode (compiling an inference graph would cost more than a case takes).
+On the CPU the runs keep freed memory in the process, as ``CasePredictor`` does
+(:func:`~pam_monai.engines.memory.reuse_freed_memory`; ``reuse_memory=False``: glibc's defaults,
+the figure before; ``benchmarks/infer_cpu_bench.py`` compares both on real cases).
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ def bench_volume(
     slice_batch_size: int = 64,
     repeats: int = 3,
     seed: int = 0,
+    reuse_memory: bool = True,
 ) -> list[dict]:
     """Time whole-volume inference per (network, mode); see the module docstring."""
     from ..data import crop_or_pad_center, uncrop_center
     from ..engines import SliceWiseInferer
+    from ..engines.memory import reuse_freed_memory
     from .train import build_network
 
     rng = np.random.default_rng(seed)
@@ -54,6 +59,7 @@ def bench_volume(
                 "crop": crop,
                 "slice_batch_size": slice_batch_size,
                 "repeats": repeats,
+                "reuse_memory": bool(reuse_memory and device.type == "cpu"),
                 "error": None,
             }
             try:
@@ -72,15 +78,16 @@ def bench_volume(
                     mask = (logits > 0)[0, 0].to(torch.uint8).cpu().numpy()  # the copy back synchronises
                     return uncrop_center(mask, volume)
 
-                t = time.perf_counter()
-                out = run()
-                r["first_s"] = time.perf_counter() - t
-                assert out.shape == tuple(volume), out.shape
-                times = []
-                for _ in range(max(repeats, 1)):
+                with reuse_freed_memory(reuse_memory and device.type == "cpu"):  # as CasePredictor
                     t = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - t)
+                    out = run()
+                    r["first_s"] = time.perf_counter() - t
+                    assert out.shape == tuple(volume), out.shape
+                    times = []
+                    for _ in range(max(repeats, 1)):
+                        t = time.perf_counter()
+                        run()
+                        times.append(time.perf_counter() - t)
                 r["seconds_median"] = statistics.median(times)
                 r["seconds_min"] = min(times)
                 r["slices_per_s"] = volume[2] / statistics.median(times)
