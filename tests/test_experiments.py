@@ -23,6 +23,7 @@ from pam_monai.experiments.results import (
     format_mean_std,
     markdown_report,
     paper_protocol_means,
+    read_case_metrics,
     results_csv,
 )
 from pam_monai.networks import get_network
@@ -251,6 +252,23 @@ def test_results_csv_columns():
     assert rows[0]["seed"] == "2" and rows[0]["fold"] == "3" and rows[0]["params"] == "1234567"
     assert float(rows[1]["iou"]) == 0.25 and rows[0]["target_empty"] == "False"
     assert json.loads(rows[0]["options"]) == {}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", ""])
+def test_a_case_metric_that_is_not_finite_is_refused_naming_the_file(tmp_path, value):
+    """An edited or older metrics.csv with HD95 NaN / inf / empty: refused when read (before any
+    table is rewritten), naming the file, the case and the metric; not a bare 'could not convert
+    string to float' nor a later refusal by the paired comparison after results.csv was rewritten."""
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n"
+        "c0,0.5,0.6,3.0,0.01,0.2,False,False\n"
+        f"c1,0.0,0.0,{value},0.0,1.0,False,True\n"
+    )
+    with pytest.raises(ValueError, match=r"metrics\.csv: case c1: hd95 = .* is not a finite number"):
+        read_case_metrics(path)
+    path.write_text(path.read_text().replace(f",{value},", ",373.13,"))
+    assert [c["hd95"] for c in read_case_metrics(path)] == [3.0, 373.13]
 
 
 # ----------------------------------------------------------------------------- figures

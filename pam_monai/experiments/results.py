@@ -66,7 +66,19 @@ def read_case_metrics(path: str | os.PathLike) -> list[dict]:
         raise ValueError(f"{path}: no case")
     out = []
     for r in rows:
-        row = {"case": r["case"], **{m: float(r[m]) for m in METRICS}}
+        row = {"case": r["case"]}
+        for m in METRICS:
+            # the metrics are never NaN or infinite (empty-mask rule of pam_monai.metrics): a value
+            # that is not a finite number (an edited or older file) is refused here, naming the file,
+            # before any table is rewritten, not later by the paired comparison (that left a new
+            # results.csv beside the previous call's results.md) or as "nan ± nan" in a table
+            try:
+                value = float(r[m])
+            except (TypeError, ValueError):
+                value = None
+            if value is None or not np.isfinite(value):
+                raise ValueError(f"{path}: case {r['case']}: {m} = {r[m]!r} is not a finite number")
+            row[m] = value
         row["target_empty"] = _bool(r["target_empty"])
         row["pred_empty"] = _bool(r["pred_empty"])
         out.append(row)
