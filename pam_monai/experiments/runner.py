@@ -13,6 +13,8 @@ Layout of ``DIR``::
     .experiment.lock                     held by the running call: a second call on DIR is refused
     runs/<variant>/seed<k>/fold<f>/      a run's bundle_root: models/, eval/metrics.csv, done.json
     results.csv  results.md              one row per (run, case); the paper's table layout
+                                         (IoU, Dice, FP, FN: fractions in the .csv files,
+                                         percent in results.md; HD95 in mm, px for 2-D images)
     comparison.csv                       paired per-case comparison with --reference, and whether
                                          it holds in every pairing of seeds (see .compare)
     fig4_attention.png fig5_overlays.png fig7_ablation.png
