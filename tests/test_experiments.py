@@ -190,6 +190,37 @@ def test_comparison_over_unequal_runs_is_flagged():
     assert "different numbers of finished runs" not in md
 
 
+def test_comparison_over_other_runs_of_equal_number_is_flagged():
+    """--keep_going after one failed run of each network: 3 runs each, but fold 0's case is unet's
+    mean over 2 seeds and fpa's value of 1 seed (fold 1 the other way round); and a network of the
+    grid with no finished run is named, not left to 'No network shares a scored test case'."""
+    from pam_monai.experiments.compare import paired_comparison
+
+    runs = [
+        _run("unet", 0, [0.5], fold=0),
+        _run("unet", 1, [0.7], fold=0),
+        _run("unet", 0, [0.5], fold=1),
+        _run("fpa", 1, [0.6], fold=0),
+        _run("fpa", 0, [0.6], fold=1),
+        _run("fpa", 1, [0.4], fold=1),
+    ]
+    order = ["unet", "fpa", "rfna"]
+    md = _report(runs, order=order, planned=12, comparison=("unet", paired_comparison(runs, "unet", order)))
+    assert (
+        "means over different finished runs (seeds x folds): unet seed 0 fold 0, seed 1 fold 0, seed 0 fold 1; "
+        "fpa seed 1 fold 0, seed 0 fold 1, seed 1 fold 1" in md
+    )
+    assert "Not compared, no finished run yet: rfna." in md
+    complete = [*runs, _run("unet", 1, [0.5], fold=1), _run("fpa", 0, [0.6], fold=0)]
+    md = _report(
+        complete,
+        order=order[:2],
+        planned=8,
+        comparison=("unet", paired_comparison(complete, "unet", order[:2])),
+    )
+    assert "different finished runs" not in md and "Not compared" not in md
+
+
 def test_format_mean_std():
     assert format_mean_std([0.5, 0.7], 100) == "60.00 ± 14.14"
     assert format_mean_std([2.0]) == "2.00 ± n/a"

@@ -325,13 +325,34 @@ def markdown_report(
         lines += ["", *comparison_section(comparison[1], comparison[0], distance_unit)]
         compared = {comparison[0]} | {row["network"] for row in comparison[1]}
         counts = {variant: len(rs) for variant, rs in groups if variant in compared}
-        if len(set(counts.values())) > 1:  # an incomplete grid: per-case values over unequal runs
+        # an incomplete grid: per-case values over unequal runs, or over equally many but other
+        # (seed, fold) runs (--keep_going after a failed run of each network: a case averaged over
+        # 2 seeds of one network and 1 of the other), or networks with no finished run at all
+        covered = {frozenset((r.seed, r.fold) for r in rs) for variant, rs in groups if variant in compared}
+        unfinished = [v for v in order if v not in {variant for variant, _ in groups}]
+        if len(set(counts.values())) > 1:
             lines += [
                 "",
                 "> The compared networks' per-case values are means over different numbers of finished runs ("
                 + ", ".join(f"{v} {n}" for v, n in counts.items())
                 + "): re-run the command to finish the grid before reading the comparison.",
             ]
+        elif len(covered) > 1:
+            lines += [
+                "",
+                "> The compared networks' per-case values are means over different finished runs (seeds x folds): "
+                + "; ".join(
+                    f"{v} "
+                    + ", ".join(
+                        f"seed {r.seed} fold {r.fold}" for r in sorted(rs, key=lambda r: (r.fold, r.seed))
+                    )
+                    for v, rs in groups
+                    if v in compared
+                )
+                + ": re-run the command to finish the grid before reading the comparison.",
+            ]
+        if unfinished:
+            lines += ["", f"> Not compared, no finished run yet: {', '.join(unfinished)}."]
     if paper_protocol:
         lines += ["", *_paper_protocol_section(groups)]
     if figures:
