@@ -792,6 +792,30 @@ def small_grid(tmp_path):
     }
 
 
+def test_figure_titles_name_the_seed_of_the_runs_shown(small_grid, monkeypatch):
+    """fig5's case IoU and fig4's map are one trained model's (the first seed's run), not the table's
+    mean over seeds: the titles say which seed, so a caption does not mistake them for the mean."""
+    pytest.importorskip("matplotlib")
+    from pam_monai.experiments import figures as figures_module
+
+    titles = {}
+    real_overlay, real_attention = figures_module.overlay_figure, figures_module.attention_figure
+
+    def overlay(rows, networks, path, title=""):
+        titles["fig5"] = title
+        return real_overlay(rows, networks, path, title=title)
+
+    def attention(image, target, maps, path, title=""):
+        titles["fig4"] = title
+        return real_attention(image, target, maps, path, title)
+
+    monkeypatch.setattr(figures_module, "overlay_figure", overlay)
+    monkeypatch.setattr(figures_module, "attention_figure", attention)
+    run_experiment(**{**small_grid, "networks": "fpa", "figures": True})
+    assert "each network's seed 0 run, not a mean over seeds" in titles["fig5"]
+    assert titles["fig4"].endswith("(seed 0 run)")
+
+
 def test_refused_call_leaves_experiment_json_alone(small_grid, tmp_path, monkeypatch):
     monkeypatch.setattr(
         runner_module,

@@ -380,7 +380,16 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
                 "iou": ious,
             }
         )
-    title = f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU over the whole case)"
+    # the panels show one trained model per network, not the table's mean over runs: say which
+    shown = {lab: reps[lab].seed for lab in order}
+    if len(set(shown.values())) == 1:
+        which = f"each network's seed {next(iter(shown.values()))} run, not a mean over seeds"
+    else:
+        which = "runs shown: " + ", ".join(f"{lab} seed {seed}" for lab, seed in shown.items())
+    title = (
+        f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU "
+        f"over the whole case)\n{which}"
+    )
     if any(r["annotated"] is not None for r in rows):
         title += (
             "\nsparse annotations: scored and coloured on the annotated voxels only (their border dotted)"
@@ -397,6 +406,12 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     if maps:
         where = f" slice {row['slice']}" if row["slice"] is not None else ""
         title = f"{row['case']}{where}: channel-mean attention of the deepest encoder block"
+        seeds_shown = {reps[lab].seed for lab in maps}
+        title += (
+            f" (seed {seeds_shown.pop()} run)"
+            if len(seeds_shown) == 1
+            else " (" + ", ".join(f"{lab} seed {reps[lab].seed}" for lab in maps) + ")"
+        )
         if any(reps[lab].variant.network == "rfna" for lab in maps):
             title += " (RFNA is trained on reversed labels)"
         written.append(
