@@ -613,6 +613,7 @@ def test_table_distance_unit_for_2d_images():
         [_run("fpa", 0, [0.5])], dataset="cityscapes", dataset_title="CityScapes", distance_unit="px"
     )
     assert "| HD95 (px) |" in md and "one image" in md and "(mm)" not in md
+    assert "N = target background pixels" in md and "voxels" not in md
 
 
 def test_cli_help_starts_nothing(tmp_path, monkeypatch, capsys):

@@ -239,6 +239,7 @@ def markdown_report(
         lines.append(f"> Data: {data} ({data_root}).")
     lines.append("")
     case = "one 3-D volume" if distance_unit == "mm" else "one image"
+    element = "voxels" if distance_unit == "mm" else "pixels"
     grid = (
         "on the case's own grid: the prediction put back into the acquired volume (the networks' "
         "centre crop or padding undone; zeros outside a crop; own volumes larger than the crop are "
@@ -251,8 +252,8 @@ def markdown_report(
     )
     lines.append(
         f"Honest per-case metrics (each test case = {case}, {grid}): foreground IoU (Jaccard), HD95 = 95th percentile of the symmetric surface "
-        f"distance in {distance_unit}, FP rate = FP / N (N = target background voxels), FN rate = FN / P "
-        "(P = target foreground voxels); empty masks follow the documented rule of "
+        f"distance in {distance_unit}, FP rate = FP / N (N = target background {element}), FN rate = FN / P "
+        f"(P = target foreground {element}); empty masks follow the documented rule of "
         "`pam_monai.metrics` (no case is ever dropped). Each run's metrics are averaged over its "
         "test cases first; the table gives mean ± sample std (ddof=1) of those per-run means over "
         "the runs (seeds x folds) of each network."
