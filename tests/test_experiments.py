@@ -920,6 +920,8 @@ def test_ablation_figure_keeps_every_configuration(tmp_path, monkeypatch):
     ]
     assert not iou_panel.lines  # no error bar from a single run
     assert captured[0].axes[2].get_ylabel() == "HD95 (px)"
+    # the caption's material: what a bar and an error bar are
+    assert "error bar: sample std over those runs" in captured[0]._suptitle.get_text()
 
 
 def test_figure_networks_take_any_spelling_of_a_grid_network(small_grid, monkeypatch):

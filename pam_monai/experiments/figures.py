@@ -275,8 +275,12 @@ def ablation_figure(
             ax.set_xlabel(axis_name)
             ax.set_ylabel("IoU (%)" if metric == "iou" else f"HD95 ({hd95_unit})")
             ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    # what a bar and its error bar are (a caption needs it: not a std over cases, not a CI)
+    note = (
+        "bar: mean over runs (seeds x folds) of each run's mean over its test cases; "
+        "error bar: sample std over those runs (none for one run)"
+    )
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
 
