@@ -291,7 +291,7 @@ class CasePredictor:
             (:func:`~pam_monai.engines.memory.reuse_freed_memory`): every network call then reuses
             the pages of the one before instead of mapping and zeroing fresh ones (glibc hands
             each block of more than 128 KiB-32 MiB back to the kernel at once). The same masks,
-            bit for bit; 1.3-1.6x faster whole-volume FPA inference on 2 cores
+            bit for bit; 1.6x faster whole-volume FPA inference on 2 cores
             (``benchmarks/README.md``). False: the C library's defaults.
     """
 

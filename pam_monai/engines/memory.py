@@ -13,13 +13,14 @@ come from the heap too; ``M_TRIM_THRESHOLD`` at 2 GiB: freed memory stays there)
 network call after the first reuses the pages of the one before: no page faults and no zeroing.
 It changes where tensors live, never what is computed (the masks are bit-identical,
 ``tests/test_fast_path.py``). The process keeps its peak memory until the block ends; on exit
-glibc's defaults (128 KiB thresholds, 65,536 maps; the dynamic raising of the ``mmap`` threshold
-stays off, as after any ``mallopt``) are set back and the free memory is handed back
-(``malloc_trim``). A no-op where the C library is not glibc (macOS, Windows, musl) and when
+the free memory is handed back (``malloc_trim``) and the thresholds are set to what glibc's own
+dynamic adjustment reaches after large frees (32 MiB for ``mmap``, 64 MiB for trimming), since
+any ``mallopt`` turns that adjustment off for good and its 128 KiB starting values, fixed, would
+make the rest of the process slower than before (a training step after an inference). A no-op where the C library is not glibc (macOS, Windows, musl) and when
 ``PAM_MONAI_KEEP_MEMORY=0``.
 
-Measured here (FPA, 16 slices of 4 x 160 x 160 per call, fp32, 2 threads, interleaved): 1.3-3.2x
-faster network calls, 1.6x in the quiet rounds (``benchmarks/README.md``).
+Measured here (FPA, whole real BraTS cases, fp32, 2 threads): 1.64x faster inference, 30.5 against
+18.6 s per case (``benchmarks/infer_cpu_bench.py``, ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ __all__ = ["reuse_freed_memory"]
 log = logging.getLogger("pam_monai")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
-_DEFAULT_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# What glibc's own dynamic thresholds reach once large blocks have been freed (64-bit: the mmap
+# threshold's ceiling, 32 MiB, and twice that for trimming). Any mallopt turns that adjustment off
+# for good, so these are set when the block ends: its 128 KiB starting values, fixed, would send
+# every tensor above 128 KiB to mmap for the rest of the process (a later CPU training step 1.6-2.2x
+# slower here, U-Net and FPA at batch 4 x 80 x 80).
+_AFTER_MMAP_THRESHOLD, _AFTER_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 32 * 2**20, 64 * 2**20, 65536
 _KEEP_TRIM = 2**31 - 1  # mallopt takes an int
 _lock = threading.Lock()
 _depth = 0
@@ -81,6 +87,6 @@ def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
             _depth -= 1
             if _depth == 0:
                 _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                _LIBC.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
-                _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+                _LIBC.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
+                _LIBC.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
                 _LIBC.malloc_trim(0)
