@@ -553,6 +553,30 @@ def test_samples_that_do_not_fit_on_the_device_are_refused_with_their_size(monke
 # --- whole-volume inference with freed memory kept in the process (CPU) -----------------------
 
 
+def test_bundle_evaluation_keeps_freed_memory_on_the_cpu_only():
+    """evaluate.json runs its evaluator through run_keeping_memory: whole volumes, as inference."""
+    import json
+    from pathlib import Path
+
+    from pam_monai.engines import memory
+
+    seen = []
+
+    class Engine:
+        def run(self):
+            seen.append(memory._depth)
+            return "done"
+
+    assert memory.run_keeping_memory(Engine(), "cpu") == "done"
+    memory.run_keeping_memory(Engine(), "cuda:0")
+    expected = [1 if memory._LIBC is not None else 0, 0]
+    assert seen == expected and memory._depth == 0
+    for config in Path(__file__).parents[1].glob("bundles/*/configs/evaluate.json"):
+        assert "run_keeping_memory(@validate#evaluator, @device)" in json.dumps(
+            json.loads(config.read_text())
+        )
+
+
 def test_after_reusing_freed_memory_the_process_is_not_slower_than_before():
     """Any mallopt turns glibc's dynamic thresholds off for good: left at their 128 KiB starting
     values, every later tensor above 128 KiB would be a fresh mmap (a page fault per 4 KiB; a CPU

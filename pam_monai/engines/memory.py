@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["reuse_freed_memory"]
+__all__ = ["reuse_freed_memory", "run_keeping_memory"]
 
 log = logging.getLogger("pam_monai")
 
@@ -90,3 +90,12 @@ def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
                 _LIBC.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
                 _LIBC.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
                 _LIBC.malloc_trim(0)
+
+
+def run_keeping_memory(engine, device="cpu", enabled: bool = True):
+    """``engine.run()`` within :func:`reuse_freed_memory` when ``device`` is the CPU (the bundles'
+    evaluation: whole volumes through the network, as inference); else a plain ``engine.run()``."""
+    import torch
+
+    with reuse_freed_memory(bool(enabled) and torch.device(device).type == "cpu"):
+        return engine.run()
