@@ -185,6 +185,17 @@ def test_better_for_every_seed_is_a_consistent_win_whatever_the_seed_numbers():
     assert (rev["seed_pairs_worse"], rev["across_seeds"]) == (6, "worse in all")
 
 
+def test_exactly_equal_pairings_and_none_worse_is_never_worse_not_mixed():
+    """fpa's seed 0 equals unet's seed 0 exactly (the same numbers), every other pairing is better
+    and none is worse: 'never worse' (it read 'mixed', though no training of fpa lost)."""
+    runs = [run("unet", 0, 0, BASE), run("unet", 1, 0, _shifted(BASE, -0.05))]
+    runs += [run("fpa", 0, 0, BASE), run("fpa", 1, 0, _shifted(BASE, 0.05))]
+    (iou,) = paired_comparison(runs, "unet", ["unet", "fpa"], metrics=("iou",))
+    assert (iou["seed_pairs_better"], iou["seed_pairs_worse"], iou["across_seeds"]) == (3, 0, "never worse")
+    (rev,) = paired_comparison(runs, "fpa", ["fpa", "unet"], metrics=("iou",))
+    assert (rev["seed_pairs_better"], rev["seed_pairs_worse"], rev["across_seeds"]) == (0, 3, "never better")
+
+
 def test_every_seed_is_paired_with_every_seed_not_seed_k_with_seed_k():
     """Matched by number, fpa's seed k beats unet's seed k by 5 points twice; but fpa's seed 1 loses
     to unet's seed 0: the sign depends on which trainings are compared."""

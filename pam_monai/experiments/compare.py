@@ -28,7 +28,8 @@ as a description of the trainings rather than a second test:
   give the number of seeds of each side, the pairings' smallest and largest difference, in how many
   pairings the network is better / worse, and a verdict: ``better in all`` / ``worse in all`` (the
   sign survived every retraining seen: the network's worst seed beats, or loses to, the reference's
-  best one), ``equal in all``, ``mixed`` (not the same sign in every pairing: which network is
+  best one), ``equal in all``, ``never worse`` / ``never better`` (better / worse or exactly equal
+  in every pairing), ``mixed`` (better in some pairings and worse in others: which network is
   better depends on which trainings are compared), or ``unknown (1 seed)`` when either network has
   a single seed (its training variance is unknown; the seed columns are then left empty rather than
   show a one-value range).
@@ -146,10 +147,16 @@ def _across_seeds(
         return {**out, **empty, "across_seeds": UNKNOWN_SEEDS}
     d = np.asarray(diffs)
     better, worse = int(np.sum(sign * d > 0)), int(np.sum(sign * d < 0))
-    if better == d.size or worse == d.size or better + worse == 0:
-        verdict = (
-            "better in all" if better == d.size else "worse in all" if worse == d.size else "equal in all"
-        )
+    if better == d.size:
+        verdict = "better in all"
+    elif worse == d.size:
+        verdict = "worse in all"
+    elif better + worse == 0:
+        verdict = "equal in all"
+    elif worse == 0:  # some pairings exactly equal (e.g. IoU 1 on every case), none worse
+        verdict = "never worse"
+    elif better == 0:
+        verdict = "never better"
     else:
         verdict = "mixed"
     return {
@@ -337,8 +344,9 @@ def _seed_section(rows: Sequence[dict], reference: str, names: dict[str, str]) -
         "the sample order but no weights, so no pairing by number is more right than another) and each pairing "
         "gets the mean per-case difference (network - reference) over the cases above. `better in all` / "
         "`worse in all`: the sign held in every pairing, i.e. the network's worst seed beats (or loses to) "
-        f"{reference}'s best one; `mixed`: not the same sign in every pairing, so a small p "
-        "above does not make the difference a property of the network. The pairings share trainings, so "
+        f"{reference}'s best one; `never worse` / `never better`: the others exactly equal; `mixed`: better in "
+        "some pairings and worse in others, so a small p above does not make the difference a property of the "
+        "network. The pairings share trainings, so "
         "their count describes these seeds; it is not a test.",
         "",
         "| Networks | metric | seeds (network / reference) | difference per seed pairing, min .. max "
