@@ -814,7 +814,7 @@ def test_figure_titles_name_the_seed_of_the_runs_shown(small_grid, monkeypatch):
     monkeypatch.setattr(figures_module, "attention_figure", attention)
     run_experiment(**{**small_grid, "networks": "fpa", "figures": True})
     assert "each network's seed 0 run, not a mean over seeds" in titles["fig5"]
-    assert titles["fig4"].endswith("(seed 0 run)")
+    assert titles["fig4"].endswith("(each network's seed 0 run, not a mean over seeds)")
 
 
 def test_refused_call_leaves_experiment_json_alone(small_grid, tmp_path, monkeypatch):

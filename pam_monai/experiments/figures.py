@@ -298,6 +298,14 @@ def _representative(runs, finished_labels: set, seeds, fold):
     return {k: v for k, v in out.items() if k in finished_labels}
 
 
+def _seeds_shown(reps, labels) -> str:
+    """Which trained run of each network a figure shows (one seed's, not a mean over seeds)."""
+    seeds = {lab: reps[lab].seed for lab in labels}
+    if len(set(seeds.values())) == 1:
+        return f"each network's seed {next(iter(seeds.values()))} run, not a mean over seeds"
+    return "runs shown: " + ", ".join(f"{lab} seed {seed}" for lab, seed in seeds.items())
+
+
 def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) -> list[Path]:
     """Write the grid's figures into ``ctx.output``; returns the paths written.
 
@@ -385,14 +393,9 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
             }
         )
     # the panels show one trained model per network, not the table's mean over runs: say which
-    shown = {lab: reps[lab].seed for lab in order}
-    if len(set(shown.values())) == 1:
-        which = f"each network's seed {next(iter(shown.values()))} run, not a mean over seeds"
-    else:
-        which = "runs shown: " + ", ".join(f"{lab} seed {seed}" for lab, seed in shown.items())
     title = (
         f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU "
-        f"over the whole case)\n{which}"
+        f"over the whole case)\n{_seeds_shown(reps, order)}"
     )
     if any(r["annotated"] is not None for r in rows):
         title += (
@@ -410,12 +413,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     if maps:
         where = f" slice {row['slice']}" if row["slice"] is not None else ""
         title = f"{row['case']}{where}: channel-mean attention of the deepest encoder block"
-        seeds_shown = {reps[lab].seed for lab in maps}
-        title += (
-            f" (seed {seeds_shown.pop()} run)"
-            if len(seeds_shown) == 1
-            else " (" + ", ".join(f"{lab} seed {reps[lab].seed}" for lab in maps) + ")"
-        )
+        title += f" ({_seeds_shown(reps, maps)})"
         if any(reps[lab].variant.network == "rfna" for lab in maps):
             title += " (RFNA is trained on reversed labels)"
         written.append(
