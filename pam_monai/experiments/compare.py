@@ -301,7 +301,7 @@ def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str 
     )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        scale = 100.0 if r["metric"] != "hd95" else 1.0
+        scale = _scale(r["metric"])
 
         def f(v: float | None, scale: float = scale) -> str:
             return "n/a" if v is None else _fmt(scale * v)  # a tiny FP rate as 3.2e-03, not 0.00
@@ -324,6 +324,11 @@ def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str 
             "difference in about 83 % of samples of 5 cases and 89 % of 10, not 95 %); no interval for 1 case.",
         ]
     return [*lines, "", *_seed_section(rows, reference, names)]
+
+
+def _scale(metric: str) -> float:
+    """results.md shows IoU, Dice and the rates in percent (the CSVs hold fractions), HD95 as is."""
+    return 1.0 if metric == "hd95" else 100.0
 
 
 def _seed_section(rows: Sequence[dict], reference: str, names: dict[str, str]) -> list[str]:
@@ -354,7 +359,7 @@ def _seed_section(rows: Sequence[dict], reference: str, names: dict[str, str]) -
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        scale = 100.0 if r["metric"] != "hd95" else 1.0
+        scale = _scale(r["metric"])
         seeds = f"{r['seeds_network']} / {r['seeds_reference']}"
         if r["across_seeds"] == UNKNOWN_SEEDS:
             cells = ["n/a", "n/a", "1 seed: training variance unknown"]
