@@ -319,6 +319,16 @@ def test_fast_path_agrees_with_the_plain_fp32_path(name):
     assert agree_b > 0.7 and agree_b > agree_p - 0.03, (agree_b, agree_p)
 
 
+def _assert_same_gradients(y, net, y_ref, net_ref, rtol: float, atol: float) -> None:
+    """The parameter gradients of ``y`` (in ``net``) and ``y_ref`` (in ``net_ref``) for one random
+    output gradient agree."""
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, list(net.parameters()), g)
+    grads_ref = torch.autograd.grad(y_ref, list(net_ref.parameters()), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("name", ["unet", "fpa", "rfna"])
 def test_channels_last_fast_network_in_3d(name):
     """fast_network(channels_last=True) of a 3-D network: channels_last_3d weights (Module.to with
@@ -333,11 +343,7 @@ def test_channels_last_fast_network_in_3d(name):
     y_ref = net(x)
     y = fast(x.contiguous(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    g = torch.randn_like(y_ref)
-    grads = torch.autograd.grad(y, list(fast.parameters()), g)
-    grads_ref = torch.autograd.grad(y_ref, list(net.parameters()), g)
-    for a, b in zip(grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    _assert_same_gradients(y, fast, y_ref, net, rtol=1e-9, atol=1e-10)
     flat = fast_network(get_network("unet", options={"features": [2, 4, 4, 8]}), channels_last=True)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in flat.parameters() if p.dim() == 4)
 
@@ -366,11 +372,7 @@ def test_compiled_fast_network_matches_eager(taps, resize, cl):
         x = x.contiguous(memory_format=torch.channels_last)
     y, y_ref = compiled(x), net(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
-    g = torch.randn_like(y)
-    grads = torch.autograd.grad(y, list(net.parameters()), g)
-    grads_ref = torch.autograd.grad(y_ref, list(net.parameters()), g)
-    for a, b in zip(grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    _assert_same_gradients(y, net, y_ref, net, rtol=1e-3, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- device-resident loader
