@@ -579,6 +579,34 @@ def test_bundle_evaluation_keeps_freed_memory_on_the_cpu_only():
         )
 
 
+def test_validation_during_training_keeps_freed_memory_on_the_cpu_only():
+    """train.json's evaluator (whole validation volumes) runs within reuse_freed_memory on the CPU;
+    the block ends with each run."""
+    import json
+    from pathlib import Path
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import memory
+
+    on = 1 if memory._LIBC is not None else 0
+    for device, expected in (("cpu", on), ("cuda:0", 0)):
+        seen: list[int] = []
+        engine = Engine(lambda e, b, seen=seen: seen.append(memory._depth))
+        memory.KeepFreedMemory(device).attach(engine)
+        engine.run([0, 1], max_epochs=1)
+        assert seen == [expected, expected] and memory._depth == 0
+
+    handler = memory.KeepFreedMemory("cpu")
+    handler._enter()
+    handler._enter()  # a run after one that raised (no COMPLETED) closes the block left open
+    handler._exit()
+    assert memory._depth == 0
+    for config in Path(__file__).parents[1].glob("bundles/*/configs/train.json"):
+        handlers = json.loads(config.read_text())["validate"]["handlers"]
+        assert {"_target_": "pam_monai.engines.memory.KeepFreedMemory", "device": "@device"} in handlers
+
+
 def test_after_reusing_freed_memory_the_process_is_not_slower_than_before():
     """Any mallopt turns glibc's dynamic thresholds off for good: left at their 128 KiB starting
     values, every later tensor above 128 KiB would be a fresh mmap (a page fault per 4 KiB; a CPU

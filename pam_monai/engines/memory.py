@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["reuse_freed_memory", "run_keeping_memory"]
+__all__ = ["KeepFreedMemory", "reuse_freed_memory", "run_keeping_memory"]
 
 log = logging.getLogger("pam_monai")
 
@@ -99,3 +99,39 @@ def run_keeping_memory(engine, device="cpu", enabled: bool = True):
 
     with reuse_freed_memory(bool(enabled) and torch.device(device).type == "cpu"):
         return engine.run()
+
+
+class KeepFreedMemory:
+    """Ignite handler: each run of the engine it is attached to within :func:`reuse_freed_memory`
+    when ``device`` is the CPU. The bundles' validation during training (``train.json``) predicts
+    whole volumes as evaluation and inference do, and gains as much; the trainer's steps run with
+    glibc's defaults. The block ends at ``COMPLETED`` or ``TERMINATE``; after an exception (which
+    ends the training run) it stays on, which changes where tensors live, never what is computed.
+
+    Example::
+
+        evaluator = SupervisedEvaluator(..., val_handlers=[KeepFreedMemory("cpu"), ...])
+    """
+
+    def __init__(self, device="cpu", enabled: bool = True) -> None:
+        import torch
+
+        self.on = bool(enabled) and torch.device(device).type == "cpu"
+        self._block = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._enter)
+        engine.add_event_handler(Events.COMPLETED, self._exit)
+        engine.add_event_handler(Events.TERMINATE, self._exit)
+
+    def _enter(self, engine=None) -> None:
+        self._exit()  # a block left open by a run that raised
+        self._block = reuse_freed_memory(self.on)
+        self._block.__enter__()
+
+    def _exit(self, engine=None) -> None:
+        block, self._block = self._block, None
+        if block is not None:
+            block.__exit__(None, None, None)
