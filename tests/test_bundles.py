@@ -468,6 +468,53 @@ def test_multi_gpu_config_disables_the_writers_it_means(name):
         assert parser[handler + "#_target_"] == "TensorBoardStatsHandler", (handler, parser[handler])
 
 
+SPAWNED_RANKS = """
+import json, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from monai.bundle import ConfigParser
+import pam_monai.engines, pam_monai.networks
+
+def run(rank, folder, files, options):
+    dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2)
+    parser = ConfigParser()
+    parser.read_config(json.loads(files))
+    parser.update({"device": "cpu", "network_options": json.loads(options)})
+    parser.get_parsed_content("initialize")
+    network = parser.get_parsed_content("network")  # DDP: every rank starts from rank 0's weights
+    weights = float(sum(p.detach().double().sum() for p in network.parameters()))
+    batch = {"image": torch.arange(32.0).reshape(16, 1, 2, 1), "label": torch.zeros(16, 1, 2, 1)}
+    image, _ = parser.get_parsed_content("train#prepare_batch")(batch)
+    flipped = (image[:, 0, 0, 0] % 2 == 1).tolist()  # BRATS flips axis -2
+    json.dump({"weights": weights, "flipped": flipped}, open(f"{folder}/rank{rank}.json", "w"))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    # forked: the ranks start with MONAI imported (spawned, each imports it again: slow on 2 cores)
+    mp.start_processes(run, args=tuple(sys.argv[1:]), nprocs=2, start_method="fork")
+"""
+
+
+def test_multi_gpu_ranks_draw_their_own_flips_from_the_same_weights(tmp_path):
+    """Every process seeded its global RNG with the same seed, so rank r's k-th sample was flipped
+    exactly when rank 0's k-th sample was: a global batch of 2 x B slices had only B independent
+    flips (not the single-process run's 2 x B that README's 'halve batch_size' promises). Each
+    rank draws its own; DDP still starts them all from rank 0's weights."""
+    script = tmp_path / "ranks.py"
+    script.write_text(SPAWNED_RANKS)
+    files = json.dumps(configs("brats_fpa", "train.json", "multi_gpu_train.json"))
+    options = json.dumps(SMALL["network_options"])
+    cmd = [sys.executable, str(script), str(tmp_path), files, options]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    subprocess.run(cmd, check=True, timeout=120, cwd=ROOT, env=env)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert any(ranks[0]["flipped"]) and not all(ranks[0]["flipped"])  # the batch went through the flips
+    assert ranks[0]["flipped"] != ranks[1]["flipped"], "both ranks flipped the same samples"
+
+
 @pytest.mark.slow
 def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     """Two ranks (gloo), the samples held on the device, sharded by the DistributedSampler; then a

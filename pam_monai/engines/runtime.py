@@ -100,7 +100,7 @@ def as_bool(value) -> bool:
     return bool(value)
 
 
-def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False) -> None:
+def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, rank: int = 0) -> None:
     """Seed every RNG; optionally make the run bit-reproducible; switch on the fast path's flags.
 
     Args:
@@ -109,11 +109,15 @@ def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False) ->
             (``torch.use_deterministic_algorithms``), cuDNN benchmark off, one intra-op thread on
             the CPU, so that two runs with the same seed give the same weights.
         fast: cuDNN benchmark and TF32 matmuls (GPU only; ignored with ``deterministic``).
+        rank: the process's rank under ``torchrun``: its RNGs are seeded with ``seed + rank``, so
+            that each process draws its own random flips (with one seed, every process flipped
+            the same positions of its batch). What must agree needs no shared seed: DDP starts
+            every process from rank 0's weights, the ``DistributedSampler`` shards by its own seed.
     """
     from monai.utils import set_determinism
 
     deterministic, fast = as_bool(deterministic), as_bool(fast)
-    set_determinism(seed=seed, use_deterministic_algorithms=deterministic or None)
+    set_determinism(seed=int(seed) + int(rank), use_deterministic_algorithms=deterministic or None)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
