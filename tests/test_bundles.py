@@ -515,6 +515,22 @@ def test_multi_gpu_ranks_draw_their_own_flips_from_the_same_weights(tmp_path):
     assert ranks[0]["flipped"] != ranks[1]["flipped"], "both ranks flipped the same samples"
 
 
+@pytest.mark.parametrize("files", [("train.json",), ("train.json", "evaluate.json"), ("inference.json",)])
+def test_one_process_workflows_refuse_torchrun_with_several_processes(files, monkeypatch):
+    """``torchrun --nproc_per_node=2`` with train.json alone (multi_gpu_train.json forgotten) trained
+    the whole data set twice, both processes on cuda:0, both writing the same models/, and ended
+    as if all was well; evaluation and inference likewise did all their work twice."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", *files))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError) as err:
+        parser.get_parsed_content("initialize")
+    chain = error_chain(err.value)
+    assert any("torchrun started 2 processes" in m and "multi_gpu_train.json" in m for m in chain), chain
+    monkeypatch.setenv("WORLD_SIZE", "1")  # what torchrun --nproc_per_node=1 sets
+    parser.get_parsed_content("initialize")
+
+
 @pytest.mark.slow
 def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     """Two ranks (gloo), the samples held on the device, sharded by the DistributedSampler; then a

@@ -34,7 +34,7 @@ from .inferer import SliceWiseInferer
 from .loaders import DeviceSliceLoader, LoaderEpoch, batch_samples, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
 from .progress import ProgressBar
-from .runtime import as_bool, bundle_root, fast_network, setup_run
+from .runtime import as_bool, bundle_root, check_single_process, fast_network, setup_run
 
 __all__ = [
     "BestCheckpoint",
@@ -59,6 +59,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "check_run",
+    "check_single_process",
     "check_weights",
     "fast_network",
     "find_inference_cases",

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["as_bool", "bundle_root", "fast_network", "setup_run", "use_fast_norm"]
+__all__ = ["as_bool", "bundle_root", "check_single_process", "fast_network", "setup_run", "use_fast_norm"]
 
 log = logging.getLogger("pam_monai")
 
@@ -98,6 +98,21 @@ def as_bool(value) -> bool:
             return False
         raise ValueError(f"not a boolean flag: {value!r} (use true or false)")
     return bool(value)
+
+
+def check_single_process() -> None:
+    """Refuse a one-process workflow (``train.json`` without ``multi_gpu_train.json``, evaluation,
+    inference) started by ``torchrun`` with several processes: without a process group each would
+    run the whole workflow, on every slice and the same device, writing the same ``models/`` and
+    ``eval/``, while the user thinks the GPUs share the work."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError(
+            f"torchrun started {world} processes (WORLD_SIZE={world}), but this workflow runs in one: each "
+            "would do all of it, on the same device, writing the same files; train on several GPUs with "
+            "configs/multi_gpu_train.json after train.json in --config_file, and evaluate or infer without "
+            "torchrun"
+        )
 
 
 def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, rank: int = 0) -> None:
