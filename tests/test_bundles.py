@@ -879,3 +879,31 @@ def test_bundle_readme_names_the_masks_inference_writes(name, tmp_path):
     predictor = types.SimpleNamespace(spec=get_spec(task), output_dir=str(tmp_path))
     assert CasePredictor.output_path(predictor, "x").name == "x" + said[1]
     assert int(said[2]) == (255 if task == "cityscapes" else 1)
+
+
+def test_multi_gpu_process_group_waits_dist_timeout_minutes(monkeypatch):
+    """Process 0 validates alone while the others wait in the next collective: NCCL's default
+    timeout (10 minutes) ended runs whose validation took longer. The bundle sets it, default 60."""
+    import datetime
+
+    import torch.distributed as dist
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def init_process_group(*args, **kwargs):
+        seen.append(kwargs.get("timeout"))
+        raise Stop("process group stub")
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    for override, minutes in (({}, 60), ({"dist_timeout_minutes": 5}, 5)):
+        parser = ConfigParser()
+        parser.read_config(configs("brats_fpa", "train.json", "multi_gpu_train.json"))
+        parser.update(override)
+        with pytest.raises(Exception) as err:
+            parser.get_parsed_content("initialize")
+        assert "process group stub" in error_chain(err.value), error_chain(err.value)
+        assert seen.pop() == datetime.timedelta(minutes=minutes)
