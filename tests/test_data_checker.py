@@ -1,6 +1,7 @@
 """The data checker: every bad input gives a message naming case, file and problem (pam_monai.data.checker)."""
 
 import gzip
+import json
 import shutil
 
 import nibabel as nib
@@ -226,3 +227,20 @@ def test_a_volume_without_slices_is_a_problem_not_a_crash(brats):
     rewrite(path, np.zeros((240, 240, 0), np.int16))
     msgs = messages(check_dataset("brats", brats))
     assert any(m.startswith(f"{A}: {A}_t1.nii.gz: expected a non-empty 3-D volume") for m in msgs), msgs
+
+
+def test_datalist_entries_are_checked_with_the_data_set(brats, tmp_path):
+    """A hand-edited datalist (training's data_list_file_path) is checked too: an entry with three
+    of the four modality files and one whose files are not there are named with the datalist."""
+    from pam_monai.data import build_datalist
+
+    datalist = build_datalist("brats", brats)
+    datalist["training"][0]["image"].pop()
+    datalist["training"][1]["label"] = f"HGG/{B}/{B}_seg_corrected.nii.gz"
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    assert messages(check_dataset("brats", brats, datalist=path)) == [
+        f"{A}: {path}: 'image' lists 3 file(s), but the data set has 4 channels ('flair', 't1', 't1ce', 't2'): one "
+        "file per channel, in that order",
+        f"{B}: {path}: HGG/{B}/{B}_seg_corrected.nii.gz: not found (its paths are relative to the data root {brats})",
+    ]

@@ -796,3 +796,86 @@ def test_own_bundle_evaluates_and_infers_with_the_crop_it_was_trained_with(own_r
     with pytest.raises(Exception) as err:
         run("inferring", config_file=str(configs / "inference.json"), **common, crop_size=[96, 96])
     assert any("crop_size: the weights were trained with [64, 64]" in m for m in error_chain(err.value))
+
+
+def test_datalist_mistakes_are_named_by_check_and_refused_before_training(own_root, tmp_path, capsys):
+    """A hand-edited --data_list_file_path is checked with the data set: an entry with three image
+    files for two channels (found before only when training, validation or evaluation first loaded
+    it), a case that is not there, channels swapped, a case in two splits, a training entry without
+    a label. ``check --datalist`` and training's first step name the datalist and the case, and
+    nothing is cached or trained."""
+    from monai.bundle import run
+
+    from pam_monai.cli import main as cli
+
+    datalist = build_datalist("nnunet", own_root)
+    entries = datalist["training"]
+    entries[0]["image"].append(entries[0]["image"][1])
+    entries[1]["image"].reverse()
+    entries[2].pop("label")
+    ghost = {
+        **entries[3],
+        "case": "SYN_099",
+        "image": ["imagesTr/SYN_099_0000.nii.gz", "imagesTr/SYN_099_0001.nii.gz"],
+    }
+    datalist["test"] = [entries[4], ghost]
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(datalist))
+    expected = [
+        f"SYN_001: {path}: 'image' lists 3 file(s), but the data set has 2 channels ('T2', 'ADC'): one file per "
+        "channel, in that order",
+        f"SYN_002: {path}: 'image' lists the channel files in another order than the data set's channels ('T2', 'ADC')",
+        f"SYN_003: {path}: no 'label' (every training entry needs one)",
+        f"SYN_005: {path}: listed twice (training and test): a case belongs to one split",
+        f"SYN_099: {path}: imagesTr/SYN_099_0000.nii.gz, imagesTr/SYN_099_0001.nii.gz: not found (its paths are "
+        f"relative to the data root {own_root})",
+    ]
+    assert [str(p) for p in check_dataset("nnunet", own_root, datalist=path).problems] == expected
+    assert check_dataset("nnunet", own_root).ok  # the data set itself is fine
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["check", "--dataset", "nnunet", "--root", str(own_root), "--datalist", str(path), "--quiet"])
+    assert exit_info.value.code == 1
+    assert all(f"ERROR {line}" in capsys.readouterr().out for line in expected[:1])
+    bundle = tmp_path / "run"
+    with pytest.raises(Exception) as err:
+        run(
+            "training",
+            config_file=str(ROOT / "bundles" / "brats_fpa" / "configs" / "train.json"),
+            logging_file=False,
+            bundle_root=str(bundle),
+            task="nnunet",
+            dataset_dir=str(own_root),
+            data_list_file_path=str(path),
+            **SMALL_RUN,
+        )
+    assert any(all(line in m for line in expected) for m in error_chain(err.value)), error_chain(err.value)
+    assert not (bundle / "cache").exists() and not (bundle / "models").exists()
+
+
+def test_datalist_entries_outside_the_data_set_are_read_and_checked(own_root, tmp_path):
+    """An external test set's files, which no case of the layout holds, are checked as the data
+    set's own: NaN voxels and a label on another grid are named with the datalist."""
+    external = tmp_path / "external"
+    external.mkdir()
+    image = nib.load(str(own_root / "imagesTr" / "SYN_001_0000.nii.gz"))
+    data = np.asarray(image.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), str(external / "new_0000.nii.gz"))
+    shutil.copy(own_root / "imagesTr" / "SYN_001_0001.nii.gz", external / "new_0001.nii.gz")
+    label = nib.load(str(own_root / "labelsTr" / "SYN_001.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[..., :4], label.affine), str(external / "new.nii.gz"))
+    item = {"case": "new", "image": [str(external / f"new_000{i}.nii.gz") for i in (0, 1)]}
+    path = tmp_path / "external.json"
+    path.write_text(json.dumps({"test": [{**item, "label": str(external / "new.nii.gz")}]}))
+    problems = [str(p) for p in check_dataset("nnunet", own_root, datalist=path).problems]
+    assert problems == [
+        f"new: new_0000.nii.gz (in {path}): 1 NaN and 0 Inf voxels",
+        f"new: new.nii.gz (in {path}): shape (90, 84, 4) differs from new_0000.nii.gz (90, 84, 8)",
+    ]
+    with pytest.raises(ValueError, match="data check failed") as err:
+        prepare_data("nnunet", own_root, path, splits=["test"])
+    assert problems[0] in str(err.value)
+    path.write_text(json.dumps({"test": [item]}))  # evaluation scores every entry against its label
+    assert [str(p) for p in check_dataset("nnunet", own_root, datalist=path).problems] == [
+        f"new: {path}: no 'label' (every test entry needs one)"
+    ]

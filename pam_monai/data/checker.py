@@ -9,7 +9,11 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
 - geometry: shape or affine of a channel or the label differing from the first channel;
 - values: NaN or Inf voxels, label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
   {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33; own data: the
-  values of its ``dataset.json``), non-integer labels.
+  values of its ``dataset.json``), non-integer labels;
+- a datalist (``datalist=``, the bundles' ``data_list_file_path``): entries with another number of
+  image files than the data set's channels, files that do not exist, channel files in another
+  order than the data set's, a case listed twice; files no case of the layout holds are read and
+  checked as above. These problems name the datalist and the case.
 
 Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
 channel.
@@ -26,8 +30,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .datalist import load_datalist
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
-from .layout import Problem, scan_cases
+from .layout import CaseFiles, Problem, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
 from .preprocess import channels_first_2d, preprocess_case
@@ -377,6 +382,7 @@ def check_dataset(
     root: str | os.PathLike,
     foreground_label: int | Sequence[int] | None = None,
     progress: bool = False,
+    datalist: str | os.PathLike | None = None,
     **scan_options,
 ) -> CheckReport:
     """Check every case of ``dataset`` under ``root`` and return a :class:`CheckReport`
@@ -384,7 +390,8 @@ def check_dataset(
 
     ``scan_options`` go to the reader: ``grades="HGG,LGG"`` (BRATS), ``subset="TESTING"`` (ISLES),
     ``splits=("train", "val")`` (CityScapes). ``dataset="nnunet"``: own data, described by
-    ``<root>/dataset.json`` (:mod:`pam_monai.data.nnunet`).
+    ``<root>/dataset.json`` (:mod:`pam_monai.data.nnunet`). ``datalist``: a decathlon datalist
+    (paths relative to ``root``) whose entries are checked too (see the module).
     """
     try:
         spec = get_spec(dataset, root=root)
@@ -412,6 +419,7 @@ def check_dataset(
                 )
     failed_in_scan = {p.case for p in scan.problems}
     cases = scan.cases
+    checked = {}  # a case's files in channel order (then the label) -> whether they passed
     if progress:
         from tqdm import tqdm
 
@@ -426,6 +434,9 @@ def check_dataset(
         report.problems += [Problem(case.case, f, m) for f, m in problems]
         report.warnings += [Problem(case.case, f, m) for f, m in warnings]
         report.cases.append(summary)
+        checked[_file_key(case.files().values())] = not problems
+    if datalist is not None:
+        report.problems += _check_datalist(spec, datalist, root, allowed, checked)
     if spec.name == "nnunet" and not scan_options:  # nnU-Net checks dataset.json's count of training cases
         from .nnunet import read_dataset_json
 
@@ -449,3 +460,96 @@ def check_dataset(
             if problem:
                 report.warnings.append(Problem(c.case, "image", problem))
     return report
+
+
+def _file_key(paths) -> tuple[str, ...]:
+    return tuple(os.path.realpath(p) for p in paths)
+
+
+def _image_files(spec: DatasetSpec) -> int:
+    """Image files per case: one per channel, or one RGB file (CityScapes, own colour images)."""
+    if spec.volumetric:
+        return spec.in_channels
+    return (spec.image_files or spec.in_channels) if spec.name == "nnunet" else 1
+
+
+def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> list[Problem]:
+    """Problems of the entries of the datalist at ``path``, each naming the datalist and the case:
+    what would otherwise surface only when training, validation or evaluation first loads that
+    case. Files that are not exactly those of a case already checked (``checked``) are read."""
+    where = str(path)
+    data = load_datalist(path)  # raises, naming the file, when it is not a JSON datalist
+    expected = _image_files(spec)
+    names = ", ".join(repr(c) for c in spec.channels)
+    problems, seen = [], {}
+    ordered = {tuple(sorted(key)): key for key in checked}  # the same files in another order
+    for key in ("training", "validation", "test"):
+        entries = data.get(key, [])
+        if not isinstance(entries, list):
+            problems.append(Problem(key, where, f"{key!r} must be a list of entries"))
+            continue
+        for n, entry in enumerate(entries):
+            image = entry.get("image") if isinstance(entry, dict) else None
+            if not image:
+                problems.append(Problem(f"{key}[{n}]", where, "an entry needs an 'image' (and a 'label')"))
+                continue
+            images = list(image) if isinstance(image, (list, tuple)) else [image]
+            case = str(entry.get("case") or Path(images[0]).name)
+            if case in seen:
+                problems.append(
+                    Problem(
+                        case, where, f"listed twice ({seen[case]} and {key}): a case belongs to one split"
+                    )
+                )
+            seen.setdefault(case, key)
+            if len(images) != expected:
+                wanted = (
+                    f"{expected} channels ({names}): one file per channel, in that order"
+                    if expected == spec.in_channels
+                    else f"{spec.in_channels} channels ({names}) in {expected} colour file"
+                )
+                problems.append(
+                    Problem(
+                        case, where, f"'image' lists {len(images)} file(s), but the data set has {wanted}"
+                    )
+                )
+                continue
+            label = entry.get("label")
+            if label is None:  # training trains on it, validation and evaluation score against it
+                problems.append(Problem(case, where, f"no 'label' (every {key} entry needs one)"))
+                continue
+            files = {f: Path(root) / f for f in [*images, *([label] if label is not None else [])]}
+            missing = [f for f, p in files.items() if not p.is_file()]
+            if missing:
+                problems.append(
+                    Problem(
+                        case,
+                        where,
+                        f"{', '.join(missing)}: not found (its paths are relative to the data root {root})",
+                    )
+                )
+                continue
+            found = _file_key(files.values())
+            if found in checked:
+                continue  # checked with the data set's cases (its problems are listed there)
+            if tuple(sorted(found)) in ordered:
+                problems.append(
+                    Problem(
+                        case,
+                        where,
+                        f"'image' lists the channel files in another order than the data set's channels ({names})",
+                    )
+                )
+                continue
+            keys = spec.channels if expected == spec.in_channels else ("+".join(spec.channels),)
+            case_files = CaseFiles(
+                case,
+                Path(root),
+                dict(zip(keys, (files[f] for f in images))),
+                files.get(label),
+                spec.label_name,
+            )
+            _, _, bad, _ = _read(spec, case_files, allowed)
+            problems += [Problem(case, f"{f} (in {where})", m) for f, m in bad]
+            checked[found] = not bad
+    return problems

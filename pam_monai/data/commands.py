@@ -158,6 +158,7 @@ def check(
     grades: str = "HGG",
     quiet: bool = False,
     crop_size: list | None = None,
+    datalist: str | None = None,
 ) -> None:
     """Check every case under ROOT; print a per-case summary; exit 1 on any problem.
 
@@ -172,6 +173,8 @@ def check(
             are resized to, e.g. "[128, 128]". Defaults are the largest in-plane size of the training
             volumes rounded up to 16 for own volumes, the median image size with the longer side at
             most 256 rounded up to 16 for own 2-D images, and the paper's data sets' own crops.
+        datalist: a datalist (paths relative to ROOT) to check too, as training's --data_list_file_path:
+            each entry's files exist, one per channel, in the channels' order.
     """
     from .checker import check_dataset
     from .specs import get_spec
@@ -180,7 +183,10 @@ def check(
     options = {"grades": grades} if dataset.lower() == "brats" else {}
     if crop_size is not None:
         dataset = get_spec(dataset, root=root, crop_size=crop_size)
-    report = check_dataset(dataset, root, foreground_label=foreground_label, progress=not quiet, **options)
+    datalist = None if datalist is None else str(datalist)
+    report = check_dataset(
+        dataset, root, foreground_label=foreground_label, progress=not quiet, datalist=datalist, **options
+    )
     text = report.format()
     if quiet:
         text = "\n".join(

@@ -63,7 +63,8 @@ def prepare_data(
         synthetic_dir: where a synthetic stand-in goes.
         seed: seed of the synthetic stand-in and of the datalist's split.
         check: validate every case with :func:`pam_monai.data.check_dataset` before any work and
-            refuse with one list of all problems.
+            refuse with one list of all problems (those of the datalist's entries too: a wrong
+            channel count, a missing file).
         splits: the splits that must hold cases (evaluation needs only its own, so a datalist of
             an external test set with a ``test`` list alone will do); the others may be empty.
         foreground_label: BRATS: the enhancing tumour's label, 4 (2018, default) or 3 (BraTS
@@ -111,7 +112,7 @@ def prepare_data(
     if check:  # first: one list of every problem, the layout's (files, names) and the contents' alike
         from ..data import check_dataset
 
-        report = check_dataset(spec, root, foreground_label, progress=True)
+        report = check_dataset(spec, root, foreground_label, progress=True, datalist=path)
         report.raise_if_failed()
         report.log(log)  # what check prints beside the table: spacings, orientations, warnings
     if path is not None:
