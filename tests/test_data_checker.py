@@ -14,6 +14,7 @@ from pam_monai.data import check_dataset, synth
 from pam_monai.data.checker import check_label_values
 
 A, B, C = "Brats18_SYN_001_1", "Brats18_SYN_002_1", "Brats18_SYN_003_1"
+NUMBER = "give them a number and save the file again (e.g. 0 outside the field of view: numpy.nan_to_num)"
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +111,8 @@ def test_nan_and_inf_voxels(brats):
     data[100, 100, 1:3] = np.inf
     rewrite(path, data)
     assert messages(check_dataset("brats", brats)) == [
-        f"{A}: {A}_flair.nii.gz: 1 NaN and 0 Inf voxels",
-        f"{C}: {C}_t1.nii.gz: 0 NaN and 2 Inf voxels",
+        f"{A}: {A}_flair.nii.gz: 1 NaN and 0 Inf voxels: {NUMBER}",
+        f"{C}: {C}_t1.nii.gz: 0 NaN and 2 Inf voxels: {NUMBER}",
     ]
 
 

@@ -86,7 +86,10 @@ def test_layout_mistakes_are_named(own_root, tmp_path):
     assert "SYN_004: labelsTr/SYN_004.nii.gz: missing label" in problems
     assert "SYN_099: labelsTr/SYN_099.nii.gz: label without images" in problems
     assert any(p.startswith("notes.txt: notes.txt: not an image file name") for p in problems)
-    assert "SYN_005: SYN_005.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 3)" in problems
+    assert (
+        "SYN_005: SYN_005.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 3): name each value in dataset.json's "
+        "'labels' (a label or part of a region), or correct the label map" in problems
+    )
     assert not any("._SYN" in p for p in problems)
     assert not report.ok
 
@@ -869,7 +872,8 @@ def test_datalist_entries_outside_the_data_set_are_read_and_checked(own_root, tm
     path.write_text(json.dumps({"test": [{**item, "label": str(external / "new.nii.gz")}]}))
     problems = [str(p) for p in check_dataset("nnunet", own_root, datalist=path).problems]
     assert problems == [
-        f"new: new_0000.nii.gz (in {path}): 1 NaN and 0 Inf voxels",
+        f"new: new_0000.nii.gz (in {path}): 1 NaN and 0 Inf voxels: give them a number and save the file again (e.g. 0 "
+        "outside the field of view: numpy.nan_to_num)",
         f"new: new.nii.gz (in {path}): shape (90, 84, 4) differs from new_0000.nii.gz (90, 84, 8)",
     ]
     with pytest.raises(ValueError, match="data check failed") as err:
@@ -878,4 +882,34 @@ def test_datalist_entries_outside_the_data_set_are_read_and_checked(own_root, tm
     path.write_text(json.dumps({"test": [item]}))  # evaluation scores every entry against its label
     assert [str(p) for p in check_dataset("nnunet", own_root, datalist=path).problems] == [
         f"new: {path}: no 'label' (every test entry needs one)"
+    ]
+
+
+def test_content_mistakes_say_what_to_do(own_root, tmp_path):
+    """The usual mistakes in own volumes are named with what to do about them: channels stacked in
+    one 4-D file (or a 4-D file of one volume), a label stored transposed, NaN voxels."""
+    root = copy(own_root, tmp_path)
+
+    def rewrite(name, change):
+        path = root / name
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(change(np.asarray(img.dataobj)), img.affine), str(path))
+
+    rewrite("imagesTr/SYN_001_0000.nii.gz", lambda a: np.stack([a, a, a], axis=-1))
+    rewrite("imagesTr/SYN_002_0001.nii.gz", lambda a: a[..., None])
+    rewrite("labelsTr/SYN_003.nii.gz", lambda a: np.ascontiguousarray(a.transpose(1, 0, 2)))
+    rewrite(
+        "imagesTr/SYN_004_0001.nii.gz", lambda a: np.where(np.arange(a.size).reshape(a.shape) < 3, np.nan, a)
+    )
+    problems = [str(p) for p in check_dataset("nnunet", root).problems]
+    assert problems == [
+        "SYN_001: SYN_001_0000.nii.gz: expected a non-empty 3-D volume, got shape (90, 84, 8, 3) (a 4-D file of 3 "
+        "volumes: the nnU-Net layout keeps one 3-D file per channel, <case>_0000, <case>_0001, ..., and a label map "
+        "of one volume)",
+        "SYN_002: SYN_002_0001.nii.gz: expected a non-empty 3-D volume, got shape (90, 84, 8, 1) (a 4-D file of one "
+        "volume: save it as 3-D, e.g. nibabel.squeeze_image)",
+        "SYN_003: SYN_003.nii.gz: shape (84, 90, 8) differs from SYN_003_0000.nii.gz (90, 84, 8) (the same sizes in "
+        "another axis order: stored transposed?)",
+        "SYN_004: SYN_004_0001.nii.gz: 3 NaN and 0 Inf voxels: give them a number and save the file again (e.g. 0 "
+        "outside the field of view: numpy.nan_to_num)",
     ]

@@ -254,8 +254,11 @@ def _nonfinite(data: np.ndarray) -> str | None:
     if not np.issubdtype(data.dtype, np.floating):
         return None
     nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
-    if nan or inf:
-        return f"{nan:,} NaN and {inf:,} Inf voxels"
+    if nan or inf:  # the z-score, the loss and then every weight would turn NaN
+        return (
+            f"{nan:,} NaN and {inf:,} Inf voxels: give them a number and save the file again (e.g. 0 outside the "
+            "field of view: numpy.nan_to_num)"
+        )
     return None
 
 
@@ -290,12 +293,26 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 continue
         shape = data.shape if spec.volumetric else data.shape[:2]
         if 0 in shape or (spec.volumetric and len(shape) != 3):
-            problems.append((path.name, f"expected a non-empty 3-D volume, got shape {tuple(shape)}"))
+            hint = ""
+            if spec.name == "nnunet" and len(shape) == 4 and shape[3] == 1:
+                hint = " (a 4-D file of one volume: save it as 3-D, e.g. nibabel.squeeze_image)"
+            elif spec.name == "nnunet" and len(shape) == 4 and 0 not in shape:
+                hint = (
+                    f" (a 4-D file of {shape[3]} volumes: the nnU-Net layout keeps one 3-D file per channel, "
+                    "<case>_0000, <case>_0001, ..., and a label map of one volume)"
+                )
+            problems.append((path.name, f"expected a non-empty 3-D volume, got shape {tuple(shape)}{hint}"))
             continue
         if reference is None:
             reference = (path.name, shape, affine)
         elif shape != reference[1]:
-            problems.append((path.name, f"shape {shape} differs from {reference[0]} {reference[1]}"))
+            # the same sizes in another order: an export that swapped the axes (a viewer's, a script's)
+            turned = (
+                " (the same sizes in another axis order: stored transposed?)"
+                if sorted(shape) == sorted(reference[1])
+                else ""
+            )
+            problems.append((path.name, f"shape {shape} differs from {reference[0]} {reference[1]}{turned}"))
             continue
         elif spec.volumetric and not np.allclose(affine, reference[2], atol=1e-3):
             diff = np.abs(affine - reference[2]).max()
@@ -303,6 +320,13 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 (path.name, f"affine differs from {reference[0]} (largest difference {diff:.3g})")
             )
         bad = _nonfinite(data) or (check_label_values(data, allowed) if is_label else None)
+        if (
+            bad
+            and spec.name == "nnunet"
+            and bad.startswith("unexpected label values")
+            and "dataset.json" not in bad
+        ):
+            bad += ": name each value in dataset.json's 'labels' (a label or part of a region), or correct the label map"
         if bad:
             problems.append((path.name, bad))
         elif spec.volumetric and not is_label and not np.any(data):
