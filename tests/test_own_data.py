@@ -913,3 +913,17 @@ def test_content_mistakes_say_what_to_do(own_root, tmp_path):
         "SYN_004: SYN_004_0001.nii.gz: 3 NaN and 0 Inf voxels: give them a number and save the file again (e.g. 0 "
         "outside the field of view: numpy.nan_to_num)",
     ]
+
+
+def test_a_label_named_like_an_image_is_named_once_with_its_fix(own_root, tmp_path):
+    """``labelsTr/<case>_0000.nii.gz`` (a label copied with its image's name) is one problem that
+    says how to rename it, not a missing label plus a label without images; a stray one beside the
+    right label is still a label without images."""
+    root = copy(own_root, tmp_path)
+    (root / "labelsTr" / "SYN_001.nii.gz").rename(root / "labelsTr" / "SYN_001_0000.nii.gz")
+    shutil.copy(root / "labelsTr" / "SYN_002.nii.gz", root / "labelsTr" / "SYN_002_0000.nii.gz")
+    assert [str(p) for p in check_dataset("nnunet", root).problems] == [
+        "SYN_001: labelsTr/SYN_001_0000.nii.gz: a label file is named <case>.nii.gz, without a channel number: "
+        "rename it SYN_001.nii.gz",
+        "SYN_002_0000: labelsTr/SYN_002_0000.nii.gz: label without images",
+    ]

@@ -618,6 +618,14 @@ def scan(
             problems.append(Problem(m["case"], path.name, f"channel {index:04d}, {what}"))
             continue
         found.setdefault(m["case"], {})[index] = path
+    # labels named like images (<case>_0000.nii.gz): the usual slip when copying a case's files
+    label_entries = visible_entries(labels) if labels is not None else []
+    misnamed = {
+        m["case"]: path
+        for path in label_entries
+        if (m := _FILE.match(path.name)) and m["case"] in found and f"{m['case']}_{m['channel']}" not in found
+    }
+    renamed = set()  # those named as such (not again as labels without images)
     cases = []
     for case in sorted(found):
         chans = {key: found[case].get(i) for i, key in enumerate(keys)}
@@ -633,7 +641,17 @@ def scan(
                 if (labels / f"{case}{ending}").is_file():
                     label = labels / f"{case}{ending}"
                     break
-            if label is None and labels.is_dir():
+            if label is None and case in misnamed:
+                renamed.add(misnamed[case])
+                problems.append(
+                    Problem(
+                        case,
+                        f"{labels.name}/{misnamed[case].name}",
+                        f"a label file is named <case>{endings[0]}, without a channel number: rename it "
+                        f"{case}{endings[0]}",
+                    )
+                )
+            elif label is None and labels.is_dir():
                 problems.append(Problem(case, f"{labels.name}/{case}{endings[0]}", "missing label"))
             elif label is None and subset == "imagesTr":
                 problems.append(
@@ -641,10 +659,10 @@ def scan(
                 )
         cases.append(CaseFiles(case, images, chans, label, LABEL_NAME))
     if labels is not None and labels.is_dir():
-        for path in visible_entries(labels):
+        for path in label_entries:
             case = next(
                 (path.name[: -len(e)] for e in endings if path.name.lower().endswith(e.lower())), None
             )
-            if case is not None and case not in found:
+            if case is not None and case not in found and path not in renamed:
                 problems.append(Problem(case, f"{labels.name}/{path.name}", "label without images"))
     return ScanResult(cases, problems)
