@@ -927,3 +927,20 @@ def test_a_label_named_like_an_image_is_named_once_with_its_fix(own_root, tmp_pa
         "rename it SYN_001.nii.gz",
         "SYN_002_0000: labelsTr/SYN_002_0000.nii.gz: label without images",
     ]
+
+
+def test_case_ids_with_spaces_and_dots_work_and_a_trailing_space_is_named(own_root, tmp_path):
+    """Case IDs are file names up to the channel number: spaces and dots inside are read as they
+    are, and a space at the end (an export's slip, unseen in logs, metrics.csv and mask names) is a
+    warning naming the case."""
+    root = copy(own_root, tmp_path)
+    for old, new in (("SYN_001", "pat 1.a"), ("SYN_002", "SYN_002 ")):
+        for path in sorted((root / "imagesTr").glob(f"{old}_*")):
+            path.rename(path.with_name(path.name.replace(old, new)))
+        (root / "labelsTr" / f"{old}.nii.gz").rename(root / "labelsTr" / f"{new}.nii.gz")
+    report = check_dataset("nnunet", root)
+    assert report.ok and {"pat 1.a", "SYN_002 "} <= {c.case for c in report.cases}
+    assert [str(w) for w in report.warnings] == [
+        "SYN_002 : SYN_002 _0000.nii.gz: case ID 'SYN_002 ' begins or ends with white space, which logs, metrics.csv "
+        "and the mask names carry unseen: rename its files"
+    ]

@@ -455,6 +455,15 @@ def check_dataset(
         else:
             summary, more = _summarise(spec, case, arrays, affine, fg_labels)
             warnings += more
+        if case.case != case.case.strip():  # an export's stray space: unseen in logs, tables and mask names
+            first = next(iter(case.files().values()), None)
+            warnings.append(
+                (
+                    first.name if first else case.case,
+                    f"case ID {case.case!r} begins or ends with white space, which logs, metrics.csv and the "
+                    "mask names carry unseen: rename its files",
+                )
+            )
         report.problems += [Problem(case.case, f, m) for f, m in problems]
         report.warnings += [Problem(case.case, f, m) for f, m in warnings]
         report.cases.append(summary)
