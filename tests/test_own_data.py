@@ -944,3 +944,21 @@ def test_case_ids_with_spaces_and_dots_work_and_a_trailing_space_is_named(own_ro
         "SYN_002 : SYN_002 _0000.nii.gz: case ID 'SYN_002 ' begins or ends with white space, which logs, metrics.csv "
         "and the mask names carry unseen: rename its files"
     ]
+
+
+def test_datalist_folds_are_checked(own_root, tmp_path):
+    """A cross-validation entry without a fold (get_split said so without naming the datalist or
+    the case) or with one beyond n_folds (trained on in every fold, never tested) is named."""
+    datalist = build_datalist("nnunet", own_root)
+    datalist["training"][0]["fold"] = 7
+    datalist["training"][1].pop("fold")
+    path = tmp_path / "folds.json"
+    path.write_text(json.dumps(datalist))
+    with pytest.raises(ValueError) as err:
+        prepare_data("nnunet", own_root, path)
+    assert str(err.value).splitlines()[1:] == [
+        f"SYN_001: {path}: 'fold' 7: cross-validation entries need a fold 0..4 (python -m pam_monai datalist writes "
+        "them)",
+        f"SYN_002: {path}: no 'fold': cross-validation entries need a fold 0..4 (python -m pam_monai datalist writes "
+        "them)",
+    ]

@@ -30,7 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .datalist import load_datalist
+from .datalist import FOLDED, load_datalist
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
 from .layout import CaseFiles, Problem, scan_cases
 from .nnunet import NoTrainingImages
@@ -535,6 +535,22 @@ def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> li
                     )
                 )
             seen.setdefault(case, key)
+            fold, n_folds = entry.get("fold"), data.get("n_folds", 5)
+            if (
+                key == "training"
+                and spec.name in FOLDED
+                and not (type(fold) is int and 0 <= fold < int(n_folds))
+            ):
+                # else get_split fails without naming the datalist, or (a fold beyond n_folds) trains on it in every fold
+                problems.append(
+                    Problem(
+                        case,
+                        where,
+                        ("no 'fold'" if fold is None else f"'fold' {fold!r}")
+                        + f": cross-validation entries need a fold 0..{int(n_folds) - 1} (python -m pam_monai datalist "
+                        "writes them)",
+                    )
+                )
             if len(images) != expected:
                 wanted = (
                     f"{expected} channels ({names}): one file per channel, in that order"
