@@ -16,7 +16,7 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
   checked as above. These problems name the datalist and the case.
 
 Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
-channel.
+channel, a case ID that begins or ends with white space.
 """
 
 from __future__ import annotations
