@@ -804,8 +804,8 @@ def test_own_bundle_evaluates_and_infers_with_the_crop_it_was_trained_with(own_r
 def test_datalist_mistakes_are_named_by_check_and_refused_before_training(own_root, tmp_path, capsys):
     """A hand-edited --data_list_file_path is checked with the data set: an entry with three image
     files for two channels (found before only when training, validation or evaluation first loaded
-    it), a case that is not there, channels swapped, a case in two splits, a training entry without
-    a label. ``check --datalist`` and training's first step name the datalist and the case, and
+    it), a case that is not there, channels swapped, one file for two channels, a case in two splits,
+    a training entry without a label. ``check --datalist`` and training's first step name the datalist and the case, and
     nothing is cached or trained."""
     from monai.bundle import run
 
@@ -816,6 +816,7 @@ def test_datalist_mistakes_are_named_by_check_and_refused_before_training(own_ro
     entries[0]["image"].append(entries[0]["image"][1])
     entries[1]["image"].reverse()
     entries[2].pop("label")
+    entries[3]["image"][1] = entries[3]["image"][0]
     ghost = {
         **entries[3],
         "case": "SYN_099",
@@ -829,6 +830,7 @@ def test_datalist_mistakes_are_named_by_check_and_refused_before_training(own_ro
         "channel, in that order",
         f"SYN_002: {path}: 'image' lists the channel files in another order than the data set's channels ('T2', 'ADC')",
         f"SYN_003: {path}: no 'label' (every training entry needs one)",
+        f"SYN_004: {path}: 'image' lists imagesTr/SYN_004_0000.nii.gz for more than one channel",
         f"SYN_005: {path}: listed twice (training and test): a case belongs to one split",
         f"SYN_099: {path}: imagesTr/SYN_099_0000.nii.gz, imagesTr/SYN_099_0001.nii.gz: not found (its paths are "
         f"relative to the data root {own_root})",
@@ -838,7 +840,8 @@ def test_datalist_mistakes_are_named_by_check_and_refused_before_training(own_ro
     with pytest.raises(SystemExit) as exit_info:
         cli(["check", "--dataset", "nnunet", "--root", str(own_root), "--datalist", str(path), "--quiet"])
     assert exit_info.value.code == 1
-    assert all(f"ERROR {line}" in capsys.readouterr().out for line in expected[:1])
+    out = capsys.readouterr().out
+    assert all(f"ERROR {line}" in out for line in expected), out
     bundle = tmp_path / "run"
     with pytest.raises(Exception) as err:
         run(

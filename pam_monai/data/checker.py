@@ -515,7 +515,7 @@ def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> li
     expected = _image_files(spec)
     names = ", ".join(repr(c) for c in spec.channels)
     problems, seen = [], {}
-    ordered = {tuple(sorted(key)): key for key in checked}  # the same files in another order
+    ordered = {tuple(sorted(key)) for key in checked}  # the same files in another order
     for key in ("training", "validation", "test"):
         entries = data.get(key, [])
         if not isinstance(entries, list):
@@ -567,7 +567,13 @@ def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> li
             if label is None:  # training trains on it, validation and evaluation score against it
                 problems.append(Problem(case, where, f"no 'label' (every {key} entry needs one)"))
                 continue
-            files = {f: Path(root) / f for f in [*images, *([label] if label is not None else [])]}
+            twice = sorted({f for f in images if images.count(f) > 1})
+            if twice:
+                problems.append(
+                    Problem(case, where, f"'image' lists {', '.join(twice)} for more than one channel")
+                )
+                continue
+            files = {f: Path(root) / f for f in [*images, label]}
             missing = [f for f, p in files.items() if not p.is_file()]
             if missing:
                 problems.append(
@@ -595,7 +601,7 @@ def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> li
                 case,
                 Path(root),
                 dict(zip(keys, (files[f] for f in images))),
-                files.get(label),
+                files[label],
                 spec.label_name,
             )
             _, _, bad, _ = _read(spec, case_files, allowed)
