@@ -918,16 +918,19 @@ def test_content_mistakes_say_what_to_do(own_root, tmp_path):
     ]
 
 
-def test_a_label_named_like_an_image_is_named_once_with_its_fix(own_root, tmp_path):
-    """``labelsTr/<case>_0000.nii.gz`` (a label copied with its image's name) is one problem that
-    says how to rename it, not a missing label plus a label without images; a stray one beside the
-    right label is still a label without images."""
+def test_a_misnamed_label_is_named_once_with_its_fix(own_root, tmp_path):
+    """``labelsTr/<case>_0000.nii.gz`` (a label copied with its image's name) or ``<case>.nii`` in a
+    ``.nii.gz`` data set is one problem that says how to rename it, not a missing label (plus a label
+    without images); a stray one beside the right label is still a label without images."""
     root = copy(own_root, tmp_path)
     (root / "labelsTr" / "SYN_001.nii.gz").rename(root / "labelsTr" / "SYN_001_0000.nii.gz")
     shutil.copy(root / "labelsTr" / "SYN_002.nii.gz", root / "labelsTr" / "SYN_002_0000.nii.gz")
+    nib.save(nib.load(str(root / "labelsTr" / "SYN_003.nii.gz")), str(root / "labelsTr" / "SYN_003.nii"))
+    (root / "labelsTr" / "SYN_003.nii.gz").unlink()
     assert [str(p) for p in check_dataset("nnunet", root).problems] == [
         "SYN_001: labelsTr/SYN_001_0000.nii.gz: a label file is named <case>.nii.gz, without a channel number: "
         "rename it SYN_001.nii.gz",
+        "SYN_003: labelsTr/SYN_003.nii: file type '.nii' is not this data set's (.nii.gz): save it as SYN_003.nii.gz",
         "SYN_002_0000: labelsTr/SYN_002_0000.nii.gz: label without images",
     ]
 

@@ -547,6 +547,27 @@ def _ct_properties(root, meta: dict, intensity: dict | None) -> tuple[dict | Non
     return properties, where
 
 
+def _misnamed_labels(
+    entries: Sequence[Path], found: dict, endings: Sequence[str]
+) -> dict[str, tuple[Path, str]]:
+    """Label files of a case (by name) named otherwise than ``<case><ending>``: with a channel number
+    (copied with an image's name, the usual slip) or of another file type. Case -> (file, the fix)."""
+    accepted = {e.lower() for e in endings}
+    out = {}
+    for path in entries:
+        m = _FILE.match(path.name)
+        if m and m["case"] in found and f"{m['case']}_{m['channel']}" not in found:
+            fix = f"a label file is named <case>{endings[0]}, without a channel number: rename it {m['case']}{endings[0]}"
+            out[m["case"]] = (path, fix)
+            continue
+        other = next((e for e in ENDINGS + ENDINGS_2D if path.name.lower().endswith(e)), None)
+        stem = path.name[: -len(other)] if other else None
+        if stem in found and other not in accepted:
+            fix = f"file type {other!r} is not this data set's ({', '.join(endings)}): save it as {stem}{endings[0]}"
+            out.setdefault(stem, (path, fix))
+    return out
+
+
 def scan(
     root: str | os.PathLike,
     subset: str = "imagesTr",
@@ -618,13 +639,8 @@ def scan(
             problems.append(Problem(m["case"], path.name, f"channel {index:04d}, {what}"))
             continue
         found.setdefault(m["case"], {})[index] = path
-    # labels named like images (<case>_0000.nii.gz): the usual slip when copying a case's files
     label_entries = visible_entries(labels) if labels is not None else []
-    misnamed = {
-        m["case"]: path
-        for path in label_entries
-        if (m := _FILE.match(path.name)) and m["case"] in found and f"{m['case']}_{m['channel']}" not in found
-    }
+    misnamed = _misnamed_labels(label_entries, found, endings)
     renamed = set()  # those named as such (not again as labels without images)
     cases = []
     for case in sorted(found):
@@ -642,15 +658,9 @@ def scan(
                     label = labels / f"{case}{ending}"
                     break
             if label is None and case in misnamed:
-                renamed.add(misnamed[case])
-                problems.append(
-                    Problem(
-                        case,
-                        f"{labels.name}/{misnamed[case].name}",
-                        f"a label file is named <case>{endings[0]}, without a channel number: rename it "
-                        f"{case}{endings[0]}",
-                    )
-                )
+                path, fix = misnamed[case]
+                renamed.add(path)
+                problems.append(Problem(case, f"{labels.name}/{path.name}", fix))
             elif label is None and labels.is_dir():
                 problems.append(Problem(case, f"{labels.name}/{case}{endings[0]}", "missing label"))
             elif label is None and subset == "imagesTr":
