@@ -922,6 +922,8 @@ def test_a_misnamed_label_is_named_once_with_its_fix(own_root, tmp_path):
     """``labelsTr/<case>_0000.nii.gz`` (a label copied with its image's name) or ``<case>.nii`` in a
     ``.nii.gz`` data set is one problem that says how to rename it, not a missing label (plus a label
     without images); a stray one beside the right label is still a label without images."""
+    from pam_monai.engines.infer import find_inference_cases
+
     root = copy(own_root, tmp_path)
     (root / "labelsTr" / "SYN_001.nii.gz").rename(root / "labelsTr" / "SYN_001_0000.nii.gz")
     shutil.copy(root / "labelsTr" / "SYN_002.nii.gz", root / "labelsTr" / "SYN_002_0000.nii.gz")
@@ -930,9 +932,12 @@ def test_a_misnamed_label_is_named_once_with_its_fix(own_root, tmp_path):
     assert [str(p) for p in check_dataset("nnunet", root).problems] == [
         "SYN_001: labelsTr/SYN_001_0000.nii.gz: a label file is named <case>.nii.gz, without a channel number: "
         "rename it SYN_001.nii.gz",
-        "SYN_003: labelsTr/SYN_003.nii: file type '.nii' is not this data set's (.nii.gz): save it as SYN_003.nii.gz",
+        "SYN_003: labelsTr/SYN_003.nii: a label file of type '.nii', not this data set's (.nii.gz): save it as "
+        "SYN_003.nii.gz",
         "SYN_002_0000: labelsTr/SYN_002_0000.nii.gz: label without images",
     ]
+    shutil.rmtree(root / "imagesTs")  # inference on imagesTr: its labels are not inference's concern
+    assert len(find_inference_cases("nnunet", root)) == 6
 
 
 def test_case_ids_with_spaces_and_dots_work_and_a_trailing_space_is_named(own_root, tmp_path):

@@ -563,7 +563,7 @@ def _misnamed_labels(
         other = next((e for e in ENDINGS + ENDINGS_2D if path.name.lower().endswith(e)), None)
         stem = path.name[: -len(other)] if other else None
         if stem in found and other not in accepted:
-            fix = f"file type {other!r} is not this data set's ({', '.join(endings)}): save it as {stem}{endings[0]}"
+            fix = f"a label file of type {other!r}, not this data set's ({', '.join(endings)}): save it as {stem}{endings[0]}"
             out.setdefault(stem, (path, fix))
     return out
 
