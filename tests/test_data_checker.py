@@ -243,5 +243,32 @@ def test_datalist_entries_are_checked_with_the_data_set(brats, tmp_path):
     assert messages(check_dataset("brats", brats, datalist=path)) == [
         f"{A}: {path}: 'image' lists 3 file(s), but the data set has 4 channels ('flair', 't1', 't1ce', 't2'): one "
         "file per channel, in that order",
-        f"{B}: {path}: HGG/{B}/{B}_seg_corrected.nii.gz: not found (its paths are relative to the data root {brats})",
+        f"{B}: {path}: HGG/{B}/{B}_seg_corrected.nii.gz: not found; its paths are relative to the data root {brats}",
     ]
+
+
+def test_a_datalist_of_cases_not_on_disk_says_so_once_more_at_the_end(brats, tmp_path):
+    """The shipped 210-case BRATS list over a folder with a few of its cases: each absent case in
+    one line naming one file, then the likely cause of them all (was: every path of every case)."""
+    from pam_monai.data import build_datalist
+
+    datalist = build_datalist("brats", brats)
+    extra = [
+        {**e, "case": e["case"] + "_x", "image": [f.replace(".nii", "_x.nii") for f in e["image"]]}
+        for e in datalist["training"][:2]
+    ]
+    for e in extra:
+        e["label"] = e["label"].replace(".nii", "_x.nii")
+    datalist["training"] += extra
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    msgs = messages(check_dataset("brats", brats, datalist=path))
+    first = extra[0]["image"][0]
+    assert msgs[0] == (
+        f"{extra[0]['case']}: {path}: none of its 5 files found (e.g. {first}); its paths are relative to the "
+        f"data root {brats}"
+    )
+    assert len(msgs) == 3 and msgs[2].startswith(
+        f"2 cases: {path}: not on disk under the data root {brats}: "
+    )
+    assert "keep the entries whose files exist (data_lists/README.md)" in msgs[2]

@@ -832,8 +832,8 @@ def test_datalist_mistakes_are_named_by_check_and_refused_before_training(own_ro
         f"SYN_003: {path}: no 'label' (every training entry needs one)",
         f"SYN_004: {path}: 'image' lists imagesTr/SYN_004_0000.nii.gz for more than one channel",
         f"SYN_005: {path}: listed twice (training and test): a case belongs to one split",
-        f"SYN_099: {path}: imagesTr/SYN_099_0000.nii.gz, imagesTr/SYN_099_0001.nii.gz: not found (its paths are "
-        f"relative to the data root {own_root})",
+        f"SYN_099: {path}: imagesTr/SYN_099_0000.nii.gz, imagesTr/SYN_099_0001.nii.gz: not found; its paths are "
+        f"relative to the data root {own_root}",
     ]
     assert [str(p) for p in check_dataset("nnunet", own_root, datalist=path).problems] == expected
     assert check_dataset("nnunet", own_root).ok  # the data set itself is fine

@@ -514,7 +514,7 @@ def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> li
     data = load_datalist(path)  # raises, naming the file, when it is not a JSON datalist
     expected = _image_files(spec)
     names = ", ".join(repr(c) for c in spec.channels)
-    problems, seen = [], {}
+    problems, seen, absent = [], {}, 0
     ordered = {tuple(sorted(key)) for key in checked}  # the same files in another order
     for key in ("training", "validation", "test"):
         entries = data.get(key, [])
@@ -576,13 +576,16 @@ def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> li
             files = {f: Path(root) / f for f in [*images, label]}
             missing = [f for f, p in files.items() if not p.is_file()]
             if missing:
-                problems.append(
-                    Problem(
-                        case,
-                        where,
-                        f"{', '.join(missing)}: not found (its paths are relative to the data root {root})",
-                    )
+                # a case not on disk at all (e.g. a subset of the data set): one file names it
+                what = (
+                    f"none of its {len(files)} files found (e.g. {missing[0]})"
+                    if len(missing) == len(files)
+                    else f"{', '.join(missing)}: not found"
                 )
+                problems.append(
+                    Problem(case, where, f"{what}; its paths are relative to the data root {root}")
+                )
+                absent += len(missing) == len(files)
                 continue
             found = _file_key(files.values())
             if found in checked:
@@ -607,4 +610,13 @@ def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> li
             _, _, bad, _ = _read(spec, case_files, allowed)
             problems += [Problem(case, f"{f} (in {where})", m) for f, m in bad]
             checked[found] = not bad
+    if absent > 1:  # last, where the user reads first: the likely cause of them all
+        problems.append(
+            Problem(
+                f"{absent} cases",
+                where,
+                f"not on disk under the data root {root}: is it the folder the datalist's paths are relative to? "
+                "With only some of the cases, keep the entries whose files exist (data_lists/README.md)",
+            )
+        )
     return problems
