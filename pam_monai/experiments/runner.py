@@ -668,7 +668,6 @@ def _run_grid(
     reference=None,
 ) -> ExperimentResult:
     import torch
-    from tqdm.auto import tqdm
 
     from ..engines import prepare_data
 
@@ -805,9 +804,57 @@ def _run_grid(
         log.info(
             "experiment: removed %d temporary file(s) of killed writers under %s", len(orphans), output_dir
         )
+    executed, failed = _execute_pending(
+        pending, len(runs), len(skipped), bundle, bundle_overrides, settings, ctx, keep_going
+    )
+    finished = [r for r in runs if r.finished()]
+    csv_path, md_path, figure_paths = _write_reports(
+        runs,
+        finished,
+        ctx,
+        variants=variants,
+        seed_list=seed_list,
+        fold_list=fold_list,
+        paper_protocol=paper_protocol,
+        figures=figures,
+        figure_cases=figure_cases,
+        figure_networks=figure_networks,
+        reference=reference,
+        synthetic=synthetic,
+        data_root=data_root,
+        command=command,
+        settings={**settings, "network_options": global_options} if global_options else settings,
+    )
+    result = ExperimentResult(
+        output_dir, runs, finished, executed, skipped, failed, csv_path, md_path, figure_paths, synthetic
+    )
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} run(s) failed (results of the others are in {md_path}): "
+            + "; ".join(f"{r.name}: {e}" for r, e in failed)
+        )
+    return result
+
+
+def _execute_pending(
+    pending: list[Run],
+    planned: int,
+    finished_before: int,
+    bundle: _Bundle,
+    bundle_overrides: dict,
+    settings: dict,
+    ctx: _Context,
+    keep_going: bool,
+) -> tuple[list[Run], list[tuple[Run, str]]]:
+    """Train and evaluate the runs of ``pending`` in turn, each start and end in ``runs.jsonl``;
+    returns the runs done and those that failed (with ``keep_going``; else the first failure raises)."""
+    from tqdm.auto import tqdm
+
+    output_dir = ctx.output
+    events = output_dir / "runs.jsonl"
     executed: list[Run] = []
     failed: list[tuple[Run, str]] = []
-    bar = tqdm(total=len(runs), initial=len(skipped), desc="experiment", unit="run", file=sys.stderr)
+    bar = tqdm(total=planned, initial=finished_before, desc="experiment", unit="run", file=sys.stderr)
     try:
         for i, run in enumerate(pending, start=1):
             identity = run.identity(settings)
@@ -815,8 +862,8 @@ def _run_grid(
                 "experiment: run %d/%d now (%d of %d in the grid): %s -> %s",
                 i,
                 len(pending),
-                len(skipped) + i,
-                len(runs),
+                finished_before + i,
+                planned,
                 run.name,
                 run.dir,
             )
@@ -853,7 +900,30 @@ def _run_grid(
     finally:
         bar.close()
 
-    finished = [r for r in runs if r.finished()]
+    return executed, failed
+
+
+def _write_reports(
+    runs: list[Run],
+    finished: list[Run],
+    ctx: _Context,
+    *,
+    variants,
+    seed_list,
+    fold_list,
+    paper_protocol,
+    figures,
+    figure_cases,
+    figure_networks,
+    reference,
+    synthetic: bool,
+    data_root: str,
+    command,
+    settings: dict,
+) -> tuple[Path, Path, list[Path]]:
+    """The grid's tables and figures from its finished runs: ``results.csv``, ``comparison.csv``
+    (or none), ``results.md`` and the figures; the paper's per-slice protocol first where missing."""
+    spec, dataset, output_dir = ctx.spec, ctx.dataset, ctx.output
     if paper_protocol and spec.volumetric:
         for run in finished:
             if not run.paper_protocol_csv.is_file():
@@ -897,7 +967,7 @@ def _run_grid(
         order=order,
         planned=len(runs),
         command=command,
-        settings={**settings, "network_options": global_options} if global_options else settings,
+        settings=settings,
         paper_protocol=paper_protocol and spec.volumetric,
         figures=[p.name for p in figure_paths],
         distance_unit="mm" if spec.volumetric else "px",
@@ -909,15 +979,7 @@ def _run_grid(
     log.info(
         "experiment: %d of %d runs finished; wrote %s and %s", len(finished), len(runs), csv_path, md_path
     )
-    result = ExperimentResult(
-        output_dir, runs, finished, executed, skipped, failed, csv_path, md_path, figure_paths, synthetic
-    )
-    if failed:
-        raise RuntimeError(
-            f"{len(failed)} run(s) failed (results of the others are in {md_path}): "
-            + "; ".join(f"{r.name}: {e}" for r, e in failed)
-        )
-    return result
+    return csv_path, md_path, figure_paths
 
 
 def _run_result(run: Run, ctx: _Context, with_paper_protocol: bool) -> RunResult:
