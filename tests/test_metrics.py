@@ -210,6 +210,26 @@ def test_numpy_and_torch_inputs_of_any_dtype_agree():
             assert fn(pred, target, spacing=(1.0, 1.5, 3.0)) == expected[name]
 
 
+def test_hd95_refuses_a_channel_axis():
+    """A 1 x H x W x D mask (MONAI's channel-first layout) was scored as a 4-D image, along whose
+    length-1 axis every voxel is on the surface: another HD95 (here 2.01 for 2.24), silently."""
+    a = box((9, 10, 8), (2, 6), (2, 7), (2, 6))
+    b = np.roll(a, (2, 1), axis=(0, 1))
+    assert hd95(a, b) == pytest.approx(math.sqrt(5))
+    calls = [
+        lambda: hd95(a[None], b[None]),
+        lambda: hd95(a[None], np.zeros_like(b)[None]),  # one empty mask: the diagonal of a 4-D image
+        lambda: directed_surface_distances(a[None], b[None]),
+        lambda: case_metrics(a[None], b[None]),
+        lambda: case_metrics(torch.from_numpy(a)[None], torch.from_numpy(b)[None], spacing=1.0),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"\(1, 9, 10, 8\).*channel axis"):
+            call()
+    # the counting metrics do not depend on the axes
+    assert iou(a[None], b[None]) == iou(a, b)
+
+
 # --- cropping is exact -------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", range(6))
 def test_cropped_equals_uncropped(seed):

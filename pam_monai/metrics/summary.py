@@ -8,7 +8,7 @@ import numpy as np
 
 from .masks import as_mask, mask_pair, normalize_spacing, split_ignored
 from .overlap import _counts, _ratio
-from .surface import _hd95
+from .surface import _check_spatial, _hd95
 
 __all__ = ["METRIC_NAMES", "case_metrics", "split_ignored", "summarize"]
 
@@ -43,6 +43,7 @@ def case_metrics(pred, target, spacing=None, empty_value: float | None = None, a
         (1.0, 0.0, False)
     """
     a, b = mask_pair(pred, target)
+    _check_spatial(a.shape)
     sp = normalize_spacing(spacing, a.ndim)
     unannotated = 0
     if annotated is not None:

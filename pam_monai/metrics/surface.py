@@ -42,6 +42,17 @@ from .masks import array_pair, as_mask, foreground_box, image_diagonal, normaliz
 __all__ = ["directed_surface_distances", "hd95"]
 
 
+def _check_spatial(shape: tuple[int, ...]) -> None:
+    """Refuse masks with more than 3 axes: a channel axis (``1 x H x W x D``, MONAI's layout) would
+    count as a 4th spatial axis, along whose length 1 every voxel is a surface voxel (a different
+    HD95, and a different empty-mask diagonal)."""
+    if len(shape) > 3:
+        raise ValueError(
+            f"HD95 needs 2-D or 3-D masks, got shape {tuple(shape)}: pass the spatial axes only "
+            "(drop the channel axis)."
+        )
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Surface voxels: foreground with a face neighbour in the background or outside the image."""
     inner = mask.copy()
@@ -172,7 +183,8 @@ def directed_surface_distances(
         ``target`` respectively, in physical units.
 
     Raises:
-        ValueError: when either mask is empty (the distances are undefined).
+        ValueError: when either mask is empty (the distances are undefined), or has more than 3
+            axes (a channel axis).
 
     Example:
         >>> a = np.zeros((5, 5)); a[1, 1] = 1
@@ -181,6 +193,7 @@ def directed_surface_distances(
         [6.0]
     """
     a, b = array_pair(pred, target)
+    _check_spatial(a.shape)
     box_a, box_b = foreground_box(a), foreground_box(b)
     if box_a is None or box_b is None:
         raise ValueError("surface distances need two non-empty masks.")
@@ -209,6 +222,7 @@ def hd95(pred, target, spacing=None, empty_value: float | None = None, crop: boo
         11.314
     """
     a, b = array_pair(pred, target)
+    _check_spatial(a.shape)
     return _hd95(a, b, normalize_spacing(spacing, a.ndim), empty_value, crop)
 
 
