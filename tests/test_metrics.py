@@ -298,6 +298,38 @@ def test_same_distances_as_monai_which_takes_the_larger_directed_percentile():
         assert theirs == pytest.approx(ours, rel=1e-5)
 
 
+def test_union_and_larger_directed_percentile_part_with_one_sided_errors(shared_data):
+    """README's figures: on a real whole tumour the two HD95 statistics agree for a shift and part
+    for a systematic under-segmentation (one directed set much longer than the other)."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    seg = shared_data / "brats2018" / "Brats18_TCIA05_396_1" / "Brats18_TCIA05_396_1_seg.nii.gz"
+    tumour = np.asarray(nib.load(seg).dataobj) > 0
+    eroded = ndimage.binary_erosion(tumour, ndimage.generate_binary_structure(3, 1), iterations=2)
+    for pred, low, high in [(np.roll(tumour, (3, -2, 1), axis=(0, 1, 2)), 1.0, 1.03), (eroded, 1.5, 1.6)]:
+        d_ab, d_ba = directed_surface_distances(pred, tumour)
+        larger = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
+        assert low <= larger / hd95(pred, tumour) <= high
+    assert hd95(eroded, tumour) == pytest.approx(3.16, abs=0.01)
+    assert larger == pytest.approx(4.90, abs=0.01)
+
+
+def test_a_far_false_positive_counts_less_in_the_union_than_in_the_prediction_alone():
+    """README's example: a 3 x 3 blob 44 pixels off a 20 x 20 square's corner is 8 of the prediction's 84
+    surface pixels (the larger directed percentile reaches it) but 8 of the union's 160."""
+    target = box((64, 64), (5, 25), (5, 25))
+    pred = target | box((64, 64), (55, 58), (55, 58))
+    d_ab, d_ba = directed_surface_distances(pred, target)
+    assert (len(d_ab), len(d_ba)) == (84, 76)
+    blob = d_ab[d_ab > 0]
+    assert len(blob) == 8 and max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)) > blob.min()
+    union = np.sort(np.concatenate([d_ab, d_ba]))
+    assert hd95(pred, target) == pytest.approx(0.05 * union[152]) == pytest.approx(0.05 * blob.min())
+    assert hd95(pred, target) == pytest.approx(2.19, abs=0.01)
+    assert max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)) == pytest.approx(45.17, abs=0.01)
+
+
 # --- property-based ----------------------------------------------------------------------------
 @st.composite
 def mask_pairs(draw):
