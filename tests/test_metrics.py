@@ -658,3 +658,32 @@ def test_case_metrics_score_on_the_case_grid_not_the_crop():
     back = np.zeros_like(full)
     back[5:15, 5:15] = crop[0]
     assert whole == {"case": "c", **case_metrics(back, full, spacing=(1.0, 1.0, 2.0))}
+
+
+def test_case_metrics_of_an_evaluator_that_does_not_decollate():
+    """An evaluator with ``decollate=False`` hands CaseMetrics one collated batch and output
+    (``B x C x spatial``): each case is scored as when decollated (its spacing, its own grid)."""
+    from ignite.engine import Engine
+
+    from pam_monai.data.ops import crop_or_pad_center
+    from pam_monai.engines import CaseMetrics
+
+    full = np.zeros((2, 1, 20, 20, 3), np.uint8)
+    full[0, 0, 0:4, 0:4] = full[0, 0, 8:12, 8:12] = 1  # case a: half outside the 10 x 10 crop
+    full[1, 0, 7:12, 9:13, 1:] = 1  # case b: inside
+    label = torch.from_numpy(np.stack([crop_or_pad_center(f, (10, 10, -1)) for f in full]).astype(np.float32))
+    pred = torch.roll(label, 1, dims=2)
+    spacing = torch.tensor([[1.0, 1.0, 2.0], [0.5, 0.8, 3.0]], dtype=torch.float64)
+    batch = {"case": ["a", "b"], "spacing": spacing, "label_full": torch.from_numpy(full)}
+    engine = Engine(lambda engine, batch: {"pred": pred, "label": label})
+    metrics = CaseMetrics(prefix="")
+    metrics.attach(engine)
+    engine.run([batch], max_epochs=1)
+    back = np.zeros_like(full[:, 0])
+    back[:, 5:15, 5:15] = pred[:, 0].numpy()
+    expected = [
+        {"case": c, **case_metrics(back[i], full[i, 0], spacing=tuple(spacing[i].tolist()))}
+        for i, c in enumerate("ab")
+    ]
+    assert metrics.rows == expected
+    assert expected[0]["fn_rate"] > 0.5 and expected[0]["hd95"] != expected[1]["hd95"]

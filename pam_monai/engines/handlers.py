@@ -50,6 +50,7 @@ class CaseMetrics:
     """Per-case IoU, Dice, HD95 (in the case's physical units), FP rate and FN rate for an evaluator.
 
     On every iteration it reads the binarised ``pred`` and the ``label`` of each case of the batch
+    (decollated, MONAI's default, or ``B x C x spatial`` from an evaluator with ``decollate=False``)
     (and the case's ``spacing``; with a ``label_full`` in the batch, see
     :class:`~pam_monai.engines.CaseDataset`, the prediction is put back into the case's own grid,
     zeros outside the crop, and scored against that label; a resized own 2-D image's ``pred``
@@ -88,6 +89,8 @@ class CaseMetrics:
 
     def _update(self, engine: Engine) -> None:
         output = engine.state.output
+        if isinstance(output, dict):  # an evaluator with decollate=False: B x C x spatial tensors
+            output = [{k: output[k][i] for k in ("pred", "label")} for i in range(len(output["pred"]))]
         items = output if isinstance(output, list) else [output]
         batch = engine.state.batch
         # MONAI decollates the batch into a list of per-case dicts; a collated dict also works
@@ -166,7 +169,7 @@ def _pick(batch, i: int) -> dict:
     if not isinstance(batch, dict):
         return {}
     out = {}
-    for k in ("case", "spacing"):
+    for k in ("case", "spacing", "label_full", "restore"):
         if k in batch:
             out[k] = batch[k][i]
     return out
