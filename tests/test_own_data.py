@@ -973,3 +973,48 @@ def test_datalist_folds_are_checked(own_root, tmp_path):
         f"SYN_002: {path}: no 'fold': cross-validation entries need a fold 0..4 (python -m pam_monai datalist writes "
         "them)",
     ]
+
+
+def test_inference_names_every_input_problem_in_one_list(tmp_path):
+    """A folder to segment with a case missing a channel, one with an extra channel, NaN voxels and
+    a truncated file: one refusal names all four (file and problem) before any case is predicted,
+    not the layout first and the contents after those are fixed. Labels beside the images are not
+    inference's concern: a truncated one neither refuses nor stops the run."""
+    import torch
+
+    from pam_monai.engines import CasePredictor, find_inference_cases
+
+    root = synth("nnunet", tmp_path / "Dataset934_Broken", cases=2, slices=3, test_cases=5, size=(40, 40))
+    new = root / "imagesTs"
+    (new / "SYN_003_0001.nii.gz").unlink()
+    shutil.copy(new / "SYN_004_0001.nii.gz", new / "SYN_004_0002.nii.gz")
+    img = nib.load(str(new / "SYN_005_0000.nii.gz"))
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[:2] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(new / "SYN_005_0000.nii.gz"))
+    truncated = (new / "SYN_006_0001.nii.gz").read_bytes()
+    (new / "SYN_006_0001.nii.gz").write_bytes(truncated[: len(truncated) // 2])
+    spec = get_spec("nnunet", root=root)
+    with pytest.raises(ValueError) as err:
+        find_inference_cases(spec, new)
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith(f"nnunet: refusing to infer on {new}; fix these inputs first")
+    assert sorted(lines[1:]) == [
+        "SYN_003: SYN_003_0001.nii.gz: missing channel 1 ('ADC')",
+        "SYN_004: SYN_004_0002.nii.gz: channel 0002, but the data set has 2 channels",
+        f"SYN_005: SYN_005_0000.nii.gz: {2 * 40 * 3:,} NaN and 0 Inf voxels: give them a number and save the file "
+        "again (e.g. 0 outside the field of view: numpy.nan_to_num)",
+        "SYN_006: SYN_006_0001.nii.gz: unreadable or truncated file (EOFError: Compressed file ended before the "
+        "end-of-stream marker was reached)",
+    ]
+
+    class Pointwise(torch.nn.Module):
+        def forward(self, x):
+            return 10.0 * x[:, :1]
+
+    shutil.rmtree(new)  # imagesTr and its labels: a truncated label does not matter to inference
+    label = root / "labelsTr" / "SYN_001.nii.gz"
+    label.write_bytes(label.read_bytes()[:200])
+    items = find_inference_cases(spec, root)
+    written = CasePredictor(Pointwise(), items, spec, str(tmp_path / "out")).run()
+    assert sorted(p.name for p in written) == ["SYN_001_seg.nii.gz", "SYN_002_seg.nii.gz"]

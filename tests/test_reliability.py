@@ -406,7 +406,7 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
         data[100, 100, 1] = np.nan
         data[101, 100, 1] = np.inf
         rewrite(t1, data)
-        return case, "2 NaN or Inf voxels"
+        return case, "1 NaN and 1 Inf voxels"
     if kind == "all-zero modality":
         rewrite(t1, np.zeros_like(data))
         return case, "modality is all zeros"
@@ -514,7 +514,7 @@ def test_inference_command_exits_non_zero_on_bad_input(cases, tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "NaN or Inf voxels" in proc.stderr + proc.stdout
+    assert "1 NaN and 1 Inf voxels" in proc.stderr + proc.stdout
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -38,7 +38,7 @@ from .ops import crop_or_pad_center
 from .preprocess import channels_first_2d, preprocess_case
 from .specs import DatasetSpec, get_spec
 
-__all__ = ["CaseSummary", "CheckReport", "check_dataset", "check_label_values"]
+__all__ = ["CaseSummary", "CheckReport", "check_dataset", "check_images", "check_label_values"]
 
 
 @dataclass
@@ -341,6 +341,30 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             )
         arrays[name] = data
     return arrays, (reference[2] if reference else None), problems, warnings
+
+
+def check_images(
+    spec: DatasetSpec, case: str, images: Sequence[str | os.PathLike]
+) -> tuple[np.ndarray | None, np.ndarray | None, list[Problem], list[Problem]]:
+    """Read and check the image files of one case as :func:`check_dataset` does, without a label
+    (inference: new images have none, and a label beside them does not matter):
+    ``(image, affine, problems, warnings)``; ``image`` is ``C x H x W [x D]`` in the files' order,
+    None when there is a problem."""
+    expected = _image_files(spec)
+    if len(images) != expected:
+        names = ", ".join(Path(f).name for f in images)
+        problem = f"{len(images)} image file(s), but the data set has {expected} ({', '.join(spec.channels)})"
+        return None, None, [Problem(case, names, problem)], []
+    keys = spec.channels if expected == spec.in_channels else ("+".join(spec.channels),)
+    files = CaseFiles(case, Path(images[0]).parent, dict(zip(keys, map(Path, images))), None, spec.label_name)
+    arrays, affine, problems, warnings = _read(spec, files, allowed=())
+    problems = [Problem(case, f, m) for f, m in problems]
+    warnings = [Problem(case, f, m) for f, m in warnings]
+    if problems:
+        return None, affine, problems, warnings
+    channels = [arrays[k] for k in keys]
+    image = np.stack(channels) if spec.volumetric else channels_first_2d(channels)
+    return image, affine, problems, warnings
 
 
 def _summarise(

@@ -25,13 +25,12 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
-from ..data.checker import orientation, orientation_problem, slice_axis_problem
+from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
 from ..data.files import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
     save_atomic_npy,
     save_sitk_like,
-    volume_affine,
     volume_suffix,
 )
 from ..data.layout import visible_entries
@@ -46,6 +45,7 @@ __all__ = [
     "CasePredictor",
     "find_inference_cases",
     "inference_spec",
+    "input_problems",
     "recorded_intensity",
     "safe_output_path",
     "save_prediction",
@@ -125,9 +125,11 @@ def find_inference_cases(
     Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
     when there is no ``imagesTs``) or any folder of ``<case>_<XXXX>.nii.gz`` images.
 
-    Raises ``ValueError`` listing every case with a missing channel (naming the expected file);
-    with ``skip_invalid`` (inference's ``--skip_invalid``) those cases are left out and named in a
-    WARNING instead.
+    Raises ``ValueError`` listing every case with a missing or extra channel (naming the file) and,
+    in the same list, what :func:`input_problems` finds in the other cases' images (unreadable, NaN,
+    ...), so that one round of fixes is enough; with ``skip_invalid`` (inference's
+    ``--skip_invalid``) the cases missing a channel are left out and named in a WARNING instead
+    (:class:`CasePredictor` names the others).
     """
     root = Path(input_dir)
     if not root.is_dir():
@@ -152,6 +154,10 @@ def find_inference_cases(
         item = case.to_item()
         items.append(item)
     problems = list(dict.fromkeys(problems))
+    if problems and not as_bool(skip_invalid):
+        # refusing anyway: the complete cases' files too, so the user fixes everything in one round
+        for item in items:
+            problems += input_problems(spec, item)[0]
     if problems and as_bool(skip_invalid):
         named = {p.case for p in result.problems}
         items = [it for it in items if it.get("case") not in named]
@@ -163,7 +169,10 @@ def find_inference_cases(
             "\n".join(problems),
         )
     elif problems:
-        raise ValueError(f"{spec.name}: cannot infer on {root}:\n" + "\n".join(problems))
+        raise ValueError(
+            f"{spec.name}: refusing to infer on {root}; fix these inputs first (or pass --skip_invalid true to "
+            "segment the others):\n" + "\n".join(problems)
+        )
     if not items:  # every problem the scan named says why (a layout message may mention labels)
         raise ValueError(
             f"{spec.name}: no case found in {root} (expected the published layout, see the README)"
@@ -204,6 +213,23 @@ def validate_case(dataset, case: dict) -> list[str]:
     return problems
 
 
+def input_problems(dataset, item: dict) -> tuple[list[str], list[str], dict | None]:
+    """What inference refuses in a datalist item's images, what it warns about, and the case read
+    (``case``, ``image``, ``affine``; None when unusable). The files are read and checked as
+    :func:`pam_monai.data.check_dataset` reads them (unreadable, shapes, affines, NaN, ...), then
+    :func:`validate_case`'s rules; a label beside the images is not read."""
+    spec = get_spec(dataset)
+    images = _images(item)
+    name = str(item["case"]) if "case" in item else Path(images[0]).name
+    image, affine, problems, warnings = check_images(spec, name, images)
+    found, warned = [str(p) for p in problems], [str(w) for w in warnings]
+    if image is None:
+        return found, warned, None
+    case = {"case": name, "image": image, "affine": affine, "files": images}
+    found = validate_case(spec, case)
+    return found, warned, None if found else case
+
+
 def _images(item: dict) -> list[str]:
     image = item.get("image")
     return [str(f) for f in image] if isinstance(image, (list, tuple)) else [str(image)]
@@ -211,16 +237,6 @@ def _images(item: dict) -> list[str]:
 
 def _first(item: dict) -> str:
     return _images(item)[0]
-
-
-def _affine_problems(case: str, files: Sequence[str]) -> list[str]:
-    """Modalities on different grids (same shape, other affine) would be silently misaligned."""
-    affines = [volume_affine(f) for f in files]
-    return [
-        f"{case}: {Path(f).name}: affine differs from {Path(files[0]).name}'s (modalities on different grids)"
-        for f, a in zip(files[1:], affines[1:])
-        if not np.allclose(a, affines[0], atol=1e-3)
-    ]
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, reference: str | None = None) -> None:
@@ -362,32 +378,9 @@ class CasePredictor:
         # the orientation the model was trained on (volumes: model.json), to name cases stored otherwise
         trained = recorded(self.ckpt_path, "orientation")
         for item in self.items:
-            try:
-                case = load_case(self.spec, item)
-            except Exception as e:  # unreadable, truncated, mismatched shapes
-                name = str(item.get("case"))
-                found = [str(e) if str(e).startswith(f"{name}: ") else f"{name}: {e}"]
-                (skipped if self.skip_invalid else problems).extend(found)
-                continue
-            images = _images(item)
-            case["files"] = images
-            found = validate_case(self.spec, case)
-            if self.spec.inference_fit == "pad" and self.spec.crop_size is not None:
-                size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
-                if any(s > c for s, c in zip(size, crop)):
-                    log.info(
-                        "%s: in-plane size %s is larger than the %dx%d crop the model was trained with: "
-                        "segmented whole, with a sliding window of the crop",
-                        case["case"], size, *crop,
-                    )  # fmt: skip
-            if self.spec.volumetric:
-                thick = slice_axis_problem(case["affine"]) if self.spec.name == "nnunet" else None
-                if thick:
-                    log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, thick)
-                turned = orientation_problem(orientation(case["affine"]), trained, "the training cases")
-                if turned:
-                    log.warning("%s: %s: %s", case["case"], Path(_first(item)).name, turned)
-            found += _affine_problems(case["case"], images) if self.spec.volumetric else []
+            found, warned, case = input_problems(self.spec, item)
+            if case is not None:  # usable: what inference warns about
+                self._warn(case, warned, trained)
             if found and self.skip_invalid:
                 skipped += found
                 continue
@@ -419,10 +412,34 @@ class CasePredictor:
                 written += self._predict(network, item)
         return written
 
+    def _warn(self, case: dict, warned: list[str], trained: str | None) -> None:
+        """Log what is worth knowing about a usable case: the checker's warnings, an in-plane size
+        larger than the crop, a thick axis other than the third, another orientation than training's."""
+        for line in warned:
+            log.warning("%s", line)
+        if self.spec.inference_fit == "pad" and self.spec.crop_size is not None:
+            size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
+            if any(s > c for s, c in zip(size, crop)):
+                log.info(
+                    "%s: in-plane size %s is larger than the %dx%d crop the model was trained with: "
+                    "segmented whole, with a sliding window of the crop",
+                    case["case"], size, *crop,
+                )  # fmt: skip
+        if self.spec.volumetric:
+            first = Path(case["files"][0]).name
+            thick = slice_axis_problem(case["affine"]) if self.spec.name == "nnunet" else None
+            if thick:
+                log.warning("%s: %s: %s", case["case"], first, thick)
+            turned = orientation_problem(orientation(case["affine"]), trained, "the training cases")
+            if turned:
+                log.warning("%s: %s: %s", case["case"], first, turned)
+
     def _predict(self, network: torch.nn.Module, item: dict) -> list[Path]:
         """Predict one usable case; the paths written (mask, then probabilities if asked)."""
         written = []
-        case, source = load_case(self.spec, item), _first(item)
+        # the images alone: a label beside them (a BraTS case folder's seg) was not checked and is not needed
+        case = load_case(self.spec, {k: v for k, v in item.items() if k != "label"})
+        source = _first(item)
         pre = preprocess_case(self.spec, case, whole=self.spec.inference_fit == "pad")
         image = torch.from_numpy(np.ascontiguousarray(pre["image"], dtype=np.float32))[None].to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
