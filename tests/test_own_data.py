@@ -457,6 +457,35 @@ def test_own_data_bundle_trains_without_overrides_and_infers_from_images_alone(
     assert "already holds files; choose a new folder or pass --overwrite" in str(exit_.value.code)
 
 
+def test_own_data_bundle_is_refused_for_a_data_set_that_fails_the_check(
+    own_root, tmp_path, monkeypatch, capsys
+):
+    """``python -m pam_monai bundle`` checks every case as training will: a data set with problems
+    is refused with all of them listed and nothing written (training from it would refuse only
+    later); ``--no_check`` writes the bundle anyway and says it was not checked."""
+    from pam_monai.cli import main
+
+    root = copy(own_root, tmp_path)
+    image = root / "imagesTr" / "SYN_001_0000.nii.gz"
+    img = nib.load(str(image))
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(image))
+    (root / "labelsTr" / "SYN_002.nii.gz").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bundle", "--dataset_dir", str(root), "--output", "bundles/broken_fpa"])
+    message = str(exit_.value.code)
+    assert "2 problem(s) in the data set, so training from a bundle made of it would refuse" in message
+    assert "no bundle written" in message and "--no_check" in message
+    assert "SYN_001: SYN_001_0000.nii.gz: 1 NaN and 0 Inf voxels" in message
+    assert "SYN_002: labelsTr/SYN_002.nii.gz: missing label" in message
+    assert not (tmp_path / "bundles").exists()
+    main(["bundle", "--dataset_dir", str(root), "--output", "bundles/broken_fpa", "--no_check"])
+    assert (tmp_path / "bundles" / "broken_fpa" / "configs" / "train.json").is_file()
+    assert "not checked: training checks every case first" in capsys.readouterr().out
+
+
 def test_own_data_bundle_paths_names_and_data_set_mismatch(own_root, tmp_path, monkeypatch):
     """Made outside the working folder: bundle_root is the bundle's folder (from wherever MONAI runs
     its configs) and a README whose commands run from the bundle's folder; quotes in paths refused; a one-number crop is square; a bundle pointed at a

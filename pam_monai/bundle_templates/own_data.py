@@ -12,6 +12,7 @@ names, shape) and passes the schema check.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_j
 from .build import NETWORKS, BundleTask, bundle_files, normalisation_words
 
 __all__ = ["bundle", "own_data_bundle"]
+
+log = logging.getLogger("pam_monai")
 
 GENERATED = (
     "This bundle was made for own data by `python -m pam_monai bundle` from `{dataset_dir}` (nnU-Net v2\n"
@@ -58,6 +61,7 @@ def own_data_bundle(
     crop_size: Sequence[int] | None = None,
     modality: str | None = None,
     overwrite: bool = False,
+    check: bool = True,
 ) -> Path:
     """Write the bundle (``configs/``, ``docs/README.md``, ``LICENSE``) into ``output`` and return it.
 
@@ -71,6 +75,9 @@ def own_data_bundle(
         crop_size: in-plane crop of volumes (default: the largest training image, rounded up to 16),
             or the size 2-D images are resized to (default: their median size, longer side <= 256).
         modality: for ``metadata.json`` (default: the channel names).
+        check: check every case first (:func:`pam_monai.data.check_dataset`, as training does) and
+            refuse, writing nothing, when the data set fails: training from the bundle would refuse,
+            and its crop and CT statistics are computed from those very files. False: write it anyway.
     """
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {network!r}")
@@ -84,6 +91,8 @@ def own_data_bundle(
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
     spec = nnunet_spec(dataset_dir, crop_size=crop_size)
     foreground, _ = spec.resolve_labels(foreground_label)
+    if check:
+        _check(spec, dataset_dir, foreground)
     channel_def = {str(i): c for i, c in enumerate(spec.channels)}
     name = output.resolve().name  # "." is the current folder's name
     prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
@@ -186,6 +195,25 @@ def own_data_bundle(
     return output
 
 
+def _check(spec, dataset_dir: Path, foreground: Sequence[int]) -> None:
+    """Refuse a data set that fails :func:`pam_monai.data.check_dataset`, naming every problem."""
+    from ..data import check_dataset
+
+    report = check_dataset(spec, dataset_dir, list(foreground), progress=True)
+    if not report.ok:
+        command = (
+            f"python -m pam_monai check --dataset nnunet --root '{dataset_dir}' --foreground_label "
+            f"'{json.dumps(list(foreground))}'"
+        )
+        raise ValueError(
+            f"{dataset_dir}: {len(report.problems)} problem(s) in the data set, so training from a bundle made of "
+            f"it would refuse (and its crop is measured on these files); no bundle written. Fix them and run again "
+            f"({command} shows every case), or pass --no_check to write the bundle anyway:\n"
+            + "\n".join(str(p) for p in report.problems)
+        )
+    report.log(log)  # spacings, orientations (INFO) and the warnings, as training logs them
+
+
 def bundle(
     dataset_dir: str,
     output: str,
@@ -194,6 +222,7 @@ def bundle(
     crop_size: list | None = None,
     modality: str | None = None,
     overwrite: bool = False,
+    no_check: bool = False,
 ) -> None:
     """Make a self-contained MONAI bundle for your own data set (nnU-Net v2 raw layout): its configs
     carry the data set's channels, labels, crop and target, so it trains on DATASET_DIR without
@@ -210,13 +239,22 @@ def bundle(
             longer side at most 256, rounded up to 16.
         modality: for metadata.json (default: the channel names).
         overwrite: rewrite the configs of an existing bundle folder (models/ are kept).
+        no_check: write the bundle without checking every case first. By default the data set is
+            checked as training checks it (python -m pam_monai check: every volume is read, a
+            minute or more for hundreds of cases) and a data set that fails is refused, its problems
+            listed, nothing written.
     """
-    path = own_data_bundle(dataset_dir, network, output, foreground_label, crop_size, modality, overwrite)
+    if not no_check:
+        print(f"checking every case of {dataset_dir} first, as training will (--no_check skips this)")
+    path = own_data_bundle(
+        dataset_dir, network, output, foreground_label, crop_size, modality, overwrite, check=not no_check
+    )
     config = json.loads((path / "configs" / "train.json").read_text())
     run = "python -m monai.bundle run training --config_file"
+    wrote = f"wrote {path} (not checked: training checks every case first)" if no_check else f"wrote {path}"
     if (
         config["bundle_root"] == "$pam_monai.engines.bundle_root()"
     ):  # outside the working folder: run from its own
-        print(f"wrote {path}; train: cd {path} && {run} configs/train.json")
+        print(f"{wrote}; train: cd {path} && {run} configs/train.json")
     else:
-        print(f"wrote {path}; train: {run} {path}/configs/train.json")
+        print(f"{wrote}; train: {run} {path}/configs/train.json")
