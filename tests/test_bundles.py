@@ -515,6 +515,82 @@ def test_multi_gpu_ranks_draw_their_own_flips_from_the_same_weights(tmp_path):
     assert ranks[0]["flipped"] != ranks[1]["flipped"], "both ranks flipped the same samples"
 
 
+PREPARING_RANKS = """
+import collections, json, sys, torch.distributed as dist, torch.multiprocessing as mp
+from monai.bundle import ConfigParser
+import pam_monai.data, pam_monai.data.slices as slices, pam_monai.engines, pam_monai.networks
+
+def counted(module, name, counts):
+    original = getattr(module, name)
+    def call(*args, **kwargs):
+        counts[name] += 1
+        return original(*args, **kwargs)
+    setattr(module, name, call)
+
+def run(rank, folder, files, data):
+    dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2)
+    counts, result = collections.Counter(), {}
+    counted(pam_monai.data, "check_dataset", counts)  # the data check
+    counted(slices, "preprocess_case", counts)  # a volume read and preprocessed for the cache
+    counted(slices, "save_atomic_npy", counts)  # a cache file written
+    parser = ConfigParser()
+    parser.read_config(json.loads(files))
+    parser.update({"device": "cpu", "bundle_root": folder, "dataset_dir": data, "task": "nnunet"})
+    try:
+        parser.get_parsed_content("initialize")
+        dataset = parser.get_parsed_content("train#dataset")
+        result["files"] = sorted(str(a.filename) for a in dataset._images)
+    except Exception as e:
+        result["error"] = str(e.__cause__ or e)
+    json.dump({**result, **counts}, open(f"{folder}/rank{rank}.json", "w"))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.start_processes(run, args=tuple(sys.argv[1:]), nprocs=2, start_method="fork")
+"""
+
+
+def test_multi_gpu_data_is_checked_and_cached_by_rank_0_once(tmp_path):
+    """Under torchrun every process checked the data set and preprocessed and wrote the same slice
+    cache (atomic writes: safe, but N times the reading and writing at start-up). Rank 0 does both
+    while the others wait; they map its cache files. A problem the check finds on rank 0 refuses
+    on every rank, and none is left waiting for it."""
+    from pam_monai.data import synth
+
+    data = synth("nnunet", tmp_path / "Dataset960_Ranks", cases=5, slices=3, size=(40, 40))
+    script = tmp_path / "ranks.py"
+    script.write_text(PREPARING_RANKS)
+    files = json.dumps(configs("brats_fpa", "train.json", "multi_gpu_train.json"))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def ranks(bundle_root: Path) -> list[dict]:
+        bundle_root.mkdir()
+        cmd = [sys.executable, str(script), str(bundle_root), files, str(data)]
+        subprocess.run(cmd, check=True, timeout=120, cwd=ROOT, env=env)
+        return [json.loads((bundle_root / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    zero, one = ranks(tmp_path / "run")
+    assert "error" not in zero and "error" not in one, (zero, one)
+    assert zero["check_dataset"] == 1 and zero["preprocess_case"] == 3  # the 3 training cases of fold 0
+    assert zero["save_atomic_npy"] == 3 * 3  # image, label, foreground counts per case
+    assert one.get("check_dataset", 0) == one.get("preprocess_case", 0) == one.get("save_atomic_npy", 0) == 0
+    assert one["files"] == zero["files"] and len(zero["files"]) == 3  # rank 1 maps rank 0's files
+
+    image = data / "imagesTr" / "SYN_001_0000.nii.gz"
+    img = nib.load(str(image))
+    volume = np.asarray(img.dataobj).astype(np.float32)
+    volume[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(volume, img.affine), str(image))
+    zero, one = ranks(tmp_path / "broken")
+    problem = "SYN_001: SYN_001_0000.nii.gz: 1 NaN and 0 Inf voxels"
+    assert problem in zero["error"] and problem in one["error"], (zero, one)
+    assert zero["check_dataset"] == 1 and one.get("check_dataset", 0) == 0
+
+
 @pytest.mark.parametrize("files", [("train.json",), ("train.json", "evaluate.json"), ("inference.json",)])
 def test_one_process_workflows_refuse_torchrun_with_several_processes(files, monkeypatch):
     """``torchrun --nproc_per_node=2`` with train.json alone (multi_gpu_train.json forgotten) trained

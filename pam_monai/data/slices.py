@@ -8,7 +8,9 @@ MONAI transform chains cost ~6 ms per slice and cannot feed a GPU.
 
 With ``cache_dir`` the preprocessed volumes are written as ``.npy`` files (temporary file, then
 ``os.replace``) and memory-mapped: a second run, and every DataLoader worker, reads them from the
-OS page cache instead of recomputing or copying them. Without it they stay in memory.
+OS page cache instead of recomputing or copying them. Without it they stay in memory. Under
+``torch.distributed`` (torchrun) rank 0 writes the cache while the other ranks wait, then they map
+its files (so every rank must make the dataset, as the bundles' multi_gpu_train.json does).
 
 Which slices: every slice with foreground plus a seeded ``keep_background_fraction`` of the
 others, drawn per case (the authors kept all enhancing-tumour slices and half of the rest).
@@ -19,6 +21,7 @@ CityScapes frames are single-slice "volumes"; all of them are kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import remove_orphaned_temps
+from ..ranks import rank0_first
 from .files import save_atomic_npy
 from .ops import IGNORE
 from .preprocess import preprocess_case
@@ -105,22 +109,10 @@ class SliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"cache_dtype must be float16 or float32, got {cache_dtype}")
         self.cache_dir = Path(cache_dir) / self.spec.name if cache_dir is not None else None
         self.cases = [str(it.get("case", Path(_item_files(it)[0]).name)) for it in self.items]
-        if self.cache_dir is not None:  # a killed preparation's half-written volumes (large)
-            for path in remove_orphaned_temps(self.cache_dir):
-                log.info("removed %s, left by a killed writer", path)
         workers = min(4, os.cpu_count() or 1) if num_workers is None else max(int(num_workers), 1)
-        bar = tqdm(
-            total=len(self.items),
-            desc=f"{self.spec.name}: preparing volumes",
-            unit="case",
-            disable=not progress,
-        )
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            volumes = []
-            for volume in pool.map(self._prepare, self.items):
-                volumes.append(volume)
-                bar.update()
-        bar.close()
+        prepare = functools.partial(self._prepare_all, workers, progress)
+        # torchrun: rank 0 writes the cache while the others wait, then they map its files
+        volumes = rank0_first(prepare) if self.cache_dir is not None else prepare()
         self._images = [v[0] for v in volumes]
         self._labels = [v[1] for v in volumes]
         self.foreground_per_slice = [np.asarray(v[2]) for v in volumes]
@@ -194,6 +186,24 @@ class SliceDataset(torch.utils.data.Dataset):
             ch if ch.isalnum() or ch in "._-" else "_" for ch in str(item.get("case", Path(files[0]).name))
         )
         return {part: self.cache_dir / f"{case}-{digest}.{part}.npy" for part in _PARTS}
+
+    def _prepare_all(self, workers: int, progress: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if self.cache_dir is not None:  # a killed preparation's half-written volumes (large)
+            for path in remove_orphaned_temps(self.cache_dir):
+                log.info("removed %s, left by a killed writer", path)
+        bar = tqdm(
+            total=len(self.items),
+            desc=f"{self.spec.name}: preparing volumes",
+            unit="case",
+            disable=not progress,
+        )
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            volumes = []
+            for volume in pool.map(self._prepare, self.items):
+                volumes.append(volume)
+                bar.update()
+        bar.close()
+        return volumes
 
     def _prepare(self, item: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         paths = self.cache_paths(item)

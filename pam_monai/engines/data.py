@@ -28,6 +28,7 @@ from ..data import (
 from ..data.layout import visible_entries
 from ..data.nnunet import check_same_data_set
 from ..data.ops import binarize, resize_probabilities, uncrop_center
+from ..ranks import on_rank0, rank0_first
 from .runtime import as_bool
 
 __all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
@@ -64,7 +65,8 @@ def prepare_data(
         seed: seed of the synthetic stand-in and of the datalist's split.
         check: validate every case with :func:`pam_monai.data.check_dataset` before any work and
             refuse with one list of all problems (those of the datalist's entries too: a wrong
-            channel count, a missing file).
+            channel count, a missing file). Under ``torch.distributed`` rank 0 checks (and makes a
+            stand-in) while the others wait, so every rank must call this.
         splits: the splits that must hold cases (evaluation needs only its own, so a datalist of
             an external test set with a ``test`` list alone will do); the others may be empty.
         foreground_label: BRATS: the enhancing tumour's label, 4 (2018, default) or 3 (BraTS
@@ -93,7 +95,7 @@ def prepare_data(
             + ": pass the folder of the published layout (a typo? a disk not mounted?), or leave dataset_dir "
             "out to run on a synthetic stand-in"
         )
-    root, synthetic = _rank0_first(lambda: ensure_dataset(spec, dataset_dir, seed=seed, output=synthetic_dir))
+    root, synthetic = rank0_first(lambda: ensure_dataset(spec, dataset_dir, seed=seed, output=synthetic_dir))
     # a stand-in because dataset_dir held nothing (not a stand-in that dataset_dir points at)
     fallback = synthetic and Path(root).resolve() != Path(dataset_dir).resolve()
     if fallback:
@@ -112,9 +114,12 @@ def prepare_data(
     if check:  # first: one list of every problem, the layout's (files, names) and the contents' alike
         from ..data import check_dataset
 
-        report = check_dataset(spec, root, foreground_label, progress=True, datalist=path)
-        report.raise_if_failed()
-        report.log(log)  # what check prints beside the table: spacings, orientations, warnings
+        def checked() -> None:
+            report = check_dataset(spec, root, foreground_label, progress=True, datalist=path)
+            report.raise_if_failed()
+            report.log(log)  # what check prints beside the table: spacings, orientations, warnings
+
+        on_rank0(checked)  # torchrun: rank 0 reads every volume once, every rank refuses alike
     if path is not None:
         datalist = load_datalist(path, root)
     else:
@@ -169,21 +174,6 @@ def on_case_grid(
         back = resize_probabilities(pred, full.shape[-2:])  # a leading channel axis kept
         return (back > threshold).astype(pred.dtype), full
     return uncrop_center(pred, full.shape), full
-
-
-def _rank0_first(fn):
-    """Under ``torch.distributed``, let rank 0 do ``fn`` (e.g. generate the synthetic stand-in)
-    before the other ranks, which then find its result instead of racing to write it."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return fn()
-    if dist.get_rank() == 0:
-        try:
-            return fn()
-        finally:  # on an error too: the others then meet it themselves instead of waiting for a timeout
-            dist.barrier()
-    dist.barrier()
-    return fn()
 
 
 def voxel_spacing(affine: np.ndarray | None, ndim: int) -> tuple[float, ...]:
