@@ -14,6 +14,7 @@ but not the process IDs: a writer in another container is never judged by this o
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -22,7 +23,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write_text", "remove_orphaned_temps", "sibling_temp_dir"]
+__all__ = [
+    "DiskFullError",
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write_text",
+    "remove_orphaned_temps",
+    "sibling_temp_dir",
+]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
@@ -57,6 +65,53 @@ def _writer_gone(pid: int) -> bool:
     return False
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class DiskFullError(OSError):
+    """An atomic write that did not fit on its disk (errno ENOSPC or EDQUOT), naming the file."""
+
+
+def _disk_full(error: BaseException | None) -> OSError | None:
+    """The "no space" error in ``error``'s chain, if any (``torch.save`` raises it inside its own)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _full_error(error: OSError, target: Path) -> DiskFullError:
+    return DiskFullError(
+        error.errno,
+        f"{target}: not written, the disk is full ({error.strerror}); any earlier {target.name} is "
+        f"unchanged and no partial file is left: free space on {target.parent}'s disk or write elsewhere",
+    )
+
+
+def _start_error(error: OSError, target: Path) -> OSError | None:
+    """A failure to create the temporary file or folder of ``target`` reworded to name ``target``
+    and its folder (the temporary name means nothing to the user), None for other failures; the
+    errno is kept (EACCES stays a PermissionError)."""
+    if error.errno in _FULL:
+        return _full_error(error, target)
+    if error.errno in _DENIED:
+        return OSError(
+            error.errno, f"{target}: cannot write it: {target.parent} is not writable ({error.strerror})"
+        )
+    return None
+
+
+def _reworded(error: BaseException, target: Path) -> OSError | None:
+    """A write of ``target`` that failed on a full disk, reworded to name it (a nested atomic write
+    already named its own file); None for any other failure."""
+    full = _disk_full(error)
+    return None if full is None or isinstance(full, DiskFullError) else _full_error(full, target)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
@@ -71,17 +126,26 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
             torch.save(state, tmp)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=_prefix(path.name), suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_prefix(path.name), suffix=suffix, dir=path.parent)
+    except OSError as e:
+        reworded = _start_error(e, path)
+        if reworded is None:
+            raise
+        raise reworded from None  # the original names only the temporary file
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise
+        reworded = _reworded(e, path)  # the bare "[Errno 28] No space left on device" names no file
+        if reworded is None:
+            raise
+        raise reworded from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -96,8 +160,14 @@ def sibling_temp_dir(target: str | os.PathLike) -> Path:
     usual permissions (``0777 & ~umask``: ``mkdtemp`` alone makes it 0700, so a data set or bundle
     renamed from it would be private to its writer)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target.name), dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target.name), dir=target.parent))
+    except OSError as e:
+        reworded = _start_error(e, target)
+        if reworded is None:
+            raise
+        raise reworded from None
     os.chmod(tmp, 0o777 & ~_UMASK)
     return tmp
 
@@ -121,9 +191,12 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
         if target.is_dir() and not target.is_symlink() and (replace or not any(target.iterdir())):
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        reworded = _reworded(e, target)
+        if reworded is None:
+            raise
+        raise reworded from None
 
 
 def remove_orphaned_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:

@@ -1,0 +1,128 @@
+"""Full disks and read-only folders: the earlier complete file survives, nothing half-written is
+left, and the error names the file or folder (and the flag that sends the output elsewhere)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pam_monai.atomic import atomic_path, atomic_write_text, sibling_temp_dir
+from pam_monai.engines import atomic_save, load_checkpoint
+from pam_monai.engines.handlers import write_case_metrics
+from pam_monai.engines.infer import save_prediction
+
+NO_SPACE = os.strerror(errno.ENOSPC)
+
+
+def _fill_then_fail(path) -> None:
+    """What a write on a full disk does: part of the file, then ENOSPC."""
+    with open(path, "wb") as f:
+        f.write(b"half")
+    raise OSError(errno.ENOSPC, NO_SPACE)
+
+
+def _torch_save_on_a_full_disk(obj, f, *args, **kwargs) -> None:
+    # torch.save's zip writer turns the OSError into a RuntimeError of its own, and closing the
+    # file raises ENOSPC again (seen on a 6 MB tmpfs)
+    f.write(b"half")
+    try:
+        raise OSError(errno.ENOSPC, NO_SPACE)
+    except OSError:  # as torch does: the OSError only as the implicit context
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1705920")  # noqa: B904
+
+
+def _assert_disk_full(error: pytest.ExceptionInfo, target: Path) -> None:
+    assert error.value.errno == errno.ENOSPC
+    message = str(error.value)
+    assert str(target) in message and "disk is full" in message, message
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_earlier_one(tmp_path, monkeypatch):
+    """ENOSPC during a checkpoint, a metrics table or a mask: the earlier complete file is kept,
+    no temporary file is left, and the error names the file (it was a bare '[Errno 28] No space
+    left on device' that named none; a checkpoint's was torch's RuntimeError about a zip position)."""
+    models = tmp_path / "models"
+    ckpt = atomic_save({"epoch": 1}, models / "checkpoint_last.pt")
+    monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk)
+    with pytest.raises(OSError) as error:
+        atomic_save({"epoch": 2}, ckpt)
+    _assert_disk_full(error, ckpt)
+    monkeypatch.undo()
+    assert load_checkpoint(ckpt) == {"epoch": 1}
+    assert os.listdir(models) == ["checkpoint_last.pt"]
+
+    rows = [{"case": "a", "iou": 1, "dice": 1, "hd95": 0, "fp_rate": 0, "fn_rate": 0, "target_empty": 0}]
+    rows[0]["pred_empty"] = 0
+    eval_dir = tmp_path / "eval"
+    write_case_metrics(rows, eval_dir)
+    before = (eval_dir / "metrics.csv").read_text()
+    monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: _fill_then_fail(self))
+    with pytest.raises(OSError) as error:
+        write_case_metrics([{**rows[0], "case": "b"}], eval_dir)
+    _assert_disk_full(error, eval_dir / "metrics.csv")
+    monkeypatch.undo()
+    assert (eval_dir / "metrics.csv").read_text() == before
+    assert sorted(os.listdir(eval_dir)) == ["metrics.csv", "summary.json"]
+
+    image = tmp_path / "a.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), image)
+    out = tmp_path / "predictions"
+    mask = save_prediction(np.ones((4, 4, 2), np.uint8), out / "a_seg.nii.gz", image, np.eye(4))
+    monkeypatch.setattr(nib, "save", lambda img, name: _fill_then_fail(name))
+    with pytest.raises(OSError) as error:
+        save_prediction(np.zeros((4, 4, 2), np.uint8), mask, image, np.eye(4))
+    _assert_disk_full(error, mask)
+    monkeypatch.undo()
+    assert nib.load(mask).get_fdata().sum() == 32 and os.listdir(out) == ["a_seg.nii.gz"]
+
+
+def test_a_full_disk_in_a_nested_write_names_the_inner_file(tmp_path, monkeypatch):
+    """model.json.pending is written inside model.pt's atomic write: its failure names it, not
+    model.pt (the outer write does not reword what the inner one has said)."""
+    monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: _fill_then_fail(self))
+    with pytest.raises(OSError) as error, atomic_path(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"weights")
+        atomic_write_text(tmp_path / "model.json.pending", "{}")
+    _assert_disk_full(error, tmp_path / "model.json.pending")
+    assert os.listdir(tmp_path) == []
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Make creating files and folders in ``folder`` fail as on a read-only mount (chmod does not
+    stop root)."""
+
+    def refuse(name: str):
+        def call(*args, **kwargs):
+            where = Path(kwargs["dir"])  # the project always passes dir=
+            if where == folder or folder in where.parents:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(where / ".x.pid1@h.abcdefgh.tmp"))
+            return original[name](*args, **kwargs)
+
+        return call
+
+    original = {"mkstemp": tempfile.mkstemp, "mkdtemp": tempfile.mkdtemp}
+    monkeypatch.setattr(tempfile, "mkstemp", refuse("mkstemp"))
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse("mkdtemp"))
+
+
+def test_a_read_only_folder_is_named_not_a_temporary_file(tmp_path, monkeypatch):
+    """An atomic write into a read-only folder said "Read-only file system:
+    '.../.metrics.csv.pid4242@host-ns1.kb0clt9m.tmp'", a name the user never chose."""
+    folder = tmp_path / "bundle" / "eval"
+    folder.mkdir(parents=True)
+    _read_only(monkeypatch, folder)
+    with pytest.raises(OSError) as error:
+        atomic_write_text(folder / "metrics.csv", "x")
+    message = str(error.value)
+    assert error.value.errno == errno.EROFS
+    assert str(folder / "metrics.csv") in message and f"{folder} is not writable" in message, message
+    assert ".tmp" not in message
+    with pytest.raises(OSError, match=f"{folder / 'converted'}: cannot write it: {folder} is not writable"):
+        sibling_temp_dir(folder / "converted")
