@@ -28,6 +28,7 @@ __all__ = [
     "atomic_dir",
     "atomic_path",
     "atomic_write_text",
+    "check_writable",
     "remove_orphaned_temps",
     "sibling_temp_dir",
 ]
@@ -197,6 +198,29 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
         if reworded is None:
             raise
         raise reworded from None
+
+
+def check_writable(folder: str | os.PathLike, option: str | None = None) -> Path:
+    """Refuse, before any work, an output ``folder`` this process cannot write into (a read-only
+    bundle or mount, another user's folder) with an error naming it and ``option``, the flag that
+    sends the output elsewhere; return it as a Path. A folder that does not exist yet is judged by
+    its first existing parent, where it would be created; nothing is left behind (a test file is
+    written and removed: permission bits say nothing to root or about a read-only mount)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        fd, name = tempfile.mkstemp(prefix=_prefix("write-check"), dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        where = "" if probe == folder else f" (its parent {probe})"
+        hint = f"; pass {option} to write elsewhere" if option else ""
+        raise OSError(e.errno, f"{folder}: not writable{where}: {e.strerror}{hint}") from None
+    return folder
 
 
 def remove_orphaned_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:

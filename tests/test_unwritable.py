@@ -126,3 +126,98 @@ def test_a_read_only_folder_is_named_not_a_temporary_file(tmp_path, monkeypatch)
     assert ".tmp" not in message
     with pytest.raises(OSError, match=f"{folder / 'converted'}: cannot write it: {folder} is not writable"):
         sibling_temp_dir(folder / "converted")
+
+
+# ---------------------------------------------------------------- refused before any work
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundles" / "brats_fpa" / "configs"
+
+
+def _messages(error: BaseException) -> str:
+    """Every message in ``error``'s chain (MONAI wraps a config expression's error)."""
+    found = []
+    while error is not None:
+        found.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(found)
+
+
+def _run_bundle(monkeypatch, guard: str, workflow: str, files: list[str], **overrides) -> str:
+    """Run a bundle workflow whose first piece of work, ``pam_monai.engines.<guard>``, fails;
+    return the messages of the error that stopped it."""
+    from monai.bundle import run
+
+    import pam_monai.engines
+
+    def work(*args, **kwargs):
+        raise AssertionError(f"{guard}: the work began")
+
+    monkeypatch.setattr(pam_monai.engines, guard, work)
+    with pytest.raises(Exception) as error:
+        run(workflow, config_file=[str(CONFIGS / f) for f in files], logging_file=False, **overrides)
+    return _messages(error.value)
+
+
+def test_a_read_only_bundle_is_refused_before_any_work_and_its_outputs_can_go_elsewhere(
+    tmp_path, monkeypatch
+):
+    """A trained bundle in a shared, read-only folder: evaluation ran to its end and then failed on
+    eval/metrics.csv (inference on its first mask, a resumed training after a whole epoch on
+    models/), naming a temporary file. Now each refuses at the start, naming the folder and the
+    override that sends the output elsewhere, and runs from the bundle with that override."""
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    _read_only(monkeypatch, bundle)
+    elsewhere = {"output_dir": str(tmp_path / "out")}
+    evaluation = ("evaluating", ["train.json", "evaluate.json"])
+
+    said = _run_bundle(monkeypatch, "prepare_data", *evaluation, bundle_root=str(bundle))
+    assert f"{bundle / 'eval'}: not writable (its parent {bundle})" in said, said
+    assert "pass --output_dir DIR" in said and "the work began" not in said, said
+    said = _run_bundle(monkeypatch, "prepare_data", *evaluation, bundle_root=str(bundle), **elsewhere)
+    assert "prepare_data: the work began" in said, said  # models/ is only read
+
+    said = _run_bundle(monkeypatch, "check_run", "inferring", ["inference.json"], bundle_root=str(bundle))
+    assert f"{bundle / 'predictions'}: not writable" in said and "pass --output_dir DIR" in said, said
+    said = _run_bundle(
+        monkeypatch,
+        "check_run",
+        "inferring",
+        ["inference.json"],
+        bundle_root=str(bundle),
+        **elsewhere,
+    )
+    assert "check_run: the work began" in said, said
+
+    # training (or --resume true) with its checkpoints in the read-only folder
+    models = str(bundle / "models")
+    said = _run_bundle(
+        monkeypatch, "prepare_data", "training", ["train.json"], bundle_root=str(tmp_path), ckpt_dir=models
+    )
+    assert f"{models}: not writable: " in said and "pass --ckpt_dir DIR" in said, said
+    assert "the work began" not in said
+
+
+def test_a_read_only_cache_serves_what_it_holds_and_names_the_flag_for_the_rest(tmp_path, monkeypatch):
+    from pam_monai.data import SliceDataset, discover_cases, synth
+
+    cases = discover_cases("brats", synth("brats", tmp_path / "raw", cases=2, slices=4))
+    cache = tmp_path / "cache"
+    SliceDataset(cases[:1], "brats", cache_dir=cache, progress=False)
+    _read_only(monkeypatch, cache)
+    SliceDataset(cases[:1], "brats", cache_dir=cache, progress=False)  # all cached: nothing to write
+    with pytest.raises(OSError) as error:
+        SliceDataset(cases, "brats", cache_dir=cache, progress=False)
+    message = str(error.value)
+    assert f"{cache / 'brats'} is not writable" in message and "pass --cache_dir DIR" in message, message
+
+
+def test_every_workflow_checks_its_output_folders_first():
+    """multi_gpu_train.json replaces train.json's initialize: it must keep the check."""
+    from monai.bundle import ConfigParser
+
+    for files in (["train.json"], ["train.json", "multi_gpu_train.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f) for f in files])
+        assert "$pam_monai.engines.check_outputs(@output_dirs)" in parser["initialize"], files

@@ -246,7 +246,9 @@ PAPER_GENERATED = (
 PAPER_RUN_FROM = """The commands below run from the project's root; from anywhere else, MONAI's
 workflows (`python -m monai.bundle run`, `monai.bundle.run` / `load` in Python) write `models/`,
 `eval/` and `cache/` into the bundle whose `configs/` they run (`--bundle_root` sets another
-folder)."""
+folder). A bundle in a shared, read-only folder evaluates and infers with `--output_dir DIR`
+(`models/` is only read); an output folder that cannot be written (`--output_dir`, training's
+`--ckpt_dir`) is refused before any work, naming it and its flag."""
 PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). Without
 `--dataset_dir` (and no `data/` in the bundle), training runs on a small **synthetic stand-in**
 generated on the fly (into `synthetic_data/`) and the log says so; a `--dataset_dir` that does not

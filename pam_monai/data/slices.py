@@ -21,6 +21,7 @@ CityScapes frames are single-slice "volumes"; all of them are kept.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -228,8 +229,16 @@ class SliceDataset(torch.utils.data.Dataset):
         fg = (label.reshape(label.shape[0], -1) == 1).sum(1, dtype=np.int64)  # IGNORE is not foreground
         if paths is None:
             return image, label, fg
-        for part, array in zip(_PARTS, (image, label, fg)):
-            save_atomic_npy(paths[part], array)
+        try:
+            for part, array in zip(_PARTS, (image, label, fg)):
+                save_atomic_npy(paths[part], array)
+        except OSError as e:  # a read-only cache serves the volumes it holds, and only those
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            what = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
+            raise OSError(
+                e.errno, f"{what}; pass --cache_dir DIR (cache_dir) to cache the volumes elsewhere"
+            ) from None
         return tuple(np.load(paths[p], mmap_mode="r") for p in _PARTS)  # type: ignore[return-value]
 
     def __getstate__(self) -> dict:

@@ -35,7 +35,7 @@ from .inferer import SliceWiseInferer
 from .loaders import DeviceSliceLoader, LoaderEpoch, batch_samples, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
 from .progress import ProgressBar
-from .runtime import as_bool, bundle_root, check_single_process, fast_network, setup_run
+from .runtime import as_bool, bundle_root, check_outputs, check_single_process, fast_network, setup_run
 
 __all__ = [
     "BestCheckpoint",
@@ -59,6 +59,7 @@ __all__ = [
     "bundle_root",
     "atomic_save",
     "atomic_write_text",
+    "check_outputs",
     "check_run",
     "check_single_process",
     "check_weights",

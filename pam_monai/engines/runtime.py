@@ -20,7 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["as_bool", "bundle_root", "check_single_process", "fast_network", "setup_run", "use_fast_norm"]
+__all__ = [
+    "as_bool",
+    "bundle_root",
+    "check_outputs",
+    "check_single_process",
+    "fast_network",
+    "setup_run",
+    "use_fast_norm",
+]
 
 log = logging.getLogger("pam_monai")
 
@@ -113,6 +121,17 @@ def check_single_process() -> None:
             "configs/multi_gpu_train.json after train.json in --config_file, and evaluate or infer without "
             "torchrun"
         )
+
+
+def check_outputs(folders: dict) -> None:
+    """Refuse, before any data is read, output folders the workflow could not write (the bundles:
+    ``{"ckpt_dir": ..., "output_dir": ...}``): a bundle in a shared read-only folder ran a whole
+    evaluation or training epoch before failing on its first write. The error names the folder and
+    the override, the folder's id, that sends it elsewhere (``--output_dir DIR``)."""
+    from ..atomic import check_writable
+
+    for key, folder in folders.items():
+        check_writable(folder, f"--{key} DIR")
 
 
 def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, rank: int = 0) -> None:
