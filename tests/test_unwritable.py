@@ -213,6 +213,37 @@ def test_a_read_only_cache_serves_what_it_holds_and_names_the_flag_for_the_rest(
     assert f"{cache / 'brats'} is not writable" in message and "pass --cache_dir DIR" in message, message
 
 
+def test_commands_refuse_an_output_folder_they_cannot_write_before_any_work(tmp_path, monkeypatch):
+    """score wrote metrics.csv only after scoring every mask, ensemble after averaging its first
+    case, and experiment got as far as its lock file before a read-only --output failed."""
+    import pam_monai.engines.ensemble as ensemble_module
+    import pam_monai.engines.score as score_module
+    import pam_monai.experiments.runner as runner
+
+    def work(*args, **kwargs):
+        raise AssertionError("the work began")
+
+    read_only = tmp_path / "shared"
+    read_only.mkdir()
+    _read_only(monkeypatch, read_only)
+    preds = tmp_path / "preds"
+    for fold in ("fold0", "fold1"):
+        (preds / fold).mkdir(parents=True)
+        np.save(preds / fold / "a_prob.npy", np.full((4, 4), 0.75, np.float32))
+
+    monkeypatch.setattr(score_module, "score_predictions", work)
+    with pytest.raises(OSError, match=f"{read_only / 'metrics'}: not writable .*pass --output DIR"):
+        score_module.score(str(preds / "fold0"), "brats", str(tmp_path), output=str(read_only / "metrics"))
+
+    monkeypatch.setattr(ensemble_module, "_read", work)
+    with pytest.raises(OSError, match=f"{read_only / 'ens'}: not writable .*pass --output DIR"):
+        ensemble_module.ensemble(f"{preds / 'fold0'},{preds / 'fold1'}", str(read_only / "ens"))
+
+    monkeypatch.setattr(runner, "_run_grid", work)
+    with pytest.raises(OSError, match=f"{read_only}: not writable: .*pass --output DIR"):
+        runner.experiment(dataset="brats", networks="unet", output=str(read_only))
+
+
 def test_every_workflow_checks_its_output_folders_first():
     """multi_gpu_train.json replaces train.json's initialize: it must keep the check."""
     from monai.bundle import ConfigParser

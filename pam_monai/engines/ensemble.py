@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import check_writable
 from ..data.files import (
     UnreadableFile,
     load_volume,
@@ -133,6 +134,7 @@ def ensemble_probabilities(
                 problems.append(f"{found[case]} is on another grid than {files[0][case]}")
     if problems:
         raise ValueError("ensemble: the inputs are not on the same grids:\n" + "\n".join(problems))
+    check_writable(out, "--output DIR")
     stale = sorted(
         {
             p.name[: -len(e)]

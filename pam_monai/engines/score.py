@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import check_writable
 from ..data import get_spec, scan_cases
 from ..data.files import UnreadableFile, load_png, load_volume
 from ..data.layout import visible_entries
@@ -225,7 +226,10 @@ def score(
         raise ValueError("score: pass --dataset_dir, the data set with the labels")
     # Fire gives all-digit folder names as numbers
     predictions, dataset_dir = str(predictions), str(dataset_dir)
-    out = Path(str(output)) if output is not None else Path(predictions) / "metrics"
+    # written after every mask is scored: a folder that cannot take them is refused first
+    out = check_writable(
+        Path(str(output)) if output is not None else Path(predictions) / "metrics", "--output DIR"
+    )
     summary = score_predictions(
         predictions,
         dataset,

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import remove_orphaned_temps
+from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED
 from ..engines import as_bool, atomic_write_text
@@ -619,7 +619,7 @@ def run_experiment(
         ]
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset)
-    output_dir = Path(output).resolve()
+    output_dir = check_writable(Path(output).resolve(), "--output DIR")
     output_dir.mkdir(parents=True, exist_ok=True)
     bad = sorted(set(overrides) & set(RESERVED))
     if bad:
