@@ -99,10 +99,9 @@ def _start_error(error: OSError, target: Path) -> OSError | None:
     errno is kept (EACCES stays a PermissionError)."""
     if error.errno in _FULL:
         return _full_error(error, target)
-    if error.errno in _DENIED:
-        return OSError(
-            error.errno, f"{target}: cannot write it: {target.parent} is not writable ({error.strerror})"
-        )
+    if error.errno in _DENIED:  # the folder itself, or the first of its missing parents, was refused
+        state = "is not writable" if target.parent.is_dir() else "could not be created"
+        return OSError(error.errno, f"{target}: cannot write it: {target.parent} {state} ({error.strerror})")
     return None
 
 

@@ -107,9 +107,15 @@ def _read_only(monkeypatch, folder: Path) -> None:
 
         return call
 
-    original = {"mkstemp": tempfile.mkstemp, "mkdtemp": tempfile.mkdtemp}
+    def mkdir(self, *args, **kwargs):
+        if folder in self.parents and not self.exists():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return original["mkdir"](self, *args, **kwargs)
+
+    original = {"mkstemp": tempfile.mkstemp, "mkdtemp": tempfile.mkdtemp, "mkdir": Path.mkdir}
     monkeypatch.setattr(tempfile, "mkstemp", refuse("mkstemp"))
     monkeypatch.setattr(tempfile, "mkdtemp", refuse("mkdtemp"))
+    monkeypatch.setattr(Path, "mkdir", mkdir)
 
 
 def test_a_read_only_folder_is_named_not_a_temporary_file(tmp_path, monkeypatch):
@@ -126,6 +132,11 @@ def test_a_read_only_folder_is_named_not_a_temporary_file(tmp_path, monkeypatch)
     assert ".tmp" not in message
     with pytest.raises(OSError, match=f"{folder / 'converted'}: cannot write it: {folder} is not writable"):
         sibling_temp_dir(folder / "converted")
+    # a folder to create in the read-only one is named as such, not as an existing unwritable one
+    with pytest.raises(
+        OSError, match=f"{folder / 'new' / 'x.json'}: cannot write it: {folder / 'new'} could not be created"
+    ):
+        atomic_write_text(folder / "new" / "x.json", "{}")
 
 
 # ---------------------------------------------------------------- refused before any work
