@@ -206,7 +206,10 @@ def test_a_read_only_bundle_is_refused_before_any_work_and_its_outputs_can_go_el
     said = _run_bundle(
         monkeypatch, "prepare_data", "training", ["train.json"], bundle_root=str(tmp_path), ckpt_dir=models
     )
-    assert f"{models}: not writable: " in said and "pass --ckpt_dir DIR" in said, said
+    assert (
+        f"{models}: not writable: " in said
+        and "pass --ckpt_dir DIR (to resume, copy this folder's checkpoints there first)" in said
+    ), said
     assert "the work began" not in said
 
 

@@ -131,7 +131,11 @@ def check_outputs(folders: dict) -> None:
     from ..atomic import check_writable
 
     for key, folder in folders.items():
-        check_writable(folder, f"--{key} DIR")
+        # a resume reads its checkpoint from the new folder: it must be copied there first
+        where = f"--{key} DIR" + (
+            " (to resume, copy this folder's checkpoints there first)" if key == "ckpt_dir" else ""
+        )
+        check_writable(folder, where)
 
 
 def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, rank: int = 0) -> None:
