@@ -272,3 +272,21 @@ def test_a_datalist_of_cases_not_on_disk_says_so_once_more_at_the_end(brats, tmp
         f"2 cases: {path}: not on disk under the data root {brats}: "
     )
     assert "keep the entries whose files exist (data_lists/README.md)" in msgs[2]
+
+
+@pytest.mark.parametrize("text", [None, '{"training": [', '["Brats18_SYN_001_1"]'])
+def test_a_datalist_that_cannot_be_read_is_named_before_any_volume_is(brats, tmp_path, monkeypatch, text):
+    """A mistyped --datalist path, a truncated file or a JSON list came out only after every volume
+    of the data set had been read (minutes for BraTS), and training's check likewise."""
+    import pam_monai.data.checker as checker
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a volume was read before the datalist")
+
+    monkeypatch.setattr(checker, "_read", no_reading)
+    path = tmp_path / "brats.json"
+    if text is not None:
+        path.write_text(text)
+    error = FileNotFoundError if text is None else ValueError
+    with pytest.raises(error, match=str(path)):
+        check_dataset("brats", brats, datalist=path)

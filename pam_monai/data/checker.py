@@ -441,6 +441,8 @@ def check_dataset(
     ``<root>/dataset.json`` (:mod:`pam_monai.data.nnunet`). ``datalist``: a decathlon datalist
     (paths relative to ``root``) whose entries are checked too (see the module).
     """
+    # read first: a mistyped path or a broken file is named before minutes of reading every volume
+    listed = load_datalist(datalist) if datalist is not None else None
     try:
         spec = get_spec(dataset, root=root)
     except NoTrainingImages as e:  # own data without a usable <case>_0000 image: say what the scan sees
@@ -493,7 +495,7 @@ def check_dataset(
         report.cases.append(summary)
         checked[_file_key(case.files().values())] = not problems
     if datalist is not None:
-        report.problems += _check_datalist(spec, datalist, root, allowed, checked)
+        report.problems += _check_datalist(spec, datalist, listed, root, allowed, checked)
     if spec.name == "nnunet" and not scan_options:  # nnU-Net checks dataset.json's count of training cases
         from .nnunet import read_dataset_json
 
@@ -530,12 +532,11 @@ def _image_files(spec: DatasetSpec) -> int:
     return (spec.image_files or spec.in_channels) if spec.name == "nnunet" else 1
 
 
-def _check_datalist(spec: DatasetSpec, path, root, allowed, checked: dict) -> list[Problem]:
-    """Problems of the entries of the datalist at ``path``, each naming the datalist and the case:
-    what would otherwise surface only when training, validation or evaluation first loads that
-    case. Files that are not exactly those of a case already checked (``checked``) are read."""
+def _check_datalist(spec: DatasetSpec, path, data: dict, root, allowed, checked: dict) -> list[Problem]:
+    """Problems of the entries of the datalist ``data`` read from ``path``, each naming the datalist
+    and the case: what would otherwise surface only when training, validation or evaluation first
+    loads that case. Files that are not exactly those of a case already checked (``checked``) are read."""
     where = str(path)
-    data = load_datalist(path)  # raises, naming the file, when it is not a JSON datalist
     expected = _image_files(spec)
     names = ", ".join(repr(c) for c in spec.channels)
     problems, seen, absent = [], {}, 0
