@@ -290,3 +290,23 @@ def test_a_datalist_that_cannot_be_read_is_named_before_any_volume_is(brats, tmp
     error = FileNotFoundError if text is None else ValueError
     with pytest.raises(error, match=str(path)):
         check_dataset("brats", brats, datalist=path)
+
+
+def test_datalist_messages_fit_absolute_paths_and_a_case_twice_in_one_list(brats, tmp_path):
+    """An absolute path that is not there was said to be relative to the data root (it is used as
+    it is), and a case listed twice in one list was said to be in two splits."""
+    from pam_monai.data import build_datalist
+
+    datalist = build_datalist("brats", brats)
+    gone = tmp_path / "elsewhere"
+    for e in datalist["training"][:2]:
+        e["image"] = [str(gone / f) for f in e["image"]]
+        e["label"] = str(gone / e["label"])
+    datalist["training"].append(dict(datalist["training"][2]))
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    assert messages(check_dataset("brats", brats, datalist=path)) == [
+        f"{A}: {path}: none of its 5 files found (e.g. {gone}/HGG/{A}/{A}_flair.nii.gz)",
+        f"{B}: {path}: none of its 5 files found (e.g. {gone}/HGG/{B}/{B}_flair.nii.gz)",
+        f"{C}: {path}: listed twice in training: keep one entry (else it counts twice)",
+    ]

@@ -554,11 +554,12 @@ def _check_datalist(spec: DatasetSpec, path, data: dict, root, allowed, checked:
             images = list(image) if isinstance(image, (list, tuple)) else [image]
             case = str(entry.get("case") or Path(images[0]).name)
             if case in seen:
-                problems.append(
-                    Problem(
-                        case, where, f"listed twice ({seen[case]} and {key}): a case belongs to one split"
-                    )
+                twice = (
+                    f"listed twice in {key}: keep one entry (else it counts twice)"
+                    if seen[case] == key
+                    else f"listed twice ({seen[case]} and {key}): a case belongs to one split"
                 )
+                problems.append(Problem(case, where, twice))
             seen.setdefault(case, key)
             fold, n_folds = entry.get("fold"), data.get("n_folds", 5)
             if (
@@ -607,10 +608,11 @@ def _check_datalist(spec: DatasetSpec, path, data: dict, root, allowed, checked:
                     if len(missing) == len(files)
                     else f"{', '.join(missing)}: not found"
                 )
-                problems.append(
-                    Problem(case, where, f"{what}; its paths are relative to the data root {root}")
-                )
-                absent += len(missing) == len(files)
+                # an absolute path is not joined to the data root: a hint about the root would mislead
+                relative = not os.path.isabs(missing[0])
+                hint = f"; its paths are relative to the data root {root}" if relative else ""
+                problems.append(Problem(case, where, what + hint))
+                absent += relative and len(missing) == len(files)
                 continue
             found = _file_key(files.values())
             if found in checked:
