@@ -1,5 +1,6 @@
 """Volume preprocessing, the slice cache and the 2-D slice dataset (pam_monai.data.{preprocess,slices})."""
 
+import json
 import pickle
 import time
 
@@ -226,3 +227,29 @@ def test_float16_cache_refuses_intensities_beyond_its_range(tmp_path):
     default = SliceDataset(train, spec, progress=False)
     assert default.cache_dtype == np.float32
     assert float(default[0]["image"].max()) > 65504 and bool(torch.isfinite(default[0]["image"]).all())
+
+
+def test_a_cityscapes_entry_may_list_its_one_image_file(roots, items, tmp_path):
+    """MONAI's decathlon datalists list images; ``check --datalist`` accepts a CityScapes entry
+    whose ``image`` is a list of its one file, but training then failed with 'TypeError: expected
+    str, bytes or os.PathLike object, not list', naming neither case nor file."""
+    from pam_monai.data import check_dataset
+
+    item = items["cityscapes"][0]
+    listed = {**item, "image": [item["image"]]}
+    np.testing.assert_array_equal(
+        load_case("cityscapes", listed)["image"], load_case("cityscapes", item)["image"]
+    )
+    a, b = (
+        SliceDataset([item], "cityscapes", progress=False),
+        SliceDataset([listed], "cityscapes", progress=False),
+    )
+    assert torch.equal(a[0]["image"], b[0]["image"]) and torch.equal(a[0]["label"], b[0]["label"])
+    datalist = build_datalist("cityscapes", roots["cityscapes"])
+    for entry in datalist["training"]:
+        entry["image"] = [entry["image"]]
+    path = tmp_path / "city.json"
+    path.write_text(json.dumps(datalist))
+    assert check_dataset("cityscapes", roots["cityscapes"], datalist=path).ok
+    with pytest.raises(ValueError, match="expected one RGB image file, got 2"):
+        load_case("cityscapes", {**item, "image": [item["image"]] * 2})

@@ -91,10 +91,13 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
                     f"got {label.shape}"
                 )
     else:
-        rgb = _read(load_png, case, item["image"])
+        files = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
+        if len(files) != 1:  # a list of one file is the decathlon format's usual form (the checker's too)
+            raise ValueError(f"{case}: expected one RGB image file, got {len(files)}: {files}")
+        rgb = _read(load_png, case, files[0])
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
             raise ValueError(
-                f"{case}: {os.path.basename(item['image'])}: expected an RGB image, got shape {rgb.shape}"
+                f"{case}: {os.path.basename(files[0])}: expected an RGB image, got shape {rgb.shape}"
             )
         image, affine = np.moveaxis(rgb, -1, 0), None
         if item.get("label") is not None:
