@@ -310,3 +310,20 @@ def test_datalist_messages_fit_absolute_paths_and_a_case_twice_in_one_list(brats
         f"{B}: {path}: none of its 5 files found (e.g. {gone}/HGG/{B}/{B}_flair.nii.gz)",
         f"{C}: {path}: listed twice in training: keep one entry (else it counts twice)",
     ]
+
+
+def test_a_datalist_entry_with_other_than_paths_is_named_not_a_crash(brats, tmp_path):
+    """A label given as a list (or a number among the images) stopped the check with 'TypeError:
+    unsupported operand type(s) for /', naming neither the datalist nor the case."""
+    from pam_monai.data import build_datalist
+
+    datalist = build_datalist("brats", brats)
+    datalist["training"][0]["label"] = [datalist["training"][0]["label"]]
+    datalist["training"][1]["image"][2] = 3
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    expected = "'image' and 'label' must be paths ('image': one, or a list of them)"
+    assert messages(check_dataset("brats", brats, datalist=path)) == [
+        f"{A}: {path}: {expected}",
+        f"{B}: {path}: {expected}",
+    ]

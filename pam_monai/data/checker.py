@@ -552,7 +552,7 @@ def _check_datalist(spec: DatasetSpec, path, data: dict, root, allowed, checked:
                 problems.append(Problem(f"{key}[{n}]", where, "an entry needs an 'image' (and a 'label')"))
                 continue
             images = list(image) if isinstance(image, (list, tuple)) else [image]
-            case = str(entry.get("case") or Path(images[0]).name)
+            case = str(entry.get("case") or Path(str(images[0])).name)
             if case in seen:
                 twice = (
                     f"listed twice in {key}: keep one entry (else it counts twice)"
@@ -592,6 +592,13 @@ def _check_datalist(spec: DatasetSpec, path, data: dict, root, allowed, checked:
             label = entry.get("label")
             if label is None:  # training trains on it, validation and evaluation score against it
                 problems.append(Problem(case, where, f"no 'label' (every {key} entry needs one)"))
+                continue
+            if not all(isinstance(f, str) for f in [*images, label]):  # e.g. a label in a list
+                problems.append(
+                    Problem(
+                        case, where, "'image' and 'label' must be paths ('image': one, or a list of them)"
+                    )
+                )
                 continue
             twice = sorted({f for f in images if images.count(f) > 1})
             if twice:
