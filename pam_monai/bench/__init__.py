@@ -231,7 +231,7 @@ def run_bench(
         warmup: untimed steps first (CUDA 5: ``torch.compile`` compiles here; CPU 2).
         rounds: CPU: rounds of interleaved timed steps over all (network, mode) pairs (4).
         stages: comma-separated subset of ``train,data,infer,hd95,bundle`` (``bundle``: the BRATS
-            bundle's whole training loop, :mod:`pam_monai.bench.trainer`; not in the default).
+            bundle's whole training loop, ``pam_monai.bench.trainer``; not in the default).
         infer_networks: networks for whole-volume inference (CUDA: ``networks``; CPU: ``fpa``).
         infer_modes: modes for inference (CUDA: ``modes``; CPU: ``fp32``).
         infer_repeats: timed inference runs (median reported).
@@ -255,12 +255,12 @@ def run_bench(
             ``name=value`` pairs (Python literals), e.g. ``layout_optimization=False`` or
             ``triton.cudagraphs=True``; recorded in the JSON's ``meta``.
         profile: after the timed steps, profile this many steps per (network, mode) with
-            ``torch.profiler`` and report the top CUDA kernels (CPU: ATen ops) and the time per
+            ``torch.profiler`` and report the top CUDA kernels (CPU ATen ops) and the time per
             kind of work (convolutions, reductions, element-wise, up-sampling, copies, optimizer).
         threads: ``torch.set_num_threads`` (default: PyTorch's choice).
         reference: add the 3-stage ``unet`` to the training networks as the reference of the cost
-            ratios (``--reference=False``: only the named networks, e.g. one compiled network per
-            process; :func:`merge` computes the ratios across such runs).
+            ratios (``--reference=False`` measures only the named networks, e.g. one compiled network
+            per process; ``pam_monai.bench.merge`` computes the ratios across such runs).
         seed: seed of inputs and weights.
         output: JSON file to write (``""`` or ``None``: none).
         quick: tiny shapes and one step each (a smoke test; figures mean nothing).

@@ -66,8 +66,8 @@ def synth(
         options: brats --slices (155) --lgg_cases (0); isles --max_slices (8) --compress;
             cityscapes --size "(512,256)" (width, height) --train_cities (3) --val_cities (1); nnunet
             --size "(90,84)" (height, width) --slices (12) --test_cases (1), and --ct (one CT channel in
-            Hounsfield units) or --two_d (2-D colour PNG images, label lesion); --sparse (sparse annotations:
-            the 'ignore' label 4 on every odd slice and the first 20 rows of the others).
+            Hounsfield units) or --two_d (2-D colour PNG images, label lesion); --sparse (sparse
+            annotations, the 'ignore' label 4 on every odd slice and the first 20 rows of the others).
     """
 
     from ..atomic import atomic_write_text

@@ -214,9 +214,9 @@ def score(
         output: where metrics.csv and summary.json go (default <predictions>/metrics).
         foreground_label: the target's labels (values or own data's names), as in the bundles.
         label_map: true: the masks are label maps with the data set's label values (e.g. nnU-Net's
-            multi-label output), the same foreground labels are taken; false: any non-zero value is
-            foreground; default: non-zero is foreground, and masks with other values than 0, 1, 255
-            and the target's are refused (say which reading is meant).
+            multi-label output), the same foreground labels are taken; false, any non-zero value is
+            foreground; by default non-zero is foreground, and masks with other values than 0, 1,
+            255 and the target's are refused (say which reading is meant).
         empty_value: HD95 when exactly one mask is empty (default: the image diagonal).
 
     Returns:

@@ -1,0 +1,41 @@
+"""The command line's own documentation: what ``python -m pam_monai <command> --help`` shows."""
+
+import importlib
+import inspect
+import re
+
+import pytest
+from fire import docstrings
+
+from pam_monai.cli import COMMANDS
+
+# experiment prints its docstring as written (pam_monai.experiments.runner.experiment)
+FIRE_HELP = sorted(name for name in COMMANDS if name != "experiment")
+
+
+def _args_as_written(doc: str) -> dict[str, str]:
+    """Each argument's description in the docstring's Args section, whitespace-normalised."""
+    section = re.search(r"^Args:\n(.*?)(?:\n\s*\n|\Z)", doc, re.S | re.M)
+    args, name = {}, None
+    for line in section.group(1).splitlines():
+        entry = re.match(r"    (\*{0,2}\w+): (.*)", line)
+        if entry:
+            name = entry.group(1).lstrip("*")
+            args[name] = entry.group(2)
+        else:
+            args[name] += " " + line.strip()
+    return {k: " ".join(v.split()) for k, v in args.items()}
+
+
+@pytest.mark.parametrize("command", FIRE_HELP)
+def test_help_shows_every_argument_description_whole(command):
+    """Fire's docstring parser keeps only the text before the first ':' of a continuation line in
+    Args, so `synth --help` lost --two_d and --sparse, and `score --help` what --label_map false
+    does. Every argument's description must reach --help as written."""
+    module, func = COMMANDS[command].split(":")
+    doc = inspect.getdoc(getattr(importlib.import_module(module), func))
+    shown = {a.name: " ".join((a.description or "").split()) for a in docstrings.parse(doc).args or []}
+    for name, written in _args_as_written(doc).items():
+        assert shown.get(name) == written, (
+            f"{command} --help, --{name}:\nwritten: {written}\nshown:   {shown.get(name)}"
+        )
