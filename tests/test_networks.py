@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from monai.losses import DiceLoss
@@ -39,6 +42,22 @@ def test_parameter_count_matches_paper(name):
         # documented in the README: the paper's Figure 3 as drawn, W_r4 a full 3x3 conv 4C -> C
         expected = 9_253_280
     assert abs(n_params(net) - expected) <= 0.01 * expected, (name, n_params(net), expected)
+
+
+def test_readme_parameter_counts_are_the_networks():
+    """The README's network table (and its RFNA section) states exact parameter counts: they must
+    be what get_network builds, so a changed block cannot leave them stale."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (`[^|]+`) \| [^|]+ \| ([\d,]+) \| [\d.]+M \|$", readme, re.M)
+    stated = {
+        name: int(count.replace(",", "")) for names, count in rows for name in re.findall(r"`(\w+)`", names)
+    }
+    assert sorted(stated) == sorted(NETWORKS), "README's network table does not list every network"
+    for name, count in stated.items():
+        assert n_params(get_network(name, spatial_dims=2, in_channels=4, out_channels=1)) == count, name
+    for expansion in (2, 1):
+        net = get_network("rfna", spatial_dims=2, in_channels=4, out_channels=1, expansion=expansion)
+        assert f"`expansion={expansion}`: {n_params(net):,}" in readme
 
 
 @pytest.mark.parametrize("name,dims", CASES)
