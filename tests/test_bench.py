@@ -39,6 +39,22 @@ def test_modes_parse_per_device():
         parse_mode("fp64", "cpu")
 
 
+def test_modes_docstrings_say_what_fast_holds():
+    """`bench --help` sends readers to pam_monai.bench.modes for the flags: a flag it calls 'off in
+    ``fast``' must be off in CUDA's fast mode, and parse_mode's example must be what it returns."""
+    import re
+
+    from pam_monai.bench import modes
+    from pam_monai.bench.modes import Mode
+
+    fast_gpu = parse_mode("fast", "cuda")
+    for flag, text in re.findall(r"^- ``(\w+)``: (.*?)(?=^- |^``|\Z)", modes.__doc__, re.S | re.M):
+        if "off in ``fast``" in text:
+            assert not getattr(fast_gpu, flag), f"modes.py says {flag} is off in fast; CUDA's fast has it"
+    example = re.search(r'``"(\S+)"`` -> ``(Mode\(.*?\))``\s+on CUDA', parse_mode.__doc__)
+    assert eval(example.group(2), {"Mode": Mode}) == parse_mode(example.group(1), "cuda")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"

@@ -9,7 +9,7 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 - ``compile``: ``torch.compile`` of the network (forward and backward);
 - ``fused``: fused AdamW;
 - ``taps``: FPA's dilated depthwise convolutions as a sum of taps also on CUDA / when compiled
-  (``pam_monai.networks.blocks.fastconv.use_tap_convs``; an experiment, off in ``fast``);
+  (``pam_monai.networks.blocks.fastconv.use_tap_convs``; part of CUDA's ``fast``);
 - ``gather``: the decoders' up-sampling with a gather-only backward pass instead of
   ``F.interpolate``, whose compiled backward scatters with atomics
   (``pam_monai.networks.blocks.resize.linear_resize``; an experiment, off in ``fast``);
@@ -84,7 +84,8 @@ def _base(name: str, device_type: str) -> dict:
 
 
 def parse_mode(text: str, device_type: str) -> Mode:
-    """``"fast-compile"`` -> ``Mode(name="fast-compile", amp=True, norm=True, fused=True)`` on CUDA."""
+    """``"fast-compile"`` -> ``Mode(name="fast-compile", amp=True, cl=True, norm=True, fused=True, mm=True, taps=True)``
+    on CUDA."""
     text = str(text).strip()
     parts = re.split(r"([+-])", text)
     flags = _base(parts[0], device_type)
