@@ -55,6 +55,17 @@ def test_modes_docstrings_say_what_fast_holds():
     assert eval(example.group(2), {"Mode": Mode}) == parse_mode(example.group(1), "cuda")
 
 
+def test_report_says_what_peak_memory_measures():
+    """On the CPU 'peak memory' is the growth of the process's peak RSS during the timed steps,
+    0 MiB when they reuse memory that earlier rounds left mapped (the U-Net's rows of a default
+    CPU run): the report must say so rather than pass it off as the network's memory."""
+    row = {"network": "unet", "mode": "fp32", "params": 1, "batch": 4, "size": [4, 80, 80]}
+    row |= {"step_ms_median": 180.0, "slices_per_s": 22.0, "peak_bytes": 0}
+    row["peak_kind"] = "peak RSS growth during the steps (approximate)"
+    text = format_report({"meta": {"device": "cpu"}, "train": [row]})
+    assert "peak memory: peak RSS growth during the steps (approximate)" in text
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"

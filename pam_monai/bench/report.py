@@ -140,6 +140,10 @@ def format_report(result: dict) -> str:
             "cost x U-Net: step time / the 3-stage U-Net's step time in the same mode and run "
             "(median ratio; ratio of minimum times; range of per-round ratios).",
         ]
+        # on the CPU it is the peak RSS growth: 0 MiB when the steps reuse memory earlier rounds left mapped
+        kinds = sorted({r["peak_kind"] for r in train if r.get("peak_kind") not in (None, "-")})
+        if kinds:
+            out.append("peak memory: " + "; ".join(kinds) + ".")
         modes = {r["mode"]: r.get("flags") for r in train}
         out.append("modes: " + "; ".join(f"{m} = {_describe(f)}" for m, f in modes.items()))
     if result.get("data"):
