@@ -145,8 +145,9 @@ def own_data_bundle(
     relative = os.path.relpath(output.resolve(), Path.cwd())
     folder = Path(relative).parent.as_posix() if not relative.startswith("..") and relative != "." else None
     info["run_from"] = (
-        "The commands below run from the folder the bundle was made in; from the bundle's own folder\n"
-        "`bundle_root` is `.`, and from anywhere else pass `--bundle_root path/to/{name}`."
+        "The commands below run from the folder the bundle was made in; from anywhere else (with the\n"
+        "config paths changed to match) MONAI's workflows write into the bundle whose `configs/` they run\n"
+        "(`--bundle_root` sets another folder)."
         if folder
         else "Run the commands below from the bundle's own folder; from anywhere else MONAI's workflows\n"
         "write into the bundle whose `configs/` they run (`--bundle_root` sets another folder)."
