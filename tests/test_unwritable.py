@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import error_chain
 
 from pam_monai.atomic import atomic_path, atomic_write_text, sibling_temp_dir
 from pam_monai.engines import atomic_save, load_checkpoint
@@ -145,15 +146,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "brats_fpa" / "configs"
 
 
-def _messages(error: BaseException) -> str:
-    """Every message in ``error``'s chain (MONAI wraps a config expression's error)."""
-    found = []
-    while error is not None:
-        found.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(found)
-
-
 def _run_bundle(monkeypatch, guard: str, workflow: str, files: list[str], **overrides) -> str:
     """Run a bundle workflow whose first piece of work, ``pam_monai.engines.<guard>``, fails;
     return the messages of the error that stopped it."""
@@ -167,7 +159,7 @@ def _run_bundle(monkeypatch, guard: str, workflow: str, files: list[str], **over
     monkeypatch.setattr(pam_monai.engines, guard, work)
     with pytest.raises(Exception) as error:
         run(workflow, config_file=[str(CONFIGS / f) for f in files], logging_file=False, **overrides)
-    return _messages(error.value)
+    return "\n".join(error_chain(error.value))
 
 
 def test_a_read_only_bundle_is_refused_before_any_work_and_its_outputs_can_go_elsewhere(
