@@ -247,7 +247,7 @@ def test_datalist_entries_are_checked_with_the_data_set(brats, tmp_path):
     ]
 
 
-def test_a_datalist_of_cases_not_on_disk_says_so_once_more_at_the_end(brats, tmp_path):
+def test_a_datalist_of_cases_not_on_disk_says_so_once_more_at_the_end(brats, tmp_path, capsys):
     """The shipped 210-case BRATS list over a folder with a few of its cases: each absent case in
     one line naming one file, then the likely cause of them all (was: every path of every case)."""
     from pam_monai.data import build_datalist
@@ -262,16 +262,26 @@ def test_a_datalist_of_cases_not_on_disk_says_so_once_more_at_the_end(brats, tmp
     datalist["training"] += extra
     path = tmp_path / "brats.json"
     path.write_text(json.dumps(datalist))
-    msgs = messages(check_dataset("brats", brats, datalist=path))
+    report = check_dataset("brats", brats, datalist=path)
+    msgs = messages(report)
     first = extra[0]["image"][0]
     assert msgs[0] == (
         f"{extra[0]['case']}: {path}: none of its 5 files found (e.g. {first}); its paths are relative to the "
         f"data root {brats}"
     )
-    assert len(msgs) == 3 and msgs[2].startswith(
-        f"2 cases: {path}: not on disk under the data root {brats}: "
-    )
-    assert "keep the entries whose files exist (data_lists/README.md)" in msgs[2]
+    # the closing hint is no case: the verdict counted it as one more case with problems ("3 with problems")
+    assert len(msgs) == 2 and len(report.notes) == 1
+    assert report.notes[0].startswith(f"{path}: 2 cases not on disk under the data root {brats}: ")
+    assert "keep the entries whose files exist (data_lists/README.md)" in report.notes[0]
+    lines = report.format().splitlines()
+    assert lines[-2] == f"NOTE {report.notes[0]}" and lines[-3].startswith("ERROR ")
+    assert lines[-1].startswith(f"FAILED: brats under {brats}: 3 cases, 2 with problems, 2 problems")
+    with pytest.raises(ValueError) as err:
+        report.raise_if_failed()
+    assert str(err.value).splitlines()[1:] == [*msgs, report.notes[0]]
+    with pytest.raises(SystemExit):  # --quiet keeps it too
+        cli(["check", "--dataset", "brats", "--root", str(brats), "--datalist", str(path), "--quiet"])
+    assert capsys.readouterr().out.splitlines()[-2] == f"NOTE {report.notes[0]}"
 
 
 @pytest.mark.parametrize("text", [None, '{"training": [', '["Brats18_SYN_001_1"]'])

@@ -78,6 +78,7 @@ class CheckReport:
     warnings: list[Problem] = field(default_factory=list)
     volumetric: bool = True
     normalization: list[str] = field(default_factory=list)  # own data: each channel's scheme
+    notes: list[str] = field(default_factory=list)  # the likely cause of many problems, read last
 
     @property
     def ok(self) -> bool:
@@ -134,6 +135,7 @@ class CheckReport:
             )
         lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"ERROR {p}" for p in self.problems]
+        lines += [f"NOTE {n}" for n in self.notes]
         # cases that failed, and names the scan found problems with (files outside any complete case)
         failed = len({c.case for c in self.cases if not c.ok} | {p.case for p in self.problems})
         verdict = "OK" if self.ok else "FAILED"
@@ -177,7 +179,7 @@ class CheckReport:
     def raise_if_failed(self) -> None:
         """Raise ``ValueError`` listing the problems (for training scripts that check up front)."""
         if not self.ok:
-            raise ValueError("data check failed:\n" + "\n".join(str(p) for p in self.problems))
+            raise ValueError("data check failed:\n" + "\n".join([*map(str, self.problems), *self.notes]))
 
 
 def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
@@ -495,7 +497,8 @@ def check_dataset(
         report.cases.append(summary)
         checked[_file_key(case.files().values())] = not problems
     if datalist is not None:
-        report.problems += _check_datalist(spec, datalist, listed, root, allowed, checked)
+        problems, report.notes = _check_datalist(spec, datalist, listed, root, allowed, checked)
+        report.problems += problems
     if spec.name == "nnunet" and not scan_options:  # nnU-Net checks dataset.json's count of training cases
         from .nnunet import read_dataset_json
 
@@ -532,10 +535,13 @@ def _image_files(spec: DatasetSpec) -> int:
     return (spec.image_files or spec.in_channels) if spec.name == "nnunet" else 1
 
 
-def _check_datalist(spec: DatasetSpec, path, data: dict, root, allowed, checked: dict) -> list[Problem]:
+def _check_datalist(
+    spec: DatasetSpec, path, data: dict, root, allowed, checked: dict
+) -> tuple[list[Problem], list[str]]:
     """Problems of the entries of the datalist ``data`` read from ``path``, each naming the datalist
     and the case: what would otherwise surface only when training, validation or evaluation first
-    loads that case. Files that are not exactly those of a case already checked (``checked``) are read."""
+    loads that case. Files that are not exactly those of a case already checked (``checked``) are read.
+    Also returns notes: the likely cause of many problems, which is no case's."""
     where = str(path)
     expected = _image_files(spec)
     names = ", ".join(repr(c) for c in spec.channels)
@@ -644,13 +650,10 @@ def _check_datalist(spec: DatasetSpec, path, data: dict, root, allowed, checked:
             _, _, bad, _ = _read(spec, case_files, allowed)
             problems += [Problem(case, f"{f} (in {where})", m) for f, m in bad]
             checked[found] = not bad
+    notes = []
     if absent > 1:  # last, where the user reads first: the likely cause of them all
-        problems.append(
-            Problem(
-                f"{absent} cases",
-                where,
-                f"not on disk under the data root {root}: is it the folder the datalist's paths are relative to? "
-                "With only some of the cases, keep the entries whose files exist (data_lists/README.md)",
-            )
+        notes.append(
+            f"{where}: {absent} cases not on disk under the data root {root}: is it the folder the datalist's paths "
+            "are relative to? With only some of the cases, keep the entries whose files exist (data_lists/README.md)"
         )
-    return problems
+    return problems, notes

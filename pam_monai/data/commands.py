@@ -190,7 +190,9 @@ def check(
     text = report.format()
     if quiet:
         text = "\n".join(
-            line for line in text.splitlines() if line.startswith(("WARNING", "ERROR", "OK", "FAILED"))
+            line
+            for line in text.splitlines()
+            if line.startswith(("WARNING", "ERROR", "NOTE", "OK", "FAILED"))
         )
     print(text)
     if not report.ok:
