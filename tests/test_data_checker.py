@@ -337,3 +337,16 @@ def test_a_datalist_entry_with_other_than_paths_is_named_not_a_crash(brats, tmp_
         f"{A}: {path}: {expected}",
         f"{B}: {path}: {expected}",
     ]
+
+
+def test_a_datalist_whose_n_folds_is_not_a_number_is_named_not_a_crash(brats, tmp_path):
+    """'n_folds': "five" stopped the check with int()'s bare "invalid literal for int() with base 10",
+    naming neither the datalist nor the key."""
+    from pam_monai.data import build_datalist
+
+    datalist = {**build_datalist("brats", brats), "n_folds": "five"}
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    assert messages(check_dataset("brats", brats, datalist=path)) == [
+        f"n_folds: {path}: 'n_folds' 'five' is not a whole number (the number of folds, e.g. 5)"
+    ]

@@ -535,6 +535,23 @@ def _image_files(spec: DatasetSpec) -> int:
     return (spec.image_files or spec.in_channels) if spec.name == "nnunet" else 1
 
 
+def _n_folds(spec: DatasetSpec, data: dict, where: str, problems: list) -> int | None:
+    """The datalist's number of folds (cross-validation only, else None); one that is not a whole
+    number is a problem naming the datalist and the key (get_split would stop at int())."""
+    if spec.name not in FOLDED:
+        return None
+    n_folds = data.get("n_folds", 5)
+    try:
+        return int(n_folds)
+    except (TypeError, ValueError):
+        problems.append(
+            Problem(
+                "n_folds", where, f"'n_folds' {n_folds!r} is not a whole number (the number of folds, e.g. 5)"
+            )
+        )
+        return None
+
+
 def _check_datalist(
     spec: DatasetSpec, path, data: dict, root, allowed, checked: dict
 ) -> tuple[list[Problem], list[str]]:
@@ -547,6 +564,7 @@ def _check_datalist(
     names = ", ".join(repr(c) for c in spec.channels)
     problems, seen, absent = [], {}, 0
     ordered = {tuple(sorted(key)) for key in checked}  # the same files in another order
+    n_folds = _n_folds(spec, data, where, problems)
     for key in ("training", "validation", "test"):
         entries = data.get(key, [])
         if not isinstance(entries, list):
@@ -567,19 +585,15 @@ def _check_datalist(
                 )
                 problems.append(Problem(case, where, twice))
             seen.setdefault(case, key)
-            fold, n_folds = entry.get("fold"), data.get("n_folds", 5)
-            if (
-                key == "training"
-                and spec.name in FOLDED
-                and not (type(fold) is int and 0 <= fold < int(n_folds))
-            ):
+            fold = entry.get("fold")
+            if key == "training" and n_folds is not None and not (type(fold) is int and 0 <= fold < n_folds):
                 # else get_split fails without naming the datalist, or (a fold beyond n_folds) trains on it in every fold
                 problems.append(
                     Problem(
                         case,
                         where,
                         ("no 'fold'" if fold is None else f"'fold' {fold!r}")
-                        + f": cross-validation entries need a fold 0..{int(n_folds) - 1} (python -m pam_monai datalist "
+                        + f": cross-validation entries need a fold 0..{n_folds - 1} (python -m pam_monai datalist "
                         "writes them)",
                     )
                 )
