@@ -350,3 +350,65 @@ def test_a_datalist_whose_n_folds_is_not_a_number_is_named_not_a_crash(brats, tm
     assert messages(check_dataset("brats", brats, datalist=path)) == [
         f"n_folds: {path}: 'n_folds' 'five' is not a whole number (the number of folds, e.g. 5)"
     ]
+    path.write_text(json.dumps({**datalist, "n_folds": 0}))  # no fold to deal the entries into
+    report = check_dataset("brats", brats, datalist=path, datalist_splits=["test"])
+    assert (
+        all("cross-validation entries need a fold" in m for m in messages(report))
+        and len(report.problems) == 3
+    )
+
+
+def test_evaluation_checks_the_files_of_its_own_split_only(brats, tmp_path):
+    """With the 5-fold list and only the evaluated fold's cases on disk, evaluation was refused over
+    the other folds' missing files; a case listed twice or a fold out of range still refuses it,
+    and check --datalist (no split) still names every missing case."""
+    from pam_monai.data import build_datalist
+    from pam_monai.engines import prepare_data
+
+    datalist = build_datalist("brats", brats, n_folds=3)
+    fold_of = {e["case"]: e["fold"] for e in datalist["training"]}
+    test_case = next(c for c, f in fold_of.items() if f == 0)
+    for case in set(fold_of) - {test_case}:
+        shutil.rmtree(brats / "HGG" / case)
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    data = prepare_data("brats", brats, path, fold=0, splits=["test"])
+    assert [it["case"] for it in data["test"]] == [test_case]
+    assert messages(check_dataset("brats", brats, datalist=path)) == [
+        f"{c}: {path}: none of its 5 files found (e.g. HGG/{c}/{c}_flair.nii.gz); its paths are relative to the "
+        f"data root {brats}"
+        for c in sorted(set(fold_of) - {test_case})
+    ]
+    absent = next(e for e in datalist["training"] if e["fold"] == 2)
+    datalist["training"] += [dict(absent), {**absent, "case": "Brats18_SYN_004_1", "fold": 3}]
+    path.write_text(json.dumps(datalist))
+    with pytest.raises(ValueError) as err:
+        prepare_data("brats", brats, path, fold=0, splits=["test"])
+    assert str(err.value).splitlines()[1:] == [
+        f"{absent['case']}: {path}: listed twice in training: keep one entry (else it counts twice)",
+        f"Brats18_SYN_004_1: {path}: 'fold' 3: cross-validation entries need a fold 0..2 (python -m pam_monai "
+        "datalist writes them)",
+    ]
+
+
+def test_training_does_not_need_the_labels_of_a_test_list_kept_for_later(brats, tmp_path):
+    """A training datalist whose test list has no labels (cases kept for inference) was refused at
+    training start with "no 'label' (every test entry needs one)": training never reads the test
+    split. Evaluating on it still needs them."""
+    from pam_monai.data import build_datalist
+    from pam_monai.engines import prepare_data
+
+    datalist = build_datalist("brats", brats, n_folds=3)
+    kept = next(e for e in datalist["training"] if e["fold"] == 0)
+    datalist["training"].remove(kept)
+    datalist["test"] = [{"case": kept["case"], "image": kept["image"]}]
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    data = prepare_data("brats", brats, path, fold=0)
+    assert [it["case"] for it in data["test"]] == [kept["case"]] and len(data["train"]) == len(
+        data["val"]
+    ) == 1
+    with pytest.raises(
+        ValueError, match=f"{kept['case']}: {path}: no 'label' \\(every test entry needs one\\)"
+    ):
+        prepare_data("brats", brats, path, fold=0, splits=["test"])

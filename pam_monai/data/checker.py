@@ -13,7 +13,8 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
 - a datalist (``datalist=``, the bundles' ``data_list_file_path``): entries with another number of
   image files than the data set's channels, files that do not exist, channel files in another
   order than the data set's, a case listed twice; files no case of the layout holds are read and
-  checked as above. These problems name the datalist and the case.
+  checked as above. These problems name the datalist and the case. With ``datalist_splits`` (training
+  and evaluation) only the entries of those splits have their files and labels checked.
 
 Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
 channel, a case ID that begins or ends with white space.
@@ -433,6 +434,8 @@ def check_dataset(
     foreground_label: int | Sequence[int] | None = None,
     progress: bool = False,
     datalist: str | os.PathLike | None = None,
+    datalist_splits: Sequence[str] | None = None,
+    fold: int = 0,
     **scan_options,
 ) -> CheckReport:
     """Check every case of ``dataset`` under ``root`` and return a :class:`CheckReport`
@@ -441,7 +444,10 @@ def check_dataset(
     ``scan_options`` go to the reader: ``grades="HGG,LGG"`` (BRATS), ``subset="TESTING"`` (ISLES),
     ``splits=("train", "val")`` (CityScapes). ``dataset="nnunet"``: own data, described by
     ``<root>/dataset.json`` (:mod:`pam_monai.data.nnunet`). ``datalist``: a decathlon datalist
-    (paths relative to ``root``) whose entries are checked too (see the module).
+    (paths relative to ``root``) whose entries are checked too (see the module). ``datalist_splits``
+    (e.g. ``["test"]``, with the cross-validation ``fold``): check the files and labels of the entries
+    of those splits only (a run that reads only them, over a data set that may hold only their
+    cases); a fold missing or out of range and a case listed twice are still named for every entry.
     """
     # read first: a mistyped path or a broken file is named before minutes of reading every volume
     listed = load_datalist(datalist) if datalist is not None else None
@@ -497,7 +503,9 @@ def check_dataset(
         report.cases.append(summary)
         checked[_file_key(case.files().values())] = not problems
     if datalist is not None:
-        problems, report.notes = _check_datalist(spec, datalist, listed, root, allowed, checked)
+        problems, report.notes = _check_datalist(
+            spec, datalist, listed, root, allowed, checked, datalist_splits, fold
+        )
         report.problems += problems
     if spec.name == "nnunet" and not scan_options:  # nnU-Net checks dataset.json's count of training cases
         from .nnunet import read_dataset_json
@@ -552,12 +560,30 @@ def _n_folds(spec: DatasetSpec, data: dict, where: str, problems: list) -> int |
         return None
 
 
+def _split_of(
+    spec: DatasetSpec, data: dict, key: str, entry: dict, fold: int, n_folds: int | None
+) -> str | None:
+    """The split ("train", "val", "test") of cross-validation ``fold`` that reads an entry of the
+    datalist's list ``key``, as get_split deals them; None when none of them does (a fold's entries
+    beside an explicit ``test`` or ``validation`` list), "?" when its fold cannot tell."""
+    if spec.name not in FOLDED or key != "training":
+        return {"training": "train", "validation": "val", "test": "test"}[key]
+    if n_folds is None or n_folds < 1 or type(entry.get("fold")) is not int:  # named as a problem already
+        return "?"
+    if entry["fold"] == fold:
+        return None if "test" in data else "test"
+    if entry["fold"] == (fold + 1) % n_folds:
+        return None if "validation" in data else "val"
+    return "train"
+
+
 def _check_datalist(
-    spec: DatasetSpec, path, data: dict, root, allowed, checked: dict
+    spec: DatasetSpec, path, data: dict, root, allowed, checked: dict, splits=None, fold: int = 0
 ) -> tuple[list[Problem], list[str]]:
     """Problems of the entries of the datalist ``data`` read from ``path``, each naming the datalist
     and the case: what would otherwise surface only when training, validation or evaluation first
     loads that case. Files that are not exactly those of a case already checked (``checked``) are read.
+    With ``splits``, the files and labels only of the entries of those splits of ``fold``.
     Also returns notes: the likely cause of many problems, which is no case's."""
     where = str(path)
     expected = _image_files(spec)
@@ -585,18 +611,24 @@ def _check_datalist(
                 )
                 problems.append(Problem(case, where, twice))
             seen.setdefault(case, key)
-            fold = entry.get("fold")
-            if key == "training" and n_folds is not None and not (type(fold) is int and 0 <= fold < n_folds):
+            given = entry.get("fold")
+            if (
+                key == "training"
+                and n_folds is not None
+                and not (type(given) is int and 0 <= given < n_folds)
+            ):
                 # else get_split fails without naming the datalist, or (a fold beyond n_folds) trains on it in every fold
                 problems.append(
                     Problem(
                         case,
                         where,
-                        ("no 'fold'" if fold is None else f"'fold' {fold!r}")
+                        ("no 'fold'" if given is None else f"'fold' {given!r}")
                         + f": cross-validation entries need a fold 0..{n_folds - 1} (python -m pam_monai datalist "
                         "writes them)",
                     )
                 )
+            if splits is not None and _split_of(spec, data, key, entry, fold, n_folds) not in (*splits, "?"):
+                continue  # not read by this run: a partial data set, a test list kept for later
             if len(images) != expected:
                 wanted = (
                     f"{expected} channels ({names}): one file per channel, in that order"

@@ -65,8 +65,13 @@ def prepare_data(
         seed: seed of the synthetic stand-in and of the datalist's split.
         check: validate every case with :func:`pam_monai.data.check_dataset` before any work and
             refuse with one list of all problems (those of the datalist's entries too: a wrong
-            channel count, a missing file). Under ``torch.distributed`` rank 0 checks (and makes a
-            stand-in) while the others wait, so every rank must call this.
+            channel count, a missing file). Of a datalist, the files and labels are checked of the
+            entries the run reads only: those of ``splits`` of ``fold``, but not the test split's
+            when training (``"train"`` in ``splits``: training never reads it, and the evaluation
+            that does checks it), so a data set holding only the evaluated fold's cases, or a test
+            list without labels kept for inference, will do; a fold missing or out of range and a
+            case listed twice are named for every entry. Under ``torch.distributed`` rank 0 checks
+            (and makes a stand-in) while the others wait, so every rank must call this.
         splits: the splits that must hold cases (evaluation needs only its own, so a datalist of
             an external test set with a ``test`` list alone will do); the others may be empty.
         foreground_label: BRATS: the enhancing tumour's label, 4 (2018, default) or 3 (BraTS
@@ -111,11 +116,18 @@ def prepare_data(
             dataset_dir,
         )
     check_same_data_set(spec, root)
+    unknown = set(splits) - {"train", "val", "test"}
+    if unknown:
+        raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
     if check:  # first: one list of every problem, the layout's (files, names) and the contents' alike
         from ..data import check_dataset
 
+        read = [s for s in splits if s != "test" or "train" not in splits]  # training never reads test
+
         def checked() -> None:
-            report = check_dataset(spec, root, foreground_label, progress=True, datalist=path)
+            report = check_dataset(
+                spec, root, foreground_label, progress=True, datalist=path, datalist_splits=read, fold=fold
+            )
             report.raise_if_failed()
             report.log(log)  # what check prints beside the table: spacings, orientations, warnings
 
@@ -124,9 +136,6 @@ def prepare_data(
         datalist = load_datalist(path, root)
     else:
         datalist = load_datalist(build_datalist(spec, root, seed=seed), root)
-    unknown = set(splits) - {"train", "val", "test"}
-    if unknown:
-        raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
     result = {}
     for name in ("train", "val", "test"):
         try:
