@@ -289,3 +289,9 @@ def test_isles22_bids_layout_converts_and_refuses_by_file(tmp_path):
         convert_isles22(root, tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists() and [p.name for p in tmp_path.iterdir()] != []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out2")]  # no half-written folder
+
+
+def test_get_split_names_an_n_folds_that_is_not_a_number():
+    """The experiment runner reads splits without the check: it stopped at a bare int() error."""
+    with pytest.raises(ValueError, match=r"brats: datalist's 'n_folds' 'five' is not a whole number"):
+        get_split("brats", {"n_folds": "five", "training": []}, "test")

@@ -276,7 +276,13 @@ def get_split(
         if "training" not in data:
             raise ValueError(f"{spec.name}: datalist has no 'training' list (nor a '{key}' list)")
         entries = data["training"]
-        n_folds = int(data.get("n_folds", 5))
+        try:
+            n_folds = int(data.get("n_folds", 5))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{spec.name}: datalist's 'n_folds' {data.get('n_folds')!r} is not a whole number (the number of "
+                "folds, e.g. 5)"
+            ) from None
         if not 0 <= fold < n_folds:
             raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
         if any("fold" not in e for e in entries):
