@@ -241,9 +241,9 @@ def bundle(
         modality: for metadata.json (default: the channel names).
         overwrite: rewrite the configs of an existing bundle folder (models/ are kept).
         no_check: write the bundle without checking every case first. By default the data set is
-            checked as training checks it (python -m pam_monai check: every volume is read, a
-            minute or more for hundreds of cases) and a data set that fails is refused, its problems
-            listed, nothing written.
+            checked as training checks it (as python -m pam_monai check does, reading every volume,
+            a minute or more for hundreds of cases) and a data set that fails is refused, its
+            problems listed, nothing written.
     """
     if not no_check:
         print(f"checking every case of {dataset_dir} first, as training will (--no_check skips this)")
