@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "WRITE_DENIED",
     "DiskFullError",
     "atomic_dir",
     "atomic_path",
@@ -67,7 +68,7 @@ def _writer_gone(pid: int) -> bool:
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+WRITE_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only mount, permissions
 
 
 class DiskFullError(OSError):
@@ -99,7 +100,7 @@ def _start_error(error: OSError, target: Path) -> OSError | None:
     errno is kept (EACCES stays a PermissionError)."""
     if error.errno in _FULL:
         return _full_error(error, target)
-    if error.errno in _DENIED:  # the folder itself, or the first of its missing parents, was refused
+    if error.errno in WRITE_DENIED:  # the folder itself, or the first of its missing parents, was refused
         state = "is not writable" if target.parent.is_dir() else "could not be created"
         return OSError(error.errno, f"{target}: cannot write it: {target.parent} {state} ({error.strerror})")
     return None

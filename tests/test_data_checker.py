@@ -348,7 +348,7 @@ def test_a_datalist_whose_n_folds_is_not_a_number_is_named_not_a_crash(brats, tm
     path = tmp_path / "brats.json"
     path.write_text(json.dumps(datalist))
     assert messages(check_dataset("brats", brats, datalist=path)) == [
-        f"n_folds: {path}: 'n_folds' 'five' is not a whole number (the number of folds, e.g. 5)"
+        f"n_folds: {path}: datalist's 'n_folds' 'five' is not a whole number (the number of folds, e.g. 5)"
     ]
     path.write_text(json.dumps({**datalist, "n_folds": 0}))  # no fold to deal the entries into
     report = check_dataset("brats", brats, datalist=path, datalist_splits=["test"])

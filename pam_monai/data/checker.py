@@ -31,7 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .datalist import FOLDED, load_datalist
+from .datalist import FOLDED, datalist_n_folds, get_split, load_datalist
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
 from .layout import CaseFiles, Problem, scan_cases
 from .nnunet import NoTrainingImages
@@ -358,7 +358,7 @@ def check_images(
         names = ", ".join(Path(f).name for f in images)
         problem = f"{len(images)} image file(s), but the data set has {expected} ({', '.join(spec.channels)})"
         return None, None, [Problem(case, names, problem)], []
-    keys = spec.channels if expected == spec.in_channels else ("+".join(spec.channels),)
+    keys = _channel_keys(spec)
     files = CaseFiles(case, Path(images[0]).parent, dict(zip(keys, map(Path, images))), None, spec.label_name)
     arrays, affine, problems, warnings = _read(spec, files, allowed=())
     problems = [Problem(case, f, m) for f, m in problems]
@@ -543,38 +543,33 @@ def _image_files(spec: DatasetSpec) -> int:
     return (spec.image_files or spec.in_channels) if spec.name == "nnunet" else 1
 
 
+def _channel_keys(spec: DatasetSpec) -> tuple[str, ...]:
+    """The keys of a case's image files: its channels, or one key for one colour file."""
+    return spec.channels if _image_files(spec) == spec.in_channels else ("+".join(spec.channels),)
+
+
 def _n_folds(spec: DatasetSpec, data: dict, where: str, problems: list) -> int | None:
     """The datalist's number of folds (cross-validation only, else None); one that is not a whole
-    number is a problem naming the datalist and the key (get_split would stop at int())."""
+    number is a problem naming the datalist and the key."""
     if spec.name not in FOLDED:
         return None
-    n_folds = data.get("n_folds", 5)
     try:
-        return int(n_folds)
-    except (TypeError, ValueError):
-        problems.append(
-            Problem(
-                "n_folds", where, f"'n_folds' {n_folds!r} is not a whole number (the number of folds, e.g. 5)"
-            )
-        )
+        return datalist_n_folds(data, where)
+    except ValueError as e:
+        problems.append(Problem("n_folds", where, str(e).removeprefix(f"{where}: ")))
         return None
 
 
-def _split_of(
-    spec: DatasetSpec, data: dict, key: str, entry: dict, fold: int, n_folds: int | None
-) -> str | None:
-    """The split ("train", "val", "test") of cross-validation ``fold`` that reads an entry of the
-    datalist's list ``key``, as get_split deals them; None when none of them does (a fold's entries
-    beside an explicit ``test`` or ``validation`` list), "?" when its fold cannot tell."""
-    if spec.name not in FOLDED or key != "training":
-        return {"training": "train", "validation": "val", "test": "test"}[key]
-    if n_folds is None or n_folds < 1 or type(entry.get("fold")) is not int:  # named as a problem already
-        return "?"
-    if entry["fold"] == fold:
-        return None if "test" in data else "test"
-    if entry["fold"] == (fold + 1) % n_folds:
-        return None if "validation" in data else "val"
-    return "train"
+def _entries_read(spec: DatasetSpec, data: dict, splits, fold: int) -> set[int] | None:
+    """The entries (by ``id``) that :func:`get_split` deals to ``splits`` of ``fold``; None (every
+    entry) without ``splits``, or when the datalist's structure stops ``get_split`` (its problems
+    are named entry by entry)."""
+    if splits is None:
+        return None
+    try:
+        return {id(entry) for split in splits for entry in get_split(spec, data, split, fold=fold)}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def _check_datalist(
@@ -591,6 +586,7 @@ def _check_datalist(
     problems, seen, absent = [], {}, 0
     ordered = {tuple(sorted(key)) for key in checked}  # the same files in another order
     n_folds = _n_folds(spec, data, where, problems)
+    read = _entries_read(spec, data, splits, fold)
     for key in ("training", "validation", "test"):
         entries = data.get(key, [])
         if not isinstance(entries, list):
@@ -627,7 +623,7 @@ def _check_datalist(
                         "writes them)",
                     )
                 )
-            if splits is not None and _split_of(spec, data, key, entry, fold, n_folds) not in (*splits, "?"):
+            if read is not None and id(entry) not in read:
                 continue  # not read by this run: a partial data set, a test list kept for later
             if len(images) != expected:
                 wanted = (
@@ -685,7 +681,7 @@ def _check_datalist(
                     )
                 )
                 continue
-            keys = spec.channels if expected == spec.in_channels else ("+".join(spec.channels),)
+            keys = _channel_keys(spec)
             case_files = CaseFiles(
                 case,
                 Path(root),

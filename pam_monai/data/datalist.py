@@ -251,6 +251,18 @@ def load_datalist(datalist: dict | str | os.PathLike, root: str | os.PathLike | 
     return out
 
 
+def datalist_n_folds(data: dict, who: str = "datalist") -> int:
+    """A cross-validation datalist's number of folds (``n_folds``, default 5); ``ValueError``
+    naming ``who`` and the key when it is not a whole number."""
+    value = data.get("n_folds", 5)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{who}: datalist's 'n_folds' {value!r} is not a whole number (the number of folds, e.g. 5)"
+        ) from None
+
+
 def get_split(
     dataset: str | DatasetSpec,
     datalist: dict | str | os.PathLike,
@@ -276,13 +288,7 @@ def get_split(
         if "training" not in data:
             raise ValueError(f"{spec.name}: datalist has no 'training' list (nor a '{key}' list)")
         entries = data["training"]
-        try:
-            n_folds = int(data.get("n_folds", 5))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{spec.name}: datalist's 'n_folds' {data.get('n_folds')!r} is not a whole number (the number of "
-                "folds, e.g. 5)"
-            ) from None
+        n_folds = datalist_n_folds(data, spec.name)
         if not 0 <= fold < n_folds:
             raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
         if any("fold" not in e for e in entries):

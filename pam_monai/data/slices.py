@@ -21,7 +21,6 @@ CityScapes frames are single-slice "volumes"; all of them are kept.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import json
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..atomic import remove_orphaned_temps
+from ..atomic import WRITE_DENIED, remove_orphaned_temps
 from ..ranks import rank0_first
 from .files import save_atomic_npy
 from .ops import IGNORE
@@ -233,7 +232,7 @@ class SliceDataset(torch.utils.data.Dataset):
             for part, array in zip(_PARTS, (image, label, fg)):
                 save_atomic_npy(paths[part], array)
         except OSError as e:  # a read-only cache serves the volumes it holds, and only those
-            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            if e.errno not in WRITE_DENIED:
                 raise
             what = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
             raise OSError(
