@@ -457,15 +457,20 @@ def test_amp_and_compile_flags_from_the_command_line_are_booleans():
 
 @pytest.mark.parametrize("name", BUNDLES)
 def test_multi_gpu_config_disables_the_writers_it_means(name):
-    """multi_gpu_train.json turns rank > 0's TensorBoard writers off by list position: those
-    positions must hold TensorBoard handlers (a handler inserted before them would shift them)."""
+    """multi_gpu_train.json turns rank > 0's TensorBoard writers and validation log off by list
+    position: those positions must hold those handlers (a handler inserted before them would shift
+    them), and every process validates (its share of the cases)."""
     parser = ConfigParser()
     parser.read_config(configs(name, "train.json", "multi_gpu_train.json"))
     overrides = json.loads(Path(configs(name, "multi_gpu_train.json")[0]).read_text())
     disabled = [k[: -len("#_disabled_")] for k in overrides if k.endswith("#_disabled_")]
-    assert len(disabled) == 2, disabled
-    for handler in disabled:
-        assert parser[handler + "#_target_"] == "TensorBoardStatsHandler", (handler, parser[handler])
+    assert len(disabled) == 3, disabled
+    targets = sorted(parser[handler + "#_target_"] for handler in disabled)
+    assert targets == ["StatsHandler", "TensorBoardStatsHandler", "TensorBoardStatsHandler"], disabled
+    assert "validate#handlers#2" in disabled  # the validation's StatsHandler
+    rank1 = parser["train#trainer#train_handlers"]
+    assert "ValidationHandler" in rank1 and parser["validate#dataloader#sampler"] == "@validate#sampler"
+    assert parser["validate#sampler#_target_"].endswith("DistributedSampler")
 
 
 SPAWNED_RANKS = """
@@ -612,7 +617,8 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
     """Two ranks (gloo), the samples held on the device, sharded by the DistributedSampler; then a
     resumed second epoch, which every rank must load (a rank that did not would fall out of step),
     ending with the weights of an uninterrupted two-epoch run: each rank resumes its own random
-    state (only rank 0 validates), and validation draws nothing from the training's generators."""
+    state, and validation (every rank its share of the cases) draws nothing from the training's
+    generators."""
     name = "brats_fpa"
 
     def torchrun(epochs: int, resume: bool, root: Path = tmp_path) -> str:
@@ -958,8 +964,9 @@ def test_bundle_readme_names_the_masks_inference_writes(name, tmp_path):
 
 
 def test_multi_gpu_process_group_waits_dist_timeout_minutes(monkeypatch):
-    """Process 0 validates alone while the others wait in the next collective: NCCL's default
-    timeout (10 minutes) ended runs whose validation took longer. The bundle sets it, default 60."""
+    """Process 0 checks the data and writes the slice cache while the others wait in a collective
+    (and ranks wait for the slowest one's validation share): NCCL's default timeout (10 minutes)
+    ended runs whose first cache or validation took longer. The bundle sets it, default 60."""
     import datetime
 
     import torch.distributed as dist

@@ -687,3 +687,84 @@ def test_case_metrics_of_an_evaluator_that_does_not_decollate():
     ]
     assert metrics.rows == expected
     assert expected[0]["fn_rate"] > 0.5 and expected[0]["hd95"] != expected[1]["hd95"]
+
+
+GATHERED_RANKS = """
+import json, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from ignite.engine import Engine
+from torch.utils.data import DataLoader, DistributedSampler
+from pam_monai.engines import CaseMetrics
+sys.path.insert(0, sys.argv[2])
+from test_metrics import gathered_cases
+
+def score(cases, sampler=None):
+    loader = DataLoader(cases, batch_size=1, sampler=sampler, collate_fn=lambda b: b)
+    engine = Engine(lambda e, batch: [{"pred": c["pred"], "label": c["label"]} for c in batch])
+    metrics = CaseMetrics(prefix="val_")
+    metrics.attach(engine)
+    engine.run(loader, max_epochs=1)
+    return {"rows": metrics.rows, "unscored": metrics.unscored, "metrics": engine.state.metrics,
+            "own": len(sampler) if sampler is not None else len(cases)}
+
+def run(rank, folder, tests):
+    dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2)
+    sampler = DistributedSampler(gathered_cases(), shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    json.dump(score(gathered_cases(), sampler), open(f"{folder}/rank{rank}.json", "w"))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.start_processes(run, args=tuple(sys.argv[1:]), nprocs=2, start_method="fork")
+"""
+
+
+def gathered_cases() -> list[dict]:
+    """Five cases (odd: the DistributedSampler of 2 processes repeats one), the fourth unannotated."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(5):
+        label = torch.from_numpy((rng.random((1, 12, 12)) > 0.7).astype(np.float32))
+        pred = torch.from_numpy((rng.random((1, 12, 12)) > 0.6).astype(np.float32))
+        if i == 3:
+            label = torch.full((1, 12, 12), 2.0)  # IGNORE everywhere: nothing to score
+        cases.append({"case": f"c{i}", "spacing": torch.ones(2), "pred": pred, "label": label})
+    return cases
+
+
+def test_case_metrics_gather_every_process_share(tmp_path):
+    """multi_gpu_train.json deals the validation cases to the processes (a DistributedSampler):
+    each process scores its share and every one ends with the rows of all cases, each once (the
+    sampler's repeated case dropped), in the data set's order, and the metrics of one process
+    that scored them all (else each process's best model would follow its own share)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ranks.py"
+    script.write_text(GATHERED_RANKS)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from ignite.engine import Engine
+
+    from pam_monai.engines import CaseMetrics
+
+    cases = gathered_cases()
+    engine = Engine(lambda e, batch: [{"pred": c["pred"], "label": c["label"]} for c in batch])
+    single = CaseMetrics(prefix="val_")
+    single.attach(engine)
+    engine.run([[c] for c in cases], max_epochs=1)
+    assert [r["case"] for r in single.rows] == ["c0", "c1", "c2", "c4"] and single.unscored == ["c3"]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["own"] == 3  # a share of the cases, one of them repeated
+        assert got["rows"] == json.loads(json.dumps(single.rows)), rank
+        assert got["unscored"] == ["c3"]
+        assert got["metrics"] == pytest.approx(engine.state.metrics), rank

@@ -134,8 +134,8 @@ def _saved_world_size(state: dict) -> int:
 
 
 def _gather_per_rank(rng: dict) -> list[dict] | None:
-    """Every rank's random state (under ``torch.distributed``): the ranks' states differ (e.g. only
-    rank 0 validates), and a resumed rank must continue from its own."""
+    """Every rank's random state (under ``torch.distributed``): the ranks' states differ (each draws
+    its own flips), and a resumed rank must continue from its own."""
     world = _world()
     if world is None:
         return None

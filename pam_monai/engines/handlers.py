@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from torch.utils.data import DistributedSampler
 
 from ..atomic import atomic_write_text
 from ..metrics import case_metrics, split_ignored, summarize
@@ -62,6 +63,12 @@ class CaseMetrics:
     ``metrics.csv`` (one row per case) and ``summary.json`` (mean, std, median, counts of empty
     cases).
 
+    Under ``torch.distributed``, with a ``DistributedSampler`` dealing the cases to the processes
+    (``multi_gpu_train.json``), each process scores its own share and every process ends the run
+    with all of them: the rows are gathered, each case once (the sampler repeats cases so that
+    every process gets as many) and in the data set's order, so all processes hold the metrics of
+    one process that scored every case.
+
     Args:
         prefix: prefix of the metric names in ``engine.state.metrics`` (``"val_"``).
         output_dir: where to write the per-case CSV and the summary; None writes nothing.
@@ -76,6 +83,10 @@ class CaseMetrics:
         self.empty_value = empty_value
         self.rows: list[dict] = []
         self.unscored: list[str] = []  # cases without an annotated voxel (sparse annotations)
+        # where the loader delivered each row and each unscored case (gathered across processes)
+        self._row_positions: list[int] = []
+        self._unscored_positions: list[int] = []
+        self._seen = 0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -86,6 +97,9 @@ class CaseMetrics:
     def _reset(self, engine: Engine) -> None:
         self.rows = []
         self.unscored = []
+        self._row_positions = []
+        self._unscored_positions = []
+        self._seen = 0
 
     def _update(self, engine: Engine) -> None:
         output = engine.state.output
@@ -96,6 +110,8 @@ class CaseMetrics:
         # MONAI decollates the batch into a list of per-case dicts; a collated dict also works
         metas = batch if isinstance(batch, list) else [_pick(batch, i) for i in range(len(items))]
         for item, meta in zip(items, metas):
+            position = self._seen
+            self._seen += 1
             pred = _numpy(item["pred"])
             label = _numpy(item["label"])
             if pred.shape[0] == 1:  # one channel: the binary mask
@@ -111,10 +127,13 @@ class CaseMetrics:
             if scores is None:
                 log.warning("%s: no annotated voxel (all 'ignore'): not scored", case)
                 self.unscored.append(case)
+                self._unscored_positions.append(position)
                 continue
             self.rows.append({"case": case, **scores})
+            self._row_positions.append(position)
 
     def _complete(self, engine: Engine) -> None:
+        self._gather_ranks(engine)
         if not self.rows and self.unscored:  # else no metric at all: a KeyError in the checkpoint saver
             raise ValueError(
                 f"{self.prefix.rstrip('_') or 'evaluation'}: none of its {len(self.unscored)} case(s) "
@@ -136,6 +155,39 @@ class CaseMetrics:
 
     def write(self, output_dir: str | os.PathLike) -> None:
         write_case_metrics(self.rows, output_dir, self.summary)
+
+    def _gather_ranks(self, engine: Engine) -> None:
+        """Every process's rows and unscored cases, in every process, keyed by the data set index
+        the loader's ``DistributedSampler`` gave each position (nothing to do without one)."""
+        sampler = getattr(getattr(engine.state, "dataloader", None), "sampler", None)
+        if not (
+            isinstance(sampler, DistributedSampler)
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        ):
+            return
+        indices = list(sampler)  # the same order the loader drew (same epoch, same seed)
+        if len(indices) != self._seen:
+            raise RuntimeError(
+                f"{self.prefix.rstrip('_') or 'evaluation'}: this process scored {self._seen} case(s), its "
+                f"DistributedSampler dealt it {len(indices)}: a run of part of an epoch (epoch_length) "
+                "cannot be gathered across processes"
+            )
+        mine = (
+            [(indices[p], row) for p, row in zip(self._row_positions, self.rows)],
+            [(indices[p], case) for p, case in zip(self._unscored_positions, self.unscored)],
+        )
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+        rows: dict[int, dict] = {}
+        unscored: dict[int, str] = {}
+        for their_rows, their_unscored in gathered:
+            for index, row in their_rows:
+                rows.setdefault(index, row)  # a case dealt twice (the sampler's padding) counts once
+            for index, case in their_unscored:
+                unscored.setdefault(index, case)
+        self.rows = [rows[i] for i in sorted(rows)]
+        self.unscored = [unscored[i] for i in sorted(unscored)]
 
 
 def write_case_metrics(rows: list[dict], output_dir: str | os.PathLike, summary: dict | None = None) -> dict:
