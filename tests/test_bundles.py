@@ -520,6 +520,60 @@ def test_multi_gpu_ranks_draw_their_own_flips_from_the_same_weights(tmp_path):
     assert ranks[0]["flipped"] != ranks[1]["flipped"], "both ranks flipped the same samples"
 
 
+VALIDATING_RANKS = """
+import json, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from ignite.engine import Engine
+from monai.bundle import ConfigParser
+import pam_monai.engines, pam_monai.networks
+
+def run(rank, folder, files):
+    dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2)
+    parser = ConfigParser()
+    parser.read_config(json.loads(files))
+    parser.update({"device": "cpu", "network_options": {"features": [4, 8, 16, 32], "norm": "batch"}})
+    parser.get_parsed_content("initialize")
+    network = parser.get_parsed_content("network")
+    network.train()
+    network(torch.randn(2, 4, 32, 32) + rank)  # a training step: each rank's BatchNorm sees its own batch
+    stats = lambda: [b.tolist() for b in network.module.buffers()]
+    trained = stats()
+    evaluator = Engine(lambda engine, batch: None)  # the validation's start, with its handlers
+    for i, handler in enumerate(parser["validate#handlers"]):  # but the metrics, logs and saver
+        target = handler.get("_target_", "") if isinstance(handler, dict) else "@validate#metrics"
+        if not target.endswith(("metrics", "BestCheckpoint", "StatsHandler")):
+            parser.get_parsed_content(f"validate#handlers#{i}").attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+    json.dump({"trained": trained, "validated": stats()}, open(f"{folder}/rank{rank}.json", "w"))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.start_processes(run, args=tuple(sys.argv[1:]), nprocs=2, start_method="fork")
+"""
+
+
+def test_multi_gpu_ranks_validate_with_rank_0s_normalisation_statistics(tmp_path):
+    """Every process validates its share of the cases, each with its own copy of the network: DDP
+    gives them rank 0's buffers at each training step's start, but the step's BatchNorm then
+    updates each copy's running statistics from its own batch, so with ``norm: batch`` each
+    process scored its cases with other statistics than the model.pt rank 0 saved. The
+    validation starts by taking rank 0's buffers."""
+    script = tmp_path / "ranks.py"
+    script.write_text(VALIDATING_RANKS)
+    files = json.dumps(configs("brats_fpa", "train.json", "multi_gpu_train.json"))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path), files], check=True, timeout=120, cwd=ROOT, env=env
+    )
+    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert zero["trained"] != one["trained"]  # the training step left each rank its own statistics
+    assert zero["validated"] == zero["trained"]  # rank 0's are kept
+    assert one["validated"] == zero["trained"], "rank 1 validates with its own BatchNorm statistics"
+
+
 PREPARING_RANKS = """
 import collections, json, sys, torch.distributed as dist, torch.multiprocessing as mp
 from monai.bundle import ConfigParser

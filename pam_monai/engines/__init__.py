@@ -18,6 +18,7 @@ from .handlers import (
     EveryIterations,
     IgnoredVoxelsCheck,
     NonFiniteLossGuard,
+    RankZeroBuffers,
     TrainingPlan,
     loss_of,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "LoaderEpoch",
     "NonFiniteLossGuard",
     "ProgressBar",
+    "RankZeroBuffers",
     "SliceWiseInferer",
     "TrainingCheckpoint",
     "TrainingPlan",

@@ -22,6 +22,7 @@ __all__ = [
     "EveryIterations",
     "IgnoredVoxelsCheck",
     "NonFiniteLossGuard",
+    "RankZeroBuffers",
     "TrainingPlan",
     "loss_of",
     "score_case",
@@ -456,3 +457,35 @@ class NonFiniteLossGuard:
             f"{where} at epoch {(first - 1) // length + 1}, iteration {first} "
             f"(batch {in_epoch} of the epoch){named}; the last good checkpoint is kept"
         )
+
+
+class RankZeroBuffers:
+    """Under ``torch.distributed``, give every process's network rank 0's buffers (BatchNorm's
+    running statistics) when an evaluator starts.
+
+    ``multi_gpu_train.json`` deals the validation cases to the processes, each scoring its share
+    with its own copy of the network. DDP broadcasts rank 0's buffers at the start of each training
+    step, but the step itself updates each copy's running statistics from its own batch: after
+    the epoch, a network with BatchNorm (``network_options`` ``norm: batch``) would score each
+    share with other statistics than those of the ``model.pt`` rank 0 saves. Training is unchanged
+    (the next step broadcasts rank 0's again). Every process must run it (a collective); a network
+    without buffers (the bundles' instance norm) has nothing to send.
+
+    Args:
+        network: the trained network (DDP and ``torch.compile`` wrappers are looked through).
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        from ..networks.polarity import unwrap_network
+
+        for buffer in unwrap_network(self.network).buffers():
+            dist.broadcast(buffer, src=0)
