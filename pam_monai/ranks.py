@@ -48,8 +48,8 @@ def on_rank0(fn: Callable[[], T]) -> T:
         try:
             message = [(True, fn())]
         except Exception as e:
-            try:
-                pickle.dumps(e)
+            try:  # rebuilt too: one whose __init__ takes other arguments pickles, then fails to unpickle
+                pickle.loads(pickle.dumps(e))
                 copy = e
             except Exception:  # an exception that does not travel: its type and message do
                 copy = RuntimeError(f"on rank 0: {type(e).__name__}: {e}")
