@@ -1026,6 +1026,44 @@ def test_resume_with_another_process_count_names_it(tmp_path):
             second.run(list(range(8)), max_epochs=2)  # the whole data set in one process
 
 
+def test_resume_with_more_processes_keeps_each_rank_its_own_flips(tmp_path, monkeypatch, caplog):
+    """A one-process checkpoint resumed by 2 torchrun processes with half the batch_size (README:
+    the same epoch length, so nothing refuses it) gave every rank the one process's random state:
+    from then on both ranks flipped the same positions of their batches, in silence. Rank 0
+    resumes it; a rank the checkpoint holds no state of keeps its own seed (``seed + rank``), and
+    the run says that it is not an exact continuation."""
+    import logging
+
+    from ignite.engine import Engine, Events
+
+    from pam_monai.engines import TrainingCheckpoint
+    from pam_monai.engines import checkpoint as ckpt
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    first = Engine(lambda engine, batch: 0.0)
+    TrainingCheckpoint(str(tmp_path), net, opt).attach(first)
+    torch.manual_seed(0)
+    first.run(list(range(4)), max_epochs=1)  # one process, 4 iterations per epoch
+    saved = torch.get_rng_state()
+    resumed = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(ckpt, "_world", lambda rank=rank: (rank, 2))
+        torch.manual_seed(0 + rank)  # setup_run's seed + rank
+        own = torch.get_rng_state()
+        second = Engine(lambda engine, batch: 0.0)
+        TrainingCheckpoint(str(tmp_path), net, opt, resume=True).attach(second)
+        second.add_event_handler(
+            Events.STARTED, lambda engine, r=rank: resumed.update({r: torch.get_rng_state()})
+        )
+        with caplog.at_level(logging.WARNING, logger="pam_monai"):
+            second.run(list(range(4)), max_epochs=1)  # each rank's half of the data: 4 iterations too
+        expected = saved if rank == 0 else own
+        assert torch.equal(resumed[rank], expected), f"rank {rank} resumed another random state"
+    assert not torch.equal(resumed[0], resumed[1]), "both ranks draw the same flips"
+    assert "written by 1 process(es), this run has 2" in caplog.text, caplog.text
+
+
 def test_skip_invalid_skips_a_case_missing_a_modality(cases, tmp_path, caplog):
     """--skip_invalid covers a missing modality too (README: inference refuses it, --skip_invalid
     segments the others): inference.json's case list skips that case instead of refusing the folder."""

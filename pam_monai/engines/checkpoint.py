@@ -97,7 +97,9 @@ def _python_state() -> dict:
     return {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
 
 
-def _set_rng_state(engine: Engine, state: dict) -> None:
+def _set_rng_state(engine: Engine, state: dict | None) -> None:
+    if state is None:  # nothing saved for this rank: it keeps its own
+        return
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -144,20 +146,22 @@ def _gather_per_rank(rng: dict) -> list[dict] | None:
     return states
 
 
-def _own_rng(state: dict) -> dict:
-    world = _world()
-    per_rank = state.get("rng_per_rank")
-    if world is not None and per_rank is not None:
-        if len(per_rank) != world[1]:
-            log.warning(
-                "resume: the checkpoint holds the random states of %d ranks, this run has %d; every rank "
-                "resumes rank 0's (the run continues, but not exactly as an uninterrupted one)",
-                len(per_rank),
-                world[1],
-            )
-            return state["rng"]
-        return per_rank[world[0]]
-    return state["rng"]
+def _own_rng(state: dict) -> dict | None:
+    """This rank's random state in the checkpoint; None for a rank it holds none of (a run with
+    more processes than wrote it), which keeps its own seeding (``seed + rank``): handing it rank
+    0's would make it draw the same flips as rank 0."""
+    rank, size = _world() or (0, 1)
+    per_rank = state.get("rng_per_rank") or [state["rng"]]  # a one-process checkpoint: its one state
+    if len(per_rank) != size:
+        log.warning(
+            "resume: the checkpoint was written by %d process(es), this run has %d: ranks below %d resume "
+            "their own random states, the others keep their seed + rank (the run continues, but not exactly "
+            "as an uninterrupted one)",
+            len(per_rank),
+            size,
+            min(len(per_rank), size),
+        )
+    return per_rank[rank] if rank < len(per_rank) else None
 
 
 class TrainingCheckpoint:
