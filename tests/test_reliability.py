@@ -346,6 +346,57 @@ def test_a_non_finite_loss_in_one_process_stops_every_process(tmp_path):
     )
 
 
+RESUMING_RANKS = """
+import datetime, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from ignite.engine import Engine
+from pam_monai.engines import TrainingCheckpoint
+
+def run(rank, folder):
+    timeout = datetime.timedelta(seconds=30)  # without the check, rank 1 waits for a gone rank 0
+    dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2, timeout=timeout)
+    net = torch.nn.Linear(2, 1)
+    engine = Engine(lambda engine, batch: 0.0)
+    ckpt = TrainingCheckpoint(f"{folder}/node{rank}", net, torch.optim.SGD(net.parameters(), lr=0.1), resume=True)
+    ckpt.attach(engine)
+    try:
+        engine.run(list(range(4)), max_epochs=2)
+        message = f"trained from epoch {engine.state.epoch}"
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}"
+    open(f"{folder}/rank{rank}.txt", "w").write(message)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
+"""
+
+
+def test_resume_refuses_when_the_processes_see_different_checkpoints(tmp_path):
+    """torchrun on several nodes with a ckpt_dir on each node's own disk: rank 0 writes
+    checkpoint_last.pt on its node only, and a resume loaded it on rank 0 while the ranks of the
+    other nodes found none and trained from epoch 0 (DDP synchronises weights only when it is
+    built, before the resume), one epoch count apart, until a collective waited for a rank that
+    had ended. Every rank now refuses, naming what each one found."""
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+    first = Engine(lambda engine, batch: 0.0)
+    TrainingCheckpoint(str(tmp_path / "node0"), net, torch.optim.SGD(net.parameters(), lr=0.1)).attach(first)
+    first.run(list(range(4)), max_epochs=1)  # rank 0's node holds epoch 1; rank 1's node nothing
+    script = tmp_path / "ranks.py"
+    script.write_text(RESUMING_RANKS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=ROOT, env=env)
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith(f"ValueError: {tmp_path / f'node{rank}' / 'checkpoint_last.pt'}: resume"), (
+            message
+        )
+        assert "rank 0: epoch 1, rank 1: none" in message and "ckpt_dir" in message, message
+
+
 def test_checkpoints_load_with_weights_only(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -1047,6 +1098,8 @@ def test_resume_with_more_processes_keeps_each_rank_its_own_flips(tmp_path, monk
     first.run(list(range(4)), max_epochs=1)  # one process, 4 iterations per epoch
     saved = torch.get_rng_state()
     resumed = {}
+    # each rank in turn, in this process (the ranks' check that they found the same epoch left out)
+    monkeypatch.setattr(TrainingCheckpoint, "_check_same_on_every_rank", lambda self, state: None)
     for rank in (0, 1):
         monkeypatch.setattr(ckpt, "_world", lambda rank=rank: (rank, 2))
         torch.manual_seed(0 + rank)  # setup_run's seed + rank

@@ -237,10 +237,11 @@ class TrainingCheckpoint:
         atomic_save(state, self.path)
 
     def load(self, engine: Engine) -> None:
-        if not self.path.is_file():
+        state = load_checkpoint(self.path) if self.path.is_file() else None
+        self._check_same_on_every_rank(state)
+        if state is None:
             log.warning("resume: no checkpoint at %s; training from the start", self.path)
             return
-        state = load_checkpoint(self.path)
         epoch, iteration = int(state["trainer"]["epoch"]), int(state["trainer"]["iteration"])
         epoch_length = engine.state.epoch_length
         if epoch_length and epoch and iteration != epoch * epoch_length:
@@ -291,6 +292,27 @@ class TrainingCheckpoint:
         if engine.state.epoch >= engine.state.max_epochs:
             log.info("resume: the checkpoint already completed all %d epochs", engine.state.max_epochs)
             engine.terminate()
+
+    def _check_same_on_every_rank(self, state: dict | None) -> None:
+        """Under ``torch.distributed``, refuse a resume in which the ranks found different
+        checkpoints (a ``ckpt_dir`` on each node's own disk: rank 0 writes to its node's only).
+        Ranks resuming different epochs fall out of step; DDP synchronised the weights when it
+        was built, before the resume, and never again."""
+        world = _world()
+        if world is None:
+            return
+        mine = None if state is None else int(state["trainer"]["epoch"])
+        found: list = [None] * world[1]
+        torch.distributed.all_gather_object(found, mine)
+        if len(set(found)) > 1:
+            seen = ", ".join(
+                f"rank {r}: {'none' if e is None else f'epoch {e}'}" for r, e in enumerate(found)
+            )
+            raise ValueError(
+                f"{self.path}: resume: the training processes found different checkpoints ({seen}); every "
+                "process must read the same ckpt_dir (with several nodes, a folder they all share), or train "
+                "anew (--resume false)"
+            )
 
 
 class BestCheckpoint:
