@@ -833,6 +833,25 @@ def test_refused_call_leaves_experiment_json_alone(small_grid, tmp_path, monkeyp
     assert record.read_text() == before
 
 
+def test_refused_call_leaves_the_grids_stand_in_alone(small_grid, tmp_path, monkeypatch):
+    """A call refused for another --data_seed must not regenerate the grid's synthetic stand-in:
+    the finished runs were trained and tested on the one on disk."""
+    from pam_monai.data.synthetic import MARKER as SYNTHETIC_MARKER
+
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    grid = {k: v for k, v in small_grid.items() if k != "dataset_dir"}  # the stand-in in the grid
+    run_experiment(**grid)
+    marker = tmp_path / "exp" / "synthetic_data" / SYNTHETIC_MARKER
+    before = marker.read_text()
+    with pytest.raises(ValueError, match="data_seed"):
+        run_experiment(**{**grid, "data_seed": 1})
+    assert marker.read_text() == before
+
+
 def test_failed_run_is_reported_by_its_root_cause(small_grid, tmp_path, monkeypatch):
     def fail(run, b, o, identity, ctx):
         try:

@@ -707,6 +707,15 @@ def _run_grid(
         for s in seed_list
     ]
     params = {v: _count_params(v, effective_options(v, global_options), spec.in_channels) for v in variants}
+    # before the data are prepared: a refused call (another --data_seed) must not regenerate the
+    # stand-in that the finished runs were trained and tested on
+    skipped, pending = [], []
+    for run in runs:
+        if run.finished():
+            _check_finished(run, run.identity(settings))
+            skipped.append(run)
+        else:
+            pending.append(run)
 
     fold_data = {
         f: prepare_data(
@@ -742,13 +751,6 @@ def _run_grid(
         int(overrides.get("batch_size", 32)),
         overrides.get("foreground_label"),
     )
-    skipped, pending = [], []
-    for run in runs:
-        if run.finished():
-            _check_finished(run, run.identity(settings))
-            skipped.append(run)
-        else:
-            pending.append(run)
     # only now: a call refused above (a finished run made with other settings) must not rewrite
     # the record of the grid that is on disk
     atomic_write_text(
