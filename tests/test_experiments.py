@@ -852,6 +852,24 @@ def test_refused_call_leaves_the_grids_stand_in_alone(small_grid, tmp_path, monk
     assert marker.read_text() == before
 
 
+def test_figure_network_without_a_finished_run_yet_does_not_stop_the_tables(
+    small_grid, tmp_path, monkeypatch
+):
+    """--figure_networks naming a grid network whose runs are not finished yet (--max_runs, a failed
+    run with --keep_going) leaves it out of the figures with a WARNING; it raised after the runs,
+    so results.md was not written beside the new results.csv."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    grid = {**small_grid, "networks": "fpa,unet", "figures": True, "figure_networks": "unet"}
+    result = run_experiment(**grid, max_runs=1)  # fpa's run only
+    assert [r.name for r in result.finished] == ["fpa seed 0 fold 0"]
+    assert "Runs finished: 1 of 2." in result.results_md.read_text()
+
+
 def test_failed_run_is_reported_by_its_root_cause(small_grid, tmp_path, monkeypatch):
     def fail(run, b, o, identity, ctx):
         try:
