@@ -172,6 +172,14 @@ def test_table_averages_cases_per_run_then_runs():
     assert "PAPER PROTOCOL" not in md
 
 
+def test_report_names_the_seeds_and_folds_of_the_grid():
+    """The runs column counts runs; results.md says which seeds and folds they are."""
+    runs = [_run("fpa", s, [0.5]) for s in (0, 5)]
+    md = _report(runs, planned=4, seeds_folds=([0, 5], [1, 3]))
+    assert "Grid: 1 network(s) x 2 seed(s) (0, 5) x 2 fold(s) (1, 3);" in md
+    assert "scored on the test cases of its fold" in md
+
+
 def test_comparison_over_unequal_runs_is_flagged():
     """An incomplete grid: fpa's per-case values are means over 2 seeds, unet's over 1."""
     from pam_monai.experiments.compare import paired_comparison

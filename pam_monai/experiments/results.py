@@ -220,12 +220,14 @@ def markdown_report(
     resized_back: bool = False,
     sparse: bool = False,
     comparison: tuple[str, Sequence[dict]] | None = None,
+    seeds_folds: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> str:
     """``results.md``: the paper's table layout over the finished ``runs`` (``distance_unit``:
     of HD95, "mm" for volumes with a header, "px" for 2-D images; ``resized_back``: own 2-D images,
     scored on their own pixels; ``sparse``: the data set marks unannotated voxels, which every
     metric leaves out; ``comparison``: ``(reference, rows)`` of
-    :func:`~.compare.paired_comparison`, a section after the per-run table)."""
+    :func:`~.compare.paired_comparison`, a section after the per-run table; ``seeds_folds``: the
+    grid's ``(seeds, folds)``, named under the run count)."""
     lines: list[str] = []
     data = f"**SYNTHETIC** stand-in for {dataset_title}" if synthetic else dataset_title
     lines.append(f"# Results: {dataset} ({'SYNTHETIC data' if synthetic else 'real data'})")
@@ -271,6 +273,14 @@ def markdown_report(
     lines.append(
         f"Runs finished: {done} of {planned}." + ("" if done == planned else " **The grid is incomplete.**")
     )
+    if seeds_folds is not None:  # the runs column counts runs: 3 seeds x 1 fold reads as 1 x 3
+        seeds, folds = seeds_folds
+        lines.append("")
+        lines.append(
+            f"Grid: {len(order)} network(s) x {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) x "
+            f"{len(folds)} fold(s) ({', '.join(map(str, folds))}); every run is trained on its fold's training "
+            "split and scored on the test cases of its fold (the same split for every seed)."
+        )
     if command:
         lines.append("")
         lines.append(f"Command: `{command}`")

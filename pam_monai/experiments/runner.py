@@ -976,6 +976,7 @@ def _write_reports(
         resized_back=spec.name == "nnunet" and not spec.volumetric,
         sparse=spec.ignore_label is not None,
         comparison=comparison,
+        seeds_folds=(seed_list, fold_list),
     )
     md_path = atomic_write_text(output_dir / "results.md", md)
     log.info(
