@@ -1115,3 +1115,27 @@ def test_predict_case_masks_the_foreground_whatever_rfna_returns():
     expected = predict_case(fg, image)
     assert 0 < expected.sum() < expected.size  # a mask that tells the polarities apart
     np.testing.assert_array_equal(predict_case(raw, image), expected)
+
+
+def test_fig5_case_iou_is_the_evaluations(small_grid, monkeypatch):
+    """fig5's 'case IoU over the whole case' is the run's metrics.csv IoU (written to 7 digits):
+    scored on the case's own grid, where a crop smaller than the lesion's extent leaves part of it
+    outside (it was scored against the cropped label, so the figure and the table disagreed on such
+    cases)."""
+    pytest.importorskip("matplotlib")
+    from pam_monai.experiments import figures as figures_module
+
+    shown = {}
+    real_overlay = figures_module.overlay_figure
+
+    def overlay(rows, networks, path, title=""):
+        shown.update({r["case"]: r["iou"]["fpa"] for r in rows})
+        return real_overlay(rows, networks, path, title=title)
+
+    monkeypatch.setattr(figures_module, "overlay_figure", overlay)
+    run_experiment(**{**small_grid, "networks": "fpa", "figures": True, "crop_size": [48, 48]})
+    evaluated = {
+        r["case"]: float(r["iou"])
+        for r in csv.DictReader(open(next(Path(small_grid["output"]).glob("runs/fpa/seed0*/**/metrics.csv"))))
+    }
+    assert shown and all(shown[c] == pytest.approx(evaluated[c], abs=1e-6) for c in shown), (shown, evaluated)

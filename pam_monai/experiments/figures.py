@@ -323,8 +323,8 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     import torch
 
     from ..engines import CaseDataset
-    from ..metrics import case_metrics, split_ignored
-    from .predict import attention_map, load_network, predict_case
+    from ..metrics import split_ignored
+    from .predict import attention_map, load_network, predict_case, score_on_case_grid
 
     written: list[Path] = []
     fold = folds[0]
@@ -380,11 +380,12 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         label, annotated = split_ignored(sample["label"][0].numpy())  # sparse annotations: their voxels only
         label = label > 0.5
         k = best_slice(label)
-        spacing = tuple(float(s) for s in sample["spacing"])
         preds, ious = {}, {}
         for lab, net in nets.items():
             pred = predict_case(net, sample["image"], ctx.slice_batch_size, ctx.device, ctx.spec.crop_size)
-            ious[lab] = case_metrics(pred, label, spacing=spacing, annotated=annotated)["iou"]
+            # on the case's own grid, as metrics.csv (the crop's label would leave out what it cuts)
+            scores = score_on_case_grid(pred, sample)
+            ious[lab] = float("nan") if scores is None else scores["iou"]
             preds[lab] = take(pred, k)
         rows.append(
             {

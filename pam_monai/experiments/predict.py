@@ -77,6 +77,16 @@ def predict_case(
     return foreground_mask(logits[0, 0]).cpu().numpy()
 
 
+def score_on_case_grid(pred: np.ndarray, sample: dict) -> dict | None:
+    """:func:`~pam_monai.engines.handlers.score_case` of a :func:`predict_case` mask of a
+    :class:`~pam_monai.engines.CaseDataset` sample: on the case's own grid (``label_full``: the
+    lesion outside the crop counts), as the evaluation's ``metrics.csv`` scores it; None for a case
+    without an annotated voxel."""
+    spacing = tuple(float(s) for s in sample["spacing"][: pred.ndim])
+    label = sample["label"][0].numpy()
+    return score_case(pred, label, sample.get("label_full"), sample.get("restore", "crop"), spacing)
+
+
 def paper_protocol_rows(
     net: torch.nn.Module, dataset: CaseDataset, slice_batch_size: int = 32, device="cpu"
 ) -> list[dict]:
@@ -100,7 +110,7 @@ def paper_protocol_rows(
                 "the paper protocol needs volumes (per-slice aggregation); 2-D images have one 'slice'"
             )
         spacing = tuple(float(s) for s in sample["spacing"][:3])
-        case_scores = score_case(pred, sample["label"][0].numpy(), sample.get("label_full"), spacing=spacing)
+        case_scores = score_on_case_grid(pred, sample)
         if case_scores is None:
             log.warning("%s: no annotated voxel (all 'ignore'): not scored", sample["case"])
             continue
