@@ -1050,3 +1050,30 @@ def test_inference_names_every_input_problem_in_one_list(tmp_path):
     items = find_inference_cases(spec, root)
     written = CasePredictor(Pointwise(), items, spec, str(tmp_path / "out")).run()
     assert sorted(p.name for p in written) == ["SYN_001_seg.nii.gz", "SYN_002_seg.nii.gz"]
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_bundle_prints_a_train_command_that_runs_in_a_shell_for_paths_with_spaces(
+    own_root, tmp_path, monkeypatch, capsys, inside
+):
+    """The command ``python -m pam_monai bundle`` prints to train is quoted for the shell: copied as
+    printed, a bundle folder with spaces or non-ASCII letters is one argument (unquoted, ``cd``
+    got three)."""
+    import shlex
+
+    from pam_monai.cli import main
+
+    work = tmp_path / "my work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    output = "my bündles/lesion_fpa" if inside else str(tmp_path / "shared models" / "lesion_fpa")
+    main(["bundle", "--dataset_dir", str(own_root), "--output", output, "--no_check"])
+    command = shlex.split(capsys.readouterr().out.split("; train: ", 1)[1])
+    bundle = (work / output).resolve()
+    if inside:  # from the working folder: the config's path
+        assert (
+            work / command[command.index("--config_file") + 1]
+        ).resolve() == bundle / "configs" / "train.json"
+    else:  # elsewhere: cd into the bundle, then its own configs/
+        assert command[:2] == ["cd", str(bundle)] and command[2] == "&&"
+        assert command[-2:] == ["--config_file", "configs/train.json"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -256,6 +257,6 @@ def bundle(
     if (
         config["bundle_root"] == "$pam_monai.engines.bundle_root()"
     ):  # outside the working folder: run from its own
-        print(f"{wrote}; train: cd {path} && {run} configs/train.json")
-    else:
-        print(f"{wrote}; train: {run} {path}/configs/train.json")
+        print(f"{wrote}; train: cd {shlex.quote(str(path))} && {run} configs/train.json")
+    else:  # quoted: a folder with spaces is one argument when the command is copied to a shell
+        print(f"{wrote}; train: {run} {shlex.quote(str(Path(path) / 'configs' / 'train.json'))}")
