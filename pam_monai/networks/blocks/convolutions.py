@@ -149,18 +149,22 @@ def normalises_with_input_statistics(module: nn.Module) -> bool:
     )
 
 
-def check_normalisable(shape: list[int], factor: int, where: str) -> None:
+def check_normalisable(shape: list[int], factor: int, where: str, network_input: bool = False) -> None:
     """Refuse, with a clear message, an input that ``factor``-fold down-sampling shrinks to one element.
 
     Instance normalisation cannot normalise a single spatial element (PyTorch raises a cryptic
     error deep inside the network, in evaluation too); this names the network or block and the
-    minimum size of its input instead.
+    minimum size of its input instead, and for a network's input (``network_input``) the bundles'
+    ``--crop_size`` that makes it large enough.
     """
     n = 1
     for s in shape:
         n *= (s + factor - 1) // factor
     if n <= 1:
+        # a bundle's network sees its crop, not the images: name the override that makes it larger
+        larger = [(factor + 16) // 16 * 16] + shape[1:]
+        fix = f' (a bundle\'s input is its crop: e.g. --crop_size "{larger}")' if network_input else ""
         raise ValueError(
             f"{where}: an input of spatial size {shape} is down-sampled {factor}x to a single element, which instance "
-            f"normalisation cannot normalise; use inputs larger than {factor} along at least one axis."
+            f"normalisation cannot normalise; use inputs larger than {factor} along at least one axis{fix}."
         )

@@ -196,7 +196,7 @@ class UNet3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.min_input_factor > 0:
-            check_normalisable(list(x.shape[2:]), self.min_input_factor, self.name)
+            check_normalisable(list(x.shape[2:]), self.min_input_factor, self.name, network_input=True)
         e1 = self.att_c1(self.c1(x))
         e2 = self.att_c2(self.c2(e1))
         e3 = self.att_c3(self.c3(e2))
