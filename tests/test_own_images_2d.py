@@ -282,3 +282,32 @@ def test_exif_orientation_is_named_by_the_checker(colour_root, tmp_path):
     report = check_dataset("nnunet", root)
     assert [(w.case, w.file) for w in report.warnings] == [("SYN_002", "SYN_002_0000.png")]
     assert "EXIF orientation 6: photo viewers show it turned 90 degrees" in report.warnings[0].message
+
+
+def test_a_crop_too_small_for_rfna_is_refused_by_the_bundle_command_naming_crop_size(tmp_path, monkeypatch):
+    """RFNA down-samples 64x: own 64 x 64 images give a 64 x 64 crop it cannot normalise. The bundle
+    command refuses it before writing anything, naming the --crop_size that fits (training from it
+    failed at its first step); FPA takes that crop, and RFNA a larger one."""
+    from pam_monai.cli import main
+
+    root = tmp_path / "Dataset950_Small"
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    meta = {"channel_names": {"0": "Xray"}, "labels": {"background": 0, "nodule": 1}, "numTraining": 2}
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".png"}))
+    for i in range(2):
+        image = np.full((64, 64), 80, np.uint8)
+        image[20:40, 20:40] = 200
+        Image.fromarray(image).save(root / "imagesTr" / f"x{i}_0000.png")
+        Image.fromarray((image > 100).astype(np.uint8)).save(root / "labelsTr" / f"x{i}.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bundle", "--dataset_dir", str(root), "--output", "small_rfna", "--network", "rfna"])
+    message = str(exit_.value.code)
+    assert "rfna on Dataset950_Small" in message and "[64, 64] is down-sampled 64x" in message
+    assert '--crop_size "[80, 64]"' in message and not (tmp_path / "small_rfna").exists()
+    main(["bundle", "--dataset_dir", str(root), "--output", "small_fpa"])
+    main(["bundle", "--dataset_dir", str(root), "--output", "small_rfna", "--network", "rfna",
+          "--crop_size", "[80, 64]"])  # fmt: skip
+    train = json.loads((tmp_path / "small_rfna" / "configs" / "train.json").read_text())
+    assert train["crop_size"] == [80, 64]

@@ -54,6 +54,19 @@ def _intensities(spec) -> str:
     return words
 
 
+def _check_crop(network: str, spec) -> None:
+    """Refuse a crop that ``network`` down-samples to one element (RFNA: 64x; own images of 64 x 64
+    or less): training from the bundle would fail at its first step; the message names --crop_size."""
+    from ..networks import get_network
+    from ..networks.blocks.convolutions import check_normalisable
+
+    net = get_network(network, spatial_dims=2, in_channels=spec.in_channels, out_channels=1)
+    factor = getattr(net, "min_input_factor", 0)
+    if factor:
+        where = f"{network} on {spec.title}: the crop"
+        check_normalisable(list(spec.crop_size), factor, where, network_input=True)
+
+
 def own_data_bundle(
     dataset_dir: str | os.PathLike,
     network: str,
@@ -91,6 +104,7 @@ def own_data_bundle(
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
     spec = nnunet_spec(dataset_dir, crop_size=crop_size)
+    _check_crop(network, spec)
     foreground, _ = spec.resolve_labels(foreground_label)
     if check:
         _check(spec, dataset_dir, foreground)
