@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -1077,3 +1078,24 @@ def test_bundle_prints_a_train_command_that_runs_in_a_shell_for_paths_with_space
     else:  # elsewhere: cd into the bundle, then its own configs/
         assert command[:2] == ["cd", str(bundle)] and command[2] == "&&"
         assert command[-2:] == ["--config_file", "configs/train.json"]
+
+
+def test_a_wrong_data_set_folder_is_named_with_the_one_meant(own_root, tmp_path):
+    """A root without dataset.json says which folder was meant: the data set's own for its imagesTr/,
+    one of the data sets for nnUNet_raw/ itself, and that a mistyped one does not exist."""
+    raw = tmp_path / "nnUNet_raw"
+    root = copy(own_root, raw)
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"imagesTr/ is a folder of the data set: pass the data set's own folder, {re.escape(str(root))}$",
+    ):
+        get_spec("nnunet", root=root / "imagesTr")
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"{re.escape(str(raw))} holds data sets: pass one of them, {re.escape(str(root))}$",
+    ):
+        check_dataset("nnunet", raw)
+    with pytest.raises(
+        FileNotFoundError, match=rf"{re.escape(str(raw / 'Dataset900_Tumor'))} does not exist$"
+    ):
+        build_datalist("nnunet", raw / "Dataset900_Tumor")

@@ -97,6 +97,21 @@ def _named(path: Path, channel: int, ending: str) -> bool:
 ESSENTIAL_KEYS = ("channel_names", "labels", "file_ending", "numTraining")
 
 
+def _dataset_json_nearby(root: Path) -> str:
+    """What a root without ``dataset.json`` is, when it says which folder was meant: one that does
+    not exist, a data set's ``imagesTr/`` (its parent holds the file) or a folder of data sets such
+    as ``nnUNet_raw/`` (its sub-folders do)."""
+    if not root.exists():
+        return f"; {root} does not exist"
+    if (root.parent / DATASET_JSON).is_file():
+        return f"; {root.name}/ is a folder of the data set: pass the data set's own folder, {root.parent}"
+    inside = sorted(d.name for d in root.iterdir() if (d / DATASET_JSON).is_file()) if root.is_dir() else []
+    if inside:
+        shown = ", ".join(str(root / d) for d in inside[:5]) + (", ..." if len(inside) > 5 else "")
+        return f"; {root} holds data sets: pass one of them, {shown}"
+    return ""
+
+
 def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     """``<root>/dataset.json`` (or its content, a dict: a bundle made for own data carries it),
     checked: ``channel_names`` numbered 0..n-1, ``labels`` with ``background`` 0 and integer values,
@@ -111,7 +126,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
         if not path.is_file():
             raise FileNotFoundError(
                 f"nnunet: {path} not found: own data needs the nnU-Net v2 raw layout (dataset.json, imagesTr/, "
-                "labelsTr/; see pam_monai/data/nnunet.py)"
+                f"labelsTr/; see pam_monai/data/nnunet.py){_dataset_json_nearby(Path(root))}"
             )
         try:
             meta = json.loads(path.read_text())
