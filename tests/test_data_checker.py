@@ -140,7 +140,10 @@ def test_non_integer_label(brats):
     seg = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
     seg[1, 1, 1] = 0.5
     rewrite(path, seg)
-    assert messages(check_dataset("brats", brats)) == [f"{C}: {C}_seg.nii.gz: non-integer label values [0.5]"]
+    assert messages(check_dataset("brats", brats)) == [
+        f"{C}: {C}_seg.nii.gz: non-integer label values [0.5] (an interpolated mask): resample label "
+        "maps by nearest neighbour, or round them to the label values"
+    ]
 
 
 def test_empty_case_folder_and_empty_root(brats, tmp_path):

@@ -189,7 +189,10 @@ def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
     if np.issubdtype(values.dtype, np.floating):
         fractional = values[values != np.round(values)]
         if fractional.size:
-            return f"non-integer label values {fractional[:5].tolist()}"
+            return (
+                f"non-integer label values {fractional[:5].tolist()} (an interpolated mask): "
+                "resample label maps by nearest neighbour, or round them to the label values"
+            )
     bad = sorted(set(values.tolist()) - set(allowed))
     if bad:
         shown = ", ".join(str(int(b) if float(b).is_integer() else b) for b in bad[:10])
