@@ -1099,3 +1099,17 @@ def test_a_wrong_data_set_folder_is_named_with_the_one_meant(own_root, tmp_path)
         FileNotFoundError, match=rf"{re.escape(str(raw / 'Dataset900_Tumor'))} does not exist$"
     ):
         build_datalist("nnunet", raw / "Dataset900_Tumor")
+
+
+def test_images_of_another_file_type_say_to_convert_them_or_set_file_ending(own_root, tmp_path):
+    """Volumes saved as .nii under a .nii.gz file_ending: each is named with both fixes (convert it,
+    or set dataset.json's file_ending)."""
+    root = copy(own_root, tmp_path)
+    image = root / "imagesTr" / "SYN_001_0000.nii.gz"
+    nib.save(nib.load(str(image)), str(root / "imagesTr" / "SYN_001_0000.nii"))
+    image.unlink()
+    problems = [str(p) for p in check_dataset("nnunet", root).problems]
+    assert (
+        "SYN_001: SYN_001_0000.nii: file type '.nii' is not this data set's (.nii.gz): convert it to .nii.gz, "
+        "or, if every image is a .nii file, set dataset.json's file_ending to '.nii'" in problems
+    ), problems

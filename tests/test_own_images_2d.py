@@ -247,8 +247,8 @@ def test_2d_review_cases(colour_root, tmp_path):
     report = check_dataset("nnunet", upper)
     assert report.summary("SYN_001").shape == (3, 96, 96)
     assert [str(p) for p in report.problems] == [
-        "SYN_009: SYN_009_0000.jpg: file type '.jpg' is not this data set's (.png)"
-    ], report.format()
+        "SYN_009: SYN_009_0000.jpg: file type '.jpg' is not this data set's (.png): convert it to .png"
+    ], report.format()  # not "set file_ending": .jpg is read nowhere
 
     # photographs: the z-score runs over all pixels, so black is data (not left at 0)
     spec = get_spec("nnunet", root=colour_root)

@@ -97,6 +97,15 @@ def _named(path: Path, channel: int, ending: str) -> bool:
 ESSENTIAL_KEYS = ("channel_names", "labels", "file_ending", "numTraining")
 
 
+def _ending_fix(ending: str, endings: tuple[str, ...], from_json: bool) -> str:
+    """What to do about an image of another file type: convert it, or, where the type is one this
+    project reads, say so in dataset.json (a set saved as ``.nii`` under a ``.nii.gz`` file_ending)."""
+    fix = f": convert it to {endings[0]}"
+    if from_json and ending.lower() in (*ENDINGS, *ENDINGS_2D):
+        fix += f", or, if every image is a {ending} file, set dataset.json's file_ending to {ending!r}"
+    return fix
+
+
 def _dataset_json_nearby(root: Path) -> str:
     """What a root without ``dataset.json`` is, when it says which folder was meant: one that does
     not exist, a data set's ``imagesTr/`` (its parent holds the file) or a folder of data sets such
@@ -640,7 +649,8 @@ def scan(
                 Problem(
                     m["case"],
                     path.name,
-                    f"file type {m['ending']!r} is not this data set's ({', '.join(endings)})",
+                    f"file type {m['ending']!r} is not this data set's ({', '.join(endings)})"
+                    + _ending_fix(m["ending"], endings, from_json=images != root),
                 )
             )
             continue
