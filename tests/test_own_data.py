@@ -1113,3 +1113,25 @@ def test_images_of_another_file_type_say_to_convert_them_or_set_file_ending(own_
         "SYN_001: SYN_001_0000.nii: file type '.nii' is not this data set's (.nii.gz): convert it to .nii.gz, "
         "or, if every image is a .nii file, set dataset.json's file_ending to '.nii'" in problems
     ), problems
+
+
+@pytest.mark.parametrize("images, label", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_a_label_named_in_another_unicode_form_is_named_once_with_the_fix(own_root, tmp_path, images, label):
+    """Accented case names copied from macOS are NFD, others NFC: the same name on screen, other bytes.
+    Such a label was reported twice under one shown name ('missing label' and 'label without
+    images'); now once, with the forms and the fix."""
+    import unicodedata
+
+    root = copy(own_root, tmp_path)
+    case = unicodedata.normalize(images, "patiënt")
+    for path in sorted((root / "imagesTr").glob("SYN_001_*")):
+        path.rename(path.with_name(path.name.replace("SYN_001", case)))
+    (root / "labelsTr" / "SYN_001.nii.gz").rename(
+        root / "labelsTr" / f"{unicodedata.normalize(label, 'patiënt')}.nii.gz"
+    )
+    problems = check_dataset("nnunet", root).problems
+    assert len(problems) == 1 and problems[0].case == case, [str(p) for p in problems]
+    assert (
+        f"named as case {case!r} but with its accents stored otherwise (Unicode {label}; the images' names are "
+        f"{images}, macOS writes NFD), so the names differ byte for byte" in str(problems[0])
+    )

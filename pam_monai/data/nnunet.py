@@ -51,6 +51,7 @@ import difflib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -577,6 +578,7 @@ def _misnamed_labels(
     """Label files of a case (by name) named otherwise than ``<case><ending>``: with a channel number
     (copied with an image's name, the usual slip) or of another file type. Case -> (file, the fix)."""
     accepted = {e.lower() for e in endings}
+    forms = {_nfc(case): case for case in found}  # a case whose label differs in Unicode form only
     out = {}
     for path in entries:
         m = _FILE.match(path.name)
@@ -589,7 +591,24 @@ def _misnamed_labels(
         if stem in found and other not in accepted:
             fix = f"a label file of type {other!r}, not this data set's ({', '.join(endings)}): save it as {stem}{endings[0]}"
             out.setdefault(stem, (path, fix))
+        elif stem is not None and stem not in found and _nfc(stem) in forms and other in accepted:
+            case = forms[_nfc(stem)]
+            fix = (
+                f"named as case {case!r} but with its accents stored otherwise (Unicode {_form(stem)}; the images' "
+                f"names are {_form(case)}, macOS writes NFD), so the names differ byte for byte: rename images and "
+                "labels to one form, e.g. NFC (unicodedata.normalize('NFC', name))"
+            )
+            out.setdefault(case, (path, fix))
     return out
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _form(name: str) -> str:
+    """NFC or NFD: how ``name`` stores its accented letters."""
+    return "NFC" if unicodedata.is_normalized("NFC", name) else "NFD"
 
 
 def scan(
