@@ -284,22 +284,28 @@ def test_exif_orientation_is_named_by_the_checker(colour_root, tmp_path):
     assert "EXIF orientation 6: photo viewers show it turned 90 degrees" in report.warnings[0].message
 
 
+def small_images(tmp_path: Path) -> Path:
+    """Three grey 64 x 64 images with their masks: own data whose default size is 64 x 64."""
+    root = tmp_path / "Dataset950_Small"
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    meta = {"channel_names": {"0": "Xray"}, "labels": {"background": 0, "nodule": 1}, "numTraining": 3}
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".png"}))
+    for i in range(3):
+        image = np.full((64, 64), 80, np.uint8)
+        image[20:40, 20:40] = 200
+        Image.fromarray(image).save(root / "imagesTr" / f"x{i}_0000.png")
+        Image.fromarray((image > 100).astype(np.uint8)).save(root / "labelsTr" / f"x{i}.png")
+    return root
+
+
 def test_a_crop_too_small_for_rfna_is_refused_by_the_bundle_command_naming_crop_size(tmp_path, monkeypatch):
     """RFNA down-samples 64x: own 64 x 64 images give a 64 x 64 crop it cannot normalise. The bundle
     command refuses it before writing anything, naming the --crop_size that fits (training from it
     failed at its first step); FPA takes that crop, and RFNA a larger one."""
     from pam_monai.cli import main
 
-    root = tmp_path / "Dataset950_Small"
-    for folder in ("imagesTr", "labelsTr"):
-        (root / folder).mkdir(parents=True)
-    meta = {"channel_names": {"0": "Xray"}, "labels": {"background": 0, "nodule": 1}, "numTraining": 2}
-    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".png"}))
-    for i in range(2):
-        image = np.full((64, 64), 80, np.uint8)
-        image[20:40, 20:40] = 200
-        Image.fromarray(image).save(root / "imagesTr" / f"x{i}_0000.png")
-        Image.fromarray((image > 100).astype(np.uint8)).save(root / "labelsTr" / f"x{i}.png")
+    root = small_images(tmp_path)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main(["bundle", "--dataset_dir", str(root), "--output", "small_rfna", "--network", "rfna"])
@@ -311,3 +317,16 @@ def test_a_crop_too_small_for_rfna_is_refused_by_the_bundle_command_naming_crop_
           "--crop_size", "[80, 64]"])  # fmt: skip
     train = json.loads((tmp_path / "small_rfna" / "configs" / "train.json").read_text())
     assert train["crop_size"] == [80, 64]
+
+
+def test_an_experiment_refuses_a_crop_too_small_for_one_of_its_networks_before_any_run(tmp_path):
+    """README's experiment (--networks fpa,rfna,unet) on own 64 x 64 images: refused before the
+    grid's first run, naming the network and --crop_size (RFNA failed after FPA had trained)."""
+    from pam_monai.experiments import run_experiment
+
+    root = small_images(tmp_path)
+    out = tmp_path / "grid"
+    with pytest.raises(ValueError, match=r'rfna on Dataset950_Small.*the crop.*--crop_size "\[80, 64\]"'):
+        run_experiment(dataset="nnunet", networks="fpa,rfna,unet", output=str(out), figures=False,
+                       dataset_dir=str(root), **SMALL_RUN)  # fmt: skip
+    assert not (out / "runs").exists()

@@ -58,13 +58,10 @@ def _check_crop(network: str, spec) -> None:
     """Refuse a crop that ``network`` down-samples to one element (RFNA: 64x; own images of 64 x 64
     or less): training from the bundle would fail at its first step; the message names --crop_size."""
     from ..networks import get_network
-    from ..networks.blocks.convolutions import check_normalisable
+    from ..networks.blocks.convolutions import check_crop
 
     net = get_network(network, spatial_dims=2, in_channels=spec.in_channels, out_channels=1)
-    factor = getattr(net, "min_input_factor", 0)
-    if factor:
-        where = f"{network} on {spec.title}: the crop"
-        check_normalisable(list(spec.crop_size), factor, where, network_input=True)
+    check_crop(net, spec.crop_size, f"{network} on {spec.title}: the crop")
 
 
 def own_data_bundle(

@@ -430,12 +430,16 @@ def _grid_lock(output_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _count_params(variant: Variant, options: dict, in_channels: int) -> int:
+def _count_params(variant: Variant, options: dict, spec) -> int:
+    """The network's parameters; a crop it cannot take (RFNA on small own images) is refused here,
+    before the grid's first run, not at that network's first training step."""
     from ..networks import get_network
+    from ..networks.blocks.convolutions import check_crop
 
     net = get_network(
-        variant.network, spatial_dims=2, in_channels=in_channels, out_channels=1, options=options
+        variant.network, spatial_dims=2, in_channels=spec.in_channels, out_channels=1, options=options
     )
+    check_crop(net, spec.crop_size, f"{variant.label} on {spec.title}: the crop")
     return sum(p.numel() for p in net.parameters())
 
 
@@ -706,7 +710,7 @@ def _run_grid(
         for f in fold_list
         for s in seed_list
     ]
-    params = {v: _count_params(v, effective_options(v, global_options), spec.in_channels) for v in variants}
+    params = {v: _count_params(v, effective_options(v, global_options), spec) for v in variants}
     # before the data are prepared: a refused call (another --data_seed) must not regenerate the
     # stand-in that the finished runs were trained and tested on
     skipped, pending = [], []

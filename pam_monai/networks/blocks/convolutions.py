@@ -7,6 +7,8 @@ of its first convolution (no max-pooling).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
@@ -18,6 +20,7 @@ __all__ = [
     "DEFAULT_ACT",
     "DEFAULT_NORM",
     "DoubleConv",
+    "check_crop",
     "check_normalisable",
     "check_positive",
     "check_spatial_dims",
@@ -168,3 +171,11 @@ def check_normalisable(shape: list[int], factor: int, where: str, network_input:
             f"{where}: an input of spatial size {shape} is down-sampled {factor}x to a single element, which instance "
             f"normalisation cannot normalise; use inputs larger than {factor} along at least one axis{fix}."
         )
+
+
+def check_crop(network: nn.Module, crop_size: Sequence[int] | None, where: str) -> None:
+    """Refuse, before any training, a crop (a bundle's input size) that ``network`` down-samples to
+    one element (its ``min_input_factor``: RFNA 64x), naming the ``--crop_size`` that fits."""
+    factor = getattr(network, "min_input_factor", 0)
+    if factor and crop_size is not None:
+        check_normalisable(list(crop_size), factor, where, network_input=True)
