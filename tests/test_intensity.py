@@ -314,3 +314,19 @@ def test_a_ct_foreground_of_one_intensity_is_named(ct_root, tmp_path):
         report.format()
     )
     assert not any("one intensity" in w.message for w in check_dataset("nnunet", ct_root).warnings)
+
+
+def test_a_channel_named_ct_is_not_named_twice_in_the_bundle_words():
+    """A bundle's README and metadata describe each channel's normalisation: a channel named "CT"
+    read "CT: CT: clip to ..."; now "CT: clip to ...", other names keep theirs ("abdomen: CT: ...")."""
+    from types import SimpleNamespace
+
+    from pam_monai.bundle_templates.build import normalisation_words
+
+    ct = ChannelNorm("ct", -10.0, 135.0, 47.0, 28.0)
+    spec = SimpleNamespace(channels=("CT", "T2"), channel_norms=(ct, ChannelNorm("zscore")))
+    assert normalisation_words(spec) == (
+        "CT: clip to [-10, 135], then (x - 47) / 28 (training foreground); T2: z-score over each case's non-zero values"
+    )
+    spec = SimpleNamespace(channels=("abdomen", "T2"), channel_norms=spec.channel_norms)
+    assert normalisation_words(spec).startswith("abdomen: CT: clip to [-10, 135]")

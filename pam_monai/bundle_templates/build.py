@@ -148,7 +148,11 @@ def normalisation_words(spec: DatasetSpec) -> str:
     words = [n.describe() for n in spec.channel_norms]
     if len(set(words)) == 1:
         return f"each channel: {words[0]}"
-    return "; ".join(f"{name}: {w}" for name, w in zip(spec.channels, words))
+    # a channel named "CT" reads "CT: clip ...", not "CT: CT: clip ..." (the phrase names its scheme)
+    return "; ".join(
+        w if w.casefold().startswith(f"{name}: ".casefold()) else f"{name}: {w}"
+        for name, w in zip(spec.channels, words)
+    )
 
 
 def metadata(task: str | BundleTask, network: str) -> dict:
