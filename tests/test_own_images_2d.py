@@ -185,8 +185,10 @@ def test_bundle_trains_evaluates_and_infers_on_2d_images(colour_root, tmp_path):
     with pytest.raises(Exception) as err:
         run("inferring", config_file=str(configs / "inference.json"), logging_file=False, **no_data, **nets,
             input_dir=str(folder), output_dir=str(tmp_path / "p3"))  # fmt: skip
-    grey = f"GREY_0000.png: expected an RGB image, got shape {image.size[::-1]}"
-    assert any(grey in m for m in error_chain(err.value))
+    grey = f"GREY_0000.png: expected an RGB image, got shape {image.size[::-1]} (a grey image among colour ones: "
+    assert any(
+        grey + "save it as RGB, e.g. PIL's image.convert('RGB'))" in m for m in error_chain(err.value)
+    ), error_chain(err.value)
 
 
 def test_own_bundle_and_experiment_on_2d_images(colour_root, tmp_path):

@@ -293,6 +293,8 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                     " (a colour drawing of the labels: store each pixel's label value in a grey or palette PNG, as "
                     "nnU-Net reads them)"
                     if is_label and data.ndim == 3
+                    else " (a grey image among colour ones: save it as RGB, e.g. PIL's image.convert('RGB'))"
+                    if colour and data.ndim == 2
                     else ""
                 )
                 problems.append((path.name, f"expected {what}, got shape {data.shape}{hint}"))
