@@ -1135,3 +1135,20 @@ def test_a_label_named_in_another_unicode_form_is_named_once_with_the_fix(own_ro
         f"named as case {case!r} but with its accents stored otherwise (Unicode {label}; the images' names are "
         f"{images}, macOS writes NFD), so the names differ byte for byte" in str(problems[0])
     )
+
+
+def test_dataset_json_is_read_as_utf8_with_or_without_a_byte_order_mark(own_root, tmp_path):
+    """dataset.json saved by a Windows editor starts with a UTF-8 byte-order mark (refused as 'not
+    readable JSON'); its accented label names are read; a file in another encoding is named with the
+    fix."""
+    root = copy(own_root, tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "nécrose": 1, "œdème": 2, "actif": 3}
+    text = json.dumps(meta, ensure_ascii=False)
+    (root / "dataset.json").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert get_spec("nnunet", root=root).resolve_labels("œdème")[0] == (2,)
+    (root / "dataset.json").write_bytes(text.encode("cp1252"))
+    with pytest.raises(
+        ValueError, match=r"dataset.json: not UTF-8 text \(.*\): save it as UTF-8, as JSON files are"
+    ):
+        get_spec("nnunet", root=root)

@@ -138,8 +138,10 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
                 f"nnunet: {path} not found: own data needs the nnU-Net v2 raw layout (dataset.json, imagesTr/, "
                 f"labelsTr/; see pam_monai/data/nnunet.py){_dataset_json_nearby(Path(root))}"
             )
-        try:
-            meta = json.loads(path.read_text())
+        try:  # JSON is UTF-8 whatever the locale; "-sig": Windows editors may start it with a byte-order mark
+            meta = json.loads(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e}): save it as UTF-8, as JSON files are") from e
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not readable JSON ({e})") from e
     if not isinstance(meta, dict):
@@ -426,7 +428,7 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
     fingerprint = root / FINGERPRINT_JSON
     if fingerprint.is_file():
         try:
-            data = json.loads(fingerprint.read_text())
+            data = json.loads(fingerprint.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as e:
             raise ValueError(f"{fingerprint}: not readable JSON ({e})") from None
         found = data.get(PROPERTIES_KEY) if isinstance(data, dict) else None
