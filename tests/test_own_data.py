@@ -1152,3 +1152,20 @@ def test_dataset_json_is_read_as_utf8_with_or_without_a_byte_order_mark(own_root
         ValueError, match=r"dataset.json: not UTF-8 text \(.*\): save it as UTF-8, as JSON files are"
     ):
         get_spec("nnunet", root=root)
+
+
+def test_channel_files_numbered_from_0001_are_named_with_the_renaming(own_root, tmp_path):
+    """Channels numbered from 0001 (not nnU-Net's 0000): the file one past the last channel says so,
+    with the renaming; a case that has its _0000 file keeps the plain message."""
+    root = copy(own_root, tmp_path)
+    for case in ("SYN_001", "SYN_002"):
+        images = root / "imagesTr"
+        (images / f"{case}_0001.nii.gz").rename(images / f"{case}_0002.nii.gz")
+        if case == "SYN_001":
+            (images / f"{case}_0000.nii.gz").rename(images / f"{case}_0001.nii.gz")
+    problems = {str(p) for p in check_dataset("nnunet", root).problems}
+    assert (
+        "SYN_001: SYN_001_0002.nii.gz: channel 0002, but the data set has 2 channels (numbered from 0000: rename "
+        "SYN_001_0001 ... _0002 to _0000 ... _0001)" in problems
+    ), problems
+    assert "SYN_002: SYN_002_0002.nii.gz: channel 0002, but the data set has 2 channels" in problems

@@ -682,6 +682,12 @@ def scan(
                 if len(keys) == len(names)
                 else f"but the data set's {len(names)} channels are one colour image <case>_0000"
             )
+            first = path.with_name(f"{m['case']}_0000{m['ending']}")
+            if index == len(keys) == len(names) and not first.exists():  # numbered from 0001, not 0000
+                files = (
+                    f"_0001 ... _{index:04d} to _0000 ... _{index - 1:04d}" if index > 1 else "_0001 to _0000"
+                )
+                what += f" (numbered from 0000: rename {m['case']}{files})"
             problems.append(Problem(m["case"], path.name, f"channel {index:04d}, {what}"))
             continue
         found.setdefault(m["case"], {})[index] = path
