@@ -657,11 +657,15 @@ def scan(
         if path.is_dir() or path.name == "dicom_series.json":  # convert_dicom's record of its sources
             continue
         if not m:
+            ending = next((e for e in endings if path.name.lower().endswith(e.lower())), None)
+            rename = (  # ISIC-style names: one file per case, without its channel number
+                f": rename it {path.name[: -len(ending)]}_0000{ending}" if ending and len(keys) == 1 else ""
+            )
             problems.append(
                 Problem(
                     path.name,
                     path.name,
-                    f"not an image file name <case>_<XXXX>{endings[0]} (channel number XXXX)",
+                    f"not an image file name <case>_<XXXX>{endings[0]} (channel number XXXX){rename}",
                 )
             )
             continue
