@@ -1169,3 +1169,15 @@ def test_channel_files_numbered_from_0001_are_named_with_the_renaming(own_root, 
         "SYN_001_0001 ... _0002 to _0000 ... _0001)" in problems
     ), problems
     assert "SYN_002: SYN_002_0002.nii.gz: channel 0002, but the data set has 2 channels" in problems
+
+
+def test_a_label_named_in_other_letter_case_is_named_once_with_the_fix(own_root, tmp_path):
+    """labelsTr/syn_001.nii.gz for images SYN_001_XXXX: one problem naming the case and the new name
+    (was 'missing label' for SYN_001 and 'label without images' for syn_001)."""
+    root = copy(own_root, tmp_path)
+    (root / "labelsTr" / "SYN_001.nii.gz").rename(root / "labelsTr" / "syn_001.nii.gz")
+    problems = [str(p) for p in check_dataset("nnunet", root).problems]
+    assert problems == [
+        "SYN_001: labelsTr/syn_001.nii.gz: named as case 'SYN_001' in other letter case (names are "
+        "case-sensitive): rename it SYN_001.nii.gz"
+    ]

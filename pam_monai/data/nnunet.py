@@ -581,6 +581,7 @@ def _misnamed_labels(
     (copied with an image's name, the usual slip) or of another file type. Case -> (file, the fix)."""
     accepted = {e.lower() for e in endings}
     forms = {_nfc(case): case for case in found}  # a case whose label differs in Unicode form only
+    letters = {_nfc(case).casefold(): case for case in found}  # ... or in letter case
     out = {}
     for path in entries:
         m = _FILE.match(path.name)
@@ -600,6 +601,12 @@ def _misnamed_labels(
                 f"names are {_form(case)}, macOS writes NFD), so the names differ byte for byte: rename images and "
                 "labels to one form, e.g. NFC (unicodedata.normalize('NFC', name))"
             )
+            out.setdefault(case, (path, fix))
+        elif (
+            stem is not None and stem not in found and _nfc(stem).casefold() in letters and other in accepted
+        ):
+            case = letters[_nfc(stem).casefold()]
+            fix = f"named as case {case!r} in other letter case (names are case-sensitive): rename it {case}{endings[0]}"
             out.setdefault(case, (path, fix))
     return out
 
