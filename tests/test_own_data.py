@@ -1181,3 +1181,49 @@ def test_a_label_named_in_other_letter_case_is_named_once_with_the_fix(own_root,
         "SYN_001: labelsTr/syn_001.nii.gz: named as case 'SYN_001' in other letter case (names are "
         "case-sensitive): rename it SYN_001.nii.gz"
     ]
+
+
+def test_commands_in_messages_quote_paths_with_spaces(tmp_path, capsys):
+    """The commands that messages and converters print to run next quote their paths: copied to a
+    shell, a folder with spaces is one argument (it was split into several)."""
+    import shlex
+
+    from pam_monai.cli import main
+
+    task = tmp_path / "my tasks" / "Task98_Tiny"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    for case in ("tiny_001", "tiny_002", "tiny_003"):
+        data = np.random.default_rng(0).normal(size=(20, 18, 5, 2)).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, affine), str(task / "imagesTr" / f"{case}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image((data[..., 0] > 1).astype(np.uint8), affine),
+            str(task / "labelsTr" / f"{case}.nii.gz"),
+        )
+    meta = {
+        "name": "Tiny",
+        "modality": {"0": "FLAIR", "1": "T2w"},
+        "labels": {"0": "background", "1": "edema"},
+        "training": [
+            {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+            for c in ("tiny_001", "tiny_002", "tiny_003")
+        ],
+    }
+    (task / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        get_spec("nnunet", root=task)
+    command = shlex.split(str(err.value).split("convert it once: ", 1)[1])
+    assert command[command.index("--task_dir") + 1] == str(task)
+
+    out = tmp_path / "my data" / "Dataset098_Tiny"
+    main(["convert_msd", "--task_dir", str(task), "--output", str(out)])
+    command = shlex.split(capsys.readouterr().out.split("next: ", 1)[1])
+    assert command[command.index("--root") + 1] == str(out)
+
+    for image in (out / "imagesTr").iterdir():  # no <case>_0000 image to size the crop from
+        image.unlink()
+    with pytest.raises(Exception) as err:
+        get_spec("nnunet", root=out)
+    advice = str(err.value).split("to size the crop from; ", 1)[1].removesuffix(" lists what is there")
+    assert shlex.split(advice)[-1] == str(out)

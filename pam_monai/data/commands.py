@@ -4,6 +4,7 @@ run by Python Fire)."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def convert_msd(task_dir: str, output: str) -> None:
     meta = json.loads((path / "dataset.json").read_text())
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels {', '.join(meta['channel_names'].values())}, "
-        f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {path}"
+        f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {shlex.quote(str(path))}"
     )
 
 
@@ -128,7 +129,8 @@ def convert_isles22(root: str, output: str) -> None:
     meta = json.loads((path / "dataset.json").read_text())
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels DWI, ADC, label 'lesion'; next: python -m "
-        f"pam_monai check --dataset nnunet --root {path}, then train with --task nnunet --dataset_dir {path}"
+        f"pam_monai check --dataset nnunet --root {shlex.quote(str(path))}, then train with --task nnunet "
+        f"--dataset_dir {shlex.quote(str(path))}"
     )
 
 

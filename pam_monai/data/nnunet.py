@@ -51,6 +51,7 @@ import difflib
 import json
 import os
 import re
+import shlex
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,7 +152,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     if is_msd_dataset_json(meta) and _holds_4d_cases(root, meta):
         raise ValueError(
             f"{path}: a Medical Segmentation Decathlon task (one file per case, labels keyed by number); convert it "
-            f"once: python -m pam_monai convert_msd --task_dir {Path(root)} --output <new folder>"
+            f"once: python -m pam_monai convert_msd --task_dir {shlex.quote(str(root))} --output <new folder>"
         )
     for key in meta:  # a mistyped key would be ignored and its default taken in silence
         near = difflib.get_close_matches(
@@ -273,7 +274,7 @@ def _training_sizes(root, ending: str, size_of, kind: str = "") -> list[tuple[in
     images; unreadable ones are the checker's to report, so they are skipped here."""
     folder = Path(root) / "imagesTr"
     files = [p for p in visible_entries(folder) if _named(p, 0, ending)]
-    advice = f"python -m pam_monai check --dataset nnunet --root {root}"
+    advice = f"python -m pam_monai check --dataset nnunet --root {shlex.quote(str(root))}"
     if not files:
         raise NoTrainingImages(
             f"nnunet: {folder}: no training image <case>_0000{ending} to size the crop from; {advice} lists what is there"
@@ -462,7 +463,7 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
     if not cases:
         raise NoTrainingImages(
             f"nnunet: {root / 'imagesTr'}: no training case with its label to take the CT channels' intensity "
-            f"statistics from; python -m pam_monai check --dataset nnunet --root {root} names the problems"
+            f"statistics from; python -m pam_monai check --dataset nnunet --root {shlex.quote(str(root))} names the problems"
         )
     if key not in _PROPERTIES_CACHE:
         from tqdm.auto import tqdm
