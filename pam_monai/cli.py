@@ -56,6 +56,24 @@ def unknown_flags(func, args: list[str]) -> list[str]:
     return unknown
 
 
+# the data set's folder is --root for check and datalist, --dataset_dir for bundle, score, experiment
+# and the bundles: a user who follows one command's example types the other's name
+DATA_FOLDER_FLAGS = ("root", "dataset_dir")
+
+
+def _data_folder_hint(func, bad: list[str]) -> str:
+    """``; this command takes the data set's folder as --root`` when ``bad`` holds the other name."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    for flag in bad:
+        key = flag[2:].replace("-", "_")
+        other = next((f for f in DATA_FOLDER_FLAGS if f != key), None) if key in DATA_FOLDER_FLAGS else None
+        if other in params:
+            return f"; this command takes the data set's folder as --{other}"
+    return ""
+
+
 def _root_cause(error: BaseException) -> BaseException:
     """The innermost cause (MONAI wraps a config expression's error in a RuntimeError), except that
     an error whose message already quotes its cause is the one to show: it names the file or the
@@ -89,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     target = getattr(importlib.import_module(module), func)
     bad = unknown_flags(target, argv[1:])
     if bad:
-        sys.exit(f"{name}: error: unknown flag(s) {', '.join(bad)} (see python -m {name} --help)")
+        hint = _data_folder_hint(target, bad)
+        sys.exit(f"{name}: error: unknown flag(s) {', '.join(bad)}{hint} (see python -m {name} --help)")
     try:
         fire.Fire(target, command=argv[1:], name=name)
     except (ValueError, OSError, RuntimeError) as e:

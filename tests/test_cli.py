@@ -39,3 +39,20 @@ def test_help_shows_every_argument_description_whole(command):
         assert shown.get(name) == written, (
             f"{command} --help, --{name}:\nwritten: {written}\nshown:   {shown.get(name)}"
         )
+
+
+@pytest.mark.parametrize(
+    "command, given, meant",
+    [("check", "--dataset_dir", "--root"), ("datalist", "--dataset-dir", "--root"), ("bundle", "--root", "--dataset_dir"),
+     ("score", "--root", "--dataset_dir")],
+)  # fmt: skip
+def test_the_other_name_of_the_data_folder_flag_is_named(tmp_path, command, given, meant):
+    """check and datalist take the data set's folder as --root, bundle, score and the bundles as
+    --dataset_dir: a user who types the other name is told which one this command takes."""
+    from pam_monai.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, *(["--dataset", "nnunet"] if command != "bundle" else []), given, str(tmp_path)])
+    assert f"unknown flag(s) {given}; this command takes the data set's folder as {meant} (see" in str(
+        exit_.value.code
+    )
