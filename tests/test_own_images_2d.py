@@ -334,3 +334,21 @@ def test_an_experiment_refuses_a_crop_too_small_for_one_of_its_networks_before_a
         run_experiment(dataset="nnunet", networks="fpa,rfna,unet", output=str(out), figures=False,
                        dataset_dir=str(root), **SMALL_RUN)  # fmt: skip
     assert not (out / "runs").exists()
+
+
+def test_a_bundle_refuses_to_train_a_network_on_a_crop_too_small_for_it_before_reading_data(tmp_path):
+    """brats_rfna with --task nnunet on own 64 x 64 images: refused as training initialises, naming
+    --crop_size, before the data are checked and cached (it failed at the first training step)."""
+    from monai.bundle import run
+
+    root = small_images(tmp_path)
+    with pytest.raises(Exception) as err:
+        run("training", config_file=str(ROOT / "bundles" / "brats_rfna" / "configs" / "train.json"),
+            logging_file=False, task="nnunet", dataset_dir=str(root), bundle_root=str(tmp_path / "run"),
+            **SMALL_RUN)  # fmt: skip
+    assert any(
+        m.startswith("rfna with the crop: an input of spatial size [64, 64] is down-sampled 64x")
+        and m.endswith('(a bundle\'s input is its crop: e.g. --crop_size "[80, 64]").')
+        for m in error_chain(err.value)
+    ), error_chain(err.value)
+    assert not (tmp_path / "run").exists()  # nothing checked, cached or written
