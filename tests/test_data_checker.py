@@ -233,6 +233,23 @@ def test_a_volume_without_slices_is_a_problem_not_a_crash(brats):
     assert any(m.startswith(f"{A}: {A}_t1.nii.gz: expected a non-empty 3-D volume") for m in msgs), msgs
 
 
+def test_a_label_map_in_a_modality_s_place_is_a_problem(brats, pristine):
+    """The case's segmentation copied over its T1 (or a binary mask) would train and segment without a
+    word; an image has hundreds of values, a label map a handful: named with the file."""
+    shutil.copy(case_file(brats, A, "seg"), case_file(brats, A, "t1"))
+    mask = np.asanyarray(nib.load(case_file(brats, B, "flair")).dataobj) > 0
+    rewrite(case_file(brats, B, "flair"), mask.astype(np.float32))
+    values = ", ".join(map(str, np.unique(nib.load(case_file(brats, A, "seg")).dataobj).tolist()))
+    assert messages(check_dataset("brats", brats)) == [
+        f"{A}: {A}_t1.nii.gz: holds only 4 distinct values ({values}), as a label map or mask does, not a t1 "
+        "image: give the t1 image (the segmentation or a mask in its place?)",
+        f"{B}: {B}_flair.nii.gz: holds only 2 distinct values (0, 1), as a label map or mask does, not a flair "
+        "image: give the flair image (the segmentation or a mask in its place?)",
+    ]
+    isles = pristine["isles"]
+    assert check_dataset("isles", isles).ok  # the synthetic perfusion maps are images
+
+
 def test_datalist_entries_are_checked_with_the_data_set(brats, tmp_path):
     """A hand-edited datalist (training's data_list_file_path) is checked too: an entry with three
     of the four modality files and one whose files are not there are named with the datalist."""

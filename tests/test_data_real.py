@@ -206,6 +206,37 @@ def test_inference_into_a_brats_case_folder_refuses_to_overwrite_its_label(brats
     assert label.read_bytes() == before
 
 
+def test_inference_refuses_a_real_segmentation_given_as_a_modality(brats_root, tmp_path):
+    """Brats18_2013_2_1's seg (int16, labels 0, 1, 2, 4) in place of its T1: inference names the file and
+    writes nothing, rather than segmenting a label map; the other case's real images pass."""
+    import torch
+
+    from pam_monai.engines.infer import CasePredictor, find_inference_cases
+
+    root = tmp_path / "cases"
+    for case in BRATS_FACTS:
+        (root / case).mkdir(parents=True)
+        for m in ("flair", "t1", "t1ce", "t2"):
+            (root / case / f"{case}_{m}.nii.gz").symlink_to(brats_root / case / f"{case}_{m}.nii.gz")
+    t1 = root / "Brats18_2013_2_1" / "Brats18_2013_2_1_t1.nii.gz"
+    t1.unlink()
+    t1.symlink_to(brats_root / "Brats18_2013_2_1" / "Brats18_2013_2_1_seg.nii.gz")
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x[:, :1]) - 1
+
+    out = tmp_path / "out"
+    predictor = CasePredictor(Zero(), find_inference_cases("brats", root), "brats", str(out))
+    with pytest.raises(ValueError) as e:
+        predictor.run()
+    assert str(e.value).splitlines()[1:] == [
+        "Brats18_2013_2_1: Brats18_2013_2_1_t1.nii.gz: holds only 4 distinct values (0, 1, 2, 4), as a label map "
+        "or mask does, not a t1 image: give the t1 image (the segmentation or a mask in its place?)"
+    ]
+    assert not out.exists()
+
+
 def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(shared_data, tmp_path):
     """The ISLES'22 case is not in the ISLES 2018 layout: the bundles' refusal must not advise
     pointing --dataset_dir at a missing or empty folder, which the bundles refuse as well."""

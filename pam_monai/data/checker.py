@@ -9,7 +9,8 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
 - geometry: shape or affine of a channel or the label differing from the first channel;
 - values: NaN or Inf voxels, label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
   {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33; own data: the
-  values of its ``dataset.json``), non-integer labels;
+  values of its ``dataset.json``), non-integer labels, a BRATS or ISLES modality that holds a label map
+  or mask (a handful of integer values: the segmentation given in an image's place);
 - a datalist (``datalist=``, the bundles' ``data_list_file_path``): entries with another number of
   image files than the data set's channels, files that do not exist, channel files in another
   order than the data set's, a case listed twice; files no case of the layout holds are read and
@@ -256,6 +257,30 @@ def slice_axis_problem(affine) -> str | None:
     )
 
 
+# data sets whose channels are all scanner images (MRI, CT perfusion maps), never a mask
+FIXED_MODALITIES = ("brats", "isles")
+
+# an image has hundreds of intensity values; a label map or mask a handful (BraTS: 0, 1, 2, 4)
+LABEL_LIKE_VALUES = 16
+
+
+def label_like(data: np.ndarray, channel: str) -> str | None:
+    """The message when the ``channel`` image holds a label map or mask rather than an image: 2 to
+    :data:`LABEL_LIKE_VALUES` distinct values, all integers (``<case>_seg.nii.gz`` given for a
+    modality: the network would segment it without a word). None otherwise."""
+    flat = data.reshape(-1)
+    if flat.size == 0 or np.unique(flat[:: max(1, flat.size // 65536)]).size > LABEL_LIKE_VALUES:
+        return None  # a sample of the voxels decides for every image in milliseconds
+    values = np.unique(flat)
+    if not 2 <= values.size <= LABEL_LIKE_VALUES or np.any(values != np.round(values)):
+        return None
+    shown = ", ".join(f"{v:g}" for v in values.tolist())
+    return (
+        f"holds only {values.size} distinct values ({shown}), as a label map or mask does, not a {channel} image: "
+        f"give the {channel} image (the segmentation or a mask in its place?)"
+    )
+
+
 def _nonfinite(data: np.ndarray) -> str | None:
     if not np.issubdtype(data.dtype, np.floating):
         return None
@@ -328,6 +353,8 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 (path.name, f"affine differs from {reference[0]} (largest difference {diff:.3g})")
             )
         bad = _nonfinite(data) or (check_label_values(data, allowed) if is_label else None)
+        if not bad and spec.volumetric and not is_label and spec.name in FIXED_MODALITIES:
+            bad = label_like(data, name)  # own data may have a mask channel (noNorm): not for these
         if (
             bad
             and spec.name == "nnunet"
