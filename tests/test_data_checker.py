@@ -250,6 +250,21 @@ def test_a_label_map_in_a_modality_s_place_is_a_problem(brats, pristine):
     assert check_dataset("isles", isles).ok  # the synthetic perfusion maps are images
 
 
+def test_a_4d_modality_file_says_what_to_do(brats):
+    """BraTS keeps one 3-D file per modality: a 4-D file of one volume (a converter's trailing axis)
+    or of several (the modalities stacked) is named with what to save instead."""
+    t1 = np.asanyarray(nib.load(case_file(brats, A, "t1")).dataobj)
+    rewrite(case_file(brats, A, "t1"), t1[..., None])
+    rewrite(case_file(brats, B, "t1"), np.stack([t1, t1], -1))
+    assert messages(check_dataset("brats", brats)) == [
+        f"{A}: {A}_t1.nii.gz: expected a non-empty 3-D volume, got shape (240, 240, 4, 1) (a 4-D file of one "
+        "volume: save it as 3-D, e.g. nibabel.squeeze_image)",
+        f"{B}: {B}_t1.nii.gz: expected a non-empty 3-D volume, got shape (240, 240, 4, 2) (a 4-D file of 2 "
+        "volumes: brats keeps one 3-D volume per file, each modality (flair, t1, t1ce, t2) in its own file; save "
+        "the one this file stands for)",
+    ]
+
+
 def test_datalist_entries_are_checked_with_the_data_set(brats, tmp_path):
     """A hand-edited datalist (training's data_list_file_path) is checked too: an entry with three
     of the four modality files and one whose files are not there are named with the datalist."""

@@ -327,12 +327,17 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
         shape = data.shape if spec.volumetric else data.shape[:2]
         if 0 in shape or (spec.volumetric and len(shape) != 3):
             hint = ""
-            if spec.name == "nnunet" and len(shape) == 4 and shape[3] == 1:
+            if len(shape) == 4 and shape[3] == 1:
                 hint = " (a 4-D file of one volume: save it as 3-D, e.g. nibabel.squeeze_image)"
             elif spec.name == "nnunet" and len(shape) == 4 and 0 not in shape:
                 hint = (
                     f" (a 4-D file of {shape[3]} volumes: the nnU-Net layout keeps one 3-D file per channel, "
                     "<case>_0000, <case>_0001, ..., and a label map of one volume)"
+                )
+            elif len(shape) == 4 and 0 not in shape:  # e.g. every modality stacked, or a 4-D perfusion series
+                hint = (
+                    f" (a 4-D file of {shape[3]} volumes: {spec.name} keeps one 3-D volume per file, each "
+                    f"modality ({', '.join(spec.channels)}) in its own file; save the one this file stands for)"
                 )
             problems.append((path.name, f"expected a non-empty 3-D volume, got shape {tuple(shape)}{hint}"))
             continue
