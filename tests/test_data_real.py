@@ -237,6 +237,52 @@ def test_inference_refuses_a_real_segmentation_given_as_a_modality(brats_root, t
     assert not out.exists()
 
 
+def test_inference_refuses_real_cityscapes_labels_given_as_frames(shared_data, tmp_path):
+    """The frame's gtFine_color (RGBA, 14 colours: it reads as an RGB image) and its labelIds (grey) in
+    place of leftImg8bit: named, with what to give instead, and nothing written; the real frames pass."""
+    import torch
+
+    from pam_monai.engines.infer import CasePredictor, find_inference_cases
+
+    real = shared_data / "cityscapes"
+    city = tmp_path / "cases" / "leftImg8bit" / "val" / "frankfurt"
+    city.mkdir(parents=True)
+    given = {
+        "frankfurt_000001_058914": real
+        / "frankfurt_000001_058914"
+        / "frankfurt_000001_058914_gtFine_color.png",
+        "frankfurt_000000_000294": real
+        / "frankfurt_000000_000294_small"
+        / "frankfurt_000000_000294_gtFine_labelIds.png",
+    }
+    for frame, path in given.items():
+        (city / f"{frame}_leftImg8bit.png").symlink_to(path)
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x[:, :1]) - 1
+
+    out = tmp_path / "out"
+    predictor = CasePredictor(
+        Zero(), find_inference_cases("cityscapes", tmp_path / "cases"), "cityscapes", str(out)
+    )
+    with pytest.raises(ValueError) as e:
+        predictor.run()
+    assert sorted(str(e.value).splitlines()[1:]) == [
+        "frankfurt_000000_000294: frankfurt_000000_000294_leftImg8bit.png: expected an RGB image, got shape "
+        "(128, 256) (a label map, e.g. gtFine_labelIds, given for the camera frame?)",
+        "frankfurt_000001_058914: frankfurt_000001_058914_leftImg8bit.png: holds only 14 colours, as a colour "
+        "drawing of labels does (gtFine_color), not a photograph: give the camera frame (leftImg8bit)",
+    ]
+    assert not out.exists()
+    for frame in given:  # the real frames
+        (city / f"{frame}_leftImg8bit.png").unlink()
+        suffix = "" if frame.endswith("058914") else "_small"
+        (city / f"{frame}_leftImg8bit.png").symlink_to(real / f"{frame}{suffix}" / f"{frame}_leftImg8bit.png")
+    items = find_inference_cases("cityscapes", tmp_path / "cases")
+    assert len(CasePredictor(Zero(), items, "cityscapes", str(out)).run()) == 2
+
+
 def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(shared_data, tmp_path):
     """The ISLES'22 case is not in the ISLES 2018 layout: the bundles' refusal must not advise
     pointing --dataset_dir at a missing or empty folder, which the bundles refuse as well."""

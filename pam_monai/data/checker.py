@@ -10,7 +10,8 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
 - values: NaN or Inf voxels, label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
   {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33; own data: the
   values of its ``dataset.json``), non-integer labels, a BRATS or ISLES modality that holds a label map
-  or mask (a handful of integer values: the segmentation given in an image's place);
+  or mask (a handful of integer values: the segmentation given in an image's place), a CityScapes frame
+  of a handful of colours (``gtFine_color`` given for ``leftImg8bit``);
 - a datalist (``datalist=``, the bundles' ``data_list_file_path``): entries with another number of
   image files than the data set's channels, files that do not exist, channel files in another
   order than the data set's, a case listed twice; files no case of the layout holds are read and
@@ -257,23 +258,44 @@ def slice_axis_problem(affine) -> str | None:
     )
 
 
-# data sets whose channels are all scanner images (MRI, CT perfusion maps), never a mask
-FIXED_MODALITIES = ("brats", "isles")
+# data sets whose channels are all scanner images (MRI, CT perfusion maps) or photographs, never a mask
+FIXED_MODALITIES = ("brats", "isles", "cityscapes")
 
 # an image has hundreds of intensity values; a label map or mask a handful (BraTS: 0, 1, 2, 4)
 LABEL_LIKE_VALUES = 16
+# a photograph has thousands of colours; a colour drawing of labels (gtFine_color) one per class
+LABEL_LIKE_COLOURS = 40
 
 
-def label_like(data: np.ndarray, channel: str) -> str | None:
+def _distinct(data: np.ndarray, limit: int, colour: bool) -> np.ndarray | None:
+    """The distinct values (``colour``: of the H x W x 3 image's RGB triples, one number each) of
+    ``data``, or None when there are more than ``limit``; a sample of the voxels decides for every
+    image in milliseconds."""
+    flat = data.reshape(-1)
+    if colour:
+        flat = (
+            data[..., 0].astype(np.int32) << 16 | data[..., 1].astype(np.int32) << 8 | data[..., 2]
+        ).reshape(-1)
+    if flat.size == 0 or np.unique(flat[:: max(1, flat.size // 65536)]).size > limit:
+        return None
+    values = np.unique(flat)
+    return values if values.size <= limit else None
+
+
+def label_like(data: np.ndarray, channel: str, colour: bool = False) -> str | None:
     """The message when the ``channel`` image holds a label map or mask rather than an image: 2 to
     :data:`LABEL_LIKE_VALUES` distinct values, all integers (``<case>_seg.nii.gz`` given for a
-    modality: the network would segment it without a word). None otherwise."""
-    flat = data.reshape(-1)
-    if flat.size == 0 or np.unique(flat[:: max(1, flat.size // 65536)]).size > LABEL_LIKE_VALUES:
-        return None  # a sample of the voxels decides for every image in milliseconds
-    values = np.unique(flat)
-    if not 2 <= values.size <= LABEL_LIKE_VALUES or np.any(values != np.round(values)):
+    modality: the network would segment it without a word), or an RGB image of 2 to
+    :data:`LABEL_LIKE_COLOURS` colours (``colour``: CityScapes' ``gtFine_color`` given for the frame).
+    None otherwise."""
+    values = _distinct(data, LABEL_LIKE_COLOURS if colour else LABEL_LIKE_VALUES, colour)
+    if values is None or values.size < 2 or np.any(values != np.round(values)):
         return None
+    if colour:
+        return (
+            f"holds only {values.size} colours, as a colour drawing of labels does (gtFine_color), not a photograph: "
+            "give the camera frame (leftImg8bit)"
+        )
     shown = ", ".join(f"{v:g}" for v in values.tolist())
     return (
         f"holds only {values.size} distinct values ({shown}), as a label map or mask does, not a {channel} image: "
@@ -318,6 +340,8 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                     " (a colour drawing of the labels: store each pixel's label value in a grey or palette PNG, as "
                     "nnU-Net reads them)"
                     if is_label and data.ndim == 3
+                    else " (a label map, e.g. gtFine_labelIds, given for the camera frame?)"
+                    if colour and spec.name == "cityscapes" and data.ndim == 2
                     else " (a grey image among colour ones: save it as RGB, e.g. PIL's image.convert('RGB'))"
                     if colour and data.ndim == 2
                     else ""
@@ -358,8 +382,9 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 (path.name, f"affine differs from {reference[0]} (largest difference {diff:.3g})")
             )
         bad = _nonfinite(data) or (check_label_values(data, allowed) if is_label else None)
-        if not bad and spec.volumetric and not is_label and spec.name in FIXED_MODALITIES:
-            bad = label_like(data, name)  # own data may have a mask channel (noNorm): not for these
+        if not bad and not is_label and spec.name in FIXED_MODALITIES:
+            # own data may have a mask channel (noNorm): not for these
+            bad = label_like(data, name, colour=not spec.volumetric)
         if (
             bad
             and spec.name == "nnunet"
