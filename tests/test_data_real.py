@@ -283,6 +283,47 @@ def test_inference_refuses_real_cityscapes_labels_given_as_frames(shared_data, t
     assert len(CasePredictor(Zero(), items, "cityscapes", str(out)).run()) == 2
 
 
+def test_rerun_names_the_masks_it_did_not_rewrite(shared_data, tmp_path, caplog):
+    """Both real frames segmented, then one of them broken and the run repeated with --skip_invalid
+    into the same folder: the broken frame's mask of the first run stays, and score or ensemble would
+    read it with the new ones, so the run names it (and a clean re-run names nothing)."""
+    import logging
+
+    import torch
+
+    from pam_monai.engines.infer import CasePredictor, find_inference_cases
+
+    real = shared_data / "cityscapes"
+    city = tmp_path / "cases" / "leftImg8bit" / "val" / "frankfurt"
+    city.mkdir(parents=True)
+    for frame, folder in (("frankfurt_000001_058914", ""), ("frankfurt_000000_000294", "_small")):
+        (city / f"{frame}_leftImg8bit.png").symlink_to(real / f"{frame}{folder}" / f"{frame}_leftImg8bit.png")
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x[:, :1]) - 1
+
+    def run(**options):
+        items = find_inference_cases("cityscapes", tmp_path / "cases", options.get("skip_invalid", False))
+        return CasePredictor(Zero(), items, "cityscapes", str(tmp_path / "out"), **options).run()
+
+    run(save_probabilities=True)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        run(save_probabilities=True)
+    assert "did not segment" not in caplog.text
+    big = city / "frankfurt_000001_058914_leftImg8bit.png"
+    big.unlink()
+    big.write_bytes(b"not a png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        assert [p.name for p in run(skip_invalid=True)] == ["frankfurt_000000_000294_vehicles.png"]
+    assert (
+        "holds 2 mask or probability file(s) of cases this run did not segment (frankfurt_000001_058914_prob.npy, "
+        "frankfurt_000001_058914_vehicles.png): an earlier run's" in caplog.text
+    )
+    assert "frankfurt_000000_000294_prob.npy is from an earlier run and was not rewritten" in caplog.text
+
+
 def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(shared_data, tmp_path):
     """The ISLES'22 case is not in the ISLES 2018 layout: the bundles' refusal must not advise
     pointing --dataset_dir at a missing or empty folder, which the bundles refuse as well."""

@@ -54,6 +54,20 @@ __all__ = [
 
 log = logging.getLogger("pam_monai")
 
+# the names inference gives its outputs (<case> before them), which score and ensemble read
+OUTPUT_ENDINGS = (
+    *(f"_{kind}{ending}" for kind in ("seg", "prob") for ending in (*NIFTI_SUFFIXES, *SITK_SUFFIXES)),
+    "_seg.png",
+    "_vehicles.png",
+    "_prob.npy",
+)
+
+
+def _output_case(name: str) -> str | None:
+    """The case of an inference output file name (``<case>_seg.nii.gz``, ...), None for other files."""
+    ending = next((e for e in OUTPUT_ENDINGS if name.endswith(e)), None)
+    return name[: -len(ending)] if ending else None
+
 
 def safe_output_path(output_dir: str | os.PathLike, case: str, suffix: str) -> Path:
     """``<output_dir>/<case><suffix>``, refusing case IDs that would escape ``output_dir``."""
@@ -410,7 +424,27 @@ class CasePredictor:
         with reuse_freed_memory(self.reuse_memory and self.device.type == "cpu"):
             for item in tqdm(usable, desc=f"{self.spec.name}: inference", unit="case"):
                 written += self._predict(network, item)
+        self._warn_earlier_outputs(written)
         return written
+
+    def _warn_earlier_outputs(self, written: Sequence[Path]) -> None:
+        """Name the masks and maps in the output folder that this run did not write (an earlier run's
+        cases, or a case skipped now with ``--skip_invalid``): ``score`` and ``ensemble`` read every
+        one of them beside this run's."""
+        # a case segmented now whose old map was not rewritten has its own warning (_predict)
+        ours = {_output_case(Path(p).name) for p in written}
+        earlier = sorted(
+            p.name
+            for p in visible_entries(self.output_dir)
+            if p.is_file() and _output_case(p.name) not in (None, *ours)
+        )
+        if earlier:
+            log.warning(
+                "%s: %s holds %d mask or probability file(s) of cases this run did not segment (%s%s): an earlier "
+                "run's, left as they are; `pam_monai score` and `ensemble` would read them with this run's outputs: "
+                "delete them or use another --output_dir",
+                self.spec.name, self.output_dir, len(earlier), ", ".join(earlier[:5]), ", ..." if len(earlier) > 5 else "",
+            )  # fmt: skip
 
     def _warn(self, case: dict, warned: list[str], trained: str | None) -> None:
         """Log what is worth knowing about a usable case: the checker's warnings, an in-plane size
