@@ -324,6 +324,29 @@ def test_rerun_names_the_masks_it_did_not_rewrite(shared_data, tmp_path, caplog)
     assert "frankfurt_000000_000294_prob.npy is from an earlier run and was not rewritten" in caplog.text
 
 
+def test_inference_segments_lgg_cases_and_refuses_one_name_twice(brats_root, tmp_path):
+    """HGG alone is the paper's training set, not a limit of inference: a case under LGG/ is found
+    beside the HGG/ one (it was left out without a word), and a case ID under both would get one
+    mask name for two cases: refused, naming both folders."""
+    from pam_monai.engines.infer import find_inference_cases
+
+    root = tmp_path / "cases"
+    for grade, case in (("HGG", "Brats18_TCIA05_396_1"), ("LGG", "Brats18_2013_2_1")):
+        (root / grade).mkdir(parents=True, exist_ok=True)
+        (root / grade / case).symlink_to(brats_root / case)
+    assert sorted(it["case"] for it in find_inference_cases("brats", root)) == sorted(BRATS_FACTS)
+    (root / "HGG" / "Brats18_2013_2_1").symlink_to(brats_root / "Brats18_2013_2_1")
+    with pytest.raises(ValueError) as e:
+        find_inference_cases("brats", root)
+    assert str(e.value).splitlines()[1:] == [
+        f"Brats18_2013_2_1: {root / 'HGG' / 'Brats18_2013_2_1'}, {root / 'LGG' / 'Brats18_2013_2_1'}: two cases of "
+        "one name, whose masks would have one name: rename one"
+    ]
+    assert [it["case"] for it in find_inference_cases("brats", root, skip_invalid=True)] == [
+        "Brats18_TCIA05_396_1"
+    ]
+
+
 def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(shared_data, tmp_path):
     """The ISLES'22 case is not in the ISLES 2018 layout: the bundles' refusal must not advise
     pointing --dataset_dir at a missing or empty folder, which the bundles refuse as well."""

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
+from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
 from ..data.files import (
     NIFTI_SUFFIXES,
@@ -136,7 +137,8 @@ def find_inference_cases(
 ) -> list[dict]:
     """Items of every case under ``input_dir`` in the published layout; labels are optional.
 
-    Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
+    BRATS: the cases of every grade (``HGG/`` and ``LGG/``, or case folders directly under
+    ``input_dir``). Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
     when there is no ``imagesTs``) or any folder of ``<case>_<XXXX>.nii.gz`` images.
 
     Raises ``ValueError`` listing every case with a missing or extra channel (naming the file) and,
@@ -149,6 +151,10 @@ def find_inference_cases(
     if not root.is_dir():
         raise ValueError(f"{root}: input folder not found (the bundles take it as --input_dir)")
     spec = get_spec(dataset, root=root)
+    if spec.name == "brats" and "grades" not in scan_options:
+        # every case given is segmented: HGG alone is a training choice (the paper's), and an LGG
+        # case left out here would get no mask without a word
+        scan_options["grades"] = BRATS_GRADES
     if spec.name == "nnunet" and "subset" not in scan_options and (root / "dataset.json").is_file():
         scan_options["subset"] = "imagesTs" if visible_entries(root / "imagesTs") else "imagesTr"
         log.info("%s: predicting %s", root, root / scan_options["subset"])
@@ -167,13 +173,22 @@ def find_inference_cases(
             continue
         item = case.to_item()
         items.append(item)
+    # one case ID in two folders (HGG/ and LGG/, two cities): the second mask would replace the first
+    folders: dict[str, list[str]] = {}
+    for case in result.cases:
+        folders.setdefault(case.case, []).append(str(case.folder))
+    twice = {case for case, where in folders.items() if len(where) > 1}
+    problems += [
+        f"{case}: {', '.join(folders[case])}: two cases of one name, whose masks would have one name: rename one"
+        for case in sorted(twice)
+    ]
     problems = list(dict.fromkeys(problems))
     if problems and not as_bool(skip_invalid):
         # refusing anyway: the complete cases' files too, so the user fixes everything in one round
         for item in items:
             problems += input_problems(spec, item)[0]
     if problems and as_bool(skip_invalid):
-        named = {p.case for p in result.problems}
+        named = {p.case for p in result.problems} | twice
         items = [it for it in items if it.get("case") not in named]
         log.warning(
             "%s: skipping %d input problem(s) in %s (--skip_invalid), their cases get no mask:\n%s",
