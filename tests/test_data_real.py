@@ -347,6 +347,32 @@ def test_inference_segments_lgg_cases_and_refuses_one_name_twice(brats_root, tmp
     ]
 
 
+def test_score_finds_the_labels_of_lgg_cases(brats_root, tmp_path, caplog):
+    """Masks of a case under LGG/ (which inference segments) are scored against its label, not refused
+    as a case without one; the enhancing tumour itself as the mask scores IoU 1. A mask for HGG alone
+    does not ask for the LGG cases' masks."""
+    import logging
+
+    from pam_monai.engines.score import score_predictions
+
+    root = tmp_path / "brats"
+    for grade, case in (("HGG", "Brats18_TCIA05_396_1"), ("LGG", "Brats18_2013_2_1")):
+        (root / grade).mkdir(parents=True)
+        (root / grade / case).symlink_to(brats_root / case)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for case in BRATS_FACTS:
+        seg = nib.load(brats_root / case / f"{case}_seg.nii.gz")
+        mask = (np.asanyarray(seg.dataobj) == 4).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, seg.affine), preds / f"{case}_seg.nii.gz")
+    summary = score_predictions(preds, "brats", root, tmp_path / "scores")
+    assert summary["count"] == 2 and summary["iou"]["mean"] == 1.0
+    (preds / "Brats18_2013_2_1_seg.nii.gz").unlink()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        assert score_predictions(preds, "brats", root, tmp_path / "scores")["count"] == 1
+    assert "have no mask" not in caplog.text
+
+
 def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(shared_data, tmp_path):
     """The ISLES'22 case is not in the ISLES 2018 layout: the bundles' refusal must not advise
     pointing --dataset_dir at a missing or empty folder, which the bundles refuse as well."""

@@ -15,7 +15,9 @@ taken. Masks holding other values than 0, 1, 255 and the target's are refused un
 ``label_map`` says how to read them (``False``: every non-zero value is foreground), since the two
 readings of a label map give different metrics. A mask must lie on its label's grid (shape, and for volumes the affine): it is refused by
 name otherwise, as are masks whose case has no label in the data set. Own data: the labels of
-``labelsTr``, and of ``labelsTs`` where there is one (a test set's masks).
+``labelsTr``, and of ``labelsTs`` where there is one (a test set's masks). BRATS: of every grade
+(``HGG/`` and ``LGG/``, as inference segments them); the HGG cases, and those of a grade masks were
+given for, are expected to have a mask (a WARNING names the others).
 
 CityScapes: masks are scored at the label's full resolution (as inference writes them, 2048 x 1024
 on the real data), whereas the bundles' evaluation scores the network's 256 x 128 output, as the
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from ..atomic import check_writable
 from ..data import get_spec, scan_cases
+from ..data.brats import GRADES as BRATS_GRADES
 from ..data.files import UnreadableFile, load_png, load_volume
 from ..data.layout import visible_entries
 from ..data.ops import binarize
@@ -103,15 +106,18 @@ def score_predictions(
     if not masks:
         kind = "<case>_seg.nii.gz (.nii, .mha, .nrrd)" if spec.volumetric else "<case>_seg.png"
         raise ValueError(f"score: {folder}: no mask file ({kind}, or nnU-Net's <case> naming)")
+    if spec.name == "brats" and "grades" not in scan_options:
+        scan_options = {**scan_options, "grades": BRATS_GRADES}  # masks of LGG cases too (inference's)
     scans = [scan_options]
     if spec.name == "nnunet" and "subset" not in scan_options and (Path(dataset_dir) / "labelsTs").is_dir():
         scans.append({**scan_options, "subset": "imagesTs"})  # a test set's labels
-    labels = {
-        c.case: c.label
-        for options in scans
-        for c in scan_cases(spec, dataset_dir, **options).cases
-        if c.label is not None
-    }
+    found = [
+        c for options in scans for c in scan_cases(spec, dataset_dir, **options).cases if c.label is not None
+    ]
+    labels = {c.case: c.label for c in found}
+    # the cases expected to have a mask: BRATS, those of the grades masks were given for (HGG at least)
+    grades = {c.group for c in found if c.case in masks} | {"HGG"}
+    expected = {c.case for c in found if spec.name != "brats" or c.group in grades}
     unknown = sorted(set(masks) - set(labels))
     if unknown:
         images = [u for u in unknown if re.fullmatch(r"(.+)_\d{4}", u) and u[:-5] in labels]
@@ -125,7 +131,7 @@ def score_predictions(
             f"score: {len(unknown)} mask(s) in {folder} have no labelled case in {dataset_dir} "
             f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}){hint}"
         )
-    unscored = sorted(set(labels) - set(masks))
+    unscored = sorted(expected - set(masks))
     if unscored:  # a WARNING: a comparison over fewer cases than another is no comparison
         log.warning(
             "score: %d labelled case(s) of %s have no mask in %s (not scored): %s",
