@@ -429,6 +429,26 @@ def test_isles22_case_converts_to_own_data(shared_data, tmp_path):
     assert int((label > 0).sum()) == 523
 
 
+def test_own_data_inference_on_the_raw_isles22_folder_names_the_converter(shared_data, tmp_path):
+    """A model trained on the converted ISLES'22 set (--task nnunet) given the raw BIDS folder: no
+    <case>_0000 image there, only the case's folder; named with where the images go and the
+    converter, not a bare "no case found" (nor advice to skip the invalid cases)."""
+    from pam_monai.data import get_spec
+    from pam_monai.data.isles22 import convert_isles22
+    from pam_monai.engines.infer import find_inference_cases
+
+    spec = get_spec("nnunet", root=convert_isles22(shared_data / "isles2022", tmp_path / "c", progress=False))
+    raw = shared_data / "isles2022"
+    with pytest.raises(ValueError) as e:
+        find_inference_cases(spec, raw)
+    assert str(e.value).splitlines() == [
+        f"nnunet: no case found in {raw} (expected the published layout, see the README)",
+        f"isles2022: {raw}: no <case>_0000.nii.gz image, only folders (sub-strokecase0009): the images lie in this "
+        "folder itself, one file per channel, <case>_0000.nii.gz, <case>_0001.nii.gz, ...; these look like ISLES "
+        f"2022 (BIDS): convert them with python -m pam_monai convert_isles22 --root {raw} --output DIR and use DIR",
+    ]
+
+
 def test_empty_split_of_the_two_real_brats_cases_says_why_and_how_to_fix(brats_root, tmp_path):
     """Two cases cannot fill 5 folds' train, validation and test splits: the refusal says how
     many cases there are, in which folds, and names data_list_file_path."""

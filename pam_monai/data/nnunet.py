@@ -621,6 +621,21 @@ def _form(name: str) -> str:
     return "NFC" if unicodedata.is_normalized("NFC", name) else "NFD"
 
 
+def _folders_only(images: Path, ending: str) -> str:
+    """The message for an image folder that holds sub-folders but no ``<case>_XXXX`` file."""
+    folders = [p.name for p in visible_entries(images) if p.is_dir()]
+    what = (
+        f"no <case>_0000{ending} image, only folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}): "
+        f"the images lie in this folder itself, one file per channel, <case>_0000{ending}, <case>_0001{ending}, ..."
+    )
+    if any(name.startswith("sub-strokecase") for name in folders) or "rawdata" in folders:
+        what += (
+            f"; these look like ISLES 2022 (BIDS): convert them with python -m pam_monai convert_isles22 --root "
+            f"{shlex.quote(str(images))} --output DIR and use DIR"
+        )
+    return what
+
+
 def scan(
     root: str | os.PathLike,
     subset: str = "imagesTr",
@@ -703,6 +718,8 @@ def scan(
             problems.append(Problem(m["case"], path.name, f"channel {index:04d}, {what}"))
             continue
         found.setdefault(m["case"], {})[index] = path
+    if not found and not problems:  # sub-folders alone: a folder per case, or another layout
+        problems.append(Problem(root.name, str(images), _folders_only(images, endings[0])))
     label_entries = visible_entries(labels) if labels is not None else []
     misnamed = _misnamed_labels(label_entries, found, endings)
     renamed = set()  # those named as such (not again as labels without images)

@@ -183,6 +183,11 @@ def find_inference_cases(
         for case in sorted(twice)
     ]
     problems = list(dict.fromkeys(problems))
+    if not result.cases:  # not one case: what the scan saw says why (no case to skip or to fix)
+        raise ValueError(
+            f"{spec.name}: no case found in {root} (expected the published layout, see the README)"
+            + "".join(f"\n{p}" for p in dict.fromkeys(str(p) for p in result.problems))
+        )
     if problems and not as_bool(skip_invalid):
         # refusing anyway: the complete cases' files too, so the user fixes everything in one round
         for item in items:
