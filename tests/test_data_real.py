@@ -449,6 +449,36 @@ def test_own_data_inference_on_the_raw_isles22_folder_names_the_converter(shared
     ]
 
 
+def test_datalist_entries_without_a_case_get_the_layout_s_case_id(brats_root, shared_data, tmp_path):
+    """An external test list in MONAI's decathlon format has no 'case': its entries are named as
+    inference names their masks (and score finds them), not after their first file, so evaluation's
+    metrics.csv rows read Brats18_2013_2_1, not Brats18_2013_2_1_flair.nii.gz."""
+    from pam_monai.data import get_split
+    from pam_monai.data.isles22 import convert_isles22
+
+    def entry(files, label):
+        return {"image": [str(f) for f in files], "label": str(label)}
+
+    brats = {
+        "test": [
+            entry(
+                [brats_root / c / f"{c}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")],
+                brats_root / c / f"{c}_seg.nii.gz",
+            )
+            for c in BRATS_FACTS
+        ]
+    }
+    assert [e["case"] for e in get_split("brats", brats, "test")] == list(BRATS_FACTS)
+    frame = shared_data / "cityscapes" / "frankfurt_000001_058914" / "frankfurt_000001_058914"
+    city = {"test": [entry([f"{frame}_leftImg8bit.png"], f"{frame}_gtFine_labelIds.png")]}
+    assert [e["case"] for e in get_split("cityscapes", city, "test")] == ["frankfurt_000001_058914"]
+    own = convert_isles22(shared_data / "isles2022", tmp_path / "isles22", progress=False)
+    images = sorted((own / "imagesTr").iterdir())
+    isles22 = {"test": [entry(images, own / "labelsTr" / "sub-strokecase0009.nii.gz")]}
+    assert [e["case"] for e in get_split("nnunet", isles22, "test", root=own)] == ["sub-strokecase0009"]
+    assert get_split("brats", {"test": [{**brats["test"][0], "case": "mine"}]}, "test")[0]["case"] == "mine"
+
+
 def test_empty_split_of_the_two_real_brats_cases_says_why_and_how_to_fix(brats_root, tmp_path):
     """Two cases cannot fill 5 folds' train, validation and test splits: the refusal says how
     many cases there are, in which folds, and names data_list_file_path."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .datalist import FOLDED, datalist_n_folds, get_split, load_datalist
+from .datalist import FOLDED, datalist_n_folds, entry_case, load_datalist, split_entries
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
 from .layout import CaseFiles, Problem, scan_cases
 from .nnunet import NoTrainingImages
@@ -629,7 +629,8 @@ def _entries_read(spec: DatasetSpec, data: dict, splits, fold: int) -> set[int] 
     if splits is None:
         return None
     try:
-        return {id(entry) for split in splits for entry in get_split(spec, data, split, fold=fold)}
+        # the datalist's own entry objects (get_split returns copies, with their case IDs)
+        return {id(entry) for split in splits for entry in split_entries(spec, data, split, fold=fold)}
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -660,7 +661,7 @@ def _check_datalist(
                 problems.append(Problem(f"{key}[{n}]", where, "an entry needs an 'image' (and a 'label')"))
                 continue
             images = list(image) if isinstance(image, (list, tuple)) else [image]
-            case = str(entry.get("case") or Path(str(images[0])).name)
+            case = entry_case(spec, entry)
             if case in seen:
                 twice = (
                     f"listed twice in {key}: keep one entry (else it counts twice)"

@@ -24,13 +24,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from .files import strip_nifti_suffix
 from .layout import scan_cases
 from .specs import DatasetSpec, get_spec
 
-__all__ = ["build_datalist", "get_split", "load_datalist", "rank_cases", "split_cases", "write_datalist"]
+__all__ = [
+    "build_datalist",
+    "entry_case",
+    "get_split",
+    "load_datalist",
+    "rank_cases",
+    "split_cases",
+    "write_datalist",
+]
 
 FOLDED = ("brats", "nnunet")  # case-wise cross-validation; the others have fixed lists
 
@@ -263,6 +273,32 @@ def datalist_n_folds(data: dict, who: str = "datalist") -> int:
         ) from None
 
 
+def entry_case(dataset: str | DatasetSpec, entry: dict) -> str:
+    """The case ID of a datalist entry: its ``case``, or, for an entry without one (a hand-made
+    decathlon datalist), the ID the data set's layout gives its files, as inference names its
+    masks and ``score`` finds them: ``Brats18_X`` of ``Brats18_X_flair.nii.gz``, ``case_5`` of
+    ``case_5/SMIR.Brain.XX.O.CT_CBF.1/...nii``, ``<frame>`` of ``<frame>_leftImg8bit.png``,
+    ``<case>`` of ``<case>_0000.nii.gz``; the first file's name when none fits."""
+    if entry.get("case"):
+        return str(entry["case"])
+    spec = get_spec(dataset)
+    image = entry.get("image")
+    if not image:  # no file to name it by (the datalist's check names such an entry)
+        return ""
+    first = Path(str(image[0] if isinstance(image, (list, tuple)) else image))
+    name = first.name
+    if spec.name == "isles" and re.fullmatch(r"case_\d+", first.parent.parent.name):
+        return first.parent.parent.name
+    if spec.name == "cityscapes" and name.endswith("_leftImg8bit.png"):
+        return name[: -len("_leftImg8bit.png")]
+    if spec.name == "brats":
+        stem = strip_nifti_suffix(name)
+        return next((stem[: -len(c) - 1] for c in spec.channels if stem.endswith(f"_{c}")), name)
+    if spec.name == "nnunet" and (m := re.fullmatch(r"(.+)_\d{4}\.[^_]+", name)):
+        return m[1]
+    return name
+
+
 def get_split(
     dataset: str | DatasetSpec,
     datalist: dict | str | os.PathLike,
@@ -277,6 +313,20 @@ def get_split(
     external test set, is used as it is. ISLES and CityScapes: the datalist's fixed ``training`` /
     ``validation`` / ``test`` lists (``fold`` must be 0). Paths are made absolute with ``root``.
     """
+    spec = _listing_spec(dataset, root)
+    # every entry with its case ID: the metrics' rows, the slice cache and the logs name cases
+    return [{**e, "case": entry_case(spec, e)} for e in split_entries(spec, datalist, split, fold, root)]
+
+
+def split_entries(
+    dataset: str | DatasetSpec,
+    datalist: dict | str | os.PathLike,
+    split: str,
+    fold: int = 0,
+    root: str | os.PathLike | None = None,
+) -> list[dict]:
+    """The entries of one split as the datalist holds them (without ``root``: the very entry
+    objects of a datalist dict); :func:`get_split` gives them with their case IDs."""
     spec = _listing_spec(dataset, root)
     key = SPLIT_KEYS.get(split)
     if key is None:
