@@ -271,7 +271,7 @@ def _distinct(data: np.ndarray, limit: int, colour: bool) -> np.ndarray | None:
     """The distinct values (``colour``: of the H x W x 3 image's RGB triples, one number each) of
     ``data``, or None when there are more than ``limit``; a sample of the voxels decides for every
     image in milliseconds."""
-    flat = data.reshape(-1)
+    flat = data.ravel(order="K")  # a view of a Fortran-ordered NIfTI array, no copy
     if colour:
         flat = (
             data[..., 0].astype(np.int32) << 16 | data[..., 1].astype(np.int32) << 8 | data[..., 2]
