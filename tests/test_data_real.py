@@ -373,6 +373,25 @@ def test_score_finds_the_labels_of_lgg_cases(brats_root, tmp_path, caplog):
     assert "have no mask" not in caplog.text
 
 
+@pytest.mark.parametrize("label_map", [None, False, True])
+def test_score_refuses_a_probability_map_given_as_a_mask(brats_root, tmp_path, label_map):
+    """A <case>_prob map saved under a mask's name: --label_map false counted every voxel above 0 as
+    foreground (the whole crop), and the default's hint called it a label map; refused by name in
+    every reading."""
+    from pam_monai.engines.score import score_predictions
+
+    case = "Brats18_2013_2_1"
+    seg = nib.load(brats_root / case / f"{case}_seg.nii.gz")
+    prob = np.where(np.asanyarray(seg.dataobj) == 4, 0.9, 0.1).astype(np.float32)
+    (tmp_path / "preds").mkdir()
+    nib.save(nib.Nifti1Image(prob, seg.affine), tmp_path / "preds" / f"{case}_seg.nii.gz")
+    with pytest.raises(
+        ValueError, match=r"_seg.nii.gz: non-integer values \(0.1, 0.9\), where a mask holds integer"
+    ):
+        score_predictions(tmp_path / "preds", "brats", brats_root, tmp_path / "scores", label_map=label_map)
+    assert not (tmp_path / "scores").exists()
+
+
 def test_bundle_refusal_of_isles22_layout_does_not_advise_a_missing_folder(shared_data, tmp_path):
     """The ISLES'22 case is not in the ISLES 2018 layout: the bundles' refusal must not advise
     pointing --dataset_dir at a missing or empty folder, which the bundles refuse as well."""

@@ -69,6 +69,19 @@ def _case_of(name: str, volumetric: bool) -> str | None:
     return stem
 
 
+def _fractional(pred: np.ndarray) -> str | None:
+    """The first few non-integer values of a mask, shown, or None when every value is an integer."""
+    if not np.issubdtype(pred.dtype, np.floating):
+        return None
+    values = np.unique(pred)
+    values = values[values != np.round(values)]
+    return (
+        ", ".join(f"{v:g}" for v in values[:3]) + (", ..." if values.size > 3 else "")
+        if values.size
+        else None
+    )
+
+
 def _read(path: Path, volumetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         return load_volume(path) if volumetric else (load_png(path, label=True), None)
@@ -154,6 +167,13 @@ def score_predictions(
             raise ValueError(
                 f"score: {mask_path}: {what} differs from its label {label_path} (shape {label.shape}): a mask must "
                 "lie on its label's grid"
+            )
+        fractional = _fractional(pred)
+        if fractional is not None:  # neither reading of a label map fits: non-zero would be foreground
+            raise ValueError(
+                f"score: {mask_path}: non-integer values ({fractional}), where a mask holds integer labels: a "
+                "probability map? score the mask cut from it (inference writes <case>_seg beside <case>_prob; "
+                "ensemble too)"
             )
         if (
             label_map is None
