@@ -518,3 +518,24 @@ def test_cityscapes_frames_outside_the_split_folders_are_refused_with_the_layout
         build_datalist("cityscapes", shared_data / "cityscapes", seed=0)
     msg = str(err.value)
     assert "2 frame(s)" in msg and "leftImg8bit/{train,val}/<city>" in msg
+
+
+def test_cityscapes_evaluation_reads_val_frames_without_train_ones(shared_data, tmp_path):
+    """The two real frames under leftImg8bit/val (a download of the val set alone): evaluation reads
+    its test split only and gets both frames (it was refused for want of 'train' cities to hold one
+    out for validation); training still needs them, and says so."""
+    from pam_monai.engines import prepare_data
+
+    real = shared_data / "cityscapes"
+    root = tmp_path / "cityscapes"
+    for frame, folder in (("frankfurt_000001_058914", ""), ("frankfurt_000000_000294", "_small")):
+        for kind, name in (("leftImg8bit", "leftImg8bit"), ("gtFine", "gtFine_labelIds")):
+            (root / kind / "val" / "frankfurt").mkdir(parents=True, exist_ok=True)
+            (root / kind / "val" / "frankfurt" / f"{frame}_{name}.png").symlink_to(
+                real / f"{frame}{folder}" / f"{frame}_{name}.png"
+            )
+    data = prepare_data("cityscapes", root, "", splits=["test"], stand_in=False)
+    assert sorted(it["case"] for it in data["test"]) == ["frankfurt_000000_000294", "frankfurt_000001_058914"]
+    assert data["train"] == data["val"] == [] and not data["synthetic"]
+    with pytest.raises(ValueError, match="need 'train' frames of at least two cities"):
+        prepare_data("cityscapes", root, "", stand_in=False)

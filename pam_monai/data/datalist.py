@@ -132,6 +132,7 @@ def build_datalist(
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
     val_city: str | None = None,
     skip_incomplete: bool = False,
+    training: bool = True,
 ) -> dict:
     """Discover the cases under ``root`` and split them (see the module docstring).
 
@@ -146,6 +147,8 @@ def build_datalist(
         fractions: ISLES training / validation / test fractions.
         val_city: CityScapes train city held out for validation.
         skip_incomplete: leave incomplete cases out instead of raising ``ValueError``.
+        training: CityScapes: whether the training and validation splits are needed; False (an
+            evaluation, which reads the test split alone) accepts a root with 'val' frames only.
 
     Returns:
         the decathlon dict: metadata plus ``training`` (BRATS: all cases, each with ``fold``) or
@@ -198,6 +201,9 @@ def build_datalist(
     train = [it for it, g in zip(items, groups) if g == "train"]
     test = [it for it, g in zip(items, groups) if g == "val"]
     cities = sorted({it["city"] for it in train})
+    if len(cities) < 2 and not training and test:  # an evaluation of the 'val' frames needs no training split
+        out = _header(spec, split="'val' cities as test (no training split: evaluation only)", **meta)
+        return {**out, "training": [], "validation": [], "test": test, "numTraining": 0}
     if len(cities) < 2:
         raise ValueError(
             f"need 'train' frames of at least two cities under {root} to hold one out for validation, found "

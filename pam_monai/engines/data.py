@@ -135,7 +135,9 @@ def prepare_data(
     if path is not None:
         datalist = load_datalist(path, root)
     else:
-        datalist = load_datalist(build_datalist(spec, root, seed=seed), root)
+        # evaluation reads its test split alone (CityScapes: the 'val' frames, without 'train' ones)
+        training = bool({"train", "val"} & set(splits))
+        datalist = load_datalist(build_datalist(spec, root, seed=seed, training=training), root)
     result = {}
     for name in ("train", "val", "test"):
         try:
