@@ -539,3 +539,19 @@ def test_cityscapes_evaluation_reads_val_frames_without_train_ones(shared_data, 
     assert data["train"] == data["val"] == [] and not data["synthetic"]
     with pytest.raises(ValueError, match="need 'train' frames of at least two cities"):
         prepare_data("cityscapes", root, "", stand_in=False)
+
+
+def test_skip_invalid_segments_new_cases_that_have_no_label(brats_root, tmp_path):
+    """New cases come without a seg: --skip_invalid took the scan's "missing label" for an input
+    problem and left every such case out (a real case beside a broken one: nothing to segment).
+    Now the unlabelled case is segmented and the broken one named."""
+    from pam_monai.engines.infer import find_inference_cases
+
+    root = tmp_path / "new"
+    case = "Brats18_2013_2_1"
+    (root / case).mkdir(parents=True)
+    for m in ("flair", "t1", "t1ce", "t2"):
+        (root / case / f"{case}_{m}.nii.gz").symlink_to(brats_root / case / f"{case}_{m}.nii.gz")
+    (root / "broken").mkdir()
+    (root / "broken" / "broken_flair.nii.gz").symlink_to(brats_root / case / f"{case}_flair.nii.gz")
+    assert [it["case"] for it in find_inference_cases("brats", root, skip_invalid=True)] == [case]

@@ -159,9 +159,9 @@ def find_inference_cases(
         scan_options["subset"] = "imagesTs" if visible_entries(root / "imagesTs") else "imagesTr"
         log.info("%s: predicting %s", root, root / scan_options["subset"])
     result = scan_cases(spec, root, **scan_options)
-    problems = [
-        str(p) for p in result.problems if p.file != spec.label_name and "label" not in p.message.lower()
-    ]
+    # what inference refuses: new cases have no label, so a missing one is no problem of theirs
+    layout = [p for p in result.problems if p.file != spec.label_name and "label" not in p.message.lower()]
+    problems = [str(p) for p in layout]
     items = []
     for case in result.cases:
         missing = [name for name, path in case.channels.items() if path is None]
@@ -193,7 +193,7 @@ def find_inference_cases(
         for item in items:
             problems += input_problems(spec, item)[0]
     if problems and as_bool(skip_invalid):
-        named = {p.case for p in result.problems} | twice
+        named = {p.case for p in layout} | twice
         items = [it for it in items if it.get("case") not in named]
         log.warning(
             "%s: skipping %d input problem(s) in %s (--skip_invalid), their cases get no mask:\n%s",
