@@ -582,6 +582,27 @@ def test_inference_on_a_folder_in_another_layout_names_the_expected_one(tmp_path
         find_inference_cases("cityscapes", tmp_path / "frames")
 
 
+def test_isles_inference_finds_the_testing_cases(tmp_path, caplog):
+    """ISLES 2018's TESTING folder (cases without OT) is what inference is for: a root holding it
+    alone was refused ("no case_<n> folders, expected <root>/TRAINING/..."); with TRAINING beside it
+    (whose case_<n> are other patients of the same names) TRAINING is segmented and the run says how
+    to get TESTING's."""
+    import logging
+    import shutil
+
+    root = synth("isles", tmp_path / "isles", cases=2, max_slices=2)
+    shutil.move(root / "TRAINING", root / "TESTING")
+    for label in (root / "TESTING").glob("case_*/SMIR.Brain.XX.O.OT.*"):
+        shutil.rmtree(label)
+    assert [it["case"] for it in find_inference_cases("isles", root)] == ["case_1", "case_2"]
+    assert "TESTING" in find_inference_cases("isles", root)[0]["image"][0]
+    shutil.copytree(root / "TESTING", root / "TRAINING")
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        items = find_inference_cases("isles", root)
+    assert all("TRAINING" in it["image"][0] for it in items)
+    assert f"for the test cases pass --input_dir {root / 'TESTING'}" in caplog.text
+
+
 def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
     from pam_monai.engines import prepare_data
 

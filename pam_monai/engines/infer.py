@@ -138,7 +138,7 @@ def find_inference_cases(
     """Items of every case under ``input_dir`` in the published layout; labels are optional.
 
     BRATS: the cases of every grade (``HGG/`` and ``LGG/``, or case folders directly under
-    ``input_dir``). Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
+    ``input_dir``). ISLES: ``TRAINING/``'s cases, or ``TESTING/``'s when there is no ``TRAINING/``. Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
     when there is no ``imagesTs``) or any folder of ``<case>_<XXXX>.nii.gz`` images.
 
     Raises ``ValueError`` listing every case with a missing or extra channel (naming the file) and,
@@ -155,6 +155,16 @@ def find_inference_cases(
         # every case given is segmented: HGG alone is a training choice (the paper's), and an LGG
         # case left out here would get no mask without a word
         scan_options["grades"] = BRATS_GRADES
+    if spec.name == "isles" and "subset" not in scan_options and (root / "TESTING").is_dir():
+        # ISLES 2018's test cases (no OT): the folder to segment, unless TRAINING is there too, whose
+        # case_<n> share their names (TESTING/case_1 is another patient than TRAINING/case_1)
+        if (root / "TRAINING").is_dir():
+            log.warning(
+                "%s holds TRAINING and TESTING: segmenting TRAINING; for the test cases pass --input_dir %s",
+                root, root / "TESTING",
+            )  # fmt: skip
+        else:
+            scan_options["subset"] = "TESTING"
     if spec.name == "nnunet" and "subset" not in scan_options and (root / "dataset.json").is_file():
         scan_options["subset"] = "imagesTs" if visible_entries(root / "imagesTs") else "imagesTr"
         log.info("%s: predicting %s", root, root / scan_options["subset"])
