@@ -555,3 +555,17 @@ def test_skip_invalid_segments_new_cases_that_have_no_label(brats_root, tmp_path
     (root / "broken").mkdir()
     (root / "broken" / "broken_flair.nii.gz").symlink_to(brats_root / case / f"{case}_flair.nii.gz")
     assert [it["case"] for it in find_inference_cases("brats", root, skip_invalid=True)] == [case]
+
+
+def test_cityscapes_inference_segments_the_test_split(shared_data, tmp_path):
+    """The official test frames (leftImg8bit/test, no gtFine) are what one segments: inference looked
+    in train and val only and refused the folder ("no frames of split(s) train, val")."""
+    from pam_monai.engines.infer import find_inference_cases
+
+    real = shared_data / "cityscapes"
+    city = tmp_path / "cityscapes" / "leftImg8bit" / "test" / "frankfurt"
+    city.mkdir(parents=True)
+    for frame, folder in (("frankfurt_000001_058914", ""), ("frankfurt_000000_000294", "_small")):
+        (city / f"{frame}_leftImg8bit.png").symlink_to(real / f"{frame}{folder}" / f"{frame}_leftImg8bit.png")
+    items = find_inference_cases("cityscapes", tmp_path / "cityscapes")
+    assert [it["case"] for it in items] == ["frankfurt_000000_000294", "frankfurt_000001_058914"]

@@ -138,7 +138,8 @@ def find_inference_cases(
     """Items of every case under ``input_dir`` in the published layout; labels are optional.
 
     BRATS: the cases of every grade (``HGG/`` and ``LGG/``, or case folders directly under
-    ``input_dir``). ISLES: ``TRAINING/``'s cases, or ``TESTING/``'s when there is no ``TRAINING/``. Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
+    ``input_dir``). ISLES: ``TRAINING/``'s cases, or ``TESTING/``'s when there is no ``TRAINING/``.
+    CityScapes: the frames of every split (``leftImg8bit/{train,val,test}``, or plain folders). Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
     when there is no ``imagesTs``) or any folder of ``<case>_<XXXX>.nii.gz`` images.
 
     Raises ``ValueError`` listing every case with a missing or extra channel (naming the file) and,
@@ -155,6 +156,9 @@ def find_inference_cases(
         # every case given is segmented: HGG alone is a training choice (the paper's), and an LGG
         # case left out here would get no mask without a word
         scan_options["grades"] = BRATS_GRADES
+    if spec.name == "cityscapes" and "splits" not in scan_options:
+        # every frame given: the official 'test' frames (unlabelled) are what inference is for
+        scan_options["splits"] = ("train", "val", "test")
     if spec.name == "isles" and "subset" not in scan_options and (root / "TESTING").is_dir():
         # ISLES 2018's test cases (no OT): the folder to segment, unless TRAINING is there too, whose
         # case_<n> share their names (TESTING/case_1 is another patient than TRAINING/case_1)
