@@ -241,9 +241,9 @@ def test_a_label_map_in_a_modality_s_place_is_a_problem(brats, pristine):
     rewrite(case_file(brats, B, "flair"), mask.astype(np.float32))
     values = ", ".join(map(str, np.unique(nib.load(case_file(brats, A, "seg")).dataobj).tolist()))
     assert messages(check_dataset("brats", brats)) == [
-        f"{A}: {A}_t1.nii.gz: holds only 4 distinct values ({values}), as a label map or mask does, not a t1 "
+        f"{A}: {A}_t1.nii.gz: holds only 4 distinct values ({values}), as a label map or mask does, not an "
         "image: give the t1 image (the segmentation or a mask in its place?)",
-        f"{B}: {B}_flair.nii.gz: holds only 2 distinct values (0, 1), as a label map or mask does, not a flair "
+        f"{B}: {B}_flair.nii.gz: holds only 2 distinct values (0, 1), as a label map or mask does, not an "
         "image: give the flair image (the segmentation or a mask in its place?)",
     ]
     isles = pristine["isles"]

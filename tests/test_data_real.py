@@ -232,7 +232,7 @@ def test_inference_refuses_a_real_segmentation_given_as_a_modality(brats_root, t
         predictor.run()
     assert str(e.value).splitlines()[1:] == [
         "Brats18_2013_2_1: Brats18_2013_2_1_t1.nii.gz: holds only 4 distinct values (0, 1, 2, 4), as a label map "
-        "or mask does, not a t1 image: give the t1 image (the segmentation or a mask in its place?)"
+        "or mask does, not an image: give the t1 image (the segmentation or a mask in its place?)"
     ]
     assert not out.exists()
 
@@ -569,3 +569,29 @@ def test_cityscapes_inference_segments_the_test_split(shared_data, tmp_path):
         (city / f"{frame}_leftImg8bit.png").symlink_to(real / f"{frame}{folder}" / f"{frame}_leftImg8bit.png")
     items = find_inference_cases("cityscapes", tmp_path / "cityscapes")
     assert [it["case"] for it in items] == ["frankfurt_000000_000294", "frankfurt_000001_058914"]
+
+
+def test_own_data_label_map_in_an_image_channel_is_named_in_a_warning(shared_data, tmp_path):
+    """The converted ISLES'22 case with its lesion mask copied over ADC: own data may carry mask
+    channels (nnU-Net's noNorm), so not refused, but a channel normalised as an image (ADC: z-score)
+    that holds 2 values is named, as check and inference print their warnings."""
+    import shutil
+
+    from pam_monai.data.isles22 import convert_isles22
+    from pam_monai.engines.infer import input_problems
+
+    own = convert_isles22(shared_data / "isles2022", tmp_path / "isles22", progress=False)
+    adc = own / "imagesTr" / "sub-strokecase0009_0001.nii.gz"
+    shutil.copy(own / "labelsTr" / "sub-strokecase0009.nii.gz", adc)
+    report = check_dataset("nnunet", own)
+    expected = (
+        "sub-strokecase0009: sub-strokecase0009_0001.nii.gz: holds only 2 distinct values (0, 1), as a label map "
+        "or mask does, not an image: give the ADC image (the segmentation or a mask in its place?); a mask "
+        "channel is named noNorm in dataset.json"
+    )
+    assert report.ok and [str(w) for w in report.warnings] == [expected]
+    from pam_monai.data import get_spec
+
+    item = {"case": "sub-strokecase0009", "image": sorted(str(p) for p in (own / "imagesTr").iterdir())}
+    problems, warnings, case = input_problems(get_spec("nnunet", root=own), item)
+    assert problems == [] and warnings == [expected] and case is not None

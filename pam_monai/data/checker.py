@@ -282,6 +282,13 @@ def _distinct(data: np.ndarray, limit: int, colour: bool) -> np.ndarray | None:
     return values if values.size <= limit else None
 
 
+def _normalised(spec: DatasetSpec, channel: str) -> bool:
+    """Whether own data's ``channel`` is normalised as an image (z-score, CT), not kept as it is
+    (``noNorm``) or rescaled (``rescale_to_0_1``, ``rgb_to_0_1``)."""
+    norms = dict(zip(spec.channels, spec.channel_norms))
+    return channel in norms and norms[channel].scheme in ("zscore", "zscore_all", "ct")
+
+
 def label_like(data: np.ndarray, channel: str, colour: bool = False) -> str | None:
     """The message when the ``channel`` image holds a label map or mask rather than an image: 2 to
     :data:`LABEL_LIKE_VALUES` distinct values, all integers (``<case>_seg.nii.gz`` given for a
@@ -298,7 +305,7 @@ def label_like(data: np.ndarray, channel: str, colour: bool = False) -> str | No
         )
     shown = ", ".join(f"{v:g}" for v in values.tolist())
     return (
-        f"holds only {values.size} distinct values ({shown}), as a label map or mask does, not a {channel} image: "
+        f"holds only {values.size} distinct values ({shown}), as a label map or mask does, not an image: "
         f"give the {channel} image (the segmentation or a mask in its place?)"
     )
 
@@ -396,6 +403,10 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             problems.append((path.name, bad))
         elif spec.volumetric and not is_label and not np.any(data):
             warnings.append((path.name, "all voxels are zero"))
+        elif spec.volumetric and not is_label and spec.name == "nnunet" and _normalised(spec, name):
+            # own channels may be masks (nnU-Net's noNorm), so a warning; a normalised one is an image
+            if like := label_like(data, name):
+                warnings.append((path.name, f"{like}; a mask channel is named noNorm in dataset.json"))
         if not spec.volumetric and spec.name == "nnunet" and (turn := exif_orientation(path)):
             warnings.append(
                 (
