@@ -139,7 +139,8 @@ def find_inference_cases(
 
     BRATS: the cases of every grade (``HGG/`` and ``LGG/``, or case folders directly under
     ``input_dir``). ISLES: ``TRAINING/``'s cases, or ``TESTING/``'s when there is no ``TRAINING/``.
-    CityScapes: the frames of every split (``leftImg8bit/{train,val,test}``, or plain folders). Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
+    CityScapes: the frames of every split (``leftImg8bit/{train,val,test}``, or plain folders).
+    Own data (``nnunet``): ``input_dir`` is the data set's root (its ``imagesTs``, or ``imagesTr``
     when there is no ``imagesTs``) or any folder of ``<case>_<XXXX>.nii.gz`` images.
 
     Raises ``ValueError`` listing every case with a missing or extra channel (naming the file) and,
