@@ -87,7 +87,8 @@ def test_mismatched_shape(brats):
     path = case_file(brats, A, "t2")
     rewrite(path, np.asanyarray(nib.load(path).dataobj)[..., :3])
     assert messages(check_dataset("brats", brats)) == [
-        f"{A}: {A}_t2.nii.gz: shape (240, 240, 3) differs from {A}_flair.nii.gz (240, 240, 4)"
+        f"{A}: {A}_t2.nii.gz: shape (240, 240, 3) differs from {A}_flair.nii.gz (240, 240, 4): resample it "
+        "onto that file's grid (e.g. MONAI's ResampleToMatch)"
     ]
 
 
@@ -97,7 +98,8 @@ def test_mismatched_affine(brats):
     affine[0, 3] += 2.0
     rewrite(path, affine=affine)
     assert messages(check_dataset("brats", brats)) == [
-        f"{B}: {B}_t1ce.nii.gz: affine differs from {B}_flair.nii.gz (largest difference 2)"
+        f"{B}: {B}_t1ce.nii.gz: affine differs from {B}_flair.nii.gz (largest difference 2): resample it onto "
+        "that file's grid (e.g. MONAI's ResampleToMatch), or copy that file's affine where only the header is wrong"
     ]
 
 
@@ -211,7 +213,8 @@ def test_cityscapes_problems(pristine, tmp_path):
         "bochum_000000_000019: bochum_000000_000019_gtFine_labelIds.png: unexpected label values 40 "
         "(allowed " + ", ".join(map(str, range(34))) + ")",
         "frankfurt_000000_000019: frankfurt_000000_000019_gtFine_labelIds.png: shape (32, 64) differs from "
-        "frankfurt_000000_000019_leftImg8bit.png (16, 64)",
+        "frankfurt_000000_000019_leftImg8bit.png (16, 64): resize it to that image's size (by nearest neighbour, "
+        "PIL's Image.NEAREST)",
     ]
     ok = report.summary("bremen_000000_000019")
     assert ok.ok and ok.shape == (3, 128, 256)

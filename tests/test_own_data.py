@@ -910,7 +910,8 @@ def test_datalist_entries_outside_the_data_set_are_read_and_checked(own_root, tm
     assert problems == [
         f"new: new_0000.nii.gz (in {path}): 1 NaN and 0 Inf voxels: give them a number and save the file again (e.g. 0 "
         "outside the field of view: numpy.nan_to_num)",
-        f"new: new.nii.gz (in {path}): shape (90, 84, 4) differs from new_0000.nii.gz (90, 84, 8)",
+        f"new: new.nii.gz (in {path}): shape (90, 84, 4) differs from new_0000.nii.gz (90, 84, 8): resample it onto "
+        "that file's grid (by nearest neighbour, MONAI's ResampleToMatch(mode='nearest'))",
     ]
     with pytest.raises(ValueError, match="data check failed") as err:
         prepare_data("nnunet", own_root, path, splits=["test"])

@@ -310,6 +310,19 @@ def label_like(data: np.ndarray, channel: str, colour: bool = False) -> str | No
     )
 
 
+def _onto_grid(volumetric: bool, is_label: bool) -> str:
+    """What to do about a file off its case's grid (the first channel's)."""
+    if not volumetric:
+        how = "by nearest neighbour, PIL's Image.NEAREST" if is_label else "e.g. PIL's Image.resize"
+        return f"resize it to that image's size ({how})"
+    how = (
+        "by nearest neighbour, MONAI's ResampleToMatch(mode='nearest')"
+        if is_label
+        else "e.g. MONAI's ResampleToMatch"
+    )
+    return f"resample it onto that file's grid ({how})"
+
+
 def _nonfinite(data: np.ndarray) -> str | None:
     if not np.issubdtype(data.dtype, np.floating):
         return None
@@ -379,14 +392,18 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             turned = (
                 " (the same sizes in another axis order: stored transposed?)"
                 if sorted(shape) == sorted(reference[1])
-                else ""
+                else f": {_onto_grid(spec.volumetric, is_label)}"
             )
             problems.append((path.name, f"shape {shape} differs from {reference[0]} {reference[1]}{turned}"))
             continue
         elif spec.volumetric and not np.allclose(affine, reference[2], atol=1e-3):
             diff = np.abs(affine - reference[2]).max()
             problems.append(
-                (path.name, f"affine differs from {reference[0]} (largest difference {diff:.3g})")
+                (
+                    path.name,
+                    f"affine differs from {reference[0]} (largest difference {diff:.3g}): "
+                    f"{_onto_grid(True, is_label)}, or copy that file's affine where only the header is wrong",
+                )
             )
         bad = _nonfinite(data) or (check_label_values(data, allowed) if is_label else None)
         if not bad and not is_label and spec.name in FIXED_MODALITIES:
