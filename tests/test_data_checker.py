@@ -60,6 +60,15 @@ def test_clean_synthetic_set_passes_with_a_summary(pristine):
         assert s.inside_crop is True
 
 
+def test_spacing_summary_counts_cases(brats):
+    """The summary's spacing line counts the cases of each spacing ('1 case', not '1 cases')."""
+    for name in ("flair", "t1", "t1ce", "t2", "seg"):
+        path = case_file(brats, A, name)
+        rewrite(path, affine=np.diag([2.0, 2.0, 2.0, 1.0]) @ nib.load(path).affine)
+    line = next(x for x in check_dataset("brats", brats).format().splitlines() if "voxel spacing" in x)
+    assert "(2 cases)" in line and "2x2x2 (1 case)" in line, line
+
+
 def test_missing_modality(brats):
     case_file(brats, A, "t1").unlink()
     report = check_dataset("brats", brats)

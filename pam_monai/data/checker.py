@@ -154,7 +154,8 @@ class CheckReport:
         spaced = Counter(c.spacing for c in self.cases if c.spacing)
         if spaced:
             lines.append(
-                "voxel spacing (mm): " + ", ".join(f"{v} ({n} cases)" for v, n in spaced.most_common(5))
+                "voxel spacing (mm): "
+                + ", ".join(f"{v} ({n} case{'' if n == 1 else 's'})" for v, n in spaced.most_common(5))
             )
         oriented = Counter(c.orientation for c in self.cases if c.orientation)
         if oriented:
