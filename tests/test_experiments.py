@@ -1139,3 +1139,17 @@ def test_fig5_case_iou_is_the_evaluations(small_grid, monkeypatch):
         for r in csv.DictReader(open(next(Path(small_grid["output"]).glob("runs/fpa/seed0*/**/metrics.csv"))))
     }
     assert shown and all(shown[c] == pytest.approx(evaluated[c], abs=1e-6) for c in shown), (shown, evaluated)
+
+
+def test_a_flag_spelled_true_or_True_is_one_setting(small_grid, monkeypatch):
+    """``--deterministic true`` reaches the runner as the string 'true', ``--deterministic True`` as
+    a bool: the same setting, so a finished grid re-run with the other spelling is not refused."""
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    run_experiment(**small_grid, deterministic="true")
+    run_experiment(**small_grid, deterministic=True)
+    with pytest.raises(ValueError, match="deterministic"):
+        run_experiment(**small_grid, deterministic=False)

@@ -164,10 +164,14 @@ OUTPUT = "<output>"
 def _portable(settings: dict, root: Path) -> dict:
     """``settings`` with absolute paths inside the experiment's folder written as ``<output>/...``,
     so that a grid moved or copied elsewhere still matches its finished and interrupted runs (a
-    stand-in data set lives in the folder); recorded absolute paths of earlier versions map the same."""
+    stand-in data set lives in the folder); recorded absolute paths of earlier versions map the same.
+    The words ``true`` / ``false`` are the booleans (the command line gives ``--deterministic true``
+    as a string, ``True`` as a bool: one setting, not two)."""
     base = Path(root).resolve()
 
     def portable(value):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
         if not (isinstance(value, str) and os.path.isabs(value)):
             return value
         try:
