@@ -280,6 +280,12 @@ def test_paper_protocol_is_pooled_over_slices_and_labelled():
     assert "PAPER PROTOCOL" in md and "DEFECTIVE" in md and "NOT the project's result" in md
     assert "| fpa | 70.00 ± n/a |" in md  # (a) per-slice project definitions
     assert "SYNTHETIC" not in md
+    # a run without an HD95-eligible slice is left out of the authors' HD95 column, by name
+    pp_b = [{**pp_a[1], "case": c} for c in ("a", "b")]
+    md = _report(
+        [_run("fpa", 0, [1.0, 0.5], pp=pp_a), _run("fpa", 1, [1.0, 0.5], pp=pp_b)], paper_protocol=True
+    )
+    assert "| 4.00 ± n/a (1 of 2 runs) |" in md, md
 
 
 def test_results_csv_columns():

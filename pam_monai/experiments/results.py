@@ -393,7 +393,11 @@ def _paper_protocol_section(groups) -> list[str]:
 
     def col(v: str, key: str, scale: float = 1.0) -> str:
         vals = [m[key] for m in means[v] if m[key] is not None]
-        return format_mean_std(vals, scale) if vals else "n/a"
+        if not vals:
+            return "n/a"
+        # a run without a slice to score (the authors' HD95: none eligible) is left out: say so
+        part = f" ({len(vals)} of {len(means[v])} runs)" if len(vals) < len(means[v]) else ""
+        return format_mean_std(vals, scale) + part
 
     lines.append(
         "### (a) Per slice, project definitions (empty-mask rule per slice: a slice where both "
