@@ -1,0 +1,30 @@
+"""The documentation's checkable claims against the code: statements that went stale once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pam_monai.bundle_templates.build import bundle_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sentences(text: str, word: str) -> list[str]:
+    """The sentences of ``text`` (line breaks joined) that hold ``word``."""
+    flat = " ".join(text.split())
+    return [s for s in re.split(r"(?<=[.])\s+", flat) if word in s]
+
+
+@pytest.mark.parametrize("name", bundle_names())
+def test_bundle_readme_says_what_a_resume_with_another_process_count_does(name):
+    """The bundles' README said "A resume needs the same number of processes", but a resume with
+    another count and the same epoch length (batch_size scaled) continues with a WARNING
+    (tests/test_reliability.py::test_resume_with_more_processes_keeps_each_rank_its_own_flips);
+    only another epoch length is refused."""
+    text = (ROOT / "bundles" / name / "docs" / "README.md").read_text()
+    said = " ".join(sentences(text, "resume with another number of processes"))
+    assert "epoch length" in said and "WARNING" in said, said
+    assert "needs the same number of processes" not in text
