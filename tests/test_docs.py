@@ -28,3 +28,17 @@ def test_bundle_readme_says_what_a_resume_with_another_process_count_does(name):
     said = " ".join(sentences(text, "resume with another number of processes"))
     assert "epoch length" in said and "WARNING" in said, said
     assert "needs the same number of processes" not in text
+
+
+def test_readme_refuses_a_small_volume_only_where_inference_does():
+    """README's "Validate before work" said inference refuses "a volume smaller than the crop"; it
+    does so only for the data sets whose ``inference_fit`` is ``"crop"`` (BraTS, ISLES): own
+    volumes are zero-padded (``"pad"``), as the README's "Your own data" says."""
+    from pam_monai.data import DATASETS
+
+    text = (ROOT / "README.md").read_text()
+    said = " ".join(sentences(text, "inference refuses a missing modality"))
+    assert "smaller than the crop" in said
+    refused = {name for name, spec in DATASETS.items() if spec.volumetric and spec.inference_fit == "crop"}
+    assert refused == {"brats", "isles"}
+    assert "a BraTS or ISLES volume smaller than the crop" in said and "own volumes are padded" in said, said
