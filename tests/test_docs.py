@@ -42,3 +42,21 @@ def test_readme_refuses_a_small_volume_only_where_inference_does():
     refused = {name for name, spec in DATASETS.items() if spec.volumetric and spec.inference_fit == "crop"}
     assert refused == {"brats", "isles"}
     assert "a BraTS or ISLES volume smaller than the crop" in said and "own volumes are padded" in said, said
+
+
+def test_benchmarks_readme_states_the_fast_mode_as_it_is():
+    """benchmarks/README.md's H100 section said the bundles' and the benchmark's ``fast`` leave
+    channels-last off; since the up-sampling runs as GEMMs CUDA's ``fast`` includes it. Every
+    ``fast` = ...`` statement there must list the flags :func:`parse_mode` gives on CUDA."""
+    from pam_monai.bench.modes import FLAGS, parse_mode
+
+    text = " ".join((ROOT / "benchmarks" / "README.md").read_text().split())
+
+    def flags(device: str) -> set[str]:
+        return {f for f in FLAGS if getattr(parse_mode("fast", device), f)}
+
+    stated = re.findall(r"(.{20})`fast` = ((?:\w+\+)+\w+)", text)
+    assert len(stated) >= 3, stated  # the modes paragraph (CUDA, CPU) and the H100 section
+    for before, listed in stated:
+        assert set(listed.split("+")) == flags("cpu" if "CPU" in before else "cuda"), (before, listed)
+    assert "therefore leave it off" not in text
