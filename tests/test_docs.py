@@ -60,3 +60,41 @@ def test_benchmarks_readme_states_the_fast_mode_as_it_is():
     for before, listed in stated:
         assert set(listed.split("+")) == flags("cpu" if "CPU" in before else "cuda"), (before, listed)
     assert "therefore leave it off" not in text
+
+
+def _found_by_inference(tmp_path, task: str) -> set[str]:
+    """The folders whose cases inference takes from a small synthetic set: BraTS with an LGG case,
+    CityScapes with a second 'val' city moved to 'test', ISLES' TRAINING renamed TESTING."""
+    from pam_monai.data import synth
+    from pam_monai.engines import find_inference_cases
+
+    root = tmp_path / task
+    if task == "brats":
+        synth("brats", root, cases=1, slices=2, lgg_cases=1)
+    elif task == "cityscapes":
+        synth("cityscapes", root, cases=1, size=(32, 16), train_cities=2, val_cities=2)
+        for top in ("leftImg8bit", "gtFine"):
+            city = sorted((root / top / "val").iterdir())[-1]
+            (root / top / "test").mkdir()
+            city.rename(root / top / "test" / city.name)
+    else:
+        synth("isles", root, cases=1, max_slices=2)
+        (root / "TRAINING").rename(root / "TESTING")
+    items = find_inference_cases(task, root)
+    images = [item["image"] if isinstance(item["image"], str) else item["image"][0] for item in items]
+    return {Path(image).relative_to(root).parts[0 if task != "cityscapes" else 1] for image in images}
+
+
+@pytest.mark.parametrize("task", ["brats", "cityscapes", "isles"])
+def test_bundle_readme_says_which_cases_inference_segments(task, tmp_path):
+    """The bundles' README said only that ``--input_dir`` holds cases in the published layout;
+    inference segments every BraTS grade, every CityScapes split and ISLES' TESTING/ alone, not
+    training's selection (HGG, train/val). The README names each folder inference takes."""
+    found = _found_by_inference(tmp_path, task)
+    assert (
+        found == {"brats": {"HGG", "LGG"}, "cityscapes": {"train", "val", "test"}, "isles": {"TESTING"}}[task]
+    )
+    text = " ".join((ROOT / "bundles" / f"{task}_fpa" / "docs" / "README.md").read_text().split())
+    said = text[text.index("`--input_dir` holds cases") : text.index("`--save_probabilities true` also")]
+    assert all(f"`{folder}" in said for folder in found), (found, said)
+    assert "that it did not write" in text

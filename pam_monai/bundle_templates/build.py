@@ -286,6 +286,19 @@ def _masks(bt: BundleTask) -> str:
     return f"each frame's mask is `<frame>_vehicles.png`, uint8, 255 = {bt.info['target']}, 0 elsewhere"
 
 
+def _cases(bt: BundleTask) -> str:
+    """Which cases under ``--input_dir`` inference segments, as :func:`pam_monai.engines.find_inference_cases`
+    finds them (not training's selection: every BraTS grade, every CityScapes split)."""
+    return {
+        "brats": "every case there is segmented, of every grade (`HGG/` and `LGG/`)",
+        "cityscapes": "every frame there is segmented, of every split (`train`, `val` and `test`)",
+        "isles": (
+            "every case there is segmented: `TESTING/`'s when it is there alone; beside `TRAINING/`, whose "
+            "`case_<n>` share its names, `TRAINING/`'s, with a WARNING naming `--input_dir <root>/TESTING`"
+        ),
+    }.get(bt.spec.name, "a data set's root means its `imagesTs/` (`imagesTr/` when it has none)")
+
+
 def _doc_values(task: str | BundleTask, network: str) -> dict:
     bt = as_task(task)
     spec = bt.spec
@@ -318,6 +331,7 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "fg_note": " (BraTS 2021+: 3)",
         "run_from": PAPER_RUN_FROM,
         "masks": _masks(bt),
+        "cases": _cases(bt),
     }
     values["measured_line"] = f"One epoch on a fresh clone without data (`--epochs 1`): {values['measured']}."
     for key in ("defaults", "data_flag", "fg_note", "measured_line"):  # own data bundles say their own
