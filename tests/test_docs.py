@@ -98,3 +98,13 @@ def test_bundle_readme_says_which_cases_inference_segments(task, tmp_path):
     said = text[text.index("`--input_dir` holds cases") : text.index("`--save_probabilities true` also")]
     assert all(f"`{folder}" in said for folder in found), (found, said)
     assert "that it did not write" in text
+
+
+def test_data_readme_says_inference_takes_every_grade_and_split(tmp_path):
+    """pam_monai/data/README.md's layouts say "HGG only unless grades=..." (the readers' and
+    training's default) without a word that inference takes every BraTS grade, every CityScapes
+    split and ISLES' TESTING/; it now says so, as find_inference_cases does."""
+    text = " ".join((ROOT / "pam_monai" / "data" / "README.md").read_text().split())
+    said = " ".join(sentences(text, "find_inference_cases"))
+    assert _found_by_inference(tmp_path, "brats") == {"HGG", "LGG"}
+    assert "every BraTS grade" in said and "every CityScapes split" in said and "`TESTING/`" in said, said
