@@ -108,3 +108,67 @@ def test_data_readme_says_inference_takes_every_grade_and_split(tmp_path):
     said = " ".join(sentences(text, "find_inference_cases"))
     assert _found_by_inference(tmp_path, "brats") == {"HGG", "LGG"}
     assert "every BraTS grade" in said and "every CityScapes split" in said and "`TESTING/`" in said, said
+
+
+DOCS = (
+    "README.md",
+    "pam_monai/bundle_templates/README.md.in",
+    "benchmarks/README.md",
+    "data_lists/README.md",
+    "pam_monai/data/README.md",
+    "pam_monai/metrics/README.md",
+)
+# flags of other tools the docs show: torchrun, monai.bundle's own, pip
+OTHER_TOOLS = {
+    "config_file",
+    "meta_file",
+    "tracking",
+    "filepath",
+    "ckpt_file",
+    "nproc_per_node",
+    "standalone",
+}
+
+
+def _known_flags() -> dict[str, set[str]]:
+    """Each ``python -m pam_monai`` command's flags, and (key ``monai.bundle``) the bundle configs' ids."""
+    import importlib
+    import inspect
+    import json
+
+    from pam_monai.cli import COMMANDS
+    from pam_monai.data import synthetic
+
+    known = {}
+    for command, target in COMMANDS.items():
+        module, name = target.split(":")
+        known[command] = set(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    for generator in (
+        synthetic.synth_brats,
+        synthetic.synth_isles,
+        synthetic.synth_cityscapes,
+        synthetic.synth_nnunet,
+    ):
+        known["synth"] |= set(inspect.signature(generator).parameters)  # synth's **options
+    ids = set()
+    for config in (ROOT / "pam_monai" / "bundle_templates").glob("*.json"):
+        ids |= {key.lstrip("+").split("#")[0] for key in json.loads(config.read_text())}
+    known["experiment"] |= ids  # its **overrides go to every bundle run
+    known["monai.bundle"] = ids | OTHER_TOOLS
+    return known
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_doc_commands_use_flags_that_exist(doc):
+    """Every ``--flag`` of a ``python -m pam_monai <command>`` or ``python -m monai.bundle ...`` line
+    in the docs is a parameter of that command or an id of the bundle configs: a renamed flag
+    (or config id) left in a documented command fails there, not in a user's shell."""
+    known = _known_flags()
+    text = (ROOT / doc).read_text().replace("\\\n", " ")
+    bad = []
+    for m in re.finditer(r"python -m (pam_monai (\w+)|monai\.bundle \w+)([^\n`]*)", text):
+        command = m[2] or "monai.bundle"
+        assert command in known, f"{doc}: unknown command {m[0]!r}"
+        flags = re.findall(r"(?<![\w/-])--(\w+)", m[3].split(" #")[0])
+        bad += [f"--{flag} in {m[0].strip()!r}" for flag in flags if flag not in known[command] | {"help"}]
+    assert not bad, f"{doc}: " + "\n".join(bad)
