@@ -172,3 +172,31 @@ def test_doc_commands_use_flags_that_exist(doc):
         flags = re.findall(r"(?<![\w/-])--(\w+)", m[3].split(" #")[0])
         bad += [f"--{flag} in {m[0].strip()!r}" for flag in flags if flag not in known[command] | {"help"}]
     assert not bad, f"{doc}: " + "\n".join(bad)
+
+
+def _resolve(name: str):
+    """The object a dotted ``pam_monai....`` name in the docs stands for (module, then attributes)."""
+    import importlib
+
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(name)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_doc_names_in_the_package_exist(doc):
+    """Every ``pam_monai.x.y`` the docs name (a class to put in a config, a function to call) exists."""
+    missing = []
+    for name in sorted(set(re.findall(r"pam_monai(?:\.\w+)+", (ROOT / doc).read_text()))):
+        try:
+            _resolve(name)
+        except (ImportError, AttributeError) as e:
+            missing.append(f"{name}: {e}")
+    assert not missing, f"{doc}: " + "\n".join(missing)
