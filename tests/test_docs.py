@@ -200,3 +200,21 @@ def test_doc_names_in_the_package_exist(doc):
         except (ImportError, AttributeError) as e:
             missing.append(f"{name}: {e}")
     assert not missing, f"{doc}: " + "\n".join(missing)
+
+
+def test_data_readme_lists_the_checkers_label_map_problem(tmp_path):
+    """pam_monai/data/README.md's checker problems ended at "a non-RGB CityScapes image", but a BraTS
+    modality holding a label map (the seg given for the T1) is a problem too: the list names it."""
+    import shutil
+
+    from pam_monai.data import check_dataset, synth
+
+    root = tmp_path / "brats"
+    synth("brats", root, cases=1, slices=4)
+    case = next((root / "HGG").iterdir())
+    shutil.copy(case / f"{case.name}_seg.nii.gz", case / f"{case.name}_t1.nii.gz")
+    report = check_dataset("brats", root)
+    assert [p for p in report.problems if "label map" in p.message], report.format()
+    text = " ".join((ROOT / "pam_monai" / "data" / "README.md").read_text().split())
+    said = text[text.index("Problems: missing or empty data folder") : text.index("Warnings (exit 0)")]
+    assert "a BraTS or ISLES modality holding a label map" in said and "`gtFine_color`" in said, said

@@ -19,7 +19,9 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
   and evaluation) only the entries of those splits have their files and labels checked.
 
 Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
-channel, a case ID that begins or ends with white space.
+channel, a case ID that begins or ends with white space; own data: an image channel that looks like
+a label map, a volume whose thickest voxel axis is not the third, an EXIF-turned image, foreground
+lost in a 2-D image's resize.
 """
 
 from __future__ import annotations
