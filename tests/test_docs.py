@@ -218,3 +218,16 @@ def test_data_readme_lists_the_checkers_label_map_problem(tmp_path):
     text = " ".join((ROOT / "pam_monai" / "data" / "README.md").read_text().split())
     said = text[text.index("Problems: missing or empty data folder") : text.index("Warnings (exit 0)")]
     assert "a BraTS or ISLES modality holding a label map" in said and "`gtFine_color`" in said, said
+
+
+def test_experiment_help_names_every_data_set_with_folds():
+    """``experiment --help`` said "folds: BRATS folds", though own data (nnunet) is cross-validated
+    in 5 folds too (``FOLDED``) and --folds all runs them."""
+    from pam_monai.data.datalist import FOLDED
+    from pam_monai.experiments.runner import _folds, experiment
+
+    doc = " ".join(experiment.__doc__.split())
+    said = doc[doc.index("folds: ") : doc.index("output: ")]
+    for dataset in FOLDED:
+        assert _folds("all", dataset) == [0, 1, 2, 3, 4]
+        assert dataset in said.lower(), said

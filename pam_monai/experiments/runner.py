@@ -1046,7 +1046,8 @@ def experiment(
         seeds: a number of seeds (3 -> seeds 0, 1, 2) or a list ``0,5``. Seeds repeat the
             training on the same split; with 2 or more per network the paired comparison also says
             whether a difference holds in every pairing of seeds (1 seed: training variance unknown).
-        folds: BRATS folds, e.g. ``0`` or ``0,1,2,3,4`` or ``all``.
+        folds: folds of brats and nnunet (0-4), e.g. ``0``, ``0,1,2,3,4`` or ``all``; isles and
+            cityscapes: 0 only.
         output: experiment folder (see the module docstring for its layout).
         preset: the paper's experiments: table5, table6, fig7_fpa, fig7_rfna (networks given as
             well are added after the preset's).
