@@ -153,7 +153,9 @@ def _known_flags() -> dict[str, set[str]]:
     ids = set()
     for config in (ROOT / "pam_monai" / "bundle_templates").glob("*.json"):
         ids |= {key.lstrip("+").split("#")[0] for key in json.loads(config.read_text())}
-    known["experiment"] |= ids  # its **overrides go to every bundle run
+    from pam_monai.experiments.runner import RESERVED
+
+    known["experiment"] |= ids - set(RESERVED)  # its **overrides go to every bundle run; these it sets itself
     known["monai.bundle"] = ids | OTHER_TOOLS
     return known
 
