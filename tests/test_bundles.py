@@ -1044,3 +1044,33 @@ def test_multi_gpu_process_group_waits_dist_timeout_minutes(monkeypatch):
             parser.get_parsed_content("initialize")
         assert "process group stub" in error_chain(err.value), error_chain(err.value)
         assert seen.pop() == datetime.timedelta(minutes=minutes)
+
+
+# what each data set's terms are called in a bundle's LICENSE; a bundle names its own data's only
+DATA_TERMS = {"brats": "BraTS", "isles": "ISLES", "cityscapes": "CityScapes"}
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_licence_names_the_terms_of_its_own_data(name):
+    """Weights inherit the terms of the data they are trained on: a bundle's LICENSE names its
+    data set's terms, not those of the other bundles' data sets (CityScapes' non-commercial
+    terms do not bind a BraTS model)."""
+    task = name.split("_")[0]
+    text = (ROOT / "bundles" / name / "LICENSE").read_text()
+    assert "Apache License, Version 2.0" in text
+    assert DATA_TERMS[task] in text, f"{name}: LICENSE does not name the {DATA_TERMS[task]} terms"
+    others = [word for key, word in DATA_TERMS.items() if key != task and word in text]
+    assert not others, f"{name}: LICENSE names the terms of {others}, data this bundle is not trained on"
+
+
+def test_own_data_bundle_licence_names_no_paper_data_set(tmp_path):
+    """A bundle made for own data (``python -m pam_monai bundle``) is not trained on BraTS, ISLES or
+    CityScapes: its LICENSE points to the own data set's terms instead."""
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+    from pam_monai.data import synth
+
+    root = synth("nnunet", tmp_path / "Dataset900_Tumour", cases=2, slices=2)
+    bundle = own_data_bundle(root, "fpa", tmp_path / "tumour_fpa", check=False)
+    text = (bundle / "LICENSE").read_text()
+    assert not [word for word in DATA_TERMS.values() if word in text], text
+    assert "own data" in text and "terms" in text, text

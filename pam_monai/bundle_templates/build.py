@@ -34,6 +34,7 @@ TASKS = {
         "data_type": "nibabel",
         "channel_def": {"0": "FLAIR", "1": "T1", "2": "T1ce", "3": "T2"},
         "format": "magnitude",
+        "data_terms": "BraTS: the challenge's data usage terms",
     },
     "isles": {
         "modality": "CT",
@@ -42,6 +43,7 @@ TASKS = {
         "data_type": "nibabel",
         "channel_def": {"0": "CBF", "1": "MTT", "2": "CBV", "3": "Tmax"},
         "format": "magnitude",
+        "data_terms": "ISLES: the challenge's terms",
     },
     "cityscapes": {
         "modality": "RGB",
@@ -50,6 +52,7 @@ TASKS = {
         "data_type": "png",
         "channel_def": {"0": "R", "1": "G", "2": "B"},
         "format": "RGB",
+        "data_terms": "CityScapes: non-commercial, no redistribution",
     },
 }
 SCHEMA = (
@@ -239,7 +242,8 @@ def bundle_files(task: str | BundleTask, network: str) -> dict[str, str]:
     files["configs/metadata.json"] = json.dumps(metadata(task, network), indent=4) + "\n"
     files["configs/logging.conf"] = (HERE / "logging.conf").read_text()
     files["docs/README.md"] = (HERE / "README.md.in").read_text().format(**_doc_values(task, network))
-    files["LICENSE"] = (HERE / "LICENSE.in").read_text()
+    # weights inherit the terms of the data they are trained on: each bundle names its own data's
+    files["LICENSE"] = (HERE / "LICENSE.in").read_text().format(data_terms=as_task(task).info["data_terms"])
     return files
 
 

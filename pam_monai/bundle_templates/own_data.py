@@ -123,6 +123,7 @@ def own_data_bundle(
         else "nibabel",
         "channel_def": channel_def,
         "format": "magnitude",
+        "data_terms": "own data: the terms its owners share it under; check them before sharing weights",
         "generated": GENERATED.replace("{dataset_dir}", str(dataset_dir)),
         "data_section": DATA.replace("{dataset_dir}", str(dataset_dir))
         .replace("{foreground}", json.dumps(list(foreground)))
