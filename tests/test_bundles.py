@@ -1074,3 +1074,20 @@ def test_own_data_bundle_licence_names_no_paper_data_set(tmp_path):
     text = (bundle / "LICENSE").read_text()
     assert not [word for word in DATA_TERMS.values() if word in text], text
     assert "own data" in text and "terms" in text, text
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_readme_states_intended_use_and_licence(name):
+    """The model zoo's READMEs end with a disclaimer and a licence (spleen_ct_segmentation:
+    "Disclaimer", "License"): a user reads the README, not metadata.json or LICENSE. The README
+    states metadata's intended use and the licence, its data terms included."""
+    import re
+
+    root = ROOT / "bundles" / name
+    text = (root / "docs" / "README.md").read_text()
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    sections = dict(re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S))
+    assert meta["intended_use"] in sections.get("Intended use", ""), f"{name}: README has no intended use"
+    licence = sections.get("License", "")
+    assert "Apache License 2.0" in licence and "`LICENSE`" in licence, f"{name}: README has no licence"
+    assert DATA_TERMS[name.split("_")[0]] in licence, f"{name}: README's licence leaves out the data's terms"

@@ -58,6 +58,8 @@ TASKS = {
 SCHEMA = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
+# metadata's intended_use, also stated in each README (the model zoo's READMEs carry a disclaimer)
+INTENDED_USE = "Research only: not for clinical use."
 PAPER = (
     "Mou-Cheng Xu, Neil P. Oxtoby, Daniel C. Alexander, Joseph Jacob. Learning To Pay Attention To Mistakes. "
     "BMVC 2020. https://arxiv.org/abs/2007.15131"
@@ -199,7 +201,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
         "label_classes": f"single channel: 1 = {info['target']}, 0 = everything else",
         "pred_classes": f"single channel logit of the {info['target']} (foreground polarity, also for RFNA)",
         "eval_metrics": {"val_iou": "per-case foreground IoU on the validation split"},
-        "intended_use": "Research only: not for clinical use.",
+        "intended_use": INTENDED_USE,
         "references": [PAPER],
         "network_data_format": {
             "inputs": {
@@ -325,6 +327,8 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "lr": spec.lr,
         "split": spec.split,
         "paper": PAPER,
+        "intended_use": INTENDED_USE,
+        "data_terms": bt.info["data_terms"],
         "measured": MEASURED.get(
             name,
             "not timed at full size; the test suite runs this bundle's training, evaluation and inference "
