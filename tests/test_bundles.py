@@ -1091,3 +1091,32 @@ def test_bundle_readme_states_intended_use_and_licence(name):
     licence = sections.get("License", "")
     assert "Apache License 2.0" in licence and "`LICENSE`" in licence, f"{name}: README has no licence"
     assert DATA_TERMS[name.split("_")[0]] in licence, f"{name}: README's licence leaves out the data's terms"
+
+
+# pam-monai's dependencies that no bundle workflow imports: the command line's (fire) and the
+# MetaImage / NRRD reader's (SimpleITK, pinned by the bundles made for such data)
+NOT_IMPORTED_BY_WORKFLOWS = {"fire", "simpleitk"}
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_metadata_pins_every_package_the_workflows_import(name):
+    """The model zoo installs a bundle's ``required_packages_version`` (with monai, torch and numpy
+    from their own fields): every dependency of pam-monai that the workflows import is pinned
+    there, SciPy (HD95) and tqdm (progress bars) in every bundle and Pillow where the data are
+    PNG images (read and written by it)."""
+    import configparser
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    requires = {
+        re.split(r"[<>=!~ ]", line.strip())[0].lower()
+        for line in cfg["options"]["install_requires"].split("\n")
+        if line.strip()
+    }
+    meta = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
+    pinned = {k.lower() for k in meta["required_packages_version"]} | {"monai", "torch", "numpy"}
+    needed = requires - NOT_IMPORTED_BY_WORKFLOWS - (set() if meta["data_type"] == "png" else {"pillow"})
+    assert needed <= pinned, (
+        f"{name}: metadata.json's required_packages_version leaves out {sorted(needed - pinned)}"
+    )

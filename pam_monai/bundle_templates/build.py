@@ -179,9 +179,12 @@ def metadata(task: str | BundleTask, network: str) -> dict:
         "numpy_version": numpy.__version__,
         "required_packages_version": {
             "pam-monai": __version__,
-            # the versions the bundles are tested with
+            # the versions the bundles are tested with, of every dependency the workflows import
             "nibabel": "5.4.2",
             "pytorch-ignite": "0.5.5",
+            "scipy": "1.17.1",  # HD95's surface distances
+            "tqdm": "4.70.1",  # progress bars
+            **({"pillow": "13.0.0"} if info["data_type"] == "png" else {}),  # PNGs read and written
             **({"SimpleITK": "2.5.7"} if spec.file_ending.lower() in (".mha", ".nrrd") else {}),
             "tensorboard": "2.21.0",
         },
