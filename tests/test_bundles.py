@@ -58,6 +58,7 @@ def test_bundle_layout_and_overridable_ids(name):
         "configs/multi_gpu_train.json",
         "configs/logging.conf",
         "docs/README.md",
+        "docs/data_license.txt",
         "LICENSE",
     ):
         assert (root / rel).is_file(), rel
@@ -1120,3 +1121,30 @@ def test_metadata_pins_every_package_the_workflows_import(name):
     assert needed <= pinned, (
         f"{name}: metadata.json's required_packages_version leaves out {sorted(needed - pinned)}"
     )
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_carries_the_model_zoos_data_licence_file(name):
+    """The model zoo asks for ``docs/data_license.txt`` when the data have licence conditions
+    (its CONTRIBUTING.md; brats_mri_segmentation has one): it names the bundle's data set, where
+    it comes from (metadata's ``data_source``) and its terms, and no other data set."""
+    root = ROOT / "bundles" / name
+    path = root / "docs" / "data_license.txt"
+    assert path.is_file(), f"{name}: no docs/data_license.txt"
+    text = path.read_text()
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    task = name.split("_")[0]
+    assert meta["data_source"] in text and DATA_TERMS[task] in text, text
+    assert not [word for key, word in DATA_TERMS.items() if key != task and word in text], text
+    assert "docs/data_license.txt" in (root / "LICENSE").read_text()
+
+
+def test_own_data_bundle_data_licence_file_names_its_own_data(tmp_path):
+    """A bundle made for own data carries ``docs/data_license.txt`` too, about that data set."""
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+    from pam_monai.data import synth
+
+    root = synth("nnunet", tmp_path / "Dataset900_Tumour", cases=2, slices=2)
+    bundle = own_data_bundle(root, "fpa", tmp_path / "tumour_fpa", check=False)
+    text = (bundle / "docs" / "data_license.txt").read_text()
+    assert "own data" in text and not [word for word in DATA_TERMS.values() if word in text], text

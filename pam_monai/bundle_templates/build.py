@@ -35,6 +35,10 @@ TASKS = {
         "channel_def": {"0": "FLAIR", "1": "T1", "2": "T1ce", "3": "T2"},
         "format": "magnitude",
         "data_terms": "BraTS: the challenge's data usage terms",
+        "data_citation": "Cite, as the BraTS terms ask: Menze et al., The Multimodal Brain Tumor Image Segmentation "
+        "Benchmark (BRATS), IEEE TMI 34(10), 2015, doi:10.1109/TMI.2014.2377694; Bakas et al., Advancing The "
+        "Cancer Genome Atlas glioma MRI collections with expert segmentation labels and radiomic features, "
+        "Scientific Data 4:170117, 2017, doi:10.1038/sdata.2017.117.",
     },
     "isles": {
         "modality": "CT",
@@ -44,6 +48,7 @@ TASKS = {
         "channel_def": {"0": "CBF", "1": "MTT", "2": "CBV", "3": "Tmax"},
         "format": "magnitude",
         "data_terms": "ISLES: the challenge's terms",
+        "data_citation": "Cite the publications the ISLES 2018 page asks for.",
     },
     "cityscapes": {
         "modality": "RGB",
@@ -53,6 +58,8 @@ TASKS = {
         "channel_def": {"0": "R", "1": "G", "2": "B"},
         "format": "RGB",
         "data_terms": "CityScapes: non-commercial, no redistribution",
+        "data_citation": "Cite: Cordts et al., The Cityscapes Dataset for Semantic Urban Scene Understanding, "
+        "CVPR 2016.",
     },
 }
 SCHEMA = (
@@ -249,7 +256,22 @@ def bundle_files(task: str | BundleTask, network: str) -> dict[str, str]:
     files["docs/README.md"] = (HERE / "README.md.in").read_text().format(**_doc_values(task, network))
     # weights inherit the terms of the data they are trained on: each bundle names its own data's
     files["LICENSE"] = (HERE / "LICENSE.in").read_text().format(data_terms=as_task(task).info["data_terms"])
+    files["docs/data_license.txt"] = _data_licence(as_task(task).info)
     return files
+
+
+def _data_licence(info: dict) -> str:
+    """``docs/data_license.txt``: the model zoo's file for the terms of the data a bundle is trained on."""
+    text = (
+        (HERE / "data_license.txt.in")
+        .read_text()
+        .format(
+            data_source=info["data_source"],
+            data_terms=info["data_terms"],
+            data_citation=info.get("data_citation", ""),
+        )
+    )
+    return text.rstrip("\n") + "\n"
 
 
 PAPER_GENERATED = (

@@ -74,7 +74,7 @@ def own_data_bundle(
     overwrite: bool = False,
     check: bool = True,
 ) -> Path:
-    """Write the bundle (``configs/``, ``docs/README.md``, ``LICENSE``) into ``output`` and return it.
+    """Write the bundle (``configs/``, ``docs/``, ``LICENSE``) into ``output`` and return it.
 
     Args:
         dataset_dir: the data set in the nnU-Net v2 raw layout.
@@ -124,6 +124,7 @@ def own_data_bundle(
         "channel_def": channel_def,
         "format": "magnitude",
         "data_terms": "own data: the terms its owners share it under; check them before sharing weights",
+        "data_citation": "Cite what the data set's owners ask for.",
         "generated": GENERATED.replace("{dataset_dir}", str(dataset_dir)),
         "data_section": DATA.replace("{dataset_dir}", str(dataset_dir))
         .replace("{foreground}", json.dumps(list(foreground)))
