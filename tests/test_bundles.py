@@ -1148,3 +1148,30 @@ def test_own_data_bundle_data_licence_file_names_its_own_data(tmp_path):
     bundle = own_data_bundle(root, "fpa", tmp_path / "tumour_fpa", check=False)
     text = (bundle / "docs" / "data_license.txt").read_text()
     assert "own data" in text and not [word for word in DATA_TERMS.values() if word in text], text
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_metadata_says_whether_the_network_sees_patches(name):
+    """``is_patch_data``: a volumetric bundle's network sees an in-plane crop of each slice at the
+    data's own resolution (a patch: an application that tiles larger slices with it feeds what the
+    network was trained on; one that resized whole slices to it would shrink the anatomy), while
+    CityScapes' sees the whole frame resized. Measured through the preprocessing: a foreground
+    square in an image twice the network's size keeps its size (a patch), or shrinks (resized)."""
+    from pam_monai.data.preprocess import preprocess_case
+
+    task = name.split("_")[0]
+    spec = DATASETS[task]
+    h, w = spec.spatial_size
+    rng = np.random.default_rng(0)
+    plane = (2 * h, 2 * w, 2) if spec.volumetric else (2 * h, 2 * w)
+    label = np.zeros(plane, np.int16)
+    label[h - 8 : h + 8, w - 8 : w + 8] = spec.foreground_labels[0]
+    image = rng.uniform(1, 255, (len(spec.channels), *plane)).astype(np.float32)
+    case = {"case": "x", "image": image, "label": label, "affine": np.eye(4), "original_shape": plane}
+    kept = (
+        preprocess_case(spec, case)["label"][0, ..., 0 if spec.volumetric else slice(None)].sum() == 16 * 16
+    )
+    meta = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
+    for side in ("inputs", "outputs"):
+        for key, item in meta["network_data_format"][side].items():
+            assert item["is_patch_data"] == kept, f"{name}: {side}.{key}.is_patch_data should be {kept}"

@@ -224,7 +224,9 @@ def metadata(task: str | BundleTask, network: str) -> dict:
                     "dtype": "float32",
                     # CityScapes: RGB scaled to [0, 1]; MRI: z-scores (unbounded)
                     "value_range": [0, 1] if bt.task == "cityscapes" else [],
-                    "is_patch_data": False,
+                    # volumes: an in-plane crop (sliding window) at the data's resolution, not the
+                    # whole slice resized; 2-D images are resized whole
+                    "is_patch_data": spec.volumetric,
                     "channel_def": info["channel_def"],
                 }
             },
@@ -236,7 +238,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
                     "spatial_shape": [h, w],
                     "dtype": "float32",
                     "value_range": [],
-                    "is_patch_data": False,
+                    "is_patch_data": spec.volumetric,
                     "channel_def": {"0": f"{info['target']} logit"},
                 }
             },
