@@ -1175,3 +1175,31 @@ def test_metadata_says_whether_the_network_sees_patches(name):
     for side in ("inputs", "outputs"):
         for key, item in meta["network_data_format"][side].items():
             assert item["is_patch_data"] == kept, f"{name}: {side}.{key}.is_patch_data should be {kept}"
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_datasets_take_their_cases_from_the_model_zoos_data_ids(name, tmp_path):
+    """The model zoo asks for ``train#dataset#data`` and ``validate#dataset#data`` (MONAI's
+    ``train_dataset_data`` / ``val_dataset_data`` properties, through which applications such as
+    MONAI FL hand a workflow its own cases): the datasets are built from them, so an override of
+    those ids decides which cases train and validate; evaluation scores ``validate#dataset#data``."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=configs(name, "train.json"),
+        workflow_type="train",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        device="cpu",
+        num_workers=0,
+    )
+    wf.initialize()
+    data = wf.parser.get_parsed_content("data")
+    one = {"train": data["train"][:1], "val": data["val"][:1]}
+    wf.train_dataset_data, wf.val_dataset_data = one["train"], one["val"]
+    wf.initialize()  # setting a property asks for it again
+    assert [it["case"] for it in wf.train_dataset.items] == [it["case"] for it in one["train"]]
+    assert [it["case"] for it in wf.val_dataset.items] == [it["case"] for it in one["val"]]
+    parser = ConfigParser()
+    parser.read_config(configs(name, "train.json", "evaluate.json"))
+    assert parser["validate#dataset#data"] == "$@data[@eval_split]"

@@ -61,8 +61,9 @@ class SliceDataset(torch.utils.data.Dataset):
     4 x 224 x 224, CityScapes 3 x 128 x 256).
 
     Args:
-        items: datalist entries with absolute (or working-folder relative) ``image`` and
-            ``label`` paths, e.g. from :func:`~pam_monai.data.get_split` with ``root=``.
+        data: datalist entries with absolute (or working-folder relative) ``image`` and
+            ``label`` paths, e.g. from :func:`~pam_monai.data.get_split` with ``root=`` (named as
+            MONAI's datasets name it: the bundles' ``train#dataset#data``).
         dataset: "brats", "isles" or "cityscapes".
         cache_dir: where to keep the preprocessed volumes as ``.npy`` (in a ``<dataset>``
             sub-folder); None keeps them in memory only.
@@ -82,7 +83,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        items: Sequence[dict],
+        data: Sequence[dict],
         dataset: str | DatasetSpec = "brats",
         cache_dir: str | os.PathLike | None = None,
         keep_background_fraction: float = 0.5,
@@ -93,7 +94,7 @@ class SliceDataset(torch.utils.data.Dataset):
         progress: bool = True,
     ) -> None:
         self.spec = get_spec(dataset)
-        self.items = [dict(it) for it in items]
+        self.items = [dict(it) for it in data]
         if not 0.0 <= keep_background_fraction <= 1.0:
             raise ValueError(f"keep_background_fraction must be in [0, 1], got {keep_background_fraction}")
         for it in self.items:

@@ -197,7 +197,7 @@ def voxel_spacing(affine: np.ndarray | None, ndim: int) -> tuple[float, ...]:
 class CaseDataset(torch.utils.data.Dataset):
     """Whole preprocessed cases: ``image`` (``C x H x W x D``, or ``C x H x W`` for CityScapes),
     ``label`` (``1 x ...`` in {0, 1}, when the item has one), ``case``, ``spacing`` (per axis, mm)
-    and ``index`` (position in ``items``, to map a prediction back to its input files).
+    and ``index`` (position in ``data``, to map a prediction back to its input files).
 
     BRATS / ISLES cases whose grid the centre crop (or pad) changed also carry ``label_full``
     (``1 x`` the case's own grid, uint8): :class:`~pam_monai.engines.CaseMetrics` scores the
@@ -215,12 +215,13 @@ class CaseDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        items: Sequence[dict],
+        data: Sequence[dict],
         dataset="brats",
         foreground_label: int | Sequence[int] | None = None,
         cache: bool = True,
     ) -> None:
-        self.items = [dict(it) for it in items]
+        # ``data`` as MONAI's datasets name it: the bundles' ``validate#dataset#data``
+        self.items = [dict(it) for it in data]
         self.spec = get_spec(dataset)
         self.foreground_label = foreground_label
         self._cache: dict[int, dict] = {} if cache else None  # type: ignore[assignment]
