@@ -397,6 +397,33 @@ def test_resume_refuses_when_the_processes_see_different_checkpoints(tmp_path):
         assert "rank 0: epoch 1, rank 1: none" in message and "ckpt_dir" in message, message
 
 
+def test_resume_refuses_on_every_rank_when_one_cannot_read_its_checkpoint(tmp_path):
+    """A rank whose checkpoint_last.pt is unreadable (a node's truncated copy) raised before the
+    collective that compares the ranks' checkpoints, and the other ranks waited there until the
+    process group's timeout. Every rank now refuses at once, naming the unreadable file."""
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+    first = Engine(lambda engine, batch: 0.0)
+    TrainingCheckpoint(str(tmp_path / "node0"), net, torch.optim.SGD(net.parameters(), lr=0.1)).attach(first)
+    first.run(list(range(4)), max_epochs=1)
+    (tmp_path / "node1").mkdir()
+    (tmp_path / "node1" / "checkpoint_last.pt").write_bytes(b"truncated")
+    script = tmp_path / "ranks.py"
+    script.write_text(RESUMING_RANKS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=ROOT, env=env)
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith(f"ValueError: {tmp_path / f'node{rank}' / 'checkpoint_last.pt'}: resume"), (
+            message
+        )
+        assert "rank 0: epoch 1, rank 1: unreadable: " in message, message
+        assert f"{tmp_path / 'node1' / 'checkpoint_last.pt'}: cannot load checkpoint" in message, message
+
+
 def test_checkpoints_load_with_weights_only(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -1120,7 +1147,7 @@ def test_resume_with_more_processes_keeps_each_rank_its_own_flips(tmp_path, monk
     saved = torch.get_rng_state()
     resumed = {}
     # each rank in turn, in this process (the ranks' check that they found the same epoch left out)
-    monkeypatch.setattr(TrainingCheckpoint, "_check_same_on_every_rank", lambda self, state: None)
+    monkeypatch.setattr(TrainingCheckpoint, "_check_same_on_every_rank", lambda self, *found: None)
     for rank in (0, 1):
         monkeypatch.setattr(ckpt, "_world", lambda rank=rank: (rank, 2))
         torch.manual_seed(0 + rank)  # setup_run's seed + rank

@@ -237,8 +237,14 @@ class TrainingCheckpoint:
         atomic_save(state, self.path)
 
     def load(self, engine: Engine) -> None:
-        state = load_checkpoint(self.path) if self.path.is_file() else None
-        self._check_same_on_every_rank(state)
+        state, unreadable = None, None
+        try:
+            state = load_checkpoint(self.path) if self.path.is_file() else None
+        except RuntimeError as e:  # raised after the collective below, which every rank must reach
+            unreadable = e
+        self._check_same_on_every_rank(state, unreadable)
+        if unreadable is not None:
+            raise unreadable
         if state is None:
             log.warning("resume: no checkpoint at %s; training from the start", self.path)
             return
@@ -293,26 +299,28 @@ class TrainingCheckpoint:
             log.info("resume: the checkpoint already completed all %d epochs", engine.state.max_epochs)
             engine.terminate()
 
-    def _check_same_on_every_rank(self, state: dict | None) -> None:
+    def _check_same_on_every_rank(self, state: dict | None, unreadable: Exception | None = None) -> None:
         """Under ``torch.distributed``, refuse a resume in which the ranks found different
         checkpoints (a ``ckpt_dir`` on each node's own disk: rank 0 writes to its node's only).
         Ranks resuming different epochs fall out of step; DDP synchronised the weights when it
-        was built, before the resume, and never again."""
+        was built, before the resume, and never again. A rank that could not read its checkpoint
+        (``unreadable``) takes part too, so that every rank refuses rather than wait for it."""
         world = _world()
         if world is None:
             return
-        mine = None if state is None else int(state["trainer"]["epoch"])
+        if unreadable is not None:
+            mine = f"unreadable: {unreadable}"
+        else:
+            mine = "none" if state is None else f"epoch {int(state['trainer']['epoch'])}"
         found: list = [None] * world[1]
         torch.distributed.all_gather_object(found, mine)
         if len(set(found)) > 1:
-            seen = ", ".join(
-                f"rank {r}: {'none' if e is None else f'epoch {e}'}" for r, e in enumerate(found)
-            )
+            seen = ", ".join(f"rank {r}: {e}" for r, e in enumerate(found))
             raise ValueError(
                 f"{self.path}: resume: the training processes found different checkpoints ({seen}); every "
                 "process must read the same ckpt_dir (with several nodes, a folder they all share), or train "
                 "anew (--resume false)"
-            )
+            ) from unreadable
 
 
 class BestCheckpoint:
