@@ -1159,3 +1159,30 @@ def test_a_flag_spelled_true_or_True_is_one_setting(small_grid, monkeypatch):
     run_experiment(**small_grid, deterministic=True)
     with pytest.raises(ValueError, match="deterministic"):
         run_experiment(**small_grid, deterministic=False)
+
+
+def test_fig5_scores_a_resized_own_image_from_its_probabilities_on_its_pixels():
+    """Figure 5's IoU of a resized own 2-D image (``restore`` "resize") is metrics.csv's: the
+    probabilities resized to the image's pixels and cut there. score_on_case_grid took the 0/1
+    mask cut on the network's grid, whose resize comes back with the small grid's steps."""
+    import numpy as np
+    import torch
+
+    from pam_monai.data.ops import resize_probabilities
+    from pam_monai.engines.handlers import score_case
+    from pam_monai.experiments.predict import score_on_case_grid
+
+    x = np.linspace(0.0, 1.0, 4, dtype=np.float32)
+    prob = np.clip(x[None, :] * 0.9 + x[:, None] * 0.3, 0, 1)  # a ramp: the cut falls between pixels
+    full = (resize_probabilities(prob, (16, 16)) > 0.5).astype(np.uint8)  # the evaluation's mask as label
+    full[:, 12:] = 1  # and a band it misses: an IoU below 1
+    sample = {
+        "label": torch.zeros(1, 4, 4),
+        "label_full": torch.from_numpy(full[None]),
+        "restore": "resize",
+        "spacing": torch.tensor([1.0, 1.0], dtype=torch.float64),
+    }
+    expected = score_case(prob, sample["label"][0].numpy(), sample["label_full"], "resize", (1.0, 1.0))["iou"]
+    got = score_on_case_grid(prob > 0.5, sample, prob)["iou"]
+    assert got == pytest.approx(expected)
+    assert score_on_case_grid(prob > 0.5, sample)["iou"] != pytest.approx(expected)  # the mask's steps

@@ -382,9 +382,13 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         k = best_slice(label)
         preds, ious = {}, {}
         for lab, net in nets.items():
-            pred = predict_case(net, sample["image"], ctx.slice_batch_size, ctx.device, ctx.spec.crop_size)
-            # on the case's own grid, as metrics.csv (the crop's label would leave out what it cuts)
-            scores = score_on_case_grid(pred, sample)
+            prob = predict_case(
+                net, sample["image"], ctx.slice_batch_size, ctx.device, ctx.spec.crop_size, probabilities=True
+            )
+            pred = prob > 0.5  # predict_case's mask
+            # on the case's own grid, as metrics.csv (the crop's label would leave out what it cuts;
+            # resized own images: their probabilities cut on their pixels)
+            scores = score_on_case_grid(pred, sample, prob)
             ious[lab] = float("nan") if scores is None else scores["iou"]
             preds[lab] = take(pred, k)
         rows.append(

@@ -67,23 +67,41 @@ def load_network(
 
 @torch.no_grad()
 def predict_case(
-    net: torch.nn.Module, image: torch.Tensor, slice_batch_size: int = 32, device="cpu", roi_size=None
+    net: torch.nn.Module,
+    image: torch.Tensor,
+    slice_batch_size: int = 32,
+    device="cpu",
+    roi_size=None,
+    probabilities: bool = False,
 ) -> np.ndarray:
     """Binary foreground mask (``H x W [x D]``, bool) of one preprocessed case ``C x H x W [x D]``
-    (slices larger than ``roi_size``, the trained crop, through a sliding window, as the bundles)."""
+    (slices larger than ``roi_size``, the trained crop, through a sliding window, as the bundles);
+    with ``probabilities``, the foreground probabilities (float32) the mask is cut from (``> 0.5``)."""
     # foreground polarity whatever the network returns (RFNA built with foreground_output=False)
     logits = SliceWiseInferer(slice_batch_size, roi_size=roi_size)(image[None].to(device), as_foreground(net))
+    if probabilities:
+        return torch.sigmoid(logits[0, 0].float()).cpu().numpy()
     # the bundles' rule (ForegroundMaskd): sigmoid(logit) > 0.5
     return foreground_mask(logits[0, 0]).cpu().numpy()
 
 
-def score_on_case_grid(pred: np.ndarray, sample: dict) -> dict | None:
+def score_on_case_grid(
+    pred: np.ndarray, sample: dict, probabilities: np.ndarray | None = None
+) -> dict | None:
     """:func:`~pam_monai.engines.handlers.score_case` of a :func:`predict_case` mask of a
     :class:`~pam_monai.engines.CaseDataset` sample: on the case's own grid (``label_full``: the
     lesion outside the crop counts), as the evaluation's ``metrics.csv`` scores it; None for a case
-    without an annotated voxel."""
+    without an annotated voxel. A resized own 2-D image (``restore`` ``"resize"``) is scored from the
+    mask's ``probabilities`` resized to its pixels and cut there, as the evaluation cuts them (the
+    0/1 mask resized would come back with the small grid's steps); without them, from the mask."""
     spacing = tuple(float(s) for s in sample["spacing"][: pred.ndim])
     label = sample["label"][0].numpy()
+    if (
+        probabilities is not None
+        and sample.get("label_full") is not None
+        and sample.get("restore") == "resize"
+    ):
+        pred = probabilities  # on_case_grid resizes them to label_full's pixels and cuts at 0.5
     return score_case(pred, label, sample.get("label_full"), sample.get("restore", "crop"), spacing)
 
 
