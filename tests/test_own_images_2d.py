@@ -209,6 +209,17 @@ def test_own_bundle_and_experiment_on_2d_images(colour_root, tmp_path):
     assert "on the image's own pixels" in results and "HD95 (px)" in results
 
 
+def test_2d_label_among_images_not_renamed_onto_its_image(colour_root, tmp_path):
+    """A label copied into imagesTr/ (SYN_001.png beside SYN_001_0000.png) is not told to be
+    renamed SYN_001_0000.png: that would overwrite the case's image."""
+    stray = Path(shutil.copytree(colour_root, tmp_path / "stray"))
+    shutil.copy(stray / "labelsTr" / "SYN_001.png", stray / "imagesTr" / "SYN_001.png")
+    report = check_dataset("nnunet", stray)
+    problem = next(str(p) for p in report.problems if "SYN_001.png: not an image file name" in str(p))
+    assert "rename it" not in problem
+    assert "SYN_001_0000.png exists" in problem and "labelsTr/" in problem
+
+
 def test_2d_review_cases(colour_root, tmp_path):
     """What a review with real-world 2-D sets found: names without _0000, one grey image among
     colour ones, foreground lost in the resize, upper-case file types, black pixels."""

@@ -621,6 +621,19 @@ def _form(name: str) -> str:
     return "NFC" if unicodedata.is_normalized("NFC", name) else "NFD"
 
 
+def _unnumbered_fix(path: Path, endings: Sequence[str], one_file: bool) -> str:
+    """The fix for an image file without its channel number in a one-file-per-case set (ISIC-style
+    ``img.png``): rename it ``img_0000.png``, unless that file exists (then it is the case's label
+    copied among the images, and the rename would overwrite the image)."""
+    ending = next((e for e in endings if path.name.lower().endswith(e.lower())), None)
+    if not ending or not one_file:
+        return ""
+    target = path.with_name(f"{path.name[: -len(ending)]}_0000{ending}")
+    if target.exists():
+        return f"; {target.name} exists (its label copied here?): labels belong in labelsTr/ (labelsTs/), not among the images"
+    return f": rename it {target.name}"
+
+
 def _folders_only(images: Path, ending: str) -> str:
     """The message for an image folder that holds sub-folders but no ``<case>_XXXX`` file."""
     folders = [p.name for p in visible_entries(images) if p.is_dir()]
@@ -680,15 +693,12 @@ def scan(
         if path.is_dir() or path.name == "dicom_series.json":  # convert_dicom's record of its sources
             continue
         if not m:
-            ending = next((e for e in endings if path.name.lower().endswith(e.lower())), None)
-            rename = (  # ISIC-style names: one file per case, without its channel number
-                f": rename it {path.name[: -len(ending)]}_0000{ending}" if ending and len(keys) == 1 else ""
-            )
             problems.append(
                 Problem(
                     path.name,
                     path.name,
-                    f"not an image file name <case>_<XXXX>{endings[0]} (channel number XXXX){rename}",
+                    f"not an image file name <case>_<XXXX>{endings[0]} (channel number XXXX)"
+                    + _unnumbered_fix(path, endings, one_file=len(keys) == 1),
                 )
             )
             continue
