@@ -11,7 +11,7 @@ from PIL import Image
 
 from pam_monai.cli import main as cli
 from pam_monai.data import check_dataset, synth
-from pam_monai.data.checker import check_label_values
+from pam_monai.data.checker import check_label_values, label_like
 
 A, B, C = "Brats18_SYN_001_1", "Brats18_SYN_002_1", "Brats18_SYN_003_1"
 NUMBER = "give them a number and save the file again (e.g. 0 outside the field of view: numpy.nan_to_num)"
@@ -459,3 +459,18 @@ def test_training_does_not_need_the_labels_of_a_test_list_kept_for_later(brats, 
         ValueError, match=f"{kept['case']}: {path}: no 'label' \\(every test entry needs one\\)"
     ):
         prepare_data("brats", brats, path, fold=0, splits=["test"])
+
+
+def test_label_like_needs_more_pixels_than_values(tmp_path):
+    """A frame or volume with few pixels has few values however photographic it is: 8 x 4 frames of
+    32 distinct colours (the synthetic stand-in at --size "(8,4)") are not a gtFine_color drawing,
+    nor 12 distinct intensities a mask; a small mask or drawing still is."""
+    frame = np.arange(8 * 4 * 3, dtype=np.uint8).reshape(4, 8, 3)
+    assert label_like(frame, "RGB", colour=True) is None
+    assert label_like(np.arange(12.0).reshape(2, 2, 3), "t1") is None
+    drawing = np.zeros((4, 8, 3), np.uint8)
+    drawing[:, 4:] = (128, 64, 128)  # road
+    assert "2 colours" in label_like(drawing, "RGB", colour=True)
+    assert "2 distinct values" in label_like((np.arange(12).reshape(2, 2, 3) > 5).astype(np.int16), "t1")
+    root = synth("cityscapes", tmp_path / "tiny", cases=1, size=(8, 4), train_cities=2, val_cities=1)
+    assert check_dataset("cityscapes", root).ok

@@ -268,6 +268,8 @@ FIXED_MODALITIES = ("brats", "isles", "cityscapes")
 LABEL_LIKE_VALUES = 16
 # a photograph has thousands of colours; a colour drawing of labels (gtFine_color) one per class
 LABEL_LIKE_COLOURS = 40
+# a label map's values each cover many pixels; an image of a few dozen pixels has as many values
+PIXELS_PER_LABEL = 4
 
 
 def _distinct(data: np.ndarray, limit: int, colour: bool) -> np.ndarray | None:
@@ -299,7 +301,10 @@ def label_like(data: np.ndarray, channel: str, colour: bool = False) -> str | No
     :data:`LABEL_LIKE_COLOURS` colours (``colour``: CityScapes' ``gtFine_color`` given for the frame).
     None otherwise."""
     values = _distinct(data, LABEL_LIKE_COLOURS if colour else LABEL_LIKE_VALUES, colour)
+    pixels = data.size // 3 if colour else data.size
     if values is None or values.size < 2 or np.any(values != np.round(values)):
+        return None
+    if values.size * PIXELS_PER_LABEL > pixels:  # too few pixels to tell: a tiny image has few values too
         return None
     if colour:
         return (
