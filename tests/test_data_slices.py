@@ -253,3 +253,17 @@ def test_a_cityscapes_entry_may_list_its_one_image_file(roots, items, tmp_path):
     assert check_dataset("cityscapes", roots["cityscapes"], datalist=path).ok
     with pytest.raises(ValueError, match="expected one RGB image file, got 2"):
         load_case("cityscapes", {**item, "image": [item["image"]] * 2})
+
+
+def test_datasets_still_take_their_entries_as_items(items):
+    """Bundles written before the argument was renamed data (configs/train.json's
+    train#dataset#items, validate#dataset#items) still build their datasets, with a FutureWarning."""
+    from pam_monai.engines.data import CaseDataset
+
+    with pytest.warns(FutureWarning, match="items= is now data="):
+        old = SliceDataset(items=items["isles"], dataset="isles", progress=False)
+    assert len(old) == len(SliceDataset(data=items["isles"], dataset="isles", progress=False)) > 0
+    with pytest.warns(FutureWarning, match="#dataset#items"):
+        assert len(CaseDataset(items=items["isles"], dataset="isles")) == len(items["isles"])
+    with pytest.raises(TypeError, match="not also as items"):
+        CaseDataset(items["isles"], "isles", items=items["isles"])

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,24 @@ _PARTS = ("image", "label", "fg")  # cache files per case; "fg" (per-slice foreg
 def _item_files(item: dict) -> list[str]:
     images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
     return [*map(str, images), str(item["label"])]
+
+
+def data_argument(data: Sequence[dict] | None, items: Sequence[dict] | None, who: str) -> Sequence[dict]:
+    """The entries given as ``data`` or, with a FutureWarning, by the argument's former name
+    ``items`` (bundles written before the rename say ``train#dataset#items``: they still run)."""
+    if items is not None and data is not None:
+        raise TypeError(f"{who}: give the entries as data, not also as items (its former name)")
+    if items is not None:
+        warnings.warn(
+            f"{who}: items= is now data= (as MONAI's datasets name it); a bundle written before says "
+            "#dataset#items in configs/train.json: rename it #dataset#data, or write the bundle again",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return items
+    if data is None:
+        raise TypeError(f"{who}: missing the datalist entries (data)")
+    return data
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -83,7 +102,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        data: Sequence[dict],
+        data: Sequence[dict] | None = None,
         dataset: str | DatasetSpec = "brats",
         cache_dir: str | os.PathLike | None = None,
         keep_background_fraction: float = 0.5,
@@ -92,9 +111,10 @@ class SliceDataset(torch.utils.data.Dataset):
         cache_dtype: str | np.dtype | None = None,
         num_workers: int | None = None,
         progress: bool = True,
+        items: Sequence[dict] | None = None,
     ) -> None:
         self.spec = get_spec(dataset)
-        self.items = [dict(it) for it in data]
+        self.items = [dict(it) for it in data_argument(data, items, type(self).__name__)]
         if not 0.0 <= keep_background_fraction <= 1.0:
             raise ValueError(f"keep_background_fraction must be in [0, 1], got {keep_background_fraction}")
         for it in self.items:

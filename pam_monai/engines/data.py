@@ -28,6 +28,7 @@ from ..data import (
 from ..data.layout import visible_entries
 from ..data.nnunet import check_same_data_set
 from ..data.ops import binarize, resize_probabilities, uncrop_center
+from ..data.slices import data_argument
 from ..ranks import on_rank0, rank0_first
 from .runtime import as_bool
 
@@ -215,13 +216,14 @@ class CaseDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        data: Sequence[dict],
+        data: Sequence[dict] | None = None,
         dataset="brats",
         foreground_label: int | Sequence[int] | None = None,
         cache: bool = True,
+        items: Sequence[dict] | None = None,
     ) -> None:
         # ``data`` as MONAI's datasets name it: the bundles' ``validate#dataset#data``
-        self.items = [dict(it) for it in data]
+        self.items = [dict(it) for it in data_argument(data, items, type(self).__name__)]
         self.spec = get_spec(dataset)
         self.foreground_label = foreground_label
         self._cache: dict[int, dict] = {} if cache else None  # type: ignore[assignment]
