@@ -1081,6 +1081,23 @@ def test_bundle_prints_a_train_command_that_runs_in_a_shell_for_paths_with_space
         assert command[-2:] == ["--config_file", "configs/train.json"]
 
 
+def test_a_file_given_as_the_data_set_folder_names_its_folder(own_root, tmp_path):
+    """--root naming dataset.json itself or an image file (a shell's completion) says it is a file
+    and which folder to pass; it read '<file>/ is a folder of the data set', or nothing."""
+    root = copy(own_root, tmp_path / "set")
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"dataset.json is a file, not a folder: pass the data set's folder, {re.escape(str(root))}$",
+    ):
+        get_spec("nnunet", root=root / "dataset.json")
+    image = next((root / "imagesTr").glob("*_0000.nii.gz"))
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"{image.name} is a file, not a folder: pass the data set's folder, {re.escape(str(root))}$",
+    ):
+        check_dataset("nnunet", image)
+
+
 def test_a_wrong_data_set_folder_is_named_with_the_one_meant(own_root, tmp_path):
     """A root without dataset.json says which folder was meant: the data set's own for its imagesTr/,
     one of the data sets for nnUNet_raw/ itself, and that a mistyped one does not exist."""

@@ -110,10 +110,16 @@ def _ending_fix(ending: str, endings: tuple[str, ...], from_json: bool) -> str:
 
 def _dataset_json_nearby(root: Path) -> str:
     """What a root without ``dataset.json`` is, when it says which folder was meant: one that does
-    not exist, a data set's ``imagesTr/`` (its parent holds the file) or a folder of data sets such
-    as ``nnUNet_raw/`` (its sub-folders do)."""
+    not exist, a file (``dataset.json`` or an image: the folder above holds the file), a data set's
+    ``imagesTr/`` (its parent holds the file) or a folder of data sets such as ``nnUNet_raw/`` (its
+    sub-folders do)."""
     if not root.exists():
         return f"; {root} does not exist"
+    if root.is_file():  # dataset.json itself, or an image: the data set's folder is above it
+        holder = next((p for p in list(root.parents)[:2] if (p / DATASET_JSON).is_file()), None)
+        return f"; {root.name} is a file, not a folder: pass the data set's folder" + (
+            f", {holder}" if holder else ""
+        )
     if (root.parent / DATASET_JSON).is_file():
         return f"; {root.name}/ is a folder of the data set: pass the data set's own folder, {root.parent}"
     inside = sorted(d.name for d in root.iterdir() if (d / DATASET_JSON).is_file()) if root.is_dir() else []
