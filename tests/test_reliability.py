@@ -662,6 +662,21 @@ def test_a_broken_datalist_file_is_named(tmp_path):
             load_datalist(path, tmp_path)
 
 
+def test_a_datalist_is_read_as_utf8_as_dataset_json_is(tmp_path):
+    """A hand-made datalist saved by a Windows editor (byte-order mark) is read, as dataset.json
+    is, and paths with accents decode as UTF-8 whatever the locale; another encoding is named."""
+    from pam_monai.data import load_datalist
+
+    path = tmp_path / "external.json"
+    path.write_bytes(
+        json.dumps({"test": [{"image": "Énée_0000.nii.gz"}]}, ensure_ascii=False).encode("utf-8-sig")
+    )
+    assert load_datalist(path)["test"][0]["image"] == "Énée_0000.nii.gz"
+    path.write_bytes('{"test": [{"image": "Énée_0000.nii.gz"}]}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{path}: not UTF-8 text .*save it as UTF-8"):
+        load_datalist(path)
+
+
 def test_inference_names_weights_that_do_not_fit_the_network(cases, tmp_path):
     weights = tmp_path / "model.pt"
     atomic_save(get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1).state_dict(), weights)

@@ -246,8 +246,10 @@ def load_datalist(datalist: dict | str | os.PathLike, root: str | os.PathLike | 
     ``label`` paths absolute (as MONAI's ``load_decathlon_datalist(base_dir=root)`` does)."""
     if not isinstance(datalist, dict):
         path = Path(datalist)
-        try:
-            datalist = json.loads(path.read_text())
+        try:  # as dataset.json: UTF-8 whatever the locale, a Windows editor's byte-order mark accepted
+            datalist = json.loads(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e}): save it as UTF-8, as JSON files are") from e
         except ValueError as e:  # a hand-edited datalist: name the file, not only the line
             raise ValueError(f"{path}: not a JSON datalist ({e})") from e
         if not isinstance(datalist, dict):
