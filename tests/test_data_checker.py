@@ -69,6 +69,18 @@ def test_spacing_summary_counts_cases(brats):
     assert "(2 cases)" in line and "2x2x2 (1 case)" in line, line
 
 
+def test_verdict_counts_in_the_singular(tmp_path):
+    """The verdict line reads '1 case', '1 problem', '1 warning' (was '1 cases', '1 problems')."""
+    root = synth("brats", tmp_path / "one", cases=1, slices=8)
+    seg = next(root.rglob("*_seg.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros(nib.load(seg).shape, np.uint8), nib.load(seg).affine), seg)
+    verdict = check_dataset("brats", root).format().splitlines()[-1]
+    assert verdict.endswith(": 1 case, 0 with problems, 0 problems, 1 warning"), verdict
+    next(root.rglob("*_t1.nii.gz")).unlink()
+    verdict = check_dataset("brats", root).format().splitlines()[-1]
+    assert verdict.endswith(": 1 case, 1 with problems, 1 problem, 0 warnings"), verdict
+
+
 def test_missing_modality(brats):
     case_file(brats, A, "t1").unlink()
     report = check_dataset("brats", brats)

@@ -145,8 +145,8 @@ class CheckReport:
         failed = len({c.case for c in self.cases if not c.ok} | {p.case for p in self.problems})
         verdict = "OK" if self.ok else "FAILED"
         lines.append(
-            f"{verdict}: {self.dataset} under {self.root}: {len(self.cases)} cases, {failed} with problems, "
-            f"{len(self.problems)} problems, {len(self.warnings)} warnings"
+            f"{verdict}: {self.dataset} under {self.root}: {_count(len(self.cases), 'case')}, {failed} with problems, "
+            f"{_count(len(self.problems), 'problem')}, {_count(len(self.warnings), 'warning')}"
         )
         return "\n".join(lines)
 
@@ -157,7 +157,7 @@ class CheckReport:
         if spaced:
             lines.append(
                 "voxel spacing (mm): "
-                + ", ".join(f"{v} ({n} case{'' if n == 1 else 's'})" for v, n in spaced.most_common(5))
+                + ", ".join(f"{v} ({_count(n, 'case')})" for v, n in spaced.most_common(5))
             )
         oriented = Counter(c.orientation for c in self.cases if c.orientation)
         if oriented:
@@ -186,6 +186,11 @@ class CheckReport:
         """Raise ``ValueError`` listing the problems (for training scripts that check up front)."""
         if not self.ok:
             raise ValueError("data check failed:\n" + "\n".join([*map(str, self.problems), *self.notes]))
+
+
+def _count(n: int, word: str) -> str:
+    """``1 case``, ``2 cases``: the summary's counts."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
