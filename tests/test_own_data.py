@@ -1245,3 +1245,13 @@ def test_commands_in_messages_quote_paths_with_spaces(tmp_path, capsys):
         get_spec("nnunet", root=out)
     advice = str(err.value).split("to size the crop from; ", 1)[1].removesuffix(" lists what is there")
     assert shlex.split(advice)[-1] == str(out)
+
+
+def test_an_image_folder_holding_convert_dicoms_record_alone_is_not_said_to_hold_folders(tmp_path):
+    """An inference folder with convert_dicom's dicom_series.json but no image (a conversion that
+    wrote none) is named with what it holds; it read 'only folders ()'."""
+    from pam_monai.data.nnunet import scan
+
+    (tmp_path / "dicom_series.json").write_text("{}")
+    (problem,) = scan(tmp_path, channels=["CT"]).problems
+    assert problem.message == "no <case>_0000.nii.gz image, only dicom_series.json"

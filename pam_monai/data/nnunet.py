@@ -641,8 +641,11 @@ def _unnumbered_fix(path: Path, endings: Sequence[str], one_file: bool) -> str:
 
 
 def _folders_only(images: Path, ending: str) -> str:
-    """The message for an image folder that holds sub-folders but no ``<case>_XXXX`` file."""
+    """The message for an image folder that holds sub-folders (or convert_dicom's record) but no
+    ``<case>_XXXX`` file."""
     folders = [p.name for p in visible_entries(images) if p.is_dir()]
+    if not folders:  # convert_dicom's record alone: a conversion that wrote no image
+        return f"no <case>_0000{ending} image, only {', '.join(p.name for p in visible_entries(images))}"
     what = (
         f"no <case>_0000{ending} image, only folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}): "
         f"the images lie in this folder itself, one file per channel, <case>_0000{ending}, <case>_0001{ending}, ..."
