@@ -271,7 +271,21 @@ def test_a_label_map_in_a_modality_s_place_is_a_problem(brats, pristine):
         "image: give the flair image (the segmentation or a mask in its place?)",
     ]
     isles = pristine["isles"]
-    assert check_dataset("isles", isles).ok  # the synthetic perfusion maps are images
+    report = check_dataset("isles", isles)
+    assert report.ok and not report.warnings  # the synthetic perfusion maps are images
+
+
+def test_a_coarse_isles_perfusion_map_is_named_not_refused(pristine, tmp_path):
+    """A perfusion map stored with a handful of integer values (Tmax in whole seconds, say) cannot be
+    told from a mask for sure: a warning naming it, not a refusal of the case."""
+    isles = tmp_path / "isles"
+    shutil.copytree(pristine["isles"], isles)
+    path = sorted(isles.rglob("*CT_Tmax*.nii"))[0]
+    data = np.asanyarray(nib.load(path).dataobj)
+    rewrite(path, np.clip(np.round(data / max(float(data.max()), 1e-6) * 8), 0, 8).astype(np.int16))
+    report = check_dataset("isles", isles)
+    assert report.ok, report.format()
+    assert any(path.name in str(w) and "distinct values" in str(w) for w in report.warnings), report.warnings
 
 
 def test_a_4d_modality_file_says_what_to_do(brats):

@@ -9,7 +9,7 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
 - geometry: shape or affine of a channel or the label differing from the first channel;
 - values: NaN or Inf voxels, label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
   {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33; own data: the
-  values of its ``dataset.json``), non-integer labels, a BRATS or ISLES modality that holds a label map
+  values of its ``dataset.json``), non-integer labels, a BRATS modality that holds a label map
   or mask (a handful of integer values: the segmentation given in an image's place), a CityScapes frame
   of a handful of colours (``gtFine_color`` given for ``leftImg8bit``);
 - a datalist (``datalist=``, the bundles' ``data_list_file_path``): entries with another number of
@@ -19,7 +19,8 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
   and evaluation) only the entries of those splits have their files and labels checked.
 
 Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
-channel, a case ID that begins or ends with white space; own data: an image channel that looks like
+channel, a case ID that begins or ends with white space, an ISLES perfusion map of a handful of
+integer values (stored coarsely, or a mask); own data: an image channel that looks like
 a label map, a volume whose thickest voxel axis is not the third, an EXIF-turned image, foreground
 lost in a 2-D image's resize.
 """
@@ -419,9 +420,13 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 )
             )
         bad = _nonfinite(data) or (check_label_values(data, allowed) if is_label else None)
+        coarse = None
         if not bad and not is_label and spec.name in FIXED_MODALITIES:
             # own data may have a mask channel (noNorm): not for these
             bad = label_like(data, name, colour=not spec.volumetric)
+            if bad and spec.name == "isles":
+                # a perfusion map (Tmax in whole seconds) may be stored with few values: named, not refused
+                coarse, bad = bad, None
         if (
             bad
             and spec.name == "nnunet"
@@ -431,6 +436,8 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             bad += ": name each value in dataset.json's 'labels' (a label or part of a region), or correct the label map"
         if bad:
             problems.append((path.name, bad))
+        elif coarse:
+            warnings.append((path.name, f"{coarse}; trained on as it is"))
         elif spec.volumetric and not is_label and not np.any(data):
             warnings.append((path.name, "all voxels are zero"))
         elif spec.volumetric and not is_label and spec.name == "nnunet" and _normalised(spec, name):
