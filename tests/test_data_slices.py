@@ -267,3 +267,22 @@ def test_datasets_still_take_their_entries_as_items(items):
         assert len(CaseDataset(items=items["isles"], dataset="isles")) == len(items["isles"])
     with pytest.raises(TypeError, match="not also as items"):
         CaseDataset(items["isles"], "isles", items=items["isles"])
+
+
+def test_cache_headers_are_parsed_one_thread_at_a_time(items, tmp_path, monkeypatch):
+    """numpy parses a .npy header with ast.literal_eval; CPython 3.11's AST builder shares its
+    recursion depth between threads, so the preparing threads parsing headers at once raised a rare
+    'SystemError: AST constructor recursion depth mismatch' (seen in CI): every cache file is opened
+    holding the slice cache's lock, when written and when read back."""
+    from pam_monai.data import slices as slices_module
+
+    real_load, held = np.load, []
+
+    def load(*args, **kwargs):
+        held.append(slices_module._NPY_HEADER_LOCK.locked())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", load)
+    SliceDataset(items["brats"], "brats", cache_dir=tmp_path, num_workers=2, progress=False)  # written
+    SliceDataset(items["brats"], "brats", cache_dir=tmp_path, num_workers=2, progress=False)  # read back
+    assert held and all(held), held

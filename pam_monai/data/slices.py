@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -49,6 +50,18 @@ log = logging.getLogger("pam_monai")
 
 CACHE_VERSION = 1  # bump when preprocessing changes, to invalidate old cache files
 _PARTS = ("image", "label", "fg")  # cache files per case; "fg" (per-slice foreground counts) is written last
+
+
+# numpy reads a .npy header with ast.literal_eval, and CPython 3.11's AST builder keeps its recursion
+# depth in state the preparing threads share: two threads parsing at once could raise a rare
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905), seen in CI
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def _open_cached(path: str | os.PathLike) -> np.ndarray:
+    """A cache file, memory-mapped (its header parsed by one thread at a time)."""
+    with _NPY_HEADER_LOCK:
+        return np.load(path, mmap_mode="r")
 
 
 def _item_files(item: dict) -> list[str]:
@@ -229,7 +242,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def _prepare(self, item: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         paths = self.cache_paths(item)
         if paths is not None and all(p.is_file() for p in paths.values()):
-            return tuple(np.load(paths[p], mmap_mode="r") for p in _PARTS)  # type: ignore[return-value]
+            return tuple(_open_cached(paths[p]) for p in _PARTS)  # type: ignore[return-value]
         case = preprocess_case(self.spec, item, self.foreground_labels)
         image, label = case["image"], case["label"]
         if self.spec.volumetric:  # C x h x w x D -> D x C x h x w: one slice is one contiguous block
@@ -259,7 +272,7 @@ class SliceDataset(torch.utils.data.Dataset):
             raise OSError(
                 e.errno, f"{what}; pass --cache_dir DIR (cache_dir) to cache the volumes elsewhere"
             ) from None
-        return tuple(np.load(paths[p], mmap_mode="r") for p in _PARTS)  # type: ignore[return-value]
+        return tuple(_open_cached(paths[p]) for p in _PARTS)  # type: ignore[return-value]
 
     def __getstate__(self) -> dict:
         # memory-mapped volumes travel to (spawned) DataLoader workers as file names, not data
@@ -272,8 +285,8 @@ class SliceDataset(torch.utils.data.Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if self.cache_dir is not None:
-            self._images = [np.load(f, mmap_mode="r") for f in self._images]
-            self._labels = [np.load(f, mmap_mode="r") for f in self._labels]
+            self._images = [_open_cached(f) for f in self._images]
+            self._labels = [_open_cached(f) for f in self._labels]
 
     # ------------------------------------------------------------------ slice selection
     def resample(self, seed: int) -> None:
