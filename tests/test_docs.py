@@ -219,7 +219,9 @@ def test_data_readme_lists_the_checkers_label_map_problem(tmp_path):
     assert [p for p in report.problems if "label map" in p.message], report.format()
     text = " ".join((ROOT / "pam_monai" / "data" / "README.md").read_text().split())
     said = text[text.index("Problems: missing or empty data folder") : text.index("Warnings (exit 0)")]
-    assert "a BraTS modality holding a label map" in said and "for ISLES" in said and "`gtFine_color`" in said, said
+    assert (
+        "a BraTS modality holding a label map" in said and "for ISLES" in said and "`gtFine_color`" in said
+    ), said
 
 
 def test_experiment_help_names_every_data_set_with_folds():
