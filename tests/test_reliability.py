@@ -371,36 +371,9 @@ if __name__ == "__main__":
 """
 
 
-def test_resume_refuses_when_the_processes_see_different_checkpoints(tmp_path):
-    """torchrun on several nodes with a ckpt_dir on each node's own disk: rank 0 writes
-    checkpoint_last.pt on its node only, and a resume loaded it on rank 0 while the ranks of the
-    other nodes found none and trained from epoch 0 (DDP synchronises weights only when it is
-    built, before the resume), one epoch count apart, until a collective waited for a rank that
-    had ended. Every rank now refuses, naming what each one found."""
-    from ignite.engine import Engine
-
-    from pam_monai.engines import TrainingCheckpoint
-
-    net = torch.nn.Linear(2, 1)
-    first = Engine(lambda engine, batch: 0.0)
-    TrainingCheckpoint(str(tmp_path / "node0"), net, torch.optim.SGD(net.parameters(), lr=0.1)).attach(first)
-    first.run(list(range(4)), max_epochs=1)  # rank 0's node holds epoch 1; rank 1's node nothing
-    script = tmp_path / "ranks.py"
-    script.write_text(RESUMING_RANKS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=ROOT, env=env)
-    for rank in (0, 1):
-        message = (tmp_path / f"rank{rank}.txt").read_text()
-        assert message.startswith(f"ValueError: {tmp_path / f'node{rank}' / 'checkpoint_last.pt'}: resume"), (
-            message
-        )
-        assert "rank 0: epoch 1, rank 1: none" in message and "ckpt_dir" in message, message
-
-
-def test_resume_refuses_on_every_rank_when_one_cannot_read_its_checkpoint(tmp_path):
-    """A rank whose checkpoint_last.pt is unreadable (a node's truncated copy) raised before the
-    collective that compares the ranks' checkpoints, and the other ranks waited there until the
-    process group's timeout. Every rank now refuses at once, naming the unreadable file."""
+def _resume_on_two_nodes(tmp_path) -> list[str]:
+    """Two gloo ranks resume from node0/ and node1/ (rank 0's node holding a one-epoch checkpoint,
+    node1/ as the test left it); each rank's error message, checked to be the resume's refusal."""
     from ignite.engine import Engine
 
     from pam_monai.engines import TrainingCheckpoint
@@ -409,17 +382,35 @@ def test_resume_refuses_on_every_rank_when_one_cannot_read_its_checkpoint(tmp_pa
     first = Engine(lambda engine, batch: 0.0)
     TrainingCheckpoint(str(tmp_path / "node0"), net, torch.optim.SGD(net.parameters(), lr=0.1)).attach(first)
     first.run(list(range(4)), max_epochs=1)
-    (tmp_path / "node1").mkdir()
-    (tmp_path / "node1" / "checkpoint_last.pt").write_bytes(b"truncated")
     script = tmp_path / "ranks.py"
     script.write_text(RESUMING_RANKS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=ROOT, env=env)
-    for rank in (0, 1):
-        message = (tmp_path / f"rank{rank}.txt").read_text()
+    messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    for rank, message in enumerate(messages):
         assert message.startswith(f"ValueError: {tmp_path / f'node{rank}' / 'checkpoint_last.pt'}: resume"), (
             message
         )
+    return messages
+
+
+def test_resume_refuses_when_the_processes_see_different_checkpoints(tmp_path):
+    """torchrun on several nodes with a ckpt_dir on each node's own disk: rank 0 writes
+    checkpoint_last.pt on its node only, and a resume loaded it on rank 0 while the ranks of the
+    other nodes found none and trained from epoch 0 (DDP synchronises weights only when it is
+    built, before the resume), one epoch count apart, until a collective waited for a rank that
+    had ended. Every rank now refuses, naming what each one found."""
+    for message in _resume_on_two_nodes(tmp_path):  # rank 0's node holds epoch 1; rank 1's node nothing
+        assert "rank 0: epoch 1, rank 1: none" in message and "ckpt_dir" in message, message
+
+
+def test_resume_refuses_on_every_rank_when_one_cannot_read_its_checkpoint(tmp_path):
+    """A rank whose checkpoint_last.pt is unreadable (a node's truncated copy) raised before the
+    collective that compares the ranks' checkpoints, and the other ranks waited there until the
+    process group's timeout. Every rank now refuses at once, naming the unreadable file."""
+    (tmp_path / "node1").mkdir()
+    (tmp_path / "node1" / "checkpoint_last.pt").write_bytes(b"truncated")
+    for message in _resume_on_two_nodes(tmp_path):
         assert "rank 0: epoch 1, rank 1: unreadable: " in message, message
         assert f"{tmp_path / 'node1' / 'checkpoint_last.pt'}: cannot load checkpoint" in message, message
 
