@@ -194,16 +194,24 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def fractional_values(array: np.ndarray) -> np.ndarray:
+    """The distinct non-integer values of ``array`` (none for an integer array), e.g. those of an
+    interpolated mask or of a probability map given for a mask."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array[:0]
+    values = np.unique(array)
+    return values[values != np.round(values)]
+
+
 def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
     """None when every value of ``label`` is an integer in ``allowed``, else the message."""
     values = np.unique(label)
-    if np.issubdtype(values.dtype, np.floating):
-        fractional = values[values != np.round(values)]
-        if fractional.size:
-            return (
-                f"non-integer label values {fractional[:5].tolist()} (an interpolated mask): "
-                "resample label maps by nearest neighbour, or round them to the label values"
-            )
+    fractional = fractional_values(values)
+    if fractional.size:
+        return (
+            f"non-integer label values {fractional[:5].tolist()} (an interpolated mask): "
+            "resample label maps by nearest neighbour, or round them to the label values"
+        )
     bad = sorted(set(values.tolist()) - set(allowed))
     if bad:
         shown = ", ".join(str(int(b) if float(b).is_integer() else b) for b in bad[:10])
@@ -308,7 +316,7 @@ def label_like(data: np.ndarray, channel: str, colour: bool = False) -> str | No
     None otherwise."""
     values = _distinct(data, LABEL_LIKE_COLOURS if colour else LABEL_LIKE_VALUES, colour)
     pixels = data.size // 3 if colour else data.size
-    if values is None or values.size < 2 or np.any(values != np.round(values)):
+    if values is None or values.size < 2 or fractional_values(values).size:
         return None
     if values.size * PIXELS_PER_LABEL > pixels:  # too few pixels to tell: a tiny image has few values too
         return None

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ..atomic import check_writable
 from ..data import get_spec, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
+from ..data.checker import fractional_values
 from ..data.files import UnreadableFile, load_png, load_volume
 from ..data.layout import visible_entries
 from ..data.ops import binarize
@@ -71,10 +72,7 @@ def _case_of(name: str, volumetric: bool) -> str | None:
 
 def _fractional(pred: np.ndarray) -> str | None:
     """The first few non-integer values of a mask, shown, or None when every value is an integer."""
-    if not np.issubdtype(pred.dtype, np.floating):
-        return None
-    values = np.unique(pred)
-    values = values[values != np.round(values)]
+    values = fractional_values(pred)
     return (
         ", ".join(f"{v:g}" for v in values[:3]) + (", ..." if values.size > 3 else "")
         if values.size
