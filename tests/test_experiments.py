@@ -622,6 +622,29 @@ def test_overlay_window_is_twice_the_lesion():
     assert _window(small, []) == (0, 48, 0, 48)  # at least 48 pixels, kept inside the image
 
 
+def test_figures_show_a_fold_whose_runs_finished():
+    """fig4/fig5 used the first fold only: with its runs unfinished (--max_runs, a failed run under
+    --keep_going) no figure was written although fold 1 had every network's run."""
+    from types import SimpleNamespace
+
+    from pam_monai.experiments.figures import _figure_fold, _representative
+
+    def run(label, seed, fold, done):
+        return SimpleNamespace(
+            variant=SimpleNamespace(label=label), seed=seed, fold=fold, finished=lambda: done
+        )
+
+    runs = [run("fpa", 0, 0, False), run("unet", 0, 0, True), run("fpa", 0, 1, True), run("unet", 0, 1, True)]
+    finished = {"fpa", "unet"}
+    assert set(_representative(runs, finished, [0], 0)) == {"unet"}
+    assert _figure_fold(runs, finished, [0], [0, 1]) == 1
+    assert _figure_fold(runs, finished, [0], [0, 1], wanted=["unet"]) == 0  # fold 0 has what is shown
+    runs[0] = run("fpa", 0, 0, True)
+    assert _figure_fold(runs, finished, [0], [0, 1]) == 0  # every network on the first fold: as before
+    partial = [run("fpa", 0, 0, False), run("unet", 0, 0, False), run("unet", 0, 1, True)]
+    assert _figure_fold(partial, finished, [0], [0, 1]) == 1  # no fold has all: the one with the most
+
+
 def test_table_distance_unit_for_2d_images():
     md = _report(
         [_run("fpa", 0, [0.5])], dataset="cityscapes", dataset_title="CityScapes", distance_unit="px"

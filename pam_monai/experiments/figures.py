@@ -299,6 +299,24 @@ def _representative(runs, finished_labels: set, seeds, fold):
     return {k: v for k, v in out.items() if k in finished_labels}
 
 
+def _figure_fold(runs, finished_labels: set, seeds, folds, wanted=None) -> int:
+    """The fold the figures show: the first of ``folds`` with a finished run of every wanted label
+    (``wanted``: the figure networks, else every finished one), else the one with the most of them.
+
+    The first fold alone left the figures out when its runs had not finished (``--max_runs``, a
+    failed run under ``--keep_going``) although another fold's had."""
+    labels = set(wanted) if wanted else finished_labels
+    best, best_count = folds[0], -1
+    for fold in folds:
+        reps = _representative(runs, finished_labels, seeds, fold)
+        count = sum(lab in reps for lab in labels)
+        if count == len(labels):
+            return fold
+        if count > best_count:
+            best, best_count = fold, count
+    return best
+
+
 def _seeds_shown(reps, labels) -> str:
     """Which trained run of each network a figure shows (one seed's, not a mean over seeds)."""
     seeds = {lab: reps[lab].seed for lab in labels}
@@ -310,7 +328,8 @@ def _seeds_shown(reps, labels) -> str:
 def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) -> list[Path]:
     """Write the grid's figures into ``ctx.output``; returns the paths written.
 
-    fig5 and fig4 use the first fold's test cases and, per network, its run of the first seed;
+    fig5 and fig4 use the first fold's test cases (the first with a finished run of every network
+    shown, see :func:`_figure_fold`) and, per network, its run of the first seed;
     fig7 is written when the grid has two or more variants of FPA or RFNA.
     """
     try:
@@ -327,8 +346,12 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     from .predict import attention_map, load_network, predict_case, score_on_case_grid
 
     written: list[Path] = []
-    fold = folds[0]
     finished_labels = {r.variant for r in results}
+    fold = _figure_fold(runs, finished_labels, seeds, folds, networks)
+    if fold != folds[0]:
+        logging.getLogger("pam_monai.experiments").info(
+            "figures: fold %d's test cases (fold %d's runs have not all finished)", fold, folds[0]
+        )
     reps = _representative(runs, finished_labels, seeds, fold)
     order = [lab for lab in dict.fromkeys(r.variant.label for r in runs) if lab in reps]
     if networks:
