@@ -1014,6 +1014,33 @@ def test_figure_networks_take_any_spelling_of_a_grid_network(small_grid, monkeyp
     assert asked == [["fpa"]]
 
 
+def test_figures_of_an_earlier_call_that_this_one_did_not_make_are_removed(small_grid, tmp_path, monkeypatch):
+    """fig7 of an earlier ablation grid stayed in the folder beside a results.md of other runs."""
+    from pam_monai.experiments import figures as figures_module
+
+    monkeypatch.setattr(
+        runner_module,
+        "_execute",
+        lambda run, b, o, identity, ctx: fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"]),
+    )
+    out = tmp_path / "exp"
+    out.mkdir()
+    for name in ("fig7_ablation.png", "fig5_overlays.png", "notes.png"):
+        (out / name).write_bytes(b"old")
+
+    def fig5_only(**kw):
+        path = kw["ctx"].output / "fig5_overlays.png"
+        path.write_bytes(b"new")
+        return [path]
+
+    monkeypatch.setattr(figures_module, "make_figures", fig5_only)
+    run_experiment(**{**small_grid, "figures": True})
+    assert (out / "fig5_overlays.png").read_bytes() == b"new"
+    assert not (out / "fig7_ablation.png").exists()
+    assert (out / "notes.png").read_bytes() == b"old"  # not a figure of ours: left alone
+    assert "fig7_ablation" not in (out / "results.md").read_text()
+
+
 def test_a_moved_grid_continues(small_grid, tmp_path, monkeypatch):
     """Settings recorded paths inside the experiment's folder (its stand-in data) as absolute: a grid
     moved elsewhere refused its finished runs and retrained its interrupted one from scratch."""

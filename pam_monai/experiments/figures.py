@@ -24,6 +24,7 @@ __all__ = [
     "ablation_figure",
     "attention_figure",
     "display_slice",
+    "FIGURE_FILES",
     "make_figures",
     "overlay_figure",
     "save_png",
@@ -287,6 +288,9 @@ def ablation_figure(
 
 
 # ----------------------------------------------------------------------------- from a grid
+FIGURE_FILES = ("fig4_attention.png", "fig5_overlays.png", "fig7_ablation.png")  # what make_figures writes
+
+
 def _representative(runs, finished_labels: set, seeds, fold):
     """Per variant label, its finished run of the first seed on ``fold`` (else another seed)."""
     out = {}
@@ -434,7 +438,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         title += (
             "\nsparse annotations: scored and coloured on the annotated voxels only (their border dotted)"
         )
-    written.append(overlay_figure(rows, order, ctx.output / "fig5_overlays.png", title=title))
+    written.append(overlay_figure(rows, order, ctx.output / FIGURE_FILES[1], title=title))
 
     # Figure 4: bridge attention of every FPA / RFNA variant (first chosen case, its best slice)
     row = rows[0]
@@ -450,7 +454,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         if any(reps[lab].variant.network == "rfna" for lab in maps):
             title += " (RFNA is trained on reversed labels)"
         written.append(
-            attention_figure(row["image"], row["target"], maps, ctx.output / "fig4_attention.png", title)
+            attention_figure(row["image"], row["target"], maps, ctx.output / FIGURE_FILES[0], title)
         )
 
     # Figure 7: per FPA / RFNA configuration
@@ -482,7 +486,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         written.append(
             ablation_figure(
                 records,
-                ctx.output / "fig7_ablation.png",
+                ctx.output / FIGURE_FILES[2],
                 title=f"{ctx.dataset}: FPA / RFNA configurations",
                 hd95_unit="mm" if ctx.spec.volumetric else "px",
             )

@@ -913,6 +913,20 @@ def _execute_pending(
     return executed, failed
 
 
+def _remove_stale_figures(output_dir: Path, written: list[Path]) -> None:
+    """Delete the figures an earlier call wrote into ``output_dir`` that this call did not (fig7 of an
+    ablation grid since narrowed, fig4 of a grid that no longer has FPA / RFNA): beside the new
+    results.md they would show other networks' runs."""
+    from .figures import FIGURE_FILES
+
+    kept = {Path(p).name for p in written}
+    for name in FIGURE_FILES:
+        path = output_dir / name
+        if name not in kept and path.is_file():
+            log.info("experiment: removed %s of an earlier call (not made from this grid's runs)", path)
+            path.unlink()
+
+
 def _write_reports(
     runs: list[Run],
     finished: list[Run],
@@ -960,6 +974,7 @@ def _write_reports(
             cases=_as_list(figure_cases, "figure_cases") or None,
             networks=[v.label for v in parse_networks(figure_networks)] if figure_networks else None,
         )
+        _remove_stale_figures(output_dir, figure_paths)
     order = [v.label for v in variants]
     reference = (reference or default_reference(order)) if len(order) > 1 else None
     comparison = None
