@@ -1129,7 +1129,7 @@ def test_images_of_another_file_type_say_to_convert_them_or_set_file_ending(own_
     problems = [str(p) for p in check_dataset("nnunet", root).problems]
     assert (
         "SYN_001: SYN_001_0000.nii: file type '.nii' is not this data set's (.nii.gz): convert it to .nii.gz, "
-        "or, if every image is a .nii file, set dataset.json's file_ending to '.nii'" in problems
+        "or, if every image and label is a .nii file, set dataset.json's file_ending to '.nii'" in problems
     ), problems
 
 

@@ -104,7 +104,9 @@ def _ending_fix(ending: str, endings: tuple[str, ...], from_json: bool) -> str:
     project reads, say so in dataset.json (a set saved as ``.nii`` under a ``.nii.gz`` file_ending)."""
     fix = f": convert it to {endings[0]}"
     if from_json and ending.lower() in (*ENDINGS, *ENDINGS_2D):
-        fix += f", or, if every image is a {ending} file, set dataset.json's file_ending to {ending!r}"
+        fix += (
+            f", or, if every image and label is a {ending} file, set dataset.json's file_ending to {ending!r}"
+        )
     return fix
 
 
