@@ -23,15 +23,30 @@ COMMANDS = {
     "score": "pam_monai.engines.score:score",
 }
 
+# what ``python -m pam_monai --help`` lists beside each command (its module is not imported for it)
+SUMMARIES = {
+    "datalist": "Write a data set's case list (decathlon-format JSON) with the paper's split.",
+    "synth": "Write a small synthetic stand-in for a data set, in its published layout.",
+    "check": "Check every case of a data set and name each problem found.",
+    "convert_msd": "Convert a Medical Segmentation Decathlon task into the nnU-Net v2 raw layout.",
+    "convert_dicom": "Convert DICOM series into NIfTI image files for training or inference.",
+    "convert_isles22": "Convert ISLES 2022 (BIDS) into the nnU-Net v2 raw layout.",
+    "experiment": "Train and evaluate a grid of networks x seeds x folds; write the tables and figures.",
+    "bench": "Benchmark the training step, data pipeline, inference and HD95.",
+    "bundle": "Make a MONAI bundle for your own data set (nnU-Net v2 raw layout).",
+    "ensemble": "Average several models' saved probabilities into one mask.",
+    "score": "Score a folder of predicted masks against a data set's labels.",
+}
 
-def _lazy(target: str):
+
+def _lazy(name: str, target: str):
     module, func = target.split(":")
 
     def call(*args, **kwargs):
         return getattr(importlib.import_module(module), func)(*args, **kwargs)
 
     call.__name__ = func
-    call.__doc__ = f"See {module}.{func} (python -m pam_monai {func} --help)."
+    call.__doc__ = f"{SUMMARIES[name]} (python -m pam_monai {name} --help)"
     return call
 
 
@@ -99,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     if not (argv and argv[0] in COMMANDS):
-        fire.Fire({name: _lazy(t) for name, t in COMMANDS.items()}, command=argv, name="pam_monai")
+        fire.Fire({name: _lazy(name, t) for name, t in COMMANDS.items()}, command=argv, name="pam_monai")
         return
     name = f"pam_monai {argv[0]}"
     # resolve the real function so that --help shows its own docstring and arguments

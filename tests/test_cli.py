@@ -56,3 +56,22 @@ def test_the_other_name_of_the_data_folder_flag_is_named(tmp_path, command, give
     assert f"unknown flag(s) {given}; this command takes the data set's folder as {meant} (see" in str(
         exit_.value.code
     )
+
+
+def test_top_level_help_says_what_each_command_does():
+    """`python -m pam_monai --help` listed every command as "See pam_monai.x.y": nothing about what
+    it does. Each now has a one-line summary, shown without importing its module."""
+    import subprocess
+    import sys
+
+    from pam_monai.cli import SUMMARIES
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pam_monai", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    text = " ".join((out.stdout + out.stderr).split())  # Fire writes help to stderr without a terminal
+    assert sorted(SUMMARIES) == sorted(COMMANDS)
+    for name, summary in SUMMARIES.items():
+        assert f"{name} {summary} (python -m pam_monai {name} --help)" in text
+    assert "See pam_monai" not in text
