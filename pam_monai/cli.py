@@ -39,6 +39,42 @@ SUMMARIES = {
 }
 
 
+# training, evaluation and inference are the bundles' workflows, not commands of this CLI: a user
+# who types one of these is shown the bundle command instead of Fire's "Cannot find key"
+BUNDLE_WORKFLOWS = {
+    "train": "training",
+    "training": "training",
+    "fit": "training",
+    "evaluate": "evaluating",
+    "evaluating": "evaluating",
+    "eval": "evaluating",
+    "validate": "evaluating",
+    "infer": "inferring",
+    "inferring": "inferring",
+    "inference": "inferring",
+    "predict": "inferring",
+    "segment": "inferring",
+}
+_BUNDLE_CONFIGS = {
+    "training": "bundles/brats_fpa/configs/train.json",
+    "evaluating": "\"['bundles/brats_fpa/configs/train.json','bundles/brats_fpa/configs/evaluate.json']\"",
+    "inferring": "bundles/brats_fpa/configs/inference.json --input_dir <folder of new cases>",
+}
+
+
+def _workflow_hint(command: str) -> str | None:
+    """What to run for a training / evaluation / inference command, or None for other words."""
+    workflow = BUNDLE_WORKFLOWS.get(command.lower())
+    if workflow is None:
+        return None
+    return (
+        f"pam_monai: {command!r} is a bundle workflow, not a command of this CLI; run\n"
+        f"  python -m monai.bundle run {workflow} --config_file {_BUNDLE_CONFIGS[workflow]}\n"
+        "(any bundle under bundles/, or one made by python -m pam_monai bundle; see README.md); "
+        f"the commands here: {', '.join(COMMANDS)}"
+    )
+
+
 def _lazy(name: str, target: str):
     module, func = target.split(":")
 
@@ -107,12 +143,22 @@ def main(argv: list[str] | None = None) -> None:
     """Dispatch; refuse unknown flags before any work, and report the usual failures of a run (bad
     values, missing or foreign files) as one ``error:`` line with exit code 1 instead of a
     traceback (``PAM_MONAI_TRACEBACK=1`` shows it)."""
+    import difflib
     import os
     import sys
 
     import fire
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in COMMANDS:
+        hint = _workflow_hint(argv[0])
+        if hint:
+            sys.exit(hint)
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        if close and not argv[0].startswith("-"):
+            sys.exit(
+                f"pam_monai: unknown command {argv[0]!r}; did you mean {close[0]!r}? (python -m pam_monai --help)"
+            )
     if not (argv and argv[0] in COMMANDS):
         fire.Fire({name: _lazy(name, t) for name, t in COMMANDS.items()}, command=argv, name="pam_monai")
         return

@@ -75,3 +75,30 @@ def test_top_level_help_says_what_each_command_does():
     for name, summary in SUMMARIES.items():
         assert f"{name} {summary} (python -m pam_monai {name} --help)" in text
     assert "See pam_monai" not in text
+
+
+@pytest.mark.parametrize(
+    "word, workflow", [("train", "training"), ("evaluate", "evaluating"), ("Infer", "inferring")]
+)
+def test_a_training_evaluation_or_inference_command_points_to_the_bundle_workflow(word, workflow):
+    """`python -m pam_monai train` (or infer, evaluate) said only Fire's "Cannot find key: train":
+    these are the bundles' workflows, and the message now gives the command to run."""
+    from pathlib import Path
+
+    from pam_monai.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([word])
+    message = str(exit_.value.code)
+    assert f"python -m monai.bundle run {workflow} --config_file " in message
+    root = Path(__file__).resolve().parents[1]
+    for config in re.findall(r"bundles/\w+/configs/\w+\.json", message):  # the files it names exist
+        assert (root / config).is_file(), config
+
+
+def test_a_misspelt_command_is_named_with_the_closest_one():
+    from pam_monai.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["chek", "--root", "x"])
+    assert "unknown command 'chek'; did you mean 'check'?" in str(exit_.value.code)
