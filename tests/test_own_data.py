@@ -1201,6 +1201,17 @@ def test_a_label_named_in_other_letter_case_is_named_once_with_the_fix(own_root,
     ]
 
 
+def test_a_label_whose_file_ending_is_in_other_letter_case_is_named_with_the_fix(own_root, tmp_path):
+    """labelsTr/SYN_001.NII.GZ (an export in capitals) was only 'missing label'."""
+    root = copy(own_root, tmp_path)
+    (root / "labelsTr" / "SYN_001.nii.gz").rename(root / "labelsTr" / "SYN_001.NII.GZ")
+    problems = [str(p) for p in check_dataset("nnunet", root).problems]
+    assert problems == [
+        "SYN_001: labelsTr/SYN_001.NII.GZ: its file ending '.NII.GZ' is in other letter case (names are "
+        "case-sensitive): rename it SYN_001.nii.gz"
+    ]
+
+
 def test_commands_in_messages_quote_paths_with_spaces(tmp_path, capsys):
     """The commands that messages and converters print to run next quote their paths: copied to a
     shell, a folder with spaces is one argument (it was split into several)."""

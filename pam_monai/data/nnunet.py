@@ -600,7 +600,11 @@ def _misnamed_labels(
             continue
         other = next((e for e in ENDINGS + ENDINGS_2D if path.name.lower().endswith(e)), None)
         stem = path.name[: -len(other)] if other else None
-        if stem in found and other not in accepted:
+        if stem in found and other in accepted and not path.name.endswith(other):
+            written = path.name[len(stem) :]
+            fix = f"its file ending {written!r} is in other letter case (names are case-sensitive): rename it {stem}{endings[0]}"
+            out.setdefault(stem, (path, fix))
+        elif stem in found and other not in accepted:
             fix = f"a label file of type {other!r}, not this data set's ({', '.join(endings)}): save it as {stem}{endings[0]}"
             out.setdefault(stem, (path, fix))
         elif stem is not None and stem not in found and _nfc(stem) in forms and other in accepted:
