@@ -152,7 +152,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -183,7 +183,7 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
     Example::
 
         with atomic_dir("Dataset001") as tmp:
-            (tmp / "dataset.json").write_text(...)
+            (tmp / "dataset.json").write_text(..., encoding="utf-8")
     """
     target = Path(target)
     tmp = sibling_temp_dir(target)

@@ -111,7 +111,7 @@ def _meta(device: torch.device, settings: dict) -> dict:
         pass
     cpu = platform.processor()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass

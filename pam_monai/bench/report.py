@@ -232,7 +232,7 @@ def merge(*paths: str | os.PathLike, output: str | os.PathLike | None = None) ->
     merged: dict = {"meta": {}, "train": [], "infer": [], "errors": [], "sources": []}
     for p in paths:
         try:
-            r = json.loads(Path(p).read_text())
+            r = json.loads(Path(p).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             merged["errors"].append(f"{p}: {e}")
             continue

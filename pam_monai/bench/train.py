@@ -35,7 +35,7 @@ def _sync(device: torch.device) -> None:
 def _rss_kib() -> tuple[int, int] | None:
     """(VmRSS, VmHWM) of this process in KiB (Linux), else None."""
     try:
-        text = open("/proc/self/status").read()
+        text = open("/proc/self/status", encoding="utf-8").read()
         rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
         hwm = int(re.search(r"VmHWM:\s+(\d+)", text).group(1))
         return rss, hwm
@@ -45,7 +45,7 @@ def _rss_kib() -> tuple[int, int] | None:
 
 def _reset_peak_rss() -> bool:
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         return True
     except OSError:

@@ -71,7 +71,7 @@ def _write_bundle(folder: Path) -> Path:
     for rel, text in bundle_files("brats", "fpa").items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
     return folder / "configs" / "train.json"
 
 

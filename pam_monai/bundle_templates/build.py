@@ -251,13 +251,17 @@ def bundle_files(task: str | BundleTask, network: str) -> dict[str, str]:
     values = variables(task, network)
     files = {}
     for name in CONFIGS:
-        template = json.loads((HERE / name).read_text())
+        template = json.loads((HERE / name).read_text(encoding="utf-8"))
         files[f"configs/{name}"] = json.dumps(render(template, values), indent=4) + "\n"
     files["configs/metadata.json"] = json.dumps(metadata(task, network), indent=4) + "\n"
-    files["configs/logging.conf"] = (HERE / "logging.conf").read_text()
-    files["docs/README.md"] = (HERE / "README.md.in").read_text().format(**_doc_values(task, network))
+    files["configs/logging.conf"] = (HERE / "logging.conf").read_text(encoding="utf-8")
+    files["docs/README.md"] = (
+        (HERE / "README.md.in").read_text(encoding="utf-8").format(**_doc_values(task, network))
+    )
     # weights inherit the terms of the data they are trained on: each bundle names its own data's
-    files["LICENSE"] = (HERE / "LICENSE.in").read_text().format(data_terms=as_task(task).info["data_terms"])
+    files["LICENSE"] = (
+        (HERE / "LICENSE.in").read_text(encoding="utf-8").format(data_terms=as_task(task).info["data_terms"])
+    )
     files["docs/data_license.txt"] = _data_licence(as_task(task).info)
     return files
 
@@ -266,7 +270,7 @@ def _data_licence(info: dict) -> str:
     """``docs/data_license.txt``: the model zoo's file for the terms of the data a bundle is trained on."""
     text = (
         (HERE / "data_license.txt.in")
-        .read_text()
+        .read_text(encoding="utf-8")
         .format(
             data_source=info["data_source"],
             data_terms=info["data_terms"],
@@ -408,13 +412,13 @@ def main(argv: list[str] | None = None) -> int:
         for network in NETWORKS:
             for rel, text in bundle_files(task, network).items():
                 path = root / f"{task}_{network}" / rel
-                current = path.read_text() if path.is_file() else None
+                current = path.read_text(encoding="utf-8") if path.is_file() else None
                 if current is not None and _comparable(rel, current) == _comparable(rel, text):
                     continue
                 stale.append(path)
                 if not args.check:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(text)
+                    path.write_text(text, encoding="utf-8")
     if args.check:
         for path in stale:
             print(f"out of date: {path} (run python -m pam_monai.bundle_templates.build)")

@@ -196,7 +196,7 @@ def own_data_bundle(
     try:
         for rel, text in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(text)
+            (tmp / rel).write_text(text, encoding="utf-8")
         if output.exists():
             for rel in files:  # replace the bundle's own files, keep models/ and eval/
                 (output / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +264,7 @@ def bundle(
     path = own_data_bundle(
         dataset_dir, network, output, foreground_label, crop_size, modality, overwrite, check=not no_check
     )
-    config = json.loads((path / "configs" / "train.json").read_text())
+    config = json.loads((path / "configs" / "train.json").read_text(encoding="utf-8"))
     run = "python -m monai.bundle run training --config_file"
     wrote = f"wrote {path} (not checked: training checks every case first)" if no_check else f"wrote {path}"
     if (

@@ -98,7 +98,7 @@ def read_case_ids(path: str | os.PathLike, grades: str | Sequence[str] = ("HGG",
     (``#`` starts a comment), e.g. ``../shared/data/brats2018_training_case_ids.txt``."""
     grades = parse_grades(grades)
     ids = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

@@ -107,7 +107,7 @@ def convert_msd(task_dir: str, output: str) -> None:
     from .msd import convert_msd as convert
 
     path = convert(str(task_dir), str(output))
-    meta = json.loads((path / "dataset.json").read_text())
+    meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels {', '.join(meta['channel_names'].values())}, "
         f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {shlex.quote(str(path))}"
@@ -126,7 +126,7 @@ def convert_isles22(root: str, output: str) -> None:
     from .isles22 import convert_isles22 as convert
 
     path = convert(str(root), str(output))
-    meta = json.loads((path / "dataset.json").read_text())
+    meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels DWI, ADC, label 'lesion'; next: python -m "
         f"pam_monai check --dataset nnunet --root {shlex.quote(str(path))}, then train with --task nnunet "

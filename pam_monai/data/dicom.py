@@ -257,7 +257,7 @@ def convert_dicom(
     if not series:
         raise ValueError(f"{input_dir}: no DICOM series found (GDCM reads none of its files)")
     record_path = output / RECORD
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     key = f"{int(channel):04d}"
     done = {
         e["series_uid"]

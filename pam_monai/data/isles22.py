@@ -131,5 +131,5 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
             "file_ending": ".nii.gz",
             "converted_from": f"ISLES 2022 {root.name} by pam_monai convert_isles22",
         }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return output

@@ -70,7 +70,7 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
             f"{meta_path} not found: expected an MSD task folder (e.g. Task01_BrainTumour)"
         )
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))
     except ValueError as e:
         raise ValueError(f"{meta_path}: not readable JSON ({e})") from e
     if not is_msd_dataset_json(meta):
@@ -159,5 +159,5 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
             "file_ending": ".nii.gz",
             "converted_from": f"MSD {task_dir.name} by pam_monai convert_msd",
         }
-        (tmp / "dataset.json").write_text(json.dumps(new_meta, indent=2) + "\n")
+        (tmp / "dataset.json").write_text(json.dumps(new_meta, indent=2) + "\n", encoding="utf-8")
     return output

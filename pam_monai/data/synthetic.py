@@ -351,7 +351,7 @@ def _synth_nnunet_2d(output: Path, cases: int, seed: int, size: tuple[int, int],
         "numTraining": cases,
         "file_ending": ".png",
     }
-    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return output
 
 
@@ -408,7 +408,7 @@ def synth_nnunet(
     }
     if sparse:
         meta["labels"]["ignore"] = SPARSE_IGNORE
-    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return output
 
 
@@ -498,7 +498,11 @@ def ensure_dataset(
         opts["cases"] = int(cases)
     params = {"dataset": spec.name, "seed": int(seed), "options": opts, "version": VERSION}
     marker = target / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params and _has_cases(spec.name, target):
+    if (
+        marker.is_file()
+        and json.loads(marker.read_text(encoding="utf-8")) == params
+        and _has_cases(spec.name, target)
+    ):
         log.warning("%s: no data in %s; using the SYNTHETIC stand-in %s", spec.name, dataset_dir, target)
         return target, True
     if target.exists() and not marker.is_file() and any(target.iterdir()):
@@ -507,7 +511,7 @@ def ensure_dataset(
         )
     with atomic_dir(target, replace=True) as tmp:
         synth(spec.name, tmp, seed=seed, **opts)
-        (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n")
+        (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     log.warning(
         "%s: no data in %s; generated a SYNTHETIC stand-in in %s (%s)", spec.name, dataset_dir, target, opts
     )

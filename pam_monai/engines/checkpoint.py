@@ -387,7 +387,7 @@ class BestCheckpoint:
     def _stored_best(self) -> float | None:
         meta = self.path.with_suffix(".json")
         if meta.is_file() and self.path.is_file():
-            return float(json.loads(meta.read_text())["value"])
+            return float(json.loads(meta.read_text(encoding="utf-8"))["value"])
         return None
 
     def __call__(self, engine: Engine) -> None:
@@ -432,7 +432,7 @@ def _record_path(ckpt_path: str | os.PathLike) -> Path:
     pending = _pending(ckpt_path)
     if pending.is_file() and Path(ckpt_path).is_file():
         try:
-            named = json.loads(pending.read_text()).get("weights_sha256")
+            named = json.loads(pending.read_text(encoding="utf-8")).get("weights_sha256")
         except (OSError, ValueError, AttributeError):
             named = None  # a pending record is written atomically; anything else is not ours to use
         if named and named == file_sha256(ckpt_path):
@@ -482,7 +482,7 @@ def read_run_record(ckpt_path: str | os.PathLike, verify: bool = True) -> dict |
     if not meta_path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         record = meta.get("run") or None
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"{meta_path}: unreadable ({e})") from e

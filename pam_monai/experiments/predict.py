@@ -160,7 +160,7 @@ def write_paper_protocol(rows: Sequence[dict], path: str | os.PathLike) -> Path:
 
 
 def read_paper_protocol(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     out = []
     for r in rows:

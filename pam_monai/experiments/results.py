@@ -60,7 +60,7 @@ def _bool(text: str) -> bool:
 
 def read_case_metrics(path: str | os.PathLike) -> list[dict]:
     """The rows of a run's ``eval/metrics.csv`` (written by :class:`pam_monai.engines.CaseMetrics`)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path}: no case")

@@ -376,7 +376,7 @@ def _close_killed_runs(path: Path) -> list[str]:
     if not path.is_file():
         return []
     last = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             event = json.loads(line)
         except ValueError:  # a line cut by the kill
@@ -390,7 +390,7 @@ def _close_killed_runs(path: Path) -> list[str]:
         folder = path.parent / run
         if _finished(folder):
             try:
-                seconds = json.loads((folder / MARKER).read_text()).get("seconds")
+                seconds = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("seconds")
             except (OSError, ValueError, AttributeError):
                 seconds = None
             _append_event(
@@ -414,7 +414,7 @@ def _grid_lock(output_dir: Path):
     except ImportError:  # no advisory locks (Windows): as before
         yield
         return
-    with open(output_dir / ".experiment.lock", "a+") as f:
+    with open(output_dir / ".experiment.lock", "a+", encoding="utf-8") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -492,7 +492,8 @@ def _execute(run: Run, bundle: _Bundle, overrides: dict, identity: dict, ctx: _C
         prior = run.dir / STARTED
         same = (
             prior.is_file()
-            and _recorded_identity(json.loads(prior.read_text()).get("identity"), run) == identity
+            and _recorded_identity(json.loads(prior.read_text(encoding="utf-8")).get("identity"), run)
+            == identity
         )
         if same and run.checkpoint_last.is_file():
             resume = True
@@ -562,7 +563,7 @@ def _score_paper_protocol(run: Run, ctx: _Context) -> None:
 
 
 def _check_finished(run: Run, identity: dict) -> None:
-    done = _recorded_identity(json.loads(run.marker.read_text()), run)
+    done = _recorded_identity(json.loads(run.marker.read_text(encoding="utf-8")), run)
     recorded = {k: done.get(k) for k in identity}
     if recorded != identity:
         diff = [k for k in identity if recorded.get(k) != identity[k]]
