@@ -4,6 +4,7 @@ channel name, CT with the training set's foreground statistics, recorded with th
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -52,17 +53,20 @@ def test_channel_names_choose_the_scheme():
         channel_norms(["T2", "CT"], {"0": {"mean": 1.0}}, where="x/dataset.json")
 
 
+EVERY_SCHEME = (
+    ChannelNorm("zscore"),
+    ChannelNorm("ct", -100.0, 200.0, 50.0, 40.0),
+    ChannelNorm("nonorm"),
+    ChannelNorm("rescale_to_0_1"),
+    ChannelNorm("rgb_to_0_1"),
+)
+
+
 def test_each_scheme_numpy_and_monai_agree():
     rng = np.random.default_rng(0)
     image = rng.normal(40, 300, (5, 12, 10, 3)).astype(np.float32)
     image[0, :3] = 0  # zeros stay zero under the z-score
-    norms = (
-        ChannelNorm("zscore"),
-        ChannelNorm("ct", -100.0, 200.0, 50.0, 40.0),
-        ChannelNorm("nonorm"),
-        ChannelNorm("rescale_to_0_1"),
-        ChannelNorm("rgb_to_0_1"),
-    )
+    norms = EVERY_SCHEME
     out = normalize_channels(image, norms)
     nz = image[0][image[0] != 0]
     np.testing.assert_allclose(
@@ -76,6 +80,17 @@ def test_each_scheme_numpy_and_monai_agree():
     np.testing.assert_allclose(out[4], image[4] / 255, rtol=1e-6)
     monai = NormalizeChannelsd("image", norms)({"image": torch.from_numpy(image)})["image"]
     np.testing.assert_allclose(np.asarray(monai), out, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_normalisation_pickles_for_spawned_workers():
+    """DataLoader workers are spawned on macOS and Windows: the transform is pickled to reach them
+    (CT and ``nonorm`` channels held lambdas: "Can't pickle local object")."""
+    image = {
+        "image": torch.from_numpy(np.random.default_rng(1).normal(40, 300, (5, 6, 4)).astype(np.float32))
+    }
+    transform = NormalizeChannelsd("image", EVERY_SCHEME)
+    copy = pickle.loads(pickle.dumps(transform))
+    np.testing.assert_array_equal(np.asarray(copy(image)["image"]), np.asarray(transform(image)["image"]))
 
 
 def test_ct_statistics_come_from_the_training_foreground(ct_root, tmp_path):

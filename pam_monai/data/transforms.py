@@ -31,6 +31,7 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
+    Identity,
     LoadImaged,
     MapTransform,
     NormalizeIntensity,
@@ -74,19 +75,30 @@ class NormalizeNonZerod(NormalizeIntensityd):
         )
 
 
+class _ClipStandardise:
+    """CT: clip to ``[lower, upper]``, then ``(x - mean) / std``. A class, not a closure: transforms
+    must pickle to reach DataLoader workers that are spawned (the default on macOS and Windows)."""
+
+    def __init__(self, norm: ChannelNorm) -> None:
+        self.lower, self.upper = norm.lower, norm.upper
+        self.standardise = NormalizeIntensity(subtrahend=norm.mean, divisor=norm.std, dtype=np.float32)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.standardise(torch.clamp(x, self.lower, self.upper))
+
+
 def _channel_transform(norm: ChannelNorm):
     if norm.scheme == "zscore":
         return NormalizeIntensity(nonzero=True, dtype=np.float32)
     if norm.scheme == "zscore_all":
         return NormalizeIntensity(nonzero=False, dtype=np.float32)
-    if norm.scheme == "ct":  # clip to [lower, upper], then standardise
-        standardise = NormalizeIntensity(subtrahend=norm.mean, divisor=norm.std, dtype=np.float32)
-        return lambda x: standardise(torch.clamp(x, norm.lower, norm.upper))
+    if norm.scheme == "ct":
+        return _ClipStandardise(norm)
     if norm.scheme == "rescale_to_0_1":
         return ScaleIntensity(minv=0.0, maxv=1.0, dtype=np.float32)
     if norm.scheme == "rgb_to_0_1":
         return ScaleIntensityRange(0.0, 255.0, 0.0, 1.0, dtype=np.float32)
-    return lambda x: x  # nonorm
+    return Identity()  # nonorm
 
 
 class NormalizeChannelsd(MapTransform):
