@@ -546,6 +546,34 @@ def test_own_data_bundle_paths_names_and_data_set_mismatch(own_root, tmp_path, m
     )
 
 
+def test_own_data_bundle_takes_windows_paths(own_root, tmp_path, monkeypatch):
+    """Every Windows path has backslashes (``C:\\Users\\...``), and they were refused: `pam_monai
+    bundle` never made a bundle there. The data set's path is a plain config value, which MONAI reads
+    unchanged and training reads from; a bundle on another drive than the working folder (where
+    ``os.path.relpath`` raises) runs from its own folder. Quotes in the data set's path are still refused."""
+    from monai.bundle import run
+
+    from pam_monai.bundle_templates import own_data
+
+    data = copy(own_root, tmp_path / "C:\\Users\\Jürgen Müller")
+    monkeypatch.chdir(tmp_path)
+    out = own_data.own_data_bundle(data, "fpa", tmp_path / "tumour_fpa", check=False)
+    train = json.loads((out / "configs" / "train.json").read_text(encoding="utf-8"))
+    assert train["dataset_dir"] == str(data)
+    run("training", config_file=str(out / "configs" / "train.json"), logging_file=False, **SMALL_RUN)
+    assert (out / "models" / "model.pt").is_file()
+
+    def other_drive(path, start=os.curdir):
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(own_data.os.path, "relpath", other_drive)
+    assert own_data._folder_below_cwd(tmp_path / "lesion_fpa") is None
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="bob's data/Dataset900_Tumour: paths with quotes"):
+        own_data.own_data_bundle(copy(own_root, tmp_path / "bob's data"), "fpa", tmp_path / "lesion_fpa")
+
+
 def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
     from pam_monai.data.msd import convert_msd
 

@@ -64,6 +64,29 @@ def _check_crop(network: str, spec) -> None:
     check_crop(net, spec.crop_size, f"{network} on {spec.title}: the crop")
 
 
+def _folder_below_cwd(output: Path) -> str | None:
+    """The folder holding the bundle ``output``, relative to the working folder and '/'-separated,
+    when the bundle lies below the working folder; else None."""
+    try:
+        relative = os.path.relpath(output.resolve(), Path.cwd())
+    except ValueError:  # Windows: a bundle on another drive than the working folder
+        return None
+    return Path(relative).parent.as_posix() if not relative.startswith("..") and relative != "." else None
+
+
+def _refuse_unquotable(dataset_dir: Path, output: Path, where: str) -> None:
+    """Refuse paths a bundle cannot quote: ``where`` (the bundle ``output`` as seen from the working
+    folder) goes into a config expression between single quotes; ``dataset_dir`` is a plain config
+    value, but also goes into the README's shell commands between single quotes. Backslashes matter
+    in ``where`` only: it is '/'-separated, and every Windows ``dataset_dir`` has them."""
+    for path, text, bad in ((output, where, "'\\\n"), (dataset_dir, str(dataset_dir), "'\n")):
+        if any(c in text for c in bad):
+            raise ValueError(
+                f"{path}: paths with quotes or newlines (and bundle folder names with backslashes) cannot go "
+                "into a bundle's configs and commands: rename or move the folder"
+            )
+
+
 def own_data_bundle(
     dataset_dir: str | os.PathLike,
     network: str,
@@ -94,10 +117,11 @@ def own_data_bundle(
         raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {network!r}")
     dataset_dir = Path(dataset_dir).resolve()
     output = Path(output)
-    if any(c in str(output.resolve()) + str(dataset_dir) for c in "'\\\n"):  # they go into config expressions
-        raise ValueError(
-            f"paths with quotes, backslashes or newlines cannot go into a bundle's configs: {output}"
-        )
+    # bundle_root: the folder as seen from here when it is below the working folder (the documented
+    # commands), else "." (run from the bundle's own folder, or pass --bundle_root): never an
+    # absolute path, which a copied or shared bundle would keep writing to
+    folder = _folder_below_cwd(output)
+    _refuse_unquotable(dataset_dir, output, f"{folder or '.'}/{output.resolve().name}")
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
     spec = nnunet_spec(dataset_dir, crop_size=crop_size)
@@ -153,11 +177,6 @@ def own_data_bundle(
             "evaluation counts annotated voxels only (a test case without any is not scored)."
             + info["data_section"][len(body) :]
         )
-    # bundle_root: the folder as seen from here when it is below the working folder (the documented
-    # commands), else "." (run from the bundle's own folder, or pass --bundle_root): never an
-    # absolute path, which a copied or shared bundle would keep writing to
-    relative = os.path.relpath(output.resolve(), Path.cwd())
-    folder = Path(relative).parent.as_posix() if not relative.startswith("..") and relative != "." else None
     info["run_from"] = (
         "The commands below run from the folder the bundle was made in; from anywhere else (with the\n"
         "config paths changed to match) MONAI's workflows write into the bundle whose `configs/` they run\n"
