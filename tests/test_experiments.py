@@ -830,6 +830,16 @@ def small_grid(tmp_path):
     }
 
 
+def test_networks_whose_run_folders_differ_in_letter_case_are_refused(small_grid):
+    """Run folders differing in letter case only are one folder on macOS and Windows: the second
+    network's runs replaced the first's. Refused before any training."""
+    with pytest.raises(
+        ValueError, match=r"would share one run folder \(runs/unet-norm_BATCH and runs/unet-norm_batch"
+    ):
+        run_experiment(**{**small_grid, "networks": "unet[norm=BATCH],unet[norm=batch]"})
+    assert not (Path(small_grid["output"]) / "runs").exists()
+
+
 def test_figure_titles_name_the_seed_of_the_runs_shown(small_grid, monkeypatch):
     """fig5's case IoU and fig4's map are one trained model's (the first seed's run), not the table's
     mean over seeds: the titles say which seed, so a caption does not mistake them for the mean."""

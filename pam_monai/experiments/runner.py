@@ -277,6 +277,17 @@ def _variants(networks, preset, global_options: dict | None = None) -> list[Vari
                 "defaults are filled in); list it once"
             )
         seen[key] = v.label
+    # run folders differing in letter case only are one folder on macOS and Windows (and folder names
+    # keep letters, digits and ._- only): the second network's runs would replace the first's
+    folders: dict[str, Variant] = {}
+    for v in variants:
+        other = folders.setdefault(v.dirname.casefold(), v)
+        if other is not v:
+            raise ValueError(
+                f"--networks: {other.label!r} and {v.label!r} would share one run folder (runs/{other.dirname} and "
+                f"runs/{v.dirname}: folder names keep letters, digits and ._- only, and letter case does not tell "
+                "folders apart on macOS and Windows); keep one, or spell their options to differ otherwise"
+            )
     return variants
 
 
