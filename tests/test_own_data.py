@@ -574,6 +574,24 @@ def test_own_data_bundle_takes_windows_paths(own_root, tmp_path, monkeypatch):
         own_data.own_data_bundle(copy(own_root, tmp_path / "bob's data"), "fpa", tmp_path / "lesion_fpa")
 
 
+def test_inference_refuses_case_names_that_differ_in_letter_case_only(own_root, tmp_path):
+    """SYN_007 and syn_007 get masks SYN_007_seg.nii.gz and syn_007_seg.nii.gz: one file on macOS and
+    Windows, where the second mask replaced the first without a word. Refused, naming both."""
+    from pam_monai.engines.infer import find_inference_cases
+
+    root = copy(own_root, tmp_path)
+    for channel in ("0000", "0001"):
+        shutil.copy(
+            root / "imagesTs" / f"SYN_007_{channel}.nii.gz", root / "imagesTs" / f"syn_007_{channel}.nii.gz"
+        )
+    with pytest.raises(ValueError) as e:
+        find_inference_cases("nnunet", root)
+    assert str(e.value).splitlines()[1:] == [
+        f"SYN_007, syn_007: {root / 'imagesTs'}: case names that differ in letter case (or Unicode form) only, "
+        "whose masks would have one name on macOS and Windows: rename one"
+    ]
+
+
 def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
     from pam_monai.data.msd import convert_msd
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,14 +189,21 @@ def find_inference_cases(
             continue
         item = case.to_item()
         items.append(item)
-    # one case ID in two folders (HGG/ and LGG/, two cities): the second mask would replace the first
-    folders: dict[str, list[str]] = {}
+    # one case ID in two folders (HGG/ and LGG/, two cities), or two IDs that differ in letter case or
+    # Unicode form only (one file name on macOS and Windows): the second mask would replace the first
+    same_name: dict[str, list] = {}
     for case in result.cases:
-        folders.setdefault(case.case, []).append(str(case.folder))
-    twice = {case for case, where in folders.items() if len(where) > 1}
+        same_name.setdefault(unicodedata.normalize("NFC", case.case).casefold(), []).append(case)
+    clashes = sorted(([c.case for c in cases], cases) for cases in same_name.values() if len(cases) > 1)
+    twice = {name for names, _ in clashes for name in names}
     problems += [
-        f"{case}: {', '.join(folders[case])}: two cases of one name, whose masks would have one name: rename one"
-        for case in sorted(twice)
+        f"{names[0]}: {', '.join(str(c.folder) for c in cases)}: two cases of one name, whose masks would have one "
+        "name: rename one"
+        if len(set(names)) == 1
+        else f"{', '.join(dict.fromkeys(names))}: {', '.join(dict.fromkeys(str(c.folder) for c in cases))}: case "
+        "names that differ in letter case (or Unicode form) only, whose masks would have one name on macOS and "
+        "Windows: rename one"
+        for names, cases in clashes
     ]
     problems = list(dict.fromkeys(problems))
     if not result.cases:  # not one case: what the scan saw says why (no case to skip or to fix)
