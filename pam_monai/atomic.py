@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,11 +59,13 @@ def _prefix(name: str) -> str:
 
 
 def _writer_gone(pid: int) -> bool:
+    if sys.platform == "win32":  # os.kill(pid, 0) sends Ctrl+C there (0 is CTRL_C_EVENT): never ask
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # another user's live process
+    except OSError:  # another user's live process (PermissionError), or one that cannot be asked
         return False
     return False
 
@@ -232,7 +235,8 @@ def remove_orphaned_temps(folder: str | os.PathLike, recursive: bool = False) ->
     file of another host or container (a shared file system) and every other file are left alone,
     and so is an orphan that cannot be removed (a read-only folder, another user's file in a
     sticky folder), which does not stop the caller. A PID that was reused since keeps its orphan,
-    which is harmless.
+    which is harmless; so does every orphan on Windows, where a process cannot be asked whether it
+    lives without sending it Ctrl+C.
     """
     folder = Path(folder)
     if not folder.is_dir():

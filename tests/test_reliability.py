@@ -1209,6 +1209,25 @@ def _host() -> str:
     return _HOST
 
 
+def test_orphaned_temporary_files_on_windows_are_kept_without_signalling(tmp_path, monkeypatch):
+    """On Windows os.kill(pid, 0) is no liveness probe: signal 0 is CTRL_C_EVENT, sent to the process
+    group ``pid`` (or an OSError for a PID that is no group). The sweep asks no process there and keeps
+    the orphans (harmless); elsewhere a dead writer's file is removed as before."""
+    from pam_monai import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".model.pt.pid{dead.pid}@{atomic._HOST}.abcdefgh.tmp"
+    orphan.write_bytes(b"half")
+    signalled = []
+    monkeypatch.setattr(atomic.os, "kill", lambda pid, sig: signalled.append((pid, sig)))
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert atomic.remove_orphaned_temps(tmp_path) == [] and orphan.exists()
+    assert signalled == []
+    monkeypatch.undo()
+    assert atomic.remove_orphaned_temps(tmp_path) == [orphan] and not orphan.exists()
+
+
 def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
     """A SIGKILL mid-write leaves the writer's temporary file; the next start removes it (it would
     pile up under repeated preemption), never a write in progress nor another host's file."""
