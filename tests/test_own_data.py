@@ -592,6 +592,30 @@ def test_inference_refuses_case_names_that_differ_in_letter_case_only(own_root, 
     ]
 
 
+def test_own_bundle_readme_commands_take_a_folder_name_with_a_space(own_root, tmp_path, monkeypatch):
+    """A bundle folder named with a space: the README's commands split it into two arguments."""
+    import shlex
+
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # made below it: run from it; made elsewhere: from its own folder
+    for output, where in (("my tumour_fpa", "./my tumour_fpa/"), (tmp_path / "my lesion_fpa", "")):
+        readme = (own_data_bundle(own_root, "fpa", output, check=False) / "docs" / "README.md").read_text(
+            encoding="utf-8"
+        )
+        flags = ("--config_file", "--filepath", "--ckpt_file")
+        lines = [line.rstrip("\\") for line in readme.splitlines() if any(f in line for f in flags)]
+        args = [a for line in lines for a in shlex.split(line)]
+        files = {args[i + 1] for i, a in enumerate(args) if a in flags}
+        assert {
+            f"{where}configs/train.json",
+            f"{where}configs/inference.json",
+            f"{where}models/model.pt",
+        } <= files
+        assert f"['{where}configs/train.json','{where}configs/evaluate.json']" in files
+
+
 def test_single_channel_msd_task_is_copied_as_shipped(tmp_path):
     from pam_monai.data.msd import convert_msd
 

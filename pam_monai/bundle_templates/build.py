@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,6 +345,8 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
     values = {
         "name": name,
         "where": f"{bt.folder}/{name}",
+        # a bare command-line argument: quoted when a folder name has a space (own bundles)
+        "where_arg": shlex.quote(f"{bt.folder}/{name}"),
         "title": spec.title,
         "network": NETWORKS[network],
         "network_name": network,

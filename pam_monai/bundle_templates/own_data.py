@@ -188,7 +188,8 @@ def own_data_bundle(
     task = BundleTask("nnunet", spec, info, prefix, folder=folder or ".", dataset_dir=str(dataset_dir))
     files = bundle_files(task, network)
     if not folder:  # run from its own folder: the README's paths are relative to it
-        files["docs/README.md"] = files["docs/README.md"].replace(f"./{name}/", "")
+        readme = files["docs/README.md"].replace(f"{shlex.quote(f'./{name}')}/", "")  # bare arguments
+        files["docs/README.md"] = readme.replace(f"./{name}/", "")  # inside quoted config lists
     embedded = {
         "dataset_json": spec_dataset_json(spec),
         "crop_size": list(spec.crop_size),
