@@ -116,6 +116,18 @@ def _reworded(error: BaseException, target: Path) -> OSError | None:
     return None if full is None or isinstance(full, DiskFullError) else _full_error(full, target)
 
 
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except PermissionError as e:  # Windows refuses to replace a file another program holds open
+        raise PermissionError(
+            e.errno,
+            f"{path}: cannot replace it ({e.strerror}); it is unchanged and the new one was not written: "
+            "close it in any program that has it open (on Windows a spreadsheet showing a CSV locks it) or "
+            "check its permissions, then run again",
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
@@ -143,7 +155,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         reworded = _reworded(e, path)  # the bare "[Errno 28] No space left on device" names no file

@@ -1209,6 +1209,28 @@ def _host() -> str:
     return _HOST
 
 
+def test_a_file_open_elsewhere_on_windows_is_named_when_it_cannot_be_replaced(tmp_path, monkeypatch):
+    """Windows refuses os.replace onto a file another program holds open (results.csv shown in a
+    spreadsheet): the error named only the temporary file. Now the file, why, and what to do."""
+    from pam_monai import atomic
+
+    target = tmp_path / "results.csv"
+    target.write_text("old\n", encoding="utf-8")
+
+    def locked(src, dst):
+        raise PermissionError(13, "Access is denied", str(src), None, str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", locked)
+    with pytest.raises(
+        PermissionError, match=re.escape(f"{target}: cannot replace it (Access is denied)")
+    ) as e:
+        atomic.atomic_write_text(target, "new\n")
+    assert "close it in any program that has it open" in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"] and target.read_text(
+        encoding="utf-8"
+    ) == "old\n"
+
+
 def test_orphaned_temporary_files_on_windows_are_kept_without_signalling(tmp_path, monkeypatch):
     """On Windows os.kill(pid, 0) is no liveness probe: signal 0 is CTRL_C_EVENT, sent to the process
     group ``pid`` (or an OSError for a PID that is no group). The sweep asks no process there and keeps
