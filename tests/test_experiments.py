@@ -155,6 +155,11 @@ def _report(runs, **kwargs) -> str:
     return markdown_report(runs, **{**args, **kwargs})
 
 
+def test_settings_show_non_ascii_paths_as_written():
+    report = _report([_run("fpa", 0, [0.5])], settings={"dataset_dir": "/data/Jürgen Müller", "epochs": 1})
+    assert 'Settings: `dataset_dir="/data/Jürgen Müller"`, `epochs=1`' in report
+
+
 def test_table_averages_cases_per_run_then_runs():
     # run A: cases 1, 0, 0 -> 1/3; run B: one case 0.5. Per-run first: (33.33 + 50) / 2 = 41.67,
     # sample std 11.79. (Pooling the four cases would give 37.50.)

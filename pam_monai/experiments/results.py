@@ -286,7 +286,9 @@ def markdown_report(
         lines.append(f"Command: `{command}`")
     if settings:
         lines.append("")
-        lines.append("Settings: " + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sorted(settings.items())))
+        # as written (results.md is UTF-8): a path "J\u00fcrgen" is no way to show a folder Jürgen
+        shown = (f"`{k}={json.dumps(v, ensure_ascii=False)}`" for k, v in sorted(settings.items()))
+        lines.append("Settings: " + ", ".join(shown))
     lines.append("")
     if not runs:
         lines.append("No finished run yet.")
