@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import fire
 
+    # a folder or case named in letters the output's encoding lacks (Windows' code page when the output
+    # goes to a file or a pipe) must not end a finished command with a UnicodeEncodeError
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] not in COMMANDS:
         hint = _workflow_hint(argv[0])

@@ -2,12 +2,17 @@
 
 import importlib
 import inspect
+import os
 import re
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT
 from fire import docstrings
 
 from pam_monai.cli import COMMANDS
+from pam_monai.data import synth
 
 # experiment prints its docstring as written (pam_monai.experiments.runner.experiment)
 FIRE_HELP = sorted(name for name in COMMANDS if name != "experiment")
@@ -102,3 +107,23 @@ def test_a_misspelt_command_is_named_with_the_closest_one():
     with pytest.raises(SystemExit) as exit_:
         main(["chek", "--root", "x"])
     assert "unknown command 'chek'; did you mean 'check'?" in str(exit_.value.code)
+
+
+def test_output_in_an_encoding_without_the_data_folders_letters(tmp_path):
+    """Windows writes a command's output to a file or a pipe in its code page: a data folder named in
+    letters it lacks ended a finished check with a UnicodeEncodeError. They are written as escapes."""
+    root = synth("nnunet", tmp_path / "Ωmega" / "Dataset900_Tumour", cases=3, slices=4, size=(40, 36))
+    env = {
+        **os.environ,
+        "PYTHONIOENCODING": "ascii",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "pam_monai", "check", "--dataset", "nnunet", "--root", str(root)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode("ascii", "replace")
+    assert str(root).replace("Ω", "\\u03a9").encode() in proc.stdout
