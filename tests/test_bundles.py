@@ -456,6 +456,24 @@ def test_amp_and_compile_flags_from_the_command_line_are_booleans():
     assert parser.get_parsed_content("train#trainer#amp", instantiate=False) is True
 
 
+def test_fast_compiles_on_a_gpu_only_with_triton(monkeypatch, caplog):
+    """PyTorch's Windows CUDA builds have no Triton, so the default fast path's torch.compile failed
+    at the first training step there: without Triton ``fast`` trains uncompiled on a GPU (and says
+    so); ``--compile true`` still forces it, and a CPU run with ``--fast true`` is unchanged."""
+    from pam_monai.engines import runtime
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    parser["fast"] = "true"
+    for device, triton, want in (("cuda:0", False, False), ("cuda:0", True, True), ("cpu", False, True)):
+        monkeypatch.setattr(runtime, "_has_triton", lambda triton=triton: triton, raising=False)
+        parser["device"] = f"$torch.device('{device}')"
+        assert parser.get_parsed_content("train#trainer#compile", instantiate=False) is want, (device, triton)
+    assert "training without torch.compile: on cuda:0 it needs Triton" in caplog.text
+    parser["compile"] = "true"
+    assert parser.get_parsed_content("train#trainer#compile", instantiate=False) is True
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 def test_multi_gpu_config_disables_the_writers_it_means(name):
     """multi_gpu_train.json turns rank > 0's TensorBoard writers and validation log off by list

@@ -36,7 +36,15 @@ from .inferer import SliceWiseInferer
 from .loaders import DeviceSliceLoader, LoaderEpoch, batch_samples, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
 from .progress import ProgressBar
-from .runtime import as_bool, bundle_root, check_outputs, check_single_process, fast_network, setup_run
+from .runtime import (
+    as_bool,
+    bundle_root,
+    check_outputs,
+    check_single_process,
+    compile_by_default,
+    fast_network,
+    setup_run,
+)
 
 __all__ = [
     "BestCheckpoint",
@@ -65,6 +73,7 @@ __all__ = [
     "check_run",
     "check_single_process",
     "check_weights",
+    "compile_by_default",
     "fast_network",
     "find_inference_cases",
     "inference_spec",

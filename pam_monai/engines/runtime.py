@@ -25,6 +25,7 @@ __all__ = [
     "bundle_root",
     "check_outputs",
     "check_single_process",
+    "compile_by_default",
     "fast_network",
     "setup_run",
     "use_fast_norm",
@@ -136,6 +137,30 @@ def check_outputs(folders: dict) -> None:
             " (to resume, copy this folder's checkpoints there first)" if key == "ckpt_dir" else ""
         )
         check_writable(folder, where)
+
+
+def _has_triton() -> bool:
+    try:
+        from torch.utils._triton import has_triton_package
+    except ImportError:
+        return False
+    return bool(has_triton_package())
+
+
+def compile_by_default(fast, device) -> bool:
+    """The bundles' ``compile``: with ``fast``, but on a GPU only where ``torch.compile`` can build
+    its kernels: with Triton, which PyTorch's Linux CUDA wheels bring and its Windows wheels do not
+    (compiling failed at the first step there). ``--compile true`` still forces it."""
+    if not as_bool(fast):
+        return False
+    if torch.device(device).type != "cuda" or _has_triton():
+        return True
+    log.warning(
+        "fast: training without torch.compile: on %s it needs Triton, which this PyTorch lacks (its Windows "
+        "builds do); --compile true forces it",
+        device,
+    )
+    return False
 
 
 def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, rank: int = 0) -> None:
