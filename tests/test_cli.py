@@ -66,9 +66,6 @@ def test_the_other_name_of_the_data_folder_flag_is_named(tmp_path, command, give
 def test_top_level_help_says_what_each_command_does():
     """`python -m pam_monai --help` listed every command as "See pam_monai.x.y": nothing about what
     it does. Each now has a one-line summary, shown without importing its module."""
-    import subprocess
-    import sys
-
     from pam_monai.cli import SUMMARIES
 
     out = subprocess.run(
