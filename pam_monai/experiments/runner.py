@@ -889,18 +889,20 @@ def _execute_pending(
                 run.name,
                 run.dir,
             )
-            _append_event(events, event="start", run=str(run.dir.relative_to(output_dir)))
+            _append_event(events, event="start", run=run.dir.relative_to(output_dir).as_posix())
             try:
                 done = _execute(run, bundle, bundle_overrides, identity, ctx)
             except KeyboardInterrupt:
-                _append_event(events, event="interrupted", run=str(run.dir.relative_to(output_dir)))
+                _append_event(events, event="interrupted", run=run.dir.relative_to(output_dir).as_posix())
                 log.warning(
                     "experiment: interrupted during %s; re-run the same command to continue", run.name
                 )
                 raise
             except Exception as e:
                 why = _describe(e)
-                _append_event(events, event="failed", run=str(run.dir.relative_to(output_dir)), error=why)
+                _append_event(
+                    events, event="failed", run=run.dir.relative_to(output_dir).as_posix(), error=why
+                )
                 if not keep_going:
                     raise
                 log.error("experiment: %s failed (%s); going on (--keep_going)", run.name, why)
@@ -908,7 +910,7 @@ def _execute_pending(
                 continue
             executed.append(run)
             _append_event(
-                events, event="done", run=str(run.dir.relative_to(output_dir)), seconds=done["seconds"]
+                events, event="done", run=run.dir.relative_to(output_dir).as_posix(), seconds=done["seconds"]
             )
             log.info(
                 "experiment: finished %s in %.1f s%s: test IoU %.4f over %d cases",
