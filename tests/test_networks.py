@@ -13,6 +13,7 @@ from pam_monai.networks import NETWORKS, FPABlock, RFNABlock, as_foreground, get
 from pam_monai.networks.blocks import (
     ATTENTIONS,
     CBAM,
+    FAST_NORM,
     SCSE,
     AttentionGate,
     DoubleConv,
@@ -148,6 +149,22 @@ def test_too_small_input_is_refused_with_a_clear_message(mode):
         2,
         2,
     )
+
+
+@pytest.mark.parametrize("name", ["unet", "rfna"])
+def test_fast_instance_norm_refuses_what_instance_norm_refuses(name):
+    """``norm=FAST_NORM`` (the documented fast ``"instance"``) normalises with the input's own
+    statistics too, but its one-element output is silently its bias (no PyTorch error): the network
+    must refuse the same inputs, and name the same minimum, as with ``"instance"``."""
+    plain = get_network(name, spatial_dims=2, in_channels=3, out_channels=1, **SMALL)
+    fast = get_network(name, spatial_dims=2, in_channels=3, out_channels=1, norm=FAST_NORM, **SMALL)
+    assert fast.min_input_factor == plain.min_input_factor > 0
+    size = plain.min_input_factor
+    with pytest.raises(ValueError, match=rf"\[{size}, {size}\] is down-sampled {size}x to a single element"):
+        fast(torch.randn(1, 3, size, size))
+    block = RFNABlock(2, 3, 8, stride=1, ratio=8, norm=FAST_NORM)
+    with pytest.raises(ValueError, match=r"RFNABlock\(ratio=8\).*\[8, 8\] is down-sampled 8x"):
+        block(torch.randn(1, 3, 8, 8))
 
 
 def test_networks_with_running_statistics_take_any_size():

@@ -15,6 +15,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from .fastconv import make_fast_conv
+from .norm import FastInstanceNorm
 
 __all__ = [
     "DEFAULT_ACT",
@@ -145,9 +146,13 @@ def resize_to(x: torch.Tensor, like: torch.Tensor, mode: str) -> torch.Tensor:
 
 def normalises_with_input_statistics(module: nn.Module) -> bool:
     """Whether ``module`` holds an instance norm that normalises with its input's own statistics
-    (no running statistics): in training and in evaluation alike, it cannot normalise one element."""
+    (no running statistics): in training and in evaluation alike, it cannot normalise one element.
+
+    :class:`~.norm.FastInstanceNorm` (``norm=FAST_NORM``) never tracks running statistics; it
+    raises nothing on one element but returns its bias there, so it counts too."""
     return any(
-        isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats
+        isinstance(m, FastInstanceNorm)
+        or (isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats)
         for m in module.modules()
     )
 
