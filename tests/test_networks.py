@@ -182,6 +182,19 @@ def test_unknown_network_and_bad_option():
         get_network("fpa", ratio=4)
 
 
+def test_unknown_option_lists_the_options_the_network_takes():
+    """A misspelt or misplaced option (``ratio`` is RFNA's, not FPA's) must say what to pass instead."""
+    takes = r"FPAUNet takes: features, dilation, depthwise, expansion, shared, norm, act\.$"
+    with pytest.raises(
+        TypeError, match=rf"get_network\('fpa'\): bad option for FPAUNet: unknown \['ratio'\]; {takes}"
+    ):
+        get_network("fpa", ratio=4)
+    with pytest.raises(
+        TypeError, match=r"unknown \['dilatoin'\]; DilatedUNet3 takes: features, dilation, norm"
+    ):
+        get_network("d6unet", options={"dilatoin": 9})
+
+
 BAD_ARGUMENTS = [
     # (constructor, message): every block and network names itself and the bad argument
     (lambda: CBAM(4, 64), r"CBAM: spatial_dims must be 2 or 3, got 4"),

@@ -6,6 +6,7 @@ trained, evaluated and tested everywhere without new code.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -66,9 +67,22 @@ def get_network(
         raise ValueError(f"Unknown network {name!r}; registered networks: {', '.join(NETWORKS)}.")
     spec = NETWORKS[key]
     kwargs = {**spec.defaults, **(options or {}), **kwargs}
+    takes = _options_of(spec.cls)
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise TypeError(
+            f"get_network({name!r}): bad option for {spec.cls.__name__}: unknown {unknown}; "
+            f"{spec.cls.__name__} takes: {', '.join(takes)}."
+        )
     try:
         return spec.cls(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs
         )
     except TypeError as e:
         raise TypeError(f"get_network({name!r}): bad option for {spec.cls.__name__}: {e}") from e
+
+
+def _options_of(cls: type[nn.Module]) -> list[str]:
+    """The options a network class takes besides the three that ``get_network`` always passes."""
+    always = {"self", "spatial_dims", "in_channels", "out_channels"}
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in always]
