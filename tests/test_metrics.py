@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import pkgutil
 
 import numpy as np
 import pytest
@@ -551,13 +552,15 @@ def test_authors_code_hd95_uses_all_foreground_pixels():
 
 
 # --- docs and benchmark ------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "module", ["masks", "overlap", "surface", "summary", "monai_metrics", "paper_protocol"]
-)
+# every module of the package (a new one too): each must carry >>> examples that run
+METRIC_MODULES = sorted(m.name for m in pkgutil.walk_packages(M.__path__, "pam_monai.metrics."))
+
+
+@pytest.mark.parametrize("module", METRIC_MODULES)
 def test_docstring_examples(module):
     import importlib
 
-    mod = importlib.import_module(f"pam_monai.metrics.{module}")
+    mod = importlib.import_module(module)
     result = doctest.testmod(mod, extraglobs={"np": np})
     assert result.attempted > 0 and result.failed == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pkgutil
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
+import pam_monai.networks
 from pam_monai.networks import NETWORKS, FPABlock, RFNABlock, as_foreground, get_network, loss_for
 from pam_monai.networks.blocks import (
     ATTENTIONS,
@@ -392,23 +394,10 @@ def test_rfna_trains_on_reversed_labels_and_infers_foreground():
 
 
 # --- docs --------------------------------------------------------------------------------------
-NETWORK_MODULES = [
-    "blocks.attention_gate",
-    "blocks.cbam",
-    "blocks.convolutions",
-    "blocks.fastconv",
-    "blocks.fpa",
-    "blocks.global_context",
-    "blocks.norm",
-    "blocks.resize",
-    "blocks.rfna",
-    "blocks.scse",
-    "nets.baselines",
-    "nets.pam",
-    "nets.unet3",
-    "polarity",
-    "registry",
-]
+# every module of the package (a new one too): each must carry >>> examples that run
+NETWORK_MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(pam_monai.networks.__path__, "pam_monai.networks.") if not m.ispkg
+)
 
 
 @pytest.mark.parametrize("module", NETWORK_MODULES)
@@ -417,6 +406,6 @@ def test_docstring_examples_run(module):
     import doctest
     import importlib
 
-    mod = importlib.import_module(f"pam_monai.networks.{module}")
+    mod = importlib.import_module(module)
     result = doctest.testmod(mod)
     assert result.attempted > 0 and result.failed == 0

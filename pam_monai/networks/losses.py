@@ -72,7 +72,9 @@ class BatchDiceLoss(_Loss):
     Example::
 
         >>> loss = BatchDiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0)
-        >>> value = loss(torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4))
+        >>> value = loss(torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4))  # probabilities 0.5
+        >>> round(value.item(), 4)  # 1 - (2 * 16 + 1) / (16 + 32 + 1)
+        0.3265
     """
 
     def __init__(
