@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from monai.losses import DiceLoss
+from torch import nn
 
 from pam_monai.data.ops import IGNORE
 from pam_monai.networks import BatchDiceLoss, IgnoredVoxelsLoss, ReversedLabelLoss
@@ -74,6 +75,34 @@ def test_batch_dice_sums_bf16_outputs_in_float32():
     torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
     loss.backward()
     assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", ["bce", "dice_ce", "dice_focal"])
+def test_ignored_voxels_give_voxel_wise_losses_a_zero_not_nan(name, dtype):
+    """IgnoredVoxelsLoss around a voxel-wise loss (BCE, MONAI's DiceCE / DiceFocal, a library user's
+    choice with ``loss_for(..., ignore=True)``): an unannotated voxel adds nothing and gets no
+    gradient. Its logit was -inf, where BCE's ``(1 - t) x + max(-x, 0)`` is -inf + inf: NaN."""
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    losses = {
+        "bce": nn.BCEWithLogitsLoss(reduction="sum"),
+        "dice_ce": DiceCELoss(sigmoid=True),
+        "dice_focal": DiceFocalLoss(sigmoid=True),
+    }
+    logits, target = batch((4, 1, 9, 7))
+    logits = logits.to(dtype).requires_grad_(True)
+    target = target.to(dtype)
+    ignored = target == IGNORE
+    loss = IgnoredVoxelsLoss(losses[name])(logits, target)
+    assert torch.isfinite(loss), f"{name}: {loss}"
+    loss.backward()
+    assert logits.grad[ignored].abs().max() == 0 and logits.grad[~ignored].abs().max() > 0
+    if name == "bce":  # the sum over the annotated voxels alone
+        annotated = nn.BCEWithLogitsLoss(reduction="sum")(logits[~ignored].float(), target[~ignored].float())
+        torch.testing.assert_close(
+            loss.float(), annotated, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0
+        )
 
 
 def test_batch_dice_refuses_mismatched_shapes():

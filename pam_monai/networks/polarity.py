@@ -39,6 +39,11 @@ __all__ = [
 ]
 
 
+#: The logit of an unannotated voxel: its sigmoid is exactly 0 in every float type (fp16 included),
+#: and unlike -inf it gives BCE ``(1 - t) x + max(-x, 0) + ...`` a 0, not -inf + inf = NaN.
+CERTAIN_BACKGROUND = -1e4
+
+
 def unwrap_network(network: nn.Module) -> nn.Module:
     """The network inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers."""
     for attr in ("module", "_orig_mod"):
@@ -86,10 +91,11 @@ class ReversedLabelLoss(nn.Module):
 
 class IgnoredVoxelsLoss(nn.Module):
     """``loss`` over the annotated voxels only: where the target is :data:`~pam_monai.data.ops.IGNORE`
-    the logit becomes ``-inf`` and the target 0, i.e. certain and correct background. A Dice loss on
-    sigmoid probabilities then gets nothing from those voxels (in its intersection and its sums:
-    the same value as MONAI's ``MaskedDiceLoss`` with the annotated voxels as mask) and no gradient
-    flows through them. Voxel-averaged losses (BCE) would count them in the mean's denominator.
+    the logit becomes :data:`CERTAIN_BACKGROUND` and the target 0, i.e. certain and correct
+    background. A Dice loss on sigmoid probabilities then gets nothing from those voxels (in its
+    intersection and its sums: the same value as MONAI's ``MaskedDiceLoss`` with the annotated voxels
+    as mask) and no gradient flows through them. A voxel-wise loss (BCE, MONAI's ``DiceCELoss``) gets
+    a zero from each, which a mean over voxels still counts in its denominator.
 
     Example::
 
@@ -103,7 +109,7 @@ class IgnoredVoxelsLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ignored = target == IGNORE
-        return self.loss(input.masked_fill(ignored, float("-inf")), target.masked_fill(ignored, 0.0))
+        return self.loss(input.masked_fill(ignored, CERTAIN_BACKGROUND), target.masked_fill(ignored, 0.0))
 
 
 def loss_for(network: nn.Module, loss: nn.Module, ignore: bool = False) -> nn.Module:
