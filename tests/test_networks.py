@@ -169,6 +169,21 @@ def test_fast_instance_norm_refuses_what_instance_norm_refuses(name):
         block(torch.randn(1, 3, 8, 8))
 
 
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_act_none_builds_every_network(name):
+    """``act=None`` (no activation; the signatures' ``tuple | str | None``, MONAI's convention) was
+    refused with "cannot unpack non-iterable NoneType" by the attention gate and the global context."""
+    net = get_network(name, spatial_dims=2, in_channels=3, out_channels=1, act=None, **SMALL)
+    assert net(torch.randn(1, 3, 72, 72)).shape == (1, 1, 72, 72)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in net.modules())
+
+
+def test_act_none_in_the_gate_and_the_global_context():
+    x, g = torch.randn(1, 8, 5, 5, 5), torch.randn(1, 16, 5, 5, 5)
+    assert AttentionGate(3, 8, 16, act=None)(x, g).shape == x.shape
+    assert GlobalContext(3, 16, act=None)(g).shape == g.shape
+
+
 def test_networks_with_running_statistics_take_any_size():
     """With batch norm (running statistics) a 1x1 bottleneck is fine in evaluation: no refusal."""
     net = get_network("unet", spatial_dims=2, in_channels=3, out_channels=1, norm="batch", **SMALL).eval()

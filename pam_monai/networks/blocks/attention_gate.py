@@ -12,10 +12,9 @@ convolution to one channel, norm and sigmoid, and the gate is residual: ``psi * 
 from __future__ import annotations
 
 import torch
-from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from .convolutions import DEFAULT_ACT, check_positive, check_spatial_dims, conv_norm_act
+from .convolutions import DEFAULT_ACT, act_layer, check_positive, check_spatial_dims, conv_norm_act
 
 __all__ = ["AttentionGate"]
 
@@ -53,7 +52,7 @@ class AttentionGate(nn.Module):
         inner = max(channels // 2, 1)
         self.w_g = conv_norm_act(spatial_dims, gate_channels, inner, 1, norm=norm, act=None, bias=True)
         self.w_x = conv_norm_act(spatial_dims, channels, inner, 1, norm=norm, act=None, bias=True)
-        self.act = get_act_layer(act)
+        self.act = act_layer(act)
         self.psi = conv_norm_act(spatial_dims, inner, 1, 1, norm=norm, act="sigmoid", bias=True)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

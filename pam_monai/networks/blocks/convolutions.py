@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
+from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
 from .fastconv import make_fast_conv
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_ACT",
     "DEFAULT_NORM",
     "DoubleConv",
+    "act_layer",
     "check_crop",
     "check_normalisable",
     "check_positive",
@@ -46,6 +48,12 @@ def check_positive(where: str, **values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise ValueError(f"{where}: {name} must be >= 1, got {value!r}.")
+
+
+def act_layer(act: tuple | str | None) -> nn.Module:
+    """MONAI's ``get_act_layer(act)``, and ``nn.Identity()`` for ``act=None`` (no activation), which
+    ``get_act_layer`` cannot unpack."""
+    return nn.Identity() if act is None else get_act_layer(act)
 
 
 def conv_norm_act(

@@ -14,10 +14,9 @@ with the same parameter count. All convolutions are bias-free.
 from __future__ import annotations
 
 import torch
-from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from .convolutions import DEFAULT_ACT, check_positive, check_spatial_dims, conv_norm_act
+from .convolutions import DEFAULT_ACT, act_layer, check_positive, check_spatial_dims, conv_norm_act
 
 __all__ = ["GlobalContext"]
 
@@ -29,7 +28,7 @@ class GlobalContext(nn.Module):
         spatial_dims: 2 or 3.
         channels: input (and output) channels.
         reduction: reduction of the transform bottleneck (8).
-        act: activation inside the transform.
+        act: activation inside the transform (``None``: none).
 
     Example::
 
@@ -38,7 +37,7 @@ class GlobalContext(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, channels: int, reduction: int = 8, act: tuple | str = DEFAULT_ACT
+        self, spatial_dims: int, channels: int, reduction: int = 8, act: tuple | str | None = DEFAULT_ACT
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims, "GlobalContext")
@@ -48,7 +47,7 @@ class GlobalContext(nn.Module):
         self.key = conv_norm_act(spatial_dims, channels, 1, 1, norm=None, act=None)
         self.reduce = conv_norm_act(spatial_dims, channels, hidden, 1, norm=None, act=None)
         self.norm = nn.LayerNorm(hidden)
-        self.act = get_act_layer(act)
+        self.act = act_layer(act)
         self.expand = conv_norm_act(spatial_dims, hidden, channels, 1, norm=None, act=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
