@@ -28,7 +28,7 @@ from torch import nn
 
 from pam_monai.engines.loaders import DeviceSliceLoader
 from pam_monai.engines.runtime import fast_network, use_fast_norm
-from pam_monai.networks import NETWORKS, get_network, loss_for
+from pam_monai.networks import NETWORKS, FPABlock, get_network, loss_for
 from pam_monai.networks.blocks import (
     FAST_NORM,
     FastConv2d,
@@ -137,6 +137,33 @@ def test_tap_route_equals_dilated_depthwise_conv(dilation, hw):
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(conv.weight.grad, w_ref.grad)
     torch.testing.assert_close(conv.bias.grad, b_ref.grad)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's fallback for addcmul_
+def test_tap_route_takes_torch_func_transforms():
+    """``torch.func.grad`` and per-sample gradients (``vmap(grad)``) of a 2-D FPA block on the CPU:
+    the tap route's autograd.Function refused every functorch transform (no setup_context), where
+    ``nn.Conv2d`` takes them; the results are those of plain convolutions."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    fast = FPABlock(2, 2, 3, stride=2, dilation=2, expansion=2).double()
+    assert fast.dilated1.conv._route(torch.zeros(1, 4, 5, 5, dtype=torch.float64)) == "tap"
+    plain = copy.deepcopy(fast)
+    for m in plain.modules():
+        if isinstance(m, FastConv2d):
+            m.__class__ = nn.Conv2d
+    params = {k: v.detach() for k, v in fast.named_parameters()}
+    x = torch.randn(3, 2, 9, 9, dtype=torch.float64)
+
+    def loss(net):
+        return lambda p, xb: functional_call(net, p, (xb,)).square().sum()
+
+    for transform in (grad, lambda f: vmap(grad(f), in_dims=(None, 0))):
+        xs = x if transform is grad else x[:, None]  # per sample: a batch of one each
+        got, want = transform(loss(fast))(params, xs), transform(loss(plain))(params, xs)
+        for name in params:
+            torch.testing.assert_close(got[name], want[name], msg=name)
 
 
 @pytest.mark.parametrize("dilation,hw", [(2, (5, 7)), (9, (10, 10)), (9, (8, 8)), (6, (23, 17))])

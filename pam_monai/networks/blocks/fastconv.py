@@ -68,39 +68,56 @@ def _taps(h: int, w: int, d: int) -> list[tuple[int, int, tuple[slice, slice], t
 class _TapDepthwiseConv(torch.autograd.Function):
     """``conv2d(x, w, padding=d, dilation=d, groups=C)`` (3x3, stride 1) as a sum over its 9 taps:
     each tap is one fused multiply-add of a shifted region of ``x`` into the output, vectorised over
-    batch, channels and pixels; taps that only see zero padding are skipped."""
+    batch, channels and pixels; taps that only see zero padding are skipped.
+
+    ``setup_context`` and ``generate_vmap_rule`` (and a backward that writes no unbatched tensor)
+    let ``torch.func`` transform it (``grad``, ``vmap``: per-sample gradients), as it does
+    ``nn.Conv2d``."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
-        # bf16 / fp16 inputs (autocast) are computed in the weight's precision
-        x = x.to(torch.promote_types(x.dtype, weight.dtype)).contiguous()
+    def forward(x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
+        x = _as_computed(x, weight)
         wv = weight.view(1, -1, 3, 3)
         y = x * wv[:, :, 1:2, 1:2]
         for ki, kj, dst, src in _taps(x.shape[2], x.shape[3], d):
             if (ki, kj) != (1, 1):
                 y[:, :, dst[0], dst[1]].addcmul_(x[:, :, src[0], src[1]], wv[:, :, ki : ki + 1, kj : kj + 1])
-        ctx.save_for_backward(x, weight)
-        ctx.d = d
         return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, d = inputs
+        ctx.save_for_backward(x, weight)  # the input as given: converted again in backward
+        ctx.d = d
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        x = _as_computed(x, weight)  # no copy for contiguous fp32 inputs (the CPU training step's)
         grad = grad.to(x.dtype).contiguous()
         wv = weight.view(1, -1, 3, 3)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = grad * wv[:, :, 1:2, 1:2] if need_x else None
-        grad_w = (
-            torch.zeros((weight.shape[0], 3, 3), dtype=weight.dtype, device=weight.device) if need_w else None
-        )
+        grad_w = [None] * 9  # one weight gradient per tap, stacked (not written into a zeros tensor)
         for ki, kj, dst, src in _taps(x.shape[2], x.shape[3], ctx.d):
             g_dst, x_src = grad[:, :, dst[0], dst[1]], x[:, :, src[0], src[1]]
-            if grad_w is not None:
-                grad_w[:, ki, kj] = (g_dst * x_src).sum((0, 2, 3))
+            if need_w:
+                grad_w[3 * ki + kj] = (g_dst * x_src).sum((0, 2, 3)).to(weight.dtype)
             if grad_x is not None and (ki, kj) != (1, 1):
                 grad_x[:, :, src[0], src[1]].addcmul_(g_dst, wv[:, :, ki : ki + 1, kj : kj + 1])
-        return grad_x, grad_w.view_as(weight) if grad_w is not None else None, None
+        if not need_w:
+            return grad_x, None, None
+        zeros = weight.new_zeros(weight.shape[0])  # taps that only see zero padding
+        grad_w = torch.stack([zeros if g is None else g for g in grad_w], dim=1)
+        return grad_x, grad_w.view_as(weight), None
+
+
+def _as_computed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x`` as the taps compute it: contiguous, bf16 / fp16 inputs (autocast) in the weight's precision."""
+    return x.to(torch.promote_types(x.dtype, weight.dtype)).contiguous()
 
 
 def dilated_depthwise_taps(x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
