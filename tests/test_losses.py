@@ -105,6 +105,19 @@ def test_ignored_voxels_give_voxel_wise_losses_a_zero_not_nan(name, dtype):
         )
 
 
+def test_reversed_label_loss_refuses_an_ignore_flag_its_loss_does_not_match():
+    """``ignore=True`` only keeps IGNORE targets as they are, for an IgnoredVoxelsLoss inside to
+    leave out: without one, a Dice took them as foreground of weight 2; with one but ``ignore=False``,
+    they were reversed to 1 - 2 = -1, which it no longer recognises. Both trained silently."""
+    dice = DiceLoss(sigmoid=True, batch=True)
+    with pytest.raises(ValueError, match=r"ignore=True.*DiceLoss does not leave.*IgnoredVoxelsLoss\(loss\)"):
+        ReversedLabelLoss(dice, ignore=True)
+    with pytest.raises(ValueError, match=r"holds an IgnoredVoxelsLoss but ignore=False.*pass ignore=True"):
+        ReversedLabelLoss(IgnoredVoxelsLoss(dice))
+    ReversedLabelLoss(IgnoredVoxelsLoss(dice), ignore=True)  # the bundles' (loss_for's) combination
+    ReversedLabelLoss(dice)
+
+
 def test_batch_dice_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match=r"BatchDiceLoss: the target's shape \(2, 1, 4, 4\) differs"):
         BatchDiceLoss()(torch.zeros(2, 2, 4, 4), torch.zeros(2, 1, 4, 4))

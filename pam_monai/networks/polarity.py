@@ -68,6 +68,10 @@ class ReversedLabelLoss(nn.Module):
         loss: a loss on logits and binary targets, e.g. ``monai.losses.DiceLoss(sigmoid=True)``.
         input_is_foreground: the network's output is in foreground polarity (``RFNAUNet``'s
             default) and is negated to get the reversed-polarity logits the loss sees.
+        ignore: the targets mark unannotated voxels with :data:`~pam_monai.data.ops.IGNORE`, kept
+            as they are for the :class:`IgnoredVoxelsLoss` that ``loss`` must then hold (and may
+            only hold then): ``ReversedLabelLoss(IgnoredVoxelsLoss(loss), ignore=True)``, what
+            :func:`loss_for` builds.
 
     Example::
 
@@ -77,6 +81,7 @@ class ReversedLabelLoss(nn.Module):
 
     def __init__(self, loss: nn.Module, input_is_foreground: bool = True, ignore: bool = False) -> None:
         super().__init__()
+        _check_ignore(loss, ignore)
         self.loss = loss
         self.input_is_foreground = input_is_foreground
         self.ignore = ignore  # targets may hold IGNORE, which stays IGNORE
@@ -87,6 +92,24 @@ class ReversedLabelLoss(nn.Module):
         if self.ignore:
             reversed_target = torch.where(target == IGNORE, target, reversed_target)
         return self.loss(reversed_logits, reversed_target)
+
+
+def _check_ignore(loss: nn.Module, ignore: bool) -> None:
+    """Refuse a ``ReversedLabelLoss`` whose ``ignore`` does not match its loss: either way it would
+    train on the unannotated voxels silently (as foreground of weight 2, or reversed to -1)."""
+    holds = any(isinstance(m, IgnoredVoxelsLoss) for m in loss.modules())
+    if ignore and not holds:
+        raise ValueError(
+            f"ReversedLabelLoss(ignore=True): the loss {type(loss).__name__} does not leave the unannotated "
+            "voxels (IGNORE) out and would learn them as foreground; pass IgnoredVoxelsLoss(loss), or build "
+            "it with pam_monai.networks.loss_for(network, loss, ignore=True)."
+        )
+    if holds and not ignore:
+        raise ValueError(
+            "ReversedLabelLoss: the loss holds an IgnoredVoxelsLoss but ignore=False, so unannotated voxels "
+            "(IGNORE) would be reversed to 1 - IGNORE and scored; pass ignore=True, or build it with "
+            "pam_monai.networks.loss_for(network, loss, ignore=True)."
+        )
 
 
 class IgnoredVoxelsLoss(nn.Module):
