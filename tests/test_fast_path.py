@@ -166,6 +166,31 @@ def test_tap_route_takes_torch_func_transforms():
             torch.testing.assert_close(got[name], want[name], msg=name)
 
 
+def test_tap_route_has_second_order_gradients():
+    """A gradient penalty (``create_graph=True``) through a 2-D FPA block on the CPU raised "trying to
+    differentiate twice a function that was marked with @once_differentiable" (nn.Conv2d has them)."""
+    from pam_monai.networks.blocks.fastconv import _TapDepthwiseConv
+
+    torch.manual_seed(0)
+    for d, hw in ((2, (6, 6)), (9, (10, 10))):  # at 10 x 10 and dilation 9 taps are skipped
+        x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(lambda x, w, d=d: _TapDepthwiseConv.apply(x, w, d), (x, w))
+    fast = FPABlock(2, 2, 3, stride=2, dilation=2, expansion=2).double()
+    plain = copy.deepcopy(fast)
+    for m in plain.modules():
+        if isinstance(m, FastConv2d):
+            m.__class__ = nn.Conv2d
+    x = torch.randn(2, 2, 9, 9, dtype=torch.float64, requires_grad=True)
+    penalties = []
+    for net in (fast, plain):
+        (g,) = torch.autograd.grad(net(x).square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+        penalties.append([p.grad.clone() for p in net.parameters()])
+    for got, want in zip(*penalties):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("dilation,hw", [(2, (5, 7)), (9, (10, 10)), (9, (8, 8)), (6, (23, 17))])
 def test_functional_taps_equal_dilated_depthwise_conv(dilation, hw):
     """The form that FastConv2d.taps uses on CUDA and under torch.compile."""

@@ -72,7 +72,8 @@ class _TapDepthwiseConv(torch.autograd.Function):
 
     ``setup_context`` and ``generate_vmap_rule`` (and a backward that writes no unbatched tensor)
     let ``torch.func`` transform it (``grad``, ``vmap``: per-sample gradients), as it does
-    ``nn.Conv2d``."""
+    ``nn.Conv2d``; the backward is itself differentiable tensor operations (recorded only under
+    ``create_graph=True``), so second-order gradients (a gradient penalty) work too."""
 
     generate_vmap_rule = True
 
@@ -93,7 +94,6 @@ class _TapDepthwiseConv(torch.autograd.Function):
         ctx.d = d
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         x = _as_computed(x, weight)  # no copy for contiguous fp32 inputs (the CPU training step's)
