@@ -1221,3 +1221,31 @@ def test_datasets_take_their_cases_from_the_model_zoos_data_ids(name, tmp_path):
     parser = ConfigParser()
     parser.read_config(configs(name, "train.json", "evaluate.json"))
     assert parser["validate#dataset#data"] == "$@data[@eval_split]"
+
+
+@pytest.mark.parametrize(
+    "files", [("train.json",), ("train.json", "multi_gpu_train.json")], ids=["train", "multi_gpu"]
+)
+@pytest.mark.parametrize("key", ["epochs", "val_interval"])
+def test_training_schedule_is_checked_before_any_work(key, files, tmp_path):
+    """``--epochs 0`` and ``--val_interval 0`` failed in Ignite ("Argument max_epochs is invalid",
+    "Argument every should be integer and greater than zero"), naming neither id, and ``--epochs
+    0`` only after preparing the data."""
+    with pytest.raises(Exception) as err:
+        run_bundle("training", configs("brats_fpa", *files), bundle_root=str(tmp_path), **{**SMALL, key: 0})
+    chain = error_chain(err.value)
+    want = f"{key}: 0 is not a number of epochs (a whole number, 1 or more): pass --{key} N"
+    assert any(want in m for m in chain), chain
+    assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
+
+
+def test_training_that_never_validates_says_so(tmp_path, caplog):
+    """``--val_interval`` above ``--epochs`` trained to the end without validating, and so without
+    writing ``models/model.pt``, which evaluation and inference load, and without a word."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    parser.update({"bundle_root": str(tmp_path), **SMALL, "epochs": 2, "val_interval": 3})
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        parser.get_parsed_content("initialize")
+    assert "val_interval: 3 > epochs 2: no epoch is validated, so models/model.pt" in caplog.text
+    assert "pass --val_interval 2 or less" in caplog.text

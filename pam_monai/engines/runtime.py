@@ -24,6 +24,7 @@ __all__ = [
     "as_bool",
     "bundle_root",
     "check_outputs",
+    "check_schedule",
     "check_single_process",
     "compile_by_default",
     "fast_network",
@@ -121,6 +122,32 @@ def check_single_process() -> None:
             "would do all of it, on the same device, writing the same files; train on several GPUs with "
             "configs/multi_gpu_train.json after train.json in --config_file, and evaluate or infer without "
             "torchrun"
+        )
+
+
+def _epochs(value, key: str) -> int:
+    """A count of epochs from a config or the command line, or an error naming its id."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{key}: {value!r} is not a number of epochs (a whole number, 1 or more): pass --{key} N"
+        )
+    return value
+
+
+def check_schedule(epochs, val_interval) -> None:
+    """Refuse, before any data is read, a training schedule that Ignite would refuse only later and
+    without naming the id (``--epochs 0``, ``--val_interval 0``); warn of one that never validates
+    (``val_interval`` above ``epochs``, as the benchmark asks): ``models/model.pt``, the weights
+    evaluation and inference load, is then not written, which went unsaid."""
+    epochs, val_interval = _epochs(epochs, "epochs"), _epochs(val_interval, "val_interval")
+    if val_interval > epochs:
+        log.warning(
+            "val_interval: %d > epochs %d: no epoch is validated, so models/model.pt (the best validation "
+            "IoU, which evaluation and inference load) is not written, only models/checkpoint_last.pt: "
+            "pass --val_interval %d or less to validate",
+            val_interval,
+            epochs,
+            epochs,
         )
 
 
