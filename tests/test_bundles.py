@@ -1249,3 +1249,36 @@ def test_training_that_never_validates_says_so(tmp_path, caplog):
         parser.get_parsed_content("initialize")
     assert "val_interval: 3 > epochs 2: no epoch is validated, so models/model.pt" in caplog.text
     assert "pass --val_interval 2 or less" in caplog.text
+
+
+@pytest.mark.parametrize("file", ["train.json", "inference.json"])
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        (
+            "in_channels",
+            3,
+            "network_def#in_channels: 3, but brats images have 4 channels (flair, t1, t1ce, t2)",
+        ),
+        (
+            "out_channels",
+            2,
+            "network_def#out_channels: 2, but the bundles' networks return one foreground logit",
+        ),
+    ],
+)
+def test_network_channels_edited_in_a_config_are_checked_first(file, key, value, named, tmp_path):
+    """A config copy edited to another ``network_def#in_channels`` (or ``out_channels``) failed
+    only at the first training step, after preparing the data, in PyTorch's convolution ("expected
+    input[8, 4, 160, 160] to have 3 channels") or MONAI's Dice loss ("ground truth has different
+    shape"), naming neither setting."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", file))
+    parser.update({"bundle_root": str(tmp_path), f"network_def#{key}": value})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("initialize")
+    chain = error_chain(err.value)
+    assert any(named in m for m in chain), chain
+    if file == "train.json":  # multi_gpu_train.json replaces train.json's initialize: it keeps the check
+        parser.read_config(configs("brats_fpa", "train.json", "multi_gpu_train.json"))
+        assert any("check_network_channels(" in step for step in parser["initialize"])

@@ -39,6 +39,7 @@ from .progress import ProgressBar
 from .runtime import (
     as_bool,
     bundle_root,
+    check_network_channels,
     check_outputs,
     check_schedule,
     check_single_process,
@@ -70,6 +71,7 @@ __all__ = [
     "bundle_root",
     "atomic_save",
     "atomic_write_text",
+    "check_network_channels",
     "check_outputs",
     "check_schedule",
     "check_run",

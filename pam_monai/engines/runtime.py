@@ -23,6 +23,7 @@ from torch import nn
 __all__ = [
     "as_bool",
     "bundle_root",
+    "check_network_channels",
     "check_outputs",
     "check_schedule",
     "check_single_process",
@@ -148,6 +149,25 @@ def check_schedule(epochs, val_interval) -> None:
             val_interval,
             epochs,
             epochs,
+        )
+
+
+def check_network_channels(in_channels, out_channels, spec) -> None:
+    """Refuse, before any data is read, a ``network_def`` edited to channels the data and the loss do
+    not have (``in_channels`` is ``len(@spec.channels)``: the data's; one output, the foreground
+    logit): PyTorch's convolution or MONAI's Dice loss refused it only at the first step, after the
+    data were prepared, naming neither setting. ``spec``: the run's
+    :class:`~pam_monai.data.DatasetSpec`."""
+    if in_channels != spec.in_channels:
+        raise ValueError(
+            f"network_def#in_channels: {in_channels}, but {spec.name} images have {spec.in_channels} channels "
+            f'({", ".join(spec.channels)}): set it back to "$len(@spec.channels)" (the data\'s; own data take '
+            "theirs from dataset.json's channel_names)"
+        )
+    if out_channels != 1:
+        raise ValueError(
+            f"network_def#out_channels: {out_channels}, but the bundles' networks return one foreground logit "
+            "(sigmoid, Dice loss on the target): set it back to 1 and choose the target with --foreground_label"
         )
 
 
