@@ -1282,3 +1282,37 @@ def test_network_channels_edited_in_a_config_are_checked_first(file, key, value,
     if file == "train.json":  # multi_gpu_train.json replaces train.json's initialize: it keeps the check
         parser.read_config(configs("brats_fpa", "train.json", "multi_gpu_train.json"))
         assert any("check_network_channels(" in step for step in parser["initialize"])
+
+
+@pytest.mark.parametrize(
+    "files, typo, named",
+    [
+        (("train.json",), {"epoch": 2}, "--epoch: no such id in train.json (did you mean --epochs?)"),
+        (
+            ("train.json", "evaluate.json"),
+            {"threshhold": 0.7},
+            "--threshhold: no such id in train.json, evaluate.json",
+        ),
+        (("inference.json",), {"learning_rate": 0.1}, "--learning_rate: no such id in inference.json"),
+    ],
+)
+def test_command_line_overrides_of_ids_no_config_has_are_refused(files, typo, named, tmp_path, monkeypatch):
+    """MONAI adds an override's id to the config whether or not anything reads it: ``--epoch 2``
+    (for ``--epochs``) ran the paper's 80 epochs, with no word about the typo. On the command line
+    an id that none of the run's configs has is refused before any work, with the id it may mean."""
+    import monai.bundle.__main__ as cli
+    from monai.bundle.scripts import create_workflow
+
+    paths = configs("brats_fpa", *files)
+    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
+    common = {
+        "bundle_root": str(tmp_path),
+        "logging_file": False,
+        "network_options": SMALL["network_options"],
+    }
+    with pytest.raises(Exception) as err:
+        create_workflow(config_file=paths, **common, **typo)
+    chain = error_chain(err.value)
+    assert any(named in m for m in chain), chain
+    assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
+    create_workflow(config_file=paths, **common, threshold=0.6, tracking=None)  # ids the configs have

@@ -12,6 +12,8 @@ it computes the same function as the plain fp32 path; ``python -m pam_monai benc
 from __future__ import annotations
 
 import ast
+import difflib
+import inspect
 import logging
 import os
 import sys
@@ -25,6 +27,7 @@ __all__ = [
     "bundle_root",
     "check_network_channels",
     "check_outputs",
+    "check_override_ids",
     "check_schedule",
     "check_single_process",
     "compile_by_default",
@@ -124,6 +127,52 @@ def check_single_process() -> None:
             "configs/multi_gpu_train.json after train.json in --config_file, and evaluate or infer without "
             "torchrun"
         )
+
+
+def _workflow_overrides() -> tuple[object, dict] | None:
+    """The config files and the id overrides given to MONAI's ``create_workflow`` (``monai.bundle
+    run``), found on the call stack while it initialises the workflow, or None."""
+    from monai.bundle import ConfigWorkflow
+    from monai.bundle.scripts import create_workflow
+
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not create_workflow.__code__:
+        frame = frame.f_back
+    if frame is None:
+        return None
+    # what is not a parameter of the workflow (run_id, tracking, ...) MONAI applies as an id override
+    named = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name", "args_file"}
+    overrides = {k: v for k, v in (frame.f_locals.get("_args") or {}).items() if k not in named}
+    return frame.f_locals.get("config_file"), overrides
+
+
+def check_override_ids() -> None:
+    """Refuse command-line overrides (``python -m monai.bundle run ... --<id> <value>``) of ids that
+    none of the run's configs has: MONAI adds such an id to the config and nothing reads it, so a
+    typo (``--epoch 2``) or an id of another workflow (``--learning_rate`` to inference) was
+    ignored without a word. Python callers (``monai.bundle.run``) are left to add ids of their own."""
+    from monai.bundle import ConfigParser
+
+    found = _workflow_overrides() if _config_files_on_command_line() else None
+    if not found:
+        return
+    files, overrides = found
+    parser = ConfigParser()
+    parser.read_config(files)
+    unknown = [key for key in overrides if not key.startswith("_meta_") and key not in parser]
+    if not unknown:
+        return
+    names = ", ".join(Path(f).name for f in (files if isinstance(files, (list, tuple)) else [files]))
+    ids = [str(k) for k in parser.get()]
+    lines = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, ids, n=1)
+        lines.append(f"--{key}: no such id in {names}" + (f" (did you mean --{close[0]}?)" if close else ""))
+    raise ValueError(
+        "; ".join(lines)
+        + ": MONAI would add it and nothing would read it; the overridable ids are listed in "
+        "the bundle's docs/README.md"
+    )
 
 
 def _epochs(value, key: str) -> int:
