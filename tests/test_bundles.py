@@ -1316,3 +1316,28 @@ def test_command_line_overrides_of_ids_no_config_has_are_refused(files, typo, na
     assert any(named in m for m in chain), chain
     assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
     create_workflow(config_file=paths, **common, threshold=0.6, tracking=None)  # ids the configs have
+
+
+@pytest.mark.parametrize("file", ["train.json", "inference.json"])
+@pytest.mark.parametrize(
+    "device, named",
+    [
+        ("gpu", "device: 'gpu' is not a device PyTorch knows (e.g. cpu, cuda, cuda:1): pass --device"),
+        ("cuda", "device: 'cuda', but this PyTorch finds no CUDA GPU: pass --device cpu"),
+        ("cuda:3", "device: 'cuda:3', but this PyTorch finds no CUDA GPU: pass --device cpu"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_refused_by_its_id(file, device, named, tmp_path, monkeypatch):
+    """``--device gpu`` and, on a machine without CUDA, ``--device cuda`` failed in PyTorch ("Expected
+    one of cpu, cuda, ... device type at start of device string: gpu", "Torch not compiled with CUDA
+    enabled") naming no id, while the data loader was being built."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", file))
+    parser.update({"bundle_root": str(tmp_path), "device": device})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("initialize")
+    chain = error_chain(err.value)
+    assert any(named in m for m in chain), chain
+    assert not any(tmp_path.iterdir())  # refused before any output folder

@@ -39,6 +39,7 @@ from .progress import ProgressBar
 from .runtime import (
     as_bool,
     bundle_root,
+    check_device,
     check_network_channels,
     check_outputs,
     check_override_ids,
@@ -72,6 +73,7 @@ __all__ = [
     "bundle_root",
     "atomic_save",
     "atomic_write_text",
+    "check_device",
     "check_network_channels",
     "check_outputs",
     "check_override_ids",

@@ -25,6 +25,7 @@ from torch import nn
 __all__ = [
     "as_bool",
     "bundle_root",
+    "check_device",
     "check_network_channels",
     "check_outputs",
     "check_override_ids",
@@ -173,6 +174,32 @@ def check_override_ids() -> None:
         + ": MONAI would add it and nothing would read it; the overridable ids are listed in "
         "the bundle's docs/README.md"
     )
+
+
+def check_device(device) -> None:
+    """Refuse, naming the ``device`` id, a device PyTorch does not know (``--device gpu``) or a CUDA
+    GPU this machine lacks: PyTorch refused them later, while the data loader was built, naming no
+    id ("Torch not compiled with CUDA enabled")."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device: {str(device)!r} is not a device PyTorch knows (e.g. cpu, cuda, cuda:1): pass --device "
+            "cpu or --device cuda:N, or leave it out (the first GPU when there is one, else the CPU)"
+        ) from None
+    if device.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        raise ValueError(
+            f"device: {str(device)!r}, but this PyTorch finds no CUDA GPU: pass --device cpu, or leave it out "
+            "(the first GPU when there is one, else the CPU)"
+        )
+    if (device.index or 0) >= count:
+        raise ValueError(
+            f"device: {str(device)!r}, but this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}: "
+            "pass one of them with --device"
+        )
 
 
 def _epochs(value, key: str) -> int:
