@@ -1341,3 +1341,21 @@ def test_a_device_this_machine_lacks_is_refused_by_its_id(file, device, named, t
     chain = error_chain(err.value)
     assert any(named in m for m in chain), chain
     assert not any(tmp_path.iterdir())  # refused before any output folder
+
+
+def test_weights_renamed_without_their_record_are_named_with_the_record_to_rename(tmp_path):
+    """``--ckpt_path models/fold1.pt`` for weights copied as ``fold1.pt`` beside their ``model.json``:
+    the record is read as ``fold1.json`` (the weights' own name), so none was found, the network was
+    built with the bundle's defaults and the weights were refused as not fitting it, with no word
+    of the record that would have built the right one."""
+    from pam_monai.engines import check_weights
+    from pam_monai.networks import get_network
+
+    small = get_network("fpa", in_channels=4, out_channels=1, options=SMALL["network_options"])
+    torch.save(small.state_dict(), tmp_path / "fold1.pt")
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(
+        ValueError, match="no record of them here: training writes it as model.json beside"
+    ) as err:
+        check_weights(tmp_path / "fold1.pt", get_network("fpa", in_channels=4, out_channels=1))
+    assert "rename weights with their record (fold1.pt with fold1.json)" in str(err.value)

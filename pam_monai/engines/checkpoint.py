@@ -570,9 +570,18 @@ def check_weights(ckpt_path: str | os.PathLike, network: torch.nn.Module) -> dic
     shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shaped:
         example = (shaped or missing or unexpected)[0]
+        record = _record_path(ckpt_path)
+        # weights renamed alone (fold1.pt beside model.json) lose the record that names their network
+        unrecorded = (
+            f" (no record of them here: training writes it as model.json beside model.pt, and it is read as "
+            f"{record.name} beside {Path(ckpt_path).name}: rename weights with their record ({Path(ckpt_path).name} "
+            f"with {record.name}))"
+            if not record.is_file()
+            else ""
+        )
         raise ValueError(
             f"{ckpt_path}: these weights do not fit {type(unwrap_network(network)).__name__} as built here "
             f"({len(missing)} missing, {len(unexpected)} unexpected and {len(shaped)} mis-shaped entries, e.g. "
-            f"{example!r}); pass the network_name and network_options the weights were trained with"
+            f"{example!r}); pass the network_name and network_options the weights were trained with{unrecorded}"
         )
     return state
