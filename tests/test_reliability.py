@@ -789,6 +789,35 @@ def test_best_model_and_its_record_interrupted_between_the_two_writes(tmp_path, 
         check_run(tmp_path / "model.pt", record)
 
 
+def test_a_resumed_optimiser_says_which_settings_it_keeps_from_the_checkpoint(tmp_path, caplog):
+    """PyTorch restores every optimiser setting of a checkpoint, not only the learning rate: ``--resume
+    true --weight_decay 0.1`` went on with the checkpoint's weight decay, and only another learning
+    rate was said."""
+    import logging
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+
+    def train(weight_decay: float, resume: bool) -> None:
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=weight_decay)
+        engine = Engine(lambda e, b: optimizer.step())
+        TrainingCheckpoint(str(tmp_path), net, optimizer, resume=resume).attach(engine)
+        engine.run([0, 1], max_epochs=2 if resume else 1)
+
+    train(1e-5, resume=False)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        train(1e-5, resume=True)
+        assert "continues with" not in caplog.text
+        (tmp_path / "checkpoint_last.pt").unlink()
+        train(1e-5, resume=False)
+        train(0.1, resume=True)
+    assert "continues with the checkpoint's weight decay 1e-05, not this run's 0.1" in caplog.text
+    assert "learning rate" not in caplog.text
+
+
 def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):
     """A resumed optimiser keeps the checkpoint's learning rate (PyTorch's rule): a WARNING says so
     when the run asked for another; a new run that will replace another network's model says so;

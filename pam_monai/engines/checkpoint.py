@@ -273,16 +273,9 @@ class TrainingCheckpoint:
                 "or another --ckpt_dir)"
             )
         unwrap_network(self.network).load_state_dict(state["model"])
-        asked = [group.get("lr") for group in self.optimizer.param_groups]
+        asked = [dict(group) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        kept = [group.get("lr") for group in self.optimizer.param_groups]
-        if asked != kept:  # PyTorch restores the optimiser's own settings: say so, not in silence
-            log.warning(
-                "resume: the optimiser continues with the checkpoint's learning rate %s, not this run's %s "
-                "(train anew, --resume false, to use another)",
-                kept[0] if len(set(kept)) == 1 else kept,
-                asked[0] if len(set(asked)) == 1 else asked,
-            )
+        _say_kept_settings(asked, self.optimizer.param_groups)
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         engine.state.epoch = epoch
@@ -555,6 +548,27 @@ def check_run(
             data.get("root"),
         )
     return record
+
+
+# the optimiser settings a bundle sets (learning_rate, weight_decay) and AdamW's own, as said
+_RESTORED_SETTINGS = {"lr": "learning rate", "weight_decay": "weight decay", "betas": "betas", "eps": "eps"}
+
+
+def _say_kept_settings(asked: list[dict], groups: list[dict]) -> None:
+    """Warn of each optimiser setting that a resume took from the checkpoint instead of this run's
+    (PyTorch's ``load_state_dict`` restores them all): ``--resume true --weight_decay 0.1`` went on
+    with the checkpoint's weight decay without a word."""
+    for key, what in _RESTORED_SETTINGS.items():
+        wanted = [group.get(key) for group in asked]
+        kept = [group.get(key) for group in groups]
+        if wanted != kept:
+            log.warning(
+                "resume: the optimiser continues with the checkpoint's %s %s, not this run's %s "
+                "(train anew, --resume false, to use another)",
+                what,
+                kept[0] if len(set(map(str, kept))) == 1 else kept,
+                wanted[0] if len(set(map(str, wanted))) == 1 else wanted,
+            )
 
 
 def check_weights(ckpt_path: str | os.PathLike, network: torch.nn.Module) -> dict:
