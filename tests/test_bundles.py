@@ -1359,3 +1359,16 @@ def test_weights_renamed_without_their_record_are_named_with_the_record_to_renam
     ) as err:
         check_weights(tmp_path / "fold1.pt", get_network("fpa", in_channels=4, out_channels=1))
     assert "rename weights with their record (fold1.pt with fold1.json)" in str(err.value)
+
+
+@pytest.mark.parametrize("value, want", [("false", False), ("true", True)])
+def test_inference_amp_is_an_id_of_its_own(value, want, tmp_path, monkeypatch):
+    """Inference's bf16 autocast on a GPU was fixed to ``torch.cuda.is_available()`` inside the
+    predictor: ``--amp false`` (the fast path's id, as training and evaluation take it) could not
+    turn it off for a model whose masks differ in bf16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the default: on where CUDA is
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "inference.json"))
+    assert parser.get_parsed_content("predictor#amp") is True
+    parser["amp"] = value
+    assert parser.get_parsed_content("predictor#amp") is want
