@@ -1372,3 +1372,33 @@ def test_inference_amp_is_an_id_of_its_own(value, want, tmp_path, monkeypatch):
     assert parser.get_parsed_content("predictor#amp") is True
     parser["amp"] = value
     assert parser.get_parsed_content("predictor#amp") is want
+
+
+@pytest.mark.parametrize(
+    "setting, named",
+    [
+        (
+            {"learning_rate": "1e-3"},
+            "learning_rate: '1e-3' is not a number above 0: pass --learning_rate 0.001",
+        ),
+        ({"weight_decay": -1}, "weight_decay: -1 is not a number of 0 or more: pass --weight_decay 1e-05"),
+        ({"batch_size": "8"}, "batch_size: '8' is not a whole number of 1 or more: pass --batch_size 8"),
+        (
+            {"network_options": "{features: [8]}"},
+            "network_options: '{features: [8]}' is not a mapping of options",
+        ),
+    ],
+)
+def test_training_settings_of_another_type_are_refused_by_their_id(setting, named, tmp_path):
+    """A config copy edited with a quoted number (``"learning_rate": "1e-3"``) or a command line whose
+    options Fire could not parse (``--network_options "{features: [8]}"`` arrives as a string)
+    failed in AdamW ("'<=' not supported between instances of 'float' and 'str'"), the DataLoader
+    ("got batch_size=8") or the network factory ("'str' object is not a mapping"), naming no id."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    parser.update({"bundle_root": str(tmp_path), **setting})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("initialize")
+    chain = error_chain(err.value)
+    assert any(named in m for m in chain), chain
+    assert not any(tmp_path.iterdir())  # refused before any output folder

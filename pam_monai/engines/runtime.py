@@ -31,6 +31,7 @@ __all__ = [
     "check_override_ids",
     "check_schedule",
     "check_single_process",
+    "check_training_settings",
     "compile_by_default",
     "fast_network",
     "setup_run",
@@ -199,6 +200,39 @@ def check_device(device) -> None:
         raise ValueError(
             f"device: {str(device)!r}, but this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}: "
             "pass one of them with --device"
+        )
+
+
+def _check_number(value, key: str, kind: type, least: float, above: bool, example) -> None:
+    """Refuse a setting that is not a number of ``kind`` (int: whole) at or ``above`` ``least``, naming
+    its id and a value to pass: the text's own when it reads as one (a quoted ``"1e-3"``)."""
+    whole = kind is int and isinstance(value, int) or kind is float and isinstance(value, (int, float))
+    if whole and not isinstance(value, bool) and (value > least if above else value >= least):
+        return
+    what = ("a whole number" if kind is int else "a number") + (
+        f" above {least:g}" if above else f" of {least:g} or more"
+    )
+    try:
+        fixed = kind(str(value))
+        example = fixed if (fixed > least if above else fixed >= least) else example
+    except ValueError:
+        pass
+    raise ValueError(f"{key}: {value!r} is not {what}: pass --{key} {example}")
+
+
+def check_training_settings(learning_rate, weight_decay, batch_size, network_options) -> None:
+    """Refuse, naming the id, training settings of another type than the run needs: a config copy
+    edited with a quoted number (``"learning_rate": "1e-3"``), or options that Fire could not parse
+    and passed on as text (``--network_options "{features: [8]}"``), failed in AdamW ("'<=' not
+    supported between instances of 'float' and 'str'"), the DataLoader ("got batch_size=8") or
+    the network factory ("'str' object is not a mapping")."""
+    _check_number(learning_rate, "learning_rate", float, 0, True, 0.0001)
+    _check_number(weight_decay, "weight_decay", float, 0, False, 1e-05)
+    _check_number(batch_size, "batch_size", int, 1, False, 8)
+    if not isinstance(network_options, dict):
+        raise ValueError(
+            f"network_options: {network_options!r} is not a mapping of options (Fire passes text it cannot "
+            "parse on as text): quote its keys, e.g. --network_options \"{'features': [8, 16, 32, 64]}\""
         )
 
 
