@@ -1402,3 +1402,20 @@ def test_training_settings_of_another_type_are_refused_by_their_id(setting, name
     chain = error_chain(err.value)
     assert any(named in m for m in chain), chain
     assert not any(tmp_path.iterdir())  # refused before any output folder
+
+
+def test_training_with_evaluate_json_in_the_configs_is_refused(tmp_path):
+    """``run training`` with ``evaluate.json`` after ``train.json`` (the evaluation's command with
+    another workflow) trained, and at every validation loaded ``models/model.pt`` into the network
+    being trained (evaluate.json's CheckpointLoader) and scored the test split instead of the
+    validation split, without a word."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json", "evaluate.json"))
+    parser.update({"bundle_root": str(tmp_path), **SMALL})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("training")
+    chain = error_chain(err.value)
+    assert any("training: evaluate.json is in --config_file" in m for m in chain), chain
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    assert "train#trainer" in parser["training"][0]  # train.json alone trains

@@ -48,6 +48,7 @@ from .runtime import (
     check_training_settings,
     compile_by_default,
     fast_network,
+    refuse_training_with,
     setup_run,
 )
 
@@ -85,6 +86,7 @@ __all__ = [
     "check_weights",
     "compile_by_default",
     "fast_network",
+    "refuse_training_with",
     "find_inference_cases",
     "inference_spec",
     "input_problems",

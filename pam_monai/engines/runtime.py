@@ -34,6 +34,7 @@ __all__ = [
     "check_training_settings",
     "compile_by_default",
     "fast_network",
+    "refuse_training_with",
     "setup_run",
     "use_fast_norm",
 ]
@@ -279,6 +280,17 @@ def check_network_channels(in_channels, out_channels, spec) -> None:
             f"network_def#out_channels: {out_channels}, but the bundles' networks return one foreground logit "
             "(sigmoid, Dice loss on the target): set it back to 1 and choose the target with --foreground_label"
         )
+
+
+def refuse_training_with(config: str) -> None:
+    """Refuse ``run training`` with ``config`` (``evaluate.json``) merged over ``train.json``: its
+    validation would be the evaluation's, loading ``models/model.pt`` into the network being trained
+    and scoring the test split, every ``val_interval`` epochs."""
+    raise ValueError(
+        f"training: {config} is in --config_file, and its evaluation would replace the validation (loading "
+        "models/model.pt into the network being trained, on the test split): train with train.json alone "
+        "(and multi_gpu_train.json), then evaluate with `run evaluating`"
+    )
 
 
 def check_outputs(folders: dict) -> None:
