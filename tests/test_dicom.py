@@ -97,6 +97,18 @@ def test_series_become_cases_with_their_voxels_and_geometry(tmp_path):
         convert_dicom(tmp_path / "imagesTs", tmp_path / "x", progress=False)
 
 
+def test_patient_ids_that_differ_in_letter_case_only_become_two_cases(tmp_path):
+    """Patients "ab" and "AB" became ab_0000 and AB_0000: one file on macOS and Windows, where the
+    second conversion found the first's file and stopped."""
+    ct = np.random.default_rng(0).integers(-1000, 1500, (3, 8, 6)).astype(np.int16)
+    write_series(ct, tmp_path / "export" / "one", "ab", 1)
+    write_series(ct[:, ::-1], tmp_path / "export" / "two", "AB", 1)
+    written = convert_dicom(tmp_path / "export", tmp_path / "out", progress=False)
+    names = [p.name for p in written]
+    assert len({n.casefold() for n in names}) == 2, names
+    assert sorted(n.split("_")[0].casefold() for n in names) == ["ab", "ab-2"]
+
+
 def test_series_of_a_flat_folder_in_slice_order(tmp_path):
     """One export folder: two series, file names out of slice order, a series without a Series
     Instance UID and files that are no DICOM; each series gets its own files along the normal."""

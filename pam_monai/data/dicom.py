@@ -310,9 +310,10 @@ def convert_dicom(
                 _safe(tags["patient"])
                 or "study-" + hashlib.sha1((tags["study_uid"] or uid).encode()).hexdigest()[:8]
             )
-            used = set(record)
+            # in any letter case: macOS and Windows would keep one file for P1 and p1
+            used = {c.casefold() for c in record}
             case, n = base, 1
-            while case in used:
+            while case.casefold() in used:
                 n += 1
                 case = f"{base}-{n}"
         else:  # another channel: the case of channel 0 of the same study, on the same grid
