@@ -25,6 +25,7 @@ __all__ = [
     "load_nifti",
     "load_png",
     "load_volume",
+    "nifti_like",
     "save_atomic_npy",
     "save_sitk_like",
     "strip_nifti_suffix",
@@ -71,6 +72,24 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # nibabel raises many types: ImageFileError, EOFError, zlib.error, OSError...
         raise _unreadable(e) from e
     return data, affine
+
+
+def nifti_like(array: np.ndarray, affine: np.ndarray, reference=None) -> nib.Nifti1Image:
+    """A NIfTI image of ``array`` on ``affine``'s grid; with the NIfTI header of a ``reference``
+    image on that grid, also its qform and sform, each matrix with its own code, and its units.
+
+    The two can differ: a registered image keeps the scanner's qform (code 1) beside an aligned
+    sform (code 2, 4 for MNI). ITK (ITK-SNAP, 3D Slicer, SimpleITK) places such an image by its
+    qform, nibabel by its sform: a copy whose qform were set from nibabel's affine would lie
+    elsewhere than its reference in every ITK viewer. A matrix whose code is 0 is unused by
+    readers and is set from ``affine``."""
+    img = nib.Nifti1Image(array, affine)
+    if isinstance(reference, nib.Nifti1Header):
+        q_code, s_code = int(reference["qform_code"]), int(reference["sform_code"])
+        img.set_qform(reference.get_qform() if q_code else affine, code=q_code)
+        img.set_sform(reference.get_sform() if s_code else affine, code=s_code)
+        img.header.set_xyzt_units(*reference.get_xyzt_units())
+    return img
 
 
 SITK_SUFFIXES = (".mha", ".nrrd")  # read and written through SimpleITK (own data)

@@ -31,6 +31,7 @@ from ..data.checker import check_images, orientation, orientation_problem, slice
 from ..data.files import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
+    nifti_like,
     save_atomic_npy,
     save_sitk_like,
     volume_suffix,
@@ -297,17 +298,15 @@ def _first(item: dict) -> str:
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, reference: str | None = None) -> None:
-    """Save ``array`` with ``affine``; with a NIfTI ``reference`` image, also its qform / sform codes
-    and units (the mask then reads back in any tool exactly as its input does)."""
+    """Save ``array`` with ``affine``; with a NIfTI ``reference`` image, also its qform and sform
+    (matrices and codes) and units (:func:`~pam_monai.data.files.nifti_like`: the mask then lies
+    where its input does in any tool)."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(array, affine)
+    header = None
     if reference is not None and volume_suffix(reference) in NIFTI_SUFFIXES:
-        ref = nib.load(str(reference)).header
-        if isinstance(ref, nib.Nifti1Header):
-            img.set_qform(affine, code=int(ref["qform_code"]))
-            img.set_sform(affine, code=int(ref["sform_code"]))
-            img.header.set_xyzt_units(*ref.get_xyzt_units())
+        header = nib.load(str(reference)).header
+    img = nifti_like(array, affine, header)
     # nibabel compresses by the name: a .nii stays uncompressed, as its name says
     with atomic_path(path, suffix=".nii" if str(path).endswith(".nii") else ".nii.gz") as tmp:
         nib.save(img, str(tmp))

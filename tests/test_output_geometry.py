@@ -1,0 +1,89 @@
+"""What inference and the converters write lies on their inputs' grids, as a viewer sees them:
+nibabel's view (affine, qform / sform with their codes, zooms, units) and ITK's (SimpleITK: origin,
+spacing, direction, size; ITK-SNAP and 3D Slicer read NIfTI through ITK). Real samples from
+../shared/data where they are needed (skipped when absent)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from pam_monai.data import get_spec
+from pam_monai.engines import CasePredictor, find_inference_cases
+
+
+class Pointwise(torch.nn.Module):
+    """Logit = 10 x the first channel's normalised value: the mask is a known function of each voxel."""
+
+    def forward(self, x):
+        return 10.0 * x[:, :1]
+
+
+def sitk_grid(path) -> tuple:
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    return image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+
+
+def assert_same_grid(out, ref) -> None:
+    """``out`` lies where ``ref`` does for nibabel and for ITK."""
+    a, b = nib.load(str(out)), nib.load(str(ref))
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+    for form in ("qform", "sform"):
+        assert int(a.header[f"{form}_code"]) == int(b.header[f"{form}_code"]), form
+        np.testing.assert_allclose(
+            getattr(a.header, f"get_{form}")(), getattr(b.header, f"get_{form}")(), atol=1e-5
+        )
+    np.testing.assert_allclose(a.header.get_zooms(), b.header.get_zooms())
+    assert a.header.get_xyzt_units() == b.header.get_xyzt_units()
+    (size, origin, spacing, direction), ref_grid = sitk_grid(out), sitk_grid(ref)
+    assert size == ref_grid[0]
+    np.testing.assert_allclose(origin, ref_grid[1], atol=1e-4)
+    np.testing.assert_allclose(spacing, ref_grid[2], atol=1e-5)
+    np.testing.assert_allclose(direction, ref_grid[3], atol=1e-5)
+
+
+def test_masks_of_a_registered_image_keep_its_scanner_qform(shared_data, tmp_path):
+    """The real ISLES'22 DWI / ADC saved as a registration tool leaves them: the scanner's qform
+    (code 1) beside an aligned sform (code 2) 11 mm away. The mask and probability map carry both
+    as the input does; they had the sform written into the qform too, so ITK-SNAP, 3D Slicer and
+    SimpleITK (which place such a file by its qform) showed the mask 11 mm off its image."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    case = shared_data / "isles2022" / "sub-strokecase0009"
+    root = tmp_path / "Dataset951_Registered"
+    (root / "imagesTs").mkdir(parents=True)
+    for c, kind in enumerate(("dwi", "adc")):
+        src = nib.load(str(case / f"sub-strokecase0009_ses-0001_{kind}.nii.gz"))
+        img = nib.Nifti1Image(np.asarray(src.dataobj, dtype=np.float32), src.affine)
+        aligned = src.affine.copy()
+        aligned[:3, 3] += (10.0, -5.0, 3.0)
+        img.set_qform(src.affine, code=1)
+        img.set_sform(aligned, code=2)
+        img.header.set_xyzt_units("mm", "sec")
+        nib.save(img, str(root / "imagesTs" / f"case_{c:04d}.nii.gz"))
+    meta = {"channel_names": {"0": "DWI", "1": "ADC"}, "labels": {"background": 0, "lesion": 1}}
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 0, "file_ending": ".nii.gz"}))
+    spec = get_spec("nnunet", root=root, crop_size=(128, 128))
+    out = tmp_path / "out"
+    items = find_inference_cases(spec, root / "imagesTs")
+    CasePredictor(Pointwise(), items, spec, str(out), save_probabilities=True).run()
+    image = root / "imagesTs" / "case_0000.nii.gz"
+    scanner = nib.load(str(image)).header.get_qform()[:3, 3] * (-1, -1, 1)  # RAS -> ITK's LPS
+    np.testing.assert_allclose(sitk_grid(image)[1], scanner, atol=1e-3)  # ITK: by the qform
+    for kind, dtype in (("seg", np.uint8), ("prob", np.float32)):
+        path = out / f"case_{kind}.nii.gz"
+        assert_same_grid(path, image)
+        written = nib.load(str(path))
+        assert written.get_data_dtype() == dtype
+        assert written.header.get_slope_inter() == (None, None)  # values read back as stored
+        values = np.asanyarray(written.dataobj)
+        assert values.dtype == dtype and values.min() >= 0 and values.max() <= 1
+    mask = np.asanyarray(nib.load(str(out / "case_seg.nii.gz")).dataobj)
+    assert set(np.unique(mask)) == {0, 1}
