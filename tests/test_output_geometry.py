@@ -87,3 +87,35 @@ def test_masks_of_a_registered_image_keep_its_scanner_qform(shared_data, tmp_pat
         assert values.dtype == dtype and values.min() >= 0 and values.max() <= 1
     mask = np.asanyarray(nib.load(str(out / "case_seg.nii.gz")).dataobj)
     assert set(np.unique(mask)) == {0, 1}
+
+
+def test_msd_channels_keep_the_qform_and_sform_of_their_4d_file(tmp_path):
+    """An MSD 4-D image with the scanner's qform beside an aligned sform: each converted channel
+    carries both, as its 4-D file does (the sform had replaced the qform: ITK showed the channels
+    elsewhere than the label, copied as shipped)."""
+    from pam_monai.data.msd import convert_msd
+
+    task = tmp_path / "Task98_Registered"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    scanner = np.array([[-1.5, 0, 0, 90], [0, 1.5, 0.2, -100], [0, -0.1, 2.0, -60], [0, 0, 0, 1]])
+    aligned = scanner.copy()
+    aligned[:3, 3] += (4.0, 2.0, -7.0)
+    data = np.random.default_rng(0).normal(size=(12, 10, 6, 2)).astype(np.float32)
+    img = nib.Nifti1Image(data, aligned)
+    img.set_qform(scanner, code=1)
+    img.set_sform(aligned, code=2)
+    nib.save(img, str(task / "imagesTr" / "reg_001.nii.gz"))
+    label = nib.Nifti1Image((data[..., 0] > 1).astype(np.uint8), aligned, header=img.header)
+    nib.save(label, str(task / "labelsTr" / "reg_001.nii.gz"))
+    meta = {
+        "modality": {"0": "T1", "1": "T2"},
+        "labels": {"0": "background", "1": "lesion"},
+        "training": [{"image": "./imagesTr/reg_001.nii.gz", "label": "./labelsTr/reg_001.nii.gz"}],
+    }
+    (task / "dataset.json").write_text(json.dumps(meta))
+    out = convert_msd(task, tmp_path / "Dataset098_Registered", progress=False)
+    for c in range(2):
+        channel = out / "imagesTr" / f"reg_001_{c:04d}.nii.gz"
+        np.testing.assert_array_equal(np.asanyarray(nib.load(str(channel)).dataobj), data[..., c])
+        assert_same_grid(channel, out / "labelsTr" / "reg_001.nii.gz")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_dir
+from .files import nifti_like
 
 __all__ = ["convert_msd", "is_msd_dataset_json"]
 
@@ -43,16 +44,10 @@ def _case_id(path: str) -> str:
 
 
 def _save(volume: np.ndarray, like, path: Path) -> None:
-    """Save one 3-D channel with the 4-D file's affine, qform / sform codes and units."""
+    """Save one 3-D channel with the 4-D file's qform and sform (matrices and codes) and units."""
     import nibabel as nib
 
-    out = nib.Nifti1Image(volume, like.affine)
-    header = like.header
-    if isinstance(header, nib.Nifti1Header):
-        out.set_qform(like.affine, code=int(header["qform_code"]))
-        out.set_sform(like.affine, code=int(header["sform_code"]))
-        out.header.set_xyzt_units(*header.get_xyzt_units())
-    nib.save(out, str(path))
+    nib.save(nifti_like(volume, like.affine, like.header), str(path))
 
 
 def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress: bool = True) -> Path:
