@@ -9,6 +9,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from pam_monai.data import get_spec
@@ -119,3 +120,34 @@ def test_msd_channels_keep_the_qform_and_sform_of_their_4d_file(tmp_path):
         channel = out / "imagesTr" / f"reg_001_{c:04d}.nii.gz"
         np.testing.assert_array_equal(np.asanyarray(nib.load(str(channel)).dataobj), data[..., c])
         assert_same_grid(channel, out / "labelsTr" / "reg_001.nii.gz")
+
+
+def test_brats_masks_land_on_their_voxels_and_score_reads_them_back(shared_data, tmp_path):
+    """The real BraTS cases (240 x 240 x 155, stored LPS) through inference with a network whose
+    logit is 10 x the normalised FLAIR: the mask, put back from the 160 x 160 centre crop, is
+    exactly FLAIR above its non-zero mean inside [40:200, 40:200] and nothing outside (no shift,
+    no flip, no transposition), on the FLAIR's grid; ``score`` reads those masks back against the
+    real labels and gives the IoU computed here by hand."""
+    from pam_monai.engines.score import score_predictions
+
+    root, out = shared_data / "brats2018", tmp_path / "out"
+    CasePredictor(Pointwise(), find_inference_cases("brats", root), "brats", str(out)).run()
+    ious = {}
+    for case in ("Brats18_2013_2_1", "Brats18_TCIA05_396_1"):
+        flair = root / case / f"{case}_flair.nii.gz"
+        values = np.asanyarray(nib.load(str(flair)).dataobj).astype(np.float64)
+        expected = np.zeros(values.shape, np.uint8)
+        inside = values[40:200, 40:200]
+        expected[40:200, 40:200] = inside > values[values != 0].mean()
+        mask_path = out / f"{case}_seg.nii.gz"
+        assert_same_grid(mask_path, flair)
+        mask = np.asanyarray(nib.load(str(mask_path)).dataobj)
+        assert mask.dtype == np.uint8
+        np.testing.assert_array_equal(mask, expected)
+        enhancing = np.asanyarray(nib.load(str(root / case / f"{case}_seg.nii.gz")).dataobj) == 4
+        ious[case] = (mask.astype(bool) & enhancing).sum() / (mask.astype(bool) | enhancing).sum()
+    summary = score_predictions(out, "brats", root, tmp_path / "scores")
+    assert summary["count"] == 2
+    rows = (tmp_path / "scores" / "metrics.csv").read_text().splitlines()[1:]
+    scored = {row.split(",")[0]: float(row.split(",")[1]) for row in rows}
+    assert scored == pytest.approx(ious, rel=1e-5)
