@@ -151,3 +151,42 @@ def test_brats_masks_land_on_their_voxels_and_score_reads_them_back(shared_data,
     rows = (tmp_path / "scores" / "metrics.csv").read_text().splitlines()[1:]
     scored = {row.split(",")[0]: float(row.split(",")[1]) for row in rows}
     assert scored == pytest.approx(ious, rel=1e-5)
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd"])
+def test_metaimage_and_nrrd_masks_lie_on_their_input_as_simpleitk_reads_it(shared_data, tmp_path, ending):
+    """The real ISLES'22 DWI / ADC (oblique: direction cosines off the axes) converted to MetaImage /
+    NRRD with SimpleITK: the mask and probability map have the input's size, origin, spacing and
+    direction as SimpleITK reads them, uint8 / float32, and the very voxels of the NIfTI input's mask."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # NIfTI header fields MetaImage has no place for
+    case = shared_data / "isles2022" / "sub-strokecase0009"
+    meta = {
+        "channel_names": {"0": "DWI", "1": "ADC"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": 0,
+    }
+    masks = {}
+    for suffix in (".nii.gz", ending):
+        root = tmp_path / suffix.strip(".").replace(".", "_")
+        (root / "imagesTs").mkdir(parents=True)
+        for c, kind in enumerate(("dwi", "adc")):
+            image = sitk.ReadImage(str(case / f"sub-strokecase0009_ses-0001_{kind}.nii.gz"))
+            sitk.WriteImage(image, str(root / "imagesTs" / f"case_{c:04d}{suffix}"))
+        (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": suffix}))
+        spec = get_spec("nnunet", root=root, crop_size=(128, 128))
+        items = find_inference_cases(spec, root / "imagesTs")
+        CasePredictor(Pointwise(), items, spec, str(root / "out"), save_probabilities=True).run()
+        image = sitk.ReadImage(str(root / "imagesTs" / f"case_0000{suffix}"))
+        assert not np.allclose(image.GetDirection(), np.eye(3).ravel(), atol=1e-2)  # oblique
+        for kind, pixel in (("seg", sitk.sitkUInt8), ("prob", sitk.sitkFloat32)):
+            written = sitk.ReadImage(str(root / "out" / f"case_{kind}{suffix}"))
+            assert written.GetPixelID() == pixel
+            assert written.GetSize() == image.GetSize()
+            np.testing.assert_allclose(written.GetOrigin(), image.GetOrigin(), atol=1e-4)
+            np.testing.assert_allclose(written.GetSpacing(), image.GetSpacing(), atol=1e-6)
+            np.testing.assert_allclose(written.GetDirection(), image.GetDirection(), atol=1e-6)
+        masks[suffix] = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "out" / f"case_seg{suffix}")))
+    assert masks[ending].any()
+    np.testing.assert_array_equal(masks[ending], masks[".nii.gz"])
