@@ -190,3 +190,33 @@ def test_metaimage_and_nrrd_masks_lie_on_their_input_as_simpleitk_reads_it(share
         masks[suffix] = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "out" / f"case_seg{suffix}")))
     assert masks[ending].any()
     np.testing.assert_array_equal(masks[ending], masks[".nii.gz"])
+
+
+def test_masks_of_photographs_viewers_turn_are_turned_with_them(tmp_path):
+    """An own 2-D image with an EXIF orientation (viewers show it turned 90 degrees) is segmented
+    as stored; its mask, of the stored pixels, now carries the same tag, so a viewer turns the mask
+    with its image (it showed the mask unturned across the turned photograph); the ensemble's
+    mask too. Images without the tag get masks without it."""
+    from PIL import Image
+
+    from pam_monai.data import synth
+    from pam_monai.data.files import exif_orientation
+    from pam_monai.engines.ensemble import ensemble_probabilities
+
+    root = synth("nnunet", tmp_path / "Dataset952_Photos", cases=2, test_cases=0, two_d=True)
+    turned = root / "imagesTr" / "SYN_001_0000.png"
+    with Image.open(turned) as im:
+        pixels, exif = np.asarray(im), Image.Exif()
+        exif[0x0112] = 6
+        im.save(turned, exif=exif)
+    spec = get_spec("nnunet", root=root)
+    items = find_inference_cases(spec, root / "imagesTr")
+    for run in ("a", "b"):
+        CasePredictor(Pointwise(), items, spec, str(tmp_path / run), save_probabilities=True).run()
+    ensemble_probabilities([tmp_path / "a", tmp_path / "b"], tmp_path / "mean")
+    for folder in ("a", "mean"):
+        mask = tmp_path / folder / "SYN_001_seg.png"
+        assert exif_orientation(mask) == 6
+        with Image.open(mask) as im:
+            assert im.mode == "L" and np.asarray(im).shape == pixels.shape[:2]  # the stored pixels
+        assert exif_orientation(tmp_path / folder / "SYN_002_seg.png") is None

@@ -201,7 +201,7 @@ def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
         raise _unreadable(e) from e
 
 
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112  # the EXIF tag
 EXIF_TURNS = {
     2: "mirrored",
     3: "turned 180 degrees",
@@ -220,7 +220,7 @@ def exif_orientation(path: str | os.PathLike) -> int | None:
 
     try:
         with Image.open(os.fspath(path)) as im:
-            value = im.getexif().get(_EXIF_ORIENTATION)
+            value = im.getexif().get(EXIF_ORIENTATION)
     except Exception:  # noqa: BLE001 - unreadable files are named by whoever reads them
         return None
     return int(value) if value in EXIF_TURNS else None

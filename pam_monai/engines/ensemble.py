@@ -173,8 +173,10 @@ def ensemble_probabilities(
             else:
                 seg_suffix = "_seg.png"
         seg_path = safe_output_path(out, case, seg_suffix)
+        # 2-D: the first input's mask beside its map carries its image's EXIF orientation (if any)
+        mask_reference = first.parent / f"{case}{seg_suffix}" if ending == ".npy" else first
         save_prediction(mean, prob_path, first, affine)
-        save_prediction(mask * np.uint8(scale), seg_path, first, affine)
+        save_prediction(mask * np.uint8(scale), seg_path, mask_reference, affine)
         written += [prob_path, seg_path]
         log.info(
             "%s: mean of %d models, %d foreground voxels -> %s", case, len(arrays), int(mask.sum()), seg_path

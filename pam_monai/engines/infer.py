@@ -29,8 +29,10 @@ from ..data import get_spec, load_case, preprocess_case, restore_prediction, sca
 from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
 from ..data.files import (
+    EXIF_ORIENTATION,
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
+    exif_orientation,
     nifti_like,
     save_atomic_npy,
     save_sitk_like,
@@ -318,12 +320,13 @@ def save_prediction(
     """Write a mask or probability map as ``path``'s file type says, on the grid of ``reference``
     (the case's first image, or a map written before): MetaImage / NRRD through SimpleITK with its
     origin, spacing and direction; NIfTI with ``affine`` and its qform / sform codes; 2-D ``.png``
-    (uint8, values as given) and ``.npy``. Atomic, as every output."""
+    (uint8, values as given, with the reference image's EXIF orientation) and ``.npy``. Atomic, as
+    every output."""
     name = str(path).lower()
     if name.endswith(".npy"):
         save_atomic_npy(path, array)
     elif name.endswith(".png"):
-        _save_png(array, path)
+        _save_png(array, path, reference)
     elif volume_suffix(path) in SITK_SUFFIXES:
         save_sitk_like(array, reference, path)
     else:
@@ -331,11 +334,19 @@ def save_prediction(
     return path
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def _save_png(array: np.ndarray, path: Path, reference: str | os.PathLike | None = None) -> None:
+    """Write a 2-D mask as PNG. A ``reference`` image with an EXIF orientation (a photograph that
+    viewers show turned; read as stored, see the checker) gives the mask the same tag: viewers then
+    turn the mask as they turn its image, and it still matches the stored pixels, as read here."""
     from PIL import Image
 
+    turn = exif_orientation(reference) if reference is not None else None
+    options = {}
+    if turn:
+        options["exif"] = Image.Exif()
+        options["exif"][EXIF_ORIENTATION] = turn
     with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+        Image.fromarray(array).save(tmp, format="PNG", **options)
 
 
 class CasePredictor:
