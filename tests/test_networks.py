@@ -184,6 +184,25 @@ def test_act_none_in_the_gate_and_the_global_context():
     assert GlobalContext(3, 16, act=None)(g).shape == g.shape
 
 
+@pytest.mark.parametrize("channels", [8, 15, 16, 24, 64])
+def test_global_context_uses_its_context_at_small_widths(channels):
+    """With ``channels // 8`` of 1 or 2 the bottleneck's LayerNorm was over one value (it outputs
+    its bias: every input got the same scaling) or two (a sign: zero gradient), so ``reduce``
+    did not learn (gcnunet at ``features[0] < 32``). The scaling must depend on the input and
+    ``reduce`` get a gradient at any width."""
+    torch.manual_seed(0)
+    block = GlobalContext(2, channels)
+    with torch.no_grad():  # a non-trivial LayerNorm affine, so a constant output is not just 0
+        block.norm.weight.normal_()
+        block.norm.bias.normal_()
+    x = torch.randn(2, channels, 6, 6) + 1.0
+    y = block(x)
+    scale = (y - x) / x  # the per-sample, per-channel t of y = x * t + x
+    assert not torch.allclose(scale[0], scale[1], atol=1e-4), "the block ignores its context"
+    (y * torch.randn_like(y)).sum().backward()
+    assert block.reduce.conv.weight.grad.abs().max() > 1e-2
+
+
 def test_networks_with_running_statistics_take_any_size():
     """With batch norm (running statistics) a 1x1 bottleneck is fine in evaluation: no refusal."""
     net = get_network("unet", spatial_dims=2, in_channels=3, out_channels=1, norm="batch", **SMALL).eval()

@@ -9,6 +9,12 @@ fusion, residual, as in the authors' code; REFERENCE.md section 5). Caveat: the 
 normalises the 1x1 context with an instance norm, which is degenerate (constant output, or an
 error on current PyTorch); this uses LayerNorm over the ``C/8`` context as the GCNet paper does,
 with the same parameter count. All convolutions are bias-free.
+
+The bottleneck is at least 3 channels wide: a LayerNorm over ``n`` values keeps ``n - 2``
+degrees of freedom, so over one value it always outputs its bias and over two only a sign (zero
+gradient almost everywhere). With ``C // reduction`` of 1 or 2 (8 or 16 channels: a small U-Net's
+first stages) the block would ignore its context and ``reduce`` would get no gradient. The
+paper's widths (32 and up) give ``C/8 >= 4``: its parameter counts are unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from .convolutions import DEFAULT_ACT, act_layer, check_positive, check_spatial_
 
 __all__ = ["GlobalContext"]
 
+# a LayerNorm over 1 value is constant, over 2 a sign: 3 is the least that passes a gradient on
+MIN_HIDDEN = 3
+
 
 class GlobalContext(nn.Module):
     """Global context attention (Cao et al., 2019) with multiplicative fusion.
@@ -27,7 +36,8 @@ class GlobalContext(nn.Module):
     Args:
         spatial_dims: 2 or 3.
         channels: input (and output) channels.
-        reduction: reduction of the transform bottleneck (8).
+        reduction: reduction of the transform bottleneck (8); the bottleneck is
+            ``max(channels // reduction, 3)`` channels (a LayerNorm over fewer is degenerate).
         act: activation inside the transform (``None``: none).
 
     Example::
@@ -42,7 +52,7 @@ class GlobalContext(nn.Module):
         super().__init__()
         check_spatial_dims(spatial_dims, "GlobalContext")
         check_positive("GlobalContext", channels=channels, reduction=reduction)
-        hidden = max(channels // reduction, 1)
+        hidden = max(channels // reduction, MIN_HIDDEN)
         self.spatial_dims = spatial_dims
         self.key = conv_norm_act(spatial_dims, channels, 1, 1, norm=None, act=None)
         self.reduce = conv_norm_act(spatial_dims, channels, hidden, 1, norm=None, act=None)
