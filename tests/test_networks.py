@@ -231,6 +231,73 @@ def test_unknown_option_lists_the_options_the_network_takes():
         get_network("d6unet", options={"dilatoin": 9})
 
 
+BAD_VALUES = [
+    # MONAI's factories refused these naming neither the network nor the option
+    (
+        "fpa",
+        {"norm": "nonorm"},
+        ValueError,
+        r"get_network\('fpa'\): bad option for FPAUNet: norm='nonorm': Unsupported option 'NONORM'",
+    ),
+    (
+        "aunet",
+        {"gate_norm": "x"},
+        ValueError,
+        r"bad option for AttentionUNet3: gate_norm='x': Unsupported option",
+    ),
+    (
+        "unet",
+        {"act": "nope"},
+        ValueError,
+        r"get_network\('unet'\): bad option for UNet3: act='nope': Unsupported option",
+    ),
+    (
+        "fpa",
+        {"norm": ("instance", {"bad": 1})},
+        TypeError,
+        r"bad option for FPAUNet: norm=\('instance', \{'bad': 1\}\): ",
+    ),
+    # was "bad option for FPAUNet: object of type 'NoneType' has no len()"
+    (
+        "fpa",
+        {"features": None},
+        ValueError,
+        r"get_network\('fpa'\): FPAUNet: features must give 4 widths .*got None\.$",
+    ),
+    # no factory refuses it alone: every option given is named, none is blamed
+    (
+        "fpa",
+        {"dilation": "a"},
+        TypeError,
+        r"get_network\('fpa'\): FPAUNet could not be built with dilation='a': '<'",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,options,error,message", BAD_VALUES)
+def test_bad_option_values_name_the_network_and_the_value(name, options, error, message):
+    with pytest.raises(error, match=message):
+        get_network(name, options=options)
+
+
+def test_a_deep_error_is_not_reported_as_a_bad_option(monkeypatch):
+    """A TypeError from a bug inside a block is not the user's option: it keeps its type and
+    cause and names the options given without blaming them."""
+    from pam_monai.networks.nets import unet3
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(unet3, "DoubleConv", broken)
+    with pytest.raises(TypeError) as info:
+        get_network("unet", features=(8, 16, 16, 32))
+    assert str(info.value).startswith(
+        "get_network('unet'): UNet3 could not be built with features=(8, 16, 16, 32): a bug (check these"
+    )
+    assert "bad option" not in str(info.value)
+    assert str(info.value.__cause__) == "a bug"
+
+
 BAD_ARGUMENTS = [
     # (constructor, message): every block and network names itself and the bad argument
     (lambda: CBAM(4, 64), r"CBAM: spatial_dims must be 2 or 3, got 4"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from .nets import AttentionUNet3, CBAMUNet3, DilatedUNet3, FPAUNet, GCUNet3, RFNAUNet, SCSEUNet3, UNet3
@@ -78,8 +79,39 @@ def get_network(
         return spec.cls(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs
         )
-    except TypeError as e:
-        raise TypeError(f"get_network({name!r}): bad option for {spec.cls.__name__}: {e}") from e
+    except (TypeError, ValueError) as e:
+        # same base type, chained: callers that catch it still do, and the traceback shows where
+        kind = TypeError if isinstance(e, TypeError) else ValueError
+        raise kind(_build_error(name, spec.cls.__name__, spatial_dims, kwargs, e)) from e
+
+
+# options that MONAI's layer factories resolve deep inside the blocks, and how to resolve one alone
+_FACTORY_OPTIONS = {
+    "norm": lambda value, dims: get_norm_layer(value, dims, 8),
+    "gate_norm": lambda value, dims: get_norm_layer(value, dims, 8),
+    "act": lambda value, dims: get_act_layer(value),
+}
+
+
+def _build_error(name: str, cls_name: str, spatial_dims: int, options: dict, error: Exception) -> str:
+    """The message for a network that could not be built: the option at fault when a norm or act
+    factory refuses it alone (MONAI's own message names neither the network nor the option), else
+    every option given, without claiming one is at fault (a deep error may be a bug)."""
+    for key, resolve in _FACTORY_OPTIONS.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        try:
+            resolve(value, spatial_dims)
+        except (TypeError, ValueError) as refused:
+            return f"get_network({name!r}): bad option for {cls_name}: {key}={value!r}: {refused}"
+    if str(error).startswith(f"{cls_name}:"):  # the network checked the option and named it
+        return f"get_network({name!r}): {error}"
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no options"
+    return (
+        f"get_network({name!r}): {cls_name} could not be built with {given}: {error} "
+        "(check these options; if they are right, the traceback above shows the failing code)"
+    )
 
 
 def _options_of(cls: type[nn.Module]) -> list[str]:

@@ -112,10 +112,9 @@ class UNet3(nn.Module):
         super().__init__()
         where = type(self).__name__
         check_spatial_dims(spatial_dims, where)
-        if len(features) != 4:
-            raise ValueError(
-                f"{where}: features must give 4 widths (c1, c2, c3, c4/bridge), got {tuple(features)}."
-            )
+        if not hasattr(features, "__len__") or len(features) != 4:  # None too, not "has no len()"
+            shown = tuple(features) if hasattr(features, "__len__") else features
+            raise ValueError(f"{where}: features must give 4 widths (c1, c2, c3, c4/bridge), got {shown!r}.")
         check_positive(where, in_channels=in_channels, out_channels=out_channels)
         check_positive(where, **{f"features[{i}]": int(f) for i, f in enumerate(features)})
         if encoder_block not in ENCODER_LEVELS:
