@@ -72,6 +72,28 @@ def test_fast_norm_equals_instance_norm(dims, impl, affine):
         torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "cls,shape", [(FastInstanceNorm2d, (2, 4, 1, 1)), (FastInstanceNorm3d, (1, 4, 1, 1, 1))]
+)
+@pytest.mark.parametrize("impl", ["auto", "group_norm", "var_mean"])
+def test_fast_norm_refuses_a_single_spatial_element_as_instance_norm(cls, shape, impl):
+    """One spatial element has variance 0: the output was the bias whatever the input, where
+    ``nn.InstanceNorm`` raises. Refused alike, eager, scripted and compiled (a shape check)."""
+    norm = cls(4, affine=True, impl=impl)
+    x = torch.randn(shape)
+    with pytest.raises(ValueError, match="Expected more than 1 spatial element"):
+        (nn.InstanceNorm2d if cls is FastInstanceNorm2d else nn.InstanceNorm3d)(4, affine=True)(x)
+    # the check is on shapes: a compiled full graph (no break) still takes two elements
+    two = torch.randn(shape[:-1] + (2,))
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(norm, backend="eager", fullgraph=True)(two), norm(two))
+    torch._dynamo.reset()
+    message = r"FastInstanceNorm\(4\) cannot normalise a single spatial element \(input shape \["
+    for run in (norm, torch.jit.script(norm), torch.compile(norm, backend="eager")):
+        with pytest.raises((ValueError, torch.jit.Error), match=message):
+            run(x)
+
+
 def test_fast_norm_keeps_channels_last_and_bf16():
     x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     norm = FastInstanceNorm2d(8, affine=True, impl="var_mean")

@@ -107,6 +107,17 @@ class FastInstanceNorm(nn.Module):
             raise ValueError(
                 f"FastInstanceNorm{self.spatial_dims}d expects a {self.spatial_dims + 2}-D input, got {x.ndim}-D"
             )
+        # one spatial element: variance 0, so the output would be the bias whatever the input;
+        # nn.InstanceNorm refuses it too (a shape check: no data-dependent branch when compiled)
+        size = 1
+        for s in x.shape[2:]:
+            size *= s
+        if size == 1:
+            raise ValueError(
+                f"FastInstanceNorm({self.num_features}) cannot normalise a single spatial element "
+                f"(input shape {list(x.shape)}): its output would be the bias whatever the input; "
+                "give a larger input (or a smaller down-sampling factor), as nn.InstanceNorm requires."
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
