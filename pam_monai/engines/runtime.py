@@ -246,13 +246,14 @@ def _epochs(value, key: str) -> int:
     return value
 
 
-def check_schedule(epochs, val_interval) -> None:
+def check_schedule(epochs, val_interval, validation: bool = True) -> None:
     """Refuse, before any data is read, a training schedule that Ignite would refuse only later and
     without naming the id (``--epochs 0``, ``--val_interval 0``); warn of one that never validates
-    (``val_interval`` above ``epochs``, as the benchmark asks): ``models/model.pt``, the weights
-    evaluation and inference load, is then not written, which went unsaid."""
+    (``val_interval`` above ``epochs``): ``models/model.pt``, the weights evaluation and inference
+    load, is then not written, which went unsaid. ``validation=False``: the caller (the benchmark's
+    bundle stage) switched validation off on purpose, so there is nobody to warn."""
     epochs, val_interval = _epochs(epochs, "epochs"), _epochs(val_interval, "val_interval")
-    if val_interval > epochs:
+    if validation and val_interval > epochs:
         log.warning(
             "val_interval: %d > epochs %d: no epoch is validated, so models/model.pt (the best validation "
             "IoU, which evaluation and inference load) is not written, only models/checkpoint_last.pt: "
