@@ -1226,15 +1226,16 @@ def test_datasets_take_their_cases_from_the_model_zoos_data_ids(name, tmp_path):
 @pytest.mark.parametrize(
     "files", [("train.json",), ("train.json", "multi_gpu_train.json")], ids=["train", "multi_gpu"]
 )
-@pytest.mark.parametrize("key", ["epochs", "val_interval"])
+@pytest.mark.parametrize("key", ["epochs", "val_interval", "log_every"])
 def test_training_schedule_is_checked_before_any_work(key, files, tmp_path):
     """``--epochs 0`` and ``--val_interval 0`` failed in Ignite ("Argument max_epochs is invalid",
     "Argument every should be integer and greater than zero"), naming neither id, and ``--epochs
-    0`` only after preparing the data."""
+    0`` only after preparing the data; ``--log_every 0`` was silently taken as 1."""
     with pytest.raises(Exception) as err:
         run_bundle("training", configs("brats_fpa", *files), bundle_root=str(tmp_path), **{**SMALL, key: 0})
     chain = error_chain(err.value)
-    want = f"{key}: 0 is not a number of epochs (a whole number, 1 or more): pass --{key} N"
+    what = "iterations" if key == "log_every" else "epochs"
+    want = f"{key}: 0 is not a number of {what} (a whole number, 1 or more): pass --{key} N"
     assert any(want in m for m in chain), chain
     assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
 

@@ -219,6 +219,9 @@ def test_loss_is_read_every_n_iterations_and_a_nan_is_still_named(monkeypatch):
     )
     probe.run(range(25), max_epochs=2)
     assert hits == [1, 10, 20, 25, 26, 35, 45, 50]
+    for bad in (0, -1, 2.5):  # 0 was silently taken as 1
+        with pytest.raises(ValueError, match=rf"EveryIterations: n must be a whole number .*got {bad}"):
+            EveryIterations(bad)
 
     reads = []
     real = NonFiniteLossGuard.check

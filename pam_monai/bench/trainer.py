@@ -79,14 +79,12 @@ def _without_validation(config: Path, epochs: int) -> dict:
     """Overrides that switch the bundle's validation off (``val_interval`` past the last epoch) and
     tell its schedule check so: the "no epoch is validated" warning is for users, not the bench."""
     initialize = json.loads(config.read_text(encoding="utf-8"))["initialize"]
-    check = "$pam_monai.engines.check_schedule(@epochs, @val_interval)"
-    if check not in initialize:  # the template changed: fail here rather than warn on every run
-        raise RuntimeError(f"{config}: 'initialize' has no {check!r} to mark validation as off")
-    quiet = check.replace(")", ", validation=False)")
-    return {
-        "val_interval": epochs + 1,
-        "initialize": [quiet if item == check else item for item in initialize],
-    }
+    check = "$pam_monai.engines.check_schedule("
+    checks = [i for i, item in enumerate(initialize) if item.startswith(check) and item.endswith(")")]
+    if len(checks) != 1:  # the template changed: fail here rather than warn on every run
+        raise RuntimeError(f"{config}: 'initialize' has no one {check}...) to mark validation as off")
+    initialize[checks[0]] = initialize[checks[0]][:-1] + ", validation=False)"
+    return {"val_interval": epochs + 1, "initialize": initialize}
 
 
 def _run(config: Path, root: Path, overrides: dict, device: torch.device) -> dict:

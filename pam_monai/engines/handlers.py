@@ -321,7 +321,9 @@ class EveryIterations:
     """
 
     def __init__(self, n: int = 1) -> None:
-        self.n = max(int(n), 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # 0 was silently taken as 1
+            raise ValueError(f"EveryIterations: n must be a whole number of iterations, 1 or more, got {n!r}")
+        self.n = n
 
     def __call__(self, engine: Engine, event_num: int | None = None) -> bool:
         length = engine.state.epoch_length or 0

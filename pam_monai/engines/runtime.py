@@ -237,22 +237,24 @@ def check_training_settings(learning_rate, weight_decay, batch_size, network_opt
         )
 
 
-def _epochs(value, key: str) -> int:
-    """A count of epochs from a config or the command line, or an error naming its id."""
+def _count(value, key: str, what: str = "epochs") -> int:
+    """A count (of epochs, iterations) from a config or the command line, or an error naming its id."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            f"{key}: {value!r} is not a number of epochs (a whole number, 1 or more): pass --{key} N"
+            f"{key}: {value!r} is not a number of {what} (a whole number, 1 or more): pass --{key} N"
         )
     return value
 
 
-def check_schedule(epochs, val_interval, validation: bool = True) -> None:
+def check_schedule(epochs, val_interval, log_every=1, validation: bool = True) -> None:
     """Refuse, before any data is read, a training schedule that Ignite would refuse only later and
-    without naming the id (``--epochs 0``, ``--val_interval 0``); warn of one that never validates
+    without naming the id (``--epochs 0``, ``--val_interval 0``) or that was silently changed
+    (``--log_every 0`` read the loss every iteration); warn of one that never validates
     (``val_interval`` above ``epochs``): ``models/model.pt``, the weights evaluation and inference
     load, is then not written, which went unsaid. ``validation=False``: the caller (the benchmark's
     bundle stage) switched validation off on purpose, so there is nobody to warn."""
-    epochs, val_interval = _epochs(epochs, "epochs"), _epochs(val_interval, "val_interval")
+    epochs, val_interval = _count(epochs, "epochs"), _count(val_interval, "val_interval")
+    _count(log_every, "log_every", "iterations")
     if validation and val_interval > epochs:
         log.warning(
             "val_interval: %d > epochs %d: no epoch is validated, so models/model.pt (the best validation "
