@@ -1240,6 +1240,24 @@ def test_training_schedule_is_checked_before_any_work(key, files, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_compile_mode_without_compile_says_it_is_ignored(compile, tmp_path, caplog):
+    """``--compile_mode reduce-overhead`` while ``compile`` is false (the CPU default) was dropped
+    without a word; with ``--compile true`` it applies and nothing is said."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    parser.update(
+        {"bundle_root": str(tmp_path), **SMALL, "compile": compile, "compile_mode": "reduce-overhead"}
+    )
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        parser.get_parsed_content("initialize")
+    said = "compile_mode: 'reduce-overhead' is ignored because compile is false" in caplog.text
+    assert said != compile, caplog.text
+    assert not compile or "compile_mode" not in caplog.text
+    if not compile:
+        assert "pass --compile true to compile with it" in caplog.text
+
+
 def test_training_that_never_validates_says_so(tmp_path, caplog):
     """``--val_interval`` above ``--epochs`` trained to the end without validating, and so without
     writing ``models/model.pt``, which evaluation and inference load, and without a word."""

@@ -39,6 +39,7 @@ from .progress import ProgressBar
 from .runtime import (
     as_bool,
     bundle_root,
+    check_compile_mode,
     check_device,
     check_network_channels,
     check_outputs,
@@ -75,6 +76,7 @@ __all__ = [
     "bundle_root",
     "atomic_save",
     "atomic_write_text",
+    "check_compile_mode",
     "check_device",
     "check_network_channels",
     "check_outputs",

@@ -25,6 +25,7 @@ from torch import nn
 __all__ = [
     "as_bool",
     "bundle_root",
+    "check_compile_mode",
     "check_device",
     "check_network_channels",
     "check_outputs",
@@ -333,6 +334,18 @@ def compile_by_default(fast, device) -> bool:
         device,
     )
     return False
+
+
+def check_compile_mode(compile, compile_mode) -> None:
+    """Warn that ``compile_mode`` is ignored while ``compile`` is false (the default on the CPU):
+    it was dropped without a word. A warning, not a refusal, so that one command line serves a GPU
+    machine, where it applies, and a CPU one."""
+    if compile_mode and not as_bool(compile):
+        log.warning(
+            "compile_mode: %r is ignored because compile is false (the default without --fast, and on the "
+            "CPU): pass --compile true to compile with it, or leave --compile_mode out",
+            compile_mode,
+        )
 
 
 def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, rank: int = 0) -> None:
