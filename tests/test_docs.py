@@ -30,6 +30,22 @@ def test_bundle_readme_says_what_a_resume_with_another_process_count_does(name):
     assert "needs the same number of processes" not in text
 
 
+def test_bundle_readme_names_the_error_of_evaluate_json_alone(tmp_path):
+    """``run evaluating --config_file .../evaluate.json`` without train.json fails in MONAI's config
+    reader (its ``validate#...`` keys need train.json's ``validate``), before any project code can
+    name the mistake: the README says so with MONAI's own message, which must stay the one raised."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = ROOT / "bundles" / "brats_fpa" / "configs"
+    with pytest.raises(KeyError) as err:
+        ConfigWorkflow(config_file=str(configs / "evaluate.json"), logging_file=False, workflow_type="eval")
+    assert err.value.args == ("query key: validate",)
+    for name in bundle_names():
+        text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
+        assert "`evaluate.json` is layered on `train.json` and must come after it in `--config_file`" in text
+        assert "`KeyError: 'query key: validate'`" in text
+
+
 def test_readme_refuses_a_small_volume_only_where_inference_does():
     """README's "Validate before work" said inference refuses "a volume smaller than the crop"; it
     does so only for the data sets whose ``inference_fit`` is ``"crop"`` (BraTS, ISLES): own
