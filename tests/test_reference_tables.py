@@ -1,4 +1,5 @@
-"""The networks compute REFERENCE.md's layer tables: an independent functional re-statement
+"""The networks compute REFERENCE.md's layer tables (sections 2-5: the backbone, FPA, RFNA and
+the baselines' attention modules at their positions): an independent functional re-statement
 (plain ``torch.nn.functional`` on the modules' own weights) must give the same output.
 
 Parameter counts and shapes cannot see wiring mistakes such as the authors' decoder defect
@@ -59,6 +60,44 @@ def _rfna(p, name, x, stride):
     return f * a + f
 
 
+def _scse(p, name, x):
+    """sigmoid(conv1x1(C->1)) * x + sigmoid(conv1x1(C/8->C)(ReLU(conv1x1(C->C/8)(avgpool x)))) * x."""
+    pooled = x.mean(dim=(2, 3), keepdim=True)
+    channel = torch.sigmoid(_conv(p, f"{name}.channel.1", F.relu(_conv(p, f"{name}.channel.0", pooled))))
+    return torch.sigmoid(_conv(p, f"{name}.spatial", x)) * x + channel * x
+
+
+def _cbam(p, name, x):
+    """Channel MLP shared by avg- and max-pool, then conv3x3(2->1) on [mean, max] over channels;
+    output = spatial * (channel * x) + x."""
+
+    def mlp(t):
+        return _conv(p, f"{name}.mlp.1", F.relu(_conv(p, f"{name}.mlp.0", t)))
+
+    y = torch.sigmoid(mlp(x.mean(dim=(2, 3), keepdim=True)) + mlp(x.amax(dim=(2, 3), keepdim=True))) * x
+    stats = torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], 1)
+    return torch.sigmoid(_conv(p, f"{name}.spatial", stats)) * y + x
+
+
+def _gc(p, name, x):
+    """context = sum over HW of softmax(conv1x1(C->1)(x)) * x; conv1x1(C->C/8) -> LayerNorm(C/8,
+    affine) -> ReLU -> conv1x1(C/8->C); output = t * x + x."""
+    weights = torch.softmax(_conv(p, f"{name}.key", x).flatten(2), dim=-1)  # B x 1 x HW
+    context = (x.flatten(2) * weights).sum(-1)[..., None, None]  # B x C x 1 x 1
+    t = _conv(p, f"{name}.reduce", context)
+    t = F.layer_norm(t.flatten(1), t.shape[1:2], p[f"{name}.norm.weight"], p[f"{name}.norm.bias"], eps=1e-5)
+    t = _conv(p, f"{name}.expand", F.relu(t)[..., None, None])
+    return t * x + x
+
+
+# REFERENCE.md section 5: which module follows which block
+ATTENTION = {
+    "cscunet": (_scse, ("c1", "c2", "c3", "d3", "d2", "d1")),
+    "cbamunet": (_cbam, ("c1", "c2", "c3", "bridge", "d3", "d2", "d1")),
+    "gcnunet": (_gc, ("c1", "c2", "c3", "bridge", "d3", "d2", "d1")),
+}
+
+
 def _gate(p, name, x, g):
     def conv_in(n, t):
         return F.instance_norm(_conv(p, f"{name}.{n}", t), eps=1e-5)  # non-affine
@@ -70,13 +109,17 @@ def _gate(p, name, x, g):
 def reference_forward(net: torch.nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
     p = dict(net.named_parameters())
     dil = {"unet": 1, "d6unet": 6, "d9unet": 9}.get(kind, 1)
+    module, positions = ATTENTION.get(kind, (None, ()))
+
+    def att(name, t):
+        return module(p, f"att_{name}", t) if name in positions else t
 
     def enc(name, t, stride):
         if kind == "fpa" and name != "c1":
             return _fpa(p, name, t, stride)
         if kind == "rfna" and name != "c1":
             return _rfna(p, name, t, stride)
-        return _double(p, name, t, stride, dil if name in ("c2", "c3", "c4") else 1)
+        return att(name, _double(p, name, t, stride, dil if name in ("c2", "c3", "c4") else 1))
 
     e1 = enc("c1", x, 1)
     e2 = enc("c2", e1, 2)
@@ -89,15 +132,17 @@ def reference_forward(net: torch.nn.Module, kind: str, x: torch.Tensor) -> torch
             merged = torch.cat([_gate(p, f"gate{level}", skip, up), up], 1)
         else:  # [up-sampled, skip]
             merged = torch.cat([up, skip], 1)
-        y = _double(p, f"d{level}", merged)
+        y = att(f"d{level}", _double(p, f"d{level}", merged))
     out = F.conv2d(y, p["head.conv.weight"])
     return -out if kind == "rfna" else out  # RFNA returns foreground logits (negated head)
 
 
-@pytest.mark.parametrize("kind", ["unet", "d6unet", "d9unet", "fpa", "rfna", "aunet"])
+@pytest.mark.parametrize("kind", ["unet", "d6unet", "d9unet", "fpa", "rfna", "aunet", *ATTENTION])
 def test_network_computes_the_reference_layer_table(kind):
     torch.manual_seed(0)
-    net = get_network(kind, spatial_dims=2, in_channels=3, out_channels=1, **SMALL).eval()
+    # the global-context bottleneck C/8 must be >= 3 wide to be C/8 (module docstring): wider here
+    widths = {"features": (24, 32, 32, 48)} if kind in ATTENTION else SMALL
+    net = get_network(kind, spatial_dims=2, in_channels=3, out_channels=1, **widths).eval()
     with torch.no_grad():
         for prm in net.parameters():  # non-trivial affine norms and biases
             prm.add_(0.1 * torch.randn_like(prm))
