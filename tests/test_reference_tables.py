@@ -171,3 +171,50 @@ def test_the_decoder_sees_the_whole_bottleneck():
             handle.remove()
     diff = (bumped - base).abs()[0, 0]
     assert diff[:8, :8].max() > 1e-3, "a bottleneck corner must reach the output's corner"
+
+
+# REFERENCE.md's exact parameter counts (2-D, 4 input channels, one output): the paper's tables
+# give them to 0.01M only, and test_networks.py checks against the registry within 1 %
+REFERENCE_PARAMS = {
+    "unet": 3_129_248,
+    "wunet": 12_506_944,
+    "d6unet": 3_129_248,
+    "d9unet": 3_129_248,
+    "aunet": 3_161_843,
+    "cscunet": 3_140_448,
+    "cbamunet": 3_142_942,
+    "gcnunet": 3_157_264,
+    "fpa": 4_231_584,
+}
+REFERENCE_LAYERS = {  # section 2's table, in=4
+    "c1": 10_496,
+    "c2": 55_552,
+    "c3": 221_696,
+    "c4": 885_760,
+    "bridge": 1_180_672,
+    "d3": 590_336,
+    "d2": 147_712,
+    "d1": 36_992,
+    "head": 32,
+}
+
+
+def _n(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("kind", list(REFERENCE_PARAMS))
+def test_exact_parameter_counts_of_reference_md(kind):
+    """Sections 2, 3 and 5 give exact counts; a 3-channel input (CityScapes) has 9 x width fewer."""
+    assert _n(get_network(kind, spatial_dims=2, in_channels=4, out_channels=1)) == REFERENCE_PARAMS[kind]
+    width = 64 if kind == "wunet" else 32
+    fewer = REFERENCE_PARAMS[kind] - _n(get_network(kind, spatial_dims=2, in_channels=3, out_channels=1))
+    assert fewer == 9 * width
+
+
+def test_backbone_layer_table_and_fpa_attention_budget():
+    net = get_network("unet", spatial_dims=2, in_channels=4, out_channels=1)
+    assert {name: _n(getattr(net, name)) for name in REFERENCE_LAYERS} == REFERENCE_LAYERS
+    fpa = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1)
+    blocks = [getattr(fpa, name) for name in ("c2", "c3", "c4", "bridge")]
+    assert sum(_n(b) - _n(b.main) for b in blocks) == 1_102_336  # section 3, width 32
