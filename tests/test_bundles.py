@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -938,6 +939,27 @@ def test_training_recipe_is_the_papers(name):
     assert parser["keep_background_fraction"] == 0.5 and parser["threshold"] == 0.5
     assert (spec.spatial_size, spec.channels, spec.foreground_labels) == (size, channels, foreground)
     assert parser["network_def"]["out_channels"] == 1  # one logit, sigmoid outside the network
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_training_and_validation_avoid_the_authors_code_s_defects(name):
+    """REFERENCE.md sections 4 and 7: the learning rate stays constant (no scheduler, no per-epoch
+    ramp for RFNA: the paper has none), training slices are drawn without replacement, and
+    validation and evaluation see the unperturbed inputs (no adversarial step, flips or noise)."""
+    configured = []
+    for files in (("train.json",), ("train.json", "evaluate.json"), ("train.json", "multi_gpu_train.json")):
+        parser = ConfigParser()
+        parser.read_config(configs(name, *files))
+        configured.append(parser)
+        text = json.dumps(parser.get()).lower()
+        assert "lr_scheduler" not in text and "lrschedule" not in text and "fgsm" not in text, files
+        evaluator = parser["validate#evaluator"]
+        assert "prepare_batch" not in evaluator and "iteration_update" not in evaluator, files
+        assert not re.search(r"rand|noise|flip", json.dumps(parser["validate#dataset"]).lower()), files
+        sampler = parser["train#sampler"]
+        assert sampler["_target_"] == "torch.utils.data.distributed.DistributedSampler", files
+        assert "replacement" not in sampler, files
+    assert configured[0]["validate#dataloader#shuffle"] is False
 
 
 def test_trainer_leaves_the_loss_on_the_device_between_reads(tmp_path):
