@@ -61,6 +61,12 @@ def test_readme_parameter_counts_are_the_networks():
     for expansion in (2, 1):
         net = get_network("rfna", spatial_dims=2, in_channels=4, out_channels=1, expansion=expansion)
         assert f"`expansion={expansion}`: {n_params(net):,}" in readme
+    # FPA's default is depthwise against the paper's section 4.3 text: the full-conv counts say why
+    full = [n_params(get_network("fpa", depthwise=False, expansion=e)) for e in (1, 2, 4)]
+    assert (
+        "`depthwise=false, expansion=1`: {:,}, `expansion=2`: {:,}, `expansion=4`: {:,}".format(*full)
+        in readme
+    )
 
 
 @pytest.mark.parametrize("name,dims", CASES)
