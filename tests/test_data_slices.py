@@ -286,3 +286,21 @@ def test_cache_headers_are_parsed_one_thread_at_a_time(items, tmp_path, monkeypa
     SliceDataset(items["brats"], "brats", cache_dir=tmp_path, num_workers=2, progress=False)  # written
     SliceDataset(items["brats"], "brats", cache_dir=tmp_path, num_workers=2, progress=False)  # read back
     assert held and all(held), held
+
+
+def test_case_dataset_carries_the_voxel_size_of_its_files(items):
+    """REFERENCE.md section 7: HD95 in the image's physical units, not pixels. The bundles' metrics
+    take ``spacing`` from the case (test_metrics.py); it must be the files' voxel size (ISLES
+    stand-ins: 0.9 x 0.9 x 5 mm), also for an oblique affine (the norms of its columns)."""
+    from pam_monai.engines.data import CaseDataset, voxel_spacing
+
+    item = items["isles"][0]
+    import nibabel as nib
+
+    zooms = nib.load(item["label"]).header.get_zooms()[:3]
+    assert min(zooms) != max(zooms)  # anisotropic, so a fallback to 1.0 or a swapped axis shows
+    spacing = CaseDataset([item], "isles")[0]["spacing"]
+    np.testing.assert_allclose(spacing.numpy(), zooms, rtol=1e-6)
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique = np.array([[c * 0.8, -s * 1.2, 0, 5], [s * 0.8, c * 1.2, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(voxel_spacing(oblique, 3), (0.8, 1.2, 3.0))
