@@ -304,3 +304,26 @@ def test_case_dataset_carries_the_voxel_size_of_its_files(items):
     c, s = np.cos(0.3), np.sin(0.3)
     oblique = np.array([[c * 0.8, -s * 1.2, 0, 5], [s * 0.8, c * 1.2, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
     np.testing.assert_allclose(voxel_spacing(oblique, 3), (0.8, 1.2, 3.0))
+
+
+@pytest.mark.parametrize("name,crop", [("brats", 160), ("isles", 224)])
+def test_preprocessing_is_reference_md_s(items, name, crop):
+    """REFERENCE.md section 6, re-stated from the files alone: per case and per modality, in the
+    reader's channel order, z-score by the mean and std of the volume's non-zero voxels (the
+    whole volume's, before the crop), then the in-plane centre crop (BRATS rows and columns
+    40:200 of 240). Compared on the non-zero voxels, the ones the statistics describe."""
+    import nibabel as nib
+
+    for item in items[name]:
+        image = preprocess_case(name, item)["image"]
+        assert image.shape[:3] == (len(item["image"]), crop, crop)
+        for c, path in enumerate(item["image"]):
+            volume = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+            r0, c0 = (volume.shape[0] - crop) // 2, (volume.shape[1] - crop) // 2
+            if name == "brats":
+                assert volume.shape[:2] == (240, 240) and r0 == c0 == 40
+            values = volume[volume != 0]
+            inside = volume[r0 : r0 + crop, c0 : c0 + crop]
+            expected = (inside - values.mean()) / values.std()
+            nonzero = inside != 0
+            np.testing.assert_allclose(image[c][nonzero], expected[nonzero], rtol=1e-4, atol=1e-4)
