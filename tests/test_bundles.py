@@ -942,6 +942,21 @@ def test_training_recipe_is_the_papers(name):
 
 
 @pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_readme_gives_the_network_size_against_the_paper_s(name):
+    """A bundle travels alone (model zoo): its README states its network's parameter count, and
+    for RFNA that it is not the paper's 5.63M and why (README.md, "RFNA's parameter count")."""
+    from pam_monai.networks import get_network
+
+    task, net = name.split("_")
+    channels = DATASETS[task].in_channels
+    count = sum(p.numel() for p in get_network(net, in_channels=channels, out_channels=1).parameters())
+    text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
+    assert f"Network size: {count:,} parameters at {channels} input channels" in text
+    assert ("not the paper's 5.63M" in text) == (net == "rfna")
+    assert ("the paper's 4.2M is 4,231,584 at 4" in text) == (net == "fpa")
+
+
+@pytest.mark.parametrize("name", BUNDLES)
 def test_training_and_validation_avoid_the_authors_code_s_defects(name):
     """REFERENCE.md sections 4 and 7: the learning rate stays constant (no scheduler, no per-epoch
     ramp for RFNA: the paper has none), training slices are drawn without replacement, and

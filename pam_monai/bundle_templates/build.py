@@ -337,6 +337,24 @@ def _cases(bt: BundleTask) -> str:
     }.get(bt.spec.name, "a data set's root means its `imagesTs/` (`imagesTr/` when it has none)")
 
 
+# each network's size against the paper's (REFERENCE.md sections 3 and 4; README.md)
+SIZE_NOTES = {
+    "fpa": " (the paper's 4.2M is 4,231,584 at 4)",
+    "rfna": ", not the paper's 5.63M: RFNA is built as the paper's Figure 3 draws it, whose full 3x3 "
+    "`W_r4` alone outgrows the paper's attention budget (the project README, \"RFNA's parameter "
+    'count"); `--network_options "{\'expansion\': 1}"` builds a smaller one (4,660,256 at 4)',
+}
+
+
+def network_size(network: str, in_channels: int) -> str:
+    """The sentence giving the bundle network's parameter count, against the paper's."""
+    from ..networks import get_network
+
+    net = get_network(network, spatial_dims=2, in_channels=in_channels, out_channels=1)
+    count = sum(p.numel() for p in net.parameters())
+    return f"Network size: {count:,} parameters at {in_channels} input channels{SIZE_NOTES[network]}."
+
+
 def _doc_values(task: str | BundleTask, network: str) -> dict:
     bt = as_task(task)
     spec = bt.spec
@@ -373,6 +391,7 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "fg_note": " (BraTS 2021+: 3)",
         "run_from": PAPER_RUN_FROM,
         "masks": _masks(bt),
+        "network_size": network_size(network, spec.in_channels),
         "cases": _cases(bt),
     }
     values["measured_line"] = f"One epoch on a fresh clone without data (`--epochs 1`): {values['measured']}."
