@@ -1251,3 +1251,79 @@ def test_fig5_scores_a_resized_own_image_from_its_probabilities_on_its_pixels():
     got = score_on_case_grid(prob > 0.5, sample, prob)["iou"]
     assert got == pytest.approx(expected)
     assert score_on_case_grid(prob > 0.5, sample)["iou"] != pytest.approx(expected)  # the mask's steps
+
+
+def _counted_reads(monkeypatch) -> list[str]:
+    """The case IDs CaseDataset reads from disk, in order (its load_case, counted)."""
+    from pam_monai.engines import data as engine_data
+
+    reads: list[str] = []
+    load = engine_data.load_case
+
+    def counted(spec, item):
+        reads.append(item["case"])
+        return load(spec, item)
+
+    monkeypatch.setattr(engine_data, "load_case", counted)
+    return reads
+
+
+@pytest.fixture
+def small_brats_cases(tmp_path):
+    from pam_monai.data import discover_cases
+    from pam_monai.data.synthetic import synth_brats
+
+    synth_brats(tmp_path / "brats", cases=4, slices=4)
+    return discover_cases("brats", tmp_path / "brats")
+
+
+def test_figure_cases_read_each_case_once_and_keep_none(small_brats_cases, monkeypatch):
+    """The overlays' cases were chosen by reading every test case into a caching CaseDataset (twice
+    over the ids, then the labels): a full-size test fold (~88 MB per BraTS case) stayed in memory
+    for two cases shown. Now the IDs come from the entries and each case is read once, one at a time."""
+    from pam_monai.engines import CaseDataset
+    from pam_monai.experiments.figures import _figure_cases
+
+    reads = _counted_reads(monkeypatch)
+    ds = CaseDataset(small_brats_cases, "brats", cache=False)
+    ids = [it["case"] for it in small_brats_cases]
+    assert _figure_cases(ds, [ids[2]], fold=0) == {ids[2]: 2}
+    assert reads == []  # named cases: no file read to find them
+    chosen = _figure_cases(ds, None, fold=0)
+    assert sorted(reads) == sorted(ids)  # each case read once for its foreground
+    assert len(chosen) == 2 and all(ds.case_id(i) == c for c, i in chosen.items())
+    with pytest.raises(ValueError, match="are not test cases of fold 0"):
+        _figure_cases(ds, ["nope"], fold=0)
+
+
+def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monkeypatch):
+    """The paper-protocol pass reads each test case once; its CaseDataset cached them all, so a
+    full-size test fold stayed in memory (GBs) to the end of the pass."""
+    from types import SimpleNamespace
+
+    from pam_monai.data import get_spec
+    from pam_monai.experiments import predict
+
+    held = []
+
+    def rows(net, dataset, slice_batch_size, device):
+        for i in range(len(dataset)):
+            dataset[i]
+        held.append(dataset._cache)
+        return []
+
+    monkeypatch.setattr(predict, "load_network", lambda *a: None)
+    monkeypatch.setattr(predict, "paper_protocol_rows", rows)
+    monkeypatch.setattr(predict, "write_paper_protocol", lambda rows, path: None)
+    run = SimpleNamespace(
+        variant=SimpleNamespace(network="unet"), options={}, model=None, fold=0, paper_protocol_csv=None
+    )
+    ctx = SimpleNamespace(
+        spec=get_spec("brats"),
+        fold_data={0: {"test": small_brats_cases}},
+        foreground_label=None,
+        device="cpu",
+        slice_batch_size=4,
+    )
+    runner_module._score_paper_protocol(run, ctx)
+    assert held == [None]

@@ -28,6 +28,7 @@ from ..data import (
 from ..data.layout import visible_entries
 from ..data.nnunet import check_same_data_set
 from ..data.ops import binarize, resize_probabilities, uncrop_center
+from ..data.preprocess import _name as case_name  # the ID load_case gives the case
 from ..data.slices import data_argument
 from ..ranks import on_rank0, rank0_first
 from .runtime import as_bool
@@ -232,6 +233,10 @@ class CaseDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def case_id(self, index: int) -> str:
+        """The ``case`` of sample ``index``, from its datalist entry (no file is read)."""
+        return case_name(self.items[index])
 
     def __getitem__(self, index: int) -> dict:
         if self._cache is not None and index in self._cache:

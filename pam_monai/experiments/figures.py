@@ -329,6 +329,27 @@ def _seeds_shown(reps, labels) -> str:
     return "runs shown: " + ", ".join(f"{lab} seed {seed}" for lab, seed in seeds.items())
 
 
+def _figure_cases(ds, cases, fold: int) -> dict[str, int]:
+    """``case -> index`` in ``ds`` (a :class:`~pam_monai.engines.CaseDataset`) of the test cases the
+    overlays show: ``cases``, else the two with the most foreground (one case when none has any).
+    The IDs come from the datalist entries and the foreground from one case read at a time: reading
+    every case into a caching data set held a whole full-size test fold in memory (~88 MB per BraTS
+    case) for two cases shown."""
+    by_case = {ds.case_id(i): i for i in range(len(ds))}
+    if cases:
+        unknown = [c for c in cases if c not in by_case]
+        if unknown:
+            raise ValueError(f"figure_cases {unknown} are not test cases of fold {fold}: {sorted(by_case)}")
+        return {c: by_case[c] for c in cases}
+    fg = {}
+    for case, index in by_case.items():
+        sample = ds[index]
+        if "label" in sample:
+            fg[case] = float((sample["label"] == 1).sum())
+    chosen = [c for c in sorted(fg, key=lambda c: -fg[c]) if fg[c] > 0][:2] or sorted(fg)[:1]
+    return {c: by_case[c] for c in chosen}
+
+
 def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) -> list[Path]:
     """Write the grid's figures into ``ctx.output``; returns the paths written.
 
@@ -374,16 +395,8 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     if not order:
         return written
 
-    ds = CaseDataset(ctx.fold_data[fold]["test"], ctx.spec, ctx.foreground_label)
-    by_case = {ds[i]["case"]: i for i in range(len(ds))}
-    if cases:
-        unknown = [c for c in cases if c not in by_case]
-        if unknown:
-            raise ValueError(f"figure_cases {unknown} are not test cases of fold {fold}: {sorted(by_case)}")
-        chosen = list(cases)
-    else:
-        fg = {c: float((ds[i]["label"] == 1).sum()) for c, i in by_case.items() if "label" in ds[i]}
-        chosen = [c for c in sorted(fg, key=lambda c: -fg[c]) if fg[c] > 0][:2] or sorted(fg)[:1]
+    ds = CaseDataset(ctx.fold_data[fold]["test"], ctx.spec, ctx.foreground_label, cache=False)
+    chosen = _figure_cases(ds, cases, fold)
 
     def best_slice(label: np.ndarray) -> int | None:
         if label.ndim == 2:
@@ -401,8 +414,8 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         )
 
     rows = []
-    for case in chosen:
-        sample = ds[by_case[case]]
+    for case, index in chosen.items():
+        sample = ds[index]
         image = sample["image"].numpy()
         label, annotated = split_ignored(sample["label"][0].numpy())  # sparse annotations: their voxels only
         label = label > 0.5

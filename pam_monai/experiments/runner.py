@@ -567,7 +567,8 @@ def _score_paper_protocol(run: Run, ctx: _Context) -> None:
     from .predict import load_network, paper_protocol_rows, write_paper_protocol
 
     net = load_network(run.variant.network, run.options, ctx.spec.in_channels, run.model, ctx.device)
-    ds = CaseDataset(ctx.fold_data[run.fold]["test"], ctx.spec, ctx.foreground_label)
+    # one pass over the test cases: cached, a full-size fold stayed in memory to the end (GBs)
+    ds = CaseDataset(ctx.fold_data[run.fold]["test"], ctx.spec, ctx.foreground_label, cache=False)
     write_paper_protocol(
         paper_protocol_rows(net, ds, ctx.slice_batch_size, ctx.device), run.paper_protocol_csv
     )
