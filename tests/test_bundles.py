@@ -685,6 +685,24 @@ def test_evaluation_does_not_keep_every_case_in_memory(name):
     assert parser.get_parsed_content("validate#dataset")._cache == {}
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_evaluation_shows_progress_over_its_cases(name):
+    """Evaluation scores every test case (a full-size BraTS fold on a CPU: many minutes) and said
+    nothing until the end; its evaluator now has a progress bar over the cases."""
+    from pam_monai.engines import ProgressBar
+
+    parser = ConfigParser()
+    parser.read_config(configs(name, "train.json", "evaluate.json"))
+    bars = [
+        h
+        for h in parser["validate#handlers"]
+        if isinstance(h, dict) and h["_target_"].endswith("ProgressBar")
+    ]
+    assert len(bars) == 1
+    index = parser["validate#handlers"].index(bars[0])
+    assert isinstance(parser.get_parsed_content(f"validate#handlers#{index}"), ProgressBar)
+
+
 @pytest.mark.parametrize("files", [("train.json",), ("train.json", "evaluate.json"), ("inference.json",)])
 def test_one_process_workflows_refuse_torchrun_with_several_processes(files, monkeypatch):
     """``torchrun --nproc_per_node=2`` with train.json alone (multi_gpu_train.json forgotten) trained
