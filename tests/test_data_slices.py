@@ -327,3 +327,41 @@ def test_preprocessing_is_reference_md_s(items, name, crop):
             expected = (inside - values.mean()) / values.std()
             nonzero = inside != 0
             np.testing.assert_allclose(image[c][nonzero], expected[nonzero], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def low_open_file_limit():
+    """The soft open-file limit lowered to what is open now plus 10 (restored after the test)."""
+    resource = pytest.importorskip("resource")
+    from pathlib import Path
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("counts open files in /proc/self/fd")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = len(list(Path("/proc/self/fd").iterdir())) + 10
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        yield low
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_slice_cache_of_more_cases_than_open_files(tmp_path, low_open_file_limit):
+    """Every memory-mapped cache file holds an open descriptor (3 per case): a data set of more
+    than a third of ``ulimit -n`` cases (1024: BraTS 2019+; macOS' 256: 86 cases) failed with
+    'Too many open files'. The soft limit is now raised as far as the cache needs."""
+    items = discover_cases("isles", synth("isles", tmp_path / "d", cases=2, max_slices=2))
+    items = [dict(items[i % 2], case=f"case{i}") for i in range(6)]  # 18 mapped files
+    ds = SliceDataset(items, "isles", cache_dir=tmp_path / "cache", progress=False)
+    assert ds.summary()["cases"] == 6 and len(ds) > 0
+
+
+def test_slice_cache_refuses_a_hard_open_file_limit_too_low(tmp_path, monkeypatch):
+    """A hard limit below what the cache needs is named before any case is prepared."""
+    resource = pytest.importorskip("resource")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64, 64))
+    items = discover_cases("isles", synth("isles", tmp_path / "d", cases=2, max_slices=2))
+    items = [dict(items[i % 2], case=f"case{i}") for i in range(30)]  # 90 mapped files
+    with pytest.raises(OSError, match=r"memory-maps 90 files.*only 64 files.*ulimit -Hn 346"):
+        SliceDataset(items, "isles", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))

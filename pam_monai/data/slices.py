@@ -21,6 +21,7 @@ CityScapes frames are single-slice "volumes"; all of them are kept.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -62,6 +63,48 @@ def _open_cached(path: str | os.PathLike) -> np.ndarray:
     """A cache file, memory-mapped (its header parsed by one thread at a time)."""
     with _NPY_HEADER_LOCK:
         return np.load(path, mmap_mode="r")
+
+
+# files the rest of the process may hold open beside the memory-mapped cache (libraries, logs,
+# DataLoader pipes, checkpoints): room left when the limit is raised for the cache
+_SPARE_OPEN_FILES = 256
+
+
+def _allow_open_files(mapped: int, where: str) -> None:
+    """Let this process hold ``mapped`` memory-mapped files open at once.
+
+    Python's ``mmap`` keeps a duplicate of the file's descriptor while the map lives (before 3.13
+    unconditionally), so every cache file counts against ``ulimit -n``: 3 per case, and the soft
+    limit is often 1024 (macOS: 256), which a BraTS 2019+ training set (335 cases and more) passed
+    with ``OSError: [Errno 24] Too many open files`` in numpy's memmap. The soft limit is raised
+    towards the hard one (as far as needed); a hard limit too low is refused before any work."""
+    try:
+        import resource
+    except ImportError:  # Windows: file mappings hold handles, not C descriptors
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = mapped + _SPARE_OPEN_FILES
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if limit > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            log.info(
+                "raised the open-file limit from %d to %d for %d memory-mapped cache files",
+                soft,
+                limit,
+                mapped,
+            )
+        except (ValueError, OSError):  # e.g. macOS beyond OPEN_MAX: below, if too few
+            limit = soft
+    if limit < wanted:
+        raise OSError(
+            errno.EMFILE,
+            f"{where}: the slice cache memory-maps {mapped} files, each held open, but this process may open only "
+            f"{limit} files (ulimit -n; hard limit {hard}): raise the hard limit to {wanted} or more (e.g. "
+            f"`ulimit -Hn {wanted}` as root, or nofile in /etc/security/limits.conf), or train on fewer cases",
+        )
 
 
 def _item_files(item: dict) -> list[str]:
@@ -223,6 +266,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def _prepare_all(self, workers: int, progress: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if self.cache_dir is not None:  # a killed preparation's half-written volumes (large)
+            _allow_open_files(len(_PARTS) * len(self.items), str(self.cache_dir))
             for path in remove_orphaned_temps(self.cache_dir):
                 log.info("removed %s, left by a killed writer", path)
         bar = tqdm(
