@@ -1,6 +1,7 @@
 """Readers of the published layouts, datalists and splits (pam_monai.data.{brats,isles,cityscapes,datalist})."""
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -295,3 +296,26 @@ def test_get_split_names_an_n_folds_that_is_not_a_number():
     """The experiment runner reads splits without the check: it stopped at a bare int() error."""
     with pytest.raises(ValueError, match=r"brats: datalist's 'n_folds' 'five' is not a whole number"):
         get_split("brats", {"n_folds": "five", "training": []}, "test")
+
+
+def test_too_many_open_files_is_not_called_a_broken_file(tmp_path):
+    """Out of file descriptors, every read failed as 'unreadable or truncated file': sound data
+    looked broken (check listed every case). Such a limit of the process is an OSError saying so."""
+    resource = pytest.importorskip("resource")
+    import nibabel as nib
+    import numpy as np
+
+    from pam_monai.data.files import UnreadableFile, load_nifti
+
+    path = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), path)
+    free = os.dup(0)  # the lowest free descriptor: with the limit there, no file opens
+    os.close(free)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
+    try:
+        with pytest.raises(OSError, match="not a fault of the file.*ulimit -n") as e:
+            load_nifti(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not isinstance(e.value, UnreadableFile)

@@ -8,6 +8,7 @@ message per file.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import nibabel as nib
@@ -41,7 +42,38 @@ class UnreadableFile(Exception):
     """A file exists (or should) but cannot be read completely."""
 
 
-def _unreadable(e: Exception) -> UnreadableFile:
+_LIMITS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+def _process_limit(e: BaseException | None, path=None) -> OSError | None:
+    """The OSError of a process or system limit behind ``e``, or met opening ``path`` again
+    (nibabel reports a file it could not open as ImageFileError "Could not read file", dropping why)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _LIMITS:
+            return e
+        e = e.__cause__ or e.__context__
+    if path is not None:
+        try:
+            open(path, "rb").close()
+        except OSError as again:
+            return again if again.errno in _LIMITS else None
+    return None
+
+
+def _unreadable(e: Exception, path=None) -> UnreadableFile:
+    """The reader's error as an :class:`UnreadableFile`; a limit of this process (too many open
+    files, no memory) is raised as an ``OSError`` instead: reported as an "unreadable or truncated
+    file" it sent users to download sound data again, and ``check`` listed every case as broken."""
+    cause = _process_limit(e, path)
+    if cause is not None:
+        raise OSError(
+            cause.errno,
+            f"{cause.strerror}: a limit of this process or system, not a fault of the file; raise the open-file "
+            "limit (ulimit -n) or free memory, and run again",
+            cause.filename,
+        ) from e
     reason = " ".join(str(e).split())  # one line, whatever the library put in its message
     return UnreadableFile(f"unreadable or truncated file ({type(e).__name__}: {reason})")
 
@@ -70,7 +102,7 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError as e:
         raise UnreadableFile(f"file not found ({e.strerror})") from e
     except Exception as e:  # nibabel raises many types: ImageFileError, EOFError, zlib.error, OSError...
-        raise _unreadable(e) from e
+        raise _unreadable(e, path) from e
     return data, affine
 
 
@@ -126,7 +158,7 @@ def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         image = sitk.ReadImage(os.fspath(path))
     except Exception as e:  # SimpleITK raises RuntimeError for anything it cannot read
-        raise _unreadable(e) from e
+        raise _unreadable(e, path) from e
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise UnreadableFile(
             f"expected a 3-D single-component volume, got {image.GetDimension()}-D with "
@@ -198,7 +230,7 @@ def load_png(path: str | os.PathLike, label: bool = False) -> np.ndarray:
     except FileNotFoundError as e:
         raise UnreadableFile(f"file not found ({e.strerror})") from e
     except Exception as e:
-        raise _unreadable(e) from e
+        raise _unreadable(e, path) from e
 
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag
