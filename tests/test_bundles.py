@@ -484,9 +484,15 @@ def test_multi_gpu_config_disables_the_writers_it_means(name):
     parser.read_config(configs(name, "train.json", "multi_gpu_train.json"))
     overrides = json.loads(Path(configs(name, "multi_gpu_train.json")[0]).read_text())
     disabled = [k[: -len("#_disabled_")] for k in overrides if k.endswith("#_disabled_")]
-    assert len(disabled) == 3, disabled
+    assert len(disabled) == 4, disabled
     targets = sorted(parser[handler + "#_target_"] for handler in disabled)
-    assert targets == ["StatsHandler", "TensorBoardStatsHandler", "TensorBoardStatsHandler"], disabled
+    expected = [
+        "StatsHandler",
+        "TensorBoardStatsHandler",
+        "TensorBoardStatsHandler",
+        "pam_monai.engines.ProgressBar",
+    ]
+    assert targets == expected, disabled
     assert "validate#handlers#2" in disabled  # the validation's StatsHandler
     rank1 = parser["train#trainer#train_handlers"]
     assert "ValidationHandler" in rank1 and parser["validate#dataloader#sampler"] == "@validate#sampler"
@@ -685,22 +691,21 @@ def test_evaluation_does_not_keep_every_case_in_memory(name):
     assert parser.get_parsed_content("validate#dataset")._cache == {}
 
 
+@pytest.mark.parametrize("files", [("train.json",), ("train.json", "evaluate.json")])
 @pytest.mark.parametrize("name", BUNDLES)
-def test_evaluation_shows_progress_over_its_cases(name):
-    """Evaluation scores every test case (a full-size BraTS fold on a CPU: many minutes) and said
-    nothing until the end; its evaluator now has a progress bar over the cases."""
+def test_validation_and_evaluation_show_progress_over_their_cases(name, files):
+    """Validation and evaluation score every case (a full-size BraTS fold on a CPU: many minutes)
+    and said nothing until the end; their evaluator now has a progress bar over the cases."""
     from pam_monai.engines import ProgressBar
 
     parser = ConfigParser()
-    parser.read_config(configs(name, "train.json", "evaluate.json"))
+    parser.read_config(configs(name, *files))
+    handlers = parser["validate#handlers"]
     bars = [
-        h
-        for h in parser["validate#handlers"]
-        if isinstance(h, dict) and h["_target_"].endswith("ProgressBar")
+        i for i, h in enumerate(handlers) if isinstance(h, dict) and h["_target_"].endswith("ProgressBar")
     ]
     assert len(bars) == 1
-    index = parser["validate#handlers"].index(bars[0])
-    assert isinstance(parser.get_parsed_content(f"validate#handlers#{index}"), ProgressBar)
+    assert isinstance(parser.get_parsed_content(f"validate#handlers#{bars[0]}"), ProgressBar)
 
 
 @pytest.mark.parametrize("files", [("train.json",), ("train.json", "evaluate.json"), ("inference.json",)])
