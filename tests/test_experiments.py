@@ -1327,3 +1327,39 @@ def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monke
     )
     runner_module._score_paper_protocol(run, ctx)
     assert held == [None]
+
+
+def test_grid_checks_the_data_once_not_in_every_run(tmp_path, monkeypatch):
+    """Each bundle run checked the whole data set at the start of its training and again of its
+    evaluation (every case read: ~2 minutes for 285 full-size BraTS cases, hours over a grid). The
+    grid checks it once, every split of its folds, and its runs are told to skip it."""
+    import pam_monai.data as data_module
+    from pam_monai.data import synth
+
+    folds_checked, given = [], []
+    check = data_module.check_dataset
+
+    def counted(*args, **kwargs):
+        folds_checked.append(kwargs.get("fold"))
+        return check(*args, **kwargs)
+
+    def fake_execute(run, bundle, overrides, identity, ctx):
+        given.append(overrides.get("check_data"))
+        return fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"])
+
+    monkeypatch.setattr(data_module, "check_dataset", counted)
+    monkeypatch.setattr(runner_module, "_execute", fake_execute)
+    data = synth("brats", tmp_path / "data", cases=6, slices=4)
+    common = {**GRID, "paper_protocol": False, "figures": False, "output": str(tmp_path / "out")}
+    run_experiment(**common, folds="0,1", dataset_dir=str(data))
+    assert folds_checked == [[0, 1]] and given == [False] * 8  # 2 networks x 2 seeds x 2 folds
+    run_experiment(**common, folds="0,1", dataset_dir=str(data))  # all finished: nothing to check
+    assert folds_checked == [[0, 1]]
+    for files in (("train.json",), ("train.json", "evaluate.json")):
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(
+            [str(Path(__file__).parents[1] / "bundles" / "brats_fpa" / "configs" / f) for f in files]
+        )
+        assert parser["check_data"] is True and "check=@check_data" in parser["data"]

@@ -553,7 +553,7 @@ def check_dataset(
     progress: bool = False,
     datalist: str | os.PathLike | None = None,
     datalist_splits: Sequence[str] | None = None,
-    fold: int = 0,
+    fold: int | Sequence[int] = 0,
     **scan_options,
 ) -> CheckReport:
     """Check every case of ``dataset`` under ``root`` and return a :class:`CheckReport`
@@ -565,7 +565,8 @@ def check_dataset(
     (paths relative to ``root``) whose entries are checked too (see the module). ``datalist_splits``
     (e.g. ``["test"]``, with the cross-validation ``fold``): check the files and labels of the entries
     of those splits only (a run that reads only them, over a data set that may hold only their
-    cases); a fold missing or out of range and a case listed twice are still named for every entry.
+    cases; ``fold`` a list: the entries of those splits of any of these folds, as an experiment grid
+    reads them); a fold missing or out of range and a case listed twice are still named for every entry.
     """
     # read first: a mistyped path or a broken file is named before minutes of reading every volume
     listed = load_datalist(datalist) if datalist is not None else None
@@ -678,21 +679,31 @@ def _n_folds(spec: DatasetSpec, data: dict, where: str, problems: list) -> int |
         return None
 
 
-def _entries_read(spec: DatasetSpec, data: dict, splits, fold: int) -> set[int] | None:
-    """The entries (by ``id``) that :func:`get_split` deals to ``splits`` of ``fold``; None (every
-    entry) without ``splits``, or when the datalist's structure stops ``get_split`` (its problems
-    are named entry by entry)."""
+def _entries_read(spec: DatasetSpec, data: dict, splits, fold) -> set[int] | None:
+    """The entries (by ``id``) that :func:`get_split` deals to ``splits`` of ``fold`` (or of each of
+    several folds); None (every entry) without ``splits``, or when the datalist's structure stops
+    ``get_split`` (its problems are named entry by entry)."""
     if splits is None:
         return None
+    folds = list(fold) if isinstance(fold, (list, tuple)) else [fold]
     try:
         # the datalist's own entry objects (get_split returns copies, with their case IDs)
-        return {id(entry) for split in splits for entry in split_entries(spec, data, split, fold=fold)}
+        return {
+            id(entry) for f in folds for split in splits for entry in split_entries(spec, data, split, fold=f)
+        }
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
 def _check_datalist(
-    spec: DatasetSpec, path, data: dict, root, allowed, checked: dict, splits=None, fold: int = 0
+    spec: DatasetSpec,
+    path,
+    data: dict,
+    root,
+    allowed,
+    checked: dict,
+    splits=None,
+    fold: int | Sequence[int] = 0,
 ) -> tuple[list[Problem], list[str]]:
     """Problems of the entries of the datalist ``data`` read from ``path``, each naming the datalist
     and the case: what would otherwise surface only when training, validation or evaluation first

@@ -121,7 +121,9 @@ def prepare_data(
     unknown = set(splits) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
-    if check:  # first: one list of every problem, the layout's (files, names) and the contents' alike
+    if as_bool(
+        check
+    ):  # first: one list of every problem, the layout's (files, names) and the contents' alike
         from ..data import check_dataset
 
         read = [s for s in splits if s != "test" or "train" not in splits]  # training never reads test
