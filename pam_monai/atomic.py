@@ -31,6 +31,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "check_writable",
+    "os_error_in_chain",
     "remove_orphaned_temps",
     "sibling_temp_dir",
 ]
@@ -78,15 +79,21 @@ class DiskFullError(OSError):
     """An atomic write that did not fit on its disk (errno ENOSPC or EDQUOT), naming the file."""
 
 
-def _disk_full(error: BaseException | None) -> OSError | None:
-    """The "no space" error in ``error``'s chain, if any (``torch.save`` raises it inside its own)."""
+def os_error_in_chain(error: BaseException | None, errnos: tuple[int, ...]) -> OSError | None:
+    """The first ``OSError`` with one of ``errnos`` in ``error``'s chain of causes and contexts, if
+    any: libraries re-raise it inside their own errors (``torch.save``, nibabel)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _FULL:
+        if isinstance(error, OSError) and error.errno in errnos:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _disk_full(error: BaseException | None) -> OSError | None:
+    """The "no space" error in ``error``'s chain, if any (``torch.save`` raises it inside its own)."""
+    return os_error_in_chain(error, _FULL)
 
 
 def _full_error(error: OSError, target: Path) -> DiskFullError:

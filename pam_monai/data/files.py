@@ -14,7 +14,7 @@ import os
 import nibabel as nib
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, os_error_in_chain
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -48,12 +48,9 @@ _LIMITS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 def _process_limit(e: BaseException | None, path=None) -> OSError | None:
     """The OSError of a process or system limit behind ``e``, or met opening ``path`` again
     (nibabel reports a file it could not open as ImageFileError "Could not read file", dropping why)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _LIMITS:
-            return e
-        e = e.__cause__ or e.__context__
+    found = os_error_in_chain(e, _LIMITS)
+    if found is not None:
+        return found
     if path is not None:
         try:
             open(path, "rb").close()
