@@ -567,7 +567,9 @@ def run(rank, folder, files):
     for i, handler in enumerate(parser["validate#handlers"]):  # but the metrics, logs and saver
         target = handler.get("_target_", "") if isinstance(handler, dict) else "@validate#metrics"
         if not target.endswith(("metrics", "BestCheckpoint", "StatsHandler")):
-            parser.get_parsed_content(f"validate#handlers#{i}").attach(evaluator)
+            handler = parser.get_parsed_content(f"validate#handlers#{i}")
+            if handler is not None:  # None: disabled on this rank (the progress bar off rank 0)
+                handler.attach(evaluator)
     evaluator.run([0], max_epochs=1)
     json.dump({"trained": trained, "validated": stats()}, open(f"{folder}/rank{rank}.json", "w"))
     dist.destroy_process_group()
