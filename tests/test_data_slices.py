@@ -365,3 +365,46 @@ def test_slice_cache_refuses_a_hard_open_file_limit_too_low(tmp_path, monkeypatc
     with pytest.raises(OSError, match=r"memory-maps 90 files.*only 64 files.*ulimit -Hn 346"):
         SliceDataset(items, "isles", cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))
+
+
+class _SpawningPopen:
+    """What a spawning ``Popen`` offers the reductions while it pickles a worker's arguments
+    (``multiprocessing.popen_spawn_posix``): file descriptors to pass to the child."""
+
+    def __init__(self):
+        self.fds = []
+
+    def duplicate_for_child(self, fd):
+        self.fds.append(fd)
+        return fd
+
+    def DupFd(self, fd):  # noqa: N802  (multiprocessing's name)
+        return fd
+
+
+def test_spawned_workers_share_the_in_memory_volumes(items):
+    from multiprocessing import context, reduction
+
+    ds = SliceDataset(items["brats"], "brats", progress=False)
+    expected = [ds[i] for i in (0, len(ds) - 1)]
+    context.set_spawning_popen(_SpawningPopen())  # as Process.start() does while it pickles
+    try:
+        sent = bytes(reduction.ForkingPickler.dumps(ds))
+    finally:
+        context.set_spawning_popen(None)
+    # a spawned worker gets handles of the volumes, not a copy of them (~1 MB here, GBs for BraTS)
+    assert len(sent) < 20_000 < ds.cache_bytes
+    copy = pickle.loads(pickle.dumps(ds))  # plain pickling still copies them
+    for i, sample in zip((0, len(ds) - 1), expected):
+        torch.testing.assert_close(ds[i], sample)
+        torch.testing.assert_close(copy[i], sample)
+
+
+def test_spawned_dataloader_workers_read_the_in_memory_volumes(items):
+    ds = SliceDataset(items["brats"], "brats", progress=False)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=len(ds), num_workers=1, multiprocessing_context="spawn"
+    )
+    batch = next(iter(loader))
+    torch.testing.assert_close(batch["image"], torch.stack([ds[i]["image"] for i in range(len(ds))]))
+    torch.testing.assert_close(batch["label"], torch.stack([ds[i]["label"] for i in range(len(ds))]))

@@ -8,7 +8,8 @@ MONAI transform chains cost ~6 ms per slice and cannot feed a GPU.
 
 With ``cache_dir`` the preprocessed volumes are written as ``.npy`` files (temporary file, then
 ``os.replace``) and memory-mapped: a second run, and every DataLoader worker, reads them from the
-OS page cache instead of recomputing or copying them. Without it they stay in memory. Under
+OS page cache instead of recomputing or copying them. Without it they stay in memory (moved to
+shared memory when DataLoader workers are spawned, so that they are not copied into each). Under
 ``torch.distributed`` (torchrun) rank 0 writes the cache while the other ranks wait, then they map
 its files (so every rank must make the dataset, as the bundles' multi_gpu_train.json does).
 
@@ -26,6 +27,7 @@ import functools
 import hashlib
 import json
 import logging
+import multiprocessing.context
 import os
 import threading
 import warnings
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions of tensors)
 from tqdm import tqdm
 
 from ..atomic import WRITE_DENIED, remove_orphaned_temps
@@ -110,6 +113,30 @@ def _allow_open_files(mapped: int, where: str) -> None:
 def _item_files(item: dict) -> list[str]:
     images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
     return [*map(str, images), str(item["label"])]
+
+
+def _share(arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, tuple[int, ...]]]]:
+    """The arrays copied into one flat shared-memory tensor, and each one's (offset, shape) in it;
+    each list entry is replaced by its view as soon as it is copied, so the peak is one case above
+    the volumes themselves.
+
+    One buffer per part, not one per case: every shared CPU storage holds a file descriptor (torch's
+    default ``file_descriptor`` strategy on Linux), which hundreds of cases would spend."""
+    dtype = torch.from_numpy(np.empty(0, arrays[0].dtype if arrays else np.float32)).dtype
+    flat = torch.empty(sum(a.size for a in arrays), dtype=dtype).share_memory_()
+    layout, offset = [], 0
+    for i, a in enumerate(arrays):
+        flat[offset : offset + a.size] = torch.from_numpy(np.ascontiguousarray(a).reshape(-1))
+        layout.append((offset, tuple(a.shape)))
+        offset += a.size
+        arrays[i] = _shared_views(flat, layout[-1:])[0]
+    return flat, layout
+
+
+def _shared_views(flat: torch.Tensor, layout: Sequence[tuple[int, tuple[int, ...]]]) -> list[np.ndarray]:
+    """Numpy views of the arrays :func:`_share` put in ``flat``."""
+    values = flat.numpy()
+    return [values[offset : offset + int(np.prod(shape))].reshape(shape) for offset, shape in layout]
 
 
 def data_argument(data: Sequence[dict] | None, items: Sequence[dict] | None, who: str) -> Sequence[dict]:
@@ -192,6 +219,7 @@ class SliceDataset(torch.utils.data.Dataset):
         volumes = rank0_first(prepare) if self.cache_dir is not None else prepare()
         self._images = [v[0] for v in volumes]
         self._labels = [v[1] for v in volumes]
+        self._shared = None  # in-memory volumes moved to shared memory for spawned workers
         self.foreground_per_slice = [np.asarray(v[2]) for v in volumes]
         # slices with an annotated voxel (all, unless the data set marks unannotated voxels)
         self.annotated_per_slice = [
@@ -319,18 +347,28 @@ class SliceDataset(torch.utils.data.Dataset):
         return tuple(_open_cached(paths[p]) for p in _PARTS)  # type: ignore[return-value]
 
     def __getstate__(self) -> dict:
-        # memory-mapped volumes travel to (spawned) DataLoader workers as file names, not data
         state = dict(self.__dict__)
-        if self.cache_dir is not None:
+        if self.cache_dir is not None:  # memory-mapped volumes travel as file names, not data
             state["_images"] = [str(a.filename) for a in self._images]
             state["_labels"] = [str(a.filename) for a in self._labels]
+        elif multiprocessing.context.get_spawning_popen() is not None:
+            # a spawned DataLoader worker (macOS', Windows' default) would get a copy of every
+            # volume: it gets handles of one shared-memory buffer per part, made on the first start
+            if self._shared is None:
+                self._shared = (_share(self._images), _share(self._labels))
+            state["_images"] = state["_labels"] = None
+            state["_shared"] = self._shared
+        else:  # plain pickling (copy.deepcopy, a file) copies the volumes, as it says
+            state["_shared"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_shared": None, **state})  # (a state pickled before _shared: None)
         if self.cache_dir is not None:
             self._images = [_open_cached(f) for f in self._images]
             self._labels = [_open_cached(f) for f in self._labels]
+        elif self._shared is not None:
+            self._images, self._labels = (_shared_views(*part) for part in self._shared)
 
     # ------------------------------------------------------------------ slice selection
     def resample(self, seed: int) -> None:
