@@ -45,6 +45,33 @@ def test_spec_comes_from_dataset_json(own_root):
         get_spec("nnunet")
 
 
+def test_training_image_headers_are_read_once_per_state_of_the_file(own_root, tmp_path, monkeypatch):
+    """Every bundle run of an experiment makes the spec (which sizes the crop from the training
+    images' headers): each header is read once per process, again only when its file changes."""
+    import pam_monai.data.files as files
+
+    root = copy(own_root, tmp_path)
+    reads = []
+
+    def volume_shape(path):
+        reads.append(Path(path).name)
+        return original(path)
+
+    original = files.volume_shape
+    monkeypatch.setattr(files, "volume_shape", volume_shape)
+    images = sorted(p.name for p in (root / "imagesTr").glob("*_0000.nii.gz"))
+    for _ in range(3):
+        assert get_spec("nnunet", root=root).crop_size == (96, 96)
+    assert sorted(reads) == images
+    changed = root / "imagesTr" / images[0]
+    src = nib.load(str(changed))
+    data = np.pad(np.asarray(src.dataobj), ((0, 20), (0, 0), (0, 0)))  # 110 x 84: a larger crop
+    nib.save(nib.Nifti1Image(data, src.affine), str(changed))
+    reads.clear()
+    assert get_spec("nnunet", root=root).crop_size == (112, 96)
+    assert reads == [images[0]]
+
+
 def test_reader_checker_and_folds(own_root):
     scan = scan_cases("nnunet", own_root)
     assert not scan.problems and [c.case for c in scan.cases] == [f"SYN_{i:03d}" for i in range(1, 7)]

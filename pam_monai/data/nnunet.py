@@ -276,10 +276,15 @@ def _round_up(v: float) -> int:
     return max(CROP_MULTIPLE, -(-round(v) // CROP_MULTIPLE) * CROP_MULTIPLE)
 
 
+_SIZES_CACHE: dict = {}
+
+
 def _training_sizes(root, ending: str, size_of, kind: str = "") -> list[tuple[int, int]]:
     """``(height, width)`` of every readable ``<root>/imagesTr/<case>_0000<ending>`` (``size_of``
     reads a header; None for a file of another kind). Hidden files (macOS "._" copies) are not
-    images; unreadable ones are the checker's to report, so they are skipped here."""
+    images; unreadable ones are the checker's to report, so they are skipped here. Each header is
+    read once per process and state of the file (path, size, modification time): the spec is made
+    by every bundle run of an experiment, and a large data set has thousands of images."""
     folder = Path(root) / "imagesTr"
     files = [p for p in visible_entries(folder) if _named(p, 0, ending)]
     advice = f"python -m pam_monai check --dataset nnunet --root {shlex.quote(str(root))}"
@@ -290,7 +295,11 @@ def _training_sizes(root, ending: str, size_of, kind: str = "") -> list[tuple[in
     sizes = []
     for f in files:
         try:
-            size = size_of(f)
+            stat = os.stat(f)
+            key = (size_of, os.path.abspath(f), stat.st_size, stat.st_mtime_ns)
+            if key not in _SIZES_CACHE:  # (an unreadable file is tried again next time)
+                _SIZES_CACHE[key] = size_of(f)
+            size = _SIZES_CACHE[key]
         except Exception:  # noqa: BLE001 - named by the checker
             continue
         if size is not None:
@@ -303,16 +312,18 @@ def _training_sizes(root, ending: str, size_of, kind: str = "") -> list[tuple[in
     return sizes
 
 
+def _in_plane(path) -> tuple[int, int] | None:
+    """A volume's in-plane size from its header; None for other shapes (the checker's to report)."""
+    from .files import volume_shape
+
+    shape = volume_shape(path)
+    return shape[:2] if len(shape) == 3 else None
+
+
 def default_crop(root: str | os.PathLike, ending: str = ".nii.gz") -> tuple[int, int]:
     """The largest in-plane size among ``<root>/imagesTr/*_0000<ending>`` (headers only), rounded up
     to a multiple of 16."""
-    from .files import volume_shape
-
-    def in_plane(path):
-        shape = volume_shape(path)
-        return shape[:2] if len(shape) == 3 else None  # other shapes: the checker's to report
-
-    sizes = _training_sizes(root, ending, in_plane, kind="3-D ")
+    sizes = _training_sizes(root, ending, _in_plane, kind="3-D ")
     return _round_up(max(s[0] for s in sizes)), _round_up(max(s[1] for s in sizes))
 
 
@@ -359,16 +370,18 @@ def image_files_2d(root, meta: dict) -> int:
     return n  # no image to look at: the checker says so
 
 
+def _image_size(path) -> tuple[int, int]:
+    """A 2-D image's (height, width) from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size[::-1]
+
+
 def default_size_2d(root, ending: str) -> tuple[int, int]:
     """The default size 2-D images are resized to: the training images' median height and width
     (headers only), scaled so that the longer side is at most 256 and rounded up to 16."""
-    from PIL import Image
-
-    def size(path):
-        with Image.open(path) as im:
-            return im.size[::-1]  # (height, width)
-
-    sizes = _training_sizes(root, ending, size)
+    sizes = _training_sizes(root, ending, _image_size)
     h, w = (float(np.median([s[i] for s in sizes])) for i in (0, 1))
     scale = min(1.0, MAX_SIDE_2D / max(h, w))
     return _round_up(h * scale), _round_up(w * scale)
