@@ -21,10 +21,12 @@ from .intensity import normalize_channels, volume_stats
 from .ops import binarize, crop_or_pad_center, resize_2d, resize_probabilities, uncrop_center
 from .specs import DatasetSpec, get_spec
 
-__all__ = ["load_case", "preprocess_case", "restore_mask", "restore_prediction"]
+__all__ = ["case_name", "load_case", "preprocess_case", "restore_mask", "restore_prediction"]
 
 
-def _name(item: dict) -> str:
+def case_name(item: dict) -> str:
+    """The case ID of a datalist entry as :func:`load_case` gives it: its ``case``, else the first
+    image file's name."""
     if "case" in item:
         return str(item["case"])
     first = item["image"][0] if isinstance(item["image"], (list, tuple)) else item["image"]
@@ -56,7 +58,7 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
     (:func:`pam_monai.data.check_dataset` reports every such problem up front.)
     """
     spec = get_spec(dataset)
-    case = _name(item)
+    case = case_name(item)
     label = None
     if spec.volumetric:
         paths = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]

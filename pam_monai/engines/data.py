@@ -28,7 +28,7 @@ from ..data import (
 from ..data.layout import visible_entries
 from ..data.nnunet import check_same_data_set
 from ..data.ops import binarize, resize_probabilities, uncrop_center
-from ..data.preprocess import _name as case_name  # the ID load_case gives the case
+from ..data.preprocess import case_name
 from ..data.slices import data_argument
 from ..ranks import on_rank0, rank0_first
 from .runtime import as_bool
@@ -121,9 +121,8 @@ def prepare_data(
     unknown = set(splits) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
-    if as_bool(
-        check
-    ):  # first: one list of every problem, the layout's (files, names) and the contents' alike
+    # first: one list of every problem, the layout's (files, names) and the contents' alike
+    if as_bool(check):
         from ..data import check_dataset
 
         read = [s for s in splits if s != "test" or "train" not in splits]  # training never reads test

@@ -353,7 +353,7 @@ def _describe(e: BaseException) -> str:
 def _check_figure_flags(cases, networks, labels: list[str], test_items: Sequence[dict], fold: int) -> None:
     """Refuse --figure_networks / --figure_cases that the figures would refuse, before any training
     (the figures are drawn after the whole grid, and their error stopped results.md from being written)."""
-    from ..data.preprocess import _name
+    from ..data.preprocess import case_name
 
     if networks:
         wanted = [v.label for v in parse_networks(networks)]
@@ -362,7 +362,7 @@ def _check_figure_flags(cases, networks, labels: list[str], test_items: Sequence
             raise ValueError(f"--figure_networks {missing}: not networks of the grid {labels}")
     wanted_cases = _as_list(cases, "figure_cases")
     if wanted_cases:
-        known = [_name(item) for item in test_items]
+        known = [case_name(item) for item in test_items]
         unknown = [c for c in wanted_cases if c not in known]
         if unknown:
             raise ValueError(f"--figure_cases {unknown} are not test cases of fold {fold}: {sorted(known)}")
@@ -913,29 +913,26 @@ def _execute_pending(
                 run.name,
                 run.dir,
             )
-            _append_event(events, event="start", run=run.dir.relative_to(output_dir).as_posix())
+            folder = run.dir.relative_to(output_dir).as_posix()  # "/" on every system: a grid moves
+            _append_event(events, event="start", run=folder)
             try:
                 done = _execute(run, bundle, bundle_overrides, identity, ctx)
             except KeyboardInterrupt:
-                _append_event(events, event="interrupted", run=run.dir.relative_to(output_dir).as_posix())
+                _append_event(events, event="interrupted", run=folder)
                 log.warning(
                     "experiment: interrupted during %s; re-run the same command to continue", run.name
                 )
                 raise
             except Exception as e:
                 why = _describe(e)
-                _append_event(
-                    events, event="failed", run=run.dir.relative_to(output_dir).as_posix(), error=why
-                )
+                _append_event(events, event="failed", run=folder, error=why)
                 if not keep_going:
                     raise
                 log.error("experiment: %s failed (%s); going on (--keep_going)", run.name, why)
                 failed.append((run, why))
                 continue
             executed.append(run)
-            _append_event(
-                events, event="done", run=run.dir.relative_to(output_dir).as_posix(), seconds=done["seconds"]
-            )
+            _append_event(events, event="done", run=folder, seconds=done["seconds"])
             log.info(
                 "experiment: finished %s in %.1f s%s: test IoU %.4f over %d cases",
                 run.name,
