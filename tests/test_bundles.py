@@ -1377,7 +1377,10 @@ def test_network_channels_edited_in_a_config_are_checked_first(file, key, value,
     assert any(named in m for m in chain), chain
     if file == "train.json":  # multi_gpu_train.json replaces train.json's initialize: it keeps the check
         parser.read_config(configs("brats_fpa", "train.json", "multi_gpu_train.json"))
-        assert any("check_network_channels(" in step for step in parser["initialize"])
+        steps = [
+            x for step in parser["initialize"] for x in (parser[step[1:]] if step.startswith("@") else [step])
+        ]
+        assert any("check_network_channels(" in step for step in steps)
 
 
 @pytest.mark.parametrize(

@@ -78,13 +78,13 @@ def _write_bundle(folder: Path) -> Path:
 def _without_validation(config: Path, epochs: int) -> dict:
     """Overrides that switch the bundle's validation off (``val_interval`` past the last epoch) and
     tell its schedule check so: the "no epoch is validated" warning is for users, not the bench."""
-    initialize = json.loads(config.read_text(encoding="utf-8"))["initialize"]
+    checks = json.loads(config.read_text(encoding="utf-8"))["checks"]
     check = "$pam_monai.engines.check_schedule("
-    checks = [i for i, item in enumerate(initialize) if item.startswith(check) and item.endswith(")")]
-    if len(checks) != 1:  # the template changed: fail here rather than warn on every run
-        raise RuntimeError(f"{config}: 'initialize' has no one {check}...) to mark validation as off")
-    initialize[checks[0]] = initialize[checks[0]][:-1] + ", validation=False)"
-    return {"val_interval": epochs + 1, "initialize": initialize}
+    found = [i for i, item in enumerate(checks) if item.startswith(check) and item.endswith(")")]
+    if len(found) != 1:  # the template changed: fail here rather than warn on every run
+        raise RuntimeError(f"{config}: 'checks' has no one {check}...) to mark validation as off")
+    checks[found[0]] = checks[found[0]][:-1] + ", validation=False)"
+    return {"val_interval": epochs + 1, "checks": checks}
 
 
 def _run(config: Path, root: Path, overrides: dict, device: torch.device) -> dict:
