@@ -1,5 +1,6 @@
 """Volume preprocessing, the slice cache and the 2-D slice dataset (pam_monai.data.{preprocess,slices})."""
 
+import errno
 import json
 import pickle
 import time
@@ -408,3 +409,26 @@ def test_spawned_dataloader_workers_read_the_in_memory_volumes(items):
     batch = next(iter(loader))
     torch.testing.assert_close(batch["image"], torch.stack([ds[i]["image"] for i in range(len(ds))]))
     torch.testing.assert_close(batch["label"], torch.stack([ds[i]["label"] for i in range(len(ds))]))
+
+
+def test_shared_memory_too_small_for_spawned_workers_names_the_way_out(items, monkeypatch):
+    """Docker's 64 MB /dev/shm cannot hold a training set: torch's own error names its shm file
+    only; ours says to pass cache_dir or give /dev/shm more room."""
+    from multiprocessing import context, reduction
+
+    def full(self):
+        raise RuntimeError(
+            "unable to allocate shared memory(shm) for file </torch_1_2_0>: No space left on device (28)"
+        )
+
+    ds = SliceDataset(items["brats"], "brats", progress=False)
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    context.set_spawning_popen(_SpawningPopen())
+    try:
+        with pytest.raises(
+            OSError, match=r"cannot hold \d+ MiB.*No space left.*cache_dir.*--shm-size"
+        ) as raised:
+            reduction.ForkingPickler.dumps(ds)
+    finally:
+        context.set_spawning_popen(None)
+    assert raised.value.errno == errno.ENOSPC

@@ -123,7 +123,18 @@ def _share(arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, tupl
     One buffer per part, not one per case: every shared CPU storage holds a file descriptor (torch's
     default ``file_descriptor`` strategy on Linux), which hundreds of cases would spend."""
     dtype = torch.from_numpy(np.empty(0, arrays[0].dtype if arrays else np.float32)).dtype
-    flat = torch.empty(sum(a.size for a in arrays), dtype=dtype).share_memory_()
+    flat = torch.empty(sum(a.size for a in arrays), dtype=dtype)
+    try:
+        flat.share_memory_()
+    except RuntimeError as e:  # torch names its /dev/shm file, not the way out
+        if "shared memory" not in str(e):
+            raise
+        raise OSError(
+            errno.ENOSPC,
+            f"SliceDataset: spawned DataLoader workers share the in-memory volumes through shared memory, "
+            f"which cannot hold {flat.nbytes / 2**20:.0f} MiB more ({e}): pass cache_dir (--cache_dir DIR) "
+            "to memory-map them from disk, give /dev/shm more room (Docker: --shm-size), or use num_workers=0",
+        ) from e
     layout, offset = [], 0
     for i, a in enumerate(arrays):
         flat[offset : offset + a.size] = torch.from_numpy(np.ascontiguousarray(a).reshape(-1))
