@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -1363,3 +1364,38 @@ def test_grid_checks_the_data_once_not_in_every_run(tmp_path, monkeypatch):
             [str(Path(__file__).parents[1] / "bundles" / "brats_fpa" / "configs" / f) for f in files]
         )
         assert parser["check_data"] is True and "check=@check_data" in parser["data"]
+
+
+def test_grid_lock_on_windows_uses_msvcrt_byte_locks(tmp_path, monkeypatch):
+    """Windows has no fcntl: the grid was not locked there at all. msvcrt's byte-range lock is taken
+    past the holder's line, so a refused call can still read who holds the grid."""
+    import types
+
+    held: dict = {}  # (file, offset) -> holder: another process's locks
+    calls = []
+
+    def locking(fd, mode, nbytes):
+        key = (os.fstat(fd).st_ino, os.lseek(fd, 0, os.SEEK_CUR))
+        calls.append((mode, key[1], nbytes))
+        if mode == fake.LK_NBLCK:
+            if key in held:
+                raise PermissionError(13, "Permission denied")
+            held[key] = "us"
+        else:
+            held.pop(key)
+
+    fake = types.SimpleNamespace(LK_NBLCK=2, LK_UNLCK=0, locking=locking)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError, as on Windows
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    out = tmp_path / "exp"
+    out.mkdir()
+    with runner_module._grid_lock(out):
+        assert calls == [(fake.LK_NBLCK, runner_module._WINDOWS_LOCK_OFFSET, 1)]
+        with pytest.raises(
+            RuntimeError, match=rf"another experiment call is running this grid \(process {os.getpid()},"
+        ):
+            with runner_module._grid_lock(out):
+                pass
+    assert calls[-1] == (fake.LK_UNLCK, runner_module._WINDOWS_LOCK_OFFSET, 1) and not held
+    with runner_module._grid_lock(out):  # released: the next call takes it
+        pass

@@ -417,24 +417,49 @@ def _close_killed_runs(path: Path) -> list[str]:
     return killed
 
 
+# Windows locks byte ranges, and a locked byte cannot be read by others: lock one far beyond the
+# holder's line (a range past the end of the file is allowed) so that a second call can name the holder.
+_WINDOWS_LOCK_OFFSET = 1 << 20
+
+
+def _lock(f, lock: bool) -> bool:
+    """Take (``lock``) or release the advisory lock on the open file ``f``; False when another
+    process holds it. Without a locking module the call is let through, as before locks existed."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_EX | fcntl.LOCK_NB) if lock else fcntl.LOCK_UN)
+        except BlockingIOError:
+            return False
+        return True
+    try:
+        import msvcrt
+    except ImportError:
+        return True
+    f.seek(_WINDOWS_LOCK_OFFSET)
+    try:
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK if lock else msvcrt.LK_UNLCK, 1)
+    except OSError:  # EACCES / EDEADLOCK: held by another process
+        return False
+    finally:
+        f.seek(0)
+    return True
+
+
 @contextlib.contextmanager
 def _grid_lock(output_dir: Path):
     """One call at a time per grid: a second one would train the same runs into the same folders."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks (Windows): as before
-        yield
-        return
     with open(output_dir / ".experiment.lock", "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(f, True):
             f.seek(0)
             holder = f.read().strip() or "its process id unknown"
             raise RuntimeError(
                 f"{output_dir}: another experiment call is running this grid ({holder}); wait for it to "
                 "finish, or use another --output"
-            ) from None
+            )
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
@@ -442,7 +467,7 @@ def _grid_lock(output_dir: Path):
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            _lock(f, False)
 
 
 def _count_params(variant: Variant, options: dict, spec) -> int:
