@@ -6,11 +6,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from fire import docstrings
 
+import pam_monai
 from pam_monai.cli import COMMANDS
 from pam_monai.data import synth
 
@@ -124,3 +126,35 @@ def test_output_in_an_encoding_without_the_data_folders_letters(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr.decode("ascii", "replace")
     assert str(root).replace("Ω", "\\u03a9").encode() in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "windows, arg, quoted",
+    [
+        (False, "/data/my set", "'/data/my set'"),
+        (False, "/data/O'Brien", "'/data/O'\"'\"'Brien'"),
+        (True, r"C:\data\my set", r'"C:\data\my set"'),
+        (True, r"C:\data\plain", r"C:\data\plain"),
+    ],
+)
+def test_printed_commands_quote_for_this_systems_shell(monkeypatch, windows, arg, quoted):
+    """The commands we print to paste into a shell quoted paths the POSIX way, which cmd.exe and
+    PowerShell read as part of the path."""
+    from pam_monai import shell
+
+    monkeypatch.setattr(shell, "_WINDOWS", windows)
+    assert shell.quote(arg) == quoted
+
+
+def test_printed_commands_use_the_system_quoting():
+    """Every command printed for users goes through pam_monai.shell.quote; only the bundle README
+    templates (documents with POSIX commands, rendered identically everywhere) use shlex."""
+    root = Path(pam_monai.__file__).parent
+    users = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "shlex.quote(" in p.read_text(encoding="utf-8")
+    )
+    assert users == ["bundle_templates/build.py", "bundle_templates/own_data.py", "shell.py"]
+    own = (root / "bundle_templates" / "own_data.py").read_text(encoding="utf-8")
+    assert [line for line in own.splitlines() if "shlex.quote(" in line and "readme" not in line] == []

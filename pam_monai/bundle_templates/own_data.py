@@ -22,6 +22,7 @@ from pathlib import Path
 from ..atomic import sibling_temp_dir
 from ..data.layout import visible_entries
 from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_json
+from ..shell import quote
 from .build import NETWORKS, BundleTask, bundle_files, normalisation_words
 
 __all__ = ["bundle", "own_data_bundle"]
@@ -290,6 +291,6 @@ def bundle(
     if (
         config["bundle_root"] == "$pam_monai.engines.bundle_root()"
     ):  # outside the working folder: run from its own
-        print(f"{wrote}; train: cd {shlex.quote(str(path))} && {run} configs/train.json")
+        print(f"{wrote}; train: cd {quote(str(path))} && {run} configs/train.json")
     else:  # quoted: a folder with spaces is one argument when the command is copied to a shell
-        print(f"{wrote}; train: {run} {shlex.quote(str(Path(path) / 'configs' / 'train.json'))}")
+        print(f"{wrote}; train: {run} {quote(str(Path(path) / 'configs' / 'train.json'))}")

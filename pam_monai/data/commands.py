@@ -4,9 +4,10 @@ run by Python Fire)."""
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
+
+from ..shell import quote
 
 
 def datalist(
@@ -110,7 +111,7 @@ def convert_msd(task_dir: str, output: str) -> None:
     meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels {', '.join(meta['channel_names'].values())}, "
-        f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {shlex.quote(str(path))}"
+        f"labels {meta['labels']}; next: python -m pam_monai check --dataset nnunet --root {quote(str(path))}"
     )
 
 
@@ -129,8 +130,8 @@ def convert_isles22(root: str, output: str) -> None:
     meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
     print(
         f"wrote {path}: {meta['numTraining']} training cases, channels DWI, ADC, label 'lesion'; next: python -m "
-        f"pam_monai check --dataset nnunet --root {shlex.quote(str(path))}, then train with --task nnunet "
-        f"--dataset_dir {shlex.quote(str(path))}"
+        f"pam_monai check --dataset nnunet --root {quote(str(path))}, then train with --task nnunet "
+        f"--dataset_dir {quote(str(path))}"
     )
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from pathlib import Path
 
+from ..shell import quote
 from .files import is_nifti
 from .layout import CaseFiles, Problem, ScanResult, find_one, nothing_found
 from .specs import DATASETS
@@ -56,7 +56,7 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
         if (base / "rawdata").is_dir() or any(base.glob("sub-strokecase*")):
             what += (
                 "; these look like ISLES 2022 (MRI, BIDS), not ISLES 2018 (CT perfusion): convert them with "
-                f"python -m pam_monai convert_isles22 --root {shlex.quote(str(root))} --output DIR, then train with --task nnunet "
+                f"python -m pam_monai convert_isles22 --root {quote(str(root))} --output DIR, then train with --task nnunet "
                 "--dataset_dir DIR --foreground_label lesion"
             )
         return ScanResult([], [Problem(root.name, str(base), nothing_found(base, what))])

@@ -51,13 +51,13 @@ import difflib
 import json
 import os
 import re
-import shlex
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..shell import quote
 from .files import COLOUR_MODES
 from .intensity import PROPERTIES_KEY, ChannelNorm, channel_norms, foreground_intensity_properties, scheme_of
 from .layout import CaseFiles, Problem, ScanResult, nothing_found, visible_entries
@@ -160,7 +160,7 @@ def read_dataset_json(root: str | os.PathLike | dict) -> dict:
     if is_msd_dataset_json(meta) and _holds_4d_cases(root, meta):
         raise ValueError(
             f"{path}: a Medical Segmentation Decathlon task (one file per case, labels keyed by number); convert it "
-            f"once: python -m pam_monai convert_msd --task_dir {shlex.quote(str(root))} --output <new folder>"
+            f"once: python -m pam_monai convert_msd --task_dir {quote(str(root))} --output <new folder>"
         )
     for key in meta:  # a mistyped key would be ignored and its default taken in silence
         near = difflib.get_close_matches(
@@ -287,7 +287,7 @@ def _training_sizes(root, ending: str, size_of, kind: str = "") -> list[tuple[in
     by every bundle run of an experiment, and a large data set has thousands of images."""
     folder = Path(root) / "imagesTr"
     files = [p for p in visible_entries(folder) if _named(p, 0, ending)]
-    advice = f"python -m pam_monai check --dataset nnunet --root {shlex.quote(str(root))}"
+    advice = f"python -m pam_monai check --dataset nnunet --root {quote(str(root))}"
     if not files:
         raise NoTrainingImages(
             f"nnunet: {folder}: no training image <case>_0000{ending} to size the crop from; {advice} lists what is there"
@@ -484,7 +484,7 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
     if not cases:
         raise NoTrainingImages(
             f"nnunet: {root / 'imagesTr'}: no training case with its label to take the CT channels' intensity "
-            f"statistics from; python -m pam_monai check --dataset nnunet --root {shlex.quote(str(root))} names the problems"
+            f"statistics from; python -m pam_monai check --dataset nnunet --root {quote(str(root))} names the problems"
         )
     if key not in _PROPERTIES_CACHE:
         from tqdm.auto import tqdm
@@ -672,7 +672,7 @@ def _folders_only(images: Path, ending: str) -> str:
     if any(name.startswith("sub-strokecase") for name in folders) or "rawdata" in folders:
         what += (
             f"; these look like ISLES 2022 (BIDS): convert them with python -m pam_monai convert_isles22 --root "
-            f"{shlex.quote(str(images))} --output DIR and use DIR"
+            f"{quote(str(images))} --output DIR and use DIR"
         )
     return what
 

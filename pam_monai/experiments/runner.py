@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import sys
 import time
@@ -49,6 +48,7 @@ from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED
 from ..engines import as_bool, atomic_write_text
+from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
 from .variants import (
@@ -1155,7 +1155,7 @@ def experiment(
             experiment.__doc__ or ""
         )
     _setup_logging()
-    cmd = "python -m pam_monai " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if _from_cli() else None
+    cmd = "python -m pam_monai " + " ".join(quote(a) for a in sys.argv[1:]) if _from_cli() else None
     result = run_experiment(
         dataset=dataset,
         networks=networks,
