@@ -771,3 +771,43 @@ def test_case_metrics_gather_every_process_share(tmp_path):
         assert got["rows"] == json.loads(json.dumps(single.rows)), rank
         assert got["unscored"] == ["c3"]
         assert got["metrics"] == pytest.approx(engine.state.metrics), rank
+
+
+@pytest.mark.parametrize(
+    "sampler, refused",
+    [
+        ("torch", True),  # pads 7 cases to 8: one case twice in the mean
+        ("drop_last", True),  # deals 6 of 7
+        ("monai_uneven", False),  # every case once
+    ],
+)
+def test_ignite_handlers_refuse_a_sampler_that_repeats_or_drops_cases(sampler, refused):
+    """Under torch.distributed the handlers' mean is over the values every process gathered: a
+    DistributedSampler that pads (or drops) cases would count a case twice (or not at all)."""
+    from ignite.engine import Engine
+    from monai.data import DistributedSampler as MonaiSampler
+    from monai.handlers import from_engine
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    pred, target = batch()
+    cases = [{"pred": pred[i % 3], "label": target[i % 3]} for i in range(7)]
+    make = {
+        "torch": lambda: DistributedSampler(cases, num_replicas=2, rank=1, shuffle=False),
+        "drop_last": lambda: DistributedSampler(cases, num_replicas=2, rank=1, shuffle=False, drop_last=True),
+        "monai_uneven": lambda: MonaiSampler(
+            cases, even_divisible=False, num_replicas=2, rank=1, shuffle=False
+        ),
+    }[sampler]
+    loader = DataLoader(cases, batch_size=2, sampler=make())
+    engine = Engine(lambda engine, item: item)
+    M.handlers.IoUHandler(output_transform=from_engine(["pred", "label"])).attach(engine, "iou")
+    if refused:
+        with pytest.raises(
+            ValueError, match=r"metric 'iou'.*DistributedSampler deals [68] cases for a data set of 7"
+        ):
+            engine.run(loader, max_epochs=1)
+    else:  # rank 1 of 2 gets cases 1, 3, 5
+        engine.run(loader, max_epochs=1)
+        expected = np.mean([iou(pred[i % 3, 0], target[i % 3, 0]) for i in (1, 3, 5)])
+        assert engine.state.metrics["iou"] == pytest.approx(expected)

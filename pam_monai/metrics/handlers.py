@@ -7,12 +7,22 @@ Bundle JSON, for example in an evaluator's ``key_val_metric``::
 
 ``IoU``, ``HD95``, ``FPRate`` and ``FNRate`` are short aliases of the ``*Handler`` classes.
 Per-case values go to ``engine.state.metric_details[name]`` when ``save_details`` is True.
+
+Under ``torch.distributed`` each process scores its own cases and the mean is over all of them
+(MONAI gathers the values). A loader whose ``DistributedSampler`` repeats cases to deal every
+process as many (PyTorch's, or MONAI's with ``even_divisible=True``) or drops some
+(``drop_last=True``) would make that mean count a case twice or not at all: such a loader is
+refused when the run starts. Evaluate with ``monai.data.DistributedSampler(dataset,
+even_divisible=False, shuffle=False)``, or with :class:`pam_monai.engines.CaseMetrics`, which counts
+each case once under any sampler.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+from ignite.engine import Engine, Events
 from monai.handlers import IgniteMetricHandler
 from monai.utils import MetricReduction
 
@@ -63,6 +73,29 @@ class MaskMetricHandler(IgniteMetricHandler):
             metric_name, spacing=spacing, empty_value=empty_value, reduction=reduction, ignore=ignore
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+    def attach(self, engine: Engine, name: str) -> None:  # type: ignore[override]
+        """Attach as MONAI's handlers do, and check the loader's sampler when each run starts."""
+        super().attach(engine, name)
+        engine.add_event_handler(Events.STARTED, _check_sampler, name)
+
+
+def _check_sampler(engine: Engine, name: str) -> None:
+    """Refuse a ``DistributedSampler`` that deals more or fewer cases than the data set holds: the
+    gathered mean would count the repeated cases twice, or leave the dropped ones out."""
+    loader = getattr(engine.state, "dataloader", None)
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, torch.utils.data.DistributedSampler):
+        return
+    dealt, cases = sampler.total_size, len(sampler.dataset)
+    if dealt != cases:
+        what = f"repeats {dealt - cases}" if dealt > cases else f"drops {cases - dealt}"
+        raise ValueError(
+            f"metric '{name}': the loader's DistributedSampler deals {dealt} cases for a data set of "
+            f"{cases} (it {what}), so the mean over the processes would count cases twice or not at "
+            "all; evaluate with monai.data.DistributedSampler(dataset, even_divisible=False, "
+            "shuffle=False), or with pam_monai.engines.CaseMetrics"
+        )
 
 
 class IoUHandler(MaskMetricHandler):
