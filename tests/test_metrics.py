@@ -404,6 +404,15 @@ def test_summarize_refuses_to_hide_cases():
         )
 
 
+def test_summarize_names_a_metric_the_rows_lack_or_cannot_average():
+    """A bare KeyError ('hd95') or numpy's conversion error named neither the metric nor the rows."""
+    row = {"iou": 1.0, "case": "a", "target_empty": False, "pred_empty": False}
+    with pytest.raises(ValueError, match=r"no per-case values of \['hd95'\]; the rows hold \['case', 'iou'"):
+        summarize([row], metrics=["iou", "hd95"])
+    with pytest.raises(ValueError, match=r"'case' holds values that are not numbers: \['a'\]"):
+        summarize([row], metrics=["case"])
+
+
 # --- MONAI metric classes and Ignite handlers --------------------------------------------------
 def batch():
     """Three 2D cases (B x 1 x H x W): a shifted square, a missed lesion, a correct empty case."""

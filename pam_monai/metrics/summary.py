@@ -80,8 +80,9 @@ def summarize(rows: Sequence[Mapping] | Mapping[str, Sequence], metrics: Sequenc
         deviation (``ddof=0``).
 
     Raises:
-        ValueError: on no cases, missing empty flags, unequal lengths, or a NaN/inf value (the
-            project's metrics never produce one; a mean must not silently skip a case).
+        ValueError: on no cases, missing empty flags, unequal lengths, a metric the rows lack or
+            whose values are not numbers, or a NaN/inf value (the project's metrics never produce
+            one; a mean must not silently skip a case).
 
     Example:
         >>> s = summarize([{"iou": 1.0, "target_empty": True, "pred_empty": True},
@@ -115,8 +116,14 @@ def summarize(rows: Sequence[Mapping] | Mapping[str, Sequence], metrics: Sequenc
         "pred_empty": int(pred_empty.sum()),
         "both_empty": int((target_empty & pred_empty).sum()),
     }
+    absent = [m for m in names if m not in columns]
+    if absent:
+        raise ValueError(f"no per-case values of {absent}; the rows hold {sorted(columns)}.")
     for name in names:
-        values = np.asarray(columns[name], dtype=float)
+        try:
+            values = np.asarray(columns[name], dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"'{name}' holds values that are not numbers: {columns[name][:5]!r}.") from None
         if not np.all(np.isfinite(values)):
             raise ValueError(f"'{name}' has NaN or inf values: {int((~np.isfinite(values)).sum())} cases.")
         out[name] = {
