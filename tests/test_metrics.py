@@ -331,6 +331,37 @@ def test_a_far_false_positive_counts_less_in_the_union_than_in_the_prediction_al
     assert max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)) == pytest.approx(45.17, abs=0.01)
 
 
+def test_overlap_metrics_and_empty_rule_equal_monai_own_implementations():
+    """IoU, Dice, FP and FN rates against MONAI's MeanIoU, DiceMetric (ignore_empty=False) and
+    ConfusionMatrixMetric ("fall out" = FP/N, "miss rate" = FN/P), an independent implementation
+    whose empty-mask values are the README's rule, on random 2-D and 3-D masks with every empty
+    combination, a full mask and probabilities."""
+    from monai.metrics import ConfusionMatrixMetric, DiceMetric, MeanIoU
+
+    rng = np.random.default_rng(11)
+    pairs = []
+    for k in range(40):
+        shape = tuple(rng.integers(1, 9, size=2 + k % 2))
+        pred, target = rng.random(shape), rng.random(shape) < [0.0, 0.1, 0.5, 1.0][k % 4]
+        pred *= [0.0, 1.0, 1.0, 2.0][(k // 4) % 4]  # empty, probabilities, probabilities, mostly foreground
+        pairs.append((pred, target))
+    for pred, target in pairs:
+        y_pred = torch.from_numpy((pred > 0.5).astype(np.float32))[None, None]
+        y = torch.from_numpy(target.astype(np.float32))[None, None]
+        confusion = ConfusionMatrixMetric(metric_name=["fall out", "miss rate"], compute_sample=True)
+        confusion(y_pred, y)
+        fall_out, miss_rate = (v.item() for v in confusion.aggregate())
+        theirs = {
+            "iou": MeanIoU(ignore_empty=False)(y_pred, y).item(),
+            "dice": DiceMetric(ignore_empty=False)(y_pred, y).item(),
+            "fp_rate": fall_out,
+            "fn_rate": miss_rate,
+        }
+        row = case_metrics(pred, target)
+        for name, value in theirs.items():
+            assert row[name] == pytest.approx(value, abs=1e-6), (name, pred.shape)
+
+
 # --- property-based ----------------------------------------------------------------------------
 @st.composite
 def mask_pairs(draw):
