@@ -368,3 +368,30 @@ def test_ct_statistics_come_from_annotated_foreground(tmp_path):
         np.percentile(v, 0.5)
     )
     assert stats["mean"] > 0  # soft tissue and lesion, not the air (-1000 HU) that 'ignore' also covers
+
+
+def test_paper_protocol_rows_skip_a_case_annotated_only_outside_the_crop(monkeypatch, caplog):
+    """The case grid's metrics.csv scores such a case (a missed lesion); the per-slice protocol of
+    the network's crop has no annotated slice: it crashed on summarising no slice, with a message
+    about rows without 'target_empty'."""
+    import logging
+    from types import SimpleNamespace
+
+    from pam_monai.experiments import predict
+
+    full = np.full((1, 12, 12, 4), IGNORE, np.uint8)
+    full[0, 0:2, 0:4, 1] = 0
+    full[0, 0:2, 0:2, 1] = 1  # annotated, a lesion among them, in a corner outside the 8 x 8 crop
+    crop = full[:, 2:10, 2:10].copy()
+    assert (crop == IGNORE).all()
+    annotated = {"case": "corner", "label": torch.from_numpy(crop), "label_full": torch.from_numpy(full)}
+    other = {"case": "centre", "label": torch.zeros(1, 8, 8, 4, dtype=torch.uint8)}
+    other["label"][0, 3:5, 3:5, 2] = 1
+    samples = [{"image": torch.zeros(1, 8, 8, 4), "spacing": torch.ones(3), **s} for s in (annotated, other)]
+    dataset = type("Cases", (list,), {"spec": SimpleNamespace(crop_size=(8, 8))})(samples)
+    monkeypatch.setattr(predict, "predict_case", lambda *args, **kwargs: np.zeros((8, 8, 4), bool))
+    assert predict.score_on_case_grid(np.zeros((8, 8, 4), bool), samples[0])["fn_rate"] == 1.0
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        rows = predict.paper_protocol_rows(None, dataset)
+    assert [r["case"] for r in rows] == ["centre"] and rows[0]["fn_rate"] == pytest.approx(0.25)
+    assert "corner: no annotated voxel in the network's crop" in caplog.text

@@ -115,6 +115,8 @@ def paper_protocol_rows(
     (defective) definitions, ``authors_hd95`` over its ``authors_hd95_slices`` eligible slices
     (empty when none); ``case_iou`` is the per-case 3-D IoU of the same prediction on the case's own
     grid (it equals the evaluator's ``metrics.csv`` value: a check that this is the bundle's prediction).
+    A sparsely annotated case with no annotated voxel in the crop has no slice to score: no row
+    (a WARNING names it), although ``metrics.csv`` scores it on its own grid.
     """
     rows = []
     for i in range(len(dataset)):
@@ -131,6 +133,12 @@ def paper_protocol_rows(
         case_scores = score_on_case_grid(pred, sample)
         if case_scores is None:
             log.warning("%s: no annotated voxel (all 'ignore'): not scored", sample["case"])
+            continue
+        if annotated is not None and not annotated.any():  # annotated outside the crop alone
+            log.warning(
+                "%s: no annotated voxel in the network's crop: no per-slice (paper protocol) row",
+                sample["case"],
+            )
             continue
         honest = paper_protocol_metrics(pred, label, axis=-1, spacing=spacing, annotated=annotated)
         # the authors' definitions over the annotated voxels and slices, as the honest ones above
