@@ -422,6 +422,9 @@ def test_summarize_counts_empty_cases():
 
 
 def test_summarize_refuses_to_hide_cases():
+    for no_cases in ([], {"iou": [], "target_empty": [], "pred_empty": []}):
+        with pytest.raises(ValueError, match="nothing to summarise: no cases"):
+            summarize(no_cases)
     with pytest.raises(ValueError, match="target_empty"):
         summarize([{"iou": 0.5}])
     with pytest.raises(ValueError, match="NaN"):

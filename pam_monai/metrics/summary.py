@@ -94,7 +94,9 @@ def summarize(rows: Sequence[Mapping] | Mapping[str, Sequence], metrics: Sequenc
         columns = {k: list(v) for k, v in rows.items()}
     else:
         rows = list(rows)
-        keys = set().union(*(r.keys() for r in rows)) if rows else set()
+        if not rows:  # else the check below would ask for flags of cases there are none of
+            raise ValueError("nothing to summarise: no cases.")
+        keys = set().union(*(r.keys() for r in rows))
         missing = [k for k in keys if any(k not in r for r in rows)]
         if missing:
             raise ValueError(f"every row needs the same keys; missing somewhere: {sorted(missing)}.")
