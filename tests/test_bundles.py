@@ -48,6 +48,27 @@ def test_bundles_are_generated_from_the_templates():
     assert build_bundles(["--root", str(ROOT / "bundles"), "--check"]) == 0
 
 
+def test_a_build_that_fails_half_way_leaves_the_bundle_files_whole(tmp_path, monkeypatch):
+    """The build replaces each bundle file atomically: a write that fails (here a text that cannot be
+    encoded; a kill or a full disk alike) keeps the previous file, not a truncated config."""
+    import pam_monai.bundle_templates.build as build
+
+    assert build_bundles(["--root", str(tmp_path)]) == 0
+    train = tmp_path / "brats_fpa" / "configs" / "train.json"
+    before = train.read_text(encoding="utf-8")
+    real = build.bundle_files
+
+    def unwritable(task, network):
+        files = real(task, network)
+        return {**files, "configs/train.json": files["configs/train.json"] + "\ud800"}
+
+    monkeypatch.setattr(build, "bundle_files", unwritable)
+    with pytest.raises(UnicodeEncodeError):
+        build_bundles(["--root", str(tmp_path)])
+    assert train.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in train.parent.iterdir() if p.name.startswith(".")) == []
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 def test_bundle_layout_and_overridable_ids(name):
     root = ROOT / "bundles" / name

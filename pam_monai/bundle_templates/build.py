@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..data import DATASETS, DatasetSpec
 
 HERE = Path(__file__).parent
@@ -438,9 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                 if current is not None and _comparable(rel, current) == _comparable(rel, text):
                     continue
                 stale.append(path)
-                if not args.check:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(text, encoding="utf-8")
+                if not args.check:  # atomically: a build stopped half-way leaves no cut config
+                    atomic_write_text(path, text)
     if args.check:
         for path in stale:
             print(f"out of date: {path} (run python -m pam_monai.bundle_templates.build)")
