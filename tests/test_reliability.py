@@ -1440,3 +1440,48 @@ def test_inference_shows_progress_while_it_checks_every_input(tmp_path, monkeypa
     items = find_inference_cases("brats", tmp_path / "data")
     CasePredictor(Zero(), items, "brats", str(tmp_path / "out")).run()
     assert bars == [("brats: checking inputs", 3), ("brats: inference", 3)]
+
+
+def test_a_resume_leaves_tensorboard_no_step_twice(tmp_path):
+    """A training killed mid-epoch had logged steps after its last checkpoint, and the resumed run
+    logged them again: TensorBoard showed train_loss at steps 1-6, 5, 6, 7, 8 (and a validation
+    epoch twice when the kill came between validation and checkpoint)."""
+    from ignite.engine import Engine, Events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pam_monai.engines import TrainingCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    logs, models = tmp_path / "eval", tmp_path / "models"
+
+    def training(resume: bool, stop_at: int | None = None) -> Engine:
+        writer = SummaryWriter(str(logs))  # made before the run starts, as MONAI's handler makes it
+
+        def step(engine, batch):
+            writer.add_scalar("train_loss", 1.0, engine.state.iteration)
+            if engine.state.iteration == stop_at:
+                writer.add_scalar("val_iou", 0.5, engine.state.epoch)  # as if validated before the kill
+                writer.flush()
+                raise KeyboardInterrupt
+            return 0.0
+
+        engine = Engine(step)
+        engine.add_event_handler(
+            Events.EPOCH_COMPLETED, lambda e: writer.add_scalar("val_iou", 0.5, e.state.epoch)
+        )
+        TrainingCheckpoint(str(models), net, opt, resume=resume, log_dir=str(logs)).attach(engine)
+        try:
+            engine.run(list(range(4)), max_epochs=2)
+        finally:
+            writer.close()
+        return engine
+
+    with pytest.raises(KeyboardInterrupt):
+        training(False, stop_at=6)
+    training(True)
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [e.step for e in events.Scalars("val_iou")] == [1, 2]

@@ -32,6 +32,7 @@ from ignite.engine import Engine, Events
 from ..atomic import atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data.intensity import PROPERTIES_KEY
 from ..networks.polarity import unwrap_network
+from .eventlogs import trim_event_logs
 from .runtime import as_bool
 
 __all__ = [
@@ -175,6 +176,9 @@ class TrainingCheckpoint:
         resume: load ``checkpoint_last.pt`` (when it exists) before training starts.
         save_rank0_only: under ``torch.distributed``, only rank 0 writes (the random states of
             every rank are gathered into it, so every rank must run :meth:`save`).
+        log_dir: the TensorBoard folder of the training (the bundles' ``output_dir``): a resume
+            removes from its event files what the interrupted run logged after the checkpoint, which
+            the resumed run logs again (:func:`~pam_monai.engines.eventlogs.trim_event_logs`).
 
     When training starts, the temporary files of killed saves in ``ckpt_dir`` are removed
     (:func:`~pam_monai.atomic.remove_orphaned_temps`).
@@ -188,8 +192,10 @@ class TrainingCheckpoint:
         scheduler=None,
         resume: bool = False,
         save_rank0_only: bool = True,
+        log_dir: str | None = None,
     ) -> None:
         self.path = Path(ckpt_dir) / LAST
+        self.log_dir = log_dir
         self.network = network
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -281,6 +287,9 @@ class TrainingCheckpoint:
         engine.state.epoch = epoch
         engine.state.iteration = iteration
         _set_rng_state(engine, _own_rng(state))
+        if self.log_dir and self._writer():
+            for path in trim_event_logs(self.log_dir, iteration, epoch):
+                log.info("resume: removed from %s what was logged after the checkpoint", path)
         log.info(
             "resumed from %s at epoch %d (iteration %d) of %d",
             self.path,
