@@ -267,3 +267,158 @@ def test_readme_says_which_defects_of_the_authors_code_are_not_copied():
         "with replacement",
     ):
         assert defect in said, defect
+
+
+# --- every usage example of the docs runs --------------------------------------------------------
+# Docstring ``>>>`` examples of pam_monai.networks and pam_monai.metrics run in test_networks.py and
+# test_metrics.py (which require every module there to have some); the rest of the package's, and
+# the docs' fenced ``python`` blocks, run here. The names a block leaves to its user (a data root,
+# a device, a case) and its ``name = ...  # what it is`` placeholders get values from EXAMPLE_SETUP,
+# keyed by the doc and the block's first line; a block needing one without an entry fails there.
+DOC_EXAMPLES_ELSEWHERE = ("pam_monai.networks", "pam_monai.metrics")
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+PLACEHOLDER = re.compile(r"^(\w+) = \.\.\.(?:\s+#.*)?$", re.M)
+
+
+def _brats_training_root(tmp_path: Path) -> Path:
+    """``data_lists/`` and a data root holding every case of the shipped BraTS datalist, each case's
+    files linked to one small synthetic case's (a training epoch of the real list in seconds)."""
+    import shutil
+
+    from pam_monai.data import load_datalist, synth
+
+    shutil.copytree(ROOT / "data_lists", tmp_path / "data_lists")
+    source = next((synth("brats", tmp_path / "synthetic", cases=1, slices=4) / "HGG").iterdir())
+    root = tmp_path / "brats"
+    for entry in load_datalist(tmp_path / "data_lists" / "brats2018_hgg_5fold.json", root)["training"]:
+        for path in map(Path, [*entry["image"], entry["label"]]):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(source / f"{source.name}_{path.name.rsplit('_', 1)[1]}")
+    return root
+
+
+def _first_case(tmp_path: Path, dataset: str, **options) -> dict:
+    """The inference item of a one-case synthetic ``dataset``."""
+    from pam_monai.data import synth
+    from pam_monai.engines import find_inference_cases
+
+    return find_inference_cases(dataset, synth(dataset, tmp_path / dataset, cases=1, **options))[0]
+
+
+def _slice_dataset(tmp_path):
+    return {"data_root": _brats_training_root(tmp_path), "device": "cpu"}, {}
+
+
+def _inference(tmp_path):
+    item = _first_case(tmp_path, "brats", slices=4)
+    return {"item": item}, {"pred": lambda ns: (ns["pre"]["image"][0] > 0).astype("uint8")}
+
+
+def _inference_2d(tmp_path):
+    import numpy as np
+
+    return {"item": _first_case(tmp_path, "cityscapes", size=(64, 32))}, {
+        "prob": lambda ns: np.full((128, 256), 0.7)
+    }
+
+
+def _metric_batch(tmp_path):
+    import torch
+
+    return {"y_pred": torch.ones(2, 1, 4, 4, 4), "y": torch.ones(2, 1, 4, 4, 4)}, {}
+
+
+def _half_the_brats_list(tmp_path):
+    """Half the cases of the shipped BraTS list on disk (the label is the file the block checks)."""
+    root = _brats_training_root(tmp_path)
+    for case in sorted((root / "HGG").iterdir())[::2]:
+        next(case.glob("*_seg.nii.gz")).unlink()
+    return {"root": str(root)}, {}
+
+
+def _kept_the_list_s_folds(tmp_path, ns) -> bool:
+    """The subset holds the datalist's entries of the cases on disk, folds unchanged, and loads."""
+    from pam_monai.data import get_split, load_datalist
+
+    kept = load_datalist(tmp_path / "brats_subset.json")["training"]
+    full = load_datalist(tmp_path / "data_lists" / "brats2018_hgg_5fold.json")["training"]
+    on_disk = [e for e in full if (Path(ns["root"]) / e["label"]).is_file()]
+    return (
+        kept == on_disk and 0 < len(kept) < len(full) and get_split("brats", "brats_subset.json", "test", 0)
+    )
+
+
+# (doc, a python block's first line) -> (setup(tmp_path) -> (names given, placeholders' makers),
+# what the text says the block does: check(tmp_path, the block's namespace) -> bool)
+EXAMPLE_SETUP = {
+    ("pam_monai/data/README.md", "import torch"): (
+        _slice_dataset,
+        lambda tmp, ns: ns["batch"]["image"].shape[1:] == (4, 160, 160) and len(ns["ds"]) > 0,
+    ),
+    ("pam_monai/data/README.md", "import nibabel as nib"): (
+        _inference,
+        lambda tmp, ns: (
+            ns["pre"]["image"].shape[:3] == (4, 160, 160)
+            and ns["full"].shape == ns["case"]["original_shape"]
+            and (tmp / "pred.nii.gz").is_file()
+        ),
+    ),
+    ("pam_monai/data/README.md", "from pam_monai.data import load_case, restore_mask"): (
+        _inference_2d,
+        lambda tmp, ns: ns["mask"].shape == ns["frame"]["original_shape"] and ns["mask"].all(),
+    ),
+    ("pam_monai/metrics/README.md", "from monai.handlers import from_engine"): (
+        _metric_batch,
+        lambda tmp, ns: ns["metric"].aggregate().item() == 0.0,
+    ),
+    ("data_lists/README.md", "import json, os"): (_half_the_brats_list, _kept_the_list_s_folds),
+}
+
+
+def _doc_examples() -> list:
+    """``(module, None)`` for each package module with ``>>>`` examples not run elsewhere, and
+    ``(doc, block)`` for each fenced ``python`` block of DOCS."""
+    found = []
+    for path in sorted((ROOT / "pam_monai").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if ">>> " in path.read_text() and not module.startswith(DOC_EXAMPLES_ELSEWHERE):
+            found.append(pytest.param(module, None, id=module))
+    for doc in DOCS:
+        for block in PYTHON_BLOCK.findall((ROOT / doc).read_text()):
+            found.append(pytest.param(doc, block, id=f"{doc}:{block.splitlines()[0][:50]}"))
+    return found
+
+
+def _run_block(doc: str, block: str, tmp_path: Path) -> None:
+    """Run a fenced block with EXAMPLE_SETUP's names (a name it assigns a value to itself, such as a
+    data root, takes the setup's) and check what its text says it does."""
+    setup, check = EXAMPLE_SETUP.get((doc, block.splitlines()[0]), (lambda tmp: ({}, {}), None))
+    given, makers = setup(tmp_path)
+    missing = set(PLACEHOLDER.findall(block)) - set(makers)
+    assert not missing, f"{doc}: no value for the placeholder(s) {sorted(missing)}: add them to EXAMPLE_SETUP"
+    code = PLACEHOLDER.sub(lambda m: f"{m[1]} = __makers__[{m[1]!r}](globals())", block)
+    for name in given:  # `root = "/data/..."`: the user's own value, here the setup's
+        code = re.sub(rf"^{name} = .*$", f"{name} = __given__[{name!r}]", code, flags=re.M)
+    namespace = {**given, "__given__": given, "__makers__": makers}
+    exec(compile(code, f"{doc} (python block)", "exec"), namespace)
+    if check is not None:
+        assert check(tmp_path, namespace), f"{doc}: the block ran but does not do what its text says"
+
+
+@pytest.mark.parametrize(("where", "block"), _doc_examples())
+def test_doc_examples_run(where, block, tmp_path, monkeypatch):
+    """Every usage example runs as written: the ``>>>`` examples of each package module not run in
+    test_networks.py / test_metrics.py, and each fenced ``python`` block of the docs (in a temporary
+    folder, with the names left to the user set by EXAMPLE_SETUP). The data README's inference
+    blocks called functions they never imported."""
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    if block is None:
+        result = doctest.testmod(importlib.import_module(where))
+        assert result.attempted > 0 and result.failed == 0, (
+            f"{where}: {result.failed} docstring example(s) fail"
+        )
+    else:
+        _run_block(where, block, tmp_path)
