@@ -422,3 +422,34 @@ def test_doc_examples_run(where, block, tmp_path, monkeypatch):
         )
     else:
         _run_block(where, block, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("doc", "start", "end"),
+    [
+        ("README.md", "Overridable ids in every bundle:", "Validation runs each epoch"),
+        ("bundles/brats_fpa/docs/README.md", "Overridable ids:", "On the command line"),
+    ],
+)
+def test_docs_overridable_ids_exist_with_the_stated_defaults(doc, start, end):
+    """The docs' lists of a bundle's overridable ids name ids of every bundle's configs (a renamed id
+    left in the list would be refused on the command line as unknown), and a default stated beside
+    an id (``weight_decay`` (1e-5), ``log_every`` ... default 10) is train.json's value."""
+    import json
+
+    text = " ".join((ROOT / doc).read_text().split())
+    said = text[text.index(start) : text.index(end)]
+    listed = set(re.findall(r"`(\w+)`", said)) - {"nnunet"}  # a value of `task`, not an id
+    assert len(listed) > 20, said
+    for name in bundle_names():
+        ids = set()
+        for config in (ROOT / "bundles" / name / "configs").glob("*.json"):
+            ids |= {key.lstrip("+").split("#")[0] for key in json.loads(config.read_text())}
+        assert listed <= ids, f"{doc} lists ids {sorted(listed - ids)} that {name}'s configs lack"
+    train = json.loads((ROOT / "bundles" / "brats_fpa" / "configs" / "train.json").read_text())
+    stated = re.findall(r"`(\w+)` \((?:[^()]*?default )?([0-9][0-9.e-]*)[:,;)]", said)
+    assert len(stated) >= 3, said
+    for key, value in stated:
+        assert float(train[key]) == float(value), (
+            f"{doc}: `{key}` default {value}, train.json has {train[key]}"
+        )
