@@ -136,6 +136,19 @@ def test_2d_layout_mistakes_are_named(colour_root, tmp_path):
     assert any("US1_0001.png" in str(p) and "expected a grey image" in str(p) for p in report.problems)
 
 
+def test_a_palette_image_among_grey_ones_is_named_with_the_fix(tmp_path):
+    """Some tools save a grey picture as a palette PNG (grey colours): it reads as RGB, and the
+    check says to save it as grey, as it says to save a grey one among colour ones as RGB."""
+    grey = grey_set(tmp_path / "Dataset904_US")
+    path = grey / "imagesTr" / "US1_0001.png"
+    Image.open(path).convert("P").save(path)
+    report = check_dataset("nnunet", grey)
+    assert [str(p) for p in report.problems] == [
+        "US1: US1_0001.png: expected a grey image, got shape (73, 60, 3) (a colour or palette image among grey "
+        "ones: save it as grey, e.g. PIL's image.convert('L'))"
+    ]
+
+
 def test_bundle_trains_evaluates_and_infers_on_2d_images(colour_root, tmp_path):
     from monai.bundle import run
 

@@ -386,6 +386,8 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                     if colour and spec.name == "cityscapes" and data.ndim == 2
                     else " (a grey image among colour ones: save it as RGB, e.g. PIL's image.convert('RGB'))"
                     if colour and data.ndim == 2
+                    else " (a colour or palette image among grey ones: save it as grey, e.g. PIL's image.convert('L'))"
+                    if not colour and not is_label and data.ndim == 3
                     else ""
                 )
                 problems.append((path.name, f"expected {what}, got shape {data.shape}{hint}"))
