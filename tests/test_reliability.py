@@ -481,12 +481,12 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
         return case, "1 NaN and 1 Inf voxels"
     if kind == "all-zero modality":
         rewrite(t1, np.zeros_like(data))
-        return case, "modality is all zeros"
+        return case, "modality is all zeros: give the case this channel's image"
     if kind == "smaller than the crop":
         for mod in ("flair", "t1", "t1ce", "t2", "seg"):
             p = folder / f"{case}_{mod}.nii.gz"
             rewrite(p, np.asarray(nib.load(str(p)).dataobj)[40:190, 40:190])
-        return case, "smaller than the 160x160 crop"
+        return case, "smaller than the 160x160 crop: zero-pad it in-plane to at least 160x160"
     if kind == "truncated file":  # a copy cut short: which of the four files is the user to replace?
         t1.write_bytes(t1.read_bytes()[:2000])
         return case, "unreadable or truncated file"

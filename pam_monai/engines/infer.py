@@ -260,7 +260,10 @@ def validate_case(dataset, case: dict) -> list[str]:
             if not np.isfinite(channel).all():
                 problems.append(f"{name}: {label}: {int((~np.isfinite(channel)).sum())} NaN or Inf voxels")
             elif not np.any(channel):
-                problems.append(f"{name}: {label}: modality is all zeros")
+                problems.append(
+                    f"{name}: {label}: modality is all zeros: give the case this channel's image (the network "
+                    "was trained with every channel and needs each one)"
+                )
         crop = spec.crop_size
         if (
             crop is not None
@@ -268,7 +271,8 @@ def validate_case(dataset, case: dict) -> list[str]:
             and any(s < c for s, c in zip(image.shape[1:3], crop))
         ):
             problems.append(
-                f"{name}: volume of in-plane size {image.shape[1:3]} is smaller than the {crop[0]}x{crop[1]} crop"
+                f"{name}: volume of in-plane size {image.shape[1:3]} is smaller than the {crop[0]}x{crop[1]} crop: "
+                f"zero-pad it in-plane to at least {crop[0]}x{crop[1]} (e.g. MONAI's SpatialPad)"
             )
     return problems
 
