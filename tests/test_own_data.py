@@ -1363,3 +1363,26 @@ def test_an_image_folder_holding_convert_dicoms_record_alone_is_not_said_to_hold
     (tmp_path / "dicom_series.json").write_text("{}")
     (problem,) = scan(tmp_path, channels=["CT"]).problems
     assert problem.message == "no <case>_0000.nii.gz image, only dicom_series.json"
+
+
+def test_float64_voxels_past_float32s_range_are_refused_by_check_and_inference(tmp_path):
+    """A float64 volume with a value past float32's range (a resampler's fill value, DBL_MAX) is
+    finite on disk but Inf in the network's float32: its z-score statistics then flattened the whole
+    case and inference wrote an empty mask without a word. Check and inference name the file."""
+    from pam_monai.engines import input_problems
+
+    root = synth("nnunet", tmp_path / "Dataset935_Huge", cases=2, slices=3, size=(40, 40))
+    path = root / "imagesTr" / "SYN_001_0000.nii.gz"
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).astype(np.float64)
+    data[0, 0, 0] = np.finfo(np.float64).max
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    message = (
+        "SYN_001: SYN_001_0000.nii.gz: 1 voxel beyond float32's range (|x| > 3.4e+38; the largest 1.8e+308), "
+        "which turn Inf in the network's float32: give them a number in range and save the file again"
+    )
+    assert any(str(p).startswith(message) for p in check_dataset("nnunet", root).problems)
+    spec = get_spec("nnunet", root=root)
+    images = [str(path), str(root / "imagesTr" / "SYN_001_0001.nii.gz")]
+    found, _, case = input_problems(spec, {"case": "SYN_001", "image": images})
+    assert case is None and found[0].startswith(message)

@@ -7,7 +7,7 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
 - layout: data folder missing or empty, empty case folder, missing or ambiguous channel or label;
 - files: unreadable or truncated, not an RGB image (CityScapes);
 - geometry: shape or affine of a channel or the label differing from the first channel;
-- values: NaN or Inf voxels, label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
+- values: NaN or Inf voxels, image voxels past float32's range (float64 files), label values outside the data set's set (BRATS 2018 {0,1,2,4}, or
   {0,1,2,3} with ``foreground_label=3``; ISLES {0,1}; CityScapes labelIds 0-33; own data: the
   values of its ``dataset.json``), non-integer labels, a BRATS modality that holds a label map
   or mask (a handful of integer values: the segmentation given in an image's place), a CityScapes frame
@@ -345,7 +345,9 @@ def _onto_grid(volumetric: bool, is_label: bool) -> str:
     return f"resample it onto that file's grid ({how})"
 
 
-def _nonfinite(data: np.ndarray) -> str | None:
+def _nonfinite(data: np.ndarray, image: bool = True) -> str | None:
+    """What makes ``data`` unusable as numbers: NaN or Inf voxels, or for an ``image``, float64
+    values past float32's range."""
     if not np.issubdtype(data.dtype, np.floating):
         return None
     nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
@@ -353,6 +355,16 @@ def _nonfinite(data: np.ndarray) -> str | None:
         return (
             f"{nan:,} NaN and {inf:,} Inf voxels: give them a number and save the file again (e.g. 0 outside the "
             "field of view: numpy.nan_to_num)"
+        )
+    # float64 values past float32's range (a resampler's fill value such as DBL_MAX) turn Inf when
+    # the images are cast to the network's float32, and NaN after it
+    limit = np.finfo(np.float32).max
+    huge = int((np.abs(data) > limit).sum()) if image and data.dtype.itemsize > 4 else 0
+    if huge:
+        return (
+            f"{_count(huge, 'voxel')} beyond float32's range (|x| > {limit:.3g}; the largest {np.abs(data).max():.3g}), which "
+            "turn Inf in the network's float32: give them a number in range and save the file again (e.g. 0 "
+            "outside the field of view)"
         )
     return None
 
@@ -429,7 +441,7 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                     f"{_onto_grid(True, is_label)}, or copy that file's affine where only the header is wrong",
                 )
             )
-        bad = _nonfinite(data) or (check_label_values(data, allowed) if is_label else None)
+        bad = _nonfinite(data, not is_label) or (check_label_values(data, allowed) if is_label else None)
         coarse = None
         if not bad and not is_label and spec.name in FIXED_MODALITIES:
             # own data may have a mask channel (noNorm): not for these
