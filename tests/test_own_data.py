@@ -1386,3 +1386,19 @@ def test_float64_voxels_past_float32s_range_are_refused_by_check_and_inference(t
     images = [str(path), str(root / "imagesTr" / "SYN_001_0001.nii.gz")]
     found, _, case = input_problems(spec, {"case": "SYN_001", "image": images})
     assert case is None and found[0].startswith(message)
+
+
+def test_a_constant_channel_is_warned_about_as_an_all_zero_one(tmp_path):
+    """A channel of one value everywhere (a placeholder for a missing scan) normalises to 0, as an
+    all-zero one, which the check warns about: so does it for the constant one, with its value."""
+    root = synth("nnunet", tmp_path / "Dataset936_Flat", cases=2, slices=3, size=(40, 40))
+    for case, value in (("SYN_001", 5.0), ("SYN_002", 0.0)):
+        path = root / "imagesTr" / f"{case}_0001.nii.gz"
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.full(img.shape, value, np.float32), img.affine), str(path))
+    report = check_dataset("nnunet", root)
+    assert report.ok and [str(w) for w in report.warnings] == [
+        "SYN_001: SYN_001_0001.nii.gz: all voxels are 5: the channel holds no image (a placeholder?): give the "
+        "case this channel's image",
+        "SYN_002: SYN_002_0001.nii.gz: all voxels are zero",
+    ]

@@ -19,8 +19,8 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
   and evaluation) only the entries of those splits have their files and labels checked.
 
 Warnings (not failures): no foreground in a case, foreground outside the centre crop, an all-zero
-channel, a case ID that begins or ends with white space, an ISLES perfusion map of a handful of
-integer values (stored coarsely, or a mask); own data: an image channel that looks like
+or constant channel, a case ID that begins or ends with white space, an ISLES perfusion map of a
+handful of integer values (stored coarsely, or a mask); own data: an image channel that looks like
 a label map, a volume whose thickest voxel axis is not the third, an EXIF-turned image, foreground
 lost in a 2-D image's resize.
 """
@@ -462,6 +462,15 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             warnings.append((path.name, f"{coarse}; trained on as it is"))
         elif spec.volumetric and not is_label and not np.any(data):
             warnings.append((path.name, "all voxels are zero"))
+        elif spec.volumetric and not is_label and data.size and data.min() == data.max():
+            # normalised to 0 everywhere, as an all-zero channel: a placeholder for a missing one?
+            warnings.append(
+                (
+                    path.name,
+                    f"all voxels are {float(data.flat[0]):g}: the channel holds no image (a placeholder?): give the "
+                    "case this channel's image",
+                )
+            )
         elif spec.volumetric and not is_label and spec.name == "nnunet" and _normalised(spec, name):
             # own channels may be masks (nnU-Net's noNorm), so a warning; a normalised one is an image
             if like := label_like(data, name):
