@@ -482,6 +482,9 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
     if kind == "all-zero modality":
         rewrite(t1, np.zeros_like(data))
         return case, "modality is all zeros: give the case this channel's image"
+    if kind == "constant modality":  # a placeholder for a missing scan: normalises to zeros as well
+        rewrite(t1, np.full_like(data, 7.0))
+        return case, "modality is constant (7 everywhere): give the case this channel's image"
     if kind == "smaller than the crop":
         for mod in ("flair", "t1", "t1ce", "t2", "seg"):
             p = folder / f"{case}_{mod}.nii.gz"
@@ -501,6 +504,7 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
         "mismatched grid",
         "nan",
         "all-zero modality",
+        "constant modality",
         "smaller than the crop",
         "truncated file",
     ],

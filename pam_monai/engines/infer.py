@@ -264,6 +264,11 @@ def validate_case(dataset, case: dict) -> list[str]:
                     f"{name}: {label}: modality is all zeros: give the case this channel's image (the network "
                     "was trained with every channel and needs each one)"
                 )
+            elif channel.min() == channel.max():  # normalises to zeros too: as uninformative
+                problems.append(
+                    f"{name}: {label}: modality is constant ({channel.flat[0]:g} everywhere): give the case this "
+                    "channel's image (the network was trained with every channel and needs each one)"
+                )
         crop = spec.crop_size
         if (
             crop is not None
