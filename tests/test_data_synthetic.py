@@ -218,6 +218,22 @@ def test_ensure_dataset_refuses_a_folder_in_another_layout(tmp_path):
     assert ensure_dataset("isles", empty, cases=2, max_slices=3) == (empty / "synthetic_isles", True)
 
 
+def test_own_data_read_as_brats_is_named_as_nnunet(tmp_path, capsys):
+    """An nnU-Net raw data set given to a BRATS bundle or check (--task nnunet forgotten) is named as
+    such, with the flags that read it, not only as imagesTr/labelsTr folders missing 'flair'."""
+    own = synth("nnunet", tmp_path / "Dataset501_Lesion", cases=2)
+    with pytest.raises(
+        ValueError, match=r"looks like an nnU-Net raw data set.*--dataset nnunet.*--task nnunet"
+    ):
+        ensure_dataset("brats", own)
+    report = check_dataset("brats", own)
+    assert not report.ok and any("--task nnunet" in n for n in report.notes)
+    with pytest.raises(SystemExit):
+        cli(["check", "--dataset", "brats", "--root", str(own)])
+    assert "NOTE " in capsys.readouterr().out
+    assert check_dataset("nnunet", own).notes == []  # read as what it is: nothing to say
+
+
 def test_synth_and_datalist_refuse_what_would_silently_go_wrong(tmp_path):
     """synth into a folder with data would replace its cases; fewer than 3 folds leave a split empty."""
     root = tmp_path / "brats"

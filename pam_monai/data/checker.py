@@ -38,7 +38,7 @@ import numpy as np
 
 from .datalist import FOLDED, datalist_n_folds, entry_case, load_datalist, split_entries
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
-from .layout import CaseFiles, Problem, scan_cases
+from .layout import CaseFiles, Problem, nnunet_layout_note, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
 from .preprocess import channels_first_2d, preprocess_case
@@ -649,6 +649,9 @@ def check_dataset(
             spec, datalist, listed, root, allowed, checked, datalist_splits, fold
         )
         report.problems += problems
+    note = None if any(c.complete for c in scan.cases) else nnunet_layout_note(spec.name, root)
+    if note:  # own data read as BRATS: the likely cause of every problem above
+        report.notes.append(note)
     if spec.name == "nnunet" and not scan_options:  # nnU-Net checks dataset.json's count of training cases
         from .nnunet import read_dataset_json
 

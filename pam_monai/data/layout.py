@@ -15,7 +15,15 @@ from pathlib import Path
 
 from .specs import get_spec
 
-__all__ = ["CaseFiles", "Problem", "ScanResult", "discover_cases", "scan_cases", "visible_entries"]
+__all__ = [
+    "CaseFiles",
+    "Problem",
+    "ScanResult",
+    "discover_cases",
+    "nnunet_layout_note",
+    "scan_cases",
+    "visible_entries",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,19 @@ def scan_cases(dataset, root: str | os.PathLike, **options) -> ScanResult:
     else:
         from .cityscapes import scan
     return scan(root, **options)
+
+
+def nnunet_layout_note(dataset: str, root: str | os.PathLike) -> str | None:
+    """What to do when ``root``, read as ``dataset`` (BRATS, ISLES, CityScapes), holds an nnU-Net raw
+    data set: its ``dataset.json`` says so, while the reader would list only files missing from each
+    of its folders (``imagesTr: imagesTr_flair.nii.gz: missing modality 'flair'``). None otherwise."""
+    if str(dataset).lower() == "nnunet" or not (Path(root) / "dataset.json").is_file():
+        return None
+    return (
+        f"{Path(root) / 'dataset.json'}: this folder looks like an nnU-Net raw data set (own data), not the "
+        f"{dataset} layout: check it with --dataset nnunet, and train, evaluate and infer with --task nnunet "
+        "(see 'Your own data' in the project README)"
+    )
 
 
 def discover_cases(dataset, root: str | os.PathLike, *, relative: bool = False, **options) -> list[dict]:

@@ -35,7 +35,7 @@ import nibabel as nib
 import numpy as np
 
 from ..atomic import atomic_dir
-from .layout import scan_cases, visible_entries
+from .layout import nnunet_layout_note, scan_cases, visible_entries
 from .specs import get_spec
 
 __all__ = [
@@ -443,6 +443,7 @@ def _refuse_foreign_folder(dataset: str, dataset_dir: Path, target: Path) -> Non
     if not foreign:
         return
     problems = [str(p) for p in scan_cases(dataset, dataset_dir).problems][:5]
+    note = nnunet_layout_note(dataset, dataset_dir)  # read last, where the eye lands
     raise ValueError(
         f"{dataset}: {dataset_dir} holds {len(foreign)} entries ({', '.join(foreign[:5])}"
         f"{', ...' if len(foreign) > 5 else ''}) but no complete case in the published {dataset} layout "
@@ -450,7 +451,7 @@ def _refuse_foreign_folder(dataset: str, dataset_dir: Path, target: Path) -> Non
         + "\n".join(problems)
         + "\nPoint dataset_dir at the data set's root (own data in another layout: the nnU-Net raw layout, "
         "--task nnunet); a synthetic stand-in is used only when dataset_dir is left at the bundle's own data/ "
-        "(a --dataset_dir that is missing or empty is refused)"
+        "(a --dataset_dir that is missing or empty is refused)" + (f"\n{note}" if note else "")
     )
 
 
