@@ -628,6 +628,36 @@ def test_overlay_window_is_twice_the_lesion():
     assert _window(small, []) == (0, 48, 0, 48)  # at least 48 pixels, kept inside the image
 
 
+@pytest.mark.parametrize("shape", [(96, 80), (96, 40), (160, 160), (64, 160)])
+def test_overlay_titles_do_not_cover_the_row_above(shape, tmp_path, monkeypatch):
+    """Own volumes are often taller than wide (96 x 80 in a walkthrough): each row gets the height
+    of its tallest image, so a row's two-line title stays clear of the image above it."""
+    pytest.importorskip("matplotlib")
+    from pam_monai.experiments import figures
+
+    kept = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: kept.append(fig) or Path(path))
+    target = np.zeros(shape, bool)
+    target[30:40, 10:20] = True
+    row = {
+        "case": "pt001",
+        "slice": 5,
+        "image": np.random.default_rng(0).random((2, *shape)),
+        "target": target,
+    }
+    rows = [{**row, "preds": {"fpa": target, "unet": target}, "iou": {"fpa": 1.0, "unet": 1.0}}] * 2
+    figures.overlay_figure(rows, ["fpa", "unet"], tmp_path / "f.png", title="fold 0 test cases\nseed 0 runs")
+    fig = kept[0]
+    fig.canvas.draw()  # as savefig does: the axes take their images' aspect
+    renderer = fig.canvas.get_renderer()
+    axes = np.array(fig.axes).reshape(2, 3)
+    for i in range(1, 2):
+        for j in range(3):
+            title = axes[i, j].title.get_window_extent(renderer)
+            above = axes[i - 1, j].get_window_extent(renderer)  # the image drawn there
+            assert title.y1 <= above.y0, (i, j, title, above)
+
+
 def test_figures_show_a_fold_whose_runs_finished():
     """fig4/fig5 used the first fold only: with its runs unfinished (--max_runs, a failed run under
     --keep_going) no figure was written although fold 1 had every network's run."""

@@ -136,8 +136,14 @@ def overlay_figure(
     from matplotlib.patches import Patch, Rectangle
 
     n_rows, n_cols = len(rows), len(networks) + 1
-    # each row: a square image and a two-line title above it (2.5 per row let titles overlap the row above)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols, 2.9 * n_rows + 0.6), squeeze=False)
+    # each row: an image as tall as its column is wide times the tallest slice's height / width (own
+    # volumes are often taller than wide; the zoomed windows are square) and a two-line title above
+    # it (2.5 per square row let titles overlap the row above); at most twice as tall: a taller slice
+    # is drawn narrower in its cell instead
+    tall = min(2.0, max(1.0, *(r["target"].shape[0] / r["target"].shape[1] for r in rows)))
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(2.3 * n_cols, (2.3 * tall + 0.6) * n_rows + 0.6), squeeze=False
+    )
     for i, row in enumerate(rows):
         grey = display_slice(row["image"])
         target = row["target"]
