@@ -453,3 +453,23 @@ def test_docs_overridable_ids_exist_with_the_stated_defaults(doc, start, end):
         assert float(train[key]) == float(value), (
             f"{doc}: `{key}` default {value}, train.json has {train[key]}"
         )
+
+
+@pytest.mark.parametrize("name", [n for n in bundle_names() if not n.startswith("brats_")])
+def test_non_brats_bundle_readmes_quote_no_brats_settings(name):
+    """ISLES and CityScapes bundles once gave the validation memory of a BraTS case and BraTS 2021's
+    foreground_label: a reader sizes the run by their own data set's slices instead."""
+    text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
+    assert "88 MB per full-size BraTS case" not in text and "BraTS 2021+" not in text
+    assert "for the whole run: float32 " in text and ("per slice" in text or "per image" in text)
+
+
+def test_own_data_bundle_readme_gives_its_own_validation_memory(tmp_path):
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+    from pam_monai.data import synth
+
+    own = synth("nnunet", tmp_path / "Dataset900", cases=2)
+    readme = own_data_bundle(own, "fpa", tmp_path / "own_fpa", crop_size=[96, 80], check=False)
+    text = " ".join((readme / "docs" / "README.md").read_text().split())
+    assert "BraTS case" not in text.split("Overridable ids")[0]
+    assert "float32 2 x 96 x 80 image and label per slice, 0.09 MB" in text
