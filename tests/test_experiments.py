@@ -1429,3 +1429,23 @@ def test_grid_lock_on_windows_uses_msvcrt_byte_locks(tmp_path, monkeypatch):
     assert calls[-1] == (fake.LK_UNLCK, runner_module._WINDOWS_LOCK_OFFSET, 1) and not held
     with runner_module._grid_lock(out):  # released: the next call takes it
         pass
+
+
+def test_runner_workflows_do_not_warn_about_their_own_logging_choice():
+    """The runner keeps its logging (logging_file=False); MONAI's WARNING about that choice was
+    printed twice per run of a grid, among the warnings a user should read."""
+    import logging
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "brats_fpa" / "configs"
+    bundle = runner_module._Bundle(configs / "train.json", configs / "evaluate.json")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    monai_log = logging.getLogger("monai.bundle.workflows")
+    monai_log.addHandler(handler)  # its own handler prints to the stream of its first import
+    try:
+        bundle._workflow([bundle.train_json], "training", {})
+    finally:
+        monai_log.removeHandler(handler)
+    assert seen and not [m for m in seen if m.startswith("Logging file is set to False")], seen
+    assert not monai_log.filters  # only while the runner builds its workflow

@@ -483,6 +483,12 @@ def _count_params(variant: Variant, options: dict, spec) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def _no_logging_file_warning(record: logging.LogRecord) -> bool:
+    """Drop MONAI's "Logging file is set to False, skipping logging." (the runner's choice, not a
+    problem: a WARNING in every run's log read as one)."""
+    return not record.getMessage().startswith("Logging file is set to False")
+
+
 class _Bundle:
     """Runs the bundle's training and evaluation in this process (MONAI ``ConfigWorkflow``)."""
 
@@ -493,14 +499,20 @@ class _Bundle:
     def _workflow(self, files: Sequence[Path], run_id: str, overrides: dict):
         from monai.bundle import ConfigWorkflow
 
-        wf = ConfigWorkflow(
-            config_file=[str(f) for f in files],
-            meta_file=str(files[0].parent / "metadata.json"),
-            logging_file=False,
-            run_id=run_id,
-            workflow_type=None,
-            **overrides,
-        )
+        # logging_file=False keeps the runner's logging; MONAI warns about it at every run of the grid
+        monai_log = logging.getLogger("monai.bundle.workflows")
+        monai_log.addFilter(_no_logging_file_warning)
+        try:
+            wf = ConfigWorkflow(
+                config_file=[str(f) for f in files],
+                meta_file=str(files[0].parent / "metadata.json"),
+                logging_file=False,
+                run_id=run_id,
+                workflow_type=None,
+                **overrides,
+            )
+        finally:
+            monai_log.removeFilter(_no_logging_file_warning)
         return wf
 
     def _run(self, files: Sequence[Path], run_id: str, overrides: dict, resume: bool = False) -> None:
