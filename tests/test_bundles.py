@@ -1539,3 +1539,43 @@ def test_training_with_evaluate_json_in_the_configs_is_refused(tmp_path):
     parser = ConfigParser()
     parser.read_config(configs("brats_fpa", "train.json"))
     assert "train#trainer" in parser["training"][0]  # train.json alone trains
+
+
+@pytest.mark.parametrize(
+    "files", [("train.json",), ("inference.json",), ("train.json", "multi_gpu_train.json")]
+)
+def test_every_workflow_first_shows_an_errors_cause_last(files):
+    """MONAI wraps a config expression's error in "Failed to evaluate ConfigExpression: ..." quoting
+    the expression, so the last lines of `python -m monai.bundle run` showed config code and the
+    message naming the file and the fix sat mid-traceback; each workflow first installs the hook
+    that repeats the cause last."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", *files))
+    assert parser["initialize"][0] == "$pam_monai.engines.show_error_cause()"
+
+
+def test_show_error_cause_ends_the_traceback_with_the_cause(monkeypatch, capsys):
+    from pam_monai.engines import show_error_cause
+
+    shown = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, error, tb: shown.append(error))
+    monkeypatch.setattr(sys, "argv", [str(Path(pytest.__file__).parent / "__main__.py")])
+    show_error_cause()  # not monai.bundle's main (a notebook, the tests, the runner): left alone
+    assert not getattr(sys.excepthook, "shows_cause", False)
+    monkeypatch.setattr(sys, "argv", ["/site-packages/monai/bundle/__main__.py", "run", "training"])
+    show_error_cause()
+    show_error_cause()  # once: evaluation runs train.json's initialize too
+    assert sys.excepthook.shows_cause
+    try:
+        try:
+            raise ValueError("brats: /data/x holds dataset.json ...: add --task nnunet")
+        except ValueError as e:
+            raise RuntimeError(
+                "Failed to evaluate ConfigExpression: $pam_monai.engines.prepare_data(...)"
+            ) from e
+    except RuntimeError as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+        wrapped = e
+    assert shown == [wrapped]  # the usual traceback first
+    last = capsys.readouterr().err.rstrip().splitlines()[-1]
+    assert last == "ValueError: brats: /data/x holds dataset.json ...: add --task nnunet"

@@ -51,6 +51,7 @@ from .runtime import (
     fast_network,
     refuse_training_with,
     setup_run,
+    show_error_cause,
 )
 
 __all__ = [
@@ -100,6 +101,7 @@ __all__ = [
     "prepare_data",
     "safe_output_path",
     "setup_run",
+    "show_error_cause",
     "slice_loader",
     "validate_case",
     "voxel_spacing",

@@ -37,6 +37,7 @@ __all__ = [
     "fast_network",
     "refuse_training_with",
     "setup_run",
+    "show_error_cause",
     "use_fast_norm",
 ]
 
@@ -116,6 +117,38 @@ def as_bool(value) -> bool:
             return False
         raise ValueError(f"not a boolean flag: {value!r} (use true or false)")
     return bool(value)
+
+
+def show_error_cause() -> None:
+    """Under ``python -m monai.bundle`` (and ``torchrun -m monai.bundle``), end an uncaught error's
+    traceback with its cause. MONAI wraps every error of a config expression in a ``RuntimeError``
+    ("Failed to evaluate ConfigExpression: ...") that quotes the expression, so the message naming the
+    file and the fix sat in the middle of the traceback and the last lines showed config code. Other
+    processes (Python, notebooks, tests, the experiment runner) keep their hook."""
+    hook = sys.excepthook
+    if getattr(hook, "shows_cause", False) or not _run_by_monai_bundle():
+        return
+
+    def excepthook(kind, error, traceback):
+        hook(kind, error, traceback)
+        from ..cli import _root_cause
+
+        cause = _root_cause(error)
+        if cause is not error:
+            print(f"\n{type(cause).__name__}: {cause}", file=sys.stderr)
+
+    excepthook.shows_cause = True
+    sys.excepthook = excepthook
+
+
+def _run_by_monai_bundle() -> bool:
+    main = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    return (
+        main is not None
+        and main.name == "__main__.py"
+        and main.parent.name == "bundle"
+        and (main.parent.parent.name == "monai")
+    )
 
 
 def check_single_process() -> None:
