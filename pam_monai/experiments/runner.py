@@ -515,7 +515,7 @@ class _Bundle:
             monai_log.removeFilter(_no_logging_file_warning)
         return wf
 
-    def _run(self, files: Sequence[Path], run_id: str, overrides: dict, resume: bool = False) -> None:
+    def _run(self, files: Sequence[Path], run_id: str, overrides: dict) -> None:
         wf = self._workflow(files, run_id, overrides)
         wf.initialize()
         try:
@@ -526,7 +526,7 @@ class _Bundle:
             gc.collect()
 
     def train(self, overrides: dict, resume: bool) -> None:
-        self._run([self.train_json], "training", {**overrides, "resume": resume}, resume=resume)
+        self._run([self.train_json], "training", {**overrides, "resume": resume})
 
     def evaluate(self, overrides: dict) -> None:
         self._run([self.train_json, self.evaluate_json], "evaluating", overrides)
