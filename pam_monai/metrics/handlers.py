@@ -98,8 +98,11 @@ def _check_sampler(engine: Engine, name: str) -> None:
         )
 
 
-class IoUHandler(MaskMetricHandler):
-    """Mean foreground IoU over cases; arguments as :class:`MaskMetricHandler`."""
+class _CountHandler(MaskMetricHandler):
+    """A voxel-count ratio's handler: the arguments of :class:`MaskMetricHandler` but the name and
+    the HD95 ones (``spacing`` and ``empty_value`` do not change a ratio of counts)."""
+
+    metric_name: str
 
     def __init__(
         self,
@@ -109,12 +112,18 @@ class IoUHandler(MaskMetricHandler):
         ignore: bool = False,
     ):
         super().__init__(
-            "iou",
+            self.metric_name,
             reduction=reduction,
             output_transform=output_transform,
             save_details=save_details,
             ignore=ignore,
         )
+
+
+class IoUHandler(_CountHandler):
+    """Mean foreground IoU over cases; arguments as :class:`MaskMetricHandler`."""
+
+    metric_name = "iou"
 
 
 class HD95Handler(MaskMetricHandler):
@@ -132,42 +141,16 @@ class HD95Handler(MaskMetricHandler):
         super().__init__("hd95", spacing, empty_value, reduction, output_transform, save_details, ignore)
 
 
-class FPRateHandler(MaskMetricHandler):
+class FPRateHandler(_CountHandler):
     """Mean FP rate (FP/N) over cases; arguments as :class:`MaskMetricHandler`."""
 
-    def __init__(
-        self,
-        reduction=MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details=True,
-        ignore: bool = False,
-    ):
-        super().__init__(
-            "fp_rate",
-            reduction=reduction,
-            output_transform=output_transform,
-            save_details=save_details,
-            ignore=ignore,
-        )
+    metric_name = "fp_rate"
 
 
-class FNRateHandler(MaskMetricHandler):
+class FNRateHandler(_CountHandler):
     """Mean FN rate (FN/P) over cases; arguments as :class:`MaskMetricHandler`."""
 
-    def __init__(
-        self,
-        reduction=MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details=True,
-        ignore: bool = False,
-    ):
-        super().__init__(
-            "fn_rate",
-            reduction=reduction,
-            output_transform=output_transform,
-            save_details=save_details,
-            ignore=ignore,
-        )
+    metric_name = "fn_rate"
 
 
 IoU, HD95, FPRate, FNRate = IoUHandler, HD95Handler, FPRateHandler, FNRateHandler
