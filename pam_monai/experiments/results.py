@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines import atomic_write_text
-
 __all__ = [
     "RESULT_FIELDS",
     "RunResult",
@@ -438,7 +436,3 @@ def _paper_protocol_section(groups) -> list[str]:
             f"{col(v, 'authors_fn_rate', 100)} | {_range([x['authors_hd95_slices'] for x in m])} |"
         )
     return lines
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_text(path, text)
