@@ -393,7 +393,6 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "task": bt.task,
         "target": bt.info["target"],
         "channels": ", ".join(bt.info["channel_def"].values()),
-        "in_channels": spec.in_channels,
         "channel_count": channel_count(spec.in_channels),
         "shape": f"{spec.in_channels}x{h}x{w}",
         "epochs": spec.epochs,
