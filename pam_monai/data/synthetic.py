@@ -85,10 +85,10 @@ def _radius(
     return np.sqrt(in_plane**2 + ((grids[2] - centre[2]) / radii[2]) ** 2)
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, spacing_code: int = 1) -> None:
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=spacing_code)
-    img.set_sform(affine, code=spacing_code)
+    img.set_qform(affine, code=1)  # 1: NIFTI_XFORM_SCANNER_ANAT
+    img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
