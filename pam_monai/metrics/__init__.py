@@ -1,10 +1,10 @@
 """Honest per-case segmentation metrics: IoU, Dice, HD95, FP rate, FN rate.
 
-Every function takes ``(pred, target, spacing=None)``: binary 2D or 3D masks as numpy arrays or
-torch tensors of any dtype (foreground = value > 0.5, i.e. the non-zero voxels of a binary or
-label mask) and returns a float. HD95 is the symmetric surface HD95 of the medpy
-convention in physical units (``spacing`` per axis, default 1.0); the other metrics are ratios of
-voxel counts.
+The five metric functions (``iou``, ``dice``, ``hd95``, ``fp_rate``, ``fn_rate``) take
+``(pred, target, spacing=None)``: binary 2D or 3D masks as numpy arrays or torch tensors of any
+dtype (foreground = value > 0.5, i.e. the non-zero voxels of a binary or label mask), and return a
+float. HD95 is the symmetric surface HD95 of the medpy convention in physical units (``spacing``
+per axis, default 1.0); the other metrics are ratios of voxel counts.
 
 Empty-mask rule (BraTS 2023 evaluation; a missed lesion never improves a mean; never NaN/inf):
 
