@@ -1,5 +1,6 @@
-"""Data: BRATS 2018, ISLES 2018 and CityScapes readers, datalists and splits, the paper's
-preprocessing (numpy and MONAI), a cached 2-D slice dataset, synthetic stand-ins and a checker.
+"""Data: BRATS 2018, ISLES 2018 and CityScapes readers, own data in the nnU-Net v2 raw layout
+(``nnunet_spec``), datalists and splits, the paper's preprocessing (numpy and MONAI), a cached 2-D
+slice dataset, synthetic stand-ins and a checker.
 
 See ``pam_monai/data/README.md`` for channel orders, splits and cache costs.
 """
