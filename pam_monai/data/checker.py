@@ -706,9 +706,9 @@ def _n_folds(spec: DatasetSpec, data: dict, where: str, problems: list) -> int |
 
 
 def _entries_read(spec: DatasetSpec, data: dict, splits, fold) -> set[int] | None:
-    """The entries (by ``id``) that :func:`get_split` deals to ``splits`` of ``fold`` (or of each of
-    several folds); None (every entry) without ``splits``, or when the datalist's structure stops
-    ``get_split`` (its problems are named entry by entry)."""
+    """The entries (by ``id``) that :func:`~pam_monai.data.datalist.get_split` deals to ``splits``
+    of ``fold`` (or of each of several folds); None (every entry) without ``splits``, or when the
+    datalist's structure stops ``get_split`` (its problems are named entry by entry)."""
     if splits is None:
         return None
     folds = list(fold) if isinstance(fold, (list, tuple)) else [fold]

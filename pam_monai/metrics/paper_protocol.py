@@ -12,7 +12,8 @@ gives that aggregation twice, so a result can be set beside the paper's numbers:
   - "IoU" = mean of background Dice and foreground Dice (a correct empty slice scores 0.5);
   - HD95 in pixels over all foreground pixels (not the surface), only for slices where both
     masks have more than one pixel; taken here with the same union-of-both-directions 95th
-    percentile as :func:`hd95` (the reference does not say which percentile convention);
+    percentile as :func:`~pam_monai.metrics.hd95` (the reference does not say which percentile
+    convention);
   - FN rate of a slice without target foreground = 1.0; FP and FN rates are per-slice means.
 
 Neither is comparable with per-case 3D metrics; report per-case metrics as the result.
