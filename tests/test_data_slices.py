@@ -432,3 +432,24 @@ def test_shared_memory_too_small_for_spawned_workers_names_the_way_out(items, mo
     finally:
         context.set_spawning_popen(None)
     assert raised.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("name", ["brats", "isles", "cityscapes"])
+def test_train_transforms_flip_left_right_as_the_batched_pipeline(items, name):
+    """get_train_transforms (the documented MONAI chain) flips the axis the training's batched flip
+    (random_flip_batch on the spec's flip_axis) flips: the patient's left-right, or the image width."""
+    from pam_monai.data import DATASETS, get_train_transforms, random_flip_batch
+
+    item = items[name][0]
+    ref = get_preprocess_transforms(name)(dict(item))
+    flipped = get_train_transforms(name, flip_prob=1.0)(dict(item))
+    unflipped = get_train_transforms(name, flip_prob=0.0)(dict(item))
+    torch.testing.assert_close(torch.as_tensor(unflipped["image"]), torch.as_tensor(ref["image"]))
+    for key in ("image", "label"):
+        whole = torch.as_tensor(ref[key])
+        # the batched pipeline's samples: one slice of the volume (the last axis), C x H x W
+        samples = whole.movedim(-1, 0) if DATASETS[name].volumetric else whole[None]
+        batch = random_flip_batch({key: samples}, prob=1.0, spatial_axis=DATASETS[name].flip_axis)
+        expected = batch[key].movedim(0, -1) if DATASETS[name].volumetric else batch[key][0]
+        torch.testing.assert_close(torch.as_tensor(flipped[key]), expected)
+        assert not torch.equal(expected, whole)  # the flip is visible on these cases
