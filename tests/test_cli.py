@@ -158,3 +158,22 @@ def test_printed_commands_use_the_system_quoting():
     assert users == ["bundle_templates/build.py", "bundle_templates/own_data.py", "shell.py"]
     own = (root / "bundle_templates" / "own_data.py").read_text(encoding="utf-8")
     assert [line for line in own.splitlines() if "shlex.quote(" in line and "readme" not in line] == []
+
+
+def test_check_finds_own_data_by_its_dataset_json(tmp_path, capsys):
+    """`check --root DIR` without --dataset stopped at Fire's bare "required argument: dataset"; a
+    folder with a dataset.json is own data (nnunet), any other is asked which data set it holds."""
+    from pam_monai.cli import main
+    from pam_monai.data import synth
+
+    own = synth("nnunet", tmp_path / "own", cases=2, slices=3, size=(32, 32), test_cases=0)
+    main(["check", "--root", str(own), "--quiet"])
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("OK: nnunet")
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--root", str(tmp_path)])
+    assert f"{tmp_path}: which data set is it? Pass --dataset brats, isles, cityscapes or nnunet" in str(
+        exit_.value.code
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--dataset", "nnunet"])
+    assert "give the data set's folder: --root DIR" in str(exit_.value.code)

@@ -154,9 +154,19 @@ def convert_dicom(input_dir: str, output: str, channel: int = 0) -> None:
     )
 
 
+def _dataset_of(root: str) -> str:
+    """``nnunet`` for a folder holding a dataset.json (own data); the others need --dataset."""
+    if (Path(root) / "dataset.json").is_file():
+        return "nnunet"
+    raise ValueError(
+        f"{root}: which data set is it? Pass --dataset brats, isles, cityscapes or nnunet (own data in the "
+        "nnU-Net layout, a folder with dataset.json: found by itself)"
+    )
+
+
 def check(
-    dataset: str,
-    root: str,
+    dataset: str | None = None,
+    root: str | None = None,
     foreground_label: str | None = None,
     grades: str = "HGG",
     quiet: bool = False,
@@ -166,7 +176,8 @@ def check(
     """Check every case under ROOT; print a per-case summary; exit 1 on any problem.
 
     Args:
-        dataset: brats, isles, cityscapes or nnunet (own data: ROOT holds its dataset.json).
+        dataset: brats, isles, cityscapes or nnunet (own data: ROOT holds its dataset.json; the
+            default when it does).
         root: the data root in the published layout.
         foreground_label: the BRATS enhancing tumour label, 4 (2018, default) or 3 (BraTS 2021+); for
             own data, label values or names of its dataset.json (default every non-zero label).
@@ -182,7 +193,10 @@ def check(
     from .checker import check_dataset
     from .specs import get_spec
 
+    if root is None:
+        raise ValueError("give the data set's folder: --root DIR")
     root = str(root)  # an all-digit folder name arrives as a number from Fire
+    dataset = _dataset_of(root) if dataset is None else str(dataset)
     options = {"grades": grades} if dataset.lower() == "brats" else {}
     if crop_size is not None:
         dataset = get_spec(dataset, root=root, crop_size=crop_size)
