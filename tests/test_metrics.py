@@ -816,6 +816,71 @@ def test_case_metrics_gather_every_process_share(tmp_path):
         assert got["metrics"] == pytest.approx(engine.state.metrics), rank
 
 
+FAILED_RANK = """
+import datetime, json, os, sys, time, torch.distributed as dist, torch.multiprocessing as mp
+from ignite.engine import Engine
+from torch.utils.data import DataLoader, DistributedSampler
+from pam_monai.engines import CaseMetrics
+sys.path.insert(0, sys.argv[2])
+from test_metrics import gathered_cases
+
+def step(engine, batch):
+    if dist.get_rank() == 1:
+        raise ValueError("c1: cannot read label")
+    return [{"pred": c["pred"], "label": c["label"]} for c in batch]
+
+def run(rank, folder, tests):
+    timeout = datetime.timedelta(seconds=20)
+    dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2, timeout=timeout)
+    loader = DataLoader(gathered_cases(), batch_size=1, sampler=DistributedSampler(gathered_cases()), collate_fn=lambda b: b)
+    engine = Engine(step)
+    CaseMetrics(prefix="val_").attach(engine)
+    start = time.monotonic()
+    try:
+        engine.run(loader, max_epochs=1)
+        result = {"error": None}
+    except Exception as e:
+        result = {"type": type(e).__name__, "error": str(e)}
+    result["seconds"] = time.monotonic() - start
+    json.dump(result, open(f"{folder}/rank{rank}.json", "w"))
+    # alive until rank 0 is done, as a process on another node or under NCCL looks to the others
+    while rank == 1 and not os.path.exists(f"{folder}/rank0.json") and time.monotonic() - start < 40:
+        time.sleep(0.1)
+    os._exit(0)
+
+if __name__ == "__main__":
+    mp.start_processes(run, args=tuple(sys.argv[1:]), nprocs=2, start_method="fork")
+"""
+
+
+def test_case_metrics_stop_every_process_when_one_fails(tmp_path):
+    """A process that failed while scoring its share (an unreadable case) never sent its rows:
+    the others waited for them in the gather until the process group's timeout (an hour with
+    multi_gpu_train.json), where the dead process is not noticed (NCCL, another node). It sends
+    its error instead: every process stops at once, naming it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ranks.py"
+    script.write_text(FAILED_RANK)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert one["type"] == "ValueError" and one["error"] == "c1: cannot read label", one
+    assert zero["type"] == "RuntimeError", zero
+    assert "process 1: ValueError: c1: cannot read label" in zero["error"], zero
+    assert zero["seconds"] < 10, zero  # not the 20 s timeout
+
+
 @pytest.mark.parametrize(
     "sampler, refused",
     [

@@ -88,12 +88,18 @@ class CaseMetrics:
         self._row_positions: list[int] = []
         self._unscored_positions: list[int] = []
         self._seen = 0
+        # from the epoch's start (after the evaluator's STARTED collectives) until its rows are sent
+        self._owes_rows = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
         # first in line at EPOCH_COMPLETED, so savers and loggers see the new values
         engine._event_handlers[Events.EPOCH_COMPLETED].insert(0, (self._complete, (engine,), {}))
+        # first too: another handler (MONAI's StatsHandler) re-raises, and this one would not run
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
+        raised.insert(0, raised.pop())
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
@@ -101,6 +107,7 @@ class CaseMetrics:
         self._row_positions = []
         self._unscored_positions = []
         self._seen = 0
+        self._owes_rows = True
 
     def _update(self, engine: Engine) -> None:
         output = engine.state.output
@@ -157,16 +164,35 @@ class CaseMetrics:
     def write(self, output_dir: str | os.PathLike) -> None:
         write_case_metrics(self.rows, output_dir, self.summary)
 
+    def _failed(self, engine: Engine, error: BaseException) -> None:
+        """Under ``torch.distributed``, a process that failed before sending its rows sends the
+        error instead, so the others, waiting for its rows, stop at once with its message rather
+        than wait ``dist_timeout_minutes`` (a dead peer is not noticed by NCCL, nor across nodes by
+        torchrun); then the error is raised here as it would have been."""
+        # an interrupt (Ctrl-C) or exit is not held up waiting for the others
+        if isinstance(error, Exception) and self._distributed(engine) and self._owes_rows:
+            self._owes_rows = False
+            mine = ([], [], f"{type(error).__name__}: {error}")
+            try:
+                torch.distributed.all_gather_object([None] * torch.distributed.get_world_size(), mine)
+            except Exception as e:  # the others are gone too: the error of this process is the one to see
+                log.warning("could not tell the other processes of this error: %s", e)
+        raise error
+
+    @staticmethod
+    def _distributed(engine: Engine) -> bool:
+        """Whether the cases are dealt to the processes (a ``DistributedSampler`` under ``torch.distributed``)."""
+        sampler = getattr(getattr(engine.state, "dataloader", None), "sampler", None)
+        dist = torch.distributed
+        return isinstance(sampler, DistributedSampler) and dist.is_available() and dist.is_initialized()
+
     def _gather_ranks(self, engine: Engine) -> None:
         """Every process's rows and unscored cases, in every process, keyed by the data set index
-        the loader's ``DistributedSampler`` gave each position (nothing to do without one)."""
-        sampler = getattr(getattr(engine.state, "dataloader", None), "sampler", None)
-        if not (
-            isinstance(sampler, DistributedSampler)
-            and torch.distributed.is_available()
-            and torch.distributed.is_initialized()
-        ):
+        the loader's ``DistributedSampler`` gave each position (nothing to do without one); a
+        process that failed instead (:meth:`_failed`) makes every process raise its error."""
+        if not self._distributed(engine):
             return
+        sampler = engine.state.dataloader.sampler
         indices = list(sampler)  # the same order the loader drew (same epoch, same seed)
         if len(indices) != self._seen:
             raise RuntimeError(
@@ -177,12 +203,20 @@ class CaseMetrics:
         mine = (
             [(indices[p], row) for p, row in zip(self._row_positions, self.rows)],
             [(indices[p], case) for p, case in zip(self._unscored_positions, self.unscored)],
+            None,
         )
         gathered: list = [None] * torch.distributed.get_world_size()
+        self._owes_rows = False
         torch.distributed.all_gather_object(gathered, mine)
+        failed = [f"process {rank}: {error}" for rank, (_, _, error) in enumerate(gathered) if error]
+        if failed:
+            raise RuntimeError(
+                f"{self.prefix.rstrip('_') or 'evaluation'}: {'; '.join(failed)}; every process stops "
+                "(see that process's log for where it failed)"
+            )
         rows: dict[int, dict] = {}
         unscored: dict[int, str] = {}
-        for their_rows, their_unscored in gathered:
+        for their_rows, their_unscored, _ in gathered:
             for index, row in their_rows:
                 rows.setdefault(index, row)  # a case dealt twice (the sampler's padding) counts once
             for index, case in their_unscored:
