@@ -881,6 +881,33 @@ def test_case_metrics_stop_every_process_when_one_fails(tmp_path):
     assert zero["seconds"] < 10, zero  # not the 20 s timeout
 
 
+@pytest.mark.parametrize("later_handler", [False, True])
+def test_case_metrics_leave_a_failure_to_the_other_exception_handlers(later_handler):
+    """CaseMetrics' exception handler runs first (to tell the other processes) and then left none of
+    the later ones (MONAI's StatsHandler logging the error) a turn; alone, it still raises it."""
+    from ignite.engine import Engine, Events
+
+    from pam_monai.engines import CaseMetrics
+
+    def step(engine, batch):
+        raise ValueError("c0: cannot read label")
+
+    engine = Engine(step)
+    CaseMetrics(prefix="val_").attach(engine)
+    seen = []
+    if later_handler:
+
+        def log_and_raise(engine, error):  # as MONAI's StatsHandler.exception_raised
+            seen.append(str(error))
+            raise error
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, log_and_raise)
+    with pytest.raises(ValueError, match="c0: cannot read label"):
+        engine.run([0, 1], max_epochs=1)
+    # (Ignite fires EXCEPTION_RAISED at the epoch's level and again at the run's)
+    assert set(seen) == ({"c0: cannot read label"} if later_handler else set())
+
+
 @pytest.mark.parametrize(
     "sampler, refused",
     [

@@ -177,7 +177,10 @@ class CaseMetrics:
                 torch.distributed.all_gather_object([None] * torch.distributed.get_world_size(), mine)
             except Exception as e:  # the others are gone too: the error of this process is the one to see
                 log.warning("could not tell the other processes of this error: %s", e)
-        raise error
+        # Ignite re-raises only when no handler is attached: the later ones (MONAI's StatsHandler logs
+        # and re-raises) see the error as before; alone, this one raises it
+        if len(engine._event_handlers[Events.EXCEPTION_RAISED]) == 1:
+            raise error
 
     @staticmethod
     def _distributed(engine: Engine) -> bool:
