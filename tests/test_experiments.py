@@ -156,6 +156,23 @@ def _report(runs, **kwargs) -> str:
     return markdown_report(runs, **{**args, **kwargs})
 
 
+def test_table_shows_networks_with_missing_runs():
+    """A network whose runs all failed had no row (only "Runs finished: 2 of 4" said something was
+    missing), and one with a failed seed showed "1" runs like a one-seed grid: a reader saw a table
+    of the networks that worked. Both are now in the table, with their share of the grid."""
+    runs = [_run("fpa", 0, [0.5]), _run("fpa", 1, [0.7]), _run("rfna", 0, [0.4])]
+    md = _report(runs, order=["unet", "fpa", "rfna"], planned=6, seeds_folds=([0, 1], [0]))
+    rows = {
+        line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ") and " ± " in line
+    }
+    missing = [line for line in md.splitlines() if line.startswith("| unet |")]
+    assert missing == ["| unet | no finished run |  |  |  |  | 0 of 2 |  |  |  |"]
+    assert rows["fpa"].endswith("| 1.23 | 2 | 1 | 0 | 0 |")  # complete: the count alone
+    assert rows["rfna"].endswith("| 1.23 | 1 of 2 | 1 | 0 | 0 |")
+    table = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[1:4] == ["| unet", "| fpa", "| rfna"]  # grid order, the missing network in its place
+
+
 def test_settings_show_non_ascii_paths_as_written():
     report = _report([_run("fpa", 0, [0.5])], settings={"dataset_dir": "/data/Jürgen Müller", "epochs": 1})
     assert 'Settings: `dataset_dir="/data/Jürgen Müller"`, `epochs=1`' in report
@@ -607,7 +624,8 @@ def test_keep_going_and_max_runs(grid, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"2 run\(s\) failed"):
         run_experiment(**common, keep_going=True)
     md = (tmp_path / "results.md").read_text()
-    assert "Runs finished: 2 of 4" in md and "| fpa | 55.00 ± 7.07 |" in md and "| unet |" not in md
+    assert "Runs finished: 2 of 4" in md and "| fpa | 55.00 ± 7.07 |" in md
+    assert "| unet | no finished run |  |  |  |  | 0 of 2 |" in md  # named in the table, not left out
     events = [json.loads(line)["event"] for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert events.count("failed") == 3 and events.count("done") == 2
 

@@ -168,6 +168,11 @@ def _range(values: Sequence[int]) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
+def _of(planned: int | None) -> str:
+    """`` of N`` after a run count, when the number planned per network is known."""
+    return "" if planned is None else f" of {planned}"
+
+
 def _groups(runs: Sequence[RunResult], order: Sequence[str]) -> list[tuple[str, list[RunResult]]]:
     by: dict[str, list[RunResult]] = {}
     for r in runs:
@@ -298,14 +303,21 @@ def markdown_report(
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     groups = _groups(runs, order)
-    for variant, rs in groups:
+    # each network's share of the grid, so that fewer runs (a failed seed) show in its row
+    per_network = len(seeds_folds[0]) * len(seeds_folds[1]) if seeds_folds is not None else None
+    finished = dict(groups)
+    for variant in order:
+        rs = finished.get(variant)
+        if rs is None:  # a network whose every run failed or is still to run: a row, not a gap
+            lines.append(f"| {variant} | no finished run |  |  |  |  | 0{_of(per_network)} |  |  |  |")
+            continue
         cells = [
             format_mean_std([r.mean("iou") for r in rs], 100),
             format_mean_std([r.mean("hd95") for r in rs]),
             format_mean_std([r.mean("fp_rate") for r in rs], 100),
             format_mean_std([r.mean("fn_rate") for r in rs], 100),
             f"{rs[0].params / 1e6:.2f}",
-            str(len(rs)),
+            str(len(rs)) + ("" if len(rs) == per_network else _of(per_network)),
             _range([len(r.cases) for r in rs]),
             _range([r.empty_targets for r in rs]),
             str(sum(r.missed for r in rs)),
