@@ -312,14 +312,23 @@ def test_paper_protocol_is_pooled_over_slices_and_labelled():
 
 
 def test_results_csv_columns():
-    text = results_csv([_run("fpa[dilation=6]", 2, [0.5, 0.25], fold=3)])
+    text = results_csv([_run("fpa[dilation=6]", 2, [0.5, 0.25], fold=3)], synthetic=False)
     rows = list(csv.DictReader(io.StringIO(text)))
     assert tuple(rows[0]) == RESULT_FIELDS
+    assert [r["synthetic"] for r in rows] == ["False", "False"]
     assert [r["case"] for r in rows] == ["c0", "c1"]
     assert rows[0]["network"] == "fpa" and rows[0]["variant"] == "fpa[dilation=6]"
     assert rows[0]["seed"] == "2" and rows[0]["fold"] == "3" and rows[0]["params"] == "1234567"
     assert float(rows[1]["iou"]) == 0.25 and rows[0]["target_empty"] == "False"
     assert json.loads(rows[0]["options"]) == {}
+
+
+def test_results_csv_says_synthetic_in_every_row():
+    """results.csv of a grid on the synthetic stand-in read like one on BRATS: only results.md said
+    SYNTHETIC, so rows copied out of it or grids' files joined lost it. Every row says it now."""
+    text = results_csv([_run("fpa", 0, [0.5, 0.25]), _run("unet", 1, [0.4])], synthetic=True)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["dataset"], r["synthetic"]) for r in rows] == [("brats", "True")] * 3
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", ""])
@@ -488,6 +497,7 @@ def test_grid_results_csv_and_md(grid):
     last, out = grid["last"], grid["out"]
     rows = list(csv.DictReader(open(out / "results.csv", newline="")))
     assert tuple(rows[0]) == RESULT_FIELDS
+    assert {r["synthetic"] for r in rows} == {"True"}  # the stand-in, said in every row
     runs = {(r["variant"], r["seed"], r["fold"]) for r in rows}
     assert runs == {(n, s, "0") for n in ("fpa", "unet") for s in ("0", "1")}
     # results.csv carries the bundle evaluator's per-case rows, unchanged

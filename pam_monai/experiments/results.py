@@ -29,6 +29,7 @@ __all__ = [
 
 RESULT_FIELDS = (
     "dataset",
+    "synthetic",
     "network",
     "variant",
     "options",
@@ -128,8 +129,10 @@ def rows_csv(rows: Sequence[dict], fields: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def results_csv(runs: Sequence[RunResult]) -> str:
-    """``results.csv``: one row per (run, case), columns :data:`RESULT_FIELDS`."""
+def results_csv(runs: Sequence[RunResult], *, synthetic: bool) -> str:
+    """``results.csv``: one row per (run, case), columns :data:`RESULT_FIELDS`; ``synthetic``: the
+    runs were trained and tested on a synthetic stand-in, said in every row (results.md says it
+    too, but rows copied out of this file, or files of several grids joined, would not)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(RESULT_FIELDS)
@@ -137,7 +140,7 @@ def results_csv(runs: Sequence[RunResult]) -> str:
         opts = json.dumps(r.options, sort_keys=True, separators=(",", ":"))
         for c in r.cases:
             writer.writerow(
-                [r.dataset, r.network, r.variant, opts, r.seed, r.fold, c["case"]]
+                [r.dataset, _cell(bool(synthetic)), r.network, r.variant, opts, r.seed, r.fold, c["case"]]
                 + [_cell(c[m]) for m in METRICS]
                 + [_cell(c["target_empty"]), _cell(c["pred_empty"]), r.params]
             )

@@ -1032,7 +1032,7 @@ def _write_reports(
         )
 
     results = [_run_result(run, ctx, paper_protocol and spec.volumetric) for run in finished]
-    csv_path = atomic_write_text(output_dir / "results.csv", results_csv(results))
+    csv_path = atomic_write_text(output_dir / "results.csv", results_csv(results, synthetic=synthetic))
     figure_paths: list[Path] = []
     if figures and finished:
         from .figures import make_figures
