@@ -906,7 +906,8 @@ def test_networks_whose_run_folders_differ_in_letter_case_are_refused(small_grid
 
 def test_figure_titles_name_the_seed_of_the_runs_shown(small_grid, monkeypatch):
     """fig5's case IoU and fig4's map are one trained model's (the first seed's run), not the table's
-    mean over seeds: the titles say which seed, so a caption does not mistake them for the mean."""
+    mean over seeds: the titles say which seed, so a caption does not mistake them for the mean. And
+    they say SYNTHETIC on the stand-in (they did not: only results.md did)."""
     pytest.importorskip("matplotlib")
     from pam_monai.experiments import figures as figures_module
 
@@ -926,6 +927,9 @@ def test_figure_titles_name_the_seed_of_the_runs_shown(small_grid, monkeypatch):
     run_experiment(**{**small_grid, "networks": "fpa", "figures": True})
     assert "each network's seed 0 run, not a mean over seeds" in titles["fig5"]
     assert titles["fig4"].endswith("(each network's seed 0 run, not a mean over seeds)")
+    # the grid ran on the synthetic stand-in: a figure copied out of it must not pass for BRATS
+    assert titles["fig5"].startswith("brats (SYNTHETIC stand-in) fold 0 test cases")
+    assert titles["fig4"].startswith("brats (SYNTHETIC stand-in) ")
 
 
 def test_refused_call_leaves_experiment_json_alone(small_grid, tmp_path, monkeypatch):

@@ -356,6 +356,13 @@ def _figure_cases(ds, cases, fold: int) -> dict[str, int]:
     return {c: by_case[c] for c in chosen}
 
 
+def _data_name(ctx) -> str:
+    """The data set as figure titles name it: ``"brats (SYNTHETIC stand-in)"`` for the stand-in, so a
+    figure copied out of the grid (into slides, a paper) cannot pass for one of the real data set."""
+    synthetic = any(d.get("synthetic") for d in ctx.fold_data.values())
+    return f"{ctx.dataset} (SYNTHETIC stand-in)" if synthetic else ctx.dataset
+
+
 def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) -> list[Path]:
     """Write the grid's figures into ``ctx.output``; returns the paths written.
 
@@ -450,7 +457,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         )
     # the panels show one trained model per network, not the table's mean over runs: say which
     title = (
-        f"{ctx.dataset} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU "
+        f"{_data_name(ctx)} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU "
         f"over the whole case)\n{_seeds_shown(reps, order)}"
     )
     if any(r["annotated"] is not None for r in rows):
@@ -468,7 +475,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
             maps[lab] = a
     if maps:
         where = f" slice {row['slice']}" if row["slice"] is not None else ""
-        title = f"{row['case']}{where}: channel-mean attention of the deepest encoder block"
+        title = f"{_data_name(ctx)} {row['case']}{where}: channel-mean attention of the deepest encoder block"
         title += f" ({_seeds_shown(reps, maps)})"
         if any(reps[lab].variant.network == "rfna" for lab in maps):
             title += " (RFNA is trained on reversed labels)"
@@ -506,7 +513,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
             ablation_figure(
                 records,
                 ctx.output / FIGURE_FILES[2],
-                title=f"{ctx.dataset}: FPA / RFNA configurations",
+                title=f"{_data_name(ctx)}: FPA / RFNA configurations",
                 hd95_unit="mm" if ctx.spec.volumetric else "px",
             )
         )
