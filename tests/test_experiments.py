@@ -932,6 +932,17 @@ def test_figure_titles_name_the_seed_of_the_runs_shown(small_grid, monkeypatch):
     assert titles["fig4"].startswith("brats (SYNTHETIC stand-in) ")
 
 
+def test_eval_split_other_than_test_is_refused(small_grid):
+    """--eval_split is an id of the bundle's evaluate.json, so the runner passed it on: with 'val'
+    every metrics.csv held the validation fold (the fold that chose each model.pt), and results.md,
+    comparison.csv and the figures still called it the test cases. Refused before any training."""
+    with pytest.raises(
+        ValueError, match=r"--eval_split 'val': a grid scores every run on its fold's test split"
+    ):
+        run_experiment(**{**small_grid, "eval_split": "val"})
+    assert not (Path(small_grid["output"]) / "runs").exists()
+
+
 def test_refused_call_leaves_experiment_json_alone(small_grid, tmp_path, monkeypatch):
     monkeypatch.setattr(
         runner_module,

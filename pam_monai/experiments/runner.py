@@ -704,6 +704,12 @@ def run_experiment(
         raise ValueError(
             f"{bad}: set by the runner for each run (use --seeds, --folds, --networks, --data_seed)"
         )
+    if str(overrides.get("eval_split", "test")) != "test":  # results.md, the paper protocol and figures: test
+        raise ValueError(
+            f"--eval_split {overrides['eval_split']!r}: a grid scores every run on its fold's test split, as its "
+            "tables say; to score another split, run a trained run's bundle (runs/<variant>/seed<k>/fold<f>) "
+            "with the bundle's evaluate.json and --eval_split"
+        )
     if paper_protocol and not spec.volumetric:
         raise ValueError(
             f"--paper_protocol aggregates the slices of 3-D cases; {dataset} cases are single images, whose "
