@@ -1380,10 +1380,10 @@ def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monke
 
     held = []
 
-    def rows(net, dataset, slice_batch_size, device):
+    def rows(net, dataset, slice_batch_size, device, threshold):
         for i in range(len(dataset)):
             dataset[i]
-        held.append(dataset._cache)
+        held.append((dataset._cache, threshold))
         return []
 
     monkeypatch.setattr(predict, "load_network", lambda *a: None)
@@ -1398,9 +1398,10 @@ def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monke
         foreground_label=None,
         device="cpu",
         slice_batch_size=4,
+        threshold=0.3,
     )
     runner_module._score_paper_protocol(run, ctx)
-    assert held == [None]
+    assert held == [(None, 0.3)]  # and the masks cut at the grid's --threshold, as metrics.csv's
 
 
 def test_grid_checks_the_data_once_not_in_every_run(tmp_path, monkeypatch):
@@ -1492,3 +1493,35 @@ def test_runner_workflows_do_not_warn_about_their_own_logging_choice():
         monai_log.removeHandler(handler)
     assert seen and not [m for m in seen if m.startswith("Logging file is set to False")], seen
     assert not monai_log.filters  # only while the runner builds its workflow
+
+
+def test_grid_masks_are_cut_at_the_bundles_threshold(small_grid, monkeypatch):
+    """The paper protocol and fig5 cut the probabilities at 0.5 whatever --threshold the grid gave
+    its runs' evaluations: their masks and case IoUs disagreed with metrics.csv."""
+    from pam_monai.experiments.predict import predict_case
+
+    net = torch.nn.Conv2d(2, 1, 1)  # logit = channel 0
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+        net.bias.zero_()
+    image = torch.stack([torch.linspace(-3, 3, 16 * 16 * 2).view(16, 16, 2), torch.zeros(16, 16, 2)])
+    prob = torch.sigmoid(image[0]).numpy()
+    np.testing.assert_array_equal(predict_case(net.eval(), image, threshold=0.3), prob > 0.3)
+    assert (prob > 0.3).sum() > (prob > 0.5).sum()
+    contexts = []
+
+    def fake_execute(run, bundle, overrides, identity, ctx):
+        contexts.append(ctx)
+        return fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"])
+
+    monkeypatch.setattr(runner_module, "_execute", fake_execute)
+    run_experiment(**small_grid, threshold=0.3)
+    assert contexts and {c.threshold for c in contexts} == {0.3}
+
+
+@pytest.mark.parametrize("given", ["ckpt_dir", "ckpt_path", "output_dir"])
+def test_grid_refuses_one_checkpoint_or_output_folder_for_every_run(small_grid, given):
+    """--ckpt_path (evaluate.json's) had every run's evaluation read one checkpoint; --ckpt_dir and
+    --output_dir had every run write into one folder: each run's are in its own folder."""
+    with pytest.raises(ValueError, match=rf"\['{given}'\]: set by the runner for each run"):
+        run_experiment(**small_grid, **{given: "/tmp/one"})

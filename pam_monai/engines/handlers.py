@@ -35,13 +35,20 @@ METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
 
 
 def score_case(
-    pred, label, label_full=None, restore: str = "crop", spacing=None, empty_value: float | None = None
+    pred,
+    label,
+    label_full=None,
+    restore: str = "crop",
+    spacing=None,
+    empty_value: float | None = None,
+    threshold: float = 0.5,
 ) -> dict:
     """:func:`pam_monai.metrics.case_metrics` of a prediction on the case's own grid
-    (:func:`~pam_monai.engines.data.on_case_grid`), over its annotated voxels when the label marks
-    unannotated ones (:func:`pam_monai.metrics.split_ignored`); None for a case without any
-    annotated voxel (nothing to score)."""
-    pred, label = on_case_grid(pred, label, label_full, restore)
+    (:func:`~pam_monai.engines.data.on_case_grid`, which cuts resized probabilities at
+    ``threshold``), over its annotated voxels when the label marks unannotated ones
+    (:func:`pam_monai.metrics.split_ignored`); None for a case without any annotated voxel
+    (nothing to score)."""
+    pred, label = on_case_grid(pred, label, label_full, restore, threshold)
     target, annotated = split_ignored(label)
     if annotated is not None and not annotated.any():
         return None

@@ -438,10 +438,10 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
             prob = predict_case(
                 net, sample["image"], ctx.slice_batch_size, ctx.device, ctx.spec.crop_size, probabilities=True
             )
-            pred = prob > 0.5  # predict_case's mask
+            pred = prob > ctx.threshold  # predict_case's mask, cut as metrics.csv's
             # on the case's own grid, as metrics.csv (the crop's label would leave out what it cuts;
             # resized own images: their probabilities cut on their pixels)
-            scores = score_on_case_grid(pred, sample, prob)
+            scores = score_on_case_grid(pred, sample, prob, ctx.threshold)
             ious[lab] = float("nan") if scores is None else scores["iou"]
             preds[lab] = take(pred, k)
         rows.append(

@@ -73,27 +73,30 @@ def predict_case(
     device="cpu",
     roi_size=None,
     probabilities: bool = False,
+    threshold: float = 0.5,
 ) -> np.ndarray:
     """Binary foreground mask (``H x W [x D]``, bool) of one preprocessed case ``C x H x W [x D]``
     (slices larger than ``roi_size``, the trained crop, through a sliding window, as the bundles);
-    with ``probabilities``, the foreground probabilities (float32) the mask is cut from (``> 0.5``)."""
+    with ``probabilities``, the foreground probabilities (float32) the mask is cut from
+    (``> threshold``, the bundles' ``threshold``)."""
     # foreground polarity whatever the network returns (RFNA built with foreground_output=False)
     logits = SliceWiseInferer(slice_batch_size, roi_size=roi_size)(image[None].to(device), as_foreground(net))
     if probabilities:
         return torch.sigmoid(logits[0, 0].float()).cpu().numpy()
-    # the bundles' rule (ForegroundMaskd): sigmoid(logit) > 0.5
-    return foreground_mask(logits[0, 0]).cpu().numpy()
+    # the bundles' rule (ForegroundMaskd): sigmoid(logit) > threshold
+    return foreground_mask(logits[0, 0], threshold).cpu().numpy()
 
 
 def score_on_case_grid(
-    pred: np.ndarray, sample: dict, probabilities: np.ndarray | None = None
+    pred: np.ndarray, sample: dict, probabilities: np.ndarray | None = None, threshold: float = 0.5
 ) -> dict | None:
     """:func:`~pam_monai.engines.handlers.score_case` of a :func:`predict_case` mask of a
     :class:`~pam_monai.engines.CaseDataset` sample: on the case's own grid (``label_full``: the
     lesion outside the crop counts), as the evaluation's ``metrics.csv`` scores it; None for a case
     without an annotated voxel. A resized own 2-D image (``restore`` ``"resize"``) is scored from the
     mask's ``probabilities`` resized to its pixels and cut there, as the evaluation cuts them (the
-    0/1 mask resized would come back with the small grid's steps); without them, from the mask."""
+    0/1 mask resized would come back with the small grid's steps), cut at ``threshold``; without
+    them, from the mask."""
     spacing = tuple(float(s) for s in sample["spacing"][: pred.ndim])
     label = sample["label"][0].numpy()
     if (
@@ -101,12 +104,18 @@ def score_on_case_grid(
         and sample.get("label_full") is not None
         and sample.get("restore") == "resize"
     ):
-        pred = probabilities  # on_case_grid resizes them to label_full's pixels and cuts at 0.5
-    return score_case(pred, label, sample.get("label_full"), sample.get("restore", "crop"), spacing)
+        pred = probabilities  # on_case_grid resizes them to label_full's pixels and cuts them
+    return score_case(
+        pred, label, sample.get("label_full"), sample.get("restore", "crop"), spacing, threshold=threshold
+    )
 
 
 def paper_protocol_rows(
-    net: torch.nn.Module, dataset: CaseDataset, slice_batch_size: int = 32, device="cpu"
+    net: torch.nn.Module,
+    dataset: CaseDataset,
+    slice_batch_size: int = 32,
+    device="cpu",
+    threshold: float = 0.5,
 ) -> list[dict]:
     """Per test case: per-slice means with the project's definitions and with the authors' code's.
 
@@ -116,14 +125,17 @@ def paper_protocol_rows(
     (empty when none); ``case_iou`` is the per-case 3-D IoU of the same prediction on the case's own
     grid (it equals the evaluator's ``metrics.csv`` value: a check that this is the bundle's prediction).
     A sparsely annotated case with no annotated voxel in the crop has no slice to score: no row
-    (a WARNING names it), although ``metrics.csv`` scores it on its own grid.
+    (a WARNING names it), although ``metrics.csv`` scores it on its own grid. The masks are cut at
+    ``threshold`` (the bundles' ``threshold``), as the evaluation's.
     """
     rows = []
     for i in range(len(dataset)):
         sample = dataset[i]
         if "label" not in sample:
             raise ValueError(f"{sample['case']}: a test case without a label")
-        pred = predict_case(net, sample["image"], slice_batch_size, device, dataset.spec.crop_size)
+        pred = predict_case(
+            net, sample["image"], slice_batch_size, device, dataset.spec.crop_size, threshold=threshold
+        )
         label, annotated = split_ignored(sample["label"][0].numpy())  # sparse annotations: their voxels only
         if pred.ndim != 3:
             raise ValueError(

@@ -67,8 +67,21 @@ log = logging.getLogger("pam_monai.experiments")
 MARKER = "done.json"
 STARTED = "run.json"
 VERSION = 1
-# bundle ids the runner sets itself for every run
-RESERVED = ("bundle_root", "network_name", "seed", "fold", "resume", "data", "data_seed", "task")
+# bundle ids the runner sets itself for every run (the folders and checkpoint follow bundle_root:
+# one given for the grid would have every run write, or every evaluation read, the same one)
+RESERVED = (
+    "bundle_root",
+    "network_name",
+    "seed",
+    "fold",
+    "resume",
+    "data",
+    "data_seed",
+    "task",
+    "ckpt_dir",
+    "ckpt_path",
+    "output_dir",
+)
 # overrides that do not change a run's result (not compared when resuming)
 NO_EFFECT = ("num_workers", "device", "cache_dir", "synthetic_dir", "logging_file")
 
@@ -597,6 +610,7 @@ class _Context:
     device: str
     slice_batch_size: int
     foreground_label: Any = None  # the bundle's --foreground_label: the scored target is the trained one
+    threshold: float = 0.5  # the bundle's --threshold: the paper protocol and figures cut as metrics.csv
 
 
 def _score_paper_protocol(run: Run, ctx: _Context) -> None:
@@ -607,7 +621,7 @@ def _score_paper_protocol(run: Run, ctx: _Context) -> None:
     # one pass over the test cases: cached, a full-size fold stayed in memory to the end (GBs)
     ds = CaseDataset(ctx.fold_data[run.fold]["test"], ctx.spec, ctx.foreground_label, cache=False)
     write_paper_protocol(
-        paper_protocol_rows(net, ds, ctx.slice_batch_size, ctx.device), run.paper_protocol_csv
+        paper_protocol_rows(net, ds, ctx.slice_batch_size, ctx.device, ctx.threshold), run.paper_protocol_csv
     )
 
 
@@ -702,7 +716,8 @@ def run_experiment(
     bad = sorted(set(overrides) & set(RESERVED))
     if bad:
         raise ValueError(
-            f"{bad}: set by the runner for each run (use --seeds, --folds, --networks, --data_seed)"
+            f"{bad}: set by the runner for each run (use --seeds, --folds, --networks, --data_seed; each run's "
+            "models/ and eval/ are in its folder runs/<variant>/seed<k>/fold<f> under --output)"
         )
     if str(overrides.get("eval_split", "test")) != "test":  # results.md, the paper protocol and figures: test
         raise ValueError(
@@ -837,6 +852,7 @@ def _run_grid(
         device,
         int(overrides.get("batch_size", 32)),
         overrides.get("foreground_label"),
+        float(overrides.get("threshold", 0.5)),
     )
     # only now: a call refused above (a finished run made with other settings) must not rewrite
     # the record of the grid that is on disk
