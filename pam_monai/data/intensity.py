@@ -17,8 +17,9 @@ MRI, ISLES perfusion maps). Own data names its channels in ``dataset.json`` and,
 
 The CT statistics are nnU-Net's ``foreground_intensity_properties_per_channel`` (the same keys);
 they are read from ``<root>/dataset_fingerprint.json`` when nnU-Net's file is there, else
-computed once per process from ``imagesTr`` and ``labelsTr``, and recorded with a trained model
-(``model.json``) so that evaluation and inference normalise exactly as training did. nnU-Net draws
+computed once per process from ``imagesTr`` and ``labelsTr`` (every case, as nnU-Net's fingerprint:
+a cross-validation's test fold included), and recorded with a trained model (``model.json``) so that
+evaluation and inference normalise exactly as training did. nnU-Net draws
 10e7 / (number of cases) samples with replacement from each case's foreground; we take at most
 100,000 seeded samples without replacement (all of a smaller foreground), so computed figures
 agree with nnU-Net's to sampling precision, not digit for digit.
