@@ -37,9 +37,12 @@ class HostReads(TorchDispatchMode):
         super().__init__()
         self.on = False
         self.reads: Counter = Counter()
+        self.ops: Counter = Counter()  # every aten op while on
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.split("::")[-1]
+        if self.on:
+            self.ops[name] += 1
         if self.on and name in HOST_READS:
             frames = [
                 f for f in traceback.extract_stack()[:-1] if not any(s in f.filename for s in SKIP_FRAMES)
@@ -49,7 +52,7 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def train_reads(tmp_path: Path, iterations: int, **overrides) -> tuple[Counter, list[float]]:
+def train_reads(tmp_path: Path, iterations: int, **overrides) -> tuple[HostReads, list[float]]:
     """Host reads during ``iterations`` iterations (after a first) of brats_fpa's ``train.json`` on
     its fast path (device loader, channels-last, fused AdamW as on a GPU), logging every 1000, and
     the losses of all iterations run."""
@@ -85,6 +88,7 @@ def train_reads(tmp_path: Path, iterations: int, **overrides) -> tuple[Counter, 
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch_length is None or trainer.state.epoch_length > iterations + 1
     reads, losses = HostReads(), []
+    reads.trainer = trainer
 
     def started(engine) -> None:
         reads.on = engine.state.iteration > 1  # the first iteration logs (iteration 1 of every log_every)
@@ -101,7 +105,7 @@ def train_reads(tmp_path: Path, iterations: int, **overrides) -> tuple[Counter, 
     with reads:
         trainer.run()
     assert len(losses) == iterations + 1
-    return reads.reads, [float(x) for x in losses]
+    return reads, [float(x) for x in losses]
 
 
 def device_reads(reads: Counter) -> dict[str, int]:
@@ -117,11 +121,28 @@ def test_training_iterations_between_loss_logs_never_wait_for_the_device(tmp_pat
     the paper's networks (RFNA: its reversed-label loss). An ``.item()``, ``float()``, a NaN check
     or a ``nonzero`` added to the step, loader, flip, network or loss fails here, named by its frames."""
     iterations = 3
-    reads, _ = train_reads(
-        tmp_path, iterations, network_name=network, crop_size=crop, network_options=options
-    )
+    reads = train_reads(tmp_path, iterations, network_name=network, crop_size=crop, network_options=options)[
+        0
+    ].reads
     assert device_reads(reads) == {}, "host reads in the training step (each one a GPU stall):\n" + "\n".join(
         f"{n}x {where}" for where, n in device_reads(reads).items()
     )
     # the flip's own check: one per step, of its host-side draw
     assert sum(reads.values()) == iterations
+
+
+def test_bf16_training_scales_no_loss(tmp_path, monkeypatch):
+    """MONAI's trainer gives amp a float16 loss scaler; bf16 (the bundles' amp) has float32's range
+    and needs none. The scaler would cost each step an inf check over every gradient, a scale update
+    and Python per parameter (with an unfused optimizer also a host read of that check): the bundle
+    trainer runs bf16 without it, with autocast kept and the same losses as a scaled run."""
+    # the scaler MONAI makes on a GPU (torch.cuda.amp.GradScaler), here enabled on the CPU
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", lambda: torch.amp.GradScaler("cpu"))
+    reads, losses = train_reads(tmp_path / "amp", 2, amp=True)
+    scaler = reads.trainer.scaler  # MONAI's step autocasts only when the trainer has a scaler
+    assert scaler is not None and not scaler.is_enabled()
+    scaler_ops = {name: n for name, n in reads.ops.items() if name.startswith("_amp_")}
+    assert scaler_ops == {}, f"loss-scaling kernels in bf16 training steps: {scaler_ops}"
+    # with autocast off on the CPU the step is fp32, where scaling by a power of two is exact
+    _, unscaled = train_reads(tmp_path / "fp32", 2, amp=False)
+    assert losses == unscaled

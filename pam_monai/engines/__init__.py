@@ -13,6 +13,7 @@ from .checkpoint import (
 )
 from .data import CaseDataset, prepare_data, voxel_spacing
 from .handlers import (
+    Bf16WithoutLossScaling,
     CaseMetrics,
     DecollateKeepingLoss,
     EveryIterations,
@@ -57,6 +58,7 @@ from .runtime import (
 __all__ = [
     "BestCheckpoint",
     "CaseDataset",
+    "Bf16WithoutLossScaling",
     "CaseMetrics",
     "CasePredictor",
     "DecollateKeepingLoss",

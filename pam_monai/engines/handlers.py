@@ -17,6 +17,7 @@ from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
 
 __all__ = [
+    "Bf16WithoutLossScaling",
     "CaseMetrics",
     "DecollateKeepingLoss",
     "EveryIterations",
@@ -389,6 +390,29 @@ def loss_of(output):
         else output
     )
     return loss.detach() if isinstance(loss, torch.Tensor) else loss
+
+
+class Bf16WithoutLossScaling:
+    """Train bf16 autocast without the loss scaler MONAI's trainers make for any ``amp``.
+
+    Loss scaling keeps float16's small gradients from underflowing; bfloat16 has float32's exponent
+    range and needs none. Yet ``SupervisedTrainer(amp=True)`` steps through a
+    ``torch.cuda.amp.GradScaler``: each step an inf/NaN pass over every gradient, a scale update
+    and Python per parameter, and with an unfused optimizer an ``.item()`` of the inf check (the
+    GPU idles until the step is done). On attach, a trainer whose ``amp_kwargs`` say bfloat16 gets a
+    disabled scaler instead: autocast stays on, backward and ``optimizer.step()`` run unscaled (the
+    same gradients: the scale is a power of two). A non-finite loss still stops the run
+    (:class:`NonFiniteLossGuard`); float16 amp keeps its scaler.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        # MONAI's Trainer.run() makes a new scaler each run, before the run's STARTED event
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        dtype = (getattr(engine, "amp_kwargs", None) or {}).get("dtype")
+        if getattr(engine, "scaler", None) is not None and dtype == torch.bfloat16:
+            engine.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
 
 class DecollateKeepingLoss:
