@@ -201,6 +201,8 @@ def random_flip_batch(
     chosen = draw < prob
     if not bool(chosen.any()):  # decided where the draw lives (CPU): no device sync per step
         return out
+    if first.device.type == "cuda":  # from pageable memory the driver may wait for the stream to stage it
+        chosen = chosen.pin_memory()
     flip = chosen.to(first.device, non_blocking=True)
     axes = [int(a) for a in np.atleast_1d(spatial_axis)]
     for key in present:
