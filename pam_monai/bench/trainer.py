@@ -2,8 +2,8 @@
 
 The training-step rows time forward, loss, backward and optimiser step alone. A bundle's trainer
 also fetches each batch (``DeviceSliceLoader`` or a ``DataLoader``), flips it on the device
-(``FlipPrepareBatch``), runs MONAI's ``SupervisedTrainer`` iteration (its ``GradScaler`` under amp,
-the decollated output) and the training handlers (loss log, TensorBoard, progress bar, NaN guard),
+(``FlipPrepareBatch``), runs MONAI's ``SupervisedTrainer`` iteration (bf16 autocast without its
+loss scaler: :class:`~pam_monai.engines.Bf16WithoutLossScaling`; the decollated output) and the training handlers (loss log, TensorBoard, progress bar, NaN guard),
 and sees an epoch's smaller last batch. This stage runs the BRATS bundle's ``train.json`` through
 MONAI's ``ConfigWorkflow`` on a synthetic BRATS set, with the run's device, batch and crop and the
 bundle's own fast-path default (``fast`` = CUDA available), without validation, and times whole
