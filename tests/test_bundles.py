@@ -1579,3 +1579,21 @@ def test_show_error_cause_ends_the_traceback_with_the_cause(monkeypatch, capsys)
     assert shown == [wrapped]  # the usual traceback first
     last = capsys.readouterr().err.rstrip().splitlines()[-1]
     assert last == "ValueError: brats: /data/x holds dataset.json ...: add --task nnunet"
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_readme_commands_name_files_of_the_bundle_as_run_from_its_folder(name):
+    """A bundle shared alone (the MONAI model zoo) is a folder without the project around it: its
+    README's commands are followed as written from that folder, so every config, weight and export
+    file they name is relative to it (they named ``bundles/<name>/configs/...``, a path of the
+    project's checkout that neither the bundle's folder nor the one above it has)."""
+    root = ROOT / "bundles" / name
+    text = (root / "docs" / "README.md").read_text()
+    commands = " ".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S)).replace("\\\n", " ")
+    paths = re.findall(r"[^\s'\"\[,]*(?:configs|models)/[\w.]+\.\w+", commands)
+    assert len(paths) >= 10, commands
+    outside = sorted({p for p in paths if not p.startswith(("configs/", "models/"))})
+    assert not outside, f"{name}: README commands name files outside the bundle's folder: {outside}"
+    missing = sorted({p for p in paths if p.startswith("configs/") and not (root / p).is_file()})
+    assert not missing, f"{name}: README commands name configs the bundle lacks: {missing}"
+    assert f"`cd bundles/{name}`" in text, f"{name}: README does not say where a clone runs them"

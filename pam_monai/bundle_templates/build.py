@@ -95,7 +95,9 @@ def bundle_names() -> list[str]:
 @dataclass(frozen=True)
 class BundleTask:
     """What a bundle is about: ``task`` (the configs' data set name), its spec, the model-zoo
-    facts of ``TASKS``, the bundle name's prefix and where it lives relative to the working folder."""
+    facts of ``TASKS``, the bundle name's prefix and where it lives relative to the working folder;
+    ``commands_from_bundle``: the README's commands are written to run from the bundle's own folder
+    (a bundle shared alone, as in the model zoo), else from the working folder above ``folder``."""
 
     task: str
     spec: DatasetSpec
@@ -103,6 +105,7 @@ class BundleTask:
     prefix: str
     folder: str = "bundles"
     dataset_dir: str = "$os.path.join(@bundle_root, 'data')"
+    commands_from_bundle: bool = True
 
 
 def as_task(task: str | BundleTask) -> BundleTask:
@@ -286,10 +289,10 @@ PAPER_GENERATED = (
     "This bundle is generated from `pam_monai/bundle_templates/` (run\n"
     "`python -m pam_monai.bundle_templates.build`): edit the templates, not these files."
 )
-PAPER_RUN_FROM = """The commands below run from the project's root; from anywhere else, MONAI's
-workflows (`python -m monai.bundle run`, `monai.bundle.run` / `load` in Python) write `models/`,
-`eval/` and `cache/` into the bundle whose `configs/` they run (`--bundle_root` sets another
-folder). A bundle in a shared, read-only folder evaluates and infers with `--output_dir DIR`
+PAPER_RUN_FROM = """Run the commands below from the bundle's own folder (in a clone of the
+project: `cd bundles/{name}`); from anywhere else, MONAI's workflows (`python -m monai.bundle run`,
+`monai.bundle.run` / `load` in Python) write `models/`, `eval/` and `cache/` into the bundle whose
+`configs/` they run (`--bundle_root` sets another folder). A bundle in a shared, read-only folder evaluates and infers with `--output_dir DIR`
 (`models/` is only read); an output folder that cannot be written (`--output_dir`, training's
 `--ckpt_dir`) is refused before any work, naming it and its flag."""
 PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). Without
@@ -384,9 +387,10 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
     name = f"{bt.prefix}_{network}"
     values = {
         "name": name,
-        "where": f"{bt.folder}/{name}",
-        # a bare command-line argument: quoted when a folder name has a space (own bundles)
-        "where_arg": shlex.quote(f"{bt.folder}/{name}"),
+        # the commands' path to the bundle's files: none from its own folder; from the folder above
+        # it, a bare command-line argument is quoted when a folder name has a space (own bundles)
+        "where": "" if bt.commands_from_bundle else f"{bt.folder}/{name}/",
+        "where_arg": "" if bt.commands_from_bundle else shlex.quote(f"{bt.folder}/{name}") + "/",
         "title": spec.title,
         "network": NETWORKS[network],
         "network_name": network,

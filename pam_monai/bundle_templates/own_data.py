@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -186,11 +185,11 @@ def own_data_bundle(
         else "Run the commands below from the bundle's own folder; from anywhere else MONAI's workflows\n"
         "write into the bundle whose `configs/` they run (`--bundle_root` sets another folder)."
     )
-    task = BundleTask("nnunet", spec, info, prefix, folder=folder or ".", dataset_dir=str(dataset_dir))
+    task = BundleTask(
+        "nnunet", spec, info, prefix, folder=folder or ".", dataset_dir=str(dataset_dir),
+        commands_from_bundle=not folder,
+    )  # fmt: skip
     files = bundle_files(task, network)
-    if not folder:  # run from its own folder: the README's paths are relative to it
-        readme = files["docs/README.md"].replace(f"{shlex.quote(f'./{name}')}/", "")  # bare arguments
-        files["docs/README.md"] = readme.replace(f"./{name}/", "")  # inside quoted config lists
     embedded = {
         "dataset_json": spec_dataset_json(spec),
         "crop_size": list(spec.crop_size),
