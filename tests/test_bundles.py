@@ -1597,3 +1597,19 @@ def test_readme_commands_name_files_of_the_bundle_as_run_from_its_folder(name):
     missing = sorted({p for p in paths if p.startswith("configs/") and not (root / p).is_file()})
     assert not missing, f"{name}: README commands name configs the bundle lacks: {missing}"
     assert f"`cd bundles/{name}`" in text, f"{name}: README does not say where a clone runs them"
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_readme_commands_install_extras_without_the_project_s_checkout(name):
+    """The README's commands run from the bundle's folder, where ``pip install -e ".[mlflow]"``
+    would install the bundle's folder, which is no Python project: MLflow is named with the
+    requirement of setup.cfg's ``mlflow`` extra instead."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    mlflow = cfg["options.extras_require"]["mlflow"].strip()
+    text = (ROOT / "bundles" / name / "docs" / "README.md").read_text()
+    commands = " ".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
+    assert "pip install -e" not in commands, f"{name}: README installs the project from the bundle's folder"
+    assert f'python -m pip install "{mlflow}"' in commands, f"{name}: README does not install {mlflow}"
