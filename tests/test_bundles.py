@@ -1613,3 +1613,19 @@ def test_readme_commands_install_extras_without_the_project_s_checkout(name):
     commands = " ".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
     assert "pip install -e" not in commands, f"{name}: README installs the project from the bundle's folder"
     assert f'python -m pip install "{mlflow}"' in commands, f"{name}: README does not install {mlflow}"
+
+
+def test_weights_copied_in_without_their_record_ask_for_the_record_not_a_rename(tmp_path):
+    """A recipient who put a shared ``model.pt`` alone into ``models/`` (no ``model.json``) was told to
+    "rename weights with their record (model.pt with model.json)": both already have the names
+    that are read, and what is missing is the record itself, to be copied in beside the weights."""
+    from pam_monai.engines import check_weights
+    from pam_monai.networks import get_network
+
+    small = get_network("fpa", in_channels=4, out_channels=1, options=SMALL["network_options"])
+    torch.save(small.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="pass the network_name and network_options") as err:
+        check_weights(tmp_path / "model.pt", get_network("fpa", in_channels=4, out_channels=1))
+    message = str(err.value)
+    assert "rename" not in message, message
+    assert "no model.json beside model.pt" in message and "copy in the model.json" in message, message

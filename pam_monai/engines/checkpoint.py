@@ -442,6 +442,21 @@ def _record_path(ckpt_path: str | os.PathLike) -> Path:
     return Path(ckpt_path).with_suffix(".json")
 
 
+def _missing_record_hint(ckpt_path: str | os.PathLike, record: Path) -> str:
+    """What to do when the weights in ``ckpt_path`` have no record (``record``) of their network."""
+    weights = Path(ckpt_path).name
+    if record.name == "model.json":  # the names training writes: the record itself was left behind
+        return (
+            f" (no model.json beside {weights}: training writes that record of the network beside the "
+            "weights; copy in the model.json that came with them)"
+        )
+    # weights renamed alone (fold1.pt beside model.json) lose the record that names their network
+    return (
+        f" (no record of them here: training writes it as model.json beside model.pt, and it is read as "
+        f"{record.name} beside {weights}: rename weights with their record ({weights} with {record.name}))"
+    )
+
+
 def settle_record(ckpt_path: str | os.PathLike) -> None:
     """Complete or undo a best-model save that was interrupted (see :meth:`BestCheckpoint.__call__`):
     a pending record whose weights are in place becomes ``model.json``; one whose weights never
@@ -594,14 +609,7 @@ def check_weights(ckpt_path: str | os.PathLike, network: torch.nn.Module) -> dic
     if missing or unexpected or shaped:
         example = (shaped or missing or unexpected)[0]
         record = _record_path(ckpt_path)
-        # weights renamed alone (fold1.pt beside model.json) lose the record that names their network
-        unrecorded = (
-            f" (no record of them here: training writes it as model.json beside model.pt, and it is read as "
-            f"{record.name} beside {Path(ckpt_path).name}: rename weights with their record ({Path(ckpt_path).name} "
-            f"with {record.name}))"
-            if not record.is_file()
-            else ""
-        )
+        unrecorded = "" if record.is_file() else _missing_record_hint(ckpt_path, record)
         raise ValueError(
             f"{ckpt_path}: these weights do not fit {type(unwrap_network(network)).__name__} as built here "
             f"({len(missing)} missing, {len(unexpected)} unexpected and {len(shaped)} mis-shaped entries, e.g. "
