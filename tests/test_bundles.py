@@ -1629,3 +1629,23 @@ def test_weights_copied_in_without_their_record_ask_for_the_record_not_a_rename(
     message = str(err.value)
     assert "rename" not in message, message
     assert "no model.json beside model.pt" in message and "copy in the model.json" in message, message
+
+
+@pytest.mark.parametrize("name", ["isles_rfna", "brats_fpa"])
+def test_readme_own_data_bundle_command_runs_as_written(name, tmp_path, monkeypatch):
+    """The README's "Own data" line, ``python -m pam_monai bundle --dataset_dir DIR --output
+    NAME_<network>``, was refused in the RFNA bundles ("the bundle folder's name must end in _fpa"):
+    ``--network`` defaults to fpa, so the line must name its network; run as written (with --no_check)."""
+    import shlex
+
+    from pam_monai.cli import main
+    from pam_monai.data import synth
+
+    own = synth("nnunet", tmp_path / "Dataset900_Own", cases=2, slices=4)
+    text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
+    command = re.search(r"`python -m pam_monai (bundle [^`]*)`", text)[1]
+    args = [{"DIR": str(own)}.get(a, a).replace("NAME_", "lesion_") for a in shlex.split(command)]
+    monkeypatch.chdir(tmp_path)
+    main([*args, "--no_check"])
+    train = json.loads((tmp_path / f"lesion_{name.split('_')[1]}" / "configs" / "train.json").read_text())
+    assert train["network_name"] == name.split("_")[1]
