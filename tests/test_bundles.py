@@ -1649,3 +1649,14 @@ def test_readme_own_data_bundle_command_runs_as_written(name, tmp_path, monkeypa
     main([*args, "--no_check"])
     train = json.loads((tmp_path / f"lesion_{name.split('_')[1]}" / "configs" / "train.json").read_text())
     assert train["network_name"] == name.split("_")[1]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_readme_gives_the_data_layout_it_reads(name):
+    """A bundle shared alone has no project README beside it: its README said only "the folder of
+    the published layout (see the project README)"; it gives the layout its reader expects."""
+    import importlib
+
+    layout = importlib.import_module(f"pam_monai.data.{name.split('_')[0]}").LAYOUT
+    text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
+    assert f"`{layout}`" in text, f"{name}: README does not give the layout {layout}"

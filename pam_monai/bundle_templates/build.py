@@ -295,7 +295,9 @@ project: `cd bundles/{name}`); from anywhere else, MONAI's workflows (`python -m
 `configs/` they run (`--bundle_root` sets another folder). A bundle in a shared, read-only folder evaluates and infers with `--output_dir DIR`
 (`models/` is only read); an output folder that cannot be written (`--output_dir`, training's
 `--ckpt_dir`) is refused before any work, naming it and its flag."""
-PAPER_DATA = """Point `dataset_dir` at the folder of the published layout (see the project README). Without
+PAPER_DATA = """Point `dataset_dir` at the folder of the published layout,
+`{layout}`
+(more in the project README). Without
 `--dataset_dir` (and no `data/` in the bundle), training runs on a small **synthetic stand-in**
 generated on the fly (into `synthetic_data/`) and the log says so; a `--dataset_dir` that does not
 exist or is empty is an error (a typo, a disk not mounted), and a folder with other content (data in another layout) is
@@ -380,6 +382,16 @@ def _validation_memory(spec) -> str:
     )
 
 
+def _layout(bt: BundleTask) -> str:
+    """The folder layout the paper data set's reader expects (own data: none, their README says)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"pam_monai.data.{bt.task}").LAYOUT
+    except (ImportError, AttributeError):
+        return ""
+
+
 def _doc_values(task: str | BundleTask, network: str) -> dict:
     bt = as_task(task)
     spec = bt.spec
@@ -415,6 +427,7 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         "data_flag": " \\\n    --dataset_dir /path/to/data",
         "fg_note": " (BraTS 2021+: 3)" if spec.name == "brats" else "",
         "run_from": PAPER_RUN_FROM,
+        "layout": _layout(bt),
         "masks": _masks(bt),
         "network_size": network_size(network, spec.in_channels),
         "cases": _cases(bt),
