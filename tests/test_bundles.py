@@ -832,7 +832,7 @@ def test_mlflow_tracking(tmp_path):
 
 
 def test_bundle_root_resolves_from_the_repository_and_from_the_bundle_folder(monkeypatch):
-    """The documented commands run from the repository's root; a downloaded bundle runs from its own folder."""
+    """The project README's commands run from the repository's root; a bundle's README's from its own folder."""
     name = BUNDLES[0]
     for cwd, config, expected in [
         (ROOT, f"bundles/{name}/configs/inference.json", f"bundles/{name}"),
