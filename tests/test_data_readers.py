@@ -65,6 +65,20 @@ def test_brats_reader_names_a_single_case_folder_given_as_the_root(brats_root):
     )
 
 
+def test_isles_reader_names_a_single_case_folder_given_as_the_root(tmp_path):
+    """``--input_dir .../case_7`` (one case, as a recipient of a bundle may point inference at it) said
+    only "no case_<n> folders"; as for BraTS, the message names the folder to point at instead."""
+    from pam_monai.data.isles import scan
+
+    folder = synth("isles", tmp_path / "isles", cases=1, max_slices=2) / "TRAINING" / "case_1"
+    problems = scan(folder).problems
+    assert (
+        len(problems) == 1
+        and f"{folder} is one case's folder: point at the folder that holds the case folders ({folder.parent})"
+        in problems[0].message
+    ), problems
+
+
 def test_brats_reader_accepts_a_flat_root_and_plain_nii(brats_root, tmp_path):
     import nibabel as nib
 

@@ -53,7 +53,10 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
     )
     if not folders:
         what = f"no case_<n> folders (expected {LAYOUT})"
-        if (base / "rawdata").is_dir() or any(base.glob("sub-strokecase*")):
+        if _CASE.match(base.name) and any(_FOLDER.match(d.name) for d in base.iterdir()):
+            # a single case's own folder: the root is the folder that holds the case folders
+            what = f"{base} is one case's folder: point at the folder that holds the case folders ({base.parent})"
+        elif (base / "rawdata").is_dir() or any(base.glob("sub-strokecase*")):
             what += (
                 "; these look like ISLES 2022 (MRI, BIDS), not ISLES 2018 (CT perfusion): convert them with "
                 f"python -m pam_monai convert_isles22 --root {quote(str(root))} --output DIR, then train with --task nnunet "
