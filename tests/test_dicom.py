@@ -243,3 +243,32 @@ def test_slices_with_their_own_rescale_slope_keep_their_values(tmp_path):
     np.testing.assert_array_equal(volume[..., 0], stored[0].T)
     for i in (1, 2):
         np.testing.assert_allclose(volume[..., i], stored[i].T * 0.5)
+
+
+def test_a_multi_frame_file_converts_with_its_geometry(tmp_path, caplog):
+    """Enhanced CT / MR: the whole volume in one file, which the series reader reads 4-D."""
+    vol = np.arange(6 * 8 * 10, dtype=np.int16).reshape(6, 8, 10)
+    image = sitk.GetImageFromArray(vol)
+    image.SetSpacing((0.8, 0.7, 2.5))
+    image.SetOrigin((-100.0, -90.0, 30.0))
+    c, s = np.cos(0.3), np.sin(0.3)
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, c, -s, 0.0, s, c))  # oblique
+    for tag, value in {"0020|000e": f"{UID}7.1", "0010|0020": "MF", "0008|0060": "MR"}.items():
+        image.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for name in ("one/mf.dcm", "two/a.dcm", "two/b.dcm"):  # two/: two volumes of one series
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        writer.SetFileName(str(tmp_path / name))
+        with keep_locale():
+            writer.Execute(image)
+        image.SetMetaData("0020|000e", f"{UID}7.2")
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        written = convert_dicom(tmp_path, tmp_path / "out", progress=False)
+    assert [p.name for p in written] == ["MF_0000.nii.gz"]
+    out = sitk.ReadImage(str(written[0]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), vol)
+    np.testing.assert_allclose(out.GetDirection(), image.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(out.GetSpacing(), image.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin(), atol=1e-6)
+    assert "two: series" in caplog.text and "2 multi-frame files in one series" in caplog.text

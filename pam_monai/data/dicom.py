@@ -12,7 +12,8 @@ own-data model then segments them: ``--input_dir`` the output folder, or make it
 Series that would convert to a wrong volume are skipped with a warning naming them, never
 written: single images (a 2-D image belongs in a 2-D data set), several volumes in one series
 (repeated slice positions: diffusion b-values, echoes, phases), irregular slice spacing (a
-missing slice) and sheared stacks (gantry tilt); resample or split those first.
+missing slice) and sheared stacks (gantry tilt); resample or split those first. A multi-frame file
+(enhanced CT / MR) is one series of its own, its geometry as GDCM reads it.
 
 Several channels of one study (e.g. MR T2 and ADC) are separate series: convert the folder of each
 into the same output with its ``channel`` (0, then 1, ...). A series of channel 1 joins the case of
@@ -297,6 +298,15 @@ def convert_dicom(
                 image = reader.Execute()
         tags = {k: _tag(reader, t) for k, t in _TAGS.items()}
         label = f"{where}: series {tags['series_number'] or uid} ({tags['description'] or 'no description'})"
+        if image.GetDimension() == 4:  # multi-frame files: the series reader stacks them on a 4th axis
+            if image.GetSize()[3] != 1:
+                log.warning(
+                    "dicom: %s not converted: %d multi-frame files in one series (several volumes); split it first",
+                    label,
+                    image.GetSize()[3],
+                )
+                continue
+            image = image[:, :, :, 0]  # one multi-frame file: the volume, its geometry kept
         if image.GetDimension() != 3 or image.GetSize()[2] < 2:
             log.warning("dicom: %s is a single image, skipped: 2-D images belong in a 2-D data set", label)
             continue
@@ -343,7 +353,13 @@ def convert_dicom(
         with atomic_path(path, suffix=".nii.gz") as tmp, keep_locale():
             sitk.WriteImage(_compact(image), str(tmp), useCompression=True)
         record.setdefault(case, {"patient": tags["patient"], "study_uid": tags["study_uid"]})
-        record[case][key] = {"folder": str(where), "series_uid": uid, "slices": len(files), **grid, **tags}
+        record[case][key] = {
+            "folder": str(where),
+            "series_uid": uid,
+            "slices": image.GetSize()[2],
+            **grid,
+            **tags,
+        }
         written.append(path)
         atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     return written
