@@ -1402,3 +1402,28 @@ def test_a_constant_channel_is_warned_about_as_an_all_zero_one(tmp_path):
         "case this channel's image",
         "SYN_002: SYN_002_0001.nii.gz: all voxels are zero",
     ]
+
+
+def test_msd_task_with_channel_names_instead_of_modality(tmp_path):
+    """An MSD-style dataset.json naming its channels "channel_names" (nnU-Net v2's word): its 4-D
+    images are split by those channels, not refused as one channel 'image'."""
+    from pam_monai.data.msd import convert_msd
+
+    task = tmp_path / "Task97_MR"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    vol = np.arange(6 * 5 * 4 * 2, dtype=np.int16).reshape(6, 5, 4, 2)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(task / "imagesTr" / "mr_001.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(np.zeros((6, 5, 4), np.uint8), np.eye(4)), str(task / "labelsTr" / "mr_001.nii.gz")
+    )
+    meta = {
+        "channel_names": {"0": "T2", "1": "ADC"},
+        "labels": {"0": "background", "1": "lesion"},
+        "training": [{"image": "./imagesTr/mr_001.nii.gz", "label": "./labelsTr/mr_001.nii.gz"}],
+    }
+    (task / "dataset.json").write_text(json.dumps(meta))
+    out = convert_msd(task, tmp_path / "out", progress=False)
+    assert json.loads((out / "dataset.json").read_text())["channel_names"] == {"0": "T2", "1": "ADC"}
+    adc = np.asarray(nib.load(str(out / "imagesTr" / "mr_001_0001.nii.gz")).dataobj)
+    np.testing.assert_array_equal(adc, vol[..., 1])

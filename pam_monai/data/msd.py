@@ -75,7 +75,8 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
         )
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} already exists; choose a new folder")
-    modality = meta.get("modality") or {"0": "image"}
+    # "channel_names": what some MSD-style exports call the channels (nnU-Net v2's word)
+    modality = meta.get("modality") or meta.get("channel_names") or {"0": "image"}
     channels = {str(i): str(modality[k]) for i, k in enumerate(sorted(modality, key=int))}
     names = [str(name) for _, name in sorted(meta["labels"].items(), key=lambda kv: int(kv[0]))]
     twice = sorted({n for n in names if names.count(n) > 1})
