@@ -1427,3 +1427,25 @@ def test_msd_task_with_channel_names_instead_of_modality(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["channel_names"] == {"0": "T2", "1": "ADC"}
     adc = np.asarray(nib.load(str(out / "imagesTr" / "mr_001_0001.nii.gz")).dataobj)
     np.testing.assert_array_equal(adc, vol[..., 1])
+
+
+def test_isles22_mask_shifted_off_the_dwi_grid_is_named_as_such(tmp_path):
+    """A mask of the DWI's shape but another affine: the refusal says the affine differs (not
+    "(6, 6, 4) differs from (6, 6, 4)") and nothing is written."""
+    from pam_monai.data.isles22 import convert_isles22
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted = affine.copy()
+    shifted[0, 3] = 5.0
+    case = tmp_path / "root" / "sub-strokecase0001"
+    case.mkdir(parents=True)
+    for kind, a in (("dwi", affine), ("adc", affine), ("msk", shifted)):
+        nib.save(
+            nib.Nifti1Image(np.ones((6, 6, 4), np.float32), a),
+            str(case / f"sub-strokecase0001_ses-0001_{kind}.nii.gz"),
+        )
+    with pytest.raises(
+        ValueError, match=r"_msk.nii.gz: its affine differs from the DWI's \(largest difference 5\)"
+    ):
+        convert_isles22(tmp_path / "root", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -105,11 +105,18 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
                 grids[kind] = (tuple(header.shape), header.affine)
             shape, affine = grids["dwi"]
             for kind in grids:
-                if grids[kind][0] != shape or not np.allclose(grids[kind][1], affine, atol=1e-3):
-                    raise ValueError(
-                        f"{files[kind]}: its grid ({grids[kind][0]}) differs from the DWI's ({shape}, "
-                        f"{files['dwi'].name}): DWI, ADC and the mask must share one grid"
-                    )
+                if grids[kind][0] != shape:
+                    what = f"its shape {grids[kind][0]} differs from the DWI's {shape}"
+                elif not np.allclose(grids[kind][1], affine, atol=1e-3):
+                    # same shape: say so, or the message would read "(6, 6, 4) differs from (6, 6, 4)"
+                    worst = float(np.abs(grids[kind][1] - affine).max())
+                    what = f"its affine differs from the DWI's (largest difference {worst:g})"
+                else:
+                    continue
+                raise ValueError(
+                    f"{files[kind]}: {what} ({files['dwi'].name}): DWI, ADC and the mask must share one "
+                    "grid; resample it onto the DWI's grid or leave the case out"
+                )
             subset = "imagesTr" if "msk" in files else "imagesTs"
             for c, kind in enumerate(CHANNELS):
                 _copy(files[kind], tmp / subset / f"{case}_{c:04d}.nii.gz")
