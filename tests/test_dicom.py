@@ -272,3 +272,17 @@ def test_a_multi_frame_file_converts_with_its_geometry(tmp_path, caplog):
     np.testing.assert_allclose(out.GetSpacing(), image.GetSpacing(), atol=1e-6)
     np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin(), atol=1e-6)
     assert "two: series" in caplog.text and "2 multi-frame files in one series" in caplog.text
+
+
+def test_slices_of_another_pixel_type_keep_their_values(tmp_path):
+    """A series whose first slice is signed and the others unsigned (re-exported slices): the
+    unsigned values are not wrapped into the first slice's int16 (60000 is not -5536)."""
+    signed = np.full((4, 6, 6), 100, np.int16)
+    signed[0] = -50
+    write_series(signed, tmp_path / "in", "PX", 1)
+    write_series(np.full((4, 6, 6), 60000, np.uint16), tmp_path / "unsigned", "PX", 1)
+    for i in (1, 2, 3):
+        (tmp_path / "unsigned" / f"s1_{i:03d}.dcm").replace(tmp_path / "in" / f"s1_{i:03d}.dcm")
+    (written,) = convert_dicom(tmp_path / "in", tmp_path / "out", progress=False)
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
+    assert [np.unique(v).tolist() for v in values] == [[-50], [60000], [60000], [60000]]

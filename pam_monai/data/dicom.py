@@ -51,6 +51,7 @@ _TAGS = {
     "study_date": "0008|0020",
 }
 _POSITION, _ORIENTATION, _SERIES = "0020|0032", "0020|0037", "0020|000e"
+_PIXEL_FORMAT = ("0028|0100", "0028|0101", "0028|0103")  # bits allocated, bits stored, signed or not
 
 
 @contextlib.contextmanager
@@ -181,6 +182,15 @@ def _geometry_problem(reader, n: int) -> str | None:
     return None
 
 
+def _varying(reader, n: int, tags: tuple[str, ...]) -> bool:
+    """Whether the slices' values of ``tags`` differ."""
+    values = {
+        tuple(reader.GetMetaData(i, t).strip() if reader.HasMetaDataKey(i, t) else "" for t in tags)
+        for i in range(n)
+    }
+    return len(values) > 1
+
+
 def _varying_rescale(reader, n: int) -> bool:
     """Whether the slices' Rescale Slope / Intercept differ (PET, some CT exports)."""
     values = {
@@ -288,12 +298,17 @@ def convert_dicom(
                 "dicom: %s: series %s unreadable, skipped (%s)", where, uid, str(e).strip().splitlines()[-1]
             )
             continue
-        if _varying_rescale(reader, len(files)) and image.GetPixelID() not in (
-            sitk.sitkFloat32,
-            sitk.sitkFloat64,
-        ):
-            # the first slice's rescale gave the pixel type: slices with another slope would be truncated
-            reader.SetOutputPixelType(sitk.sitkFloat64)
+        # the first slice gave the pixel type: slices with another slope would be truncated, and
+        # unsigned slices read as signed ones wrap (60000 becomes -5536)
+        wider = (
+            sitk.sitkFloat64
+            if _varying_rescale(reader, len(files))
+            else sitk.sitkInt32
+            if _varying(reader, len(files), _PIXEL_FORMAT)
+            else None
+        )
+        if wider is not None and image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+            reader.SetOutputPixelType(wider)
             with keep_locale():
                 image = reader.Execute()
         tags = {k: _tag(reader, t) for k, t in _TAGS.items()}
