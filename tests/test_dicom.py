@@ -286,3 +286,11 @@ def test_slices_of_another_pixel_type_keep_their_values(tmp_path):
     (written,) = convert_dicom(tmp_path / "in", tmp_path / "out", progress=False)
     values = sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
     assert [np.unique(v).tolist() for v in values] == [[-50], [60000], [60000], [60000]]
+
+
+def test_a_folder_without_dicom_is_refused_without_leaving_an_output_folder(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no DICOM here")
+    with pytest.raises(ValueError, match="notes: no DICOM series found"):
+        convert_dicom(tmp_path / "notes", tmp_path / "out" / "nifti", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text, check_writable
 
 log = logging.getLogger("pam_monai")
 
@@ -261,12 +261,11 @@ def convert_dicom(
         raise ValueError(f"{input_dir}: not a folder of DICOM files")
     if not 0 <= int(channel) <= 9999:
         raise ValueError(f"channel must be 0..9999, got {channel}")
-    output.mkdir(parents=True, exist_ok=True)
-    if not os.access(output, os.W_OK):
-        raise PermissionError(f"{output}: not writable")
+    check_writable(output)  # before the scan; created after it, so that a refusal leaves no empty folder
     series = find_series(input_dir)
     if not series:
         raise ValueError(f"{input_dir}: no DICOM series found (GDCM reads none of its files)")
+    output.mkdir(parents=True, exist_ok=True)
     record_path = output / RECORD
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     key = f"{int(channel):04d}"
