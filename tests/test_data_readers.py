@@ -300,7 +300,10 @@ def test_isles22_bids_layout_converts_and_refuses_by_file(tmp_path):
     ):
         convert_isles22(root, tmp_path / "out2", progress=False)
     adc.unlink()
-    with pytest.raises(ValueError, match=r"sub-strokecase0002: no adc file"):
+    with pytest.raises(
+        ValueError,
+        match=r"add the missing file, or move the case out of the folder\):\nsub-strokecase0002: no adc file",
+    ):
         convert_isles22(root, tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists() and [p.name for p in tmp_path.iterdir()] != []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out2")]  # no half-written folder

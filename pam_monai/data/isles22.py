@@ -47,7 +47,10 @@ def find_isles22_cases(root: str | os.PathLike) -> dict[str, dict[str, Path]]:
         kinds = found.setdefault(m["case"], {})
         kind = m["kind"].lower()
         if kind in kinds:
-            raise ValueError(f"{m['case']}: two {kind} files: {kinds[kind]} and {path}; keep one")
+            raise ValueError(
+                f"{m['case']}: two {kind} files: {kinds[kind]} and {path}; keep one (a second session: convert "
+                "each session's files from a folder of their own)"
+            )
         kinds[kind] = path
     return found
 
@@ -88,7 +91,10 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
         f"{case}: no {kind} file" for case, files in cases.items() for kind in CHANNELS if kind not in files
     ]
     if problems:
-        raise ValueError(f"{root}: incomplete cases:\n" + "\n".join(problems))
+        raise ValueError(
+            f"{root}: incomplete cases (the network needs DWI and ADC of every case: add the missing file, or "
+            "move the case out of the folder):\n" + "\n".join(problems)
+        )
     training = 0
     with atomic_dir(output) as tmp:  # appears complete or not at all
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
