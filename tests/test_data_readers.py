@@ -296,7 +296,8 @@ def test_isles22_bids_layout_converts_and_refuses_by_file(tmp_path):
     )
     save(adc, shape=(8, 9, 6))
     with pytest.raises(
-        ValueError, match=r"sub-strokecase0002_ses-0001_adc.nii.gz: its grid \(\(8, 9, 6\)\) differs"
+        ValueError,
+        match=r"sub-strokecase0002_ses-0001_adc.nii.gz: its shape \(8, 9, 6\) differs from the DWI's \(8, 9, 5\)",
     ):
         convert_isles22(root, tmp_path / "out2", progress=False)
     adc.unlink()
