@@ -1525,3 +1525,34 @@ def test_grid_refuses_one_checkpoint_or_output_folder_for_every_run(small_grid, 
     --output_dir had every run write into one folder: each run's are in its own folder."""
     with pytest.raises(ValueError, match=rf"\['{given}'\]: set by the runner for each run"):
         run_experiment(**small_grid, **{given: "/tmp/one"})
+
+
+def test_grid_runs_close_their_tensorboard_writers(tmp_path):
+    """The runner runs every bundle of the grid in one process; MONAI's TensorBoardStatsHandler
+    never closes its SummaryWriter, whose flush thread (and the writer) then outlived the run: two
+    more threads per training run, for the rest of the grid."""
+    import threading
+
+    config = {
+        "imports": ["$import monai"],
+        "log_dir": str(tmp_path / "eval"),
+        "train": {"handlers": [{"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir"}]},
+        "validate": {
+            "handlers": [
+                {"_target_": "StatsHandler"},
+                {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir"},
+            ]
+        },
+        "training": ["$@train#handlers", "$@validate#handlers"],
+        "run": "@training",
+    }
+    train_json = tmp_path / "configs" / "train.json"
+    train_json.parent.mkdir()
+    train_json.write_text(json.dumps(config))
+    (train_json.parent / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
+    bundle = runner_module._Bundle(train_json, train_json)
+
+    before = set(threading.enumerate())
+    for _ in range(3):
+        bundle.train({}, resume=False)
+    assert set(threading.enumerate()) - before == set()
