@@ -1556,3 +1556,30 @@ def test_grid_runs_close_their_tensorboard_writers(tmp_path):
     for _ in range(3):
         bundle.train({}, resume=False)
     assert set(threading.enumerate()) - before == set()
+
+
+def test_grid_runs_compile_each_network_afresh(tmp_path):
+    """torch.compile's caches live as long as the process, which runs the whole grid: each network
+    variant (another shape of the same forward code) took one more of dynamo's 8 recompilations,
+    and from the ninth variant on (fig7_fpa has 15) training ran uncompiled, with only a warning."""
+    config = {
+        "imports": ["$import torch"],
+        "n": 1,
+        "backend": None,
+        "training": ["$torch.compile(torch.nn.Linear(@n, 1), backend=@backend)(torch.ones(2, @n))"],
+        "run": "@training",
+    }
+    train_json = tmp_path / "configs" / "train.json"
+    train_json.parent.mkdir()
+    train_json.write_text(json.dumps(config))
+    (train_json.parent / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
+    bundle = runner_module._Bundle(train_json, train_json)
+    compiled = []
+
+    def backend(graph, inputs):  # dynamo hands it each graph it compiles
+        compiled.append(graph)
+        return graph.forward
+
+    for n in range(1, 11):  # ten variants, each a new shape of torch.nn.Linear.forward
+        bundle.train({"n": n, "backend": backend}, resume=False)
+    assert len(compiled) == 10

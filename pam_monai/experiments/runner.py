@@ -518,6 +518,18 @@ def _close_writers(workflow) -> None:
                 handler.close()
 
 
+def _reset_compiler() -> None:
+    """Forget what ``torch.compile`` compiled for the run (when anything could have been).
+
+    Its caches live as long as the process, which runs every bundle of the grid: each network
+    variant is another shape of the same ``forward`` code, one more of dynamo's 8 recompilations
+    (``recompile_limit``), and from the ninth variant on (``fig7_fpa`` has 15) training ran
+    uncompiled, with only a warning. Compiling a network again reads inductor's kernels from its
+    cache on disk."""
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
 class _Bundle:
     """Runs the bundle's training and evaluation in this process (MONAI ``ConfigWorkflow``)."""
 
@@ -553,6 +565,7 @@ class _Bundle:
             wf.finalize()
             _close_writers(wf)
             del wf
+            _reset_compiler()
             gc.collect()
 
     def train(self, overrides: dict, resume: bool) -> None:
