@@ -135,6 +135,13 @@ def test_output_in_an_encoding_without_the_data_folders_letters(tmp_path):
         (False, "/data/O'Brien", "'/data/O'\"'\"'Brien'"),
         (True, r"C:\data\my set", r'"C:\data\my set"'),
         (True, r"C:\data\plain", r"C:\data\plain"),
+        # cmd.exe would end the command at & (and run "D\data"); PowerShell refuses a bare &
+        (True, r"C:\R&D\data", r'"C:\R&D\data"'),
+        (True, r"C:\data(1);old", r'"C:\data(1);old"'),
+        (True, "a,b", '"a,b"'),  # PowerShell: an array of two arguments
+        (True, "", '""'),
+        (True, 'say "hi"', r'"say \"hi\""'),
+        (True, "C:\\my set\\", '"C:\\my set\\\\"'),
     ],
 )
 def test_printed_commands_quote_for_this_systems_shell(monkeypatch, windows, arg, quoted):
