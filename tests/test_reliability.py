@@ -1446,10 +1446,12 @@ def test_inference_shows_progress_while_it_checks_every_input(tmp_path, monkeypa
     assert bars == [("brats: checking inputs", 3), ("brats: inference", 3)]
 
 
-def test_a_resume_leaves_tensorboard_no_step_twice(tmp_path):
+@pytest.mark.parametrize("stop_at", [6, 3])
+def test_a_resume_leaves_tensorboard_no_step_twice(tmp_path, stop_at):
     """A training killed mid-epoch had logged steps after its last checkpoint, and the resumed run
     logged them again: TensorBoard showed train_loss at steps 1-6, 5, 6, 7, 8 (and a validation
-    epoch twice when the kill came between validation and checkpoint)."""
+    epoch twice when the kill came between validation and checkpoint). Killed before its first
+    checkpoint (stop_at 3), the resume trains from the start and the earlier steps go too."""
     from ignite.engine import Engine, Events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
@@ -1483,7 +1485,7 @@ def test_a_resume_leaves_tensorboard_no_step_twice(tmp_path):
         return engine
 
     with pytest.raises(KeyboardInterrupt):
-        training(False, stop_at=6)
+        training(False, stop_at=stop_at)
     training(True)
     events = EventAccumulator(str(logs))
     events.Reload()

@@ -177,8 +177,8 @@ class TrainingCheckpoint:
         save_rank0_only: under ``torch.distributed``, only rank 0 writes (the random states of
             every rank are gathered into it, so every rank must run :meth:`save`).
         log_dir: the TensorBoard folder of the training (the bundles' ``output_dir``): a resume
-            removes from its event files what the interrupted run logged after the checkpoint, which
-            the resumed run logs again (:func:`~pam_monai.engines.eventlogs.trim_event_logs`).
+            removes from its event files what the interrupted run logged after the checkpoint (all
+            its scalars when it was killed before its first one), which the resumed run logs again (:func:`~pam_monai.engines.eventlogs.trim_event_logs`).
 
     When training starts, the temporary files of killed saves in ``ckpt_dir`` are removed
     (:func:`~pam_monai.atomic.remove_orphaned_temps`).
@@ -220,6 +220,13 @@ class TrainingCheckpoint:
             return True
         return torch.distributed.get_rank() == 0
 
+    def _trim_logs(self, iteration: int, epoch: int) -> None:
+        """Remove from ``log_dir``'s event files what was logged after ``iteration`` / ``epoch``,
+        where the resumed run starts (0, 0: from the start), so that it logs no step twice."""
+        if self.log_dir and self._writer():
+            for path in trim_event_logs(self.log_dir, iteration, epoch):
+                log.info("resume: removed from %s what was logged after the checkpoint", path)
+
     def save(self, engine: Engine) -> None:
         rng = _rng_state(engine)
         per_rank = _gather_per_rank(rng)  # every rank takes part; only the writer keeps the list
@@ -253,6 +260,7 @@ class TrainingCheckpoint:
             raise unreadable
         if state is None:
             log.warning("resume: no checkpoint at %s; training from the start", self.path)
+            self._trim_logs(0, 0)  # a run killed before its first checkpoint logged steps this one repeats
             return
         epoch, iteration = int(state["trainer"]["epoch"]), int(state["trainer"]["iteration"])
         epoch_length = engine.state.epoch_length
@@ -287,9 +295,7 @@ class TrainingCheckpoint:
         engine.state.epoch = epoch
         engine.state.iteration = iteration
         _set_rng_state(engine, _own_rng(state))
-        if self.log_dir and self._writer():
-            for path in trim_event_logs(self.log_dir, iteration, epoch):
-                log.info("resume: removed from %s what was logged after the checkpoint", path)
+        self._trim_logs(iteration, epoch)
         log.info(
             "resumed from %s at epoch %d (iteration %d) of %d",
             self.path,
