@@ -3,7 +3,8 @@ the paper protocol (per-slice aggregation) and the figures (overlays, attention 
 
 The prediction is the bundle evaluator's: ``models/model.pt`` (best validation IoU) in the run's
 network, every axial slice through :class:`pam_monai.engines.SliceWiseInferer`, foreground where
-``sigmoid(logit) > 0.5`` (RFNA returns foreground logits; :func:`pam_monai.engines.foreground_mask`),
+``sigmoid(logit) > threshold`` (the grid's ``--threshold``, as the evaluation's; 0.5 by default; RFNA
+returns foreground logits; :func:`pam_monai.engines.foreground_mask`),
 on the network's grid; ``case_iou`` puts it back into the case's own grid, where
 ``eval/metrics.csv`` is computed.
 """
