@@ -1491,3 +1491,33 @@ def test_a_resume_leaves_tensorboard_no_step_twice(tmp_path, stop_at):
     events.Reload()
     assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [e.step for e in events.Scalars("val_iou")] == [1, 2]
+
+
+def test_a_resume_goes_on_when_an_event_file_cannot_be_rewritten(tmp_path, monkeypatch, caplog):
+    """Trimming the earlier event files replaces them; where that fails (on Windows TensorBoard,
+    open on the folder, holds the file; a read-only folder) the resume stopped with the
+    PermissionError, for the sake of a tidier log. It now warns, names the file, and goes on."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pam_monai import atomic
+    from pam_monai.engines.eventlogs import trim_event_logs
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(1, 5):
+        writer.add_scalar("train_loss", 1.0, step)
+    writer.close()
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    before = path.read_bytes()
+
+    def held(src, dst):
+        raise PermissionError(
+            13, "The process cannot access the file because it is being used by another process"
+        )
+
+    monkeypatch.setattr(atomic.os, "replace", held)
+    with caplog.at_level("WARNING", logger="pam_monai.engines.eventlogs"):
+        assert trim_event_logs(tmp_path, iteration=2, epoch=1) == []
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"resume: {path}: could not remove the 2 scalar(s) logged after the checkpoint")
+    assert message.endswith("delete the file, or close TensorBoard before resuming")

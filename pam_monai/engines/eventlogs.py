@@ -9,6 +9,7 @@ drops from the earlier event files what was logged after the checkpoint, tag by 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 from ..atomic import atomic_path
 
 __all__ = ["trim_event_logs"]
+
+log = logging.getLogger(__name__)
 
 # the tags logged by iteration (the bundles' train_loss); every other scalar is logged by epoch
 ITERATION_TAGS = ("train_loss",)
@@ -36,8 +39,9 @@ def trim_event_logs(
     taken at ``iteration`` / ``epoch`` (``iteration_tags`` are logged by iteration, the others by
     epoch), each file rewritten atomically. Called as the run starts, before it logs: the files of
     its own writers hold no scalar yet and are left as they are (rewriting a file that a writer has
-    open would send its events to a removed file). Returns the files rewritten (none without
-    TensorBoard, which then has written no event file)."""
+    open would send its events to a removed file). A file that cannot be rewritten (held open by
+    TensorBoard on Windows) is left as it is with a WARNING: the training resumes all the same.
+    Returns the files rewritten (none without TensorBoard, which then has written no event file)."""
     try:
         from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
         from tensorboard.compat.proto.event_pb2 import Event
@@ -52,9 +56,20 @@ def trim_event_logs(
         kept = [r for r in records if not _stale(Event.FromString(r), iteration, epoch, iteration_tags)]
         if len(kept) == len(records):
             continue
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            writer = RecordWriter(f)
-            for record in kept:
-                writer.write(record)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                writer = RecordWriter(f)
+                for record in kept:
+                    writer.write(record)
+        except OSError as e:  # a tidier log is not worth a training that does not resume
+            # (Windows: TensorBoard, open on the folder, holds the file; a read-only folder)
+            log.warning(
+                "resume: %s: could not remove the %d scalar(s) logged after the checkpoint (%s); TensorBoard "
+                "shows those steps twice: delete the file, or close TensorBoard before resuming",
+                path,
+                len(records) - len(kept),
+                e,
+            )
+            continue
         rewritten.append(path)
     return rewritten
