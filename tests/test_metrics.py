@@ -925,6 +925,8 @@ def test_ignite_handlers_refuse_a_sampler_that_repeats_or_drops_cases(sampler, r
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
+    from pam_monai.metrics.handlers import IoUHandler  # not imported by pam_monai.metrics
+
     pred, target = batch()
     cases = [{"pred": pred[i % 3], "label": target[i % 3]} for i in range(7)]
     make = {
@@ -936,7 +938,7 @@ def test_ignite_handlers_refuse_a_sampler_that_repeats_or_drops_cases(sampler, r
     }[sampler]
     loader = DataLoader(cases, batch_size=2, sampler=make())
     engine = Engine(lambda engine, item: item)
-    M.handlers.IoUHandler(output_transform=from_engine(["pred", "label"])).attach(engine, "iou")
+    IoUHandler(output_transform=from_engine(["pred", "label"])).attach(engine, "iou")
     if refused:
         with pytest.raises(
             ValueError, match=r"metric 'iou'.*DistributedSampler deals [68] cases for a data set of 7"
