@@ -1266,7 +1266,7 @@ def test_fig5_case_iou_is_the_evaluations(small_grid, monkeypatch):
     """fig5's 'case IoU over the whole case' is the run's metrics.csv IoU (written to 7 digits):
     scored on the case's own grid, where a crop smaller than the lesion's extent leaves part of it
     outside (it was scored against the cropped label, so the figure and the table disagreed on such
-    cases)."""
+    cases). And cut at the grid's --threshold, as metrics.csv (fig5 cut at 0.5 whatever it was)."""
     pytest.importorskip("matplotlib")
     from pam_monai.experiments import figures as figures_module
 
@@ -1278,7 +1278,9 @@ def test_fig5_case_iou_is_the_evaluations(small_grid, monkeypatch):
         return real_overlay(rows, networks, path, title=title)
 
     monkeypatch.setattr(figures_module, "overlay_figure", overlay)
-    run_experiment(**{**small_grid, "networks": "fpa", "figures": True, "crop_size": [48, 48]})
+    run_experiment(
+        **{**small_grid, "networks": "fpa", "figures": True, "crop_size": [48, 48], "threshold": 0.35}
+    )
     evaluated = {
         r["case"]: float(r["iou"])
         for r in csv.DictReader(open(next(Path(small_grid["output"]).glob("runs/fpa/seed0*/**/metrics.csv"))))
