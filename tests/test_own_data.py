@@ -1449,3 +1449,34 @@ def test_isles22_mask_shifted_off_the_dwi_grid_is_named_as_such(tmp_path):
     ):
         convert_isles22(tmp_path / "root", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_inference_takes_a_nonorm_channel_that_is_all_zeros_or_constant(tmp_path):
+    """An all-zero or constant image channel is refused by inference (a placeholder for a missing
+    scan: it normalises to zeros and gives the network nothing); a noNorm channel (a mask or map,
+    fed as stored) holds values, not an image, and an empty or full mask is one of them: it was
+    refused all the same. The z-score channel beside it is still refused when constant."""
+    from pam_monai.engines import input_problems
+
+    root = synth("nnunet", tmp_path / "Dataset937_Mask", cases=2, slices=3, size=(40, 40))
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "T2", "1": "noNorm"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    spec = get_spec("nnunet", root=root)
+    for case, value in (("SYN_001", 0.0), ("SYN_002", 1.0)):
+        path = root / "imagesTr" / f"{case}_0001.nii.gz"
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.full(img.shape, value, np.float32), img.affine), str(path))
+        images = [str(root / "imagesTr" / f"{case}_0000.nii.gz"), str(path)]
+        found, _, read = input_problems(spec, {"case": case, "image": images})
+        assert found == [] and read is not None, found
+    path = root / "imagesTr" / "SYN_001_0000.nii.gz"
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.full(img.shape, 7.0, np.float32), img.affine), str(path))
+    found, _, _ = input_problems(
+        spec, {"case": "SYN_001", "image": [str(path), str(path).replace("_0000", "_0001")]}
+    )
+    assert found == [
+        "SYN_001: SYN_001_0000.nii.gz: modality is constant (7 everywhere): give the case this channel's image (the "
+        "network was trained with every channel and needs each one)"
+    ]

@@ -255,10 +255,14 @@ def validate_case(dataset, case: dict) -> list[str]:
         )
         return problems
     if spec.volumetric:
+        # own data's noNorm channels (masks, maps) go in as stored: all zeros or one value is a value
+        kept = [norm.scheme == "nonorm" for norm in spec.channel_norms]
         for c, channel in enumerate(image):
             label = Path(files[c]).name if c < len(files) else spec.channels[c]
             if not np.isfinite(channel).all():
                 problems.append(f"{name}: {label}: {int((~np.isfinite(channel)).sum())} NaN or Inf voxels")
+            elif c < len(kept) and kept[c]:
+                continue
             elif not np.any(channel):
                 problems.append(
                     f"{name}: {label}: modality is all zeros: give the case this channel's image (the network "
