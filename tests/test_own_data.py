@@ -1470,6 +1470,9 @@ def test_inference_takes_a_nonorm_channel_that_is_all_zeros_or_constant(tmp_path
         images = [str(root / "imagesTr" / f"{case}_0000.nii.gz"), str(path)]
         found, _, read = input_problems(spec, {"case": case, "image": images})
         assert found == [] and read is not None, found
+    # nor does the check call the full mask a placeholder for a missing image
+    warned = [str(w) for w in check_dataset(spec, root).warnings]
+    assert warned == ["SYN_001: SYN_001_0001.nii.gz: all voxels are zero"], warned
     path = root / "imagesTr" / "SYN_001_0000.nii.gz"
     img = nib.load(str(path))
     nib.save(nib.Nifti1Image(np.full(img.shape, 7.0, np.float32), img.affine), str(path))

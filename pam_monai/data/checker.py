@@ -308,6 +308,12 @@ def _normalised(spec: DatasetSpec, channel: str) -> bool:
     return channel in norms and norms[channel].scheme in ("zscore", "zscore_all", "ct")
 
 
+def _as_stored(spec: DatasetSpec, channel: str) -> bool:
+    """Whether own data's ``channel`` goes to the network as stored (``noNorm``: a mask or a map)."""
+    norms = dict(zip(spec.channels, spec.channel_norms))
+    return spec.name == "nnunet" and channel in norms and norms[channel].scheme == "nonorm"
+
+
 def label_like(data: np.ndarray, channel: str, colour: bool = False) -> str | None:
     """The message when the ``channel`` image holds a label map or mask rather than an image: 2 to
     :data:`LABEL_LIKE_VALUES` distinct values, all integers (``<case>_seg.nii.gz`` given for a
@@ -462,8 +468,15 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             warnings.append((path.name, f"{coarse}; trained on as it is"))
         elif spec.volumetric and not is_label and not np.any(data):
             warnings.append((path.name, "all voxels are zero"))
-        elif spec.volumetric and not is_label and data.size and data.min() == data.max():
+        elif (
+            spec.volumetric
+            and not is_label
+            and data.size
+            and data.min() == data.max()
+            and not _as_stored(spec, name)
+        ):
             # normalised to 0 everywhere, as an all-zero channel: a placeholder for a missing one?
+            # (a noNorm channel, a mask fed as stored, may well be full: inference takes it)
             warnings.append(
                 (
                     path.name,
