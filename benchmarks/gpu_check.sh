@@ -135,6 +135,8 @@ stage cg_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}" "${CG[@]}"
 #    flips, MONAI's iteration, the handlers; no validation), FPA with log_every 1 (the loss read
 #    after every step) and 10 (the default), beside the bare steps above
 stage bundle_fpa 170 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96
+# 2b. the bundle loop's flip must not wait for queued GPU work (pinned copy of its choice; seconds)
+stage flip_sync 40 --script benchmarks/flip_sync_check.py
 # 3. RFNA on the fast path without CUDA graphs (the bundles' default; not yet measured)
 stage fast_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
 # 4. a larger batch spreads the launches over more slices (with and without CUDA graphs)

@@ -1,0 +1,55 @@
+"""Does the batched flip wait for queued GPU work? (CUDA only; the stage ``flip_sync`` of gpu_check.sh)
+
+The training flips each batch on the device with a per-sample choice drawn on the CPU
+(:func:`pam_monai.data.random_flip_batch`); that choice is copied to the GPU from pinned memory,
+since from pageable memory the driver may synchronise with the stream to stage the copy, idling
+the host once per step. Here a second of GPU work is queued, then one flip is timed: the call must
+return long before that work ends. The same check as ``tests/test_fast_path.py``'s
+``test_batched_flip_does_not_wait_for_the_gpu``, for a machine without pytest.
+
+    python benchmarks/flip_sync_check.py [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from pam_monai.data import random_flip_batch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default=None, help="JSON file of the result")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("flip_sync: no CUDA device, nothing to check")
+        return 0
+    x = torch.zeros(50, 4, 160, 160, device="cuda")
+    generator = torch.Generator().manual_seed(0)
+    random_flip_batch({"image": x}, prob=1.0, generator=generator)  # warm (allocator, kernels)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of queued GPU work
+    start = time.perf_counter()
+    random_flip_batch({"image": x}, prob=1.0, generator=generator)
+    returned = time.perf_counter() - start
+    torch.cuda.synchronize()
+    waited = time.perf_counter() - start
+    ok = returned < 0.1 < waited
+    result = {"flip_returned_s": returned, "gpu_work_done_s": waited, "ok": ok}
+    print(
+        f"flip_sync: the flip returned after {returned * 1e3:.2f} ms, the queued GPU work ended after "
+        f"{waited * 1e3:.0f} ms: {'does not wait' if ok else 'WAITED for the GPU'}"
+    )
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(result, f)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
