@@ -792,3 +792,27 @@ def test_batched_flip_does_not_wait_for_the_gpu():
     torch.cuda.synchronize()
     waited = time.perf_counter() - start
     assert returned < 0.1 < waited, (returned, waited)
+
+
+@pytest.mark.parametrize("others", [[], ["metrics"], ["metrics", "stats"]])
+def test_validation_that_raises_ends_the_kept_memory_block(others):
+    """KeepFreedMemory ended its block at COMPLETED or TERMINATE only: after a validation that
+    raised, freed memory stayed in the process until the handler was collected (the experiment
+    runner's next run under --keep_going). The error still reaches the caller, whatever other
+    handlers (CaseMetrics, MONAI's StatsHandler, which re-raises) are attached before it."""
+    from ignite.engine import Engine
+    from monai.handlers import StatsHandler
+
+    from pam_monai.engines import CaseMetrics, memory
+
+    def fail(engine, batch):
+        raise RuntimeError("validation failed")
+
+    engine = Engine(fail)
+    made = {"metrics": CaseMetrics, "stats": lambda: StatsHandler(iteration_log=False)}
+    for name in others:
+        made[name]().attach(engine)
+    memory.KeepFreedMemory("cpu").attach(engine)
+    with pytest.raises(RuntimeError, match="validation failed"):
+        engine.run([0], max_epochs=1)
+    assert memory._depth == 0

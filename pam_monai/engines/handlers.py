@@ -56,6 +56,17 @@ def score_case(
     return case_metrics(pred, target, spacing=spacing, empty_value=empty_value, annotated=annotated)
 
 
+def raise_if_last(engine: Engine, handler, error: BaseException) -> None:
+    """Raise ``error`` if ``handler`` is the last ``EXCEPTION_RAISED`` handler of ``engine``.
+
+    Ignite re-raises an engine's error only when no ``EXCEPTION_RAISED`` handler is attached, and
+    MONAI's StatsHandler, which logs and re-raises, stops the handlers after it. The handlers here
+    that only clean up go first in line and leave the raising to the last one: counting them
+    instead (raise when alone) let two of them swallow the error when nothing came after."""
+    if engine._event_handlers[Events.EXCEPTION_RAISED][-1][0] == handler:
+        raise error
+
+
 class CaseMetrics:
     """Per-case IoU, Dice, HD95 (in the case's physical units), FP rate and FN rate for an evaluator.
 
@@ -185,10 +196,7 @@ class CaseMetrics:
                 torch.distributed.all_gather_object([None] * torch.distributed.get_world_size(), mine)
             except Exception as e:  # the others are gone too: the error of this process is the one to see
                 log.warning("could not tell the other processes of this error: %s", e)
-        # Ignite re-raises only when no handler is attached: the later ones (MONAI's StatsHandler logs
-        # and re-raises) see the error as before; alone, this one raises it
-        if len(engine._event_handlers[Events.EXCEPTION_RAISED]) == 1:
-            raise error
+        raise_if_last(engine, self._failed, error)
 
     @staticmethod
     def _distributed(engine: Engine) -> bool:

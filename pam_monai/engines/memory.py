@@ -105,8 +105,9 @@ class KeepFreedMemory:
     """Ignite handler: each run of the engine it is attached to within :func:`reuse_freed_memory`
     when ``device`` is the CPU. The bundles' validation during training (``train.json``) predicts
     whole volumes as evaluation and inference do, and gains as much; the trainer's steps run with
-    glibc's defaults. The block ends at ``COMPLETED`` or ``TERMINATE``; after an exception (which
-    ends the training run) it stays on, which changes where tensors live, never what is computed.
+    glibc's defaults. The block ends at ``COMPLETED``, ``TERMINATE`` or ``EXCEPTION_RAISED`` (a
+    validation that raised would leave it on for whatever the process runs next: the experiment
+    runner's next run under ``--keep_going``).
 
     Example::
 
@@ -125,6 +126,10 @@ class KeepFreedMemory:
         engine.add_event_handler(Events.STARTED, self._enter)
         engine.add_event_handler(Events.COMPLETED, self._exit)
         engine.add_event_handler(Events.TERMINATE, self._exit)
+        # first in line: another handler (MONAI's StatsHandler) re-raises, and this one would not run
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
+        raised.insert(0, raised.pop())
 
     def _enter(self, engine=None) -> None:
         self._exit()  # a block left open by a run that raised
@@ -135,3 +140,10 @@ class KeepFreedMemory:
         block, self._block = self._block, None
         if block is not None:
             block.__exit__(None, None, None)
+
+    def _failed(self, engine, error: BaseException) -> None:
+        """Ends the block, then lets the error go on (see :func:`~pam_monai.engines.handlers.raise_if_last`)."""
+        from .handlers import raise_if_last
+
+        self._exit()
+        raise_if_last(engine, self._failed, error)
