@@ -1660,3 +1660,48 @@ def test_readme_gives_the_data_layout_it_reads(name):
     layout = importlib.import_module(f"pam_monai.data.{name.split('_')[0]}").LAYOUT
     text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
     assert f"`{layout}`" in text, f"{name}: README does not give the layout {layout}"
+
+
+def tensorboard_only(parser: ConfigParser, handlers: str) -> None:
+    """Keep only the TensorBoard handlers of the ``handlers`` list (as the template has them)."""
+    parser[handlers] = [h for h in parser[handlers] if isinstance(h, dict) and "TensorBoard" in h["_target_"]]
+
+
+def test_training_finalize_closes_its_tensorboard_writers(tmp_path):
+    """MONAI's TensorBoardStatsHandler never closes its SummaryWriter: each ``monai.bundle.run``
+    training in one Python session (a notebook) left two writers and their flush threads alive to
+    the end of the session. train.json (and multi_gpu_train.json) finalize closes them."""
+    import threading
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    parser.update({"bundle_root": str(tmp_path)})
+    tensorboard_only(parser, "train#handlers")
+    tensorboard_only(parser, "validate#handlers")
+    before = set(threading.enumerate())
+    writers = parser.get_parsed_content("train#handlers") + parser.get_parsed_content("validate#handlers")
+    assert len(writers) == 2 and len(set(threading.enumerate()) - before) == 2
+    parser.get_parsed_content("finalize")
+    assert set(threading.enumerate()) - before == set()
+    train, multi_gpu = (
+        json.loads(Path(f).read_text())["finalize"]
+        for f in configs("brats_fpa", "train.json", "multi_gpu_train.json")
+    )
+    assert multi_gpu[0] == train[0]
+
+
+def test_evaluation_finalize_makes_no_training_handler(tmp_path):
+    """evaluate.json's finalize closes its own handlers' writers only: train.json's would build
+    the training handlers (the training data and loader among them) just to close them."""
+    import threading
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json", "evaluate.json"))
+    parser.update({"bundle_root": str(tmp_path)})
+    parser["validate#handlers"] = [{"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir"}]
+    before = set(threading.enumerate())
+    parser.get_parsed_content("validate#handlers")
+    parser.get_parsed_content("finalize")
+    assert set(threading.enumerate()) - before == set()  # a writer added to evaluate.json is closed too
+    resolved = parser.ref_resolver.resolved_content
+    assert "train#handlers" not in resolved and not any(k.startswith("train#") for k in resolved)

@@ -1585,3 +1585,28 @@ def test_grid_runs_compile_each_network_afresh(tmp_path):
     for n in range(1, 11):  # ten variants, each a new shape of torch.nn.Linear.forward
         bundle.train({"n": n, "backend": backend}, resume=False)
     assert len(compiled) == 10
+
+
+def test_a_run_that_raised_is_not_finalized(tmp_path):
+    """The bundles' finalize closes the writers of their handler lists; after a run that raised
+    before making them (preparing the data), it would make them, data and all, just to close them,
+    and its error would hide the run's. As ``monai.bundle.run``, the runner finalizes a run that
+    ended only."""
+    finalized = tmp_path / "finalized"
+    config = {
+        "training": ["$1 / 0"],
+        "run": "@training",
+        "finalize": [f"$open({str(finalized)!r}, 'w').close()"],
+    }
+    train_json = tmp_path / "configs" / "train.json"
+    train_json.parent.mkdir()
+    train_json.write_text(json.dumps(config))
+    (train_json.parent / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
+    bundle = runner_module._Bundle(train_json, train_json)
+    with pytest.raises(RuntimeError, match="Failed to evaluate"):
+        bundle.train({}, resume=False)
+    assert not finalized.exists()
+    config["training"] = ["$1"]
+    train_json.write_text(json.dumps(config))
+    bundle.train({}, resume=False)
+    assert finalized.exists()

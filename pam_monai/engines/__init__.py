@@ -21,6 +21,7 @@ from .handlers import (
     NonFiniteLossGuard,
     RankZeroBuffers,
     TrainingPlan,
+    close_writers,
     loss_of,
 )
 from .infer import (
@@ -80,6 +81,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "check_compile_mode",
+    "close_writers",
     "check_device",
     "check_network_channels",
     "check_outputs",

@@ -25,6 +25,7 @@ __all__ = [
     "NonFiniteLossGuard",
     "RankZeroBuffers",
     "TrainingPlan",
+    "close_writers",
     "loss_of",
     "score_case",
     "write_case_metrics",
@@ -54,6 +55,23 @@ def score_case(
     if annotated is not None and not annotated.any():
         return None
     return case_metrics(pred, target, spacing=spacing, empty_value=empty_value, annotated=annotated)
+
+
+def close_writers(objects) -> None:
+    """Close the ``SummaryWriter`` of every TensorBoard handler among ``objects`` (handlers or
+    lists of them; a disabled one, ``None``, is skipped), each once.
+
+    MONAI's ``TensorBoardStatsHandler`` never closes the writer it creates: each keeps a flush
+    thread alive, with the writer, for the rest of the process (a notebook, the experiment runner)
+    that ran the workflow. The bundles' ``finalize`` calls this with their handler lists."""
+    from monai.handlers import TensorBoardHandler
+
+    done = set()
+    for obj in objects:
+        for handler in obj if isinstance(obj, (list, tuple)) else [obj]:
+            if isinstance(handler, TensorBoardHandler) and id(handler) not in done:
+                done.add(id(handler))
+                handler.close()
 
 
 def raise_if_last(engine: Engine, handler, error: BaseException) -> None:

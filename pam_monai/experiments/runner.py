@@ -47,7 +47,7 @@ from typing import Any
 from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED
-from ..engines import as_bool, atomic_write_text
+from ..engines import as_bool, atomic_write_text, close_writers
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
@@ -502,22 +502,6 @@ def _no_logging_file_warning(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Logging file is set to False")
 
 
-def _close_writers(workflow) -> None:
-    """Close the TensorBoard writers the workflow made (the training's and its validation's).
-
-    MONAI's ``TensorBoardStatsHandler`` never closes the ``SummaryWriter`` it creates: each keeps
-    a flush thread alive, with the writer, for the rest of the process, which runs every bundle
-    of the grid (two more threads a training run: 400 after 200 runs)."""
-    from monai.handlers import TensorBoardHandler
-
-    done = set()
-    for obj in workflow.parser.ref_resolver.resolved_content.values():
-        for handler in obj if isinstance(obj, list) else [obj]:
-            if isinstance(handler, TensorBoardHandler) and id(handler) not in done:
-                done.add(id(handler))
-                handler.close()
-
-
 def _reset_compiler() -> None:
     """Forget what ``torch.compile`` compiled for the run (when anything could have been).
 
@@ -561,9 +545,12 @@ class _Bundle:
         wf.initialize()
         try:
             wf.run()
-        finally:
+            # after a run that raised, finalize would make what the run never got to (the data, the
+            # handlers) just to close it: monai.bundle.run does not call it then either
             wf.finalize()
-            _close_writers(wf)
+        finally:
+            # the TensorBoard writers the run made (finalize closes them too, after a run that ended)
+            close_writers(wf.parser.ref_resolver.resolved_content.values())
             del wf
             _reset_compiler()
             gc.collect()
