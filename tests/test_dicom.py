@@ -91,10 +91,37 @@ def test_series_become_cases_with_their_voxels_and_geometry(tmp_path):
     assert [p.name for p in written] == ["P-001_0001.nii.gz"]
     assert convert_dicom(tmp_path / "export", out, progress=False) == []  # a re-run adds only new series
     (out / "dicom_series.json").unlink()  # without the record, existing images are still never replaced
-    with pytest.raises(FileExistsError, match="P-001_0000.nii.gz exists"):
+    (out / "P-001_0000.nii.gz").write_bytes((out / "P-001-2_0000.nii.gz").read_bytes())
+    with pytest.raises(FileExistsError, match="P-001_0000.nii.gz exists but is not in"):
         convert_dicom(tmp_path / "export", out, progress=False)
     with pytest.raises(ValueError, match="no DICOM series found"):
         convert_dicom(tmp_path / "imagesTs", tmp_path / "x", progress=False)
+
+
+def test_an_image_written_but_not_recorded_is_recorded_by_the_re_run(tmp_path):
+    """Each image is written, then dicom_series.json: a conversion killed in between left an image
+    the record lacks, and every re-run stopped at it ("exists: convert into an empty folder"). The
+    re-run records it when it holds the series' image, and names it when it holds another."""
+    ct = np.random.default_rng(0).integers(-1000, 1500, (3, 8, 6)).astype(np.int16)
+    write_series(ct, tmp_path / "export" / "one", "P1", 1)
+    write_series(ct[:, ::-1], tmp_path / "export" / "two", "P2", 1)
+    out = tmp_path / "out"
+    convert_dicom(tmp_path / "export", out, progress=False)
+    full = json.loads((out / "dicom_series.json").read_text())
+    (out / "dicom_series.json").write_text(json.dumps({"P1": full["P1"]}))  # killed before P2's record
+    image = (out / "P2_0000.nii.gz").read_bytes()
+    assert convert_dicom(tmp_path / "export", out, progress=False) == []
+    assert json.loads((out / "dicom_series.json").read_text()) == full
+    assert (out / "P2_0000.nii.gz").read_bytes() == image  # not written again
+
+    (out / "dicom_series.json").write_text(json.dumps({"P1": full["P1"]}))
+    (out / "P2_0000.nii.gz").write_bytes((out / "P1_0000.nii.gz").read_bytes())  # another image
+    with pytest.raises(FileExistsError) as err:
+        convert_dicom(tmp_path / "export", out, progress=False)
+    assert str(err.value).startswith(
+        f"{out / 'P2_0000.nii.gz'} exists but is not in {out / 'dicom_series.json'}"
+    )
+    assert "move it out of the folder" in str(err.value)
 
 
 def test_patient_ids_that_differ_in_letter_case_only_become_two_cases(tmp_path):

@@ -229,6 +229,22 @@ def _same_grid(a: dict, b: dict) -> bool:
     )
 
 
+def _holds(path: Path, image) -> bool:
+    """Whether the image file ``path`` holds ``image``: its voxels, pixel type and geometry."""
+    import SimpleITK as sitk
+
+    try:
+        with keep_locale():
+            there = sitk.ReadImage(str(path))
+    except RuntimeError:  # not an image SimpleITK reads
+        return False
+    return (
+        there.GetPixelID() == image.GetPixelID()
+        and _same_grid(_grid(there), _grid(image))
+        and np.array_equal(sitk.GetArrayViewFromImage(there), sitk.GetArrayViewFromImage(image))
+    )
+
+
 def _compact(image):
     """int16 when the values fit (CT read as int32 after the rescale), float32 for float64."""
     import SimpleITK as sitk
@@ -253,7 +269,8 @@ def convert_dicom(
     (see the module) and ``<output>/dicom_series.json``; returns the written images. Raises
     ``ValueError`` naming the folder when no DICOM series is found. Series that
     ``dicom_series.json`` lists as converted are skipped (a re-run adds only new ones); an existing
-    image file is never replaced."""
+    image file is never replaced: one the record lacks that holds the image a series gives (written by
+    a conversion stopped before recording it) is recorded, another raises ``FileExistsError``."""
     import SimpleITK as sitk
 
     input_dir, output = Path(str(input_dir)), Path(str(output))
@@ -362,10 +379,19 @@ def convert_dicom(
                 log.warning("dicom: %s not converted as channel %s: %s", label, key, why)
                 continue
         path = output / f"{case}_{key}.nii.gz"
-        if path.exists():
-            raise FileExistsError(f"{path} exists: convert into an empty folder, or as another channel")
-        with atomic_path(path, suffix=".nii.gz") as tmp, keep_locale():
-            sitk.WriteImage(_compact(image), str(tmp), useCompression=True)
+        image = _compact(image)
+        if path.exists():  # never in the record: its case or channel would have been another
+            if not _holds(path, image):
+                raise FileExistsError(
+                    f"{path} exists but is not in {record_path}, and holds another image than {label}: "
+                    "move it out of the folder (or convert into an empty folder, or as another channel)"
+                )
+            # written by a conversion that stopped before recording it: this series, done
+            log.info("dicom: %s was written from %s before it was recorded: recorded now", path, label)
+        else:
+            with atomic_path(path, suffix=".nii.gz") as tmp, keep_locale():
+                sitk.WriteImage(image, str(tmp), useCompression=True)
+            written.append(path)
         record.setdefault(case, {"patient": tags["patient"], "study_uid": tags["study_uid"]})
         record[case][key] = {
             "folder": str(where),
@@ -374,6 +400,5 @@ def convert_dicom(
             **grid,
             **tags,
         }
-        written.append(path)
         atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     return written
