@@ -124,6 +124,27 @@ def test_an_image_written_but_not_recorded_is_recorded_by_the_re_run(tmp_path):
     assert "move it out of the folder" in str(err.value)
 
 
+def test_channels_of_two_cases_on_one_grid_are_assigned_with_a_warning(tmp_path, caplog):
+    """Two channel-0 series of one study on one grid (P1, P1-2) took the study's channel-1 series in
+    folder order without a word, though nothing tells which belongs to which case."""
+    ct = np.random.default_rng(0).integers(-1000, 1500, (3, 8, 6)).astype(np.int16)
+    write_series(ct, tmp_path / "t1" / "a", "P1", 1)
+    write_series(ct[:, ::-1], tmp_path / "t1" / "b", "P1", 2)
+    write_series(ct // 2, tmp_path / "t2" / "a", "P1", 3)
+    write_series(ct[:, ::-1] // 2, tmp_path / "t2" / "b", "P1", 4)
+    out = tmp_path / "out"
+    convert_dicom(tmp_path / "t1", out, progress=False)
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        written = convert_dicom(tmp_path / "t2", out, channel=1, progress=False)
+    assert [p.name for p in written] == ["P1_0001.nii.gz", "P1-2_0001.nii.gz"]
+    for folder, number, case in (("a", 3, "P1"), ("b", 4, "P1-2")):
+        assert (
+            f"{tmp_path / 't2' / folder}: series {number} (series {number}) converted as channel 0001 of case "
+            f"{case}, a guess: the study has 2 cases of channel 0000 on its grid (P1, P1-2)"
+        ) in caplog.text
+    assert "swap the _0001.nii.gz files of two cases if wrong" in caplog.text
+
+
 def test_patient_ids_that_differ_in_letter_case_only_become_two_cases(tmp_path):
     """Patients "ab" and "AB" became ab_0000 and AB_0000: one file on macOS and Windows, where the
     second conversion found the first's file and stopped."""

@@ -358,17 +358,28 @@ def convert_dicom(
                 n += 1
                 case = f"{base}-{n}"
         else:  # another channel: the case of channel 0 of the same study, on the same grid
-            case = next(
-                (
-                    c
-                    for c in sorted(record)
-                    if record[c].get("study_uid") == tags["study_uid"]
-                    and key not in record[c]
-                    and "0000" in record[c]
-                    and _same_grid(record[c]["0000"], grid)
-                ),
-                None,
-            )
+            fitting = [
+                c
+                for c in sorted(record)
+                if record[c].get("study_uid") == tags["study_uid"]
+                and "0000" in record[c]
+                and _same_grid(record[c]["0000"], grid)
+            ]
+            case = next((c for c in fitting if key not in record[c]), None)
+            if case is not None and len(fitting) > 1:  # nothing tells which is whose: a guess, said
+                log.warning(
+                    "dicom: %s converted as channel %s of case %s, a guess: the study has %d cases of "
+                    "channel 0000 on its grid (%s), given their channel %s series in folder order; check "
+                    "with %s which series each case holds, and swap the %s files of two cases if wrong",
+                    label,
+                    key,
+                    case,
+                    len(fitting),
+                    ", ".join(fitting),
+                    key,
+                    record_path,
+                    f"_{key}.nii.gz",
+                )
             if case is None:
                 same_study = [c for c in sorted(record) if record[c].get("study_uid") == tags["study_uid"]]
                 why = (
