@@ -1705,3 +1705,41 @@ def test_evaluation_finalize_makes_no_training_handler(tmp_path):
     assert set(threading.enumerate()) - before == set()  # a writer added to evaluate.json is closed too
     resolved = parser.ref_resolver.resolved_content
     assert "train#handlers" not in resolved and not any(k.startswith("train#") for k in resolved)
+
+
+@pytest.mark.parametrize("stats", [True, False])
+def test_training_that_raises_closes_its_tensorboard_writers(tmp_path, stats):
+    """``monai.bundle.run`` finalizes (closes the writers) only after a training that ended: one
+    that raised (an error, Ctrl-C) in a notebook left the trainer's and the validation's writers and
+    their flush threads alive. The trainer's EXCEPTION_RAISED closes them, and the error (raised by
+    MONAI's StatsHandler, or alone by the closing handler) reaches the caller once."""
+    import threading
+
+    from ignite.engine import Engine
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "device": "$torch.device('cpu')"})
+    kept = ("ValidationHandler", "TensorBoardStatsHandler", "CloseWritersOnError") + (
+        ("StatsHandler",) if stats else ()
+    )
+    parser["train#handlers"] = [h for h in parser["train#handlers"] if h["_target_"].endswith(kept)]
+    tensorboard_only(parser, "validate#handlers")
+    parser["validate#evaluator#val_data_loader"] = "$[]"  # no data: the evaluator is made, never run
+    parser["validate#evaluator#epoch_length"] = 1
+    before = set(threading.enumerate())
+    handlers = parser.get_parsed_content("train#handlers")
+    assert len(set(threading.enumerate()) - before) == 2  # the trainer's and the validation's writer
+    raised = []
+
+    def step(engine, batch):
+        raised.append(1)
+        raise RuntimeError("training failed")
+
+    trainer = Engine(step)
+    for handler in handlers:
+        handler.attach(trainer)
+    with pytest.raises(RuntimeError, match="training failed"):
+        trainer.run([0], max_epochs=1)
+    assert raised == [1]
+    assert set(threading.enumerate()) - before == set()

@@ -15,6 +15,7 @@ from .data import CaseDataset, prepare_data, voxel_spacing
 from .handlers import (
     Bf16WithoutLossScaling,
     CaseMetrics,
+    CloseWritersOnError,
     DecollateKeepingLoss,
     EveryIterations,
     IgnoredVoxelsCheck,
@@ -61,6 +62,7 @@ __all__ = [
     "CaseDataset",
     "Bf16WithoutLossScaling",
     "CaseMetrics",
+    "CloseWritersOnError",
     "CasePredictor",
     "DecollateKeepingLoss",
     "DeviceSliceLoader",

@@ -19,6 +19,7 @@ from .data import on_case_grid
 __all__ = [
     "Bf16WithoutLossScaling",
     "CaseMetrics",
+    "CloseWritersOnError",
     "DecollateKeepingLoss",
     "EveryIterations",
     "IgnoredVoxelsCheck",
@@ -83,6 +84,44 @@ def raise_if_last(engine: Engine, handler, error: BaseException) -> None:
     instead (raise when alone) let two of them swallow the error when nothing came after."""
     if engine._event_handlers[Events.EXCEPTION_RAISED][-1][0] == handler:
         raise error
+
+
+class CloseWritersOnError:
+    """Ignite handler: when the run of its engine raises (an error, Ctrl-C), closes the writers of
+    the TensorBoard handlers attached to the engine and to the evaluator of its ``ValidationHandler``
+    (:func:`close_writers`), then lets the error go on (:func:`raise_if_last`).
+
+    ``monai.bundle.run`` calls the bundle's ``finalize``, which closes them, only after a run that
+    ended: a training that raised in a notebook left its writers and their flush threads alive."""
+
+    def attach(self, engine: Engine) -> None:
+        # first in line: MONAI's StatsHandler re-raises, and the handlers after it do not run
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
+        raised.insert(0, raised.pop())
+
+    def _failed(self, engine: Engine, error: BaseException) -> None:
+        close_writers(_attached(engine))
+        raise_if_last(engine, self._failed, error)
+
+
+def _attached(engine: Engine, seen: set | None = None) -> list:
+    """The handler objects attached to ``engine`` and, through a ``ValidationHandler``, to its
+    evaluator (a bound method's object; a filtered event's handler is wrapped by Ignite)."""
+    from monai.handlers import ValidationHandler
+
+    seen = set() if seen is None else seen
+    seen.add(id(engine))
+    found = []
+    for handlers in list(engine._event_handlers.values()):
+        for func, _, _ in handlers:
+            func = getattr(func, "__wrapped__", func)
+            owner = getattr(func, "__self__", func)
+            found.append(owner)
+            validator = getattr(owner, "validator", None) if isinstance(owner, ValidationHandler) else None
+            if isinstance(validator, Engine) and id(validator) not in seen:
+                found += _attached(validator, seen)
+    return found
 
 
 class CaseMetrics:
