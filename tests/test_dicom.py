@@ -322,6 +322,26 @@ def test_a_multi_frame_file_converts_with_its_geometry(tmp_path, caplog):
     assert "two: series" in caplog.text and "2 multi-frame files in one series" in caplog.text
 
 
+def test_a_multi_frame_file_with_one_position_converts(tmp_path):
+    """A legacy multi-frame file (NM, some converters) carries one Image Position / Orientation
+    for the whole file: the slice-spacing check, given that one position, stopped the conversion
+    with numpy's 'zero-size array to reduction operation maximum'."""
+    vol = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    image = sitk.GetImageFromArray(vol)
+    tags = {"0020|000e": f"{UID}8.1", "0010|0020": "NM1", "0008|0060": "NM"}
+    tags.update({"0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": "0\\0\\0"})
+    for tag, value in tags.items():
+        image.SetMetaData(tag, value)
+    (tmp_path / "in").mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(tmp_path / "in" / "nm.dcm"))
+    with keep_locale():
+        writer.Execute(image)
+    (written,) = convert_dicom(tmp_path / "in", tmp_path / "out", progress=False)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))), vol)
+
+
 def test_slices_of_another_pixel_type_keep_their_values(tmp_path):
     """A series whose first slice is signed and the others unsigned (re-exported slices): the
     unsigned values are not wrapped into the first slice's int16 (60000 is not -5536)."""

@@ -153,8 +153,8 @@ def find_series(input_dir: str | os.PathLike) -> list[tuple[str, list[str]]]:
 
 def _geometry_problem(reader, n: int) -> str | None:
     """Why the slices of a series do not make one regular volume, or None (also when the tags
-    needed to tell are missing)."""
-    if not reader.HasMetaDataKey(0, _ORIENTATION):
+    needed to tell are missing, and for one multi-frame file: its frames' positions are not in it)."""
+    if n < 2 or not reader.HasMetaDataKey(0, _ORIENTATION):
         return None
     orientation = _numbers(reader.GetMetaData(0, _ORIENTATION))
     positions = [
