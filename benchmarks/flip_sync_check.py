@@ -4,8 +4,9 @@ The training flips each batch on the device with a per-sample choice drawn on th
 (:func:`pam_monai.data.random_flip_batch`); that choice is copied to the GPU from pinned memory,
 since from pageable memory the driver may synchronise with the stream to stage the copy, idling
 the host once per step. Here a second of GPU work is queued, then one flip is timed: the call must
-return long before that work ends. The same check as ``tests/test_fast_path.py``'s
-``test_batched_flip_does_not_wait_for_the_gpu``, for a machine without pytest.
+return long before that work ends (:func:`pam_monai.bench.pipeline.flip_wait`, which
+``tests/test_fast_path.py``'s ``test_batched_flip_does_not_wait_for_the_gpu`` runs too), for a
+machine without pytest.
 
     python benchmarks/flip_sync_check.py [--output FILE]
 """
@@ -15,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 
-from pam_monai.data import random_flip_batch
+from pam_monai.bench.pipeline import flip_wait
 
 
 def main() -> int:
@@ -29,16 +29,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("flip_sync: no CUDA device, nothing to check")
         return 0
-    x = torch.zeros(50, 4, 160, 160, device="cuda")
-    generator = torch.Generator().manual_seed(0)
-    random_flip_batch({"image": x}, prob=1.0, generator=generator)  # warm (allocator, kernels)
-    torch.cuda.synchronize()
-    torch.cuda._sleep(2_000_000_000)  # about a second of queued GPU work
-    start = time.perf_counter()
-    random_flip_batch({"image": x}, prob=1.0, generator=generator)
-    returned = time.perf_counter() - start
-    torch.cuda.synchronize()
-    waited = time.perf_counter() - start
+    returned, waited = flip_wait()
     ok = returned < 0.1 < waited
     result = {"flip_returned_s": returned, "gpu_work_done_s": waited, "ok": ok}
     print(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["bench_data"]
+__all__ = ["bench_data", "flip_wait"]
 
 log = logging.getLogger("pam_monai.bench")
 
@@ -133,3 +133,22 @@ def bench_data(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def flip_wait(device: str = "cuda", batch: int = 50, size: int = 160) -> tuple[float, float]:
+    """Seconds until :func:`~pam_monai.data.random_flip_batch` returns with about a second of GPU
+    work queued before it, and until that work ends (CUDA only). The flip's per-sample choice is
+    drawn on the CPU and copied to the GPU from pinned memory: from pageable memory the driver may
+    synchronise with the stream to stage the copy, and the first figure would reach the second."""
+    from ..data import random_flip_batch
+
+    x = torch.zeros(batch, 4, size, size, device=device)
+    generator = torch.Generator().manual_seed(0)
+    random_flip_batch({"image": x}, prob=1.0, generator=generator)  # warm (allocator, kernels)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of queued GPU work
+    start = time.perf_counter()
+    random_flip_batch({"image": x}, prob=1.0, generator=generator)
+    returned = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return returned, time.perf_counter() - start
