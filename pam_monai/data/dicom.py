@@ -52,6 +52,7 @@ _TAGS = {
 }
 _POSITION, _ORIENTATION, _SERIES = "0020|0032", "0020|0037", "0020|000e"
 _PIXEL_FORMAT = ("0028|0100", "0028|0101", "0028|0103")  # bits allocated, bits stored, signed or not
+_RESCALE = ("0028|1052", "0028|1053")  # Rescale Intercept, Slope: per slice in PET, some CT exports
 
 
 @contextlib.contextmanager
@@ -183,24 +184,12 @@ def _geometry_problem(reader, n: int) -> str | None:
 
 
 def _varying(reader, n: int, tags: tuple[str, ...]) -> bool:
-    """Whether the slices' values of ``tags`` differ."""
+    """Whether the slices' numeric values of ``tags`` differ (``"1"`` and ``"1.0"`` do not)."""
     values = {
         tuple(reader.GetMetaData(i, t).strip() if reader.HasMetaDataKey(i, t) else "" for t in tags)
         for i in range(n)
     }
-    return len(values) > 1
-
-
-def _varying_rescale(reader, n: int) -> bool:
-    """Whether the slices' Rescale Slope / Intercept differ (PET, some CT exports)."""
-    values = {
-        tuple(
-            reader.GetMetaData(i, t).strip() if reader.HasMetaDataKey(i, t) else ""
-            for t in ("0028|1052", "0028|1053")
-        )
-        for i in range(n)
-    }
-    return len({tuple(float(v) if v else None for v in pair) for pair in values}) > 1
+    return len({tuple(float(v) if v else None for v in row) for row in values}) > 1
 
 
 def _tag(reader, tag: str) -> str:
@@ -318,7 +307,7 @@ def convert_dicom(
         # unsigned slices read as signed ones wrap (60000 becomes -5536)
         wider = (
             sitk.sitkFloat64
-            if _varying_rescale(reader, len(files))
+            if _varying(reader, len(files), _RESCALE)
             else sitk.sitkInt32
             if _varying(reader, len(files), _PIXEL_FORMAT)
             else None
