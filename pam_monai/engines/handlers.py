@@ -26,6 +26,7 @@ __all__ = [
     "NonFiniteLossGuard",
     "RankZeroBuffers",
     "TrainingPlan",
+    "clean_up_on_error",
     "close_writers",
     "loss_of",
     "score_case",
@@ -75,34 +76,34 @@ def close_writers(objects) -> None:
                 handler.close()
 
 
-def raise_if_last(engine: Engine, handler, error: BaseException) -> None:
-    """Raise ``error`` if ``handler`` is the last ``EXCEPTION_RAISED`` handler of ``engine``.
+def clean_up_on_error(engine: Engine, clean_up) -> None:
+    """Run ``clean_up(engine, error)`` when a run of ``engine`` raises, then let the error go on.
 
-    Ignite re-raises an engine's error only when no ``EXCEPTION_RAISED`` handler is attached, and
-    MONAI's StatsHandler, which logs and re-raises, stops the handlers after it. The handlers here
-    that only clean up go first in line and leave the raising to the last one: counting them
-    instead (raise when alone) let two of them swallow the error when nothing came after."""
-    if engine._event_handlers[Events.EXCEPTION_RAISED][-1][0] == handler:
-        raise error
+    Attached first in line at ``EXCEPTION_RAISED``: MONAI's StatsHandler, which logs and re-raises,
+    stops the handlers after it. Ignite re-raises an engine's error only when no such handler is
+    attached, so the last handler in line raises it (counting instead, raising when alone, let two
+    clean-up handlers swallow the error when nothing came after)."""
+
+    def handler(engine: Engine, error: BaseException) -> None:
+        clean_up(engine, error)
+        if engine._event_handlers[Events.EXCEPTION_RAISED][-1][0] is handler:
+            raise error
+
+    engine.add_event_handler(Events.EXCEPTION_RAISED, handler)
+    raised = engine._event_handlers[Events.EXCEPTION_RAISED]
+    raised.insert(0, raised.pop())
 
 
 class CloseWritersOnError:
     """Ignite handler: when the run of its engine raises (an error, Ctrl-C), closes the writers of
     the TensorBoard handlers attached to the engine and to the evaluator of its ``ValidationHandler``
-    (:func:`close_writers`), then lets the error go on (:func:`raise_if_last`).
+    (:func:`close_writers`), then lets the error go on (:func:`clean_up_on_error`).
 
     ``monai.bundle.run`` calls the bundle's ``finalize``, which closes them, only after a run that
     ended: a training that raised in a notebook left its writers and their flush threads alive."""
 
     def attach(self, engine: Engine) -> None:
-        # first in line: MONAI's StatsHandler re-raises, and the handlers after it do not run
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
-        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
-        raised.insert(0, raised.pop())
-
-    def _failed(self, engine: Engine, error: BaseException) -> None:
-        close_writers(_attached(engine))
-        raise_if_last(engine, self._failed, error)
+        clean_up_on_error(engine, lambda engine, error: close_writers(_attached(engine)))
 
 
 def _attached(engine: Engine, seen: set | None = None) -> list:
@@ -172,10 +173,7 @@ class CaseMetrics:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
         # first in line at EPOCH_COMPLETED, so savers and loggers see the new values
         engine._event_handlers[Events.EPOCH_COMPLETED].insert(0, (self._complete, (engine,), {}))
-        # first too: another handler (MONAI's StatsHandler) re-raises, and this one would not run
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
-        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
-        raised.insert(0, raised.pop())
+        clean_up_on_error(engine, self._failed)
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
@@ -244,7 +242,7 @@ class CaseMetrics:
         """Under ``torch.distributed``, a process that failed before sending its rows sends the
         error instead, so the others, waiting for its rows, stop at once with its message rather
         than wait ``dist_timeout_minutes`` (a dead peer is not noticed by NCCL, nor across nodes by
-        torchrun); then the error is raised here as it would have been."""
+        torchrun); then the error goes on as it would have (:func:`clean_up_on_error`)."""
         # an interrupt (Ctrl-C) or exit is not held up waiting for the others
         if isinstance(error, Exception) and self._distributed(engine) and self._owes_rows:
             self._owes_rows = False
@@ -253,7 +251,6 @@ class CaseMetrics:
                 torch.distributed.all_gather_object([None] * torch.distributed.get_world_size(), mine)
             except Exception as e:  # the others are gone too: the error of this process is the one to see
                 log.warning("could not tell the other processes of this error: %s", e)
-        raise_if_last(engine, self._failed, error)
 
     @staticmethod
     def _distributed(engine: Engine) -> bool:

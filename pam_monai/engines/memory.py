@@ -123,13 +123,12 @@ class KeepFreedMemory:
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
+        from .handlers import clean_up_on_error
+
         engine.add_event_handler(Events.STARTED, self._enter)
         engine.add_event_handler(Events.COMPLETED, self._exit)
         engine.add_event_handler(Events.TERMINATE, self._exit)
-        # first in line: another handler (MONAI's StatsHandler) re-raises, and this one would not run
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
-        raised = engine._event_handlers[Events.EXCEPTION_RAISED]
-        raised.insert(0, raised.pop())
+        clean_up_on_error(engine, lambda engine, error: self._exit())
 
     def _enter(self, engine=None) -> None:
         self._exit()  # a block left open by a run that raised
@@ -140,10 +139,3 @@ class KeepFreedMemory:
         block, self._block = self._block, None
         if block is not None:
             block.__exit__(None, None, None)
-
-    def _failed(self, engine, error: BaseException) -> None:
-        """Ends the block, then lets the error go on (see :func:`~pam_monai.engines.handlers.raise_if_last`)."""
-        from .handlers import raise_if_last
-
-        self._exit()
-        raise_if_last(engine, self._failed, error)
