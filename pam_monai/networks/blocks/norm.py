@@ -109,7 +109,7 @@ class FastInstanceNorm(nn.Module):
             )
         # one spatial element: variance 0, so the output would be the bias whatever the input;
         # nn.InstanceNorm refuses it too (a shape check: no data-dependent branch when compiled)
-        size = 1
+        size = 1  # a loop, not math.prod: TorchScript compiles this method and has no math.prod
         for s in x.shape[2:]:
             size *= s
         if size == 1:
