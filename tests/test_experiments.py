@@ -1529,6 +1529,15 @@ def test_grid_refuses_one_checkpoint_or_output_folder_for_every_run(small_grid, 
         run_experiment(**small_grid, **{given: "/tmp/one"})
 
 
+def _config_bundle(tmp_path, config: dict):
+    """The runner's bundle of one small ``config`` as its train.json (and evaluate.json)."""
+    train_json = tmp_path / "configs" / "train.json"
+    train_json.parent.mkdir()
+    train_json.write_text(json.dumps(config))
+    (train_json.parent / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
+    return runner_module._Bundle(train_json, train_json)
+
+
 def test_grid_runs_close_their_tensorboard_writers(tmp_path):
     """The runner runs every bundle of the grid in one process; MONAI's TensorBoardStatsHandler
     never closes its SummaryWriter, whose flush thread (and the writer) then outlived the run: two
@@ -1548,11 +1557,7 @@ def test_grid_runs_close_their_tensorboard_writers(tmp_path):
         "training": ["$@train#handlers", "$@validate#handlers"],
         "run": "@training",
     }
-    train_json = tmp_path / "configs" / "train.json"
-    train_json.parent.mkdir()
-    train_json.write_text(json.dumps(config))
-    (train_json.parent / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
-    bundle = runner_module._Bundle(train_json, train_json)
+    bundle = _config_bundle(tmp_path, config)
 
     before = set(threading.enumerate())
     for _ in range(3):
@@ -1571,11 +1576,7 @@ def test_grid_runs_compile_each_network_afresh(tmp_path):
         "training": ["$torch.compile(torch.nn.Linear(@n, 1), backend=@backend)(torch.ones(2, @n))"],
         "run": "@training",
     }
-    train_json = tmp_path / "configs" / "train.json"
-    train_json.parent.mkdir()
-    train_json.write_text(json.dumps(config))
-    (train_json.parent / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
-    bundle = runner_module._Bundle(train_json, train_json)
+    bundle = _config_bundle(tmp_path, config)
     compiled = []
 
     def backend(graph, inputs):  # dynamo hands it each graph it compiles
@@ -1598,15 +1599,11 @@ def test_a_run_that_raised_is_not_finalized(tmp_path):
         "run": "@training",
         "finalize": [f"$open({str(finalized)!r}, 'w').close()"],
     }
-    train_json = tmp_path / "configs" / "train.json"
-    train_json.parent.mkdir()
-    train_json.write_text(json.dumps(config))
-    (train_json.parent / "metadata.json").write_text(json.dumps({"version": "0.1.0"}))
-    bundle = runner_module._Bundle(train_json, train_json)
+    bundle = _config_bundle(tmp_path, config)
     with pytest.raises(RuntimeError, match="Failed to evaluate"):
         bundle.train({}, resume=False)
     assert not finalized.exists()
     config["training"] = ["$1"]
-    train_json.write_text(json.dumps(config))
+    bundle.train_json.write_text(json.dumps(config))
     bundle.train({}, resume=False)
     assert finalized.exists()
