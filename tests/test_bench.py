@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from pam_monai.bench import format_report, merge, parse_modes, run_bench
 from pam_monai.bench.modes import parse_mode
@@ -200,3 +201,39 @@ def test_bench_command_exits_non_zero_when_a_measurement_failed(tmp_path):
     with pytest.raises(SystemExit, match=r"1 measurement\(s\) failed"):
         bench(device="cpu", stages="hd95", hd95_shape="40,100", output=str(out))
     assert json.loads(out.read_text())["errors"]
+
+
+def test_peak_memory_under_cuda_graphs_includes_their_recording(monkeypatch):
+    """Under CUDA graphs the graphs' memory pool is allocated while they are recorded (the warm-up)
+    and timed replays allocate nothing: the H100 run of 2026-11-27 reported 89 MiB for FPA at batch
+    50. The peak must then include the warm-up; without CUDA graphs it stays the timed steps' own."""
+    from pam_monai.bench import train as bench_train_mod
+
+    state = {"allocated": 0, "peak": 0}
+
+    def step():
+        if state.pop("recording", False):  # the first call records the graphs: 5 GiB in their pool
+            state["peak"] = max(state["peak"], 5 << 30)
+        state["peak"] = max(state["peak"], 100 << 20)  # a replay: parameters, gradients, input
+
+    def reset(device=None):
+        state["peak"] = 0
+
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    for graphs, expected in ((True, 5 << 30), (False, 100 << 20)):
+        state.update(recording=True, peak=0)
+        case = bench_train_mod.TrainCase(
+            network="fpa", mode=parse_mode("fast", "cuda"), params=1, step=step,
+            device=torch.device("cuda"), cuda_graphs=graphs,
+        )  # fmt: skip
+        bench_train_mod._warm(case, 2)
+        bench_train_mod._measure(case, 3)
+        assert case.error is None
+        assert case.peak_bytes == expected, (graphs, case.peak_bytes)
+        assert ("CUDA graphs" in case.peak_kind) == graphs
+    assert bench_train_mod.records_cuda_graphs("reduce-overhead")
+    assert bench_train_mod.records_cuda_graphs("max-autotune")
+    assert not bench_train_mod.records_cuda_graphs("max-autotune-no-cudagraphs")
+    assert not bench_train_mod.records_cuda_graphs(None)

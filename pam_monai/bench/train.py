@@ -27,6 +27,13 @@ __all__ = ["TrainCase", "bench_train", "build_network", "make_case"]
 log = logging.getLogger("pam_monai.bench")
 
 
+def records_cuda_graphs(compile_mode: str | None) -> bool:
+    """Whether ``torch.compile(mode=compile_mode)`` records CUDA graphs (reduce-overhead, max-autotune)."""
+    from torch._inductor import list_mode_options
+
+    return bool(compile_mode) and bool(list_mode_options(compile_mode).get("triton.cudagraphs"))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -67,6 +74,10 @@ class TrainCase:
     peak_bytes: int | None = None
     peak_kind: str = "-"
     warmup_s: float = 0.0
+    # compiled with CUDA graphs: the graphs' memory pool is allocated while they are recorded (in
+    # the warm-up); timed replays allocate nothing, so their own peak would leave it out
+    cuda_graphs: bool = False
+    warmup_peak_bytes: int | None = None
     error: str | None = None
     profile: dict | None = None
 
@@ -130,7 +141,10 @@ def make_case(
         opt.step()
         return loss
 
-    return TrainCase(network=name, mode=mode, params=params, step=step, device=device)
+    cuda_graphs = mode.compile and device.type == "cuda" and records_cuda_graphs(compile_mode)
+    return TrainCase(
+        network=name, mode=mode, params=params, step=step, device=device, cuda_graphs=cuda_graphs
+    )
 
 
 def _timed_steps(case: TrainCase, n: int) -> list[float]:
@@ -150,11 +164,15 @@ def _timed_steps(case: TrainCase, n: int) -> list[float]:
 
 def _warm(case: TrainCase, warmup: int) -> None:
     try:
+        if case.cuda_graphs:
+            torch.cuda.reset_peak_memory_stats(case.device)
         t = time.perf_counter()
         for _ in range(max(warmup, 1)):
             case.step()
         _sync(case.device)
         case.warmup_s = time.perf_counter() - t
+        if case.cuda_graphs:
+            case.warmup_peak_bytes = torch.cuda.max_memory_allocated(case.device)
     except Exception as e:
         case.error = f"warm-up: {type(e).__name__}: {e}"
         log.error("train %s/%s: %s\n%s", case.network, case.mode.name, case.error, traceback.format_exc())
@@ -168,6 +186,9 @@ def _measure(case: TrainCase, steps: int) -> None:
             times = _timed_steps(case, steps)
             case.peak_bytes = max(case.peak_bytes or 0, torch.cuda.max_memory_allocated(device))
             case.peak_kind = "torch.cuda.max_memory_allocated"
+            if case.cuda_graphs:
+                case.peak_bytes = max(case.peak_bytes, case.warmup_peak_bytes or 0)
+                case.peak_kind = "torch.cuda.max_memory_allocated, warm-up included (CUDA graphs)"
         else:
             before = _rss_kib() if _reset_peak_rss() else None
             times = _timed_steps(case, steps)
