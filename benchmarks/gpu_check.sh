@@ -12,10 +12,10 @@
 # Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
 # fails or hangs (a compilation, say) costs only its own time box and the others still run; the
 # stages share one budget (BUDGET_S seconds, default 420) and are ordered by what the next step
-# needs most (see benchmarks/README.md, "H200, runs 1 and 2"): the fast path with CUDA graphs
-# (unet, fpa, rfna), the bundle's whole training loop (fpa), rfna as the bundles run it, batch 128 with CUDA graphs, the fast path
-# without them (unet, fpa; batch 128), the fp32 baseline, data / inference / HD95; earlier
-# experiments run only when named in ONLY. A 15-minute device lease fits two calls: the first
+# needs most (see benchmarks/README.md, "H100, 2026-11-27"): the U-Net at batch 256 with CUDA
+# graphs, the bundle's whole training loop (fpa), the fast path without CUDA graphs (unet, fpa),
+# the fp32 baseline, data / inference / HD95, larger batches; what was measured already runs only
+# when named in ONLY. A 15-minute device lease fits two calls: the first
 # with the default order (BUDGET_S=420), the second with ONLY= naming what the first left out.
 # Then the per-stage JSON files are merged (U-Net ratios across stages: same card, same run) into
 # $OUT/gpu_check.json, the tables printed, and everything logged to $OUT/gpu_check.log; the
@@ -76,9 +76,11 @@ EOF
 if [ "$QUICK" = "1" ]; then
     COMMON=(--device "$DEVICE" --quick --size 72) # RFNA needs more than 64 pixels
     BIG=(--quick --size 72)
+    HUGE=(--quick --size 72)
 else
     COMMON=(--device "$DEVICE" --batch 50 --size 160 --steps 20 --warmup 5)
     BIG=(--batch 128 --size 160 --steps 10 --warmup 4)
+    HUGE=(--batch 256 --size 160 --steps 10 --warmup 4)
 fi
 
 JSONS=()
@@ -125,38 +127,46 @@ extra() {
 TRAIN=(--stages train --reference=False --profile 2)
 SOLO=(--modes fast "${TRAIN[@]}")
 CG=(--compile_mode reduce-overhead)
-# 1. the fast path (since run 2: bf16 + channels-last + fusible norm + up-sampling as GEMMs +
-#    FPA's dilated convolutions as taps + compile + fused AdamW) with CUDA graphs: run 2 found the
-#    U-Net host-bound (8.2 ms of kernels in a 14.7 ms step), so launches are what is left to remove
-stage cg_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
-stage cg_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
-stage cg_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}" "${CG[@]}"
+# The fast path is bf16 + channels-last + fusible norm + up-sampling as GEMMs + FPA's dilated
+# convolutions as taps + compile + fused AdamW; CG adds CUDA graphs. Measured on the H100 of
+# 2026-11-27 (benchmarks/README.md), now extras: cg_unet, cg_fpa, cg_rfna, fast_rfna,
+# cg_unet_b128, cg_fpa_b128, flip_sync.
+# 1. the U-Net at batch 256 with CUDA graphs: 5,851 slices/s at batch 128 against the target of
+#    6,000, its kernel time per slice falling with the batch (0.182 ms at 50, 0.164 ms at 128)
+stage cg_unet_b256 110 --device "$DEVICE" "${HUGE[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
 # 2. the bundle's whole training loop (brats train.json as monai.bundle runs it: the loader, the
-#    flips, MONAI's iteration, the handlers; no validation), FPA with log_every 1 (the loss read
-#    after every step) and 10 (the default), beside the bare steps above
-stage bundle_fpa 170 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96
-# 2b. the bundle loop's flip must not wait for queued GPU work (pinned copy of its choice; seconds)
-stage flip_sync 40 --script benchmarks/flip_sync_check.py
-# 3. RFNA on the fast path without CUDA graphs (the bundles' default; not yet measured)
-stage fast_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
-# 4. a larger batch spreads the launches over more slices (with and without CUDA graphs)
-stage cg_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
-stage cg_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
+#    flips, MONAI's iteration, the handlers; no validation), FPA with the default log_every 10,
+#    beside the bare steps above. Each run compiles its step (about 55 s for FPA on the H100 of
+#    2026-11-27, whose stage with log_every 1 and 10 in 170 s ran out during the second compile of
+#    the first run, for the epoch's smaller last batch); log_every 1 is the extra bundle_fpa_log1
+stage bundle_fpa 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96 --bundle_log_every 10
+# 3. the bundles' default (the fast path without CUDA graphs) on the same card as the CG rows
 stage fast_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
-stage fast_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
-stage fast_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
-# 5. the plain baseline and the rest of the suite
+# 4. the plain baseline and the rest of the suite
 stage eager_fp32 90 "${COMMON[@]}" --networks unet,fpa,rfna --modes fp32 --stages train
 stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa --modes fp32 \
     --stages data,infer,hd95 --data_cases 3 --data_workers 0,8
-# 6. earlier experiments, by name with ONLY=... (runs 1 and 2 of 2026-11-26 on an H200)
+# 5. larger batches
+stage cg_fpa_b256 130 --device "$DEVICE" "${HUGE[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
+stage fast_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
+stage fast_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
+# 6. measured already, by name with ONLY=... (2026-11-27 on an H100; runs 1 and 2 of 2026-11-26 on an H200)
+extra cg_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
+extra cg_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
+extra cg_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}" "${CG[@]}"
+extra fast_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
+extra cg_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
+extra cg_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
+# the bundle loop's flip must not wait for queued GPU work (pinned copy of its choice; seconds)
+extra flip_sync 40 --script benchmarks/flip_sync_check.py
 extra prev_fast_unet 150 "${COMMON[@]}" --networks unet --modes fast-cl-mm-taps "${TRAIN[@]}"
 extra prev_fast_fpa 200 "${COMMON[@]}" --networks fpa --modes fast-cl-mm-taps "${TRAIN[@]}"
 extra cl_unet 120 "${COMMON[@]}" --networks unet --modes fast-mm-taps "${TRAIN[@]}"
 extra cl_gather_unet 110 "${COMMON[@]}" --networks unet --modes fast-mm+gather "${TRAIN[@]}"
 extra cl_mm_cudnn_fpa 130 "${COMMON[@]}" --networks fpa --modes fast-taps "${TRAIN[@]}"
 extra norm_blocks 150 --script benchmarks/norm_gpu_bench.py $([ "$QUICK" = "1" ] && echo --repeats 2 --batch 2 --levels 8x16 --device "$DEVICE")
+extra bundle_fpa_log1 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96 --bundle_log_every 1
 extra fast_unet_cdt 150 "${COMMON[@]}" --networks unet --modes fast "${TRAIN[@]}" --inductor coordinate_descent_tuning=True
 
 log "== merged results ($(elapsed)s elapsed)"
