@@ -439,7 +439,8 @@ def test_bundle_root_is_the_bundle_or_refused(tmp_path, monkeypatch):
 def test_compiled_trainer_keeps_static_shapes():
     """An epoch's last batch is smaller: torch.compile's default then recompiles the network with a
     symbolic batch size and runs every later full batch through that graph (more host work per
-    launch, in a step bound by launches); the bundles compile static graphs (one per batch size)."""
+    launch, in a step bound by launches); the bundles compile static graphs (one per batch size; the
+    compiled bundles drop that batch, ``drop_last``, so there is one)."""
     import torch
 
     parser = ConfigParser()
@@ -462,6 +463,57 @@ def test_compiled_trainer_keeps_static_shapes():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("device_data", [False, True])
+def test_compiled_bundle_training_compiles_one_graph_though_the_slices_are_no_multiple_of_the_batch(
+    device_data, tmp_path, caplog
+):
+    """An epoch's last batch is smaller when the training slices are no multiple of the batch: the
+    static-shape compile then built the forward and backward a second time for it (on the H100,
+    FPA at batch 50: over a minute, in every compiled training's first epoch). Compiled, the
+    bundles drop that incomplete batch, through either loader: one shape, one graph."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    shapes = []
+
+    def backend(gm, example_inputs):  # dynamo's graphs; what they run is irrelevant here
+        shapes.append(
+            next(tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() == 4)
+        )
+        return gm.forward
+
+    workflow = ConfigWorkflow(
+        config_file=configs("brats_fpa", "train.json"),
+        workflow_type="train",
+        logging_file=False,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        **{**SMALL, "epochs": 2, "network_name": "unet", "crop_size": [32, 32], "val_interval": 3},
+        **{
+            "compile": True,
+            "device_data": device_data,
+            "train#trainer#compile_kwargs": {"dynamic": False, "backend": backend},
+        },
+    )
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    slices = len(workflow.parser.get_parsed_content("train#dataset"))
+    assert slices % SMALL["batch_size"], f"{slices} slices: the test needs an incomplete last batch"
+    batches = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: batches.append(len(e.state.batch)))
+    torch._dynamo.reset()
+    try:
+        with caplog.at_level("INFO", logger="pam_monai"):
+            trainer.run()
+    finally:
+        torch._dynamo.reset()
+    steps = slices // SMALL["batch_size"]
+    said = f"{slices} slices, {steps} optimiser steps per epoch x 2 epochs = {2 * steps}"
+    assert f"{said} ({slices - steps * SMALL['batch_size']} slices of each epoch dropped" in caplog.text
+    assert batches == [SMALL["batch_size"]] * 2 * steps and trainer.state.epoch_length == steps
+    assert shapes == [(SMALL["batch_size"], 4, 32, 32)]
+
+
 def test_amp_and_compile_flags_from_the_command_line_are_booleans():
     """``--amp false`` / ``--compile false`` arrive as the strings "false" (Fire parses only
     True/False), which MONAI's trainer and evaluator took as true: a run that asked for eager fp32
@@ -476,6 +528,22 @@ def test_amp_and_compile_flags_from_the_command_line_are_booleans():
     parser["fast"], parser["compile"], parser["amp"] = "true", "false", "$pam_monai.engines.as_bool(@fast)"
     assert parser.get_parsed_content("train#trainer#compile", instantiate=False) is False
     assert parser.get_parsed_content("train#trainer#amp", instantiate=False) is True
+
+
+def test_drop_last_follows_compile_unless_overridden():
+    """The training loader drops an epoch's incomplete last batch when the network is compiled (one
+    batch shape: one compiled graph, not a second compile of over a minute on a GPU) and keeps it
+    otherwise; ``--drop_last true|false`` (strings from the command line) overrides either."""
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    assert parser["train#dataloader#drop_last"] == "@drop_last"
+    for compile_, want in (("true", True), ("false", False), (True, True), (False, False)):
+        parser["compile"] = compile_
+        assert parser.get_parsed_content("drop_last", instantiate=False) is want, compile_
+    parser["compile"] = "true"
+    for value in ("true", "false", True, False):
+        parser["drop_last"] = value
+        assert parser.get_parsed_content("train#dataloader#drop_last", instantiate=False) == value
 
 
 def test_fast_compiles_on_a_gpu_only_with_triton(monkeypatch, caplog):

@@ -511,6 +511,32 @@ def test_device_loader_serves_the_dataloaders_batches_with_the_same_sampler(repl
         assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
 
 
+@pytest.mark.parametrize("replicas", [1, 3])
+@pytest.mark.parametrize("device_data", [False, True])
+def test_slice_loader_drops_an_incomplete_last_batch_on_every_rank(replicas, device_data):
+    """``drop_last`` (the bundles' default when compiled: one batch shape, one compiled graph) is
+    honoured by both loaders, on each rank's shard of a ``DistributedSampler``, and ``len()`` (the
+    trainer's optimiser steps per epoch) is what the loader yields; a shard of fewer samples than
+    one batch keeps them as its one batch rather than train on nothing."""
+    from torch.utils.data import DistributedSampler
+
+    from pam_monai.engines.loaders import slice_loader
+
+    data = _Samples(23)
+    for batch_size in (4, 9):
+        for rank in range(replicas):
+            sampler = DistributedSampler(data, num_replicas=replicas, rank=rank, seed=5)
+            shard = len(sampler)  # 23, or 8 per rank of 3
+            loader = slice_loader(data, batch_size, "cpu", device_data, sampler=sampler, drop_last="true")
+            for epoch in (1, 2):
+                sampler.set_epoch(epoch)
+                sizes = [len(b["image"]) for b in loader]
+                want = [batch_size] * (shard // batch_size) or [shard]
+                assert sizes == want and len(loader) == len(want), (batch_size, rank, shard)
+            kept = slice_loader(data, batch_size, "cpu", device_data, sampler=sampler, drop_last="false")
+            assert len(kept) == math.ceil(shard / batch_size)
+
+
 def test_slice_loader_choices_and_the_handler_leaves_dataloaders_alone():
     from ignite.engine import Engine, Events
     from torch.utils.data import DataLoader

@@ -37,7 +37,9 @@ SMALL = {"features": [8, 16, 32, 64]}
 pytestmark = pytest.mark.xdist_group("reliability")
 
 
-def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False, *extra: str) -> list[str]:
+def train_cmd(
+    root: Path, data: Path, epochs: int, resume: bool = False, *extra: str, batch_size: int = 8
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -57,7 +59,7 @@ def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False, *extra:
         "--epochs",
         str(epochs),
         "--batch_size",
-        "8",
+        str(batch_size),
         "--num_workers",
         "0",
         "--deterministic",
@@ -70,9 +72,15 @@ def train_cmd(root: Path, data: Path, epochs: int, resume: bool = False, *extra:
     ]
 
 
-def run_training(root: Path, data: Path, epochs: int, resume: bool = False, *extra: str) -> str:
+def run_training(
+    root: Path, data: Path, epochs: int, resume: bool = False, *extra: str, batch_size: int = 8
+) -> str:
     proc = subprocess.run(
-        train_cmd(root, data, epochs, resume, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600
+        train_cmd(root, data, epochs, resume, *extra, batch_size=batch_size),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout + proc.stderr
@@ -115,6 +123,18 @@ def test_samples_held_on_the_device_train_and_resume_exactly_like_the_dataloader
     assert "training samples held on cpu" in out
     run_training(tmp_path, data, 2, True, "--device_data", "true")
     assert_same_weights(weights(tmp_path), weights(reference))
+
+
+@pytest.mark.slow
+def test_runs_that_drop_the_last_batch_resume_exactly(data, tmp_path):
+    """``--drop_last true`` (the compiled bundles' default): a resumed second epoch ends on the
+    weights of an uninterrupted run."""
+    whole, part, drop = tmp_path / "whole", tmp_path / "part", ("--drop_last", "true")
+    out = run_training(whole, data, 2, False, *drop, batch_size=6)
+    assert "32 slices, 5 optimiser steps per epoch" in out and "2 slices of each epoch dropped" in out
+    run_training(part, data, 1, False, *drop, batch_size=6)
+    run_training(part, data, 2, True, *drop, batch_size=6)
+    assert_same_weights(weights(part), weights(whole))
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from torch.utils.data import DistributedSampler
 from ..atomic import atomic_write_text
 from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
+from .loaders import epoch_samples
 
 __all__ = [
     "Bf16WithoutLossScaling",
@@ -378,6 +379,16 @@ class IgnoredVoxelsCheck:
             )
 
 
+def _dropped(loader, per_epoch: int) -> str:
+    """What ``drop_last`` leaves out of each epoch (of each rank's under ``torchrun``), for the plan."""
+    samples, size = epoch_samples(loader), getattr(loader, "batch_size", None)
+    if not getattr(loader, "drop_last", False) or samples is None or not size or samples <= per_epoch * size:
+        return ""
+    return (
+        f" ({samples - per_epoch * size} slices of each epoch dropped: its incomplete last batch, drop_last)"
+    )
+
+
 class TrainingPlan:
     """Say at the start how much training the run holds: slices, optimiser steps per epoch and in
     all; a WARNING when real data gives fewer than ``min_steps`` steps (the paper's defaults, 80
@@ -402,11 +413,12 @@ class TrainingPlan:
         slices = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
         total = per_epoch * epochs
         log.info(
-            "training: %s%d optimiser steps per epoch x %d epochs = %d",
+            "training: %s%d optimiser steps per epoch x %d epochs = %d%s",
             f"{slices:,} slices, " if slices is not None else "",
             per_epoch,
             epochs,
             total,
+            _dropped(loader, per_epoch),
         )
         if not self.synthetic and 0 < total < self.min_steps:
             log.warning(

@@ -12,6 +12,9 @@ Both serve the same batches in the same order when they share a sampler (the bun
 switch changes speed, not the run: ``tests/test_reliability.py`` trains with both and compares
 the weights. :class:`LoaderEpoch` hands the epoch to the sampler of a device loader, as MONAI's
 workflow does for a ``DataLoader``'s ``DistributedSampler`` (resume depends on it).
+
+With ``drop_last`` (the bundles' default when the network is compiled) both drop an epoch's
+incomplete last batch, so that the compiled step sees one batch shape (:func:`drops_last`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from tqdm import tqdm
 
 from .runtime import as_bool
 
-__all__ = ["DeviceSliceLoader", "LoaderEpoch", "batch_samples", "device_data_bytes", "slice_loader"]
+__all__ = [
+    "DeviceSliceLoader",
+    "LoaderEpoch",
+    "batch_samples",
+    "device_data_bytes",
+    "drops_last",
+    "epoch_samples",
+    "slice_loader",
+]
 
 log = logging.getLogger("pam_monai")
 
@@ -176,6 +187,7 @@ def slice_loader(
     num_workers: int = 0,
     seed: int = 0,
     max_fraction: float = DEVICE_DATA_FRACTION,
+    drop_last: bool | str = False,
 ):
     """The training loader: :class:`DeviceSliceLoader` or a ``DataLoader``, in the same order.
 
@@ -189,11 +201,14 @@ def slice_loader(
         num_workers: ``DataLoader`` worker processes.
         seed: seed of the shuffle without a sampler (and of the DataLoader's generator).
         max_fraction: share of the GPU's free memory that ``"auto"`` may use.
+        drop_last: drop each epoch's incomplete last batch (the bundles do when compiled: one
+            batch shape, one compiled graph), unless it is the only batch (:func:`drops_last`).
 
     Returns:
         A loader for the trainer (``len()`` batches per epoch).
     """
     device = torch.device(device)
+    drop_last = drops_last(len(sampler) if sampler is not None else len(dataset), batch_size, drop_last)
     choice = str(device_data).strip().lower()
     if choice == "auto":
         use_device, why = _fits_on_device(dataset, device, max_fraction)
@@ -201,7 +216,9 @@ def slice_loader(
         use_device, why = as_bool(device_data), f"device_data={device_data}"
     if use_device:
         try:
-            loader = DeviceSliceLoader(dataset, batch_size, device=device, seed=seed, sampler=sampler)
+            loader = DeviceSliceLoader(
+                dataset, batch_size, device=device, seed=seed, sampler=sampler, drop_last=drop_last
+            )
         except torch.OutOfMemoryError as e:
             need = device_data_bytes(dataset) / 1e9
             raise RuntimeError(
@@ -216,11 +233,41 @@ def slice_loader(
         batch_size=batch_size,
         sampler=sampler,
         shuffle=sampler is None,
+        drop_last=drop_last,
         num_workers=int(num_workers),
         pin_memory=device.type == "cuda",
         persistent_workers=int(num_workers) > 0,
         generator=torch.Generator().manual_seed(int(seed)),
     )
+
+
+def drops_last(samples: int, batch_size: int, drop_last: bool | str) -> bool:
+    """Whether an epoch of ``samples`` (a rank's shard under ``torchrun``) drops its incomplete last
+    batch: with ``drop_last``, unless that batch is the epoch's only one (fewer samples than
+    ``batch_size``), so that a small data set still trains, at one batch shape all the same.
+
+    Dropping loses no slice for good: the order is shuffled anew each epoch (the sampler's
+    ``set_epoch``), so each epoch leaves out other slices.
+    """
+    if not as_bool(drop_last):
+        return False
+    if samples < batch_size:
+        log.info(
+            "drop_last: the %d training samples per epoch are fewer than batch_size %d: they are kept, as "
+            "the epoch's one batch",
+            samples,
+            batch_size,
+        )
+        return False
+    return True
+
+
+def epoch_samples(loader) -> int | None:
+    """Samples in one epoch of ``loader`` (this rank's shard under ``torchrun``) before batching,
+    the incomplete last batch included; None for a loader that does not say."""
+    sampler = getattr(loader, "sampler", None)
+    source = sampler if sampler is not None else getattr(loader, "dataset", None)
+    return len(source) if hasattr(source, "__len__") else None
 
 
 def batch_samples(loader, batch: int) -> list[str] | None:
