@@ -126,13 +126,18 @@ def test_samples_held_on_the_device_train_and_resume_exactly_like_the_dataloader
 
 
 @pytest.mark.slow
-def test_runs_that_drop_the_last_batch_resume_exactly(data, tmp_path):
+def test_runs_that_drop_the_last_batch_resume_exactly_and_only_as_such(data, tmp_path):
     """``--drop_last true`` (the compiled bundles' default): a resumed second epoch ends on the
-    weights of an uninterrupted run."""
+    weights of an uninterrupted run. A resume with the other ``drop_last`` (a run compiled on a GPU,
+    resumed without compiling) has another epoch length: refused, naming the setting that fits
+    (the refusal named batch_size only, which was the same)."""
     whole, part, drop = tmp_path / "whole", tmp_path / "part", ("--drop_last", "true")
     out = run_training(whole, data, 2, False, *drop, batch_size=6)
     assert "32 slices, 5 optimiser steps per epoch" in out and "2 slices of each epoch dropped" in out
     run_training(part, data, 1, False, *drop, batch_size=6)
+    cmd = train_cmd(part, data, 2, True, "--drop_last", "false", batch_size=6)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "resume with --drop_last true" in proc.stderr, proc.stderr[-3000:]
     run_training(part, data, 2, True, *drop, batch_size=6)
     assert_same_weights(weights(part), weights(whole))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 from pathlib import Path
@@ -33,6 +34,7 @@ from ..atomic import atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data.intensity import PROPERTIES_KEY
 from ..networks.polarity import unwrap_network
 from .eventlogs import trim_event_logs
+from .loaders import epoch_samples
 from .runtime import as_bool
 
 __all__ = [
@@ -165,6 +167,20 @@ def _own_rng(state: dict) -> dict | None:
     return per_rank[rank] if rank < len(per_rank) else None
 
 
+def _other_drop_last(engine: Engine, epoch_length: int) -> str | None:
+    """The fix when the checkpoint's ``epoch_length`` is what this run's loader gives with the other
+    ``drop_last`` (it follows ``compile``: a run compiled on a GPU, resumed without), else None."""
+    loader = getattr(engine, "data_loader", None)
+    samples, size = epoch_samples(loader), getattr(loader, "batch_size", None)
+    drop = getattr(loader, "drop_last", None)
+    if samples is None or not size or drop is None:
+        return None
+    if epoch_length != (math.ceil(samples / size) if drop else samples // size):
+        return None
+    kept = "kept" if drop else "dropped"
+    return f"the interrupted run {kept} each epoch's incomplete last batch: resume with --drop_last {str(not drop).lower()}"
+
+
 class TrainingCheckpoint:
     """Save the whole training state atomically after every epoch; resume from it on request.
 
@@ -280,7 +296,9 @@ class TrainingCheckpoint:
                     "same batch_size"
                 )
             else:
-                cause = "resume with the interrupted run's batch_size (and data)"
+                cause = _other_drop_last(engine, iteration // epoch) or (
+                    "resume with the interrupted run's batch_size (and data)"
+                )
             raise ValueError(
                 f"{self.path}: resume: the checkpoint took {iteration} iterations in {epoch} epoch(s), this run "
                 f"takes {epoch_length} per epoch: {cause}, or train anew (--resume false "
