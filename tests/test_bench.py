@@ -147,8 +147,12 @@ def test_bundle_stage_times_the_bundles_training_loop(tmp_path, caplog):
             r["loader"] == "DataLoader" and r["fast"] is False and r["size"] == [32, 32] and r["batch"] == 2
         )
         assert r["epochs_timed"] == 1 and r["slices_timed"] == r["samples"] > 0 and r["slices_per_s"] > 0
-        assert r["iterations_per_epoch"] == -(-r["samples"] // 2)
+        assert r["iterations_per_epoch"] == -(-r["samples"] // 2) and r["drop_last"] is False  # not compiled
     assert "## The bundle's training loop" in format_report(result)
+    compiled = {**rows[0], "loader": "DeviceSliceLoader", "drop_last": True, "iterations_per_epoch": 7}
+    assert "| unet | 1 | no | DeviceSliceLoader, drop_last | 2 | 7 |" in format_report(
+        {**result, "bundle": [compiled]}
+    )
 
 
 def test_merge_recomputes_ratios_across_stage_files(quick_run, tmp_path):

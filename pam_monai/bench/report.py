@@ -80,6 +80,12 @@ def _infer_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _loader(row: dict) -> str:
+    """The bundle row's loader, and whether it dropped each epoch's incomplete last batch (then
+    ``iterations/epoch`` is ``samples // batch``, not rounded up)."""
+    return row["loader"] + (", drop_last" if row.get("drop_last") else "")
+
+
 def _bundle_table(rows: list[dict], train: list[dict]) -> list[str]:
     lines = [
         "| network | log_every | fast | loader | batch | iterations/epoch | slices/s (epochs after the first) | vs its training step |",
@@ -104,7 +110,7 @@ def _bundle_table(rows: list[dict], train: list[dict]) -> list[str]:
         same.sort(key=lambda t: "[" in t["mode"])  # the bundles' own compile mode first
         vs = f"{r['slices_per_s'] / same[0]['slices_per_s']:.2f}x of {same[0]['mode']}" if same else "-"
         lines.append(
-            f"| {r['network']} | {r['log_every']} | {'yes' if r['fast'] else 'no'} | {r['loader']} | {r['batch']} | "
+            f"| {r['network']} | {r['log_every']} | {'yes' if r['fast'] else 'no'} | {_loader(r)} | {r['batch']} | "
             f"{r['iterations_per_epoch']} | {r['slices_per_s']:,.0f} | {vs} |"
         )
     lines += [

@@ -4,7 +4,8 @@ The training-step rows time forward, loss, backward and optimiser step alone. A 
 also fetches each batch (``DeviceSliceLoader`` or a ``DataLoader``), flips it on the device
 (``FlipPrepareBatch``), runs MONAI's ``SupervisedTrainer`` iteration (bf16 autocast without its
 loss scaler: :class:`~pam_monai.engines.Bf16WithoutLossScaling`; the decollated output) and the training handlers (loss log, TensorBoard, progress bar, NaN guard),
-and sees an epoch's smaller last batch. This stage runs the BRATS bundle's ``train.json`` through
+and sees an epoch's smaller last batch, unless compiled (the bundle then drops it: ``drop_last``,
+one compiled shape; the rows say which loader and ``drop_last`` ran). This stage runs the BRATS bundle's ``train.json`` through
 MONAI's ``ConfigWorkflow`` on a synthetic BRATS set, with the run's device, batch and crop and the
 bundle's own fast-path default (``fast`` = CUDA available), without validation, and times whole
 epochs after the first (compilation, caches): from each epoch's start to its last iteration's
@@ -106,6 +107,7 @@ def _run(config: Path, root: Path, overrides: dict, device: torch.device) -> dic
         raise RuntimeError("no epoch after the first was timed: raise epochs")
     slices, seconds = sum(s for s, _ in timed), sum(t for _, t in timed)
     parser = workflow.parser
+    loader = parser.get_parsed_content("train#dataloader")
     return {
         "slices_per_s": slices / seconds,
         "epoch_slices_per_s": [s / t for s, t in timed],
@@ -114,7 +116,8 @@ def _run(config: Path, root: Path, overrides: dict, device: torch.device) -> dic
         "samples": len(parser.get_parsed_content("train#dataset")),
         "epochs_timed": len(timed),
         "slices_timed": slices,
-        "loader": type(parser.get_parsed_content("train#dataloader")).__name__,
+        "loader": type(loader).__name__,
+        "drop_last": bool(getattr(loader, "drop_last", False)),
         "fast": as_bool(parser.get_parsed_content("fast")),
         "amp": bool(parser.get_parsed_content("amp")),
         "compile": bool(parser.get_parsed_content("compile")),
