@@ -140,6 +140,9 @@ stage cg_unet_b256 110 --device "$DEVICE" "${HUGE[@]}" --networks unet "${SOLO[@
 #    2026-11-27, whose stage with log_every 1 and 10 in 170 s ran out during the second compile of
 #    the first run, for the epoch's smaller last batch); log_every 1 is the extra bundle_fpa_log1
 stage bundle_fpa 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96 --bundle_log_every 10
+# 2b. the same loop with CUDA graphs (the bundles' compile_mode=reduce-overhead, off by default:
+#    RFNA's bare step gained 1.20x from them on the H100; not yet measured inside the bundle loop)
+stage bundle_fpa_cg 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96 --bundle_log_every 10 "${CG[@]}"
 # 3. the bundles' default (the fast path without CUDA graphs) on the same card as the CG rows
 stage fast_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}"

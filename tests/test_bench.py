@@ -149,10 +149,45 @@ def test_bundle_stage_times_the_bundles_training_loop(tmp_path, caplog):
         assert r["epochs_timed"] == 1 and r["slices_timed"] == r["samples"] > 0 and r["slices_per_s"] > 0
         assert r["iterations_per_epoch"] == -(-r["samples"] // 2) and r["drop_last"] is False  # not compiled
     assert "## The bundle's training loop" in format_report(result)
+    assert all(r["compile_mode"] is None for r in rows)
     compiled = {**rows[0], "loader": "DeviceSliceLoader", "drop_last": True, "iterations_per_epoch": 7}
     assert "| unet | 1 | no | DeviceSliceLoader, drop_last | 2 | 7 |" in format_report(
         {**result, "bundle": [compiled]}
     )
+    # CUDA graphs in the bundle loop: the row says so and is compared with the step in that mode
+    graphs = {**compiled, "fast": True, "compile": True, "compile_mode": "reduce-overhead"}
+    steps = [
+        {"network": "unet", "params": 1, "batch": 2, "size": [4, 32, 32], "mode": mode}
+        | {"slices_per_s": speed, "step_ms_median": 2e3 / speed}
+        for mode, speed in (("fast", 1.0), ("fast [mode=reduce-overhead]", 4.0))
+    ]
+    table = format_report({**result, "train": steps, "bundle": [graphs]})
+    assert "| unet | 1 | yes [mode=reduce-overhead] | DeviceSliceLoader, drop_last | 2 | 7 |" in table
+    assert f"{rows[0]['slices_per_s'] / 4.0:.2f}x of fast [mode=reduce-overhead] |" in table
+
+
+def test_bundle_stage_passes_the_compile_mode_to_the_bundle(monkeypatch):
+    """``--compile_mode`` reaches the bundle stage as the bundle's own ``compile_mode`` override (the
+    GPU script's bundle_fpa_cg: CUDA graphs inside the bundle's training loop)."""
+    from pam_monai.bench import trainer
+
+    seen = []
+    monkeypatch.setattr(
+        trainer,
+        "_run",
+        lambda config, root, overrides, device: seen.append(overrides) or {"slices_per_s": 1.0},
+    )
+    monkeypatch.setattr(trainer, "_without_validation", lambda config, epochs: {})
+    monkeypatch.setattr("pam_monai.data.synth", lambda *a, **k: "data")
+    rows = trainer.bench_bundle(
+        ["fpa"], torch.device("cpu"), 2, 32, log_every=(10,), compile_mode="reduce-overhead"
+    )
+    assert (
+        seen[0]["compile_mode"] == "reduce-overhead"
+        and rows[0]["mode"] == "bundle, log_every 10 [mode=reduce-overhead]"
+    )
+    rows = trainer.bench_bundle(["fpa"], torch.device("cpu"), 2, 32, log_every=(10,))
+    assert "compile_mode" not in seen[1] and rows[0]["mode"] == "bundle, log_every 10"
 
 
 def test_merge_recomputes_ratios_across_stage_files(quick_run, tmp_path):

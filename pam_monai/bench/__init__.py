@@ -250,7 +250,7 @@ def run_bench(
         bundle_cases: stage ``bundle``: synthetic BRATS cases (3 of 5 train).
         bundle_slices: stage ``bundle``: axial slices per synthetic case.
         bundle_fast: stage ``bundle``: the bundle's ``fast`` (default: its own, CUDA available).
-        compile_mode: ``torch.compile`` mode (default: PyTorch's default mode).
+        compile_mode: ``torch.compile`` mode (default: PyTorch's default mode); stage ``bundle``: the bundle's ``compile_mode``.
         inductor: ``torch._inductor.config`` settings for the compiled modes, comma-separated
             ``name=value`` pairs (Python literals), e.g. ``layout_optimization=False`` or
             ``triton.cudagraphs=True``; recorded in the JSON's ``meta``.
@@ -462,6 +462,7 @@ def run_bench(
                     cases=5 if quick else int(bundle_cases),
                     slices=12 if quick else int(bundle_slices),
                     fast=bundle_fast,
+                    compile_mode=compile_mode,
                     seed=seed,
                     on_result=save_bundle,
                 ),

@@ -86,6 +86,12 @@ def _loader(row: dict) -> str:
     return row["loader"] + (", drop_last" if row.get("drop_last") else "")
 
 
+def _fast(row: dict) -> str:
+    """The bundle row's fast path, with its compile mode when one was set (CUDA graphs, say)."""
+    mode = row.get("compile_mode") if row.get("compile") else None
+    return ("yes" if row["fast"] else "no") + (f" [mode={mode}]" if mode else "")
+
+
 def _bundle_table(rows: list[dict], train: list[dict]) -> list[str]:
     lines = [
         "| network | log_every | fast | loader | batch | iterations/epoch | slices/s (epochs after the first) | vs its training step |",
@@ -107,10 +113,12 @@ def _bundle_table(rows: list[dict], train: list[dict]) -> list[str]:
             and t.get("slices_per_s")
             and t["mode"].split(" [")[0] == ("fast" if r["fast"] else "fp32")
         ]
-        same.sort(key=lambda t: "[" in t["mode"])  # the bundles' own compile mode first
+        # the step compiled in the bundle's own compile mode first
+        mode = f"[mode={r['compile_mode']}" if r.get("compile") and r.get("compile_mode") else None
+        same.sort(key=lambda t: (mode not in t["mode"]) if mode else ("[" in t["mode"]))
         vs = f"{r['slices_per_s'] / same[0]['slices_per_s']:.2f}x of {same[0]['mode']}" if same else "-"
         lines.append(
-            f"| {r['network']} | {r['log_every']} | {'yes' if r['fast'] else 'no'} | {_loader(r)} | {r['batch']} | "
+            f"| {r['network']} | {r['log_every']} | {_fast(r)} | {_loader(r)} | {r['batch']} | "
             f"{r['iterations_per_epoch']} | {r['slices_per_s']:,.0f} | {vs} |"
         )
     lines += [

@@ -121,6 +121,7 @@ def _run(config: Path, root: Path, overrides: dict, device: torch.device) -> dic
         "fast": as_bool(parser.get_parsed_content("fast")),
         "amp": bool(parser.get_parsed_content("amp")),
         "compile": bool(parser.get_parsed_content("compile")),
+        "compile_mode": parser.get_parsed_content("compile_mode"),
     }
 
 
@@ -134,6 +135,7 @@ def bench_bundle(
     cases: int = 8,
     slices: int = 64,
     fast: bool | None = None,
+    compile_mode: str | None = None,
     seed: int = 0,
     on_result=None,
 ) -> list[dict]:
@@ -149,6 +151,8 @@ def bench_bundle(
         cases: synthetic BRATS cases (3 of 5 are training cases).
         slices: axial slices per synthetic case.
         fast: the bundle's ``fast`` (None: its default, CUDA available).
+        compile_mode: the bundle's ``compile_mode`` (e.g. ``reduce-overhead``: CUDA graphs; None: its
+            default, PyTorch's default mode).
         seed: the synthetic set's and the runs' seed.
         on_result: called with the rows so far after each run (a killed stage keeps them).
 
@@ -169,7 +173,8 @@ def bench_bundle(
             for every in log_every:
                 row = {
                     "network": network,
-                    "mode": f"bundle, log_every {every}",
+                    "mode": f"bundle, log_every {every}"
+                    + (f" [mode={compile_mode}]" if compile_mode else ""),
                     "log_every": int(every),
                     "batch": int(batch),
                     "size": [int(size), int(size)],
@@ -189,6 +194,8 @@ def bench_bundle(
                 }
                 if fast is not None:
                     overrides["fast"] = bool(fast)
+                if compile_mode:
+                    overrides["compile_mode"] = str(compile_mode)
                 try:
                     row.update(_run(config, tmp / f"run_{network}_{every}", overrides, device))
                 except Exception as e:
