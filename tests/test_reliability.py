@@ -910,6 +910,20 @@ def test_training_says_how_many_steps_it_holds(caplog):
             engine.run(range(10), max_epochs=3)
         assert "10 optimiser steps per epoch x 3 epochs = 30" in caplog.text
         assert ("only 30 optimiser steps in all" in caplog.text) is not synthetic
+    # under torchrun the steps are one process's, of its shard of the slices: the line says so
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    engine = Engine(lambda e, b: None)
+    TrainingPlan(synthetic=True).attach(engine)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pam_monai"):
+        data = list(range(10))
+        engine.run(DataLoader(data, batch_size=2, sampler=DistributedSampler(data, 3, 0)), max_epochs=1)
+    assert (
+        "10 slices dealt to 3 processes (4 each per epoch), each 2 optimiser steps per epoch x 1"
+        in caplog.text
+    )
 
 
 def test_evaluation_and_inference_share_one_threshold():

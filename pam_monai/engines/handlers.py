@@ -409,12 +409,19 @@ class TrainingPlan:
 
     def __call__(self, engine: Engine) -> None:
         per_epoch, epochs = engine.state.epoch_length or 0, engine.state.max_epochs or 0
-        loader = getattr(engine, "data_loader", None)
+        loader = getattr(engine, "data_loader", None) or engine.state.dataloader  # MONAI's, Ignite's
         slices = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
+        # under torchrun the steps are each process's: say how the slices are dealt to them
+        replicas = getattr(getattr(loader, "sampler", None), "num_replicas", 1)
+        shard = epoch_samples(loader) if isinstance(replicas, int) and replicas > 1 else None
         total = per_epoch * epochs
         log.info(
             "training: %s%d optimiser steps per epoch x %d epochs = %d%s",
-            f"{slices:,} slices, " if slices is not None else "",
+            ""
+            if slices is None
+            else f"{slices:,} slices dealt to {replicas} processes ({shard:,} each per epoch), each "
+            if shard is not None
+            else f"{slices:,} slices, ",
             per_epoch,
             epochs,
             total,
