@@ -588,6 +588,28 @@ def test_multi_gpu_config_disables_the_writers_it_means(name):
     assert parser["validate#sampler#_target_"].endswith("DistributedSampler")
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_multi_gpu_training_stops_every_process_when_one_fails(name):
+    """A training step that raised in one process left the others waiting for it until the process
+    group's timeout (NCCL; other nodes under torchrun): every process, rank 0 and the others,
+    runs StopEveryProcessOnError (tests/test_reliability.py shows what it does)."""
+    import monai
+
+    import pam_monai
+    from pam_monai.engines import StopEveryProcessOnError
+
+    parser = ConfigParser()
+    parser.read_config(configs(name, "train.json", "multi_gpu_train.json"))
+    targets = [handler["_target_"] for handler in parser["train#handlers"]]
+    assert "pam_monai.engines.StopEveryProcessOnError" in targets, targets
+    # the handlers of the processes other than rank 0: the filter must keep it
+    expression = parser["train#trainer#train_handlers"][1:].replace("@train#handlers", "handlers")
+    stop = StopEveryProcessOnError()
+    for rank in (0, 1):
+        names = {"pam_monai": pam_monai, "monai": monai, "handlers": [stop]}
+        assert eval(expression.replace("@rank", str(rank)), names) == [stop], (rank, expression)
+
+
 SPAWNED_RANKS = """
 import json, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
 from monai.bundle import ConfigParser

@@ -374,6 +374,61 @@ def test_a_non_finite_loss_in_one_process_stops_every_process(tmp_path):
     )
 
 
+FAILING_RANK = """
+import sys, time, torch, torch.distributed as dist
+from ignite.engine import Engine
+from pam_monai.engines import StopEveryProcessOnError
+
+rank, folder = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method="file://" + folder + "/store", rank=rank, world_size=2)
+
+def step(engine, batch):
+    if engine.state.iteration == 2 and rank == 1:
+        open(folder + "/raised", "w").write(str(time.time()))
+        raise ValueError("injected failure in the training step")
+    if engine.state.iteration == 2:  # NCCL's all-reduce, waiting for a dead peer: it does not notice
+        time.sleep(40)
+    dist.all_reduce(torch.ones(1))
+
+engine = Engine(step)
+StopEveryProcessOnError(poll_seconds=0.5, grace_seconds=1).attach(engine)
+engine.run(range(4), max_epochs=1)
+"""
+
+
+def test_a_training_step_that_raises_in_one_process_stops_every_process(tmp_path):
+    """A process whose training step raised ended alone: the others waited for it in their next
+    collective until the process group's timeout (NCCL does not notice a dead peer, and across
+    nodes torchrun's agents do not stop the other nodes' processes). They now stop at once,
+    naming its error."""
+    script = tmp_path / "ranks.py"
+    script.write_text(FAILING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(tmp_path)],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        errors = [rank.communicate(timeout=30)[1] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    waited = time.time() - float((tmp_path / "raised").read_text())
+    assert "ValueError: injected failure in the training step" in errors[1] and ranks[1].returncode == 1
+    assert ranks[0].returncode == 1, errors[0]
+    assert waited < 10, f"process 0 stopped {waited:.0f} s after process 1 failed"
+    assert (
+        "process 1 failed in training: ValueError: injected failure in the training step; process 0"
+        in errors[0]
+    ), errors[0]
+
+
 RESUMING_RANKS = """
 import datetime, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
 from ignite.engine import Engine

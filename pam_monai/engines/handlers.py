@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ __all__ = [
     "IgnoredVoxelsCheck",
     "NonFiniteLossGuard",
     "RankZeroBuffers",
+    "StopEveryProcessOnError",
     "TrainingPlan",
     "clean_up_on_error",
     "close_writers",
@@ -640,3 +643,111 @@ class RankZeroBuffers:
 
         for buffer in unwrap_network(self.network).buffers():
             dist.broadcast(buffer, src=0)
+
+
+class StopEveryProcessOnError:
+    """Under ``torch.distributed``, when the run of its engine (the trainer) raises in one process,
+    every other process stops at once, naming that error, instead of waiting for it in a collective
+    until ``dist_timeout_minutes`` (60 by default).
+
+    A healthy process does not notice a peer that died: NCCL waits in its all-reduce, and across
+    nodes torchrun's agent of another node does not stop its workers (measured with two agents:
+    still waiting after 10 minutes). So the process that failed puts its error into the process
+    group's store (the first error only), and each process watches that store from a thread,
+    every ``poll_seconds`` (nothing per step): on another process's error it logs it at once and,
+    unless torchrun's agent stops it first (on one node it does, once the failed process has
+    ended: the agent then reports that process as the failure's root cause), exits with status 1
+    after ``grace_seconds``, which its agent answers by stopping the rest of its node. A process
+    that fails in turn (gloo's "Connection closed by peer") logs the first error too, so each log
+    ends with it. Without a process group it does nothing.
+
+    Args:
+        poll_seconds: how often each process looks for another's error.
+        grace_seconds: how long a process that saw another's error waits to be stopped by its
+            agent before it exits.
+    """
+
+    _runs = 0  # runs watched in this process: every process counts the same, a key per run
+
+    def __init__(self, poll_seconds: float = 1.0, grace_seconds: float = 10.0) -> None:
+        self.poll_seconds = float(poll_seconds)
+        self.grace_seconds = float(grace_seconds)
+        self._stop: threading.Event | None = None
+        self._key = ""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.COMPLETED, self._end)
+        clean_up_on_error(engine, self._failed)
+
+    @staticmethod
+    def _store():
+        """The default process group's store, None without a process group."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        return dist.distributed_c10d._get_default_store()
+
+    def _start(self, engine: Engine) -> None:
+        store = self._store()
+        if store is None:
+            return
+        StopEveryProcessOnError._runs += 1
+        # a key per run: a later run in the same process group must not find an earlier run's error
+        self._key = f"pam_monai/failed/{StopEveryProcessOnError._runs}"
+        self._stop = threading.Event()
+        watch = threading.Thread(
+            target=self._watch, args=(store, self._key, self._stop), name="pam_monai-peer-errors", daemon=True
+        )
+        watch.start()
+
+    def _end(self, engine: Engine | None = None) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+
+    def _watch(self, store, key: str, stop: threading.Event) -> None:
+        rank = torch.distributed.get_rank()
+        while not stop.wait(self.poll_seconds):
+            try:
+                if not store.check([key]):
+                    continue
+                failed, error = store.get(key).decode().split("\n", 1)
+            except Exception:  # the store is gone (its process ended): the others stop on their own
+                return
+            if int(failed) == rank or stop.is_set():
+                return
+            log.error(
+                "process %s failed in training: %s; process %d, which waits for it, stops too (see process "
+                "%s's log for where it failed)",
+                failed,
+                error,
+                rank,
+                failed,
+            )
+            for handler in logging.getLogger().handlers + log.handlers:  # os._exit skips Python's clean-up
+                handler.flush()
+            sys.stderr.flush()
+            if stop.wait(self.grace_seconds):  # its own run raised meanwhile: that error goes on
+                return
+            # the main thread may be blocked in a collective that never returns: no exception reaches it
+            os._exit(1)
+
+    def _failed(self, engine: Engine, error: BaseException) -> None:
+        """Put this process's error into the store, unless another's came first (then log that one)."""
+        store, key = self._store(), self._key
+        self._key = ""  # Ignite fires EXCEPTION_RAISED twice for an error in an iteration: say it once
+        self._end()
+        # an interrupt (Ctrl-C) or exit reaches every process from torchrun itself
+        if store is None or not key or not isinstance(error, Exception):
+            return
+        rank = torch.distributed.get_rank()
+        mine = f"{rank}\n{type(error).__name__}: {error}"
+        try:
+            first = store.compare_set(key, "", mine).decode()
+        except Exception as e:  # the store is gone: this process's error is the one to see
+            log.warning("could not tell the other processes of this error: %s", e)
+            return
+        failed, first_error = first.split("\n", 1)
+        if int(failed) != rank:
+            log.error("process %s failed first, in training: %s", failed, first_error)
