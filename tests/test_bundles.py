@@ -899,6 +899,96 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
         torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0, msg=key)
 
 
+INJECTED_FAILURE = """
+import os, time
+from ignite.engine import Events
+
+def arm(trainer):
+    def at_iteration_2(engine):
+        if os.environ["INJECT"] == "fail":
+            open(os.environ["INJECTED_AT"], "w").write(str(time.time()))
+            raise ValueError("injected failure in a training step")
+        time.sleep(300)  # NCCL's all-reduce, waiting for a dead peer: it does not notice
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2), at_iteration_2)
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_training_step_on_one_node_stops_the_other_nodes(tmp_path):
+    """Two torchrun agents (two "nodes", one process each, gloo): the process of the node that
+    does not host the rendezvous raises in its second step. The other node's agent does not notice
+    and its process, blocked in a collective that never returns (NCCL's, here a sleep), waited
+    until the process group's timeout; it now stops within seconds, naming the error."""
+    import socket
+    import time
+
+    (tmp_path / "inject_failure.py").write_text(INJECTED_FAILURE)
+    extra = tmp_path / "inject.json"
+    training = ["$import inject_failure", "$inject_failure.arm(@train#trainer)", "$@train#trainer.run()"]
+    extra.write_text(json.dumps({"training": training}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def node(inject: str, host: bool) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=nodes"]
+        cmd += [f"--rdzv_conf=is_host={str(host).lower()}", "-m", "monai.bundle", "run", "training"]
+        cmd += [
+            "--config_file",
+            str([*configs("brats_fpa", "train.json", "multi_gpu_train.json"), str(extra)]),
+        ]
+        cmd += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--epochs", "1"]
+        cmd += [
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--network_options",
+            json.dumps(SMALL["network_options"]),
+        ]
+        cmd += ["--dist_timeout_minutes", "5"]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "INJECT": inject,
+            "INJECTED_AT": str(tmp_path / "injected"),
+        }
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT), env.get("PYTHONPATH", "")])
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    nodes = [node("block", True), node("fail", False)]
+    try:
+        logs = [n.communicate(timeout=90)[0] for n in nodes]
+    except subprocess.TimeoutExpired:
+        pytest.fail("a node still waits for the node whose training step failed")
+    finally:
+        for n in nodes:  # SIGTERM: the agent stops its workers (they run in sessions of their own)
+            if n.poll() is None:
+                n.terminate()
+                try:
+                    n.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(n.pid, 9)
+    ended = time.time()
+    assert "ValueError: injected failure in a training step" in logs[1], logs[1][-3000:]
+    assert re.search(
+        r"process \d failed in training: ValueError: injected failure in a training step", logs[0]
+    ), logs[0][-3000:]
+    assert nodes[0].returncode != 0 and nodes[1].returncode != 0
+    waited = ended - float((tmp_path / "injected").read_text())
+    assert waited < 60, f"the nodes ended {waited:.0f} s after the failure"
+
+
 @pytest.mark.slow
 def test_mlflow_tracking(tmp_path):
     mlflow = pytest.importorskip("mlflow")
