@@ -1734,9 +1734,15 @@ def test_every_workflow_first_shows_an_errors_cause_last(files):
     assert parser["initialize"][0] == "$pam_monai.engines.show_error_cause()"
 
 
-def test_show_error_cause_ends_the_traceback_with_the_cause(monkeypatch, capsys):
+def test_show_error_cause_ends_the_traceback_with_the_cause(monkeypatch, capsys, tmp_path):
+    """...and names it in torchrun's summary of the failure (its error file), which said only "To
+    enable traceback see: ..." for the process that failed."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
     from pam_monai.engines import show_error_cause
 
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))  # what torchrun gives each process
     shown = []
     monkeypatch.setattr(sys, "excepthook", lambda kind, error, tb: shown.append(error))
     monkeypatch.setattr(sys, "argv", [str(Path(pytest.__file__).parent / "__main__.py")])
@@ -1759,6 +1765,19 @@ def test_show_error_cause_ends_the_traceback_with_the_cause(monkeypatch, capsys)
     assert shown == [wrapped]  # the usual traceback first
     last = capsys.readouterr().err.rstrip().splitlines()[-1]
     assert last == "ValueError: brats: /data/x holds dataset.json ...: add --task nnunet"
+    summary = ProcessFailure(
+        local_rank=0, pid=1, exitcode=1, error_file=str(error_file)
+    )  # torchrun's reading
+    assert isinstance(summary.message, dict) and summary.message["message"] == last, summary.message
+    # a process whose collective broke when another failed first: the summary names the first error
+    from pam_monai.engines import StopEveryProcessOnError
+
+    monkeypatch.setattr(StopEveryProcessOnError, "failed_first_elsewhere", "process 1: ValueError: bad step")
+    sys.excepthook(type(wrapped), wrapped, wrapped.__traceback__)
+    summary = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(error_file))
+    assert summary.message["message"] == f"process 1: ValueError: bad step; this process failed then, {last}"
+    shown_last = summary.message["extraInfo"]["py_callstack"].rstrip().splitlines()[-1]
+    assert shown_last == "(this process failed after process 1: ValueError: bad step)"
 
 
 @pytest.mark.parametrize("name", BUNDLES)

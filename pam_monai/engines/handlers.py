@@ -668,6 +668,9 @@ class StopEveryProcessOnError:
     """
 
     _runs = 0  # runs watched in this process: every process counts the same, a key per run
+    # "process R: <its error>" when another process failed first and this one then (its collective
+    # broke): torchrun's summary of this process names that error (show_error_cause)
+    failed_first_elsewhere = ""
 
     def __init__(self, poll_seconds: float = 1.0, grace_seconds: float = 10.0) -> None:
         self.poll_seconds = float(poll_seconds)
@@ -751,3 +754,4 @@ class StopEveryProcessOnError:
         failed, first_error = first.split("\n", 1)
         if int(failed) != rank:
             log.error("process %s failed first, in training: %s", failed, first_error)
+            StopEveryProcessOnError.failed_first_elsewhere = f"process {failed}: {first_error}"

@@ -124,7 +124,11 @@ def show_error_cause() -> None:
     traceback with its cause. MONAI wraps every error of a config expression in a ``RuntimeError``
     ("Failed to evaluate ConfigExpression: ...") that quotes the expression, so the message naming the
     file and the fix sat in the middle of the traceback and the last lines showed config code. Other
-    processes (Python, notebooks, tests, the experiment runner) keep their hook."""
+    processes (Python, notebooks, tests, the experiment runner) keep their hook.
+
+    Under torchrun the cause also goes into the process's error file, so that torchrun's summary
+    of the failure, the last lines it prints, names it for the process that failed (it said "To
+    enable traceback see: ..." beside the other processes' secondary errors)."""
     hook = sys.excepthook
     if getattr(hook, "shows_cause", False) or not _run_by_monai_bundle():
         return
@@ -136,9 +140,47 @@ def show_error_cause() -> None:
         cause = _root_cause(error)
         if cause is not error:
             print(f"\n{type(cause).__name__}: {cause}", file=sys.stderr)
+        _write_torchrun_error_file(cause)
 
     excepthook.shows_cause = True
     sys.excepthook = excepthook
+
+
+def _write_torchrun_error_file(cause: BaseException) -> None:
+    """Write ``cause`` into the error file torchrun gives each process (``TORCHELASTIC_ERROR_FILE``)
+    in the format of torch's ``@record``, which torchrun's summary reads, with the cause's own
+    traceback (MONAI's wrapping quotes config code), or the error of the process that failed first
+    when this one failed after it (:class:`~pam_monai.engines.StopEveryProcessOnError`); nothing
+    outside torchrun."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+    import traceback as tb
+
+    from .handlers import StopEveryProcessOnError
+
+    text = f"{type(cause).__name__}: {cause}"
+    first = StopEveryProcessOnError.failed_first_elsewhere
+    # torchrun takes the failure with the earliest whole second for the root cause, the lowest
+    # rank on a tie: a process that failed second may be shown as the root, with the first's error
+    text = f"{first}; this process failed then, {text}" if first else text
+    # the summary shows the traceback, not the message: its last line is the one to read
+    callstack = "".join(tb.format_exception(cause)) + (
+        f"(this process failed after {first})\n" if first else ""
+    )
+    message = {
+        "message": text,
+        "extraInfo": {
+            "py_callstack": callstack,
+            "timestamp": str(int(time.time())),
+        },
+    }
+    try:
+        Path(path).write_text(json.dumps({"message": message}))
+    except OSError as e:  # the summary then says less; the traceback above is shown anyway
+        print(f"could not write torchrun's error file {path}: {e}", file=sys.stderr)
 
 
 def _run_by_monai_bundle() -> bool:
