@@ -396,6 +396,22 @@ engine.run(range(4), max_epochs=1)
 """
 
 
+def test_stopping_every_process_does_without_the_private_store_lookup(monkeypatch, caplog):
+    """StopEveryProcessOnError finds the process group's store through a private PyTorch function: a
+    PyTorch without it loses the early stop (with a warning), not the training."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    from pam_monai.engines import StopEveryProcessOnError
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.delattr(distributed_c10d, "_get_default_store")
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        assert StopEveryProcessOnError._store() is None
+    assert "no process group store" in caplog.text
+
+
 def test_a_training_step_that_raises_in_one_process_stops_every_process(tmp_path):
     """A process whose training step raised ended alone: the others waited for it in their next
     collective until the process group's timeout (NCCL does not notice a dead peer, and across

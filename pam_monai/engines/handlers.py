@@ -689,7 +689,13 @@ class StopEveryProcessOnError:
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return None
-        return dist.distributed_c10d._get_default_store()
+        try:  # private in PyTorch: a version without it loses the early stop, not the training
+            return dist.distributed_c10d._get_default_store()
+        except (AttributeError, RuntimeError, ValueError) as e:
+            log.warning(
+                "StopEveryProcessOnError: no process group store (%s): a failed process is not announced", e
+            )
+            return None
 
     def _start(self, engine: Engine) -> None:
         store = self._store()
