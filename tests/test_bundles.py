@@ -984,6 +984,9 @@ def test_a_failed_training_step_on_one_node_stops_the_other_nodes(tmp_path):
     assert re.search(
         r"process \d failed in training: ValueError: injected failure in a training step", logs[0]
     ), logs[0][-3000:]
+    # its agent's closing summary names the error too (it said "To enable traceback see: ...")
+    root_cause = logs[0].split("Root Cause")[-1]
+    assert "process 1: ValueError: injected failure in a training step" in root_cause, root_cause
     assert nodes[0].returncode != 0 and nodes[1].returncode != 0
     waited = ended - float((tmp_path / "injected").read_text())
     assert waited < 60, f"the nodes ended {waited:.0f} s after the failure"

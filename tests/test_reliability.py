@@ -396,6 +396,44 @@ engine.run(range(4), max_epochs=1)
 """
 
 
+def test_a_process_stopped_for_another_ones_error_names_it_in_torchruns_summary(monkeypatch, tmp_path):
+    """A process that StopEveryProcessOnError ends for another process's error (os._exit: no
+    excepthook) left no torchrun error file: on another node, its agent's closing summary said only
+    "To enable traceback see: ..." while the READMEs say the summary names the error."""
+    import threading
+
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from pam_monai.engines import StopEveryProcessOnError
+
+    class Store:  # the process group's store, holding process 1's error
+        def check(self, keys):
+            return True
+
+        def get(self, key):
+            return b"1\nValueError: injected failure in a training step"
+
+    class Exited(Exception):
+        pass
+
+    def exit_(code):
+        raise Exited(code)
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))  # what torchrun gives each process
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 0)
+    monkeypatch.setattr(os, "_exit", exit_)
+    watcher = StopEveryProcessOnError(poll_seconds=0.01, grace_seconds=0.01)
+    with pytest.raises(Exited):
+        watcher._watch(Store(), "pam_monai/failed/1", threading.Event())
+    # torchrun's reading of it
+    summary = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(error_file))
+    assert isinstance(summary.message, dict), summary.message
+    assert "process 1: ValueError: injected failure in a training step" in summary.message["message"]
+    shown = summary.message["extraInfo"]["py_callstack"]  # what the summary prints
+    assert "process 1: ValueError: injected failure in a training step" in shown, shown
+
+
 def test_stopping_every_process_does_without_the_private_store_lookup(monkeypatch, caplog):
     """StopEveryProcessOnError finds the process group's store through a private PyTorch function: a
     PyTorch without it loses the early stop (with a warning), not the training."""

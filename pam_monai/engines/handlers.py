@@ -18,6 +18,7 @@ from ..atomic import atomic_write_text
 from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
 from .loaders import epoch_samples
+from .runtime import _write_error_file
 
 __all__ = [
     "Bf16WithoutLossScaling",
@@ -739,6 +740,10 @@ class StopEveryProcessOnError:
             sys.stderr.flush()
             if stop.wait(self.grace_seconds):  # its own run raised meanwhile: that error goes on
                 return
+            # os._exit skips the excepthook that names the error in torchrun's summary: name it here
+            # (on another node than the failed process, that summary is the last thing its agent prints)
+            stopped = f"process {failed}: {error}; process {rank}, which waited for it, stopped too"
+            _write_error_file(stopped, f"{stopped} (see process {failed}'s log for where it failed)\n")
             # the main thread may be blocked in a collective that never returns: no exception reaches it
             os._exit(1)
 

@@ -152,11 +152,8 @@ def _write_torchrun_error_file(cause: BaseException) -> None:
     traceback (MONAI's wrapping quotes config code), or the error of the process that failed first
     when this one failed after it (:class:`~pam_monai.engines.StopEveryProcessOnError`); nothing
     outside torchrun."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path:
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
         return
-    import json
-    import time
     import traceback as tb
 
     from .handlers import StopEveryProcessOnError
@@ -170,16 +167,23 @@ def _write_torchrun_error_file(cause: BaseException) -> None:
     callstack = "".join(tb.format_exception(cause)) + (
         f"(this process failed after {first})\n" if first else ""
     )
-    message = {
-        "message": text,
-        "extraInfo": {
-            "py_callstack": callstack,
-            "timestamp": str(int(time.time())),
-        },
-    }
+    _write_error_file(text, callstack)
+
+
+def _write_error_file(message: str, callstack: str) -> None:
+    """Write ``message`` into torchrun's error file of this process (``TORCHELASTIC_ERROR_FILE``,
+    ``@record``'s format), which its agent's closing summary shows (``callstack``); nothing outside
+    torchrun. For a process that ends without an exception of its own too (os._exit)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+
+    error = {"message": message, "extraInfo": {"py_callstack": callstack, "timestamp": str(int(time.time()))}}
     try:
-        Path(path).write_text(json.dumps({"message": message}))
-    except OSError as e:  # the summary then says less; the traceback above is shown anyway
+        Path(path).write_text(json.dumps({"message": error}))
+    except OSError as e:  # the summary then says less; the log names the error anyway
         print(f"could not write torchrun's error file {path}: {e}", file=sys.stderr)
 
 
