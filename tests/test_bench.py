@@ -276,3 +276,19 @@ def test_peak_memory_under_cuda_graphs_includes_their_recording(monkeypatch):
     assert bench_train_mod.records_cuda_graphs("max-autotune")
     assert not bench_train_mod.records_cuda_graphs("max-autotune-no-cudagraphs")
     assert not bench_train_mod.records_cuda_graphs(None)
+
+
+def test_cuda_graphs_of_the_inductor_setting_count_as_cuda_graphs():
+    """``--inductor triton.cudagraphs=True`` (the bench's own example) records CUDA graphs in any
+    mode that does not set it: its peak memory must include their recording too (it was taken for
+    a run without them, the replays' peak alone)."""
+    from torch._inductor import config
+
+    from pam_monai.bench.train import records_cuda_graphs
+
+    with config.patch({"triton.cudagraphs": True}):  # what apply_inductor_settings sets
+        assert records_cuda_graphs(None) and records_cuda_graphs("default")
+        assert records_cuda_graphs("max-autotune-no-cudagraphs")  # its options leave the setting alone
+    with config.patch({"triton.cudagraphs": False}):
+        assert records_cuda_graphs("reduce-overhead")  # the mode's own options override the setting
+        assert not records_cuda_graphs(None)

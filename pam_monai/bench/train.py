@@ -28,10 +28,12 @@ log = logging.getLogger("pam_monai.bench")
 
 
 def records_cuda_graphs(compile_mode: str | None) -> bool:
-    """Whether ``torch.compile(mode=compile_mode)`` records CUDA graphs (reduce-overhead, max-autotune)."""
-    from torch._inductor import list_mode_options
+    """Whether ``torch.compile(mode=compile_mode)`` records CUDA graphs: the mode's own option
+    (reduce-overhead, max-autotune), else inductor's setting (``--inductor triton.cudagraphs=True``)."""
+    from torch._inductor import config, list_mode_options
 
-    return bool(compile_mode) and bool(list_mode_options(compile_mode).get("triton.cudagraphs"))
+    options = list_mode_options(compile_mode) if compile_mode else {}
+    return bool(options.get("triton.cudagraphs", config.triton.cudagraphs))
 
 
 def _sync(device: torch.device) -> None:
