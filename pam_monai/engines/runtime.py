@@ -181,8 +181,10 @@ def _write_error_file(message: str, callstack: str) -> None:
     import time
 
     error = {"message": message, "extraInfo": {"py_callstack": callstack, "timestamp": str(int(time.time()))}}
-    try:
-        Path(path).write_text(json.dumps({"message": error}))
+    from ..atomic import atomic_write_text
+
+    try:  # whole or not at all: the agent reads it once the process has ended
+        atomic_write_text(path, json.dumps({"message": error}))
     except OSError as e:  # the summary then says less; the log names the error anyway
         print(f"could not write torchrun's error file {path}: {e}", file=sys.stderr)
 
