@@ -159,7 +159,11 @@ def test_bundle_stage_times_the_bundles_training_loop(tmp_path, caplog):
     steps = [
         {"network": "unet", "params": 1, "batch": 2, "size": [4, 32, 32], "mode": mode}
         | {"slices_per_s": speed, "step_ms_median": 2e3 / speed}
-        for mode, speed in (("fast", 1.0), ("fast [mode=reduce-overhead]", 4.0))
+        for mode, speed in (
+            ("fast", 1.0),
+            ("fast [mode=reduce-overhead-x]", 2.0),  # another mode whose name starts alike
+            ("fast [mode=reduce-overhead]", 4.0),
+        )
     ]
     table = format_report({**result, "train": steps, "bundle": [graphs]})
     assert "| unet | 1 | yes [mode=reduce-overhead] | DeviceSliceLoader, drop_last | 2 | 7 |" in table
@@ -172,10 +176,13 @@ def test_bundle_stage_passes_the_compile_mode_to_the_bundle(monkeypatch):
     from pam_monai.bench import trainer
 
     seen = []
+    compiled = [True, False, False]  # whether the bundle compiled: a GPU, then the CPU
     monkeypatch.setattr(
         trainer,
         "_run",
-        lambda config, root, overrides, device: seen.append(overrides) or {"slices_per_s": 1.0},
+        lambda config, root, overrides, device: (
+            seen.append(overrides) or {"slices_per_s": 1.0, "compile": compiled.pop(0)}
+        ),
     )
     monkeypatch.setattr(trainer, "_without_validation", lambda config, epochs: {})
     monkeypatch.setattr("pam_monai.data.synth", lambda *a, **k: "data")
@@ -186,8 +193,13 @@ def test_bundle_stage_passes_the_compile_mode_to_the_bundle(monkeypatch):
         seen[0]["compile_mode"] == "reduce-overhead"
         and rows[0]["mode"] == "bundle, log_every 10 [mode=reduce-overhead]"
     )
+    # not compiled (the CPU's default): no compile mode ran, the row does not claim one
+    rows = trainer.bench_bundle(
+        ["fpa"], torch.device("cpu"), 2, 32, log_every=(10,), compile_mode="reduce-overhead"
+    )
+    assert rows[0]["mode"] == "bundle, log_every 10"
     rows = trainer.bench_bundle(["fpa"], torch.device("cpu"), 2, 32, log_every=(10,))
-    assert "compile_mode" not in seen[1] and rows[0]["mode"] == "bundle, log_every 10"
+    assert "compile_mode" not in seen[2] and rows[0]["mode"] == "bundle, log_every 10"
 
 
 def test_merge_recomputes_ratios_across_stage_files(quick_run, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 __all__ = ["format_report", "merge", "write_json"]
@@ -114,8 +115,9 @@ def _bundle_table(rows: list[dict], train: list[dict]) -> list[str]:
             and t["mode"].split(" [")[0] == ("fast" if r["fast"] else "fp32")
         ]
         # the step compiled in the bundle's own compile mode first
-        mode = f"[mode={r['compile_mode']}" if r.get("compile") and r.get("compile_mode") else None
-        same.sort(key=lambda t: (mode not in t["mode"]) if mode else ("[" in t["mode"]))
+        mode = r.get("compile_mode") if r.get("compile") else None
+        label = re.compile(rf"\[mode={re.escape(mode)}[],]") if mode else None  # not a longer mode's name
+        same.sort(key=lambda t: (not label.search(t["mode"])) if label else ("[" in t["mode"]))
         vs = f"{r['slices_per_s'] / same[0]['slices_per_s']:.2f}x of {same[0]['mode']}" if same else "-"
         lines.append(
             f"| {r['network']} | {r['log_every']} | {_fast(r)} | {_loader(r)} | {r['batch']} | "

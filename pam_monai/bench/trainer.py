@@ -198,6 +198,8 @@ def bench_bundle(
                     overrides["compile_mode"] = str(compile_mode)
                 try:
                     row.update(_run(config, tmp / f"run_{network}_{every}", overrides, device))
+                    if compile_mode and not row.get("compile"):  # not compiled (the CPU): no mode ran
+                        row["mode"] = f"bundle, log_every {every}"
                 except Exception as e:
                     row["error"] = f"{type(e).__name__}: {e}"
                     log.error("bundle %s log_every %s: %s\n%s", network, every, e, traceback.format_exc())
