@@ -434,7 +434,7 @@ def test_a_process_stopped_for_another_ones_error_names_it_in_torchruns_summary(
     assert "process 1: ValueError: injected failure in a training step" in shown, shown
 
 
-def test_stopping_every_process_does_without_the_private_store_lookup(monkeypatch, caplog):
+def test_stopping_every_process_does_without_the_private_store_lookup_and_forgets_earlier_runs(monkeypatch, caplog):
     """StopEveryProcessOnError finds the process group's store through a private PyTorch function: a
     PyTorch without it loses the early stop (with a warning), not the training."""
     import torch.distributed as dist
@@ -448,6 +448,10 @@ def test_stopping_every_process_does_without_the_private_store_lookup(monkeypatc
     with caplog.at_level("WARNING", logger="pam_monai"):
         assert StopEveryProcessOnError._store() is None
     assert "no process group store" in caplog.text
+    # a new run forgets an earlier run's "failed after process R" (torchrun's summary would name it)
+    monkeypatch.setattr(StopEveryProcessOnError, "failed_first_elsewhere", "process 1: ValueError: old")
+    StopEveryProcessOnError()._start(None)
+    assert StopEveryProcessOnError.failed_first_elsewhere == ""
 
 
 def test_a_training_step_that_raises_in_one_process_stops_every_process(tmp_path):

@@ -699,6 +699,7 @@ class StopEveryProcessOnError:
             return None
 
     def _start(self, engine: Engine) -> None:
+        StopEveryProcessOnError.failed_first_elsewhere = ""  # an earlier run's, in this process
         store = self._store()
         if store is None:
             return
