@@ -434,7 +434,9 @@ def test_a_process_stopped_for_another_ones_error_names_it_in_torchruns_summary(
     assert "process 1: ValueError: injected failure in a training step" in shown, shown
 
 
-def test_stopping_every_process_does_without_the_private_store_lookup_and_forgets_earlier_runs(monkeypatch, caplog):
+def test_stopping_every_process_does_without_the_private_store_lookup_and_forgets_earlier_runs(
+    monkeypatch, caplog
+):
     """StopEveryProcessOnError finds the process group's store through a private PyTorch function: a
     PyTorch without it loses the early stop (with a warning), not the training."""
     import torch.distributed as dist
