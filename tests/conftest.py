@@ -28,6 +28,21 @@ def error_chain(error: BaseException) -> list[str]:
     return chain
 
 
+def brats_fpa_training(tmp_path: Path, **overrides):
+    """The brats_fpa bundle's ``train.json`` as a MONAI ``ConfigWorkflow`` (not yet initialised),
+    writing into ``tmp_path`` and training on ``tmp_path/data`` (the synthetic stand-in when empty)."""
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(
+        config_file=str(ROOT / "bundles" / "brats_fpa" / "configs" / "train.json"),
+        workflow_type="train",
+        logging_file=False,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        **overrides,
+    )
+
+
 def verify_bundle(configs: Path, network_options: dict) -> dict:
     """A bundle's ``metadata.json`` against the MONAI schema (``../shared/schema``, when present) and
     its network against the shapes the metadata declares; returns the metadata."""

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import error_chain
+from conftest import brats_fpa_training, error_chain
 from monai.bundle import ConfigParser, run
 from monai.engines.utils import IterationEvents
 
@@ -34,6 +34,17 @@ SMALL = {
     "num_workers": 0,
     "network_options": {"features": [8, 16, 32, 64]},
 }
+
+
+# the command-line flags of a small torchrun training (batch 4 per process)
+TORCHRUN_SMALL = [
+    "--batch_size",
+    "4",
+    "--num_workers",
+    "0",
+    "--network_options",
+    json.dumps(SMALL["network_options"]),
+]
 
 
 def configs(name: str, *files: str) -> list[str]:
@@ -472,7 +483,6 @@ def test_compiled_bundle_training_compiles_one_graph_though_the_slices_are_no_mu
     FPA at batch 50: over a minute, in every compiled training's first epoch). Compiled, the
     bundles drop that incomplete batch, through either loader: one shape, one graph."""
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
 
     shapes = []
 
@@ -482,12 +492,8 @@ def test_compiled_bundle_training_compiles_one_graph_though_the_slices_are_no_mu
         )
         return gm.forward
 
-    workflow = ConfigWorkflow(
-        config_file=configs("brats_fpa", "train.json"),
-        workflow_type="train",
-        logging_file=False,
-        bundle_root=str(tmp_path),
-        dataset_dir=str(tmp_path / "data"),
+    workflow = brats_fpa_training(
+        tmp_path,
         **{**SMALL, "epochs": 2, "network_name": "unet", "crop_size": [32, 32], "val_interval": 3},
         **{
             "compile": True,
@@ -871,12 +877,7 @@ def test_multi_gpu_train_with_torchrun_on_cpu(tmp_path):
             str(resume).lower(),
             "--device_data",
             "true",
-            "--batch_size",
-            "4",
-            "--num_workers",
-            "0",
-            "--network_options",
-            json.dumps(SMALL["network_options"]),
+            *TORCHRUN_SMALL,
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
@@ -940,15 +941,7 @@ def test_a_failed_training_step_on_one_node_stops_the_other_nodes(tmp_path):
             str([*configs("brats_fpa", "train.json", "multi_gpu_train.json"), str(extra)]),
         ]
         cmd += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--epochs", "1"]
-        cmd += [
-            "--batch_size",
-            "4",
-            "--num_workers",
-            "0",
-            "--network_options",
-            json.dumps(SMALL["network_options"]),
-        ]
-        cmd += ["--dist_timeout_minutes", "5"]
+        cmd += [*TORCHRUN_SMALL, "--dist_timeout_minutes", "5"]
         env = {
             **os.environ,
             "OMP_NUM_THREADS": "1",
@@ -1227,16 +1220,11 @@ def test_trainer_leaves_the_loss_on_the_device_between_reads(tmp_path):
     The bundles' trainer keeps MONAI's per-sample lists (for handlers such as --tracking mlflow)
     with the loss a tensor in them, read by the handlers every log_every only."""
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
 
     from pam_monai.engines import loss_of
 
-    workflow = ConfigWorkflow(
-        config_file=configs("brats_fpa", "train.json"),
-        workflow_type="train",
-        logging_file=False,
-        bundle_root=str(tmp_path),
-        dataset_dir=str(tmp_path / "data"),
+    workflow = brats_fpa_training(
+        tmp_path,
         **{**SMALL, "batch_size": 1, "network_name": "unet", "crop_size": [32, 32], "val_interval": 2},
     )
     workflow.initialize()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from conftest import brats_fpa_training
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
 # aten ops whose result the host must wait for (item/float/bool -> _local_scalar_dense)
 HOST_READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "unique_dim"}
 HOST_READS |= {"_unique", "_unique2", "unique_consecutive"}
@@ -76,14 +75,7 @@ def train_reads(tmp_path: Path, iterations: int, **overrides) -> tuple[HostReads
         "checks": [],
         **overrides,
     }
-    workflow = ConfigWorkflow(
-        config_file=str(ROOT / "bundles" / "brats_fpa" / "configs" / "train.json"),
-        workflow_type="train",
-        logging_file=False,
-        bundle_root=str(tmp_path),
-        dataset_dir=str(tmp_path / "data"),
-        **settings,
-    )
+    workflow = brats_fpa_training(tmp_path, **settings)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch_length is None or trainer.state.epoch_length > iterations + 1

@@ -777,27 +777,34 @@ def gathered_cases() -> list[dict]:
     return cases
 
 
+def _run_ranks(tmp_path, script: str, timeout: int) -> None:
+    """Run ``script`` (which starts its gloo processes) with ``tmp_path`` and the tests' folder as
+    its arguments; it must exit 0."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "ranks.py"
+    path.write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(path), str(tmp_path), str(Path(__file__).parent)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_case_metrics_gather_every_process_share(tmp_path):
     """multi_gpu_train.json deals the validation cases to the processes (a DistributedSampler):
     each process scores its share and every one ends with the rows of all cases, each once (the
     sampler's repeated case dropped), in the data set's order, and the metrics of one process
     that scored them all (else each process's best model would follow its own share)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = tmp_path / "ranks.py"
-    script.write_text(GATHERED_RANKS)
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_ranks(tmp_path, GATHERED_RANKS, timeout=300)
     from ignite.engine import Engine
 
     from pam_monai.engines import CaseMetrics
@@ -859,21 +866,8 @@ def test_case_metrics_stop_every_process_when_one_fails(tmp_path):
     multi_gpu_train.json), where the dead process is not noticed (NCCL, another node). It sends
     its error instead: every process stops at once, naming it."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = tmp_path / "ranks.py"
-    script.write_text(FAILED_RANK)
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_ranks(tmp_path, FAILED_RANK, timeout=120)
     zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert one["type"] == "ValueError" and one["error"] == "c1: cannot read label", one
     assert zero["type"] == "RuntimeError", zero

@@ -180,9 +180,9 @@ def _write_error_file(message: str, callstack: str) -> None:
     import json
     import time
 
-    error = {"message": message, "extraInfo": {"py_callstack": callstack, "timestamp": str(int(time.time()))}}
     from ..atomic import atomic_write_text
 
+    error = {"message": message, "extraInfo": {"py_callstack": callstack, "timestamp": str(int(time.time()))}}
     try:  # whole or not at all: the agent reads it once the process has ended
         atomic_write_text(path, json.dumps({"message": error}))
     except OSError as e:  # the summary then says less; the log names the error anyway
