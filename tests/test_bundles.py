@@ -589,8 +589,12 @@ def test_multi_gpu_config_disables_the_writers_it_means(name):
     ]
     assert targets == expected, disabled
     assert "validate#handlers#2" in disabled  # the validation's StatsHandler
-    rank1 = parser["train#trainer#train_handlers"]
-    assert "ValidationHandler" in rank1 and parser["validate#dataloader#sampler"] == "@validate#sampler"
+    # every process validates: handlers_of_rank keeps the ValidationHandler (test below)
+    assert (
+        parser["train#trainer#train_handlers"]
+        == "$pam_monai.engines.handlers_of_rank(@train#handlers, @rank)"
+    )
+    assert parser["validate#dataloader#sampler"] == "@validate#sampler"
     assert parser["validate#sampler#_target_"].endswith("DistributedSampler")
 
 
@@ -599,21 +603,39 @@ def test_multi_gpu_training_stops_every_process_when_one_fails(name):
     """A training step that raised in one process left the others waiting for it until the process
     group's timeout (NCCL; other nodes under torchrun): every process, rank 0 and the others,
     runs StopEveryProcessOnError (tests/test_reliability.py shows what it does)."""
-    import monai
-
-    import pam_monai
-    from pam_monai.engines import StopEveryProcessOnError
+    from pam_monai.engines import StopEveryProcessOnError, handlers_of_rank
 
     parser = ConfigParser()
     parser.read_config(configs(name, "train.json", "multi_gpu_train.json"))
     targets = [handler["_target_"] for handler in parser["train#handlers"]]
     assert "pam_monai.engines.StopEveryProcessOnError" in targets, targets
     # the handlers of the processes other than rank 0: the filter must keep it
-    expression = parser["train#trainer#train_handlers"][1:].replace("@train#handlers", "handlers")
+    assert (
+        parser["train#trainer#train_handlers"]
+        == "$pam_monai.engines.handlers_of_rank(@train#handlers, @rank)"
+    )
     stop = StopEveryProcessOnError()
     for rank in (0, 1):
-        names = {"pam_monai": pam_monai, "monai": monai, "handlers": [stop]}
-        assert eval(expression.replace("@rank", str(rank)), names) == [stop], (rank, expression)
+        assert handlers_of_rank([stop], rank) == [stop], rank
+
+
+def test_processes_other_than_rank_0_run_only_the_every_rank_handlers():
+    """rank 0 runs every training handler; the others drop the loggers (their output is rank 0's)
+    and keep those every process must run (here: the error exchange, decollation, bf16 without a
+    scaler, validation)."""
+    from monai.handlers import StatsHandler, ValidationHandler
+
+    from pam_monai.engines import (
+        Bf16WithoutLossScaling,
+        DecollateKeepingLoss,
+        StopEveryProcessOnError,
+        handlers_of_rank,
+    )
+
+    handlers = [StatsHandler(), StopEveryProcessOnError(), DecollateKeepingLoss(), Bf16WithoutLossScaling()]
+    handlers.append(ValidationHandler(interval=1))  # every process validates its share of the cases
+    assert handlers_of_rank(handlers, 0) == handlers
+    assert handlers_of_rank(handlers, "1") == handlers[1:]
 
 
 SPAWNED_RANKS = """

@@ -24,6 +24,7 @@ from .handlers import (
     StopEveryProcessOnError,
     TrainingPlan,
     close_writers,
+    handlers_of_rank,
     loss_of,
 )
 from .infer import (
@@ -86,6 +87,7 @@ __all__ = [
     "atomic_write_text",
     "check_compile_mode",
     "close_writers",
+    "handlers_of_rank",
     "check_device",
     "check_network_channels",
     "check_outputs",

@@ -33,6 +33,7 @@ __all__ = [
     "TrainingPlan",
     "clean_up_on_error",
     "close_writers",
+    "handlers_of_rank",
     "loss_of",
     "score_case",
     "write_case_metrics",
@@ -767,3 +768,29 @@ class StopEveryProcessOnError:
         if int(failed) != rank:
             log.error("process %s failed first, in training: %s", failed, first_error)
             StopEveryProcessOnError.failed_first_elsewhere = f"process {failed}: {first_error}"
+
+
+def handlers_of_rank(handlers: list, rank: int) -> list:
+    """The training handlers process ``rank`` runs under ``torchrun`` (multi_gpu_train.json): all of
+    them on rank 0; on the others those that every process must run, because they take part in a
+    collective (validation, checkpoint, the error exchange), keep the processes in step (the
+    sampler's epoch, the resume, the NaN stop) or shape the step itself (decollation, bf16 without a
+    scaler). The loggers and writers are rank 0's alone."""
+    from monai.handlers import ValidationHandler
+
+    from .checkpoint import TrainingCheckpoint
+    from .loaders import LoaderEpoch
+
+    if int(rank) == 0:
+        return list(handlers)
+    every_rank = (
+        NonFiniteLossGuard,
+        LoaderEpoch,
+        ValidationHandler,
+        TrainingCheckpoint,
+        IgnoredVoxelsCheck,
+        DecollateKeepingLoss,
+        Bf16WithoutLossScaling,
+        StopEveryProcessOnError,
+    )
+    return [h for h in handlers if isinstance(h, every_rank)]
