@@ -12,8 +12,9 @@
 # Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
 # fails or hangs (a compilation, say) costs only its own time box and the others still run; the
 # stages share one budget (BUDGET_S seconds, default 420) and are ordered by what the next step
-# needs most (see benchmarks/README.md, "H100, 2026-11-27"): the U-Net at batch 256 with CUDA
-# graphs, the bundle's whole training loop (fpa), the fast path without CUDA graphs (unet, fpa),
+# needs most (see benchmarks/README.md, "H100, 2026-11-27" and its second lease): the bundle's
+# whole training loop (fpa), variants of FPA's attention branch (benchmarks/fpa_branch_gpu.py),
+# the fast path without CUDA graphs (unet, fpa),
 # the fp32 baseline, data / inference / HD95, larger batches; what was measured already runs only
 # when named in ONLY. A 15-minute device lease fits two calls: the first
 # with the default order (BUDGET_S=420), the second with ONLY= naming what the first left out.
@@ -131,9 +132,7 @@ CG=(--compile_mode reduce-overhead)
 # convolutions as taps + compile + fused AdamW; CG adds CUDA graphs. Measured on the H100 of
 # 2026-11-27 (benchmarks/README.md), now extras: cg_unet, cg_fpa, cg_rfna, fast_rfna,
 # cg_unet_b128, cg_fpa_b128, flip_sync.
-# 1. the U-Net at batch 256 with CUDA graphs: 5,851 slices/s at batch 128 against the target of
-#    6,000, its kernel time per slice falling with the batch (0.182 ms at 50, 0.164 ms at 128)
-stage cg_unet_b256 110 --device "$DEVICE" "${HUGE[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
+# 1. (measured on the H100 lease of 2026-11-27b: now the extra cg_unet_b256, see section 6)
 # 2. the bundle's whole training loop (brats train.json as monai.bundle runs it: the loader, the
 #    flips, MONAI's iteration, the handlers; no validation), FPA with the default log_every 10,
 #    beside the bare steps above. Each run compiles its step (about 55 s for FPA on the H100 of
@@ -143,6 +142,10 @@ stage bundle_fpa 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slic
 # 2b. the same loop with CUDA graphs (the bundles' compile_mode=reduce-overhead, off by default:
 #    RFNA's bare step gained 1.20x from them on the H100; not yet measured inside the bundle loop)
 stage bundle_fpa_cg 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96 --bundle_log_every 10 "${CG[@]}"
+# 2c. FPA's attention branches, where its time goes (16.8 ms of kernels against the U-Net's 2.1 for
+#    the same four levels, H100 2026-11-27b): the variants the lease could not reach, at level c2
+stage fpa_c2_variants 200 --script benchmarks/fpa_branch_gpu.py --levels c2 \
+    --variants fpa,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")
 # 3. the bundles' default (the fast path without CUDA graphs) on the same card as the CG rows
 stage fast_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}"
@@ -154,13 +157,15 @@ stage data_infer_hd95 100 "${COMMON[@]}" --networks unet,fpa --modes fp32 \
 stage cg_fpa_b256 130 --device "$DEVICE" "${HUGE[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
 stage fast_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}"
-# 6. measured already, by name with ONLY=... (2026-11-27 on an H100; runs 1 and 2 of 2026-11-26 on an H200)
+# 6. measured already, by name with ONLY=... (2026-11-27 on an H100, cg_unet_b256 on its second
+#    lease; runs 1 and 2 of 2026-11-26 on an H200)
 extra cg_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
 extra cg_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
 extra cg_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}" "${CG[@]}"
 extra fast_rfna 130 "${COMMON[@]}" --networks rfna "${SOLO[@]}"
 extra cg_unet_b128 110 --device "$DEVICE" "${BIG[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
 extra cg_fpa_b128 130 --device "$DEVICE" "${BIG[@]}" --networks fpa "${SOLO[@]}" "${CG[@]}"
+extra cg_unet_b256 110 --device "$DEVICE" "${HUGE[@]}" --networks unet "${SOLO[@]}" "${CG[@]}"
 # the bundle loop's flip must not wait for queued GPU work (pinned copy of its choice; seconds)
 extra flip_sync 40 --script benchmarks/flip_sync_check.py
 extra prev_fast_unet 150 "${COMMON[@]}" --networks unet --modes fast-cl-mm-taps "${TRAIN[@]}"

@@ -31,6 +31,7 @@ def test_modes_parse_per_device():
         "taps": False,
         "gather": False,
         "mm": False,
+        "welford": False,
         "refconv": False,
     }
     assert parse_mode("fast+gather", "cuda").gather and not parse_mode("fast", "cuda").gather
@@ -39,6 +40,25 @@ def test_modes_parse_per_device():
         parse_mode("fast+turbo", "cpu")
     with pytest.raises(ValueError, match="unknown mode"):
         parse_mode("fp64", "cpu")
+
+
+def test_welford_flag_gives_the_norms_their_former_statistics():
+    """``+welford`` is the A/B's before for the norm's statistics: every fusible norm of the network
+    takes ``var_mean``; without the flag they choose by dtype (``auto``). Without ``norm`` there is
+    no fusible norm to choose for, which is refused rather than silently measuring nothing."""
+    from pam_monai.bench.train import build_network
+    from pam_monai.networks.blocks import FastInstanceNorm
+
+    cpu = torch.device("cpu")
+    for mode, impl in (("fast+welford", "var_mean"), ("fast", "auto")):
+        norms = [
+            m
+            for m in build_network("fpa", parse_mode(mode, "cpu"), cpu).modules()
+            if isinstance(m, FastInstanceNorm)
+        ]
+        assert norms and {m.impl for m in norms} == {impl}, mode
+    with pytest.raises(ValueError, match="welford chooses the fusible norm's statistics; add norm"):
+        build_network("unet", parse_mode("fp32+welford", "cpu"), cpu)
 
 
 def test_modes_docstrings_say_what_fast_holds():

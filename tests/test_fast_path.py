@@ -37,6 +37,7 @@ from pam_monai.networks.blocks import (
     fast_norm_of,
 )
 from pam_monai.networks.blocks.fastconv import dilated_depthwise_taps
+from pam_monai.networks.blocks.norm import _shifted_sums_var_mean
 
 
 def n_params(net: nn.Module) -> int:
@@ -45,7 +46,7 @@ def n_params(net: nn.Module) -> int:
 
 # ----------------------------------------------------------------------------- fast instance norm
 @pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("impl", ["group_norm", "var_mean"])
+@pytest.mark.parametrize("impl", ["group_norm", "var_mean", "shifted_sums"])
 @pytest.mark.parametrize("affine", [True, False])
 def test_fast_norm_equals_instance_norm(dims, impl, affine):
     torch.manual_seed(0)
@@ -75,7 +76,7 @@ def test_fast_norm_equals_instance_norm(dims, impl, affine):
 @pytest.mark.parametrize(
     "cls,shape", [(FastInstanceNorm2d, (2, 4, 1, 1)), (FastInstanceNorm3d, (1, 4, 1, 1, 1))]
 )
-@pytest.mark.parametrize("impl", ["auto", "group_norm", "var_mean"])
+@pytest.mark.parametrize("impl", ["auto", "group_norm", "var_mean", "shifted_sums"])
 def test_fast_norm_refuses_a_single_spatial_element_as_instance_norm(cls, shape, impl):
     """One spatial element has variance 0: the output was the bias whatever the input, where
     ``nn.InstanceNorm`` raises. Refused alike, eager, scripted and compiled (a shape check)."""
@@ -102,6 +103,42 @@ def test_fast_norm_keeps_channels_last_and_bf16():
     yb = norm(x.bfloat16())
     assert yb.dtype == torch.bfloat16
     torch.testing.assert_close(yb.float(), y, rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, -3000.0])
+def test_fast_norm_of_bf16_inputs_takes_shifted_sums_as_exact_as_welford(offset):
+    """bf16 inputs (autocast, the GPU fast path) get their statistics from shifted sums, not
+    Welford's ``var_mean``: as exact to within fp32 rounding, also far from zero mean (where plain
+    sums of squares would cancel), and the same bf16 outputs to within one rounding step."""
+    torch.manual_seed(0)
+    x = (torch.randn(3, 6, 17, 13) * torch.rand(1, 6, 1, 1) * 4 + offset).bfloat16()
+    x = x.contiguous(memory_format=torch.channels_last)  # channels-last: not group_norm on the CPU
+    norm = FastInstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.normal_()
+    ref = nn.InstanceNorm2d(6, affine=True).double()
+    ref.load_state_dict(norm.state_dict())
+    exact = ref(x.double())
+    auto = norm(x)
+    norm.impl = "shifted_sums"
+    torch.testing.assert_close(norm(x), auto, rtol=0, atol=0)  # auto took shifted sums
+    norm.impl = "var_mean"
+    welford = norm(x)
+    # both within one bf16 rounding of the exact result (|y| up to ~6: a step of 2**-5 there)
+    for y in (auto, welford):
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.double(), exact, rtol=2**-8, atol=2**-8)
+    assert (auto.double() - welford.double()).abs().max() <= 2**-5
+    # the statistics themselves, in fp32: as close to float64 as Welford's
+    dims = [2, 3]
+    var64, mean64 = torch.var_mean(x.double(), dim=dims, keepdim=True, correction=0)
+    var_s, mean_s = _shifted_sums_var_mean(x.float(), dims)
+    var_w, mean_w = torch.var_mean(x.float(), dim=dims, keepdim=True, correction=0)
+    err_s = ((var_s.double() - var64).abs() / var64).max()
+    err_w = ((var_w.double() - var64).abs() / var64).max()
+    assert err_s < 1e-5 and err_s <= 10 * err_w + 1e-7, (err_s, err_w)
+    torch.testing.assert_close(mean_s.double(), mean64, rtol=1e-6, atol=1e-6)
 
 
 def test_fast_norm_option_keeps_every_network_and_its_state_dict():

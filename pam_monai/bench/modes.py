@@ -15,6 +15,9 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
   (``pam_monai.networks.blocks.resize.linear_resize``; an experiment, off in ``fast``);
 - ``mm``: the decoders' up-sampling as matrix products (``matmul_resize``: GEMMs forward and
   backward, in the tensors' memory layout; ``pam_monai.networks.blocks.resize.matmul_resize``);
+- ``welford``: the fusible norm's statistics of bf16 inputs from ``torch.var_mean`` (Welford),
+  as before 2026-11-27, instead of shifted sums (``FastInstanceNorm(impl="var_mean")``; off in
+  ``fast``: the before of an A/B in one run);
 - ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
@@ -35,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
 
-FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "mm", "refconv")
+FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "mm", "welford", "refconv")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Mode:
     taps: bool = False
     gather: bool = False
     mm: bool = False
+    welford: bool = False
     refconv: bool = False
 
     def flags(self) -> dict:

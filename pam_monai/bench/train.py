@@ -88,7 +88,7 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
     """A registered 2-D BRATS network (4 -> 1 channels) on ``device`` in the layout and norm of ``mode``."""
     from ..engines.runtime import fast_network
     from ..networks import get_network
-    from ..networks.blocks import FastConv2d
+    from ..networks.blocks import FastConv2d, FastInstanceNorm
 
     if mode.gather and mode.mm:
         raise ValueError(f"mode {mode.name!r}: gather and mm are two implementations of one up-sampling")
@@ -98,9 +98,16 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
             if isinstance(m, FastConv2d):
                 m.__class__ = torch.nn.Conv2d
     resize = "gather" if mode.gather else "matmul" if mode.mm else None
-    return fast_network(
+    net = fast_network(
         net.to(device), channels_last=mode.cl, fast_norm=mode.norm, resize=resize, taps=mode.taps
     )
+    if mode.welford:  # the norm's statistics as before shifted sums (an A/B in one run)
+        if not mode.norm:
+            raise ValueError(f"mode {mode.name!r}: welford chooses the fusible norm's statistics; add norm")
+        for m in net.modules():
+            if isinstance(m, FastInstanceNorm):
+                m.impl = "var_mean"
+    return net
 
 
 def make_case(
