@@ -459,6 +459,18 @@ def test_channels_last_fast_network_in_3d(name):
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in flat.parameters() if p.dim() == 4)
 
 
+def test_fast_network_with_taps_can_be_scripted():
+    """A network on the GPU fast path (``taps`` set on its convolutions) goes through TorchScript:
+    the class attribute had a string annotation under ``from __future__ import annotations`` that
+    TorchScript could not resolve ('Unknown type annotation: 'bool'') once an instance set it."""
+    torch.manual_seed(0)
+    net = get_network("fpa", features=(4, 8, 8, 8)).eval()
+    scripted = torch.jit.script(fast_network(copy.deepcopy(net), taps=True))
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(
     os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
     reason="a cold torch.compile takes about a minute on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",

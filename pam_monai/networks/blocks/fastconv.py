@@ -165,7 +165,7 @@ class FastConv2d(nn.Conv2d):
         True
     """
 
-    taps: bool = False
+    taps = False  # no annotation: TorchScript cannot resolve one under __future__ annotations
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
