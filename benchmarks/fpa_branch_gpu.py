@@ -11,6 +11,8 @@ plain U-Net, for variants of the attention branch's pieces:
 - ``fpa_welford``: the norms' statistics from ``torch.var_mean`` (Welford: a division per element),
   the fast path before 2026-11-27 (first H100 run of this script: 16.8 ms of kernels against 15.6
   with shifted sums, batch 50);
+- ``fpa_nchw``: the attention branches on the contiguous layout, 1x1 convolutions as matrix
+  products (``fast_network(contiguous_attention=True)``), the main branches channels-last;
 - ``fpa_slicepad``: each tap a zero-padded slice of the input (masked loads) instead of slices of
   one padded copy (a written buffer 1.5x to 3.6x the input at dilation 9);
 - ``fpa_normfn``: the norm as an autograd Function with the textbook backward;
@@ -96,6 +98,7 @@ VARIANTS = {
     "unet": {"network": "unet"},
     "fpa": {},
     "fpa_welford": {"norm_impl": "var_mean"},
+    "fpa_nchw": {"contiguous_attention": True},
     "fpa_slicepad": {"taps": taps_slicepad},
     "fpa_cdt": {"inductor": {"coordinate_descent_tuning": True}},
     "fpa_normfn": {"norm": norm_fn},
@@ -125,9 +128,22 @@ def patched(spec: dict):
         fastconv.dilated_depthwise_taps, normmod.FastInstanceNorm.forward = old_taps, old_norm
 
 
-def encoder(network: str, device: str, levels: list[str], norm_impl: str | None = None) -> torch.nn.Module:
+def encoder(
+    network: str,
+    device: str,
+    levels: list[str],
+    norm_impl: str | None = None,
+    contiguous_attention: bool = False,
+) -> torch.nn.Module:
     net = get_network(network, spatial_dims=2, in_channels=4, out_channels=1).to(device)
-    net = fast_network(net, channels_last=True, fast_norm=True, resize="matmul", taps=True)
+    net = fast_network(
+        net,
+        channels_last=True,
+        fast_norm=True,
+        resize="matmul",
+        taps=True,
+        contiguous_attention=contiguous_attention,
+    )
     if norm_impl:
         for m in net.modules():
             if isinstance(m, normmod.FastInstanceNorm):
@@ -142,7 +158,13 @@ def run_variant(name: str, spec: dict, args) -> dict:
     levels = args.levels.split(",")
     if list(levels) != list(LEVELS[LEVELS.index(levels[0]) : LEVELS.index(levels[0]) + len(levels)]):
         raise SystemExit(f"--levels must be consecutive levels of {LEVELS}, got {args.levels}")
-    stack = encoder(spec.get("network", "fpa"), dev, levels, spec.get("norm_impl"))
+    stack = encoder(
+        spec.get("network", "fpa"),
+        dev,
+        levels,
+        spec.get("norm_impl"),
+        spec.get("contiguous_attention", False),
+    )
     # the first level's input: the previous level's output (c2: c1's, 32 channels at the input size)
     channels, size = {"c2": (32, 1), "c3": (64, 2), "c4": (128, 4), "bridge": (256, 8)}[levels[0]]
     x = torch.randn(

@@ -12,9 +12,9 @@
 # Every stage is a separate `python -m pam_monai bench` process under `timeout`, so a stage that
 # fails or hangs (a compilation, say) costs only its own time box and the others still run; the
 # stages share one budget (BUDGET_S seconds, default 420) and are ordered by what the next step
-# needs most (see benchmarks/README.md, "H100, 2026-11-27" and its second lease): the bundle's
-# whole training loop (fpa), variants of FPA's attention branch (benchmarks/fpa_branch_gpu.py),
-# the fast path without CUDA graphs (unet, fpa),
+# needs most (see benchmarks/README.md, "H100, 2026-11-27" and its second lease): variants of
+# FPA's attention branch (benchmarks/fpa_branch_gpu.py) and FPA with the contiguous one, the
+# bundle's whole training loop (fpa), the fast path without CUDA graphs (unet, fpa),
 # the fp32 baseline, data / inference / HD95, larger batches; what was measured already runs only
 # when named in ONLY. A 15-minute device lease fits two calls: the first
 # with the default order (BUDGET_S=420), the second with ONLY= naming what the first left out.
@@ -131,8 +131,14 @@ CG=(--compile_mode reduce-overhead)
 # The fast path is bf16 + channels-last + fusible norm + up-sampling as GEMMs + FPA's dilated
 # convolutions as taps + compile + fused AdamW; CG adds CUDA graphs. Measured on the H100 of
 # 2026-11-27 (benchmarks/README.md), now extras: cg_unet, cg_fpa, cg_rfna, fast_rfna,
-# cg_unet_b128, cg_fpa_b128, flip_sync.
-# 1. (measured on the H100 lease of 2026-11-27b: now the extra cg_unet_b256, see section 6)
+# cg_unet_b128, cg_fpa_b128, flip_sync, cg_unet_b256.
+# 1. FPA's attention branches, where its time goes (16.8 ms of kernels against the U-Net's 2.1 for
+#    the same four levels, H100 2026-11-27b): variants at level c2 (the attention branch on the
+#    contiguous layout first), then the whole FPA with the contiguous attention branches at batch 128
+#    with CUDA graphs (the fast path as it is: 2,323 slices/s there, against 3,000)
+stage fpa_c2_variants 200 --script benchmarks/fpa_branch_gpu.py --levels c2 \
+    --variants fpa,fpa_nchw,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")
+stage cg_fpa_nchwatt_b128 140 --device "$DEVICE" "${BIG[@]}" --networks fpa --modes fast+nchwatt "${TRAIN[@]}" "${CG[@]}"
 # 2. the bundle's whole training loop (brats train.json as monai.bundle runs it: the loader, the
 #    flips, MONAI's iteration, the handlers; no validation), FPA with the default log_every 10,
 #    beside the bare steps above. Each run compiles its step (about 55 s for FPA on the H100 of
@@ -142,10 +148,6 @@ stage bundle_fpa 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slic
 # 2b. the same loop with CUDA graphs (the bundles' compile_mode=reduce-overhead, off by default:
 #    RFNA's bare step gained 1.20x from them on the H100; not yet measured inside the bundle loop)
 stage bundle_fpa_cg 200 "${COMMON[@]}" --networks fpa --stages bundle --bundle_slices 96 --bundle_log_every 10 "${CG[@]}"
-# 2c. FPA's attention branches, where its time goes (16.8 ms of kernels against the U-Net's 2.1 for
-#    the same four levels, H100 2026-11-27b): the variants the lease could not reach, at level c2
-stage fpa_c2_variants 200 --script benchmarks/fpa_branch_gpu.py --levels c2 \
-    --variants fpa,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")
 # 3. the bundles' default (the fast path without CUDA graphs) on the same card as the CG rows
 stage fast_unet 110 "${COMMON[@]}" --networks unet "${SOLO[@]}"
 stage fast_fpa 130 "${COMMON[@]}" --networks fpa "${SOLO[@]}"

@@ -81,7 +81,7 @@ def _to_cuda(value):
     return value
 
 
-def generate(network: str, batch: int, size: int) -> list[dict]:
+def generate(network: str, batch: int, size: int, contiguous_attention: bool = False) -> list[dict]:
     """``[{"backward": bool, "source": str, "bytes": int}, ...]`` for the forward and backward graphs
     of the CUDA fast path's training step (bf16, channels-last, fusible norm, matmul up-sampling, taps)."""
     _patch_cuda()
@@ -134,6 +134,7 @@ def generate(network: str, batch: int, size: int) -> list[dict]:
         fast_norm=True,
         resize="matmul",
         taps=True,
+        contiguous_attention=contiguous_attention,
     )
     model = torch.compile(net, backend=functools.partial(cfx.compile_fx, inner_compile=inner))
     x = torch.randn(batch, 4, size, size).contiguous(memory_format=torch.channels_last)
@@ -150,10 +151,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--output", default="outputs/inductor_codegen")
+    p.add_argument("--contiguous_attention", action="store_true", help="FPA's attention branches contiguous")
     a = p.parse_args()
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
-    for r in generate(a.network, a.batch, a.size):
+    for r in generate(a.network, a.batch, a.size, a.contiguous_attention):
         part = "bw" if r["backward"] else "fw"
         (out / f"{a.network}_{part}.py").write_text(r["source"])
         kernels = re.findall(r"'kernel_name': '([^']+)'.*?'kernel_num_gb': ([0-9.e+-]+)", r["source"])

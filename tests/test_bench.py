@@ -32,6 +32,7 @@ def test_modes_parse_per_device():
         "gather": False,
         "mm": False,
         "welford": False,
+        "nchwatt": False,
         "refconv": False,
     }
     assert parse_mode("fast+gather", "cuda").gather and not parse_mode("fast", "cuda").gather

@@ -37,6 +37,7 @@ from pam_monai.networks.blocks import (
     fast_norm_of,
 )
 from pam_monai.networks.blocks.fastconv import dilated_depthwise_taps
+from pam_monai.networks.blocks.fpa import pointwise_conv_as_matmul
 from pam_monai.networks.blocks.norm import _shifted_sums_var_mean
 
 
@@ -460,15 +461,74 @@ def test_channels_last_fast_network_in_3d(name):
 
 
 def test_fast_network_with_taps_can_be_scripted():
-    """A network on the GPU fast path (``taps`` set on its convolutions) goes through TorchScript:
-    the class attribute had a string annotation under ``from __future__ import annotations`` that
-    TorchScript could not resolve ('Unknown type annotation: 'bool'') once an instance set it."""
+    """A network on the GPU fast path (``taps``, ``contiguous_attention`` set on its modules) goes
+    through TorchScript: the class attributes had string annotations under ``from __future__ import
+    annotations`` that TorchScript could not resolve ('Unknown type annotation: 'bool'') once an
+    instance set them. Scripted, the blocks take their plain paths."""
     torch.manual_seed(0)
     net = get_network("fpa", features=(4, 8, 8, 8)).eval()
-    scripted = torch.jit.script(fast_network(copy.deepcopy(net), taps=True))
+    fast = fast_network(copy.deepcopy(net), taps=True, contiguous_attention=True)
+    scripted = torch.jit.script(fast)
     x = torch.randn(1, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_as_matmul_is_the_convolution(dims, stride, bias):
+    torch.manual_seed(0)
+    conv = (nn.Conv2d if dims == 2 else nn.Conv3d)(6, 5, 1, stride=stride, bias=bias).double()
+    x = torch.randn((2, 6) + (9, 7, 5)[:dims], dtype=torch.float64)
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    for inp in (x, x.contiguous(memory_format=fmt)):
+        inp = inp.clone().requires_grad_()
+        y, y_ref = pointwise_conv_as_matmul(conv, inp), conv(inp)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(y_ref)
+        got = torch.autograd.grad(y, [inp, *conv.parameters()], g)
+        ref = torch.autograd.grad(y_ref, [inp, *conv.parameters()], g)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="a 1x1 convolution without padding or groups"):
+        pointwise_conv_as_matmul(nn.Conv2d(4, 4, 3), torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_contiguous_attention_is_the_same_fpa_block(dims):
+    """FPA's attention branch on the contiguous layout (its 1x1 convolutions as matrix products)
+    computes the same block, and hands its output back in the input's memory format."""
+    torch.manual_seed(0)
+    net = get_network("fpa", spatial_dims=dims, in_channels=2, features=(4, 8, 8, 8)).double()
+    fast = fast_network(copy.deepcopy(net), channels_last=True, fast_norm=True, taps=True)
+    nchw = fast_network(
+        copy.deepcopy(net), channels_last=True, fast_norm=True, taps=True, contiguous_attention=True
+    )
+    blocks = [m for m in nchw.modules() if isinstance(m, FPABlock)]
+    assert len(blocks) == 4 and all(b.contiguous_attention for b in blocks)
+    assert not any(getattr(m, "contiguous_attention", False) for m in fast.modules())
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    shape = (2, 2, 24, 24) if dims == 2 else (1, 2, 16, 12, 8)
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt)
+    y, y_ref = nchw(x), fast(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    _assert_same_gradients(y, nchw, y_ref, fast, rtol=1e-9, atol=1e-10)
+    block_in = torch.randn((2, 4) + shape[2:], dtype=torch.float64).contiguous(memory_format=fmt)
+    # whatever the input's layout, the block's output has the plain fast path's (channels-last in 2-D)
+    for inp in (block_in, block_in.contiguous()):
+        assert nchw.c2(inp).stride() == fast.c2(inp).stride()
+    if dims == 2:
+        assert nchw.c2(block_in).is_contiguous(memory_format=fmt) and not nchw.c2(block_in).is_contiguous()
+    # bf16 autocast: the products run in bf16 as the convolutions do
+    nchw32, fast32 = copy.deepcopy(nchw).float(), copy.deepcopy(fast).float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = nchw32.c2(block_in.float()), fast32.c2(block_in.float())
+    assert a.dtype == b.dtype == torch.bfloat16
+    assert (a.float() - b.float()).norm() / b.float().norm() < 0.02
+    # TorchScript takes the plain path (the attribute is read, the contiguous route is unused)
+    scripted = torch.jit.script(nchw32)
+    torch.testing.assert_close(scripted(x.float()), fast32(x.float()), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(
@@ -482,12 +542,18 @@ def test_fast_network_with_taps_can_be_scripted():
         (True, "interpolate", False),
         (False, "gather", False),
         (True, "matmul", True),
+        (True, "matmul", "nchwatt"),
     ],
 )
 def test_compiled_fast_network_matches_eager(taps, resize, cl):
     torch.manual_seed(0)
     net = fast_network(
-        get_network("fpa", features=(4, 8, 8, 8)), fast_norm=True, channels_last=cl, resize=resize, taps=taps
+        get_network("fpa", features=(4, 8, 8, 8)),
+        fast_norm=True,
+        channels_last=bool(cl),
+        resize=resize,
+        taps=taps,
+        contiguous_attention=cl == "nchwatt",
     )
     compiled = torch.compile(net)
     x = torch.randn(2, 4, 40, 40)

@@ -18,6 +18,9 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 - ``welford``: the fusible norm's statistics of bf16 inputs from ``torch.var_mean`` (Welford),
   as before 2026-11-27, instead of shifted sums (``FastInstanceNorm(impl="var_mean")``; off in
   ``fast``: the before of an A/B in one run);
+- ``nchwatt``: FPA's attention branches on the contiguous layout with their 1x1 convolutions as
+  matrix products, inside a channels-last network (``fast_network(contiguous_attention=True)``;
+  an experiment, off in ``fast``);
 - ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
@@ -38,7 +41,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
 
-FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "mm", "welford", "refconv")
+FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "mm", "welford", "nchwatt", "refconv")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Mode:
     gather: bool = False
     mm: bool = False
     welford: bool = False
+    nchwatt: bool = False
     refconv: bool = False
 
     def flags(self) -> dict:

@@ -99,7 +99,12 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
                 m.__class__ = torch.nn.Conv2d
     resize = "gather" if mode.gather else "matmul" if mode.mm else None
     net = fast_network(
-        net.to(device), channels_last=mode.cl, fast_norm=mode.norm, resize=resize, taps=mode.taps
+        net.to(device),
+        channels_last=mode.cl,
+        fast_norm=mode.norm,
+        resize=resize,
+        taps=mode.taps,
+        contiguous_attention=mode.nchwatt,
     )
     if mode.welford:  # the norm's statistics as before shifted sums (an A/B in one run)
         if not mode.norm:

@@ -499,6 +499,7 @@ def fast_network(
     fast_norm: bool = False,
     resize: str | None = None,
     taps: bool = False,
+    contiguous_attention: bool = False,
 ) -> nn.Module:
     """The network on the fast path. Every option keeps the function and the state dict.
 
@@ -514,6 +515,10 @@ def fast_network(
         taps: FPA's dilated depthwise convolutions as fused sums of taps also on the GPU and under
             ``torch.compile`` (:func:`~pam_monai.networks.blocks.fastconv.use_tap_convs`), instead of
             cuDNN's grouped kernels (slow at dilation 9, in channels-last above all).
+        contiguous_attention: FPA's attention branches on the contiguous layout, their 1x1
+            convolutions as matrix products, in a channels-last network
+            (:func:`~pam_monai.networks.blocks.fpa.use_contiguous_attention`; an experiment, not yet
+            measured on a GPU, off in the bundles).
 
     Example::
 
@@ -521,8 +526,11 @@ def fast_network(
         >>> net = fast_network(get_network("fpa"), channels_last=True, fast_norm=True, resize="matmul", taps=True)
     """
     from ..networks.blocks.fastconv import use_tap_convs
+    from ..networks.blocks.fpa import use_contiguous_attention
     from ..networks.blocks.resize import use_resize
 
+    if as_bool(contiguous_attention):
+        network = use_contiguous_attention(network)
     if resize is not None:
         network = use_resize(network, str(resize))
     if as_bool(taps):
