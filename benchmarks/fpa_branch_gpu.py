@@ -26,7 +26,10 @@ H100). Run from the repository root with the package importable, e.g.
     python benchmarks/fpa_branch_gpu.py --batch 50 --output /tmp/fpa_branch.json
     python benchmarks/fpa_branch_gpu.py --levels c2 --variants fpa,fpa_slicepad --device cpu --batch 2 --size 48 --profile 0
 
-Each variant compiles afresh (``torch._dynamo.reset()``); the results are written after each.
+Each variant compiles afresh (``torch._dynamo.reset()``); the results are written after each. With
+``--profile N`` (default 2) each variant's largest kernels are listed with their time per step and
+their bandwidth by inductor's own byte estimate (``benchmark_kernel``; every load counted, so the
+taps' shifted loads make it an upper bound): which kernels run far below the card's memory speed.
 """
 
 from __future__ import annotations
@@ -34,16 +37,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
-import torch
+# inductor's generated modules (with each kernel's estimated bytes) go to a fresh folder, read below
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fpa_branch_inductor_"))
+
+import torch  # noqa: E402  (after the cache folder is chosen)
 import torch.nn.functional as F
 
-from pam_monai.engines.runtime import fast_network
-from pam_monai.networks import get_network
-from pam_monai.networks.blocks import fastconv
-from pam_monai.networks.blocks import norm as normmod
+from pam_monai.engines.runtime import fast_network  # noqa: E402
+from pam_monai.networks import get_network  # noqa: E402
+from pam_monai.networks.blocks import fastconv  # noqa: E402
+from pam_monai.networks.blocks import norm as normmod  # noqa: E402
 
 LEVELS = ("c2", "c3", "c4", "bridge")
 
@@ -128,6 +138,36 @@ def patched(spec: dict):
         fastconv.dilated_depthwise_taps, normmod.FastInstanceNorm.forward = old_taps, old_norm
 
 
+_KERNEL_GB = re.compile(r"'kernel_name': '([^']+)'.*?'kernel_num_gb': ([0-9.e+-]+)", re.S)
+
+
+def kernel_gigabytes(folder: str | Path, since: float = 0.0) -> dict[str, float]:
+    """``{kernel name: inductor's estimate of the GB it moves per call}`` from the generated modules
+    under ``folder`` written after ``since`` (``benchmark_kernel`` puts ``kernel_num_gb`` into each
+    Triton kernel's metadata; every load is counted, so shifted loads of one buffer count each time).
+    A name generated twice with different estimates maps to the larger."""
+    found: dict[str, float] = {}
+    for path in Path(folder).rglob("*.py"):
+        if path.stat().st_mtime < since:
+            continue
+        for name, gb in _KERNEL_GB.findall(path.read_text(encoding="utf-8", errors="replace")):
+            found[name] = max(found.get(name, 0.0), float(gb))
+    return found
+
+
+def with_bandwidth(rows: list[dict], gigabytes: dict[str, float]) -> list[dict]:
+    """Profile rows (``name``, ``ms`` per step, ``calls`` per step) with ``gb`` (per step, inductor's
+    estimate) and ``tb_per_s`` where the kernel's estimate is known."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r["name"] in gigabytes and r["ms"] > 0:
+            r["gb"] = round(gigabytes[r["name"]] * r["calls"], 4)
+            r["tb_per_s"] = round(r["gb"] / r["ms"], 3)  # GB per ms = TB/s
+        out.append(r)
+    return out
+
+
 def encoder(
     network: str,
     device: str,
@@ -173,7 +213,8 @@ def run_variant(name: str, spec: dict, args) -> dict:
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     amp = torch.autocast(dev, dtype=torch.bfloat16)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    with patched(spec):
+    started = time.time()
+    with patched(spec), torch._inductor.config.patch(benchmark_kernel=True):
         model = torch.compile(stack)
 
         def step():
@@ -224,7 +265,10 @@ def run_variant(name: str, spec: dict, args) -> dict:
             ]
             rows.sort(key=lambda r: -r[1])
             result["kernel_ms"] = sum(r[1] for r in rows)
-            result["top"] = [{"name": k, "ms": round(ms, 4), "calls": c} for k, ms, c in rows[: args.top]]
+            top = [{"name": k, "ms": round(ms, 4), "calls": c} for k, ms, c in rows[: args.top]]
+            result["top"] = with_bandwidth(
+                top, kernel_gigabytes(os.environ["TORCHINDUCTOR_CACHE_DIR"], started)
+            )
     return result
 
 
@@ -276,6 +320,12 @@ def main() -> None:
         print(
             f"| {r['variant']} | {r['ms']:.2f} | {r['min_ms']:.2f} | {r.get('kernel_ms', 0):.2f} | {rel} | {r['compile_s']} |"
         )
+    for r in results:  # where each variant's kernel time goes, and how far from memory speed
+        if r.get("top"):
+            print(f"\n{r['variant']}: largest kernels (ms per step, calls, TB/s by inductor's byte estimate)")
+            for k in r["top"][:8]:
+                tbs = f"{k['tb_per_s']:.2f}" if "tb_per_s" in k else "-"
+                print(f"  {k['ms']:7.3f} {k['calls']:3d} {tbs:>6}  {k['name'][:100]}")
 
 
 if __name__ == "__main__":
