@@ -13,6 +13,8 @@ plain U-Net, for variants of the attention branch's pieces:
   with shifted sums, batch 50);
 - ``fpa_nchw``: the attention branches on the contiguous layout, 1x1 convolutions as matrix
   products (``fast_network(contiguous_attention=True)``), the main branches channels-last;
+- ``fpa_plane``: ``fpa_nchw`` with each ``dilated conv -> norm -> ReLU`` unit as one Triton kernel
+  per direction (``pam_monai.networks.blocks.plane_kernels``);
 - ``fpa_slicepad``: each tap a zero-padded slice of the input (masked loads) instead of slices of
   one padded copy (a written buffer 1.5x to 3.6x the input at dilation 9);
 - ``fpa_normfn``: the norm as an autograd Function with the textbook backward;
@@ -109,6 +111,7 @@ VARIANTS = {
     "fpa": {},
     "fpa_welford": {"norm_impl": "var_mean"},
     "fpa_nchw": {"contiguous_attention": True},
+    "fpa_plane": {"plane_kernels": True},
     "fpa_slicepad": {"taps": taps_slicepad},
     "fpa_cdt": {"inductor": {"coordinate_descent_tuning": True}},
     "fpa_normfn": {"norm": norm_fn},
@@ -174,6 +177,7 @@ def encoder(
     levels: list[str],
     norm_impl: str | None = None,
     contiguous_attention: bool = False,
+    plane_kernels: bool = False,
 ) -> torch.nn.Module:
     net = get_network(network, spatial_dims=2, in_channels=4, out_channels=1).to(device)
     net = fast_network(
@@ -183,6 +187,7 @@ def encoder(
         resize="matmul",
         taps=True,
         contiguous_attention=contiguous_attention,
+        plane_kernels=plane_kernels,
     )
     if norm_impl:
         for m in net.modules():
@@ -204,6 +209,7 @@ def run_variant(name: str, spec: dict, args) -> dict:
         levels,
         spec.get("norm_impl"),
         spec.get("contiguous_attention", False),
+        spec.get("plane_kernels", False),
     )
     # the first level's input: the previous level's output (c2: c1's, 32 channels at the input size)
     channels, size = {"c2": (32, 1), "c3": (64, 2), "c4": (128, 4), "bridge": (256, 8)}[levels[0]]

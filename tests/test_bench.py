@@ -33,6 +33,7 @@ def test_modes_parse_per_device():
         "mm": False,
         "welford": False,
         "nchwatt": False,
+        "plane": False,
         "refconv": False,
     }
     assert parse_mode("fast+gather", "cuda").gather and not parse_mode("fast", "cuda").gather

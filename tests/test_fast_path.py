@@ -531,6 +531,72 @@ def test_contiguous_attention_is_the_same_fpa_block(dims):
     torch.testing.assert_close(scripted(x.float()), fast32(x.float()), rtol=1e-4, atol=1e-4)
 
 
+def test_plane_kernels_compute_the_same_fpa_network():
+    """FPA with its attention units as the fused plane operator (here its CPU path, the reference
+    computation behind the custom operator and its autograd) is the same network; compiled too."""
+    torch.manual_seed(0)
+    net = get_network("fpa", features=(4, 8, 8, 8)).double()  # float64: exact comparisons
+    fast = fast_network(copy.deepcopy(net), channels_last=True, fast_norm=True, taps=True)
+    plane = fast_network(
+        copy.deepcopy(net), channels_last=True, fast_norm=True, taps=True, plane_kernels=True
+    )
+    assert all(m.plane_kernels for m in plane.modules() if isinstance(m, FPABlock))
+    x = torch.randn(2, 4, 40, 40, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    y, y_ref = plane(x), fast(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    _assert_same_gradients(y, plane, y_ref, fast, rtol=1e-8, atol=1e-10)
+    torch._dynamo.reset()
+    compiled = torch.compile(plane, backend="aot_eager", fullgraph=True)  # the operators trace
+    y_c, y_ref = compiled(x), fast(x)
+    torch.testing.assert_close(y_c, y_ref, rtol=1e-10, atol=1e-10)
+    _assert_same_gradients(y_c, plane, y_ref, fast, rtol=1e-8, atol=1e-10)
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match=r"use_plane_kernels: the FPA blocks \['c2', 'c3', 'c4', 'bridge'\]"):
+        fast_network(get_network("fpa", features=(4, 8, 8, 8), depthwise=False), plane_kernels=True)
+
+
+_PLANE_KERNEL_CHECK = """
+import torch
+from pam_monai.networks.blocks import plane_kernels as pk
+torch.manual_seed(0)
+worst = {}
+for n, c, h, w, d, dtype in [(2, 3, 13, 11, 3, torch.float32), (1, 2, 20, 20, 9, torch.float32),
+                             (2, 2, 7, 9, 9, torch.float32), (2, 2, 18, 10, 6, torch.bfloat16)]:
+    x = torch.randn(n, c, h, w).to(dtype)
+    wt, g, b = torch.randn(c, 1, 3, 3) * 0.5, torch.rand(c) + 0.5, torch.randn(c) * 0.5
+    leaves = [t.clone().requires_grad_() for t in (x, wt, g, b)]
+    ref_leaves = [t.clone().float().requires_grad_() for t in (x, wt, g, b)]
+    y = pk.plane_dconv_norm_relu(*leaves, d)
+    y_ref = pk.reference_dconv_norm_relu(*ref_leaves, d, 1e-5)
+    assert y.dtype == dtype, y.dtype
+    gy = torch.randn(y_ref.shape)
+    got = torch.autograd.grad(y, leaves, gy.to(dtype))
+    ref = torch.autograd.grad(y_ref, ref_leaves, gy)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (y.float() - y_ref).abs().max() <= tol * max(1.0, y_ref.abs().max()), (n, c, h, w, d)
+    for name, a, r in zip(("x", "weight", "gamma", "beta"), got, ref):
+        # relative to the gradient's scale (the weight's is ~0: the norm undoes a weight's scale)
+        scale = max(r.abs().max().item(), ref[0].abs().max().item())
+        assert (a.float() - r).abs().max().item() <= tol * scale, (name, n, c, h, w, d, dtype)
+print("plane kernels ok")
+"""
+
+
+def test_plane_kernels_triton_code_matches_the_reference_in_the_interpreter(tmp_path):
+    """The Triton kernels themselves (forward; backward with its scratch plane and barrier), run by
+    Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1`` must be set before Triton loads,
+    hence a subprocess): the function and gradients of the reference, fp32 and bf16."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run(
+        [sys.executable, "-c", _PLANE_KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0 and "plane kernels ok" in run.stdout, run.stdout + run.stderr
+
+
 @pytest.mark.skipif(
     os.environ.get("PAM_MONAI_TEST_COMPILE") != "1",
     reason="a cold torch.compile takes about a minute on 2 CPU cores; set PAM_MONAI_TEST_COMPILE=1",
@@ -543,6 +609,7 @@ def test_contiguous_attention_is_the_same_fpa_block(dims):
         (False, "gather", False),
         (True, "matmul", True),
         (True, "matmul", "nchwatt"),
+        (True, "matmul", "plane"),
     ],
 )
 def test_compiled_fast_network_matches_eager(taps, resize, cl):
@@ -554,6 +621,7 @@ def test_compiled_fast_network_matches_eager(taps, resize, cl):
         resize=resize,
         taps=taps,
         contiguous_attention=cl == "nchwatt",
+        plane_kernels=cl == "plane",
     )
     compiled = torch.compile(net)
     x = torch.randn(2, 4, 40, 40)

@@ -21,6 +21,8 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 - ``nchwatt``: FPA's attention branches on the contiguous layout with their 1x1 convolutions as
   matrix products, inside a channels-last network (``fast_network(contiguous_attention=True)``;
   an experiment, off in ``fast``);
+- ``plane``: ``nchwatt`` with each of FPA's ``dilated conv -> norm -> ReLU`` units as one Triton
+  kernel per direction (``fast_network(plane_kernels=True)``; an experiment, off in ``fast``);
 - ``refconv``: the reference convolutions: ``FastConv2d``'s CPU routes off, i.e. the blocks as
   plain ``nn.Conv2d`` (the implementation before the CPU work), to measure both in one run.
 
@@ -41,7 +43,20 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["FLAGS", "Mode", "parse_mode", "parse_modes"]
 
-FLAGS = ("amp", "cl", "norm", "compile", "fused", "taps", "gather", "mm", "welford", "nchwatt", "refconv")
+FLAGS = (
+    "amp",
+    "cl",
+    "norm",
+    "compile",
+    "fused",
+    "taps",
+    "gather",
+    "mm",
+    "welford",
+    "nchwatt",
+    "plane",
+    "refconv",
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,7 @@ class Mode:
     mm: bool = False
     welford: bool = False
     nchwatt: bool = False
+    plane: bool = False
     refconv: bool = False
 
     def flags(self) -> dict:

@@ -105,6 +105,7 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
         resize=resize,
         taps=mode.taps,
         contiguous_attention=mode.nchwatt,
+        plane_kernels=mode.plane,
     )
     if mode.welford:  # the norm's statistics as before shifted sums (an A/B in one run)
         if not mode.norm:

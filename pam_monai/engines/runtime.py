@@ -500,6 +500,7 @@ def fast_network(
     resize: str | None = None,
     taps: bool = False,
     contiguous_attention: bool = False,
+    plane_kernels: bool = False,
 ) -> nn.Module:
     """The network on the fast path. Every option keeps the function and the state dict.
 
@@ -519,6 +520,10 @@ def fast_network(
             convolutions as matrix products, in a channels-last network
             (:func:`~pam_monai.networks.blocks.fpa.use_contiguous_attention`; an experiment, not yet
             measured on a GPU, off in the bundles).
+        plane_kernels: FPA's attention branches contiguous with each ``dilated conv -> norm -> ReLU``
+            unit as one Triton kernel per direction
+            (:func:`~pam_monai.networks.blocks.plane_kernels.use_plane_kernels`; an experiment, not yet
+            measured on a GPU, off in the bundles).
 
     Example::
 
@@ -531,6 +536,10 @@ def fast_network(
 
     if as_bool(contiguous_attention):
         network = use_contiguous_attention(network)
+    if as_bool(plane_kernels):
+        from ..networks.blocks.plane_kernels import use_plane_kernels
+
+        network = use_plane_kernels(network)
     if resize is not None:
         network = use_resize(network, str(resize))
     if as_bool(taps):

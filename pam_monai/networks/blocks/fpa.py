@@ -134,22 +134,53 @@ class FPABlock(nn.Module):
             self.dilated2 = conv_norm_act(spatial_dims, mid, mid, 3, 1, dilation, groups, norm=norm, act=act)
         self.squeeze = conv_norm_act(spatial_dims, mid, out_channels, 1, norm=None, act=None)
         self.contiguous_attention = False  # an instance attribute, so that TorchScript finds it
+        self.plane_kernels = False  # (contiguous attention with fused Triton units: plane_kernels.py)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention map ``A`` (``out_channels`` channels, values in (0, 1))."""
-        if self.contiguous_attention and not torch.jit.is_scripting():
+        if (self.contiguous_attention or self.plane_kernels) and not torch.jit.is_scripting():
             return self._contiguous_attention(x)
         return torch.sigmoid(self.squeeze(self.dilated2(self.dilated1(self.expand(x)))))
 
     @torch.jit.unused
     def _contiguous_attention(self, x: torch.Tensor) -> torch.Tensor:
         e = pointwise_conv_as_matmul(self.expand.conv, x)  # contiguous from here on
+        if self.plane_kernels:
+            from .plane_kernels import plane_dconv_norm_relu
+
+            for unit in (self.dilated1, self.dilated2):
+                norm = unit.adn.N
+                e = plane_dconv_norm_relu(
+                    e, unit.conv.weight, norm.weight, norm.bias, unit.conv.dilation[0], norm.eps
+                )
+            return torch.sigmoid(pointwise_conv_as_matmul(self.squeeze.conv, e))
         return torch.sigmoid(pointwise_conv_as_matmul(self.squeeze.conv, self.dilated2(self.dilated1(e))))
+
+    @torch.jit.unused
+    def plane_kernels_apply(self) -> bool:
+        """Whether this block's attention units are ``3x3 depthwise dilated conv (no bias) -> affine
+        instance norm -> ReLU`` in 2-D, the unit :mod:`~pam_monai.networks.blocks.plane_kernels` fuses."""
+        for unit in (self.dilated1, self.dilated2):
+            conv = getattr(unit, "conv", None)
+            adn = getattr(unit, "adn", None)
+            norm, act = getattr(adn, "N", None), getattr(adn, "A", None)
+            if not isinstance(conv, nn.Conv2d) or conv.bias is not None or conv.kernel_size != (3, 3):
+                return False
+            d = conv.dilation[0]
+            if conv.dilation != (d, d) or conv.padding != (d, d) or conv.stride != (1, 1):
+                return False
+            if conv.groups != conv.in_channels or conv.in_channels != conv.out_channels:
+                return False
+            if not isinstance(act, nn.ReLU) or getattr(norm, "weight", None) is None:
+                return False
+            if type(norm).__name__ not in ("InstanceNorm2d", "FastInstanceNorm2d"):
+                return False
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.main(x)
         a = self.attention(x)
-        if self.contiguous_attention and not torch.jit.is_scripting():
+        if (self.contiguous_attention or self.plane_kernels) and not torch.jit.is_scripting():
             # A in F's memory format: the output (the next block's input) keeps F's layout
             fmt = torch.channels_last if f.dim() == 4 else torch.channels_last_3d
             if f.dim() in (4, 5) and f.is_contiguous(memory_format=fmt) and not f.is_contiguous():
