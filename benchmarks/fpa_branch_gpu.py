@@ -15,6 +15,7 @@ plain U-Net, for variants of the attention branch's pieces:
   products (``fast_network(contiguous_attention=True)``), the main branches channels-last;
 - ``fpa_plane``: ``fpa_nchw`` with each ``dilated conv -> norm -> ReLU`` unit as one Triton kernel
   per direction (``pam_monai.networks.blocks.plane_kernels``);
+- ``fpa_plane_small`` / ``fpa_plane_large``: the same with smaller / larger blocks per program step;
 - ``fpa_slicepad``: each tap a zero-padded slice of the input (masked loads) instead of slices of
   one padded copy (a written buffer 1.5x to 3.6x the input at dilation 9);
 - ``fpa_normfn``: the norm as an autograd Function with the textbook backward;
@@ -112,6 +113,8 @@ VARIANTS = {
     "fpa_welford": {"norm_impl": "var_mean"},
     "fpa_nchw": {"contiguous_attention": True},
     "fpa_plane": {"plane_kernels": True},
+    "fpa_plane_small": {"plane_kernels": True, "plane_config": {"forward": (512, 4), "backward": (256, 4)}},
+    "fpa_plane_large": {"plane_kernels": True, "plane_config": {"forward": (2048, 8), "backward": (1024, 8)}},
     "fpa_slicepad": {"taps": taps_slicepad},
     "fpa_cdt": {"inductor": {"coordinate_descent_tuning": True}},
     "fpa_normfn": {"norm": norm_fn},
@@ -124,6 +127,10 @@ VARIANTS = {
 
 @contextlib.contextmanager
 def patched(spec: dict):
+    from pam_monai.networks.blocks import plane_kernels
+
+    old_config = dict(plane_kernels.CONFIG)
+    plane_kernels.CONFIG.update(spec.get("plane_config", {}))
     old_taps, old_norm = fastconv.dilated_depthwise_taps, normmod.FastInstanceNorm.forward
     if "taps" in spec:
         fastconv.dilated_depthwise_taps = spec["taps"]
@@ -139,6 +146,8 @@ def patched(spec: dict):
             yield
     finally:
         fastconv.dilated_depthwise_taps, normmod.FastInstanceNorm.forward = old_taps, old_norm
+        plane_kernels.CONFIG.clear()
+        plane_kernels.CONFIG.update(old_config)
 
 
 _KERNEL_GB = re.compile(r"'kernel_name': '([^']+)'.*?'kernel_num_gb': ([0-9.e+-]+)", re.S)

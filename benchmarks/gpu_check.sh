@@ -137,7 +137,7 @@ CG=(--compile_mode reduce-overhead)
 #    contiguous layout, then with its units as Triton plane kernels, first), then the whole FPA with
 #    each at batch 128 with CUDA graphs (the fast path as it is: 2,323 slices/s there, against 3,000)
 stage fpa_c2_variants 200 --script benchmarks/fpa_branch_gpu.py --levels c2 \
-    --variants fpa,fpa_nchw,fpa_plane,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")
+    --variants fpa,fpa_nchw,fpa_plane,fpa_plane_small,fpa_plane_large,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")
 stage cg_fpa_plane_b128 140 --device "$DEVICE" "${BIG[@]}" --networks fpa --modes fast+plane "${TRAIN[@]}" "${CG[@]}"
 stage cg_fpa_nchwatt_b128 140 --device "$DEVICE" "${BIG[@]}" --networks fpa --modes fast+nchwatt "${TRAIN[@]}" "${CG[@]}"
 # 2. the bundle's whole training loop (brats train.json as monai.bundle runs it: the loader, the

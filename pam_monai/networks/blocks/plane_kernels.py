@@ -37,7 +37,10 @@ from torch import nn
 
 __all__ = ["plane_dconv_norm_relu", "reference_dconv_norm_relu", "use_plane_kernels", "triton_available"]
 
-_BLOCK = 1024
+# (elements per loop step, warps) of each kernel: without register spills for sm_90 (ptxas -v of
+# Triton 3.9's code: forward 64 registers, backward 80; the backward at 1024 x 4 needed 255 and
+# spilled). Not yet tuned on a GPU; benchmarks/fpa_branch_gpu.py varies them (fpa_plane_*).
+CONFIG = {"forward": (1024, 8), "backward": (512, 8)}
 
 
 def triton_available() -> bool:
@@ -248,9 +251,10 @@ def _forward_op(
     scratch = torch.empty(x.shape, device=x.device, dtype=torch.float32)  # the convolution, per plane
     mean = torch.empty(n * c, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
+    block, warps = CONFIG["forward"]
     _fwd_kernel[(n * c,)](
         x, weight.float().contiguous(), gamma.float().contiguous(), beta.float().contiguous(),
-        y, scratch, mean, rstd, c, h, w, dilation, eps, BLOCK=_BLOCK,
+        y, scratch, mean, rstd, c, h, w, dilation, eps, BLOCK=block, num_warps=warps,
     )  # fmt: skip
     return y, mean, rstd
 
@@ -288,9 +292,10 @@ def _backward_op(
     dw = torch.empty(n * c * 9, device=x.device, dtype=torch.float32)
     dg = torch.empty(n * c, device=x.device, dtype=torch.float32)
     db = torch.empty_like(dg)
+    block, warps = CONFIG["backward"]
     _bwd_kernel[(n * c,)](
         x, weight.float().contiguous(), gamma.float().contiguous(), beta.float().contiguous(),
-        mean, rstd, dy, dd, dx, dw, dg, db, c, h, w, dilation, BLOCK=_BLOCK,
+        mean, rstd, dy, dd, dx, dw, dg, db, c, h, w, dilation, BLOCK=block, num_warps=warps,
     )  # fmt: skip
     return (
         dx,
