@@ -136,10 +136,13 @@ CG=(--compile_mode reduce-overhead)
 #    the same four levels, H100 2026-11-27b): variants at level c2 (the attention branch on the
 #    contiguous layout, then with its units as Triton plane kernels, first), then the whole FPA with
 #    each at batch 128 with CUDA graphs (the fast path as it is: 2,323 slices/s there, against 3,000)
-stage fpa_c2_variants 200 --script benchmarks/fpa_branch_gpu.py --levels c2 \
-    --variants fpa,fpa_nchw,fpa_plane,fpa_plane_small,fpa_plane_large,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")
+#    The plane kernels are checked against the reference on the GPU first (compiled Triton, never
+#    run on a GPU before; checked in Triton's interpreter on the CPU only).
+stage plane_check 60 --script benchmarks/plane_kernels_check.py $([ "$QUICK" = "1" ] && echo --device "$DEVICE")
 stage cg_fpa_plane_b128 140 --device "$DEVICE" "${BIG[@]}" --networks fpa --modes fast+plane "${TRAIN[@]}" "${CG[@]}"
-stage cg_fpa_nchwatt_b128 140 --device "$DEVICE" "${BIG[@]}" --networks fpa --modes fast+nchwatt "${TRAIN[@]}" "${CG[@]}"
+stage fpa_c2_variants 170 --script benchmarks/fpa_branch_gpu.py --levels c2 \
+    --variants fpa,fpa_plane,fpa_nchw,fpa_plane_small,fpa_plane_large,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")
+stage cg_fpa_nchwatt_b128 120 --device "$DEVICE" "${BIG[@]}" --networks fpa --modes fast+nchwatt "${TRAIN[@]}" "${CG[@]}"
 # 2. the bundle's whole training loop (brats train.json as monai.bundle runs it: the loader, the
 #    flips, MONAI's iteration, the handlers; no validation), FPA with the default log_every 10,
 #    beside the bare steps above. Each run compiles its step (about 55 s for FPA on the H100 of

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -555,33 +556,6 @@ def test_plane_kernels_compute_the_same_fpa_network():
         fast_network(get_network("fpa", features=(4, 8, 8, 8), depthwise=False), plane_kernels=True)
 
 
-_PLANE_KERNEL_CHECK = """
-import torch
-from pam_monai.networks.blocks import plane_kernels as pk
-torch.manual_seed(0)
-worst = {}
-for n, c, h, w, d, dtype in [(2, 3, 13, 11, 3, torch.float32), (1, 2, 20, 20, 9, torch.float32),
-                             (2, 2, 7, 9, 9, torch.float32), (2, 2, 18, 10, 6, torch.bfloat16)]:
-    x = torch.randn(n, c, h, w).to(dtype)
-    wt, g, b = torch.randn(c, 1, 3, 3) * 0.5, torch.rand(c) + 0.5, torch.randn(c) * 0.5
-    leaves = [t.clone().requires_grad_() for t in (x, wt, g, b)]
-    ref_leaves = [t.clone().float().requires_grad_() for t in (x, wt, g, b)]
-    y = pk.plane_dconv_norm_relu(*leaves, d)
-    y_ref = pk.reference_dconv_norm_relu(*ref_leaves, d, 1e-5)
-    assert y.dtype == dtype, y.dtype
-    gy = torch.randn(y_ref.shape)
-    got = torch.autograd.grad(y, leaves, gy.to(dtype))
-    ref = torch.autograd.grad(y_ref, ref_leaves, gy)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    assert (y.float() - y_ref).abs().max() <= tol * max(1.0, y_ref.abs().max()), (n, c, h, w, d)
-    for name, a, r in zip(("x", "weight", "gamma", "beta"), got, ref):
-        # relative to the gradient's scale (the weight's is ~0: the norm undoes a weight's scale)
-        scale = max(r.abs().max().item(), ref[0].abs().max().item())
-        assert (a.float() - r).abs().max().item() <= tol * scale, (name, n, c, h, w, d, dtype)
-print("plane kernels ok")
-"""
-
-
 def test_plane_kernels_compile_for_hopper_without_spilling(tmp_path):
     """The kernels compile for an H100 (sm_90) with Triton's own toolchain, no GPU needed: what the
     interpreter does not check (types, the static tap loop); at the configured block sizes without
@@ -623,17 +597,19 @@ def test_plane_kernels_compile_for_hopper_without_spilling(tmp_path):
         assert stack == 0 and local == 0 and regs < 255, (name, usage.stdout)
 
 
-def test_plane_kernels_triton_code_matches_the_reference_in_the_interpreter(tmp_path):
+def test_plane_kernels_triton_code_matches_the_reference_in_the_interpreter():
     """The Triton kernels themselves (forward; backward with its scratch plane and barrier), run by
     Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1`` must be set before Triton loads,
-    hence a subprocess): the function and gradients of the reference, fp32 and bf16."""
+    hence a subprocess): the function and gradients of the reference, fp32 and bf16. The same
+    script checks the compiled kernels on a GPU (``benchmarks/gpu_check.sh``)."""
     pytest.importorskip("triton")
     import subprocess
     import sys
 
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plane_kernels_check.py"
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run(
-        [sys.executable, "-c", _PLANE_KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(script), "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0 and "plane kernels ok" in run.stdout, run.stdout + run.stderr
 
