@@ -166,7 +166,9 @@ if triton_available():
             dd = (gamma * rstd) * (g - sum_g / HW - xhat * (sum_gx / HW))
             tl.store(dd_ptr + base + idx, dd, mask=idx < HW)
         tl.debug_barrier()  # the whole scratch plane is written (one program per plane)
-        # the input's gradient (taps transposed) and the plane's 9 weight-gradient sums
+        # the input's gradient (taps transposed) and the plane's 9 weight-gradient sums, in 9 named
+        # per-lane accumulators (Triton has no arrays of register tensors; a sum per tap and chunk
+        # instead would add 9 block-wide reductions to every loop step)
         dw0 = tl.zeros([BLOCK], tl.float32)
         dw1 = tl.zeros([BLOCK], tl.float32)
         dw2 = tl.zeros([BLOCK], tl.float32)
