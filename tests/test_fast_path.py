@@ -556,6 +556,28 @@ def test_plane_kernels_compute_the_same_fpa_network():
         fast_network(get_network("fpa", features=(4, 8, 8, 8), depthwise=False), plane_kernels=True)
 
 
+def test_plane_kernels_reference_path_ignores_autocast():
+    """The operator's reference path (CPU; CUDA without Triton) under bf16 autocast: autocast stays
+    on inside a custom operator, so its convolutions and statistics ran in bf16 (mean and rstd bf16
+    where the fake implementation, and so ``torch.compile``, says fp32; errors 6x those of the fp32
+    computation). Now the same fp32 computation, outputs and gradients, with autocast on or off."""
+    from pam_monai.networks.blocks import plane_kernels as pk
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, 4, 20, 20) * 3 + 20).bfloat16()
+    w, gamma, beta = torch.randn(4, 1, 3, 3) * 0.3, torch.rand(4) + 0.5, torch.randn(4) * 0.1
+    results = []
+    for autocast in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (x, w, gamma, beta)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y, mean, rstd = pk._forward_op(*leaves, 3, 1e-5)
+            assert mean.dtype == rstd.dtype == torch.float32, autocast
+            grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
+        results.append((y, mean, rstd, *grads))
+    for plain, autocast in zip(*results):
+        torch.testing.assert_close(autocast, plain, rtol=0, atol=0)
+
+
 def test_plane_kernels_compile_for_hopper_without_spilling(tmp_path):
     """The kernels compile for an H100 (sm_90) with Triton's own toolchain, no GPU needed: what the
     interpreter does not check (types, the static tap loop); at the configured block sizes without

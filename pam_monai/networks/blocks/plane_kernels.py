@@ -59,6 +59,12 @@ def _use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _no_autocast(x: torch.Tensor):
+    """The reference path in its own precision: autocast stays on inside a custom operator and would
+    run its convolutions and statistics in bf16 (bf16 mean / rstd where the fake says fp32)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """``t`` in the reference's accumulation precision: fp32, float64 kept (exact checks)."""
     return t if t.dtype == torch.float64 else t.float()
@@ -245,10 +251,11 @@ def _forward_op(
     n, c, h, w = x.shape
     x = x.contiguous()  # the outputs are contiguous whichever path computes them
     if not _use_triton(x):
-        y = reference_dconv_norm_relu(x, weight, gamma, beta, dilation, eps)
-        d = F.conv2d(_acc(x), _acc(weight), None, 1, dilation, dilation, c)
-        var, mean = torch.var_mean(d, dim=(2, 3), correction=0)
-        return y, mean.reshape(-1), torch.rsqrt(var + eps).reshape(-1)  # fp32 (float64 kept)
+        with _no_autocast(x):
+            y = reference_dconv_norm_relu(x, weight, gamma, beta, dilation, eps)
+            d = F.conv2d(_acc(x), _acc(weight), None, 1, dilation, dilation, c)
+            var, mean = torch.var_mean(d, dim=(2, 3), correction=0)
+            return y, mean.reshape(-1), torch.rsqrt(var + eps).reshape(-1)  # fp32 (float64 kept)
     y = torch.empty_like(x)
     scratch = torch.empty(x.shape, device=x.device, dtype=torch.float32)  # the convolution, per plane
     mean = torch.empty(n * c, device=x.device, dtype=torch.float32)
@@ -287,7 +294,8 @@ def _backward_op(
     n, c, h, w = x.shape
     x, dy = x.contiguous(), dy.contiguous()
     if not _use_triton(x):  # the same backward in PyTorch (autograd is off inside an operator)
-        dx, dw, dg, db = _reference_backward(dy, x, weight, gamma, beta, mean, rstd, dilation)
+        with _no_autocast(x):
+            dx, dw, dg, db = _reference_backward(dy, x, weight, gamma, beta, mean, rstd, dilation)
         return dx.to(x.dtype).contiguous(), dw.to(weight.dtype), dg.to(gamma.dtype), db.to(beta.dtype)
     dd = torch.empty(x.shape, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
