@@ -556,6 +556,17 @@ def test_plane_kernels_compute_the_same_fpa_network():
         fast_network(get_network("fpa", features=(4, 8, 8, 8), depthwise=False), plane_kernels=True)
 
 
+def test_plane_kernels_refuse_instance_norms_with_running_statistics():
+    """An instance norm that tracks running statistics normalises with them in eval mode (and
+    updates them in training), which the plane operator does not: such blocks were accepted and
+    computed another function in eval. Refused, as ``use_fast_norm`` leaves such norms alone."""
+    norm = ("instance", {"affine": True, "track_running_stats": True})
+    net = get_network("fpa", features=(4, 8, 8, 8), norm=norm)
+    with pytest.raises(ValueError, match=r"use_plane_kernels: the FPA blocks \['c2', .*running statistics"):
+        fast_network(net, plane_kernels=True)
+    assert not any(getattr(m, "plane_kernels", False) for m in net.modules())
+
+
 def test_plane_kernels_reference_path_ignores_autocast():
     """The operator's reference path (CPU; CUDA without Triton) under bf16 autocast: autocast stays
     on inside a custom operator, so its convolutions and statistics ran in bf16 (mean and rstd bf16

@@ -159,7 +159,8 @@ class FPABlock(nn.Module):
     @torch.jit.unused
     def plane_kernels_apply(self) -> bool:
         """Whether this block's attention units are ``3x3 depthwise dilated conv (no bias) -> affine
-        instance norm -> ReLU`` in 2-D, the unit :mod:`~pam_monai.networks.blocks.plane_kernels` fuses."""
+        instance norm (no running statistics) -> ReLU`` in 2-D, the unit
+        :mod:`~pam_monai.networks.blocks.plane_kernels` fuses."""
         for unit in (self.dilated1, self.dilated2):
             conv = getattr(unit, "conv", None)
             adn = getattr(unit, "adn", None)
@@ -172,6 +173,8 @@ class FPABlock(nn.Module):
             if conv.groups != conv.in_channels or conv.in_channels != conv.out_channels:
                 return False
             if not isinstance(act, nn.ReLU) or getattr(norm, "weight", None) is None:
+                return False
+            if getattr(norm, "track_running_stats", False):  # eval mode normalises with those
                 return False
             if type(norm).__name__ not in ("InstanceNorm2d", "FastInstanceNorm2d"):
                 return False

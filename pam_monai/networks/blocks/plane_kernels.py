@@ -388,7 +388,8 @@ def use_plane_kernels(network: nn.Module, on: bool = True) -> nn.Module:
         if unfit:
             raise ValueError(
                 f"use_plane_kernels: the FPA blocks {unfit} are not 2-D 'depthwise dilated conv -> affine "
-                "instance norm -> ReLU' units (depthwise=False, another norm or 3-D); leave plane_kernels off"
+                "instance norm -> ReLU' units (depthwise=False, another norm, one with running statistics or 3-D); "
+                "leave plane_kernels off"
             )
     for m in blocks:
         m.plane_kernels = bool(on)
