@@ -369,7 +369,15 @@ def plane_dconv_norm_relu(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """``relu(instance_norm(conv2d(x, weight, padding=dilation, dilation=dilation, groups=C)))`` with
-    the norm's ``gamma`` / ``beta`` (see the module docstring); ``x`` is ``N x C x H x W``."""
+    the norm's ``gamma`` / ``beta`` (see the module docstring); ``x`` is ``N x C x H x W``.
+
+    Example::
+
+        >>> x, w = torch.randn(2, 4, 12, 12), torch.randn(4, 1, 3, 3)
+        >>> y = plane_dconv_norm_relu(x, w, torch.ones(4), torch.zeros(4), dilation=3)
+        >>> y.shape, bool((y >= 0).all())
+        (torch.Size([2, 4, 12, 12]), True)
+    """
     return _forward_op(x, weight, gamma, beta, int(dilation), float(eps))[0]
 
 
