@@ -572,6 +572,12 @@ def test_plane_kernels_compute_the_same_fpa_network():
     torch.testing.assert_close(y_c, y_ref, rtol=1e-10, atol=1e-10)
     _assert_same_gradients(y_c, plane, y_ref, fast, rtol=1e-8, atol=1e-10)
     torch._dynamo.reset()
+    from pam_monai.networks.blocks.plane_kernels import plane_dconv_norm_relu
+
+    with pytest.raises(ValueError, match="cannot normalise a single spatial element"):
+        plane_dconv_norm_relu(
+            torch.randn(2, 3, 1, 1), torch.randn(3, 1, 3, 3), torch.ones(3), torch.zeros(3), 1
+        )
     with pytest.raises(ValueError, match=r"use_plane_kernels: the FPA blocks \['c2', 'c3', 'c4', 'bridge'\]"):
         fast_network(get_network("fpa", features=(4, 8, 8, 8), depthwise=False), plane_kernels=True)
 

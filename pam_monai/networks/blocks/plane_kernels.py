@@ -24,7 +24,8 @@ to rounding (the convolution output is not rounded to bf16 before its statistics
 path does). Registered as the custom operators ``pam_monai::plane_dconv_norm_relu`` (and its
 backward), which ``torch.compile`` keeps as opaque calls (CUDA graphs included). On the CPU they run
 the reference PyTorch computation; ``TRITON_INTERPRET=1`` runs the Triton kernels on CPU tensors
-(the tests do, in a subprocess). Not yet measured on a GPU.
+(the tests do, in a subprocess). Not yet measured on a GPU. No double backward (``create_graph``):
+the backward operator has no gradient of its own.
 """
 
 from __future__ import annotations
@@ -240,6 +241,11 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(
             f"plane_dconv_norm_relu: an N x C x H x W input and a C x 1 x 3 x 3 depthwise weight, got "
             f"{tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if x.shape[2] * x.shape[3] == 1:  # as FastInstanceNorm and nn.InstanceNorm refuse it
+        raise ValueError(
+            f"plane_dconv_norm_relu cannot normalise a single spatial element (input shape {list(x.shape)}): "
+            "its output would be relu(beta) whatever the input; give a larger input."
         )
 
 
