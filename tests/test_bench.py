@@ -63,6 +63,25 @@ def test_welford_flag_gives_the_norms_their_former_statistics():
         build_network("unet", parse_mode("fp32+welford", "cpu"), cpu)
 
 
+@pytest.mark.parametrize("flag", ["nchwatt", "plane"])
+def test_fpa_only_flags_are_refused_for_networks_without_fpa_blocks(flag):
+    """``+nchwatt`` / ``+plane`` change FPA blocks: on the U-Net or RFNA a row labelled with them
+    measured the plain network; refused there, applied to FPA."""
+    from pam_monai.bench.train import build_network
+    from pam_monai.networks.blocks import FPABlock
+
+    cpu = torch.device("cpu")
+    for name in ("unet", "rfna"):
+        with pytest.raises(ValueError, match=f"nchwatt / plane change FPA blocks, and {name} has none"):
+            build_network(name, parse_mode(f"fast+{flag}", "cpu"), cpu)
+    blocks = [
+        m
+        for m in build_network("fpa", parse_mode(f"fast+{flag}", "cpu"), cpu).modules()
+        if isinstance(m, FPABlock)
+    ]
+    assert blocks and all(m.contiguous_attention or m.plane_kernels for m in blocks)
+
+
 def test_modes_docstrings_say_what_fast_holds():
     """`bench --help` sends readers to pam_monai.bench.modes for the flags: a flag it calls 'off in
     ``fast``' must be off in CUDA's fast mode, and parse_mode's example must be what it returns."""

@@ -88,7 +88,7 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
     """A registered 2-D BRATS network (4 -> 1 channels) on ``device`` in the layout and norm of ``mode``."""
     from ..engines.runtime import fast_network
     from ..networks import get_network
-    from ..networks.blocks import FastConv2d, FastInstanceNorm
+    from ..networks.blocks import FastConv2d, FastInstanceNorm, FPABlock
 
     if mode.gather and mode.mm:
         raise ValueError(f"mode {mode.name!r}: gather and mm are two implementations of one up-sampling")
@@ -107,6 +107,9 @@ def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Modul
         contiguous_attention=mode.nchwatt,
         plane_kernels=mode.plane,
     )
+    if (mode.nchwatt or mode.plane) and not any(isinstance(m, FPABlock) for m in net.modules()):
+        # a row labelled with the flag would measure the plain network
+        raise ValueError(f"mode {mode.name!r}: nchwatt / plane change FPA blocks, and {name} has none")
     if mode.welford:  # the norm's statistics as before shifted sums (an A/B in one run)
         if not mode.norm:
             raise ValueError(f"mode {mode.name!r}: welford chooses the fusible norm's statistics; add norm")
