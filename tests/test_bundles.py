@@ -254,12 +254,14 @@ def test_gpu_fast_path_switches_compute_the_plain_training_step(tmp_path):
     resolved from train.json on the CPU, computes the plain configuration's loss and gradients on
     the same batch with the same weights: the switches change the speed, not the function."""
     from pam_monai.networks.blocks.fastconv import FastConv2d
+    from pam_monai.networks.blocks.fpa import FPABlock
     from pam_monai.networks.blocks.norm import FastInstanceNorm
     from pam_monai.networks.blocks.resize import LinearResize
 
     name = "brats_fpa"
     results = {}
-    for label, fast in (("plain", False), ("fast", True)):
+    # "plane": also the experiments contiguous_attention and plane_kernels (their CPU path)
+    for label, fast, plane in (("plain", False, False), ("fast", True, False), ("plane", True, True)):
         parser = ConfigParser()
         parser.read_config(configs(name, "train.json")[0])
         parser.update(
@@ -271,6 +273,8 @@ def test_gpu_fast_path_switches_compute_the_plain_training_step(tmp_path):
                 "fast_norm": fast,
                 "resize": "matmul" if fast else "interpolate",
                 "tap_convs": fast,
+                "contiguous_attention": plane,
+                "plane_kernels": plane,
                 "device_data": False,
             }
         )
@@ -279,7 +283,9 @@ def test_gpu_fast_path_switches_compute_the_plain_training_step(tmp_path):
         # of the fast path) moved a tiny gradient by 1.2e-6; with these, every run agrees within 2e-7
         torch.manual_seed(0)
         network = parser.get_parsed_content("network")
-        if label == "fast":
+        fpa_blocks = [m for m in network.modules() if isinstance(m, FPABlock)]
+        assert fpa_blocks and all(m.plane_kernels == m.contiguous_attention == plane for m in fpa_blocks)
+        if fast:
             assert any(isinstance(m, FastInstanceNorm) for m in network.modules())
             assert all(m.impl == "matmul" for m in network.modules() if isinstance(m, LinearResize))
             assert any(getattr(m, "taps", False) for m in network.modules() if isinstance(m, FastConv2d))
@@ -295,10 +301,11 @@ def test_gpu_fast_path_switches_compute_the_plain_training_step(tmp_path):
         loss = parser.get_parsed_content("loss")(network(x), y)
         grads = torch.autograd.grad(loss, list(network.parameters()))
         results[label] = {"state": network.state_dict(), "loss": loss.detach(), "grads": grads, "x": x}
-    torch.testing.assert_close(results["fast"]["x"], results["plain"]["x"])
-    torch.testing.assert_close(results["fast"]["loss"], results["plain"]["loss"], rtol=1e-5, atol=1e-6)
-    for g, ref in zip(results["fast"]["grads"], results["plain"]["grads"]):
-        torch.testing.assert_close(g, ref, rtol=1e-3, atol=1e-6)
+    for label in ("fast", "plane"):
+        torch.testing.assert_close(results[label]["x"], results["plain"]["x"])
+        torch.testing.assert_close(results[label]["loss"], results["plain"]["loss"], rtol=1e-5, atol=1e-6)
+        for g, ref in zip(results[label]["grads"], results["plain"]["grads"]):
+            torch.testing.assert_close(g, ref, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.slow
