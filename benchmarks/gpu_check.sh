@@ -138,7 +138,7 @@ CG=(--compile_mode reduce-overhead)
 #    each at batch 128 with CUDA graphs (the fast path as it is: 2,323 slices/s there, against 3,000)
 #    The plane kernels are checked against the reference on the GPU first (compiled Triton, never
 #    run on a GPU before; checked in Triton's interpreter on the CPU only).
-stage plane_check 60 --script benchmarks/plane_kernels_check.py $([ "$QUICK" = "1" ] && echo --device "$DEVICE")
+stage plane_check 90 --script benchmarks/plane_kernels_check.py $([ "$QUICK" = "1" ] && echo --device "$DEVICE")
 stage cg_fpa_plane_b128 140 --device "$DEVICE" "${BIG[@]}" --networks fpa --modes fast+plane "${TRAIN[@]}" "${CG[@]}"
 stage fpa_c2_variants 170 --script benchmarks/fpa_branch_gpu.py --levels c2 \
     --variants fpa,fpa_plane,fpa_nchw,fpa_plane_small,fpa_plane_large,fpa_normfn,fpa_mk,fpa_aggr,fpa_cdt $([ "$QUICK" = "1" ] && echo --batch 2 --size 48 --steps 2 --warmup 1 --profile 0 --device "$DEVICE")

@@ -11,6 +11,8 @@ Each case compares the output and the four gradients (input, convolution weight,
 the reference computed in fp32 from the same (rounded) inputs, relative to each tensor's scale
 (the weight's gradient is compared on the input gradient's scale: an instance norm undoes a scaling
 of the weight, so that gradient is nearly zero). Prints one line per case; exits 1 on a mismatch.
+On CUDA, when every case passed, it then times one attention unit at FPA's c2 shape: the plane
+operator beside the fast path's compiled unit, contiguous and channels-last (``--no_timing`` skips).
 """
 
 from __future__ import annotations
@@ -70,11 +72,69 @@ def check(n, c, h, w, d, dtype, device, seed=0) -> tuple[bool, str]:
     )
 
 
+def time_unit(
+    device: str, n: int = 50, c: int = 256, h: int = 80, w: int = 80, d: int = 9, steps: int = 20
+) -> str:
+    """Forward + backward of one attention unit at FPA's c2 shape (bf16): the plane operator beside
+    the fast path's compiled unit (taps, fusible norm, ReLU) on the contiguous and the channels-last
+    layout. Median milliseconds of ``steps`` runs after 3 warm-up runs (CUDA events on a GPU)."""
+    import statistics
+
+    from pam_monai.networks.blocks import FastConv2d, FastInstanceNorm2d
+
+    conv = FastConv2d(c, c, 3, padding=d, dilation=d, groups=c, bias=False).to(device)
+    conv.taps = True
+    norm = FastInstanceNorm2d(c, affine=True).to(device)
+    unit = torch.nn.Sequential(conv, norm, torch.nn.ReLU(inplace=True))
+    compiled = torch.compile(unit)
+    x = torch.randn(n, c, h, w, device=device, dtype=torch.bfloat16)
+    gy = torch.randn(n, c, h, w, device=device, dtype=torch.bfloat16)
+
+    def plane(inp):
+        y = pk.plane_dconv_norm_relu(inp, conv.weight, norm.weight, norm.bias, d)
+        y.backward(gy)
+
+    def inductor(inp):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            y = compiled(inp)
+        y.backward(gy.contiguous(memory_format=torch.channels_last) if not inp.is_contiguous() else gy)
+
+    def median_ms(run, inp) -> float:
+        inp = inp.detach().requires_grad_()
+        for _ in range(3):
+            run(inp)
+        times = []
+        for _ in range(steps):
+            if device == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                run(inp)
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b))
+            else:  # a check of this code on the CPU
+                t = time.perf_counter()
+                run(inp)
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    cl = x.contiguous(memory_format=torch.channels_last)
+    rows = {
+        "plane operator (contiguous)": median_ms(plane, x),
+        "compiled taps + norm + ReLU (contiguous)": median_ms(inductor, x),
+        "compiled taps + norm + ReLU (channels-last, the fast path now)": median_ms(inductor, cl),
+    }
+    return f"one attention unit, forward + backward, {n}x{c}x{h}x{w} d={d} bf16: " + "; ".join(
+        f"{k} {v:.3f} ms" for k, v in rows.items()
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--fpa", action="store_true", help="also FPA's shapes at batch 50 (default on CUDA)")
     p.add_argument("--output", help="also write the lines to this file")
+    p.add_argument("--no_timing", action="store_true", help="on CUDA, skip timing one unit after the checks")
     a = p.parse_args()
     cases = SMALL + (FPA if a.fpa or a.device == "cuda" else [])
     failed, lines = 0, []
@@ -86,6 +146,9 @@ def main() -> int:
         failed += not ok
     lines.append("plane kernels ok" if not failed else f"plane kernels: {failed} case(s) FAILED")
     print(lines[-1])
+    if not failed and a.device == "cuda" and not a.no_timing:
+        lines.append(time_unit(a.device))
+        print(lines[-1], flush=True)
     if a.output:
         with open(a.output, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
