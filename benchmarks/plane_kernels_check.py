@@ -30,6 +30,7 @@ SMALL = [  # (n, c, h, w, dilation, dtype): odd sizes, taps outside the image, b
     (1, 2, 20, 20, 9, torch.float32),
     (2, 2, 7, 9, 9, torch.float32),
     (2, 2, 18, 10, 6, torch.bfloat16),
+    (1, 2, 37, 41, 9, torch.float32),  # 1,517 elements: several loop steps, the last one partial
 ]
 FPA = [  # FPA's attention units at batch 50 (c2, c3, c4 / bridge), bf16 as under autocast
     (50, 256, 80, 80, 9, torch.bfloat16),
