@@ -16,18 +16,19 @@ plain U-Net, for variants of the attention branch's pieces:
 - ``fpa_plane``: ``fpa_nchw`` with each ``dilated conv -> norm -> ReLU`` unit as one Triton kernel
   per direction (``pam_monai.networks.blocks.plane_kernels``);
 - ``fpa_plane_small`` / ``fpa_plane_large``: the same with smaller / larger blocks per program step;
-- ``fpa_slicepad``: each tap a zero-padded slice of the input (masked loads) instead of slices of
-  one padded copy (a written buffer 1.5x to 3.6x the input at dilation 9);
 - ``fpa_normfn``: the norm as an autograd Function with the textbook backward;
 - ``fpa_cdt`` / ``fpa_mk`` / ``fpa_aggr``: inductor's coordinate-descent tuning / multi-kernel
   reductions / aggressive fusion;
-- ``unet*``: the U-Net's same levels (plain double convolutions), the reference.
+- ``unet``: the U-Net's same levels (plain double convolutions), the reference.
+
+(Measured and dropped on 2026-11-27: each tap as a zero-padded slice of the input, masked loads
+instead of slices of one padded copy: c2 8.27 against 7.56 ms.)
 
 ``--levels c2`` times one level (a quarter of the compile time: about 80 s for all four on the
 H100). Run from the repository root with the package importable, e.g.
 
     python benchmarks/fpa_branch_gpu.py --batch 50 --output /tmp/fpa_branch.json
-    python benchmarks/fpa_branch_gpu.py --levels c2 --variants fpa,fpa_slicepad --device cpu --batch 2 --size 48 --profile 0
+    python benchmarks/fpa_branch_gpu.py --levels c2 --variants fpa,fpa_plane --device cpu --batch 2 --size 48 --profile 0
 
 Each variant compiles afresh (``torch._dynamo.reset()``); the results are written after each. With
 ``--profile N`` (default 2) each variant's largest kernels are listed with their time per step and
@@ -51,28 +52,13 @@ from pathlib import Path
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fpa_branch_inductor_"))
 
 import torch  # noqa: E402  (after the cache folder is chosen)
-import torch.nn.functional as F
 
+from pam_monai.bench.timing import run_times_ms  # noqa: E402
 from pam_monai.engines.runtime import fast_network  # noqa: E402
 from pam_monai.networks import get_network  # noqa: E402
-from pam_monai.networks.blocks import fastconv  # noqa: E402
 from pam_monai.networks.blocks import norm as normmod  # noqa: E402
 
 LEVELS = ("c2", "c3", "c4", "bridge")
-
-
-def taps_slicepad(x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
-    h, w = x.shape[-2], x.shape[-1]
-    dtype = x.dtype
-    if dtype in (torch.bfloat16, torch.float16) and not torch.compiler.is_compiling():
-        x = x.float()
-    wv = weight.to(dtype).to(x.dtype).view(1, -1, 3, 3)
-    y = x * wv[:, :, 1:2, 1:2]
-    for ki, kj, dst, src in fastconv._taps(h, w, d):
-        if (ki, kj) != (1, 1):
-            pad = (dst[1].start, w - dst[1].stop, dst[0].start, h - dst[0].stop)
-            y = y + F.pad(x[:, :, src[0], src[1]], pad) * wv[:, :, ki : ki + 1, kj : kj + 1]
-    return y.to(dtype)
 
 
 class _InstanceNormFn(torch.autograd.Function):
@@ -115,13 +101,10 @@ VARIANTS = {
     "fpa_plane": {"plane_kernels": True},
     "fpa_plane_small": {"plane_kernels": True, "plane_config": {"forward": (512, 4), "backward": (256, 4)}},
     "fpa_plane_large": {"plane_kernels": True, "plane_config": {"forward": (2048, 8), "backward": (1024, 8)}},
-    "fpa_slicepad": {"taps": taps_slicepad},
     "fpa_cdt": {"inductor": {"coordinate_descent_tuning": True}},
     "fpa_normfn": {"norm": norm_fn},
     "fpa_mk": {"inductor": {"triton.multi_kernel": 1}},
     "fpa_aggr": {"inductor": {"aggressive_fusion": True}},
-    "unet_welford": {"network": "unet", "norm_impl": "var_mean"},
-    "unet_cdt": {"network": "unet", "inductor": {"coordinate_descent_tuning": True}},
 }
 
 
@@ -131,9 +114,7 @@ def patched(spec: dict):
 
     old_config = dict(plane_kernels.CONFIG)
     plane_kernels.CONFIG.update(spec.get("plane_config", {}))
-    old_taps, old_norm = fastconv.dilated_depthwise_taps, normmod.FastInstanceNorm.forward
-    if "taps" in spec:
-        fastconv.dilated_depthwise_taps = spec["taps"]
+    old_norm = normmod.FastInstanceNorm.forward
     if "norm" in spec:
 
         def forward(self, x, _impl=spec["norm"]):
@@ -145,7 +126,7 @@ def patched(spec: dict):
         with torch._inductor.config.patch(spec.get("inductor", {})):
             yield
     finally:
-        fastconv.dilated_depthwise_taps, normmod.FastInstanceNorm.forward = old_taps, old_norm
+        normmod.FastInstanceNorm.forward = old_norm
         plane_kernels.CONFIG.clear()
         plane_kernels.CONFIG.update(old_config)
 
@@ -246,19 +227,7 @@ def run_variant(name: str, spec: dict, args) -> dict:
         for _ in range(args.warmup):
             step()
         sync()
-        times = []
-        for _ in range(args.steps):
-            if dev == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                step()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            else:
-                t = time.perf_counter()
-                step()
-                times.append((time.perf_counter() - t) * 1e3)
+        times = run_times_ms(step, args.steps, dev)
         result = {
             "variant": name,
             "ms": statistics.median(times),

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pam_monai.bench.timing import run_times_ms
+
 
 class Block(nn.Module):
     def __init__(self, c: int, norm: str):
@@ -73,22 +75,7 @@ def time_block(c, size, batch, norm, layout, compiled, repeats, dev=torch.device
 
     for _ in range(3):
         run()
-    times = []
-    if dev.type != "cuda":  # a check of this script's path, e.g. on a CPU
-        for _ in range(repeats):
-            t = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
-    torch.cuda.synchronize()
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return statistics.median(run_times_ms(run, repeats, dev))
 
 
 def main(argv=None) -> int:

@@ -81,6 +81,7 @@ def time_unit(
     layout. Median milliseconds of ``steps`` runs after 3 warm-up runs (CUDA events on a GPU)."""
     import statistics
 
+    from pam_monai.bench.timing import run_times_ms
     from pam_monai.networks.blocks import FastConv2d, FastInstanceNorm2d
 
     conv = FastConv2d(c, c, 3, padding=d, dilation=d, groups=c, bias=False).to(device)
@@ -104,20 +105,7 @@ def time_unit(
         inp = inp.detach().requires_grad_()
         for _ in range(3):
             run(inp)
-        times = []
-        for _ in range(steps):
-            if device == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                run(inp)
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            else:  # a check of this code on the CPU
-                t = time.perf_counter()
-                run(inp)
-                times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
+        return statistics.median(run_times_ms(lambda: run(inp), steps, device))
 
     cl = x.contiguous(memory_format=torch.channels_last)
     rows = {

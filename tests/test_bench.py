@@ -345,3 +345,15 @@ def test_cuda_graphs_of_the_inductor_setting_count_as_cuda_graphs():
     with config.patch({"triton.cudagraphs": False}):
         assert records_cuda_graphs("reduce-overhead")  # the mode's own options override the setting
         assert not records_cuda_graphs(None)
+
+
+def test_run_times_ms_times_each_call_on_the_host_without_a_gpu():
+    """The benchmark scripts' timer: one figure per call, in milliseconds (a 5 ms sleep takes 5+)."""
+    import time
+
+    from pam_monai.bench.timing import run_times_ms
+
+    calls = []
+    times = run_times_ms(lambda: (calls.append(1), time.sleep(0.005)), repeats=3, device="cpu")
+    assert len(times) == 3 and len(calls) == 3
+    assert all(5.0 <= t < 1000.0 for t in times), times
