@@ -129,6 +129,24 @@ def test_cityscapes_vehicle_pixels_and_resized_mask(shared_data):
     np.testing.assert_array_equal(pre["label"], np.asarray(ref["label"]))
 
 
+def test_cityscapes_palette_label_ids_load_as_their_indices(shared_data, tmp_path):
+    """A labelIds PNG saved as a palette image (label values as indices, as some converters write
+    them): the checker and scoring read its indices, and so must training's loader (not RGB)."""
+    from PIL import Image
+
+    folder = shared_data / "cityscapes" / "frankfurt_000000_000294_small"
+    ids = np.asarray(Image.open(folder / "frankfurt_000000_000294_gtFine_labelIds.png"))
+    palette = Image.fromarray(ids, mode="L").convert("P")  # identity palette: index = label value
+    palette.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+    label = tmp_path / "frankfurt_000000_000294_gtFine_labelIds.png"
+    palette.save(label)
+    assert Image.open(label).mode == "P"
+    item = {"image": str(folder / "frankfurt_000000_000294_leftImg8bit.png"), "label": str(label)}
+    case = load_case("cityscapes", item)
+    np.testing.assert_array_equal(case["label"], ids)
+    assert preprocess_case("cityscapes", case)["label"].sum() == 1_802
+
+
 def test_isles22_mask_through_the_nifti_reader(shared_data):
     mask, affine = load_nifti(
         shared_data / "isles2022" / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_msk.nii.gz"

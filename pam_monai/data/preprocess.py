@@ -102,8 +102,8 @@ def load_case(dataset: str | DatasetSpec, item: dict) -> dict:
                 f"{case}: {os.path.basename(files[0])}: expected an RGB image, got shape {rgb.shape}"
             )
         image, affine = np.moveaxis(rgb, -1, 0), None
-        if item.get("label") is not None:
-            label = _read(load_png, case, item["label"])
+        if item.get("label") is not None:  # a palette labelIds PNG: its indices, as the checker reads it
+            label = _read(load_png, case, item["label"], label=True)
             if label.shape != image.shape[1:]:
                 raise ValueError(
                     f"{case}: {os.path.basename(item['label'])}: shape {label.shape} differs from {image.shape[1:]}"
