@@ -147,6 +147,27 @@ def test_cityscapes_palette_label_ids_load_as_their_indices(shared_data, tmp_pat
     assert preprocess_case("cityscapes", case)["label"].sum() == 1_802
 
 
+def test_cityscapes_validation_keeps_no_full_size_label_and_its_readmes_say_so(shared_data):
+    """CityScapes validation scores on the 128 x 256 grid, so its cases hold no full-size label;
+    the bundle READMEs once said they did (each case's label at its original size)."""
+    from pathlib import Path
+
+    from pam_monai.engines import CaseDataset
+
+    folder = shared_data / "cityscapes" / "frankfurt_000001_058914"
+    item = {
+        "case": "frankfurt_000001_058914",
+        "image": str(folder / "frankfurt_000001_058914_leftImg8bit.png"),
+        "label": str(folder / "frankfurt_000001_058914_gtFine_labelIds.png"),
+    }
+    case = CaseDataset([item], "cityscapes")[0]
+    assert "label_full" not in case and tuple(case["label"].shape) == (1, 128, 256)
+    bundles = Path(__file__).resolve().parents[1] / "bundles"
+    for name in ("cityscapes_fpa", "cityscapes_rfna"):
+        text = " ".join((bundles / name / "docs" / "README.md").read_text().split())
+        assert "label at its original size" not in text, name
+
+
 def test_isles22_mask_through_the_nifti_reader(shared_data):
     mask, affine = load_nifti(
         shared_data / "isles2022" / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_msk.nii.gz"

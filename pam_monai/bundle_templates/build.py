@@ -376,10 +376,10 @@ def _validation_memory(spec) -> str:
     h, w = spec.spatial_size
     per_slice = 4 * (spec.in_channels + 1) * h * w
     unit = "slice" if spec.volumetric else "image"
-    return (
-        f"float32 {spec.in_channels} x {h} x {w} image and label per {unit}, {per_slice / 1e6:.2f} MB, plus each\n"
-        "case's label at its original size"
-    )
+    size = f"float32 {spec.in_channels} x {h} x {w} image and label per {unit}, {per_slice / 1e6:.2f} MB"
+    if spec.name == "cityscapes":  # scored on the network's grid: CaseDataset keeps no full-size label
+        return size + " (scored on that grid)"
+    return size + ", plus each\ncase's label at its original size"
 
 
 def _layout(bt: BundleTask) -> str:
