@@ -168,6 +168,28 @@ def test_cityscapes_validation_keeps_no_full_size_label_and_its_readmes_say_so(s
         assert "label at its original size" not in text, name
 
 
+def test_cityscapes_city_is_the_folder_in_the_published_layout(shared_data, tmp_path):
+    """The published layout names the city by its folder (``<split>/<city>/``): frames whose names
+    do not start with it (renamed, or copied from another city) are split by that folder, not by
+    the first part of their name (every frame here is named frankfurt_...)."""
+    import shutil
+
+    real = shared_data / "cityscapes" / "frankfurt_000000_000294_small"
+    for split, city, frame in [
+        ("train", "aachen", "frankfurt_000000_000001"),
+        ("train", "bochum", "frankfurt_000000_000002"),
+        ("val", "lindau", "frankfurt_000000_000003"),
+    ]:
+        for top, ending in (("leftImg8bit", "_leftImg8bit.png"), ("gtFine", "_gtFine_labelIds.png")):
+            folder = tmp_path / top / split / city
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(real / ("frankfurt_000000_000294" + ending), folder / (frame + ending))
+    datalist = build_datalist("cityscapes", tmp_path, val_city="bochum")
+    assert [e["city"] for e in datalist["training"]] == ["aachen"]
+    assert [e["case"] for e in datalist["validation"]] == ["frankfurt_000000_000002"]
+    assert [e["city"] for e in datalist["test"]] == ["lindau"]
+
+
 def test_isles22_mask_through_the_nifti_reader(shared_data):
     mask, affine = load_nifti(
         shared_data / "isles2022" / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_msk.nii.gz"

@@ -33,8 +33,15 @@ def _frames(folder: Path, suffix: str) -> dict[str, Path]:
 
 
 def _pair(
-    images: dict[str, Path], labels: dict[str, Path], folder: Path, split: str, problems: list[Problem]
+    images: dict[str, Path],
+    labels: dict[str, Path],
+    folder: Path,
+    split: str,
+    problems: list[Problem],
+    city: str | None = None,
 ) -> list[CaseFiles]:
+    """Cases of one folder's frames. ``city``: the layout's city folder (None when read flat: the
+    frame name's first part, ``<city>_<seq>_<frame>``)."""
     cases = []
     for frame in sorted(set(images) | set(labels)):
         image, label = images.get(frame), labels.get(frame)
@@ -49,7 +56,7 @@ def _pair(
                 channels={"leftImg8bit": image},
                 label=label,
                 label_name="labelIds",
-                meta={"city": frame.split("_")[0]},
+                meta={"city": city or frame.split("_")[0]},
                 group=split,
             )
         )
@@ -74,7 +81,8 @@ def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")
                 images, labels = _frames(img_dir / city, IMAGE_SUFFIX), _frames(lbl_dir / city, LABEL_SUFFIX)
                 if not images and not labels:
                     problems.append(Problem(city, str(img_dir / city), "empty folder"))
-                cases += _pair(images, labels, img_dir / city, split, problems)
+                # the folder names the city, whatever the frames are called (renamed, copied)
+                cases += _pair(images, labels, img_dir / city, split, problems, city)
     else:
         for folder in [root, *sorted(d for d in root.iterdir() if d.is_dir())]:
             cases += _pair(_frames(folder, IMAGE_SUFFIX), _frames(folder, LABEL_SUFFIX), folder, "", problems)
