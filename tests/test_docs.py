@@ -473,3 +473,20 @@ def test_own_data_bundle_readme_gives_its_own_validation_memory(tmp_path):
     text = " ".join((readme / "docs" / "README.md").read_text().split())
     assert "BraTS case" not in text
     assert "float32 2 x 96 x 80 image and label per slice, 0.09 MB" in text
+
+
+CITYSCAPES_TRAIN_CITIES = (  # the 18 cities of the published 'train' split
+    "aachen bochum bremen cologne darmstadt dusseldorf erfurt hamburg hanover jena krefeld "
+    "monchengladbach strasbourg stuttgart tubingen ulm weimar zurich"
+).split()
+
+
+def test_docs_name_the_cityscapes_city_held_out_for_validation():
+    """Which 'train' city validates (and so picks the kept checkpoint) by default: the data README
+    and data_lists/README.md name it, and it is the one the split draws at seed 0."""
+    from pam_monai.data.datalist import rank_cases
+
+    city = rank_cases(CITYSCAPES_TRAIN_CITIES, 0)[0]
+    for doc in ("pam_monai/data/README.md", "data_lists/README.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert f"`{city}` at seed 0" in text, doc
