@@ -98,6 +98,26 @@ def test_cityscapes_files_layout(tmp_path):
         assert Image.open(root / f).mode == ("RGB" if f.startswith("leftImg8bit") else "L")
 
 
+def test_training_data_log_names_the_cityscapes_city_held_out(tmp_path, caplog):
+    """Validation is one 'train' city chosen by the seed: the training log says which (it was only
+    in the datalist), and an evaluation that reads the test split alone does not claim one."""
+    from pam_monai.data.datalist import rank_cases
+    from pam_monai.engines import prepare_data
+
+    root = synth("cityscapes", tmp_path, cases=1, size=(64, 32), train_cities=3, val_cities=1)
+    cities = sorted(p.name for p in (root / "leftImg8bit" / "train").iterdir())
+    for seed in (0, 1):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pam_monai"):
+            prepare_data("cityscapes", root, "", seed=seed, stand_in=False, check=False)
+        held_out = rank_cases(cities, seed)[0]
+        assert f"(validation: the held-out city {held_out})" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pam_monai"):
+        prepare_data("cityscapes", root, "", splits=["test"], stand_in=False, check=False)
+    assert "test cases from" in caplog.text and "held-out city" not in caplog.text
+
+
 def test_brats_enhancing_tumour_fades_towards_its_outline(tmp_path):
     """The outer rim of the enhancing tumour hardly differs from the brain around it, its inner part
     does: the periphery a network misses."""

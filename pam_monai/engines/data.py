@@ -163,7 +163,11 @@ def prepare_data(
                     "(data_list_file_path) to choose the splits yourself"
                 )
             raise ValueError(f"{spec.name}: the {name} split of fold {fold} is empty ({where}){hint}")
-    log.info("%s: %s train / %s val / %s test cases from %s", spec.name, *map(len, result.values()), root)
+    held_out = datalist.get("val_city") if isinstance(datalist, dict) else None
+    city = f" (validation: the held-out city {held_out})" if held_out and "val" in splits else ""
+    log.info(
+        "%s: %s train / %s val / %s test cases%s from %s", spec.name, *map(len, result.values()), city, root
+    )
     return {"root": Path(root), "synthetic": synthetic, "datalist": datalist, **result}
 
 
