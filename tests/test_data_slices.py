@@ -49,6 +49,25 @@ def test_numpy_preprocessing_equals_the_monai_chain(items, name):
         assert ours["label"].sum() > 0 or name == "cityscapes"
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "P"])
+def test_cityscapes_monai_chain_reads_rgba_and_palette_frames_as_load_case(items, tmp_path, mode):
+    """A frame saved as RGBA or as a palette image: the documented MONAI chain reads it as the
+    training's loader does (RGB, 3 channels); it took the alpha channel along (4 channels)."""
+    from PIL import Image
+
+    item = dict(items["cityscapes"][0])
+    rgb = Image.open(item["image"]).convert("RGB")
+    frame = rgb.convert("RGBA") if mode == "RGBA" else rgb.quantize(colors=64)
+    path = tmp_path / f"{mode}_leftImg8bit.png"
+    frame.save(path)
+    item["image"] = str(path)
+    ours = preprocess_case("cityscapes", item)
+    ref = get_preprocess_transforms("cityscapes")(dict(item))
+    assert tuple(np.asarray(ref["image"]).shape) == tuple(ours["image"].shape) == (3, 128, 256)
+    np.testing.assert_allclose(ours["image"], np.asarray(ref["image"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours["label"], np.asarray(ref["label"]))
+
+
 @pytest.mark.parametrize(
     "name, shape", [("brats", (4, 160, 160)), ("isles", (4, 224, 224)), ("cityscapes", (3, 128, 256))]
 )

@@ -287,7 +287,11 @@ def get_preprocess_transforms(
         )
     return Compose(
         [
-            LoadImaged(keys, image_only=True, reader="PILReader", reverse_indexing=False),
+            # frames as load_png reads them (RGBA, palette -> RGB), labels as stored
+            LoadImaged(
+                image_key, image_only=True, reader=PILReader(converter=as_read_mode, reverse_indexing=False)
+            ),
+            LoadImaged(label_key, image_only=True, reader="PILReader", reverse_indexing=False),
             EnsureChannelFirstd(image_key, channel_dim=-1),
             EnsureChannelFirstd(label_key, channel_dim="no_channel"),
             EnsureTyped(keys, dtype=torch.float32, track_meta=True),
