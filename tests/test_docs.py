@@ -30,20 +30,53 @@ def test_bundle_readme_says_what_a_resume_with_another_process_count_does(name):
     assert "needs the same number of processes" not in text
 
 
-def test_bundle_readme_names_the_error_of_evaluate_json_alone(tmp_path):
-    """``run evaluating --config_file .../evaluate.json`` without train.json fails in MONAI's config
-    reader (its ``validate#...`` keys need train.json's ``validate``), before any project code can
-    name the mistake: the README says so with MONAI's own message, which must stay the one raised."""
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        (("evaluate.json",), "it was read without train.json"),
+        (("evaluate.json", "train.json"), "train.json came after it in --config_file"),
+    ],
+)
+def test_evaluate_json_without_train_json_before_it_names_the_command(files, problem):
+    """``run evaluating --config_file .../evaluate.json`` without train.json stopped in MONAI's
+    config reader with ``KeyError: 'query key: validate'`` (its ``validate#...`` keys edit
+    train.json's validation), and with train.json after it the edits were lost: its ``+validate``
+    keys now let it be read alone, and its first step names the mistake and the command to run."""
     from monai.bundle import ConfigWorkflow
 
     configs = ROOT / "bundles" / "brats_fpa" / "configs"
-    with pytest.raises(KeyError) as err:
-        ConfigWorkflow(config_file=str(configs / "evaluate.json"), logging_file=False, workflow_type="eval")
-    assert err.value.args == ("query key: validate",)
+    workflow = ConfigWorkflow(
+        config_file=[str(configs / f) for f in files],
+        logging_file=False,
+        workflow_type="eval",
+        run_id="evaluating",
+    )
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as err:
+        workflow.run()
+    cause = str(err.value.__cause__)
+    assert cause.startswith(f"evaluate.json: {problem}"), cause
+    assert (
+        "python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json']\""
+        in cause
+    )
     for name in bundle_names():
         text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
         assert "`evaluate.json` is layered on `train.json` and must come after it in `--config_file`" in text
-        assert "`KeyError: 'query key: validate'`" in text
+        assert "with train.json after it, evaluation stops at its first step" in text
+
+
+def test_evaluate_json_after_train_json_passes_its_first_step():
+    """The documented order passes evaluate.json's check (its ``+validate`` keys leave train.json's
+    validation as it was) and the evaluation keeps its edits of it."""
+    from monai.bundle import ConfigParser
+
+    configs = ROOT / "bundles" / "brats_fpa" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])
+    assert parser.get_parsed_content("evaluating#0") is None
+    assert parser["configs_read"] == ["train.json", "evaluate.json"]
+    assert parser["validate#metrics#prefix"] == "test_" and "evaluator" in parser["validate"]
 
 
 def test_readme_refuses_a_small_volume_only_where_inference_does():

@@ -27,6 +27,7 @@ __all__ = [
     "bundle_root",
     "check_compile_mode",
     "check_device",
+    "check_evaluate_json_layered",
     "check_network_channels",
     "check_outputs",
     "check_override_ids",
@@ -375,6 +376,25 @@ def refuse_training_with(config: str) -> None:
         f"training: {config} is in --config_file, and its evaluation would replace the validation (loading "
         "models/model.pt into the network being trained, on the test split): train with train.json alone "
         "(and multi_gpu_train.json), then evaluate with `run evaluating`"
+    )
+
+
+def check_evaluate_json_layered(configs_read: list) -> None:
+    """Refuse ``evaluate.json`` read without ``train.json`` before it (``configs_read``: the files
+    that added themselves to it, in ``--config_file`` order). Its ``validate#...`` keys edit
+    train.json's validation: alone (read thanks to its ``+validate`` keys) MONAI stopped on a
+    missing reference, and read before train.json its edits were overwritten."""
+    if "train.json" in configs_read and configs_read[-1] == "evaluate.json":
+        return
+    show_error_cause()  # under monai.bundle the traceback then ends with this message
+    problem = (
+        "train.json came after it in --config_file, and replaced its edits of the validation"
+        if "train.json" in configs_read
+        else "it was read without train.json, whose validation it edits"
+    )
+    raise ValueError(
+        f"evaluate.json: {problem}; pass train.json first: python -m monai.bundle run evaluating "
+        "--config_file \"['configs/train.json','configs/evaluate.json']\" with the training's overrides (--dataset_dir, ...)"
     )
 
 
