@@ -1647,6 +1647,41 @@ def test_a_resume_leaves_tensorboard_no_step_twice(tmp_path, stop_at):
     assert [e.step for e in events.Scalars("val_iou")] == [1, 2]
 
 
+def test_a_resume_keeps_the_scalars_it_does_not_log_again(tmp_path):
+    """The training's TensorBoard folder is also the evaluation's (``output_dir``, ``eval/``): a
+    resume without a checkpoint removed every scalar after step 0 there, an evaluation's
+    ``test_iou`` and the user's own tags among them, which the resumed training never writes back.
+    Only its own tags (train_loss by iteration, val_* by epoch) are removed now."""
+    from ignite.engine import Engine
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pam_monai.engines import TrainingCheckpoint
+    from pam_monai.engines.eventlogs import trim_event_logs
+
+    logs = tmp_path / "eval"
+    earlier = SummaryWriter(str(logs))  # an earlier training's and an evaluation's scalars
+    for step in (1, 2, 3):
+        for tag in ("train_loss", "val_iou", "test_iou", "my_lr"):
+            earlier.add_scalar(tag, 0.5, step)
+    earlier.close()
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    TrainingCheckpoint(str(tmp_path / "models"), net, opt, resume=True, log_dir=str(logs)).load(
+        Engine(lambda e, b: None)
+    )
+
+    def steps():
+        events = EventAccumulator(str(logs))
+        events.Reload()
+        return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    assert steps() == {"test_iou": [1, 2, 3], "my_lr": [1, 2, 3]}
+    trim_event_logs(logs, iteration=1, epoch=1)  # a resume from a checkpoint keeps them too
+    assert steps() == {"test_iou": [1, 2, 3], "my_lr": [1, 2, 3]}
+
+
 def test_a_resume_goes_on_when_an_event_file_cannot_be_rewritten(tmp_path, monkeypatch, caplog):
     """Trimming the earlier event files replaces them; where that fails (on Windows TensorBoard,
     open on the folder, holds the file; a read-only folder) the resume stopped with the

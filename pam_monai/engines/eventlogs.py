@@ -4,7 +4,10 @@ A training killed mid-epoch has logged steps after its last checkpoint; the resu
 again, and TensorBoard shows both (its own remedy, a ``SessionLog.START`` at the resumed step,
 drops every tag of the folder from that step on: it cannot tell the training loss, logged by
 iteration, from the validation metrics, logged by epoch, which share ``eval/``). So the resume
-drops from the earlier event files what was logged after the checkpoint, tag by tag in its own unit.
+drops from the earlier event files what was logged after the checkpoint, tag by tag in its own unit,
+and only the tags that the resumed run logs again: the folder is also the evaluation's
+(``output_dir``), and scalars a resume would not write back (an evaluation's ``test_*``, the user's
+own) would be lost for good.
 """
 
 from __future__ import annotations
@@ -20,24 +23,36 @@ __all__ = ["trim_event_logs"]
 
 log = logging.getLogger(__name__)
 
-# the tags logged by iteration (the bundles' train_loss); every other scalar is logged by epoch
+# what the bundles' training logs: train_loss by iteration, the validation's metrics (val_iou, ...,
+# train.json's validate#metrics#prefix) by epoch
 ITERATION_TAGS = ("train_loss",)
+EPOCH_TAG_PREFIXES = ("val_",)
 
 
-def _stale(event, iteration: int, epoch: int, iteration_tags: Iterable[str]) -> bool:
+def _stale(
+    event, iteration: int, epoch: int, iteration_tags: Iterable[str], epoch_tag_prefixes: tuple[str, ...]
+) -> bool:
     if not event.HasField("summary") or not event.summary.value:
         return False
     tags = {v.tag for v in event.summary.value}
-    limit = iteration if tags & set(iteration_tags) else epoch
-    return event.step > limit
+    if tags & set(iteration_tags):
+        return event.step > iteration
+    if any(tag.startswith(epoch_tag_prefixes) for tag in tags):
+        return event.step > epoch
+    return False  # a tag the training does not log: the resumed run would not write it back
 
 
 def trim_event_logs(
-    log_dir: str | os.PathLike, iteration: int, epoch: int, iteration_tags: Iterable[str] = ITERATION_TAGS
+    log_dir: str | os.PathLike,
+    iteration: int,
+    epoch: int,
+    iteration_tags: Iterable[str] = ITERATION_TAGS,
+    epoch_tag_prefixes: tuple[str, ...] = EPOCH_TAG_PREFIXES,
 ) -> list[Path]:
     """Remove from the TensorBoard event files in ``log_dir`` the scalars logged after a checkpoint
-    taken at ``iteration`` / ``epoch`` (``iteration_tags`` are logged by iteration, the others by
-    epoch), each file rewritten atomically. Called as the run starts, before it logs: the files of
+    taken at ``iteration`` / ``epoch`` (``iteration_tags`` are logged by iteration, the tags that
+    start with one of ``epoch_tag_prefixes`` by epoch; other tags are kept, the resumed run does not
+    log them), each file rewritten atomically. Called as the run starts, before it logs: the files of
     its own writers hold no scalar yet and are left as they are (rewriting a file that a writer has
     open would send its events to a removed file). A file that cannot be rewritten (held open by
     TensorBoard on Windows) is left as it is with a WARNING: the training resumes all the same.
@@ -53,7 +68,11 @@ def trim_event_logs(
     files = sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []
     for path in files:
         records = list(RawEventFileLoader(str(path)).Load())
-        kept = [r for r in records if not _stale(Event.FromString(r), iteration, epoch, iteration_tags)]
+        kept = [
+            r
+            for r in records
+            if not _stale(Event.FromString(r), iteration, epoch, iteration_tags, epoch_tag_prefixes)
+        ]
         if len(kept) == len(records):
             continue
         try:
