@@ -590,9 +590,9 @@ def test_multi_gpu_config_disables_the_writers_it_means(name):
     targets = sorted(parser[handler + "#_target_"] for handler in disabled)
     expected = [
         "StatsHandler",
-        "TensorBoardStatsHandler",
-        "TensorBoardStatsHandler",
         "pam_monai.engines.ProgressBar",
+        "pam_monai.engines.TensorBoardStatsHandler",
+        "pam_monai.engines.TensorBoardStatsHandler",
     ]
     assert targets == expected, disabled
     assert "validate#handlers#2" in disabled  # the validation's StatsHandler
@@ -1886,6 +1886,16 @@ def tensorboard_only(parser: ConfigParser, handlers: str) -> None:
     parser[handlers] = [h for h in parser[handlers] if isinstance(h, dict) and "TensorBoard" in h["_target_"]]
 
 
+def log_once(handlers) -> None:
+    """Have each TensorBoard handler of ``handlers`` log a scalar, as a run does: their writers
+    (a flush thread each) are made when they first write."""
+    from monai.handlers import TensorBoardHandler
+
+    for handler in handlers:
+        if isinstance(handler, TensorBoardHandler):
+            handler._writer.add_scalar("logged", 0.0, 1)
+
+
 def test_training_finalize_closes_its_tensorboard_writers(tmp_path):
     """MONAI's TensorBoardStatsHandler never closes its SummaryWriter: each ``monai.bundle.run``
     training in one Python session (a notebook) left two writers and their flush threads alive to
@@ -1899,7 +1909,9 @@ def test_training_finalize_closes_its_tensorboard_writers(tmp_path):
     tensorboard_only(parser, "validate#handlers")
     before = set(threading.enumerate())
     writers = parser.get_parsed_content("train#handlers") + parser.get_parsed_content("validate#handlers")
-    assert len(writers) == 2 and len(set(threading.enumerate()) - before) == 2
+    assert len(writers) == 2 and set(threading.enumerate()) - before == set()  # none made before they log
+    log_once(writers)
+    assert len(set(threading.enumerate()) - before) == 2
     parser.get_parsed_content("finalize")
     assert set(threading.enumerate()) - before == set()
     train, multi_gpu = (
@@ -1948,11 +1960,12 @@ def test_training_that_raises_closes_its_tensorboard_writers(tmp_path, stats):
     parser["validate#evaluator#epoch_length"] = 1
     before = set(threading.enumerate())
     handlers = parser.get_parsed_content("train#handlers")
-    assert len(set(threading.enumerate()) - before) == 2  # the trainer's and the validation's writer
+    assert set(threading.enumerate()) - before == set()  # the writers are made when they first log
     raised = []
 
     def step(engine, batch):
-        raised.append(1)
+        log_once(handlers + parser.get_parsed_content("validate#handlers"))
+        raised.append(len(set(threading.enumerate()) - before))  # the trainer's and the validation's writer
         raise RuntimeError("training failed")
 
     trainer = Engine(step)
@@ -1960,5 +1973,28 @@ def test_training_that_raises_closes_its_tensorboard_writers(tmp_path, stats):
         handler.attach(trainer)
     with pytest.raises(RuntimeError, match="training failed"):
         trainer.run([0], max_epochs=1)
-    assert raised == [1]
+    assert raised == [2]
+    assert set(threading.enumerate()) - before == set()
+
+
+def test_handlers_made_part_way_leave_no_tensorboard_writer(tmp_path):
+    """The handler lists are made before the run; when a handler after the TensorBoard ones failed
+    to be made (here a mistyped ``_target_``; an optional package missing), the writers already
+    made (the validation's, through the ValidationHandler, and the trainer's) were never closed:
+    no engine ran, so neither CloseWritersOnError nor ``finalize`` did, and their flush threads
+    stayed for the rest of the session. The bundles' handlers make their writers when they log."""
+    import threading
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "device": "$torch.device('cpu')"})
+    kept = ("ValidationHandler", "TensorBoardStatsHandler")
+    parser["train#handlers"] = [h for h in parser["train#handlers"] if h["_target_"].endswith(kept)] + [
+        {"_target_": "pam_monai.engines.ProgresBar"}
+    ]
+    tensorboard_only(parser, "validate#handlers")
+    parser["validate#evaluator#val_data_loader"] = "$[]"
+    before = set(threading.enumerate())
+    with pytest.raises(ModuleNotFoundError, match="ProgresBar"):
+        parser.get_parsed_content("train#handlers")
     assert set(threading.enumerate()) - before == set()

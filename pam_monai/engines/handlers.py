@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import TensorBoardStatsHandler as _MonaiTensorBoardStatsHandler
 from torch.utils.data import DistributedSampler
 
 from ..atomic import atomic_write_text
@@ -30,6 +31,7 @@ __all__ = [
     "NonFiniteLossGuard",
     "RankZeroBuffers",
     "StopEveryProcessOnError",
+    "TensorBoardStatsHandler",
     "TrainingPlan",
     "clean_up_on_error",
     "close_writers",
@@ -80,6 +82,42 @@ def close_writers(objects) -> None:
             if isinstance(handler, TensorBoardHandler) and id(handler) not in done:
                 done.add(id(handler))
                 handler.close()
+
+
+_NOT_YET = object()  # the writer a TensorBoardStatsHandler makes when it first writes
+
+
+class TensorBoardStatsHandler(_MonaiTensorBoardStatsHandler):
+    """MONAI's ``TensorBoardStatsHandler`` whose own ``SummaryWriter`` (and its flush thread) is
+    made when it first writes, not when the handler is made.
+
+    A bundle makes its handler lists before the run: when a handler after it failed to be made
+    (a mistyped ``_target_``, an optional package missing), the writers already made were never
+    closed (:class:`CloseWritersOnError`, which closes them on error, is attached with the engine
+    only, and ``finalize`` does not run), their flush threads alive for the rest of the process (a
+    notebook). Takes MONAI's arguments by name; ``close`` closes a writer it made, if any."""
+
+    def __init__(self, summary_writer=None, log_dir: str = "./runs", **kwargs) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # without tensorboard, fails here, as MONAI's
+
+        self._made = None
+        self._make = lambda: SummaryWriter(log_dir=log_dir)
+        super().__init__(summary_writer=_NOT_YET if summary_writer is None else summary_writer, **kwargs)
+        self.internal_writer = summary_writer is None
+
+    @property
+    def _writer(self):
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+    @_writer.setter
+    def _writer(self, writer) -> None:
+        self._made = None if writer is _NOT_YET else writer
+
+    def close(self) -> None:
+        if self.internal_writer and self._made is not None:
+            self._made.close()
 
 
 def clean_up_on_error(engine: Engine, clean_up) -> None:
