@@ -159,6 +159,36 @@ def test_too_small_input_is_refused_with_a_clear_message(mode):
     )
 
 
+# an input of another rank than the network's, and what the refusal must say to do
+WRONG_RANK = {
+    3: [
+        ((2, 3, 72, 40), r"add the batch axis \(x\[None\]\), for a batch of 2-D slices .* spatial_dims=2\.$")
+    ],
+    2: [
+        ((3, 72, 72), r"for one image add the batch axis \(x\[None\]\)\.$"),
+        ((1, 3, 72, 72, 8), r"for volumes build it with spatial_dims=3, or segment them slice by slice"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name,dims", CASES)
+def test_input_of_another_rank_is_refused_naming_the_network_s(name, dims):
+    """A 3-D network given a batch of 2-D slices (a bundle's input with ``spatial_dims`` set to 3)
+    ran its encoder, ``Conv3d`` taking the 4-D batch as one unbatched volume, and failed in the
+    decoder with "trilinear mode needs 5D input"; a 2-D one given volumes in ``conv2d``. Both now
+    name the network, its rank and the fix, eager and scripted."""
+    net = get_network(name, spatial_dims=dims, in_channels=3, out_channels=1, **SMALL).eval()
+    cls = type(net).__name__
+    for run in (net, torch.jit.script(net)):
+        for shape, fix in WRONG_RANK[dims]:
+            with pytest.raises(
+                (ValueError, torch.jit.Error), match=rf"{cls}\(spatial_dims={dims}\) takes {dims + 2}-D"
+            ):
+                run(torch.randn(*shape))
+            with pytest.raises((ValueError, torch.jit.Error), match=fix):
+                net(torch.randn(*shape))
+
+
 @pytest.mark.parametrize("name", ["unet", "rfna"])
 def test_fast_instance_norm_refuses_what_instance_norm_refuses(name):
     """``norm=FAST_NORM`` (the documented fast ``"instance"``) normalises with the input's own

@@ -24,6 +24,7 @@ __all__ = [
     "DoubleConv",
     "act_layer",
     "check_crop",
+    "check_input_rank",
     "check_normalisable",
     "check_positive",
     "check_spatial_dims",
@@ -41,6 +42,31 @@ def check_spatial_dims(spatial_dims: int, where: str) -> None:
     """Refuse a ``spatial_dims`` other than 2 or 3 with a message that names the block."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"{where}: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+
+
+def check_input_rank(shape: list[int], spatial_dims: int, where: str) -> None:
+    """Refuse an input that is not ``N x C x`` ``spatial_dims`` axes, naming the network's rank.
+
+    A 3-D network given a batch of 2-D slices (a bundle's input) would otherwise run its encoder
+    (``Conv3d`` takes a 4-D tensor as one unbatched volume) and fail in the decoder's resize with
+    "trilinear mode needs 5D input"; a 2-D network given volumes fails in ``conv2d`` alike.
+    """
+    rank = len(shape)
+    if rank == spatial_dims + 2:
+        return
+    axes = "N x C x H x W" if spatial_dims == 2 else "N x C x D x H x W"
+    fix = ""
+    if rank == spatial_dims + 1:
+        one = "image" if spatial_dims == 2 else "volume"
+        fix = f": for one {one} add the batch axis (x[None])"
+        if spatial_dims == 3:
+            fix += ", for a batch of 2-D slices (the bundles' input) build it with spatial_dims=2"
+    elif spatial_dims == 2 and rank == 5:
+        fix = ": for volumes build it with spatial_dims=3, or segment them slice by slice (SliceWiseInferer)"
+    raise ValueError(
+        f"{where}(spatial_dims={spatial_dims}) takes {spatial_dims + 2}-D inputs ({axes}), "
+        f"got a {rank}-D input of shape {shape}{fix}."
+    )
 
 
 def check_positive(where: str, **values: int) -> None:

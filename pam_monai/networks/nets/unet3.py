@@ -31,6 +31,7 @@ from torch import nn
 from ..blocks import ATTENTIONS, DEFAULT_ACT, DEFAULT_NORM, AttentionGate, DoubleConv, FPABlock, RFNABlock
 from ..blocks.attention_gate import GATE_NORM
 from ..blocks.convolutions import (
+    check_input_rank,
     check_normalisable,
     check_positive,
     check_spatial_dims,
@@ -194,6 +195,7 @@ class UNet3(nn.Module):
         return torch.cat([skip, up], dim=1) if self.skip_first else torch.cat([up, skip], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_rank(list(x.shape), self.spatial_dims, self.name)
         if self.min_input_factor > 0:
             check_normalisable(list(x.shape[2:]), self.min_input_factor, self.name, network_input=True)
         e1 = self.att_c1(self.c1(x))
