@@ -79,6 +79,23 @@ def test_evaluate_json_after_train_json_passes_its_first_step():
     assert parser["validate#metrics#prefix"] == "test_" and "evaluator" in parser["validate"]
 
 
+def test_readme_says_the_bundles_train_2d_networks_and_3d_ones_are_for_own_loops():
+    """The README said every block takes ``spatial_dims`` 2 or 3 and that own data may be 3-D, but
+    not that the bundles and commands only build 2-D networks (slice-wise): a user with volumes
+    could not tell how to train a 3-D network. Its "3-D networks" section says so, and the bundle
+    templates must still build 2-D networks for that to hold (its example runs in
+    test_doc_examples_run)."""
+    import json
+
+    text = (ROOT / "README.md").read_text()
+    said = " ".join(sentences(text, "own training loop"))
+    assert "train and segment 2-D networks on slices" in said and "`spatial_dims` is 2" in said, said
+    assert "### 3-D networks" in text
+    for config in ("train.json", "inference.json"):
+        template = json.loads((ROOT / "pam_monai" / "bundle_templates" / config).read_text())
+        assert template["network_def"]["spatial_dims"] == 2, config
+
+
 def test_readme_refuses_a_small_volume_only_where_inference_does():
     """README's "Validate before work" said inference refuses "a volume smaller than the crop"; it
     does so only for the data sets whose ``inference_fit`` is ``"crop"`` (BraTS, ISLES): own
@@ -405,6 +422,10 @@ EXAMPLE_SETUP = {
         lambda tmp, ns: ns["metric"].aggregate().item() == 0.0,
     ),
     ("data_lists/README.md", "import json, os"): (_half_the_brats_list, _kept_the_list_s_folds),
+    ("README.md", "import torch"): (
+        lambda tmp: ({}, {}),
+        lambda tmp, ns: ns["mask"].shape == (1, 1, 70, 50, 12) and ns["net"].spatial_dims == 3,
+    ),
 }
 
 
