@@ -148,6 +148,10 @@ def test_too_small_input_is_refused_with_a_clear_message(mode):
     with pytest.raises(ValueError, match=r"UNet3.*\[7, 7\] is down-sampled 8x to a single element"):
         net(torch.randn(2, 3, 7, 7))
     assert net(torch.randn(1, 3, 9, 3)).shape == (1, 1, 9, 3)
+    # a 3-D network is no bundle's (their crops are 2-D): no --crop_size, which would not reach it
+    net = get_network("rfna", spatial_dims=3, in_channels=3, out_channels=1, **SMALL).train(mode == "train")
+    with pytest.raises(ValueError, match=r"RFNAUNet.*\[24, 28, 20\] is down-sampled 64x.* one axis\.$"):
+        net(torch.randn(1, 3, 24, 28, 20))
     block = RFNABlock(2, 3, 8, stride=1, ratio=8).train(mode == "train")
     with pytest.raises(ValueError, match=r"RFNABlock\(ratio=8\).*\[8, 8\] is down-sampled 8x.*axis\.$"):
         block(torch.randn(1, 3, 8, 8))  # a block's input is no crop: no --crop_size

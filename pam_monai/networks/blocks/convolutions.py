@@ -196,7 +196,7 @@ def check_normalisable(shape: list[int], factor: int, where: str, network_input:
 
     Instance normalisation cannot normalise a single spatial element (PyTorch raises a cryptic
     error deep inside the network, in evaluation too); this names the network or block and the
-    minimum size of its input instead, and for a network's input (``network_input``) the bundles'
+    minimum size of its input instead, and for a 2-D network's input (``network_input``) the bundles'
     ``--crop_size`` that makes it large enough.
     """
     n = 1
@@ -204,8 +204,10 @@ def check_normalisable(shape: list[int], factor: int, where: str, network_input:
         n *= (s + factor - 1) // factor
     if n <= 1:
         # a bundle's network sees its crop, not the images: name the override that makes it larger
+        # (bundle crops are 2-D: a 3-D network is for own training loops, which no override reaches)
         larger = [(factor + 16) // 16 * 16] + shape[1:]
-        fix = f' (a bundle\'s input is its crop: e.g. --crop_size "{larger}")' if network_input else ""
+        crop = network_input and len(shape) == 2
+        fix = f' (a bundle\'s input is its crop: e.g. --crop_size "{larger}")' if crop else ""
         raise ValueError(
             f"{where}: an input of spatial size {shape} is down-sampled {factor}x to a single element, which instance "
             f"normalisation cannot normalise; use inputs larger than {factor} along at least one axis{fix}."
