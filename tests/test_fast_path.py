@@ -73,6 +73,17 @@ def test_fast_norm_equals_instance_norm(dims, impl, affine):
     if affine:
         torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-9, atol=1e-9)
+    # first and second derivatives against finite differences, parameters included, on a tiny odd
+    # input (shifted_sums detaches its shift: correct only because both statistics' gradients
+    # through it cancel)
+    tiny = torch.randn((2, shape[1], 3, 2, 5)[: dims + 2], dtype=torch.float64, requires_grad=True)
+    params = {k: v.detach().clone().requires_grad_() for k, v in fast.named_parameters()}
+
+    def call(t, *values):
+        return torch.func.functional_call(fast, dict(zip(params, values)), (t,))
+
+    assert torch.autograd.gradcheck(call, (tiny, *params.values()))
+    assert torch.autograd.gradgradcheck(call, (tiny, *params.values()))
 
 
 @pytest.mark.parametrize(
