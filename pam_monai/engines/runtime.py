@@ -535,7 +535,8 @@ def fast_network(
             or ``"gather"``; ``None`` leaves the network's choice.
         taps: FPA's dilated depthwise convolutions as fused sums of taps also on the GPU and under
             ``torch.compile`` (:func:`~pam_monai.networks.blocks.fastconv.use_tap_convs`), instead of
-            cuDNN's grouped kernels (slow at dilation 9, in channels-last above all).
+            cuDNN's grouped kernels (slow at dilation 9, in channels-last above all). 2-D only: a
+            3-D network's ``Conv3d`` keeps cuDNN's (oneDNN's) kernels, as the CPU routes do.
         contiguous_attention: FPA's attention branches on the contiguous layout, their 1x1
             convolutions as matrix products, in a channels-last network
             (:func:`~pam_monai.networks.blocks.fpa.use_contiguous_attention`; an experiment, not yet
