@@ -217,6 +217,26 @@ def test_isles_problems(pristine, tmp_path):
     assert "\n" not in truncated
 
 
+def test_isles_label_values_say_what_to_do_without_a_dataset_json(pristine, tmp_path):
+    """ISLES 2018 has no dataset.json: a 0 / 255 OT mask is told to become 0 / 1 (own data's advice,
+    naming 255 in dataset.json, does not apply), and another value says what the OT masks hold."""
+    root = tmp_path / "isles"
+    shutil.copytree(pristine["isles"], root)
+    (ot1,) = (root / "TRAINING" / "case_1").glob("SMIR.Brain.XX.O.OT.*/*.nii")
+    (ot2,) = (root / "TRAINING" / "case_2").glob("SMIR.Brain.XX.O.OT.*/*.nii")
+    rewrite(ot1, (np.asanyarray(nib.load(ot1).dataobj) * 255).astype(np.uint8))
+    lesion = np.asanyarray(nib.load(ot2).dataobj).copy()
+    lesion[lesion == 1] = 2
+    rewrite(ot2, lesion)
+    assert messages(check_dataset("isles", root)) == [
+        f"case_1: {ot1.name}: unexpected label values 255 (allowed 0, 1; a 0 / 255 mask: save it as 0 / 1, "
+        "e.g. nibabel's (mask > 0).astype('uint8'))",
+        f"case_2: {ot2.name}: unexpected label values 2 (allowed 0, 1): ISLES 2018's OT masks are 0 / 1 "
+        "(1 = lesion): correct this file, or train on other labels as own data (nnU-Net layout, --task nnunet, "
+        "its labels named in dataset.json)",
+    ]
+
+
 def test_cityscapes_problems(pristine, tmp_path):
     root = tmp_path / "city"
     shutil.copytree(pristine["cityscapes"], root)

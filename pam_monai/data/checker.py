@@ -203,8 +203,11 @@ def fractional_values(array: np.ndarray) -> np.ndarray:
     return values[values != np.round(values)]
 
 
-def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
-    """None when every value of ``label`` is an integer in ``allowed``, else the message."""
+def check_label_values(label: np.ndarray, allowed: Sequence[int], own_data: bool = True) -> str | None:
+    """None when every value of ``label`` is an integer in ``allowed``, else the message.
+
+    ``own_data``: the labels are named in a ``dataset.json`` (nnU-Net layout), so a value can be
+    named there; the paper's data sets have fixed label values, and the message says so."""
     values = np.unique(label)
     fractional = fractional_values(values)
     if fractional.size:
@@ -219,7 +222,10 @@ def check_label_values(label: np.ndarray, allowed: Sequence[int]) -> str | None:
         if tuple(allowed) == (0, 1, 2, 4) and bad == [3]:  # BRATS 2018 rules on BraTS 2021+ labels
             hint = "; BraTS 2021+ labels: pass foreground_label=3 (bundles: --foreground_label 3)"
         elif bad == [255] and set(values.tolist()) <= {0, 255}:  # masks saved for viewing (ISIC, Kvasir)
-            hint = '; a 0 / 255 mask: name 255 in dataset.json\'s labels (e.g. "lesion": 255), or save the masks as 0 / 1'
+            if own_data:
+                hint = '; a 0 / 255 mask: name 255 in dataset.json\'s labels (e.g. "lesion": 255), or save the masks as 0 / 1'
+            elif tuple(allowed) == (0, 1):  # ISLES: no dataset.json to name 255 in
+                hint = "; a 0 / 255 mask: save it as 0 / 1, e.g. nibabel's (mask > 0).astype('uint8')"
         return f"unexpected label values {shown} (allowed {', '.join(map(str, allowed))}{hint})"
     return None
 
@@ -447,7 +453,9 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                     f"{_onto_grid(True, is_label)}, or copy that file's affine where only the header is wrong",
                 )
             )
-        bad = _nonfinite(data, not is_label) or (check_label_values(data, allowed) if is_label else None)
+        bad = _nonfinite(data, not is_label) or (
+            check_label_values(data, allowed, own_data=spec.name == "nnunet") if is_label else None
+        )
         coarse = None
         if not bad and not is_label and spec.name in FIXED_MODALITIES:
             # own data may have a mask channel (noNorm): not for these
@@ -462,6 +470,16 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             and "dataset.json" not in bad
         ):
             bad += ": name each value in dataset.json's 'labels' (a label or part of a region), or correct the label map"
+        elif (
+            bad
+            and spec.name == "isles"
+            and bad.startswith("unexpected label values")
+            and "0 / 255" not in bad
+        ):
+            bad += (
+                ": ISLES 2018's OT masks are 0 / 1 (1 = lesion): correct this file, or train on other labels as own "
+                "data (nnU-Net layout, --task nnunet, its labels named in dataset.json)"
+            )
         if bad:
             problems.append((path.name, bad))
         elif coarse:
