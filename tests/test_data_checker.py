@@ -237,6 +237,19 @@ def test_isles_label_values_say_what_to_do_without_a_dataset_json(pristine, tmp_
     ]
 
 
+def test_isles_spacings_beyond_the_five_shown_are_counted_with_their_range(tmp_path):
+    """ISLES 2018 cases nearly all have a spacing of their own: the line named five and said nothing of
+    the others, as if the data set had five cases; now it counts them and gives every axis's range."""
+    root = synth("isles", tmp_path / "isles", cases=7, max_slices=2)
+    for i, case in enumerate(sorted((root / "TRAINING").iterdir())):
+        for path in case.glob("*/*.nii"):
+            if "CT_4DPWI" not in path.name:
+                data = np.array(nib.load(path).dataobj)  # a copy: a .nii is memory-mapped, then overwritten
+                rewrite(path, data, affine=np.diag([0.8 + 0.01 * i, 0.8 + 0.01 * i, 4.0 + i, 1.0]))
+    (line,) = [line for line in check_dataset("isles", root).geometry_lines() if "spacing" in line]
+    assert line.endswith(", 2 other spacings (2 cases); all cases: 0.8-0.86 x 0.8-0.86 x 4-10"), line
+
+
 def test_cityscapes_problems(pristine, tmp_path):
     root = tmp_path / "city"
     shutil.copytree(pristine["cityscapes"], root)

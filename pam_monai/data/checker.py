@@ -156,10 +156,13 @@ class CheckReport:
         lines = []
         spaced = Counter(c.spacing for c in self.cases if c.spacing)
         if spaced:
-            lines.append(
-                "voxel spacing (mm): "
-                + ", ".join(f"{v} ({_count(n, 'case')})" for v, n in spaced.most_common(5))
-            )
+            shown = spaced.most_common(5)
+            line = "voxel spacing (mm): " + ", ".join(f"{v} ({_count(n, 'case')})" for v, n in shown)
+            if len(spaced) > len(shown):
+                # ISLES 2018: nearly every case has a spacing of its own; say what the five leave out
+                others = sum(spaced.values()) - sum(n for _, n in shown)
+                line += f", {len(spaced) - len(shown)} other spacings ({_count(others, 'case')}); {_spacing_range(spaced)}"
+            lines.append(line)
         oriented = Counter(c.orientation for c in self.cases if c.orientation)
         if oriented:
             lines.append(
@@ -256,6 +259,15 @@ def orientation_problem(case_orientation: str, usual: str, usual_of: str) -> str
         f"mirrored against those (training flips left-right only); store it as {usual} (nibabel: "
         f"img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt('{usual}'))); SimpleITK: "
         f"DICOMOrient to the LPS-based code of the same axes)"
+    )
+
+
+def _spacing_range(spacings) -> str:
+    """``"all cases: 0.8-1 x 0.8-1 x 4-12"``: the smallest and largest voxel size along each axis
+    of spacings written as :attr:`CaseSummary.spacing` (``"0.87x0.87x5"``)."""
+    sizes = np.array([[float(v) for v in s.split("x")] for s in spacings])
+    return "all cases: " + " x ".join(
+        f"{lo:.3g}" if lo == hi else f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(sizes.min(0), sizes.max(0))
     )
 
 
