@@ -79,6 +79,21 @@ def test_isles_reader_names_a_single_case_folder_given_as_the_root(tmp_path):
     ), problems
 
 
+def test_isles_root_with_only_testing_says_training_needs_training(tmp_path):
+    """A root holding ISLES 2018's TESTING/ alone (no OT labels) said only "no case_<n> folders
+    (expected <root>/TRAINING/...)", though the case folders are there; now it says what TESTING/ is
+    for and what training needs."""
+    from pam_monai.data.isles import scan
+
+    root = synth("isles", tmp_path / "isles", cases=1, max_slices=2)
+    (root / "TRAINING").rename(root / "TESTING")
+    (problem,) = scan(root).problems
+    assert problem.message.endswith(
+        f"; {root / 'TESTING'} holds the challenge's test cases, without OT labels: training, evaluation and "
+        f"check need the TRAINING/ folder beside it; inference segments TESTING/ (--input_dir {root})"
+    ), problem.message
+
+
 def test_brats_reader_accepts_a_flat_root_and_plain_nii(brats_root, tmp_path):
     import nibabel as nib
 

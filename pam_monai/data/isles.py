@@ -56,6 +56,12 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
         if _CASE.match(base.name) and any(_FOLDER.match(d.name) for d in base.iterdir()):
             # a single case's own folder: the root is the folder that holds the case folders
             what = f"{base} is one case's folder: point at the folder that holds the case folders ({base.parent})"
+        elif subset == "TRAINING" and (root / "TESTING").is_dir():
+            # ISLES 2018's test set alone: its cases have no OT, nothing to train on or score
+            what += (
+                f"; {root / 'TESTING'} holds the challenge's test cases, without OT labels: training, evaluation and "
+                f"check need the TRAINING/ folder beside it; inference segments TESTING/ (--input_dir {quote(str(root))})"
+            )
         elif (base / "rawdata").is_dir() or any(base.glob("sub-strokecase*")):
             what += (
                 "; these look like ISLES 2022 (MRI, BIDS), not ISLES 2018 (CT perfusion): convert them with "
