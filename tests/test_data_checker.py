@@ -3,6 +3,7 @@
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -319,6 +320,25 @@ def test_a_coarse_isles_perfusion_map_is_named_not_refused(pristine, tmp_path):
     report = check_dataset("isles", isles)
     assert report.ok, report.format()
     assert any(path.name in str(w) and "distinct values" in str(w) for w in report.warnings), report.warnings
+
+
+def test_a_coarse_isles_map_given_to_inference_is_not_said_to_be_trained_on(pristine, tmp_path):
+    """Inference reads new images through check_images: the coarse-map warning said "trained on as it
+    is" there too, where nothing is trained; it says the map is used as it is, and why that may be right."""
+    from pam_monai.data import get_spec
+    from pam_monai.data.checker import check_images
+
+    isles = Path(shutil.copytree(pristine["isles"], tmp_path / "isles"))
+    case = isles / "TRAINING" / "case_1"
+    images = [next(case.glob(f"SMIR.Brain.XX.O.CT_{mod}.*/*.nii")) for mod in ("CBF", "MTT", "CBV", "Tmax")]
+    data = np.array(nib.load(images[3]).dataobj)
+    rewrite(images[3], np.clip(np.round(data / max(float(data.max()), 1e-6) * 8), 0, 8).astype(np.int16))
+    image, _, problems, warnings = check_images(get_spec("isles"), "case_1", images)
+    assert image is not None and not problems
+    (warning,) = warnings
+    assert "trained on" not in warning.message and warning.message.endswith(
+        "; used as it is (a perfusion map stored in whole units, e.g. Tmax in seconds, has few values too)"
+    ), warning.message
 
 
 def test_a_4d_modality_file_says_what_to_do(brats):

@@ -495,7 +495,13 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
         if bad:
             problems.append((path.name, bad))
         elif coarse:
-            warnings.append((path.name, f"{coarse}; trained on as it is"))
+            # check_images serves inference too: "trained on" would be wrong there
+            warnings.append(
+                (
+                    path.name,
+                    f"{coarse}; used as it is (a perfusion map stored in whole units, e.g. Tmax in seconds, has few values too)",
+                )
+            )
         elif spec.volumetric and not is_label and not np.any(data):
             warnings.append((path.name, "all voxels are zero"))
         elif (
