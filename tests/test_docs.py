@@ -96,18 +96,19 @@ def test_readme_says_the_bundles_train_2d_networks_and_3d_ones_are_for_own_loops
         assert template["network_def"]["spatial_dims"] == 2, config
 
 
-def test_readme_refuses_a_small_volume_only_where_inference_does():
-    """README's "Validate before work" said inference refuses "a volume smaller than the crop"; it
-    does so only for the data sets whose ``inference_fit`` is ``"crop"`` (BraTS, ISLES): own
-    volumes are zero-padded (``"pad"``), as the README's "Your own data" says."""
+def test_readme_says_inference_pads_a_small_volume_and_refuses_it_nowhere():
+    """Inference once refused a BraTS or ISLES volume smaller than the crop (and advised padding it
+    by hand, whose mask is on the padded grid) while training and evaluation padded it; it pads it
+    now (tests/test_reliability.py), and README's "Validate before work" says so, not a refusal."""
     from pam_monai.data import DATASETS
 
-    text = (ROOT / "README.md").read_text()
-    said = " ".join(sentences(text, "inference refuses a missing modality"))
-    assert "smaller than the crop" in said
-    refused = {name for name, spec in DATASETS.items() if spec.volumetric and spec.inference_fit == "crop"}
-    assert refused == {"brats", "isles"}
-    assert "a BraTS or ISLES volume smaller than the crop" in said and "own volumes are padded" in said, said
+    text = " ".join((ROOT / "README.md").read_text().split())
+    refused = " ".join(sentences(text, "inference refuses a missing modality"))
+    assert "smaller than the crop" not in refused, refused
+    cropped = {name for name, spec in DATASETS.items() if spec.volumetric and spec.inference_fit == "crop"}
+    assert cropped == {"brats", "isles"}
+    assert "A BraTS or ISLES volume smaller in-plane than the crop is zero-padded to it" in text
+    assert "its mask is cut back to the input's grid" in text
 
 
 def test_benchmarks_readme_states_the_fast_mode_as_it_is():

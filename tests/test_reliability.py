@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -625,11 +626,6 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
     if kind == "constant modality":  # a placeholder for a missing scan: normalises to zeros as well
         rewrite(t1, np.full_like(data, 7.0))
         return case, "modality is constant (7 everywhere): give the case this channel's image"
-    if kind == "smaller than the crop":
-        for mod in ("flair", "t1", "t1ce", "t2", "seg"):
-            p = folder / f"{case}_{mod}.nii.gz"
-            rewrite(p, np.asarray(nib.load(str(p)).dataobj)[40:190, 40:190])
-        return case, "smaller than the 160x160 crop: zero-pad it in-plane to at least 160x160"
     if kind == "truncated file":  # a copy cut short: which of the four files is the user to replace?
         t1.write_bytes(t1.read_bytes()[:2000])
         return case, "unreadable or truncated file"
@@ -645,7 +641,6 @@ def corrupt(kind: str, root: Path) -> tuple[str, str]:
         "nan",
         "all-zero modality",
         "constant modality",
-        "smaller than the crop",
         "truncated file",
     ],
 )
@@ -656,9 +651,37 @@ def test_bad_input_at_inference_is_refused_by_name_and_writes_nothing(kind, case
         predict(cases, out)
     text = str(err.value)
     assert case in text and message in text, text
-    if kind not in ("missing modality", "smaller than the crop"):
+    if kind != "missing modality":
         assert f"{case}_t1.nii.gz" in text, text
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_volume_smaller_than_the_crop_is_padded_and_its_mask_is_on_its_own_grid(cases, tmp_path, caplog):
+    """A BraTS volume smaller in-plane than the 160x160 crop is zero-padded to it, as training and
+    evaluation do, with a WARNING: its mask has the input's shape and affine and equals the mask of
+    the same volume padded by hand (what the refusal asked the user to do) cut back to the input."""
+    import logging
+
+    case, folder = first_case(cases)
+    padded_root = tmp_path / "padded"
+    shutil.copytree(cases, padded_root)
+    for mod in ("flair", "t1", "t1ce", "t2", "seg"):
+        small = np.asarray(nib.load(str(folder / f"{case}_{mod}.nii.gz")).dataobj)[40:190, 45:195]  # 150 x 150
+        rewrite(folder / f"{case}_{mod}.nii.gz", small)
+        by_hand = np.pad(small, ((5, 5), (5, 5), (0, 0)))  # centred, as MONAI's SpatialPad pads
+        rewrite(next(padded_root.rglob(f"{case}_{mod}.nii.gz")), by_hand)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        CasePredictor(net, find_inference_cases("brats", cases), "brats", str(tmp_path / "out")).run()
+    assert f"{case}: in-plane size (150, 150) is smaller than the 160x160 crop" in caplog.text
+    CasePredictor(net, find_inference_cases("brats", padded_root), "brats", str(tmp_path / "out_padded")).run()
+    source = nib.load(str(folder / f"{case}_t1.nii.gz"))
+    mask = nib.load(str(tmp_path / "out" / f"{case}_seg.nii.gz"))
+    assert mask.shape == source.shape == (150, 150, 4)
+    np.testing.assert_array_equal(mask.affine, source.affine)
+    expected = np.asarray(nib.load(str(tmp_path / "out_padded" / f"{case}_seg.nii.gz")).dataobj)[5:155, 5:155]
+    assert expected.any()  # seed-0 weights segment something: the comparison is not of two empty masks
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), expected)
 
 
 @pytest.mark.parametrize("kind", ["wrong dimensionality", "mismatched grid", "nan", "all-zero modality"])

@@ -45,7 +45,7 @@ class DatasetSpec:
             instead of numbers (own data: the nnU-Net ``dataset.json`` labels).
         inference_fit: what inference does with a volume whose in-plane size is not the crop:
             ``"crop"`` (the paper's data sets: larger ones are centre-cropped, smaller ones
-            refused) or ``"pad"`` (own data, whose default crop is at least the training volumes'
+            zero-padded, as in training; the prediction is cut back to the input's grid) or ``"pad"`` (own data, whose default crop is at least the training volumes'
             size: smaller ones are zero-padded, larger ones segmented whole by a sliding window of
             the crop, in evaluation too); ``"resize"`` (own 2-D images: resized to the trained size and
             the prediction back).

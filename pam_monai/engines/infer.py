@@ -273,16 +273,6 @@ def validate_case(dataset, case: dict) -> list[str]:
                     f"{name}: {label}: modality is constant ({channel.flat[0]:g} everywhere): give the case this "
                     "channel's image (the network was trained with every channel and needs each one)"
                 )
-        crop = spec.crop_size
-        if (
-            crop is not None
-            and spec.inference_fit == "crop"
-            and any(s < c for s, c in zip(image.shape[1:3], crop))
-        ):
-            problems.append(
-                f"{name}: volume of in-plane size {image.shape[1:3]} is smaller than the {crop[0]}x{crop[1]} crop: "
-                f"zero-pad it in-plane to at least {crop[0]}x{crop[1]} (e.g. MONAI's SpatialPad)"
-            )
     return problems
 
 
@@ -516,11 +506,18 @@ class CasePredictor:
 
     def _warn(self, case: dict, warned: list[str], trained: str | None) -> None:
         """Log what is worth knowing about a usable case: the checker's warnings, an in-plane size
-        larger than the crop, a thick axis other than the third, another orientation than training's."""
+        smaller (BraTS, ISLES: padded) or larger (own data) than the crop, a thick axis other than the third, another orientation than training's."""
         for line in warned:
             log.warning("%s", line)
-        if self.spec.inference_fit == "pad" and self.spec.crop_size is not None:
-            size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
+        size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
+        if self.spec.volumetric and crop is not None and self.spec.inference_fit == "crop":
+            if any(s < c for s, c in zip(size, crop)):  # preprocess_case pads, restore_prediction cuts back
+                log.warning(
+                    "%s: in-plane size %s is smaller than the %dx%d crop the model was trained with: zero-padded "
+                    "to it (as training and evaluation do), its mask cut back to the input's grid",
+                    case["case"], size, *crop,
+                )  # fmt: skip
+        if self.spec.inference_fit == "pad" and crop is not None:
             if any(s > c for s, c in zip(size, crop)):
                 log.info(
                     "%s: in-plane size %s is larger than the %dx%d crop the model was trained with: "
