@@ -258,6 +258,15 @@ def test_format_mean_std():
     assert format_mean_std([]) == "n/a"
 
 
+def test_format_mean_std_of_equal_runs_is_zero():
+    """Runs with the same mean (e.g. 3 seeds converged to the same masks) have std 0.00, not the
+    std of numpy's rounding of their mean ("81.33 ± 1.4e-14", by hand: the three values are equal)."""
+    x = 0.8132702392002724  # np.mean([x] * 3) != x: the rounding that made the std 1.4e-16
+    assert format_mean_std([x] * 3, 100) == "81.33 ± 0.00"
+    assert format_mean_std([0.0045] * 5, 100) == "0.45 ± 0.00"
+    assert format_mean_std([0.5, 0.5, 0.5 + 1e-6], 100) == "50.00 ± 5.8e-05"  # a real spread still shows
+
+
 def test_paper_protocol_is_pooled_over_slices_and_labelled():
     pp_a = [
         {

@@ -157,12 +157,15 @@ def format_mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2
     """``"66.48 ± 1.04"``: mean ± sample std (ddof=1); one value: ``"66.48 ± n/a"``.
 
     Values below ``10**-digits`` (in the scaled unit) are written in scientific notation, so a
-    tiny FP rate shows as ``3.2e-03`` rather than ``0.00``.
+    tiny FP rate shows as ``3.2e-03`` rather than ``0.00``; equal values have std ``0.00``.
     """
     v = np.asarray(values, dtype=float) * scale
     if v.size == 0:
         return "n/a"
-    std = _fmt(float(v.std(ddof=1)), digits) if v.size > 1 else "n/a"
+    # equal values have std 0: numpy's mean of 3 equal floats can miss them by an ulp, and the
+    # std of that rounding (1e-16) was printed "± 1.4e-14" beside identical runs
+    spread = 0.0 if np.all(v == v[0]) else float(v.std(ddof=1))
+    std = _fmt(spread, digits) if v.size > 1 else "n/a"
     return f"{_fmt(float(v.mean()), digits)} ± {std}"
 
 
