@@ -1096,6 +1096,28 @@ def test_ablation_figure_keeps_every_configuration(tmp_path, monkeypatch):
     assert "error bar: sample std over those runs" in captured[0]._suptitle.get_text()
 
 
+def test_ablation_figure_keeps_variants_that_differ_in_other_options(tmp_path, monkeypatch):
+    """Two FPA variants at the same dilation, expansion and convs that differ in norm got one bar
+    between them (the second was not drawn); each now has its own, its option named."""
+    from pam_monai.experiments import figures
+
+    captured = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: captured.append(fig) or path)
+    base = {"network": "fpa", "axis": "dilation", "x": 9, "depthwise": True, "expansion": 4, "hd95": [3.0]}
+    opts = {"dilation": 9, "depthwise": True, "expansion": 4, "features": (32, 64, 128, 256)}
+    records = [
+        {**base, "iou": [0.5], "options": {**opts, "norm": ("instance", {"affine": True})}},
+        {**base, "iou": [0.6], "options": {**opts, "norm": "batch"}},
+    ]
+    figures.ablation_figure(records, tmp_path / "fig7.png")
+    iou_panel = captured[0].axes[0]
+    assert sorted(round(p.get_height(), 3) for p in iou_panel.patches) == [50.0, 60.0]
+    assert sorted(t.get_text() for t in iou_panel.get_legend().get_texts()) == [
+        "expansion 4, norm=batch",
+        "expansion 4, norm=instance",
+    ]
+
+
 def test_figure_networks_take_any_spelling_of_a_grid_network(small_grid, monkeypatch):
     from pam_monai.experiments import figures as figures_module
 

@@ -228,7 +228,9 @@ def ablation_figure(
     Args:
         records: per variant ``{"network": "fpa"|"rfna", "axis": "dilation"|"ratio", "x": int,
             "depthwise": bool, "expansion": int, "shared": bool (optional), "iou": [per-run means],
-            "hd95": [per-run means]}``.
+            "hd95": [per-run means], "options": dict (optional: all the network's options)}``;
+            options that differ between a block's records besides those plotted (``norm``,
+            ``features``) are named in the series, so that no configuration hides another.
         path: the PNG to write.
         hd95_unit: "mm", or "px" for 2-D images without a physical spacing (CityScapes).
     """
@@ -243,6 +245,7 @@ def ablation_figure(
         recs = [r for r in records if r["network"] == block]
         axis_name = recs[0]["axis"]
         xs = sorted({r["x"] for r in recs})
+        other = _other_options(recs)
         for j, (metric, depthwise) in enumerate(panels):
             ax = axes[i, j]
             group = [r for r in recs if r["depthwise"] == depthwise]
@@ -254,15 +257,18 @@ def ablation_figure(
                 ax.set_yticks([])
                 continue
             # one series per expansion (and FPA's parameter sharing): no configuration hides another
-            series = sorted({(r["expansion"], r.get("shared", False)) for r in group})
+            series = sorted({(r["expansion"], r.get("shared", False), other[id(r)]) for r in group})
             width = 0.8 / len(series)
-            for k, (e, shared) in enumerate(series):
-                label = f"expansion {e}" + (", shared" if shared else "")
+            for k, (e, shared, rest) in enumerate(series):
+                label = f"expansion {e}" + (", shared" if shared else "") + (f", {rest}" if rest else "")
                 for x_i, x in enumerate(xs):
                     found = [
                         r
                         for r in group
-                        if r["expansion"] == e and r.get("shared", False) == shared and r["x"] == x
+                        if r["expansion"] == e
+                        and r.get("shared", False) == shared
+                        and other[id(r)] == rest
+                        and r["x"] == x
                     ]
                     if not found:
                         continue
@@ -291,6 +297,27 @@ def ablation_figure(
     fig.suptitle(f"{title}\n{note}" if title else note, fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def _other_options(recs: Sequence[dict]) -> dict[int, str]:
+    """``id(record) -> "norm=batch"``: the options, besides the plotted axis, depthwise, expansion
+    and sharing, in which a block's records differ (two FPA variants at dilation 9, expansion 4
+    that differ in ``norm`` shared one bar, and the second was not drawn)."""
+    plotted = {recs[0]["axis"], "depthwise", "expansion", "shared"}
+    keys = sorted({k for r in recs for k in r.get("options", {})} - plotted)
+    differ = [k for k in keys if len({repr(r.get("options", {}).get(k)) for r in recs}) > 1]
+    return {
+        id(r): ", ".join(f"{k}={_format_option(r.get('options', {}).get(k))}" for k in differ) for r in recs
+    }
+
+
+def _format_option(value) -> str:
+    """Widths as ``32-64-128-256``, a MONAI layer ``("instance", {...})`` by its name."""
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+        return value[0]
+    if isinstance(value, (list, tuple)):
+        return "-".join(_format_option(v) for v in value)
+    return str(value)
 
 
 # ----------------------------------------------------------------------------- from a grid
@@ -502,6 +529,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
                 "depthwise": bool(opts["depthwise"]),
                 "expansion": opts["expansion"],
                 "shared": bool(opts.get("shared", False)),  # FPA's one dilated conv applied twice
+                "options": opts,
                 "iou": [r.mean("iou") for r in rs],
                 "hd95": [r.mean("hd95") for r in rs],
             }
