@@ -666,7 +666,9 @@ def test_a_volume_smaller_than_the_crop_is_padded_and_its_mask_is_on_its_own_gri
     padded_root = tmp_path / "padded"
     shutil.copytree(cases, padded_root)
     for mod in ("flair", "t1", "t1ce", "t2", "seg"):
-        small = np.asarray(nib.load(str(folder / f"{case}_{mod}.nii.gz")).dataobj)[40:190, 45:195]  # 150 x 150
+        small = np.asarray(nib.load(str(folder / f"{case}_{mod}.nii.gz")).dataobj)[
+            40:190, 45:195
+        ]  # 150 x 150
         rewrite(folder / f"{case}_{mod}.nii.gz", small)
         by_hand = np.pad(small, ((5, 5), (5, 5), (0, 0)))  # centred, as MONAI's SpatialPad pads
         rewrite(next(padded_root.rglob(f"{case}_{mod}.nii.gz")), by_hand)
@@ -674,7 +676,9 @@ def test_a_volume_smaller_than_the_crop_is_padded_and_its_mask_is_on_its_own_gri
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         CasePredictor(net, find_inference_cases("brats", cases), "brats", str(tmp_path / "out")).run()
     assert f"{case}: in-plane size (150, 150) is smaller than the 160x160 crop" in caplog.text
-    CasePredictor(net, find_inference_cases("brats", padded_root), "brats", str(tmp_path / "out_padded")).run()
+    CasePredictor(
+        net, find_inference_cases("brats", padded_root), "brats", str(tmp_path / "out_padded")
+    ).run()
     source = nib.load(str(folder / f"{case}_t1.nii.gz"))
     mask = nib.load(str(tmp_path / "out" / f"{case}_seg.nii.gz"))
     assert mask.shape == source.shape == (150, 150, 4)
