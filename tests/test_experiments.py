@@ -392,6 +392,11 @@ def test_overlay_colours():
     np.testing.assert_allclose(out[0, 1], FP_COLOUR)
     np.testing.assert_allclose(out[1, 0], FN_COLOUR)
     np.testing.assert_allclose(out[1, 1], 0.0)
+    # the paper's Figures 5 and 6: "Blue: False Negatives, Yellow: True Positives"
+    r, g, b = FN_COLOUR
+    assert b > 0.8 and r < 0.3 and g < 0.5
+    r, g, b = TP_COLOUR
+    assert r > 0.8 and g > 0.7 and b < 0.2
 
 
 def test_ablation_figure_png(tmp_path):

@@ -3,7 +3,7 @@
 - :func:`attention_figure` (Figure 4): input slice, then the channel-averaged attention map of
   the deepest encoder block (the ``bridge`` FPA / RFNA block) of each attention network.
 - :func:`overlay_figure` (Figures 5, 6): per chosen case, the input slice with the ground truth,
-  then each network's prediction on it: TP green, FN red, FP blue, zoomed to the lesion.
+  then each network's prediction on it: TP yellow, FN blue (the paper's colours), FP red, zoomed to the lesion.
 - :func:`ablation_figure` (Figure 7): IoU and HD95 per FPA / RFNA configuration, grouped by
   depthwise / full convolutions, x = dilation (FPA) or down-sampling ratio (RFNA), one bar per
   channel expansion, error bars = sample std over runs.
@@ -32,9 +32,10 @@ __all__ = [
 
 FIGURE_NETWORKS_MAX = 8
 
-TP_COLOUR = (0.1, 0.85, 0.1)
-FN_COLOUR = (0.95, 0.1, 0.1)
-FP_COLOUR = (0.15, 0.35, 1.0)
+# the paper's Figures 5 and 6: "Blue: False Negatives, Yellow: True Positives" (they show no FP colour)
+TP_COLOUR = (1.0, 0.85, 0.0)
+FN_COLOUR = (0.15, 0.35, 1.0)
+FP_COLOUR = (0.95, 0.1, 0.1)
 
 
 def _pyplot():
@@ -80,7 +81,7 @@ def overlay(
     alpha: float = 0.6,
     annotated: np.ndarray | None = None,
 ) -> np.ndarray:
-    """RGB image: ``grey`` with TP green, FN red and FP blue blended in; with ``annotated`` (sparse
+    """RGB image: ``grey`` with TP yellow, FN blue (the paper's colours) and FP red blended in; with ``annotated`` (sparse
     annotations) only there: a prediction on unannotated pixels is none of them (left grey)."""
     out = _rgb(grey).astype(float).copy()
     if annotated is not None:
@@ -484,7 +485,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
         )
     # the panels show one trained model per network, not the table's mean over runs: say which
     title = (
-        f"{_data_name(ctx)} fold {fold} test cases: TP green, FN red, FP blue (zoomed to twice the lesion; case IoU "
+        f"{_data_name(ctx)} fold {fold} test cases: TP yellow, FN blue, FP red (zoomed to twice the lesion; case IoU "
         f"over the whole case)\n{_seeds_shown(reps, order)}"
     )
     if any(r["annotated"] is not None for r in rows):
