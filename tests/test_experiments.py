@@ -1408,7 +1408,7 @@ def test_figure_cases_read_each_case_once_and_keep_none(small_brats_cases, monke
         _figure_cases(ds, ["nope"], fold=0)
 
 
-def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monkeypatch):
+def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monkeypatch, tmp_path):
     """The paper-protocol pass reads each test case once; its CaseDataset cached them all, so a
     full-size test fold stayed in memory (GBs) to the end of the pass."""
     from types import SimpleNamespace
@@ -1430,6 +1430,7 @@ def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monke
     run = SimpleNamespace(
         variant=SimpleNamespace(network="unet"), options={}, model=None, fold=0, paper_protocol_csv=None
     )
+    run.metrics_csv = _metrics_csv(tmp_path, {"c": 0.5})
     ctx = SimpleNamespace(
         spec=get_spec("brats"),
         fold_data={0: {"test": small_brats_cases}},
@@ -1440,6 +1441,58 @@ def test_paper_protocol_scoring_keeps_no_case_in_memory(small_brats_cases, monke
     )
     runner_module._score_paper_protocol(run, ctx)
     assert held == [(None, 0.3)]  # and the masks cut at the grid's --threshold, as metrics.csv's
+
+
+def _metrics_csv(folder, ious: dict) -> Path:
+    from pam_monai.experiments.results import METRICS
+
+    path = folder / "metrics.csv"
+    lines = [",".join(["case", *METRICS, "target_empty", "pred_empty"])]
+    lines += [
+        ",".join([case, *(str(iou) if m == "iou" else "0.5" for m in METRICS), "False", "False"])
+        for case, iou in ious.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_paper_protocol_predictions_other_than_the_evaluations_are_named(tmp_path, monkeypatch, caplog):
+    """The paper protocol's rows carry each case's IoU on its own grid to show they come from the
+    evaluation's predictions; nothing compared it with metrics.csv, so a per-slice table of other
+    masks (another device's rounding) went unnoticed. A difference is named; equal values are not."""
+    import logging
+    from types import SimpleNamespace
+
+    from pam_monai.experiments import predict
+
+    rows = [{"case": "a", "case_iou": 0.25}, {"case": "b", "case_iou": 0.5000001}]
+    monkeypatch.setattr(predict, "load_network", lambda *a: None)
+    monkeypatch.setattr(predict, "paper_protocol_rows", lambda *a: rows)
+    monkeypatch.setattr(predict, "write_paper_protocol", lambda rows, path: None)
+    run = SimpleNamespace(
+        name="fpa/seed0/fold0", variant=SimpleNamespace(network="fpa"), options={}, model=None, fold=0
+    )
+    run.paper_protocol_csv = None
+    ctx = SimpleNamespace(
+        spec=SimpleNamespace(in_channels=4),
+        fold_data={0: {"test": []}},
+        foreground_label=None,
+        device="cpu",
+        slice_batch_size=4,
+        threshold=0.5,
+    )
+    import pam_monai.engines as engines
+
+    monkeypatch.setattr(engines, "CaseDataset", lambda *a, **k: None)
+    for ious, named in (({"a": 0.25, "b": 0.5}, False), ({"a": 0.3, "b": 0.5}, True)):
+        caplog.clear()
+        run.metrics_csv = _metrics_csv(tmp_path, ious)
+        with caplog.at_level(logging.WARNING, logger="pam_monai.experiments"):
+            runner_module._score_paper_protocol(run, ctx)
+        said = "the paper protocol's predictions are not the evaluation's" in caplog.text
+        assert said == named, caplog.text
+        if named:
+            assert "a: 0.25 against 0.3" in caplog.text and "b:" not in caplog.text
 
 
 def test_grid_checks_the_data_once_not_in_every_run(tmp_path, monkeypatch):

@@ -637,9 +637,28 @@ def _score_paper_protocol(run: Run, ctx: _Context) -> None:
     net = load_network(run.variant.network, run.options, ctx.spec.in_channels, run.model, ctx.device)
     # one pass over the test cases: cached, a full-size fold stayed in memory to the end (GBs)
     ds = CaseDataset(ctx.fold_data[run.fold]["test"], ctx.spec, ctx.foreground_label, cache=False)
-    write_paper_protocol(
-        paper_protocol_rows(net, ds, ctx.slice_batch_size, ctx.device, ctx.threshold), run.paper_protocol_csv
-    )
+    rows = paper_protocol_rows(net, ds, ctx.slice_batch_size, ctx.device, ctx.threshold)
+    _check_same_predictions(run, rows)
+    write_paper_protocol(rows, run.paper_protocol_csv)
+
+
+def _check_same_predictions(run: Run, rows: list[dict]) -> None:
+    """Warn when the paper protocol's per-case IoU (its prediction put back on the case's grid)
+    differs from the evaluation's ``metrics.csv``: its per-slice table would then describe other
+    masks than the run's per-case table (another device's or precision's rounding, say)."""
+    evaluated = {r["case"]: r["iou"] for r in read_case_metrics(run.metrics_csv)}
+    differ = [
+        f"{r['case']}: {r['case_iou']:.6g} against {evaluated[r['case']]:.6g}"
+        for r in rows
+        if r["case"] in evaluated
+        and abs(r["case_iou"] - evaluated[r["case"]]) > 1e-5 * max(1.0, abs(r["case_iou"]))
+    ]
+    if differ:
+        log.warning(
+            "%s: the paper protocol's predictions are not the evaluation's: their per-case IoU differs from "
+            "%s in %d case(s) (%s); its per-slice table describes other masks than results.md's per-case one",
+            run.name, run.metrics_csv, len(differ), "; ".join(differ[:5]) + ("; ..." if len(differ) > 5 else ""),
+        )  # fmt: skip
 
 
 def _check_finished(run: Run, identity: dict) -> None:
