@@ -357,6 +357,20 @@ def test_a_case_metric_that_is_not_finite_is_refused_naming_the_file(tmp_path, v
     assert [c["hd95"] for c in read_case_metrics(path)] == [3.0, 373.13]
 
 
+def test_a_case_scored_twice_is_refused_naming_the_file_and_case(tmp_path):
+    """A metrics.csv that names a case twice (a test list with a duplicate): the tables counted both
+    rows and the paired comparison averaged them into one case; refused, naming file and case."""
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "case,iou,dice,hd95,fp_rate,fn_rate,target_empty,pred_empty\n"
+        "c0,0.5,0.6,3.0,0.01,0.2,False,False\n"
+        "c1,0.4,0.5,3.0,0.01,0.2,False,False\n"
+        "c0,0.5,0.6,3.0,0.01,0.2,False,False\n"
+    )
+    with pytest.raises(ValueError, match=r"metrics\.csv: case\(s\) c0 scored more than once"):
+        read_case_metrics(path)
+
+
 # ----------------------------------------------------------------------------- figures
 def test_attention_map_is_the_bridge_attention_used_in_forward():
     from pam_monai.experiments.predict import attention_map

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,12 @@ def read_case_metrics(path: str | os.PathLike) -> list[dict]:
         row["target_empty"] = _bool(r["target_empty"])
         row["pred_empty"] = _bool(r["pred_empty"])
         out.append(row)
+    twice = sorted(c for c, n in Counter(row["case"] for row in out).items() if n > 1)
+    if twice:  # the paired comparison would average them into one case, the tables count both
+        raise ValueError(
+            f"{path}: case(s) {', '.join(twice)} scored more than once: a test list naming a case twice? "
+            "Each case once, then re-run the evaluation"
+        )
     return out
 
 
