@@ -10,7 +10,10 @@ start, Triton's interpreter runs the same kernels (``tests/test_fast_path.py`` d
 Each case compares the output and the four gradients (input, convolution weight, gamma, beta) with
 the reference computed in fp32 from the same (rounded) inputs, relative to each tensor's scale
 (the weight's gradient is compared on the input gradient's scale: an instance norm undoes a scaling
-of the weight, so that gradient is nearly zero). Prints one line per case; exits 1 on a mismatch.
+of the weight, so that gradient is nearly zero). Prints one line per case, naming the path that ran
+(Triton kernels or the operator's reference PyTorch path); exits 1 on a mismatch, and when the
+kernels were required (``--require_triton``, always on CUDA) but the reference path ran: it matches
+the reference by construction, so without Triton a GPU run said "ok" and timed the fallback.
 On CUDA, when every case passed, it then times one attention unit at FPA's c2 shape: the plane
 operator beside the fast path's compiled unit, contiguous and channels-last (``--no_timing`` skips).
 """
@@ -39,12 +42,14 @@ FPA = [  # FPA's attention units at batch 50 (c2, c3, c4 / bridge), bf16 as unde
 ]
 
 
-def check(n, c, h, w, d, dtype, device, seed=0) -> tuple[bool, str]:
+def check(n, c, h, w, d, dtype, device, seed=0) -> tuple[bool, str, str]:
+    """(ok, the case's line, the path that ran: ``"Triton"`` or ``"reference"``)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=g).to(device, dtype)
     wt = (torch.randn(c, 1, 3, 3, generator=g) * 0.5).to(device)
     gamma = (torch.rand(c, generator=g) + 0.5).to(device)
     beta = (torch.randn(c, generator=g) * 0.5).to(device)
+    path = "Triton" if pk._use_triton(x) else "reference"
     leaves = [t.clone().requires_grad_() for t in (x, wt, gamma, beta)]
     ref_leaves = [t.clone().float().requires_grad_() for t in (x, wt, gamma, beta)]
     y = pk.plane_dconv_norm_relu(*leaves, d)
@@ -69,7 +74,8 @@ def check(n, c, h, w, d, dtype, device, seed=0) -> tuple[bool, str]:
     shown = " ".join(f"{k} {v:.1e}" for k, v in errors.items())
     return (
         ok,
-        f"{'ok  ' if ok else 'FAIL'} {n}x{c}x{h}x{w} d={d} {str(dtype)[6:]}: {shown} (tolerance {tol:g})",
+        f"{'ok  ' if ok else 'FAIL'} {n}x{c}x{h}x{w} d={d} {str(dtype)[6:]} [{path}]: {shown} (tolerance {tol:g})",
+        path,
     )
 
 
@@ -124,17 +130,34 @@ def main() -> int:
     p.add_argument("--fpa", action="store_true", help="also FPA's shapes at batch 50 (default on CUDA)")
     p.add_argument("--output", help="also write the lines to this file")
     p.add_argument("--no_timing", action="store_true", help="on CUDA, skip timing one unit after the checks")
+    p.add_argument(
+        "--require_triton",
+        action="store_true",
+        help="fail unless the Triton kernels ran (always on CUDA; on the CPU they run with TRITON_INTERPRET=1)",
+    )
     a = p.parse_args()
+    require = a.require_triton or torch.device(a.device).type == "cuda"
     cases = SMALL + (FPA if a.fpa or a.device == "cuda" else [])
-    failed, lines = 0, []
+    failed, fallbacks, lines = 0, 0, []
     for case in cases:
         t = time.perf_counter()
-        ok, line = check(*case, device=a.device)
+        ok, line, path = check(*case, device=a.device)
         lines.append(f"{line} [{time.perf_counter() - t:.1f} s]")
         print(lines[-1], flush=True)
         failed += not ok
-    lines.append("plane kernels ok" if not failed else f"plane kernels: {failed} case(s) FAILED")
+        fallbacks += require and path != "Triton"
+    if fallbacks:
+        lines.append(
+            f"plane kernels: NOT RUN: {fallbacks} case(s) took the operator's reference PyTorch path, not the "
+            f"Triton kernels (triton importable: {pk.triton_available()}; on the CPU set TRITON_INTERPRET=1): "
+            "nothing of the kernels was checked, and their timings would time the fallback"
+        )
+    elif failed:
+        lines.append(f"plane kernels: {failed} case(s) FAILED")
+    else:
+        lines.append("plane kernels ok")
     print(lines[-1])
+    failed += fallbacks
     if not failed and a.device == "cuda" and not a.no_timing:
         lines.append(time_unit(a.device))
         print(lines[-1], flush=True)

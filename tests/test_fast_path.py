@@ -679,9 +679,37 @@ def test_plane_kernels_triton_code_matches_the_reference_in_the_interpreter():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "plane_kernels_check.py"
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run(
-        [sys.executable, str(script), "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(script), "--device", "cpu", "--require_triton"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0 and "plane kernels ok" in run.stdout, run.stdout + run.stderr
+    assert "[Triton]" in run.stdout and "[reference]" not in run.stdout, run.stdout
+
+
+def test_plane_kernels_check_fails_when_the_reference_path_ran_instead_of_triton():
+    """The check compares the operator with its reference, which its fallback path (no Triton, or a
+    CPU tensor without the interpreter) *is*: it said "plane kernels ok" having checked nothing, and
+    gpu_check.sh then timed the fallback as the plane kernels. Now a required kernel run (on CUDA
+    always) that took the reference path fails, naming the cause."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plane_kernels_check.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the CPU: the reference path
+    run = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--require_triton"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "plane kernels ok" not in run.stdout and "[reference]" in run.stdout, run.stdout
+    fallback = "plane kernels: NOT RUN: 5 case(s) took the operator's reference PyTorch path"
+    assert fallback in run.stdout, run.stdout
 
 
 @pytest.mark.skipif(
