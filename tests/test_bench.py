@@ -357,3 +357,62 @@ def test_run_times_ms_times_each_call_on_the_host_without_a_gpu():
     times = run_times_ms(lambda: (calls.append(1), time.sleep(0.005)), repeats=3, device="cpu")
     assert len(times) == 3 and len(calls) == 3
     assert all(5.0 <= t < 1000.0 for t in times), times
+
+
+@pytest.mark.parametrize("verdict", ["plane kernels ok", "plane kernels: 1 case(s) FAILED", None])
+def test_gpu_check_times_the_plane_kernels_only_after_plane_check_passed(tmp_path, verdict):
+    """gpu_check.sh on a GPU lease: when ``plane_check`` ran and did not pass (wrong kernels, a failed
+    Triton compile, the fallback path, its time box), the plane stages and variants still ran, each
+    compiling FPA or its c2 level first (minutes of a 15-minute lease) to time a broken or absent
+    kernel. Now they are skipped, loudly; a call whose ONLY leaves plane_check out runs them. Python
+    is a stub here that records each call and prints ``verdict`` for plane_check."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    root = Path(__file__).resolve().parents[1]
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python3"
+    said = f'echo "{verdict}"; exit {0 if verdict == "plane kernels ok" else 1}' if verdict else "exit 0"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> "{calls}"\n'
+        '[ "$1" = - ] && { cat >/dev/null; exit 0; }\n'
+        f'case "$*" in *plane_kernels_check.py*) {said};; esac\n'
+        "exit 0\n"
+    )
+    stub.chmod(0o755)
+    stages = (
+        "cg_fpa_plane_b128 fpa_c2_variants"
+        if verdict is None
+        else "plane_check cg_fpa_plane_b128 fpa_c2_variants"
+    )
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path / "out"),
+        PY=str(stub),
+        ONLY=stages,
+        PATH=f"{tmp_path}:{os.environ['PATH']}",
+    )
+    run = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    made = calls.read_text().splitlines()
+    variants = next(c for c in made if "fpa_branch_gpu.py" in c).split("--variants ")[1].split()[0].split(",")
+    plane_timed = any("--modes fast+plane" in c for c in made)
+    if verdict == "plane kernels: 1 case(s) FAILED":
+        assert not plane_timed and not any(v.startswith("fpa_plane") for v in variants), made
+        assert variants == ["fpa", "fpa_nchw", "fpa_normfn", "fpa_mk", "fpa_aggr", "fpa_cdt"], variants
+        assert "== SKIP cg_fpa_plane_b128: plane_check did not pass" in run.stdout, run.stdout
+    else:  # passed, or not run in this call (ONLY): the plane kernels are timed
+        assert plane_timed and {"fpa_plane", "fpa_plane_small", "fpa_plane_large"} <= set(variants), made
+        assert "SKIP" not in run.stdout, run.stdout
