@@ -604,6 +604,22 @@ def test_plane_kernels_refuse_instance_norms_with_running_statistics():
     assert not any(getattr(m, "plane_kernels", False) for m in net.modules())
 
 
+def test_plane_kernels_switched_on_without_triton_say_so(monkeypatch):
+    """Without Triton the plane operator runs its PyTorch reference, on a GPU too, slower than the
+    plain fast path: switching the kernels on then warns, naming Triton; with Triton it does not."""
+    import warnings
+
+    from pam_monai.networks.blocks import plane_kernels
+
+    for available in (False, True):
+        monkeypatch.setattr(plane_kernels, "triton_available", lambda available=available: available)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plane_kernels.use_plane_kernels(get_network("fpa", features=(4, 8, 8, 8)))
+        said = [str(w.message) for w in caught if "Triton is not installed" in str(w.message)]
+        assert bool(said) == (not available), said
+
+
 def test_plane_kernels_reference_path_ignores_autocast():
     """The operator's reference path (CPU; CUDA without Triton) under bf16 autocast: autocast stays
     on inside a custom operator, so its convolutions and statistics ran in bf16 (mean and rstd bf16

@@ -31,6 +31,7 @@ the backward operator has no gradient of its own.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -404,6 +405,13 @@ def use_plane_kernels(network: nn.Module, on: bool = True) -> nn.Module:
                 f"use_plane_kernels: the FPA blocks {unfit} are not 2-D 'depthwise dilated conv -> affine "
                 "instance norm -> ReLU' units (depthwise=False, another norm, one with running statistics or 3-D); "
                 "leave plane_kernels off"
+            )
+        if blocks and not triton_available():  # the operator would quietly run its reference on a GPU
+            warnings.warn(
+                "use_plane_kernels: Triton is not installed (pip install triton; PyTorch's Windows builds lack it): "
+                "the fused units run PyTorch's reference computation instead, slower than leaving "
+                "plane_kernels off",
+                stacklevel=2,
             )
     for m in blocks:
         m.plane_kernels = bool(on)
