@@ -559,6 +559,26 @@ def test_drop_last_follows_compile_unless_overridden():
         assert parser.get_parsed_content("train#dataloader#drop_last", instantiate=False) == value
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_train_transforms_reach_the_training_slices(name):
+    """``train_transforms`` (default none) is the users' per-step augmentation: MONAI dictionary
+    transforms given as config entries become the training dataset's transform, in order."""
+    from monai.transforms import Compose, RandFlipd, RandGaussianNoised
+
+    parser = ConfigParser()
+    parser.read_config(configs(name, "train.json"))
+    assert parser["train_transforms"] == []
+    assert parser.get_parsed_content("train#dataset#transform") is None
+    parser["train_transforms"] = [
+        {"_target_": "RandGaussianNoised", "keys": ["image"], "prob": 0.2},
+        {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
+    ]
+    parser.parse(reset=True)
+    transform = parser.get_parsed_content("train#dataset#transform")
+    assert isinstance(transform, Compose)
+    assert [type(t) for t in transform.transforms] == [RandGaussianNoised, RandFlipd]
+
+
 def test_fast_compiles_on_a_gpu_only_with_triton(monkeypatch, caplog):
     """PyTorch's Windows CUDA builds have no Triton, so the default fast path's torch.compile failed
     at the first training step there: without Triton ``fast`` trains uncompiled on a GPU (and says

@@ -472,3 +472,96 @@ def test_train_transforms_flip_left_right_as_the_batched_pipeline(items, name):
         expected = batch[key].movedim(0, -1) if DATASETS[name].volumetric else batch[key][0]
         torch.testing.assert_close(torch.as_tensor(flipped[key]), expected)
         assert not torch.equal(expected, whole)  # the flip is visible on these cases
+
+
+# --------------------------------------------------------------- per-sample transforms (train_transforms)
+class _Draw:
+    """A MONAI-style random transform: the image becomes one value drawn from its random state
+    (what a worker's random state gives shows in the batch)."""
+
+    def __init__(self):
+        self.R = np.random.RandomState()
+
+    def set_random_state(self, seed=None, state=None):
+        self.R = np.random.RandomState(seed)
+        return self
+
+    def __call__(self, sample):
+        return {**sample, "image": torch.full_like(sample["image"], float(self.R.rand()))}
+
+
+def test_slice_dataset_transform_serves_plain_float32_tensors_of_the_sample(items):
+    """A MONAI dictionary transform runs on each served sample (MetaTensors come back plain: they
+    would carry metadata into the trainer and the compiled network), and the same seed gives the
+    same draws run after run."""
+    from monai.transforms import Compose, RandFlipd, RandGaussianNoised
+
+    plain = SliceDataset(items["brats"], "brats", progress=False, seed=3)  # the same slices
+
+    def chain():
+        return Compose(
+            [
+                RandGaussianNoised("image", prob=1.0, std=0.5, sample_std=False),
+                RandFlipd(["image", "label"], prob=1.0, spatial_axis=0),
+            ]
+        )
+
+    a = SliceDataset(items["brats"], "brats", progress=False, transform=chain(), seed=3)
+    b = SliceDataset(items["brats"], "brats", progress=False, transform=chain(), seed=3)
+    for i in (0, len(a) - 1):
+        x, y = a[i], b[i]
+        for key in ("image", "label"):
+            assert type(x[key]) is torch.Tensor and x[key].dtype == torch.float32, type(x[key])
+            torch.testing.assert_close(x[key], y[key])  # seeded by the dataset's seed
+        base = plain[i]
+        torch.testing.assert_close(x["label"], base["label"].flip(1))  # labels: flipped only
+        noise = x["image"].flip(1) - base["image"]
+        assert 0.4 < float(noise.std()) < 0.6  # the noise drawn
+    with pytest.raises(TypeError, match="transform must be callable"):
+        SliceDataset(items["brats"], "brats", progress=False, transform=[RandGaussianNoised("image")])
+
+
+def test_dataloader_workers_draw_their_own_transform_values(items):
+    """Each DataLoader worker starts from a copy of the main process's transform: without its own
+    seed every worker draws the same values (worker 0's first sample equals worker 1's). The
+    loader seeds each worker's copy (seed_worker_transform); the same seed gives the same batches."""
+    from torch.utils.data import DataLoader
+
+    from pam_monai.engines.loaders import slice_loader
+
+    ds = SliceDataset(items["brats"], "brats", progress=False, transform=_Draw(), seed=0)
+
+    def draws():
+        loader = slice_loader(ds, batch_size=1, device="cpu", num_workers=2, seed=5)
+        assert isinstance(loader, DataLoader)
+        return [float(batch["image"].flatten()[0]) for _, batch in zip(range(4), loader)]
+
+    first, again = draws(), draws()
+    assert first == again
+    assert first[0] != first[1] and first[2] != first[3], first  # batches 0, 2 from worker 0; 1, 3 from 1
+
+
+def test_a_transformed_dataset_is_refused_by_the_device_loader(items):
+    """The device loader copies each sample once: a per-sample random transform would be frozen."""
+    from torch.utils.data import DataLoader
+
+    from pam_monai.engines.loaders import DeviceSliceLoader, slice_loader
+
+    ds = SliceDataset(items["brats"], "brats", progress=False, transform=_Draw())
+    with pytest.raises(
+        ValueError, match="device_data true: the training samples have a per-sample transform"
+    ):
+        slice_loader(ds, 2, "cpu", device_data="true")
+    with pytest.raises(ValueError, match="DeviceSliceLoader: the dataset has a per-sample transform"):
+        DeviceSliceLoader(ds, 2)
+    assert isinstance(slice_loader(ds, 2, "cpu", device_data="auto"), DataLoader)
+    assert isinstance(slice_loader(ds, 2, "cpu", device_data="false"), DataLoader)
+
+
+def test_slice_dataset_docstring_example_runs():
+    import doctest
+
+    import pam_monai.data.slices as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -11,7 +11,7 @@ from .layout import CaseFiles, Problem, discover_cases, scan_cases
 from .nnunet import nnunet_spec
 from .ops import crop_or_pad_center, normalize_nonzero, random_flip_batch, uncrop_center
 from .preprocess import load_case, preprocess_case, restore_mask, restore_prediction
-from .slices import SliceDataset
+from .slices import SliceDataset, seed_worker_transform
 from .specs import DATASETS, DatasetSpec, get_spec
 from .synthetic import ensure_dataset, synth
 
@@ -47,6 +47,7 @@ __all__ = [
     "NormalizeNonZerod",
     "Problem",
     "SliceDataset",
+    "seed_worker_transform",
     "build_datalist",
     "check_dataset",
     "crop_or_pad_center",

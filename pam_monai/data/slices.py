@@ -48,7 +48,7 @@ from .ops import IGNORE
 from .preprocess import preprocess_case
 from .specs import DatasetSpec, get_spec
 
-__all__ = ["CACHE_VERSION", "SliceDataset"]
+__all__ = ["CACHE_VERSION", "SliceDataset", "seed_worker_transform"]
 
 log = logging.getLogger("pam_monai")
 
@@ -168,6 +168,27 @@ def data_argument(data: Sequence[dict] | None, items: Sequence[dict] | None, who
     return data
 
 
+def _plain_float32(x) -> torch.Tensor:
+    """A transform's output as a plain float32 tensor (a MetaTensor's data, a numpy array's)."""
+    t = (
+        x.as_tensor()
+        if hasattr(x, "as_tensor")
+        else torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+    )
+    return t.to(torch.float32)
+
+
+def seed_worker_transform(worker_id: int) -> None:
+    """``DataLoader`` ``worker_init_fn``: seed the random state of the worker's copy of its
+    dataset's ``transform`` by the worker's own seed (the loader's generator and the worker's
+    number), so that workers draw different augmentations, the same ones run after run: each
+    worker otherwise starts from the main process's copy, and all of them draw the same values."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=info.seed % 2**32)
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """Axial 2-D slices (or CityScapes frames) as ``{"image": C x H x W float32, "label":
     1 x H x W float32 in {0, 1} (and ``IGNORE`` on unannotated voxels)}`` tensors in the paper's shapes (BRATS 4 x 160 x 160, ISLES
@@ -192,6 +213,25 @@ class SliceDataset(torch.utils.data.Dataset):
         num_workers: threads preprocessing cases in parallel (decompression and numpy release
             the GIL); None = up to 4, as many as CPU cores.
         progress: show a tqdm progress bar while preparing the cases.
+        transform: a callable applied to each sample dict as it is served (MONAI dictionary
+            transforms on the keys ``image`` and ``label``, e.g. ``RandGaussianNoised``): per-step
+            augmentation after the cached preprocessing (the bundles' ``train_transforms``). Every
+            sample must keep one shape (batches are stacked); a label must stay 0/1 (nearest
+            interpolation). Its random state is seeded with ``seed`` here and, in each
+            ``DataLoader`` worker, by :func:`seed_worker_transform` (:func:`~pam_monai.engines.slice_loader`
+            passes it). MetaTensors come back as plain float32 tensors.
+
+    Example::
+
+        >>> from monai.transforms import RandScaleIntensityd
+        >>> import tempfile
+        >>> from pam_monai.data import discover_cases, synth
+        >>> root = synth("brats", tempfile.mkdtemp(), cases=1, slices=8)
+        >>> cases = discover_cases("brats", root)
+        >>> ds = SliceDataset(cases, "brats", progress=False,
+        ...                   transform=RandScaleIntensityd("image", factors=0.1, prob=1.0))
+        >>> ds[0]["image"].shape, type(ds[0]["image"]).__name__
+        (torch.Size([4, 160, 160]), 'Tensor')
     """
 
     def __init__(
@@ -206,7 +246,15 @@ class SliceDataset(torch.utils.data.Dataset):
         num_workers: int | None = None,
         progress: bool = True,
         items: Sequence[dict] | None = None,
+        transform=None,
     ) -> None:
+        if transform is not None and not callable(transform):
+            raise TypeError(
+                f"{type(self).__name__}: transform must be callable (a MONAI transform), got {transform!r}"
+            )
+        self.transform = transform
+        if hasattr(transform, "set_random_state"):  # MONAI's Randomizable / Compose: reproducible runs
+            transform.set_random_state(seed=int(seed) % 2**32)
         self.spec = get_spec(dataset)
         self.items = [dict(it) for it in data_argument(data, items, type(self).__name__)]
         if not 0.0 <= keep_background_fraction <= 1.0:
@@ -409,7 +457,13 @@ class SliceDataset(torch.utils.data.Dataset):
         v, z = self._index[i]
         image = torch.from_numpy(np.array(self._images[v][z], dtype=np.float32))
         label = torch.from_numpy(np.array(self._labels[v][z], dtype=np.float32))
-        return {"image": image, "label": label}
+        sample = {"image": image, "label": label}
+        if self.transform is None:
+            return sample
+        out = self.transform(sample)
+        # plain float32 tensors, as without a transform (a MetaTensor would carry its metadata into
+        # the trainer, the compiled network and the stacked batches)
+        return {**out, **{k: _plain_float32(out[k]) for k in sample}}
 
     def slice_info(self, i: int) -> tuple[str, int]:
         """``(case, slice index in the volume)`` of sample ``i``."""

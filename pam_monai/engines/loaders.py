@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from ..data.slices import seed_worker_transform
 from .runtime import as_bool
 
 __all__ = [
@@ -113,6 +114,12 @@ class DeviceSliceLoader:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if getattr(dataset, "transform", None) is not None:  # it copies each sample once
+            raise ValueError(
+                "DeviceSliceLoader: the dataset has a per-sample transform, which a device loader would apply "
+                "once, when it copies the samples, not at each step: use a DataLoader (the bundles' "
+                "device_data false)"
+            )
         n = len(dataset)
         if n == 0:
             raise ValueError("DeviceSliceLoader: the dataset is empty")
@@ -210,7 +217,16 @@ def slice_loader(
     device = torch.device(device)
     drop_last = drops_last(len(sampler) if sampler is not None else len(dataset), batch_size, drop_last)
     choice = str(device_data).strip().lower()
-    if choice == "auto":
+    transformed = getattr(dataset, "transform", None) is not None
+    if transformed and choice != "auto" and as_bool(device_data):
+        raise ValueError(
+            "device_data true: the training samples have a per-sample transform (the bundles' train_transforms), "
+            "which runs as a DataLoader serves each sample; the device loader copies the samples once. Use "
+            "device_data auto or false"
+        )
+    if transformed:
+        use_device, why = False, "a per-sample transform (train_transforms)"
+    elif choice == "auto":
         use_device, why = _fits_on_device(dataset, device, max_fraction)
     else:
         use_device, why = as_bool(device_data), f"device_data={device_data}"
@@ -238,6 +254,8 @@ def slice_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=int(num_workers) > 0,
         generator=torch.Generator().manual_seed(int(seed)),
+        # workers re-seed their copy of the transform (else each draws the main process's values)
+        worker_init_fn=seed_worker_transform if transformed and int(num_workers) > 0 else None,
     )
 
 
