@@ -565,3 +565,22 @@ def test_slice_dataset_docstring_example_runs():
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_torchrun_ranks_draw_their_own_transform_values(items, workers):
+    """Under torchrun every rank builds the dataset with the same seed: without a rank's own seed
+    each rank drew the same augmentation values, in the main process and in its workers."""
+    from torch.utils.data import DistributedSampler
+
+    from pam_monai.engines.loaders import slice_loader
+
+    def draws(rank):
+        ds = SliceDataset(items["brats"], "brats", progress=False, transform=_Draw(), seed=0)
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        loader = slice_loader(ds, batch_size=1, device="cpu", num_workers=workers, sampler=sampler, seed=0)
+        return [float(batch["image"].flatten()[0]) for _, batch in zip(range(2), loader)]
+
+    rank0, rank1 = draws(0), draws(1)
+    assert rank0 == draws(0)  # reproducible
+    assert rank0[0] != rank1[0] and rank0[1] != rank1[1], (rank0, rank1)

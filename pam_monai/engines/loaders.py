@@ -185,6 +185,9 @@ class DeviceSliceLoader:
             }
 
 
+RANK_SEED_STRIDE = 1_000_003  # a rank's augmentation seeds: seed + stride x rank (no rank repeats another's)
+
+
 def slice_loader(
     dataset,
     batch_size: int,
@@ -224,8 +227,11 @@ def slice_loader(
             "which runs as a DataLoader serves each sample; the device loader copies the samples once. Use "
             "device_data auto or false"
         )
+    rank = int(getattr(sampler, "rank", 0) or 0)  # torchrun: each rank its own augmentation draws
     if transformed:
         use_device, why = False, "a per-sample transform (train_transforms)"
+        if rank and hasattr(dataset.transform, "set_random_state"):
+            dataset.transform.set_random_state(seed=(int(seed) + RANK_SEED_STRIDE * rank) % 2**32)
     elif choice == "auto":
         use_device, why = _fits_on_device(dataset, device, max_fraction)
     else:
@@ -253,7 +259,7 @@ def slice_loader(
         num_workers=int(num_workers),
         pin_memory=device.type == "cuda",
         persistent_workers=int(num_workers) > 0,
-        generator=torch.Generator().manual_seed(int(seed)),
+        generator=torch.Generator().manual_seed(int(seed) + (RANK_SEED_STRIDE * rank if transformed else 0)),
         # workers re-seed their copy of the transform (else each draws the main process's values)
         worker_init_fn=seed_worker_transform if transformed and int(num_workers) > 0 else None,
     )
