@@ -295,6 +295,25 @@ def test_bench_command_exits_non_zero_when_a_measurement_failed(tmp_path):
     assert json.loads(out.read_text())["errors"]
 
 
+def test_hd95_rows_say_whether_both_answers_are_the_same(monkeypatch, tmp_path):
+    """A speed ratio of unequal answers must not pass silently: the table shows ours in MONAI's
+    convention beside MONAI's value, and a pair where they differ is a failed measurement."""
+    import types
+
+    import pam_monai.bench as B
+
+    row = {"shape": (40, 48, 48), "voxels_pred": 9, "voxels_target": 10, "ours_s": 0.001}
+    row |= {"monai_s": 0.01, "speedup": 10.0, "ours_hd95": 2.0, "monai_hd95": 2.5}
+    row |= {"ours_hd95_monai_convention": 3.0, "same_answer": False, "lesions": []}
+    fake = types.SimpleNamespace(bench_hd95=lambda **kw: dict(row))
+    monkeypatch.setattr(B, "load_hd95_bench", lambda: fake)
+    result = run_bench(device="cpu", stages="hd95", output=str(tmp_path / "b.json"))
+    assert any("hd95 synthetic ellipsoid" in e and "!= MONAI's 2.5000" in e for e in result["errors"])
+    assert "| 3.000 (DIFFERENT: the speed ratio compares unequal answers) |" in format_report(result)
+    same = {**row, "ours_hd95_monai_convention": 2.5, "same_answer": True}
+    assert "| 2.500 (same) |" in format_report({"hd95": same})
+
+
 def test_peak_memory_under_cuda_graphs_includes_their_recording(monkeypatch):
     """Under CUDA graphs the graphs' memory pool is allocated while they are recorded (the warm-up)
     and timed replays allocate nothing: the H100 run of 2026-11-27 reported 89 MiB for FPA at batch

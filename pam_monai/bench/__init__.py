@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .modes import Mode, parse_modes
-from .report import format_report, merge, write_json
+from .report import format_report, hd95_disagreements, merge, write_json
 
 __all__ = ["Mode", "bench", "format_report", "merge", "parse_modes", "run_bench", "write_json"]
 
@@ -441,6 +441,7 @@ def run_bench(
         result["hd95"] = guarded(
             "hd95", lambda: load_hd95_bench().bench_hd95(repeats=reps, shape=shape, segs=segs)
         )
+        result["errors"] += hd95_disagreements(result["hd95"])
     if "bundle" in stage_list:
         from .trainer import bench_bundle
 
