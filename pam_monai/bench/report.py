@@ -156,7 +156,7 @@ def format_report(result: dict) -> str:
             "cost x U-Net: step time / the 3-stage U-Net's step time in the same mode and run "
             "(median ratio; ratio of minimum times; range of per-round ratios).",
         ]
-        # on the CPU it is the peak RSS growth: 0 MiB when the steps reuse memory earlier rounds left mapped
+        # what the figure counts differs between CUDA (the allocator's peak) and the CPU (tensors)
         kinds = sorted({r["peak_kind"] for r in train if r.get("peak_kind") not in (None, "-")})
         if kinds:
             out.append("peak memory: " + "; ".join(kinds) + ".")
