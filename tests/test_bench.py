@@ -323,6 +323,19 @@ def test_bench_command_exits_non_zero_when_a_measurement_failed(tmp_path):
     assert json.loads(out.read_text())["errors"]
 
 
+def test_json_records_every_option_of_the_run(tmp_path):
+    """The JSON recorded the training settings but not the other stages' options (HD95 repeats,
+    the seed, the data pipeline's workers ...) unless they were typed on the command line: every
+    argument of the run is now in ``meta.settings.options``."""
+    import inspect
+
+    out = tmp_path / "b.json"
+    run_bench(device="cpu", stages="hd95", hd95_shape="40,48,48", hd95_repeats=2, seed=3, output=str(out))
+    options = json.loads(out.read_text())["meta"]["settings"]["options"]
+    assert set(options) == set(inspect.signature(run_bench).parameters)
+    assert options["hd95_repeats"] == 2 and options["seed"] == 3 and options["data_workers"] == "0,2"
+
+
 def test_hd95_rows_say_whether_both_answers_are_the_same(monkeypatch, tmp_path):
     """A speed ratio of unequal answers must not pass silently: the table shows ours in MONAI's
     convention beside MONAI's value, and a pair where they differ is a failed measurement."""

@@ -269,6 +269,7 @@ def run_bench(
     Returns:
         ``{"meta", "train", "data", "infer", "hd95", "errors"}``.
     """
+    options = dict(locals())  # every argument as given, for the record (meta.settings.options)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     from ..networks import NETWORKS
 
@@ -324,6 +325,7 @@ def run_bench(
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "compile_mode": compile_mode,
         "inductor": inductor_settings,
+        "options": options,
     }
     result: dict = {
         "meta": _meta(dev, settings),
