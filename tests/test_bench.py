@@ -98,6 +98,23 @@ def test_modes_docstrings_say_what_fast_holds():
     assert eval(example.group(2), {"Mode": Mode}) == parse_mode(example.group(1), "cuda")
 
 
+def test_cost_ratio_per_round_median_is_reported():
+    """A default CPU run under load gave RFNA 8.05x the U-Net by the median of its 12 pooled steps
+    (the even count averaged a quiet 0.17 s step with a loaded one) while three of four rounds
+    said 1.62-1.68: the table and the JSON now also give the median of the per-round ratios."""
+    from pam_monai.bench.train import TrainCase, summarise
+
+    mode = parse_mode("fp32", "cpu")
+    unet = TrainCase("unet", mode, 1, None, torch.device("cpu"), times=[0.1] * 4)
+    unet.round_medians = [0.1, 0.1, 0.1, 0.1]
+    rfna = TrainCase("rfna", mode, 1, None, torch.device("cpu"), times=[0.16, 0.17, 3.2, 0.165])
+    rfna.round_medians = [0.162, 0.168, 3.198, 0.164]
+    row = summarise([unet, rfna], 4, 80)[1]
+    assert row["cost_vs_unet_rounds_median"] == pytest.approx(1.66)
+    text = format_report({"meta": {}, "train": summarise([unet, rfna], 4, 80)})
+    assert "| 1.68; 1.60; 1.66 (1.62-31.98) |" in text
+
+
 def test_report_says_what_peak_memory_measures():
     """The CPU's figure is not the CUDA allocator's peak: the report must say what it counts."""
     from pam_monai.bench.train import CPU_PEAK_KIND

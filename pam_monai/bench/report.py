@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import statistics
 from pathlib import Path
 
 __all__ = ["format_report", "merge", "write_json"]
@@ -25,7 +26,7 @@ def _bytes(v) -> str:
 
 def _train_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| network | mode | params | batch | step ms (median) | slices/s | peak memory | cost x U-Net (median; min; rounds) |",
+        "| network | mode | params | batch | step ms (median) | slices/s | peak memory | cost x U-Net (median; min; rounds: median (range)) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -35,7 +36,13 @@ def _train_table(rows: list[dict]) -> list[str]:
             )
             continue
         rounds = r.get("cost_vs_unet_rounds") or []
-        spread = f"{min(rounds):.2f}-{max(rounds):.2f}" if len(rounds) > 1 else "-"
+        # the median ratio of pooled steps can land between a quiet and a loaded mode (an even
+        # count averages the middle two): the rounds' own median ratio is what a burst leaves alone
+        spread = (
+            f"{statistics.median(rounds):.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
+            if len(rounds) > 1
+            else "-"
+        )
         cost = (
             f"{_fmt(r.get('cost_vs_unet'), '.2f')}; {_fmt(r.get('cost_vs_unet_min'), '.2f')}; {spread}"
             if r.get("cost_vs_unet") is not None
@@ -154,7 +161,8 @@ def format_report(result: dict) -> str:
             *_train_table(train),
             "",
             "cost x U-Net: step time / the 3-stage U-Net's step time in the same mode and run "
-            "(median ratio; ratio of minimum times; range of per-round ratios).",
+            "(ratio of median times; ratio of minimum times; median and range of the per-round ratios, "
+            "each round's networks timed side by side).",
         ]
         # what the figure counts differs between CUDA (the allocator's peak) and the CPU (tensors)
         kinds = sorted({r["peak_kind"] for r in train if r.get("peak_kind") not in (None, "-")})

@@ -482,5 +482,6 @@ def summarise(cases: list[TrainCase], batch: int, size: int) -> list[dict]:
                 if len(c.round_medians) == len(u.round_medians) and c.round_medians:
                     per_round = [a / b for a, b in zip(c.round_medians, u.round_medians)]
                     r["cost_vs_unet_rounds"] = per_round
+                    r["cost_vs_unet_rounds_median"] = statistics.median(per_round)
         out.append(r)
     return out
