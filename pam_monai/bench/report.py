@@ -173,7 +173,11 @@ def format_report(result: dict) -> str:
     if result.get("data"):
         out += ["", "## Data pipeline", "", *_data_table(result["data"], fastest_train_rate(train))]
     if result.get("infer"):
-        out += ["", "## Whole-volume inference (crop, slices through the network, threshold, un-crop)", ""]
+        out += [
+            "",
+            "## Whole-volume inference (z-score, crop, slices through the network, threshold, un-crop)",
+            "",
+        ]
         out += _infer_table(result["infer"])
     h = result.get("hd95")
     if h:

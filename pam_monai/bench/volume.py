@@ -1,12 +1,14 @@
 """Whole-volume inference time for a BRATS-sized case (155 x 240 x 240, 4 modalities).
 
-From a preprocessed ``4 x 240 x 240 x 155`` float32 array (the per-volume normalisation is the
-data pipeline's work): centre crop to ``crop x crop`` as the preprocessing does, copy to the device,
-all 155 axial slices through the network with :class:`~pam_monai.engines.SliceWiseInferer`
-(``slice_batch_size`` slices per call, eval mode, ``torch.inference_mode``), threshold the logits
-at 0 (``sigmoid > 0.5``), copy the mask back and un-crop it to ``240 x 240 x 155``. Median of
-``repeats`` runs after one warm-up run. The fast mode runs bf16 autocast, channels-last and the
-fusible norm in eager mode (compiling an inference graph would cost more than a case takes).
+From a raw ``4 x 240 x 240 x 155`` float32 case (as read from its NIfTI files; the read itself
+is left out), as :class:`~pam_monai.engines.CasePredictor` segments it (:func:`segment_case`):
+z-score each channel over the whole volume's non-zero voxels and centre crop to ``crop x crop``
+(:func:`~pam_monai.data.preprocess_case`'s work), copy to the device, all 155 axial slices
+through the network with :class:`~pam_monai.engines.SliceWiseInferer` (``slice_batch_size``
+slices per call, eval mode, ``torch.inference_mode``), ``sigmoid > 0.5``, copy the mask back and
+un-crop it to ``240 x 240 x 155``. Median of ``repeats`` runs after one warm-up run. The fast mode
+runs bf16 autocast, channels-last and the fusible norm in eager mode (compiling an inference
+graph would cost more than a case takes).
 On the CPU the runs keep freed memory in the process, as ``CasePredictor`` does
 (:func:`~pam_monai.engines.memory.reuse_freed_memory`; ``reuse_memory=False``: glibc's defaults,
 the figure before; ``benchmarks/infer_cpu_bench.py`` compares both on real cases).
@@ -25,9 +27,43 @@ import torch
 
 from .modes import Mode
 
-__all__ = ["bench_volume"]
+__all__ = ["bench_volume", "raw_case", "segment_case"]
 
 log = logging.getLogger("pam_monai.bench")
+
+
+def raw_case(volume: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """A synthetic raw ``4 x H x W x D`` case: positive scanner-like intensities inside a centred
+    ellipsoid ("brain"), 0 outside, as BraTS's skull-stripped volumes are."""
+    rng = np.random.default_rng(seed)
+    axes = np.ogrid[tuple(slice(0, n) for n in volume)]
+    inside = sum(((a - (n - 1) / 2) / (0.4 * n)) ** 2 for a, n in zip(axes, volume)) <= 1
+    case = rng.gamma(4.0, 150.0, size=(4, *volume)).astype(np.float32)
+    return case * inside
+
+
+def segment_case(
+    image: np.ndarray, net, inferer, device: torch.device, crop: int, amp: bool = False
+) -> np.ndarray:
+    """The uint8 mask of one raw ``C x H x W x D`` BRATS case on its own grid, as
+    :class:`~pam_monai.engines.CasePredictor` makes it without reading and writing files: the
+    preprocessing of :func:`~pam_monai.data.preprocess_case` (z-score statistics of the whole
+    volume, applied to the in-plane centre crop, padded where smaller), the slices through the
+    network, ``sigmoid > 0.5`` and the un-crop."""
+    from ..data import crop_or_pad_center, get_spec, uncrop_center
+    from ..data.intensity import normalize_channels, volume_stats
+    from ..engines import foreground_mask
+
+    norms = get_spec("brats").channel_norms
+    inside = tuple(min(n, crop) for n in image.shape[1:3])
+    stats = volume_stats(image, norms)
+    x = normalize_channels(crop_or_pad_center(image, (*inside, -1)), norms, stats)
+    x = crop_or_pad_center(x, (crop, crop, -1))
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device, non_blocking=True)
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        logits = inferer(x, net)
+    mask = foreground_mask(logits)[0, 0].to(torch.uint8).cpu().numpy()  # the copy back synchronises
+    return uncrop_center(mask, image.shape[1:])
 
 
 def bench_volume(
@@ -42,13 +78,11 @@ def bench_volume(
     reuse_memory: bool = True,
 ) -> list[dict]:
     """Time whole-volume inference per (network, mode); see the module docstring."""
-    from ..data import crop_or_pad_center, uncrop_center
     from ..engines import SliceWiseInferer
     from ..engines.memory import reuse_freed_memory
     from .train import build_network
 
-    rng = np.random.default_rng(seed)
-    case = rng.standard_normal((4, *volume), dtype=np.float32)
+    case = raw_case(tuple(volume), seed)
     results = []
     for mode in modes:
         for name in networks:
@@ -68,15 +102,7 @@ def bench_volume(
                 inferer = SliceWiseInferer(slice_batch_size=slice_batch_size, channels_last=mode.cl)
 
                 def run(net=net, inferer=inferer, mode=mode) -> np.ndarray:
-                    x = crop_or_pad_center(case, (crop, crop, -1))
-                    x = torch.from_numpy(np.ascontiguousarray(x))[None].to(device, non_blocking=True)
-                    with (
-                        torch.inference_mode(),
-                        torch.autocast(device.type, torch.bfloat16, enabled=mode.amp),
-                    ):
-                        logits = inferer(x, net)
-                    mask = (logits > 0)[0, 0].to(torch.uint8).cpu().numpy()  # the copy back synchronises
-                    return uncrop_center(mask, volume)
+                    return segment_case(case, net, inferer, device, crop, mode.amp)
 
                 with reuse_freed_memory(reuse_memory and device.type == "cpu"):  # as CasePredictor
                     t = time.perf_counter()
