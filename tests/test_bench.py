@@ -151,6 +151,20 @@ def test_inference_bench_segments_a_raw_case_as_case_predictor_does():
     np.testing.assert_array_equal(got, expected)
 
 
+def test_data_table_says_when_the_step_ran_on_smaller_slices():
+    """On the CPU the training step runs at 4x80x80 while the pipeline delivers 4x160x160 slices:
+    'vs fastest training step' compares slices of different sizes, and the table must say so."""
+    row = {"network": "unet", "mode": "fp32", "params": 1, "batch": 4, "size": [4, 80, 80]}
+    row |= {"step_ms_median": 100.0, "slices_per_s": 40.0}
+    data = {"cases": 2, "slices_per_case": 155, "slice_shape": [4, 160, 160]}
+    data["loaders"] = [{"loader": "DataLoader(num_workers=0)", "slices_per_s": 400.0}]
+    text = format_report({"meta": {}, "train": [row], "data": data})
+    assert "| DataLoader(num_workers=0) | 400 | 10.00x |" in text
+    assert "40 slices/s of 4x80x80, against the pipeline's slices of 4x160x160)" in text
+    same = format_report({"meta": {}, "train": [{**row, "size": [4, 160, 160]}], "data": data})
+    assert "(fastest training step in these results: 40 slices/s)" in same
+
+
 def test_report_says_what_peak_memory_measures():
     """The CPU's figure is not the CUDA allocator's peak: the report must say what it counts."""
     from pam_monai.bench.train import CPU_PEAK_KIND

@@ -91,6 +91,7 @@ def bench_data(
         result["prepare_s"] = time.perf_counter() - t  # per-volume work, once
         result["prepare_s_per_case"] = result["prepare_s"] / max(len(items), 1)
         result["samples"] = len(ds)
+        result["slice_shape"] = list(ds[0]["image"].shape)  # the training step's may differ (CPU)
         if len(ds) < batch:
             raise ValueError(f"only {len(ds)} training slices for batch {batch}: raise cases or slices")
         prepare = FlipPrepareBatch(prob=0.5, spatial_axis=spec.flip_axis, channels_last=channels_last)
