@@ -584,3 +584,57 @@ def test_torchrun_ranks_draw_their_own_transform_values(items, workers):
     rank0, rank1 = draws(0), draws(1)
     assert rank0 == draws(0)  # reproducible
     assert rank0[0] != rank1[0] and rank0[1] != rank1[1], (rank0, rank1)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        (
+            "RandCropByPosNegLabeld",
+            {"label_key": "label", "spatial_size": (96, 96), "num_samples": 1},
+            r"returned a list of 1 samples, not one sample dict.*num_samples",
+        ),
+        (
+            "RandSpatialCropd",
+            {"roi_size": (96, 96)},
+            r"changed the image's shape from \(4, 160, 160\) to \(4, 96, 96\)",
+        ),
+        (
+            "RandAffined",
+            {"prob": 1.0, "rotate_range": 0.5, "padding_mode": "zeros"},
+            r"made label values other than 0 / 1 \(.*\): interpolate labels with mode 'nearest'",
+        ),
+    ],
+)
+def test_a_transform_that_breaks_the_sample_is_refused_naming_the_slice(items, name, kwargs, match):
+    """train_transforms' contract (one sample of the slice's shapes, a 0/1 label) is checked per
+    sample: a MONAI crop's list failed with "'list' object is not a mapping", a crop at the batch's
+    stacking or in the network, and a label rotated with MONAI's default bilinear mode trained on
+    fractions without a word."""
+    import monai.transforms
+
+    transform = getattr(monai.transforms, name)(["image", "label"], **kwargs)
+    ds = SliceDataset(items["brats"], "brats", progress=False, transform=transform, seed=0)
+    i = int(np.argmax([float(ds._labels[v][z].sum()) for v, z in ds._index]))  # a slice with foreground
+    case, z = ds.slice_info(i)
+    with pytest.raises(ValueError, match=rf"train_transforms\) on slice {z} of {case} {match}"):
+        ds[i]
+
+
+def test_a_transform_may_keep_unannotated_voxels_of_a_sparse_data_set(items):
+    """The label check lets the ignore value through where the data set marks unannotated voxels,
+    and refuses it where it does not."""
+    import dataclasses
+
+    from pam_monai.data.ops import IGNORE
+
+    def mark(sample):
+        label = sample["label"].clone()
+        label[0, :2] = IGNORE
+        return {**sample, "label": label}
+
+    ds = SliceDataset(items["brats"], "brats", progress=False, transform=mark)
+    with pytest.raises(ValueError, match=r"label values other than 0 / 1 \(2, 2, 2, \.\.\.\)"):
+        ds[0]
+    ds.spec = dataclasses.replace(ds.spec, ignore_label=IGNORE)
+    assert float(ds[0]["label"].max()) == IGNORE

@@ -32,7 +32,7 @@ import os
 import threading
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -215,9 +215,9 @@ class SliceDataset(torch.utils.data.Dataset):
         progress: show a tqdm progress bar while preparing the cases.
         transform: a callable applied to each sample dict as it is served (MONAI dictionary
             transforms on the keys ``image`` and ``label``, e.g. ``RandGaussianNoised``): per-step
-            augmentation after the cached preprocessing (the bundles' ``train_transforms``). Every
-            sample must keep one shape (batches are stacked); a label must stay 0/1 (nearest
-            interpolation). Its random state is seeded with ``seed`` here and, in each
+            augmentation after the cached preprocessing (the bundles' ``train_transforms``). It must
+            return one sample dict of the slice's shapes (batches are stacked) and a label that stays
+            0/1 (nearest interpolation); a sample that does not is refused, naming its slice. Its random state is seeded with ``seed`` here and, in each
             ``DataLoader`` worker, by :func:`seed_worker_transform` (:func:`~pam_monai.engines.slice_loader`
             passes it). MetaTensors come back as plain float32 tensors.
 
@@ -460,10 +460,47 @@ class SliceDataset(torch.utils.data.Dataset):
         sample = {"image": image, "label": label}
         if self.transform is None:
             return sample
-        out = self.transform(sample)
+        out = self._checked(self.transform(sample), sample, i)
         # plain float32 tensors, as without a transform (a MetaTensor would carry its metadata into
         # the trainer, the compiled network and the stacked batches)
         return {**out, **{k: _plain_float32(out[k]) for k in sample}}
+
+    def _checked(self, out, sample: dict, i: int) -> dict:
+        """The transform's output, refused (naming the slice and the fix) when it is not one sample
+        of the slice's shapes with a 0/1 label: a MONAI crop's list of samples failed with
+        "'list' object is not a mapping", a size change at the batch's stacking or in the network,
+        and a label interpolated bilinearly (MONAI's default mode) trained on fractions silently."""
+        case, z = self.slice_info(i)
+        where = f"SliceDataset: the transform (train_transforms) on slice {z} of {case}"
+        if not isinstance(out, Mapping):
+            got = f"a list of {len(out)} samples" if isinstance(out, (list, tuple)) else type(out).__name__
+            raise ValueError(
+                f"{where} returned {got}, not one sample dict: transforms that return several samples (MONAI's "
+                "crops with num_samples, e.g. RandCropByPosNegLabeld) cannot be used; set crop_size to train on "
+                "another size"
+            )
+        for key, before in sample.items():
+            if key not in out:
+                raise ValueError(f"{where} dropped the key {key!r}: keep 'image' and 'label'")
+            shape = tuple(out[key].shape)
+            if shape != tuple(before.shape):
+                raise ValueError(
+                    f"{where} changed the {key}'s shape from {tuple(before.shape)} to {shape}: the batch is stacked "
+                    "from slices of one shape and the network was checked at it; keep it (e.g. RandZoomd "
+                    "keep_size=True, a crop padded back), or set crop_size to train on another size"
+                )
+        label = _plain_float32(out["label"])
+        allowed = (label == 0) | (label == 1)
+        if self.spec.ignore_label is not None:
+            allowed |= label == IGNORE
+        if not bool(allowed.all()):
+            odd = label[~allowed].flatten()[:3].tolist()
+            raise ValueError(
+                f"{where} made label values other than 0 / 1{' / ignore' if self.spec.ignore_label is not None else ''} "
+                f"({', '.join(f'{v:g}' for v in odd)}, ...): interpolate labels with mode 'nearest' "
+                "(e.g. RandAffined mode ['bilinear', 'nearest']; MONAI's default, bilinear, blends them)"
+            )
+        return out
 
     def slice_info(self, i: int) -> tuple[str, int]:
         """``(case, slice index in the volume)`` of sample ``i``."""
