@@ -190,6 +190,33 @@ def test_cityscapes_city_is_the_folder_in_the_published_layout(shared_data, tmp_
     assert [e["city"] for e in datalist["test"]] == ["lindau"]
 
 
+@pytest.mark.parametrize("layout", ["published", "flat"])
+def test_cityscapes_frames_of_one_name_in_two_folders_are_refused(shared_data, tmp_path, layout):
+    """Renamed or copied frames (their city is their folder) may share a name across folders: a
+    case is named by its frame, so the training split them into two cases of one name (one held out
+    for validation) and metrics.csv, the results' tables and inference's masks mixed them up or
+    overwrote one; the checker passed the root. The scan names both folders."""
+    import shutil
+
+    from pam_monai.data import check_dataset, get_spec
+
+    real = shared_data / "cityscapes" / "frankfurt_000000_000294_small"
+    for city, frame in [("aachen", "f_000001"), ("bochum", "f_000001"), ("bremen", "f_000002")]:
+        for top, ending in (("leftImg8bit", "_leftImg8bit.png"), ("gtFine", "_gtFine_labelIds.png")):
+            folder = tmp_path / top / "train" / city if layout == "published" else tmp_path / city
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(real / ("frankfurt_000000_000294" + ending), folder / (frame + ending))
+    report = check_dataset(get_spec("cityscapes"), tmp_path)
+    assert not report.ok
+    where = (
+        "leftImg8bit/train/aachen, leftImg8bit/train/bochum" if layout == "published" else "aachen, bochum"
+    )
+    assert [str(p) for p in report.problems] == [
+        f"f_000001: {where}: frame name in 2 folders: cases are named by their frame, so they would overwrite "
+        "each other's rows and masks; rename all but one (e.g. <city>_<name>)"
+    ]
+
+
 def test_isles22_mask_through_the_nifti_reader(shared_data):
     mask, affine = load_nifti(
         shared_data / "isles2022" / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_msk.nii.gz"

@@ -63,6 +63,25 @@ def _pair(
     return cases
 
 
+def _same_names(cases: list[CaseFiles], root: Path) -> list[Problem]:
+    """A problem for each frame name found in more than one folder (renamed or copied frames in
+    two city folders, or in the flat folders): a case is named by its frame, and metrics.csv and
+    the masks inference writes would mix them up or overwrite one with the other."""
+    folders: dict[str, list[Path]] = {}
+    for case in cases:
+        folders.setdefault(case.case, []).append(case.folder)
+    return [
+        Problem(
+            name,
+            ", ".join(f.relative_to(root).as_posix() for f in where),
+            f"frame name in {len(where)} folders: cases are named by their frame, so they would overwrite "
+            "each other's rows and masks; rename all but one (e.g. <city>_<name>)",
+        )
+        for name, where in folders.items()
+        if len(where) > 1
+    ]
+
+
 def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")) -> ScanResult:
     """Find every CityScapes frame under ``root`` (see the module docstring)."""
     root = Path(root)
@@ -86,6 +105,7 @@ def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")
     else:
         for folder in [root, *sorted(d for d in root.iterdir() if d.is_dir())]:
             cases += _pair(_frames(folder, IMAGE_SUFFIX), _frames(folder, LABEL_SUFFIX), folder, "", problems)
+    problems += _same_names(cases, root)
     if not cases and not problems:
         problems.append(
             Problem(
