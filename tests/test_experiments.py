@@ -1710,3 +1710,32 @@ def test_a_run_that_raised_is_not_finalized(tmp_path):
     bundle.train_json.write_text(json.dumps(config))
     bundle.train({}, resume=False)
     assert finalized.exists()
+
+
+def test_num_workers_tells_runs_apart_with_train_transforms(tmp_path, monkeypatch):
+    """num_workers has no effect on a run, unless the bundle's train_transforms augment: each
+    DataLoader worker then draws from its own seed, so a finished run of another num_workers has
+    other weights, and a grid re-run with it took that run as its own."""
+    from pam_monai.data import ensure_dataset
+
+    monkeypatch.setattr(runner_module, "_execute", _fake_execute_with_weights)
+    data, _ = ensure_dataset("brats", tmp_path / "none", output=tmp_path / "synthetic", slices=8)
+    noise = [{"_target_": "RandGaussianNoised", "keys": ["image"], "prob": 0.5, "std": 0.05}]
+    common = {
+        **GRID,
+        "networks": "unet",
+        "seeds": 1,
+        "paper_protocol": False,
+        "figures": False,
+        "dataset_dir": str(data),
+    }
+    run_experiment(**common, output=str(tmp_path / "plain"))
+    again = run_experiment(**{**common, "num_workers": 2}, output=str(tmp_path / "plain"))
+    assert again.executed == [] and len(again.runs) == 1  # the finished run is this one
+    run_experiment(**common, output=str(tmp_path / "augmented"), train_transforms=noise)
+    with pytest.raises(
+        ValueError, match=r"finished with other parameters .*num_workers: 0 \(done\) vs 2 \(now\)"
+    ):
+        run_experiment(
+            **{**common, "num_workers": 2}, output=str(tmp_path / "augmented"), train_transforms=noise
+        )

@@ -86,6 +86,15 @@ RESERVED = (
 NO_EFFECT = ("num_workers", "device", "cache_dir", "synthetic_dir", "logging_file")
 
 
+def _no_effect(overrides: dict) -> tuple[str, ...]:
+    """:data:`NO_EFFECT`, less ``num_workers`` with ``train_transforms``: each DataLoader worker
+    draws the augmentation from its own seed, so the number of workers changes the draws and the
+    weights (a finished run of another ``num_workers`` is not this run)."""
+    if overrides.get("train_transforms"):
+        return tuple(k for k in NO_EFFECT if k != "num_workers")
+    return NO_EFFECT
+
+
 def _finished(run_dir: Path) -> bool:
     """A run is finished when its ``eval/metrics.csv`` and its ``done.json`` exist."""
     return (run_dir / MARKER).is_file() and (run_dir / "eval" / "metrics.csv").is_file()
@@ -829,7 +838,7 @@ def _run_grid(
             {
                 "dataset": dataset,
                 "data_seed": int(data_seed),
-                **{k: v for k, v in overrides.items() if k not in NO_EFFECT},
+                **{k: v for k, v in overrides.items() if k not in _no_effect(overrides)},
             }
         ),
         output_dir,
