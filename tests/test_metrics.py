@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import math
 import pkgutil
@@ -648,9 +649,19 @@ def test_benchmark_times_neither_implementation_cold(monkeypatch):
     )
     timed = []
     monkeypatch.setattr(hb, "_timed", lambda fn: (timed.append(len(calls)), 1.0, fn())[1:])
-    hb.time_pair(*hb.lesion_pair((50, 64, 64)), repeats=2)
-    assert calls == ["ours", "monai"] * 3
-    assert timed == [2, 3, 4, 5]  # the timed calls start after one call of each
+    kept = []
+
+    @contextlib.contextmanager
+    def reuse():  # the second round: freed memory kept (MONAI's best case)
+        kept.append(len(calls))
+        yield
+        kept.append(len(calls))
+
+    monkeypatch.setattr(hb, "reuse_freed_memory", reuse)
+    row = hb.time_pair(*hb.lesion_pair((50, 64, 64)), repeats=2)
+    assert calls == ["ours", "monai"] * 6
+    assert timed == [2, 3, 4, 5, 8, 9, 10, 11]  # each round's timed calls start after one call of each
+    assert kept == [6, 12] and set(row["kept_memory"]) == {"ours_s", "monai_s", "speedup"}
 
 
 def test_benchmark_pair_from_a_real_brats_lesion(shared_data):
@@ -690,6 +701,30 @@ def test_foreground_box_equals_the_box_of_the_thresholded_mask(shape, dtype, see
     assert foreground_box(x) == bounding_box(as_mask(x))
     # NaN beside foreground in one slice, a slice of NaN only
     assert foreground_box(np.array([[np.nan, 0.9, 0.0], [np.nan] * 3])) == (slice(0, 1), slice(1, 2))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", ">f4", ">f8"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_float_rows_above_half_read_as_integer_bits_equal_fmax(dtype, order):
+    """foreground_box reduces float rows by their bits read as integers (IEEE order among
+    non-negative values; negatives below 0.5's bits): every awkward value gives fmax's answer,
+    NaN of either sign, infinities, -0.0, 0.5 itself and the next float above it; byte-swapped
+    and non-contiguous arrays take the float route."""
+    from pam_monai.metrics.masks import _above_half, as_mask, bounding_box, foreground_box
+
+    above = np.nextafter(np.float16(0.5), np.float16(1)) if dtype == "float16" else np.nextafter(0.5, 1.0)
+    values = [0.0, -0.0, 0.5, above, 0.49, -1.0, np.inf, -np.inf, np.nan, -np.nan, 2.0, -2.0]
+    rng = np.random.default_rng(0)
+    rows = rng.choice(np.array(values, dtype=dtype), size=(64, 7))
+    rows[:8] = np.nan  # NaN-only rows, one negative NaN among them
+    rows[3] = -np.nan
+    rows[8:12] = [[np.nan, 0.5, -np.inf, -0.0, np.nan, 0.3, np.nan]] * 4
+    rows = np.asarray(rows, order=order)
+    want = np.fmax.reduce(rows.astype(np.float64), axis=1) > 0.5
+    assert 0 < want.sum() < len(want)
+    np.testing.assert_array_equal(_above_half(rows, 1), want)
+    volume = np.asarray(rows.reshape(8, 8, 7), order=order)
+    assert foreground_box(volume) == bounding_box(as_mask(volume))
 
 
 def test_hd95_of_tensors_in_dtypes_numpy_lacks():
