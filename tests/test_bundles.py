@@ -2018,3 +2018,23 @@ def test_handlers_made_part_way_leave_no_tensorboard_writer(tmp_path):
     with pytest.raises(ModuleNotFoundError, match="ProgresBar"):
         parser.get_parsed_content("train#handlers")
     assert set(threading.enumerate()) - before == set()
+
+
+def test_lazy_tensorboard_handler_takes_monais_arguments_in_monais_order(tmp_path):
+    """pam_monai.engines.TensorBoardStatsHandler stands in for MONAI's in configs and code: its
+    arguments, positional ones included, mean what they mean for MONAI's (a third positional
+    argument, iteration_log, was refused), and its writer comes with the first log only."""
+    import inspect
+
+    from monai.handlers import TensorBoardStatsHandler as Monai
+
+    from pam_monai.engines import TensorBoardStatsHandler
+
+    handler = TensorBoardStatsHandler(None, str(tmp_path), False, True)
+    assert handler.iteration_log is False and handler.epoch_log is True
+    assert handler._made is None and not list(tmp_path.iterdir())  # no writer, no event file yet
+    handler._writer.add_scalar("x", 1.0, 1)
+    handler.close()
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    ours = list(inspect.signature(TensorBoardStatsHandler.__init__).parameters)[1:3]
+    assert ours == list(inspect.signature(Monai.__init__).parameters)[1:3]

@@ -95,14 +95,15 @@ class TensorBoardStatsHandler(_MonaiTensorBoardStatsHandler):
     (a mistyped ``_target_``, an optional package missing), the writers already made were never
     closed (:class:`CloseWritersOnError`, which closes them on error, is attached with the engine
     only, and ``finalize`` does not run), their flush threads alive for the rest of the process (a
-    notebook). Takes MONAI's arguments by name; ``close`` closes a writer it made, if any."""
+    notebook). Takes MONAI's arguments; ``close`` closes a writer it made, if any."""
 
-    def __init__(self, summary_writer=None, log_dir: str = "./runs", **kwargs) -> None:
+    def __init__(self, summary_writer=None, log_dir: str = "./runs", *args, **kwargs) -> None:
         from torch.utils.tensorboard import SummaryWriter  # without tensorboard, fails here, as MONAI's
 
         self._made = None
         self._make = lambda: SummaryWriter(log_dir=log_dir)
-        super().__init__(summary_writer=_NOT_YET if summary_writer is None else summary_writer, **kwargs)
+        # MONAI's arguments in MONAI's order (its own handler's positional use keeps working)
+        super().__init__(_NOT_YET if summary_writer is None else summary_writer, log_dir, *args, **kwargs)
         self.internal_writer = summary_writer is None
 
     @property
