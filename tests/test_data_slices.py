@@ -638,3 +638,37 @@ def test_a_transform_may_keep_unannotated_voxels_of_a_sparse_data_set(items):
         ds[0]
     ds.spec = dataclasses.replace(ds.spec, ignore_label=IGNORE)
     assert float(ds[0]["label"].max()) == IGNORE
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_transform_draws_follow_the_epoch_not_the_history(items, workers):
+    """With the epoch set (the bundles' LoaderEpoch), an epoch's augmentation draws depend on the
+    seed, the epoch and the worker alone, not on what earlier epochs drew: a run resumed at epoch 2
+    draws what the uninterrupted run drew there. Without the epoch set, each epoch still draws anew
+    (workers made each epoch, seeded by the loader's generator), never epoch 1's values again."""
+    from pam_monai.engines.loaders import LoaderEpoch, slice_loader
+
+    def loader_of(ds):
+        return slice_loader(ds, batch_size=1, device="cpu", num_workers=workers, seed=0)
+
+    def draws(loader):
+        return [float(batch["image"].flatten()[0]) for _, batch in zip(range(4), loader)]
+
+    def dataset():
+        return SliceDataset(items["brats"], "brats", progress=False, transform=_Draw(), seed=0)
+
+    whole = dataset()
+    loader = loader_of(whole)
+    epoch = LoaderEpoch(loader)
+    assert epoch._target() is whole  # LoaderEpoch attaches for a transformed DataLoader
+    from types import SimpleNamespace
+
+    epoch(SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    first = draws(loader)
+    epoch(SimpleNamespace(state=SimpleNamespace(epoch=2)))
+    second = draws(loader)
+    resumed = dataset()
+    resumed.set_epoch(2)  # a resumed run: epoch 1 never drawn in this process
+    assert draws(loader_of(resumed)) == second != first
+    unset = loader_of(dataset())
+    assert draws(unset) != draws(unset)  # no epoch set: still new draws each epoch

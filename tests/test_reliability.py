@@ -144,6 +144,32 @@ def test_runs_that_drop_the_last_batch_resume_exactly_and_only_as_such(data, tmp
 
 
 @pytest.mark.slow
+def test_a_run_with_train_transforms_resumes_exactly(reference, data, tmp_path):
+    """With train_transforms (random, drawn in 2 DataLoader workers) a resumed second epoch draws
+    what the uninterrupted run drew (each epoch's draws are seeded by the seed, the epoch and the
+    worker), so it ends on the same weights; the transforms change the weights (they are drawn)."""
+    augment = (
+        "[{'_target_': 'RandGaussianNoised', 'keys': ['image'], 'prob': 0.5, 'std': 0.1}, "
+        "{'_target_': 'RandFlipd', 'keys': ['image', 'label'], 'prob': 0.5, 'spatial_axis': 0}]"
+    )
+
+    def train(root: Path, epochs: int, resume: bool) -> str:
+        cmd = train_cmd(root, data, epochs, resume, "--train_transforms", augment)
+        cmd[cmd.index("--num_workers") + 1] = "2"
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc.stdout + proc.stderr
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert "a per-sample transform (train_transforms)" in train(whole, 2, False)
+    train(part, 1, False)
+    train(part, 2, True)
+    assert_same_weights(weights(part), weights(whole))
+    # the same run without transforms (the number of workers changes nothing there)
+    assert any(not torch.equal(a, b) for a, b in zip(weights(reference).values(), weights(whole).values()))
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(reference, data, tmp_path):
     proc = subprocess.Popen(
         train_cmd(tmp_path, data, epochs=2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

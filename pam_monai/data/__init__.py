@@ -11,7 +11,7 @@ from .layout import CaseFiles, Problem, discover_cases, scan_cases
 from .nnunet import nnunet_spec
 from .ops import crop_or_pad_center, normalize_nonzero, random_flip_batch, uncrop_center
 from .preprocess import load_case, preprocess_case, restore_mask, restore_prediction
-from .slices import SliceDataset, seed_worker_transform
+from .slices import SliceDataset, seed_worker_transform, transform_seed
 from .specs import DATASETS, DatasetSpec, get_spec
 from .synthetic import ensure_dataset, synth
 
@@ -48,6 +48,7 @@ __all__ = [
     "Problem",
     "SliceDataset",
     "seed_worker_transform",
+    "transform_seed",
     "build_datalist",
     "check_dataset",
     "crop_or_pad_center",

@@ -48,7 +48,7 @@ from .ops import IGNORE
 from .preprocess import preprocess_case
 from .specs import DatasetSpec, get_spec
 
-__all__ = ["CACHE_VERSION", "SliceDataset", "seed_worker_transform"]
+__all__ = ["CACHE_VERSION", "SliceDataset", "seed_worker_transform", "transform_seed"]
 
 log = logging.getLogger("pam_monai")
 
@@ -178,15 +178,34 @@ def _plain_float32(x) -> torch.Tensor:
     return t.to(torch.float32)
 
 
+RANK_SEED_STRIDE = 1_000_003  # a rank's augmentation seeds: seed + stride x rank (no rank repeats another's)
+
+
+def transform_seed(base: int, epoch: int, worker: int) -> int:
+    """The seed of a per-sample transform's random state in ``epoch`` (``worker`` 0: the main
+    process, ``k + 1``: DataLoader worker ``k``): a function of the three alone, so that a resumed
+    run draws what the uninterrupted one drew from its epoch on."""
+    return int(np.random.SeedSequence([int(base) % 2**63, int(epoch), int(worker)]).generate_state(1)[0])
+
+
 def seed_worker_transform(worker_id: int) -> None:
-    """``DataLoader`` ``worker_init_fn``: seed the random state of the worker's copy of its
-    dataset's ``transform`` by the worker's own seed (the loader's generator and the worker's
-    number), so that workers draw different augmentations, the same ones run after run: each
-    worker otherwise starts from the main process's copy, and all of them draw the same values."""
+    """``DataLoader`` ``worker_init_fn``: seed the worker's copy of its dataset's ``transform``, so
+    that workers draw different augmentations (each worker otherwise starts from the main process's
+    copy, and all of them draw the same values). With the dataset's epoch set
+    (:meth:`SliceDataset.set_epoch`; the bundles' :class:`~pam_monai.engines.LoaderEpoch`, workers
+    made anew each epoch) the seed is :func:`transform_seed` of its rank's seed, the epoch and the
+    worker: a resumed run draws as the uninterrupted one. Else it is the worker's own seed
+    (the loader's generator and the worker's number): the same run after run, not on a resume."""
     info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if hasattr(transform, "set_random_state"):
+    dataset = info.dataset if info is not None else None
+    transform = getattr(dataset, "transform", None)
+    if not hasattr(transform, "set_random_state"):
+        return
+    epoch = getattr(dataset, "epoch", None)
+    if epoch is None:
         transform.set_random_state(seed=info.seed % 2**32)
+    else:
+        transform.set_random_state(seed=transform_seed(dataset.rank_seed, epoch, worker_id + 1))
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -217,9 +236,11 @@ class SliceDataset(torch.utils.data.Dataset):
             transforms on the keys ``image`` and ``label``, e.g. ``RandGaussianNoised``): per-step
             augmentation after the cached preprocessing (the bundles' ``train_transforms``). It must
             return one sample dict of the slice's shapes (batches are stacked) and a label that stays
-            0/1 (nearest interpolation); a sample that does not is refused, naming its slice. Its random state is seeded with ``seed`` here and, in each
-            ``DataLoader`` worker, by :func:`seed_worker_transform` (:func:`~pam_monai.engines.slice_loader`
-            passes it). MetaTensors come back as plain float32 tensors.
+            0/1 (nearest interpolation); a sample that does not is refused, naming its slice. Its
+            random state is seeded with ``seed`` here, by :meth:`set_epoch` at each epoch and, in
+            each ``DataLoader`` worker, by :func:`seed_worker_transform`
+            (:func:`~pam_monai.engines.slice_loader` passes it). MetaTensors come back as plain
+            float32 tensors.
 
     Example::
 
@@ -253,6 +274,9 @@ class SliceDataset(torch.utils.data.Dataset):
                 f"{type(self).__name__}: transform must be callable (a MONAI transform), got {transform!r}"
             )
         self.transform = transform
+        self.transform_seed = int(seed)
+        self.transform_rank = 0  # torchrun: slice_loader sets the rank, each rank its own draws
+        self.epoch: int | None = None  # set_epoch: the transform's draws follow the epoch
         if hasattr(transform, "set_random_state"):  # MONAI's Randomizable / Compose: reproducible runs
             transform.set_random_state(seed=int(seed) % 2**32)
         self.spec = get_spec(dataset)
@@ -450,6 +474,21 @@ class SliceDataset(torch.utils.data.Dataset):
         self._index = np.concatenate(index).astype(np.int64) if index else np.zeros((0, 2), np.int64)
 
     # ------------------------------------------------------------------ Dataset
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the transform's draws of ``epoch`` (:func:`transform_seed`): in this process now,
+        in DataLoader workers as they start (:func:`seed_worker_transform`, with workers made anew
+        each epoch, as :func:`~pam_monai.engines.slice_loader` makes them for a transformed
+        dataset). The bundles call it at each epoch's start (:class:`~pam_monai.engines.LoaderEpoch`),
+        so that a resumed run draws what the uninterrupted one drew."""
+        self.epoch = int(epoch)
+        if hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=transform_seed(self.rank_seed, self.epoch, 0))
+
+    @property
+    def rank_seed(self) -> int:
+        """The seed of this rank's transform draws (``seed`` + a stride x the rank)."""
+        return self.transform_seed + RANK_SEED_STRIDE * self.transform_rank
+
     def __len__(self) -> int:
         return len(self._index)
 

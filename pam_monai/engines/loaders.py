@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from ..data.slices import seed_worker_transform
+from ..data.slices import RANK_SEED_STRIDE, seed_worker_transform
 from .runtime import as_bool
 
 __all__ = [
@@ -185,9 +185,6 @@ class DeviceSliceLoader:
             }
 
 
-RANK_SEED_STRIDE = 1_000_003  # a rank's augmentation seeds: seed + stride x rank (no rank repeats another's)
-
-
 def slice_loader(
     dataset,
     batch_size: int,
@@ -230,8 +227,10 @@ def slice_loader(
     rank = int(getattr(sampler, "rank", 0) or 0)  # torchrun: each rank its own augmentation draws
     if transformed:
         use_device, why = False, "a per-sample transform (train_transforms)"
-        if rank and hasattr(dataset.transform, "set_random_state"):
-            dataset.transform.set_random_state(seed=(int(seed) + RANK_SEED_STRIDE * rank) % 2**32)
+        if rank and hasattr(dataset, "transform_rank"):
+            dataset.transform_rank = rank
+            if hasattr(dataset.transform, "set_random_state"):
+                dataset.transform.set_random_state(seed=dataset.rank_seed % 2**32)
     elif choice == "auto":
         use_device, why = _fits_on_device(dataset, device, max_fraction)
     else:
@@ -258,9 +257,10 @@ def slice_loader(
         drop_last=drop_last,
         num_workers=int(num_workers),
         pin_memory=device.type == "cuda",
-        persistent_workers=int(num_workers) > 0,
+        # a transformed dataset's workers are made anew each epoch, to seed their draws by it
+        # (seed_worker_transform: a resumed run draws as the uninterrupted one)
+        persistent_workers=int(num_workers) > 0 and not transformed,
         generator=torch.Generator().manual_seed(int(seed) + (RANK_SEED_STRIDE * rank if transformed else 0)),
-        # workers re-seed their copy of the transform (else each draws the main process's values)
         worker_init_fn=seed_worker_transform if transformed and int(num_workers) > 0 else None,
     )
 
@@ -337,10 +337,13 @@ def _fits_on_device(dataset, device: torch.device, max_fraction: float) -> tuple
 class LoaderEpoch:
     """Ignite handler: at each epoch start, ``loader.set_epoch(engine.state.epoch)`` for a loader
     that is not a ``DataLoader`` (MONAI's workflow already does this for a ``DataLoader``'s
-    ``DistributedSampler``), so a device loader's order follows the epoch, resumed runs too.
+    ``DistributedSampler``), so a device loader's order follows the epoch, resumed runs too; for a
+    ``DataLoader`` whose dataset has a per-sample transform (``train_transforms``), the dataset's
+    ``set_epoch``, so that its augmentation draws follow the epoch too.
 
     Args:
-        loader: the trainer's loader (a ``DataLoader`` makes this handler do nothing).
+        loader: the trainer's loader (a ``DataLoader`` of an untransformed dataset makes this
+            handler do nothing).
     """
 
     def __init__(self, loader) -> None:
@@ -349,8 +352,20 @@ class LoaderEpoch:
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        if not isinstance(self.loader, DataLoader) and hasattr(self.loader, "set_epoch"):
+        if self._target() is not None:
             engine.add_event_handler(Events.EPOCH_STARTED, self)
 
+    def _target(self):
+        """What follows the epoch: a device loader, or a DataLoader's dataset with a per-sample
+        transform (its draws; :meth:`pam_monai.data.SliceDataset.set_epoch`)."""
+        if not isinstance(self.loader, DataLoader):
+            return self.loader if hasattr(self.loader, "set_epoch") else None
+        dataset = self.loader.dataset
+        return (
+            dataset
+            if getattr(dataset, "transform", None) is not None and hasattr(dataset, "set_epoch")
+            else None
+        )
+
     def __call__(self, engine) -> None:
-        self.loader.set_epoch(engine.state.epoch)
+        self._target().set_epoch(engine.state.epoch)
