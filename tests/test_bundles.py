@@ -1056,6 +1056,35 @@ def test_mlflow_tracking(tmp_path):
     assert {"val_iou", "val_hd95", "val_fp_rate", "val_fn_rate"} <= logged, logged
 
 
+def test_mlflow_tracking_logs_the_loss_every_log_every_iterations_and_the_run_settings(tmp_path):
+    """MONAI's --tracking mlflow logged the loss at every iteration (a wait for the GPU and a
+    database write after each step) and, as parameters, only max_epochs and epoch_length: it now
+    logs by the bundle's log_every, as TensorBoard does, and the run's settings."""
+    mlflow = pytest.importorskip("mlflow")
+    run(
+        "training",
+        config_file=configs("brats_fpa", "train.json")[0],
+        logging_file=False,
+        tracking="mlflow",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        **{**SMALL, "log_every": 3, "learning_rate": 0.002},
+    )
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    (found,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "train_loss")]
+    assert steps == [1, 3, 4], (
+        f"train_loss logged at iterations {steps} of 4 (log_every 3: 1, 3 and the last)"
+    )
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "val_iou")] == [1]
+    params = found.data.params
+    assert params["network_name"] == "fpa" and json.loads(params["network_options"].replace("'", '"')) == {
+        "features": [8, 16, 32, 64]
+    }
+    settings = {k: params[k] for k in ("learning_rate", "batch_size", "epochs", "seed")}
+    assert settings == {"learning_rate": "0.002", "batch_size": "8", "epochs": "1", "seed": "0"}
+
+
 def test_bundle_root_resolves_from_the_repository_and_from_the_bundle_folder(monkeypatch):
     """The project README's commands run from the repository's root; a bundle's README's from its own folder."""
     name = BUNDLES[0]

@@ -32,6 +32,7 @@ __all__ = [
     "RankZeroBuffers",
     "StopEveryProcessOnError",
     "TensorBoardStatsHandler",
+    "TrackingEvery",
     "TrainingPlan",
     "clean_up_on_error",
     "close_writers",
@@ -502,6 +503,48 @@ class EveryIterations:
 
     def __repr__(self) -> str:
         return f"EveryIterations({self.n})"
+
+
+class TrackingEvery:
+    """Give ``--tracking mlflow`` (MONAI's ``MLFlowHandler``, appended to the trainer's handlers by
+    ``monai.bundle run``) the bundle's ``log_every`` and the run's settings.
+
+    MONAI's settings log the loss (and the learning rate) at every iteration: a wait for the GPU
+    and a database write after each step, where the bundles' own loggers read the loss every
+    ``log_every`` iterations. At the run's start this re-registers each attached ``MLFlowHandler``'s
+    iteration logging through :class:`EveryIterations` and gives it ``params`` to record (MONAI's
+    records only ``max_epochs`` and ``epoch_length``). List it before the tracking handler: its
+    start runs first.
+
+    Args:
+        every: log the loss every ``every`` iterations (and each epoch's first and last).
+        params: the run's settings, logged as MLflow parameters.
+    """
+
+    def __init__(self, every: int = 1, params: dict | None = None) -> None:
+        self.every = EveryIterations(every)
+        self.params = dict(params or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.handlers import MLFlowHandler
+
+        # the trainer's own (its validator's logs the metrics by epoch, into the same run)
+        ours = [
+            h for h in _attached(engine) if isinstance(h, MLFlowHandler) and engine.has_event_handler(h.start)
+        ]
+        for handler in {id(h): h for h in ours}.values():
+            if handler.iteration_log is True and engine.has_event_handler(
+                handler.iteration_completed, Events.ITERATION_COMPLETED
+            ):
+                engine.remove_event_handler(handler.iteration_completed, Events.ITERATION_COMPLETED)
+                engine.add_event_handler(
+                    Events.ITERATION_COMPLETED(event_filter=self.every), handler.iteration_completed
+                )
+                handler.iteration_log = self.every
+            handler.experiment_param = {**self.params, **(handler.experiment_param or {})}
 
 
 def loss_of(output):
