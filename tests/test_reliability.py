@@ -310,6 +310,25 @@ def test_loss_is_read_every_n_iterations_and_a_nan_is_still_named(monkeypatch):
     assert shown[0] == "loss=1" and shown[8] == "loss=1" and shown[9] == "loss=10" and shown[11] == "loss=12"
 
 
+def test_progress_bar_does_not_flood_a_log_file(capsys):
+    """Written to a file or a pipe (a CI log, nohup, a cluster job's output) and not a terminal, the
+    training bar redrew itself 10 times a second: a line of text per iteration of a slow CPU run;
+    it now redraws at most every 30 s there, and still ends on its final count."""
+    import time
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import ProgressBar
+
+    bar = ProgressBar(desc="train")
+    engine = Engine(lambda e, b: time.sleep(0.03) or {"loss": 1.0})
+    bar.attach(engine)
+    engine.run(range(30), max_epochs=1)
+    drawn = capsys.readouterr().err
+    assert drawn.count("\r") <= 3, f"{drawn.count(chr(13))} redraws of a 1 s bar:\n{drawn!r}"
+    assert "30/30" in drawn
+
+
 @pytest.mark.parametrize("loader_kind", ["dataloader", "device", "device_shuffle"])
 def test_a_non_finite_loss_names_the_slices_of_its_batch(loader_kind):
     """Batches of slices carry no case names: the guard works them out from the sampler's order
