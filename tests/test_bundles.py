@@ -1085,6 +1085,33 @@ def test_mlflow_tracking_logs_the_loss_every_log_every_iterations_and_the_run_se
     assert settings == {"learning_rate": "0.002", "batch_size": "8", "epochs": "1", "seed": "0"}
 
 
+def test_model_json_records_the_training_settings_and_the_best_epoch(tmp_path):
+    """models/model.json named the network and the data but not how they were trained (seed,
+    epochs, batch, learning rate, ...) nor the epoch of the best model: a reader could not
+    reproduce the run from it."""
+    run_bundle(
+        "training",
+        configs("brats_fpa", "train.json"),
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "data"),
+        **{**SMALL, "learning_rate": 0.002, "seed": 3},
+    )
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert record["epoch"] == 1
+    assert record["run"]["training"] == {
+        "seed": 3,
+        "epochs": 1,
+        "batch_size": 8,
+        "learning_rate": 0.002,
+        "weight_decay": 1e-05,
+        "fold": 0,
+        "data_seed": 0,
+        "keep_background_fraction": 0.5,
+        "deterministic": False,
+        "train_transforms": [],
+    }
+
+
 def test_bundle_root_resolves_from_the_repository_and_from_the_bundle_folder(monkeypatch):
     """The project README's commands run from the repository's root; a bundle's README's from its own folder."""
     name = BUNDLES[0]

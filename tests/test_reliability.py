@@ -941,6 +941,37 @@ def test_check_run_names_every_mismatch_and_refuses_real_weights_on_synthetic_da
         check_run(weights, {**same, "in_channels": 2})
 
 
+def test_best_model_records_and_says_its_epoch_and_the_best_so_far(tmp_path, caplog):
+    """model.json said the best value but not the epoch it came from, and an epoch that did not
+    beat it said nothing of the best: both now, and a resumed run goes on from the recorded one."""
+    import logging
+    from types import SimpleNamespace
+
+    from pam_monai.engines import BestCheckpoint
+
+    def validated(best, value, epoch):
+        best(SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": value}, epoch=epoch)))
+
+    net = get_network("unet", spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8))
+    best = BestCheckpoint(str(tmp_path), net, run_info={"task": "brats"})
+    with caplog.at_level(logging.INFO, logger="pam_monai"):
+        validated(best, 0.4, 1)
+        validated(best, 0.5, 2)
+        validated(best, 0.45, 3)
+    record = json.loads((tmp_path / "model.json").read_text())
+    assert (record["value"], record["epoch"]) == (0.5, 2)
+    assert "new best val_iou 0.5000 at epoch 2: saved" in caplog.text
+    assert (
+        f"val_iou 0.4500 at epoch 3; the best so far 0.5000 (epoch 2) in {tmp_path / 'model.pt'}"
+        in caplog.text
+    )
+    caplog.clear()
+    resumed = BestCheckpoint(str(tmp_path), net, run_info={"task": "brats"}, resume=True)
+    with caplog.at_level(logging.INFO, logger="pam_monai"):
+        validated(resumed, 0.3, 4)
+    assert "the best so far 0.5000 (epoch 2)" in caplog.text
+
+
 def test_best_model_and_its_record_interrupted_between_the_two_writes(tmp_path, monkeypatch):
     """model.pt and model.json are two renames: the new record waits beside them (pending, naming
     its weights by SHA-256) until the weights are in place, so a run killed at either step leaves a

@@ -405,25 +405,34 @@ class BestCheckpoint:
                     self.path,
                     ", ".join(f"{k} {previous[k]!r}" for k in changed),
                 )
-        self.best_value = self._stored_best() if as_bool(resume) else None
+        stored = self._stored_record() if as_bool(resume) else {}
+        self.best_value = float(stored["value"]) if "value" in stored else None
+        self.best_epoch = stored.get("epoch")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def _stored_best(self) -> float | None:
+    def _stored_record(self) -> dict:
         meta = self.path.with_suffix(".json")
         if meta.is_file() and self.path.is_file():
-            return float(json.loads(meta.read_text(encoding="utf-8"))["value"])
-        return None
+            return json.loads(meta.read_text(encoding="utf-8"))
+        return {}
 
     def __call__(self, engine: Engine) -> None:
         if self.save_rank0_only and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
         value = float(engine.state.metrics[self.metric_name])
+        # a validator run by MONAI's ValidationHandler counts the trainer's epochs
+        epoch = getattr(engine.state, "epoch", None)
+        at = "" if epoch is None else f" at epoch {epoch}"
         best = self.best_value
         if best is not None and not (value > best if self.mode == "max" else value < best):
+            since = "" if self.best_epoch is None else f" (epoch {self.best_epoch})"
+            log.info(
+                "%s %.4f%s; the best so far %.4f%s in %s", self.metric_name, value, at, best, since, self.path
+            )
             return
-        self.best_value = value
+        self.best_value, self.best_epoch = value, epoch
         # two files cannot be renamed at once: the new record (naming its weights by SHA-256) is
         # written first as model.json.pending, then the weights are renamed into place, then the
         # record; a run killed between any two steps leaves a pair that readers resolve
@@ -431,11 +440,13 @@ class BestCheckpoint:
         with atomic_path(self.path) as tmp:
             _save_synced(unwrap_network(self.network).state_dict(), tmp)
             meta = {"metric": self.metric_name, "value": value, "weights_sha256": file_sha256(tmp)}
+            if epoch is not None:
+                meta["epoch"] = epoch
             if self.run_info:
                 meta["run"] = self.run_info
             atomic_write_text(_pending(self.path), json.dumps(meta, indent=1) + "\n")
         _commit_record(self.path)
-        log.info("new best %s %.4f: saved %s", self.metric_name, value, self.path)
+        log.info("new best %s %.4f%s: saved %s", self.metric_name, value, at, self.path)
 
 
 def _jsonable(obj):
