@@ -2094,3 +2094,25 @@ def test_lazy_tensorboard_handler_takes_monais_arguments_in_monais_order(tmp_pat
     assert list(tmp_path.glob("events.out.tfevents.*"))
     ours = list(inspect.signature(TensorBoardStatsHandler.__init__).parameters)[1:3]
     assert ours == list(inspect.signature(Monai.__init__).parameters)[1:3]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_mlflow_runs_are_named_by_network_seed_and_fold(name):
+    """``--tracking mlflow`` named every run ``run_<timestamp>`` in one ``monai_experiment`` for
+    every bundle: the bundles name their experiment by task and each run by network, seed and fold
+    (evaluation's too), which MONAI's tracking settings keep (they fill in missing ids only)."""
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+    from monai.bundle.workflows import ConfigWorkflow
+
+    task = name.split("_")[0]
+    for files, run_name in (
+        (("train.json",), "unet_seed3_fold0"),
+        (("train.json", "evaluate.json"), "unet_seed3_fold0_evaluate"),
+    ):
+        parser = ConfigParser()
+        parser.read_config(configs(name, *files))
+        parser["network_name"], parser["seed"] = "unet", 3
+        parser["save_execute_config"] = False  # else MONAI writes the config into the bundle's eval/
+        ConfigWorkflow.patch_bundle_tracking(parser, DEFAULT_MLFLOW_SETTINGS)
+        assert parser.get_parsed_content("run_name") == run_name
+        assert parser.get_parsed_content("experiment_name") == f"pam_monai_{task}"
