@@ -325,8 +325,54 @@ def test_progress_bar_does_not_flood_a_log_file(capsys):
     bar.attach(engine)
     engine.run(range(30), max_epochs=1)
     drawn = capsys.readouterr().err
-    assert drawn.count("\r") <= 3, f"{drawn.count(chr(13))} redraws of a 1 s bar:\n{drawn!r}"
+    assert drawn.count("\n") <= 3, f"{drawn.count(chr(10))} redraws of a 1 s bar:\n{drawn!r}"
     assert "30/30" in drawn
+
+
+def test_every_progress_bar_in_a_log_file_is_whole_lines(tmp_path, capsys):
+    """The data preparation's and the commands' bars (tqdm directly: the check, the slice cache,
+    inference, ...) wrote carriage returns into log files as the training bars did: they come from
+    pam_monai.progress.progress_bar, whole lines there, a tqdm bar in a terminal."""
+    import io
+
+    from pam_monai.data import SliceDataset, discover_cases, synth
+    from pam_monai.progress import LogFileTqdm, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert type(progress_bar(range(2), file=Terminal())) is not LogFileTqdm
+    assert type(progress_bar(range(2), file=io.StringIO())) is LogFileTqdm
+    root = synth("brats", tmp_path, cases=2, slices=6)
+    capsys.readouterr()
+    SliceDataset(discover_cases("brats", root), "brats", progress=True)
+    drawn = capsys.readouterr().err
+    assert "preparing volumes" in drawn and "\r" not in drawn, repr(drawn)
+
+
+def test_progress_bars_in_a_log_file_are_whole_lines(capsys):
+    """In a file a bar's carriage returns and cursor moves (``ESC[A`` when a bar that is not kept
+    closes) glued the log's own lines onto the bar's text ("... 100%|... [A2026-... new best"):
+    each redraw is now a line of its own, and a bar that is not kept writes nothing when it closes."""
+    import logging
+
+    from ignite.engine import Engine, Events
+
+    from pam_monai.engines import ProgressBar
+
+    engine = Engine(lambda e, b: {"loss": 1.0})
+    ProgressBar(desc="validate", persist=False).attach(engine)
+    engine.add_event_handler(Events.COMPLETED, lambda e: logging.getLogger("pam_monai").warning("new best"))
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger("pam_monai").addHandler(handler)
+    try:
+        engine.run(range(5), max_epochs=2)
+    finally:
+        logging.getLogger("pam_monai").removeHandler(handler)
+    drawn = capsys.readouterr().err
+    assert "\r" not in drawn and "\x1b" not in drawn, repr(drawn)
+    assert "new best" in drawn.splitlines(), repr(drawn)  # on a line of its own
 
 
 @pytest.mark.parametrize("loader_kind", ["dataloader", "device", "device_shuffle"])
@@ -1688,11 +1734,11 @@ def test_inference_shows_progress_while_it_checks_every_input(tmp_path, monkeypa
     synth_brats(tmp_path / "data", cases=3, slices=2)
     bars = []
 
-    def tqdm(iterable, desc="", **kwargs):
+    def progress_bar(iterable, desc="", **kwargs):
         bars.append((desc, len(iterable)))
         return iterable
 
-    monkeypatch.setattr(infer_module, "tqdm", tqdm)
+    monkeypatch.setattr(infer_module, "progress_bar", progress_bar)
 
     class Zero(torch.nn.Module):
         def forward(self, x):

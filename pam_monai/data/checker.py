@@ -670,9 +670,9 @@ def check_dataset(
     cases = scan.cases
     checked = {}  # a case's files in channel order (then the label) -> whether they passed
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        cases = tqdm(cases, desc=f"{spec.name}: checking", unit="case")
+        cases = progress_bar(cases, desc=f"{spec.name}: checking", unit="case")
     for case in cases:
         arrays, affine, problems, warnings = _read(spec, case, allowed)
         if problems or case.case in failed_in_scan or not case.complete:

@@ -284,9 +284,9 @@ def convert_dicom(
     written: list[Path] = []
     iterator = series
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        iterator = tqdm(series, desc="dicom: converting series", unit="series")
+        iterator = progress_bar(series, desc="dicom: converting series", unit="series")
     for uid, files in iterator:
         where = Path(files[0]).parent
         if uid in done:  # converted by an earlier run into this folder: a re-run adds only new series

@@ -73,7 +73,8 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
     DWI and ADC on different grids, or a mask off their grid.
     """
     import nibabel as nib
-    from tqdm import tqdm
+
+    from ..progress import progress_bar
 
     root, output = Path(root), Path(output)
     if not root.is_dir():
@@ -99,7 +100,7 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
     with atomic_dir(output) as tmp:  # appears complete or not at all
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir()
-        for case, files in tqdm(
+        for case, files in progress_bar(
             cases.items(), desc="ISLES 2022: converting", unit="case", disable=not progress
         ):
             grids = {}

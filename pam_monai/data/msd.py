@@ -56,7 +56,8 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
     ``test`` list to ``imagesTs``. Raises ``ValueError`` naming the file for a missing or
     unreadable case, a label whose grid differs from its image, or a non-MSD ``dataset.json``."""
     import nibabel as nib
-    from tqdm import tqdm
+
+    from ..progress import progress_bar
 
     task_dir, output = Path(task_dir), Path(output)
     meta_path = task_dir / "dataset.json"
@@ -100,7 +101,7 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
     with atomic_dir(output) as tmp:  # appears complete or not at all
         for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if meta.get("test") else ()):
             (tmp / sub).mkdir()
-        for subset, image, label in tqdm(
+        for subset, image, label in progress_bar(
             jobs, desc=f"{task_dir.name}: converting", unit="case", disable=not progress
         ):
             source = task_dir / image

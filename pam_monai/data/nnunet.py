@@ -487,8 +487,7 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
             f"statistics from; python -m pam_monai check --dataset nnunet --root {quote(str(root))} names the problems"
         )
     if key not in _PROPERTIES_CACHE:
-        from tqdm.auto import tqdm
-
+        from ..progress import progress_bar
         from .files import UnreadableFile, load_png, load_volume
 
         def load(path):
@@ -498,7 +497,7 @@ def intensity_properties(root: str | os.PathLike, meta: dict | None = None) -> d
                 return None  # the checker names it; training refuses the data set until it is fixed
 
         def progress(items):
-            return tqdm(
+            return progress_bar(
                 items, desc=f"nnunet: CT intensity statistics of {len(items)} training cases", unit="case"
             )
 

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions of tensors)
-from tqdm import tqdm
 
 from ..atomic import WRITE_DENIED, remove_orphaned_temps
+from ..progress import progress_bar
 from ..ranks import rank0_first
 from .files import save_atomic_npy
 from .ops import IGNORE
@@ -380,7 +380,7 @@ class SliceDataset(torch.utils.data.Dataset):
             _allow_open_files(len(_PARTS) * len(self.items), str(self.cache_dir))
             for path in remove_orphaned_temps(self.cache_dir):
                 log.info("removed %s, left by a killed writer", path)
-        bar = tqdm(
+        bar = progress_bar(
             total=len(self.items),
             desc=f"{self.spec.name}: preparing volumes",
             unit="case",

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..atomic import check_writable
 from ..data.files import (
@@ -32,6 +31,7 @@ from ..data.files import (
     volume_affine,
     volume_shape,
 )
+from ..progress import progress_bar
 from .infer import safe_output_path, save_prediction
 from .postprocessing import _probability
 
@@ -150,7 +150,7 @@ def ensemble_probabilities(
             out, len(stale), ", ".join(stale[:5]), ", ..." if len(stale) > 5 else "",
         )  # fmt: skip
     written: list[Path] = []
-    for case in tqdm(cases, desc="ensemble", unit="case"):
+    for case in progress_bar(cases, desc="ensemble", unit="case"):
         first = files[0][case]
         arrays = [_read(found[case]) for found in files]
         for (array, _), found in zip(arrays, files):

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..atomic import atomic_path, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
@@ -40,6 +39,7 @@ from ..data.files import (
 )
 from ..data.layout import visible_entries
 from ..networks.polarity import as_foreground
+from ..progress import progress_bar
 from .checkpoint import check_weights, read_run_record
 from .inferer import SliceWiseInferer
 from .memory import reuse_freed_memory
@@ -449,7 +449,7 @@ class CasePredictor:
         trained = recorded(self.ckpt_path, "orientation")
         # every case's files read once before any mask (~0.4 s per full-size BraTS case): minutes of
         # silence before the inference bar for a few hundred cases without a bar of its own
-        for item in tqdm(self.items, desc=f"{self.spec.name}: checking inputs", unit="case"):
+        for item in progress_bar(self.items, desc=f"{self.spec.name}: checking inputs", unit="case"):
             found, warned, case = input_problems(self.spec, item)
             if case is not None:  # usable: what inference warns about
                 self._warn(case, warned, trained)
@@ -480,7 +480,7 @@ class CasePredictor:
         # CPU: the network's tensors of hundreds of MB reuse freed pages (same masks, faster)
         written = []
         with reuse_freed_memory(self.reuse_memory and self.device.type == "cpu"):
-            for item in tqdm(usable, desc=f"{self.spec.name}: inference", unit="case"):
+            for item in progress_bar(usable, desc=f"{self.spec.name}: inference", unit="case"):
                 written += self._predict(network, item)
         self._warn_earlier_outputs(written)
         return written

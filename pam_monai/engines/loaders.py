@@ -25,9 +25,9 @@ import math
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from ..data.slices import RANK_SEED_STRIDE, seed_worker_transform
+from ..progress import progress_bar
 from .runtime import as_bool
 
 __all__ = [
@@ -136,7 +136,9 @@ class DeviceSliceLoader:
         self.images = torch.empty((n, *first["image"].shape), dtype=dtype, device=self.device)
         self.labels = torch.empty((n, *first["label"].shape), dtype=torch.uint8, device=self.device)
         # chunks of samples, one stacked copy each; a bar when it takes a while (BraTS: ~20k slices)
-        with tqdm(total=n, desc=f"samples to {self.device}", unit="slice", disable=n < 4 * chunk) as bar:
+        with progress_bar(
+            total=n, desc=f"samples to {self.device}", unit="slice", disable=n < 4 * chunk
+        ) as bar:
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
                 samples = [dataset[i] for i in range(start, stop)]

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar as _IgniteProgressBar
-from tqdm import tqdm
 
+from ..progress import LOG_FILE_REDRAW_S, LogFileTqdm, to_log_file
 from .handlers import EveryIterations, loss_of
 
 __all__ = ["ProgressBar"]
-
-# how often a bar written to a file or a pipe (not a terminal) is redrawn, in seconds
-LOG_FILE_REDRAW_S = 30.0
-
-
-class _LogFileTqdm(tqdm):
-    """tqdm for a log file: Ignite's bar sets its description and postfix at every iteration, each a
-    forced redraw (a line of text in a file, twice per step); here they wait for the next redraw
-    that ``mininterval`` allows."""
-
-    def set_description(self, desc=None, refresh=True):
-        super().set_description(desc, refresh=False)
-
-    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-        super().set_postfix(ordered_dict, refresh=False, **kwargs)
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
 
 
 def _loss(output) -> dict:
@@ -57,12 +33,12 @@ class ProgressBar(_IgniteProgressBar):
     """
 
     def __init__(self, desc: str = "train", persist: bool = True, loss_every: int = 1, **kwargs) -> None:
-        to_file = not _is_terminal(kwargs.get("file") or sys.stderr)
+        to_file = to_log_file(kwargs.get("file"))
         if to_file:
             kwargs.setdefault("mininterval", LOG_FILE_REDRAW_S)
         super().__init__(persist=persist, desc=desc, **kwargs)
         if to_file:
-            self.pbar_cls = _LogFileTqdm
+            self.pbar_cls = LogFileTqdm
         self.loss_every = EveryIterations(loss_every)
 
     def attach(self, engine: Engine, *args, **kwargs) -> None:  # MONAI calls attach(engine)

@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..atomic import check_writable
 from ..data import get_spec, scan_cases
@@ -43,6 +42,7 @@ from ..data.checker import fractional_values
 from ..data.files import UnreadableFile, load_png, load_volume
 from ..data.layout import visible_entries
 from ..data.ops import binarize
+from ..progress import progress_bar
 from .data import voxel_spacing
 from .handlers import score_case, write_case_metrics
 from .runtime import as_bool
@@ -154,7 +154,7 @@ def score_predictions(
     if spec.name == "cityscapes":
         log.info("score: CityScapes masks are scored at the labels' full resolution (evaluation: 256 x 128)")
     rows, skipped, values, no_label = [], [], set(), []
-    for case in tqdm(sorted(masks), desc="score", unit="case"):
+    for case in progress_bar(sorted(masks), desc="score", unit="case"):
         label_path, mask_path = labels[case], masks[case]
         label, affine = _read(label_path, spec.volumetric)
         pred, pred_affine = _read(mask_path, spec.volumetric)

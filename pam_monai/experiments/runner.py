@@ -998,13 +998,13 @@ def _execute_pending(
 ) -> tuple[list[Run], list[tuple[Run, str]]]:
     """Train and evaluate the runs of ``pending`` in turn, each start and end in ``runs.jsonl``;
     returns the runs done and those that failed (with ``keep_going``; else the first failure raises)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     output_dir = ctx.output
     events = output_dir / "runs.jsonl"
     executed: list[Run] = []
     failed: list[tuple[Run, str]] = []
-    bar = tqdm(total=planned, initial=finished_before, desc="experiment", unit="run", file=sys.stderr)
+    bar = progress_bar(total=planned, initial=finished_before, desc="experiment", unit="run", file=sys.stderr)
     try:
         for i, run in enumerate(pending, start=1):
             identity = run.identity(settings)
