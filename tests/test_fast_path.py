@@ -689,20 +689,19 @@ def test_plane_kernels_triton_code_matches_the_reference_in_the_interpreter():
     hence a subprocess): the function and gradients of the reference, fp32 and bf16. The same
     script checks the compiled kernels on a GPU (``benchmarks/gpu_check.sh``)."""
     pytest.importorskip("triton")
+    run = _plane_kernels_check(dict(os.environ, TRITON_INTERPRET="1"), timeout=600)
+    assert run.returncode == 0 and "plane kernels ok" in run.stdout, run.stdout + run.stderr
+    assert "[Triton]" in run.stdout and "[reference]" not in run.stdout, run.stdout
+
+
+def _plane_kernels_check(env: dict, timeout: int):
+    """``benchmarks/plane_kernels_check.py --device cpu --require_triton`` in a subprocess."""
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "plane_kernels_check.py"
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run(
-        [sys.executable, str(script), "--device", "cpu", "--require_triton"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0 and "plane kernels ok" in run.stdout, run.stdout + run.stderr
-    assert "[Triton]" in run.stdout and "[reference]" not in run.stdout, run.stdout
+    cmd = [sys.executable, str(script), "--device", "cpu", "--require_triton"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_plane_kernels_check_fails_when_the_reference_path_ran_instead_of_triton():
@@ -710,18 +709,8 @@ def test_plane_kernels_check_fails_when_the_reference_path_ran_instead_of_triton
     CPU tensor without the interpreter) *is*: it said "plane kernels ok" having checked nothing, and
     gpu_check.sh then timed the fallback as the plane kernels. Now a required kernel run (on CUDA
     always) that took the reference path fails, naming the cause."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plane_kernels_check.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the CPU: the reference path
-    run = subprocess.run(
-        [sys.executable, str(script), "--device", "cpu", "--require_triton"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = _plane_kernels_check(env, timeout=120)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "plane kernels ok" not in run.stdout and "[reference]" in run.stdout, run.stdout
     fallback = "plane kernels: NOT RUN: 5 case(s) took the operator's reference PyTorch path"
