@@ -1085,6 +1085,49 @@ def test_mlflow_tracking_logs_the_loss_every_log_every_iterations_and_the_run_se
     assert settings == {"learning_rate": "0.002", "batch_size": "8", "epochs": "1", "seed": "0"}
 
 
+def test_mlflow_resumed_run_keeps_its_parameters_and_trains(tmp_path, caplog):
+    """The bundles name each MLflow run, and MONAI continues a named run that is still active (a
+    killed training's): a resumed training with more epochs logged ``epochs`` anew into it, which
+    MLflow refused ("Changing param values is not allowed"), and the training stopped at its start."""
+    mlflow = pytest.importorskip("mlflow")
+    from ignite.engine import Engine
+    from monai.handlers import MLFlowHandler
+
+    from pam_monai.engines import TrackingEvery
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+    def train(epochs: int, finish: bool) -> None:
+        trainer = Engine(lambda engine, batch: {"loss": 1.0})
+        TrackingEvery(params={"epochs": epochs, "seed": 0}).attach(trainer)
+        MLFlowHandler(
+            tracking_uri=uri, experiment_name="e", run_name="fpa_seed0_fold0", close_on_complete=finish,
+            output_transform=lambda output: output["loss"],
+        ).attach(trainer)  # fmt: skip
+        trainer.run([0, 1], max_epochs=1)
+
+    train(1, finish=False)  # killed: its run stays active
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        train(2, finish=True)  # resumed with more epochs
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (found,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert {k: found.data.params[k] for k in ("epochs", "seed")} == {"epochs": "1", "seed": "0"}
+    assert "keeps its parameters epochs=1; this run has epochs=2" in caplog.text, caplog.text
+
+
+def test_tracking_every_is_inert_without_mlflow(monkeypatch):
+    """Without --tracking mlflow the bundles' TrackingEvery must do nothing, MLflow not installed."""
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrackingEvery
+
+    for module in ("mlflow", "mlflow.entities"):  # not installed: importing them fails
+        monkeypatch.setitem(sys.modules, module, None)
+    trainer = Engine(lambda engine, batch: None)
+    TrackingEvery(every=2, params={"epochs": 2}).attach(trainer)
+    assert trainer.run([0, 1], max_epochs=2).epoch == 2
+
+
 def test_model_json_records_the_training_settings_and_the_best_epoch(tmp_path):
     """models/model.json named the network and the data but not how they were trained (seed,
     epochs, batch, learning rate, ...) nor the epoch of the best model: a reader could not

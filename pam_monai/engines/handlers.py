@@ -514,7 +514,10 @@ class TrackingEvery:
     ``log_every`` iterations. At the run's start this re-registers each attached ``MLFlowHandler``'s
     iteration logging through :class:`EveryIterations` and gives it ``params`` to record (MONAI's
     records only ``max_epochs`` and ``epoch_length``). List it before the tracking handler: its
-    start runs first.
+    start runs first. The parameters are logged at the first epoch's start, once the handler has
+    its run, those the run has not logged yet: a resumed run (a killed one stays active, and the
+    bundles name each run) continues its MLflow run, where a changed value (more ``epochs``) was
+    refused ("Changing param values is not allowed") and stopped the training.
 
     Args:
         every: log the loss every ``every`` iterations (and each epoch's first and last).
@@ -527,15 +530,21 @@ class TrackingEvery:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.log_params)
 
-    def __call__(self, engine: Engine) -> None:
+    @staticmethod
+    def _trackers(engine: Engine) -> list:
+        """The trainer's own MLFlowHandlers (its validator's logs the metrics by epoch, into the
+        same run)."""
         from monai.handlers import MLFlowHandler
 
-        # the trainer's own (its validator's logs the metrics by epoch, into the same run)
         ours = [
             h for h in _attached(engine) if isinstance(h, MLFlowHandler) and engine.has_event_handler(h.start)
         ]
-        for handler in {id(h): h for h in ours}.values():
+        return list({id(h): h for h in ours}.values())
+
+    def __call__(self, engine: Engine) -> None:
+        for handler in self._trackers(engine):
             if handler.iteration_log is True and engine.has_event_handler(
                 handler.iteration_completed, Events.ITERATION_COMPLETED
             ):
@@ -544,7 +553,30 @@ class TrackingEvery:
                     Events.ITERATION_COMPLETED(event_filter=self.every), handler.iteration_completed
                 )
                 handler.iteration_log = self.every
-            handler.experiment_param = {**self.params, **(handler.experiment_param or {})}
+
+    def log_params(self, engine: Engine) -> None:
+        """Log ``params`` into each tracking handler's run, but those it has logged (once a run)."""
+        for handler in self._trackers(engine):
+            run = getattr(handler, "cur_run", None)
+            if run is None or getattr(handler, "_params_logged", None) == run.info.run_id:
+                continue
+            from mlflow.entities import Param  # here: without --tracking mlflow need not be installed
+
+            logged = handler.client.get_run(run.info.run_id).data.params
+            params = {k: str(v) for k, v in self.params.items() if k not in (handler.experiment_param or {})}
+            kept = {k: v for k, v in params.items() if k in logged and logged[k] != v}
+            if kept:
+                log.warning(
+                    "MLflow run %s (resumed) keeps its parameters %s; this run has %s (a run's parameters "
+                    "cannot change: give it another run_name to track it apart)",
+                    run.info.run_name,
+                    ", ".join(f"{k}={logged[k]}" for k in kept),
+                    ", ".join(f"{k}={v}" for k, v in kept.items()),
+                )
+            new = [Param(k, v) for k, v in params.items() if k not in logged]
+            if new:
+                handler.client.log_batch(run_id=run.info.run_id, metrics=[], params=new, tags=[])
+            handler._params_logged = run.info.run_id
 
 
 def loss_of(output):
