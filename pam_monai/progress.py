@@ -31,6 +31,8 @@ class LogFileTqdm(tqdm):
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
     def __init__(self, *args, **kwargs):
+        # tqdm's monitor thread redraws a fast bar every maxinterval (10 s): not before mininterval
+        kwargs["maxinterval"] = max(kwargs.get("maxinterval", 10.0), kwargs.get("mininterval", 0.1))
         super().__init__(*args, **kwargs)
         if not self.disable:  # a disabled bar has no stream
             self.fp = _WholeLines(self.fp)

@@ -329,6 +329,32 @@ def test_progress_bar_does_not_flood_a_log_file(capsys):
     assert "30/30" in drawn
 
 
+def test_tqdm_monitor_does_not_redraw_a_log_file_bar_before_its_interval():
+    """tqdm's monitor thread redraws a fast bar (miniters > 1) once ``maxinterval`` (10 s) has
+    passed since its last redraw: a bar in a log file drew a line every 10 s, not every 30 s."""
+    import io
+    import time
+
+    from tqdm._monitor import TMonitor
+
+    from pam_monai.progress import LOG_FILE_REDRAW_S, LogFileTqdm, progress_bar
+
+    out = io.StringIO()
+    bar = progress_bar(total=10**6, desc="fast", file=out)
+    bar.miniters = 1000  # what tqdm sets after a redraw of a fast loop
+    bar.last_print_t = time.time() - 0.5 * (10.0 + LOG_FILE_REDRAW_S)  # past 10 s, not yet 30 s
+    drawn = out.getvalue()
+    monitor = TMonitor(LogFileTqdm, 0.01)
+    try:
+        time.sleep(0.3)  # ~30 of the monitor's checks
+    finally:
+        monitor.exit()
+    assert out.getvalue() == drawn, (
+        f"redrawn {LOG_FILE_REDRAW_S / 2:g} s after its last line:\n{out.getvalue()}"
+    )
+    bar.close()
+
+
 def test_every_progress_bar_in_a_log_file_is_whole_lines(tmp_path, capsys):
     """The data preparation's and the commands' bars (tqdm directly: the check, the slice cache,
     inference, ...) wrote carriage returns into log files as the training bars did: they come from
