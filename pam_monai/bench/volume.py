@@ -46,24 +46,21 @@ def segment_case(
     image: np.ndarray, net, inferer, device: torch.device, crop: int, amp: bool = False
 ) -> np.ndarray:
     """The uint8 mask of one raw ``C x H x W x D`` BRATS case on its own grid, as
-    :class:`~pam_monai.engines.CasePredictor` makes it without reading and writing files: the
-    preprocessing of :func:`~pam_monai.data.preprocess_case` (z-score statistics of the whole
-    volume, applied to the in-plane centre crop, padded where smaller), the slices through the
-    network, ``sigmoid > 0.5`` and the un-crop."""
-    from ..data import crop_or_pad_center, get_spec, uncrop_center
-    from ..data.intensity import normalize_channels, volume_stats
+    :class:`~pam_monai.engines.CasePredictor` makes it without reading and writing files:
+    :func:`~pam_monai.data.preprocess_case` (z-score over the whole volume, in-plane centre crop
+    to ``crop``, padded where smaller), the slices through the network, ``sigmoid > 0.5`` and
+    :func:`~pam_monai.data.restore_prediction`."""
+    from ..data import get_spec, preprocess_case, restore_prediction
     from ..engines import foreground_mask
 
-    norms = get_spec("brats").channel_norms
-    inside = tuple(min(n, crop) for n in image.shape[1:3])
-    stats = volume_stats(image, norms)
-    x = normalize_channels(crop_or_pad_center(image, (*inside, -1)), norms, stats)
-    x = crop_or_pad_center(x, (crop, crop, -1))
-    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device, non_blocking=True)
+    spec = get_spec("brats", crop_size=(crop, crop))
+    item = {"case": "bench", "image": image, "label": None, "affine": None, "original_shape": image.shape[1:]}
+    x = torch.from_numpy(np.ascontiguousarray(preprocess_case(spec, item)["image"], dtype=np.float32))
+    x = x[None].to(device, non_blocking=True)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
         logits = inferer(x, net)
     mask = foreground_mask(logits)[0, 0].to(torch.uint8).cpu().numpy()  # the copy back synchronises
-    return uncrop_center(mask, image.shape[1:])
+    return restore_prediction(spec, mask, image.shape[1:])
 
 
 def bench_volume(

@@ -237,7 +237,7 @@ class SliceDataset(torch.utils.data.Dataset):
             augmentation after the cached preprocessing (the bundles' ``train_transforms``). It must
             return one sample dict of the slice's shapes (batches are stacked) and a label that stays
             0/1 (nearest interpolation); a sample that does not is refused, naming its slice. Its
-            random state is seeded with ``seed`` here, by :meth:`set_epoch` at each epoch and, in
+            random state is seeded by ``seed`` here, by :meth:`set_epoch` at each epoch and, in
             each ``DataLoader`` worker, by :func:`seed_worker_transform`
             (:func:`~pam_monai.engines.slice_loader` passes it). MetaTensors come back as plain
             float32 tensors.
@@ -277,8 +277,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.transform_seed = int(seed)
         self.transform_rank = 0  # torchrun: slice_loader sets the rank, each rank its own draws
         self.epoch: int | None = None  # set_epoch: the transform's draws follow the epoch
-        if hasattr(transform, "set_random_state"):  # MONAI's Randomizable / Compose: reproducible runs
-            transform.set_random_state(seed=int(seed) % 2**32)
+        self._seed_transform()
         self.spec = get_spec(dataset)
         self.items = [dict(it) for it in data_argument(data, items, type(self).__name__)]
         if not 0.0 <= keep_background_fraction <= 1.0:
@@ -481,13 +480,24 @@ class SliceDataset(torch.utils.data.Dataset):
         dataset). The bundles call it at each epoch's start (:class:`~pam_monai.engines.LoaderEpoch`),
         so that a resumed run draws what the uninterrupted one drew."""
         self.epoch = int(epoch)
-        if hasattr(self.transform, "set_random_state"):
-            self.transform.set_random_state(seed=transform_seed(self.rank_seed, self.epoch, 0))
+        self._seed_transform()
+
+    def set_rank(self, rank: int) -> None:
+        """Under ``torchrun``: this rank draws its own augmentation values (its seeds are
+        ``seed`` + a stride x ``rank``; :func:`~pam_monai.engines.slice_loader` calls it)."""
+        self.transform_rank = int(rank)
+        self._seed_transform()
 
     @property
     def rank_seed(self) -> int:
         """The seed of this rank's transform draws (``seed`` + a stride x the rank)."""
         return self.transform_seed + RANK_SEED_STRIDE * self.transform_rank
+
+    def _seed_transform(self) -> None:
+        """Seed the transform (MONAI's Randomizable / Compose) in this process by the rank's seed and
+        the epoch (0 before the first): reproducible runs, and resumed ones."""
+        if hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=transform_seed(self.rank_seed, self.epoch or 0, 0))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -499,13 +509,12 @@ class SliceDataset(torch.utils.data.Dataset):
         sample = {"image": image, "label": label}
         if self.transform is None:
             return sample
-        out = self._checked(self.transform(sample), sample, i)
-        # plain float32 tensors, as without a transform (a MetaTensor would carry its metadata into
-        # the trainer, the compiled network and the stacked batches)
-        return {**out, **{k: _plain_float32(out[k]) for k in sample}}
+        return self._checked(self.transform(sample), sample, i)
 
     def _checked(self, out, sample: dict, i: int) -> dict:
-        """The transform's output, refused (naming the slice and the fix) when it is not one sample
+        """The transform's output with its image and label as plain float32 tensors (a MetaTensor
+        would carry its metadata into the trainer, the compiled network and the stacked batches),
+        refused (naming the slice and the fix) when it is not one sample
         of the slice's shapes with a 0/1 label: a MONAI crop's list of samples failed with
         "'list' object is not a mapping", a size change at the batch's stacking or in the network,
         and a label interpolated bilinearly (MONAI's default mode) trained on fractions silently."""
@@ -528,7 +537,8 @@ class SliceDataset(torch.utils.data.Dataset):
                     "from slices of one shape and the network was checked at it; keep it (e.g. RandZoomd "
                     "keep_size=True, a crop padded back), or set crop_size to train on another size"
                 )
-        label = _plain_float32(out["label"])
+        plain = {k: _plain_float32(out[k]) for k in sample}
+        label = plain["label"]
         allowed = (label == 0) | (label == 1)
         if self.spec.ignore_label is not None:
             allowed |= label == IGNORE
@@ -539,7 +549,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 f"({', '.join(f'{v:g}' for v in odd)}, ...): interpolate labels with mode 'nearest' "
                 "(e.g. RandAffined mode ['bilinear', 'nearest']; MONAI's default, bilinear, blends them)"
             )
-        return out
+        return {**out, **plain}
 
     def slice_info(self, i: int) -> tuple[str, int]:
         """``(case, slice index in the volume)`` of sample ``i``."""

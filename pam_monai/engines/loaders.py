@@ -229,10 +229,8 @@ def slice_loader(
     rank = int(getattr(sampler, "rank", 0) or 0)  # torchrun: each rank its own augmentation draws
     if transformed:
         use_device, why = False, "a per-sample transform (train_transforms)"
-        if rank and hasattr(dataset, "transform_rank"):
-            dataset.transform_rank = rank
-            if hasattr(dataset.transform, "set_random_state"):
-                dataset.transform.set_random_state(seed=dataset.rank_seed % 2**32)
+        if rank and hasattr(dataset, "set_rank"):
+            dataset.set_rank(rank)
     elif choice == "auto":
         use_device, why = _fits_on_device(dataset, device, max_fraction)
     else:
