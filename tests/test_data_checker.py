@@ -553,3 +553,41 @@ def test_label_like_needs_more_pixels_than_values(tmp_path):
     assert "2 distinct values" in label_like((np.arange(12).reshape(2, 2, 3) > 5).astype(np.int16), "t1")
     root = synth("cityscapes", tmp_path / "tiny", cases=1, size=(8, 4), train_cities=2, val_cities=1)
     assert check_dataset("cityscapes", root).ok
+
+
+def test_check_command_checks_an_isles_testing_set(pristine, tmp_path, capsys):
+    """ISLES 2018's TESTING/ (no OT masks) could not be checked: a root holding it alone was "no
+    case_<n> folders", the folder itself failed every case for its missing OT. Now both are checked
+    as an unlabelled set: files, channels, shapes, spacing and orientation, with a note that labels
+    were not checked; a broken image still fails the check."""
+    root = tmp_path / "isles"
+    shutil.copytree(pristine["isles"] / "TRAINING", root / "TESTING")
+    for ot in (root / "TESTING").glob("case_*/SMIR.Brain.XX.O.OT.*"):
+        shutil.rmtree(ot)
+    cli(["check", "--dataset", "isles", "--root", str(root)])
+    out = capsys.readouterr().out
+    assert "case_1  ok      4x224x224x" in out and "voxel spacing (mm): " in out, out
+    assert f"NOTE labels not checked: {root / 'TESTING'} was checked as an unlabelled set" in out, out
+    assert out.rstrip().splitlines()[-1].startswith("OK: isles"), out
+    (cbf,) = (root / "TESTING" / "case_2").glob("SMIR.Brain.XX.O.CT_CBF.*/*.nii")
+    cbf.write_bytes(cbf.read_bytes()[:1000])
+    with pytest.raises(SystemExit):
+        cli(["check", "--dataset", "isles", "--root", str(root / "TESTING")])
+    out = capsys.readouterr().out
+    assert f"ERROR case_2: {cbf.name}: unreadable or truncated file" in out and "missing label" not in out, (
+        out
+    )
+    assert "FAILED: isles" in out and "2 cases, 1 with problems, 1 problem" in out, out
+
+
+def test_check_of_an_unlabelled_set_only_when_asked(pristine, tmp_path):
+    """A training set whose labels are missing still fails; ``labels=False`` (``--unlabelled``)
+    checks the images alone."""
+    root = tmp_path / "isles"
+    shutil.copytree(pristine["isles"], root)
+    for ot in (root / "TRAINING").glob("case_*/SMIR.Brain.XX.O.OT.*"):
+        shutil.rmtree(ot)
+    assert not check_dataset("isles", root).ok
+    report = check_dataset("isles", root, labels=False)
+    assert report.ok and [c.shape[0] for c in report.cases] == [4, 4], report.format()
+    assert report.notes[0].startswith("labels not checked"), report.notes

@@ -89,8 +89,9 @@ def test_isles_root_with_only_testing_says_training_needs_training(tmp_path):
     (root / "TRAINING").rename(root / "TESTING")
     (problem,) = scan(root).problems
     assert problem.message.endswith(
-        f"; {root / 'TESTING'} holds the challenge's test cases, without OT labels: training, evaluation and "
-        f"check need the TRAINING/ folder beside it; inference segments TESTING/ (--input_dir {root})"
+        f"; {root / 'TESTING'} holds the challenge's test cases, without OT labels: training and evaluation "
+        f"need the TRAINING/ folder beside it; check reads TESTING/ as an unlabelled set and inference segments "
+        f"it (--input_dir {root})"
     ), problem.message
 
 

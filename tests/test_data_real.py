@@ -683,3 +683,29 @@ def test_own_data_label_map_in_an_image_channel_is_named_in_a_warning(shared_dat
     item = {"case": "sub-strokecase0009", "image": sorted(str(p) for p in (own / "imagesTr").iterdir())}
     problems, warnings, case = input_problems(get_spec("nnunet", root=own), item)
     assert problems == [] and warnings == [expected] and case is not None
+
+
+def test_check_of_the_isles22_test_images(shared_data, tmp_path, capsys):
+    """The real ISLES'22 images without their mask (a test case, converted into imagesTs) are
+    checked with ``check --unlabelled``: shape, 2 mm spacing and orientation, labels not checked."""
+    import shutil
+
+    from pam_monai.data.isles22 import convert_isles22
+
+    source = tmp_path / "raw"
+    shutil.copytree(shared_data / "isles2022", source)
+    test = source / "sub-strokecase0010"
+    test.mkdir()
+    for kind in ("dwi", "adc"):
+        shutil.copyfile(
+            source / "sub-strokecase0009" / f"sub-strokecase0009_ses-0001_{kind}.nii.gz",
+            test / f"sub-strokecase0010_ses-0001_{kind}.nii.gz",
+        )
+    root = convert_isles22(source, tmp_path / "converted", progress=False)
+    cli(["check", "--root", str(root), "--unlabelled"])
+    out = capsys.readouterr().out
+    assert "sub-strokecase0010  ok      2x112x112x73" in out and "sub-strokecase0009" not in out, out
+    assert "voxel spacing (mm): 2x2x2 (1 case)" in out and "orientation (affine axis codes): LAS 1" in out, (
+        out
+    )
+    assert f"NOTE labels not checked: {root / 'imagesTs'} was checked as an unlabelled set" in out, out

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -38,7 +38,7 @@ import numpy as np
 
 from .datalist import FOLDED, datalist_n_folds, entry_case, load_datalist, split_entries
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
-from .layout import CaseFiles, Problem, nnunet_layout_note, scan_cases
+from .layout import CaseFiles, Problem, ScanResult, nnunet_layout_note, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
 from .preprocess import channels_first_2d, preprocess_case
@@ -626,6 +626,7 @@ def check_dataset(
     datalist: str | os.PathLike | None = None,
     datalist_splits: Sequence[str] | None = None,
     fold: int | Sequence[int] = 0,
+    labels: bool = True,
     **scan_options,
 ) -> CheckReport:
     """Check every case of ``dataset`` under ``root`` and return a :class:`CheckReport`
@@ -639,6 +640,9 @@ def check_dataset(
     of those splits only (a run that reads only them, over a data set that may hold only their
     cases; ``fold`` a list: the entries of those splits of any of these folds, as an experiment grid
     reads them); a fold missing or out of range and a case listed twice are still named for every entry.
+    ``labels=False``: an unlabelled set (ISLES 2018's ``TESTING/``, own data's ``imagesTs``): the images
+    are checked as inference reads them (files, channels, shapes, geometry), labels are neither
+    required nor read, and a note says so.
     """
     # read first: a mistyped path or a broken file is named before minutes of reading every volume
     listed = load_datalist(datalist) if datalist is not None else None
@@ -650,6 +654,8 @@ def check_dataset(
         return CheckReport("nnunet", str(root), problems=problems)
     fg_labels, allowed = spec.resolve_labels(foreground_label)
     scan = scan_cases(spec, root, **scan_options)
+    if not labels:
+        scan = _without_labels(scan)
     report = CheckReport(spec.name, str(root), problems=list(scan.problems), volumetric=spec.volumetric)
     if spec.normalization:
         report.normalization = [
@@ -675,8 +681,11 @@ def check_dataset(
         cases = progress_bar(cases, desc=f"{spec.name}: checking", unit="case")
     for case in cases:
         arrays, affine, problems, warnings = _read(spec, case, allowed)
-        if problems or case.case in failed_in_scan or not case.complete:
+        complete = case.complete if labels else None not in case.channels.values()
+        if problems or case.case in failed_in_scan or not complete:
             summary = CaseSummary(case.case, ok=False)
+        elif not labels:
+            summary = _summarise_images(spec, case, arrays, affine)
         else:
             summary, more = _summarise(spec, case, arrays, affine, fg_labels)
             warnings += more
@@ -698,7 +707,13 @@ def check_dataset(
             spec, datalist, listed, root, allowed, checked, datalist_splits, fold
         )
         report.problems += problems
-    note = None if any(c.complete for c in scan.cases) else nnunet_layout_note(spec.name, root)
+    if not labels and scan.cases:  # an OK must not read as labels that passed
+        report.notes.append(
+            f"labels not checked: {Path(root) / scan_options.get('subset', '')} was checked as an unlabelled set "
+            "(its images only, as inference reads them)"
+        )
+    complete = any(c.complete or (not labels and None not in c.channels.values()) for c in scan.cases)
+    note = None if complete else nnunet_layout_note(spec.name, root)
     if note:  # own data read as BRATS: the likely cause of every problem above
         report.notes.append(note)
     if spec.name == "nnunet" and not scan_options:  # nnU-Net checks dataset.json's count of training cases
@@ -724,6 +739,30 @@ def check_dataset(
             if problem:
                 report.warnings.append(Problem(c.case, "image", problem))
     return report
+
+
+def _about_label(problem: Problem) -> bool:
+    """Whether a scan's ``problem`` is about a case's label file (missing, ambiguous, misplaced)."""
+    return problem.message.startswith(("missing label", "label without images", "several files for label"))
+
+
+def _without_labels(scan: ScanResult) -> ScanResult:
+    """``scan`` of an unlabelled set: its cases without label files, and no problem about labels."""
+    cases = [replace(case, label=None) for case in scan.cases]
+    return ScanResult(cases, [p for p in scan.problems if not _about_label(p)])
+
+
+def _summarise_images(spec: DatasetSpec, case, arrays: dict[str, np.ndarray], affine) -> CaseSummary:
+    """A case of an unlabelled set: its shape after preprocessing, spacing and orientation."""
+    channels = [arrays[name] for name in case.channels]
+    image = np.stack(channels) if spec.volumetric else channels_first_2d(channels)
+    loaded = {"case": case.case, "image": image, "label": None, "affine": affine}
+    pre = preprocess_case(spec, {**loaded, "original_shape": image.shape[1:]})
+    summary = CaseSummary(case.case, shape=tuple(pre["image"].shape))
+    if spec.volumetric and affine is not None:
+        summary.orientation = orientation(affine)
+        summary.spacing = "x".join(f"{v:.3g}" for v in _spacing(affine))
+    return summary
 
 
 def _file_key(paths) -> tuple[str, ...]:

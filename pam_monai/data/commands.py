@@ -164,6 +164,24 @@ def _dataset_of(root: str) -> str:
     )
 
 
+def _unlabelled_set(dataset: str, root: str, unlabelled: bool | None) -> tuple[bool, str | None]:
+    """Whether ``check`` reads ROOT as an unlabelled set, and the reader's subset folder to check:
+    ISLES 2018's TESTING/ (no OT masks) by default, own data's imagesTs with ``unlabelled``."""
+    from ..engines.runtime import as_bool
+
+    name, root = dataset.lower(), Path(root)
+    if name == "isles" and unlabelled is None:
+        alone = (root / "TESTING").is_dir() and not (root / "TRAINING").is_dir()
+        unlabelled = alone or root.name == "TESTING"
+        return unlabelled, "TESTING" if alone else None
+    unlabelled = bool(unlabelled is not None and as_bool(unlabelled))
+    if unlabelled and name == "isles" and (root / "TESTING").is_dir():
+        return True, "TESTING"
+    if unlabelled and name == "nnunet" and (root / "dataset.json").is_file() and (root / "imagesTs").is_dir():
+        return True, "imagesTs"
+    return unlabelled, None
+
+
 def check(
     dataset: str | None = None,
     root: str | None = None,
@@ -172,6 +190,7 @@ def check(
     quiet: bool = False,
     crop_size: list | None = None,
     datalist: str | None = None,
+    unlabelled: bool | None = None,
 ) -> None:
     """Check every case under ROOT; print a per-case summary; exit 1 on any problem.
 
@@ -189,6 +208,9 @@ def check(
             most 256 rounded up to 16 for own 2-D images, and the paper's data sets' own crops.
         datalist: a datalist (paths relative to ROOT) to check too, as training's --data_list_file_path:
             each entry's files exist, one per channel, in the channels' order.
+        unlabelled: check a set without labels (images only, as inference reads them: files, channels,
+            shapes, spacing, orientation), e.g. own data's imagesTs; the default for ISLES' TESTING/ (a
+            root holding it without TRAINING/, or the TESTING folder itself).
     """
     from .checker import check_dataset
     from .specs import get_spec
@@ -198,11 +220,20 @@ def check(
     root = str(root)  # an all-digit folder name arrives as a number from Fire
     dataset = _dataset_of(root) if dataset is None else str(dataset)
     options = {"grades": grades} if dataset.lower() == "brats" else {}
+    unlabelled, subset = _unlabelled_set(dataset, root, unlabelled)
+    if subset:
+        options["subset"] = subset
     if crop_size is not None:
         dataset = get_spec(dataset, root=root, crop_size=crop_size)
     datalist = None if datalist is None else str(datalist)
     report = check_dataset(
-        dataset, root, foreground_label=foreground_label, progress=not quiet, datalist=datalist, **options
+        dataset,
+        root,
+        foreground_label=foreground_label,
+        progress=not quiet,
+        datalist=datalist,
+        labels=not unlabelled,
+        **options,
     )
     text = report.format()
     if quiet:

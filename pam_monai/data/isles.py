@@ -59,8 +59,9 @@ def scan(root: str | os.PathLike, subset: str = "TRAINING") -> ScanResult:
         elif subset == "TRAINING" and (root / "TESTING").is_dir():
             # ISLES 2018's test set alone: its cases have no OT, nothing to train on or score
             what += (
-                f"; {root / 'TESTING'} holds the challenge's test cases, without OT labels: training, evaluation and "
-                f"check need the TRAINING/ folder beside it; inference segments TESTING/ (--input_dir {quote(str(root))})"
+                f"; {root / 'TESTING'} holds the challenge's test cases, without OT labels: training and evaluation "
+                f"need the TRAINING/ folder beside it; check reads TESTING/ as an unlabelled set and inference segments "
+                f"it (--input_dir {quote(str(root))})"
             )
         elif (base / "rawdata").is_dir() or any(base.glob("sub-strokecase*")):
             what += (
