@@ -703,6 +703,27 @@ def test_foreground_box_equals_the_box_of_the_thresholded_mask(shape, dtype, see
     assert foreground_box(np.array([[np.nan, 0.9, 0.0], [np.nan] * 3])) == (slice(0, 1), slice(1, 2))
 
 
+@pytest.mark.parametrize("shape", [(3, 0, 5), (4, 5, 0), (0, 4, 5), (3, 0), (0, 3)])
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "bool"])
+def test_an_axis_of_length_0_has_no_foreground(shape, dtype):
+    """An array with an axis of length 0 (a crop past the edge) made foreground_box raise numpy's
+    "zero-size array to reduction operation maximum" (and a first axis of 0 "cannot reshape" in
+    bounding_box too), so HD95 and HD95Metric failed. It has no foreground, as an all-zero array:
+    None, and every metric gives the both-empty values (MONAI too scores it as all-zero masks)."""
+    from pam_monai.metrics.masks import bounding_box, foreground_box
+
+    x = np.zeros(shape, dtype)
+    assert foreground_box(x) is None and bounding_box(x.astype(bool)) is None
+    both_empty = {"iou": 1.0, "dice": 1.0, "hd95": 0.0, "fp_rate": 0.0, "fn_rate": 0.0}
+    assert {name: f(x, x) for name, f in FUNCS.items()} == both_empty
+    row = case_metrics(x, x)
+    assert {name: row[name] for name in both_empty} == both_empty and row["target_empty"]
+    batch = torch.as_tensor(x[None, None]).float()
+    assert HD95Metric()(batch, batch).tolist() == [[0.0]]
+    with pytest.raises(ValueError, match="two non-empty masks"):
+        directed_surface_distances(x, x)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", ">f4", ">f8"])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_float_rows_above_half_read_as_integer_bits_equal_fmax(dtype, order):

@@ -176,12 +176,14 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
         mask: a ``bool`` numpy array with at least one axis.
 
     Returns:
-        One ``slice`` per axis, or ``None`` for an empty mask.
+        One ``slice`` per axis, or ``None`` for an empty mask (also one with an axis of length 0).
 
     Example:
         >>> bounding_box(np.array([[0, 0, 0], [0, 1, 1]], dtype=bool))
         (slice(1, 2, None), slice(1, 3, None))
     """
+    if mask.size == 0:  # an axis of length 0 (a crop past the edge): no foreground, as all-zero
+        return None
     if mask.ndim == 1:
         idx = np.flatnonzero(mask)
         return (slice(int(idx[0]), int(idx[-1]) + 1),) if idx.size else None
@@ -230,13 +232,14 @@ def foreground_box(x: np.ndarray) -> tuple[slice, ...] | None:
         x: a numpy array (any real dtype; ``bool`` masks go straight to :func:`bounding_box`).
 
     Returns:
-        One ``slice`` per axis, or ``None`` when nothing is above 0.5.
+        One ``slice`` per axis, or ``None`` when nothing is above 0.5 (also for an array with an
+        axis of length 0).
 
     Example:
         >>> foreground_box(np.array([[0.0, 0.2, 0.0], [0.0, 0.9, 0.7]]))
         (slice(1, 2, None), slice(1, 3, None))
     """
-    if x.dtype == bool or x.ndim < 2:
+    if x.dtype == bool or x.ndim < 2 or x.size == 0:  # size 0: the maxima below have no identity
         return bounding_box(as_mask(x))
     rows = x.reshape(x.shape[0], -1)
     floating = np.issubdtype(x.dtype, np.floating)
