@@ -314,3 +314,23 @@ def test_folders_renamed_into_place_get_the_usual_permissions(tmp_path):
     bundle = own_data_bundle(own, "fpa", tmp_path / "perm_fpa")
     for folder in (Path(root), bundle):
         assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, (folder, oct(folder.stat().st_mode))
+
+
+def test_a_run_on_the_stand_in_warns_once(tmp_path, caplog):
+    """A bundle run on the stand-in printed two WARNINGs that said the same thing (ensure_dataset's
+    "generated a SYNTHETIC stand-in" and prepare_data's "using a SYNTHETIC stand-in"). One WARNING
+    per run now, naming the empty folder and the stand-in and saying what its results are worth;
+    a run that reuses the stand-in says the same, once."""
+    from pam_monai.engines import prepare_data
+
+    data, stand_in = tmp_path / "data", tmp_path / "synthetic_data"
+    for _ in ("generated", "reused"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            prepare_data("brats", data, "", synthetic_dir=stand_in, check=False)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert (
+            "SYNTHETIC stand-in" in warnings[0] and str(data) in warnings[0] and str(stand_in) in warnings[0]
+        )
+        assert warnings[0].endswith("results say nothing about real data")

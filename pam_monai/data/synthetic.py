@@ -504,7 +504,12 @@ def ensure_dataset(
         and json.loads(marker.read_text(encoding="utf-8")) == params
         and _has_cases(spec.name, target)
     ):
-        log.warning("%s: no data in %s; using the SYNTHETIC stand-in %s", spec.name, dataset_dir, target)
+        log.warning(
+            "%s: no data set in %s; using the SYNTHETIC stand-in in %s; results say nothing about real data",
+            spec.name,
+            dataset_dir,
+            target,
+        )
         return target, True
     if target.exists() and not marker.is_file() and any(target.iterdir()):
         raise FileExistsError(
@@ -514,6 +519,10 @@ def ensure_dataset(
         synth(spec.name, tmp, seed=seed, **opts)
         (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     log.warning(
-        "%s: no data in %s; generated a SYNTHETIC stand-in in %s (%s)", spec.name, dataset_dir, target, opts
+        "%s: no data set in %s; generated a SYNTHETIC stand-in in %s (%s); results say nothing about real data",
+        spec.name,
+        dataset_dir,
+        target,
+        opts,
     )
     return target, True

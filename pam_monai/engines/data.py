@@ -102,20 +102,14 @@ def prepare_data(
             + ": pass the folder of the published layout (a typo? a disk not mounted?), or leave dataset_dir "
             "out to run on a synthetic stand-in"
         )
+    # ensure_dataset says, in one WARNING, that the data are a stand-in and what results are worth
     root, synthetic = rank0_first(lambda: ensure_dataset(spec, dataset_dir, seed=seed, output=synthetic_dir))
     # a stand-in because dataset_dir held nothing (not a stand-in that dataset_dir points at)
     fallback = synthetic and Path(root).resolve() != Path(dataset_dir).resolve()
-    if fallback:
-        if path is not None:
-            raise ValueError(
-                f"{spec.name}: datalist {path} given, but {dataset_dir} holds no data set (a synthetic "
-                "stand-in would ignore the datalist); set dataset_dir to the folder its paths are relative to"
-            )
-        log.warning(
-            "%s: using a SYNTHETIC stand-in in %s (no data set in %s); results say nothing about real data",
-            spec.name,
-            root,
-            dataset_dir,
+    if fallback and path is not None:
+        raise ValueError(
+            f"{spec.name}: datalist {path} given, but {dataset_dir} holds no data set (a synthetic "
+            "stand-in would ignore the datalist); set dataset_dir to the folder its paths are relative to"
         )
     check_same_data_set(spec, root)
     unknown = set(splits) - {"train", "val", "test"}
