@@ -1885,3 +1885,25 @@ def test_a_resume_goes_on_when_an_event_file_cannot_be_rewritten(tmp_path, monke
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith(f"resume: {path}: could not remove the 2 scalar(s) logged after the checkpoint")
     assert message.endswith("delete the file, or close TensorBoard before resuming")
+
+
+def test_a_training_bar_keeps_one_label_and_times_its_epoch(capsys):
+    """The training bar's first line read ``train[1/4]`` and its later ones ``train: [1/1]``
+    (tqdm drew the bar as it was made, before Ignite set its description); and a finished bar
+    read ``[00:00<?]`` after an epoch of 17 s: it was timed from its first draw, after the
+    epoch's first step, and that step was left out of its rate. Each line now has the label the
+    bar keeps, and the time is the epoch's."""
+    import re
+    import time
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import ProgressBar
+
+    engine = Engine(lambda e, b: time.sleep(1.1 if b == 0 else 0) or {"loss": 1.0})  # a slow first step
+    ProgressBar(desc="train").attach(engine)
+    engine.run(range(3), max_epochs=2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "%|" in line]
+    labels = [re.match(r"(.*?)\[\d+/3\]", line).group(1) for line in lines]
+    assert labels == ["train [1/2]: "] * 2 + ["train [2/2]: "] * 2, lines
+    assert [line.split("[")[-1] for line in lines[1::2]] == ["00:01<00:00]"] * 2, lines

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ignite.engine import Engine
+import inspect
+import time
+
+from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 
 from ..progress import LOG_FILE_REDRAW_S, LogFileTqdm, to_log_file
@@ -30,6 +33,10 @@ class ProgressBar(_IgniteProgressBar):
 
     Written to a file or a pipe (a CI log, a cluster job's output), not a terminal, the bar is
     redrawn at most every ``LOG_FILE_REDRAW_S`` seconds (and at its end), not at every iteration.
+
+    The bar is timed from its epoch's start (Ignite's from its first draw, after the epoch's first
+    step: a one-step epoch of 17 s read ``[00:00<?]``) and first drawn with the label it keeps
+    (Ignite's was drawn as made, ``train[1/4]``, before it set ``train: [1/4]``).
     """
 
     def __init__(self, desc: str = "train", persist: bool = True, loss_every: int = 1, **kwargs) -> None:
@@ -40,6 +47,33 @@ class ProgressBar(_IgniteProgressBar):
         if to_file:
             self.pbar_cls = LogFileTqdm
         self.loss_every = EveryIterations(loss_every)
+        self._epoch_start: float | None = None
+        self._drawn = False
+
+    def _reset(self, pbar_total: int | None) -> None:
+        """Ignite's bar, not drawn yet (Ignite's handler sets its label next), timed from the epoch's
+        start, with the first step counted in its rate."""
+        delay = self.tqdm_kwargs.get("delay", 0.0)
+        self.pbar = self.pbar_cls(
+            total=pbar_total,
+            leave=self.persist,
+            bar_format=self.bar_format,
+            initial=1,
+            **{**self.tqdm_kwargs, "delay": float("inf")},
+        )
+        self.pbar.delay, self._drawn = delay, False
+        if self._epoch_start is not None:
+            self.pbar.start_t, self.pbar.initial = self._epoch_start, 0
+
+    def _first_draw(self, engine: Engine) -> None:
+        """Draw a new bar once Ignite's handler has given it its label and count."""
+        if self.pbar is not None and not self._drawn:
+            self._drawn = True
+            if self.pbar.delay <= 0:
+                self.pbar.refresh()
+
+    def _started(self, engine: Engine) -> None:
+        self._epoch_start = time.time()  # tqdm's clock
 
     def attach(self, engine: Engine, *args, **kwargs) -> None:  # MONAI calls attach(engine)
         if "output_transform" not in kwargs:
@@ -51,4 +85,10 @@ class ProgressBar(_IgniteProgressBar):
                 return dict(shown)
 
             kwargs["output_transform"] = transform
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
         super().attach(engine, *args, **kwargs)
+        bound = inspect.signature(_IgniteProgressBar.attach).bind(self, engine, *args, **kwargs)
+        # after Ignite's handler of the event that moves the bar
+        engine.add_event_handler(
+            bound.arguments.get("event_name", Events.ITERATION_COMPLETED), self._first_draw
+        )
