@@ -1155,6 +1155,28 @@ def test_model_json_records_the_training_settings_and_the_best_epoch(tmp_path):
     }
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_model_json_records_each_train_transform_with_its_arguments(name):
+    """model.json recorded train_transforms by class name only (``RandGaussianNoised``): not its
+    probability, its noise, its keys. Each transform is now recorded as the config gave it,
+    references and expressions as written; a value JSON cannot hold (a Python object given to
+    ``monai.bundle.run``) as its repr."""
+    import numpy as np
+
+    parser = ConfigParser()
+    parser.read_config(configs(name, "train.json"))
+    given = [
+        {"_target_": "RandGaussianNoised", "keys": ["image"], "prob": 0.2, "std": "$0.1 / 2"},
+        {"_target_": "RandFlipd", "keys": "$['image', 'label']", "prob": 0.5, "spatial_axis": 0},
+        {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "dtype": np.float32},
+    ]
+    parser["train_transforms"] = given
+    parser.parse(reset=True)
+    recorded = parser.get_parsed_content("training_info")["train_transforms"]
+    assert recorded == [*given[:2], {**given[2], "dtype": repr(np.float32)}]
+    json.dumps(recorded, allow_nan=False)
+
+
 def test_bundle_root_resolves_from_the_repository_and_from_the_bundle_folder(monkeypatch):
     """The project README's commands run from the repository's root; a bundle's README's from its own folder."""
     name = BUNDLES[0]

@@ -15,6 +15,7 @@ import ast
 import difflib
 import inspect
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -105,6 +106,42 @@ def bundle_root(where: str | None = None) -> str:
         + "), and models/, eval/ and cache/ would be written here: run from the bundle's own folder or "
         "pass --bundle_root path/to/the/bundle"
     )
+
+
+def config_as_given(id: str):
+    """The content of ``id`` in the bundle config being parsed as the user gave it: ``_target_``
+    and arguments, references and expressions as written (the bundles' ``model.json`` records
+    ``train_transforms`` so, not by class name: a reader can reproduce the run). JSON-serialisable:
+    a value JSON cannot hold (a Python object given to ``monai.bundle.run``) is its ``repr``.
+
+    For a config's own expressions (``"$pam_monai.engines.config_as_given('train_transforms')"``):
+    it reads the content from MONAI's resolver that evaluates them, up the call stack."""
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            resolver = frame.f_locals.get("self")
+            if isinstance(resolver, ReferenceResolver) and id in resolver.items:
+                return _as_json(resolver.items[id].get_config())
+            frame = frame.f_back
+    finally:
+        del frame  # a frame held here would keep every caller's locals alive
+    raise RuntimeError(
+        f"config_as_given({id!r}): no bundle config with the id {id!r} is being parsed; call it from an "
+        "expression of that config"
+    )
+
+
+def _as_json(value):
+    """``value`` with what JSON cannot hold (objects, NaN) as its ``repr``."""
+    if isinstance(value, dict):
+        return {str(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return value if value is None or isinstance(value, (str, bool, int)) else repr(value)
 
 
 def as_bool(value) -> bool:
