@@ -1115,6 +1115,43 @@ def test_mlflow_resumed_run_keeps_its_parameters_and_trains(tmp_path, caplog):
     assert "keeps its parameters epochs=1; this run has epochs=2" in caplog.text, caplog.text
 
 
+def test_mlflow_evaluation_run_records_what_it_evaluated(tmp_path):
+    """``--tracking mlflow`` with evaluate.json recorded no parameter in the evaluation's run (the
+    training's records its settings): not the network, the weights, the data or the split. It now
+    records them, as training does (once a run: TrackingEvery)."""
+    mlflow = pytest.importorskip("mlflow")
+    from ignite.engine import Engine
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+    from monai.bundle.workflows import ConfigWorkflow
+    from monai.handlers import MLFlowHandler
+
+    from pam_monai.engines import TrackingEvery
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json", "evaluate.json"))
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "seed": 2, "fold": 1})
+    parser.update({"check_data": False, "save_execute_config": False, "device": "$torch.device('cpu')"})
+    ConfigWorkflow.patch_bundle_tracking(parser, DEFAULT_MLFLOW_SETTINGS)
+    evaluator = Engine(lambda engine, batch: None)
+    for handler in parser.get_parsed_content("validate#handlers"):
+        if isinstance(handler, (TrackingEvery, MLFlowHandler)):
+            handler.attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    (found,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    params = found.data.params
+    assert found.info.run_name == "fpa_seed2_fold1_evaluate"
+    assert {k: params.get(k) for k in ("task", "network_name", "eval_split", "seed", "fold")} == {
+        "task": "brats",
+        "network_name": "fpa",
+        "eval_split": "test",
+        "seed": "2",
+        "fold": "1",
+    }, params
+    assert params["ckpt_path"] == str(tmp_path / "models" / "model.pt"), params
+    assert params["data_root"] == str(tmp_path / "synthetic_data") and params["synthetic"] == "True", params
+
+
 def test_tracking_every_is_inert_without_mlflow(monkeypatch):
     """Without --tracking mlflow the bundles' TrackingEvery must do nothing, MLflow not installed."""
     from ignite.engine import Engine

@@ -517,7 +517,9 @@ class TrackingEvery:
     start runs first. The parameters are logged at the first epoch's start, once the handler has
     its run, those the run has not logged yet: a resumed run (a killed one stays active, and the
     bundles name each run) continues its MLflow run, where a changed value (more ``epochs``) was
-    refused ("Changing param values is not allowed") and stopped the training.
+    refused ("Changing param values is not allowed") and stopped the training. evaluate.json lists
+    it among its evaluator's handlers for the parameters alone (what it evaluated: network, weights,
+    data, split, seed, fold): its tracking handler logs no loss.
 
     Args:
         every: log the loss every ``every`` iterations (and each epoch's first and last).
