@@ -1907,3 +1907,39 @@ def test_a_training_bar_keeps_one_label_and_times_its_epoch(capsys):
     labels = [re.match(r"(.*?)\[\d+/3\]", line).group(1) for line in lines]
     assert labels == ["train [1/2]: "] * 2 + ["train [2/2]: "] * 2, lines
     assert [line.split("[")[-1] for line in lines[1::2]] == ["00:01<00:00]"] * 2, lines
+
+
+def test_a_resume_trims_the_tags_the_training_logs_under_its_own_names(tmp_path):
+    """A resume removed the steps logged after the checkpoint of ``train_loss`` and of the tags
+    starting ``val_`` only: a training whose validation metrics were renamed
+    (``--validate#metrics#prefix``) or whose loss tag was, logged their steps twice. The names now
+    come from the run's own handlers: its TensorBoard handler's tag, its validation's metric prefix."""
+    from ignite.engine import Engine
+    from monai.handlers import ValidationHandler
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pam_monai.engines import CaseMetrics, TensorBoardStatsHandler, TrainingCheckpoint
+
+    logs = tmp_path / "eval"
+    earlier = SummaryWriter(str(logs))  # a killed training's steps, and an evaluation's
+    for step in (1, 2, 3):
+        for tag in ("loss", "my_iou", "val_iou", "test_iou"):
+            earlier.add_scalar(tag, 0.5, step)
+    earlier.close()
+
+    trainer, validator = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    CaseMetrics(prefix="my_").attach(validator)
+    validation = ValidationHandler(interval=1)
+    validation.validator = validator  # a bare Engine (MONAI's setter wants its Evaluator)
+    validation.attach(trainer)
+    TensorBoardStatsHandler(log_dir=str(logs), tag_name="loss").attach(trainer)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    TrainingCheckpoint(str(tmp_path / "models"), net, opt, resume=True, log_dir=str(logs)).load(trainer)
+
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # val_iou is not this training's: another run's, or the user's own
+    assert steps == {"val_iou": [1, 2, 3], "test_iou": [1, 2, 3]}

@@ -33,7 +33,7 @@ from ignite.engine import Engine, Events
 from ..atomic import atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data.intensity import PROPERTIES_KEY
 from ..networks.polarity import unwrap_network
-from .eventlogs import trim_event_logs
+from .eventlogs import training_tags, trim_event_logs
 from .loaders import epoch_samples
 from .runtime import as_bool
 
@@ -236,11 +236,12 @@ class TrainingCheckpoint:
             return True
         return torch.distributed.get_rank() == 0
 
-    def _trim_logs(self, iteration: int, epoch: int) -> None:
-        """Remove from ``log_dir``'s event files what was logged after ``iteration`` / ``epoch``,
-        where the resumed run starts (0, 0: from the start), so that it logs no step twice."""
+    def _trim_logs(self, engine: Engine, iteration: int, epoch: int) -> None:
+        """Remove from ``log_dir``'s event files what ``engine`` logged after ``iteration`` / ``epoch``
+        (the tags its handlers name: :func:`~pam_monai.engines.eventlogs.training_tags`), where the
+        resumed run starts (0, 0: from the start), so that it logs no step twice."""
         if self.log_dir and self._writer():
-            for path in trim_event_logs(self.log_dir, iteration, epoch):
+            for path in trim_event_logs(self.log_dir, iteration, epoch, *training_tags(engine)):
                 log.info("resume: removed from %s what was logged after the checkpoint", path)
 
     def save(self, engine: Engine) -> None:
@@ -276,7 +277,8 @@ class TrainingCheckpoint:
             raise unreadable
         if state is None:
             log.warning("resume: no checkpoint at %s; training from the start", self.path)
-            self._trim_logs(0, 0)  # a run killed before its first checkpoint logged steps this one repeats
+            # a run killed before its first checkpoint logged steps this one repeats
+            self._trim_logs(engine, 0, 0)
             return
         epoch, iteration = int(state["trainer"]["epoch"]), int(state["trainer"]["iteration"])
         epoch_length = engine.state.epoch_length
@@ -313,7 +315,7 @@ class TrainingCheckpoint:
         engine.state.epoch = epoch
         engine.state.iteration = iteration
         _set_rng_state(engine, _own_rng(state))
-        self._trim_logs(iteration, epoch)
+        self._trim_logs(engine, iteration, epoch)
         log.info(
             "resumed from %s at epoch %d (iteration %d) of %d",
             self.path,

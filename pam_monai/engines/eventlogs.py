@@ -19,14 +19,34 @@ from pathlib import Path
 
 from ..atomic import atomic_path
 
-__all__ = ["trim_event_logs"]
+__all__ = ["training_tags", "trim_event_logs"]
 
 log = logging.getLogger(__name__)
 
-# what the bundles' training logs: train_loss by iteration, the validation's metrics (val_iou, ...,
-# train.json's validate#metrics#prefix) by epoch
+# what the bundles' training logs by default: train_loss by iteration, the validation's metrics
+# (val_iou, ..., train.json's validate#metrics#prefix) by epoch; training_tags reads the run's own
 ITERATION_TAGS = ("train_loss",)
 EPOCH_TAG_PREFIXES = ("val_",)
+
+
+def training_tags(engine) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The TensorBoard tags a trainer logs, as its handlers name them: by iteration the ``tag_name``
+    of its own TensorBoard handlers that log iterations (``train_loss``), by epoch the prefixes of
+    its validators' :class:`~pam_monai.engines.CaseMetrics` (``val_``: ``validate#metrics#prefix``,
+    which a user may rename); the bundles' defaults for either where no such handler is attached."""
+    from monai.handlers import TensorBoardStatsHandler
+
+    from .handlers import CaseMetrics, _attached
+
+    own = [
+        getattr(getattr(func, "__wrapped__", func), "__self__", None)
+        for handlers in engine._event_handlers.values()
+        for func, _, _ in handlers
+    ]
+    iteration = [h.tag_name for h in own if isinstance(h, TensorBoardStatsHandler) and h.iteration_log]
+    prefixes = [h.prefix for h in _attached(engine) if isinstance(h, CaseMetrics)]
+    iteration_tags, epoch_tag_prefixes = tuple(dict.fromkeys(iteration)), tuple(dict.fromkeys(prefixes))
+    return iteration_tags or ITERATION_TAGS, epoch_tag_prefixes or EPOCH_TAG_PREFIXES
 
 
 def _stale(
