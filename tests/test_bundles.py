@@ -1140,7 +1140,7 @@ def test_mlflow_evaluation_run_records_what_it_evaluated(tmp_path):
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
     (found,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     params = found.data.params
-    assert found.info.run_name == "fpa_seed2_fold1_evaluate"
+    assert found.info.run_name == "fpa_seed2_fold1_evaluate" and found.info.status == "FINISHED"
     assert {k: params.get(k) for k in ("task", "network_name", "eval_split", "seed", "fold")} == {
         "task": "brats",
         "network_name": "fpa",
@@ -1150,6 +1150,34 @@ def test_mlflow_evaluation_run_records_what_it_evaluated(tmp_path):
     }, params
     assert params["ckpt_path"] == str(tmp_path / "models" / "model.pt"), params
     assert params["data_root"] == str(tmp_path / "synthetic_data") and params["synthetic"] == "True", params
+
+
+def test_mlflow_each_evaluation_has_a_run_of_its_own(tmp_path, caplog):
+    """MONAI's tracking handler of an evaluator (evaluate.json's, from its validator settings) left
+    the evaluation's run active: the next evaluation, of other weights, continued it, which kept
+    the first one's parameters (ckpt_path) and logged the new scores beside them. evaluate.json's
+    TrackingEvery now ends the run when the evaluation completes."""
+    mlflow = pytest.importorskip("mlflow")
+    from ignite.engine import Engine
+    from monai.handlers import MLFlowHandler
+
+    from pam_monai.engines import TrackingEvery
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    for ckpt in ("a.pt", "b.pt"):
+        evaluator = Engine(lambda engine, batch: None)
+        TrackingEvery(params={"ckpt_path": ckpt}, end_run=True).attach(evaluator)
+        MLFlowHandler(
+            tracking_uri=uri, experiment_name="e", run_name="fpa_evaluate", iteration_log=False
+        ).attach(evaluator)
+        evaluator.run([0], max_epochs=1)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert sorted((r.data.params["ckpt_path"], r.info.status) for r in runs) == [
+        ("a.pt", "FINISHED"),
+        ("b.pt", "FINISHED"),
+    ]
+    assert "keeps its parameters" not in caplog.text
 
 
 def test_tracking_every_is_inert_without_mlflow(monkeypatch):

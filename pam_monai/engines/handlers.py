@@ -524,11 +524,15 @@ class TrackingEvery:
     Args:
         every: log the loss every ``every`` iterations (and each epoch's first and last).
         params: the run's settings, logged as MLflow parameters.
+        end_run: end the MLflow run when the engine's run completes. MONAI's tracking handler of
+            an evaluator (evaluate.json's, from MONAI's validator settings) leaves it active: the
+            next evaluation, of other weights, continued it and kept the first one's parameters.
     """
 
-    def __init__(self, every: int = 1, params: dict | None = None) -> None:
+    def __init__(self, every: int = 1, params: dict | None = None, end_run: bool = False) -> None:
         self.every = EveryIterations(every)
         self.params = dict(params or {})
+        self.end_run = bool(end_run)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
@@ -547,6 +551,8 @@ class TrackingEvery:
 
     def __call__(self, engine: Engine) -> None:
         for handler in self._trackers(engine):
+            if self.end_run and not engine.has_event_handler(handler.close, Events.COMPLETED):
+                engine.add_event_handler(Events.COMPLETED, handler.close)  # after its own, which logs
             if handler.iteration_log is True and engine.has_event_handler(
                 handler.iteration_completed, Events.ITERATION_COMPLETED
             ):
