@@ -1943,3 +1943,26 @@ def test_a_resume_trims_the_tags_the_training_logs_under_its_own_names(tmp_path)
     steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     # val_iou is not this training's: another run's, or the user's own
     assert steps == {"val_iou": [1, 2, 3], "test_iou": [1, 2, 3]}
+
+
+def test_a_validation_bar_keeps_one_label_across_the_training(capsys):
+    """MONAI runs its evaluator once per validation with the training's epoch as ``max_epochs``:
+    the validation bar read ``validate: [1/1]`` after the first epoch and ``validate [2/2]: [1/1]``
+    after the second (with 5 epochs ``[2/2]`` too, not the training's count). An evaluator's bar is
+    labelled ``validate: `` every time."""
+    import re
+
+    import torch
+    from monai.engines import SupervisedEvaluator
+
+    from pam_monai.engines import ProgressBar
+
+    cases = [{"image": torch.zeros(1, 1, 4, 4), "label": torch.zeros(1, 1, 4, 4)}] * 2
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=cases, network=torch.nn.Identity()
+    )
+    ProgressBar(desc="validate", persist=False).attach(evaluator)
+    for epoch in (1, 2, 3):
+        evaluator.run(global_epoch=epoch)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "%|" in line]
+    assert {re.match(r"(.*?)\[\d+/2\]", line).group(1) for line in lines} == {"validate: "}, lines

@@ -36,7 +36,8 @@ class ProgressBar(_IgniteProgressBar):
 
     The bar is timed from its epoch's start (Ignite's from its first draw, after the epoch's first
     step: a one-step epoch of 17 s read ``[00:00<?]``) and first drawn with the label it keeps
-    (Ignite's was drawn as made, ``train[1/4]``, before it set ``train: [1/4]``).
+    (Ignite's was drawn as made, ``train[1/4]``, before it set ``train: [1/4]``); a MONAI evaluator's
+    bar is labelled ``desc`` alone (its ``max_epochs`` is the training's epoch, not a count of its own).
     """
 
     def __init__(self, desc: str = "train", persist: bool = True, loss_every: int = 1, **kwargs) -> None:
@@ -85,10 +86,21 @@ class ProgressBar(_IgniteProgressBar):
                 return dict(shown)
 
             kwargs["output_transform"] = transform
+        bound = inspect.signature(_IgniteProgressBar.attach).bind(self, engine, *args, **kwargs)
+        if _runs_one_epoch(engine) and "closing_event_name" not in bound.arguments:
+            # closed at its one epoch's end all the same, and labelled without Ignite's "[epoch/max_epochs]"
+            kwargs["closing_event_name"] = Events.COMPLETED
         engine.add_event_handler(Events.EPOCH_STARTED, self._started)
         super().attach(engine, *args, **kwargs)
-        bound = inspect.signature(_IgniteProgressBar.attach).bind(self, engine, *args, **kwargs)
         # after Ignite's handler of the event that moves the bar
         engine.add_event_handler(
             bound.arguments.get("event_name", Events.ITERATION_COMPLETED), self._first_draw
         )
+
+
+def _runs_one_epoch(engine: Engine) -> bool:
+    """MONAI's evaluators: each run is one epoch, with the training's epoch as ``max_epochs`` (Ignite's
+    bar labelled the validation after epoch 2 of 5 ``validate [2/2]``, after epoch 1 ``validate``)."""
+    from monai.engines import Evaluator
+
+    return isinstance(engine, Evaluator)
