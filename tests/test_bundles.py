@@ -2246,3 +2246,14 @@ def test_mlflow_runs_are_named_by_network_seed_and_fold(name):
         ConfigWorkflow.patch_bundle_tracking(parser, DEFAULT_MLFLOW_SETTINGS)
         assert parser.get_parsed_content("run_name") == run_name
         assert parser.get_parsed_content("experiment_name") == f"pam_monai_{task}"
+
+
+def test_best_checkpoint_follows_a_renamed_validation_prefix():
+    # --validate#metrics#prefix renames the validation metrics; the best-model checkpoint must read
+    # the renamed IoU (a hard-coded "val_iou" was a KeyError at the first validation)
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "brats_fpa" / "configs" / "train.json"))
+    assert parser.get_parsed_content("validate#handlers#1#metric_name") == "val_iou"
+    parser["validate#metrics#prefix"] = "my_"
+    parser.parse()
+    assert parser.get_parsed_content("validate#handlers#1#metric_name") == "my_iou"
