@@ -591,3 +591,33 @@ def test_check_of_an_unlabelled_set_only_when_asked(pristine, tmp_path):
     report = check_dataset("isles", root, labels=False)
     assert report.ok and [c.shape[0] for c in report.cases] == [4, 4], report.format()
     assert report.notes[0].startswith("labels not checked"), report.notes
+
+
+def test_unlabelled_check_of_a_datalist_needs_images_only(tmp_path, capsys):
+    """``check --unlabelled --datalist`` failed every entry of an inference list (MONAI test lists
+    often hold an 'image' alone) for its "no 'label'", and a listed label that is not there too,
+    though inference drops labels unread. Now the entries' images alone are checked: a missing or
+    broken image still fails, a label is neither required nor read, and the note says so."""
+    root = synth("nnunet", tmp_path / "own", cases=1, size=(24, 20), slices=3, test_cases=2)
+    images = [[f"imagesTs/SYN_00{i}_000{c}.nii.gz" for c in (0, 1)] for i in (2, 3)]
+    listed = tmp_path / "test.json"
+    entries = [{"image": images[0]}, {"image": images[1], "label": "labelsTs/SYN_003.nii.gz"}]
+    listed.write_text(json.dumps({"test": entries}))
+    cli(["check", "--root", str(root), "--unlabelled", "--datalist", str(listed), "--quiet"])
+    out = capsys.readouterr().out
+    assert "ERROR" not in out and out.rstrip().splitlines()[-1].startswith("OK: nnunet"), out
+    assert f"so were the entries of {listed}, whose 'label' is neither required nor read" in out, out
+    # the images are still read: an entry naming imagesTr's files (not the checked imagesTs) with a broken one
+    (root / "imagesTr" / "SYN_001_0001.nii.gz").write_bytes(b"not a volume")
+    entries.append({"image": ["imagesTr/SYN_001_0000.nii.gz", "imagesTr/SYN_001_0001.nii.gz"]})
+    entries.append({"image": ["imagesTs/SYN_009_0000.nii.gz", "imagesTs/SYN_009_0001.nii.gz"]})
+    listed.write_text(json.dumps({"test": entries}))
+    report = check_dataset("nnunet", root, subset="imagesTs", datalist=listed, labels=False)
+    bad, absent = report.problems
+    assert (bad.case, bad.file) == ("SYN_001", f"SYN_001_0001.nii.gz (in {listed})"), report.format()
+    assert bad.message.startswith("unreadable or truncated file"), report.format()
+    assert (absent.case, absent.message.split(";")[0]) == (
+        "SYN_009",
+        "none of its 2 files found (e.g. imagesTs/SYN_009_0000.nii.gz)",
+    ), report.format()
+    assert not check_dataset("nnunet", root, subset="imagesTs", datalist=listed).ok  # labelled: no 'label'

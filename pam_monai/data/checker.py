@@ -704,13 +704,18 @@ def check_dataset(
         checked[_file_key(case.files().values())] = not problems
     if datalist is not None:
         problems, report.notes = _check_datalist(
-            spec, datalist, listed, root, allowed, checked, datalist_splits, fold
+            spec, datalist, listed, root, allowed, checked, datalist_splits, fold, labels=labels
         )
         report.problems += problems
-    if not labels and scan.cases:  # an OK must not read as labels that passed
+    if not labels and (scan.cases or datalist is not None):  # an OK must not read as labels that passed
+        listed_too = (
+            f"; so were the entries of {datalist}, whose 'label' is neither required nor read"
+            if datalist
+            else ""
+        )
         report.notes.append(
             f"labels not checked: {Path(root) / scan_options.get('subset', '')} was checked as an unlabelled set "
-            "(its images only, as inference reads them)"
+            f"(its images only, as inference reads them){listed_too}"
         )
     complete = any(c.complete or (not labels and None not in c.channels.values()) for c in scan.cases)
     note = None if complete else nnunet_layout_note(spec.name, root)
@@ -818,12 +823,15 @@ def _check_datalist(
     checked: dict,
     splits=None,
     fold: int | Sequence[int] = 0,
+    labels: bool = True,
 ) -> tuple[list[Problem], list[str]]:
     """Problems of the entries of the datalist ``data`` read from ``path``, each naming the datalist
     and the case: what would otherwise surface only when training, validation or evaluation first
     loads that case. Files that are not exactly those of a case already checked (``checked``) are read.
     With ``splits``, the files and labels only of the entries of those splits of ``fold``.
-    Also returns notes: the likely cause of many problems, which is no case's."""
+    ``labels=False`` (an unlabelled set): the images alone, as inference reads them; an entry's
+    'label' is neither required nor read. Also returns notes: the likely cause of many problems,
+    which is no case's."""
     where = str(path)
     expected = _image_files(spec)
     names = ", ".join(repr(c) for c in spec.channels)
@@ -839,7 +847,8 @@ def _check_datalist(
         for n, entry in enumerate(entries):
             image = entry.get("image") if isinstance(entry, dict) else None
             if not image:
-                problems.append(Problem(f"{key}[{n}]", where, "an entry needs an 'image' (and a 'label')"))
+                needs = "an 'image' (and a 'label')" if labels else "an 'image'"
+                problems.append(Problem(f"{key}[{n}]", where, f"an entry needs {needs}"))
                 continue
             images = list(image) if isinstance(image, (list, tuple)) else [image]
             case = entry_case(spec, entry)
@@ -881,11 +890,13 @@ def _check_datalist(
                     )
                 )
                 continue
-            label = entry.get("label")
-            if label is None:  # training trains on it, validation and evaluation score against it
+            # unlabelled: inference drops an entry's label unread, so a test list may well have none
+            label = entry.get("label") if labels else None
+            if labels and label is None:  # training trains on it, validation and evaluation score against it
                 problems.append(Problem(case, where, f"no 'label' (every {key} entry needs one)"))
                 continue
-            if not all(isinstance(f, str) for f in [*images, label]):  # e.g. a label in a list
+            paths = [*images, label] if labels else images
+            if not all(isinstance(f, str) for f in paths):  # e.g. a label in a list
                 problems.append(
                     Problem(
                         case, where, "'image' and 'label' must be paths ('image': one, or a list of them)"
@@ -898,7 +909,7 @@ def _check_datalist(
                     Problem(case, where, f"'image' lists {', '.join(twice)} for more than one channel")
                 )
                 continue
-            files = {f: Path(root) / f for f in [*images, label]}
+            files = {f: Path(root) / f for f in paths}
             missing = [f for f, p in files.items() if not p.is_file()]
             if missing:
                 # a case not on disk at all (e.g. a subset of the data set): one file names it
@@ -930,7 +941,7 @@ def _check_datalist(
                 case,
                 Path(root),
                 dict(zip(keys, (files[f] for f in images))),
-                files[label],
+                files[label] if labels else None,
                 spec.label_name,
             )
             _, _, bad, _ = _read(spec, case_files, allowed)
