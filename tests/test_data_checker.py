@@ -621,3 +621,37 @@ def test_unlabelled_check_of_a_datalist_needs_images_only(tmp_path, capsys):
         "none of its 2 files found (e.g. imagesTs/SYN_009_0000.nii.gz)",
     ), report.format()
     assert not check_dataset("nnunet", root, subset="imagesTs", datalist=listed).ok  # labelled: no 'label'
+
+
+def test_unlabelled_check_of_cityscapes_covers_the_test_split(pristine, tmp_path, capsys):
+    """``check --dataset cityscapes --unlabelled`` ignored labels but scanned 'train' and 'val' only,
+    never 'test', the split without public labels (its gtFine files are dummies) that inference is
+    for. Now it checks every split's frames as inference reads them, 'test' too: a frame of a test
+    set alone (no gtFine at all) passes, a broken one fails by name."""
+    root = tmp_path / "city"
+    shutil.copytree(pristine["cityscapes"], root)
+    (val,) = (root / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png")
+    test = root / "leftImg8bit" / "test" / "berlin" / "berlin_000000_000019_leftImg8bit.png"
+    test.parent.mkdir(parents=True)
+    shutil.copyfile(val, test)
+    dummy = root / "gtFine" / "test" / "berlin" / "berlin_000000_000019_gtFine_labelIds.png"
+    dummy.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(dummy)
+    cli(["check", "--dataset", "cityscapes", "--root", str(root), "--unlabelled", "--quiet"])
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1].startswith("OK: cityscapes") and "5 cases, 0 with problems" in out, (
+        out
+    )
+    assert (
+        f"NOTE labels not checked: {root} (splits train, val, test) was checked as an unlabelled set" in out
+    ), out
+    # the test frames alone, without gtFine (leftImg8bit_trainvaltest.zip unpacked by itself)
+    shutil.rmtree(root / "gtFine")
+    for split in ("train", "val"):
+        shutil.rmtree(root / "leftImg8bit" / split)
+    report = check_dataset("cityscapes", root, labels=False)
+    assert report.ok and [c.case for c in report.cases] == ["berlin_000000_000019"], report.format()
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(test)  # a label map given for the camera frame
+    (problem,) = check_dataset("cityscapes", root, labels=False).problems
+    assert (problem.case, problem.file) == ("berlin_000000_000019", test.name), problem
+    assert problem.message.startswith("expected an RGB image, got shape (32, 64)"), problem

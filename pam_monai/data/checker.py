@@ -36,6 +36,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .cityscapes import SPLITS as CITYSCAPES_SPLITS
 from .datalist import FOLDED, datalist_n_folds, entry_case, load_datalist, split_entries
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
 from .layout import CaseFiles, Problem, ScanResult, nnunet_layout_note, scan_cases
@@ -640,9 +641,10 @@ def check_dataset(
     of those splits only (a run that reads only them, over a data set that may hold only their
     cases; ``fold`` a list: the entries of those splits of any of these folds, as an experiment grid
     reads them); a fold missing or out of range and a case listed twice are still named for every entry.
-    ``labels=False``: an unlabelled set (ISLES 2018's ``TESTING/``, own data's ``imagesTs``): the images
-    are checked as inference reads them (files, channels, shapes, geometry), labels are neither
-    required nor read, and a note says so.
+    ``labels=False``: an unlabelled set (ISLES 2018's ``TESTING/``, own data's ``imagesTs``, CityScapes'
+    frames of every split, 'test' too, unless ``splits`` is given): the images are checked as
+    inference reads them (files, channels, shapes, geometry), labels are neither required nor read,
+    and a note says so.
     """
     # read first: a mistyped path or a broken file is named before minutes of reading every volume
     listed = load_datalist(datalist) if datalist is not None else None
@@ -653,6 +655,9 @@ def check_dataset(
         problems = [*scan.problems, Problem(Path(root).name, "imagesTr", str(e))]
         return CheckReport("nnunet", str(root), problems=problems)
     fg_labels, allowed = spec.resolve_labels(foreground_label)
+    if not labels and spec.name == "cityscapes":
+        # every split, as inference reads them: 'test' above all, whose labels are not public
+        scan_options.setdefault("splits", CITYSCAPES_SPLITS)
     scan = scan_cases(spec, root, **scan_options)
     if not labels:
         scan = _without_labels(scan)
@@ -713,8 +718,14 @@ def check_dataset(
             if datalist
             else ""
         )
+        splits = ""
+        if (
+            spec.name == "cityscapes" and (Path(root) / "leftImg8bit").is_dir()
+        ):  # else read flat, split unknown
+            named = scan_options["splits"]
+            splits = f" (splits {', '.join(named.split(',') if isinstance(named, str) else named)})"
         report.notes.append(
-            f"labels not checked: {Path(root) / scan_options.get('subset', '')} was checked as an unlabelled set "
+            f"labels not checked: {Path(root) / scan_options.get('subset', '')}{splits} was checked as an unlabelled set "
             f"(its images only, as inference reads them){listed_too}"
         )
     complete = any(c.complete or (not labels and None not in c.channels.values()) for c in scan.cases)

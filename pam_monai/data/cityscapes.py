@@ -19,10 +19,11 @@ from pathlib import Path
 
 from .layout import CaseFiles, Problem, ScanResult, nothing_found
 
-__all__ = ["IMAGE_SUFFIX", "LABEL_SUFFIX", "LAYOUT", "scan"]
+__all__ = ["IMAGE_SUFFIX", "LABEL_SUFFIX", "LAYOUT", "SPLITS", "scan"]
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
+SPLITS = ("train", "val", "test")  # every published split; 'test' has no public labels (dummy gtFine files)
 LAYOUT = "<root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png and <root>/gtFine/<split>/<city>/*_gtFine_labelIds.png"
 
 

@@ -209,8 +209,9 @@ def check(
         datalist: a datalist (paths relative to ROOT) to check too, as training's --data_list_file_path:
             each entry's files exist, one per channel, in the channels' order.
         unlabelled: check a set without labels (images only, as inference reads them: files, channels,
-            shapes, spacing, orientation), e.g. own data's imagesTs; the default for ISLES' TESTING/ (a
-            root holding it without TRAINING/, or the TESTING folder itself).
+            shapes, spacing, orientation), e.g. own data's imagesTs, CityScapes' frames of every split
+            ('test' too); the default for ISLES' TESTING/ (a root holding it without TRAINING/, or the
+            TESTING folder itself).
     """
     from .checker import check_dataset
     from .specs import get_spec

@@ -27,6 +27,7 @@ from ..atomic import atomic_path, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
+from ..data.cityscapes import SPLITS as CITYSCAPES_SPLITS
 from ..data.files import (
     EXIF_ORIENTATION,
     NIFTI_SUFFIXES,
@@ -163,7 +164,7 @@ def find_inference_cases(
         scan_options["grades"] = BRATS_GRADES
     if spec.name == "cityscapes" and "splits" not in scan_options:
         # every frame given: the official 'test' frames (unlabelled) are what inference is for
-        scan_options["splits"] = ("train", "val", "test")
+        scan_options["splits"] = CITYSCAPES_SPLITS
     if spec.name == "isles" and "subset" not in scan_options and (root / "TESTING").is_dir():
         # ISLES 2018's test cases (no OT): the folder to segment, unless TRAINING is there too, whose
         # case_<n> share their names (TESTING/case_1 is another patient than TRAINING/case_1)
