@@ -95,6 +95,24 @@ def test_isles_root_with_only_testing_says_training_needs_training(tmp_path):
     ), problem.message
 
 
+def test_cityscapes_root_with_only_test_frames_says_how_to_check_them(tmp_path):
+    """A root holding CityScapes' test frames alone (no public labels) said only "no frames of
+    split(s) train, val", though frames are there; now it says what they are for: check reads them
+    with --unlabelled, inference segments them, training and evaluation need train and val."""
+    from pam_monai.data.cityscapes import scan
+
+    root = synth("cityscapes", tmp_path / "city", cases=1, size=(16, 8), train_cities=2)
+    shutil.rmtree(root / "gtFine")
+    shutil.rmtree(root / "leftImg8bit" / "train")
+    (root / "leftImg8bit" / "val").rename(root / "leftImg8bit" / "test")
+    (problem,) = scan(root).problems
+    assert problem.message.endswith(
+        f"; {root / 'leftImg8bit' / 'test'} holds the test frames, without public labels: training and evaluation "
+        f"need the train and val splits; check reads the test frames with --unlabelled and inference segments "
+        f"them (--input_dir {root})"
+    ), problem.message
+
+
 def test_brats_reader_accepts_a_flat_root_and_plain_nii(brats_root, tmp_path):
     import nibabel as nib
 

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..shell import quote
 from .layout import CaseFiles, Problem, ScanResult, nothing_found
 
 __all__ = ["IMAGE_SUFFIX", "LABEL_SUFFIX", "LAYOUT", "SPLITS", "scan"]
@@ -108,11 +109,14 @@ def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")
             cases += _pair(_frames(folder, IMAGE_SUFFIX), _frames(folder, LABEL_SUFFIX), folder, "", problems)
     problems += _same_names(cases, root)
     if not cases and not problems:
-        problems.append(
-            Problem(
-                root.name,
-                str(root),
-                nothing_found(root, f"no frames of split(s) {', '.join(splits)} (expected {LAYOUT})"),
+        what = f"no frames of split(s) {', '.join(splits)} (expected {LAYOUT})"
+        test = root / "leftImg8bit" / "test"
+        if "test" not in splits and any(test.glob(f"*/*{IMAGE_SUFFIX}")):
+            # the test frames alone: no public labels, nothing to train on or score
+            what += (
+                f"; {test} holds the test frames, without public labels: training and evaluation need the train "
+                f"and val splits; check reads the test frames with --unlabelled and inference segments them "
+                f"(--input_dir {quote(str(root))})"
             )
-        )
+        problems.append(Problem(root.name, str(root), nothing_found(root, what)))
     return ScanResult(cases, problems)
