@@ -218,3 +218,71 @@ def test_backbone_layer_table_and_fpa_attention_budget():
     fpa = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1)
     blocks = [getattr(fpa, name) for name in ("c2", "c3", "c4", "bridge")]
     assert sum(_n(b) - _n(b.main) for b in blocks) == 1_102_336  # section 3, width 32
+
+
+# --- the ablations of paper Table 6 and REFERENCE.md sections 3-4 ------------------------------
+
+
+def _fpa_variant(p, name, x, stride, dilation, shared, depthwise):
+    """FPA with its ablation knobs: ``shared`` applies dilated1's convolution twice, each
+    application with its own norm (dilated2's) and ReLU."""
+    f = _double(p, f"{name}.main", x, stride)
+    a = _conv(p, f"{name}.expand", x, stride)
+    groups = a.shape[1] if depthwise else 1
+    a = _cna(p, f"{name}.dilated1", a, 1, dilation, groups)
+    second = _conv(p, f"{name}.dilated1" if shared else f"{name}.dilated2", a, 1, dilation, groups)
+    norm = f"{name}.dilated2.adn.N"
+    a = F.relu(F.instance_norm(second, weight=p[f"{norm}.weight"], bias=p[f"{norm}.bias"], eps=1e-5))
+    a = torch.sigmoid(_conv(p, f"{name}.squeeze", a))
+    return f * a + f
+
+
+def _rfna_variant(p, name, x, stride, ratio, depthwise):
+    """RFNA's ratio ablation: W_r1 (x2), then W_r2 (x4) and W_r3 (x8) as the ratio asks."""
+    f = _double(p, f"{name}.main", x, stride)
+    a = _conv(p, f"{name}.down.0", f, 2)
+    for i in range(1, {2: 1, 4: 2, 8: 3}[ratio]):
+        a = _cna(p, f"{name}.down.{i}", a, 2, 1, a.shape[1] if depthwise else 1)
+    a = torch.sigmoid(_conv(p, f"{name}.project", _up(a, f)) + f)
+    return f * a + f
+
+
+@pytest.mark.parametrize(
+    "kind,options",
+    [
+        ("fpa", {"dilation": 6}),
+        ("fpa", {"dilation": 12, "shared": True}),
+        ("fpa", {"depthwise": False, "expansion": 2}),
+        ("rfna", {"ratio": 4}),
+        ("rfna", {"ratio": 2, "depthwise": False}),
+    ],
+)
+def test_ablation_variants_compute_the_reference_formula(kind, options):
+    """The default rows alone would not see an ablation knob that is ignored or mis-wired (the
+    second dilated convolution keeping dilation 9, the shared convolution's second norm and ReLU in
+    the wrong order, a ratio that keeps one down-sampling too many)."""
+    torch.manual_seed(0)
+    net = get_network(kind, spatial_dims=2, in_channels=3, out_channels=1, **SMALL, **options).eval()
+    fpa = {"dilation": 9, "shared": False, "depthwise": True, **options}
+    rfna = {"ratio": 8, "depthwise": True, **options}
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+        p = dict(net.named_parameters())
+        x = torch.randn(2, 3, 72, 80)
+
+        def enc(name, t, stride):
+            if name == "c1":
+                return _double(p, name, t, stride)
+            if kind == "fpa":
+                return _fpa_variant(p, name, t, stride, fpa["dilation"], fpa["shared"], fpa["depthwise"])
+            return _rfna_variant(p, name, t, stride, rfna["ratio"], rfna["depthwise"])
+
+        e1 = enc("c1", x, 1)
+        e2 = enc("c2", e1, 2)
+        e3 = enc("c3", e2, 2)
+        y = enc("bridge", enc("c4", e3, 2), 1)
+        for level, skip in (("3", e3), ("2", e2), ("1", e1)):
+            y = _double(p, f"d{level}", torch.cat([_up(y, skip), skip], 1))
+        out = F.conv2d(y, p["head.conv.weight"])
+        torch.testing.assert_close(net(x), -out if kind == "rfna" else out, rtol=1e-4, atol=1e-4)
