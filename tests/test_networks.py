@@ -163,6 +163,20 @@ def test_too_small_input_is_refused_with_a_clear_message(mode):
     )
 
 
+@pytest.mark.parametrize("ratio,factor", [(2, 8), (4, 32), (8, 64)])
+def test_rfna_names_the_minimum_input_of_each_ratio(ratio, factor):
+    """RFNA's attention branch normalises below its block's scale (W_r2 at 1/4, W_r3 at 1/8; W_r1
+    has no norm): the smallest input is 8x (ratio 2, the bridge), 32x or 64x. Each ratio refuses
+    what it shrinks to one element by name (else PyTorch's message from deep inside, and a bundle's
+    crop not refused before training), and takes one voxel more."""
+    net = get_network("rfna", spatial_dims=2, in_channels=3, out_channels=1, ratio=ratio, **SMALL).eval()
+    assert net.min_input_factor == factor
+    with pytest.raises(ValueError, match=rf"RFNAUNet.*\[{factor}, {factor}\] is down-sampled {factor}x"):
+        net(torch.randn(1, 3, factor, factor))
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, factor + 1, factor + 1)).shape == (1, 1, factor + 1, factor + 1)
+
+
 # an input of another rank than the network's, and what the refusal must say to do
 WRONG_RANK = {
     3: [
