@@ -118,6 +118,24 @@ def test_reversed_label_loss_refuses_an_ignore_flag_its_loss_does_not_match():
     ReversedLabelLoss(dice)
 
 
+def test_a_wrapped_rfna_still_trains_on_reversed_labels():
+    """The multi-GPU bundle builds its loss on the DDP-wrapped network, whose RFNA is its ``.module``
+    (as DataParallel's, which needs no process group): ``loss_for`` and ``as_foreground`` must see the
+    RFNA inside, else it trains on foreground labels under torchrun, silently. (``torch.compile``'s
+    wrapper hands attribute look-ups to the network by itself.)"""
+    from pam_monai.networks import as_foreground, get_network, loss_for
+    from pam_monai.networks.polarity import ForegroundOutput
+
+    small = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "features": (4, 8, 8, 16)}
+    dice = DiceLoss(sigmoid=True, batch=True, **SMOOTH)
+    loss = loss_for(nn.DataParallel(get_network("rfna", **small)), dice)
+    assert isinstance(loss, ReversedLabelLoss) and loss.input_is_foreground
+    raw = nn.DataParallel(get_network("rfna", foreground_output=False, **small))
+    assert not loss_for(raw, dice).input_is_foreground
+    assert isinstance(as_foreground(raw), ForegroundOutput)
+    assert loss_for(nn.DataParallel(get_network("unet", **small)), dice) is dice
+
+
 def test_batch_dice_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match=r"BatchDiceLoss: the target's shape \(2, 1, 4, 4\) differs"):
         BatchDiceLoss()(torch.zeros(2, 2, 4, 4), torch.zeros(2, 1, 4, 4))
