@@ -573,6 +573,23 @@ def test_paper_protocol_and_authors_code_definitions():
     assert pp.authors_code_metrics(np.moveaxis(pred, -1, 0), np.moveaxis(target, -1, 0), axis=0) == authors
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_paper_protocol_hd95_takes_the_spacing_of_the_slice_plane(axis):
+    """Slices along another axis (a D x H x W volume: axis 0) measure HD95 with the two spacings of
+    their own plane: the same figures as the volume moved to H x W x D with its spacing alike."""
+    spacing = (3.0, 0.5, 2.0)
+    target = np.zeros((6, 9, 8), bool)
+    target[1:5, 2:7, 2:6] = True
+    pred = np.roll(target, (1, 1, 1), axis=(0, 1, 2))  # a shift along every axis: no spacing drops out
+    moved = pp.paper_protocol_metrics(
+        np.moveaxis(pred, axis, -1),
+        np.moveaxis(target, axis, -1),
+        spacing=np.delete(spacing, axis).tolist() + [spacing[axis]],
+    )
+    assert pp.paper_protocol_metrics(pred, target, axis=axis, spacing=spacing) == moved
+    assert moved["hd95"]["mean"] > 0
+
+
 def test_authors_code_hd95_uses_all_foreground_pixels():
     filled = box((9, 9), (1, 8), (1, 8))
     outline = filled & ~box((9, 9), (2, 7), (2, 7))
