@@ -121,6 +121,39 @@ def test_cityscapes_inference_writes_smooth_masks_and_their_probabilities(tmp_pa
     np.testing.assert_array_equal(prob > 0.8, mask > 0)
 
 
+class ZeroLogits(torch.nn.Module):
+    """A stand-in network without evidence either way: logit 0, ``sigmoid(0) = 0.5``, everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))  # a parameter, so .to(device) has one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x[:, :1]) * self.scale
+
+
+def test_a_zero_logit_is_background_on_the_way_back_too(tmp_path):
+    """The one rule (``pam_monai.engines.postprocessing``): foreground is ``prob > threshold``
+    strictly, so a logit of 0 is background. Resized back to a frame's pixels the probability is
+    still exactly 0.5, and the mask must still be empty, as on the network's grid."""
+    frame = tmp_path / "in" / "aachen_000000_000019_leftImg8bit.png"
+    frame.parent.mkdir()
+    Image.fromarray(np.full((256, 512, 3), 90, np.uint8)).save(frame)
+    items = [{"case": "aachen_000000_000019", "image": str(frame)}]
+    CasePredictor(ZeroLogits(), items, "cityscapes", str(tmp_path / "out"), save_probabilities=True).run()
+    mask = np.asarray(Image.open(tmp_path / "out" / "aachen_000000_000019_vehicles.png"))
+    prob = np.load(tmp_path / "out" / "aachen_000000_000019_prob.npy")
+    assert prob.shape == mask.shape == (256, 512) and np.all(prob == 0.5)
+    assert not mask.any()
+    # evaluation's way back (on_case_grid) and restore_mask: the same rule
+    from pam_monai.engines.data import on_case_grid
+
+    half = np.full((128, 256), 0.5, np.float32)
+    cut, _ = on_case_grid(half, np.zeros_like(half), np.zeros((1, 256, 512), np.uint8), "resize")
+    assert cut.shape == (256, 512) and not cut.any()
+    assert not restore_mask("cityscapes", half, (256, 512)).any()
+
+
 @pytest.fixture(scope="module")
 def disc_set(tmp_path_factory) -> Path:
     """Own 2-D images (512 x 1024, colour) with the disc as their label."""
