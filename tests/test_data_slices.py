@@ -104,6 +104,22 @@ def test_slice_selection_keeps_foreground_and_a_fraction_of_the_rest(items):
     assert len(half) == expected
 
 
+def test_a_slice_with_one_foreground_voxel_is_a_foreground_slice(items, tmp_path):
+    """Every foreground slice is kept, however little foreground it holds: a lesion's first or
+    last slice may have one voxel, and must not be drawn (or dropped) among the background ones."""
+    import nibabel as nib
+
+    item = dict(items["brats"][0])
+    seg = nib.load(item["label"])
+    data = np.asanyarray(seg.dataobj).copy()
+    data[data == 4] = 0
+    data[120, 120, 3] = 4  # one enhancing voxel, inside the 40:200 crop, on slice 3 alone
+    item["label"] = str(tmp_path / "one_voxel_seg.nii.gz")
+    nib.save(nib.Nifti1Image(data, seg.affine), item["label"])
+    only = SliceDataset([item], "brats", keep_background_fraction=0.0, progress=False)
+    assert [only.slice_info(i) for i in range(len(only))] == [(item["case"], 3)]
+
+
 def test_slices_equal_the_preprocessed_volume(items, tmp_path):
     item = items["brats"][0]
     vol = preprocess_case("brats", item)
