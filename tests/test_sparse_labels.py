@@ -133,6 +133,18 @@ def test_loss_is_masked_dice_over_annotated_voxels(network):
     )
 
 
+def test_background_slices_are_drawn_among_annotated_ones(sparse_root):
+    """The paper's half of the background slices (``keep_background_fraction=0.5``, the bundles')
+    is drawn among the annotated slices: an unannotated one holds nothing to learn and would only
+    take a drawn slice's place (test_training_slices_leave_out_unannotated_ones keeps every slice,
+    which skips the draw)."""
+    items = train_items(sparse_root)
+    spec = get_spec("nnunet", root=sparse_root)
+    for seed in range(3):
+        ds = SliceDataset(items, spec, keep_background_fraction=0.5, seed=seed, progress=False)
+        assert {ds.slice_info(i)[1] for i in range(len(ds))} <= {0, 2, 4, 6}
+
+
 def test_metrics_count_annotated_voxels_only():
     rng = np.random.default_rng(0)
     pred = rng.random((12, 10, 4)) > 0.5
