@@ -154,6 +154,33 @@ def test_a_zero_logit_is_background_on_the_way_back_too(tmp_path):
     assert not restore_mask("cityscapes", half, (256, 512)).any()
 
 
+def test_inference_writes_the_foreground_of_an_rfna_that_returns_reversed_logits(tmp_path):
+    """REFERENCE.md section 4: whatever RFNA is trained on, saved files are in foreground polarity.
+    An RFNA built with ``foreground_output=False`` (the authors' raw reversed logits, reachable with
+    ``--network_options``) writes the same probabilities and masks as the same weights returning
+    foreground logits (CasePredictor wraps it), not their complement."""
+    from pam_monai.networks import get_network
+
+    frame = tmp_path / "in" / "aachen_000000_000019_leftImg8bit.png"
+    frame.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 512, 3)).astype(np.uint8)).save(frame)
+    items = [{"case": "aachen_000000_000019", "image": str(frame)}]
+    small = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "features": (4, 8, 8, 16)}
+    torch.manual_seed(0)
+    foreground = get_network("rfna", **small)
+    raw = get_network("rfna", foreground_output=False, **small)
+    raw.load_state_dict(foreground.state_dict())
+    written = {}
+    for name, network in (("foreground", foreground), ("raw", raw)):
+        CasePredictor(network, items, "cityscapes", str(tmp_path / name), save_probabilities=True).run()
+        mask = np.asarray(Image.open(tmp_path / name / "aachen_000000_000019_vehicles.png"))
+        written[name] = (np.load(tmp_path / name / "aachen_000000_000019_prob.npy"), mask)
+    prob, mask = written["foreground"]
+    assert np.abs(prob - 0.5).max() > 1e-3  # else the complement would look the same
+    np.testing.assert_allclose(written["raw"][0], prob, atol=1e-6)
+    np.testing.assert_array_equal(written["raw"][1], mask)
+
+
 @pytest.fixture(scope="module")
 def disc_set(tmp_path_factory) -> Path:
     """Own 2-D images (512 x 1024, colour) with the disc as their label."""
