@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import nibabel as nib
@@ -685,6 +686,50 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     torch.save({"model": Evil()}, path)
     with pytest.raises(RuntimeError, match="evil.pt: cannot load checkpoint"):
         load_checkpoint(path)
+
+
+def _whole_network(path):
+    torch.save(torch.nn.Linear(2, 2), path)
+
+
+def _torchscript(path):
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+
+
+def _truncated(path):
+    torch.save({"w": torch.zeros(64)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize(
+    "write, expected",
+    [
+        (lambda p: p.write_bytes(b""), "an empty file .*copy it again"),
+        (
+            lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n"),
+            "a Git LFS pointer.*git lfs pull",
+        ),
+        (lambda p: p.write_text("<html>404 Not Found</html>"), "a text file, not weights .*copy it again"),
+        (lambda p: np.save(open(p, "wb"), np.zeros(3)), "not a file saved by torch.save .*copy it again"),
+        (_truncated, "truncated or corrupt .*copy it again"),
+        (
+            _whole_network,
+            r"it holds Python objects besides tensors .*torch.save\(model.state_dict\(\), 'model.pt'\)",
+        ),
+        (_torchscript, "a TorchScript export .*use the model.pt it was exported from"),
+    ],
+    ids=["empty", "lfs-pointer", "text", "numpy", "truncated", "whole-network", "torchscript"],
+)
+def test_unloadable_checkpoints_say_what_the_file_is(tmp_path, write, expected):
+    """Files copied in by mistake as model.pt: torch named neither what they are nor what to do (an
+    empty file ended in a bare EOFError; a Git LFS pointer in "Unsupported operand 118" with advice to
+    load it with weights_only=False, which lets a file run code)."""
+    path = tmp_path / "model.pt"
+    write(path)
+    with pytest.warns(UserWarning, match="TorchScript") if "TorchScript" in expected else nullcontext():
+        with pytest.raises(RuntimeError, match=f"model.pt: cannot load checkpoint: {expected}") as err:
+            load_checkpoint(path)
+    assert "weights_only` set to `False`" not in str(err.value)
 
 
 @pytest.mark.parametrize("case", ["../escape", "/etc/passwd", "a/b", "..", ""])

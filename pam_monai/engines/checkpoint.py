@@ -67,11 +67,55 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``), naming the file when it is unreadable."""
+    """Load a checkpoint safely (``weights_only=True``), naming the file when it is unreadable, and
+    what it is instead when that is recognisable (:func:`_not_weights`)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, corrupt or not a plain-tensor checkpoint
+        instead = _not_weights(path, e)
+        if instead:  # torch's own message (e.g. "Unsupported operand 118") would only mislead
+            raise RuntimeError(f"{path}: cannot load checkpoint: {instead}") from None
         raise RuntimeError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from e
+
+
+_LFS_POINTER = b"version https://git-lfs"
+
+
+def _not_weights(path: str | os.PathLike, error: Exception) -> str | None:
+    """What the unloadable file at ``path`` is, and what to do, for the files that users copy in by
+    mistake: torch's errors for them ("Unsupported operand 118", a bare ``EOFError``) named neither,
+    and its advice for the weights-only refusal (load with ``weights_only=False``) lets a file run code."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    again = "copy it again from where it was trained (model.pt with its model.json), or train anew"
+    if not head:
+        return f"an empty file (a copy or download that did not finish): {again}"
+    if head.startswith(b"PK") and "failed reading zip archive" in str(error):
+        return f"truncated or corrupt (a copy or download that did not finish, or a full disk): {again}"
+    if head.startswith(_LFS_POINTER):
+        return (
+            "a Git LFS pointer, not the weights (a clone without Git LFS): fetch them with `git lfs pull`, "
+            "or download the file itself"
+        )
+    if "TorchScript" in str(error):
+        return (
+            "a TorchScript export (ckpt_export's model.ts), not a state dict: use the model.pt it was exported "
+            "from"
+        )
+    if "Weights only load failed" in str(error) and head.startswith(b"PK"):
+        return (
+            "it holds Python objects besides tensors (e.g. a whole network saved with torch.save(model)), and "
+            "checkpoints are loaded as tensors only, so that a file cannot run code: save the network's "
+            "state_dict() instead (torch.save(model.state_dict(), 'model.pt'))"
+        )
+    if not head.startswith(b"PK") and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return f"a text file, not weights saved by torch.save: {again}"
+    if not head.startswith((b"PK", b"\x80")):  # neither torch.save's zip nor its legacy pickle
+        return f"not a file saved by torch.save (e.g. a NumPy or safetensors file): {again}"
+    return None
 
 
 def _rng_state(engine: Engine) -> dict:
