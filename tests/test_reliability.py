@@ -957,6 +957,35 @@ def test_isles_inference_finds_the_testing_cases(tmp_path, caplog):
     assert f"for the test cases pass --input_dir {root / 'TESTING'}" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        (
+            lambda sd: {f"module.{k}": v for k, v in sd.items()},
+            r"every key starts with 'module.' .*removeprefix",
+        ),
+        (lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()}, r"every key starts with '_orig_mod.'"),
+        (
+            lambda sd: {"state_dict": sd, "epoch": 3},
+            r"the weights are its entry 'state_dict' .*torch.load\(path\)\['state_dict'\]",
+        ),
+    ],
+    ids=["ddp", "compiled", "nested"],
+)
+def test_weights_in_another_layout_name_the_layout_not_the_network(tmp_path, layout, expected):
+    """The right weights saved from a wrapped network, or nested in another tool's checkpoint, were
+    blamed on the network ("81 missing, 81 unexpected: pass the network_name ..."), which sent the
+    user after the wrong override."""
+    from pam_monai.engines import check_weights
+
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    weights = tmp_path / "model.pt"
+    torch.save(layout(net.state_dict()), weights)
+    with pytest.raises(ValueError, match=f"model.pt: these weights do not fit as saved: {expected}") as err:
+        check_weights(weights, net)
+    assert "network_name" not in str(err.value)
+
+
 def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
     from pam_monai.engines import prepare_data
 

@@ -676,6 +676,34 @@ def _say_kept_settings(asked: list[dict], groups: list[dict]) -> None:
             )
 
 
+# the prefixes that wrappers give their network's keys: DistributedDataParallel, DataParallel, torch.compile
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _layout_hint(state, own: dict) -> str | None:
+    """The fix for a state dict that holds the right weights in another layout, which
+    ``check_weights`` would otherwise blame on the network ("81 missing, 81 unexpected: pass the
+    network_name ..."): keys of a wrapped network (``module.``, ``_orig_mod.``), or the weights
+    nested in a training checkpoint of another tool (``{"state_dict": ..., "epoch": ...}``)."""
+    if not isinstance(state, dict) or not state:
+        return None
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state) and {k[len(prefix) :] for k in state} == set(own):
+            return (
+                f"every key starts with {prefix!r} (saved from a wrapped network: DistributedDataParallel, "
+                f"DataParallel or torch.compile): save the unwrapped network's state_dict(), or strip it: "
+                f"s = torch.load(path); torch.save({{k.removeprefix({prefix!r}): v for k, v in s.items()}}, path)"
+            )
+    nested = [k for k, v in state.items() if isinstance(v, dict) and set(own) <= set(v)]
+    if nested:
+        return (
+            f"the weights are its entry {nested[0]!r} (a training checkpoint with keys "
+            f"{', '.join(map(repr, list(state)[:5]))}): save that entry alone: "
+            f"torch.save(torch.load(path)[{nested[0]!r}], path)"
+        )
+    return None
+
+
 def check_weights(ckpt_path: str | os.PathLike, network: torch.nn.Module) -> dict:
     """Load the state dict in ``ckpt_path`` (``model.pt``, or ``checkpoint_last.pt``'s ``"model"``) and
     check that it fits ``network`` as built; returns it. Raises ``ValueError`` naming the file, the
@@ -688,6 +716,9 @@ def check_weights(ckpt_path: str | os.PathLike, network: torch.nn.Module) -> dic
     unexpected = [k for k in state if k not in own]
     shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shaped:
+        layout = _layout_hint(state, own)
+        if layout:
+            raise ValueError(f"{ckpt_path}: these weights do not fit as saved: {layout}")
         example = (shaped or missing or unexpected)[0]
         record = _record_path(ckpt_path)
         unrecorded = "" if record.is_file() else _missing_record_hint(ckpt_path, record)
