@@ -484,6 +484,29 @@ def test_a_datalist_whose_n_folds_is_not_a_number_is_named_not_a_crash(brats, tm
     )
 
 
+def test_a_list_of_entries_that_no_split_reads_is_named(brats, tmp_path):
+    """A list under a misspelt key ('traning') stopped training at "no 'training' list (nor a
+    'training' list)" naming no file; under another tool's key ('testing') it was ignored without a
+    word, and cross-validated evaluation scored its fold of 'training' instead of that test set."""
+    from pam_monai.data import build_datalist
+
+    datalist = build_datalist("brats", brats)
+    external = [{k: v for k, v in e.items() if k != "fold"} for e in datalist["training"][:1]]
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps({**datalist, "testing": external}))
+    assert messages(check_dataset("brats", brats, datalist=path, datalist_splits=["test"])) == [
+        f"testing: {path}: 'testing' lists 1 entries, but only 'training', 'validation' and 'test' are read: "
+        "rename it 'test'"
+    ]
+    path.write_text(json.dumps({"traning": datalist["training"], "val": external}))
+    assert messages(check_dataset("brats", brats, datalist=path)) == [
+        f"traning: {path}: 'traning' lists {len(datalist['training'])} entries, but only 'training', "
+        "'validation' and 'test' are read: rename it 'training'",
+        f"val: {path}: 'val' lists 1 entries, but only 'training', 'validation' and 'test' are read: "
+        "rename it 'validation'",
+    ]
+
+
 def test_evaluation_checks_the_files_of_its_own_split_only(brats, tmp_path):
     """With the 5-fold list and only the evaluated fold's cases on disk, evaluation was refused over
     the other folds' missing files; a case listed twice or a fold out of range still refuses it,

@@ -696,8 +696,13 @@ def test_an_external_test_set_of_own_data_needs_only_a_test_list(own_root, tmp_p
     assert (
         [e["case"] for e in data["test"]] == ["SYN_001", "SYN_002"] and not data["train"] and not data["val"]
     )
-    with pytest.raises(ValueError, match="datalist has no 'training' list"):
+    with pytest.raises(
+        ValueError,
+        match=r"datalist: no 'training' list; its keys: 'test' \(data_list_file_path .*external.json\)",
+    ):
         prepare_data(spec, own_root, tmp_path / "external.json")  # training needs its folds
+    with pytest.raises(ValueError, match=r"fold 7: the datalist has 5 folds: pass --fold 0..4"):
+        prepare_data(spec, own_root, fold=7)  # "fold must be in 0..4" named no override
 
 
 @pytest.mark.parametrize("ending", [".mha", ".nrrd"])

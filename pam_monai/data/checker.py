@@ -14,7 +14,8 @@ file and what is wrong, e.g. ``Brats18_X: Brats18_X_t1.nii.gz: missing modality 
   of a handful of colours (``gtFine_color`` given for ``leftImg8bit``);
 - a datalist (``datalist=``, the bundles' ``data_list_file_path``): entries with another number of
   image files than the data set's channels, files that do not exist, channel files in another
-  order than the data set's, a case listed twice; files no case of the layout holds are read and
+  order than the data set's, a case listed twice, a list of entries under a key that no split reads
+  (``traning``, ``testing``); files no case of the layout holds are read and
   checked as above. These problems name the datalist and the case. With ``datalist_splits`` (training
   and evaluation) only the entries of those splits have their files and labels checked.
 
@@ -27,6 +28,7 @@ lost in a 2-D image's resize.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -825,6 +827,34 @@ def _entries_read(spec: DatasetSpec, data: dict, splits, fold) -> set[int] | Non
         return None
 
 
+_SPLIT_LISTS = ("training", "validation", "test")
+
+
+def _unread_lists(data: dict, where: str) -> list[Problem]:
+    """Lists of entries under a key that no split reads (a typo, 'traning', or another tool's name,
+    'testing'): their cases were left out without a word, and a cross-validation evaluation scored
+    its fold of 'training' in place of the external test set meant (or training stopped at "no
+    'training' list" without naming the datalist)."""
+    problems = []
+    for key, value in data.items():
+        entries = isinstance(value, list) and value and all(isinstance(e, dict) for e in value)
+        if key in _SPLIT_LISTS or not entries:
+            continue
+        name = str(key).lower()
+        close = [s for s in _SPLIT_LISTS if s.startswith(name)] or difflib.get_close_matches(
+            name, _SPLIT_LISTS, n=1, cutoff=0.5
+        )
+        fix = f"rename it {close[0]!r}" if close else "name it 'training', 'validation' or 'test'"
+        problems.append(
+            Problem(
+                str(key),
+                where,
+                f"{key!r} lists {len(value)} entries, but only 'training', 'validation' and 'test' are read: {fix}",
+            )
+        )
+    return problems
+
+
 def _check_datalist(
     spec: DatasetSpec,
     path,
@@ -849,6 +879,7 @@ def _check_datalist(
     problems, seen, absent = [], {}, 0
     ordered = {tuple(sorted(key)) for key in checked}  # the same files in another order
     n_folds = _n_folds(spec, data, where, problems)
+    problems += _unread_lists(data, where)
     read = _entries_read(spec, data, splits, fold)
     for key in ("training", "validation", "test"):
         entries = data.get(key, [])

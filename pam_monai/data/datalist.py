@@ -340,15 +340,19 @@ def split_entries(
     if key is None:
         raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
     data = load_datalist(datalist, root)
+    where = datalist if not isinstance(datalist, dict) else "datalist"
     if spec.name in FOLDED and key != "training" and key in data:
         return list(data[key])  # an explicit list (an external test set) beside or instead of the folds
     if spec.name in FOLDED:
         if "training" not in data:
-            raise ValueError(f"{spec.name}: datalist has no 'training' list (nor a '{key}' list)")
+            nor = f" (nor a '{key}' list)" if key != "training" else ""
+            raise ValueError(
+                f"{spec.name}: {where}: no 'training' list{nor}; its keys: {', '.join(map(repr, data))}"
+            )
         entries = data["training"]
         n_folds = datalist_n_folds(data, spec.name)
         if not 0 <= fold < n_folds:
-            raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+            raise ValueError(f"fold {fold}: the datalist has {n_folds} folds: pass --fold 0..{n_folds - 1}")
         if any("fold" not in e for e in entries):
             raise ValueError(
                 f"{spec.name}: datalist entries need a 'fold' field (build it with build_datalist)"
@@ -365,5 +369,5 @@ def split_entries(
             "folds); another random split: --data_seed"
         )
     if key not in data:
-        raise ValueError(f"datalist has no '{key}' list")
+        raise ValueError(f"{spec.name}: {where}: no '{key}' list; its keys: {', '.join(map(repr, data))}")
     return list(data[key])

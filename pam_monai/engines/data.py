@@ -139,7 +139,9 @@ def prepare_data(
     for name in ("train", "val", "test"):
         try:
             result[name] = get_split(spec, datalist, name, fold=fold)
-        except ValueError:  # e.g. a datalist without that list
+        except ValueError as e:  # e.g. a datalist without that list
+            if name in splits and path is not None:  # name the file: get_split has only its contents
+                raise ValueError(f"{e} (data_list_file_path {path})") from e
             if name in splits:
                 raise
             result[name] = []
