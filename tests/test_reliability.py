@@ -986,6 +986,24 @@ def test_weights_in_another_layout_name_the_layout_not_the_network(tmp_path, lay
     assert "network_name" not in str(err.value)
 
 
+def test_own_data_weights_without_their_record_name_the_missing_model_json(tmp_path):
+    """model.pt copied in alone (the README says: with its model.json): own-data inference said only
+    "data/dataset.json not found", sending the user after a data set that inference does not need."""
+    from pam_monai.engines import inference_spec
+
+    weights = tmp_path / "models" / "model.pt"
+    weights.parent.mkdir()
+    atomic_save({}, weights)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"dataset.json not found.*model.json .*there is none: copy it in with the weights",
+    ):
+        inference_spec("nnunet", tmp_path / "data", None, str(weights))
+    with pytest.raises(FileNotFoundError, match=r"dataset.json not found") as err:  # no weights: the data set
+        inference_spec("nnunet", tmp_path / "data", None, str(tmp_path / "none.pt"))
+    assert "model.json" not in str(err.value)
+
+
 def test_datalist_mistakes_are_errors_not_a_synthetic_stand_in(tmp_path):
     from pam_monai.engines import prepare_data
 

@@ -111,7 +111,17 @@ def inference_spec(task, dataset_dir=None, crop_size=None, ckpt_path=None):
         return nnunet_spec(dataset_dir, crop_size=crop, intensity=intensity)
     if record.get("dataset_json") and crop is not None:
         return nnunet_spec(record["dataset_json"], crop_size=crop)
-    return get_spec(task, root=dataset_dir, crop_size=crop)  # names the missing dataset.json
+    try:
+        return get_spec(task, root=dataset_dir, crop_size=crop)  # names the missing dataset.json
+    except FileNotFoundError as e:
+        if not (ckpt_path and Path(ckpt_path).is_file() and not record):
+            raise
+        # weights copied in without their record: the missing dataset.json was not the user's mistake
+        raise FileNotFoundError(
+            f"{e}; own data's channels, labels and crop come from the model.json that training writes beside "
+            f"{ckpt_path}, and there is none: copy it in with the weights, or pass --dataset_dir the training "
+            "data's folder (its dataset.json)"
+        ) from e
 
 
 def recorded(ckpt_path, key: str, default=None):
