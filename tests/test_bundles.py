@@ -1844,6 +1844,37 @@ def test_command_line_overrides_of_ids_no_config_has_are_refused(files, typo, na
     create_workflow(config_file=paths, **common, threshold=0.6, tracking=None)  # ids the configs have
 
 
+@pytest.mark.parametrize(
+    "files, flag, named",
+    [
+        (("inference.json",), {"amp": "maybe"}, "--amp 'maybe': not a true/false flag; pass true or false"),
+        (("train.json",), {"resume": "yes please"}, "--resume 'yes please': not a true/false flag"),
+        (("train.json",), {"fast": [1]}, "--fast [1]: not a true/false flag"),  # as_bool took it for True
+    ],
+)
+def test_command_line_flags_that_are_not_true_or_false_are_refused_by_id(
+    files, flag, named, tmp_path, monkeypatch
+):
+    """``--amp maybe`` failed in ``as_bool`` deep in the run with "not a boolean flag: 'maybe'", naming
+    no id; a list was taken for True. Refused before any work, naming the id."""
+    import monai.bundle.__main__ as cli
+    from monai.bundle.scripts import create_workflow
+
+    paths = configs("brats_fpa", *files)
+    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
+    common = {
+        "bundle_root": str(tmp_path),
+        "logging_file": False,
+        "network_options": SMALL["network_options"],
+    }
+    with pytest.raises(Exception) as err:
+        create_workflow(config_file=paths, **common, **flag)
+    chain = error_chain(err.value)
+    assert any(named in m for m in chain), chain
+    assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
+    create_workflow(config_file=paths, **common, **{next(iter(flag)): "false"})  # a flag's words pass
+
+
 @pytest.mark.parametrize("file", ["train.json", "inference.json"])
 @pytest.mark.parametrize(
     "device, named",

@@ -17,6 +17,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -284,6 +285,7 @@ def check_override_ids() -> None:
     parser.read_config(files)
     unknown = [key for key in overrides if not key.startswith("_meta_") and key not in parser]
     if not unknown:
+        _check_flag_values(parser, overrides)
         return
     names = ", ".join(Path(f).name for f in (files if isinstance(files, (list, tuple)) else [files]))
     ids = [str(k) for k in parser.get()]
@@ -296,6 +298,34 @@ def check_override_ids() -> None:
         + ": MONAI would add it and nothing would read it; the overridable ids are listed in "
         "the bundle's docs/README.md"
     )
+
+
+def _check_flag_values(parser, overrides: dict) -> None:
+    """Refuse a command-line value that is not true or false for an id the configs read as one:
+    ``as_bool`` said "not a boolean flag: 'maybe'" deep in the run, naming no id (``--amp``,
+    ``--resume``?), or took any other value (a list) for True."""
+    import json
+
+    flags = set(re.findall(r"as_bool\(@(\w+)\)", json.dumps(parser.get())))
+    bad = {
+        key: value
+        for key, value in overrides.items()
+        if (key in flags or (key in parser and isinstance(parser[key], bool))) and not _is_flag(value)
+    }
+    if bad:
+        given = ", ".join(f"--{key} {value!r}" for key, value in bad.items())
+        raise ValueError(
+            f"{given}: not a true/false flag; pass true or false (e.g. --{next(iter(bad))} true)"
+        )
+
+
+def _is_flag(value) -> bool:
+    if isinstance(value, (bool, int)):
+        return True
+    try:
+        return isinstance(value, str) and as_bool(value) in (True, False)
+    except ValueError:
+        return False
 
 
 def check_device(device) -> None:
