@@ -1845,18 +1845,36 @@ def test_command_line_overrides_of_ids_no_config_has_are_refused(files, typo, na
 
 
 @pytest.mark.parametrize(
-    "files, flag, named",
+    "files, flag, named, ok",
     [
-        (("inference.json",), {"amp": "maybe"}, "--amp 'maybe': not a true/false flag; pass true or false"),
-        (("train.json",), {"resume": "yes please"}, "--resume 'yes please': not a true/false flag"),
-        (("train.json",), {"fast": [1]}, "--fast [1]: not a true/false flag"),  # as_bool took it for True
+        (
+            ("inference.json",),
+            {"amp": "maybe"},
+            "--amp 'maybe': not a true/false flag; pass true or false",
+            "false",
+        ),
+        (("train.json",), {"resume": "yes please"}, "--resume 'yes please': not a true/false flag", "false"),
+        (
+            ("train.json",),
+            {"fast": [1]},
+            "--fast [1]: not a true/false flag",
+            "false",
+        ),  # as_bool took it for True
+        (
+            ("train.json",),
+            {"seed": "abc"},
+            "--seed 'abc': not a whole number of 0 or more; pass e.g. --seed 0",
+            "3",
+        ),
+        (("train.json",), {"num_workers": -1}, "--num_workers -1: not a whole number of 0 or more", 0),
     ],
 )
-def test_command_line_flags_that_are_not_true_or_false_are_refused_by_id(
-    files, flag, named, tmp_path, monkeypatch
+def test_command_line_values_of_the_wrong_kind_are_refused_by_id(
+    files, flag, named, ok, tmp_path, monkeypatch
 ):
     """``--amp maybe`` failed in ``as_bool`` deep in the run with "not a boolean flag: 'maybe'", naming
-    no id; a list was taken for True. Refused before any work, naming the id."""
+    no id, and a list was taken for True; ``--seed abc`` in int() ("invalid literal for int() with
+    base 10"). Refused before any work, naming the id."""
     import monai.bundle.__main__ as cli
     from monai.bundle.scripts import create_workflow
 
@@ -1872,7 +1890,7 @@ def test_command_line_flags_that_are_not_true_or_false_are_refused_by_id(
     chain = error_chain(err.value)
     assert any(named in m for m in chain), chain
     assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
-    create_workflow(config_file=paths, **common, **{next(iter(flag)): "false"})  # a flag's words pass
+    create_workflow(config_file=paths, **common, **{next(iter(flag)): ok})  # a value of the right kind passes
 
 
 @pytest.mark.parametrize("file", ["train.json", "inference.json"])

@@ -303,7 +303,8 @@ def check_override_ids() -> None:
 def _check_flag_values(parser, overrides: dict) -> None:
     """Refuse a command-line value that is not true or false for an id the configs read as one:
     ``as_bool`` said "not a boolean flag: 'maybe'" deep in the run, naming no id (``--amp``,
-    ``--resume``?), or took any other value (a list) for True."""
+    ``--resume``?), or took any other value (a list) for True; and one that is not a whole number
+    for the counts of ``_COUNTS``."""
     import json
 
     flags = set(re.findall(r"as_bool\(@(\w+)\)", json.dumps(parser.get())))
@@ -317,6 +318,24 @@ def _check_flag_values(parser, overrides: dict) -> None:
         raise ValueError(
             f"{given}: not a true/false flag; pass true or false (e.g. --{next(iter(bad))} true)"
         )
+    for key in _COUNTS:
+        if key in overrides and key in parser and not _is_count(overrides[key]):
+            raise ValueError(
+                f"--{key} {overrides[key]!r}: not a whole number of 0 or more; pass e.g. --{key} {parser[key]}"
+            )
+
+
+# ids read as whole numbers >= 0 without a check of their own: int() said "invalid literal for int()
+# with base 10: 'abc'" naming no id (the others, e.g. epochs and batch_size, have their checks)
+_COUNTS = ("seed", "data_seed", "fold", "num_workers")
+
+
+def _is_count(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and value.strip().isdigit()
 
 
 def _is_flag(value) -> bool:
