@@ -22,6 +22,24 @@ def test_score_cli_function_on_own_data(tmp_path):
     assert (preds / "metrics" / "metrics.csv").is_file()
 
 
+def test_score_of_own_data_left_at_the_default_dataset_says_dataset_nnunet(tmp_path):
+    """``score PRED --dataset_dir OWN`` without ``--dataset nnunet`` (the default is brats) said only
+    "have no labelled case in OWN: another data set or split?"; it names the nnU-Net layout and the flag."""
+    import pytest
+
+    root = synth("nnunet", tmp_path / "Dataset903_Default", cases=2, slices=4)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for label in sorted((root / "labelsTr").glob("*.nii.gz")):
+        nib.save(nib.load(label), preds / label.name.replace(".nii.gz", "_seg.nii.gz"))
+    with pytest.raises(
+        ValueError,
+        match=r"no labelled case in .*dataset.json: this folder looks like an nnU-Net raw "
+        r"data set .*--dataset nnunet",
+    ):
+        score(str(preds), dataset_dir=str(root))
+
+
 def test_cli_error_keeps_the_file_name_of_a_broken_dataset_json(tmp_path, capsys):
     import pytest
 

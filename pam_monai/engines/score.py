@@ -40,7 +40,7 @@ from ..data import get_spec, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import fractional_values
 from ..data.files import UnreadableFile, load_png, load_volume
-from ..data.layout import visible_entries
+from ..data.layout import nnunet_layout_note, visible_entries
 from ..data.ops import binarize
 from ..progress import progress_bar
 from .data import voxel_spacing
@@ -132,10 +132,13 @@ def score_predictions(
     unknown = sorted(set(masks) - set(labels))
     if unknown:
         images = [u for u in unknown if re.fullmatch(r"(.+)_\d{4}", u) and u[:-5] in labels]
+        note = None if labels else nnunet_layout_note(spec.name, dataset_dir)  # --dataset left at brats
         hint = (
             f"; {', '.join(images[:3])}{', ...' if len(images) > 3 else ''} look like images (<case>_XXXX), "
             "not masks"
             if images
+            else f"; {note}"
+            if note
             else ": another data set or split?"
         )
         raise ValueError(
