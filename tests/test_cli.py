@@ -185,3 +185,19 @@ def test_check_finds_own_data_by_its_dataset_json(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["check", "--dataset", "nnunet"])
     assert "give the data set's folder: --root DIR" in str(exit_.value.code)
+
+
+def test_datalist_with_the_data_root_as_its_output_names_the_order(tmp_path):
+    """`datalist nnunet ROOT OUT.json` (synth's order) took ROOT as the JSON to write and OUT.json as
+    --root: "OUT.json/dataset.json not found", or, without OUT.json, "pass the data set's root"."""
+    from pam_monai.cli import main
+
+    own = synth("nnunet", tmp_path / "own", cases=2, slices=3, size=(32, 32), test_cases=0)
+    for extra in ([], [str(tmp_path / "out.json")]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["datalist", "nnunet", str(own), *extra])
+        assert (
+            f"OUTPUT {own} is a folder (the data root?), and the datalist is a JSON file: "
+            f"python -m pam_monai datalist nnunet OUT.json --root {own}" in str(exit_.value.code)
+        )
+    assert not (tmp_path / "out.json").exists()

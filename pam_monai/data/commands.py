@@ -38,6 +38,11 @@ def datalist(
 
     # Fire turns an all-digit folder name (a study date, 20240101) into a number
     root, output = (None if root is None else str(root)), str(output)
+    if Path(output).is_dir():  # `datalist nnunet ROOT OUT.json`: the data root given as OUTPUT
+        raise ValueError(
+            f"datalist: OUTPUT {output} is a folder (the data root?), and the datalist is a JSON file: "
+            f"python -m pam_monai datalist {dataset} OUT.json --root {output}"
+        )
     data = build_datalist(
         dataset,
         root,
