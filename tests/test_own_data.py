@@ -1141,7 +1141,7 @@ def test_inference_names_every_input_problem_in_one_list(tmp_path):
         f"SYN_005: SYN_005_0000.nii.gz: {2 * 40 * 3:,} NaN and 0 Inf voxels: give them a number and save the file "
         "again (e.g. 0 outside the field of view: numpy.nan_to_num)",
         "SYN_006: SYN_006_0001.nii.gz: unreadable or truncated file (EOFError: Compressed file ended before the "
-        "end-of-stream marker was reached)",
+        "end-of-stream marker was reached): copy or convert it again, or leave the case out",
     ]
 
     class Pointwise(torch.nn.Module):

@@ -72,7 +72,11 @@ def _unreadable(e: Exception, path=None) -> UnreadableFile:
             cause.filename,
         ) from e
     reason = " ".join(str(e).split())  # one line, whatever the library put in its message
-    return UnreadableFile(f"unreadable or truncated file ({type(e).__name__}: {reason})")
+    # what to do: the file's bytes are wrong (a copy cut short, another format under this name)
+    return UnreadableFile(
+        f"unreadable or truncated file ({type(e).__name__}: {reason}): copy or convert it again, or leave the "
+        "case out"
+    )
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
