@@ -127,13 +127,16 @@ def _data_folder_hint(func, bad: list[str]) -> str:
 
 def _root_cause(error: BaseException) -> BaseException:
     """The innermost cause (MONAI wraps a config expression's error in a RuntimeError), except that
-    an error whose message already quotes its cause is the one to show: it names the file or the
-    value that the cause (e.g. a ``JSONDecodeError``) does not."""
+    an error whose message already quotes its cause, or whose cause has no message (a bare
+    ``EOFError``), is the one to show: it names the file or the value that the cause (e.g. a
+    ``JSONDecodeError``) does not."""
     while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
         cause = error.__cause__ or error.__context__
         # (MONAI's "Failed to evaluate ConfigExpression: ..." quotes the expression, which may hold a
         # short cause such as KeyError('train') by chance: never stop at it)
-        if str(cause) and str(cause) in str(error) and not str(error).startswith("Failed to evaluate"):
+        ours = not str(error).startswith("Failed to evaluate")
+        # a cause without a message (a bare EOFError) says less than the error that names its file
+        if ours and (not str(cause) or str(cause) in str(error)):
             break
         error = cause
     return error

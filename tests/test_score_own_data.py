@@ -155,3 +155,13 @@ def test_cli_root_cause_looks_past_monai_wrappers():
             raise ValueError("x/dataset.json: not readable JSON (Expecting value: line 1 column 2)") from e
     except ValueError as named:
         assert "dataset.json" in str(_root_cause(named))
+    try:  # a cause without a message: the error naming the file is shown, not a bare "EOFError: "
+        try:
+            raise EOFError
+        except EOFError as e:
+            raise RuntimeError("x/model.pt: cannot load checkpoint (EOFError: )") from e
+    except RuntimeError as named:
+        try:
+            raise RuntimeError("Failed to evaluate ConfigExpression: $@predictor.run()") from named
+        except RuntimeError as wrapped:
+            assert "model.pt" in str(_root_cause(wrapped))
