@@ -1348,6 +1348,12 @@ def test_saved_probabilities_are_the_masks_numbers(network, cases, tmp_path):
     np.testing.assert_array_equal(prob > threshold, mask)
     with pytest.raises(ValueError, match="threshold must be a probability"):
         CasePredictor(net, items, "brats", str(tmp_path / "c"), threshold=1.5)
+    with pytest.raises(
+        ValueError, match=r"got 50: pass --threshold a fraction, e.g. 0.5 \(not a percentage\)"
+    ):
+        CasePredictor(
+            net, items, "brats", str(tmp_path / "c"), threshold=50
+        )  # 50 % meant: the flag was not named
 
 
 def test_ensemble_averages_saved_probabilities(cases, tmp_path):

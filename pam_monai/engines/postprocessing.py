@@ -40,13 +40,19 @@ def foreground_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tenso
     return torch.sigmoid(logits.float()) > _probability(threshold)
 
 
+# the flag that sets it (bundles, ensemble), and 50 meant as 50 %
+_THRESHOLD_FIX = "pass --threshold a fraction, e.g. 0.5 (not a percentage)"
+
+
 def _probability(threshold: float) -> float:
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}") from None
+        raise ValueError(
+            f"threshold must be a probability in (0, 1), got {threshold!r}: {_THRESHOLD_FIX}"
+        ) from None
     if not 0.0 < value < 1.0:
-        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}: {_THRESHOLD_FIX}")
     return value
 
 
