@@ -703,6 +703,8 @@ def test_an_external_test_set_of_own_data_needs_only_a_test_list(own_root, tmp_p
         prepare_data(spec, own_root, tmp_path / "external.json")  # training needs its folds
     with pytest.raises(ValueError, match=r"fold 7: the datalist has 5 folds: pass --fold 0..4"):
         prepare_data(spec, own_root, fold=7)  # "fold must be in 0..4" named no override
+    with pytest.raises(ValueError, match=r"got \['valid'\]: pass --eval_split test, val or train"):
+        prepare_data(spec, own_root, splits=["valid"])  # evaluation's --eval_split valid: no flag named
 
 
 @pytest.mark.parametrize("ending", [".mha", ".nrrd"])

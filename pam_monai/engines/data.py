@@ -114,7 +114,10 @@ def prepare_data(
     check_same_data_set(spec, root)
     unknown = set(splits) - {"train", "val", "test"}
     if unknown:
-        raise ValueError(f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}")
+        raise ValueError(  # evaluation's --eval_split is the one split a user names
+            f"splits must be among 'train', 'val', 'test', got {sorted(unknown)}: pass --eval_split test, val or "
+            "train"
+        )
     # first: one list of every problem, the layout's (files, names) and the contents' alike
     if as_bool(check):
         from ..data import check_dataset
