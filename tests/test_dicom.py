@@ -273,6 +273,31 @@ def test_a_converted_folder_is_ready_for_inference(tmp_path):
     assert [i["case"] for i in items] == ["P1"]
 
 
+def test_dicom_given_as_the_images_names_convert_dicom(tmp_path):
+    """A PACS export given as --input_dir said "only folders (P1): the images lie in this folder
+    itself", or, for slice files in the folder itself, one "not an image file name" line per slice."""
+    from pam_monai.data.nnunet import nnunet_spec
+    from pam_monai.engines import find_inference_cases
+
+    write_series(np.zeros((3, 8, 8), np.int16), tmp_path / "dcm" / "P1", "P1", 1)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, path in enumerate(sorted((tmp_path / "dcm" / "P1").iterdir())):  # PACS names: no ending
+        (flat / f"IM{i:04d}").write_bytes(path.read_bytes())
+    spec = nnunet_spec(
+        {"channel_names": {"0": "MR"}, "labels": {"background": 0, "lesion": 1}}, crop_size=[16, 16]
+    )
+    for folder, example in ((tmp_path / "dcm", "P1/s1_000.dcm"), (flat, "IM0000")):
+        with pytest.raises(ValueError) as err:
+            find_inference_cases(spec, folder)
+        lines = str(err.value).splitlines()
+        assert lines[1:] == [
+            f"{folder.name}: {folder}: no <case>_0000.nii.gz image, but DICOM files (3, e.g. {example}): convert "
+            f"the series first, python -m pam_monai convert_dicom {folder} DIR, and use DIR (the bundles' "
+            "--input_dir DIR)"
+        ], lines
+
+
 def test_slices_with_their_own_rescale_slope_keep_their_values(tmp_path):
     """A series whose first slice has an integral slope and the others 0.5: the others' HU values
     are kept (they were truncated to the first slice's integer pixel type)."""

@@ -658,6 +658,43 @@ def _unnumbered_fix(path: Path, endings: Sequence[str], one_file: bool) -> str:
     return f": rename it {target.name}"
 
 
+_DICOM_ENDINGS = (".dcm", ".dicom", ".ima")
+
+
+def _dicom_files(images: Path, limit: int = 2000) -> list[Path]:
+    """DICOM files under ``images`` (any depth; the first ``limit`` files looked at): by their
+    ending, or by the ``DICM`` marker at byte 128 for files without one (PACS exports)."""
+    found, seen = [], 0
+    for folder, subfolders, names in os.walk(images):
+        subfolders.sort()  # the same example every run
+        for name in sorted(names):
+            seen += 1
+            if seen > limit:
+                return found
+            path = Path(folder) / name
+            if path.suffix.lower() in _DICOM_ENDINGS or (not path.suffix and _dicom_marker(path)):
+                found.append(path)
+    return found
+
+
+def _dicom_marker(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_fix(images: Path, dicom: list[Path], ending: str) -> str:
+    """The message for DICOM files given where ``<case>_XXXX`` images belong."""
+    example = dicom[0].relative_to(images)
+    return (
+        f"no <case>_0000{ending} image, but DICOM files ({len(dicom)}, e.g. "
+        f"{example}): convert the series first, python -m pam_monai convert_dicom {quote(str(images))} DIR, "
+        "and use DIR (the bundles' --input_dir DIR)"
+    )
+
+
 def _folders_only(images: Path, ending: str) -> str:
     """The message for an image folder that holds sub-folders (or convert_dicom's record) but no
     ``<case>_XXXX`` file."""
@@ -755,7 +792,11 @@ def scan(
             problems.append(Problem(m["case"], path.name, f"channel {index:04d}, {what}"))
             continue
         found.setdefault(m["case"], {})[index] = path
-    if not found and not problems:  # sub-folders alone: a folder per case, or another layout
+    dicom = [] if found else _dicom_files(images)
+    if dicom:  # a PACS export given as the images: one line naming the conversion, not one per slice file
+        problems = [p for p in problems if not p.message.startswith("not an image file name")]
+        problems.append(Problem(root.name, str(images), _dicom_fix(images, dicom, endings[0])))
+    elif not found and not problems:  # sub-folders alone: a folder per case, or another layout
         problems.append(Problem(root.name, str(images), _folders_only(images, endings[0])))
     label_entries = visible_entries(labels) if labels is not None else []
     misnamed = _misnamed_labels(label_entries, found, endings)
