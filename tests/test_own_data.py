@@ -1223,6 +1223,21 @@ def test_a_wrong_data_set_folder_is_named_with_the_one_meant(own_root, tmp_path)
         build_datalist("nnunet", raw / "Dataset900_Tumor")
 
 
+@pytest.mark.parametrize(
+    "folder, name", [("HGG", "brats"), ("TRAINING", "isles"), ("leftImg8bit", "cityscapes")]
+)
+def test_a_paper_data_set_given_as_own_data_names_its_layout(tmp_path, folder, name):
+    """BraTS given as own data (``--task nnunet``, ``pam_monai bundle``) said only "dataset.json not
+    found: own data needs the nnU-Net v2 raw layout", as if the data were in no layout at all."""
+    (tmp_path / "data" / folder).mkdir(parents=True)
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"holds the {name} layout \({folder}/\): the {name} bundles read it as it is \(without --task "
+        rf"nnunet\), as do check and score with --dataset {name}$",
+    ):
+        get_spec("nnunet", root=tmp_path / "data")
+
+
 def test_images_of_another_file_type_say_to_convert_them_or_set_file_ending(own_root, tmp_path):
     """Volumes saved as .nii under a .nii.gz file_ending: each is named with both fixes (convert it,
     or set dataset.json's file_ending)."""

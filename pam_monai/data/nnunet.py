@@ -128,7 +128,18 @@ def _dataset_json_nearby(root: Path) -> str:
     if inside:
         shown = ", ".join(str(root / d) for d in inside[:5]) + (", ..." if len(inside) > 5 else "")
         return f"; {root} holds data sets: pass one of them, {shown}"
+    paper = next(((name, d) for d, name in _PAPER_FOLDERS if (root / d).is_dir()), None)
+    if paper:  # one of the paper's data sets given as own data (--task nnunet, the bundle command)
+        name, folder = paper
+        return (
+            f"; {root} holds the {name} layout ({folder}/): the {name} bundles read it as it is (without "
+            f"--task nnunet), as do check and score with --dataset {name}"
+        )
     return ""
+
+
+# a top folder of each of the paper's data sets in its published layout
+_PAPER_FOLDERS = (("HGG", "brats"), ("LGG", "brats"), ("TRAINING", "isles"), ("leftImg8bit", "cityscapes"))
 
 
 def read_dataset_json(root: str | os.PathLike | dict) -> dict:
