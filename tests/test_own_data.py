@@ -1505,3 +1505,67 @@ def test_inference_takes_a_nonorm_channel_that_is_all_zeros_or_constant(tmp_path
         "SYN_001: SYN_001_0000.nii.gz: modality is constant (7 everywhere): give the case this channel's image (the "
         "network was trained with every channel and needs each one)"
     ]
+
+
+def _own_split(root: Path, path: Path, **lists: list[int]) -> Path:
+    """A hand-written datalist (MONAI's decathlon JSON: image and label, no case, no fold) of the
+    cases at the given indices of each list."""
+    items = [c.to_item(relative_to=root) for c in scan_cases("nnunet", root).cases]
+    data = {
+        key: [{"image": items[i]["image"], "label": items[i]["label"]} for i in at]
+        for key, at in lists.items()
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_split_of_your_own_is_used_as_written(own_root, tmp_path):
+    """A datalist with the user's own 'training' / 'validation' / 'test' lists and no 'fold' (MONAI's
+    convention) was refused ("datalist entries need a 'fold' field"): it is trained, validated and
+    tested on as written, checked, and is one fixed split (--fold / --folds other than 0 refused)."""
+    from pam_monai.experiments.runner import _folds
+
+    path = _own_split(own_root, tmp_path / "mine.json", training=[4, 0, 2], validation=[5], test=[1, 3])
+    data = prepare_data("nnunet", own_root, path)  # checks the data set and the datalist first
+    assert {s: [e["case"] for e in data[s]] for s in ("train", "val", "test")} == {
+        "train": ["SYN_005", "SYN_001", "SYN_003"],
+        "val": ["SYN_006"],
+        "test": ["SYN_002", "SYN_004"],
+    }
+    assert check_dataset("nnunet", own_root, datalist=path).ok
+    with pytest.raises(
+        ValueError, match=r"fold 1: datalist gives one fixed split of its own .*pass --fold 0.*mine.json"
+    ):
+        prepare_data("nnunet", own_root, path, fold=1, check=False)
+    assert _folds("all", "nnunet", str(path)) == [0] and _folds("0", "nnunet", str(path)) == [0]
+    with pytest.raises(ValueError, match=r"--folds 0,1: .*mine.json gives one fixed split .*pass --folds 0"):
+        _folds("0,1", "nnunet", str(path))
+    assert _folds("all", "nnunet", None) == list(range(5))  # cross-validation as before
+
+
+def test_a_split_of_your_own_is_refused_when_unclear(own_root, tmp_path):
+    """A case in two lists, a 'training' list with some entries with a 'fold' and some without,
+    and no 'fold' and no 'validation' list are refused, each saying what to do."""
+    twice = _own_split(own_root, tmp_path / "twice.json", training=[0, 1, 2], validation=[2], test=[3])
+    with pytest.raises(ValueError, match=r"SYN_003: .*twice.json: listed twice \(training and validation\)"):
+        prepare_data("nnunet", own_root, twice)
+    mixed = json.loads(
+        _own_split(own_root, tmp_path / "mixed.json", training=[0, 1, 2], validation=[3]).read_text()
+    )
+    mixed["training"][1]["fold"] = 0
+    with pytest.raises(
+        ValueError,
+        match=r"'training' entries SYN_001, SYN_003 have no 'fold' while 1 others have one: give each a 'fold' .*"
+        r"or remove every 'fold' and list the validation cases under 'validation'",
+    ):
+        get_split(get_spec("nnunet", root=own_root), mixed, "train", root=own_root)
+    none = _own_split(own_root, tmp_path / "none.json", training=[0, 1, 2], test=[3])
+    both_ways = (
+        "no 'training' entry has a 'fold', and there is no 'validation' list: add a 'validation' list (a split of "
+        "your own, used as written), or build cross-validation folds with python -m pam_monai datalist"
+    )
+    with pytest.raises(ValueError) as err:
+        prepare_data("nnunet", own_root, none)  # the checker: once, not once per entry
+    assert str(err.value).splitlines()[1:] == [f"training: {none}: {both_ways}"]
+    with pytest.raises(ValueError, match=re.escape(both_ways)):
+        prepare_data("nnunet", own_root, none, check=False)

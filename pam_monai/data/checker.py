@@ -39,7 +39,15 @@ import nibabel as nib
 import numpy as np
 
 from .cityscapes import SPLITS as CITYSCAPES_SPLITS
-from .datalist import FOLDED, datalist_n_folds, entry_case, load_datalist, split_entries
+from .datalist import (
+    FOLDED,
+    NO_SPLIT_PROBLEM,
+    datalist_n_folds,
+    entry_case,
+    fold_kind,
+    load_datalist,
+    split_entries,
+)
 from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
 from .layout import CaseFiles, Problem, ScanResult, nnunet_layout_note, scan_cases
 from .nnunet import NoTrainingImages
@@ -801,8 +809,14 @@ def _channel_keys(spec: DatasetSpec) -> tuple[str, ...]:
 
 def _n_folds(spec: DatasetSpec, data: dict, where: str, problems: list) -> int | None:
     """The datalist's number of folds (cross-validation only, else None); one that is not a whole
-    number is a problem naming the datalist and the key."""
-    if spec.name not in FOLDED:
+    number is a problem naming the datalist and the key. A split of the user's own (no 'fold' and
+    a 'validation' list) has none; no 'fold' and no 'validation' list is one problem, not one per
+    entry."""
+    kind = fold_kind(spec, data)
+    if spec.name not in FOLDED or kind == "own":
+        return None
+    if kind == "none":
+        problems.append(Problem("training", where, NO_SPLIT_PROBLEM))
         return None
     try:
         return datalist_n_folds(data, where)

@@ -10,6 +10,8 @@ case is ranked by ``sha256("<seed>:<case ID>")``):
 - BRATS and own data (``nnunet``): 5-fold case-wise cross-validation. Cases are ranked, then dealt round-robin into folds
   (so fold sizes differ by at most one); every ``training`` entry carries its ``fold``. For fold
   ``k``: test = fold ``k``, validation = fold ``(k + 1) % 5``, training = the other three.
+  A hand-written datalist with ``training`` entries without ``fold`` and a ``validation`` list
+  is the user's own split, used as written (one fixed split, fold 0).
 - ISLES: ranked cases cut 0.7 / 0.1 / 0.2 into ``training`` / ``validation`` / ``test``
   (with 3 or more cases, validation and test get at least one each).
 - CityScapes: ``training`` = frames of the 'train' cities except one, ``validation`` = the held-out
@@ -35,8 +37,10 @@ from .specs import DatasetSpec, get_spec
 __all__ = [
     "build_datalist",
     "entry_case",
+    "fold_kind",
     "get_split",
     "load_datalist",
+    "own_split",
     "rank_cases",
     "split_cases",
     "write_datalist",
@@ -307,6 +311,57 @@ def entry_case(dataset: str | DatasetSpec, entry: dict) -> str:
     return name
 
 
+def _has_fold(entry) -> bool:
+    return isinstance(entry, dict) and entry.get("fold") is not None
+
+
+def fold_kind(dataset: str | DatasetSpec, datalist: dict) -> str | None:
+    """How a cross-validated data set's datalist splits its ``training`` entries: ``"folds"`` (each
+    has a ``fold``), ``"own"`` (none has one and a ``validation`` list is given: a split of the
+    user's own, used as written), ``"none"`` (none has one and no ``validation`` list: no split),
+    ``"mixed"`` (some have one); None for the data sets with fixed lists, or without a
+    ``training`` list (e.g. an external test set alone)."""
+    entries = datalist.get("training")
+    name = dataset.name if isinstance(dataset, DatasetSpec) else str(dataset).lower()
+    if name not in FOLDED or not isinstance(entries, list):
+        return None
+    folded = sum(map(_has_fold, entries))
+    if not entries:  # nothing to split: the empty training split is named where it is read
+        return "folds"
+    if folded and folded < len(entries):
+        return "mixed"
+    if folded:
+        return "folds"
+    return "own" if "validation" in datalist else "none"
+
+
+def own_split(dataset: str | DatasetSpec, datalist: dict | str | os.PathLike) -> bool:
+    """Whether a BRATS or own-data datalist gives its own fixed split ('training' / 'validation'
+    lists without 'fold' fields): trained as written, on fold 0 only."""
+    return fold_kind(dataset, load_datalist(datalist)) == "own"
+
+
+NO_SPLIT_PROBLEM = (
+    "no 'training' entry has a 'fold', and there is no 'validation' list: add a 'validation' list (a "
+    "split of your own, used as written), or build cross-validation folds with python -m pam_monai "
+    "datalist"
+)
+
+
+def _mixed_folds_problem(dataset: str | DatasetSpec, entries: list) -> str:
+    """The problem of a 'training' list where some entries have a 'fold' and some have none,
+    naming the latter."""
+    lacking = [
+        entry_case(dataset, e) if isinstance(e, dict) else repr(e) for e in entries if not _has_fold(e)
+    ]
+    shown = ", ".join(lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
+    return (
+        f"'training' entries {shown} have no 'fold' while {len(entries) - len(lacking)} others have one: "
+        "give each a 'fold' (python -m pam_monai datalist writes them), or remove every 'fold' and list the "
+        "validation cases under 'validation' (a split of your own)"
+    )
+
+
 def get_split(
     dataset: str | DatasetSpec,
     datalist: dict | str | os.PathLike,
@@ -318,7 +373,10 @@ def get_split(
 
     BRATS and own data (cross-validation): test = fold ``fold``, val = fold ``(fold + 1) % n_folds``, train =
     the remaining folds; an explicit ``test`` (or ``validation``) list in the datalist, e.g. an
-    external test set, is used as it is. ISLES and CityScapes: the datalist's fixed ``training`` /
+    external test set, is used as it is. A datalist of the user's own split (no ``training`` entry
+    has a ``fold`` and a ``validation`` list is given, MONAI's convention) is used as written, as
+    one fixed split (``fold`` must be 0); some entries with a ``fold`` and some without, or none
+    and no ``validation`` list, are refused. ISLES and CityScapes: the datalist's fixed ``training`` /
     ``validation`` / ``test`` lists (``fold`` must be 0). Paths are made absolute with ``root``.
     """
     spec = _listing_spec(dataset, root)
@@ -341,6 +399,17 @@ def split_entries(
         raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
     data = load_datalist(datalist, root)
     where = datalist if not isinstance(datalist, dict) else "datalist"
+    folding = fold_kind(spec, data)
+    if folding == "own":  # the user's own split, used as written (MONAI's convention)
+        if fold != 0:  # not ignored in silence: five "folds" would be five runs on one split
+            raise ValueError(
+                f"{spec.name}: fold {fold}: {where} gives one fixed split of its own ('training' / 'validation' "
+                "lists, no 'fold' fields): pass --fold 0, or give each training entry a 'fold' (python -m "
+                "pam_monai datalist writes them) to cross-validate"
+            )
+        if key not in data:
+            raise ValueError(f"{spec.name}: {where}: no '{key}' list; its keys: {', '.join(map(repr, data))}")
+        return list(data[key])
     if spec.name in FOLDED and key != "training" and key in data:
         return list(data[key])  # an explicit list (an external test set) beside or instead of the folds
     if spec.name in FOLDED:
@@ -350,13 +419,13 @@ def split_entries(
                 f"{spec.name}: {where}: no 'training' list{nor}; its keys: {', '.join(map(repr, data))}"
             )
         entries = data["training"]
+        if folding == "mixed":
+            raise ValueError(f"{spec.name}: {where}: {_mixed_folds_problem(spec, entries)}")
+        if folding == "none":
+            raise ValueError(f"{spec.name}: {where}: {NO_SPLIT_PROBLEM}")
         n_folds = datalist_n_folds(data, spec.name)
         if not 0 <= fold < n_folds:
             raise ValueError(f"fold {fold}: the datalist has {n_folds} folds: pass --fold 0..{n_folds - 1}")
-        if any("fold" not in e for e in entries):
-            raise ValueError(
-                f"{spec.name}: datalist entries need a 'fold' field (build it with build_datalist)"
-            )
         test, val = fold, (fold + 1) % n_folds
         if key == "test":
             return [e for e in entries if e["fold"] == test]

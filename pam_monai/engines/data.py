@@ -61,6 +61,8 @@ def prepare_data(
             content than the published layout is an error (:func:`pam_monai.data.ensure_dataset`).
         data_list_file_path: a decathlon-format datalist (paths relative to ``dataset_dir``) of
             cases in the published layout; empty: built from the cases found in ``dataset_dir``.
+            For BRATS and own data, one whose training entries have no ``fold`` and which has a
+            ``validation`` list is a split of the user's own, used as written (``fold`` 0).
             A path that does not exist, or a datalist with a synthetic stand-in, is an error.
         fold: the BRATS cross-validation fold (test = ``fold``, validation = ``fold + 1``).
         synthetic_dir: where a synthetic stand-in goes.

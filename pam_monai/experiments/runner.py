@@ -46,7 +46,7 @@ from typing import Any
 
 from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
-from ..data.datalist import FOLDED
+from ..data.datalist import FOLDED, own_split
 from ..engines import as_bool, atomic_write_text, close_writers
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
@@ -242,13 +242,22 @@ def _seeds(seeds) -> list[int]:
     return out
 
 
-def _folds(folds, dataset: str) -> list[int]:
+def _folds(folds, dataset: str, datalist=None) -> list[int]:
+    """The grid's folds; a datalist of the user's own split (``datalist``: its path) has one,
+    fold 0, as the data sets with fixed lists."""
+    fixed = dataset in FOLDED and _own_split(dataset, datalist)
     if str(folds).strip().lower() == "all":
-        out = list(range(5)) if dataset in FOLDED else [0]
+        out = list(range(5)) if dataset in FOLDED and not fixed else [0]
     else:
         out = [int(f) for f in _as_list(folds, "folds")]
     if not out or len(set(out)) != len(out):
         raise ValueError(f"folds: expected distinct fold numbers or 'all', got {folds!r}")
+    if fixed and out != [0]:
+        raise ValueError(
+            f"--folds {folds}: {datalist} gives one fixed split of its own ('training' / 'validation' lists, no "
+            "'fold' fields): pass --folds 0, or give each training entry a 'fold' (python -m pam_monai datalist "
+            "writes them) to cross-validate"
+        )
     if dataset in FOLDED:
         bad = [f for f in out if not 0 <= f < 5]
         if bad:
@@ -256,6 +265,17 @@ def _folds(folds, dataset: str) -> list[int]:
     elif out != [0]:
         raise ValueError(f"{dataset} has one fixed split (fold 0 only), got folds {out}")
     return out
+
+
+def _own_split(dataset: str, datalist) -> bool:
+    """Whether ``datalist`` (a path, or None) gives a split of its own; one that cannot be read is
+    named by the data preparation that reads it."""
+    if not datalist:
+        return False
+    try:
+        return own_split(dataset, datalist)
+    except (OSError, ValueError):
+        return False
 
 
 def _network_key(variant: Variant, global_options: dict | None = None) -> str:
@@ -755,7 +775,7 @@ def run_experiment(
             _grid_label(a.label, variants, global_options) or a.label for a in parse_networks(figure_networks)
         ]
     seed_list = _seeds(seeds)
-    fold_list = _folds(folds, dataset)
+    fold_list = _folds(folds, dataset, overrides.get("data_list_file_path"))
     output_dir = check_writable(Path(output).resolve(), "--output DIR")
     output_dir.mkdir(parents=True, exist_ok=True)
     bad = sorted(set(overrides) & set(RESERVED))
@@ -1201,7 +1221,8 @@ def experiment(
             training on the same split; with 2 or more per network the paired comparison also says
             whether a difference holds in every pairing of seeds (1 seed: training variance unknown).
         folds: folds of brats and nnunet (0-4), e.g. ``0``, ``0,1,2,3,4`` or ``all``; isles and
-            cityscapes: 0 only.
+            cityscapes, and a --data_list_file_path of a split of your own ('training' / 'validation'
+            lists, no 'fold' fields): 0 only.
         output: experiment folder (see the module docstring for its layout).
         preset: the paper's experiments: table5, table6, fig7_fpa, fig7_rfna (networks given as
             well are added after the preset's).
