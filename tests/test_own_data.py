@@ -109,9 +109,15 @@ def test_layout_mistakes_are_named(own_root, tmp_path):
     nib.save(nib.Nifti1Image(bad, seg.affine), str(root / "labelsTr" / "SYN_005.nii.gz"))
     report = check_dataset("nnunet", root)
     problems = {str(p) for p in report.problems}
-    assert "SYN_002: SYN_002_0001.nii.gz: missing channel 1 ('ADC')" in problems
+    assert (
+        "SYN_002: SYN_002_0001.nii.gz: missing channel 1 ('ADC'): each case needs one file per channel (_0000 to "
+        "_0001): add SYN_002_0001.nii.gz, or move the case's other files out" in problems
+    )
     assert "SYN_003: SYN_003_0002.nii.gz: channel 0002, but the data set has 2 channels" in problems
-    assert "SYN_004: labelsTr/SYN_004.nii.gz: missing label" in problems
+    assert (
+        "SYN_004: labelsTr/SYN_004.nii.gz: missing label: add it, or move the case's images out of imagesTr"
+        in problems
+    )
     assert "SYN_099: labelsTr/SYN_099.nii.gz: label without images" in problems
     assert any(p.startswith("notes.txt: notes.txt: not an image file name") for p in problems)
     assert (
@@ -1138,7 +1144,8 @@ def test_inference_names_every_input_problem_in_one_list(tmp_path):
     lines = str(err.value).splitlines()
     assert lines[0].startswith(f"nnunet: refusing to infer on {new}; fix these inputs first")
     assert sorted(lines[1:]) == [
-        "SYN_003: SYN_003_0001.nii.gz: missing channel 1 ('ADC')",
+        "SYN_003: SYN_003_0001.nii.gz: missing channel 1 ('ADC'): each case needs one file per channel (_0000 to "
+        "_0001): add SYN_003_0001.nii.gz, or move the case's other files out",
         "SYN_004: SYN_004_0002.nii.gz: channel 0002, but the data set has 2 channels",
         f"SYN_005: SYN_005_0000.nii.gz: {2 * 40 * 3:,} NaN and 0 Inf voxels: give them a number and save the file "
         "again (e.g. 0 outside the field of view: numpy.nan_to_num)",
@@ -1569,3 +1576,14 @@ def test_a_split_of_your_own_is_refused_when_unclear(own_root, tmp_path):
     assert str(err.value).splitlines()[1:] == [f"training: {none}: {both_ways}"]
     with pytest.raises(ValueError, match=re.escape(both_ways)):
         prepare_data("nnunet", own_root, none, check=False)
+
+
+def test_a_missing_labels_folder_says_where_labels_go(own_root, tmp_path):
+    """imagesTr without labelsTr: each case's 'missing label (no labelsTr folder)' says where its label goes."""
+    root = copy(own_root, tmp_path)
+    shutil.rmtree(root / "labelsTr")
+    problems = {str(p) for p in check_dataset("nnunet", root).problems}
+    assert (
+        "SYN_001: labelsTr/SYN_001.nii.gz: missing label (no labelsTr folder): put each case's label map in "
+        "labelsTr/<case>.nii.gz" in problems
+    )

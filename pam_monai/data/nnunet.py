@@ -606,6 +606,15 @@ def _ct_properties(root, meta: dict, intensity: dict | None) -> tuple[dict | Non
     return properties, where
 
 
+def _missing_channel(index: int, key: str, name: str, channels: int) -> str:
+    """A case without the file of one channel, and what to do: every case has one per channel."""
+    span = "_0000" if channels == 1 else f"_0000 to _{channels - 1:04d}"
+    return (
+        f"missing channel {index} ({key!r}): each case needs one file per channel ({span}): add {name}, "
+        "or move the case's other files out"
+    )
+
+
 def _misnamed_labels(
     entries: Sequence[Path], found: dict, endings: Sequence[str]
 ) -> dict[str, tuple[Path, str]]:
@@ -817,9 +826,8 @@ def scan(
         chans = {key: found[case].get(i) for i, key in enumerate(keys)}
         for i, key in enumerate(keys):
             if chans[key] is None:
-                problems.append(
-                    Problem(case, f"{case}_{i:04d}{endings[0]}", f"missing channel {i} ({key!r})")
-                )
+                missing = f"{case}_{i:04d}{endings[0]}"
+                problems.append(Problem(case, missing, _missing_channel(i, key, missing, len(keys))))
         label = None
         if labels is not None:
             seen = [p.name[len(case) + 5 :] for p in found[case].values()]  # the images' own endings
@@ -832,10 +840,20 @@ def scan(
                 renamed.add(path)
                 problems.append(Problem(case, f"{labels.name}/{path.name}", fix))
             elif label is None and labels.is_dir():
-                problems.append(Problem(case, f"{labels.name}/{case}{endings[0]}", "missing label"))
+                problems.append(
+                    Problem(
+                        case,
+                        f"{labels.name}/{case}{endings[0]}",
+                        f"missing label: add it, or move the case's images out of {images.name}",
+                    )
+                )
             elif label is None and subset == "imagesTr":
                 problems.append(
-                    Problem(case, f"{labels.name}/{case}{endings[0]}", "missing label (no labelsTr folder)")
+                    Problem(
+                        case,
+                        f"{labels.name}/{case}{endings[0]}",
+                        f"missing label (no labelsTr folder): put each case's label map in labelsTr/<case>{endings[0]}",
+                    )
                 )
         cases.append(CaseFiles(case, images, chans, label, LABEL_NAME))
     if labels is not None and labels.is_dir():
