@@ -1412,8 +1412,13 @@ def test_ensemble_refuses_what_would_lose_or_misweigh_data(tmp_path):
     with pytest.raises(ValueError, match="threshold must be a probability.*'abc'"):
         ensemble_probabilities([a, b], tmp_path / "x", threshold="abc")
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 2), np.float32), affine), str(b / "c2_prob.nii"))
-    with pytest.raises(ValueError, match="c2_prob.nii is on another grid"):
+    with pytest.raises(ValueError) as err:
         ensemble_probabilities([a, b], tmp_path / "x")
+    assert str(err.value).splitlines() == [
+        "ensemble: the inputs are not on the same grids: run every model's inference on the same images (one "
+        "--input_dir, --save_probabilities true) and ensemble those folders:",
+        f"{b / 'c2_prob.nii'} is on another grid than {a / 'c2_prob.nii'} (shape 4x5x2, not 4x5x3)",
+    ]
     assert not (tmp_path / "x").exists()  # c1 was fine, and not written either
     (b / "c2_prob.nii").write_bytes(b"not a volume")
     with pytest.raises(ValueError, match="c2_prob.nii: unreadable"):

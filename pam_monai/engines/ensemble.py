@@ -78,6 +78,13 @@ def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray | None]:
         raise ValueError(f"ensemble: {path}: unreadable ({' '.join(str(e).split())})") from None
 
 
+def _shapes(shape: tuple[int, ...], other: tuple[int, ...]) -> str:
+    """`` (shape 4x5x2, not 4x5x3)`` when the shapes differ; nothing when only the affines do."""
+    if shape == other:
+        return " (the same shape, another affine)"
+    return f" (shape {'x'.join(map(str, shape))}, not {'x'.join(map(str, other))})"
+
+
 def ensemble_probabilities(
     inputs: Sequence[str | os.PathLike], output: str | os.PathLike, threshold: float = 0.5
 ) -> list[Path]:
@@ -131,9 +138,14 @@ def ensemble_probabilities(
             if other_shape != shape or (
                 affine is not None and not np.allclose(other_affine, affine, atol=1e-3)
             ):
-                problems.append(f"{found[case]} is on another grid than {files[0][case]}")
-    if problems:
-        raise ValueError("ensemble: the inputs are not on the same grids:\n" + "\n".join(problems))
+                problems.append(
+                    f"{found[case]} is on another grid than {files[0][case]}{_shapes(other_shape, shape)}"
+                )
+    if problems:  # maps of other images of the case (a resampled copy, another version of the data)
+        raise ValueError(
+            "ensemble: the inputs are not on the same grids: run every model's inference on the same images "
+            "(one --input_dir, --save_probabilities true) and ensemble those folders:\n" + "\n".join(problems)
+        )
     check_writable(out, "--output DIR")
     stale = sorted(
         {
