@@ -1587,3 +1587,16 @@ def test_a_missing_labels_folder_says_where_labels_go(own_root, tmp_path):
         "SYN_001: labelsTr/SYN_001.nii.gz: missing label (no labelsTr folder): put each case's label map in "
         "labelsTr/<case>.nii.gz" in problems
     )
+
+
+def test_bundle_of_another_network_names_the_flag(own_root, tmp_path):
+    """'network must be one of [...]' named neither the flag nor where the baselines go."""
+    from pam_monai.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bundle", "--dataset_dir", str(own_root), "--output", str(tmp_path / "b"), "--network", "unet"])
+    assert (
+        "--network must be one of fpa, rfna, got 'unet': pass --network fpa or rfna (every other network of the "
+        "registry trains from the bundle with --network_name)" in str(exit_.value.code)
+    )
+    assert not (tmp_path / "b").exists()

@@ -114,7 +114,11 @@ def own_data_bundle(
             and its crop and CT statistics are computed from those very files. False: write it anyway.
     """
     if network not in NETWORKS:
-        raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {network!r}")
+        raise ValueError(
+            f"--network must be one of {', '.join(sorted(NETWORKS))}, got {network!r}: pass --network "
+            f"{' or '.join(sorted(NETWORKS))} (every other network of the registry trains from the bundle with "
+            "--network_name)"
+        )
     dataset_dir = Path(dataset_dir).resolve()
     output = Path(output)
     # bundle_root: the folder as seen from here when it is below the working folder (the documented
