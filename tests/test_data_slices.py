@@ -102,6 +102,17 @@ def test_slice_selection_keeps_foreground_and_a_fraction_of_the_rest(items):
     assert any({o.slice_info(i) for i in range(len(o))} != chosen for o in other)
     half.resample(5)
     assert len(half) == expected
+    for bad in (1.5, "half"):  # named without the flag, and a word failed on comparing a str with a float
+        with pytest.raises(ValueError) as err:
+            SliceDataset(brats, "brats", keep_background_fraction=bad, progress=False)
+        assert str(err.value) == (
+            f"--keep_background_fraction {bad!r}: not a share in [0, 1] (of the slices without foreground kept); "
+            "pass e.g. --keep_background_fraction 0.5"
+        )
+    assert (
+        SliceDataset(brats, "brats", keep_background_fraction="1", progress=False).keep_background_fraction
+        == 1.0
+    )
 
 
 def test_a_slice_with_one_foreground_voxel_is_a_foreground_slice(items, tmp_path):

@@ -208,6 +208,21 @@ def seed_worker_transform(worker_id: int) -> None:
         transform.set_random_state(seed=transform_seed(dataset.rank_seed, epoch, worker_id + 1))
 
 
+def _background_share(value) -> float:
+    """``keep_background_fraction`` as a float in [0, 1]; else a ``ValueError`` naming the bundles'
+    override, as the other refused values do."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = None
+    if share is None or not 0.0 <= share <= 1.0 or isinstance(value, bool):
+        raise ValueError(
+            f"--keep_background_fraction {value!r}: not a share in [0, 1] (of the slices without foreground "
+            "kept); pass e.g. --keep_background_fraction 0.5"
+        )
+    return share
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """Axial 2-D slices (or CityScapes frames) as ``{"image": C x H x W float32, "label":
     1 x H x W float32 in {0, 1} (and ``IGNORE`` on unannotated voxels)}`` tensors in the paper's shapes (BRATS 4 x 160 x 160, ISLES
@@ -280,12 +295,11 @@ class SliceDataset(torch.utils.data.Dataset):
         self._seed_transform()
         self.spec = get_spec(dataset)
         self.items = [dict(it) for it in data_argument(data, items, type(self).__name__)]
-        if not 0.0 <= keep_background_fraction <= 1.0:
-            raise ValueError(f"keep_background_fraction must be in [0, 1], got {keep_background_fraction}")
+        keep_background_fraction = _background_share(keep_background_fraction)
         for it in self.items:
             if it.get("label") is None:
                 raise ValueError(f"{it.get('case', it['image'])}: a training item needs a label")
-        self.keep_background_fraction = float(keep_background_fraction)
+        self.keep_background_fraction = keep_background_fraction
         self.foreground_labels, _ = self.spec.resolve_labels(foreground_label)
         if cache_dtype is None:
             stored = any(norm.scheme == "nonorm" for norm in self.spec.channel_norms)
