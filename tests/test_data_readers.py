@@ -169,6 +169,25 @@ def test_brats_folds_are_deterministic_balanced_and_case_wise(tmp_path):
         assert sorted(cases) == sorted(e["case"] for e in a["training"])  # disjoint and complete
 
 
+def test_a_brats_split_of_your_own_is_used_as_written():
+    """A hand-written BraTS datalist (image and label only, no 'fold') with a 'validation' list is
+    one fixed split, as written; it was refused: "datalist entries need a 'fold' field"."""
+
+    def entry(case):
+        return {
+            "image": [f"HGG/{case}/{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")],
+            "label": f"HGG/{case}/{case}_seg.nii.gz",
+        }
+
+    mine = {"training": [entry("Brats18_B_1"), entry("Brats18_A_1")], "validation": [entry("Brats18_C_1")]}
+    assert [e["case"] for e in get_split("brats", mine, "train")] == ["Brats18_B_1", "Brats18_A_1"]
+    assert [e["case"] for e in get_split("brats", mine, "val")] == ["Brats18_C_1"]
+    with pytest.raises(
+        ValueError, match=r"brats: fold 2: datalist gives one fixed split of its own .*pass --fold 0"
+    ):
+        get_split("brats", mine, "train", fold=2)
+
+
 def test_brats_datalist_from_disk_matches_the_one_from_ids(brats_root, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("".join(f"HGG Brats18_SYN_00{i}_1\n" for i in (1, 2, 3)))

@@ -1548,6 +1548,14 @@ def test_a_split_of_your_own_is_used_as_written(own_root, tmp_path):
     with pytest.raises(ValueError, match=r"--folds 0,1: .*mine.json gives one fixed split .*pass --folds 0"):
         _folds("0,1", "nnunet", str(path))
     assert _folds("all", "nnunet", None) == list(range(5))  # cross-validation as before
+    no_test = _own_split(own_root, tmp_path / "no_test.json", training=[0, 1, 2], validation=[3])
+    assert [e["case"] for e in prepare_data("nnunet", own_root, no_test, splits=["train", "val"])["val"]] == [
+        "SYN_004"
+    ]
+    with pytest.raises(
+        ValueError, match=r"no 'test' list .*add a 'test' list to evaluate on, or .*--eval_split val"
+    ):
+        prepare_data("nnunet", own_root, no_test, splits=["test"], check=False)
 
 
 def test_a_split_of_your_own_is_refused_when_unclear(own_root, tmp_path):

@@ -407,8 +407,11 @@ def split_entries(
                 "lists, no 'fold' fields): pass --fold 0, or give each training entry a 'fold' (python -m "
                 "pam_monai datalist writes them) to cross-validate"
             )
-        if key not in data:
-            raise ValueError(f"{spec.name}: {where}: no '{key}' list; its keys: {', '.join(map(repr, data))}")
+        if key not in data:  # only 'test' can be missing: the others make the split
+            raise ValueError(
+                f"{spec.name}: {where}: no '{key}' list (a split of your own: 'training' and 'validation' only); "
+                "add a 'test' list to evaluate on, or score the validation cases with --eval_split val"
+            )
         return list(data[key])
     if spec.name in FOLDED and key != "training" and key in data:
         return list(data[key])  # an explicit list (an external test set) beside or instead of the folds
