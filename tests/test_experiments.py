@@ -1739,3 +1739,16 @@ def test_num_workers_tells_runs_apart_with_train_transforms(tmp_path, monkeypatc
         run_experiment(
             **{**common, "num_workers": 2}, output=str(tmp_path / "augmented"), train_transforms=noise
         )
+
+
+def test_folds_follow_the_datalist_s_number_of_folds(tmp_path):
+    # a datalist built with 3 folds: 'all' is its 3 folds (not 0..4, where folds 3 and 4 failed in
+    # the grid's fourth run), and fold 3 is refused up front naming the datalist
+    path = tmp_path / "three_folds.json"
+    path.write_text(
+        json.dumps({"n_folds": 3, "training": [{"image": "a.nii.gz", "label": "b.nii.gz", "fold": 0}]})
+    )
+    assert runner_module._folds("all", "brats", str(path)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="has 3 folds 0..2"):
+        runner_module._folds("0,3", "brats", str(path))
+    assert runner_module._folds("all", "brats") == [0, 1, 2, 3, 4]

@@ -46,7 +46,7 @@ from typing import Any
 
 from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
-from ..data.datalist import FOLDED, own_split
+from ..data.datalist import FOLDED, datalist_n_folds, load_datalist, own_split
 from ..engines import as_bool, atomic_write_text, close_writers
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
@@ -246,8 +246,9 @@ def _folds(folds, dataset: str, datalist=None) -> list[int]:
     """The grid's folds; a datalist of the user's own split (``datalist``: its path) has one,
     fold 0, as the data sets with fixed lists."""
     fixed = dataset in FOLDED and _own_split(dataset, datalist)
+    n_folds = _datalist_folds(datalist)
     if str(folds).strip().lower() == "all":
-        out = list(range(5)) if dataset in FOLDED and not fixed else [0]
+        out = list(range(n_folds)) if dataset in FOLDED and not fixed else [0]
     else:
         out = [int(f) for f in _as_list(folds, "folds")]
     if not out or len(set(out)) != len(out):
@@ -259,12 +260,24 @@ def _folds(folds, dataset: str, datalist=None) -> list[int]:
             "writes them) to cross-validate"
         )
     if dataset in FOLDED:
-        bad = [f for f in out if not 0 <= f < 5]
+        bad = [f for f in out if not 0 <= f < n_folds]
         if bad:
-            raise ValueError(f"{dataset} folds are 0..4, got {bad}")
+            where = f"{datalist} has {n_folds} folds" if datalist else f"{dataset} folds are"
+            raise ValueError(f"--folds: {where} 0..{n_folds - 1}, got {bad}")
     elif out != [0]:
         raise ValueError(f"{dataset} has one fixed split (fold 0 only), got folds {out}")
     return out
+
+
+def _datalist_folds(datalist) -> int:
+    """The number of folds of the cross-validation datalist ``datalist`` (a path, or None: the
+    datalist command's default, 5); one that cannot be read is named by the data preparation."""
+    if not datalist:
+        return 5
+    try:
+        return datalist_n_folds(load_datalist(datalist))
+    except (OSError, ValueError):
+        return 5
 
 
 def _own_split(dataset: str, datalist) -> bool:
