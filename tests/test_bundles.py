@@ -1893,6 +1893,35 @@ def test_command_line_values_of_the_wrong_kind_are_refused_by_id(
     create_workflow(config_file=paths, **common, **{next(iter(flag)): ok})  # a value of the right kind passes
 
 
+@pytest.mark.parametrize(
+    "key, value, parsed",
+    [
+        ("seed", "$1 + 1", 2),
+        ("num_workers", "$min(1, 2)", 1),
+        ("fold", "@data_seed", 0),
+        ("resume", "$False", False),
+    ],
+)
+def test_command_line_expressions_and_references_pass_the_kind_check(
+    key, value, parsed, tmp_path, monkeypatch
+):
+    """MONAI resolves an override that is an expression or a reference (``--seed '$1 + 1'``,
+    ``--fold @data_seed``) before anything reads it; the kind check of the command-line values took
+    the text itself for the value and refused it ("not a whole number", "not a true/false flag")."""
+    import monai.bundle.__main__ as cli
+    from monai.bundle.scripts import create_workflow
+
+    paths = configs("brats_fpa", "train.json")
+    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
+    common = {
+        "bundle_root": str(tmp_path),
+        "logging_file": False,
+        "network_options": SMALL["network_options"],
+    }
+    workflow = create_workflow(config_file=paths, **common, **{key: value})
+    assert workflow.parser.get_parsed_content(key) == parsed
+
+
 @pytest.mark.parametrize("file", ["train.json", "inference.json"])
 @pytest.mark.parametrize(
     "device, named",

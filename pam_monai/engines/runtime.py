@@ -308,6 +308,9 @@ def _check_flag_values(parser, overrides: dict) -> None:
     import json
 
     flags = set(re.findall(r"as_bool\(@(\w+)\)", json.dumps(parser.get())))
+    # an expression or a reference (--seed '$1+1', --resume @fast) is MONAI's to resolve: its value
+    # is checked where it is read, as a default's is
+    overrides = {key: value for key, value in overrides.items() if not _is_config_syntax(value)}
     bad = {
         key: value
         for key, value in overrides.items()
@@ -328,6 +331,13 @@ def _check_flag_values(parser, overrides: dict) -> None:
 # ids read as whole numbers >= 0 without a check of their own: int() said "invalid literal for int()
 # with base 10: 'abc'" naming no id (the others, e.g. epochs and batch_size, have their checks)
 _COUNTS = ("seed", "data_seed", "fold", "num_workers")
+
+
+def _is_config_syntax(value) -> bool:
+    """Whether MONAI reads ``value`` as an expression, a reference or a macro, not as it is."""
+    from monai.bundle.utils import EXPR_KEY, ID_REF_KEY, MACRO_KEY
+
+    return isinstance(value, str) and value.startswith((EXPR_KEY, ID_REF_KEY, MACRO_KEY))
 
 
 def _is_count(value) -> bool:
