@@ -316,6 +316,17 @@ def test_datasets_still_take_their_entries_as_items(items):
         CaseDataset(items["isles"], "isles", items=items["isles"])
 
 
+@pytest.mark.parametrize("given, kept", [("false", False), ("true", True), (False, False)])
+def test_case_dataset_cache_takes_a_command_line_flag(items, given, kept):
+    """``--validate#dataset#cache false`` arrives as the string "false" (the override check takes it
+    for a true/false flag): CaseDataset took it for true and kept every case in memory."""
+    from pam_monai.engines.data import CaseDataset
+
+    ds = CaseDataset(items["isles"], "isles", cache=given)
+    ds[0]
+    assert (ds._cache is not None and len(ds._cache) == 1) is kept
+
+
 def test_cache_headers_are_parsed_one_thread_at_a_time(items, tmp_path, monkeypatch):
     """numpy parses a .npy header with ast.literal_eval; CPython 3.11's AST builder shares its
     recursion depth between threads, so the preparing threads parsing headers at once raised a rare

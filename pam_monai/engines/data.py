@@ -235,7 +235,8 @@ class CaseDataset(torch.utils.data.Dataset):
         self.items = [dict(it) for it in data_argument(data, items, type(self).__name__)]
         self.spec = get_spec(dataset)
         self.foreground_label = foreground_label
-        self._cache: dict[int, dict] = {} if cache else None  # type: ignore[assignment]
+        # as_bool: --validate#dataset#cache false arrives as the string "false", which is truthy
+        self._cache: dict[int, dict] = {} if as_bool(cache) else None  # type: ignore[assignment]
 
     def __len__(self) -> int:
         return len(self.items)
