@@ -1558,6 +1558,30 @@ def test_a_split_of_your_own_is_used_as_written(own_root, tmp_path):
         prepare_data("nnunet", own_root, no_test, splits=["test"], check=False)
 
 
+def test_an_experiment_on_a_split_of_your_own_without_a_test_list_is_refused_up_front(own_root, tmp_path):
+    """A grid scores every run on its test split: a split of your own without a 'test' list was
+    refused by the data preparation with advice the grid refuses (``--eval_split val``)."""
+    from pam_monai.experiments.runner import run_experiment
+
+    path = _own_split(own_root, tmp_path / "mine.json", training=[0, 1, 2], validation=[3])
+    with pytest.raises(ValueError) as err:
+        run_experiment(
+            "nnunet",
+            networks="fpa",
+            folds="all",
+            output=str(tmp_path / "out"),
+            figures=False,
+            dataset_dir=str(own_root),
+            data_list_file_path=str(path),
+        )
+    assert str(err.value) == (
+        f"{path} gives a split of its own without a 'test' list, and a grid scores every run on its test split: "
+        "add a 'test' list of the cases to score, or train and evaluate with the bundle (evaluate.json "
+        "--eval_split val scores the validation cases)"
+    )
+    assert not (tmp_path / "out").exists()  # refused before any run
+
+
 def test_a_split_of_your_own_is_refused_when_unclear(own_root, tmp_path):
     """A case in two lists, a 'training' list with some entries with a 'fold' and some without,
     and no 'fold' and no 'validation' list are refused, each saying what to do."""

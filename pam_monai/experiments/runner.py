@@ -269,6 +269,19 @@ def _folds(folds, dataset: str, datalist=None) -> list[int]:
     return out
 
 
+def _check_own_test_list(dataset: str, datalist) -> None:
+    """Refuse, before any run, a datalist of the user's own split without a 'test' list: a grid
+    scores every run on the test split (the data preparation's advice, ``--eval_split val``, is
+    refused for a grid)."""
+    if not (dataset in FOLDED and _own_split(dataset, datalist)) or "test" in load_datalist(datalist):
+        return
+    raise ValueError(
+        f"{datalist} gives a split of its own without a 'test' list, and a grid scores every run on its test "
+        "split: add a 'test' list of the cases to score, or train and evaluate with the bundle (evaluate.json "
+        "--eval_split val scores the validation cases)"
+    )
+
+
 def _datalist_folds(datalist) -> int:
     """The number of folds of the cross-validation datalist ``datalist`` (a path, or None: the
     datalist command's default, 5); one that cannot be read is named by the data preparation."""
@@ -789,6 +802,7 @@ def run_experiment(
         ]
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset, overrides.get("data_list_file_path"))
+    _check_own_test_list(dataset, overrides.get("data_list_file_path"))
     output_dir = check_writable(Path(output).resolve(), "--output DIR")
     output_dir.mkdir(parents=True, exist_ok=True)
     bad = sorted(set(overrides) & set(RESERVED))
