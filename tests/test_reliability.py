@@ -966,11 +966,15 @@ def test_isles_inference_finds_the_testing_cases(tmp_path, caplog):
         ),
         (lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()}, r"every key starts with '_orig_mod.'"),
         (
+            lambda sd: {f"module._orig_mod.{k}": v for k, v in sd.items()},
+            r"every key starts with 'module._orig_mod.' .*removeprefix\('module._orig_mod.'\)",
+        ),
+        (
             lambda sd: {"state_dict": sd, "epoch": 3},
             r"the weights are its entry 'state_dict' .*torch.load\(path\)\['state_dict'\]",
         ),
     ],
-    ids=["ddp", "compiled", "nested"],
+    ids=["ddp", "compiled", "compiled_in_ddp", "nested"],
 )
 def test_weights_in_another_layout_name_the_layout_not_the_network(tmp_path, layout, expected):
     """The right weights saved from a wrapped network, or nested in another tool's checkpoint, were

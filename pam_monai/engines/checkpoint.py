@@ -680,6 +680,17 @@ def _say_kept_settings(asked: list[dict], groups: list[dict]) -> None:
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+def _wrapper_prefix(state: dict) -> str:
+    """The wrappers' prefixes that every key of ``state`` starts with, nested as saved
+    (``module._orig_mod.``: a compiled network in DistributedDataParallel), or ``""``."""
+    prefix = ""
+    while True:
+        more = next((p for p in _WRAPPER_PREFIXES if all(str(k).startswith(prefix + p) for k in state)), None)
+        if more is None:
+            return prefix
+        prefix += more
+
+
 def _layout_hint(state, own: dict) -> str | None:
     """The fix for a state dict that holds the right weights in another layout, which
     ``check_weights`` would otherwise blame on the network ("81 missing, 81 unexpected: pass the
@@ -687,13 +698,13 @@ def _layout_hint(state, own: dict) -> str | None:
     nested in a training checkpoint of another tool (``{"state_dict": ..., "epoch": ...}``)."""
     if not isinstance(state, dict) or not state:
         return None
-    for prefix in _WRAPPER_PREFIXES:
-        if all(k.startswith(prefix) for k in state) and {k[len(prefix) :] for k in state} == set(own):
-            return (
-                f"every key starts with {prefix!r} (saved from a wrapped network: DistributedDataParallel, "
-                f"DataParallel or torch.compile): save the unwrapped network's state_dict(), or strip it: "
-                f"s = torch.load(path); torch.save({{k.removeprefix({prefix!r}): v for k, v in s.items()}}, path)"
-            )
+    prefix = _wrapper_prefix(state)
+    if prefix and {k[len(prefix) :] for k in state} == set(own):
+        return (
+            f"every key starts with {prefix!r} (saved from a wrapped network: DistributedDataParallel, "
+            f"DataParallel or torch.compile): save the unwrapped network's state_dict(), or strip it: "
+            f"s = torch.load(path); torch.save({{k.removeprefix({prefix!r}): v for k, v in s.items()}}, path)"
+        )
     nested = [k for k, v in state.items() if isinstance(v, dict) and set(own) <= set(v)]
     if nested:
         return (
