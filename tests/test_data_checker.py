@@ -680,3 +680,32 @@ def test_unlabelled_check_of_cityscapes_covers_the_test_split(pristine, tmp_path
     (problem,) = check_dataset("cityscapes", root, labels=False).problems
     assert (problem.case, problem.file) == ("berlin_000000_000019", test.name), problem
     assert problem.message.startswith("expected an RGB image, got shape (32, 64)"), problem
+
+
+def test_a_fold_without_cases_is_named(brats, tmp_path):
+    """A hand-made datalist with folds 0..2 and no 'n_folds' (so 5) passed the check, and the run on
+    fold 2 was validated on fold 3: no case."""
+    from pam_monai.data import build_datalist
+
+    datalist = build_datalist("brats", brats)
+    assert len(datalist["training"]) >= 3
+    datalist.pop("n_folds", None)
+    for n, entry in enumerate(datalist["training"]):
+        entry["fold"] = n % 3
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    report = check_dataset("brats", brats, datalist=path)  # the whole list: warned, its fold 0 runs
+    assert not report.problems
+    assert [str(w) for w in report.warnings if w.case == "n_folds"] == [
+        f"n_folds: {path}: no 'n_folds' (so 5), but no training entry has fold 3, 4: the runs on folds 2, 3, 4 "
+        "would be tested or validated on no case; set 'n_folds' to the number of folds the entries use, or "
+        "rebuild the folds with python -m pam_monai datalist"
+    ]
+    # a run reads its own folds alone: fold 0's (test 0, validation 1) are there, fold 2's are not
+    assert (
+        messages(check_dataset("brats", brats, datalist=path, datalist_splits=["val", "test"], fold=0)) == []
+    )
+    assert len(messages(check_dataset("brats", brats, datalist=path, datalist_splits=["val"], fold=2))) == 1
+    path.write_text(json.dumps({**datalist, "n_folds": 3}))  # a 3-fold list, as the datalist command writes
+    report = check_dataset("brats", brats, datalist=path)
+    assert not report.problems and not [w for w in report.warnings if w.case == "n_folds"]

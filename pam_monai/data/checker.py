@@ -718,10 +718,11 @@ def check_dataset(
         report.cases.append(summary)
         checked[_file_key(case.files().values())] = not problems
     if datalist is not None:
-        problems, report.notes = _check_datalist(
+        problems, report.notes, warnings = _check_datalist(
             spec, datalist, listed, root, allowed, checked, datalist_splits, fold, labels=labels
         )
         report.problems += problems
+        report.warnings += warnings
     if not labels and (scan.cases or datalist is not None):  # an OK must not read as labels that passed
         listed_too = (
             f"; so were the entries of {datalist}, whose 'label' is neither required nor read"
@@ -869,6 +870,44 @@ def _unread_lists(data: dict, where: str) -> list[Problem]:
     return problems
 
 
+def _empty_folds(
+    spec: DatasetSpec, data: dict, n_folds: int | None, where: str, splits=None, fold=0
+) -> list[Problem]:
+    """Runs that would read a split of no case because no training entry has its fold (a hand-made
+    datalist with folds 0..2 and no 'n_folds', which is then 5: the run on fold 2 was validated on
+    fold 3, nothing). With ``splits``: those of ``fold`` alone (a small data set's 5-fold list
+    whose fold 4 is empty still runs fold 0); without: every fold's."""
+    entries = data.get("training")
+    if n_folds is None or not isinstance(entries, list) or not entries:
+        return []
+    used = {e.get("fold") if isinstance(e, dict) else None for e in entries}
+    if not all(type(f) is int and 0 <= f < n_folds for f in used):
+        return []  # an entry without a fold, or with one beyond n_folds, is named by itself
+    empty = [f for f in range(n_folds) if f not in used]
+    runs = range(n_folds) if splits is None else (list(fold) if isinstance(fold, (list, tuple)) else [fold])
+    reads = ("test", "val") if splits is None else [s for s in splits if s in ("test", "val")]
+    hit = sorted(
+        {
+            f
+            for f in runs
+            if ("test" in reads and f in empty) or ("val" in reads and (f + 1) % n_folds in empty)
+        }
+    )
+    if not hit:
+        return []
+    given = f"'n_folds' {n_folds}" if "n_folds" in data else f"no 'n_folds' (so {n_folds})"
+    run = f"the run on fold {hit[0]}" if len(hit) == 1 else f"the runs on folds {', '.join(map(str, hit))}"
+    return [
+        Problem(
+            "n_folds",
+            where,
+            f"{given}, but no training entry has fold {', '.join(map(str, empty))}: {run} would be tested or "
+            "validated on no case; set 'n_folds' to the number of folds the entries use, or rebuild the folds "
+            "with python -m pam_monai datalist",
+        )
+    ]
+
+
 def _check_datalist(
     spec: DatasetSpec,
     path,
@@ -879,14 +918,15 @@ def _check_datalist(
     splits=None,
     fold: int | Sequence[int] = 0,
     labels: bool = True,
-) -> tuple[list[Problem], list[str]]:
+) -> tuple[list[Problem], list[str], list[Problem]]:
     """Problems of the entries of the datalist ``data`` read from ``path``, each naming the datalist
     and the case: what would otherwise surface only when training, validation or evaluation first
     loads that case. Files that are not exactly those of a case already checked (``checked``) are read.
     With ``splits``, the files and labels only of the entries of those splits of ``fold``.
     ``labels=False`` (an unlabelled set): the images alone, as inference reads them; an entry's
     'label' is neither required nor read. Also returns notes: the likely cause of many problems,
-    which is no case's."""
+    which is no case's; and warnings: folds without cases, when the whole list is checked (with
+    ``splits``, a run's own empty split is a problem)."""
     where = str(path)
     expected = _image_files(spec)
     names = ", ".join(repr(c) for c in spec.channels)
@@ -894,6 +934,7 @@ def _check_datalist(
     ordered = {tuple(sorted(key)) for key in checked}  # the same files in another order
     n_folds = _n_folds(spec, data, where, problems)
     problems += _unread_lists(data, where)
+    empty_folds = _empty_folds(spec, data, n_folds, where, splits, fold)
     read = _entries_read(spec, data, splits, fold)
     for key in ("training", "validation", "test"):
         entries = data.get(key, [])
@@ -1009,4 +1050,6 @@ def _check_datalist(
             f"{where}: {absent} cases not on disk under the data root {root}: is it the folder the datalist's paths "
             "are relative to? With only some of the cases, keep the entries whose files exist (data_lists/README.md)"
         )
-    return problems, notes
+    if splits is None:  # the whole list: a warning (a small set's 5-fold list still runs its first folds)
+        return problems, notes, empty_folds
+    return problems + empty_folds, notes, []
