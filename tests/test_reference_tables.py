@@ -5,24 +5,38 @@ the baselines' attention modules at their positions): an independent functional 
 Parameter counts and shapes cannot see wiring mistakes such as the authors' decoder defect
 (REFERENCE.md section 7: the bottleneck up-sampled and centre-cropped, so the decoder sees half
 of it, zoomed and misaligned), a swapped concatenation order, a missing residual or a wrong
-stride/dilation: these tests do.
+stride/dilation: these tests do. In 3-D too (``spatial_dims=3``: every convolution a cube of the
+2-D kernel, trilinear up-sampling, pooling over all three axes), where only shapes were checked,
+so a 3-D-only wiring mistake (a pool over two of the three axes, an anisotropic stride or kernel)
+would have passed.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pam_monai.networks import get_network
+from pam_monai.engines.runtime import fast_network
+from pam_monai.networks import NETWORKS, get_network
 
 SMALL = {"features": (8, 16, 16, 32)}
 
 
+def _spatial(x: torch.Tensor) -> tuple[int, ...]:
+    """The spatial axes of ``x`` (2 or 3 of them)."""
+    return tuple(range(2, x.dim()))
+
+
 def _conv(p: dict, name: str, x, stride=1, dilation=1, groups=1, pad=True):
+    """A square (2-D) or cubic (3-D) convolution with "same" padding along every axis."""
     w = p[f"{name}.conv.weight"]
+    assert w.dim() == x.dim() and len(set(w.shape[2:])) == 1, f"{name}: a {tuple(w.shape)} kernel"
     padding = dilation * (w.shape[-1] - 1) // 2 if pad else 0
-    return F.conv2d(x, w, p.get(f"{name}.conv.bias"), stride, padding, dilation, groups)
+    conv = F.conv2d if x.dim() == 4 else F.conv3d
+    return conv(x, w, p.get(f"{name}.conv.bias"), stride, padding, dilation, groups)
 
 
 def _cna(p, name, x, stride=1, dilation=1, groups=1):
@@ -37,8 +51,10 @@ def _double(p, name, x, stride=1, dilation=1):
 
 
 def _up(x, like):
-    """Bilinear, align_corners=True, to the skip's size: the WHOLE bottleneck, nothing cropped."""
-    return F.interpolate(x, size=like.shape[2:], mode="bilinear", align_corners=True)
+    """Bilinear (3-D: trilinear), align_corners=True, to the skip's size: the WHOLE bottleneck,
+    nothing cropped."""
+    mode = "bilinear" if x.dim() == 4 else "trilinear"
+    return F.interpolate(x, size=like.shape[2:], mode=mode, align_corners=True)
 
 
 def _fpa(p, name, x, stride, dilation=9):
@@ -62,7 +78,7 @@ def _rfna(p, name, x, stride):
 
 def _scse(p, name, x):
     """sigmoid(conv1x1(C->1)) * x + sigmoid(conv1x1(C/8->C)(ReLU(conv1x1(C->C/8)(avgpool x)))) * x."""
-    pooled = x.mean(dim=(2, 3), keepdim=True)
+    pooled = x.mean(dim=_spatial(x), keepdim=True)
     channel = torch.sigmoid(_conv(p, f"{name}.channel.1", F.relu(_conv(p, f"{name}.channel.0", pooled))))
     return torch.sigmoid(_conv(p, f"{name}.spatial", x)) * x + channel * x
 
@@ -74,19 +90,22 @@ def _cbam(p, name, x):
     def mlp(t):
         return _conv(p, f"{name}.mlp.1", F.relu(_conv(p, f"{name}.mlp.0", t)))
 
-    y = torch.sigmoid(mlp(x.mean(dim=(2, 3), keepdim=True)) + mlp(x.amax(dim=(2, 3), keepdim=True))) * x
+    axes = _spatial(x)
+    y = torch.sigmoid(mlp(x.mean(dim=axes, keepdim=True)) + mlp(x.amax(dim=axes, keepdim=True))) * x
     stats = torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], 1)
     return torch.sigmoid(_conv(p, f"{name}.spatial", stats)) * y + x
 
 
 def _gc(p, name, x):
-    """context = sum over HW of softmax(conv1x1(C->1)(x)) * x; conv1x1(C->C/8) -> LayerNorm(C/8,
-    affine) -> ReLU -> conv1x1(C/8->C); output = t * x + x."""
+    """context = sum over HW (3-D: DHW) of softmax(conv1x1(C->1)(x)) * x; conv1x1(C->C/8) ->
+    LayerNorm(C/8, affine) -> ReLU -> conv1x1(C/8->C); output = t * x + x."""
+    ones = (1,) * len(_spatial(x))
     weights = torch.softmax(_conv(p, f"{name}.key", x).flatten(2), dim=-1)  # B x 1 x HW
-    context = (x.flatten(2) * weights).sum(-1)[..., None, None]  # B x C x 1 x 1
+    context = (x.flatten(2) * weights).sum(-1).reshape(x.shape[:2] + ones)  # B x C x 1 x 1
     t = _conv(p, f"{name}.reduce", context)
+    shape = t.shape
     t = F.layer_norm(t.flatten(1), t.shape[1:2], p[f"{name}.norm.weight"], p[f"{name}.norm.bias"], eps=1e-5)
-    t = _conv(p, f"{name}.expand", F.relu(t)[..., None, None])
+    t = _conv(p, f"{name}.expand", F.relu(t).reshape(shape))
     return t * x + x
 
 
@@ -133,7 +152,7 @@ def reference_forward(net: torch.nn.Module, kind: str, x: torch.Tensor) -> torch
         else:  # [up-sampled, skip]
             merged = torch.cat([up, skip], 1)
         y = att(f"d{level}", _double(p, f"d{level}", merged))
-    out = F.conv2d(y, p["head.conv.weight"])
+    out = _conv(p, "head", y)
     return -out if kind == "rfna" else out  # RFNA returns foreground logits (negated head)
 
 
@@ -148,6 +167,67 @@ def test_network_computes_the_reference_layer_table(kind):
             prm.add_(0.1 * torch.randn_like(prm))
         x = torch.randn(2, 3, 72, 80)
         torch.testing.assert_close(net(x), reference_forward(net, kind, x), rtol=1e-4, atol=1e-4)
+
+
+# 3-D: RFNA's attention branch down-samples the bridge 64x, so one axis is longer than 64; every
+# axis another size, so that swapped or dropped axes change the output
+SHAPE_3D = (1, 3, 12, 18, 66)
+# the global-context bottleneck C/8 must be >= 3 wide to be C/8: wider for the attention baselines
+WIDTHS_3D = {"features": (4, 8, 8, 16)}
+WIDTHS_3D_GC = {"features": (24, 24, 32, 32)}
+
+
+def _perturbed_3d(kind: str, **options) -> torch.nn.Module:
+    """A small 3-D network (float64) whose norms and biases are non-trivial (random offsets)."""
+    torch.manual_seed(0)
+    widths = WIDTHS_3D_GC if kind in ATTENTION else WIDTHS_3D
+    net = get_network(kind, spatial_dims=3, in_channels=3, out_channels=1, **widths, **options)
+    net = net.double().eval()
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    return net
+
+
+@pytest.mark.parametrize("kind", list(NETWORKS))
+def test_3d_network_computes_the_reference_layer_table(kind):
+    """Every registered network in 3-D is its 2-D layer table with cubic kernels, trilinear
+    up-sampling and pooling over D, H and W (float64: a wrong eps or axis shows at 1e-10)."""
+    net = _perturbed_3d(kind)
+    x = torch.randn(SHAPE_3D, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference_forward(net, kind, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("resize", ["gather", "matmul"])
+@pytest.mark.parametrize("kind", ["unet", "fpa", "rfna", "aunet", *ATTENTION])
+def test_3d_fast_network_computes_the_reference_layer_table(kind, resize):
+    """The fast path's 3-D routes (FastInstanceNorm3d's statistics on channels-last-3d tensors, the
+    gather and matmul trilinear resizes, FPA's contiguous attention branch) compute the table too:
+    test_fast_path compares them with the plain network, which shares any wiring mistake."""
+    net = _perturbed_3d(kind)
+    fast = fast_network(
+        copy.deepcopy(net), channels_last=True, fast_norm=True, resize=resize, contiguous_attention=True
+    )
+    x = torch.randn(SHAPE_3D, dtype=torch.float64)
+    # linear_resize's interpolation weights are float32 (7e-8 off here); matmul_resize's exact
+    tol = 1e-6 if resize == "gather" else 1e-10
+    with torch.no_grad():
+        y = fast(x.contiguous(memory_format=torch.channels_last_3d))
+        torch.testing.assert_close(y, reference_forward(net, kind, x), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind", list(NETWORKS))
+def test_3d_layers_are_the_2d_layers_with_cubic_kernels(kind):
+    """A 3-D network has the 2-D network's parameters, each convolution's k x k kernel a k x k x k
+    one (the re-statement derives padding from the kernel, so an anisotropic 3x3x1 kernel that kept
+    its output size would pass it; 2-D kernels are pinned by REFERENCE.md's parameter counts)."""
+    widths = WIDTHS_3D_GC if kind in ATTENTION else WIDTHS_3D
+    flat = get_network(kind, spatial_dims=2, in_channels=3, out_channels=1, **widths)
+    cube = get_network(kind, spatial_dims=3, in_channels=3, out_channels=1, **widths)
+    shapes = {n: tuple(q.shape) for n, q in flat.named_parameters()}
+    expected = {n: s + s[-1:] if len(s) == 4 else s for n, s in shapes.items()}
+    assert {n: tuple(q.shape) for n, q in cube.named_parameters()} == expected
 
 
 def test_the_decoder_sees_the_whole_bottleneck():
@@ -247,6 +327,7 @@ def _rfna_variant(p, name, x, stride, ratio, depthwise):
     return f * a + f
 
 
+@pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize(
     "kind,options",
     [
@@ -257,19 +338,24 @@ def _rfna_variant(p, name, x, stride, ratio, depthwise):
         ("rfna", {"ratio": 2, "depthwise": False}),
     ],
 )
-def test_ablation_variants_compute_the_reference_formula(kind, options):
+def test_ablation_variants_compute_the_reference_formula(kind, options, dims):
     """The default rows alone would not see an ablation knob that is ignored or mis-wired (the
     second dilated convolution keeping dilation 9, the shared convolution's second norm and ReLU in
-    the wrong order, a ratio that keeps one down-sampling too many)."""
-    torch.manual_seed(0)
-    net = get_network(kind, spatial_dims=2, in_channels=3, out_channels=1, **SMALL, **options).eval()
+    the wrong order, a ratio that keeps one down-sampling too many); in 3-D too (float64 there)."""
+    if dims == 2:
+        torch.manual_seed(0)
+        net = get_network(kind, spatial_dims=2, in_channels=3, out_channels=1, **SMALL, **options).eval()
+        with torch.no_grad():
+            for prm in net.parameters():
+                prm.add_(0.1 * torch.randn_like(prm))
+        x, tol = torch.randn(2, 3, 72, 80), 1e-4
+    else:
+        net = _perturbed_3d(kind, **options)
+        x, tol = torch.randn(SHAPE_3D, dtype=torch.float64), 1e-10
     fpa = {"dilation": 9, "shared": False, "depthwise": True, **options}
     rfna = {"ratio": 8, "depthwise": True, **options}
     with torch.no_grad():
-        for prm in net.parameters():
-            prm.add_(0.1 * torch.randn_like(prm))
         p = dict(net.named_parameters())
-        x = torch.randn(2, 3, 72, 80)
 
         def enc(name, t, stride):
             if name == "c1":
@@ -284,5 +370,5 @@ def test_ablation_variants_compute_the_reference_formula(kind, options):
         y = enc("bridge", enc("c4", e3, 2), 1)
         for level, skip in (("3", e3), ("2", e2), ("1", e1)):
             y = _double(p, f"d{level}", torch.cat([_up(y, skip), skip], 1))
-        out = F.conv2d(y, p["head.conv.weight"])
-        torch.testing.assert_close(net(x), -out if kind == "rfna" else out, rtol=1e-4, atol=1e-4)
+        out = _conv(p, "head", y)
+        torch.testing.assert_close(net(x), -out if kind == "rfna" else out, rtol=tol, atol=tol)
