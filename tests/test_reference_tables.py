@@ -199,13 +199,19 @@ def test_3d_network_computes_the_reference_layer_table(kind):
         torch.testing.assert_close(net(x), reference_forward(net, kind, x), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("resize", ["gather", "matmul"])
+@pytest.mark.parametrize(
+    "resize,impl", [("gather", "var_mean"), ("matmul", "shifted_sums"), ("matmul", "auto")]
+)
 @pytest.mark.parametrize("kind", ["unet", "fpa", "rfna", "aunet", *ATTENTION])
-def test_3d_fast_network_computes_the_reference_layer_table(kind, resize):
-    """The fast path's 3-D routes (FastInstanceNorm3d's statistics on channels-last-3d tensors, the
-    gather and matmul trilinear resizes, FPA's contiguous attention branch) compute the table too:
-    test_fast_path compares them with the plain network, which shares any wiring mistake."""
-    net = _perturbed_3d(kind)
+def test_3d_fast_network_computes_the_reference_layer_table(kind, resize, impl):
+    """The fast path's 3-D routes (FastInstanceNorm3d's statistics, the gather and matmul trilinear
+    resizes, FPA's contiguous attention branch, channels-last-3d) compute the table too:
+    test_fast_path compares them with the plain network, which shares any wiring mistake. The CPU's
+    ``auto`` norm takes ``F.group_norm`` here (float64 convolutions come out contiguous), so the
+    GPU's statistics routes (``var_mean``, ``shifted_sums``) are named: statistics over D and H
+    only passed the auto route."""
+    options = {} if impl == "auto" else {"norm": ("instance_fast", {"affine": True, "impl": impl})}
+    net = _perturbed_3d(kind, **options)
     fast = fast_network(
         copy.deepcopy(net), channels_last=True, fast_norm=True, resize=resize, contiguous_attention=True
     )
