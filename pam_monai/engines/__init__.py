@@ -2,6 +2,7 @@
 training loaders, slice-wise inference, per-case metrics, checkpoints, progress and run set-up."""
 
 from ..atomic import atomic_write_text
+from ..runlock import RunLockError, hold_training_lock, release_training_locks
 from .batch import FlipPrepareBatch
 from .checkpoint import (
     BestCheckpoint,
@@ -64,6 +65,9 @@ from .runtime import (
 )
 
 __all__ = [
+    "RunLockError",
+    "hold_training_lock",
+    "release_training_locks",
     "BestCheckpoint",
     "CaseDataset",
     "Bf16WithoutLossScaling",

@@ -1,0 +1,127 @@
+"""One training per output folder: a second one is refused at its start (pam_monai.runlock)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pam_monai import runlock
+from pam_monai.runlock import LOCK_NAME, RunLockError, hold_training_lock, release_training_locks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_lock(folder: Path, pid: int, host: str = runlock._HOST, **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = {
+        "pid": pid,
+        "host": host,
+        "hostname": "node7" if host != runlock._HOST else "here",
+        "proc_start": runlock._proc_start(pid),
+        "started": "2026-01-02T03:04:05+0000",
+        "token": "other",
+        **extra,
+    }
+    path = folder / LOCK_NAME
+    path.write_text(json.dumps(holder), encoding="utf-8")
+    return path
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture(autouse=True)
+def _release():
+    yield
+    release_training_locks()
+
+
+def test_second_training_in_the_folder_is_refused_naming_the_holder(tmp_path):
+    live = os.getppid()  # another live process on this host: the first training
+    path = _write_lock(tmp_path / "models", live)
+    with pytest.raises(RunLockError) as e:
+        hold_training_lock(tmp_path / "models", tmp_path / "eval")
+    message = str(e.value)
+    assert str(tmp_path / "models") in message
+    assert f"process {live} on here, started 2026-01-02T03:04:05+0000" in message
+    assert "--bundle_root" in message
+    assert json.loads(path.read_text())["token"] == "other"  # the holder's lock is left alone
+    assert not (tmp_path / "eval" / LOCK_NAME).exists()
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    held = hold_training_lock(tmp_path / "models", tmp_path / "eval", tmp_path / "models", None)
+    assert held == [tmp_path / "models" / LOCK_NAME, tmp_path / "eval" / LOCK_NAME]
+    holder = json.loads(held[0].read_text())
+    assert holder["pid"] == os.getpid() and holder["host"] == runlock._HOST
+    release_training_locks()
+    assert not any(p.exists() for p in held)
+
+
+def test_a_failure_on_the_second_folder_releases_the_first(tmp_path):
+    _write_lock(tmp_path / "eval", os.getppid())
+    with pytest.raises(RunLockError, match="eval"):
+        hold_training_lock(tmp_path / "models", tmp_path / "eval")
+    assert not (tmp_path / "models" / LOCK_NAME).exists()
+
+
+def test_lock_of_a_dead_process_is_broken(tmp_path):
+    _write_lock(tmp_path / "models", _dead_pid())
+    (path,) = hold_training_lock(tmp_path / "models")
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [LOCK_NAME]  # nothing left aside
+
+
+def test_lock_of_a_reused_pid_is_broken(tmp_path):
+    _write_lock(tmp_path / "models", os.getppid(), proc_start="1")  # alive, but started at another time
+    (path,) = hold_training_lock(tmp_path / "models")
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_lock_of_another_host_is_reported_never_broken(tmp_path):
+    path = _write_lock(tmp_path / "models", _dead_pid(), host="node7-ns1")
+    old = time.time() - 30 * 3600
+    os.utime(path, (old, old))
+    with pytest.raises(RunLockError) as e:
+        hold_training_lock(tmp_path / "models")
+    assert "on node7" in str(e.value)
+    assert "it is 30 hours old" in str(e.value) and f"delete {path}" in str(e.value)
+    assert json.loads(path.read_text())["token"] == "other"
+
+
+def test_release_leaves_a_lock_that_another_process_took_over(tmp_path):
+    (path,) = hold_training_lock(tmp_path / "models")
+    _write_lock(tmp_path / "models", os.getppid())  # broken and retaken meanwhile
+    release_training_locks()
+    assert json.loads(path.read_text())["token"] == "other"
+
+
+def test_empty_lock_being_written_is_held(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / LOCK_NAME).write_text("")
+    with pytest.raises(RunLockError, match="names no process"):
+        hold_training_lock(tmp_path / "models")
+
+
+def test_bundle_training_is_refused_while_another_holds_its_folder(tmp_path):
+    """The bundles take the lock before the data and the trainer: nothing is generated or written."""
+    root = tmp_path / "bundle"
+    path = _write_lock(root / "models", os.getpid())  # this test process plays the running training
+    # the child is another process: this one is alive, so its lock holds
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training"]
+    cmd += ["--config_file", str(ROOT / "bundles/brats_fpa/configs/train.json"), "--bundle_root", str(root)]
+    cmd += ["--epochs", "1", "--network_options", '{"features": [4, 8, 8, 8]}']
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0
+    assert f"{root / 'models'}: another training is writing into it (process {os.getpid()}" in out.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["models"]  # no stand-in, no cache, no eval
+    assert sorted(p.name for p in (root / "models").iterdir()) == [LOCK_NAME]
+    assert json.loads(path.read_text())["token"] == "other"
