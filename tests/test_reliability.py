@@ -2073,3 +2073,18 @@ def test_a_validation_bar_keeps_one_label_across_the_training(capsys):
         evaluator.run(global_epoch=epoch)
     lines = [line for line in capsys.readouterr().err.splitlines() if "%|" in line]
     assert {re.match(r"(.*?)\[\d+/2\]", line).group(1) for line in lines} == {"validate: "}, lines
+
+
+def test_a_record_committed_while_it_is_read_is_read_from_its_new_name(tmp_path, monkeypatch):
+    """Evaluation picked the pending record (model.json.pending) while a training committed it
+    (renamed to model.json) before it was read: the record was then missing, and the weights were
+    loaded unchecked. The record is looked up again."""
+    from pam_monai.engines import checkpoint
+
+    weights = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, weights)
+    record = {"run": {"network_name": "fpa"}, "weights_sha256": checkpoint.file_sha256(weights)}
+    (tmp_path / "model.json").write_text(json.dumps(record))
+    picks = iter([tmp_path / "model.json.pending", tmp_path / "model.json"])  # gone by the time it is read
+    monkeypatch.setattr(checkpoint, "_record_path", lambda ckpt_path: next(picks))
+    assert checkpoint.read_run_record(weights) == {"network_name": "fpa"}

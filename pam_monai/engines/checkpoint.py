@@ -576,13 +576,21 @@ def read_run_record(ckpt_path: str | os.PathLike, verify: bool = True) -> dict |
     replaced by hand; ``verify=False`` skips the check); records without a checksum (earlier
     versions) are taken as they are.
     """
-    meta_path = _record_path(ckpt_path)
-    if not meta_path.is_file():
-        return None
+    for again in (True, False):
+        meta_path = _record_path(ckpt_path)
+        try:
+            text = meta_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if again:  # the pending record picked was committed (renamed to model.json) meanwhile
+                continue
+            return None
+        except OSError as e:
+            raise ValueError(f"{meta_path}: unreadable ({e})") from e
+        break
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(text)
         record = meta.get("run") or None
-    except (OSError, ValueError, AttributeError) as e:
+    except (ValueError, AttributeError) as e:
         raise ValueError(f"{meta_path}: unreadable ({e})") from e
     expected = meta.get("weights_sha256")
     if verify and expected and Path(ckpt_path).is_file() and file_sha256(ckpt_path) != expected:
