@@ -1180,6 +1180,57 @@ def test_mlflow_each_evaluation_has_a_run_of_its_own(tmp_path, caplog):
     assert "keeps its parameters" not in caplog.text
 
 
+def test_mlflow_run_of_a_failed_engine_run_ends_failed(tmp_path, caplog):
+    """A training or evaluation whose run raised left its MLflow run RUNNING (MONAI's tracking
+    handler ends it on COMPLETED only), and MONAI continues a named run that is not FINISHED: the
+    next evaluation, of other weights, logged its scores into the failed one's run beside its
+    ckpt_path. TrackingEvery now ends the run FAILED when the engine's run raises (the error goes
+    on unchanged, StatsHandler still logs it), and an evaluation (``end_run``) has a run of its own."""
+    mlflow = pytest.importorskip("mlflow")
+    from ignite.engine import Engine
+    from monai.handlers import MLFlowHandler, StatsHandler
+
+    from pam_monai.engines import TrackingEvery
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    error = RuntimeError("injected failure")
+
+    def engine_run(name: str, params: dict, end_run: bool, fail: bool) -> None:
+        def step(engine, batch):
+            if fail:
+                raise error
+            return {"loss": 1.0}
+
+        engine = Engine(step)
+        StatsHandler(iteration_log=False, name=None).attach(engine)  # the bundles' order; to engine.logger
+        TrackingEvery(params=params, end_run=end_run).attach(engine)
+        MLFlowHandler(
+            tracking_uri=uri,
+            experiment_name=name,
+            run_name=name,
+            iteration_log=False,
+            close_on_complete=not end_run,
+        ).attach(engine)
+        engine.run([0], max_epochs=1)
+
+    def runs(name: str) -> list:
+        found = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        return sorted((r.data.params.get("ckpt_path", ""), r.info.status) for r in found)
+
+    for name, end_run in (("evaluate", True), ("train", False)):
+        with caplog.at_level("ERROR"), pytest.raises(RuntimeError) as raised:
+            engine_run(name, {"ckpt_path": "a.pt"}, end_run, fail=True)
+        assert raised.value is error and str(raised.value) == "injected failure"
+        assert "Exception: injected failure" in caplog.text, caplog.text  # StatsHandler's line
+        assert runs(name) == [("a.pt", "FAILED")]
+        caplog.clear()
+    engine_run("evaluate", {"ckpt_path": "b.pt"}, end_run=True, fail=False)
+    assert runs("evaluate") == [("a.pt", "FAILED"), ("b.pt", "FINISHED")]
+    engine_run("train", {"ckpt_path": "a.pt"}, end_run=False, fail=False)  # resumed: continues its run
+    assert runs("train") == [("a.pt", "FINISHED")]
+
+
 def test_tracking_every_is_inert_without_mlflow(monkeypatch):
     """Without --tracking mlflow the bundles' TrackingEvery must do nothing, MLflow not installed."""
     from ignite.engine import Engine

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -519,14 +520,18 @@ class TrackingEvery:
     bundles name each run) continues its MLflow run, where a changed value (more ``epochs``) was
     refused ("Changing param values is not allowed") and stopped the training. evaluate.json lists
     it among its evaluator's handlers for the parameters alone (what it evaluated: network, weights,
-    data, split, seed, fold): its tracking handler logs no loss.
+    data, split, seed, fold): its tracking handler logs no loss. When the engine's run raises, it
+    ends the run FAILED (MONAI's handler ends it on completion only; it stayed RUNNING), then lets
+    the error go on (:func:`clean_up_on_error`); a resumed training continues its failed run.
 
     Args:
         every: log the loss every ``every`` iterations (and each epoch's first and last).
         params: the run's settings, logged as MLflow parameters.
-        end_run: end the MLflow run when the engine's run completes. MONAI's tracking handler of
-            an evaluator (evaluate.json's, from MONAI's validator settings) leaves it active: the
-            next evaluation, of other weights, continued it and kept the first one's parameters.
+        end_run: start a new MLflow run at the engine's start and end it when the engine's run
+            completes. MONAI's tracking handler of an evaluator (evaluate.json's, from MONAI's
+            validator settings) leaves it active, and continues any named run that is not FINISHED
+            (a failed or killed evaluation's): the next evaluation, of other weights, continued it
+            and kept the first one's parameters.
     """
 
     def __init__(self, every: int = 1, params: dict | None = None, end_run: bool = False) -> None:
@@ -537,6 +542,7 @@ class TrackingEvery:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
         engine.add_event_handler(Events.EPOCH_STARTED, self.log_params)
+        clean_up_on_error(engine, self.end_failed)
 
     @staticmethod
     def _trackers(engine: Engine) -> list:
@@ -551,6 +557,8 @@ class TrackingEvery:
 
     def __call__(self, engine: Engine) -> None:
         for handler in self._trackers(engine):
+            if self.end_run and handler.cur_run is None:
+                self._new_run(handler)
             if self.end_run and not engine.has_event_handler(handler.close, Events.COMPLETED):
                 engine.add_event_handler(Events.COMPLETED, handler.close)  # after its own, which logs
             if handler.iteration_log is True and engine.has_event_handler(
@@ -561,6 +569,28 @@ class TrackingEvery:
                     Events.ITERATION_COMPLETED(event_filter=self.every), handler.iteration_completed
                 )
                 handler.iteration_log = self.every
+
+    @staticmethod
+    def _new_run(handler) -> None:
+        """Give ``handler`` a run of its own before its start: MONAI's continues the latest named
+        run that is not FINISHED, a failed (or killed) evaluation's, whose ``ckpt_path`` it kept."""
+        handler._set_experiment()  # MONAI's own: makes the experiment if need be
+        name = handler.run_name or f"run_{time.strftime('%Y%m%d_%H%M%S')}"  # MONAI's default name
+        handler.cur_run = handler.client.create_run(
+            experiment_id=handler.experiment.experiment_id, run_name=name
+        )
+
+    def end_failed(self, engine: Engine, error: BaseException) -> None:
+        """End each tracking handler's run FAILED when the engine's run raises (MONAI's ends it on
+        COMPLETED only: it stayed RUNNING). A failure here is logged: the run's error goes on."""
+        for handler in self._trackers(engine):
+            try:
+                if handler.cur_run is not None:
+                    handler.client.set_terminated(handler.cur_run.info.run_id, "FAILED")
+                    handler.cur_run = None
+                handler.close()  # releases its SQLite store, as on COMPLETED
+            except Exception as e:  # noqa: BLE001 - the engine's error is the one to report
+                log.warning("MLflow: could not end the failed run as FAILED (%s: %s)", type(e).__name__, e)
 
     def log_params(self, engine: Engine) -> None:
         """Log ``params`` into each tracking handler's run, but those it has logged (once a run)."""
