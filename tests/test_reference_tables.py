@@ -216,11 +216,9 @@ def test_3d_fast_network_computes_the_reference_layer_table(kind, resize, impl):
         copy.deepcopy(net), channels_last=True, fast_norm=True, resize=resize, contiguous_attention=True
     )
     x = torch.randn(SHAPE_3D, dtype=torch.float64)
-    # linear_resize's interpolation weights are float32 (7e-8 off here); matmul_resize's exact
-    tol = 1e-6 if resize == "gather" else 1e-10
     with torch.no_grad():
         y = fast(x.contiguous(memory_format=torch.channels_last_3d))
-        torch.testing.assert_close(y, reference_forward(net, kind, x), rtol=tol, atol=tol)
+        torch.testing.assert_close(y, reference_forward(net, kind, x), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", list(NETWORKS))

@@ -39,22 +39,31 @@ from .convolutions import check_spatial_dims, interp_mode, resize_to
 __all__ = ["LinearResize", "linear_resize", "matmul_resize", "use_resize"]
 
 
-def _positions(n: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The weights' dtype for data of ``dtype``: float64 for float64 (float32 weights were 1e-7
+    off ``F.interpolate``'s), else float32 (bf16 / fp16 data are interpolated in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _positions(
+    n: int, m: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For ``align_corners=True`` from ``n`` to ``m`` samples: each output's lower input index,
-    upper input index and the upper one's weight (float32), from exact integer arithmetic."""
+    upper input index and the upper one's weight (in ``dtype``), from exact integer arithmetic."""
     i = torch.arange(m, device=device)
     if n == 1 or m == 1:  # every output reads input 0 (PyTorch's scale is 0 for m == 1)
         zero = torch.zeros(m, dtype=torch.long, device=device)
-        return zero, zero, torch.zeros(m, device=device)
+        return zero, zero, torch.zeros(m, dtype=dtype, device=device)
     num = i * (n - 1)
     lo = torch.div(num, m - 1, rounding_mode="floor")
-    w = (num - lo * (m - 1)).float() / (m - 1)
+    w = (num - lo * (m - 1)).to(dtype) / (m - 1)
     return lo, torch.clamp(lo + 1, max=n - 1), w
 
 
-def _transposed(n: int, m: int, device: torch.device):
+def _transposed(n: int, m: int, device: torch.device, dtype: torch.dtype = torch.float32):
     """The backward pass's gathers: for each input ``j``, the outputs whose lower index is ``j``
-    (weights ``1 - w``) and those whose upper index is ``j`` (weights ``w``), ``n x k`` each."""
+    (weights ``1 - w``, in ``dtype``) and those whose upper index is ``j`` (weights ``w``),
+    ``n x k`` each."""
     if n == 1 or m == 1:
         idx = (
             torch.arange(m, device=device).view(1, m)
@@ -62,9 +71,9 @@ def _transposed(n: int, m: int, device: torch.device):
             else torch.zeros(n, 1, dtype=torch.long, device=device)
         )
         # weight 1 (w is 0 everywhere) into input 0 only
-        lower = (torch.arange(n, device=device) == 0).float().view(n, 1).expand(n, idx.shape[1])
+        lower = (torch.arange(n, device=device) == 0).to(dtype).view(n, 1).expand(n, idx.shape[1])
         return idx, lower, idx, torch.zeros_like(lower)
-    _, _, w = _positions(n, m, device)
+    _, _, w = _positions(n, m, device, dtype)
     j = torch.arange(n + 1, device=device)
     start = torch.div(j * (m - 1) + (n - 2), n - 1, rounding_mode="floor").clamp(max=m)  # ceil(j (m-1)/(n-1))
     count = start[1:] - start[:-1]  # outputs whose lower index is j
@@ -93,7 +102,7 @@ class _Lerp1d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, dim: int, m: int) -> torch.Tensor:
         n = x.shape[dim]
-        lo, hi, w = _positions(n, m, x.device)
+        lo, hi, w = _positions(n, m, x.device, _weight_dtype(x.dtype))
         ctx.dim, ctx.n, ctx.m = dim, n, m
         w = _along(w.to(x.dtype), dim, x.ndim)
         return torch.lerp(x.index_select(dim, lo), x.index_select(dim, hi), w)
@@ -101,7 +110,7 @@ class _Lerp1d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dim, n, m = ctx.dim, ctx.n, ctx.m
-        lower_idx, lower, upper_idx, upper = _transposed(n, m, grad.device)
+        lower_idx, lower, upper_idx, upper = _transposed(n, m, grad.device, _weight_dtype(grad.dtype))
         k = lower_idx.shape[1]
         shape = list(grad.shape)
         shape[dim : dim + 1] = [n, k]
