@@ -125,3 +125,29 @@ def test_bundle_training_is_refused_while_another_holds_its_folder(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["models"]  # no stand-in, no cache, no eval
     assert sorted(p.name for p in (root / "models").iterdir()) == [LOCK_NAME]
     assert json.loads(path.read_text())["token"] == "other"
+
+
+def test_bundle_training_that_raised_releases_its_locks(tmp_path, monkeypatch):
+    """``monai.bundle.run`` calls ``finalize`` only after a run that ended: a training that raised in
+    a notebook kept its folders locked while the kernel idled, and a training started there from a
+    terminal was refused ("wait for it to finish"). The locks now go when the trainer's run raises."""
+    from monai.bundle import run
+    from monai.engines import SupervisedTrainer
+
+    def out_of_memory(self, engine, batch):
+        raise RuntimeError("out of memory (injected)")
+
+    monkeypatch.setattr(SupervisedTrainer, "_iteration", out_of_memory)
+    root = tmp_path / "bundle"
+    with pytest.raises(RuntimeError) as raised:
+        run(
+            "training",
+            config_file=str(ROOT / "bundles/brats_fpa/configs/train.json"),
+            bundle_root=str(root),
+            epochs=1,
+            network_options={"features": [4, 8, 8, 8]},
+            logging_file=False,
+        )
+    assert str(raised.value.__cause__) == "out of memory (injected)"  # MONAI's wrapper of the error
+    assert not list(root.rglob(LOCK_NAME))
+    assert not runlock._held

@@ -31,6 +31,7 @@ __all__ = [
     "IgnoredVoxelsCheck",
     "NonFiniteLossGuard",
     "RankZeroBuffers",
+    "ReleaseTrainingLocksOnError",
     "StopEveryProcessOnError",
     "TensorBoardStatsHandler",
     "TrackingEvery",
@@ -151,6 +152,21 @@ class CloseWritersOnError:
 
     def attach(self, engine: Engine) -> None:
         clean_up_on_error(engine, lambda engine, error: close_writers(_attached(engine)))
+
+
+class ReleaseTrainingLocksOnError:
+    """Ignite handler: when the training's run raises (an error, Ctrl-C), removes the lock files
+    this process holds on its output folders (:mod:`pam_monai.runlock`), then lets the error go on
+    (:func:`clean_up_on_error`).
+
+    ``monai.bundle.run`` calls the bundle's ``finalize``, which releases them, only after a run that
+    ended: a training that raised in a notebook kept its folders locked while the kernel idled, and
+    a training started there from a terminal was refused, told to wait for a run that had ended."""
+
+    def attach(self, engine: Engine) -> None:
+        from ..runlock import release_training_locks
+
+        clean_up_on_error(engine, lambda engine, error: release_training_locks())
 
 
 def _attached(engine: Engine, seen: set | None = None) -> list:
