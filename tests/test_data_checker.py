@@ -709,3 +709,26 @@ def test_a_fold_without_cases_is_named(brats, tmp_path):
     path.write_text(json.dumps({**datalist, "n_folds": 3}))  # a 3-fold list, as the datalist command writes
     report = check_dataset("brats", brats, datalist=path)
     assert not report.problems and not [w for w in report.warnings if w.case == "n_folds"]
+
+
+def test_a_fold_without_cases_read_from_an_explicit_list_is_no_problem(brats, tmp_path):
+    """A datalist's explicit 'test' list (an external test set) is what every fold is evaluated on,
+    but the empty-fold check took the test split from the folds: the evaluation of fold 2 of a list
+    with folds 0..1 and a 'test' list was refused ("tested or validated on no case") though its test
+    set had a case. Its validation, fold 3, is still empty and named."""
+    from pam_monai.data import build_datalist, get_split
+
+    datalist = build_datalist("brats", brats)
+    datalist.pop("n_folds", None)
+    *folded, external = datalist["training"][:3]
+    for n, entry in enumerate(folded):
+        entry["fold"] = n % 2
+    datalist.update(training=folded, test=[{k: v for k, v in external.items() if k != "fold"}])
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps(datalist))
+    assert len(get_split("brats", datalist, "test", fold=2, root=brats)) == 1
+    assert messages(check_dataset("brats", brats, datalist=path, datalist_splits=["test"], fold=2)) == []
+    (problem,) = messages(check_dataset("brats", brats, datalist=path, datalist_splits=["val"], fold=2))
+    assert "no training entry has fold 2, 3, 4: the run on fold 2 would be tested or validated" in problem
+    report = check_dataset("brats", brats, datalist=path)  # the whole list: runs 1..3 validate on folds 2..4
+    assert "the runs on folds 1, 2, 3 would be" in " ".join(str(w) for w in report.warnings)

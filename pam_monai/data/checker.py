@@ -42,6 +42,7 @@ from .cityscapes import SPLITS as CITYSCAPES_SPLITS
 from .datalist import (
     FOLDED,
     NO_SPLIT_PROBLEM,
+    SPLIT_KEYS,
     datalist_n_folds,
     entry_case,
     fold_kind,
@@ -875,7 +876,8 @@ def _empty_folds(
 ) -> list[Problem]:
     """Runs that would read a split of no case because no training entry has its fold (a hand-made
     datalist with folds 0..2 and no 'n_folds', which is then 5: the run on fold 2 was validated on
-    fold 3, nothing). With ``splits``: those of ``fold`` alone (a small data set's 5-fold list
+    fold 3, nothing); a split given by its own list (an external 'test' set) is not a fold's. With
+    ``splits``: those of ``fold`` alone (a small data set's 5-fold list
     whose fold 4 is empty still runs fold 0); without: every fold's."""
     entries = data.get("training")
     if n_folds is None or not isinstance(entries, list) or not entries:
@@ -886,6 +888,8 @@ def _empty_folds(
     empty = [f for f in range(n_folds) if f not in used]
     runs = range(n_folds) if splits is None else (list(fold) if isinstance(fold, (list, tuple)) else [fold])
     reads = ("test", "val") if splits is None else [s for s in splits if s in ("test", "val")]
+    # an explicit 'test' or 'validation' list (an external test set) is read instead of the fold
+    reads = [s for s in reads if SPLIT_KEYS[s] not in data]
     hit = sorted(
         {
             f
