@@ -2088,3 +2088,11 @@ def test_a_record_committed_while_it_is_read_is_read_from_its_new_name(tmp_path,
     picks = iter([tmp_path / "model.json.pending", tmp_path / "model.json"])  # gone by the time it is read
     monkeypatch.setattr(checkpoint, "_record_path", lambda ckpt_path: next(picks))
     assert checkpoint.read_run_record(weights) == {"network_name": "fpa"}
+
+
+def test_wrapper_prefix_of_an_empty_state_dict_is_none():
+    # every key of no key starts with 'module.': the prefix grew for ever
+    from pam_monai.engines.checkpoint import _wrapper_prefix
+
+    assert _wrapper_prefix({}) == ""
+    assert _wrapper_prefix({"module._orig_mod.w": 1}) == "module._orig_mod."

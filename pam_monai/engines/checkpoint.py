@@ -692,11 +692,12 @@ def _wrapper_prefix(state: dict) -> str:
     """The wrappers' prefixes that every key of ``state`` starts with, nested as saved
     (``module._orig_mod.``: a compiled network in DistributedDataParallel), or ``""``."""
     prefix = ""
-    while True:
+    while state:  # (no key: every one starts with any prefix)
         more = next((p for p in _WRAPPER_PREFIXES if all(str(k).startswith(prefix + p) for k in state)), None)
         if more is None:
             return prefix
         prefix += more
+    return prefix
 
 
 def _layout_hint(state, own: dict) -> str | None:
