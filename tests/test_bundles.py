@@ -1231,6 +1231,50 @@ def test_mlflow_run_of_a_failed_engine_run_ends_failed(tmp_path, caplog):
     assert runs("train") == [("a.pt", "FINISHED")]
 
 
+def test_mlflow_resumed_training_shows_its_failed_run_running(tmp_path):
+    """A resumed training continues its failed training's MLflow run (MONAI continues a named run
+    that is not FINISHED), which stayed FAILED while the resumed training ran, FINISHED only at its
+    end: the run is set back to RUNNING at the start of the training that continues it."""
+    mlflow = pytest.importorskip("mlflow")
+    from ignite.engine import Engine
+    from monai.handlers import MLFlowHandler
+
+    from pam_monai.engines import TrackingEvery
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    seen = []
+
+    def status() -> str:
+        (found,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+        return found.info.status
+
+    def train(fail: bool) -> None:
+        def step(engine, batch):
+            if fail:
+                raise RuntimeError("injected failure")
+            seen.append(status())
+            return {"loss": 1.0}
+
+        trainer = Engine(step)
+        TrackingEvery(params={"epochs": 1}).attach(trainer)
+        MLFlowHandler(
+            tracking_uri=uri,
+            experiment_name="train",
+            run_name="train",
+            iteration_log=False,
+            close_on_complete=True,
+        ).attach(trainer)  # MONAI's trainer settings
+        trainer.run([0, 1], max_epochs=1)
+
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train(fail=True)
+    assert status() == "FAILED"
+    train(fail=False)  # resumed: continues the failed run
+    assert seen == ["RUNNING", "RUNNING"], f"the continued run was {seen} while the training ran"
+    assert status() == "FINISHED"
+
+
 def test_tracking_every_is_inert_without_mlflow(monkeypatch):
     """Without --tracking mlflow the bundles' TrackingEvery must do nothing, MLflow not installed."""
     from ignite.engine import Engine

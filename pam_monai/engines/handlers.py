@@ -538,7 +538,8 @@ class TrackingEvery:
     it among its evaluator's handlers for the parameters alone (what it evaluated: network, weights,
     data, split, seed, fold): its tracking handler logs no loss. When the engine's run raises, it
     ends the run FAILED (MONAI's handler ends it on completion only; it stayed RUNNING), then lets
-    the error go on (:func:`clean_up_on_error`); a resumed training continues its failed run.
+    the error go on (:func:`clean_up_on_error`); a resumed training continues its failed run, set
+    back to RUNNING at its start.
 
     Args:
         every: log the loss every ``every`` iterations (and each epoch's first and last).
@@ -577,6 +578,10 @@ class TrackingEvery:
                 self._new_run(handler)
             if self.end_run and not engine.has_event_handler(handler.close, Events.COMPLETED):
                 engine.add_event_handler(Events.COMPLETED, handler.close)  # after its own, which logs
+            if not engine.has_event_handler(self.mark_running, Events.STARTED):
+                # after the handler's start, which picks the run: Ignite fires the handlers added
+                # while an event fires, so it runs at this start too
+                engine.add_event_handler(Events.STARTED, self.mark_running)
             if handler.iteration_log is True and engine.has_event_handler(
                 handler.iteration_completed, Events.ITERATION_COMPLETED
             ):
@@ -595,6 +600,16 @@ class TrackingEvery:
         handler.cur_run = handler.client.create_run(
             experiment_id=handler.experiment.experiment_id, run_name=name
         )
+
+    def mark_running(self, engine: Engine) -> None:
+        """Set each tracking handler's run back to RUNNING when its start continued a run that had
+        ended (a failed training's, ended FAILED by :meth:`end_failed`): it stayed FAILED while the
+        resumed training ran, FINISHED only at its end."""
+        for handler in self._trackers(engine):
+            run = handler.cur_run
+            if run is not None and run.info.status != "RUNNING":  # as MONAI's start fetched it
+                handler.client.update_run(run.info.run_id, status="RUNNING")
+                handler.cur_run = handler.client.get_run(run.info.run_id)
 
     def end_failed(self, engine: Engine, error: BaseException) -> None:
         """End each tracking handler's run FAILED when the engine's run raises (MONAI's ends it on
