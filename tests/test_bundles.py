@@ -1275,6 +1275,65 @@ def test_mlflow_resumed_training_shows_its_failed_run_running(tmp_path):
     assert status() == "FINISHED"
 
 
+@pytest.mark.parametrize("own_db", [False, True], ids=["same_db", "own_db"])
+def test_mlflow_failed_training_closes_its_validators_handler(tmp_path, caplog, own_db):
+    """A training that raised ended its run FAILED and closed its own MLFlowHandler, not its
+    validator's (train.json's validate#handlers; MONAI's validator settings never close it). With
+    the bundles' one database the trainer's close released the store they share (MLflow keeps one
+    per tracking URI), but the validator's handler kept the run: closing it later (a notebook's
+    clean-up) ended the failed run FINISHED; a validator tracking into a database of its own kept
+    that file open and its run RUNNING. Its run is now ended FAILED too (a run both log into, once)
+    and the handler closed, and the error goes on unchanged."""
+    mlflow = pytest.importorskip("mlflow")
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("counts open files in /proc/self/fd")
+    from ignite.engine import Engine
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import MLFlowHandler, StatsHandler, ValidationHandler
+
+    from pam_monai.engines import TrackingEvery
+
+    dbs = [tmp_path / "mlruns.db", tmp_path / ("validate.db" if own_db else "mlruns.db")]
+    settings = dict(experiment_name="train", run_name="fpa_seed0_fold0", iteration_log=False)
+    case = {"image": torch.zeros(1, 1, 4, 4), "label": torch.zeros(1, 1, 4, 4)}
+    validator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=[case], network=torch.nn.Identity()
+    )
+    validating = MLFlowHandler(tracking_uri=f"sqlite:///{dbs[1]}", **settings)  # MONAI's validator settings
+    validating.attach(validator)
+    error = RuntimeError("injected failure")
+
+    def step(engine, batch):
+        if engine.state.epoch == 2:  # after a validation: the validator's handler has its run
+            raise error
+        return {"loss": 1.0}
+
+    trainer = Engine(step)
+    StatsHandler(iteration_log=False, name=None).attach(trainer)
+    ValidationHandler(interval=1, validator=validator).attach(trainer)
+    TrackingEvery(params={"epochs": 2}).attach(trainer)
+    training = MLFlowHandler(tracking_uri=f"sqlite:///{dbs[0]}", **settings, close_on_complete=True)
+    training.attach(trainer)
+    ended = []
+    for handler in (training, validating):
+        terminate = handler.client.set_terminated
+        handler.client.set_terminated = lambda run_id, status, f=terminate: (
+            ended.append(status) or f(run_id, status)
+        )
+    with caplog.at_level("ERROR"), pytest.raises(RuntimeError) as raised:
+        trainer.run([0], max_epochs=2)
+    assert raised.value is error and str(raised.value) == "injected failure"
+    assert "Exception: injected failure" in caplog.text, caplog.text  # StatsHandler's line
+    held = [fd for fd in Path("/proc/self/fd").iterdir() if fd.exists() and fd.resolve() in dbs]
+    assert not held, f"{len(held)} handles of {dbs[1].name} left open after the failed training"
+    validating.close()  # a notebook's clean-up: the run stays FAILED
+    assert ended == ["FAILED"] * len(set(dbs)), ended
+    for db in set(dbs):
+        client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
+        (found,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+        assert found.info.status == "FAILED", db.name
+
+
 def test_tracking_every_is_inert_without_mlflow(monkeypatch):
     """Without --tracking mlflow the bundles' TrackingEvery must do nothing, MLflow not installed."""
     from ignite.engine import Engine

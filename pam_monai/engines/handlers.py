@@ -611,15 +611,29 @@ class TrackingEvery:
                 handler.client.update_run(run.info.run_id, status="RUNNING")
                 handler.cur_run = handler.client.get_run(run.info.run_id)
 
+    @classmethod
+    def _all_trackers(cls, engine: Engine) -> list:
+        """The trainer's own MLFlowHandlers, then its validator's (through its ValidationHandler)."""
+        from monai.handlers import MLFlowHandler
+
+        found = cls._trackers(engine) + [h for h in _attached(engine) if isinstance(h, MLFlowHandler)]
+        return list({id(h): h for h in found}.values())
+
     def end_failed(self, engine: Engine, error: BaseException) -> None:
         """End each tracking handler's run FAILED when the engine's run raises (MONAI's ends it on
-        COMPLETED only: it stayed RUNNING). A failure here is logged: the run's error goes on."""
-        for handler in self._trackers(engine):
+        COMPLETED only: it stayed RUNNING) and close the handler, its validator's too (MONAI's
+        validator settings never close it: it kept the run, which its close would end FINISHED,
+        and a store of its own stayed open). A failure here is logged: the run's error goes on."""
+        ended = set()  # run ids: the trainer's and its validator's handlers log into one run
+        for handler in self._all_trackers(engine):
+            run, handler.cur_run = handler.cur_run, None  # its close would end the run FINISHED
             try:
-                if handler.cur_run is not None:
-                    handler.client.set_terminated(handler.cur_run.info.run_id, "FAILED")
-                    handler.cur_run = None
-                handler.close()  # releases its SQLite store, as on COMPLETED
+                try:
+                    if run is not None and run.info.run_id not in ended:
+                        ended.add(run.info.run_id)
+                        handler.client.set_terminated(run.info.run_id, "FAILED")
+                finally:
+                    handler.close()  # releases its SQLite store, as on COMPLETED
             except Exception as e:  # noqa: BLE001 - the engine's error is the one to report
                 log.warning("MLflow: could not end the failed run as FAILED (%s: %s)", type(e).__name__, e)
 
