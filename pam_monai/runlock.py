@@ -5,7 +5,9 @@ both wrote ``models/model.pt``, ``model.json`` and ``checkpoint_last.pt`` and ra
 without a word: the folder kept whichever model was saved last, and a record of one run could
 land beside the weights of the other. A training now holds a lock file (``.training.lock``) in
 each folder it writes (``ckpt_dir``, ``output_dir``), created atomically (``O_CREAT | O_EXCL``)
-and naming its process, host and start time; a second training there is refused at its start.
+and naming its process, host and start time; a second training there is refused before it
+writes there. The bundles take it once the trainer is built (data prepared and checked), so a data
+error is named first and leaves no lock, which the run's failure would otherwise keep in a notebook.
 
 A lock whose process is gone (killed, SIGKILL included) is broken at the next start, on the same
 host and PID namespace only (:mod:`pam_monai.atomic`'s host tag); a lock of another host is never
