@@ -1980,22 +1980,8 @@ def test_command_line_overrides_of_ids_no_config_has_are_refused(files, typo, na
     """MONAI adds an override's id to the config whether or not anything reads it: ``--epoch 2``
     (for ``--epochs``) ran the paper's 80 epochs, with no word about the typo. On the command line
     an id that none of the run's configs has is refused before any work, with the id it may mean."""
-    import monai.bundle.__main__ as cli
-    from monai.bundle.scripts import create_workflow
-
-    paths = configs("brats_fpa", *files)
-    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
-    common = {
-        "bundle_root": str(tmp_path),
-        "logging_file": False,
-        "network_options": SMALL["network_options"],
-    }
-    with pytest.raises(Exception) as err:
-        create_workflow(config_file=paths, **common, **typo)
-    chain = error_chain(err.value)
-    assert any(named in m for m in chain), chain
-    assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
-    create_workflow(config_file=paths, **common, threshold=0.6, tracking=None)  # ids the configs have
+    # ids the configs have pass
+    _refused_before_any_work(files, typo, named, {"threshold": 0.6, "tracking": None}, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -2029,22 +2015,8 @@ def test_command_line_values_of_the_wrong_kind_are_refused_by_id(
     """``--amp maybe`` failed in ``as_bool`` deep in the run with "not a boolean flag: 'maybe'", naming
     no id, and a list was taken for True; ``--seed abc`` in int() ("invalid literal for int() with
     base 10"). Refused before any work, naming the id."""
-    import monai.bundle.__main__ as cli
-    from monai.bundle.scripts import create_workflow
-
-    paths = configs("brats_fpa", *files)
-    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
-    common = {
-        "bundle_root": str(tmp_path),
-        "logging_file": False,
-        "network_options": SMALL["network_options"],
-    }
-    with pytest.raises(Exception) as err:
-        create_workflow(config_file=paths, **common, **flag)
-    chain = error_chain(err.value)
-    assert any(named in m for m in chain), chain
-    assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
-    create_workflow(config_file=paths, **common, **{next(iter(flag)): ok})  # a value of the right kind passes
+    # a value of the right kind passes
+    _refused_before_any_work(files, flag, named, {next(iter(flag)): ok}, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -2489,3 +2461,26 @@ def test_best_checkpoint_follows_a_renamed_validation_prefix():
     parser["validate#metrics#prefix"] = "my_"
     parser.parse()
     assert parser.get_parsed_content("validate#handlers#1#metric_name") == "my_iou"
+
+
+def _refused_before_any_work(
+    files, overrides: dict, named: str, accepted: dict, tmp_path, monkeypatch
+) -> None:
+    """``overrides`` on the command line of a run of ``files`` are refused before any work, with a
+    message holding ``named``; ``accepted`` instead creates the workflow."""
+    import monai.bundle.__main__ as cli
+    from monai.bundle.scripts import create_workflow
+
+    paths = configs("brats_fpa", *files)
+    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
+    common = {
+        "bundle_root": str(tmp_path),
+        "logging_file": False,
+        "network_options": SMALL["network_options"],
+    }
+    with pytest.raises(Exception) as err:
+        create_workflow(config_file=paths, **common, **overrides)
+    chain = error_chain(err.value)
+    assert any(named in m for m in chain), chain
+    assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
+    create_workflow(config_file=paths, **common, **accepted)

@@ -97,13 +97,18 @@ def test_restore_mask_follows_the_outline_not_the_resize_steps():
     assert full.dtype == np.uint8 and full.sum() == 32 and full[2:6, 2:6].all()
 
 
+def _one_frame(tmp_path, height: int, width: int) -> list[dict]:
+    """Inference's items for one grey CityScapes frame of ``height x width`` pixels."""
+    frame = tmp_path / "in" / "aachen_000000_000019_leftImg8bit.png"
+    frame.parent.mkdir()
+    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(frame)
+    return [{"case": "aachen_000000_000019", "image": str(frame)}]
+
+
 def test_cityscapes_inference_writes_smooth_masks_and_their_probabilities(tmp_path):
     """CasePredictor on a 1024 x 2048 frame: the vehicle mask (0 / 255) follows the disc within a
     pixel or so, and ``prob > threshold`` is exactly the mask, at 0.5 and at another threshold."""
-    frame = tmp_path / "in" / "aachen_000000_000019_leftImg8bit.png"
-    frame.parent.mkdir()
-    Image.fromarray(np.full((1024, 2048, 3), 90, np.uint8)).save(frame)
-    items = [{"case": "aachen_000000_000019", "image": str(frame)}]
+    items = _one_frame(tmp_path, 1024, 2048)
     CasePredictor(SmoothDisc(), items, "cityscapes", str(tmp_path / "a"), save_probabilities=True).run()
     mask = np.asarray(Image.open(tmp_path / "a" / "aachen_000000_000019_vehicles.png"))
     prob = np.load(tmp_path / "a" / "aachen_000000_000019_prob.npy")
@@ -136,10 +141,7 @@ def test_a_zero_logit_is_background_on_the_way_back_too(tmp_path):
     """The one rule (``pam_monai.engines.postprocessing``): foreground is ``prob > threshold``
     strictly, so a logit of 0 is background. Resized back to a frame's pixels the probability is
     still exactly 0.5, and the mask must still be empty, as on the network's grid."""
-    frame = tmp_path / "in" / "aachen_000000_000019_leftImg8bit.png"
-    frame.parent.mkdir()
-    Image.fromarray(np.full((256, 512, 3), 90, np.uint8)).save(frame)
-    items = [{"case": "aachen_000000_000019", "image": str(frame)}]
+    items = _one_frame(tmp_path, 256, 512)
     CasePredictor(ZeroLogits(), items, "cityscapes", str(tmp_path / "out"), save_probabilities=True).run()
     mask = np.asarray(Image.open(tmp_path / "out" / "aachen_000000_000019_vehicles.png"))
     prob = np.load(tmp_path / "out" / "aachen_000000_000019_prob.npy")
