@@ -42,7 +42,6 @@ from .cityscapes import SPLITS as CITYSCAPES_SPLITS
 from .datalist import (
     FOLDED,
     NO_SPLIT_PROBLEM,
-    SPLIT_KEYS,
     datalist_n_folds,
     entry_case,
     fold_kind,
@@ -871,6 +870,14 @@ def _unread_lists(data: dict, where: str) -> list[Problem]:
     return problems
 
 
+def _split_or_none(spec: DatasetSpec, data: dict, split: str, fold: int) -> list | None:
+    """``split_entries``, or None where the datalist's structure stops it (named entry by entry)."""
+    try:
+        return split_entries(spec, data, split, fold=fold)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 def _empty_folds(
     spec: DatasetSpec, data: dict, n_folds: int | None, where: str, splits=None, fold=0
 ) -> list[Problem]:
@@ -888,15 +895,8 @@ def _empty_folds(
     empty = [f for f in range(n_folds) if f not in used]
     runs = range(n_folds) if splits is None else (list(fold) if isinstance(fold, (list, tuple)) else [fold])
     reads = ("test", "val") if splits is None else [s for s in splits if s in ("test", "val")]
-    # an explicit 'test' or 'validation' list (an external test set) is read instead of the fold
-    reads = [s for s in reads if SPLIT_KEYS[s] not in data]
-    hit = sorted(
-        {
-            f
-            for f in runs
-            if ("test" in reads and f in empty) or ("val" in reads and (f + 1) % n_folds in empty)
-        }
-    )
+    # the split each run reads, as get_split deals it (an explicit 'test' list is no fold's)
+    hit = sorted({f for f in runs for s in reads if _split_or_none(spec, data, s, f) == []})
     if not hit:
         return []
     given = f"'n_folds' {n_folds}" if "n_folds" in data else f"no 'n_folds' (so {n_folds})"
