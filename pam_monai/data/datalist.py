@@ -40,7 +40,6 @@ __all__ = [
     "fold_kind",
     "get_split",
     "load_datalist",
-    "own_split",
     "rank_cases",
     "split_cases",
     "write_datalist",
@@ -333,12 +332,6 @@ def fold_kind(dataset: str | DatasetSpec, datalist: dict) -> str | None:
     if folded:
         return "folds"
     return "own" if "validation" in datalist else "none"
-
-
-def own_split(dataset: str | DatasetSpec, datalist: dict | str | os.PathLike) -> bool:
-    """Whether a BRATS or own-data datalist gives its own fixed split ('training' / 'validation'
-    lists without 'fold' fields): trained as written, on fold 0 only."""
-    return fold_kind(dataset, load_datalist(datalist)) == "own"
 
 
 NO_SPLIT_PROBLEM = (

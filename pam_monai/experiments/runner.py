@@ -46,7 +46,7 @@ from typing import Any
 
 from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
-from ..data.datalist import FOLDED, datalist_n_folds, load_datalist, own_split
+from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import as_bool, atomic_write_text, close_writers
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
@@ -245,8 +245,9 @@ def _seeds(seeds) -> list[int]:
 def _folds(folds, dataset: str, datalist=None) -> list[int]:
     """The grid's folds; a datalist of the user's own split (``datalist``: its path) has one,
     fold 0, as the data sets with fixed lists."""
-    fixed = dataset in FOLDED and _own_split(dataset, datalist)
-    n_folds = _datalist_folds(datalist)
+    data = _read_datalist(datalist)
+    fixed = dataset in FOLDED and data is not None and fold_kind(dataset, data) == "own"
+    n_folds = _n_folds(data)
     if str(folds).strip().lower() == "all":
         out = list(range(n_folds)) if dataset in FOLDED and not fixed else [0]
     else:
@@ -259,6 +260,12 @@ def _folds(folds, dataset: str, datalist=None) -> list[int]:
             "'fold' fields): pass --folds 0, or give each training entry a 'fold' (python -m pam_monai datalist "
             "writes them) to cross-validate"
         )
+    if fixed and "test" not in data:
+        raise ValueError(
+            f"{datalist} gives a split of its own without a 'test' list, and a grid scores every run on its test "
+            "split: add a 'test' list of the cases to score, or train and evaluate with the bundle (evaluate.json "
+            "--eval_split val scores the validation cases)"
+        )
     if dataset in FOLDED:
         bad = [f for f in out if not 0 <= f < n_folds]
         if bad:
@@ -269,39 +276,24 @@ def _folds(folds, dataset: str, datalist=None) -> list[int]:
     return out
 
 
-def _check_own_test_list(dataset: str, datalist) -> None:
-    """Refuse, before any run, a datalist of the user's own split without a 'test' list: a grid
-    scores every run on the test split (the data preparation's advice, ``--eval_split val``, is
-    refused for a grid)."""
-    if not (dataset in FOLDED and _own_split(dataset, datalist)) or "test" in load_datalist(datalist):
-        return
-    raise ValueError(
-        f"{datalist} gives a split of its own without a 'test' list, and a grid scores every run on its test "
-        "split: add a 'test' list of the cases to score, or train and evaluate with the bundle (evaluate.json "
-        "--eval_split val scores the validation cases)"
-    )
-
-
-def _datalist_folds(datalist) -> int:
-    """The number of folds of the cross-validation datalist ``datalist`` (a path, or None: the
-    datalist command's default, 5); one that cannot be read is named by the data preparation."""
+def _read_datalist(datalist) -> dict | None:
+    """The datalist at ``datalist`` (a path), or None without one or when it cannot be read (the
+    data preparation that reads it names the problem)."""
     if not datalist:
-        return 5
+        return None
     try:
-        return datalist_n_folds(load_datalist(datalist))
+        return load_datalist(datalist)
     except (OSError, ValueError):
-        return 5
+        return None
 
 
-def _own_split(dataset: str, datalist) -> bool:
-    """Whether ``datalist`` (a path, or None) gives a split of its own; one that cannot be read is
-    named by the data preparation that reads it."""
-    if not datalist:
-        return False
+def _n_folds(data: dict | None) -> int:
+    """The number of folds of the cross-validation datalist ``data`` (None: the datalist command's
+    default, 5)."""
     try:
-        return own_split(dataset, datalist)
-    except (OSError, ValueError):
-        return False
+        return datalist_n_folds(data) if data is not None else 5
+    except ValueError:  # named by the data check
+        return 5
 
 
 def _network_key(variant: Variant, global_options: dict | None = None) -> str:
@@ -802,7 +794,6 @@ def run_experiment(
         ]
     seed_list = _seeds(seeds)
     fold_list = _folds(folds, dataset, overrides.get("data_list_file_path"))
-    _check_own_test_list(dataset, overrides.get("data_list_file_path"))
     output_dir = check_writable(Path(output).resolve(), "--output DIR")
     output_dir.mkdir(parents=True, exist_ok=True)
     bad = sorted(set(overrides) & set(RESERVED))
