@@ -1115,7 +1115,7 @@ def test_datalist_folds_are_checked(own_root, tmp_path):
         f"SYN_001: {path}: 'fold' 7: cross-validation entries need a fold 0..4 (python -m pam_monai datalist writes "
         "them)",
         f"SYN_002: {path}: no 'fold': cross-validation entries need a fold 0..4 (python -m pam_monai datalist writes "
-        "them)",
+        "them), or remove every 'fold' and list the validation cases under 'validation' (a split of your own)",
     ]
 
 

@@ -968,14 +968,12 @@ def _check_datalist(
                 and not (type(given) is int and 0 <= given < n_folds)
             ):
                 # else get_split fails without naming the datalist, or (a fold beyond n_folds) trains on it in every fold
+                fix = f"cross-validation entries need a fold 0..{n_folds - 1} (python -m pam_monai datalist writes them)"
+                # others have one (else no n_folds): a split of one's own is the other way out
+                if given is None:
+                    fix += ", or remove every 'fold' and list the validation cases under 'validation' (a split of your own)"
                 problems.append(
-                    Problem(
-                        case,
-                        where,
-                        ("no 'fold'" if given is None else f"'fold' {given!r}")
-                        + f": cross-validation entries need a fold 0..{n_folds - 1} (python -m pam_monai datalist "
-                        "writes them)",
-                    )
+                    Problem(case, where, ("no 'fold'" if given is None else f"'fold' {given!r}") + ": " + fix)
                 )
             if read is not None and id(entry) not in read:
                 continue  # not read by this run: a partial data set, a test list kept for later
