@@ -134,3 +134,18 @@ def test_monai_dict_transforms():
     assert b["l"].dtype == torch.float32 and b["l"].tolist() == [[0.0, 1.0, 0.0, 1.0]]
     n = NormalizeNonZerod("x")({"x": vol.clone()})
     np.testing.assert_allclose(np.asarray(n["x"]), normalize_nonzero(vol.numpy()), atol=1e-5)
+
+
+def test_binarize_labeld_keeps_the_label_s_metadata():
+    """BinarizeLabeld returned a plain tensor for a MetaTensor label, dropping its affine and
+    spacing as no MONAI dictionary transform does: a user's pipeline after it (``Spacingd``,
+    ``SaveImaged``, HD95 in mm from ``label.pixdim``) lost the label's grid."""
+    from monai.data import MetaTensor
+
+    affine = torch.diag(torch.tensor([1.2, 1.2, 3.0, 1.0], dtype=torch.float64))
+    label = MetaTensor(torch.tensor([[[[0, 3], [1, 5]]]], dtype=torch.uint8), affine=affine)
+    out = BinarizeLabeld("label", foreground=(1, 3), ignore=5)({"label": label})["label"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32
+    torch.testing.assert_close(out.affine, affine)
+    assert [float(s) for s in out.pixdim] == pytest.approx([1.2, 1.2, 3.0])
+    assert out.as_tensor().flatten().tolist() == [0.0, 1.0, 1.0, 2.0]

@@ -26,7 +26,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import ImageReader, PILReader
+from monai.data import ImageReader, MetaTensor, PILReader, get_track_meta
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -177,7 +177,7 @@ class BinarizeLabeld(MapTransform):
     """Binary float32 target: 1 where the label is one of ``foreground`` (e.g. ``(4,)`` for the
     BRATS 2018 enhancing tumour, ``(3,)`` from BraTS 2021, ``range(26, 34)`` for CityScapes
     vehicles), :data:`~pam_monai.data.ops.IGNORE` where it is ``ignore`` (unannotated voxels of
-    own data), 0 elsewhere."""
+    own data), 0 elsewhere. A MetaTensor label keeps its metadata (affine, spacing)."""
 
     def __init__(
         self,
@@ -193,7 +193,8 @@ class BinarizeLabeld(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            label = convert_to_tensor(d[key])
+            # a MetaTensor stays one, with its affine, as MONAI's transforms keep it
+            label = convert_to_tensor(d[key], track_meta=isinstance(d[key], MetaTensor) and get_track_meta())
             fg = torch.as_tensor(self.foreground, dtype=label.dtype, device=label.device)
             out = torch.isin(label, fg).to(torch.float32)
             if self.ignore is not None:
