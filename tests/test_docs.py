@@ -184,6 +184,7 @@ DOCS = (
     "data_lists/README.md",
     "pam_monai/data/README.md",
     "pam_monai/metrics/README.md",
+    "examples/README.md",
 )
 # flags of other tools the docs show: torchrun, monai.bundle's own, pip
 OTHER_TOOLS = {
