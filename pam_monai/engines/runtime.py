@@ -545,15 +545,27 @@ def check_compile_mode(compile, compile_mode) -> None:
         )
 
 
+_threads_before_deterministic: int | None = None  # the intra-op threads a deterministic run set to 1
+
+
 def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, rank: int = 0) -> None:
     """Seed every RNG; optionally make the run bit-reproducible; switch on the fast path's flags.
+
+    This configures the process (the bundles call it first): every flag below is set both ways,
+    from the arguments alone, so that a run in a process where another ran before (the experiment
+    runner, a notebook) gets its own settings, not the last run's.
 
     Args:
         seed: seed of torch, NumPy and Python's ``random``.
         deterministic: the documented deterministic mode: deterministic algorithms only
-            (``torch.use_deterministic_algorithms``), cuDNN benchmark off, one intra-op thread on
-            the CPU, so that two runs with the same seed give the same weights.
-        fast: cuDNN benchmark and TF32 matmuls (GPU only; ignored with ``deterministic``).
+            (``torch.use_deterministic_algorithms``, ``cudnn.deterministic``; with
+            ``CUBLAS_WORKSPACE_CONFIG`` set where unset), cuDNN benchmark off, one intra-op thread on
+            the CPU, so that two runs with the same seed give the same weights. Without it,
+            deterministic algorithms are off (MONAI's ``set_determinism`` restricted cuDNN to its
+            deterministic algorithms in every seeded run, the fast path's too), and the thread count
+            a deterministic run before it set to 1 comes back.
+        fast: cuDNN benchmark and TF32 matmuls (GPU only; ignored with ``deterministic``); without
+            it, both off.
         rank: the process's rank under ``torchrun``: its RNGs are seeded with ``seed + rank``, so
             that each process draws its own random flips (with one seed, every process flipped
             the same positions of its batch). What must agree needs no shared seed: DDP starts
@@ -562,16 +574,30 @@ def setup_run(seed: int = 0, deterministic: bool = False, fast: bool = False, ra
     from monai.utils import set_determinism
 
     deterministic, fast = as_bool(deterministic), as_bool(fast)
-    set_determinism(seed=int(seed) + int(rank), use_deterministic_algorithms=deterministic or None)
+    set_determinism(seed=int(seed) + int(rank), use_deterministic_algorithms=deterministic)
+    fast = fast and not deterministic and torch.cuda.is_available()
+    torch.backends.cudnn.deterministic = deterministic  # set_determinism sets it True for any seed
+    torch.backends.cudnn.benchmark = fast
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    if fast:
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default already; a user's False is kept otherwise
+    _set_deterministic_threads(deterministic)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.set_num_threads(1)
         log.info("deterministic mode: seed %d, deterministic algorithms, 1 CPU thread", seed)
-    elif fast and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+
+
+def _set_deterministic_threads(deterministic: bool) -> None:
+    """One intra-op thread in deterministic mode; the count from before it once a run is not."""
+    global _threads_before_deterministic
+    if deterministic:
+        if _threads_before_deterministic is None:
+            _threads_before_deterministic = torch.get_num_threads()
+        torch.set_num_threads(1)
+    elif _threads_before_deterministic is not None:
+        if torch.get_num_threads() == 1:  # not changed by the caller since
+            torch.set_num_threads(_threads_before_deterministic)
+        _threads_before_deterministic = None
 
 
 def use_fast_norm(network: nn.Module) -> nn.Module:
