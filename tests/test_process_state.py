@@ -53,3 +53,39 @@ def test_setup_run_sets_its_flags_from_its_arguments_not_from_the_run_before():
     ``set_determinism``) restricted cuDNN to its deterministic algorithms, the fast path's too."""
     out = run_python(SETUP_RUN_AFTER_A_DETERMINISTIC_ONE)
     assert out == "(False, False, 2, True, True) (False, False)"
+
+
+GRID_IN_A_PROGRAM = """
+import os, random, sys, tempfile
+import numpy as np, torch
+from pam_monai.data import ensure_dataset
+from pam_monai.experiments import run_experiment
+
+tmp = tempfile.mkdtemp(dir=sys.argv[1])
+data, _ = ensure_dataset("brats", tmp + "/none", output=tmp + "/synthetic", slices=8)
+torch.set_num_threads(2)
+
+def state():
+    return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            torch.get_rng_state().sum().item(), float(np.random.random()), random.random(), list(sys.path))
+
+torch.manual_seed(7); np.random.seed(7); random.seed(7)
+before = state()
+torch.manual_seed(7); np.random.seed(7); random.seed(7)
+run_experiment(dataset="brats", networks="unet", epochs=1, batch_size=8, num_workers=0, figures=False,
+               network_options={"features": [8, 16, 32, 64]}, dataset_dir=str(data), output=tmp + "/exp",
+               deterministic=True)
+after = state()
+print([name for name, a, b in zip(
+    ["threads", "deterministic", "cudnn", "CUBLAS", "torch RNG", "numpy RNG", "random", "sys.path"],
+    before, after) if a != b])
+"""
+
+
+def test_an_experiment_grid_leaves_the_calling_program_as_it_was(tmp_path):
+    """``run_experiment`` runs the bundles in this process: a deterministic grid left the caller's
+    program in deterministic mode (cuDNN's too, ``CUBLAS_WORKSPACE_CONFIG`` set), its RNGs seeded by
+    the last run, and ``sys.path`` two bundle folders longer per run."""
+    code = GRID_IN_A_PROGRAM.replace("sys.argv[1]", repr(str(tmp_path)))
+    assert run_python(code) == "[]"

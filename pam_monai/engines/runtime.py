@@ -12,6 +12,7 @@ it computes the same function as the plain fp32 path; ``python -m pam_monai benc
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import inspect
 import logging
@@ -19,6 +20,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,6 +40,7 @@ __all__ = [
     "check_training_settings",
     "compile_by_default",
     "fast_network",
+    "kept_process_settings",
     "refuse_training_with",
     "setup_run",
     "show_error_cause",
@@ -598,6 +601,64 @@ def _set_deterministic_threads(deterministic: bool) -> None:
         if torch.get_num_threads() == 1:  # not changed by the caller since
             torch.set_num_threads(_threads_before_deterministic)
         _threads_before_deterministic = None
+
+
+@contextlib.contextmanager
+def kept_process_settings() -> Iterator[None]:
+    """Restore after the block what :func:`setup_run` and MONAI's ``ConfigWorkflow`` change in the
+    process: intra-op threads, deterministic algorithms, the cuDNN and TF32 flags,
+    ``CUBLAS_WORKSPACE_CONFIG``, the RNG states of torch (CUDA's too), NumPy and ``random``, and ``sys.path`` (a
+    workflow adds its bundle's folder at every run). For library calls that run bundles in this
+    process (:func:`pam_monai.experiments.run_experiment`): the caller's program goes on as before.
+    """
+    import random
+
+    import numpy as np
+
+    global _threads_before_deterministic
+    saved = _flags()
+    threads_before_deterministic = _threads_before_deterministic
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    path = list(sys.path)
+    try:
+        yield
+    finally:
+        _set_flags(saved)
+        _threads_before_deterministic = threads_before_deterministic
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        sys.path[:] = path
+
+
+def _flags() -> dict:
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    return {
+        "threads": torch.get_num_threads(),
+        "deterministic": (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        ),
+        "cudnn": (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32),
+        "matmul_tf32": matmul.allow_tf32,
+    }
+
+
+def _set_flags(flags: dict) -> None:
+    cudnn = torch.backends.cudnn
+    torch.set_num_threads(flags["threads"])
+    on, warn_only = flags["deterministic"]
+    torch.use_deterministic_algorithms(on, warn_only=warn_only)
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32 = flags["cudnn"]
+    torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
 
 
 def use_fast_norm(network: nn.Module) -> nn.Module:

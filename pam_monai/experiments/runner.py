@@ -48,6 +48,7 @@ from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import as_bool, atomic_write_text, close_writers
+from ..engines.runtime import kept_process_settings
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
@@ -814,10 +815,9 @@ def run_experiment(
             "per-image table is the paper's protocol already"
         )
     _check_overrides(overrides, *bundle_configs(dataset, output_dir))
-    threads_before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
+    with kept_process_settings():  # the caller's threads, RNGs, flags and sys.path come back
+        if threads:
+            torch.set_num_threads(int(threads))
         with _grid_lock(output_dir):
             return _run_grid(
                 dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
@@ -826,8 +826,6 @@ def run_experiment(
                 figure_cases=figure_cases, figure_networks=figure_networks, command=command,
                 overrides=overrides, reference=reference,
             )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run_grid(
