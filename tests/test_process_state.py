@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,3 +91,25 @@ def test_an_experiment_grid_leaves_the_calling_program_as_it_was(tmp_path):
     the last run, and ``sys.path`` two bundle folders longer per run."""
     code = GRID_IN_A_PROGRAM.replace("sys.argv[1]", repr(str(tmp_path)))
     assert run_python(code) == "[]"
+
+
+FIGURE_IN_A_PROGRAM = """
+import sys
+import matplotlib
+import numpy as np
+from pam_monai.experiments.figures import attention_figure
+
+backend = matplotlib.get_backend()
+image, target = np.random.rand(4, 32, 32), np.zeros((32, 32), bool)
+attention_figure(image, target, {"fpa": np.random.rand(8, 8)}, sys.argv[1])
+print(backend, matplotlib.get_backend())
+"""
+
+
+def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
+    """The figures switched the whole program to the Agg backend (``matplotlib.use``): a program
+    drawing its own plots afterwards (``plt.show()``) got no window. Now a Figure outside pyplot."""
+    pytest.importorskip("matplotlib")
+    code = FIGURE_IN_A_PROGRAM.replace("sys.argv[1]", repr(str(tmp_path / "fig4.png")))
+    assert run_python(code, MPLBACKEND="pdf") == "pdf pdf"
+    assert (tmp_path / "fig4.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

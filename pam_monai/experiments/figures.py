@@ -1,4 +1,4 @@
-"""Figures like the paper's, as PNG (matplotlib, Agg backend, written atomically).
+"""Figures like the paper's, as PNG (matplotlib figures outside pyplot, written atomically).
 
 - :func:`attention_figure` (Figure 4): input slice, then the channel-averaged attention map of
   the deepest encoder block (the ``bridge`` FPA / RFNA block) of each attention network.
@@ -38,22 +38,22 @@ FN_COLOUR = (0.15, 0.35, 1.0)
 FP_COLOUR = (0.95, 0.1, 0.1)
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(*grid: int, figsize: tuple[float, float], squeeze: bool = False):
+    """A figure on an Agg canvas of its own and its axes, outside pyplot, which needs a backend:
+    ``matplotlib.use("Agg")`` switched the whole program's (a ``plt.show()`` after the figures
+    showed nothing)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # the figure's canvas: what it draws, lays out and saves with
+    return fig, fig.subplots(*grid, squeeze=squeeze)
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG atomically (no half-written PNG), then close it."""
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        _pyplot().close(fig)
+    """Save ``fig`` as PNG atomically (no half-written PNG)."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
 
 
@@ -133,7 +133,6 @@ def overlay_figure(
         path: the PNG to write.
         title: figure title.
     """
-    plt = _pyplot()
     from matplotlib.patches import Patch, Rectangle
 
     n_rows, n_cols = len(rows), len(networks) + 1
@@ -142,9 +141,7 @@ def overlay_figure(
     # it (2.5 per square row let titles overlap the row above); at most twice as tall: a taller slice
     # is drawn narrower in its cell instead
     tall = min(2.0, max(1.0, *(r["target"].shape[0] / r["target"].shape[1] for r in rows)))
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(2.3 * n_cols, (2.3 * tall + 0.6) * n_rows + 0.6), squeeze=False
-    )
+    fig, axes = _subplots(n_rows, n_cols, figsize=(2.3 * n_cols, (2.3 * tall + 0.6) * n_rows + 0.6))
     for i, row in enumerate(rows):
         grey = display_slice(row["image"])
         target = row["target"]
@@ -197,9 +194,8 @@ def attention_figure(
         maps: network label -> attention map (``h x w``, any resolution; shown stretched to ``H x W``).
         path: the PNG to write.
     """
-    plt = _pyplot()
     n = len(maps) + 1
-    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.0), squeeze=False)
+    fig, axes = _subplots(1, n, figsize=(2.8 * n, 3.0))
     h, w = target.shape
     ax = axes[0, 0]
     ax.imshow(_rgb(display_slice(image)), interpolation="nearest")
@@ -235,12 +231,11 @@ def ablation_figure(
         path: the PNG to write.
         hd95_unit: "mm", or "px" for 2-D images without a physical spacing (CityScapes).
     """
-    plt = _pyplot()
     blocks = [b for b in ("fpa", "rfna") if any(r["network"] == b for r in records)]
     if not blocks:
         raise ValueError("no FPA / RFNA variant to plot")
     panels = [("iou", True), ("iou", False), ("hd95", True), ("hd95", False)]
-    fig, axes = plt.subplots(len(blocks), 4, figsize=(14, 3.2 * len(blocks)), squeeze=False)
+    fig, axes = _subplots(len(blocks), 4, figsize=(14, 3.2 * len(blocks)))
     letter = iter("abcdefghijklmnop")
     for i, block in enumerate(blocks):
         recs = [r for r in records if r["network"] == block]
@@ -399,7 +394,7 @@ def make_figures(runs, results, ctx, seeds, folds, cases=None, networks=None) ->
     fig7 is written when the grid has two or more variants of FPA or RFNA.
     """
     try:
-        _pyplot()
+        import matplotlib  # noqa: F401
     except ImportError:
         logging.getLogger("pam_monai.experiments").warning(
             "figures: matplotlib is not installed; no figure written"
