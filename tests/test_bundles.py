@@ -1864,6 +1864,7 @@ def test_datasets_take_their_cases_from_the_model_zoos_data_ids(name, tmp_path):
     wf = ConfigWorkflow(
         config_file=configs(name, "train.json"),
         workflow_type="train",
+        logging_file=False,  # the bundle's logging.conf would set this worker's root logger for later tests
         bundle_root=str(tmp_path),
         dataset_dir=str(tmp_path / "data"),
         device="cpu",
