@@ -113,3 +113,31 @@ def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
     code = FIGURE_IN_A_PROGRAM.replace("sys.argv[1]", repr(str(tmp_path / "fig4.png")))
     assert run_python(code, MPLBACKEND="pdf") == "pdf pdf"
     assert (tmp_path / "fig4.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+BENCH_IN_A_PROGRAM = """
+import logging
+import torch
+from torch._inductor import config
+from pam_monai.bench import run_bench
+
+torch.set_num_threads(2)
+torch.manual_seed(5)
+
+def state():
+    root = logging.getLogger()
+    return (len(root.handlers), root.level, torch.get_num_threads(), config.split_reductions,
+            torch.get_rng_state().sum().item())
+
+before = state()
+run_bench(device="cpu", stages="train", quick=True, networks="unet", modes="fp32", reference=False,
+          threads=1, inductor=f"split_reductions={not config.split_reductions}", verbose=True, output=None)
+print([name for name, a, b in zip(["root handlers", "root level", "threads", "inductor", "torch RNG"],
+                                   before, state()) if a != b])
+"""
+
+
+def test_a_benchmark_leaves_the_calling_program_as_it_was():
+    """``run_bench`` configured the root logger, kept its ``threads`` and ``inductor`` settings
+    and reseeded torch's RNG for the program that called it."""
+    assert run_python(BENCH_IN_A_PROGRAM) == "[]"

@@ -6,15 +6,18 @@ See ``benchmarks/README.md`` for the latest figures and the exact commands, and
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import importlib.util
+import inspect
 import logging
 import os
 import platform
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -176,6 +179,44 @@ def apply_inductor_settings(spec: str | dict | None) -> dict:
     return applied
 
 
+@contextlib.contextmanager
+def _kept_logging_and_inductor(inductor) -> Iterator[None]:
+    """The root logger (``run_bench`` configures it for its progress lines) and, with ``inductor``,
+    ``torch._inductor.config`` as they were before the block."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    config = None
+    if inductor:
+        from torch._inductor import config
+
+        saved = config.save_config()
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+        if config is not None:
+            config.load_config(saved)
+
+
+def _keeps_the_process_as_it_was(run):
+    """``run_bench`` in another program (a notebook, a test) leaves its settings behind: threads,
+    RNGs, cuDNN flags, inductor settings and the root logger come back afterwards."""
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        from ..engines.runtime import kept_process_settings  # imports MONAI: not at this module's import
+
+        inductor = inspect.signature(run).bind(*args, **kwargs).arguments.get("inductor")
+        with kept_process_settings(), _kept_logging_and_inductor(inductor):
+            return run(*args, **kwargs)
+
+    return wrapper
+
+
+@_keeps_the_process_as_it_was
 def run_bench(
     device: str = "auto",
     networks: str | None = None,
@@ -216,7 +257,9 @@ def run_bench(
     """Benchmark the training step, the data pipeline, whole-volume inference and HD95.
 
     Prints markdown tables and writes the results as JSON. Every stage, network and mode is
-    guarded: a failure is recorded in the results (``errors``) and the rest still runs.
+    guarded: a failure is recorded in the results (``errors``) and the rest still runs. The
+    process's settings it changes (threads, RNGs, cuDNN benchmark, ``inductor``, the root logger
+    for ``verbose``) are restored when it returns.
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
