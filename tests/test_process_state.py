@@ -85,6 +85,7 @@ print([name for name, a, b in zip(
 """
 
 
+@pytest.mark.slow
 def test_an_experiment_grid_leaves_the_calling_program_as_it_was(tmp_path):
     """``run_experiment`` runs the bundles in this process: a deterministic grid left the caller's
     program in deterministic mode (cuDNN's too, ``CUBLAS_WORKSPACE_CONFIG`` set), its RNGs seeded by
@@ -137,6 +138,7 @@ print([name for name, a, b in zip(["root handlers", "root level", "threads", "in
 """
 
 
+@pytest.mark.slow
 def test_a_benchmark_leaves_the_calling_program_as_it_was():
     """``run_bench`` configured the root logger, kept its ``threads`` and ``inductor`` settings
     and reseeded torch's RNG for the program that called it."""
