@@ -918,6 +918,21 @@ def test_resize_implementations_are_checked():
         use_resize(LinearResize(2), "nearest")
 
 
+def test_matmul_resize_trains_after_a_prediction_in_inference_mode(monkeypatch):
+    """The interpolation matrices are cached per size for the process: one first made under
+    ``torch.inference_mode`` (a prediction) was an inference tensor, which autograd cannot save, so
+    every later training step at that size failed (a notebook that predicted, then fine-tuned)."""
+    from pam_monai.networks.blocks import resize as resize_module
+
+    monkeypatch.setattr(resize_module, "_MATRICES", {})  # sizes first met in this test
+    x = torch.randn(1, 2, 5, 6)
+    with torch.inference_mode():
+        resize_module.matmul_resize(x, (10, 12))
+    x.requires_grad_(True)
+    resize_module.matmul_resize(x, (10, 12)).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 @pytest.mark.parametrize("impl", ["gather", "matmul"])
 @pytest.mark.parametrize("name", ["unet", "fpa", "rfna"])
 def test_networks_with_another_resize_compute_the_same_function(name, impl):

@@ -168,7 +168,8 @@ def _matrix(n: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.T
     """The ``m x n`` matrix of a 1-D linear interpolation (``align_corners=True``) from ``n`` to
     ``m`` samples (at most two non-zeros per row, the weights of :func:`_positions`).
 
-    Eagerly cached per size; under ``torch.compile`` a few index operations of the graph that
+    Eagerly cached per size (made outside inference mode, so that training can use it after a
+    prediction); under ``torch.compile`` a few index operations of the graph that
     inductor computes on the device (no host-to-device copy, no cache in the traced code)."""
     if torch.compiler.is_compiling():
         return _matrix_values(n, m, dtype, device)
@@ -177,7 +178,10 @@ def _matrix(n: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.T
     if mat is None:
         if len(_MATRICES) > 64:
             _MATRICES.clear()
-        mat = _MATRICES[key] = _matrix_values(n, m, dtype, device)
+        # a normal tensor even under torch.inference_mode: a cached inference tensor could not
+        # be saved for the backward of any later training step at this size
+        with torch.inference_mode(False):
+            mat = _MATRICES[key] = _matrix_values(n, m, dtype, device)
     return mat
 
 
