@@ -36,8 +36,21 @@ __all__ = [
     "sibling_temp_dir",
 ]
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
+
+def _umask() -> int:
+    """The process's umask now (a program may set its own after importing this module), read
+    from ``/proc/self/status`` where Linux gives it: ``os.umask`` can only read it by setting it,
+    which another thread creating a file at that moment would see."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _host_tag() -> str:
@@ -161,7 +174,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_umask())
         _replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -191,7 +204,7 @@ def sibling_temp_dir(target: str | os.PathLike) -> Path:
         if reworded is None:
             raise
         raise reworded from None
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    os.chmod(tmp, 0o777 & ~_umask())
     return tmp
 
 

@@ -6,6 +6,7 @@ repository root so that this checkout's ``pam_monai`` is the one imported.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_python(code: str, **env) -> str:
     """Run ``code`` in a fresh interpreter at the repository root; returns its last output line."""
-    import os
-
     proc = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -143,3 +142,22 @@ def test_a_benchmark_leaves_the_calling_program_as_it_was():
     """``run_bench`` configured the root logger, kept its ``threads`` and ``inductor`` settings
     and reseeded torch's RNG for the program that called it."""
     assert run_python(BENCH_IN_A_PROGRAM) == "[]"
+
+
+UMASK_SET_AFTER_THE_IMPORT = """
+import os, sys
+from pathlib import Path
+from pam_monai.atomic import atomic_write_text, sibling_temp_dir
+
+os.umask(0o077)  # e.g. a service that keeps its outputs private, set after its imports
+out = Path(sys.argv[1])
+atomic_write_text(out / "a.txt", "a")
+print(oct((out / "a.txt").stat().st_mode & 0o777), oct(sibling_temp_dir(out / "b").stat().st_mode & 0o777))
+"""
+
+
+def test_atomic_writes_follow_the_umask_of_the_moment(tmp_path):
+    """The umask was read once, at import (by setting it: a thread creating a file then got
+    0o022): files written after the program set another umask got the import's permissions."""
+    code = UMASK_SET_AFTER_THE_IMPORT.replace("sys.argv[1]", repr(str(tmp_path)))
+    assert run_python(code) == "0o600 0o700"
