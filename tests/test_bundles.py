@@ -1275,6 +1275,38 @@ def test_mlflow_resumed_training_shows_its_failed_run_running(tmp_path):
     assert status() == "FINISHED"
 
 
+def test_mlflow_training_stopped_by_sigterm_ends_its_run_killed(tmp_path):
+    """A SIGTERM (a cluster's preemption) ended the process at once: its MLflow run stayed RUNNING.
+    StopOnTerminate raises it in the run as Ctrl-C does; the run is ended KILLED (not FAILED: nothing
+    went wrong), the process's SIGTERM handler is put back, and the exit status is 128 + 15."""
+    mlflow = pytest.importorskip("mlflow")
+    import signal
+
+    from ignite.engine import Engine
+    from monai.handlers import MLFlowHandler
+
+    from pam_monai.engines import StopOnTerminate, Terminated, TrackingEvery
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    before = signal.getsignal(signal.SIGTERM)
+
+    def step(engine, batch):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, in the main thread
+
+    trainer = Engine(step)
+    StopOnTerminate().attach(trainer)
+    TrackingEvery(params={"epochs": 1}).attach(trainer)
+    tracking = MLFlowHandler(tracking_uri=uri, experiment_name="train", run_name="train", iteration_log=False)
+    tracking.attach(trainer)
+    with pytest.raises(Terminated) as stopped:
+        trainer.run([0, 1], max_epochs=1)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert found.info.status == "KILLED"
+
+
 @pytest.mark.parametrize("own_db", [False, True], ids=["same_db", "own_db"])
 def test_mlflow_failed_training_closes_its_validators_handler(tmp_path, caplog, own_db):
     """A training that raised ended its run FAILED and closed its own MLFlowHandler, not its

@@ -591,9 +591,9 @@ class TrackingEvery:
     refused ("Changing param values is not allowed") and stopped the training. evaluate.json lists
     it among its evaluator's handlers for the parameters alone (what it evaluated: network, weights,
     data, split, seed, fold): its tracking handler logs no loss. When the engine's run raises, it
-    ends the run FAILED (MONAI's handler ends it on completion only; it stayed RUNNING), then lets
-    the error go on (:func:`clean_up_on_error`); a resumed training continues its failed run, set
-    back to RUNNING at its start.
+    ends the run FAILED, KILLED when Ctrl-C or a SIGTERM stopped it (MONAI's handler ends it on
+    completion only; it stayed RUNNING), then lets the error go on (:func:`clean_up_on_error`); a
+    resumed training continues its failed or killed run, set back to RUNNING at its start.
 
     Args:
         every: log the loss every ``every`` iterations (and each epoch's first and last).
@@ -674,10 +674,12 @@ class TrackingEvery:
         return list({id(h): h for h in found}.values())
 
     def end_failed(self, engine: Engine, error: BaseException) -> None:
-        """End each tracking handler's run FAILED when the engine's run raises (MONAI's ends it on
-        COMPLETED only: it stayed RUNNING) and close the handler, its validator's too (MONAI's
-        validator settings never close it: it kept the run, which its close would end FINISHED,
-        and a store of its own stayed open). A failure here is logged: the run's error goes on."""
+        """End each tracking handler's run FAILED when the engine's run raises, KILLED when it was
+        stopped (Ctrl-C, a SIGTERM: :class:`StopOnTerminate`) (MONAI's ends it on COMPLETED only: it
+        stayed RUNNING), and close the handler, its validator's too (MONAI's validator settings
+        never close it: it kept the run, which its close would end FINISHED, and a store of its own
+        stayed open). A failure here is logged: the run's error goes on."""
+        status = "KILLED" if isinstance(error, (KeyboardInterrupt, Terminated)) else "FAILED"
         ended = set()  # run ids: the trainer's and its validator's handlers log into one run
         for handler in self._all_trackers(engine):
             run, handler.cur_run = handler.cur_run, None  # its close would end the run FINISHED
@@ -685,11 +687,11 @@ class TrackingEvery:
                 try:
                     if run is not None and run.info.run_id not in ended:
                         ended.add(run.info.run_id)
-                        handler.client.set_terminated(run.info.run_id, "FAILED")
+                        handler.client.set_terminated(run.info.run_id, status)
                 finally:
                     handler.close()  # releases its SQLite store, as on COMPLETED
             except Exception as e:  # noqa: BLE001 - the engine's error is the one to report
-                log.warning("MLflow: could not end the failed run as FAILED (%s: %s)", type(e).__name__, e)
+                log.warning("MLflow: could not end the run as %s (%s: %s)", status, type(e).__name__, e)
 
     def log_params(self, engine: Engine) -> None:
         """Log ``params`` into each tracking handler's run, but those it has logged (once a run)."""
