@@ -1268,6 +1268,25 @@ def test_one_call_per_grid_and_killed_runs_are_recorded(small_grid, tmp_path, mo
     assert len((out / "runs.jsonl").read_text().splitlines()) == 5
 
 
+def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(small_grid, tmp_path, monkeypatch):
+    """A SIGTERM in a run's training (StopOnTerminate raises it there, as Ctrl-C raises
+    KeyboardInterrupt) went past the runner's Ctrl-C handler: no `interrupted` event was written and
+    the next call reported the run as killed."""
+    from pam_monai.engines import Terminated
+
+    def preempted(run, b, o, identity, ctx):
+        raise Terminated()
+
+    monkeypatch.setattr(runner_module, "_execute", preempted)
+    with pytest.raises(Terminated):
+        run_experiment(**small_grid)
+    events = [json.loads(x) for x in (tmp_path / "exp" / "runs.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["run"]) for e in events] == [
+        ("start", "runs/unet/seed0/fold0"),
+        ("interrupted", "runs/unet/seed0/fold0"),
+    ]
+
+
 def test_a_run_finished_before_its_call_was_killed_is_not_recorded_as_killed(
     small_grid, tmp_path, monkeypatch, caplog
 ):

@@ -47,7 +47,7 @@ from typing import Any
 from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
-from ..engines import as_bool, atomic_write_text, close_writers
+from ..engines import Terminated, as_bool, atomic_write_text, close_writers
 from ..engines.runtime import kept_process_settings
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
@@ -1057,7 +1057,7 @@ def _execute_pending(
             _append_event(events, event="start", run=folder)
             try:
                 done = _execute(run, bundle, bundle_overrides, identity, ctx)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Terminated):  # Ctrl-C; a SIGTERM in a training (StopOnTerminate)
                 _append_event(events, event="interrupted", run=folder)
                 log.warning(
                     "experiment: interrupted during %s; re-run the same command to continue", run.name
