@@ -21,7 +21,7 @@ import numpy as np
 from ..atomic import atomic_dir
 from .files import nifti_like
 
-__all__ = ["convert_msd", "is_msd_dataset_json"]
+__all__ = ["convert_msd", "is_msd_dataset_json", "write_channels", "write_dataset_json", "write_label"]
 
 
 def is_msd_dataset_json(meta: dict) -> bool:
@@ -48,6 +48,53 @@ def _save(volume: np.ndarray, like, path: Path) -> None:
     import nibabel as nib
 
     nib.save(nifti_like(volume, like.affine, like.header), str(path))
+
+
+def write_channels(source: Path, img, case: str, folder: Path, data: np.ndarray | None = None) -> None:
+    """Write the NIfTI image ``img`` (loaded from ``source``; ``data`` its voxels when already read)
+    as ``folder/<case>_XXXX.nii.gz``, one file per channel: a 3-D ``.nii.gz`` file is copied as
+    shipped (no re-encoding), a 4-D one is split along its last axis, each channel keeping the
+    file's qform, sform and units."""
+    if len(img.shape) == 3 and source.name.endswith(".nii.gz"):
+        shutil.copyfile(source, folder / f"{case}_0000.nii.gz")
+        return
+    data = np.asarray(img.dataobj) if data is None else data
+    for c, volume in enumerate([data] if data.ndim == 3 else np.moveaxis(data, -1, 0)):
+        _save(np.ascontiguousarray(volume), img, folder / f"{case}_{c:04d}.nii.gz")
+
+
+def write_label(path: Path, img, target: Path):
+    """Copy the label file ``path`` of the NIfTI image ``img`` to ``target`` (a ``.nii.gz`` file as
+    shipped) and return it loaded. Raises ``ValueError`` naming ``path`` when it is unreadable or
+    not on the image's grid (shape and affine)."""
+    import nibabel as nib
+
+    try:
+        lab = nib.load(str(path))
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable ({e})") from e
+    if tuple(lab.shape) != tuple(img.shape[:3]):
+        raise ValueError(f"{path}: shape {tuple(lab.shape)} differs from the image's {tuple(img.shape[:3])}")
+    if not np.allclose(lab.affine, img.affine, atol=1e-3):
+        worst = float(np.abs(lab.affine - img.affine).max())
+        raise ValueError(
+            f"{path}: its affine differs from its image's (largest difference {worst:g}): a label "
+            "must lie on its image's grid"
+        )
+    if path.name.endswith(".nii.gz"):
+        shutil.copyfile(path, target)  # exactly as shipped
+    else:
+        nib.save(lab, str(target))
+    return lab
+
+
+def write_dataset_json(
+    folder: Path, name: str, description: str, channels: dict, labels: dict, **more
+) -> None:
+    """Write ``folder/dataset.json`` of the nnU-Net v2 raw layout (``more``: ``numTraining``,
+    ``file_ending``, ``converted_from``, in that order)."""
+    meta = {"name": name, "description": description, "channel_names": channels, "labels": labels, **more}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress: bool = True) -> Path:
@@ -113,48 +160,25 @@ def convert_msd(task_dir: str | os.PathLike, output: str | os.PathLike, progress
                 data = np.asarray(img.dataobj)
             except Exception as e:
                 raise ValueError(f"{source}: unreadable ({e})") from e
-            volumes = [data] if data.ndim == 3 else list(np.moveaxis(data, -1, 0)) if data.ndim == 4 else []
-            if len(volumes) != len(channels):
+            count = 1 if data.ndim == 3 else data.shape[-1] if data.ndim == 4 else 0
+            if count != len(channels):
                 raise ValueError(
                     f"{source}: expected {len(channels)} channel(s) ({', '.join(channels.values())}), got shape {data.shape}"
                 )
-            if data.ndim == 3 and source.name.endswith(".nii.gz"):  # one channel: the file as shipped
-                shutil.copyfile(source, tmp / subset / f"{case}_0000.nii.gz")
-            for c, volume in enumerate(
-                volumes if data.ndim == 4 or not source.name.endswith(".nii.gz") else []
-            ):
-                _save(np.ascontiguousarray(volume), img, tmp / subset / f"{case}_{c:04d}.nii.gz")
+            write_channels(source, img, case, tmp / subset, data)
             if label is not None:
                 lab_path = task_dir / label
                 if not lab_path.is_file():
                     raise FileNotFoundError(f"{lab_path}: listed in {meta_path.name} but missing")
-                try:
-                    lab = nib.load(str(lab_path))
-                except Exception as e:
-                    raise ValueError(f"{lab_path}: unreadable ({e})") from e
-                if tuple(lab.shape) != tuple(volumes[0].shape):
-                    raise ValueError(
-                        f"{lab_path}: shape {tuple(lab.shape)} differs from the image's {volumes[0].shape}"
-                    )
-                if not np.allclose(lab.affine, img.affine, atol=1e-3):
-                    worst = float(np.abs(lab.affine - img.affine).max())
-                    raise ValueError(
-                        f"{lab_path}: its affine differs from its image's (largest difference {worst:g}): a label "
-                        "must lie on its image's grid"
-                    )
-                target = tmp / "labelsTr" / f"{case}.nii.gz"
-                if lab_path.name.endswith(".nii.gz"):
-                    shutil.copyfile(lab_path, target)  # exactly as shipped
-                else:
-                    nib.save(lab, str(target))
-        new_meta = {
-            "name": meta.get("name") or task_dir.name,
-            "description": meta.get("description", ""),
-            "channel_names": channels,
-            "labels": labels,
-            "numTraining": len(meta["training"]),
-            "file_ending": ".nii.gz",
-            "converted_from": f"MSD {task_dir.name} by pam_monai convert_msd",
-        }
-        (tmp / "dataset.json").write_text(json.dumps(new_meta, indent=2) + "\n", encoding="utf-8")
+                write_label(lab_path, img, tmp / "labelsTr" / f"{case}.nii.gz")
+        write_dataset_json(
+            tmp,
+            meta.get("name") or task_dir.name,
+            meta.get("description", ""),
+            channels,
+            labels,
+            numTraining=len(meta["training"]),
+            file_ending=".nii.gz",
+            converted_from=f"MSD {task_dir.name} by pam_monai convert_msd",
+        )
     return output
