@@ -1,4 +1,5 @@
-"""Command-line entry points (``python -m pam_monai datalist|synth|check|convert_msd|convert_dicom|convert_isles22``,
+"""Command-line entry points (``python -m pam_monai datalist|synth|check|convert_msd|convert_folders|convert_dicom|
+convert_isles22``,
 run by Python Fire)."""
 
 from __future__ import annotations
@@ -120,6 +121,57 @@ def convert_msd(task_dir: str, output: str) -> None:
     )
 
 
+def convert_folders(
+    images: str,
+    output: str,
+    labels: str | None = None,
+    channel_names=None,
+    label_names=None,
+    label_suffix: str | None = None,
+    image_suffix: str | None = None,
+    test_images: bool = False,
+) -> None:
+    """Convert plain folders of images and labels (images/<case>.nii.gz and labels/<case>.nii.gz, or one folder of
+    <case>_img / <case>_seg pairs) into the nnU-Net v2 raw layout that --dataset nnunet and --task nnunet read.
+
+    Args:
+        images: the folder of images, one file per case: a 3-D NIfTI, a 4-D NIfTI (channels last) or a 2-D PNG /
+            BMP / TIFF (grey, or colour for three channels).
+        output: the new data set folder (must not exist).
+        labels: the folder of label maps, named as the images (a suffix such as _seg, _label, _mask is found by
+            itself); without it, IMAGES holds both.
+        channel_names: the channels' names, e.g. "['T1', 'T2']" (default image; R, G, B; channel_<n>); CT as a
+            name gives CT normalisation.
+        label_names: the label values' names in value order, e.g. "['lesion']" or "{1: 'lesion'}" (default
+            background, label_<value>).
+        label_suffix: what the label files add to the case name (default: found among _seg, _label, _mask, ...).
+        image_suffix: what the image files add to the case name (default: found among _img, _image, ...).
+        test_images: put images without a label into imagesTs (inference) instead of refusing them.
+    """
+    from ..engines.runtime import as_bool
+    from .folders import convert_folders as convert
+
+    # str(): Fire turns an all-digit folder name (a study date, 20240101) into a number
+    path = convert(
+        str(images),
+        str(output),
+        None if labels is None else str(labels),
+        channel_names=channel_names,
+        label_names=label_names,
+        label_suffix=None if label_suffix is None else str(label_suffix),
+        image_suffix=None if image_suffix is None else str(image_suffix),
+        test_images=as_bool(test_images),
+    )
+    meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
+    tests = len(list((path / "imagesTs").iterdir())) if (path / "imagesTs").is_dir() else 0
+    print(
+        f"wrote {path}: {meta['numTraining']} training cases{f', {tests} test image file(s)' if tests else ''}, "
+        f"channels {', '.join(meta['channel_names'].values())}, labels {meta['labels']}; next: python -m pam_monai "
+        f"check --dataset nnunet --root {quote(str(path))}, then train with --task nnunet --dataset_dir "
+        f"{quote(str(path))}"
+    )
+
+
 def convert_isles22(root: str, output: str) -> None:
     """Convert the ISLES 2022 data set (BIDS: rawdata/ and derivatives/, MRI) into the nnU-Net v2 raw layout that
     --dataset nnunet and the bundles' --task nnunet read: DWI and ADC as channels 0 and 1, the lesion mask as label
@@ -165,7 +217,7 @@ def _dataset_of(root: str) -> str:
         return "nnunet"
     raise ValueError(
         f"{root}: which data set is it? Pass --dataset brats, isles, cityscapes or nnunet (own data in the "
-        "nnU-Net layout, a folder with dataset.json: found by itself)"
+        f"nnU-Net layout, a folder with dataset.json: found by itself)"
     )
 
 

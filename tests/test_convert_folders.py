@@ -1,0 +1,171 @@
+"""Plain folders of images and labels into the nnU-Net v2 raw layout (python -m pam_monai convert_folders)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pam_monai.cli import main
+from pam_monai.data import check_dataset, get_spec
+from pam_monai.data.folders import convert_folders
+
+AFFINE = np.diag([0.9, 0.9, 2.5, 1.0])
+
+
+def volume(path: Path, data: np.ndarray, affine=AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def label_map(values=(1,), shape=(20, 18, 4)) -> np.ndarray:
+    lab = np.zeros(shape, np.uint8)
+    for i, v in enumerate(values):
+        lab[4 + 3 * i : 7 + 3 * i, 5:10, 1:3] = v
+    return lab
+
+
+def plain(
+    root: Path, cases=("a01", "b02", "c03"), image="{}", label="{}_seg", channels=0, values=(1,)
+) -> Path:
+    """images/<image> and labels/<label> NIfTI files; ``channels`` > 0 writes 4-D images."""
+    rng = np.random.default_rng(0)
+    for case in cases:
+        shape = (20, 18, 4) + ((channels,) if channels else ())
+        volume(root / "images" / f"{image.format(case)}.nii.gz", rng.normal(size=shape).astype(np.float32))
+        volume(root / "labels" / f"{label.format(case)}.nii.gz", label_map(values))
+    return root
+
+
+def test_pairs_by_case_name_stripping_the_label_suffix_and_check_passes(tmp_path):
+    src = plain(tmp_path, values=(1, 3))
+    out = convert_folders(src / "images", tmp_path / "Dataset501", src / "labels", progress=False)
+    for case in ("a01", "b02", "c03"):  # copied as shipped: no re-encoding
+        assert (out / "imagesTr" / f"{case}_0000.nii.gz").read_bytes() == (
+            src / "images" / f"{case}.nii.gz"
+        ).read_bytes()
+        assert (out / "labelsTr" / f"{case}.nii.gz").read_bytes() == (
+            src / "labels" / f"{case}_seg.nii.gz"
+        ).read_bytes()
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "image"}
+    assert meta["labels"] == {"background": 0, "label_1": 1, "label_3": 3}  # the values found
+    assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz"
+    report = check_dataset("nnunet", out, progress=False)
+    assert report.ok, report.format()
+
+
+def test_4d_images_are_split_into_channels_with_given_names(tmp_path):
+    src = plain(tmp_path, image="{}_img", label="{}_label", channels=2)
+    out = convert_folders(
+        src / "images",
+        tmp_path / "out",
+        src / "labels",
+        channel_names=["T1", "T2"],
+        label_names={1: "lesion"},
+        progress=False,
+    )
+    data = np.asarray(nib.load(str(src / "images" / "b02_img.nii.gz")).dataobj)
+    for c in range(2):
+        channel = nib.load(str(out / "imagesTr" / f"b02_{c:04d}.nii.gz"))
+        assert np.array_equal(np.asarray(channel.dataobj), data[..., c])
+        assert np.allclose(channel.affine, AFFINE)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "T1", "1": "T2"}
+    assert meta["labels"] == {"background": 0, "lesion": 1}
+    spec = get_spec("nnunet", root=out)
+    assert spec.channels == ("T1", "T2")
+    assert check_dataset("nnunet", out, progress=False).ok
+
+
+def test_one_folder_of_img_and_seg_pairs(tmp_path):
+    folder = tmp_path / "cases"
+    for case in ("x1", "x2"):
+        volume(folder / f"{case}_img.nii.gz", np.ones((20, 18, 4), np.float32))
+        volume(folder / f"{case}_seg.nii.gz", label_map())
+    out = convert_folders(folder, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["x1_0000.nii.gz", "x2_0000.nii.gz"]
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["x1.nii.gz", "x2.nii.gz"]
+
+
+def test_images_without_labels_and_labels_without_images_are_listed(tmp_path):
+    src = plain(tmp_path, cases=("a01", "b02", "c03"))
+    (src / "labels" / "c03_seg.nii.gz").unlink()
+    volume(src / "labels" / "z09_seg.nii.gz", label_map())
+    with pytest.raises(ValueError, match=r"label\(s\) without an image: z09_seg.nii.gz"):
+        convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
+    (src / "labels" / "z09_seg.nii.gz").unlink()
+    with pytest.raises(ValueError, match=r"image\(s\) without a label: c03.nii.gz .*--test_images true"):
+        convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
+    assert not (tmp_path / "out").exists()
+    out = convert_folders(src / "images", tmp_path / "out", src / "labels", test_images=True, progress=False)
+    assert [p.name for p in (out / "imagesTs").iterdir()] == ["c03_0000.nii.gz"]
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("pat 1", r"case name\(s\) with spaces: 'pat 1'"),
+        ("pat_0001", r"ending in a channel number .*pat_0001"),
+    ],
+)
+def test_case_names_the_layout_cannot_hold_are_refused_by_name(tmp_path, case, message):
+    src = plain(tmp_path, cases=("ok", case))
+    with pytest.raises(ValueError, match=message):
+        convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refusals_leave_no_output(tmp_path):
+    src = plain(tmp_path)
+    volume(src / "labels" / "b02_seg.nii.gz", label_map(shape=(20, 18, 5)))  # off its image's grid
+    with pytest.raises(ValueError, match=r"b02_seg.nii.gz: shape \(20, 18, 5\) differs"):
+        convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(FileExistsError, match="full already exists"):
+        convert_folders(src / "images", tmp_path / "full", src / "labels", progress=False)
+
+
+def test_colour_pngs(tmp_path):
+    from PIL import Image
+
+    for case in ("p1", "p2"):
+        (tmp_path / "img").mkdir(exist_ok=True)
+        (tmp_path / "gt").mkdir(exist_ok=True)
+        Image.fromarray(np.full((24, 32, 3), 90, np.uint8), "RGB").save(tmp_path / "img" / f"{case}.png")
+        mask = np.zeros((24, 32), np.uint8)
+        mask[5:10, 5:10] = 1
+        Image.fromarray(mask, "L").save(tmp_path / "gt" / f"{case}_mask.png")
+    out = convert_folders(tmp_path / "img", tmp_path / "out", tmp_path / "gt", progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "R", "1": "G", "2": "B"} and meta["file_ending"] == ".png"
+    assert (out / "imagesTr" / "p1_0000.png").read_bytes() == (tmp_path / "img" / "p1.png").read_bytes()
+    assert check_dataset("nnunet", out, progress=False).ok
+
+
+def test_the_command(tmp_path, capsys):
+    src = plain(tmp_path / "mine")
+    main(
+        [
+            "convert_folders",
+            "--images",
+            str(src / "images"),
+            "--labels",
+            str(src / "labels"),
+            "--output",
+            str(tmp_path / "new"),
+            "--label_names",
+            "lesion",
+        ]
+    )
+    assert (
+        "3 training cases, channels image, labels {'background': 0, 'lesion': 1}" in capsys.readouterr().out
+    )
+    assert check_dataset("nnunet", tmp_path / "new", progress=False).ok
