@@ -150,8 +150,17 @@ def test_colour_pngs(tmp_path):
     assert check_dataset("nnunet", out, progress=False).ok
 
 
-def test_the_command(tmp_path, capsys):
+def test_plain_folders_given_as_a_data_set_name_the_converter(tmp_path, capsys):
     src = plain(tmp_path / "mine")
+    for argv in (["check", "--root", str(src)], ["check", "--dataset", "nnunet", "--root", str(src)]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert (
+            f"{src} holds images/ and labels/ (one file per case): convert them once, python -m pam_monai "
+            f"convert_folders --images {src / 'images'} --labels {src / 'labels'} --output NEW, and use NEW"
+        ) in str(exit_.value.code)
+    with pytest.raises(FileNotFoundError, match=r"holds images/ and labels/ .*convert_folders"):
+        get_spec("nnunet", root=src)
     main(
         [
             "convert_folders",
@@ -169,3 +178,13 @@ def test_the_command(tmp_path, capsys):
         "3 training cases, channels image, labels {'background': 0, 'lesion': 1}" in capsys.readouterr().out
     )
     assert check_dataset("nnunet", tmp_path / "new", progress=False).ok
+
+
+def test_one_folder_of_pairs_given_as_a_data_set_names_the_converter(tmp_path):
+    for case in ("x1", "x2"):
+        volume(tmp_path / "cases" / f"{case}_img.nii.gz", np.ones((20, 18, 4), np.float32))
+        volume(tmp_path / "cases" / f"{case}_seg.nii.gz", label_map())
+    with pytest.raises(
+        FileNotFoundError, match=r"side by side: .*convert_folders --images \S*cases --output NEW"
+    ):
+        get_spec("nnunet", root=tmp_path / "cases")

@@ -213,11 +213,13 @@ def convert_dicom(input_dir: str, output: str, channel: int = 0) -> None:
 
 def _dataset_of(root: str) -> str:
     """``nnunet`` for a folder holding a dataset.json (own data); the others need --dataset."""
+    from .folders import folders_note
+
     if (Path(root) / "dataset.json").is_file():
         return "nnunet"
     raise ValueError(
         f"{root}: which data set is it? Pass --dataset brats, isles, cityscapes or nnunet (own data in the "
-        f"nnU-Net layout, a folder with dataset.json: found by itself)"
+        f"nnU-Net layout, a folder with dataset.json: found by itself){folders_note(root)}"
     )
 
 

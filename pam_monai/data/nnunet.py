@@ -135,7 +135,9 @@ def _dataset_json_nearby(root: Path) -> str:
             f"; {root} holds the {name} layout ({folder}/): the {name} bundles read it as it is (without "
             f"--task nnunet), as do check and score with --dataset {name}"
         )
-    return ""
+    from .folders import folders_note
+
+    return folders_note(root)
 
 
 # a top folder of each of the paper's data sets in its published layout
