@@ -330,6 +330,35 @@ def test_progress_bar_does_not_flood_a_log_file(capsys):
     assert "30/30" in drawn
 
 
+def test_progress_bar_imports_from_ignite_0_4(monkeypatch):
+    """setup.cfg allows pytorch-ignite 0.4.11, whose ``ignite.handlers`` has no ``ProgressBar`` (it
+    moved there from ``ignite.contrib.handlers`` in 0.5): importing ``pam_monai.engines`` failed,
+    and with it every bundle ("module 'pam_monai' has no attribute 'engines'"). The module is loaded
+    afresh here with ``ignite.handlers`` as 0.4 has it."""
+    import importlib.util
+
+    import ignite.handlers
+    from ignite.engine import Engine, Events
+
+    import pam_monai.engines.progress as progress
+
+    ContribBar = pytest.importorskip("ignite.contrib.handlers").ProgressBar  # (a later Ignite may drop it)
+    monkeypatch.delattr(ignite.handlers, "ProgressBar", raising=False)  # absent in 0.4
+    spec = importlib.util.spec_from_file_location("pam_monai.engines._progress_ignite04", progress.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert issubclass(module.ProgressBar, ContribBar)
+    bar = module.ProgressBar(desc="train")
+    engine = Engine(lambda e, b: {"loss": 2.0})
+    bar.attach(engine)
+    shown = []
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: shown.append((bar.pbar.n, bar.pbar.postfix))
+    )
+    engine.run(range(3), max_epochs=1)
+    assert shown == [(1, "loss=2"), (2, "loss=2"), (3, "loss=2")]
+
+
 def test_tqdm_monitor_does_not_redraw_a_log_file_bar_before_its_interval():
     """tqdm's monitor thread redraws a fast bar (miniters > 1) once ``maxinterval`` (10 s) has
     passed since its last redraw: a bar in a log file drew a line every 10 s, not every 30 s."""

@@ -6,7 +6,11 @@ import inspect
 import time
 
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar as _IgniteProgressBar
+
+try:
+    from ignite.handlers import ProgressBar as _IgniteProgressBar
+except ImportError:  # pytorch-ignite < 0.5 keeps it in contrib (setup.cfg allows 0.4.11)
+    from ignite.contrib.handlers import ProgressBar as _IgniteProgressBar
 
 from ..progress import LOG_FILE_REDRAW_S, LogFileTqdm, to_log_file
 from .handlers import EveryIterations, loss_of
