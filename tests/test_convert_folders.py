@@ -188,3 +188,15 @@ def test_one_folder_of_pairs_given_as_a_data_set_names_the_converter(tmp_path):
         FileNotFoundError, match=r"side by side: .*convert_folders --images \S*cases --output NEW"
     ):
         get_spec("nnunet", root=tmp_path / "cases")
+
+
+def test_one_folder_a_case_named_like_a_label_is_the_image_of_its_own_label(tmp_path):
+    """x_seg.nii.gz with its label x_seg_seg.nii.gz: x_seg ends like a label, but has one of its own."""
+    folder = tmp_path / "cases"
+    for stem in ("a", "x_seg"):
+        volume(folder / f"{stem}.nii.gz", np.ones((20, 18, 4), np.float32))
+        volume(folder / f"{stem}_seg.nii.gz", label_map())
+    out = convert_folders(folder, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["a_0000.nii.gz", "x_seg_0000.nii.gz"]
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["a.nii.gz", "x_seg.nii.gz"]
+    assert (out / "labelsTr" / "x_seg.nii.gz").read_bytes() == (folder / "x_seg_seg.nii.gz").read_bytes()

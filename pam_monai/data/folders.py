@@ -124,7 +124,10 @@ def _one_folder(folder: Path, label_suffix: str | None) -> tuple[dict[str, Path]
             f"<case>_seg, pass --label_suffix, or put images and labels into folders of their own "
             f"(--images DIR --labels DIR)"
         )
-    labels = {stem: p for stem, p in files.items() if _strip(stem, suffix) != stem}
+    ending = [stem for stem in files if _strip(stem, suffix) != stem]  # <case><suffix>: labels, mostly
+    labelled = {_strip(stem, suffix) for stem in ending}
+    # but a file with a label of its own is an image, though it ends like one: x_seg of x_seg_seg
+    labels = {stem: files[stem] for stem in ending if stem not in labelled}
     images = {stem: p for stem, p in files.items() if stem not in labels}
     return images, labels, suffix
 
