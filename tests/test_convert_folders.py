@@ -96,7 +96,11 @@ def test_images_without_labels_and_labels_without_images_are_listed(tmp_path):
     src = plain(tmp_path, cases=("a01", "b02", "c03"))
     (src / "labels" / "c03_seg.nii.gz").unlink()
     volume(src / "labels" / "z09_seg.nii.gz", label_map())
-    with pytest.raises(ValueError, match=r"label\(s\) without an image: z09_seg.nii.gz"):
+    # no image suffix found: "without a suffix", not the suffix 'a suffix'
+    with pytest.raises(
+        ValueError,
+        match=r"label\(s\) without an image: z09_seg.nii.gz \(paired by case name, images without a suffix, ",
+    ):
         convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
     (src / "labels" / "z09_seg.nii.gz").unlink()
     with pytest.raises(ValueError, match=r"image\(s\) without a label: c03.nii.gz .*--test_images true"):

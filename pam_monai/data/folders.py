@@ -81,6 +81,11 @@ def _strip(stem: str, suffix: str) -> str:
     return stem
 
 
+def _suffix(suffix: str) -> str:
+    """``'_seg'``, or ``a suffix`` for none (not quoted: no suffix is called 'a suffix')."""
+    return repr(suffix) if suffix else "a suffix"
+
+
 def _by_case(files: dict[str, Path], suffix: str, folder: Path) -> dict[str, Path]:
     """``files`` keyed by case (the stem without ``suffix``); raises naming two files of one case."""
     cases: dict[str, Path] = {}
@@ -277,8 +282,8 @@ def convert_folders(
     if orphans:
         raise ValueError(
             f"{labels_dir or images_dir}: label(s) without an image: {_listing(by_label[c].name for c in orphans)} "
-            f"(paired by case name, images without {image_suffix or 'a suffix'!r}, labels without "
-            f"{label_suffix or 'a suffix'!r}; --image_suffix / --label_suffix set them): add the images or move "
+            f"(paired by case name, images without {_suffix(image_suffix)}, labels without "
+            f"{_suffix(label_suffix)}; --image_suffix / --label_suffix set them): add the images or move "
             "these labels out"
         )
     unlabelled = sorted(set(by_image) - set(by_label))
