@@ -56,6 +56,26 @@ def test_setup_run_sets_its_flags_from_its_arguments_not_from_the_run_before():
     assert out == "(False, False, 2, True, True) (False, False)"
 
 
+MONAI_SEED_AFTER_KEPT_SETTINGS = """
+from monai.transforms import Compose, RandFlip
+from monai.utils import get_seed
+from pam_monai.engines import kept_process_settings, setup_run
+
+before = get_seed()
+with kept_process_settings():
+    setup_run(seed=3)  # MONAI's set_determinism: every Compose made later is seeded with 3
+states = {tuple(Compose([RandFlip(prob=0.5)]).R.get_state()[1][:4]) for _ in range(2)}
+print(before, get_seed(), len(states))
+"""
+
+
+def test_kept_process_settings_restores_monais_global_seed():
+    """A run in the block (``setup_run``: MONAI's ``set_determinism``) left MONAI's global seed set:
+    every ``Compose`` the program made afterwards started from that seed, the same random transforms
+    in each (a caller's own pipeline after ``run_experiment``); unset before, it is unset after."""
+    assert run_python(MONAI_SEED_AFTER_KEPT_SETTINGS) == "None None 2"
+
+
 GRID_IN_A_PROGRAM = """
 import os, random, sys, tempfile
 import numpy as np, torch

@@ -607,12 +607,14 @@ def _set_deterministic_threads(deterministic: bool) -> None:
 def kept_process_settings() -> Iterator[None]:
     """Restore after the block what :func:`setup_run` and MONAI's ``ConfigWorkflow`` change in the
     process: intra-op threads, deterministic algorithms, the cuDNN and TF32 flags,
-    ``CUBLAS_WORKSPACE_CONFIG``, the RNG states of torch (CUDA's too), NumPy and ``random``, and ``sys.path`` (a
+    ``CUBLAS_WORKSPACE_CONFIG``, the RNG states of torch (CUDA's too), NumPy and ``random``, MONAI's
+    global seed (which seeds every ``Compose`` made after ``set_determinism``), and ``sys.path`` (a
     workflow adds its bundle's folder at every run). For library calls that run bundles in this
     process (:func:`pam_monai.experiments.run_experiment`): the caller's program goes on as before.
     """
     import random
 
+    import monai.utils.misc as monai_misc
     import numpy as np
 
     global _threads_before_deterministic
@@ -622,9 +624,11 @@ def kept_process_settings() -> Iterator[None]:
     rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     path = list(sys.path)
+    monai_seed = monai_misc.get_seed()
     try:
         yield
     finally:
+        monai_misc._seed = monai_seed  # no public setter: set_determinism reseeds the RNGs too
         _set_flags(saved)
         _threads_before_deterministic = threads_before_deterministic
         if cublas is None:
