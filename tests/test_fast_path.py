@@ -970,6 +970,20 @@ def test_samples_that_do_not_fit_on_the_device_are_refused_with_their_size(monke
         loaders.slice_loader(_Samples(7), 2, "cpu", device_data=True)
 
 
+def test_samples_that_do_not_fit_are_refused_on_torch_without_the_top_level_out_of_memory_error(monkeypatch):
+    """torch.OutOfMemoryError is torch 2.5's name: on torch 2.4 (setup.cfg's floor) the except
+    clause that named it raised AttributeError in place of the out-of-memory message."""
+    import pam_monai.engines.loaders as loaders
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(loaders, "DeviceSliceLoader", out_of_memory)
+    monkeypatch.delattr(torch, "OutOfMemoryError", raising=False)  # as on torch 2.4
+    with pytest.raises(RuntimeError, match=r"7 training samples \(0.00 GB\) do not fit on cpu"):
+        loaders.slice_loader(_Samples(7), 2, "cpu", device_data=True)
+
+
 # --- whole-volume inference with freed memory kept in the process (CPU) -----------------------
 
 

@@ -240,7 +240,7 @@ def slice_loader(
             loader = DeviceSliceLoader(
                 dataset, batch_size, device=device, seed=seed, sampler=sampler, drop_last=drop_last
             )
-        except torch.OutOfMemoryError as e:
+        except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError is 2.5's name (the same class)
             need = device_data_bytes(dataset) / 1e9
             raise RuntimeError(
                 f"device_data: the {len(dataset)} training samples ({need:.2f} GB) do not fit on {device}; "
