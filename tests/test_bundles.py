@@ -47,6 +47,18 @@ TORCHRUN_SMALL = [
 ]
 
 
+def import_mlflow():
+    """MLflow, or a skip where the ``mlflow`` extra's versions (setup.cfg) are not installed: the
+    bundles' database (eval/mlruns.db) and its release on close are MONAI 1.6.1's, and MLflow
+    before 3.7 replaced the root logger's handlers when it made a new database."""
+    from monai import __version__ as monai_version
+    from packaging.version import Version
+
+    if Version(monai_version) < Version("1.6.1"):
+        pytest.skip(f"--tracking mlflow needs monai>=1.6.1 (the mlflow extra), found {monai_version}")
+    return pytest.importorskip("mlflow", minversion="3.7")
+
+
 def configs(name: str, *files: str) -> list[str]:
     return [str(ROOT / "bundles" / name / "configs" / f) for f in files]
 
@@ -1036,7 +1048,7 @@ def test_a_failed_training_step_on_one_node_stops_the_other_nodes(tmp_path):
 
 @pytest.mark.slow
 def test_mlflow_tracking(tmp_path):
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     name = "cityscapes_fpa"
     run(
         "training",
@@ -1060,7 +1072,7 @@ def test_mlflow_tracking_logs_the_loss_every_log_every_iterations_and_the_run_se
     """MONAI's --tracking mlflow logged the loss at every iteration (a wait for the GPU and a
     database write after each step) and, as parameters, only max_epochs and epoch_length: it now
     logs by the bundle's log_every, as TensorBoard does, and the run's settings."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     run(
         "training",
         config_file=configs("brats_fpa", "train.json")[0],
@@ -1089,7 +1101,7 @@ def test_mlflow_resumed_run_keeps_its_parameters_and_trains(tmp_path, caplog):
     """The bundles name each MLflow run, and MONAI continues a named run that is still active (a
     killed training's): a resumed training with more epochs logged ``epochs`` anew into it, which
     MLflow refused ("Changing param values is not allowed"), and the training stopped at its start."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     from ignite.engine import Engine
     from monai.handlers import MLFlowHandler
 
@@ -1119,7 +1131,7 @@ def test_mlflow_evaluation_run_records_what_it_evaluated(tmp_path):
     """``--tracking mlflow`` with evaluate.json recorded no parameter in the evaluation's run (the
     training's records its settings): not the network, the weights, the data or the split. It now
     records them, as training does (once a run: TrackingEvery)."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     from ignite.engine import Engine
     from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
     from monai.bundle.workflows import ConfigWorkflow
@@ -1157,7 +1169,7 @@ def test_mlflow_each_evaluation_has_a_run_of_its_own(tmp_path, caplog):
     the evaluation's run active: the next evaluation, of other weights, continued it, which kept
     the first one's parameters (ckpt_path) and logged the new scores beside them. evaluate.json's
     TrackingEvery now ends the run when the evaluation completes."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     from ignite.engine import Engine
     from monai.handlers import MLFlowHandler
 
@@ -1186,7 +1198,7 @@ def test_mlflow_run_of_a_failed_engine_run_ends_failed(tmp_path, caplog):
     next evaluation, of other weights, logged its scores into the failed one's run beside its
     ckpt_path. TrackingEvery now ends the run FAILED when the engine's run raises (the error goes
     on unchanged, StatsHandler still logs it), and an evaluation (``end_run``) has a run of its own."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     from ignite.engine import Engine
     from monai.handlers import MLFlowHandler, StatsHandler
 
@@ -1235,7 +1247,7 @@ def test_mlflow_resumed_training_shows_its_failed_run_running(tmp_path):
     """A resumed training continues its failed training's MLflow run (MONAI continues a named run
     that is not FINISHED), which stayed FAILED while the resumed training ran, FINISHED only at its
     end: the run is set back to RUNNING at the start of the training that continues it."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     from ignite.engine import Engine
     from monai.handlers import MLFlowHandler
 
@@ -1279,7 +1291,7 @@ def test_mlflow_training_stopped_by_sigterm_ends_its_run_killed(tmp_path):
     """A SIGTERM (a cluster's preemption) ended the process at once: its MLflow run stayed RUNNING.
     StopOnTerminate raises it in the run as Ctrl-C does; the run is ended KILLED (not FAILED: nothing
     went wrong), the process's SIGTERM handler is put back, and the exit status is 128 + 15."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     import signal
 
     from ignite.engine import Engine
@@ -1316,7 +1328,7 @@ def test_mlflow_failed_training_closes_its_validators_handler(tmp_path, caplog, 
     clean-up) ended the failed run FINISHED; a validator tracking into a database of its own kept
     that file open and its run RUNNING. Its run is now ended FAILED too (a run both log into, once)
     and the handler closed, and the error goes on unchanged."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("counts open files in /proc/self/fd")
     from ignite.engine import Engine
