@@ -1319,6 +1319,51 @@ def test_mlflow_training_stopped_by_sigterm_ends_its_run_killed(tmp_path):
     assert found.info.status == "KILLED"
 
 
+def test_mlflow_evaluation_stopped_by_sigterm_ends_its_run_killed(tmp_path):
+    """evaluate.json's evaluator had no StopOnTerminate: a SIGTERM (a cluster's preemption) ended
+    the evaluation at once and its MLflow run stayed RUNNING. Its handlers now stop it as training's
+    do: the run is ended KILLED, the exit status is 128 + 15 and the error says to run it again,
+    not to resume (no evaluation resumes). (The test's own SIGTERM handler
+    stands in for the default action, which would end pytest.)"""
+    mlflow = pytest.importorskip("mlflow")
+    import signal
+
+    from ignite.engine import Engine
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+    from monai.bundle.workflows import ConfigWorkflow
+    from monai.handlers import MLFlowHandler
+
+    from pam_monai.engines import StopOnTerminate, Terminated, TrackingEvery
+
+    class ReachedTheProcess(Exception):
+        pass
+
+    def process_handler(signum, frame):
+        raise ReachedTheProcess("the SIGTERM reached the process's handler: the evaluation did not catch it")
+
+    parser = ConfigParser()
+    parser.read_config(configs("brats_fpa", "train.json", "evaluate.json"))
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data")})
+    parser.update({"check_data": False, "save_execute_config": False, "device": "$torch.device('cpu')"})
+    ConfigWorkflow.patch_bundle_tracking(parser, DEFAULT_MLFLOW_SETTINGS)
+    evaluator = Engine(lambda engine, batch: os.kill(os.getpid(), signal.SIGTERM))
+    for handler in parser.get_parsed_content("validate#handlers"):
+        if isinstance(handler, (StopOnTerminate, TrackingEvery, MLFlowHandler)):
+            handler.attach(evaluator)
+    before = signal.signal(signal.SIGTERM, process_handler)
+    try:
+        with pytest.raises(Terminated) as stopped:
+            evaluator.run([0], max_epochs=1)
+        assert signal.getsignal(signal.SIGTERM) is process_handler  # put back at the end
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert str(stopped.value) == "stopped by SIGTERM (preempted or killed); run the evaluation again"
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    (found,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert found.info.status == "KILLED"
+
+
 @pytest.mark.parametrize("own_db", [False, True], ids=["same_db", "own_db"])
 def test_mlflow_failed_training_closes_its_validators_handler(tmp_path, caplog, own_db):
     """A training that raised ended its run FAILED and closed its own MLFlowHandler, not its

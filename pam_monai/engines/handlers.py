@@ -173,17 +173,17 @@ class ReleaseTrainingLocksOnError:
 
 
 class Terminated(SystemExit):
-    """Raised in the main thread by a SIGTERM (a cluster's preemption, ``kill``) while a training
-    runs (:class:`StopOnTerminate`); exits with status 128 + 15, what a shell reports for a SIGTERM kill."""
+    """Raised in the main thread by a SIGTERM (a cluster's preemption, ``kill``) while a training or
+    an evaluation runs (:class:`StopOnTerminate`); exits with status 128 + 15, what a shell reports
+    for a SIGTERM kill. ``then`` says what to do next (a training resumes, an evaluation reruns)."""
 
-    def __init__(self, signum: int = signal.SIGTERM) -> None:
+    def __init__(self, signum: int = signal.SIGTERM, then: str = "resume with --resume true") -> None:
         super().__init__(128 + int(signum))
         self.signum = int(signum)
+        self.then = then
 
     def __str__(self) -> str:
-        return (
-            f"stopped by {signal.Signals(self.signum).name} (preempted or killed); resume with --resume true"
-        )
+        return f"stopped by {signal.Signals(self.signum).name} (preempted or killed); {self.then}"
 
 
 class StopOnTerminate:
@@ -195,9 +195,11 @@ class StopOnTerminate:
     its ``.training.lock`` (broken only by a later start on the same host), its TensorBoard events
     unflushed and its MLflow run RUNNING. Checkpoints are safe either way (written atomically). The
     handler is the process's from the run's start to its end only (restored then, and at the first
-    signal: a second SIGTERM ends the process at once), and in the main thread only (Python's rule)."""
+    signal: a second SIGTERM ends the process at once), and in the main thread only (Python's rule).
+    ``then``: what the error tells to do next (evaluate.json's: run the evaluation again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: str = "resume with --resume true") -> None:
+        self.then = then
         self._previous = None
         self._installed = False
 
@@ -220,7 +222,7 @@ class StopOnTerminate:
 
     def _raise(self, signum: int, frame) -> None:
         self.restore()
-        raise Terminated(signum)
+        raise Terminated(signum, self.then)
 
 
 def _attached(engine: Engine, seen: set | None = None) -> list:

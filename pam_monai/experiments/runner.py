@@ -1057,7 +1057,7 @@ def _execute_pending(
             _append_event(events, event="start", run=folder)
             try:
                 done = _execute(run, bundle, bundle_overrides, identity, ctx)
-            except (KeyboardInterrupt, Terminated):  # Ctrl-C; a SIGTERM in a training (StopOnTerminate)
+            except (KeyboardInterrupt, Terminated):  # Ctrl-C; a SIGTERM (StopOnTerminate)
                 _append_event(events, event="interrupted", run=folder)
                 log.warning(
                     "experiment: interrupted during %s; re-run the same command to continue", run.name
