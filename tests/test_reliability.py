@@ -1389,7 +1389,9 @@ def test_saved_probabilities_are_the_masks_numbers(network, cases, tmp_path):
         )  # 50 % meant: the flag was not named
 
 
-def test_ensemble_averages_saved_probabilities(cases, tmp_path):
+def test_ensemble_averages_saved_probabilities(cases, tmp_path, caplog):
+    import logging
+
     from pam_monai.cli import main
     from pam_monai.engines.ensemble import ensemble_probabilities
 
@@ -1407,6 +1409,11 @@ def test_ensemble_averages_saved_probabilities(cases, tmp_path):
         seg = nib.load(str(out / f"{case}_seg.nii.gz"))
         np.testing.assert_array_equal(np.asarray(seg.dataobj) > 0, np.asarray(mean.dataobj) > 0.4)
         np.testing.assert_array_equal(seg.affine, nib.load(str(a / f"{case}_seg.nii.gz")).affine)
+    # an input whose inference was stopped part way (its mark left) is named: it may mix two runs
+    (b / ".inference_running").write_text("pid 1\n")
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        ensemble_probabilities([a, b], tmp_path / "ens1")
+    assert f"ensemble: {b}: an inference into this folder was stopped before it ended" in caplog.text
     # inputs that do not hold the same cases are refused before anything is written
     (b / f"{items[0]['case']}_prob.nii.gz").unlink()
     with pytest.raises(ValueError, match=r"1 case\(s\) missing \(" + items[0]["case"]):
@@ -2125,3 +2132,37 @@ def test_wrapper_prefix_of_an_empty_state_dict_is_none():
 
     assert _wrapper_prefix({}) == ""
     assert _wrapper_prefix({"module._orig_mod.w": 1}) == "module._orig_mod."
+
+
+def test_score_names_a_folder_whose_inference_was_stopped_part_way(cases, tmp_path, monkeypatch, caplog):
+    """An inference stopped part way (killed, Ctrl-C) left its new masks beside an earlier run's
+    masks of the cases it had not reached, with no word: ``score`` mixed both runs. Inference now
+    marks its folder while it writes (``.inference_running``, gone when it ends): ``score`` warns,
+    naming the folder and what to do; a finished inference leaves no mark and no warning."""
+    import logging
+
+    from pam_monai.engines.infer import CasePredictor as Predictor
+    from pam_monai.engines.score import score_predictions
+
+    items = find_inference_cases("brats", cases)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    out = tmp_path / "preds"
+    CasePredictor(net, items, "brats", str(out)).run()  # the earlier run: every case
+    assert not (out / ".inference_running").exists()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        score_predictions(out, "brats", cases, tmp_path / "s1")
+    assert "stopped before it ended" not in caplog.text
+    real, done = Predictor._predict, []
+
+    def stopped_after_one(self, network, item):
+        if done:
+            raise KeyboardInterrupt
+        done.append(item["case"])
+        return real(self, network, item)
+
+    monkeypatch.setattr(Predictor, "_predict", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        CasePredictor(net, items, "brats", str(out), threshold=0.3).run()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        score_predictions(out, "brats", cases, tmp_path / "s2")
+    assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text

@@ -32,7 +32,7 @@ from ..data.files import (
     volume_shape,
 )
 from ..progress import progress_bar
-from .infer import safe_output_path, save_prediction
+from .infer import safe_output_path, save_prediction, stopped_inference_note
 from .postprocessing import _probability
 
 __all__ = ["ensemble", "ensemble_probabilities"]
@@ -97,6 +97,10 @@ def ensemble_probabilities(
     missing_folders = [str(f) for f in folders if not f.is_dir()]
     if missing_folders:
         raise ValueError(f"ensemble: no such input folder: {', '.join(missing_folders)}")
+    for folder in folders:
+        stopped = stopped_inference_note(folder)
+        if stopped:
+            log.warning("ensemble: %s", stopped)
     resolved = [f.resolve() for f in folders]
     twice = sorted({str(f) for f, r in zip(folders, resolved) if resolved.count(r) > 1})
     if twice:

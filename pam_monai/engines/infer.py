@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, remove_orphaned_temps
+from ..atomic import atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
@@ -55,6 +55,7 @@ __all__ = [
     "recorded_intensity",
     "safe_output_path",
     "save_prediction",
+    "stopped_inference_note",
     "validate_case",
 ]
 
@@ -67,6 +68,21 @@ OUTPUT_ENDINGS = (
     "_vehicles.png",
     "_prob.npy",
 )
+
+# in an output folder while inference writes into it: left there, the run was stopped part way
+RUNNING_MARK = ".inference_running"
+
+
+def stopped_inference_note(folder: str | os.PathLike) -> str | None:
+    """What to say of ``folder`` when an inference into it was stopped before it ended (its
+    :data:`RUNNING_MARK` is left): its masks may mix that run's and an earlier run's; else None."""
+    if not (Path(folder) / RUNNING_MARK).exists():
+        return None
+    return (
+        f"{folder}: an inference into this folder was stopped before it ended ({RUNNING_MARK} is left): "
+        "its masks may mix that run's and an earlier run's; run the inference again to its end, or into "
+        "an empty --output_dir"
+    )
 
 
 def _output_case(name: str) -> str | None:
@@ -488,11 +504,14 @@ class CasePredictor:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for path in remove_orphaned_temps(self.output_dir):  # masks a killed run left half-written
             log.info("removed %s, left by a killed writer", path)
+        # kept if this run is stopped: its masks then lie beside an earlier run's (score says so)
+        mark = atomic_write_text(self.output_dir / RUNNING_MARK, f"pid {os.getpid()}\n")
         # CPU: the network's tensors of hundreds of MB reuse freed pages (same masks, faster)
         written = []
         with reuse_freed_memory(self.reuse_memory and self.device.type == "cpu"):
             for item in progress_bar(usable, desc=f"{self.spec.name}: inference", unit="case"):
                 written += self._predict(network, item)
+        mark.unlink(missing_ok=True)
         self._warn_earlier_outputs(written)
         return written
 

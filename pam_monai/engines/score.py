@@ -45,6 +45,7 @@ from ..data.ops import binarize
 from ..progress import progress_bar
 from .data import voxel_spacing
 from .handlers import score_case, write_case_metrics
+from .infer import stopped_inference_note
 from .runtime import as_bool
 
 __all__ = ["score", "score_predictions"]
@@ -105,6 +106,9 @@ def score_predictions(
     folder = Path(predictions)
     if not folder.is_dir():
         raise FileNotFoundError(f"score: {folder}: no such folder of predicted masks")
+    stopped = stopped_inference_note(folder)
+    if stopped:
+        log.warning("score: %s", stopped)
     masks = {}
     for path in visible_entries(folder):
         case = _case_of(path.name, spec.volumetric) if path.is_file() else None
