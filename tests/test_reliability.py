@@ -2166,3 +2166,38 @@ def test_score_names_a_folder_whose_inference_was_stopped_part_way(cases, tmp_pa
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         score_predictions(out, "brats", cases, tmp_path / "s2")
     assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text
+
+
+def test_summary_json_names_the_metrics_csv_it_summarises(tmp_path, monkeypatch):
+    """metrics.csv and summary.json are two atomic writes: a kill between them left a new
+    metrics.csv beside the summary of the one before, and nothing told them apart. summary.json now
+    holds the SHA-256 of the metrics.csv it summarises (``metrics_csv_sha256``)."""
+    import hashlib
+
+    from pam_monai.atomic import atomic_write_text as real_write
+    from pam_monai.engines import handlers
+
+    row = {"case": "a", "iou": 1, "dice": 1, "hd95": 0, "fp_rate": 0, "fn_rate": 0}
+    row.update(target_empty=0, pred_empty=0)
+    eval_dir = tmp_path / "eval"
+
+    def matches() -> bool:
+        summary = json.loads((eval_dir / "summary.json").read_text())
+        return (
+            summary["metrics_csv_sha256"]
+            == hashlib.sha256((eval_dir / "metrics.csv").read_bytes()).hexdigest()
+        )
+
+    returned = handlers.write_case_metrics([row], eval_dir)
+    assert matches() and "metrics_csv_sha256" not in returned  # the file's, not a metric
+
+    def killed_after_the_first_write(path, text):
+        if Path(path).name != "metrics.csv":
+            raise KeyboardInterrupt
+        return real_write(path, text)
+
+    monkeypatch.setattr(handlers, "atomic_write_text", killed_after_the_first_write)
+    with pytest.raises(KeyboardInterrupt):
+        handlers.write_case_metrics([{**row, "case": "b"}], eval_dir)
+    assert "b," in (eval_dir / "metrics.csv").read_text()
+    assert not matches()  # the old summary.json is told from the new metrics.csv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -419,15 +420,23 @@ class CaseMetrics:
 
 def write_case_metrics(rows: list[dict], output_dir: str | os.PathLike, summary: dict | None = None) -> dict:
     """``metrics.csv`` (one row per case) and ``summary.json`` (:func:`pam_monai.metrics.summarize`)
-    of per-case rows into ``output_dir``, atomically, and a log line; returns the summary."""
+    of per-case rows into ``output_dir``, atomically, and a log line; returns the summary.
+
+    Two writes, each atomic: a process killed between them leaves the new metrics.csv beside the
+    summary of the one before. summary.json's ``metrics_csv_sha256`` (not in the returned summary),
+    the SHA-256 of the metrics.csv it summarises, tells them apart."""
     out = Path(output_dir)
     summary = summary if summary is not None else summarize(rows)
     fields = ["case", *METRICS, "target_empty", "pred_empty"]
     lines = [",".join(fields)]
     for r in rows:
         lines.append(",".join(_csv(r[k]) for k in fields))
-    atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    csv_path = atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    # the file's bytes as written (a Windows text write turns each \n into \r\n)
+    digest = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    atomic_write_text(
+        out / "summary.json", json.dumps({**summary, "metrics_csv_sha256": digest}, indent=2) + "\n"
+    )
     parts = [f"{m} {summary[m]['mean']:.4g} +- {summary[m]['std']:.3g}" for m in METRICS]
     log.info(
         "%d cases (%d with an empty target, %d with an empty prediction): %s; per-case rows in %s",
