@@ -11,7 +11,8 @@ error is named first and leaves no lock, which the run's failure would otherwise
 
 A lock whose process is gone (killed, SIGKILL included) is broken at the next start, on the same
 host and PID namespace only (:mod:`pam_monai.atomic`'s host tag); a lock of another host is never
-broken (its process cannot be asked): the refusal says how old it is and how to remove it.
+broken (its process cannot be asked): the refusal says how old it is and how to remove it. A
+lock left renamed aside by a process killed while it broke one is removed at the next lock there.
 Evaluation and inference take no lock: they only read ``model.pt``, which is replaced atomically.
 """
 
@@ -130,9 +131,24 @@ def _break(path: Path, holder: dict) -> None:
         return
     try:  # a fresh lock: back in place, unless a third run took the name meanwhile
         os.link(aside, path)
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):  # or a run's _remove_left_aside took the aside
         pass
     aside.unlink(missing_ok=True)
+
+
+def _remove_left_aside(folder: Path) -> None:
+    """Remove the locks that a process killed in :func:`_break` left renamed aside
+    (``.training.lock.stale.*``): those whose holder is gone (this host), and those of another host
+    older than OLD_HOURS. One of a live holder is left (a fresh lock its breaker was to put back),
+    and one of this process (its new lock, which a starting run may have renamed aside to check)."""
+    for aside in folder.glob(f"{LOCK_NAME}.stale.*"):
+        holder = _read(aside)
+        if holder is not None and holder.get("host") == _HOST and holder.get("pid") == os.getpid():
+            continue
+        gone = holder is not None and _stale(holder)
+        if gone or ((holder is None or holder.get("host") != _HOST) and _age_hours(aside) >= OLD_HOURS):
+            aside.unlink(missing_ok=True)
+            log.info("removed %s, a lock left aside by a run killed while it broke a stale lock", aside)
 
 
 def _acquire(path: Path) -> str:
@@ -153,6 +169,7 @@ def _acquire(path: Path) -> str:
             f.write(json.dumps(content) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        _remove_left_aside(path.parent)  # the folder is ours now
         return content["token"]
     raise _refusal(path, _read(path))
 

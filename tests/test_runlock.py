@@ -79,6 +79,23 @@ def test_lock_of_a_dead_process_is_broken(tmp_path):
     assert [p.name for p in (tmp_path / "models").iterdir()] == [LOCK_NAME]  # nothing left aside
 
 
+def test_locks_left_aside_by_a_killed_breaker_are_removed_at_the_next_lock(tmp_path):
+    """A process killed between renaming a stale lock aside and deleting it left
+    ``.training.lock.stale.*``, which nothing removed. The next training to lock the folder removes
+    those of a process that is gone (this host) and those of another host older than OLD_HOURS;
+    one of a live process, or a recent one of another host, is left."""
+    folder = tmp_path / "models"
+    dead = _write_lock(folder, _dead_pid()).rename(folder / f"{LOCK_NAME}.stale.1.dead0000")
+    live = _write_lock(folder, os.getppid()).rename(folder / f"{LOCK_NAME}.stale.2.live0000")
+    far = _write_lock(folder, 1, host="other-host").rename(folder / f"{LOCK_NAME}.stale.3.far00000")
+    old = _write_lock(folder, 1, host="other-host").rename(folder / f"{LOCK_NAME}.stale.4.old00000")
+    long_ago = time.time() - (runlock.OLD_HOURS + 1) * 3600
+    os.utime(old, (long_ago, long_ago))
+    hold_training_lock(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([LOCK_NAME, live.name, far.name])
+    assert not dead.exists() and not old.exists()
+
+
 def test_lock_of_a_reused_pid_is_broken(tmp_path):
     _write_lock(tmp_path / "models", os.getppid(), proc_start="1")  # alive, but started at another time
     (path,) = hold_training_lock(tmp_path / "models")
