@@ -204,3 +204,54 @@ def test_one_folder_a_case_named_like_a_label_is_the_image_of_its_own_label(tmp_
     assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["a_0000.nii.gz", "x_seg_0000.nii.gz"]
     assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["a.nii.gz", "x_seg.nii.gz"]
     assert (out / "labelsTr" / "x_seg.nii.gz").read_bytes() == (folder / "x_seg_seg.nii.gz").read_bytes()
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd"])
+def test_metaimage_and_nrrd_volumes_are_copied_as_they_are(tmp_path, ending):
+    """MetaImage and NRRD volumes (which the nnunet reader takes) were refused by name. A 3-D
+    single-channel one is now copied as shipped, with its label of the same type on its grid, and
+    dataset.json names the file type; a label off its image's grid, one of another type and a
+    multi-channel image are refused by name."""
+    sitk = pytest.importorskip("SimpleITK")
+    rng = np.random.default_rng(0)
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # turned in-plane: not the axes
+
+    def write(path: Path, array: np.ndarray, **grid) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+        img.SetSpacing(grid.get("spacing", (0.9, 0.8, 2.5)))
+        img.SetOrigin((10.0, -4.0, 3.0))
+        img.SetDirection(direction)
+        sitk.WriteImage(img, str(path))
+        return path
+
+    for case in ("a01", "b02"):
+        write(tmp_path / "images" / f"{case}{ending}", rng.normal(size=(4, 18, 20)).astype(np.float32))
+        write(tmp_path / "labels" / f"{case}_seg{ending}", label_map((1, 2)).T.copy())
+    out = convert_folders(tmp_path / "images", tmp_path / "Dataset502", tmp_path / "labels", progress=False)
+    for case in ("a01", "b02"):
+        source = (tmp_path / "images" / f"{case}{ending}").read_bytes()
+        assert (out / "imagesTr" / f"{case}_0000{ending}").read_bytes() == source
+        label = (tmp_path / "labels" / f"{case}_seg{ending}").read_bytes()
+        assert (out / "labelsTr" / f"{case}{ending}").read_bytes() == label
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["file_ending"] == ending and meta["channel_names"] == {"0": "image"}
+    assert meta["labels"] == {"background": 0, "label_1": 1, "label_2": 2}
+    report = check_dataset("nnunet", out, progress=False)
+    assert report.ok, report.format()
+
+    off = write(tmp_path / "labels" / f"b02_seg{ending}", np.zeros((4, 18, 20), np.uint8), spacing=(1, 1, 1))
+    with pytest.raises(ValueError, match=f"b02_seg{ending}: its spacing .* differs from its image's"):
+        convert_folders(tmp_path / "images", tmp_path / "o1", tmp_path / "labels", progress=False)
+    off.unlink()
+    volume(tmp_path / "labels" / "b02_seg.nii.gz", label_map())
+    with pytest.raises(
+        ValueError, match=f"b02_seg.nii.gz: the label of b02{ending} must be a {ending} file too"
+    ):
+        convert_folders(tmp_path / "images", tmp_path / "o2", tmp_path / "labels", progress=False)
+    (tmp_path / "labels" / "b02_seg.nii.gz").unlink()
+    write(tmp_path / "labels" / f"b02_seg{ending}", label_map().T.copy())
+    write(tmp_path / "images" / f"b02{ending}", np.zeros((4, 18, 20, 2), np.float32))
+    with pytest.raises(ValueError, match=f"b02{ending}: .*2 channels.*one file per channel"):
+        convert_folders(tmp_path / "images", tmp_path / "o3", tmp_path / "labels", progress=False)
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))

@@ -135,8 +135,9 @@ def convert_folders(
     <case>_img / <case>_seg pairs) into the nnU-Net v2 raw layout that --dataset nnunet and --task nnunet read.
 
     Args:
-        images: the folder of images, one file per case: a 3-D NIfTI, a 4-D NIfTI (channels last) or a 2-D PNG /
-            BMP / TIFF (grey, or colour for three channels).
+        images: the folder of images, one file per case: a 3-D NIfTI, a 4-D NIfTI (channels last), a 3-D
+            one-channel MetaImage / NRRD (.mha, .nrrd, copied as they are) or a 2-D PNG / BMP / TIFF (grey, or
+            colour for three channels).
         output: the new data set folder (must not exist).
         labels: the folder of label maps, named as the images (a suffix such as _seg, _label, _mask is found by
             itself); without it, IMAGES holds both.

@@ -5,7 +5,8 @@ The layout most own data arrives in: two folders, ``images/<case>.nii.gz`` and
 folder of ``<case>_img.nii.gz`` / ``<case>_seg.nii.gz`` pairs. An image is one 3-D volume, a 4-D
 NIfTI holding every channel of the case (split into one file per channel, as :func:`.msd.convert_msd`
 does), or a 2-D PNG / BMP / TIFF (grey, or colour: one file for three channels, as nnU-Net reads
-natural images). :func:`convert_folders` pairs images and labels by case name, writes
+natural images), or a 3-D MetaImage / NRRD volume (``.mha``, ``.nrrd``: one channel, with its label of
+the same type, both copied as shipped). :func:`convert_folders` pairs images and labels by case name, writes
 ``imagesTr/<case>_XXXX``, ``labelsTr/<case>`` and a ``dataset.json`` whose labels are the values
 found in the label files, and refuses, listing them, images without labels (or puts them into
 ``imagesTs`` when asked), labels without images and case names the layout cannot hold. Single-channel
@@ -32,7 +33,9 @@ __all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "convert_folders", "folders_note"
 LABEL_SUFFIXES = ("_seg", "_label", "_labels", "_mask", "_gt", "_segmentation", "-seg", "-label", "-mask")
 IMAGE_SUFFIXES = ("_img", "_image", "_im", "-img", "-image")
 VOLUME_ENDINGS = (".nii.gz", ".nii")
+SITK_ENDINGS = (".mha", ".nrrd")  # one-file volumes the nnunet reader takes through SimpleITK
 FLAT_ENDINGS = (".png", ".bmp", ".tif")  # what the nnunet reader takes as 2-D images
+_ENDINGS = VOLUME_ENDINGS + SITK_ENDINGS + FLAT_ENDINGS
 _SHOWN = 10  # names listed in one refusal
 _CHANNEL_LIKE = re.compile(r"_\d{4}$")  # nnU-Net's channel number
 _IMAGE_DIRS = ("images", "image", "imgs", "img")
@@ -42,7 +45,7 @@ _LABEL_DIRS = ("labels", "label", "masks", "mask", "segmentations", "seg", "gt",
 def _split_ending(name: str) -> tuple[str, str] | None:
     """``(stem, ending)`` of an image file name this converter reads, else None."""
     lower = name.lower()
-    ending = next((e for e in VOLUME_ENDINGS + FLAT_ENDINGS if lower.endswith(e)), None)
+    ending = next((e for e in _ENDINGS if lower.endswith(e)), None)
     return (name[: -len(ending)], ending) if ending else None
 
 
@@ -68,7 +71,7 @@ def _files(folder: Path) -> dict[str, Path]:
     if other:
         raise ValueError(
             f"{folder}: file(s) of a type this converter does not read: {_listing(other)}; it reads "
-            f"{', '.join(VOLUME_ENDINGS + FLAT_ENDINGS)}: convert them, or move them out of the folder"
+            f"{', '.join(_ENDINGS)}: convert them, or move them out of the folder"
         )
     if twice:
         raise ValueError(f"{folder}: two files of one name: {_listing(twice)}; keep one")
@@ -170,9 +173,35 @@ def _names(given, count: int, default: list[str], what: str, option: str) -> lis
     return names
 
 
+def _sitk_grid(path: Path) -> dict:
+    """The header of a MetaImage / NRRD file: its size, spacing, origin, direction and channels."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return {
+        "size": reader.GetSize(),
+        "spacing": reader.GetSpacing(),
+        "origin": reader.GetOrigin(),
+        "direction": reader.GetDirection(),
+        "channels": reader.GetNumberOfComponents(),
+    }
+
+
 def _image_info(path: Path):
     """``(loaded image or None, channels, grid)`` of an image file; raises naming it when unreadable."""
     try:
+        if path.name.lower().endswith(SITK_ENDINGS):
+            grid = _sitk_grid(path)
+            channels = grid["channels"] * (grid["size"][3] if len(grid["size"]) == 4 else 1)
+            if len(grid["size"]) != 3 or channels != 1:
+                raise ValueError(
+                    f"{path}: a {len(grid['size'])}-D image of {channels} channels: a MetaImage / NRRD image "
+                    "must be one 3-D channel; save one file per channel (<case>_0000, ...) as nnU-Net "
+                    "does, or the case as one 4-D .nii.gz (channels last)"
+                )
+            return None, 1, grid
         if path.name.lower().endswith(VOLUME_ENDINGS):
             import nibabel as nib
 
@@ -198,7 +227,14 @@ def _label_values(path: Path, lab) -> set[int]:
     from .files import load_png
 
     try:
-        data = np.asarray(lab.dataobj) if lab is not None else load_png(path, label=True)
+        if lab is not None:
+            data = np.asarray(lab.dataobj)
+        elif path.name.lower().endswith(SITK_ENDINGS):
+            import SimpleITK as sitk
+
+            data = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        else:
+            data = load_png(path, label=True)
     except Exception as e:
         raise ValueError(f"{path}: unreadable ({e})") from e
     values = np.unique(data)
@@ -210,9 +246,33 @@ def _label_values(path: Path, lab) -> set[int]:
     return {int(v) for v in values}
 
 
+def _check_sitk_label(label: Path, image: Path, grid: dict) -> None:
+    """Raise naming ``label`` (a MetaImage / NRRD file) when it is not on its image's grid."""
+    try:
+        found = _sitk_grid(label)
+    except Exception as e:
+        raise ValueError(f"{label}: unreadable ({e})") from e
+    for key in ("size", "spacing", "origin", "direction"):
+        if not np.allclose(found[key], grid[key], atol=1e-3):
+            raise ValueError(
+                f"{label}: its {key} {found[key]} differs from its image's {grid[key]} ({image.name}): a label "
+                "must lie on its image's grid"
+            )
+
+
 def _write_case(image: Path, label: Path | None, case: str, folder: Path, labels_dir: Path) -> tuple:
     """Write one case; return its channel count, image kind (the file ending) and label values."""
     img, channels, grid = _image_info(image)
+    ending = _split_ending(image.name)[1]
+    if ending in SITK_ENDINGS:  # copied as shipped: the nnunet reader takes them (file_ending)
+        shutil.copyfile(image, folder / f"{case}_0000{ending}")
+        if label is None:
+            return channels, ending, set()
+        if not label.name.lower().endswith(ending):
+            raise ValueError(f"{label}: the label of {image.name} must be a {ending} file too")
+        _check_sitk_label(label, image, grid)
+        shutil.copyfile(label, labels_dir / f"{case}{ending}")
+        return channels, ending, _label_values(label, None)
     ending = ".nii.gz" if img is not None else image.name[-4:].lower()
     if img is not None:
         write_channels(image, img, case, folder)
@@ -274,7 +334,7 @@ def convert_folders(
     else:
         image_files, label_files = _files(images_dir), _files(labels_dir)
     if not image_files:
-        raise ValueError(f"{images_dir}: no image file ({', '.join(VOLUME_ENDINGS + FLAT_ENDINGS)})")
+        raise ValueError(f"{images_dir}: no image file ({', '.join(_ENDINGS)})")
     image_suffix, label_suffix = _pair(image_files, label_files, image_suffix, label_suffix)
     by_image = _by_case(image_files, image_suffix, images_dir)
     by_label = _by_case(label_files, label_suffix, labels_dir or images_dir)
