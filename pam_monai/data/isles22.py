@@ -18,7 +18,6 @@ copied as shipped; the output appears by a rename only when complete.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_dir
+from .msd import write_dataset_json
 
 __all__ = ["convert_isles22", "find_isles22_cases"]
 
@@ -136,14 +136,14 @@ def convert_isles22(root: str | os.PathLike, output: str | os.PathLike, progress
             )
         if not any((tmp / "imagesTs").iterdir()):
             (tmp / "imagesTs").rmdir()
-        meta = {
-            "name": "ISLES2022",
-            "description": "ISLES 2022 (DWI, ADC; FLAIR left out: another grid), by pam_monai convert_isles22",
-            "channel_names": {"0": "DWI", "1": "ADC"},
-            "labels": {"background": 0, "lesion": 1},
-            "numTraining": training,
-            "file_ending": ".nii.gz",
-            "converted_from": f"ISLES 2022 {root.name} by pam_monai convert_isles22",
-        }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_dataset_json(
+            tmp,
+            "ISLES2022",
+            "ISLES 2022 (DWI, ADC; FLAIR left out: another grid), by pam_monai convert_isles22",
+            {"0": "DWI", "1": "ADC"},
+            {"background": 0, "lesion": 1},
+            numTraining=training,
+            file_ending=".nii.gz",
+            converted_from=f"ISLES 2022 {root.name} by pam_monai convert_isles22",
+        )
     return output
