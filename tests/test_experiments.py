@@ -1771,3 +1771,23 @@ def test_folds_follow_the_datalist_s_number_of_folds(tmp_path):
     with pytest.raises(ValueError, match="has 3 folds 0..2"):
         runner_module._folds("0,3", "brats", str(path))
     assert runner_module._folds("all", "brats") == [0, 1, 2, 3, 4]
+
+
+def test_experiment_sets_up_logging_on_the_command_line_only(tmp_path, monkeypatch):
+    """``experiment()`` is the CLI's entry and exported for Python use: called from Python with no
+    logging set up, it still gave the root logger a handler at INFO (basicConfig), which changed
+    that program's logging. It now does so on the command line only, where nothing else would."""
+    import logging
+    from types import SimpleNamespace
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as a program that set up no logging (pytest adds its own)
+    monkeypatch.setattr(root, "level", root.level)  # restored after the test
+    done = SimpleNamespace(results_md=tmp_path / "results.md")
+    monkeypatch.setattr(runner_module, "run_experiment", lambda **kwargs: done)
+    monkeypatch.setattr(sys, "argv", ["my_script.py"])
+    assert runner_module.experiment(output=str(tmp_path)) == str(done.results_md)
+    assert root.handlers == []
+    monkeypatch.setattr(sys, "argv", ["python -m pam_monai", "experiment", "--output", str(tmp_path)])
+    runner_module.experiment(output=str(tmp_path))
+    assert len(root.handlers) == 1 and root.level == logging.INFO

@@ -1224,7 +1224,8 @@ def experiment(
     """Train and evaluate every (network, seed, fold) through the data set's bundle, then write
     ``results.csv``, ``results.md`` and the figures into ``output``. Re-running the same command
     continues an interrupted grid: finished runs are skipped, an interrupted run is resumed from
-    its last checkpoint.
+    its last checkpoint. On the command line it logs INFO lines to stderr; called from Python it
+    leaves logging as the caller set it up.
 
     Args:
         dataset: brats (5-fold cross-validation), isles or cityscapes (one fixed split), or nnunet:
@@ -1270,8 +1271,10 @@ def experiment(
         return "Usage: python -m pam_monai experiment [--flags]\n\n" + inspect.cleandoc(
             experiment.__doc__ or ""
         )
-    _setup_logging()
-    cmd = "python -m pam_monai " + " ".join(quote(a) for a in sys.argv[1:]) if _from_cli() else None
+    cmd = None
+    if _from_cli():  # from Python the caller's logging setup is left alone
+        _setup_logging()
+        cmd = "python -m pam_monai " + " ".join(quote(a) for a in sys.argv[1:])
     result = run_experiment(
         dataset=dataset,
         networks=networks,
@@ -1299,6 +1302,7 @@ def _from_cli() -> bool:
 
 
 def _setup_logging() -> None:
+    """The command line's logging: INFO lines on stderr, unless the root logger already has a handler."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
