@@ -863,6 +863,7 @@ def test_a_volume_smaller_than_the_crop_is_padded_and_its_mask_is_on_its_own_gri
         rewrite(folder / f"{case}_{mod}.nii.gz", small)
         by_hand = np.pad(small, ((5, 5), (5, 5), (0, 0)))  # centred, as MONAI's SpatialPad pads
         rewrite(next(padded_root.rglob(f"{case}_{mod}.nii.gz")), by_hand)
+    torch.manual_seed(0)  # weights of their own, not of whatever the tests before left in the RNG
     net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         CasePredictor(net, find_inference_cases("brats", cases), "brats", str(tmp_path / "out")).run()
