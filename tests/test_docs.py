@@ -546,3 +546,29 @@ def test_docs_name_the_cityscapes_city_held_out_for_validation():
     for doc in ("pam_monai/data/README.md", "data_lists/README.md"):
         text = " ".join((ROOT / doc).read_text().split())
         assert f"`{city}` at seed 0" in text, doc
+
+
+def test_readme_lists_every_overridable_id_the_bundle_readme_lists():
+    """README.md's list of overridable ids left out ``check_data``, which every bundle's README
+    lists: a reader of the top-level README did not learn that the up-front data check can be
+    skipped. README's list holds at least every id of the bundles' lists."""
+
+    def listed(doc: str, start: str, end: str) -> set[str]:
+        text = " ".join((ROOT / doc).read_text().split())
+        return set(re.findall(r"`(\w+)`", text[text.index(start) : text.index(end)]))
+
+    readme = listed("README.md", "Overridable ids in every bundle:", "Validation runs each epoch")
+    for name in bundle_names():
+        bundle = listed(f"bundles/{name}/docs/README.md", "Overridable ids:", "On the command line")
+        assert bundle <= readme, f"README.md's overridable ids lack {sorted(bundle - readme)} ({name})"
+
+
+def test_data_readme_names_every_format_convert_folders_takes():
+    """The data README's row for folders.py said "3-D, 4-D NIfTI, 2-D PNG" after convert_folders
+    began to copy MetaImage and NRRD volumes: the row names each ending the converter reads."""
+    from pam_monai.data import folders
+
+    text = (ROOT / "pam_monai" / "data" / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `folders.py` |"))
+    missing = [e for e in folders.SITK_ENDINGS if e not in row]  # NIfTI's endings: said as "NIfTI"
+    assert "NIfTI" in row and not missing, row
