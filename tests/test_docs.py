@@ -572,3 +572,16 @@ def test_data_readme_names_every_format_convert_folders_takes():
     row = next(line for line in text.splitlines() if line.startswith("| `folders.py` |"))
     missing = [e for e in folders.SITK_ENDINGS if e not in row]  # NIfTI's endings: said as "NIfTI"
     assert "NIfTI" in row and not missing, row
+
+
+HISTORY = re.compile(r"(?:^|[.;:(]\s+)(?:[Bb]efore, |[^.]*, which was the last line before)")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_docs_say_what_the_code_does_not_what_it_did(doc):
+    """README.md told users "Before, SIGTERM ended the process at once" and "before, both wrote the
+    same model.pt": what a change fixed belongs in its commit message; a user reads what the code
+    does now (a note stays only where an upgrading user must act)."""
+    text = " ".join((ROOT / doc).read_text().split())
+    found = [m.group(0) for m in HISTORY.finditer(text)]
+    assert not found, f"{doc}: history sentences {found}"
