@@ -585,3 +585,27 @@ def test_docs_say_what_the_code_does_not_what_it_did(doc):
     text = " ".join((ROOT / doc).read_text().split())
     found = [m.group(0) for m in HISTORY.finditer(text)]
     assert not found, f"{doc}: history sentences {found}"
+
+
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of ``doc``'s headings: lower case, punctuation but ``-`` and ``_`` dropped,
+    spaces as ``-``."""
+    headings = re.findall(r"^#+ (.+)$", doc.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_doc_links_reach_their_file_and_heading(doc):
+    """The README sends readers to the section that holds a fact rather than repeating it
+    (``[Speed](#speed)``, the data README's cache-cost table): each relative link's file exists and
+    its ``#anchor`` is a heading there, so a renamed heading fails here, not in a reader's browser."""
+    path = ROOT / doc
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+        if "://" in target:
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists() or (anchor and anchor not in _anchors(linked)):
+            broken.append(target)
+    assert not broken, f"{doc}: links to nothing: {broken}"
