@@ -587,11 +587,14 @@ def test_docs_say_what_the_code_does_not_what_it_did(doc):
     assert not found, f"{doc}: history sentences {found}"
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but ``-`` and ``_`` dropped, spaces as ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
 def _anchors(doc: Path) -> set[str]:
-    """GitHub's anchors of ``doc``'s headings: lower case, punctuation but ``-`` and ``_`` dropped,
-    spaces as ``-``."""
-    headings = re.findall(r"^#+ (.+)$", doc.read_text(), re.M)
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    """The anchors of ``doc``'s headings."""
+    return {_slug(h) for h in re.findall(r"^#+ (.+)$", doc.read_text(), re.M)}
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -609,3 +612,13 @@ def test_doc_links_reach_their_file_and_heading(doc):
         if not linked.exists() or (anchor and anchor not in _anchors(linked)):
             broken.append(target)
     assert not broken, f"{doc}: links to nothing: {broken}"
+
+
+def test_readme_contents_line_links_every_section_in_order():
+    """README.md (about 700 lines) had no table of contents: a reader looking for own data or the
+    metrics scrolled. Its ``**Contents:**`` line links each ``##`` section, in the README's order."""
+    text = (ROOT / "README.md").read_text()
+    contents = text[text.index("**Contents:**") : text.index("\n\n", text.index("**Contents:**"))]
+    linked = re.findall(r"\]\(#([^)]+)\)", contents)
+    sections = [_slug(h) for h in re.findall(r"^## (.+)$", text, re.M)]
+    assert linked == sections, (linked, sections)
