@@ -622,3 +622,15 @@ def test_readme_contents_line_links_every_section_in_order():
     linked = re.findall(r"\]\(#([^)]+)\)", contents)
     sections = [_slug(h) for h in re.findall(r"^## (.+)$", text, re.M)]
     assert linked == sections, (linked, sections)
+
+
+@pytest.mark.parametrize("name", bundle_names())
+def test_bundle_readme_installs_pytorch_s_cpu_build_first_as_the_readme_does(name):
+    """The bundles' Requirements said only "add -c .ci/constraints.txt on a CPU-only machine", but
+    outside the project's machines PyPI's Linux torch is the CUDA build (several GB): README.md says
+    to install PyTorch's CPU build first, and so do the bundles."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "on a CPU-only machine install the CPU build first" in readme
+    text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
+    said = text[text.index("## Requirements") : text.index("## Data")]
+    assert "install PyTorch's CPU build first" in said, said
