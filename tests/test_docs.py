@@ -634,3 +634,32 @@ def test_bundle_readme_installs_pytorch_s_cpu_build_first_as_the_readme_does(nam
     text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
     said = text[text.index("## Requirements") : text.index("## Data")]
     assert "install PyTorch's CPU build first" in said, said
+
+
+def test_readme_layout_names_files_that_exist_and_every_network_and_metric_module():
+    """README's Layout left out networks/losses.py (BatchDiceLoss), blocks/resize.py and
+    metrics/masks.py, and data/isles22.py. Each file it names exists in its folder, and the network
+    and metric folders, whose modules a reader looks up there, are listed whole."""
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## Layout") :].split("```")[1]
+    rows = [line.split(None, 1) for line in layout.strip().splitlines()]
+    named = {
+        folder: set(re.findall(r"\b(\w+\.py)\b", rest))
+        for folder, rest in rows
+        if folder.startswith("pam_monai/")
+    }
+    missing = [
+        f"{folder}{name}"
+        for folder, names in named.items()
+        for name in names
+        if not (ROOT / folder / name).is_file()
+    ]
+    assert not missing, missing
+    for folder in (
+        "pam_monai/networks/blocks/",
+        "pam_monai/networks/nets/",
+        "pam_monai/networks/",
+        "pam_monai/metrics/",
+    ):
+        modules = {p.name for p in (ROOT / folder).glob("*.py")} - {"__init__.py"}
+        assert modules <= named[folder], f"Layout's {folder} lacks {sorted(modules - named[folder])}"
