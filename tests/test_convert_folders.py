@@ -255,3 +255,21 @@ def test_metaimage_and_nrrd_volumes_are_copied_as_they_are(tmp_path, ending):
     with pytest.raises(ValueError, match=f"b02{ending}: .*2 channels.*one file per channel"):
         convert_folders(tmp_path / "images", tmp_path / "o3", tmp_path / "labels", progress=False)
     assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+
+
+@pytest.mark.parametrize("shape, vector", [((2, 4, 18, 20), False), ((4, 18, 20, 2), True)])
+def test_a_metaimage_label_of_more_than_one_3d_channel_is_refused_by_name(tmp_path, shape, vector):
+    """A 4-D MetaImage label stopped the conversion with numpy's "operands could not be broadcast"
+    (its grid compared with its image's), naming no file; a 3-D one of two components per voxel was
+    copied, and only the nnunet check refused it later. Both are now refused, naming the label."""
+    sitk = pytest.importorskip("SimpleITK")
+
+    def write(path: Path, array: np.ndarray, vector: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(array, isVector=vector), str(path))
+
+    write(tmp_path / "images" / "a01.mha", np.ones((4, 18, 20), np.float32))
+    write(tmp_path / "labels" / "a01.mha", np.zeros(shape, np.uint8), vector)
+    with pytest.raises(ValueError, match=r"a01.mha: a \d-D label of \d component\(s\) per voxel: the label"):
+        convert_folders(tmp_path / "images", tmp_path / "out", tmp_path / "labels", progress=False)
+    assert not (tmp_path / "out").exists()

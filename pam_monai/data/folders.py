@@ -252,6 +252,11 @@ def _check_sitk_label(label: Path, image: Path, grid: dict) -> None:
         found = _sitk_grid(label)
     except Exception as e:
         raise ValueError(f"{label}: unreadable ({e})") from e
+    if len(found["size"]) != 3 or found["channels"] != 1:  # compared below, it raised numpy's broadcast error
+        raise ValueError(
+            f"{label}: a {len(found['size'])}-D label of {found['channels']} component(s) per voxel: the label "
+            f"of {image.name} must be one 3-D volume of one value per voxel, on its image's grid: save it so"
+        )
     for key in ("size", "spacing", "origin", "direction"):
         if not np.allclose(found[key], grid[key], atol=1e-3):
             raise ValueError(
