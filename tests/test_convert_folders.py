@@ -273,3 +273,29 @@ def test_a_metaimage_label_of_more_than_one_3d_channel_is_refused_by_name(tmp_pa
     with pytest.raises(ValueError, match=r"a01.mha: a \d-D label of \d component\(s\) per voxel: the label"):
         convert_folders(tmp_path / "images", tmp_path / "out", tmp_path / "labels", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_metaimage_label_turned_off_its_image_s_grid_is_refused_as_the_check_refuses_it(tmp_path):
+    """The label's direction was compared with its image's within 1e-3, but the nnunet check
+    compares the affines (direction times spacing) within 1e-3: a label turned by 0.8 mrad with
+    2.5 mm slices was copied, and the check refused it afterwards ("affine differs"). The converter
+    now compares direction times spacing, as the check does, and refuses it naming the label."""
+    sitk = pytest.importorskip("SimpleITK")
+    turn = 8e-4
+    cos, sin = np.cos(turn), np.sin(turn)
+
+    def write(path: Path, array: np.ndarray, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing((0.9, 0.8, 2.5))
+        img.SetDirection(direction)
+        sitk.WriteImage(img, str(path))
+
+    for case in ("a01", "b02"):
+        write(tmp_path / "images" / f"{case}.mha", np.ones((4, 18, 20), np.float32))
+        write(tmp_path / "labels" / f"{case}.mha", label_map().T.copy())
+    out = convert_folders(tmp_path / "images", tmp_path / "o1", tmp_path / "labels", progress=False)
+    assert check_dataset("nnunet", out, progress=False).ok
+    write(tmp_path / "labels" / "b02.mha", label_map().T.copy(), (cos, 0, sin, 0, 1, 0, -sin, 0, cos))
+    with pytest.raises(ValueError, match=r"b02.mha: its direction .* differs from its image's"):
+        convert_folders(tmp_path / "images", tmp_path / "o2", tmp_path / "labels", progress=False)

@@ -246,6 +246,14 @@ def _label_values(path: Path, lab) -> set[int]:
     return {int(v) for v in values}
 
 
+def _scaled(grid: dict, key: str) -> np.ndarray:
+    """``grid[key]``; the direction times the spacing (each axis in mm), as the nnunet check compares
+    the affines: a direction within 1e-3 differs by up to 1e-3 times the spacing there."""
+    if key != "direction":
+        return np.asarray(grid[key], dtype=np.float64)
+    return np.asarray(grid["direction"], dtype=np.float64).reshape(3, 3) * np.asarray(grid["spacing"])
+
+
 def _check_sitk_label(label: Path, image: Path, grid: dict) -> None:
     """Raise naming ``label`` (a MetaImage / NRRD file) when it is not on its image's grid."""
     try:
@@ -258,7 +266,7 @@ def _check_sitk_label(label: Path, image: Path, grid: dict) -> None:
             f"of {image.name} must be one 3-D volume of one value per voxel, on its image's grid: save it so"
         )
     for key in ("size", "spacing", "origin", "direction"):
-        if not np.allclose(found[key], grid[key], atol=1e-3):
+        if not np.allclose(*(_scaled(g, key) for g in (found, grid)), atol=1e-3):
             raise ValueError(
                 f"{label}: its {key} {found[key]} differs from its image's {grid[key]} ({image.name}): a label "
                 "must lie on its image's grid"
