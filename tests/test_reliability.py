@@ -2138,7 +2138,7 @@ def test_wrapper_prefix_of_an_empty_state_dict_is_none():
 def test_score_names_a_folder_whose_inference_was_stopped_part_way(cases, tmp_path, monkeypatch, caplog):
     """An inference stopped part way (killed, Ctrl-C) left its new masks beside an earlier run's
     masks of the cases it had not reached, with no word: ``score`` mixed both runs. Inference now
-    marks its folder while it writes (``.inference_running``, gone when it ends): ``score`` warns,
+    marks its folder while it writes (``.inference_running.<pid>.<id>``, gone when it ends): ``score`` warns,
     naming the folder and what to do; a finished inference leaves no mark and no warning."""
     import logging
 
@@ -2149,7 +2149,7 @@ def test_score_names_a_folder_whose_inference_was_stopped_part_way(cases, tmp_pa
     net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
     out = tmp_path / "preds"
     CasePredictor(net, items, "brats", str(out)).run()  # the earlier run: every case
-    assert not (out / ".inference_running").exists()
+    assert not list(out.glob(".inference_running*"))
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         score_predictions(out, "brats", cases, tmp_path / "s1")
     assert "stopped before it ended" not in caplog.text
@@ -2202,3 +2202,33 @@ def test_summary_json_names_the_metrics_csv_it_summarises(tmp_path, monkeypatch)
         handlers.write_case_metrics([{**row, "case": "b"}], eval_dir)
     assert "b," in (eval_dir / "metrics.csv").read_text()
     assert not matches()  # the old summary.json is told from the new metrics.csv
+
+
+def test_a_second_inference_into_the_folder_keeps_the_first_s_mark(cases, tmp_path, monkeypatch, caplog):
+    """Two inferences into one folder at once (a job submitted twice) shared one mark: the one that
+    ended first removed it, and the other, stopped part way, left none: ``score`` then read the
+    mixed folder without a word. Each run now has a mark of its own, removed at its own end."""
+    import logging
+
+    from pam_monai.engines.infer import CasePredictor as Predictor
+    from pam_monai.engines.score import score_predictions
+
+    items = find_inference_cases("brats", cases)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    out = tmp_path / "preds"
+    real, calls = Predictor._predict, []
+
+    def second_run_then_stopped(self, network, item):
+        calls.append(item["case"])
+        if len(calls) == 1:  # the first run's first case: a second run into the folder, to its end
+            CasePredictor(net, items, "brats", str(out)).run()
+        elif self.threshold == 0.3:  # the first run's next case: stopped
+            raise KeyboardInterrupt
+        return real(self, network, item)
+
+    monkeypatch.setattr(Predictor, "_predict", second_run_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        CasePredictor(net, items, "brats", str(out), threshold=0.3).run()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        score_predictions(out, "brats", cases, tmp_path / "s")
+    assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import unicodedata
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,17 +70,20 @@ OUTPUT_ENDINGS = (
     "_prob.npy",
 )
 
-# in an output folder while inference writes into it: left there, the run was stopped part way
+# in an output folder while inference writes into it: left there, the run was stopped part way. One per
+# run (.inference_running.<pid>.<id>): with one shared mark, of two runs into a folder the first to end
+# removed it, and the other, stopped, left none
 RUNNING_MARK = ".inference_running"
 
 
 def stopped_inference_note(folder: str | os.PathLike) -> str | None:
     """What to say of ``folder`` when an inference into it was stopped before it ended (its
-    :data:`RUNNING_MARK` is left): its masks may mix that run's and an earlier run's; else None."""
-    if not (Path(folder) / RUNNING_MARK).exists():
+    :data:`RUNNING_MARK` file is left): its masks may mix that run's and an earlier run's; else None."""
+    marks = sorted(p.name for p in Path(folder).glob(f"{RUNNING_MARK}*"))
+    if not marks:
         return None
     return (
-        f"{folder}: an inference into this folder was stopped before it ended ({RUNNING_MARK} is left): "
+        f"{folder}: an inference into this folder was stopped before it ended ({marks[0]} is left): "
         "its masks may mix that run's and an earlier run's; run the inference again to its end, or into "
         "an empty --output_dir"
     )
@@ -505,7 +509,8 @@ class CasePredictor:
         for path in remove_orphaned_temps(self.output_dir):  # masks a killed run left half-written
             log.info("removed %s, left by a killed writer", path)
         # kept if this run is stopped: its masks then lie beside an earlier run's (score says so)
-        mark = atomic_write_text(self.output_dir / RUNNING_MARK, f"pid {os.getpid()}\n")
+        mark = self.output_dir / f"{RUNNING_MARK}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        atomic_write_text(mark, f"pid {os.getpid()}\n")
         # CPU: the network's tensors of hundreds of MB reuse freed pages (same masks, faster)
         written = []
         with reuse_freed_memory(self.reuse_memory and self.device.type == "cpu"):
