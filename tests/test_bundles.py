@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -56,7 +57,15 @@ def import_mlflow():
 
     if Version(monai_version) < Version("1.6.1"):
         pytest.skip(f"--tracking mlflow needs monai>=1.6.1 (the mlflow extra), found {monai_version}")
-    return pytest.importorskip("mlflow", minversion="3.7")
+    # not pytest.importorskip: it skips on any ImportError, so a CI whose MLflow is installed but
+    # broken (a dependency it cannot use) skipped these tests instead of failing them
+    if importlib.util.find_spec("mlflow") is None:
+        pytest.skip("--tracking mlflow needs MLflow (the mlflow extra): not installed")
+    import mlflow
+
+    if Version(mlflow.__version__) < Version("3.7"):
+        pytest.skip(f"--tracking mlflow needs mlflow>=3.7 (the mlflow extra), found {mlflow.__version__}")
+    return mlflow
 
 
 def configs(name: str, *files: str) -> list[str]:
@@ -2574,3 +2583,28 @@ def _refused_before_any_work(
     assert any(named in m for m in chain), chain
     assert not any(tmp_path.iterdir())  # refused before any data, cache or output folder
     create_workflow(config_file=paths, **common, **accepted)
+
+
+def test_import_mlflow_fails_on_an_installed_mlflow_that_does_not_import(tmp_path, monkeypatch):
+    """``import_mlflow`` skipped the MLflow tests on any ImportError (``pytest.importorskip``): an
+    installed MLflow broken by a dependency (a protobuf it cannot use) skipped them in a CI whose
+    MLflow is new enough, hiding the failure. A broken MLflow now fails them; only a missing or too
+    old one (or MONAI below the extra's) skips."""
+    from monai import __version__ as monai_version
+    from packaging.version import Version
+
+    if Version(monai_version) < Version("1.6.1"):
+        pytest.skip("import_mlflow skips below monai 1.6.1 before it reads MLflow")
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "__init__.py").write_text("raise ImportError('a dependency it cannot use')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        import_mlflow()
+    except pytest.skip.Exception as e:
+        pytest.fail(f"a broken MLflow skipped the test ({e})")
+    except ImportError as e:
+        assert "a dependency it cannot use" in str(e)
+    else:
+        pytest.fail("a broken MLflow imported")
