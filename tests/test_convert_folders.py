@@ -299,3 +299,37 @@ def test_a_metaimage_label_turned_off_its_image_s_grid_is_refused_as_the_check_r
     write(tmp_path / "labels" / "b02.mha", label_map().T.copy(), (cos, 0, sin, 0, 1, 0, -sin, 0, cos))
     with pytest.raises(ValueError, match=r"b02.mha: its direction .* differs from its image's"):
         convert_folders(tmp_path / "images", tmp_path / "o2", tmp_path / "labels", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["affine", "shape", "mha", "png"])
+def test_a_label_off_its_image_s_grid_is_refused_saying_what_to_do(tmp_path, kind):
+    """A label off its image's grid was refused with "a label must lie on its image's grid" (or a
+    size alone): not what to do about it. The refusal now says how to put it onto the grid."""
+    from PIL import Image
+
+    if kind in ("affine", "shape"):
+        volume(tmp_path / "images" / "a01.nii.gz", np.ones((20, 18, 4), np.float32))
+        off = (
+            (label_map(), np.diag([1.0, 1.0, 1.0, 1.0]))
+            if kind == "affine"
+            else (label_map(shape=(20, 18, 5)),)
+        )
+        volume(tmp_path / "labels" / "a01.nii.gz", *off)
+        how = r"resample it onto its image's grid \(by nearest neighbour"
+    elif kind == "mha":
+        sitk = pytest.importorskip("SimpleITK")
+        for folder, spacing in (("images", (1.0, 1.0, 1.0)), ("labels", (2.0, 1.0, 1.0))):
+            (tmp_path / folder).mkdir()
+            img = sitk.GetImageFromArray(label_map().T.copy())
+            img.SetSpacing(spacing)
+            sitk.WriteImage(img, str(tmp_path / folder / "a01.mha"))
+        how = r"resample it onto its image's grid \(by nearest neighbour"
+    else:
+        for folder, size in (("images", (32, 24)), ("labels", (16, 12))):
+            (tmp_path / folder).mkdir()
+            Image.fromarray(np.zeros(size[::-1], np.uint8), "L").save(tmp_path / folder / "a01.png")
+        how = r"resize it to its image's size \(by nearest neighbour"
+    with pytest.raises(
+        ValueError, match=r"a01\.(nii\.gz|mha|png): .*differs from (its|the) image's.*: " + how
+    ):
+        convert_folders(tmp_path / "images", tmp_path / "out", tmp_path / "labels", progress=False)

@@ -26,7 +26,7 @@ import numpy as np
 from ..atomic import atomic_dir
 from ..shell import quote
 from .layout import visible_entries
-from .msd import write_channels, write_dataset_json, write_label
+from .msd import ONTO_GRID, write_channels, write_dataset_json, write_label
 
 __all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "convert_folders", "folders_note"]
 
@@ -269,7 +269,7 @@ def _check_sitk_label(label: Path, image: Path, grid: dict) -> None:
         if not np.allclose(*(_scaled(g, key) for g in (found, grid)), atol=1e-3):
             raise ValueError(
                 f"{label}: its {key} {found[key]} differs from its image's {grid[key]} ({image.name}): a label "
-                "must lie on its image's grid"
+                f"must lie on its image's grid: {ONTO_GRID}"
             )
 
 
@@ -308,7 +308,10 @@ def _write_case(image: Path, label: Path | None, case: str, folder: Path, labels
             except Exception as e:
                 raise ValueError(f"{label}: unreadable ({e})") from e
             if shape != grid:
-                raise ValueError(f"{label}: size {shape} differs from its image's {grid} ({image.name})")
+                raise ValueError(
+                    f"{label}: size {shape} differs from its image's {grid} ({image.name}): resize it to its "
+                    "image's size (by nearest neighbour, PIL's Image.NEAREST)"
+                )
             shutil.copyfile(label, labels_dir / f"{case}{ending}")
         values = _label_values(label, lab)
     return channels, ending, values

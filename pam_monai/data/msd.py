@@ -21,6 +21,12 @@ import numpy as np
 from ..atomic import atomic_dir
 from .files import nifti_like
 
+# what to do about a label volume off its image's grid (the converters' refusals)
+ONTO_GRID = (
+    "resample it onto its image's grid (by nearest neighbour, MONAI's ResampleToMatch(mode='nearest')), "
+    "or copy the image's header into it where only the label's header is wrong"
+)
+
 __all__ = ["convert_msd", "is_msd_dataset_json", "write_channels", "write_dataset_json", "write_label"]
 
 
@@ -74,12 +80,14 @@ def write_label(path: Path, img, target: Path):
     except Exception as e:
         raise ValueError(f"{path}: unreadable ({e})") from e
     if tuple(lab.shape) != tuple(img.shape[:3]):
-        raise ValueError(f"{path}: shape {tuple(lab.shape)} differs from the image's {tuple(img.shape[:3])}")
+        raise ValueError(
+            f"{path}: shape {tuple(lab.shape)} differs from the image's {tuple(img.shape[:3])}: {ONTO_GRID}"
+        )
     if not np.allclose(lab.affine, img.affine, atol=1e-3):
         worst = float(np.abs(lab.affine - img.affine).max())
         raise ValueError(
             f"{path}: its affine differs from its image's (largest difference {worst:g}): a label "
-            "must lie on its image's grid"
+            f"must lie on its image's grid: {ONTO_GRID}"
         )
     if path.name.endswith(".nii.gz"):
         shutil.copyfile(path, target)  # exactly as shipped
