@@ -2138,7 +2138,7 @@ def test_wrapper_prefix_of_an_empty_state_dict_is_none():
 def test_score_names_a_folder_whose_inference_was_stopped_part_way(cases, tmp_path, monkeypatch, caplog):
     """An inference stopped part way (killed, Ctrl-C) left its new masks beside an earlier run's
     masks of the cases it had not reached, with no word: ``score`` mixed both runs. Inference now
-    marks its folder while it writes (``.inference_running.<pid>.<id>``, gone when it ends): ``score`` warns,
+    marks its folder while it writes (``.inference_running.pid<pid>@<host>.<id>``, gone when it ends): ``score`` warns,
     naming the folder and what to do; a finished inference leaves no mark and no warning."""
     import logging
 
@@ -2232,3 +2232,37 @@ def test_a_second_inference_into_the_folder_keeps_the_first_s_mark(cases, tmp_pa
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         score_predictions(out, "brats", cases, tmp_path / "s")
     assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text
+
+
+def test_a_rerun_to_its_end_clears_the_mark_of_the_stopped_run_before(cases, tmp_path, monkeypatch, caplog):
+    """The stopped-run warning says to run the inference again to its end: that run rewrites every
+    mask, so it removes the marks of runs that are no longer running (here one stopped by Ctrl-C in
+    this process, and one of a process that is gone), not only its own: ``score`` no longer warns."""
+    import logging
+
+    from pam_monai.atomic import _HOST
+    from pam_monai.engines.infer import CasePredictor as Predictor
+    from pam_monai.engines.score import score_predictions
+
+    items = find_inference_cases("brats", cases)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    out = tmp_path / "preds"
+    real = Predictor._predict
+
+    def stopped(self, network, item):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "_predict", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        CasePredictor(net, items, "brats", str(out)).run()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (out / f".inference_running.pid{int(gone.stdout)}@{_HOST}.abcd1234").write_text("")  # a killed process's
+    assert len(list(out.glob(".inference_running*"))) == 2
+    monkeypatch.setattr(Predictor, "_predict", real)
+    CasePredictor(net, items, "brats", str(out)).run()
+    assert not list(out.glob(".inference_running*"))
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        score_predictions(out, "brats", cases, tmp_path / "s")
+    assert "stopped before it ended" not in caplog.text

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import unicodedata
 import uuid
 from collections.abc import Sequence
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write_text, remove_orphaned_temps
+from ..atomic import _HOST, _writer_gone, atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
@@ -71,9 +73,31 @@ OUTPUT_ENDINGS = (
 )
 
 # in an output folder while inference writes into it: left there, the run was stopped part way. One per
-# run (.inference_running.<pid>.<id>): with one shared mark, of two runs into a folder the first to end
-# removed it, and the other, stopped, left none
+# run (.inference_running.pid<pid>@<host>.<id>): with one shared mark, of two runs into a folder the
+# first to end removed it, and the other, stopped, left none
 RUNNING_MARK = ".inference_running"
+_MARK = re.compile(r"^\.inference_running\.pid(\d+)@([A-Za-z0-9_-]+)\.[0-9a-f]{8}$")
+_running: set[Path] = set()  # the marks of this process's inferences now running
+
+
+def _still_running(mark: Path) -> bool:
+    """Whether the inference of ``mark`` runs: one of this process that has not ended, or one of
+    another process on this host that is alive. Another host's, or where a process cannot be asked
+    (Windows), cannot be told: said ended, as the one shared mark was removed by any run's end."""
+    m = _MARK.match(mark.name)
+    if m is None or m.group(2) != _HOST or sys.platform == "win32":
+        return False
+    pid = int(m.group(1))
+    return mark in _running if pid == os.getpid() else not _writer_gone(pid)
+
+
+def _clear_marks(folder: Path) -> None:
+    """At the end of a run, which rewrote every mask it was given: remove its mark and those of the
+    runs that are no longer running (stopped part way: their masks are now rewritten, or named by
+    :meth:`CasePredictor._warn_earlier_outputs`); keep those of runs still writing."""
+    for mark in folder.glob(f"{RUNNING_MARK}*"):
+        if not _still_running(mark):
+            mark.unlink(missing_ok=True)
 
 
 def stopped_inference_note(folder: str | os.PathLike) -> str | None:
@@ -509,14 +533,18 @@ class CasePredictor:
         for path in remove_orphaned_temps(self.output_dir):  # masks a killed run left half-written
             log.info("removed %s, left by a killed writer", path)
         # kept if this run is stopped: its masks then lie beside an earlier run's (score says so)
-        mark = self.output_dir / f"{RUNNING_MARK}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        mark = self.output_dir / f"{RUNNING_MARK}.pid{os.getpid()}@{_HOST}.{uuid.uuid4().hex[:8]}"
         atomic_write_text(mark, f"pid {os.getpid()}\n")
+        _running.add(mark)
         # CPU: the network's tensors of hundreds of MB reuse freed pages (same masks, faster)
         written = []
-        with reuse_freed_memory(self.reuse_memory and self.device.type == "cpu"):
-            for item in progress_bar(usable, desc=f"{self.spec.name}: inference", unit="case"):
-                written += self._predict(network, item)
-        mark.unlink(missing_ok=True)
+        try:
+            with reuse_freed_memory(self.reuse_memory and self.device.type == "cpu"):
+                for item in progress_bar(usable, desc=f"{self.spec.name}: inference", unit="case"):
+                    written += self._predict(network, item)
+        finally:
+            _running.discard(mark)
+        _clear_marks(self.output_dir)
         self._warn_earlier_outputs(written)
         return written
 
