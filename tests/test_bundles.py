@@ -1334,7 +1334,7 @@ def test_mlflow_evaluation_stopped_by_sigterm_ends_its_run_killed(tmp_path):
     do: the run is ended KILLED, the exit status is 128 + 15 and the error says to run it again,
     not to resume (no evaluation resumes). (The test's own SIGTERM handler
     stands in for the default action, which would end pytest.)"""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = import_mlflow()
     import signal
 
     from ignite.engine import Engine
