@@ -620,6 +620,20 @@ def test_plane_kernels_switched_on_without_triton_say_so(monkeypatch):
         assert bool(said) == (not available), said
 
 
+def test_plane_operators_annotations_are_objects_for_torch_2_4():
+    """torch 2.4's ``custom_op`` (the floor in setup.cfg) takes the operators' annotations as they
+    are: with ``from __future__ import annotations`` they were strings, which it refused, so the
+    module (the plane kernels, its doctest) failed to import there; newer torch resolves them."""
+    import inspect
+
+    from pam_monai.networks.blocks import plane_kernels
+
+    for op in (plane_kernels._forward_op, plane_kernels._backward_op):
+        sig = inspect.signature(op._init_fn)
+        annotations = [p.annotation for p in sig.parameters.values()] + [sig.return_annotation]
+        assert not any(isinstance(a, str) for a in annotations), (op, sig)
+
+
 def test_plane_kernels_reference_path_ignores_autocast():
     """The operator's reference path (CPU; CUDA without Triton) under bf16 autocast: autocast stays
     on inside a custom operator, so its convolutions and statistics ran in bf16 (mean and rstd bf16

@@ -28,8 +28,8 @@ the reference PyTorch computation; ``TRITON_INTERPRET=1`` runs the Triton kernel
 the backward operator has no gradient of its own.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations`` here: torch 2.4's ``custom_op`` (the floor in setup.cfg)
+# reads its functions' annotations as they are and refuses the strings it would make of them
 import os
 import warnings
 
