@@ -683,7 +683,7 @@ def test_plane_kernels_compile_for_hopper_without_spilling(tmp_path):
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     for name, (kernel, signature) in signatures.items():
         block, warps = pk.CONFIG[name]
-        source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": block})
+        source = _ast_source(ASTSource, kernel, signature, block)
         compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
         assert "bar.sync" in compiled.asm["ptx"], name  # the barrier between the passes over a plane
         cubin = tmp_path / f"{name}.cubin"
@@ -695,6 +695,20 @@ def test_plane_kernels_compile_for_hopper_without_spilling(tmp_path):
             int(v) for v in re.search(r"REG:(\d+) STACK:(\d+) .*LOCAL:(\d+)", usage.stdout).groups()
         )
         assert stack == 0 and local == 0 and regs < 255, (name, usage.stdout)
+
+
+def _ast_source(ast_source, kernel, signature: dict, block: int):
+    """Triton's compile input for ``kernel`` with ``BLOCK`` fixed. Triton 3.0 (the one torch 2.4,
+    the floor, ships) has no ``constexprs``: its signature leaves the constants out and both are
+    keyed by the argument's position."""
+    import inspect
+
+    if "constexprs" in inspect.signature(ast_source.__init__).parameters:
+        return ast_source(fn=kernel, signature=signature, constexprs={"BLOCK": block})
+    names = list(signature)
+    assert names == kernel.arg_names, (names, kernel.arg_names)
+    typed = {i: kind for i, kind in enumerate(signature.values()) if kind != "constexpr"}
+    return ast_source(fn=kernel, signature=typed, constants={names.index("BLOCK"): block})
 
 
 def test_plane_kernels_triton_code_matches_the_reference_in_the_interpreter():
