@@ -772,12 +772,37 @@ def test_compiled_fast_network_matches_eager(taps, resize, cl):
         plane_kernels=cl == "plane",
     )
     compiled = torch.compile(net)
+    exact = copy.deepcopy(net).double()  # the float64 reference both fp32 runs are measured against
     x = torch.randn(2, 4, 40, 40)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     y, y_ref = compiled(x), net(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
-    _assert_same_gradients(y, net, y_ref, net, rtol=1e-3, atol=1e-4)
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, list(net.parameters()), g)
+    eager = torch.autograd.grad(y_ref, list(net.parameters()), g)
+    exact_grads = torch.autograd.grad(exact(x.double()), list(exact.parameters()), g.double())
+    _assert_as_close_as_eager(grads, eager, exact_grads)
+
+
+def _assert_as_close_as_eager(grads, eager, exact, factor: float = 4.0) -> None:
+    """Each compiled fp32 gradient is off the float64 one (``exact``) by at most ``factor`` times
+    eager fp32's own error, plus fp32's resolution of the network's largest gradient.
+
+    Compiled and eager sum in other orders, so a fixed tolerance on their difference flags fp32
+    rounding (torch 2.4.1: one element 2.8e-4 off eager, which was itself 1.6e-4 off float64).
+    The floor is for gradients that cancel to almost nothing (``c2.dilated1``'s norm weight: 3.6e-4,
+    its neighbours' 3): their rounding error is that of their summands, not of the sum. Checked by
+    scaling the compiled taps' weight gradient: off by 1e-4 it fails (the former atol 1e-4 / rtol
+    1e-3 passed it off by 1e-3)."""
+    floor = torch.finfo(torch.float32).eps * max(ref.abs().max() for ref in exact)
+    for i, (a, b, ref) in enumerate(zip(grads, eager, exact, strict=True)):
+        err, eager_err = ((t.double() - ref).abs().max() for t in (a, b))
+        scale = ref.abs().max()
+        assert err <= factor * eager_err + floor, (
+            f"gradient {i} {tuple(ref.shape)} (largest element {scale:.2e}): {err:.2e} off float64, "
+            f"eager fp32 {eager_err:.2e}, allowed {factor:g}x that + {floor:.2e}"
+        )
 
 
 # ----------------------------------------------------------------------------- device-resident loader
