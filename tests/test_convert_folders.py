@@ -11,6 +11,7 @@ import pytest
 
 from pam_monai.cli import main
 from pam_monai.data import check_dataset, get_spec
+from pam_monai.data.datalist import build_datalist, entry_case
 from pam_monai.data.folders import convert_folders
 
 AFFINE = np.diag([0.9, 0.9, 2.5, 1.0])
@@ -111,18 +112,32 @@ def test_images_without_labels_and_labels_without_images_are_listed(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
 
 
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("pat 1", r"case name\(s\) with spaces: 'pat 1'"),
-        ("pat_0001", r"ending in a channel number .*pat_0001"),
-    ],
-)
-def test_case_names_the_layout_cannot_hold_are_refused_by_name(tmp_path, case, message):
-    src = plain(tmp_path, cases=("ok", case))
-    with pytest.raises(ValueError, match=message):
+def test_case_names_the_layout_cannot_hold_are_refused_by_name(tmp_path):
+    src = plain(tmp_path, cases=("ok", "pat 1"))
+    with pytest.raises(ValueError, match=r"case name\(s\) with spaces: 'pat 1'"):
         convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_case_names_ending_in_four_digits_convert_check_and_list(tmp_path):
+    """scan_2020 was refused as a channel number, but nnU-Net takes the last _XXXX of
+    scan_2020_0000.nii.gz as the channel, and so do the checker and the datalist (next to a case scan)."""
+    cases = ("scan", "scan_2020", "pat_0001")
+    src = plain(tmp_path, cases=cases)
+    out = convert_folders(src / "images", tmp_path / "Dataset501", src / "labels", progress=False)
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in sorted(cases)]
+    report = check_dataset("nnunet", out, progress=False)
+    assert report.ok and sorted(c.case for c in report.cases) == sorted(cases), report.format()
+    entries = build_datalist("nnunet", out)["training"]
+    assert sorted(entry_case("nnunet", e) for e in entries) == sorted(cases)
+
+
+def test_nnunet_files_given_as_plain_folders_are_named_as_such(tmp_path):
+    """imagesTr/<case>_XXXX and labelsTr/<case> given to the converter: the layout is there already."""
+    src = plain(tmp_path, cases=("a01", "b02"), image="{}_0000", label="{}")
+    message = r"the images are nnU-Net's <case>_XXXX files of these cases already \(a01_0000.nii.gz of a01\)"
+    with pytest.raises(ValueError, match=r"label\(s\) without an image: a01.nii.gz, b02.nii.gz .*" + message):
+        convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
 
 
 def test_refusals_leave_no_output(tmp_path):

@@ -37,7 +37,7 @@ SITK_ENDINGS = (".mha", ".nrrd")  # one-file volumes the nnunet reader takes thr
 FLAT_ENDINGS = (".png", ".bmp", ".tif")  # what the nnunet reader takes as 2-D images
 _ENDINGS = VOLUME_ENDINGS + SITK_ENDINGS + FLAT_ENDINGS
 _SHOWN = 10  # names listed in one refusal
-_CHANNEL_LIKE = re.compile(r"_\d{4}$")  # nnU-Net's channel number
+_CHANNEL_FILE = re.compile(r"(.+)_\d{4}")  # nnU-Net's <case>_XXXX image name (the last _XXXX)
 _IMAGE_DIRS = ("images", "image", "imgs", "img")
 _LABEL_DIRS = ("labels", "label", "masks", "mask", "segmentations", "seg", "gt", "ground_truth")
 
@@ -141,20 +141,31 @@ def _one_folder(folder: Path, label_suffix: str | None) -> tuple[dict[str, Path]
 
 
 def _check_names(cases, folder: Path) -> None:
-    """Refuse case names the nnU-Net layout cannot hold, naming them."""
+    """Refuse case names the nnU-Net layout cannot hold, naming them. A name ending in ``_XXXX``
+    (``scan_2020``) is held: nnU-Net, the nnunet reader and the datalist take the last ``_XXXX`` of
+    ``scan_2020_0000.nii.gz`` as the channel."""
     spaced = [c for c in cases if re.search(r"\s", c) or c != c.strip()]
     if spaced:
         raise ValueError(
             f"{folder}: case name(s) with spaces: {_listing(repr(c) for c in spaced)}; rename the files "
             "without spaces (nnU-Net's file names and command lines split at them)"
         )
-    numbered = [c for c in cases if _CHANNEL_LIKE.search(c)]
-    if numbered:
-        raise ValueError(
-            f"{folder}: case name(s) ending in a channel number (_XXXX): {_listing(numbered)}; these look like "
-            "nnU-Net image files already (<case>_0000): put them into imagesTr/ as they are and write a "
-            "dataset.json, or rename the files"
-        )
+
+
+def _nnunet_files_note(by_image: dict[str, Path], orphans) -> str:
+    """Advice when the labels without an image are the cases of ``<case>_XXXX`` images: the files
+    are in the nnU-Net layout already (imagesTr/ and labelsTr/ given as plain folders)."""
+    numbered = {
+        m[1]: p for c, p in sorted(by_image.items(), reverse=True) if (m := _CHANNEL_FILE.fullmatch(c))
+    }
+    if not orphans or not set(orphans) <= set(numbered):
+        return ""
+    case = sorted(orphans)[0]
+    return (
+        f"; the images are nnU-Net's <case>_XXXX files of these cases already ({numbered[case].name} of "
+        f"{case}): put images and labels into imagesTr/ and labelsTr/ as they are and write a "
+        "dataset.json instead of converting them"
+    )
 
 
 def _names(given, count: int, default: list[str], what: str, option: str) -> list[str]:
@@ -360,7 +371,7 @@ def convert_folders(
             f"{labels_dir or images_dir}: label(s) without an image: {_listing(by_label[c].name for c in orphans)} "
             f"(paired by case name, images without {_suffix(image_suffix)}, labels without "
             f"{_suffix(label_suffix)}; --image_suffix / --label_suffix set them): add the images or move "
-            "these labels out"
+            "these labels out" + _nnunet_files_note(by_image, orphans)
         )
     unlabelled = sorted(set(by_image) - set(by_label))
     if unlabelled and not test_images:
