@@ -209,6 +209,33 @@ def test_one_folder_of_pairs_given_as_a_data_set_names_the_converter(tmp_path):
         get_spec("nnunet", root=tmp_path / "cases")
 
 
+def brats_case(folder: Path, case: str) -> None:
+    for name in ("flair", "t1", "t1ce", "t2"):
+        volume(folder / f"{case}_{name}.nii.gz", np.ones((20, 18, 4), np.float32))
+    volume(folder / f"{case}_seg.nii.gz", label_map())
+
+
+def test_a_brats_case_folder_given_as_own_data_names_the_brats_reader(tmp_path):
+    """X_flair, X_t1, X_t1ce, X_t2 and X_seg side by side looked like images and labels: the note
+    said convert_folders, which then refused X_seg as a label without an image."""
+    case = tmp_path / "cases" / "Brats18_X"
+    brats_case(case, "Brats18_X")
+    advice = f"{case} is one BraTS case's folder (<case>_{{flair,t1,t1ce,t2,seg}}): pass --dataset brats"
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--root", str(case)])
+    assert advice in str(exit_.value.code) and "convert_folders" not in str(exit_.value.code)
+    with pytest.raises(FileNotFoundError, match=rf"one BraTS case's folder .* --root {tmp_path / 'cases'}$"):
+        get_spec("nnunet", root=case)
+    report = check_dataset("brats", tmp_path / "cases", progress=False)  # the advice, followed
+    assert [c.case for c in report.cases] == ["Brats18_X"] and not report.problems, report.format()
+    brats_case(tmp_path / "flat", "A")
+    brats_case(tmp_path / "flat", "B")
+    with pytest.raises(
+        FileNotFoundError, match=r"holds BraTS cases' files .*: A, B\) side by side: .*--dataset brats"
+    ):
+        get_spec("nnunet", root=tmp_path / "flat")
+
+
 def test_one_folder_a_case_named_like_a_label_is_the_image_of_its_own_label(tmp_path):
     """x_seg.nii.gz with its label x_seg_seg.nii.gz: x_seg ends like a label, but has one of its own."""
     folder = tmp_path / "cases"

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_dir
 from ..shell import quote
+from .brats import MODALITIES
 from .layout import visible_entries
 from .msd import ONTO_GRID, write_channels, write_dataset_json, write_label
 
@@ -439,7 +440,7 @@ def convert_folders(
 def folders_note(root: str | os.PathLike) -> str:
     """What to do with a folder of plain image and label folders (``images/`` and ``labels/``) or of
     ``<case>_img`` / ``<case>_seg`` pairs given where the nnU-Net raw layout belongs: name
-    ``convert_folders``; "" for anything else."""
+    ``convert_folders`` (BraTS cases' files: the brats reader); "" for anything else."""
     root = Path(root)
     if not root.is_dir():
         return ""
@@ -453,9 +454,32 @@ def folders_note(root: str | os.PathLike) -> str:
             "--output NEW, and use NEW"
         )
     stems = [s[0] for s in map(_split_ending, (p.name for p in visible_entries(root))) if s]
+    brats = _brats_note(root, stems)
+    if brats:
+        return brats
     if any(_strip(s, x) != s for s in stems for x in LABEL_SUFFIXES) and len(stems) > 1:
         return (
             f"; {root} holds images and labels side by side: convert them once, python -m pam_monai "
             f"convert_folders --images {quote(str(root))} --output NEW, and use NEW"
         )
     return ""
+
+
+def _brats_note(root: Path, stems: list[str]) -> str:
+    """What to do with BraTS cases' files (``<case>_{flair,t1,t1ce,t2,seg}``) in ``root``: the brats
+    reader's layout, not convert_folders (which pairs one image with each label, and refuses them)."""
+    cases = sorted(s[: -len("_seg")] for s in stems if s.endswith("_seg"))
+    cases = [c for c in cases if all(f"{c}_{m}" in stems for m in MODALITIES)]
+    if not cases:
+        return ""
+    files = f"<case>_{{{','.join((*MODALITIES, 'seg'))}}}"
+    if len(cases) == 1:
+        return (
+            f"; {root} is one BraTS case's folder ({files}): pass --dataset brats and the folder that holds "
+            f"the case folders, --root {quote(str(root.parent))}"
+        )
+    return (
+        f"; {root} holds BraTS cases' files ({files}: {_listing(cases)}) side by side: the brats reader takes "
+        f"one folder per case, <root>/<case>/{files}.nii.gz: move each case's files into a folder of its "
+        f"own and pass --dataset brats --root {quote(str(root))}"
+    )
