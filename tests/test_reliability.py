@@ -2266,3 +2266,38 @@ def test_a_rerun_to_its_end_clears_the_mark_of_the_stopped_run_before(cases, tmp
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         score_predictions(out, "brats", cases, tmp_path / "s")
     assert "stopped before it ended" not in caplog.text
+
+
+def test_a_second_inference_naming_the_folder_otherwise_keeps_the_first_s_mark(
+    cases, tmp_path, monkeypatch, caplog
+):
+    """This process's running inferences were told by their marks' paths: a second run into the
+    same folder spelt otherwise (relative, where the first gave it absolute) took the first's mark,
+    still writing, for a stopped run's and removed it at its end; the first, then stopped, left
+    none. They are now told by the mark's name, which is unique."""
+    import logging
+
+    from pam_monai.engines.infer import CasePredictor as Predictor
+    from pam_monai.engines.score import score_predictions
+
+    items = find_inference_cases("brats", cases)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    out = tmp_path / "preds"
+    monkeypatch.chdir(tmp_path)
+    real, calls = Predictor._predict, []
+
+    def second_run_then_stopped(self, network, item):
+        calls.append(item["case"])
+        if len(calls) == 1:  # the first run's first case: a second run into "preds", to its end
+            CasePredictor(net, items, "brats", "preds").run()
+            assert len(list(out.glob(".inference_running*"))) == 1  # the first run's, still writing
+        elif self.threshold == 0.3:  # the first run's next case: stopped
+            raise KeyboardInterrupt
+        return real(self, network, item)
+
+    monkeypatch.setattr(Predictor, "_predict", second_run_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        CasePredictor(net, items, "brats", str(out), threshold=0.3).run()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        score_predictions(out, "brats", cases, tmp_path / "s")
+    assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text

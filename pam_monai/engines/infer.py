@@ -77,7 +77,9 @@ OUTPUT_ENDINGS = (
 # first to end removed it, and the other, stopped, left none
 RUNNING_MARK = ".inference_running"
 _MARK = re.compile(r"^\.inference_running\.pid(\d+)@([A-Za-z0-9_-]+)\.[0-9a-f]{8}$")
-_running: set[Path] = set()  # the marks of this process's inferences now running
+# the names of this process's running inferences' marks: unique, where a path may name the folder
+# otherwise (relative, through a link) than the run that made the mark
+_running: set[str] = set()
 
 
 def _still_running(mark: Path) -> bool:
@@ -88,7 +90,7 @@ def _still_running(mark: Path) -> bool:
     if m is None or m.group(2) != _HOST or sys.platform == "win32":
         return False
     pid = int(m.group(1))
-    return mark in _running if pid == os.getpid() else not _writer_gone(pid)
+    return mark.name in _running if pid == os.getpid() else not _writer_gone(pid)
 
 
 def _clear_marks(folder: Path) -> None:
@@ -535,7 +537,7 @@ class CasePredictor:
         # kept if this run is stopped: its masks then lie beside an earlier run's (score says so)
         mark = self.output_dir / f"{RUNNING_MARK}.pid{os.getpid()}@{_HOST}.{uuid.uuid4().hex[:8]}"
         atomic_write_text(mark, f"pid {os.getpid()}\n")
-        _running.add(mark)
+        _running.add(mark.name)
         # CPU: the network's tensors of hundreds of MB reuse freed pages (same masks, faster)
         written = []
         try:
@@ -543,7 +545,7 @@ class CasePredictor:
                 for item in progress_bar(usable, desc=f"{self.spec.name}: inference", unit="case"):
                     written += self._predict(network, item)
         finally:
-            _running.discard(mark)
+            _running.discard(mark.name)
         _clear_marks(self.output_dir)
         self._warn_earlier_outputs(written)
         return written
