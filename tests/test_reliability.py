@@ -2301,3 +2301,32 @@ def test_a_second_inference_naming_the_folder_otherwise_keeps_the_first_s_mark(
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         score_predictions(out, "brats", cases, tmp_path / "s")
     assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text
+
+
+def test_a_run_to_its_end_that_cannot_remove_another_s_mark_ends_saying_so(
+    cases, tmp_path, monkeypatch, caplog
+):
+    """A run to its end removes the marks of stopped runs; one it may not remove (another user's, in
+    a folder whose sticky bit keeps it) raised PermissionError after every mask was written, so the
+    finished inference failed. It now ends, with a WARNING naming the mark and what to do."""
+    import logging
+
+    items = find_inference_cases("brats", cases)
+    net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
+    out = tmp_path / "preds"
+    out.mkdir()
+    foreign = out / ".inference_running.pid1@elsewhere.abcd1234"
+    foreign.write_text("pid 1\n")
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name == foreign.name:
+            raise PermissionError(13, "Operation not permitted", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        written = CasePredictor(net, items, "brats", str(out)).run()
+    assert len(written) == len(items)
+    assert [p.name for p in out.glob(".inference_running*")] == [foreign.name]
+    assert f"{foreign}: could not be removed" in caplog.text and "remove it" in caplog.text

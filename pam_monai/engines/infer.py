@@ -98,8 +98,18 @@ def _clear_marks(folder: Path) -> None:
     runs that are no longer running (stopped part way: their masks are now rewritten, or named by
     :meth:`CasePredictor._warn_earlier_outputs`); keep those of runs still writing."""
     for mark in folder.glob(f"{RUNNING_MARK}*"):
-        if not _still_running(mark):
+        if _still_running(mark):
+            continue
+        try:
             mark.unlink(missing_ok=True)
+        except OSError as e:  # another user's, kept by the folder's sticky bit: every mask is written
+            log.warning(
+                "%s: could not be removed (%s): remove it (its owner can), or score and ensemble "
+                "go on warning that an inference into %s was stopped",
+                mark,
+                e.strerror or e,
+                folder,
+            )
 
 
 def stopped_inference_note(folder: str | os.PathLike) -> str | None:
