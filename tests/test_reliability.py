@@ -2330,3 +2330,24 @@ def test_a_run_to_its_end_that_cannot_remove_another_s_mark_ends_saying_so(
     assert len(written) == len(items)
     assert [p.name for p in out.glob(".inference_running*")] == [foreign.name]
     assert f"{foreign}: could not be removed" in caplog.text and "remove it" in caplog.text
+
+
+def test_score_of_a_folder_an_inference_still_writes_says_to_wait(tmp_path):
+    """``score`` or ``ensemble`` of a folder that an inference of this host writes into now said the
+    inference was stopped and to run it again to its end: a second run beside the first. Of a live
+    run's mark it now says the inference is still writing and to wait for its end."""
+    from pam_monai.atomic import _HOST
+    from pam_monai.engines.infer import stopped_inference_note
+
+    out = tmp_path / "preds"
+    out.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / f".inference_running.pid{writer.pid}@{_HOST}.abcd1234").write_text("")
+        note = stopped_inference_note(out)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert note.startswith(f"{out}: an inference is still writing into this folder (process {writer.pid}")
+    assert "wait for it to end" in note and "stopped" not in note
+    assert "was stopped before it ended" in stopped_inference_note(out)  # its process is gone now

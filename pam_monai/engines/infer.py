@@ -114,12 +114,20 @@ def _clear_marks(folder: Path) -> None:
 
 def stopped_inference_note(folder: str | os.PathLike) -> str | None:
     """What to say of ``folder`` when an inference into it was stopped before it ended (its
-    :data:`RUNNING_MARK` file is left): its masks may mix that run's and an earlier run's; else None."""
-    marks = sorted(p.name for p in Path(folder).glob(f"{RUNNING_MARK}*"))
+    :data:`RUNNING_MARK` file is left), or one of this host still writes there: its masks may mix
+    that run's and an earlier run's; else None."""
+    marks = sorted(Path(folder).glob(f"{RUNNING_MARK}*"))
     if not marks:
         return None
+    live = [m for m in marks if _still_running(m)]
+    if live:  # a second run now would write beside it
+        return (
+            f"{folder}: an inference is still writing into this folder (process {_MARK.match(live[0].name)[1]} "
+            f"of this host, {live[0].name}): its masks may mix that run's and an earlier run's until it "
+            "ends; wait for it to end"
+        )
     return (
-        f"{folder}: an inference into this folder was stopped before it ended ({marks[0]} is left): "
+        f"{folder}: an inference into this folder was stopped before it ended ({marks[0].name} is left): "
         "its masks may mix that run's and an earlier run's; run the inference again to its end, or into "
         "an empty --output_dir"
     )
