@@ -2351,3 +2351,22 @@ def test_score_of_a_folder_an_inference_still_writes_says_to_wait(tmp_path):
     assert note.startswith(f"{out}: an inference is still writing into this folder (process {writer.pid}")
     assert "wait for it to end" in note and "stopped" not in note
     assert "was stopped before it ended" in stopped_inference_note(out)  # its process is gone now
+
+
+def test_on_windows_a_run_to_its_end_keeps_the_mark_of_this_process_s_other_run(tmp_path, monkeypatch):
+    """Where no process can be asked (Windows) every other run's mark is removed at a run's end, but
+    this process's own running inferences need no asking: their marks were removed there too, so a
+    run of this process stopped after another ended left none."""
+    from types import SimpleNamespace
+
+    from pam_monai.engines import infer
+
+    monkeypatch.setattr(infer, "sys", SimpleNamespace(platform="win32"))
+    mark = tmp_path / f".inference_running.pid{os.getpid()}@{infer._HOST}.abcd1234"
+    mark.write_text("")
+    monkeypatch.setattr(infer, "_running", {mark.name})
+    infer._clear_marks(tmp_path)
+    assert mark.exists()
+    monkeypatch.setattr(infer, "_running", set())  # that run ended (stopped): its mark goes
+    infer._clear_marks(tmp_path)
+    assert not mark.exists()

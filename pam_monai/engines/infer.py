@@ -87,10 +87,12 @@ def _still_running(mark: Path) -> bool:
     another process on this host that is alive. Another host's, or where a process cannot be asked
     (Windows), cannot be told: said ended, as the one shared mark was removed by any run's end."""
     m = _MARK.match(mark.name)
-    if m is None or m.group(2) != _HOST or sys.platform == "win32":
+    if m is None or m.group(2) != _HOST:
         return False
     pid = int(m.group(1))
-    return mark.name in _running if pid == os.getpid() else not _writer_gone(pid)
+    if pid == os.getpid():  # this process's own: known without asking, on Windows too
+        return mark.name in _running
+    return sys.platform != "win32" and not _writer_gone(pid)
 
 
 def _clear_marks(folder: Path) -> None:
