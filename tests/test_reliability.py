@@ -2210,28 +2210,34 @@ def test_a_second_inference_into_the_folder_keeps_the_first_s_mark(cases, tmp_pa
     mixed folder without a word. Each run now has a mark of its own, removed at its own end."""
     import logging
 
-    from pam_monai.engines.infer import CasePredictor as Predictor
     from pam_monai.engines.score import score_predictions
 
     items = find_inference_cases("brats", cases)
     net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
     out = tmp_path / "preds"
-    real, calls = Predictor._predict, []
+    _second_run_inside_a_stopped_one(monkeypatch, net, items, out, str(out))
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        score_predictions(out, "brats", cases, tmp_path / "s")
+    assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text
+
+
+def _second_run_inside_a_stopped_one(monkeypatch, net, items, out, second_out, check=lambda: None) -> None:
+    """A first inference into ``out`` runs, during its first case, a second one into ``second_out``
+    (the same folder) to its end, calls ``check``, and is stopped (Ctrl-C) at its next case."""
+    real, calls = CasePredictor._predict, []
 
     def second_run_then_stopped(self, network, item):
         calls.append(item["case"])
-        if len(calls) == 1:  # the first run's first case: a second run into the folder, to its end
-            CasePredictor(net, items, "brats", str(out)).run()
+        if len(calls) == 1:  # the first run's first case: the second run, to its end
+            CasePredictor(net, items, "brats", second_out).run()
+            check()
         elif self.threshold == 0.3:  # the first run's next case: stopped
             raise KeyboardInterrupt
         return real(self, network, item)
 
-    monkeypatch.setattr(Predictor, "_predict", second_run_then_stopped)
+    monkeypatch.setattr(CasePredictor, "_predict", second_run_then_stopped)
     with pytest.raises(KeyboardInterrupt):
         CasePredictor(net, items, "brats", str(out), threshold=0.3).run()
-    with caplog.at_level(logging.WARNING, logger="pam_monai"):
-        score_predictions(out, "brats", cases, tmp_path / "s")
-    assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text
 
 
 def test_a_rerun_to_its_end_clears_the_mark_of_the_stopped_run_before(cases, tmp_path, monkeypatch, caplog):
@@ -2277,27 +2283,17 @@ def test_a_second_inference_naming_the_folder_otherwise_keeps_the_first_s_mark(
     none. They are now told by the mark's name, which is unique."""
     import logging
 
-    from pam_monai.engines.infer import CasePredictor as Predictor
     from pam_monai.engines.score import score_predictions
 
     items = find_inference_cases("brats", cases)
     net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
     out = tmp_path / "preds"
     monkeypatch.chdir(tmp_path)
-    real, calls = Predictor._predict, []
 
-    def second_run_then_stopped(self, network, item):
-        calls.append(item["case"])
-        if len(calls) == 1:  # the first run's first case: a second run into "preds", to its end
-            CasePredictor(net, items, "brats", "preds").run()
-            assert len(list(out.glob(".inference_running*"))) == 1  # the first run's, still writing
-        elif self.threshold == 0.3:  # the first run's next case: stopped
-            raise KeyboardInterrupt
-        return real(self, network, item)
+    def first_run_s_mark_kept():  # the first run's, still writing
+        assert len(list(out.glob(".inference_running*"))) == 1
 
-    monkeypatch.setattr(Predictor, "_predict", second_run_then_stopped)
-    with pytest.raises(KeyboardInterrupt):
-        CasePredictor(net, items, "brats", str(out), threshold=0.3).run()
+    _second_run_inside_a_stopped_one(monkeypatch, net, items, out, "preds", first_run_s_mark_kept)
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         score_predictions(out, "brats", cases, tmp_path / "s")
     assert f"score: {out}: an inference into this folder was stopped before it ended" in caplog.text
