@@ -2349,6 +2349,21 @@ def test_score_of_a_folder_an_inference_still_writes_says_to_wait(tmp_path):
     assert "was stopped before it ended" in stopped_inference_note(out)  # its process is gone now
 
 
+def test_a_mark_whose_process_id_was_reused_is_of_a_stopped_run(tmp_path):
+    """A stopped run's mark whose process ID a live process now has (PID reuse) was taken for a run
+    still writing: score said to wait for it, and no run to its end removed it. The mark records its
+    process's start time, as the training lock does: another start time is another process."""
+    from pam_monai.atomic import _HOST
+    from pam_monai.engines.infer import stopped_inference_note
+
+    out = tmp_path / "preds"
+    out.mkdir()
+    live = os.getppid()  # alive, but not the run that made the mark
+    mark = out / f".inference_running.pid{live}@{_HOST}.abcd1234"
+    mark.write_text(json.dumps({"pid": live, "host": _HOST, "proc_start": "1"}) + "\n")
+    assert "was stopped before it ended" in stopped_inference_note(out)
+
+
 def test_on_windows_a_run_to_its_end_keeps_the_mark_of_this_process_s_other_run(tmp_path, monkeypatch):
     """Where no process can be asked (Windows) every other run's mark is removed at a run's end, but
     this process's own running inferences need no asking: their marks were removed there too, so a

@@ -14,6 +14,7 @@ partial output.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import _HOST, _writer_gone, atomic_path, atomic_write_text, remove_orphaned_temps
+from ..atomic import _HOST, atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
@@ -44,6 +45,8 @@ from ..data.files import (
 from ..data.layout import visible_entries
 from ..networks.polarity import as_foreground
 from ..progress import progress_bar
+from ..runlock import _content as _holder
+from ..runlock import _stale
 from .checkpoint import check_weights, read_run_record
 from .inferer import SliceWiseInferer
 from .memory import reuse_freed_memory
@@ -92,7 +95,19 @@ def _still_running(mark: Path) -> bool:
     pid = int(m.group(1))
     if pid == os.getpid():  # this process's own: known without asking, on Windows too
         return mark.name in _running
-    return sys.platform != "win32" and not _writer_gone(pid)
+    # the training lock's test of its holder: alive, and not a later process given the same PID
+    return sys.platform != "win32" and not _stale(
+        {"host": _HOST, "pid": pid, "proc_start": _mark_start(mark)}
+    )
+
+
+def _mark_start(mark: Path) -> str | None:
+    """The start time of the mark's process as its run recorded it (None: unreadable, or a mark
+    written before it was recorded)."""
+    try:
+        return json.loads(mark.read_text(encoding="utf-8")).get("proc_start")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _clear_marks(folder: Path) -> None:
@@ -556,7 +571,7 @@ class CasePredictor:
             log.info("removed %s, left by a killed writer", path)
         # kept if this run is stopped: its masks then lie beside an earlier run's (score says so)
         mark = self.output_dir / f"{RUNNING_MARK}.pid{os.getpid()}@{_HOST}.{uuid.uuid4().hex[:8]}"
-        atomic_write_text(mark, f"pid {os.getpid()}\n")
+        atomic_write_text(mark, json.dumps(_holder()) + "\n")  # pid, host, process start (PID reuse)
         _running.add(mark.name)
         # CPU: the network's tensors of hundreds of MB reuse freed pages (same masks, faster)
         written = []
