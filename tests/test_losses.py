@@ -118,6 +118,31 @@ def test_reversed_label_loss_refuses_an_ignore_flag_its_loss_does_not_match():
     ReversedLabelLoss(dice)
 
 
+def test_reversed_label_loss_refuses_losses_over_exclusive_classes():
+    """RFNA's reversal is per binary sigmoid channel: a softmax loss or class-index targets failed
+    with "index -1 is out of bounds" (1 - class index), or trained silently on 1 - one-hot."""
+    from monai.losses import DiceCELoss
+
+    from pam_monai.networks import get_network, loss_for
+
+    rfna = get_network("rfna", spatial_dims=2, in_channels=1, out_channels=3, features=(4, 8, 8, 16))
+    exclusive = [
+        DiceLoss(softmax=True, to_onehot_y=True),
+        DiceLoss(softmax=True),
+        DiceLoss(sigmoid=True, to_onehot_y=True),
+        DiceCELoss(softmax=True, to_onehot_y=True),
+        nn.CrossEntropyLoss(),
+    ]
+    for loss in exclusive:
+        with pytest.raises(
+            ValueError, match=r"ReversedLabelLoss: the loss \w+ is over mutually exclusive.*sigmoid"
+        ):
+            loss_for(rfna, loss)
+    for loss in (DiceLoss(sigmoid=True, batch=True), DiceCELoss(sigmoid=True), nn.BCEWithLogitsLoss()):
+        assert isinstance(loss_for(rfna, loss), ReversedLabelLoss)  # per-channel binary: reversible
+    assert loss_for(get_network("unet"), exclusive[0]) is exclusive[0]  # plain networks: any loss
+
+
 def test_a_wrapped_rfna_still_trains_on_reversed_labels():
     """The multi-GPU bundle builds its loss on the DDP-wrapped network, whose RFNA is its ``.module``
     (as DataParallel's, which needs no process group): ``loss_for`` and ``as_foreground`` must see the

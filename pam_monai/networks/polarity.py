@@ -81,6 +81,7 @@ class ReversedLabelLoss(nn.Module):
 
     def __init__(self, loss: nn.Module, input_is_foreground: bool = True, ignore: bool = False) -> None:
         super().__init__()
+        _check_binary(loss)
         _check_ignore(loss, ignore)
         self.loss = loss
         self.input_is_foreground = input_is_foreground
@@ -92,6 +93,24 @@ class ReversedLabelLoss(nn.Module):
         if self.ignore:
             reversed_target = torch.where(target == IGNORE, target, reversed_target)
         return self.loss(reversed_logits, reversed_target)
+
+
+def _check_binary(loss: nn.Module) -> None:
+    """Refuse a loss over mutually exclusive classes: the reversal ``1 - target`` (and the negated
+    logits) is defined per sigmoid channel (paper section 3.2: binary labels). Class indices
+    became -1, -2 (an index error deep in the loss), and under softmax ``1 - one-hot`` is no
+    distribution and the negated logits' softmax no complement, so training was silently wrong."""
+    exclusive = isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) or any(
+        getattr(m, "softmax", False) is True or getattr(m, "to_onehot_y", False) is True
+        for m in loss.modules()
+    )
+    if exclusive:
+        raise ValueError(
+            f"ReversedLabelLoss: the loss {type(loss).__name__} is over mutually exclusive classes (softmax, "
+            "class-index targets), but RFNA's label reversal (1 - target) is defined for binary targets on "
+            "sigmoid outputs; use a sigmoid loss (e.g. monai.losses.DiceLoss(sigmoid=True, batch=True)) on one "
+            "binary channel per class."
+        )
 
 
 def _check_ignore(loss: nn.Module, ignore: bool) -> None:
