@@ -30,18 +30,19 @@ def _spatial(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(2, x.dim()))
 
 
-def _conv(p: dict, name: str, x, stride=1, dilation=1, groups=1, pad=True):
-    """A square (2-D) or cubic (3-D) convolution with "same" padding along every axis."""
+def _conv(p: dict, name: str, x, stride=1, dilation=1, groups=1, pad=True, k=1):
+    """A square (2-D) or cubic (3-D) ``k``-wide convolution with "same" padding along every axis
+    (``k`` from the table, not from the weight: a 1x1 in place of a 3x3 must fail here too)."""
     w = p[f"{name}.conv.weight"]
-    assert w.dim() == x.dim() and len(set(w.shape[2:])) == 1, f"{name}: a {tuple(w.shape)} kernel"
+    assert w.dim() == x.dim() and set(w.shape[2:]) == {k}, f"{name}: a {tuple(w.shape)} kernel, not {k}-wide"
     padding = dilation * (w.shape[-1] - 1) // 2 if pad else 0
     conv = F.conv2d if x.dim() == 4 else F.conv3d
     return conv(x, w, p.get(f"{name}.conv.bias"), stride, padding, dilation, groups)
 
 
 def _cna(p, name, x, stride=1, dilation=1, groups=1):
-    """conv -> InstanceNorm(affine) -> ReLU, REFERENCE.md section 2."""
-    y = _conv(p, name, x, stride, dilation, groups)
+    """conv 3x3 -> InstanceNorm(affine) -> ReLU, REFERENCE.md section 2."""
+    y = _conv(p, name, x, stride, dilation, groups, k=3)
     y = F.instance_norm(y, weight=p[f"{name}.adn.N.weight"], bias=p[f"{name}.adn.N.bias"], eps=1e-5)
     return F.relu(y)
 
@@ -71,7 +72,7 @@ def _rfna(p, name, x, stride):
     a = _conv(p, f"{name}.down.0", f, 2)  # W_r1: 1x1 to 4C, down-sampling x2
     a = _cna(p, f"{name}.down.1", a, 2, 1, a.shape[1])  # W_r2: depthwise 3x3, x2
     a = _cna(p, f"{name}.down.2", a, 2, 1, a.shape[1])  # W_r3: depthwise 3x3, x2 (8 in all)
-    a = _conv(p, f"{name}.project", _up(a, f))  # W_r4 after bilinear up-sampling back
+    a = _conv(p, f"{name}.project", _up(a, f), k=3)  # W_r4 after bilinear up-sampling back
     a = torch.sigmoid(a + f)
     return f * a + f
 
@@ -93,7 +94,7 @@ def _cbam(p, name, x):
     axes = _spatial(x)
     y = torch.sigmoid(mlp(x.mean(dim=axes, keepdim=True)) + mlp(x.amax(dim=axes, keepdim=True))) * x
     stats = torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], 1)
-    return torch.sigmoid(_conv(p, f"{name}.spatial", stats)) * y + x
+    return torch.sigmoid(_conv(p, f"{name}.spatial", stats, k=3)) * y + x
 
 
 def _gc(p, name, x):
@@ -314,7 +315,7 @@ def _fpa_variant(p, name, x, stride, dilation, shared, depthwise):
     a = _conv(p, f"{name}.expand", x, stride)
     groups = a.shape[1] if depthwise else 1
     a = _cna(p, f"{name}.dilated1", a, 1, dilation, groups)
-    second = _conv(p, f"{name}.dilated1" if shared else f"{name}.dilated2", a, 1, dilation, groups)
+    second = _conv(p, f"{name}.dilated1" if shared else f"{name}.dilated2", a, 1, dilation, groups, k=3)
     norm = f"{name}.dilated2.adn.N"
     a = F.relu(F.instance_norm(second, weight=p[f"{norm}.weight"], bias=p[f"{norm}.bias"], eps=1e-5))
     a = torch.sigmoid(_conv(p, f"{name}.squeeze", a))
@@ -327,7 +328,7 @@ def _rfna_variant(p, name, x, stride, ratio, depthwise):
     a = _conv(p, f"{name}.down.0", f, 2)
     for i in range(1, {2: 1, 4: 2, 8: 3}[ratio]):
         a = _cna(p, f"{name}.down.{i}", a, 2, 1, a.shape[1] if depthwise else 1)
-    a = torch.sigmoid(_conv(p, f"{name}.project", _up(a, f)) + f)
+    a = torch.sigmoid(_conv(p, f"{name}.project", _up(a, f), k=3) + f)
     return f * a + f
 
 
