@@ -31,6 +31,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "check_writable",
+    "folder_lock",
     "os_error_in_chain",
     "remove_orphaned_temps",
     "sibling_temp_dir",
@@ -189,6 +190,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/name`` for the block: writers of files that must match
+    each other (``metrics.csv`` and the ``summary.json`` that hashes it) take turns, a second one
+    waiting for the first to finish. The kernel releases it when its process ends (SIGKILL
+    included), so a dead writer's lock never blocks. Without ``fcntl`` (Windows), or where the
+    lock file cannot be made (a read-only folder: the write then names the problem), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    handle = None
+    if fcntl is not None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            handle = open(Path(folder) / name, "ab")  # noqa: SIM115 - held until the block ends
+        except OSError:
+            handle = None
+    try:
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def sibling_temp_dir(target: str | os.PathLike) -> Path:

@@ -2204,6 +2204,73 @@ def test_summary_json_names_the_metrics_csv_it_summarises(tmp_path, monkeypatch)
     assert not matches()  # the old summary.json is told from the new metrics.csv
 
 
+_WRITE_METRICS = """
+import sys, time
+from pathlib import Path
+from pam_monai.engines import handlers
+
+out, case, n, role = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+real = handlers.atomic_write_text
+
+def write(path, text):
+    written = real(path, text)
+    if role == "first" and Path(path).name == "metrics.csv":  # the second writer starts here
+        (out.parent / "first_wrote_csv").touch()
+        while not (out.parent / "go").exists():
+            time.sleep(0.05)
+    return written
+
+handlers.atomic_write_text = write
+row = {"iou": 0.5, "dice": 0.5, "hd95": 1.0, "fp_rate": 0.0, "fn_rate": 0.0, "target_empty": 0, "pred_empty": 0}
+if role == "second":
+    (out.parent / "second_writes").touch()
+handlers.write_case_metrics([{**row, "case": f"{case}{i}"} for i in range(n)], out)
+"""
+
+
+def test_two_evaluations_writing_one_folder_at_once_leave_a_matching_pair(tmp_path):
+    """Two evaluations (or ``score`` runs) writing metrics into one folder at once: one wrote its
+    metrics.csv, the other replaced it (and its summary.json), and the first then hashed the
+    other's file into its own summary.json: a summary of 3 cases whose ``metrics_csv_sha256``
+    vouched for a metrics.csv of 1. The two files are now written under one lock per folder: the
+    second writer waits (here, until the first is let go: 10 s after it starts writing, or at its
+    end where nothing stops it), and the folder ends with one writer's pair, whole."""
+    import hashlib
+
+    out = tmp_path / "eval"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def writer(case: str, n: int, role: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-c", _WRITE_METRICS, str(out), case, str(n), role]
+        return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(marker: str, process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / marker).exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.05)
+
+    first = writer("a", 3, "first")
+    try:
+        wait_for("first_wrote_csv", first)
+        second = writer("b", 1, "second")
+        wait_for("second_writes", second)
+        try:
+            second.wait(timeout=10)  # unlocked, it writes both files in this time
+        except subprocess.TimeoutExpired:
+            pass  # it waits for the first one's lock
+        (tmp_path / "go").touch()
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+        assert second.wait(timeout=120) == 0, second.stderr.read()
+    finally:
+        (tmp_path / "go").touch()
+        first.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    csv_bytes = (out / "metrics.csv").read_bytes()
+    assert summary["metrics_csv_sha256"] == hashlib.sha256(csv_bytes).hexdigest()
+    assert summary["count"] == len(csv_bytes.decode().splitlines()) - 1, (summary["count"], csv_bytes)
+
+
 def test_a_second_inference_into_the_folder_keeps_the_first_s_mark(cases, tmp_path, monkeypatch, caplog):
     """Two inferences into one folder at once (a job submitted twice) shared one mark: the one that
     ended first removed it, and the other, stopped part way, left none: ``score`` then read the

@@ -70,7 +70,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_earlier_one(tmp_path, monkeypa
     _assert_disk_full(error, eval_dir / "metrics.csv")
     monkeypatch.undo()
     assert (eval_dir / "metrics.csv").read_text() == before
-    assert sorted(os.listdir(eval_dir)) == ["metrics.csv", "summary.json"]
+    assert sorted(os.listdir(eval_dir)) == [".metrics.lock", "metrics.csv", "summary.json"]  # no temp file
 
     image = tmp_path / "a.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), image)

@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import TensorBoardStatsHandler as _MonaiTensorBoardStatsHandler
 from torch.utils.data import DistributedSampler
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, folder_lock
 from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
 from .loaders import epoch_samples
@@ -51,6 +51,7 @@ __all__ = [
 log = logging.getLogger("pam_monai")
 
 METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
+METRICS_LOCK = ".metrics.lock"  # held while metrics.csv and summary.json are written (write_case_metrics)
 
 
 def score_case(
@@ -424,19 +425,22 @@ def write_case_metrics(rows: list[dict], output_dir: str | os.PathLike, summary:
 
     Two writes, each atomic: a process killed between them leaves the new metrics.csv beside the
     summary of the one before. summary.json's ``metrics_csv_sha256`` (not in the returned summary),
-    the SHA-256 of the metrics.csv it summarises, tells them apart."""
+    the SHA-256 of the metrics.csv it summarises, tells them apart. Both are written under one lock
+    of the folder (``.metrics.lock``): two evaluations writing there at once left one's summary
+    beside (and hashing) the other's metrics.csv; now the second waits, and its pair replaces the first's."""
     out = Path(output_dir)
     summary = summary if summary is not None else summarize(rows)
     fields = ["case", *METRICS, "target_empty", "pred_empty"]
     lines = [",".join(fields)]
     for r in rows:
         lines.append(",".join(_csv(r[k]) for k in fields))
-    csv_path = atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
-    # the file's bytes as written (a Windows text write turns each \n into \r\n)
-    digest = hashlib.sha256(csv_path.read_bytes()).hexdigest()
-    atomic_write_text(
-        out / "summary.json", json.dumps({**summary, "metrics_csv_sha256": digest}, indent=2) + "\n"
-    )
+    with folder_lock(out, METRICS_LOCK):
+        csv_path = atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+        # the file's bytes as written (a Windows text write turns each \n into \r\n)
+        digest = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+        atomic_write_text(
+            out / "summary.json", json.dumps({**summary, "metrics_csv_sha256": digest}, indent=2) + "\n"
+        )
     parts = [f"{m} {summary[m]['mean']:.4g} +- {summary[m]['std']:.3g}" for m in METRICS]
     log.info(
         "%d cases (%d with an empty target, %d with an empty prediction): %s; per-case rows in %s",
