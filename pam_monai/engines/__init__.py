@@ -32,6 +32,7 @@ from .handlers import (
     close_writers,
     handlers_of_rank,
     loss_of,
+    stop_on_terminate,
 )
 from .infer import (
     CasePredictor,
@@ -105,6 +106,7 @@ __all__ = [
     "check_compile_mode",
     "close_writers",
     "handlers_of_rank",
+    "stop_on_terminate",
     "check_device",
     "check_evaluate_json_layered",
     "check_network_channels",

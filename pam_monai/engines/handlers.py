@@ -36,6 +36,7 @@ __all__ = [
     "ReleaseTrainingLocksOnError",
     "StopEveryProcessOnError",
     "StopOnTerminate",
+    "stop_on_terminate",
     "TensorBoardStatsHandler",
     "Terminated",
     "TrackingEvery",
@@ -224,7 +225,40 @@ class StopOnTerminate:
 
     def _raise(self, signum: int, frame) -> None:
         self.restore()
+        if getattr(signal.getsignal(signal.SIGTERM), "stops_on_terminate", False):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stop_on_terminate's: a second SIGTERM ends it
         raise Terminated(signum, self.then)
+
+
+def stop_on_terminate(then: str = "resume with --resume true") -> None:
+    """Under ``python -m monai.bundle`` (and ``torchrun -m monai.bundle``), from now to the
+    process's end a SIGTERM raises :class:`Terminated` (exit status 128 + 15) wherever the main
+    thread is, not only while an engine runs (:class:`StopOnTerminate`), and prints what stopped.
+
+    Outside the engines' runs SIGTERM's default action ended the process at once, silently, with
+    status -15: while the data were prepared (the slice cache built: its files are written whole
+    either way), while the lock was taken, or after the last epoch (an MLflow run still to end, the
+    TensorBoard files to close, the ``.training.lock`` to release: a requeued job on another host
+    was refused by it, "another training is writing into it", until removed by hand). Now the
+    error goes up: handlers end the MLflow run KILLED, and the exit releases the locks. The bundles
+    call it first in ``initialize``. Not in other processes (notebooks, tests, the experiment
+    runner: the handler would outlive the run there), nor where SIGTERM already has a handler;
+    the first SIGTERM puts back the default, so that a second ends the process at once."""
+    from .runtime import _run_by_monai_bundle
+
+    if not _run_by_monai_bundle() or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def raise_terminated(signum: int, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        error = Terminated(signum, then)
+        print(f"pam_monai: {error}", file=sys.stderr, flush=True)  # a SystemExit prints nothing
+        raise error
+
+    raise_terminated.stops_on_terminate = True
+    signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def _attached(engine: Engine, seen: set | None = None) -> list:
