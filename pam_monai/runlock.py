@@ -164,11 +164,15 @@ def _acquire(path: Path) -> str:
                 raise _refusal(path, holder) from None
             _break(path, holder)
             continue
-        content = _content()
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(content) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                content = _content()
+                f.write(json.dumps(content) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # stopped (a signal) or failed: an empty lock names no one, is never broken
+            path.unlink(missing_ok=True)
+            raise
         _remove_left_aside(path.parent)  # the folder is ours now
         return content["token"]
     raise _refusal(path, _read(path))

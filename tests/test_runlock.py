@@ -130,6 +130,22 @@ def test_empty_lock_being_written_is_held(tmp_path):
         hold_training_lock(tmp_path / "models")
 
 
+def test_a_lock_stopped_while_written_is_not_left_empty(tmp_path, monkeypatch):
+    """A run stopped (Ctrl-C, a SIGTERM: stop_on_terminate) between creating its lock and writing
+    its holder into it left an empty ``.training.lock``, which names no process and so is never
+    broken: every later training there was refused until it was deleted by hand. The stopped run
+    now removes the lock it created."""
+
+    def stopped():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runlock, "_content", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        hold_training_lock(tmp_path / "models")
+    assert not (tmp_path / "models" / LOCK_NAME).exists()
+    assert not runlock._held
+
+
 def test_bundle_training_is_refused_while_another_holds_its_folder(tmp_path):
     """The bundles take the lock once the trainer is built (a data error is named first, and leaves
     no lock), before its start: the refused run writes nothing into models/ or eval/."""
