@@ -167,6 +167,31 @@ def test_disk_cache_is_written_once_and_memory_mapped(items, tmp_path, monkeypat
         SliceDataset(brats, "brats", cache_dir=tmp_path, cache_dtype="float32", progress=False)
 
 
+def test_a_truncated_cache_file_is_prepared_again(items, tmp_path, caplog):
+    """A cache file cut short (a node that crashed or lost power after the file's rename, before
+    its data reached the disk: the writes are atomic for a killed process, not for a lost page
+    cache) stopped every later training there with numpy's "mmap length is greater than file size"
+    or "No data left in file", naming no file. Such a volume is now prepared again, with a
+    warning naming the file."""
+    import logging
+
+    brats = items["brats"][:2]
+    first = SliceDataset(brats, "brats", cache_dir=tmp_path, progress=False)
+    image = sorted((tmp_path / "brats").glob("*.image.npy"))[0]
+    label = sorted((tmp_path / "brats").glob("*.label.npy"))[1]
+    for path, kept in ((image, image.stat().st_size // 2), (label, 0)):  # new files: first maps the old
+        cut = path.with_name("cut")
+        cut.write_bytes(path.read_bytes()[:kept])
+        cut.replace(path)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        again = SliceDataset(brats, "brats", cache_dir=tmp_path, progress=False)
+    assert str(image) in caplog.text and str(label) in caplog.text, caplog.text
+    assert len(again) == len(first)
+    for i in range(len(again)):
+        torch.testing.assert_close(again[i]["image"], first[i]["image"])
+        torch.testing.assert_close(again[i]["label"], first[i]["label"])
+
+
 def test_dataloader_workers_read_the_cache(items, tmp_path):
     ds = SliceDataset(items["brats"], "brats", cache_dir=tmp_path, progress=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)

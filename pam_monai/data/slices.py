@@ -68,6 +68,26 @@ def _open_cached(path: str | os.PathLike) -> np.ndarray:
         return np.load(path, mmap_mode="r")
 
 
+def _open_all_cached(paths: dict[str, Path]) -> tuple[np.ndarray, ...] | None:
+    """The cache files of a volume, memory-mapped; None when one is missing, or unreadable: cut
+    short by a crash after its rename, before its data reached the disk (the writes are atomic for
+    a killed process, not for a lost page cache), it is then written again (a warning names it)."""
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    opened = []
+    for part in _PARTS:
+        try:
+            opened.append(_open_cached(paths[part]))
+        except (ValueError, EOFError) as e:  # numpy's for a truncated or empty .npy
+            log.warning(
+                "%s: unreadable cache file (%s), cut short by a crash?; preparing the volume again",
+                paths[part],
+                e,
+            )
+            return None
+    return tuple(opened)
+
+
 # files the rest of the process may hold open beside the memory-mapped cache (libraries, logs,
 # DataLoader pipes, checkpoints): room left when the limit is raised for the cache
 _SPARE_OPEN_FILES = 256
@@ -409,8 +429,9 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def _prepare(self, item: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         paths = self.cache_paths(item)
-        if paths is not None and all(p.is_file() for p in paths.values()):
-            return tuple(_open_cached(paths[p]) for p in _PARTS)  # type: ignore[return-value]
+        cached = _open_all_cached(paths) if paths is not None else None
+        if cached is not None:
+            return cached
         case = preprocess_case(self.spec, item, self.foreground_labels)
         image, label = case["image"], case["label"]
         if self.spec.volumetric:  # C x h x w x D -> D x C x h x w: one slice is one contiguous block
