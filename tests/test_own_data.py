@@ -219,6 +219,16 @@ def test_own_data_is_never_replaced_by_a_stand_in(tmp_path):
     assert not (tmp_path / "synthetic").exists()
 
 
+def test_mistyped_dataset_dir_of_an_own_data_bundle_is_named(own_root, tmp_path):
+    """An own-data bundle carries its spec, so a mistyped ``--dataset_dir`` reaches the data
+    unread: it is named as missing, not reported as a folder without cases."""
+    spec = get_spec("nnunet", root=own_root)
+    typo = tmp_path / "Dataset900_Tumuor"
+    with pytest.raises(FileNotFoundError, match=rf"dataset_dir {re.escape(str(typo))} does not exist: pass"):
+        prepare_data(spec, typo, synthetic_dir=tmp_path / "synthetic")
+    assert not (tmp_path / "synthetic").exists()
+
+
 def test_repeated_channel_names_stay_apart(own_root, tmp_path):
     root = copy(own_root, tmp_path)
     meta = json.loads((root / "dataset.json").read_text())

@@ -490,6 +490,11 @@ def ensure_dataset(
             )
         return dataset_dir, synthetic
     if spec.name not in ENSURE_DEFAULTS:  # own data: never a stand-in
+        if not dataset_dir.is_dir():  # an own-data bundle carries its spec: nothing read the folder yet
+            raise FileNotFoundError(
+                f"{spec.name}: dataset_dir {dataset_dir} does not exist: pass the folder of your data set "
+                "(dataset.json, imagesTr/, labelsTr/) as --dataset_dir (a typo? a disk not mounted?)"
+            )
         problems = "\n".join(str(p) for p in scan_cases(spec, dataset_dir).problems[:5])
         raise ValueError(f"{spec.name}: no complete case in {dataset_dir}:\n{problems}")
     target = Path(output) if output is not None else dataset_dir / f"synthetic_{spec.name}"
