@@ -1301,8 +1301,12 @@ def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):
         SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": 0.3}))
     )
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
-        BestCheckpoint(str(tmp_path), net, run_info=record)  # the same network again: nothing to say
+        BestCheckpoint(str(tmp_path), net, run_info=record, resume=True)  # continues it: nothing to say
         assert "replaces it" not in caplog.text
+        BestCheckpoint(str(tmp_path), net, run_info=record)  # the same command again: its model would go
+        assert "holds the model of an earlier training (val_iou 0.3000); this run starts anew" in caplog.text
+        assert "--resume true continues that training" in caplog.text
+        caplog.clear()
         BestCheckpoint(str(tmp_path), net, run_info={**record, "network_name": "aunet"})
         assert "holds a model trained with network_name 'fpa'; this run replaces it" in caplog.text
         check_run(tmp_path / "model.pt", record, {"synthetic": False, "root": "/data/brats"})

@@ -451,6 +451,14 @@ class BestCheckpoint:
                     self.path,
                     ", ".join(f"{k} {previous[k]!r}" for k in changed),
                 )
+            else:  # the same command run again: its best model would go without a word
+                log.warning(
+                    "%s holds the model of an earlier training%s; this run starts anew and replaces it at its "
+                    "first validation (--resume true continues that training; another --ckpt_dir or "
+                    "--bundle_root keeps both)",
+                    self.path,
+                    _best_of(self._stored_record()),
+                )
         stored = self._stored_record() if as_bool(resume) else {}
         self.best_value = float(stored["value"]) if "value" in stored else None
         self.best_epoch = stored.get("epoch")
@@ -493,6 +501,14 @@ class BestCheckpoint:
             atomic_write_text(_pending(self.path), json.dumps(meta, indent=1) + "\n")
         _commit_record(self.path)
         log.info("new best %s %.4f%s: saved %s", self.metric_name, value, at, self.path)
+
+
+def _best_of(record: dict) -> str:
+    """`` (epoch 3, val_iou 0.4120)`` from a ``model.json`` record, as much of it as it holds."""
+    parts = [f"epoch {record['epoch']}"] if "epoch" in record else []
+    if "value" in record:
+        parts.append(f"{record.get('metric', 'value')} {float(record['value']):.4f}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _jsonable(obj):
