@@ -873,6 +873,25 @@ def test_cases_stored_in_another_orientation_are_named(tmp_path, caplog):
     assert "SYN_006: SYN_006_0000.nii.gz: orientation LPS, but the training cases are RAS" in caplog.text
 
 
+def test_cases_of_another_in_plane_spacing_are_named(tmp_path):
+    """Volumes are not resampled: check names a case whose in-plane voxels are twice (or half) the
+    median case's, its structures being another size in pixels; one at 1.5 times is left alone."""
+    root = synth("nnunet", tmp_path / "Dataset933_Spaced", cases=5, slices=3)  # 1.2 x 1.2 x 3 mm
+    for case, scale in (("SYN_001", 2.5), ("SYN_003", 1.5)):
+        for path in sorted((root / "imagesTr").glob(f"{case}_*")) + [root / "labelsTr" / f"{case}.nii.gz"]:
+            img = nib.load(str(path))
+            nib.save(
+                nib.Nifti1Image(np.asarray(img.dataobj), np.diag([scale, scale, 1.0, 1.0]) @ img.affine),
+                str(path),
+            )
+    report = check_dataset("nnunet", root)
+    spaced = [w for w in report.warnings if "in-plane voxel size" in w.message]
+    assert [w.case for w in spaced] == ["SYN_001"], report.format()
+    assert "in-plane voxel size 3 x 3 mm, but the cases' median is 1.2 x 1.2 mm" in spaced[0].message
+    assert "0.4 times their usual size in pixels; resample it" in spaced[0].message
+    assert report.ok  # a warning: a data set of mixed resolutions may be meant so
+
+
 def test_dataset_json_typos_and_a_wrong_case_count_are_named(own_root, tmp_path):
     """A mistyped key would be ignored and its default taken (``file_endings``: .nii.gz assumed);
     nnU-Net refuses a numTraining that is not the number of training cases."""

@@ -765,7 +765,38 @@ def check_dataset(
             )
             if problem:
                 report.warnings.append(Problem(c.case, "image", problem))
+    report.warnings += in_plane_spacing_problems(report.cases)
     return report
+
+
+def in_plane_spacing_problems(cases: Sequence[CaseSummary], factor: float = 2.0) -> list[Problem]:
+    """Volumes reach the 2-D network as stored, not resampled: a case whose in-plane voxel size is
+    ``factor`` times (or a ``factor``-th of) the data set's median shows its structures at another
+    size in pixels than the others. One warning per such case (those sliced along another axis
+    have theirs already, :func:`slice_axis_problem`)."""
+    sized = {c.case: np.array([float(v) for v in c.spacing.split("x")]) for c in cases if c.spacing}
+    if len(sized) < 3:  # no majority to differ from
+        return []
+    usual = np.median(np.stack(list(sized.values()))[:, :2], axis=0)
+    found = []
+    for case, size in sized.items():
+        thick = int(np.argmax(size))
+        if thick != 2 and size[thick] >= 2 * size[2]:
+            continue
+        ratio = size[:2] / usual
+        if np.all((ratio < factor) & (ratio > 1 / factor)):
+            continue
+        found.append(
+            Problem(
+                case,
+                "image",
+                f"in-plane voxel size {size[0]:.3g} x {size[1]:.3g} mm, but the cases' median is {usual[0]:.3g} x "
+                f"{usual[1]:.3g} mm: volumes are not resampled, so its structures reach the network "
+                f"{float(np.mean(1 / ratio)):.2g} times their usual size in pixels; resample it to the others' "
+                "spacing (MONAI's Spacingd, image bilinear and label nearest) or leave it out",
+            )
+        )
+    return found
 
 
 def _about_label(problem: Problem) -> bool:
