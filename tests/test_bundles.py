@@ -1460,6 +1460,8 @@ def test_model_json_records_the_training_settings_and_the_best_epoch(tmp_path):
     )
     record = json.loads((tmp_path / "models" / "model.json").read_text())
     assert record["epoch"] == 1
+    # inference names new images of another resolution than this (the stand-in: 1 mm)
+    assert record["run"]["orientation"] == "LPS" and record["run"]["in_plane_spacing"] == [1.0, 1.0]
     assert record["run"]["training"] == {
         "seed": 3,
         "epochs": 1,

@@ -892,6 +892,46 @@ def test_cases_of_another_in_plane_spacing_are_named(tmp_path):
     assert report.ok  # a warning: a data set of mixed resolutions may be meant so
 
 
+def test_inference_names_images_of_another_resolution_than_training(tmp_path, caplog):
+    """Training records its cases' median in-plane voxel size; inference names a new image whose
+    voxels are twice or half that (not resampled, its structures reach the network at another
+    size in pixels) and is silent about one of the training's resolution."""
+    import logging
+
+    from pam_monai.data.checker import usual_in_plane_spacing
+    from pam_monai.engines import CasePredictor, atomic_save, find_inference_cases
+    from pam_monai.networks import get_network
+
+    root = synth("nnunet", tmp_path / "Dataset934_Coarse", cases=5, slices=3, test_cases=2)  # 1.2 mm
+    spec = get_spec("nnunet", root=root)
+    assert usual_in_plane_spacing(spec, get_split(spec, build_datalist(spec, root), "train", root=root)) == [
+        1.2,
+        1.2,
+    ]
+    coarse = sorted((root / "imagesTs").glob("*.nii.gz"))[:2]  # the first test case's two channels
+    for path in coarse:
+        img = nib.load(str(path))
+        nib.save(
+            nib.Nifti1Image(np.asarray(img.dataobj), np.diag([2.5, 2.5, 1.0, 1.0]) @ img.affine), str(path)
+        )
+    net = get_network(
+        "unet", spatial_dims=2, in_channels=2, out_channels=1, options=SMALL_RUN["network_options"]
+    )
+    atomic_save(net.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(
+        json.dumps({"metric": "val_iou", "value": 0.1, "run": {"in_plane_spacing": [1.2, 1.2]}})
+    )
+    items = find_inference_cases(spec, root / "imagesTs")
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        CasePredictor(net, items, spec, str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt")).run()
+    named = [r.getMessage() for r in caplog.records if "in-plane voxel size" in r.getMessage()]
+    case = coarse[0].name.rsplit("_", 1)[0]
+    assert len(named) == 1 and named[0].startswith(
+        f"{case}: {coarse[0].name}: in-plane voxel size 3 x 3 mm"
+    ), named
+    assert "but training's (median) is 1.2 x 1.2 mm" in named[0]
+
+
 def test_dataset_json_typos_and_a_wrong_case_count_are_named(own_root, tmp_path):
     """A mistyped key would be ignored and its default taken (``file_endings``: .nii.gz assumed);
     nnU-Net refuses a numTraining that is not the number of training cases."""

@@ -783,20 +783,40 @@ def in_plane_spacing_problems(cases: Sequence[CaseSummary], factor: float = 2.0)
         thick = int(np.argmax(size))
         if thick != 2 and size[thick] >= 2 * size[2]:
             continue
-        ratio = size[:2] / usual
-        if np.all((ratio < factor) & (ratio > 1 / factor)):
-            continue
-        found.append(
-            Problem(
-                case,
-                "image",
-                f"in-plane voxel size {size[0]:.3g} x {size[1]:.3g} mm, but the cases' median is {usual[0]:.3g} x "
-                f"{usual[1]:.3g} mm: volumes are not resampled, so its structures reach the network "
-                f"{float(np.mean(1 / ratio)):.2g} times their usual size in pixels; resample it to the others' "
-                "spacing (MONAI's Spacingd, image bilinear and label nearest) or leave it out",
-            )
-        )
+        problem = spacing_problem(size, usual, "the cases' median", factor)
+        if problem:
+            found.append(Problem(case, "image", problem))
     return found
+
+
+def spacing_problem(size, usual, usual_of: str, factor: float = 2.0) -> str | None:
+    """A volume of voxel ``size`` (mm) whose in-plane voxels are ``factor`` times (or a
+    ``factor``-th of) ``usual`` (``usual_of`` names whose: the median case's, training's) shows its
+    structures at another size in pixels, volumes not being resampled. Says so, or None."""
+    if usual is None or size is None:
+        return None
+    size, usual = np.asarray(size, dtype=float)[:2], np.asarray(usual, dtype=float)[:2]
+    ratio = size / usual
+    if np.all((ratio < factor) & (ratio > 1 / factor)):
+        return None
+    return (
+        f"in-plane voxel size {size[0]:.3g} x {size[1]:.3g} mm, but {usual_of} is {usual[0]:.3g} x "
+        f"{usual[1]:.3g} mm: volumes are not resampled, so its structures reach the network "
+        f"{float(np.mean(1 / ratio)):.2g} times their usual size in pixels; resample it to that "
+        "spacing (MONAI's Spacingd, image bilinear and label nearest) or leave it out"
+    )
+
+
+def usual_in_plane_spacing(dataset: str | DatasetSpec, items: Sequence[dict]) -> list[float] | None:
+    """The median in-plane voxel size (mm, array axes 0 and 1) of the volumes among datalist
+    ``items`` (their first image's header), which training records in ``model.json`` so that
+    inference can name images of another resolution; None for 2-D images."""
+    spec = get_spec(dataset)
+    if not spec.volumetric or not items:
+        return None
+    first = [it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"] for it in items]
+    sizes = np.stack([_spacing(volume_affine(f))[:2] for f in first])
+    return [round(float(v), 4) for v in np.median(sizes, axis=0)]
 
 
 def _about_label(problem: Problem) -> bool:

@@ -30,7 +30,7 @@ import torch
 from ..atomic import _HOST, atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data import get_spec, load_case, preprocess_case, restore_prediction, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
-from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem
+from ..data.checker import check_images, orientation, orientation_problem, slice_axis_problem, spacing_problem
 from ..data.cityscapes import SPLITS as CITYSCAPES_SPLITS
 from ..data.files import (
     EXIF_ORIENTATION,
@@ -48,6 +48,7 @@ from ..progress import progress_bar
 from ..runlock import _content as _holder
 from ..runlock import _stale
 from .checkpoint import check_weights, read_run_record
+from .data import voxel_spacing
 from .inferer import SliceWiseInferer
 from .memory import reuse_freed_memory
 from .postprocessing import _probability, foreground_mask
@@ -537,14 +538,16 @@ class CasePredictor:
                         "(a BraTS label <case>_seg.nii.gz?); pass another --output_dir"
                     )
         usable, problems, skipped = [], [], []
-        # the orientation the model was trained on (volumes: model.json), to name cases stored otherwise
+        # the orientation and voxel size the model was trained on (volumes: model.json), to name cases
+        # stored otherwise or of another resolution
         trained = recorded(self.ckpt_path, "orientation")
+        spacing = recorded(self.ckpt_path, "in_plane_spacing")
         # every case's files read once before any mask (~0.4 s per full-size BraTS case): minutes of
         # silence before the inference bar for a few hundred cases without a bar of its own
         for item in progress_bar(self.items, desc=f"{self.spec.name}: checking inputs", unit="case"):
             found, warned, case = input_problems(self.spec, item)
             if case is not None:  # usable: what inference warns about
-                self._warn(case, warned, trained)
+                self._warn(case, warned, trained, spacing)
             if found and self.skip_invalid:
                 skipped += found
                 continue
@@ -604,9 +607,10 @@ class CasePredictor:
                 self.spec.name, self.output_dir, len(earlier), ", ".join(earlier[:5]), ", ..." if len(earlier) > 5 else "",
             )  # fmt: skip
 
-    def _warn(self, case: dict, warned: list[str], trained: str | None) -> None:
+    def _warn(self, case: dict, warned: list[str], trained: str | None, spacing: list | None = None) -> None:
         """Log what is worth knowing about a usable case: the checker's warnings, an in-plane size
-        smaller (BraTS, ISLES: padded) or larger (own data) than the crop, a thick axis other than the third, another orientation than training's."""
+        smaller (BraTS, ISLES: padded) or larger (own data) than the crop, a thick axis other than the third, another
+        orientation than training's, in-plane voxels twice or half the size of training's (``spacing``)."""
         for line in warned:
             log.warning("%s", line)
         size, crop = tuple(case["image"].shape[1:3]), self.spec.crop_size
@@ -632,6 +636,9 @@ class CasePredictor:
             turned = orientation_problem(orientation(case["affine"]), trained, "the training cases")
             if turned:
                 log.warning("%s: %s: %s", case["case"], first, turned)
+            resolution = spacing_problem(voxel_spacing(case["affine"], 3), spacing, "training's (median)")
+            if resolution:
+                log.warning("%s: %s: %s", case["case"], first, resolution)
 
     def _predict(self, network: torch.nn.Module, item: dict) -> list[Path]:
         """Predict one usable case; the paths written (mask, then probabilities if asked)."""
