@@ -517,6 +517,18 @@ def test_own_data_bundle_is_refused_for_a_data_set_that_fails_the_check(
     nib.save(nib.Nifti1Image(data, img.affine), str(image))
     (root / "labelsTr" / "SYN_002.nii.gz").unlink()
     monkeypatch.chdir(tmp_path)
+    # a folder name the bundle refuses is named before every case is read (minutes for a large set)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bundle", "--dataset_dir", str(root), "--output", "bundles/broken_fpa2"])
+    message = str(exit_.value.code)
+    assert (
+        "name must end in _fpa (e.g. lesion_fpa), got 'broken_fpa2': pass --output bundles/broken_fpa2_fpa"
+        in message
+    )
+    assert "problem(s) in the data set" not in message
+    with pytest.raises(SystemExit) as exit_:  # an RFNA bundle's name without --network rfna
+        main(["bundle", "--dataset_dir", str(root), "--output", "bundles/broken_rfna"])
+    assert "got 'broken_rfna': pass --network rfna" in str(exit_.value.code)
     with pytest.raises(SystemExit) as exit_:
         main(["bundle", "--dataset_dir", str(root), "--output", "bundles/broken_fpa"])
     message = str(exit_.value.code)

@@ -128,18 +128,21 @@ def own_data_bundle(
     _refuse_unquotable(dataset_dir, output, f"{folder or '.'}/{output.resolve().name}")
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
+    # named before the data are read: checking every case of a large data set takes minutes
+    name = output.resolve().name  # "." is the current folder's name
+    prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
+    if not suffix:
+        other = next((n for n in sorted(NETWORKS) if name.endswith(f"_{n}")), None)  # --network left out
+        raise ValueError(
+            f"the bundle folder's name must end in _{network} (e.g. lesion_{network}), got {name!r}: pass "
+            + (f"--network {other}" if other else f"--output {output.parent / f'{name}_{network}'}")
+        )
     spec = nnunet_spec(dataset_dir, crop_size=crop_size)
     _check_crop(network, spec)
     foreground, _ = spec.resolve_labels(foreground_label)
     if check:
         _check(spec, dataset_dir, foreground)
     channel_def = {str(i): c for i, c in enumerate(spec.channels)}
-    name = output.resolve().name  # "." is the current folder's name
-    prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
-    if not suffix:
-        raise ValueError(
-            f"the bundle folder's name must end in _{network} (e.g. lesion_{network}), got {name!r}"
-        )
     info = {
         "modality": modality or ", ".join(spec.channels),
         "target": f"{label_title(spec.label_names, foreground)} (labels {', '.join(map(str, foreground))})",
