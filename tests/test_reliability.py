@@ -1313,6 +1313,39 @@ def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):
     assert "trained on a SYNTHETIC stand-in (/s); their scores on /data/brats" in caplog.text
 
 
+def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_path, caplog):
+    """A training ended on Ignite's "Engine run finished": a new user had to find the model's
+    path in the log and the evaluation command in the docs. The end names the best model (epoch,
+    score) and the evaluation and inference commands; a run stopped early (Ctrl-C, SIGTERM) or
+    without a validated model says nothing."""
+    import logging
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingPlan
+
+    def train(stop_at: int | None = None) -> str:
+        engine = Engine(lambda e, b: e.terminate() if e.state.epoch == stop_at else None)
+        TrainingPlan(synthetic=True, ckpt_dir=str(tmp_path)).attach(engine)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pam_monai"):
+            engine.run(range(2), max_epochs=3)
+        return caplog.text
+
+    assert "training finished" not in train()  # no model.pt: nothing validated
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    (tmp_path / "model.json").write_text(json.dumps({"metric": "val_iou", "value": 0.25, "epoch": 2}))
+    said = train()
+    assert f"training finished: best model {tmp_path / 'model.pt'} (epoch 2, val_iou 0.2500)" in said
+    assert (
+        "python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json']\""
+        in said
+    )
+    assert "python -m monai.bundle run inferring --config_file configs/inference.json --input_dir DIR" in said
+    assert "training finished" not in train(stop_at=1)
+    assert "training finished" not in train(stop_at=3)  # stopped in the last epoch
+
+
 def test_training_says_how_many_steps_it_holds(caplog):
     """A run on real data with few optimiser steps (a small own data set at the paper's BRATS
     defaults) is warned about; a synthetic smoke run is not."""

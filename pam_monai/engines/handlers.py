@@ -560,17 +560,48 @@ class TrainingPlan:
     epochs at batch 50, suit BRATS' ~12,600 training slices per fold, ~20,000 steps; a small own data set gets a few
     hundred steps from them, and nnU-Net trains 250,000).
 
+    At the end of a run to its last epoch it says what came of it and what to type next: the best
+    model's path, epoch and score, and the evaluation and inference commands of this bundle.
+
     Args:
         synthetic: the data are a synthetic stand-in (no warning: a smoke run).
         min_steps: fewer optimiser steps than this on real data are warned about.
+        ckpt_dir: the folder of ``model.pt`` and ``model.json`` (None: nothing said at the end).
     """
 
-    def __init__(self, synthetic: bool = False, min_steps: int = 2000) -> None:
+    def __init__(self, synthetic: bool = False, min_steps: int = 2000, ckpt_dir: str | None = None) -> None:
         self.synthetic = bool(synthetic)
         self.min_steps = int(min_steps)
+        self.ckpt_dir = ckpt_dir
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
+        if self.ckpt_dir is not None:
+            engine.add_event_handler(Events.COMPLETED, self.finished)
+
+    def finished(self, engine: Engine) -> None:
+        """Log the best model and the next commands (process 0; not after a stop before the last epoch)."""
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
+        # Ctrl-C, SIGTERM (terminate(), in the last epoch too: Ignite still fires COMPLETED): not finished
+        if engine.should_terminate or (engine.state.epoch or 0) < (engine.state.max_epochs or 0):
+            return
+        best = Path(self.ckpt_dir) / "model.pt"
+        if not best.is_file():  # no validation ran
+            return
+        meta = best.with_suffix(".json")
+        record = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+        score = f", {record['metric']} {float(record['value']):.4f}" if "value" in record else ""
+        epoch = f" (epoch {record['epoch']}{score})" if "epoch" in record else ""
+        from .runtime import _running_workflow_configs
+
+        configs = _running_workflow_configs() or Path("configs")
+        log.info(
+            "training finished: best model %s%s. Next (with this run's overrides, e.g. --dataset_dir, --bundle_root): "
+            "evaluate it: python -m monai.bundle run evaluating --config_file \"['%s','%s']\"; segment new images: "
+            "python -m monai.bundle run inferring --config_file %s --input_dir DIR",
+            best, epoch, configs / "train.json", configs / "evaluate.json", configs / "inference.json",
+        )  # fmt: skip
 
     def __call__(self, engine: Engine) -> None:
         per_epoch, epochs = engine.state.epoch_length or 0, engine.state.max_epochs or 0
