@@ -628,7 +628,9 @@ def kept_process_settings() -> Iterator[None]:
     try:
         yield
     finally:
-        monai_misc._seed = monai_seed  # no public setter: set_determinism reseeds the RNGs too
+        # MONAI's public setter (its ``_seed`` is private); the RNGs and cuDNN flags it sets too
+        # are put back below
+        monai_misc.set_determinism(seed=monai_seed)
         _set_flags(saved)
         _threads_before_deterministic = threads_before_deterministic
         if cublas is None:

@@ -1,0 +1,28 @@
+"""What pam-monai does when a private or undocumented part of MONAI, Ignite, PyTorch or MLflow it
+relies on changes under it (a user upgrades a library): a public API where one does the job, else a
+clear error or warning naming the library's version and what degrades, never a silent wrong result.
+
+Each test simulates the internal gone or changed (monkeypatched) and checks that message or fallback.
+"""
+
+from __future__ import annotations
+
+import monai.utils.misc as monai_misc
+
+from pam_monai.engines import kept_process_settings
+
+
+def test_kept_process_settings_restores_monais_seed_through_its_public_api(monkeypatch):
+    """MONAI's global seed was put back by assigning its private ``monai.utils.misc._seed``: a MONAI
+    that kept the seed elsewhere would have every ``Compose`` made after the block seeded with the
+    run's seed, silently. ``set_determinism`` / ``get_seed`` are the public pair."""
+    store = {"seed": None}  # a MONAI whose seed is not in ``_seed``
+
+    def set_determinism(seed=None, use_deterministic_algorithms=None, additional_settings=None):
+        store["seed"] = seed
+
+    monkeypatch.setattr(monai_misc, "set_determinism", set_determinism)
+    monkeypatch.setattr(monai_misc, "get_seed", lambda: store["seed"])
+    with kept_process_settings():
+        monai_misc.set_determinism(seed=3)  # what a run's setup_run does
+    assert monai_misc.get_seed() is None
