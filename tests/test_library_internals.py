@@ -26,3 +26,19 @@ def test_kept_process_settings_restores_monais_seed_through_its_public_api(monke
     with kept_process_settings():
         monai_misc.set_determinism(seed=3)  # what a run's setup_run does
     assert monai_misc.get_seed() is None
+
+
+def test_the_experiment_runner_resets_torch_compile_through_its_public_api(monkeypatch):
+    """The runner forgot ``torch.compile``'s caches between bundles with the private
+    ``torch._dynamo.reset``: a PyTorch without it failed after the first bundle with an
+    AttributeError. ``torch.compiler.reset`` is the public one."""
+    import torch._dynamo
+    import torch.compiler
+
+    from pam_monai.experiments.runner import _reset_compiler
+
+    calls = []
+    monkeypatch.delattr(torch._dynamo, "reset")
+    monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append(1))
+    _reset_compiler()
+    assert calls == [1]

@@ -557,9 +557,12 @@ def _reset_compiler() -> None:
     variant is another shape of the same ``forward`` code, one more of dynamo's 8 recompilations
     (``recompile_limit``), and from the ninth variant on (``fig7_fpa`` has 15) training ran
     uncompiled, with only a warning. Compiling a network again reads inductor's kernels from its
-    cache on disk."""
+    cache on disk. Through the public ``torch.compiler.reset`` (``torch._dynamo`` is private); only
+    where dynamo was loaded, so that a run that compiled nothing does not load it."""
     if "torch._dynamo" in sys.modules:
-        sys.modules["torch._dynamo"].reset()
+        import torch.compiler
+
+        torch.compiler.reset()
 
 
 class _Bundle:
