@@ -42,3 +42,19 @@ def test_the_experiment_runner_resets_torch_compile_through_its_public_api(monke
     monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append(1))
     _reset_compiler()
     assert calls == [1]
+
+
+def test_triton_is_found_without_pytorchs_private_check(monkeypatch):
+    """``compile_by_default`` asks PyTorch's private ``torch.utils._triton`` whether Triton is
+    there: a PyTorch that moved it read as one without Triton, and the bundles trained uncompiled
+    on every GPU, warning that this PyTorch lacks Triton. Now whether ``triton`` imports decides."""
+    import sys
+    import types
+
+    from pam_monai.engines.runtime import _has_triton
+
+    monkeypatch.setitem(sys.modules, "torch.utils._triton", None)  # its import fails
+    monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+    assert _has_triton()
+    monkeypatch.setitem(sys.modules, "triton", None)
+    assert not _has_triton()

@@ -513,10 +513,17 @@ def check_outputs(folders: dict) -> None:
 
 
 def _has_triton() -> bool:
+    """Whether Triton, which ``torch.compile`` needs on a GPU, is there: PyTorch's own check, which
+    is private (``torch.utils._triton``); where a PyTorch moved it, whether ``triton`` imports (its
+    absence read as "no Triton" and turned compiling off on every GPU, with a wrong warning)."""
     try:
         from torch.utils._triton import has_triton_package
     except ImportError:
-        return False
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
     return bool(has_triton_package())
 
 
