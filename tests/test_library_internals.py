@@ -58,3 +58,29 @@ def test_triton_is_found_without_pytorchs_private_check(monkeypatch):
     assert _has_triton()
     monkeypatch.setitem(sys.modules, "triton", None)
     assert not _has_triton()
+
+
+def test_a_changed_ignite_handler_table_fails_naming_ignite_and_the_feature():
+    """The bundles' error clean-up (put first in line at ``EXCEPTION_RAISED``), ``CaseMetrics``
+    (first at ``EPOCH_COMPLETED``) and the search for attached handlers read Ignite's private
+    ``Engine._event_handlers``: an Ignite that renamed it failed with "'Engine' object has no
+    attribute '_event_handlers'" as the handlers were attached, one that changed its entries with
+    an unpacking error. Now the error names pytorch-ignite, its version and what needs it."""
+    from importlib.metadata import version
+
+    import pytest
+    from ignite.engine import Engine
+
+    from pam_monai.engines import CloseWritersOnError
+    from pam_monai.engines.handlers import _attached
+
+    engine = Engine(lambda engine, batch: None)
+    del engine._event_handlers
+    with pytest.raises(
+        RuntimeError, match=rf"pytorch-ignite {version('pytorch-ignite')}: Engine._event_handlers"
+    ):
+        CloseWritersOnError().attach(engine)
+    engine = Engine(lambda engine, batch: None)
+    engine._event_handlers = {"started": [("handler", ())]}  # entries of another shape
+    with pytest.raises(RuntimeError, match="finding the handlers attached"):
+        _attached(engine)

@@ -36,11 +36,11 @@ def training_tags(engine) -> tuple[tuple[str, ...], tuple[str, ...]]:
     which a user may rename); the bundles' defaults for either where no such handler is attached."""
     from monai.handlers import TensorBoardStatsHandler
 
-    from .handlers import CaseMetrics, _attached
+    from .handlers import CaseMetrics, _attached, _handler_table
 
     own = [
         getattr(getattr(func, "__wrapped__", func), "__self__", None)
-        for handlers in engine._event_handlers.values()
+        for handlers in _handler_table(engine).values()
         for func, _, _ in handlers
     ]
     iteration = [h.tag_name for h in own if isinstance(h, TensorBoardStatsHandler) and h.iteration_log]

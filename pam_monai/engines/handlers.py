@@ -130,6 +130,29 @@ class TensorBoardStatsHandler(_MonaiTensorBoardStatsHandler):
             self._made.close()
 
 
+def _handler_table(engine: Engine) -> dict:
+    """Ignite's table of ``engine``'s handlers, ``{event: [(handler, args, kwargs), ...]}``.
+
+    Private in Ignite (``Engine._event_handlers``), read where Ignite has no public call: to put a
+    handler first in line at an event, to find the handlers attached. A pytorch-ignite that changed
+    it fails here, naming it and its version, not at an unpacking deep in a run."""
+    table = getattr(engine, "_event_handlers", None)
+    if not isinstance(table, dict) or not all(
+        isinstance(entries, list) and all(isinstance(e, tuple) and len(e) == 3 for e in entries)
+        for entries in table.values()
+    ):
+        from ..internals import changed
+
+        raise RuntimeError(
+            changed(
+                "pytorch-ignite",
+                "Engine._event_handlers",
+                "the order of the bundles' error clean-up handlers and finding the handlers attached",
+            )
+        )
+    return table
+
+
 def clean_up_on_error(engine: Engine, clean_up) -> None:
     """Run ``clean_up(engine, error)`` when a run of ``engine`` raises, then let the error go on.
 
@@ -140,11 +163,12 @@ def clean_up_on_error(engine: Engine, clean_up) -> None:
 
     def handler(engine: Engine, error: BaseException) -> None:
         clean_up(engine, error)
-        if engine._event_handlers[Events.EXCEPTION_RAISED][-1][0] is handler:
+        if _handler_table(engine)[Events.EXCEPTION_RAISED][-1][0] is handler:
             raise error
 
+    table = _handler_table(engine)  # before Ignite is asked to attach anything
     engine.add_event_handler(Events.EXCEPTION_RAISED, handler)
-    raised = engine._event_handlers[Events.EXCEPTION_RAISED]
+    raised = table[Events.EXCEPTION_RAISED]
     raised.insert(0, raised.pop())
 
 
@@ -269,7 +293,7 @@ def _attached(engine: Engine, seen: set | None = None) -> list:
     seen = set() if seen is None else seen
     seen.add(id(engine))
     found = []
-    for handlers in list(engine._event_handlers.values()):
+    for handlers in list(_handler_table(engine).values()):
         for func, _, _ in handlers:
             func = getattr(func, "__wrapped__", func)
             owner = getattr(func, "__self__", func)
@@ -324,10 +348,11 @@ class CaseMetrics:
         self._owes_rows = False
 
     def attach(self, engine: Engine) -> None:
+        table = _handler_table(engine)  # before Ignite is asked to attach anything
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
         # first in line at EPOCH_COMPLETED, so savers and loggers see the new values
-        engine._event_handlers[Events.EPOCH_COMPLETED].insert(0, (self._complete, (engine,), {}))
+        table[Events.EPOCH_COMPLETED].insert(0, (self._complete, (engine,), {}))
         clean_up_on_error(engine, self._failed)
 
     def _reset(self, engine: Engine) -> None:
