@@ -84,3 +84,51 @@ def test_a_changed_ignite_handler_table_fails_naming_ignite_and_the_feature():
     engine._event_handlers = {"started": [("handler", ())]}  # entries of another shape
     with pytest.raises(RuntimeError, match="finding the handlers attached"):
         _attached(engine)
+
+
+def _run_with_bar(bar, epochs: int = 2) -> None:
+    from ignite.engine import Engine
+
+    engine = Engine(lambda engine, batch: {"loss": 0.5})
+    bar.attach(engine)
+    engine.run([0, 1, 2], max_epochs=epochs)
+
+
+def test_a_changed_ignite_progress_bar_warns_and_is_ignites_own(monkeypatch, tmp_path):
+    """The bundles' progress bar replaces Ignite's private ``ProgressBar._reset`` and reads the
+    attributes Ignite's reads there: an Ignite without ``_reset`` lost the bar's own timing and
+    label without a word, one that renamed an attribute failed at the first epoch's start with an
+    AttributeError. Now a warning names pytorch-ignite, its version and the name, and the training
+    runs with Ignite's bar as it is."""
+    from importlib.metadata import version
+
+    import pytest
+    from ignite.handlers import ProgressBar as IgniteBar
+
+    from pam_monai.engines import ProgressBar
+
+    with open(tmp_path / "log", "w", encoding="utf-8") as out:
+        monkeypatch.delattr(IgniteBar, "_reset")
+        with pytest.warns(
+            RuntimeWarning, match=rf"pytorch-ignite {version('pytorch-ignite')}: ProgressBar._reset"
+        ):
+            ProgressBar(file=out)
+        monkeypatch.undo()
+
+        made = []
+        ignites_init = IgniteBar.__init__
+
+        def renamed(self, *args, **kwargs):  # an Ignite keeping the bar's format under another name
+            ignites_init(self, *args, **kwargs)
+            self.format = self.__dict__.pop("bar_format")
+
+        def ignites_reset(self, total):
+            made.append(total)
+            self.pbar = self.pbar_cls(total=total, file=out)
+
+        monkeypatch.setattr(IgniteBar, "__init__", renamed)
+        monkeypatch.setattr(IgniteBar, "_reset", ignites_reset)
+        with pytest.warns(RuntimeWarning, match="ProgressBar.bar_format .*the bar is Ignite's own"):
+            bar = ProgressBar(file=out)
+        _run_with_bar(bar)
+    assert made == [3, 3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 
 from ignite.engine import Engine, Events
 
@@ -16,6 +17,10 @@ from ..progress import LOG_FILE_REDRAW_S, LogFileTqdm, to_log_file
 from .handlers import EveryIterations, loss_of
 
 __all__ = ["ProgressBar"]
+
+# what the bar reads of Ignite's: its private ``_reset`` (which makes each epoch's tqdm bar) is
+# replaced, with the attributes Ignite's own reads there
+_IGNITE_BAR_ATTRIBUTES = ("pbar", "pbar_cls", "persist", "bar_format", "tqdm_kwargs")
 
 
 def _loss(output) -> dict:
@@ -49,6 +54,7 @@ class ProgressBar(_IgniteProgressBar):
         if to_file:
             kwargs.setdefault("mininterval", LOG_FILE_REDRAW_S)
         super().__init__(persist=persist, desc=desc, **kwargs)
+        self._as_read = _reads_ignites_bar(self)
         if to_file:
             self.pbar_cls = LogFileTqdm
         self.loss_every = EveryIterations(loss_every)
@@ -57,7 +63,10 @@ class ProgressBar(_IgniteProgressBar):
 
     def _reset(self, pbar_total: int | None) -> None:
         """Ignite's bar, not drawn yet (Ignite's handler sets its label next), timed from the epoch's
-        start, with the first step counted in its rate."""
+        start, with the first step counted in its rate (Ignite's own where it changed)."""
+        if not self._as_read:
+            super()._reset(pbar_total)
+            return
         delay = self.tqdm_kwargs.get("delay", 0.0)
         self.pbar = self.pbar_cls(
             total=pbar_total,
@@ -72,7 +81,7 @@ class ProgressBar(_IgniteProgressBar):
 
     def _first_draw(self, engine: Engine) -> None:
         """Draw a new bar once Ignite's handler has given it its label and count."""
-        if self.pbar is not None and not self._drawn:
+        if self._as_read and self.pbar is not None and not self._drawn:  # Ignite's own draws itself
             self._drawn = True
             if self.pbar.delay <= 0:
                 self.pbar.refresh()
@@ -100,6 +109,25 @@ class ProgressBar(_IgniteProgressBar):
         engine.add_event_handler(
             bound.arguments.get("event_name", Events.ITERATION_COMPLETED), self._first_draw
         )
+
+
+def _reads_ignites_bar(bar: _IgniteProgressBar) -> bool:
+    """Whether Ignite's ``ProgressBar`` has the private ``_reset`` and the attributes the bar's own
+    reads; else a warning naming pytorch-ignite's version, and Ignite's bar as it is (an Ignite
+    that changed them failed with an AttributeError at an epoch's start, or lost the bar's timing
+    without a word)."""
+    missing = [f"ProgressBar.{name}" for name in _IGNITE_BAR_ATTRIBUTES if not hasattr(bar, name)]
+    if not callable(getattr(_IgniteProgressBar, "_reset", None)):
+        missing.insert(0, "ProgressBar._reset")
+    if missing:
+        from ..internals import changed
+
+        feature = (
+            "the progress bar's timing from its epoch's start and its first label and, written to a "
+            "file, its redraws every LOG_FILE_REDRAW_S; the bar is Ignite's own"
+        )
+        warnings.warn(changed("pytorch-ignite", ", ".join(missing), feature), RuntimeWarning, stacklevel=3)
+    return not missing
 
 
 def _runs_one_epoch(engine: Engine) -> bool:
