@@ -15,7 +15,7 @@ def changed(package: str, name: str, feature: str) -> str:
     except PackageNotFoundError:
         installed = "(version unknown)"
     return (
-        f"{package} {installed}: {name} (private in {package}) is gone or changed; pam-monai reads it "
+        f"{package} {installed}: {name} (private in {package}): gone or changed; pam-monai reads it "
         f"for {feature}. Install a {package} version listed as tested in pam-monai's README "
         "(the floors in setup.cfg), or report this with the version"
     )

@@ -132,3 +132,26 @@ def test_a_changed_ignite_progress_bar_warns_and_is_ignites_own(monkeypatch, tmp
             bar = ProgressBar(file=out)
         _run_with_bar(bar)
     assert made == [3, 3]
+
+
+def test_override_ids_unchecked_for_want_of_monais_locals_is_said(monkeypatch):
+    """``check_override_ids`` reads the config files and overrides from the local variables of
+    MONAI's ``create_workflow`` (``_args``, ``config_file``), found on the call stack: a MONAI that
+    renamed them left every ``--<id>`` unchecked, a typo ignored, without a word. Now a warning names
+    MONAI, its version and the check that is off."""
+    import monai.bundle.scripts
+    import pytest
+
+    from pam_monai.engines.runtime import _workflow_overrides
+
+    def create_workflow(config_file=None, **kwargs):  # a MONAI whose arguments are kept under other names
+        arguments = dict(kwargs, config_file=config_file)
+        del config_file
+        return _workflow_overrides(), arguments
+
+    monkeypatch.setattr(monai.bundle.scripts, "create_workflow", create_workflow)
+    with pytest.warns(
+        RuntimeWarning, match=r"monai \S+: the local variables _args and config_file .*override ids"
+    ):
+        found, _ = create_workflow(config_file="configs/train.json", epochs=2)
+    assert found is None

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,10 +268,25 @@ def _workflow_overrides() -> tuple[object, dict] | None:
         frame = frame.f_back
     if frame is None:
         return None
+    # MONAI's local variables, not an API: a MONAI that renamed them would leave every id unchecked
+    args, files = frame.f_locals.get("_args"), frame.f_locals.get("config_file")
+    if not isinstance(args, dict) or files is None:
+        from ..internals import changed
+
+        feature = "the check of command-line override ids (a mistyped --<id> is not refused)"
+        warnings.warn(
+            changed(
+                "monai",
+                "the local variables _args and config_file of monai.bundle.scripts.create_workflow",
+                feature,
+            ),
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
     # what is not a parameter of the workflow (run_id, tracking, ...) MONAI applies as an id override
     named = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name", "args_file"}
-    overrides = {k: v for k, v in (frame.f_locals.get("_args") or {}).items() if k not in named}
-    return frame.f_locals.get("config_file"), overrides
+    return files, {k: v for k, v in args.items() if k not in named}
 
 
 def check_override_ids() -> None:
