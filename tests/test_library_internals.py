@@ -155,3 +155,27 @@ def test_override_ids_unchecked_for_want_of_monais_locals_is_said(monkeypatch):
     ):
         found, _ = create_workflow(config_file="configs/train.json", epochs=2)
     assert found is None
+
+
+def test_a_monai_that_renamed_the_tensorboard_writer_gets_one_made_at_once(monkeypatch, tmp_path):
+    """The bundles' ``TensorBoardStatsHandler`` makes its writer at the first write by turning
+    MONAI's private ``TensorBoardHandler._writer`` into a property: a MONAI keeping the writer under
+    another name wrote to a placeholder object, an AttributeError at the first log. Now the writer is
+    made at once, as MONAI's own is, with a warning naming MONAI and its version; ``close`` closes it."""
+    import pytest
+    from monai.handlers.tensorboard_handlers import TensorBoardHandler
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pam_monai.engines import TensorBoardStatsHandler
+
+    def renamed(self, summary_writer=None, log_dir="./runs"):
+        self.writer = SummaryWriter(log_dir=log_dir) if summary_writer is None else summary_writer
+        self.internal_writer = summary_writer is None
+
+    monkeypatch.setattr(TensorBoardHandler, "__init__", renamed)
+    with pytest.warns(RuntimeWarning, match=r"monai \S+: TensorBoardHandler._writer"):
+        handler = TensorBoardStatsHandler(log_dir=str(tmp_path))
+    assert isinstance(handler.writer, SummaryWriter)
+    handler.writer.add_scalar("loss", 1.0, 1)
+    handler.close()
+    assert list(tmp_path.glob("events.out.tfevents.*"))

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,23 @@ class TensorBoardStatsHandler(_MonaiTensorBoardStatsHandler):
         # MONAI's arguments in MONAI's order (its own handler's positional use keeps working)
         super().__init__(_NOT_YET if summary_writer is None else summary_writer, log_dir, *args, **kwargs)
         self.internal_writer = summary_writer is None
+        self._check_writer_attribute()
+
+    def _check_writer_attribute(self) -> None:
+        """MONAI keeps the writer in its private ``_writer``, which this class makes a property:
+        a MONAI that renamed it would write to the placeholder (an AttributeError at the first
+        log). There the writer is made at once, as MONAI's is, with a warning."""
+        renamed = [name for name, value in vars(self).items() if value is _NOT_YET]
+        if renamed:
+            from ..internals import changed
+
+            feature = "making the TensorBoard writer at the first write; it is made now"
+            warnings.warn(
+                changed("monai", "TensorBoardHandler._writer", feature), RuntimeWarning, stacklevel=3
+            )
+            self._made = self._make()
+            for name in renamed:
+                setattr(self, name, self._made)
 
     @property
     def _writer(self):
