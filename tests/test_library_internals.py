@@ -179,3 +179,30 @@ def test_a_monai_that_renamed_the_tensorboard_writer_gets_one_made_at_once(monke
     handler.writer.add_scalar("loss", 1.0, 1)
     handler.close()
     assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_a_run_of_its_own_is_made_without_monais_private_set_experiment(monkeypatch, tmp_path):
+    """``TrackingEvery(end_run=True)`` gives an ``MLFlowHandler`` a run of its own through MONAI's
+    private ``_set_experiment``: a MONAI without it failed at the training's start with an
+    AttributeError. Now MLflow's public client makes the experiment there."""
+    import importlib.util
+
+    import pytest
+    from monai import __version__ as monai_version
+    from packaging.version import Version
+
+    if importlib.util.find_spec("mlflow") is None or Version(monai_version) < Version("1.6.1"):
+        pytest.skip("needs the mlflow extra (setup.cfg): mlflow, monai>=1.6.1")
+    import mlflow
+    from monai.handlers import MLFlowHandler
+
+    from pam_monai.engines import TrackingEvery
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    handler = MLFlowHandler(tracking_uri=uri, experiment_name="train", run_name="mine", iteration_log=False)
+    monkeypatch.delattr(MLFlowHandler, "_set_experiment")
+    TrackingEvery._new_run(handler)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert (run.info.run_id, run.info.run_name) == (handler.cur_run.info.run_id, "mine")
+    handler.close()

@@ -772,7 +772,7 @@ class TrackingEvery:
     def _new_run(handler) -> None:
         """Give ``handler`` a run of its own before its start: MONAI's continues the latest named
         run that is not FINISHED, a failed (or killed) evaluation's, whose ``ckpt_path`` it kept."""
-        handler._set_experiment()  # MONAI's own: makes the experiment if need be
+        _set_experiment(handler)
         name = handler.run_name or f"run_{time.strftime('%Y%m%d_%H%M%S')}"  # MONAI's default name
         handler.cur_run = handler.client.create_run(
             experiment_id=handler.experiment.experiment_id, run_name=name
@@ -839,6 +839,26 @@ class TrackingEvery:
             if new:
                 handler.client.log_batch(run_id=run.info.run_id, metrics=[], params=new, tags=[])
             handler._params_logged = run.info.run_id
+
+
+def _set_experiment(handler) -> None:
+    """Set a MONAI ``MLFlowHandler``'s ``experiment``, made if need be: MONAI's own (private
+    ``_set_experiment``: retries a concurrent creation, refuses a deleted experiment), else, where a
+    MONAI dropped it, the same through MLflow's public client (it failed with an AttributeError)."""
+    own = getattr(handler, "_set_experiment", None)
+    if callable(own):
+        own()
+        return
+    client, name = handler.client, handler.experiment_name
+    experiment = handler.experiment or client.get_experiment_by_name(name)
+    if experiment is None:
+        location = getattr(handler, "artifact_location", None)
+        experiment = client.get_experiment(client.create_experiment(name, artifact_location=location))
+    if experiment.lifecycle_stage != "active":
+        raise ValueError(
+            f"MLflow experiment {name!r} is deleted: restore it, or track into another with --experiment_name"
+        )
+    handler.experiment = experiment
 
 
 def loss_of(output):
