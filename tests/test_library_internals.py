@@ -206,3 +206,27 @@ def test_a_run_of_its_own_is_made_without_monais_private_set_experiment(monkeypa
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert (run.info.run_id, run.info.run_name) == (handler.cur_run.info.run_id, "mine")
     handler.close()
+
+
+def test_a_grid_run_that_raises_reports_its_own_error_where_monai_keeps_its_objects_elsewhere(monkeypatch):
+    """After each bundle the experiment runner closes the TensorBoard writers the workflow made,
+    read from ``parser.ref_resolver.resolved_content`` (MONAI's, not documented): with a MONAI that
+    renamed them, a run that raised reported an AttributeError from that clean-up instead of its own
+    error. Now its own error goes on, with a warning naming MONAI and what is left open."""
+    import pytest
+
+    from pam_monai.experiments.runner import _Bundle
+
+    class Workflow:  # a MONAI workflow without ref_resolver
+        parser = object()
+
+        def initialize(self):
+            pass
+
+        def run(self):
+            raise ValueError("the run's own error")
+
+    monkeypatch.setattr(_Bundle, "_workflow", lambda self, files, run_id, overrides: Workflow())
+    with pytest.warns(RuntimeWarning, match=r"monai \S+: ConfigParser.ref_resolver.resolved_content"):
+        with pytest.raises(ValueError, match="the run's own error"):
+            _Bundle(None, None)._run([], "training", {})

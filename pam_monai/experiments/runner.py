@@ -39,6 +39,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -565,6 +566,23 @@ def _reset_compiler() -> None:
         torch.compiler.reset()
 
 
+def _made_objects(workflow) -> list:
+    """The objects a MONAI ``ConfigWorkflow`` made from its config (``parser.ref_resolver.resolved_content``:
+    MONAI's attributes, not a documented API). A MONAI that renamed them raised an AttributeError
+    in place of the run's own error, in the clean-up after it; now a warning names MONAI, its
+    version and what is left undone (the run's TensorBoard writers stay open until the process ends)."""
+    made = getattr(getattr(getattr(workflow, "parser", None), "ref_resolver", None), "resolved_content", None)
+    if isinstance(made, dict):
+        return list(made.values())
+    from ..internals import changed
+
+    feature = "closing the TensorBoard writers of a run that raised (they stay open until the process ends)"
+    warnings.warn(
+        changed("monai", "ConfigParser.ref_resolver.resolved_content", feature), RuntimeWarning, stacklevel=2
+    )
+    return []
+
+
 class _Bundle:
     """Runs the bundle's training and evaluation in this process (MONAI ``ConfigWorkflow``)."""
 
@@ -601,7 +619,7 @@ class _Bundle:
             wf.finalize()
         finally:
             # the TensorBoard writers the run made (finalize closes them too, after a run that ended)
-            close_writers(wf.parser.ref_resolver.resolved_content.values())
+            close_writers(_made_objects(wf))
             del wf
             _reset_compiler()
             gc.collect()
