@@ -230,3 +230,20 @@ def test_a_grid_run_that_raises_reports_its_own_error_where_monai_keeps_its_obje
     with pytest.warns(RuntimeWarning, match=r"monai \S+: ConfigParser.ref_resolver.resolved_content"):
         with pytest.raises(ValueError, match="the run's own error"):
             _Bundle(None, None)._run([], "training", {})
+
+
+def test_instance_norms_are_found_without_pytorchs_private_base_class(monkeypatch):
+    """``normalises_with_input_statistics`` (the networks' smallest input) tested for PyTorch's
+    private ``nn.modules.instancenorm._InstanceNorm``: a PyTorch without it failed to build every
+    network with an AttributeError. The public classes are named now, the lazy ones too."""
+    from torch import nn
+
+    from pam_monai.networks.blocks.convolutions import normalises_with_input_statistics
+
+    monkeypatch.delattr(nn.modules.instancenorm, "_InstanceNorm")
+    for norm in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+        assert normalises_with_input_statistics(nn.Sequential(nn.Conv2d(1, 2, 3), norm(2)))
+        assert not normalises_with_input_statistics(norm(2, track_running_stats=True))
+    for norm in (nn.LazyInstanceNorm1d, nn.LazyInstanceNorm2d, nn.LazyInstanceNorm3d):
+        assert normalises_with_input_statistics(norm(affine=False, track_running_stats=False))
+    assert not normalises_with_input_statistics(nn.BatchNorm2d(2))

@@ -178,6 +178,17 @@ def resize_to(x: torch.Tensor, like: torch.Tensor, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[2:], mode=mode, align_corners=True)
 
 
+# PyTorch's instance norms, named (their common base, ``_InstanceNorm``, is private to PyTorch)
+_INSTANCE_NORMS = (
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d,
+    nn.LazyInstanceNorm3d,
+)
+
+
 def normalises_with_input_statistics(module: nn.Module) -> bool:
     """Whether ``module`` holds an instance norm that normalises with its input's own statistics
     (no running statistics): in training and in evaluation alike, it cannot normalise one element.
@@ -185,8 +196,7 @@ def normalises_with_input_statistics(module: nn.Module) -> bool:
     :class:`~.norm.FastInstanceNorm` (``norm=FAST_NORM``) never tracks running statistics; it
     raises nothing on one element but returns its bias there, so it counts too."""
     return any(
-        isinstance(m, FastInstanceNorm)
-        or (isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats)
+        isinstance(m, FastInstanceNorm) or (isinstance(m, _INSTANCE_NORMS) and not m.track_running_stats)
         for m in module.modules()
     )
 
