@@ -247,3 +247,26 @@ def test_instance_norms_are_found_without_pytorchs_private_base_class(monkeypatc
     for norm in (nn.LazyInstanceNorm1d, nn.LazyInstanceNorm2d, nn.LazyInstanceNorm3d):
         assert normalises_with_input_statistics(norm(affine=False, track_running_stats=False))
     assert not normalises_with_input_statistics(nn.BatchNorm2d(2))
+
+
+def test_bundle_root_without_monais_config_root_path_warns_and_falls_back(monkeypatch, tmp_path):
+    """``bundle_root`` takes the bundle's folder from the running ``ConfigWorkflow``'s
+    ``config_root_path`` (MONAI's, undocumented): a MONAI without it stopped every bundle with an
+    AttributeError. Now a warning names MONAI and its version, and the folder is found as outside a
+    workflow (here: the working folder holds ``configs/``)."""
+    import pytest
+    from monai.bundle import ConfigWorkflow
+
+    from pam_monai.engines.runtime import bundle_root
+
+    (tmp_path / "configs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["python"])
+
+    def evaluated_by(self):  # as MONAI's workflow evaluates a config's ``$`` expression
+        return bundle_root()
+
+    workflow = object.__new__(ConfigWorkflow)  # a workflow without config_root_path
+    workflow.properties = {}
+    with pytest.warns(RuntimeWarning, match=r"monai \S+: ConfigWorkflow.config_root_path"):
+        assert evaluated_by(workflow) == "."

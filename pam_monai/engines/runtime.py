@@ -81,10 +81,26 @@ def _running_workflow_configs() -> Path | None:
     while frame is not None:
         owner = frame.f_locals.get("self")
         if isinstance(owner, ConfigWorkflow):
-            root = Path(owner.config_root_path)
-            return root if root.name == "configs" else None
+            return _configs_folder(owner)
         frame = frame.f_back
     return None
+
+
+def _configs_folder(workflow) -> Path | None:
+    """The ``configs/`` folder of a ``ConfigWorkflow`` (MONAI's ``config_root_path``, an attribute
+    it does not document), or None; a MONAI without it is named in a warning (its AttributeError
+    stopped every bundle), and the bundle's folder is then found as outside a workflow."""
+    root = getattr(workflow, "config_root_path", None)
+    if root is None:
+        from ..internals import changed
+
+        feature = "finding the bundle's folder from the running workflow (the command line's config is used)"
+        warnings.warn(
+            changed("monai", "ConfigWorkflow.config_root_path", feature), RuntimeWarning, stacklevel=4
+        )
+        return None
+    root = Path(root)
+    return root if root.name == "configs" else None
 
 
 def bundle_root(where: str | None = None) -> str:
