@@ -270,3 +270,27 @@ def test_bundle_root_without_monais_config_root_path_warns_and_falls_back(monkey
     workflow.properties = {}
     with pytest.warns(RuntimeWarning, match=r"monai \S+: ConfigWorkflow.config_root_path"):
         assert evaluated_by(workflow) == "."
+
+
+def test_stop_every_process_on_error_without_pytorchs_private_store_names_pytorch(monkeypatch, caplog):
+    """``StopEveryProcessOnError`` announces a failed process through the process group's store,
+    PyTorch's private ``distributed_c10d._get_default_store``: a PyTorch without it logged only
+    "no process group store (module ... has no attribute ...)". Now the warning names PyTorch, its
+    version and what is lost; the training goes on."""
+    import torch.distributed as dist
+
+    from pam_monai.engines import StopEveryProcessOnError
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.delattr(dist.distributed_c10d, "_get_default_store")
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        assert StopEveryProcessOnError._store() is None
+    assert f"torch {torch_version()}: torch.distributed.distributed_c10d._get_default_store" in caplog.text
+    assert "a failed process is not announced" in caplog.text
+
+
+def torch_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch")

@@ -1089,7 +1089,15 @@ class StopEveryProcessOnError:
             return None
         try:  # private in PyTorch: a version without it loses the early stop, not the training
             return dist.distributed_c10d._get_default_store()
-        except (AttributeError, RuntimeError, ValueError) as e:
+        except AttributeError:
+            from ..internals import changed
+
+            feature = "StopEveryProcessOnError (a failed process is not announced: the others wait for it)"
+            log.warning(
+                "%s", changed("torch", "torch.distributed.distributed_c10d._get_default_store", feature)
+            )
+            return None
+        except (RuntimeError, ValueError) as e:
             log.warning(
                 "StopEveryProcessOnError: no process group store (%s): a failed process is not announced", e
             )
