@@ -294,3 +294,21 @@ def torch_version() -> str:
     from importlib.metadata import version
 
     return version("torch")
+
+
+def test_the_flip_bench_without_pytorchs_private_gpu_sleep_names_pytorch(monkeypatch):
+    """The bench's ``flip_wait`` queues GPU work with PyTorch's private ``torch.cuda._sleep``: a
+    PyTorch without it failed after the warm-up with an AttributeError. Now it refuses first, naming
+    PyTorch, its version and the measure it cannot take."""
+    import re
+
+    import pytest
+    import torch
+
+    from pam_monai.bench.pipeline import flip_wait
+
+    monkeypatch.delattr(torch.cuda, "_sleep")
+    with pytest.raises(
+        RuntimeError, match=rf"torch {re.escape(torch_version())}: torch.cuda._sleep .*flip_wait"
+    ):
+        flip_wait()

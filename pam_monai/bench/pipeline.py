@@ -143,11 +143,18 @@ def flip_wait(device: str = "cuda", batch: int = 50, size: int = 160) -> tuple[f
     synchronise with the stream to stage the copy, and the first figure would reach the second."""
     from ..data import random_flip_batch
 
+    sleep = getattr(torch.cuda, "_sleep", None)  # private in PyTorch: queues a GPU spin of N cycles
+    if sleep is None:
+        from ..internals import changed
+
+        raise RuntimeError(
+            changed("torch", "torch.cuda._sleep", "the bench's flip_wait (GPU work queued before the flip)")
+        )
     x = torch.zeros(batch, 4, size, size, device=device)
     generator = torch.Generator().manual_seed(0)
     random_flip_batch({"image": x}, prob=1.0, generator=generator)  # warm (allocator, kernels)
     torch.cuda.synchronize()
-    torch.cuda._sleep(2_000_000_000)  # about a second of queued GPU work
+    sleep(2_000_000_000)  # about a second of queued GPU work
     start = time.perf_counter()
     random_flip_batch({"image": x}, prob=1.0, generator=generator)
     returned = time.perf_counter() - start
