@@ -312,3 +312,23 @@ def test_the_flip_bench_without_pytorchs_private_gpu_sleep_names_pytorch(monkeyp
         RuntimeError, match=rf"torch {re.escape(torch_version())}: torch.cuda._sleep .*flip_wait"
     ):
         flip_wait()
+
+
+def test_channels_last_without_pytorchs_private_module_apply(monkeypatch):
+    """``fast_network(channels_last=True)`` converted the weights with ``Module._apply``, private in
+    PyTorch (``Module.to`` refuses ``channels_last`` for 3-D networks' 5-D weights): a PyTorch
+    without it failed at the fast path's setup with an AttributeError. Now public calls do it, to
+    the same ``Parameter`` objects (an optimizer made before still holds them)."""
+    import torch
+    from torch import nn
+
+    from pam_monai.engines import fast_network
+
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv3d(4, 4, 3), nn.BatchNorm2d(4), nn.Linear(3, 3))
+    params = list(net.parameters())
+    monkeypatch.delattr(nn.Module, "_apply")
+    fast_network(net, channels_last=True)
+    assert list(net.parameters()) == params and all(a is b for a, b in zip(net.parameters(), params))
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert net[1].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not net[1].weight.is_contiguous()

@@ -799,7 +799,20 @@ def fast_network(
         # channels-last for 2-D networks' 4-D weights, its 3-D form for 3-D networks' 5-D ones
         # (``Module.to(memory_format=torch.channels_last)`` refuses a 5-D weight)
         formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-        network = network._apply(
-            lambda t: t.contiguous(memory_format=formats[t.dim()]) if t.dim() in formats else t
-        )
+        _to_memory_formats(network, formats)
     return network
+
+
+def _to_memory_formats(network: nn.Module, formats: dict) -> None:
+    """Each parameter and buffer of ``network`` of a dimension in ``formats`` in that memory format,
+    in place: the same ``Parameter`` objects (their ``data`` replaced, as ``Module.to`` does) and
+    buffers (gradients, if any, keep their layout), through public calls (``Module._apply``, which
+    ``Module.to`` uses, is private)."""
+    with torch.no_grad():
+        for module in network.modules():
+            for param in module.parameters(recurse=False):
+                if param.dim() in formats:
+                    param.data = param.data.contiguous(memory_format=formats[param.dim()])
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer.dim() in formats:
+                    setattr(module, name, buffer.contiguous(memory_format=formats[buffer.dim()]))
