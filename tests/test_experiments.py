@@ -1791,3 +1791,157 @@ def test_experiment_sets_up_logging_on_the_command_line_only(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["python -m pam_monai", "experiment", "--output", str(tmp_path)])
     runner_module.experiment(output=str(tmp_path))
     assert len(root.handlers) == 1 and root.level == logging.INFO
+
+
+# A grid run by `python -m pam_monai experiment` that waits at one point (argv[1]) for a SIGTERM:
+# it writes the file "waiting" into argv[2] there, then waits (up to a minute) for the signal.
+_WAIT_FOR_SIGTERM = r"""
+import sys, time
+from pathlib import Path
+
+stage, marks, argv = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+
+def wait():
+    (marks / "waiting").write_text(stage)
+    deadline = time.monotonic() + 60
+    while not (marks / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+def before(owner, name, when=lambda *a, **k: True):
+    real = getattr(owner, name)
+    def hooked(*args, **kwargs):
+        if when(*args, **kwargs) and not (marks / "waiting").exists():
+            wait()
+        return real(*args, **kwargs)
+    setattr(owner, name, hooked)
+
+from pam_monai.data import slices
+from pam_monai.engines import handlers
+from pam_monai.experiments import runner
+
+if stage == "preparing":  # a run's training prepares its slices (in the pool's threads)
+    before(slices, "preprocess_case")
+elif stage == "epoch":  # the trainer runs (its StopOnTerminate installed)
+    real_install = handlers.StopOnTerminate.install
+    def install(self, engine=None):
+        real_install(self, engine)
+        if engine is not None and not (marks / "waiting").exists():
+            wait()
+    handlers.StopOnTerminate.install = install
+elif stage == "between":  # the run is done, the next not started
+    real_append = runner._append_event
+    def append(path, **event):
+        real_append(path, **event)
+        if event.get("event") == "done" and not (marks / "waiting").exists():
+            wait()
+    runner._append_event = append
+elif stage == "scoring":  # the tables are made
+    before(runner, "_run_result")
+sys.argv = ["pam_monai"] + argv
+from pam_monai.cli import main
+main()
+"""
+
+
+def _grid_command(small_grid: dict) -> list[str]:
+    args = ["experiment", "--threads", "1"]
+    for key, value in small_grid.items():
+        args += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return args
+
+
+def _stop_grid_at(stage: str, small_grid: dict, marks: Path) -> subprocess.CompletedProcess:
+    """Run the grid in a child process, send it a SIGTERM once it waits at ``stage``; the result."""
+    import signal
+    import time
+
+    marks.mkdir()
+    cmd = [sys.executable, "-c", _WAIT_FOR_SIGTERM, stage, str(marks), *_grid_command(small_grid)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (marks / "waiting").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=240)[0]
+    finally:
+        (marks / "go").touch()  # a pool's threads waiting there go on
+        process.kill()
+    return subprocess.CompletedProcess(cmd, process.returncode, output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "events"),
+    [
+        ("preparing", ["start", "interrupted"]),
+        ("epoch", ["start", "interrupted"]),
+        ("between", ["start", "done"]),
+        ("scoring", ["start", "done"]),
+    ],
+)
+def test_a_grid_stopped_by_sigterm_anywhere_records_its_run_and_says_how_to_continue(
+    small_grid, tmp_path, stage, events
+):
+    """`python -m pam_monai experiment` runs the bundles in its own process, where their
+    stop_on_terminate does nothing: a SIGTERM outside an epoch (a run's data preparation, between
+    runs, the tables) ended the grid at once, with status -15, its run in flight recorded by nothing
+    (the next call called it killed). It now stops as after Ctrl-C: the run recorded `interrupted`,
+    a finished one kept, results.csv never cut, status 143 and a message saying how to go on; the
+    same command, run again, finishes the grid."""
+    stopped = _stop_grid_at(stage, small_grid, tmp_path / "marks")
+    out = Path(small_grid["output"])
+    assert stopped.returncode == 128 + 15, stopped.stdout[-3000:]
+    assert "stopped by SIGTERM (preempted or killed); re-run the same command to continue" in stopped.stdout
+    recorded = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["run"]) for e in recorded] == [(e, "runs/unet/seed0/fold0") for e in events]
+    run = out / "runs" / "unet" / "seed0" / "fold0"
+    assert (run / "done.json").is_file() == (events[-1] == "done")
+    assert not (out / "results.csv").exists()  # written whole (atomically) by the call that finishes
+    assert not list(out.rglob("*.tmp")), "a half-written file was left"
+    if stage in ("preparing", "scoring"):  # the same command goes on: the run is resumed or skipped
+        again = subprocess.run(
+            [sys.executable, "-m", "pam_monai", *_grid_command(small_grid)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert len(read_case_metrics(run / "eval" / "metrics.csv")) == 1
+        assert (out / "results.csv").read_text().count("\n") == 2  # the header and the run's case
+        recorded = [json.loads(x)["event"] for x in (out / "runs.jsonl").read_text().splitlines()]
+        assert recorded == events + (["start", "done"] if stage == "preparing" else [])
+
+
+def test_the_grid_stops_on_sigterm_while_it_runs_and_gives_the_callers_handler_back(small_grid, monkeypatch):
+    """While run_experiment runs, SIGTERM is the grid's (a Terminated saying how to continue); then
+    the caller's handler is the process's again."""
+    import signal
+
+    def callers(signum, frame):
+        pass
+
+    during = []
+
+    def execute(run, b, o, identity, ctx):
+        during.append(signal.getsignal(signal.SIGTERM))
+        return fake_finish(run, identity, ["c1,0.5,0.6,3.0,0.001,0.2,False,False"])
+
+    monkeypatch.setattr(runner_module, "_execute", execute)
+    before = signal.signal(signal.SIGTERM, callers)
+    try:
+        run_experiment(**small_grid)
+        assert signal.getsignal(signal.SIGTERM) is callers
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert getattr(during[0], "stops_on_terminate", False), during
+    before = signal.signal(signal.SIGTERM, during[0])
+    try:
+        with pytest.raises(runner_module.Terminated, match="re-run the same command to continue"):
+            during[0](signal.SIGTERM, None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM ends the call at once
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -650,8 +650,11 @@ def kept_process_settings() -> Iterator[None]:
     global seed (which seeds every ``Compose`` made after ``set_determinism``), and ``sys.path`` (a
     workflow adds its bundle's folder at every run). For library calls that run bundles in this
     process (:func:`pam_monai.experiments.run_experiment`): the caller's program goes on as before.
+    So does its SIGTERM handler (the runner's stops the grid while it runs), in the main thread.
     """
     import random
+    import signal
+    import threading
 
     import monai.utils.misc as monai_misc
     import numpy as np
@@ -664,9 +667,13 @@ def kept_process_settings() -> Iterator[None]:
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     path = list(sys.path)
     monai_seed = monai_misc.get_seed()
+    main = threading.current_thread() is threading.main_thread()  # Python's rule for handlers
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         yield
     finally:
+        if main:  # None: a handler set outside Python, which cannot be put back; the default is the closest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is None else sigterm)
         # MONAI's public setter (its ``_seed`` is private); the RNGs and cuDNN flags it sets too
         # are put back below
         monai_misc.set_determinism(seed=monai_seed)

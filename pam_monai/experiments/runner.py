@@ -37,7 +37,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -69,6 +71,11 @@ log = logging.getLogger("pam_monai.experiments")
 MARKER = "done.json"
 STARTED = "run.json"
 VERSION = 1
+# what a grid stopped by SIGTERM tells to do: its command, run again, skips the finished runs
+CONTINUE = (
+    "re-run the same command to continue: finished runs are skipped, the interrupted one resumes from "
+    "its models/checkpoint_last.pt (redone when it has none), then results.csv and results.md are written"
+)
 # bundle ids the runner sets itself for every run (the folders and checkpoint follow bundle_root:
 # one given for the grid would have every run write, or every evaluation read, the same one)
 RESERVED = (
@@ -532,6 +539,27 @@ def _grid_lock(output_dir: Path):
             _lock(f, False)
 
 
+def _stop_grid_on_terminate() -> None:
+    """From now on a SIGTERM raises :class:`Terminated` (exit status 143) wherever the main thread
+    is, as Ctrl-C raises ``KeyboardInterrupt``: the run in flight is recorded ``interrupted``.
+
+    The bundles run in this process, where their ``stop_on_terminate`` does nothing, and the
+    engines' :class:`StopOnTerminate` covers their epochs only: a SIGTERM while a run's data were
+    prepared, between runs or while the tables were written ended the grid at once, its run
+    recorded by nothing (the next call found it ``killed``). The caller's handler comes back with
+    :func:`kept_process_settings`; the first SIGTERM puts back the default, so that a second ends
+    the call at once (as :class:`StopOnTerminate` does, seeing ``stops_on_terminate``)."""
+    if threading.current_thread() is not threading.main_thread():  # Python's rule for handlers
+        return
+
+    def raise_terminated(signum: int, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated(signum, CONTINUE)
+
+    raise_terminated.stops_on_terminate = True
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
 def _count_params(variant: Variant, options: dict, spec) -> int:
     """The network's parameters; a crop it cannot take (RFNA on small own images) is refused here,
     before the grid's first run, not at that network's first training step."""
@@ -836,17 +864,24 @@ def run_experiment(
             "per-image table is the paper's protocol already"
         )
     _check_overrides(overrides, *bundle_configs(dataset, output_dir))
-    with kept_process_settings():  # the caller's threads, RNGs, flags and sys.path come back
+    # the caller's threads, RNGs, flags, sys.path and SIGTERM handler come back
+    with kept_process_settings():
+        _stop_grid_on_terminate()
         if threads:
             torch.set_num_threads(int(threads))
-        with _grid_lock(output_dir):
-            return _run_grid(
-                dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
-                output_dir=output_dir, paper_protocol=paper_protocol, figures=figures,
-                data_seed=int(data_seed), max_runs=max_runs, keep_going=keep_going,
-                figure_cases=figure_cases, figure_networks=figure_networks, command=command,
-                overrides=overrides, reference=reference,
-            )  # fmt: skip
+        try:
+            with _grid_lock(output_dir):
+                return _run_grid(
+                    dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
+                    output_dir=output_dir, paper_protocol=paper_protocol, figures=figures,
+                    data_seed=int(data_seed), max_runs=max_runs, keep_going=keep_going,
+                    figure_cases=figure_cases, figure_networks=figure_networks, command=command,
+                    overrides=overrides, reference=reference,
+                )  # fmt: skip
+        except Terminated as e:  # a bundle's (StopOnTerminate) says "--resume true": not the grid's way on
+            stopped = Terminated(e.signum, CONTINUE)
+            log.error("experiment %s: %s", output_dir, stopped)  # a SystemExit prints nothing
+            raise stopped from None
 
 
 def _run_grid(
