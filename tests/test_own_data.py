@@ -476,6 +476,12 @@ def test_own_data_bundle_trains_without_overrides_and_infers_from_images_alone(
     assert image["num_channels"] == 2 and image["spatial_shape"] == [96, 96]
     assert image["channel_def"] == {"0": "T2", "1": "ADC"}
     assert "trained to segment the tumour core (labels 1, 3)" in (bundle / "docs" / "README.md").read_text()
+    # the user's bundle, not a release of pam-monai's
+    assert meta["changelog"] == {
+        meta[
+            "version"
+        ]: f"first version: rfna on {meta['data_source']}, written by pam-monai {meta['version']}"
+    }
 
     run(
         "training", config_file=str(configs / "train.json"), logging_file=False, **SMALL_RUN

@@ -172,6 +172,16 @@ def normalisation_words(spec: DatasetSpec) -> str:
     )
 
 
+def _first_release(bt: BundleTask, network: str) -> str:
+    """The changelog's first entry: the repository's bundles are pam-monai's own release; a bundle
+    made by ``python -m pam_monai bundle`` is the user's, of their data set."""
+    from .. import __version__
+
+    if bt.task in TASKS:
+        return "first release of the pam-monai bundles"
+    return f"first version: {network} on {bt.info['data_source']}, written by pam-monai {__version__}"
+
+
 def metadata(task: str | BundleTask, network: str) -> dict:
     import monai
     import numpy
@@ -185,7 +195,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
     return {
         "schema": SCHEMA,
         "version": __version__,
-        "changelog": {__version__: "first release of the pam-monai bundles"},
+        "changelog": {__version__: _first_release(bt, network)},
         "monai_version": monai.__version__.split("+")[0],
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__,
