@@ -637,6 +637,46 @@ def test_a_training_step_that_raises_in_one_process_stops_every_process(tmp_path
     ), errors[0]
 
 
+def test_a_process_whose_training_raised_leaves_no_watcher_inside_a_store_call(monkeypatch):
+    """The failing process of a two-process gloo training sometimes died of SIGABRT (status -6,
+    "terminate called without an active exception") instead of exiting with status 1 and its error
+    (test_a_training_step_that_raises_in_one_process_stops_every_process, a few runs in 100). One
+    cause: the StopEveryProcessOnError watcher, a daemon thread, was still inside a store call when
+    the run raised, and came back from C++ while the interpreter was exiting. The run's end now
+    waits for it to leave."""
+    import threading
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import StopEveryProcessOnError
+
+    raising = threading.Event()
+
+    class SlowStore:  # the process group's store, slow to answer on a loaded machine
+        def check(self, keys):
+            if raising.is_set():
+                time.sleep(1)  # the watcher is inside it when the run raises
+            return False
+
+        def compare_set(self, key, expected, value):
+            return value.encode()
+
+    monkeypatch.setattr(StopEveryProcessOnError, "_store", staticmethod(SlowStore))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+
+    def step(engine, batch):
+        raising.set()
+        time.sleep(0.3)  # the watcher enters check
+        raise ValueError("injected failure in the training step")
+
+    engine = Engine(step)
+    StopEveryProcessOnError(poll_seconds=0.05).attach(engine)
+    with pytest.raises(ValueError, match="injected failure"):
+        engine.run(range(4), max_epochs=1)
+    watchers = [t for t in threading.enumerate() if t.name == "pam_monai-peer-errors"]
+    assert not watchers, "the watcher is still inside a store call: the interpreter's exit aborts (SIGABRT)"
+
+
 RESUMING_RANKS = """
 import datetime, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
 from ignite.engine import Engine

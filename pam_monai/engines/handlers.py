@@ -1074,6 +1074,7 @@ class StopEveryProcessOnError:
         self.poll_seconds = float(poll_seconds)
         self.grace_seconds = float(grace_seconds)
         self._stop: threading.Event | None = None
+        self._watcher: threading.Thread | None = None
         self._key = ""
 
     def attach(self, engine: Engine) -> None:
@@ -1112,15 +1113,35 @@ class StopEveryProcessOnError:
         # a key per run: a later run in the same process group must not find an earlier run's error
         self._key = f"pam_monai/failed/{StopEveryProcessOnError._runs}"
         self._stop = threading.Event()
-        watch = threading.Thread(
-            target=self._watch, args=(store, self._key, self._stop), name="pam_monai-peer-errors", daemon=True
+        self._watcher = threading.Thread(
+            target=self._watch,
+            args=(store, self._key, self._stop),
+            name="pam_monai-peer-errors",
+            daemon=True,
         )
-        watch.start()
+        self._watcher.start()
+
+    # how long the end of a run waits for the watcher to leave a store call (milliseconds unless the
+    # store hangs): a daemon thread that returns from C++ while the interpreter exits aborts it
+    join_seconds = 10.0
 
     def _end(self, engine: Engine | None = None) -> None:
+        """Stop the watcher and wait until it has ended. Left inside a store call (slow on a loaded
+        machine), it came back into Python while the interpreter was exiting after the run's error:
+        the process died of SIGABRT ("terminate called without an active exception", status -6)
+        instead of exiting with status 1 and its error."""
         if self._stop is not None:
             self._stop.set()
             self._stop = None
+        watch, self._watcher = self._watcher, None
+        if watch is not None and watch is not threading.current_thread():
+            watch.join(self.join_seconds)
+            if watch.is_alive():
+                log.warning(
+                    "StopEveryProcessOnError: the process group's store has not answered for %.0f s; "
+                    "this process may end with SIGABRT instead of its own status",
+                    self.join_seconds,
+                )
 
     def _watch(self, store, key: str, stop: threading.Event) -> None:
         rank = torch.distributed.get_rank()
@@ -1154,10 +1175,18 @@ class StopEveryProcessOnError:
             os._exit(1)
 
     def _failed(self, engine: Engine, error: BaseException) -> None:
-        """Put this process's error into the store, unless another's came first (then log that one)."""
+        """Tell the other processes of this process's error (:meth:`_announce`), then end the watcher."""
         store, key = self._store(), self._key
         self._key = ""  # Ignite fires EXCEPTION_RAISED twice for an error in an iteration: say it once
-        self._end()
+        if self._stop is not None:
+            self._stop.set()  # the watcher stops now; waited for once the error is told (_end)
+        try:
+            self._announce(store, key, error)
+        finally:
+            self._end()
+
+    def _announce(self, store, key: str, error: BaseException) -> None:
+        """Put ``error`` under ``key`` in ``store`` unless another process's came first (then log that one)."""
         # an interrupt (Ctrl-C) or exit reaches every process from torchrun itself
         if store is None or not key or not isinstance(error, Exception):
             return
