@@ -677,6 +677,54 @@ def test_a_process_whose_training_raised_leaves_no_watcher_inside_a_store_call(m
     assert not watchers, "the watcher is still inside a store call: the interpreter's exit aborts (SIGABRT)"
 
 
+CLEANING_UP_RANK = """
+import os, signal, sys, time
+from ignite.engine import Engine
+from pam_monai.engines import StopOnTerminate
+from pam_monai.engines.handlers import clean_up_on_error
+
+folder = sys.argv[1]
+
+def release_lock(engine, error):  # a clean-up attached before StopOnTerminate (the training lock's)
+    if not os.path.exists(folder + "/released"):  # Ignite calls it twice; torchrun signals once
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, sent when it saw a peer fail
+        time.sleep(0.2)
+    open(folder + "/released", "w").write("1")
+
+def step(engine, batch):
+    raise RuntimeError("Connection reset by peer")  # gloo's, a peer having ended
+
+engine = Engine(step)
+clean_up_on_error(engine, release_lock)
+StopOnTerminate().attach(engine)
+engine.run(range(4), max_epochs=1)
+"""
+
+
+def test_a_sigterm_while_cleaning_up_after_an_error_waits_for_the_clean_up(tmp_path):
+    """When a peer process failed, torchrun sends the others a SIGTERM; process 0, whose collective
+    had just raised, was cleaning up (training locks, writers, MLflow run), but StopOnTerminate's
+    error handler ran first and put SIGTERM's default back: the signal ended the process inside its
+    clean-up (status -15: locks held, MLflow run RUNNING). Now the clean-up runs to its end and the
+    process exits with its error."""
+    script = tmp_path / "rank.py"
+    script.write_text(CLEANING_UP_RANK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a ceiling: about 8 s, imports mostly (monai takes 18 s on a loaded machine)
+    )
+    tail = done.stderr[-2000:]
+    assert done.returncode == 1, tail
+    assert (tmp_path / "released").exists(), tail
+    assert tail.rstrip().endswith("RuntimeError: Connection reset by peer"), tail
+    assert "SIGTERM while cleaning up after the run's error" in done.stderr, done.stderr[:2000]
+
+
 RESUMING_RANKS = """
 import datetime, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
 from ignite.engine import Engine

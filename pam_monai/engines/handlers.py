@@ -171,23 +171,29 @@ def _handler_table(engine: Engine) -> dict:
     return table
 
 
-def clean_up_on_error(engine: Engine, clean_up) -> None:
+def clean_up_on_error(engine: Engine, clean_up, last: bool = False) -> None:
     """Run ``clean_up(engine, error)`` when a run of ``engine`` raises, then let the error go on.
 
     Attached first in line at ``EXCEPTION_RAISED``: MONAI's StatsHandler, which logs and re-raises,
     stops the handlers after it. Ignite re-raises an engine's error only when no such handler is
     attached, so the last handler in line raises it (counting instead, raising when alone, let two
-    clean-up handlers swallow the error when nothing came after)."""
+    clean-up handlers swallow the error when nothing came after). ``last``: after every clean-up
+    attached so far, and before those attached later unless they are ``last`` too."""
 
     def handler(engine: Engine, error: BaseException) -> None:
         clean_up(engine, error)
         if _handler_table(engine)[Events.EXCEPTION_RAISED][-1][0] is handler:
             raise error
 
+    handler.clean_up = True
     table = _handler_table(engine)  # before Ignite is asked to attach anything
     engine.add_event_handler(Events.EXCEPTION_RAISED, handler)
     raised = table[Events.EXCEPTION_RAISED]
-    raised.insert(0, raised.pop())
+    mine = raised.pop()
+    at = 0
+    if last:
+        at = max((i + 1 for i, (h, _, _) in enumerate(raised) if getattr(h, "clean_up", False)), default=0)
+    raised.insert(at, mine)
 
 
 class CloseWritersOnError:
@@ -241,21 +247,37 @@ class StopOnTerminate:
     unflushed and its MLflow run RUNNING. Checkpoints are safe either way (written atomically). The
     handler is the process's from the run's start to its end only (restored then, and at the first
     signal: a second SIGTERM ends the process at once), and in the main thread only (Python's rule).
+    After the run's own error it is restored once the other error handlers are done: a SIGTERM
+    meanwhile (torchrun's, when a peer failed) is logged and waits for them.
     ``then``: what the error tells to do next (evaluate.json's: run the evaluation again)."""
 
     def __init__(self, then: str = "resume with --resume true") -> None:
         self.then = then
         self._previous = None
         self._installed = False
+        self._cleaning = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.install)
         engine.add_event_handler(Events.COMPLETED, self.restore)
-        clean_up_on_error(engine, lambda engine, error: self.restore())
+        # after an error, a SIGTERM waits for the other clean-ups: restored first, the default ended
+        # the process inside them (torchrun sends one as soon as a peer fails), locks held, MLflow
+        # run RUNNING; raising Terminated there would cut them short as well
+        clean_up_on_error(engine, lambda engine, error: self.restore(), last=True)
+
+    def _hold(self, engine: Engine, error: BaseException) -> None:
+        """First at an error: from now until :meth:`restore`, a SIGTERM is logged, not raised."""
+        self._cleaning = self._installed
 
     def install(self, engine: Engine | None = None) -> None:
         if self._installed or threading.current_thread() is not threading.main_thread():
             return
+        if engine is not None:  # first in line at an error, before every handler attached
+            if engine.has_event_handler(self._hold, Events.EXCEPTION_RAISED):
+                engine.remove_event_handler(self._hold, Events.EXCEPTION_RAISED)
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self._hold)
+            raised = _handler_table(engine)[Events.EXCEPTION_RAISED]
+            raised.insert(0, raised.pop())
         self._previous = signal.signal(signal.SIGTERM, self._raise)
         self._installed = True
 
@@ -264,8 +286,12 @@ class StopOnTerminate:
             # None: a handler set outside Python, which cannot be put back; the default is the closest
             signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
             self._installed = False
+        self._cleaning = False
 
     def _raise(self, signum: int, frame) -> None:
+        if self._cleaning:  # the run's error is on its way out, with its own status
+            log.warning("SIGTERM while cleaning up after the run's error: the process ends once that is done")
+            return
         self.restore()
         if getattr(signal.getsignal(signal.SIGTERM), "stops_on_terminate", False):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stop_on_terminate's: a second SIGTERM ends it
