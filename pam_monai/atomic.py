@@ -2,7 +2,12 @@
 
 Every checkpoint, cache file, metric table, mask and figure the project writes goes through
 :func:`atomic_path`, so an interrupted run (SIGKILL included) leaves either the previous complete
-file or the new complete file, never half of one.
+file or the new complete file, never half of one. That is a process's death; a node's crash or
+power loss may still lose data the kernel had not written out: checkpoints are synced to disk
+before their rename (``engines.checkpoint.atomic_save``), as are the text files of
+:func:`atomic_write_text` (model.json, metric tables, summaries); a cache file found cut short is
+prepared again, while a mask or figure written just before such a crash may come back empty (it is
+written again by running the step again).
 
 A SIGKILL leaves the temporary file behind. Its name carries the writer's process ID, host and
 PID namespace (``.model.pt.pid4242@node1-ns4026531836.k3j_9xq2.tmp``), so
@@ -186,9 +191,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
+    """Write ``text`` to ``path`` atomically, synced to disk before the rename: these small files
+    (model.json, metric tables, summaries) describe the large ones, and one found empty after a
+    node's crash would stop the next step; a sync costs little beside writing them."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "rb") as f:  # fsync syncs the file, whichever descriptor asks
+            os.fsync(f.fileno())
     return Path(path)
 
 

@@ -225,6 +225,31 @@ def test_truncated_temporary_checkpoint_resumes_from_the_last_complete_one(
     assert_same_weights(weights(tmp_path), weights(reference))
 
 
+def test_small_text_files_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
+    """model.json and the metric tables describe the large files: each is synced before it takes
+    its name, so a node's crash after the rename cannot leave an empty one (as checkpoints are)."""
+    import pam_monai.atomic as atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, atomic.os.replace
+
+    def fsync(fd):
+        events.append(
+            ("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd)
+        )
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    target = atomic.atomic_write_text(tmp_path / "model.json", "{}")
+    assert target.read_text() == "{}"
+    assert [e[0] for e in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_step_and_keeps_the_last_good_checkpoint(reference, data, tmp_path):
     import shutil
