@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -2612,3 +2613,111 @@ def test_import_mlflow_fails_on_an_installed_mlflow_that_does_not_import(tmp_pat
         assert "a dependency it cannot use" in str(e)
     else:
         pytest.fail("a broken MLflow imported")
+
+
+RACE_WORKER = """
+import sys, time
+from pathlib import Path
+
+import mlflow
+from pam_monai.engines import prepare_tracking_store
+
+folder, name, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for r in range(rounds):
+    uri = f"sqlite:///{folder / f'mlruns{r}.db'}"
+    (folder / f"ready{r}_{name}").touch()
+    while not (folder / f"go{r}").exists():
+        time.sleep(0.002)
+    try:
+        prepare_tracking_store(uri)  # as the bundles' initialize, before the handler's client
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.create_run("0", run_name=name)
+        client.log_metric(run.info.run_id, "loss", 1.0, step=0)
+        print(f"ok {r}", flush=True)
+    except Exception as e:
+        print(f"failed {r}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+"""
+
+
+def test_mlflow_new_database_made_by_two_runs_at_once_loses_no_run(tmp_path):
+    """Two runs that start together into one new SQLite database (two evaluations, a grid) both
+    made its tables: one failed ("duplicate column name: step"), its run lost (without the lock,
+    every one of 15 rounds failed here)."""
+    mlflow = import_mlflow()
+    rounds, names = 2, ("a", "b")
+    script = tmp_path / "worker.py"
+    script.write_text(RACE_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), name, str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for name in names
+    ]
+    try:
+        for r in range(rounds):  # release both together, once both wait
+            deadline = time.monotonic() + 30
+            while not all((tmp_path / f"ready{r}_{n}").exists() for n in names):
+                assert time.monotonic() < deadline, "the workers did not start"
+                assert all(w.poll() is None for w in workers), [w.communicate()[0] for w in workers]
+                time.sleep(0.005)
+            (tmp_path / f"go{r}").touch()
+        outputs = [w.communicate(timeout=60)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    done = [sorted(line for line in out.splitlines() if line.startswith("ok ")) for out in outputs]
+    failed = [line for out in outputs for line in out.splitlines() if line.startswith("failed ")]
+    assert not failed and done == [[f"ok {r}" for r in range(rounds)]] * len(names), (failed, outputs)
+    for r in range(rounds):
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / f'mlruns{r}.db'}")
+        assert sorted(x.info.run_name for x in client.search_runs(["0"])) == list(names)
+    assert (tmp_path / "mlruns0.db.lock").is_file()
+
+
+def test_mlflow_database_made_before_the_handlers_from_the_workflows_tracking_uri(tmp_path, monkeypatch):
+    """The bundles' initialize makes the database (``prepare_tracking_store()``) from the running
+    workflow's ``tracking_uri`` (``MLFLOW_TRACKING_URI`` first, as MONAI's handler), before the
+    training makes its tracking handlers; without tracking it makes nothing, the variable set or
+    not."""
+    import_mlflow()
+    from monai.bundle import ConfigWorkflow
+
+    for name in ("train.json", "multi_gpu_train.json"):
+        initialize = json.loads((ROOT / "bundles" / "brats_fpa" / "configs" / name).read_text())["initialize"]
+        assert any("prepare_tracking_store()" in step for step in initialize), name
+    config = tmp_path / "configs" / "config.json"
+    config.parent.mkdir()
+    config.write_text(
+        json.dumps(
+            {
+                "imports": ["$import pam_monai"],
+                "save_execute_config": False,
+                "initialize": ["$pam_monai.engines.prepare_tracking_store()"],
+                "run": [],
+            }
+        )
+    )
+    db, env_db = tmp_path / "track" / "mlruns.db", tmp_path / "env" / "mlruns.db"
+    tracking = {"configs": {"tracking_uri": f"sqlite:///{db}"}, "handlers_id": {}}
+    for settings, env, made in (
+        (None, None, None),
+        (None, env_db, None),
+        (tracking, None, db),
+        (tracking, env_db, env_db),
+    ):
+        if env is None:
+            monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        else:
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env}")
+        workflow = ConfigWorkflow(
+            config_file=str(config), logging_file=False, workflow_type=None, tracking=settings
+        )
+        workflow.initialize()
+        assert [p for p in (db, env_db) if p.is_file()] == ([made] if made else []), (settings, env)
+        for p in (db, env_db):
+            p.unlink(missing_ok=True)

@@ -42,6 +42,7 @@ __all__ = [
     "compile_by_default",
     "fast_network",
     "kept_process_settings",
+    "prepare_tracking_store",
     "refuse_training_with",
     "setup_run",
     "show_error_cause",
@@ -84,6 +85,57 @@ def _running_workflow_configs() -> Path | None:
             return _configs_folder(owner)
         frame = frame.f_back
     return None
+
+
+def prepare_tracking_store(uri: str | None = None) -> None:
+    """Make the run's MLflow SQLite database (``--tracking mlflow``: MONAI's ``@output_dir/mlruns.db``)
+    under a lock, before its tracking handlers open it. Each MLflow client that finds the tables
+    missing creates them: two runs started together into one folder (two evaluations, a grid) both
+    did, and one failed ("duplicate column name: step"), its run lost. Here the first makes them
+    while the others wait on ``<db>.lock``, then find them made. ``uri``: the tracking address;
+    None for the running workflow's (none without tracking). Only for ``sqlite:`` addresses: a
+    server or another database makes its tables itself."""
+    uri = uri or _workflow_tracking_uri()
+    path = _sqlite_file(uri) if isinstance(uri, str) else None
+    if path is None:
+        return
+    import mlflow  # here: without --tracking mlflow need not be installed
+
+    from ..atomic import folder_lock
+
+    with folder_lock(path.parent, path.name + ".lock"):
+        mlflow.MlflowClient(tracking_uri=uri)  # makes the tables of a new database
+
+
+def _workflow_tracking_uri() -> str | None:
+    """The tracking address of the MONAI ``ConfigWorkflow`` being run (up the call stack):
+    ``MLFLOW_TRACKING_URI``, else its ``tracking_uri`` id (MONAI's handler's order); None without a
+    workflow or without tracking (the variable alone, set for other work, imports no MLflow)."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, ConfigWorkflow):
+                parser = getattr(owner, "parser", None)
+                if parser is None or "tracking_uri" not in parser:
+                    return None
+                return os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
+            frame = frame.f_back
+    finally:
+        del frame  # a frame held here would keep every caller's locals alive
+    return None
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` address, or None (another scheme, an in-memory one)."""
+    if not uri.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url  # MLflow's own dependency
+
+    database = make_url(uri).database
+    return Path(database).absolute() if database and database != ":memory:" else None
 
 
 def _configs_folder(workflow) -> Path | None:
