@@ -26,6 +26,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,7 +208,9 @@ def folder_lock(folder: str | os.PathLike, name: str) -> Iterator[None]:
     each other (``metrics.csv`` and the ``summary.json`` that hashes it) take turns, a second one
     waiting for the first to finish. The kernel releases it when its process ends (SIGKILL
     included), so a dead writer's lock never blocks. Without ``fcntl`` (Windows), or where the
-    lock file cannot be made (a read-only folder: the write then names the problem), no lock."""
+    lock file cannot be made (a read-only folder: the write then names the problem), no lock; nor
+    on a file system without ``flock`` (NFS without its lock daemon, Lustre without ``-o flock``),
+    with a warning: its error stopped the writes the lock guards."""
     try:
         import fcntl
     except ImportError:
@@ -221,11 +224,26 @@ def folder_lock(folder: str | os.PathLike, name: str) -> Iterator[None]:
             handle = None
     try:
         if handle is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            _flock_or_warn(fcntl, handle)
         yield
     finally:
         if handle is not None:
             handle.close()  # releases the lock
+
+
+def _flock_or_warn(fcntl, handle) -> None:
+    """Lock ``handle`` exclusively, waiting; where its file system refuses ``flock`` (ENOLCK,
+    ENOSYS, EOPNOTSUPP: an error no caller could act on, at the end of a whole evaluation), warn
+    and go on unlocked, as without ``fcntl``."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    except OSError as e:
+        warnings.warn(
+            f"{handle.name}: its file system does not lock files ({e.strerror or e}): the files it guards are "
+            "written not locked (two writers into this folder at once may leave one's files beside the other's)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def sibling_temp_dir(target: str | os.PathLike) -> Path:

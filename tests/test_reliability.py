@@ -2421,6 +2421,34 @@ def test_two_evaluations_writing_one_folder_at_once_leave_a_matching_pair(tmp_pa
     assert summary["count"] == len(csv_bytes.decode().splitlines()) - 1, (summary["count"], csv_bytes)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl.flock: POSIX")
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_metrics_are_written_where_the_file_system_has_no_flock(tmp_path, monkeypatch, code):
+    """A folder on a file system without ``flock`` (NFS without its lock daemon: ENOLCK; Lustre
+    mounted without ``-o flock``: ENOSYS; some FUSE and SMB mounts: EOPNOTSUPP) made the metrics
+    lock raise at the end of a whole evaluation, "[Errno 37] No locks available", naming no file,
+    and no metrics were written. The metrics are now written unlocked, as before the lock, with a
+    warning naming the lock file and what is lost."""
+    import errno
+    import fcntl
+
+    from pam_monai.engines import handlers
+
+    def no_flock(fd, operation):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    row = {"case": "a", "iou": 1, "dice": 1, "hd95": 0, "fp_rate": 0, "fn_rate": 0}
+    row.update(target_empty=0, pred_empty=0)
+    eval_dir = tmp_path / "eval"
+    with pytest.warns(RuntimeWarning) as caught:
+        handlers.write_case_metrics([row], eval_dir)
+    message = str(caught[0].message)
+    assert str(eval_dir / handlers.METRICS_LOCK) in message and "not locked" in message, message
+    assert json.loads((eval_dir / "summary.json").read_text())["count"] == 1
+    assert (eval_dir / "metrics.csv").read_text().splitlines()[1].startswith("a,")
+
+
 def test_a_second_inference_into_the_folder_keeps_the_first_s_mark(cases, tmp_path, monkeypatch, caplog):
     """Two inferences into one folder at once (a job submitted twice) shared one mark: the one that
     ended first removed it, and the other, stopped part way, left none: ``score`` then read the
