@@ -332,3 +332,23 @@ def test_channels_last_without_pytorchs_private_module_apply(monkeypatch):
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert net[1].weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert not net[1].weight.is_contiguous()
+
+
+def test_kept_process_settings_leaves_a_fresh_cudas_seed_as_the_caller_set_it(monkeypatch):
+    """Putting MONAI's seed back with ``set_determinism`` calls ``torch.manual_seed``, which seeds
+    CUDA too: a random seed where the caller had no MONAI seed. With CUDA not yet started (its
+    state could not be saved), the caller's ``torch.manual_seed(7)``, which CUDA takes at its start,
+    was replaced by that random seed (before, by the run's): the caller's GPU work after
+    ``run_experiment`` was not reproducible. CUDA now takes the caller's seed, as it would have."""
+    import torch
+
+    from pam_monai.engines import setup_run
+
+    seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeds.append(int(seed)))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    torch.manual_seed(7)
+    assert seeds == [7]  # what CUDA takes at its start
+    with kept_process_settings():
+        setup_run(seed=3)  # a run's
+    assert seeds[-1] == 7, seeds

@@ -698,7 +698,8 @@ def _set_deterministic_threads(deterministic: bool) -> None:
 def kept_process_settings() -> Iterator[None]:
     """Restore after the block what :func:`setup_run` and MONAI's ``ConfigWorkflow`` change in the
     process: intra-op threads, deterministic algorithms, the cuDNN and TF32 flags,
-    ``CUBLAS_WORKSPACE_CONFIG``, the RNG states of torch (CUDA's too), NumPy and ``random``, MONAI's
+    ``CUBLAS_WORKSPACE_CONFIG``, the RNG states of torch (CUDA's too: one not started before the
+    block is seeded as the caller's ``torch.manual_seed`` left it), NumPy and ``random``, MONAI's
     global seed (which seeds every ``Compose`` made after ``set_determinism``), and ``sys.path`` (a
     workflow adds its bundle's folder at every run). For library calls that run bundles in this
     process (:func:`pam_monai.experiments.run_experiment`): the caller's program goes on as before.
@@ -717,6 +718,8 @@ def kept_process_settings() -> Iterator[None]:
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    # CUDA not started: it takes the seed of the caller's last ``torch.manual_seed`` when it starts
+    cuda_seed = torch.initial_seed()
     path = list(sys.path)
     monai_seed = monai_misc.get_seed()
     main = threading.current_thread() is threading.main_thread()  # Python's rule for handlers
@@ -740,6 +743,8 @@ def kept_process_settings() -> Iterator[None]:
         random.setstate(rng[2])
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+        else:  # set_determinism's torch.manual_seed (a random seed where MONAI had none) replaced it
+            torch.cuda.manual_seed_all(cuda_seed)
         sys.path[:] = path
 
 
