@@ -1379,6 +1379,30 @@ def test_a_resumed_optimiser_says_which_settings_it_keeps_from_the_checkpoint(tm
     assert "learning rate" not in caplog.text
 
 
+@pytest.mark.parametrize("rank, said", [(0, True), (1, False)])
+def test_a_replaced_model_is_said_once_under_torchrun(tmp_path, caplog, monkeypatch, rank, said):
+    """Under ``torchrun`` every process makes the ``BestCheckpoint`` (validation is collective),
+    but only rank 0 writes ``model.pt``: each process said that it would replace the earlier model,
+    the same warning once per GPU. Now the process that writes it says so."""
+    import logging
+    from types import SimpleNamespace
+
+    from pam_monai.engines import BestCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+    record = {"task": "brats", "network_name": "fpa", "network_options": {}}
+    BestCheckpoint(str(tmp_path), net, run_info=record)(
+        SimpleNamespace(state=SimpleNamespace(metrics={"val_iou": 0.3}))
+    )
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+    for run_info in (record, {**record, "network_name": "aunet"}):  # the same network; another one
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pam_monai"):
+            BestCheckpoint(str(tmp_path), net, run_info=run_info)
+        assert ("replaces it" in caplog.text) is said, (rank, caplog.text)
+
+
 def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):
     """A resumed optimiser keeps the checkpoint's learning rate (PyTorch's rule): a WARNING says so
     when the run asked for another; a new run that will replace another network's model says so;

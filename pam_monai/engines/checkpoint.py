@@ -437,7 +437,7 @@ class BestCheckpoint:
             # weights newer than their record (killed between the two writes) need no refusal here:
             # the resumed epoch is validated again and saves both when it beats the recorded best
             check_run(self.path, self.run_info, verify=False)
-        elif self.run_info and self.path.is_file():  # a new run replaces another model: say so once
+        elif self.run_info and self.path.is_file() and self._writes():  # replacing a model: say so once
             previous = read_run_record(self.path, verify=False) or {}
             changed = [
                 k
@@ -466,6 +466,12 @@ class BestCheckpoint:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
+    def _writes(self) -> bool:
+        """Whether this process writes ``model.pt`` (under ``torchrun``, rank 0 alone by default)."""
+        return not (
+            self.save_rank0_only and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+        )
+
     def _stored_record(self) -> dict:
         meta = self.path.with_suffix(".json")
         if meta.is_file() and self.path.is_file():
@@ -473,7 +479,7 @@ class BestCheckpoint:
         return {}
 
     def __call__(self, engine: Engine) -> None:
-        if self.save_rank0_only and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if not self._writes():
             return
         value = float(engine.state.metrics[self.metric_name])
         # a validator run by MONAI's ValidationHandler counts the trainer's epochs
