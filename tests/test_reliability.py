@@ -1450,16 +1450,20 @@ def test_what_a_run_keeps_or_replaces_is_said(tmp_path, caplog):
     assert "trained on a SYNTHETIC stand-in (/s); their scores on /data/brats" in caplog.text
 
 
-def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_path, caplog):
+def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_path, caplog, monkeypatch):
     """A training ended on Ignite's "Engine run finished": a new user had to find the model's
     path in the log and the evaluation command in the docs. The end names the best model (epoch,
     score) and the evaluation and inference commands; a run stopped early (Ctrl-C, SIGTERM) or
-    without a validated model says nothing."""
+    without a validated model says nothing, nor does a training run in a program (the experiment
+    runner, which evaluates it itself: it was told to type the evaluation of another network's
+    bundle, without the run's folder)."""
     import logging
 
     from ignite.engine import Engine
 
-    from pam_monai.engines import TrainingPlan
+    from pam_monai.engines import TrainingPlan, runtime
+
+    monkeypatch.setattr(runtime, "_run_by_monai_bundle", lambda: True)  # python -m monai.bundle
 
     def train(stop_at: int | None = None) -> str:
         engine = Engine(lambda e, b: e.terminate() if e.state.epoch == stop_at else None)
@@ -1481,6 +1485,8 @@ def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_p
     assert "python -m monai.bundle run inferring --config_file configs/inference.json --input_dir DIR" in said
     assert "training finished" not in train(stop_at=1)
     assert "training finished" not in train(stop_at=3)  # stopped in the last epoch
+    monkeypatch.setattr(runtime, "_run_by_monai_bundle", lambda: False)  # the runner, a notebook
+    assert "training finished" not in train()
 
 
 def test_training_says_how_many_steps_it_holds(caplog):

@@ -649,7 +649,13 @@ class TrainingPlan:
             engine.add_event_handler(Events.COMPLETED, self.finished)
 
     def finished(self, engine: Engine) -> None:
-        """Log the best model and the next commands (process 0; not after a stop before the last epoch)."""
+        """Log the best model and the next commands (process 0; not after a stop before the last epoch;
+        only under ``python -m monai.bundle``: a program that trains, as the experiment runner, which
+        evaluates the run itself, was told to type another bundle's commands, without the run's folder)."""
+        from .runtime import _run_by_monai_bundle, _running_workflow_configs
+
+        if not _run_by_monai_bundle():
+            return
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
         # Ctrl-C, SIGTERM (terminate(), in the last epoch too: Ignite still fires COMPLETED): not finished
@@ -662,8 +668,6 @@ class TrainingPlan:
         record = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
         score = f", {record['metric']} {float(record['value']):.4f}" if "value" in record else ""
         epoch = f" (epoch {record['epoch']}{score})" if "epoch" in record else ""
-        from .runtime import _running_workflow_configs
-
         configs = _running_workflow_configs() or Path("configs")
         log.info(
             "training finished: best model %s%s. Next (with this run's overrides, e.g. --dataset_dir, --bundle_root): "
