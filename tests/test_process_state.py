@@ -181,3 +181,34 @@ def test_atomic_writes_follow_the_umask_of_the_moment(tmp_path):
     0o022): files written after the program set another umask got the import's permissions."""
     code = UMASK_SET_AFTER_THE_IMPORT.replace("sys.argv[1]", repr(str(tmp_path)))
     assert run_python(code) == "0o600 0o700"
+
+
+def test_a_stop_in_the_block_is_not_hidden_by_a_setting_that_cannot_be_put_back(monkeypatch, caplog):
+    """A SIGTERM that stopped an experiment grid while a library was imported left that import
+    half done; putting the caller's settings back then imported it again (``torch.use_deterministic_
+    algorithms`` imports ``torch._inductor.config``) and failed: the grid ended on that ImportError,
+    exit status 1 instead of 143, its "stopped by SIGTERM" under an unrelated traceback, and the
+    settings after it (RNGs, ``sys.path``) were not put back. Now the block's own error goes on and
+    every other setting comes back, with a warning naming the one that could not."""
+    import logging
+
+    import torch
+
+    from pam_monai.engines import Terminated, kept_process_settings, runtime
+
+    def half_imported(flags):
+        raise ImportError("cannot import name '_inductor' from 'torch'")
+
+    monkeypatch.setattr(runtime, "_set_flags", half_imported)
+    path = list(sys.path)
+    state = torch.get_rng_state()
+    with caplog.at_level(logging.WARNING, logger="pam_monai"), pytest.raises(Terminated):
+        with kept_process_settings():
+            sys.path.insert(0, "/a/bundle")
+            torch.manual_seed(123)
+            raise Terminated()
+    assert sys.path == path and torch.equal(torch.get_rng_state(), state)
+    assert "cannot import name '_inductor'" in caplog.text, caplog.text
+    with pytest.raises(ImportError):  # after a block that ended well, the failure is the error
+        with kept_process_settings():
+            pass

@@ -712,7 +712,6 @@ def kept_process_settings() -> Iterator[None]:
     import monai.utils.misc as monai_misc
     import numpy as np
 
-    global _threads_before_deterministic
     saved = _flags()
     threads_before_deterministic = _threads_before_deterministic
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
@@ -724,20 +723,21 @@ def kept_process_settings() -> Iterator[None]:
     monai_seed = monai_misc.get_seed()
     main = threading.current_thread() is threading.main_thread()  # Python's rule for handlers
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
-    try:
-        yield
-    finally:
+
+    def put_back_sigterm() -> None:
         if main:  # None: a handler set outside Python, which cannot be put back; the default is the closest
             signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is None else sigterm)
-        # MONAI's public setter (its ``_seed`` is private); the RNGs and cuDNN flags it sets too
-        # are put back below
-        monai_misc.set_determinism(seed=monai_seed)
+
+    def put_back_flags() -> None:
+        global _threads_before_deterministic
         _set_flags(saved)
         _threads_before_deterministic = threads_before_deterministic
         if cublas is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+    def put_back_rngs() -> None:
         torch.set_rng_state(rng[0])
         np.random.set_state(rng[1])
         random.setstate(rng[2])
@@ -745,7 +745,45 @@ def kept_process_settings() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_rng)
         else:  # set_determinism's torch.manual_seed (a random seed where MONAI had none) replaced it
             torch.cuda.manual_seed_all(cuda_seed)
-        sys.path[:] = path
+
+    steps = {
+        "the SIGTERM handler": put_back_sigterm,
+        # MONAI's public setter (its ``_seed`` is private); the RNGs and cuDNN flags it sets too
+        # are put back after it
+        "MONAI's global seed": lambda: monai_misc.set_determinism(seed=monai_seed),
+        "the threads and deterministic, cuDNN and TF32 flags": put_back_flags,
+        "the RNG states": put_back_rngs,
+        "sys.path": lambda: sys.path.__setitem__(slice(None), path),
+    }
+    try:
+        yield
+    except BaseException:
+        _put_back(steps, raised=True)
+        raise
+    _put_back(steps, raised=False)
+
+
+def _put_back(steps: dict, raised: bool) -> None:
+    """Run each of :func:`kept_process_settings`' ``steps``, every one even where another fails.
+    After a block that raised (a SIGTERM in the middle of an import leaves it half done, and
+    ``torch.use_deterministic_algorithms`` imports ``torch._inductor`` again), a failure is
+    warned about: the block's error goes on (it ended the grid on an unrelated ImportError, status
+    1 instead of 143); otherwise the first failure is raised."""
+    failed = []
+    for what, step in steps.items():
+        try:
+            step()
+        except Exception as e:
+            failed.append((what, e))
+    if failed and not raised:
+        raise failed[0][1]
+    for what, e in failed:
+        log.warning(
+            "the caller's %s could not be put back after the run that raised: %s: %s",
+            what,
+            type(e).__name__,
+            e,
+        )
 
 
 def _flags() -> dict:
