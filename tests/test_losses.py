@@ -121,7 +121,7 @@ def test_reversed_label_loss_refuses_an_ignore_flag_its_loss_does_not_match():
 def test_reversed_label_loss_refuses_losses_over_exclusive_classes():
     """RFNA's reversal is per binary sigmoid channel: a softmax loss or class-index targets failed
     with "index -1 is out of bounds" (1 - class index), or trained silently on 1 - one-hot."""
-    from monai.losses import DiceCELoss
+    from monai.losses import DiceCELoss, FocalLoss
 
     from pam_monai.networks import get_network, loss_for
 
@@ -132,13 +132,19 @@ def test_reversed_label_loss_refuses_losses_over_exclusive_classes():
         DiceLoss(sigmoid=True, to_onehot_y=True),
         DiceCELoss(softmax=True, to_onehot_y=True),
         nn.CrossEntropyLoss(),
+        FocalLoss(use_softmax=True),  # MONAI's focal loss names its softmax use_softmax
     ]
     for loss in exclusive:
         with pytest.raises(
             ValueError, match=r"ReversedLabelLoss: the loss \w+ is over mutually exclusive.*sigmoid"
         ):
             loss_for(rfna, loss)
-    for loss in (DiceLoss(sigmoid=True, batch=True), DiceCELoss(sigmoid=True), nn.BCEWithLogitsLoss()):
+    for loss in (
+        DiceLoss(sigmoid=True, batch=True),
+        DiceCELoss(sigmoid=True),
+        nn.BCEWithLogitsLoss(),
+        FocalLoss(),
+    ):
         assert isinstance(loss_for(rfna, loss), ReversedLabelLoss)  # per-channel binary: reversible
     assert loss_for(get_network("unet"), exclusive[0]) is exclusive[0]  # plain networks: any loss
 

@@ -100,9 +100,11 @@ def _check_binary(loss: nn.Module) -> None:
     logits) is defined per sigmoid channel (paper section 3.2: binary labels). Class indices
     became -1, -2 (an index error deep in the loss), and under softmax ``1 - one-hot`` is no
     distribution and the negated logits' softmax no complement, so training was silently wrong."""
+    # MONAI's flags: ``softmax`` (Dice losses), ``use_softmax`` (FocalLoss), ``to_onehot_y``
     exclusive = isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) or any(
-        getattr(m, "softmax", False) is True or getattr(m, "to_onehot_y", False) is True
+        getattr(m, flag, False) is True
         for m in loss.modules()
+        for flag in ("softmax", "use_softmax", "to_onehot_y")
     )
     if exclusive:
         raise ValueError(
