@@ -139,13 +139,20 @@ def test_reversed_label_loss_refuses_losses_over_exclusive_classes():
             ValueError, match=r"ReversedLabelLoss: the loss \w+ is over mutually exclusive.*sigmoid"
         ):
             loss_for(rfna, loss)
+    x, y = torch.randn(2, 3, 16, 16), (torch.rand(2, 3, 16, 16) > 0.5).float()
     for loss in (
         DiceLoss(sigmoid=True, batch=True),
-        DiceCELoss(sigmoid=True),
         nn.BCEWithLogitsLoss(),
         FocalLoss(),
     ):
-        assert isinstance(loss_for(rfna, loss), ReversedLabelLoss)  # per-channel binary: reversible
+        wrapped = loss_for(rfna, loss)
+        assert isinstance(wrapped, ReversedLabelLoss)  # per-channel binary: reversible
+        assert torch.isfinite(wrapped(x, y))
+    # MONAI's DiceCELoss(sigmoid=True) is binary on one channel, a softmax cross-entropy on three
+    one = get_network("rfna", spatial_dims=2, in_channels=1, out_channels=1, features=(4, 8, 8, 16))
+    assert torch.isfinite(loss_for(one, DiceCELoss(sigmoid=True))(x[:, :1], y[:, :1]))
+    with pytest.raises(ValueError, match="DiceCELoss on 3 channels takes a softmax cross-entropy"):
+        loss_for(rfna, DiceCELoss(sigmoid=True))(x, y)
     assert loss_for(get_network("unet"), exclusive[0]) is exclusive[0]  # plain networks: any loss
 
 

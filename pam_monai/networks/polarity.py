@@ -88,6 +88,8 @@ class ReversedLabelLoss(nn.Module):
         self.ignore = ignore  # targets may hold IGNORE, which stays IGNORE
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.shape[1] > 1:
+            _check_channels(self.loss, input.shape[1])
         reversed_logits = -input if self.input_is_foreground else input
         reversed_target = 1.0 - target
         if self.ignore:
@@ -112,6 +114,21 @@ def _check_binary(loss: nn.Module) -> None:
             "class-index targets), but RFNA's label reversal (1 - target) is defined for binary targets on "
             "sigmoid outputs; use a sigmoid loss (e.g. monai.losses.DiceLoss(sigmoid=True, batch=True)) on one "
             "binary channel per class."
+        )
+
+
+def _check_channels(loss: nn.Module, channels: int) -> None:
+    """Refuse MONAI's ``DiceCELoss`` on several channels: whatever its ``sigmoid``, its cross-entropy
+    term is then a softmax one over the channels (``self.ce if input.shape[1] != 1``), which the
+    reversal makes wrong as :func:`_check_binary` says; on one channel it is a binary one."""
+    from monai.losses import DiceCELoss
+
+    if any(isinstance(m, DiceCELoss) for m in loss.modules()):
+        raise ValueError(
+            f"ReversedLabelLoss: MONAI's DiceCELoss on {channels} channels takes a softmax cross-entropy over "
+            "them (its sigmoid=True applies to the Dice term only), but RFNA's label reversal (1 - target) is "
+            "defined per binary sigmoid channel; use monai.losses.DiceLoss(sigmoid=True) plus "
+            "torch.nn.BCEWithLogitsLoss, or DiceCELoss on a one-channel network."
         )
 
 
