@@ -1564,6 +1564,36 @@ def test_grid_checks_the_data_once_not_in_every_run(tmp_path, monkeypatch):
         assert parser["check_data"] is True and "check=@check_data" in parser["data"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl.flock: POSIX")
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_grid_runs_unlocked_with_a_warning_where_the_file_system_has_no_flock(tmp_path, monkeypatch, code):
+    """An output folder on a file system without ``flock`` (NFS without its lock daemon: ENOLCK;
+    Lustre without ``-o flock``: ENOSYS; some FUSE and SMB mounts: EOPNOTSUPP) stopped every
+    experiment call with a bare "[Errno 37] No locks available", naming no file. The grid now runs
+    unlocked, with a warning naming the lock file, the folder, what is lost and the way out."""
+    import errno
+    import fcntl
+
+    calls = []
+
+    def no_flock(fd, operation):
+        calls.append(operation)
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "exp"
+    out.mkdir()
+    with pytest.warns(RuntimeWarning) as caught:
+        with runner_module._grid_lock(out):
+            ran = True
+    assert ran and calls == [fcntl.LOCK_EX | fcntl.LOCK_NB], calls  # nothing to release
+    message = str(caught[0].message)
+    assert message.startswith(f"{out / '.experiment.lock'}: its file system does not lock files"), message
+    assert f"a second experiment call into {out} meanwhile is not refused" in message, message
+    assert "--output" in message and "-o flock" in message, message
+    assert (out / ".experiment.lock").read_text().startswith(f"process {os.getpid()},")
+
+
 def test_grid_lock_on_windows_uses_msvcrt_byte_locks(tmp_path, monkeypatch):
     """Windows has no fcntl: the grid was not locked there at all. msvcrt's byte-range lock is taken
     past the holder's line, so a refused call can still read who holds the grid."""

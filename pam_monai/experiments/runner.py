@@ -520,9 +520,11 @@ def _lock(f, lock: bool) -> bool:
 
 @contextlib.contextmanager
 def _grid_lock(output_dir: Path):
-    """One call at a time per grid: a second one would train the same runs into the same folders."""
+    """One call at a time per grid: a second one would train the same runs into the same folders.
+    On a file system without ``flock`` the grid runs unlocked, with a warning (:func:`_lock_or_warn`)."""
     with open(output_dir / ".experiment.lock", "a+", encoding="utf-8") as f:
-        if not _lock(f, True):
+        locked = _lock_or_warn(f, output_dir)
+        if locked is False:
             f.seek(0)
             holder = f.read().strip() or "its process id unknown"
             raise RuntimeError(
@@ -536,7 +538,28 @@ def _grid_lock(output_dir: Path):
         try:
             yield
         finally:
-            _lock(f, False)
+            if locked:
+                _lock(f, False)
+
+
+def _lock_or_warn(f, output_dir: Path) -> bool | None:
+    """:func:`_lock` on the grid's lock file; None, with a RuntimeWarning, where its file system
+    refuses ``flock`` (NFS without its lock daemon: ENOLCK; Lustre without ``-o flock``: ENOSYS;
+    some FUSE and SMB mounts: EOPNOTSUPP). The bare OSError named no file and stopped every call
+    there; refusing would leave such clusters no grid at all (before the lock, no grid was locked)."""
+    try:
+        return _lock(f, True)
+    except OSError as e:
+        warnings.warn(
+            f"{f.name}: its file system does not lock files ({e.strerror or e}): this grid runs unlocked, "
+            f"and a second experiment call into {output_dir} meanwhile is not refused (it would call this "
+            "call's run in progress killed and take it up, removing its files before its training lock "
+            "refuses it): start one call per folder at a time, or give --output a folder on a file system "
+            "that locks files (a local disk, NFS with its lock daemon, Lustre mounted with -o flock)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
 
 
 def _stop_grid_on_terminate() -> None:
