@@ -1594,6 +1594,57 @@ def test_grid_runs_unlocked_with_a_warning_where_the_file_system_has_no_flock(tm
     assert (out / ".experiment.lock").read_text().startswith(f"process {os.getpid()},")
 
 
+@pytest.mark.parametrize("raised", [True, False])
+def test_a_failing_clean_up_after_a_bundle_does_not_hide_its_terminated(monkeypatch, caplog, raised):
+    """The clean-up after each bundle (its TensorBoard writers, torch.compile's caches, the
+    garbage) ran in a ``finally``: after a SIGTERM in the middle of an import, a step that imports
+    it again raised and replaced the run's ``Terminated``, so the run was recorded failed instead of
+    interrupted (and the grid ended with status 1, not 143). Every step is taken now, the run's own
+    error goes on and a warning names the step that failed; after a run that ended, it is raised."""
+    import gc
+
+    from pam_monai.engines import Terminated
+
+    class Workflow:
+        def __init__(self):
+            self.parser = type(
+                "P", (), {"ref_resolver": type("R", (), {"resolved_content": {"w": "writer"}})}
+            )
+
+        def initialize(self):
+            pass
+
+        def run(self):
+            if raised:
+                raise Terminated()
+
+        def finalize(self):
+            pass
+
+    done = []
+
+    def reset_compiler():
+        done.append("reset")
+        raise ImportError("cannot import name '_inductor' from 'torch'")
+
+    monkeypatch.setattr(runner_module._Bundle, "_workflow", lambda self, files, run_id, overrides: Workflow())
+    monkeypatch.setattr(runner_module, "close_writers", lambda objects: done.append(("close", objects)))
+    monkeypatch.setattr(runner_module, "_reset_compiler", reset_compiler)
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: done.append("gc") or real_collect(*a))
+    with caplog.at_level("WARNING", logger="pam_monai.experiments"):
+        with pytest.raises(Terminated if raised else ImportError):
+            runner_module._Bundle(None, None)._run([], "training", {})
+    assert done == [("close", ["writer"]), "reset", "gc"], done
+    if raised:
+        assert "after the run that raised, resetting torch.compile's caches failed" in caplog.text, (
+            caplog.text
+        )
+        assert "ImportError: cannot import name '_inductor'" in caplog.text, caplog.text
+    else:
+        assert not caplog.text
+
+
 def test_grid_lock_on_windows_uses_msvcrt_byte_locks(tmp_path, monkeypatch):
     """Windows has no fcntl: the grid was not locked there at all. msvcrt's byte-range lock is taken
     past the holder's line, so a refused call can still read who holds the grid."""

@@ -634,6 +634,34 @@ def _made_objects(workflow) -> list:
     return []
 
 
+def _clean_up_run(held: list, raised: bool) -> None:
+    """After a bundle's run: close the TensorBoard writers it made (``finalize`` closes them too,
+    after a run that ended), drop the workflow (``held`` is emptied), forget what ``torch.compile``
+    compiled and collect the garbage; every step even where another fails. After a run that raised
+    a failure is logged and the run's own error goes on: a SIGTERM in the middle of an import
+    leaves the import half done, a clean-up step importing it then raised, and the run was
+    recorded failed on that error instead of ``interrupted`` by its ``Terminated``. After a run
+    that ended the first failure is raised."""
+    steps = {
+        "closing its TensorBoard writers": lambda: close_writers(_made_objects(held[0])),
+        "dropping its workflow": held.clear,
+        "resetting torch.compile's caches": _reset_compiler,
+        "collecting the garbage": gc.collect,
+    }
+    failed = []
+    for what, step in steps.items():
+        try:
+            step()
+        except Exception as e:
+            failed.append((what, e))
+    if failed and not raised:
+        raise failed[0][1]
+    for what, e in failed:
+        log.warning(
+            "after the run that raised, %s failed (its own error goes on): %s: %s", what, type(e).__name__, e
+        )
+
+
 class _Bundle:
     """Runs the bundle's training and evaluation in this process (MONAI ``ConfigWorkflow``)."""
 
@@ -661,19 +689,17 @@ class _Bundle:
         return wf
 
     def _run(self, files: Sequence[Path], run_id: str, overrides: dict) -> None:
-        wf = self._workflow(files, run_id, overrides)
-        wf.initialize()
+        held = [self._workflow(files, run_id, overrides)]  # emptied by the clean-up, before gc
+        held[0].initialize()
         try:
-            wf.run()
+            held[0].run()
             # after a run that raised, finalize would make what the run never got to (the data, the
             # handlers) just to close it: monai.bundle.run does not call it then either
-            wf.finalize()
-        finally:
-            # the TensorBoard writers the run made (finalize closes them too, after a run that ended)
-            close_writers(_made_objects(wf))
-            del wf
-            _reset_compiler()
-            gc.collect()
+            held[0].finalize()
+        except BaseException:
+            _clean_up_run(held, raised=True)
+            raise
+        _clean_up_run(held, raised=False)
 
     def train(self, overrides: dict, resume: bool) -> None:
         self._run([self.train_json], "training", {**overrides, "resume": resume})
