@@ -1331,6 +1331,65 @@ def test_mlflow_training_stopped_by_sigterm_ends_its_run_killed(tmp_path):
     assert found.info.status == "KILLED"
 
 
+@pytest.mark.parametrize("stop", ["sigterm in training", "sigterm in validation", "error"])
+def test_a_sigterm_is_not_logged_as_an_error_with_a_traceback(caplog, stop):
+    """A SIGTERM during an epoch made MONAI's StatsHandler log "Exception: stopped by SIGTERM" at
+    ERROR with the traceback of wherever the signal landed (once per engine it went through), as if
+    the run had failed. That record is logged at DEBUG now (its traceback there for who asks);
+    Ignite's ERROR line still says what stopped the run, and a real error's traceback stays."""
+    import logging
+    import signal
+
+    from ignite.engine import Engine
+    from monai.engines import Evaluator
+    from monai.handlers import StatsHandler, ValidationHandler
+
+    from pam_monai.engines import StopOnTerminate, Terminated
+
+    def validate(engine, batch):
+        if stop == "sigterm in validation":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def step(engine, batch):
+        if stop == "sigterm in training":
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered here, in the main thread
+        elif stop == "error":
+            raise ValueError("a real error")
+
+    class Recorder(logging.Handler):  # MONAI's StatsHandler logger does not propagate: caplog sees nothing
+        def emit(self, record):
+            records.append(record)
+
+    recorder = Recorder()
+    for level in (logging.INFO, logging.DEBUG):
+        validator = Evaluator(device=torch.device("cpu"), val_data_loader=[0], iteration_update=validate)
+        stats = StatsHandler(iteration_log=False)
+        stats.attach(validator)
+        trainer = Engine(step)
+        StopOnTerminate().attach(trainer)
+        ValidationHandler(validator=validator, interval=1, epoch_level=False).attach(trainer)
+        StatsHandler(iteration_log=False).attach(trainer)
+        stats.logger.setLevel(level)  # MONAI's get_logger sets INFO at every StatsHandler
+        stats.logger.addHandler(recorder)
+        records = []
+        caplog.clear()
+        try:
+            with pytest.raises(ValueError if stop == "error" else Terminated):
+                trainer.run([0], max_epochs=1)
+        finally:
+            stats.logger.removeHandler(recorder)
+            stats.logger.setLevel(logging.INFO)
+        tracebacks = [(r.levelno, r.exc_info[0]) for r in records if r.exc_info]
+        if stop == "error":
+            # Ignite fires EXCEPTION_RAISED twice for an error (not a SystemExit) in an iteration
+            assert tracebacks and set(tracebacks) == {(logging.ERROR, ValueError)}, tracebacks
+            continue
+        engines = 2 if stop == "sigterm in validation" else 1
+        assert tracebacks == [(logging.DEBUG, Terminated)] * engines * (level == logging.DEBUG), tracebacks
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors and all("terminating due to exception: stopped by SIGTERM" in e for e in errors), errors
+
+
 def test_mlflow_evaluation_stopped_by_sigterm_ends_its_run_killed(tmp_path):
     """evaluate.json's evaluator had no StopOnTerminate: a SIGTERM (a cluster's preemption) ended
     the evaluation at once and its MLflow run stayed RUNNING. Its handlers now stop it as training's

@@ -248,7 +248,9 @@ class StopOnTerminate:
     handler is the process's from the run's start to its end only (restored then, and at the first
     signal: a second SIGTERM ends the process at once), and in the main thread only (Python's rule).
     After the run's own error it is restored once the other error handlers are done: a SIGTERM
-    meanwhile (torchrun's, when a peer failed) is logged and waits for them.
+    meanwhile (torchrun's, when a peer failed) is logged and waits for them. MONAI's StatsHandlers
+    (the engine's and its validator's) log the :class:`Terminated` at DEBUG, not as an error with
+    the traceback of wherever the signal landed (:class:`_TerminatedAtDebug`).
     ``then``: what the error tells to do next (evaluate.json's: run the evaluation again)."""
 
     def __init__(self, then: str = "resume with --resume true") -> None:
@@ -278,6 +280,8 @@ class StopOnTerminate:
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._hold)
             raised = _handler_table(engine)[Events.EXCEPTION_RAISED]
             raised.insert(0, raised.pop())
+        if engine is not None:
+            _quiet_terminated_in_stats(engine)
         self._previous = signal.signal(signal.SIGTERM, self._raise)
         self._installed = True
 
@@ -296,6 +300,35 @@ class StopOnTerminate:
         if getattr(signal.getsignal(signal.SIGTERM), "stops_on_terminate", False):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stop_on_terminate's: a second SIGTERM ends it
         raise Terminated(signum, self.then)
+
+
+class _TerminatedAtDebug(logging.Filter):
+    """A record of a :class:`Terminated` (MONAI's ``StatsHandler.exception_raised``: "Exception:
+    stopped by SIGTERM" and the traceback of wherever the signal landed, at ERROR) is logged at
+    DEBUG, or not at all where its logger is not enabled for DEBUG: a preemption is not an error
+    to read a traceback of, and Ignite's ERROR line and the run's own message say what stopped it.
+    Every other record, other errors' tracebacks included, goes on as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.exc_info and isinstance(record.exc_info[1], Terminated)):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        # the logger's level was checked at ERROR already; a handler without a level takes anything
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_TERMINATED_AT_DEBUG = _TerminatedAtDebug()
+
+
+def _quiet_terminated_in_stats(engine: Engine) -> None:
+    """Put :class:`_TerminatedAtDebug` on the loggers of the StatsHandlers attached to ``engine``
+    and to its validator (once per logger: the default one, ``StatsHandler``, is shared)."""
+    from monai.handlers import StatsHandler
+
+    for handler in _attached(engine):
+        logger = getattr(handler, "logger", None) if isinstance(handler, StatsHandler) else None
+        if isinstance(logger, logging.Logger) and _TERMINATED_AT_DEBUG not in logger.filters:
+            logger.addFilter(_TERMINATED_AT_DEBUG)
 
 
 def stop_on_terminate(then: str = "resume with --resume true") -> None:
