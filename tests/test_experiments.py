@@ -2026,3 +2026,41 @@ def test_the_grid_stops_on_sigterm_while_it_runs_and_gives_the_callers_handler_b
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM ends the call at once
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_sigterm_while_a_failed_run_cleans_up_stops_a_keep_going_grid(small_grid, tmp_path, monkeypatch):
+    """A SIGTERM reaching a run that cleans up after its own error waits for the clean-up
+    (StopOnTerminate logs it there); with --keep_going the grid then went on with its next run and
+    the SIGTERM (a preemption) was lost: the call trained on until it was killed. Now the run is
+    recorded failed and the grid stops as on any SIGTERM (Terminated, exit 143)."""
+    import signal
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import StopOnTerminate, Terminated
+    from pam_monai.engines.handlers import clean_up_on_error
+
+    started = []
+
+    def failing_run(run, b, o, identity, ctx):
+        started.append(run.name)
+
+        def release_lock(engine, error):  # a clean-up before StopOnTerminate's, signalled meanwhile
+            if len(started) == 1 and not getattr(release_lock, "sent", False):
+                release_lock.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def step(engine, batch):
+            raise RuntimeError("boom")
+
+        engine = Engine(step)
+        clean_up_on_error(engine, release_lock)
+        StopOnTerminate().attach(engine)
+        engine.run(range(2), max_epochs=1)
+
+    monkeypatch.setattr(runner_module, "_execute", failing_run)
+    with pytest.raises(Terminated):
+        run_experiment(**{**small_grid, "seeds": "0,1"}, keep_going=True)
+    assert started == ["unet seed 0 fold 0"]
+    events = [json.loads(x) for x in (tmp_path / "exp" / "runs.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "failed"]

@@ -295,11 +295,26 @@ class StopOnTerminate:
     def _raise(self, signum: int, frame) -> None:
         if self._cleaning:  # the run's error is on its way out, with its own status
             log.warning("SIGTERM while cleaning up after the run's error: the process ends once that is done")
+            global _held_sigterm
+            _held_sigterm = signum  # a caller going on after the error (a grid's --keep_going) stops
             return
         self.restore()
         if getattr(signal.getsignal(signal.SIGTERM), "stops_on_terminate", False):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stop_on_terminate's: a second SIGTERM ends it
         raise Terminated(signum, self.then)
+
+
+_held_sigterm: int | None = None
+
+
+def take_held_sigterm() -> int | None:
+    """The SIGTERM that :class:`StopOnTerminate` held back while a run cleaned up after its own
+    error (None if none), forgotten now: under ``python -m monai.bundle`` the error ends the
+    process, but a caller that goes on after a failed run (the experiment grid's ``--keep_going``)
+    must stop as on any SIGTERM, or the signal (a preemption) is lost."""
+    global _held_sigterm
+    signum, _held_sigterm = _held_sigterm, None
+    return signum
 
 
 class _TerminatedAtDebug(logging.Filter):

@@ -51,6 +51,7 @@ from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import Terminated, as_bool, atomic_write_text, close_writers
+from ..engines.handlers import take_held_sigterm
 from ..engines.runtime import kept_process_settings
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
@@ -572,6 +573,7 @@ def _stop_grid_on_terminate() -> None:
     recorded by nothing (the next call found it ``killed``). The caller's handler comes back with
     :func:`kept_process_settings`; the first SIGTERM puts back the default, so that a second ends
     the call at once (as :class:`StopOnTerminate` does, seeing ``stops_on_terminate``)."""
+    take_held_sigterm()  # one held back before this grid (a caller's own run) is not this grid's
     if threading.current_thread() is not threading.main_thread():  # Python's rule for handlers
         return
 
@@ -1171,6 +1173,9 @@ def _execute_pending(
             except Exception as e:
                 why = _describe(e)
                 _append_event(events, event="failed", run=folder, error=why)
+                signum = take_held_sigterm()  # a SIGTERM held back while the run cleaned up
+                if signum is not None and keep_going:
+                    raise Terminated(signum, CONTINUE) from e
                 if not keep_going:
                     raise
                 log.error("experiment: %s failed (%s); going on (--keep_going)", run.name, why)
