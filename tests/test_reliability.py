@@ -2656,3 +2656,37 @@ def test_on_windows_a_run_to_its_end_keeps_the_mark_of_this_process_s_other_run(
     monkeypatch.setattr(infer, "_running", set())  # that run ended (stopped): its mark goes
     infer._clear_marks(tmp_path)
     assert not mark.exists()
+
+
+def test_a_failing_clean_up_after_an_error_still_gives_sigterm_back():
+    """StopOnTerminate puts the caller's SIGTERM handler back as the last clean-up after a run's
+    error; a clean-up before it that raised (an MLflow database locked, a lock file gone) skipped
+    it: its handler stayed the process's, holding back every later SIGTERM as 'while cleaning up'
+    (an experiment grid going on with --keep_going never stopped on one). Now the clean-ups
+    attached last run even then, and the clean-up's error goes on as before."""
+    import signal
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import StopOnTerminate
+    from pam_monai.engines.handlers import clean_up_on_error
+
+    def callers(signum, frame):
+        pass
+
+    def broken_clean_up(engine, error):
+        raise OSError("database is locked")
+
+    def step(engine, batch):
+        raise RuntimeError("boom")
+
+    engine = Engine(step)
+    clean_up_on_error(engine, broken_clean_up)
+    StopOnTerminate().attach(engine)
+    previous = signal.signal(signal.SIGTERM, callers)
+    try:
+        with pytest.raises(OSError, match="database is locked"):
+            engine.run(range(2), max_epochs=1)
+        assert signal.getsignal(signal.SIGTERM) is callers
+    finally:
+        signal.signal(signal.SIGTERM, previous)

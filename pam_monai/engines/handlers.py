@@ -178,14 +178,22 @@ def clean_up_on_error(engine: Engine, clean_up, last: bool = False) -> None:
     stops the handlers after it. Ignite re-raises an engine's error only when no such handler is
     attached, so the last handler in line raises it (counting instead, raising when alone, let two
     clean-up handlers swallow the error when nothing came after). ``last``: after every clean-up
-    attached so far, and before those attached later unless they are ``last`` too."""
+    attached so far, and before those attached later unless they are ``last`` too; run even where
+    an earlier clean-up raised (StopOnTerminate's: its SIGTERM handler, left in place, held back
+    every later SIGTERM), before that clean-up's error goes on."""
 
     def handler(engine: Engine, error: BaseException) -> None:
-        clean_up(engine, error)
+        try:
+            clean_up(engine, error)
+        except BaseException:
+            if not last:
+                _run_last_clean_ups(engine, error)
+            raise
         if _handler_table(engine)[Events.EXCEPTION_RAISED][-1][0] is handler:
             raise error
 
     handler.clean_up = True
+    handler.last_clean_up = clean_up if last else None
     table = _handler_table(engine)  # before Ignite is asked to attach anything
     engine.add_event_handler(Events.EXCEPTION_RAISED, handler)
     raised = table[Events.EXCEPTION_RAISED]
@@ -194,6 +202,19 @@ def clean_up_on_error(engine: Engine, clean_up, last: bool = False) -> None:
     if last:
         at = max((i + 1 for i, (h, _, _) in enumerate(raised) if getattr(h, "clean_up", False)), default=0)
     raised.insert(at, mine)
+
+
+def _run_last_clean_ups(engine: Engine, error: BaseException) -> None:
+    """The ``last`` clean-ups of ``engine`` (:func:`clean_up_on_error`), after one before them
+    raised: each is taken, its own failure logged (the first clean-up's error goes on)."""
+    for entry, _, _ in list(_handler_table(engine)[Events.EXCEPTION_RAISED]):
+        clean_up = getattr(entry, "last_clean_up", None)
+        if clean_up is None:
+            continue
+        try:
+            clean_up(engine, error)
+        except Exception as e:
+            log.warning("after a failed clean-up, another failed too: %s: %s", type(e).__name__, e)
 
 
 class CloseWritersOnError:
