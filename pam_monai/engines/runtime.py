@@ -37,6 +37,7 @@ __all__ = [
     "check_outputs",
     "check_override_ids",
     "check_schedule",
+    "check_inference_tracking",
     "check_single_process",
     "check_training_settings",
     "compile_by_default",
@@ -105,6 +106,32 @@ def prepare_tracking_store(uri: str | None = None) -> None:
 
     with folder_lock(path.parent, path.name + ".lock"):
         mlflow.MlflowClient(tracking_uri=uri)  # makes the tables of a new database
+
+
+def check_inference_tracking(handlers: str = "handlers") -> None:
+    """``--tracking mlflow`` given to inference: MONAI adds its tracking handler to the evaluator's
+    handlers, which inference.json keeps (``handlers``, used by nothing) only so that MONAI can (an
+    ``evaluator`` given as a reference made MONAI fail with "'str' object does not support item
+    assignment"). Inference has no labels, so nothing to track: say so, and run without it."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = sys._getframe(1)
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, ConfigWorkflow):
+                added = owner.parser.get(handlers) if getattr(owner, "parser", None) is not None else None
+                if added:
+                    log.warning(
+                        "--tracking: inference has no labels, so no metrics or losses to track; it runs "
+                        "without a tracking handler (MONAI saved its config as config_<time>.json in "
+                        "--output_dir). Track training (train.json) and evaluation (evaluate.json)"
+                    )
+                return
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
 
 
 def _workflow_tracking_uri() -> str | None:
