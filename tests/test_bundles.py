@@ -2162,6 +2162,23 @@ def test_command_line_overrides_of_ids_no_config_has_are_refused(files, typo, na
     _refused_before_any_work(files, typo, named, {"threshold": 0.6, "tracking": None}, tmp_path, monkeypatch)
 
 
+def test_tracking_ids_are_overridable_with_tracking_only(tmp_path, monkeypatch):
+    """``--tracking mlflow --tracking_uri ...`` (MONAI's documented way to choose the tracking address)
+    was refused as "--tracking_uri: no such id in train.json": the check read the configs without
+    the ids MONAI's tracking adds. With ``--tracking`` they pass; without it nothing reads them."""
+    import_mlflow()
+    db = f"sqlite:///{tmp_path / 'elsewhere' / 'runs.db'}"
+    _refused_before_any_work(
+        ("train.json",),
+        {"tracking_uri": db},
+        "--tracking_uri: no such id in train.json",
+        {"tracking": "mlflow", "tracking_uri": db, "experiment_name": "mine"},
+        tmp_path,
+        monkeypatch,
+    )
+    assert (tmp_path / "elsewhere" / "runs.db").is_file()  # the address given is the one prepared
+
+
 @pytest.mark.parametrize(
     "files, flag, named, ok",
     [

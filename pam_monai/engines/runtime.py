@@ -352,9 +352,10 @@ def check_single_process() -> None:
         )
 
 
-def _workflow_overrides() -> tuple[object, dict] | None:
-    """The config files and the id overrides given to MONAI's ``create_workflow`` (``monai.bundle
-    run``), found on the call stack while it initialises the workflow, or None."""
+def _workflow_overrides() -> tuple[object, dict, object] | None:
+    """The config files, the id overrides and the ``tracking`` argument given to MONAI's
+    ``create_workflow`` (``monai.bundle run``), found on the call stack while it initialises the
+    workflow, or None."""
     from monai.bundle import ConfigWorkflow
     from monai.bundle.scripts import create_workflow
 
@@ -381,7 +382,28 @@ def _workflow_overrides() -> tuple[object, dict] | None:
         return None
     # what is not a parameter of the workflow (run_id, tracking, ...) MONAI applies as an id override
     named = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name", "args_file"}
-    return files, {k: v for k, v in args.items() if k not in named}
+    return files, {k: v for k, v in args.items() if k not in named}, args.get("tracking")
+
+
+def _tracking_ids(tracking) -> set[str]:
+    """The ids MONAI's experiment tracking adds to the config (``--tracking mlflow``: ``tracking_uri``,
+    ``experiment_name``, ``run_name``, ...), which ``--<id>`` may set as MONAI documents; a
+    settings file (``--tracking my_settings.json``) adds its own ``configs``. As ``ConfigWorkflow``
+    reads them."""
+    if not tracking:
+        return set()
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    if isinstance(tracking, str) and tracking in DEFAULT_EXP_MGMT_SETTINGS:
+        settings = DEFAULT_EXP_MGMT_SETTINGS[tracking]
+    else:
+        try:
+            settings = ConfigParser.load_config_files(tracking)
+        except Exception:  # MONAI's own reading of it names the problem
+            return set()
+    configs = settings.get("configs") if isinstance(settings, dict) else None
+    return set(configs) if isinstance(configs, dict) else set()
 
 
 def check_override_ids() -> None:
@@ -394,10 +416,13 @@ def check_override_ids() -> None:
     found = _workflow_overrides() if _config_files_on_command_line() else None
     if not found:
         return
-    files, overrides = found
+    files, overrides, tracking = found
     parser = ConfigParser()
     parser.read_config(files)
-    unknown = [key for key in overrides if not key.startswith("_meta_") and key not in parser]
+    known = _tracking_ids(tracking)
+    unknown = [
+        key for key in overrides if not key.startswith("_meta_") and key not in parser and key not in known
+    ]
     if not unknown:
         _check_flag_values(parser, overrides)
         return
