@@ -702,6 +702,40 @@ def test_a_process_whose_training_raised_leaves_no_watcher_inside_a_store_call(m
     assert not watchers, "the watcher is still inside a store call: the interpreter's exit aborts (SIGABRT)"
 
 
+def test_a_process_whose_training_raised_destroys_its_gloo_group_before_the_interpreter_ends(tmp_path):
+    """The failing process of a two-process gloo training sometimes still died of SIGABRT (status
+    -6) after its error (a few runs in 100 on a loaded machine): a gloo worker thread freed the last
+    all-reduce's work, and its tensors, while the interpreter finalized, took the GIL there and
+    was ended inside a C++ destructor (seen in a core dump). The process group is now destroyed at
+    exit, before finalizing, which joins those threads; an exit hook registered before the run runs
+    after it and sees that."""
+    script = tmp_path / "ranks.py"
+    seen_at_exit = (
+        "import atexit\natexit.register(lambda: print('at exit: initialized', dist.is_initialized()))\n"
+    )
+    script.write_text(FAILING_RANK.replace("engine = Engine(step)", seen_at_exit + "engine = Engine(step)"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(tmp_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [rank.communicate(timeout=30) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    out, err = outputs[1]
+    assert ranks[1].returncode == 1 and "ValueError: injected failure" in err, err
+    assert "at exit: initialized False" in out, out
+
+
 CLEANING_UP_RANK = """
 import os, signal, sys, time
 from ignite.engine import Engine

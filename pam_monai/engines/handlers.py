@@ -1283,6 +1283,8 @@ class StopEveryProcessOnError:
             self._announce(store, key, error)
         finally:
             self._end()
+            if store is not None and isinstance(error, Exception):
+                _destroy_gloo_group_at_exit()
 
     def _announce(self, store, key: str, error: BaseException) -> None:
         """Put ``error`` under ``key`` in ``store`` unless another process's came first (then log that one)."""
@@ -1300,6 +1302,34 @@ class StopEveryProcessOnError:
         if int(failed) != rank:
             log.error("process %s failed first, in training: %s", failed, first_error)
             StopEveryProcessOnError.failed_first_elsewhere = f"process {failed}: {first_error}"
+
+
+_destroying_at_exit: list = []  # the one exit hook of this process, once registered
+
+
+def _destroy_gloo_group_at_exit() -> None:
+    """Destroy the gloo process group when the interpreter exits, before it finalizes, unless it is
+    gone by then (the bundle's ``finalize`` or the user destroyed it).
+
+    A gloo worker thread frees the last collective's work, and with it that step's tensors, a
+    moment after the main thread saw it complete; on a loaded machine that came during the
+    interpreter's finalization after a run's error: taking the GIL there ends the thread
+    (``pthread_exit``) inside a C++ destructor and the process died of SIGABRT ("terminate called
+    without an active exception", status -6) instead of exiting with status 1 and its error.
+    Destroying the group joins those threads while Python is whole. At exit only: a process that
+    goes on after the error (``trainer.run()`` in a notebook) keeps its process group."""
+    if not _destroying_at_exit:
+        import atexit
+
+        _destroying_at_exit.append(_destroy_gloo_group)
+        atexit.register(_destroy_gloo_group)
+
+
+def _destroy_gloo_group() -> None:
+    dist = torch.distributed
+    # gloo only: the threads are gloo's, and NCCL's destroy may wait for peers that are gone
+    if dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.destroy_process_group()
 
 
 def handlers_of_rank(handlers: list, rank: int) -> list:
