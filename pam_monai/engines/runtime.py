@@ -821,6 +821,13 @@ def _put_back(steps: dict, raised: bool) -> None:
     ``torch.use_deterministic_algorithms`` imports ``torch._inductor`` again), a failure is
     warned about: the block's error goes on (it ended the grid on an unrelated ImportError, status
     1 instead of 143); otherwise the first failure is raised."""
+    run_every_step(steps, raised, "the caller's %s could not be put back after the run that raised: %s: %s")
+
+
+def run_every_step(steps: dict, raised: bool, after_error: str, logger: logging.Logger = log) -> None:
+    """Run each of ``steps`` (``{what: callable}``), every one even where another fails. After a
+    block that raised (``raised``) a failure is logged to ``logger`` with ``after_error`` % (what,
+    error type, error) and the block's own error goes on; otherwise the first failure is raised."""
     failed = []
     for what, step in steps.items():
         try:
@@ -830,12 +837,7 @@ def _put_back(steps: dict, raised: bool) -> None:
     if failed and not raised:
         raise failed[0][1]
     for what, e in failed:
-        log.warning(
-            "the caller's %s could not be put back after the run that raised: %s: %s",
-            what,
-            type(e).__name__,
-            e,
-        )
+        logger.warning(after_error, what, type(e).__name__, e)
 
 
 def _flags() -> dict:

@@ -52,7 +52,7 @@ from ..data import get_spec
 from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import Terminated, as_bool, atomic_write_text, close_writers
 from ..engines.handlers import take_held_sigterm
-from ..engines.runtime import kept_process_settings
+from ..engines.runtime import kept_process_settings, run_every_step
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
@@ -650,18 +650,7 @@ def _clean_up_run(held: list, raised: bool) -> None:
         "resetting torch.compile's caches": _reset_compiler,
         "collecting the garbage": gc.collect,
     }
-    failed = []
-    for what, step in steps.items():
-        try:
-            step()
-        except Exception as e:
-            failed.append((what, e))
-    if failed and not raised:
-        raise failed[0][1]
-    for what, e in failed:
-        log.warning(
-            "after the run that raised, %s failed (its own error goes on): %s: %s", what, type(e).__name__, e
-        )
+    run_every_step(steps, raised, "after the run that raised, %s failed (its own error goes on): %s: %s", log)
 
 
 class _Bundle:
