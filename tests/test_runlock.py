@@ -192,6 +192,7 @@ def test_bundle_training_that_raised_releases_its_locks(tmp_path, monkeypatch):
 
 _SIGNAL_AT_EPOCH_2 = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal (see _PREPARING)
 from monai.bundle import run
 from monai.engines import SupervisedTrainer
 
@@ -219,7 +220,10 @@ def synthetic(tmp_path_factory) -> Path:
 # train.json, and "finalize" to send itself a SIGTERM after the training instead ("evaluate": after
 # evaluating the trained model)
 _PREPARING = """
-import runpy, sys, time
+import runpy, signal, sys, time
+# Ctrl-C as in a terminal: a process started in the background by a non-interactive shell (a CI
+# script, nohup ... &) inherits SIGINT ignored, and Python then raises no KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 import pam_monai.data.slices as slices
 

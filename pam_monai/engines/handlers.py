@@ -378,7 +378,7 @@ def stop_on_terminate(then: str = "resume with --resume true") -> None:
     TensorBoard files to close, the ``.training.lock`` to release: a requeued job on another host
     was refused by it, "another training is writing into it", until removed by hand). Now the
     error goes up: handlers end the MLflow run KILLED, and the exit releases the locks. The bundles
-    call it first in ``initialize``. Not in other processes (notebooks, tests, the experiment
+    call it at the start of ``initialize``. Not in other processes (notebooks, tests, the experiment
     runner: the handler would outlive the run there), nor where SIGTERM already has a handler;
     the first SIGTERM puts back the default, so that a second ends the process at once."""
     from .runtime import _run_by_monai_bundle
