@@ -630,29 +630,37 @@ def test_stopping_every_process_does_without_the_private_store_lookup_and_forget
     assert StopEveryProcessOnError.failed_first_elsewhere == ""
 
 
-def test_a_training_step_that_raises_in_one_process_stops_every_process(tmp_path):
-    """A process whose training step raised ended alone: the others waited for it in their next
-    collective until the process group's timeout (NCCL does not notice a dead peer, and across
-    nodes torchrun's agents do not stop the other nodes' processes). They now stop at once,
-    naming its error."""
-    script = tmp_path / "ranks.py"
-    script.write_text(FAILING_RANK)
+def _run_two_processes(script: str, tmp_path: Path) -> tuple[list, list]:
+    """Run ``script`` as processes 0 and 1 (argv: rank, ``tmp_path``) to their end (30 s at most):
+    the processes and their (stdout, stderr)."""
+    path = tmp_path / "ranks.py"
+    path.write_text(script)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     ranks = [
         subprocess.Popen(
-            [sys.executable, str(script), str(rank), str(tmp_path)],
+            [sys.executable, str(path), str(rank), str(tmp_path)],
             cwd=ROOT,
             env=env,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for rank in (0, 1)
     ]
     try:
-        errors = [rank.communicate(timeout=30)[1] for rank in ranks]
+        return ranks, [rank.communicate(timeout=30) for rank in ranks]
     finally:
         for rank in ranks:
             rank.kill()
+
+
+def test_a_training_step_that_raises_in_one_process_stops_every_process(tmp_path):
+    """A process whose training step raised ended alone: the others waited for it in their next
+    collective until the process group's timeout (NCCL does not notice a dead peer, and across
+    nodes torchrun's agents do not stop the other nodes' processes). They now stop at once,
+    naming its error."""
+    ranks, outputs = _run_two_processes(FAILING_RANK, tmp_path)
+    errors = [err for _, err in outputs]
     waited = time.time() - float((tmp_path / "raised").read_text())
     assert "ValueError: injected failure in the training step" in errors[1] and ranks[1].returncode == 1
     assert ranks[0].returncode == 1, errors[0]
@@ -710,28 +718,11 @@ def test_a_process_whose_training_raised_destroys_its_gloo_group_before_the_inte
     was ended inside a C++ destructor (seen in a core dump). The process group is now destroyed at
     exit, before finalizing, which joins those threads; an exit hook registered before the run runs
     after it and sees that."""
-    script = tmp_path / "ranks.py"
     seen_at_exit = (
         "import atexit\natexit.register(lambda: print('at exit: initialized', dist.is_initialized()))\n"
     )
-    script.write_text(FAILING_RANK.replace("engine = Engine(step)", seen_at_exit + "engine = Engine(step)"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), str(tmp_path)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        outputs = [rank.communicate(timeout=30) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
+    script = FAILING_RANK.replace("engine = Engine(step)", seen_at_exit + "engine = Engine(step)")
+    ranks, outputs = _run_two_processes(script, tmp_path)
     out, err = outputs[1]
     assert ranks[1].returncode == 1 and "ValueError: injected failure" in err, err
     assert "at exit: initialized False" in out, out
@@ -2060,6 +2051,18 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _refuse_unlink(monkeypatch, name: str) -> None:
+    """``Path.unlink`` of a file called ``name`` fails as on another user's file in a sticky folder."""
+    unlink = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self.name == name:
+            raise PermissionError(13, "Operation not permitted", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+
+
 def test_an_orphan_that_cannot_be_removed_does_not_stop_the_start(tmp_path, monkeypatch):
     """A read-only cache or another user's orphan in a sticky folder: the sweep leaves it and goes
     on (a training, a slice dataset and an experiment call start with it); it raised before."""
@@ -2070,14 +2073,7 @@ def test_an_orphan_that_cannot_be_removed_does_not_stop_the_start(tmp_path, monk
     gone = tmp_path / f".checkpoint_last.pt.pid{pid}@{_HOST}.ijklmnop.tmp"
     stuck.write_bytes(b"x")
     gone.write_bytes(b"x")
-    unlink = Path.unlink
-
-    def refuse(self, missing_ok=False):
-        if self.name == stuck.name:
-            raise PermissionError(13, "Permission denied", str(self))
-        return unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", refuse)
+    _refuse_unlink(monkeypatch, stuck.name)
     assert remove_orphaned_temps(tmp_path) == [gone]
     assert stuck.exists() and not gone.exists()
 
@@ -2623,14 +2619,7 @@ def test_a_run_to_its_end_that_cannot_remove_another_s_mark_ends_saying_so(
     out.mkdir()
     foreign = out / ".inference_running.pid1@elsewhere.abcd1234"
     foreign.write_text("pid 1\n")
-    real_unlink = Path.unlink
-
-    def unlink(self, missing_ok=False):
-        if self.name == foreign.name:
-            raise PermissionError(13, "Operation not permitted", str(self))
-        return real_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", unlink)
+    _refuse_unlink(monkeypatch, foreign.name)
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         written = CasePredictor(net, items, "brats", str(out)).run()
     assert len(written) == len(items)

@@ -253,11 +253,16 @@ def usual_orientation(dataset: str | DatasetSpec, items: Sequence[dict]) -> str 
     """The most common orientation of the volumes among datalist ``items`` (their first image's
     header), which training records in ``model.json`` so that inference can name cases stored
     otherwise (BraTS as shipped: LPS); None for 2-D images."""
-    spec = get_spec(dataset)
-    if not spec.volumetric or not items:
-        return None
+    affines = _first_image_affines(dataset, items)
+    return Counter(map(orientation, affines)).most_common(1)[0][0] if affines else None
+
+
+def _first_image_affines(dataset: str | DatasetSpec, items: Sequence[dict]) -> list[np.ndarray]:
+    """The affines of the first image of each datalist item (headers only); none for 2-D images."""
+    if not get_spec(dataset).volumetric:
+        return []
     first = [it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"] for it in items]
-    return Counter(orientation(volume_affine(f)) for f in first).most_common(1)[0][0]
+    return [volume_affine(f) for f in first]
 
 
 def orientation_problem(case_orientation: str, usual: str, usual_of: str) -> str | None:
@@ -811,11 +816,10 @@ def usual_in_plane_spacing(dataset: str | DatasetSpec, items: Sequence[dict]) ->
     """The median in-plane voxel size (mm, array axes 0 and 1) of the volumes among datalist
     ``items`` (their first image's header), which training records in ``model.json`` so that
     inference can name images of another resolution; None for 2-D images."""
-    spec = get_spec(dataset)
-    if not spec.volumetric or not items:
+    affines = _first_image_affines(dataset, items)
+    if not affines:
         return None
-    first = [it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"] for it in items]
-    sizes = np.stack([_spacing(volume_affine(f))[:2] for f in first])
+    sizes = np.stack([_spacing(a)[:2] for a in affines])
     return [round(float(v), 4) for v in np.median(sizes, axis=0)]
 
 

@@ -301,7 +301,6 @@ class StopOnTerminate:
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._hold)
             raised = _handler_table(engine)[Events.EXCEPTION_RAISED]
             raised.insert(0, raised.pop())
-        if engine is not None:
             _quiet_terminated_in_stats(engine)
         self._previous = signal.signal(signal.SIGTERM, self._raise)
         self._installed = True
@@ -387,11 +386,20 @@ def stop_on_terminate(then: str = "resume with --resume true") -> None:
         return
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
+    raise_terminated_on_sigterm(then, show=True)
+
+
+def raise_terminated_on_sigterm(then: str, show: bool = False) -> None:
+    """From now on (main thread only) a SIGTERM raises :class:`Terminated` telling ``then`` (and
+    prints it first where ``show``: a SystemExit prints nothing); the first puts SIGTERM's default
+    back, so that a second ends the process at once (:class:`StopOnTerminate` does the same on
+    seeing ``stops_on_terminate``)."""
 
     def raise_terminated(signum: int, frame) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         error = Terminated(signum, then)
-        print(f"pam_monai: {error}", file=sys.stderr, flush=True)  # a SystemExit prints nothing
+        if show:
+            print(f"pam_monai: {error}", file=sys.stderr, flush=True)
         raise error
 
     raise_terminated.stops_on_terminate = True

@@ -73,19 +73,28 @@ def _config_files_on_command_line() -> list[str]:
     return []
 
 
-def _running_workflow_configs() -> Path | None:
-    """The ``configs/`` folder of the MONAI ``ConfigWorkflow`` whose config is being evaluated (found
-    on the call stack: ``monai.bundle run``, ``monai.bundle.load`` and friends build one; MONAI
-    itself takes the bundle's root from it for ``sys.path``), or None."""
+def _running_workflow():
+    """The MONAI ``ConfigWorkflow`` whose config is being evaluated, found on the call stack
+    (``monai.bundle run``, ``monai.bundle.load`` and friends build one), or None."""
     from monai.bundle import ConfigWorkflow
 
     frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, ConfigWorkflow):
-            return _configs_folder(owner)
-        frame = frame.f_back
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, ConfigWorkflow):
+                return owner
+            frame = frame.f_back
+    finally:
+        del frame  # a frame held here would keep every caller's locals alive
     return None
+
+
+def _running_workflow_configs() -> Path | None:
+    """The ``configs/`` folder of the running MONAI ``ConfigWorkflow`` (MONAI itself takes the
+    bundle's root from it for ``sys.path``), or None."""
+    workflow = _running_workflow()
+    return _configs_folder(workflow) if workflow is not None else None
 
 
 def prepare_tracking_store(uri: str | None = None) -> None:
@@ -108,51 +117,28 @@ def prepare_tracking_store(uri: str | None = None) -> None:
         mlflow.MlflowClient(tracking_uri=uri)  # makes the tables of a new database
 
 
-def check_inference_tracking(handlers: str = "handlers") -> None:
+def check_inference_tracking() -> None:
     """``--tracking mlflow`` given to inference: MONAI adds its tracking handler to the evaluator's
     handlers, which inference.json keeps (``handlers``, used by nothing) only so that MONAI can (an
     ``evaluator`` given as a reference made MONAI fail with "'str' object does not support item
     assignment"). Inference has no labels, so nothing to track: say so, and run without it."""
-    from monai.bundle import ConfigWorkflow
-
-    frame = sys._getframe(1)
-    try:
-        while frame is not None:
-            owner = frame.f_locals.get("self")
-            if isinstance(owner, ConfigWorkflow):
-                added = owner.parser.get(handlers) if getattr(owner, "parser", None) is not None else None
-                if added:
-                    log.warning(
-                        "--tracking: inference has no labels, so no metrics or losses to track; it runs "
-                        "without a tracking handler (MONAI saved its config as config_<time>.json in "
-                        "--output_dir). Track training (train.json) and evaluation (evaluate.json)"
-                    )
-                return
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
+    parser = getattr(_running_workflow(), "parser", None)
+    if parser is not None and parser.get("handlers"):
+        log.warning(
+            "--tracking: inference has no labels, so no metrics or losses to track; it runs without a "
+            "tracking handler (MONAI saved its config as config_<time>.json in --output_dir). Track "
+            "training (train.json) and evaluation (evaluate.json)"
+        )
 
 
 def _workflow_tracking_uri() -> str | None:
-    """The tracking address of the MONAI ``ConfigWorkflow`` being run (up the call stack):
-    ``MLFLOW_TRACKING_URI``, else its ``tracking_uri`` id (MONAI's handler's order); None without a
-    workflow or without tracking (the variable alone, set for other work, imports no MLflow)."""
-    from monai.bundle import ConfigWorkflow
-
-    frame = sys._getframe(1)
-    try:
-        while frame is not None:
-            owner = frame.f_locals.get("self")
-            if isinstance(owner, ConfigWorkflow):
-                parser = getattr(owner, "parser", None)
-                if parser is None or "tracking_uri" not in parser:
-                    return None
-                return os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
-            frame = frame.f_back
-    finally:
-        del frame  # a frame held here would keep every caller's locals alive
-    return None
+    """The tracking address of the running MONAI ``ConfigWorkflow``: ``MLFLOW_TRACKING_URI``, else
+    its ``tracking_uri`` id (MONAI's handler's order); None without a workflow or without tracking
+    (the variable alone, set for other work, imports no MLflow)."""
+    parser = getattr(_running_workflow(), "parser", None)
+    if parser is None or "tracking_uri" not in parser:
+        return None
+    return os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
 
 
 def _sqlite_file(uri: str) -> Path | None:

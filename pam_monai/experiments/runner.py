@@ -37,7 +37,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -51,7 +50,7 @@ from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import Terminated, as_bool, atomic_write_text, close_writers
-from ..engines.handlers import take_held_sigterm
+from ..engines.handlers import raise_terminated_on_sigterm, take_held_sigterm
 from ..engines.runtime import kept_process_settings, run_every_step
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
@@ -574,15 +573,8 @@ def _stop_grid_on_terminate() -> None:
     :func:`kept_process_settings`; the first SIGTERM puts back the default, so that a second ends
     the call at once (as :class:`StopOnTerminate` does, seeing ``stops_on_terminate``)."""
     take_held_sigterm()  # one held back before this grid (a caller's own run) is not this grid's
-    if threading.current_thread() is not threading.main_thread():  # Python's rule for handlers
-        return
-
-    def raise_terminated(signum: int, frame) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated(signum, CONTINUE)
-
-    raise_terminated.stops_on_terminate = True
-    signal.signal(signal.SIGTERM, raise_terminated)
+    if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+        raise_terminated_on_sigterm(CONTINUE)
 
 
 def _count_params(variant: Variant, options: dict, spec) -> int:

@@ -86,10 +86,12 @@ class ReversedLabelLoss(nn.Module):
         self.loss = loss
         self.input_is_foreground = input_is_foreground
         self.ignore = ignore  # targets may hold IGNORE, which stays IGNORE
+        self._channels_checked = False  # once, at the first step: the network's channels do not change
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if input.shape[1] > 1:
+        if not self._channels_checked:
             _check_channels(self.loss, input.shape[1])
+            self._channels_checked = True
         reversed_logits = -input if self.input_is_foreground else input
         reversed_target = 1.0 - target
         if self.ignore:
@@ -123,7 +125,7 @@ def _check_channels(loss: nn.Module, channels: int) -> None:
     reversal makes wrong as :func:`_check_binary` says; on one channel it is a binary one."""
     from monai.losses import DiceCELoss
 
-    if any(isinstance(m, DiceCELoss) for m in loss.modules()):
+    if channels > 1 and any(isinstance(m, DiceCELoss) for m in loss.modules()):
         raise ValueError(
             f"ReversedLabelLoss: MONAI's DiceCELoss on {channels} channels takes a softmax cross-entropy over "
             "them (its sigmoid=True applies to the Dice term only), but RFNA's label reversal (1 - target) is "
