@@ -543,3 +543,12 @@ def test_gpu_check_times_the_plane_kernels_only_after_plane_check_passed(tmp_pat
     else:  # passed, or not run in this call (ONLY): the plane kernels are timed
         assert plane_timed and {"fpa_plane", "fpa_plane_small", "fpa_plane_large"} <= set(variants), made
         assert "SKIP" not in run.stdout, run.stdout
+
+
+def test_slow_rates_are_not_printed_as_zero():
+    """A loaded CPU's bundle loop delivers under one slice a second: ``,.0f`` printed it as 0."""
+    row = {"network": "fpa", "log_every": 10, "fast": False, "loader": "DataLoader", "batch": 2}
+    row |= {"iterations_per_epoch": 12, "slices_per_s": 0.4123}
+    text = format_report({"meta": {}, "bundle": [row]})
+    assert "| 12 | 0.412 |" in text
+    assert "| 12 | 6,213 |" in format_report({"meta": {}, "bundle": [{**row, "slices_per_s": 6213.4}]})

@@ -18,6 +18,14 @@ def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
     return format(v, spec)
 
 
+def _rate(v, none: str = "-") -> str:
+    """A rate in slices/s: whole numbers with thousands separators, three significant digits
+    below 100 (a loaded CPU delivers under one slice a second, which ``,.0f`` printed as 0)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return none
+    return format(v, ",.0f") if abs(v) >= 100 else format(v, ".3g")
+
+
 def _bytes(v) -> str:
     if v is None:
         return "-"
@@ -50,7 +58,7 @@ def _train_table(rows: list[dict]) -> list[str]:
         )
         lines.append(
             f"| {r['network']} | {r['mode']} | {r['params']:,} | {r['batch']} | {_fmt(r.get('step_ms_median'))} "
-            f"| {_fmt(r.get('slices_per_s'), ',.0f')} | {_bytes(r.get('peak_bytes'))} | {cost} |"
+            f"| {_rate(r.get('slices_per_s'))} | {_bytes(r.get('peak_bytes'))} | {cost} |"
         )
     return lines
 
@@ -67,10 +75,10 @@ def _data_table(data: dict, train_rate: float | None, train_size: list | None = 
         rate = e.get("slices_per_s")
         vs = f"{rate / train_rate:.2f}x" if rate and train_rate else "-"
         lines.append(
-            f"| {e['loader']} | {_fmt(rate, ',.0f') if rate else 'error: ' + str(e.get('error'))[:60]} | {vs} |"
+            f"| {e['loader']} | {_rate(rate) if rate else 'error: ' + str(e.get('error'))[:60]} | {vs} |"
         )
     if train_rate:
-        line = f"(fastest training step in these results: {train_rate:,.0f} slices/s"
+        line = f"(fastest training step in these results: {_rate(train_rate)} slices/s"
         shape = data.get("slice_shape")
         if train_size and shape and list(train_size) != list(shape):
             # the CPU's default step is at 80 x 80: per slice cheaper than the pipeline's slices
@@ -91,7 +99,7 @@ def _infer_table(rows: list[dict]) -> list[str]:
         else:
             lines.append(
                 f"| {r['network']} | {r['mode']} | {vol} | {_fmt(r.get('seconds_median'), '.3f')} "
-                f"| {_fmt(r.get('slices_per_s'), ',.0f')} |"
+                f"| {_rate(r.get('slices_per_s'))} |"
             )
     return lines
 
@@ -136,7 +144,7 @@ def _bundle_table(rows: list[dict], train: list[dict]) -> list[str]:
         vs = f"{r['slices_per_s'] / same[0]['slices_per_s']:.2f}x of {same[0]['mode']}" if same else "-"
         lines.append(
             f"| {r['network']} | {r['log_every']} | {_fast(r)} | {_loader(r)} | {r['batch']} | "
-            f"{r['iterations_per_epoch']} | {r['slices_per_s']:,.0f} | {vs} |"
+            f"{r['iterations_per_epoch']} | {_rate(r['slices_per_s'])} | {vs} |"
         )
     lines += [
         "",

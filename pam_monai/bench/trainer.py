@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from .report import _rate
+
 __all__ = ["bench_bundle"]
 
 log = logging.getLogger("pam_monai.bench")
@@ -207,7 +209,7 @@ def bench_bundle(
                 print(
                     f"[bench] bundle {network} log_every {every}: "
                     + (
-                        f"{row['slices_per_s']:,.0f} slices/s"
+                        f"{_rate(row['slices_per_s'])} slices/s"
                         if "slices_per_s" in row
                         else f"ERROR {row['error']}"
                     ),
