@@ -56,17 +56,23 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "CASE_FIELDS",
     "COMPARISON_FIELDS",
     "comparison_csv",
     "comparison_section",
     "default_reference",
+    "metric_names",
     "paired_comparison",
+    "paired_rows",
+    "row_cells",
+    "sample_notes",
 ]
 
 HIGHER_IS_BETTER = {"iou": True, "dice": True, "hd95": False, "fp_rate": False, "fn_rate": False}
 BOOTSTRAP = 10_000
 SEED = 0
-COMPARISON_FIELDS = (
+# the per-case comparison's columns (evaluated folders, one model each, have only these)
+CASE_FIELDS = (
     "metric",
     "network",
     "reference",
@@ -81,6 +87,9 @@ COMPARISON_FIELDS = (
     "worse",
     "wilcoxon_p",
     "holm_p",
+)
+COMPARISON_FIELDS = (
+    *CASE_FIELDS,
     # the seed dimension (see the module docstring): appended, the columns above keep their meaning
     "seeds_network",
     "seeds_reference",
@@ -202,6 +211,53 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
     return out
 
 
+def paired_rows(
+    metric: str, reference: str, ref: dict[str, float], others: dict[str, dict[str, float]]
+) -> list[dict]:
+    """The per-case fields of :data:`CASE_FIELDS` for ``metric``: one row per network of ``others``
+    (``name -> case -> value``, in table order) paired with ``ref`` (``case -> value`` of
+    ``reference``) on the cases both scored, the Wilcoxon p-values Holm-adjusted over these rows.
+    A network without any such case is left out. Used by the grid (:func:`paired_comparison`) and
+    by ``python -m pam_monai compare`` (evaluated folders)."""
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {metric!r}; known: {list(HIGHER_IS_BETTER)}")
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    block = []
+    for name, mine in others.items():
+        keys = sorted(set(mine) & set(ref))
+        if not keys:
+            continue
+        a = np.array([mine[k] for k in keys])
+        b = np.array([ref[k] for k in keys])
+        bad = [k for k, x, y in zip(keys, a, b) if not (np.isfinite(x) and np.isfinite(y))]
+        if bad:  # the metrics are never NaN by their empty-mask rule: a table edited by hand?
+            raise ValueError(
+                f"paired comparison: {metric} of {name} or {reference} is not finite for case(s) {bad[:5]}"
+            )
+        d = a - b
+        low, high = _bootstrap_ci(d)
+        block.append(
+            {
+                "metric": metric,
+                "network": name,
+                "reference": reference,
+                "cases": len(keys),
+                "mean_network": float(a.mean()),
+                "mean_reference": float(b.mean()),
+                "mean_difference": float(d.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "better": int(np.sum(sign * d > 0)),
+                "equal": int(np.sum(d == 0)),
+                "worse": int(np.sum(sign * d < 0)),
+                "wilcoxon_p": _wilcoxon(d) if len(keys) > 1 else None,
+            }
+        )
+    for row, adjusted in zip(block, holm([r["wilcoxon_p"] for r in block])):
+        row["holm_p"] = adjusted
+    return block
+
+
 def paired_comparison(
     runs, reference: str, order: Sequence[str], metrics: Sequence[str] = ("iou", "hd95", "fp_rate", "fn_rate")
 ) -> list[dict]:
@@ -218,43 +274,12 @@ def paired_comparison(
     for metric in metrics:
         ref = _per_case(runs, reference, metric)
         ref_seeds = _per_seed_case(runs, reference, metric)
-        block = []
-        for variant in variants:
-            mine = _per_case(runs, variant, metric)
+        sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+        for row in paired_rows(metric, reference, ref, {v: _per_case(runs, v, metric) for v in variants}):
+            mine = _per_case(runs, row["network"], metric)
             keys = sorted(set(mine) & set(ref))
-            if not keys:
-                continue
-            a = np.array([mine[k] for k in keys])
-            b = np.array([ref[k] for k in keys])
-            bad = [k for k, x, y in zip(keys, a, b) if not (np.isfinite(x) and np.isfinite(y))]
-            if bad:  # the metrics are never NaN by their empty-mask rule: a table edited by hand?
-                raise ValueError(
-                    f"paired comparison: {metric} of {variant} or {reference} is not finite for case(s) {bad[:5]}"
-                )
-            d = a - b
-            sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-            low, high = _bootstrap_ci(d)
-            block.append(
-                {
-                    "metric": metric,
-                    "network": variant,
-                    "reference": reference,
-                    "cases": len(keys),
-                    "mean_network": float(a.mean()),
-                    "mean_reference": float(b.mean()),
-                    "mean_difference": float(d.mean()),
-                    "ci_low": low,
-                    "ci_high": high,
-                    "better": int(np.sum(sign * d > 0)),
-                    "equal": int(np.sum(d == 0)),
-                    "worse": int(np.sum(sign * d < 0)),
-                    "wilcoxon_p": _wilcoxon(d) if len(keys) > 1 else None,
-                    **_across_seeds(_per_seed_case(runs, variant, metric), ref_seeds, keys, sign),
-                }
-            )
-        for row, adjusted in zip(block, holm([r["wilcoxon_p"] for r in block])):
-            row["holm_p"] = adjusted
-        rows += block
+            row.update(_across_seeds(_per_seed_case(runs, row["network"], metric), ref_seeds, keys, sign))
+            rows.append(row)
     return rows
 
 
@@ -271,17 +296,58 @@ def _p(p: float | None) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str = "mm") -> list[str]:
-    """The ``results.md`` lines of a paired comparison (see the module docstring)."""
-    from .results import _fmt
-
-    names = {
+def metric_names(distance_unit: str = "mm") -> dict[str, str]:
+    """The tables' metric headings (IoU, Dice and the rates in percent, see :func:`_scale`)."""
+    return {
         "iou": "IoU (%)",
         "dice": "Dice (%)",
         "hd95": f"HD95 ({distance_unit})",
         "fp_rate": "FP (%)",
         "fn_rate": "FN (%)",
     }
+
+
+def row_cells(r: dict) -> list[str]:
+    """A row's cells from ``cases`` to ``p (Holm)`` (see :func:`comparison_section`'s table)."""
+    from .results import _fmt
+
+    scale = _scale(r["metric"])
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else _fmt(scale * v)  # a tiny FP rate as 3.2e-03, not 0.00
+
+    return [
+        str(r["cases"]),
+        f(r["mean_network"]),
+        f(r["mean_reference"]),
+        f"{f(r['mean_difference'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]",
+        f"{r['better']} / {r['equal']} / {r['worse']}",
+        _p(r["wilcoxon_p"]),
+        _p(r["holm_p"]),
+    ]
+
+
+def sample_notes(rows: Sequence[dict]) -> list[str]:
+    """What the rows' few cases mean for their p-values and intervals (nothing with enough cases)."""
+    lines = []
+    if any(r["better"] + r["worse"] < 6 for r in rows):
+        lines += [
+            "",
+            "With fewer than 6 cases that differ (equal cases do not count in Wilcoxon's test) no two-sided "
+            "p-value can fall below 0.05: add folds or test cases before reading these p-values.",
+        ]
+    if any(r["cases"] < 20 for r in rows):
+        lines += [
+            "",
+            "With fewer than 20 cases the percentile bootstrap interval is too narrow (it covers the true mean "
+            "difference in about 83 % of samples of 5 cases and 89 % of 10, not 95 %); no interval for 1 case.",
+        ]
+    return lines
+
+
+def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str = "mm") -> list[str]:
+    """The ``results.md`` lines of a paired comparison (see the module docstring)."""
+    names = metric_names(distance_unit)
     lines = [
         f"## Paired comparison with {reference} (per test case)",
         "",
@@ -301,29 +367,8 @@ def comparison_section(rows: Sequence[dict], reference: str, distance_unit: str 
     )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        scale = _scale(r["metric"])
-
-        def f(v: float | None, scale: float = scale) -> str:
-            return "n/a" if v is None else _fmt(scale * v)  # a tiny FP rate as 3.2e-03, not 0.00
-
-        lines.append(
-            f"| {r['network']} | {names[r['metric']]} | {r['cases']} | {f(r['mean_network'])} | {f(r['mean_reference'])} "
-            f"| {f(r['mean_difference'])} [{f(r['ci_low'])}, {f(r['ci_high'])}] | {r['better']} / {r['equal']} / "
-            f"{r['worse']} | {_p(r['wilcoxon_p'])} | {_p(r['holm_p'])} |"
-        )
-    if any(r["better"] + r["worse"] < 6 for r in rows):
-        lines += [
-            "",
-            "With fewer than 6 cases that differ (equal cases do not count in Wilcoxon's test) no two-sided "
-            "p-value can fall below 0.05: add folds or test cases before reading these p-values.",
-        ]
-    if any(r["cases"] < 20 for r in rows):
-        lines += [
-            "",
-            "With fewer than 20 cases the percentile bootstrap interval is too narrow (it covers the true mean "
-            "difference in about 83 % of samples of 5 cases and 89 % of 10, not 95 %); no interval for 1 case.",
-        ]
-    return [*lines, "", *_seed_section(rows, reference, names)]
+        lines.append("| " + " | ".join([r["network"], names[r["metric"]], *row_cells(r)]) + " |")
+    return [*lines, *sample_notes(rows), "", *_seed_section(rows, reference, names)]
 
 
 def _scale(metric: str) -> float:
