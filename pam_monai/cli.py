@@ -22,6 +22,7 @@ COMMANDS = {
     "bundle": "pam_monai.bundle_templates.own_data:bundle",
     "ensemble": "pam_monai.engines.ensemble:ensemble",
     "score": "pam_monai.engines.score:score",
+    "compare": "pam_monai.experiments.compare_folders:compare",
 }
 
 # what ``python -m pam_monai --help`` lists beside each command (its module is not imported for it)
@@ -38,6 +39,7 @@ SUMMARIES = {
     "bundle": "Make a MONAI bundle for your own data set (nnU-Net v2 raw layout).",
     "ensemble": "Average several models' saved probabilities into one mask.",
     "score": "Score a folder of predicted masks against a data set's labels.",
+    "compare": "Compare evaluated folders (metrics.csv) case by case: differences, Wilcoxon p, Holm.",
 }
 
 

@@ -1,0 +1,255 @@
+"""`python -m pam_monai compare`: evaluated folders (metrics.csv of score or a bundle's evaluation)
+compared case by case (pam_monai.experiments.compare_folders)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from pam_monai.data import synth
+from pam_monai.engines.score import score_predictions
+from pam_monai.experiments.compare_folders import compare, compare_folders, default_names, load_evaluation
+
+CASES = 8
+
+
+def _masks(root: Path, folder: Path, flip: float, seed: int, empty: tuple[str, ...] = ()) -> Path:
+    """Each label's foreground with a share ``flip`` of its voxels flipped; cases in ``empty`` get an empty mask."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for label in sorted((root / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(label)
+        mask = np.asanyarray(img.dataobj) > 0
+        mask ^= rng.random(mask.shape) < flip
+        case = label.name[: -len(".nii.gz")]
+        if case in empty:
+            mask[:] = False
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), img.affine), folder / f"{case}_seg.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Three models' masks of one synthetic own data set, scored by ``score`` (its metrics.csv and
+    summary.json are written by the bundles' evaluation's writer): ``<model>/metrics``."""
+    base = tmp_path_factory.mktemp("compare")
+    root = synth("nnunet", base / "Dataset910_Compare", cases=CASES, slices=4)
+    out = {"root": root}
+    for name, flip, seed in (("unet", 0.02, 0), ("fpa", 0.01, 1), ("rfna", 0.015, 2)):
+        masks = _masks(root, base / name, flip, seed)
+        score_predictions(masks, "nnunet", root, masks / "metrics")
+        out[name] = masks
+    return out
+
+
+def _column(folder: Path, metric: str) -> dict[str, float]:
+    with open(folder / "metrics" / "metrics.csv", newline="") as f:
+        return {r["case"]: float(r[metric]) for r in csv.DictReader(f)}
+
+
+def test_figures_match_an_independent_computation(scored, tmp_path):
+    """Mean difference, better / equal / worse, Wilcoxon p from scipy on the differences read from
+    the files, and Holm over the two folders compared with the reference, by hand."""
+    rows, *_ = compare_folders([scored["unet"], scored["fpa"], scored["rfna"]], metrics=["iou", "hd95"])
+    assert [(r["metric"], r["network"], r["reference"]) for r in rows] == [
+        ("iou", "fpa", "unet"),
+        ("iou", "rfna", "unet"),
+        ("hd95", "fpa", "unet"),
+        ("hd95", "rfna", "unet"),
+    ]
+    for metric, sign in (("iou", 1), ("hd95", -1)):
+        ref = _column(scored["unet"], metric)
+        p = {}
+        for name in ("fpa", "rfna"):
+            mine = _column(scored[name], metric)
+            d = np.array([mine[c] - ref[c] for c in sorted(ref)])
+            (row,) = [r for r in rows if r["metric"] == metric and r["network"] == name]
+            assert row["cases"] == CASES
+            assert row["mean_difference"] == pytest.approx(d.mean(), abs=1e-9)
+            assert (row["better"], row["equal"], row["worse"]) == (
+                int(np.sum(sign * d > 0)),
+                int(np.sum(d == 0)),
+                int(np.sum(sign * d < 0)),
+            )
+            nonzero = d[d != 0]
+            p[name] = float(wilcoxon(nonzero).pvalue) if nonzero.size else 1.0
+            assert row["wilcoxon_p"] == pytest.approx(p[name])
+            if d.std() > 0:
+                assert row["ci_low"] <= row["mean_difference"] <= row["ci_high"]
+        low, high = sorted(p.values())
+        holm = {
+            n: min(1.0, 2 * low) if v == low else max(min(1.0, 2 * low), min(1.0, high)) for n, v in p.items()
+        }
+        for name in ("fpa", "rfna"):
+            (row,) = [r for r in rows if r["metric"] == metric and r["network"] == name]
+            assert row["holm_p"] == pytest.approx(holm[name])
+
+
+def test_outputs_are_written_whole_and_deterministic(scored, tmp_path, capsys):
+    from pam_monai.cli import main
+
+    out = tmp_path / "cmp"
+    main(["compare", str(scored["unet"]), str(scored["fpa"]), "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert "| reference | network | metric |" in printed and "| unet | fpa | IoU (%) | 8 |" in printed
+    assert sorted(os.listdir(out)) == ["compare.csv", "compare.md"]  # no temporary file left
+    first = (out / "compare.csv").read_bytes()
+    table = list(csv.DictReader(open(out / "compare.csv", newline="")))
+    assert [r["metric"] for r in table] == ["iou", "dice", "hd95", "fp_rate", "fn_rate"]
+    assert table[0]["network"] == "fpa" and table[0]["reference"] == "unet" and table[0]["cases"] == "8"
+    md = (out / "compare.md").read_text()
+    assert str(scored["fpa"] / "metrics" / "metrics.csv") in md and "| unet | fpa | IoU (%) | 8 |" in md
+    main(["compare", str(scored["unet"]), str(scored["fpa"]), "--output", str(out)])
+    assert (out / "compare.csv").read_bytes() == first  # the seeded bootstrap: the same figures
+
+
+def test_a_refused_comparison_leaves_the_previous_outputs_alone(scored, tmp_path):
+    out = tmp_path / "cmp"
+    compare(str(scored["unet"]), str(scored["fpa"]), output=str(out))
+    before = {f: (out / f).read_bytes() for f in ("compare.csv", "compare.md")}
+    with pytest.raises(ValueError, match="same evaluated folder given twice"):
+        compare(str(scored["unet"]), str(scored["unet"] / "metrics"), output=str(out))
+    assert {f: (out / f).read_bytes() for f in before} == before
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(scored, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match=r"not writable.*--output DIR"):
+        compare(str(scored["unet"]), str(tmp_path / "nowhere"), output=str(blocker / "cmp"))
+
+
+def test_a_folder_without_metrics_csv_is_named_with_how_to_make_it(scored, tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        compare_folders([scored["unet"], scored["root"]])
+    message = str(e.value)
+    assert f"{scored['root']}: no metrics.csv" in message
+    assert "python -m pam_monai score --predictions" in message and "monai.bundle run evaluating" in message
+
+
+def test_the_bundle_folder_or_its_eval_folder_and_the_names(scored, tmp_path):
+    """A bundle's evaluation writes <bundle>/eval/metrics.csv: the folder is named after the bundle,
+    with as many parent folders as it takes to tell two such bundles apart."""
+    for run in ("run1", "run2"):
+        shutil.copytree(
+            scored["unet" if run == "run1" else "fpa"] / "metrics", tmp_path / run / "brats_fpa" / "eval"
+        )
+    first, second = (
+        load_evaluation(tmp_path / "run1" / "brats_fpa"),
+        load_evaluation(tmp_path / "run2/brats_fpa/eval"),
+    )
+    assert first.csv_path == tmp_path / "run1" / "brats_fpa" / "eval" / "metrics.csv"
+    assert default_names([first, second]) == ["run1/brats_fpa", "run2/brats_fpa"]
+    assert default_names([load_evaluation(scored["unet"]), load_evaluation(scored["fpa"] / "metrics")]) == [
+        "unet",
+        "fpa",
+    ]
+    rows, *_ = compare_folders([scored["unet"], scored["fpa"]], names="base,mine", metrics=["iou"])
+    assert (rows[0]["reference"], rows[0]["network"]) == ("base", "mine")
+    rows, *_ = compare_folders([scored["unet"], scored["fpa"]], names=("base", "mine"), reference="mine")
+    assert (rows[0]["reference"], rows[0]["network"]) == ("mine", "base")
+    rows, *_ = compare_folders([scored["unet"], scored["fpa"]], reference=str(scored["fpa"]))
+    assert rows[0]["reference"] == "fpa"
+    with pytest.raises(ValueError, match="--names a: give 2 different names"):
+        compare_folders([scored["unet"], scored["fpa"]], names="a")
+    with pytest.raises(ValueError, match=r"--reference nope: neither a folder's name \(unet, fpa\)"):
+        compare_folders([scored["unet"], scored["fpa"]], reference="nope")
+
+
+def _drop_case(folder: Path, case: str, dest: Path, root: Path) -> Path:
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("metrics"))
+    (dest / f"{case}_seg.nii.gz").unlink()
+    score_predictions(dest, "nnunet", root, dest / "metrics")
+    return dest
+
+
+def test_different_case_sets_are_refused_unless_common_cases(scored, tmp_path):
+    fewer = _drop_case(scored["fpa"], "SYN_003", tmp_path / "fewer", scored["root"])
+    with pytest.raises(ValueError) as e:
+        compare_folders([scored["unet"], fewer])
+    message = str(e.value)
+    assert f"{fewer} (fewer): 7 cases, lacks 1 (SYN_003)" in message and "--common_cases" in message
+    assert f"{scored['unet']} (unet)" not in message  # the reference lacks none
+    rows, _, _, cases, notes = compare_folders([scored["unet"], fewer], common_cases=True, metrics=["iou"])
+    assert rows[0]["cases"] == 7 and "SYN_003" not in cases
+    assert notes == ["unet: 1 of its 8 cases left out (SYN_003)"]
+    ref, mine = _column(scored["unet"], "iou"), _column(fewer, "iou")
+    d = np.array([mine[c] - ref[c] for c in sorted(mine)])
+    assert rows[0]["mean_difference"] == pytest.approx(d.mean(), abs=1e-9)
+    assert "unet: 1 of its 8 cases left out (SYN_003)" in compare(
+        str(scored["unet"]), str(fewer), common_cases=True, output=str(tmp_path / "cmp")
+    )
+    with pytest.raises(
+        ValueError, match="do not hold the same cases"
+    ):  # Fire gives --common_cases false as text
+        compare(str(scored["unet"]), str(fewer), common_cases="false", output=str(tmp_path / "cmp"))
+
+
+def test_folders_scored_with_different_empty_values_are_refused(scored, tmp_path):
+    """A case with an empty mask gets HD95 = --empty_value (default the image diagonal): the same
+    masks scored with two empty values differ there, not because of the models."""
+    masks = _masks(scored["root"], tmp_path / "masks", 0.01, 3, empty=("SYN_002",))
+    score_predictions(masks, "nnunet", scored["root"], tmp_path / "default")
+    score_predictions(masks, "nnunet", scored["root"], tmp_path / "hundred", empty_value=100.0)
+    with pytest.raises(
+        ValueError, match=r"different HD95 values to a case with exactly one empty mask \(case SYN_002"
+    ):
+        compare_folders([tmp_path / "default", tmp_path / "hundred"])
+    other = _masks(scored["root"], tmp_path / "other", 0.02, 4, empty=("SYN_002",))
+    score_predictions(other, "nnunet", scored["root"], other / "metrics")
+    rows, *_ = compare_folders([tmp_path / "default", other], metrics=["hd95"])  # same rule: compared
+    assert rows[0]["cases"] == CASES
+
+
+def _write(folder: Path, rows: list[dict]) -> Path:
+    from pam_monai.engines.handlers import write_case_metrics
+
+    write_case_metrics(rows, folder)
+    return folder
+
+
+def _row(case: str, pred: np.ndarray, target: np.ndarray) -> dict:
+    from pam_monai.metrics import case_metrics
+
+    return {"case": case, **case_metrics(pred, target)}
+
+
+def test_folders_scored_against_different_labels_are_refused(tmp_path):
+    """The evaluation's writer (CaseMetrics, score): a case whose target is empty in one folder and
+    not in the other was scored against other labels (foreground label, data set)."""
+    target, pred = np.zeros((8, 8)), np.zeros((8, 8))
+    target[2:5, 2:5], pred[2:6, 2:5] = 1, 1
+    a = _write(tmp_path / "a", [_row("c1", pred, target), _row("c2", pred, target)])
+    b = _write(tmp_path / "b", [_row("c1", pred, np.zeros((8, 8))), _row("c2", pred, target)])
+    with pytest.raises(ValueError) as e:
+        compare_folders([a, b])
+    assert f"{b} (b) and {a} (a) were scored against different labels" in str(e.value)
+    assert "case(s) c1" in str(e.value) and "--foreground_label" in str(e.value)
+
+
+def test_a_metrics_csv_of_another_kind_is_refused_by_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.csv").write_text("case,dice\nc1,0.5\n")
+    with pytest.raises(ValueError, match=r"a/metrics.csv: no column\(s\) iou, hd95, fp_rate, fn_rate"):
+        load_evaluation(tmp_path / "a")
+
+
+def test_a_summary_of_another_metrics_csv_is_named(scored, tmp_path, caplog):
+    copy = shutil.copytree(scored["fpa"] / "metrics", tmp_path / "fpa")
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "metrics_csv_sha256": "0" * 64}))
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        load_evaluation(copy)
+    assert f"{copy / 'summary.json'} does not summarise the metrics.csv beside it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        load_evaluation(scored["fpa"])
+    assert "does not summarise" not in caplog.text
