@@ -193,20 +193,50 @@ def test_different_case_sets_are_refused_unless_common_cases(scored, tmp_path):
         compare(str(scored["unet"]), str(fewer), common_cases="false", output=str(tmp_path / "cmp"))
 
 
+def _without_settings(folder: Path, dest: Path) -> Path:
+    """A copy of a score folder as a bundle's evaluation writes it: summary.json without ``scored_with``."""
+    shutil.copytree(folder, dest)
+    summary = json.loads((dest / "summary.json").read_text())
+    del summary["scored_with"]
+    (dest / "summary.json").write_text(json.dumps(summary))
+    return dest
+
+
 def test_folders_scored_with_different_empty_values_are_refused(scored, tmp_path):
     """A case with an empty mask gets HD95 = --empty_value (default the image diagonal): the same
-    masks scored with two empty values differ there, not because of the models."""
+    masks scored with two empty values differ there, not because of the models. score records the
+    value in summary.json; without it (a bundle's evaluation) the HD95 of such a case tells."""
     masks = _masks(scored["root"], tmp_path / "masks", 0.01, 3, empty=("SYN_002",))
     score_predictions(masks, "nnunet", scored["root"], tmp_path / "default")
     score_predictions(masks, "nnunet", scored["root"], tmp_path / "hundred", empty_value=100.0)
     with pytest.raises(
-        ValueError, match=r"different HD95 values to a case with exactly one empty mask \(case SYN_002"
+        ValueError, match=r"were scored with different --empty_value: 100.0 and None \(summary"
     ):
         compare_folders([tmp_path / "default", tmp_path / "hundred"])
+    plain = [_without_settings(tmp_path / f, tmp_path / f"{f}_eval" / "eval") for f in ("default", "hundred")]
+    with pytest.raises(
+        ValueError, match=r"different HD95 values to a case with exactly one empty mask \(case SYN_002"
+    ):
+        compare_folders(plain)
     other = _masks(scored["root"], tmp_path / "other", 0.02, 4, empty=("SYN_002",))
     score_predictions(other, "nnunet", scored["root"], other / "metrics")
     rows, *_ = compare_folders([tmp_path / "default", other], metrics=["hd95"])  # same rule: compared
     assert rows[0]["cases"] == CASES
+    rows, *_ = compare_folders([plain[0], other], metrics=["hd95"])  # one records no settings: the rows tell
+    assert rows[0]["cases"] == CASES
+
+
+def test_folders_scored_for_another_foreground_label_are_refused(scored, tmp_path):
+    score_predictions(
+        scored["fpa"], "nnunet", scored["root"], tmp_path / "enhancing", foreground_label="enhancing"
+    )
+    with pytest.raises(ValueError) as e:
+        compare_folders([scored["unet"], tmp_path / "enhancing"])
+    assert (
+        f"{tmp_path / 'enhancing'} (enhancing) and {scored['unet']} (unet) were scored with different "
+        in str(e.value)
+    )
+    assert "--foreground_label: [3] and [1, 2, 3]" in str(e.value)
 
 
 def _write(folder: Path, rows: list[dict]) -> Path:

@@ -21,6 +21,8 @@ the rows themselves tell is checked):
 - a case with exactly one empty mask in both folders whose HD95 differs: that HD95 is the
   empty-case value (``--empty_value``, default the image diagonal), so the folders used different
   empty-case values (or resolutions: CityScapes' ``score`` and evaluation);
+- folders that ``score`` scored with another ``--dataset``, ``--foreground_label`` or
+  ``--empty_value`` (its summary.json records them as ``scored_with``);
 - the same folder twice.
 
 A ``summary.json`` whose ``metrics_csv_sha256`` is not that of the ``metrics.csv`` beside it (a run
@@ -47,6 +49,8 @@ log = logging.getLogger("pam_monai")
 
 # where the bundles' evaluation and ``score`` put metrics.csv by default, inside the folder given
 DEFAULT_SUBFOLDERS = ("eval", "metrics")
+# score's settings (summary.json's ``scored_with``) that two folders compared must share
+SETTINGS = ("dataset", "foreground_label", "empty_value")
 HOW_TO_EVALUATE = (
     "evaluate the model first: python -m monai.bundle run evaluating --config_file "
     "\"['<bundle>/configs/train.json','<bundle>/configs/evaluate.json']\" writes <bundle>/eval/metrics.csv; "
@@ -63,6 +67,7 @@ class Evaluation:
     rows: dict[str, dict]  # case -> row of read_case_metrics
     sha256: str
     name: str = ""
+    scored_with: dict | None = None  # score's settings (summary.json); the bundles' evaluation records none
 
 
 def _metrics_csv(folder: Path) -> Path:
@@ -94,11 +99,14 @@ def load_evaluation(folder: str | os.PathLike) -> Evaluation:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     summary_path = path.with_name("summary.json")
+    summary = {}
     if summary_path.is_file():
         try:
-            recorded = json.loads(summary_path.read_text(encoding="utf-8")).get("metrics_csv_sha256")
-        except (ValueError, AttributeError):
-            recorded = None
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except ValueError:
+            summary = {}
+        summary = summary if isinstance(summary, dict) else {}
+        recorded = summary.get("metrics_csv_sha256")
         if recorded is not None and recorded != digest:
             log.warning(
                 "compare: %s does not summarise the metrics.csv beside it (another run's, or a run stopped "
@@ -106,7 +114,15 @@ def load_evaluation(folder: str | os.PathLike) -> Evaluation:
                 summary_path,
                 path,
             )
-    return Evaluation(folder, path, {r["case"]: r for r in rows}, digest)
+            summary = {}  # its settings may be another run's too
+    scored_with = summary.get("scored_with")
+    return Evaluation(
+        folder,
+        path,
+        {r["case"]: r for r in rows},
+        digest,
+        scored_with=scored_with if isinstance(scored_with, dict) else None,
+    )
 
 
 def _label_parts(e: Evaluation) -> list[str]:
@@ -171,6 +187,13 @@ def _check_comparable(e: Evaluation, ref: Evaluation) -> None:
     """Refuse two folders whose rows say they were scored differently (see the module)."""
     both = sorted(set(e.rows) & set(ref.rows))
     where = f"{e.folder} ({e.name}) and {ref.folder} ({ref.name})"
+    if e.scored_with and ref.scored_with:  # both scored by score, which records its settings
+        for key in SETTINGS:
+            if e.scored_with.get(key) != ref.scored_with.get(key):
+                raise ValueError(
+                    f"compare: {where} were scored with different --{key}: {e.scored_with.get(key)} and "
+                    f"{ref.scored_with.get(key)} (summary.json's scored_with); score both with the same --{key}"
+                )
     labels = [c for c in both if e.rows[c]["target_empty"] != ref.rows[c]["target_empty"]]
     if labels:
         raise ValueError(
