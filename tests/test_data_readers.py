@@ -21,6 +21,7 @@ from pam_monai.data import (
 )
 from pam_monai.data.brats import read_case_ids
 from pam_monai.data.datalist import rank_cases, split_cases
+from pam_monai.data.layout import Problem
 
 REPO = Path(__file__).parents[1]
 CANONICAL = REPO / "data_lists" / "brats2018_hgg_5fold.json"
@@ -39,6 +40,18 @@ def isles_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def city_root(tmp_path_factory):
     return synth("cityscapes", tmp_path_factory.mktemp("city"), cases=2, size=(64, 32))
+
+
+def test_a_problem_names_its_case_and_file_once_each():
+    """A stray file is its own case (notes.txt among the images): named once, not "notes.txt:
+    notes.txt: ..."; a case's file keeps both names."""
+    assert (
+        str(Problem("notes.txt", "notes.txt", "not an image file name"))
+        == "notes.txt: not an image file name"
+    )
+    assert str(Problem("SYN_001", "SYN_001_0000.nii.gz", "all voxels are zero")) == (
+        "SYN_001: SYN_001_0000.nii.gz: all voxels are zero"
+    )
 
 
 def test_brats_reader_hgg_only_by_default_in_channel_order(brats_root):

@@ -242,7 +242,7 @@ def test_2d_review_cases(colour_root, tmp_path):
         f.rename(f.with_name(f.name.replace("_0000", "")))
     report = check_dataset("nnunet", isic)
     assert not report.ok and "SYN_001.png: not an image file name <case>_<XXXX>.png" in report.format()
-    named = "SYN_001.png: SYN_001.png: not an image file name <case>_<XXXX>.png (channel number XXXX)"
+    named = "SYN_001.png: not an image file name <case>_<XXXX>.png (channel number XXXX)"
     assert named + ": rename it SYN_001_0000.png" in [str(p) for p in report.problems]
 
     # one grey image sorted first: the colour layout holds (majority), the odd file is named

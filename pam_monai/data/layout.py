@@ -37,7 +37,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.case}: {self.file}: {self.message}"
+        # a file that is no case's (notes.txt among the images) is its own case: named once
+        where = self.file if self.case == self.file else f"{self.case}: {self.file}"
+        return f"{where}: {self.message}"
 
 
 @dataclass
