@@ -121,7 +121,7 @@ def test_layout_mistakes_are_named(own_root, tmp_path):
     assert "SYN_099: labelsTr/SYN_099.nii.gz: label without images" in problems
     assert any(p.startswith("notes.txt: not an image file name") for p in problems)
     assert (
-        "SYN_005: SYN_005.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 3): name each value in dataset.json's "
+        "SYN_005: labelsTr/SYN_005.nii.gz: unexpected label values 7 (allowed 0, 1, 2, 3): name each value in dataset.json's "
         "'labels' (a label or part of a region), or correct the label map" in problems
     )
     assert not any("._SYN" in p for p in problems)
@@ -1141,7 +1141,7 @@ def test_content_mistakes_say_what_to_do(own_root, tmp_path):
         "of one volume)",
         "SYN_002: SYN_002_0001.nii.gz: expected a non-empty 3-D volume, got shape (90, 84, 8, 1) (a 4-D file of one "
         "volume: save it as 3-D, e.g. nibabel.squeeze_image)",
-        "SYN_003: SYN_003.nii.gz: shape (84, 90, 8) differs from SYN_003_0000.nii.gz (90, 84, 8) (the same sizes in "
+        "SYN_003: labelsTr/SYN_003.nii.gz: shape (84, 90, 8) differs from SYN_003_0000.nii.gz (90, 84, 8) (the same sizes in "
         "another axis order: stored transposed?)",
         "SYN_004: SYN_004_0001.nii.gz: 3 NaN and 0 Inf voxels: give them a number and save the file again (e.g. 0 "
         "outside the field of view: numpy.nan_to_num)",

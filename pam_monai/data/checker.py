@@ -409,18 +409,33 @@ def _nonfinite(data: np.ndarray, image: bool = True) -> str | None:
     return None
 
 
-def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.ndarray | None, list, list]:
+def _shown(spec: DatasetSpec, path: Path, is_label: bool, root) -> str:
+    """How messages name a case's file: by its name, but own data's label by its path under the
+    data set ``root`` (``labelsTr/case_001.nii.gz``), as the scan names a missing one: its name is
+    the case's, the images' ``_0000`` name has no twin in another folder."""
+    if is_label and spec.name == "nnunet" and root is not None:
+        relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+        if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+            return Path(relative).as_posix()
+    return path.name
+
+
+def _read(
+    spec: DatasetSpec, case, allowed, root=None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, list, list]:
     """Read and check every file of a case: ``(arrays by name, affine, problems, warnings)``;
-    problems and warnings are ``(file name, message)`` pairs."""
+    problems and warnings are ``(file, message)`` pairs, the file named as :func:`_shown` does
+    under the data set ``root``."""
     problems, warnings = [], []
     arrays: dict[str, np.ndarray] = {}
     reference = None  # (file name, shape, affine) of the first readable file
     for name, path in case.files().items():
         is_label = name == case.label_name
+        shown = _shown(spec, path, is_label, root)
         try:
             data, affine = load_volume(path) if spec.volumetric else (load_png(path, label=is_label), None)
         except UnreadableFile as e:
-            problems.append((path.name, str(e)))
+            problems.append((shown, str(e)))
             continue
         if not spec.volumetric:
             # CityScapes and own colour images: RGB; own grey images: one channel per file
@@ -442,7 +457,7 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                     if not colour and not is_label and data.ndim == 3
                     else ""
                 )
-                problems.append((path.name, f"expected {what}, got shape {data.shape}{hint}"))
+                problems.append((shown, f"expected {what}, got shape {data.shape}{hint}"))
                 continue
         shape = data.shape if spec.volumetric else data.shape[:2]
         if 0 in shape or (spec.volumetric and len(shape) != 3):
@@ -459,10 +474,10 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                     f" (a 4-D file of {shape[3]} volumes: {spec.name} keeps one 3-D volume per file, each "
                     f"modality ({', '.join(spec.channels)}) in its own file; save the one this file stands for)"
                 )
-            problems.append((path.name, f"expected a non-empty 3-D volume, got shape {tuple(shape)}{hint}"))
+            problems.append((shown, f"expected a non-empty 3-D volume, got shape {tuple(shape)}{hint}"))
             continue
         if reference is None:
-            reference = (path.name, shape, affine)
+            reference = (shown, shape, affine)
         elif shape != reference[1]:
             # the same sizes in another order: an export that swapped the axes (a viewer's, a script's)
             turned = (
@@ -470,13 +485,13 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 if sorted(shape) == sorted(reference[1])
                 else f": {_onto_grid(spec.volumetric, is_label)}"
             )
-            problems.append((path.name, f"shape {shape} differs from {reference[0]} {reference[1]}{turned}"))
+            problems.append((shown, f"shape {shape} differs from {reference[0]} {reference[1]}{turned}"))
             continue
         elif spec.volumetric and not np.allclose(affine, reference[2], atol=1e-3):
             diff = np.abs(affine - reference[2]).max()
             problems.append(
                 (
-                    path.name,
+                    shown,
                     f"affine differs from {reference[0]} (largest difference {diff:.3g}): "
                     f"{_onto_grid(True, is_label)}, or copy that file's affine where only the header is wrong",
                 )
@@ -509,17 +524,17 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
                 "data (nnU-Net layout, --task nnunet, its labels named in dataset.json)"
             )
         if bad:
-            problems.append((path.name, bad))
+            problems.append((shown, bad))
         elif coarse:
             # check_images serves inference too: "trained on" would be wrong there
             warnings.append(
                 (
-                    path.name,
+                    shown,
                     f"{coarse}; used as it is (a perfusion map stored in whole units, e.g. Tmax in seconds, has few values too)",
                 )
             )
         elif spec.volumetric and not is_label and not np.any(data):
-            warnings.append((path.name, "all voxels are zero"))
+            warnings.append((shown, "all voxels are zero"))
         elif (
             spec.volumetric
             and not is_label
@@ -531,7 +546,7 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
             # (a noNorm channel, a mask fed as stored, may well be full: inference takes it)
             warnings.append(
                 (
-                    path.name,
+                    shown,
                     f"all voxels are {float(data.flat[0]):g}: the channel holds no image (a placeholder?): give the "
                     "case this channel's image",
                 )
@@ -539,11 +554,11 @@ def _read(spec: DatasetSpec, case, allowed) -> tuple[dict[str, np.ndarray], np.n
         elif spec.volumetric and not is_label and spec.name == "nnunet" and _normalised(spec, name):
             # own channels may be masks (nnU-Net's noNorm), so a warning; a normalised one is an image
             if like := label_like(data, name):
-                warnings.append((path.name, f"{like}; a mask channel is named noNorm in dataset.json"))
+                warnings.append((shown, f"{like}; a mask channel is named noNorm in dataset.json"))
         if not spec.volumetric and spec.name == "nnunet" and (turn := exif_orientation(path)):
             warnings.append(
                 (
-                    path.name,
+                    shown,
                     f"EXIF orientation {turn}: photo viewers show it {EXIF_TURNS[turn]}, training reads it as stored "
                     "(as nnU-Net does); its label must match the stored pixels",
                 )
@@ -577,9 +592,10 @@ def check_images(
 
 
 def _summarise(
-    spec: DatasetSpec, case, arrays: dict[str, np.ndarray], affine, fg_labels
+    spec: DatasetSpec, case, arrays: dict[str, np.ndarray], affine, fg_labels, root=None
 ) -> tuple[CaseSummary, list]:
     label = arrays[case.label_name]
+    label_shown = _shown(spec, case.label, True, root)
     channels = [arrays[name] for name in case.channels]
     if spec.volumetric:
         image = np.stack(channels)
@@ -613,24 +629,24 @@ def _summarise(
     if spec.ignore_label is not None and summary.unannotated == summary.voxels:
         warnings.append(
             (
-                case.label.name,
+                label_shown,
                 f"no annotated voxel (all 'ignore', {spec.ignore_label}): not trained on, not scored",
             )
         )
     elif summary.foreground == 0:
-        warnings.append((case.label.name, "no foreground (label " + ",".join(map(str, fg_labels)) + ")"))
+        warnings.append((label_shown, "no foreground (label " + ",".join(map(str, fg_labels)) + ")"))
     elif spec.name == "nnunet" and not spec.volumetric and summary.foreground_kept == 0:
         h, w = spec.spatial_size
         warnings.append(
             (
-                case.label.name,
+                label_shown,
                 f"all {summary.foreground:,} foreground pixels vanish in the resize to {h}x{w}: the case trains and "
                 'scores as empty; a larger --crop_size "[h, w]" keeps them',
             )
         )
     elif summary.inside_crop is False:
         lost = summary.foreground - summary.foreground_kept
-        warnings.append((case.label.name, f"{lost:,} foreground voxels lie outside the centre crop"))
+        warnings.append((label_shown, f"{lost:,} foreground voxels lie outside the centre crop"))
     return summary, warnings
 
 
@@ -700,14 +716,14 @@ def check_dataset(
 
         cases = progress_bar(cases, desc=f"{spec.name}: checking", unit="case")
     for case in cases:
-        arrays, affine, problems, warnings = _read(spec, case, allowed)
+        arrays, affine, problems, warnings = _read(spec, case, allowed, root)
         complete = case.complete if labels else None not in case.channels.values()
         if problems or case.case in failed_in_scan or not complete:
             summary = CaseSummary(case.case, ok=False)
         elif not labels:
             summary = _summarise_images(spec, case, arrays, affine)
         else:
-            summary, more = _summarise(spec, case, arrays, affine, fg_labels)
+            summary, more = _summarise(spec, case, arrays, affine, fg_labels, root)
             warnings += more
         if case.case != case.case.strip():  # an export's stray space: unseen in logs, tables and mask names
             first = next(iter(case.files().values()), None)
@@ -1098,7 +1114,7 @@ def _check_datalist(
                 files[label] if labels else None,
                 spec.label_name,
             )
-            _, _, bad, _ = _read(spec, case_files, allowed)
+            _, _, bad, _ = _read(spec, case_files, allowed, root)
             problems += [Problem(case, f"{f} (in {where})", m) for f, m in bad]
             checked[found] = not bad
     notes = []
