@@ -389,6 +389,31 @@ def test_case_dataset_carries_the_voxel_size_of_its_files(items):
     np.testing.assert_allclose(voxel_spacing(oblique, 3), (0.8, 1.2, 3.0))
 
 
+def test_the_checker_and_the_engines_take_one_voxel_spacing():
+    """The checker (summary, slice axis, in-plane size) and the engines (a case's spacing, HD95 in
+    mm; inference's spacing warning; scoring) read voxel sizes with one function: an oblique affine
+    with flipped axes gives every one the same positive sizes, in float64 whatever the affine's type."""
+    from pam_monai.data import checker, files
+    from pam_monai.engines import data, infer, score
+
+    spacing = files.voxel_spacing
+    assert (
+        checker.voxel_spacing is data.voxel_spacing is infer.voxel_spacing is score.voxel_spacing is spacing
+    )
+    c, s = np.cos(0.3), np.sin(0.3)
+    # rotated in-plane, the first and the slice axis flipped: sizes 0.8, 1.2 and 3 mm
+    oblique = np.array([[-c * 0.8, -s * 1.2, 0, 5], [-s * 0.8, c * 1.2, 0, 0], [0, 0, -3.0, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(spacing(oblique), (0.8, 1.2, 3.0))
+    np.testing.assert_allclose(spacing(oblique, 2), (0.8, 1.2))
+    assert spacing(None, 2) == (1.0, 1.0)
+    single = oblique.astype(np.float32)  # a header's float32 affine: sized as its float64 copy
+    assert spacing(single) == spacing(single.astype(np.float64))
+    thick_first = oblique[:, [2, 0, 1, 3]]  # the flipped 3 mm axis stored first
+    assert "voxel spacing 3 x 0.8 x 1.2 mm: its thickest axis is array axis 0" in checker.slice_axis_problem(
+        thick_first
+    )
+
+
 @pytest.mark.parametrize("name,crop", [("brats", 160), ("isles", 224)])
 def test_preprocessing_is_reference_md_s(items, name, crop):
     """REFERENCE.md section 6, re-stated from the files alone: per case and per modality, in the

@@ -48,7 +48,15 @@ from .datalist import (
     load_datalist,
     split_entries,
 )
-from .files import EXIF_TURNS, UnreadableFile, exif_orientation, load_png, load_volume, volume_affine
+from .files import (
+    EXIF_TURNS,
+    UnreadableFile,
+    exif_orientation,
+    load_png,
+    load_volume,
+    volume_affine,
+    voxel_spacing,
+)
 from .layout import CaseFiles, Problem, ScanResult, nnunet_layout_note, scan_cases
 from .nnunet import NoTrainingImages
 from .ops import crop_or_pad_center
@@ -287,17 +295,12 @@ def _spacing_range(spacings) -> str:
     )
 
 
-def _spacing(affine) -> np.ndarray:
-    """Voxel sizes along the array axes (mm) from an affine."""
-    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(0))
-
-
 def slice_axis_problem(affine) -> str | None:
     """Own volumes are sliced along array axis 2: a volume whose thickest voxel axis is another one
     (an export with the slice axis first) would be cut through its thick axis. Says so, or None."""
     if affine is None:
         return None
-    spacing = _spacing(affine)
+    spacing = voxel_spacing(affine)
     thick = int(np.argmax(spacing))
     if thick == 2 or spacing[thick] < 2 * spacing[2]:
         return None
@@ -622,7 +625,7 @@ def _summarise(
     warnings = []
     if spec.volumetric and affine is not None:
         summary.orientation = orientation(affine)
-        summary.spacing = "x".join(f"{v:.3g}" for v in _spacing(affine))
+        summary.spacing = "x".join(f"{v:.3g}" for v in voxel_spacing(affine))
     thick = slice_axis_problem(affine) if spec.name == "nnunet" and spec.volumetric else None
     if thick:
         warnings.append((next(p.name for p in case.channels.values() if p is not None), thick))
@@ -835,7 +838,7 @@ def usual_in_plane_spacing(dataset: str | DatasetSpec, items: Sequence[dict]) ->
     affines = _first_image_affines(dataset, items)
     if not affines:
         return None
-    sizes = np.stack([_spacing(a)[:2] for a in affines])
+    sizes = np.stack([voxel_spacing(a, 2) for a in affines])
     return [round(float(v), 4) for v in np.median(sizes, axis=0)]
 
 
@@ -859,7 +862,7 @@ def _summarise_images(spec: DatasetSpec, case, arrays: dict[str, np.ndarray], af
     summary = CaseSummary(case.case, shape=tuple(pre["image"].shape))
     if spec.volumetric and affine is not None:
         summary.orientation = orientation(affine)
-        summary.spacing = "x".join(f"{v:.3g}" for v in _spacing(affine))
+        summary.spacing = "x".join(f"{v:.3g}" for v in voxel_spacing(affine))
     return summary
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "volume_affine",
     "volume_shape",
     "volume_suffix",
+    "voxel_spacing",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -190,6 +191,16 @@ def volume_affine(path: str | os.PathLike) -> np.ndarray:
     if not str(path).lower().endswith(SITK_SUFFIXES):
         return np.asarray(nib.load(os.fspath(path)).affine, dtype=np.float64)
     return _sitk_affine(_sitk_header(path))
+
+
+def voxel_spacing(affine, ndim: int = 3) -> tuple[float, ...]:
+    """Voxel sizes (mm) along the first ``ndim`` array axes from a volume's affine: the norms of
+    its columns, so an oblique or flipped axis keeps its size (1.0 per axis without an affine).
+    Computed in float64 whatever the affine's type: the checker and the metrics agree to the bit."""
+    if affine is None:
+        return (1.0,) * ndim
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return tuple(float(s) for s in np.sqrt((columns**2).sum(axis=0))[:ndim])
 
 
 def save_sitk_like(array: np.ndarray, reference: str | os.PathLike, path: str | os.PathLike) -> None:

@@ -25,6 +25,7 @@ from ..data import (
     load_datalist,
     preprocess_case,
 )
+from ..data.files import voxel_spacing
 from ..data.layout import visible_entries
 from ..data.nnunet import check_same_data_set
 from ..data.ops import binarize, resize_probabilities, uncrop_center
@@ -193,13 +194,6 @@ def on_case_grid(
         back = resize_probabilities(pred, full.shape[-2:])  # a leading channel axis kept
         return (back > threshold).astype(pred.dtype), full
     return uncrop_center(pred, full.shape), full
-
-
-def voxel_spacing(affine: np.ndarray | None, ndim: int) -> tuple[float, ...]:
-    """Voxel sizes along the array axes from a NIfTI affine (1.0 per axis without one)."""
-    if affine is None:
-        return (1.0,) * ndim
-    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[:ndim])
 
 
 class CaseDataset(torch.utils.data.Dataset):

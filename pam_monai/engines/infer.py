@@ -41,6 +41,7 @@ from ..data.files import (
     save_atomic_npy,
     save_sitk_like,
     volume_suffix,
+    voxel_spacing,
 )
 from ..data.layout import visible_entries
 from ..networks.polarity import as_foreground
@@ -48,7 +49,6 @@ from ..progress import progress_bar
 from ..runlock import _content as _holder
 from ..runlock import _stale
 from .checkpoint import check_weights, read_run_record
-from .data import voxel_spacing
 from .inferer import SliceWiseInferer
 from .memory import reuse_freed_memory
 from .postprocessing import _probability, foreground_mask

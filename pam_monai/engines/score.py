@@ -39,12 +39,11 @@ from ..atomic import check_writable
 from ..data import get_spec, scan_cases
 from ..data.brats import GRADES as BRATS_GRADES
 from ..data.checker import fractional_values
-from ..data.files import UnreadableFile, load_png, load_volume
+from ..data.files import UnreadableFile, load_png, load_volume, voxel_spacing
 from ..data.layout import nnunet_layout_note, visible_entries
 from ..data.ops import binarize
 from ..metrics import summarize
 from ..progress import progress_bar
-from .data import voxel_spacing
 from .handlers import score_case, write_case_metrics
 from .infer import stopped_inference_note
 from .runtime import as_bool
