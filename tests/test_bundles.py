@@ -1093,6 +1093,25 @@ def test_mlflow_tracking(tmp_path, caplog):
         )
     assert "--tracking: inference has no labels, so no metrics or losses to track" in caplog.text
     assert [p for p in out.iterdir() if p.name.endswith("_vehicles.png")]  # one mask per image
+    assert not list(out.glob("config_*.json"))  # MONAI's executed config is not among the masks
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_inference_tracking_leaves_the_masks_folder_to_the_masks(name, tmp_path):
+    """``--tracking`` given to inference (MONAI's mlflow settings, or a settings file of one's own):
+    MONAI saved the executed config as config_<time>.json in the output folder, among the masks
+    (which a script that takes every file there as a mask then read). inference.json turns it off."""
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+    from monai.bundle.workflows import ConfigWorkflow
+
+    out = tmp_path / "predictions"
+    for settings in (DEFAULT_MLFLOW_SETTINGS, {"handlers_id": {}, "configs": {}}):
+        parser = ConfigParser()
+        parser.read_config(configs(name, "inference.json"))
+        parser.update({"bundle_root": str(tmp_path), "output_dir": str(out)})
+        ConfigWorkflow.patch_bundle_tracking(parser, settings)
+        assert parser["save_execute_config"] is None
+        assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == []
 
 
 def test_mlflow_tracking_logs_the_loss_every_log_every_iterations_and_the_run_settings(tmp_path):
