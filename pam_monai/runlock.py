@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .atomic import _HOST, _writer_gone
 
-__all__ = ["LOCK_NAME", "RunLockError", "hold_training_lock", "release_training_locks"]
+__all__ = ["LOCK_NAME", "RunLockError", "hold_training_lock", "refuse_if_held", "release_training_locks"]
 
 log = logging.getLogger("pam_monai")
 
@@ -183,6 +183,20 @@ def _release(path: Path) -> None:
     holder = _read(path)
     if token is not None and holder is not None and holder.get("token") == token:  # ours, not a successor's
         path.unlink(missing_ok=True)
+
+
+def refuse_if_held(*folders: str | os.PathLike | None) -> None:
+    """Raise :class:`RunLockError` (as a training there would be refused) when a training that is
+    not gone holds one of ``folders`` (None and repeats skipped): for a caller about to remove their
+    files to train there anew (the experiment grid redoing a run), which removed the lock with them
+    and let a second training in beside the first."""
+    for folder in dict.fromkeys(f for f in folders if f):
+        path = Path(os.path.abspath(folder)) / LOCK_NAME
+        if not path.exists():
+            continue
+        holder = _read(path)
+        if holder is None or not _stale(holder):  # as _acquire judges it: refused, not broken
+            raise _refusal(path, holder)
 
 
 def hold_training_lock(*folders: str | os.PathLike | None) -> list[Path]:

@@ -1594,6 +1594,48 @@ def test_grid_runs_unlocked_with_a_warning_where_the_file_system_has_no_flock(tm
     assert (out / ".experiment.lock").read_text().startswith(f"process {os.getpid()},")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl.flock: POSIX")
+def test_an_unlocked_second_grid_call_keeps_the_files_of_a_run_in_training(small_grid, monkeypatch):
+    """Without ``flock`` a second call on a grid runs beside the first: it took the first's run in
+    progress for killed and, with no checkpoint yet to resume from, cleared its models/ and eval/,
+    the run's training lock with them, and trained there beside it. It is refused now, before
+    anything is removed, by the live training's lock."""
+    import errno
+    import fcntl
+
+    from pam_monai.atomic import _HOST
+    from pam_monai.runlock import LOCK_NAME, RunLockError, _proc_start
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    trained = []
+    monkeypatch.setattr(
+        runner_module._Bundle, "train", lambda self, overrides, resume: trained.append(resume)
+    )
+    models = Path(small_grid["output"]) / "runs" / "unet" / "seed0" / "fold0" / "models"
+    models.mkdir(parents=True)
+    (models / "model_key_metric.pt").write_bytes(b"the first call's best weights so far")
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the first call
+    try:
+        holder = {"pid": first.pid, "host": _HOST, "hostname": "here", "proc_start": _proc_start(first.pid)}
+        (models / LOCK_NAME).write_text(
+            json.dumps({**holder, "started": "2026-01-01T00:00:00", "token": "t"})
+        )
+        with (
+            pytest.warns(RuntimeWarning, match="does not lock files"),
+            pytest.raises(
+                RunLockError, match=rf"{models}: another training is writing into it \(process {first.pid}"
+            ),
+        ):
+            run_experiment(**small_grid)
+    finally:
+        first.kill()
+        first.wait()
+    assert sorted(p.name for p in models.iterdir()) == [LOCK_NAME, "model_key_metric.pt"] and trained == []
+
+
 @pytest.mark.parametrize("raised", [True, False])
 def test_a_failing_clean_up_after_a_bundle_does_not_hide_its_terminated(monkeypatch, caplog, raised):
     """The clean-up after each bundle (its TensorBoard writers, torch.compile's caches, the

@@ -52,6 +52,7 @@ from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import Terminated, as_bool, atomic_write_text, close_writers
 from ..engines.handlers import raise_terminated_on_sigterm, take_held_sigterm
 from ..engines.runtime import kept_process_settings, run_every_step
+from ..runlock import refuse_if_held
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
@@ -521,7 +522,8 @@ def _lock(f, lock: bool) -> bool:
 @contextlib.contextmanager
 def _grid_lock(output_dir: Path):
     """One call at a time per grid: a second one would train the same runs into the same folders.
-    On a file system without ``flock`` the grid runs unlocked, with a warning (:func:`_lock_or_warn`)."""
+    Yields True; on a file system without ``flock`` None: the grid runs unlocked, with a warning
+    (:func:`_lock_or_warn`)."""
     with open(output_dir / ".experiment.lock", "a+", encoding="utf-8") as f:
         locked = _lock_or_warn(f, output_dir)
         if locked is False:
@@ -536,7 +538,7 @@ def _grid_lock(output_dir: Path):
         f.write(f"process {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         f.flush()
         try:
-            yield
+            yield locked
         finally:
             if locked:
                 _lock(f, False)
@@ -553,8 +555,8 @@ def _lock_or_warn(f, output_dir: Path) -> bool | None:
         warnings.warn(
             f"{f.name}: its file system does not lock files ({e.strerror or e}): this grid runs unlocked, "
             f"and a second experiment call into {output_dir} meanwhile is not refused (it would call this "
-            "call's run in progress killed and take it up, removing its files before its training lock "
-            "refuses it): start one call per folder at a time, or give --output a folder on a file system "
+            "call's run in progress killed and try to take it up, which its training lock refuses): start one "
+            "call per folder at a time, or give --output a folder on a file system "
             "that locks files (a local disk, NFS with its lock daemon, Lustre mounted with -o flock)",
             RuntimeWarning,
             stacklevel=4,
@@ -696,6 +698,11 @@ def _execute(run: Run, bundle: _Bundle, overrides: dict, identity: dict, ctx: _C
     started = time.time()
     resume = False
     if run.dir.is_dir():
+        # unlocked (no flock), another call may be training this run: refused before its files are
+        # cleared below (its lock with them), not after. Locked, no other call runs the grid: a lock
+        # here is a dead call's, another host's too, and goes with the files as ever
+        if ctx.unlocked:
+            refuse_if_held(run.dir / "models", run.dir / "eval")
         prior = run.dir / STARTED
         same = (
             prior.is_file()
@@ -757,6 +764,7 @@ class _Context:
     slice_batch_size: int
     foreground_label: Any = None  # the bundle's --foreground_label: the scored target is the trained one
     threshold: float = 0.5  # the bundle's --threshold: the paper protocol and figures cut as metrics.csv
+    unlocked: bool = False  # the grid runs without its lock (no flock): another call may be running it
 
 
 def _score_paper_protocol(run: Run, ctx: _Context) -> None:
@@ -902,13 +910,13 @@ def run_experiment(
         if threads:
             torch.set_num_threads(int(threads))
         try:
-            with _grid_lock(output_dir):
+            with _grid_lock(output_dir) as locked:
                 return _run_grid(
                     dataset=dataset, spec=spec, variants=variants, seed_list=seed_list, fold_list=fold_list,
                     output_dir=output_dir, paper_protocol=paper_protocol, figures=figures,
                     data_seed=int(data_seed), max_runs=max_runs, keep_going=keep_going,
                     figure_cases=figure_cases, figure_networks=figure_networks, command=command,
-                    overrides=overrides, reference=reference,
+                    overrides=overrides, reference=reference, unlocked=not locked,
                 )  # fmt: skip
         except Terminated as e:  # a bundle's (StopOnTerminate) says "--resume true": not the grid's way on
             stopped = Terminated(e.signum, CONTINUE)
@@ -934,6 +942,7 @@ def _run_grid(
     command,
     overrides,
     reference=None,
+    unlocked=False,
 ) -> ExperimentResult:
     import torch
 
@@ -1022,6 +1031,7 @@ def _run_grid(
         int(overrides.get("batch_size", 32)),
         overrides.get("foreground_label"),
         float(overrides.get("threshold", 0.5)),
+        unlocked=unlocked,
     )
     # only now: a call refused above (a finished run made with other settings) must not rewrite
     # the record of the grid that is on disk
