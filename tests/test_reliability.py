@@ -856,6 +856,43 @@ def test_checkpoints_load_with_weights_only(tmp_path):
         load_checkpoint(path)
 
 
+def test_evaluation_loads_its_weights_only(tmp_path):
+    """evaluate.json loaded model.pt with MONAI's ``CheckpointLoader``, which MONAI 1.4 and 1.5 (the
+    floor is 1.4) run with ``weights_only=False``: a model.pt from elsewhere could run code. Its
+    loader is now the project's, which refuses such a file before it runs anything and loads
+    plain weights into the network."""
+    from monai.bundle import ConfigParser
+    from monai.handlers import CheckpointLoader
+
+    from pam_monai.engines import WeightsLoader
+
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(ROOT / "bundles" / "brats_fpa" / "configs" / "evaluate.json")])
+    parser.update({"bundle_root": str(tmp_path), "network_options": SMALL, "device": "$torch.device('cpu')"})
+    handlers = parser.get_parsed_content("validate#handlers")
+    assert not [h for h in handlers if isinstance(h, CheckpointLoader)]
+    (loader,) = [h for h in handlers if isinstance(h, WeightsLoader)]
+    ran = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {ran}",))
+
+    ckpt = Path(parser.get_parsed_content("ckpt_path"))
+    ckpt.parent.mkdir(parents=True)
+    torch.save(Evil(), ckpt)
+    with pytest.raises(RuntimeError, match="model.pt: cannot load checkpoint"):
+        loader(None)
+    assert not ran.exists()
+    network = parser.get_parsed_content("network")
+    trained = {
+        k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in network.state_dict().items()
+    }
+    torch.save(trained, ckpt)
+    loader(None)
+    assert all(torch.equal(v, trained[k]) for k, v in network.state_dict().items())
+
+
 def _whole_network(path):
     torch.save(torch.nn.Linear(2, 2), path)
 

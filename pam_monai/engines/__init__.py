@@ -7,6 +7,7 @@ from .batch import FlipPrepareBatch
 from .checkpoint import (
     BestCheckpoint,
     TrainingCheckpoint,
+    WeightsLoader,
     atomic_save,
     check_run,
     check_weights,
@@ -98,6 +99,7 @@ __all__ = [
     "TensorBoardStatsHandler",
     "Terminated",
     "TrainingCheckpoint",
+    "WeightsLoader",
     "TrackingEvery",
     "TrainingPlan",
     "as_bool",

@@ -40,6 +40,7 @@ from .runtime import as_bool
 __all__ = [
     "BestCheckpoint",
     "TrainingCheckpoint",
+    "WeightsLoader",
     "atomic_save",
     "check_run",
     "check_weights",
@@ -507,6 +508,23 @@ class BestCheckpoint:
             atomic_write_text(_pending(self.path), json.dumps(meta, indent=1) + "\n")
         _commit_record(self.path)
         log.info("new best %s %.4f%s: saved %s", self.metric_name, value, at, self.path)
+
+
+class WeightsLoader:
+    """Ignite handler: loads ``model.pt`` into ``network`` when its engine starts, weights only
+    (:func:`check_weights`), in place of MONAI's ``CheckpointLoader``, which MONAI up to 1.5 (the
+    floor here is 1.4) loads with ``weights_only=False``: a model.pt from elsewhere could run code
+    when evaluated."""
+
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module) -> None:
+        self.load_path, self.network = load_path, network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        unwrap_network(self.network).load_state_dict(check_weights(self.load_path, self.network))
+        log.info("loaded the weights in %s", self.load_path)
 
 
 def _best_of(record: dict) -> str:
