@@ -334,3 +334,50 @@ def test_a_run_on_the_stand_in_warns_once(tmp_path, caplog):
             "SYNTHETIC stand-in" in warnings[0] and str(data) in warnings[0] and str(stand_in) in warnings[0]
         )
         assert warnings[0].endswith("results say nothing about real data")
+
+
+def _cut_short(*args, **kwargs):
+    """nibabel's or PIL's save that writes the first bytes of its file, then fails."""
+    Path(str(next(a for a in args if isinstance(a, (str, Path))))).write_bytes(b"\x00" * 10)
+    raise OSError("stopped half-way")
+
+
+@pytest.mark.parametrize(
+    "dataset, options, save",
+    [
+        ("brats", SMALL["brats"], "nibabel.save"),
+        ("nnunet", {"cases": 1, "two_d": True, "test_cases": 0}, "PIL.Image.Image.save"),
+        ("cityscapes", SMALL["cityscapes"], "PIL.Image.Image.save"),
+    ],
+    ids=["nifti", "nnunet-png", "cityscapes-png"],
+)
+def test_synth_interrupted_leaves_no_cut_file(tmp_path, monkeypatch, dataset, options, save):
+    """``synth`` wrote its images straight to their names: a run stopped half-way through a file
+    (a kill, a full disk) left a cut image there, which the next command read as a case. Each file
+    is now written beside its name and renamed into place: only complete files carry the names."""
+    from pam_monai.data.commands import synth as synth_command
+
+    monkeypatch.setattr(save, _cut_short)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="stopped half-way"):
+        synth_command(dataset, str(out), seed=0, **options)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [MARKER]
+
+
+def test_synth_dataset_json_is_written_whole(tmp_path, monkeypatch):
+    """The nnU-Net layout's dataset.json, written last, is written atomically too: a run stopped
+    while writing it leaves none, not a cut one that every reader would refuse as invalid JSON."""
+    real = Path.write_text
+
+    def cut(self, text, *args, **kwargs):
+        if self.name.startswith("dataset.json") or ".dataset.json" in self.name:
+            real(self, text[:10], *args, **kwargs)
+            raise OSError("stopped half-way")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", cut)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="stopped half-way"):
+        synth("nnunet", str(out), cases=1, test_cases=0, two_d=True)
+    assert not (out / "dataset.json").exists()
+    assert not [p for p in out.rglob("*dataset.json*")]

@@ -34,7 +34,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, atomic_path, atomic_write_text
 from .layout import nnunet_layout_note, scan_cases, visible_entries
 from .specs import get_spec
 
@@ -90,8 +90,16 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_qform(affine, code=1)  # 1: NIFTI_XFORM_SCANNER_ANAT
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    # atomically (``synth`` writes straight into its folder): a stopped run leaves no cut volume;
+    # nibabel compresses by the name, so the temporary one keeps the ending
+    with atomic_path(path, suffix=".nii" if path.name.endswith(".nii") else ".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+
+
+def _save_png(image, path: Path) -> None:
+    """Save a PIL ``image`` as ``path`` atomically, as :func:`_save_nifti` its volumes."""
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
 
 
 # ----------------------------------------------------------------------------- BRATS
@@ -307,9 +315,7 @@ def synth_cityscapes(
                 ("leftImg8bit", "_leftImg8bit.png", image),
                 ("gtFine", "_gtFine_labelIds.png", label),
             ):
-                path = output / sub / split / city / f"{frame}{suffix}"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(path)
+                _save_png(Image.fromarray(array), output / sub / split / city / f"{frame}{suffix}")
     return output
 
 
@@ -337,13 +343,10 @@ def _synth_nnunet_2d(output: Path, cases: int, seed: int, size: tuple[int, int],
         weight = _fade(r)[..., None]
         rgb = skin * (1 - weight) + lesion * weight + rng.normal(0, 6, (h, w, 3))
         case, subset = f"SYN_{i + 1:03d}", "imagesTr" if i < cases else "imagesTs"
-        (output / subset).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB").save(
-            output / subset / f"{case}_0000.png"
-        )
+        photo = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
+        _save_png(photo, output / subset / f"{case}_0000.png")
         if i < cases:
-            (output / "labelsTr").mkdir(parents=True, exist_ok=True)
-            Image.fromarray((r < 1.0).astype(np.uint8), "L").save(output / "labelsTr" / f"{case}.png")
+            _save_png(Image.fromarray((r < 1.0).astype(np.uint8), "L"), output / "labelsTr" / f"{case}.png")
     meta = {
         "name": "Dataset902_SyntheticLesion2D",
         "channel_names": {"0": "R", "1": "G", "2": "B"},
@@ -351,7 +354,7 @@ def _synth_nnunet_2d(output: Path, cases: int, seed: int, size: tuple[int, int],
         "numTraining": cases,
         "file_ending": ".png",
     }
-    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return output
 
 
@@ -408,7 +411,7 @@ def synth_nnunet(
     }
     if sparse:
         meta["labels"]["ignore"] = SPARSE_IGNORE
-    (output / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return output
 
 
