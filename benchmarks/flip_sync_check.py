@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from pam_monai.atomic import atomic_write_text
 from pam_monai.bench.pipeline import flip_wait
 
 
@@ -37,8 +38,7 @@ def main() -> int:
         f"{waited * 1e3:.0f} ms: {'does not wait' if ok else 'WAITED for the GPU'}"
     )
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(result, f)
+        atomic_write_text(args.output, json.dumps(result))  # whole or not at all, under a time box
     return 0 if ok else 1
 
 

@@ -53,6 +53,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fpa_br
 
 import torch  # noqa: E402  (after the cache folder is chosen)
 
+from pam_monai.atomic import atomic_write_text  # noqa: E402
 from pam_monai.bench.timing import run_times_ms  # noqa: E402
 from pam_monai.engines.runtime import fast_network  # noqa: E402
 from pam_monai.networks import get_network  # noqa: E402
@@ -281,17 +282,19 @@ def main() -> None:
         r["wall_s"] = round(time.perf_counter() - t, 1)
         results.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "top"}), flush=True)
-        with open(a.output, "w") as f:
-            json.dump(
+        # whole or not at all: the stage's time box may kill it here, and a cut file lost every variant
+        atomic_write_text(
+            a.output,
+            json.dumps(
                 {
                     "device": torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu",
                     "torch": torch.__version__,
                     "levels": a.levels,
                     "results": results,
                 },
-                f,
                 indent=1,
-            )
+            ),
+        )
     base = {r["variant"]: r.get("ms") for r in results}
     print(
         "\n| variant | step ms (median) | min | kernel ms | vs fpa | compile s |\n|---|---|---|---|---|---|"

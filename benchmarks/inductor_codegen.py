@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from pam_monai.atomic import atomic_write_text  # imports no torch module: the patch below comes first
+
 _H100 = collections.namedtuple(
     "Props",
     "name major minor multi_processor_count total_memory max_threads_per_multi_processor "
@@ -157,7 +159,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for r in generate(a.network, a.batch, a.size, a.contiguous_attention):
         part = "bw" if r["backward"] else "fw"
-        (out / f"{a.network}_{part}.py").write_text(r["source"])
+        atomic_write_text(out / f"{a.network}_{part}.py", r["source"])
         kernels = re.findall(r"'kernel_name': '([^']+)'.*?'kernel_num_gb': ([0-9.e+-]+)", r["source"])
         print(
             f"{a.network} {part}: {len(kernels)} Triton kernels, {r['source'].count('extern_kernels.')} extern calls, "

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pam_monai.atomic import atomic_write_text
 from pam_monai.bench.timing import run_times_ms
 
 
@@ -133,16 +134,17 @@ def main(argv=None) -> int:
             )
             torch._dynamo.reset()
     if a.output:
-        with open(a.output, "w") as f:
-            json.dump(
+        atomic_write_text(  # whole or not at all: a time box may kill the run here
+            a.output,
+            json.dumps(
                 {
                     "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
                     "torch": torch.__version__,
                     "rows": rows,
                 },
-                f,
                 indent=1,
-            )
+            ),
+        )
     return 0
 
 

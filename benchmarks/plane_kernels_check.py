@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from pam_monai.atomic import atomic_write_text
 from pam_monai.networks.blocks import plane_kernels as pk
 
 SMALL = [  # (n, c, h, w, dilation, dtype): odd sizes, taps outside the image, bf16
@@ -167,9 +168,10 @@ def main() -> int:
 
 
 def save(lines: list[str], path: str | None) -> None:
+    """Write ``lines`` to ``path`` (if any) whole or not at all: the time box that kills the timing
+    may do so while the file is being rewritten, and the verdict written before must survive."""
     if path:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -552,3 +552,68 @@ def test_slow_rates_are_not_printed_as_zero():
     text = format_report({"meta": {}, "bundle": [row]})
     assert "| 12 | 0.412 |" in text
     assert "| 12 | 6,213 |" in format_report({"meta": {}, "bundle": [{**row, "slices_per_s": 6213.4}]})
+
+
+def test_plane_kernels_check_keeps_its_verdict_when_stopped_while_writing(tmp_path, monkeypatch):
+    """plane_kernels_check.py writes its verdict first so that the time box (``timeout``) that
+    kills the timing keeps it, then rewrites the file with the timing: a kill during that rewrite
+    left a cut file, the verdict lost. The rewrite now replaces the file whole or not at all."""
+    import io
+    from pathlib import Path
+
+    from benchmarks.plane_kernels_check import save
+
+    out = tmp_path / "plane_check.txt"
+    save(["plane kernels ok"], str(out))
+    real_open = io.open
+
+    class Killed:
+        """A file whose first write stops half-way, as the time box's signal would stop it."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text[:3])
+            self.f.flush()
+            raise KeyboardInterrupt
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def killed_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return Killed(f) if "w" in mode and Path(file).parent == tmp_path else f
+
+    monkeypatch.setattr("builtins.open", killed_open)
+    monkeypatch.setattr(io, "open", killed_open)
+    with pytest.raises(KeyboardInterrupt):
+        save(["plane kernels ok", "one attention unit ..."], str(out))
+    monkeypatch.undo()
+    assert out.read_text() == "plane kernels ok\n"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_benchmark_scripts_write_their_files_atomically():
+    """The GPU benchmarks run under a time box (benchmarks/gpu_check.sh's ``timeout``) that may kill
+    them while they write: fpa_branch_gpu.py rewrote its JSON after every variant with ``open(..., "w")``
+    and ``json.dump``, so a kill then cut the file and lost every variant measured before. Their
+    outputs now go through atomic_write_text (a temporary file, then a rename)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    direct = re.compile(r"""open\([^)]*["'][wa]b?["']|json\.dump\(""")
+    found = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in sorted(root.glob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if direct.search(line)
+    ]
+    assert not found, found
