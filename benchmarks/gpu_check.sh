@@ -41,6 +41,11 @@ LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1
 
 log() { echo "$@" | tee -a "$LOG"; }
+# the stages into $OUT/stages.tar.gz, packed beside it and renamed: a call killed while packing
+# keeps the archive of the stage before, not a cut one (the name is on $OUT's disk: mv is a rename)
+pack() {
+    tar -czf "$OUT/.stages.tar.gz.part" -C "$WORK" . 2>/dev/null && mv -f "$OUT/.stages.tar.gz.part" "$OUT/stages.tar.gz"
+}
 elapsed() { echo $(($(date +%s) - START)); }
 left() { echo $((BUDGET_S - $(elapsed))); }
 
@@ -122,7 +127,7 @@ stage() {
     fi
     [ -f "$WORK/$name.json" ] && JSONS+=("$WORK/$name.json")
     # after every stage: a call cut short still brings back what was measured
-    tar -czf "$OUT/stages.tar.gz" -C "$WORK" . 2>/dev/null
+    pack
 }
 
 # extra NAME ...: a stage that runs only when ONLY names it
@@ -200,6 +205,6 @@ extra fast_unet_cdt 150 "${COMMON[@]}" --networks unet --modes fast "${TRAIN[@]}
 log "== merged results ($(elapsed)s elapsed)"
 "$PY" -c "import sys; from pam_monai.bench import merge; merge(*sys.argv[2:], output=sys.argv[1])" \
     "$OUT/gpu_check.json" "${JSONS[@]}" 2>&1 | tee -a "$LOG"
-tar -czf "$OUT/stages.tar.gz" -C "$WORK" . 2>/dev/null
+pack
 rm -rf "$WORK"
 log "== done in $(elapsed)s"

@@ -617,3 +617,55 @@ def test_benchmark_scripts_write_their_files_atomically():
         if direct.search(line)
     ]
     assert not found, found
+
+
+def test_gpu_check_keeps_the_stages_archive_when_killed_while_packing_it(tmp_path):
+    """gpu_check.sh packs the stages into $OUT/stages.tar.gz after every stage, so that a call cut
+    short still brings back what was measured; it packed straight into that name, so a call killed
+    while packing (the lease's limit) left a cut archive and lost every stage. It now packs beside
+    it and renames. Here ``tar`` is a stub: its first call packs, its second is killed half-way,
+    with the script."""
+    import os
+    import shutil
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    if shutil.which("bash") is None or shutil.which("tar") is None:
+        pytest.skip("needs bash and tar")
+    root = Path(__file__).resolve().parents[1]
+    python = tmp_path / "python3"
+    python.write_text(
+        '#!/usr/bin/env bash\n[ "$1" = - ] && cat >/dev/null\necho "plane kernels ok"\nexit 0\n'
+    )
+    tar = tmp_path / "tar"
+    count = tmp_path / "tar_calls"
+    tar.write_text(
+        "#!/usr/bin/env bash\n"
+        f'n=$(cat "{count}" 2>/dev/null || echo 0); echo $((n + 1)) > "{count}"\n'
+        f'[ "$n" = 0 ] && exec {shutil.which("tar")} "$@"\n'
+        'echo cut > "$2"\n'  # -czf FILE -C WORK .: half an archive, then the kill
+        'rm -rf "$4"\n'  # the script's work folder, which its kill leaves behind
+        "kill -9 $PPID\n"
+        "exit 137\n"
+    )
+    for stub in (python, tar):
+        stub.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        PY=str(python),
+        ONLY="plane_check fpa_c2_variants",
+        PATH=f"{tmp_path}:{os.environ['PATH']}",
+    )
+    subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert count.read_text().strip() == "2"
+    with tarfile.open(out / "stages.tar.gz") as archive:
+        assert "./plane_check.log" in archive.getnames()
