@@ -1177,7 +1177,7 @@ def test_isles_inference_finds_the_testing_cases(tmp_path, caplog):
         ),
         (
             lambda sd: {"state_dict": sd, "epoch": 3},
-            r"the weights are its entry 'state_dict' .*torch.load\(path\)\['state_dict'\]",
+            r"the weights are its entry 'state_dict' .*torch.load\(path, weights_only=True\)\['state_dict'\]",
         ),
     ],
     ids=["ddp", "compiled", "compiled_in_ddp", "nested"],
@@ -1185,7 +1185,8 @@ def test_isles_inference_finds_the_testing_cases(tmp_path, caplog):
 def test_weights_in_another_layout_name_the_layout_not_the_network(tmp_path, layout, expected):
     """The right weights saved from a wrapped network, or nested in another tool's checkpoint, were
     blamed on the network ("81 missing, 81 unexpected: pass the network_name ..."), which sent the
-    user after the wrong override."""
+    user after the wrong override. The fix it names loads the file with ``weights_only=True`` (it
+    said ``torch.load(path)``, which before torch 2.6, allowed here, lets a file run code)."""
     from pam_monai.engines import check_weights
 
     net = get_network("fpa", spatial_dims=2, in_channels=4, out_channels=1, options=SMALL)
@@ -1194,6 +1195,11 @@ def test_weights_in_another_layout_name_the_layout_not_the_network(tmp_path, lay
     with pytest.raises(ValueError, match=f"model.pt: these weights do not fit as saved: {expected}") as err:
         check_weights(weights, net)
     assert "network_name" not in str(err.value)
+    # the line it gives to run loads as the project does: tensors only, whatever torch's default
+    assert all(
+        c == "torch.load(path, weights_only=True)"
+        for c in re.findall(r"torch\.load\([^)]*\)", str(err.value))
+    )
 
 
 def test_own_data_weights_without_their_record_name_the_missing_model_json(tmp_path):

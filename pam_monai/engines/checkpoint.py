@@ -752,14 +752,15 @@ def _layout_hint(state, own: dict) -> str | None:
         return (
             f"every key starts with {prefix!r} (saved from a wrapped network: DistributedDataParallel, "
             f"DataParallel or torch.compile): save the unwrapped network's state_dict(), or strip it: "
-            f"s = torch.load(path); torch.save({{k.removeprefix({prefix!r}): v for k, v in s.items()}}, path)"
+            f"s = torch.load(path, weights_only=True); "
+            f"torch.save({{k.removeprefix({prefix!r}): v for k, v in s.items()}}, path)"
         )
     nested = [k for k, v in state.items() if isinstance(v, dict) and set(own) <= set(v)]
     if nested:
         return (
             f"the weights are its entry {nested[0]!r} (a training checkpoint with keys "
             f"{', '.join(map(repr, list(state)[:5]))}): save that entry alone: "
-            f"torch.save(torch.load(path)[{nested[0]!r}], path)"
+            f"torch.save(torch.load(path, weights_only=True)[{nested[0]!r}], path)"
         )
     return None
 
