@@ -1597,9 +1597,10 @@ def test_grid_runs_unlocked_with_a_warning_where_the_file_system_has_no_flock(tm
 @pytest.mark.skipif(sys.platform == "win32", reason="fcntl.flock: POSIX")
 def test_an_unlocked_second_grid_call_keeps_the_files_of_a_run_in_training(small_grid, monkeypatch):
     """Without ``flock`` a second call on a grid runs beside the first: it took the first's run in
-    progress for killed and, with no checkpoint yet to resume from, cleared its models/ and eval/,
-    the run's training lock with them, and trained there beside it. It is refused now, before
-    anything is removed, by the live training's lock."""
+    progress for killed (and recorded it so in runs.jsonl) and, with no checkpoint yet to resume
+    from, cleared its models/ and eval/, the run's training lock with them, and trained there beside
+    it. It is refused now, before anything is removed, by the live training's lock, and records
+    nothing of the live run."""
     import errno
     import fcntl
 
@@ -1617,6 +1618,10 @@ def test_an_unlocked_second_grid_call_keeps_the_files_of_a_run_in_training(small
     models = Path(small_grid["output"]) / "runs" / "unet" / "seed0" / "fold0" / "models"
     models.mkdir(parents=True)
     (models / "model_key_metric.pt").write_bytes(b"the first call's best weights so far")
+    events = Path(small_grid["output"]) / "runs.jsonl"  # the first call's start of the run
+    events.write_text(
+        json.dumps({"time": "2026-01-01T00:00:00", "event": "start", "run": "runs/unet/seed0/fold0"}) + "\n"
+    )
     first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the first call
     try:
         holder = {"pid": first.pid, "host": _HOST, "hostname": "here", "proc_start": _proc_start(first.pid)}
@@ -1634,6 +1639,10 @@ def test_an_unlocked_second_grid_call_keeps_the_files_of_a_run_in_training(small
         first.kill()
         first.wait()
     assert sorted(p.name for p in models.iterdir()) == [LOCK_NAME, "model_key_metric.pt"] and trained == []
+    # nor is the live run recorded killed in runs.jsonl: the second call's own attempt follows, refused
+    recorded = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["event"] for e in recorded] == ["start", "start", "failed"], recorded
+    assert "another training is writing into it" in recorded[-1]["error"], recorded
 
 
 @pytest.mark.parametrize("raised", [True, False])

@@ -52,7 +52,7 @@ from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import Terminated, as_bool, atomic_write_text, close_writers
 from ..engines.handlers import raise_terminated_on_sigterm, take_held_sigterm
 from ..engines.runtime import kept_process_settings, run_every_step
-from ..runlock import refuse_if_held
+from ..runlock import RunLockError, refuse_if_held
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
 from .results import RunResult, markdown_report, read_case_metrics, results_csv
@@ -447,13 +447,15 @@ def _append_event(path: Path, **event) -> None:
         f.write((b"\n" if cut else b"") + line.encode())
 
 
-def _close_killed_runs(path: Path) -> list[str]:
+def _close_killed_runs(path: Path, unlocked: bool = False) -> list[str]:
     """Runs whose last event in ``runs.jsonl`` is ``start`` belong to a call that was killed (SIGKILL,
     power loss: no ``interrupted`` event could be written); record that, once, and return them. A run
     that finished (its ``done.json`` and metrics are in place) before the kill took its call, between
     its marker and its ``done`` event, gets that ``done`` event instead: it was not killed, and is
-    neither resumed nor redone. Only called under the grid's lock, when no other call can be running
-    them."""
+    neither resumed nor redone. Under the grid's lock no other call can be running them; ``unlocked``
+    (no ``flock``) a run whose training lock a live process holds is another call's run in progress,
+    not a killed one, and is left unrecorded (its evaluation, after the lock is released, cannot be
+    told apart from a kill)."""
     if not path.is_file():
         return []
     last = {}
@@ -482,9 +484,20 @@ def _close_killed_runs(path: Path) -> list[str]:
                 note="finished before the call running it was killed",
             )
             continue
+        if unlocked and _training_held(folder):
+            continue
         killed.append(run)
         _append_event(path, event="killed", run=run, note="no end event: the call running it was killed")
     return killed
+
+
+def _training_held(folder: Path) -> bool:
+    """Whether a live training holds the run folder's models/ or eval/ (its training lock)."""
+    try:
+        refuse_if_held(folder / "models", folder / "eval")
+    except RunLockError:
+        return True
+    return False
 
 
 # Windows locks byte ranges, and a locked byte cannot be read by others: lock one far beyond the
@@ -554,8 +567,8 @@ def _lock_or_warn(f, output_dir: Path) -> bool | None:
     except OSError as e:
         warnings.warn(
             f"{f.name}: its file system does not lock files ({e.strerror or e}): this grid runs unlocked, "
-            f"and a second experiment call into {output_dir} meanwhile is not refused (it would call this "
-            "call's run in progress killed and try to take it up, which its training lock refuses): start one "
+            f"and a second experiment call into {output_dir} meanwhile is not refused (a run in training is "
+            "kept by its training lock, a run being evaluated is not: the second call could take it up): start one "
             "call per folder at a time, or give --output a folder on a file system "
             "that locks files (a local disk, NFS with its lock daemon, Lustre mounted with -o flock)",
             RuntimeWarning,
@@ -1077,7 +1090,7 @@ def _run_grid(
 
     bundle = _Bundle(*bundle_configs(dataset, output_dir))
     events = output_dir / "runs.jsonl"
-    killed = _close_killed_runs(events)
+    killed = _close_killed_runs(events, unlocked=unlocked)
     if killed:
         log.warning(
             "experiment: %s: killed by an earlier call (no end event); resumed or redone now",
