@@ -111,6 +111,22 @@ def unknown_flags(func, args: list[str]) -> list[str]:
     return unknown
 
 
+def _help_for_fire(func, args: list[str]) -> list[str]:
+    """``args``, or Fire's own ``-- --help`` when they ask for help and ``func`` takes ``**options``:
+    Fire hands ``--help`` to such a function as an option, fails on its missing arguments and shows
+    the help as an error, exit code 2 (``synth --help``). A function that answers ``help`` itself
+    (``experiment``, which prints its docstring) keeps it."""
+    import inspect
+
+    before_fire_flags = args[: args.index("--")] if "--" in args else args
+    asked = any(token in ("--help", "-h") for token in before_fire_flags)
+    params = inspect.signature(func).parameters
+    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if asked and takes_options and not getattr(func, "answers_help", False):
+        return ["--", "--help"]
+    return args
+
+
 # the data set's folder is --root for check and datalist, --dataset_dir for bundle, score, experiment
 # and the bundles: a user who follows one command's example types the other's name
 DATA_FOLDER_FLAGS = ("root", "dataset_dir")
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = _data_folder_hint(target, bad)
         sys.exit(f"{name}: error: unknown flag(s) {', '.join(bad)}{hint} (see python -m {name} --help)")
     try:
-        fire.Fire(target, command=argv[1:], name=name)
+        fire.Fire(target, command=_help_for_fire(target, argv[1:]), name=name)
     except (ValueError, OSError, RuntimeError) as e:
         if os.environ.get("PAM_MONAI_TRACEBACK"):
             raise

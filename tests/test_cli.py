@@ -201,3 +201,20 @@ def test_datalist_with_the_data_root_as_its_output_names_the_order(tmp_path):
             f"python -m pam_monai datalist nnunet OUT.json --root {own}" in str(exit_.value.code)
         )
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_commands_help_exits_with_status_0(command, capsys):
+    """`synth --help` showed its help as an error with exit code 2: Fire hands --help to a function
+    with **options as an option, and the call failed on the missing DATASET and OUTPUT (a script's
+    `pam_monai synth --help && ...` stopped there). Every command's --help now exits with 0."""
+    from pam_monai.cli import main
+
+    try:
+        main([command, "--help"])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    assert code == 0, f"{command} --help exited with {code}:\n{out.err[-2000:]}"
+    assert command in out.out + out.err

@@ -1411,6 +1411,10 @@ def experiment(
     return str(result.results_md)
 
 
+# it prints its docstring for --help itself (above): the CLI passes --help on to it
+experiment.answers_help = True
+
+
 def _from_cli() -> bool:
     return len(sys.argv) > 1 and sys.argv[1] == "experiment"
 
