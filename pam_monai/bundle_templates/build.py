@@ -321,7 +321,7 @@ layout (`dataset.json`, `imagesTr/<case>_0000.nii.gz`, ..., `labelsTr/<case>.nii
 `--task nnunet --dataset_dir DIR`, plus `--foreground_label` (values or label names; default every
 non-zero label) and `--crop_size "[h, w]"` (volumes: the in-plane crop, default the largest training
 image rounded up to 16; 2-D images: the size they are resized to, default their median size with the
-longer side at most 256). Channels are normalised as their names say (`CT` with the training
+longer side at most 256, rounded up to 16). Channels are normalised as their names say (`CT` with the training
 foreground's statistics). Channels, crop, target and CT statistics are recorded in
 `models/model.json` and checked by evaluation and inference. `python -m pam_monai bundle --dataset_dir DIR --network {network_name} --output NAME_{network_name}`
 makes a bundle of its own for such a data set (its configs carry channels, labels, crop and target).
