@@ -111,6 +111,31 @@ def unknown_flags(func, args: list[str]) -> list[str]:
     return unknown
 
 
+def flags_without_value(func, args: list[str]) -> list[str]:
+    """The ``--flags`` in ``args`` of ``func``'s parameters that take a value but are given none
+    (last, or followed by another flag or Fire's separator ``-``): Fire makes such a flag ``True``,
+    so ``--output`` alone wrote the datalist to a file named ``True``. True/false parameters may
+    stand alone."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    missing = []
+    for i, token in enumerate(args):
+        if token == "--":  # Fire's own flags follow
+            break
+        if not token.startswith("--") or "=" in token:
+            continue
+        param = params.get(token[2:].replace("-", "_"))
+        if param is None or param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if "bool" in str(param.annotation) or isinstance(param.default, bool):
+            continue
+        following = args[i + 1] if i + 1 < len(args) else None
+        if following is None or following == "-" or following.startswith("--"):
+            missing.append(token)
+    return missing
+
+
 def _help_for_fire(func, args: list[str]) -> list[str]:
     """``args``, or Fire's own ``-- --help`` when they ask for help and ``func`` takes ``**options``:
     Fire hands ``--help`` to such a function as an option, fails on its missing arguments and shows
@@ -197,6 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         hint = _data_folder_hint(target, bad)
         sys.exit(f"{name}: error: unknown flag(s) {', '.join(bad)}{hint} (see python -m {name} --help)")
+    empty = flags_without_value(target, argv[1:])
+    if empty:
+        sys.exit(
+            f"{name}: error: {', '.join(empty)} given without a value: pass one after each "
+            f"(e.g. {empty[0]} VALUE; see python -m {name} --help)"
+        )
     try:
         fire.Fire(target, command=_help_for_fire(target, argv[1:]), name=name)
     except (ValueError, OSError, RuntimeError) as e:

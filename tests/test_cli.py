@@ -218,3 +218,32 @@ def test_every_commands_help_exits_with_status_0(command, capsys):
     out = capsys.readouterr()
     assert code == 0, f"{command} --help exited with {code}:\n{out.err[-2000:]}"
     assert command in out.out + out.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["datalist", "--dataset", "brats", "--root", "ROOT", "--output"],
+     ["synth", "--dataset", "brats", "--output", "--cases", "1"],
+     ["datalist", "--dataset", "brats", "--root", "ROOT", "--output", "-"]],
+)  # fmt: skip
+def test_a_flag_that_takes_a_value_given_none_is_refused(tmp_path, monkeypatch, args):
+    """`datalist ... --output` (its value forgotten, or `-` for standard output) wrote the datalist to
+    a file named `True`, and `synth --output --cases 1` a data set into a folder `True`: Fire makes a
+    flag without a value True. Such a flag is now refused before any work, naming it."""
+    from pam_monai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    synth("brats", str(tmp_path / "ROOT"), cases=1, slices=2)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert "--output given without a value" in str(exit_.value.code)
+    assert not (tmp_path / "True").exists()
+
+
+def test_true_false_flags_still_stand_alone():
+    """`--overwrite` alone is true, as before (and a flag with its value passes)."""
+    from pam_monai.cli import flags_without_value
+    from pam_monai.data.commands import synth as synth_command
+
+    assert flags_without_value(synth_command, ["--output", "x", "--overwrite", "--cases", "-1"]) == []
+    assert flags_without_value(synth_command, ["--output=x", "--overwrite"]) == []
