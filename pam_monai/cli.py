@@ -187,6 +187,18 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def _quit_on_closed_output() -> None:
+    """End quietly when the reader of the output went away (``... --help | head``): it printed
+    "error: [Errno 32] Broken pipe" as if the command had failed. Exit status 141, a shell's for a
+    process ended by SIGPIPE; standard output goes to the null device so that Python's closing flush
+    does not raise again (the recipe of Python's ``signal`` documentation)."""
+    import os
+    import sys
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(141)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Dispatch; refuse unknown flags before any work, and report the usual failures of a run (bad
     values, missing or foreign files) as one ``error:`` line with exit code 1 instead of a
@@ -230,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     try:
         fire.Fire(target, command=_help_for_fire(target, argv[1:]), name=name)
+    except BrokenPipeError:
+        _quit_on_closed_output()
     except (ValueError, OSError, RuntimeError) as e:
         if os.environ.get("PAM_MONAI_TRACEBACK"):
             raise

@@ -247,3 +247,24 @@ def test_true_false_flags_still_stand_alone():
 
     assert flags_without_value(synth_command, ["--output", "x", "--overwrite", "--cases", "-1"]) == []
     assert flags_without_value(synth_command, ["--output=x", "--overwrite"]) == []
+
+
+def test_output_closed_by_its_reader_ends_quietly():
+    """`python -m pam_monai experiment --help | head -2` ended with "pam_monai experiment: error:
+    [Errno 32] Broken pipe": the reader closing the pipe was reported as the command's failure. It
+    now ends quietly with a shell's SIGPIPE status, 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pam_monai", "experiment", "--help"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    finally:
+        os.close(write_end)
+    assert "Broken pipe" not in out.stderr and "error" not in out.stderr, out.stderr
+    assert out.returncode == 141, (out.returncode, out.stderr)
