@@ -264,6 +264,35 @@ def test_incomplete_cases_stop_the_datalist(brats_root, tmp_path):
     assert [e["case"] for e in d["training"]] == ["Brats18_SYN_001_1", "Brats18_SYN_003_1"]
 
 
+def test_the_datalist_command_names_the_incomplete_cases_it_leaves_out(brats_root, tmp_path, capsys):
+    """`datalist` refusing incomplete cases did not name --skip_incomplete, and with it the case was
+    left out of every split without a word (nor a trace in the JSON). The refusal now names the flag,
+    and the left-out cases are printed and recorded in the datalist (`left_out_incomplete`)."""
+    root = tmp_path / "b"
+    shutil.copytree(brats_root, root)
+    (root / "HGG" / "Brats18_SYN_002_1" / "Brats18_SYN_002_1_t1.nii.gz").unlink()
+    out = tmp_path / "brats.json"
+    with pytest.raises(SystemExit) as exit_:
+        cli(["datalist", "--dataset", "brats", "--root", str(root), "--output", str(out)])
+    assert "--skip_incomplete true" in str(exit_.value.code)
+    cli(
+        [
+            "datalist",
+            "--dataset",
+            "brats",
+            "--root",
+            str(root),
+            "--output",
+            str(out),
+            "--skip_incomplete",
+            "true",
+        ]
+    )
+    assert "left out 1 incomplete case(s) (--skip_incomplete): Brats18_SYN_002_1" in capsys.readouterr().out
+    assert json.loads(out.read_text())["left_out_incomplete"] == ["Brats18_SYN_002_1"]
+    assert "left_out_incomplete" not in build_datalist("brats", brats_root)  # only when a case is left out
+
+
 def test_datalist_command(city_root, tmp_path, capsys):
     out = tmp_path / "lists" / "city.json"
     cli(["datalist", "--dataset", "cityscapes", "--root", str(city_root), "--output", str(out)])

@@ -57,6 +57,9 @@ def datalist(
     path = write_datalist(data, output)
     counts = ", ".join(f"{k} {len(data[k])}" for k in ("training", "validation", "test") if k in data)
     print(f"wrote {path}: {data['dataset']} ({counts}; {data['split']}, seed {seed})")
+    left_out = data.get("left_out_incomplete")
+    if left_out:
+        print(f"left out {len(left_out)} incomplete case(s) (--skip_incomplete): {', '.join(left_out)}")
 
 
 def synth(

@@ -160,6 +160,7 @@ def build_datalist(
     if int(n_folds) < 3:  # test, validation and training each take at least one fold
         raise ValueError(f"n_folds must be at least 3 (test, validation and training folds), got {n_folds}")
     spec = _listing_spec(dataset, root)
+    left_out = []  # incomplete cases that skip_incomplete leaves out
     if case_ids is not None:
         if spec.name != "brats":
             raise ValueError("case_ids is only for BRATS")
@@ -177,14 +178,23 @@ def build_datalist(
         incomplete = [c for c in result.cases if not c.complete]
         if not result.cases or (incomplete and not skip_incomplete):
             problems = "\n  ".join(str(p) for p in result.problems[:20])
+            # the way on without the incomplete cases, when there are complete ones to list
+            skip = (
+                ", or leave the incomplete cases out: --skip_incomplete true"
+                if len(incomplete) < len(result.cases)
+                else ""
+            )
             raise ValueError(
-                f"{spec.name} data under {root} have problems (run `python -m pam_monai check`):\n  {problems}"
+                f"{spec.name} data under {root} have problems (run `python -m pam_monai check`{skip}):\n  {problems}"
             )
         complete = [c for c in result.cases if c.complete]
+        left_out = [c.case for c in incomplete]
         items = [c.to_item(relative_to=root) for c in complete]
         groups = [c.group for c in complete]
         source = "discovered under the data root"
     meta = {"seed": seed, "source": source}
+    if left_out:  # left out silently, a case went missing from every split unnoticed
+        meta["left_out_incomplete"] = left_out
 
     if spec.name in FOLDED:
         training = _assign_folds(items, n_folds, seed)
