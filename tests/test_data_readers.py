@@ -432,3 +432,19 @@ def test_too_many_open_files_is_not_called_a_broken_file(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert not isinstance(e.value, UnreadableFile)
+
+
+def test_the_datalist_command_warns_of_folds_without_cases(brats_root, tmp_path, capsys):
+    """`datalist` on 4 cases wrote a 5-fold list whose fold 4 held no case, silently; `check
+    --datalist` then warned and said to rebuild it with `datalist`, which wrote the same. The command
+    now warns and names the --n_folds that fits."""
+    root = tmp_path / "b"
+    shutil.copytree(brats_root, root)
+    shutil.copytree(root / "HGG" / "Brats18_SYN_001_1", root / "HGG" / "Brats18_SYN_009_1")
+    for f in (root / "HGG" / "Brats18_SYN_009_1").iterdir():
+        f.rename(f.with_name(f.name.replace("_001_", "_009_")))
+    out = tmp_path / "brats.json"
+    cli(["datalist", "--dataset", "brats", "--root", str(root), "--output", str(out)])
+    assert "WARNING: 4 case(s) for 5 folds: fold(s) 4 hold no case" in capsys.readouterr().out
+    cli(["datalist", "--dataset", "brats", "--root", str(root), "--output", str(out), "--n_folds", "4"])
+    assert "WARNING" not in capsys.readouterr().out

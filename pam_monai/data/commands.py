@@ -57,9 +57,25 @@ def datalist(
     path = write_datalist(data, output)
     counts = ", ".join(f"{k} {len(data[k])}" for k in ("training", "validation", "test") if k in data)
     print(f"wrote {path}: {data['dataset']} ({counts}; {data['split']}, seed {seed})")
+    _warn_empty_folds(data)
     left_out = data.get("left_out_incomplete")
     if left_out:
         print(f"left out {len(left_out)} incomplete case(s) (--skip_incomplete): {', '.join(left_out)}")
+
+
+def _warn_empty_folds(data: dict) -> None:
+    """Say so when a cross-validation datalist has fewer cases than folds: the runs on its empty
+    folds would be tested or validated on no case (check warned about such a list and said to
+    rebuild it with this command, which wrote it)."""
+    n_folds, cases = data.get("n_folds"), len(data.get("training", []))
+    if n_folds is None or cases >= n_folds:
+        return
+    empty = ", ".join(str(f) for f in range(cases, n_folds))
+    fix = f"pass --n_folds {cases}" if cases >= 3 else "cross-validation needs 3 cases at least"
+    print(
+        f"WARNING: {cases} case(s) for {n_folds} folds: fold(s) {empty} hold no case, and the runs on them would be "
+        f"tested or validated on none; {fix}"
+    )
 
 
 def synth(
