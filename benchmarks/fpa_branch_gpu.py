@@ -55,7 +55,7 @@ import torch  # noqa: E402  (after the cache folder is chosen)
 
 from pam_monai.atomic import atomic_write_text  # noqa: E402
 from pam_monai.bench.timing import run_times_ms  # noqa: E402
-from pam_monai.engines.runtime import fast_network  # noqa: E402
+from pam_monai.engines.fast_path import fast_network  # noqa: E402
 from pam_monai.networks import get_network  # noqa: E402
 from pam_monai.networks.blocks import norm as normmod  # noqa: E402
 

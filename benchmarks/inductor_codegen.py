@@ -91,7 +91,7 @@ def generate(network: str, batch: int, size: int, contiguous_attention: bool = F
     from torch._inductor import compile_fx as cfx
     from torch._inductor.graph import GraphLowering
 
-    from pam_monai.engines.runtime import fast_network
+    from pam_monai.engines.fast_path import fast_network
     from pam_monai.networks import get_network
 
     results, current = [], {}

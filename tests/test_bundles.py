@@ -607,13 +607,13 @@ def test_fast_compiles_on_a_gpu_only_with_triton(monkeypatch, caplog):
     """PyTorch's Windows CUDA builds have no Triton, so the default fast path's torch.compile failed
     at the first training step there: without Triton ``fast`` trains uncompiled on a GPU (and says
     so); ``--compile true`` still forces it, and a CPU run with ``--fast true`` is unchanged."""
-    from pam_monai.engines import runtime
+    from pam_monai.engines import fast_path
 
     parser = ConfigParser()
     parser.read_config(configs("brats_fpa", "train.json"))
     parser["fast"] = "true"
     for device, triton, want in (("cuda:0", False, False), ("cuda:0", True, True), ("cpu", False, True)):
-        monkeypatch.setattr(runtime, "_has_triton", lambda triton=triton: triton, raising=False)
+        monkeypatch.setattr(fast_path, "_has_triton", lambda triton=triton: triton, raising=False)
         parser["device"] = f"$torch.device('{device}')"
         assert parser.get_parsed_content("train#trainer#compile", instantiate=False) is want, (device, triton)
     assert "training without torch.compile: on cuda:0 it needs Triton" in caplog.text

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
+from pam_monai.engines.fast_path import fast_network, use_fast_norm
 from pam_monai.engines.loaders import DeviceSliceLoader
-from pam_monai.engines.runtime import fast_network, use_fast_norm
 from pam_monai.networks import NETWORKS, FPABlock, get_network, loss_for
 from pam_monai.networks.blocks import (
     FAST_NORM,

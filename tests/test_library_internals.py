@@ -51,7 +51,7 @@ def test_triton_is_found_without_pytorchs_private_check(monkeypatch):
     import sys
     import types
 
-    from pam_monai.engines.runtime import _has_triton
+    from pam_monai.engines.fast_path import _has_triton
 
     monkeypatch.setitem(sys.modules, "torch.utils._triton", None)  # its import fails
     monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
@@ -142,7 +142,7 @@ def test_override_ids_unchecked_for_want_of_monais_locals_is_said(monkeypatch):
     import monai.bundle.scripts
     import pytest
 
-    from pam_monai.engines.runtime import _workflow_overrides
+    from pam_monai.engines.config_checks import _workflow_overrides
 
     def create_workflow(config_file=None, **kwargs):  # a MONAI whose arguments are kept under other names
         arguments = dict(kwargs, config_file=config_file)
@@ -257,7 +257,7 @@ def test_bundle_root_without_monais_config_root_path_warns_and_falls_back(monkey
     import pytest
     from monai.bundle import ConfigWorkflow
 
-    from pam_monai.engines.runtime import bundle_root
+    from pam_monai.engines.workflow import bundle_root
 
     (tmp_path / "configs").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -194,12 +194,12 @@ def test_a_stop_in_the_block_is_not_hidden_by_a_setting_that_cannot_be_put_back(
 
     import torch
 
-    from pam_monai.engines import Terminated, kept_process_settings, runtime
+    from pam_monai.engines import Terminated, kept_process_settings, process_settings
 
     def half_imported(flags):
         raise ImportError("cannot import name '_inductor' from 'torch'")
 
-    monkeypatch.setattr(runtime, "_set_flags", half_imported)
+    monkeypatch.setattr(process_settings, "_set_flags", half_imported)
     path = list(sys.path)
     state = torch.get_rng_state()
     with caplog.at_level(logging.WARNING, logger="pam_monai"), pytest.raises(Terminated):

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pam_monai.engines.runtime import fast_network
+from pam_monai.engines.fast_path import fast_network
 from pam_monai.networks import NETWORKS, get_network
 
 SMALL = {"features": (8, 16, 16, 32)}

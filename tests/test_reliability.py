@@ -1530,9 +1530,9 @@ def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_p
 
     from ignite.engine import Engine
 
-    from pam_monai.engines import TrainingPlan, runtime
+    from pam_monai.engines import TrainingPlan, workflow
 
-    monkeypatch.setattr(runtime, "_run_by_monai_bundle", lambda: True)  # python -m monai.bundle
+    monkeypatch.setattr(workflow, "_run_by_monai_bundle", lambda: True)  # python -m monai.bundle
 
     def train(stop_at: int | None = None) -> str:
         engine = Engine(lambda e, b: e.terminate() if e.state.epoch == stop_at else None)
@@ -1554,7 +1554,7 @@ def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_p
     assert "python -m monai.bundle run inferring --config_file configs/inference.json --input_dir DIR" in said
     assert "training finished" not in train(stop_at=1)
     assert "training finished" not in train(stop_at=3)  # stopped in the last epoch
-    monkeypatch.setattr(runtime, "_run_by_monai_bundle", lambda: False)  # the runner, a notebook
+    monkeypatch.setattr(workflow, "_run_by_monai_bundle", lambda: False)  # the runner, a notebook
     assert "training finished" not in train()
 
 

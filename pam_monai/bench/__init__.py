@@ -207,7 +207,8 @@ def _keeps_the_process_as_it_was(run):
 
     @functools.wraps(run)
     def wrapper(*args, **kwargs):
-        from ..engines.runtime import kept_process_settings  # imports MONAI: not at this module's import
+        # imports MONAI: not at this module's import
+        from ..engines.process_settings import kept_process_settings
 
         inductor = inspect.signature(run).bind(*args, **kwargs).arguments.get("inductor")
         with kept_process_settings(), _kept_logging_and_inductor(inductor):

@@ -5,7 +5,7 @@ A mode is a base name with optional ``+flag`` / ``-flag`` modifiers, e.g. ``fp32
 
 - ``amp``: bf16 autocast of the forward pass (the loss is computed in fp32);
 - ``cl``: channels-last network and inputs;
-- ``norm``: the fusible instance norm (:func:`pam_monai.engines.runtime.use_fast_norm`);
+- ``norm``: the fusible instance norm (:func:`pam_monai.engines.fast_path.use_fast_norm`);
 - ``compile``: ``torch.compile`` of the network (forward and backward);
 - ``fused``: fused AdamW;
 - ``taps``: FPA's dilated depthwise convolutions as a sum of taps also on CUDA / when compiled

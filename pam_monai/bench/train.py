@@ -111,7 +111,7 @@ class TrainCase:
 
 def build_network(name: str, mode: Mode, device: torch.device) -> torch.nn.Module:
     """A registered 2-D BRATS network (4 -> 1 channels) on ``device`` in the layout and norm of ``mode``."""
-    from ..engines.runtime import fast_network
+    from ..engines.fast_path import fast_network
     from ..networks import get_network
     from ..networks.blocks import FastConv2d, FastInstanceNorm, FPABlock
 

@@ -168,7 +168,7 @@ def convert_folders(
         image_suffix: what the image files add to the case name (default: found among _img, _image, ...).
         test_images: put images without a label into imagesTs (inference) instead of refusing them.
     """
-    from ..engines.runtime import as_bool
+    from ..engines.flags import as_bool
     from .folders import convert_folders as convert
 
     # str(): Fire turns an all-digit folder name (a study date, 20240101) into a number
@@ -246,7 +246,7 @@ def _dataset_of(root: str) -> str:
 def _unlabelled_set(dataset: str, root: str, unlabelled: bool | None) -> tuple[bool, str | None]:
     """Whether ``check`` reads ROOT as an unlabelled set, and the reader's subset folder to check:
     ISLES 2018's TESTING/ (no OT masks) by default, own data's imagesTs with ``unlabelled``."""
-    from ..engines.runtime import as_bool
+    from ..engines.flags import as_bool
 
     name, root = dataset.lower(), Path(root)
     if name == "isles" and unlabelled is None:

@@ -13,7 +13,23 @@ from .checkpoint import (
     check_weights,
     load_checkpoint,
 )
+from .config_checks import (
+    check_compile_mode,
+    check_device,
+    check_evaluate_json_layered,
+    check_inference_tracking,
+    check_network_channels,
+    check_outputs,
+    check_override_ids,
+    check_schedule,
+    check_single_process,
+    check_training_settings,
+    refuse_training_with,
+)
 from .data import CaseDataset, prepare_data, voxel_spacing
+from .error_report import show_error_cause
+from .fast_path import compile_by_default, fast_network
+from .flags import as_bool
 from .handlers import (
     Bf16WithoutLossScaling,
     CaseMetrics,
@@ -48,29 +64,10 @@ from .infer import (
 from .inferer import SliceWiseInferer
 from .loaders import DeviceSliceLoader, LoaderEpoch, batch_samples, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
+from .process_settings import kept_process_settings, setup_run
 from .progress import ProgressBar
-from .runtime import (
-    as_bool,
-    bundle_root,
-    check_compile_mode,
-    check_device,
-    check_evaluate_json_layered,
-    check_inference_tracking,
-    check_network_channels,
-    check_outputs,
-    check_override_ids,
-    check_schedule,
-    check_single_process,
-    check_training_settings,
-    compile_by_default,
-    config_as_given,
-    fast_network,
-    kept_process_settings,
-    prepare_tracking_store,
-    refuse_training_with,
-    setup_run,
-    show_error_cause,
-)
+from .tracking import prepare_tracking_store
+from .workflow import bundle_root, config_as_given
 
 __all__ = [
     "RunLockError",

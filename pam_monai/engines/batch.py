@@ -6,7 +6,7 @@ import torch
 from monai.engines import PrepareBatch
 
 from ..data import random_flip_batch
-from .runtime import as_bool
+from .flags import as_bool
 
 __all__ = ["FlipPrepareBatch"]
 

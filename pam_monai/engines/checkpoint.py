@@ -34,8 +34,8 @@ from ..atomic import atomic_path, atomic_write_text, remove_orphaned_temps
 from ..data.intensity import PROPERTIES_KEY
 from ..networks.polarity import unwrap_network
 from .eventlogs import training_tags, trim_event_logs
+from .flags import as_bool
 from .loaders import epoch_samples
-from .runtime import as_bool
 
 __all__ = [
     "BestCheckpoint",

@@ -32,7 +32,7 @@ from ..data.ops import binarize, resize_probabilities, uncrop_center
 from ..data.preprocess import case_name
 from ..data.slices import data_argument
 from ..ranks import on_rank0, rank0_first
-from .runtime import as_bool
+from .flags import as_bool
 
 __all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
 

@@ -22,8 +22,8 @@ from torch.utils.data import DistributedSampler
 from ..atomic import atomic_write_text, folder_lock
 from ..metrics import case_metrics, split_ignored, summarize
 from .data import on_case_grid
+from .error_report import _write_error_file
 from .loaders import epoch_samples
-from .runtime import _write_error_file
 
 __all__ = [
     "Bf16WithoutLossScaling",
@@ -380,7 +380,7 @@ def stop_on_terminate(then: str = "resume with --resume true") -> None:
     call it at the start of ``initialize``. Not in other processes (notebooks, tests, the experiment
     runner: the handler would outlive the run there), nor where SIGTERM already has a handler;
     the first SIGTERM puts back the default, so that a second ends the process at once."""
-    from .runtime import _run_by_monai_bundle
+    from .workflow import _run_by_monai_bundle
 
     if not _run_by_monai_bundle() or threading.current_thread() is not threading.main_thread():
         return
@@ -729,7 +729,7 @@ class TrainingPlan:
         """Log the best model and the next commands (process 0; not after a stop before the last epoch;
         only under ``python -m monai.bundle``: a program that trains, as the experiment runner, which
         evaluates the run itself, was told to type another bundle's commands, without the run's folder)."""
-        from .runtime import _run_by_monai_bundle, _running_workflow_configs
+        from .workflow import _run_by_monai_bundle, _running_workflow_configs
 
         if not _run_by_monai_bundle():
             return

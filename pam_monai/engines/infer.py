@@ -49,10 +49,10 @@ from ..progress import progress_bar
 from ..runlock import _content as _holder
 from ..runlock import _stale
 from .checkpoint import check_weights, read_run_record
+from .flags import as_bool
 from .inferer import SliceWiseInferer
 from .memory import reuse_freed_memory
 from .postprocessing import _probability, foreground_mask
-from .runtime import as_bool
 
 __all__ = [
     "CasePredictor",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from monai.inferers import Inferer, sliding_window_inference
 
-from .runtime import as_bool
+from .flags import as_bool
 
 __all__ = ["SliceWiseInferer"]
 

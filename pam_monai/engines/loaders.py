@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..data.slices import RANK_SEED_STRIDE, seed_worker_transform
 from ..progress import progress_bar
-from .runtime import as_bool
+from .flags import as_bool
 
 __all__ = [
     "DeviceSliceLoader",

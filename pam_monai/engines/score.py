@@ -44,9 +44,9 @@ from ..data.layout import nnunet_layout_note, visible_entries
 from ..data.ops import binarize
 from ..metrics import summarize
 from ..progress import progress_bar
+from .flags import as_bool
 from .handlers import score_case, write_case_metrics
 from .infer import stopped_inference_note
-from .runtime import as_bool
 
 __all__ = ["score", "score_predictions"]
 
