@@ -57,7 +57,7 @@ def test_case_tables_round_trip_a_non_ascii_case_in_any_locale(tmp_path):
         """
         import sys
         from pathlib import Path
-        from pam_monai.engines.handlers import write_case_metrics
+        from pam_monai.engines.case_metrics import write_case_metrics
         from pam_monai.experiments.predict import PAPER_PROTOCOL_FIELDS, read_paper_protocol, write_paper_protocol
         from pam_monai.experiments.results import read_case_metrics
 

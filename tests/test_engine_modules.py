@@ -69,7 +69,7 @@ RUNTIME_NAMES = (
 )
 
 
-@pytest.mark.parametrize("module, names", [("runtime", RUNTIME_NAMES)])
+@pytest.mark.parametrize("module, names", [("handlers", HANDLERS_NAMES), ("runtime", RUNTIME_NAMES)])
 def test_names_that_moved_are_still_importable_from_their_old_module(module, names):
     """Each is the object of the module that holds it now (a re-export, not a copy: a config that
     names the old path and code that names the new one get one class)."""

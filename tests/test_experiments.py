@@ -1379,7 +1379,7 @@ def test_fig5_scores_a_resized_own_image_from_its_probabilities_on_its_pixels():
     import torch
 
     from pam_monai.data.ops import resize_probabilities
-    from pam_monai.engines.handlers import score_case
+    from pam_monai.engines.case_metrics import score_case
     from pam_monai.experiments.predict import score_on_case_grid
 
     x = np.linspace(0.0, 1.0, 4, dtype=np.float32)
@@ -1948,18 +1948,18 @@ def before(owner, name, when=lambda *a, **k: True):
     setattr(owner, name, hooked)
 
 from pam_monai.data import slices
-from pam_monai.engines import handlers
+from pam_monai.engines import termination
 from pam_monai.experiments import runner
 
 if stage == "preparing":  # a run's training prepares its slices (in the pool's threads)
     before(slices, "preprocess_case")
 elif stage == "epoch":  # the trainer runs (its StopOnTerminate installed)
-    real_install = handlers.StopOnTerminate.install
+    real_install = termination.StopOnTerminate.install
     def install(self, engine=None):
         real_install(self, engine)
         if engine is not None and not (marks / "waiting").exists():
             wait()
-    handlers.StopOnTerminate.install = install
+    termination.StopOnTerminate.install = install
 elif stage == "between":  # the run is done, the next not started
     real_append = runner._append_event
     def append(path, **event):
@@ -2089,7 +2089,7 @@ def test_a_sigterm_while_a_failed_run_cleans_up_stops_a_keep_going_grid(small_gr
     from ignite.engine import Engine
 
     from pam_monai.engines import StopOnTerminate, Terminated
-    from pam_monai.engines.handlers import clean_up_on_error
+    from pam_monai.engines.cleanup import clean_up_on_error
 
     started = []
 

@@ -72,7 +72,7 @@ def test_a_changed_ignite_handler_table_fails_naming_ignite_and_the_feature():
     from ignite.engine import Engine
 
     from pam_monai.engines import CloseWritersOnError
-    from pam_monai.engines.handlers import _attached
+    from pam_monai.engines.cleanup import _attached
 
     engine = Engine(lambda engine, batch: None)
     del engine._event_handlers

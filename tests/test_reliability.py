@@ -732,7 +732,7 @@ CLEANING_UP_RANK = """
 import os, signal, sys, time
 from ignite.engine import Engine
 from pam_monai.engines import StopOnTerminate
-from pam_monai.engines.handlers import clean_up_on_error
+from pam_monai.engines.cleanup import clean_up_on_error
 
 folder = sys.argv[1]
 
@@ -2430,7 +2430,7 @@ def test_summary_json_names_the_metrics_csv_it_summarises(tmp_path, monkeypatch)
     import hashlib
 
     from pam_monai.atomic import atomic_write_text as real_write
-    from pam_monai.engines import handlers
+    from pam_monai.engines import case_metrics
 
     row = {"case": "a", "iou": 1, "dice": 1, "hd95": 0, "fp_rate": 0, "fn_rate": 0}
     row.update(target_empty=0, pred_empty=0)
@@ -2443,7 +2443,7 @@ def test_summary_json_names_the_metrics_csv_it_summarises(tmp_path, monkeypatch)
             == hashlib.sha256((eval_dir / "metrics.csv").read_bytes()).hexdigest()
         )
 
-    returned = handlers.write_case_metrics([row], eval_dir)
+    returned = case_metrics.write_case_metrics([row], eval_dir)
     assert matches() and "metrics_csv_sha256" not in returned  # the file's, not a metric
 
     def killed_after_the_first_write(path, text):
@@ -2451,9 +2451,9 @@ def test_summary_json_names_the_metrics_csv_it_summarises(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_write(path, text)
 
-    monkeypatch.setattr(handlers, "atomic_write_text", killed_after_the_first_write)
+    monkeypatch.setattr(case_metrics, "atomic_write_text", killed_after_the_first_write)
     with pytest.raises(KeyboardInterrupt):
-        handlers.write_case_metrics([{**row, "case": "b"}], eval_dir)
+        case_metrics.write_case_metrics([{**row, "case": "b"}], eval_dir)
     assert "b," in (eval_dir / "metrics.csv").read_text()
     assert not matches()  # the old summary.json is told from the new metrics.csv
 
@@ -2461,10 +2461,10 @@ def test_summary_json_names_the_metrics_csv_it_summarises(tmp_path, monkeypatch)
 _WRITE_METRICS = """
 import sys, time
 from pathlib import Path
-from pam_monai.engines import handlers
+from pam_monai.engines import case_metrics
 
 out, case, n, role = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-real = handlers.atomic_write_text
+real = case_metrics.atomic_write_text
 
 def write(path, text):
     written = real(path, text)
@@ -2474,11 +2474,11 @@ def write(path, text):
             time.sleep(0.05)
     return written
 
-handlers.atomic_write_text = write
+case_metrics.atomic_write_text = write
 row = {"iou": 0.5, "dice": 0.5, "hd95": 1.0, "fp_rate": 0.0, "fn_rate": 0.0, "target_empty": 0, "pred_empty": 0}
 if role == "second":
     (out.parent / "second_writes").touch()
-handlers.write_case_metrics([{**row, "case": f"{case}{i}"} for i in range(n)], out)
+case_metrics.write_case_metrics([{**row, "case": f"{case}{i}"} for i in range(n)], out)
 """
 
 
@@ -2536,7 +2536,7 @@ def test_metrics_are_written_where_the_file_system_has_no_flock(tmp_path, monkey
     import errno
     import fcntl
 
-    from pam_monai.engines import handlers
+    from pam_monai.engines import case_metrics
 
     def no_flock(fd, operation):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
@@ -2546,9 +2546,9 @@ def test_metrics_are_written_where_the_file_system_has_no_flock(tmp_path, monkey
     row.update(target_empty=0, pred_empty=0)
     eval_dir = tmp_path / "eval"
     with pytest.warns(RuntimeWarning) as caught:
-        handlers.write_case_metrics([row], eval_dir)
+        case_metrics.write_case_metrics([row], eval_dir)
     message = str(caught[0].message)
-    assert str(eval_dir / handlers.METRICS_LOCK) in message and "not locked" in message, message
+    assert str(eval_dir / case_metrics.METRICS_LOCK) in message and "not locked" in message, message
     assert json.loads((eval_dir / "summary.json").read_text())["count"] == 1
     assert (eval_dir / "metrics.csv").read_text().splitlines()[1].startswith("a,")
 
@@ -2736,7 +2736,7 @@ def test_a_failing_clean_up_after_an_error_still_gives_sigterm_back():
     from ignite.engine import Engine
 
     from pam_monai.engines import StopOnTerminate
-    from pam_monai.engines.handlers import clean_up_on_error
+    from pam_monai.engines.cleanup import clean_up_on_error
 
     def callers(signum, frame):
         pass

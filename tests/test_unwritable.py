@@ -16,7 +16,7 @@ from conftest import error_chain
 
 from pam_monai.atomic import atomic_path, atomic_write_text, sibling_temp_dir
 from pam_monai.engines import atomic_save, load_checkpoint
-from pam_monai.engines.handlers import write_case_metrics
+from pam_monai.engines.case_metrics import write_case_metrics
 from pam_monai.engines.infer import save_prediction
 
 NO_SPACE = os.strerror(errno.ENOSPC)

@@ -4,6 +4,7 @@ training loaders, slice-wise inference, per-case metrics, checkpoints, progress 
 from ..atomic import atomic_write_text
 from ..runlock import RunLockError, hold_training_lock, release_training_locks
 from .batch import FlipPrepareBatch
+from .case_metrics import CaseMetrics
 from .checkpoint import (
     BestCheckpoint,
     TrainingCheckpoint,
@@ -13,6 +14,7 @@ from .checkpoint import (
     check_weights,
     load_checkpoint,
 )
+from .cleanup import CloseWritersOnError, ReleaseTrainingLocksOnError, close_writers
 from .config_checks import (
     check_compile_mode,
     check_device,
@@ -27,30 +29,10 @@ from .config_checks import (
     refuse_training_with,
 )
 from .data import CaseDataset, prepare_data, voxel_spacing
+from .distributed import RankZeroBuffers, StopEveryProcessOnError, handlers_of_rank
 from .error_report import show_error_cause
 from .fast_path import compile_by_default, fast_network
 from .flags import as_bool
-from .handlers import (
-    Bf16WithoutLossScaling,
-    CaseMetrics,
-    CloseWritersOnError,
-    DecollateKeepingLoss,
-    EveryIterations,
-    IgnoredVoxelsCheck,
-    NonFiniteLossGuard,
-    RankZeroBuffers,
-    ReleaseTrainingLocksOnError,
-    StopEveryProcessOnError,
-    StopOnTerminate,
-    TensorBoardStatsHandler,
-    Terminated,
-    TrackingEvery,
-    TrainingPlan,
-    close_writers,
-    handlers_of_rank,
-    loss_of,
-    stop_on_terminate,
-)
 from .infer import (
     CasePredictor,
     find_inference_cases,
@@ -66,7 +48,17 @@ from .loaders import DeviceSliceLoader, LoaderEpoch, batch_samples, slice_loader
 from .postprocessing import ForegroundMaskd, foreground_mask
 from .process_settings import kept_process_settings, setup_run
 from .progress import ProgressBar
-from .tracking import prepare_tracking_store
+from .termination import StopOnTerminate, Terminated, stop_on_terminate
+from .tracking import TensorBoardStatsHandler, TrackingEvery, prepare_tracking_store
+from .training import (
+    Bf16WithoutLossScaling,
+    DecollateKeepingLoss,
+    EveryIterations,
+    IgnoredVoxelsCheck,
+    NonFiniteLossGuard,
+    TrainingPlan,
+    loss_of,
+)
 from .workflow import bundle_root, config_as_given
 
 __all__ = [

@@ -49,7 +49,7 @@ def _write_torchrun_error_file(cause: BaseException) -> None:
         return
     import traceback as tb
 
-    from .handlers import StopEveryProcessOnError
+    from .distributed import StopEveryProcessOnError
 
     text = f"{type(cause).__name__}: {cause}"
     first = StopEveryProcessOnError.failed_first_elsewhere

@@ -36,7 +36,8 @@ def training_tags(engine) -> tuple[tuple[str, ...], tuple[str, ...]]:
     which a user may rename); the bundles' defaults for either where no such handler is attached."""
     from monai.handlers import TensorBoardStatsHandler
 
-    from .handlers import CaseMetrics, _attached, _handler_table
+    from .case_metrics import CaseMetrics
+    from .cleanup import _attached, _handler_table
 
     own = [
         getattr(getattr(func, "__wrapped__", func), "__self__", None)

@@ -123,7 +123,7 @@ class KeepFreedMemory:
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        from .handlers import clean_up_on_error
+        from .cleanup import clean_up_on_error
 
         engine.add_event_handler(Events.STARTED, self._enter)
         engine.add_event_handler(Events.COMPLETED, self._exit)

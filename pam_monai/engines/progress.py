@@ -14,7 +14,7 @@ except ImportError:  # pytorch-ignite < 0.5 keeps it in contrib (setup.cfg allow
     from ignite.contrib.handlers import ProgressBar as _IgniteProgressBar
 
 from ..progress import LOG_FILE_REDRAW_S, LogFileTqdm, to_log_file
-from .handlers import EveryIterations, loss_of
+from .training import EveryIterations, loss_of
 
 __all__ = ["ProgressBar"]
 

@@ -44,8 +44,8 @@ from ..data.layout import nnunet_layout_note, visible_entries
 from ..data.ops import binarize
 from ..metrics import summarize
 from ..progress import progress_bar
+from .case_metrics import score_case, write_case_metrics
 from .flags import as_bool
-from .handlers import score_case, write_case_metrics
 from .infer import stopped_inference_note
 
 __all__ = ["score", "score_predictions"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..engines import CaseDataset, SliceWiseInferer, atomic_write_text, foreground_mask, load_checkpoint
-from ..engines.handlers import score_case
+from ..engines.case_metrics import score_case
 from ..metrics import split_ignored
 from ..metrics.paper_protocol import authors_code_metrics, paper_protocol_metrics
 from ..networks import as_foreground, get_network
@@ -91,7 +91,7 @@ def predict_case(
 def score_on_case_grid(
     pred: np.ndarray, sample: dict, probabilities: np.ndarray | None = None, threshold: float = 0.5
 ) -> dict | None:
-    """:func:`~pam_monai.engines.handlers.score_case` of a :func:`predict_case` mask of a
+    """:func:`~pam_monai.engines.case_metrics.score_case` of a :func:`predict_case` mask of a
     :class:`~pam_monai.engines.CaseDataset` sample: on the case's own grid (``label_full``: the
     lesion outside the crop counts), as the evaluation's ``metrics.csv`` scores it; None for a case
     without an annotated voxel. A resized own 2-D image (``restore`` ``"resize"``) is scored from the

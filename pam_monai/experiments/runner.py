@@ -50,8 +50,8 @@ from ..atomic import check_writable, remove_orphaned_temps
 from ..data import get_spec
 from ..data.datalist import FOLDED, datalist_n_folds, fold_kind, load_datalist
 from ..engines import Terminated, as_bool, atomic_write_text, close_writers
-from ..engines.handlers import raise_terminated_on_sigterm, take_held_sigterm
 from ..engines.process_settings import kept_process_settings, run_every_step
+from ..engines.termination import raise_terminated_on_sigterm, take_held_sigterm
 from ..runlock import RunLockError, refuse_if_held
 from ..shell import quote
 from .compare import comparison_csv, default_reference, paired_comparison
