@@ -240,7 +240,7 @@ def test_folders_scored_for_another_foreground_label_are_refused(scored, tmp_pat
 
 
 def _write(folder: Path, rows: list[dict]) -> Path:
-    from pam_monai.engines.handlers import write_case_metrics
+    from pam_monai.engines.case_metrics import write_case_metrics
 
     write_case_metrics(rows, folder)
     return folder

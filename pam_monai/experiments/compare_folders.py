@@ -361,7 +361,7 @@ def compare(
         the table and where the files went.
     """
     from ..atomic import atomic_write_text, check_writable
-    from ..engines.runtime import as_bool
+    from ..engines.flags import as_bool
 
     chosen = (
         METRICS
