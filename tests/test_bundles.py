@@ -1114,6 +1114,36 @@ def test_inference_tracking_leaves_the_masks_folder_to_the_masks(name, tmp_path)
         assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == []
 
 
+def test_inference_tracking_warning_says_what_happens(tmp_path, caplog):
+    """``--tracking mlflow`` given to inference: the warning said MONAI saved its config as
+    config_<time>.json in --output_dir, but inference.json sets save_execute_config false, so
+    nothing is written at all (no config, no MLflow database); the warning says that."""
+    from monai.bundle import ConfigWorkflow
+
+    from pam_monai.engines import check_inference_tracking
+
+    out = tmp_path / "predictions"
+    workflow = ConfigWorkflow(
+        config_file=configs("brats_fpa", "inference.json"),
+        workflow_type="infer",
+        logging_file=False,
+        tracking="mlflow",
+        bundle_root=str(tmp_path),
+        output_dir=str(out),
+    )
+
+    def initialize(self):  # check_inference_tracking finds the workflow as a caller's ``self``
+        check_inference_tracking()
+
+    with caplog.at_level("WARNING", logger="pam_monai"):
+        initialize(workflow)
+    (warning,) = caplog.messages
+    assert warning.startswith("--tracking: inference has no labels")
+    assert "config_" not in warning
+    assert "records nothing" in warning
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == []
+
+
 def test_mlflow_tracking_logs_the_loss_every_log_every_iterations_and_the_run_settings(tmp_path):
     """MONAI's --tracking mlflow logged the loss at every iteration (a wait for the GPU and a
     database write after each step) and, as parameters, only max_epochs and epoch_length: it now

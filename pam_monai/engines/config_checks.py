@@ -41,13 +41,15 @@ def check_inference_tracking() -> None:
     """``--tracking mlflow`` given to inference: MONAI adds its tracking handler to the evaluator's
     handlers, which inference.json keeps (``handlers``, used by nothing) only so that MONAI can (an
     ``evaluator`` given as a reference made MONAI fail with "'str' object does not support item
-    assignment"). Inference has no labels, so nothing to track: say so, and run without it."""
+    assignment"). Inference has no labels, so nothing to track: say so, and run without it. Nothing
+    of it is written either: the handler is never built (no MLflow database), and inference.json
+    sets ``save_execute_config`` false, so MONAI saves no config_<time>.json among the masks."""
     parser = getattr(_running_workflow(), "parser", None)
     if parser is not None and parser.get("handlers"):
         log.warning(
             "--tracking: inference has no labels, so no metrics or losses to track; it runs without a "
-            "tracking handler (MONAI saved its config as config_<time>.json in --output_dir). Track "
-            "training (train.json) and evaluation (evaluate.json)"
+            "tracking handler and records nothing (no MLflow run, no saved config). Track training "
+            "(train.json) and evaluation (evaluate.json)"
         )
 
 
