@@ -56,14 +56,42 @@ def test_evaluate_json_without_train_json_before_it_names_the_command(files, pro
         workflow.run()
     cause = str(err.value.__cause__)
     assert cause.startswith(f"evaluate.json: {problem}"), cause
-    assert (
-        "python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json']\""
-        in cause
-    )
+    given = f"'{configs / 'train.json'}','{configs / 'evaluate.json'}'"  # the folder given, in order
+    assert f'python -m monai.bundle run evaluating --config_file "[{given}]"' in cause, cause
     for name in bundle_names():
         text = " ".join((ROOT / "bundles" / name / "docs" / "README.md").read_text().split())
         assert "`evaluate.json` is layered on `train.json` and must come after it in `--config_file`" in text
         assert "with train.json after it, evaluation stops at its first step" in text
+
+
+@pytest.mark.parametrize("files", [("evaluate.json",), ("evaluate.json", "train.json")])
+def test_evaluate_json_refusal_suggests_the_config_paths_given(files, monkeypatch):
+    """The refusal always suggested ``['configs/train.json','configs/evaluate.json']``, which does
+    not run from the repository root, where the README runs ``--config_file
+    "['bundles/brats_fpa/configs/train.json','bundles/brats_fpa/configs/evaluate.json']"``: it
+    suggests the paths given (train.json beside evaluate.json if missing), in the working order."""
+    import ast
+
+    import monai.bundle.__main__
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    monkeypatch.chdir(ROOT)
+    given = [f"bundles/brats_fpa/configs/{f}" for f in files]
+    argv = [monai.bundle.__main__.__file__, "run", "evaluating", "--config_file", repr(given)]
+    monkeypatch.setattr("sys.argv", argv)
+    workflow = ConfigWorkflow(
+        config_file=given, logging_file=False, workflow_type="eval", run_id="evaluating"
+    )
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as err:
+        workflow.run()
+    cause = str(err.value.__cause__)
+    suggested = re.search(r'--config_file "(\[.*?\])"', cause).group(1)
+    layered = ["bundles/brats_fpa/configs/train.json", "bundles/brats_fpa/configs/evaluate.json"]
+    assert ast.literal_eval(suggested) == layered, cause
+    parser = ConfigParser()  # the suggestion runs as typed, from where the command ran
+    parser.read_config(layered)
+    assert parser.get_parsed_content("evaluating#0") is None
 
 
 def test_evaluate_json_after_train_json_passes_its_first_step():

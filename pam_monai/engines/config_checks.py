@@ -343,10 +343,36 @@ def check_evaluate_json_layered(configs_read: list) -> None:
         if "train.json" in configs_read
         else "it was read without train.json, whose validation it edits"
     )
+    files = ",".join(f"'{f}'" for f in _train_then_evaluate(_given_config_files()))
     raise ValueError(
         f"evaluate.json: {problem}; pass train.json first: python -m monai.bundle run evaluating "
-        "--config_file \"['configs/train.json','configs/evaluate.json']\" with the training's overrides (--dataset_dir, ...)"
+        f'--config_file "[{files}]" with the training\'s overrides (--dataset_dir, ...)'
     )
+
+
+def _given_config_files() -> list[str]:
+    """The config files as the user gave them: the command line's ``--config_file``, else the
+    running workflow's folder (MONAI keeps the first file's folder as given, relative or not, and
+    wants all in it), else none."""
+    given = _config_files_on_command_line()
+    if given:
+        return given
+    folder = getattr(_running_workflow(), "config_root_path", None)
+    return [os.path.join(str(folder), "evaluate.json")] if folder is not None else []
+
+
+def _train_then_evaluate(given: list[str]) -> list[str]:
+    """``given`` in the order evaluate.json needs: train.json first (added beside evaluate.json if
+    missing) and evaluate.json last, the other files between them as given; paths kept as typed,
+    so the suggested command runs from where the user ran theirs."""
+    evaluate = _named(given, "evaluate.json") or [os.path.join("configs", "evaluate.json")]
+    train = _named(given, "train.json") or [os.path.join(os.path.dirname(evaluate[0]), "train.json")]
+    return train + [f for f in given if f not in train + evaluate] + evaluate
+
+
+def _named(files: list[str], name: str) -> list[str]:
+    """The paths among ``files`` whose file name is ``name``."""
+    return [f for f in files if os.path.basename(f) == name]
 
 
 def check_outputs(folders: dict) -> None:
