@@ -2264,6 +2264,42 @@ def test_command_line_values_of_the_wrong_kind_are_refused_by_id(
 
 
 @pytest.mark.parametrize(
+    "files, given, named, ok",
+    [
+        (("train.json",), {"dataset_dir": True, "epochs": 1}, "--dataset_dir given without a value", "data"),
+        (("train.json",), {"epochs": True}, "--epochs given without a value", 1),
+        (("train.json",), {"crop_size": True}, "--crop_size given without a value", None),
+        (("inference.json",), {"input_dir": True}, "--input_dir given without a value", "in"),
+    ],
+)
+def test_command_line_ids_given_without_a_value_are_refused(files, given, named, ok, tmp_path, monkeypatch):
+    """``--dataset_dir --epochs 1``: MONAI's command line made ``dataset_dir`` True, and the run died
+    with "TypeError: expected str, bytes or os.PathLike object, not bool" quoting config code.
+    Refused before any work, naming the id and saying to give it a value."""
+    key = next(iter(given))
+    accepted = {**given, key: str(tmp_path / ok) if isinstance(ok, str) else ok}
+    _refused_before_any_work(files, given, f"{named} (MONAI read it as True", accepted, tmp_path, monkeypatch)
+
+
+def test_true_false_ids_may_stand_alone_on_the_command_line(tmp_path, monkeypatch):
+    """An id given without a value is True: for the true/false ids (a bool default, ``as_bool(@id)``,
+    a boolean expression such as ``drop_last``'s) that is a value, not a missing one."""
+    import monai.bundle.__main__ as cli
+    from monai.bundle.scripts import create_workflow
+
+    paths = configs("brats_fpa", "train.json")
+    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
+    flags = {"deterministic": True, "drop_last": True, "plane_kernels": True, "synthetic_stand_in": True}
+    common = {
+        "bundle_root": str(tmp_path),
+        "logging_file": False,
+        "network_options": SMALL["network_options"],
+    }
+    workflow = create_workflow(config_file=paths, **common, **flags)
+    assert workflow.parser.get_parsed_content("drop_last") is True
+
+
+@pytest.mark.parametrize(
     "key, value, parsed",
     [
         ("seed", "$1 + 1", 2),

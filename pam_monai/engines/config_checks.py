@@ -163,6 +163,7 @@ def _check_flag_values(parser, overrides: dict) -> None:
     import json
 
     flags = set(re.findall(r"as_bool\(@(\w+)\)", json.dumps(parser.get())))
+    _check_values_given(parser, overrides, flags)
     # an expression or a reference (--seed '$1+1', --resume @fast) is MONAI's to resolve: its value
     # is checked where it is read, as a default's is
     overrides = {key: value for key, value in overrides.items() if not _is_config_syntax(value)}
@@ -181,6 +182,64 @@ def _check_flag_values(parser, overrides: dict) -> None:
             raise ValueError(
                 f"--{key} {overrides[key]!r}: not a whole number of 0 or more; pass e.g. --{key} {parser[key]}"
             )
+
+
+def _check_values_given(parser, overrides: dict, flags: set) -> None:
+    """Refuse ``True`` for an id that is no true/false flag: MONAI's command line (Fire) makes an id
+    given without a value (``--dataset_dir --epochs 1``) ``True``, and the run then died on it in
+    config code (``TypeError: expected str, bytes or os.PathLike object, not bool``), naming no id.
+    As the pam_monai commands refuse such flags (``cli.flags_without_value``)."""
+    empty = [
+        f"--{key}"
+        for key, value in overrides.items()
+        if value is True and key in parser and key not in flags and not _may_be_bool(parser, key)
+    ]
+    if empty:
+        raise ValueError(
+            f"{', '.join(empty)} given without a value (MONAI read it as True, which this id does not "
+            f"take): pass one after each (e.g. {empty[0]} VALUE); the bundle's docs/README.md lists the ids"
+        )
+
+
+def _may_be_bool(parser, key: str, depth: int = 0) -> bool:
+    """Whether the config's default of ``key`` is, or may be, true or false: a bool, a reference to
+    one, or an expression that looks boolean (a comparison, ``not``, ``and``/``or``, ``as_bool(...)``,
+    ``is_...()``/``has_...()``); one that cannot be read is given the benefit of the doubt."""
+    import ast
+
+    from monai.bundle.utils import EXPR_KEY, ID_REF_KEY
+
+    value = parser[key]
+    if isinstance(value, bool):
+        return True
+    if not isinstance(value, str) or not value.startswith((EXPR_KEY, ID_REF_KEY)):
+        return False  # a number, a text, a list, None: no true/false flag
+    if value.startswith(ID_REF_KEY):
+        ref = value[len(ID_REF_KEY) :]
+        return depth > 5 or ref not in parser or _may_be_bool(parser, ref, depth + 1)
+    code = re.sub(rf"{re.escape(ID_REF_KEY)}[\w#]+", "ref", value[len(EXPR_KEY) :])
+    try:
+        return _looks_bool(ast.parse(code.strip(), mode="eval").body)
+    except SyntaxError:
+        return True
+
+
+def _looks_bool(node) -> bool:
+    """Whether an expression's syntax tree may give true or false (see ``_may_be_bool``)."""
+    import ast
+
+    if isinstance(node, (ast.Compare, ast.BoolOp)) or (
+        isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
+    ):
+        return True
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, bool)
+    if isinstance(node, ast.IfExp):
+        return _looks_bool(node.body) or _looks_bool(node.orelse)
+    if isinstance(node, ast.Call):
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        return name == "as_bool" or name.startswith(("is_", "has_"))
+    return not isinstance(node, (ast.BinOp, ast.JoinedStr, ast.Dict, ast.List, ast.Tuple, ast.Set))
 
 
 # ids read as whole numbers >= 0 without a check of their own: int() said "invalid literal for int()
