@@ -104,6 +104,7 @@ class CheckReport:
     volumetric: bool = True
     normalization: list[str] = field(default_factory=list)  # own data: each channel's scheme
     notes: list[str] = field(default_factory=list)  # the likely cause of many problems, read last
+    missing: list[str] = field(default_factory=list)  # datalist entries whose files are not on disk
 
     @property
     def ok(self) -> bool:
@@ -165,10 +166,21 @@ class CheckReport:
         failed = len({c.case for c in self.cases if not c.ok} | {p.case for p in self.problems})
         verdict = "OK" if self.ok else "FAILED"
         lines.append(
-            f"{verdict}: {self.dataset} under {self.root}: {_count(len(self.cases), 'case')}, {failed} with problems, "
+            f"{verdict}: {self.dataset} under {self.root}: {self._cases_counted(failed)}, "
             f"{_count(len(self.problems), 'problem')}, {_count(len(self.warnings), 'warning')}"
         )
         return "\n".join(lines)
+
+    def _cases_counted(self, failed: int) -> str:
+        """``3 cases, 1 with problems``; with datalist entries not on disk, which are among those with
+        problems but not among the cases, ``1 case on disk, 4 with problems (3 listed but missing)``
+        (it read "1 case, 4 with problems")."""
+        if not self.missing:
+            return f"{_count(len(self.cases), 'case')}, {failed} with problems"
+        return (
+            f"{_count(len(self.cases), 'case')} on disk, {failed} with problems "
+            f"({len(set(self.missing))} listed but missing)"
+        )
 
     def geometry_lines(self) -> list[str]:
         """The voxel spacings and orientations (affine axis codes) of the volumes, one line each."""
@@ -742,7 +754,7 @@ def check_dataset(
         report.cases.append(summary)
         checked[_file_key(case.files().values())] = not problems
     if datalist is not None:
-        problems, report.notes, warnings = _check_datalist(
+        problems, report.notes, warnings, report.missing = _check_datalist(
             spec, datalist, listed, root, allowed, checked, datalist_splits, fold, labels=labels
         )
         report.problems += problems
@@ -996,19 +1008,19 @@ def _check_datalist(
     splits=None,
     fold: int | Sequence[int] = 0,
     labels: bool = True,
-) -> tuple[list[Problem], list[str], list[Problem]]:
+) -> tuple[list[Problem], list[str], list[Problem], list[str]]:
     """Problems of the entries of the datalist ``data`` read from ``path``, each naming the datalist
     and the case: what would otherwise surface only when training, validation or evaluation first
     loads that case. Files that are not exactly those of a case already checked (``checked``) are read.
     With ``splits``, the files and labels only of the entries of those splits of ``fold``.
     ``labels=False`` (an unlabelled set): the images alone, as inference reads them; an entry's
     'label' is neither required nor read. Also returns notes: the likely cause of many problems,
-    which is no case's; and warnings: folds without cases, when the whole list is checked (with
-    ``splits``, a run's own empty split is a problem)."""
+    which is no case's; warnings: folds without cases, when the whole list is checked (with
+    ``splits``, a run's own empty split is a problem); and the entries whose files are not on disk."""
     where = str(path)
     expected = _image_files(spec)
     names = ", ".join(repr(c) for c in spec.channels)
-    problems, seen, absent = [], {}, 0
+    problems, seen, absent, missing_cases = [], {}, 0, []
     ordered = {tuple(sorted(key)) for key in checked}  # the same files in another order
     n_folds = _n_folds(spec, data, where, problems)
     problems += _unread_lists(data, where)
@@ -1095,6 +1107,7 @@ def _check_datalist(
                 relative = not os.path.isabs(missing[0])
                 hint = f"; its paths are relative to the data root {root}" if relative else ""
                 problems.append(Problem(case, where, what + hint))
+                missing_cases.append(case)
                 absent += relative and len(missing) == len(files)
                 continue
             found = _file_key(files.values())
@@ -1127,5 +1140,5 @@ def _check_datalist(
             "are relative to? With only some of the cases, keep the entries whose files exist (data_lists/README.md)"
         )
     if splits is None:  # the whole list: a warning (a small set's 5-fold list still runs its first folds)
-        return problems, notes, empty_folds
-    return problems + empty_folds, notes, []
+        return problems, notes, empty_folds, missing_cases
+    return problems + empty_folds, notes, [], missing_cases
