@@ -144,6 +144,48 @@ def test_bundle_layout_and_overridable_ids(name):
     assert parser["task"] == task and parser["network_name"] == net
 
 
+def test_bundle_evaluation_records_how_it_scored_and_which_network(tmp_path):
+    """A bundle's evaluation wrote eval/summary.json with no record of how it scored, which ``score``
+    records (``scored_with``): compare could not check a bundle folder against a score folder. It
+    records the same settings (as score's own function makes them), the network and the bundle;
+    compare names the folder after the network and heads HD95 in mm (BRATS: volumes). A real, short
+    evaluation: weights of a small untrained FPA on the synthetic stand-in."""
+    from pam_monai.data import get_spec
+    from pam_monai.engines.case_metrics import scored_with
+    from pam_monai.experiments.compare_folders import compare, compare_folders
+    from pam_monai.networks import get_network
+
+    network = get_network("fpa", in_channels=4, out_channels=1, options=SMALL["network_options"])
+    (tmp_path / "models").mkdir()
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "num_workers": 0}
+    files = configs("brats_fpa", "train.json", "evaluate.json")
+    run_bundle("evaluating", files, **common, network_options=SMALL["network_options"])
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert (
+        summary["scored_with"]
+        == scored_with(get_spec("brats"))
+        == {
+            "dataset": "brats",
+            "foreground_label": [4],
+            "empty_value": None,
+            "volumetric": True,
+        }
+    )
+    assert (summary["network"], summary["bundle"]) == ("fpa", "brats_fpa")
+    copy = tmp_path / "copy" / "eval"
+    copy.mkdir(parents=True)
+    for name in ("metrics.csv", "summary.json"):
+        text = (tmp_path / "eval" / name).read_text()
+        (copy / name).write_text(text.replace('"fpa"', '"rfna"') if name == "summary.json" else text)
+    assert "| rfna | HD95 (mm) |" in compare(str(tmp_path / "eval"), str(copy), output=str(tmp_path / "cmp"))
+    enhancing = json.loads((copy / "summary.json").read_text())
+    enhancing["scored_with"]["foreground_label"] = [3]  # as --foreground_label 3 (BraTS 2021+) records it
+    (copy / "summary.json").write_text(json.dumps(enhancing))
+    with pytest.raises(ValueError, match=r"different --foreground_label: \[3\] and \[4\]"):
+        compare_folders([tmp_path / "eval", copy])
+
+
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/schema not present")
 @pytest.mark.parametrize("name", BUNDLES)
 def test_verify_metadata_offline(name, tmp_path):

@@ -283,3 +283,87 @@ def test_a_summary_of_another_metrics_csv_is_named(scored, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="pam_monai"):
         load_evaluation(scored["fpa"])
     assert "does not summarise" not in caplog.text
+
+
+def _bundle_eval(folder: Path, rows: list[dict], spec, network: str, empty_value=None, **scoring) -> Path:
+    """``rows`` written as a bundle's evaluation writes them (its CaseMetrics, told the data set,
+    the network and the bundle by evaluate.json): ``<folder>/eval``."""
+    from pam_monai.engines import CaseMetrics
+    from pam_monai.metrics import summarize
+
+    metrics = CaseMetrics(
+        "test_", empty_value=empty_value, dataset=spec, network=network, bundle=f"x_{network}", **scoring
+    )
+    metrics.rows, metrics.summary = rows, summarize(rows)
+    metrics.write(folder / "eval")
+    return folder
+
+
+def test_a_bundle_evaluation_records_how_it_scored_as_score_does(scored, tmp_path):
+    """A bundle's evaluation recorded nothing of how it scored (score records ``scored_with``), so
+    compare could not tell a score folder and a bundle folder scored differently apart, named the
+    folders after their paths, and headed HD95 "label units". It records the same settings (same
+    values and types as score's), the network and the bundle: compare checks the settings across
+    the two kinds, names bundle folders after their network, and heads HD95 in mm for volumes."""
+    from pam_monai.data import get_spec
+    from pam_monai.experiments.results import read_case_metrics
+
+    spec = get_spec("nnunet", root=scored["root"])
+    rows = read_case_metrics(scored["fpa"] / "metrics" / "metrics.csv")
+    bundle = _bundle_eval(tmp_path / "mine", rows, spec, "fpa")
+    recorded = json.loads((bundle / "eval" / "summary.json").read_text())
+    by_score = json.loads((scored["unet"] / "metrics" / "summary.json").read_text())["scored_with"]
+    assert recorded["scored_with"] == by_score and (recorded["network"], recorded["bundle"]) == (
+        "fpa",
+        "x_fpa",
+    )
+    assert [type(v) for v in recorded["scored_with"].values()] == [type(v) for v in by_score.values()]
+    rows_compared, evaluations, *_ = compare_folders([scored["unet"], bundle], metrics=["iou"])
+    assert [e.name for e in evaluations] == ["unet", "fpa"]  # the bundle folder after its network
+    assert "| HD95 (mm) |" in compare(str(scored["unet"]), str(bundle), output=str(tmp_path / "cmp"))
+    other = _bundle_eval(tmp_path / "other", rows, spec, "rfna", foreground_label="enhancing")
+    with pytest.raises(
+        ValueError, match=r"were scored with different --foreground_label: \[3\] and \[1, 2, 3\]"
+    ):
+        compare_folders([scored["unet"], other])
+    hundred = _bundle_eval(tmp_path / "hundred", rows, spec, "unet", empty_value=100)
+    with pytest.raises(ValueError, match=r"were scored with different --empty_value: 100.0 and None"):
+        compare_folders([scored["unet"], hundred])
+    # two runs of one network: told apart by their bundles, else by their folders
+    again = _bundle_eval(tmp_path / "again", rows, spec, "fpa")
+    assert default_names([load_evaluation(bundle), load_evaluation(again)]) == ["mine", "again"]
+
+
+def _recorded_before_volumetric(folder: Path) -> Path:
+    """``folder``'s summary.json as written before scored_with recorded ``volumetric``."""
+    path = folder / "eval" / "summary.json"
+    summary = json.loads(path.read_text())
+    del summary["scored_with"]["volumetric"]
+    path.write_text(json.dumps(summary))
+    return folder
+
+
+def test_hd95_is_headed_in_pixels_for_2d_images_and_label_units_when_unknown(scored, tmp_path):
+    """HD95 is in pixels for 2-D images (CityScapes, own 2-D data), in mm for volumes; a folder that
+    records nothing (an older summary.json) keeps "label units", as does own data recorded without
+    ``volumetric`` (the paper's data sets tell by their name)."""
+    from pam_monai.data import get_spec
+    from pam_monai.experiments.results import read_case_metrics
+
+    rows = read_case_metrics(scored["fpa"] / "metrics" / "metrics.csv")
+
+    def heading(*folders) -> str:
+        out = compare(*map(str, folders), output=str(tmp_path / "cmp"), metrics="hd95")
+        return next(line.split(" | ")[2] for line in out.splitlines() if "HD95" in line)
+
+    flat = [_bundle_eval(tmp_path / n, rows, get_spec("cityscapes"), n) for n in ("fpa", "rfna")]
+    assert heading(*flat) == "HD95 (pixels)"
+    assert heading(*map(_recorded_before_volumetric, flat)) == "HD95 (pixels)"
+    bare = _without_settings(scored["unet"] / "metrics", tmp_path / "bare" / "eval")
+    assert heading(scored["unet"], scored["fpa"]) == "HD95 (mm)"
+    assert heading(scored["unet"], bare) == "HD95 (label units)"
+    spec = get_spec("nnunet", root=scored["root"])
+    own = [
+        _recorded_before_volumetric(_bundle_eval(tmp_path / f"own_{n}", rows, spec, n)) for n in ("a", "b")
+    ]
+    assert heading(*own) == "HD95 (label units)"

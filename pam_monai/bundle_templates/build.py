@@ -123,6 +123,7 @@ def variables(task: str | BundleTask, network: str) -> dict:
         "bundle_root": f"$pam_monai.engines.bundle_root('{where}')",
         "task": bt.task,
         "network_name": network,
+        "bundle_name": name,
         "dataset_dir": bt.dataset_dir,
         "epochs": spec.epochs,
         "batch_size": spec.batch_size,

@@ -20,7 +20,7 @@ from ..metrics import case_metrics, split_ignored, summarize
 from .cleanup import _handler_table, clean_up_on_error
 from .data import on_case_grid
 
-__all__ = ["METRICS", "CaseMetrics", "score_case", "write_case_metrics"]
+__all__ = ["METRICS", "CaseMetrics", "score_case", "scored_with", "write_case_metrics"]
 
 log = logging.getLogger("pam_monai")
 
@@ -29,6 +29,21 @@ METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
 
 
 METRICS_LOCK = ".metrics.lock"  # held while metrics.csv and summary.json are written (write_case_metrics)
+
+
+def scored_with(spec, foreground_label=None, empty_value: float | None = None) -> dict:
+    """How the cases were scored, as summary.json records it (``scored_with``, written by ``score``
+    and a bundle's evaluation alike), for ``python -m pam_monai compare``: the data set (its name,
+    and whether its cases are volumes, whose HD95 is in mm, or 2-D images, in pixels), the
+    foreground labels and the HD95 of a case with one empty mask (None: the image diagonal). The
+    data set's folder is not recorded: the same data may lie elsewhere on another machine."""
+    fg, _ = spec.resolve_labels(foreground_label)
+    return {
+        "dataset": spec.name,
+        "foreground_label": [int(v) for v in fg],
+        "empty_value": None if empty_value is None else float(empty_value),
+        "volumetric": bool(spec.volumetric),
+    }
 
 
 def score_case(
@@ -78,14 +93,31 @@ class CaseMetrics:
         prefix: prefix of the metric names in ``engine.state.metrics`` (``"val_"``).
         output_dir: where to write the per-case CSV and the summary; None writes nothing.
         empty_value: HD95 of a case where exactly one mask is empty (None: the image diagonal).
+        dataset: the data set's :class:`~pam_monai.data.DatasetSpec`; given, summary.json records
+            how the cases were scored (:func:`scored_with`, with ``foreground_label`` and
+            ``empty_value``), as ``score`` does, so that ``compare`` can check it.
+        foreground_label: the foreground label(s) the labels were binarised with (None: the default).
+        network, bundle: the network's and the bundle's names, recorded in summary.json where
+            given (``compare`` names the folder after them).
     """
 
     def __init__(
-        self, prefix: str = "val_", output_dir: str | None = None, empty_value: float | None = None
+        self,
+        prefix: str = "val_",
+        output_dir: str | None = None,
+        empty_value: float | None = None,
+        dataset=None,
+        foreground_label=None,
+        network: str | None = None,
+        bundle: str | None = None,
     ) -> None:
         self.prefix = prefix
         self.output_dir = output_dir
         self.empty_value = empty_value
+        self.record = (
+            {} if dataset is None else {"scored_with": scored_with(dataset, foreground_label, empty_value)}
+        )
+        self.record.update({k: str(v) for k, v in (("network", network), ("bundle", bundle)) if v})
         self.rows: list[dict] = []
         self.unscored: list[str] = []  # cases without an annotated voxel (sparse annotations)
         # where the loader delivered each row and each unscored case (gathered across processes)
@@ -164,7 +196,7 @@ class CaseMetrics:
             self.write(self.output_dir)
 
     def write(self, output_dir: str | os.PathLike) -> None:
-        write_case_metrics(self.rows, output_dir, self.summary)
+        write_case_metrics(self.rows, output_dir, {**self.summary, **self.record})
 
     def _failed(self, engine: Engine, error: BaseException) -> None:
         """Under ``torch.distributed``, a process that failed before sending its rows sends the

@@ -44,7 +44,7 @@ from ..data.layout import nnunet_layout_note, visible_entries
 from ..data.ops import binarize
 from ..metrics import summarize
 from ..progress import progress_bar
-from .case_metrics import score_case, write_case_metrics
+from .case_metrics import score_case, scored_with, write_case_metrics
 from .flags import as_bool
 from .infer import stopped_inference_note
 
@@ -221,15 +221,10 @@ def score_predictions(
         log.warning("score: no annotated voxel (all 'ignore'), not scored: %s", ", ".join(skipped))
     if not rows:
         raise ValueError(f"score: none of the {len(masks)} masks' cases has an annotated voxel")
-    # what makes two folders' figures comparable, for ``python -m pam_monai compare`` (the data set's
-    # folder is not: the same data may lie elsewhere on another machine)
-    scored_with = {
-        "dataset": spec.name,
-        "foreground_label": [int(v) for v in fg],
-        "empty_value": None if empty_value is None else float(empty_value),
-    }
+    # what makes two folders' figures comparable, for ``python -m pam_monai compare``
+    settings = scored_with(spec, foreground_label, empty_value)
     out = Path(output) if output is not None else folder / "metrics"
-    return write_case_metrics(rows, out, {**summarize(rows), "scored_with": scored_with})
+    return write_case_metrics(rows, out, {**summarize(rows), "scored_with": settings})
 
 
 def score(

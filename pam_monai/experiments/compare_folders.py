@@ -9,8 +9,8 @@ p-value, Holm-adjusted over the folders compared with the reference, and better 
 case counts. One model per folder: training-seed variance is not part of it (see
 :mod:`pam_monai.experiments.compare`).
 
-What is refused rather than compared (neither file records the data set or the settings, so what
-the rows themselves tell is checked):
+What is refused rather than compared (checked from the rows themselves, and from the settings
+summary.json records, where it does):
 
 - a folder without ``metrics.csv`` (nor ``eval/metrics.csv`` or ``metrics/metrics.csv`` in it),
   or a ``metrics.csv`` without the five metric columns;
@@ -21,9 +21,13 @@ the rows themselves tell is checked):
 - a case with exactly one empty mask in both folders whose HD95 differs: that HD95 is the
   empty-case value (``--empty_value``, default the image diagonal), so the folders used different
   empty-case values (or resolutions: CityScapes' ``score`` and evaluation);
-- folders that ``score`` scored with another ``--dataset``, ``--foreground_label`` or
-  ``--empty_value`` (its summary.json records them as ``scored_with``);
+- folders scored with another data set, foreground label or empty-case value, where both
+  summary.json record them as ``scored_with`` (``score`` and a bundle's evaluation do);
 - the same folder twice.
+
+A folder is named after the network (else the bundle) its summary.json records (a bundle's
+evaluation records both), else after the folder itself. HD95's heading says mm where every folder
+scored volumes, pixels where every folder scored 2-D images (``scored_with``), else "label units".
 
 A ``summary.json`` whose ``metrics_csv_sha256`` is not that of the ``metrics.csv`` beside it (a run
 killed between the two writes) is named in a WARNING: the per-case rows are compared.
@@ -49,7 +53,7 @@ log = logging.getLogger("pam_monai")
 
 # where the bundles' evaluation and ``score`` put metrics.csv by default, inside the folder given
 DEFAULT_SUBFOLDERS = ("eval", "metrics")
-# score's settings (summary.json's ``scored_with``) that two folders compared must share
+# the settings (summary.json's ``scored_with``) that two folders compared must share
 SETTINGS = ("dataset", "foreground_label", "empty_value")
 HOW_TO_EVALUATE = (
     "evaluate the model first: python -m monai.bundle run evaluating --config_file "
@@ -67,7 +71,9 @@ class Evaluation:
     rows: dict[str, dict]  # case -> row of read_case_metrics
     sha256: str
     name: str = ""
-    scored_with: dict | None = None  # score's settings (summary.json); the bundles' evaluation records none
+    scored_with: dict | None = None  # how the cases were scored (summary.json), by score or a bundle
+    network: str | None = None  # the network evaluated (summary.json; a bundle's evaluation records it)
+    bundle: str | None = None  # the bundle evaluated (likewise)
 
 
 def _metrics_csv(folder: Path) -> Path:
@@ -116,12 +122,15 @@ def load_evaluation(folder: str | os.PathLike) -> Evaluation:
             )
             summary = {}  # its settings may be another run's too
     scored_with = summary.get("scored_with")
+    network, bundle = (summary.get(key) for key in ("network", "bundle"))
     return Evaluation(
         folder,
         path,
         {r["case"]: r for r in rows},
         digest,
         scored_with=scored_with if isinstance(scored_with, dict) else None,
+        network=network if isinstance(network, str) and network else None,
+        bundle=bundle if isinstance(bundle, str) and bundle else None,
     )
 
 
@@ -136,7 +145,21 @@ def _label_parts(e: Evaluation) -> list[str]:
 
 
 def default_names(evaluations: Sequence[Evaluation]) -> list[str]:
-    """Each folder's name: its own (or, for ``eval``/``metrics``, its parent's), with as many parent
+    """Each folder's name: the network its summary.json records (``fpa``), else its bundle; where
+    that names two folders (two runs of one network), or none is recorded (``score``), the folder's
+    own name (see :func:`folder_names`)."""
+    folders = folder_names(evaluations)
+    names = [e.network or e.bundle or f for e, f in zip(evaluations, folders)]
+    for fallback in ([e.bundle for e in evaluations], folders):
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1]
+        for i in clash:
+            names[i] = fallback[i] or folders[i]
+    # a recorded name may still be another folder's own name: the folders' names alone are distinct
+    return names if len(set(names)) == len(names) else folders
+
+
+def folder_names(evaluations: Sequence[Evaluation]) -> list[str]:
+    """Each folder's own name (or, for ``eval``/``metrics``, its parent's), with as many parent
     folders as it takes to tell the names apart (``run1/brats_fpa``, ``run2/brats_fpa``)."""
     parts = [_label_parts(e) for e in evaluations]
     depth = [1] * len(parts)
@@ -187,12 +210,13 @@ def _check_comparable(e: Evaluation, ref: Evaluation) -> None:
     """Refuse two folders whose rows say they were scored differently (see the module)."""
     both = sorted(set(e.rows) & set(ref.rows))
     where = f"{e.folder} ({e.name}) and {ref.folder} ({ref.name})"
-    if e.scored_with and ref.scored_with:  # both scored by score, which records its settings
+    if e.scored_with and ref.scored_with:  # both record their settings (score, a bundle's evaluation)
         for key in SETTINGS:
             if e.scored_with.get(key) != ref.scored_with.get(key):
                 raise ValueError(
                     f"compare: {where} were scored with different --{key}: {e.scored_with.get(key)} and "
-                    f"{ref.scored_with.get(key)} (summary.json's scored_with); score both with the same --{key}"
+                    f"{ref.scored_with.get(key)} (summary.json's scored_with); score (or evaluate) both with "
+                    f"the same --{key}"
                 )
     labels = [c for c in both if e.rows[c]["target_empty"] != ref.rows[c]["target_empty"]]
     if labels:
@@ -289,9 +313,30 @@ def compare_folders(
     return rows, evaluations, ref, cases, notes
 
 
-def table(rows: Sequence[dict]) -> list[str]:
-    """The comparison as a Markdown table (printed, and in compare.md)."""
-    names = metric_names("label units")
+def hd95_unit(evaluations: Sequence[Evaluation]) -> str:
+    """HD95's unit: ``mm`` where every folder records volumes (BRATS, ISLES, own 3-D data; HD95 in
+    the voxel spacing's mm), ``pixels`` where every one records 2-D images (CityScapes, own 2-D
+    data), else (mixed, or a folder that records nothing) ``label units``."""
+    kinds = {_volumetric(e.scored_with) for e in evaluations}
+    return {frozenset({True}): "mm", frozenset({False}): "pixels"}.get(frozenset(kinds), "label units")
+
+
+def _volumetric(settings: dict | None) -> bool | None:
+    """Whether ``scored_with`` says volumes (True) or 2-D images (False); None where it does not
+    (a summary.json written before it recorded ``volumetric``: the paper's data sets still tell)."""
+    from ..data import DATASETS
+
+    if not settings:
+        return None
+    if isinstance(settings.get("volumetric"), bool):
+        return settings["volumetric"]
+    spec = DATASETS.get(settings.get("dataset"))
+    return None if spec is None else bool(spec.volumetric)
+
+
+def table(rows: Sequence[dict], distance_unit: str = "label units") -> list[str]:
+    """The comparison as a Markdown table (printed, and in compare.md), HD95 in ``distance_unit``."""
+    names = metric_names(distance_unit)
     lines = [
         "| reference | network | metric | cases | network mean | reference mean | difference [95 % CI] "
         "| better / equal / worse | p | p (Holm) |",
@@ -316,7 +361,7 @@ def report(rows, evaluations, ref, cases, notes) -> str:
         f"{len(cases)} case(s) compared, paired by case ID.",
         *(f"- {n}" for n in notes),
         "",
-        *table(rows),
+        *table(rows, hd95_unit(evaluations)),
         "",
         "Difference = network - reference, mean over the cases with a 95 % bootstrap interval (10,000 resamples, "
         "seeded); IoU, Dice, FP and FN in percentage points, HD95 in the labels' physical units (mm; pixels for "
@@ -350,8 +395,9 @@ def compare(
     Args:
         folders: the evaluated folders; the first is the reference unless --reference says another.
         reference: the folder (or its name) every other folder is compared with.
-        names: the folders' names in the tables, comma-separated in the folders' order (default: each
-            folder's name; a bundle's eval/ or score's metrics/ folder is named after the folder above it).
+        names: the folders' names in the tables, comma-separated in the folders' order (default: the
+            network a bundle's evaluation records, else each folder's name; a bundle's eval/ or
+            score's metrics/ folder is named after the folder above it).
         output: folder for compare.csv and compare.md (default: compare, in the current folder).
         common_cases: compare the cases every folder holds, and say how many each lost (by default
             folders with different cases are refused).
@@ -380,4 +426,4 @@ def compare(
     atomic_write_text(out / "compare.md", report(rows, evaluations, ref, cases, notes))
     head = [f"{len(cases)} case(s) compared with {ref.name} ({ref.folder})", *notes]
     done = f"-> {out / 'compare.csv'}, {out / 'compare.md'}"
-    return "\n".join([*head, "", *table(rows), *sample_notes(rows), "", done])
+    return "\n".join([*head, "", *table(rows, hd95_unit(evaluations)), *sample_notes(rows), "", done])
