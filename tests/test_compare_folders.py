@@ -279,10 +279,12 @@ def test_a_summary_of_another_metrics_csv_is_named(scored, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="pam_monai"):
         load_evaluation(copy)
     assert f"{copy / 'summary.json'} does not summarise the metrics.csv beside it" in caplog.text
+    assert load_evaluation(copy).scored_with is None  # its settings may be another run's too
     caplog.clear()
     with caplog.at_level("WARNING", logger="pam_monai"):
-        load_evaluation(scored["fpa"])
+        fresh = load_evaluation(scored["fpa"])
     assert "does not summarise" not in caplog.text
+    assert fresh.scored_with == summary["scored_with"]
 
 
 def _bundle_eval(folder: Path, rows: list[dict], spec, network: str, empty_value=None, **scoring) -> Path:
