@@ -239,6 +239,23 @@ def test_folders_scored_for_another_foreground_label_are_refused(scored, tmp_pat
     assert "--foreground_label: [3] and [1, 2, 3]" in str(e.value)
 
 
+def test_folders_scored_as_another_data_set_are_refused(scored, tmp_path):
+    """score records the data set it read the labels as; a folder scored as another one (here its
+    summary.json says so, the rows alike) is refused naming --dataset."""
+    assert load_evaluation(scored["unet"]).scored_with == {
+        "dataset": "nnunet",
+        "foreground_label": [1, 2, 3],
+        "empty_value": None,
+        "volumetric": True,
+    }
+    other = shutil.copytree(scored["fpa"] / "metrics", tmp_path / "other" / "metrics")
+    summary = json.loads((other / "summary.json").read_text())
+    summary["scored_with"]["dataset"] = "own"
+    (other / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"were scored with different --dataset: own and nnunet \(summary"):
+        compare_folders([scored["unet"], other])
+
+
 def _write(folder: Path, rows: list[dict]) -> Path:
     from pam_monai.engines.case_metrics import write_case_metrics
 
