@@ -364,7 +364,12 @@ def test_synth_interrupted_leaves_no_cut_file(tmp_path, monkeypatch, dataset, op
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [MARKER]
 
 
-def test_synth_dataset_json_is_written_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "options",
+    [{"two_d": True}, {"slices": 4}],
+    ids=["png", "nifti"],  # two writers of dataset.json: _synth_nnunet_2d and synth_nnunet
+)
+def test_synth_dataset_json_is_written_whole(tmp_path, monkeypatch, options):
     """The nnU-Net layout's dataset.json, written last, is written atomically too: a run stopped
     while writing it leaves none, not a cut one that every reader would refuse as invalid JSON."""
     real = Path.write_text
@@ -378,6 +383,6 @@ def test_synth_dataset_json_is_written_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_text", cut)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="stopped half-way"):
-        synth("nnunet", str(out), cases=1, test_cases=0, two_d=True)
+        synth("nnunet", str(out), cases=1, test_cases=0, **options)
     assert not (out / "dataset.json").exists()
     assert not [p for p in out.rglob("*dataset.json*")]
