@@ -99,6 +99,26 @@ def test_locks_left_aside_by_a_killed_breaker_are_removed_at_the_next_lock(tmp_p
     assert not dead.exists() and not old.exists()
 
 
+def test_refuse_if_held_judges_a_lock_as_a_training_would(tmp_path):
+    """The experiment grid, running without flock, asks refuse_if_held before clearing a run's
+    folders: a live holder (or an empty lock being written) refuses, as hold_training_lock would;
+    a dead or reused-PID holder's lock does not, else a grid killed on such a file system could
+    never take up its interrupted run. It only looks: no lock is taken, broken or left aside."""
+    live = _write_lock(tmp_path / "live", os.getppid())
+    with pytest.raises(RunLockError, match=rf"{tmp_path / 'live'}: another training is writing into it"):
+        runlock.refuse_if_held(tmp_path / "none", tmp_path / "live")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / LOCK_NAME).write_text("")
+    with pytest.raises(RunLockError, match="names no process"):
+        runlock.refuse_if_held(tmp_path / "empty")
+    dead = _write_lock(tmp_path / "dead", _dead_pid())
+    reused = _write_lock(tmp_path / "reused", os.getppid(), proc_start="1")
+    runlock.refuse_if_held(tmp_path / "dead", tmp_path / "reused", tmp_path / "none", None)
+    assert [p.name for p in (tmp_path / "dead").iterdir()] == [LOCK_NAME]  # nothing broken or left aside
+    assert dead.exists() and reused.exists()
+    assert json.loads(live.read_text())["token"] == "other" and not runlock._held
+
+
 def test_lock_of_a_reused_pid_is_broken(tmp_path):
     _write_lock(tmp_path / "models", os.getppid(), proc_start="1")  # alive, but started at another time
     (path,) = hold_training_lock(tmp_path / "models")
