@@ -2115,3 +2115,24 @@ def test_a_sigterm_while_a_failed_run_cleans_up_stops_a_keep_going_grid(small_gr
     assert started == ["unet seed 0 fold 0"]
     events = [json.loads(x) for x in (tmp_path / "exp" / "runs.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "failed"]
+
+
+def test_a_sigterm_held_back_before_the_grid_does_not_stop_it(small_grid, monkeypatch):
+    """A SIGTERM that StopOnTerminate held back while an earlier run of this process (the caller's
+    own, before run_experiment) cleaned up is not this grid's: the grid forgets it at its start,
+    and its --keep_going goes on after a failed run instead of stopping with Terminated."""
+    import signal
+
+    from pam_monai.engines import handlers
+
+    monkeypatch.setattr(handlers, "_held_sigterm", signal.SIGTERM)
+    started = []
+
+    def failing_run(run, b, o, identity, ctx):
+        started.append(run.name)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner_module, "_execute", failing_run)
+    with pytest.raises(RuntimeError, match=r"2 run\(s\) failed"):
+        run_experiment(**{**small_grid, "seeds": "0,1"}, keep_going=True)
+    assert started == ["unet seed 0 fold 0", "unet seed 1 fold 0"]
