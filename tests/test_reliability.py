@@ -2757,3 +2757,37 @@ def test_a_failing_clean_up_after_an_error_still_gives_sigterm_back():
         assert signal.getsignal(signal.SIGTERM) is callers
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_last_clean_up_failing_after_a_failed_clean_up_is_logged_not_raised(caplog):
+    """After a clean-up raised, the ones attached last still run, in order; one of them failing
+    too is logged (a WARNING naming its error) and the others still run: the first clean-up's
+    error is the one that goes on, not the later one's. (Ignite hands that error to the
+    EXCEPTION_RAISED handlers again, so the clean-ups run a second time.)"""
+    import logging
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines.handlers import clean_up_on_error
+
+    ran = []
+
+    def broken_clean_up(engine, error):
+        raise OSError("database is locked")
+
+    def broken_last(engine, error):
+        ran.append("broken_last")
+        raise ZeroDivisionError("lock file gone")
+
+    def step(engine, batch):
+        raise RuntimeError("boom")
+
+    engine = Engine(step)
+    clean_up_on_error(engine, broken_clean_up)
+    clean_up_on_error(engine, broken_last, last=True)
+    clean_up_on_error(engine, lambda engine, error: ran.append("last"), last=True)
+    with caplog.at_level(logging.WARNING, logger="pam_monai"):
+        with pytest.raises(OSError, match="database is locked"):
+            engine.run(range(2), max_epochs=1)
+    assert ran[:2] == ["broken_last", "last"]
+    assert "after a failed clean-up, another failed too: ZeroDivisionError: lock file gone" in caplog.text
