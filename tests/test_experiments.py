@@ -1653,6 +1653,7 @@ def test_a_failing_clean_up_after_a_bundle_does_not_hide_its_terminated(monkeypa
     interrupted (and the grid ended with status 1, not 143). Every step is taken now, the run's own
     error goes on and a warning names the step that failed; after a run that ended, it is raised."""
     import gc
+    import weakref
 
     from pam_monai.engines import Terminated
 
@@ -1678,11 +1679,23 @@ def test_a_failing_clean_up_after_a_bundle_does_not_hide_its_terminated(monkeypa
         done.append("reset")
         raise ImportError("cannot import name '_inductor' from 'torch'")
 
-    monkeypatch.setattr(runner_module._Bundle, "_workflow", lambda self, files, run_id, overrides: Workflow())
+    made = []
+
+    def workflow(self, files, run_id, overrides):
+        made.append(weakref.ref(wf := Workflow()))
+        return wf
+
+    def collect(*a):
+        # after a run that ended the workflow is dropped before the garbage is collected (after one
+        # that raised, the error's traceback still holds it)
+        done.append("gc" if raised or made[0]() is None else "gc, the workflow still held")
+        return real_collect(*a)
+
+    monkeypatch.setattr(runner_module._Bundle, "_workflow", workflow)
     monkeypatch.setattr(runner_module, "close_writers", lambda objects: done.append(("close", objects)))
     monkeypatch.setattr(runner_module, "_reset_compiler", reset_compiler)
     real_collect = gc.collect
-    monkeypatch.setattr(gc, "collect", lambda *a: done.append("gc") or real_collect(*a))
+    monkeypatch.setattr(gc, "collect", collect)
     with caplog.at_level("WARNING", logger="pam_monai.experiments"):
         with pytest.raises(Terminated if raised else ImportError):
             runner_module._Bundle(None, None)._run([], "training", {})
