@@ -2268,6 +2268,22 @@ def test_tracking_ids_are_overridable_with_tracking_only(tmp_path, monkeypatch):
         monkeypatch,
     )
     assert (tmp_path / "elsewhere" / "runs.db").is_file()  # the address given is the one prepared
+    # a settings file (--tracking my_settings.json) adds the ids of its own "configs"
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    settings = tmp_path / "elsewhere" / "my_settings.json"
+    settings.write_text(json.dumps(DEFAULT_EXP_MGMT_SETTINGS["mlflow"]))
+    db = f"sqlite:///{tmp_path / 'elsewhere' / 'file.db'}"
+    (tmp_path / "with_file").mkdir()
+    _refused_before_any_work(
+        ("train.json",),
+        {"tracking_uri": db},
+        "--tracking_uri: no such id in train.json",
+        {"tracking": str(settings), "tracking_uri": db},
+        tmp_path / "with_file",
+        monkeypatch,
+    )
+    assert (tmp_path / "elsewhere" / "file.db").is_file()
 
 
 @pytest.mark.parametrize(
