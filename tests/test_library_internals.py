@@ -199,13 +199,28 @@ def test_a_run_of_its_own_is_made_without_monais_private_set_experiment(monkeypa
     from pam_monai.engines import TrackingEvery
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    handler = MLFlowHandler(tracking_uri=uri, experiment_name="train", run_name="mine", iteration_log=False)
+    artifacts = (tmp_path / "artifacts").as_uri()
+    handler = MLFlowHandler(
+        tracking_uri=uri,
+        experiment_name="train",
+        run_name="mine",
+        iteration_log=False,
+        artifact_location=artifacts,
+    )
     monkeypatch.delattr(MLFlowHandler, "_set_experiment")
     TrackingEvery._new_run(handler)
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    experiment = client.get_experiment_by_name("train")
+    assert experiment.artifact_location == artifacts  # the handler's, as MONAI's own passes it
+    (run,) = client.search_runs([experiment.experiment_id])
     assert (run.info.run_id, run.info.run_name) == (handler.cur_run.info.run_id, "mine")
     handler.close()
+    # a deleted experiment is refused, naming it, as MONAI's own refuses it
+    client.delete_experiment(experiment.experiment_id)
+    again = MLFlowHandler(tracking_uri=uri, experiment_name="train", run_name="mine", iteration_log=False)
+    with pytest.raises(ValueError, match="MLflow experiment 'train' is deleted: restore it"):
+        TrackingEvery._new_run(again)
+    assert again.cur_run is None
 
 
 def test_a_grid_run_that_raises_reports_its_own_error_where_monai_keeps_its_objects_elsewhere(monkeypatch):
