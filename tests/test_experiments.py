@@ -2136,9 +2136,10 @@ def test_a_sigterm_held_back_before_the_grid_does_not_stop_it(small_grid, monkey
     and its --keep_going goes on after a failed run instead of stopping with Terminated."""
     import signal
 
-    from pam_monai.engines import handlers
+    from pam_monai.engines.handlers import take_held_sigterm
 
-    monkeypatch.setattr(handlers, "_held_sigterm", signal.SIGTERM)
+    # the module that holds it (where take_held_sigterm lives), as StopOnTerminate holds it
+    monkeypatch.setattr(sys.modules[take_held_sigterm.__module__], "_held_sigterm", signal.SIGTERM)
     started = []
 
     def failing_run(run, b, o, identity, ctx):
