@@ -2339,6 +2339,32 @@ def test_command_line_ids_given_without_a_value_are_refused(files, given, named,
     _refused_before_any_work(files, given, f"{named} (MONAI read it as True", accepted, tmp_path, monkeypatch)
 
 
+@pytest.mark.parametrize(
+    "files, key, ok",
+    [
+        (("train.json",), "tracking_uri", None),
+        (("inference.json",), "experiment_name", "mine"),
+        (("inference.json",), "run_name", "first"),
+    ],
+)
+def test_tracking_ids_given_without_a_value_are_refused(files, key, ok, tmp_path, monkeypatch):
+    """``--tracking mlflow --tracking_uri --epochs 1``: the ids ``--tracking`` adds (those the configs
+    lack: inference.json has no run name) were left out of the check for ids given without a value,
+    so MLflow got True for an address or a name and failed inside MONAI, naming no flag. Refused like
+    the configs' ids; ``--save_execute_config`` alone (True: MONAI's default) still passes."""
+    import_mlflow()
+    value = ok or f"sqlite:///{tmp_path / 'elsewhere' / 'runs.db'}"
+    _refused_before_any_work(
+        files,
+        # MONAI writes the executed config (eval/config_*.json) before any config code runs
+        {"tracking": "mlflow", key: True, "save_execute_config": False},
+        f"--{key} given without a value (MONAI read it as True",
+        {"tracking": "mlflow", key: value, "save_execute_config": True},
+        tmp_path,
+        monkeypatch,
+    )
+
+
 def test_true_false_ids_may_stand_alone_on_the_command_line(tmp_path, monkeypatch):
     """An id given without a value is True: for the true/false ids (a bool default, ``as_bool(@id)``,
     a boolean expression such as ``drop_last``'s) that is a value, not a missing one."""

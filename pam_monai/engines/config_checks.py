@@ -101,13 +101,13 @@ def _workflow_overrides() -> tuple[object, dict, object] | None:
     return files, {k: v for k, v in args.items() if k not in named}, args.get("tracking")
 
 
-def _tracking_ids(tracking) -> set[str]:
+def _tracking_ids(tracking) -> dict:
     """The ids MONAI's experiment tracking adds to the config (``--tracking mlflow``: ``tracking_uri``,
-    ``experiment_name``, ``run_name``, ...), which ``--<id>`` may set as MONAI documents; a
-    settings file (``--tracking my_settings.json``) adds its own ``configs``. As ``ConfigWorkflow``
-    reads them."""
+    ``experiment_name``, ``run_name``, ...), which ``--<id>`` may set as MONAI documents, with their
+    defaults; a settings file (``--tracking my_settings.json``) adds its own ``configs``. As
+    ``ConfigWorkflow`` reads them."""
     if not tracking:
-        return set()
+        return {}
     from monai.bundle import ConfigParser
     from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
@@ -117,9 +117,9 @@ def _tracking_ids(tracking) -> set[str]:
         try:
             settings = ConfigParser.load_config_files(tracking)
         except Exception:  # MONAI's own reading of it names the problem
-            return set()
+            return {}
     configs = settings.get("configs") if isinstance(settings, dict) else None
-    return set(configs) if isinstance(configs, dict) else set()
+    return dict(configs) if isinstance(configs, dict) else {}
 
 
 def check_override_ids() -> None:
@@ -140,7 +140,7 @@ def check_override_ids() -> None:
         key for key in overrides if not key.startswith("_meta_") and key not in parser and key not in known
     ]
     if not unknown:
-        _check_flag_values(parser, overrides)
+        _check_flag_values(parser, overrides, known)
         return
     names = ", ".join(Path(f).name for f in (files if isinstance(files, (list, tuple)) else [files]))
     ids = [str(k) for k in parser.get()]
@@ -155,15 +155,15 @@ def check_override_ids() -> None:
     )
 
 
-def _check_flag_values(parser, overrides: dict) -> None:
+def _check_flag_values(parser, overrides: dict, tracking: dict) -> None:
     """Refuse a command-line value that is not true or false for an id the configs read as one:
     ``as_bool`` said "not a boolean flag: 'maybe'" deep in the run, naming no id (``--amp``,
     ``--resume``?), or took any other value (a list) for True; and one that is not a whole number
-    for the counts of ``_COUNTS``."""
+    for the counts of ``_COUNTS``; ``tracking``: the ids ``--tracking`` adds, with their defaults."""
     import json
 
     flags = set(re.findall(r"as_bool\(@(\w+)\)", json.dumps(parser.get())))
-    _check_values_given(parser, overrides, flags)
+    _check_values_given(_with_tracking_ids(parser, tracking), overrides, flags)
     # an expression or a reference (--seed '$1+1', --resume @fast) is MONAI's to resolve: its value
     # is checked where it is read, as a default's is
     overrides = {key: value for key, value in overrides.items() if not _is_config_syntax(value)}
@@ -199,6 +199,24 @@ def _check_values_given(parser, overrides: dict, flags: set) -> None:
             f"{', '.join(empty)} given without a value (MONAI read it as True, which this id does not "
             f"take): pass one after each (e.g. {empty[0]} VALUE); the bundle's docs/README.md lists the ids"
         )
+
+
+def _with_tracking_ids(parser, tracking: dict):
+    """A copy of ``parser`` with the ids ``--tracking`` adds that its configs lack, at their defaults,
+    as ``ConfigWorkflow.patch_bundle_tracking`` adds them: ``--run_name`` without a value reached
+    MLflow as True. Only for telling whether an id takes true or false: ``save_execute_config`` is
+    True by default, but a path is as good, so its values are not checked as a flag's."""
+    import copy
+
+    from monai.bundle import ConfigParser
+
+    if not tracking:
+        return parser
+    merged = ConfigParser(copy.deepcopy(parser.get()))  # the run's own parser is left as it was
+    for key, default in tracking.items():
+        if key not in merged:
+            merged[key] = default
+    return merged
 
 
 def _may_be_bool(parser, key: str, depth: int = 0) -> bool:
