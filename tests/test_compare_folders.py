@@ -353,6 +353,42 @@ def test_a_bundle_evaluation_records_how_it_scored_as_score_does(scored, tmp_pat
     assert default_names([load_evaluation(bundle), load_evaluation(again)]) == ["mine", "again"]
 
 
+def test_different_empty_values_are_refused_with_advice_each_folder_can_follow(scored, tmp_path):
+    """The refusal said "score (or evaluate) both with the same --empty_value", but a bundle has no
+    empty_value id (its evaluation records None: the image diagonal). Against a bundle folder it now
+    says to score the score folder again with the bundle folder's value; two score folders, the
+    same --empty_value; the HD95 rows alone name what a bundle's evaluation uses."""
+    from pam_monai.data import get_spec
+    from pam_monai.experiments.results import read_case_metrics
+
+    spec = get_spec("nnunet", root=scored["root"])
+    rows = read_case_metrics(scored["fpa"] / "metrics" / "metrics.csv")
+    masks = _masks(scored["root"], tmp_path / "masks", 0.01, 3, empty=("SYN_002",))
+    score_predictions(masks, "nnunet", scored["root"], tmp_path / "hundred", empty_value=100.0)
+    bundle = _bundle_eval(tmp_path / "mine", rows, spec, "fpa")
+    with pytest.raises(ValueError) as e:
+        compare_folders([bundle, tmp_path / "hundred"])
+    assert "evaluate both" not in str(e.value)
+    assert (
+        f"{bundle} (fpa) is a bundle's evaluation: a bundle's evaluation gives such a case the image "
+        "diagonal, as score does without --empty_value; no bundle id changes it; score the masks of "
+        f"{tmp_path / 'hundred'} (hundred) again without --empty_value to match it"
+    ) in str(e.value)
+    given = _bundle_eval(tmp_path / "given", rows, spec, "unet", empty_value=100)
+    with pytest.raises(
+        ValueError, match=r"score the masks of .*unet\) again with --empty_value 100 to match"
+    ):
+        compare_folders([scored["unet"], given])
+    with pytest.raises(ValueError, match=r"; score both with the same --empty_value \(None: without it"):
+        compare_folders([scored["unet"], tmp_path / "hundred"])
+    plain = _without_settings(tmp_path / "hundred", tmp_path / "plain" / "eval")
+    score_predictions(masks, "nnunet", scored["root"], tmp_path / "default")
+    with pytest.raises(
+        ValueError, match=r"score both with the same --empty_value \(a bundle's evaluation gives"
+    ):
+        compare_folders([tmp_path / "default", plain])
+
+
 def _recorded_before_volumetric(folder: Path) -> Path:
     """``folder``'s summary.json as written before scored_with recorded ``volumetric``."""
     path = folder / "eval" / "summary.json"

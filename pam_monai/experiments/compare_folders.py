@@ -213,10 +213,14 @@ def _check_comparable(e: Evaluation, ref: Evaluation) -> None:
     if e.scored_with and ref.scored_with:  # both record their settings (score, a bundle's evaluation)
         for key in SETTINGS:
             if e.scored_with.get(key) != ref.scored_with.get(key):
+                advice = (
+                    _empty_value_advice(e, ref)
+                    if key == "empty_value"
+                    else f"score (or evaluate) both with the same --{key}"
+                )
                 raise ValueError(
                     f"compare: {where} were scored with different --{key}: {e.scored_with.get(key)} and "
-                    f"{ref.scored_with.get(key)} (summary.json's scored_with); score (or evaluate) both with "
-                    f"the same --{key}"
+                    f"{ref.scored_with.get(key)} (summary.json's scored_with); {advice}"
                 )
     labels = [c for c in both if e.rows[c]["target_empty"] != ref.rows[c]["target_empty"]]
     if labels:
@@ -237,8 +241,41 @@ def _check_comparable(e: Evaluation, ref: Evaluation) -> None:
             f"compare: {where} give different HD95 values to a case with exactly one empty mask (case {c}: "
             f"{e.rows[c]['hd95']:g} and {ref.rows[c]['hd95']:g}; {len(one_empty)} such case(s)): they were scored "
             "with different --empty_value settings (or at different resolutions: CityScapes' score and "
-            "evaluation); evaluate both with the same --empty_value"
+            f"evaluation); score both with the same --empty_value ({_BUNDLE_EMPTY_VALUE})"
         )
+
+
+# what a bundle's evaluation gives a case with one empty mask: its CaseMetrics' default
+_BUNDLE_EMPTY_VALUE = (
+    "a bundle's evaluation gives such a case the image diagonal, as score does without --empty_value; "
+    "no bundle id changes it"
+)
+
+
+def _empty_value_advice(e: Evaluation, ref: Evaluation) -> str:
+    """How to score two folders with different recorded empty-case HD95 values alike: ``score``
+    takes ``--empty_value``, but a bundle's evaluation (a folder whose summary.json records its
+    bundle) has no such id, so a score folder is scored again with the bundle folder's value."""
+    bundles = [x for x in (e, ref) if x.bundle]
+    if not bundles:
+        return "score both with the same --empty_value (None: without it, the image diagonal)"
+    if len(bundles) == 2:
+        return (
+            f"{_BUNDLE_EMPTY_VALUE} (None): evaluate both with the bundles' configs as they are, not a "
+            "CaseMetrics given another empty_value"
+        )
+    bundle, other = bundles[0], ref if bundles[0] is e else e
+    value = bundle.scored_with.get("empty_value")
+    if value is None:
+        return (
+            f"{bundle.folder} ({bundle.name}) is a bundle's evaluation: {_BUNDLE_EMPTY_VALUE}; score the "
+            f"masks of {other.folder} ({other.name}) again without --empty_value to match it"
+        )
+    return (
+        f"{bundle.folder} ({bundle.name}) is a bundle's evaluation whose CaseMetrics was given an empty_value "
+        f"of {value:g} (the bundles' configs give none); score the masks of {other.folder} ({other.name}) "
+        f"again with --empty_value {value:g} to match it"
+    )
 
 
 def _cases(evaluations: Sequence[Evaluation], common_cases: bool) -> tuple[list[str], list[str]]:
