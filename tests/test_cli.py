@@ -187,6 +187,30 @@ def test_check_finds_own_data_by_its_dataset_json(tmp_path, capsys):
     assert "give the data set's folder: --root DIR" in str(exit_.value.code)
 
 
+def test_check_takes_the_data_set_a_synthetic_set_records(tmp_path, capsys):
+    """`check --root DIR` on a set `synth` wrote asked which data set it is, though its synthetic.json
+    records it: that one is checked, with a NOTE line saying so; a marker naming none still asks."""
+    import json
+
+    from pam_monai.cli import main
+
+    main(
+        ["synth", "--dataset", "BraTS", "--output", str(tmp_path / "brats"), "--cases", "1", "--slices", "4"]
+    )
+    capsys.readouterr()
+    main(["check", "--root", str(tmp_path / "brats"), "--quiet"])
+    out = capsys.readouterr().out.rstrip().splitlines()
+    assert out[0] == (
+        f"NOTE {tmp_path / 'brats'}: no --dataset; its synthetic.json (a synthetic set) records brats: "
+        "checked as brats"
+    )
+    assert out[-1].startswith("OK: brats")
+    (tmp_path / "brats" / "synthetic.json").write_text(json.dumps({"dataset": "mine"}))
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--root", str(tmp_path / "brats")])
+    assert "which data set is it? Pass --dataset" in str(exit_.value.code)
+
+
 def test_datalist_with_the_data_root_as_its_output_names_the_order(tmp_path):
     """`datalist nnunet ROOT OUT.json` (synth's order) took ROOT as the JSON to write and OUT.json as
     --root: "OUT.json/dataset.json not found", or, without OUT.json, "pass the data set's root"."""

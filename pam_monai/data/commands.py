@@ -232,15 +232,39 @@ def convert_dicom(input_dir: str, output: str, channel: int = 0) -> None:
 
 
 def _dataset_of(root: str) -> str:
-    """``nnunet`` for a folder holding a dataset.json (own data); the others need --dataset."""
+    """``nnunet`` for a folder holding a dataset.json (own data); the data set ``synthetic.json``
+    records for a set ``synth`` (or a stand-in) wrote, said in a NOTE line; the others need --dataset."""
     from .folders import folders_note
 
     if (Path(root) / "dataset.json").is_file():
         return "nnunet"
+    marked = _marked_dataset(root)
+    if marked:
+        from .synthetic import MARKER
+
+        print(
+            f"NOTE {root}: no --dataset; its {MARKER} (a synthetic set) records {marked}: checked as {marked}"
+        )
+        return marked
     raise ValueError(
         f"{root}: which data set is it? Pass --dataset brats, isles, cityscapes or nnunet (own data in the "
-        f"nnU-Net layout, a folder with dataset.json: found by itself){folders_note(root)}"
+        f"nnU-Net layout, a folder with dataset.json, and a set synth wrote, by its synthetic.json: found by "
+        f"themselves){folders_note(root)}"
     )
+
+
+def _marked_dataset(root: str) -> str | None:
+    """The data set that ROOT's ``synthetic.json`` (written by ``synth`` and by the stand-ins of
+    ``ensure_dataset``) records, where it names one of the paper's; None without a readable one."""
+    from .specs import DATASETS
+    from .synthetic import MARKER
+
+    try:
+        recorded = json.loads((Path(root) / MARKER).read_text(encoding="utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):  # none, unreadable, or not a JSON object
+        return None
+    name = str(recorded).lower() if isinstance(recorded, str) else None
+    return name if name in DATASETS else None
 
 
 def _unlabelled_set(dataset: str, root: str, unlabelled: bool | None) -> tuple[bool, str | None]:
@@ -275,7 +299,7 @@ def check(
 
     Args:
         dataset: brats, isles, cityscapes or nnunet (own data: ROOT holds its dataset.json; the
-            default when it does).
+            default when it does); by default too the one a synthetic set's synthetic.json records.
         root: the data root in the published layout.
         foreground_label: the BRATS enhancing tumour label, 4 (2018, default) or 3 (BraTS 2021+); for
             own data, label values or names of its dataset.json (default every non-zero label).
