@@ -197,7 +197,8 @@ def _check_values_given(parser, overrides: dict, flags: set) -> None:
     if empty:
         raise ValueError(
             f"{', '.join(empty)} given without a value (MONAI read it as True, which this id does not "
-            f"take): pass one after each (e.g. {empty[0]} VALUE); the bundle's docs/README.md lists the ids"
+            f"take): pass one after each (e.g. {empty[0]} VALUE); the bundle's docs/README.md lists its ids, "
+            "MONAI's tracking settings (monai.bundle.utils.DEFAULT_MLFLOW_SETTINGS) those --tracking adds"
         )
 
 
