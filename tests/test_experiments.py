@@ -2150,3 +2150,44 @@ def test_a_sigterm_held_back_before_the_grid_does_not_stop_it(small_grid, monkey
     with pytest.raises(RuntimeError, match=r"2 run\(s\) failed"):
         run_experiment(**{**small_grid, "seeds": "0,1"}, keep_going=True)
     assert started == ["unet seed 0 fold 0", "unet seed 1 fold 0"]
+
+
+def test_a_failed_run_of_a_keep_going_grid_holds_nothing_of_it_into_the_next(small_grid, monkeypatch):
+    """The error of a failed run holds its traceback and that the frames of the run (its workflow:
+    the network, the optimizer, the tensors on the GPU), in a cycle with the error wherever a frame
+    holds it (Ignite's ``_handle_exception`` raises the error it was given): dropping the workflow
+    freed nothing, and a --keep_going grid trained its next run beside the failed one's memory until
+    the garbage was next collected. Now the grid keeps the error's text and releases the frames before
+    the next run; the error is reported as before."""
+    import gc
+    import weakref
+
+    class Held:  # the failed run's network, optimizer, CUDA tensors
+        pass
+
+    made, seen = [], []
+
+    def raise_it(error):  # Ignite's Engine._handle_exception: its frame holds the error (a cycle)
+        raise error
+
+    def train(self, overrides, resume):
+        seen.append([ref() is None for ref in made])  # at each run's start: the earlier runs' memory
+        network = Held()
+        made.append(weakref.ref(network))
+        raise_it(RuntimeError(f"out of memory in run {len(made)}"))
+
+    monkeypatch.setattr(runner_module._Bundle, "train", train)
+    gc.disable()  # only the grid's own release counts, not a collection that happens to run meanwhile
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"2 run\(s\) failed .*out of memory in run 1.*out of memory in run 2"
+        ):
+            run_experiment(**{**small_grid, "seeds": "0,1"}, keep_going=True)
+    finally:
+        gc.enable()
+    assert seen == [[], [True]]
+    events = [json.loads(x) for x in (Path(small_grid["output"]) / "runs.jsonl").read_text().splitlines()]
+    assert [e.get("error") for e in events if e["event"] == "failed"] == [
+        "RuntimeError: out of memory in run 1",
+        "RuntimeError: out of memory in run 2",
+    ]

@@ -40,6 +40,7 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -650,7 +651,8 @@ def _clean_up_run(held: list, raised: bool) -> None:
     a failure is logged and the run's own error goes on: a SIGTERM in the middle of an import
     leaves the import half done, a clean-up step importing it then raised, and the run was
     recorded failed on that error instead of ``interrupted`` by its ``Terminated``. After a run
-    that ended the first failure is raised."""
+    that ended the first failure is raised. After a run that raised, its error's traceback still
+    holds the workflow: a --keep_going grid releases it before its next run (:func:`_release_failed_run`)."""
     steps = {
         "closing its TensorBoard writers": lambda: close_writers(_made_objects(held[0])),
         "dropping its workflow": held.clear,
@@ -1133,6 +1135,26 @@ def _run_grid(
     return result
 
 
+def _release_failed_run(error: BaseException) -> None:
+    """Free what a failed run's error holds of it before the grid's next run (``--keep_going``).
+
+    Its traceback holds the run's frames, and their locals the workflow (network, optimizer, CUDA
+    tensors), in a cycle with the error wherever a frame holds it (Ignite's ``_handle_exception``
+    raises the error it was given): the clean-up's collection ran while the error was still
+    raised, and the next run trained beside the failed one's memory. The grid keeps the error's
+    text (:func:`_describe`); the frames' locals are cleared, the error's chain's too (a clean-up's
+    error has the run's as its context), and the garbage collected."""
+    pending, seen = [error], set()
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)  # frames still running (this one's) are left
+        pending += [e.__cause__, e.__context__]
+    gc.collect()
+
+
 def _execute_pending(
     pending: list[Run],
     planned: int,
@@ -1184,6 +1206,7 @@ def _execute_pending(
                     raise
                 log.error("experiment: %s failed (%s); going on (--keep_going)", run.name, why)
                 failed.append((run, why))
+                _release_failed_run(e)
                 continue
             executed.append(run)
             _append_event(events, event="done", run=folder, seconds=done["seconds"])
