@@ -737,7 +737,7 @@ from pam_monai.engines.cleanup import clean_up_on_error
 folder = sys.argv[1]
 
 def release_lock(engine, error):  # a clean-up attached before StopOnTerminate (the training lock's)
-    if not os.path.exists(folder + "/released"):  # Ignite calls it twice; torchrun signals once
+    if not os.path.exists(folder + "/released"):  # torchrun signals once
         os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, sent when it saw a peer fail
         time.sleep(0.2)
     open(folder + "/released", "w").write("1")
@@ -2762,8 +2762,8 @@ def test_a_failing_clean_up_after_an_error_still_gives_sigterm_back():
 def test_a_last_clean_up_failing_after_a_failed_clean_up_is_logged_not_raised(caplog):
     """After a clean-up raised, the ones attached last still run, in order; one of them failing
     too is logged (a WARNING naming its error) and the others still run: the first clean-up's
-    error is the one that goes on, not the later one's. (Ignite hands that error to the
-    EXCEPTION_RAISED handlers again, so the clean-ups run a second time.)"""
+    error is the one that goes on, not the later one's. Each runs once (Ignite hands that error to
+    the EXCEPTION_RAISED handlers again: :func:`test_each_clean_up_runs_once_per_failure`)."""
     import logging
 
     from ignite.engine import Engine
@@ -2789,5 +2789,52 @@ def test_a_last_clean_up_failing_after_a_failed_clean_up_is_logged_not_raised(ca
     with caplog.at_level(logging.WARNING, logger="pam_monai"):
         with pytest.raises(OSError, match="database is locked"):
             engine.run(range(2), max_epochs=1)
-    assert ran[:2] == ["broken_last", "last"]
+    assert ran == ["broken_last", "last"]
     assert "after a failed clean-up, another failed too: ZeroDivisionError: lock file gone" in caplog.text
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_each_clean_up_runs_once_per_failure(failing):
+    """Ignite hands an error of an iteration to the EXCEPTION_RAISED handlers twice (the loop over
+    the data catches it, then the run around it catches it again), and a clean-up's own error the
+    second time: every clean-up ran twice after one failure (StopOnTerminate's restore, an MLflow
+    run ended FAILED twice, a lock released twice). Now each runs once per failure, and the error
+    that goes on is the same. (A clean-up in line after one that raised runs when Ignite hands it
+    that clean-up's error, as before; the ones attached ``last`` run at once, on the run's error.)"""
+    from ignite.engine import Engine
+
+    from pam_monai.engines.cleanup import clean_up_on_error
+
+    ran = []
+
+    def first(engine, error):
+        ran.append(("first", str(error)))
+        if failing:
+            raise OSError("database is locked")
+
+    def step(engine, batch):
+        raise RuntimeError("boom")
+
+    engine = Engine(step)
+    clean_up_on_error(engine, lambda engine, error: ran.append(("second", str(error))))
+    clean_up_on_error(engine, first)  # first in line: attached after
+    clean_up_on_error(engine, lambda engine, error: ran.append(("last", str(error))), last=True)
+    expected = (
+        [("first", "boom"), ("last", "boom"), ("second", "database is locked")]
+        if failing
+        else [("first", "boom"), ("second", "boom"), ("last", "boom")]
+    )
+    went_on = OSError if failing else RuntimeError
+    try:
+        engine.run(range(2), max_epochs=1)
+    except went_on as e:
+        assert str(e) == ("database is locked" if failing else "boom")
+        assert ran == expected
+        ran.clear()
+        # a retry while handling the error (its error's __context__): this run's failure is cleaned up too
+        engine.state.max_epochs = None  # Ignite starts a new run, not a resumed one (its epoch counted done)
+        with pytest.raises(went_on):
+            engine.run(range(2), max_epochs=1)
+        assert ran == expected
+    else:
+        pytest.fail("the run's error did not go on")

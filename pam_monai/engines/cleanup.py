@@ -63,15 +63,18 @@ def clean_up_on_error(engine: Engine, clean_up, last: bool = False) -> None:
     clean-up handlers swallow the error when nothing came after). ``last``: after every clean-up
     attached so far, and before those attached later unless they are ``last`` too; run even where
     an earlier clean-up raised (StopOnTerminate's: its SIGTERM handler, left in place, held back
-    every later SIGTERM), before that clean-up's error goes on."""
+    every later SIGTERM), before that clean-up's error goes on. Each clean-up runs once per failure
+    (:func:`_first_time`), though Ignite hands one failure to these handlers twice."""
 
     def handler(engine: Engine, error: BaseException) -> None:
-        try:
-            clean_up(engine, error)
-        except BaseException:
-            if not last:
-                _run_last_clean_ups(engine, error)
-            raise
+        if _first_time(handler, error):
+            try:
+                clean_up(engine, error)
+            except BaseException as failure:
+                if not last:
+                    _run_last_clean_ups(engine, error)
+                _mark(failure, getattr(error, _CLEANED_UP, frozenset()))  # Ignite hands it on next
+                raise
         if _handler_table(engine)[Events.EXCEPTION_RAISED][-1][0] is handler:
             raise error
 
@@ -87,12 +90,37 @@ def clean_up_on_error(engine: Engine, clean_up, last: bool = False) -> None:
     raised.insert(at, mine)
 
 
+_CLEANED_UP = "_pam_monai_cleaned_up"  # on an error: the ids of the clean-up handlers run after it
+
+
+def _first_time(handler, error: BaseException) -> bool:
+    """Whether ``handler`` (:func:`clean_up_on_error`) has not run yet after ``error``; marks it run.
+
+    Ignite hands one failure to the ``EXCEPTION_RAISED`` handlers twice: the loop over the data
+    catches an iteration's error and fires them, the last re-raises it, and the run around the loop
+    catches it and fires them again, with a clean-up's own error where one raised (that error takes
+    the marks of the clean-ups run before it): every clean-up ran twice (an MLflow run ended twice,
+    StopOnTerminate's restore twice). The mark is on the error, not the engine, nor read through the
+    error's ``__context__``: the engine's next run (a retry in an ``except`` block too) fails with
+    another error, cleaned up again. Ids, not the handlers: an error kept by a caller (a failed
+    grid run) holds nothing of them."""
+    if id(handler) in getattr(error, _CLEANED_UP, ()):
+        return False
+    _mark(error, {id(handler)})
+    return True
+
+
+def _mark(error: BaseException, handlers) -> None:
+    """Record on ``error`` that the clean-up handlers whose ids are ``handlers`` ran after its failure."""
+    setattr(error, _CLEANED_UP, getattr(error, _CLEANED_UP, frozenset()) | frozenset(handlers))
+
+
 def _run_last_clean_ups(engine: Engine, error: BaseException) -> None:
     """The ``last`` clean-ups of ``engine`` (:func:`clean_up_on_error`), after one before them
     raised: each is taken, its own failure logged (the first clean-up's error goes on)."""
     for entry, _, _ in list(_handler_table(engine)[Events.EXCEPTION_RAISED]):
         clean_up = getattr(entry, "last_clean_up", None)
-        if clean_up is None:
+        if clean_up is None or not _first_time(entry, error):
             continue
         try:
             clean_up(engine, error)
