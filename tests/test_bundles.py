@@ -2286,6 +2286,40 @@ def test_tracking_ids_are_overridable_with_tracking_only(tmp_path, monkeypatch):
     assert (tmp_path / "elsewhere" / "file.db").is_file()
 
 
+def test_tracking_handler_entries_are_not_ids_the_command_line_may_set(tmp_path, monkeypatch):
+    """MONAI's tracking settings hold, beside the ids they add (``tracking_uri``, ``run_name``, ...),
+    the handlers for the engines' handler lists under ``trainer``, ``validator`` and ``evaluator``
+    (``handlers_id``); ``patch_bundle_tracking`` adds those to the lists, never as ids. The check
+    took them for ids: ``--tracking mlflow --trainer X`` on train.json (which has no ``trainer`` id,
+    its trainer is ``train#trainer``) passed, and nothing read it. Refused now, as for a settings file
+    (``--tracking my_settings.json``); the ids the tracking adds still pass."""
+    import_mlflow()
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    from pam_monai.engines.config_checks import _tracking_ids
+
+    settings = tmp_path / "elsewhere" / "my_settings.json"
+    settings.parent.mkdir()
+    settings.write_text(json.dumps(DEFAULT_EXP_MGMT_SETTINGS["mlflow"]))
+    for tracking in ("mlflow", str(settings)):
+        ids = _tracking_ids(tracking)
+        assert not {"trainer", "validator", "evaluator"} & set(ids), ids
+        assert {"tracking_uri", "experiment_name", "run_name", "save_execute_config"} <= set(ids), ids
+    db = f"sqlite:///{tmp_path / 'elsewhere' / 'runs.db'}"
+    # (--evaluator on train.json fails in MONAI's patch_bundle_tracking, before the check runs)
+    for handler in ("trainer", "validator"):
+        (tmp_path / handler).mkdir()
+        _refused_before_any_work(
+            ("train.json",),
+            # MONAI writes the executed config (eval/config_*.json) before any config code runs
+            {"tracking": "mlflow", handler: "x", "save_execute_config": False},
+            f"--{handler}: no such id in train.json",
+            {"tracking": "mlflow", "tracking_uri": db, "save_execute_config": False},
+            tmp_path / handler,
+            monkeypatch,
+        )
+
+
 @pytest.mark.parametrize(
     "files, flag, named, ok",
     [

@@ -105,7 +105,9 @@ def _tracking_ids(tracking) -> dict:
     """The ids MONAI's experiment tracking adds to the config (``--tracking mlflow``: ``tracking_uri``,
     ``experiment_name``, ``run_name``, ...), which ``--<id>`` may set as MONAI documents, with their
     defaults; a settings file (``--tracking my_settings.json``) adds its own ``configs``. As
-    ``ConfigWorkflow`` reads them."""
+    ``ConfigWorkflow`` reads them. The entries of ``configs`` named in ``handlers_id`` (``trainer``,
+    ``validator``, ``evaluator``: MLflow handlers) are no ids: ``patch_bundle_tracking`` adds them to
+    their engine's handler list (or nowhere, without that engine), so ``--trainer`` is nobody's."""
     if not tracking:
         return {}
     from monai.bundle import ConfigParser
@@ -118,8 +120,11 @@ def _tracking_ids(tracking) -> dict:
             settings = ConfigParser.load_config_files(tracking)
         except Exception:  # MONAI's own reading of it names the problem
             return {}
-    configs = settings.get("configs") if isinstance(settings, dict) else None
-    return dict(configs) if isinstance(configs, dict) else {}
+    if not isinstance(settings, dict) or not isinstance(settings.get("configs"), dict):
+        return {}
+    handlers = settings.get("handlers_id")
+    handlers = handlers if isinstance(handlers, dict) else {}
+    return {key: value for key, value in settings["configs"].items() if key not in handlers}
 
 
 def check_override_ids() -> None:
