@@ -858,20 +858,19 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 def test_evaluation_loads_its_weights_only(tmp_path):
     """evaluate.json loaded model.pt with MONAI's ``CheckpointLoader``, which MONAI 1.4 and 1.5 (the
-    floor is 1.4) run with ``weights_only=False``: a model.pt from elsewhere could run code. Its
-    loader is now the project's, which refuses such a file before it runs anything and loads
-    plain weights into the network."""
+    floor is 1.4) run with ``weights_only=False``: a model.pt from elsewhere could run code (and it
+    read the file a second time, after check_weights). Its evaluating step now loads the weights
+    once, the project's way, refusing such a file before it runs anything."""
     from monai.bundle import ConfigParser
     from monai.handlers import CheckpointLoader
-
-    from pam_monai.engines import WeightsLoader
 
     parser = ConfigParser()
     parser.read_config([TRAIN, str(ROOT / "bundles" / "brats_fpa" / "configs" / "evaluate.json")])
     parser.update({"bundle_root": str(tmp_path), "network_options": SMALL, "device": "$torch.device('cpu')"})
-    handlers = parser.get_parsed_content("validate#handlers")
-    assert not [h for h in handlers if isinstance(h, CheckpointLoader)]
-    (loader,) = [h for h in handlers if isinstance(h, WeightsLoader)]
+    assert not [h for h in parser.get_parsed_content("validate#handlers") if isinstance(h, CheckpointLoader)]
+    (step,) = [
+        i for i, e in enumerate(parser["evaluating"]) if "load_weights(@ckpt_path, @network)" in str(e)
+    ]
     ran = tmp_path / "ran"
 
     class Evil:
@@ -881,15 +880,16 @@ def test_evaluation_loads_its_weights_only(tmp_path):
     ckpt = Path(parser.get_parsed_content("ckpt_path"))
     ckpt.parent.mkdir(parents=True)
     torch.save(Evil(), ckpt)
-    with pytest.raises(RuntimeError, match="model.pt: cannot load checkpoint"):
-        loader(None)
+    with pytest.raises(RuntimeError) as refused:  # MONAI's "Failed to evaluate" around ours
+        parser.get_parsed_content(f"evaluating#{step}")
+    assert "model.pt: cannot load checkpoint" in str(refused.value.__cause__), refused.value.__cause__
     assert not ran.exists()
     network = parser.get_parsed_content("network")
     trained = {
         k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in network.state_dict().items()
     }
     torch.save(trained, ckpt)
-    loader(None)
+    parser.get_parsed_content(f"evaluating#{step}")  # into the same network object
     assert all(torch.equal(v, trained[k]) for k, v in network.state_dict().items())
 
 

@@ -8,11 +8,11 @@ from .case_metrics import CaseMetrics
 from .checkpoint import (
     BestCheckpoint,
     TrainingCheckpoint,
-    WeightsLoader,
     atomic_save,
     check_run,
     check_weights,
     load_checkpoint,
+    load_weights,
 )
 from .cleanup import CloseWritersOnError, ReleaseTrainingLocksOnError, close_writers
 from .config_checks import (
@@ -88,7 +88,6 @@ __all__ = [
     "TensorBoardStatsHandler",
     "Terminated",
     "TrainingCheckpoint",
-    "WeightsLoader",
     "TrackingEvery",
     "TrainingPlan",
     "as_bool",
@@ -124,6 +123,7 @@ __all__ = [
     "recorded_intensity",
     "foreground_mask",
     "load_checkpoint",
+    "load_weights",
     "loss_of",
     "prepare_data",
     "safe_output_path",

@@ -40,10 +40,10 @@ from .loaders import epoch_samples
 __all__ = [
     "BestCheckpoint",
     "TrainingCheckpoint",
-    "WeightsLoader",
     "atomic_save",
     "check_run",
     "check_weights",
+    "load_weights",
     "load_checkpoint",
 ]
 
@@ -510,21 +510,13 @@ class BestCheckpoint:
         log.info("new best %s %.4f%s: saved %s", self.metric_name, value, at, self.path)
 
 
-class WeightsLoader:
-    """Ignite handler: loads ``model.pt`` into ``network`` when its engine starts, weights only
-    (:func:`check_weights`), in place of MONAI's ``CheckpointLoader``, which MONAI up to 1.5 (the
-    floor here is 1.4) loads with ``weights_only=False``: a model.pt from elsewhere could run code
-    when evaluated."""
-
-    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module) -> None:
-        self.load_path, self.network = load_path, network
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        unwrap_network(self.network).load_state_dict(check_weights(self.load_path, self.network))
-        log.info("loaded the weights in %s", self.load_path)
+def load_weights(ckpt_path: str | os.PathLike, network: torch.nn.Module) -> None:
+    """Load ``model.pt`` into ``network``, weights only, after :func:`check_weights` checked that
+    they fit: evaluation's one read of them. MONAI's ``CheckpointLoader``, which evaluate.json used
+    after that check (a second read), loads with ``weights_only=False`` up to MONAI 1.5 (the floor
+    here is 1.4): a model.pt from elsewhere could run code when evaluated."""
+    unwrap_network(network).load_state_dict(check_weights(ckpt_path, network))
+    log.info("loaded the weights in %s", ckpt_path)
 
 
 def _best_of(record: dict) -> str:
