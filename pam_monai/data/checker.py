@@ -313,8 +313,8 @@ def slice_axis_problem(affine) -> str | None:
     if affine is None:
         return None
     spacing = voxel_spacing(affine)
-    thick = int(np.argmax(spacing))
-    if thick == 2 or spacing[thick] < 2 * spacing[2]:
+    thick = _thick_axis_not_sliced(spacing)
+    if thick is None:
         return None
     shown = " x ".join(f"{v:.3g}" for v in spacing)
     return (
@@ -322,6 +322,13 @@ def slice_axis_problem(affine) -> str | None:
         f"axis 2 ({spacing[2]:.3g} mm), so its 2-D slices cut through the thick axis; store it with the thick "
         "(slice) axis third, as the training cases"
     )
+
+
+def _thick_axis_not_sliced(spacing) -> int | None:
+    """The array axis, other than the slice axis 2, whose voxels are at least twice axis 2's: the
+    thick axis of a volume stored with its slice axis elsewhere; None when there is none."""
+    thick = int(np.argmax(spacing))
+    return None if thick == 2 or spacing[thick] < 2 * spacing[2] else thick
 
 
 # data sets whose channels are all scanner images (MRI, CT perfusion maps) or photographs, never a mask
@@ -816,8 +823,7 @@ def in_plane_spacing_problems(cases: Sequence[CaseSummary], factor: float = 2.0)
     usual = np.median(np.stack(list(sized.values()))[:, :2], axis=0)
     found = []
     for case, size in sized.items():
-        thick = int(np.argmax(size))
-        if thick != 2 and size[thick] >= 2 * size[2]:
+        if _thick_axis_not_sliced(size) is not None:  # warned of by slice_axis_problem
             continue
         problem = spacing_problem(size, usual, "the cases' median", factor)
         if problem:
