@@ -186,8 +186,7 @@ class StopEveryProcessOnError:
 
     def _failed(self, engine: Engine, error: BaseException) -> None:
         """Tell the other processes of this process's error (:meth:`_announce`), then end the watcher."""
-        store, key = self._store(), self._key
-        self._key = ""  # Ignite fires EXCEPTION_RAISED twice for an error in an iteration: say it once
+        store, key = self._store(), self._key  # once per failure (clean_up_on_error)
         if self._stop is not None:
             self._stop.set()  # the watcher stops now; waited for once the error is told (_end)
         try:
