@@ -103,6 +103,7 @@ class TrainingPlan:
         """Log the best model and the next commands (process 0; not after a stop before the last epoch;
         only under ``python -m monai.bundle``: a program that trains, as the experiment runner, which
         evaluates the run itself, was told to type another bundle's commands, without the run's folder)."""
+        from .checkpoint import _best_of
         from .workflow import _run_by_monai_bundle, _running_workflow_configs
 
         if not _run_by_monai_bundle():
@@ -116,9 +117,7 @@ class TrainingPlan:
         if not best.is_file():  # no validation ran
             return
         meta = best.with_suffix(".json")
-        record = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
-        score = f", {record['metric']} {float(record['value']):.4f}" if "value" in record else ""
-        epoch = f" (epoch {record['epoch']}{score})" if "epoch" in record else ""
+        epoch = _best_of(json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {})
         configs = _running_workflow_configs() or Path("configs")
         log.info(
             "training finished: best model %s%s. Next (with this run's overrides, e.g. --dataset_dir, --bundle_root): "
