@@ -696,13 +696,39 @@ def test_benchmark_pair_from_a_real_brats_lesion(shared_data):
     assert r["monai_hd95"] == pytest.approx(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), rel=1e-5)
 
 
+def _box_from_indices(mask: np.ndarray):
+    """The foreground's bounding box from its voxel indices: the definition, independent of the
+    word-wise and reduction routes of ``bounding_box`` and ``foreground_box``."""
+    idx = np.nonzero(mask)
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx) if idx[0].size else None
+
+
+@contextlib.contextmanager
+def _reduce_route(route: str):
+    """One route of the large-array maxima: torch from ``TORCH_REDUCE_MIN`` values, else numpy."""
+    from pam_monai.metrics import masks
+
+    saved = masks.TORCH_REDUCE_MIN
+    masks.TORCH_REDUCE_MIN = 0 if route == "torch" else 1 << 62
+    try:
+        yield
+    finally:
+        masks.TORCH_REDUCE_MIN = saved
+
+
+@pytest.mark.parametrize("route", ["numpy", "torch"])
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(st.integers(1, 40), min_size=1, max_size=3),
-    st.sampled_from(["float32", "float64", "int16", "uint8", "bool"]),
+    st.sampled_from(["float32", "float64", "float16", "int16", "uint8", "bool"]),
     st.integers(0, 2**31 - 1),
 )
-def test_foreground_box_equals_the_box_of_the_thresholded_mask(shape, dtype, seed):
+def test_foreground_box_equals_the_box_of_the_thresholded_mask(route, shape, dtype, seed):
+    with _reduce_route(route):
+        _check_foreground_box(shape, dtype, seed)
+
+
+def _check_foreground_box(shape, dtype, seed):
     from pam_monai.metrics.masks import as_mask, bounding_box, foreground_box
 
     rng = np.random.default_rng(seed)
@@ -715,9 +741,31 @@ def test_foreground_box_equals_the_box_of_the_thresholded_mask(shape, dtype, see
         if "int" in dtype
         else x.astype(dtype)
     )
-    assert foreground_box(x) == bounding_box(as_mask(x))
+    assert foreground_box(x) == bounding_box(as_mask(x)) == _box_from_indices(as_mask(x))
+    # a bool array whose rows are whole 64-bit words (bounding_box's word-wise route), non-empty
+    words = np.zeros((*shape[:-1], 8 * shape[-1]), bool)
+    words[tuple(rng.integers(0, n) for n in words.shape)] = True
+    words |= rng.random(words.shape) < 0.001
+    assert bounding_box(words) == _box_from_indices(words)
     # NaN beside foreground in one slice, a slice of NaN only
     assert foreground_box(np.array([[np.nan, 0.9, 0.0], [np.nan] * 3])) == (slice(0, 1), slice(1, 2))
+
+
+def test_a_read_only_volume_takes_the_torch_route_without_a_warning():
+    """Volumes from a memory map or a shared buffer are read-only: torch.from_numpy warns on them
+    (writes would fail). The reduction writes nothing, so that warning must not reach the user."""
+    import warnings
+
+    from pam_monai.metrics.masks import TORCH_REDUCE_MIN, foreground_box
+
+    x = np.zeros((40, 120, 120), np.float32)
+    assert x.size >= TORCH_REDUCE_MIN
+    x[5:9, 10:20, 30:31] = 0.7
+    x.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert foreground_box(x) == (slice(5, 9), slice(10, 20), slice(30, 31))
+        assert hd95(x, x) == 0.0
 
 
 @pytest.mark.parametrize("shape", [(3, 0, 5), (4, 5, 0), (0, 4, 5), (3, 0), (0, 3)])
@@ -743,11 +791,17 @@ def test_an_axis_of_length_0_has_no_foreground(shape, dtype):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", ">f4", ">f8"])
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_float_rows_above_half_read_as_integer_bits_equal_fmax(dtype, order):
+@pytest.mark.parametrize("route", ["numpy", "torch"])
+def test_float_rows_above_half_read_as_integer_bits_equal_fmax(route, dtype, order):
     """foreground_box reduces float rows by their bits read as integers (IEEE order among
     non-negative values; negatives below 0.5's bits): every awkward value gives fmax's answer,
     NaN of either sign, infinities, -0.0, 0.5 itself and the next float above it; byte-swapped
     and non-contiguous arrays take the float route."""
+    with _reduce_route(route):
+        _check_above_half(dtype, order)
+
+
+def _check_above_half(dtype, order):
     from pam_monai.metrics.masks import _above_half, as_mask, bounding_box, foreground_box
 
     above = np.nextafter(np.float16(0.5), np.float16(1)) if dtype == "float16" else np.nextafter(0.5, 1.0)
@@ -761,8 +815,9 @@ def test_float_rows_above_half_read_as_integer_bits_equal_fmax(dtype, order):
     want = np.fmax.reduce(rows.astype(np.float64), axis=1) > 0.5
     assert 0 < want.sum() < len(want)
     np.testing.assert_array_equal(_above_half(rows, 1), want)
+    np.testing.assert_array_equal(_above_half(rows, 0), np.fmax.reduce(rows.astype(np.float64), axis=0) > 0.5)
     volume = np.asarray(rows.reshape(8, 8, 7), order=order)
-    assert foreground_box(volume) == bounding_box(as_mask(volume))
+    assert foreground_box(volume) == bounding_box(as_mask(volume)) == _box_from_indices(as_mask(volume))
 
 
 def test_hd95_of_tensors_in_dtypes_numpy_lacks():

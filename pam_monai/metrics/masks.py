@@ -13,6 +13,7 @@ the target and the mask of annotated voxels that :func:`~pam_monai.metrics.case_
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -189,7 +190,14 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
         return (slice(int(idx[0]), int(idx[-1]) + 1),) if idx.size else None
     rows = mask.reshape(mask.shape[0], -1)
     if rows.flags.c_contiguous and rows.shape[1] % 8 == 0:
-        rows = rows.view(np.uint64)  # 8 voxels per comparison
+        words = rows.view(np.uint64)  # 8 voxels per comparison; max: twice as fast as any
+        idx = np.flatnonzero(words.max(axis=1))
+        if not idx.size:
+            return None
+        first = slice(int(idx[0]), int(idx[-1]) + 1)
+        # OR of bytes that are 0 or 1 is 0 or 1: the slab's projection as a bool array, word-wise
+        projection = np.bitwise_or.reduce(words[first], axis=0).view(bool).reshape(mask.shape[1:])
+        return (first, *bounding_box(projection))
     idx = np.flatnonzero(rows.any(axis=1))
     if not idx.size:
         return None
@@ -211,12 +219,29 @@ def _above_half(values: np.ndarray, axis: int) -> np.ndarray:
         return np.fmax.reduce(values, axis=axis) > 0.5
     ints = np.dtype(f"i{size}")
     half, inf = (np.array(v, values.dtype).view(ints) for v in (0.5, np.inf))
-    peak = values.view(ints).max(axis=axis)
+    peak = _int_max(values.view(ints), axis)
     found = (peak > half) & (peak <= inf)
     nan = peak > inf  # positive NaNs sort above infinity
     if nan.any():
         found[nan] = (np.fmax.reduce(values, axis=axis) > 0.5)[nan]
     return found
+
+
+#: Arrays of at least this many values are reduced by torch (:func:`_int_max`), smaller by numpy.
+TORCH_REDUCE_MIN = 1 << 18
+
+
+def _int_max(ints: np.ndarray, axis: int) -> np.ndarray:
+    """``ints.max(axis)``; large arrays through torch, whose integer maximum reads a BraTS volume
+    1.2x faster than numpy's on one thread and uses torch's intra-op threads besides (2 cores: 1.9x).
+    Reading the volumes is most of :func:`~pam_monai.metrics.hd95`'s time."""
+    if ints.size < TORCH_REDUCE_MIN:
+        return ints.max(axis=axis)
+    if ints.flags.writeable:
+        return torch.from_numpy(ints).amax(dim=axis).numpy()
+    with warnings.catch_warnings():  # read-only: torch warns that writes would fail; none happen here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(ints).amax(dim=axis).numpy()
 
 
 def foreground_box(x: np.ndarray) -> tuple[slice, ...] | None:
@@ -247,4 +272,7 @@ def foreground_box(x: np.ndarray) -> tuple[slice, ...] | None:
     if not idx.size:
         return None
     first = slice(int(idx[0]), int(idx[-1]) + 1)
+    if floating:  # the slab's maximum across its slices: read once more, nothing written
+        slab = x[first].reshape(first.stop - first.start, -1)
+        return (first, *bounding_box(_above_half(slab, 0).reshape(x.shape[1:])))
     return (first, *bounding_box((x[first] > 0.5).any(axis=0)))
