@@ -9,12 +9,19 @@ sets (untimed) and checks that it gives MONAI's value (``same_answer``).
 Given BraTS label files, it also times pairs made the same way from their real enhancing-tumour
 masks (label 4), whose ragged ring shapes have far more surface than an ellipsoid.
 
+Each pair is timed in a fresh Python process: glibc's malloc adapts its thresholds to what a
+process has freed before (and this project's inference sets them, ``reuse_freed_memory``), which
+moved MONAI's time by up to 2x between a pair timed alone and one timed after other work.
+
 Run: ``python benchmarks/hd95_bench.py [repeats] [BraTS *_seg.nii.gz ...]``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,31 +80,53 @@ def brats_lesion_pair(seg_path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ragged_copy(target, seed), target
 
 
-def bench_hd95(repeats: int = 3, shape=(155, 240, 240), segs=()) -> dict:
+def bench_hd95(repeats: int = 3, shape=(155, 240, 240), segs=(), fresh_process: bool = True) -> dict:
     """Time ours and MONAI's HD95 on the same lesion pairs (float masks, as a network gives).
 
     Args:
         repeats: timed runs per implementation; the median is reported.
         shape: volume shape of the synthetic pair.
         segs: BraTS label files whose enhancing tumours give further pairs (``"lesions"``).
+        fresh_process: time each pair in a new Python process (glibc's allocator in its initial
+            state, whatever ran before in this one); ``False``: in this process.
 
     Returns:
         ``{"shape", "voxels_pred", "voxels_target", "ours_s", "monai_s", "speedup", "kept_memory",
-        "ours_hd95", "monai_hd95", "ours_hd95_monai_convention", "same_answer", "lesions"}``
-        (``kept_memory``: ``{"ours_s", "monai_s", "speedup"}`` with freed memory kept): the
-        synthetic pair, and the same fields (plus ``"name"``) for each label file in ``"lesions"``.
+        "ours_hd95", "monai_hd95", "ours_hd95_monai_convention", "same_answer", "pid", "lesions"}``
+        (``kept_memory``: ``{"ours_s", "monai_s", "speedup"}`` with freed memory kept; ``pid``: the
+        timing process): the synthetic pair, and the same fields (plus ``"name"``) for each label
+        file in ``"lesions"``.
 
     Example:
         >>> r = bench_hd95(repeats=1, shape=(60, 80, 80))
         >>> sorted(r)[:3], r["same_answer"]
         (['lesions', 'monai_hd95', 'monai_s'], True)
     """
-    result = time_pair(*lesion_pair(shape), repeats)
+    timed = _time_in_fresh_process if fresh_process else _time_here
+    result = timed({"shape": [int(n) for n in shape]}, repeats)
     result["lesions"] = [
-        {"name": Path(seg).name.split("_seg")[0], **time_pair(*brats_lesion_pair(seg), repeats)}
-        for seg in segs
+        {"name": Path(seg).name.split("_seg")[0], **timed({"seg": str(seg)}, repeats)} for seg in segs
     ]
     return result
+
+
+def _time_here(pair: dict, repeats: int) -> dict:
+    """:func:`time_pair` on the pair ``{"shape": [...]}`` (synthetic) or ``{"seg": path}`` names."""
+    made = lesion_pair(tuple(pair["shape"])) if "shape" in pair else brats_lesion_pair(pair["seg"])
+    return {**time_pair(*made, repeats), "pid": os.getpid()}
+
+
+def _time_in_fresh_process(pair: dict, repeats: int) -> dict:
+    """:func:`_time_here` in a new Python process, with this one's torch thread count."""
+    root = str(Path(__file__).resolve().parents[1])  # the repository: pam_monai importable there
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    args = ["--pair", json.dumps(pair), str(repeats), str(torch.get_num_threads())]
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), *args], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"HD95 pair {pair}: its timing process failed:\n{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def time_pair(pred: np.ndarray, target: np.ndarray, repeats: int) -> dict:
@@ -184,4 +213,8 @@ def main(repeats: int = 3, *segs: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3, *sys.argv[2:])
+    if sys.argv[1:2] == ["--pair"]:  # one pair, timed in this fresh process (_time_in_fresh_process)
+        torch.set_num_threads(int(sys.argv[4]))
+        print(json.dumps(_time_here(json.loads(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 3, *sys.argv[2:])

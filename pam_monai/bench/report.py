@@ -222,7 +222,8 @@ def format_report(result: dict) -> str:
                 "ours: pam_monai.metrics.hd95 (95th percentile of the union of both directed sets); MONAI: "
                 "compute_hausdorff_distance(percentile=95) (the larger directed 95th percentile); ours in "
                 "MONAI's convention: the larger directed 95th percentile of our distance sets (untimed), "
-                "which must equal MONAI's value for the speed ratio to compare equal answers. Freed memory "
+                "which must equal MONAI's value for the speed ratio to compare equal answers. Each pair is "
+                "timed in a fresh process (glibc's allocator in its initial state). Freed memory "
                 "kept: both timed again with glibc keeping freed memory in the process (as this project's "
                 "CPU inference and evaluation do), where MONAI's volume-sized allocations no longer fault "
                 "in fresh pages: its best case.",
