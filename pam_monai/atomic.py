@@ -39,8 +39,10 @@ __all__ = [
     "check_writable",
     "folder_lock",
     "os_error_in_chain",
+    "recover_swap",
     "remove_orphaned_temps",
     "sibling_temp_dir",
+    "swap_dir",
 ]
 
 
@@ -288,6 +290,114 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
         if reworded is None:
             raise
         raise reworded from None
+
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _replaced_name(target: Path) -> Path:
+    """Where :func:`swap_dir` keeps the old ``target`` for a moment where folders cannot be exchanged:
+    one fixed name per target (found again after a SIGKILL), which :func:`remove_orphaned_temps`
+    never matches."""
+    return target.parent / f".{target.name[:_NAME_MAX]}.replaced"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one step (Linux's ``renameat2(RENAME_EXCHANGE)``, ext4,
+    xfs, btrfs, tmpfs); False, nothing done, where the system or file system cannot (NFS, macOS,
+    Windows)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextlib.contextmanager
+def _dir_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself for the block (no lock file left beside the
+    folders it guards); none without ``fcntl`` or where the file system refuses it."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    try:
+        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            with contextlib.suppress(OSError):  # NFS without its lock daemon: unlocked, as folder_lock
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def recover_swap(target: str | os.PathLike) -> None:
+    """Finish what a :func:`swap_dir` of ``target`` killed midway left: where the folders could not
+    be exchanged in one step, a kill between its two renames leaves ``target`` missing and its old
+    content whole under :func:`_replaced_name`, which is renamed back (the new folder, a temporary
+    one of a dead writer, goes with :func:`remove_orphaned_temps`); one killed while removing the
+    old content after the swap leaves a part of it, which is removed."""
+    target = Path(os.path.abspath(target))  # "." has no name to put the old one under
+    old = _replaced_name(target)
+    if not old.is_dir():
+        return
+    if not target.exists() and not target.is_symlink():
+        os.rename(old, target)
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        raise OSError(
+            errno.ENOTEMPTY,
+            f"{old}: the previous content of {target}, replaced by a newer one, could not be removed: remove it "
+            "(make its folders writable first), then run again",
+        )
+
+
+def swap_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the complete folder ``new`` in the place of the folder ``target`` (or where none is), its
+    old content removed, leaving ``target`` old or new at every instant, never a mix.
+
+    Where the folders can be exchanged in one step (:func:`_exchange`) a kill at any point leaves
+    one of them; elsewhere ``target`` is renamed aside, ``new`` into place and the old removed, and
+    a kill between the two renames leaves ``target`` missing for a moment: :func:`recover_swap`,
+    which every swap of ``target`` runs first, puts the old one back. Swaps of folders beside one
+    another take turns (a lock on their parent folder). A process whose working folder is in
+    ``target`` is moved into the new one, at the same path.
+    """
+    new, target = Path(new), Path(os.path.abspath(target))
+    cwd = Path.cwd()
+    inside = _real_dir(target) and (cwd == target.resolve() or target.resolve() in cwd.parents)
+    with _dir_lock(target.parent):
+        recover_swap(target)
+        if not _real_dir(target):
+            os.replace(new, target)
+            return
+        if _exchange(new, target):
+            shutil.rmtree(new, ignore_errors=True)  # the old content now; a part left is only a copy
+        else:
+            _swap_by_renames(new, target)
+    if inside:
+        os.chdir(cwd)  # the same path, now the new folder: the old one is gone
+
+
+def _swap_by_renames(new: Path, target: Path) -> None:
+    old = _replaced_name(target)
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)  # as it was; a kill here is recover_swap's
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # what is left of it recover_swap removes next time
 
 
 def check_writable(folder: str | os.PathLike, option: str | None = None) -> Path:

@@ -1718,3 +1718,118 @@ def test_bundle_of_another_network_names_the_flag(own_root, tmp_path):
         "registry trains from the bundle with --network_name)" in str(exit_.value.code)
     )
     assert not (tmp_path / "b").exists()
+
+
+def _tree(folder: Path) -> dict[str, bytes | None] | None:
+    """Every entry below ``folder``: a file's bytes, None for a folder; None when ``folder`` is missing."""
+    if not folder.exists():
+        return None
+    return {
+        p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")
+    }
+
+
+# every call of the rebuild that changes the disk, where a kill or an error can strike
+_DISK_CALLS = [(os, "rename"), (os, "replace"), (os, "link"), (os, "mkdir"), (os, "unlink"), (os, "rmdir"),
+               (os, "symlink"), (shutil, "copy2"), (Path, "write_text")]  # fmt: skip
+
+
+def _fail_at(k: int, fail, monkeypatch) -> list[int]:
+    """Patch the disk calls (and the folder exchange) to call ``fail`` instead of their ``k``-th one."""
+    from pam_monai import atomic
+
+    calls = [0]
+
+    def counted(original):
+        def call(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == k:
+                fail()
+            return original(*args, **kwargs)
+
+        return call
+
+    for owner, name in [*_DISK_CALLS, (atomic, "_exchange")]:
+        monkeypatch.setattr(owner, name, counted(getattr(owner, name)))
+    return calls
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two_renames"])
+@pytest.mark.parametrize("interruption", ["kill", "error"])
+def test_an_interrupted_rebuild_leaves_the_old_or_the_new_bundle_whole(
+    own_root, tmp_path, monkeypatch, exchange, interruption
+):
+    """``bundle --overwrite`` over an existing bundle, killed (SIGKILL: no clean-up runs) or failing
+    at each of its disk calls in turn, leaves the whole old bundle or the whole new one, the
+    user's models/, eval/ and own config with it, never configs of two builds; where folders cannot
+    be exchanged in one step, a kill between the two renames is undone by the next rebuild (the
+    old bundle back in place first). The next rebuild then leaves the new bundle and nothing else."""
+    from pam_monai import atomic
+    from pam_monai.bundle_templates import own_data
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+
+    probe = [tmp_path / "probe_a", tmp_path / "probe_b"]
+    for p in probe:
+        p.mkdir()
+    if exchange and not atomic._exchange(*probe):
+        pytest.skip("this system or file system cannot exchange two folders in one step")
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # outside the bundles: configs that name no folder
+    bundle = own_data_bundle(own_root, "fpa", tmp_path / "bundles" / "tumour_fpa", crop_size=96, check=False)
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"trained weights")
+    (bundle / "eval").mkdir()
+    (bundle / "eval" / "metrics.csv").write_text("case,dice\nSYN_006,0.8\n")
+    (bundle / "configs" / "mine.json").write_text('{"epochs": 3}')
+    pristine = Path(shutil.copytree(bundle, tmp_path / "pristine"))
+    old = _tree(bundle)
+    expected = Path(shutil.copytree(bundle, tmp_path / "expected" / "tumour_fpa"))
+    own_data_bundle(own_root, "fpa", expected, crop_size=112, overwrite=True, check=False)
+    new = _tree(expected)
+    assert json.loads(new["configs/inference.json"]) != json.loads(old["configs/inference.json"])
+    assert new["models/model.pt"] == b"trained weights" and new["configs/mine.json"] == b'{"epochs": 3}'
+
+    def rebuild():  # the new bundle's files as rendered above: the writing alone is under test here
+        own_data._write_bundle(bundle.resolve(), files)
+
+    files = {}
+    with monkeypatch.context() as patch:
+        patch.setattr(own_data, "_write_bundle", lambda target, rendered: files.update(rendered))
+        own_data_bundle(own_root, "fpa", bundle, crop_size=112, overwrite=True, check=False)
+    mine = f".tumour_fpa.pid{os.getpid()}@"
+    k, finished = 0, False
+    while not finished:
+        k += 1
+        with monkeypatch.context() as patch:
+            if interruption == "kill":
+                pid = os.fork()
+                if pid == 0:  # the child: killed at its k-th disk call, no handler or finally runs
+                    code = 1
+                    try:
+                        _fail_at(k, lambda: os._exit(9), patch)
+                        rebuild()
+                        code = 0
+                    finally:
+                        os._exit(code)
+                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                assert code in (0, 9), f"the rebuild failed at disk call {k} without being killed"
+                finished = code == 0
+            else:
+                calls = _fail_at(k, lambda: (_ for _ in ()).throw(OSError(5, "interrupted")), patch)
+                try:
+                    rebuild()
+                    finished = calls[0] < k
+                except OSError as e:
+                    assert "interrupted" in str(e)
+        if interruption == "kill" and not exchange and not bundle.exists():
+            atomic.recover_swap(bundle)  # as the next rebuild does first
+        assert _tree(bundle) in (old, new), f"interrupted at disk call {k}: a mix of two builds"
+        own_data_bundle(own_root, "fpa", bundle, crop_size=112, overwrite=True, check=False)
+        # an error (not a kill) while removing the old bundle's copy leaves it to the next run's sweep
+        left = [n for n in os.listdir(bundle.parent) if interruption == "kill" or not n.startswith(mine)]
+        assert _tree(bundle) == new and left == ["tumour_fpa"], k
+        shutil.rmtree(bundle.parent)
+        shutil.copytree(pristine, bundle)
+    assert k > 20  # every call above was interrupted once

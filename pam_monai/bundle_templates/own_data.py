@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..atomic import sibling_temp_dir
+from ..atomic import recover_swap, remove_orphaned_temps, sibling_temp_dir, swap_dir
 from ..data.layout import visible_entries
 from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_json
 from ..shell import quote
@@ -126,6 +126,9 @@ def own_data_bundle(
     # absolute path, which a copied or shared bundle would keep writing to
     folder = _folder_below_cwd(output)
     _refuse_unquotable(dataset_dir, output, f"{folder or '.'}/{output.resolve().name}")
+    # what a killed rebuild left: the old bundle renamed aside, the new one's temporary folder
+    recover_swap(output.resolve())
+    remove_orphaned_temps(output.resolve().parent)
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
     # named before the data are read: checking every case of a large data set takes minutes
@@ -218,23 +221,50 @@ def own_data_bundle(
         data = json.loads(files[f"configs/{config}"])
         data.update(extra)
         files[f"configs/{config}"] = json.dumps(data, indent=4) + "\n"
-    # written next to the target and renamed into place: an interrupted run leaves no half bundle
-    tmp = sibling_temp_dir(output)
+    _write_bundle(output.resolve(), files)
+    return output
+
+
+def _write_bundle(target: Path, files: dict[str, str]) -> None:
+    """Write the bundle ``files`` into the folder ``target``, keeping whatever else it holds
+    (``models/``, ``eval/``, the user's own files). The new bundle is made whole beside it, the
+    user's files hard-linked in (copied where links fail), and swapped in at once
+    (:func:`~pam_monai.atomic.swap_dir`): replaced file by file, a rebuild killed midway left
+    configs of two builds (a new ``train.json`` beside an old ``inference.json`` of other channels)."""
+    tmp = sibling_temp_dir(target)
     try:
         for rel, text in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text, encoding="utf-8")
-        if output.exists():
-            for rel in files:  # replace the bundle's own files, keep models/ and eval/
-                (output / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp / rel, output / rel)
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, output)
+        if target.is_dir():
+            shutil.copytree(
+                target, tmp, symlinks=True, ignore=_own_files(target, files), copy_function=_link_or_copy,
+                dirs_exist_ok=True,
+            )  # fmt: skip
+        swap_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return output
+
+
+def _own_files(target: Path, files: dict[str, str]):
+    """``copytree``'s ``ignore``: the files of the bundle itself, which the new build replaces."""
+    own = {Path(rel) for rel in files}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder).relative_to(target)
+        return {name for name in names if here / name in own}
+
+    return ignore
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (no second copy of a large checkpoint); a copy where the file system or the
+    file's owner refuses links (FAT, ``fs.protected_hardlinks`` for another user's file)."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _check(spec, dataset_dir: Path, foreground: Sequence[int]) -> None:
