@@ -269,8 +269,9 @@ def sibling_temp_dir(target: str | os.PathLike) -> Path:
 def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield a new empty folder beside ``target`` (:func:`sibling_temp_dir`); when the block
     succeeds it is renamed to ``target``, so a folder appears complete or not at all. An existing
-    ``target`` must be an empty folder (a user's ``mkdir``), or anything with ``replace=True``. On
-    any exception the temporary folder is removed and ``target`` is untouched.
+    ``target`` must be an empty folder (a user's ``mkdir``), or anything with ``replace=True``, and
+    is swapped out whole (:func:`swap_dir`). On any exception the temporary folder is removed and
+    ``target`` is untouched.
 
     Example::
 
@@ -278,12 +279,14 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
             (tmp / "dataset.json").write_text(..., encoding="utf-8")
     """
     target = Path(target)
+    recover_swap(target)  # a swap killed between its renames left the old folder aside
     tmp = sibling_temp_dir(target)
     try:
         yield tmp
-        if target.is_dir() and not target.is_symlink() and (replace or not any(target.iterdir())):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if _real_dir(target) and (replace or not any(target.iterdir())):
+            swap_dir(tmp, target)  # the old folder stays whole until the new one takes its place
+        else:
+            os.replace(tmp, target)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         reworded = _reworded(e, target)

@@ -2838,3 +2838,69 @@ def test_each_clean_up_runs_once_per_failure(failing):
         assert ran == expected
     else:
         pytest.fail("the run's error did not go on")
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two_renames"])
+def test_a_folder_replaced_by_atomic_dir_is_old_or_new_whatever_the_kill(tmp_path, monkeypatch, exchange):
+    """``atomic_dir(replace=True)`` (a synthetic data set made anew) killed at any of its disk calls
+    leaves the whole old folder or the whole new one: the old one was removed first, and a kill
+    during that removal left a part of it. Where folders cannot be exchanged in one step, a kill
+    between the two renames is undone by the next ``atomic_dir`` there (the old folder put back)."""
+    from pam_monai import atomic
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    if exchange and not atomic._exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("this system or file system cannot exchange two folders in one step")
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "out" / "Dataset"
+    old = {f"cases/{i}.txt": f"old {i}" for i in range(6)}
+    new = {f"cases/{i}.txt": f"new {i}" for i in range(4)}
+
+    def write(folder: Path, files: dict[str, str]) -> None:
+        for rel, text in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+
+    def tree() -> dict[str, str] | None:
+        return {p.relative_to(target).as_posix(): p.read_text() for p in target.rglob("*.txt")} or None
+
+    def killed_at(k: int, count: list[int], original):
+        def call(*args, **kwargs):
+            count[0] += 1
+            if count[0] == k:
+                os._exit(9)
+            return original(*args, **kwargs)
+
+        return call
+
+    calls = [(os, "rename"), (os, "replace"), (os, "unlink"), (os, "rmdir"), (atomic, "_exchange")]
+    k, finished = 0, False
+    while not finished:
+        k += 1
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        write(target, old)
+        pid = os.fork()
+        if pid == 0:  # the child, killed at its k-th call: no handler or finally runs
+            code = 1
+            try:
+                count = [0]
+                for owner, name in calls:
+                    setattr(owner, name, killed_at(k, count, getattr(owner, name)))
+                with atomic.atomic_dir(target, replace=True) as tmp:
+                    write(tmp, new)
+                code = 0
+            finally:
+                os._exit(code)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        assert code in (0, 9)
+        finished = code == 0
+        if not exchange:
+            atomic.recover_swap(target)  # as the next atomic_dir there does first
+        assert tree() in (old, new), f"killed at call {k}: a part of the old folder, or none"
+        with atomic.atomic_dir(target, replace=True) as tmp:
+            write(tmp, new)
+        atomic.remove_orphaned_temps(target.parent)  # the killed child's new folder, if left
+        assert tree() == new and os.listdir(target.parent) == ["Dataset"], k
+    assert k > 5
