@@ -1754,6 +1754,31 @@ def _fail_at(k: int, fail, monkeypatch) -> list[int]:
     return calls
 
 
+def test_a_bundle_a_training_writes_into_is_not_rebuilt(own_root, tmp_path, monkeypatch):
+    """A checkpoint saved into models/ while ``bundle --overwrite`` swaps the folder would land in
+    the old folder and be deleted with it: the rebuild is refused while a training holds models/
+    or eval/, naming the bundle and the holder, and goes ahead once the training is over."""
+    from pam_monai import runlock
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+    from pam_monai.runlock import LOCK_NAME, RunLockError
+
+    monkeypatch.chdir(tmp_path)
+    bundle = own_data_bundle(own_root, "fpa", tmp_path / "tumour_fpa", crop_size=96, check=False)
+    before = (bundle / "configs" / "inference.json").read_text()
+    live = os.getppid()  # another live process on this host: the training
+    holder = {"pid": live, "host": runlock._HOST, "hostname": "here", "proc_start": runlock._proc_start(live)}
+    for held in ("models", "eval"):
+        lock = bundle / held / LOCK_NAME
+        lock.parent.mkdir(exist_ok=True)
+        lock.write_text(json.dumps({**holder, "started": "2026-01-02T03:04:05+0000", "token": "t"}))
+        with pytest.raises(RunLockError, match=rf"tumour_fpa is not rebuilt while a training writes.*{held}"):
+            own_data_bundle(own_root, "fpa", bundle, crop_size=112, overwrite=True, check=False)
+        assert (bundle / "configs" / "inference.json").read_text() == before
+        lock.unlink()  # the training is over
+    own_data_bundle(own_root, "fpa", bundle, crop_size=112, overwrite=True, check=False)
+    assert (bundle / "configs" / "inference.json").read_text() != before
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two_renames"])
 @pytest.mark.parametrize("interruption", ["kill", "error"])
 def test_an_interrupted_rebuild_leaves_the_old_or_the_new_bundle_whole(

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..atomic import recover_swap, remove_orphaned_temps, sibling_temp_dir, swap_dir
 from ..data.layout import visible_entries
 from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_json
+from ..runlock import RunLockError, refuse_if_held
 from ..shell import quote
 from .build import NETWORKS, BundleTask, bundle_files, normalisation_words
 
@@ -131,6 +132,10 @@ def own_data_bundle(
     remove_orphaned_temps(output.resolve().parent)
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
+    try:  # a checkpoint a training saves while the folder is swapped would go with the old folder
+        refuse_if_held(output / "models", output / "eval")
+    except RunLockError as e:
+        raise RunLockError(f"{output} is not rebuilt while a training writes into it: {e}") from None
     # named before the data are read: checking every case of a large data set takes minutes
     name = output.resolve().name  # "." is the current folder's name
     prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
