@@ -2306,7 +2306,7 @@ def test_tracking_handler_entries_are_not_ids_the_command_line_may_set(tmp_path,
         assert not {"trainer", "validator", "evaluator"} & set(ids), ids
         assert {"tracking_uri", "experiment_name", "run_name", "save_execute_config"} <= set(ids), ids
     db = f"sqlite:///{tmp_path / 'elsewhere' / 'runs.db'}"
-    # (--evaluator on train.json fails in MONAI's patch_bundle_tracking, before the check runs)
+    # (--evaluator: test_tracking_evaluator_override_is_refused_by_name)
     for handler in ("trainer", "validator"):
         (tmp_path / handler).mkdir()
         _refused_before_any_work(
@@ -2318,6 +2318,50 @@ def test_tracking_handler_entries_are_not_ids_the_command_line_may_set(tmp_path,
             tmp_path / handler,
             monkeypatch,
         )
+
+
+@pytest.mark.parametrize(
+    "files, key, value",
+    [
+        (("train.json",), "evaluator", "X"),
+        (("train.json", "evaluate.json"), "evaluator", "@validate#evaluator"),
+        (("train.json",), "handlers", "X"),
+        (("inference.json",), "evaluator", "X"),
+    ],
+)
+def test_tracking_evaluator_override_is_refused_by_name(files, key, value, tmp_path, monkeypatch):
+    """``--tracking mlflow --evaluator X`` on train.json (evaluate.json) failed inside MONAI's
+    ``patch_bundle_tracking`` with "'str' object does not support item assignment", naming no option:
+    MONAI adds its evaluator's tracking handler to the engine ``evaluator``, which these configs do
+    not have (evaluation's engine is ``validate#evaluator``). Refused like ``--trainer``, naming the
+    option and the ids --tracking lets one set; on inference.json (whose ``evaluator`` and
+    ``handlers`` exist for MONAI's tracking only) it was taken and nothing read it."""
+    import_mlflow()
+    db = f"sqlite:///{tmp_path / 'elsewhere' / 'runs.db'}"
+    _refused_before_any_work(
+        files,
+        # (MONAI's executed config, eval/config_*.json, has a test of its own)
+        {"tracking": "mlflow", key: value, "save_execute_config": False},
+        f"--{key}: not an id to set in {', '.join(files)}: MONAI's --tracking reads evaluator and handlers",
+        {"tracking": "mlflow", "tracking_uri": db, "save_execute_config": False},
+        tmp_path,
+        monkeypatch,
+    )
+    assert "--tracking_uri" in _refusal(
+        files, {"tracking": "mlflow", key: value}, tmp_path / "again", monkeypatch
+    )
+
+
+def _refusal(files, overrides: dict, bundle_root, monkeypatch) -> str:
+    """The message of the error that refuses ``overrides`` on the command line of a run of ``files``."""
+    import monai.bundle.__main__ as cli
+    from monai.bundle.scripts import create_workflow
+
+    paths = configs("brats_fpa", *files)
+    monkeypatch.setattr(sys, "argv", [cli.__file__, "run", "x", "--config_file", str(paths)])
+    with pytest.raises(Exception) as err:
+        create_workflow(config_file=paths, bundle_root=str(bundle_root), logging_file=False, **overrides)
+    return error_chain(err.value)[-1]
 
 
 @pytest.mark.parametrize(

@@ -141,13 +141,14 @@ def check_override_ids() -> None:
     parser = ConfigParser()
     parser.read_config(files)
     known = _tracking_ids(tracking)
+    names = ", ".join(Path(f).name for f in (files if isinstance(files, (list, tuple)) else [files]))
+    _refuse_tracking_placeholders(overrides, names, known)
     unknown = [
         key for key in overrides if not key.startswith("_meta_") and key not in parser and key not in known
     ]
     if not unknown:
         _check_flag_values(parser, overrides, known)
         return
-    names = ", ".join(Path(f).name for f in (files if isinstance(files, (list, tuple)) else [files]))
     ids = [str(k) for k in parser.get()]
     lines = []
     for key in unknown:
@@ -157,6 +158,33 @@ def check_override_ids() -> None:
         "; ".join(lines)
         + ": MONAI would add it and nothing would read it; the overridable ids are listed in "
         "the bundle's docs/README.md"
+    )
+
+
+# ids the bundles' configs keep only for MONAI's --tracking, which adds its evaluator's MLflow handler
+# to the list ``handlers`` when there is an engine ``evaluator`` (inference.json's is ``@predictor``;
+# without ``handlers`` MONAI failed on an ``--evaluator`` given to train.json, "'str' object does not
+# support item assignment"): nothing of the bundles reads them
+_FOR_MONAI_TRACKING = ("evaluator", "handlers")
+# the ids of MONAI's tracking settings that a run may set (MONAI's docs: --tracking_uri, ...)
+_TRACKING_SETTINGS = ("tracking_uri", "experiment_name", "run_name", "save_execute_config")
+
+
+def _refuse_tracking_placeholders(overrides: dict, names: str, tracking: dict) -> None:
+    """Refuse ``--evaluator`` and ``--handlers`` (:data:`_FOR_MONAI_TRACKING`), with or without
+    ``--tracking``: the bundles track their engines (``train#trainer``, ``validate#evaluator``) as
+    they are, and an ``evaluator`` given to train.json made MONAI's tracking fail, naming no option,
+    or (inference.json) replaced a reference nothing reads. ``tracking``: the ids --tracking adds."""
+    given = [key for key in overrides if key in _FOR_MONAI_TRACKING]
+    if not given:
+        return
+    settable = ", ".join(f"--{key}" for key in _TRACKING_SETTINGS if not tracking or key in tracking)
+    raise ValueError(
+        f"--{given[0]}: not an id to set in {names}: MONAI's --tracking reads evaluator and handlers as an "
+        "engine and its handler list to add an MLflow handler to, and nothing else reads them; --tracking "
+        "mlflow tracks the bundles' engines as they are (train#trainer, and validate#evaluator for validation "
+        f"and evaluation): leave --{given[0]} out; what --tracking lets you set is {settable} (MONAI's "
+        "tracking settings, or those of your --tracking settings file)"
     )
 
 
