@@ -2311,7 +2311,7 @@ def test_tracking_handler_entries_are_not_ids_the_command_line_may_set(tmp_path,
         (tmp_path / handler).mkdir()
         _refused_before_any_work(
             ("train.json",),
-            # MONAI writes the executed config (eval/config_*.json) before any config code runs
+            # (the executed config MONAI writes: test_a_run_refused_with_tracking_leaves_no_executed_config)
             {"tracking": "mlflow", handler: "x", "save_execute_config": False},
             f"--{handler}: no such id in train.json",
             {"tracking": "mlflow", "tracking_uri": db, "save_execute_config": False},
@@ -2362,6 +2362,37 @@ def _refusal(files, overrides: dict, bundle_root, monkeypatch) -> str:
     with pytest.raises(Exception) as err:
         create_workflow(config_file=paths, bundle_root=str(bundle_root), logging_file=False, **overrides)
     return error_chain(err.value)[-1]
+
+
+@pytest.mark.parametrize(
+    "refused, named",
+    [
+        ({"trainer": "x"}, "--trainer: no such id in train.json"),
+        ({"evaluator": "X"}, "--evaluator: not an id to set in train.json"),
+        ({"tracking_uri": True}, "--tracking_uri given without a value"),
+        ({"epochs": 0}, "epochs: 0 is not a number of epochs"),
+    ],
+)
+def test_a_run_refused_with_tracking_leaves_no_executed_config(refused, named, tmp_path, monkeypatch):
+    """MONAI's --tracking writes the executed config (``<output_dir>/config_<time>.json``, making
+    eval/) while it creates the workflow, before any check of the bundles runs: a run refused by
+    them left it behind, in an eval/ of its own. It is kept aside until the checks pass: a refused
+    run leaves nothing; an accepted one has it where MONAI put it (and MLflow logs it from there)."""
+    import_mlflow()
+    db = f"sqlite:///{tmp_path / 'elsewhere' / 'runs.db'}"
+    (tmp_path / "bundle").mkdir()
+    _refused_before_any_work(
+        ("train.json",),
+        {"tracking": "mlflow", **refused},
+        named,
+        {"tracking": "mlflow", "tracking_uri": db},
+        tmp_path / "bundle",
+        monkeypatch,
+    )
+    (saved,) = (tmp_path / "bundle" / "eval").glob("config_*.json")
+    executed = json.loads(saved.read_text())
+    assert executed["tracking_uri"] == db and executed["save_execute_config"].endswith(f"/{saved.name}'")
+    assert any(h.get("_target_") == "MLFlowHandler" for h in executed["train"]["handlers"])
 
 
 @pytest.mark.parametrize(
@@ -2434,7 +2465,7 @@ def test_tracking_ids_given_without_a_value_are_refused(files, key, ok, tmp_path
     value = ok or f"sqlite:///{tmp_path / 'elsewhere' / 'runs.db'}"
     _refused_before_any_work(
         files,
-        # MONAI writes the executed config (eval/config_*.json) before any config code runs
+        # (the executed config MONAI writes: test_a_run_refused_with_tracking_leaves_no_executed_config)
         {"tracking": "mlflow", key: True, "save_execute_config": False},
         f"--{key} given without a value (MONAI read it as True",
         {"tracking": "mlflow", key: value, "save_execute_config": True},

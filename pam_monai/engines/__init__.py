@@ -49,7 +49,13 @@ from .postprocessing import ForegroundMaskd, foreground_mask
 from .process_settings import kept_process_settings, setup_run
 from .progress import ProgressBar
 from .termination import StopOnTerminate, Terminated, stop_on_terminate
-from .tracking import TensorBoardStatsHandler, TrackingEvery, prepare_tracking_store
+from .tracking import (
+    TensorBoardStatsHandler,
+    TrackingEvery,
+    hold_executed_config,
+    prepare_tracking_store,
+    save_executed_config,
+)
 from .training import (
     Bf16WithoutLossScaling,
     DecollateKeepingLoss,
@@ -115,6 +121,8 @@ __all__ = [
     "fast_network",
     "kept_process_settings",
     "prepare_tracking_store",
+    "hold_executed_config",
+    "save_executed_config",
     "refuse_training_with",
     "find_inference_cases",
     "inference_spec",

@@ -1,11 +1,14 @@
 """Experiment tracking: TensorBoard writers made when first used (:class:`TensorBoardStatsHandler`),
 MLflow runs given the bundle's ``log_every`` and settings and ended FAILED or KILLED when the run
-raises (:class:`TrackingEvery`), and the MLflow store made under a lock (:func:`prepare_tracking_store`)."""
+raises (:class:`TrackingEvery`), the MLflow store made under a lock (:func:`prepare_tracking_store`),
+and MONAI's executed config kept out of the output folder until the run's checks pass
+(:func:`hold_executed_config`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +21,13 @@ from .termination import Terminated
 from .training import EveryIterations
 from .workflow import _running_workflow
 
-__all__ = ["TensorBoardStatsHandler", "TrackingEvery", "prepare_tracking_store"]
+__all__ = [
+    "TensorBoardStatsHandler",
+    "TrackingEvery",
+    "hold_executed_config",
+    "prepare_tracking_store",
+    "save_executed_config",
+]
 
 log = logging.getLogger("pam_monai")
 
@@ -267,6 +276,56 @@ def _workflow_tracking_uri() -> str | None:
     if parser is None or "tracking_uri" not in parser:
         return None
     return os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
+
+
+# the name MONAI gives the executed config it writes for --tracking (``config_%Y%m%d_%H%M%S.json``),
+# at the end of the expression it sets save_execute_config to
+_EXECUTED_CONFIG = re.compile(r" \+ '/(config_\d{8}_\d{6}\.json)'$")
+
+
+def hold_executed_config() -> None:
+    """Take the executed config MONAI's ``--tracking`` writes (``<output_dir>/config_<time>.json``,
+    made while MONAI creates the workflow, before any of the bundle's checks can run) out of the
+    output folder, and that folder too when nothing else is in it, until the checks have passed:
+    :func:`save_executed_config` writes it again at the end of ``initialize``. A run refused by a
+    check (``--trainer x``, ``--epochs 0``) left it behind, in an ``eval/`` of its own. A path given
+    as ``save_execute_config`` is the user's and left where MONAI wrote it."""
+    workflow = _running_workflow()
+    path = _executed_config(getattr(workflow, "parser", None))
+    if path is None:
+        return
+    workflow._held_executed_config = path
+    path.unlink(missing_ok=True)  # missing: another process of the run (torchrun) took it first
+    try:
+        path.parent.rmdir()  # only when empty: MONAI made it for the config
+    except OSError:
+        pass
+
+
+def save_executed_config() -> None:
+    """Write the executed config that :func:`hold_executed_config` took aside where MONAI wrote it
+    (its tracking handlers log it from there), as MONAI writes it, once every check has passed."""
+    import json
+
+    from ..atomic import atomic_write_text
+
+    workflow = _running_workflow()
+    path = getattr(workflow, "_held_executed_config", None)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(workflow.parser.get()))  # MONAI's export_config_file: json.dump
+    workflow._held_executed_config = None
+
+
+def _executed_config(parser) -> Path | None:
+    """The file of the executed config MONAI wrote for ``--tracking`` under its own name in the
+    output folder, or None (no tracking, ``save_execute_config`` false or a path of the user's)."""
+    given = parser.get("save_execute_config") if parser is not None else None
+    name = _EXECUTED_CONFIG.search(given) if isinstance(given, str) else None
+    if name is None:
+        return None
+    return Path(parser.get_parsed_content("output_dir")).absolute() / name.group(1)
 
 
 def _sqlite_file(uri: str) -> Path | None:
