@@ -2352,6 +2352,36 @@ def test_tracking_evaluator_override_is_refused_by_name(files, key, value, tmp_p
     )
 
 
+@pytest.mark.parametrize("where", ["handler", "default", "environment"])
+def test_tracking_store_is_prepared_where_the_handlers_track(where, tmp_path, monkeypatch):
+    """``prepare_tracking_store`` made the database of the ``tracking_uri`` id only: with a
+    ``--tracking`` settings file that writes its handlers' address into their entries, or gives
+    none (MONAI's handler then tracks into ``MLFLOW_TRACKING_URI``, else mlruns.db in the working
+    folder), nothing was prepared, and each handler made the tables unlocked (two runs started
+    together: "duplicate column name: step"). It prepares the address MONAI's handlers will use."""
+    import copy
+
+    import_mlflow()
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    db = {"handler": tmp_path / "mine" / "runs.db", "default": tmp_path / "cwd" / "mlruns.db"}.get(
+        where, tmp_path / "env" / "env.db"
+    )
+    db.parent.mkdir()
+    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    del settings["configs"]["tracking_uri"]  # no such id: the handlers have their own, or none
+    for engine in settings["handlers_id"]:
+        settings["configs"][engine]["tracking_uri"] = f"sqlite:///{db}" if where == "handler" else None
+    monkeypatch.chdir(tmp_path / "cwd" if where == "default" else tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if where == "environment":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    workflow = brats_fpa_training(tmp_path / "bundle", tracking=settings, save_execute_config=False, **SMALL)
+    workflow.initialize()
+    assert db.is_file()  # made by prepare_tracking_store, before any handler opens it
+    assert [p.name for p in tmp_path.rglob("*.db")] == [db.name]
+
+
 def _refusal(files, overrides: dict, bundle_root, monkeypatch) -> str:
     """The message of the error that refuses ``overrides`` on the command line of a run of ``files``."""
     import monai.bundle.__main__ as cli

@@ -254,28 +254,70 @@ def prepare_tracking_store(uri: str | None = None) -> None:
     missing creates them: two runs started together into one folder (two evaluations, a grid) both
     did, and one failed ("duplicate column name: step"), its run lost. Here the first makes them
     while the others wait on ``<db>.lock``, then find them made. ``uri``: the tracking address;
-    None for the running workflow's (none without tracking). Only for ``sqlite:`` addresses: a
-    server or another database makes its tables itself."""
-    uri = uri or _workflow_tracking_uri()
-    path = _sqlite_file(uri) if isinstance(uri, str) else None
-    if path is None:
-        return
-    import mlflow  # here: without --tracking mlflow need not be installed
+    None for those the running workflow's MLflow handlers will use (none without tracking). Only
+    for ``sqlite:`` addresses: a server or another database makes its tables itself."""
+    for each in [uri] if uri else _workflow_tracking_uris():
+        path = _sqlite_file(each) if isinstance(each, str) else None
+        if path is None:
+            continue
+        import mlflow  # here: without --tracking mlflow need not be installed
 
-    from ..atomic import folder_lock
+        from ..atomic import folder_lock
 
-    with folder_lock(path.parent, path.name + ".lock"):
-        mlflow.MlflowClient(tracking_uri=uri)  # makes the tables of a new database
+        with folder_lock(path.parent, path.name + ".lock"):
+            mlflow.MlflowClient(tracking_uri=each)  # makes the tables of a new database
 
 
-def _workflow_tracking_uri() -> str | None:
-    """The tracking address of the running MONAI ``ConfigWorkflow``: ``MLFLOW_TRACKING_URI``, else
-    its ``tracking_uri`` id (MONAI's handler's order); None without a workflow or without tracking
-    (the variable alone, set for other work, imports no MLflow)."""
+def _workflow_tracking_uris() -> list[str]:
+    """The tracking addresses of the running MONAI ``ConfigWorkflow``: its ``tracking_uri`` id
+    (``--tracking_uri``, a settings file's id; also for a handler made in an expression), and the
+    address each of its MLflow handlers will use, found as MONAI's ``MLFlowHandler`` finds it:
+    ``MLFLOW_TRACKING_URI``, else its ``tracking_uri`` argument, else ``mlruns.db`` in the working
+    folder. The id alone missed a ``--tracking`` settings file that writes the address into its
+    handlers' entries or gives none. [] without a workflow or without tracking (the variable
+    alone, set for other work, imports no MLflow)."""
     parser = getattr(_running_workflow(), "parser", None)
-    if parser is None or "tracking_uri" not in parser:
-        return None
-    return os.environ.get("MLFLOW_TRACKING_URI") or parser.get_parsed_content("tracking_uri")
+    if parser is None:
+        return []
+    found = [parser.get_parsed_content("tracking_uri")] if "tracking_uri" in parser else []
+    found = [os.environ.get("MLFLOW_TRACKING_URI") or uri for uri in found]
+    for id in _mlflow_handler_ids(parser.get()):
+        if not _disabled(parser, id):
+            given = parser.get_parsed_content(f"{id}#tracking_uri") if "tracking_uri" in parser[id] else None
+            found.append(os.environ.get("MLFLOW_TRACKING_URI") or given or _monai_default_tracking_uri())
+    return [uri for i, uri in enumerate(found) if uri and uri not in found[:i]]
+
+
+def _mlflow_handler_ids(config, id: str = "") -> list[str]:
+    """The ids of the MLflow handlers (``_target_`` ``MLFlowHandler``, by any path) in ``config``."""
+    from monai.bundle.utils import ID_SEP_KEY
+
+    items = (
+        config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    )
+    found = []
+    if isinstance(config, dict) and str(config.get("_target_", "")).rsplit(".", 1)[-1] == "MLFlowHandler":
+        found.append(id)
+    for key, value in items:
+        found += _mlflow_handler_ids(value, f"{id}{ID_SEP_KEY}{key}" if id else str(key))
+    return found
+
+
+def _disabled(parser, id: str) -> bool:
+    """Whether the component ``id`` is ``_disabled_`` (MONAI's tracking handlers on ranks above 0)."""
+    if "_disabled_" not in parser[id]:
+        return False
+    disabled = parser.get_parsed_content(f"{id}#_disabled_")
+    return disabled.lower().strip() == "true" if isinstance(disabled, str) else bool(disabled)
+
+
+def _monai_default_tracking_uri() -> str | None:
+    """The address MONAI's ``MLFlowHandler`` takes without one (``mlruns.db`` in the working folder),
+    or None for a MONAI that has none of its own (before 1.6.1: MLflow's default)."""
+    from monai.utils import optional_import
+
+    to_uri, found = optional_import("monai.utils", name="path_to_sqlite_uri")
+    return to_uri(os.path.join(os.getcwd(), "mlruns.db")) if found else None
 
 
 # the name MONAI gives the executed config it writes for --tracking (``config_%Y%m%d_%H%M%S.json``),
