@@ -1858,3 +1858,37 @@ def test_an_interrupted_rebuild_leaves_the_old_or_the_new_bundle_whole(
         shutil.rmtree(bundle.parent)
         shutil.copytree(pristine, bundle)
     assert k > 20  # every call above was interrupted once
+
+
+def test_a_training_that_starts_while_the_bundle_is_rebuilt_keeps_its_checkpoint(
+    own_root, tmp_path, monkeypatch
+):
+    """The rebuild checked for a training's lock only at its start, then read the data set (minutes
+    with ``check``) and copied the bundle's files: a training that took models/ meanwhile and saved
+    a checkpoint after that copy lost it with the old folder. The lock is checked again once the
+    new bundle is made, just before the swap: the rebuild is refused and the checkpoint stays."""
+    from pam_monai import runlock
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+    from pam_monai.runlock import LOCK_NAME, RunLockError
+
+    monkeypatch.chdir(tmp_path)
+    bundle = own_data_bundle(own_root, "fpa", tmp_path / "tumour_fpa", crop_size=96, check=False)
+    before = (bundle / "configs" / "inference.json").read_text()
+    live = os.getppid()  # another live process on this host: the training
+    holder = {"pid": live, "host": runlock._HOST, "hostname": "here", "proc_start": runlock._proc_start(live)}
+    copytree = shutil.copytree
+
+    def copy_while_a_training_starts(src, dst, *args, **kwargs):
+        done = copytree(src, dst, *args, **kwargs)
+        if Path(src) == bundle.resolve():  # the bundle's files are in the new one: the training saves now
+            (bundle / "models").mkdir(exist_ok=True)
+            (bundle / "models" / LOCK_NAME).write_text(json.dumps({**holder, "started": "now", "token": "t"}))
+            (bundle / "models" / "checkpoint_last.pt").write_bytes(b"epoch 1")
+        return done
+
+    monkeypatch.setattr(shutil, "copytree", copy_while_a_training_starts)
+    with pytest.raises(RunLockError, match=r"tumour_fpa is not rebuilt while a training writes.*models"):
+        own_data_bundle(own_root, "fpa", bundle, crop_size=112, overwrite=True, check=False)
+    assert (bundle / "models" / "checkpoint_last.pt").read_bytes() == b"epoch 1"
+    assert (bundle / "configs" / "inference.json").read_text() == before
+    assert sorted(os.listdir(tmp_path)) == ["tumour_fpa"]  # the new bundle's folder removed

@@ -132,10 +132,7 @@ def own_data_bundle(
     remove_orphaned_temps(output.resolve().parent)
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
-    try:  # a checkpoint a training saves while the folder is swapped would go with the old folder
-        refuse_if_held(output / "models", output / "eval")
-    except RunLockError as e:
-        raise RunLockError(f"{output} is not rebuilt while a training writes into it: {e}") from None
+    _refuse_training(output)  # before minutes of reading the data set; again before the swap
     # named before the data are read: checking every case of a large data set takes minutes
     name = output.resolve().name  # "." is the current folder's name
     prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")
@@ -246,10 +243,22 @@ def _write_bundle(target: Path, files: dict[str, str]) -> None:
                 target, tmp, symlinks=True, ignore=_own_files(target, files), copy_function=_link_or_copy,
                 dirs_exist_ok=True,
             )  # fmt: skip
+            # a training started since the first check (the data set's reading takes minutes) would
+            # save its checkpoints into the old folder, which the swap removes
+            _refuse_training(target)
         swap_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _refuse_training(bundle: Path) -> None:
+    """Refuse to rebuild ``bundle`` while a training holds its ``models/`` or ``eval/``: a checkpoint
+    it saves while the folder is swapped would go with the old folder."""
+    try:
+        refuse_if_held(bundle / "models", bundle / "eval")
+    except RunLockError as e:
+        raise RunLockError(f"{bundle} is not rebuilt while a training writes into it: {e}") from None
 
 
 def _own_files(target: Path, files: dict[str, str]):
