@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -302,8 +303,12 @@ def _real_dir(path: Path) -> bool:
 def _replaced_name(target: Path) -> Path:
     """Where :func:`swap_dir` keeps the old ``target`` for a moment where folders cannot be exchanged:
     one fixed name per target (found again after a SIGKILL), which :func:`remove_orphaned_temps`
-    never matches."""
-    return target.parent / f".{target.name[:_NAME_MAX]}.replaced"
+    never matches. A long name is cut, and a digest of the whole name added: two folders whose
+    names begin alike would otherwise share it, and one's swap remove the other's waiting old folder."""
+    name = target.name
+    if len(name) > _NAME_MAX:
+        name = f"{name[:_NAME_MAX]}.{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}"
+    return target.parent / f".{name}.replaced"
 
 
 def _exchange(a: Path, b: Path) -> bool:

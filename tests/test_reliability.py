@@ -2904,3 +2904,35 @@ def test_a_folder_replaced_by_atomic_dir_is_old_or_new_whatever_the_kill(tmp_pat
         atomic.remove_orphaned_temps(target.parent)  # the killed child's new folder, if left
         assert tree() == new and os.listdir(target.parent) == ["Dataset"], k
     assert k > 5
+
+
+def test_a_swap_killed_midway_keeps_its_old_folder_whatever_the_names_beside_it(tmp_path, monkeypatch):
+    """The old folder of a swap killed between its two renames waits under a name of its own until the
+    next swap there puts it back. That name kept only the first 100 characters of the folder's, so
+    two long names beside each other that begin alike shared it: the next swap of the other folder
+    took the waiting old folder for its own leftover and removed it, all the content of the first."""
+    from pam_monai import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    first, second = (tmp_path / ("results_of_a_long_experiment_name_" * 4 + end) for end in ("a", "b"))
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "weights.pt").write_text(f"the weights in {folder.name[-1]}")
+    rename = os.rename
+
+    def killed_after_the_first_rename(src, dst):
+        rename(src, dst)
+        raise SystemExit("killed")  # the second rename never runs, nor the first one's undoing
+
+    new = atomic.sibling_temp_dir(first)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", killed_after_the_first_rename)
+        with pytest.raises(SystemExit):
+            atomic.swap_dir(new, first)
+    shutil.rmtree(new)
+    assert not first.exists()  # its old content aside, as a SIGKILL between the renames leaves it
+    with atomic.atomic_dir(second, replace=True) as tmp:
+        (tmp / "weights.pt").write_text("new weights in b")
+    atomic.recover_swap(first)
+    assert (first / "weights.pt").read_text() == "the weights in a"
+    assert (second / "weights.pt").read_text() == "new weights in b"
