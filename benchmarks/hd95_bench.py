@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -125,8 +126,19 @@ def _time_in_fresh_process(pair: dict, repeats: int) -> dict:
         [sys.executable, str(Path(__file__).resolve()), *args], env=env, capture_output=True, text=True
     )
     if done.returncode:
-        raise RuntimeError(f"HD95 pair {pair}: its timing process failed:\n{done.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"HD95 pair {pair}: its timing process failed ({_exit_cause(done.returncode)}):\n"
+            f"{done.stderr.strip()[-2000:]}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _exit_cause(code: int) -> str:
+    """A child's exit status in words: one killed by a signal (SIGKILL: out of memory) writes no error."""
+    if code >= 0:
+        return f"exit status {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    return f"killed by {name}" + (", perhaps for want of memory" if -code == signal.SIGKILL else "")
 
 
 def time_pair(pred: np.ndarray, target: np.ndarray, repeats: int) -> dict:

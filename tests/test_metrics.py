@@ -1123,3 +1123,20 @@ def test_ignite_handlers_refuse_a_sampler_that_repeats_or_drops_cases(sampler, r
         engine.run(loader, max_epochs=1)
         expected = np.mean([iou(pred[i % 3, 0], target[i % 3, 0]) for i in (1, 3, 5)])
         assert engine.state.metrics["iou"] == pytest.approx(expected)
+
+
+def test_a_timing_process_killed_by_a_signal_says_so(monkeypatch):
+    """A timing process killed by the kernel (out of memory: SIGKILL) writes nothing to stderr, so
+    the bench's error ended in "its timing process failed:" and nothing else: it names the signal."""
+    import subprocess
+
+    from benchmarks import hd95_bench
+
+    run = subprocess.run
+
+    def killed(cmd, **kwargs):
+        return run([cmd[0], "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", killed)
+    with pytest.raises(RuntimeError, match=r"timing process failed \(killed by SIGKILL"):
+        hd95_bench.bench_hd95(repeats=1, shape=(50, 64, 64))
