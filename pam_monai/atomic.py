@@ -378,8 +378,9 @@ def swap_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     one of them; elsewhere ``target`` is renamed aside, ``new`` into place and the old removed, and
     a kill between the two renames leaves ``target`` missing for a moment: :func:`recover_swap`,
     which every swap of ``target`` runs first, puts the old one back. Swaps of folders beside one
-    another take turns (a lock on their parent folder). A process whose working folder is in
-    ``target`` is moved into the new one, at the same path.
+    another take turns (a lock on their parent folder). This process, if its working folder is in
+    ``target``, is moved into the new one, at the same path (or the nearest folder above it that the
+    new one has); other processes there stay in the old folder, which is removed.
     """
     new, target = Path(new), Path(os.path.abspath(target))
     cwd = Path.cwd()
@@ -393,8 +394,8 @@ def swap_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
             shutil.rmtree(new, ignore_errors=True)  # the old content now; a part left is only a copy
         else:
             _swap_by_renames(new, target)
-    if inside:
-        os.chdir(cwd)  # the same path, now the new folder: the old one is gone
+    if inside:  # the same path, now in the new folder (the old one is gone), or the nearest above it has
+        os.chdir(next(p for p in (cwd, *cwd.parents) if p.is_dir()))
 
 
 def _swap_by_renames(new: Path, target: Path) -> None:

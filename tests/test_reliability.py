@@ -2936,3 +2936,24 @@ def test_a_swap_killed_midway_keeps_its_old_folder_whatever_the_names_beside_it(
     atomic.recover_swap(first)
     assert (first / "weights.pt").read_text() == "the weights in a"
     assert (second / "weights.pt").read_text() == "new weights in b"
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two_renames"])
+def test_a_folder_replaced_from_within_a_subfolder_the_new_one_lacks(tmp_path, monkeypatch, exchange):
+    """``atomic_dir(replace=True)`` run from a subfolder of the folder it replaces moves the process
+    into the new folder at the same path; where the new folder lacks that subfolder, the swap, done,
+    raised FileNotFoundError, so a complete replacement was reported as failed. The process is
+    moved to the nearest folder above that the new one has."""
+    from pam_monai import atomic
+
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "Dataset"
+    (target / "old_only" / "deeper").mkdir(parents=True)
+    (target / "kept").mkdir()
+    monkeypatch.chdir(target / "old_only" / "deeper")
+    with atomic.atomic_dir(target, replace=True) as tmp:
+        (tmp / "kept").mkdir()
+        (tmp / "kept" / "new.txt").write_text("new")
+    assert sorted(os.listdir(target)) == ["kept"] and (target / "kept" / "new.txt").read_text() == "new"
+    assert Path.cwd() == target.resolve() and os.listdir(".") == ["kept"]
