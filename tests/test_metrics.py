@@ -777,19 +777,31 @@ def _check_foreground_box(shape, dtype, seed):
 
 def test_a_read_only_volume_takes_the_torch_route_without_a_warning():
     """Volumes from a memory map or a shared buffer are read-only: torch.from_numpy warns on them
-    (writes would fail). The reduction writes nothing, so that warning must not reach the user."""
-    import warnings
+    (writes would fail). The reduction writes nothing, so that warning must not reach the user.
+    torch warns once per process only, so this runs in a new one: after any earlier read-only array
+    given to torch in the test session the warning could not come, and the check could not fail."""
+    import subprocess
+    import sys
 
-    from pam_monai.metrics.masks import TORCH_REDUCE_MIN, foreground_box
+    from conftest import ROOT
 
-    x = np.zeros((40, 120, 120), np.float32)
-    assert x.size >= TORCH_REDUCE_MIN
-    x[5:9, 10:20, 30:31] = 0.7
-    x.flags.writeable = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert foreground_box(x) == (slice(5, 9), slice(10, 20), slice(30, 31))
-        assert hd95(x, x) == 0.0
+    code = """
+import warnings
+import numpy as np
+from pam_monai.metrics import hd95
+from pam_monai.metrics.masks import TORCH_REDUCE_MIN, foreground_box
+
+x = np.zeros((40, 120, 120), np.float32)
+assert x.size >= TORCH_REDUCE_MIN
+x[5:9, 10:20, 30:31] = 0.7
+x.flags.writeable = False
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert foreground_box(x) == (slice(5, 9), slice(10, 20), slice(30, 31))
+    assert hd95(x, x) == 0.0
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("shape", [(3, 0, 5), (4, 5, 0), (0, 4, 5), (3, 0), (0, 3)])
