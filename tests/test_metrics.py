@@ -775,9 +775,21 @@ def _check_foreground_box(shape, dtype, seed):
     assert foreground_box(np.array([[np.nan, 0.9, 0.0], [np.nan] * 3])) == (slice(0, 1), slice(1, 2))
 
 
-def test_a_read_only_volume_takes_the_torch_route_without_a_warning():
+@pytest.mark.parametrize("dtype", ["int16", "uint8", "float32"])
+def test_bounding_box_of_a_mask_that_is_not_bool(dtype):
+    """The word-wise route read 8 bytes as 8 voxels, true only of bool masks: a wider dtype whose
+    rows are whole words raised "cannot reshape" (or read bytes as voxels). Non-zero is foreground."""
+    from pam_monai.metrics.masks import bounding_box
+
+    x = np.zeros((4, 8, 8), dtype)
+    x[1:3, 2, 5:7] = 3
+    assert bounding_box(x) == _box_from_indices(x) == (slice(1, 3), slice(2, 3), slice(5, 7))
+
+
+def test_a_read_only_volume_is_reduced_without_a_warning():
     """Volumes from a memory map or a shared buffer are read-only: torch.from_numpy warns on them
-    (writes would fail). The reduction writes nothing, so that warning must not reach the user.
+    (writes would fail). The reduction writes nothing, so no warning may reach the user (numpy
+    reduces them: silencing torch's warning would change the process's filters, not thread-safe).
     torch warns once per process only, so this runs in a new one: after any earlier read-only array
     given to torch in the test session the warning could not come, and the check could not fail."""
     import subprocess
