@@ -93,10 +93,10 @@ def bench_hd95(repeats: int = 3, shape=(155, 240, 240), segs=(), fresh_process: 
 
     Returns:
         ``{"shape", "voxels_pred", "voxels_target", "ours_s", "monai_s", "speedup", "kept_memory",
-        "ours_hd95", "monai_hd95", "ours_hd95_monai_convention", "same_answer", "pid", "lesions"}``
-        (``kept_memory``: ``{"ours_s", "monai_s", "speedup"}`` with freed memory kept; ``pid``: the
-        timing process): the synthetic pair, and the same fields (plus ``"name"``) for each label
-        file in ``"lesions"``.
+        "ours_hd95", "monai_hd95", "ours_hd95_monai_convention", "same_answer", "pid", "pam_monai",
+        "lesions"}`` (``kept_memory``: ``{"ours_s", "monai_s", "speedup"}`` with freed memory kept;
+        ``pid``: the timing process; ``pam_monai``: the package file it imported): the synthetic
+        pair, and the same fields (plus ``"name"``) for each label file in ``"lesions"``.
 
     Example:
         >>> r = bench_hd95(repeats=1, shape=(60, 80, 80))
@@ -114,12 +114,17 @@ def bench_hd95(repeats: int = 3, shape=(155, 240, 240), segs=(), fresh_process: 
 def _time_here(pair: dict, repeats: int) -> dict:
     """:func:`time_pair` on the pair ``{"shape": [...]}`` (synthetic) or ``{"seg": path}`` names."""
     made = lesion_pair(tuple(pair["shape"])) if "shape" in pair else brats_lesion_pair(pair["seg"])
-    return {**time_pair(*made, repeats), "pid": os.getpid()}
+    import pam_monai
+
+    return {**time_pair(*made, repeats), "pid": os.getpid(), "pam_monai": pam_monai.__file__}
 
 
 def _time_in_fresh_process(pair: dict, repeats: int) -> dict:
     """:func:`_time_here` in a new Python process, with this one's torch thread count."""
-    root = str(Path(__file__).resolve().parents[1])  # the repository: pam_monai importable there
+    import pam_monai
+
+    # the pam_monai this process imported, wherever it came from: both routes time the same code
+    root = str(Path(pam_monai.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     args = ["--pair", json.dumps(pair), str(repeats), str(torch.get_num_threads())]
     done = subprocess.run(

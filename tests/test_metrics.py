@@ -678,6 +678,27 @@ def test_benchmark_times_each_pair_in_a_fresh_process(tmp_path):
         bench_hd95(repeats=1, shape=(50, 64, 64), segs=[seg])
 
 
+def test_benchmark_times_the_pam_monai_this_process_imported(tmp_path):
+    """The timing process imported pam_monai from the script's checkout, whatever this process had
+    imported (another checkout, an installed copy): the two routes could time different code."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    alt = tmp_path / "alt"
+    shutil.copytree(ROOT / "pam_monai", alt / "pam_monai", ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        f"import sys; sys.path[:0] = [{str(alt)!r}, {str(ROOT / 'benchmarks')!r}]\n"
+        "from hd95_bench import bench_hd95\n"
+        "print(bench_hd95(repeats=1, shape=(40, 48, 48))['pam_monai'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(alt / "pam_monai" / "__init__.py")
+
+
 def test_benchmark_times_neither_implementation_cold(monkeypatch):
     """The first call of each implementation (lazy imports, first allocations; MONAI's cost 1.5x
     its later ones here) is made untimed before the timed ones, so ``repeats=1`` times a warm call."""
