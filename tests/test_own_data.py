@@ -547,6 +547,35 @@ def test_own_data_bundle_is_refused_for_a_data_set_that_fails_the_check(
     assert "not checked: training checks every case first" in capsys.readouterr().out
 
 
+def test_own_data_bundle_is_refused_for_too_few_cases_for_its_split(own_root, tmp_path, monkeypatch, capsys):
+    """A data set of 2 cases passes every per-case check, but fold 0 of the bundles' 5-fold split then
+    has no training case and training refuses it: ``bundle`` refuses it up front, naming the count and
+    the way out, and writes nothing (it wrote a bundle that could not train); 3 cases are enough, and
+    ``--no_check`` still writes the bundle (for a datalist of one's own split)."""
+    from pam_monai.cli import main
+
+    root = copy(own_root, tmp_path)
+    for case in ("SYN_003", "SYN_004", "SYN_005", "SYN_006"):
+        for path in [*root.glob(f"imagesTr/{case}_*"), root / "labelsTr" / f"{case}.nii.gz"]:
+            path.unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bundle", "--dataset_dir", str(root), "--output", "bundles/two_fpa"])
+    message = str(exit_.value.code)
+    assert "2 cases, too few for the bundles' 5-fold cross-validation" in message
+    assert "the train split of fold 0 would be empty" in message
+    assert "--data_list_file_path" in message and "--no_check" in message
+    assert not (tmp_path / "bundles").exists()
+    main(["bundle", "--dataset_dir", str(root), "--output", "bundles/two_fpa", "--no_check"])
+    assert (tmp_path / "bundles" / "two_fpa" / "configs" / "train.json").is_file()
+    three = copy(own_root, tmp_path / "three")
+    for case in ("SYN_004", "SYN_005", "SYN_006"):
+        for path in [*three.glob(f"imagesTr/{case}_*"), three / "labelsTr" / f"{case}.nii.gz"]:
+            path.unlink()
+    main(["bundle", "--dataset_dir", str(three), "--output", "bundles/three_fpa"])
+    assert (tmp_path / "bundles" / "three_fpa" / "configs" / "train.json").is_file()
+
+
 def test_own_data_bundle_paths_names_and_data_set_mismatch(own_root, tmp_path, monkeypatch):
     """Made outside the working folder: bundle_root is the bundle's folder (from wherever MONAI runs
     its configs) and a README whose commands run from the bundle's folder; quotes in paths refused; a one-number crop is square; a bundle pointed at a
