@@ -375,3 +375,47 @@ def test_a_label_off_its_image_s_grid_is_refused_saying_what_to_do(tmp_path, kin
         ValueError, match=r"a01\.(nii\.gz|mha|png): .*differs from (its|the) image's.*: " + how
     ):
         convert_folders(tmp_path / "images", tmp_path / "out", tmp_path / "labels", progress=False)
+
+
+def test_names_that_differ_after_the_case_name_say_which_suffixes_pair_them(tmp_path):
+    """ISLES 2022 / BIDS names (``<case>_dwi`` images, ``<case>_msk`` labels) paired no case, and the
+    refusal said only "images without a suffix, labels without a suffix": it now names the suffixes
+    that pair them, and the suggested flags convert the folders; ``_msk`` is a known label suffix,
+    so one folder of ``_dwi`` / ``_msk`` files needs only ``--image_suffix``."""
+    cases = ("sub-strokecase0001_ses-0001", "sub-strokecase0002_ses-0001")
+    src = plain(tmp_path, cases=cases, image="{}_dwi", label="{}_msk")
+    with pytest.raises(
+        ValueError,
+        match=r"images end in '_dwi', labels in '_msk' \(sub-strokecase0001_ses-0001_dwi.nii.gz and "
+        r"sub-strokecase0001_ses-0001_msk.nii.gz\): pass --image_suffix _dwi --label_suffix _msk",
+    ):
+        convert_folders(src / "images", tmp_path / "out", src / "labels", progress=False)
+    out = convert_folders(
+        src / "images",
+        tmp_path / "out",
+        src / "labels",
+        image_suffix="_dwi",
+        label_suffix="_msk",
+        progress=False,
+    )
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in cases]
+    one = tmp_path / "one"
+    for path in [*(src / "images").iterdir(), *(src / "labels").iterdir()]:
+        one.mkdir(exist_ok=True)
+        path.rename(one / path.name)
+    volume(one / f"{cases[0]}_adc.nii.gz", np.ones((20, 18, 4), np.float32))  # a second channel file
+    with pytest.raises(
+        ValueError, match=r"images end in '_dwi', labels in '_msk' .*--image_suffix _dwi"
+    ) as e:
+        convert_folders(one, tmp_path / "out_one", progress=False)
+    assert (
+        "1 case(s) have several image files ('_adc', '_dwi'): this converter takes one file per case"
+        in str(e.value)
+    )
+    assert (
+        f"look like ISLES 2022 files: python -m pam_monai convert_isles22 --root {one} --output DIR"
+        in str(e.value)
+    )
+    (one / f"{cases[0]}_adc.nii.gz").unlink()
+    out = convert_folders(one, tmp_path / "out_one", image_suffix="_dwi", progress=False)
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in cases]

@@ -158,13 +158,13 @@ def convert_folders(
             one-channel MetaImage / NRRD (.mha, .nrrd, copied as they are) or a 2-D PNG / BMP / TIFF (grey, or
             colour for three channels).
         output: the new data set folder (must not exist).
-        labels: the folder of label maps, named as the images (a suffix such as _seg, _label, _mask is found by
+        labels: the folder of label maps, named as the images (a suffix such as _seg, _label, _mask, _msk is found by
             itself); without it, IMAGES holds both.
         channel_names: the channels' names, e.g. "['T1', 'T2']" (default image; R, G, B; channel_<n>); CT as a
             name gives CT normalisation.
         label_names: the label values' names in value order, e.g. "['lesion']" or "{1: 'lesion'}" (default
             background, label_<value>).
-        label_suffix: what the label files add to the case name (default: found among _seg, _label, _mask, ...).
+        label_suffix: what the label files add to the case name (default: found among _seg, _label, _mask, _msk, ...).
         image_suffix: what the image files add to the case name (default: found among _img, _image, ...).
         test_images: put images without a label into imagesTs (inference) instead of refusing them.
     """

@@ -1,7 +1,7 @@
 """Plain folders of images and labels -> the nnU-Net v2 raw layout (own data, ``nnunet``).
 
 The layout most own data arrives in: two folders, ``images/<case>.nii.gz`` and
-``labels/<case>.nii.gz`` (the labels often named ``<case>_seg``, ``_label``, ``_mask``), or one
+``labels/<case>.nii.gz`` (the labels often named ``<case>_seg``, ``_label``, ``_mask``, ``_msk``), or one
 folder of ``<case>_img.nii.gz`` / ``<case>_seg.nii.gz`` pairs. An image is one 3-D volume, a 4-D
 NIfTI holding every channel of the case (split into one file per channel, as :func:`.msd.convert_msd`
 does), or a 2-D PNG / BMP / TIFF (grey, or colour: one file for three channels, as nnU-Net reads
@@ -31,7 +31,9 @@ from .msd import ONTO_GRID, write_channels, write_dataset_json, write_label
 
 __all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "convert_folders", "folders_note"]
 
-LABEL_SUFFIXES = ("_seg", "_label", "_labels", "_mask", "_gt", "_segmentation", "-seg", "-label", "-mask")
+# _msk: ISLES 2022's lesion masks (BIDS derivatives)
+LABEL_SUFFIXES = ("_seg", "_label", "_labels", "_mask", "_msk", "_gt", "_segmentation")
+LABEL_SUFFIXES += ("-seg", "-label", "-mask", "-msk")
 IMAGE_SUFFIXES = ("_img", "_image", "_im", "-img", "-image")
 VOLUME_ENDINGS = (".nii.gz", ".nii")
 SITK_ENDINGS = (".mha", ".nrrd")  # one-file volumes the nnunet reader takes through SimpleITK
@@ -151,6 +153,57 @@ def _check_names(cases, folder: Path) -> None:
             f"{folder}: case name(s) with spaces: {_listing(repr(c) for c in spaced)}; rename the files "
             "without spaces (nnU-Net's file names and command lines split at them)"
         )
+
+
+def _separator_prefixes(stem: str):
+    """``(k, stem[:k])`` for every ``_`` or ``-`` at ``k`` > 0, the longest prefix first: where a
+    case name may end and a suffix begin."""
+    return [(k, stem[:k]) for k in range(len(stem) - 1, 0, -1) if stem[k] in "_-"]
+
+
+def _suffix_note(images: dict[str, Path], labels: dict[str, Path], root: Path) -> str:
+    """Advice when no image pairs with a label by case name, but the names agree up to a ``_`` or ``-``
+    and differ after it (``<case>_dwi`` and ``<case>_msk``, as BIDS names them): the suffixes that
+    pair the most labels, and, where a case has several such images, that each case needs one file
+    (ISLES 2022's: its own converter, on ``root``, the folder holding images and labels)."""
+    by_prefix: dict[str, list[str]] = {}
+    for stem in images:
+        for _, prefix in _separator_prefixes(stem):
+            by_prefix.setdefault(prefix.lower(), []).append(stem)
+    counts: dict[tuple[str, str], int] = {}
+    examples: dict[tuple[str, str], tuple[str, str]] = {}
+    several = 0  # labels whose case has more than one image (channel files: _dwi, _adc)
+    for label in sorted(labels):
+        k = next((k for k, prefix in _separator_prefixes(label) if prefix.lower() in by_prefix), None)
+        if k is None:
+            continue
+        matches = sorted(by_prefix[label[:k].lower()])
+        several += len(matches) > 1
+        for image in matches:
+            pair = (image[k:], label[k:])
+            counts[pair] = counts.get(pair, 0) + 1
+            examples.setdefault(pair, (images[image].name, labels[label].name))
+    if not counts:
+        return ""
+    pair = max(sorted(counts), key=lambda p: counts[p])
+    image, label = examples[pair]
+    note = (
+        f"; the names differ after the case name: images end in {pair[0]!r}, labels in {pair[1]!r} ({image} and "
+        f"{label}): pass --image_suffix {quote(pair[0])} --label_suffix {quote(pair[1])}"
+    )
+    if several:
+        found = sorted({p[0] for p in counts})
+        note += (
+            f" (but {several} case(s) have several image files ({', '.join(map(repr, found))}): this converter "
+            "takes one file per case, a 4-D one for several channels; for one file per channel, put them into "
+            "imagesTr/ as <case>_0000, <case>_0001, ... with the labels in labelsTr/ and write a dataset.json)"
+        )
+    if any(label.lower().startswith("sub-strokecase") for label in labels):
+        note += (
+            f"; these look like ISLES 2022 files: python -m pam_monai convert_isles22 --root {quote(str(root))} "
+            "--output DIR converts them (DWI and ADC as channels 0 and 1, the mask as 'lesion')"
+        )
+    return note
 
 
 def _nnunet_files_note(by_image: dict[str, Path], orphans) -> str:
@@ -368,11 +421,19 @@ def convert_folders(
     by_label = _by_case(label_files, label_suffix, labels_dir or images_dir)
     orphans = sorted(set(by_label) - set(by_image))
     if orphans:
+        paired = set(by_label) & set(by_image)  # none: the names may differ by suffixes not known here
+        note = _nnunet_files_note(by_image, orphans) or (
+            ""
+            if paired
+            else _suffix_note(
+                image_files, label_files, Path(os.path.commonpath([images_dir, labels_dir or images_dir]))
+            )
+        )
         raise ValueError(
             f"{labels_dir or images_dir}: label(s) without an image: {_listing(by_label[c].name for c in orphans)} "
             f"(paired by case name, images without {_suffix(image_suffix)}, labels without "
             f"{_suffix(label_suffix)}; --image_suffix / --label_suffix set them): add the images or move "
-            "these labels out" + _nnunet_files_note(by_image, orphans)
+            "these labels out" + note
         )
     unlabelled = sorted(set(by_image) - set(by_label))
     if unlabelled and not test_images:
