@@ -1324,6 +1324,22 @@ def test_a_file_given_as_the_data_set_folder_names_its_folder(own_root, tmp_path
         check_dataset("nnunet", image)
 
 
+def test_an_image_file_given_as_the_inference_input_folder_names_its_folder(own_root, tmp_path):
+    """--input_dir naming one case's image file (a shell's completion) says it is a file and which
+    folder to pass; it read 'input folder not found', of a file that is there."""
+    from pam_monai.engines.infer import find_inference_cases
+
+    image = next((own_root / "imagesTr").glob("*_0000.nii.gz"))
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(image))} is a file, not a folder: --input_dir takes a folder of cases .*"
+        rf"pass {re.escape(str(image.parent))} \(every case in it is segmented\)",
+    ):
+        find_inference_cases("nnunet", image)
+    with pytest.raises(ValueError, match="input folder not found"):
+        find_inference_cases("nnunet", tmp_path / "missing")
+
+
 def test_a_wrong_data_set_folder_is_named_with_the_one_meant(own_root, tmp_path):
     """A root without dataset.json says which folder was meant: the data set's own for its imagesTr/,
     one of the data sets for nnUNet_raw/ itself, and that a mistyped one does not exist."""

@@ -48,6 +48,7 @@ from ..networks.polarity import as_foreground
 from ..progress import progress_bar
 from ..runlock import _content as _holder
 from ..runlock import _stale
+from ..shell import quote
 from .checkpoint import check_weights, read_run_record
 from .flags import as_bool
 from .inferer import SliceWiseInferer
@@ -247,6 +248,12 @@ def find_inference_cases(
     (:class:`CasePredictor` names the others).
     """
     root = Path(input_dir)
+    if root.is_file():  # one case's image (a shell's completion): not "not found"
+        raise ValueError(
+            f"{root} is a file, not a folder: --input_dir takes a folder of cases in the data set's layout; pass "
+            f"{quote(str(root.parent))} (every case in it is segmented), or put this case's files into a folder of "
+            "their own and pass that"
+        )
     if not root.is_dir():
         raise ValueError(f"{root}: input folder not found (the bundles take it as --input_dir)")
     spec = get_spec(dataset, root=root)
