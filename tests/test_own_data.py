@@ -1340,6 +1340,40 @@ def test_an_image_file_given_as_the_inference_input_folder_names_its_folder(own_
         find_inference_cases("nnunet", tmp_path / "missing")
 
 
+def test_foreground_outside_the_crop_is_warned_about_with_the_crop_that_keeps_it(own_root):
+    """A --crop_size that cuts foreground was warned about as 'N foreground voxels lie outside the
+    centre crop', without the crop or what to do; the warning now names the crop and the smallest
+    --crop_size (in steps of 16) that keeps the case's foreground, and that crop does keep it, where
+    16 less along an axis it grew along does not."""
+    from pam_monai.data.nnunet import nnunet_spec
+
+    def cut(crop) -> dict[str, tuple[int, int]]:
+        """{case: the crop its warning suggests} of the cases whose foreground ``crop`` cuts."""
+        report = check_dataset(nnunet_spec(own_root, crop_size=crop), own_root)
+        found = {}
+        for w in report.warnings:
+            m = re.search(
+                r"outside the centre crop (\d+)x(\d+), .*--crop_size of at least \"\[(\d+), (\d+)\]\"",
+                w.message,
+            )
+            if m:
+                assert tuple(map(int, m.groups()[:2])) == tuple(crop)
+                found[w.case] = (int(m[3]), int(m[4]))
+        return found
+
+    crop = (32, 32)
+    suggested = cut(crop)
+    assert suggested  # the synthetic tumours reach beyond a 32 x 32 centre crop
+    for case, keeping in suggested.items():
+        assert case not in cut(keeping)
+        for axis in (0, 1):
+            if keeping[axis] > crop[axis]:
+                less = list(keeping)
+                less[axis] -= 16
+                assert case in cut(tuple(less))
+    assert not cut(tuple(max(k[axis] for k in suggested.values()) for axis in (0, 1)))
+
+
 def test_a_wrong_data_set_folder_is_named_with_the_one_meant(own_root, tmp_path):
     """A root without dataset.json says which folder was meant: the data set's own for its imagesTr/,
     one of the data sets for nnUNet_raw/ itself, and that a mistyped one does not exist."""

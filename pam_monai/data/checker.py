@@ -59,7 +59,7 @@ from .files import (
 )
 from .layout import CaseFiles, Problem, ScanResult, nnunet_layout_note, scan_cases
 from .nnunet import NoTrainingImages
-from .ops import crop_or_pad_center
+from .ops import center_offsets, crop_or_pad_center
 from .preprocess import channels_first_2d, preprocess_case
 from .specs import DatasetSpec, get_spec
 
@@ -668,8 +668,31 @@ def _summarise(
         )
     elif summary.inside_crop is False:
         lost = summary.foreground - summary.foreground_kept
-        warnings.append((label_shown, f"{lost:,} foreground voxels lie outside the centre crop"))
+        crop, keeping = "x".join(map(str, spec.spatial_size)), _crop_keeping(fg, spec.spatial_size)
+        warnings.append(
+            (
+                label_shown,
+                f"{lost:,} foreground voxels lie outside the centre crop {crop}, which is all that training sees of "
+                f'the case: a --crop_size of at least "[{keeping[0]}, {keeping[1]}]" keeps them',
+            )
+        )
     return summary, warnings
+
+
+def _crop_keeping(fg: np.ndarray, crop: Sequence[int], step: int = 16) -> tuple[int, int]:
+    """The smallest in-plane centre crop, each axis ``crop`` plus a multiple of ``step`` (the default
+    crop's rounding), that keeps every foreground voxel of ``fg`` (``H x W x D``)."""
+    sizes = []
+    for axis, (n, size) in enumerate(zip(fg.shape[:2], crop)):
+        rows = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != axis)))
+        size = int(size)
+        while size < n:  # a crop of the whole axis (or a pad) keeps everything
+            start, _, length = center_offsets(n, size)
+            if start <= rows[0] and rows[-1] < start + length:
+                break
+            size += step
+        sizes.append(size)
+    return sizes[0], sizes[1]
 
 
 def check_dataset(
