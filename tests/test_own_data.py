@@ -1374,6 +1374,27 @@ def test_foreground_outside_the_crop_is_warned_about_with_the_crop_that_keeps_it
     assert not cut(tuple(max(k[axis] for k in suggested.values()) for axis in (0, 1)))
 
 
+def test_a_case_whose_images_repeat_another_case_s_is_named(own_root, tmp_path):
+    """The same scan under two case IDs (exported twice) passed the check in silence; the 5-fold split
+    can then test the model on a copy of a training case, inflating every metric. The check names the
+    copy and the case it repeats (voxels of every channel equal; the label need not be)."""
+    root = copy(own_root, tmp_path)
+    for source in (root / "imagesTr").glob("SYN_001_*"):
+        shutil.copy(source, source.with_name(source.name.replace("SYN_001", "SYN_007")))
+    shutil.copy(root / "labelsTr" / "SYN_002.nii.gz", root / "labelsTr" / "SYN_007.nii.gz")
+    spec = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 7}))
+    report = check_dataset("nnunet", root)
+    repeated = [str(w) for w in report.warnings if "the same voxels" in w.message]
+    assert repeated == [
+        "SYN_007: image: the same voxels as SYN_001 in every channel: one scan under two case IDs? The "
+        "cross-validation may test the model on a copy of a case it trained on; remove one, or keep both in one "
+        "fold with a datalist (data_list_file_path)"
+    ]
+    assert report.ok
+    assert not [w for w in check_dataset("nnunet", own_root).warnings if "the same voxels" in w.message]
+
+
 def test_a_wrong_data_set_folder_is_named_with_the_one_meant(own_root, tmp_path):
     """A root without dataset.json says which folder was meant: the data set's own for its imagesTr/,
     one of the data sets for nnUNet_raw/ itself, and that a mistyped one does not exist."""
