@@ -656,7 +656,7 @@ def test_benchmark_shows_both_implementations_give_the_same_answer():
 
 def test_benchmark_times_each_pair_in_a_fresh_process(tmp_path):
     """glibc's malloc keeps thresholds that depend on what the process freed before (and this
-    project's inference sets them): a pair timed after other work gave MONAI up to 2x another time.
+    project's inference sets them): a pair timed after other work gave MONAI another time.
     Each pair is timed in its own new process; a pair that cannot be made says why."""
     import os
 
