@@ -27,9 +27,9 @@ surface, so each looks up the other surface at the offsets of a small ball in or
 increasing physical length (one vectorised gather per distance shell); the first shell that
 hits gives the exact distance. The few voxels left beyond the ball get exact distances by brute
 force or a KD-tree. On a 155x240x240 BraTS float32 pair this takes about 5 ms on 2 CPU cores
-(2 ms on ``bool`` masks), most of it reading the two volumes, 15x less than MONAI 1.6.1's
-``compute_hausdorff_distance`` in glibc's default state (10.5-12x for real enhancing-tumour
-rings), 9-10x with freed memory kept in the process (``benchmarks/hd95_bench.py``).
+(2 ms on ``bool`` masks), most of it reading the two volumes, 13.5-16.6x less than MONAI 1.6.1's
+``compute_hausdorff_distance`` in a fresh process (11.2-13.2x for real enhancing-tumour rings),
+8-11x with freed memory kept in the process (``benchmarks/hd95_bench.py``).
 
 Empty masks (BraTS 2023 evaluation): both empty -> 0.0; exactly one empty -> ``empty_value``,
 by default the image diagonal in physical units (:func:`pam_monai.metrics.image_diagonal`,
