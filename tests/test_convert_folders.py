@@ -419,3 +419,50 @@ def test_names_that_differ_after_the_case_name_say_which_suffixes_pair_them(tmp_
     (one / f"{cases[0]}_adc.nii.gz").unlink()
     out = convert_folders(one, tmp_path / "out_one", image_suffix="_dwi", progress=False)
     assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in cases]
+
+
+def test_bids_sidecars_and_text_files_are_skipped_and_said_once(tmp_path, capsys):
+    """An ISLES / BIDS folder holds ``<name>.json`` sidecars beside ``<name>.nii.gz`` and a licence: the
+    converter refused the whole folder for them ("a type this converter does not read"). They are
+    skipped, said in one line; a file that may be an image of another type is still refused, and an
+    image file that cannot be read still is too."""
+    folder = tmp_path / "cases"
+    for case in ("x1", "x2"):
+        volume(folder / f"{case}_img.nii.gz", np.ones((20, 18, 4), np.float32))
+        volume(folder / f"{case}_seg.nii.gz", label_map())
+        (folder / f"{case}_img.json").write_text('{"Modality": "MR"}')
+    (folder / "REPO_LICENSE.txt").write_text("CC BY-SA 4.0")
+    (folder / "dataset_description.json").write_text("{}")
+    out = convert_folders(folder, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["x1_0000.nii.gz", "x2_0000.nii.gz"]
+    said = capsys.readouterr().out
+    assert said.count("skipped") == 1, said
+    assert (
+        "skipped 2 sidecar file(s) named as an image (x1_img.json, x2_img.json) and 2 text file(s) "
+        "(REPO_LICENSE.txt, dataset_description.json): not images" in said
+    )
+    (folder / "scan.dcm").write_bytes(b"DICM")  # no image of its name: maybe an image, not read here
+    with pytest.raises(
+        ValueError, match=r"cases: file\(s\) of a type this converter does not read: scan.dcm;"
+    ):
+        convert_folders(folder, tmp_path / "out2", progress=False)
+    (folder / "scan.dcm").unlink()
+    (folder / "x2_img.nii.gz").write_bytes(b"not a NIfTI")
+    with pytest.raises(ValueError, match=r"x2_img.nii.gz: unreadable"):
+        convert_folders(folder, tmp_path / "out2", progress=False)
+
+
+def test_the_real_isles22_case_folder_converts_with_its_sidecars(shared_data, tmp_path, capsys):
+    """The ISLES'22 sample as shipped (``.json`` sidecars, ``REPO_LICENSE.txt``), its DWI as the image."""
+    case = shared_data / "isles2022" / "sub-strokecase0009"
+    folder = tmp_path / "case"
+    folder.mkdir()
+    for path in case.iterdir():
+        if "_adc" not in path.name and "_flair" not in path.name:
+            (folder / path.name).write_bytes(path.read_bytes())
+    out = convert_folders(folder, tmp_path / "out", image_suffix="_dwi", progress=False)
+    assert [p.name for p in (out / "labelsTr").iterdir()] == ["sub-strokecase0009_ses-0001.nii.gz"]
+    assert (
+        "skipped 1 sidecar file(s) named as an image (sub-strokecase0009_ses-0001_dwi.json) and 1 text"
+        in (capsys.readouterr().out)
+    )

@@ -57,8 +57,30 @@ def _listing(names) -> str:
     return ", ".join(names[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
-def _files(folder: Path) -> dict[str, Path]:
-    """``{stem: path}`` of the image files in ``folder``; raises naming other files and two files of one stem."""
+# text and metadata beside the images (BIDS ``.json`` sidecars, ``.bval`` / ``.bvec``, a licence, a
+# README): skipped, not refused; any other ending may be an image of a type not read here, and is refused
+_TEXT_ENDINGS = (
+    ".json",
+    ".txt",
+    ".md",
+    ".rst",
+    ".tsv",
+    ".csv",
+    ".bval",
+    ".bvec",
+    ".pdf",
+    ".xml",
+    ".yaml",
+    ".yml",
+)
+_TEXT_NAMES = ("readme", "license", "licence", "changes", "copying")  # BIDS' README, CHANGES, LICENSE
+
+
+def _files(folder: Path, skipped: list | None = None) -> dict[str, Path]:
+    """``{stem: path}`` of the image files in ``folder``; raises naming files of other types and two files of
+    one stem. Sidecars (``<stem>.json`` and the like beside the image ``<stem>.nii.gz``: any file named as an
+    image but for its ending) and text files (:data:`_TEXT_ENDINGS`, ``README``, ``LICENSE``) are skipped:
+    appended to ``skipped`` as ``(path, is_sidecar)``."""
     found: dict[str, Path] = {}
     other, twice = [], []
     for path in visible_entries(folder):
@@ -66,19 +88,38 @@ def _files(folder: Path) -> dict[str, Path]:
             continue
         split = _split_ending(path.name)
         if split is None:
-            other.append(path.name)
+            other.append(path)
         elif split[0] in found:
             twice.append(f"{found[split[0]].name} and {path.name}")
         else:
             found[split[0]] = path
-    if other:
+    rest = [p for p in other if p.name.rsplit(".", 1)[0] not in found and not _is_text(p.name)]
+    if rest:
         raise ValueError(
-            f"{folder}: file(s) of a type this converter does not read: {_listing(other)}; it reads "
-            f"{', '.join(_ENDINGS)}: convert them, or move them out of the folder"
+            f"{folder}: file(s) of a type this converter does not read: {_listing(p.name for p in rest)}; it reads "
+            f"{', '.join(_ENDINGS)} (and skips sidecars named as an image, text files {', '.join(_TEXT_ENDINGS)}): "
+            "convert them, or move them out of the folder"
         )
     if twice:
         raise ValueError(f"{folder}: two files of one name: {_listing(twice)}; keep one")
+    if skipped is not None:  # (path, sidecar or not)
+        skipped += [(p, p.name.rsplit(".", 1)[0] in found) for p in other]
     return found
+
+
+def _is_text(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(_TEXT_ENDINGS) or lower.rsplit(".", 1)[0] in _TEXT_NAMES
+
+
+def _skipped_note(skipped: list) -> str:
+    """The one line that says which files the conversion skipped (``(path, is_sidecar)``), or ""."""
+    parts = []
+    for sidecar, what in ((True, "sidecar file(s) named as an image"), (False, "text file(s)")):
+        names = [p.name for p, s in skipped if s == sidecar]
+        if names:
+            parts.append(f"{len(names)} {what} ({_listing(names)})")
+    return f"convert_folders: skipped {' and '.join(parts)}: not images" if parts else ""
 
 
 def _strip(stem: str, suffix: str) -> str:
@@ -123,9 +164,12 @@ def _pair(
     return best
 
 
-def _one_folder(folder: Path, label_suffix: str | None) -> tuple[dict[str, Path], dict[str, Path], str]:
-    """Split the files of one folder into images and labels (``<case><label_suffix>``)."""
-    files = _files(folder)
+def _one_folder(
+    folder: Path, label_suffix: str | None, skipped: list | None = None
+) -> tuple[dict[str, Path], dict[str, Path], str]:
+    """Split the files of one folder into images and labels (``<case><label_suffix>``); files
+    :func:`_files` skips are appended to ``skipped``."""
+    files = _files(folder, skipped)
     options = [label_suffix] if label_suffix is not None else list(LABEL_SUFFIXES)
     counts = {s: sum(_strip(stem, s) != stem for stem in files) for s in options}
     suffix = max(options, key=lambda s: counts[s])
@@ -400,7 +444,9 @@ def convert_folders(
     :data:`IMAGE_SUFFIXES`. ``channel_names`` and ``label_names`` (lists, or dicts keyed by number)
     default to ``image`` (``R, G, B`` for colour images, ``channel_<n>`` for several) and
     ``background``, ``label_<value>``. Images without a label go to ``imagesTs`` with
-    ``test_images``, else they are refused. Raises ``ValueError`` naming the files."""
+    ``test_images``, else they are refused. Sidecars (``<name>.json`` beside ``<name>.nii.gz``, as BIDS
+    and ISLES 2022 ship them) and text files (a licence, a README) are skipped, said in one printed line;
+    files of other types are refused. Raises ``ValueError`` naming the files."""
     from ..progress import progress_bar
 
     images_dir, output = Path(images), Path(output)
@@ -410,10 +456,13 @@ def convert_folders(
             raise FileNotFoundError(f"{folder}: no such folder")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} already exists; choose a new folder")
+    skipped: list = []
     if labels_dir is None:
-        image_files, label_files, label_suffix = _one_folder(images_dir, label_suffix)
+        image_files, label_files, label_suffix = _one_folder(images_dir, label_suffix, skipped)
     else:
-        image_files, label_files = _files(images_dir), _files(labels_dir)
+        image_files, label_files = _files(images_dir, skipped), _files(labels_dir, skipped)
+    if skipped:  # said once, before any refusal of the files that are there
+        print(_skipped_note(skipped))
     if not image_files:
         raise ValueError(f"{images_dir}: no image file ({', '.join(_ENDINGS)})")
     image_suffix, label_suffix = _pair(image_files, label_files, image_suffix, label_suffix)
