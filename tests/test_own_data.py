@@ -1445,6 +1445,25 @@ def test_images_of_another_file_type_say_to_convert_them_or_set_file_ending(own_
     ), problems
 
 
+def test_a_data_set_of_another_file_type_is_one_line_with_the_count_and_both_endings(own_root, tmp_path):
+    """A whole set saved as .nii under a .nii.gz file_ending gave one ERROR line per image file (12 for
+    6 two-channel cases), each with the same advice: one line now, with the count, the ending found,
+    the one expected and a few of the files."""
+    root = copy(own_root, tmp_path)
+    images = sorted((root / "imagesTr").glob("*.nii.gz"))
+    for image in images:
+        nib.save(nib.load(str(image)), str(image.with_name(image.name[: -len(".gz")])))
+        image.unlink()
+    problems = [str(p) for p in check_dataset("nnunet", root).problems]
+    other_type = [p for p in problems if "'.nii'" in p]
+    assert other_type == [
+        f"{root.name}: imagesTr: {len(images)} image files of type '.nii' ({images[0].name[: -len('.gz')]}, "
+        f"{images[1].name[: -len('.gz')]}, {images[2].name[: -len('.gz')]}, ...), not this data set's (.nii.gz): "
+        "convert them to .nii.gz, or, if every image and label is a .nii file, set dataset.json's file_ending to "
+        "'.nii'"
+    ], problems
+
+
 @pytest.mark.parametrize("images, label", [("NFD", "NFC"), ("NFC", "NFD")])
 def test_a_label_named_in_another_unicode_form_is_named_once_with_the_fix(own_root, tmp_path, images, label):
     """Accented case names copied from macOS are NFD, others NFC: the same name on screen, other bytes.

@@ -99,10 +99,10 @@ def _named(path: Path, channel: int, ending: str) -> bool:
 ESSENTIAL_KEYS = ("channel_names", "labels", "file_ending", "numTraining")
 
 
-def _ending_fix(ending: str, endings: tuple[str, ...], from_json: bool) -> str:
-    """What to do about an image of another file type: convert it, or, where the type is one this
-    project reads, say so in dataset.json (a set saved as ``.nii`` under a ``.nii.gz`` file_ending)."""
-    fix = f": convert it to {endings[0]}"
+def _ending_fix(ending: str, endings: tuple[str, ...], from_json: bool, it: str = "it") -> str:
+    """What to do about an image (``it``) of another file type: convert it, or, where the type is one
+    this project reads, say so in dataset.json (a set saved as ``.nii`` under a ``.nii.gz`` file_ending)."""
+    fix = f": convert {it} to {endings[0]}"
     if from_json and ending.lower() in (*ENDINGS, *ENDINGS_2D):
         fix += (
             f", or, if every image and label is a {ending} file, set dataset.json's file_ending to {ending!r}"
@@ -735,6 +735,23 @@ def _folders_only(images: Path, ending: str) -> str:
     return what
 
 
+def _other_type(ending: str, files: list, endings: tuple[str, ...], root: Path, images: Path) -> Problem:
+    """One problem for the images (``(case, file name)`` pairs) of the file type ``ending``, not the data
+    set's: the file itself when alone, else their count with a few of them (a set saved as ``.nii``
+    under a ``.nii.gz`` file_ending gave one line per file)."""
+    what = f"file type {ending!r} is not this data set's ({', '.join(endings)})"
+    from_json = images != root  # a data set's imagesTr / imagesTs, not a folder of images alone
+    if len(files) == 1:
+        return Problem(*files[0], what + _ending_fix(ending, endings, from_json))
+    shown = ", ".join(name for _, name in files[:3]) + (", ..." if len(files) > 3 else "")
+    return Problem(
+        root.name,
+        images.name,
+        f"{len(files)} image files of type {ending!r} ({shown}), not this data set's ({', '.join(endings)})"
+        + _ending_fix(ending, endings, from_json, it="them"),
+    )
+
+
 def scan(
     root: str | os.PathLike,
     subset: str = "imagesTr",
@@ -774,6 +791,7 @@ def scan(
         return ScanResult([], [Problem(root.name, images.name, found_what)])
     found: dict[str, dict[int, Path]] = {}
     accepted = {e.lower() for e in endings}
+    other_type: dict[str, list[tuple[str, str]]] = {}  # ending: (case, file name) of another file type
     for path in visible_entries(images):
         m = _FILE.match(path.name)
         if path.is_dir() or path.name == "dicom_series.json":  # convert_dicom's record of its sources
@@ -789,14 +807,7 @@ def scan(
             )
             continue
         if m["ending"].lower() not in accepted:
-            problems.append(
-                Problem(
-                    m["case"],
-                    path.name,
-                    f"file type {m['ending']!r} is not this data set's ({', '.join(endings)})"
-                    + _ending_fix(m["ending"], endings, from_json=images != root),
-                )
-            )
+            other_type.setdefault(m["ending"].lower(), []).append((m["case"], path.name))
             continue
         index = int(m["channel"])
         if index >= len(keys):
@@ -814,6 +825,8 @@ def scan(
             problems.append(Problem(m["case"], path.name, f"channel {index:04d}, {what}"))
             continue
         found.setdefault(m["case"], {})[index] = path
+    for ending, files in other_type.items():
+        problems.append(_other_type(ending, files, endings, root, images))
     dicom = [] if found else _dicom_files(images)
     if dicom:  # a PACS export given as the images: one line naming the conversion, not one per slice file
         problems = [p for p in problems if not p.message.startswith("not an image file name")]
