@@ -547,6 +547,44 @@ def test_own_data_bundle_is_refused_for_a_data_set_that_fails_the_check(
     assert "not checked: training checks every case first" in capsys.readouterr().out
 
 
+def test_check_names_too_few_cases_for_the_default_split_as_bundle_refuses_them(own_root, tmp_path, capsys):
+    """``check`` said OK for 2 cases that ``bundle`` and training refuse (fold 0 of the 5-fold split has no
+    training case): it names the same problem and ways out, by the same rule; 3 cases pass, and a check of
+    one's own split (``--datalist``) is not told about the default one."""
+    from pam_monai.cli import main
+
+    root = copy(own_root, tmp_path)
+    for case in ("SYN_003", "SYN_004", "SYN_005", "SYN_006"):
+        for path in [*root.glob(f"imagesTr/{case}_*"), root / "labelsTr" / f"{case}.nii.gz"]:
+            path.unlink()
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--root", str(root), "--quiet"])
+    assert exit_.value.code == 1
+    said = capsys.readouterr().out
+    assert (
+        f"ERROR {root.name}: split: 2 cases, too few for the bundles' 5-fold cross-validation" in said
+        and "the train split of fold 0 would be empty and training with the bundles' default split would refuse "
+        "it: add cases to imagesTr/ and labelsTr/, or train with --data_list_file_path"
+        in said
+    ), said
+    datalist = tmp_path / "own.json"
+    main(["datalist", "nnunet", str(datalist), "--root", str(root)])
+    listed = json.loads(datalist.read_text())
+    listed["validation"] = [listed["training"].pop()]
+    for entry in listed["training"]:
+        entry.pop("fold", None)
+    datalist.write_text(json.dumps(listed))
+    capsys.readouterr()
+    main(["check", "--root", str(root), "--quiet", "--datalist", str(datalist)])
+    assert "split:" not in capsys.readouterr().out
+    three = copy(own_root, tmp_path / "three")
+    for case in ("SYN_004", "SYN_005", "SYN_006"):
+        for path in [*three.glob(f"imagesTr/{case}_*"), three / "labelsTr" / f"{case}.nii.gz"]:
+            path.unlink()
+    main(["check", "--root", str(three), "--quiet"])
+    assert "OK" in capsys.readouterr().out
+
+
 def test_own_data_bundle_is_refused_for_too_few_cases_for_its_split(own_root, tmp_path, monkeypatch, capsys):
     """A data set of 2 cases passes every per-case check, but fold 0 of the bundles' 5-fold split then
     has no training case and training refuses it: ``bundle`` refuses it up front, naming the count and

@@ -302,22 +302,15 @@ def _check(spec, dataset_dir: Path, foreground: Sequence[int]) -> None:
 
 
 def _check_split(spec, dataset_dir: Path) -> None:
-    """Refuse a data set whose fold 0 (the bundle's defaults: ``fold`` 0, ``data_seed`` 0, no datalist)
-    has an empty training, validation or test split: every case can pass the check and training
-    still refuse, after the bundle is written (fewer than 3 cases for the 5-fold split)."""
-    from ..data import build_datalist, get_split
+    """Refuse a data set whose fold 0 of the bundles' default split has an empty split
+    (:func:`pam_monai.data.datalist.default_split_problem`, as ``check`` reports it)."""
+    from ..data.datalist import OWN_SPLIT_FIX, default_split_problem
 
-    datalist = build_datalist(spec, dataset_dir, seed=0)
-    empty = [name for name in ("train", "val", "test") if not get_split(spec, datalist, name, fold=0)]
-    if empty:
-        cases = len(datalist["training"])
+    problem = default_split_problem(spec, dataset_dir)
+    if problem:
         raise ValueError(
-            f"{dataset_dir}: {cases} case{'s' if cases != 1 else ''}, too few for the bundles' 5-fold "
-            f"cross-validation (fold k: test = fold k, validation = fold k + 1, training = the other three, so at "
-            f"least 3 cases): the {' and '.join(empty)} split of fold 0 would be empty and training from this "
-            "bundle would refuse it; no bundle written. Add cases to imagesTr/ and labelsTr/, or pass --no_check "
-            "and train with --data_list_file_path a datalist of your own split ('training' and 'validation' "
-            "lists, see pam_monai/data/README.md)"
+            f"{dataset_dir}: {problem}; no bundle written. Add cases to imagesTr/ and labelsTr/, or pass "
+            f"--no_check and {OWN_SPLIT_FIX}"
         )
 
 

@@ -253,6 +253,24 @@ def _dataset_of(root: str) -> str:
     )
 
 
+def _check_default_split(report, root: str) -> None:
+    """Add to ``report`` own data's problem for training with the bundles' default split (too few
+    cases for fold 0), as ``bundle`` refuses it; a check of ``--datalist`` (one's own split) skips it."""
+    from .datalist import OWN_SPLIT_FIX, default_split_problem
+    from .layout import Problem
+
+    problem = default_split_problem("nnunet", root)
+    if problem:
+        report.problems.append(
+            Problem(
+                Path(root).name,
+                "split",
+                f"{problem}: add cases to imagesTr/ and labelsTr/, or {OWN_SPLIT_FIX} (python -m pam_monai "
+                "check --datalist FILE checks it)",
+            )
+        )
+
+
 def _marked_dataset(root: str) -> str | None:
     """The data set that ROOT's ``synthetic.json`` (written by ``synth`` and by the stand-ins of
     ``ensure_dataset``) records, where it names one of the paper's; None without a readable one."""
@@ -339,6 +357,8 @@ def check(
         labels=not unlabelled,
         **options,
     )
+    if report.ok and not unlabelled and datalist is None and report.dataset == "nnunet":
+        _check_default_split(report, root)
     text = report.format()
     if quiet:
         text = "\n".join(

@@ -446,3 +446,30 @@ def split_entries(
     if key not in data:
         raise ValueError(f"{spec.name}: {where}: no '{key}' list; its keys: {', '.join(map(repr, data))}")
     return list(data[key])
+
+
+# the ways out of a data set too small for the default split, as ``check`` and ``bundle`` name them
+OWN_SPLIT_FIX = (
+    "train with --data_list_file_path a datalist of your own split ('training' and 'validation' lists, see "
+    "pam_monai/data/README.md)"
+)
+
+
+def default_split_problem(dataset: str | DatasetSpec, root: str | os.PathLike) -> str:
+    """What is wrong with fold 0 of the bundles' default split (``fold`` 0, ``data_seed`` 0, no datalist)
+    of the cases under ``root``: its empty training, validation or test split (fewer than 3 cases for 5
+    folds: every case passes the check and training still refuses them); "" when none is empty. The one
+    rule of ``check`` and ``bundle``."""
+    datalist = build_datalist(dataset, root, seed=0)
+    empty = [
+        name for name in ("train", "val", "test") if not get_split(dataset, datalist, name, fold=0, root=root)
+    ]
+    if not empty:
+        return ""
+    cases = len(datalist["training"])
+    return (
+        f"{cases} case{'s' if cases != 1 else ''}, too few for the bundles' 5-fold cross-validation (fold k: "
+        "test = fold k, validation = fold k + 1, training = the other three, so at least 3 cases): the "
+        f"{' and '.join(empty)} split of fold 0 would be empty and training with the bundles' default split "
+        "would refuse it"
+    )
