@@ -1552,6 +1552,25 @@ def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_p
         in said
     )
     assert "python -m monai.bundle run inferring --config_file configs/inference.json --input_dir DIR" in said
+    # the run's overrides go with the commands: inference gets those inference.json has (it refuses
+    # --epochs), not --output_dir (the training's eval/ folder, not where masks go)
+    configs = tmp_path / "bundle" / "configs"
+    shutil.copytree(ROOT / "bundles" / "brats_fpa" / "configs", configs)
+    monkeypatch.setattr(workflow, "_running_workflow_configs", lambda: configs)
+    given = ["--epochs", "2", "--batch_size=4", "--dataset_dir", "/data/my cases", "--task", "nnunet"]
+    given += ["--output_dir", "/r/eval", "--tracking", "mlflow"]
+    command = [str(Path(sys.executable).parent / "monai" / "bundle" / "__main__.py"), "run", "training"]
+    monkeypatch.setattr(sys, "argv", [*command, "--config_file", str(configs / "train.json"), *given])
+    said = train()
+    evaluating = said.split("run evaluating ")[1].split(";")[0]
+    assert evaluating.endswith(
+        "--epochs 2 --batch_size 4 --dataset_dir '/data/my cases' --task nnunet --output_dir /r/eval"
+    )
+    inferring = said.split("run inferring ")[1].splitlines()[0]
+    assert (
+        inferring
+        == f"--config_file {configs / 'inference.json'} --input_dir DIR --dataset_dir '/data/my cases' --task nnunet"
+    )
     assert "training finished" not in train(stop_at=1)
     assert "training finished" not in train(stop_at=3)  # stopped in the last epoch
     monkeypatch.setattr(workflow, "_run_by_monai_bundle", lambda: False)  # the runner, a notebook

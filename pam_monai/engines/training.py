@@ -74,6 +74,33 @@ def _dropped(loader, per_epoch: int) -> str:
     )
 
 
+#: inference.json ids whose training value means something else there (the training's eval/ folder
+#: is not where masks go) or that name the training's own run
+_NOT_FOR_INFERENCE = frozenset({"output_dir", "run_name", "handlers", "save_execute_config"})
+
+
+def _next_overrides(inference_json: Path) -> tuple[str, str]:
+    """This training's command-line overrides for the evaluation and the inference commands, each
+    as `` --id value ...``: evaluation reads train.json too, so all of them; inference those ids
+    inference.json has (not ``--epochs``, which it refuses), less :data:`_NOT_FOR_INFERENCE`."""
+    from ..shell import quote
+    from .workflow import _overrides_on_command_line
+
+    pairs = _overrides_on_command_line()
+    if not pairs:
+        return "", ""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    try:  # the ids inference.json has, as check_override_ids judges them (nested ids too)
+        parser.read_config(str(inference_json))
+        has = parser.__contains__
+    except (OSError, ValueError):  # not a bundle's layout: carry what surely means the same there
+        has = {"bundle_root", "dataset_dir", "task", "ckpt_dir", "device"}.__contains__
+    kept = [(k, v) for k, v in pairs if has(k) and k.split("#")[0] not in _NOT_FOR_INFERENCE]
+    return tuple("".join(f" --{k} {quote(v)}" for k, v in chosen) for chosen in (pairs, kept))
+
+
 class TrainingPlan:
     """Say at the start how much training the run holds: slices, optimiser steps per epoch and in
     all; a WARNING when real data gives fewer than ``min_steps`` steps (the paper's defaults, 80
@@ -119,11 +146,13 @@ class TrainingPlan:
         meta = best.with_suffix(".json")
         epoch = _best_of(json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {})
         configs = _running_workflow_configs() or Path("configs")
+        evaluating, inferring = _next_overrides(configs / "inference.json")
         log.info(
-            "training finished: best model %s%s. Next (with this run's overrides, e.g. --dataset_dir, --bundle_root): "
-            "evaluate it: python -m monai.bundle run evaluating --config_file \"['%s','%s']\"; segment new images: "
-            "python -m monai.bundle run inferring --config_file %s --input_dir DIR",
-            best, epoch, configs / "train.json", configs / "evaluate.json", configs / "inference.json",
+            "training finished: best model %s%s. Next: evaluate it: python -m monai.bundle run evaluating "
+            "--config_file \"['%s','%s']\"%s; segment new images: "
+            "python -m monai.bundle run inferring --config_file %s --input_dir DIR%s",
+            best, epoch, configs / "train.json", configs / "evaluate.json", evaluating, configs / "inference.json",
+            inferring,
         )  # fmt: skip
 
     def __call__(self, engine: Engine) -> None:

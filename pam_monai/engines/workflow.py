@@ -35,6 +35,34 @@ def _config_files_on_command_line() -> list[str]:
     return []
 
 
+#: ``monai.bundle run``'s own arguments: not config ids, never carried into another command
+_RUN_ARGUMENTS = frozenset(
+    {"config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id"}
+)
+
+
+def _overrides_on_command_line() -> list[tuple[str, str]]:
+    """The config-id overrides (``--id value`` or ``--id=value``) of a ``python -m monai.bundle
+    ...`` command (torchrun's too) as typed, without ``monai.bundle run``'s own arguments, else []."""
+    argv = sys.argv
+    if not argv or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return []
+    pairs, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--"):
+            continue  # the command and run names
+        key, eq, value = arg[2:].partition("=")
+        if not eq:  # refused without a value (config_checks), so the next word is the value
+            if i >= len(argv):
+                break
+            value, i = argv[i], i + 1
+        if key not in _RUN_ARGUMENTS:
+            pairs.append((key, value))
+    return pairs
+
+
 def _running_workflow():
     """The MONAI ``ConfigWorkflow`` whose config is being evaluated, found on the call stack
     (``monai.bundle run``, ``monai.bundle.load`` and friends build one), or None."""
