@@ -353,8 +353,19 @@ def recover_swap(target: str | os.PathLike) -> None:
     be exchanged in one step, a kill between its two renames leaves ``target`` missing and its old
     content whole under :func:`_replaced_name`, which is renamed back (the new folder, a temporary
     one of a dead writer, goes with :func:`remove_orphaned_temps`); one killed while removing the
-    old content after the swap leaves a part of it, which is removed."""
+    old content after the swap leaves a part of it, which is removed.
+
+    It takes the lock :func:`swap_dir` holds: a swap in progress in another process, between its
+    two renames, looks just like a killed one, and putting its old folder back under it would
+    make it fail."""
     target = Path(os.path.abspath(target))  # "." has no name to put the old one under
+    with _dir_lock(target.parent):
+        _recover_swap(target)
+
+
+def _recover_swap(target: Path) -> None:
+    """:func:`recover_swap` of the absolute ``target`` by a caller that holds its parent's lock
+    (a second ``flock`` of it from this process would wait for ever)."""
     old = _replaced_name(target)
     if not old.is_dir():
         return
@@ -386,7 +397,7 @@ def swap_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     cwd = Path.cwd()
     inside = _real_dir(target) and (cwd == target.resolve() or target.resolve() in cwd.parents)
     with _dir_lock(target.parent):
-        recover_swap(target)
+        _recover_swap(target)
         if not _real_dir(target):
             os.replace(new, target)
             return

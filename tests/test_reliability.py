@@ -2976,3 +2976,42 @@ def test_a_folder_replaced_from_within_a_subfolder_the_new_one_lacks(tmp_path, m
         (tmp / "kept" / "new.txt").write_text("new")
     assert sorted(os.listdir(target)) == ["kept"] and (target / "kept" / "new.txt").read_text() == "new"
     assert Path.cwd() == target.resolve() and os.listdir(".") == ["kept"]
+
+
+def test_a_recovery_run_while_another_process_swaps_waits_for_the_swap(tmp_path, monkeypatch):
+    """Where folders cannot be exchanged in one step, a swap renames ``target`` aside, then the new
+    folder into place. ``atomic_dir`` and the own-data rebuild ran ``recover_swap`` without the
+    parent folder's lock the swap holds: another process starting between the two renames took the
+    old folder aside for a killed swap's, renamed it back, and the swap failed with a
+    FileNotFoundError on ``.Dataset.replaced``. The recovery now waits for the swap to finish."""
+    import contextlib
+
+    from pam_monai import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "Dataset"
+    target.mkdir()
+    (target / "case.txt").write_text("old")
+    new = atomic.sibling_temp_dir(target)
+    (new / "case.txt").write_text("new")
+    rename, other = os.rename, []
+    code = "import sys; from pam_monai.atomic import recover_swap; print('ready', flush=True); recover_swap(sys.argv[1])"
+
+    def another_process_recovers_between_the_renames(src, dst):
+        rename(src, dst)
+        if other:
+            return
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        other.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True, env=env
+            )
+        )
+        assert other[0].stdout.readline() == "ready\n"
+        with contextlib.suppress(subprocess.TimeoutExpired):  # unlocked it is done at once; else it waits
+            other[0].wait(timeout=3)
+
+    monkeypatch.setattr(os, "rename", another_process_recovers_between_the_renames)
+    atomic.swap_dir(new, target)
+    assert other[0].wait(timeout=60) == 0
+    assert (target / "case.txt").read_text() == "new" and os.listdir(tmp_path) == ["Dataset"]
