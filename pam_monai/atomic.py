@@ -74,12 +74,26 @@ def _host_tag() -> str:
 _HOST = _host_tag()
 # exactly what _prefix + tempfile.mkstemp / mkdtemp make: 8 random [a-z0-9_], then the suffix
 _TAG = re.compile(r"^\..+\.pid(\d+)@([A-Za-z0-9_-]+)\.[a-z0-9_]{8}(?:\..*)?$", re.DOTALL)
-_NAME_MAX = 100  # of the target's name in a temporary name (file systems allow 255 bytes in all)
+_NAME_MAX = 100  # bytes of the target's name in a temporary name (file systems allow 255 bytes in all)
+
+
+def _cut(name: str, size: int = _NAME_MAX) -> str:
+    """The longest start of ``name`` of at most ``size`` bytes on disk, no character cut in two: the
+    limit of a name is in bytes, and 100 Chinese characters are 300 of them."""
+    if len(os.fsencode(name)) <= size:
+        return name
+    kept, total = [], 0
+    for char in name:
+        total += len(os.fsencode(char))  # an undecodable byte (surrogateescape) is one
+        if total > size:
+            break
+        kept.append(char)
+    return "".join(kept)
 
 
 def _prefix(name: str) -> str:
     # the PID is read at each call: a forked DataLoader worker writes with its own
-    return f".{name[:_NAME_MAX]}.pid{os.getpid()}@{_HOST}."
+    return f".{_cut(name)}.pid{os.getpid()}@{_HOST}."
 
 
 def _writer_gone(pid: int) -> bool:
@@ -303,11 +317,11 @@ def _real_dir(path: Path) -> bool:
 def _replaced_name(target: Path) -> Path:
     """Where :func:`swap_dir` keeps the old ``target`` for a moment where folders cannot be exchanged:
     one fixed name per target (found again after a SIGKILL), which :func:`remove_orphaned_temps`
-    never matches. A long name is cut, and a digest of the whole name added: two folders whose
-    names begin alike would otherwise share it, and one's swap remove the other's waiting old folder."""
+    never matches. A long name is cut (:func:`_cut`), and a digest of the whole name added: two folders
+    whose names begin alike would otherwise share it, and one's swap remove the other's waiting old folder."""
     name = target.name
-    if len(name) > _NAME_MAX:
-        name = f"{name[:_NAME_MAX]}.{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}"
+    if _cut(name) != name:
+        name = f"{_cut(name)}.{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}"
     return target.parent / f".{name}.replaced"
 
 

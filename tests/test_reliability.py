@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
@@ -3015,3 +3016,49 @@ def test_a_recovery_run_while_another_process_swaps_waits_for_the_swap(tmp_path,
     atomic.swap_dir(new, target)
     assert other[0].wait(timeout=60) == 0
     assert (target / "case.txt").read_text() == "new" and os.listdir(tmp_path) == ["Dataset"]
+
+
+def test_long_non_ascii_names_are_written_swapped_and_recovered(tmp_path, monkeypatch):
+    """Temporary names and the old folder's name of a swap kept the target's first 100 characters:
+    for a name in Chinese (3 bytes a character) that was up to 300 bytes, past the 255 a file name
+    may have, so writing a file or folder of ~80 or more such characters failed (ENAMETOOLONG).
+    They keep at most 100 bytes of it, never a character cut in two; names alike in those bytes
+    still keep separate old folders."""
+    from pam_monai import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # the old folder is renamed aside
+    first, second = (tmp_path / ("病灶分割结果" * 14 + end) for end in "甲乙")  # 85 characters, 255 bytes
+    try:
+        first.mkdir()
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            pytest.skip(f"{tmp_path}'s file system allows shorter names than 255 bytes")
+        raise
+    first.rmdir()
+    with atomic.atomic_path(first) as tmp:  # a file of that name
+        tmp.write_text("a file")
+    assert first.read_text() == "a file"
+    first.unlink()
+    for folder in (first, second):
+        with atomic.atomic_dir(folder) as tmp:
+            (tmp / "weights.pt").write_text(f"the weights in {folder.name[-1]}")
+        with atomic.atomic_dir(folder, replace=True) as tmp:  # swapped by two renames
+            (tmp / "weights.pt").write_text(f"the weights in {folder.name[-1]}")
+    rename = os.rename
+
+    def killed_after_the_first_rename(src, dst):
+        rename(src, dst)
+        raise SystemExit("killed")
+
+    new = atomic.sibling_temp_dir(first)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", killed_after_the_first_rename)
+        with pytest.raises(SystemExit):
+            atomic.swap_dir(new, first)
+    shutil.rmtree(new)
+    with atomic.atomic_dir(second, replace=True) as tmp:
+        (tmp / "weights.pt").write_text("new weights in 乙")
+    atomic.recover_swap(first)
+    assert (first / "weights.pt").read_text() == "the weights in 甲"
+    assert (second / "weights.pt").read_text() == "new weights in 乙"
+    assert sorted(os.listdir(tmp_path)) == sorted([first.name, second.name])
