@@ -301,13 +301,32 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
         if _real_dir(target) and (replace or not any(target.iterdir())):
             swap_dir(tmp, target)  # the old folder stays whole until the new one takes its place
         else:
-            os.replace(tmp, target)
+            _move_into_place(tmp, target)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         reworded = _reworded(e, target)
         if reworded is None:
             raise
         raise reworded from None
+
+
+_UNMOVABLE = (errno.EBUSY, errno.EXDEV)  # a mount point: renamed neither away nor onto
+
+
+def _unmovable_error(error: OSError, target: Path) -> OSError:
+    """A folder ``target`` that could not be renamed (EBUSY, EXDEV), reworded to name it and what to
+    do: the bare "Device or resource busy" says neither."""
+    what = (
+        "a mount point (a docker -v or bind mount, a disk of its own)"
+        if error.errno == errno.EBUSY
+        else "a folder its file system cannot rename (one of a container's image, on overlayfs, or a mount point)"
+    )
+    return OSError(
+        error.errno,
+        f"{target}: cannot be replaced: it is {what} ({error.strerror}), and a folder is replaced by renaming a "
+        f"complete new one into its place; it is unchanged: write into a new sub-folder of it instead (e.g. "
+        f"{target / target.name}), or mount its parent folder",
+    )
 
 
 def _real_dir(path: Path) -> bool:
@@ -413,14 +432,29 @@ def swap_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     with _dir_lock(target.parent):
         _recover_swap(target)
         if not _real_dir(target):
-            os.replace(new, target)
+            _move_into_place(new, target)
             return
         if _exchange(new, target):
             shutil.rmtree(new, ignore_errors=True)  # the old content now; a part left is only a copy
         else:
-            _swap_by_renames(new, target)
+            try:
+                _swap_by_renames(new, target)
+            except OSError as e:
+                if e.errno not in _UNMOVABLE:
+                    raise
+                raise _unmovable_error(e, target) from None
     if inside:  # the same path, now in the new folder (the old one is gone), or the nearest above it has
         os.chdir(next(p for p in (cwd, *cwd.parents) if p.is_dir()))
+
+
+def _move_into_place(new: Path, target: Path) -> None:
+    """``os.replace`` of the folder ``new`` onto ``target``, a mount point's refusal named."""
+    try:
+        os.replace(new, target)
+    except OSError as e:
+        if e.errno not in _UNMOVABLE:
+            raise
+        raise _unmovable_error(e, target) from None
 
 
 def _swap_by_renames(new: Path, target: Path) -> None:

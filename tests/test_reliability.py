@@ -3062,3 +3062,32 @@ def test_long_non_ascii_names_are_written_swapped_and_recovered(tmp_path, monkey
     assert (first / "weights.pt").read_text() == "the weights in 甲"
     assert (second / "weights.pt").read_text() == "new weights in 乙"
     assert sorted(os.listdir(tmp_path)) == sorted([first.name, second.name])
+
+
+@pytest.mark.parametrize("code", [errno.EBUSY, errno.EXDEV], ids=["EBUSY", "EXDEV"])
+@pytest.mark.parametrize("replace", [True, False], ids=["swapped", "moved_onto"])
+def test_a_folder_that_cannot_be_renamed_is_named_with_what_to_do(tmp_path, monkeypatch, code, replace):
+    """A folder replaced whole is renamed; a mount point (``docker -v $PWD:/ws``, then ``--output .``)
+    cannot be (EBUSY; EXDEV for a folder of a container's image on overlayfs), and the swap failed with
+    a bare "[Errno 16] Device or resource busy" naming neither the folder nor why. The error names it,
+    says why and what to do instead; the folder is unchanged and nothing is left beside it."""
+    from pam_monai import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # renameat2 fails on a mount point too
+    target = tmp_path / "lesion_fpa"
+    target.mkdir()
+    (target / "train.json").write_text("old")
+    original = os.rename if replace else os.replace
+
+    def refused(src, dst):  # a swap renames the folder aside; without replace, the new one onto it
+        if Path(src if replace else dst) == target:
+            raise OSError(code, os.strerror(code))
+        original(src, dst)
+
+    monkeypatch.setattr(os, "rename" if replace else "replace", refused)
+    with pytest.raises(OSError) as raised, atomic.atomic_dir(target, replace=replace) as tmp:
+        (tmp / "train.json").write_text("new")
+    message = str(raised.value)
+    assert raised.value.errno == code and raised.value.strerror.startswith(f"{target}: cannot be replaced")
+    assert "mount point" in message and "sub-folder" in message, message
+    assert os.listdir(tmp_path) == ["lesion_fpa"] and (target / "train.json").read_text() == "old"
