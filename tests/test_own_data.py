@@ -1911,6 +1911,27 @@ def _fail_at(k: int, fail, monkeypatch) -> list[int]:
     return calls
 
 
+def test_a_bundle_folder_that_is_a_mount_point_is_refused_before_the_data_are_read(
+    own_root, tmp_path, monkeypatch
+):
+    """A bundle folder that is a mount point (``docker -v $PWD:/ws``, then ``--output .``) cannot be
+    renamed, so its final swap failed with EBUSY after minutes of checking the data set: refused at
+    once, naming the folder and what to do, with nothing written."""
+    import errno
+
+    from pam_monai.bundle_templates import own_data
+
+    bundle = tmp_path / "tumour_fpa"
+    bundle.mkdir()
+    mounted = os.path.ismount
+    monkeypatch.setattr(own_data.os.path, "ismount", lambda p: Path(p) == bundle.resolve() or mounted(p))
+    monkeypatch.setattr(own_data, "nnunet_spec", lambda *a, **k: pytest.fail("the data set was read"))
+    with pytest.raises(OSError, match=r"tumour_fpa: cannot be replaced: it is a mount point") as e:
+        own_data.own_data_bundle(own_root, "fpa", bundle, crop_size=96, overwrite=True, check=False)
+    assert e.value.errno == errno.EBUSY and "write into a new sub-folder of it" in str(e.value)
+    assert not any(bundle.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["tumour_fpa"]
+
+
 def test_a_bundle_a_training_writes_into_is_not_rebuilt(own_root, tmp_path, monkeypatch):
     """A checkpoint saved into models/ while ``bundle --overwrite`` swaps the folder would land in
     the old folder and be deleted with it: the rebuild is refused while a training holds models/
