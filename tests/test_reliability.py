@@ -2926,6 +2926,25 @@ def test_a_folder_replaced_by_atomic_dir_is_old_or_new_whatever_the_kill(tmp_pat
     assert k > 5
 
 
+def _swap_killed_between_its_renames(monkeypatch, target):
+    """A swap of ``target`` by two renames killed after the first: its old content left aside, as a
+    SIGKILL there leaves it (the second rename never runs, nor the first one's undoing)."""
+    from pam_monai import atomic
+
+    rename = os.rename
+
+    def killed_after_the_first_rename(src, dst):
+        rename(src, dst)
+        raise SystemExit("killed")
+
+    new = atomic.sibling_temp_dir(target)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", killed_after_the_first_rename)
+        with pytest.raises(SystemExit):
+            atomic.swap_dir(new, target)
+    shutil.rmtree(new)
+
+
 def test_a_swap_killed_midway_keeps_its_old_folder_whatever_the_names_beside_it(tmp_path, monkeypatch):
     """The old folder of a swap killed between its two renames waits under a name of its own until the
     next swap there puts it back. That name kept only the first 100 characters of the folder's, so
@@ -2938,18 +2957,7 @@ def test_a_swap_killed_midway_keeps_its_old_folder_whatever_the_names_beside_it(
     for folder in (first, second):
         folder.mkdir()
         (folder / "weights.pt").write_text(f"the weights in {folder.name[-1]}")
-    rename = os.rename
-
-    def killed_after_the_first_rename(src, dst):
-        rename(src, dst)
-        raise SystemExit("killed")  # the second rename never runs, nor the first one's undoing
-
-    new = atomic.sibling_temp_dir(first)
-    with monkeypatch.context() as patch:
-        patch.setattr(os, "rename", killed_after_the_first_rename)
-        with pytest.raises(SystemExit):
-            atomic.swap_dir(new, first)
-    shutil.rmtree(new)
+    _swap_killed_between_its_renames(monkeypatch, first)
     assert not first.exists()  # its old content aside, as a SIGKILL between the renames leaves it
     with atomic.atomic_dir(second, replace=True) as tmp:
         (tmp / "weights.pt").write_text("new weights in b")
@@ -3044,18 +3052,7 @@ def test_long_non_ascii_names_are_written_swapped_and_recovered(tmp_path, monkey
             (tmp / "weights.pt").write_text(f"the weights in {folder.name[-1]}")
         with atomic.atomic_dir(folder, replace=True) as tmp:  # swapped by two renames
             (tmp / "weights.pt").write_text(f"the weights in {folder.name[-1]}")
-    rename = os.rename
-
-    def killed_after_the_first_rename(src, dst):
-        rename(src, dst)
-        raise SystemExit("killed")
-
-    new = atomic.sibling_temp_dir(first)
-    with monkeypatch.context() as patch:
-        patch.setattr(os, "rename", killed_after_the_first_rename)
-        with pytest.raises(SystemExit):
-            atomic.swap_dir(new, first)
-    shutil.rmtree(new)
+    _swap_killed_between_its_renames(monkeypatch, first)
     with atomic.atomic_dir(second, replace=True) as tmp:
         (tmp / "weights.pt").write_text("new weights in 乙")
     atomic.recover_swap(first)
