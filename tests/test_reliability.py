@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1554,12 +1555,13 @@ def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_p
     )
     assert "python -m monai.bundle run inferring --config_file configs/inference.json --input_dir DIR" in said
     # the run's overrides go with the commands: inference gets those inference.json has (it refuses
-    # --epochs), not --output_dir (the training's eval/ folder, not where masks go)
+    # --epochs), not --output_dir (the training's eval/ folder, not where masks go); neither gets
+    # --tracking's settings (refused without --tracking, an id no config has)
     configs = tmp_path / "bundle" / "configs"
     shutil.copytree(ROOT / "bundles" / "brats_fpa" / "configs", configs)
     monkeypatch.setattr(workflow, "_running_workflow_configs", lambda: configs)
     given = ["--epochs", "2", "--batch_size=4", "--dataset_dir", "/data/my cases", "--task", "nnunet"]
-    given += ["--output_dir", "/r/eval", "--tracking", "mlflow"]
+    given += ["--output_dir", "/r/eval", "--tracking", "mlflow", "--tracking_uri", "sqlite:///t.db"]
     command = [str(Path(sys.executable).parent / "monai" / "bundle" / "__main__.py"), "run", "training"]
     monkeypatch.setattr(sys, "argv", [*command, "--config_file", str(configs / "train.json"), *given])
     said = train()
@@ -1572,6 +1574,11 @@ def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_p
         inferring
         == f"--config_file {configs / 'inference.json'} --input_dir DIR --dataset_dir '/data/my cases' --task nnunet"
     )
+    from pam_monai.engines.config_checks import check_override_ids
+
+    for run, printed in (("evaluating", evaluating), ("inferring", inferring)):  # both accepted as printed
+        monkeypatch.setattr(sys, "argv", [command[0], "run", run, *shlex.split(printed)])
+        check_override_ids()
     assert "training finished" not in train(stop_at=1)
     assert "training finished" not in train(stop_at=3)  # stopped in the last epoch
     monkeypatch.setattr(workflow, "_run_by_monai_bundle", lambda: False)  # the runner, a notebook

@@ -79,26 +79,37 @@ def _dropped(loader, per_epoch: int) -> str:
 _NOT_FOR_INFERENCE = frozenset({"output_dir", "run_name", "handlers", "save_execute_config"})
 
 
-def _next_overrides(inference_json: Path) -> tuple[str, str]:
+def _next_overrides(configs: Path) -> tuple[str, str]:
     """This training's command-line overrides for the evaluation and the inference commands, each
-    as `` --id value ...``: evaluation reads train.json too, so all of them; inference those ids
-    inference.json has (not ``--epochs``, which it refuses), less :data:`_NOT_FOR_INFERENCE`."""
+    as `` --id value ...``: those of ids the command's configs have, as check_override_ids judges
+    them (evaluation reads train.json too, so ``--epochs`` goes along; inference refuses it), less
+    :data:`_NOT_FOR_INFERENCE` for inference. --tracking and its settings are the run's own."""
     from ..shell import quote
     from .workflow import _overrides_on_command_line
 
     pairs = _overrides_on_command_line()
     if not pairs:
         return "", ""
+    evaluating = _config_has(configs / "train.json", configs / "evaluate.json")
+    inferring = _config_has(configs / "inference.json")
+    chosen = (
+        [(k, v) for k, v in pairs if evaluating(k)],
+        [(k, v) for k, v in pairs if inferring(k) and k.split("#")[0] not in _NOT_FOR_INFERENCE],
+    )
+    return tuple("".join(f" --{k} {quote(v)}" for k, v in kept) for kept in chosen)
+
+
+def _config_has(*files: Path):
+    """Whether the config ``files`` together have an id (nested ids too); outside a bundle's layout,
+    the ids that surely mean the same in every bundle's config."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    try:  # the ids inference.json has, as check_override_ids judges them (nested ids too)
-        parser.read_config(str(inference_json))
-        has = parser.__contains__
-    except (OSError, ValueError):  # not a bundle's layout: carry what surely means the same there
-        has = {"bundle_root", "dataset_dir", "task", "ckpt_dir", "device"}.__contains__
-    kept = [(k, v) for k, v in pairs if has(k) and k.split("#")[0] not in _NOT_FOR_INFERENCE]
-    return tuple("".join(f" --{k} {quote(v)}" for k, v in chosen) for chosen in (pairs, kept))
+    try:
+        parser.read_config([str(f) for f in files])
+    except (OSError, ValueError):
+        return {"bundle_root", "dataset_dir", "task", "ckpt_dir", "device"}.__contains__
+    return parser.__contains__
 
 
 class TrainingPlan:
@@ -146,7 +157,7 @@ class TrainingPlan:
         meta = best.with_suffix(".json")
         epoch = _best_of(json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {})
         configs = _running_workflow_configs() or Path("configs")
-        evaluating, inferring = _next_overrides(configs / "inference.json")
+        evaluating, inferring = _next_overrides(configs)
         log.info(
             "training finished: best model %s%s. Next: evaluate it: python -m monai.bundle run evaluating "
             "--config_file \"['%s','%s']\"%s; segment new images: "
