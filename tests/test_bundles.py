@@ -1496,6 +1496,32 @@ def test_a_sigterm_is_not_logged_as_an_error_with_a_traceback(caplog, stop):
         assert errors and all("terminating due to exception: stopped by SIGTERM" in e for e in errors), errors
 
 
+def test_a_ctrl_c_says_what_to_do_next(monkeypatch):
+    """A Ctrl-C (torchrun hands it on to every process) ended a training with a bare
+    ``KeyboardInterrupt``, where a SIGTERM says "resume with --resume true": under ``python -m
+    monai.bundle`` its traceback now ends with the bundle's ``then`` (train.json's, evaluate.json's),
+    once though Ignite hands the error to the clean-ups twice; a program running the engine (the
+    experiment runner, which says its own) gets it bare."""
+    import traceback
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import StopOnTerminate, workflow
+
+    def step(engine, batch):
+        raise KeyboardInterrupt
+
+    for by_bundle in (True, False):
+        monkeypatch.setattr(workflow, "_run_by_monai_bundle", lambda by_bundle=by_bundle: by_bundle)
+        trainer = Engine(step)
+        StopOnTerminate("resume with --resume true").attach(trainer)
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            trainer.run([0], max_epochs=1)
+        shown = "".join(traceback.format_exception(stopped.value)).rstrip()
+        said = "pam_monai: interrupted (Ctrl-C); resume with --resume true"
+        assert shown.endswith(said) == by_bundle and shown.count(said) == by_bundle, shown[-300:]
+
+
 def test_mlflow_evaluation_stopped_by_sigterm_ends_its_run_killed(tmp_path):
     """evaluate.json's evaluator had no StopOnTerminate: a SIGTERM (a cluster's preemption) ended
     the evaluation at once and its MLflow run stayed RUNNING. Its handlers now stop it as training's

@@ -66,7 +66,12 @@ class StopOnTerminate:
         # after an error, a SIGTERM waits for the other clean-ups: restored first, the default ended
         # the process inside them (torchrun sends one as soon as a peer fails), locks held, MLflow
         # run RUNNING; raising Terminated there would cut them short as well
-        clean_up_on_error(engine, lambda engine, error: self.restore(), last=True)
+        clean_up_on_error(engine, self._after_error, last=True)
+
+    def _after_error(self, engine: Engine, error: BaseException) -> None:
+        self.restore()
+        if isinstance(error, KeyboardInterrupt):
+            _say_what_next(error, self.then)
 
     def _hold(self, engine: Engine, error: BaseException) -> None:
         """First at an error: from now until :meth:`restore`, a SIGTERM is logged, not raised."""
@@ -102,6 +107,23 @@ class StopOnTerminate:
         if getattr(signal.getsignal(signal.SIGTERM), "stops_on_terminate", False):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stop_on_terminate's: a second SIGTERM ends it
         raise Terminated(signum, self.then)
+
+
+def _say_what_next(error: KeyboardInterrupt, then: str) -> None:
+    """End a Ctrl-C's traceback under ``python -m monai.bundle`` (``torchrun`` too) with what to do
+    next, as a SIGTERM's :class:`Terminated` says it: a bare ``KeyboardInterrupt`` (under torchrun,
+    which hands the Ctrl-C on, one per process) left out that the run continues with ``then``. Not
+    in other processes (the experiment runner says its own)."""
+    from .workflow import _run_by_monai_bundle
+
+    if not _run_by_monai_bundle():
+        return
+    message = f"pam_monai: interrupted (Ctrl-C); {then}"
+    if hasattr(error, "add_note"):  # Python 3.11+: printed after the traceback's last line
+        if message not in getattr(error, "__notes__", ()):
+            error.add_note(message)
+    else:
+        log.warning("%s", message)
 
 
 _held_sigterm: int | None = None
