@@ -1588,6 +1588,38 @@ def test_training_says_at_its_end_where_the_model_is_and_what_to_type_next(tmp_p
     assert "training finished" not in train()
 
 
+def test_next_commands_of_a_torchrun_training_carry_only_their_configs_ids(tmp_path, caplog, monkeypatch):
+    """A torchrun training (train.json and multi_gpu_train.json) given ``--dist_timeout_minutes``
+    printed an evaluation command carrying it too, which the evaluation (train.json and
+    evaluate.json) refused: "--dist_timeout_minutes: no such id in train.json, evaluate.json". The
+    commands now carry the ids their own configs have; the others (here also an id of the user's
+    own extra config) stay with the training."""
+    import logging
+
+    from ignite.engine import Engine
+
+    from pam_monai.engines import TrainingPlan, workflow
+
+    configs = tmp_path / "bundle" / "configs"
+    shutil.copytree(ROOT / "bundles" / "brats_fpa" / "configs", configs)
+    (tmp_path / "mine.json").write_text(json.dumps({"my_setting": 1}))
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    monkeypatch.setattr(workflow, "_run_by_monai_bundle", lambda: True)
+    monkeypatch.setattr(workflow, "_running_workflow_configs", lambda: configs)
+    files = [str(configs / "train.json"), str(configs / "multi_gpu_train.json"), str(tmp_path / "mine.json")]
+    given = ["--dist_timeout_minutes", "5", "--epochs", "2", "--my_setting", "2", "--dataset_dir", "/d"]
+    command = [str(Path(sys.executable).parent / "monai" / "bundle" / "__main__.py"), "run", "training"]
+    monkeypatch.setattr(sys, "argv", [*command, "--config_file", str(files), *given])
+    engine = Engine(lambda e, b: None)
+    TrainingPlan(synthetic=True, ckpt_dir=str(tmp_path)).attach(engine)
+    with caplog.at_level(logging.INFO, logger="pam_monai"):
+        engine.run(range(2), max_epochs=1)
+    evaluating = caplog.text.split("run evaluating ")[1].split(";")[0]
+    inferring = caplog.text.split("run inferring ")[1].splitlines()[0]
+    assert evaluating.endswith("evaluate.json']\" --epochs 2 --dataset_dir /d"), evaluating
+    assert inferring.endswith("--input_dir DIR --dataset_dir /d"), inferring
+
+
 def test_training_says_how_many_steps_it_holds(caplog):
     """A run on real data with few optimiser steps (a small own data set at the paper's BRATS
     defaults) is warned about; a synthetic smoke run is not."""
