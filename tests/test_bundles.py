@@ -2748,6 +2748,8 @@ def test_readme_commands_name_files_of_the_bundle_as_run_from_its_folder(name):
     root = ROOT / "bundles" / name
     text = (root / "docs" / "README.md").read_text()
     commands = " ".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S)).replace("\\\n", " ")
+    # the zip is made from the folder above the bundle (its paths start with the bundle's name there)
+    commands = re.sub(rf"\(cd \.\. && zip -r {name}\.zip {name} [^)]*\)", "", commands)
     paths = re.findall(r"[^\s'\"\[,]*(?:configs|models)/[\w.]+\.\w+", commands)
     assert len(paths) >= 10, commands
     outside = sorted({p for p in paths if not p.startswith(("configs/", "models/"))})
@@ -3146,3 +3148,67 @@ def test_mlflow_database_made_before_the_handlers_from_the_workflows_tracking_ur
         assert [p for p in (db, env_db) if p.is_file()] == ([made] if made else []), (settings, env)
         for p in (db, env_db):
             p.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/schema not present")
+@pytest.mark.parametrize("name", ["brats_fpa"])
+def test_readme_share_commands_verify_offline_and_zip_only_what_a_recipient_needs(name, tmp_path):
+    """The README gave no way to check a bundle before sharing it: MONAI's ``verify_metadata`` with no
+    ``--filepath`` downloads the schema (a crash offline), and the project README's ``tar`` kept
+    ``synthetic_data/``, ``predictions/`` and the bundle's ``data/``. Its "Share" commands run as
+    written from a copy of the bundle (the schema's path filled in, no network): the metadata and
+    the network's shapes verify, and the zip holds the bundle's folder without what training,
+    evaluation and inference left there."""
+    import shlex
+    import shutil
+    import zipfile
+
+    text = (ROOT / "bundles" / name / "docs" / "README.md").read_text()
+    section = text.split("\n## Share", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S)[1].replace("\\\n", " ")
+    commands = [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    bundle = tmp_path / "shared models" / name  # a space in the path, as a user's folder may have
+    shutil.copytree(ROOT / "bundles" / name, bundle, ignore=shutil.ignore_patterns(*LEFTOVERS, "models"))
+    for leftover in LEFTOVERS:
+        (bundle / leftover).mkdir(parents=True, exist_ok=True)
+        (bundle / leftover / "x.nii.gz").write_bytes(b"x")
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"x")  # not read: verify_net_in_out builds the network
+    record = {"task": name.split("_")[0], "network_name": name.split("_")[1], "network_options": {}}
+    (bundle / "models" / "model.json").write_text(
+        json.dumps({"metric": "val_iou", "value": 0.5, "run": record})
+    )
+    for dropped in ("checkpoint_last.pt", "model.ts.partial"):
+        (bundle / "models" / dropped).write_bytes(b"x")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        no_proxy="*",
+        http_proxy="http://0.0.0.0:9",
+        https_proxy="http://0.0.0.0:9",
+    )
+    ran = []
+    for command in commands:
+        if " zip " in f" {command}" and shutil.which("zip") is None:
+            continue
+        command = command.replace("/path/to/meta_schema_20240725.json", shlex.quote(str(SCHEMA)))
+        done = subprocess.run(["bash", "-c", command], cwd=bundle, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+        ran.append(command)
+    assert any("verify_metadata" in c and "--filepath" in c for c in ran), ran
+    assert any("verify_net_in_out" in c for c in ran), ran
+    if shutil.which("zip"):
+        with zipfile.ZipFile(bundle.parent / f"{name}.zip") as z:
+            files = sorted(n for n in z.namelist() if not n.endswith("/"))
+        want = sorted(
+            f"{name}/{p.relative_to(ROOT / 'bundles' / name).as_posix()}"
+            for p in (ROOT / "bundles" / name).rglob("*")
+            if p.is_file()
+            and p.relative_to(ROOT / "bundles" / name).parts[0] in ("configs", "docs", "LICENSE")
+        )
+        assert files == sorted([*want, f"{name}/models/model.json", f"{name}/models/model.pt"]), files
+
+
+# what training, evaluation and inference leave in a bundle's folder for themselves (and its own data)
+LEFTOVERS = ("cache", "eval", "synthetic_data", "predictions", "data")

@@ -221,6 +221,7 @@ OTHER_TOOLS = {
     "tracking",
     "filepath",
     "ckpt_file",
+    "hash_val",
     "nproc_per_node",
     "standalone",
 }

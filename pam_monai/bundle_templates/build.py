@@ -67,6 +67,8 @@ TASKS = {
 SCHEMA = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
+#: the MD5 of that schema file, for ``verify_metadata --hash_val`` on a copy fetched once
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 # metadata's intended_use, also stated in each README (the model zoo's READMEs carry a disclaimer)
 INTENDED_USE = "Research only: not for clinical use."
 PAPER = (
@@ -393,6 +395,24 @@ def _validation_memory(spec) -> str:
     return size + ", plus each\ncase's label at its original size"
 
 
+#: what a bundle's runs leave in its folder for themselves, and the data set a user may put in
+#: ``data/``: not shipped (the zoo's zip holds configs, docs, LICENSE and the weights with their record)
+NOT_SHIPPED = (
+    "cache/*",
+    "eval/*",
+    "synthetic_data/*",
+    "predictions/*",
+    "data/*",
+    "models/checkpoint_last.pt",
+    "models/*.partial",
+)
+
+
+def _zip_excludes(name: str) -> str:
+    """``zip -x`` patterns, quoted for the shell, that leave :data:`NOT_SHIPPED` out of ``name``'s zip."""
+    return " ".join(shlex.quote(f"{name}/{pattern}") for pattern in NOT_SHIPPED)
+
+
 def _layout(bt: BundleTask) -> str:
     """The folder layout the paper data set's reader expects (own data: none, their README says)."""
     import importlib
@@ -414,6 +434,12 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         # it, a bare command-line argument is quoted when a folder name has a space (own bundles)
         "where": "" if bt.commands_from_bundle else f"{bt.folder}/{name}/",
         "where_arg": "" if bt.commands_from_bundle else shlex.quote(f"{bt.folder}/{name}") + "/",
+        # the zip is made from the folder above the bundle, so that it holds the bundle's folder
+        "parent_arg": ".." if bt.commands_from_bundle else shlex.quote(bt.folder),
+        "name_arg": shlex.quote(name),
+        "zip_excludes": _zip_excludes(name),
+        "schema_file": SCHEMA.rsplit("/", 1)[1],
+        "schema_md5": SCHEMA_MD5,
         "title": spec.title,
         "network": NETWORKS[network],
         "network_name": network,
