@@ -376,3 +376,29 @@ def test_a_bundle_refuses_to_train_a_network_on_a_crop_too_small_for_it_before_r
         for m in error_chain(err.value)
     ), error_chain(err.value)
     assert not (tmp_path / "run").exists()  # nothing checked, cached or written
+
+
+@pytest.mark.parametrize(
+    "channel_names, value_range",
+    [
+        ({"0": "rgb_to_0_1", "1": "rgb_to_0_1", "2": "rgb_to_0_1"}, [0, 1]),  # divided by 255
+        ({"0": "rescale_to_0_1", "1": "rescale_to_0_1", "2": "rescale_to_0_1"}, [0, 1]),
+        ({"0": "R", "1": "G", "2": "B"}, []),  # z-scores: unbounded
+        ({"0": "rgb_to_0_1", "1": "G", "2": "rgb_to_0_1"}, []),  # one z-scored channel
+    ],
+)
+def test_own_bundle_metadata_gives_the_value_range_its_normalisation_makes(
+    colour_root, channel_names, value_range, tmp_path
+):
+    """metadata.json's input ``value_range`` was ``[0, 1]`` for CityScapes alone: an own bundle whose
+    channels are scaled to [0, 1] (``rgb_to_0_1``, ``rescale_to_0_1``) said ``[]`` (unbounded), so a
+    model-zoo user fed it other values; it says [0, 1] exactly when every channel is so scaled."""
+    from pam_monai.bundle_templates.own_data import own_data_bundle
+
+    root = tmp_path / "Dataset903_Scaled"
+    shutil.copytree(colour_root, root)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": channel_names}))
+    bundle = own_data_bundle(root, "fpa", tmp_path / "scaled_fpa", check=False)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["inputs"]["image"]["value_range"] == value_range

@@ -163,6 +163,14 @@ def _preprocessing(spec: DatasetSpec) -> str:
     return f"{normalisation_words(spec)}; {geometry}"
 
 
+def _input_value_range(spec: DatasetSpec) -> list[int]:
+    """metadata's input ``value_range``: [0, 1] where every channel is scaled to it (CityScapes' RGB,
+    own channels named ``rgb_to_0_1`` / ``rescale_to_0_1``), else [] (z-scores and CT: unbounded)."""
+    if not spec.normalization:  # the paper's data sets, as _preprocessing says
+        return [] if spec.volumetric else [0, 1]
+    return [0, 1] if all(n.scheme in ("rgb_to_0_1", "rescale_to_0_1") for n in spec.normalization) else []
+
+
 def normalisation_words(spec: DatasetSpec) -> str:
     """Own data's normalisation of each channel, in words (one phrase when all channels share it)."""
     words = [n.describe() for n in spec.channel_norms]
@@ -240,8 +248,7 @@ def metadata(task: str | BundleTask, network: str) -> dict:
                     "num_channels": spec.in_channels,
                     "spatial_shape": [h, w],
                     "dtype": "float32",
-                    # CityScapes: RGB scaled to [0, 1]; MRI: z-scores (unbounded)
-                    "value_range": [0, 1] if bt.task == "cityscapes" else [],
+                    "value_range": _input_value_range(spec),
                     # volumes: an in-plane crop (sliding window) at the data's resolution, not the
                     # whole slice resized; 2-D images are resized whole
                     "is_patch_data": spec.volumetric,
