@@ -444,6 +444,10 @@ def _doc_values(task: str | BundleTask, network: str) -> dict:
         # the zip is made from the folder above the bundle, so that it holds the bundle's folder
         "parent_arg": ".." if bt.commands_from_bundle else shlex.quote(bt.folder),
         "name_arg": shlex.quote(name),
+        # a recipient's unzipped folder is the bundle itself: commands written from above it name it
+        "recipient_paths": ""
+        if bt.commands_from_bundle
+        else f" with `{bt.folder}/{name}/` left out of their paths",
         "zip_excludes": _zip_excludes(name),
         "schema_file": SCHEMA.rsplit("/", 1)[1],
         "schema_md5": SCHEMA_MD5,
