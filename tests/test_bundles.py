@@ -170,6 +170,7 @@ def test_bundle_evaluation_records_how_it_scored_and_which_network(tmp_path):
             "foreground_label": [4],
             "empty_value": None,
             "volumetric": True,
+            "grid": "labels",
         }
     )
     assert (summary["network"], summary["bundle"]) == ("fpa", "brats_fpa")

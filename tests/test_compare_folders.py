@@ -247,6 +247,7 @@ def test_folders_scored_as_another_data_set_are_refused(scored, tmp_path):
         "foreground_label": [1, 2, 3],
         "empty_value": None,
         "volumetric": True,
+        "grid": "labels",
     }
     other = shutil.copytree(scored["fpa"] / "metrics", tmp_path / "other" / "metrics")
     summary = json.loads((other / "summary.json").read_text())
@@ -422,3 +423,39 @@ def test_hd95_is_headed_in_pixels_for_2d_images_and_label_units_when_unknown(sco
         _recorded_before_volumetric(_bundle_eval(tmp_path / f"own_{n}", rows, spec, n)) for n in ("a", "b")
     ]
     assert heading(*own) == "HD95 (label units)"
+
+
+def test_cityscapes_evaluation_and_score_at_other_resolutions_are_refused(tmp_path):
+    """A CityScapes evaluation scores the network's 128 x 256 grid, score the labels' full
+    resolution: HD95 is in pixels of another size (8x for 2048 x 1024 frames), so compare reported
+    that difference as the model's. Both record the grid they scored on, and compare refuses
+    folders scored on different grids, naming them and the way to compare at one resolution;
+    two score folders (or two evaluations) still compare."""
+    from PIL import Image
+
+    from pam_monai.data import get_spec
+    from pam_monai.experiments.results import read_case_metrics
+
+    root = synth("cityscapes", tmp_path / "cs", cases=1)
+    masks = []
+    for k in range(2):
+        folder = tmp_path / f"masks{k}"
+        folder.mkdir()
+        for label in sorted(root.glob("gtFine/*/*/*_gtFine_labelIds.png")):
+            ids = np.array(Image.open(label))
+            mask = (ids >= 26) ^ (np.random.default_rng(k).random(ids.shape) < 0.01)
+            case = label.name[: -len("_gtFine_labelIds.png")]
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{case}_vehicles.png")
+        score_predictions(folder, "cityscapes", root, folder / "metrics")
+        masks.append(folder)
+    rows = read_case_metrics(masks[0] / "metrics" / "metrics.csv")
+    evaluation = _bundle_eval(tmp_path / "cityscapes_fpa", rows, get_spec("cityscapes"), "fpa")  # same rows
+    with pytest.raises(ValueError) as e:
+        compare_folders([evaluation, masks[0]])
+    assert (
+        "were scored on different grids: the labels' own and 128 x 256 (summary.json's scored_with)"
+        in str(e.value)
+    )
+    assert "python -m pam_monai score" in str(e.value)
+    rows, *_ = compare_folders(masks, metrics=["hd95"])  # both at the labels' resolution
+    assert rows[0]["cases"] == len(read_case_metrics(masks[1] / "metrics" / "metrics.csv"))

@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 from ..atomic import atomic_write_text, folder_lock
 from ..metrics import case_metrics, split_ignored, summarize
 from .cleanup import _handler_table, clean_up_on_error
-from .data import on_case_grid
+from .data import evaluation_grid, on_case_grid
 
 __all__ = ["METRICS", "CaseMetrics", "score_case", "scored_with", "write_case_metrics"]
 
@@ -31,18 +31,21 @@ METRICS = ("iou", "dice", "hd95", "fp_rate", "fn_rate")
 METRICS_LOCK = ".metrics.lock"  # held while metrics.csv and summary.json are written (write_case_metrics)
 
 
-def scored_with(spec, foreground_label=None, empty_value: float | None = None) -> dict:
+def scored_with(spec, foreground_label=None, empty_value: float | None = None, grid="labels") -> dict:
     """How the cases were scored, as summary.json records it (``scored_with``, written by ``score``
     and a bundle's evaluation alike), for ``python -m pam_monai compare``: the data set (its name,
     and whether its cases are volumes, whose HD95 is in mm, or 2-D images, in pixels), the
-    foreground labels and the HD95 of a case with one empty mask (None: the image diagonal). The
-    data set's folder is not recorded: the same data may lie elsewhere on another machine."""
+    foreground labels, the HD95 of a case with one empty mask (None: the image diagonal) and the
+    grid scored (``"labels"``: each label's own; ``[height, width]``: the network's, as a CityScapes
+    evaluation scores, where a pixel of HD95 is another length). The data set's folder is not
+    recorded: the same data may lie elsewhere on another machine."""
     fg, _ = spec.resolve_labels(foreground_label)
     return {
         "dataset": spec.name,
         "foreground_label": [int(v) for v in fg],
         "empty_value": None if empty_value is None else float(empty_value),
         "volumetric": bool(spec.volumetric),
+        "grid": grid,
     }
 
 
@@ -115,7 +118,11 @@ class CaseMetrics:
         self.output_dir = output_dir
         self.empty_value = empty_value
         self.record = (
-            {} if dataset is None else {"scored_with": scored_with(dataset, foreground_label, empty_value)}
+            {}
+            if dataset is None
+            else {
+                "scored_with": scored_with(dataset, foreground_label, empty_value, evaluation_grid(dataset))
+            }
         )
         self.record.update({k: str(v) for k, v in (("network", network), ("bundle", bundle)) if v})
         self.rows: list[dict] = []

@@ -34,7 +34,7 @@ from ..data.slices import data_argument
 from ..ranks import on_rank0, rank0_first
 from .flags import as_bool
 
-__all__ = ["CaseDataset", "on_case_grid", "prepare_data", "voxel_spacing"]
+__all__ = ["CaseDataset", "evaluation_grid", "on_case_grid", "prepare_data", "voxel_spacing"]
 
 log = logging.getLogger("pam_monai")
 
@@ -196,6 +196,16 @@ def on_case_grid(
     return uncrop_center(pred, full.shape), full
 
 
+def evaluation_grid(spec) -> str | list[int]:
+    """The grid a bundle's evaluation scores ``spec``'s cases on: ``"labels"`` (each label's own
+    pixels or voxels: volumes put back from the crop, own 2-D images resized back), or the
+    network's ``[height, width]`` (CityScapes: the paper's 128 x 256). ``score`` always scores
+    the labels' own grid; ``compare`` refuses folders scored on different grids."""
+    if spec.volumetric or spec.name == "nnunet":
+        return "labels"
+    return [int(v) for v in spec.spatial_size]
+
+
 class CaseDataset(torch.utils.data.Dataset):
     """Whole preprocessed cases: ``image`` (``C x H x W x D``, or ``C x H x W`` for CityScapes),
     ``label`` (``1 x ...`` in {0, 1}, when the item has one), ``case``, ``spacing`` (per axis, mm)
@@ -257,7 +267,7 @@ class CaseDataset(torch.utils.data.Dataset):
         if case["label"] is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(case["label"], dtype=np.float32))
             resized = self.spec.name == "nnunet" and not self.spec.volumetric  # own 2-D images
-            if (self.spec.volumetric or resized) and tuple(loaded["label"].shape) != tuple(
+            if evaluation_grid(self.spec) == "labels" and tuple(loaded["label"].shape) != tuple(
                 case["label"].shape[1:]
             ):
                 full = binarize(loaded["label"], case["foreground_labels"], self.spec.ignore_label)

@@ -23,6 +23,8 @@ summary.json records, where it does):
   empty-case values (or resolutions: CityScapes' ``score`` and evaluation);
 - folders scored with another data set, foreground label or empty-case value, where both
   summary.json record them as ``scored_with`` (``score`` and a bundle's evaluation do);
+- folders scored on different grids (``scored_with``'s ``grid``): a CityScapes evaluation scores
+  the network's 128 x 256 grid, ``score`` the labels' full resolution;
 - the same folder twice.
 
 A folder is named after the network (else the bundle) its summary.json records (a bundle's
@@ -222,6 +224,7 @@ def _check_comparable(e: Evaluation, ref: Evaluation) -> None:
                     f"compare: {where} were scored with different --{key}: {e.scored_with.get(key)} and "
                     f"{ref.scored_with.get(key)} (summary.json's scored_with); {advice}"
                 )
+    _check_grids(e, ref, where)
     labels = [c for c in both if e.rows[c]["target_empty"] != ref.rows[c]["target_empty"]]
     if labels:
         raise ValueError(
@@ -243,6 +246,26 @@ def _check_comparable(e: Evaluation, ref: Evaluation) -> None:
             "with different --empty_value settings (or at different resolutions: CityScapes' score and "
             f"evaluation); score both with the same --empty_value ({_BUNDLE_EMPTY_VALUE})"
         )
+
+
+def _grid_name(grid) -> str:
+    return "the labels' own" if grid == "labels" else " x ".join(map(str, grid))
+
+
+def _check_grids(e: Evaluation, ref: Evaluation, where: str) -> None:
+    """Refuse folders scored on different grids (summary.json's ``scored_with`` ``grid``, where both
+    record it; older ones do not): a CityScapes evaluation scores the network's 128 x 256, ``score``
+    the labels' full resolution, so HD95's pixels (and the rates' outlines) differ in size."""
+    grids = [x.scored_with.get("grid") if x.scored_with else None for x in (e, ref)]
+    if None in grids or grids[0] == grids[1]:
+        return
+    raise ValueError(
+        f"compare: {where} were scored on different grids: {_grid_name(grids[0])} and {_grid_name(grids[1])} "
+        "(summary.json's scored_with): HD95 in pixels of another size, and every rate counted on other pixels; "
+        "compare at one resolution: a bundle's evaluation with other evaluations, or masks with masks (run the "
+        "bundle's inference with --input_dir the data set, and score its masks with python -m pam_monai score "
+        "at the labels' own grid)"
+    )
 
 
 # what a bundle's evaluation gives a case with one empty mask: its CaseMetrics' default
