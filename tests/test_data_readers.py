@@ -126,6 +126,42 @@ def test_cityscapes_root_with_only_test_frames_says_how_to_check_them(tmp_path):
     ), problem.message
 
 
+def test_cityscapes_missing_labelids_say_where_and_what_is_there_instead(tmp_path):
+    """A frame without its labelIds said only "missing label 'labelIds'", the same whether the whole
+    gtFine download was missing, one city folder of it, or the frame had a gtFine_color or
+    labelTrainIds file in the labelIds' place (which cannot stand in: a colour drawing, or train ids
+    without caravan and trailer). Each now says which, and what to do."""
+    from pam_monai.data.cityscapes import scan
+
+    def message(root, frame):
+        (problem,) = [p for p in scan(root).problems if p.case == frame]
+        # read as a label problem: an unlabelled set (inference, check --unlabelled) skips it
+        assert problem.message.startswith("missing label 'labelIds'")
+        return problem.message
+
+    root = synth("cityscapes", tmp_path / "city", cases=1, size=(16, 8), train_cities=2)
+    gt = root / "gtFine" / "train"
+    label = gt / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+    label.rename(label.with_name("aachen_000000_000019_gtFine_color.png"))
+    assert "aachen_000000_000019_gtFine_color.png is there: a colour drawing of the labels" in message(
+        root, "aachen_000000_000019"
+    )
+    label.with_name("aachen_000000_000019_gtFine_color.png").rename(
+        label.with_name("aachen_000000_000019_gtFine_labelTrainIds.png")
+    )
+    assert "aachen_000000_000019_gtFine_labelTrainIds.png is there: train ids" in message(
+        root, "aachen_000000_000019"
+    )
+    shutil.rmtree(gt / "bochum")
+    assert "no folder gtFine/train/bochum for leftImg8bit/train/bochum" in message(
+        root, "bochum_000000_000019"
+    )
+    shutil.rmtree(root / "gtFine")
+    assert f"no gtFine folder in {root}: unpack gtFine_trainvaltest.zip there" in message(
+        root, "frankfurt_000000_000019"
+    )
+
+
 def test_brats_reader_accepts_a_flat_root_and_plain_nii(brats_root, tmp_path):
     import nibabel as nib
 

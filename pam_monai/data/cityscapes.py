@@ -34,6 +34,36 @@ def _frames(folder: Path, suffix: str) -> dict[str, Path]:
     return {f.name[: -len(suffix)]: f for f in folder.iterdir() if f.is_file() and f.name.endswith(suffix)}
 
 
+# gtFine files that are not the labelIds the vehicles are read from (26-33), and why they cannot stand in
+NOT_LABEL_IDS = {
+    "_gtFine_color.png": "a colour drawing of the labels, not their ids",
+    "_gtFine_labelTrainIds.png": "train ids (19 classes; caravan and trailer are 255 there), not the labelIds",
+    "_gtFine_instanceIds.png": "instance ids, not the labelIds",
+}
+
+
+def _missing_label(root: Path, label_dir: Path, image_dir: Path, frame: str) -> str:
+    """Why ``frame`` has no labelIds in ``label_dir`` (``image_dir``: where its image is), and what to
+    do: no gtFine download, no folder of the image's city, or another gtFine file in its place."""
+    what = "missing label 'labelIds'"
+    if label_dir != image_dir:  # the published layout
+        if not (root / "gtFine").is_dir():
+            return f"{what}: no gtFine folder in {root}: unpack gtFine_trainvaltest.zip there, beside leftImg8bit"
+        if not label_dir.is_dir():
+            return (
+                f"{what}: no folder {label_dir.relative_to(root).as_posix()} for "
+                f"{image_dir.relative_to(root).as_posix()}: every city's frames need their labels (gtFine_trainvaltest.zip)"
+            )
+    for suffix, kind in NOT_LABEL_IDS.items():
+        if (label_dir / (frame + suffix)).is_file():
+            return (
+                f"{what}: {frame}{suffix} is there: {kind}; the vehicles are read from {frame}{LABEL_SUFFIX} "
+                "(labelIds 26-33), as gtFine_trainvaltest.zip holds it (cityscapesScripts' json2labelImg makes it "
+                "from the polygons)"
+            )
+    return what
+
+
 def _pair(
     images: dict[str, Path],
     labels: dict[str, Path],
@@ -41,16 +71,21 @@ def _pair(
     split: str,
     problems: list[Problem],
     city: str | None = None,
+    label_folder: Path | None = None,
+    root: Path | None = None,
 ) -> list[CaseFiles]:
     """Cases of one folder's frames. ``city``: the layout's city folder (None when read flat: the
-    frame name's first part, ``<city>_<seq>_<frame>``)."""
+    frame name's first part, ``<city>_<seq>_<frame>``); ``label_folder``: where the labels were
+    looked for (default ``folder``), under ``root`` (default ``folder``)."""
+    label_folder = folder if label_folder is None else label_folder
     cases = []
     for frame in sorted(set(images) | set(labels)):
         image, label = images.get(frame), labels.get(frame)
         if image is None:
             problems.append(Problem(frame, frame + IMAGE_SUFFIX, "missing image 'leftImg8bit'"))
         if label is None:
-            problems.append(Problem(frame, frame + LABEL_SUFFIX, "missing label 'labelIds'"))
+            why = _missing_label(root or folder, label_folder, folder, frame)
+            problems.append(Problem(frame, frame + LABEL_SUFFIX, why))
         cases.append(
             CaseFiles(
                 case=frame,
@@ -103,7 +138,7 @@ def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")
                 if not images and not labels:
                     problems.append(Problem(city, str(img_dir / city), "empty folder"))
                 # the folder names the city, whatever the frames are called (renamed, copied)
-                cases += _pair(images, labels, img_dir / city, split, problems, city)
+                cases += _pair(images, labels, img_dir / city, split, problems, city, lbl_dir / city, root)
     else:
         for folder in [root, *sorted(d for d in root.iterdir() if d.is_dir())]:
             cases += _pair(_frames(folder, IMAGE_SUFFIX), _frames(folder, LABEL_SUFFIX), folder, "", problems)
