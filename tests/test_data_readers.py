@@ -162,6 +162,30 @@ def test_cityscapes_missing_labelids_say_where_and_what_is_there_instead(tmp_pat
     )
 
 
+def test_cityscapes_root_one_level_off_names_the_root_to_give(tmp_path):
+    """The root given one level too deep (its leftImg8bit folder) or above the two zips unpacked each
+    into a folder of its own (leftImg8bit_trainvaltest/leftImg8bit, as some unzip tools do) said only
+    "no frames of split(s) train, val": it now names the folder to give, or the folders to move."""
+    from pam_monai.data.cityscapes import scan
+
+    root = synth("cityscapes", tmp_path / "city", cases=1, size=(16, 8), train_cities=2)
+    for sub in ("leftImg8bit", "gtFine"):
+        (problem,) = scan(root / sub).problems
+        assert problem.message.endswith(
+            f"; {root / sub} is the {sub} folder of a CityScapes root: give the folder that holds it, {root}"
+        ), problem.message
+    nested = tmp_path / "downloads"
+    for sub in ("leftImg8bit", "gtFine"):
+        (nested / f"{sub}_trainvaltest").mkdir(parents=True)
+        shutil.move(root / sub, nested / f"{sub}_trainvaltest" / sub)
+    (problem,) = scan(nested).problems
+    assert problem.message.endswith(
+        f"; each zip was unpacked into a folder of its own ({nested / 'gtFine_trainvaltest' / 'gtFine'}, "
+        f"{nested / 'leftImg8bit_trainvaltest' / 'leftImg8bit'}): move them into one folder and give that folder "
+        "(leftImg8bit and gtFine side by side in it)"
+    ), problem.message
+
+
 def test_brats_reader_accepts_a_flat_root_and_plain_nii(brats_root, tmp_path):
     import nibabel as nib
 

@@ -153,5 +153,22 @@ def scan(root: str | os.PathLike, splits: str | Sequence[str] = ("train", "val")
                 f"and val splits; check reads the test frames with --unlabelled and inference segments them "
                 f"(--input_dir {quote(str(root))})"
             )
+        what += _root_hint(root)
         problems.append(Problem(root.name, str(root), nothing_found(root, what)))
     return ScanResult(cases, problems)
+
+
+def _root_hint(root: Path) -> str:
+    """The folder to give instead of ``root`` where it is one level off the layout: a root's
+    ``leftImg8bit`` or ``gtFine`` folder itself, or a folder above the two zips unpacked each into a
+    folder of its own (``leftImg8bit_trainvaltest/leftImg8bit``); "" otherwise."""
+    parts = ("leftImg8bit", "gtFine")
+    if root.name in parts:
+        return f"; {root} is the {root.name} folder of a CityScapes root: give the folder that holds it, {root.parent}"
+    nested = sorted(d / p for d in root.iterdir() if d.is_dir() for p in parts if (d / p).is_dir())
+    if not nested:
+        return ""
+    return (
+        f"; each zip was unpacked into a folder of its own ({', '.join(map(str, nested))}): move them into one "
+        "folder and give that folder (leftImg8bit and gtFine side by side in it)"
+    )
