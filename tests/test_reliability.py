@@ -3130,3 +3130,25 @@ def test_a_folder_that_cannot_be_renamed_is_named_with_what_to_do(tmp_path, monk
     assert raised.value.errno == code and raised.value.strerror.startswith(f"{target}: cannot be replaced")
     assert "mount point" in message and "sub-folder" in message, message
     assert os.listdir(tmp_path) == ["lesion_fpa"] and (target / "train.json").read_text() == "old"
+
+
+def test_cityscapes_inference_of_plainly_named_images_says_how_to_name_them(tmp_path):
+    """Camera images named as a user names them (street.png) were refused with "no case found
+    (expected the published layout, see the README)" and the layout's gtFine labels, which inference
+    does not need: the refusal now says that each frame needs the ``_leftImg8bit.png`` ending, naming
+    a file to rename, and with that name the image is segmented."""
+    from PIL import Image
+
+    frames = tmp_path / "dashcam"
+    frames.mkdir()
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8) + 90).save(frames / "street.png")
+    with pytest.raises(ValueError) as e:
+        find_inference_cases("cityscapes", frames)
+    assert (
+        "inference reads camera frames alone (no labels), each named <frame>_leftImg8bit.png, in --input_dir, "
+        "its sub-folders or the published layout: 1 PNG file(s) here without that ending: rename them, e.g. "
+        f"{frames / 'street.png'} -> street_leftImg8bit.png"
+    ) in str(e.value)
+    (frames / "street.png").rename(frames / "street_leftImg8bit.png")
+    (item,) = find_inference_cases("cityscapes", frames)
+    assert item["case"] == "street"

@@ -313,6 +313,7 @@ def find_inference_cases(
         raise ValueError(
             f"{spec.name}: no case found in {root} (expected the published layout, see the README)"
             + "".join(f"\n{p}" for p in dict.fromkeys(str(p) for p in result.problems))
+            + (_frame_names_hint(root) if spec.name == "cityscapes" else "")
         )
     if problems and not as_bool(skip_invalid):
         # refusing anyway: the complete cases' files too, so the user fixes everything in one round
@@ -339,6 +340,28 @@ def find_inference_cases(
             + "".join(f"\n{p}" for p in dict.fromkeys(str(p) for p in result.problems))
         )
     return items
+
+
+def _frame_names_hint(root: Path) -> str:
+    """For CityScapes inference: the line that says how frames are named, and which PNG files of
+    ``root`` (or of its sub-folders, read as flat) lack that name (a user's own camera images)."""
+    from ..data.cityscapes import IMAGE_SUFFIX
+
+    unnamed = [
+        f
+        for f in sorted([*root.glob("*.png"), *root.glob("*/*.png")])
+        if not f.name.endswith(IMAGE_SUFFIX) and "_gtFine_" not in f.name
+    ]
+    line = (
+        f"\ninference reads camera frames alone (no labels), each named <frame>{IMAGE_SUFFIX}, in --input_dir, its "
+        "sub-folders or the published layout"
+    )
+    if not unnamed:
+        return line
+    return (
+        f"{line}: {len(unnamed)} PNG file(s) here without that ending: rename them, e.g. {unnamed[0]} -> "
+        f"{unnamed[0].stem}{IMAGE_SUFFIX}"
+    )
 
 
 def validate_case(dataset, case: dict) -> list[str]:
