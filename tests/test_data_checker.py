@@ -736,3 +736,32 @@ def test_a_fold_without_cases_read_from_an_explicit_list_is_no_problem(brats, tm
     assert "no training entry has fold 2, 3, 4: the run on fold 2 would be tested or validated" in problem
     report = check_dataset("brats", brats, datalist=path)  # the whole list: runs 1..3 validate on folds 2..4
     assert "the runs on folds 1, 2, 3 would be" in " ".join(str(w) for w in report.warnings)
+
+
+def test_check_of_cityscapes_names_a_root_training_cannot_split(pristine, tmp_path, capsys):
+    """``check`` said OK for a CityScapes root whose 'train' frames come from fewer than two cities
+    (training holds one out for validation), where training then refused it. It now warns, and says
+    what still runs: evaluation of the 'val' frames, or without them inference alone."""
+    root = tmp_path / "city"
+    shutil.copytree(pristine["cityscapes"], root)
+    for split_root in ("leftImg8bit", "gtFine"):
+        for city in ("bochum", "bremen"):
+            shutil.rmtree(root / split_root / "train" / city)
+    cli(["check", "--dataset", "cityscapes", "--root", str(root), "--quiet"])
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1].startswith("OK: cityscapes"), out
+    assert (
+        f"WARNING city: split: need 'train' frames of at least two cities under {root} to hold one out for "
+        "validation, found ['aachen']"
+    ) in out, out
+    assert "training would refuse it; evaluation reads the 'val' frames alone" in out, out
+    shutil.rmtree(root / "leftImg8bit" / "val")
+    shutil.rmtree(root / "gtFine" / "val")
+    cli(["check", "--dataset", "cityscapes", "--root", str(root), "--quiet"])
+    out = capsys.readouterr().out
+    assert "WARNING city: split: need 'train' frames of at least two cities" in out, out
+    assert "training and evaluation would refuse it; inference segments every frame" in out, out
+    for part in ("leftImg8bit", "gtFine"):  # a second train city: no warning
+        shutil.copytree(pristine["cityscapes"] / part / "train" / "bochum", root / part / "train" / "bochum")
+    cli(["check", "--dataset", "cityscapes", "--root", str(root), "--quiet"])
+    assert "split:" not in capsys.readouterr().out

@@ -271,6 +271,26 @@ def _check_default_split(report, root: str) -> None:
         )
 
 
+def _check_cityscapes_split(report, root: str) -> None:
+    """Add to ``report`` a warning where the CityScapes split (``build_datalist``) stops training:
+    too few 'train' cities to hold one out for validation. A warning, not a problem: the frames
+    themselves are sound, the 'val' frames may still be evaluated, and every frame segmented."""
+    from .datalist import build_datalist
+    from .layout import Problem
+
+    try:
+        build_datalist("cityscapes", root)
+        return
+    except ValueError as e:
+        training = str(e)
+    try:
+        build_datalist("cityscapes", root, training=False)
+        runs = "training would refuse it; evaluation reads the 'val' frames alone (a model trained elsewhere)"
+    except ValueError:
+        runs = "training and evaluation would refuse it; inference segments every frame"
+    report.warnings.append(Problem(Path(root).name, "split", f"{training}; {runs}"))
+
+
 def _marked_dataset(root: str) -> str | None:
     """The data set that ROOT's ``synthetic.json`` (written by ``synth`` and by the stand-ins of
     ``ensure_dataset``) records, where it names one of the paper's; None without a readable one."""
@@ -359,6 +379,8 @@ def check(
     )
     if report.ok and not unlabelled and datalist is None and report.dataset == "nnunet":
         _check_default_split(report, root)
+    if report.ok and not unlabelled and datalist is None and report.dataset == "cityscapes":
+        _check_cityscapes_split(report, root)
     text = report.format()
     if quiet:
         text = "\n".join(
