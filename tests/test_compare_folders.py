@@ -459,3 +459,32 @@ def test_cityscapes_evaluation_and_score_at_other_resolutions_are_refused(tmp_pa
     assert "python -m pam_monai score" in str(e.value)
     rows, *_ = compare_folders(masks, metrics=["hd95"])  # both at the labels' resolution
     assert rows[0]["cases"] == len(read_case_metrics(masks[1] / "metrics" / "metrics.csv"))
+
+
+def test_the_summary_line_gives_hd95_in_its_unit_and_grid(tmp_path, caplog):
+    """The evaluation's closing line gave HD95 without a unit ("hd95 97.56 +- 23.2"), where a
+    CityScapes evaluation's is in pixels of the 128 x 256 grid, score's in the labels' pixels and a
+    volume's in mm: the line now says which, from the settings summary.json records."""
+    from pam_monai.data import get_spec
+    from pam_monai.engines.case_metrics import scored_with, write_case_metrics
+    from pam_monai.engines.data import evaluation_grid
+    from pam_monai.metrics import summarize
+
+    rows = [
+        {"case": "a", "iou": 0.5, "dice": 0.6, "hd95": 12.0, "fp_rate": 0.1, "fn_rate": 0.2}
+        | {"target_empty": False, "pred_empty": False}
+    ]
+    city = get_spec("cityscapes")
+    for settings, unit in (
+        (scored_with(city, grid=evaluation_grid(city)), "hd95 12 +- 0 pixels of the 128 x 256 grid, "),
+        (scored_with(city), "hd95 12 +- 0 pixels, "),
+        (scored_with(get_spec("brats")), "hd95 12 +- 0 mm, "),
+    ):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pam_monai"):
+            write_case_metrics(rows, tmp_path / "out", {"scored_with": settings, **summarize(rows)})
+        assert unit in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pam_monai"):
+        write_case_metrics(rows, tmp_path / "out")  # nothing recorded: no unit claimed
+    assert "hd95 12 +- 0, " in caplog.text, caplog.text

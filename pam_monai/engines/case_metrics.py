@@ -287,7 +287,8 @@ def write_case_metrics(rows: list[dict], output_dir: str | os.PathLike, summary:
         atomic_write_text(
             out / "summary.json", json.dumps({**summary, "metrics_csv_sha256": digest}, indent=2) + "\n"
         )
-    parts = [f"{m} {summary[m]['mean']:.4g} +- {summary[m]['std']:.3g}" for m in METRICS]
+    unit = {"hd95": _hd95_unit(summary.get("scored_with"))}
+    parts = [f"{m} {summary[m]['mean']:.4g} +- {summary[m]['std']:.3g}{unit.get(m, '')}" for m in METRICS]
     log.info(
         "%d cases (%d with an empty target, %d with an empty prediction): %s; per-case rows in %s",
         summary["count"],
@@ -297,6 +298,17 @@ def write_case_metrics(rows: list[dict], output_dir: str | os.PathLike, summary:
         out / "metrics.csv",
     )
     return summary
+
+
+def _hd95_unit(settings) -> str:
+    """HD95's unit as ``settings`` (:func:`scored_with`) say: mm for volumes, pixels for 2-D images
+    (of the network's grid where that was scored, as a CityScapes evaluation); "" unrecorded."""
+    if not isinstance(settings, dict) or "volumetric" not in settings:
+        return ""
+    if settings["volumetric"]:
+        return " mm"
+    grid = settings.get("grid", "labels")
+    return " pixels" if grid == "labels" else f" pixels of the {' x '.join(map(str, grid))} grid"
 
 
 def _numpy(x):
