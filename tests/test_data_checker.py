@@ -765,3 +765,24 @@ def test_check_of_cityscapes_names_a_root_training_cannot_split(pristine, tmp_pa
         shutil.copytree(pristine["cityscapes"] / part / "train" / "bochum", root / part / "train" / "bochum")
     cli(["check", "--dataset", "cityscapes", "--root", str(root), "--quiet"])
     assert "split:" not in capsys.readouterr().out
+
+
+def test_a_cityscapes_frame_under_two_names_is_named_without_folds(pristine, tmp_path):
+    """A frame copied under another name (into another city) was warned of as "the same voxels ...
+    one scan under two case IDs? The cross-validation may test the model ...; keep both in one fold",
+    though CityScapes' split is by city, without folds (``--fold`` other than 0 is refused). It now
+    speaks of frames and pixels and of the city split."""
+    root = tmp_path / "city"
+    shutil.copytree(pristine["cityscapes"], root)
+    (val,) = (root / "leftImg8bit" / "val" / "frankfurt").glob("*_leftImg8bit.png")
+    copy = root / "leftImg8bit" / "train" / "aachen" / "aachen_000009_000019_leftImg8bit.png"
+    shutil.copyfile(val, copy)
+    (label,) = (root / "gtFine" / "val" / "frankfurt").glob("*_gtFine_labelIds.png")
+    shutil.copyfile(label, root / "gtFine" / "train" / "aachen" / "aachen_000009_000019_gtFine_labelIds.png")
+    report = check_dataset("cityscapes", root)
+    (repeated,) = [str(w) for w in report.warnings if "the same" in w.message]
+    assert repeated == (
+        "frankfurt_000000_000019: image: the same pixels as aachen_000009_000019: one frame under two names? "
+        "Cities of 'train' and 'val' may hold a copy of a frame the model trained on (or validated on) among "
+        "those it is tested on; remove one"
+    ), repeated

@@ -784,7 +784,7 @@ def check_dataset(
         if summary.ok:
             first = first_of.setdefault(_image_digest(arrays, case.channels), case.case)
             if first != case.case:
-                warnings.append(("image", _repeated_images(first)))
+                warnings.append(("image", _repeated_images(first, spec)))
         report.problems += [Problem(case.case, f, m) for f, m in problems]
         report.warnings += [Problem(case.case, f, m) for f, m in warnings]
         report.cases.append(summary)
@@ -851,13 +851,22 @@ def _image_digest(arrays: dict[str, np.ndarray], channels) -> str:
     return digest.hexdigest()
 
 
-def _repeated_images(first: str) -> str:
-    """The warning for a case whose images equal those of the case ``first``."""
-    return (
-        f"the same voxels as {first} in every channel: one scan under two case IDs? The cross-validation may "
-        "test the model on a copy of a case it trained on; remove one, or keep both in one fold with a datalist "
-        "(data_list_file_path)"
+def _repeated_images(first: str, spec: DatasetSpec) -> str:
+    """The warning for a case whose images equal those of the case ``first``, in the terms of
+    ``spec``'s split: folds (BRATS, own data), a random case split (ISLES), cities (CityScapes)."""
+    if spec.name == "cityscapes":
+        return (
+            f"the same pixels as {first}: one frame under two names? Cities of 'train' and 'val' may hold a copy "
+            "of a frame the model trained on (or validated on) among those it is tested on; remove one"
+        )
+    split = (
+        "The cross-validation may test the model on a copy of a case it trained on; remove one, or keep both "
+        "in one fold"
+        if spec.name in FOLDED
+        else "The case split may test the model on a copy of a case it trained on; remove one, or keep both in "
+        "one split"
     )
+    return f"the same voxels as {first} in every channel: one scan under two case IDs? {split} with a datalist (data_list_file_path)"
 
 
 def in_plane_spacing_problems(cases: Sequence[CaseSummary], factor: float = 2.0) -> list[Problem]:
