@@ -174,7 +174,8 @@ def test_check_finds_own_data_by_its_dataset_json(tmp_path, capsys):
     from pam_monai.cli import main
     from pam_monai.data import synth
 
-    own = synth("nnunet", tmp_path / "own", cases=2, slices=3, size=(32, 32), test_cases=0)
+    # 3 cases: fewer leave fold 0 of the bundles' split without a training case, an ERROR of check's
+    own = synth("nnunet", tmp_path / "own", cases=3, slices=3, size=(32, 32), test_cases=0)
     main(["check", "--root", str(own), "--quiet"])
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("OK: nnunet")
     with pytest.raises(SystemExit) as exit_:
@@ -216,7 +217,8 @@ def test_datalist_with_the_data_root_as_its_output_names_the_order(tmp_path):
     --root: "OUT.json/dataset.json not found", or, without OUT.json, "pass the data set's root"."""
     from pam_monai.cli import main
 
-    own = synth("nnunet", tmp_path / "own", cases=2, slices=3, size=(32, 32), test_cases=0)
+    # 3 cases: fewer leave fold 0 of the bundles' split without a training case, an ERROR of check's
+    own = synth("nnunet", tmp_path / "own", cases=3, slices=3, size=(32, 32), test_cases=0)
     for extra in ([], [str(tmp_path / "out.json")]):
         with pytest.raises(SystemExit) as exit_:
             main(["datalist", "nnunet", str(own), *extra])
