@@ -164,8 +164,13 @@ def test_printed_commands_use_the_system_quoting():
     )
     assert users == ["bundle_templates/build.py", "shell.py"]
     build = (root / "bundle_templates" / "build.py").read_text(encoding="utf-8")
-    # build.py's one use fills README.md.in's commands (where_arg), not a printed command
-    assert [line.split('"')[1] for line in build.splitlines() if "shlex.quote(" in line] == ["where_arg"]
+    # build.py's uses fill README.md.in's commands (its *_arg fields and the zip's exclusions), never a
+    # printed command
+    fields = [line.split('"')[1] for line in build.splitlines() if "shlex.quote(" in line and '": ' in line]
+    assert fields == ["where_arg", "parent_arg", "name_arg"]
+    others = [line.strip() for line in build.splitlines() if "shlex.quote(" in line and '": ' not in line]
+    assert others == ['return " ".join(shlex.quote(f"{name}/{pattern}") for pattern in NOT_SHIPPED)']
+    assert '"zip_excludes": _zip_excludes(name)' in build
 
 
 def test_check_finds_own_data_by_its_dataset_json(tmp_path, capsys):
