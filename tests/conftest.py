@@ -19,6 +19,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def resolve_dotted(name: str):
+    """The object a dotted ``pam_monai....`` name (in the docs or a config) stands for: the longest
+    importable module, then attributes. A module that exists but fails to import raises its error."""
+    import importlib
+
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for part in parts[i:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ModuleNotFoundError(name)
+
+
 def error_chain(error: BaseException) -> list[str]:
     """The messages of an exception and its causes (MONAI wraps a config expression's error)."""
     chain = []

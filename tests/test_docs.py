@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, resolve_dotted
 
 from pam_monai.bundle_templates.build import bundle_names
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def sentences(text: str, word: str) -> list[str]:
@@ -273,29 +272,13 @@ def test_doc_commands_use_flags_that_exist(doc):
     assert not bad, f"{doc}: " + "\n".join(bad)
 
 
-def _resolve(name: str):
-    """The object a dotted ``pam_monai....`` name in the docs stands for (module, then attributes)."""
-    import importlib
-
-    parts = name.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for part in parts[i:]:
-            obj = getattr(obj, part)
-        return obj
-    raise ImportError(name)
-
-
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_names_in_the_package_exist(doc):
     """Every ``pam_monai.x.y`` the docs name (a class to put in a config, a function to call) exists."""
     missing = []
     for name in sorted(set(re.findall(r"pam_monai(?:\.\w+)+", (ROOT / doc).read_text()))):
         try:
-            _resolve(name)
+            resolve_dotted(name)
         except (ImportError, AttributeError) as e:
             missing.append(f"{name}: {e}")
     assert not missing, f"{doc}: " + "\n".join(missing)

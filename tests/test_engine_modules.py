@@ -6,11 +6,9 @@ configs reference resolves."""
 import importlib
 import json
 import re
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, resolve_dotted
 
 # every public name these modules defined before they were split (git show 6b546f3:pam_monai/engines/...)
 HANDLERS_NAMES = (
@@ -86,21 +84,6 @@ def test_names_that_moved_are_still_importable_from_their_old_module(module, nam
         assert getattr(importlib.import_module(home), name) is obj, (name, home)
 
 
-def _resolve(dotted: str):
-    """The object a dotted ``pam_monai...`` name in a config stands for (the longest importable
-    module, then attributes)."""
-    parts = dotted.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ModuleNotFoundError:
-            continue
-        for part in parts[i:]:
-            obj = getattr(obj, part)
-        return obj
-    raise ModuleNotFoundError(dotted)
-
-
 def _config_references() -> dict[str, set]:
     """Every ``pam_monai.<...>`` name in the bundles' configs and their templates, with the files."""
     files = sorted(ROOT.glob("bundles/*/configs/*.json")) + sorted(
@@ -121,7 +104,7 @@ def test_every_pam_monai_name_in_the_bundles_configs_resolves():
     broken = {}
     for name, files in references.items():
         try:
-            _resolve(name)
+            resolve_dotted(name)
         except (ImportError, AttributeError) as e:
             broken[name] = f"{sorted(files)[0]}: {type(e).__name__}: {e}"
     assert not broken, broken
