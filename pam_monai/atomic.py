@@ -41,6 +41,7 @@ __all__ = [
     "folder_lock",
     "os_error_in_chain",
     "recover_swap",
+    "refuse_mount_point",
     "remove_orphaned_temps",
     "sibling_temp_dir",
     "swap_dir",
@@ -329,6 +330,25 @@ def _unmovable_error(error: OSError, target: Path) -> OSError:
     )
 
 
+@contextlib.contextmanager
+def _unmovable_named(target: Path) -> Iterator[None]:
+    """Reword a rename's EBUSY / EXDEV inside the block (:func:`_unmovable_error`)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _UNMOVABLE:
+            raise
+        raise _unmovable_error(e, target) from None
+
+
+def refuse_mount_point(target: str | os.PathLike) -> None:
+    """Refuse, before any work, to replace a folder that is a mount point (its swap would fail
+    with EBUSY at the end): the error of :func:`_unmovable_error`."""
+    target = Path(os.path.abspath(target))
+    if target.exists() and os.path.ismount(target):
+        raise _unmovable_error(OSError(errno.EBUSY, os.strerror(errno.EBUSY)), target)
+
+
 def _real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
@@ -437,24 +457,16 @@ def swap_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
         if _exchange(new, target):
             shutil.rmtree(new, ignore_errors=True)  # the old content now; a part left is only a copy
         else:
-            try:
+            with _unmovable_named(target):
                 _swap_by_renames(new, target)
-            except OSError as e:
-                if e.errno not in _UNMOVABLE:
-                    raise
-                raise _unmovable_error(e, target) from None
     if inside:  # the same path, now in the new folder (the old one is gone), or the nearest above it has
         os.chdir(next(p for p in (cwd, *cwd.parents) if p.is_dir()))
 
 
 def _move_into_place(new: Path, target: Path) -> None:
     """``os.replace`` of the folder ``new`` onto ``target``, a mount point's refusal named."""
-    try:
+    with _unmovable_named(target):
         os.replace(new, target)
-    except OSError as e:
-        if e.errno not in _UNMOVABLE:
-            raise
-        raise _unmovable_error(e, target) from None
 
 
 def _swap_by_renames(new: Path, target: Path) -> None:

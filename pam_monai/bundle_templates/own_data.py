@@ -11,7 +11,6 @@ names, shape) and passes the schema check.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..atomic import _unmovable_error, recover_swap, remove_orphaned_temps, sibling_temp_dir, swap_dir
+from ..atomic import recover_swap, refuse_mount_point, remove_orphaned_temps, sibling_temp_dir, swap_dir
 from ..data.layout import visible_entries
 from ..data.nnunet import TITLE_SUFFIX, label_title, nnunet_spec, spec_dataset_json
 from ..runlock import RunLockError, refuse_if_held
@@ -134,9 +133,7 @@ def own_data_bundle(
     if visible_entries(output) and not overwrite:
         raise FileExistsError(f"{output} already holds files; choose a new folder or pass --overwrite")
     _refuse_training(output)  # before minutes of reading the data set; again before the swap
-    if output.exists() and os.path.ismount(output.resolve()):  # its swap would fail after the minutes
-        busy = OSError(errno.EBUSY, os.strerror(errno.EBUSY))
-        raise _unmovable_error(busy, output.resolve())
+    refuse_mount_point(output.resolve())  # its swap would fail after minutes of reading the data
     # named before the data are read: checking every case of a large data set takes minutes
     name = output.resolve().name  # "." is the current folder's name
     prefix, suffix = (name[: -len(network) - 1], network) if name.endswith(f"_{network}") else (name, "")

@@ -377,10 +377,11 @@ def check(
         labels=not unlabelled,
         **options,
     )
-    if report.ok and not unlabelled and datalist is None and report.dataset == "nnunet":
-        _check_default_split(report, root)
-    if report.ok and not unlabelled and datalist is None and report.dataset == "cityscapes":
-        _check_cityscapes_split(report, root)
+    if report.ok and not unlabelled and datalist is None:  # the bundles' default split of these cases
+        if report.dataset == "nnunet":
+            _check_default_split(report, root)
+        elif report.dataset == "cityscapes":
+            _check_cityscapes_split(report, root)
     text = report.format()
     if quiet:
         text = "\n".join(
